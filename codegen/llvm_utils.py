@@ -1,0 +1,129 @@
+"""Small helpers over llvmlite.ir.IRBuilder: types, loops, pointers and intrinsics."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+from llvmlite import ir
+
+F32 = ir.FloatType()
+F64 = ir.DoubleType()
+I1 = ir.IntType(1)
+I8 = ir.IntType(8)
+I32 = ir.IntType(32)
+I64 = ir.IntType(64)
+PTR = ir.PointerType()  # opaque pointer (LLVM >= 17)
+VOID = ir.VoidType()
+
+# fast-math lets LLVM vectorize float reductions; the tolerance of the tests (1e-4 relative) allows it
+FAST = ("fast",)
+
+
+def i64(v: int) -> ir.Constant:
+    return ir.Constant(I64, int(v))
+
+
+def f32(v: float) -> ir.Constant:
+    return ir.Constant(F32, float(v))
+
+
+def as_i64(b: ir.IRBuilder, v) -> ir.Value:
+    return i64(v) if isinstance(v, int) else v
+
+
+@contextmanager
+def for_range(b: ir.IRBuilder, stop, start=0, step: int = 1, name: str = "i") -> Iterator[ir.Value]:
+    """``for (i = start; i < stop; i += step)`` with an i64 phi induction variable."""
+    start, stop = as_i64(b, start), as_i64(b, stop)
+    pre = b.block
+    header = b.append_basic_block(f"{name}.header")
+    body = b.append_basic_block(f"{name}.body")
+    end = b.append_basic_block(f"{name}.end")
+    b.branch(header)
+    b.position_at_end(header)
+    phi = b.phi(I64, name=name)
+    phi.add_incoming(start, pre)
+    b.cbranch(b.icmp_signed("<", phi, stop), body, end)
+    b.position_at_end(body)
+    yield phi
+    nxt = b.add(phi, i64(step), name=f"{name}.next", flags=("nsw",))
+    phi.add_incoming(nxt, b.block)
+    b.branch(header)
+    b.position_at_end(end)
+
+
+@contextmanager
+def loop_nest(b: ir.IRBuilder, stops: Sequence, name: str = "i") -> Iterator[list[ir.Value]]:
+    """Nested ``for_range`` loops over ``stops``, outermost first."""
+    with _nest(b, list(stops), name, []) as idx:
+        yield idx
+
+
+@contextmanager
+def _nest(b, stops, name, acc):
+    if not stops:
+        yield acc
+        return
+    with for_range(b, stops[0], name=f"{name}{len(acc)}") as i:
+        with _nest(b, stops[1:], name, acc + [i]) as idx:
+            yield idx
+
+
+@contextmanager
+def if_then(b: ir.IRBuilder, cond: ir.Value) -> Iterator[None]:
+    with b.if_then(cond):
+        yield
+
+
+def gep(b: ir.IRBuilder, ptr: ir.Value, index, ty: ir.Type = F32, name: str = "") -> ir.Value:
+    return b.gep(ptr, [as_i64(b, index)], inbounds=True, source_etype=ty, name=name)
+
+
+def load(b: ir.IRBuilder, ptr: ir.Value, index, ty: ir.Type = F32) -> ir.Value:
+    return b.load(gep(b, ptr, index, ty), typ=ty)
+
+
+def store(b: ir.IRBuilder, value: ir.Value, ptr: ir.Value, index) -> None:
+    b.store(value, gep(b, ptr, index, value.type))
+
+
+def linear_index(b: ir.IRBuilder, idx: Sequence[ir.Value], strides: Sequence[int]) -> ir.Value:
+    """sum(idx[i] * strides[i]); zero strides (broadcast dimensions) are skipped."""
+    terms = [i if s == 1 else b.mul(i, i64(s), flags=("nsw",)) for i, s in zip(idx, strides) if s != 0]
+    if not terms:
+        return i64(0)
+    total = terms[0]
+    for t in terms[1:]:
+        total = b.add(total, t, flags=("nsw",))
+    return total
+
+
+def intrinsic(module: ir.Module, name: str, ret: ir.Type, args: Sequence[ir.Type]) -> ir.Function:
+    """Declare (once) an LLVM intrinsic or libm function."""
+    if name in module.globals:
+        return module.globals[name]
+    return ir.Function(module, ir.FunctionType(ret, list(args)), name=name)
+
+
+def call_intrinsic(b: ir.IRBuilder, name: str, args: Sequence[ir.Value], ret: ir.Type | None = None) -> ir.Value:
+    fn = intrinsic(b.module, name, ret or args[0].type, [a.type for a in args])
+    return b.call(fn, list(args))
+
+
+def fmax(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    """max that returns NaN if either side is NaN, like numpy and onnxruntime."""
+    return call_intrinsic(b, "llvm.maximum.f32", [x, y])
+
+
+def fmin(b: ir.IRBuilder, x: ir.Value, y: ir.Value) -> ir.Value:
+    return call_intrinsic(b, "llvm.minimum.f32", [x, y])
+
+
+def memcpy(b: ir.IRBuilder, dst: ir.Value, src: ir.Value, nbytes) -> None:
+    fn = intrinsic(b.module, "llvm.memcpy.p0.p0.i64", VOID, [PTR, PTR, I64, I1])
+    b.call(fn, [dst, src, as_i64(b, nbytes), ir.Constant(I1, 0)])
+
+
+def memset_zero(b: ir.IRBuilder, dst: ir.Value, nbytes) -> None:
+    fn = intrinsic(b.module, "llvm.memset.p0.i64", VOID, [PTR, I8, I64, I1])
+    b.call(fn, [dst, ir.Constant(I8, 0), as_i64(b, nbytes), ir.Constant(I1, 0)])

@@ -1,0 +1,161 @@
+"""Emit one LLVM module for a planned model.
+
+The module holds one function per kernel call plus the entry point
+
+    void convc_run(void **ctx, float **inputs, float **outputs)
+
+where ``ctx[0]`` is the arena (activations and kernel scratch, 64-byte aligned) and ``ctx[1]`` the
+table of constant pointers (graph constants, then weights the kernels repacked at compile time).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Union
+
+import numpy as np
+from llvmlite import ir
+
+from convc.errors import CompileError
+from convc.ir import Op, Tensor
+from convc.ops import OpKind
+from convc.passes.memory import Buffer, align, is_alias
+from convc.passes.pipeline import Plan
+from convc.codegen.llvm_utils import I64, PTR, VOID, gep, i64, memcpy
+
+ENTRY = "convc_run"
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """Kernel workspace in the arena, valid only during that kernel call."""
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A constant array made at compile time (e.g. weights packed for a micro-kernel)."""
+    index: int
+
+
+Arg = Union[str, Scratch, Derived]  # a tensor name, scratch space or a derived constant
+
+
+@dataclass
+class KernelCall:
+    function: ir.Function
+    args: list[Arg]
+
+
+@dataclass
+class NativeModule:
+    """Everything the runtime needs besides the machine code."""
+    ir_module: ir.Module
+    arena_bytes: int
+    constants: list[np.ndarray]
+    input_names: list[str]
+    output_names: list[str]
+    kernel_names: list[tuple[str, str]] = field(default_factory=list)  # (op name, function name)
+
+
+# OpKind -> emitter(em, op) -> KernelCall; filled by the explicit imports in codegen/kernels
+EMITTERS: dict[OpKind, Callable[["ModuleEmitter", Op], KernelCall]] = {}
+
+
+def emitter(*kinds: OpKind):
+    def deco(fn):
+        for k in kinds:
+            if k in EMITTERS:
+                raise RuntimeError(f"two emitters for {k.value}")
+            EMITTERS[k] = fn
+        return fn
+    return deco
+
+
+class ModuleEmitter:
+    def __init__(self, plan: Plan, name: str = "convc_model"):
+        self.plan = plan
+        self.graph = plan.graph
+        self.module = ir.Module(name=name)
+        self.constants: list[np.ndarray] = [np.ascontiguousarray(self.graph.tensor(n).data)
+                                            for n in plan.memory.constants]
+        self.max_scratch = 0
+        self._names: set[str] = set()
+
+    # --- services for the kernel emitters ------------------------------------------------
+    def tensor(self, name: str) -> Tensor:
+        return self.graph.tensor(name)
+
+    def derived_constant(self, array: np.ndarray) -> Derived:
+        self.constants.append(np.ascontiguousarray(array, dtype=np.float32))
+        return Derived(len(self.constants) - 1)
+
+    def scratch(self, nbytes: int) -> Scratch:
+        self.max_scratch = max(self.max_scratch, align(nbytes))
+        return Scratch(align(nbytes))
+
+    def function(self, base: str, n_args: int) -> tuple[ir.Function, ir.IRBuilder]:
+        """A new internal kernel function taking ``n_args`` non-aliasing pointers."""
+        name = re.sub(r"[^A-Za-z0-9_]", "_", base)[:60] or "kernel"
+        unique, i = name, 1
+        while unique in self._names:
+            unique, i = f"{name}_{i}", i + 1
+        self._names.add(unique)
+        fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR] * n_args), name=unique)
+        fn.linkage = "internal"
+        for a in fn.args:
+            a.add_attribute("noalias")
+            a.add_attribute("nocapture")
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        return fn, b
+
+    # --- the entry point -----------------------------------------------------------------
+    def emit(self) -> NativeModule:
+        fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR, PTR, PTR]), name=ENTRY)
+        ctx, inputs, outputs = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        arena = b.load(gep(b, ctx, 0, PTR), typ=PTR, name="arena")
+        consts = b.load(gep(b, ctx, 1, PTR), typ=PTR, name="consts")
+        scratch_base = self.plan.memory.arena_bytes
+        tables = {"input": inputs, "output": outputs, "constant": consts}
+
+        def pointer(buf: Buffer):
+            if buf.kind == "arena":
+                return b.gep(arena, [i64(buf.index)], inbounds=True, source_etype=ir.IntType(8))
+            return b.load(gep(b, tables[buf.kind], buf.index, PTR), typ=PTR)
+
+        def resolve(arg: Arg):
+            if isinstance(arg, Scratch):
+                return pointer(Buffer("arena", scratch_base))
+            if isinstance(arg, Derived):
+                return pointer(Buffer("constant", arg.index))
+            return pointer(self.plan.memory.buffers[arg])
+
+        kernel_names = []
+        for op in self.plan.order:
+            if is_alias(self.graph, op):
+                continue
+            make = EMITTERS.get(op.kind)
+            if make is None:
+                raise CompileError(f"node {op.name!r}: no native kernel for {op.kind.value}")
+            try:
+                call = make(self, op)
+            except CompileError:
+                raise
+            except Exception as e:  # an emitter bug must still name the node
+                raise CompileError(f"node {op.name!r} ({op.kind.value}): code generation failed: {e}") from e
+            b.call(call.function, [resolve(a) for a in call.args])
+            kernel_names.append((op.name, call.function.name))
+        # graph outputs whose bytes live elsewhere (an input, a constant, or an output listed twice)
+        for j, name in enumerate(self.graph.outputs):
+            buf = self.plan.memory.buffers[name]
+            if buf != Buffer("output", j):
+                memcpy(b, pointer(Buffer("output", j)), pointer(buf), self.tensor(name).nbytes)
+        b.ret_void()
+        return NativeModule(self.module, scratch_base + self.max_scratch, self.constants,
+                            list(self.graph.inputs), list(self.graph.outputs), kernel_names)
+
+
+def emit_module(plan: Plan, name: str = "convc_model") -> NativeModule:
+    from convc.codegen import kernels  # noqa: F401  (registers the emitters)
+    return ModuleEmitter(plan, name).emit()

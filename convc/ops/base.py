@@ -1,0 +1,135 @@
+"""Op kinds, tensor types and the registry of op definitions.
+
+An op family lives in ``convc/ops/<family>.py``: attribute dataclasses, shape/dtype inference,
+MAC count and the numpy reference, registered here with ``register``.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from convc.errors import GraphError
+
+
+class OpKind(enum.Enum):
+    # convolution and matrix products
+    CONV = "Conv"
+    GEMM = "Gemm"
+    MATMUL = "MatMul"
+    # unary elementwise
+    RELU = "Relu"
+    LEAKY_RELU = "LeakyRelu"
+    SIGMOID = "Sigmoid"
+    TANH = "Tanh"
+    IDENTITY = "Identity"
+    DROPOUT = "Dropout"
+    # binary / variadic elementwise with broadcasting
+    ADD = "Add"
+    MUL = "Mul"
+    SUM = "Sum"
+    # pooling
+    MAX_POOL = "MaxPool"
+    AVERAGE_POOL = "AveragePool"
+    GLOBAL_AVERAGE_POOL = "GlobalAveragePool"
+    GLOBAL_MAX_POOL = "GlobalMaxPool"
+    # normalization
+    BATCH_NORM = "BatchNormalization"
+    # shape and data movement
+    FLATTEN = "Flatten"
+    RESHAPE = "Reshape"
+    CONCAT = "Concat"
+    # reductions
+    SOFTMAX = "Softmax"
+
+
+class OpGroup:
+    """Named groups so passes never compare op-name strings."""
+    UNARY = frozenset({OpKind.RELU, OpKind.LEAKY_RELU, OpKind.SIGMOID, OpKind.TANH, OpKind.IDENTITY,
+                       OpKind.DROPOUT})
+    ACTIVATION = frozenset({OpKind.RELU, OpKind.LEAKY_RELU, OpKind.SIGMOID, OpKind.TANH})
+    BROADCAST = frozenset({OpKind.ADD, OpKind.MUL, OpKind.SUM})
+    ELEMENTWISE = UNARY | BROADCAST
+    POOL = frozenset({OpKind.MAX_POOL, OpKind.AVERAGE_POOL, OpKind.GLOBAL_AVERAGE_POOL, OpKind.GLOBAL_MAX_POOL})
+    MATMUL_LIKE = frozenset({OpKind.CONV, OpKind.GEMM, OpKind.MATMUL})
+    # ops whose output has the input's bytes in the same order (a view, no computation)
+    VIEW = frozenset({OpKind.FLATTEN, OpKind.RESHAPE, OpKind.IDENTITY, OpKind.DROPOUT})
+
+
+@dataclass(frozen=True)
+class TensorType:
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        object.__setattr__(self, "dtype", np.dtype(self.dtype))
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+
+@dataclass(frozen=True)
+class NoAttrs:
+    """Attributes of an op that has none."""
+
+
+@dataclass(frozen=True)
+class OpDef:
+    kind: OpKind
+    attrs: type
+    # (attrs, input types) -> output types; raises GraphError naming the offending values
+    infer: Callable[[Any, Sequence[TensorType]], list[TensorType]]
+    # (attrs, *input arrays) -> output arrays; pure numpy, dtype-preserving
+    reference: Callable[..., list[np.ndarray]]
+    # (attrs, input types, output types) -> multiply-accumulates; None for ops that do none
+    macs: Callable[[Any, Sequence[TensorType], Sequence[TensorType]], int] | None = None
+    n_inputs: tuple[int, int] = (1, 1)  # (min, max) accepted input count; max -1 = variadic
+
+
+_REGISTRY: dict[OpKind, OpDef] = {}
+
+
+def register(definition: OpDef) -> OpDef:
+    if definition.kind in _REGISTRY:
+        raise RuntimeError(f"op {definition.kind.value} is registered twice")
+    _REGISTRY[definition.kind] = definition
+    return definition
+
+
+def op_def(kind: OpKind) -> OpDef:
+    try:
+        return _REGISTRY[kind]
+    except KeyError:
+        raise GraphError(f"op {kind.value} has no definition registered") from None
+
+
+def registered_kinds() -> list[OpKind]:
+    return list(_REGISTRY)
+
+
+# --- helpers shared by the families ------------------------------------------------------
+def check_arity(kind: OpKind, types: Sequence[TensorType], lo: int, hi: int) -> None:
+    if len(types) < lo or (hi >= 0 and len(types) > hi):
+        want = f"{lo}" if lo == hi else (f"at least {lo}" if hi < 0 else f"{lo} to {hi}")
+        raise GraphError(f"{kind.value} takes {want} inputs, got {len(types)}")
+
+
+def check_float(kind: OpKind, types: Sequence[TensorType]) -> None:
+    for i, t in enumerate(types):
+        if t.dtype.kind != "f":
+            raise GraphError(f"{kind.value} input {i} has dtype {t.dtype}, expected a float type")
+
+
+def same_type(t: TensorType) -> list[TensorType]:
+    return [TensorType(t.shape, t.dtype)]
+
+
+def broadcast_shapes(kind: OpKind, *shapes: tuple[int, ...]) -> tuple[int, ...]:
+    try:
+        return tuple(np.broadcast_shapes(*shapes))
+    except ValueError:
+        raise GraphError(f"{kind.value} cannot broadcast shapes {' and '.join(map(str, shapes))}") from None

@@ -1,0 +1,89 @@
+"""Convolution (1-D, 2-D and N-D), NC* layout, explicit pads."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from convc.errors import GraphError
+from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, register
+
+
+@dataclass(frozen=True)
+class ConvAttrs:
+    kernel_shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    pads: tuple[int, ...]        # ONNX order: all begins, then all ends
+    dilations: tuple[int, ...]
+    group: int = 1
+
+    @property
+    def spatial_rank(self) -> int:
+        return len(self.kernel_shape)
+
+    @property
+    def pads_begin(self) -> tuple[int, ...]:
+        return self.pads[:self.spatial_rank]
+
+    @property
+    def pads_end(self) -> tuple[int, ...]:
+        return self.pads[self.spatial_rank:]
+
+
+def conv_output_size(size: int, k: int, stride: int, dilation: int, pad_begin: int, pad_end: int) -> int:
+    return (size + pad_begin + pad_end - dilation * (k - 1) - 1) // stride + 1
+
+
+def infer(a: ConvAttrs, types: Sequence[TensorType]) -> list[TensorType]:
+    check_arity(OpKind.CONV, types, 2, 3)
+    check_float(OpKind.CONV, types)
+    x, w = types[0], types[1]
+    r = a.spatial_rank
+    if x.rank != r + 2 or w.rank != r + 2:
+        raise GraphError(f"Conv with a {r}-D kernel needs rank-{r + 2} X and W, got X.shape={x.shape}, W.shape={w.shape}")
+    if tuple(w.shape[2:]) != a.kernel_shape:
+        raise GraphError(f"W.shape={w.shape} does not match kernel_shape={a.kernel_shape}")
+    n, c = x.shape[:2]
+    m, cg = w.shape[:2]
+    if c != cg * a.group or m % a.group:
+        raise GraphError(f"X.shape={x.shape}, W.shape={w.shape}, group={a.group}: input channels {c} must equal "
+                         f"W.shape[1] * group = {cg * a.group} and output channels {m} must divide by group")
+    if len(types) == 3 and types[2].shape != (m,):
+        raise GraphError(f"bias B.shape={types[2].shape}, expected ({m},)")
+    out = tuple(conv_output_size(x.shape[2 + i], a.kernel_shape[i], a.strides[i], a.dilations[i],
+                                 a.pads_begin[i], a.pads_end[i]) for i in range(r))
+    if any(o < 1 for o in out):
+        raise GraphError(f"output spatial shape {out} is empty: X.shape={x.shape}, kernel_shape={a.kernel_shape}, "
+                         f"strides={a.strides}, pads={a.pads}, dilations={a.dilations}")
+    return [TensorType((n, m) + out, x.dtype)]
+
+
+def reference(a: ConvAttrs, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> list[np.ndarray]:
+    r = a.spatial_rank
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(a.pads_begin[i], a.pads_end[i]) for i in range(r)])
+    n, c = x.shape[:2]
+    m = w.shape[0]
+    g = a.group
+    cg, mg = c // g, m // g
+    out_sp = infer(a, [TensorType(x.shape, x.dtype), TensorType(w.shape, w.dtype)])[0].shape[2:]
+    y = np.zeros((n, m) + out_sp, dtype=np.float64)
+    for k in itertools.product(*[range(kk) for kk in a.kernel_shape]):
+        sl = tuple(slice(k[i] * a.dilations[i], k[i] * a.dilations[i] + (out_sp[i] - 1) * a.strides[i] + 1, a.strides[i])
+                   for i in range(r))
+        patch = xp[(slice(None), slice(None)) + sl]  # (n, c, *out)
+        for gi in range(g):
+            wk = w[(slice(gi * mg, (gi + 1) * mg), slice(None)) + k]  # (mg, cg)
+            y[:, gi * mg:(gi + 1) * mg] += np.einsum("mc,nc...->nm...", wk, patch[:, gi * cg:(gi + 1) * cg])
+    if b is not None:
+        y += b.reshape((1, m) + (1,) * r)
+    return [y.astype(x.dtype)]
+
+
+def macs(a: ConvAttrs, ins: Sequence[TensorType], outs: Sequence[TensorType]) -> int:
+    w = ins[1].shape
+    return int(np.prod(outs[0].shape, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
+
+
+register(OpDef(OpKind.CONV, ConvAttrs, infer, reference, macs, n_inputs=(2, 3)))

@@ -1,0 +1,39 @@
+"""Batch normalization (inference form: running statistics)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from convc.errors import GraphError
+from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, register
+
+
+@dataclass(frozen=True)
+class BatchNormAttrs:
+    epsilon: float = 1e-5
+    momentum: float = 0.9  # used by training to update the running statistics
+
+
+def infer(a: BatchNormAttrs, types: Sequence[TensorType]) -> list[TensorType]:
+    check_arity(OpKind.BATCH_NORM, types, 5, 5)
+    check_float(OpKind.BATCH_NORM, types)
+    x = types[0]
+    if x.rank < 2:
+        raise GraphError(f"BatchNormalization needs an input of rank >= 2, got X.shape={x.shape}")
+    c = x.shape[1]
+    for name, t in zip(("scale", "B", "mean", "var"), types[1:]):
+        if t.shape != (c,):
+            raise GraphError(f"BatchNormalization {name}.shape={t.shape}, expected ({c},) for X.shape={x.shape}")
+    return [TensorType(x.shape, x.dtype)]
+
+
+def reference(a: BatchNormAttrs, x, scale, bias, mean, var) -> list[np.ndarray]:
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    inv = scale.astype(np.float64) / np.sqrt(var.astype(np.float64) + a.epsilon)
+    y = (x - mean.reshape(shape)) * inv.reshape(shape) + bias.reshape(shape)
+    return [y.astype(x.dtype)]
+
+
+register(OpDef(OpKind.BATCH_NORM, BatchNormAttrs, infer, reference, n_inputs=(5, 5)))

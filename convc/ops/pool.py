@@ -1,0 +1,106 @@
+"""Max and average pooling (windowed and global)."""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from convc.errors import GraphError
+from convc.ops.base import NoAttrs, OpDef, OpKind, TensorType, check_arity, check_float, register
+
+
+@dataclass(frozen=True)
+class PoolAttrs:
+    kernel_shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    pads: tuple[int, ...]          # all begins, then all ends
+    dilations: tuple[int, ...]
+    ceil_mode: bool = False
+    count_include_pad: bool = False  # AveragePool only
+
+    @property
+    def spatial_rank(self) -> int:
+        return len(self.kernel_shape)
+
+
+def pool_output_size(size: int, k: int, s: int, d: int, pb: int, pe: int, ceil_mode: bool) -> int:
+    span = size + pb + pe - d * (k - 1) - 1
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    # a window that would start inside the end padding is dropped (PyTorch and onnxruntime agree)
+    if ceil_mode and (out - 1) * s >= size + pb:
+        out -= 1
+    return out
+
+
+def _pool_infer(kind: OpKind):
+    def infer(a: PoolAttrs, types: Sequence[TensorType]) -> list[TensorType]:
+        check_arity(kind, types, 1, 1)
+        check_float(kind, types)
+        x = types[0]
+        r = a.spatial_rank
+        if x.rank != r + 2:
+            raise GraphError(f"{kind.value} with a {r}-D kernel needs a rank-{r + 2} input, got X.shape={x.shape}")
+        out = tuple(pool_output_size(x.shape[2 + i], a.kernel_shape[i], a.strides[i], a.dilations[i], a.pads[i],
+                                     a.pads[r + i], a.ceil_mode) for i in range(r))
+        if any(o < 1 for o in out):
+            raise GraphError(f"{kind.value} output shape {out} is empty: X.shape={x.shape}, "
+                             f"kernel_shape={a.kernel_shape}, strides={a.strides}, pads={a.pads}")
+        return [TensorType(x.shape[:2] + out, x.dtype)]
+    return infer
+
+
+def _windows(a: PoolAttrs, x: np.ndarray, fill: float):
+    """Yield (kernel offset, window slice of the padded input, in-bounds mask) for every tap."""
+    r = a.spatial_rank
+    out = _pool_infer(OpKind.MAX_POOL)(a, [TensorType(x.shape, x.dtype)])[0].shape[2:]
+    extra = [max(0, (out[i] - 1) * a.strides[i] + a.dilations[i] * (a.kernel_shape[i] - 1) + 1
+                 - (x.shape[2 + i] + a.pads[i] + a.pads[r + i])) for i in range(r)]
+    widths = [(a.pads[i], a.pads[r + i] + extra[i]) for i in range(r)]
+    xp = np.pad(x.astype(np.float64), [(0, 0), (0, 0)] + widths, constant_values=fill)
+    inside = np.pad(np.ones(x.shape[2:], dtype=bool), widths, constant_values=False)
+    in_pads = np.pad(np.ones(x.shape[2:], dtype=bool), [(p, 0) for p, _ in widths], constant_values=True)
+    in_pads = np.pad(in_pads, [(0, a.pads[r + i]) for i in range(r)], constant_values=True)
+    in_pads = np.pad(in_pads, [(0, e) for e in extra], constant_values=False)
+    for k in itertools.product(*[range(kk) for kk in a.kernel_shape]):
+        sl = tuple(slice(k[i] * a.dilations[i], k[i] * a.dilations[i] + (out[i] - 1) * a.strides[i] + 1, a.strides[i])
+                   for i in range(r))
+        yield xp[(slice(None), slice(None)) + sl], inside[sl], in_pads[sl]
+
+
+def max_pool_reference(a: PoolAttrs, x: np.ndarray) -> list[np.ndarray]:
+    y = None
+    for win, _, _ in _windows(a, x, -np.inf):
+        y = win if y is None else np.maximum(y, win)
+    return [y.astype(x.dtype)]
+
+
+def average_pool_reference(a: PoolAttrs, x: np.ndarray) -> list[np.ndarray]:
+    total, count = 0.0, 0
+    for win, inside, in_pads in _windows(a, x, 0.0):
+        total = total + win
+        count = count + (in_pads if a.count_include_pad else inside)
+    return [(total / count).astype(x.dtype)]
+
+
+def _global_infer(kind: OpKind):
+    def infer(a: NoAttrs, types: Sequence[TensorType]) -> list[TensorType]:
+        check_arity(kind, types, 1, 1)
+        check_float(kind, types)
+        x = types[0]
+        if x.rank < 3:
+            raise GraphError(f"{kind.value} needs an input of rank >= 3 (N, C, spatial...), got X.shape={x.shape}")
+        return [TensorType(x.shape[:2] + (1,) * (x.rank - 2), x.dtype)]
+    return infer
+
+
+def _global_reference(fn):
+    return lambda a, x: [fn(x.astype(np.float64), axis=tuple(range(2, x.ndim)), keepdims=True).astype(x.dtype)]
+
+
+register(OpDef(OpKind.MAX_POOL, PoolAttrs, _pool_infer(OpKind.MAX_POOL), max_pool_reference))
+register(OpDef(OpKind.AVERAGE_POOL, PoolAttrs, _pool_infer(OpKind.AVERAGE_POOL), average_pool_reference))
+register(OpDef(OpKind.GLOBAL_AVERAGE_POOL, NoAttrs, _global_infer(OpKind.GLOBAL_AVERAGE_POOL),
+               _global_reference(np.mean)))
+register(OpDef(OpKind.GLOBAL_MAX_POOL, NoAttrs, _global_infer(OpKind.GLOBAL_MAX_POOL), _global_reference(np.max)))

@@ -1,0 +1,32 @@
+"""Softmax along one axis (opset 13 semantics; older opsets are rewritten by the importer)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from convc.errors import GraphError
+from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, register, same_type
+
+
+@dataclass(frozen=True)
+class SoftmaxAttrs:
+    axis: int  # non-negative after import
+
+
+def infer(a: SoftmaxAttrs, types: Sequence[TensorType]) -> list[TensorType]:
+    check_arity(OpKind.SOFTMAX, types, 1, 1)
+    check_float(OpKind.SOFTMAX, types)
+    if not 0 <= a.axis < types[0].rank:
+        raise GraphError(f"Softmax axis={a.axis} is out of range for shape {types[0].shape}")
+    return same_type(types[0])
+
+
+def reference(a: SoftmaxAttrs, x: np.ndarray) -> list[np.ndarray]:
+    x64 = x.astype(np.float64)
+    e = np.exp(x64 - x64.max(axis=a.axis, keepdims=True))
+    return [(e / e.sum(axis=a.axis, keepdims=True)).astype(x.dtype)]
+
+
+register(OpDef(OpKind.SOFTMAX, SoftmaxAttrs, infer, reference))
