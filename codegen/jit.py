@@ -42,7 +42,7 @@ class Target:
 
 
 def optimize(module: llvm.ModuleRef, tm, speed: int = 3) -> None:
-    pto = llvm.create_pipeline_tuning_options(speed_level=speed, size_level=0)
+    pto = llvm.create_pipeline_tuning_options(speed_level=speed)
     pto.loop_vectorization = True
     pto.slp_vectorization = True
     pb = llvm.create_pass_builder(tm, pto)

@@ -127,3 +127,22 @@ def memcpy(b: ir.IRBuilder, dst: ir.Value, src: ir.Value, nbytes) -> None:
 def memset_zero(b: ir.IRBuilder, dst: ir.Value, nbytes) -> None:
     fn = intrinsic(b.module, "llvm.memset.p0.i64", VOID, [PTR, I8, I64, I1])
     b.call(fn, [dst, ir.Constant(I8, 0), as_i64(b, nbytes), ir.Constant(I1, 0)])
+
+
+def alloca_entry(b: ir.IRBuilder, ty: ir.Type = F32, name: str = "") -> ir.Value:
+    """A stack slot in the entry block, where mem2reg can promote it to a register."""
+    here = b.block
+    b.position_at_start(b.function.entry_basic_block)
+    slot = b.alloca(ty, name=name)
+    b.position_at_end(here)
+    return slot
+
+
+def select_index(b: ir.IRBuilder, cond: ir.Value, yes, no) -> ir.Value:
+    return b.select(cond, as_i64(b, yes), as_i64(b, no))
+
+
+def in_range(b: ir.IRBuilder, v: ir.Value, lo: int, hi: int) -> ir.Value:
+    """lo <= v < hi as one unsigned compare of (v - lo)."""
+    shifted = b.sub(v, i64(lo)) if lo else v
+    return b.icmp_unsigned("<", shifted, i64(hi - lo))

@@ -105,7 +105,6 @@ class ModuleEmitter:
         fn.linkage = "internal"
         for a in fn.args:
             a.add_attribute("noalias")
-            a.add_attribute("nocapture")
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         return fn, b
 

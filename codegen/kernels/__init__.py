@@ -1,0 +1,2 @@
+"""Native kernel emitters, one module per op family, registered by these imports."""
+from convc.codegen.kernels import conv, elementwise, gemm, norm, pool, shape, softmax  # noqa: F401

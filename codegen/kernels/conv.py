@@ -1,0 +1,93 @@
+"""Convolution as im2col into kernel scratch, then the matrix-product loop nest per group.
+
+1-D convolutions run as 2-D ones with a height of 1; a 1x1, stride-1, unpadded conv skips im2col."""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from convc.ir import Op
+from convc.ops import OpKind
+from convc.ops.conv import ConvAttrs
+from convc.codegen.llvm_utils import f32, for_range, gep, i64, in_range, load, store
+from convc.codegen.module import KernelCall, ModuleEmitter, emitter
+from convc.codegen.kernels.gemm import matmul_loops
+
+
+def as_2d(a: ConvAttrs) -> ConvAttrs:
+    if a.spatial_rank == 2:
+        return a
+    if a.spatial_rank == 1:
+        return ConvAttrs((1,) + a.kernel_shape, (1,) + a.strides, (0, a.pads[0], 0, a.pads[1]),
+                         (1,) + a.dilations, a.group)
+    raise NotImplementedError(f"{a.spatial_rank}-D convolution")
+
+
+def spatial_2d(shape: tuple[int, ...]) -> tuple[int, int]:
+    return (1, shape[2]) if len(shape) == 3 else (shape[2], shape[3])
+
+
+def emit_im2col(b: ir.IRBuilder, x: ir.Value, col: ir.Value, c: int, h: int, w: int,
+                a: ConvAttrs, oh: int, ow: int) -> None:
+    """col[(ci*KH + kh)*KW + kw, y*OW + x] = input tap, zero where it falls in the padding."""
+    kh_, kw_ = a.kernel_shape
+    sh, sw = a.strides
+    dh, dw = a.dilations
+    pt, pl = a.pads[0], a.pads[1]
+    with for_range(b, c * kh_ * kw_, name="row") as row:
+        ci = b.udiv(row, i64(kh_ * kw_))
+        kh = b.urem(b.udiv(row, i64(kw_)), i64(kh_))
+        kw = b.urem(row, i64(kw_))
+        with for_range(b, oh, name="oy") as oy:
+            iy = b.add(b.sub(b.mul(oy, i64(sh)), i64(pt)), b.mul(kh, i64(dh)))
+            y_ok = in_range(b, iy, 0, h)
+            x_row = b.mul(b.add(b.mul(ci, i64(h)), iy), i64(w))
+            col_row = b.add(b.mul(row, i64(oh * ow)), b.mul(oy, i64(ow)))
+            with for_range(b, ow, name="ox") as ox:
+                ix = b.add(b.sub(b.mul(ox, i64(sw)), i64(pl)), b.mul(kw, i64(dw)))
+                ok = b.and_(y_ok, in_range(b, ix, 0, w))
+                # clamp the address so the speculative load never leaves the input
+                addr = b.select(ok, b.add(x_row, ix), i64(0))
+                v = b.select(ok, load(b, x, addr), f32(0.0))
+                store(b, v, col, b.add(col_row, ox))
+
+
+@emitter(OpKind.CONV)
+def emit_conv(em: ModuleEmitter, op: Op) -> KernelCall:
+    a = as_2d(op.attrs)
+    xs, ws, ys = (em.tensor(t).shape for t in (op.inputs[0], op.inputs[1], op.outputs[0]))
+    n, c = xs[:2]
+    h, w = spatial_2d(xs)
+    m = ws[0]
+    oh, ow = spatial_2d(ys)
+    g = a.group
+    cg, mg = c // g, m // g
+    kdim = cg * a.kernel_shape[0] * a.kernel_shape[1]
+    p = oh * ow
+    direct = a.kernel_shape == (1, 1) and a.strides == (1, 1) and not any(a.pads)
+    has_bias = len(op.inputs) == 3
+    args = [op.inputs[0], op.inputs[1]] + ([op.inputs[2]] if has_bias else []) + [op.outputs[0]]
+    if not direct:
+        args.append(em.scratch(kdim * p * 4))
+    fn, b = em.function(op.name, len(args))
+    x, wt = fn.args[0], fn.args[1]
+    bias = fn.args[2] if has_bias else None
+    y = fn.args[3 if has_bias else 2]
+    col = None if direct else fn.args[-1]
+    with for_range(b, n, name="batch") as ni:
+        with for_range(b, g, name="group") as gi:
+            xg = gep(b, x, b.mul(b.add(b.mul(ni, i64(g)), gi), i64(cg * h * w)))
+            yg = gep(b, y, b.mul(b.add(b.mul(ni, i64(g)), gi), i64(mg * p)))
+            wg = gep(b, wt, b.mul(gi, i64(mg * kdim)))
+            if direct:
+                src = xg
+            else:
+                emit_im2col(b, xg, col, cg, h, w, a, oh, ow)
+                src = col
+            with for_range(b, mg, name="oc") as mi:  # start from the bias (or zero)
+                v = load(b, bias, b.add(b.mul(gi, i64(mg)), mi)) if bias is not None else f32(0.0)
+                row = gep(b, yg, b.mul(mi, i64(p)))
+                with for_range(b, p, name="px") as pi:
+                    store(b, v, row, pi)
+            matmul_loops(b, mg, p, kdim, wg, (kdim, 1), src, (p, 1), yg, p)
+    b.ret_void()
+    return KernelCall(fn, args)

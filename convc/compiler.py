@@ -1,0 +1,75 @@
+"""convc.compile: model in, native callable out."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from convc.ir import Graph
+from convc.runtime import IOSpec, NativeRunner
+from convc.session import CompiledModel
+
+ModelSource = Any  # path, bytes, onnx.ModelProto or Graph
+
+
+def load_graph(model: ModelSource, batch: int | None = None) -> Graph:
+    if isinstance(model, Graph):
+        return model
+    from convc.frontend.onnx import import_onnx
+    return import_onnx(model, batch=batch)
+
+
+def has_dynamic_batch(model: ModelSource) -> bool:
+    """True when the ONNX model's first input leaves its batch dimension symbolic."""
+    import onnx
+    if isinstance(model, (str, os.PathLike)):
+        model = onnx.load(str(model), load_external_data=False)
+    elif isinstance(model, (bytes, bytearray)):
+        model = onnx.load_from_string(bytes(model))
+    if not isinstance(model, onnx.ModelProto):
+        return False
+    inits = {i.name for i in model.graph.initializer}
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        return bool(dims) and not dims[0].HasField("dim_value")
+    return False
+
+
+def compile_graph(graph: Graph, *, threads: int | None = None,
+                  progress: Callable[[str], None] | None = None,
+                  respecialize: Callable[[int], CompiledModel] | None = None) -> CompiledModel:
+    from convc.codegen.jit import JitEngine
+    from convc.codegen.module import ENTRY, emit_module
+    from convc.passes.pipeline import pipeline
+    plan = pipeline(graph, progress=progress)
+    if progress:
+        progress("code generation")
+    native = emit_module(plan, name=graph.name)
+    if progress:
+        progress("LLVM optimization and machine code")
+    engine = JitEngine(str(native.ir_module))
+    g = plan.graph
+    specs = lambda names: [IOSpec(n, g.tensor(n).shape, g.tensor(n).dtype) for n in names]  # noqa: E731
+    runner = NativeRunner(engine.address(ENTRY), native.arena_bytes, native.constants,
+                          specs(native.input_names), specs(native.output_names), keepalive=engine)
+    return CompiledModel(runner, g, threads=threads, respecialize=respecialize)
+
+
+def compile(model: ModelSource, *, threads: int | None = None, batch: int | None = None,
+            progress: Callable[[str], None] | None = None) -> CompiledModel:
+    """Compile an ONNX model (path, bytes or ``onnx.ModelProto``) or a convc Graph to native code.
+
+    ``batch`` fixes a symbolic batch dimension; left as None, the model compiles for batch 1 and
+    compiles other batch sizes on first use. ``threads`` caps the worker threads (default: all cores)."""
+    if isinstance(model, Path):
+        model = str(model)
+    if progress:
+        progress("import")
+    graph = load_graph(model, batch)
+    respecialize = None
+    if batch is None and not isinstance(model, Graph) and has_dynamic_batch(model):
+        def respecialize(n: int) -> CompiledModel:
+            return compile_graph(load_graph(model, n), threads=threads)
+    return compile_graph(graph, threads=threads, progress=progress, respecialize=respecialize)

@@ -1,0 +1,94 @@
+"""Calling compiled native code from Python: argument checks, contexts, the ctypes call."""
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from convc.errors import InputError
+
+RunFunction = Callable[[int, int, int], None]
+_ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)  # releases the GIL
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    """A model input or output: name, concrete shape and numpy dtype."""
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def type(self) -> str:  # onnxruntime's spelling, for code that reads NodeArg.type
+        return {np.dtype(np.float32): "tensor(float)"}.get(self.dtype, f"tensor({self.dtype})")
+
+
+class _Context:
+    """What one concurrent caller owns: the arena, and the ctx block pointing at it and the constants."""
+
+    def __init__(self, arena_bytes: int, const_table: ctypes.Array):
+        # over-allocate so the arena can start on a 64-byte boundary
+        self.arena = np.empty(arena_bytes + 64, dtype=np.uint8)
+        base = self.arena.ctypes.data
+        self.block = (ctypes.c_void_p * 2)(base + (-base % 64), ctypes.addressof(const_table))
+        self.address = ctypes.addressof(self.block)
+
+
+class NativeRunner:
+    """Checks arrays against the compiled signature and calls the native entry point.
+
+    Every caller takes a context (arena) from a free list and returns it after the call, so one
+    compiled model serves several Python threads at once with no lock around the native code."""
+
+    def __init__(self, address: int, arena_bytes: int, constants: Sequence[np.ndarray],
+                 inputs: list[IOSpec], outputs: list[IOSpec], keepalive: Any = None):
+        self._fn = _ENTRY_TYPE(address)
+        self._keepalive = keepalive  # the JIT engine or shared library owning the code
+        self._constants = [np.ascontiguousarray(c) for c in constants]
+        self._const_table = (ctypes.c_void_p * max(1, len(self._constants)))(
+            *[c.ctypes.data for c in self._constants])
+        self.arena_bytes = arena_bytes
+        self.inputs = inputs
+        self.outputs = outputs
+        self._free: list[_Context] = [_Context(arena_bytes, self._const_table)]
+        self._names = {s.name for s in inputs}
+
+    def check(self, feeds: Mapping[str, Any]) -> list[np.ndarray]:
+        missing = [s.name for s in self.inputs if s.name not in feeds]
+        extra = [k for k in feeds if k not in self._names]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing input(s) {missing}")
+            if extra:
+                parts.append(f"unknown input(s) {extra}")
+            raise InputError("; ".join(parts) + f"; the model takes {[s.name for s in self.inputs]}")
+        arrays = []
+        for spec in self.inputs:
+            a = feeds[spec.name]
+            if not isinstance(a, np.ndarray):
+                a = np.asarray(a, dtype=spec.dtype) if isinstance(a, (list, tuple, float, int)) else np.asarray(a)
+            if a.dtype != spec.dtype:
+                raise InputError(f"input {spec.name!r} has dtype {a.dtype}, expected {spec.dtype} "
+                                 f"(convert with .astype(np.{spec.dtype}))")
+            if a.shape != spec.shape:
+                raise InputError(f"input {spec.name!r} has shape {a.shape}, expected {spec.shape}")
+            # strided, misaligned or byte-swapped arrays are copied, never read out of bounds
+            arrays.append(np.require(a, requirements=("C", "A")))
+        return arrays
+
+    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        outs = [np.empty(s.shape, dtype=s.dtype) for s in self.outputs]
+        in_ptrs = (ctypes.c_void_p * max(1, len(arrays)))(*[a.ctypes.data for a in arrays])
+        out_ptrs = (ctypes.c_void_p * max(1, len(outs)))(*[o.ctypes.data for o in outs])
+        try:
+            ctx = self._free.pop()
+        except IndexError:  # another thread holds every context: make one more
+            ctx = _Context(self.arena_bytes, self._const_table)
+        try:
+            self._fn(ctx.address, ctypes.addressof(in_ptrs), ctypes.addressof(out_ptrs))
+        finally:
+            self._free.append(ctx)
+        return outs

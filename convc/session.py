@@ -1,0 +1,93 @@
+"""The compiled model users call, and an onnxruntime-compatible InferenceSession."""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from convc.errors import InputError
+from convc.runtime import IOSpec, NativeRunner
+
+
+class CompiledModel:
+    """A model compiled to native code. numpy arrays in, numpy arrays out.
+
+    ``run(feeds)`` maps input names to arrays and returns a dict of outputs; calling the model with
+    positional arrays returns one array (or a tuple when the model has several outputs). When the
+    model's batch dimension is symbolic and no ``batch`` was fixed, a new batch size compiles a
+    specialized variant on first use and keeps it."""
+
+    def __init__(self, runner: NativeRunner, graph, threads: int | None = None,
+                 respecialize: Callable[[int], "CompiledModel"] | None = None):
+        self._runner = runner
+        self.graph = graph  # the optimized graph the native code was generated from
+        self.threads = threads
+        self._respecialize = respecialize
+        self._variants: dict[int, CompiledModel] = {}
+
+    @property
+    def inputs(self) -> list[IOSpec]:
+        return list(self._runner.inputs)
+
+    @property
+    def outputs(self) -> list[IOSpec]:
+        return list(self._runner.outputs)
+
+    @property
+    def batch(self) -> int | None:
+        return self._runner.inputs[0].shape[0] if self._runner.inputs and self._runner.inputs[0].shape else None
+
+    def _variant_for(self, feeds: Mapping[str, Any]) -> "CompiledModel":
+        if self._respecialize is None or not self._runner.inputs:
+            return self
+        first = feeds.get(self._runner.inputs[0].name)
+        shape = getattr(first, "shape", None)
+        if not shape or shape[0] == self.batch or shape[1:] != self._runner.inputs[0].shape[1:]:
+            return self
+        n = int(shape[0])
+        if n not in self._variants:
+            self._variants[n] = self._respecialize(n)
+        return self._variants[n]
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        model = self._variant_for(feeds)
+        outs = model._runner.run(model._runner.check(feeds))
+        return {s.name: o for s, o in zip(model._runner.outputs, outs)}
+
+    def __call__(self, *arrays: np.ndarray):
+        if len(arrays) != len(self._runner.inputs):
+            raise InputError(f"the model takes {len(self._runner.inputs)} input(s) "
+                             f"{[s.name for s in self._runner.inputs]}, got {len(arrays)} array(s)")
+        outs = list(self.run({s.name: a for s, a in zip(self._runner.inputs, arrays)}).values())
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def __repr__(self) -> str:
+        sig = ", ".join(f"{s.name}: {s.dtype}{list(s.shape)}" for s in self.inputs)
+        out = ", ".join(f"{s.name}: {s.dtype}{list(s.shape)}" for s in self.outputs)
+        return f"<convc.CompiledModel ({sig}) -> ({out})>"
+
+
+class InferenceSession:
+    """Drop-in for ``onnxruntime.InferenceSession`` on CPU: ``run(output_names, feeds) -> list``."""
+
+    def __init__(self, path_or_bytes, sess_options: Any = None, providers: Sequence[str] | None = None,
+                 *, threads: int | None = None, batch: int | None = None):
+        from convc.compiler import compile
+        self._model = compile(path_or_bytes, threads=threads, batch=batch)
+
+    def get_inputs(self) -> list[IOSpec]:
+        return self._model.inputs
+
+    def get_outputs(self) -> list[IOSpec]:
+        return self._model.outputs
+
+    def get_providers(self) -> list[str]:
+        return ["ConvcCPUExecutionProvider"]
+
+    def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any], run_options: Any = None):
+        result = self._model.run(input_feed)
+        names = list(output_names) if output_names else [s.name for s in self._model.outputs]
+        unknown = [n for n in names if n not in result]
+        if unknown:
+            raise InputError(f"unknown output name(s) {unknown}; the model has {list(result)}")
+        return [result[n] for n in names]
