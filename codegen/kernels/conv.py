@@ -10,6 +10,7 @@ from convc.ops import OpKind
 from convc.ops.conv import ConvAttrs
 from convc.codegen.llvm_utils import f32, for_range, gep, i64, in_range, load, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
+from convc.codegen.kernels.epilogue import epilogue_pass
 from convc.codegen.kernels.gemm import matmul_loops
 
 
@@ -64,14 +65,16 @@ def emit_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     kdim = cg * a.kernel_shape[0] * a.kernel_shape[1]
     p = oh * ow
     direct = a.kernel_shape == (1, 1) and a.strides == (1, 1) and not any(a.pads)
-    has_bias = len(op.inputs) == 3
-    args = [op.inputs[0], op.inputs[1]] + ([op.inputs[2]] if has_bias else []) + [op.outputs[0]]
+    epi = a.epilogue
+    has_bias = len(op.inputs) - epi.residual == 3
+    args = list(op.inputs) + [op.outputs[0]]
     if not direct:
         args.append(em.scratch(kdim * p * 4))
     fn, b = em.function(op.name, len(args))
     x, wt = fn.args[0], fn.args[1]
     bias = fn.args[2] if has_bias else None
-    y = fn.args[3 if has_bias else 2]
+    residual = fn.args[len(op.inputs) - 1] if epi.residual else None
+    y = fn.args[len(op.inputs)]
     col = None if direct else fn.args[-1]
     with for_range(b, n, name="batch") as ni:
         with for_range(b, g, name="group") as gi:
@@ -89,5 +92,8 @@ def emit_conv(em: ModuleEmitter, op: Op) -> KernelCall:
                 with for_range(b, p, name="px") as pi:
                     store(b, v, row, pi)
             matmul_loops(b, mg, p, kdim, wg, (kdim, 1), src, (p, 1), yg, p)
+            if not epi.empty:
+                rg = gep(b, residual, b.mul(b.add(b.mul(ni, i64(g)), gi), i64(mg * p))) if epi.residual else None
+                epilogue_pass(b, epi, yg, rg, mg * p)
     b.ret_void()
     return KernelCall(fn, args)

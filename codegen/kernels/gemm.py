@@ -9,6 +9,7 @@ from convc.ops import OpKind
 from convc.codegen.llvm_utils import FAST, f32, for_range, gep, i64, linear_index, load, loop_nest, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from convc.codegen.kernels.elementwise import broadcast_strides
+from convc.codegen.kernels.epilogue import epilogue_pass
 
 N_BLOCK = 256  # columns of C kept hot in L1 while a row of A streams through
 
@@ -57,15 +58,19 @@ def emit_gemm(em: ModuleEmitter, op: Op) -> KernelCall:
     if at.trans_b and weight.data is not None:
         # constant weights are transposed once here so the inner loop reads B contiguously
         b_arg, b_strides = em.derived_constant(np.ascontiguousarray(weight.data.T)), (n, 1)
-    has_c = len(op.inputs) == 3 and at.beta != 0.0
-    fn, bld = em.function(op.name, 4 if has_c else 3)
-    a, bm, *rest = fn.args
-    y = rest[-1]
-    fill_broadcast(bld, y, (m, n), rest[0] if has_c else None,
+    epi = at.epilogue
+    has_c = len(op.inputs) - epi.residual == 3 and at.beta != 0.0
+    args = [op.inputs[0], b_arg] + ([op.inputs[2]] if has_c else []) + \
+        ([op.inputs[-1]] if epi.residual else []) + [op.outputs[0]]
+    fn, bld = em.function(op.name, len(args))
+    a, bm = fn.args[0], fn.args[1]
+    y = fn.args[-1]
+    fill_broadcast(bld, y, (m, n), fn.args[2] if has_c else None,
                    em.tensor(op.inputs[2]).shape if has_c else (), at.beta)
     matmul_loops(bld, m, n, k, a, (1, sa[1]) if at.trans_a else (sa[1], 1), bm, b_strides, y, n, at.alpha)
+    epilogue_pass(bld, epi, y, fn.args[-2] if epi.residual else None, m * n)
     bld.ret_void()
-    return KernelCall(fn, [op.inputs[0], b_arg] + ([op.inputs[2]] if has_c else []) + [op.outputs[0]])
+    return KernelCall(fn, args)
 
 
 @emitter(OpKind.MATMUL)

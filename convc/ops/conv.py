@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from convc.errors import GraphError
+from convc.ops.epilogue import NO_EPILOGUE, Epilogue
 from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, register
 
 
@@ -18,6 +19,7 @@ class ConvAttrs:
     pads: tuple[int, ...]        # ONNX order: all begins, then all ends
     dilations: tuple[int, ...]
     group: int = 1
+    epilogue: Epilogue = NO_EPILOGUE
 
     @property
     def spatial_rank(self) -> int:
@@ -36,10 +38,16 @@ def conv_output_size(size: int, k: int, stride: int, dilation: int, pad_begin: i
     return (size + pad_begin + pad_end - dilation * (k - 1) - 1) // stride + 1
 
 
+def split_inputs(a, items: Sequence):
+    """(X, W, bias or None, residual or None) of a Conv/Gemm whose epilogue may add a residual."""
+    n = len(items) - int(a.epilogue.residual)
+    return items[0], items[1], items[2] if n == 3 else None, items[-1] if a.epilogue.residual else None
+
+
 def infer(a: ConvAttrs, types: Sequence[TensorType]) -> list[TensorType]:
-    check_arity(OpKind.CONV, types, 2, 3)
+    check_arity(OpKind.CONV, types, 2 + a.epilogue.residual, 3 + a.epilogue.residual)
     check_float(OpKind.CONV, types)
-    x, w = types[0], types[1]
+    x, w, bias, residual = split_inputs(a, types)
     r = a.spatial_rank
     if x.rank != r + 2 or w.rank != r + 2:
         raise GraphError(f"Conv with a {r}-D kernel needs rank-{r + 2} X and W, got X.shape={x.shape}, W.shape={w.shape}")
@@ -50,24 +58,27 @@ def infer(a: ConvAttrs, types: Sequence[TensorType]) -> list[TensorType]:
     if c != cg * a.group or m % a.group:
         raise GraphError(f"X.shape={x.shape}, W.shape={w.shape}, group={a.group}: input channels {c} must equal "
                          f"W.shape[1] * group = {cg * a.group} and output channels {m} must divide by group")
-    if len(types) == 3 and types[2].shape != (m,):
-        raise GraphError(f"bias B.shape={types[2].shape}, expected ({m},)")
+    if bias is not None and bias.shape != (m,):
+        raise GraphError(f"bias B.shape={bias.shape}, expected ({m},)")
     out = tuple(conv_output_size(x.shape[2 + i], a.kernel_shape[i], a.strides[i], a.dilations[i],
                                  a.pads_begin[i], a.pads_end[i]) for i in range(r))
     if any(o < 1 for o in out):
         raise GraphError(f"output spatial shape {out} is empty: X.shape={x.shape}, kernel_shape={a.kernel_shape}, "
                          f"strides={a.strides}, pads={a.pads}, dilations={a.dilations}")
+    if residual is not None and residual.shape != (n, m) + out:
+        raise GraphError(f"fused residual shape {residual.shape} differs from the output shape {(n, m) + out}")
     return [TensorType((n, m) + out, x.dtype)]
 
 
-def reference(a: ConvAttrs, x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> list[np.ndarray]:
+def reference(a: ConvAttrs, *inputs: np.ndarray) -> list[np.ndarray]:
+    x, w, b, residual = split_inputs(a, inputs)
     r = a.spatial_rank
     xp = np.pad(x, [(0, 0), (0, 0)] + [(a.pads_begin[i], a.pads_end[i]) for i in range(r)])
     n, c = x.shape[:2]
     m = w.shape[0]
     g = a.group
     cg, mg = c // g, m // g
-    out_sp = infer(a, [TensorType(x.shape, x.dtype), TensorType(w.shape, w.dtype)])[0].shape[2:]
+    out_sp = infer(a, [TensorType(t.shape, t.dtype) for t in inputs])[0].shape[2:]
     y = np.zeros((n, m) + out_sp, dtype=np.float64)
     for k in itertools.product(*[range(kk) for kk in a.kernel_shape]):
         sl = tuple(slice(k[i] * a.dilations[i], k[i] * a.dilations[i] + (out_sp[i] - 1) * a.strides[i] + 1, a.strides[i])
@@ -78,7 +89,7 @@ def reference(a: ConvAttrs, x: np.ndarray, w: np.ndarray, b: np.ndarray | None =
             y[:, gi * mg:(gi + 1) * mg] += np.einsum("mc,nc...->nm...", wk, patch[:, gi * cg:(gi + 1) * cg])
     if b is not None:
         y += b.reshape((1, m) + (1,) * r)
-    return [y.astype(x.dtype)]
+    return [a.epilogue.reference(y.astype(x.dtype), residual)]
 
 
 def macs(a: ConvAttrs, ins: Sequence[TensorType], outs: Sequence[TensorType]) -> int:
@@ -86,4 +97,4 @@ def macs(a: ConvAttrs, ins: Sequence[TensorType], outs: Sequence[TensorType]) ->
     return int(np.prod(outs[0].shape, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
 
 
-register(OpDef(OpKind.CONV, ConvAttrs, infer, reference, macs, n_inputs=(2, 3)))
+register(OpDef(OpKind.CONV, ConvAttrs, infer, reference, macs, n_inputs=(2, 4)))

@@ -7,6 +7,8 @@ from typing import Sequence
 import numpy as np
 
 from convc.errors import GraphError
+from convc.ops.conv import split_inputs
+from convc.ops.epilogue import NO_EPILOGUE, Epilogue
 from convc.ops.base import NoAttrs, OpDef, OpKind, TensorType, broadcast_shapes, check_arity, check_float, register
 
 
@@ -16,12 +18,13 @@ class GemmAttrs:
     beta: float = 1.0
     trans_a: bool = False
     trans_b: bool = False
+    epilogue: Epilogue = NO_EPILOGUE
 
 
 def gemm_infer(a: GemmAttrs, types: Sequence[TensorType]) -> list[TensorType]:
-    check_arity(OpKind.GEMM, types, 2, 3)
+    check_arity(OpKind.GEMM, types, 2 + a.epilogue.residual, 3 + a.epilogue.residual)
     check_float(OpKind.GEMM, types)
-    ta, tb = types[0], types[1]
+    ta, tb, tc, residual = split_inputs(a, types)
     if ta.rank != 2 or tb.rank != 2:
         raise GraphError(f"Gemm needs 2-D A and B, got A.shape={ta.shape}, B.shape={tb.shape}")
     m, k = ta.shape[::-1] if a.trans_a else ta.shape
@@ -29,20 +32,21 @@ def gemm_infer(a: GemmAttrs, types: Sequence[TensorType]) -> list[TensorType]:
     if k != k2:
         raise GraphError(f"A.shape={ta.shape} (transA={int(a.trans_a)}) and B.shape={tb.shape} "
                          f"(transB={int(a.trans_b)}) disagree on K: {k} vs {k2}")
-    if len(types) == 3:
-        c = types[2].shape
-        if broadcast_shapes(OpKind.GEMM, c, (m, n)) != (m, n):
-            raise GraphError(f"C.shape={c} does not broadcast to (M, N)=({m}, {n})")
+    if tc is not None and broadcast_shapes(OpKind.GEMM, tc.shape, (m, n)) != (m, n):
+        raise GraphError(f"C.shape={tc.shape} does not broadcast to (M, N)=({m}, {n})")
+    if residual is not None and residual.shape != (m, n):
+        raise GraphError(f"fused residual shape {residual.shape} differs from the output shape {(m, n)}")
     return [TensorType((m, n), ta.dtype)]
 
 
-def gemm_reference(a: GemmAttrs, x: np.ndarray, w: np.ndarray, c: np.ndarray | None = None) -> list[np.ndarray]:
+def gemm_reference(a: GemmAttrs, *inputs: np.ndarray) -> list[np.ndarray]:
+    x, w, c, residual = split_inputs(a, inputs)
     x64 = x.astype(np.float64).T if a.trans_a else x.astype(np.float64)
     w64 = w.astype(np.float64).T if a.trans_b else w.astype(np.float64)
     y = a.alpha * (x64 @ w64)
     if c is not None:
         y = y + a.beta * c
-    return [y.astype(x.dtype)]
+    return [a.epilogue.reference(y.astype(x.dtype), residual)]
 
 
 def gemm_macs(a: GemmAttrs, ins: Sequence[TensorType], outs: Sequence[TensorType]) -> int:
@@ -73,5 +77,5 @@ def matmul_macs(a: NoAttrs, ins: Sequence[TensorType], outs: Sequence[TensorType
     return int(np.prod(outs[0].shape, dtype=np.int64)) * ins[0].shape[-1]
 
 
-register(OpDef(OpKind.GEMM, GemmAttrs, gemm_infer, gemm_reference, gemm_macs, n_inputs=(2, 3)))
+register(OpDef(OpKind.GEMM, GemmAttrs, gemm_infer, gemm_reference, gemm_macs, n_inputs=(2, 4)))
 register(OpDef(OpKind.MATMUL, NoAttrs, matmul_infer, matmul_reference, matmul_macs, n_inputs=(2, 2)))

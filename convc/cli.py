@@ -1,0 +1,328 @@
+"""The ``convc`` command line: compile and run ONNX models, inspect them, write example models.
+
+Each subcommand is one ``Command`` in ``COMMANDS``: a name, its help texts, a function adding its
+arguments and a function running it. Adding a subcommand (profile, check, compile) is one more
+entry in that list.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from convc.errors import ConvcError, InputError, ModelImportError
+
+EXIT_OK = 0
+EXIT_ERROR = 2  # what argparse uses for usage errors; convc errors share it
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+class Progress:
+    """Prints compile stages to stderr with the time since the start, unless quiet."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.start = time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        if not self.quiet:
+            print(f"convc: [{time.perf_counter() - self.start:6.2f}s] {stage}", file=sys.stderr, flush=True)
+
+
+def load_onnx(path: str):
+    """Read an ONNX file; a missing file raises FileNotFoundError, an unreadable one ModelImportError."""
+    import onnx
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(2, "no such file", path)
+    if p.is_dir():
+        raise ModelImportError(f"{path}: is a directory, expected an .onnx file")
+    try:
+        model = onnx.load(str(p))
+    except Exception as e:  # protobuf's DecodeError, external-data errors, ...
+        raise ModelImportError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+    if not model.HasField("graph") or not (len(model.graph.node) or len(model.graph.output)):
+        raise ModelImportError(f"{path}: not an ONNX model (no graph in it)")
+    return model
+
+
+def _dims(value_info) -> str:
+    dims = value_info.type.tensor_type.shape.dim
+    return "[" + ", ".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?")
+                           for d in dims) + "]"
+
+
+def _elem_type(value_info) -> str:
+    import onnx
+    t = value_info.type.tensor_type.elem_type
+    return onnx.helper.tensor_dtype_to_np_dtype(t).name if t else "?"
+
+
+def _model_inputs(model) -> list:
+    inits = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def _input_spec(text: str) -> tuple[str | None, str]:
+    name, sep, path = text.partition("=")
+    if not sep:
+        return None, text
+    if not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE.npy, got {text!r}")
+    return name, path
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
+def _format_values(a: np.ndarray, n: int = 6) -> str:
+    flat = a.reshape(-1)
+    vals = ", ".join(f"{v:.6g}" for v in flat[:n].tolist())
+    return f"[{vals}{', ...' if flat.size > n else ''}]"
+
+
+def _safe_filename(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "output"
+
+
+def _load_npy(name: str, path: str) -> np.ndarray:
+    if not Path(path).exists():
+        raise FileNotFoundError(2, "no such file", path)
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"input {name!r}: cannot read {path} as a .npy array ({e})") from None
+
+
+# --- convc run -----------------------------------------------------------------------------
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL.onnx", help="the ONNX model to compile and run")
+    p.add_argument("--batch", type=_positive, metavar="N",
+                   help="fix a symbolic batch dimension to N (default: 1, or the batch of the given inputs)")
+    p.add_argument("--input", "-i", dest="inputs", action="append", type=_input_spec, default=[],
+                   metavar="NAME=FILE.npy",
+                   help="feed input NAME from a .npy file (repeatable; plain FILE.npy for a single-input "
+                        "model). Inputs not given get seeded random normal values")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
+    p.add_argument("--repeat", "-r", type=_positive, default=10, metavar="R",
+                   help="time R runs and report the median latency (default: 10)")
+    p.add_argument("--threads", "-t", type=_positive, metavar="T",
+                   help="worker threads of the compiled code (default: all cores)")
+    p.add_argument("--output-dir", "-o", metavar="DIR", help="save each output as DIR/<output name>.npy")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import convc
+    progress = Progress(args.quiet)
+    onnx_model = load_onnx(args.model)
+    given: dict[str, np.ndarray] = {}
+    declared = [i.name for i in _model_inputs(onnx_model)]
+    for name, path in args.inputs:
+        if name is None:
+            if len(declared) != 1:
+                raise InputError(f"--input {path}: the model has {len(declared)} inputs {declared}; "
+                                 "name the one to feed with NAME=FILE.npy")
+            name = declared[0]
+        if name not in declared:
+            raise InputError(f"--input {name}=...: the model has no input {name!r}; its inputs are {declared}")
+        given[name] = _load_npy(name, path)
+
+    model = convc.compile(onnx_model, batch=args.batch, threads=args.threads, progress=progress)
+    progress(f"compiled {Path(args.model).name}")
+
+    rng = np.random.default_rng(args.seed)
+    feeds: dict[str, np.ndarray] = {}
+    for spec in model.inputs:
+        if spec.name in given:
+            feeds[spec.name] = given[spec.name]
+            print(f"input  {spec.name!r}: {given[spec.name].dtype} {given[spec.name].shape} from file")
+        else:
+            feeds[spec.name] = rng.standard_normal(spec.shape).astype(spec.dtype)
+            print(f"input  {spec.name!r}: {spec.dtype} {spec.shape} random normal values (seed {args.seed}; "
+                  f"give a file with --input {spec.name}=FILE.npy)")
+
+    outputs = model.run(feeds)  # also the warm-up: a new batch size compiles here
+    times = []
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        model.run(feeds)
+        times.append(time.perf_counter() - t0)
+
+    for name, y in outputs.items():
+        print(f"output {name!r}: {y.dtype} {y.shape}")
+        print(f"  first values: {_format_values(y)}")
+        if y.size:
+            print(f"  min {y.min():.6g}  max {y.max():.6g}  mean {y.mean():.6g}")
+        if y.ndim == 2 and y.shape[1] > 1:
+            rows = y.argmax(axis=1).tolist()
+            print(f"  argmax per row: {rows[:16]}{' ...' if len(rows) > 16 else ''}")
+    ms = [t * 1e3 for t in times]
+    print(f"latency: median {statistics.median(ms):.3f} ms, min {min(ms):.3f} ms over {args.repeat} run(s)")
+
+    if args.output_dir:
+        out_dir = Path(args.output_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, y in outputs.items():
+            path = out_dir / f"{_safe_filename(name)}.npy"
+            np.save(path, y)
+            print(f"saved {path}")
+    return EXIT_OK
+
+
+# --- convc info ----------------------------------------------------------------------------
+
+def _add_info_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL.onnx", help="the ONNX model to inspect")
+    p.add_argument("--batch", type=_positive, metavar="N",
+                   help="import with a symbolic batch dimension fixed to N (default: 1)")
+    p.add_argument("--dot", metavar="FILE", help="also write the imported graph as Graphviz DOT to FILE")
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from convc.compiler import load_graph
+    onnx_model = load_onnx(args.model)
+    opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in onnx_model.opset_import)
+    producer = " ".join(x for x in (onnx_model.producer_name, onnx_model.producer_version) if x) or "unknown"
+    print(f"model {args.model}: IR version {onnx_model.ir_version}, opsets {opsets}, producer {producer}")
+    print(f"  {len(onnx_model.graph.node)} ONNX node(s), {len(onnx_model.graph.initializer)} initializer(s)")
+    print("inputs:")
+    for vi in _model_inputs(onnx_model):
+        print(f"  {vi.name}: {_elem_type(vi)} {_dims(vi)}")
+    print("outputs:")
+    for vi in onnx_model.graph.output:
+        print(f"  {vi.name}: {_elem_type(vi)} {_dims(vi)}")
+    graph = load_graph(onnx_model, args.batch)
+    print()
+    print(graph.dump())
+    if args.dot:
+        Path(args.dot).write_text(graph.to_dot())
+        print(f"\nwrote {args.dot} (render with: dot -Tsvg {args.dot} -o graph.svg)")
+    return EXIT_OK
+
+
+# --- convc example -------------------------------------------------------------------------
+
+def _add_example_args(p: argparse.ArgumentParser) -> None:
+    from convc.models import EXAMPLES
+    p.add_argument("name", choices=sorted(EXAMPLES), help="which model: " + "; ".join(
+        f"{e.name} = {e.summary}" for e in EXAMPLES.values()))
+    p.add_argument("--output", "-o", metavar="FILE", help="where to write it (default: NAME.onnx)")
+    p.add_argument("--batch", type=_positive, metavar="N",
+                   help="a fixed batch size (default: a symbolic batch dimension 'N')")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
+
+
+def _cmd_example(args: argparse.Namespace) -> int:
+    import onnx
+    from convc.models import EXAMPLES
+    example = EXAMPLES[args.name]
+    model = example.build(batch=args.batch, seed=args.seed)
+    path = args.output or f"{args.name}.onnx"
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+    print(f"wrote {path}: {example.summary}, seeded random weights (seed {args.seed})")
+    for vi in _model_inputs(model):
+        print(f"  input  {vi.name}: {_elem_type(vi)} {_dims(vi)}")
+    for vi in model.graph.output:
+        print(f"  output {vi.name}: {_elem_type(vi)} {_dims(vi)}")
+    print(f"run it with: convc run {path}")
+    return EXIT_OK
+
+
+# --- the command table ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str          # one line, shown in `convc --help`
+    description: str   # shown in `convc NAME --help`
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    examples: tuple[str, ...] = ()
+
+
+COMMANDS: list[Command] = [
+    Command("run", "compile an ONNX model to native code and run it",
+            "Compile MODEL.onnx to native code for this CPU, run it on the given .npy inputs (or on seeded "
+            "random inputs), print each output's shape and first values, and time repeated runs.",
+            _add_run_args, _cmd_run,
+            ("convc run lenet.onnx", "convc run lenet.onnx --batch 8 --repeat 100",
+             "convc run model.onnx --input data=x.npy --output-dir out/")),
+    Command("info", "show a model's inputs, outputs and imported graph",
+            "Print MODEL.onnx's inputs and outputs and the convc graph it imports to (one line per op, with "
+            "shapes), optionally writing the graph as Graphviz DOT.",
+            _add_info_args, _cmd_info,
+            ("convc info lenet.onnx", "convc info lenet.onnx --dot lenet.dot")),
+    Command("example", "write a small built-in example model (lenet, cifar) as ONNX",
+            "Write a small ready-to-run ONNX model with seeded random weights, so convc can be tried "
+            "without downloading anything.",
+            _add_example_args, _cmd_example,
+            ("convc example lenet -o lenet.onnx", "convc example cifar --batch 4")),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from convc import __version__
+    parser = argparse.ArgumentParser(
+        prog="convc",
+        description="convc compiles convolutional neural networks (ONNX) ahead of time to native code.",
+        epilog="Run 'convc COMMAND --help' for a command's options. Start with:\n"
+               "  convc example lenet -o lenet.onnx && convc run lenet.onnx",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"convc {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for cmd in COMMANDS:
+        epilog = "examples:\n" + "\n".join(f"  {e}" for e in cmd.examples) if cmd.examples else None
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description, epilog=epilog,
+                           parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter)
+        cmd.add_arguments(p)
+        p.set_defaults(handler=cmd.run)
+    return parser
+
+
+def _fail(message: str) -> int:
+    print(f"convc: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``convc`` console script and ``python -m convc``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help(sys.stderr)
+        return EXIT_ERROR
+    try:
+        return args.handler(args)
+    except ConvcError as e:
+        return _fail(str(e))
+    except FileNotFoundError as e:
+        return _fail(f"{e.filename or e}: no such file")
+    except OSError as e:  # permissions, a full disk, a directory where a file was expected
+        return _fail(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}")
+    except KeyboardInterrupt:
+        print("convc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Conv (1-D and 2-D): auto_pad resolved to explicit pads, kernel_shape taken from W when absent."""
+from __future__ import annotations
+
+from convc.frontend.onnx.context import NodeContext, Unsupported
+from convc.frontend.onnx.registry import converter
+from convc.frontend.onnx.spatial import window
+from convc.ops import OpKind
+from convc.ops.conv import ConvAttrs
+
+
+@converter("Conv")
+def conv(ctx: NodeContext) -> None:
+    ctx.require_float()
+    x, w = ctx.input_shape(0), ctx.input_shape(1)
+    if len(x) > 4:
+        raise Unsupported(f"{len(x) - 2}-D convolution (X.shape={x}); convc compiles 1-D and 2-D convolutions")
+    if len(x) < 3 or len(w) != len(x):
+        raise ctx.error(f"X.shape={x} and W.shape={w} must both have rank 3 (1-D) or 4 (2-D)")
+    kernel = ctx.ints("kernel_shape")
+    if kernel is not None and kernel != w[2:]:
+        raise ctx.error(f"kernel_shape={kernel} does not match W.shape={w}")
+    group = int(ctx.attr("group", 1))
+    if group < 1 or x[1] % group or w[0] % group or w[1] * group != x[1]:
+        raise ctx.error(f"group={group} does not fit X.shape={x}, W.shape={w}: input channels {x[1]} must equal "
+                        f"W.shape[1] * group = {w[1] * group} and output channels {w[0]} must divide by group")
+    win = window(ctx, x[2:], w[2:])
+    attrs = ConvAttrs(win.kernel_shape, win.strides, win.pads, win.dilations, group)
+    ctx.add_op(OpKind.CONV, attrs, ctx.present_inputs())

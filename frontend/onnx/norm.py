@@ -1,0 +1,22 @@
+"""BatchNormalization, inference form (running statistics)."""
+from __future__ import annotations
+
+from convc.frontend.onnx.context import NodeContext, Unsupported
+from convc.frontend.onnx.registry import converter
+from convc.ops import OpKind
+from convc.ops.norm import BatchNormAttrs
+
+
+@converter("BatchNormalization")
+def batch_norm(ctx: NodeContext) -> None:
+    if ctx.attr("training_mode", 0) != 0:
+        raise Unsupported("training_mode=1 normalizes with batch statistics; convc imports the inference form")
+    if ctx.attr("spatial", 1) != 1:
+        raise Unsupported("spatial=0 (statistics per activation, not per channel) is not supported")
+    used = [ctx.output_names[i] if i < len(ctx.output_names) else f"#{i}"
+            for i in range(1, len(ctx.outputs)) if ctx.output_used(i)]
+    if used:
+        raise Unsupported(f"the optional outputs {used} are used; they exist only in training")
+    ctx.require_float()
+    attrs = BatchNormAttrs(epsilon=float(ctx.attr("epsilon", 1e-5)), momentum=float(ctx.attr("momentum", 0.9)))
+    ctx.add_op(OpKind.BATCH_NORM, attrs, ctx.inputs[:5])

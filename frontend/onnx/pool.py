@@ -1,0 +1,58 @@
+"""MaxPool, AveragePool (1-D and 2-D) and the global pools."""
+from __future__ import annotations
+
+from convc.frontend.onnx.context import NodeContext, Unsupported
+from convc.frontend.onnx.registry import converter
+from convc.frontend.onnx.spatial import Window, window
+from convc.ops import NoAttrs, OpKind
+from convc.ops.pool import PoolAttrs
+
+
+def _window(ctx: NodeContext) -> Window:
+    ctx.require_float()
+    x = ctx.input_shape(0)
+    if len(x) > 4:
+        raise Unsupported(f"{len(x) - 2}-D pooling (X.shape={x}); convc compiles 1-D and 2-D pooling")
+    if len(x) < 3:
+        raise ctx.error(f"X.shape={x} must have rank 3 (1-D) or 4 (2-D)")
+    win = window(ctx, x[2:], ctx.attr("kernel_shape"))
+    r = len(win.kernel_shape)
+    for i in range(r):
+        extent = win.dilations[i] * (win.kernel_shape[i] - 1) + 1
+        if win.pads[i] >= extent or win.pads[r + i] >= extent:
+            raise ctx.error(f"pads={win.pads} must be smaller than the (dilated) kernel {win.kernel_shape} on every "
+                            "axis: a window would lie entirely in the padding")
+    return win
+
+
+@converter("MaxPool")
+def max_pool(ctx: NodeContext) -> None:
+    if ctx.output_used(1):
+        raise Unsupported("the optional output 'Indices' is used; convc computes only the pooled values")
+    if ctx.attr("storage_order", 0) != 0:
+        raise Unsupported(f"storage_order={ctx.attr('storage_order')}; convc supports only 0 (row major)")
+    win = _window(ctx)
+    attrs = PoolAttrs(win.kernel_shape, win.strides, win.pads, win.dilations,
+                      ceil_mode=bool(ctx.attr("ceil_mode", 0)))
+    ctx.add_op(OpKind.MAX_POOL, attrs, ctx.inputs[:1])
+
+
+@converter("AveragePool")
+def average_pool(ctx: NodeContext) -> None:
+    win = _window(ctx)
+    attrs = PoolAttrs(win.kernel_shape, win.strides, win.pads, win.dilations,
+                      ceil_mode=bool(ctx.attr("ceil_mode", 0)),
+                      count_include_pad=bool(ctx.attr("count_include_pad", 0)))
+    ctx.add_op(OpKind.AVERAGE_POOL, attrs, ctx.inputs[:1])
+
+
+@converter("GlobalAveragePool")
+def global_average_pool(ctx: NodeContext) -> None:
+    ctx.require_float()
+    ctx.add_op(OpKind.GLOBAL_AVERAGE_POOL, NoAttrs(), ctx.inputs[:1])
+
+
+@converter("GlobalMaxPool")
+def global_max_pool(ctx: NodeContext) -> None:
+    ctx.require_float()
+    ctx.add_op(OpKind.GLOBAL_MAX_POOL, NoAttrs(), ctx.inputs[:1])
