@@ -4,8 +4,10 @@ The module holds one function per kernel call plus the entry point
 
     void convc_run(void **ctx, float **inputs, float **outputs)
 
-where ``ctx[0]`` is the arena (activations and kernel scratch, 64-byte aligned) and ``ctx[1]`` the
-table of constant pointers (graph constants, then weights the kernels repacked at compile time).
+where ``ctx[0]`` is the arena (activations and kernel scratch, 64-byte aligned), ``ctx[1]`` the
+table of constant pointers (graph constants, then weights the kernels repacked at compile time) and,
+in a module built with ``instrument=True``, ``ctx[2]`` an int64 array that receives a monotonic
+nanosecond timestamp before the first kernel and after each one (for per-layer timing).
 """
 from __future__ import annotations
 
@@ -56,6 +58,7 @@ class NativeModule:
     input_names: list[str]
     output_names: list[str]
     kernel_names: list[tuple[str, str]] = field(default_factory=list)  # (op name, function name)
+    instrumented: bool = False
 
 
 # OpKind -> emitter(em, op) -> KernelCall; filled by the explicit imports in codegen/kernels
@@ -73,8 +76,9 @@ def emitter(*kinds: OpKind):
 
 
 class ModuleEmitter:
-    def __init__(self, plan: Plan, name: str = "convc_model"):
+    def __init__(self, plan: Plan, name: str = "convc_model", instrument: bool = False):
         self.plan = plan
+        self.instrument = instrument
         self.graph = plan.graph
         self.module = ir.Module(name=name)
         self.constants: list[np.ndarray] = [np.ascontiguousarray(self.graph.tensor(n).data)
@@ -131,6 +135,9 @@ class ModuleEmitter:
             return pointer(self.plan.memory.buffers[arg])
 
         kernel_names = []
+        stamp = self._timestamper(b, ctx) if self.instrument else None
+        if stamp:
+            stamp(0)
         for op in self.plan.order:
             if is_alias(self.graph, op):
                 continue
@@ -145,6 +152,8 @@ class ModuleEmitter:
                 raise CompileError(f"node {op.name!r} ({op.kind.value}): code generation failed: {e}") from e
             b.call(call.function, [resolve(a) for a in call.args])
             kernel_names.append((op.name, call.function.name))
+            if stamp:
+                stamp(len(kernel_names))
         # graph outputs whose bytes live elsewhere (an input, a constant, or an output listed twice)
         for j, name in enumerate(self.graph.outputs):
             buf = self.plan.memory.buffers[name]
@@ -152,9 +161,22 @@ class ModuleEmitter:
                 memcpy(b, pointer(Buffer("output", j)), pointer(buf), self.tensor(name).nbytes)
         b.ret_void()
         return NativeModule(self.module, scratch_base + self.max_scratch, self.constants,
-                            list(self.graph.inputs), list(self.graph.outputs), kernel_names)
+                            list(self.graph.inputs), list(self.graph.outputs), kernel_names, self.instrument)
+
+    def _timestamper(self, b: ir.IRBuilder, ctx: ir.Value):
+        """Returns stamp(k): store clock_gettime(CLOCK_MONOTONIC) in nanoseconds into ctx[2][k]."""
+        timespec = b.alloca(ir.ArrayType(I64, 2), name="timespec")
+        clock = ir.Function(self.module, ir.FunctionType(ir.IntType(32), [ir.IntType(32), PTR]), "clock_gettime")
+        table = b.load(gep(b, ctx, 2, PTR), typ=PTR, name="timestamps")
+
+        def stamp(k: int) -> None:
+            b.call(clock, [ir.Constant(ir.IntType(32), 1), timespec])
+            sec = b.load(gep(b, timespec, 0, I64), typ=I64)
+            nsec = b.load(gep(b, timespec, 1, I64), typ=I64)
+            b.store(b.add(b.mul(sec, i64(1_000_000_000)), nsec), gep(b, table, k, I64))
+        return stamp
 
 
-def emit_module(plan: Plan, name: str = "convc_model") -> NativeModule:
+def emit_module(plan: Plan, name: str = "convc_model", instrument: bool = False) -> NativeModule:
     from convc.codegen import kernels  # noqa: F401  (registers the emitters)
-    return ModuleEmitter(plan, name).emit()
+    return ModuleEmitter(plan, name, instrument).emit()

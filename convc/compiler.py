@@ -37,7 +37,7 @@ def has_dynamic_batch(model: ModelSource) -> bool:
     return False
 
 
-def compile_graph(graph: Graph, *, threads: int | None = None,
+def compile_graph(graph: Graph, *, threads: int | None = None, instrument: bool = False,
                   progress: Callable[[str], None] | None = None,
                   respecialize: Callable[[int], CompiledModel] | None = None) -> CompiledModel:
     from convc.codegen.jit import JitEngine
@@ -46,14 +46,15 @@ def compile_graph(graph: Graph, *, threads: int | None = None,
     plan = pipeline(graph, progress=progress)
     if progress:
         progress("code generation")
-    native = emit_module(plan, name=graph.name)
+    native = emit_module(plan, name=graph.name, instrument=instrument)
     if progress:
         progress("LLVM optimization and machine code")
     engine = JitEngine(str(native.ir_module))
     g = plan.graph
     specs = lambda names: [IOSpec(n, g.tensor(n).shape, g.tensor(n).dtype) for n in names]  # noqa: E731
     runner = NativeRunner(engine.address(ENTRY), native.arena_bytes, native.constants,
-                          specs(native.input_names), specs(native.output_names), keepalive=engine)
+                          specs(native.input_names), specs(native.output_names), keepalive=engine,
+                          kernel_names=[op for op, _ in native.kernel_names], instrumented=instrument)
     return CompiledModel(runner, g, threads=threads, respecialize=respecialize)
 
 

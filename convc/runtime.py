@@ -28,11 +28,13 @@ class IOSpec:
 class _Context:
     """What one concurrent caller owns: the arena, and the ctx block pointing at it and the constants."""
 
-    def __init__(self, arena_bytes: int, const_table: ctypes.Array):
+    def __init__(self, arena_bytes: int, const_table: ctypes.Array, n_timestamps: int = 0):
         # over-allocate so the arena can start on a 64-byte boundary
         self.arena = np.empty(arena_bytes + 64, dtype=np.uint8)
+        self.timestamps = np.zeros(n_timestamps, dtype=np.int64)
         base = self.arena.ctypes.data
-        self.block = (ctypes.c_void_p * 2)(base + (-base % 64), ctypes.addressof(const_table))
+        self.block = (ctypes.c_void_p * 3)(base + (-base % 64), ctypes.addressof(const_table),
+                                           self.timestamps.ctypes.data)
         self.address = ctypes.addressof(self.block)
 
 
@@ -43,7 +45,8 @@ class NativeRunner:
     compiled model serves several Python threads at once with no lock around the native code."""
 
     def __init__(self, address: int, arena_bytes: int, constants: Sequence[np.ndarray],
-                 inputs: list[IOSpec], outputs: list[IOSpec], keepalive: Any = None):
+                 inputs: list[IOSpec], outputs: list[IOSpec], keepalive: Any = None,
+                 kernel_names: Sequence[str] = (), instrumented: bool = False):
         self._fn = _ENTRY_TYPE(address)
         self._keepalive = keepalive  # the JIT engine or shared library owning the code
         self._constants = [np.ascontiguousarray(c) for c in constants]
@@ -52,7 +55,9 @@ class NativeRunner:
         self.arena_bytes = arena_bytes
         self.inputs = inputs
         self.outputs = outputs
-        self._free: list[_Context] = [_Context(arena_bytes, self._const_table)]
+        self.kernel_names = list(kernel_names)  # op names, one per native kernel call, in order
+        self._n_stamps = len(self.kernel_names) + 1 if instrumented else 0
+        self._free: list[_Context] = [self._new_context()]
         self._names = {s.name for s in inputs}
 
     def check(self, feeds: Mapping[str, Any]) -> list[np.ndarray]:
@@ -79,16 +84,31 @@ class NativeRunner:
             arrays.append(np.require(a, requirements=("C", "A")))
         return arrays
 
-    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+    def _new_context(self) -> _Context:
+        return _Context(self.arena_bytes, self._const_table, self._n_stamps)
+
+    def run_timed(self, arrays: list[np.ndarray]) -> tuple[list[np.ndarray], dict[str, float]]:
+        """Run once and return the seconds each kernel took (needs an instrumented module)."""
+        if not self._n_stamps:
+            raise RuntimeError("per-layer timing needs a model compiled with instrument=True")
+        outs, ctx = self.run(arrays, keep_context=True)
+        try:
+            secs = np.diff(ctx.timestamps) * 1e-9
+            return outs, dict(zip(self.kernel_names, secs.tolist()))
+        finally:
+            self._free.append(ctx)
+
+    def run(self, arrays: list[np.ndarray], keep_context: bool = False):
         outs = [np.empty(s.shape, dtype=s.dtype) for s in self.outputs]
         in_ptrs = (ctypes.c_void_p * max(1, len(arrays)))(*[a.ctypes.data for a in arrays])
         out_ptrs = (ctypes.c_void_p * max(1, len(outs)))(*[o.ctypes.data for o in outs])
         try:
             ctx = self._free.pop()
         except IndexError:  # another thread holds every context: make one more
-            ctx = _Context(self.arena_bytes, self._const_table)
+            ctx = self._new_context()
         try:
             self._fn(ctx.address, ctypes.addressof(in_ptrs), ctypes.addressof(out_ptrs))
         finally:
-            self._free.append(ctx)
-        return outs
+            if not keep_context:
+                self._free.append(ctx)
+        return (outs, ctx) if keep_context else outs

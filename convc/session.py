@@ -54,6 +54,11 @@ class CompiledModel:
         outs = model._runner.run(model._runner.check(feeds))
         return {s.name: o for s, o in zip(model._runner.outputs, outs)}
 
+    def run_timed(self, feeds: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """Outputs plus seconds per layer (op name -> s); needs ``compile_graph(..., instrument=True)``."""
+        outs, times = self._runner.run_timed(self._runner.check(feeds))
+        return {s.name: o for s, o in zip(self._runner.outputs, outs)}, times
+
     def __call__(self, *arrays: np.ndarray):
         if len(arrays) != len(self._runner.inputs):
             raise InputError(f"the model takes {len(self._runner.inputs)} input(s) "
