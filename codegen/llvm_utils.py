@@ -146,3 +146,10 @@ def in_range(b: ir.IRBuilder, v: ir.Value, lo: int, hi: int) -> ir.Value:
     """lo <= v < hi as one unsigned compare of (v - lo)."""
     shifted = b.sub(v, i64(lo)) if lo else v
     return b.icmp_unsigned("<", shifted, i64(hi - lo))
+
+
+def const_like(x: ir.Value, v: float) -> ir.Constant:
+    """A float constant of x's type: a scalar, or a splat for a vector."""
+    if isinstance(x.type, ir.VectorType):
+        return ir.Constant(x.type, [float(v)] * x.type.count)
+    return ir.Constant(x.type, float(v))

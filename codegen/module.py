@@ -85,6 +85,10 @@ class ModuleEmitter:
                                             for n in plan.memory.constants]
         self.max_scratch = 0
         self._names: set[str] = set()
+        from convc.codegen.jit import Target
+        from convc.codegen.kernels.blas import GemmEmitter, host_isa
+        self.isa = host_isa(Target.host().features)
+        self.gemm = GemmEmitter(self.module, self.isa)
 
     # --- services for the kernel emitters ------------------------------------------------
     def tensor(self, name: str) -> Tensor:

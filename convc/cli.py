@@ -11,6 +11,7 @@ import os
 import re
 import statistics
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for cmd in COMMANDS:
         epilog = "examples:\n" + "\n".join(f"  {e}" for e in cmd.examples) if cmd.examples else None
-        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description, epilog=epilog,
+        p = sub.add_parser(cmd.name, help=cmd.help, description=textwrap.fill(cmd.description, 79), epilog=epilog,
                            parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter)
         cmd.add_arguments(p)
         p.set_defaults(handler=cmd.run)
@@ -315,6 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except ConvcError as e:
         return _fail(str(e))
+    except BrokenPipeError:  # `convc info model.onnx | head`: the reader left, which is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except FileNotFoundError as e:
         return _fail(f"{e.filename or e}: no such file")
     except OSError as e:  # permissions, a full disk, a directory where a file was expected

@@ -3,6 +3,7 @@
 1-D convolutions run as 2-D ones with a height of 1; a 1x1, stride-1, unpadded conv skips im2col."""
 from __future__ import annotations
 
+import numpy as np
 from llvmlite import ir
 
 from convc.ir import Op
@@ -11,6 +12,7 @@ from convc.ops.conv import ConvAttrs
 from convc.codegen.llvm_utils import f32, for_range, gep, i64, in_range, load, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from convc.codegen.kernels.epilogue import epilogue_pass
+from convc.codegen.kernels.blas import Operand, pack_a, split_epilogue
 from convc.codegen.kernels.gemm import matmul_loops
 
 
@@ -68,6 +70,12 @@ def emit_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     epi = a.epilogue
     has_bias = len(op.inputs) - epi.residual == 3
     args = list(op.inputs) + [op.outputs[0]]
+    weight = em.tensor(op.inputs[1])
+    packed = weight.data is not None
+    if packed:  # constant weights: packed once, here, into the micro-kernel's panels, group after group
+        per_group = [pack_a(wm, em.isa) for wm in weight.data.reshape(g, mg, kdim)]
+        args[1] = em.derived_constant(np.stack(per_group))
+        group_stride = per_group[0].size
     if not direct:
         args.append(em.scratch(kdim * p * 4))
     fn, b = em.function(op.name, len(args))
@@ -86,14 +94,20 @@ def emit_conv(em: ModuleEmitter, op: Op) -> KernelCall:
             else:
                 emit_im2col(b, xg, col, cg, h, w, a, oh, ow)
                 src = col
-            with for_range(b, mg, name="oc") as mi:  # start from the bias (or zero)
-                v = load(b, bias, b.add(b.mul(gi, i64(mg)), mi)) if bias is not None else f32(0.0)
-                row = gep(b, yg, b.mul(mi, i64(p)))
-                with for_range(b, p, name="px") as pi:
-                    store(b, v, row, pi)
-            matmul_loops(b, mg, p, kdim, wg, (kdim, 1), src, (p, 1), yg, p)
-            if not epi.empty:
-                rg = gep(b, residual, b.mul(b.add(b.mul(ni, i64(g)), gi), i64(mg * p))) if epi.residual else None
+            rg = gep(b, residual, b.mul(b.add(b.mul(ni, i64(g)), gi), i64(mg * p))) if epi.residual else None
+            if packed:
+                in_kernel, after = split_epilogue(epi)
+                em.gemm.gemm(b, mg, p, kdim, gep(b, wt, b.mul(gi, i64(group_stride))), Operand(True), src,
+                             Operand(False, p), yg, p, "bias_row" if bias is not None else "zero",
+                             gep(b, bias, b.mul(gi, i64(mg))) if bias is not None else None, in_kernel, rg)
+                epilogue_pass(b, after, yg, None, mg * p)
+            else:  # weights fed at run time: plain loops
+                with for_range(b, mg, name="oc") as mi:  # start from the bias (or zero)
+                    v = load(b, bias, b.add(b.mul(gi, i64(mg)), mi)) if bias is not None else f32(0.0)
+                    row = gep(b, yg, b.mul(mi, i64(p)))
+                    with for_range(b, p, name="px") as pi:
+                        store(b, v, row, pi)
+                matmul_loops(b, mg, p, kdim, wg, (kdim, 1), src, (p, 1), yg, p)
                 epilogue_pass(b, epi, yg, rg, mg * p)
     b.ret_void()
     return KernelCall(fn, args)

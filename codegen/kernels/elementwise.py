@@ -5,23 +5,24 @@ from llvmlite import ir
 
 from convc.ir import Op
 from convc.ops import OpKind
-from convc.codegen.llvm_utils import FAST, call_intrinsic, f32, for_range, linear_index, load, loop_nest, memcpy, \
+from convc.codegen.llvm_utils import FAST, const_like, call_intrinsic, f32, for_range, linear_index, load, loop_nest, memcpy, \
     store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 
 
 def relu(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     # x < 0 ? 0 : x keeps NaN as NaN, like numpy
-    return b.select(b.fcmp_ordered("<", x, f32(0)), f32(0), x)
+    zero = const_like(x, 0.0)
+    return b.select(b.fcmp_ordered("<", x, zero), zero, x)
 
 
 def leaky_relu(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
-    return b.select(b.fcmp_ordered("<", x, f32(0)), b.fmul(x, f32(attrs.alpha)), x)
+    return b.select(b.fcmp_ordered("<", x, const_like(x, 0.0)), b.fmul(x, const_like(x, attrs.alpha)), x)
 
 
 def sigmoid(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     e = call_intrinsic(b, "llvm.exp.f32", [b.fneg(x)])
-    return b.fdiv(f32(1.0), b.fadd(f32(1.0), e))
+    return b.fdiv(const_like(x, 1.0), b.fadd(const_like(x, 1.0), e))
 
 
 def tanh(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:

@@ -8,6 +8,7 @@ from convc.ir import Op
 from convc.ops import OpKind
 from convc.codegen.llvm_utils import FAST, f32, for_range, gep, i64, linear_index, load, loop_nest, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
+from convc.codegen.kernels.blas import Operand, pack_b, split_epilogue
 from convc.codegen.kernels.elementwise import broadcast_strides
 from convc.codegen.kernels.epilogue import epilogue_pass
 
@@ -52,23 +53,35 @@ def emit_gemm(em: ModuleEmitter, op: Op) -> KernelCall:
     sa, sb = em.tensor(op.inputs[0]).shape, em.tensor(op.inputs[1]).shape
     m, n = em.tensor(op.outputs[0]).shape
     k = sa[0] if at.trans_a else sa[1]
-    b_arg: str | object = op.inputs[1]
-    b_strides = (1, sb[1]) if at.trans_b else (sb[1], 1)
-    weight = em.tensor(op.inputs[1])
-    if at.trans_b and weight.data is not None:
-        # constant weights are transposed once here so the inner loop reads B contiguously
-        b_arg, b_strides = em.derived_constant(np.ascontiguousarray(weight.data.T)), (n, 1)
     epi = at.epilogue
     has_c = len(op.inputs) - epi.residual == 3 and at.beta != 0.0
+    c_shape = em.tensor(op.inputs[2]).shape if has_c else ()
+    weight = em.tensor(op.inputs[1])
+    # the fast path: A read in place, constant B (times alpha) packed here, once, into panels
+    fast = weight.data is not None and not at.trans_a
+    b_arg: str | object = op.inputs[1]
+    if fast:
+        wmat = (weight.data.T if at.trans_b else weight.data).astype(np.float64) * at.alpha
+        b_arg = em.derived_constant(pack_b(wmat.astype(np.float32), em.isa))
+    bias_init = fast and has_c and at.beta == 1.0 and c_shape in ((n,), (1, n))
     args = [op.inputs[0], b_arg] + ([op.inputs[2]] if has_c else []) + \
         ([op.inputs[-1]] if epi.residual else []) + [op.outputs[0]]
     fn, bld = em.function(op.name, len(args))
     a, bm = fn.args[0], fn.args[1]
     y = fn.args[-1]
-    fill_broadcast(bld, y, (m, n), fn.args[2] if has_c else None,
-                   em.tensor(op.inputs[2]).shape if has_c else (), at.beta)
-    matmul_loops(bld, m, n, k, a, (1, sa[1]) if at.trans_a else (sa[1], 1), bm, b_strides, y, n, at.alpha)
-    epilogue_pass(bld, epi, y, fn.args[-2] if epi.residual else None, m * n)
+    residual = fn.args[-2] if epi.residual else None
+    if has_c and not bias_init or not fast:  # C starts as beta * C broadcast (or zeros)
+        fill_broadcast(bld, y, (m, n), fn.args[2] if has_c else None, c_shape, at.beta)
+    if fast:
+        in_kernel, after = split_epilogue(epi)
+        init = "bias_col" if bias_init else "load" if has_c else "zero"
+        em.gemm.gemm(bld, m, n, k, a, Operand(False, k), bm, Operand(True), y, n,
+                     init, fn.args[2] if bias_init else None, in_kernel, residual)
+        epilogue_pass(bld, after, y, None, m * n)
+    else:
+        b_strides = (1, sb[1]) if at.trans_b else (sb[1], 1)
+        matmul_loops(bld, m, n, k, a, (1, sa[1]) if at.trans_a else (sa[1], 1), bm, b_strides, y, n, at.alpha)
+        epilogue_pass(bld, epi, y, residual, m * n)
     bld.ret_void()
     return KernelCall(fn, args)
 

@@ -18,9 +18,17 @@ def _simple(op_type: str, kind: OpKind) -> None:
 
 
 for _op_type, _kind in [("Relu", OpKind.RELU), ("Sigmoid", OpKind.SIGMOID), ("Tanh", OpKind.TANH),
-                        ("Identity", OpKind.IDENTITY), ("Add", OpKind.ADD), ("Mul", OpKind.MUL),
-                        ("Sum", OpKind.SUM)]:
+                        ("Identity", OpKind.IDENTITY), ("Add", OpKind.ADD), ("Mul", OpKind.MUL)]:
     _simple(_op_type, _kind)
+
+
+@converter("Sum")
+def sum_(ctx: NodeContext) -> None:
+    ctx.require_float()
+    shapes = [ctx.input_shape(i) for i in range(len(ctx.inputs))]
+    if ctx.opset < 8 and len(set(shapes)) > 1:
+        raise ctx.error(f"Sum-6 does not broadcast (that came in opset 8), but the inputs have shapes {shapes}")
+    ctx.add_op(OpKind.SUM, NoAttrs(), ctx.present_inputs())
 
 
 @converter("LeakyRelu")

@@ -1,0 +1,256 @@
+"""Register-tiled GEMM: C[M, N] = A[M, K] @ B[K, N] with a fused epilogue, BLIS style.
+
+The micro-kernel keeps an MR x (NV vectors) tile of C in registers as phi values, and per k-step
+loads NV vectors of B and broadcasts MR values of A into ``llvm.fma`` calls. Either operand is read
+in place (rows with a leading dimension) or from panels packed at compile time (constant weights):
+packed A is [ceil(M/MR)][K][MR] and packed B is [ceil(N/NR)][K][NR], both zero-padded, so the
+micro-kernel reads them with unit stride. K is blocked by KC so the B micro-panel stays in L1
+while the A block streams from L2. Every shape is known at compile time; fringes use a smaller
+micro-kernel (M edge) or masked vector loads and stores (N edge).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from llvmlite import ir
+
+from convc.ops.epilogue import Epilogue
+from convc.ops.base import OpKind
+from convc.codegen.llvm_utils import F32, I1, I64, PTR, VOID, for_range, gep, i64
+
+# fused activations that are cheap on whole vectors; the others run as a scalar pass afterwards
+VECTOR_ACTIVATIONS = frozenset({OpKind.RELU, OpKind.LEAKY_RELU})
+
+
+@dataclass(frozen=True)
+class Isa:
+    """Vector width and register tile for one instruction set."""
+    name: str
+    width: int  # floats per vector
+    mr: int     # rows of C per micro-tile
+    nv: int     # vectors of C per micro-tile row
+
+    @property
+    def nr(self) -> int:
+        return self.width * self.nv
+
+
+AVX512 = Isa("avx512", 16, 8, 2)
+AVX2 = Isa("avx2", 8, 6, 2)
+PORTABLE = Isa("sse", 4, 4, 2)
+KC = 256
+
+
+def split_epilogue(epi: Epilogue) -> tuple[Epilogue, Epilogue]:
+    """(the part the micro-kernel applies in registers, the part left for a scalar pass)."""
+    if epi.activation is None or epi.activation in VECTOR_ACTIVATIONS:
+        return epi, Epilogue()
+    return Epilogue(epi.residual), Epilogue(False, epi.activation, epi.activation_attrs)
+
+
+def host_isa(features: str) -> Isa:
+    flags = set(features.split(","))
+    if "+avx512f" in flags:
+        return AVX512
+    if "+avx2" in flags and "+fma" in flags:
+        return AVX2
+    return PORTABLE
+
+
+@dataclass(frozen=True)
+class Operand:
+    """How the micro-kernel reads an operand: packed panels, or rows with a leading dimension."""
+    packed: bool
+    ld: int = 0  # leading dimension when read in place
+
+
+def pack_a(a: np.ndarray, isa: Isa) -> np.ndarray:
+    """[M, K] -> [ceil(M/MR), K, MR], zero rows past M."""
+    m, k = a.shape
+    mp = -(-m // isa.mr) * isa.mr
+    padded = np.zeros((mp, k), dtype=np.float32)
+    padded[:m] = a
+    return np.ascontiguousarray(padded.reshape(mp // isa.mr, isa.mr, k).transpose(0, 2, 1))
+
+
+def pack_b(b: np.ndarray, isa: Isa) -> np.ndarray:
+    """[K, N] -> [ceil(N/NR), K, NR], zero columns past N."""
+    k, n = b.shape
+    np_ = -(-n // isa.nr) * isa.nr
+    padded = np.zeros((k, np_), dtype=np.float32)
+    padded[:, :n] = b
+    return np.ascontiguousarray(padded.reshape(k, np_ // isa.nr, isa.nr).transpose(1, 0, 2))
+
+
+class GemmEmitter:
+    """Emits micro-kernels (memoized per variant) and GEMM loop nests into one LLVM module."""
+
+    def __init__(self, module: ir.Module, isa: Isa):
+        self.module = module
+        self.isa = isa
+        self.vec = ir.VectorType(F32, isa.width)
+        self._kernels: dict[tuple, ir.Function] = {}
+
+    # --- vectors ---------------------------------------------------------------------------
+    def splat(self, b: ir.IRBuilder, x: ir.Value) -> ir.Value:
+        v = b.insert_element(ir.Constant(self.vec, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
+        return b.shuffle_vector(v, ir.Constant(self.vec, ir.Undefined),
+                                ir.Constant(ir.VectorType(ir.IntType(32), self.isa.width), [0] * self.isa.width))
+
+    def mask(self, valid: int) -> ir.Constant:
+        return ir.Constant(ir.VectorType(I1, self.isa.width), [int(i < valid) for i in range(self.isa.width)])
+
+    def vload(self, b: ir.IRBuilder, ptr: ir.Value, valid: int) -> ir.Value:
+        if valid >= self.isa.width:
+            return b.load(ptr, typ=self.vec, align=4)
+        fn = self._intrinsic(f"llvm.masked.load.v{self.isa.width}f32.p0", self.vec,
+                             [PTR, ir.IntType(32), ir.VectorType(I1, self.isa.width), self.vec])
+        return b.call(fn, [ptr, ir.Constant(ir.IntType(32), 4), self.mask(valid), ir.Constant(self.vec, None)])
+
+    def vstore(self, b: ir.IRBuilder, value: ir.Value, ptr: ir.Value, valid: int) -> None:
+        if valid >= self.isa.width:
+            b.store(value, ptr, align=4)
+            return
+        fn = self._intrinsic(f"llvm.masked.store.v{self.isa.width}f32.p0", VOID,
+                             [self.vec, PTR, ir.IntType(32), ir.VectorType(I1, self.isa.width)])
+        b.call(fn, [value, ptr, ir.Constant(ir.IntType(32), 4), self.mask(valid)])
+
+    def _intrinsic(self, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
+        if name in self.module.globals:
+            return self.module.globals[name]
+        return ir.Function(self.module, ir.FunctionType(ret, args), name=name)
+
+    def fma(self, b: ir.IRBuilder, x: ir.Value, y: ir.Value, acc: ir.Value) -> ir.Value:
+        fn = self._intrinsic(f"llvm.fma.v{self.isa.width}f32", self.vec, [self.vec] * 3)
+        return b.call(fn, [x, y, acc])
+
+    # --- the micro-kernel -----------------------------------------------------------------
+    def micro_kernel(self, mr: int, n_valid: int, a: Operand, bop: Operand, ldc: int, init: str,
+                     epi: Epilogue) -> ir.Function:
+        """void mk(A, B, C, kc, first, last, bias, residual): the (mr x n_valid) tile of C.
+
+        ``init`` says what C starts from on the first K block: "zero", "bias_row" (bias[i] per
+        row), "bias_col" (bias[j] per column) or "load" (C already holds beta*C)."""
+        key = (mr, n_valid, a, bop, ldc, init, epi)
+        if key in self._kernels:
+            return self._kernels[key]
+        w, isa = self.isa.width, self.isa
+        nv = -(-n_valid // w)
+        fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR, PTR, PTR, I64, I1, I1, PTR, PTR]),
+                         name=f"mk{len(self._kernels)}_{mr}x{n_valid}")
+        fn.linkage = "internal"
+        for arg in (fn.args[0], fn.args[1], fn.args[2]):
+            arg.add_attribute("noalias")
+        pa, pb, pc, kc, first, last, bias, residual = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        zero = ir.Constant(self.vec, None)
+        pre = b.block
+        header = b.append_basic_block("k.header")
+        body = b.append_basic_block("k.body")
+        done = b.append_basic_block("k.done")
+        b.branch(header)
+        b.position_at_end(header)
+        kk = b.phi(I64, "k")
+        kk.add_incoming(i64(0), pre)
+        accs = [[b.phi(self.vec, f"c{i}_{v}") for v in range(nv)] for i in range(mr)]
+        for row in accs:
+            for acc in row:
+                acc.add_incoming(zero, pre)
+        b.cbranch(b.icmp_signed("<", kk, kc), body, done)
+        b.position_at_end(body)
+        b_row = gep(b, pb, b.mul(kk, i64(isa.nr if bop.packed else bop.ld)))
+        bvecs = [self.vload(b, gep(b, b_row, v * w), w if bop.packed else n_valid - v * w) for v in range(nv)]
+        a_k = gep(b, pa, b.mul(kk, i64(isa.mr)) if a.packed else kk)
+        new = []
+        for i in range(mr):
+            ai = b.load(gep(b, a_k, i if a.packed else i * a.ld), typ=F32)
+            s = self.splat(b, ai)
+            new.append([self.fma(b, s, bvecs[v], accs[i][v]) for v in range(nv)])
+        nxt = b.add(kk, i64(1))
+        kk.add_incoming(nxt, body)
+        for i in range(mr):
+            for v in range(nv):
+                accs[i][v].add_incoming(new[i][v], body)
+        b.branch(header)
+        b.position_at_end(done)
+        vector_act = epi.activation in VECTOR_ACTIVATIONS
+        from convc.codegen.kernels.elementwise import UNARY
+        for i in range(mr):
+            for v in range(nv):
+                valid = min(w, n_valid - v * w)
+                cptr = gep(b, pc, i * ldc + v * w)
+                old = self.vload(b, cptr, valid)
+                if init == "zero":
+                    start = zero
+                elif init == "bias_row":
+                    start = self.splat(b, b.load(gep(b, bias, i), typ=F32))
+                elif init == "bias_col":
+                    start = self.vload(b, gep(b, bias, v * w), valid)
+                else:
+                    start = old
+                val = b.fadd(accs[i][v], b.select(first, start, old))
+                fused = val
+                if epi.residual:
+                    fused = b.fadd(fused, self.vload(b, gep(b, residual, i * ldc + v * w), valid))
+                if vector_act:
+                    fused = UNARY[epi.activation](b, fused, epi.activation_attrs)
+                if epi.residual or vector_act:
+                    val = b.select(last, fused, val)
+                self.vstore(b, val, cptr, valid)
+        b.ret_void()
+        self._kernels[key] = fn
+        return fn
+
+    # --- the loop nest --------------------------------------------------------------------
+    def gemm(self, b: ir.IRBuilder, m: int, n: int, k: int, pa: ir.Value, a: Operand, pb: ir.Value, bop: Operand,
+             pc: ir.Value, ldc: int, init: str = "zero", bias: ir.Value | None = None,
+             epi: Epilogue = Epilogue(), residual: ir.Value | None = None,
+             n_range: tuple[ir.Value, ir.Value] | None = None) -> None:
+        """C = init + A @ B, then the epilogue; ``n_range`` (in NR panels) restricts the columns
+        computed, for splitting the work between threads."""
+        isa = self.isa
+        null = ir.Constant(PTR, None)
+        bias = bias if bias is not None else null
+        residual = residual if residual is not None else null
+        full_m, rem_m = divmod(m, isa.mr)
+        full_n, rem_n = divmod(n, isa.nr)
+        n_panels = full_n + (rem_n > 0)
+        lo, hi = n_range if n_range is not None else (i64(0), i64(n_panels))
+        k_blocks = -(-k // KC)
+
+        def a_at(row0, k0):
+            if a.packed:  # panel row0/MR, then k0 rows of MR
+                return gep(b, pa, b.add(b.mul(b.udiv(row0, i64(isa.mr)), i64(k * isa.mr)), b.mul(k0, i64(isa.mr))))
+            return gep(b, pa, b.add(b.mul(row0, i64(a.ld)), k0))
+
+        def b_at(panel, k0):
+            if bop.packed:
+                return gep(b, pb, b.add(b.mul(panel, i64(k * isa.nr)), b.mul(k0, i64(isa.nr))))
+            return gep(b, pb, b.add(b.mul(k0, i64(bop.ld)), b.mul(panel, i64(isa.nr))))
+
+        def tile(row0, panel, k0, kc, first, last, mr, n_valid):
+            mk = self.micro_kernel(mr, n_valid, a, bop, ldc, init, epi)
+            col0 = b.mul(panel, i64(isa.nr))
+            c_off = b.add(b.mul(row0, i64(ldc)), col0)
+            bias_at = gep(b, bias, row0 if init == "bias_row" else col0) if init.startswith("bias") else null
+            res_at = gep(b, residual, c_off) if epi.residual else null
+            b.call(mk, [a_at(row0, k0), b_at(panel, k0), gep(b, pc, c_off), kc, first, last, bias_at, res_at])
+
+        def column_panel(panel, n_valid, k0, kc, first, last):
+            with for_range(b, full_m, name="ir") as ir_:
+                tile(b.mul(ir_, i64(isa.mr)), panel, k0, kc, first, last, isa.mr, n_valid)
+            if rem_m:
+                tile(i64(full_m * isa.mr), panel, k0, kc, first, last, rem_m, n_valid)
+
+        with for_range(b, k_blocks, name="pc") as pcb:
+            k0 = b.mul(pcb, i64(KC))
+            kc = b.select(b.icmp_signed("<", b.add(k0, i64(KC)), i64(k)), i64(KC), b.sub(i64(k), k0))
+            first = b.icmp_signed("==", pcb, i64(0))
+            last = b.icmp_signed("==", pcb, i64(k_blocks - 1))
+            full_hi = b.select(b.icmp_signed("<", hi, i64(full_n)), hi, i64(full_n))
+            with for_range(b, full_hi, start=lo, name="jr") as jr:
+                column_panel(jr, isa.nr, k0, kc, first, last)
+            if rem_n:
+                with b.if_then(b.icmp_signed(">", hi, i64(full_n))):
+                    column_panel(i64(full_n), rem_n, k0, kc, first, last)

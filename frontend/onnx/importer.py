@@ -1,0 +1,325 @@
+"""ONNX ModelProto -> convc Graph.
+
+The import walks the nodes in topological order. A node whose inputs are all constants is folded
+with numpy; any other node goes to its converter. Nodes convc cannot compile are collected and
+reported together in one UnsupportedOpError; malformed models raise ModelImportError at once.
+"""
+from __future__ import annotations
+
+import heapq
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+
+from convc.errors import ConvcError, GraphError, ModelImportError, UnsupportedOpError
+from convc.frontend.onnx.context import ImportState, NodeContext, Unsupported
+from convc.frontend.onnx.registry import CONVERTERS, FIRST_OPSET, FOLDERS
+from convc.ir import Graph, TensorKind
+
+DEFAULT_DOMAINS = ("", "ai.onnx")
+LAST_OPSET = onnx.defs.onnx_opset_version()
+
+
+def import_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, batch: int | None = None) -> Graph:
+    """Import an ONNX model (a path, serialized bytes or a ModelProto) as a convc Graph.
+
+    ``batch`` fixes the first dimension of every graph input whose first dimension is symbolic
+    (default 1); every other dimension must be static. Graph inputs and outputs keep their ONNX
+    names and order. Initializers that are also listed as graph inputs become constants; the names
+    of those that end up in the graph are in ``graph.metadata["overridable"]``.
+
+    Raises ModelImportError for unreadable or malformed models and UnsupportedOpError (a subclass)
+    listing every node convc cannot compile.
+    """
+    if batch is not None and batch < 1:
+        raise ModelImportError(f"batch={batch} must be a positive integer")
+    proto = _load(model)
+    opset = _default_opset(proto)
+    return _Importer(proto.graph, opset, batch).run()
+
+
+# --- loading ------------------------------------------------------------------------------
+def _load(model: Any) -> onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        proto, what = model, "the ModelProto"
+    elif isinstance(model, (bytes, bytearray, memoryview)):
+        proto, what = _parse(bytes(model), "the given bytes"), "the given bytes"
+    elif isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        what = str(path)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise ModelImportError(f"cannot read ONNX model {what}: {e}") from None
+        proto = _parse(data, what)
+        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+            onnx.load_external_data_for_model(proto, str(path.parent))
+    else:
+        raise ModelImportError(f"expected a path, bytes or onnx.ModelProto, got {type(model).__name__}")
+    if not proto.HasField("graph") or proto.ir_version <= 0:
+        raise ModelImportError(f"{what} is not an ONNX model (no graph or no IR version)")
+    return proto
+
+
+def _parse(data: bytes, what: str) -> onnx.ModelProto:
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise ModelImportError(f"{what} is not an ONNX model: {e}") from None
+    return proto
+
+
+def _default_opset(proto: onnx.ModelProto) -> int:
+    versions = [o.version for o in proto.opset_import if o.domain in DEFAULT_DOMAINS]
+    if not versions:
+        raise ModelImportError("the model imports no opset of the default ONNX domain")
+    opset = max(versions)
+    if not FIRST_OPSET <= opset <= LAST_OPSET:
+        raise ModelImportError(f"the model uses opset {opset} of the default domain; convc imports opsets "
+                               f"{FIRST_OPSET} to {LAST_OPSET}")
+    return opset
+
+
+# --- attributes ---------------------------------------------------------------------------
+def _attribute_value(a: onnx.AttributeProto) -> Any:
+    v = onnx.helper.get_attribute_value(a)
+    if a.type == onnx.AttributeProto.TENSOR:
+        return numpy_helper.to_array(v)
+    if a.type == onnx.AttributeProto.TENSORS:
+        return [numpy_helper.to_array(t) for t in v]
+    if a.type == onnx.AttributeProto.STRING:
+        return v.decode("utf-8")
+    if a.type == onnx.AttributeProto.STRINGS:
+        return [s.decode("utf-8") for s in v]
+    if a.type in (onnx.AttributeProto.INTS, onnx.AttributeProto.FLOATS):
+        return list(v)
+    return v
+
+
+def _node_name(node: onnx.NodeProto, index: int) -> str:
+    return node.name or f"{node.op_type}_{index}"
+
+
+class _Importer:
+    def __init__(self, g: onnx.GraphProto, opset: int, batch: int | None) -> None:
+        self.onnx = g
+        self.opset = opset
+        self.batch = batch
+        self.state = ImportState(Graph(name=g.name or "graph"))
+        self.unknown: set[str] = set()  # outputs of nodes that could not be converted
+        self.unsupported: list[tuple[str, str, int, str]] = []
+
+    @property
+    def graph(self) -> Graph:
+        return self.state.graph
+
+    def run(self) -> Graph:
+        g = self.onnx
+        self.state.reserved = ({t.name for t in g.initializer} | {i.name for i in g.input}
+                               | {o for n in g.node for o in n.output if o})
+        self.state.consumed = {i for n in g.node for i in n.input if i} | {o.name for o in g.output}
+        overridable = self._add_inputs()
+        for index in self._topological_order():
+            self._convert(index, g.node[index])
+        self._check_outputs()
+        if self.unsupported:
+            raise UnsupportedOpError(self.unsupported)
+        for out in g.output:
+            self.state.materialize(out.name)
+            self.graph.outputs.append(out.name)
+        self.graph.metadata["overridable"] = [n for n in overridable if self.graph.has_tensor(n)]
+        self.graph.metadata["onnx_opset"] = self.opset
+        return self.graph
+
+    # --- boundary ---------------------------------------------------------------------------
+    def _add_inputs(self) -> list[str]:
+        """Initializers become constant values; the other graph inputs become runtime inputs."""
+        for t in self.onnx.initializer:
+            try:
+                self.state.values[t.name] = numpy_helper.to_array(t)
+            except Exception as e:  # noqa: BLE001 - a corrupt tensor, whatever numpy says
+                raise ModelImportError(f"initializer {t.name!r} cannot be read: {e}") from None
+        overridable = []
+        for vi in self.onnx.input:
+            if vi.name in self.state.values:
+                overridable.append(vi.name)
+            elif not self.graph.has_tensor(vi.name):
+                shape, dtype = self._input_type(vi)
+                self.graph.add_tensor(vi.name, shape, dtype, TensorKind.INPUT)
+        return overridable
+
+    def _input_type(self, vi: onnx.ValueInfoProto) -> tuple[tuple[int, ...], np.dtype]:
+        if not vi.type.HasField("tensor_type"):
+            raise ModelImportError(f"graph input {vi.name!r} is not a tensor ({vi.type.WhichOneof('value')})")
+        tt = vi.type.tensor_type
+        type_name = onnx.TensorProto.DataType.Name(tt.elem_type)
+        if tt.elem_type != onnx.TensorProto.FLOAT:
+            raise ModelImportError(f"graph input {vi.name!r} has element type {type_name}; convc compiles float32 "
+                                   "models only, so every runtime input must be FLOAT")
+        if not tt.HasField("shape"):
+            raise ModelImportError(f"graph input {vi.name!r} has no shape; convc needs static input shapes")
+        shape = []
+        for i, d in enumerate(tt.shape.dim):
+            if d.HasField("dim_value"):
+                if d.dim_value < 0:
+                    raise ModelImportError(f"graph input {vi.name!r} dimension {i} is {d.dim_value}")
+                if i == 0 and self.batch is not None and d.dim_value != self.batch:
+                    raise ModelImportError(f"graph input {vi.name!r} has a fixed batch dimension {d.dim_value}, "
+                                           f"but batch={self.batch} was requested")
+                shape.append(d.dim_value)
+            elif i == 0:
+                shape.append(self.batch if self.batch is not None else 1)
+            else:
+                symbol = f" ({d.dim_param!r})" if d.dim_param else ""
+                raise ModelImportError(
+                    f"graph input {vi.name!r} has a symbolic dimension {i}{symbol}; only the first (batch) "
+                    "dimension may be symbolic, every other one must be static")
+        return tuple(shape), np.dtype(np.float32)
+
+    def _check_outputs(self) -> None:
+        for out in self.onnx.output:
+            if out.name not in self.unknown and not self.state.is_known(out.name):
+                raise ModelImportError(f"graph output {out.name!r} is not produced by any node and is not an input "
+                                       "or initializer")
+
+    # --- order ------------------------------------------------------------------------------
+    def _topological_order(self) -> list[int]:
+        """Node indices in dependency order, file order among ready nodes; malformed wiring raises."""
+        nodes = self.onnx.node
+        producer: dict[str, int] = {}
+        available = set(self.state.values) | set(self.graph.inputs)
+        for i, n in enumerate(nodes):
+            for o in n.output:
+                if not o:
+                    continue
+                if o in producer:
+                    j = producer[o]
+                    raise ModelImportError(f"tensor {o!r} is produced twice: by node {_node_name(nodes[j], j)!r} "
+                                           f"({nodes[j].op_type}) and node {_node_name(n, i)!r} ({n.op_type})")
+                if o in available:
+                    raise ModelImportError(f"node {_node_name(n, i)!r} ({n.op_type}) writes tensor {o!r}, which is "
+                                           "already a graph input or initializer")
+                producer[o] = i
+        waiting = [0] * len(nodes)
+        users: dict[int, list[int]] = {}
+        for i, n in enumerate(nodes):
+            deps = set()
+            for t in n.input:
+                if not t or t in available:
+                    continue
+                if t not in producer:
+                    raise ModelImportError(f"node {_node_name(n, i)!r} ({n.op_type}) reads tensor {t!r}, which no node "
+                                           "produces and which is not a graph input or initializer")
+                deps.add(producer[t])
+            waiting[i] = len(deps)
+            for d in deps:
+                users.setdefault(d, []).append(i)
+        ready = [i for i, w in enumerate(waiting) if w == 0]
+        heapq.heapify(ready)
+        order = []
+        while ready:
+            i = heapq.heappop(ready)
+            order.append(i)
+            for u in users.get(i, []):
+                waiting[u] -= 1
+                if waiting[u] == 0:
+                    heapq.heappush(ready, u)
+        if len(order) != len(nodes):
+            stuck = [f"{_node_name(nodes[i], i)!r} ({nodes[i].op_type})" for i, w in enumerate(waiting) if w]
+            raise ModelImportError(f"the graph has a cycle through nodes {', '.join(stuck[:10])}")
+        return order
+
+    # --- nodes ------------------------------------------------------------------------------
+    def _convert(self, index: int, node: onnx.NodeProto) -> None:
+        name = _node_name(node, index)
+        op_type = node.op_type
+        inputs = tuple(node.input)
+        outputs = tuple(node.output)
+        depends_on_unknown = any(t in self.unknown for t in inputs if t)
+
+        if node.domain not in DEFAULT_DOMAINS:
+            return self._skip(name, node, f"domain {node.domain!r} is not supported; convc imports the default "
+                                          "ONNX domain")
+        try:
+            schema = onnx.defs.get_schema(op_type, self.opset, "")
+        except onnx.defs.SchemaError:
+            return self._skip(name, node, f"not an operator of ONNX opset {self.opset}")
+        convert = CONVERTERS.lookup(op_type, self.opset)
+        fold = FOLDERS.lookup(op_type, self.opset)
+        if convert is None and fold is None:
+            return self._skip(name, node, f"convc has no converter for {op_type}-{schema.since_version}")
+        if depends_on_unknown:
+            self.unknown.update(o for o in outputs if o)
+            return None
+
+        ctx = NodeContext(self.state, node, name, self.opset, self._attributes(name, node, schema), inputs, outputs,
+                          tuple(p.name for p in schema.inputs), tuple(p.name for p in schema.outputs))
+        self._check_arity(ctx, schema)
+        try:
+            if fold is not None and all(t in self.state.values for t in inputs if t):
+                values = fold(ctx)
+                for i, v in enumerate(values):
+                    ctx.set_output(i, v)
+            elif convert is not None:
+                convert(ctx)
+            else:
+                runtime = [t for t in inputs if t and t not in self.state.values]
+                raise Unsupported(f"{op_type} is only supported on constants (folded at import), but "
+                                  f"{', '.join(map(repr, runtime))} is computed at run time")
+            missing = [f"{schema.outputs[min(i, len(schema.outputs) - 1)].name!r} ({o!r})"
+                       for i, o in enumerate(outputs) if o and not self.state.is_known(o) and o in self.state.consumed]
+            if missing:
+                raise Unsupported(f"output(s) {', '.join(missing)} are used but not supported")
+        except Unsupported as e:
+            return self._skip(name, node, e.reason)
+        except GraphError as e:
+            raise ctx.error(str(e)) from None
+        except ConvcError:
+            raise
+        except Exception as e:  # noqa: BLE001 - numpy errors while folding: name the node, keep the cause
+            raise ctx.error(f"{type(e).__name__}: {e}") from e
+        return None
+
+    def _skip(self, name: str, node: onnx.NodeProto, reason: str) -> None:
+        self.unsupported.append((name, node.op_type, self.opset, reason))
+        self.unknown.update(o for o in node.output if o)
+
+    def _attributes(self, name: str, node: onnx.NodeProto, schema: Any) -> dict[str, Any]:
+        where = f"node {name!r} ({node.op_type}, opset {self.opset})"
+        attrs: dict[str, Any] = {}
+        for key, a in schema.attributes.items():
+            if a.default_value.type != onnx.AttributeProto.UNDEFINED:
+                attrs[key] = _attribute_value(a.default_value)
+        for a in node.attribute:
+            spec = schema.attributes.get(a.name)
+            if spec is None:
+                raise ModelImportError(f"{where}: attribute {a.name!r} is not part of "
+                                       f"{node.op_type}-{schema.since_version} (known: {sorted(schema.attributes)})")
+            if a.ref_attr_name:
+                raise ModelImportError(f"{where}: attribute {a.name!r} refers to a function attribute")
+            if a.type != int(spec.type.value):
+                raise ModelImportError(f"{where}: attribute {a.name!r} has type "
+                                       f"{onnx.AttributeProto.AttributeType.Name(a.type)}, expected "
+                                       f"{onnx.AttributeProto.AttributeType.Name(int(spec.type.value))}")
+            attrs[a.name] = _attribute_value(a)
+        for key, a in schema.attributes.items():
+            if a.required and key not in attrs:
+                raise ModelImportError(f"{where}: required attribute {key!r} is missing")
+        return attrs
+
+    def _check_arity(self, ctx: NodeContext, schema: Any) -> None:
+        n = len(ctx.inputs)
+        if n > schema.max_input:
+            raise ctx.error(f"has {n} inputs, {ctx.op_type}-{schema.since_version} takes at most {schema.max_input}")
+        if n < schema.min_input:
+            raise ctx.error(f"has {n} inputs, {ctx.op_type}-{schema.since_version} needs at least {schema.min_input}")
+        single = onnx.defs.OpSchema.FormalParameterOption.Single
+        for i, p in enumerate(schema.inputs):
+            if p.option == single and not ctx.has_input(i):
+                raise ctx.error(f"required input #{i} {p.name!r} is missing")

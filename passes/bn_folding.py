@@ -1,0 +1,111 @@
+"""BatchNormalization folding.
+
+At inference a BatchNormalization is the per-channel affine map ``y = x * s + t`` with
+``s = scale / sqrt(var + eps)`` and ``t = B - mean * s``. When it reads the only output of a Conv or
+Gemm whose weights (and bias) are constants, and its own scale, B, mean and var are constants, the
+map folds into that producer: its weights are scaled by ``s`` along the output channels and its bias
+becomes ``(bias - mean) * s + B``. Any other BatchNormalization with constant statistics becomes a
+Mul and an Add with constant (C, 1, ..., 1) tensors, which the codegen runs as plain elementwise
+kernels. Every BatchNormalization that does not fold gets a note saying why
+(``graph.metadata["pass_notes"]``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import numpy as np
+
+from convc.ir import Graph, Op
+from convc.ops import NoAttrs, OpKind
+from convc.passes.rewrite import absorb, add_const, is_constant, note, record_origin, single_consumer, take_output
+
+
+def bn_affine(g: Graph, bn: Op) -> tuple[np.ndarray, np.ndarray]:
+    """(s, t) in float64 such that BatchNormalization(x) = x * s + t along axis 1."""
+    scale, bias, mean, var = (g.tensor(t).data.astype(np.float64) for t in bn.inputs[1:])
+    s = scale / np.sqrt(var + bn.attrs.epsilon)
+    return s, bias - mean * s
+
+
+def _fold_into_conv(g: Graph, conv: Op, s: np.ndarray, t: np.ndarray) -> tuple[str, ...]:
+    """Conv weight (M, C/group, k...) scaled along M; bias (M,)."""
+    w = g.tensor(conv.inputs[1]).data
+    dtype = w.dtype
+    w2 = (w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(dtype)
+    b = g.tensor(conv.inputs[2]).data.astype(np.float64) if len(conv.inputs) > 2 else 0.0
+    b2 = ((b - 0.0) * s + t).astype(dtype)
+    return (conv.inputs[0], add_const(g, f"{conv.name}_w_bn", w2), add_const(g, f"{conv.name}_b_bn", b2))
+
+
+def _fold_into_gemm(g: Graph, gemm: Op, s: np.ndarray, t: np.ndarray) -> tuple[str, ...]:
+    """Gemm Y (M, N) = alpha A' B' + beta C: BN on a rank-2 tensor normalizes axis 1 (N), so B' is
+    scaled along N and C becomes (beta C) * s + t with beta = 1."""
+    a = gemm.attrs
+    w = g.tensor(gemm.inputs[1]).data
+    dtype = w.dtype
+    scale_n = s.reshape(-1, 1) if a.trans_b else s.reshape(1, -1)  # B is (N, K) when transposed
+    w2 = (w.astype(np.float64) * scale_n).astype(dtype)
+    c = a.beta * g.tensor(gemm.inputs[2]).data.astype(np.float64) if len(gemm.inputs) > 2 else 0.0
+    c2 = np.ascontiguousarray(c * s + t).astype(dtype)
+    gemm.attrs = dataclasses.replace(a, beta=1.0)
+    return (gemm.inputs[0], add_const(g, f"{gemm.name}_w_bn", w2), add_const(g, f"{gemm.name}_c_bn", c2))
+
+
+# producer kind -> function rewriting its constant inputs; returns the producer's new inputs.
+# ConvTranspose joins here once it exists: its weight is (C_in, M/group, k...), so s scales axis 1
+# within each group, and its bias folds exactly like the Conv's.
+FOLDERS: dict[OpKind, Callable[[Graph, Op, np.ndarray, np.ndarray], tuple[str, ...]]] = {
+    OpKind.CONV: _fold_into_conv,
+    OpKind.GEMM: _fold_into_gemm,
+}
+
+
+def why_not_foldable(g: Graph, bn: Op) -> str | None:
+    """None when ``bn`` folds into its producer; otherwise the reason, for the pass notes."""
+    producer = g.producer(bn.inputs[0])
+    if producer is None:
+        return f"its input {bn.inputs[0]!r} is a graph input or constant, not a conv or gemm output"
+    if producer.kind not in FOLDERS:
+        return f"its input comes from {producer.kind.value} {producer.name!r}, not a conv or gemm"
+    if single_consumer(g, bn.inputs[0]) is not bn:
+        return f"the output of {producer.name!r} is also read elsewhere (or is a graph output)"
+    if not producer.attrs.epilogue.empty:
+        return f"{producer.name!r} already applies {'+'.join(producer.attrs.epilogue.fused_names())} to its output"
+    weights = producer.inputs[1:3] if producer.kind is not OpKind.GEMM else producer.inputs[1:3]
+    if not all(is_constant(g, w) for w in weights):
+        return f"the weights or bias of {producer.name!r} are not constants"
+    return None
+
+
+def fold_batch_norm(g: Graph) -> Graph:
+    for bn in g.ops():
+        if bn.kind is not OpKind.BATCH_NORM:
+            continue
+        if not all(is_constant(g, t) for t in bn.inputs[1:]):
+            note(g, bn.name, "its scale, B, mean or var are not constants: kept as BatchNormalization")
+            continue
+        s, t = bn_affine(g, bn)
+        reason = why_not_foldable(g, bn)
+        if reason is None:
+            producer = g.producer(bn.inputs[0])
+            inputs = FOLDERS[producer.kind](g, producer, s, t)
+            absorb(g, producer, bn, producer.attrs, inputs)
+        else:
+            note(g, bn.name, f"not folded ({reason}): runs as a per-channel Mul and Add")
+            _to_scale_shift(g, bn, s, t)
+    return g
+
+
+def _to_scale_shift(g: Graph, bn: Op, s: np.ndarray, t: np.ndarray) -> None:
+    x = g.tensor(bn.inputs[0])
+    shape = (-1,) + (1,) * (len(x.shape) - 2)
+    s_name = add_const(g, f"{bn.name}_scale", s.astype(x.dtype).reshape(shape))
+    t_name = add_const(g, f"{bn.name}_shift", t.astype(x.dtype).reshape(shape))
+    out = bn.outputs[0]
+    g.remove_op(bn, remove_outputs=False)
+    mul = g.add_op(OpKind.MUL, NoAttrs(), [x.name, s_name], name=f"{bn.name}_scale")
+    add = g.add_op(OpKind.ADD, NoAttrs(), [mul.outputs[0], t_name], name=f"{bn.name}_shift")
+    take_output(g, add, out)
+    record_origin(g, mul.name, bn.name)
+    record_origin(g, add.name, bn.name)

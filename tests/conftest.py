@@ -1,0 +1,19 @@
+"""Shared fixtures; also puts tests/ on sys.path so test modules can ``import helpers``."""
+from __future__ import annotations
+
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_HERE = str(Path(__file__).parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> np.random.Generator:
+    """A generator seeded from the test id: every case gets its own data, the same on every run."""
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))

@@ -1,0 +1,36 @@
+"""Softmax: the 2-D coercion before opset 13, a single axis from 13 on."""
+from __future__ import annotations
+
+import pytest
+from onnx import helper
+from onnx_import_helpers import check_model, make_model
+
+from convc.ops import OpKind
+
+
+@pytest.mark.parametrize("opset", [7, 11, 12])
+@pytest.mark.parametrize("x_shape,axis,kinds", [
+    ((2, 3, 4), 2, [OpKind.SOFTMAX]), ((2, 3, 4), -1, [OpKind.SOFTMAX]),
+    ((2, 3, 4), 1, [OpKind.RESHAPE, OpKind.SOFTMAX, OpKind.RESHAPE]),
+    ((2, 3, 4), 0, [OpKind.RESHAPE, OpKind.SOFTMAX, OpKind.RESHAPE]),
+    ((2, 10, 1, 1), 1, [OpKind.SOFTMAX]),  # trailing ones: the coerced row is just the axis
+    ((3, 5), None, [OpKind.SOFTMAX]),
+])
+def test_softmax_before_13(opset, x_shape, axis, kinds):
+    if axis is not None and axis < 0 and opset < 11:
+        pytest.skip("negative axes exist from opset 11 on")
+    attrs = {} if axis is None else {"axis": axis}
+    graph = check_model(make_model([helper.make_node("Softmax", ["X"], ["Y"], **attrs)], {"X": x_shape}, ["Y"],
+                                   opset=opset))
+    assert [op.kind for op in graph.ops()] == kinds
+    assert graph.tensor("Y").shape == tuple(x_shape)
+
+
+@pytest.mark.parametrize("opset", [13, 22])
+@pytest.mark.parametrize("axis,expected", [(None, 2), (0, 0), (1, 1), (-1, 2), (-3, 0)])
+def test_softmax_13(opset, axis, expected):
+    attrs = {} if axis is None else {"axis": axis}
+    node = helper.make_node("Softmax", ["X"], ["Y"], name="softmax", **attrs)
+    graph = check_model(make_model([node], {"X": [2, 3, 4]}, ["Y"], opset=opset))
+    assert [op.kind for op in graph.ops()] == [OpKind.SOFTMAX]
+    assert graph.op("softmax").attrs.axis == expected

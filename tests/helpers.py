@@ -1,0 +1,145 @@
+"""One checker for single-op tests: compile the op, compare with its numpy reference and with ONNX.
+
+``check_op`` builds a one-op convc Graph, verifies and compiles it, checks the compiled output's
+shape and dtype against ``op_def(kind).reference`` before comparing values, then builds the same
+op as a single-node ONNX model and compares with ``onnx.reference.ReferenceEvaluator`` too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+import convc
+from convc.ir import Graph, TensorKind
+from convc.ops import OpKind, op_def
+
+OPSET = 19  # AveragePool gained dilations in opset 19
+RTOL = 1e-4
+
+
+@dataclass(frozen=True)
+class OnnxNode:
+    """The ONNX spelling of one op: type, attributes, and constant inputs appended after the data inputs
+    (e.g. Reshape's ``shape``)."""
+    op_type: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+    extra_inputs: tuple[np.ndarray, ...] = ()
+
+
+def onnx_spelling(kind: OpKind, attrs: Any) -> OnnxNode:
+    """Map convc attributes to the ONNX attributes of the same op at ``OPSET``."""
+    k = OpKind
+    if kind is k.CONV:
+        return OnnxNode("Conv", dict(kernel_shape=list(attrs.kernel_shape), strides=list(attrs.strides),
+                                     pads=list(attrs.pads), dilations=list(attrs.dilations), group=attrs.group))
+    if kind is k.GEMM:
+        return OnnxNode("Gemm", dict(alpha=attrs.alpha, beta=attrs.beta, transA=int(attrs.trans_a),
+                                     transB=int(attrs.trans_b)))
+    if kind in (k.MAX_POOL, k.AVERAGE_POOL):
+        a = dict(kernel_shape=list(attrs.kernel_shape), strides=list(attrs.strides), pads=list(attrs.pads),
+                 dilations=list(attrs.dilations), ceil_mode=int(attrs.ceil_mode))
+        if kind is k.AVERAGE_POOL:
+            a["count_include_pad"] = int(attrs.count_include_pad)
+        return OnnxNode(kind.value, a)
+    if kind is k.LEAKY_RELU:
+        return OnnxNode("LeakyRelu", dict(alpha=attrs.alpha))
+    if kind is k.DROPOUT:  # opset >= 12 takes the ratio as an input; without training_mode it is the identity
+        return OnnxNode("Dropout", extra_inputs=(np.array(attrs.ratio, dtype=np.float32),))
+    if kind is k.BATCH_NORM:
+        return OnnxNode("BatchNormalization", dict(epsilon=attrs.epsilon, momentum=attrs.momentum))
+    if kind in (k.FLATTEN, k.CONCAT, k.SOFTMAX):
+        return OnnxNode(kind.value, dict(axis=attrs.axis))
+    if kind is k.RESHAPE:
+        return OnnxNode("Reshape", extra_inputs=(np.array(attrs.shape, dtype=np.int64),))
+    return OnnxNode(kind.value)  # no attributes: MatMul, Relu, Sigmoid, Tanh, Identity, Add, Mul, Sum, global pools
+
+
+def max_rel_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """max |actual - expected| / max(|expected|, 1) over the finite elements of ``expected``.
+
+    Relative where |expected| >= 1 and absolute below, so values near zero do not blow up the
+    ratio. NaN and infinite elements must match exactly (raises AssertionError otherwise)."""
+    a, e = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    nan_a, nan_e = np.isnan(a), np.isnan(e)
+    assert np.array_equal(nan_a, nan_e), (
+        f"NaN positions differ: actual at {np.argwhere(nan_a)[:5].tolist()}, expected at {np.argwhere(nan_e)[:5].tolist()}")
+    inf_e = np.isinf(e)
+    assert np.array_equal(a[inf_e], e[inf_e]) and not np.isinf(a[~inf_e]).any(), "infinite values differ"
+    finite = ~(nan_e | inf_e)
+    if not finite.any():
+        return 0.0
+    return float(np.max(np.abs(a[finite] - e[finite]) / np.maximum(np.abs(e[finite]), 1.0)))
+
+
+def assert_close(actual: np.ndarray, expected: np.ndarray, rtol: float, what: str) -> None:
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape}, expected {expected.shape}"
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype}, expected {expected.dtype}"
+    err = max_rel_error(actual, expected)
+    assert err < rtol, f"{what}: max relative error {err:.3g} >= {rtol:g}"
+
+
+def build_graph(kind: OpKind, attrs: Any, inputs: Sequence[np.ndarray], const: set[int] | frozenset[int]) -> Graph:
+    """A graph with one op; input ``i`` is a constant when ``i in const``, else a graph input."""
+    g = Graph(f"single_{kind.value}")
+    names = []
+    for i, x in enumerate(inputs):
+        name = f"x{i}"
+        if i in const:
+            g.add_constant(name, x)
+        else:
+            g.add_tensor(name, x.shape, x.dtype, TensorKind.INPUT)
+        names.append(name)
+    g.add_op(kind, attrs, names, ["y"])
+    g.outputs = ["y"]
+    return g
+
+
+def onnx_model(node: OnnxNode, inputs: Sequence[np.ndarray], const: set[int] | frozenset[int],
+               out_shape: tuple[int, ...]) -> onnx.ModelProto:
+    names = [f"x{i}" for i in range(len(inputs))] + [f"extra{i}" for i in range(len(node.extra_inputs))]
+    graph_inputs = [helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, x.shape)
+                    for i, x in enumerate(inputs) if i not in const]
+    inits = [numpy_helper.from_array(x, f"x{i}") for i, x in enumerate(inputs) if i in const]
+    inits += [numpy_helper.from_array(x, f"extra{i}") for i, x in enumerate(node.extra_inputs)]
+    nd = helper.make_node(node.op_type, names, ["y"], **node.attributes)
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)
+    graph = helper.make_graph([nd], f"single_{node.op_type}", graph_inputs, [out], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    # the schema check catches a misspelt attribute; no full_check: onnx shape inference keeps the ceil_mode
+    # windows that start in the end padding, which the MaxPool spec (and onnx.reference) drop
+    onnx.checker.check_model(model)
+    return model
+
+
+def check_op(kind: OpKind, attrs: Any, inputs: Sequence[np.ndarray], const: set[int] | frozenset[int] = frozenset(),
+             onnx_node: OnnxNode | None = None, rtol: float = RTOL, onnx_check: bool = True) -> np.ndarray:
+    """Compile one op and compare it with the numpy reference and the ONNX reference evaluator.
+
+    ``const`` holds the positions of the inputs that become graph constants (ONNX initializers);
+    the others are graph inputs fed at run time. ``onnx_node`` overrides the ONNX spelling derived
+    from ``attrs``; ``onnx_check=False`` skips ONNX (a test that does so must say why).
+    Returns the compiled output for extra, test-specific assertions."""
+    inputs = [np.ascontiguousarray(x) for x in inputs]
+    g = build_graph(kind, attrs, inputs, const)
+    g.verify()
+    model = convc.compile(g)
+    feeds = {f"x{i}": x for i, x in enumerate(inputs) if i not in const}
+    got = model.run(feeds)["y"]
+
+    (ref,) = op_def(kind).reference(attrs, *inputs)
+    declared = g.tensor("y")
+    assert ref.shape == declared.shape and ref.dtype == declared.dtype, (
+        f"numpy reference gives {ref.shape} {ref.dtype}, shape inference {declared.shape} {declared.dtype}")
+    assert_close(got, ref, rtol, f"{kind.value} vs numpy reference")
+
+    if onnx_check:
+        node = onnx_node or onnx_spelling(kind, attrs)
+        onnx_ref = ReferenceEvaluator(onnx_model(node, inputs, const, ref.shape)).run(None, feeds)[0]
+        onnx_ref = np.asarray(onnx_ref)
+        assert_close(got, onnx_ref, rtol, f"{kind.value} vs onnx.reference")
+    return got

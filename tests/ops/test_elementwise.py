@@ -1,0 +1,127 @@
+"""Unary activations, Identity/Dropout, and broadcasting Add/Mul/Sum."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import check_op
+
+import convc
+from convc.ir import Graph, TensorKind
+from convc.ops import NoAttrs, OpKind
+from convc.ops.elementwise import DropoutAttrs, LeakyReluAttrs
+
+# zeros of both signs, large magnitudes (exp overflows float32 beyond ~88), values around 0 and 1
+SPECIAL = np.array([0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 3.0, -3.0, 20.0, -20.0, 88.0, -88.0, 89.0, -89.0,
+                    100.0, -100.0, 1e4, -1e4, 3e38, -3e38, 1e-3, -1e-3], dtype=np.float32)
+
+
+def unary_data(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Random normal values scaled by 5, with SPECIAL written over the first elements."""
+    x = (5 * rng.standard_normal(shape)).astype(np.float32)
+    flat = x.reshape(-1)
+    n = min(flat.size, SPECIAL.size)
+    flat[:n] = SPECIAL[:n]
+    return x
+
+
+UNARY = [
+    (OpKind.RELU, NoAttrs()),
+    (OpKind.LEAKY_RELU, LeakyReluAttrs()),
+    (OpKind.SIGMOID, NoAttrs()),
+    (OpKind.TANH, NoAttrs()),
+    (OpKind.IDENTITY, NoAttrs()),
+    (OpKind.DROPOUT, DropoutAttrs(0.3)),
+]
+
+# the references overflow exp() on purpose (Sigmoid at -100 is exp(100) = inf, then 1/inf = 0)
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
+                                        "ignore:invalid value encountered:RuntimeWarning")
+
+
+@pytest.mark.parametrize("shape", [(1,), (37,), (2, 3, 5, 7)])
+@pytest.mark.parametrize("kind,attrs", UNARY, ids=[k.value for k, _ in UNARY])
+def test_unary(rng, kind, attrs, shape):
+    check_op(kind, attrs, [unary_data(rng, shape)])
+
+
+@pytest.mark.parametrize("kind", [OpKind.SIGMOID, OpKind.TANH])
+def test_saturating_at_large_magnitudes(rng, kind):
+    x = np.array([100.0, -100.0, 1e4, -1e4, 3e38, -3e38, 88.7, -88.7, 104.0, -104.0], dtype=np.float32)
+    y = check_op(kind, NoAttrs(), [x])
+    assert not np.isnan(y).any()
+    lo = 0.0 if kind is OpKind.SIGMOID else -1.0
+    assert np.all((y >= lo) & (y <= 1.0))
+
+
+def test_tanh_tiny_values_relative_accuracy(rng):
+    """Near 0, tanh(x) ~ x: the absolute-below-1 metric of check_op cannot see a wrong digit here,
+    so the relative error is checked directly (1 - 2/(exp(2x)+1) would lose everything)."""
+    x = np.array([1e-3, -1e-3, 1e-5, -3e-6, 1e-8, -1e-8, 1e-20, -1e-30, 1e-37, 2.5e-4], dtype=np.float32)
+    y = check_op(OpKind.TANH, NoAttrs(), [x])
+    expected = np.tanh(x.astype(np.float64))
+    rel = np.abs(y.astype(np.float64) - expected) / np.abs(expected)
+    assert rel.max() < 1e-6, f"relative error {rel.max():.3g} at x={x[rel.argmax()]}"
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.1, 0.2, 1.0, 0.0, -0.5, 3.0])
+def test_leaky_relu_alpha(rng, alpha):
+    check_op(OpKind.LEAKY_RELU, LeakyReluAttrs(alpha), [unary_data(rng, (3, 29))])
+
+
+@pytest.mark.parametrize("kind,attrs", UNARY[:4], ids=[k.value for k, _ in UNARY[:4]])
+def test_nan_propagates(rng, kind, attrs):
+    x = unary_data(rng, (4, 8))
+    x[0, 0] = x[1, 3] = x[3, 7] = np.nan
+    y = check_op(kind, attrs, [x])  # check_op requires the NaN positions to match both references
+    assert np.isnan(y[0, 0]) and np.isnan(y[1, 3]) and np.isnan(y[3, 7])
+    assert np.isnan(y).sum() == 3
+
+
+BINARY_SHAPES = [
+    ((2, 3, 4, 5), (2, 3, 4, 5)),
+    ((2, 3, 4, 5), (3, 1, 1)),     # per-channel
+    ((2, 3, 4, 5), (1,)),
+    ((2, 3, 4, 5), (5,)),
+    ((2, 3, 4, 5), ()),            # scalar
+    ((3, 1, 1), (2, 3, 4, 5)),     # the small operand first
+    ((1, 3, 1, 5), (2, 1, 4, 1)),  # the output is bigger than both inputs
+    ((1, 3, 1, 1), (2, 1, 4, 5)),
+    ((3, 1), (1, 4)),
+    ((7,), (3, 1)),
+]
+
+
+@pytest.mark.parametrize("const", [frozenset(), frozenset({1})], ids=["inputs", "y-const"])
+@pytest.mark.parametrize("shapes", BINARY_SHAPES, ids=lambda s: f"{s[0]}-{s[1]}".replace(" ", ""))
+@pytest.mark.parametrize("kind", [OpKind.ADD, OpKind.MUL])
+def test_binary_broadcast(rng, kind, shapes, const):
+    a, b = (rng.standard_normal(s).astype(np.float32) for s in shapes)
+    check_op(kind, NoAttrs(), [a, b], const=const)
+
+
+@pytest.mark.parametrize("kind", [OpKind.ADD, OpKind.MUL, OpKind.SUM])
+def test_same_tensor_twice(kind):
+    """x + x and x * x: one graph tensor bound to both operands of the kernel."""
+    x = np.linspace(-3, 3, 24, dtype=np.float32).reshape(2, 3, 4)
+    g = Graph("twice")
+    g.add_tensor("x", x.shape, x.dtype, TensorKind.INPUT)
+    g.add_op(kind, NoAttrs(), ["x", "x"], ["y"])
+    g.outputs = ["y"]
+    g.verify()
+    y = convc.compile(g).run({"x": x})["y"]
+    np.testing.assert_array_equal(y, x * x if kind is OpKind.MUL else x + x)
+
+
+@pytest.mark.parametrize("shapes", [
+    [(2, 3, 4)],
+    [(2, 3, 4), (2, 3, 4)],
+    [(2, 3, 4), (4,)],
+    [(2, 1, 4), (3, 1), (1,)],
+    [(2, 1, 4), (1, 3, 1), ()],                     # the output is bigger than every input
+    [(2, 3, 4), (1, 3, 1), (4,), (2, 1, 1)],
+    [(5,), (3, 1), (2, 1, 1), (2, 3, 5)],
+], ids=lambda s: "+".join(str(x) for x in s).replace(" ", ""))
+def test_sum(rng, shapes):
+    xs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    check_op(OpKind.SUM, NoAttrs(), xs, const=frozenset({len(xs) - 1}) if len(xs) > 2 else frozenset())

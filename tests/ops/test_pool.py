@@ -1,0 +1,116 @@
+"""MaxPool / AveragePool (1-D and 2-D, pads, dilations, ceil_mode, count_include_pad) and global pools."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from helpers import check_op
+
+from convc.ops import NoAttrs, OpKind
+from convc.ops.pool import PoolAttrs
+
+WINDOWS_2D = [((2, 2), (2, 2)), ((3, 3), (1, 1)), ((3, 3), (2, 2)), ((2, 3), (1, 2))]
+PADS_2D = {"nopad": (0, 0, 0, 0), "sym": (1, 1, 1, 1), "asym": (0, 1, 1, 0)}
+# 8 and 9 make ceil_mode add a last window that overhangs the padded input for several windows above
+SPATIAL_2D = (8, 9)
+
+
+def window_ids(w) -> str:
+    (kh, kw), (sh, sw) = w
+    return f"k{kh}x{kw}-s{sh}x{sw}"
+
+
+def pool2d(kernel, strides, pads, dilations=(1, 1), ceil_mode=False, count_include_pad=False) -> PoolAttrs:
+    return PoolAttrs(kernel, strides, pads, dilations, ceil_mode, count_include_pad)
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True], ids=["floor", "ceil"])
+@pytest.mark.parametrize("pads", PADS_2D.values(), ids=PADS_2D.keys())
+@pytest.mark.parametrize("window", WINDOWS_2D, ids=window_ids)
+def test_max_pool_2d(rng, window, pads, ceil_mode):
+    x = rng.standard_normal((2, 3) + SPATIAL_2D).astype(np.float32)
+    check_op(OpKind.MAX_POOL, pool2d(*window, pads, ceil_mode=ceil_mode), [x])
+
+
+@pytest.mark.parametrize("count_include_pad", [False, True], ids=["exclude-pad", "include-pad"])
+@pytest.mark.parametrize("ceil_mode", [False, True], ids=["floor", "ceil"])
+@pytest.mark.parametrize("pads", PADS_2D.values(), ids=PADS_2D.keys())
+@pytest.mark.parametrize("window", WINDOWS_2D[1:], ids=window_ids)
+def test_average_pool_2d(rng, window, pads, ceil_mode, count_include_pad):
+    x = rng.standard_normal((1, 3) + SPATIAL_2D).astype(np.float32)
+    check_op(OpKind.AVERAGE_POOL, pool2d(*window, pads, ceil_mode=ceil_mode, count_include_pad=count_include_pad),
+             [x])
+
+
+def test_average_pool_ceil_overhang_counts_pads_not_overhang():
+    """1-D, 4 ones, k=3, s=2, pads (1, 1), ceil: windows start at -1, 1, 3; the last covers x[3], the end pad
+    and one overhang tap past it. count_include_pad counts the pad (2 taps), never the overhang."""
+    x = np.ones((1, 1, 4), dtype=np.float32)
+    y = check_op(OpKind.AVERAGE_POOL, PoolAttrs((3,), (2,), (1, 1), (1,), True, True), [x])
+    np.testing.assert_allclose(y.ravel(), [2 / 3, 1.0, 1 / 2], rtol=1e-6)
+    y = check_op(OpKind.AVERAGE_POOL, PoolAttrs((3,), (2,), (1, 1), (1,), True, False), [x])
+    np.testing.assert_allclose(y.ravel(), [1.0, 1.0, 1.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True], ids=["floor", "ceil"])
+@pytest.mark.parametrize("kernel,strides,pads,dilations", [
+    ((2, 2), (1, 1), (0, 0, 0, 0), (2, 2)),
+    ((3, 3), (1, 1), (2, 2, 2, 2), (2, 2)),
+    ((3, 2), (2, 1), (1, 0, 2, 1), (2, 2)),
+    ((2, 3), (2, 2), (0, 0, 0, 0), (1, 2)),
+])
+@pytest.mark.parametrize("kind", [OpKind.MAX_POOL, OpKind.AVERAGE_POOL])
+def test_pool_2d_dilations(rng, kind, kernel, strides, pads, dilations, ceil_mode):
+    """ONNX AveragePool has dilations from opset 19; onnx.reference implements them (checked by check_op)."""
+    x = rng.standard_normal((1, 2) + SPATIAL_2D).astype(np.float32)
+    check_op(kind, pool2d(kernel, strides, pads, dilations, ceil_mode, kind is OpKind.AVERAGE_POOL), [x])
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True], ids=["floor", "ceil"])
+@pytest.mark.parametrize("kernel,stride,pads,dilation", [
+    (2, 1, (0, 0), 1),
+    (2, 2, (0, 1), 1),
+    (3, 1, (1, 1), 1),
+    (3, 2, (1, 1), 1),
+    (3, 2, (0, 2), 1),
+    (3, 1, (2, 1), 2),
+    (2, 2, (1, 0), 2),
+])
+@pytest.mark.parametrize("kind", [OpKind.MAX_POOL, OpKind.AVERAGE_POOL])
+def test_pool_1d(rng, kind, kernel, stride, pads, dilation, ceil_mode):
+    x = rng.standard_normal((2, 3, 10)).astype(np.float32)
+    check_op(kind, PoolAttrs((kernel,), (stride,), pads, (dilation,), ceil_mode, bool(pads[0])), [x])
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True], ids=["floor", "ceil"])
+@pytest.mark.parametrize("pads", [(1, 1, 1, 1), (2, 0, 0, 2)], ids=["sym", "asym"])
+def test_max_pool_all_negative_padding_never_wins(rng, pads, ceil_mode):
+    x = (-1.0 - rng.random((1, 2) + SPATIAL_2D)).astype(np.float32)
+    y = check_op(OpKind.MAX_POOL, pool2d((3, 3), (2, 2), pads, ceil_mode=ceil_mode), [x])
+    assert np.all(y <= -1.0)
+
+
+def test_max_pool_propagates_nan():
+    x = np.arange(2 * 16, dtype=np.float32).reshape(1, 2, 4, 4)
+    x[0, 0, 1, 1] = np.nan
+    y = check_op(OpKind.MAX_POOL, pool2d((2, 2), (2, 2), (0, 0, 0, 0)), [x], onnx_check=False)
+    # onnx.reference drops NaN from every window (it pads with NaN), numpy and onnxruntime propagate it
+    assert np.isnan(y[0, 0, 0, 0]) and np.isnan(y).sum() == 1
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7), (2, 3, 5, 7), (1, 2, 3, 4, 5), (3, 4, 1, 1)])
+@pytest.mark.parametrize("kind", [OpKind.GLOBAL_AVERAGE_POOL, OpKind.GLOBAL_MAX_POOL])
+def test_global_pool(rng, kind, shape):
+    check_op(kind, NoAttrs(), [rng.standard_normal(shape).astype(np.float32)])
+
+
+def test_global_max_pool_all_negative(rng):
+    x = (-1.0 - rng.random((2, 3, 5, 7))).astype(np.float32)
+    y = check_op(OpKind.GLOBAL_MAX_POOL, NoAttrs(), [x])
+    np.testing.assert_array_equal(y, x.max(axis=(2, 3), keepdims=True))
+
+
+def test_global_average_pool_large_plane(rng):
+    """A 64x64 plane sums 4096 values: a naive float32 accumulation would drift past the tolerance."""
+    x = (10.0 + rng.standard_normal((1, 2, 64, 64))).astype(np.float32)
+    check_op(OpKind.GLOBAL_AVERAGE_POOL, NoAttrs(), [x])
