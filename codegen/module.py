@@ -103,7 +103,10 @@ class ModuleEmitter:
         return Scratch(align(nbytes))
 
     def function(self, base: str, n_args: int) -> tuple[ir.Function, ir.IRBuilder]:
-        """A new internal kernel function taking ``n_args`` non-aliasing pointers."""
+        """A new internal kernel function taking ``n_args`` non-aliasing pointers.
+
+        When the memory plan makes two arguments of a call share bytes (an elementwise op working
+        in place), ``emit`` drops ``noalias`` from them; a kernel may then see x and y as one buffer."""
         name = re.sub(r"[^A-Za-z0-9_]", "_", base)[:60] or "kernel"
         unique, i = name, 1
         while unique in self._names:
@@ -115,6 +118,10 @@ class ModuleEmitter:
             a.add_attribute("noalias")
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         return fn, b
+
+    def emitter_for(self, op: Op) -> Callable[["ModuleEmitter", Op], KernelCall] | None:
+        """The kernel emitter of ``op`` (a subclass may route some ops elsewhere: convc.codegen.training)."""
+        return EMITTERS.get(op.kind)
 
     # --- the entry point -----------------------------------------------------------------
     def emit(self) -> NativeModule:
@@ -145,7 +152,7 @@ class ModuleEmitter:
         for op in self.plan.order:
             if is_alias(self.graph, op):
                 continue
-            make = EMITTERS.get(op.kind)
+            make = self.emitter_for(op)
             if make is None:
                 raise CompileError(f"node {op.name!r}: no native kernel for {op.kind.value}")
             try:
@@ -154,6 +161,7 @@ class ModuleEmitter:
                 raise
             except Exception as e:  # an emitter bug must still name the node
                 raise CompileError(f"node {op.name!r} ({op.kind.value}): code generation failed: {e}") from e
+            self._allow_aliasing(call)
             b.call(call.function, [resolve(a) for a in call.args])
             kernel_names.append((op.name, call.function.name))
             if stamp:
@@ -166,6 +174,18 @@ class ModuleEmitter:
         b.ret_void()
         return NativeModule(self.module, scratch_base + self.max_scratch, self.constants,
                             list(self.graph.inputs), list(self.graph.outputs), kernel_names, self.instrument)
+
+    def _allow_aliasing(self, call: KernelCall) -> None:
+        """Drop ``noalias`` from the arguments whose planned bytes overlap another argument's."""
+        spans = []
+        for k, arg in enumerate(call.args):
+            if isinstance(arg, str):
+                buf = self.plan.memory.buffers[arg]
+                spans.append((k, buf.kind, buf.index, buf.index + self.tensor(arg).nbytes))
+        for k, kind, lo, hi in spans:
+            for j, kind2, lo2, hi2 in spans:
+                if j != k and kind == kind2 and (lo < hi2 and lo2 < hi if kind == "arena" else lo == lo2):
+                    call.function.args[k].attributes.discard("noalias")
 
     def _timestamper(self, b: ir.IRBuilder, ctx: ir.Value):
         """Returns stamp(k): store clock_gettime(CLOCK_MONOTONIC) in nanoseconds into ctx[2][k]."""

@@ -13,7 +13,9 @@ from convc.ir import Graph, Op, Tensor, TensorKind  # noqa: E402
 from convc.compiler import compile  # noqa: E402
 from convc.session import CompiledModel, InferenceSession  # noqa: E402
 from convc.ops import OpKind  # noqa: E402
+from convc.profile import profile  # noqa: E402
+from convc import nn  # noqa: E402
 
-__all__ = ["compile", "CompiledModel", "InferenceSession", "Graph", "Op", "Tensor", "TensorKind", "OpKind",
+__all__ = ["compile", "profile", "nn", "CompiledModel", "InferenceSession", "Graph", "Op", "Tensor", "TensorKind", "OpKind",
            "ConvcError", "ModelImportError", "UnsupportedOpError", "GraphError", "CompileError", "InputError",
            "__version__"]

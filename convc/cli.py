@@ -13,9 +13,9 @@ import statistics
 import sys
 import textwrap
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -49,7 +49,7 @@ def load_onnx(path: str):
         raise ModelImportError(f"{path}: is a directory, expected an .onnx file")
     try:
         model = onnx.load(str(p))
-    except Exception as e:  # protobuf's DecodeError, external-data errors, ...
+    except Exception as e:  # noqa: BLE001  protobuf's DecodeError, external-data errors, ...
         raise ModelImportError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
     if not model.HasField("graph") or not (len(model.graph.node) or len(model.graph.output)):
         raise ModelImportError(f"{path}: not an ONNX model (no graph in it)")
@@ -125,7 +125,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", "-r", type=_positive, default=10, metavar="R",
                    help="time R runs and report the median latency (default: 10)")
     p.add_argument("--threads", "-t", type=_positive, metavar="T",
-                   help="worker threads of the compiled code (default: all cores)")
+                   help="cap on the worker threads of the compiled code, passed to convc.compile(threads=T)")
     p.add_argument("--output-dir", "-o", metavar="DIR", help="save each output as DIR/<output name>.npy")
 
 
@@ -232,6 +232,7 @@ def _add_example_args(p: argparse.ArgumentParser) -> None:
 
 def _cmd_example(args: argparse.Namespace) -> int:
     import onnx
+
     from convc.models import EXAMPLES
     example = EXAMPLES[args.name]
     model = example.build(batch=args.batch, seed=args.seed)
@@ -259,6 +260,8 @@ class Command:
     examples: tuple[str, ...] = ()
 
 
+from convc import report as _profile  # noqa: E402  (the profile subcommand lives with its report)
+
 COMMANDS: list[Command] = [
     Command("run", "compile an ONNX model to native code and run it",
             "Compile MODEL.onnx to native code for this CPU, run it on the given .npy inputs (or on seeded "
@@ -276,6 +279,11 @@ COMMANDS: list[Command] = [
             "without downloading anything.",
             _add_example_args, _cmd_example,
             ("convc example lenet -o lenet.onnx", "convc example cifar --batch 4")),
+    Command("profile", "per-layer MACs, parameters and memory plan of a model (and time, with --measure)",
+            _profile.DESCRIPTION, _profile.add_arguments, _profile.run,
+            ("convc profile resnet50.onnx --top 15", "convc profile model.onnx --by-op",
+             "convc profile model.onnx --format csv > layers.csv",
+             "convc profile model.onnx --measure --plot profile.svg")),
 ]
 
 

@@ -9,12 +9,19 @@ from convc.ir import Graph
 from convc.runtime import IOSpec, NativeRunner
 from convc.session import CompiledModel
 
-ModelSource = Any  # path, bytes, onnx.ModelProto or Graph
+ModelSource = Any  # path, bytes, onnx.ModelProto, Graph or convc.nn Module
 
 
-def load_graph(model: ModelSource, batch: int | None = None) -> Graph:
+def is_nn_module(model: ModelSource) -> bool:
+    from convc.frontend.dsl.module import Module
+    return isinstance(model, Module)
+
+
+def load_graph(model: ModelSource, batch: int | None = None, input_shape: Any = None) -> Graph:
     if isinstance(model, Graph):
         return model
+    if is_nn_module(model):
+        return model.to_graph(input_shape, batch=batch)
     from convc.frontend.onnx import import_onnx
     return import_onnx(model, batch=batch)
 
@@ -59,18 +66,22 @@ def compile_graph(graph: Graph, *, threads: int | None = None, instrument: bool 
 
 
 def compile(model: ModelSource, *, threads: int | None = None, batch: int | None = None,
-            progress: Callable[[str], None] | None = None) -> CompiledModel:
-    """Compile an ONNX model (path, bytes or ``onnx.ModelProto``) or a convc Graph to native code.
+            progress: Callable[[str], None] | None = None, input_shape: Any = None) -> CompiledModel:
+    """Compile an ONNX model (path, bytes or ``onnx.ModelProto``), a convc Graph or a convc.nn Module
+    (traced with ``input_shape``, batch first) to native code.
 
-    ``batch`` fixes a symbolic batch dimension; left as None, the model compiles for batch 1 and
-    compiles other batch sizes on first use. ``threads`` caps the worker threads (default: all cores)."""
+    ``batch`` fixes a symbolic batch dimension; left as None, the model compiles for batch 1 (a
+    Module: for ``input_shape[0]``) and compiles other batch sizes on first use. ``threads`` caps
+    the worker threads (default: all cores)."""
     if isinstance(model, Path):
         model = str(model)
     if progress:
         progress("import")
-    graph = load_graph(model, batch)
+    if is_nn_module(model):
+        model = model.snapshot()  # later edits to the parameters must not reach variants compiled on first use
+    graph = load_graph(model, batch, input_shape)
     respecialize = None
-    if batch is None and not isinstance(model, Graph) and has_dynamic_batch(model):
+    if batch is None and (is_nn_module(model) or (not isinstance(model, Graph) and has_dynamic_batch(model))):
         def respecialize(n: int) -> CompiledModel:
-            return compile_graph(load_graph(model, n), threads=threads)
+            return compile_graph(load_graph(model, n, input_shape), threads=threads)
     return compile_graph(graph, threads=threads, progress=progress, respecialize=respecialize)

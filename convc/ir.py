@@ -85,7 +85,7 @@ class Graph:
         return t
 
     def add_constant(self, name: str, data: np.ndarray, kind: TensorKind = TensorKind.CONSTANT) -> Tensor:
-        data = np.ascontiguousarray(data)
+        data = np.require(data, requirements="C")  # keeps 0-d scalars 0-d
         return self.add_tensor(name, data.shape, data.dtype, kind, data)
 
     def add_op(self, kind: OpKind, attrs: Any, inputs: Iterable[str], outputs: Iterable[str] | None = None,

@@ -8,6 +8,10 @@ becomes ``(bias - mean) * s + B``. Any other BatchNormalization with constant st
 Mul and an Add with constant (C, 1, ..., 1) tensors, which the codegen runs as plain elementwise
 kernels. Every BatchNormalization that does not fold gets a note saying why
 (``graph.metadata["pass_notes"]``).
+
+A Mul or Add of a constant that varies only along the channel axis folds the same way (``s = c``
+or ``t = c``): Caffe exports BatchNorm+Scale as BatchNormalization, Mul and Add, and all three end
+in the conv.
 """
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ import numpy as np
 
 from convc.ir import Graph, Op
 from convc.ops import NoAttrs, OpKind
-from convc.passes.rewrite import absorb, add_const, is_constant, note, record_origin, single_consumer, take_output
+from convc.passes.rewrite import (absorb, add_const, is_constant, move_before, note, record_origin, single_consumer,
+                                  take_output)
 
 
 def bn_affine(g: Graph, bn: Op) -> tuple[np.ndarray, np.ndarray]:
@@ -28,17 +33,20 @@ def bn_affine(g: Graph, bn: Op) -> tuple[np.ndarray, np.ndarray]:
     return s, bias - mean * s
 
 
-def _fold_into_conv(g: Graph, conv: Op, s: np.ndarray, t: np.ndarray) -> tuple[str, ...]:
-    """Conv weight (M, C/group, k...) scaled along M; bias (M,)."""
+Folded = tuple[tuple[str, ...], object]  # the producer's new inputs and attributes
+
+
+def _fold_into_conv(g: Graph, conv: Op, s: np.ndarray, t: np.ndarray) -> Folded:
+    """Conv weight (M, C/group, k...) scaled along M; bias (M,) becomes bias * s + t."""
     w = g.tensor(conv.inputs[1]).data
-    dtype = w.dtype
-    w2 = (w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(dtype)
+    w2 = (w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(w.dtype)
     b = g.tensor(conv.inputs[2]).data.astype(np.float64) if len(conv.inputs) > 2 else 0.0
-    b2 = ((b - 0.0) * s + t).astype(dtype)
-    return (conv.inputs[0], add_const(g, f"{conv.name}_w_bn", w2), add_const(g, f"{conv.name}_b_bn", b2))
+    b2 = (b * s + t).astype(w.dtype)
+    inputs = (conv.inputs[0], add_const(g, f"{conv.name}_w_bn", w2), add_const(g, f"{conv.name}_b_bn", b2))
+    return inputs, conv.attrs
 
 
-def _fold_into_gemm(g: Graph, gemm: Op, s: np.ndarray, t: np.ndarray) -> tuple[str, ...]:
+def _fold_into_gemm(g: Graph, gemm: Op, s: np.ndarray, t: np.ndarray) -> Folded:
     """Gemm Y (M, N) = alpha A' B' + beta C: BN on a rank-2 tensor normalizes axis 1 (N), so B' is
     scaled along N and C becomes (beta C) * s + t with beta = 1."""
     a = gemm.attrs
@@ -48,14 +56,14 @@ def _fold_into_gemm(g: Graph, gemm: Op, s: np.ndarray, t: np.ndarray) -> tuple[s
     w2 = (w.astype(np.float64) * scale_n).astype(dtype)
     c = a.beta * g.tensor(gemm.inputs[2]).data.astype(np.float64) if len(gemm.inputs) > 2 else 0.0
     c2 = np.ascontiguousarray(c * s + t).astype(dtype)
-    gemm.attrs = dataclasses.replace(a, beta=1.0)
-    return (gemm.inputs[0], add_const(g, f"{gemm.name}_w_bn", w2), add_const(g, f"{gemm.name}_c_bn", c2))
+    inputs = (gemm.inputs[0], add_const(g, f"{gemm.name}_w_bn", w2), add_const(g, f"{gemm.name}_c_bn", c2))
+    return inputs, dataclasses.replace(a, beta=1.0)
 
 
-# producer kind -> function rewriting its constant inputs; returns the producer's new inputs.
+# producer kind -> function making the producer's new constant inputs and attributes.
 # ConvTranspose joins here once it exists: its weight is (C_in, M/group, k...), so s scales axis 1
 # within each group, and its bias folds exactly like the Conv's.
-FOLDERS: dict[OpKind, Callable[[Graph, Op, np.ndarray, np.ndarray], tuple[str, ...]]] = {
+FOLDERS: dict[OpKind, Callable[[Graph, Op, np.ndarray, np.ndarray], Folded]] = {
     OpKind.CONV: _fold_into_conv,
     OpKind.GEMM: _fold_into_gemm,
 }
@@ -68,18 +76,58 @@ def why_not_foldable(g: Graph, bn: Op) -> str | None:
         return f"its input {bn.inputs[0]!r} is a graph input or constant, not a conv or gemm output"
     if producer.kind not in FOLDERS:
         return f"its input comes from {producer.kind.value} {producer.name!r}, not a conv or gemm"
-    if single_consumer(g, bn.inputs[0]) is not bn:
+    return _producer_problem(g, producer, bn)
+
+
+def _producer_problem(g: Graph, producer: Op, reader: Op) -> str | None:
+    if single_consumer(g, producer.outputs[0]) is not reader:
         return f"the output of {producer.name!r} is also read elsewhere (or is a graph output)"
     if not producer.attrs.epilogue.empty:
         return f"{producer.name!r} already applies {'+'.join(producer.attrs.epilogue.fused_names())} to its output"
-    weights = producer.inputs[1:3] if producer.kind is not OpKind.GEMM else producer.inputs[1:3]
-    if not all(is_constant(g, w) for w in weights):
+    if not all(is_constant(g, w) for w in producer.inputs[1:]):
         return f"the weights or bias of {producer.name!r} are not constants"
     return None
 
 
+def channel_vector(g: Graph, const: str, out: str) -> np.ndarray | None:
+    """The constant ``const`` as one value per channel (axis 1) of ``out``, or None when it varies
+    along any other axis or would broadcast ``out`` to a bigger shape."""
+    c, shape = g.tensor(const).data, g.tensor(out).shape
+    if c.ndim > len(shape) or len(shape) < 2:
+        return None
+    padded = (1,) * (len(shape) - c.ndim) + c.shape
+    if any(d != 1 for i, d in enumerate(padded) if i != 1) or padded[1] not in (1, shape[1]):
+        return None
+    return np.broadcast_to(c.reshape(-1).astype(np.float64), (shape[1],))
+
+
+def fold_channel_op(g: Graph, op: Op) -> bool:
+    """Fold ``x * c`` or ``x + c`` (c constant per channel) into the conv or gemm producing ``x``."""
+    if len(op.inputs) != 2:
+        return False
+    for side in (0, 1):
+        x, c = op.inputs[side], op.inputs[1 - side]
+        if not is_constant(g, c) or is_constant(g, x) or g.tensor(x).shape != g.tensor(op.outputs[0]).shape:
+            continue
+        v = channel_vector(g, c, x)
+        producer = g.producer(x)
+        if v is None or producer is None or producer.kind not in FOLDERS or _producer_problem(g, producer, op):
+            continue
+        s, t = (v, np.zeros_like(v)) if op.kind is OpKind.MUL else (np.ones_like(v), v)
+        inputs, attrs = FOLDERS[producer.kind](g, producer, s, t)
+        absorb(g, producer, op, attrs, inputs)
+        return True
+    return False
+
+
 def fold_batch_norm(g: Graph) -> Graph:
+    moves = {}
     for bn in g.ops():
+        if bn.name not in g.nx:
+            continue
+        if bn.kind in (OpKind.MUL, OpKind.ADD):
+            fold_channel_op(g, bn)
+            continue
         if bn.kind is not OpKind.BATCH_NORM:
             continue
         if not all(is_constant(g, t) for t in bn.inputs[1:]):
@@ -89,23 +137,26 @@ def fold_batch_norm(g: Graph) -> Graph:
         reason = why_not_foldable(g, bn)
         if reason is None:
             producer = g.producer(bn.inputs[0])
-            inputs = FOLDERS[producer.kind](g, producer, s, t)
-            absorb(g, producer, bn, producer.attrs, inputs)
+            inputs, attrs = FOLDERS[producer.kind](g, producer, s, t)
+            absorb(g, producer, bn, attrs, inputs)
         else:
             note(g, bn.name, f"not folded ({reason}): runs as a per-channel Mul and Add")
-            _to_scale_shift(g, bn, s, t)
+            mul, add = _to_scale_shift(g, bn, s, t)
+            moves[add.outputs[0]] = [mul.name, mul.outputs[0], add.name]  # where the BN was
+    move_before(g, moves)  # also moves the folded weights ahead, so the convs keep their place
     return g
 
 
-def _to_scale_shift(g: Graph, bn: Op, s: np.ndarray, t: np.ndarray) -> None:
+def _to_scale_shift(g: Graph, bn: Op, s: np.ndarray, t: np.ndarray) -> tuple[Op, Op]:
     x = g.tensor(bn.inputs[0])
     shape = (-1,) + (1,) * (len(x.shape) - 2)
-    s_name = add_const(g, f"{bn.name}_scale", s.astype(x.dtype).reshape(shape))
-    t_name = add_const(g, f"{bn.name}_shift", t.astype(x.dtype).reshape(shape))
+    s_name = add_const(g, f"{bn.name}_s", s.astype(x.dtype).reshape(shape))
+    t_name = add_const(g, f"{bn.name}_t", t.astype(x.dtype).reshape(shape))
     out = bn.outputs[0]
     g.remove_op(bn, remove_outputs=False)
-    mul = g.add_op(OpKind.MUL, NoAttrs(), [x.name, s_name], name=f"{bn.name}_scale")
-    add = g.add_op(OpKind.ADD, NoAttrs(), [mul.outputs[0], t_name], name=f"{bn.name}_shift")
+    mul = g.add_op(OpKind.MUL, NoAttrs(), [x.name, s_name], name=f"{bn.name}_mul")
+    add = g.add_op(OpKind.ADD, NoAttrs(), [mul.outputs[0], t_name], name=f"{bn.name}_add")
     take_output(g, add, out)
     record_origin(g, mul.name, bn.name)
     record_origin(g, add.name, bn.name)
+    return mul, add

@@ -5,7 +5,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 from convc.ir import Graph, Op
+from convc.passes.bn_folding import fold_batch_norm
+from convc.passes.constant_folding import fold_constants
 from convc.passes.dce import eliminate_dead_code
+from convc.passes.fusion import fuse_epilogues
+from convc.passes.im2col import lower_im2col
 from convc.passes.memory import MemoryPlan, plan_memory
 
 
@@ -19,6 +23,11 @@ class Plan:
 
 # (name, pass); each pass takes and returns a Graph and leaves it valid
 PIPELINE: list[tuple[str, Callable[[Graph], Graph]]] = [
+    ("constant folding", fold_constants),
+    ("dead-code elimination", eliminate_dead_code),
+    ("batch-norm folding", fold_batch_norm),
+    ("epilogue fusion", fuse_epilogues),
+    ("im2col lowering", lower_im2col),
     ("dead-code elimination", eliminate_dead_code),
 ]
 

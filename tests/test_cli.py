@@ -15,7 +15,7 @@ from convc.models import EXAMPLES, lenet5
 
 
 def convc_process(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "convc", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "convc", *args], check=False, capture_output=True, text=True, cwd=cwd,
                           timeout=300, stdin=subprocess.DEVNULL)
 
 

@@ -4,9 +4,10 @@ The micro-kernel keeps an MR x (NV vectors) tile of C in registers as phi values
 loads NV vectors of B and broadcasts MR values of A into ``llvm.fma`` calls. Either operand is read
 in place (rows with a leading dimension) or from panels packed at compile time (constant weights):
 packed A is [ceil(M/MR)][K][MR] and packed B is [ceil(N/NR)][K][NR], both zero-padded, so the
-micro-kernel reads them with unit stride. K is blocked by KC so the B micro-panel stays in L1
-while the A block streams from L2. Every shape is known at compile time; fringes use a smaller
-micro-kernel (M edge) or masked vector loads and stores (N edge).
+micro-kernel reads them with unit stride. The tile of C stays in registers for the whole K loop
+(blocking K measured no faster on CNN shapes here: A streams from L2/L3 with hardware prefetch
+and the K x NR panel of B stays in L2). Every shape is known at compile time; fringes use a
+smaller micro-kernel (M edge) or masked vector loads and stores (N edge).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from convc.ops.base import OpKind
 from convc.codegen.llvm_utils import F32, I1, I64, PTR, VOID, for_range, gep, i64
 
 # fused activations that are cheap on whole vectors; the others run as a scalar pass afterwards
-VECTOR_ACTIVATIONS = frozenset({OpKind.RELU, OpKind.LEAKY_RELU})
+VECTOR_ACTIVATIONS = frozenset({OpKind.RELU, OpKind.LEAKY_RELU, OpKind.SIGMOID})
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,6 @@ class Isa:
 AVX512 = Isa("avx512", 16, 8, 2)
 AVX2 = Isa("avx2", 8, 6, 2)
 PORTABLE = Isa("sse", 4, 4, 2)
-KC = 256
 
 
 def split_epilogue(epi: Epilogue) -> tuple[Epilogue, Epilogue]:
@@ -126,23 +126,22 @@ class GemmEmitter:
         return b.call(fn, [x, y, acc])
 
     # --- the micro-kernel -----------------------------------------------------------------
-    def micro_kernel(self, mr: int, n_valid: int, a: Operand, bop: Operand, ldc: int, init: str,
+    def micro_kernel(self, mr: int, n_valid: int, k: int, a: Operand, bop: Operand, ldc: int, init: str,
                      epi: Epilogue) -> ir.Function:
-        """void mk(A, B, C, kc, first, last, bias, residual): the (mr x n_valid) tile of C.
+        """void mk(A, B, C, bias, residual): C[0:mr, 0:n_valid] = init + A @ B, then the epilogue.
 
-        ``init`` says what C starts from on the first K block: "zero", "bias_row" (bias[i] per
-        row), "bias_col" (bias[j] per column) or "load" (C already holds beta*C)."""
-        key = (mr, n_valid, a, bop, ldc, init, epi)
+        ``init`` says what C starts from: "zero", "bias_row" (bias[i] per row), "bias_col" (bias[j]
+        per column) or "load" (C already holds beta*C)."""
+        key = (mr, n_valid, k, a, bop, ldc, init, epi)
         if key in self._kernels:
             return self._kernels[key]
         w, isa = self.isa.width, self.isa
         nv = -(-n_valid // w)
-        fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR, PTR, PTR, I64, I1, I1, PTR, PTR]),
-                         name=f"mk{len(self._kernels)}_{mr}x{n_valid}")
+        fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR] * 5), name=f"mk{len(self._kernels)}_{mr}x{n_valid}")
         fn.linkage = "internal"
-        for arg in (fn.args[0], fn.args[1], fn.args[2]):
+        for arg in fn.args[:3]:
             arg.add_attribute("noalias")
-        pa, pb, pc, kc, first, last, bias, residual = fn.args
+        pa, pb, pc, bias, residual = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         zero = ir.Constant(self.vec, None)
         pre = b.block
@@ -157,7 +156,7 @@ class GemmEmitter:
         for row in accs:
             for acc in row:
                 acc.add_incoming(zero, pre)
-        b.cbranch(b.icmp_signed("<", kk, kc), body, done)
+        b.cbranch(b.icmp_signed("<", kk, i64(k)), body, done)
         b.position_at_end(body)
         b_row = gep(b, pb, b.mul(kk, i64(isa.nr if bop.packed else bop.ld)))
         bvecs = [self.vload(b, gep(b, b_row, v * w), w if bop.packed else n_valid - v * w) for v in range(nv)]
@@ -167,90 +166,73 @@ class GemmEmitter:
             ai = b.load(gep(b, a_k, i if a.packed else i * a.ld), typ=F32)
             s = self.splat(b, ai)
             new.append([self.fma(b, s, bvecs[v], accs[i][v]) for v in range(nv)])
-        nxt = b.add(kk, i64(1))
-        kk.add_incoming(nxt, body)
+        kk.add_incoming(b.add(kk, i64(1)), body)
         for i in range(mr):
             for v in range(nv):
                 accs[i][v].add_incoming(new[i][v], body)
         b.branch(header)
         b.position_at_end(done)
-        vector_act = epi.activation in VECTOR_ACTIVATIONS
         from convc.codegen.kernels.elementwise import UNARY
         for i in range(mr):
             for v in range(nv):
                 valid = min(w, n_valid - v * w)
                 cptr = gep(b, pc, i * ldc + v * w)
-                old = self.vload(b, cptr, valid)
-                if init == "zero":
-                    start = zero
-                elif init == "bias_row":
-                    start = self.splat(b, b.load(gep(b, bias, i), typ=F32))
+                val = accs[i][v]
+                if init == "bias_row":
+                    val = b.fadd(val, self.splat(b, b.load(gep(b, bias, i), typ=F32)))
                 elif init == "bias_col":
-                    start = self.vload(b, gep(b, bias, v * w), valid)
-                else:
-                    start = old
-                val = b.fadd(accs[i][v], b.select(first, start, old))
-                fused = val
+                    val = b.fadd(val, self.vload(b, gep(b, bias, v * w), valid))
+                elif init == "load":
+                    val = b.fadd(val, self.vload(b, cptr, valid))
                 if epi.residual:
-                    fused = b.fadd(fused, self.vload(b, gep(b, residual, i * ldc + v * w), valid))
-                if vector_act:
-                    fused = UNARY[epi.activation](b, fused, epi.activation_attrs)
-                if epi.residual or vector_act:
-                    val = b.select(last, fused, val)
+                    val = b.fadd(val, self.vload(b, gep(b, residual, i * ldc + v * w), valid))
+                if epi.activation is not None:
+                    val = UNARY[epi.activation](b, val, epi.activation_attrs)
                 self.vstore(b, val, cptr, valid)
         b.ret_void()
         self._kernels[key] = fn
         return fn
 
-    # --- the loop nest --------------------------------------------------------------------
-    def gemm(self, b: ir.IRBuilder, m: int, n: int, k: int, pa: ir.Value, a: Operand, pb: ir.Value, bop: Operand,
-             pc: ir.Value, ldc: int, init: str = "zero", bias: ir.Value | None = None,
-             epi: Epilogue = Epilogue(), residual: ir.Value | None = None,
-             n_range: tuple[ir.Value, ir.Value] | None = None) -> None:
-        """C = init + A @ B, then the epilogue; ``n_range`` (in NR panels) restricts the columns
-        computed, for splitting the work between threads."""
+    # --- loop nests -----------------------------------------------------------------------
+    def panel(self, b: ir.IRBuilder, m: int, k: int, pa: ir.Value, a: Operand, pb: ir.Value, bop: Operand,
+              pc: ir.Value, ldc: int, n_valid: int, init: str = "zero", bias: ir.Value | None = None,
+              epi: Epilogue = Epilogue(), residual: ir.Value | None = None) -> None:
+        """One column panel (n_valid <= NR columns) of C for every row: ``pb``, ``pc``, ``residual``
+        and, for "bias_col", ``bias`` point at the panel's first column."""
         isa = self.isa
         null = ir.Constant(PTR, None)
-        bias = bias if bias is not None else null
-        residual = residual if residual is not None else null
         full_m, rem_m = divmod(m, isa.mr)
-        full_n, rem_n = divmod(n, isa.nr)
-        n_panels = full_n + (rem_n > 0)
-        lo, hi = n_range if n_range is not None else (i64(0), i64(n_panels))
-        k_blocks = -(-k // KC)
 
-        def a_at(row0, k0):
-            if a.packed:  # panel row0/MR, then k0 rows of MR
-                return gep(b, pa, b.add(b.mul(b.udiv(row0, i64(isa.mr)), i64(k * isa.mr)), b.mul(k0, i64(isa.mr))))
-            return gep(b, pa, b.add(b.mul(row0, i64(a.ld)), k0))
-
-        def b_at(panel, k0):
-            if bop.packed:
-                return gep(b, pb, b.add(b.mul(panel, i64(k * isa.nr)), b.mul(k0, i64(isa.nr))))
-            return gep(b, pb, b.add(b.mul(k0, i64(bop.ld)), b.mul(panel, i64(isa.nr))))
-
-        def tile(row0, panel, k0, kc, first, last, mr, n_valid):
-            mk = self.micro_kernel(mr, n_valid, a, bop, ldc, init, epi)
-            col0 = b.mul(panel, i64(isa.nr))
-            c_off = b.add(b.mul(row0, i64(ldc)), col0)
-            bias_at = gep(b, bias, row0 if init == "bias_row" else col0) if init.startswith("bias") else null
+        def tile(row0: ir.Value, mr: int) -> None:
+            mk = self.micro_kernel(mr, n_valid, k, a, bop, ldc, init, epi)
+            a_at = gep(b, pa, b.mul(row0, i64(k))) if a.packed else gep(b, pa, b.mul(row0, i64(a.ld)))
+            c_off = b.mul(row0, i64(ldc))
+            bias_at = gep(b, bias, row0) if init == "bias_row" else bias if init == "bias_col" else null
             res_at = gep(b, residual, c_off) if epi.residual else null
-            b.call(mk, [a_at(row0, k0), b_at(panel, k0), gep(b, pc, c_off), kc, first, last, bias_at, res_at])
+            b.call(mk, [a_at, pb, gep(b, pc, c_off), bias_at, res_at])
 
-        def column_panel(panel, n_valid, k0, kc, first, last):
+        if full_m:
             with for_range(b, full_m, name="ir") as ir_:
-                tile(b.mul(ir_, i64(isa.mr)), panel, k0, kc, first, last, isa.mr, n_valid)
-            if rem_m:
-                tile(i64(full_m * isa.mr), panel, k0, kc, first, last, rem_m, n_valid)
+                tile(b.mul(ir_, i64(isa.mr)), isa.mr)
+        if rem_m:
+            tile(i64(full_m * isa.mr), rem_m)
 
-        with for_range(b, k_blocks, name="pc") as pcb:
-            k0 = b.mul(pcb, i64(KC))
-            kc = b.select(b.icmp_signed("<", b.add(k0, i64(KC)), i64(k)), i64(KC), b.sub(i64(k), k0))
-            first = b.icmp_signed("==", pcb, i64(0))
-            last = b.icmp_signed("==", pcb, i64(k_blocks - 1))
-            full_hi = b.select(b.icmp_signed("<", hi, i64(full_n)), hi, i64(full_n))
-            with for_range(b, full_hi, start=lo, name="jr") as jr:
-                column_panel(jr, isa.nr, k0, kc, first, last)
-            if rem_n:
-                with b.if_then(b.icmp_signed(">", hi, i64(full_n))):
-                    column_panel(i64(full_n), rem_n, k0, kc, first, last)
+    def gemm(self, b: ir.IRBuilder, m: int, n: int, k: int, pa: ir.Value, a: Operand, pb: ir.Value, bop: Operand,
+             pc: ir.Value, ldc: int, init: str = "zero", bias: ir.Value | None = None,
+             epi: Epilogue = Epilogue(), residual: ir.Value | None = None) -> None:
+        """C[M, N] = init + A @ B, then the epilogue, column panel after column panel."""
+        isa = self.isa
+        full_n, rem_n = divmod(n, isa.nr)
+
+        def column(panel: ir.Value, n_valid: int) -> None:
+            col0 = b.mul(panel, i64(isa.nr))
+            pb_at = gep(b, pb, b.mul(panel, i64(k * isa.nr))) if bop.packed else gep(b, pb, col0)
+            self.panel(b, m, k, pa, a, pb_at, bop, gep(b, pc, col0), ldc, n_valid, init,
+                       gep(b, bias, col0) if init == "bias_col" else bias, epi,
+                       gep(b, residual, col0) if epi.residual else None)
+
+        if full_n:
+            with for_range(b, full_n, name="jr") as jr:
+                column(jr, isa.nr)
+        if rem_n:
+            column(i64(full_n), rem_n)

@@ -43,6 +43,41 @@ class OpKind(enum.Enum):
     CONCAT = "Concat"
     # reductions
     SOFTMAX = "Softmax"
+    # introduced by passes (no ONNX op of that name)
+    IM2COL = "Im2Col"
+    # training (passes/autodiff): forward in training mode, gradients, losses, optimizer updates;
+    # defined in convc/ops/{conv,pool,norm,elementwise}_grad.py, loss.py and optim.py
+    CONV_GRAD_INPUT = "ConvGradInput"
+    CONV_GRAD_WEIGHT = "ConvGradWeight"
+    MAX_POOL_GRAD = "MaxPoolGrad"
+    AVERAGE_POOL_GRAD = "AveragePoolGrad"
+    GLOBAL_AVERAGE_POOL_GRAD = "GlobalAveragePoolGrad"
+    GLOBAL_MAX_POOL_GRAD = "GlobalMaxPoolGrad"
+    BATCH_NORM_TRAIN = "BatchNormTrain"
+    BATCH_NORM_GRAD = "BatchNormGrad"
+    BATCH_NORM_RUNNING_UPDATE = "BatchNormRunningUpdate"
+    RELU_GRAD = "ReluGrad"
+    LEAKY_RELU_GRAD = "LeakyReluGrad"
+    SIGMOID_GRAD = "SigmoidGrad"
+    TANH_GRAD = "TanhGrad"
+    SOFTMAX_GRAD = "SoftmaxGrad"
+    DROPOUT_TRAIN = "DropoutTrain"
+    DROPOUT_GRAD = "DropoutGrad"
+    REDUCE_SUM = "ReduceSum"
+    SLICE = "Slice"
+    SOFTMAX_CROSS_ENTROPY = "SoftmaxCrossEntropy"
+    SOFTMAX_CROSS_ENTROPY_GRAD = "SoftmaxCrossEntropyGrad"
+    MSE_LOSS = "MseLoss"
+    MSE_LOSS_GRAD = "MseLossGrad"
+    BCE_LOSS = "BceLoss"
+    BCE_LOSS_GRAD = "BceLossGrad"
+    SGD_UPDATE = "SgdUpdate"
+    MOMENTUM_UPDATE = "MomentumUpdate"
+    ADAGRAD_UPDATE = "AdagradUpdate"
+    RMSPROP_UPDATE = "RmsPropUpdate"
+    ADAM_UPDATE = "AdamUpdate"
+    ALL_FINITE = "AllFinite"
+    STEP_INCREMENT = "StepIncrement"
 
 
 class OpGroup:
@@ -54,6 +89,16 @@ class OpGroup:
     ELEMENTWISE = UNARY | BROADCAST
     POOL = frozenset({OpKind.MAX_POOL, OpKind.AVERAGE_POOL, OpKind.GLOBAL_AVERAGE_POOL, OpKind.GLOBAL_MAX_POOL})
     MATMUL_LIKE = frozenset({OpKind.CONV, OpKind.GEMM, OpKind.MATMUL})
+    # ops whose attributes carry an Epilogue (convc/ops/epilogue.py) that passes fuse into
+    EPILOGUE = frozenset({OpKind.CONV, OpKind.GEMM})
+    # activations passes/fusion.py fuses into an epilogue: one line per kind, added once
+    # codegen/kernels/epilogue.py can apply it (it uses the unary kernels' table)
+    FUSIBLE_ACTIVATION = frozenset({
+        OpKind.RELU,
+        OpKind.LEAKY_RELU,
+        OpKind.SIGMOID,
+        OpKind.TANH,
+    })
     # ops whose output has the input's bytes in the same order (a view, no computation)
     VIEW = frozenset({OpKind.FLATTEN, OpKind.RESHAPE, OpKind.IDENTITY, OpKind.DROPOUT})
 

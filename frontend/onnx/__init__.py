@@ -1,7 +1,10 @@
 """ONNX frontend: ``import_onnx(model, batch=None) -> Graph``.
 
-Converters and folders register themselves by op type and opset range; each family is one
-module, registered by the import line below.
+Converters (ONNX node -> convc ops) and folders (numpy evaluation of all-constant nodes) are
+registered by op type and opset range, one module per op family, each registered by the import
+line below. To claim a new op: add ``@converter("OpType", since=..., until=...)`` (and
+``@folder(...)`` if it also appears in shape arithmetic) to its family module, then a test in
+``tests/frontend/onnx/test_onnx_<family>.py`` comparing with onnxruntime.
 """
 # registration: one import line per family
 from convc.frontend.onnx import conv, elementwise, folding, gemm, norm, pool, shape, softmax  # noqa: F401

@@ -1,8 +1,9 @@
 """What a converter sees of the model: one node, its parsed attributes, its inputs and the graph."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import onnx
@@ -41,7 +42,9 @@ class ImportState:
     def materialize(self, name: str) -> str:
         """Make sure a constant value is a tensor of the graph (it is only added when a compiled op reads it)."""
         if name in self.values and not self.graph.has_tensor(name):
-            self.graph.add_constant(name, self.values[name], TensorKind.CONSTANT)
+            # not Graph.add_constant: np.ascontiguousarray turns 0-d scalars into shape (1,)
+            data = np.require(self.values[name], requirements="C")
+            self.graph.add_tensor(name, data.shape, data.dtype, TensorKind.CONSTANT, data)
         return name
 
     def fresh_name(self, base: str) -> str:

@@ -8,7 +8,7 @@ Every folder preserves the ONNX output dtype.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnx

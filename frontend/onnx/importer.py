@@ -143,7 +143,7 @@ class _Importer:
         for t in self.onnx.initializer:
             try:
                 self.state.values[t.name] = numpy_helper.to_array(t)
-            except Exception as e:  # noqa: BLE001 - a corrupt tensor, whatever numpy says
+            except Exception as e:  # noqa: BLE001 -- a corrupt tensor: report it, whatever numpy raised
                 raise ModelImportError(f"initializer {t.name!r} cannot be read: {e}") from None
         overridable = []
         for vi in self.onnx.input:
@@ -282,7 +282,7 @@ class _Importer:
             raise ctx.error(str(e)) from None
         except ConvcError:
             raise
-        except Exception as e:  # noqa: BLE001 - numpy errors while folding: name the node, keep the cause
+        except Exception as e:  # numpy errors while folding: name the node, keep the cause
             raise ctx.error(f"{type(e).__name__}: {e}") from e
         return None
 

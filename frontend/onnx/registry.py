@@ -7,8 +7,9 @@ Families register themselves with an explicit import line in ``convc/frontend/on
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import numpy as np
 
@@ -31,7 +32,7 @@ class _Entry(Generic[F]):
     def covers(self, opset: int) -> bool:
         return self.since <= opset and (self.until is None or opset <= self.until)
 
-    def overlaps(self, other: "_Entry") -> bool:
+    def overlaps(self, other: _Entry) -> bool:
         hi_self = self.until if self.until is not None else float("inf")
         hi_other = other.until if other.until is not None else float("inf")
         return self.since <= hi_other and other.since <= hi_self

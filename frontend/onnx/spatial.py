@@ -1,8 +1,8 @@
 """Window attributes shared by Conv and the pools: kernel, strides, dilations and explicit pads."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from convc.frontend.onnx.context import NodeContext
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from helpers import check_op
 
 import convc
@@ -78,6 +77,14 @@ def test_nan_propagates(rng, kind, attrs):
     assert np.isnan(y).sum() == 3
 
 
+@pytest.mark.parametrize("kind", [OpKind.ADD, OpKind.MUL, OpKind.SUM])
+def test_binary_ieee_special_values(kind):
+    """NaN propagates and infinities follow IEEE rules (inf - inf = NaN, 0 * inf = NaN)."""
+    x = np.array([1.0, np.nan, 2.0, np.inf, -np.inf, np.inf, 0.0, -0.0], dtype=np.float32)
+    y = np.array([2.0, 3.0, np.nan, 4.0, 5.0, -np.inf, np.inf, 1.0], dtype=np.float32)
+    check_op(kind, NoAttrs(), [x, y])
+
+
 BINARY_SHAPES = [
     ((2, 3, 4, 5), (2, 3, 4, 5)),
     ((2, 3, 4, 5), (3, 1, 1)),     # per-channel
@@ -92,11 +99,18 @@ BINARY_SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("const", [frozenset(), frozenset({1})], ids=["inputs", "y-const"])
 @pytest.mark.parametrize("shapes", BINARY_SHAPES, ids=lambda s: f"{s[0]}-{s[1]}".replace(" ", ""))
 @pytest.mark.parametrize("kind", [OpKind.ADD, OpKind.MUL])
-def test_binary_broadcast(rng, kind, shapes, const):
+def test_binary_broadcast(rng, kind, shapes):
     a, b = (rng.standard_normal(s).astype(np.float32) for s in shapes)
+    check_op(kind, NoAttrs(), [a, b])
+
+
+@pytest.mark.parametrize("const", [frozenset({0}), frozenset({1})], ids=["x-const", "y-const"])
+@pytest.mark.parametrize("kind", [OpKind.ADD, OpKind.MUL])
+def test_binary_constant_operand(rng, kind, const):
+    a = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    b = rng.standard_normal((3, 1, 1)).astype(np.float32)
     check_op(kind, NoAttrs(), [a, b], const=const)
 
 

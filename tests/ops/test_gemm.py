@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import RTOL, assert_close, check_op
 
-from helpers import check_op
-
-from convc.ops import NoAttrs, OpKind
+import convc
+from convc.ir import Graph, TensorKind
+from convc.ops import NoAttrs, OpKind, op_def
 from convc.ops.gemm import GemmAttrs
 
 
@@ -42,11 +43,12 @@ def test_gemm_alpha_beta(rng, alpha, beta):
     run_gemm(rng, 4, 3, 5, GemmAttrs(alpha, beta, True, False), (4, 5), frozenset())
 
 
+@pytest.mark.parametrize("const", [B_CONST, B_INPUT], ids=["B-const", "B-input"])
 @pytest.mark.parametrize("trans_b", [False, True], ids=["B", "Bt"])
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (1, 7, 13), (13, 1, 7), (7, 257, 13), (3, 13, 257), (2, 5, 513)])
-def test_gemm_odd_sizes(rng, m, k, n, trans_b):
+def test_gemm_odd_sizes(rng, m, k, n, trans_b, const):
     """N = 257 and 513 cross the 256-column block of the matrix-product loop nest."""
-    run_gemm(rng, m, k, n, GemmAttrs(1.0, 1.0, False, trans_b), (n,), B_CONST)
+    run_gemm(rng, m, k, n, GemmAttrs(1.0, 1.0, False, trans_b), (n,), const)
 
 
 @pytest.mark.parametrize("a_shape,b_shape", [
@@ -68,3 +70,20 @@ def test_matmul(rng, a_shape, b_shape, const):
     a = rng.uniform(-1, 1, a_shape).astype(np.float32)
     b = rng.uniform(-1, 1, b_shape).astype(np.float32)
     check_op(OpKind.MATMUL, NoAttrs(), [a, b], const=const)
+
+
+@pytest.mark.parametrize("kind,attrs", [
+    (OpKind.MATMUL, NoAttrs()),
+    (OpKind.GEMM, GemmAttrs(1.0, 1.0, False, True)),
+    (OpKind.GEMM, GemmAttrs(1.0, 1.0, True, False)),
+], ids=["MatMul", "Gemm-Bt", "Gemm-At"])
+def test_same_tensor_as_a_and_b(rng, kind, attrs):
+    """x @ x, x @ x.T and x.T @ x: one graph tensor bound to both operands."""
+    x = rng.uniform(-1, 1, (5, 5)).astype(np.float32)
+    g = Graph("square")
+    g.add_tensor("x", x.shape, x.dtype, TensorKind.INPUT)
+    g.add_op(kind, attrs, ["x", "x"], ["y"])
+    g.outputs = ["y"]
+    g.verify()
+    (want,) = op_def(kind).reference(attrs, x, x)
+    assert_close(convc.compile(g).run({"x": x})["y"], want, RTOL, kind.value)

@@ -1,7 +1,7 @@
 """Shared helpers for the ONNX importer tests: build one-graph models, run them both ways, compare."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import onnx

@@ -19,7 +19,7 @@ def bn_model(opset, x_shape=(2, 3, 4, 5), outputs=("Y",), **attrs):
     inits = {k: v.astype(np.float32) for k, v in inits.items()}
     node = helper.make_node("BatchNormalization", ["X", "scale", "bias", "mean", "var"], list(outputs), name="bn",
                             **attrs)
-    return make_model([node], {"X": list(x_shape)}, {o: 1 for o in outputs}, inits, opset=opset)
+    return make_model([node], {"X": list(x_shape)}, {o: 1 for o in outputs if o}, inits, opset=opset)
 
 
 @pytest.mark.parametrize("opset", [7, 9, 14, 15, 22])
@@ -41,5 +41,5 @@ def test_batch_norm_spatial_1_of_old_opsets():
     (bn_model(14, outputs=("Y", "running_mean", "")), r"optional outputs \['running_mean'\] are used"),
 ])
 def test_batch_norm_unsupported(model, reason):
-    with pytest.raises(UnsupportedOpError, match=r"node 'bn': BatchNormalization \(opset \d+\): " + reason):
+    with pytest.raises(UnsupportedOpError, match=r"node 'bn': BatchNormalization \(opset \d+\): .*" + reason):
         import_onnx(model)

@@ -1,0 +1,194 @@
+"""Convolution for training: the forward with weights that change every step, dX and dW.
+
+All three are GEMMs on the register-tiled micro-kernel (blas.GemmEmitter) with operands read in
+place, per image and group (Mg = M / group output channels, Kd = C/group * kh * kw, P = oh * ow):
+
+    forward  Y[Mg, P]  = W[Mg, Kd] @ col[Kd, P]                     (im2col, W read in place)
+    dX       dcol[Kd, P] = W^T[Kd, Mg] @ dY[Mg, P], then col2im     (W transposed once per call)
+    dW       dW[Mg, Kd] += dY[Mg, P] @ colT[P, Kd]                  (im2col written transposed)
+
+The im2col / col2im loops run over kernel taps and clip each tap's output range to the input
+(computed once per tap), so the inner loops have no bounds checks and vectorize at stride 1; the
+padding stays zero from one memset. 1-D convolutions run as 2-D with a height of 1.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from convc.ir import Op
+from convc.ops import OpKind
+from convc.ops.conv import ConvAttrs
+from convc.codegen.llvm_utils import FAST, for_range, gep, i64, load, memset_zero, store
+from convc.codegen.module import KernelCall, ModuleEmitter, emitter
+from convc.codegen.kernels.blas import Operand, split_epilogue
+from convc.codegen.kernels.conv import as_2d, spatial_2d
+from convc.codegen.kernels.epilogue import epilogue_pass
+
+
+class Geometry:
+    """The 2-D view of a conv: sizes per image and group, taps, and per-tap output ranges."""
+
+    def __init__(self, a: ConvAttrs, x_shape: tuple[int, ...], w_shape: tuple[int, ...], y_shape: tuple[int, ...]):
+        self.a = as_2d(a)
+        self.n, self.c = x_shape[:2]
+        self.h, self.w = spatial_2d(x_shape)
+        self.m = w_shape[0]
+        self.oh, self.ow = spatial_2d(y_shape)
+        self.g = self.a.group
+        self.cg, self.mg = self.c // self.g, self.m // self.g
+        self.kh, self.kw = self.a.kernel_shape
+        self.kd = self.cg * self.kh * self.kw
+        self.p = self.oh * self.ow
+        self.direct = self.a.kernel_shape == (1, 1) and self.a.strides == (1, 1) and not any(self.a.pads)
+
+    def tap_range(self, k: int, axis: int) -> tuple[int, int, int]:
+        """(offset, first, end) of the outputs whose input index o * s + offset is inside, for tap k."""
+        s, d, p = self.a.strides[axis], self.a.dilations[axis], self.a.pads[axis]
+        size, out = (self.h, self.oh) if axis == 0 else (self.w, self.ow)
+        off = k * d - p
+        lo = min(out, (max(-off, 0) + s - 1) // s)
+        hi = max(lo, min(out, (max(size - off, 0) + s - 1) // s))
+        return off, lo, hi
+
+    def taps(self):
+        """Every kernel tap with its clipped output ranges (empty taps dropped)."""
+        for kh in range(self.kh):
+            oy_off, ylo, yhi = self.tap_range(kh, 0)
+            for kw in range(self.kw):
+                ox_off, xlo, xhi = self.tap_range(kw, 1)
+                if ylo < yhi and xlo < xhi:
+                    yield kh * self.kw + kw, (oy_off, ylo, yhi), (ox_off, xlo, xhi)
+
+
+def _tap_loops(b: ir.IRBuilder, geo: Geometry, body) -> None:
+    """for each tap, channel ci and clipped (oy, ox): body(row, x index, col column index)."""
+    sh, sw = geo.a.strides
+    taps_per_c = geo.kh * geo.kw
+    for tap, (oy_off, ylo, yhi), (ox_off, xlo, xhi) in geo.taps():
+        with for_range(b, geo.cg, name="ci") as ci:
+            row = b.add(b.mul(ci, i64(taps_per_c)), i64(tap))
+            with for_range(b, yhi, start=ylo, name="oy") as oy:
+                iy = b.add(b.mul(oy, i64(sh)), i64(oy_off))
+                x_row = b.mul(b.add(b.mul(ci, i64(geo.h)), iy), i64(geo.w))
+                p_row = b.mul(oy, i64(geo.ow))
+                with for_range(b, xhi, start=xlo, name="ox") as ox:
+                    ix = b.add(b.mul(ox, i64(sw)), i64(ox_off))
+                    body(row, b.add(x_row, ix), b.add(p_row, ox))
+
+
+def emit_im2col(b: ir.IRBuilder, geo: Geometry, x: ir.Value, col: ir.Value, transposed: bool) -> None:
+    """col[row, p] (or colT[p, row] when ``transposed``) = the input under tap ``row`` at output p."""
+    memset_zero(b, col, geo.kd * geo.p * 4)
+
+    def body(row, xi, pi):
+        at = b.add(b.mul(pi, i64(geo.kd)), row) if transposed else b.add(b.mul(row, i64(geo.p)), pi)
+        store(b, load(b, x, xi), col, at)
+    _tap_loops(b, geo, body)
+
+
+def emit_col2im(b: ir.IRBuilder, geo: Geometry, col: ir.Value, dx: ir.Value) -> None:
+    """dx = the sum, over taps, of col[row, p] scattered back to the input position it was read from."""
+    memset_zero(b, dx, geo.cg * geo.h * geo.w * 4)
+
+    def body(row, xi, pi):
+        v = load(b, col, b.add(b.mul(row, i64(geo.p)), pi))
+        store(b, b.fadd(load(b, dx, xi), v, flags=FAST), dx, xi)
+    _tap_loops(b, geo, body)
+
+
+def emit_transpose(b: ir.IRBuilder, src: ir.Value, dst: ir.Value, rows: int, cols: int) -> None:
+    """dst[j, i] = src[i, j] for a rows x cols matrix."""
+    with for_range(b, rows, name="tr") as i:
+        with for_range(b, cols, name="tc") as j:
+            store(b, load(b, src, b.add(b.mul(i, i64(cols)), j)), dst, b.add(b.mul(j, i64(rows)), i))
+
+
+def _image_group(b: ir.IRBuilder, ni, gi, per_image: int, per_group: int) -> ir.Value:
+    """Element offset of (image ni, group gi) in an NC... tensor."""
+    return b.add(b.mul(ni, i64(per_image)), b.mul(gi, i64(per_group)))
+
+
+def emit_conv_runtime(em: ModuleEmitter, op: Op) -> KernelCall:
+    """Conv whose weights are read at run time (training parameters): im2col + micro-kernel GEMM."""
+    a = op.attrs
+    xs, ws, ys = (em.tensor(t).shape for t in (op.inputs[0], op.inputs[1], op.outputs[0]))
+    geo = Geometry(a, xs, ws, ys)
+    epi = a.epilogue
+    has_bias = len(op.inputs) - epi.residual == 3
+    args = list(op.inputs) + [op.outputs[0]]
+    if not geo.direct:
+        args.append(em.scratch(geo.kd * geo.p * 4))
+    fn, b = em.function(op.name, len(args))
+    x, w = fn.args[0], fn.args[1]
+    bias = fn.args[2] if has_bias else None
+    residual = fn.args[len(op.inputs) - 1] if epi.residual else None
+    y = fn.args[len(op.inputs)]
+    col = None if geo.direct else fn.args[-1]
+    in_kernel, after = split_epilogue(epi)
+    with for_range(b, geo.n, name="batch") as ni:
+        with for_range(b, geo.g, name="group") as gi:
+            xg = gep(b, x, _image_group(b, ni, gi, geo.c * geo.h * geo.w, geo.cg * geo.h * geo.w))
+            y_off = _image_group(b, ni, gi, geo.m * geo.p, geo.mg * geo.p)
+            yg = gep(b, y, y_off)
+            if geo.direct:
+                src = xg
+            else:
+                emit_im2col(b, geo, xg, col, transposed=False)
+                src = col
+            em.gemm.gemm(b, geo.mg, geo.p, geo.kd, gep(b, w, b.mul(gi, i64(geo.mg * geo.kd))), Operand(False, geo.kd),
+                         src, Operand(False, geo.p), yg, geo.p, "bias_row" if has_bias else "zero",
+                         gep(b, bias, b.mul(gi, i64(geo.mg))) if has_bias else None, in_kernel,
+                         gep(b, residual, y_off) if epi.residual else None)
+            epilogue_pass(b, after, yg, None, geo.mg * geo.p)
+    b.ret_void()
+    return KernelCall(fn, args)
+
+
+@emitter(OpKind.CONV_GRAD_INPUT)
+def emit_conv_grad_input(em: ModuleEmitter, op: Op) -> KernelCall:
+    a = op.attrs
+    ws, dys = em.tensor(op.inputs[0]).shape, em.tensor(op.inputs[1]).shape
+    geo = Geometry(a.conv, a.shape, ws, dys)
+    wt_floats = geo.g * geo.kd * geo.mg
+    col_floats = 0 if geo.direct else geo.kd * geo.p
+    args = [op.inputs[0], op.inputs[1], op.outputs[0], em.scratch((wt_floats + col_floats) * 4)]
+    fn, b = em.function(op.name, len(args))
+    w, dy, dx, scratch = fn.args
+    wt = scratch
+    dcol = gep(b, scratch, wt_floats)
+    with for_range(b, geo.g, name="group") as gi:  # W_g^T[Kd, Mg], once per call
+        emit_transpose(b, gep(b, w, b.mul(gi, i64(geo.mg * geo.kd))), gep(b, wt, b.mul(gi, i64(geo.mg * geo.kd))),
+                       geo.mg, geo.kd)
+    with for_range(b, geo.n, name="batch") as ni:
+        with for_range(b, geo.g, name="group") as gi:
+            dyg = gep(b, dy, _image_group(b, ni, gi, geo.m * geo.p, geo.mg * geo.p))
+            dxg = gep(b, dx, _image_group(b, ni, gi, geo.c * geo.h * geo.w, geo.cg * geo.h * geo.w))
+            wtg = gep(b, wt, b.mul(gi, i64(geo.mg * geo.kd)))
+            target = dxg if geo.direct else dcol
+            em.gemm.gemm(b, geo.kd, geo.p, geo.mg, wtg, Operand(False, geo.mg), dyg, Operand(False, geo.p),
+                         target, geo.p, "zero")
+            if not geo.direct:
+                emit_col2im(b, geo, dcol, dxg)
+    b.ret_void()
+    return KernelCall(fn, args)
+
+
+@emitter(OpKind.CONV_GRAD_WEIGHT)
+def emit_conv_grad_weight(em: ModuleEmitter, op: Op) -> KernelCall:
+    a = op.attrs
+    xs, dys = em.tensor(op.inputs[0]).shape, em.tensor(op.inputs[1]).shape
+    geo = Geometry(a.conv, xs, a.shape, dys)
+    args = [op.inputs[0], op.inputs[1], op.outputs[0], em.scratch(geo.kd * geo.p * 4)]
+    fn, b = em.function(op.name, len(args))
+    x, dy, dw, colt = fn.args
+    memset_zero(b, dw, geo.m * geo.kd * 4)
+    with for_range(b, geo.n, name="batch") as ni:
+        with for_range(b, geo.g, name="group") as gi:
+            xg = gep(b, x, _image_group(b, ni, gi, geo.c * geo.h * geo.w, geo.cg * geo.h * geo.w))
+            dyg = gep(b, dy, _image_group(b, ni, gi, geo.m * geo.p, geo.mg * geo.p))
+            emit_im2col(b, geo, xg, colt, transposed=True)
+            em.gemm.gemm(b, geo.mg, geo.kd, geo.p, dyg, Operand(False, geo.p), colt, Operand(False, geo.kd),
+                         gep(b, dw, b.mul(gi, i64(geo.mg * geo.kd))), geo.kd, "load")
+    b.ret_void()
+    return KernelCall(fn, args)
+

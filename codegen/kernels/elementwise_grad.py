@@ -1,0 +1,171 @@
+"""Activation and Softmax gradients, training-mode Dropout, ReduceSum and Slice as native loops."""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+
+from convc.ir import Op
+from convc.ops import OpKind
+from convc.ops.elementwise_grad import (FMIX1, FMIX2, GOLDEN, MASK64, SALT_MUL, SEED_MUL, UNIFORM_BITS,
+                                        DropoutTrainAttrs)
+from convc.codegen.llvm_utils import (F32, FAST, I64, alloca_entry, f32, for_range, gep, i64, load, loop_nest,
+                                      memcpy, memset_zero, store)
+from convc.codegen.module import KernelCall, ModuleEmitter, emitter
+
+
+def _relu_grad(b: ir.IRBuilder, y, dy, attrs):
+    return b.select(b.fcmp_ordered(">", y, f32(0.0)), dy, f32(0.0))
+
+
+def _leaky_relu_grad(b: ir.IRBuilder, x, dy, attrs):
+    return b.select(b.fcmp_ordered(">=", x, f32(0.0)), dy, b.fmul(dy, f32(attrs.alpha)))
+
+
+def _sigmoid_grad(b: ir.IRBuilder, y, dy, attrs):
+    return b.fmul(dy, b.fmul(y, b.fsub(f32(1.0), y)))
+
+
+def _tanh_grad(b: ir.IRBuilder, y, dy, attrs):
+    return b.fmul(dy, b.fsub(f32(1.0), b.fmul(y, y)))
+
+
+PAIR = {OpKind.RELU_GRAD: _relu_grad, OpKind.LEAKY_RELU_GRAD: _leaky_relu_grad,
+        OpKind.SIGMOID_GRAD: _sigmoid_grad, OpKind.TANH_GRAD: _tanh_grad}
+
+
+@emitter(*PAIR)
+def emit_activation_grad(em: ModuleEmitter, op: Op) -> KernelCall:
+    fn, b = em.function(op.name, 3)
+    s, dy, dx = fn.args
+    f = PAIR[op.kind]
+    with for_range(b, em.tensor(op.inputs[1]).size) as i:
+        store(b, f(b, load(b, s, i), load(b, dy, i), op.attrs), dx, i)
+    b.ret_void()
+    return KernelCall(fn, [op.inputs[0], op.inputs[1], op.outputs[0]])
+
+
+@emitter(OpKind.SOFTMAX_GRAD)
+def emit_softmax_grad(em: ModuleEmitter, op: Op) -> KernelCall:
+    shape = em.tensor(op.inputs[0]).shape
+    axis = op.attrs.axis
+    outer, length, inner = int(np.prod(shape[:axis])), shape[axis], int(np.prod(shape[axis + 1:]))
+    fn, b = em.function(op.name, 3)
+    y, dy, dx = fn.args
+    acc = alloca_entry(b, F32, "dot")
+    with for_range(b, outer, name="outer") as o:
+        with for_range(b, inner, name="inner") as i:
+            base = b.add(b.mul(o, i64(length * inner)), i)
+
+            def at(l):
+                return b.add(base, b.mul(l, i64(inner)))
+            b.store(f32(0.0), acc)
+            with for_range(b, length, name="l") as l:
+                prod = b.fmul(load(b, y, at(l)), load(b, dy, at(l)))
+                b.store(b.fadd(b.load(acc, typ=F32), prod, flags=FAST), acc)
+            dot = b.load(acc, typ=F32)
+            with for_range(b, length, name="l") as l:
+                store(b, b.fmul(load(b, y, at(l)), b.fsub(load(b, dy, at(l)), dot)), dx, at(l))
+    b.ret_void()
+    return KernelCall(fn, list(op.inputs) + [op.outputs[0]])
+
+
+# --- dropout --------------------------------------------------------------------------------------
+def fmix64(b: ir.IRBuilder, z: ir.Value) -> ir.Value:
+    z = b.mul(b.xor(z, b.lshr(z, i64(30))), i64(_signed(FMIX1)))
+    z = b.mul(b.xor(z, b.lshr(z, i64(27))), i64(_signed(FMIX2)))
+    return b.xor(z, b.lshr(z, i64(31)))
+
+
+def _signed(v: int) -> int:
+    """A 64-bit pattern as the signed value llvmlite's i64 constant takes."""
+    v &= MASK64
+    return v - (1 << 64) if v >= 1 << 63 else v
+
+
+@emitter(OpKind.DROPOUT_TRAIN, OpKind.DROPOUT_GRAD)
+def emit_dropout(em: ModuleEmitter, op: Op) -> KernelCall:
+    """y = keep(seed, salt, step, i) ? x * scale : 0, with the generator of convc/ops/elementwise_grad.py."""
+    a: DropoutTrainAttrs = op.attrs
+    fn, b = em.function(op.name, 3)
+    x, step, y = fn.args
+    base = (a.seed * SEED_MUL + a.salt * SALT_MUL) & MASK64
+    key = fmix64(b, b.add(i64(_signed(base)), b.load(step, typ=I64)))
+    threshold = i64(a.threshold)
+    scale = f32(float(np.float32(a.scale)))
+    with for_range(b, em.tensor(op.inputs[0]).size) as i:
+        z = fmix64(b, b.add(key, b.mul(b.add(i, i64(1)), i64(_signed(GOLDEN)))))
+        keep = b.icmp_unsigned(">=", b.lshr(z, i64(64 - UNIFORM_BITS)), threshold)
+        store(b, b.select(keep, b.fmul(load(b, x, i), scale), f32(0.0)), y, i)
+    b.ret_void()
+    return KernelCall(fn, [op.inputs[0], op.inputs[1], op.outputs[0]])
+
+
+# --- ReduceSum and Slice ----------------------------------------------------------------------------
+def reduce_runs(shape: tuple[int, ...], axes: tuple[int, ...]) -> list[tuple[int, bool]]:
+    """Merge adjacent axes that are both reduced or both kept: (extent, reduced) runs, size-1 axes dropped."""
+    runs: list[tuple[int, bool]] = []
+    for i, d in enumerate(shape):
+        if d == 1:
+            continue
+        red = i in axes
+        if runs and runs[-1][1] == red:
+            runs[-1] = (runs[-1][0] * d, red)
+        else:
+            runs.append((d, red))
+    return runs or [(1, False)]
+
+
+@emitter(OpKind.REDUCE_SUM)
+def emit_reduce_sum(em: ModuleEmitter, op: Op) -> KernelCall:
+    x_shape = em.tensor(op.inputs[0]).shape
+    runs = reduce_runs(x_shape, op.attrs.axes)
+    fn, b = em.function(op.name, 2)
+    x, y = fn.args
+    memset_zero(b, y, em.tensor(op.outputs[0]).nbytes)
+    # element strides of each run in x (row-major) and in y (kept runs only)
+    x_strides, y_strides, acc_x, acc_y = [], [], 1, 1
+    for d, red in reversed(runs):
+        x_strides.append(acc_x)
+        y_strides.append(0 if red else acc_y)
+        acc_x *= d
+        if not red:
+            acc_y *= d
+    x_strides.reverse()
+    y_strides.reverse()
+    *outer, (last, last_red) = runs
+    acc = alloca_entry(b, F32, "acc")
+    with loop_nest(b, [d for d, _ in outer] or [1]) as idx:
+        idx = idx if outer else []
+        xo = i64(0)
+        yo = i64(0)
+        for v, sx, sy in zip(idx, x_strides, y_strides):
+            xo = b.add(xo, b.mul(v, i64(sx)))
+            if sy:
+                yo = b.add(yo, b.mul(v, i64(sy)))
+        if last_red:  # reduce the contiguous run into a register, then add it once
+            b.store(f32(0.0), acc)
+            with for_range(b, last, name="r") as j:
+                b.store(b.fadd(b.load(acc, typ=F32), load(b, x, b.add(xo, j)), flags=FAST), acc)
+            store(b, b.fadd(load(b, y, yo), b.load(acc, typ=F32)), y, yo)
+        else:
+            with for_range(b, last, name="k") as j:
+                at = b.add(yo, j)
+                store(b, b.fadd(load(b, y, at), load(b, x, b.add(xo, j))), y, at)
+    b.ret_void()
+    return KernelCall(fn, [op.inputs[0], op.outputs[0]])
+
+
+@emitter(OpKind.SLICE)
+def emit_slice(em: ModuleEmitter, op: Op) -> KernelCall:
+    a = op.attrs
+    shape = em.tensor(op.inputs[0]).shape
+    outer, inner = int(np.prod(shape[:a.axis])), int(np.prod(shape[a.axis + 1:]))
+    length = a.stop - a.start
+    fn, b = em.function(op.name, 2)
+    x, y = fn.args
+    with for_range(b, outer, name="outer") as o:
+        src = gep(b, x, b.add(b.mul(o, i64(shape[a.axis] * inner)), i64(a.start * inner)))
+        memcpy(b, gep(b, y, b.mul(o, i64(length * inner))), src, length * inner * 4)
+    b.ret_void()
+    return KernelCall(fn, [op.inputs[0], op.outputs[0]])
+

@@ -1,0 +1,123 @@
+"""BatchNormalization for training: batch statistics forward, the gradient, the running update.
+
+Per channel, the m = N * spatial elements are strided by image; each pass walks (image, pixels).
+Sums accumulate in float32 with reassociation allowed (so they vectorize) per image row and in
+double across images.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from convc.ir import Op
+from convc.ops import OpKind
+from convc.codegen.llvm_utils import (F32, F64, FAST, alloca_entry, call_intrinsic, f32, for_range, i64, load,
+                                      store)
+from convc.codegen.module import KernelCall, ModuleEmitter, emitter
+
+
+def _f64(v: float) -> ir.Constant:
+    return ir.Constant(F64, float(v))
+
+
+class _ChannelLoops:
+    """Helpers over the elements of one channel of an (N, C, inner) tensor."""
+
+    def __init__(self, b: ir.IRBuilder, n: int, c: int, inner: int):
+        self.b, self.n, self.c, self.inner = b, n, c, inner
+        self.row = alloca_entry(b, F32, "row_acc")
+        self.total = alloca_entry(b, F64, "total")
+
+    def each(self, ci, body) -> None:
+        b = self.b
+        with for_range(b, self.n, name="img") as ni:
+            base = b.mul(b.add(b.mul(ni, i64(self.c)), ci), i64(self.inner))
+            with for_range(b, self.inner, name="px") as j:
+                body(b.add(base, j))
+
+    def sum(self, ci, term) -> ir.Value:
+        """sum over the channel of term(index) (a float), as a double."""
+        b = self.b
+        b.store(_f64(0.0), self.total)
+        with for_range(b, self.n, name="img") as ni:
+            base = b.mul(b.add(b.mul(ni, i64(self.c)), ci), i64(self.inner))
+            b.store(f32(0.0), self.row)
+            with for_range(b, self.inner, name="px") as j:
+                b.store(b.fadd(b.load(self.row, typ=F32), term(b.add(base, j)), flags=FAST), self.row)
+            b.store(b.fadd(b.load(self.total, typ=F64), b.fpext(b.load(self.row, typ=F32), F64)), self.total)
+        return b.load(self.total, typ=F64)
+
+
+def _nci(em: ModuleEmitter, name: str) -> tuple[int, int, int]:
+    xs = em.tensor(name).shape
+    return xs[0], xs[1], em.tensor(name).size // (xs[0] * xs[1])
+
+
+@emitter(OpKind.BATCH_NORM_TRAIN)
+def emit_batch_norm_train(em: ModuleEmitter, op: Op) -> KernelCall:
+    n, c, inner = _nci(em, op.inputs[0])
+    m = n * inner
+    fn, b = em.function(op.name, 6)
+    x, scale, bias, y, mean_out, invstd_out = fn.args
+    ch = _ChannelLoops(b, n, c, inner)
+    with for_range(b, c, name="ch") as ci:
+        mean = b.fptrunc(b.fdiv(ch.sum(ci, lambda k: load(b, x, k)), _f64(m)), F32)
+        var = b.fdiv(ch.sum(ci, lambda k: _sq(b, b.fsub(load(b, x, k), mean))), _f64(m))
+        invstd = b.fptrunc(b.fdiv(_f64(1.0), call_intrinsic(b, "llvm.sqrt.f64", [b.fadd(var, _f64(op.attrs.epsilon))])),
+                           F32)
+        store(b, mean, mean_out, ci)
+        store(b, invstd, invstd_out, ci)
+        s = b.fmul(load(b, scale, ci), invstd)
+        shift = b.fsub(load(b, bias, ci), b.fmul(mean, s))
+        ch.each(ci, lambda k: store(b, b.fadd(b.fmul(load(b, x, k), s), shift), y, k))
+    b.ret_void()
+    return KernelCall(fn, list(op.inputs) + list(op.outputs))
+
+
+def _sq(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
+    return b.fmul(v, v)
+
+
+@emitter(OpKind.BATCH_NORM_GRAD)
+def emit_batch_norm_grad(em: ModuleEmitter, op: Op) -> KernelCall:
+    n, c, inner = _nci(em, op.inputs[0])
+    m = n * inner
+    fn, b = em.function(op.name, 8)
+    x, scale, mean_in, invstd_in, dy, dx, dscale, dbias = fn.args
+    ch = _ChannelLoops(b, n, c, inner)
+    with for_range(b, c, name="ch") as ci:
+        mean, invstd = load(b, mean_in, ci), load(b, invstd_in, ci)
+        db = b.fptrunc(ch.sum(ci, lambda k: load(b, dy, k)), F32)
+        dxc = ch.sum(ci, lambda k: b.fmul(load(b, dy, k), b.fsub(load(b, x, k), mean)))
+        ds = b.fmul(b.fptrunc(dxc, F32), invstd)
+        store(b, db, dbias, ci)
+        store(b, ds, dscale, ci)
+        # dX = scale * invstd / m * (m dY - dB - x^ dscale), x^ = (x - mean) * invstd
+        k1 = b.fmul(load(b, scale, ci), invstd)
+        k2 = b.fmul(k1, b.fdiv(db, f32(m)))
+        k3 = b.fmul(b.fmul(k1, b.fdiv(ds, f32(m))), invstd)
+
+        def write(k):
+            v = b.fsub(b.fsub(b.fmul(load(b, dy, k), k1), k2), b.fmul(b.fsub(load(b, x, k), mean), k3))
+            store(b, v, dx, k)
+        ch.each(ci, write)
+    b.ret_void()
+    return KernelCall(fn, list(op.inputs) + list(op.outputs))
+
+
+@emitter(OpKind.BATCH_NORM_RUNNING_UPDATE)
+def emit_running_update(em: ModuleEmitter, op: Op) -> KernelCall:
+    a = op.attrs
+    c = em.tensor(op.inputs[0]).size
+    fn, b = em.function(op.name, 7)
+    rm, rv, mean, invstd, ok, rm_new, rv_new = fn.args
+    mom = f32(a.momentum)
+    rest = f32(1.0 - a.momentum)
+    unbias = f32(a.count / max(a.count - 1, 1))
+    with b.if_then(b.fcmp_unordered("une", load(b, ok, 0), f32(0.0))):
+        with for_range(b, c, name="ch") as ci:
+            store(b, b.fadd(b.fmul(mom, load(b, rm, ci)), b.fmul(rest, load(b, mean, ci))), rm_new, ci)
+            s = load(b, invstd, ci)
+            var = b.fsub(b.fdiv(f32(1.0), b.fmul(s, s)), f32(a.epsilon))
+            store(b, b.fadd(b.fmul(mom, load(b, rv, ci)), b.fmul(rest, b.fmul(var, unbias))), rv_new, ci)
+    b.ret_void()
+    return KernelCall(fn, list(op.inputs) + list(op.outputs))

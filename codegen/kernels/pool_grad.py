@@ -1,0 +1,137 @@
+"""Pooling gradients: MaxPool scatters dY to each window's first maximum, AveragePool spreads it.
+
+Both walk the forward's windows again (same bounds tests as codegen/kernels/pool.py) and add into
+a zeroed dX, so overlapping windows accumulate. 1-D pools run as 2-D with a height of 1.
+"""
+from __future__ import annotations
+
+import math
+
+from convc.ir import Op
+from convc.ops import OpKind
+from convc.codegen.llvm_utils import (F32, I64, alloca_entry, f32, for_range, i64, in_range, load, memset_zero,
+                                      store)
+from convc.codegen.module import KernelCall, ModuleEmitter, emitter
+from convc.codegen.kernels.conv import spatial_2d
+from convc.codegen.kernels.pool import as_2d
+
+
+def _windows(b, a, h, w, oh, ow, planes, body):
+    """for plane, oy, ox: body(pi, out index, taps) where taps(visit) calls visit(inside, counted, x index)."""
+    kh_, kw_ = a.kernel_shape
+    (sh, sw), (dh, dw) = a.strides, a.dilations
+    pt, pl, pb, pr = a.pads
+    with for_range(b, planes, name="plane") as pi:
+        with for_range(b, oh, name="oy") as oy:
+            with for_range(b, ow, name="ox") as ox:
+                out = b.add(b.mul(b.add(b.mul(pi, i64(oh)), oy), i64(ow)), ox)
+
+                def taps(visit):
+                    with for_range(b, kh_, name="kh") as kh:
+                        iy = b.add(b.sub(b.mul(oy, i64(sh)), i64(pt)), b.mul(kh, i64(dh)))
+                        with for_range(b, kw_, name="kw") as kw:
+                            ix = b.add(b.sub(b.mul(ox, i64(sw)), i64(pl)), b.mul(kw, i64(dw)))
+                            inside = b.and_(in_range(b, iy, 0, h), in_range(b, ix, 0, w))
+                            counted = b.and_(in_range(b, iy, -pt, h + pb), in_range(b, ix, -pl, w + pr))
+                            addr = b.select(inside, b.add(b.mul(b.add(b.mul(pi, i64(h)), iy), i64(w)), ix), i64(0))
+                            visit(inside, counted, addr)
+                body(pi, out, taps)
+
+
+@emitter(OpKind.MAX_POOL_GRAD, OpKind.AVERAGE_POOL_GRAD)
+def emit_pool_grad(em: ModuleEmitter, op: Op) -> KernelCall:
+    a = as_2d(op.attrs.pool)
+    is_max = op.kind is OpKind.MAX_POOL_GRAD
+    xs, ys = op.attrs.shape, em.tensor(op.inputs[-1]).shape
+    planes = xs[0] * xs[1]
+    h, w = spatial_2d(xs)
+    oh, ow = spatial_2d(ys)
+    n_args = 3 if is_max else 2
+    fn, b = em.function(op.name, n_args)
+    x = fn.args[0] if is_max else None
+    dy, dx = fn.args[-2], fn.args[-1]
+    memset_zero(b, dx, planes * h * w * 4)
+    best = alloca_entry(b, F32, "best")
+    where = alloca_entry(b, I64, "where")
+    cnt = alloca_entry(b, F32, "count")
+
+    def body(pi, out, taps):
+        g = load(b, dy, out)
+        if is_max:
+            b.store(f32(-math.inf), best)
+            b.store(i64(-1), where)
+
+            def visit(inside, counted, addr):
+                v = load(b, x, addr)
+                old = b.load(best, typ=F32)
+                better = b.or_(b.fcmp_ordered(">", v, old),
+                               b.and_(b.fcmp_unordered("uno", v, v), b.fcmp_ordered("ord", old, old)))
+                take = b.and_(inside, better)
+                b.store(b.select(take, v, old), best)
+                b.store(b.select(take, addr, b.load(where, typ=I64)), where)
+            taps(visit)
+            at = b.load(where, typ=I64)
+            with b.if_then(b.icmp_signed(">=", at, i64(0))):
+                store(b, b.fadd(load(b, dx, at), g), dx, at)
+        else:
+            b.store(f32(0.0), cnt)
+
+            def count(inside, counted, addr):
+                c = b.load(cnt, typ=F32)
+                b.store(b.select(counted if a.count_include_pad else inside, b.fadd(c, f32(1.0)), c), cnt)
+            taps(count)
+            share = b.fdiv(g, b.load(cnt, typ=F32))
+
+            def spread(inside, counted, addr):
+                with b.if_then(inside):
+                    store(b, b.fadd(load(b, dx, addr), share), dx, addr)
+            taps(spread)
+    _windows(b, a, h, w, oh, ow, planes, body)
+    b.ret_void()
+    return KernelCall(fn, list(op.inputs) + [op.outputs[0]])
+
+
+@emitter(OpKind.GLOBAL_AVERAGE_POOL_GRAD)
+def emit_global_average_pool_grad(em: ModuleEmitter, op: Op) -> KernelCall:
+    xs = op.attrs.shape
+    planes = xs[0] * xs[1]
+    size = em.tensor(op.outputs[0]).size // planes
+    fn, b = em.function(op.name, 2)
+    dy, dx = fn.args
+    with for_range(b, planes, name="plane") as pi:
+        v = b.fmul(load(b, dy, pi), f32(1.0 / size))
+        base = b.mul(pi, i64(size))
+        with for_range(b, size, name="px") as j:
+            store(b, v, dx, b.add(base, j))
+    b.ret_void()
+    return KernelCall(fn, [op.inputs[0], op.outputs[0]])
+
+
+@emitter(OpKind.GLOBAL_MAX_POOL_GRAD)
+def emit_global_max_pool_grad(em: ModuleEmitter, op: Op) -> KernelCall:
+    """dY goes to the first maximum of each plane (the first NaN if there is one), like np.argmax."""
+    xs = op.attrs.shape
+    planes = xs[0] * xs[1]
+    size = em.tensor(op.outputs[0]).size // planes
+    fn, b = em.function(op.name, 3)
+    x, dy, dx = fn.args
+    memset_zero(b, dx, planes * size * 4)
+    best = alloca_entry(b, F32, "best")
+    where = alloca_entry(b, I64, "where")
+    with for_range(b, planes, name="plane") as pi:
+        base = b.mul(pi, i64(size))
+        b.store(load(b, x, base), best)
+        b.store(base, where)
+        with for_range(b, size, start=1, name="px") as j:
+            at = b.add(base, j)
+            v = load(b, x, at)
+            old = b.load(best, typ=F32)
+            take = b.or_(b.fcmp_ordered(">", v, old),
+                         b.and_(b.fcmp_unordered("uno", v, v), b.fcmp_ordered("ord", old, old)))
+            b.store(b.select(take, v, old), best)
+            b.store(b.select(take, at, b.load(where, typ=I64)), where)
+        at = b.load(where, typ=I64)
+        store(b, load(b, dy, pi), dx, at)
+    b.ret_void()
+    return KernelCall(fn, list(op.inputs) + [op.outputs[0]])
+

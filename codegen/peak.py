@@ -1,0 +1,152 @@
+"""This machine's peak float32 FMA throughput, measured once and cached.
+
+A JIT-compiled loop keeps ``ACCUMULATORS`` independent ``<16 x float>`` accumulators in phi nodes
+and updates each with ``llvm.fma.v16f32`` per iteration: enough independent chains to hide the FMA
+latency on every current x86 core, and nothing else in the loop. The single-core figure runs it on
+one thread; the all-core figure runs it on one thread per CPU at once (ctypes releases the GIL).
+
+The result (about a second to measure) is cached as JSON in ``$CONVC_CACHE_DIR/peak.json`` (default ``~/.cache/convc``), keyed
+by CPU name, CPU features and core count; a different machine measures again.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from llvmlite import ir
+
+from convc.codegen.llvm_utils import I64, PTR, VOID, call_intrinsic
+
+ACCUMULATORS = 16
+LANES = 16
+FLOPS_PER_ITERATION = ACCUMULATORS * LANES * 2  # one FMA = 2 FLOPs per lane
+_ENTRY = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)
+
+
+@dataclass(frozen=True)
+class Peak:
+    single_core_gflops: float
+    all_core_gflops: float
+    cores: int
+    cpu: str
+
+    def percent(self, gflops: float, all_cores: bool = False) -> float:
+        return 100.0 * gflops / (self.all_core_gflops if all_cores else self.single_core_gflops)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CONVC_CACHE_DIR") or Path.home() / ".cache" / "convc")
+
+
+def core_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def fma_loop_ir() -> str:
+    """``void peak_fma(i64 iterations, float *out)``: out[0..15] = the summed accumulators."""
+    vec = ir.VectorType(ir.FloatType(), LANES)
+    module = ir.Module(name="convc_peak")
+    fn = ir.Function(module, ir.FunctionType(VOID, [I64, PTR]), name="peak_fma")
+    n, out = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    a = ir.Constant(vec, [1.0 + 1e-7 * i for i in range(LANES)])
+    x = ir.Constant(vec, [0.999999] * LANES)
+    entry = b.block
+    header = b.append_basic_block("loop")
+    body_end = b.append_basic_block("done")
+    b.branch(header)
+    b.position_at_end(header)
+    i = b.phi(I64, name="i")
+    i.add_incoming(ir.Constant(I64, 0), entry)
+    accs = []
+    for k in range(ACCUMULATORS):
+        phi = b.phi(vec, name=f"acc{k}")
+        phi.add_incoming(ir.Constant(vec, [float(k)] * LANES), entry)
+        accs.append(phi)
+    new = [call_intrinsic(b, "llvm.fma.v16f32", [acc, x, a]) for acc in accs]
+    nxt = b.add(i, ir.Constant(I64, 1))
+    for phi, v in zip(accs, new):
+        phi.add_incoming(v, header)
+    i.add_incoming(nxt, header)
+    b.cbranch(b.icmp_signed("<", nxt, n), header, body_end)
+    b.position_at_end(body_end)
+    total = new[0]
+    for v in new[1:]:
+        total = b.fadd(total, v)
+    b.store(total, out, align=4)  # ctypes arrays are only 4-byte aligned
+    b.ret_void()
+    return str(module)
+
+
+class _Kernel:
+    def __init__(self) -> None:
+        from convc.codegen.jit import JitEngine
+        self.engine = JitEngine(fma_loop_ir())
+        self.fn = _ENTRY(self.engine.address("peak_fma"))
+
+    def gflops(self, iterations: int, threads: int) -> float:
+        outs = [(ctypes.c_float * LANES)() for _ in range(threads)]
+        start = threading.Barrier(threads + 1)
+
+        def work(k: int) -> None:
+            start.wait()
+            self.fn(iterations, ctypes.addressof(outs[k]))
+
+        workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+        for w in workers:
+            w.start()
+        start.wait()
+        t0 = time.perf_counter()
+        for w in workers:
+            w.join()
+        seconds = time.perf_counter() - t0
+        return threads * iterations * FLOPS_PER_ITERATION / seconds / 1e9
+
+
+def measure(seconds: float = 0.005, repeats: int = 30) -> Peak:
+    """Run the FMA loop on one core and on all cores; the best of ``repeats`` short bursts each.
+
+    Short bursts and the maximum keep the figure right on a busy machine: a burst of a few
+    milliseconds often runs without being descheduled, a long run almost never does."""
+    from convc.codegen.jit import Target
+    kernel = _Kernel()
+    rough = kernel.gflops(1 << 16, 1)
+    iterations = max(1 << 16, int(seconds * rough * 1e9 / FLOPS_PER_ITERATION))
+    cores = core_count()
+    single = max(kernel.gflops(iterations, 1) for _ in range(repeats))
+    every = max(kernel.gflops(iterations, cores) for _ in range(repeats)) if cores > 1 else single
+    return Peak(round(single, 1), round(every, 1), cores, Target.host().cpu)
+
+
+def _cache_key() -> str:
+    from convc.codegen.jit import Target
+    host = Target.host()
+    return f"{host.cpu}|{host.features}|{core_count()}"
+
+
+def peak(refresh: bool = False) -> Peak:
+    """The cached peak of this machine, measured (about a second) on first use or with ``refresh``."""
+    path = cache_dir() / "peak.json"
+    key = _cache_key()
+    if not refresh:
+        try:
+            cached = json.loads(path.read_text())
+            if cached.get("key") == key:
+                return Peak(**cached["peak"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    result = measure()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"key": key, "peak": asdict(result)}, indent=2))
+    except OSError:
+        pass  # a read-only home still gets the figure, just not cached
+    return result

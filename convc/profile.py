@@ -1,0 +1,313 @@
+"""``convc.profile``: per-layer MACs, parameters and memory of a model, optionally timed.
+
+A *layer* is one op of the compiled graph as the user thinks of it: a Conv with the
+BatchNormalization, Relu and residual Add folded or fused into it is one layer
+("Conv+BatchNormalization+Add+Relu"), and its im2col buffer belongs to it. Counts come from the
+imported graph, before any pass (folding must not change MACs, and PyTorch counts the BN
+parameters that folding merges into the conv); memory and weight bytes come from the compiled
+plan, which is what runs.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from convc.ir import Graph
+from convc.passes.macs import Cost, Params, count_params, op_costs
+
+CONVENTION = (
+    "MACs = multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul only (group-aware, padded taps "
+    "counted, bias excluded; torchvision's published \"GFLOPS\" are these MACs). FLOPs = 2 x MACs. "
+    "Other-op FLOPs (BN, activations, pooling, adds, softmax, bias) are a separate column. "
+    "Params = unique float constants read by compute ops, BN running statistics listed separately.")
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    op: str                          # fused ops joined by "+", e.g. "Conv+BatchNormalization+Relu"
+    output_shape: tuple[int, ...]
+    params: int
+    bn_stats: int
+    macs: int
+    other_flops: int
+    weight_bytes: int                # constants of the compiled layer (after folding)
+    output_bytes: int
+    members: tuple[str, ...]         # the imported ops this layer computes
+    unmodelled: tuple[str, ...] = ()
+    seconds: float | None = None     # median time with measure=True
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.macs
+
+    @property
+    def gflops_per_second(self) -> float | None:
+        if self.seconds is None or self.seconds <= 0 or not self.macs:
+            return None
+        return self.flops / self.seconds / 1e9
+
+
+@dataclass(frozen=True)
+class Memory:
+    weight_bytes: int            # every constant of the compiled model
+    activation_bytes: int        # every arena tensor in a buffer of its own (no reuse)
+    lower_bound_bytes: int       # the most bytes live at one step
+    arena_bytes: int             # the planned arena
+    io_bytes: int                # graph inputs and outputs (the caller's arrays, not in the arena)
+    live_bytes: tuple[int, ...]  # per step of the execution order
+
+    @property
+    def saving_bytes(self) -> int:
+        return self.activation_bytes - self.arena_bytes
+
+
+@dataclass
+class Profile:
+    model: str
+    batch: int | None
+    layers: list[Layer]
+    memory: Memory
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (op, why a pass did not apply)
+    folded: list[str] = field(default_factory=list)  # imported ops evaluated at compile time or unused
+    peak: Any = None          # convc.codegen.peak.Peak when measured
+    total_seconds: float | None = None
+    convention: str = CONVENTION
+
+    # --- totals ---------------------------------------------------------------------------
+    @property
+    def total_macs(self) -> int:
+        return sum(l.macs for l in self.layers)
+
+    @property
+    def total_flops(self) -> int:
+        return 2 * self.total_macs
+
+    @property
+    def total_other_flops(self) -> int:
+        return sum(l.other_flops for l in self.layers)
+
+    @property
+    def total_params(self) -> int:
+        return sum(l.params for l in self.layers)
+
+    @property
+    def total_bn_stats(self) -> int:
+        return sum(l.bn_stats for l in self.layers)
+
+    @property
+    def total_weight_bytes(self) -> int:
+        return sum(l.weight_bytes for l in self.layers)
+
+    @property
+    def peak_memory_bytes(self) -> int:
+        """The planned activation arena: the most memory the model's activations take at once."""
+        return self.memory.arena_bytes
+
+    @property
+    def measured(self) -> bool:
+        return any(l.seconds is not None for l in self.layers)
+
+    @property
+    def unmodelled(self) -> list[str]:
+        return [u for l in self.layers for u in l.unmodelled]
+
+    def share(self, layer: Layer) -> float:
+        """The layer's share of the total MACs (of the time, when measured)."""
+        if self.measured and self.total_seconds:
+            return (layer.seconds or 0.0) / self.total_seconds
+        return layer.macs / self.total_macs if self.total_macs else 0.0
+
+    # --- views ----------------------------------------------------------------------------
+    def top(self, n: int) -> list[Layer]:
+        """The ``n`` costliest layers: by time when measured, else by MACs, then other-op FLOPs."""
+        if self.measured:
+            key = lambda l: (l.seconds or 0.0, l.macs)  # noqa: E731
+        else:
+            key = lambda l: (l.macs, l.other_flops)  # noqa: E731
+        return sorted(self.layers, key=key, reverse=True)[:n]
+
+    def by_op(self) -> list[dict[str, Any]]:
+        """One summary row per op label (fused label included), costliest first."""
+        groups: dict[str, dict[str, Any]] = {}
+        for l in self.layers:
+            row = groups.setdefault(l.op, dict(op=l.op, layers=0, params=0, macs=0, other_flops=0,
+                                               weight_bytes=0, output_bytes=0, seconds=None))
+            row["layers"] += 1
+            for k in ("params", "macs", "other_flops", "weight_bytes", "output_bytes"):
+                row[k] += getattr(l, k)
+            if l.seconds is not None:
+                row["seconds"] = (row["seconds"] or 0.0) + l.seconds
+        key = (lambda r: (r["seconds"] or 0.0, r["macs"])) if self.measured else (lambda r: (r["macs"], r["other_flops"]))
+        return sorted(groups.values(), key=key, reverse=True)
+
+    # --- serialization --------------------------------------------------------------------
+    def layer_dict(self, l: Layer) -> dict[str, Any]:
+        d = dict(name=l.name, op=l.op, output_shape=list(l.output_shape), params=l.params, bn_stats=l.bn_stats,
+                 macs=l.macs, flops=l.flops, other_flops=l.other_flops, weight_bytes=l.weight_bytes,
+                 output_bytes=l.output_bytes, share=self.share(l), members=list(l.members),
+                 unmodelled=list(l.unmodelled))
+        if self.measured:
+            gf = l.gflops_per_second
+            d.update(seconds=l.seconds, gflops_per_second=gf,
+                     percent_of_single_core_peak=self.peak.percent(gf) if gf and self.peak else None,
+                     percent_of_all_core_peak=self.peak.percent(gf, True) if gf and self.peak else None)
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        m = self.memory
+        out: dict[str, Any] = dict(
+            model=self.model, batch=self.batch, convention=self.convention,
+            totals=dict(macs=self.total_macs, flops=self.total_flops, other_flops=self.total_other_flops,
+                        params=self.total_params, bn_stats=self.total_bn_stats,
+                        weight_bytes=self.total_weight_bytes, layers=len(self.layers)),
+            memory=dict(weight_bytes=m.weight_bytes, activation_bytes=m.activation_bytes,
+                        lower_bound_bytes=m.lower_bound_bytes, arena_bytes=m.arena_bytes,
+                        saving_bytes=m.saving_bytes, io_bytes=m.io_bytes, live_bytes=list(m.live_bytes)),
+            layers=[self.layer_dict(l) for l in self.layers],
+            unmodelled=self.unmodelled,
+            notes=[dict(op=op, reason=why) for op, why in self.notes],
+            folded=list(self.folded))
+        if self.measured:
+            out["totals"]["seconds"] = self.total_seconds
+        if self.peak is not None:
+            out["peak"] = asdict(self.peak)
+        return out
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    CSV_COLUMNS = ("name", "op", "output_shape", "params", "bn_stats", "macs", "flops", "other_flops",
+                   "weight_bytes", "output_bytes", "share")
+    CSV_TIMING = ("seconds", "gflops_per_second", "percent_of_single_core_peak", "percent_of_all_core_peak")
+
+    def to_csv(self) -> str:
+        """One row per layer and a final TOTAL row; shapes as ``1x64x56x56``."""
+        columns = self.CSV_COLUMNS + (self.CSV_TIMING if self.measured else ())
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(columns)
+        for l in self.layers:
+            d = self.layer_dict(l)
+            d["output_shape"] = "x".join(map(str, l.output_shape))
+            w.writerow(["" if d.get(c) is None else d[c] for c in columns])
+        total = dict(name="TOTAL", op="", output_shape="", params=self.total_params, bn_stats=self.total_bn_stats,
+                     macs=self.total_macs, flops=self.total_flops, other_flops=self.total_other_flops,
+                     weight_bytes=self.total_weight_bytes, output_bytes=sum(l.output_bytes for l in self.layers),
+                     share=1.0, seconds=self.total_seconds)
+        w.writerow(["" if total.get(c) is None else total[c] for c in columns])
+        return buf.getvalue()
+
+
+# --- analysis --------------------------------------------------------------------------------
+def _final_layers(imported: Graph, plan) -> tuple[list[tuple[str, list, list[str]]], list[str]]:
+    """Group the compiled ops into layers: (layer name, compiled ops, imported member ops).
+
+    Also returns the imported ops that no compiled op computes (folded at compile time or unused)."""
+    g = plan.graph
+    origin = g.metadata.get("origin", {})
+    absorbed = g.metadata.get("absorbed", {})
+    layers: dict[str, tuple[list, list[str]]] = {}
+    for op in plan.order:
+        key = origin.get(op.name, op.name)
+        ops, members = layers.setdefault(key, ([], []))
+        ops.append(op)
+        for m in (key,) + tuple(absorbed.get(op.name, ())):
+            m = origin.get(m, m)
+            if m not in members and m in imported.nx:
+                members.append(m)
+    covered = {m for _, members in layers.values() for m in members}
+    folded = [op.name for op in imported.ops() if op.name not in covered]
+    return [(k, ops, members) for k, (ops, members) in layers.items()], folded
+
+
+def analyze(imported: Graph, plan, model_name: str = "model") -> Profile:
+    """The profile of ``imported`` compiled as ``plan`` (from ``passes.pipeline.pipeline``)."""
+    costs = op_costs(imported)
+    params = count_params(imported)
+    g = plan.graph
+    kinds = {op.name: op.kind.value for op in imported.ops()}
+    seen_constants: set[str] = set()
+    groups, folded = _final_layers(imported, plan)
+    layers = []
+    for name, ops, members in groups:
+        cost = sum((costs[m] for m in members), Cost())
+        p = sum((params[m] for m in members), Params())
+        weight_bytes = 0
+        for op in ops:
+            for t in op.inputs:
+                tensor = g.tensor(t)
+                if tensor.data is not None and t not in seen_constants and tensor.dtype.kind == "f":
+                    seen_constants.add(t)
+                    weight_bytes += tensor.nbytes
+        out = g.tensor(ops[-1].outputs[0])
+        label = "+".join(kinds[m] for m in members) if members else ops[-1].kind.value
+        layers.append(Layer(name, label, out.shape, p.params, p.bn_stats, cost.macs, cost.other_flops, weight_bytes,
+                            sum(g.tensor(t).nbytes for t in ops[-1].outputs), tuple(members), cost.unmodelled))
+    mem = plan.memory
+    weights = sum(g.tensor(n).nbytes for n in mem.constants)
+    io_bytes = sum(g.tensor(n).nbytes for n in dict.fromkeys(g.inputs + g.outputs))
+    memory = Memory(weights, mem.total_activation_bytes, mem.lower_bound_bytes, mem.arena_bytes, io_bytes,
+                    tuple(mem.live_bytes))
+    batch = g.tensor(g.inputs[0]).shape[0] if g.inputs and g.tensor(g.inputs[0]).shape else None
+    return Profile(model_name, batch, layers, memory, list(g.metadata.get("pass_notes", [])), folded)
+
+
+def measure_layers(profile: Profile, imported: Graph, repeats: int = 10, threads: int | None = None,
+                   seed: int = 0) -> Profile:
+    """Compile ``imported`` with per-kernel timestamps, run it ``repeats`` times on seeded random
+    inputs and fill in the median seconds of each layer and this machine's peak."""
+    from convc.codegen.peak import peak
+    from convc.compiler import compile_graph
+    model = compile_graph(imported, threads=threads, instrument=True)
+    g = model.graph
+    origin = g.metadata.get("origin", {})
+    rng = np.random.default_rng(seed)
+    feeds = {s.name: rng.standard_normal(s.shape).astype(s.dtype) for s in model.inputs}
+    model.run_timed(feeds)  # warm-up: first-touch page faults of the arena and outputs
+    runs = [model.run_timed(feeds)[1] for _ in range(max(1, repeats))]
+    per_layer: dict[str, list[float]] = {}
+    for times in runs:
+        totals: dict[str, float] = {}
+        for op_name, s in times.items():
+            key = origin.get(op_name, op_name)
+            totals[key] = totals.get(key, 0.0) + s
+        for key, s in totals.items():
+            per_layer.setdefault(key, []).append(s)
+    seconds = {k: statistics.median(v) for k, v in per_layer.items()}
+    layers = [dataclasses.replace(l, seconds=seconds.get(l.name, 0.0)) for l in profile.layers]
+    total = statistics.median(sum(t.values()) for t in runs)
+    return Profile(profile.model, profile.batch, layers, profile.memory, profile.notes, profile.folded, peak(), total)
+
+
+def profile(model: Any, batch: int | None = None, *, measure: bool = False, repeats: int = 10,
+            threads: int | None = None) -> Profile:
+    """Profile an ONNX model (path, bytes, ``onnx.ModelProto``) or a convc Graph.
+
+    Returns a ``Profile``: ``.layers`` (one row per fused layer), ``.total_macs``,
+    ``.total_params``, ``.peak_memory_bytes`` (the planned activation arena), ``.memory``,
+    ``.to_json()`` and ``.to_csv()``. With ``measure`` the model is compiled and run, and each
+    layer gets its median time over ``repeats`` runs; the machine's FMA peak is measured once and
+    cached (``convc.codegen.peak``)."""
+    from pathlib import Path
+
+    from convc.compiler import load_graph
+    from convc.passes.pipeline import pipeline
+    if isinstance(model, (str, Path)):
+        name = Path(model).name
+    elif isinstance(model, Graph):
+        name = model.name
+    else:
+        name = getattr(getattr(model, "graph", None), "name", "") or "model"
+    imported = load_graph(str(model) if isinstance(model, Path) else model, batch)
+    result = analyze(imported, pipeline(imported), name)
+    if measure:
+        result = measure_layers(result, imported, repeats=repeats, threads=threads)
+    return result

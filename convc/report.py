@@ -1,0 +1,331 @@
+"""Rendering a ``convc.profile.Profile``: terminal table (rich when installed), plot, and the
+``convc profile`` subcommand's arguments and handler (registered in convc/cli.py)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from convc.errors import ConvcError
+from convc.profile import CONVENTION, Layer, Profile
+
+# --- numbers ---------------------------------------------------------------------------------
+
+
+def count(n: float | None) -> str:
+    """4089184256 -> '4.09 G'; counts use decimal prefixes."""
+    if n is None:
+        return "-"
+    for div, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{int(n)}"
+
+
+def nbytes(n: float | None) -> str:
+    """Bytes with binary prefixes: 11239424 -> '10.72 MiB'."""
+    if n is None:
+        return "-"
+    for div, unit in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def percent(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def shape(s: Sequence[int]) -> str:
+    return "x".join(map(str, s)) if s else "scalar"
+
+
+def ellipsize(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width // 2 - 1] + "…" + text[-(width - width // 2):]
+
+
+# --- the table -------------------------------------------------------------------------------
+
+
+def _columns(p: Profile) -> list[tuple[str, str]]:
+    """(header, alignment) of the layer table."""
+    cols = [("#", ">"), ("layer", "<"), ("op", "<"), ("output", "<"), ("params", ">"), ("MACs", ">"),
+            ("share", ">"), ("other FLOPs", ">"), ("weights", ">"), ("output bytes", ">")]
+    if p.measured:
+        cores = p.peak.cores if p.peak else "all"
+        cols += [("time ms", ">"), ("GFLOP/s", ">"), ("% 1-core peak", ">"), (f"% {cores}-core peak", ">")]
+    return cols
+
+
+def _row(p: Profile, index: int | str, l: Layer, width: int) -> list[str]:
+    row = [str(index), ellipsize(l.name, width), l.op + ("*" if l.unmodelled else ""), shape(l.output_shape),
+           count(l.params) if l.params else "", count(l.macs) if l.macs else "", percent(p.share(l)),
+           count(l.other_flops) if l.other_flops else "", nbytes(l.weight_bytes) if l.weight_bytes else "",
+           nbytes(l.output_bytes)]
+    if p.measured:
+        gf = l.gflops_per_second
+        row += [f"{1e3 * (l.seconds or 0):.3f}", f"{gf:.1f}" if gf else "",
+                f"{p.peak.percent(gf):.0f}%" if gf and p.peak else "",
+                f"{p.peak.percent(gf, True):.0f}%" if gf and p.peak else ""]
+    return row
+
+
+def _total_row(p: Profile) -> list[str]:
+    row = ["", "TOTAL", f"{len(p.layers)} layers", "", count(p.total_params), count(p.total_macs), "100.0%",
+           count(p.total_other_flops), nbytes(p.total_weight_bytes), nbytes(sum(l.output_bytes for l in p.layers))]
+    if p.measured:
+        secs = p.total_seconds or 0.0
+        gf = p.total_flops / secs / 1e9 if secs else None
+        row += [f"{1e3 * secs:.3f}", f"{gf:.1f}" if gf else "",
+                f"{p.peak.percent(gf):.0f}%" if gf and p.peak else "",
+                f"{p.peak.percent(gf, True):.0f}%" if gf and p.peak else ""]
+    return row
+
+
+def _by_op_rows(p: Profile) -> tuple[list[tuple[str, str]], list[list[str]]]:
+    cols = [("op", "<"), ("layers", ">"), ("params", ">"), ("MACs", ">"), ("MAC share", ">"), ("other FLOPs", ">"),
+            ("weights", ">")]
+    if p.measured:
+        cols += [("time ms", ">"), ("time share", ">"), ("GFLOP/s", ">")]
+    rows = []
+    for r in p.by_op():
+        row = [r["op"], str(r["layers"]), count(r["params"]) if r["params"] else "", count(r["macs"]) if r["macs"] else "",
+               percent(r["macs"] / p.total_macs if p.total_macs else 0.0),
+               count(r["other_flops"]) if r["other_flops"] else "", nbytes(r["weight_bytes"]) if r["weight_bytes"] else ""]
+        if p.measured:
+            s = r["seconds"] or 0.0
+            row += [f"{1e3 * s:.3f}", percent(s / p.total_seconds if p.total_seconds else 0.0),
+                    f"{2 * r['macs'] / s / 1e9:.1f}" if s and r["macs"] else ""]
+        rows.append(row)
+    return cols, rows
+
+
+def plain_table(cols: list[tuple[str, str]], rows: list[list[str]], footer: list[str] | None = None) -> str:
+    """Fixed-width text: every column as wide as its widest cell, a rule under the header."""
+    all_rows = rows + ([footer] if footer else [])
+    widths = [max([len(h)] + [len(r[i]) for r in all_rows]) for i, (h, _) in enumerate(cols)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(f"{c:{a}{w}}" for c, (_, a), w in zip(cells, cols, widths)).rstrip()
+
+    out = [line([h for h, _ in cols]), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in rows]
+    if footer:
+        out += ["  ".join("-" * w for w in widths), line(footer)]
+    return "\n".join(out)
+
+
+def header_lines(p: Profile) -> list[str]:
+    lines = [f"convc profile: {p.model} (batch {p.batch})",
+             f"  MACs {count(p.total_macs)} (FLOPs = 2 x MACs = {count(p.total_flops)}), "
+             f"other-op FLOPs {count(p.total_other_flops)}",
+             f"  params {count(p.total_params)} ({p.total_params:,})"
+             + (f", plus {count(p.total_bn_stats)} ({p.total_bn_stats:,}) BN running statistics"
+                if p.total_bn_stats else ""),
+             "  " + CONVENTION]
+    if p.measured:
+        secs = p.total_seconds or 0.0
+        lines.append(f"  measured: {1e3 * secs:.3f} ms per run (median), "
+                     f"{p.total_flops / secs / 1e9 if secs else 0:.1f} GFLOP/s"
+                     + (f"; peak {p.peak.single_core_gflops:.1f} GFLOP/s on one core, "
+                        f"{p.peak.all_core_gflops:.1f} on {p.peak.cores} (FMA loop, {p.peak.cpu})" if p.peak else ""))
+    return lines
+
+
+def memory_lines(p: Profile) -> list[str]:
+    m = p.memory
+    vs_bound = f"{100 * m.arena_bytes / m.lower_bound_bytes:.1f}% of the lower bound" if m.lower_bound_bytes else ""
+    saved = f"{100 * m.saving_bytes / m.activation_bytes:.1f}% less than no reuse" if m.activation_bytes else ""
+    rows = [("weights (as compiled, after folding)", nbytes(m.weight_bytes), ""),
+            ("activations, each in its own buffer", nbytes(m.activation_bytes), ""),
+            ("liveness lower bound (most bytes live at once)", nbytes(m.lower_bound_bytes), ""),
+            ("planned arena peak", nbytes(m.arena_bytes), vs_bound),
+            ("saving", nbytes(m.saving_bytes), saved),
+            ("inputs and outputs (caller's arrays)", nbytes(m.io_bytes), "")]
+    w = max(len(r[0]) for r in rows)
+    return ["Memory"] + [f"  {a:<{w}}  {b:>11}  {c}".rstrip() for a, b, c in rows]
+
+
+def note_lines(p: Profile) -> list[str]:
+    lines = []
+    if p.unmodelled:
+        lines.append("Not modelled (* above; their other-op FLOPs are unknown, not zero):")
+        lines += [f"  {u}" for u in p.unmodelled]
+    if p.notes:
+        lines.append("Pass notes (why a rewrite did not apply):")
+        lines += [f"  {op}: {why}" for op, why in p.notes]
+    if p.folded:
+        lines.append(f"Evaluated at compile time or unused (not in the table): {', '.join(p.folded)}")
+    return lines
+
+
+def render_text(p: Profile, top: int | None = None, by_op: bool = False, width: int = 32) -> str:
+    parts = ["\n".join(header_lines(p)), ""]
+    if by_op:
+        cols, rows = _by_op_rows(p)
+        parts += ["By op type", plain_table(cols, rows), ""]
+    else:
+        layers = list(enumerate(p.layers, 1))
+        if top:
+            index = {l.name: i for i, l in layers}
+            layers = [(index[l.name], l) for l in p.top(top)]
+        rows = [_row(p, i, l, width) for i, l in layers]
+        parts += [plain_table(_columns(p), rows, _total_row(p))]
+        if top and top < len(p.layers):
+            shown = sum(p.share(l) for _, l in layers)
+            parts.append(f"({len(layers)} costliest of {len(p.layers)} layers shown, "
+                         f"{100 * shown:.1f}% of the {'time' if p.measured else 'MACs'})")
+        parts.append("")
+    parts += ["\n".join(memory_lines(p))]
+    notes = note_lines(p)
+    if notes:
+        parts += ["", "\n".join(notes)]
+    return "\n".join(parts) + "\n"
+
+
+def render_rich(p: Profile, top: int | None = None, by_op: bool = False, file: Any = None) -> None:
+    """The same report through rich (colours, a table that fits the terminal)."""
+    from rich.console import Console
+    from rich.table import Table
+    console = Console(file=file)
+    for line in header_lines(p):
+        console.print(line, highlight=False, soft_wrap=False)
+    if by_op:
+        cols, rows = _by_op_rows(p)
+        footer = None
+        title = "By op type"
+    else:
+        layers = list(enumerate(p.layers, 1))
+        if top:
+            index = {l.name: i for i, l in layers}
+            layers = [(index[l.name], l) for l in p.top(top)]
+        cols, rows, footer, title = _columns(p), [_row(p, i, l, 32) for i, l in layers], _total_row(p), "Layers"
+    table = Table(title=title, show_footer=footer is not None, header_style="bold")
+    for k, (h, a) in enumerate(cols):
+        table.add_column(h, justify="right" if a == ">" else "left", footer=footer[k] if footer else "",
+                         overflow="fold")
+    for r in rows:
+        table.add_row(*r)
+    console.print(table)
+    console.print("\n".join(memory_lines(p)), highlight=False)
+    notes = note_lines(p)
+    if notes:
+        console.print("\n".join(notes), highlight=False)
+
+
+# --- the plot --------------------------------------------------------------------------------
+
+class PlotError(ConvcError):
+    """The plot cannot be drawn: a file type other than .png/.svg, or matplotlib is missing."""
+
+
+def check_plot_path(path: str | Path) -> Path:
+    path = Path(path)
+    if path.suffix.lower() not in (".png", ".svg"):
+        raise PlotError(f"--plot {path}: the file name must end in .png or .svg")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise PlotError("--plot needs matplotlib, an optional extra: pip install 'convc[plot]' "
+                        "(or pip install matplotlib)") from None
+    return path
+
+
+def plot(p: Profile, path: str | Path) -> Path:
+    """Write MACs (and time) per layer as bars and the memory plan over time to a .png or .svg."""
+    path = check_plot_path(path)
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    n = len(p.layers)
+    panels = 3 if p.measured else 2
+    fig, axes = plt.subplots(panels, 1, figsize=(max(8.0, min(40.0, 0.12 * n + 6)), 3.2 * panels))
+    x = list(range(n))
+    ax = axes[0]
+    ax.bar(x, [l.macs / 1e6 for l in p.layers], color="tab:blue")
+    ax.set_ylabel("MMACs")
+    ax.set_title(f"{p.model}: {count(p.total_macs)} MACs (FLOPs = 2 x MACs) per layer")
+    if p.measured:
+        ax = axes[1]
+        ax.bar(x, [1e3 * (l.seconds or 0.0) for l in p.layers], color="tab:orange")
+        ax.set_ylabel("ms")
+        ax.set_title(f"time per layer (median), total {1e3 * (p.total_seconds or 0):.2f} ms")
+    for a in axes[:panels - 1]:
+        a.set_xlim(-0.5, n - 0.5)
+        a.set_xlabel("layer (execution order)")
+    ax = axes[-1]
+    live = [b / (1 << 20) for b in p.memory.live_bytes]
+    ax.fill_between(range(len(live)), live, step="mid", alpha=0.5, color="tab:green", label="live bytes")
+    ax.axhline(p.memory.arena_bytes / (1 << 20), color="tab:red", linestyle="--",
+               label=f"planned arena {nbytes(p.memory.arena_bytes)}")
+    ax.axhline(p.memory.lower_bound_bytes / (1 << 20), color="black", linestyle=":",
+               label=f"lower bound {nbytes(p.memory.lower_bound_bytes)}")
+    ax.set_xlabel("step (compiled op, execution order)")
+    ax.set_ylabel("MiB")
+    ax.set_title(f"memory plan: activations {nbytes(p.memory.activation_bytes)} without reuse")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# --- the subcommand --------------------------------------------------------------------------
+
+DESCRIPTION = (
+    "Report per-layer parameters, MACs, other-op FLOPs, weight and activation bytes of MODEL.onnx after "
+    "convc's folding and fusion, and the activation memory plan; with --measure, also each layer's "
+    "time, achieved GFLOP/s and its share of this machine's peak.\n\n" + CONVENTION)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from convc.cli import _positive
+    p.add_argument("model", metavar="MODEL.onnx", help="the ONNX model to profile")
+    p.add_argument("--batch", type=_positive, metavar="N", help="fix a symbolic batch dimension to N (default: 1)")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table",
+                   help="table (default; rich when installed and writing to a terminal), json or csv")
+    p.add_argument("--measure", action="store_true",
+                   help="compile and run the model: per-layer time (median of --repeat runs), achieved GFLOP/s "
+                        "and its percentage of this machine's single-core and all-core FMA peak (measured once, "
+                        "cached in $CONVC_CACHE_DIR or ~/.cache/convc)")
+    p.add_argument("--repeat", "-r", type=_positive, default=10, metavar="R",
+                   help="runs timed with --measure (default: 10)")
+    p.add_argument("--threads", "-t", type=_positive, metavar="T", help="worker threads with --measure")
+    p.add_argument("--plot", metavar="FILE", help="also draw MACs (and time) per layer and the memory plan "
+                                                  "to FILE (.png or .svg; needs matplotlib)")
+    p.add_argument("--top", type=_positive, metavar="N", help="only the N costliest layers (by time with "
+                                                               "--measure, else by MACs); totals stay whole-model")
+    p.add_argument("--by-op", action="store_true", help="one row per op type instead of per layer")
+
+
+def run(args: argparse.Namespace) -> int:
+    from convc.cli import Progress, load_onnx
+    import convc
+    progress = Progress(args.quiet)
+    if args.plot:
+        check_plot_path(args.plot)  # before minutes of measuring
+    model = load_onnx(args.model)
+    progress("analysing" + (" and measuring" if args.measure else ""))
+    result = convc.profile(model, batch=args.batch, measure=args.measure, repeats=args.repeat, threads=args.threads)
+    result.model = Path(args.model).name
+    if args.plot:
+        plot(result, args.plot)
+        progress(f"wrote {args.plot}")
+    if args.format == "json":
+        sys.stdout.write(result.to_json() + "\n")
+    elif args.format == "csv":
+        sys.stdout.write(result.to_csv())
+    elif _rich_available() and sys.stdout.isatty():
+        render_rich(result, top=args.top, by_op=args.by_op)
+    else:
+        sys.stdout.write(render_text(result, top=args.top, by_op=args.by_op))
+    return 0
+
+
+def _rich_available() -> bool:
+    try:
+        import rich  # noqa: F401
+    except ImportError:
+        return False
+    return True

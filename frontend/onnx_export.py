@@ -1,0 +1,229 @@
+"""convc Graph -> onnx.ModelProto (opset 13 unless an op needs newer).
+
+One exporter per OpKind, registered in ``EXPORTERS``; a kind without one is reported together
+with every other unexportable op. Attributes are written explicitly, defaults included, so the
+file does not depend on a reader's defaults. A Conv or Gemm whose epilogue fused a residual and an
+activation is written back as Conv/Gemm -> Add -> activation. With ``dynamic_batch`` the first
+dimension of the inputs (and of the outputs that share it) is the symbol "N"; a Reshape that keeps
+the batch dimension writes 0 ("copy") for it so other batch sizes run.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from convc.errors import ConvcError
+from convc.ir import Graph, Op, TensorKind
+from convc.ops import OpKind
+from convc.ops.epilogue import Epilogue
+
+DEFAULT_OPSET = 13
+BATCH_SYMBOL = "N"
+
+
+class ExportError(ConvcError):
+    """The graph holds ops (or attribute values) the requested ONNX opset cannot express; lists them all."""
+
+
+class _Unexportable(Exception):
+    pass
+
+
+class _Writer:
+    """Collects nodes and initializers; hands out names that collide with nothing in the graph."""
+
+    def __init__(self, graph: Graph, opset: int):
+        self.graph = graph
+        self.opset = opset
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.reshape_batch = False
+        self._used = set(graph.nx.nodes)
+
+    def fresh(self, base: str) -> str:
+        name, i = base, 0
+        while name in self._used:
+            i += 1
+            name = f"{base}_{i}"
+        self._used.add(name)
+        return name
+
+    def node(self, op_type: str, inputs: list[str], outputs: list[str], name: str, **attrs: Any) -> None:
+        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=self.fresh(name), **attrs))
+
+    def constant(self, base: str, value: np.ndarray) -> str:
+        name = self.fresh(base)
+        self.initializers.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+
+Exporter = Callable[[_Writer, Op], None]
+EXPORTERS: dict[OpKind, Exporter] = {}
+
+
+def exporter(*kinds: OpKind) -> Callable[[Exporter], Exporter]:
+    def register(fn: Exporter) -> Exporter:
+        for k in kinds:
+            if k in EXPORTERS:
+                raise RuntimeError(f"ONNX exporter for {k.value} is registered twice")
+            EXPORTERS[k] = fn
+        return fn
+    return register
+
+
+# --- op exporters -------------------------------------------------------------------------
+def _activation_attrs(kind: OpKind, attrs: Any) -> dict[str, Any]:
+    return {"alpha": float(attrs.alpha)} if kind is OpKind.LEAKY_RELU else {}
+
+
+def _with_epilogue(w: _Writer, op: Op, op_type: str, inputs: list[str], epilogue: Epilogue, **attrs: Any) -> None:
+    """Write the main node, then the fused residual Add and activation it stands for."""
+    steps: list[tuple[str, list[str], dict[str, Any]]] = [(op_type, inputs, attrs)]
+    if epilogue.residual:
+        steps.append(("Add", [op.inputs[-1]], {}))
+    if epilogue.activation is not None:
+        steps.append((epilogue.activation.value, [], _activation_attrs(epilogue.activation,
+                                                                         epilogue.activation_attrs)))
+    previous: list[str] = []
+    for i, (kind, extra, a) in enumerate(steps):
+        last = i == len(steps) - 1
+        out = op.outputs[0] if last else w.fresh(f"{op.name}_{kind.lower()}_in")
+        w.node(kind, previous + extra, [out], op.name if i == 0 else f"{op.name}_{kind.lower()}", **a)
+        previous = [out]
+
+
+@exporter(OpKind.CONV)
+def _conv(w: _Writer, op: Op) -> None:
+    a = op.attrs
+    _with_epilogue(w, op, "Conv", list(op.inputs[:len(op.inputs) - a.epilogue.residual]), a.epilogue,
+                   kernel_shape=list(a.kernel_shape), strides=list(a.strides), pads=list(a.pads),
+                   dilations=list(a.dilations), group=int(a.group))
+
+
+@exporter(OpKind.GEMM)
+def _gemm(w: _Writer, op: Op) -> None:
+    a = op.attrs
+    _with_epilogue(w, op, "Gemm", list(op.inputs[:len(op.inputs) - a.epilogue.residual]), a.epilogue,
+                   alpha=float(a.alpha), beta=float(a.beta), transA=int(a.trans_a), transB=int(a.trans_b))
+
+
+@exporter(OpKind.MATMUL, OpKind.RELU, OpKind.SIGMOID, OpKind.TANH, OpKind.IDENTITY, OpKind.ADD, OpKind.MUL,
+          OpKind.SUM, OpKind.GLOBAL_AVERAGE_POOL, OpKind.GLOBAL_MAX_POOL)
+def _plain(w: _Writer, op: Op) -> None:
+    w.node(op.kind.value, list(op.inputs), list(op.outputs), op.name)
+
+
+@exporter(OpKind.LEAKY_RELU)
+def _leaky_relu(w: _Writer, op: Op) -> None:
+    w.node("LeakyRelu", list(op.inputs), list(op.outputs), op.name, alpha=float(op.attrs.alpha))
+
+
+@exporter(OpKind.DROPOUT)
+def _dropout(w: _Writer, op: Op) -> None:
+    # opset >= 12 takes the ratio as an input; without training_mode Dropout is the identity
+    ratio = w.constant(f"{op.name}.ratio", np.array(op.attrs.ratio, dtype=np.float32))
+    w.node("Dropout", [op.inputs[0], ratio], list(op.outputs), op.name)
+
+
+@exporter(OpKind.MAX_POOL, OpKind.AVERAGE_POOL)
+def _pool(w: _Writer, op: Op) -> None:
+    a = op.attrs
+    attrs: dict[str, Any] = dict(kernel_shape=list(a.kernel_shape), strides=list(a.strides), pads=list(a.pads),
+                                 ceil_mode=int(a.ceil_mode))
+    if op.kind is OpKind.AVERAGE_POOL:
+        attrs["count_include_pad"] = int(a.count_include_pad)
+        if any(d != 1 for d in a.dilations):
+            if w.opset < 19:
+                raise _Unexportable(f"AveragePool dilations={a.dilations} need opset 19 (asked for {w.opset})")
+            attrs["dilations"] = list(a.dilations)
+    else:
+        attrs["dilations"] = list(a.dilations)
+    w.node(op.kind.value, list(op.inputs), list(op.outputs), op.name, **attrs)
+
+
+@exporter(OpKind.BATCH_NORM)
+def _batch_norm(w: _Writer, op: Op) -> None:
+    w.node("BatchNormalization", list(op.inputs), list(op.outputs), op.name, epsilon=float(op.attrs.epsilon),
+           momentum=float(op.attrs.momentum))
+
+
+@exporter(OpKind.FLATTEN, OpKind.CONCAT, OpKind.SOFTMAX)
+def _axis(w: _Writer, op: Op) -> None:
+    w.node(op.kind.value, list(op.inputs), list(op.outputs), op.name, axis=int(op.attrs.axis))
+
+
+@exporter(OpKind.RESHAPE)
+def _reshape(w: _Writer, op: Op) -> None:
+    shape = list(op.attrs.shape)
+    x = w.graph.tensor(op.inputs[0]).shape
+    if w.reshape_batch and shape and x and shape[0] == x[0]:
+        shape[0] = 0  # "copy dimension 0 of the input": the batch stays symbolic
+    target = w.constant(f"{op.name}.shape", np.array(shape, dtype=np.int64))
+    w.node("Reshape", [op.inputs[0], target], list(op.outputs), op.name)
+
+
+# --- the model ------------------------------------------------------------------------------
+_ONNX_DTYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE,
+                np.dtype(np.float16): TensorProto.FLOAT16}
+
+
+def _value_info(g: Graph, name: str, batch: int | None) -> onnx.ValueInfoProto:
+    t = g.tensor(name)
+    if t.dtype not in _ONNX_DTYPES:
+        raise ExportError(f"tensor {name!r} has dtype {t.dtype}, which the exporter does not write")
+    dims: list[int | str] = list(t.shape)
+    if batch is not None and dims and dims[0] == batch:
+        dims[0] = BATCH_SYMBOL
+    return helper.make_tensor_value_info(name, _ONNX_DTYPES[t.dtype], dims)
+
+
+def export_onnx(graph: Graph, *, opset: int | None = None, dynamic_batch: bool = True,
+                producer: str = "convc") -> onnx.ModelProto:
+    """Write ``graph`` as an ONNX model at ``opset`` (default 13; 13 is the oldest supported, since
+    Softmax's semantics changed there). Raises ExportError listing every op it cannot write."""
+    import convc
+    opset = DEFAULT_OPSET if opset is None else int(opset)
+    if not DEFAULT_OPSET <= opset <= onnx.defs.onnx_opset_version():
+        raise ExportError(f"opset {opset} is not supported: the exporter writes opsets {DEFAULT_OPSET} to "
+                          f"{onnx.defs.onnx_opset_version()}")
+    w = _Writer(graph, opset)
+    batch = graph.tensor(graph.inputs[0]).shape[0] if dynamic_batch and graph.inputs else None
+    if batch is not None and any(not graph.tensor(n).shape or graph.tensor(n).shape[0] != batch
+                                 for n in graph.inputs):
+        batch = None  # inputs disagree on a batch dimension: keep every shape static
+    w.reshape_batch = batch is not None
+    problems: list[str] = []
+    for op in graph.ops():
+        fn = EXPORTERS.get(op.kind)
+        if fn is None:
+            why = ("has no ONNX exporter" if onnx.defs.has(op.kind.value) else
+                   "is not an ONNX op (passes or training introduce it: export the graph before compiling)")
+            problems.append(f"  - node {op.name!r}: {op.kind.value} {why}")
+            continue
+        try:
+            fn(w, op)
+        except _Unexportable as e:
+            problems.append(f"  - node {op.name!r}: {e}")
+    if problems:
+        raise ExportError(f"cannot export {len(problems)} node(s) of graph {graph.name!r} to ONNX:\n"
+                          + "\n".join(problems))
+    outputs = []
+    for name in graph.outputs:
+        info = _value_info(graph, name, batch)
+        if graph.producer(name) is None:  # an input or constant returned as is gets a node of its own
+            info.name = w.fresh(f"{name}_identity")
+            w.node("Identity", [name], [info.name], info.name)
+        outputs.append(info)
+    inits = [numpy_helper.from_array(t.data, t.name) for t in graph.tensors()
+             if t.kind is not TensorKind.INPUT and t.data is not None and not graph.nx.in_degree(t.name)]
+    g = helper.make_graph(w.nodes, graph.name,
+                          [_value_info(graph, n, batch) for n in graph.inputs], outputs,
+                          initializer=inits + w.initializers)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name=producer,
+                              producer_version=convc.__version__)
+    model.ir_version = helper.find_min_ir_version_for(list(model.opset_import))
+    onnx.checker.check_model(model)
+    return model

@@ -1,0 +1,67 @@
+"""Activations, Dropout, and broadcasting Add / Sum / Mul.
+
+ReLU, Sigmoid and Tanh differentiate through their output (so their input can die early), LeakyRelu
+through its input. A broadcast operand's gradient is summed over the axes it was broadcast along.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from convc.ir import Op
+from convc.ops import NoAttrs, OpKind
+from convc.ops.elementwise_grad import ReduceSumAttrs
+from convc.passes.autodiff.core import GradContext, gradient
+
+BY_OUTPUT = {OpKind.RELU: OpKind.RELU_GRAD, OpKind.SIGMOID: OpKind.SIGMOID_GRAD, OpKind.TANH: OpKind.TANH_GRAD}
+
+
+def reduce_to(ctx: GradContext, dy: str, shape: tuple[int, ...]) -> str:
+    """``dy`` summed down to ``shape`` (numpy broadcasting in reverse)."""
+    full = ctx.shape(dy)
+    if full == tuple(shape):
+        return dy
+    lead = len(full) - len(shape)
+    axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape) if d == 1 and full[lead + i] != 1)
+    return ctx.emit1(OpKind.REDUCE_SUM, ReduceSumAttrs(axes, tuple(shape)), [dy])
+
+
+def scale(ctx: GradContext, t: str, factor: float) -> str:
+    if factor == 1.0:
+        return t
+    c = ctx.g.add_constant(ctx.g.fresh_name(f"{t}.scale"), np.array([factor], dtype=ctx.g.tensor(t).dtype))
+    return ctx.emit1(OpKind.MUL, NoAttrs(), [t, c.name])
+
+
+@gradient(*BY_OUTPUT)
+def activation_grad(ctx: GradContext, op: Op, dys: list) -> list:
+    return [ctx.emit1(BY_OUTPUT[op.kind], NoAttrs(), [op.outputs[0], dys[0]])]
+
+
+@gradient(OpKind.LEAKY_RELU)
+def leaky_relu_grad(ctx: GradContext, op: Op, dys: list) -> list:
+    return [ctx.emit1(OpKind.LEAKY_RELU_GRAD, op.attrs, [op.inputs[0], dys[0]])]
+
+
+@gradient(OpKind.IDENTITY, OpKind.DROPOUT)
+def identity_grad(ctx: GradContext, op: Op, dys: list) -> list:
+    return [dys[0]]
+
+
+@gradient(OpKind.DROPOUT_TRAIN)
+def dropout_grad(ctx: GradContext, op: Op, dys: list) -> list:
+    return [ctx.emit1(OpKind.DROPOUT_GRAD, op.attrs, [dys[0], op.inputs[1]]), None]
+
+
+@gradient(OpKind.ADD, OpKind.SUM)
+def add_grad(ctx: GradContext, op: Op, dys: list) -> list:
+    return [reduce_to(ctx, dys[0], ctx.shape(t)) if ctx.needs(op, i) else None for i, t in enumerate(op.inputs)]
+
+
+@gradient(OpKind.MUL)
+def mul_grad(ctx: GradContext, op: Op, dys: list) -> list:
+    a, b = op.inputs
+    out = [None, None]
+    for i, (mine, other) in enumerate(((a, b), (b, a))):
+        if ctx.needs(op, i):
+            out[i] = reduce_to(ctx, ctx.emit1(OpKind.MUL, NoAttrs(), [dys[0], other]), ctx.shape(mine))
+    return out

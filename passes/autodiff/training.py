@@ -1,0 +1,268 @@
+"""The training step as one Graph and one Plan: forward (training mode) + loss + backward + updates.
+
+``build_training(forward, loss=..., optimizer=...)`` turns an inference graph into the graph the
+codegen compiles to a single native function:
+
+1. the constants become training state: the weights and biases of Conv/Gemm/MatMul, BN scale and
+   B and constant Add operands are PARAMETERs, BN mean/var are STATE (running statistics);
+2. the forward is re-emitted in training mode: BatchNormalization normalizes with batch statistics
+   (BatchNormTrain), Dropout drops (DropoutTrain, seeded by the step counter); fused epilogues are
+   split back into ops so every op has its own gradient;
+3. the loss reads the model's output (a final Softmax is folded into softmax cross-entropy);
+4. ``backward`` appends the gradient ops (passes/autodiff/core.py);
+5. with an optimizer: AllFinite(loss, gradients) -> ok; one update op per parameter; the running
+   statistics update; the step counter increment. All of them run last, read ``ok`` and do nothing
+   when it is 0, so a non-finite step leaves the training state as it was.
+
+The native entry point takes, as its inputs, ``[x, labels, lr, step] + parameters + running
+statistics + optimizer state``: the persistent training state lives in arrays the caller owns (the
+Trainer), separate from the activation arena, and the updates write into them in place (the memory
+plan gives each update output the buffer of the input it replaces). Without an optimizer the step
+returns the loss and every parameter's gradient instead (``convc.gradcheck``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from convc.errors import GraphError
+from convc.ir import Graph, Op, TensorKind
+from convc.ops import NoAttrs, OpKind
+from convc.ops.elementwise_grad import DropoutTrainAttrs
+from convc.ops.epilogue import NO_EPILOGUE
+from convc.ops.norm_grad import RunningUpdateAttrs
+from convc.passes.autodiff.core import backward
+from convc.passes.dce import eliminate_dead_code
+from convc.passes.memory import MemoryPlan, plan_memory
+from convc.passes.pipeline import Plan
+
+LOSSES = {
+    "cross_entropy": (OpKind.SOFTMAX_CROSS_ENTROPY, OpKind.SOFTMAX_CROSS_ENTROPY_GRAD),
+    "mse": (OpKind.MSE_LOSS, OpKind.MSE_LOSS_GRAD),
+    "bce": (OpKind.BCE_LOSS, OpKind.BCE_LOSS_GRAD),
+}
+# update ops and the bookkeeping that runs after them, in this order, at the end of the step
+LATE = (OpKind.ALL_FINITE, OpKind.SGD_UPDATE, OpKind.MOMENTUM_UPDATE, OpKind.ADAGRAD_UPDATE,
+        OpKind.RMSPROP_UPDATE, OpKind.ADAM_UPDATE, OpKind.BATCH_NORM_RUNNING_UPDATE, OpKind.STEP_INCREMENT)
+
+# (op kind, input position) -> role of a constant read there
+WEIGHT, BIAS, NORM, RUNNING = "weight", "bias", "norm", "running"
+ROLES: dict[tuple[OpKind, int], str] = {
+    (OpKind.CONV, 1): WEIGHT, (OpKind.CONV, 2): BIAS,
+    (OpKind.GEMM, 0): WEIGHT, (OpKind.GEMM, 1): WEIGHT, (OpKind.GEMM, 2): BIAS,
+    (OpKind.MATMUL, 0): WEIGHT, (OpKind.MATMUL, 1): WEIGHT,
+    (OpKind.BATCH_NORM, 1): NORM, (OpKind.BATCH_NORM, 2): NORM,
+    (OpKind.BATCH_NORM, 3): RUNNING, (OpKind.BATCH_NORM, 4): RUNNING,
+    (OpKind.ADD, 0): BIAS, (OpKind.ADD, 1): BIAS, (OpKind.SUM, 0): BIAS, (OpKind.SUM, 1): BIAS,
+}
+_PRIORITY = {WEIGHT: 0, BIAS: 1, NORM: 2, RUNNING: 3}
+
+
+@dataclass
+class TrainingStep:
+    """The planned training step and the names the Trainer feeds and reads."""
+    plan: Plan
+    x: str
+    labels: str
+    lr: str
+    step: str
+    loss: str
+    logits: str                      # the model output the loss reads
+    params: list[str]                # trainable tensors, in input order
+    roles: dict[str, str]            # param or running stat -> weight / bias / norm / running
+    running: list[str]               # BN running means and variances, in input order
+    state: dict[str, list[str]] = field(default_factory=dict)  # param -> optimizer state tensors
+    state_labels: dict[str, list[str]] = field(default_factory=dict)  # param -> state names (exp_avg, ...)
+    grads: dict[str, str] = field(default_factory=dict)        # param -> its gradient tensor
+    initial: dict[str, np.ndarray] = field(default_factory=dict)  # every state input -> initial value
+
+    @property
+    def graph(self) -> Graph:
+        return self.plan.graph
+
+    @property
+    def inputs(self) -> list[str]:
+        return list(self.plan.graph.inputs)
+
+
+def classify_constants(g: Graph, trainable: set[str] | None = None) -> dict[str, str]:
+    """Role of every float constant read at a trainable position (the strongest role wins)."""
+    roles: dict[str, str] = {}
+    for op in g.ops():
+        for i, t in enumerate(op.inputs):
+            role = ROLES.get((op.kind, i))
+            tensor = g.tensor(t)
+            if role is None or tensor.kind is not TensorKind.CONSTANT or tensor.dtype.kind != "f":
+                continue
+            if trainable is not None and role != RUNNING and t not in trainable:
+                continue
+            if t not in roles or _PRIORITY[role] < _PRIORITY[roles[t]]:
+                roles[t] = role
+    return roles
+
+
+def _unfused(tg: Graph, op: Op, outputs: tuple[str, ...]) -> None:
+    """Re-emit a Conv/Gemm whose epilogue was fused as the op, then Add, then the activation."""
+    epi = op.attrs.epilogue
+    inputs = op.inputs[:-1] if epi.residual else op.inputs
+    y = tg.add_op(op.kind, dataclasses.replace(op.attrs, epilogue=NO_EPILOGUE), inputs, name=op.name).outputs[0]
+    if epi.residual:
+        last = [outputs[0]] if epi.activation is None else None
+        y = tg.add_op(OpKind.ADD, NoAttrs(), [y, op.inputs[-1]], last, name=f"{op.name}.residual").outputs[0]
+    if epi.activation is not None:
+        tg.add_op(epi.activation, epi.activation_attrs, [y], [outputs[0]], name=f"{op.name}.{epi.activation.value}")
+
+
+def training_forward(forward: Graph, roles: dict[str, str], seed: int, x_name: str) -> tuple[Graph, dict]:
+    """The forward graph in training mode, with the constants turned into parameters and state.
+    Returns it and, per BatchNormTrain op, (running mean, running var, batch mean, batch invstd)."""
+    tg = Graph(forward.name, metadata=dict(forward.metadata))
+    xt = forward.tensor(x_name)
+    tg.add_tensor(x_name, xt.shape, xt.dtype, TensorKind.INPUT)
+    step = tg.add_tensor("step", (1,), np.int64, TensorKind.STATE, np.zeros(1, dtype=np.int64))
+    for t in forward.tensors():
+        if t.kind is not TensorKind.CONSTANT:
+            continue
+        role = roles.get(t.name)
+        kind = TensorKind.CONSTANT if role is None else TensorKind.STATE if role == RUNNING else TensorKind.PARAMETER
+        tg.add_constant(t.name, t.data, kind)
+    bn_stats = {}
+    n_dropout = 0
+    for op in forward.ops():
+        if op.kind is OpKind.BATCH_NORM:
+            x, scale, bias, mean, var = op.inputs
+            y = op.outputs[0]
+            tg.add_op(OpKind.BATCH_NORM_TRAIN, op.attrs, [x, scale, bias],
+                      [y, tg.fresh_name(f"{y}.batch_mean"), tg.fresh_name(f"{y}.batch_invstd")], name=op.name)
+            if roles.get(mean) != RUNNING or roles.get(var) != RUNNING:
+                raise GraphError(f"node {op.name!r}: BatchNormalization needs constant running mean and var to train")
+            bn_op = tg.op(op.name)
+            bn_stats[op.name] = (mean, var, bn_op.outputs[1], bn_op.outputs[2])
+        elif op.kind is OpKind.DROPOUT:
+            tg.add_op(OpKind.DROPOUT_TRAIN, DropoutTrainAttrs(op.attrs.ratio, seed, n_dropout), [op.inputs[0], step.name],
+                      list(op.outputs), name=op.name)
+            n_dropout += 1
+        elif op.kind in (OpKind.CONV, OpKind.GEMM) and not op.attrs.epilogue.empty:
+            _unfused(tg, op, op.outputs)
+        else:
+            tg.add_op(op.kind, op.attrs, op.inputs, list(op.outputs), name=op.name)
+    return tg, bn_stats
+
+
+def attach_loss(tg: Graph, output: str, loss: str) -> tuple[str, str, str, str]:
+    """Add the labels input and the loss. Returns (labels, loss, logits, saved) where ``saved`` is
+    what the loss gradient reads besides the labels (the softmax for cross-entropy, else the logits)."""
+    if loss not in LOSSES:
+        raise GraphError(f"unknown loss {loss!r}; convc has {sorted(LOSSES)}")
+    fwd_kind, _ = LOSSES[loss]
+    out = tg.tensor(output)
+    logits = output
+    producer = tg.producer(output)
+    if loss == "cross_entropy":
+        if len(out.shape) != 2:
+            raise GraphError(f"cross_entropy needs a model output of shape (N, classes), got {out.shape}")
+        if producer is not None and producer.kind is OpKind.SOFTMAX and producer.attrs.axis == 1:
+            logits = producer.inputs[0]  # the model ends in Softmax: take the logits, fuse it into the loss
+        labels = tg.add_tensor(tg.fresh_name("labels"), out.shape[:1], np.int64, TensorKind.INPUT).name
+        op = tg.add_op(fwd_kind, NoAttrs(), [logits, labels], [tg.fresh_name("loss"), tg.fresh_name("probs")],
+                       name="loss_fn")
+        return labels, op.outputs[0], logits, op.outputs[1]
+    labels = tg.add_tensor(tg.fresh_name("targets"), out.shape, out.dtype, TensorKind.INPUT).name
+    op = tg.add_op(fwd_kind, NoAttrs(), [logits, labels], [tg.fresh_name("loss")], name="loss_fn")
+    return labels, op.outputs[0], logits, logits
+
+
+def build_training(forward: Graph, *, loss: str, optimizer: Any = None, seed: int = 0, l1: float = 0.0,
+                   l2: float = 0.0, regularize_all: bool = False, trainable: set[str] | None = None) -> TrainingStep:
+    """Plan the training step of ``forward`` (one input, one output, batch fixed).
+
+    ``optimizer`` is a ``convc.optim`` optimizer; None builds the gradient step (outputs: the loss,
+    then every parameter's gradient). ``l1``/``l2`` regularize the weights (every parameter with
+    ``regularize_all``). ``trainable`` restricts which constants train (default: all of them)."""
+    if len(forward.inputs) != 1 or len(forward.outputs) != 1:
+        raise GraphError(f"convc trains models with one input and one output, {forward.name!r} has inputs "
+                         f"{forward.inputs} and outputs {forward.outputs}")
+    x_name, output = forward.inputs[0], forward.outputs[0]
+    roles = classify_constants(forward, trainable)
+    tg, bn_stats = training_forward(forward, roles, seed, x_name)
+    labels, loss_name, logits, saved = attach_loss(tg, output, loss)
+    lr = tg.add_tensor("lr", (1,), np.float32, TensorKind.INPUT).name
+    tg.outputs = [loss_name]
+    eliminate_dead_code(tg)  # a Softmax the loss absorbed
+    dlogits = tg.add_op(LOSSES[loss][1], NoAttrs(), [saved, labels], name="loss_fn.grad").outputs[0]
+    params = [t for t in roles if roles[t] != RUNNING and tg.has_tensor(t) and tg.consumers(t)]
+    grads = backward(tg, {logits: dlogits}, params)
+    missing = [p for p in params if p not in grads]
+    params = [p for p in params if p in grads]  # a parameter the loss does not depend on stays constant
+    for p in missing:
+        tg.tensor(p).kind = TensorKind.CONSTANT
+    running = [t for stats in bn_stats.values() for t in stats[:2]]
+    step = TrainingStep(Plan(tg, [], None), x_name, labels, lr, "step", loss_name, logits, params,
+                        {t: roles[t] for t in params + running}, running, grads=dict(grads))
+    if optimizer is None:
+        tg.outputs = [loss_name] + [grads[p] for p in params]
+    else:
+        _append_updates(tg, step, optimizer, bn_stats, l1, l2, regularize_all)
+    tg.inputs = [x_name, labels, lr, "step"] + params + running + [s for p in params for s in step.state.get(p, [])]
+    for name in tg.inputs[3:]:
+        step.initial[name] = tg.tensor(name).data
+    late = {k: i for i, k in enumerate(LATE)}
+    order = [op for op in tg.ops() if op.kind not in late]
+    order += sorted((op for op in tg.ops() if op.kind in late), key=lambda op: late[op.kind])
+    step.plan = Plan(tg, order, _plan_in_place(tg, order))
+    return step
+
+
+def _append_updates(tg: Graph, step: TrainingStep, optimizer: Any, bn_stats: dict, l1: float, l2: float,
+                    regularize_all: bool) -> None:
+    grads = step.grads
+    ok = tg.add_op(OpKind.ALL_FINITE, NoAttrs(), [step.loss] + [grads[p] for p in step.params],
+                   [tg.fresh_name("ok")], name="all_finite").outputs[0]
+    for p in step.params:
+        regularize = regularize_all or step.roles[p] == WEIGHT
+        kind, attrs = optimizer.update(l1 if regularize else 0.0, l2 if regularize else 0.0)
+        x = tg.tensor(p)
+        state = []
+        for label, init in zip(optimizer.state_labels(attrs), optimizer.initial_state(x.data, attrs)):
+            state.append(tg.add_constant(tg.fresh_name(f"{p}.{label}"), init, TensorKind.STATE).name)
+        step.state[p] = state
+        step.state_labels[p] = optimizer.state_labels(attrs)
+        outs = [tg.fresh_name(f"{p}.new")] + [tg.fresh_name(f"{s}.new") for s in state]
+        tg.add_op(kind, attrs, [step.lr, step.step, ok, p, grads[p]] + state, outs, name=f"{p}.update")
+    for bn, (mean, var, bmean, binvstd) in bn_stats.items():
+        bn_op = tg.op(bn)
+        x = tg.tensor(bn_op.inputs[0])
+        attrs = RunningUpdateAttrs(bn_op.attrs.momentum, bn_op.attrs.epsilon, x.size // x.shape[1])
+        tg.add_op(OpKind.BATCH_NORM_RUNNING_UPDATE, attrs, [mean, var, bmean, binvstd, ok],
+                  [tg.fresh_name(f"{mean}.new"), tg.fresh_name(f"{var}.new")], name=f"{bn}.running_update")
+    tg.add_op(OpKind.STEP_INCREMENT, NoAttrs(), [step.step, ok], [tg.fresh_name("step.new")], name="step_increment")
+
+
+UPDATES = frozenset({OpKind.SGD_UPDATE, OpKind.MOMENTUM_UPDATE, OpKind.ADAGRAD_UPDATE, OpKind.RMSPROP_UPDATE,
+                     OpKind.ADAM_UPDATE})
+
+
+def update_targets(op: Op) -> dict[str, str]:
+    """Output -> the state input whose bytes it overwrites, for the ops that update state in place
+    (X and the optimizer state of an update; the running statistics; the step counter)."""
+    if op.kind in UPDATES:
+        return dict(zip(op.outputs, op.inputs[3:4] + op.inputs[5:]))
+    if op.kind in (OpKind.BATCH_NORM_RUNNING_UPDATE, OpKind.STEP_INCREMENT):
+        return dict(zip(op.outputs, op.inputs))
+    return {}
+
+
+def _plan_in_place(g: Graph, order: list[Op]) -> MemoryPlan:
+    """Plan the arena, with every update output sharing the buffer of the input it replaces."""
+    targets = {out: t for op in order for out, t in update_targets(op).items()}
+    for out in targets:
+        g.tensor(out).kind = TensorKind.STATE  # not an arena activation
+    mem = plan_memory(g, order)
+    for out, t in targets.items():
+        if mem.buffers[t].kind != "input":
+            raise GraphError(f"tensor {out!r} updates {t!r}, which is not an input of the training step")
+        mem.buffers[out] = mem.buffers[t]
+    return mem

@@ -1,0 +1,94 @@
+"""im2col lowering: general convs become Im2Col + a 1x1 GEMM-shaped conv."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from convc.ir import Graph
+from convc.ops import NoAttrs, OpKind
+from convc.ops.epilogue import Epilogue
+from convc.passes.dce import eliminate_dead_code
+from convc.passes.im2col import is_gemm_conv, is_general_conv, lower_im2col
+
+from pass_helpers import add_input, check_pass, conv_attrs, kinds, weight
+
+
+def lower(g: Graph) -> Graph:
+    return eliminate_dead_code(lower_im2col(g))
+
+
+CASES = {
+    # name: (input shape, out channels, conv attrs)
+    "3x3 pad 1": ((2, 3, 8, 8), 4, conv_attrs(3, pad=1)),
+    "3x3 stride 2": ((1, 3, 9, 9), 5, conv_attrs(3, stride=2, pad=1)),
+    "5x5 dilation 2": ((1, 2, 12, 12), 3, conv_attrs(5, dilation=2, pad=2)),
+    "asymmetric pads": ((1, 2, 7, 6), 3, conv_attrs((3, 2), pads=(1, 0, 0, 1))),
+    "group 2": ((2, 4, 6, 6), 6, conv_attrs(3, pad=1, group=2)),
+    "depthwise": ((1, 4, 6, 6), 4, conv_attrs(3, pad=1, group=4)),
+    "1x1 stride 2": ((1, 4, 7, 7), 3, conv_attrs(1, stride=2)),
+    "1-D causal dilated": ((2, 3, 16), 4, conv_attrs(3, dilation=2, pads=(4, 0), rank=1)),
+    "1-D stride 2": ((1, 2, 11), 3, conv_attrs(4, stride=2, pad=1, rank=1)),
+}
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("case", list(CASES))
+def test_lowered_conv_computes_the_same(rng, case, bias):
+    shape, m, a = CASES[case]
+    g = Graph("conv")
+    x = add_input(g, "x", shape)
+    g.add_constant("w", weight(rng, m, shape[1] // a.group, *a.kernel_shape))
+    inputs = [x, "w"] + ([g.add_constant("b", weight(rng, m, scale=0.1)).name] if bias else [])
+    g.add_op(OpKind.CONV, a, inputs, ["y"], name="conv")
+    g.outputs = ["y"]
+    out = check_pass(g, lower, rng)
+    assert kinds(out) == [OpKind.IM2COL, OpKind.CONV]
+    conv = out.op("conv")
+    assert is_gemm_conv(conv.attrs) and conv.attrs.group == a.group
+    taps = int(np.prod(a.kernel_shape))
+    assert out.tensor(conv.inputs[0]).shape[1] == shape[1] * taps, "Im2Col channels = C * taps"
+    assert out.tensor(conv.inputs[1]).shape == (m, shape[1] // a.group * taps) + (1,) * a.spatial_rank
+    assert out.metadata["origin"] == {"conv_im2col": "conv"}
+    assert not out.has_tensor("w"), "the original weight is dead"
+
+
+def test_epilogue_and_residual_survive_lowering(rng):
+    g = Graph("fused")
+    x = add_input(g, "x", (1, 3, 6, 6))
+    r = add_input(g, "r", (1, 4, 6, 6))
+    g.add_constant("w", weight(rng, 4, 3, 3, 3))
+    g.add_constant("b", weight(rng, 4, scale=0.1))
+    a = conv_attrs(3, pad=1)
+    from dataclasses import replace
+    a = replace(a, epilogue=Epilogue(residual=True, activation=OpKind.RELU, activation_attrs=NoAttrs()))
+    g.add_op(OpKind.CONV, a, [x, "w", "b", r], ["y"], name="conv")
+    g.outputs = ["y"]
+    out = check_pass(g, lower, rng)
+    assert out.op("conv").attrs.epilogue == a.epilogue and out.op("conv").inputs[-1] == "r"
+
+
+def test_gemm_shaped_convs_and_the_predicate_keep_their_conv(rng):
+    g = Graph("keep")
+    x = add_input(g, "x", (1, 3, 5, 5))
+    g.add_constant("w1", weight(rng, 4, 3, 1, 1))
+    g.add_constant("w3", weight(rng, 4, 4, 3, 3))
+    y = g.add_op(OpKind.CONV, conv_attrs(1), [x, "w1"], name="pointwise").outputs[0]
+    g.add_op(OpKind.CONV, conv_attrs(3, pad=1), [y, "w3"], ["y"], name="spatial")
+    g.outputs = ["y"]
+    out = check_pass(g, lower, rng)
+    assert kinds(out) == [OpKind.CONV, OpKind.IM2COL, OpKind.CONV], "the 1x1 conv already is a GEMM"
+    keep_spatial = lambda gr, op: is_general_conv(gr, op) and op.name != "spatial"  # noqa: E731
+    kept = check_pass(g, lambda gr: lower_im2col(gr, should_lower=keep_spatial), rng)
+    assert kinds(kept) == [OpKind.CONV, OpKind.CONV]
+
+
+def test_im2col_runs_right_before_its_conv(rng):
+    g = Graph("order")
+    x = add_input(g, "x", (1, 2, 6, 6))
+    g.add_constant("w", weight(rng, 2, 2, 3, 3))
+    a = g.add_op(OpKind.CONV, conv_attrs(3, pad=1), [x, "w"], name="c1").outputs[0]
+    g.add_op(OpKind.SIGMOID, NoAttrs(), [x], ["s"], name="side")  # ready at the same time as c1's Im2Col
+    g.add_op(OpKind.CONV, conv_attrs(3, pad=1), [a, "w"], ["y"], name="c2")
+    g.outputs = ["y", "s"]
+    out = lower(g.copy())
+    assert [op.name for op in out.ops()] == ["c1_im2col", "c1", "side", "c2_im2col", "c2"]
