@@ -7,7 +7,12 @@ The module holds one function per kernel call plus the entry point
 where ``ctx[0]`` is the arena (activations and kernel scratch, 64-byte aligned), ``ctx[1]`` the
 table of constant pointers (graph constants, then weights the kernels repacked at compile time) and,
 in a module built with ``instrument=True``, ``ctx[2]`` an int64 array that receives a monotonic
-nanosecond timestamp before the first kernel and after each one (for per-layer timing).
+nanosecond timestamp before the first kernel and after each one (for per-layer timing), and
+``ctx[3]`` the thread pool (null: run on the caller's thread alone).
+
+A parallel kernel takes two extra i64 arguments, its thread id and the thread count, and splits
+its own work (``ModuleEmitter.thread_range``); the entry point hands it to ``convc_parallel``
+through a trampoline that unpacks its pointer arguments from an array.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from convc.ops import OpKind
 from convc.passes.memory import Buffer, align, is_alias
 from convc.passes.pipeline import Plan
 from convc.codegen.llvm_utils import I64, PTR, VOID, gep, i64, memcpy
+from convc.codegen.threadpool import KERNEL_TYPE, emit_threadpool
 
 ENTRY = "convc_run"
 
@@ -48,6 +54,10 @@ class KernelCall:
     function: ir.Function
     args: list[Arg]
 
+    @property
+    def parallel(self) -> bool:
+        return len(self.function.args) == len(self.args) + 2
+
 
 @dataclass
 class NativeModule:
@@ -59,6 +69,7 @@ class NativeModule:
     output_names: list[str]
     kernel_names: list[tuple[str, str]] = field(default_factory=list)  # (op name, function name)
     instrumented: bool = False
+    threads: int = 1  # the most threads the kernels were split for (per-thread scratch is sized for it)
 
 
 # OpKind -> emitter(em, op) -> KernelCall; filled by the explicit imports in codegen/kernels
@@ -76,9 +87,10 @@ def emitter(*kinds: OpKind):
 
 
 class ModuleEmitter:
-    def __init__(self, plan: Plan, name: str = "convc_model", instrument: bool = False):
+    def __init__(self, plan: Plan, name: str = "convc_model", instrument: bool = False, threads: int = 1):
         self.plan = plan
         self.instrument = instrument
+        self.threads = max(1, threads)
         self.graph = plan.graph
         self.module = ir.Module(name=name)
         self.constants: list[np.ndarray] = [np.ascontiguousarray(self.graph.tensor(n).data)
@@ -87,7 +99,10 @@ class ModuleEmitter:
         self._names: set[str] = set()
         from convc.codegen.jit import Target
         from convc.codegen.kernels.blas import GemmEmitter, host_isa
-        self.isa = host_isa(Target.host().features)
+        host = Target.host()
+        self.triple = host.triple
+        self.isa = host_isa(host.features)
+        self._argv_slot: ir.Value | None = None
         self.gemm = GemmEmitter(self.module, self.isa)
 
     # --- services for the kernel emitters ------------------------------------------------
@@ -98,11 +113,27 @@ class ModuleEmitter:
         self.constants.append(np.ascontiguousarray(array, dtype=np.float32))
         return Derived(len(self.constants) - 1)
 
-    def scratch(self, nbytes: int) -> Scratch:
-        self.max_scratch = max(self.max_scratch, align(nbytes))
-        return Scratch(align(nbytes))
+    def scratch(self, nbytes: int, per_thread: bool = False) -> Scratch:
+        """Kernel workspace; ``per_thread`` reserves one slice per thread (``thread_scratch``)."""
+        size = align(nbytes) * (self.threads if per_thread else 1)
+        self.max_scratch = max(self.max_scratch, size)
+        return Scratch(size)
 
-    def function(self, base: str, n_args: int) -> tuple[ir.Function, ir.IRBuilder]:
+    def thread_scratch(self, b: ir.IRBuilder, scratch: ir.Value, nbytes: int, tid: ir.Value) -> ir.Value:
+        """This thread's slice of a per-thread scratch argument."""
+        return b.gep(scratch, [b.mul(tid, i64(align(nbytes)))], inbounds=True, source_etype=ir.IntType(8))
+
+    @staticmethod
+    def thread_range(b: ir.IRBuilder, fn: ir.Function, total: int) -> tuple[ir.Value, ir.Value]:
+        """[lo, hi) of ``total`` work items for this thread of a parallel kernel ``fn``."""
+        tid, nthreads = fn.args[-2], fn.args[-1]
+        chunk = b.udiv(b.add(i64(total), b.sub(nthreads, i64(1))), nthreads)
+        lo = b.mul(tid, chunk)
+        lo = b.select(b.icmp_unsigned("<", lo, i64(total)), lo, i64(total))
+        hi = b.add(lo, chunk)
+        return lo, b.select(b.icmp_unsigned("<", hi, i64(total)), hi, i64(total))
+
+    def function(self, base: str, n_args: int, parallel: bool = False) -> tuple[ir.Function, ir.IRBuilder]:
         """A new internal kernel function taking ``n_args`` non-aliasing pointers.
 
         When the memory plan makes two arguments of a call share bytes (an elementwise op working
@@ -112,9 +143,9 @@ class ModuleEmitter:
         while unique in self._names:
             unique, i = f"{name}_{i}", i + 1
         self._names.add(unique)
-        fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR] * n_args), name=unique)
+        fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR] * n_args + [I64, I64] * parallel), name=unique)
         fn.linkage = "internal"
-        for a in fn.args:
+        for a in fn.args[:n_args]:
             a.add_attribute("noalias")
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         return fn, b
@@ -130,6 +161,8 @@ class ModuleEmitter:
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         arena = b.load(gep(b, ctx, 0, PTR), typ=PTR, name="arena")
         consts = b.load(gep(b, ctx, 1, PTR), typ=PTR, name="consts")
+        pool = b.load(gep(b, ctx, 3, PTR), typ=PTR, name="pool")
+        emit_threadpool(self.module, self.triple)
         scratch_base = self.plan.memory.arena_bytes
         tables = {"input": inputs, "output": outputs, "constant": consts}
 
@@ -162,7 +195,13 @@ class ModuleEmitter:
             except Exception as e:  # an emitter bug must still name the node
                 raise CompileError(f"node {op.name!r} ({op.kind.value}): code generation failed: {e}") from e
             self._allow_aliasing(call)
-            b.call(call.function, [resolve(a) for a in call.args])
+            if call.parallel:
+                argv = self._argv(b, len(call.args))
+                for k, a in enumerate(call.args):
+                    b.store(resolve(a), gep(b, argv, k, PTR))
+                b.call(self.module.globals["convc_parallel"], [pool, self._trampoline(call.function), argv])
+            else:
+                b.call(call.function, [resolve(a) for a in call.args])
             kernel_names.append((op.name, call.function.name))
             if stamp:
                 stamp(len(kernel_names))
@@ -173,7 +212,30 @@ class ModuleEmitter:
                 memcpy(b, pointer(Buffer("output", j)), pointer(buf), self.tensor(name).nbytes)
         b.ret_void()
         return NativeModule(self.module, scratch_base + self.max_scratch, self.constants,
-                            list(self.graph.inputs), list(self.graph.outputs), kernel_names, self.instrument)
+                            list(self.graph.inputs), list(self.graph.outputs), kernel_names, self.instrument,
+                            self.threads)
+
+    def _argv(self, b: ir.IRBuilder, n: int) -> ir.Value:
+        """A stack array of n pointers in the entry block (reused by every call that fits)."""
+        if self._argv_slot is None:
+            here = b.block
+            b.position_at_start(b.function.entry_basic_block)
+            self._argv_slot = b.alloca(PTR, size=i64(64), name="argv")
+            b.position_at_end(here)
+        if n > 64:
+            raise CompileError(f"a kernel with {n} arguments exceeds the 64 the entry point passes")
+        return self._argv_slot
+
+    def _trampoline(self, kernel: ir.Function) -> ir.Function:
+        """void tramp(argv, tid, nthreads) { kernel(argv[0], ..., argv[n-1], tid, nthreads); }"""
+        fn = ir.Function(self.module, KERNEL_TYPE, name=f"{kernel.name}_tramp")
+        fn.linkage = "internal"
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        argv, tid, nthreads = fn.args
+        n = len(kernel.args) - 2
+        b.call(kernel, [b.load(gep(b, argv, k, PTR), typ=PTR) for k in range(n)] + [tid, nthreads])
+        b.ret_void()
+        return fn
 
     def _allow_aliasing(self, call: KernelCall) -> None:
         """Drop ``noalias`` from the arguments whose planned bytes overlap another argument's."""
@@ -201,6 +263,6 @@ class ModuleEmitter:
         return stamp
 
 
-def emit_module(plan: Plan, name: str = "convc_model", instrument: bool = False) -> NativeModule:
+def emit_module(plan: Plan, name: str = "convc_model", instrument: bool = False, threads: int = 1) -> NativeModule:
     from convc.codegen import kernels  # noqa: F401  (registers the emitters)
-    return ModuleEmitter(plan, name, instrument).emit()
+    return ModuleEmitter(plan, name, instrument, threads).emit()

@@ -18,9 +18,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from llvmlite import ir
-
 from convc.codegen.llvm_utils import I64, PTR, VOID, call_intrinsic
+from llvmlite import ir
 
 ACCUMULATORS = 16
 LANES = 16

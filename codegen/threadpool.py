@@ -164,8 +164,8 @@ def emit_threadpool(module: ir.Module, triple: str) -> None:
             spin = b.append_basic_block("spin")
             b.cbranch(b.icmp_unsigned("==", finished, b.sub(n, i64(1))), done, spin)
             b.position_at_end(spin)
-            _pause(b, triple)
-            spins.add_incoming(b.add(spins, i64(1)), b.block)
+            more = _backoff(b, spins, triple)  # a worker descheduled on a busy machine needs the core
+            spins.add_incoming(more, b.block)
             b.branch(wait)
             b.position_at_end(done)
     b.ret_void()

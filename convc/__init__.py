@@ -15,7 +15,9 @@ from convc.session import CompiledModel, InferenceSession  # noqa: E402
 from convc.ops import OpKind  # noqa: E402
 from convc.profile import profile  # noqa: E402
 from convc import nn  # noqa: E402
+from convc import optim  # noqa: E402
+from convc.train import Trainer, TrainingError, gradcheck  # noqa: E402
 
 __all__ = ["compile", "profile", "nn", "CompiledModel", "InferenceSession", "Graph", "Op", "Tensor", "TensorKind", "OpKind",
            "ConvcError", "ModelImportError", "UnsupportedOpError", "GraphError", "CompileError", "InputError",
-           "__version__"]
+           "__version__", "optim", "Trainer", "TrainingError", "gradcheck"]

@@ -279,7 +279,7 @@ COMMANDS: list[Command] = [
             "without downloading anything.",
             _add_example_args, _cmd_example,
             ("convc example lenet -o lenet.onnx", "convc example cifar --batch 4")),
-    Command("profile", "per-layer MACs, parameters and memory plan of a model (and time, with --measure)",
+    Command("profile", "per-layer MACs, parameters and memory of a model",
             _profile.DESCRIPTION, _profile.add_arguments, _profile.run,
             ("convc profile resnet50.onnx --top 15", "convc profile model.onnx --by-op",
              "convc profile model.onnx --format csv > layers.csv",

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from convc.ir import Graph
-from convc.runtime import IOSpec, NativeRunner
+from convc.runtime import IOSpec, NativeRunner, PoolApi
 from convc.session import CompiledModel
 
 ModelSource = Any  # path, bytes, onnx.ModelProto, Graph or convc.nn Module
@@ -44,6 +44,14 @@ def has_dynamic_batch(model: ModelSource) -> bool:
     return False
 
 
+def default_threads() -> int:
+    """Every core this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def compile_graph(graph: Graph, *, threads: int | None = None, instrument: bool = False,
                   progress: Callable[[str], None] | None = None,
                   respecialize: Callable[[int], CompiledModel] | None = None) -> CompiledModel:
@@ -53,7 +61,8 @@ def compile_graph(graph: Graph, *, threads: int | None = None, instrument: bool 
     plan = pipeline(graph, progress=progress)
     if progress:
         progress("code generation")
-    native = emit_module(plan, name=graph.name, instrument=instrument)
+    threads = default_threads() if threads is None else max(1, int(threads))
+    native = emit_module(plan, name=graph.name, instrument=instrument, threads=threads)
     if progress:
         progress("LLVM optimization and machine code")
     engine = JitEngine(str(native.ir_module))
@@ -61,7 +70,9 @@ def compile_graph(graph: Graph, *, threads: int | None = None, instrument: bool 
     specs = lambda names: [IOSpec(n, g.tensor(n).shape, g.tensor(n).dtype) for n in names]  # noqa: E731
     runner = NativeRunner(engine.address(ENTRY), native.arena_bytes, native.constants,
                           specs(native.input_names), specs(native.output_names), keepalive=engine,
-                          kernel_names=[op for op, _ in native.kernel_names], instrumented=instrument)
+                          kernel_names=[op for op, _ in native.kernel_names], instrumented=instrument,
+                          threads=threads, pool_api=PoolApi.from_addresses(engine.address("convc_pool_create"),
+                                                                           engine.address("convc_pool_destroy")))
     return CompiledModel(runner, g, threads=threads, respecialize=respecialize)
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from convc.errors import ConvcError
 from convc.profile import CONVENTION, Layer, Profile
@@ -51,7 +53,8 @@ def ellipsize(text: str, width: int) -> str:
 def _columns(p: Profile) -> list[tuple[str, str]]:
     """(header, alignment) of the layer table."""
     cols = [("#", ">"), ("layer", "<"), ("op", "<"), ("output", "<"), ("params", ">"), ("MACs", ">"),
-            ("share", ">"), ("other FLOPs", ">"), ("weights", ">"), ("output bytes", ">")]
+            ("share of time" if p.measured else "share of MACs", ">"), ("other FLOPs", ">"), ("weights", ">"),
+            ("output bytes", ">")]
     if p.measured:
         cores = p.peak.cores if p.peak else "all"
         cols += [("time ms", ">"), ("GFLOP/s", ">"), ("% 1-core peak", ">"), (f"% {cores}-core peak", ">")]
@@ -123,7 +126,7 @@ def header_lines(p: Profile) -> list[str]:
              f"  params {count(p.total_params)} ({p.total_params:,})"
              + (f", plus {count(p.total_bn_stats)} ({p.total_bn_stats:,}) BN running statistics"
                 if p.total_bn_stats else ""),
-             "  " + CONVENTION]
+             *textwrap.wrap(CONVENTION, 100, initial_indent="  ", subsequent_indent="  ")]
     if p.measured:
         secs = p.total_seconds or 0.0
         lines.append(f"  measured: {1e3 * secs:.3f} ms per run (median), "
@@ -147,14 +150,20 @@ def memory_lines(p: Profile) -> list[str]:
     return ["Memory"] + [f"  {a:<{w}}  {b:>11}  {c}".rstrip() for a, b, c in rows]
 
 
-def note_lines(p: Profile) -> list[str]:
+MAX_NOTES = 12
+
+
+def note_lines(p: Profile, limit: int | None = MAX_NOTES) -> list[str]:
     lines = []
     if p.unmodelled:
         lines.append("Not modelled (* above; their other-op FLOPs are unknown, not zero):")
         lines += [f"  {u}" for u in p.unmodelled]
     if p.notes:
-        lines.append("Pass notes (why a rewrite did not apply):")
-        lines += [f"  {op}: {why}" for op, why in p.notes]
+        lines.append(f"Pass notes: why a rewrite did not apply ({len(p.notes)})")
+        shown = p.notes if limit is None else p.notes[:limit]
+        lines += [f"  {op}: {why}" for op, why in shown]
+        if len(shown) < len(p.notes):
+            lines.append(f"  ... and {len(p.notes) - len(shown)} more (--format json lists them all)")
     if p.folded:
         lines.append(f"Evaluated at compile time or unused (not in the table): {', '.join(p.folded)}")
     return lines
@@ -173,9 +182,7 @@ def render_text(p: Profile, top: int | None = None, by_op: bool = False, width: 
         rows = [_row(p, i, l, width) for i, l in layers]
         parts += [plain_table(_columns(p), rows, _total_row(p))]
         if top and top < len(p.layers):
-            shown = sum(p.share(l) for _, l in layers)
-            parts.append(f"({len(layers)} costliest of {len(p.layers)} layers shown, "
-                         f"{100 * shown:.1f}% of the {'time' if p.measured else 'MACs'})")
+            parts.append(_top_line(p, [l for _, l in layers]))
         parts.append("")
     parts += ["\n".join(memory_lines(p))]
     notes = note_lines(p)
@@ -184,11 +191,17 @@ def render_text(p: Profile, top: int | None = None, by_op: bool = False, width: 
     return "\n".join(parts) + "\n"
 
 
-def render_rich(p: Profile, top: int | None = None, by_op: bool = False, file: Any = None) -> None:
+def _top_line(p: Profile, shown: list[Layer]) -> str:
+    return (f"({len(shown)} costliest of {len(p.layers)} layers shown, {100 * sum(p.share(l) for l in shown):.1f}% "
+            f"of the {'time' if p.measured else 'MACs'}; the TOTAL row is the whole model)")
+
+
+def render_rich(p: Profile, top: int | None = None, by_op: bool = False, file: Any = None,
+                width: int | None = None) -> None:
     """The same report through rich (colours, a table that fits the terminal)."""
     from rich.console import Console
     from rich.table import Table
-    console = Console(file=file)
+    console = Console(file=file, width=width)
     for line in header_lines(p):
         console.print(line, highlight=False, soft_wrap=False)
     if by_op:
@@ -208,6 +221,8 @@ def render_rich(p: Profile, top: int | None = None, by_op: bool = False, file: A
     for r in rows:
         table.add_row(*r)
     console.print(table)
+    if not by_op and top and top < len(p.layers):
+        console.print(_top_line(p, [l for _, l in layers]), highlight=False)
     console.print("\n".join(memory_lines(p)), highlight=False)
     notes = note_lines(p)
     if notes:
@@ -261,6 +276,7 @@ def plot(p: Profile, path: str | Path) -> Path:
                label=f"planned arena {nbytes(p.memory.arena_bytes)}")
     ax.axhline(p.memory.lower_bound_bytes / (1 << 20), color="black", linestyle=":",
                label=f"lower bound {nbytes(p.memory.lower_bound_bytes)}")
+    ax.set_ylim(0, 1.3 * max([p.memory.arena_bytes / (1 << 20)] + live + [1e-3]))  # room for the legend
     ax.set_xlabel("step (compiled op, execution order)")
     ax.set_ylabel("MiB")
     ax.set_title(f"memory plan: activations {nbytes(p.memory.activation_bytes)} without reuse")
@@ -300,8 +316,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from convc.cli import Progress, load_onnx
     import convc
+    from convc.cli import Progress, load_onnx
     progress = Progress(args.quiet)
     if args.plot:
         check_plot_path(args.plot)  # before minutes of measuring

@@ -1,7 +1,9 @@
 """Calling compiled native code from Python: argument checks, contexts, the ctypes call."""
 from __future__ import annotations
 
+import atexit
 import ctypes
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -25,17 +27,55 @@ class IOSpec:
         return {np.dtype(np.float32): "tensor(float)"}.get(self.dtype, f"tensor({self.dtype})")
 
 
-class _Context:
-    """What one concurrent caller owns: the arena, and the ctx block pointing at it and the constants."""
+_POOL_CREATE = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_int64)
+_POOL_DESTROY = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_LIVE_CONTEXTS: "weakref.WeakSet[_Context]" = weakref.WeakSet()
 
-    def __init__(self, arena_bytes: int, const_table: ctypes.Array, n_timestamps: int = 0):
+
+@dataclass(frozen=True)
+class PoolApi:
+    """The compiled module's thread-pool functions (convc_pool_create / convc_pool_destroy)."""
+    create: Any
+    destroy: Any
+
+    @staticmethod
+    def from_addresses(create: int, destroy: int) -> "PoolApi":
+        return PoolApi(_POOL_CREATE(create), _POOL_DESTROY(destroy))
+
+
+class _Context:
+    """What one concurrent caller owns: the arena, its worker threads, and the ctx block that the
+    native entry point reads (arena, constant table, timestamps, thread pool)."""
+
+    def __init__(self, arena_bytes: int, const_table: ctypes.Array, n_timestamps: int = 0,
+                 threads: int = 1, pool_api: PoolApi | None = None, keepalive: Any = None):
         # over-allocate so the arena can start on a 64-byte boundary
         self.arena = np.empty(arena_bytes + 64, dtype=np.uint8)
         self.timestamps = np.zeros(n_timestamps, dtype=np.int64)
+        self._pool_api = pool_api
+        self._keepalive = keepalive  # the code the workers run must outlive them
+        # a single-threaded context spawns nothing; workers are created once, not per call
+        self.pool = pool_api.create(threads) if pool_api is not None and threads > 1 else None
         base = self.arena.ctypes.data
-        self.block = (ctypes.c_void_p * 3)(base + (-base % 64), ctypes.addressof(const_table),
-                                           self.timestamps.ctypes.data)
+        self.block = (ctypes.c_void_p * 4)(base + (-base % 64), ctypes.addressof(const_table),
+                                           self.timestamps.ctypes.data, self.pool)
         self.address = ctypes.addressof(self.block)
+        _LIVE_CONTEXTS.add(self)
+
+    def close(self) -> None:
+        if self.pool:
+            pool, self.pool = self.pool, None
+            self._pool_api.destroy(pool)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+@atexit.register
+def _stop_workers() -> None:
+    """Join every pool before the interpreter unloads the code its workers spin in."""
+    for ctx in list(_LIVE_CONTEXTS):
+        ctx.close()
 
 
 class NativeRunner:
@@ -46,7 +86,8 @@ class NativeRunner:
 
     def __init__(self, address: int, arena_bytes: int, constants: Sequence[np.ndarray],
                  inputs: list[IOSpec], outputs: list[IOSpec], keepalive: Any = None,
-                 kernel_names: Sequence[str] = (), instrumented: bool = False):
+                 kernel_names: Sequence[str] = (), instrumented: bool = False,
+                 threads: int = 1, pool_api: PoolApi | None = None):
         self._fn = _ENTRY_TYPE(address)
         self._keepalive = keepalive  # the JIT engine or shared library owning the code
         self._constants = [np.ascontiguousarray(c) for c in constants]
@@ -56,6 +97,8 @@ class NativeRunner:
         self.inputs = inputs
         self.outputs = outputs
         self.kernel_names = list(kernel_names)  # op names, one per native kernel call, in order
+        self.threads = threads
+        self._pool_api = pool_api
         self._n_stamps = len(self.kernel_names) + 1 if instrumented else 0
         self._free: list[_Context] = [self._new_context()]
         self._names = {s.name for s in inputs}
@@ -85,7 +128,8 @@ class NativeRunner:
         return arrays
 
     def _new_context(self) -> _Context:
-        return _Context(self.arena_bytes, self._const_table, self._n_stamps)
+        return _Context(self.arena_bytes, self._const_table, self._n_stamps, self.threads, self._pool_api,
+                        self._keepalive)
 
     def run_timed(self, arrays: list[np.ndarray]) -> tuple[list[np.ndarray], dict[str, float]]:
         """Run once and return the seconds each kernel took (needs an instrumented module)."""

@@ -165,6 +165,27 @@ def _reshape(w: _Writer, op: Op) -> None:
     w.node("Reshape", [op.inputs[0], target], list(op.outputs), op.name)
 
 
+@exporter(OpKind.REDUCE_SUM)
+def _reduce_sum(w: _Writer, op: Op) -> None:
+    a = op.attrs
+    x = w.graph.tensor(op.inputs[0]).shape
+    axes = w.constant(f"{op.name}.axes", np.array(a.axes, dtype=np.int64))
+    kept = tuple(d for i, d in enumerate(x) if i not in a.axes)
+    out = op.outputs[0] if kept == tuple(a.shape) else w.fresh(f"{op.name}_sum")
+    w.node("ReduceSum", [op.inputs[0], axes], [out], op.name, keepdims=0, noop_with_empty_axes=0)
+    if out != op.outputs[0]:
+        shape = w.constant(f"{op.name}.shape", np.array(a.shape, dtype=np.int64))
+        w.node("Reshape", [out, shape], [op.outputs[0]], f"{op.name}_reshape")
+
+
+@exporter(OpKind.SLICE)
+def _slice(w: _Writer, op: Op) -> None:
+    a = op.attrs
+    ints = lambda name, v: w.constant(f"{op.name}.{name}", np.array([v], dtype=np.int64))  # noqa: E731
+    w.node("Slice", [op.inputs[0], ints("starts", a.start), ints("ends", a.stop), ints("axes", a.axis),
+                     ints("steps", 1)], list(op.outputs), op.name)
+
+
 # --- the model ------------------------------------------------------------------------------
 _ONNX_DTYPES = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.float64): TensorProto.DOUBLE,
                 np.dtype(np.float16): TensorProto.FLOAT16}

@@ -16,14 +16,22 @@ in the conv.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
+from convc.passes.rewrite import (
+    absorb,
+    add_const,
+    is_constant,
+    move_before,
+    note,
+    record_origin,
+    single_consumer,
+    take_output,
+)
 
 from convc.ir import Graph, Op
 from convc.ops import NoAttrs, OpKind
-from convc.passes.rewrite import (absorb, add_const, is_constant, move_before, note, record_origin, single_consumer,
-                                  take_output)
 
 
 def bn_affine(g: Graph, bn: Op) -> tuple[np.ndarray, np.ndarray]:

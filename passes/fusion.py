@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from convc.passes.rewrite import absorb, note, single_consumer
+
 from convc.ir import Graph, Op
 from convc.ops import OpGroup, OpKind
-from convc.passes.rewrite import absorb, note, single_consumer
 
 ADDITION = frozenset({OpKind.ADD, OpKind.SUM})
 

@@ -10,13 +10,14 @@ it is. ``should_lower`` chooses per conv, so a faster direct kernel can keep the
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+
+from convc.passes.rewrite import add_const, is_constant, move_before, record_origin
 
 from convc.ir import Graph, Op
 from convc.ops import OpKind
 from convc.ops.conv import ConvAttrs
 from convc.ops.im2col import Im2ColAttrs
-from convc.passes.rewrite import add_const, is_constant, move_before, record_origin
 
 Predicate = Callable[[Graph, Op], bool]
 

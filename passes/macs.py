@@ -21,8 +21,8 @@ as zero.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -39,7 +39,7 @@ class Cost:
     other_flops: int = 0
     unmodelled: tuple[str, ...] = ()  # "name (Kind)" of ops whose cost the counter does not know
 
-    def __add__(self, other: "Cost") -> "Cost":
+    def __add__(self, other: Cost) -> Cost:
         return Cost(self.macs + other.macs, self.other_flops + other.other_flops, self.unmodelled + other.unmodelled)
 
     @property
@@ -53,7 +53,7 @@ class Params:
     params: int = 0    # trainable values: weights, biases, BN scale and B
     bn_stats: int = 0  # BN running mean and var (and a BN scale/B another op carries, see count_params)
 
-    def __add__(self, other: "Params") -> "Params":
+    def __add__(self, other: Params) -> Params:
         return Params(self.params + other.params, self.bn_stats + other.bn_stats)
 
     @property

@@ -1,16 +1,17 @@
 """The compiler's pass pipeline: one readable list from imported graph to executable plan."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
-from convc.ir import Graph, Op
 from convc.passes.bn_folding import fold_batch_norm
 from convc.passes.constant_folding import fold_constants
 from convc.passes.dce import eliminate_dead_code
 from convc.passes.fusion import fuse_epilogues
 from convc.passes.im2col import lower_im2col
 from convc.passes.memory import MemoryPlan, plan_memory
+
+from convc.ir import Graph, Op
 
 
 @dataclass

@@ -219,8 +219,10 @@ class GemmEmitter:
 
     def gemm(self, b: ir.IRBuilder, m: int, n: int, k: int, pa: ir.Value, a: Operand, pb: ir.Value, bop: Operand,
              pc: ir.Value, ldc: int, init: str = "zero", bias: ir.Value | None = None,
-             epi: Epilogue = Epilogue(), residual: ir.Value | None = None) -> None:
-        """C[M, N] = init + A @ B, then the epilogue, column panel after column panel."""
+             epi: Epilogue = Epilogue(), residual: ir.Value | None = None,
+             panels: tuple[ir.Value, ir.Value] | None = None) -> None:
+        """C[M, N] = init + A @ B, then the epilogue, column panel after column panel; ``panels``
+        = [lo, hi) restricts the work to those column panels (to split it between threads)."""
         isa = self.isa
         full_n, rem_n = divmod(n, isa.nr)
 
@@ -231,8 +233,14 @@ class GemmEmitter:
                        gep(b, bias, col0) if init == "bias_col" else bias, epi,
                        gep(b, residual, col0) if epi.residual else None)
 
+        lo, hi = panels if panels is not None else (i64(0), i64(full_n + (rem_n > 0)))
         if full_n:
-            with for_range(b, full_n, name="jr") as jr:
+            full_hi = b.select(b.icmp_unsigned("<", hi, i64(full_n)), hi, i64(full_n))
+            with for_range(b, full_hi, start=lo, name="jr") as jr:
                 column(jr, isa.nr)
         if rem_n:
-            column(i64(full_n), rem_n)
+            with b.if_then(b.icmp_unsigned(">", hi, i64(full_n))):
+                column(i64(full_n), rem_n)
+
+    def n_panels(self, n: int) -> int:
+        return -(-n // self.isa.nr)

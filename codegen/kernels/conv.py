@@ -29,34 +29,99 @@ def spatial_2d(shape: tuple[int, ...]) -> tuple[int, int]:
     return (1, shape[2]) if len(shape) == 3 else (shape[2], shape[3])
 
 
-def emit_im2col(b: ir.IRBuilder, x: ir.Value, col: ir.Value, c: int, h: int, w: int,
-                a: ConvAttrs, oh: int, ow: int) -> None:
-    """col[(ci*KH + kh)*KW + kw, y*OW + x] = input tap, zero where it falls in the padding."""
+def im2col_row(b: ir.IRBuilder, x: ir.Value, col: ir.Value, row: ir.Value, c: int, h: int, w: int,
+               a: ConvAttrs, oh: int, ow: int) -> None:
+    """One row of the im2col matrix: col[row, y*OW + x] for row = (ci*KH + kh)*KW + kw, the input
+    tap of every output pixel, zero where it falls in the padding."""
     kh_, kw_ = a.kernel_shape
     sh, sw = a.strides
     dh, dw = a.dilations
     pt, pl = a.pads[0], a.pads[1]
-    with for_range(b, c * kh_ * kw_, name="row") as row:
-        ci = b.udiv(row, i64(kh_ * kw_))
-        kh = b.urem(b.udiv(row, i64(kw_)), i64(kh_))
-        kw = b.urem(row, i64(kw_))
-        with for_range(b, oh, name="oy") as oy:
-            iy = b.add(b.sub(b.mul(oy, i64(sh)), i64(pt)), b.mul(kh, i64(dh)))
-            y_ok = in_range(b, iy, 0, h)
-            x_row = b.mul(b.add(b.mul(ci, i64(h)), iy), i64(w))
-            col_row = b.add(b.mul(row, i64(oh * ow)), b.mul(oy, i64(ow)))
-            with for_range(b, ow, name="ox") as ox:
-                ix = b.add(b.sub(b.mul(ox, i64(sw)), i64(pl)), b.mul(kw, i64(dw)))
-                ok = b.and_(y_ok, in_range(b, ix, 0, w))
-                # clamp the address so the speculative load never leaves the input
-                addr = b.select(ok, b.add(x_row, ix), i64(0))
-                v = b.select(ok, load(b, x, addr), f32(0.0))
-                store(b, v, col, b.add(col_row, ox))
+    ci = b.udiv(row, i64(kh_ * kw_))
+    kh = b.urem(b.udiv(row, i64(kw_)), i64(kh_))
+    kw = b.urem(row, i64(kw_))
+    with for_range(b, oh, name="oy") as oy:
+        iy = b.add(b.sub(b.mul(oy, i64(sh)), i64(pt)), b.mul(kh, i64(dh)))
+        y_ok = in_range(b, iy, 0, h)
+        x_row = b.mul(b.add(b.mul(ci, i64(h)), iy), i64(w))
+        col_row = b.add(b.mul(row, i64(oh * ow)), b.mul(oy, i64(ow)))
+        with for_range(b, ow, name="ox") as ox:
+            ix = b.add(b.sub(b.mul(ox, i64(sw)), i64(pl)), b.mul(kw, i64(dw)))
+            ok = b.and_(y_ok, in_range(b, ix, 0, w))
+            # clamp the address so the load never leaves the input
+            addr = b.select(ok, b.add(x_row, ix), i64(0))
+            v = b.select(ok, load(b, x, addr), f32(0.0))
+            store(b, v, col, b.add(col_row, ox))
+
+
+def emit_im2col(b: ir.IRBuilder, x: ir.Value, col: ir.Value, c: int, h: int, w: int,
+                a: ConvAttrs, oh: int, ow: int) -> None:
+    """The whole im2col matrix [C*KH*KW, OH*OW] of one image."""
+    with for_range(b, c * a.kernel_shape[0] * a.kernel_shape[1], name="row") as row:
+        im2col_row(b, x, col, row, c, h, w, a, oh, ow)
+
+
+def emit_direct_conv(em: ModuleEmitter, op: Op) -> KernelCall:
+    """A 1x1, stride-1, unpadded conv with constant weights: Y[n, g] = W[g] @ X[n, g] per column
+    panel, the panels of every image and group split between threads."""
+    a = op.attrs
+    xs, ys = em.tensor(op.inputs[0]).shape, em.tensor(op.outputs[0]).shape
+    n, c, m = xs[0], xs[1], ys[1]
+    p = em.tensor(op.outputs[0]).size // (n * m)
+    g = a.group
+    cg, mg = c // g, m // g
+    epi = a.epilogue
+    has_bias = len(op.inputs) - epi.residual == 3
+    weight = em.tensor(op.inputs[1])
+    per_group = [pack_a(wm, em.isa) for wm in weight.data.reshape(g, mg, cg)]
+    args = list(op.inputs) + [op.outputs[0]]
+    args[1] = em.derived_constant(np.stack(per_group))
+    fn, b = em.function(op.name, len(args), parallel=True)
+    x, wt = fn.args[0], fn.args[1]
+    bias = fn.args[2] if has_bias else None
+    residual = fn.args[len(op.inputs) - 1] if epi.residual else None
+    y = fn.args[len(op.inputs)]
+    in_kernel, after = split_epilogue(epi)
+    nr = em.isa.nr
+    full, rem = divmod(p, nr)
+    panels = full + (rem > 0)
+    lo, hi = em.thread_range(b, fn, n * g * panels)
+    with for_range(b, hi, start=lo, name="task") as t:
+        image_group = b.udiv(t, i64(panels))
+        gi = b.urem(image_group, i64(g))
+        panel = b.urem(t, i64(panels))
+        col0 = b.mul(panel, i64(nr))
+        x_at = gep(b, x, b.add(b.mul(image_group, i64(cg * p)), col0))
+        y_off = b.add(b.mul(image_group, i64(mg * p)), col0)
+        w_at = gep(b, wt, b.mul(gi, i64(per_group[0].size)))
+        bias_at = gep(b, bias, b.mul(gi, i64(mg))) if bias is not None else None
+
+        def one_panel(n_valid: int) -> None:
+            em.gemm.panel(b, mg, cg, w_at, Operand(True), x_at, Operand(False, p), gep(b, y, y_off), p, n_valid,
+                          "bias_row" if bias is not None else "zero", bias_at, in_kernel,
+                          gep(b, residual, y_off) if residual is not None else None)
+            if not after.empty:
+                for row in range(mg):
+                    epilogue_pass(b, after, gep(b, y, b.add(y_off, i64(row * p))), None, n_valid)
+
+        if rem and full:
+            with b.if_else(b.icmp_unsigned("<", panel, i64(full))) as (whole, edge):
+                with whole:
+                    one_panel(nr)
+                with edge:
+                    one_panel(rem)
+        else:
+            one_panel(nr if not rem else rem)
+    b.ret_void()
+    return KernelCall(fn, args)
 
 
 @emitter(OpKind.CONV)
 def emit_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     a = as_2d(op.attrs)
+    if a.kernel_shape == (1, 1) and a.strides == (1, 1) and not any(a.pads) and \
+            em.tensor(op.inputs[1]).data is not None:
+        return emit_direct_conv(em, op)
     xs, ws, ys = (em.tensor(t).shape for t in (op.inputs[0], op.inputs[1], op.outputs[0]))
     n, c = xs[:2]
     h, w = spatial_2d(xs)

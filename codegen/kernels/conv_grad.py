@@ -41,39 +41,44 @@ class Geometry:
         self.p = self.oh * self.ow
         self.direct = self.a.kernel_shape == (1, 1) and self.a.strides == (1, 1) and not any(self.a.pads)
 
-    def tap_range(self, k: int, axis: int) -> tuple[int, int, int]:
-        """(offset, first, end) of the outputs whose input index o * s + offset is inside, for tap k."""
-        s, d, p = self.a.strides[axis], self.a.dilations[axis], self.a.pads[axis]
-        size, out = (self.h, self.oh) if axis == 0 else (self.w, self.ow)
-        off = k * d - p
-        lo = min(out, (max(-off, 0) + s - 1) // s)
-        hi = max(lo, min(out, (max(size - off, 0) + s - 1) // s))
-        return off, lo, hi
 
-    def taps(self):
-        """Every kernel tap with its clipped output ranges (empty taps dropped)."""
-        for kh in range(self.kh):
-            oy_off, ylo, yhi = self.tap_range(kh, 0)
-            for kw in range(self.kw):
-                ox_off, xlo, xhi = self.tap_range(kw, 1)
-                if ylo < yhi and xlo < xhi:
-                    yield kh * self.kw + kw, (oy_off, ylo, yhi), (ox_off, xlo, xhi)
+
+def _smax(b: ir.IRBuilder, x, y):
+    return b.select(b.icmp_signed(">", x, y), x, y)
+
+
+def _smin(b: ir.IRBuilder, x, y):
+    return b.select(b.icmp_signed("<", x, y), x, y)
+
+
+def _clip(b: ir.IRBuilder, k: ir.Value, stride: int, dilation: int, pad: int, size: int, out: int):
+    """(offset, first, end) of the outputs o whose input index o * stride + offset lies in [0, size)
+    for kernel tap k: offset = k * dilation - pad, first = ceil(-offset / stride), end = ceil((size -
+    offset) / stride), both clipped to [0, out]."""
+    off = b.sub(b.mul(k, i64(dilation)), i64(pad))
+    lo = _smin(b, b.udiv(b.add(_smax(b, b.neg(off), i64(0)), i64(stride - 1)), i64(stride)), i64(out))
+    hi = _smin(b, b.udiv(b.add(_smax(b, b.sub(i64(size), off), i64(0)), i64(stride - 1)), i64(stride)), i64(out))
+    return off, lo, _smax(b, hi, lo)
 
 
 def _tap_loops(b: ir.IRBuilder, geo: Geometry, body) -> None:
-    """for each tap, channel ci and clipped (oy, ox): body(row, x index, col column index)."""
-    sh, sw = geo.a.strides
-    taps_per_c = geo.kh * geo.kw
-    for tap, (oy_off, ylo, yhi), (ox_off, xlo, xhi) in geo.taps():
-        with for_range(b, geo.cg, name="ci") as ci:
-            row = b.add(b.mul(ci, i64(taps_per_c)), i64(tap))
-            with for_range(b, yhi, start=ylo, name="oy") as oy:
-                iy = b.add(b.mul(oy, i64(sh)), i64(oy_off))
-                x_row = b.mul(b.add(b.mul(ci, i64(geo.h)), iy), i64(geo.w))
-                p_row = b.mul(oy, i64(geo.ow))
-                with for_range(b, xhi, start=xlo, name="ox") as ox:
-                    ix = b.add(b.mul(ox, i64(sw)), i64(ox_off))
-                    body(row, b.add(x_row, ix), b.add(p_row, ox))
+    """for channel ci, tap (kh, kw) and the (oy, ox) it reads inside the input:
+    body(row, x index, col column index). Loops, not unrolled: the IR stays small for any kernel."""
+    a = geo.a
+    (sh, sw), (dh, dw) = a.strides, a.dilations
+    with for_range(b, geo.cg, name="ci") as ci:
+        with for_range(b, geo.kh, name="kh") as kh:
+            oy_off, ylo, yhi = _clip(b, kh, sh, dh, a.pads[0], geo.h, geo.oh)
+            with for_range(b, geo.kw, name="kw") as kw:
+                ox_off, xlo, xhi = _clip(b, kw, sw, dw, a.pads[1], geo.w, geo.ow)
+                row = b.add(b.mul(b.add(b.mul(ci, i64(geo.kh)), kh), i64(geo.kw)), kw)
+                with for_range(b, yhi, start=ylo, name="oy") as oy:
+                    iy = b.add(b.mul(oy, i64(sh)), oy_off)
+                    x_row = b.mul(b.add(b.mul(ci, i64(geo.h)), iy), i64(geo.w))
+                    p_row = b.mul(oy, i64(geo.ow))
+                    with for_range(b, xhi, start=xlo, name="ox") as ox:
+                        ix = b.add(b.mul(ox, i64(sw)), ox_off)
+                        body(row, b.add(x_row, ix), b.add(p_row, ox))
 
 
 def emit_im2col(b: ir.IRBuilder, geo: Geometry, x: ir.Value, col: ir.Value, transposed: bool) -> None:

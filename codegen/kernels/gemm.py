@@ -66,18 +66,30 @@ def emit_gemm(em: ModuleEmitter, op: Op) -> KernelCall:
     bias_init = fast and has_c and at.beta == 1.0 and c_shape in ((n,), (1, n))
     args = [op.inputs[0], b_arg] + ([op.inputs[2]] if has_c else []) + \
         ([op.inputs[-1]] if epi.residual else []) + [op.outputs[0]]
-    fn, bld = em.function(op.name, len(args))
+    fill = has_c and not bias_init or not fast  # C starts as beta * C broadcast (or zeros)
+    parallel = fast and not fill  # column panels split between threads
+    fn, bld = em.function(op.name, len(args), parallel=parallel)
+    nargs = len(args)
     a, bm = fn.args[0], fn.args[1]
-    y = fn.args[-1]
-    residual = fn.args[-2] if epi.residual else None
-    if has_c and not bias_init or not fast:  # C starts as beta * C broadcast (or zeros)
+    y = fn.args[nargs - 1]
+    residual = fn.args[nargs - 2] if epi.residual else None
+    if fill:
         fill_broadcast(bld, y, (m, n), fn.args[2] if has_c else None, c_shape, at.beta)
     if fast:
         in_kernel, after = split_epilogue(epi)
         init = "bias_col" if bias_init else "load" if has_c else "zero"
+        panels = em.thread_range(bld, fn, em.gemm.n_panels(n)) if parallel else None
         em.gemm.gemm(bld, m, n, k, a, Operand(False, k), bm, Operand(True), y, n,
-                     init, fn.args[2] if bias_init else None, in_kernel, residual)
-        epilogue_pass(bld, after, y, None, m * n)
+                     init, fn.args[2] if bias_init else None, in_kernel, residual, panels)
+        if not after.empty:  # each thread finishes its own columns
+            lo, hi = panels if panels is not None else (i64(0), i64(em.gemm.n_panels(n)))
+            nr = em.isa.nr
+            with for_range(bld, m, name="row") as i:
+                row = gep(bld, y, bld.mul(i, i64(n)))
+                c_lo = bld.mul(lo, i64(nr))
+                c_hi = bld.mul(hi, i64(nr))
+                c_hi = bld.select(bld.icmp_unsigned("<", c_hi, i64(n)), c_hi, i64(n))
+                epilogue_pass(bld, after, gep(bld, row, c_lo), None, bld.sub(c_hi, c_lo))
     else:
         b_strides = (1, sb[1]) if at.trans_b else (sb[1], 1)
         matmul_loops(bld, m, n, k, a, (1, sa[1]) if at.trans_a else (sa[1], 1), bm, b_strides, y, n, at.alpha)

@@ -1,11 +1,12 @@
-"""Im2Col as a native kernel: the conv's im2col loop, once per image, into an arena tensor."""
+"""Im2Col as a native kernel: the rows of every image's im2col matrix, split between threads."""
 from __future__ import annotations
+
+from convc.codegen.kernels.conv import as_2d, im2col_row, spatial_2d
+from convc.codegen.llvm_utils import for_range, gep, i64
+from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 
 from convc.ir import Op
 from convc.ops import OpKind
-from convc.codegen.llvm_utils import for_range, gep, i64
-from convc.codegen.module import KernelCall, ModuleEmitter, emitter
-from convc.codegen.kernels.conv import as_2d, emit_im2col, spatial_2d
 
 
 @emitter(OpKind.IM2COL)
@@ -15,10 +16,13 @@ def emit_im2col_op(em: ModuleEmitter, op: Op) -> KernelCall:
     n, c = xs[:2]
     h, w = spatial_2d(xs)
     oh, ow = spatial_2d(ys)
-    fn, b = em.function(op.name, 2)
-    x, col = fn.args
-    with for_range(b, n, name="batch") as ni:
-        emit_im2col(b, gep(b, x, b.mul(ni, i64(c * h * w))), gep(b, col, b.mul(ni, i64(ys[1] * oh * ow))),
-                    c, h, w, a, oh, ow)
+    rows = ys[1]
+    fn, b = em.function(op.name, 2, parallel=True)
+    x, col = fn.args[:2]
+    lo, hi = em.thread_range(b, fn, n * rows)  # the rows of every image, split between threads
+    with for_range(b, hi, start=lo, name="task") as t:
+        ni = b.udiv(t, i64(rows))
+        im2col_row(b, gep(b, x, b.mul(ni, i64(c * h * w))), gep(b, col, b.mul(ni, i64(rows * oh * ow))),
+                   b.urem(t, i64(rows)), c, h, w, a, oh, ow)
     b.ret_void()
     return KernelCall(fn, [op.inputs[0], op.outputs[0]])

@@ -10,8 +10,8 @@ computes the original grouped convolution (passes/im2col.py).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -37,7 +37,7 @@ class Im2ColAttrs:
         return int(np.prod(self.kernel_shape, dtype=np.int64))
 
     @staticmethod
-    def of(conv: ConvAttrs) -> "Im2ColAttrs":
+    def of(conv: ConvAttrs) -> Im2ColAttrs:
         return Im2ColAttrs(conv.kernel_shape, conv.strides, conv.pads, conv.dilations)
 
     def as_conv(self) -> ConvAttrs:

@@ -291,8 +291,8 @@ class Module:
 
     def to_onnx(self, path: str | os.PathLike | None, input_shape: InputShape, *, opset: int | None = None,
                 dynamic_batch: bool = True) -> onnx.ModelProto:
-        """Write the traced model as ONNX (opset 13 unless an op needs newer); the batch dimension is
-        symbolic ("N") when ``dynamic_batch``. Returns the ModelProto; ``path=None`` skips writing."""
+        """Write the traced model as ONNX (opset 13 unless ``opset`` says otherwise); the batch dimension
+        is symbolic ("N") when ``dynamic_batch``. Returns the ModelProto; ``path=None`` skips writing."""
         import onnx
 
         from convc.frontend.onnx_export import export_onnx

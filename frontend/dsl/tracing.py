@@ -8,6 +8,7 @@ and records one row per layer call for ``summary``.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
@@ -143,10 +144,15 @@ def dotted(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+class _Active(threading.local):
+    def __init__(self) -> None:
+        self.stack: list[Tracer] = []  # per thread: tracing in two threads at once must not mix
+
+
 class Tracer:
     """Builds one Graph from one call of a root module's forward."""
 
-    _active: ClassVar[list[Tracer]] = []
+    _active: ClassVar[_Active] = _Active()
 
     def __init__(self, root: Module, graph_name: str):
         self.root = root
@@ -164,14 +170,15 @@ class Tracer:
 
     @classmethod
     def current(cls) -> Tracer | None:
-        return cls._active[-1] if cls._active else None
+        stack = cls._active.stack
+        return stack[-1] if stack else None
 
     def __enter__(self) -> Tracer:
-        Tracer._active.append(self)
+        Tracer._active.stack.append(self)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        Tracer._active.remove(self)
+        Tracer._active.stack.remove(self)
 
     # --- graph boundary -----------------------------------------------------------------
     def add_input(self, name: str, shape: tuple[int, ...]) -> SymbolicTensor:

@@ -26,7 +26,8 @@ class LeNetWrongFeatures(nn.Module):
         return self.fc1(nn.flatten(x))
 
 
-LINEAR_400_VS_392 = "Linear 'fc1' expects 400 input features but its input has shape (1, 392) (392 features after 'flatten')"
+LINEAR_400_VS_392 = ("Linear 'fc1' expects 400 input features but its input has shape (1, 392) "
+                     "(392 features after 'flatten')")
 
 
 def test_linear_after_flatten_names_both_shapes():
@@ -161,7 +162,8 @@ def test_assigning_a_parameter_of_the_wrong_shape():
     net = Net()
     with pytest.raises(nn.ParameterShapeError) as info:
         net.conv1.weight = np.zeros((6, 1, 3, 3))
-    assert str(info.value) == "parameter 'conv1.weight' has shape (6, 1, 5, 5); the assigned array has shape (6, 1, 3, 3)"
+    assert str(info.value) == ("parameter 'conv1.weight' has shape (6, 1, 5, 5); "
+                               "the assigned array has shape (6, 1, 3, 3)")
     seq = nn.Sequential(nn.BatchNorm2d(3))
     with pytest.raises(nn.ParameterShapeError) as info:
         seq[0].running_var = np.ones(4)
@@ -214,3 +216,20 @@ def test_definition_errors(build, message):
     with pytest.raises(nn.ModelDefinitionError) as info:
         build()
     assert str(info.value) == message
+
+
+def test_conv_transpose_raises_until_the_op_lands():
+    """The layer is complete (parameters, output shape); only the lowering waits for a ConvTranspose op."""
+    layer = nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1)
+    assert layer.output_shape((1, 8, 5, 5)) == (1, 4, 10, 10)  # (5-1)*2 - 2*1 + (4-1) + 1
+    with pytest.raises(nn.UnsupportedLayerError) as info:
+        nn.Sequential(layer).to_graph((1, 8, 5, 5))
+    assert str(info.value) == (
+        "ConvTranspose2d '0' cannot be compiled yet: convc has no ConvTranspose op (OpKind has no CONV_TRANSPOSE); "
+        "ConvTranspose compiles once the op lands. The layer is defined: input (1, 8, 5, 5) -> output "
+        "(1, 4, 10, 10), weight (8, 4, 4, 4)")
+    with pytest.raises(nn.LayerShapeError, match=re.escape(
+            "ConvTranspose2d '0' expects 8 input channels but its input has shape (1, 4, 5, 5)")):
+        nn.Sequential(layer).to_graph((1, 4, 5, 5))
+    with pytest.raises(nn.ModelDefinitionError, match=re.escape("output_padding=(2, 2) must be smaller")):
+        nn.ConvTranspose2d(8, 4, 4, stride=2, output_padding=2)

@@ -18,6 +18,7 @@ from convc.ir import Graph, TensorKind
 from convc.ops import NoAttrs, OpKind, registered_kinds
 from convc.ops.conv import ConvAttrs
 from convc.ops.elementwise import LeakyReluAttrs
+from convc.ops.elementwise_grad import ReduceSumAttrs, SliceAttrs
 from convc.ops.epilogue import Epilogue
 from convc.ops.gemm import GemmAttrs
 from convc.ops.pool import PoolAttrs
@@ -29,7 +30,7 @@ def every_layer_model() -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(2, 6, 3, padding="same"), nn.BatchNorm2d(6), nn.ReLU(), nn.MaxPool2d(2, ceil_mode=True),
         nn.Conv2d(6, 6, 3, groups=3, padding=(1, 0, 1, 2)), nn.LeakyReLU(0.05), nn.AvgPool2d(3, 1, padding=1),
-        nn.Conv2d(6, 4, 2, dilation=2, padding="causal"), nn.Sigmoid(), nn.GlobalAvgPool(), nn.Flatten(),
+        nn.Conv2d(6, 4, 2, dilation=2, padding="causal"), nn.GlobalAvgPool(), nn.Sigmoid(), nn.Flatten(),
         nn.Dropout(0.25), nn.Linear(4, 8), nn.Tanh(), nn.BatchNorm1d(8), nn.Linear(8, 3), nn.Softmax(1))
 
 
@@ -168,7 +169,10 @@ def _graph_of(kind: OpKind, attrs, n_inputs: int, shape: tuple[int, ...], rng) -
     (OpKind.MATMUL, NoAttrs(), 2, (2, 4, 4)),
     (OpKind.GLOBAL_MAX_POOL, NoAttrs(), 1, (2, 3, 4, 5)),
     (OpKind.IDENTITY, NoAttrs(), 1, (2, 3)),
-], ids=["sum", "matmul", "global-max-pool", "identity"])
+    (OpKind.REDUCE_SUM, ReduceSumAttrs(axes=(0, 2), shape=(3,)), 1, (2, 3, 4)),
+    (OpKind.REDUCE_SUM, ReduceSumAttrs(axes=(0,), shape=(1, 3, 4)), 1, (2, 3, 4)),
+    (OpKind.SLICE, SliceAttrs(axis=1, start=1, stop=3), 1, (2, 4, 5)),
+], ids=["sum", "matmul", "global-max-pool", "identity", "reduce-sum", "reduce-sum-reshaped", "slice"])
 def test_ops_the_dsl_does_not_emit_export_too(rng, kind, attrs, n_inputs, shape):
     g, xs = _graph_of(kind, attrs, n_inputs, shape, rng)
     got = run_session(export_onnx(g), {f"x{i}": x for i, x in enumerate(xs)})

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import assert_close, check_op
 
 from convc.ops import OpKind, op_def
 from convc.ops.conv import ConvAttrs
 from convc.ops.im2col import Im2ColAttrs
-
-from helpers import assert_close, check_op
 
 GEOMETRIES = [
     Im2ColAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1)),

@@ -1,17 +1,16 @@
 """Shared checks for pass tests: same numbers before and after, the replaced op gone, verifier on."""
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
+from helpers import assert_close
 
 from convc.compiler import compile_graph
 from convc.ir import Graph, TensorKind
 from convc.ops import OpKind
 from convc.ops.conv import ConvAttrs
 from convc.reference import run_reference
-
-from helpers import assert_close
 
 RTOL = 1e-4
 

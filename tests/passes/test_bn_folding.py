@@ -3,20 +3,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 from convc.frontend.onnx.importer import import_onnx
+from convc.passes.bn_folding import fold_batch_norm
+from convc.passes.dce import eliminate_dead_code
+from convc.passes.fusion import fuse_epilogues
+from helpers import assert_close
+from onnx import TensorProto, helper, numpy_helper
+from pass_helpers import add_input, bn_params, check_pass, conv_attrs, kinds, random_feeds, weight
+
 from convc.ir import Graph
 from convc.ops import NoAttrs, OpKind
 from convc.ops.gemm import GemmAttrs
 from convc.ops.norm import BatchNormAttrs
-from convc.passes.bn_folding import fold_batch_norm
-from convc.passes.dce import eliminate_dead_code
-from convc.passes.fusion import fuse_epilogues
 from convc.reference import run_reference
-
-from helpers import assert_close
-from pass_helpers import add_input, bn_params, check_pass, conv_attrs, kinds, random_feeds, weight
 
 
 def fold(g: Graph) -> Graph:

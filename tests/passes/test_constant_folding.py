@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import numpy as np
+from convc.passes.constant_folding import fold_constants
+from convc.passes.dce import eliminate_dead_code
+from pass_helpers import add_input, check_pass
 
 from convc.ir import Graph, TensorKind
 from convc.ops import NoAttrs, OpKind
 from convc.ops.shape import ReshapeAttrs
-from convc.passes.constant_folding import fold_constants
-from convc.passes.dce import eliminate_dead_code
-
-from pass_helpers import add_input, check_pass
 
 
 def fold(g: Graph) -> Graph:

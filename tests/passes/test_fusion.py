@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from convc.passes.dce import eliminate_dead_code
+from convc.passes.fusion import fuse_epilogues
+from pass_helpers import add_input, check_pass, conv_attrs, kinds, weight
 
 from convc.ir import Graph
 from convc.ops import NoAttrs, OpGroup, OpKind
 from convc.ops.elementwise import LeakyReluAttrs
 from convc.ops.gemm import GemmAttrs
-from convc.passes.dce import eliminate_dead_code
-from convc.passes.fusion import fuse_epilogues
-
-from pass_helpers import add_input, check_pass, conv_attrs, kinds, weight
 
 ACTIVATION_ATTRS = {OpKind.LEAKY_RELU: LeakyReluAttrs(0.2)}
 

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from convc.passes.dce import eliminate_dead_code
+from convc.passes.im2col import is_gemm_conv, is_general_conv, lower_im2col
+from pass_helpers import add_input, check_pass, conv_attrs, kinds, weight
 
 from convc.ir import Graph
 from convc.ops import NoAttrs, OpKind
 from convc.ops.epilogue import Epilogue
-from convc.passes.dce import eliminate_dead_code
-from convc.passes.im2col import is_gemm_conv, is_general_conv, lower_im2col
-
-from pass_helpers import add_input, check_pass, conv_attrs, kinds, weight
 
 
 def lower(g: Graph) -> Graph:
@@ -77,7 +76,7 @@ def test_gemm_shaped_convs_and_the_predicate_keep_their_conv(rng):
     g.outputs = ["y"]
     out = check_pass(g, lower, rng)
     assert kinds(out) == [OpKind.CONV, OpKind.IM2COL, OpKind.CONV], "the 1x1 conv already is a GEMM"
-    keep_spatial = lambda gr, op: is_general_conv(gr, op) and op.name != "spatial"  # noqa: E731
+    keep_spatial = lambda gr, op: is_general_conv(gr, op) and op.name != "spatial"
     kept = check_pass(g, lambda gr: lower_im2col(gr, should_lower=keep_spatial), rng)
     assert kinds(kept) == [OpKind.CONV, OpKind.CONV]
 
