@@ -153,3 +153,14 @@ def const_like(x: ir.Value, v: float) -> ir.Constant:
     if isinstance(x.type, ir.VectorType):
         return ir.Constant(x.type, [float(v)] * x.type.count)
     return ir.Constant(x.type, float(v))
+
+
+def constant_table(b: ir.IRBuilder, values: Sequence[int], name: str = "table", ty: ir.IntType = I64) -> ir.Value:
+    """An internal constant array in the module (index tables built at compile time); returns its address."""
+    module = b.module
+    array_type = ir.ArrayType(ty, len(values))
+    gv = ir.GlobalVariable(module, array_type, name=module.get_unique_name(name))
+    gv.linkage = "internal"
+    gv.global_constant = True
+    gv.initializer = ir.Constant(array_type, [int(v) for v in values])
+    return gv

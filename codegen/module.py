@@ -32,6 +32,7 @@ from convc.codegen.llvm_utils import I64, PTR, VOID, gep, i64, memcpy
 from convc.codegen.threadpool import KERNEL_TYPE, emit_threadpool
 
 ENTRY = "convc_run"
+PARALLEL_MIN_WORK = 200_000  # multiply-accumulates (or output elements) below which one thread is faster
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,9 @@ class ModuleEmitter:
                 argv = self._argv(b, len(call.args))
                 for k, a in enumerate(call.args):
                     b.store(resolve(a), gep(b, argv, k, PTR))
-                b.call(self.module.globals["convc_parallel"], [pool, self._trampoline(call.function), argv])
+                # waking workers costs microseconds: small kernels run on the caller's thread alone
+                workers = pool if self._worth_threads(op) else ir.Constant(PTR, None)
+                b.call(self.module.globals["convc_parallel"], [workers, self._trampoline(call.function), argv])
             else:
                 b.call(call.function, [resolve(a) for a in call.args])
             kernel_names.append((op.name, call.function.name))
@@ -214,6 +217,16 @@ class ModuleEmitter:
         return NativeModule(self.module, scratch_base + self.max_scratch, self.constants,
                             list(self.graph.inputs), list(self.graph.outputs), kernel_names, self.instrument,
                             self.threads)
+
+    def _worth_threads(self, op: Op) -> bool:
+        """Enough work to pay for handing half of it to another core (~2 us of arithmetic)."""
+        from convc.ops import op_def
+        definition = op_def(op.kind)
+        ins = [self.tensor(t).type for t in op.inputs]
+        outs = [self.tensor(t).type for t in op.outputs]
+        work = definition.macs(op.attrs, ins, outs) if definition.macs else sum(t.size for t in
+                                                                               self.graph.op_outputs(op))
+        return work >= PARALLEL_MIN_WORK
 
     def _argv(self, b: ir.IRBuilder, n: int) -> ir.Value:
         """A stack array of n pointers in the entry block (reused by every call that fits)."""

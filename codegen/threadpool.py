@@ -3,10 +3,15 @@
     ptr  convc_pool_create(i64 nthreads)        starts nthreads-1 workers
     void convc_pool_destroy(ptr pool)           stops and joins them
     void convc_parallel(ptr pool, ptr fn, ptr argv)
-        runs fn(argv, tid, nthreads) on every thread (tid 0 on the caller) and returns when all
-        are done; a null pool runs fn(argv, 0, 1) on the caller alone.
+        runs fn(argv, task, ntasks) for task = 0 .. nthreads-1 and returns when all are done;
+        a null pool runs fn(argv, 0, 1) on the caller alone.
 
-Waking a sleeping thread costs ~50 us in this VM, a spinning one ~1.6 us, so workers spin on a
+Tasks are claimed, not assigned: the caller and every awake worker take task numbers from one
+atomic counter, so a worker that is asleep or descheduled (a busy machine) never holds the caller
+up; the caller simply runs the remaining tasks itself. The counter carries the call's sequence
+number in its high half, so a worker that wakes late can never claim a task of an older call.
+
+Waking a sleeping thread costs ~50 us in this VM, a spinning one ~1.6 us, so workers spin on the
 sequence number between kernels; after ~0.5 ms without work they back off to sched_yield and
 then to short sleeps, so an idle pool does not slow the rest of the machine.
 """
@@ -16,18 +21,19 @@ from llvmlite import ir
 
 from convc.codegen.llvm_utils import I32, I64, PTR, VOID, for_range, gep, i64
 
-# pool layout, in bytes; the counters written by different threads sit on separate cache lines
-SEQ, DONE, FN, ARGV, NTHREADS, STOP, WORKERS = 0, 64, 128, 136, 144, 152, 192
-WORKER_SLOT = 16  # per worker: pthread_t, then the pool pointer's owner tid (i64)
+# pool layout, in bytes; the words written by different threads sit on separate cache lines
+SEQ, CLAIMED, FINISHED, FN, ARGV, NTASKS, STOP, NTHREADS, WORKERS = 0, 64, 128, 192, 200, 208, 216, 224, 256
+WORKER_SLOT = 32  # per worker: pthread_t, pool pointer, worker number
 SPIN_PAUSES = 20000
-YIELDS = 2000
+YIELDS = 200
 SLEEP_US = 50
 
-KERNEL_TYPE = ir.FunctionType(VOID, [PTR, I64, I64])  # fn(argv, tid, nthreads)
+KERNEL_TYPE = ir.FunctionType(VOID, [PTR, I64, I64])  # fn(argv, task, ntasks)
 
 
-def _field(b: ir.IRBuilder, pool: ir.Value, offset: int) -> ir.Value:
-    return b.gep(pool, [i64(offset)], inbounds=True, source_etype=ir.IntType(8))
+def _field(b: ir.IRBuilder, pool: ir.Value, offset) -> ir.Value:
+    off = i64(offset) if isinstance(offset, int) else offset
+    return b.gep(pool, [off], inbounds=True, source_etype=ir.IntType(8))
 
 
 def _extern(module: ir.Module, name: str, ret: ir.Type, args: list[ir.Type]) -> ir.Function:
@@ -55,6 +61,50 @@ def _backoff(b: ir.IRBuilder, spins: ir.Value, triple: str) -> ir.Value:
     return b.add(spins, i64(1))
 
 
+class _TypedCallee:
+    """Lets IRBuilder.call emit an indirect call through an opaque pointer with KERNEL_TYPE."""
+
+    def __init__(self, ptr: ir.Value):
+        self.ptr = ptr
+        self.function_type = KERNEL_TYPE
+        self.type = PTR
+
+    def get_reference(self) -> str:
+        return self.ptr.get_reference()
+
+
+def _emit_claim_loop(module: ir.Module) -> ir.Function:
+    """void claim(pool, seq): run tasks of call ``seq`` until none is left unclaimed."""
+    fn = ir.Function(module, ir.FunctionType(VOID, [PTR, I64]), name="convc_pool_claim")
+    fn.linkage = "internal"
+    pool, seq = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    kernel = _TypedCallee(b.load(_field(b, pool, FN), typ=PTR))
+    argv = b.load(_field(b, pool, ARGV), typ=PTR)
+    ntasks = b.load(_field(b, pool, NTASKS), typ=I64)
+    tag = b.shl(seq, i64(32))
+    loop = b.append_basic_block("claim")
+    run = b.append_basic_block("run")
+    out = b.append_basic_block("out")
+    b.branch(loop)
+    b.position_at_end(loop)
+    word = b.load_atomic(_field(b, pool, CLAIMED), "acquire", 8, typ=I64)
+    task = b.and_(word, i64(0xFFFFFFFF))
+    mine = b.and_(b.icmp_unsigned("==", b.and_(word, i64(~0xFFFFFFFF)), tag), b.icmp_unsigned("<", task, ntasks))
+    ok_block = b.append_basic_block("try")
+    b.cbranch(mine, ok_block, out)
+    b.position_at_end(ok_block)
+    pair = b.cmpxchg(_field(b, pool, CLAIMED), word, b.add(word, i64(1)), "acq_rel", "acquire")
+    b.cbranch(b.extract_value(pair, 1), run, loop)
+    b.position_at_end(run)
+    b.call(kernel, [argv, task, ntasks])
+    b.atomic_rmw("add", _field(b, pool, FINISHED), i64(1), "release")
+    b.branch(loop)
+    b.position_at_end(out)
+    b.ret_void()
+    return fn
+
+
 def emit_threadpool(module: ir.Module, triple: str) -> None:
     """Add the pool functions to ``module`` (once)."""
     if "convc_parallel" in module.globals:
@@ -63,21 +113,19 @@ def emit_threadpool(module: ir.Module, triple: str) -> None:
     free = _extern(module, "free", VOID, [PTR])
     create_thread = _extern(module, "pthread_create", I32, [PTR, PTR, PTR, PTR])
     join = _extern(module, "pthread_join", I32, [I64, PTR])
+    claim = _emit_claim_loop(module)
 
-    # --- worker(slot): slot points at {pthread_t, pool, tid} ---------------------------------
+    # --- worker(slot): wait for a new call, claim its tasks, repeat -------------------------
     worker = ir.Function(module, ir.FunctionType(PTR, [PTR]), name="convc_pool_worker")
     worker.linkage = "internal"
     b = ir.IRBuilder(worker.append_basic_block("entry"))
-    slot = worker.args[0]
-    pool = b.load(gep(b, slot, 1, PTR), typ=PTR)
-    tid = b.load(gep(b, slot, 2, I64), typ=I64)
-    seen0 = i64(0)  # the pool starts at sequence 0: work published before this thread ran is not missed
+    pool = b.load(gep(b, worker.args[0], 1, PTR), typ=PTR)
     entry = b.block
     wait = b.append_basic_block("wait")
     b.branch(wait)
     b.position_at_end(wait)
     seen = b.phi(I64, "seen")
-    seen.add_incoming(seen0, entry)
+    seen.add_incoming(i64(0), entry)  # the pool starts at sequence 0
     spins = b.phi(I64, "spins")
     spins.add_incoming(i64(0), entry)
     now = b.load_atomic(_field(b, pool, SEQ), "acquire", 8, typ=I64)
@@ -90,34 +138,30 @@ def emit_threadpool(module: ir.Module, triple: str) -> None:
     spins.add_incoming(more, b.block)
     b.branch(wait)
     b.position_at_end(work)
-    stop = b.load(_field(b, pool, STOP), typ=I64)
     quit_ = b.append_basic_block("quit")
     run = b.append_basic_block("run")
-    b.cbranch(b.icmp_unsigned("!=", stop, i64(0)), quit_, run)
+    b.cbranch(b.icmp_unsigned("!=", b.load_atomic(_field(b, pool, STOP), "acquire", 8, typ=I64), i64(0)), quit_, run)
     b.position_at_end(run)
-    fn = b.load(_field(b, pool, FN), typ=PTR)
-    argv = b.load(_field(b, pool, ARGV), typ=PTR)
-    nthreads = b.load(_field(b, pool, NTHREADS), typ=I64)
-    b.call(_TypedCallee(fn), [argv, tid, nthreads])
-    b.atomic_rmw("add", _field(b, pool, DONE), i64(1), "release")
+    b.call(claim, [pool, now])
     seen.add_incoming(now, b.block)
     spins.add_incoming(i64(0), b.block)
     b.branch(wait)
     b.position_at_end(quit_)
     b.ret(ir.Constant(PTR, None))
 
+    def slot_of(b: ir.IRBuilder, pool: ir.Value, t: ir.Value) -> ir.Value:
+        return _field(b, pool, b.add(i64(WORKERS), b.mul(t, i64(WORKER_SLOT))))
+
     # --- create ------------------------------------------------------------------------------
     create = ir.Function(module, ir.FunctionType(PTR, [I64]), name="convc_pool_create")
     b = ir.IRBuilder(create.append_basic_block("entry"))
     n = create.args[0]
-    size = b.add(i64(WORKERS), b.mul(n, i64(WORKER_SLOT * 2)))
-    pool = b.call(malloc, [size])
-    for off in (SEQ, DONE, STOP):
+    pool = b.call(malloc, [b.add(i64(WORKERS), b.mul(n, i64(WORKER_SLOT)))])
+    for off in (SEQ, CLAIMED, FINISHED, NTASKS, STOP):
         b.store(i64(0), _field(b, pool, off))
     b.store(n, _field(b, pool, NTHREADS))
     with for_range(b, n, start=1, name="t") as t:
-        slot = b.gep(pool, [b.add(i64(WORKERS), b.mul(t, i64(WORKER_SLOT * 2)))], inbounds=True,
-                     source_etype=ir.IntType(8))
+        slot = slot_of(b, pool, t)
         b.store(pool, gep(b, slot, 1, PTR))
         b.store(t, gep(b, slot, 2, I64))
         b.call(create_thread, [slot, ir.Constant(PTR, None), worker, slot])
@@ -128,13 +172,11 @@ def emit_threadpool(module: ir.Module, triple: str) -> None:
     b = ir.IRBuilder(destroy.append_basic_block("entry"))
     pool = destroy.args[0]
     with b.if_then(b.icmp_unsigned("!=", pool, ir.Constant(PTR, None))):
-        b.store(i64(1), _field(b, pool, STOP))
+        b.atomic_rmw("xchg", _field(b, pool, STOP), i64(1), "seq_cst")
         b.atomic_rmw("add", _field(b, pool, SEQ), i64(1), "seq_cst")
         n = b.load(_field(b, pool, NTHREADS), typ=I64)
         with for_range(b, n, start=1, name="t") as t:
-            slot = b.gep(pool, [b.add(i64(WORKERS), b.mul(t, i64(WORKER_SLOT * 2)))], inbounds=True,
-                         source_etype=ir.IntType(8))
-            b.call(join, [b.load(slot, typ=I64), ir.Constant(PTR, None)])
+            b.call(join, [b.load(slot_of(b, pool, t), typ=I64), ir.Constant(PTR, None)])
         b.call(free, [pool])
     b.ret_void()
 
@@ -142,17 +184,19 @@ def emit_threadpool(module: ir.Module, triple: str) -> None:
     par = ir.Function(module, ir.FunctionType(VOID, [PTR, PTR, PTR]), name="convc_parallel")
     b = ir.IRBuilder(par.append_basic_block("entry"))
     pool, fn, argv = par.args
-    kernel = _TypedCallee(fn)
     with b.if_else(b.icmp_unsigned("==", pool, ir.Constant(PTR, None))) as (alone, shared):
         with alone:
-            b.call(kernel, [argv, i64(0), i64(1)])
+            b.call(_TypedCallee(fn), [argv, i64(0), i64(1)])
         with shared:
             n = b.load(_field(b, pool, NTHREADS), typ=I64)
+            seq = b.add(b.load(_field(b, pool, SEQ), typ=I64), i64(1))
             b.store(fn, _field(b, pool, FN))
             b.store(argv, _field(b, pool, ARGV))
-            b.atomic_rmw("xchg", _field(b, pool, DONE), i64(0), "monotonic")
-            b.atomic_rmw("add", _field(b, pool, SEQ), i64(1), "release")
-            b.call(kernel, [argv, i64(0), n])
+            b.store(n, _field(b, pool, NTASKS))
+            b.atomic_rmw("xchg", _field(b, pool, FINISHED), i64(0), "monotonic")
+            b.atomic_rmw("xchg", _field(b, pool, CLAIMED), b.shl(seq, i64(32)), "release")
+            b.atomic_rmw("xchg", _field(b, pool, SEQ), seq, "release")
+            b.call(claim, [pool, seq])
             pre = b.block
             wait = b.append_basic_block("join")
             done = b.append_basic_block("joined")
@@ -160,24 +204,12 @@ def emit_threadpool(module: ir.Module, triple: str) -> None:
             b.position_at_end(wait)
             spins = b.phi(I64, "spins")
             spins.add_incoming(i64(0), pre)
-            finished = b.load_atomic(_field(b, pool, DONE), "acquire", 8, typ=I64)
+            finished = b.load_atomic(_field(b, pool, FINISHED), "acquire", 8, typ=I64)
             spin = b.append_basic_block("spin")
-            b.cbranch(b.icmp_unsigned("==", finished, b.sub(n, i64(1))), done, spin)
+            b.cbranch(b.icmp_unsigned("==", finished, n), done, spin)
             b.position_at_end(spin)
-            more = _backoff(b, spins, triple)  # a worker descheduled on a busy machine needs the core
-            spins.add_incoming(more, b.block)
+            # only a worker running a task is waited for; it may still lose its core on a busy machine
+            spins.add_incoming(_backoff(b, spins, triple), b.block)
             b.branch(wait)
             b.position_at_end(done)
     b.ret_void()
-
-
-class _TypedCallee:
-    """Lets IRBuilder.call emit an indirect call through an opaque pointer with KERNEL_TYPE."""
-
-    def __init__(self, ptr: ir.Value):
-        self.ptr = ptr
-        self.function_type = KERNEL_TYPE
-        self.type = PTR
-
-    def get_reference(self) -> str:
-        return self.ptr.get_reference()

@@ -260,7 +260,7 @@ class Command:
     examples: tuple[str, ...] = ()
 
 
-from convc import report as _profile  # noqa: E402  (the profile subcommand lives with its report)
+from convc import report as _profile  # the profile subcommand lives with its report
 
 COMMANDS: list[Command] = [
     Command("run", "compile an ONNX model to native code and run it",

@@ -139,21 +139,22 @@ class Profile:
         groups: dict[str, dict[str, Any]] = {}
         for l in self.layers:
             row = groups.setdefault(l.op, {"op": l.op, "layers": 0, "params": 0, "macs": 0, "other_flops": 0,
-                                               "weight_bytes": 0, "output_bytes": 0, "seconds": None})
+                                           "weight_bytes": 0, "output_bytes": 0, "seconds": None})
             row["layers"] += 1
             for k in ("params", "macs", "other_flops", "weight_bytes", "output_bytes"):
                 row[k] += getattr(l, k)
             if l.seconds is not None:
                 row["seconds"] = (row["seconds"] or 0.0) + l.seconds
-        key = (lambda r: (r["seconds"] or 0.0, r["macs"])) if self.measured else (lambda r: (r["macs"], r["other_flops"]))
-        return sorted(groups.values(), key=key, reverse=True)
+        if self.measured:
+            return sorted(groups.values(), key=lambda r: (r["seconds"] or 0.0, r["macs"]), reverse=True)
+        return sorted(groups.values(), key=lambda r: (r["macs"], r["other_flops"]), reverse=True)
 
     # --- serialization --------------------------------------------------------------------
     def layer_dict(self, l: Layer) -> dict[str, Any]:
-        d = {"name": l.name, "op": l.op, "output_shape": list(l.output_shape), "params": l.params, "bn_stats": l.bn_stats,
-                 "macs": l.macs, "flops": l.flops, "other_flops": l.other_flops, "weight_bytes": l.weight_bytes,
-                 "output_bytes": l.output_bytes, "share": self.share(l), "members": list(l.members),
-                 "unmodelled": list(l.unmodelled)}
+        d = {"name": l.name, "op": l.op, "output_shape": list(l.output_shape), "params": l.params,
+             "bn_stats": l.bn_stats, "macs": l.macs, "flops": l.flops, "other_flops": l.other_flops,
+             "weight_bytes": l.weight_bytes, "output_bytes": l.output_bytes, "share": self.share(l),
+             "members": list(l.members), "unmodelled": list(l.unmodelled)}
         if self.measured:
             gf = l.gflops_per_second
             d.update(seconds=l.seconds, gflops_per_second=gf,
@@ -163,18 +164,18 @@ class Profile:
 
     def to_dict(self) -> dict[str, Any]:
         m = self.memory
-        out: dict[str, Any] = dict(
-            model=self.model, batch=self.batch, convention=self.convention,
-            totals={"macs": self.total_macs, "flops": self.total_flops, "other_flops": self.total_other_flops,
-                        "params": self.total_params, "bn_stats": self.total_bn_stats,
-                        "weight_bytes": self.total_weight_bytes, "layers": len(self.layers)},
-            memory={"weight_bytes": m.weight_bytes, "activation_bytes": m.activation_bytes,
-                        "lower_bound_bytes": m.lower_bound_bytes, "arena_bytes": m.arena_bytes,
-                        "saving_bytes": m.saving_bytes, "io_bytes": m.io_bytes, "live_bytes": list(m.live_bytes)},
-            layers=[self.layer_dict(l) for l in self.layers],
-            unmodelled=self.unmodelled,
-            notes=[{"op": op, "reason": why} for op, why in self.notes],
-            folded=list(self.folded))
+        out: dict[str, Any] = {
+            "model": self.model, "batch": self.batch, "convention": self.convention,
+            "totals": {"macs": self.total_macs, "flops": self.total_flops, "other_flops": self.total_other_flops,
+                       "params": self.total_params, "bn_stats": self.total_bn_stats,
+                       "weight_bytes": self.total_weight_bytes, "layers": len(self.layers)},
+            "memory": {"weight_bytes": m.weight_bytes, "activation_bytes": m.activation_bytes,
+                       "lower_bound_bytes": m.lower_bound_bytes, "arena_bytes": m.arena_bytes,
+                       "saving_bytes": m.saving_bytes, "io_bytes": m.io_bytes, "live_bytes": list(m.live_bytes)},
+            "layers": [self.layer_dict(l) for l in self.layers],
+            "unmodelled": self.unmodelled,
+            "notes": [{"op": op, "reason": why} for op, why in self.notes],
+            "folded": list(self.folded)}
         if self.measured:
             out["totals"]["seconds"] = self.total_seconds
         if self.peak is not None:
@@ -198,10 +199,10 @@ class Profile:
             d = self.layer_dict(l)
             d["output_shape"] = "x".join(map(str, l.output_shape))
             w.writerow(["" if d.get(c) is None else d[c] for c in columns])
-        total = {"name": "TOTAL", "op": "", "output_shape": "", "params": self.total_params, "bn_stats": self.total_bn_stats,
-                     "macs": self.total_macs, "flops": self.total_flops, "other_flops": self.total_other_flops,
-                     "weight_bytes": self.total_weight_bytes, "output_bytes": sum(l.output_bytes for l in self.layers),
-                     "share": 1.0, "seconds": self.total_seconds}
+        total = {"name": "TOTAL", "op": "", "output_shape": "", "params": self.total_params,
+                 "bn_stats": self.total_bn_stats, "macs": self.total_macs, "flops": self.total_flops,
+                 "other_flops": self.total_other_flops, "weight_bytes": self.total_weight_bytes,
+                 "output_bytes": sum(l.output_bytes for l in self.layers), "share": 1.0, "seconds": self.total_seconds}
         w.writerow(["" if total.get(c) is None else total[c] for c in columns])
         return buf.getvalue()
 

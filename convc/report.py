@@ -120,12 +120,11 @@ def plain_table(cols: list[tuple[str, str]], rows: list[list[str]], footer: list
 
 
 def header_lines(p: Profile) -> list[str]:
+    stats = f", plus {count(p.total_bn_stats)} ({p.total_bn_stats:,}) BN running statistics" if p.total_bn_stats else ""
     lines = [f"convc profile: {p.model} (batch {p.batch})",
-             f"  MACs {count(p.total_macs)} (FLOPs = 2 x MACs = {count(p.total_flops)}), "
-             f"other-op FLOPs {count(p.total_other_flops)}",
-             f"  params {count(p.total_params)} ({p.total_params:,})"
-             + (f", plus {count(p.total_bn_stats)} ({p.total_bn_stats:,}) BN running statistics"
-                if p.total_bn_stats else ""),
+             (f"  MACs {count(p.total_macs)} (FLOPs = 2 x MACs = {count(p.total_flops)}), "
+              f"other-op FLOPs {count(p.total_other_flops)}"),
+             f"  params {count(p.total_params)} ({p.total_params:,}){stats}",
              *textwrap.wrap(CONVENTION, 100, initial_indent="  ", subsequent_indent="  ")]
     if p.measured:
         secs = p.total_seconds or 0.0

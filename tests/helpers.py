@@ -52,12 +52,28 @@ def onnx_spelling(kind: OpKind, attrs: Any) -> OnnxNode:
         return OnnxNode(kind.value, a)
     if kind is k.LEAKY_RELU:
         return OnnxNode("LeakyRelu", {"alpha": attrs.alpha})
+    if kind is k.CLIP:
+        return OnnxNode("Clip", extra_inputs=(np.array(attrs.min, np.float32), np.array(attrs.max, np.float32)))
+    if kind is k.ELU:
+        return OnnxNode("Elu", {"alpha": attrs.alpha})
+    if kind is k.SELU:
+        return OnnxNode("Selu", {"alpha": attrs.alpha, "gamma": attrs.gamma})
+    if kind is k.HARD_SIGMOID:
+        return OnnxNode("HardSigmoid", {"alpha": attrs.alpha, "beta": attrs.beta})
     if kind is k.DROPOUT:  # opset >= 12 takes the ratio as an input; without training_mode it is the identity
         return OnnxNode("Dropout", extra_inputs=(np.array(attrs.ratio, dtype=np.float32),))
     if kind is k.BATCH_NORM:
         return OnnxNode("BatchNormalization", {"epsilon": attrs.epsilon, "momentum": attrs.momentum})
-    if kind in (k.FLATTEN, k.CONCAT, k.SOFTMAX):
+    if kind in (k.FLATTEN, k.CONCAT, k.SOFTMAX, k.LOG_SOFTMAX):
         return OnnxNode(kind.value, {"axis": attrs.axis})
+    if kind is k.TRANSPOSE:
+        return OnnxNode("Transpose", {"perm": list(attrs.perm)})
+    if kind is k.PAD:
+        return OnnxNode("Pad", {"mode": attrs.mode}, (np.array(attrs.pads, np.int64), np.array(attrs.value, np.float32)))
+    if kind is k.STRIDED_SLICE:  # ends one step past the last element; -(2**62) reads "before index 0"
+        ends = [s + n * st if s + n * st >= 0 else -(2**62) for s, st, n in zip(attrs.starts, attrs.steps, attrs.shape)]
+        return OnnxNode("Slice", extra_inputs=(np.array(attrs.starts, np.int64), np.array(ends, np.int64),
+                                               np.arange(len(ends), dtype=np.int64), np.array(attrs.steps, np.int64)))
     if kind is k.RESHAPE:
         return OnnxNode("Reshape", extra_inputs=(np.array(attrs.shape, dtype=np.int64),))
     return OnnxNode(kind.value)  # no attributes: MatMul, Relu, Sigmoid, Tanh, Identity, Add, Mul, Sum, global pools
@@ -72,6 +88,8 @@ def reference_evaluator_bug(kind: OpKind, attrs: Any, inputs: Sequence[np.ndarra
     if kind is OpKind.AVERAGE_POOL and attrs.ceil_mode and max(ceil_overhang(attrs, inputs[0].shape)) >= 2:
         return ("ceil_mode AveragePool splits the overhang padding it adds in two and puts half of it before "
                 "the input, shifting every window once the overhang is 2 or more")
+    if kind is OpKind.PAD and min(attrs.pads) < 0:
+        return "Pad hands negative pads (cropping) to numpy.pad, which rejects them"
     if kind is OpKind.GLOBAL_MAX_POOL and inputs[0].ndim != 4:
         return "GlobalMaxPool reduces axes (rank - 2, rank - 1): right for rank-4 inputs only"
     return None

@@ -87,7 +87,7 @@ def test_profile_of_a_hand_built_model(small_resnet):
     assert p.peak_memory_bytes == m.arena_bytes and m.lower_bound_bytes <= m.arena_bytes < m.activation_bytes
     assert m.saving_bytes == m.activation_bytes - m.arena_bytes
     assert abs(sum(p.share(l) for l in p.layers) - 1.0) < 1e-9
-    assert [r["op"] for r in p.by_op()][0] == "Conv+BatchNormalization"  # conv2 holds the most MACs
+    assert next(r["op"] for r in p.by_op()) == "Conv+BatchNormalization"  # conv2 holds the most MACs
     assert [l.name for l in p.top(2)] == ["conv2", "conv1"]
 
 

@@ -5,8 +5,8 @@ from llvmlite import ir
 
 from convc.ir import Op
 from convc.ops import OpKind
-from convc.codegen.llvm_utils import FAST, const_like, call_intrinsic, f32, for_range, linear_index, load, loop_nest, memcpy, \
-    store
+from convc.codegen.llvm_utils import FAST, F64, const_like, call_intrinsic, f32, fmax, fmin, for_range, linear_index, load, \
+    loop_nest, memcpy, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 
 
@@ -29,7 +29,68 @@ def tanh(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     return call_intrinsic(b, "tanhf", [x])  # libm: accurate near 0, where 1-2/(e^2x+1) is not
 
 
-UNARY = {OpKind.RELU: relu, OpKind.LEAKY_RELU: leaky_relu, OpKind.SIGMOID: sigmoid, OpKind.TANH: tanh}
+def math_call(b: ir.IRBuilder, name: str, x: ir.Value) -> ir.Value:
+    """``llvm.<name>`` on a float scalar or vector of any width (the intrinsic's name carries the type)."""
+    if isinstance(x.type, ir.VectorType):
+        suffix = f"v{x.type.count}{'f64' if isinstance(x.type.element, ir.DoubleType) else 'f32'}"
+    else:
+        suffix = "f64" if isinstance(x.type, ir.DoubleType) else "f32"
+    return call_intrinsic(b, f"llvm.{name}.{suffix}", [x])
+
+
+def _wider(x: ir.Value) -> ir.Type:
+    return ir.VectorType(F64, x.type.count) if isinstance(x.type, ir.VectorType) else F64
+
+
+def expm1(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
+    """exp(x) - 1 without float32 cancellation near 0: computed in double, then rounded once."""
+    d = b.fpext(x, _wider(x))
+    return b.fptrunc(b.fsub(math_call(b, "exp", d), const_like(d, 1.0)), x.type)
+
+
+def clamp(b: ir.IRBuilder, x: ir.Value, lo: float, hi: float) -> ir.Value:
+    """min(max(x, lo), hi) with NaN kept (ordered compares are false for NaN); lo > hi gives hi."""
+    x = b.select(b.fcmp_ordered("<", x, const_like(x, lo)), const_like(x, lo), x)
+    return b.select(b.fcmp_ordered(">", x, const_like(x, hi)), const_like(x, hi), x)
+
+
+def clip(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    return clamp(b, x, attrs.min, attrs.max)
+
+
+def elu(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    neg = b.fmul(const_like(x, attrs.alpha), expm1(b, x))
+    return b.select(b.fcmp_ordered(">", x, const_like(x, 0.0)), x, neg)
+
+
+def selu(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    neg = b.fmul(const_like(x, attrs.alpha), expm1(b, x))
+    return b.fmul(const_like(x, attrs.gamma), b.select(b.fcmp_ordered(">", x, const_like(x, 0.0)), x, neg))
+
+
+def hard_sigmoid(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    return clamp(b, b.fadd(b.fmul(x, const_like(x, attrs.alpha)), const_like(x, attrs.beta)), 0.0, 1.0)
+
+
+def hard_swish(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    return b.fmul(x, clamp(b, b.fadd(b.fmul(x, const_like(x, 1.0 / 6.0)), const_like(x, 0.5)), 0.0, 1.0))
+
+
+def softplus(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    """max(x, 0) + log1p(exp(-|x|)): never overflows; the log1p runs in double for small exp(-|x|)."""
+    e = math_call(b, "exp", b.fneg(math_call(b, "fabs", x)))
+    d = b.fpext(e, _wider(e))
+    log1p = b.fptrunc(math_call(b, "log", b.fadd(d, const_like(d, 1.0))), x.type)
+    return b.fadd(relu(b, x, None), log1p)
+
+
+def softsign(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    return b.fdiv(x, b.fadd(const_like(x, 1.0), math_call(b, "fabs", x)))
+
+
+UNARY = {OpKind.RELU: relu, OpKind.LEAKY_RELU: leaky_relu, OpKind.SIGMOID: sigmoid, OpKind.TANH: tanh,
+         OpKind.CLIP: clip, OpKind.ELU: elu, OpKind.SELU: selu, OpKind.HARD_SIGMOID: hard_sigmoid,
+         OpKind.HARD_SWISH: hard_swish, OpKind.SOFTPLUS: softplus, OpKind.SOFTSIGN: softsign}
 
 
 @emitter(*UNARY)
@@ -80,7 +141,22 @@ def collapse(out: tuple[int, ...], strides: list[list[int]]) -> tuple[list[int],
     return merged_d, merged_s
 
 
-BINARY = {OpKind.ADD: "fadd", OpKind.SUM: "fadd", OpKind.MUL: "fmul"}
+def prelu(b: ir.IRBuilder, x: ir.Value, slope: ir.Value) -> ir.Value:
+    return b.select(b.fcmp_ordered("<", x, const_like(x, 0.0)), b.fmul(x, slope), x)
+
+
+# how each op combines its operands, left to right; Sub and Div take no fast-math flags, which
+# would let LLVM assume no infinities (x / 0 must give inf)
+BINARY = {
+    OpKind.ADD: lambda b, x, y: b.fadd(x, y, flags=FAST),
+    OpKind.SUM: lambda b, x, y: b.fadd(x, y, flags=FAST),
+    OpKind.MUL: lambda b, x, y: b.fmul(x, y, flags=FAST),
+    OpKind.SUB: lambda b, x, y: b.fsub(x, y),
+    OpKind.DIV: lambda b, x, y: b.fdiv(x, y),
+    OpKind.MAX: fmax,
+    OpKind.MIN: fmin,
+    OpKind.PRELU: prelu,
+}
 
 
 @emitter(*BINARY)
@@ -90,12 +166,12 @@ def emit_broadcast(em: ModuleEmitter, op: Op) -> KernelCall:
     fn, b = em.function(op.name, n + 1)
     dims, strides = collapse(out, [broadcast_strides(em.tensor(t).shape, out) for t in op.inputs]
                              + [broadcast_strides(out, out)])
-    combine = getattr(b, BINARY[op.kind])
+    combine = BINARY[op.kind]
     with loop_nest(b, dims) as idx:
         acc = None
         for k in range(n):
             v = load(b, fn.args[k], linear_index(b, idx, strides[k]))
-            acc = v if acc is None else combine(acc, v, flags=FAST)
+            acc = v if acc is None else combine(b, acc, v)
         store(b, acc, fn.args[n], linear_index(b, idx, strides[n]))
     b.ret_void()
     return KernelCall(fn, list(op.inputs) + [op.outputs[0]])

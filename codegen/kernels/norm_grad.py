@@ -13,6 +13,7 @@ from convc.ops import OpKind
 from convc.codegen.llvm_utils import (F32, F64, FAST, alloca_entry, call_intrinsic, f32, for_range, i64, load,
                                       store)
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
+from convc.codegen.kernels.optim import copy_unchanged
 
 
 def _f64(v: float) -> ir.Constant:
@@ -113,11 +114,14 @@ def emit_running_update(em: ModuleEmitter, op: Op) -> KernelCall:
     mom = f32(a.momentum)
     rest = f32(1.0 - a.momentum)
     unbias = f32(a.count / max(a.count - 1, 1))
-    with b.if_then(b.fcmp_unordered("une", load(b, ok, 0), f32(0.0))):
-        with for_range(b, c, name="ch") as ci:
-            store(b, b.fadd(b.fmul(mom, load(b, rm, ci)), b.fmul(rest, load(b, mean, ci))), rm_new, ci)
-            s = load(b, invstd, ci)
-            var = b.fsub(b.fdiv(f32(1.0), b.fmul(s, s)), f32(a.epsilon))
-            store(b, b.fadd(b.fmul(mom, load(b, rv, ci)), b.fmul(rest, b.fmul(var, unbias))), rv_new, ci)
+    with b.if_else(b.fcmp_unordered("une", load(b, ok, 0), f32(0.0))) as (then, otherwise):
+        with then:
+            with for_range(b, c, name="ch") as ci:
+                store(b, b.fadd(b.fmul(mom, load(b, rm, ci)), b.fmul(rest, load(b, mean, ci))), rm_new, ci)
+                s = load(b, invstd, ci)
+                var = b.fsub(b.fdiv(f32(1.0), b.fmul(s, s)), f32(a.epsilon))
+                store(b, b.fadd(b.fmul(mom, load(b, rv, ci)), b.fmul(rest, b.fmul(var, unbias))), rv_new, ci)
+        with otherwise:
+            copy_unchanged(b, [rm, rv], [rm_new, rv_new], c)
     b.ret_void()
     return KernelCall(fn, list(op.inputs) + list(op.outputs))

@@ -47,21 +47,31 @@ def emit_update(em: ModuleEmitter, op: Op) -> KernelCall:
     state_in = fn.args[5:5 + n_state]
     x_out = fn.args[5 + n_state]
     state_out = fn.args[6 + n_state:]
-    with b.if_then(b.fcmp_unordered("une", load(b, ok_p, 0), f32(0.0))):
-        lr64 = b.fpext(load(b, lr_p, 0), F64)
-        t = load(b, step_p, 0, I64)
-        t64 = b.sitofp(t, F64)
-        scalars = _scalars(b, op.kind, a, lr64, t, t64)
-        with for_range(b, em.tensor(op.inputs[3]).size) as i:
-            x = load(b, x_p, i)
-            g = _regularized(b, a, x, load(b, g_p, i))
-            state = [load(b, s, i) for s in state_in]
-            new_x, new_state = _step(b, op.kind, a, scalars, x, g, state)
-            store(b, new_x, x_out, i)
-            for s, v in zip(state_out, new_state):
-                store(b, v, s, i)
+    size = em.tensor(op.inputs[3]).size
+    with b.if_else(b.fcmp_unordered("une", load(b, ok_p, 0), f32(0.0))) as (then, otherwise):
+        with then:
+            lr64 = b.fpext(load(b, lr_p, 0), F64)
+            t = load(b, step_p, 0, I64)
+            t64 = b.sitofp(t, F64)
+            scalars = _scalars(b, op.kind, a, lr64, t, t64)
+            with for_range(b, size) as i:
+                x = load(b, x_p, i)
+                g = _regularized(b, a, x, load(b, g_p, i))
+                state = [load(b, s, i) for s in state_in]
+                new_x, new_state = _step(b, op.kind, a, scalars, x, g, state)
+                store(b, new_x, x_out, i)
+                for s, v in zip(state_out, new_state):
+                    store(b, v, s, i)
+        with otherwise:  # outputs = inputs (a no-op when the plan updates in place, as the training step does)
+            copy_unchanged(b, [x_p] + list(state_in), [x_out] + list(state_out), size)
     b.ret_void()
     return KernelCall(fn, list(op.inputs) + list(op.outputs))
+
+
+def copy_unchanged(b: ir.IRBuilder, sources, targets, size: int) -> None:
+    for src, dst in zip(sources, targets):
+        with for_range(b, size, name="keep") as i:
+            store(b, load(b, src, i), dst, i)
 
 
 def _scalars(b: ir.IRBuilder, kind: OpKind, a, lr64, t, t64) -> dict[str, ir.Value]:

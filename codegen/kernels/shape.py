@@ -1,12 +1,16 @@
-"""Concat as one block copy per input and outer index."""
+"""Data movement: Concat and Split as block copies per outer index; Transpose, Pad and StridedSlice as
+loop nests over the output (Pad reads per-axis index tables built at compile time)."""
 from __future__ import annotations
 
 import numpy as np
 
 from convc.ir import Op
 from convc.ops import OpKind
-from convc.codegen.llvm_utils import for_range, gep, i64, memcpy
+from convc.ops.shape import pad_source_index
+from convc.codegen.llvm_utils import F32, I64, constant_table, f32, for_range, gep, i64, linear_index, load, loop_nest, \
+    memcpy, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
+from convc.codegen.kernels.elementwise import broadcast_strides, collapse
 
 
 @emitter(OpKind.CONCAT)
@@ -27,3 +31,83 @@ def emit_concat(em: ModuleEmitter, op: Op) -> KernelCall:
         offset += chunk
     b.ret_void()
     return KernelCall(fn, list(op.inputs) + [op.outputs[0]])
+
+
+@emitter(OpKind.SPLIT)
+def emit_split(em: ModuleEmitter, op: Op) -> KernelCall:
+    axis = op.attrs.axis
+    shape = em.tensor(op.inputs[0]).shape
+    outer = int(np.prod(shape[:axis]))
+    inner = int(np.prod(shape[axis + 1:]))
+    fn, b = em.function(op.name, len(op.outputs) + 1)
+    x = fn.args[0]
+    offset = 0
+    for k, n in enumerate(op.attrs.sizes):
+        chunk = n * inner
+        with for_range(b, outer, name="outer") as o:
+            src = gep(b, x, b.add(b.mul(o, i64(shape[axis] * inner)), i64(offset)))
+            memcpy(b, gep(b, fn.args[k + 1], b.mul(o, i64(chunk))), src, chunk * 4)
+        offset += chunk
+    b.ret_void()
+    return KernelCall(fn, [op.inputs[0]] + list(op.outputs))
+
+
+def row_major_strides(shape: tuple[int, ...]) -> list[int]:
+    return broadcast_strides(shape, shape) if shape else []
+
+
+@emitter(OpKind.TRANSPOSE)
+def emit_transpose(em: ModuleEmitter, op: Op) -> KernelCall:
+    """y[i] = x[permuted i]; output axes whose input axes stay adjacent merge into one loop."""
+    xs, ys = em.tensor(op.inputs[0]).shape, em.tensor(op.outputs[0]).shape
+    x_strides = [row_major_strides(xs)[p] if xs[p] != 1 else 0 for p in op.attrs.perm]
+    dims, (src, dst) = collapse(ys, [x_strides, row_major_strides(ys)])
+    fn, b = em.function(op.name, 2)
+    x, y = fn.args
+    with loop_nest(b, dims) as idx:
+        store(b, load(b, x, linear_index(b, idx, src)), y, linear_index(b, idx, dst))
+    b.ret_void()
+    return KernelCall(fn, [op.inputs[0], op.outputs[0]])
+
+
+@emitter(OpKind.STRIDED_SLICE)
+def emit_strided_slice(em: ModuleEmitter, op: Op) -> KernelCall:
+    a = op.attrs
+    xs = em.tensor(op.inputs[0]).shape
+    x_strides = row_major_strides(xs)
+    base = sum(start * st for start, st in zip(a.starts, x_strides))
+    fn, b = em.function(op.name, 2)
+    x, y = fn.args
+    with loop_nest(b, a.shape) as idx:
+        src = b.add(i64(base), linear_index(b, idx, [step * st for step, st in zip(a.steps, x_strides)]))
+        store(b, load(b, x, src), y, linear_index(b, idx, row_major_strides(a.shape)))
+    b.ret_void()
+    return KernelCall(fn, [op.inputs[0], op.outputs[0]])
+
+
+@emitter(OpKind.PAD)
+def emit_pad(em: ModuleEmitter, op: Op) -> KernelCall:
+    """Every mode is one gather: per axis, a table maps the output position to the input index (-1 for the
+    constant fill), so reflect/edge/wrap and cropping need no case analysis in the loop."""
+    a = op.attrs
+    xs, ys = em.tensor(op.inputs[0]).shape, em.tensor(op.outputs[0]).shape
+    r = len(xs)
+    x_strides = row_major_strides(xs)
+    fn, b = em.function(op.name, 2)
+    x, y = fn.args
+    tables = [constant_table(b, pad_source_index(a, xs[d], d, r), f"{fn.name}_axis{d}") for d in range(r)]
+    with loop_nest(b, ys) as idx:
+        src, ok = i64(0), None
+        for d in range(r):
+            v = load(b, tables[d], idx[d], I64)
+            if a.mode == "constant":
+                inside = b.icmp_signed(">=", v, i64(0))
+                ok = inside if ok is None else b.and_(ok, inside)
+                v = b.select(inside, v, i64(0))  # a clamped address: the load below stays in bounds
+            src = b.add(src, b.mul(v, i64(x_strides[d])))
+        value = load(b, x, src)
+        if ok is not None:
+            value = b.select(ok, value, f32(a.value))
+        store(b, value, y, linear_index(b, idx, row_major_strides(ys)))
+    b.ret_void()
+    return KernelCall(fn, [op.inputs[0], op.outputs[0]])

@@ -1,4 +1,4 @@
-"""Softmax along one axis: max, exp and sum, then scale, per (outer, inner) position."""
+"""Softmax and LogSoftmax along one axis: max, exp and sum, then scale (or subtract the log), per (outer, inner) position."""
 from __future__ import annotations
 
 import math
@@ -11,7 +11,7 @@ from convc.codegen.llvm_utils import F32, alloca_entry, call_intrinsic, f32, fma
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 
 
-@emitter(OpKind.SOFTMAX)
+@emitter(OpKind.SOFTMAX, OpKind.LOG_SOFTMAX)
 def emit_softmax(em: ModuleEmitter, op: Op) -> KernelCall:
     shape = em.tensor(op.inputs[0]).shape
     axis = op.attrs.axis
@@ -35,8 +35,13 @@ def emit_softmax(em: ModuleEmitter, op: Op) -> KernelCall:
                 e = call_intrinsic(b, "llvm.exp.f32", [b.fsub(load(b, x, at(l)), m)])
                 store(b, e, y, at(l))
                 b.store(b.fadd(b.load(total, typ=F32), e), total)
-            inv = b.fdiv(f32(1.0), b.load(total, typ=F32))
-            with for_range(b, length, name="l") as l:
-                store(b, b.fmul(load(b, y, at(l)), inv), y, at(l))
+            if op.kind is OpKind.LOG_SOFTMAX:  # x - max - log(sum): exact where exp underflows
+                shift = b.fadd(m, call_intrinsic(b, "llvm.log.f32", [b.load(total, typ=F32)]))
+                with for_range(b, length, name="l") as l:
+                    store(b, b.fsub(load(b, x, at(l)), shift), y, at(l))
+            else:
+                inv = b.fdiv(f32(1.0), b.load(total, typ=F32))
+                with for_range(b, length, name="l") as l:
+                    store(b, b.fmul(load(b, y, at(l)), inv), y, at(l))
     b.ret_void()
     return KernelCall(fn, [op.inputs[0], op.outputs[0]])

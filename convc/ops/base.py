@@ -17,6 +17,7 @@ from convc.errors import GraphError
 class OpKind(enum.Enum):
     # convolution and matrix products
     CONV = "Conv"
+    CONV_TRANSPOSE = "ConvTranspose"
     GEMM = "Gemm"
     MATMUL = "MatMul"
     # unary elementwise
@@ -26,23 +27,43 @@ class OpKind(enum.Enum):
     TANH = "Tanh"
     IDENTITY = "Identity"
     DROPOUT = "Dropout"
+    CLIP = "Clip"
+    ELU = "Elu"
+    SELU = "Selu"
+    HARD_SIGMOID = "HardSigmoid"
+    HARD_SWISH = "HardSwish"
+    SOFTPLUS = "Softplus"
+    SOFTSIGN = "Softsign"
     # binary / variadic elementwise with broadcasting
     ADD = "Add"
     MUL = "Mul"
     SUM = "Sum"
+    SUB = "Sub"
+    DIV = "Div"
+    MAX = "Max"
+    MIN = "Min"
+    PRELU = "PRelu"
     # pooling
     MAX_POOL = "MaxPool"
     AVERAGE_POOL = "AveragePool"
     GLOBAL_AVERAGE_POOL = "GlobalAveragePool"
     GLOBAL_MAX_POOL = "GlobalMaxPool"
+    LP_POOL = "LpPool"
     # normalization
     BATCH_NORM = "BatchNormalization"
+    LRN = "LRN"
     # shape and data movement
     FLATTEN = "Flatten"
     RESHAPE = "Reshape"
     CONCAT = "Concat"
+    TRANSPOSE = "Transpose"
+    SPLIT = "Split"
+    PAD = "Pad"
+    STRIDED_SLICE = "StridedSlice"  # ONNX Slice with steps or several axes (one unit-step axis imports as SLICE)
+    RESIZE = "Resize"
     # reductions
     SOFTMAX = "Softmax"
+    LOG_SOFTMAX = "LogSoftmax"
     # introduced by passes (no ONNX op of that name)
     IM2COL = "Im2Col"
     # training (passes/autodiff): forward in training mode, gradients, losses, optimizer updates;
@@ -83,11 +104,14 @@ class OpKind(enum.Enum):
 class OpGroup:
     """Named groups so passes never compare op-name strings."""
     UNARY = frozenset({OpKind.RELU, OpKind.LEAKY_RELU, OpKind.SIGMOID, OpKind.TANH, OpKind.IDENTITY,
-                       OpKind.DROPOUT})
+                       OpKind.DROPOUT, OpKind.CLIP, OpKind.ELU, OpKind.SELU, OpKind.HARD_SIGMOID, OpKind.HARD_SWISH,
+                       OpKind.SOFTPLUS, OpKind.SOFTSIGN})
     ACTIVATION = frozenset({OpKind.RELU, OpKind.LEAKY_RELU, OpKind.SIGMOID, OpKind.TANH})
-    BROADCAST = frozenset({OpKind.ADD, OpKind.MUL, OpKind.SUM})
+    BROADCAST = frozenset({OpKind.ADD, OpKind.MUL, OpKind.SUM, OpKind.SUB, OpKind.DIV, OpKind.MAX, OpKind.MIN,
+                           OpKind.PRELU})
     ELEMENTWISE = UNARY | BROADCAST
-    POOL = frozenset({OpKind.MAX_POOL, OpKind.AVERAGE_POOL, OpKind.GLOBAL_AVERAGE_POOL, OpKind.GLOBAL_MAX_POOL})
+    POOL = frozenset({OpKind.MAX_POOL, OpKind.AVERAGE_POOL, OpKind.GLOBAL_AVERAGE_POOL, OpKind.GLOBAL_MAX_POOL,
+                      OpKind.LP_POOL})
     MATMUL_LIKE = frozenset({OpKind.CONV, OpKind.GEMM, OpKind.MATMUL})
     # ops whose attributes carry an Epilogue (convc/ops/epilogue.py) that passes fuse into
     EPILOGUE = frozenset({OpKind.CONV, OpKind.GEMM})

@@ -1,4 +1,8 @@
-"""Unary activations and broadcasting binary/variadic arithmetic."""
+"""Unary activations and broadcasting binary/variadic arithmetic.
+
+References compute in float64 and cast back, so they are the accurate side of every comparison.
+Softplus uses the overflow-free form max(x, 0) + log1p(exp(-|x|)) (log(exp(x) + 1) is inf beyond
+x ~ 88 in float32, where the true value is x)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,6 +26,30 @@ class DropoutAttrs:
     ratio: float = 0.5  # identity at inference; the training step applies it
 
 
+@dataclass(frozen=True)
+class ClipAttrs:
+    """min(max(x, min), max); ReLU6 is ClipAttrs(0, 6). NaN stays NaN; min > max gives max everywhere."""
+    min: float = -np.inf
+    max: float = np.inf
+
+
+@dataclass(frozen=True)
+class EluAttrs:
+    alpha: float = 1.0
+
+
+@dataclass(frozen=True)
+class SeluAttrs:
+    alpha: float = 1.67326319217681884765625
+    gamma: float = 1.05070102214813232421875
+
+
+@dataclass(frozen=True)
+class HardSigmoidAttrs:
+    alpha: float = 0.2
+    beta: float = 0.5
+
+
 def _unary(kind: OpKind):
     def infer(a, types: Sequence[TensorType]) -> list[TensorType]:
         check_arity(kind, types, 1, 1)
@@ -34,6 +62,18 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def _f64(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float64)
+
+
+def _elu(x: np.ndarray, alpha: float) -> np.ndarray:
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+
+
+def _hard_sigmoid(x: np.ndarray, alpha: float, beta: float) -> np.ndarray:
+    return np.clip(alpha * x + beta, 0.0, 1.0)
+
+
 _UNARY_REFS = {
     OpKind.RELU: (NoAttrs, lambda a, x: np.maximum(x, 0)),
     OpKind.LEAKY_RELU: (LeakyReluAttrs, lambda a, x: np.where(x >= 0, x, a.alpha * x)),
@@ -41,6 +81,13 @@ _UNARY_REFS = {
     OpKind.TANH: (NoAttrs, lambda a, x: np.tanh(x)),
     OpKind.IDENTITY: (NoAttrs, lambda a, x: x.copy()),
     OpKind.DROPOUT: (DropoutAttrs, lambda a, x: x.copy()),
+    OpKind.CLIP: (ClipAttrs, lambda a, x: np.minimum(np.maximum(x, a.min), a.max)),
+    OpKind.ELU: (EluAttrs, lambda a, x: _elu(_f64(x), a.alpha)),
+    OpKind.SELU: (SeluAttrs, lambda a, x: a.gamma * _elu(_f64(x), a.alpha)),
+    OpKind.HARD_SIGMOID: (HardSigmoidAttrs, lambda a, x: _hard_sigmoid(_f64(x), a.alpha, a.beta)),
+    OpKind.HARD_SWISH: (NoAttrs, lambda a, x: _f64(x) * _hard_sigmoid(_f64(x), 1.0 / 6.0, 0.5)),
+    OpKind.SOFTPLUS: (NoAttrs, lambda a, x: np.maximum(_f64(x), 0) + np.log1p(np.exp(-np.abs(_f64(x))))),
+    OpKind.SOFTSIGN: (NoAttrs, lambda a, x: _f64(x) / (1.0 + np.abs(_f64(x)))),
 }
 
 for _kind, (_attrs, _fn) in _UNARY_REFS.items():
@@ -64,3 +111,24 @@ register(OpDef(OpKind.MUL, NoAttrs, _broadcast(OpKind.MUL, 2, 2), lambda a, x, y
                n_inputs=(2, 2)))
 register(OpDef(OpKind.SUM, NoAttrs, _broadcast(OpKind.SUM, 1, -1),
                lambda a, *xs: [reduce(np.add, xs).astype(xs[0].dtype)], n_inputs=(1, -1)))
+register(OpDef(OpKind.SUB, NoAttrs, _broadcast(OpKind.SUB, 2, 2), lambda a, x, y: [(x - y).astype(x.dtype)],
+               n_inputs=(2, 2)))
+register(OpDef(OpKind.DIV, NoAttrs, _broadcast(OpKind.DIV, 2, 2),
+               lambda a, x, y: [(_f64(x) / _f64(y)).astype(x.dtype)], n_inputs=(2, 2)))
+# np.maximum/np.minimum propagate NaN, as ONNX Max/Min (and the kernels' llvm.maximum/minimum) do
+register(OpDef(OpKind.MAX, NoAttrs, _broadcast(OpKind.MAX, 1, -1),
+               lambda a, *xs: [reduce(np.maximum, xs).astype(xs[0].dtype)], n_inputs=(1, -1)))
+register(OpDef(OpKind.MIN, NoAttrs, _broadcast(OpKind.MIN, 1, -1),
+               lambda a, *xs: [reduce(np.minimum, xs).astype(xs[0].dtype)], n_inputs=(1, -1)))
+
+
+def prelu_infer(a: NoAttrs, types: Sequence[TensorType]) -> list[TensorType]:
+    """PRelu(X, slope): slope broadcasts to X's shape (unidirectionally: the output is X's shape)."""
+    out = _broadcast(OpKind.PRELU, 2, 2)(a, types)
+    if out[0].shape != types[0].shape:
+        raise GraphError(f"PRelu slope.shape={types[1].shape} does not broadcast to X.shape={types[0].shape}")
+    return out
+
+
+register(OpDef(OpKind.PRELU, NoAttrs, prelu_infer,
+               lambda a, x, slope: [np.where(x < 0, _f64(x) * slope, x).astype(x.dtype)], n_inputs=(2, 2)))

@@ -1,4 +1,4 @@
-"""Softmax along one axis (opset 13 semantics; older opsets are rewritten by the importer)."""
+"""Softmax and LogSoftmax along one axis (opset 13 semantics; older opsets are rewritten by the importer)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,12 +15,17 @@ class SoftmaxAttrs:
     axis: int  # non-negative after import
 
 
-def infer(a: SoftmaxAttrs, types: Sequence[TensorType]) -> list[TensorType]:
-    check_arity(OpKind.SOFTMAX, types, 1, 1)
-    check_float(OpKind.SOFTMAX, types)
-    if not 0 <= a.axis < types[0].rank:
-        raise GraphError(f"Softmax axis={a.axis} is out of range for shape {types[0].shape}")
-    return same_type(types[0])
+def _infer(kind: OpKind):
+    def infer(a: SoftmaxAttrs, types: Sequence[TensorType]) -> list[TensorType]:
+        check_arity(kind, types, 1, 1)
+        check_float(kind, types)
+        if not 0 <= a.axis < types[0].rank:
+            raise GraphError(f"{kind.value} axis={a.axis} is out of range for shape {types[0].shape}")
+        return same_type(types[0])
+    return infer
+
+
+infer = _infer(OpKind.SOFTMAX)
 
 
 def reference(a: SoftmaxAttrs, x: np.ndarray) -> list[np.ndarray]:
@@ -29,4 +34,11 @@ def reference(a: SoftmaxAttrs, x: np.ndarray) -> list[np.ndarray]:
     return [(e / e.sum(axis=a.axis, keepdims=True)).astype(x.dtype)]
 
 
+def log_reference(a: SoftmaxAttrs, x: np.ndarray) -> list[np.ndarray]:
+    x64 = x.astype(np.float64)
+    shifted = x64 - x64.max(axis=a.axis, keepdims=True)
+    return [(shifted - np.log(np.exp(shifted).sum(axis=a.axis, keepdims=True))).astype(x.dtype)]
+
+
 register(OpDef(OpKind.SOFTMAX, SoftmaxAttrs, infer, reference))
+register(OpDef(OpKind.LOG_SOFTMAX, SoftmaxAttrs, _infer(OpKind.LOG_SOFTMAX), log_reference))

@@ -161,6 +161,7 @@ class Tracer:
         self._names: dict[int, str] = {}
         for name, m in root.named_modules():
             self._names.setdefault(id(m), name)
+        self._anonymous: list[Module] = []
         self._scopes: list[_Scope] = []
         self._params: dict[tuple[int, str], str] = {}  # (module id, attribute) -> constant name
         self._trainable: dict[str, int] = {}           # constant name -> size, for trainable parameters
@@ -217,6 +218,7 @@ class Tracer:
             prefix = self._scopes[-1].name if self._scopes else ""
             name = self._unique(dotted(prefix, type(module).__name__.lower()))
             self._names[id(module)] = name
+            self._anonymous.append(module)  # keeps its id from being reused by a later temporary
         return name
 
     def _unique(self, base: str) -> str:

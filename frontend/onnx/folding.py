@@ -227,6 +227,9 @@ def _int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _binary(op_type: str, fn: Callable[[np.ndarray, np.ndarray], np.ndarray], keep_dtype: bool = True) -> None:
     def fold(ctx: NodeContext) -> list[np.ndarray]:
         a, b = _values(ctx)
+        if ctx.opset < 7 and int(ctx.attr("broadcast", 0)) and ctx.attr("axis", None) is not None:
+            axis = int(ctx.attr("axis")) % max(a.ndim, 1)  # opset 6: B's dimensions start at A's axis
+            b = b.reshape(b.shape + (1,) * (a.ndim - axis - b.ndim))
         try:
             np.broadcast_shapes(a.shape, b.shape)
         except ValueError:

@@ -9,6 +9,8 @@ from convc.ops.norm import BatchNormAttrs
 
 @converter("BatchNormalization")
 def batch_norm(ctx: NodeContext) -> None:
+    if ctx.opset < 7 and not int(ctx.attr("is_test", 0)):
+        raise Unsupported("is_test=0 (BatchNormalization-6 in training mode); convc imports the inference form")
     if ctx.attr("training_mode", 0) != 0:
         raise Unsupported("training_mode=1 normalizes with batch statistics; convc imports the inference form")
     if ctx.attr("spatial", 1) != 1:

@@ -16,7 +16,8 @@ import numpy as np
 if TYPE_CHECKING:
     from convc.frontend.onnx.context import NodeContext
 
-FIRST_OPSET = 7  # older opsets changed Conv, BatchNormalization and broadcasting semantics
+FIRST_OPSET = 6  # opset 6 (PyTorch 0.3/0.4 exports): its broadcast attributes and is_test flags are handled by
+                 # the converters of Add/Sub/Mul/Div/PRelu/Sum/Max/Min, BatchNormalization and Dropout
 
 Converter = Callable[["NodeContext"], None]
 Folder = Callable[["NodeContext"], "list[np.ndarray]"]

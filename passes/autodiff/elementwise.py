@@ -28,7 +28,7 @@ def reduce_to(ctx: GradContext, dy: str, shape: tuple[int, ...]) -> str:
 def scale(ctx: GradContext, t: str, factor: float) -> str:
     if factor == 1.0:
         return t
-    c = ctx.g.add_constant(ctx.g.fresh_name(f"{t}.scale"), np.array([factor], dtype=ctx.g.tensor(t).dtype))
+    c = ctx.g.add_constant(ctx.g.fresh_name(f"{t}.scale"), np.array(factor, dtype=ctx.g.tensor(t).dtype))
     return ctx.emit1(OpKind.MUL, NoAttrs(), [t, c.name])
 
 

@@ -258,3 +258,15 @@ class Branchy(nn.Module):
 def test_branching_on_a_traced_tensor_is_an_error():
     with pytest.raises(nn.ModelDefinitionError, match="forward\\(\\) cannot branch on tensor values"):
         Branchy().to_graph((1, 2))
+
+
+class InlineConvs(nn.Module):
+    def forward(self, x):
+        return nn.Conv2d(2, 2, 1)(nn.Conv2d(2, 2, 1)(x))  # two temporaries: each keeps its own weights
+
+
+def test_temporary_modules_do_not_share_parameters():
+    g = InlineConvs().to_graph((1, 2, 3, 3))
+    convs = [op for op in g.ops() if op.kind is OpKind.CONV]
+    assert [op.name for op in convs] == ["conv2d", "conv2d_1"]
+    assert convs[0].inputs[1] != convs[1].inputs[1]

@@ -1,0 +1,79 @@
+"""Whole models: compiled gradients against finite differences (convc.gradcheck), the structure of
+the training graph, and the training step planned as one native function."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import convc
+from convc.frontend.onnx import import_onnx
+from convc.ops import OpKind
+from convc.passes.autodiff.training import build_training
+from train import nets
+
+
+@pytest.mark.parametrize("model,shape,loss", [
+    (nets.digits_cnn(dropout=0.3), (4, 1, 8, 8), "cross_entropy"),
+    (nets.digits_cnn(dropout=0.0, softmax=True), (3, 1, 8, 8), "cross_entropy"),
+    (nets.residual_net(), (3, 2, 6, 6), "cross_entropy"),
+    (nets.mlp(), (5, 3, 2, 2), "bce"),
+    (nets.mlp(activation="Relu"), (5, 3, 2, 2), "mse"),
+    (nets.pool_net(), (3, 1, 5, 5), "cross_entropy"),
+], ids=["digits-dropout", "digits-softmax", "residual", "mlp-bce", "mlp-mse", "pools"])
+def test_gradcheck(rng, model, shape, loss):
+    x = rng.standard_normal(shape).astype(np.float32)
+    result = convc.gradcheck(model, x, loss=loss, samples=6, step=3)
+    assert result.ok, str(result)
+    assert result.worst in result.errors and set(result.errors) == set(result.checked)
+
+
+def test_gradcheck_reports_a_wrong_gradient(rng, monkeypatch):
+    """Break one rule (ReLU passing its gradient straight through): gradcheck must name a parameter
+    upstream of it as the worst."""
+    from convc.passes.autodiff import core
+    monkeypatch.setitem(core.GRADIENTS, OpKind.RELU, lambda ctx, op, dys: [dys[0]])
+    x = rng.standard_normal((4, 1, 8, 8)).astype(np.float32)
+    result = convc.gradcheck(nets.digits_cnn(dropout=0.0), x, samples=6)
+    assert not result.ok
+    assert result.worst.startswith(("conv", "bn"))
+    assert "FAILED" in str(result) and result.worst in str(result)
+
+
+def test_training_graph_structure():
+    g = import_onnx(nets.digits_cnn(dropout=0.25, softmax=True), batch=8)
+    step = build_training(g, loss="cross_entropy", optimizer=convc.optim.Adam(1e-3))
+    kinds = [op.kind for op in step.plan.order]
+    # the Softmax is folded into the loss; BN and Dropout run in training mode
+    assert OpKind.SOFTMAX not in kinds and OpKind.BATCH_NORM not in kinds and OpKind.DROPOUT not in kinds
+    assert kinds.count(OpKind.BATCH_NORM_TRAIN) == 2 and kinds.count(OpKind.DROPOUT_TRAIN) == 1
+    # conv1's input is the data: no gradient is computed for it (only conv2 needs dX)
+    assert kinds.count(OpKind.CONV_GRAD_INPUT) == 1 and kinds.count(OpKind.CONV_GRAD_WEIGHT) == 2
+    # 8 parameters (2 x conv weight+bias, 2 x BN scale+bias... + fc weight+bias = 10), one update each
+    assert sorted(step.params) == sorted(["conv1.weight", "conv1.bias", "bn1.weight", "bn1.bias", "conv2.weight",
+                                          "conv2.bias", "bn2.weight", "bn2.bias", "fc.weight", "fc.bias"])
+    assert kinds.count(OpKind.ADAM_UPDATE) == 10 and kinds.count(OpKind.BATCH_NORM_RUNNING_UPDATE) == 2
+    # the updates, then the running statistics, then the step counter close the step
+    tail = kinds[-14:]
+    assert tail[0] is OpKind.ALL_FINITE and tail[-1] is OpKind.STEP_INCREMENT
+    assert step.roles["conv1.weight"] == "weight" and step.roles["conv1.bias"] == "bias"
+    assert step.roles["bn1.weight"] == "norm" and step.roles["bn1.running_mean"] == "running"
+    # parameters and state are inputs of the step, updated in place: each update output shares its buffer
+    mem = step.plan.memory
+    for op in step.plan.order:
+        if op.kind is OpKind.ADAM_UPDATE:
+            assert mem.buffers[op.outputs[0]] == mem.buffers[op.inputs[3]]
+            assert mem.buffers[op.outputs[1]] == mem.buffers[op.inputs[5]]
+            assert mem.buffers[op.inputs[3]].kind == "input"
+    step.graph.verify()
+
+
+def test_no_update_reads_a_stale_parameter():
+    """Every op reading a parameter runs before that parameter's update (it is overwritten in place)."""
+    g = import_onnx(nets.residual_net(), batch=2)
+    step = build_training(g, loss="cross_entropy", optimizer=convc.optim.SGD(0.1, momentum=0.9))
+    position = {op.name: i for i, op in enumerate(step.plan.order)}
+    for op in step.plan.order:
+        if op.kind is OpKind.MOMENTUM_UPDATE:
+            p = op.inputs[3]
+            readers = [r for r in step.graph.consumers(p) if r is not op]
+            assert readers and all(position[r.name] < position[op.name] for r in readers)
