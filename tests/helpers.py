@@ -41,6 +41,10 @@ def onnx_spelling(kind: OpKind, attrs: Any) -> OnnxNode:
     if kind is k.CONV:
         return OnnxNode("Conv", {"kernel_shape": list(attrs.kernel_shape), "strides": list(attrs.strides),
                                  "pads": list(attrs.pads), "dilations": list(attrs.dilations), "group": attrs.group})
+    if kind is k.CONV_TRANSPOSE:
+        return OnnxNode("ConvTranspose", {"kernel_shape": list(attrs.kernel_shape), "strides": list(attrs.strides),
+                                          "pads": list(attrs.pads), "dilations": list(attrs.dilations),
+                                          "group": attrs.group, "output_padding": list(attrs.extra)})
     if kind is k.GEMM:
         return OnnxNode("Gemm", {"alpha": attrs.alpha, "beta": attrs.beta, "transA": int(attrs.trans_a),
                                  "transB": int(attrs.trans_b)})
@@ -88,6 +92,8 @@ def reference_evaluator_bug(kind: OpKind, attrs: Any, inputs: Sequence[np.ndarra
     if kind is OpKind.AVERAGE_POOL and attrs.ceil_mode and max(ceil_overhang(attrs, inputs[0].shape)) >= 2:
         return ("ceil_mode AveragePool splits the overhang padding it adds in two and puts half of it before "
                 "the input, shifting every window once the overhang is 2 or more")
+    if kind is OpKind.CONV_TRANSPOSE and attrs.group > 1:
+        return "grouped ConvTranspose slices W by output channels and keeps one output channel per group"
     if kind is OpKind.PAD and min(attrs.pads) < 0:
         return "Pad hands negative pads (cropping) to numpy.pad, which rejects them"
     if kind is OpKind.GLOBAL_MAX_POOL and inputs[0].ndim != 4:

@@ -242,5 +242,20 @@ class GemmEmitter:
             with b.if_then(b.icmp_unsigned(">", hi, i64(full_n))):
                 column(i64(full_n), rem_n)
 
+    def pack_panel(self, b: ir.IRBuilder, src: ir.Value, ld: int, k: int, n_valid: int, dst: ir.Value) -> None:
+        """Copy a K x n_valid block of B (rows ``ld`` apart) into a unit-stride K x NR panel, zero-padded.
+
+        Reading B in place with a leading dimension that is a multiple of 256 floats maps every
+        row to the same few L1 sets; the copy costs 1/M of the GEMM that reads it."""
+        w, nr = self.isa.width, self.isa.nr
+        zero = ir.Constant(self.vec, None)
+        with for_range(b, k, name="pk") as kk:
+            row = gep(b, src, b.mul(kk, i64(ld)))
+            out = gep(b, dst, b.mul(kk, i64(nr)))
+            for v in range(nr // w):
+                valid = n_valid - v * w
+                val = self.vload(b, gep(b, row, v * w), valid) if valid > 0 else zero
+                b.store(val, gep(b, out, v * w), align=4)
+
     def n_panels(self, n: int) -> int:
         return -(-n // self.isa.nr)

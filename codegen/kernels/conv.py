@@ -40,18 +40,37 @@ def im2col_row(b: ir.IRBuilder, x: ir.Value, col: ir.Value, row: ir.Value, c: in
     ci = b.udiv(row, i64(kh_ * kw_))
     kh = b.urem(b.udiv(row, i64(kw_)), i64(kh_))
     kw = b.urem(row, i64(kw_))
+    # output columns whose tap lands inside the row: ox in [lo, hi), the same for every oy
+    first_tap = b.sub(i64(pl), b.mul(kw, i64(dw)))   # ox * sw >= pl - kw*dw
+    last_tap = b.add(i64(w), first_tap)               # ox * sw <  w + pl - kw*dw
+    lo = _clamp(b, _ceil_div(b, first_tap, sw), ow)
+    hi = _clamp(b, _ceil_div(b, last_tap, sw), ow)
+    hi = b.select(b.icmp_signed("<", hi, lo), lo, hi)
     with for_range(b, oh, name="oy") as oy:
         iy = b.add(b.sub(b.mul(oy, i64(sh)), i64(pt)), b.mul(kh, i64(dh)))
         y_ok = in_range(b, iy, 0, h)
-        x_row = b.mul(b.add(b.mul(ci, i64(h)), iy), i64(w))
-        col_row = b.add(b.mul(row, i64(oh * ow)), b.mul(oy, i64(ow)))
-        with for_range(b, ow, name="ox") as ox:
-            ix = b.add(b.sub(b.mul(ox, i64(sw)), i64(pl)), b.mul(kw, i64(dw)))
-            ok = b.and_(y_ok, in_range(b, ix, 0, w))
-            # clamp the address so the load never leaves the input
-            addr = b.select(ok, b.add(x_row, ix), i64(0))
-            v = b.select(ok, load(b, x, addr), f32(0.0))
-            store(b, v, col, b.add(col_row, ox))
+        col_row = gep(b, col, b.add(b.mul(row, i64(oh * ow)), b.mul(oy, i64(ow))))
+        # a row of taps in the vertical padding is all zeros; otherwise zeros, a strided copy, zeros
+        row_lo = b.select(y_ok, lo, i64(ow))
+        row_hi = b.select(y_ok, hi, i64(ow))
+        # index arithmetic stays in integers: the row's start may lie before x, no tap read does
+        x_row = b.sub(b.mul(b.add(b.mul(ci, i64(h)), b.select(y_ok, iy, i64(0))), i64(w)), first_tap)
+        with for_range(b, row_lo, name="zl") as ox:
+            store(b, f32(0.0), col_row, ox)
+        with for_range(b, row_hi, start=row_lo, name="ox") as ox:
+            store(b, load(b, x, b.add(x_row, ox if sw == 1 else b.mul(ox, i64(sw)))), col_row, ox)
+        with for_range(b, ow, start=row_hi, name="zr") as ox:
+            store(b, f32(0.0), col_row, ox)
+
+
+def _ceil_div(b: ir.IRBuilder, a: ir.Value, d: int) -> ir.Value:
+    """ceil(a / d) for d > 0 and any sign of a (0 or less when a <= 0)."""
+    return b.select(b.icmp_signed("<=", a, i64(0)), b.sdiv(a, i64(d)), b.sdiv(b.add(a, i64(d - 1)), i64(d)))
+
+
+def _clamp(b: ir.IRBuilder, v: ir.Value, hi: int) -> ir.Value:
+    v = b.select(b.icmp_signed("<", v, i64(0)), i64(0), v)
+    return b.select(b.icmp_signed(">", v, i64(hi)), i64(hi), v)
 
 
 def emit_im2col(b: ir.IRBuilder, x: ir.Value, col: ir.Value, c: int, h: int, w: int,
@@ -76,13 +95,18 @@ def emit_direct_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     per_group = [pack_a(wm, em.isa) for wm in weight.data.reshape(g, mg, cg)]
     args = list(op.inputs) + [op.outputs[0]]
     args[1] = em.derived_constant(np.stack(per_group))
+    nr = em.isa.nr
+    # copy each B panel to unit stride first unless the micro-kernel runs over it only once or twice
+    repack = mg > 2 * em.isa.mr
+    panel_bytes = cg * nr * 4
+    if repack:
+        args.append(em.scratch(panel_bytes, per_thread=True))
     fn, b = em.function(op.name, len(args), parallel=True)
     x, wt = fn.args[0], fn.args[1]
     bias = fn.args[2] if has_bias else None
     residual = fn.args[len(op.inputs) - 1] if epi.residual else None
     y = fn.args[len(op.inputs)]
     in_kernel, after = split_epilogue(epi)
-    nr = em.isa.nr
     full, rem = divmod(p, nr)
     panels = full + (rem > 0)
     lo, hi = em.thread_range(b, fn, n * g * panels)
@@ -97,7 +121,13 @@ def emit_direct_conv(em: ModuleEmitter, op: Op) -> KernelCall:
         bias_at = gep(b, bias, b.mul(gi, i64(mg))) if bias is not None else None
 
         def one_panel(n_valid: int) -> None:
-            em.gemm.panel(b, mg, cg, w_at, Operand(True), x_at, Operand(False, p), gep(b, y, y_off), p, n_valid,
+            if repack:
+                src = em.thread_scratch(b, fn.args[len(op.inputs) + 1], panel_bytes, fn.args[-2])
+                em.gemm.pack_panel(b, x_at, p, cg, n_valid, src)
+                bop = Operand(True)
+            else:
+                src, bop = x_at, Operand(False, p)
+            em.gemm.panel(b, mg, cg, w_at, Operand(True), src, bop, gep(b, y, y_off), p, n_valid,
                           "bias_row" if bias is not None else "zero", bias_at, in_kernel,
                           gep(b, residual, y_off) if residual is not None else None)
             if not after.empty:

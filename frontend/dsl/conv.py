@@ -171,9 +171,11 @@ class ConvTranspose2d(Module):
         if min(out[2:]) < 1:
             raise x.tracer.shape_error("conv_transpose", f"would produce an empty output {out} from its input of "
                                                          f"shape {x.shape} ({x.after()})")
+        # wiring once convc/ops registers OpKind.CONV_TRANSPOSE: emit it on [x, self.weight(, self.bias)] with
+        # kernel_size, stride, padding (begins + ends), output_padding, dilation and groups, and drop this raise
         raise UnsupportedLayerError(
-            f"{x.tracer.label('conv_transpose')} cannot be compiled yet: convc has no ConvTranspose op "
-            f"(OpKind has no CONV_TRANSPOSE); ConvTranspose compiles once the op lands. The layer is defined: input "
+            f"{x.tracer.label('conv_transpose')} cannot be compiled yet: convc has no ConvTranspose op; "
+            f"ConvTranspose compiles once the op lands. The layer is defined: input "
             f"{x.shape} -> output {out}, weight {self._parameters['weight'].shape}")
 
     def extra_repr(self) -> str:

@@ -57,6 +57,17 @@ def add_grad(ctx: GradContext, op: Op, dys: list) -> list:
     return [reduce_to(ctx, dys[0], ctx.shape(t)) if ctx.needs(op, i) else None for i, t in enumerate(op.inputs)]
 
 
+@gradient(OpKind.SUB)
+def sub_grad(ctx: GradContext, op: Op, dys: list) -> list:
+    a, b = op.inputs
+    out = [None, None]
+    if ctx.needs(op, 0):
+        out[0] = reduce_to(ctx, dys[0], ctx.shape(a))
+    if ctx.needs(op, 1):
+        out[1] = scale(ctx, reduce_to(ctx, dys[0], ctx.shape(b)), -1.0)
+    return out
+
+
 @gradient(OpKind.MUL)
 def mul_grad(ctx: GradContext, op: Op, dys: list) -> list:
     a, b = op.inputs

@@ -180,3 +180,23 @@ def test_tensor_read_twice_accumulates(rng):
     x = f32(rng, 3, 4)
     grads = check_gradient(OpKind.MUL, NoAttrs(), [x, x], wrt=(0, 1), rng=rng)
     assert len(grads) == 2
+
+
+def test_sub_broadcast(rng):
+    check_gradient(OpKind.SUB, NoAttrs(), [f32(rng, 3, 4), f32(rng, 4)], wrt=(0, 1), rng=rng)
+
+
+def test_transpose(rng):
+    from convc.ops.shape import TransposeAttrs
+    check_gradient(OpKind.TRANSPOSE, TransposeAttrs((2, 0, 1)), [f32(rng, 2, 3, 4)], rng=rng)
+
+
+def test_split(rng):
+    from convc.ops.shape import SplitAttrs
+    check_gradient(OpKind.SPLIT, SplitAttrs(1, (1, 3)), [f32(rng, 2, 4, 3)], rng=rng)  # only part 0 is used
+
+
+@pytest.mark.parametrize("pads", [(0, 1, 1, 0, 2, 1), (1, -1, 0, 0, 2, -1)])  # the second one also crops
+def test_pad_constant(rng, pads):
+    from convc.ops.shape import PadAttrs
+    check_gradient(OpKind.PAD, PadAttrs(pads, "constant", 0.5), [f32(rng, 2, 4, 5)], rng=rng)

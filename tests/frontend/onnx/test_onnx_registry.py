@@ -41,7 +41,8 @@ def test_opset_ranges_select_the_converter():
     assert CONVERTERS.lookup("Softmax", 12) is not CONVERTERS.lookup("Softmax", 13)
     assert CONVERTERS.lookup("Softmax", 7) is CONVERTERS.lookup("Softmax", 12)
     assert FOLDERS.lookup("Unsqueeze", 12) is not FOLDERS.lookup("Unsqueeze", 13)
-    assert CONVERTERS.lookup("Conv", 6) is None and CONVERTERS.lookup("NoSuchOp", 13) is None
+    assert CONVERTERS.lookup("Conv", 5) is None and CONVERTERS.lookup("NoSuchOp", 13) is None
+    assert CONVERTERS.lookup("Add", 6) is not CONVERTERS.lookup("Add", 7)  # opset 6 spelled broadcasting apart
 
 
 def test_overlapping_registration_is_an_error():
