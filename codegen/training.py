@@ -15,6 +15,8 @@ from convc.ops import OpKind
 from convc.passes.pipeline import Plan
 from convc.codegen.module import KernelCall, ModuleEmitter, NativeModule
 
+OPT_LEVEL = 3  # LLVM IR optimization level of training modules
+
 
 class TrainingEmitter(ModuleEmitter):
     """A ModuleEmitter that sends ops with run-time weights to the run-time-weight kernels.
@@ -45,6 +47,41 @@ class TrainingEmitter(ModuleEmitter):
         return super().emitter_for(op)
 
 
+class Engine:
+    """The JIT-compiled module of a training step; engines are shared by identical modules.
+
+    Like ``convc.codegen.jit.JitEngine`` but with the IR optimization level as a knob: a training
+    module is three times an inference module, and LLVM's O3 pipeline dominates its compile time."""
+
+    _cache: dict[tuple[str, int], "Engine"] = {}
+
+    def __init__(self, ir_text: str, speed: int):
+        import llvmlite.binding as llvm
+        from convc.codegen.jit import Target, optimize, parse
+        self.target = Target.host()
+        tm = self.target.machine()
+        self.module = parse(ir_text, self.target, tm)
+        optimize(self.module, tm, speed=speed)
+        self.engine = llvm.create_mcjit_compiler(self.module, self.target.machine())
+        self.engine.finalize_object()
+        self.engine.run_static_constructors()
+
+    @classmethod
+    def get(cls, ir_text: str, speed: int = OPT_LEVEL) -> "Engine":
+        import hashlib
+        key = (hashlib.sha256(ir_text.encode()).hexdigest(), speed)
+        if key not in cls._cache:
+            cls._cache[key] = cls(ir_text, speed)
+        return cls._cache[key]
+
+    def address(self, name: str) -> int:
+        from convc.errors import CompileError
+        addr = self.engine.get_function_address(name)
+        if not addr:
+            raise CompileError(f"symbol {name!r} is missing from the compiled module")
+        return addr
+
+
 def emit_training_module(plan: Plan, name: str = "convc_train", instrument: bool = False) -> NativeModule:
     from convc.codegen import kernels  # noqa: F401  (registers the emitters)
     return TrainingEmitter(plan, name, instrument).emit()
@@ -54,7 +91,6 @@ def compile_graph(graph, *, in_place: bool = True):
     """Compile ``graph`` as it is (no inference passes: weights stay wherever the graph keeps them)
     with the training emitter; returns a ``CompiledModel``. For tests of the training kernels and
     for graphs built by hand."""
-    from convc.codegen.jit import JitEngine
     from convc.codegen.module import ENTRY
     from convc.passes.memory import plan_memory
     from convc.runtime import IOSpec, NativeRunner
@@ -62,7 +98,7 @@ def compile_graph(graph, *, in_place: bool = True):
     order = graph.ops()
     plan = Plan(graph, order, plan_memory(graph, order, in_place=in_place))
     native = emit_training_module(plan, name=graph.name)
-    engine = JitEngine(str(native.ir_module))
+    engine = Engine.get(str(native.ir_module))
     specs = [[IOSpec(n, graph.tensor(n).shape, graph.tensor(n).dtype) for n in names]
              for names in (native.input_names, native.output_names)]
     runner = NativeRunner(engine.address(ENTRY), native.arena_bytes, native.constants, *specs, keepalive=engine,

@@ -148,6 +148,9 @@ def emit_direct_conv(em: ModuleEmitter, op: Op) -> KernelCall:
 
 @emitter(OpKind.CONV)
 def emit_conv(em: ModuleEmitter, op: Op) -> KernelCall:
+    if op.attrs.spatial_rank > 2:  # 3-D: direct loops (codegen/kernels/conv3d.py)
+        from convc.codegen.kernels.conv3d import emit_conv3d
+        return emit_conv3d(em, op)
     a = as_2d(op.attrs)
     if a.kernel_shape == (1, 1) and a.strides == (1, 1) and not any(a.pads) and \
             em.tensor(op.inputs[1]).data is not None:

@@ -1,4 +1,4 @@
-"""Max and average pooling (windowed and global)."""
+"""Max, average and Lp pooling (windowed, any spatial rank) and the global pools."""
 from __future__ import annotations
 
 import itertools
@@ -19,6 +19,21 @@ class PoolAttrs:
     dilations: tuple[int, ...]
     ceil_mode: bool = False
     count_include_pad: bool = False  # AveragePool only
+
+    @property
+    def spatial_rank(self) -> int:
+        return len(self.kernel_shape)
+
+
+@dataclass(frozen=True)
+class LpPoolAttrs:
+    """LpPool: (sum over the window of |x|^p)^(1/p); padded positions add nothing."""
+    kernel_shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    pads: tuple[int, ...]          # all begins, then all ends
+    dilations: tuple[int, ...]
+    ceil_mode: bool = False
+    p: int = 2
 
     @property
     def spatial_rank(self) -> int:
@@ -51,7 +66,7 @@ def _pool_infer(kind: OpKind):
     return infer
 
 
-def _windows(a: PoolAttrs, x: np.ndarray, fill: float):
+def _windows(a: PoolAttrs | LpPoolAttrs, x: np.ndarray, fill: float):
     """Yield (kernel offset, window slice of the padded input, in-bounds mask) for every tap."""
     r = a.spatial_rank
     out = _pool_infer(OpKind.MAX_POOL)(a, [TensorType(x.shape, x.dtype)])[0].shape[2:]
@@ -84,6 +99,13 @@ def average_pool_reference(a: PoolAttrs, x: np.ndarray) -> list[np.ndarray]:
     return [(total / count).astype(x.dtype)]
 
 
+def lp_pool_reference(a: LpPoolAttrs, x: np.ndarray) -> list[np.ndarray]:
+    total = 0.0
+    for win, inside, _ in _windows(a, x, 0.0):
+        total = total + np.where(inside, np.abs(win) ** a.p, 0.0)
+    return [(total ** (1.0 / a.p)).astype(x.dtype)]
+
+
 def _global_infer(kind: OpKind):
     def infer(a: NoAttrs, types: Sequence[TensorType]) -> list[TensorType]:
         check_arity(kind, types, 1, 1)
@@ -101,6 +123,7 @@ def _global_reference(fn):
 
 register(OpDef(OpKind.MAX_POOL, PoolAttrs, _pool_infer(OpKind.MAX_POOL), max_pool_reference))
 register(OpDef(OpKind.AVERAGE_POOL, PoolAttrs, _pool_infer(OpKind.AVERAGE_POOL), average_pool_reference))
+register(OpDef(OpKind.LP_POOL, LpPoolAttrs, _pool_infer(OpKind.LP_POOL), lp_pool_reference))
 register(OpDef(OpKind.GLOBAL_AVERAGE_POOL, NoAttrs, _global_infer(OpKind.GLOBAL_AVERAGE_POOL),
                _global_reference(np.mean)))
 register(OpDef(OpKind.GLOBAL_MAX_POOL, NoAttrs, _global_infer(OpKind.GLOBAL_MAX_POOL), _global_reference(np.max)))

@@ -19,8 +19,7 @@
 from convc.frontend.dsl.activation import Dropout, Flatten, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from convc.frontend.dsl.containers import ModuleList, Sequential
 from convc.frontend.dsl.conv import Conv1d, Conv2d, ConvTranspose2d
-from convc.frontend.dsl.errors import (LayerShapeError, ModelDefinitionError, ParameterShapeError,
-                                       UnsupportedLayerError)
+from convc.frontend.dsl.errors import LayerShapeError, ModelDefinitionError, ParameterShapeError
 from convc.frontend.dsl.functional import (add, cat, dropout, flatten, leaky_relu, mul, relu, reshape, sigmoid,
                                            softmax, tanh)
 from convc.frontend.dsl.init import manual_seed
@@ -41,5 +40,5 @@ __all__ = [
     "relu", "sigmoid", "tanh", "leaky_relu", "softmax", "flatten", "reshape", "cat", "add", "mul", "dropout",
     # seeding, summaries, errors
     "manual_seed", "Summary", "LayerSummary",
-    "ModelDefinitionError", "LayerShapeError", "ParameterShapeError", "UnsupportedLayerError",
+    "ModelDefinitionError", "LayerShapeError", "ParameterShapeError",
 ]

@@ -1,5 +1,4 @@
-"""Convolution layers: Conv1d, Conv2d (lower to Conv) and ConvTranspose2d (defined; compiles once
-convc has a ConvTranspose op)."""
+"""Convolution layers: Conv1d and Conv2d (lower to Conv), ConvTranspose2d (lowers to ConvTranspose)."""
 from __future__ import annotations
 
 from typing import ClassVar, Sequence
@@ -7,11 +6,12 @@ from typing import ClassVar, Sequence
 import numpy as np
 
 from convc.frontend.dsl import init
-from convc.frontend.dsl.errors import ModelDefinitionError, UnsupportedLayerError
+from convc.frontend.dsl.errors import ModelDefinitionError
 from convc.frontend.dsl.module import Module
 from convc.frontend.dsl.tracing import SymbolicTensor
 from convc.ops import OpKind
 from convc.ops.conv import ConvAttrs
+from convc.ops.conv_transpose import ConvTransposeAttrs
 
 Padding = int | Sequence[int] | str
 PADDING_MODES = ("same", "valid", "causal")
@@ -121,10 +121,8 @@ class Conv2d(_ConvNd):
 
 
 class ConvTranspose2d(Module):
-    """Transposed 2-D convolution (PyTorch's parameters, weight (in, out/groups, kH, kW)).
-
-    The layer, its initialisation and its output shape are ready; tracing it raises
-    UnsupportedLayerError until convc has a ConvTranspose op to lower it to."""
+    """Transposed 2-D convolution with PyTorch's parameters: weight (in, out/groups, kH, kW), output
+    (H-1)*stride - 2*padding + dilation*(k-1) + output_padding + 1 (see ``output_shape``)."""
 
     _leaf = True
 
@@ -167,16 +165,10 @@ class ConvTranspose2d(Module):
 
     def forward(self, x: SymbolicTensor) -> SymbolicTensor:
         check_input(x, "conv_transpose", 4, self.in_channels)
-        out = self.output_shape(x.shape)
-        if min(out[2:]) < 1:
-            raise x.tracer.shape_error("conv_transpose", f"would produce an empty output {out} from its input of "
-                                                         f"shape {x.shape} ({x.after()})")
-        # wiring once convc/ops registers OpKind.CONV_TRANSPOSE: emit it on [x, self.weight(, self.bias)] with
-        # kernel_size, stride, padding (begins + ends), output_padding, dilation and groups, and drop this raise
-        raise UnsupportedLayerError(
-            f"{x.tracer.label('conv_transpose')} cannot be compiled yet: convc has no ConvTranspose op; "
-            f"ConvTranspose compiles once the op lands. The layer is defined: input "
-            f"{x.shape} -> output {out}, weight {self._parameters['weight'].shape}")
+        attrs = ConvTransposeAttrs(self.kernel_size, self.stride, self.padding + self.padding, self.dilation,
+                                   self.groups, self.output_padding)
+        inputs = [x, self.weight] + ([self.bias] if self._parameters["bias"] is not None else [])
+        return x.tracer.emit(OpKind.CONV_TRANSPOSE, attrs, inputs, "conv_transpose")
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

@@ -19,7 +19,3 @@ class LayerShapeError(ModelDefinitionError, GraphError):
 
 class ParameterShapeError(ModelDefinitionError, ValueError):
     """A parameter or buffer was assigned or loaded with the wrong shape, or a state dict lacks names."""
-
-
-class UnsupportedLayerError(ModelDefinitionError):
-    """The layer is defined (parameters, output shape) but convc cannot compile it yet."""

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 class SymbolicTensor:
     """A tensor of the graph being traced: its name, shape and dtype, and the layer that produced it.
 
-    Arithmetic (``+``, ``-``, ``*``) and the methods below add ops to the graph; Python values and
+    Arithmetic (``+``, ``-``, ``*``, ``/``) and the methods below add ops to the graph; Python values and
     numpy arrays on the other side become constants. There is no value, so ``if x:`` is an error."""
 
     __array_ufunc__ = None  # numpy must defer to our reflected operators, not broadcast over us
@@ -67,16 +67,20 @@ class SymbolicTensor:
         return self.tracer.emit(OpKind.MUL, NoAttrs(), [other, self], "mul")
 
     def __neg__(self) -> SymbolicTensor:
-        # convc has no Sub or Neg op: multiplying by -1 is exact
+        # convc has no Neg op: multiplying by -1 is exact
         return self.tracer.emit(OpKind.MUL, NoAttrs(), [self, -1.0], "neg")
 
     def __sub__(self, other: Any) -> SymbolicTensor:
-        if isinstance(other, SymbolicTensor):
-            return self + (-other)
-        return self + (-np.asarray(other, dtype=np.float32))
+        return self.tracer.emit(OpKind.SUB, NoAttrs(), [self, other], "sub")
 
     def __rsub__(self, other: Any) -> SymbolicTensor:
-        return (-self) + other
+        return self.tracer.emit(OpKind.SUB, NoAttrs(), [other, self], "sub")
+
+    def __truediv__(self, other: Any) -> SymbolicTensor:
+        return self.tracer.emit(OpKind.DIV, NoAttrs(), [self, other], "div")
+
+    def __rtruediv__(self, other: Any) -> SymbolicTensor:
+        return self.tracer.emit(OpKind.DIV, NoAttrs(), [other, self], "div")
 
     # --- methods mirroring the functional API -------------------------------------------
     def reshape(self, *shape: int | Sequence[int]) -> SymbolicTensor:

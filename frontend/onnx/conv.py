@@ -1,4 +1,4 @@
-"""Conv (1-D and 2-D): auto_pad resolved to explicit pads, kernel_shape taken from W when absent."""
+"""Conv (1-D, 2-D and 3-D): auto_pad resolved to explicit pads, kernel_shape taken from W when absent."""
 from __future__ import annotations
 
 from convc.frontend.onnx.context import NodeContext, Unsupported
@@ -12,10 +12,10 @@ from convc.ops.conv import ConvAttrs
 def conv(ctx: NodeContext) -> None:
     ctx.require_float()
     x, w = ctx.input_shape(0), ctx.input_shape(1)
-    if len(x) > 4:
-        raise Unsupported(f"{len(x) - 2}-D convolution (X.shape={x}); convc compiles 1-D and 2-D convolutions")
+    if len(x) > 5:
+        raise Unsupported(f"{len(x) - 2}-D convolution (X.shape={x}); convc compiles 1-D, 2-D and 3-D convolutions")
     if len(x) < 3 or len(w) != len(x):
-        raise ctx.error(f"X.shape={x} and W.shape={w} must both have rank 3 (1-D) or 4 (2-D)")
+        raise ctx.error(f"X.shape={x} and W.shape={w} must both have rank 3 (1-D), 4 (2-D) or 5 (3-D)")
     kernel = ctx.ints("kernel_shape")
     if kernel is not None and kernel != w[2:]:
         raise ctx.error(f"kernel_shape={kernel} does not match W.shape={w}")

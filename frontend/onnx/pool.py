@@ -1,20 +1,20 @@
-"""MaxPool, AveragePool (1-D and 2-D) and the global pools."""
+"""MaxPool, AveragePool, LpPool (1-D, 2-D and 3-D) and the global pools."""
 from __future__ import annotations
 
 from convc.frontend.onnx.context import NodeContext, Unsupported
 from convc.frontend.onnx.registry import converter
 from convc.frontend.onnx.spatial import Window, window
 from convc.ops import NoAttrs, OpKind
-from convc.ops.pool import PoolAttrs
+from convc.ops.pool import LpPoolAttrs, PoolAttrs
 
 
 def _window(ctx: NodeContext) -> Window:
     ctx.require_float()
     x = ctx.input_shape(0)
-    if len(x) > 4:
-        raise Unsupported(f"{len(x) - 2}-D pooling (X.shape={x}); convc compiles 1-D and 2-D pooling")
+    if len(x) > 5:
+        raise Unsupported(f"{len(x) - 2}-D pooling (X.shape={x}); convc compiles 1-D, 2-D and 3-D pooling")
     if len(x) < 3:
-        raise ctx.error(f"X.shape={x} must have rank 3 (1-D) or 4 (2-D)")
+        raise ctx.error(f"X.shape={x} must have rank 3 (1-D), 4 (2-D) or 5 (3-D)")
     win = window(ctx, x[2:], ctx.attr("kernel_shape"))
     r = len(win.kernel_shape)
     for i in range(r):
@@ -44,6 +44,17 @@ def average_pool(ctx: NodeContext) -> None:
                       ceil_mode=bool(ctx.attr("ceil_mode", 0)),
                       count_include_pad=bool(ctx.attr("count_include_pad", 0)))
     ctx.add_op(OpKind.AVERAGE_POOL, attrs, ctx.inputs[:1])
+
+
+@converter("LpPool")
+def lp_pool(ctx: NodeContext) -> None:
+    win = _window(ctx)
+    p = int(ctx.attr("p", 2))
+    if p < 1:
+        raise ctx.error(f"p={p} must be a positive integer")
+    attrs = LpPoolAttrs(win.kernel_shape, win.strides, win.pads, win.dilations,
+                        ceil_mode=bool(ctx.attr("ceil_mode", 0)), p=p)
+    ctx.add_op(OpKind.LP_POOL, attrs, ctx.inputs[:1])
 
 
 @converter("GlobalAveragePool")

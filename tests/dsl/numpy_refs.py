@@ -63,3 +63,24 @@ def batch_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, mean: np.nda
                eps: float) -> np.ndarray:
     shape = (1, -1) + (1,) * (x.ndim - 2)
     return (x - mean.reshape(shape)) / np.sqrt(var.reshape(shape) + eps) * weight.reshape(shape) + bias.reshape(shape)
+
+
+def conv_transpose2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: Sequence[int],
+                     padding: Sequence[int], output_padding: Sequence[int], dilation: Sequence[int],
+                     groups: int) -> np.ndarray:
+    """PyTorch's ConvTranspose2d: scatter every input pixel through the kernel, then crop ``padding``
+    from both sides (the output_padding rows and columns stay at the end)."""
+    n, c, h, wd = x.shape
+    cg, mg = c // groups, w.shape[1]
+    kh, kw = w.shape[2:]
+    full = [(h - 1) * stride[0] + dilation[0] * (kh - 1) + 1 + output_padding[0],
+            (wd - 1) * stride[1] + dilation[1] * (kw - 1) + 1 + output_padding[1]]
+    y = np.zeros((n, mg * groups, *full))
+    for i, j, ki, kj in itertools.product(range(h), range(wd), range(kh), range(kw)):
+        oi, oj = i * stride[0] + ki * dilation[0], j * stride[1] + kj * dilation[1]
+        for g in range(groups):
+            y[:, g * mg:(g + 1) * mg, oi, oj] += x[:, g * cg:(g + 1) * cg, i, j] @ w[g * cg:(g + 1) * cg, :, ki, kj]
+    y = y[:, :, padding[0]:full[0] - padding[0], padding[1]:full[1] - padding[1]]
+    if b is not None:
+        y += b.reshape(1, -1, 1, 1)
+    return y

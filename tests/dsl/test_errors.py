@@ -218,18 +218,19 @@ def test_definition_errors(build, message):
     assert str(info.value) == message
 
 
-def test_conv_transpose_raises_until_the_op_lands():
-    """The layer is complete (parameters, output shape); only the lowering waits for a ConvTranspose op."""
+
+def test_conv_transpose_shape_errors():
     layer = nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1)
     assert layer.output_shape((1, 8, 5, 5)) == (1, 4, 10, 10)  # (5-1)*2 - 2*1 + (4-1) + 1
-    with pytest.raises(nn.UnsupportedLayerError) as info:
-        nn.Sequential(layer).to_graph((1, 8, 5, 5))
-    assert str(info.value) == (
-        "ConvTranspose2d '0' cannot be compiled yet: convc has no ConvTranspose op; "
-        "ConvTranspose compiles once the op lands. The layer is defined: input (1, 8, 5, 5) -> output "
-        "(1, 4, 10, 10), weight (8, 4, 4, 4)")
-    with pytest.raises(nn.LayerShapeError, match=re.escape(
-            "ConvTranspose2d '0' expects 8 input channels but its input has shape (1, 4, 5, 5)")):
+    with pytest.raises(nn.LayerShapeError) as info:
         nn.Sequential(layer).to_graph((1, 4, 5, 5))
-    with pytest.raises(nn.ModelDefinitionError, match=re.escape("output_padding=(2, 2) must be smaller")):
+    assert str(info.value) == ("ConvTranspose2d '0' expects 8 input channels but its input has shape (1, 4, 5, 5) "
+                               "(4 channels from the model input 'input')")
+    with pytest.raises(nn.LayerShapeError) as info:  # (1-1)*1 - 2*3 + 3 + 1 = -2
+        nn.Sequential(nn.ConvTranspose2d(2, 2, 3, padding=3)).to_graph((1, 2, 1, 1))
+    assert str(info.value).startswith("ConvTranspose2d '0' cannot take its input of shape (1, 2, 1, 1) "
+                                      "(from the model input 'input'): ")
+    with pytest.raises(nn.ModelDefinitionError) as info:
         nn.ConvTranspose2d(8, 4, 4, stride=2, output_padding=2)
+    assert str(info.value) == ("ConvTranspose2d output_padding=(2, 2) must be smaller than the stride (2, 2) or the "
+                               "dilation (1, 1)")

@@ -6,7 +6,6 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
-import pytest
 
 from dsl.checks import TOL, run_onnxruntime
 from helpers import assert_close
@@ -60,8 +59,24 @@ def test_dcgan_generator_shapes():
     assert generator.net[0].weight.shape == (100, 64, 4, 4)  # (in, out / groups, kH, kW) like PyTorch
 
 
-@pytest.mark.xfail(raises=nn.UnsupportedLayerError, strict=True, reason="ConvTranspose op not yet in convc")
-def test_dcgan_generator():
-    images = load_example("dcgan_generator").main(batch=2)
+def test_dcgan_generator(capsys):
+    result = load_example("dcgan_generator").main(batch=2)
+    images = result["images"]
     assert images.shape == (2, 3, 32, 32)
     assert np.all(np.abs(images) <= 1.0)  # tanh output
+    assert result["max_error"] < 1e-5
+    # ConvTranspose MACs: every input element times its group's weights, N*C*prod(in) * (M/g)*kH*kW:
+    # 2*100*1 * 64*16 = 204,800;  2*64*16 * 32*16 = 1,048,576;  2*32*64 * 16*16 = 1,048,576;
+    # 2*16*256 * 3*16 = 393,216;  total 2,695,168
+    summary = result["model"].summarize((2, 100, 1, 1))
+    assert [r.macs for r in summary.layers if r.type == "ConvTranspose2d"] == [204_800, 1_048_576, 1_048_576, 393_216]
+    assert "Total MACs: 2,695,168" in capsys.readouterr().out
+
+
+def test_dcgan_generator_against_onnxruntime(rng):
+    generator = load_example("dcgan_generator").Generator().init_parameters(seed=1)
+    z = rng.standard_normal((3, 100, 1, 1)).astype(np.float32)
+    exported = generator.to_onnx(None, z.shape)
+    assert [n.op_type for n in exported.graph.node].count("ConvTranspose") == 4
+    assert_close(convc.compile(generator, input_shape=z.shape)(z), run_onnxruntime(exported, z), TOL,
+                 "DCGAN: convc vs onnxruntime")

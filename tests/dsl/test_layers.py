@@ -77,6 +77,32 @@ def test_conv1d(rng, kwargs, shape, pads):
     check_model(model, rng.standard_normal(shape), onnx_ops=["Conv"], numpy_ref=_conv_ref(layer, pads))
 
 
+CONV_TRANSPOSE2D = {
+    "k3": (dict(in_channels=4, out_channels=6, kernel_size=3), (1, 4, 5, 6)),
+    # DCGAN upsampling: (h-1)*2 - 2 + 4 = 2h
+    "k4s2p1": (dict(in_channels=3, out_channels=2, kernel_size=4, stride=2, padding=1), (2, 3, 4, 5)),
+    "output-padding": (dict(in_channels=3, out_channels=2, kernel_size=3, stride=2, padding=1, output_padding=1),
+                       (1, 3, 4, 4)),
+    "groups-dilation": (dict(in_channels=4, out_channels=6, kernel_size=3, groups=2, dilation=2, bias=False),
+                        (1, 4, 5, 5)),
+    "rectangular": (dict(in_channels=2, out_channels=3, kernel_size=(3, 5), stride=(2, 1), padding=(1, 2)),
+                    (1, 2, 4, 6)),
+}
+
+
+@pytest.mark.parametrize("kwargs,shape", CONV_TRANSPOSE2D.values(), ids=CONV_TRANSPOSE2D.keys())
+def test_conv_transpose2d(rng, kwargs, shape):
+    layer = nn.ConvTranspose2d(**kwargs)
+    model = nn.Sequential(layer)
+    assert model.to_graph(shape).tensor("output").shape == layer.output_shape(shape)
+
+    def expected(x):
+        return ref.conv_transpose2d(x, layer.weight.astype(np.float64),
+                                    None if layer.bias is None else layer.bias.astype(np.float64), layer.stride,
+                                    layer.padding, layer.output_padding, layer.dilation, layer.groups)
+    check_model(model, rng.standard_normal(shape), onnx_ops=["ConvTranspose"], numpy_ref=expected)
+
+
 def test_causal_conv1d_output_ignores_the_future(rng):
     model = nn.Sequential(nn.Conv1d(1, 2, 3, dilation=2, padding="causal"))
     x = rng.standard_normal((1, 1, 12)).astype(np.float32)

@@ -1,0 +1,53 @@
+"""Threads: the same numbers whatever the thread count, concurrent callers stay correct, and a
+single-threaded model starts no worker."""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+import convc
+from convc import models
+
+
+@pytest.fixture(scope="module")
+def cifar():
+    return models.cifar_cnn(batch=4)
+
+
+def test_results_identical_across_thread_counts(cifar):
+    x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
+    outs = [convc.compile(cifar, threads=t)(x) for t in (1, 2, 3)]
+    # every thread computes whole output tiles the same way: bitwise equal, not just close
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
+
+
+def test_two_python_threads_share_one_compiled_model(cifar):
+    model = convc.compile(cifar, threads=2)
+    rng = np.random.default_rng(1)
+    xs = [rng.standard_normal((4, 3, 32, 32)).astype(np.float32) for _ in range(6)]
+    want = [model(x) for x in xs]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for _ in range(5):
+            got = list(pool.map(model, xs))
+            for g, w in zip(got, want):
+                assert np.array_equal(g, w)
+
+
+def native_threads() -> int:
+    return len(os.listdir(f"/proc/{os.getpid()}/task"))
+
+
+def test_native_pool_threads_exist_only_when_asked(cifar):    before = native_threads()
+    single = convc.compile(cifar, threads=1)
+    single(np.zeros((4, 3, 32, 32), np.float32))
+    assert native_threads() == before  # threads=1 spawns nothing
+    multi = convc.compile(cifar, threads=3)
+    multi(np.zeros((4, 3, 32, 32), np.float32))
+    assert native_threads() >= before + 2  # a persistent pool: 2 workers beside the caller
+    n = native_threads()
+    for _ in range(20):
+        multi(np.zeros((4, 3, 32, 32), np.float32))
+    assert native_threads() == n  # created once, not per call
