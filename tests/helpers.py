@@ -54,6 +54,12 @@ def onnx_spelling(kind: OpKind, attrs: Any) -> OnnxNode:
         if kind is k.AVERAGE_POOL:
             a["count_include_pad"] = int(attrs.count_include_pad)
         return OnnxNode(kind.value, a)
+    if kind is k.LP_POOL:
+        return OnnxNode("LpPool", {"kernel_shape": list(attrs.kernel_shape), "strides": list(attrs.strides),
+                                   "pads": list(attrs.pads), "dilations": list(attrs.dilations),
+                                   "ceil_mode": int(attrs.ceil_mode), "p": attrs.p})
+    if kind is k.LRN:
+        return OnnxNode("LRN", {"size": attrs.size, "alpha": attrs.alpha, "beta": attrs.beta, "bias": attrs.bias})
     if kind is k.LEAKY_RELU:
         return OnnxNode("LeakyRelu", {"alpha": attrs.alpha})
     if kind is k.CLIP:
@@ -94,6 +100,8 @@ def reference_evaluator_bug(kind: OpKind, attrs: Any, inputs: Sequence[np.ndarra
                 "the input, shifting every window once the overhang is 2 or more")
     if kind is OpKind.CONV_TRANSPOSE and attrs.group > 1:
         return "grouped ConvTranspose slices W by output channels and keeps one output channel per group"
+    if kind is OpKind.LRN:
+        return "LRN sums squares for channels 0 to batch-1 only (its loop runs over the batch axis)"
     if kind is OpKind.PAD and min(attrs.pads) < 0:
         return "Pad hands negative pads (cropping) to numpy.pad, which rejects them"
     if kind is OpKind.GLOBAL_MAX_POOL and inputs[0].ndim != 4:

@@ -1,4 +1,4 @@
-"""Batch normalization (inference form: running statistics)."""
+"""Batch normalization (inference form: running statistics) and local response normalization (LRN)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,3 +37,36 @@ def reference(a: BatchNormAttrs, x, scale, bias, mean, var) -> list[np.ndarray]:
 
 
 register(OpDef(OpKind.BATCH_NORM, BatchNormAttrs, infer, reference, n_inputs=(5, 5)))
+
+
+@dataclass(frozen=True)
+class LrnAttrs:
+    """Local response normalization across channels (AlexNet, GoogLeNet):
+    y = x / (bias + alpha / size * sum of x^2 over channels c - (size-1)//2 ... c + size//2) ** beta."""
+    size: int
+    alpha: float = 1e-4
+    beta: float = 0.75
+    bias: float = 1.0
+
+
+def lrn_infer(a: LrnAttrs, types: Sequence[TensorType]) -> list[TensorType]:
+    check_arity(OpKind.LRN, types, 1, 1)
+    check_float(OpKind.LRN, types)
+    if types[0].rank < 2:
+        raise GraphError(f"LRN needs an input of rank >= 2 (N, C, ...), got X.shape={types[0].shape}")
+    if a.size < 1:
+        raise GraphError(f"LRN size={a.size} must be positive")
+    return [TensorType(types[0].shape, types[0].dtype)]
+
+
+def lrn_reference(a: LrnAttrs, x: np.ndarray) -> list[np.ndarray]:
+    sq = np.square(x.astype(np.float64))
+    c = x.shape[1]
+    total = np.zeros_like(sq)
+    for ci in range(c):
+        lo, hi = max(0, ci - (a.size - 1) // 2), min(c, ci + a.size // 2 + 1)
+        total[:, ci] = sq[:, lo:hi].sum(axis=1)
+    return [(x / (a.bias + a.alpha / a.size * total) ** a.beta).astype(x.dtype)]
+
+
+register(OpDef(OpKind.LRN, LrnAttrs, lrn_infer, lrn_reference))

@@ -1,10 +1,10 @@
-"""BatchNormalization, inference form (running statistics)."""
+"""BatchNormalization, inference form (running statistics), and LRN."""
 from __future__ import annotations
 
 from convc.frontend.onnx.context import NodeContext, Unsupported
 from convc.frontend.onnx.registry import converter
 from convc.ops import OpKind
-from convc.ops.norm import BatchNormAttrs
+from convc.ops.norm import BatchNormAttrs, LrnAttrs
 
 
 @converter("BatchNormalization")
@@ -22,3 +22,14 @@ def batch_norm(ctx: NodeContext) -> None:
     ctx.require_float()
     attrs = BatchNormAttrs(epsilon=float(ctx.attr("epsilon", 1e-5)), momentum=float(ctx.attr("momentum", 0.9)))
     ctx.add_op(OpKind.BATCH_NORM, attrs, ctx.inputs[:5])
+
+
+@converter("LRN")
+def lrn(ctx: NodeContext) -> None:
+    ctx.require_float()
+    size = int(ctx.attr("size"))
+    if size < 1:
+        raise ctx.error(f"size={size} must be positive")
+    attrs = LrnAttrs(size, alpha=float(ctx.attr("alpha", 1e-4)), beta=float(ctx.attr("beta", 0.75)),
+                     bias=float(ctx.attr("bias", 1.0)))
+    ctx.add_op(OpKind.LRN, attrs, ctx.inputs[:1])

@@ -40,7 +40,8 @@ def native_threads() -> int:
     return len(os.listdir(f"/proc/{os.getpid()}/task"))
 
 
-def test_native_pool_threads_exist_only_when_asked(cifar):    before = native_threads()
+def test_native_pool_threads_exist_only_when_asked(cifar):
+    before = native_threads()
     single = convc.compile(cifar, threads=1)
     single(np.zeros((4, 3, 32, 32), np.float32))
     assert native_threads() == before  # threads=1 spawns nothing
