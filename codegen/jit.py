@@ -79,3 +79,46 @@ class JitEngine:
         if not addr:
             raise CompileError(f"symbol {name!r} is missing from the compiled module")
         return addr
+
+
+def machine_code(ir_text: str, target: Target | None = None, *, pic: bool = False, link: str | None = None,
+                 progress=None) -> bytes:
+    """Optimize ``ir_text`` for ``target`` and return a relocatable object file.
+
+    The JIT (``pic=False``: the TargetMachine options MCJIT uses) and the AOT build (``pic=True``,
+    default code model, for a shared library) share this; ``link`` is more IR text linked in after
+    optimization (the AOT wrapper functions, which carry their own target attributes)."""
+    target = target or Target.host()
+    tm = target.machine(reloc="pic", codemodel="default") if pic else target.machine()
+    mod = parse(ir_text, target, tm)
+    if progress:
+        progress("LLVM optimization")
+    optimize(mod, tm)
+    if link is not None:
+        extra = parse(link, target, tm)
+        mod.link_in(extra)
+    if progress:
+        progress("LLVM machine code")
+    return tm.emit_object(mod)
+
+
+class ObjectEngine:
+    """An MCJIT engine over a finished object file (from ``machine_code`` or the compile cache):
+    loading one takes milliseconds, no LLVM optimization or code generation runs."""
+
+    def __init__(self, obj: bytes, target: Target | None = None):
+        self.target = target or Target.host()
+        init_llvm()
+        empty = llvm.parse_assembly("")
+        empty.triple = self.target.triple
+        self.engine = llvm.create_mcjit_compiler(empty, self.target.machine())
+        self._object = llvm.ObjectFileRef.from_data(bytes(obj))
+        self.engine.add_object_file(self._object)
+        self.engine.finalize_object()
+        self.engine.run_static_constructors()
+
+    def address(self, name: str) -> int:
+        addr = self.engine.get_function_address(name)
+        if not addr:
+            raise CompileError(f"symbol {name!r} is missing from the compiled module")
+        return addr

@@ -155,12 +155,14 @@ def const_like(x: ir.Value, v: float) -> ir.Constant:
     return ir.Constant(x.type, float(v))
 
 
-def constant_table(b: ir.IRBuilder, values: Sequence[int], name: str = "table", ty: ir.IntType = I64) -> ir.Value:
-    """An internal constant array in the module (index tables built at compile time); returns its address."""
+def constant_table(b: ir.IRBuilder, values: Sequence, name: str = "table", ty: ir.Type = I64) -> ir.Value:
+    """An internal constant array in the module (index or weight tables built at compile time); returns its
+    address. ``ty`` is an integer type (values become ints) or F32/F64 (values become floats)."""
     module = b.module
     array_type = ir.ArrayType(ty, len(values))
     gv = ir.GlobalVariable(module, array_type, name=module.get_unique_name(name))
     gv.linkage = "internal"
     gv.global_constant = True
-    gv.initializer = ir.Constant(array_type, [int(v) for v in values])
+    cast = int if isinstance(ty, ir.IntType) else float
+    gv.initializer = ir.Constant(array_type, [cast(v) for v in values])
     return gv

@@ -71,6 +71,7 @@ class NativeModule:
     kernel_names: list[tuple[str, str]] = field(default_factory=list)  # (op name, function name)
     instrumented: bool = False
     threads: int = 1  # the most threads the kernels were split for (per-thread scratch is sized for it)
+    used_constants: frozenset[int] | None = None  # constant-table slots the code reads (None: all)
 
 
 # OpKind -> emitter(em, op) -> KernelCall; filled by the explicit imports in codegen/kernels
@@ -88,8 +89,10 @@ def emitter(*kinds: OpKind):
 
 
 class ModuleEmitter:
-    def __init__(self, plan: Plan, name: str = "convc_model", instrument: bool = False, threads: int = 1):
+    def __init__(self, plan: Plan, name: str = "convc_model", instrument: bool = False, threads: int = 1,
+                 target=None, progress: Callable[[str], None] | None = None):
         self.plan = plan
+        self.progress = progress
         self.instrument = instrument
         self.threads = max(1, threads)
         self.graph = plan.graph
@@ -100,7 +103,7 @@ class ModuleEmitter:
         self._names: set[str] = set()
         from convc.codegen.jit import Target
         from convc.codegen.kernels.blas import GemmEmitter, host_isa
-        host = Target.host()
+        host = target or Target.host()  # a convc.codegen.jit.Target: its features pick the vector ISA
         self.triple = host.triple
         self.isa = host_isa(host.features)
         self._argv_slot: ir.Value | None = None
@@ -167,7 +170,11 @@ class ModuleEmitter:
         scratch_base = self.plan.memory.arena_bytes
         tables = {"input": inputs, "output": outputs, "constant": consts}
 
+        used: set[int] = set()
+
         def pointer(buf: Buffer):
+            if buf.kind == "constant":
+                used.add(buf.index)
             if buf.kind == "arena":
                 return b.gep(arena, [i64(buf.index)], inbounds=True, source_etype=ir.IntType(8))
             return b.load(gep(b, tables[buf.kind], buf.index, PTR), typ=PTR)
@@ -183,9 +190,11 @@ class ModuleEmitter:
         stamp = self._timestamper(b, ctx) if self.instrument else None
         if stamp:
             stamp(0)
-        for op in self.plan.order:
+        for k, op in enumerate(self.plan.order):
             if is_alias(self.graph, op):
                 continue
+            if self.progress:
+                self.progress(f"codegen [{k + 1}/{len(self.plan.order)}] {op.name} ({op.kind.value})")
             make = self.emitter_for(op)
             if make is None:
                 raise CompileError(f"node {op.name!r}: no native kernel for {op.kind.value}")
@@ -216,7 +225,7 @@ class ModuleEmitter:
         b.ret_void()
         return NativeModule(self.module, scratch_base + self.max_scratch, self.constants,
                             list(self.graph.inputs), list(self.graph.outputs), kernel_names, self.instrument,
-                            self.threads)
+                            self.threads, frozenset(used))
 
     def _worth_threads(self, op: Op) -> bool:
         """Enough work to pay for handing half of it to another core (~2 us of arithmetic)."""
@@ -276,6 +285,9 @@ class ModuleEmitter:
         return stamp
 
 
-def emit_module(plan: Plan, name: str = "convc_model", instrument: bool = False, threads: int = 1) -> NativeModule:
+def emit_module(plan: Plan, name: str = "convc_model", instrument: bool = False, threads: int = 1,
+                target=None, progress: Callable[[str], None] | None = None) -> NativeModule:
+    """``target`` (a convc.codegen.jit.Target, default the host) picks the triple and vector ISA;
+    ``progress`` receives one line per layer."""
     from convc.codegen import kernels  # noqa: F401  (registers the emitters)
-    return ModuleEmitter(plan, name, instrument, threads).emit()
+    return ModuleEmitter(plan, name, instrument, threads, target, progress).emit()

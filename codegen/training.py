@@ -15,7 +15,7 @@ from convc.ops import OpKind
 from convc.passes.pipeline import Plan
 from convc.codegen.module import KernelCall, ModuleEmitter, NativeModule
 
-OPT_LEVEL = 3  # LLVM IR optimization level of training modules
+OPT_LEVEL = 2  # LLVM IR optimization level of training modules (O3 compiles slower, runs no faster)
 
 
 class TrainingEmitter(ModuleEmitter):
@@ -26,8 +26,8 @@ class TrainingEmitter(ModuleEmitter):
     superlinear (18 s instead of 3 s for a two-conv CNN); a call per kernel costs nothing.
     """
 
-    def function(self, base: str, n_args: int):
-        fn, b = super().function(base, n_args)
+    def function(self, base: str, n_args: int, parallel: bool = False):
+        fn, b = super().function(base, n_args, parallel)
         fn.attributes.add("noinline")
         return fn, b
 

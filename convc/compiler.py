@@ -17,13 +17,15 @@ def is_nn_module(model: ModelSource) -> bool:
     return isinstance(model, Module)
 
 
-def load_graph(model: ModelSource, batch: int | None = None, input_shape: Any = None) -> Graph:
+def load_graph(model: ModelSource, batch: int | None = None, input_shape: Any = None,
+               runtime: frozenset[str] = frozenset()) -> Graph:
+    """The Graph of ``model``; ``runtime`` names ONNX initializers listed as inputs to import as run-time inputs."""
     if isinstance(model, Graph):
         return model
     if is_nn_module(model):
         return model.to_graph(input_shape, batch=batch)
     from convc.frontend.onnx import import_onnx
-    return import_onnx(model, batch=batch)
+    return import_onnx(model, batch=batch, runtime=runtime)
 
 
 def has_dynamic_batch(model: ModelSource) -> bool:
@@ -54,7 +56,8 @@ def default_threads() -> int:
 
 def compile_graph(graph: Graph, *, threads: int | None = None, instrument: bool = False,
                   progress: Callable[[str], None] | None = None,
-                  respecialize: Callable[[int], CompiledModel] | None = None) -> CompiledModel:
+                  respecialize: Callable[[int], CompiledModel] | None = None,
+                  override: Callable[[frozenset[str]], CompiledModel] | None = None) -> CompiledModel:
     from convc.codegen.jit import JitEngine
     from convc.codegen.module import ENTRY, emit_module
     from convc.passes.pipeline import pipeline
@@ -73,7 +76,7 @@ def compile_graph(graph: Graph, *, threads: int | None = None, instrument: bool 
                           kernel_names=[op for op, _ in native.kernel_names], instrumented=instrument,
                           threads=threads, pool_api=PoolApi.from_addresses(engine.address("convc_pool_create"),
                                                                            engine.address("convc_pool_destroy")))
-    return CompiledModel(runner, g, threads=threads, respecialize=respecialize)
+    return CompiledModel(runner, g, threads=threads, respecialize=respecialize, override=override)
 
 
 def compile(model: ModelSource, *, threads: int | None = None, batch: int | None = None,
@@ -83,7 +86,10 @@ def compile(model: ModelSource, *, threads: int | None = None, batch: int | None
 
     ``batch`` fixes a symbolic batch dimension; left as None, the model compiles for batch 1 (a
     Module: for ``input_shape[0]``) and compiles other batch sizes on first use. ``threads`` caps
-    the worker threads (default: all cores)."""
+    the worker threads (default: all cores).
+
+    ONNX initializers that are also graph inputs compile in as constants (their defaults); feeding
+    one to ``run`` compiles, on first use, a variant that reads the fed ones at run time."""
     if isinstance(model, Path):
         model = str(model)
     if progress:
@@ -91,8 +97,14 @@ def compile(model: ModelSource, *, threads: int | None = None, batch: int | None
     if is_nn_module(model):
         model = model.snapshot()  # later edits to the parameters must not reach variants compiled on first use
     graph = load_graph(model, batch, input_shape)
+    onnx_source = not isinstance(model, Graph) and not is_nn_module(model)
+
+    def variant(n: int | None, runtime: frozenset[str]) -> CompiledModel:
+        return compile_graph(load_graph(model, n, input_shape, runtime), threads=threads,
+                             override=(lambda names: variant(n, runtime | names)) if onnx_source else None)
     respecialize = None
-    if batch is None and (is_nn_module(model) or (not isinstance(model, Graph) and has_dynamic_batch(model))):
+    if batch is None and (is_nn_module(model) or (onnx_source and has_dynamic_batch(model))):
         def respecialize(n: int) -> CompiledModel:
-            return compile_graph(load_graph(model, n, input_shape), threads=threads)
-    return compile_graph(graph, threads=threads, progress=progress, respecialize=respecialize)
+            return variant(n, frozenset())
+    return compile_graph(graph, threads=threads, progress=progress, respecialize=respecialize,
+                         override=(lambda names: variant(batch, names)) if onnx_source else None)

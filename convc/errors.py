@@ -13,8 +13,11 @@ class ModelImportError(ConvcError):
 class UnsupportedOpError(ModelImportError):
     """One or more nodes use ops or attributes convc cannot compile; lists all of them at once."""
 
-    def __init__(self, nodes: list[tuple[str, str, int, str]]):
+    def __init__(self, nodes: list[tuple[str, str, int, str]], constant_inputs: list[str] | None = None):
         self.nodes = nodes  # (node name, op type, opset, reason)
+        # graph inputs some node needs as constants (shapes, pads, scales, clip bounds): binding them to
+        # values at import (``import_onnx(..., bind=...)``) lifts those reasons
+        self.constant_inputs = list(constant_inputs or [])
         lines = [f"  - node {name!r}: {op} (opset {opset}){': ' + why if why else ''}"
                  for name, op, opset, why in nodes]
         super().__init__(f"convc cannot compile {len(nodes)} node(s):\n" + "\n".join(lines))

@@ -15,15 +15,37 @@ class CompiledModel:
     ``run(feeds)`` maps input names to arrays and returns a dict of outputs; calling the model with
     positional arrays returns one array (or a tuple when the model has several outputs). When the
     model's batch dimension is symbolic and no ``batch`` was fixed, a new batch size compiles a
-    specialized variant on first use and keeps it."""
+    specialized variant on first use and keeps it.
+
+    ONNX initializers listed as graph inputs (``overridable``) are compiled in as constants; feeding
+    some of them to ``run`` overrides their defaults, as ONNX specifies: a variant reading those
+    names at run time compiles on first use (one per set of names) and is kept."""
 
     def __init__(self, runner: NativeRunner, graph, threads: int | None = None,
-                 respecialize: Callable[[int], "CompiledModel"] | None = None):
+                 respecialize: Callable[[int], "CompiledModel"] | None = None,
+                 override: Callable[[frozenset[str]], "CompiledModel"] | None = None):
         self._runner = runner
         self.graph = graph  # the optimized graph the native code was generated from
         self.threads = threads
         self._respecialize = respecialize
         self._variants: dict[int, CompiledModel] = {}
+        self._override = override
+        self._overridden: dict[frozenset[str], CompiledModel] = {}
+
+    @property
+    def overridable(self) -> list[str]:
+        """Graph inputs with a default (an ONNX initializer) that this variant compiled in as constants."""
+        fed = {s.name for s in self._runner.inputs}
+        return [n for n in self.graph.metadata.get("initializer_inputs", []) if n not in fed]
+
+    def _override_for(self, feeds: Mapping[str, Any]) -> "CompiledModel":
+        fed = {s.name for s in self._runner.inputs}
+        names = frozenset(k for k in feeds if k not in fed and k in set(self.overridable))
+        if not names or self._override is None:
+            return self
+        if names not in self._overridden:
+            self._overridden[names] = self._override(names)
+        return self._overridden[names]
 
     @property
     def inputs(self) -> list[IOSpec]:
@@ -50,7 +72,7 @@ class CompiledModel:
         return self._variants[n]
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        model = self._variant_for(feeds)
+        model = self._variant_for(feeds)._override_for(feeds)
         outs = model._runner.run(model._runner.check(feeds))
         return {s.name: o for s, o in zip(model._runner.outputs, outs)}
 

@@ -66,12 +66,12 @@ class _NativeStep:
     the data pointers of x and the labels (about 2 us from Python)."""
 
     def __init__(self, plan, inputs: list[str], outputs: list[str], state: Mapping[str, np.ndarray],
-                 instrument: bool = False, speed: int = 3):
+                 instrument: bool = False, speed: int | None = None):
         from convc.codegen.module import ENTRY
         from convc.codegen.training import Engine, emit_training_module
         from convc.runtime import _Context
         native = emit_training_module(plan, name=plan.graph.name, instrument=instrument)
-        self.engine = Engine.get(str(native.ir_module), speed)
+        self.engine = Engine.get(str(native.ir_module)) if speed is None else Engine.get(str(native.ir_module), speed)
         self._fn = _ENTRY(self.engine.address(ENTRY))
         self._constants = [np.ascontiguousarray(c) for c in native.constants]
         self._const_table = (ctypes.c_void_p * max(1, len(self._constants)))(*[c.ctypes.data for c in self._constants])

@@ -76,7 +76,28 @@ def exporter(*kinds: OpKind) -> Callable[[Exporter], Exporter]:
 
 # --- op exporters -------------------------------------------------------------------------
 def _activation_attrs(kind: OpKind, attrs: Any) -> dict[str, Any]:
-    return {"alpha": float(attrs.alpha)} if kind is OpKind.LEAKY_RELU else {}
+    """The ONNX attributes of a unary op (those with inputs instead, Clip and Dropout, have none)."""
+    if kind in (OpKind.LEAKY_RELU, OpKind.ELU):
+        return {"alpha": float(attrs.alpha)}
+    if kind is OpKind.SELU:
+        return {"alpha": float(attrs.alpha), "gamma": float(attrs.gamma)}
+    if kind is OpKind.HARD_SIGMOID:
+        return {"alpha": float(attrs.alpha), "beta": float(attrs.beta)}
+    return {}
+
+
+def _unary_node(w: _Writer, kind: OpKind, attrs: Any, x: str, y: str, name: str) -> None:
+    """One unary op, spelled for the writer's opset."""
+    if kind is OpKind.CLIP:  # opset >= 11 takes min and max as inputs
+        lo = w.constant(f"{name}.min", np.array(attrs.min, dtype=np.float32))
+        hi = w.constant(f"{name}.max", np.array(attrs.max, dtype=np.float32))
+        w.node("Clip", [x, lo, hi], [y], name)
+    elif kind is OpKind.HARD_SWISH and w.opset < 14:  # HardSwish arrived in opset 14: x * HardSigmoid(x, 1/6, 1/2)
+        hs = w.fresh(f"{name}_hard_sigmoid")
+        w.node("HardSigmoid", [x], [hs], f"{name}_hard_sigmoid", alpha=1.0 / 6.0, beta=0.5)
+        w.node("Mul", [x, hs], [y], name)
+    else:
+        w.node(kind.value, [x], [y], name, **_activation_attrs(kind, attrs))
 
 
 def _with_epilogue(w: _Writer, op: Op, op_type: str, inputs: list[str], epilogue: Epilogue, **attrs: Any) -> None:
@@ -84,15 +105,15 @@ def _with_epilogue(w: _Writer, op: Op, op_type: str, inputs: list[str], epilogue
     steps: list[tuple[str, list[str], dict[str, Any]]] = [(op_type, inputs, attrs)]
     if epilogue.residual:
         steps.append(("Add", [op.inputs[-1]], {}))
-    if epilogue.activation is not None:
-        steps.append((epilogue.activation.value, [], _activation_attrs(epilogue.activation,
-                                                                         epilogue.activation_attrs)))
+    act = epilogue.activation
     previous: list[str] = []
     for i, (kind, extra, a) in enumerate(steps):
-        last = i == len(steps) - 1
-        out = op.outputs[0] if last else w.fresh(f"{op.name}_{kind.lower()}_in")
+        last = i == len(steps) - 1 and act is None
+        out = op.outputs[0] if last else w.fresh(f"{op.name}_{kind.lower()}_out")
         w.node(kind, previous + extra, [out], op.name if i == 0 else f"{op.name}_{kind.lower()}", **a)
         previous = [out]
+    if act is not None:
+        _unary_node(w, act, epilogue.activation_attrs, previous[0], op.outputs[0], f"{op.name}_{act.value.lower()}")
 
 
 @exporter(OpKind.CONV)
@@ -103,6 +124,14 @@ def _conv(w: _Writer, op: Op) -> None:
                    dilations=list(a.dilations), group=int(a.group))
 
 
+@exporter(OpKind.CONV_TRANSPOSE)
+def _conv_transpose(w: _Writer, op: Op) -> None:
+    a = op.attrs
+    _with_epilogue(w, op, "ConvTranspose", list(op.inputs[:len(op.inputs) - a.epilogue.residual]), a.epilogue,
+                   kernel_shape=list(a.kernel_shape), strides=list(a.strides), pads=list(a.pads),
+                   dilations=list(a.dilations), group=int(a.group), output_padding=list(a.extra))
+
+
 @exporter(OpKind.GEMM)
 def _gemm(w: _Writer, op: Op) -> None:
     a = op.attrs
@@ -110,15 +139,16 @@ def _gemm(w: _Writer, op: Op) -> None:
                    alpha=float(a.alpha), beta=float(a.beta), transA=int(a.trans_a), transB=int(a.trans_b))
 
 
-@exporter(OpKind.MATMUL, OpKind.RELU, OpKind.SIGMOID, OpKind.TANH, OpKind.IDENTITY, OpKind.ADD, OpKind.MUL,
-          OpKind.SUM, OpKind.GLOBAL_AVERAGE_POOL, OpKind.GLOBAL_MAX_POOL)
+@exporter(OpKind.MATMUL, OpKind.ADD, OpKind.MUL, OpKind.SUM, OpKind.SUB, OpKind.DIV, OpKind.MAX, OpKind.MIN,
+          OpKind.PRELU, OpKind.GLOBAL_AVERAGE_POOL, OpKind.GLOBAL_MAX_POOL)
 def _plain(w: _Writer, op: Op) -> None:
     w.node(op.kind.value, list(op.inputs), list(op.outputs), op.name)
 
 
-@exporter(OpKind.LEAKY_RELU)
-def _leaky_relu(w: _Writer, op: Op) -> None:
-    w.node("LeakyRelu", list(op.inputs), list(op.outputs), op.name, alpha=float(op.attrs.alpha))
+@exporter(OpKind.RELU, OpKind.LEAKY_RELU, OpKind.SIGMOID, OpKind.TANH, OpKind.IDENTITY, OpKind.CLIP, OpKind.ELU,
+          OpKind.SELU, OpKind.HARD_SIGMOID, OpKind.HARD_SWISH, OpKind.SOFTPLUS, OpKind.SOFTSIGN)
+def _unary(w: _Writer, op: Op) -> None:
+    _unary_node(w, op.kind, op.attrs, op.inputs[0], op.outputs[0], op.name)
 
 
 @exporter(OpKind.DROPOUT)
@@ -144,13 +174,33 @@ def _pool(w: _Writer, op: Op) -> None:
     w.node(op.kind.value, list(op.inputs), list(op.outputs), op.name, **attrs)
 
 
+@exporter(OpKind.LP_POOL)
+def _lp_pool(w: _Writer, op: Op) -> None:
+    a = op.attrs
+    attrs: dict[str, Any] = dict(kernel_shape=list(a.kernel_shape), strides=list(a.strides), pads=list(a.pads),
+                                 p=int(a.p))
+    if w.opset >= 18:  # dilations and ceil_mode arrived in opset 18
+        attrs.update(dilations=list(a.dilations), ceil_mode=int(a.ceil_mode))
+    elif any(d != 1 for d in a.dilations) or a.ceil_mode:
+        raise _Unexportable(f"LpPool dilations={a.dilations}, ceil_mode={int(a.ceil_mode)} need opset 18 "
+                            f"(asked for {w.opset})")
+    w.node("LpPool", list(op.inputs), list(op.outputs), op.name, **attrs)
+
+
+@exporter(OpKind.LRN)
+def _lrn(w: _Writer, op: Op) -> None:
+    a = op.attrs
+    w.node("LRN", list(op.inputs), list(op.outputs), op.name, size=int(a.size), alpha=float(a.alpha),
+           beta=float(a.beta), bias=float(a.bias))
+
+
 @exporter(OpKind.BATCH_NORM)
 def _batch_norm(w: _Writer, op: Op) -> None:
     w.node("BatchNormalization", list(op.inputs), list(op.outputs), op.name, epsilon=float(op.attrs.epsilon),
            momentum=float(op.attrs.momentum))
 
 
-@exporter(OpKind.FLATTEN, OpKind.CONCAT, OpKind.SOFTMAX)
+@exporter(OpKind.FLATTEN, OpKind.CONCAT, OpKind.SOFTMAX, OpKind.LOG_SOFTMAX)
 def _axis(w: _Writer, op: Op) -> None:
     w.node(op.kind.value, list(op.inputs), list(op.outputs), op.name, axis=int(op.attrs.axis))
 
@@ -163,6 +213,66 @@ def _reshape(w: _Writer, op: Op) -> None:
         shape[0] = 0  # "copy dimension 0 of the input": the batch stays symbolic
     target = w.constant(f"{op.name}.shape", np.array(shape, dtype=np.int64))
     w.node("Reshape", [op.inputs[0], target], list(op.outputs), op.name)
+
+
+@exporter(OpKind.TRANSPOSE)
+def _transpose(w: _Writer, op: Op) -> None:
+    w.node("Transpose", list(op.inputs), list(op.outputs), op.name, perm=list(op.attrs.perm))
+
+
+@exporter(OpKind.SPLIT)
+def _split(w: _Writer, op: Op) -> None:
+    sizes = w.constant(f"{op.name}.split", np.array(op.attrs.sizes, dtype=np.int64))
+    w.node("Split", [op.inputs[0], sizes], list(op.outputs), op.name, axis=int(op.attrs.axis))
+
+
+@exporter(OpKind.PAD)
+def _pad(w: _Writer, op: Op) -> None:
+    a = op.attrs
+    if a.mode == "wrap" and w.opset < 19:
+        raise _Unexportable(f"Pad mode 'wrap' needs opset 19 (asked for {w.opset})")
+    pads = w.constant(f"{op.name}.pads", np.array(a.pads, dtype=np.int64))
+    value = w.constant(f"{op.name}.value", np.array(a.value, dtype=w.graph.tensor(op.inputs[0]).dtype))
+    w.node("Pad", [op.inputs[0], pads, value], list(op.outputs), op.name, mode=a.mode)
+
+
+@exporter(OpKind.STRIDED_SLICE)
+def _strided_slice(w: _Writer, op: Op) -> None:
+    a = op.attrs
+    dims = w.graph.tensor(op.inputs[0]).shape
+    # ONNX ends are exclusive and a negative end counts from the back: walking backwards past index 0
+    # needs an end below -dim
+    ends = [s + n * st if s + n * st >= 0 else -d - 1 for s, st, n, d in zip(a.starts, a.steps, a.shape, dims)]
+    ints = lambda name, v: w.constant(f"{op.name}.{name}", np.array(v, dtype=np.int64))  # noqa: E731
+    w.node("Slice", [op.inputs[0], ints("starts", a.starts), ints("ends", ends), ints("axes", range(len(dims))),
+                     ints("steps", a.steps)], list(op.outputs), op.name)
+
+
+@exporter(OpKind.RESIZE)
+def _resize(w: _Writer, op: Op) -> None:
+    a = op.attrs
+    x = w.graph.tensor(op.inputs[0]).shape
+    needs = {"antialias": 18 if a.antialias else 0,
+             "coordinate_transformation_mode 'half_pixel_symmetric'":
+                 19 if a.coordinate_transformation_mode == "half_pixel_symmetric" else 0}
+    for what, opset in needs.items():
+        if w.opset < opset:
+            raise _Unexportable(f"Resize {what} needs opset {opset} (asked for {w.opset})")
+    if a.nearest_mode == "simple":
+        raise _Unexportable("Resize nearest_mode 'simple' (Upsample's rounding) has no Resize spelling")
+    roi = w.constant(f"{op.name}.roi", np.array(a.roi, dtype=np.float32)) if a.roi else ""
+    # scales keep the batch dimension symbolic; sizes only when the scales do not reproduce the shape
+    by_scales = all(int(np.float32(d) * np.float32(sc)) == o for d, sc, o in zip(x, a.scales, a.shape))
+    scales = w.constant(f"{op.name}.scales", np.array(a.scales, dtype=np.float32)) if by_scales else ""
+    sizes = "" if by_scales else w.constant(f"{op.name}.sizes", np.array(a.shape, dtype=np.int64))
+    attrs: dict[str, Any] = dict(mode=a.mode, coordinate_transformation_mode=a.coordinate_transformation_mode,
+                                 nearest_mode=a.nearest_mode, cubic_coeff_a=float(a.cubic_coeff_a),
+                                 exclude_outside=int(a.exclude_outside),
+                                 extrapolation_value=float(a.extrapolation_value))
+    if w.opset >= 18:
+        attrs["antialias"] = int(a.antialias)
+    inputs = [op.inputs[0], roi, scales] + ([sizes] if sizes else [])
+    w.node("Resize", inputs, list(op.outputs), op.name, **attrs)
 
 
 @exporter(OpKind.REDUCE_SUM)

@@ -1,10 +1,10 @@
 """BatchNormalization folding.
 
 At inference a BatchNormalization is the per-channel affine map ``y = x * s + t`` with
-``s = scale / sqrt(var + eps)`` and ``t = B - mean * s``. When it reads the only output of a Conv or
-Gemm whose weights (and bias) are constants, and its own scale, B, mean and var are constants, the
-map folds into that producer: its weights are scaled by ``s`` along the output channels and its bias
-becomes ``(bias - mean) * s + B``. Any other BatchNormalization with constant statistics becomes a
+``s = scale / sqrt(var + eps)`` and ``t = B - mean * s``. When it reads the only output of a Conv,
+ConvTranspose or Gemm whose weights (and bias) are constants, and its own scale, B, mean and var
+are constants, the map folds into that producer: its weights are scaled by ``s`` along the output
+channels and its bias becomes ``(bias - mean) * s + B``. Any other BatchNormalization with constant statistics becomes a
 Mul and an Add with constant (C, 1, ..., 1) tensors, which the codegen runs as plain elementwise
 kernels. Every BatchNormalization that does not fold gets a note saying why
 (``graph.metadata["pass_notes"]``).
@@ -68,11 +68,24 @@ def _fold_into_gemm(g: Graph, gemm: Op, s: np.ndarray, t: np.ndarray) -> Folded:
     return inputs, dataclasses.replace(a, beta=1.0)
 
 
-# producer kind -> function making the producer's new constant inputs and attributes.
-# ConvTranspose joins here once it exists: its weight is (C_in, M/group, k...), so s scales axis 1
-# within each group, and its bias folds exactly like the Conv's.
+def _fold_into_conv_transpose(g: Graph, op: Op, s: np.ndarray, t: np.ndarray) -> Folded:
+    """ConvTranspose weight (C, M/group, k...): output channel gi * M/group + j reads
+    W[gi * C/group : (gi + 1) * C/group, j], so s scales axis 1 within each group; bias as the Conv's."""
+    w = g.tensor(op.inputs[1]).data
+    group = op.attrs.group
+    c, mg = w.shape[:2]
+    grouped = w.astype(np.float64).reshape((group, c // group, mg) + w.shape[2:])
+    w2 = (grouped * s.reshape((group, 1, mg) + (1,) * (w.ndim - 2))).reshape(w.shape).astype(w.dtype)
+    b = g.tensor(op.inputs[2]).data.astype(np.float64) if len(op.inputs) > 2 else 0.0
+    b2 = (b * s + t).astype(w.dtype)
+    inputs = (op.inputs[0], add_const(g, f"{op.name}_w_bn", w2), add_const(g, f"{op.name}_b_bn", b2))
+    return inputs, op.attrs
+
+
+# producer kind -> function making the producer's new constant inputs and attributes
 FOLDERS: dict[OpKind, Callable[[Graph, Op, np.ndarray, np.ndarray], Folded]] = {
     OpKind.CONV: _fold_into_conv,
+    OpKind.CONV_TRANSPOSE: _fold_into_conv_transpose,
     OpKind.GEMM: _fold_into_gemm,
 }
 
@@ -130,29 +143,31 @@ def fold_channel_op(g: Graph, op: Op) -> bool:
 
 def fold_batch_norm(g: Graph) -> Graph:
     moves = {}
-    for bn in g.ops():
-        if bn.name not in g.nx:
+    for op in g.ops():
+        if op.name not in g.nx:  # already folded into its producer
             continue
-        if bn.kind in (OpKind.MUL, OpKind.ADD):
-            fold_channel_op(g, bn)
-            continue
-        if bn.kind is not OpKind.BATCH_NORM:
-            continue
-        if not all(is_constant(g, t) for t in bn.inputs[1:]):
-            note(g, bn.name, "its scale, B, mean or var are not constants: kept as BatchNormalization")
-            continue
-        s, t = bn_affine(g, bn)
-        reason = why_not_foldable(g, bn)
-        if reason is None:
-            producer = g.producer(bn.inputs[0])
-            inputs, attrs = FOLDERS[producer.kind](g, producer, s, t)
-            absorb(g, producer, bn, attrs, inputs)
-        else:
-            note(g, bn.name, f"not folded ({reason}): runs as a per-channel Mul and Add")
-            mul, add = _to_scale_shift(g, bn, s, t)
-            moves[add.outputs[0]] = [mul.name, mul.outputs[0], add.name]  # where the BN was
+        if op.kind in (OpKind.MUL, OpKind.ADD):
+            fold_channel_op(g, op)
+        elif op.kind is OpKind.BATCH_NORM:
+            fold_one(g, op, moves)
     move_before(g, moves)  # also moves the folded weights ahead, so the convs keep their place
     return g
+
+
+def fold_one(g: Graph, bn: Op, moves: dict[str, list[str]]) -> None:
+    if not all(is_constant(g, t) for t in bn.inputs[1:]):
+        note(g, bn.name, "its scale, B, mean or var are not constants: kept as BatchNormalization")
+        return
+    s, t = bn_affine(g, bn)
+    reason = why_not_foldable(g, bn)
+    if reason is None:
+        producer = g.producer(bn.inputs[0])
+        inputs, attrs = FOLDERS[producer.kind](g, producer, s, t)
+        absorb(g, producer, bn, attrs, inputs)
+    else:
+        note(g, bn.name, f"not folded ({reason}): runs as a per-channel Mul and Add")
+        mul, add = _to_scale_shift(g, bn, s, t)
+        moves[add.outputs[0]] = [mul.name, mul.outputs[0], add.name]  # where the BN was
 
 
 def _to_scale_shift(g: Graph, bn: Op, s: np.ndarray, t: np.ndarray) -> tuple[Op, Op]:

@@ -1,12 +1,13 @@
-"""Epilogue fusion: work a Conv or Gemm can do while its output is still in registers.
+"""Epilogue fusion: work a Conv, ConvTranspose or Gemm (``OpGroup.EPILOGUE``) can do while its output
+is still in registers.
 
 Two rules, applied in execution order so that Conv -> Add -> Relu ends as one op:
 
-- residual: ``Add(y, r)`` (or a two-input Sum) where ``y`` is the only output use of a Conv/Gemm
-  with an empty epilogue and ``r`` has ``y``'s shape becomes that producer with ``r`` as its last
+- residual: ``Add(y, r)`` (or a two-input Sum) where ``y`` is the only use of the output of such an
+  op with an empty epilogue and ``r`` has ``y``'s shape becomes that producer with ``r`` as its last
   input, computing ``y + r``;
 - activation: a fusible activation (``OpGroup.FUSIBLE_ACTIVATION``) reading the only use of a
-  Conv/Gemm output becomes the producer's epilogue activation.
+  producer's output becomes its epilogue activation.
 
 The producer's output must not be a graph output, since fusing would change the value stored there.
 """

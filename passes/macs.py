@@ -7,14 +7,16 @@ where shown, are 2 x MACs.
 
 Everything else is "other-op FLOPs", counted per output element unless stated:
 
-    Relu, LeakyRelu, Sigmoid, Tanh       1  (a transcendental counts as one)
-    Add, Mul                             1;   Sum of k inputs: k - 1
-    BatchNormalization                   2  (x * s + t with s, t precomputed)
-    MaxPool, AveragePool                 kernel taps per output element
-    GlobalAveragePool, GlobalMaxPool     1 per input element
-    Softmax                              4  (max, exp, sum, divide)
-    Conv/Gemm bias or C                  1;  fused residual add 1;  fused activation 1
-    data movement (views, Concat, Im2Col) 0
+    unary activations (Relu, Sigmoid, Tanh, Clip, HardSwish, ...)   1  (a transcendental counts as one)
+    Add, Sub, Mul, Div, Max, Min, PRelu   1;   Sum of k inputs: k - 1
+    BatchNormalization                    2  (x * s + t with s, t precomputed)
+    LRN                                   2 * size + 3  (square and add per window channel; scale, power, divide)
+    MaxPool, AveragePool, LpPool          kernel taps per output element
+    GlobalAveragePool, GlobalMaxPool      1 per input element
+    Softmax, LogSoftmax                   4  (max, exp, sum, divide or log)
+    Resize                                nearest 0; linear 2 * 2^r, cubic 2 * 4^r (r = resized axes)
+    Conv/ConvTranspose/Gemm bias or C     1;  fused residual add 1;  fused activation 1
+    data movement (views, Concat, Transpose, Split, Pad, Slice, Im2Col)  0
 
 An op none of these rules covers is *unmodelled*: its name is reported, never silently counted
 as zero.
@@ -30,7 +32,8 @@ from convc.ir import Graph, Op, TensorKind
 from convc.ops import OpGroup, OpKind, TensorType, op_def
 
 # ops that only move bytes: zero FLOPs by definition, not "unmodelled"
-DATA_MOVEMENT = OpGroup.VIEW | {OpKind.CONCAT, OpKind.IM2COL}
+DATA_MOVEMENT = OpGroup.VIEW | {OpKind.CONCAT, OpKind.IM2COL, OpKind.TRANSPOSE, OpKind.SPLIT, OpKind.PAD,
+                                OpKind.STRIDED_SLICE, OpKind.SLICE}
 
 
 @dataclass(frozen=True)
@@ -79,19 +82,27 @@ def _per_output(n: int) -> Callable[[Op, Sequence[TensorType], Sequence[TensorTy
     return lambda op, ins, outs: n * _numel(outs[0])
 
 
+def _resize_flops(op: Op, ins: Sequence[TensorType], outs: Sequence[TensorType]) -> int:
+    resized = sum(1 for a, b in zip(ins[0].shape, outs[0].shape) if a != b)
+    taps = {"nearest": 0, "linear": 2 ** resized, "cubic": 4 ** resized}.get(op.attrs.mode)
+    return 2 * taps * _numel(outs[0]) if taps is not None else 0
+
+
 OtherFlops = Callable[[Op, Sequence[TensorType], Sequence[TensorType]], int]
 
 OTHER_FLOPS: dict[OpKind, OtherFlops] = {
-    **{k: _per_output(1) for k in OpGroup.ACTIVATION},
-    OpKind.ADD: _per_output(1),
-    OpKind.MUL: _per_output(1),
+    **{k: _per_output(1) for k in OpGroup.ELEMENTWISE - OpGroup.VIEW},
     OpKind.SUM: lambda op, ins, outs: (len(ins) - 1) * _numel(outs[0]),
     OpKind.BATCH_NORM: _per_output(2),
+    OpKind.LRN: lambda op, ins, outs: (2 * op.attrs.size + 3) * _numel(outs[0]),
     OpKind.MAX_POOL: _pool_flops,
     OpKind.AVERAGE_POOL: _pool_flops,
+    OpKind.LP_POOL: _pool_flops,
     OpKind.GLOBAL_AVERAGE_POOL: lambda op, ins, outs: _numel(ins[0]),
     OpKind.GLOBAL_MAX_POOL: lambda op, ins, outs: _numel(ins[0]),
     OpKind.SOFTMAX: _per_output(4),
+    OpKind.LOG_SOFTMAX: _per_output(4),
+    OpKind.RESIZE: _resize_flops,
     **{k: _epilogue_flops for k in OpGroup.EPILOGUE},
     OpKind.MATMUL: _per_output(0),
 }

@@ -4,10 +4,10 @@ Graph inputs and outputs live in the caller's arrays, constants in the constant 
 other activation in one arena. View ops (Reshape, Flatten, Identity, Dropout at inference) alias
 their input instead of copying. Arena offsets come from liveness over the execution order and
 greedy-by-size best fit: largest tensor first, placed in the smallest gap that fits among the
-tensors whose lifetimes overlap it, 64-byte aligned, followed by a few repair rounds when that
-leaves the arena above the liveness lower bound (``best_fit_repaired``). An elementwise op writes its output in place of
-an input that dies at that op when both are arena tensors of the same size, so the two share one
-slot (the codegen drops ``noalias`` from kernel arguments that share memory).
+tensors whose lifetimes overlap it, 64-byte aligned, then a few repair rounds when that leaves the
+arena above the liveness lower bound (``best_fit_repaired``). An elementwise op writes its output
+in place of an input that dies at that op when both are arena tensors of the same size, so the two
+share one slot (the codegen drops ``noalias`` from kernel arguments that share memory).
 
 The plan also carries the figures ``convc profile`` reports: the bytes of every arena tensor with
 no reuse, the live bytes at each step and their maximum (a lower bound for any arena; sizes are

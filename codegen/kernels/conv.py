@@ -9,7 +9,7 @@ from llvmlite import ir
 from convc.ir import Op
 from convc.ops import OpKind
 from convc.ops.conv import ConvAttrs
-from convc.codegen.llvm_utils import f32, for_range, gep, i64, in_range, load, store
+from convc.codegen.llvm_utils import FAST, f32, for_range, gep, i64, in_range, load, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from convc.codegen.kernels.epilogue import epilogue_pass
 from convc.codegen.kernels.blas import Operand, pack_a, split_epilogue
@@ -21,7 +21,7 @@ def as_2d(a: ConvAttrs) -> ConvAttrs:
         return a
     if a.spatial_rank == 1:
         return ConvAttrs((1,) + a.kernel_shape, (1,) + a.strides, (0, a.pads[0], 0, a.pads[1]),
-                         (1,) + a.dilations, a.group)
+                         (1,) + a.dilations, a.group, a.epilogue)
     raise NotImplementedError(f"{a.spatial_rank}-D convolution")
 
 
@@ -78,6 +78,58 @@ def emit_im2col(b: ir.IRBuilder, x: ir.Value, col: ir.Value, c: int, h: int, w: 
     """The whole im2col matrix [C*KH*KW, OH*OW] of one image."""
     with for_range(b, c * a.kernel_shape[0] * a.kernel_shape[1], name="row") as row:
         im2col_row(b, x, col, row, c, h, w, a, oh, ow)
+
+
+def emit_depthwise_conv(em: ModuleEmitter, op: Op) -> KernelCall:
+    """One filter per channel: each output row accumulates KH*KW shifted input rows, the columns
+    whose taps fall in the padding cut off at compile time, so the inner loops vectorize; the
+    planes (image, channel) are split between threads."""
+    a = as_2d(op.attrs)
+    xs, ys = em.tensor(op.inputs[0]).shape, em.tensor(op.outputs[0]).shape
+    n, c = xs[:2]
+    h, w = spatial_2d(xs)
+    oh, ow = spatial_2d(ys)
+    kh_, kw_ = a.kernel_shape
+    (sh, sw), (dh, dw) = a.strides, a.dilations
+    pt, pl = a.pads[0], a.pads[1]
+    epi = a.epilogue
+    has_bias = len(op.inputs) - epi.residual == 3
+    args = list(op.inputs) + [op.outputs[0]]
+    fn, b = em.function(op.name, len(args), parallel=True)
+    x, wt = fn.args[0], fn.args[1]
+    bias = fn.args[2] if has_bias else None
+    residual = fn.args[len(op.inputs) - 1] if epi.residual else None
+    y = fn.args[len(op.inputs)]
+    columns = []  # per kw: output columns [lo, hi) whose tap lies inside the input row
+    for kw in range(kw_):
+        first = pl - kw * dw
+        lo = min(max(0, -(-first // sw)), ow)
+        hi = min(max(lo, -(-(w + first) // sw)), ow)
+        columns.append((lo, hi, first))
+    lo_t, hi_t = em.thread_range(b, fn, n * c)
+    with for_range(b, hi_t, start=lo_t, name="plane") as plane:
+        ci = b.urem(plane, i64(c))
+        start = load(b, bias, ci) if bias is not None else f32(0.0)
+        taps = [load(b, wt, b.add(b.mul(ci, i64(kh_ * kw_)), i64(t))) for t in range(kh_ * kw_)]
+        with for_range(b, oh, name="oy") as oy:
+            y_off = b.add(b.mul(plane, i64(oh * ow)), b.mul(oy, i64(ow)))
+            yrow = gep(b, y, y_off)
+            with for_range(b, ow, name="ox0") as ox:
+                store(b, start, yrow, ox)
+            for kh in range(kh_):
+                iy = b.add(b.mul(oy, i64(sh)), i64(kh * dh - pt))
+                with b.if_then(in_range(b, iy, 0, h)):
+                    x_row = b.mul(b.add(b.mul(plane, i64(h)), iy), i64(w))
+                    for kw, (lo, hi, first) in enumerate(columns):
+                        if lo >= hi:
+                            continue
+                        tap = taps[kh * kw_ + kw]
+                        with for_range(b, hi, start=lo, name="ox") as ox:
+                            xi = b.sub(b.add(x_row, ox if sw == 1 else b.mul(ox, i64(sw))), i64(first))
+                            store(b, b.fadd(load(b, yrow, ox), b.fmul(tap, load(b, x, xi)), flags=FAST), yrow, ox)
+            epilogue_pass(b, epi, yrow, gep(b, residual, y_off) if residual is not None else None, ow)
+    b.ret_void()
+    return KernelCall(fn, args)
 
 
 def emit_direct_conv(em: ModuleEmitter, op: Op) -> KernelCall:
@@ -155,6 +207,9 @@ def emit_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     if a.kernel_shape == (1, 1) and a.strides == (1, 1) and not any(a.pads) and \
             em.tensor(op.inputs[1]).data is not None:
         return emit_direct_conv(em, op)
+    channels = em.tensor(op.inputs[0]).shape[1]
+    if a.group == channels and em.tensor(op.outputs[0]).shape[1] == channels:
+        return emit_depthwise_conv(em, op)
     xs, ws, ys = (em.tensor(t).shape for t in (op.inputs[0], op.inputs[1], op.outputs[0]))
     n, c = xs[:2]
     h, w = spatial_2d(xs)

@@ -114,7 +114,7 @@ class OpGroup:
                       OpKind.LP_POOL})
     MATMUL_LIKE = frozenset({OpKind.CONV, OpKind.GEMM, OpKind.MATMUL})
     # ops whose attributes carry an Epilogue (convc/ops/epilogue.py) that passes fuse into
-    EPILOGUE = frozenset({OpKind.CONV, OpKind.GEMM})
+    EPILOGUE = frozenset({OpKind.CONV, OpKind.CONV_TRANSPOSE, OpKind.GEMM})
     # activations passes/fusion.py fuses into an epilogue: one line per kind, added once
     # codegen/kernels/epilogue.py can apply it (it uses the unary kernels' table)
     FUSIBLE_ACTIVATION = frozenset({

@@ -8,7 +8,7 @@ line below. To claim a new op: add ``@converter("OpType", since=..., until=...)`
 """
 # registration: one import line per family
 from convc.frontend.onnx import conv, elementwise, folding, gemm, norm, pool, shape, softmax  # noqa: F401
-from convc.frontend.onnx import conv_transpose  # noqa: F401
+from convc.frontend.onnx import conv_transpose, resize  # noqa: F401
 from convc.frontend.onnx.importer import import_onnx
 from convc.frontend.onnx.registry import CONVERTERS, FOLDERS
 

@@ -29,6 +29,7 @@ class ImportState:
     values: dict[str, np.ndarray] = field(default_factory=dict)  # constants, added to the graph on first use
     reserved: set[str] = field(default_factory=set)               # every tensor name of the ONNX graph
     consumed: set[str] = field(default_factory=set)               # read by some node or a graph output
+    needed_constants: set[str] = field(default_factory=set)       # graph inputs a converter needed as constants
 
     def is_known(self, name: str) -> bool:
         return name in self.values or self.graph.has_tensor(name)
@@ -113,6 +114,8 @@ class NodeContext:
         if not self.has_input(i):
             raise self.error(f"input #{i} {self._formal(i)}is missing")
         if not self.is_constant(i):
+            if self.inputs[i] in self.graph.inputs:
+                self.state.needed_constants.add(self.inputs[i])
             raise Unsupported(f"input #{i} {self._formal(i)}({self.inputs[i]!r}) must be a constant, "
                               "but it is computed at run time")
         return self.state.values[self.inputs[i]]

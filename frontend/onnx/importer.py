@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import os
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +26,32 @@ DEFAULT_DOMAINS = ("", "ai.onnx")
 LAST_OPSET = onnx.defs.onnx_opset_version()
 
 
-def import_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, batch: int | None = None) -> Graph:
+def import_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, batch: int | None = None, *,
+                runtime: Collection[str] = (), bind: Mapping[str, np.ndarray] | None = None) -> Graph:
     """Import an ONNX model (a path, serialized bytes or a ModelProto) as a convc Graph.
 
     ``batch`` fixes the first dimension of every graph input whose first dimension is symbolic
     (default 1); every other dimension must be static. Graph inputs and outputs keep their ONNX
-    names and order. Initializers that are also listed as graph inputs become constants; the names
-    of those that end up in the graph are in ``graph.metadata["overridable"]``.
+    names and order.
+
+    Initializers that are also listed as graph inputs are overridable constants (ONNX: the
+    initializer is the default value of the input). They import as constants, so the compiler folds
+    and packs them; their names are in ``graph.metadata["initializer_inputs"]`` (and those that end
+    up in the graph in ``graph.metadata["overridable"]``). ``runtime`` names those to import as
+    run-time inputs instead, fed by the caller: convc.CompiledModel does so when a caller feeds one.
+
+    ``bind`` maps graph inputs to values to compile in as constants (specializing the model on them,
+    e.g. the integer shapes or the scales the ONNX backend tests feed as inputs).
 
     Raises ModelImportError for unreadable or malformed models and UnsupportedOpError (a subclass)
-    listing every node convc cannot compile.
+    listing every node convc cannot compile (and, in ``constant_inputs``, the graph inputs some
+    node needs as constants).
     """
     if batch is not None and batch < 1:
         raise ModelImportError(f"batch={batch} must be a positive integer")
     proto = _load(model)
     opset = _default_opset(proto)
-    return _Importer(proto.graph, opset, batch).run()
+    return _Importer(proto.graph, opset, batch, frozenset(runtime), dict(bind or {})).run()
 
 
 # --- loading ------------------------------------------------------------------------------
@@ -107,10 +118,13 @@ def _node_name(node: onnx.NodeProto, index: int) -> str:
 
 
 class _Importer:
-    def __init__(self, g: onnx.GraphProto, opset: int, batch: int | None) -> None:
+    def __init__(self, g: onnx.GraphProto, opset: int, batch: int | None, runtime: frozenset[str] = frozenset(),
+                 bind: dict[str, np.ndarray] | None = None) -> None:
         self.onnx = g
         self.opset = opset
         self.batch = batch
+        self.runtime = runtime
+        self.bind = bind or {}
         self.state = ImportState(Graph(name=g.name or "graph"))
         self.unknown: set[str] = set()  # outputs of nodes that could not be converted
         self.unsupported: list[tuple[str, str, int, str]] = []
@@ -129,25 +143,45 @@ class _Importer:
             self._convert(index, g.node[index])
         self._check_outputs()
         if self.unsupported:
-            raise UnsupportedOpError(self.unsupported)
+            raise UnsupportedOpError(self.unsupported, sorted(self.state.needed_constants))
         for out in g.output:
             self.state.materialize(out.name)
             self.graph.outputs.append(out.name)
         self.graph.metadata["overridable"] = [n for n in overridable if self.graph.has_tensor(n)]
+        self.graph.metadata["initializer_inputs"] = [vi.name for vi in g.input
+                                                     if vi.name in {t.name for t in g.initializer}]
         self.graph.metadata["onnx_opset"] = self.opset
         return self.graph
 
     # --- boundary ---------------------------------------------------------------------------
     def _add_inputs(self) -> list[str]:
-        """Initializers become constant values; the other graph inputs become runtime inputs."""
+        """Initializers become constant values; the other graph inputs become runtime inputs, except the
+        initializers named in ``runtime`` (run-time inputs) and the inputs given in ``bind`` (constants)."""
         for t in self.onnx.initializer:
             try:
                 self.state.values[t.name] = numpy_helper.to_array(t)
             except Exception as e:  # noqa: BLE001 -- a corrupt tensor: report it, whatever numpy raised
                 raise ModelImportError(f"initializer {t.name!r} cannot be read: {e}") from None
+        declared = {vi.name for vi in self.onnx.input}
+        for what, names in (("bind", set(self.bind)), ("runtime", set(self.runtime))):
+            unknown = sorted(names - declared)
+            if unknown:
+                raise ModelImportError(f"{what}={unknown}: not graph inputs (the graph inputs are {sorted(declared)})")
+        not_initializers = sorted(self.runtime - set(self.state.values))
+        if not_initializers:
+            raise ModelImportError(f"runtime={not_initializers}: only initializers listed as graph inputs can be "
+                                   "made run-time inputs (the other graph inputs already are)")
         overridable = []
         for vi in self.onnx.input:
-            if vi.name in self.state.values:
+            if vi.name in self.bind:
+                self.state.values[vi.name] = np.asarray(self.bind[vi.name])
+            elif vi.name in self.runtime:
+                default = self.state.values.pop(vi.name)
+                if default.dtype != np.float32:
+                    raise ModelImportError(f"graph input {vi.name!r} is a {default.dtype} initializer; convc can only "
+                                           "feed float32 run-time inputs, so it stays a constant")
+                self.graph.add_tensor(vi.name, default.shape, default.dtype, TensorKind.INPUT)
+            elif vi.name in self.state.values:
                 overridable.append(vi.name)
             elif not self.graph.has_tensor(vi.name):
                 shape, dtype = self._input_type(vi)

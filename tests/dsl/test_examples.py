@@ -11,7 +11,6 @@ from dsl.checks import TOL, run_onnxruntime
 from helpers import assert_close
 
 import convc
-from convc import nn
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

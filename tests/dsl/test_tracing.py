@@ -125,7 +125,7 @@ class Arithmetic(nn.Module):
     def forward(self, x):
         y = self.conv(x)
         z = 2.0 * y + 1 - x * self.scale
-        return nn.tanh(-z) + nn.sigmoid(y) * nn.leaky_relu(x, 0.3)
+        return nn.tanh(-z) + nn.sigmoid(y) * nn.leaky_relu(x, 0.3) / 2
 
 
 def test_arithmetic_and_parameters_in_forward(rng):
@@ -134,8 +134,8 @@ def test_arithmetic_and_parameters_in_forward(rng):
     g = model.to_graph((1, 2, 5, 5))
     assert g.tensor("scale").kind is TensorKind.CONSTANT and "scale" in g.metadata["parameters"]
     counts = Counter(op.kind for op in g.ops())
-    # 2*y, x*scale, -(x*scale) as *(-1), -z as *(-1), sigmoid*leaky: 5 Mul; +1, - (as +), tanh+..: 3 Add
-    assert counts[OpKind.MUL] == 5 and counts[OpKind.ADD] == 3
+    # Mul: 2*y, x*scale, -z (as z * -1), sigmoid*leaky; Add: + 1, tanh + ...; Sub: - x*scale; Div: / 2
+    assert (counts[OpKind.MUL], counts[OpKind.ADD], counts[OpKind.SUB], counts[OpKind.DIV]) == (4, 2, 1, 1)
     x = rng.standard_normal((1, 2, 5, 5))
     w, b, s = model.conv.weight, model.conv.bias, model.scale
     from dsl.numpy_refs import conv
@@ -143,7 +143,7 @@ def test_arithmetic_and_parameters_in_forward(rng):
     def expected(x):
         y = conv(x, w, b, (1, 1), (1, 1, 1, 1), (1, 1), 1)
         z = 2 * y + 1 - x * s
-        return np.tanh(-z) + 1 / (1 + np.exp(-y)) * np.where(x >= 0, x, 0.3 * x)
+        return np.tanh(-z) + 1 / (1 + np.exp(-y)) * np.where(x >= 0, x, 0.3 * x) / 2
     check_model(model, x, numpy_ref=expected)
 
 

@@ -195,3 +195,22 @@ def test_resnet_style_graph_is_unchanged_by_bn_folding_and_fusion(rng):
     feeds = random_feeds(g, rng)
     expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     assert_close(run_reference(out, feeds)["b2.relu"], expected, 1e-4, "folded+fused graph vs onnxruntime")
+
+
+@pytest.mark.parametrize("group,bias", [(1, True), (2, False)])
+def test_conv_transpose_bn_relu_fold_and_fuse(rng, group, bias):
+    """The DCGAN generator block: ConvTranspose + BN + Relu ends as one ConvTranspose."""
+    from convc.ops.conv_transpose import ConvTransposeAttrs
+    g = Graph("deconv_bn")
+    x = add_input(g, "x", (2, 4, 3, 3))
+    g.add_constant("w", weight(rng, 4, 6 // group, 4, 4))  # (C_in, M/group, kh, kw)
+    inputs = [x, "w"] + ([g.add_constant("b", weight(rng, 6, scale=0.1)).name] if bias else [])
+    a = ConvTransposeAttrs((4, 4), (2, 2), (1, 1, 1, 1), (1, 1), group)
+    y = g.add_op(OpKind.CONV_TRANSPOSE, a, inputs, name="deconv").outputs[0]
+    b = add_bn(g, rng, y, 6, "bn")
+    g.add_op(OpKind.RELU, NoAttrs(), [b], ["y"], name="relu")
+    g.outputs = ["y"]
+    out = check_pass(g, lambda gr: eliminate_dead_code(fuse_epilogues(fold(gr))), rng,
+                     gone=[OpKind.BATCH_NORM, OpKind.RELU])
+    assert kinds(out) == [OpKind.CONV_TRANSPOSE]
+    assert out.metadata["absorbed"]["deconv"] == ("bn", "relu")

@@ -16,6 +16,11 @@ def lower(g: Graph) -> Graph:
     return eliminate_dead_code(lower_im2col(g))
 
 
+def lower_every_general_conv(g: Graph) -> Graph:
+    """Lower depthwise convs too (the default predicate leaves them to the direct depthwise kernel)."""
+    return eliminate_dead_code(lower_im2col(g, should_lower=lambda gr, op: not is_gemm_conv(op.attrs)))
+
+
 CASES = {
     # name: (input shape, out channels, conv attrs)
     "3x3 pad 1": ((2, 3, 8, 8), 4, conv_attrs(3, pad=1)),
@@ -23,7 +28,7 @@ CASES = {
     "5x5 dilation 2": ((1, 2, 12, 12), 3, conv_attrs(5, dilation=2, pad=2)),
     "asymmetric pads": ((1, 2, 7, 6), 3, conv_attrs((3, 2), pads=(1, 0, 0, 1))),
     "group 2": ((2, 4, 6, 6), 6, conv_attrs(3, pad=1, group=2)),
-    "depthwise": ((1, 4, 6, 6), 4, conv_attrs(3, pad=1, group=4)),
+    "group 4 of 2": ((1, 8, 6, 6), 8, conv_attrs(3, pad=1, group=4)),
     "1x1 stride 2": ((1, 4, 7, 7), 3, conv_attrs(1, stride=2)),
     "1-D causal dilated": ((2, 3, 16), 4, conv_attrs(3, dilation=2, pads=(4, 0), rank=1)),
     "1-D stride 2": ((1, 2, 11), 3, conv_attrs(4, stride=2, pad=1, rank=1)),
@@ -40,7 +45,7 @@ def test_lowered_conv_computes_the_same(rng, case, bias):
     inputs = [x, "w"] + ([g.add_constant("b", weight(rng, m, scale=0.1)).name] if bias else [])
     g.add_op(OpKind.CONV, a, inputs, ["y"], name="conv")
     g.outputs = ["y"]
-    out = check_pass(g, lower, rng)
+    out = check_pass(g, lower_every_general_conv, rng)
     assert kinds(out) == [OpKind.IM2COL, OpKind.CONV]
     conv = out.op("conv")
     assert is_gemm_conv(conv.attrs) and conv.attrs.group == a.group
@@ -49,6 +54,25 @@ def test_lowered_conv_computes_the_same(rng, case, bias):
     assert out.tensor(conv.inputs[1]).shape == (m, shape[1] // a.group * taps) + (1,) * a.spatial_rank
     assert out.metadata["origin"] == {"conv_im2col": "conv"}
     assert not out.has_tensor("w"), "the original weight is dead"
+
+
+def test_depthwise_conv_stays_for_the_direct_kernel(rng):
+    g = Graph("depthwise")
+    x = add_input(g, "x", (1, 4, 6, 6))
+    g.add_constant("w", weight(rng, 4, 1, 3, 3))
+    g.add_op(OpKind.CONV, conv_attrs(3, pad=1, group=4), [x, "w"], ["y"], name="conv")
+    g.outputs = ["y"]
+    out = check_pass(g, lower, rng)
+    assert kinds(out) == [OpKind.CONV] and not is_general_conv(out, out.op("conv"))
+
+
+def test_default_predicate_keeps_depthwise_convs_direct(rng):
+    g = Graph("depthwise")
+    x = add_input(g, "x", (1, 4, 6, 6))
+    g.add_constant("w", weight(rng, 4, 1, 3, 3))
+    g.add_op(OpKind.CONV, conv_attrs(3, pad=1, group=4), [x, "w"], ["y"], name="dw")
+    g.outputs = ["y"]
+    assert kinds(check_pass(g, lower, rng)) == [OpKind.CONV]
 
 
 def test_epilogue_and_residual_survive_lowering(rng):

@@ -127,3 +127,24 @@ def test_an_op_without_a_rule_is_named_not_zero(rng, monkeypatch):
 def test_costs_add_up():
     assert Cost(1, 2, ("a",)) + Cost(10, 20, ("b",)) == Cost(11, 22, ("a", "b"))
     assert Params(1, 2) + Params(3, 4) == Params(4, 6) and Params(4, 6).total == 10
+
+
+def test_conv_transpose_lrn_and_transpose(rng):
+    from convc.ops.conv_transpose import ConvTransposeAttrs
+    from convc.ops.norm import LrnAttrs
+    from convc.ops.shape import TransposeAttrs
+    g = Graph("more")
+    x = add_input(g, "x", (1, 4, 3, 3))
+    g.add_constant("w", weight(rng, 4, 6, 4, 4))
+    g.add_constant("b", weight(rng, 6))
+    a = ConvTransposeAttrs((4, 4), (2, 2), (1, 1, 1, 1), (1, 1))
+    y = g.add_op(OpKind.CONV_TRANSPOSE, a, [x, "w", "b"], name="deconv").outputs[0]  # 1x6x6x6
+    n = g.add_op(OpKind.LRN, LrnAttrs(5), [y], name="lrn").outputs[0]
+    g.add_op(OpKind.TRANSPOSE, TransposeAttrs((0, 2, 3, 1)), [n], ["t"], name="nhwc")
+    g.outputs = ["t"]
+    cost = op_costs(g)
+    assert cost["deconv"] == Cost(3_456, 216)  # every input x every weight: 4*3*3 * 6*4*4; bias 6*6*6
+    assert cost["lrn"] == Cost(0, 2_808)       # (2*5 + 3) * 216
+    assert cost["nhwc"] == Cost(0, 0)          # data movement, not unmodelled
+    assert graph_cost(g).unmodelled == ()
+    assert total_params(g) == Params(390)      # 4*6*4*4 + 6

@@ -134,7 +134,7 @@ def test_light_model_arena_within_ten_percent_of_the_lower_bound(name):
         g = import_onnx(os.path.join(LIGHT, name + ".onnx"))
     except UnsupportedOpError as e:
         pytest.skip(f"convc cannot import {name} yet: {e}")
-    m = pipeline(g).memory
+    m = pipeline(g, verify=True).memory  # the verifier runs after every pass
     assert m.lower_bound_bytes <= m.arena_bytes <= 1.10 * m.lower_bound_bytes, (
         f"{name}: planned arena {m.arena_bytes} vs liveness lower bound {m.lower_bound_bytes}")
     assert m.arena_bytes < m.total_activation_bytes

@@ -50,9 +50,7 @@ class Net:
         return self.node("Dropout", [x, r])
 
     def model(self, x_shape, out: str, out_shape, name: str = "net") -> onnx.ModelProto:
-        self.nodes[-1].output[0] = "output"
-        for n in self.nodes:  # rename consumers of the old name (none: it was the last node)
-            pass
+        self.nodes[-1].output[0] = "output"  # the last node's output, which nothing else reads
         g = helper.make_graph(self.nodes, name, [helper.make_tensor_value_info("input", TensorProto.FLOAT, x_shape)],
                               [helper.make_tensor_value_info("output", TensorProto.FLOAT, out_shape)],
                               initializer=self.inits)
@@ -63,12 +61,12 @@ class Net:
 
 
 def digits_cnn(hw: int = 8, c1: int = 16, c2: int = 32, classes: int = 10, dropout: float = 0.25, seed: int = 0,
-               softmax: bool = False) -> onnx.ModelProto:
+               softmax: bool = False, conv_bias: bool = True) -> onnx.ModelProto:
     """conv3x3-BN-ReLU-maxpool2, twice, then flatten, dropout and a linear layer."""
     n = Net(seed)
-    x = n.node("MaxPool", [n.node("Relu", [n.bn(n.conv("input", "conv1", 1, c1), "bn1", c1)])],
+    x = n.node("MaxPool", [n.node("Relu", [n.bn(n.conv("input", "conv1", 1, c1, bias=conv_bias), "bn1", c1)])],
                kernel_shape=[2, 2], strides=[2, 2])
-    x = n.node("MaxPool", [n.node("Relu", [n.bn(n.conv(x, "conv2", c1, c2), "bn2", c2)])],
+    x = n.node("MaxPool", [n.node("Relu", [n.bn(n.conv(x, "conv2", c1, c2, bias=conv_bias), "bn2", c2)])],
                kernel_shape=[2, 2], strides=[2, 2])
     x = n.node("Flatten", [x], axis=1)
     if dropout:

@@ -98,11 +98,12 @@ def test_pytorch_pad_chain_feeding_reshape():
     assert graph.op("view").attrs.shape == (2, 3, 9)
 
 
-def test_pad_after_the_chain_is_the_only_unsupported_node():
+def test_pad_after_the_chain_is_the_only_compiled_op():
+    """PyTorch's F.pad(x, (2, 0)): the chain folds to the pads of one Pad (2 zeros before the last axis)."""
     nodes = pad_chain() + [helper.make_node("Pad", ["X", "onnx_pads"], ["Y"], name="pad")]
-    with pytest.raises(UnsupportedOpError) as info:
-        import_onnx(make_model(nodes, {"X": ["N", 3, 7]}, ["Y"]))
-    assert [n[:2] for n in info.value.nodes] == [("pad", "Pad")]
+    graph = check_model(make_model(nodes, {"X": ["N", 3, 7]}, ["Y"]))
+    assert [op.kind for op in graph.ops()] == [OpKind.PAD]
+    assert graph.op("pad").attrs.pads == (0, 0, 2, 0, 0, 0)
 
 
 def fold_cases():
