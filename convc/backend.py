@@ -64,7 +64,7 @@ class ConvcRep(BackendRep):
     def compiled_for(self, feeds: Mapping[str, np.ndarray]) -> tuple[CompiledModel, dict[str, np.ndarray]]:
         """The compiled variant for these feeds, and the feeds it takes at run time."""
         import convc
-        for _ in range(2):  # the second round binds the inputs the first one found nodes need as constants
+        while True:  # each failed round binds the inputs it found some node needs as constants
             bound = {k: v for k, v in feeds.items() if v.dtype != np.float32 or k in self._constant_inputs}
             key = tuple(sorted((k, _bytes_key(v)) for k, v in bound.items()))
             if key in self._compiled:

@@ -9,7 +9,7 @@ import numpy as np
 from convc.ir import Op
 from convc.ops import OpKind
 from convc.ops.pool import PoolAttrs
-from convc.codegen.llvm_utils import F32, FAST, alloca_entry, call_intrinsic, f32, fmax, for_range, i64, in_range, \
+from convc.codegen.llvm_utils import gep, F32, FAST, alloca_entry, call_intrinsic, f32, fmax, for_range, i64, in_range, \
     load, loop_nest, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from convc.codegen.kernels.conv import spatial_2d
@@ -28,6 +28,81 @@ def as_2d(a: PoolAttrs) -> PoolAttrs:
 def emit_pool(em: ModuleEmitter, op: Op) -> KernelCall:
     if op.attrs.spatial_rank > 2:
         return emit_pool_nd(em, op)
+    return emit_pool_rows(em, op)
+
+
+def _tap_columns(k: int, s: int, d: int, p_begin: int, size: int, out: int) -> list[tuple[int, int, int]]:
+    """Per kernel tap: the output positions [lo, hi) whose input lies inside, and the input offset
+    ``first`` with input = o*s - first."""
+    columns = []
+    for t in range(k):
+        first = p_begin - t * d
+        lo = min(max(0, -(-first // s)), out)
+        hi = min(max(lo, -(-(size + first) // s)), out)
+        columns.append((lo, hi, first))
+    return columns
+
+
+def _window_counts(k: int, s: int, d: int, p_begin: int, p_end: int, size: int, out: int,
+                   include_pad: bool) -> np.ndarray:
+    """How many taps of each output position's window count for the average (one axis)."""
+    lo_in, hi_in = (-p_begin, size + p_end) if include_pad else (0, size)
+    counts = np.zeros(out)
+    for o in range(out):
+        counts[o] = sum(lo_in <= o * s - p_begin + t * d < hi_in for t in range(k))
+    return counts
+
+
+def emit_pool_rows(em: ModuleEmitter, op: Op) -> KernelCall:
+    """Each output row gathers its window row by row: per kernel tap, the output columns whose
+    input is inside the image are known at compile time, so the inner loops have no bounds checks
+    and vectorize. The average divides by (valid rows) x (valid columns) of each window, both
+    computed at compile time. Planes are split between threads."""
+    a = as_2d(op.attrs)
+    is_max = op.kind is OpKind.MAX_POOL
+    xs, ys = em.tensor(op.inputs[0]).shape, em.tensor(op.outputs[0]).shape
+    planes = xs[0] * xs[1]
+    h, w = spatial_2d(xs)
+    oh, ow = spatial_2d(ys)
+    kh_, kw_ = a.kernel_shape
+    (sh, sw), (dh, dw) = a.strides, a.dilations
+    pt, pl, pb, pr = a.pads
+    args: list = [op.inputs[0], op.outputs[0]]
+    if not is_max:  # 1 / count per window, separable into a row factor and a column factor
+        rows = _window_counts(kh_, sh, dh, pt, pb, h, oh, a.count_include_pad)
+        cols = _window_counts(kw_, sw, dw, pl, pr, w, ow, a.count_include_pad)
+        args += [em.derived_constant(1.0 / np.maximum(rows, 1)), em.derived_constant(1.0 / np.maximum(cols, 1))]
+    fn, b = em.function(op.name, len(args), parallel=True)
+    x, y = fn.args[0], fn.args[1]
+    columns = _tap_columns(kw_, sw, dw, pl, w, ow)
+    start = f32(-math.inf if is_max else 0.0)
+    lo_t, hi_t = em.thread_range(b, fn, planes)
+    with for_range(b, hi_t, start=lo_t, name="plane") as plane:
+        with for_range(b, oh, name="oy") as oy:
+            yrow = gep(b, y, b.add(b.mul(plane, i64(oh * ow)), b.mul(oy, i64(ow))))
+            with for_range(b, ow, name="ox0") as ox:
+                store(b, start, yrow, ox)
+            for kh in range(kh_):
+                iy = b.add(b.mul(oy, i64(sh)), i64(kh * dh - pt))
+                with b.if_then(in_range(b, iy, 0, h)):
+                    x_row = b.mul(b.add(b.mul(plane, i64(h)), iy), i64(w))
+                    for lo, hi, first in columns:
+                        if lo >= hi:
+                            continue
+                        with for_range(b, hi, start=lo, name="ox") as ox:
+                            v = load(b, x, b.sub(b.add(x_row, ox if sw == 1 else b.mul(ox, i64(sw))), i64(first)))
+                            old = load(b, yrow, ox)
+                            store(b, fmax(b, old, v) if is_max else b.fadd(old, v), yrow, ox)
+            if not is_max:
+                inv_row = load(b, fn.args[2], oy)
+                with for_range(b, ow, name="oxd") as ox:
+                    scale = b.fmul(inv_row, load(b, fn.args[3], ox))
+                    store(b, b.fmul(load(b, yrow, ox), scale), yrow, ox)
+    b.ret_void()
+    return KernelCall(fn, args)
+
+
+def _emit_pool_scalar(em: ModuleEmitter, op: Op) -> KernelCall:
     a = as_2d(op.attrs)
     is_max = op.kind is OpKind.MAX_POOL
     xs, ys = em.tensor(op.inputs[0]).shape, em.tensor(op.outputs[0]).shape
