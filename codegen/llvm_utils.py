@@ -106,7 +106,12 @@ def intrinsic(module: ir.Module, name: str, ret: ir.Type, args: Sequence[ir.Type
 
 
 def call_intrinsic(b: ir.IRBuilder, name: str, args: Sequence[ir.Value], ret: ir.Type | None = None) -> ir.Value:
-    fn = intrinsic(b.module, name, ret or args[0].type, [a.type for a in args])
+    """Call an LLVM intrinsic named for f32 (``llvm.exp.f32``); on vector arguments the name is
+    mangled for the vector type (``llvm.exp.v16f32``), as LLVM's overloaded intrinsics require."""
+    ty = args[0].type
+    if name.startswith("llvm.") and name.endswith(".f32") and isinstance(ty, ir.VectorType):
+        name = f"{name[:-4]}.v{ty.count}f32"
+    fn = intrinsic(b.module, name, ret or ty, [a.type for a in args])
     return b.call(fn, list(args))
 
 

@@ -57,30 +57,21 @@ def default_threads() -> int:
 def compile_graph(graph: Graph, *, threads: int | None = None, instrument: bool = False,
                   progress: Callable[[str], None] | None = None,
                   respecialize: Callable[[int], CompiledModel] | None = None,
-                  override: Callable[[frozenset[str]], CompiledModel] | None = None) -> CompiledModel:
-    from convc.codegen.jit import JitEngine
-    from convc.codegen.module import ENTRY, emit_module
+                  override: Callable[[frozenset[str]], CompiledModel] | None = None,
+                  cache: bool | None = None, alias: str | None = None) -> CompiledModel:
+    """Optimize ``graph`` and JIT-compile it through the compile cache (convc/codegen/cache.py;
+    ``cache=False`` bypasses it; ``alias`` is a source hash that will also name the entry)."""
+    from convc.codegen.cache import compile_plan
     from convc.passes.pipeline import pipeline
     plan = pipeline(graph, progress=progress)
-    if progress:
-        progress("code generation")
     threads = default_threads() if threads is None else max(1, int(threads))
-    native = emit_module(plan, name=graph.name, instrument=instrument, threads=threads)
-    if progress:
-        progress("LLVM optimization and machine code")
-    engine = JitEngine(str(native.ir_module))
-    g = plan.graph
-    specs = lambda names: [IOSpec(n, g.tensor(n).shape, g.tensor(n).dtype) for n in names]  # noqa: E731
-    runner = NativeRunner(engine.address(ENTRY), native.arena_bytes, native.constants,
-                          specs(native.input_names), specs(native.output_names), keepalive=engine,
-                          kernel_names=[op for op, _ in native.kernel_names], instrumented=instrument,
-                          threads=threads, pool_api=PoolApi.from_addresses(engine.address("convc_pool_create"),
-                                                                           engine.address("convc_pool_destroy")))
-    return CompiledModel(runner, g, threads=threads, respecialize=respecialize, override=override)
+    return compile_plan(plan, threads=threads, instrument=instrument, progress=progress, cache=cache, alias=alias,
+                        respecialize=respecialize, override=override)
 
 
 def compile(model: ModelSource, *, threads: int | None = None, batch: int | None = None,
-            progress: Callable[[str], None] | None = None, input_shape: Any = None) -> CompiledModel:
+            progress: Callable[[str], None] | None = None, input_shape: Any = None,
+            cache: bool | None = None) -> CompiledModel:
     """Compile an ONNX model (path, bytes or ``onnx.ModelProto``), a convc Graph or a convc.nn Module
     (traced with ``input_shape``, batch first) to native code.
 
@@ -89,22 +80,31 @@ def compile(model: ModelSource, *, threads: int | None = None, batch: int | None
     the worker threads (default: all cores).
 
     ONNX initializers that are also graph inputs compile in as constants (their defaults); feeding
-    one to ``run`` compiles, on first use, a variant that reads the fed ones at run time."""
+    one to ``run`` compiles, on first use, a variant that reads the fed ones at run time.
+
+    Compiled code is kept in an on-disk cache (``~/.cache/convc``, ``$CONVC_CACHE_DIR``); a model
+    compiled before loads in well under a second. ``cache=False`` (or ``CONVC_NO_CACHE=1``) skips it.
+    ``progress`` receives a line per stage (passes, each layer's code generation, LLVM)."""
     if isinstance(model, Path):
         model = str(model)
     if progress:
         progress("import")
     if is_nn_module(model):
         model = model.snapshot()  # later edits to the parameters must not reach variants compiled on first use
-    graph = load_graph(model, batch, input_shape)
     onnx_source = not isinstance(model, Graph) and not is_nn_module(model)
 
     def variant(n: int | None, runtime: frozenset[str]) -> CompiledModel:
-        return compile_graph(load_graph(model, n, input_shape, runtime), threads=threads,
+        return compile_graph(load_graph(model, n, input_shape, runtime), threads=threads, cache=cache,
                              override=(lambda names: variant(n, runtime | names)) if onnx_source else None)
     respecialize = None
     if batch is None and (is_nn_module(model) or (onnx_source and has_dynamic_batch(model))):
         def respecialize(n: int) -> CompiledModel:
             return variant(n, frozenset())
-    return compile_graph(graph, threads=threads, progress=progress, respecialize=respecialize,
-                         override=(lambda names: variant(batch, names)) if onnx_source else None)
+    override = (lambda names: variant(batch, names)) if onnx_source else None
+    from convc.codegen.cache import warm_model  # a model compiled before: no import, passes or codegen
+    hit, alias = warm_model(model, batch, input_shape, threads, cache, progress, respecialize, override)
+    if hit is not None:
+        return hit
+    graph = load_graph(model, batch, input_shape)
+    return compile_graph(graph, threads=threads, progress=progress, respecialize=respecialize, override=override,
+                         cache=cache, alias=alias)

@@ -87,12 +87,15 @@ class NativeRunner:
     def __init__(self, address: int, arena_bytes: int, constants: Sequence[np.ndarray],
                  inputs: list[IOSpec], outputs: list[IOSpec], keepalive: Any = None,
                  kernel_names: Sequence[str] = (), instrumented: bool = False,
-                 threads: int = 1, pool_api: PoolApi | None = None):
+                 threads: int = 1, pool_api: PoolApi | None = None, const_table: ctypes.Array | None = None):
         self._fn = _ENTRY_TYPE(address)
         self._keepalive = keepalive  # the JIT engine or shared library owning the code
-        self._constants = [np.ascontiguousarray(c) for c in constants]
-        self._const_table = (ctypes.c_void_p * max(1, len(self._constants)))(
-            *[c.ctypes.data for c in self._constants])
+        # None: a constant-table slot the code never reads (a weight the kernels repacked)
+        self._constants = [None if c is None else np.ascontiguousarray(c) for c in constants]
+        # a shared library brings its own table, pointing at its embedded weights
+        self._const_table = const_table if const_table is not None else (
+            ctypes.c_void_p * max(1, len(self._constants)))(
+            *[None if c is None else c.ctypes.data for c in self._constants])
         self.arena_bytes = arena_bytes
         self.inputs = inputs
         self.outputs = outputs

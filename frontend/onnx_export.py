@@ -1,11 +1,14 @@
-"""convc Graph -> onnx.ModelProto (opset 13 unless an op needs newer).
+"""convc Graph -> onnx.ModelProto, opset 13 unless asked for a newer one.
 
-One exporter per OpKind, registered in ``EXPORTERS``; a kind without one is reported together
-with every other unexportable op. Attributes are written explicitly, defaults included, so the
-file does not depend on a reader's defaults. A Conv or Gemm whose epilogue fused a residual and an
-activation is written back as Conv/Gemm -> Add -> activation. With ``dynamic_batch`` the first
-dimension of the inputs (and of the outputs that share it) is the symbol "N"; a Reshape that keeps
-the batch dimension writes 0 ("copy") for it so other batch sizes run.
+One exporter per OpKind, registered in ``EXPORTERS``; ops without one (those passes and training
+introduce, like Im2Col) and attribute values the opset cannot express (a dilated AveragePool
+before opset 19, say) are reported together in one ExportError. Attributes are written
+explicitly, defaults included, so the file does not depend on a reader's defaults; HardSwish
+before opset 14 is written as x * HardSigmoid(x, 1/6, 1/2). A Conv, ConvTranspose or Gemm whose
+epilogue fused a residual and an activation is written back as op -> Add -> activation. With
+``dynamic_batch`` the first dimension of the inputs (and of the outputs that share it) is the
+symbol "N"; a Reshape that keeps the batch dimension writes 0 ("copy") for it, and Resize writes
+scales rather than sizes where they give the same shape, so other batch sizes run.
 """
 from __future__ import annotations
 

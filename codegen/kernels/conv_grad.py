@@ -180,20 +180,42 @@ def emit_conv_grad_input(em: ModuleEmitter, op: Op) -> KernelCall:
 
 @emitter(OpKind.CONV_GRAD_WEIGHT)
 def emit_conv_grad_weight(em: ModuleEmitter, op: Op) -> KernelCall:
+    """dW = sum over images of dY[Mg, P] @ colT[P, Kd], in one of two layouts: a GEMM operand must be
+    read as rows, so either the patches are written transposed (strided stores, Kd x P of them) or
+    dY is transposed (Mg x P) and dW^T[Kd, Mg] = col[Kd, P] @ dY^T[P, Mg] is accumulated and
+    transposed at the end. The second moves less when there are fewer output channels than taps."""
     a = op.attrs
     xs, dys = em.tensor(op.inputs[0]).shape, em.tensor(op.inputs[1]).shape
     geo = Geometry(a.conv, xs, a.shape, dys)
-    args = [op.inputs[0], op.inputs[1], op.outputs[0], em.scratch(geo.kd * geo.p * 4)]
+    transpose_dy = geo.mg < geo.kd
+    col_f = geo.kd * geo.p if not (geo.direct and transpose_dy) else 0
+    dyt_f = geo.p * geo.mg if transpose_dy else 0
+    dwt_f = geo.g * geo.kd * geo.mg if transpose_dy else 0
+    args = [op.inputs[0], op.inputs[1], op.outputs[0], em.scratch(max(col_f + dyt_f + dwt_f, 1) * 4)]
     fn, b = em.function(op.name, len(args))
-    x, dy, dw, colt = fn.args
-    memset_zero(b, dw, geo.m * geo.kd * 4)
+    x, dy, dw, scratch = fn.args
+    col, dyt, dwt = scratch, gep(b, scratch, col_f), gep(b, scratch, col_f + dyt_f)
+    memset_zero(b, dwt if transpose_dy else dw, geo.m * geo.kd * 4)
     with for_range(b, geo.n, name="batch") as ni:
         with for_range(b, geo.g, name="group") as gi:
             xg = gep(b, x, _image_group(b, ni, gi, geo.c * geo.h * geo.w, geo.cg * geo.h * geo.w))
             dyg = gep(b, dy, _image_group(b, ni, gi, geo.m * geo.p, geo.mg * geo.p))
-            emit_im2col(b, geo, xg, colt, transposed=True)
-            em.gemm.gemm(b, geo.mg, geo.kd, geo.p, dyg, Operand(False, geo.p), colt, Operand(False, geo.kd),
-                         gep(b, dw, b.mul(gi, i64(geo.mg * geo.kd))), geo.kd, "load")
+            if transpose_dy:
+                if geo.direct:
+                    src = xg
+                else:
+                    emit_im2col(b, geo, xg, col, transposed=False)
+                    src = col
+                emit_transpose(b, dyg, dyt, geo.mg, geo.p)
+                em.gemm.gemm(b, geo.kd, geo.mg, geo.p, src, Operand(False, geo.p), dyt, Operand(False, geo.mg),
+                             gep(b, dwt, b.mul(gi, i64(geo.kd * geo.mg))), geo.mg, "load")
+            else:
+                emit_im2col(b, geo, xg, col, transposed=True)
+                em.gemm.gemm(b, geo.mg, geo.kd, geo.p, dyg, Operand(False, geo.p), col, Operand(False, geo.kd),
+                             gep(b, dw, b.mul(gi, i64(geo.mg * geo.kd))), geo.kd, "load")
+    if transpose_dy:
+        with for_range(b, geo.g, name="group") as gi:
+            emit_transpose(b, gep(b, dwt, b.mul(gi, i64(geo.kd * geo.mg))),
+                           gep(b, dw, b.mul(gi, i64(geo.mg * geo.kd))), geo.kd, geo.mg)
     b.ret_void()
     return KernelCall(fn, args)
-

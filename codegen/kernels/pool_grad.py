@@ -38,6 +38,48 @@ def _windows(b, a, h, w, oh, ow, planes, body):
                 body(pi, out, taps)
 
 
+MAX_UNROLLED_TAPS = 64
+
+
+def disjoint_windows(a, h: int, w: int, oh: int, ow: int) -> bool:
+    """Windows that never overlap, start inside the input and end inside it (no padding): every
+    input element has at most one window, so the gradient can be stored instead of accumulated."""
+    (kh, kw), (sh, sw), (dh, dw) = a.kernel_shape, a.strides, a.dilations
+    return (not any(a.pads) and sh >= dh * (kh - 1) + 1 and sw >= dw * (kw - 1) + 1
+            and (oh - 1) * sh + dh * (kh - 1) < h and (ow - 1) * sw + dw * (kw - 1) < w
+            and kh * kw <= MAX_UNROLLED_TAPS)
+
+
+def _max_pool_grad_disjoint(em: ModuleEmitter, op: Op, a, planes: int, h: int, w: int, oh: int, ow: int) -> KernelCall:
+    """Each window's taps unrolled: pick the first maximum, then store dY there and 0 at the others."""
+    (kh, kw), (sh, sw), (dh, dw) = a.kernel_shape, a.strides, a.dilations
+    fn, b = em.function(op.name, 3)
+    x, dy, dx = fn.args
+    if oh * sh != h or ow * sw != w or (sh, sw) != (dh * (kh - 1) + 1, dw * (kw - 1) + 1):
+        memset_zero(b, dx, planes * h * w * 4)  # some elements are in no window (or between taps)
+    taps = [(i * dh, j * dw) for i in range(kh) for j in range(kw)]
+    with for_range(b, planes, name="plane") as pi:
+        with for_range(b, oh, name="oy") as oy:
+            row = b.mul(b.add(b.mul(pi, i64(h)), b.mul(oy, i64(sh))), i64(w))
+            with for_range(b, ow, name="ox") as ox:
+                base = b.add(row, b.mul(ox, i64(sw)))
+                addrs = [b.add(base, i64(ty * w + tx)) for ty, tx in taps]
+                best, which = None, None
+                for k, addr in enumerate(addrs):
+                    v = load(b, x, addr)
+                    if best is None:
+                        best, which = v, i64(0)
+                        continue
+                    take = b.or_(b.fcmp_ordered(">", v, best),
+                                 b.and_(b.fcmp_unordered("uno", v, v), b.fcmp_ordered("ord", best, best)))
+                    best, which = b.select(take, v, best), b.select(take, i64(k), which)
+                g = load(b, dy, b.add(b.mul(b.add(b.mul(pi, i64(oh)), oy), i64(ow)), ox))
+                for k, addr in enumerate(addrs):
+                    store(b, b.select(b.icmp_unsigned("==", which, i64(k)), g, f32(0.0)), dx, addr)
+    b.ret_void()
+    return KernelCall(fn, list(op.inputs) + [op.outputs[0]])
+
+
 @emitter(OpKind.MAX_POOL_GRAD, OpKind.AVERAGE_POOL_GRAD)
 def emit_pool_grad(em: ModuleEmitter, op: Op) -> KernelCall:
     a = as_2d(op.attrs.pool)
@@ -46,6 +88,8 @@ def emit_pool_grad(em: ModuleEmitter, op: Op) -> KernelCall:
     planes = xs[0] * xs[1]
     h, w = spatial_2d(xs)
     oh, ow = spatial_2d(ys)
+    if is_max and disjoint_windows(a, h, w, oh, ow):
+        return _max_pool_grad_disjoint(em, op, a, planes, h, w, oh, ow)
     n_args = 3 if is_max else 2
     fn, b = em.function(op.name, n_args)
     x = fn.args[0] if is_max else None

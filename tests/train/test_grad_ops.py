@@ -49,6 +49,8 @@ POOLS = [
     PoolAttrs((3, 2), (2, 1), (1, 0, 0, 1), (1, 1)),               # asymmetric pads
     PoolAttrs((2, 2), (1, 1), (0, 0, 0, 0), (2, 2)),               # dilation
     PoolAttrs((3, 3), (2, 2), (0, 0, 0, 0), (1, 1), ceil_mode=True),
+    PoolAttrs((2, 2), (3, 3), (0, 0, 0, 0), (1, 1)),               # disjoint windows with gaps between them
+    PoolAttrs((2, 3), (2, 3), (0, 0, 0, 0), (1, 1)),               # windows tiling 7x6 but for the last row
 ]
 
 
@@ -62,6 +64,11 @@ def test_max_pool(rng, attrs):
                                                      count_include_pad=True)])
 def test_average_pool(rng, attrs):
     check_gradient(OpKind.AVERAGE_POOL, attrs, [f32(rng, 2, 3, 7, 6)], rng=rng)
+
+
+def test_max_pool_tiling_windows(rng):
+    """2x2/2 windows covering an 8x8 input exactly: the gradient is stored, no memset."""
+    check_gradient(OpKind.MAX_POOL, POOLS[0], [f32(rng, 2, 3, 8, 8)], rng=rng)
 
 
 def test_pool1d(rng):
