@@ -126,7 +126,8 @@ class NativeRunner:
                                  f"(convert with .astype(np.{spec.dtype}))")
             if a.shape != spec.shape:
                 raise InputError(f"input {spec.name!r} has shape {a.shape}, expected {spec.shape}")
-            # strided, misaligned or byte-swapped arrays are copied, never read out of bounds
+            # strided or misaligned arrays are copied, never read out of bounds (other byte orders
+            # have a different dtype and were rejected above)
             arrays.append(np.require(a, requirements=("C", "A")))
         return arrays
 

@@ -66,6 +66,8 @@ class CompiledModel:
         shape = getattr(first, "shape", None)
         if not shape or shape[0] == self.batch or shape[1:] != self._runner.inputs[0].shape[1:]:
             return self
+        if getattr(first, "dtype", None) != self._runner.inputs[0].dtype:
+            return self  # the input check rejects it; do not compile a variant first
         n = int(shape[0])
         if n not in self._variants:
             self._variants[n] = self._respecialize(n)
