@@ -99,15 +99,17 @@ def resolve_target(spec: str | AotTarget | None = "native") -> AotTarget:
         host = Target.host()
         required = tuple(f[1:] for f in host.features.split(",") if f.startswith("+"))
         features = ",".join(x for x in [host.features, *extra] if x)
-        return AotTarget("native", host.triple, host.cpu, features, tuple(dict.fromkeys(required + plus)))
+        return AotTarget(",".join(["native", *extra]), host.triple, host.cpu, features,
+                         tuple(dict.fromkeys(required + plus)))
     if name in X86_LEVELS:
         host_triple = Target.host().triple
         triple = host_triple if host_triple.startswith("x86_64") else "x86_64-" + _host_os_suffix()
         req = X86_LEVELS[name] + plus
-        return AotTarget(name, triple, name, ",".join("+" + f for f in req), tuple(dict.fromkeys(req)))
+        return AotTarget(",".join([name, *extra]), triple, name, ",".join("+" + f for f in req),
+                         tuple(dict.fromkeys(req)))
     if name in ("aarch64", "arm64"):
         req = ("neon",) + plus
-        return AotTarget("aarch64", "aarch64-unknown-linux-gnu", "generic", ",".join("+" + f for f in req),
+        return AotTarget(",".join(["aarch64", *extra]), "aarch64-unknown-linux-gnu", "generic", ",".join("+" + f for f in req),
                          tuple(dict.fromkeys(req)))
     raise CompileError(f"unknown target {name!r}; choose one of {', '.join(TARGET_NAMES)} "
                        "(optionally followed by extra features: x86-64-v3,+avx512f)")
@@ -153,10 +155,13 @@ _bits(0x80000008, 0, 1, {"clzero": 0, "rdpru": 4, "wbnoinvd": 9})
 _bits(0xD, 1, 0, {"xsaveopt": 0, "xsavec": 1, "xsaves": 3})
 
 
+AARCH64_BASELINE = {"neon", "fp-armv8"}  # every ARMv8-A CPU has them
+
+
 def checkable(target: AotTarget) -> tuple[list[str], list[str]]:
     """(features the library's CPU check verifies, features it cannot verify and assumes present)."""
-    table = X86_CPUID if target.is_x86 else {}
-    return [f for f in target.required if f in table], [f for f in target.required if f not in table]
+    known = set(X86_CPUID) if target.is_x86 else AARCH64_BASELINE if target.arch == "aarch64" else set()
+    return [f for f in target.required if f in known], [f for f in target.required if f not in known]
 
 
 # --- LLVM IR text helpers ----------------------------------------------------------------------
@@ -725,16 +730,20 @@ def no_cc_message(target: AotTarget, obj: str, lib: str) -> str:
     what = (f"a cross C toolchain for {target.arch} (Debian/Ubuntu: apt-get install gcc-{target.arch}-linux-gnu)"
             if cross else "a C compiler (Debian/Ubuntu: apt-get install gcc; Fedora/RHEL: dnf install gcc; "
                           "Alpine: apk add gcc musl-dev; macOS: xcode-select --install)")
+    cc = f"{target.arch}-linux-gnu-gcc" if cross else "cc"
     return (f"linking {lib} needs {what}, or set CC to one. The object file was written to {obj}: "
-            f"link it yourself with `cc -shared -o {lib} {obj} -lm -lpthread`, or ask for the object "
+            f"link it yourself with `{cc} -shared -o {lib} {obj} -lm -lpthread`, or ask for the object "
             f"only with -o {Path(lib).with_suffix('.o').name}")
 
 
-def link_shared(obj: str, lib: str, target: AotTarget) -> None:
+def link_shared(obj: str, lib: str, target: AotTarget, soname: str | None = None) -> None:
     cc = find_cc(target)
     if cc is None:
         raise CompileError(no_cc_message(target, obj, lib))
-    cmd = cc + ["-shared", "-o", lib, obj, "-Wl,-Bsymbolic", "-Wl,-z,noexecstack", "-lm", "-lpthread"]
+    # -soname: programs linked against it look for "model.so" (on their rpath), not the build path;
+    # -Bsymbolic: its calls to its own functions never bind to another model's library
+    cmd = cc + ["-shared", "-o", lib, obj, f"-Wl,-soname,{soname or Path(lib).name}",
+                "-Wl,-Bsymbolic", "-Wl,-z,noexecstack", "-lm", "-lpthread"]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True)
     except OSError as e:
@@ -792,6 +801,7 @@ def build_native(native, output: str | os.PathLike, target: AotTarget, inputs, o
         wrapper = wrapper_ir(native, target, meta, blob_path, size, offsets, blob)
         timings["wrapper IR"] = time.perf_counter() - t
         t = time.perf_counter()
+        _init_backend(target)
         obj = machine_code(str(native.ir_module), target.llvm_target(), pic=True, link=wrapper, progress=progress)
         timings["LLVM"] = time.perf_counter() - t
         guard = "CONVC_" + "".join(c if c.isalnum() else "_" for c in header_path.stem.upper()) + "_H"
@@ -810,7 +820,7 @@ def build_native(native, output: str | os.PathLike, target: AotTarget, inputs, o
             obj_path.write_bytes(obj)
             tmp_lib = out.with_name(f".{out.name}.{os.getpid()}.tmp")
             try:
-                link_shared(str(obj_path), str(tmp_lib), target)
+                link_shared(str(obj_path), str(tmp_lib), target, soname=out.name)
                 os.replace(tmp_lib, out)
             finally:
                 if tmp_lib.exists():
@@ -842,6 +852,21 @@ def build(model: Any, output: str | os.PathLike, *, batch: int | None = None, ta
     specs = [[IOSpec(n, g.tensor(n).shape, g.tensor(n).dtype) for n in names]
              for names in (native.input_names, native.output_names)]
     return build_native(native, output, tgt, *specs, graph_metadata=g.metadata, progress=progress, header=header)
+
+
+def _init_backend(target: AotTarget) -> None:
+    """Register every LLVM backend for a cross target (the JIT registers only the host's)."""
+    import llvmlite.binding as llvm
+    from convc.codegen.jit import Target, init_llvm
+    init_llvm()
+    if target.arch != Target.host().triple.split("-")[0]:
+        llvm.initialize_all_targets()
+        llvm.initialize_all_asmprinters()
+    try:
+        llvm.Target.from_triple(target.triple)
+    except RuntimeError as e:
+        raise CompileError(f"target {target.name}: this llvmlite's LLVM cannot generate code for {target.triple} "
+                           f"({e})") from None
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -34,6 +34,7 @@ import functools
 import hashlib
 import importlib.util
 import json
+import mmap
 import os
 import struct
 import time
@@ -169,12 +170,6 @@ def source_key(model: Any, batch: int | None, input_shape: Any, env: dict) -> st
 
 # --- entries -----------------------------------------------------------------------------------
 
-def _aligned_buffer(n: int) -> np.ndarray:
-    raw = np.empty(n + 64, dtype=np.uint8)
-    start = -raw.ctypes.data % 64
-    return raw[start:start + n]
-
-
 def _pad(n: int) -> int:
     return -n % 64
 
@@ -239,10 +234,10 @@ def _read(path: Path) -> tuple[dict, bytes, list]:
         body = n_meta + _pad(n_meta) + n_obj + _pad(n_obj) + n_blob
         if size != HEADER_BYTES + body:
             raise CorruptEntry(f"truncated or padded: {size} bytes, the header promises {HEADER_BYTES + body}")
-        buf = _aligned_buffer(body)
-        if f.readinto(memoryview(buf)) != body:
-            raise CorruptEntry("short read")
-    if hashlib.sha256(memoryview(buf)).digest() != digest:
+        # mapped, not read: the weights stay in the page cache, shared by every process using them
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    buf = np.frombuffer(mapped, dtype=np.uint8, offset=HEADER_BYTES, count=body)  # read-only, 64-byte aligned
+    if hashlib.sha256(buf).digest() != digest:
         raise CorruptEntry("checksum mismatch")
     meta = json.loads(bytes(buf[:n_meta]))
     o = n_meta + _pad(n_meta)

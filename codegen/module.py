@@ -204,6 +204,8 @@ class ModuleEmitter:
                 raise
             except Exception as e:  # an emitter bug must still name the node
                 raise CompileError(f"node {op.name!r} ({op.kind.value}): code generation failed: {e}") from e
+            if call is None:  # the op's work is done inside another kernel
+                continue
             self._allow_aliasing(call)
             if call.parallel:
                 argv = self._argv(b, len(call.args))

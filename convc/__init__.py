@@ -11,6 +11,7 @@ from convc.errors import (CompileError, ConvcError, GraphError, InputError, Mode
                           UnsupportedOpError)
 from convc.ir import Graph, Op, Tensor, TensorKind  # noqa: E402
 from convc.compiler import compile  # noqa: E402
+from convc.load import LoadError, load  # noqa: E402  (no llvmlite: loads `convc compile` libraries)
 from convc.session import CompiledModel, InferenceSession  # noqa: E402
 from convc.ops import OpKind  # noqa: E402
 from convc.profile import profile  # noqa: E402
@@ -20,4 +21,4 @@ from convc.train import Trainer, TrainingError, gradcheck  # noqa: E402
 
 __all__ = ["compile", "profile", "nn", "CompiledModel", "InferenceSession", "Graph", "Op", "Tensor", "TensorKind", "OpKind",
            "ConvcError", "ModelImportError", "UnsupportedOpError", "GraphError", "CompileError", "InputError",
-           "__version__", "optim", "Trainer", "TrainingError", "gradcheck"]
+           "__version__", "load", "LoadError", "optim", "Trainer", "TrainingError", "gradcheck"]

@@ -33,10 +33,26 @@ class Progress:
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self.start = time.perf_counter()
+        self._layer_shown = 0.0  # when a per-layer line was last printed
+        self._tty = sys.stderr.isatty()
 
     def __call__(self, stage: str) -> None:
-        if not self.quiet:
-            print(f"convc: [{time.perf_counter() - self.start:6.2f}s] {stage}", file=sys.stderr, flush=True)
+        if self.quiet:
+            return
+        now = time.perf_counter()
+        line = f"convc: [{now - self.start:6.2f}s] {stage}"
+        if stage.startswith("codegen ["):  # one per layer: rewrite one line on a terminal, else every 0.5 s
+            if self._tty:
+                print("\r" + line[:150].ljust(100), end="", file=sys.stderr, flush=True)
+                self._layer_shown = -1.0
+            elif now - self._layer_shown >= 0.5:
+                print(line, file=sys.stderr, flush=True)
+                self._layer_shown = now
+            return
+        if self._layer_shown < 0:  # end the rewritten line
+            print(file=sys.stderr)
+            self._layer_shown = 0.0
+        print(line, file=sys.stderr, flush=True)
 
 
 def load_onnx(path: str):
@@ -261,6 +277,7 @@ class Command:
 
 
 from convc import report as _profile  # the profile subcommand lives with its report
+from convc import aot_cli as _aot  # compile (shared library + C header) and cache
 
 COMMANDS: list[Command] = [
     Command("run", "compile an ONNX model to native code and run it",
@@ -284,6 +301,12 @@ COMMANDS: list[Command] = [
             ("convc profile resnet50.onnx --top 15", "convc profile model.onnx --by-op",
              "convc profile model.onnx --format csv > layers.csv",
              "convc profile model.onnx --measure --plot profile.svg")),
+    Command("compile", "compile an ONNX model ahead of time to a shared library and C header",
+            _aot.COMPILE_DESCRIPTION, _aot.add_compile_args, _aot.run_compile,
+            ("convc compile lenet.onnx -o lenet.so", "convc compile model.onnx -o model.so --batch 8 --threads 4",
+             "convc compile model.onnx -o model.so --target x86-64-v3", "convc compile model.onnx -o model.o")),
+    Command("cache", "show or clear the JIT compile cache", _aot.CACHE_DESCRIPTION, _aot.add_cache_args,
+            _aot.run_cache, ("convc cache", "convc cache --clear")),
 ]
 
 

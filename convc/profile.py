@@ -289,14 +289,22 @@ def measure_layers(profile: Profile, imported: Graph, repeats: int = 10, threads
 
 
 def profile(model: Any, batch: int | None = None, *, measure: bool = False, repeats: int = 10,
-            threads: int | None = None) -> Profile:
+            threads: int | None = None, train: bool = False, loss: str = "cross_entropy",
+            optimizer: Any = None) -> Profile:
     """Profile an ONNX model (path, bytes, ``onnx.ModelProto``) or a convc Graph.
 
     Returns a ``Profile``: ``.layers`` (one row per fused layer), ``.total_macs``,
     ``.total_params``, ``.peak_memory_bytes`` (the planned activation arena), ``.memory``,
     ``.to_json()`` and ``.to_csv()``. With ``measure`` the model is compiled and run, and each
     layer gets its median time over ``repeats`` runs; the machine's FMA peak is measured once and
-    cached (``convc.codegen.peak``)."""
+    cached (``convc.codegen.peak``).
+
+    ``train=True`` profiles the training step instead (``convc.train_profile``: forward and backward
+    MACs per layer, saved activations, gradient and optimizer-state bytes, the step's peak memory),
+    for ``loss`` and ``optimizer`` (a ``convc.optim`` optimizer, default SGD)."""
+    if train:
+        from convc.train_profile import profile_training
+        return profile_training(model, batch, loss=loss, optimizer=optimizer, measure=measure, repeats=repeats)
     from pathlib import Path
 
     from convc.compiler import load_graph

@@ -312,6 +312,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top", type=_positive, metavar="N", help="only the N costliest layers (by time with "
                                                                "--measure, else by MACs); totals stay whole-model")
     p.add_argument("--by-op", action="store_true", help="one row per op type instead of per layer")
+    p.add_argument("--train", action="store_true",
+                   help="profile the training step instead: forward and backward MACs per layer, saved "
+                        "activations, gradient and optimizer-state bytes, and the peak memory of the planned step")
+    p.add_argument("--loss", choices=("cross_entropy", "mse", "bce"), default="cross_entropy",
+                   help="the loss with --train (default: cross_entropy)")
+    p.add_argument("--optimizer", choices=("sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"), default="sgd",
+                   help="the optimizer with --train, whose state is counted (default: sgd)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -322,6 +329,8 @@ def run(args: argparse.Namespace) -> int:
         check_plot_path(args.plot)  # before minutes of measuring
     model = load_onnx(args.model)
     progress("analysing" + (" and measuring" if args.measure else ""))
+    if getattr(args, "train", False):
+        return _run_train(args, model, progress)
     result = convc.profile(model, batch=args.batch, measure=args.measure, repeats=args.repeat, threads=args.threads)
     result.model = Path(args.model).name
     if args.plot:
@@ -335,6 +344,24 @@ def run(args: argparse.Namespace) -> int:
         render_rich(result, top=args.top, by_op=args.by_op)
     else:
         sys.stdout.write(render_text(result, top=args.top, by_op=args.by_op))
+    return 0
+
+
+def _run_train(args: argparse.Namespace, model: Any, progress: Any) -> int:
+    """``convc profile --train``: the training step's view (convc/train_profile.py)."""
+    import convc
+    optimizers = {"sgd": lambda: convc.optim.SGD(0.01), "momentum": lambda: convc.optim.SGD(0.01, momentum=0.9),
+                  "adagrad": convc.optim.Adagrad, "rmsprop": convc.optim.RMSprop, "adam": convc.optim.Adam,
+                  "adamw": convc.optim.AdamW}
+    result = convc.profile(model, batch=args.batch, measure=args.measure, repeats=args.repeat, train=True,
+                           loss=args.loss, optimizer=optimizers[args.optimizer]())
+    result.model = Path(args.model).name
+    if args.format == "json":
+        sys.stdout.write(result.to_json() + "\n")
+    elif args.format == "csv":
+        sys.stdout.write(result.to_csv())
+    else:
+        sys.stdout.write(str(result))
     return 0
 
 

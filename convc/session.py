@@ -95,6 +95,13 @@ class CompiledModel:
         out = ", ".join(f"{s.name}: {s.dtype}{list(s.shape)}" for s in self.outputs)
         return f"<convc.CompiledModel ({sig}) -> ({out})>"
 
+    def __reduce__(self):
+        """Pickle by value, for worker processes (multiprocessing, Ray, Dask): a JIT model as its
+        machine code and weights, a model from ``convc.load`` as its library; unpickling loads the
+        code without compiling (convc/load.py). Variants compiled on first use are not included."""
+        from convc.load import reduce_model
+        return reduce_model(self)
+
 
 class InferenceSession:
     """Drop-in for ``onnxruntime.InferenceSession`` on CPU: ``run(output_names, feeds) -> list``."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from convc.ir import Graph, Op, TensorKind
-from convc.ops import OpGroup
+from convc.ops import OpGroup, OpKind
 
 ALIGN = 64
 # ops that may write their output over an input of the same size (element i reads only element i)
@@ -89,6 +89,11 @@ def live_ranges(g: Graph, order: list[Op]) -> list[LiveRange]:
             first.setdefault(view_root(g, t), i)
         for t in op.inputs:
             last[view_root(g, t)] = i
+            # the codegen may gather an Im2Col inside the conv that reads it, block by block:
+            # the Im2Col's own input then lives until that conv
+            producer = g.producer(t)
+            if producer is not None and producer.kind is OpKind.IM2COL:
+                last[view_root(g, producer.inputs[0])] = i
     out = []
     for name, start in first.items():
         t = g.tensor(name)

@@ -1,12 +1,17 @@
 """Shared fixtures; also puts tests/ on sys.path so test modules can ``import helpers``."""
 from __future__ import annotations
 
+import os
 import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# the JIT compile cache stays out of the suite (a test that patches the code generator must not be
+# served code compiled before); tests/aot turns it on with a temporary CONVC_CACHE_DIR
+os.environ.setdefault("CONVC_NO_CACHE", "1")
 
 _HERE = str(Path(__file__).parent)
 if _HERE not in sys.path:

@@ -9,7 +9,7 @@ from llvmlite import ir
 from convc.ir import Op
 from convc.ops import OpKind
 from convc.ops.conv import ConvAttrs
-from convc.codegen.llvm_utils import FAST, f32, for_range, gep, i64, in_range, load, store
+from convc.codegen.llvm_utils import FAST, as_i64, f32, for_range, gep, i64, in_range, load, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from convc.codegen.kernels.epilogue import epilogue_pass
 from convc.codegen.kernels.blas import Operand, pack_a, split_epilogue
@@ -30,9 +30,12 @@ def spatial_2d(shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 def im2col_row(b: ir.IRBuilder, x: ir.Value, col: ir.Value, row: ir.Value, c: int, h: int, w: int,
-               a: ConvAttrs, oh: int, ow: int) -> None:
+               a: ConvAttrs, oh: int, ow: int, oy_lo=0, oy_hi=None, ld: int | None = None) -> None:
     """One row of the im2col matrix: col[row, y*OW + x] for row = (ci*KH + kh)*KW + kw, the input
-    tap of every output pixel, zero where it falls in the padding."""
+    tap of every output pixel, zero where it falls in the padding. ``oy_lo``/``oy_hi`` restrict it
+    to a block of output rows, written at column (y - oy_lo)*OW of rows ``ld`` apart."""
+    oy_hi = oh if oy_hi is None else oy_hi
+    ld = oh * ow if ld is None else ld
     kh_, kw_ = a.kernel_shape
     sh, sw = a.strides
     dh, dw = a.dilations
@@ -46,10 +49,10 @@ def im2col_row(b: ir.IRBuilder, x: ir.Value, col: ir.Value, row: ir.Value, c: in
     lo = _clamp(b, _ceil_div(b, first_tap, sw), ow)
     hi = _clamp(b, _ceil_div(b, last_tap, sw), ow)
     hi = b.select(b.icmp_signed("<", hi, lo), lo, hi)
-    with for_range(b, oh, name="oy") as oy:
+    with for_range(b, oy_hi, start=oy_lo, name="oy") as oy:
         iy = b.add(b.sub(b.mul(oy, i64(sh)), i64(pt)), b.mul(kh, i64(dh)))
         y_ok = in_range(b, iy, 0, h)
-        col_row = gep(b, col, b.add(b.mul(row, i64(oh * ow)), b.mul(oy, i64(ow))))
+        col_row = gep(b, col, b.add(b.mul(row, i64(ld)), b.mul(b.sub(oy, as_i64(b, oy_lo)), i64(ow))))
         # a row of taps in the vertical padding is all zeros; otherwise zeros, a strided copy, zeros
         row_lo = b.select(y_ok, lo, i64(ow))
         row_hi = b.select(y_ok, hi, i64(ow))
@@ -132,9 +135,104 @@ def emit_depthwise_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     return KernelCall(fn, args)
 
 
+BLOCK_COLUMNS = 256  # output pixels per im2col block: K x 256 floats stays in L2 for K <= 1024
+
+
+def im2col_block_rows(oh: int, ow: int) -> int:
+    """Output rows per im2col block: about BLOCK_COLUMNS pixels, a multiple of 32 where possible."""
+    rows = max(1, min(oh, BLOCK_COLUMNS // ow))
+    for r in range(rows, 0, -1):
+        if r * ow % 32 == 0:
+            return r
+    return rows
+
+
+def fused_im2col(em: ModuleEmitter, conv: Op) -> Op | None:
+    """The Im2Col feeding this 1x1 conv, when the conv can gather it block by block itself: the
+    im2col matrix then never exists in full (it would be written to and read back from memory)."""
+    src = em.graph.producer(conv.inputs[0])
+    from convc.ops import OpKind as K
+    if src is None or src.kind is not K.IM2COL or conv.inputs[0] in em.graph.outputs:
+        return None
+    if len(em.graph.consumers(conv.inputs[0])) != 1 or em.tensor(conv.inputs[1]).data is None:
+        return None
+    ys = em.tensor(conv.outputs[0]).shape
+    oh, ow = spatial_2d(ys)
+    blocks = -(-oh // im2col_block_rows(oh, ow))
+    # too few blocks to keep every thread busy: the whole im2col op parallelizes better
+    return src if ys[0] * conv.attrs.group * blocks >= 2 * em.threads else None
+
+
+def emit_fused_im2col_conv(em: ModuleEmitter, op: Op, im2col: Op) -> KernelCall:
+    """Conv = W @ im2col(x), the im2col matrix built for a block of output rows at a time in
+    per-thread scratch (L2-resident) and consumed at once by the GEMM; blocks of every image and
+    group are split between threads."""
+    a = as_2d(im2col.attrs.as_conv())
+    xs = em.tensor(im2col.inputs[0]).shape
+    ys = em.tensor(op.outputs[0]).shape
+    n, c, m = xs[0], xs[1], ys[1]
+    h, w = spatial_2d(xs)
+    oh, ow = spatial_2d(ys)
+    p = oh * ow
+    g = op.attrs.group
+    cg, mg = c // g, m // g
+    kdim = cg * a.kernel_shape[0] * a.kernel_shape[1]
+    epi = op.attrs.epilogue
+    has_bias = len(op.inputs) - epi.residual == 3
+    per_group = [pack_a(wm, em.isa) for wm in em.tensor(op.inputs[1]).data.reshape(g, mg, kdim)]
+    rows = im2col_block_rows(oh, ow)
+    full_blocks, last_rows = divmod(oh, rows)
+    blocks = full_blocks + (last_rows > 0)
+    block_bytes = kdim * rows * ow * 4
+    args = [im2col.inputs[0], em.derived_constant(np.stack(per_group))] + list(op.inputs[2:]) + \
+        [op.outputs[0], em.scratch(block_bytes, per_thread=True)]
+    fn, b = em.function(op.name, len(args), parallel=True)
+    x, wt = fn.args[0], fn.args[1]
+    bias = fn.args[2] if has_bias else None
+    residual = fn.args[len(op.inputs) - 1] if epi.residual else None
+    y = fn.args[len(op.inputs)]
+    col = em.thread_scratch(b, fn.args[len(op.inputs) + 1], block_bytes, fn.args[-2])
+    in_kernel, after = split_epilogue(epi)
+    lo, hi = em.thread_range(b, fn, n * g * blocks)
+    with for_range(b, hi, start=lo, name="task") as t:
+        image_group = b.udiv(t, i64(blocks))
+        gi = b.urem(image_group, i64(g))
+        block = b.urem(t, i64(blocks))
+        oy0 = b.mul(block, i64(rows))
+        xg = gep(b, x, b.mul(image_group, i64(cg * h * w)))
+        y_off = b.add(b.mul(image_group, i64(mg * p)), b.mul(oy0, i64(ow)))
+        w_at = gep(b, wt, b.mul(gi, i64(per_group[0].size)))
+        bias_at = gep(b, bias, b.mul(gi, i64(mg))) if bias is not None else None
+
+        def one_block(n_rows: int) -> None:
+            cols = n_rows * ow
+            with for_range(b, kdim, name="row") as r:
+                im2col_row(b, xg, col, r, cg, h, w, a, oh, ow, oy0, b.add(oy0, i64(n_rows)), cols)
+            em.gemm.gemm(b, mg, cols, kdim, w_at, Operand(True), col, Operand(False, cols), gep(b, y, y_off), p,
+                         "bias_row" if bias is not None else "zero", bias_at, in_kernel,
+                         gep(b, residual, y_off) if residual is not None else None)
+            if not after.empty:
+                for row in range(mg):
+                    epilogue_pass(b, after, gep(b, y, b.add(y_off, i64(row * p))), None, cols)
+
+        if last_rows and full_blocks:
+            with b.if_else(b.icmp_unsigned("<", block, i64(full_blocks))) as (whole, edge):
+                with whole:
+                    one_block(rows)
+                with edge:
+                    one_block(last_rows)
+        else:
+            one_block(rows if not last_rows else last_rows)
+    b.ret_void()
+    return KernelCall(fn, args)
+
+
 def emit_direct_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     """A 1x1, stride-1, unpadded conv with constant weights: Y[n, g] = W[g] @ X[n, g] per column
     panel, the panels of every image and group split between threads."""
+    im2col = fused_im2col(em, op)
+    if im2col is not None:
+        return emit_fused_im2col_conv(em, op, im2col)
     a = op.attrs
     xs, ys = em.tensor(op.inputs[0]).shape, em.tensor(op.outputs[0]).shape
     n, c, m = xs[0], xs[1], ys[1]

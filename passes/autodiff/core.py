@@ -46,6 +46,8 @@ class GradContext:
         """Append a backward op named after the forward op it differentiates; returns its outputs."""
         base = f"{self.current.name}.grad" if self.current is not None else "grad"
         op = self.g.add_op(kind, attrs, list(inputs), name=self.g.fresh_name(base))
+        if self.current is not None:
+            record_grad_of(self.g, op.name, self.current.name)
         return list(op.outputs)
 
     def emit1(self, kind: OpKind, attrs: Any, inputs: Sequence[str]) -> str:
@@ -53,6 +55,15 @@ class GradContext:
 
     def shape(self, tensor: str) -> tuple[int, ...]:
         return self.g.tensor(tensor).shape
+
+
+def record_grad_of(g: Graph, backward_op: str, forward_op: str) -> None:
+    """``graph.metadata["grad_of"]``: backward op -> the forward op whose gradient it computes (the
+    training profile attributes backward work and memory to layers with it). Copy-on-write, like
+    the records of passes/rewrite.py."""
+    grad_of = dict(g.metadata.get("grad_of", {}))
+    grad_of[backward_op] = forward_op
+    g.metadata["grad_of"] = grad_of
 
 
 def requiring(g: Graph, wrt: set[str]) -> set[str]:
@@ -99,5 +110,8 @@ def total(ctx: GradContext, tensor: str, pending: dict[str, list[str]]) -> str |
     if len(parts) > 1:
         ctx.current = None
         s = ctx.g.add_op(OpKind.SUM, NoAttrs(), parts, name=ctx.g.fresh_name(f"{tensor}.grad_sum"))
+        producer = ctx.g.producer(tensor)
+        if producer is not None:
+            record_grad_of(ctx.g, s.name, producer.name)
         parts[:] = [s.outputs[0]]
     return parts[0]

@@ -44,6 +44,9 @@ LOSSES = {
     "mse": (OpKind.MSE_LOSS, OpKind.MSE_LOSS_GRAD),
     "bce": (OpKind.BCE_LOSS, OpKind.BCE_LOSS_GRAD),
 }
+LOSS_KINDS = frozenset(k for pair in LOSSES.values() for k in pair)
+UPDATES = frozenset({OpKind.SGD_UPDATE, OpKind.MOMENTUM_UPDATE, OpKind.ADAGRAD_UPDATE, OpKind.RMSPROP_UPDATE,
+                     OpKind.ADAM_UPDATE})
 # update ops and the bookkeeping that runs after them, in this order, at the end of the step
 LATE = (OpKind.ALL_FINITE, OpKind.SGD_UPDATE, OpKind.MOMENTUM_UPDATE, OpKind.ADAGRAD_UPDATE,
         OpKind.RMSPROP_UPDATE, OpKind.ADAM_UPDATE, OpKind.BATCH_NORM_RUNNING_UPDATE, OpKind.STEP_INCREMENT)
@@ -78,6 +81,27 @@ class TrainingStep:
     state_labels: dict[str, list[str]] = field(default_factory=dict)  # param -> state names (exp_avg, ...)
     grads: dict[str, str] = field(default_factory=dict)        # param -> its gradient tensor
     initial: dict[str, np.ndarray] = field(default_factory=dict)  # every state input -> initial value
+    forward_ops: list[str] = field(default_factory=list)       # the model's ops, in training mode
+
+    def owner(self, op: Op) -> tuple[str, str]:
+        """(layer, phase) of an op of the step: the forward op it belongs to (or "loss", "step") and
+        one of forward, loss, backward, update."""
+        if op.name in self._forward_set:
+            return op.name, "forward"
+        if op.kind in LOSS_KINDS:
+            return "loss", "loss"
+        grad_of = self.graph.metadata.get("grad_of", {})
+        if op.name in grad_of:
+            return grad_of[op.name], "backward"
+        if op.kind in UPDATES or op.kind is OpKind.BATCH_NORM_RUNNING_UPDATE:
+            state = op.inputs[3] if op.kind in UPDATES else op.inputs[0]
+            readers = [r.name for r in self.graph.consumers(state) if r.name in self._forward_set]
+            return (readers[0] if readers else "step"), "update"
+        return "step", "update" if op.kind in (OpKind.ALL_FINITE, OpKind.STEP_INCREMENT) else "backward"
+
+    @property
+    def _forward_set(self) -> set[str]:
+        return set(self.forward_ops)
 
     @property
     def graph(self) -> Graph:
@@ -192,6 +216,7 @@ def build_training(forward: Graph, *, loss: str, optimizer: Any = None, seed: in
     lr = tg.add_tensor("lr", (1,), np.float32, TensorKind.INPUT).name
     tg.outputs = [loss_name]
     eliminate_dead_code(tg)  # a Softmax the loss absorbed
+    forward_ops = [op.name for op in tg.ops() if op.name != "loss_fn"]
     dlogits = tg.add_op(LOSSES[loss][1], NoAttrs(), [saved, labels], name="loss_fn.grad").outputs[0]
     params = [t for t in roles if roles[t] != RUNNING and tg.has_tensor(t) and tg.consumers(t)]
     grads = backward(tg, {logits: dlogits}, params)
@@ -201,7 +226,7 @@ def build_training(forward: Graph, *, loss: str, optimizer: Any = None, seed: in
         tg.tensor(p).kind = TensorKind.CONSTANT
     running = [t for stats in bn_stats.values() for t in stats[:2]]
     step = TrainingStep(Plan(tg, [], None), x_name, labels, lr, "step", loss_name, logits, params,
-                        {t: roles[t] for t in params + running}, running, grads=dict(grads))
+                        {t: roles[t] for t in params + running}, running, grads=dict(grads), forward_ops=forward_ops)
     if optimizer is None:
         tg.outputs = [loss_name] + [grads[p] for p in params]
     else:
@@ -239,10 +264,6 @@ def _append_updates(tg: Graph, step: TrainingStep, optimizer: Any, bn_stats: dic
         tg.add_op(OpKind.BATCH_NORM_RUNNING_UPDATE, attrs, [mean, var, bmean, binvstd, ok],
                   [tg.fresh_name(f"{mean}.new"), tg.fresh_name(f"{var}.new")], name=f"{bn}.running_update")
     tg.add_op(OpKind.STEP_INCREMENT, NoAttrs(), [step.step, ok], [tg.fresh_name("step.new")], name="step_increment")
-
-
-UPDATES = frozenset({OpKind.SGD_UPDATE, OpKind.MOMENTUM_UPDATE, OpKind.ADAGRAD_UPDATE, OpKind.RMSPROP_UPDATE,
-                     OpKind.ADAM_UPDATE})
 
 
 def update_targets(op: Op) -> dict[str, str]:

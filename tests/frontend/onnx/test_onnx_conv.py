@@ -79,9 +79,17 @@ def test_conv_runtime_weights():
     assert graph.inputs == ["X", "W"] and count(graph, OpKind.CONV) == 1
 
 
-def test_conv3d_is_unsupported():
-    with pytest.raises(UnsupportedOpError, match=r"'conv'.*3-D convolution"):
-        import_onnx(conv_model([1, 2, 4, 4, 4], [2, 2, 1, 1, 1]))
+@pytest.mark.parametrize("attrs", [{}, {"strides": [2, 1, 2], "pads": [1, 0, 1, 0, 1, 1], "dilations": [1, 2, 1]},
+                                   {"auto_pad": "SAME_UPPER", "strides": [2, 2, 1]}, {"group": 2}])
+def test_conv3d(attrs):
+    w_shape = [4, 2 if attrs.get("group") else 4, 3, 2, 3]
+    graph = check_model(conv_model([2, 4, 5, 6, 7], w_shape, **attrs))
+    assert graph.op("conv").attrs.spatial_rank == 3
+
+
+def test_conv4d_is_unsupported():
+    with pytest.raises(UnsupportedOpError, match=r"'conv'.*4-D convolution"):
+        import_onnx(conv_model([1, 2, 3, 3, 3, 3], [2, 2, 1, 1, 1, 1]))
 
 
 @pytest.mark.parametrize("attrs,message", [

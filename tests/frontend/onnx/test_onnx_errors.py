@@ -13,9 +13,9 @@ from convc.frontend.onnx import import_onnx
 def test_all_unsupported_nodes_are_reported_at_once():
     nodes = [
         helper.make_node("Relu", ["X"], ["r"], name="relu"),
-        helper.make_node("LRN", ["r"], ["l"], name="lrn1", size=3),
-        helper.make_node("Relu", ["l"], ["l2"], name="after_lrn"),           # skipped: reads an unknown tensor
-        helper.make_node("Erf", ["l2"], ["e"], name="erf_after_lrn"),        # no converter: still listed
+        helper.make_node("LpNormalization", ["r"], ["l"], name="lpn1"),
+        helper.make_node("Relu", ["l"], ["l2"], name="after_lpn"),           # skipped: reads an unknown tensor
+        helper.make_node("Erf", ["l2"], ["e"], name="erf_after_lpn"),        # no converter: still listed
         helper.make_node("InstanceNormalization", ["X", "s", "b"], ["n"], name="inorm"),
         helper.make_node("FusedConv", ["X"], ["f"], name="ms", domain="com.microsoft"),
         helper.make_node("Add", ["e", "n"], ["Y"]),
@@ -26,8 +26,8 @@ def test_all_unsupported_nodes_are_reported_at_once():
     with pytest.raises(UnsupportedOpError) as info:
         import_onnx(model)
     listed = {name: (op, opset, reason) for name, op, opset, reason in info.value.nodes}
-    assert list(listed) == ["lrn1", "erf_after_lrn", "inorm", "ms"]
-    assert listed["lrn1"][:2] == ("LRN", 17)
+    assert list(listed) == ["lpn1", "erf_after_lpn", "inorm", "ms"]
+    assert listed["lpn1"][:2] == ("LpNormalization", 17)
     assert "domain 'com.microsoft'" in listed["ms"][2]
     message = str(info.value)
     for name in listed:

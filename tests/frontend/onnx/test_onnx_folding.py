@@ -102,8 +102,8 @@ def test_pad_after_the_chain_is_the_only_compiled_op():
     """PyTorch's F.pad(x, (2, 0)): the chain folds to the pads of one Pad (2 zeros before the last axis)."""
     nodes = pad_chain() + [helper.make_node("Pad", ["X", "onnx_pads"], ["Y"], name="pad")]
     graph = check_model(make_model(nodes, {"X": ["N", 3, 7]}, ["Y"]))
-    assert [op.kind for op in graph.ops()] == [OpKind.PAD]
-    assert graph.op("pad").attrs.pads == (0, 0, 2, 0, 0, 0)
+    (pad,) = graph.ops()
+    assert pad.kind is OpKind.PAD and pad.attrs.pads == (0, 0, 2, 0, 0, 0)
 
 
 def fold_cases():

@@ -1,0 +1,94 @@
+"""The ``convc compile`` and ``convc cache`` subcommands (registered in convc/cli.py's COMMANDS)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+COMPILE_DESCRIPTION = (
+    "Compile MODEL.onnx ahead of time to a shared library with the weights embedded, plus a C header "
+    "declaring its C ABI (create/destroy a context, run, metadata queries, CPU check). The library "
+    "depends only on libc, libm and pthreads; load it from Python with convc.load('model.so') (no "
+    "llvmlite needed) or link it into a C program (see examples/c). An output ending in .o writes the "
+    "object file only (no C toolchain needed).")
+
+CACHE_DESCRIPTION = (
+    "Show or clear the JIT compile cache (compiled code and packed weights of models compiled before; "
+    "in $CONVC_CACHE_DIR, else $XDG_CACHE_HOME/convc or ~/.cache/convc; CONVC_NO_CACHE=1 turns it off).")
+
+
+def _target(text: str) -> str:
+    from convc.codegen.aot import resolve_target
+    from convc.errors import ConvcError
+    try:
+        resolve_target(text)
+    except ConvcError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def add_compile_args(p: argparse.ArgumentParser) -> None:
+    from convc.cli import _positive
+    from convc.codegen.aot import TARGET_NAMES
+    p.add_argument("model", metavar="MODEL.onnx", help="the ONNX model to compile")
+    p.add_argument("--output", "-o", metavar="FILE",
+                   help="the library to write (default: MODEL.so); FILE.o writes the object file only")
+    p.add_argument("--batch", type=_positive, metavar="N",
+                   help="fix a symbolic batch dimension to N (default: 1); the library's shapes are fixed")
+    p.add_argument("--target", type=_target, default="native", metavar="TARGET",
+                   help=f"the CPU to compile for: {', '.join(TARGET_NAMES)} (default: native = this CPU, every "
+                        "feature it has); extra required features may follow: x86-64-v3,+avx512f")
+    p.add_argument("--threads", "-t", type=_positive, metavar="N",
+                   help="the most worker threads a context may use (default: this machine's cores)")
+    p.add_argument("--header", metavar="FILE.h", help="where to write the C header (default: the output with .h)")
+
+
+def run_compile(args: argparse.Namespace) -> int:
+    from convc.cli import EXIT_OK, Progress, load_onnx
+    from convc.codegen.aot import build, checkable
+    progress = Progress(args.quiet)
+    out = args.output or str(Path(Path(args.model).name).with_suffix(".so"))
+    model = load_onnx(args.model)
+    result = build(model, out, batch=args.batch, target=args.target, threads=args.threads, progress=progress,
+                   header=args.header)
+    progress(f"built {result.output.name} in {result.seconds:.1f}s")
+    meta = result.meta
+    kind = "object file" if result.object_only else "shared library"
+    print(f"wrote {result.output} ({kind}, {_mb(result.size)}; weights {_mb(result.weights_bytes)}) for "
+          f"{result.target.name} ({result.target.triple}, cpu {result.target.cpu}), up to {meta['threads']} thread(s)")
+    print(f"wrote {result.header} (the C ABI: convc_create, convc_run_model, convc_destroy, metadata queries)")
+    for kind_, specs in (("input ", meta["inputs"]), ("output", meta["outputs"])):
+        for s in specs:
+            print(f"  {kind_} {s['name']!r}: {s['dtype']} {s['shape']}")
+    checked, unchecked = checkable(result.target)
+    feats = ", ".join(result.target.required)
+    print(f"  requires CPU features: {feats if len(feats) < 200 else feats[:200] + ' ...'}")
+    if unchecked:
+        print(f"  (convc_check_cpu cannot verify: {', '.join(unchecked)})")
+    if result.object_only:
+        print(f"link it with: cc -shared -o {result.output.with_suffix('.so').name} {result.output.name} -lm -lpthread")
+    else:
+        print(f"use it from Python with convc.load({str(result.output)!r}), or from C: see examples/c")
+    return EXIT_OK
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def add_cache_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--clear", action="store_true", help="remove every cached model")
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    from convc.cli import EXIT_OK
+    from convc.codegen.cache import cache_dir, clear, usage
+    root = cache_dir()
+    if root is None:
+        print("the compile cache is off (CONVC_NO_CACHE is set)")
+        return EXIT_OK
+    if args.clear:
+        print(f"removed {_mb(clear(root))} from {root}")
+        return EXIT_OK
+    n, size = usage(root)
+    print(f"{root}: {n} compiled model(s), {_mb(size)}")
+    return EXIT_OK
