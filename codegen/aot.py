@@ -187,20 +187,21 @@ def _escaped_bytes(data: np.ndarray) -> str:
 class _IrText:
     """Accumulates global definitions of a hand-written LLVM module."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "convc") -> None:
         self.lines: list[str] = []
         self._n = 0
+        self.prefix = prefix
 
     def string(self, text: str | bytes) -> str:
         lit, n = _cstr(text)
         self._n += 1
-        name = f"@.convc.str.{self._n}"
+        name = f"@.{self.prefix}.str.{self._n}"
         self.lines.append(f"{name} = private unnamed_addr constant [{n} x i8] {lit}, align 1")
         return name
 
     def array(self, elem: str, values: Sequence[str], align: int = 8) -> str:
         self._n += 1
-        name = f"@.convc.arr.{self._n}"
+        name = f"@.{self.prefix}.arr.{self._n}"
         body = "[" + ", ".join(f"{elem} {v}" for v in values) + "]" if values else "zeroinitializer"
         self.lines.append(f"{name} = private unnamed_addr constant [{len(values)} x {elem}] {body}, align {align}")
         return name
@@ -341,14 +342,44 @@ body:
 done:
   ret i32 %missing
 }
+"""
 
+_DECLS = """
 declare ptr @calloc(i64, i64)
 declare void @free(ptr)
 declare i32 @posix_memalign(ptr, i64, i64)
 declare ptr @convc_pool_create(i64)
 declare void @convc_pool_destroy(ptr)
 declare void @convc_run(ptr, ptr, ptr)
+declare void @llvm.memcpy.p0.p0.i64(ptr, ptr, i64, i1)
 
+define void @convc_destroy(ptr %ctx) #0 {
+entry:
+  %null = icmp eq ptr %ctx, null
+  br i1 %null, label %done, label %go
+go:
+  %c3 = getelementptr inbounds ptr, ptr %ctx, i64 3
+  %p = load ptr, ptr %c3
+  %haspool = icmp ne ptr %p, null
+  br i1 %haspool, label %stop, label %mem
+stop:
+  call void @convc_pool_destroy(ptr %p)
+  br label %mem
+mem:
+  %a = load ptr, ptr %ctx
+  call void @free(ptr %a)
+  %c4 = getelementptr inbounds ptr, ptr %ctx, i64 4
+  %state = load ptr, ptr %c4
+  call void @free(ptr %state)
+  call void @free(ptr %ctx)
+  br label %done
+done:
+  ret void
+}
+"""
+
+# the inference runtime: ctx = {arena, constant table, timestamps (NULL), pool, training state (NULL)}
+_RUNTIME = """
 define ptr @convc_create(i32 %n) #0 {
 entry:
   %missing = call i32 @convc_check_cpu()
@@ -387,27 +418,6 @@ done:
   ret ptr %ctx
 fail:
   ret ptr null
-}
-
-define void @convc_destroy(ptr %ctx) #0 {
-entry:
-  %null = icmp eq ptr %ctx, null
-  br i1 %null, label %done, label %go
-go:
-  %c3 = getelementptr inbounds ptr, ptr %ctx, i64 3
-  %p = load ptr, ptr %c3
-  %haspool = icmp ne ptr %p, null
-  br i1 %haspool, label %stop, label %mem
-stop:
-  call void @convc_pool_destroy(ptr %p)
-  br label %mem
-mem:
-  %a = load ptr, ptr %ctx
-  call void @free(ptr %a)
-  call void @free(ptr %ctx)
-  br label %done
-done:
-  ret void
 }
 
 define i32 @convc_run_model(ptr %ctx, ptr %inputs, ptr %outputs) #0 {
@@ -510,8 +520,12 @@ def _use_incbin(target: AotTarget) -> bool:
 
 
 def wrapper_ir(native, target: AotTarget, meta: dict, blob_path: str | None, blob_size: int,
-               offsets: Sequence[int | None], blob: np.ndarray | None = None) -> str:
-    """The C ABI around ``convc_run``, its metadata and the constant table, as LLVM IR text."""
+               offsets: Sequence[int | None], blob: np.ndarray | None = None, *, runtime: str | None = None,
+               tables: dict[str, Sequence[int | None]] | None = None) -> str:
+    """The C ABI around ``convc_run``, its metadata and the constant table, as LLVM IR text.
+
+    ``runtime`` replaces convc_create / convc_run_model (a training library has its own, see
+    codegen/aot_train.py); ``tables`` adds more constant tables (global name -> blob offsets)."""
     t = _IrText()
     base_cpu = "x86-64" if target.is_x86 else "generic"
     base_feat = "+cx8,+fxsr,+mmx,+sse,+sse2,+x87" if target.is_x86 else ("+neon" if target.arch == "aarch64" else "")
@@ -536,6 +550,10 @@ def wrapper_ir(native, target: AotTarget, meta: dict, blob_path: str | None, blo
     entries = entries or ["null"]
     t.lines.append("@convc_constant_table_data = internal constant [%d x ptr] [%s], align 64"
                    % (n_const, ", ".join(f"ptr {e}" for e in entries)))
+    for name, offs in (tables or {}).items():
+        more = ["null" if off is None else f"getelementptr (i8, ptr @convc_weights, i64 {off})" for off in offs]
+        t.lines.append("@%s = internal constant [%d x ptr] [%s], align 64"
+                       % (name, max(1, len(more)), ", ".join(f"ptr {e}" for e in more or ["null"])))
     t.getter("convc_constant_table", "ptr", "@convc_constant_table_data")
     t.getter("convc_num_constants", "i32", str(len(offsets)))
 
@@ -584,14 +602,14 @@ def wrapper_ir(native, target: AotTarget, meta: dict, blob_path: str | None, blo
     else:
         check = _OTHER_CHECK
     const_table = "@convc_constant_table_data"
-    body = (check + _COMMON).replace("NFEAT", str(nfeat)).replace("ARENA", str(max(ALIGN, align_up(native.arena_bytes))))
+    body = (check + _COMMON + _DECLS + (runtime if runtime is not None else _RUNTIME)).replace("NFEAT", str(nfeat)).replace("ARENA", str(max(ALIGN, align_up(native.arena_bytes))))
     body = body.replace("CONSTTABLE", const_table).replace("MAXTHREADS", str(max(1, int(native.threads))))
     return "\n".join(header + t.lines) + "\n" + body
 
 
 # --- the header --------------------------------------------------------------------------------
 
-def header_text(meta: dict, target: AotTarget, library: str, guard: str) -> str:
+def header_text(meta: dict, target: AotTarget, library: str, guard: str, extra_decls: str = "") -> str:
     checked, unchecked = checkable(target)
 
     def io_lines(kind: str) -> str:
@@ -687,7 +705,7 @@ int convc_check_cpu(void);              /* 0: this CPU runs the library; else th
 const char *convc_cpu_feature(int i);   /* the i-th required feature */
 int convc_cpu_feature_ok(int i);        /* 1 when the running CPU has it (or it cannot be checked) */
 
-/* --- the raw entry point (convc's own runtime uses it; prefer convc_run_model) --- */
+{extra_decls}/* --- the raw entry point (convc's own runtime uses it; prefer convc_run_model) --- */
 
 /* ctx[0] = 64-byte aligned arena, ctx[1] = convc_constant_table(), ctx[2] = NULL,
  * ctx[3] = a pool from convc_pool_create(n) or NULL (single-threaded). */
@@ -772,9 +790,16 @@ class BuildResult:
 
 def build_native(native, output: str | os.PathLike, target: AotTarget, inputs, outputs,
                  graph_metadata: dict | None = None, progress: Callable[[str], None] | None = None,
-                 extra_meta: dict | None = None, header: str | os.PathLike | None = None) -> BuildResult:
+                 extra_meta: dict | None = None, header: str | os.PathLike | None = None, *,
+                 constants: list | None = None, runtime: str | None = None,
+                 tables: dict[str, Sequence[int | None]] | None = None, modules: tuple[str, ...] = (),
+                 speed: int = 3, extra_decls: str = "") -> BuildResult:
     """Write a NativeModule as a shared library (``output`` ending in .so/.dylib) or object file (.o),
-    plus its C header (default: the output's name with .h)."""
+    plus its C header (default: the output's name with .h).
+
+    The rest is for training libraries (codegen/aot_train.py): ``constants`` is the whole blob's
+    contents (the module's constant table first), ``runtime``/``tables`` go to ``wrapper_ir``,
+    ``modules`` are more IR modules linked in before optimization at level ``speed``."""
     from convc.codegen.jit import machine_code
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -783,7 +808,7 @@ def build_native(native, output: str | os.PathLike, target: AotTarget, inputs, o
     header_path = Path(header) if header else out.with_suffix(".h")
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = metadata(native, target, inputs, outputs, graph_metadata, extra_meta)
-    consts = used_constants(native)
+    consts = used_constants(native) if constants is None else constants
     offsets, size = blob_layout(consts)
     with tempfile.TemporaryDirectory(prefix="convc-aot-") as tmp:
         blob_path = None
@@ -798,14 +823,16 @@ def build_native(native, output: str | os.PathLike, target: AotTarget, inputs, o
             write_blob(buf, consts, offsets, size)
             blob = np.frombuffer(buf.getbuffer(), dtype=np.uint8)
         t = time.perf_counter()
-        wrapper = wrapper_ir(native, target, meta, blob_path, size, offsets, blob)
+        wrapper = wrapper_ir(native, target, meta, blob_path, size, offsets[:len(native.constants)], blob,
+                             runtime=runtime, tables=tables)
         timings["wrapper IR"] = time.perf_counter() - t
         t = time.perf_counter()
         _init_backend(target)
-        obj = machine_code(str(native.ir_module), target.llvm_target(), pic=True, link=wrapper, progress=progress)
+        obj = machine_code(str(native.ir_module), target.llvm_target(), pic=True, link=wrapper, modules=modules,
+                           speed=speed, progress=progress)
         timings["LLVM"] = time.perf_counter() - t
         guard = "CONVC_" + "".join(c if c.isalnum() else "_" for c in header_path.stem.upper()) + "_H"
-        _atomic_write(header_path, header_text(meta, target, str(out), guard).encode())
+        _atomic_write(header_path, header_text(meta, target, str(out), guard, extra_decls).encode())
         if object_only:
             _atomic_write(out, obj)
         elif find_cc(target) is None:  # keep the object where the user can link it, then say what is missing

@@ -82,18 +82,21 @@ class JitEngine:
 
 
 def machine_code(ir_text: str, target: Target | None = None, *, pic: bool = False, link: str | None = None,
-                 progress=None) -> bytes:
+                 modules: tuple[str, ...] = (), speed: int = 3, progress=None) -> bytes:
     """Optimize ``ir_text`` for ``target`` and return a relocatable object file.
 
     The JIT (``pic=False``: the TargetMachine options MCJIT uses) and the AOT build (``pic=True``,
-    default code model, for a shared library) share this; ``link`` is more IR text linked in after
-    optimization (the AOT wrapper functions, which carry their own target attributes)."""
+    default code model, for a shared library) share this. ``modules`` are more IR texts linked in
+    before optimization; ``link`` is IR text linked in after it (the AOT wrapper functions, which
+    carry their own target attributes)."""
     target = target or Target.host()
     tm = target.machine(reloc="pic", codemodel="default") if pic else target.machine()
     mod = parse(ir_text, target, tm)
+    for text in modules:
+        mod.link_in(parse(text, target, tm))
     if progress:
         progress("LLVM optimization")
-    optimize(mod, tm)
+    optimize(mod, tm, speed=speed)
     if link is not None:
         extra = parse(link, target, tm)
         mod.link_in(extra)

@@ -40,6 +40,15 @@ def add_compile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", "-t", type=_positive, metavar="N",
                    help="the most worker threads a context may use (default: this machine's cores)")
     p.add_argument("--header", metavar="FILE.h", help="where to write the C header (default: the output with .h)")
+    from convc.codegen.aot_train import LOSSES, OPTIMIZERS
+    train = p.add_argument_group("training artifact")
+    train.add_argument("--train", action="store_true",
+                       help="build a training library: adds convc_train_step (forward, loss, backward, update in "
+                            "one call) and a training state the context owns; --batch is the training batch")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="with --train (default: adam)")
+    train.add_argument("--lr", type=float, metavar="LR", help="initial learning rate (default: the optimizer's)")
+    train.add_argument("--loss", choices=LOSSES, default="cross_entropy", help="with --train (default: cross_entropy)")
+    train.add_argument("--seed", type=int, default=0, help="seed of Dropout's generator (default: 0)")
 
 
 def run_compile(args: argparse.Namespace) -> int:
@@ -48,8 +57,14 @@ def run_compile(args: argparse.Namespace) -> int:
     progress = Progress(args.quiet)
     out = args.output or str(Path(Path(args.model).name).with_suffix(".so"))
     model = load_onnx(args.model)
-    result = build(model, out, batch=args.batch, target=args.target, threads=args.threads, progress=progress,
-                   header=args.header)
+    if args.train:
+        from convc.codegen.aot_train import build_training_library
+        result = build_training_library(model, out, batch=args.batch, optimizer=args.optimizer, lr=args.lr,
+                                        loss=args.loss, seed=args.seed, target=args.target, progress=progress,
+                                        header=args.header)
+    else:
+        result = build(model, out, batch=args.batch, target=args.target, threads=args.threads, progress=progress,
+                       header=args.header)
     progress(f"built {result.output.name} in {result.seconds:.1f}s")
     meta = result.meta
     kind = "object file" if result.object_only else "shared library"
@@ -59,6 +74,10 @@ def run_compile(args: argparse.Namespace) -> int:
     for kind_, specs in (("input ", meta["inputs"]), ("output", meta["outputs"])):
         for s in specs:
             print(f"  {kind_} {s['name']!r}: {s['dtype']} {s['shape']}")
+    if "training" in meta:
+        tr = meta["training"]
+        print(f"  training: {tr['optimizer']} (lr {tr['lr']:g}), {tr['loss']} loss, labels {tr['labels']['dtype']} "
+              f"{tr['labels']['shape']}, {len(tr['params'])} parameter tensors; convc_train_step in the header")
     checked, unchecked = checkable(result.target)
     feats = ", ".join(result.target.required)
     print(f"  requires CPU features: {feats if len(feats) < 200 else feats[:200] + ' ...'}")

@@ -21,7 +21,7 @@ from convc.ops.base import OpKind
 from convc.codegen.llvm_utils import F32, I1, I64, PTR, VOID, for_range, gep, i64
 
 # fused activations that are cheap on whole vectors; the others run as a scalar pass afterwards
-VECTOR_ACTIVATIONS = frozenset({OpKind.RELU, OpKind.LEAKY_RELU, OpKind.SIGMOID})
+VECTOR_ACTIVATIONS = frozenset({OpKind.RELU, OpKind.LEAKY_RELU, OpKind.SIGMOID, OpKind.CLIP, OpKind.HARD_SWISH})
 
 
 @dataclass(frozen=True)

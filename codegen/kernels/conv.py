@@ -109,6 +109,9 @@ def emit_depthwise_conv(em: ModuleEmitter, op: Op) -> KernelCall:
         lo = min(max(0, -(-first // sw)), ow)
         hi = min(max(lo, -(-(w + first) // sw)), ow)
         columns.append((lo, hi, first))
+    # the interior: output positions whose every tap is inside the input (no checks, taps in registers)
+    y0, y1 = _interior(h, kh_, sh, dh, pt, oh)
+    x0, x1 = _interior(w, kw_, sw, dw, pl, ow)
     lo_t, hi_t = em.thread_range(b, fn, n * c)
     with for_range(b, hi_t, start=lo_t, name="plane") as plane:
         ci = b.urem(plane, i64(c))
@@ -117,22 +120,56 @@ def emit_depthwise_conv(em: ModuleEmitter, op: Op) -> KernelCall:
         with for_range(b, oh, name="oy") as oy:
             y_off = b.add(b.mul(plane, i64(oh * ow)), b.mul(oy, i64(ow)))
             yrow = gep(b, y, y_off)
-            with for_range(b, ow, name="ox0") as ox:
-                store(b, start, yrow, ox)
-            for kh in range(kh_):
-                iy = b.add(b.mul(oy, i64(sh)), i64(kh * dh - pt))
-                with b.if_then(in_range(b, iy, 0, h)):
-                    x_row = b.mul(b.add(b.mul(plane, i64(h)), iy), i64(w))
-                    for kw, (lo, hi, first) in enumerate(columns):
-                        if lo >= hi:
-                            continue
-                        tap = taps[kh * kw_ + kw]
-                        with for_range(b, hi, start=lo, name="ox") as ox:
-                            xi = b.sub(b.add(x_row, ox if sw == 1 else b.mul(ox, i64(sw))), i64(first))
-                            store(b, b.fadd(load(b, yrow, ox), b.fmul(tap, load(b, x, xi)), flags=FAST), yrow, ox)
+            inner = b.and_(b.icmp_signed(">=", oy, i64(y0)), b.icmp_signed("<", oy, i64(y1)))
+            with b.if_else(inner) as (interior_row, border_row):
+                with interior_row:
+                    x_rows = [b.mul(b.add(b.mul(plane, i64(h)), b.add(b.mul(oy, i64(sh)), i64(kh * dh - pt))), i64(w))
+                              for kh in range(kh_)]
+
+                    def pixel(ox, checked: bool):
+                        acc = start
+                        for kh in range(kh_):
+                            for kw in range(kw_):
+                                ix = b.add(ox if sw == 1 else b.mul(ox, i64(sw)), i64(kw * dw - pl))
+                                if checked:
+                                    ok = in_range(b, ix, 0, w)
+                                    v = load(b, x, b.select(ok, b.add(x_rows[kh], ix), i64(0)))
+                                    v = b.select(ok, v, f32(0.0))
+                                else:
+                                    v = load(b, x, b.add(x_rows[kh], ix))
+                                acc = b.fadd(acc, b.fmul(taps[kh * kw_ + kw], v), flags=FAST)
+                        store(b, acc, yrow, ox)
+                    with for_range(b, x0, name="oxl") as ox:
+                        pixel(ox, True)
+                    with for_range(b, x1, start=x0, name="oxi") as ox:
+                        pixel(ox, False)
+                    with for_range(b, ow, start=x1, name="oxr") as ox:
+                        pixel(ox, True)
+                with border_row:  # rows touching the top or bottom padding: tap by tap
+                    with for_range(b, ow, name="ox0") as ox:
+                        store(b, start, yrow, ox)
+                    for kh in range(kh_):
+                        iy = b.add(b.mul(oy, i64(sh)), i64(kh * dh - pt))
+                        with b.if_then(in_range(b, iy, 0, h)):
+                            x_row = b.mul(b.add(b.mul(plane, i64(h)), iy), i64(w))
+                            for kw, (lo, hi, first) in enumerate(columns):
+                                if lo >= hi:
+                                    continue
+                                tap = taps[kh * kw_ + kw]
+                                with for_range(b, hi, start=lo, name="ox") as ox:
+                                    xi = b.sub(b.add(x_row, ox if sw == 1 else b.mul(ox, i64(sw))), i64(first))
+                                    store(b, b.fadd(load(b, yrow, ox), b.fmul(tap, load(b, x, xi)), flags=FAST),
+                                          yrow, ox)
             epilogue_pass(b, epi, yrow, gep(b, residual, y_off) if residual is not None else None, ow)
     b.ret_void()
     return KernelCall(fn, args)
+
+
+def _interior(size: int, k: int, s: int, d: int, pad: int, out: int) -> tuple[int, int]:
+    """Output positions [lo, hi) whose k taps all fall inside [0, size)."""
+    lo = min(-(-pad // s), out)
+    hi = min(max(lo, -(-(size + pad - (k - 1) * d) // s)), out)
+    return lo, hi
 
 
 BLOCK_COLUMNS = 256  # output pixels per im2col block: K x 256 floats stays in L2 for K <= 1024

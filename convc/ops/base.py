@@ -122,6 +122,8 @@ class OpGroup:
         OpKind.LEAKY_RELU,
         OpKind.SIGMOID,
         OpKind.TANH,
+        OpKind.CLIP,
+        OpKind.HARD_SWISH,
     })
     # ops whose output has the input's bytes in the same order (a view, no computation)
     VIEW = frozenset({OpKind.FLATTEN, OpKind.RESHAPE, OpKind.IDENTITY, OpKind.DROPOUT})

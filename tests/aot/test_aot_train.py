@@ -1,0 +1,120 @@
+"""Training artifacts (`convc compile --train`): the library's training step is convc.Trainer's,
+driven through the C ABI from Python (convc.load) and from C (examples/c/train.c)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from aot_helpers import EXAMPLE_C, python
+
+import convc
+from convc.codegen.aot_train import build_training_library
+
+BATCH = 8
+
+
+@pytest.fixture(scope="module")
+def train_lib(lenet_file, tmp_path_factory):
+    from aot_helpers import write_model
+    onnx_file = write_model(lenet_file.parent / "lenet_dyn.onnx", "lenet", batch=None)
+    out = tmp_path_factory.mktemp("train") / "train.so"
+    return onnx_file, build_training_library(str(onnx_file), out, batch=BATCH, optimizer="adam", lr=1e-3)
+
+
+def batches(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal((BATCH, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, BATCH))
+            for _ in range(n)]
+
+
+def test_library_steps_like_the_trainer(train_lib):
+    onnx_file, res = train_lib
+    lib = convc.load(res.output)
+    assert isinstance(lib, convc.load.__globals__["LoadedTrainer"])
+    trainer = convc.Trainer(str(onnx_file), input_shape=(BATCH, 1, 28, 28), optimizer=convc.optim.Adam(1e-3), seed=0)
+    for x, y in batches(4):
+        np.testing.assert_allclose(lib.step(x, y), trainer.step(x, y), rtol=1e-5)
+    assert lib.steps_done == trainer.steps_done == 4
+    mine, theirs = lib.state_dict(), trainer.state_dict()
+    assert set(mine) == set(theirs)
+    for name in theirs:
+        np.testing.assert_allclose(mine[name], theirs[name], rtol=1e-5, atol=1e-7, err_msg=name)
+    x = np.random.default_rng(5).standard_normal((13, 1, 28, 28)).astype(np.float32)  # 2 chunks, padded
+    np.testing.assert_allclose(lib.predict(x), trainer.predict(x), rtol=1e-5, atol=1e-7)
+    lib.lr = 0.5
+    assert lib.lr == 0.5
+    with pytest.raises(convc.InputError):
+        lib.step(np.zeros((3, 1, 28, 28), np.float32), np.zeros(3, np.int64))
+    with pytest.raises(convc.InputError, match="out of range"):
+        lib.step(np.zeros((BATCH, 1, 28, 28), np.float32), np.full(BATCH, 10))
+
+
+def test_non_finite_step_changes_nothing(train_lib):
+    lib = convc.load(train_lib[1].output)
+    before = lib.state_dict()
+    x = np.full((BATCH, 1, 28, 28), np.nan, np.float32)
+    with pytest.raises(convc.TrainingError, match="not finite"):
+        lib.step(x, np.zeros(BATCH, np.int64))
+    assert lib.steps_done == 0
+    for name, v in lib.state_dict().items():
+        np.testing.assert_array_equal(v, before[name])
+
+
+def test_state_round_trip_between_contexts(train_lib):
+    a = convc.load(train_lib[1].output)
+    b = convc.load(train_lib[1].output)  # its own context: fresh weights
+    for x, y in batches(2, seed=1):
+        a.step(x, y)
+    b.load_state_dict(a.state_dict())
+    x, y = batches(1, seed=2)[0]
+    assert a.step(x, y) == b.step(x, y)
+
+
+def test_training_library_without_llvmlite(train_lib):
+    done = python(f"""
+import sys
+sys.modules["llvmlite"] = None
+import numpy as np, convc
+lib = convc.load({str(train_lib[1].output)!r})
+rng = np.random.default_rng(0)
+x = rng.standard_normal((8, 1, 28, 28)).astype(np.float32)
+y = rng.integers(0, 10, 8)
+losses = [lib.step(x, y) for _ in range(5)]
+assert losses[-1] < losses[0], losses
+print("ok", losses)
+""")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ok")
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
+def test_c_training_example(train_lib, tmp_path):
+    onnx_file, res = train_lib
+    folder = res.output.parent
+    exe = tmp_path / "train_demo"
+    made = subprocess.run(["cc", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(exe),
+                           str(EXAMPLE_C.with_name("train.c")), f"-I{folder}", str(res.output),
+                           f"-Wl,-rpath,{folder}"], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    ran = subprocess.run([str(exe), "6"], capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    losses = [float(v) for v in ran.stdout.split()]
+    # the same synthetic batch as train.c, through the Python Trainer
+    k = np.arange(BATCH * 28 * 28)
+    x = (((k * 7) % 13 - 6) / 6.0).astype(np.float32).reshape(BATCH, 1, 28, 28)
+    y = np.arange(BATCH) % 10
+    trainer = convc.Trainer(str(onnx_file), input_shape=(BATCH, 1, 28, 28), optimizer=convc.optim.Adam(1e-3), seed=0)
+    np.testing.assert_allclose(losses, [trainer.step(x, y) for _ in range(6)], rtol=1e-5)
+    assert "6 steps done" in ran.stderr
+
+
+def test_cli_train_flag(train_lib, tmp_path, capsys):
+    from convc.cli import main
+    out = tmp_path / "sgd.o"
+    assert main(["compile", str(train_lib[0]), "-o", str(out), "--train", "--batch", "4", "--optimizer", "sgd",
+                 "--lr", "0.1", "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "training: SGD (lr 0.1), cross_entropy loss, labels int64 [4]" in text
+    assert "int convc_train_step(convc_ctx *ctx" in (tmp_path / "sgd.h").read_text()
