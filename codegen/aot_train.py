@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from convc.codegen.aot import (ALIGN, AotTarget, BuildResult, _IrText, align_up, blob_layout, metadata,
+from convc.codegen.aot import (ALIGN, AotTarget, BuildResult, _IrText, align_up, blob_layout,
                                resolve_target, used_constants)
 from convc.errors import CompileError
 

@@ -6,7 +6,8 @@ Where: ``$CONVC_CACHE_DIR``, else ``$XDG_CACHE_HOME/convc``, else ``~/.cache/con
 What: one file per compiled model, ``v1/<key>.entry``, holding the relocatable object file that LLVM
 emitted for the JIT's TargetMachine, the constant table (graph constants and weights the kernels
 packed at compile time, each 64-byte aligned; slots the code never reads are left out) and a JSON
-header (inputs, outputs, arena size, threads, kernel names, target). A warm compile loads the
+header (inputs, outputs, arena size, threads, kernel names, target). A warm compile maps the
+file (the weights are used in place, from the page cache, no copy), checks it, and loads the
 object into a fresh MCJIT engine (``ObjectEngine``: a few milliseconds), so neither code generation
 nor LLVM runs. Loading a whole shared library with dlopen would work too, but needs a C linker at
 JIT time; the object file needs nothing.

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 from convc.ir import Graph
-from convc.runtime import IOSpec, NativeRunner, PoolApi
 from convc.session import CompiledModel
 
 ModelSource = Any  # path, bytes, onnx.ModelProto, Graph or convc.nn Module

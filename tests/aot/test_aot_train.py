@@ -32,7 +32,8 @@ def batches(n: int, seed: int = 0):
 def test_library_steps_like_the_trainer(train_lib):
     onnx_file, res = train_lib
     lib = convc.load(res.output)
-    assert isinstance(lib, convc.load.__globals__["LoadedTrainer"])
+    from convc.load import LoadedTrainer
+    assert isinstance(lib, LoadedTrainer)
     trainer = convc.Trainer(str(onnx_file), input_shape=(BATCH, 1, 28, 28), optimizer=convc.optim.Adam(1e-3), seed=0)
     for x, y in batches(4):
         np.testing.assert_allclose(lib.step(x, y), trainer.step(x, y), rtol=1e-5)
