@@ -87,7 +87,7 @@ def onnx_model(hw: int, w: dict[str, np.ndarray]) -> onnx.ModelProto:
 
 
 def torch_model(hw: int):
-    import torch.nn as nn
+    from torch import nn
     return nn.Sequential(nn.Conv2d(1, C1, 3, padding=1), nn.BatchNorm2d(C1), nn.ReLU(), nn.MaxPool2d(2),
                          nn.Conv2d(C1, C2, 3, padding=1), nn.BatchNorm2d(C2), nn.ReLU(), nn.MaxPool2d(2),
                          nn.Flatten(), nn.Dropout(DROPOUT), nn.Linear(C2 * (hw // 4) ** 2, CLASSES))

@@ -5,7 +5,7 @@
 The library holds the same LLVM module the JIT compiles (codegen/module.py: the kernels, the entry
 point ``convc_run`` and the thread pool), optimized by the same pipeline; only the TargetMachine
 differs (position-independent code, default code model, an object file instead of MCJIT). Linked
-into it are the wrapper functions of the C ABI (``_wrapper_ir``: ``convc_create`` / ``convc_destroy``
+into it are the wrapper functions of the C ABI (``wrapper_ir``: ``convc_create`` / ``convc_destroy``
 / ``convc_run_model``, metadata queries and the CPU check), written directly in LLVM IR so that no C
 compiler is needed for the object; ``cc -shared`` only links it against libc, libm and pthreads.
 
@@ -616,6 +616,8 @@ def header_text(meta: dict, target: AotTarget, library: str, guard: str, extra_d
         return "\n".join(f" *   {kind} {i}: {s['name']!r:24} {s['dtype']} [{', '.join(map(str, s['shape']))}]"
                          f" ({int(np.prod(s['shape'], dtype=np.int64))} elements)"
                          for i, s in enumerate(meta[kind + "s"]))
+    import textwrap
+    features = "\n".join(" *     " + line for line in textwrap.wrap(", ".join(target.required) or "(baseline)", 88))
     defines = [f"#define CONVC_NUM_INPUTS {len(meta['inputs'])}", f"#define CONVC_NUM_OUTPUTS {len(meta['outputs'])}"]
     for kind in ("input", "output"):
         for i, s in enumerate(meta[kind + "s"]):
@@ -641,7 +643,8 @@ def header_text(meta: dict, target: AotTarget, library: str, guard: str, extra_d
  * context runs one call at a time; create one context per thread that runs the model concurrently.
  * The weights are read-only and shared by all contexts.
  *
- * CPU: the code uses these CPU features: {', '.join(target.required) or '(baseline)'}.
+ * CPU: the code uses these CPU features:
+{features}
  * convc_check_cpu() verifies {'all of them' if not unchecked else f'{len(checked)} of them (not checkable: {", ".join(unchecked)})'}
  * on the running CPU (and, on x86, that the OS enables the AVX/AVX-512/AMX registers). The metadata
  * functions and convc_check_cpu are compiled for the architecture's baseline, so they are safe

@@ -173,3 +173,9 @@ def constant_table(b: ir.IRBuilder, values: Sequence, name: str = "table", ty: i
     cast = int if isinstance(ty, ir.IntType) else float
     gv.initializer = ir.Constant(array_type, [cast(v) for v in values])
     return gv
+
+
+def opaque(b: ir.IRBuilder, v) -> ir.Value:
+    """``v`` unchanged, hidden from the optimizer behind an empty inline asm: a loop bounded by it is not fully
+    unrolled (LLVM takes minutes to fully unroll a 60 x 80 pooling window)."""
+    return b.asm(ir.FunctionType(I64, [I64]), "", "=r,0", [as_i64(b, v)], side_effect=False, name="opaque")

@@ -8,12 +8,14 @@ of the inference kernels that pack constant weights at compile time.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+
+import numpy as np
+from convc.codegen.module import KernelCall, ModuleEmitter, NativeModule
+from convc.passes.pipeline import Plan
 
 from convc.ir import Op, TensorKind
 from convc.ops import OpKind
-from convc.passes.pipeline import Plan
-from convc.codegen.module import KernelCall, ModuleEmitter, NativeModule
 
 OPT_LEVEL = 2  # LLVM IR optimization level of training modules (O3 compiles slower, runs no faster)
 
@@ -47,60 +49,65 @@ class TrainingEmitter(ModuleEmitter):
         return super().emitter_for(op)
 
 
-class Engine:
-    """The JIT-compiled module of a training step; engines are shared by identical modules.
+def machine_code_cached(native: NativeModule, *, threads: int, instrument: bool = False,
+                        cache: bool | None = None) -> bytes:
+    """The object code of a training module, through the on-disk compile cache (codegen/cache.py).
 
-    Like ``convc.codegen.jit.JitEngine`` but with the IR optimization level as a knob: a training
-    module is three times an inference module, and LLVM's O3 pipeline dominates its compile time."""
+    The key hashes the IR text itself (with the constant table and the cache's environment: CPU,
+    versions, compiler sources): unlike an inference model, the parameters are not in the code, so
+    a model trained from other initial weights reuses the same entry."""
+    import hashlib
+    import json
 
-    _cache: dict[tuple[str, int], "Engine"] = {}
-
-    def __init__(self, ir_text: str, speed: int):
-        import llvmlite.binding as llvm
-        from convc.codegen.jit import Target, optimize, parse
-        self.target = Target.host()
-        tm = self.target.machine()
-        self.module = parse(ir_text, self.target, tm)
-        optimize(self.module, tm, speed=speed)
-        self.engine = llvm.create_mcjit_compiler(self.module, self.target.machine())
-        self.engine.finalize_object()
-        self.engine.run_static_constructors()
-
-    @classmethod
-    def get(cls, ir_text: str, speed: int = OPT_LEVEL) -> "Engine":
-        import hashlib
-        key = (hashlib.sha256(ir_text.encode()).hexdigest(), speed)
-        if key not in cls._cache:
-            cls._cache[key] = cls(ir_text, speed)
-        return cls._cache[key]
-
-    def address(self, name: str) -> int:
-        from convc.errors import CompileError
-        addr = self.engine.get_function_address(name)
-        if not addr:
-            raise CompileError(f"symbol {name!r} is missing from the compiled module")
-        return addr
+    from convc.codegen.aot import metadata, resolve_target, used_constants
+    from convc.codegen.cache import _safe, cache_dir, environment, lookup, store
+    from convc.codegen.jit import machine_code
+    ir_text = str(native.ir_module)
+    root = cache_dir(cache)
+    key = None
+    if root is not None:
+        h = hashlib.sha256(json.dumps({**environment(threads, instrument), "training": OPT_LEVEL},
+                                      sort_keys=True).encode())
+        h.update(ir_text.encode())
+        for c in native.constants:
+            a = np.ascontiguousarray(c)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(memoryview(a).cast("B") if a.size else b"")
+        key = "train-" + h.hexdigest()
+        art = lookup(root, key)
+        if art is not None:
+            return art.obj
+    obj = machine_code(ir_text, speed=OPT_LEVEL)
+    if root is not None:
+        meta = metadata(native, resolve_target("native"), [], [], {}, {"instrumented": bool(instrument)})
+        _safe(lambda: store(root, key, meta, obj, used_constants(native)))
+    return obj
 
 
-def emit_training_module(plan: Plan, name: str = "convc_train", instrument: bool = False) -> NativeModule:
+def emit_training_module(plan: Plan, name: str = "convc_train", instrument: bool = False,
+                         threads: int = 1) -> NativeModule:
     from convc.codegen import kernels  # noqa: F401  (registers the emitters)
-    return TrainingEmitter(plan, name, instrument).emit()
+    return TrainingEmitter(plan, name, instrument, threads).emit()
 
 
-def compile_graph(graph, *, in_place: bool = True):
+def compile_graph(graph, *, threads: int = 1, in_place: bool = True, cache: bool | None = None):
     """Compile ``graph`` as it is (no inference passes: weights stay wherever the graph keeps them)
     with the training emitter; returns a ``CompiledModel``. For tests of the training kernels and
     for graphs built by hand."""
+    from convc.codegen.jit import ObjectEngine
     from convc.codegen.module import ENTRY
     from convc.passes.memory import plan_memory
-    from convc.runtime import IOSpec, NativeRunner
+
+    from convc.runtime import IOSpec, NativeRunner, PoolApi
     from convc.session import CompiledModel
     order = graph.ops()
     plan = Plan(graph, order, plan_memory(graph, order, in_place=in_place))
-    native = emit_training_module(plan, name=graph.name)
-    engine = Engine.get(str(native.ir_module))
+    native = emit_training_module(plan, name=graph.name, threads=threads)
+    engine = ObjectEngine(machine_code_cached(native, threads=threads, cache=cache))
     specs = [[IOSpec(n, graph.tensor(n).shape, graph.tensor(n).dtype) for n in names]
              for names in (native.input_names, native.output_names)]
     runner = NativeRunner(engine.address(ENTRY), native.arena_bytes, native.constants, *specs, keepalive=engine,
-                          kernel_names=[op for op, _ in native.kernel_names])
-    return CompiledModel(runner, graph)
+                          kernel_names=[op for op, _ in native.kernel_names], threads=threads,
+                          pool_api=PoolApi.from_addresses(engine.address("convc_pool_create"),
+                                                          engine.address("convc_pool_destroy")))
+    return CompiledModel(runner, graph, threads=threads)

@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from convc.errors import ConvcError, InputError
 from convc.ir import Graph, TensorKind
 from convc.optim import SGD, Optimizer
-from convc.passes.autodiff.training import RUNNING, TrainingStep, build_training
+from convc.passes.autodiff.training import RUNNING, TrainingStep, build_training, detach_state
 
-__all__ = ["Trainer", "TrainingError", "gradcheck", "GradcheckResult"]
+__all__ = ["GradcheckResult", "Trainer", "TrainingError", "gradcheck"]
 
 _ENTRY = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
 
@@ -66,18 +67,22 @@ class _NativeStep:
     the data pointers of x and the labels (about 2 us from Python)."""
 
     def __init__(self, plan, inputs: list[str], outputs: list[str], state: Mapping[str, np.ndarray],
-                 instrument: bool = False, speed: int | None = None):
+                 instrument: bool = False, threads: int = 1, cache: bool | None = None):
+        from convc.codegen.jit import ObjectEngine
         from convc.codegen.module import ENTRY
-        from convc.codegen.training import Engine, emit_training_module
-        from convc.runtime import _Context
-        native = emit_training_module(plan, name=plan.graph.name, instrument=instrument)
-        self.engine = Engine.get(str(native.ir_module)) if speed is None else Engine.get(str(native.ir_module), speed)
+        from convc.codegen.training import emit_training_module, machine_code_cached
+        from convc.runtime import PoolApi, _Context
+        native = emit_training_module(plan, name=plan.graph.name, instrument=instrument, threads=threads)
+        self.engine = ObjectEngine(machine_code_cached(native, threads=threads, instrument=instrument, cache=cache))
         self._fn = _ENTRY(self.engine.address(ENTRY))
         self._constants = [np.ascontiguousarray(c) for c in native.constants]
         self._const_table = (ctypes.c_void_p * max(1, len(self._constants)))(*[c.ctypes.data for c in self._constants])
         self.kernel_names = [op for op, _ in native.kernel_names]
-        self._ctx = _Context(native.arena_bytes, self._const_table, len(self.kernel_names) + 1 if instrument else 0)
+        pool = PoolApi.from_addresses(self.engine.address("convc_pool_create"), self.engine.address("convc_pool_destroy"))
+        self._ctx = _Context(native.arena_bytes, self._const_table, len(self.kernel_names) + 1 if instrument else 0,
+                             threads, pool, self.engine)
         self.arena_bytes = native.arena_bytes
+        self.threads = threads
         g = plan.graph
         self.inputs = inputs
         self._in = (ctypes.c_void_p * len(inputs))()
@@ -116,6 +121,7 @@ def _eval_plan(forward: Graph, roles: Mapping[str, str]):
     for n in state:
         g.tensor(n).kind = TensorKind.STATE if roles[n] == RUNNING else TensorKind.PARAMETER
     g.inputs = list(g.inputs) + state
+    detach_state(g)
     g = eliminate_dead_code(fuse_epilogues(g))
     order = g.ops()
     return Plan(g, order, plan_memory(g, order))
@@ -131,19 +137,23 @@ class Trainer:
     "bce" (targets shaped like the output; bce expects probabilities).
     ``optimizer``: from ``convc.optim`` (default SGD(0.01)). ``l1``/``l2``: regularization of the
     weights of Conv/Gemm/MatMul (not biases or BN parameters unless ``regularize_all``).
-    ``seed``: seeds Dropout's counter-based generator (a run is reproducible)."""
+    ``seed``: seeds Dropout's counter-based generator (a run is reproducible). ``threads``: worker
+    threads of the native step (default: every core); results do not depend on it."""
 
     def __init__(self, model: Any, *, input_shape: Sequence[int], loss: str = "cross_entropy",
                  optimizer: Optimizer | None = None, l1: float = 0.0, l2: float = 0.0, seed: int = 0,
-                 regularize_all: bool = False, trainable: Sequence[str] | None = None, instrument: bool = False):
+                 regularize_all: bool = False, trainable: Sequence[str] | None = None, instrument: bool = False,
+                 threads: int | None = None):
         self.model = model
         self.input_shape = tuple(int(d) for d in input_shape)
         self.loss_name = loss
         self.optimizer = optimizer if optimizer is not None else SGD(0.01)
         self.l1, self.l2, self.seed = float(l1), float(l2), int(seed)
-        self._options = dict(loss=loss, optimizer=self.optimizer, seed=self.seed, l1=self.l1, l2=self.l2,
-                             regularize_all=regularize_all, trainable=set(trainable) if trainable else None)
+        self._options = {"loss": loss, "optimizer": self.optimizer, "seed": self.seed, "l1": self.l1, "l2": self.l2,
+                             "regularize_all": regularize_all, "trainable": set(trainable) if trainable else None}
         self._instrument = instrument
+        from convc.compiler import default_threads
+        self.threads = default_threads() if threads is None else max(1, int(threads))
         self.forward = load_forward(model, self.input_shape)
         self.plan: TrainingStep = build_training(self.forward, **self._options)
         # the persistent training state the native code updates in place
@@ -160,7 +170,7 @@ class Trainer:
             if plan is None:
                 fwd = load_forward(self.model, (batch,) + self.input_shape[1:])
                 plan = build_training(fwd, **self._options)
-            native = _NativeStep(plan.plan, plan.inputs, [plan.loss], self._state, self._instrument)
+            native = _NativeStep(plan.plan, plan.inputs, [plan.loss], self._state, self._instrument, self.threads)
             self._steps[batch] = (plan, native)
         return self._steps[batch]
 
@@ -169,7 +179,8 @@ class Trainer:
             fwd = self.forward if batch == self.input_shape[0] else \
                 load_forward(self.model, (batch,) + self.input_shape[1:])
             plan = _eval_plan(fwd, self.plan.roles)
-            self._evals[batch] = _NativeStep(plan, list(plan.graph.inputs), list(plan.graph.outputs), self._state)
+            self._evals[batch] = _NativeStep(plan, list(plan.graph.inputs), list(plan.graph.outputs), self._state,
+                                             threads=self.threads)
         return self._evals[batch]
 
     # --- properties ---------------------------------------------------------------------------------
@@ -352,8 +363,8 @@ class GradcheckResult:
         return self.errors.get(self.worst, 0.0)
 
     def __str__(self) -> str:
-        lines = [f"gradcheck: {'ok' if self.ok else 'FAILED'}; worst parameter {self.worst!r} with relative error "
-                 f"{self.worst_error:.2e} (tolerance {self.tolerance:.0e})"]
+        lines = [(f"gradcheck: {'ok' if self.ok else 'FAILED'}; worst parameter {self.worst!r} with relative error "
+                  f"{self.worst_error:.2e} (tolerance {self.tolerance:.0e})")]
         for p, e in sorted(self.errors.items(), key=lambda kv: -kv[1]):
             lines.append(f"  {p:40s} {e:.2e}  ({self.checked[p]} elements)")
         return "\n".join(lines)
@@ -412,7 +423,7 @@ def gradcheck(model: Any, inputs: np.ndarray, labels: np.ndarray | None = None, 
         scale = max(1e-2 * np.abs(fds).max(initial=0.0), 1e-3 * overall, 1e-9)
         rel = np.abs(g - fds) / np.maximum(np.maximum(np.abs(fds), np.abs(g)), scale)
         errors[p] = float(rel.max(initial=0.0))
-        checked[p] = int(len(idx))
+        checked[p] = len(idx)
         details += [(p, int(i), float(a), float(fd)) for i, a, fd in zip(idx, g, fds)]
     worst = max(errors, key=errors.get, default="")
     return GradcheckResult(errors, checked, tolerance, worst, details)

@@ -162,7 +162,7 @@ def render_text(p: TrainProfile) -> str:
             row += [f"{1e3 * l.seconds.get(ph, 0.0):.3f}" for ph in ("forward", "backward", "update")]
         rows.append(row)
     widths = [max(len(c), *(len(r[k]) for r in rows)) if rows else len(c) for k, c in enumerate(cols)]
-    fmt = lambda cells: "  ".join(c.rjust(w) if k not in (1, 2) else c.ljust(w)  # noqa: E731
+    fmt = lambda cells: "  ".join(c.rjust(w) if k not in (1, 2) else c.ljust(w)
                                   for k, (c, w) in enumerate(zip(cells, widths)))
     lines += ["", fmt(cols), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
     m = p.memory

@@ -13,16 +13,17 @@ padding stays zero from one memset. 1-D convolutions run as 2-D with a height of
 """
 from __future__ import annotations
 
+from convc.codegen.kernels.blas import Operand, split_epilogue
+from convc.codegen.kernels.conv import as_2d, spatial_2d
+from convc.codegen.kernels.epilogue import epilogue_pass
+from convc.codegen.llvm_utils import FAST, for_range, gep, i64, load, memset_zero, store
+from convc.codegen.module import KernelCall, ModuleEmitter, emitter
+from convc.passes.memory import align
 from llvmlite import ir
 
 from convc.ir import Op
 from convc.ops import OpKind
 from convc.ops.conv import ConvAttrs
-from convc.codegen.llvm_utils import FAST, for_range, gep, i64, load, memset_zero, store
-from convc.codegen.module import KernelCall, ModuleEmitter, emitter
-from convc.codegen.kernels.blas import Operand, split_epilogue
-from convc.codegen.kernels.conv import as_2d, spatial_2d
-from convc.codegen.kernels.epilogue import epilogue_pass
 
 
 class Geometry:
@@ -40,7 +41,6 @@ class Geometry:
         self.kd = self.cg * self.kh * self.kw
         self.p = self.oh * self.ow
         self.direct = self.a.kernel_shape == (1, 1) and self.a.strides == (1, 1) and not any(self.a.pads)
-
 
 
 def _smax(b: ir.IRBuilder, x, y):
@@ -61,34 +61,45 @@ def _clip(b: ir.IRBuilder, k: ir.Value, stride: int, dilation: int, pad: int, si
     return off, lo, _smax(b, hi, lo)
 
 
-def _tap_loops(b: ir.IRBuilder, geo: Geometry, body) -> None:
-    """for channel ci, tap (kh, kw) and the (oy, ox) it reads inside the input:
-    body(row, x index, col column index). Loops, not unrolled: the IR stays small for any kernel."""
+def _tap_loops(b: ir.IRBuilder, geo: Geometry, body, rows: tuple | None = None) -> None:
+    """for each im2col row (channel ci, tap kh, kw) in ``rows`` = [first, end) (default: all) and the
+    (oy, ox) it reads inside the input: body(row, x index, col column index). Loops, not unrolled:
+    the IR stays small for any kernel size."""
     a = geo.a
     (sh, sw), (dh, dw) = a.strides, a.dilations
-    with for_range(b, geo.cg, name="ci") as ci:
-        with for_range(b, geo.kh, name="kh") as kh:
-            oy_off, ylo, yhi = _clip(b, kh, sh, dh, a.pads[0], geo.h, geo.oh)
-            with for_range(b, geo.kw, name="kw") as kw:
-                ox_off, xlo, xhi = _clip(b, kw, sw, dw, a.pads[1], geo.w, geo.ow)
-                row = b.add(b.mul(b.add(b.mul(ci, i64(geo.kh)), kh), i64(geo.kw)), kw)
-                with for_range(b, yhi, start=ylo, name="oy") as oy:
-                    iy = b.add(b.mul(oy, i64(sh)), oy_off)
-                    x_row = b.mul(b.add(b.mul(ci, i64(geo.h)), iy), i64(geo.w))
-                    p_row = b.mul(oy, i64(geo.ow))
-                    with for_range(b, xhi, start=xlo, name="ox") as ox:
-                        ix = b.add(b.mul(ox, i64(sw)), ox_off)
-                        body(row, b.add(x_row, ix), b.add(p_row, ox))
+    first, end = rows if rows is not None else (i64(0), i64(geo.kd))
+    with for_range(b, end, start=first, name="row") as row:
+        ci = b.udiv(row, i64(geo.kh * geo.kw))
+        kh = b.urem(b.udiv(row, i64(geo.kw)), i64(geo.kh))
+        kw = b.urem(row, i64(geo.kw))
+        oy_off, ylo, yhi = _clip(b, kh, sh, dh, a.pads[0], geo.h, geo.oh)
+        ox_off, xlo, xhi = _clip(b, kw, sw, dw, a.pads[1], geo.w, geo.ow)
+        with for_range(b, yhi, start=ylo, name="oy") as oy:
+            iy = b.add(b.mul(oy, i64(sh)), oy_off)
+            x_row = b.mul(b.add(b.mul(ci, i64(geo.h)), iy), i64(geo.w))
+            p_row = b.mul(oy, i64(geo.ow))
+            with for_range(b, xhi, start=xlo, name="ox") as ox:
+                ix = b.add(b.mul(ox, i64(sw)), ox_off)
+                body(row, b.add(x_row, ix), b.add(p_row, ox))
 
 
-def emit_im2col(b: ir.IRBuilder, geo: Geometry, x: ir.Value, col: ir.Value, transposed: bool) -> None:
-    """col[row, p] (or colT[p, row] when ``transposed``) = the input under tap ``row`` at output p."""
-    memset_zero(b, col, geo.kd * geo.p * 4)
+def emit_im2col(b: ir.IRBuilder, geo: Geometry, x: ir.Value, col: ir.Value, transposed: bool = False,
+                rows: tuple | None = None) -> None:
+    """col[row, p] (or colT[p, row] when ``transposed``) = the input under tap ``row`` at output p,
+    zero where the tap falls in the padding. With ``rows`` = [first, end) (not transposed), only
+    those rows, written from the start of ``col``."""
+    if rows is None:
+        first = i64(0)
+        memset_zero(b, col, geo.kd * geo.p * 4)
+    else:
+        assert not transposed
+        first = rows[0]
+        memset_zero(b, col, b.mul(b.sub(rows[1], rows[0]), i64(geo.p * 4)))
 
     def body(row, xi, pi):
-        at = b.add(b.mul(pi, i64(geo.kd)), row) if transposed else b.add(b.mul(row, i64(geo.p)), pi)
+        at = b.add(b.mul(pi, i64(geo.kd)), row) if transposed else b.add(b.mul(b.sub(row, first), i64(geo.p)), pi)
         store(b, load(b, x, xi), col, at)
-    _tap_loops(b, geo, body)
+    _tap_loops(b, geo, body, rows)
 
 
 def emit_col2im(b: ir.IRBuilder, geo: Geometry, col: ir.Value, dx: ir.Value) -> None:
@@ -103,9 +114,8 @@ def emit_col2im(b: ir.IRBuilder, geo: Geometry, col: ir.Value, dx: ir.Value) -> 
 
 def emit_transpose(b: ir.IRBuilder, src: ir.Value, dst: ir.Value, rows: int, cols: int) -> None:
     """dst[j, i] = src[i, j] for a rows x cols matrix."""
-    with for_range(b, rows, name="tr") as i:
-        with for_range(b, cols, name="tc") as j:
-            store(b, load(b, src, b.add(b.mul(i, i64(cols)), j)), dst, b.add(b.mul(j, i64(rows)), i))
+    with for_range(b, rows, name="tr") as i, for_range(b, cols, name="tc") as j:
+        store(b, load(b, src, b.add(b.mul(i, i64(cols)), j)), dst, b.add(b.mul(j, i64(rows)), i))
 
 
 def _image_group(b: ir.IRBuilder, ni, gi, per_image: int, per_group: int) -> ir.Value:
@@ -113,109 +123,162 @@ def _image_group(b: ir.IRBuilder, ni, gi, per_image: int, per_group: int) -> ir.
     return b.add(b.mul(ni, i64(per_image)), b.mul(gi, i64(per_group)))
 
 
+def _image_groups(em: ModuleEmitter, b: ir.IRBuilder, fn: ir.Function, geo: Geometry):
+    """This thread's (image, group) pairs: a context manager yielding (ni, gi)."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def loop():
+        lo, hi = em.thread_range(b, fn, geo.n * geo.g)
+        with for_range(b, hi, start=lo, name="ng") as k:
+            yield b.udiv(k, i64(geo.g)), b.urem(k, i64(geo.g))
+    return loop()
+
+
 def emit_conv_runtime(em: ModuleEmitter, op: Op) -> KernelCall:
-    """Conv whose weights are read at run time (training parameters): im2col + micro-kernel GEMM."""
+    """Conv whose weights are read at run time (training parameters): im2col + micro-kernel GEMM,
+    the images split between threads."""
     a = op.attrs
     xs, ws, ys = (em.tensor(t).shape for t in (op.inputs[0], op.inputs[1], op.outputs[0]))
     geo = Geometry(a, xs, ws, ys)
     epi = a.epilogue
     has_bias = len(op.inputs) - epi.residual == 3
     args = list(op.inputs) + [op.outputs[0]]
+    col_bytes = geo.kd * geo.p * 4
     if not geo.direct:
-        args.append(em.scratch(geo.kd * geo.p * 4))
-    fn, b = em.function(op.name, len(args))
+        args.append(em.scratch(col_bytes, per_thread=True))
+    fn, b = em.function(op.name, len(args), parallel=True)
+    tid = fn.args[-2]
     x, w = fn.args[0], fn.args[1]
     bias = fn.args[2] if has_bias else None
     residual = fn.args[len(op.inputs) - 1] if epi.residual else None
     y = fn.args[len(op.inputs)]
-    col = None if geo.direct else fn.args[-1]
+    col = None if geo.direct else em.thread_scratch(b, fn.args[len(args) - 1], col_bytes, tid)
     in_kernel, after = split_epilogue(epi)
-    with for_range(b, geo.n, name="batch") as ni:
-        with for_range(b, geo.g, name="group") as gi:
-            xg = gep(b, x, _image_group(b, ni, gi, geo.c * geo.h * geo.w, geo.cg * geo.h * geo.w))
-            y_off = _image_group(b, ni, gi, geo.m * geo.p, geo.mg * geo.p)
-            yg = gep(b, y, y_off)
-            if geo.direct:
-                src = xg
-            else:
-                emit_im2col(b, geo, xg, col, transposed=False)
-                src = col
-            em.gemm.gemm(b, geo.mg, geo.p, geo.kd, gep(b, w, b.mul(gi, i64(geo.mg * geo.kd))), Operand(False, geo.kd),
-                         src, Operand(False, geo.p), yg, geo.p, "bias_row" if has_bias else "zero",
-                         gep(b, bias, b.mul(gi, i64(geo.mg))) if has_bias else None, in_kernel,
-                         gep(b, residual, y_off) if epi.residual else None)
-            epilogue_pass(b, after, yg, None, geo.mg * geo.p)
+    with _image_groups(em, b, fn, geo) as (ni, gi):
+        xg = gep(b, x, _image_group(b, ni, gi, geo.c * geo.h * geo.w, geo.cg * geo.h * geo.w))
+        y_off = _image_group(b, ni, gi, geo.m * geo.p, geo.mg * geo.p)
+        yg = gep(b, y, y_off)
+        if geo.direct:
+            src = xg
+        else:
+            emit_im2col(b, geo, xg, col, transposed=False)
+            src = col
+        em.gemm.gemm(b, geo.mg, geo.p, geo.kd, gep(b, w, b.mul(gi, i64(geo.mg * geo.kd))), Operand(False, geo.kd),
+                     src, Operand(False, geo.p), yg, geo.p, "bias_row" if has_bias else "zero",
+                     gep(b, bias, b.mul(gi, i64(geo.mg))) if has_bias else None, in_kernel,
+                     gep(b, residual, y_off) if epi.residual else None)
+        epilogue_pass(b, after, yg, None, geo.mg * geo.p)
     b.ret_void()
     return KernelCall(fn, args)
 
 
 @emitter(OpKind.CONV_GRAD_INPUT)
 def emit_conv_grad_input(em: ModuleEmitter, op: Op) -> KernelCall:
+    """Per (image, group), split between threads: dcol = W_g^T @ dY_g, then col2im. Each thread
+    transposes W itself (it is small) into its own scratch."""
     a = op.attrs
     ws, dys = em.tensor(op.inputs[0]).shape, em.tensor(op.inputs[1]).shape
     geo = Geometry(a.conv, a.shape, ws, dys)
     wt_floats = geo.g * geo.kd * geo.mg
     col_floats = 0 if geo.direct else geo.kd * geo.p
-    args = [op.inputs[0], op.inputs[1], op.outputs[0], em.scratch((wt_floats + col_floats) * 4)]
-    fn, b = em.function(op.name, len(args))
-    w, dy, dx, scratch = fn.args
-    wt = scratch
-    dcol = gep(b, scratch, wt_floats)
-    with for_range(b, geo.g, name="group") as gi:  # W_g^T[Kd, Mg], once per call
+    nbytes = (wt_floats + col_floats) * 4
+    args = [op.inputs[0], op.inputs[1], op.outputs[0], em.scratch(nbytes, per_thread=True)]
+    fn, b = em.function(op.name, len(args), parallel=True)
+    w, dy, dx = fn.args[:3]
+    wt = em.thread_scratch(b, fn.args[3], nbytes, fn.args[-2])
+    dcol = gep(b, wt, wt_floats)
+    with for_range(b, geo.g, name="group") as gi:  # W_g^T[Kd, Mg]
         emit_transpose(b, gep(b, w, b.mul(gi, i64(geo.mg * geo.kd))), gep(b, wt, b.mul(gi, i64(geo.mg * geo.kd))),
                        geo.mg, geo.kd)
-    with for_range(b, geo.n, name="batch") as ni:
-        with for_range(b, geo.g, name="group") as gi:
-            dyg = gep(b, dy, _image_group(b, ni, gi, geo.m * geo.p, geo.mg * geo.p))
-            dxg = gep(b, dx, _image_group(b, ni, gi, geo.c * geo.h * geo.w, geo.cg * geo.h * geo.w))
-            wtg = gep(b, wt, b.mul(gi, i64(geo.mg * geo.kd)))
-            target = dxg if geo.direct else dcol
-            em.gemm.gemm(b, geo.kd, geo.p, geo.mg, wtg, Operand(False, geo.mg), dyg, Operand(False, geo.p),
-                         target, geo.p, "zero")
-            if not geo.direct:
-                emit_col2im(b, geo, dcol, dxg)
+    with _image_groups(em, b, fn, geo) as (ni, gi):
+        dyg = gep(b, dy, _image_group(b, ni, gi, geo.m * geo.p, geo.mg * geo.p))
+        dxg = gep(b, dx, _image_group(b, ni, gi, geo.c * geo.h * geo.w, geo.cg * geo.h * geo.w))
+        wtg = gep(b, wt, b.mul(gi, i64(geo.mg * geo.kd)))
+        target = dxg if geo.direct else dcol
+        em.gemm.gemm(b, geo.kd, geo.p, geo.mg, wtg, Operand(False, geo.mg), dyg, Operand(False, geo.p),
+                     target, geo.p, "zero")
+        if not geo.direct:
+            emit_col2im(b, geo, dcol, dxg)
     b.ret_void()
     return KernelCall(fn, args)
 
 
 @emitter(OpKind.CONV_GRAD_WEIGHT)
 def emit_conv_grad_weight(em: ModuleEmitter, op: Op) -> KernelCall:
-    """dW = sum over images of dY[Mg, P] @ colT[P, Kd], in one of two layouts: a GEMM operand must be
-    read as rows, so either the patches are written transposed (strided stores, Kd x P of them) or
-    dY is transposed (Mg x P) and dW^T[Kd, Mg] = col[Kd, P] @ dY^T[P, Mg] is accumulated and
-    transposed at the end. The second moves less when there are fewer output channels than taps."""
+    """dW = sum over images of dY[Mg, P] @ colT[P, Kd], in one of two layouts (a GEMM operand must be
+    read as rows):
+
+    - fewer output channels than taps (Mg < Kd): dY is transposed per image and
+      dW^T[Kd, Mg] = col[Kd, P] @ dY^T[P, Mg] accumulates, transposed into dW at the end;
+    - otherwise the patches are written transposed (colT, strided stores) and dW accumulates.
+
+    Threads split the rows of the accumulated matrix (Kd, resp. Mg, per group) in blocks of the
+    micro-kernel's MR rows: each owns its rows of the result over every image, so no reduction
+    between threads is needed; in the first layout a thread builds only its own rows of the patches."""
     a = op.attrs
     xs, dys = em.tensor(op.inputs[0]).shape, em.tensor(op.inputs[1]).shape
     geo = Geometry(a.conv, xs, a.shape, dys)
+    mr = em.isa.mr
     transpose_dy = geo.mg < geo.kd
-    col_f = geo.kd * geo.p if not (geo.direct and transpose_dy) else 0
-    dyt_f = geo.p * geo.mg if transpose_dy else 0
-    dwt_f = geo.g * geo.kd * geo.mg if transpose_dy else 0
-    args = [op.inputs[0], op.inputs[1], op.outputs[0], em.scratch(max(col_f + dyt_f + dwt_f, 1) * 4)]
-    fn, b = em.function(op.name, len(args))
-    x, dy, dw, scratch = fn.args
-    col, dyt, dwt = scratch, gep(b, scratch, col_f), gep(b, scratch, col_f + dyt_f)
-    memset_zero(b, dwt if transpose_dy else dw, geo.m * geo.kd * 4)
+    rows = geo.kd if transpose_dy else geo.mg        # rows of the accumulated matrix, per group
+    cols = geo.mg if transpose_dy else geo.kd
+    units = -(-rows // mr)
+    rem = rows - (units - 1) * mr                    # rows of the last unit
+    # per thread: patches (one unit's rows of col, or the whole colT) and dY^T of an image
+    mine_f = (mr * geo.p + geo.p * geo.m) if transpose_dy else geo.kd * geo.p
+    mine_bytes = align(mine_f * 4)
+    shared_f = geo.g * rows * cols if transpose_dy else 0  # dW^T, shared (threads own disjoint rows)
+    args = [op.inputs[0], op.inputs[1], op.outputs[0], em.scratch(mine_bytes * em.threads + shared_f * 4)]
+    fn, b = em.function(op.name, len(args), parallel=True)
+    x, dy, dw, scratch = fn.args[:4]
+    mine = em.thread_scratch(b, scratch, mine_bytes, fn.args[-2])
+    col, dyt = mine, gep(b, mine, mr * geo.p)
+    acc = gep(b, scratch, mine_bytes * em.threads // 4) if transpose_dy else dw
+    k_lo, k_hi = em.thread_range(b, fn, geo.g * units)  # this thread's (group, unit) pairs
+
+    def unit(k):
+        gi, u = b.udiv(k, i64(units)), b.urem(k, i64(units))
+        first = b.mul(u, i64(mr))
+        last = b.icmp_unsigned("==", u, i64(units - 1))
+        return gi, first, b.select(last, i64(rows), b.add(first, i64(mr))), last
+
+    def result_rows(gi, first):
+        return gep(b, acc, b.add(b.mul(gi, i64(rows * cols)), b.mul(first, i64(cols))))
+
+    with for_range(b, k_hi, start=k_lo, name="zero") as k:  # this thread's rows of the result start at 0
+        gi, first, end, _ = unit(k)
+        memset_zero(b, result_rows(gi, first), b.mul(b.mul(b.sub(end, first), i64(cols)), i64(4)))
+
     with for_range(b, geo.n, name="batch") as ni:
+        if transpose_dy:  # dY^T[P, M] of this image, all groups
+            emit_transpose(b, gep(b, dy, b.mul(ni, i64(geo.m * geo.p))), dyt, geo.m, geo.p)
         with for_range(b, geo.g, name="group") as gi:
+            lo = _smax(b, k_lo, b.mul(gi, i64(units)))
+            hi = _smin(b, k_hi, b.mul(b.add(gi, i64(1)), i64(units)))
             xg = gep(b, x, _image_group(b, ni, gi, geo.c * geo.h * geo.w, geo.cg * geo.h * geo.w))
             dyg = gep(b, dy, _image_group(b, ni, gi, geo.m * geo.p, geo.mg * geo.p))
-            if transpose_dy:
-                if geo.direct:
-                    src = xg
-                else:
-                    emit_im2col(b, geo, xg, col, transposed=False)
-                    src = col
-                emit_transpose(b, dyg, dyt, geo.mg, geo.p)
-                em.gemm.gemm(b, geo.kd, geo.mg, geo.p, src, Operand(False, geo.p), dyt, Operand(False, geo.mg),
-                             gep(b, dwt, b.mul(gi, i64(geo.kd * geo.mg))), geo.mg, "load")
-            else:
-                emit_im2col(b, geo, xg, col, transposed=True)
-                em.gemm.gemm(b, geo.mg, geo.kd, geo.p, dyg, Operand(False, geo.p), col, Operand(False, geo.kd),
-                             gep(b, dw, b.mul(gi, i64(geo.mg * geo.kd))), geo.kd, "load")
-    if transpose_dy:
-        with for_range(b, geo.g, name="group") as gi:
-            emit_transpose(b, gep(b, dwt, b.mul(gi, i64(geo.kd * geo.mg))),
-                           gep(b, dw, b.mul(gi, i64(geo.mg * geo.kd))), geo.kd, geo.mg)
+            with b.if_then(b.icmp_signed("<", lo, hi)):
+                if not transpose_dy:
+                    emit_im2col(b, geo, xg, col, transposed=True)
+                with for_range(b, hi, start=lo, name="unit") as k:
+                    _, first, end, last = unit(k)
+                    c_at = result_rows(gi, first)
+                    if transpose_dy:  # dW^T rows [first, end) += col rows [first, end) @ dY_g^T
+                        emit_im2col(b, geo, xg, col, transposed=False, rows=(first, end))
+                        a_ptr, a_ld, b_ptr, b_ld = col, geo.p, gep(b, dyt, b.mul(gi, i64(geo.mg))), geo.m
+                    else:             # dW rows [first, end) += dY rows [first, end) @ colT
+                        a_ptr, a_ld, b_ptr, b_ld = gep(b, dyg, b.mul(first, i64(geo.p))), geo.p, col, geo.kd
+                    with b.if_else(last) as (on_last, on_full):
+                        for branch, m in ((on_last, rem), (on_full, mr)):
+                            with branch:
+                                em.gemm.gemm(b, m, cols, geo.p, a_ptr, Operand(False, a_ld), b_ptr,
+                                             Operand(False, b_ld), c_at, cols, "load")
+    if transpose_dy:  # this thread's rows of dW^T are columns of dW
+        with for_range(b, k_hi, start=k_lo, name="out") as k:
+            gi, first, end, _ = unit(k)
+            with for_range(b, end, start=first, name="kd") as r, for_range(b, geo.mg, name="m") as m:
+                v = load(b, acc, b.add(b.mul(gi, i64(rows * geo.mg)), b.add(b.mul(r, i64(geo.mg)), m)))
+                store(b, v, dw, b.add(b.mul(gi, i64(geo.mg * geo.kd)), b.add(b.mul(m, i64(geo.kd)), r)))
     b.ret_void()
     return KernelCall(fn, args)

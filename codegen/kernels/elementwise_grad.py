@@ -2,15 +2,27 @@
 from __future__ import annotations
 
 import numpy as np
+from convc.codegen.llvm_utils import (
+    F32,
+    FAST,
+    I64,
+    alloca_entry,
+    f32,
+    for_range,
+    gep,
+    i64,
+    load,
+    loop_nest,
+    memcpy,
+    memset_zero,
+    store,
+)
+from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from llvmlite import ir
 
 from convc.ir import Op
 from convc.ops import OpKind
-from convc.ops.elementwise_grad import (FMIX1, FMIX2, GOLDEN, MASK64, SALT_MUL, SEED_MUL, UNIFORM_BITS,
-                                        DropoutTrainAttrs)
-from convc.codegen.llvm_utils import (F32, FAST, I64, alloca_entry, f32, for_range, gep, i64, load, loop_nest,
-                                      memcpy, memset_zero, store)
-from convc.codegen.module import KernelCall, ModuleEmitter, emitter
+from convc.ops.elementwise_grad import FMIX1, FMIX2, GOLDEN, MASK64, SALT_MUL, SEED_MUL, UNIFORM_BITS, DropoutTrainAttrs
 
 
 def _relu_grad(b: ir.IRBuilder, y, dy, attrs):
@@ -35,10 +47,11 @@ PAIR = {OpKind.RELU_GRAD: _relu_grad, OpKind.LEAKY_RELU_GRAD: _leaky_relu_grad,
 
 @emitter(*PAIR)
 def emit_activation_grad(em: ModuleEmitter, op: Op) -> KernelCall:
-    fn, b = em.function(op.name, 3)
-    s, dy, dx = fn.args
+    fn, b = em.function(op.name, 3, parallel=True)
+    s, dy, dx = fn.args[:3]
     f = PAIR[op.kind]
-    with for_range(b, em.tensor(op.inputs[1]).size) as i:
+    lo, hi = em.thread_range(b, fn, em.tensor(op.inputs[1]).size)
+    with for_range(b, hi, start=lo) as i:
         store(b, f(b, load(b, s, i), load(b, dy, i), op.attrs), dx, i)
     b.ret_void()
     return KernelCall(fn, [op.inputs[0], op.inputs[1], op.outputs[0]])
@@ -52,19 +65,18 @@ def emit_softmax_grad(em: ModuleEmitter, op: Op) -> KernelCall:
     fn, b = em.function(op.name, 3)
     y, dy, dx = fn.args
     acc = alloca_entry(b, F32, "dot")
-    with for_range(b, outer, name="outer") as o:
-        with for_range(b, inner, name="inner") as i:
-            base = b.add(b.mul(o, i64(length * inner)), i)
+    with for_range(b, outer, name="outer") as o, for_range(b, inner, name="inner") as i:
+        base = b.add(b.mul(o, i64(length * inner)), i)
 
-            def at(l):
-                return b.add(base, b.mul(l, i64(inner)))
-            b.store(f32(0.0), acc)
-            with for_range(b, length, name="l") as l:
-                prod = b.fmul(load(b, y, at(l)), load(b, dy, at(l)))
-                b.store(b.fadd(b.load(acc, typ=F32), prod, flags=FAST), acc)
-            dot = b.load(acc, typ=F32)
-            with for_range(b, length, name="l") as l:
-                store(b, b.fmul(load(b, y, at(l)), b.fsub(load(b, dy, at(l)), dot)), dx, at(l))
+        def at(l):
+            return b.add(base, b.mul(l, i64(inner)))
+        b.store(f32(0.0), acc)
+        with for_range(b, length, name="l") as l:
+            prod = b.fmul(load(b, y, at(l)), load(b, dy, at(l)))
+            b.store(b.fadd(b.load(acc, typ=F32), prod, flags=FAST), acc)
+        dot = b.load(acc, typ=F32)
+        with for_range(b, length, name="l") as l:
+            store(b, b.fmul(load(b, y, at(l)), b.fsub(load(b, dy, at(l)), dot)), dx, at(l))
     b.ret_void()
     return KernelCall(fn, list(op.inputs) + [op.outputs[0]])
 
@@ -86,13 +98,14 @@ def _signed(v: int) -> int:
 def emit_dropout(em: ModuleEmitter, op: Op) -> KernelCall:
     """y = keep(seed, salt, step, i) ? x * scale : 0, with the generator of convc/ops/elementwise_grad.py."""
     a: DropoutTrainAttrs = op.attrs
-    fn, b = em.function(op.name, 3)
-    x, step, y = fn.args
+    fn, b = em.function(op.name, 3, parallel=True)
+    x, step, y = fn.args[:3]
     base = (a.seed * SEED_MUL + a.salt * SALT_MUL) & MASK64
     key = fmix64(b, b.add(i64(_signed(base)), b.load(step, typ=I64)))
     threshold = i64(a.threshold)
     scale = f32(float(np.float32(a.scale)))
-    with for_range(b, em.tensor(op.inputs[0]).size) as i:
+    lo, hi = em.thread_range(b, fn, em.tensor(op.inputs[0]).size)
+    with for_range(b, hi, start=lo) as i:
         z = fmix64(b, b.add(key, b.mul(b.add(i, i64(1)), i64(_signed(GOLDEN)))))
         keep = b.icmp_unsigned(">=", b.lshr(z, i64(64 - UNIFORM_BITS)), threshold)
         store(b, b.select(keep, b.fmul(load(b, x, i), scale), f32(0.0)), y, i)

@@ -7,18 +7,18 @@ other C is written (times beta) first and accumulated onto. ``alpha != 1`` scale
 """
 from __future__ import annotations
 
-from llvmlite import ir
-
-from convc.ir import Op
-from convc.ops import OpKind
-from convc.ops.epilogue import NO_EPILOGUE
-from convc.codegen.llvm_utils import f32, gep, linear_index, load, loop_nest, store
-from convc.codegen.module import KernelCall, ModuleEmitter
 from convc.codegen.kernels.blas import Operand, split_epilogue
 from convc.codegen.kernels.conv_grad import emit_transpose
 from convc.codegen.kernels.elementwise import broadcast_strides
 from convc.codegen.kernels.epilogue import epilogue_pass
 from convc.codegen.kernels.gemm import fill_broadcast
+from convc.codegen.llvm_utils import f32, gep, linear_index, load, loop_nest, store
+from convc.codegen.module import KernelCall, ModuleEmitter
+from llvmlite import ir
+
+from convc.ir import Op
+from convc.ops import OpKind
+from convc.ops.epilogue import NO_EPILOGUE
 
 
 def emit_gemm_runtime(em: ModuleEmitter, op: Op) -> KernelCall:

@@ -3,14 +3,27 @@ from __future__ import annotations
 
 import math
 
+from convc.codegen.llvm_utils import (
+    F32,
+    F64,
+    FAST,
+    I64,
+    alloca_entry,
+    call_intrinsic,
+    f32,
+    fmax,
+    for_range,
+    i64,
+    in_range,
+    load,
+    store,
+)
+from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from llvmlite import ir
 
 from convc.ir import Op
 from convc.ops import OpKind
 from convc.ops.loss import BCE_EPS, LOG_CLAMP
-from convc.codegen.llvm_utils import (F32, F64, FAST, I64, alloca_entry, call_intrinsic, f32, fmax, for_range, i64,
-                                      in_range, load, store)
-from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 
 
 def _f64(v: float) -> ir.Constant:

@@ -6,14 +6,13 @@ double across images.
 """
 from __future__ import annotations
 
+from convc.codegen.kernels.optim import copy_unchanged
+from convc.codegen.llvm_utils import F32, F64, FAST, alloca_entry, call_intrinsic, f32, for_range, i64, load, store
+from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from llvmlite import ir
 
 from convc.ir import Op
 from convc.ops import OpKind
-from convc.codegen.llvm_utils import (F32, F64, FAST, alloca_entry, call_intrinsic, f32, for_range, i64, load,
-                                      store)
-from convc.codegen.module import KernelCall, ModuleEmitter, emitter
-from convc.codegen.kernels.optim import copy_unchanged
 
 
 def _f64(v: float) -> ir.Constant:
@@ -57,10 +56,11 @@ def _nci(em: ModuleEmitter, name: str) -> tuple[int, int, int]:
 def emit_batch_norm_train(em: ModuleEmitter, op: Op) -> KernelCall:
     n, c, inner = _nci(em, op.inputs[0])
     m = n * inner
-    fn, b = em.function(op.name, 6)
-    x, scale, bias, y, mean_out, invstd_out = fn.args
+    fn, b = em.function(op.name, 6, parallel=True)
+    x, scale, bias, y, mean_out, invstd_out = fn.args[:6]
     ch = _ChannelLoops(b, n, c, inner)
-    with for_range(b, c, name="ch") as ci:
+    lo, hi = em.thread_range(b, fn, c)
+    with for_range(b, hi, start=lo, name="ch") as ci:
         mean = b.fptrunc(b.fdiv(ch.sum(ci, lambda k: load(b, x, k)), _f64(m)), F32)
         var = b.fdiv(ch.sum(ci, lambda k: _sq(b, b.fsub(load(b, x, k), mean))), _f64(m))
         invstd = b.fptrunc(b.fdiv(_f64(1.0), call_intrinsic(b, "llvm.sqrt.f64", [b.fadd(var, _f64(op.attrs.epsilon))])),
@@ -82,10 +82,11 @@ def _sq(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
 def emit_batch_norm_grad(em: ModuleEmitter, op: Op) -> KernelCall:
     n, c, inner = _nci(em, op.inputs[0])
     m = n * inner
-    fn, b = em.function(op.name, 8)
-    x, scale, mean_in, invstd_in, dy, dx, dscale, dbias = fn.args
+    fn, b = em.function(op.name, 8, parallel=True)
+    x, scale, mean_in, invstd_in, dy, dx, dscale, dbias = fn.args[:8]
     ch = _ChannelLoops(b, n, c, inner)
-    with for_range(b, c, name="ch") as ci:
+    lo, hi = em.thread_range(b, fn, c)
+    with for_range(b, hi, start=lo, name="ch") as ci:
         mean, invstd = load(b, mean_in, ci), load(b, invstd_in, ci)
         db = b.fptrunc(ch.sum(ci, lambda k: load(b, dy, k)), F32)
         dxc = ch.sum(ci, lambda k: b.fmul(load(b, dy, k), b.fsub(load(b, x, k), mean)))
@@ -113,14 +114,13 @@ def emit_running_update(em: ModuleEmitter, op: Op) -> KernelCall:
     rm, rv, mean, invstd, ok, rm_new, rv_new = fn.args
     mom = f32(a.momentum)
     rest = f32(1.0 - a.momentum)
-    unbias = f32(a.count / max(a.count - 1, 1))
+    unbias = f32(a.variance_factor)
     with b.if_else(b.fcmp_unordered("une", load(b, ok, 0), f32(0.0))) as (then, otherwise):
-        with then:
-            with for_range(b, c, name="ch") as ci:
-                store(b, b.fadd(b.fmul(mom, load(b, rm, ci)), b.fmul(rest, load(b, mean, ci))), rm_new, ci)
-                s = load(b, invstd, ci)
-                var = b.fsub(b.fdiv(f32(1.0), b.fmul(s, s)), f32(a.epsilon))
-                store(b, b.fadd(b.fmul(mom, load(b, rv, ci)), b.fmul(rest, b.fmul(var, unbias))), rv_new, ci)
+        with then, for_range(b, c, name="ch") as ci:
+            store(b, b.fadd(b.fmul(mom, load(b, rm, ci)), b.fmul(rest, load(b, mean, ci))), rm_new, ci)
+            s = load(b, invstd, ci)
+            var = b.fsub(b.fdiv(f32(1.0), b.fmul(s, s)), f32(a.epsilon))
+            store(b, b.fadd(b.fmul(mom, load(b, rv, ci)), b.fmul(rest, b.fmul(var, unbias))), rv_new, ci)
         with otherwise:
             copy_unchanged(b, [rm, rv], [rm_new, rv_new], c)
     b.ret_void()

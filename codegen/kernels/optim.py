@@ -6,14 +6,13 @@ then only multiplies and adds in float32. Formulas: convc/ops/optim.py.
 """
 from __future__ import annotations
 
+from convc.codegen.llvm_utils import F32, F64, I32, I64, alloca_entry, call_intrinsic, f32, for_range, i64, load, store
+from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from llvmlite import ir
 
 from convc.ir import Op
 from convc.ops import OpKind
 from convc.ops.optim import AdagradAttrs, AdamAttrs, MomentumAttrs, RmsPropAttrs
-from convc.codegen.llvm_utils import (F32, F64, I32, I64, alloca_entry, call_intrinsic, f32, for_range, i64,
-                                      load, store)
-from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 
 
 def _f64(v: float) -> ir.Constant:
@@ -76,7 +75,7 @@ def copy_unchanged(b: ir.IRBuilder, sources, targets, size: int) -> None:
 
 def _scalars(b: ir.IRBuilder, kind: OpKind, a, lr64, t, t64) -> dict[str, ir.Value]:
     """Per-call float32 coefficients."""
-    f = lambda v: b.fptrunc(v, F32)  # noqa: E731
+    f = lambda v: b.fptrunc(v, F32)
     out = {"lr": f(lr64)}
     if kind is OpKind.MOMENTUM_UPDATE:
         out["beta"] = b.select(b.icmp_signed(">", t, i64(0)), f32(a.beta), f32(1.0))

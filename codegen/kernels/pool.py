@@ -13,6 +13,7 @@ from convc.codegen.llvm_utils import gep, F32, FAST, alloca_entry, call_intrinsi
     load, loop_nest, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from convc.codegen.kernels.conv import spatial_2d
+from convc.codegen.kernels.pool_nd import MAX_UNROLLED_TAPS, emit_pool_nd, window_bounds  # 3-D, LpPool
 
 
 def as_2d(a: PoolAttrs) -> PoolAttrs:
@@ -26,8 +27,8 @@ def as_2d(a: PoolAttrs) -> PoolAttrs:
 
 @emitter(OpKind.MAX_POOL, OpKind.AVERAGE_POOL)
 def emit_pool(em: ModuleEmitter, op: Op) -> KernelCall:
-    if op.attrs.spatial_rank > 2:
-        return emit_pool_nd(em, op)
+    if op.attrs.spatial_rank > 2 or int(np.prod(op.attrs.kernel_shape)) > MAX_UNROLLED_TAPS:
+        return emit_pool_nd(em, op)  # 3-D, or a window too big to unroll tap by tap (60 x 80: minutes in LLVM)
     return emit_pool_rows(em, op)
 
 
@@ -121,9 +122,10 @@ def _emit_pool_scalar(em: ModuleEmitter, op: Op) -> KernelCall:
             with for_range(b, ow, name="ox") as ox:
                 b.store(f32(-math.inf if is_max else 0.0), acc)
                 b.store(f32(0.0), cnt)
-                with for_range(b, kh_, name="kh") as kh:
+                kh_bound, kw_bound = window_bounds(b, (kh_, kw_))
+                with for_range(b, kh_bound, name="kh") as kh:
                     iy = b.add(b.sub(b.mul(oy, i64(sh)), i64(pt)), b.mul(kh, i64(dh)))
-                    with for_range(b, kw_, name="kw") as kw:
+                    with for_range(b, kw_bound, name="kw") as kw:
                         ix = b.add(b.sub(b.mul(ox, i64(sw)), i64(pl)), b.mul(kw, i64(dw)))
                         inside = b.and_(in_range(b, iy, 0, h), in_range(b, ix, 0, w))
                         addr = b.select(inside, b.add(b.mul(b.add(b.mul(pi, i64(h)), iy), i64(w)), ix), i64(0))
@@ -165,74 +167,3 @@ def emit_global_pool(em: ModuleEmitter, op: Op) -> KernelCall:
         store(b, out if is_max else b.fmul(out, f32(1.0 / size)), y, pi)
     b.ret_void()
     return KernelCall(fn, [op.inputs[0], op.outputs[0]])
-
-
-def _row_major(shape: tuple[int, ...]) -> list[int]:
-    out, acc = [], 1
-    for d in reversed(shape):
-        out.append(acc)
-        acc *= d
-    return out[::-1]
-
-
-@emitter(OpKind.LP_POOL)
-def emit_pool_nd(em: ModuleEmitter, op: Op) -> KernelCall:
-    """Any windowed pool of any spatial rank: per output position, a loop nest over the kernel taps."""
-    a = op.attrs
-    r = a.spatial_rank
-    xs, ys = em.tensor(op.inputs[0]).shape, em.tensor(op.outputs[0]).shape
-    in_sp, out_sp = tuple(xs[2:]), tuple(ys[2:])
-    plane_in, plane_out = int(np.prod(in_sp)), int(np.prod(out_sp))
-    in_st, out_st = _row_major(in_sp), _row_major(out_sp)
-    kind = op.kind
-    fn, b = em.function(op.name, 2)
-    x, y = fn.args
-    acc = alloca_entry(b, F32, "acc")
-    cnt = alloca_entry(b, F32, "count")
-    with for_range(b, xs[0] * xs[1], name="plane") as pi:
-        x_base = b.mul(pi, i64(plane_in))
-        with loop_nest(b, list(out_sp), name="o") as o:
-            b.store(f32(-math.inf if kind is OpKind.MAX_POOL else 0.0), acc)
-            b.store(f32(0.0), cnt)
-            with loop_nest(b, list(a.kernel_shape), name="k") as k:
-                inside, counted, src = None, None, x_base
-                for d in range(r):
-                    pos = b.add(b.mul(o[d], i64(a.strides[d])),
-                                b.sub(b.mul(k[d], i64(a.dilations[d])), i64(a.pads[d])))
-                    ok = in_range(b, pos, 0, in_sp[d])
-                    inside = ok if inside is None else b.and_(inside, ok)
-                    in_pads = in_range(b, pos, -a.pads[d], in_sp[d] + a.pads[r + d])  # not the ceil_mode overhang
-                    counted = in_pads if counted is None else b.and_(counted, in_pads)
-                    src = b.add(src, b.mul(pos, i64(in_st[d])))
-                v = load(b, x, b.select(inside, src, x_base))  # clamped: never reads outside
-                old = b.load(acc, typ=F32)
-                if kind is OpKind.MAX_POOL:
-                    new = fmax(b, old, v)
-                elif kind is OpKind.LP_POOL:
-                    av = call_intrinsic(b, "llvm.fabs.f32", [v])
-                    new = b.fadd(old, av if a.p == 1 else b.fmul(av, av) if a.p == 2 else
-                                 call_intrinsic(b, "llvm.pow.f32", [av, f32(a.p)]))
-                else:
-                    new = b.fadd(old, v)
-                    if not a.count_include_pad:
-                        counted = inside
-                    c = b.load(cnt, typ=F32)
-                    b.store(b.select(counted, b.fadd(c, f32(1.0)), c), cnt)
-                b.store(b.select(inside, new, old), acc)
-            out = b.load(acc, typ=F32)
-            if kind is OpKind.AVERAGE_POOL:
-                out = b.fdiv(out, b.load(cnt, typ=F32))
-            elif kind is OpKind.LP_POOL and a.p != 1:
-                out = (call_intrinsic(b, "llvm.sqrt.f32", [out]) if a.p == 2 else
-                       call_intrinsic(b, "llvm.pow.f32", [out, f32(1.0 / a.p)]))
-            dst = b.add(b.mul(pi, i64(plane_out)), _linear(b, o, out_st))
-            store(b, out, y, dst)
-    b.ret_void()
-    return KernelCall(fn, [op.inputs[0], op.outputs[0]])
-
-
-def _linear(b, idx, strides):
-    total = i64(0)
-    for v, s in zip(idx, strides):
-        total = b.add(total, b.mul(v, i64(s)))
-    return total

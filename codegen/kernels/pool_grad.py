@@ -7,35 +7,47 @@ from __future__ import annotations
 
 import math
 
-from convc.ir import Op
-from convc.ops import OpKind
-from convc.codegen.llvm_utils import (F32, I64, alloca_entry, f32, for_range, i64, in_range, load, memset_zero,
-                                      store)
-from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from convc.codegen.kernels.conv import spatial_2d
 from convc.codegen.kernels.pool import as_2d
+from convc.codegen.llvm_utils import (
+    F32,
+    I64,
+    alloca_entry,
+    f32,
+    for_range,
+    gep,
+    i64,
+    in_range,
+    load,
+    memset_zero,
+    store,
+)
+from convc.codegen.module import KernelCall, ModuleEmitter, emitter
+
+from convc.ir import Op
+from convc.ops import OpKind
 
 
 def _windows(b, a, h, w, oh, ow, planes, body):
-    """for plane, oy, ox: body(pi, out index, taps) where taps(visit) calls visit(inside, counted, x index)."""
+    """for plane in ``planes`` = [first, end), oy, ox: body(pi, out index, taps) where taps(visit)
+    calls visit(inside, counted, x index)."""
     kh_, kw_ = a.kernel_shape
     (sh, sw), (dh, dw) = a.strides, a.dilations
     pt, pl, pb, pr = a.pads
-    with for_range(b, planes, name="plane") as pi:
-        with for_range(b, oh, name="oy") as oy:
-            with for_range(b, ow, name="ox") as ox:
-                out = b.add(b.mul(b.add(b.mul(pi, i64(oh)), oy), i64(ow)), ox)
+    with for_range(b, planes[1], start=planes[0], name="plane") as pi, for_range(b, oh, name="oy") as oy, \
+            for_range(b, ow, name="ox") as ox:
+        out = b.add(b.mul(b.add(b.mul(pi, i64(oh)), oy), i64(ow)), ox)
 
-                def taps(visit):
-                    with for_range(b, kh_, name="kh") as kh:
-                        iy = b.add(b.sub(b.mul(oy, i64(sh)), i64(pt)), b.mul(kh, i64(dh)))
-                        with for_range(b, kw_, name="kw") as kw:
-                            ix = b.add(b.sub(b.mul(ox, i64(sw)), i64(pl)), b.mul(kw, i64(dw)))
-                            inside = b.and_(in_range(b, iy, 0, h), in_range(b, ix, 0, w))
-                            counted = b.and_(in_range(b, iy, -pt, h + pb), in_range(b, ix, -pl, w + pr))
-                            addr = b.select(inside, b.add(b.mul(b.add(b.mul(pi, i64(h)), iy), i64(w)), ix), i64(0))
-                            visit(inside, counted, addr)
-                body(pi, out, taps)
+        def taps(visit):
+            with for_range(b, kh_, name="kh") as kh:
+                iy = b.add(b.sub(b.mul(oy, i64(sh)), i64(pt)), b.mul(kh, i64(dh)))
+                with for_range(b, kw_, name="kw") as kw:
+                    ix = b.add(b.sub(b.mul(ox, i64(sw)), i64(pl)), b.mul(kw, i64(dw)))
+                    inside = b.and_(in_range(b, iy, 0, h), in_range(b, ix, 0, w))
+                    counted = b.and_(in_range(b, iy, -pt, h + pb), in_range(b, ix, -pl, w + pr))
+                    addr = b.select(inside, b.add(b.mul(b.add(b.mul(pi, i64(h)), iy), i64(w)), ix), i64(0))
+                    visit(inside, counted, addr)
+        body(pi, out, taps)
 
 
 MAX_UNROLLED_TAPS = 64
@@ -53,29 +65,30 @@ def disjoint_windows(a, h: int, w: int, oh: int, ow: int) -> bool:
 def _max_pool_grad_disjoint(em: ModuleEmitter, op: Op, a, planes: int, h: int, w: int, oh: int, ow: int) -> KernelCall:
     """Each window's taps unrolled: pick the first maximum, then store dY there and 0 at the others."""
     (kh, kw), (sh, sw), (dh, dw) = a.kernel_shape, a.strides, a.dilations
-    fn, b = em.function(op.name, 3)
-    x, dy, dx = fn.args
+    fn, b = em.function(op.name, 3, parallel=True)
+    x, dy, dx = fn.args[:3]
+    lo, hi = em.thread_range(b, fn, planes)
     if oh * sh != h or ow * sw != w or (sh, sw) != (dh * (kh - 1) + 1, dw * (kw - 1) + 1):
-        memset_zero(b, dx, planes * h * w * 4)  # some elements are in no window (or between taps)
+        # some elements are in no window (or between taps)
+        memset_zero(b, gep(b, dx, b.mul(lo, i64(h * w))), b.mul(b.sub(hi, lo), i64(h * w * 4)))
     taps = [(i * dh, j * dw) for i in range(kh) for j in range(kw)]
-    with for_range(b, planes, name="plane") as pi:
-        with for_range(b, oh, name="oy") as oy:
-            row = b.mul(b.add(b.mul(pi, i64(h)), b.mul(oy, i64(sh))), i64(w))
-            with for_range(b, ow, name="ox") as ox:
-                base = b.add(row, b.mul(ox, i64(sw)))
-                addrs = [b.add(base, i64(ty * w + tx)) for ty, tx in taps]
-                best, which = None, None
-                for k, addr in enumerate(addrs):
-                    v = load(b, x, addr)
-                    if best is None:
-                        best, which = v, i64(0)
-                        continue
-                    take = b.or_(b.fcmp_ordered(">", v, best),
-                                 b.and_(b.fcmp_unordered("uno", v, v), b.fcmp_ordered("ord", best, best)))
-                    best, which = b.select(take, v, best), b.select(take, i64(k), which)
-                g = load(b, dy, b.add(b.mul(b.add(b.mul(pi, i64(oh)), oy), i64(ow)), ox))
-                for k, addr in enumerate(addrs):
-                    store(b, b.select(b.icmp_unsigned("==", which, i64(k)), g, f32(0.0)), dx, addr)
+    with for_range(b, hi, start=lo, name="plane") as pi, for_range(b, oh, name="oy") as oy:
+        row = b.mul(b.add(b.mul(pi, i64(h)), b.mul(oy, i64(sh))), i64(w))
+        with for_range(b, ow, name="ox") as ox:
+            base = b.add(row, b.mul(ox, i64(sw)))
+            addrs = [b.add(base, i64(ty * w + tx)) for ty, tx in taps]
+            best, which = None, None
+            for k, addr in enumerate(addrs):
+                v = load(b, x, addr)
+                if best is None:
+                    best, which = v, i64(0)
+                    continue
+                take = b.or_(b.fcmp_ordered(">", v, best),
+                             b.and_(b.fcmp_unordered("uno", v, v), b.fcmp_ordered("ord", best, best)))
+                best, which = b.select(take, v, best), b.select(take, i64(k), which)
+            g = load(b, dy, b.add(b.mul(b.add(b.mul(pi, i64(oh)), oy), i64(ow)), ox))
+            for k, addr in enumerate(addrs):
+                store(b, b.select(b.icmp_unsigned("==", which, i64(k)), g, f32(0.0)), dx, addr)
     b.ret_void()
     return KernelCall(fn, list(op.inputs) + [op.outputs[0]])
 
@@ -91,10 +104,11 @@ def emit_pool_grad(em: ModuleEmitter, op: Op) -> KernelCall:
     if is_max and disjoint_windows(a, h, w, oh, ow):
         return _max_pool_grad_disjoint(em, op, a, planes, h, w, oh, ow)
     n_args = 3 if is_max else 2
-    fn, b = em.function(op.name, n_args)
+    fn, b = em.function(op.name, n_args, parallel=True)
     x = fn.args[0] if is_max else None
-    dy, dx = fn.args[-2], fn.args[-1]
-    memset_zero(b, dx, planes * h * w * 4)
+    dy, dx = fn.args[n_args - 2], fn.args[n_args - 1]
+    lo, hi = em.thread_range(b, fn, planes)
+    memset_zero(b, gep(b, dx, b.mul(lo, i64(h * w))), b.mul(b.sub(hi, lo), i64(h * w * 4)))
     best = alloca_entry(b, F32, "best")
     where = alloca_entry(b, I64, "where")
     cnt = alloca_entry(b, F32, "count")
@@ -130,7 +144,7 @@ def emit_pool_grad(em: ModuleEmitter, op: Op) -> KernelCall:
                 with b.if_then(inside):
                     store(b, b.fadd(load(b, dx, addr), share), dx, addr)
             taps(spread)
-    _windows(b, a, h, w, oh, ow, planes, body)
+    _windows(b, a, h, w, oh, ow, (lo, hi), body)
     b.ret_void()
     return KernelCall(fn, list(op.inputs) + [op.outputs[0]])
 

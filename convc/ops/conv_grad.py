@@ -6,8 +6,8 @@ forward conv maps several input sizes to one output size. The bias gradient is a
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

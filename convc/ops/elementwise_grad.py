@@ -13,8 +13,8 @@ and a kept element is scaled by 1 / (1 - ratio) (inverted dropout: nothing to do
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -108,9 +108,12 @@ _PAIR_GRADS = {
     OpKind.SOFTMAX_GRAD: (SoftmaxAttrs, _softmax_grad),
 }
 
+def _dtype_preserving(fn):
+    return lambda a, s, dy: [np.asarray(fn(a, s, dy)).astype(dy.dtype)]
+
+
 for _kind, (_attrs, _fn) in _PAIR_GRADS.items():
-    register(OpDef(_kind, _attrs, _pair_infer(_kind),
-                   (lambda fn: lambda a, s, dy: [np.asarray(fn(a, s, dy)).astype(dy.dtype)])(_fn), n_inputs=(2, 2)))
+    register(OpDef(_kind, _attrs, _pair_infer(_kind), _dtype_preserving(_fn), n_inputs=(2, 2)))
 
 
 # --- dropout ------------------------------------------------------------------------------------

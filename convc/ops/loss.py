@@ -12,7 +12,7 @@ sure such a label reads nothing out of bounds.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

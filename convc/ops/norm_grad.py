@@ -8,8 +8,8 @@ variance; the update is skipped when the step's ``ok`` flag is 0 (a non-finite l
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -23,6 +23,11 @@ class RunningUpdateAttrs:
     momentum: float  # weight of the old running value (ONNX convention)
     epsilon: float   # the forward's epsilon, to recover the variance from invstd
     count: int       # elements per channel in the batch (for the unbiased variance)
+    unbiased: bool = True  # PyTorch's running variance; False: the batch variance (ONNX training_mode=1)
+
+    @property
+    def variance_factor(self) -> float:
+        return self.count / max(self.count - 1, 1) if self.unbiased else 1.0
 
 
 def _channels(kind: OpKind, x: TensorType, others: Sequence[TensorType], names: Sequence[str]) -> int:
@@ -99,7 +104,7 @@ def running_reference(a: RunningUpdateAttrs, running_mean, running_var, mean, in
     if not ok[0]:
         return [running_mean.copy(), running_var.copy()]
     var = 1.0 / np.square(invstd.astype(np.float64)) - a.epsilon
-    unbiased = var * a.count / max(a.count - 1, 1)
+    unbiased = var * a.variance_factor
     new_mean = a.momentum * running_mean + (1 - a.momentum) * mean.astype(np.float64)
     new_var = a.momentum * running_var + (1 - a.momentum) * unbiased
     return [new_mean.astype(running_mean.dtype), new_var.astype(running_var.dtype)]

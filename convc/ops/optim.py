@@ -23,8 +23,8 @@ RMSprop are selected by attributes:
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

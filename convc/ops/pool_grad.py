@@ -7,8 +7,8 @@ overlapping windows add up. AveragePool spreads it evenly over the taps its forw
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -64,7 +64,7 @@ def _crop(dxp: np.ndarray, widths, x_shape) -> np.ndarray:
 
 def max_pool_grad_reference(a: PoolGradAttrs, x: np.ndarray, dy: np.ndarray) -> list[np.ndarray]:
     p = a.pool
-    out, widths, slices = _geometry(p, x.shape)
+    _, widths, slices = _geometry(p, x.shape)
     xp = np.pad(x.astype(np.float64), [(0, 0), (0, 0)] + widths, constant_values=-np.inf)
     inside = np.pad(np.ones(x.shape[2:], dtype=bool), widths, constant_values=False)
     best = np.full(dy.shape, -np.inf)
@@ -82,7 +82,7 @@ def max_pool_grad_reference(a: PoolGradAttrs, x: np.ndarray, dy: np.ndarray) -> 
 
 def average_pool_grad_reference(a: PoolGradAttrs, dy: np.ndarray) -> list[np.ndarray]:
     p, r = a.pool, a.pool.spatial_rank
-    out, widths, slices = _geometry(p, a.shape)
+    _, widths, slices = _geometry(p, a.shape)
     inside = np.pad(np.ones(a.shape[2:], dtype=bool), widths, constant_values=False)
     # the padded taps count for count_include_pad, the ceil_mode overhang beyond them never does
     in_pads = np.zeros(inside.shape, dtype=bool)

@@ -9,7 +9,8 @@ guarantees happens before the tensor's producer is visited.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from convc.errors import GraphError
 from convc.ir import Graph, Op

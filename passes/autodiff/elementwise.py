@@ -6,11 +6,11 @@ through its input. A broadcast operand's gradient is summed over the axes it was
 from __future__ import annotations
 
 import numpy as np
+from convc.passes.autodiff.core import GradContext, gradient
 
 from convc.ir import Op
 from convc.ops import NoAttrs, OpKind
 from convc.ops.elementwise_grad import ReduceSumAttrs
-from convc.passes.autodiff.core import GradContext, gradient
 
 BY_OUTPUT = {OpKind.RELU: OpKind.RELU_GRAD, OpKind.SIGMOID: OpKind.SIGMOID_GRAD, OpKind.TANH: OpKind.TANH_GRAD}
 

@@ -7,14 +7,15 @@ summed over the axes C was broadcast along.
 from __future__ import annotations
 
 import numpy as np
+from convc.passes.autodiff.core import GradContext, gradient
+from convc.passes.autodiff.elementwise import reduce_to, scale
 
 from convc.errors import GraphError
 from convc.ir import Op
 from convc.ops import OpKind
 from convc.ops.gemm import GemmAttrs
 from convc.ops.shape import ReshapeAttrs
-from convc.passes.autodiff.core import GradContext, gradient
-from convc.passes.autodiff.elementwise import reduce_to, scale
+
 
 def _gemm(ctx: GradContext, a: str, b: str, trans_a: bool, trans_b: bool, alpha: float) -> str:
     return ctx.emit1(OpKind.GEMM, GemmAttrs(alpha=alpha, beta=0.0, trans_a=trans_a, trans_b=trans_b), [a, b])

@@ -1,9 +1,10 @@
 """BatchNormalization in training mode: one op gives dX, dscale and dB from the saved batch statistics."""
 from __future__ import annotations
 
+from convc.passes.autodiff.core import GradContext, gradient
+
 from convc.ir import Op
 from convc.ops import OpKind
-from convc.passes.autodiff.core import GradContext, gradient
 
 
 @gradient(OpKind.BATCH_NORM_TRAIN)

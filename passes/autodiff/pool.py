@@ -1,10 +1,11 @@
 """Pooling: MaxPool routes dY to each window's first maximum, AveragePool spreads it evenly."""
 from __future__ import annotations
 
+from convc.passes.autodiff.core import GradContext, gradient
+
 from convc.ir import Op
 from convc.ops import OpKind
 from convc.ops.pool_grad import PoolGradAttrs
-from convc.passes.autodiff.core import GradContext, gradient
 
 GRAD_OF = {
     OpKind.MAX_POOL: OpKind.MAX_POOL_GRAD,

@@ -1,9 +1,10 @@
 """Softmax: dX = Y (dY - sum(dY Y)) along the axis (the loss fuses it away for cross-entropy)."""
 from __future__ import annotations
 
+from convc.passes.autodiff.core import GradContext, gradient
+
 from convc.ir import Op
 from convc.ops import OpKind
-from convc.passes.autodiff.core import GradContext, gradient
 
 
 @gradient(OpKind.SOFTMAX)

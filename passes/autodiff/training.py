@@ -27,17 +27,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from convc.errors import GraphError
-from convc.ir import Graph, Op, TensorKind
-from convc.ops import NoAttrs, OpKind
-from convc.ops.elementwise_grad import DropoutTrainAttrs
-from convc.ops.epilogue import NO_EPILOGUE
-from convc.ops.norm_grad import RunningUpdateAttrs
 from convc.passes.autodiff.core import backward
 from convc.passes.dce import eliminate_dead_code
 from convc.passes.memory import MemoryPlan, plan_memory
 from convc.passes.pipeline import Plan
+
+from convc.errors import GraphError
+from convc.ir import Graph, Op, TensorKind
+from convc.ops import NoAttrs, OpGroup, OpKind
+from convc.ops.elementwise_grad import DropoutTrainAttrs
+from convc.ops.epilogue import NO_EPILOGUE
+from convc.ops.norm_grad import RunningUpdateAttrs
 
 LOSSES = {
     "cross_entropy": (OpKind.SOFTMAX_CROSS_ENTROPY, OpKind.SOFTMAX_CROSS_ENTROPY_GRAD),
@@ -55,6 +55,7 @@ LATE = (OpKind.ALL_FINITE, OpKind.SGD_UPDATE, OpKind.MOMENTUM_UPDATE, OpKind.ADA
 WEIGHT, BIAS, NORM, RUNNING = "weight", "bias", "norm", "running"
 ROLES: dict[tuple[OpKind, int], str] = {
     (OpKind.CONV, 1): WEIGHT, (OpKind.CONV, 2): BIAS,
+    (OpKind.CONV_TRANSPOSE, 1): WEIGHT, (OpKind.CONV_TRANSPOSE, 2): BIAS,
     (OpKind.GEMM, 0): WEIGHT, (OpKind.GEMM, 1): WEIGHT, (OpKind.GEMM, 2): BIAS,
     (OpKind.MATMUL, 0): WEIGHT, (OpKind.MATMUL, 1): WEIGHT,
     (OpKind.BATCH_NORM, 1): NORM, (OpKind.BATCH_NORM, 2): NORM,
@@ -169,7 +170,7 @@ def training_forward(forward: Graph, roles: dict[str, str], seed: int, x_name: s
             tg.add_op(OpKind.DROPOUT_TRAIN, DropoutTrainAttrs(op.attrs.ratio, seed, n_dropout), [op.inputs[0], step.name],
                       list(op.outputs), name=op.name)
             n_dropout += 1
-        elif op.kind in (OpKind.CONV, OpKind.GEMM) and not op.attrs.epilogue.empty:
+        elif op.kind in OpGroup.EPILOGUE and not op.attrs.epilogue.empty:
             _unfused(tg, op, op.outputs)
         else:
             tg.add_op(op.kind, op.attrs, op.inputs, list(op.outputs), name=op.name)
@@ -234,6 +235,7 @@ def build_training(forward: Graph, *, loss: str, optimizer: Any = None, seed: in
     tg.inputs = [x_name, labels, lr, "step"] + params + running + [s for p in params for s in step.state.get(p, [])]
     for name in tg.inputs[3:]:
         step.initial[name] = tg.tensor(name).data
+    detach_state(tg)
     late = {k: i for i, k in enumerate(LATE)}
     order = [op for op in tg.ops() if op.kind not in late]
     order += sorted((op for op in tg.ops() if op.kind in late), key=lambda op: late[op.kind])
@@ -274,6 +276,14 @@ def update_targets(op: Op) -> dict[str, str]:
     if op.kind in (OpKind.BATCH_NORM_RUNNING_UPDATE, OpKind.STEP_INCREMENT):
         return dict(zip(op.outputs, op.inputs))
     return {}
+
+
+def detach_state(g: Graph) -> None:
+    """Drop the initial values the parameters and state carry: the code must read them at run time.
+    (Kernels treat a tensor with data as a compile-time constant and may pack it into the code.)"""
+    for t in g.tensors():
+        if t.kind in (TensorKind.PARAMETER, TensorKind.STATE):
+            t.data = None
 
 
 def _plan_in_place(g: Graph, order: list[Op]) -> MemoryPlan:

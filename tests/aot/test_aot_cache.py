@@ -153,23 +153,31 @@ def test_two_processes_compile_the_same_model_at_once(cache, lenet_file, tmp_pat
 WARM = """
 import sys, time
 import convc
+stages = []
 t = time.perf_counter()
-m = convc.compile(sys.argv[1])
-print(f"{time.perf_counter() - t:.4f}")
+m = convc.compile(sys.argv[1], progress=stages.append)
+print(f"{time.perf_counter() - t:.4f}", any(s.startswith("compile cache hit") for s in stages))
 """
 
 
 @pytest.mark.slow
 def test_resnet50_warm_compile_time_is_reported(cache, capsys):
-    """Cold and warm compile of light_resnet50 in fresh processes (the figure is reported, not asserted)."""
+    """Cold and warm compiles of light_resnet50, each in a fresh process (reported, not asserted).
+
+    convc's own sources are part of the key: if someone edits them meanwhile, a "warm" run misses
+    and compiles again; such runs are retried (and reported as cold)."""
     if not LIGHT.exists():
         pytest.skip("onnx's light_resnet50 is not installed")
-    times = []
-    for _ in range(3):
+    cold, warm = [], []
+    for _ in range(6):
         done = subprocess.run([sys.executable, "-c", WARM, str(LIGHT)], capture_output=True, text=True, timeout=900,
                               env=env(CONVC_CACHE_DIR=str(cache), CONVC_NO_CACHE=""))
         assert done.returncode == 0, done.stderr
-        times.append(float(done.stdout.strip().splitlines()[-1]))
-    size = sum(p.stat().st_size for p in entries(cache))
-    report(capsys, f"light_resnet50: cold {times[0]:.2f} s, warm {times[1]:.3f} s and {times[2]:.3f} s "
+        seconds, hit = done.stdout.strip().splitlines()[-1].split()
+        (warm if hit == "True" else cold).append(float(seconds))
+        if len(warm) >= 2:
+            break
+    size = max(p.stat().st_size for p in entries(cache))
+    report(capsys, f"light_resnet50: cold {', '.join(f'{t:.2f}' for t in cold)} s; warm "
+                   f"{', '.join(f'{t:.3f}' for t in warm) or '(none: the sources kept changing)'} s "
                    f"(cache entry {size / 1e6:.1f} MB)")

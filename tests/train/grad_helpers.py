@@ -11,14 +11,15 @@ backward ops with ``passes.autodiff.backward``. Then:
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-
 from convc.codegen.training import compile_graph
+from convc.passes.autodiff import backward
+
 from convc.ir import Graph, TensorKind
 from convc.ops import OpKind, op_def
-from convc.passes.autodiff import backward
 from convc.reference import run_reference
 
 FD_EPS = 1e-6

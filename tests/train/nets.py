@@ -114,3 +114,14 @@ def pool_net(seed: int = 0) -> onnx.ModelProto:
     x = n.gemm(n.node("Flatten", [x], axis=1), "fc", 4, 3)
     x = n.node("Softmax", [x], axis=1)
     return n.model(["N", 1, 5, 5], x, ["N", 3], "pool_net")
+
+
+def autoencoder(seed: int = 0) -> onnx.ModelProto:
+    """conv 3x3/2 down, ReLU, ConvTranspose 4x4/2 up, Sigmoid: a denoising-autoencoder shape (bce/mse)."""
+    n = Net(seed)
+    x = n.node("Relu", [n.conv("input", "enc", 1, 4, k=3, pad=1, stride=2)])
+    w = n.weight("dec.weight", (4, 1, 4, 4), 4 * 16)
+    x = n.node("ConvTranspose", [x, w, n.uniform("dec.bias", 1)], kernel_shape=[4, 4], strides=[2, 2],
+               pads=[1, 1, 1, 1])
+    x = n.node("Sigmoid", [x])
+    return n.model(["N", 1, 8, 8], x, ["N", 1, 8, 8], "autoencoder")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from convc.frontend.onnx import import_onnx
+from convc.passes.autodiff.training import build_training
 
 import convc
-from convc.frontend.onnx import import_onnx
 from convc.ops import OpKind
-from convc.passes.autodiff.training import build_training
 from train import nets
 
 
@@ -19,7 +19,8 @@ from train import nets
     (nets.mlp(), (5, 3, 2, 2), "bce"),
     (nets.mlp(activation="Relu"), (5, 3, 2, 2), "mse"),
     (nets.pool_net(), (3, 1, 5, 5), "cross_entropy"),
-], ids=["digits-dropout", "digits-softmax", "residual", "mlp-bce", "mlp-mse", "pools"])
+    (nets.autoencoder(), (2, 1, 8, 8), "bce"),
+], ids=["digits-dropout", "digits-softmax", "residual", "mlp-bce", "mlp-mse", "pools", "autoencoder"])
 def test_gradcheck(rng, model, shape, loss):
     x = rng.standard_normal(shape).astype(np.float32)
     result = convc.gradcheck(model, x, loss=loss, samples=6, step=3)
@@ -37,6 +38,15 @@ def test_gradcheck_reports_a_wrong_gradient(rng, monkeypatch):
     assert not result.ok
     assert result.worst.startswith(("conv", "bn"))
     assert "FAILED" in str(result) and result.worst in str(result)
+
+
+def test_autoencoder_trains():
+    """ConvTranspose end to end: an autoencoder learns to reproduce its inputs (bce on pixels)."""
+    rng = np.random.default_rng(0)
+    x = (rng.uniform(0, 1, (16, 1, 8, 8)) > 0.5).astype(np.float32)
+    t = convc.Trainer(nets.autoencoder(), input_shape=x.shape, loss="bce", optimizer=convc.optim.Adam(0.02))
+    losses = [t.step(x, x) for _ in range(60)]
+    assert losses[-1] < 0.8 * losses[0]
 
 
 def test_training_graph_structure():

@@ -44,3 +44,31 @@ def test_conv1d(rng, kernel, stride, pads, dilation):
 
 def test_conv_without_bias(rng):
     conv_case(rng, (2, 2, 5, 5), 3, (3, 3), pads=(1, 1, 1, 1), bias=False)
+
+
+def conv_transpose_case(rng, x_shape, m, kernel, strides=None, pads=None, dilations=None, group=1,
+                        output_padding=(), bias=True):
+    from convc.ops.conv_transpose import ConvTransposeAttrs
+    r = len(kernel)
+    attrs = ConvTransposeAttrs(kernel, strides or (1,) * r, pads or (0,) * (2 * r), dilations or (1,) * r, group,
+                               output_padding)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal((x_shape[1], m // group) + kernel).astype(np.float32)
+    inputs = [x, w] + ([rng.standard_normal(m).astype(np.float32)] if bias else [])
+    check_gradient(OpKind.CONV_TRANSPOSE, attrs, inputs, wrt=range(len(inputs)), rng=rng)
+
+
+@pytest.mark.parametrize("kernel,strides,pads,dilations,output_padding", [
+    ((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), ()),
+    ((4, 4), (2, 2), (1, 1, 1, 1), (1, 1), ()),          # the usual 2x upsampling
+    ((3, 3), (2, 2), (1, 0, 1, 0), (1, 1), (1, 1)),      # output_padding, asymmetric pads
+    ((3, 2), (2, 3), (0, 0, 0, 0), (2, 1), ()),          # dilation, uneven strides
+    ((3, 3), (2, 2), (-1, 0, 0, -1), (1, 1), ()),        # negative pads: outputs no tap reaches
+])
+def test_conv_transpose2d(rng, kernel, strides, pads, dilations, output_padding):
+    conv_transpose_case(rng, (2, 3, 4, 5), 4, kernel, strides, pads, dilations, output_padding=output_padding)
+
+
+def test_conv_transpose_groups_and_1d(rng):
+    conv_transpose_case(rng, (2, 4, 4, 4), 6, (3, 3), (2, 2), (1, 1, 1, 1), group=2)
+    conv_transpose_case(rng, (2, 3, 7), 2, (4,), (2,), (1, 1))

@@ -89,9 +89,10 @@ def test_max_pool_ties_go_to_the_first_maximum():
     (dx,) = op_def(OpKind.MAX_POOL_GRAD).reference(
         PoolGradAttrs(PoolAttrs((2, 2), (2, 2), (0, 0, 0, 0), (1, 1)), x.shape), x, np.ones((1, 1, 1, 1), np.float32))
     assert dx.tolist() == [[[[0.0, 1.0], [0.0, 0.0]]]]
-    from train.grad_helpers import grad_graph
     from convc.codegen.training import compile_graph
-    g, names = grad_graph(OpKind.MAX_POOL, PoolAttrs((2, 2), (2, 2), (0, 0, 0, 0), (1, 1)), [x], [0])
+
+    from train.grad_helpers import grad_graph
+    g, _ = grad_graph(OpKind.MAX_POOL, PoolAttrs((2, 2), (2, 2), (0, 0, 0, 0), (1, 1)), [x], [0])
     got = compile_graph(g).run({"x0": x, "dy": np.ones((1, 1, 1, 1), np.float32)})[g.outputs[0]]
     np.testing.assert_array_equal(got, dx)
 
@@ -139,6 +140,7 @@ def test_dropout_mask_is_reproducible_and_has_the_right_rate():
 def test_dropout_kernel_matches_reference_mask(rng):
     """The generated code draws the very mask the numpy reference draws."""
     from convc.codegen.training import compile_graph
+
     from convc.ir import Graph, TensorKind
     g = Graph("dropout")
     g.add_tensor("x", (1000,), np.float32, TensorKind.INPUT)
@@ -203,7 +205,8 @@ def test_split(rng):
     check_gradient(OpKind.SPLIT, SplitAttrs(1, (1, 3)), [f32(rng, 2, 4, 3)], rng=rng)  # only part 0 is used
 
 
+@pytest.mark.parametrize("mode", ["constant", "reflect", "edge", "wrap"])
 @pytest.mark.parametrize("pads", [(0, 1, 1, 0, 2, 1), (1, -1, 0, 0, 2, -1)])  # the second one also crops
-def test_pad_constant(rng, pads):
+def test_pad(rng, pads, mode):
     from convc.ops.shape import PadAttrs
-    check_gradient(OpKind.PAD, PadAttrs(pads, "constant", 0.5), [f32(rng, 2, 4, 5)], rng=rng)
+    check_gradient(OpKind.PAD, PadAttrs(pads, mode, 0.5), [f32(rng, 2, 4, 5)], rng=rng)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from convc.codegen.training import compile_graph
+
 from convc.ir import Graph, TensorKind
 from convc.ops import NoAttrs, OpKind, op_def
 from train.grad_helpers import rel_error

@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from convc.codegen.training import compile_graph
 
 import convc
-from convc.codegen.training import compile_graph
 from convc.ir import Graph, TensorKind
 from convc.ops import OpKind, op_def
 from convc.ops.optim import AdagradAttrs, AdamAttrs, MomentumAttrs, RmsPropAttrs, SgdAttrs
@@ -175,16 +175,16 @@ def test_not_ok_leaves_state_alone(rng, kind, attrs):
 
 # --- PyTorch's optimizers on the same gradients --------------------------------------------------------------------
 TORCH = [
-    ("SGD", dict(lr=0.1), dict()),
-    ("SGD", dict(lr=0.1, momentum=0.9), dict()),
-    ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.3), dict()),
-    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01), dict()),
-    ("Adagrad", dict(lr=0.1, lr_decay=0.05, initial_accumulator_value=0.1), dict()),
-    ("RMSprop", dict(lr=0.01, alpha=0.9), dict()),
-    ("RMSprop", dict(lr=0.01, alpha=0.9, momentum=0.5, centered=True, weight_decay=0.01), dict()),
-    ("Adam", dict(lr=0.01), dict()),
-    ("Adam", dict(lr=0.01, betas=(0.8, 0.95), weight_decay=0.1), dict()),
-    ("AdamW", dict(lr=0.01, weight_decay=0.1), dict()),
+    ("SGD", {"lr": 0.1}, {}),
+    ("SGD", {"lr": 0.1, "momentum": 0.9}, {}),
+    ("SGD", {"lr": 0.1, "momentum": 0.9, "dampening": 0.3}, {}),
+    ("SGD", {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}, {}),
+    ("Adagrad", {"lr": 0.1, "lr_decay": 0.05, "initial_accumulator_value": 0.1}, {}),
+    ("RMSprop", {"lr": 0.01, "alpha": 0.9}, {}),
+    ("RMSprop", {"lr": 0.01, "alpha": 0.9, "momentum": 0.5, "centered": True, "weight_decay": 0.01}, {}),
+    ("Adam", {"lr": 0.01}, {}),
+    ("Adam", {"lr": 0.01, "betas": (0.8, 0.95), "weight_decay": 0.1}, {}),
+    ("AdamW", {"lr": 0.01, "weight_decay": 0.1}, {}),
 ]
 
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-import convc
 from convc.frontend.onnx import import_onnx
 from convc.passes.autodiff.training import build_training
+
+import convc
 from convc.train import _NativeStep
 from train import nets
 
@@ -104,6 +104,7 @@ def test_max_pool_ties_like_pytorch():
 def test_op_gradients_match_pytorch(rng, name):
     """Each op's compiled gradient (via a one-op graph and convc's backward) against torch.autograd."""
     from convc.codegen.training import compile_graph
+
     from convc.ops import NoAttrs, OpKind
     from convc.ops.conv import ConvAttrs
     from convc.ops.elementwise import LeakyReluAttrs

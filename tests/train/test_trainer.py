@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from convc.frontend.onnx import import_onnx
 
 import convc
-from convc.frontend.onnx import import_onnx
 from convc.reference import run_reference
 from train import nets
 
@@ -58,6 +58,7 @@ def test_sgd_step_is_w_minus_lr_grad(data):
     g = convc.gradcheck(nets.digits_cnn(c1=4, c2=8, dropout=0.0), x[:8], y[:8], samples=0)
     assert g.ok  # no elements checked; the compiled gradients come from the same plan
     from convc.passes.autodiff.training import build_training
+
     from convc.train import _NativeStep
     plan = build_training(t.forward, loss="cross_entropy")
     state = {n: np.array(v, copy=True) for n, v in plan.initial.items()}
@@ -231,8 +232,26 @@ def test_graph_and_dsl_models(data):
     try:
         net = Net()
         net.to_graph(SHAPE)
-    except Exception as e:  # the DSL is young: say why instead of failing here
+    except Exception as e:  # noqa: BLE001  (the DSL is young: say why instead of failing here)
         pytest.skip(f"convc.nn cannot trace this model yet: {e}")
     t = convc.Trainer(net, input_shape=SHAPE, optimizer=convc.optim.Adam(1e-2))
     losses = [t.step(x[:8], y[:8]) for _ in range(10)]
     assert losses[-1] < losses[0]
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    """Threads split images, channels and the rows of dW: every value is computed by one thread in
+    the same order, so one and two threads agree bit for bit."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((32, 1, 16, 16)).astype(np.float32)
+    y = rng.integers(0, 10, 32)
+    runs = []
+    for threads in (1, 2):
+        t = convc.Trainer(nets.digits_cnn(hw=16, c1=16, c2=32), input_shape=x.shape,
+                          optimizer=convc.optim.Adam(1e-2), threads=threads)
+        losses = [t.step(x, y) for _ in range(3)]
+        runs.append((losses, t.state_dict(), t.predict(x[:5])))
+    assert runs[0][0] == runs[1][0]
+    for name, v in runs[0][1].items():
+        np.testing.assert_array_equal(v, runs[1][1][name], err_msg=name)
+    np.testing.assert_array_equal(runs[0][2], runs[1][2])
