@@ -149,6 +149,9 @@ class ModuleEmitter:
         self._names.add(unique)
         fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR] * n_args + [I64, I64] * parallel), name=unique)
         fn.linkage = "internal"
+        # each kernel is called once: inlining them all into the entry point makes one huge
+        # function on which LLVM's optimizer is superlinear (minutes for a 400-layer model)
+        fn.attributes.add("noinline")
         for a in fn.args[:n_args]:
             a.add_attribute("noalias")
         b = ir.IRBuilder(fn.append_basic_block("entry"))

@@ -128,20 +128,24 @@ class GemmEmitter:
     # --- the micro-kernel -----------------------------------------------------------------
     def micro_kernel(self, mr: int, n_valid: int, k: int, a: Operand, bop: Operand, ldc: int, init: str,
                      epi: Epilogue) -> ir.Function:
-        """void mk(A, B, C, bias, residual): C[0:mr, 0:n_valid] = init + A @ B, then the epilogue.
+        """void mk(A, B, C, bias, residual, K, lda, ldb, ldc): C[0:mr, 0:n_valid] = init + A @ B,
+        then the epilogue.
 
         ``init`` says what C starts from: "zero", "bias_row" (bias[i] per row), "bias_col" (bias[j]
-        per column) or "load" (C already holds beta*C)."""
-        key = (mr, n_valid, k, a, bop, ldc, init, epi)
+        per column) or "load" (C already holds beta*C). K and the leading dimensions are run-time
+        arguments so that one micro-kernel serves every layer with the same tile shape: a model
+        then has a few dozen of them, not one per layer (LLVM's time grows with their number)."""
+        key = (mr, n_valid, a.packed, bop.packed, init, epi)
         if key in self._kernels:
             return self._kernels[key]
         w, isa = self.isa.width, self.isa
         nv = -(-n_valid // w)
-        fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR] * 5), name=f"mk{len(self._kernels)}_{mr}x{n_valid}")
+        fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR] * 5 + [I64] * 4),
+                         name=f"mk{len(self._kernels)}_{mr}x{n_valid}")
         fn.linkage = "internal"
         for arg in fn.args[:3]:
             arg.add_attribute("noalias")
-        pa, pb, pc, bias, residual = fn.args
+        pa, pb, pc, bias, residual, k, lda, ldb, ldc = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         zero = ir.Constant(self.vec, None)
         pre = b.block
@@ -156,14 +160,14 @@ class GemmEmitter:
         for row in accs:
             for acc in row:
                 acc.add_incoming(zero, pre)
-        b.cbranch(b.icmp_signed("<", kk, i64(k)), body, done)
+        b.cbranch(b.icmp_signed("<", kk, k), body, done)
         b.position_at_end(body)
-        b_row = gep(b, pb, b.mul(kk, i64(isa.nr if bop.packed else bop.ld)))
+        b_row = gep(b, pb, b.mul(kk, i64(isa.nr) if bop.packed else ldb))
         bvecs = [self.vload(b, gep(b, b_row, v * w), w if bop.packed else n_valid - v * w) for v in range(nv)]
         a_k = gep(b, pa, b.mul(kk, i64(isa.mr)) if a.packed else kk)
         new = []
         for i in range(mr):
-            ai = b.load(gep(b, a_k, i if a.packed else i * a.ld), typ=F32)
+            ai = b.load(gep(b, a_k, i if a.packed else b.mul(lda, i64(i))), typ=F32)
             s = self.splat(b, ai)
             new.append([self.fma(b, s, bvecs[v], accs[i][v]) for v in range(nv)])
         kk.add_incoming(b.add(kk, i64(1)), body)
@@ -176,7 +180,8 @@ class GemmEmitter:
         for i in range(mr):
             for v in range(nv):
                 valid = min(w, n_valid - v * w)
-                cptr = gep(b, pc, i * ldc + v * w)
+                c_at = b.add(b.mul(ldc, i64(i)), i64(v * w))
+                cptr = gep(b, pc, c_at)
                 val = accs[i][v]
                 if init == "bias_row":
                     val = b.fadd(val, self.splat(b, b.load(gep(b, bias, i), typ=F32)))
@@ -185,7 +190,7 @@ class GemmEmitter:
                 elif init == "load":
                     val = b.fadd(val, self.vload(b, cptr, valid))
                 if epi.residual:
-                    val = b.fadd(val, self.vload(b, gep(b, residual, i * ldc + v * w), valid))
+                    val = b.fadd(val, self.vload(b, gep(b, residual, c_at), valid))
                 if epi.activation is not None:
                     val = UNARY[epi.activation](b, val, epi.activation_attrs)
                 self.vstore(b, val, cptr, valid)
@@ -205,11 +210,12 @@ class GemmEmitter:
 
         def tile(row0: ir.Value, mr: int) -> None:
             mk = self.micro_kernel(mr, n_valid, k, a, bop, ldc, init, epi)
+            dims = [i64(k), i64(a.ld), i64(bop.ld), i64(ldc)]
             a_at = gep(b, pa, b.mul(row0, i64(k))) if a.packed else gep(b, pa, b.mul(row0, i64(a.ld)))
             c_off = b.mul(row0, i64(ldc))
             bias_at = gep(b, bias, row0) if init == "bias_row" else bias if init == "bias_col" else null
             res_at = gep(b, residual, c_off) if epi.residual else null
-            b.call(mk, [a_at, pb, gep(b, pc, c_off), bias_at, res_at])
+            b.call(mk, [a_at, pb, gep(b, pc, c_off), bias_at, res_at] + dims)
 
         if full_m:
             with for_range(b, full_m, name="ir") as ir_:

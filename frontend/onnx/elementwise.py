@@ -186,7 +186,8 @@ def dropout_ratio_input(ctx: NodeContext) -> None:
 def _dropout(ctx: NodeContext, ratio: float) -> None:
     if not 0.0 <= ratio < 1.0:
         raise ctx.error(f"ratio={ratio} must be in [0, 1)")
-    if ctx.output_used(1):
-        raise Unsupported("the optional output 'mask' is used; convc imports Dropout for inference only")
     ctx.require_float(0)
+    if ctx.output_used(1):  # at inference nothing is dropped: the mask is all true, a constant
+        mask_dtype = np.bool_ if ctx.opset >= 10 else ctx.input_type(0).dtype
+        ctx.set_output(1, np.ones(ctx.input_shape(0), dtype=mask_dtype))
     ctx.add_op(OpKind.DROPOUT, DropoutAttrs(ratio=ratio), ctx.inputs[:1])

@@ -255,6 +255,26 @@ _binary("Div", _div)
 _binary("Equal", np.equal, keep_dtype=False)
 
 
+def _variadic(op_type: str, fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> None:
+    def fold(ctx: NodeContext) -> list[np.ndarray]:
+        values = _values(ctx)
+        try:
+            np.broadcast_shapes(*[v.shape for v in values])
+        except ValueError:
+            raise ctx.error(f"cannot broadcast shapes {[v.shape for v in values]}") from None
+        out = values[0]
+        for v in values[1:]:
+            out = fn(out, v)
+        return [np.asarray(out).astype(values[0].dtype)]
+    fold.__name__ = op_type.lower()
+    folder(op_type)(fold)
+
+
+_variadic("Max", np.maximum)  # shape arithmetic: CenterCropPad's expansion takes Max of two shapes
+_variadic("Min", np.minimum)
+_variadic("Sum", np.add)
+
+
 @folder("Where", since=9)
 def where(ctx: NodeContext) -> list[np.ndarray]:
     cond, x, y = _values(ctx)

@@ -55,6 +55,11 @@ def skip_unless_relevant(name: str, graph: onnx.GraphProto) -> None:
         pytest.skip(f"excluded: {EXCLUDED[name]}")
 
 
+def as_array(value) -> np.ndarray:
+    """A test data value as numpy (the case generators keep exotic dtypes as TensorProto)."""
+    return numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else np.asarray(value)
+
+
 def assert_outputs(got, expected, rtol: float, atol: float) -> None:
     assert len(got) == len(expected), f"{len(got)} outputs, expected {len(expected)}"
     for i, (g, e) in enumerate(zip(got, expected)):
@@ -81,9 +86,9 @@ def _node_names() -> list[str]:
 def test_node(name):
     case = node_cases()[name]
     skip_unless_relevant(name, case.model.graph)
-    rep = convc.backend.prepare(case.model)
+    rep = convc.backend.prepare(case.model, threads=1)  # tiny graphs: no worker threads
     for inputs, outputs in case.data_sets:
-        assert_outputs(rep.run(inputs), outputs, case.rtol, case.atol)
+        assert_outputs(rep.run([as_array(x) for x in inputs]), [as_array(y) for y in outputs], case.rtol, case.atol)
 
 
 # --- model cases (pytorch-converted, pytorch-operator) ------------------------------------------
@@ -99,7 +104,7 @@ def _tensors(files: list[Path]) -> list[np.ndarray]:
 def test_model(case_dir):
     model = onnx.load(str(case_dir / "model.onnx"))
     skip_unless_relevant(case_dir.name, model.graph)
-    rep = convc.backend.prepare(model)
+    rep = convc.backend.prepare(model, threads=1)
     for data in sorted(case_dir.glob("test_data_set*")):
         inputs = _tensors(sorted(data.glob("input_*.pb"), key=lambda p: int(p.stem.split("_")[1])))
         outputs = _tensors(sorted(data.glob("output_*.pb"), key=lambda p: int(p.stem.split("_")[1])))
