@@ -85,7 +85,7 @@ class JitEngine:
 
 
 def machine_code(ir_text: str, target: Target | None = None, *, pic: bool = False, link: str | None = None,
-                 modules: tuple[str, ...] = (), speed: int = 3, progress=None) -> bytes:
+                 modules: tuple[str, ...] = (), speed: int = 2, progress=None) -> bytes:
     """Optimize ``ir_text`` for ``target`` and return a relocatable object file.
 
     The JIT (``pic=False``: the TargetMachine options MCJIT uses) and the AOT build (``pic=True``,
