@@ -278,6 +278,7 @@ class Command:
 
 from convc import report as _profile  # the profile subcommand lives with its report
 from convc import aot_cli as _aot  # compile (shared library + C header) and cache
+from convc import check as _check  # check: what cannot compile, and where the numbers first differ
 
 COMMANDS: list[Command] = [
     Command("run", "compile an ONNX model to native code and run it",
@@ -307,6 +308,9 @@ COMMANDS: list[Command] = [
              "convc compile model.onnx -o model.so --target x86-64-v3", "convc compile model.onnx -o model.o")),
     Command("cache", "show or clear the JIT compile cache", _aot.CACHE_DESCRIPTION, _aot.add_cache_args,
             _aot.run_cache, ("convc cache", "convc cache --clear")),
+    Command("check", "list the nodes convc cannot compile, or the first layer whose numbers differ from onnxruntime",
+            _check.DESCRIPTION, _check.add_arguments, _check.run,
+            ("convc check model.onnx", "convc check model.onnx --batch 4 --seed 1 --tolerance 1e-3")),
 ]
 
 

@@ -165,10 +165,16 @@ class Trainer:
         self._compile_step(self.input_shape[0], self.plan)
 
     # --- compiled variants ---------------------------------------------------------------------------
+    def _forward_at(self, batch: int) -> Graph:
+        if isinstance(self.model, Graph) and batch != self.input_shape[0]:
+            raise InputError(f"a batch of {batch}: this Trainer was built from a Graph of batch {self.input_shape[0]}, "
+                             "which fixes it; give an ONNX model or a convc.nn module to train other batch sizes")
+        return load_forward(self.model, (batch,) + self.input_shape[1:])
+
     def _compile_step(self, batch: int, plan: TrainingStep | None = None) -> tuple[TrainingStep, _NativeStep]:
         if batch not in self._steps:
             if plan is None:
-                fwd = load_forward(self.model, (batch,) + self.input_shape[1:])
+                fwd = self._forward_at(batch)
                 plan = build_training(fwd, **self._options)
             native = _NativeStep(plan.plan, plan.inputs, [plan.loss], self._state, self._instrument, self.threads)
             self._steps[batch] = (plan, native)
@@ -176,8 +182,7 @@ class Trainer:
 
     def _compile_eval(self, batch: int) -> _NativeStep:
         if batch not in self._evals:
-            fwd = self.forward if batch == self.input_shape[0] else \
-                load_forward(self.model, (batch,) + self.input_shape[1:])
+            fwd = self.forward if batch == self.input_shape[0] else self._forward_at(batch)
             plan = _eval_plan(fwd, self.plan.roles)
             self._evals[batch] = _NativeStep(plan, list(plan.graph.inputs), list(plan.graph.outputs), self._state,
                                              threads=self.threads)

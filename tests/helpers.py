@@ -100,6 +100,9 @@ def reference_evaluator_bug(kind: OpKind, attrs: Any, inputs: Sequence[np.ndarra
                 "the input, shifting every window once the overhang is 2 or more")
     if kind is OpKind.CONV_TRANSPOSE and attrs.group > 1:
         return "grouped ConvTranspose slices W by output channels and keeps one output channel per group"
+    if kind is OpKind.LP_POOL and (any(attrs.pads) or attrs.ceil_mode):
+        return ("LpPool takes kernel_size x the average of |x|^p over the window's inside taps, which scales up "
+                "every window that overlaps the padding")
     if kind is OpKind.LRN:
         return "LRN sums squares for channels 0 to batch-1 only (its loop runs over the batch axis)"
     if kind is OpKind.PAD and min(attrs.pads) < 0:

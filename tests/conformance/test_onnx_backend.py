@@ -6,8 +6,8 @@
 - the nine light models under onnx/backend/test/data/light, fed the input onnx's runner feeds them
   (``arange(n) / n``) and compared with the output stored next to them.
 
-A case runs when convc claims every op of its graph (a converter is registered for it, or it is a
-Constant); otherwise it skips with "not claimed: <ops>". A case of claimed ops runs and must pass
+A case runs when convc claims every op of its graph (a converter is registered for it, or it is
+Constant or ConstantOfShape); otherwise it skips with "not claimed: <ops>". A case of claimed ops runs and must pass
 unless exclusions.py lists it with a reason. Outputs are compared as onnx's runner does: shape,
 dtype, then ``assert_allclose`` with the case's rtol/atol (1e-3/1e-7 unless the case says otherwise).
 conftest.py prints the counts at the end of the session.
@@ -32,8 +32,9 @@ MODEL_KINDS = ("pytorch-converted", "pytorch-operator")
 LIGHT = sorted(p.name[len("light_"):-len(".onnx")] for p in (DATA / "light").glob("light_*.onnx"))
 RTOL, ATOL = 1e-3, 1e-7  # onnx.backend.test.loader's defaults for model cases
 
-# ops convc compiles (a converter exists) plus Constant, which only ever folds
-CLAIMED = frozenset(CONVERTERS.op_types()) | {"Constant"}
+# ops convc compiles (a converter exists), plus the sources whose output never depends on run-time data and
+# always folds at import (the light models make their weights with ConstantOfShape)
+CLAIMED = frozenset(CONVERTERS.op_types()) | {"Constant", "ConstantOfShape"}
 
 
 def ops_of(graph: onnx.GraphProto) -> set[str]:

@@ -1,4 +1,4 @@
-"""Conv: 1-D and 2-D, kernel sizes, strides, pads, dilations, groups, bias, batch, direct 1x1 path."""
+"""Conv: 1-D, 2-D and 3-D, kernel sizes, strides, pads, dilations, groups, bias, batch, direct 1x1 path."""
 from __future__ import annotations
 
 import numpy as np
@@ -112,3 +112,15 @@ def test_conv1d_groups(rng, group, m, bias):
 def test_conv2d_more_pixels_than_a_column_block(rng, kernel, pads):
     """19 x 23 = 437 output pixels: the matrix-product loop runs a full 256-column block and a partial one."""
     run_conv(rng, (1, 3, 19, 23), 4, kernel, pads=pads)
+
+
+@pytest.mark.parametrize("x_shape,m,kernel,strides,pads,dilations,group", [
+    ((2, 3, 4, 5, 6), 4, (3, 3, 3), None, None, None, 1),
+    ((2, 4, 5, 6, 7), 6, (3, 2, 3), (2, 1, 2), (1, 0, 1, 1, 1, 0), (1, 2, 1), 2),
+    ((1, 4, 5, 5, 5), 4, (1, 1, 1), None, None, None, 4),
+    ((1, 2, 3, 4, 5), 3, (2, 2, 2), (1, 2, 1), (1, 1, 1, 0, 0, 0), (2, 1, 1), 1),
+], ids=["k3", "strided-dilated-groups", "depthwise-1x1", "asym-pads"])
+@pytest.mark.parametrize("const", [frozenset({1, 2}), frozenset()], ids=["w-const", "w-input"])
+def test_conv3d(rng, x_shape, m, kernel, strides, pads, dilations, group, const):
+    """3-D convs run the direct kernel (codegen/kernels/conv3d.py)."""
+    run_conv(rng, x_shape, m, kernel, strides=strides, pads=pads, dilations=dilations, group=group, const=const)

@@ -1,4 +1,4 @@
-"""Unary activations, Identity/Dropout, and broadcasting Add/Mul/Sum."""
+"""Unary activations, Identity/Dropout, and broadcasting Add/Mul/Sum/Sub/Div/Max/Min/PRelu."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,7 @@ from helpers import check_op
 import convc
 from convc.ir import Graph, TensorKind
 from convc.ops import NoAttrs, OpKind
-from convc.ops.elementwise import DropoutAttrs, LeakyReluAttrs
+from convc.ops.elementwise import ClipAttrs, DropoutAttrs, EluAttrs, HardSigmoidAttrs, LeakyReluAttrs, SeluAttrs
 
 # zeros of both signs, large magnitudes (exp overflows float32 beyond ~88), values around 0 and 1
 SPECIAL = np.array([0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 3.0, -3.0, 20.0, -20.0, 88.0, -88.0, 89.0, -89.0,
@@ -35,7 +35,8 @@ UNARY = [
 
 # the references overflow exp() on purpose (Sigmoid at -100 is exp(100) = inf, then 1/inf = 0)
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
-                                        "ignore:invalid value encountered:RuntimeWarning")
+                                        "ignore:invalid value encountered:RuntimeWarning",
+                                        "ignore:divide by zero encountered:RuntimeWarning")
 
 
 @pytest.mark.parametrize("shape", [(1,), (37,), (2, 3, 5, 7)])
@@ -139,3 +140,98 @@ def test_same_tensor_twice(kind):
 def test_sum(rng, shapes):
     xs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
     check_op(OpKind.SUM, NoAttrs(), xs, const=frozenset({len(xs) - 1}) if len(xs) > 2 else frozenset())
+
+
+# --- activations added for ONNX coverage: Clip (ReLU6), Elu, Selu, HardSigmoid, HardSwish, Softplus, Softsign
+NEW_UNARY = [
+    (OpKind.CLIP, ClipAttrs(0.0, 6.0)),
+    (OpKind.CLIP, ClipAttrs(-1.5, 0.5)),
+    (OpKind.ELU, EluAttrs()),
+    (OpKind.ELU, EluAttrs(0.3)),
+    (OpKind.SELU, SeluAttrs()),
+    (OpKind.SELU, SeluAttrs(2.0, 0.5)),
+    (OpKind.HARD_SIGMOID, HardSigmoidAttrs()),
+    (OpKind.HARD_SIGMOID, HardSigmoidAttrs(0.5, 0.1)),
+    (OpKind.HARD_SWISH, NoAttrs()),
+    (OpKind.SOFTPLUS, NoAttrs()),
+    (OpKind.SOFTSIGN, NoAttrs()),
+]
+NEW_IDS = ["relu6", "clip", "elu", "elu-alpha", "selu", "selu-attrs", "hard-sigmoid", "hard-sigmoid-attrs",
+           "hard-swish", "softplus", "softsign"]
+
+
+@pytest.mark.parametrize("shape", [(37,), (2, 3, 5, 7)])
+@pytest.mark.parametrize("kind,attrs", NEW_UNARY, ids=NEW_IDS)
+def test_new_unary(rng, kind, attrs, shape):
+    check_op(kind, attrs, [unary_data(rng, shape)])
+
+
+@pytest.mark.parametrize("kind,attrs", NEW_UNARY, ids=NEW_IDS)
+def test_new_unary_nan_propagates(rng, kind, attrs):
+    x = unary_data(rng, (4, 8))
+    x[0, 0] = x[3, 7] = np.nan
+    y = check_op(kind, attrs, [x])
+    assert np.isnan(y).sum() == 2
+
+
+def test_elu_selu_near_zero_keep_relative_accuracy():
+    """alpha * (exp(x) - 1) in float32 cancels near 0; the kernel computes it in double."""
+    x = np.array([-1e-3, -1e-5, -3e-7, -1e-8, -2.5e-4], dtype=np.float32)
+    y = check_op(OpKind.ELU, EluAttrs(), [x])
+    expected = np.expm1(x.astype(np.float64))
+    assert (np.abs(y - expected) / np.abs(expected)).max() < 1e-6
+
+
+def test_softplus_does_not_overflow():
+    """log(1 + exp(x)) is inf beyond x ~ 88 in float32; the kernel returns ~x there."""
+    x = np.array([80.0, 89.0, 100.0, 1e4, 3e38, -100.0, -1e4], dtype=np.float32)
+    y = check_op(OpKind.SOFTPLUS, NoAttrs(), [x], onnx_check=False)  # onnx.reference overflows to inf here
+    np.testing.assert_allclose(y[:5], x[:5], rtol=1e-6)
+    assert np.all(y[5:] >= 0) and y[6] == 0.0
+
+
+def test_clip_min_above_max_gives_max(rng):
+    """ONNX: when min > max every value becomes max."""
+    y = check_op(OpKind.CLIP, ClipAttrs(2.0, 1.0), [unary_data(rng, (3, 7))])
+    assert np.all(y == 1.0)
+
+
+@pytest.mark.parametrize("shapes", BINARY_SHAPES, ids=lambda s: f"{s[0]}-{s[1]}".replace(" ", ""))
+@pytest.mark.parametrize("kind", [OpKind.SUB, OpKind.DIV, OpKind.MAX, OpKind.MIN])
+def test_new_binary_broadcast(rng, kind, shapes):
+    a, b = (rng.standard_normal(s).astype(np.float32) for s in shapes)
+    check_op(kind, NoAttrs(), [a, b])
+
+
+@pytest.mark.parametrize("kind", [OpKind.SUB, OpKind.DIV, OpKind.MAX, OpKind.MIN])
+def test_new_binary_ieee_special_values(kind):
+    """x / 0 is inf (no fast-math flags), NaN propagates through Max and Min like np.maximum/np.minimum."""
+    x = np.array([1.0, np.nan, 2.0, np.inf, -np.inf, 1.0, 0.0, -1.0], dtype=np.float32)
+    y = np.array([2.0, 3.0, np.nan, np.inf, 5.0, 0.0, 0.0, 0.0], dtype=np.float32)
+    check_op(kind, NoAttrs(), [x, y])
+
+
+@pytest.mark.parametrize("shapes", [
+    [(2, 3, 4)],
+    [(2, 1, 4), (3, 1), (1,)],
+    [(2, 3, 4), (1, 3, 1), (4,), (2, 1, 1)],
+], ids=["one", "three", "four"])
+@pytest.mark.parametrize("kind", [OpKind.MAX, OpKind.MIN])
+def test_max_min_variadic(rng, kind, shapes):
+    check_op(kind, NoAttrs(), [rng.standard_normal(s).astype(np.float32) for s in shapes])
+
+
+@pytest.mark.parametrize("slope_shape", [(1,), (3, 1, 1), (2, 3, 4, 5), (5,)], ids=["shared", "per-channel",
+                                                                                  "full", "last-axis"])
+@pytest.mark.parametrize("const", [frozenset({1}), frozenset()], ids=["slope-const", "slope-input"])
+def test_prelu(rng, slope_shape, const):
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    check_op(OpKind.PRELU, NoAttrs(), [x, rng.standard_normal(slope_shape).astype(np.float32)], const=const)
+
+
+def test_prelu_slope_must_not_grow_x():
+    g = Graph("prelu")
+    g.add_tensor("x", (3, 1), np.float32, TensorKind.INPUT)
+    g.add_constant("s", np.ones((3, 4), np.float32))
+    with pytest.raises(convc.GraphError, match=r"PRelu slope.shape=\(3, 4\) does not broadcast to X.shape=\(3, 1\)"):
+        g.add_op(OpKind.PRELU, NoAttrs(), ["x", "s"])

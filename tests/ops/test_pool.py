@@ -1,4 +1,4 @@
-"""MaxPool / AveragePool (1-D and 2-D, pads, dilations, ceil_mode, count_include_pad) and global pools."""
+"""MaxPool / AveragePool (1-D, 2-D and 3-D, pads, dilations, ceil_mode, count_include_pad), LpPool and global pools."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 from helpers import check_op
 
 from convc.ops import NoAttrs, OpKind
-from convc.ops.pool import PoolAttrs
+from convc.ops.pool import LpPoolAttrs, PoolAttrs
 
 WINDOWS_2D = [((2, 2), (2, 2)), ((3, 3), (1, 1)), ((3, 3), (2, 2)), ((2, 3), (1, 2))]
 PADS_2D = {"nopad": (0, 0, 0, 0), "sym": (1, 1, 1, 1), "asym": (0, 1, 1, 0), "end": (0, 0, 1, 1)}
@@ -123,3 +123,41 @@ def test_global_average_pool_large_plane(rng):
     """A 64x64 plane sums 4096 values: a naive float32 accumulation would drift past the tolerance."""
     x = (10.0 + rng.standard_normal((1, 2, 64, 64))).astype(np.float32)
     check_op(OpKind.GLOBAL_AVERAGE_POOL, NoAttrs(), [x])
+
+
+# --- 3-D pools and LpPool (the rank-generic kernel, codegen/kernels/pool_nd.py) ---------------------
+@pytest.mark.parametrize("attrs", [
+    PoolAttrs((2, 2, 2), (2, 2, 2), (0,) * 6, (1, 1, 1)),
+    PoolAttrs((3, 3, 3), (1, 2, 1), (1, 0, 1, 1, 1, 0), (1, 1, 2)),
+    PoolAttrs((3, 3, 2), (2, 2, 2), (1, 1, 1, 1, 1, 1), (1, 1, 1), ceil_mode=True),
+    PoolAttrs((3, 2, 3), (2, 1, 2), (1, 0, 1, 0, 1, 1), (1, 1, 1), count_include_pad=True),
+], ids=["k2s2", "dilated-asym", "ceil", "count-pads"])
+@pytest.mark.parametrize("kind", [OpKind.MAX_POOL, OpKind.AVERAGE_POOL])
+def test_pool_3d(rng, kind, attrs):
+    check_op(kind, attrs, [rng.standard_normal((2, 3, 5, 6, 7)).astype(np.float32)])
+
+
+@pytest.mark.parametrize("kind", [OpKind.MAX_POOL, OpKind.AVERAGE_POOL])
+def test_pool_2d_window_too_big_to_unroll(rng, kind):
+    """A 12 x 15 dilated window (PyTorch's MaxPool2d conformance model has 60 x 80): loops, not unrolled taps."""
+    attrs = pool2d((12, 15), (3, 3), (2, 4, 2, 4), (2, 2))
+    check_op(kind, attrs, [rng.standard_normal((1, 2, 40, 50)).astype(np.float32)])
+
+
+@pytest.mark.parametrize("p", [1, 2, 3])
+@pytest.mark.parametrize("attrs", [
+    LpPoolAttrs((3, 3), (1, 1), (0, 0, 0, 0), (1, 1)),
+    LpPoolAttrs((3, 2), (2, 1), (1, 0, 1, 1), (1, 2)),
+    LpPoolAttrs((2, 2), (2, 2), (0, 0, 0, 0), (1, 1), ceil_mode=True),
+], ids=["k3", "pads-dilated", "ceil"])
+def test_lp_pool_2d(rng, attrs, p):
+    attrs = LpPoolAttrs(attrs.kernel_shape, attrs.strides, attrs.pads, attrs.dilations, attrs.ceil_mode, p)
+    check_op(OpKind.LP_POOL, attrs, [rng.standard_normal((2, 3, 7, 8)).astype(np.float32)])
+
+
+@pytest.mark.parametrize("shape,attrs", [
+    ((2, 3, 11), LpPoolAttrs((3,), (2,), (1, 1), (1,))),
+    ((1, 2, 4, 5, 6), LpPoolAttrs((2, 2, 2), (1, 2, 2), (0, 1, 0, 1, 0, 1), (1, 1, 1))),
+], ids=["1d", "3d"])
+def test_lp_pool_1d_3d(rng, shape, attrs):
+    check_op(OpKind.LP_POOL, attrs, [rng.standard_normal(shape).astype(np.float32)])

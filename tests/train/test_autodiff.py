@@ -87,3 +87,18 @@ def test_no_update_reads_a_stale_parameter():
             p = op.inputs[3]
             readers = [r for r in step.graph.consumers(p) if r is not op]
             assert readers and all(position[r.name] < position[op.name] for r in readers)
+
+
+def test_fused_graph_is_unfused_for_training(rng):
+    """A Graph whose Conv/Gemm already carry fused Add/Relu epilogues trains like the unfused one."""
+    from convc.passes.fusion import fuse_epilogues
+    g = import_onnx(nets.residual_net(), batch=3)
+    fused = fuse_epilogues(g.copy())
+    assert any(not op.attrs.epilogue.empty for op in fused.ops() if op.kind is OpKind.CONV)
+    x = rng.standard_normal((3, 2, 6, 6)).astype(np.float32)
+    y = rng.integers(0, 5, 3)
+    a = convc.gradcheck(g, x, y, samples=4)
+    b = convc.gradcheck(fused, x, y, samples=4)
+    assert a.ok and b.ok, (str(a), str(b))
+    for (p, i, got, fd), (p2, i2, got2, fd2) in zip(a.details, b.details):
+        assert (p, i) == (p2, i2) and abs(got - got2) <= 1e-5 * max(1.0, abs(got))

@@ -1,0 +1,277 @@
+"""``convc check MODEL.onnx``: can convc compile this model, and where do its numbers first differ?
+
+1. Import the model. If some nodes cannot be compiled, list every one of them (node, op, opset,
+   reason: unsupported ops and attribute values alike) and stop.
+2. Otherwise run convc and an oracle (onnxruntime when installed, else ``onnx.reference``) on
+   seeded random inputs, with every intermediate float tensor of the ONNX graph made a graph output
+   in both, and walk the tensors in execution order: the first whose error exceeds the tolerance
+   names the layer where convc goes wrong (every earlier tensor matched). The error of a tensor is
+   ``max |convc - oracle| / max(1, max |oracle|)``, so values near zero do not blow it up.
+3. The graph outputs of the normally compiled model (with its fusions, which making every tensor an
+   output prevents) are compared too. If only they differ, the prefix of the graph ending at each
+   tensor is compiled normally and bisected for the first tensor that differs.
+
+Testing hook: ``perturb="node name"`` (``--perturb`` or ``CONVC_CHECK_PERTURB``) adds 1 to that
+node's first output in the model convc compiles, a wrong layer on purpose.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from convc.errors import UnsupportedOpError
+
+PERTURB_ENV = "CONVC_CHECK_PERTURB"
+DEFAULT_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class TensorCheck:
+    tensor: str
+    node: str      # the ONNX node producing it
+    op_type: str
+    shape: tuple[int, ...]
+    error: float   # max |convc - oracle| / max(1, max |oracle|); inf when NaN/inf positions differ
+
+    def line(self) -> str:
+        return f"{self.tensor!r} from node {self.node!r} ({self.op_type}), shape {list(self.shape)}: error {self.error:.3g}"
+
+
+@dataclass
+class CheckReport:
+    model: str
+    unsupported: list[tuple[str, str, int, str]] = field(default_factory=list)  # (node, op, opset, reason)
+    oracle: str = ""
+    tolerance: float = DEFAULT_TOLERANCE
+    seed: int = 0
+    layers: list[TensorCheck] = field(default_factory=list)  # intermediate tensors, in execution order
+    outputs: list[TensorCheck] = field(default_factory=list)  # graph outputs of the normally compiled model
+    first_bad: TensorCheck | None = None
+    found_by_bisection: bool = False
+
+    @property
+    def compiles(self) -> bool:
+        return not self.unsupported
+
+    @property
+    def ok(self) -> bool:
+        return self.compiles and self.first_bad is None and all(o.error <= self.tolerance for o in self.outputs)
+
+    def render(self) -> str:
+        if self.unsupported:
+            lines = [f"{self.model}: convc cannot compile {len(self.unsupported)} node(s):"]
+            lines += [f"  node {name!r}: {op} (opset {opset}): {why}" for name, op, opset, why in self.unsupported]
+            return "\n".join(lines)
+        lines = [f"{self.model}: compiles; compared with {self.oracle} on random normal inputs (seed {self.seed}), "
+                 f"tolerance {self.tolerance:g} on max |convc - oracle| / max(1, max |oracle|)"]
+        worst = max((t.error for t in self.layers), default=0.0)
+        if self.first_bad is None:
+            lines.append(f"  all {len(self.layers)} intermediate tensors within tolerance (largest error {worst:.3g})")
+        else:
+            how = " (bisecting prefixes of the optimized model)" if self.found_by_bisection else ""
+            lines.append(f"  first tensor over tolerance{how}: {self.first_bad.line()}")
+            earlier = [t for t in self.layers if t.tensor != self.first_bad.tensor and t.error <= self.tolerance]
+            if not self.found_by_bisection:
+                index = next(i for i, t in enumerate(self.layers) if t.tensor == self.first_bad.tensor)
+                earlier = self.layers[:index]
+            lines.append(f"  the {len(earlier)} tensor(s) computed before it match"
+                         + (f" (largest error {max(t.error for t in earlier):.3g})" if earlier else ""))
+        for o in self.outputs:
+            mark = "ok" if o.error <= self.tolerance else "DIFFERS"
+            lines.append(f"  graph output {o.tensor!r}: error {o.error:.3g} {mark}")
+        return "\n".join(lines)
+
+
+def tensor_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    a, e = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    if a.shape != e.shape:
+        return float("inf")
+    bad_a, bad_e = ~np.isfinite(a), ~np.isfinite(e)
+    if not np.array_equal(bad_a, bad_e) or not np.array_equal(a[bad_e], e[bad_e], equal_nan=True):
+        return float("inf")
+    if not (~bad_e).any():
+        return 0.0
+    a, e = a[~bad_e], e[~bad_e]
+    return float(np.max(np.abs(a - e)) / max(1.0, float(np.max(np.abs(e)))))
+
+
+# --- building the variants -------------------------------------------------------------------------
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    return m
+
+
+def float_tensors(model: onnx.ModelProto) -> dict[str, tuple[str, str]]:
+    """Every float node output in execution (file) order: tensor -> (producing node name, op type)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in
+             list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)}
+    out = {}
+    for i, node in enumerate(model.graph.node):
+        for name in node.output:
+            if name and types.get(name) == TensorProto.FLOAT:
+                out[name] = (node.name or f"{node.op_type}_{i}", node.op_type)
+    return out
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """The model with ``names`` (float tensors) as its graph outputs, in that order."""
+    m = _copy(model)
+    del m.graph.output[:]
+    m.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
+    return m
+
+
+def perturbed(model: onnx.ModelProto, node_name: str) -> onnx.ModelProto:
+    """The model with 1 added to the first output of node ``node_name`` (a wrong layer, on purpose)."""
+    m = _copy(model)
+    for i, node in enumerate(m.graph.node):
+        if (node.name or f"{node.op_type}_{i}") == node_name:
+            target = node.output[0]
+            raw = f"{target}__convc_check_unperturbed"
+            node.output[0] = raw
+            one = f"{target}__convc_check_one"
+            m.graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), one))
+            m.graph.node.insert(i + 1, helper.make_node("Add", [raw, one], [target], name=f"{node_name}__perturb"))
+            return m
+    raise ValueError(f"perturb={node_name!r}: the model has no node of that name")
+
+
+def random_feeds(model: onnx.ModelProto, batch: int | None, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    inits = {t.name for t in model.graph.initializer}
+    feeds = {}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        dims = vi.type.tensor_type.shape.dim
+        shape = [d.dim_value if d.HasField("dim_value") else (batch or 1) for d in dims]
+        feeds[vi.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+# --- running ---------------------------------------------------------------------------------------
+def oracle_name() -> str:
+    try:
+        import onnxruntime
+        return f"onnxruntime {onnxruntime.__version__}"
+    except ImportError:
+        return f"onnx.reference (onnx {onnx.__version__})"
+
+
+def run_oracle(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = [o.name for o in model.graph.output]
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        from onnx.reference import ReferenceEvaluator
+        return dict(zip(names, ReferenceEvaluator(model).run(names, feeds)))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return dict(zip(names, session.run(names, feeds)))
+
+
+def run_convc(model: onnx.ModelProto, feeds: dict[str, np.ndarray], batch: int | None) -> dict[str, np.ndarray]:
+    import convc
+    compiled = convc.compile(model, batch=batch)
+    return compiled.run({s.name: feeds[s.name] for s in compiled.inputs})
+
+
+def _checks(names: list[str], producers: dict[str, tuple[str, str]], ours: dict, theirs: dict) -> list[TensorCheck]:
+    return [TensorCheck(n, *producers.get(n, ("(graph input)", "-")), tuple(np.shape(theirs[n])),
+                        tensor_error(ours[n], theirs[n])) for n in names if n in ours and n in theirs]
+
+
+def check_model(model: onnx.ModelProto | str | os.PathLike, *, batch: int | None = None, seed: int = 0,
+                tolerance: float = DEFAULT_TOLERANCE, perturb: str | None = None) -> CheckReport:
+    """Check ``model`` (see the module docstring); ``perturb`` names a node whose output convc gets wrong."""
+    from convc.frontend.onnx import import_onnx
+    name = str(model) if not isinstance(model, onnx.ModelProto) else (model.graph.name or "model")
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(str(model))
+    perturb = perturb or os.environ.get(PERTURB_ENV) or None
+    report = CheckReport(name, oracle=oracle_name(), tolerance=tolerance, seed=seed)
+    try:
+        import_onnx(model, batch=batch)
+    except UnsupportedOpError as e:
+        report.unsupported = list(e.nodes)
+        return report
+    ours_model = perturbed(model, perturb) if perturb else model
+    feeds = random_feeds(model, batch, seed)
+    producers = float_tensors(model)
+    outputs = [o.name for o in model.graph.output]
+
+    report.outputs = _checks(outputs, producers, run_convc(ours_model, feeds, batch), run_oracle(model, feeds))
+    everything = list(producers) + [o for o in outputs if o not in producers]
+    ours = run_convc(with_outputs(ours_model, everything), feeds, batch)
+    theirs = run_oracle(with_outputs(model, everything), feeds)
+    report.layers = _checks(list(producers), producers, ours, theirs)
+    report.first_bad = next((t for t in report.layers if t.error > tolerance), None)
+    if report.first_bad is None and any(o.error > tolerance for o in report.outputs):
+        report.first_bad, report.found_by_bisection = _bisect(ours_model, model, list(producers), producers, feeds,
+                                                              batch, tolerance), True
+    return report
+
+
+def _bisect(ours_model, model, names, producers, feeds, batch, tolerance) -> TensorCheck | None:
+    """The first tensor that differs when the prefix ending at it is compiled with every optimization."""
+    def check(i: int) -> TensorCheck:
+        n = names[i]
+        return _checks([n], producers, run_convc(with_outputs(ours_model, [n]), feeds, batch),
+                       run_oracle(with_outputs(model, [n]), feeds))[0]
+    lo, hi, found = 0, len(names) - 1, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        t = check(mid)
+        if t.error > tolerance:
+            found, hi = t, mid - 1
+        else:
+            lo = mid + 1
+    return found
+
+
+# --- the subcommand (registered in convc/cli.py) ----------------------------------------------------
+DESCRIPTION = (
+    "List every node of MODEL.onnx that convc cannot compile (op, attribute, reason) in one go. For a model "
+    "it can compile, run convc and onnxruntime (or the ONNX reference evaluator when onnxruntime is not "
+    "installed) on seeded random inputs, compare every intermediate tensor in execution order, and report "
+    "the first one whose error exceeds the tolerance: the layer where the numbers start to differ. Exits "
+    "with 1 when a node cannot be compiled or a tensor differs.")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from convc.cli import _positive
+    p.add_argument("model", metavar="MODEL.onnx", help="the ONNX model to check")
+    p.add_argument("--batch", type=_positive, metavar="N", help="fix a symbolic batch dimension to N (default: 1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
+    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="TOL",
+                   help=f"largest accepted max |convc - oracle| / max(1, max |oracle|) per tensor "
+                        f"(default: {DEFAULT_TOLERANCE:g})")
+    p.add_argument("--perturb", metavar="NODE", help=argparse.SUPPRESS)  # testing hook, see CONVC_CHECK_PERTURB
+
+
+def run(args: argparse.Namespace) -> int:
+    from convc.cli import Progress, load_onnx
+    progress = Progress(args.quiet)
+    model = load_onnx(args.model)
+    progress("importing, compiling and comparing layer by layer")
+    report = check_model(model, batch=args.batch, seed=args.seed, tolerance=args.tolerance, perturb=args.perturb)
+    report.model = args.model
+    print(report.render())
+    sys.stdout.flush()
+    return 0 if report.ok else 1
+
+
+def main(argv: Any = None) -> int:  # pragma: no cover - convenience for python -m convc.check
+    from convc.cli import main as cli_main
+    return cli_main(["check", *(argv or sys.argv[1:])])
