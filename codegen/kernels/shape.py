@@ -7,7 +7,7 @@ import numpy as np
 from convc.ir import Op
 from convc.ops import OpKind
 from convc.ops.shape import pad_source_index
-from convc.codegen.llvm_utils import F32, I64, constant_table, f32, for_range, gep, i64, linear_index, load, loop_nest, \
+from convc.codegen.llvm_utils import I64, constant_table, f32, for_range, gep, i64, linear_index, load, loop_nest, \
     memcpy, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from convc.codegen.kernels.elementwise import broadcast_strides, collapse

@@ -11,8 +11,8 @@ source lies outside the input on any axis takes ``extrapolation_value`` instead.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -46,11 +46,12 @@ class Taps:
     index: np.ndarray          # (out, taps) int64, inside [0, in)
     weight: np.ndarray         # (out, taps) float64
     extrapolated: np.ndarray   # (out,) bool: the position takes extrapolation_value
+    in_size: int
 
     @property
     def is_identity(self) -> bool:
         n = self.index.shape[0]
-        return (self.index.shape[1] == 1 and np.array_equal(self.index[:, 0], np.arange(n))
+        return (n == self.in_size and self.index.shape[1] == 1 and np.array_equal(self.index[:, 0], np.arange(n))
                 and np.all(self.weight == 1.0) and not self.extrapolated.any())
 
 
@@ -132,7 +133,7 @@ def axis_taps(a: ResizeAttrs, axis: int, in_size: int) -> Taps:
     out_size, scale = a.shape[axis], a.scales[axis]
     if out_size == in_size and math.isclose(scale, 1.0) and (
             not a.roi or (math.isclose(a.roi[axis], 0.0) and math.isclose(a.roi[len(a.shape) + axis], 1.0))):
-        return Taps(np.arange(out_size)[:, None], np.ones((out_size, 1)), np.zeros(out_size, dtype=bool))
+        return Taps(np.arange(out_size)[:, None], np.ones((out_size, 1)), np.zeros(out_size, dtype=bool), in_size)
     x, extrapolated = source_coordinates(a, axis, in_size)
     x_int = np.floor(x)
     ratios = np.where(x == x_int, 1.0, x - x_int)  # (0, 1]: the left neighbour is preferred
@@ -167,7 +168,7 @@ def axis_taps(a: ResizeAttrs, axis: int, in_size: int) -> Taps:
         out_index[i, :len(k)] = index[i, k]
         out_index[i, len(k):] = index[i, 0]
         out_weight[i, :len(k)] = coeffs[i, k]
-    return Taps(out_index, out_weight, extrapolated)
+    return Taps(out_index, out_weight, extrapolated, in_size)
 
 
 def infer(a: ResizeAttrs, types: Sequence[TensorType]) -> list[TensorType]:

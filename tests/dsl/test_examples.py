@@ -6,6 +6,7 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import onnx
 
 from dsl.checks import TOL, run_onnxruntime
 from helpers import assert_close
@@ -22,17 +23,35 @@ def load_example(name: str) -> ModuleType:
     return module
 
 
-def test_wavenet_tcn(capsys):
-    result = load_example("wavenet_tcn").main(length=128)
-    probs = result["probabilities"]
-    assert probs.shape == (1, 8, 128)
-    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)  # a distribution over levels at every step
-    assert result["max_error"] < 1e-5
-    assert result["causal"]
+def test_wavenet_tcn_learns_the_delayed_sum(capsys):
+    """Trained with the Trainer (MSE, Adam), the WaveNet predicts y[t] = x[t-5] + 0.5 x[t-11] from
+    white noise to a small fraction of the target variance (predicting the mean, 0, leaves all of it)."""
+    wavenet = load_example("wavenet_tcn")
+    result = wavenet.main()
     assert result["receptive_field"] == 17  # 1 + (2-1)*1 for the input conv + (2-1)*(1+2+4+8)
-    assert 1.5 < result["nll"] < 3.0  # untrained: near the uniform guess log(8) = 2.08
+    variance = result["variance"]
+    assert 0.8 * variance < result["mse_before"] < 1.25 * variance  # untrained: no better than predicting 0
+    assert result["mse_after"] < 0.05 * variance  # reaches about 0.25%
+    assert np.mean(result["train_losses"][-20:]) < 0.05 * np.mean(result["train_losses"][:5])
+    assert result["max_error"] < 1e-4  # the trained weights in the module: numpy reference = compiled
+    assert result["causal"]
+    assert result["seconds"] < 60  # about 6 s on 2 cores, compilation included
     out = capsys.readouterr().out
-    assert "Total MACs:" in out and "causal: outputs before step 64 unchanged" in out
+    assert "Total MACs:" in out and "causal: outputs before step 32 unchanged" in out
+    assert "held-out MSE before training" in out and "held-out MSE after 200 steps" in out
+
+
+def test_wavenet_tcn_needs_its_receptive_field():
+    """Dilations (1, 2, 4) see 9 steps: x[t-11] is out of sight, so the error cannot fall below the
+    variance of 0.5 x[t-11] (about 19% of the target variance here); the full net goes far below it."""
+    wavenet = load_example("wavenet_tcn")
+    result = wavenet.main(dilations=(1, 2, 4))
+    assert result["receptive_field"] == 9
+    x, _ = wavenet.delayed_sum_task(256, 64, np.random.default_rng(1))  # main()'s held-out set (seed + 1)
+    unseen = np.mean((0.5 * x[..., :-11].astype(np.float64)) ** 2) * (64 - 11) / 64  # E[(0.5 x[t-11])^2] over t
+    assert 0.15 < unseen / result["variance"] < 0.25
+    assert result["mse_after"] > 0.9 * unseen
+    assert result["mse_after"] > 0.15 * result["variance"]
 
 
 def test_wavenet_tcn_structure_and_export(rng):
@@ -79,3 +98,23 @@ def test_dcgan_generator_against_onnxruntime(rng):
     assert [n.op_type for n in exported.graph.node].count("ConvTranspose") == 4
     assert_close(convc.compile(generator, input_shape=z.shape)(z), run_onnxruntime(exported, z), TOL,
                  "DCGAN: convc vs onnxruntime")
+
+
+def test_train_digits(tmp_path, capsys):
+    """The digits example trains with the Trainer to >= 97% test accuracy (98.06% with its seed), and
+    its ONNX export gives onnxruntime the Trainer's predictions."""
+    path = tmp_path / "digits_cnn.onnx"
+    result = load_example("train_digits").main(onnx_path=str(path))
+    assert result["accuracy"] >= 0.97  # 0.9806 with seed 0
+    assert result["loss"] < 0.1
+    assert result["steps"] == 12 * (1437 // 32)
+    assert result["seconds"] < 60  # about 3 s on 2 cores, compilation included
+    trainer, x_test = result["trainer"], result["x_test"]
+    logits = trainer.predict(x_test)
+    onnx_logits = run_onnxruntime(onnx.load(str(path)), x_test)  # all 360 test images at once: batch is symbolic
+    assert onnx_logits.shape == (360, 10)
+    assert_close(onnx_logits, logits, 1e-4, "digits: onnxruntime on the export vs Trainer.predict")
+    assert np.array_equal(onnx_logits.argmax(1), logits.argmax(1))
+    assert float((onnx_logits.argmax(1) == result["y_test"]).mean()) == result["accuracy"]
+    out = capsys.readouterr().out
+    assert "epoch 12" in out and f"wrote {path}" in out

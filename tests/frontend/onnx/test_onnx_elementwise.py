@@ -1,14 +1,16 @@
-"""Activations, broadcasting Add/Mul, variadic Sum, Identity and Dropout."""
+"""Activations, broadcasting arithmetic (opset-6 broadcast attributes too), variadic Sum/Max/Min, Clip, Cast,
+Identity and Dropout."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import helper
-from onnx_import_helpers import INT64, check_model, count, make_model
+from onnx import TensorProto, helper
+from onnx_import_helpers import INT64, assert_close, check_model, count, make_model
 
 from convc.errors import ModelImportError, UnsupportedOpError
 from convc.frontend.onnx import import_onnx
 from convc.ops import OpKind
+from convc.reference import run_reference
 
 
 @pytest.mark.parametrize("op_type,kind,attrs", [
@@ -99,13 +101,129 @@ def test_dropout_training_mode_false_imports():
 
 @pytest.mark.parametrize("model,reason", [
     (dropout_model(13, ratio=0.4, training=True), "training_mode=True"),
-    (dropout_model(13, mask_used=True), "'mask' is used"),
-    (dropout_model(7, mask_used=True), "'mask' is used"),
 ])
 def test_dropout_unsupported(model, reason):
     with pytest.raises(UnsupportedOpError, match=r"node 'drop': Dropout \(opset \d+\): .*" + reason):
         import_onnx(model)
 
 
+@pytest.mark.parametrize("opset,dtype", [(13, np.bool_), (10, np.bool_)])
+def test_dropout_mask_is_a_constant_at_inference(opset, dtype):
+    """Nothing is dropped at inference: the mask output is all true, folded to a constant."""
+    graph = import_onnx(dropout_model(opset, mask_used=True))
+    mask = graph.tensor("mask")
+    assert mask.data is not None and mask.data.dtype == dtype and mask.data.all() and mask.shape == (2, 5)
+
+
 def op_kinds_are(graph, kinds) -> bool:
     return [op.kind for op in graph.ops()] == kinds
+
+
+# --- activations and arithmetic added for ONNX coverage ------------------------------------------
+@pytest.mark.parametrize("op_type,kind,attrs", [
+    ("Elu", OpKind.ELU, {}), ("Elu", OpKind.ELU, {"alpha": 0.5}),
+    ("Selu", OpKind.SELU, {}), ("Selu", OpKind.SELU, {"alpha": 1.5, "gamma": 2.0}),
+    ("HardSigmoid", OpKind.HARD_SIGMOID, {}), ("HardSigmoid", OpKind.HARD_SIGMOID, {"alpha": 0.3, "beta": 0.4}),
+    ("Softplus", OpKind.SOFTPLUS, {}), ("Softsign", OpKind.SOFTSIGN, {}),
+])
+@pytest.mark.parametrize("opset", [7, 13, 22])
+def test_new_unary(op_type, kind, attrs, opset):
+    node = helper.make_node(op_type, ["X"], ["Y"], name="act", **attrs)
+    graph = check_model(make_model([node], {"X": [2, 3, 4]}, ["Y"], opset=opset))
+    assert graph.op("act").kind is kind
+
+
+def test_hard_swish():
+    node = helper.make_node("HardSwish", ["X"], ["Y"], name="act")
+    graph = check_model(make_model([node], {"X": [2, 3, 4]}, ["Y"], opset=14))
+    assert graph.op("act").kind is OpKind.HARD_SWISH
+
+
+@pytest.mark.parametrize("op_type,kind", [("Sub", OpKind.SUB), ("Div", OpKind.DIV), ("Max", OpKind.MAX),
+                                          ("Min", OpKind.MIN), ("PRelu", OpKind.PRELU)])
+@pytest.mark.parametrize("x_shape,b_shape", [((2, 3, 4), (2, 3, 4)), ((2, 3, 4), (4,)), ((2, 3, 4), (3, 1)),
+                                             ((2, 3, 4), ())])
+def test_new_binary(op_type, kind, x_shape, b_shape):
+    b = np.random.default_rng(5).uniform(0.5, 2.0, b_shape).astype(np.float32)
+    graph = check_model(make_model([helper.make_node(op_type, ["X", "B"], ["Y"])], {"X": x_shape}, ["Y"], {"B": b}))
+    assert op_kinds_are(graph, [kind])
+
+
+@pytest.mark.parametrize("op_type", ["Max", "Min"])
+def test_max_min_variadic_broadcast(op_type):
+    node = helper.make_node(op_type, ["A", "B", "C"], ["Y"])
+    check_model(make_model([node], {"A": [2, 3, 4], "B": [3, 1], "C": [4]}, ["Y"], opset=13))
+
+
+@pytest.mark.parametrize("op_type", ["Max", "Min"])
+def test_max6_does_not_broadcast(op_type):
+    node = helper.make_node(op_type, ["A", "B"], ["Y"], name="m")
+    with pytest.raises(ModelImportError, match=rf"{op_type}-6 does not broadcast"):
+        import_onnx(make_model([node], {"A": [2, 3], "B": [3]}, ["Y"], opset=7))
+
+
+@pytest.mark.parametrize("op_type", ["Add", "Sub", "Mul", "Div"])
+@pytest.mark.parametrize("b_shape,axis,aligned", [((3,), 1, (3, 1, 1)), ((4, 5), 2, (4, 5)), ((5,), None, (5,)),
+                                                  ((3, 4), 1, (3, 4, 1))])
+def test_opset6_broadcast_attribute(op_type, b_shape, axis, aligned):
+    """Add-6 & co. broadcast B only with broadcast=1, aligning it with A's dimensions from ``axis`` on."""
+    b = np.random.default_rng(2).uniform(0.5, 2.0, b_shape).astype(np.float32)
+    attrs = {"broadcast": 1} | ({"axis": axis} if axis is not None else {})
+    node = helper.make_node(op_type, ["X", "B"], ["Y"], name="op", **attrs)
+    graph = import_onnx(make_model([node], {"X": [2, 3, 4, 5]}, ["Y"], {"B": b}, opset=6))
+    x = np.random.default_rng(3).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    expected = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[op_type](x, b.reshape(aligned))
+    assert_close(run_reference(graph, {"X": x})["Y"], expected)
+
+
+def test_opset6_without_broadcast_needs_equal_shapes():
+    node = helper.make_node("Add", ["X", "B"], ["Y"], name="add")
+    with pytest.raises(ModelImportError, match=r"broadcast=0"):
+        import_onnx(make_model([node], {"X": [2, 3]}, ["Y"], {"B": np.ones(3, np.float32)}, opset=6))
+
+
+def test_prelu6_slope_is_per_channel():
+    """PRelu-6 (PyTorch 0.3 exports) applies a slope of shape (C,) per channel of an (N, C, H, W) input."""
+    slope = np.array([0.1, 0.2, 0.3], np.float32)
+    node = helper.make_node("PRelu", ["X", "S"], ["Y"])
+    graph = import_onnx(make_model([node], {"X": [2, 3, 4, 5]}, ["Y"], {"S": slope}, opset=6))
+    x = np.random.default_rng(4).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    expected = np.where(x < 0, x * slope.reshape(3, 1, 1), x)
+    assert_close(run_reference(graph, {"X": x})["Y"], expected)
+
+
+@pytest.mark.parametrize("opset,attrs,inputs,bounds", [
+    (7, {"min": -0.5, "max": 0.5}, {}, (-0.5, 0.5)),
+    (7, {}, {}, (-float(np.finfo(np.float32).max), float(np.finfo(np.float32).max))),  # Clip-6's defaults
+    (13, {}, {"min": 0.0, "max": 6.0}, (0.0, 6.0)),   # ReLU6
+    (13, {}, {"max": 0.3}, (-np.inf, 0.3)),
+    (13, {}, {"min": -0.2}, (-0.2, np.inf)),
+])
+def test_clip(opset, attrs, inputs, bounds):
+    names = ["X"] + [k if k in inputs else "" for k in ("min", "max")]
+    while names[-1] == "":
+        names.pop()
+    node = helper.make_node("Clip", names, ["Y"], name="clip", **attrs)
+    inits = {k: np.array(v, np.float32) for k, v in inputs.items()}
+    graph = check_model(make_model([node], {"X": [2, 3, 4]}, ["Y"], inits, opset=opset))
+    assert (graph.op("clip").attrs.min, graph.op("clip").attrs.max) == pytest.approx(bounds)
+
+
+def test_clip_bounds_fed_at_run_time_are_named_as_needed_constants():
+    node = helper.make_node("Clip", ["X", "lo", "hi"], ["Y"], name="clip")
+    with pytest.raises(UnsupportedOpError, match=r"'clip': Clip .*must be a constant") as info:
+        import_onnx(make_model([node], {"X": [2, 3], "lo": [], "hi": []}, ["Y"], opset=13))
+    assert info.value.constant_inputs == ["lo"]  # the converter stops at the first one it needs
+
+
+def test_cast_float_to_float_is_identity():
+    node = helper.make_node("Cast", ["X"], ["Y"], name="cast", to=TensorProto.FLOAT)
+    graph = check_model(make_model([node], {"X": [2, 3]}, ["Y"], opset=13))
+    assert op_kinds_are(graph, [OpKind.IDENTITY])
+
+
+@pytest.mark.parametrize("to", [TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.INT32])
+def test_cast_of_runtime_tensor_to_other_types_is_unsupported(to):
+    node = helper.make_node("Cast", ["X"], ["Y"], name="cast", to=to)
+    with pytest.raises(UnsupportedOpError, match=r"'cast': Cast .*convc compiles float32 tensors only"):
+        import_onnx(make_model([node], {"X": [2, 3]}, {"Y": to}, opset=13))

@@ -6,7 +6,7 @@ import pytest
 from onnx import TensorProto, helper
 from onnx_import_helpers import FLOAT, INT64, assert_close, check_model, make_model, random_inputs, run_onnx
 
-from convc.errors import ModelImportError, UnsupportedOpError
+from convc.errors import ModelImportError
 from convc.frontend.onnx import import_onnx
 from convc.ops import OpKind
 from convc.reference import run_reference

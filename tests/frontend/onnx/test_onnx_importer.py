@@ -4,8 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from onnx import helper
-from onnx_import_helpers import check_model, make_model
+from onnx_import_helpers import INT64, check_model, make_model
 
+import convc
+from convc.errors import ModelImportError
 from convc.frontend.onnx import import_onnx
 from convc.ir import TensorKind
 from convc.ops import OpKind
@@ -65,3 +67,52 @@ def test_constant_and_input_as_graph_outputs():
 def test_opset_is_recorded():
     graph = import_onnx(make_model([helper.make_node("Relu", ["X"], ["Y"])], {"X": [2]}, ["Y"], opset=11))
     assert graph.metadata["onnx_opset"] == 11
+
+
+def gemm_with_default_weights():
+    w = np.ones((2, 3), np.float32)
+    node = helper.make_node("Gemm", ["X", "W", "C"], ["Y"])
+    return make_model([node], {"X": [4, 2], "W": [2, 3], "C": [3]}, ["Y"], {"W": w, "C": np.zeros(3, np.float32)})
+
+
+def test_initializer_inputs_are_recorded():
+    graph = import_onnx(gemm_with_default_weights())
+    assert graph.metadata["initializer_inputs"] == ["W", "C"]
+
+
+def test_runtime_turns_initializer_inputs_into_inputs():
+    graph = check_model(gemm_with_default_weights())
+    runtime = import_onnx(gemm_with_default_weights(), runtime=["W"])
+    assert runtime.inputs == ["X", "W"] and runtime.tensor("W").kind is TensorKind.INPUT
+    assert runtime.tensor("W").shape == (2, 3) and graph.tensor("W").kind is TensorKind.CONSTANT
+
+
+@pytest.mark.parametrize("runtime,message", [(["Z"], r"runtime=\['Z'\]: not graph inputs"),
+                                             (["X"], r"runtime=\['X'\]: only initializers listed as graph inputs")])
+def test_runtime_names_must_be_initializer_inputs(runtime, message):
+    with pytest.raises(ModelImportError, match=message):
+        import_onnx(gemm_with_default_weights(), runtime=runtime)
+
+
+def test_bind_compiles_inputs_in_as_constants():
+    """Reshape's shape fed as a graph input (as ONNX's backend tests do) imports once its value is bound."""
+    node = helper.make_node("Reshape", ["X", "S"], ["Y"])
+    model = make_model([node], {"X": [2, 6]}, ["Y"])
+    model.graph.input.append(helper.make_tensor_value_info("S", INT64, [2]))
+    graph = import_onnx(model, bind={"S": np.array([3, 4], np.int64)})
+    assert graph.inputs == ["X"] and graph.tensor("Y").shape == (3, 4)
+    with pytest.raises(ModelImportError, match=r"bind=\['nope'\]: not graph inputs"):
+        import_onnx(model, bind={"nope": np.zeros(1)})
+
+
+def test_several_graph_outputs_an_intermediate_and_an_input():
+    """An output that another op also reads, the final one, and a graph input passed through."""
+    nodes = [helper.make_node("Relu", ["X"], ["r"]), helper.make_node("Sigmoid", ["r"], ["s"])]
+    model = make_model(nodes, {"X": [2, 3]}, ["r", "s", "X"])
+    graph = check_model(model)
+    assert graph.outputs == ["r", "s", "X"]
+    x = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    r, s_, x_out = convc.compile(model)(x)
+    np.testing.assert_array_equal(r, np.maximum(x, 0))
+    np.testing.assert_array_equal(x_out, x)
+    np.testing.assert_allclose(s_, 1 / (1 + np.exp(-np.maximum(x, 0))), rtol=1e-6)

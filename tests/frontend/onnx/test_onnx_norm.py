@@ -43,3 +43,18 @@ def test_batch_norm_spatial_1_of_old_opsets():
 def test_batch_norm_unsupported(model, reason):
     with pytest.raises(UnsupportedOpError, match=r"node 'bn': BatchNormalization \(opset \d+\): .*" + reason):
         import_onnx(model)
+
+
+@pytest.mark.parametrize("attrs", [{"size": 3}, {"size": 5, "alpha": 2e-4, "beta": 0.5, "bias": 2.0}])
+@pytest.mark.parametrize("opset", [7, 13])
+def test_lrn(attrs, opset):
+    node = helper.make_node("LRN", ["X"], ["Y"], name="lrn", **attrs)
+    graph = check_model(make_model([node], {"X": [2, 6, 5, 5]}, ["Y"], opset=opset))
+    assert graph.op("lrn").kind is OpKind.LRN and graph.op("lrn").attrs.size == attrs["size"]
+
+
+def test_batch_norm_6_is_test():
+    """BatchNormalization-6 (PyTorch 0.3 exports) says is_test=1 for inference; is_test=0 means training."""
+    check_model(bn_model(6, is_test=1), oracle="ref")
+    with pytest.raises(UnsupportedOpError, match="is_test=0"):
+        import_onnx(bn_model(6))

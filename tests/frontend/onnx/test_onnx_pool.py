@@ -99,3 +99,26 @@ def test_pool_bad_attributes(attrs, message):
 def test_average_pool_dilations_before_opset_19_is_rejected():
     with pytest.raises(ModelImportError, match=r"'pool'.*attribute 'dilations' is not part of AveragePool-11"):
         import_onnx(pool_model("AveragePool", [1, 1, 4, 4], opset=17, kernel_shape=[2, 2], dilations=[1, 1]))
+
+
+@pytest.mark.parametrize("op_type,kind", [("MaxPool", OpKind.MAX_POOL), ("AveragePool", OpKind.AVERAGE_POOL)])
+@pytest.mark.parametrize("attrs", [{"kernel_shape": [2, 2, 2], "strides": [2, 2, 2]},
+                                   {"kernel_shape": [3, 3, 3], "pads": [1, 0, 1, 1, 1, 0], "strides": [2, 1, 2]},
+                                   {"kernel_shape": [3, 2, 3], "auto_pad": "SAME_UPPER", "strides": [2, 2, 2]}])
+def test_pool_3d(op_type, kind, attrs):
+    graph = check_model(pool_model(op_type, [1, 2, 5, 6, 7], **attrs))
+    assert count(graph, kind) == 1
+
+
+@pytest.mark.parametrize("attrs", [{"kernel_shape": [3, 3]}, {"kernel_shape": [2, 2], "strides": [2, 2], "p": 1},
+                                   {"kernel_shape": [3, 2], "pads": [1, 0, 1, 1], "p": 3},
+                                   {"kernel_shape": [3, 3], "auto_pad": "SAME_LOWER"}])
+@pytest.mark.parametrize("opset", [11, 18])
+def test_lp_pool(attrs, opset):
+    graph = check_model(pool_model("LpPool", [1, 2, 6, 7], opset=opset, **attrs))
+    assert count(graph, OpKind.LP_POOL) == 1 and graph.ops()[0].attrs.p == attrs.get("p", 2)
+
+
+def test_pool_4d_is_unsupported():
+    with pytest.raises(UnsupportedOpError, match="4-D pooling"):
+        import_onnx(pool_model("MaxPool", [1, 1, 3, 3, 3, 3], kernel_shape=[2, 2, 2, 2]))

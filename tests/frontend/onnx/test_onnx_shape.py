@@ -1,4 +1,4 @@
-"""Flatten, Reshape and Concat on run-time tensors."""
+"""Flatten, Reshape, Concat, Transpose, Squeeze/Unsqueeze, Split, Slice and Pad on run-time tensors."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,6 +9,7 @@ from onnx_import_helpers import INT64, check_model, make_model
 from convc.errors import ModelImportError, UnsupportedOpError
 from convc.frontend.onnx import import_onnx
 from convc.ops import OpKind
+from convc.ops.shape import PadAttrs, SplitAttrs
 
 
 @pytest.mark.parametrize("axis,expected", [(0, 0), (1, 1), (2, 2), (4, 4), (-1, 3), (-3, 1), (-4, 0)])
@@ -97,4 +98,121 @@ def test_unsupported_runtime_gather_is_reported():
     node = helper.make_node("Gather", ["X", "idx"], ["Y"], name="gather")
     model = make_model([node], {"X": [4, 3]}, ["Y"], {"idx": np.array([0, 2], np.int64)})
     with pytest.raises(UnsupportedOpError, match=r"'gather': Gather .*only supported on constants.*'X'"):
+        import_onnx(model)
+
+
+# --- Transpose, Squeeze/Unsqueeze, Split, Slice and Pad on run-time tensors -------------------------
+def i64(v) -> np.ndarray:
+    return np.array(v, np.int64)
+
+
+@pytest.mark.parametrize("perm", [None, [0, 2, 3, 1], [1, 0, 3, 2]])
+def test_transpose(perm):
+    attrs = {"perm": perm} if perm is not None else {}
+    graph = check_model(make_model([helper.make_node("Transpose", ["X"], ["Y"], **attrs)], {"X": [2, 3, 4, 5]},
+                                   ["Y"]))
+    assert graph.ops()[0].attrs.perm == tuple(perm or (3, 2, 1, 0))
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+@pytest.mark.parametrize("op_type,axes,expected", [
+    ("Squeeze", [1, -1], (2, 4)), ("Squeeze", None, (2, 4)), ("Unsqueeze", [0, -1], (1, 2, 1, 4, 1, 1)),
+    ("Unsqueeze", [2], (2, 1, 1, 4, 1)),
+])
+def test_squeeze_unsqueeze_are_reshapes(op_type, axes, expected, opset):
+    inputs, inits, attrs = ["X"], {}, {}
+    if axes is not None:
+        if opset >= 13:
+            inputs.append("axes")
+            inits["axes"] = i64(axes)
+        else:
+            attrs["axes"] = axes
+    graph = check_model(make_model([helper.make_node(op_type, inputs, ["Y"], **attrs)], {"X": [2, 1, 4, 1]}, ["Y"],
+                                   inits, opset=opset))
+    assert [op.kind for op in graph.ops()] == [OpKind.RESHAPE] and graph.tensor("Y").shape == expected
+
+
+def test_squeeze_of_a_dimension_that_is_not_1():
+    node = helper.make_node("Squeeze", ["X", "axes"], ["Y"], name="sq")
+    with pytest.raises(ModelImportError, match=r"node 'sq' .*axes=\[0\] selects dimensions of shape"):
+        import_onnx(make_model([node], {"X": [2, 1]}, ["Y"], {"axes": i64([0])}, opset=13))
+
+
+@pytest.mark.parametrize("opset,attrs,split,sizes", [
+    (11, {"axis": 1}, None, (2, 2, 2)),
+    (11, {"axis": 1, "split": [1, 2, 3]}, None, (1, 2, 3)),
+    (13, {"axis": -2}, [3, 1, 2], (3, 1, 2)),
+    (18, {"axis": 1, "num_outputs": 3}, None, (2, 2, 2)),
+])
+def test_split(opset, attrs, split, sizes):
+    inputs, inits = ["X"], {}
+    if split is not None:
+        inputs.append("split")
+        inits["split"] = i64(split)
+    node = helper.make_node("Split", inputs, ["A", "B", "C"], name="split", **attrs)
+    graph = check_model(make_model([node], {"X": [2, 6, 5]}, ["A", "B", "C"], inits, opset=opset))
+    assert graph.ops()[0].attrs == SplitAttrs(1, sizes)
+
+
+def test_split_18_uneven_num_outputs():
+    node = helper.make_node("Split", ["X"], ["A", "B", "C"], axis=2, num_outputs=3)
+    graph = check_model(make_model([node], {"X": [2, 3, 7]}, ["A", "B", "C"], opset=18))
+    assert graph.ops()[0].attrs.sizes == (3, 3, 1)
+
+
+def test_split_with_an_empty_part_is_unsupported():
+    node = helper.make_node("Split", ["X", "split"], ["A", "B"], name="split", axis=1)
+    with pytest.raises(UnsupportedOpError, match=r"'split': .*empty output"):
+        import_onnx(make_model([node], {"X": [2, 6]}, ["A", "B"], {"split": i64([6, 0])}, opset=13))
+
+
+@pytest.mark.parametrize("starts,ends,axes,steps,kind", [
+    ([1], [3], [1], None, OpKind.SLICE),                     # one axis, unit step: the block-copy Slice
+    ([1, 1], [100, -1], [0, 2], None, OpKind.STRIDED_SLICE),   # two axes
+    ([-1], [-1000], [3], [-2], OpKind.STRIDED_SLICE),        # backwards
+    ([0], [1000], [1], [2], OpKind.STRIDED_SLICE),
+    ([0], [1000], [1], None, OpKind.IDENTITY),               # takes everything
+])
+def test_slice(starts, ends, axes, steps, kind):
+    inputs, inits = ["X", "starts", "ends", "axes"], {"starts": i64(starts), "ends": i64(ends), "axes": i64(axes)}
+    if steps is not None:
+        inputs.append("steps")
+        inits["steps"] = i64(steps)
+    graph = check_model(make_model([helper.make_node("Slice", inputs, ["Y"])], {"X": [3, 4, 5, 6]}, ["Y"], inits,
+                                   opset=13))
+    assert [op.kind for op in graph.ops()] == [kind]
+
+
+def test_slice_opset9_attributes():
+    node = helper.make_node("Slice", ["X"], ["Y"], starts=[1, 0], ends=[3, -1], axes=[0, 1])
+    graph = check_model(make_model([node], {"X": [4, 5]}, ["Y"], opset=9))
+    assert graph.tensor("Y").shape == (2, 4)
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "edge"])
+@pytest.mark.parametrize("opset", [2, 11, 18])
+def test_pad(mode, opset):
+    pads = [0, 0, 1, 2, 0, 0, 2, 1]
+    inputs, inits, attrs = ["X"], {}, {"mode": mode}
+    if opset < 11:
+        attrs |= {"pads": pads, "value": 0.5}
+    else:
+        inputs += ["pads", "value"]
+        inits |= {"pads": i64(pads), "value": np.array(0.5, np.float32)}
+    graph = check_model(make_model([helper.make_node("Pad", inputs, ["Y"], name="pad", **attrs)],
+                                   {"X": [1, 2, 4, 5]}, ["Y"], inits, opset=max(opset, 7)))
+    assert graph.ops()[0].attrs == PadAttrs(tuple(pads), mode, 0.5)
+
+
+def test_pad_18_axes_and_19_wrap():
+    node = helper.make_node("Pad", ["X", "pads", "", "axes"], ["Y"], mode="wrap")
+    graph = check_model(make_model([node], {"X": [1, 2, 4, 5]}, ["Y"], {"pads": i64([2, 1, 0, 3]),
+                                                                        "axes": i64([-1, 1])}, opset=19))
+    assert graph.ops()[0].attrs.pads == (0, 1, 0, 2, 0, 3, 0, 0)
+
+
+def test_pad_of_integer_data_is_unsupported():
+    node = helper.make_node("Pad", ["X", "pads"], ["Y"], name="pad")
+    model = make_model([node], {"X": [2, 3]}, {"Y": INT64}, {"pads": i64([0, 1, 0, 1])}, opset=13, input_type=INT64)
+    with pytest.raises((UnsupportedOpError, ModelImportError), match="INT64|int64"):
         import_onnx(model)

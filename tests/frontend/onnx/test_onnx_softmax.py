@@ -36,3 +36,13 @@ def test_softmax_13(opset, axis, expected):
     graph = check_model(make_model([node], {"X": [2, 3, 4]}, ["Y"], opset=opset))
     assert [op.kind for op in graph.ops()] == [OpKind.SOFTMAX]
     assert graph.op("softmax").attrs.axis == expected
+
+
+@pytest.mark.parametrize("opset,axis,kinds", [
+    (11, 1, [OpKind.RESHAPE, OpKind.LOG_SOFTMAX, OpKind.RESHAPE]), (11, -1, [OpKind.LOG_SOFTMAX]),
+    (13, 1, [OpKind.LOG_SOFTMAX]), (13, 0, [OpKind.LOG_SOFTMAX]),
+])
+def test_log_softmax(opset, axis, kinds):
+    node = helper.make_node("LogSoftmax", ["X"], ["Y"], axis=axis)
+    graph = check_model(make_model([node], {"X": [2, 3, 4]}, ["Y"], opset=opset))
+    assert [op.kind for op in graph.ops()] == kinds
