@@ -95,7 +95,7 @@ def prelu(ctx: NodeContext) -> None:
     ctx.require_float()
     x, slope = ctx.input_shape(0), ctx.input_shape(1)
     inputs = list(ctx.inputs[:2])
-    if ctx.opset < 7 and len(x) > 2 and slope == (x[1],) and x[1] != x[-1]:
+    if ctx.opset < 7 and len(x) > 2 and slope == (x[1],):
         inputs[1] = _reshaped(ctx, 1, (x[1],) + (1,) * (len(x) - 2), "slope_per_channel")  # PRelu-6: per channel
     ctx.add_op(OpKind.PRELU, NoAttrs(), inputs)
 
