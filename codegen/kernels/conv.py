@@ -103,12 +103,7 @@ def emit_depthwise_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     bias = fn.args[2] if has_bias else None
     residual = fn.args[len(op.inputs) - 1] if epi.residual else None
     y = fn.args[len(op.inputs)]
-    columns = []  # per kw: output columns [lo, hi) whose tap lies inside the input row
-    for kw in range(kw_):
-        first = pl - kw * dw
-        lo = min(max(0, -(-first // sw)), ow)
-        hi = min(max(lo, -(-(w + first) // sw)), ow)
-        columns.append((lo, hi, first))
+    columns = tap_columns(kw_, sw, dw, pl, w, ow)
     # the interior: output positions whose every tap is inside the input (no checks, taps in registers)
     y0, y1 = _interior(h, kh_, sh, dh, pt, oh)
     x0, x1 = _interior(w, kw_, sw, dw, pl, ow)
@@ -165,11 +160,36 @@ def emit_depthwise_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     return KernelCall(fn, args)
 
 
+def tap_columns(k: int, s: int, d: int, p_begin: int, size: int, out: int) -> list[tuple[int, int, int]]:
+    """Per kernel tap: the output positions [lo, hi) whose input lies inside [0, size), and the
+    offset ``first`` with input = o*s - first."""
+    columns = []
+    for t in range(k):
+        first = p_begin - t * d
+        lo = min(max(0, -(-first // s)), out)
+        hi = min(max(lo, -(-(size + first) // s)), out)
+        columns.append((lo, hi, first))
+    return columns
+
+
 def _interior(size: int, k: int, s: int, d: int, pad: int, out: int) -> tuple[int, int]:
     """Output positions [lo, hi) whose k taps all fall inside [0, size)."""
     lo = min(-(-pad // s), out)
     hi = min(max(lo, -(-(size + pad - (k - 1) * d) // s)), out)
     return lo, hi
+
+
+def full_or_edge(b: ir.IRBuilder, index: ir.Value, n_full: int, size: int, rem: int, emit) -> None:
+    """emit(size) for the first ``n_full`` items and emit(rem) for the one after them (the sizes
+    are compile-time constants, so each variant is specialized)."""
+    if rem and n_full:
+        with b.if_else(b.icmp_unsigned("<", index, i64(n_full))) as (whole, edge):
+            with whole:
+                emit(size)
+            with edge:
+                emit(rem)
+    else:
+        emit(rem or size)
 
 
 BLOCK_COLUMNS = 256  # output pixels per im2col block: K x 256 floats stays in L2 for K <= 1024
@@ -252,14 +272,7 @@ def emit_fused_im2col_conv(em: ModuleEmitter, op: Op, im2col: Op) -> KernelCall:
                 for row in range(mg):
                     epilogue_pass(b, after, gep(b, y, b.add(y_off, i64(row * p))), None, cols)
 
-        if last_rows and full_blocks:
-            with b.if_else(b.icmp_unsigned("<", block, i64(full_blocks))) as (whole, edge):
-                with whole:
-                    one_block(rows)
-                with edge:
-                    one_block(last_rows)
-        else:
-            one_block(rows if not last_rows else last_rows)
+        full_or_edge(b, block, full_blocks, rows, last_rows, one_block)
     b.ret_void()
     return KernelCall(fn, args)
 
@@ -321,14 +334,7 @@ def emit_direct_conv(em: ModuleEmitter, op: Op) -> KernelCall:
                 for row in range(mg):
                     epilogue_pass(b, after, gep(b, y, b.add(y_off, i64(row * p))), None, n_valid)
 
-        if rem and full:
-            with b.if_else(b.icmp_unsigned("<", panel, i64(full))) as (whole, edge):
-                with whole:
-                    one_panel(nr)
-                with edge:
-                    one_panel(rem)
-        else:
-            one_panel(nr if not rem else rem)
+        full_or_edge(b, panel, full, nr, rem, one_panel)
     b.ret_void()
     return KernelCall(fn, args)
 

@@ -12,7 +12,7 @@ from convc.ops.pool import PoolAttrs
 from convc.codegen.llvm_utils import gep, F32, FAST, alloca_entry, call_intrinsic, f32, fmax, for_range, i64, in_range, \
     load, loop_nest, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
-from convc.codegen.kernels.conv import spatial_2d
+from convc.codegen.kernels.conv import spatial_2d, tap_columns
 from convc.codegen.kernels.pool_nd import MAX_UNROLLED_TAPS, emit_pool_nd, window_bounds  # 3-D, LpPool
 
 
@@ -30,18 +30,6 @@ def emit_pool(em: ModuleEmitter, op: Op) -> KernelCall:
     if op.attrs.spatial_rank > 2 or int(np.prod(op.attrs.kernel_shape)) > MAX_UNROLLED_TAPS:
         return emit_pool_nd(em, op)  # 3-D, or a window too big to unroll tap by tap (60 x 80: minutes in LLVM)
     return emit_pool_rows(em, op)
-
-
-def _tap_columns(k: int, s: int, d: int, p_begin: int, size: int, out: int) -> list[tuple[int, int, int]]:
-    """Per kernel tap: the output positions [lo, hi) whose input lies inside, and the input offset
-    ``first`` with input = o*s - first."""
-    columns = []
-    for t in range(k):
-        first = p_begin - t * d
-        lo = min(max(0, -(-first // s)), out)
-        hi = min(max(lo, -(-(size + first) // s)), out)
-        columns.append((lo, hi, first))
-    return columns
 
 
 def _window_counts(k: int, s: int, d: int, p_begin: int, p_end: int, size: int, out: int,
@@ -75,7 +63,7 @@ def emit_pool_rows(em: ModuleEmitter, op: Op) -> KernelCall:
         args += [em.derived_constant(1.0 / np.maximum(rows, 1)), em.derived_constant(1.0 / np.maximum(cols, 1))]
     fn, b = em.function(op.name, len(args), parallel=True)
     x, y = fn.args[0], fn.args[1]
-    columns = _tap_columns(kw_, sw, dw, pl, w, ow)
+    columns = tap_columns(kw_, sw, dw, pl, w, ow)
     start = f32(-math.inf if is_max else 0.0)
     lo_t, hi_t = em.thread_range(b, fn, planes)
     with for_range(b, hi_t, start=lo_t, name="plane") as plane:
