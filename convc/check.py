@@ -20,7 +20,6 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import onnx
@@ -77,10 +76,8 @@ class CheckReport:
         else:
             how = " (bisecting prefixes of the optimized model)" if self.found_by_bisection else ""
             lines.append(f"  first tensor over tolerance{how}: {self.first_bad.line()}")
-            earlier = [t for t in self.layers if t.tensor != self.first_bad.tensor and t.error <= self.tolerance]
-            if not self.found_by_bisection:
-                index = next(i for i, t in enumerate(self.layers) if t.tensor == self.first_bad.tensor)
-                earlier = self.layers[:index]
+            names = [t.tensor for t in self.layers]
+            earlier = self.layers[:names.index(self.first_bad.tensor)] if self.first_bad.tensor in names else []
             lines.append(f"  the {len(earlier)} tensor(s) computed before it match"
                          + (f" (largest error {max(t.error for t in earlier):.3g})" if earlier else ""))
         for o in self.outputs:
@@ -271,7 +268,3 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     return 0 if report.ok else 1
 
-
-def main(argv: Any = None) -> int:  # pragma: no cover - convenience for python -m convc.check
-    from convc.cli import main as cli_main
-    return cli_main(["check", *(argv or sys.argv[1:])])

@@ -9,8 +9,7 @@ import numpy as np
 from convc.ir import Op
 from convc.ops import OpKind
 from convc.ops.pool import PoolAttrs
-from convc.codegen.llvm_utils import gep, F32, FAST, alloca_entry, call_intrinsic, f32, fmax, for_range, i64, in_range, \
-    load, loop_nest, store
+from convc.codegen.llvm_utils import gep, F32, FAST, alloca_entry, f32, fmax, for_range, i64, in_range, load, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from convc.codegen.kernels.conv import spatial_2d, tap_columns
 from convc.codegen.kernels.pool_nd import MAX_UNROLLED_TAPS, emit_pool_nd, window_bounds  # 3-D, LpPool

@@ -7,7 +7,8 @@
   (``arange(n) / n``) and compared with the output stored next to them.
 
 A case runs when convc claims every op of its graph (a converter is registered for it, or it is
-Constant or ConstantOfShape); otherwise it skips with "not claimed: <ops>". A case of claimed ops runs and must pass
+Constant or ConstantOfShape); otherwise it skips with one "not claimed" reason (conftest.py tallies the
+unclaimed ops). A case of claimed ops runs and must pass
 unless exclusions.py lists it with a reason. Outputs are compared as onnx's runner does: shape,
 dtype, then ``assert_allclose`` with the case's rtol/atol (1e-3/1e-7 unless the case says otherwise).
 conftest.py prints the counts at the end of the session.
@@ -48,10 +49,15 @@ def ops_of(graph: onnx.GraphProto) -> set[str]:
     return ops
 
 
-def skip_unless_relevant(name: str, graph: onnx.GraphProto) -> None:
+UNCLAIMED = "not claimed: the graph uses an op convc does not compile"
+
+
+def skip_unless_relevant(request: pytest.FixtureRequest, name: str, graph: onnx.GraphProto) -> None:
+    """Skip by rule when an op is unclaimed (conftest.py tallies which), or when exclusions.py lists the case."""
     unclaimed = sorted(ops_of(graph) - CLAIMED)
     if unclaimed:
-        pytest.skip(f"not claimed: {', '.join(unclaimed)}")
+        request.node.user_properties.append(("unclaimed", unclaimed))
+        pytest.skip(UNCLAIMED)
     if name in EXCLUDED:
         pytest.skip(f"excluded: {EXCLUDED[name]}")
 
@@ -84,9 +90,9 @@ def _node_names() -> list[str]:
 
 
 @pytest.mark.parametrize("name", _node_names())
-def test_node(name):
+def test_node(request, name):
     case = node_cases()[name]
-    skip_unless_relevant(name, case.model.graph)
+    skip_unless_relevant(request, name, case.model.graph)
     rep = convc.backend.prepare(case.model, threads=1)  # tiny graphs: no worker threads
     for inputs, outputs in case.data_sets:
         assert_outputs(rep.run([as_array(x) for x in inputs]), [as_array(y) for y in outputs], case.rtol, case.atol)
@@ -102,9 +108,9 @@ def _tensors(files: list[Path]) -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize("case_dir", _model_dirs(), ids=lambda d: d.name)
-def test_model(case_dir):
+def test_model(request, case_dir):
     model = onnx.load(str(case_dir / "model.onnx"))
-    skip_unless_relevant(case_dir.name, model.graph)
+    skip_unless_relevant(request, case_dir.name, model.graph)
     rep = convc.backend.prepare(model, threads=1)
     for data in sorted(case_dir.glob("test_data_set*")):
         inputs = _tensors(sorted(data.glob("input_*.pb"), key=lambda p: int(p.stem.split("_")[1])))
@@ -115,9 +121,9 @@ def test_model(case_dir):
 # --- the light models ---------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("name", LIGHT)
-def test_light_model(name):
+def test_light_model(request, name):
     model = onnx.load(str(DATA / "light" / f"light_{name}.onnx"))
-    skip_unless_relevant(f"test_{name}", model.graph)
+    skip_unless_relevant(request, f"test_{name}", model.graph)
     inits = {t.name for t in model.graph.initializer}
     feeds = {}
     for vi in model.graph.input:  # what onnx's runner feeds: generate_dummy_data(random=False)
