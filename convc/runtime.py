@@ -30,6 +30,7 @@ class IOSpec:
 _POOL_CREATE = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_int64)
 _POOL_DESTROY = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 _LIVE_CONTEXTS: "weakref.WeakSet[_Context]" = weakref.WeakSet()
+_PINNED_CODE: dict[int, tuple] = {}  # context id -> (pool functions, code owner) while its pool runs
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,13 @@ class _Context:
         self.arena = np.empty(arena_bytes + 64, dtype=np.uint8)
         self.timestamps = np.zeros(n_timestamps, dtype=np.int64)
         self._pool_api = pool_api
-        self._keepalive = keepalive  # the code the workers run must outlive them
         # a single-threaded context spawns nothing; workers are created once, not per call
         self.pool = pool_api.create(threads) if pool_api is not None and threads > 1 else None
+        if self.pool:
+            # the workers spin inside the compiled code, and destroying the pool calls into it:
+            # pin the code (JIT engine or library) globally, so that even when a garbage cycle
+            # finalizes everything at once in no fixed order, the code outlives the pool
+            _PINNED_CODE[id(self)] = (pool_api, keepalive)
         base = self.arena.ctypes.data
         self.block = (ctypes.c_void_p * 4)(base + (-base % 64), ctypes.addressof(const_table),
                                            self.timestamps.ctypes.data, self.pool)
@@ -66,6 +71,7 @@ class _Context:
         if self.pool:
             pool, self.pool = self.pool, None
             self._pool_api.destroy(pool)
+            _PINNED_CODE.pop(id(self), None)
 
     def __del__(self) -> None:
         self.close()

@@ -52,3 +52,27 @@ def test_native_pool_threads_exist_only_when_asked(cifar):
     for _ in range(20):
         multi(np.zeros((4, 3, 32, 32), np.float32))
     assert native_threads() == n  # created once, not per call
+
+
+def test_models_in_garbage_cycles_are_freed_without_crashing():
+    # a garbage cycle finalizes the compiled code and the contexts in no fixed order; the worker
+    # pool must be stopped before its code goes (this segfaulted before the code was pinned)
+    import subprocess
+    import sys
+    script = """
+import gc, numpy as np, convc
+from convc import models
+m = models.lenet5(batch=2)
+x = np.zeros((2, 1, 28, 28), np.float32)
+for i in range(12):
+    c = convc.compile(m, threads=2, batch=2)
+    c(x)
+    cycle = {"model": c}
+    cycle["self"] = cycle
+    del c, cycle
+    gc.collect()
+print("ok")
+"""
+    env = dict(os.environ, CONVC_NO_CACHE="1")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", (done.returncode, done.stderr[-2000:])
