@@ -35,7 +35,6 @@ def test_wavenet_tcn_learns_the_delayed_sum(capsys):
     assert np.mean(result["train_losses"][-20:]) < 0.05 * np.mean(result["train_losses"][:5])
     assert result["max_error"] < 1e-4  # the trained weights in the module: numpy reference = compiled
     assert result["causal"]
-    assert result["seconds"] < 60  # about 6 s on 2 cores, compilation included
     out = capsys.readouterr().out
     assert "Total MACs:" in out and "causal: outputs before step 32 unchanged" in out
     assert "held-out MSE before training" in out and "held-out MSE after 200 steps" in out
@@ -108,7 +107,6 @@ def test_train_digits(tmp_path, capsys):
     assert result["accuracy"] >= 0.97  # 0.9806 with seed 0
     assert result["loss"] < 0.1
     assert result["steps"] == 12 * (1437 // 32)
-    assert result["seconds"] < 60  # about 3 s on 2 cores, compilation included
     trainer, x_test = result["trainer"], result["x_test"]
     logits = trainer.predict(x_test)
     onnx_logits = run_onnxruntime(onnx.load(str(path)), x_test)  # all 360 test images at once: batch is symbolic
