@@ -12,7 +12,7 @@ from convc.ops.pool import PoolAttrs
 from convc.codegen.llvm_utils import gep, F32, FAST, alloca_entry, f32, fmax, for_range, i64, in_range, load, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from convc.codegen.kernels.conv import spatial_2d, tap_columns
-from convc.codegen.kernels.pool_nd import MAX_UNROLLED_TAPS, emit_pool_nd, window_bounds  # 3-D, LpPool
+from convc.codegen.kernels.pool_nd import MAX_UNROLLED_TAPS, emit_pool_nd  # 3-D, LpPool, big windows
 
 
 def as_2d(a: PoolAttrs) -> PoolAttrs:
@@ -88,51 +88,6 @@ def emit_pool_rows(em: ModuleEmitter, op: Op) -> KernelCall:
                     store(b, b.fmul(load(b, yrow, ox), scale), yrow, ox)
     b.ret_void()
     return KernelCall(fn, args)
-
-
-def _emit_pool_scalar(em: ModuleEmitter, op: Op) -> KernelCall:
-    a = as_2d(op.attrs)
-    is_max = op.kind is OpKind.MAX_POOL
-    xs, ys = em.tensor(op.inputs[0]).shape, em.tensor(op.outputs[0]).shape
-    planes = xs[0] * xs[1]
-    h, w = spatial_2d(xs)
-    oh, ow = spatial_2d(ys)
-    kh_, kw_ = a.kernel_shape
-    (sh, sw), (dh, dw) = a.strides, a.dilations
-    pt, pl, pb, pr = a.pads
-    fn, b = em.function(op.name, 2)
-    x, y = fn.args
-    acc = alloca_entry(b, F32, "acc")
-    cnt = alloca_entry(b, F32, "count")
-    with for_range(b, planes, name="plane") as pi:
-        with for_range(b, oh, name="oy") as oy:
-            with for_range(b, ow, name="ox") as ox:
-                b.store(f32(-math.inf if is_max else 0.0), acc)
-                b.store(f32(0.0), cnt)
-                kh_bound, kw_bound = window_bounds(b, (kh_, kw_))
-                with for_range(b, kh_bound, name="kh") as kh:
-                    iy = b.add(b.sub(b.mul(oy, i64(sh)), i64(pt)), b.mul(kh, i64(dh)))
-                    with for_range(b, kw_bound, name="kw") as kw:
-                        ix = b.add(b.sub(b.mul(ox, i64(sw)), i64(pl)), b.mul(kw, i64(dw)))
-                        inside = b.and_(in_range(b, iy, 0, h), in_range(b, ix, 0, w))
-                        addr = b.select(inside, b.add(b.mul(b.add(b.mul(pi, i64(h)), iy), i64(w)), ix), i64(0))
-                        v = load(b, x, addr)
-                        old = b.load(acc, typ=F32)
-                        if is_max:
-                            b.store(b.select(inside, fmax(b, old, v), old), acc)
-                        else:
-                            b.store(b.select(inside, b.fadd(old, v), old), acc)
-                            counted = inside
-                            if a.count_include_pad:  # padded taps count, the ceil_mode overhang does not
-                                counted = b.and_(in_range(b, iy, -pt, h + pb), in_range(b, ix, -pl, w + pr))
-                            c = b.load(cnt, typ=F32)
-                            b.store(b.select(counted, b.fadd(c, f32(1.0)), c), cnt)
-                out = b.load(acc, typ=F32)
-                if not is_max:
-                    out = b.fdiv(out, b.load(cnt, typ=F32))
-                store(b, out, y, b.add(b.mul(b.add(b.mul(pi, i64(oh)), oy), i64(ow)), ox))
-    b.ret_void()
-    return KernelCall(fn, [op.inputs[0], op.outputs[0]])
 
 
 @emitter(OpKind.GLOBAL_AVERAGE_POOL, OpKind.GLOBAL_MAX_POOL)
