@@ -179,6 +179,15 @@ def _interior(size: int, k: int, s: int, d: int, pad: int, out: int) -> tuple[in
     return lo, hi
 
 
+def epilogue_rows(b: ir.IRBuilder, after, c: ir.Value, rows: int, ld: int, count) -> None:
+    """The scalar part of an epilogue over ``count`` columns of ``rows`` rows ``ld`` apart (one
+    run-time loop over the rows, not one copy of the loop per row)."""
+    if after.empty:
+        return
+    with for_range(b, rows, name="erow") as r:
+        epilogue_pass(b, after, gep(b, c, b.mul(r, i64(ld))), None, count)
+
+
 def full_or_edge(b: ir.IRBuilder, index: ir.Value, n_full: int, size: int, rem: int, emit) -> None:
     """emit(size) for the first ``n_full`` items and emit(rem) for the one after them (the sizes
     are compile-time constants, so each variant is specialized)."""
@@ -268,9 +277,7 @@ def emit_fused_im2col_conv(em: ModuleEmitter, op: Op, im2col: Op) -> KernelCall:
             em.gemm.gemm(b, mg, cols, kdim, w_at, Operand(True), col, Operand(False, cols), gep(b, y, y_off), p,
                          "bias_row" if bias is not None else "zero", bias_at, in_kernel,
                          gep(b, residual, y_off) if residual is not None else None)
-            if not after.empty:
-                for row in range(mg):
-                    epilogue_pass(b, after, gep(b, y, b.add(y_off, i64(row * p))), None, cols)
+            epilogue_rows(b, after, gep(b, y, y_off), mg, p, cols)
 
         full_or_edge(b, block, full_blocks, rows, last_rows, one_block)
     b.ret_void()
@@ -330,9 +337,7 @@ def emit_direct_conv(em: ModuleEmitter, op: Op) -> KernelCall:
             em.gemm.panel(b, mg, cg, w_at, Operand(True), src, bop, gep(b, y, y_off), p, n_valid,
                           "bias_row" if bias is not None else "zero", bias_at, in_kernel,
                           gep(b, residual, y_off) if residual is not None else None)
-            if not after.empty:
-                for row in range(mg):
-                    epilogue_pass(b, after, gep(b, y, b.add(y_off, i64(row * p))), None, n_valid)
+            epilogue_rows(b, after, gep(b, y, y_off), mg, p, n_valid)
 
         full_or_edge(b, panel, full, nr, rem, one_panel)
     b.ret_void()
