@@ -26,6 +26,7 @@ from convc import models as builtin  # noqa: E402
 from nets import mobilenet_v2, resnet18  # noqa: E402
 
 BLOCK = 3
+SETTLE = 0.02  # s of quiet before each block: the other runtime's idle workers stop spinning
 
 BUILDERS = {
     "resnet18": resnet18,
@@ -64,6 +65,7 @@ def bench(name: str, batch: int, threads: int, repeat: int) -> tuple[float, floa
     # block starts with one untimed call, then times BLOCK calls
     for _ in range(max(1, repeat // BLOCK)):
         for run, times in ((lambda: compiled.run(feeds), t_convc), (lambda: sess.run(None, feeds), t_ort)):
+            time.sleep(SETTLE)
             run()
             for _ in range(BLOCK):
                 t0 = time.perf_counter()

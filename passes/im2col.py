@@ -36,7 +36,7 @@ def is_depthwise(g: Graph, op: Op) -> bool:
 def is_general_conv(g: Graph, op: Op) -> bool:
     """The default predicate: every 1-D or 2-D conv with constant weights that is not already a GEMM
     and not depthwise."""
-    return (op.kind is OpKind.CONV and op.attrs.spatial_rank in (1, 2) and not is_gemm_conv(op.attrs)
+    return (op.kind is OpKind.CONV and not op.attrs.channels_last and op.attrs.spatial_rank in (1, 2) and not is_gemm_conv(op.attrs)
             and is_constant(g, op.inputs[1]) and not is_depthwise(g, op))
 
 

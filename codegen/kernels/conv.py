@@ -346,6 +346,9 @@ def emit_direct_conv(em: ModuleEmitter, op: Op) -> KernelCall:
 
 @emitter(OpKind.CONV)
 def emit_conv(em: ModuleEmitter, op: Op) -> KernelCall:
+    if op.attrs.channels_last:  # set by passes/layout.py (codegen/kernels/conv_nhwc.py)
+        from convc.codegen.kernels.conv_nhwc import emit_conv_channels_last
+        return emit_conv_channels_last(em, op)
     if op.attrs.spatial_rank > 2:  # 3-D: direct loops (codegen/kernels/conv3d.py)
         from convc.codegen.kernels.conv3d import emit_conv3d
         return emit_conv3d(em, op)

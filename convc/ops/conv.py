@@ -1,8 +1,8 @@
-"""Convolution (1-D, 2-D and N-D), NC* layout, explicit pads."""
+"""Convolution (1-D, 2-D and N-D), channels-first (ONNX) or channels-last layout, explicit pads."""
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -10,6 +10,7 @@ import numpy as np
 from convc.errors import GraphError
 from convc.ops.epilogue import NO_EPILOGUE, Epilogue
 from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, register
+from convc.ops.layout import CHANNELS_FIRST, CHANNELS_LAST, first, last, to_channels_first, to_channels_last
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,11 @@ class ConvAttrs:
     dilations: tuple[int, ...]
     group: int = 1
     epilogue: Epilogue = NO_EPILOGUE
+    layout: str = CHANNELS_FIRST  # of X, Y and the residual; W stays [M, C/group, k...]
+
+    @property
+    def channels_last(self) -> bool:
+        return self.layout == CHANNELS_LAST
 
     @property
     def spatial_rank(self) -> int:
@@ -45,6 +51,11 @@ def split_inputs(a, items: Sequence):
 
 
 def infer(a: ConvAttrs, types: Sequence[TensorType]) -> list[TensorType]:
+    if a.channels_last:
+        x, w, bias, residual = split_inputs(a, types)
+        moved = [TensorType(to_channels_first(t.shape), t.dtype) if t is x or t is residual else t for t in types]
+        (y,) = infer(replace(a, layout=CHANNELS_FIRST), moved)
+        return [TensorType(to_channels_last(y.shape), y.dtype)]
     check_arity(OpKind.CONV, types, 2 + a.epilogue.residual, 3 + a.epilogue.residual)
     check_float(OpKind.CONV, types)
     x, w, bias, residual = split_inputs(a, types)
@@ -72,6 +83,9 @@ def infer(a: ConvAttrs, types: Sequence[TensorType]) -> list[TensorType]:
 
 def reference(a: ConvAttrs, *inputs: np.ndarray) -> list[np.ndarray]:
     x, w, b, residual = split_inputs(a, inputs)
+    if a.channels_last:
+        moved = [first(t) if t is x or t is residual else t for t in inputs]
+        return [last(reference(replace(a, layout=CHANNELS_FIRST), *moved)[0])]
     r = a.spatial_rank
     xp = np.pad(x, [(0, 0), (0, 0)] + [(a.pads_begin[i], a.pads_end[i]) for i in range(r)])
     n, c = x.shape[:2]

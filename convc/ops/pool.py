@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
 
 from convc.errors import GraphError
 from convc.ops.base import NoAttrs, OpDef, OpKind, TensorType, check_arity, check_float, register
+from convc.ops.layout import CHANNELS_FIRST, CHANNELS_LAST, first, last, to_channels_first, to_channels_last
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,11 @@ class PoolAttrs:
     dilations: tuple[int, ...]
     ceil_mode: bool = False
     count_include_pad: bool = False  # AveragePool only
+    layout: str = CHANNELS_FIRST
+
+    @property
+    def channels_last(self) -> bool:
+        return self.layout == CHANNELS_LAST
 
     @property
     def spatial_rank(self) -> int:
@@ -51,6 +57,10 @@ def pool_output_size(size: int, k: int, s: int, d: int, pb: int, pe: int, ceil_m
 
 def _pool_infer(kind: OpKind):
     def infer(a: PoolAttrs, types: Sequence[TensorType]) -> list[TensorType]:
+        if getattr(a, "channels_last", False):
+            (y,) = infer(replace(a, layout=CHANNELS_FIRST), [TensorType(to_channels_first(t.shape), t.dtype)
+                                                             for t in types])
+            return [TensorType(to_channels_last(y.shape), y.dtype)]
         check_arity(kind, types, 1, 1)
         check_float(kind, types)
         x = types[0]
@@ -84,6 +94,16 @@ def _windows(a: PoolAttrs | LpPoolAttrs, x: np.ndarray, fill: float):
         yield xp[(slice(None), slice(None)) + sl], inside[sl], in_pads[sl]
 
 
+def channels_last_reference(fn):
+    """A channels-first reference run on a channels-last op: transpose in, run, transpose out."""
+    def run(a: PoolAttrs, x: np.ndarray) -> list[np.ndarray]:
+        if a.channels_last:
+            return [last(fn(replace(a, layout=CHANNELS_FIRST), first(x))[0])]
+        return fn(a, x)
+    return run
+
+
+@channels_last_reference
 def max_pool_reference(a: PoolAttrs, x: np.ndarray) -> list[np.ndarray]:
     y = None
     for win, _, _ in _windows(a, x, -np.inf):
@@ -91,6 +111,7 @@ def max_pool_reference(a: PoolAttrs, x: np.ndarray) -> list[np.ndarray]:
     return [y.astype(x.dtype)]
 
 
+@channels_last_reference
 def average_pool_reference(a: PoolAttrs, x: np.ndarray) -> list[np.ndarray]:
     total, count = 0.0, 0
     for win, inside, in_pads in _windows(a, x, 0.0):
