@@ -176,13 +176,22 @@ class GemmEmitter:
                 accs[i][v].add_incoming(new[i][v], body)
         b.branch(header)
         b.position_at_end(done)
+        self.store_tile(b, accs, n_valid, pc, ldc, init, bias, residual, epi)
+        b.ret_void()
+        self._kernels[key] = fn
+        return fn
+
+    def store_tile(self, b: ir.IRBuilder, accs: list[list[ir.Value]], n_valid: int, pc: ir.Value, ldc: ir.Value,
+                   init: str, bias: ir.Value, residual: ir.Value, epi: Epilogue) -> None:
+        """C[i, 0:n_valid] = init + accs[i], then the epilogue, for each row i of the register tile
+        (rows ``ldc`` apart; the residual has C's layout)."""
         from convc.codegen.kernels.elementwise import UNARY
-        for i in range(mr):
-            for v in range(nv):
+        w = self.isa.width
+        for i, row in enumerate(accs):
+            for v, val in enumerate(row):
                 valid = min(w, n_valid - v * w)
                 c_at = b.add(b.mul(ldc, i64(i)), i64(v * w))
                 cptr = gep(b, pc, c_at)
-                val = accs[i][v]
                 if init == "bias_row":
                     val = b.fadd(val, self.splat(b, b.load(gep(b, bias, i), typ=F32)))
                 elif init == "bias_col":
@@ -194,9 +203,6 @@ class GemmEmitter:
                 if epi.activation is not None:
                     val = UNARY[epi.activation](b, val, epi.activation_attrs)
                 self.vstore(b, val, cptr, valid)
-        b.ret_void()
-        self._kernels[key] = fn
-        return fn
 
     # --- loop nests -----------------------------------------------------------------------
     def panel(self, b: ir.IRBuilder, m: int, k: int, pa: ir.Value, a: Operand, pb: ir.Value, bop: Operand,

@@ -1,8 +1,31 @@
-"""Channels-last (NHWC) convolution: an implicit GEMM whose A rows are read straight from the input."""
+"""Channels-last (NHWC) convolution as an implicit GEMM: no im2col copy.
+
+With one pixel's channels contiguous, output pixel p's im2col row is, tap after tap, a run of C
+contiguous input floats. So Y[P, M] = sum over taps of A_tap[P, C] @ W_tap[C, M], where A_tap's row
+p starts at the input pixel under tap ``t`` of output pixel p. The micro-kernel keeps an MR x NR
+tile of Y in registers across all taps and channels; per tile it computes MR row offsets once and
+per tap adds the tap's offset, a constant of the layer. Padding: when the conv has pads, each
+thread first copies the input rows its outputs read into a zero-bordered scratch image, so the
+inner loops never test bounds (the copy is 1/(taps x M) of the arithmetic).
+
+Weights are packed at compile time as B[K = (kh, kw, c), M] in NR-wide panels, exactly the GEMM
+micro-kernel's layout. Threads split the output rows, or, when there are too few rows (a deep
+layer at batch 1), the column panels.
+"""
 from __future__ import annotations
 
+import numpy as np
+from llvmlite import ir
+
 from convc.ir import Op
+from convc.ops.conv import split_inputs
+from convc.codegen.llvm_utils import F32, I64, PTR, VOID, constant_table, for_range, gep, i64, memcpy, memset_zero
 from convc.codegen.module import KernelCall, ModuleEmitter
+from convc.codegen.kernels.blas import pack_b, split_epilogue
+from convc.codegen.kernels.conv import as_2d
+from convc.codegen.kernels.epilogue import epilogue_pass
+
+L2_PANEL_BYTES = 512 * 1024  # B panels sized to stay in L2 while every pixel tile of a thread streams by
 
 
 def is_depthwise_channels_last(em: ModuleEmitter, op: Op) -> bool:
@@ -14,4 +37,232 @@ def emit_conv_channels_last(em: ModuleEmitter, op: Op) -> KernelCall:
     if is_depthwise_channels_last(em, op):
         from convc.codegen.kernels.depthwise_nhwc import emit_depthwise_channels_last
         return emit_depthwise_channels_last(em, op)
-    raise NotImplementedError("channels-last conv")
+    if op.attrs.group != 1 or em.tensor(op.inputs[1]).data is None:
+        raise NotImplementedError("channels-last conv needs one group and constant weights")
+    return emit_implicit_gemm_conv(em, op)
+
+
+def conv_micro_kernel(em: ModuleEmitter, n_valid: int, init: str, epi) -> ir.Function:
+    """void mk(X, rows, taps, ntaps, C, B, Y, ldc, bias, residual, rows_valid):
+    Y[i, 0:n_valid] = init + sum_t sum_c X[rows[i] + taps[t] + c] * B[t*C + c, :] for i < rows_valid,
+    then the epilogue. Every one of the MR rows is computed (the caller clamps the offsets of rows
+    past the end), only ``rows_valid`` are stored."""
+    key = ("nhwc", n_valid, init, epi)
+    gemm = em.gemm
+    if key in gemm._kernels:
+        return gemm._kernels[key]
+    isa, w = em.isa, em.isa.width
+    mr, nv = isa.mr, -(-n_valid // w)
+    fn = ir.Function(em.module, ir.FunctionType(VOID, [PTR, PTR, PTR, I64, I64, PTR, PTR, I64, PTR, PTR, I64]),
+                     name=f"mk_nhwc{len(gemm._kernels)}_{mr}x{n_valid}")
+    fn.linkage = "internal"
+    x, rows, taps, ntaps, cin, pb, pc, ldc, bias, residual, rows_valid = fn.args
+    for a in (x, pb, pc):
+        a.add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    bases = [gep(b, x, b.load(gep(b, rows, i, I64), typ=I64)) for i in range(mr)]
+    zero = ir.Constant(gemm.vec, None)
+
+    # tap loop: carries the accumulators and the B pointer
+    entry = b.block
+    t_head = b.append_basic_block("tap.header")
+    t_body = b.append_basic_block("tap.body")
+    c_head = b.append_basic_block("c.header")
+    c_body = b.append_basic_block("c.body")
+    t_latch = b.append_basic_block("tap.latch")
+    done = b.append_basic_block("done")
+    b.branch(t_head)
+    b.position_at_end(t_head)
+    t = b.phi(I64, "t")
+    t_b = b.phi(PTR, "t.b")
+    t_acc = [[b.phi(gemm.vec) for _ in range(nv)] for _ in range(mr)]
+    t.add_incoming(i64(0), entry)
+    t_b.add_incoming(pb, entry)
+    for row in t_acc:
+        for acc in row:
+            acc.add_incoming(zero, entry)
+    b.cbranch(b.icmp_signed("<", t, ntaps), t_body, done)
+
+    b.position_at_end(t_body)
+    offset = b.load(gep(b, taps, t, I64), typ=I64)
+    a_rows = [gep(b, base, offset) for base in bases]
+    b.branch(c_head)
+
+    # channel loop: one k-step of the GEMM per input channel
+    b.position_at_end(c_head)
+    c = b.phi(I64, "c")
+    c_b = b.phi(PTR, "c.b")
+    c_acc = [[b.phi(gemm.vec) for _ in range(nv)] for _ in range(mr)]
+    c.add_incoming(i64(0), t_body)
+    c_b.add_incoming(t_b, t_body)
+    for i in range(mr):
+        for v in range(nv):
+            c_acc[i][v].add_incoming(t_acc[i][v], t_body)
+    b.cbranch(b.icmp_signed("<", c, cin), c_body, t_latch)
+
+    b.position_at_end(c_body)
+    bvecs = [b.load(gep(b, c_b, v * w), typ=gemm.vec, align=4) for v in range(nv)]
+    new = []
+    for i in range(mr):
+        s = gemm.splat(b, b.load(gep(b, a_rows[i], c), typ=F32))
+        new.append([gemm.fma(b, s, bvecs[v], c_acc[i][v]) for v in range(nv)])
+    c.add_incoming(b.add(c, i64(1)), c_body)
+    c_b.add_incoming(gep(b, c_b, isa.nr), c_body)
+    for i in range(mr):
+        for v in range(nv):
+            c_acc[i][v].add_incoming(new[i][v], c_body)
+    b.branch(c_head)
+
+    b.position_at_end(t_latch)
+    t.add_incoming(b.add(t, i64(1)), t_latch)
+    t_b.add_incoming(c_b, t_latch)
+    for i in range(mr):
+        for v in range(nv):
+            t_acc[i][v].add_incoming(c_acc[i][v], t_latch)
+    b.branch(t_head)
+
+    b.position_at_end(done)
+    for i in range(mr):  # row i is stored when i < rows_valid
+        with b.if_then(b.icmp_signed("<", i64(i), rows_valid)):
+            row_c = gep(b, pc, b.mul(ldc, i64(i)))
+            row_r = gep(b, residual, b.mul(ldc, i64(i))) if epi.residual else residual
+            gemm.store_tile(b, [t_acc[i]], n_valid, row_c, ldc, init, bias, row_r, epi)
+    b.ret_void()
+    gemm._kernels[key] = fn
+    return fn
+
+
+def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
+    a = as_2d(op.attrs)
+    isa = em.isa
+    xs, ys = em.tensor(op.inputs[0]).shape, em.tensor(op.outputs[0]).shape
+    n, h, w_, c = xs
+    _, oh, ow, m = ys
+    kh, kw = a.kernel_shape
+    (sh, sw), (dh, dw) = a.strides, a.dilations
+    pt, pl, pb_, pr = a.pads
+    hp, wp = h + pt + pb_, w_ + pl + pr
+    padded = any(a.pads)
+    _, weight, bias_name, residual_name = split_inputs(a, op.inputs)
+    wdata = em.tensor(weight).data  # [M, C, kh, kw] -> B[(kh, kw, c), M]
+    kdim = kh * kw * c
+    packed = pack_b(np.ascontiguousarray(wdata.transpose(2, 3, 1, 0).reshape(kdim, m)), isa)
+    n_panels, rem = divmod(m, isa.nr)
+    panels = n_panels + (rem > 0)
+    tap_offsets = [(i * dh * wp + j * dw) * c for i in range(kh) for j in range(kw)]
+    in_kernel, after = split_epilogue(a.epilogue)
+
+    args: list = [op.inputs[0], em.derived_constant(packed)]
+    if bias_name is not None:
+        args.append(bias_name)
+    if residual_name is not None:
+        args.append(residual_name)
+    args.append(op.outputs[0])
+    if padded:
+        args.append(em.scratch(n * hp * wp * c * 4))
+    fn, b = em.function(op.name, len(args), parallel=True)
+    it = iter(fn.args)
+    x, wt = next(it), next(it)
+    bias = next(it) if bias_name is not None else ir.Constant(PTR, None)
+    residual = next(it) if residual_name is not None else ir.Constant(PTR, None)
+    y = next(it)
+    xpad = next(it) if padded else x
+
+    out_rows = n * oh
+    by_panels = out_rows < 4 * em.threads and panels >= 2 * em.threads and after.empty
+    if by_panels:
+        p_lo, p_hi = em.thread_range(b, fn, panels)
+        r_lo, r_hi = i64(0), i64(out_rows)
+    else:
+        r_lo, r_hi = em.thread_range(b, fn, out_rows)
+        p_lo, p_hi = i64(0), i64(panels)
+    if padded:
+        _pad_input_rows(b, x, xpad, r_lo, r_hi, (h, w_, c), (oh, sh, (kh - 1) * dh), (hp, wp, pt, pl))
+
+    taps = constant_table(b, tap_offsets, name=f"{fn.name}_taps")
+    row_table = b.alloca(I64, size=i64(isa.mr), name="rows")
+    m_lo, m_hi = b.mul(r_lo, i64(ow)), b.mul(r_hi, i64(ow))
+    tiles = b.udiv(b.add(b.sub(m_hi, m_lo), i64(isa.mr - 1)), i64(isa.mr))
+    panel_bytes = kdim * isa.nr * 4
+    group = max(1, L2_PANEL_BYTES // panel_bytes)
+    init = "bias_col" if bias_name is not None else "zero"
+
+    with for_range(b, p_hi, start=p_lo, step=group, name="pg") as g0:
+        g1 = b.add(g0, i64(group))
+        g1 = b.select(b.icmp_signed("<", g1, p_hi), g1, p_hi)
+        with for_range(b, tiles, name="tile") as ti:
+            m0 = b.add(m_lo, b.mul(ti, i64(isa.mr)))
+            last = b.sub(m_hi, i64(1))
+            for i in range(isa.mr):
+                mi = b.add(m0, i64(i))
+                mi = b.select(b.icmp_signed("<", mi, last), mi, last)
+                b.store(_pixel_offset(b, mi, (oh, ow), (hp, wp, c), (sh, sw)), gep(b, row_table, i, I64))
+            valid = b.sub(m_hi, m0)
+            y_tile = gep(b, y, b.mul(m0, i64(m)))
+            r_tile = gep(b, residual, b.mul(m0, i64(m))) if residual_name is not None else residual
+
+            def call_panel(j: ir.Value, n_valid: int) -> None:
+                mk = conv_micro_kernel(em, n_valid, init, in_kernel)
+                col = b.mul(j, i64(isa.nr))
+                b.call(mk, [xpad, row_table, taps, i64(len(tap_offsets)), i64(c),
+                            gep(b, wt, b.mul(j, i64(kdim * isa.nr))), gep(b, y_tile, col), i64(m),
+                            gep(b, bias, col) if bias_name is not None else bias,
+                            gep(b, r_tile, col) if residual_name is not None else r_tile, valid])
+
+            with for_range(b, g1, start=g0, name="panel") as j:
+                if rem and n_panels:
+                    with b.if_else(b.icmp_signed("<", j, i64(n_panels))) as (whole, edge):
+                        with whole:
+                            call_panel(j, isa.nr)
+                        with edge:
+                            call_panel(j, rem)
+                else:
+                    call_panel(j, rem or isa.nr)
+    if not after.empty:  # activations with no vector form, over this thread's rows
+        epilogue_pass(b, after, gep(b, y, b.mul(m_lo, i64(m))), None, b.mul(b.sub(m_hi, m_lo), i64(m)))
+    b.ret_void()
+    return KernelCall(fn, args)
+
+
+def _pixel_offset(b: ir.IRBuilder, p: ir.Value, out: tuple[int, int], padded: tuple[int, int, int],
+                  strides: tuple[int, int]) -> ir.Value:
+    """Float offset in the (padded) input of the top-left tap of output pixel p."""
+    oh, ow = out
+    hp, wp, c = padded
+    sh, sw = strides
+    img, rest = b.udiv(p, i64(oh * ow)), b.urem(p, i64(oh * ow))
+    row, col = b.udiv(rest, i64(ow)), b.urem(rest, i64(ow))
+    at = b.add(b.mul(b.add(b.mul(img, i64(hp)), b.mul(row, i64(sh))), i64(wp)), b.mul(col, i64(sw)))
+    return b.mul(at, i64(c))
+
+
+def _pad_input_rows(b: ir.IRBuilder, x: ir.Value, xpad: ir.Value, r_lo: ir.Value, r_hi: ir.Value,
+                    in_shape: tuple[int, int, int], rows: tuple[int, int, int],
+                    padded: tuple[int, int, int, int]) -> None:
+    """Write the padded input rows read by output rows [r_lo, r_hi) (over all images): output row
+    oh reads padded rows oh*s .. oh*s + span; each output row writes its first s of them and the
+    last row of an image (or of the range) the rest, so the union is covered once."""
+    h, w, c = in_shape
+    oh, s, span = rows
+    hp, wp, pt, pl = padded
+    row_floats, pad_row_floats = w * c, wp * c
+    with for_range(b, r_hi, start=r_lo, name="prow") as q:
+        img, o = b.udiv(q, i64(oh)), b.urem(q, i64(oh))
+        first = b.mul(o, i64(s))
+        ends_image = b.or_(b.icmp_signed("==", o, i64(oh - 1)), b.icmp_signed("==", q, b.sub(r_hi, i64(1))))
+        stop = b.select(ends_image, b.add(first, i64(span + 1)), b.add(first, i64(s)))
+        stop = b.select(b.icmp_signed("<", stop, i64(hp)), stop, i64(hp))
+        with for_range(b, stop, start=first, name="pr") as r:
+            dst = gep(b, xpad, b.mul(b.add(b.mul(img, i64(hp)), r), i64(pad_row_floats)))
+            ih = b.sub(r, i64(pt))
+            inside = b.icmp_unsigned("<", ih, i64(h))
+            with b.if_else(inside) as (copy, blank):
+                with copy:
+                    if pl:
+                        memset_zero(b, dst, pl * c * 4)
+                    src = gep(b, x, b.mul(b.add(b.mul(img, i64(h)), ih), i64(row_floats)))
+                    memcpy(b, gep(b, dst, pl * c), src, row_floats * 4)
+                    if wp - w - pl:
+                        memset_zero(b, gep(b, dst, (pl + w) * c), (wp - w - pl) * c * 4)
+                with blank:
+                    memset_zero(b, dst, pad_row_floats * 4)

@@ -1,0 +1,124 @@
+"""Layout: run 2-D convolutions, and the pooling and elementwise ops between them, channels last.
+
+ONNX tensors are channels first (N, C, H, W). Channels last (N, H, W, C) lets a convolution read
+its GEMM operand straight from the input, one pixel's channels being contiguous, instead of
+gathering an im2col copy, and lets pooling and depthwise convs vectorize over channels.
+
+The pass walks the ops in execution order and keeps, for every tensor it has produced channels
+last, that channels-last twin:
+
+- a convertible conv (2-D, constant weights, float32, plain or depthwise) reads the twins of its
+  input and residual, creating ``Transpose`` ops for tensors that have none yet (the graph input);
+- MaxPool/AveragePool (2-D) and shape-preserving elementwise ops convert when their inputs
+  already have twins, so a chain conv -> relu -> pool -> conv -> add stays channels last;
+- every converted op keeps its name and writes its twin, and a ``Transpose`` back to channels
+  first writes the original tensor, so ops left alone (Flatten, GlobalAveragePool, graph outputs)
+  read exactly what they read before. Dead-code elimination then removes the transposes back
+  that nothing reads: in a CNN only the model's edges keep one.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+
+from convc.passes.dce import eliminate_dead_code
+from convc.passes.rewrite import is_constant, record_origin, take_output
+
+from convc.ir import Graph, Op, TensorKind
+from convc.ops import OpGroup, OpKind
+from convc.ops import layout
+from convc.ops.shape import TransposeAttrs
+
+Predicate = Callable[[Graph, Op], bool]
+
+POOLS = frozenset({OpKind.MAX_POOL, OpKind.AVERAGE_POOL})
+SAME_SHAPE_BINARY = frozenset({OpKind.ADD, OpKind.MUL, OpKind.SUB, OpKind.DIV, OpKind.MAX, OpKind.MIN, OpKind.SUM})
+
+
+def is_channels_last_conv(g: Graph, op: Op) -> bool:
+    """The default predicate: a 2-D float32 conv with constant weights, plain (one group) or
+    depthwise (one input and one output channel per group)."""
+    if op.kind is not OpKind.CONV or op.attrs.channels_last or op.attrs.spatial_rank != 2:
+        return False
+    x, y = g.tensor(op.inputs[0]), g.tensor(op.outputs[0])
+    if x.dtype != np.float32 or not is_constant(g, op.inputs[1]):
+        return False
+    depthwise = op.attrs.group == x.shape[1] == y.shape[1]
+    return op.attrs.group == 1 or depthwise
+
+
+def to_channels_last(g: Graph, convert_conv: Predicate = is_channels_last_conv) -> Graph:
+    twins: dict[str, str] = {}     # channels-first tensor -> its channels-last twin
+    before: dict[str, list[str]] = {}  # op -> nodes created to run just before it
+    after: dict[str, list[str]] = {}   # op -> nodes created to run just after it
+
+    def twin(t: str, reader: Op) -> str:
+        if t not in twins:
+            rank = len(g.tensor(t).shape)
+            tr = g.add_op(OpKind.TRANSPOSE, TransposeAttrs(layout.channels_last_perm(rank)), [t],
+                          [g.fresh_name(f"{t}_nhwc")], name=f"{t}_to_nhwc")
+            record_origin(g, tr.name, reader.name)
+            twins[t] = tr.outputs[0]
+            before.setdefault(reader.name, []).extend([tr.name, tr.outputs[0]])
+        return twins[t]
+
+    for op in g.ops():
+        activations = _activation_inputs(g, op, twins, convert_conv)
+        if activations is None:
+            continue
+        inputs = tuple(twin(t, op) if i in activations else t for i, t in enumerate(op.inputs))
+        if op.kind is OpKind.CONV or op.kind in POOLS:
+            op.attrs = dataclasses.replace(op.attrs, layout=layout.CHANNELS_LAST)
+        g.set_inputs(op, inputs)
+        (out,) = op.outputs
+        t = g.tensor(out)
+        last = g.add_tensor(g.fresh_name(f"{out}_nhwc"), layout.to_channels_last(t.shape), t.dtype, TensorKind.ACTIVATION)
+        g.nx.remove_edge(op.name, out)
+        g.nx.add_edge(op.name, last.name, index=[0])
+        op.outputs = (last.name,)
+        back = g.add_op(OpKind.TRANSPOSE, TransposeAttrs(layout.channels_first_perm(len(t.shape))), [last.name],
+                        name=f"{out}_to_nchw")
+        take_output(g, back, out)
+        record_origin(g, back.name, op.name)
+        twins[out] = last.name
+        after[op.name] = [last.name, back.name]
+    _reorder(g, before, after)
+    return eliminate_dead_code(g)
+
+
+def _activation_inputs(g: Graph, op: Op, twins: dict[str, str], convert_conv: Predicate) -> set[int] | None:
+    """Indices of the inputs ``op`` reads channels last once converted; None: leave ``op`` alone."""
+    if len(op.outputs) != 1:
+        return None
+    if op.kind is OpKind.CONV:
+        if not convert_conv(g, op):
+            return None
+        return {0, len(op.inputs) - 1} if op.attrs.epilogue.residual else {0}
+    rank4 = len(g.tensor(op.outputs[0]).shape) == 4
+    if op.kind in POOLS:
+        ok = rank4 and not op.attrs.channels_last and op.inputs[0] in twins
+        return {0} if ok else None
+    if op.kind in OpGroup.UNARY or op.kind in SAME_SHAPE_BINARY:
+        out = g.tensor(op.outputs[0]).type
+        ok = rank4 and all(t in twins and g.tensor(t).type == out for t in op.inputs)
+        return set(range(len(op.inputs))) if ok else None
+    return None
+
+
+def _reorder(g: Graph, before: dict[str, list[str]], after: dict[str, list[str]]) -> None:
+    """Put the created nodes next to the op they serve in the node order, which ``Graph.ops``
+    uses to break ties: a transpose then runs where its data is hot, not after everything else."""
+    moved = {n for names in (*before.values(), *after.values()) for n in names}
+    order = []
+    for n in g.nx.nodes:
+        if n in moved:
+            continue
+        order.extend(before.get(n, ()))
+        order.append(n)
+        order.extend(after.get(n, ()))
+    rebuilt = type(g.nx)()
+    rebuilt.add_nodes_from((n, g.nx.nodes[n]) for n in order)
+    rebuilt.add_edges_from(g.nx.edges(data=True))
+    g.nx = rebuilt
