@@ -9,7 +9,7 @@ last, that channels-last twin:
 
 - a convertible conv (2-D, constant weights, float32, plain or depthwise) reads the twins of its
   input and residual, creating ``Transpose`` ops for tensors that have none yet (the graph input);
-- MaxPool/AveragePool (2-D) and shape-preserving elementwise ops convert when their inputs
+- pooling (2-D windows, global) and shape-preserving elementwise ops convert when their inputs
   already have twins, so a chain conv -> relu -> pool -> conv -> add stays channels last;
 - every converted op keeps its name and writes its twin, and a ``Transpose`` back to channels
   first writes the original tensor, so ops left alone (Flatten, GlobalAveragePool, graph outputs)
@@ -33,7 +33,7 @@ from convc.ops.shape import TransposeAttrs
 
 Predicate = Callable[[Graph, Op], bool]
 
-POOLS = frozenset({OpKind.MAX_POOL, OpKind.AVERAGE_POOL})
+POOLS = frozenset({OpKind.MAX_POOL, OpKind.AVERAGE_POOL, OpKind.GLOBAL_AVERAGE_POOL, OpKind.GLOBAL_MAX_POOL})
 SAME_SHAPE_BINARY = frozenset({OpKind.ADD, OpKind.MUL, OpKind.SUB, OpKind.DIV, OpKind.MAX, OpKind.MIN, OpKind.SUM})
 
 
@@ -69,7 +69,7 @@ def to_channels_last(g: Graph, convert_conv: Predicate = is_channels_last_conv) 
         if activations is None:
             continue
         inputs = tuple(twin(t, op) if i in activations else t for i, t in enumerate(op.inputs))
-        if op.kind is OpKind.CONV or op.kind in POOLS:
+        if op.kind is OpKind.CONV or op.kind in POOLS:  # the ops whose attributes say their layout
             op.attrs = dataclasses.replace(op.attrs, layout=layout.CHANNELS_LAST)
         g.set_inputs(op, inputs)
         (out,) = op.outputs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from llvmlite import ir
 
 from convc.ir import Op
 from convc.ops import OpKind
@@ -95,6 +96,8 @@ def emit_pool_rows(em: ModuleEmitter, op: Op) -> KernelCall:
 
 @emitter(OpKind.GLOBAL_AVERAGE_POOL, OpKind.GLOBAL_MAX_POOL)
 def emit_global_pool(em: ModuleEmitter, op: Op) -> KernelCall:
+    if op.attrs.channels_last:
+        return emit_global_pool_channels_last(em, op)
     xs = em.tensor(op.inputs[0]).shape
     planes, size = xs[0] * xs[1], em.tensor(op.inputs[0]).size // (xs[0] * xs[1])
     is_max = op.kind is OpKind.GLOBAL_MAX_POOL
@@ -110,5 +113,50 @@ def emit_global_pool(em: ModuleEmitter, op: Op) -> KernelCall:
             b.store(fmax(b, old, v) if is_max else b.fadd(old, v, flags=FAST), acc)
         out = b.load(acc, typ=F32)
         store(b, out if is_max else b.fmul(out, f32(1.0 / size)), y, pi)
+    b.ret_void()
+    return KernelCall(fn, [op.inputs[0], op.outputs[0]])
+
+
+GLOBAL_POOL_VECTORS = 4  # accumulators per pass over the pixels: independent adds hide their latency
+
+
+def emit_global_pool_channels_last(em: ModuleEmitter, op: Op) -> KernelCall:
+    """y[n, c] = mean (or max) over pixels of x[n, pixel, c]: whole vectors of channels accumulate
+    pixel after pixel, GLOBAL_POOL_VECTORS at a time."""
+    xs = em.tensor(op.inputs[0]).shape
+    n, c = xs[0], xs[-1]
+    pixels = em.tensor(op.inputs[0]).size // (n * c)
+    is_max = op.kind is OpKind.GLOBAL_MAX_POOL
+    gemm, w = em.gemm, em.isa.width
+    block = w * GLOBAL_POOL_VECTORS
+    fn, b = em.function(op.name, 2)
+    x, y = fn.args
+    start = ir.Constant(gemm.vec, [-math.inf if is_max else 0.0] * w)
+    scale = gemm.splat(b, f32(1.0 / pixels))
+
+    def channels(ni: ir.Value, c0: ir.Value, width: int) -> None:
+        vectors = [(v * w, min(w, width - v * w)) for v in range(-(-width // w))]
+        base = gep(b, x, b.add(b.mul(ni, i64(pixels * c)), c0))
+        accs = [alloca_entry(b, gemm.vec, "acc") for _ in vectors]
+        for acc in accs:
+            b.store(start, acc)
+        with for_range(b, pixels, name="px") as p:
+            row = gep(b, base, b.mul(p, i64(c)))
+            for acc, (off, valid) in zip(accs, vectors):
+                v = gemm.vload(b, gep(b, row, off), valid)
+                old = b.load(acc, typ=gemm.vec)
+                b.store(fmax(b, old, v) if is_max else b.fadd(old, v, flags=FAST), acc)
+        out = gep(b, y, b.add(b.mul(ni, i64(c)), c0))
+        for acc, (off, valid) in zip(accs, vectors):
+            total = b.load(acc, typ=gemm.vec)
+            gemm.vstore(b, total if is_max else b.fmul(total, scale), gep(b, out, off), valid)
+
+    full, rem = divmod(c, block)
+    with for_range(b, n, name="img") as ni:
+        if full:
+            with for_range(b, full, name="cb") as cb:
+                channels(ni, b.mul(cb, i64(block)), block)
+        if rem:
+            channels(ni, i64(full * block), rem)
     b.ret_void()
     return KernelCall(fn, [op.inputs[0], op.outputs[0]])

@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from convc.errors import GraphError
-from convc.ops.base import NoAttrs, OpDef, OpKind, TensorType, check_arity, check_float, register
+from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, register
 from convc.ops.layout import CHANNELS_FIRST, CHANNELS_LAST, first, last, to_channels_first, to_channels_last
 
 
@@ -127,24 +127,38 @@ def lp_pool_reference(a: LpPoolAttrs, x: np.ndarray) -> list[np.ndarray]:
     return [(total ** (1.0 / a.p)).astype(x.dtype)]
 
 
+@dataclass(frozen=True)
+class GlobalPoolAttrs:
+    layout: str = CHANNELS_FIRST
+
+    @property
+    def channels_last(self) -> bool:
+        return self.layout == CHANNELS_LAST
+
+
 def _global_infer(kind: OpKind):
-    def infer(a: NoAttrs, types: Sequence[TensorType]) -> list[TensorType]:
+    def infer(a: GlobalPoolAttrs, types: Sequence[TensorType]) -> list[TensorType]:
         check_arity(kind, types, 1, 1)
         check_float(kind, types)
         x = types[0]
         if x.rank < 3:
             raise GraphError(f"{kind.value} needs an input of rank >= 3 (N, C, spatial...), got X.shape={x.shape}")
+        if a.channels_last:
+            return [TensorType((x.shape[0],) + (1,) * (x.rank - 2) + (x.shape[-1],), x.dtype)]
         return [TensorType(x.shape[:2] + (1,) * (x.rank - 2), x.dtype)]
     return infer
 
 
 def _global_reference(fn):
-    return lambda a, x: [fn(x.astype(np.float64), axis=tuple(range(2, x.ndim)), keepdims=True).astype(x.dtype)]
+    def run(a: GlobalPoolAttrs, x: np.ndarray) -> list[np.ndarray]:
+        spatial = tuple(range(1, x.ndim - 1)) if a.channels_last else tuple(range(2, x.ndim))
+        return [fn(x.astype(np.float64), axis=spatial, keepdims=True).astype(x.dtype)]
+    return run
 
 
 register(OpDef(OpKind.MAX_POOL, PoolAttrs, _pool_infer(OpKind.MAX_POOL), max_pool_reference))
 register(OpDef(OpKind.AVERAGE_POOL, PoolAttrs, _pool_infer(OpKind.AVERAGE_POOL), average_pool_reference))
 register(OpDef(OpKind.LP_POOL, LpPoolAttrs, _pool_infer(OpKind.LP_POOL), lp_pool_reference))
-register(OpDef(OpKind.GLOBAL_AVERAGE_POOL, NoAttrs, _global_infer(OpKind.GLOBAL_AVERAGE_POOL),
+register(OpDef(OpKind.GLOBAL_AVERAGE_POOL, GlobalPoolAttrs, _global_infer(OpKind.GLOBAL_AVERAGE_POOL),
                _global_reference(np.mean)))
-register(OpDef(OpKind.GLOBAL_MAX_POOL, NoAttrs, _global_infer(OpKind.GLOBAL_MAX_POOL), _global_reference(np.max)))
+register(OpDef(OpKind.GLOBAL_MAX_POOL, GlobalPoolAttrs, _global_infer(OpKind.GLOBAL_MAX_POOL), _global_reference(np.max)))

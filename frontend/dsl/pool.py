@@ -6,8 +6,8 @@ from typing import ClassVar, Sequence
 from convc.frontend.dsl.conv import _SPATIAL, ntuple
 from convc.frontend.dsl.module import Module
 from convc.frontend.dsl.tracing import SymbolicTensor
-from convc.ops import NoAttrs, OpKind
-from convc.ops.pool import PoolAttrs
+from convc.ops import OpKind
+from convc.ops.pool import GlobalPoolAttrs, PoolAttrs
 
 
 class _PoolNd(Module):
@@ -91,4 +91,4 @@ class GlobalAvgPool(Module):
         if x.ndim < 3:
             raise x.tracer.shape_error("global_avg_pool", f"expects an input (N, C, spatial...) of rank >= 3 but its "
                                                           f"input has shape {x.shape} ({x.after()})")
-        return x.tracer.emit(OpKind.GLOBAL_AVERAGE_POOL, NoAttrs(), [x], "global_avg_pool")
+        return x.tracer.emit(OpKind.GLOBAL_AVERAGE_POOL, GlobalPoolAttrs(), [x], "global_avg_pool")

@@ -4,8 +4,8 @@ from __future__ import annotations
 from convc.frontend.onnx.context import NodeContext, Unsupported
 from convc.frontend.onnx.registry import converter
 from convc.frontend.onnx.spatial import Window, window
-from convc.ops import NoAttrs, OpKind
-from convc.ops.pool import LpPoolAttrs, PoolAttrs
+from convc.ops import OpKind
+from convc.ops.pool import GlobalPoolAttrs, LpPoolAttrs, PoolAttrs
 
 
 def _window(ctx: NodeContext) -> Window:
@@ -60,10 +60,10 @@ def lp_pool(ctx: NodeContext) -> None:
 @converter("GlobalAveragePool")
 def global_average_pool(ctx: NodeContext) -> None:
     ctx.require_float()
-    ctx.add_op(OpKind.GLOBAL_AVERAGE_POOL, NoAttrs(), ctx.inputs[:1])
+    ctx.add_op(OpKind.GLOBAL_AVERAGE_POOL, GlobalPoolAttrs(), ctx.inputs[:1])
 
 
 @converter("GlobalMaxPool")
 def global_max_pool(ctx: NodeContext) -> None:
     ctx.require_float()
-    ctx.add_op(OpKind.GLOBAL_MAX_POOL, NoAttrs(), ctx.inputs[:1])
+    ctx.add_op(OpKind.GLOBAL_MAX_POOL, GlobalPoolAttrs(), ctx.inputs[:1])

@@ -23,7 +23,7 @@ from convc.ops.elementwise_grad import ReduceSumAttrs, SliceAttrs
 from convc.ops.epilogue import Epilogue
 from convc.ops.gemm import GemmAttrs
 from convc.ops.norm import LrnAttrs
-from convc.ops.pool import LpPoolAttrs, PoolAttrs
+from convc.ops.pool import GlobalPoolAttrs, LpPoolAttrs, PoolAttrs
 from convc.ops.resize import ResizeAttrs
 from convc.ops.shape import FlattenAttrs, PadAttrs, SplitAttrs, StridedSliceAttrs, TransposeAttrs
 from convc.ops.softmax import SoftmaxAttrs
@@ -191,7 +191,7 @@ S = (2, 3, 4, 5)
 SINGLE_OPS = {
     "sum": (OpKind.SUM, NoAttrs(), [(2, 3, 4)] * 3, {}),
     "matmul": (OpKind.MATMUL, NoAttrs(), [(2, 4, 4)] * 2, {}),
-    "global-max-pool": (OpKind.GLOBAL_MAX_POOL, NoAttrs(), [S], {}),
+    "global-max-pool": (OpKind.GLOBAL_MAX_POOL, GlobalPoolAttrs(), [S], {}),
     "identity": (OpKind.IDENTITY, NoAttrs(), [(2, 3)], {}),
     "sub": (OpKind.SUB, NoAttrs(), [S, (1, 3, 1, 1)], {}),
     "div": (OpKind.DIV, NoAttrs(), [S, (1, 3, 1, 1)], {1: np.full((1, 3, 1, 1), 2.5, np.float32)}),

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from helpers import check_op
 
-from convc.ops import NoAttrs, OpKind
-from convc.ops.pool import LpPoolAttrs, PoolAttrs
+from convc.ops import OpKind
+from convc.ops.pool import GlobalPoolAttrs, LpPoolAttrs, PoolAttrs
 
 WINDOWS_2D = [((2, 2), (2, 2)), ((3, 3), (1, 1)), ((3, 3), (2, 2)), ((2, 3), (1, 2))]
 PADS_2D = {"nopad": (0, 0, 0, 0), "sym": (1, 1, 1, 1), "asym": (0, 1, 1, 0), "end": (0, 0, 1, 1)}
@@ -110,19 +110,19 @@ def test_max_pool_propagates_nan():
 @pytest.mark.parametrize("shape", [(2, 3, 7), (2, 3, 5, 7), (1, 2, 3, 4, 5), (3, 4, 1, 1)])
 @pytest.mark.parametrize("kind", [OpKind.GLOBAL_AVERAGE_POOL, OpKind.GLOBAL_MAX_POOL])
 def test_global_pool(rng, kind, shape):
-    check_op(kind, NoAttrs(), [rng.standard_normal(shape).astype(np.float32)])
+    check_op(kind, GlobalPoolAttrs(), [rng.standard_normal(shape).astype(np.float32)])
 
 
 def test_global_max_pool_all_negative(rng):
     x = (-1.0 - rng.random((2, 3, 5, 7))).astype(np.float32)
-    y = check_op(OpKind.GLOBAL_MAX_POOL, NoAttrs(), [x])
+    y = check_op(OpKind.GLOBAL_MAX_POOL, GlobalPoolAttrs(), [x])
     np.testing.assert_array_equal(y, x.max(axis=(2, 3), keepdims=True))
 
 
 def test_global_average_pool_large_plane(rng):
     """A 64x64 plane sums 4096 values: a naive float32 accumulation would drift past the tolerance."""
     x = (10.0 + rng.standard_normal((1, 2, 64, 64))).astype(np.float32)
-    check_op(OpKind.GLOBAL_AVERAGE_POOL, NoAttrs(), [x])
+    check_op(OpKind.GLOBAL_AVERAGE_POOL, GlobalPoolAttrs(), [x])
 
 
 # --- 3-D pools and LpPool (the rank-generic kernel, codegen/kernels/pool_nd.py) ---------------------

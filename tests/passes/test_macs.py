@@ -12,7 +12,7 @@ from convc.ir import Graph
 from convc.ops import NoAttrs, OpKind
 from convc.ops.gemm import GemmAttrs
 from convc.ops.norm import BatchNormAttrs
-from convc.ops.pool import PoolAttrs
+from convc.ops.pool import GlobalPoolAttrs, PoolAttrs
 from convc.ops.shape import FlattenAttrs
 from convc.ops.softmax import SoftmaxAttrs
 
@@ -31,7 +31,7 @@ def small_cnn(rng) -> Graph:
     c2 = g.add_op(OpKind.CONV, conv_attrs(3, stride=2, pad=1, group=4), [p1, "w2"], name="conv2").outputs[0]
     g.add_constant("w3", weight(rng, 32, 1, 3, 3))
     c3 = g.add_op(OpKind.CONV, conv_attrs(3, group=32), [c2, "w3"], name="dw3").outputs[0]  # 1x32x6x6
-    gp = g.add_op(OpKind.GLOBAL_AVERAGE_POOL, NoAttrs(), [c3], name="gap").outputs[0]
+    gp = g.add_op(OpKind.GLOBAL_AVERAGE_POOL, GlobalPoolAttrs(), [c3], name="gap").outputs[0]
     f = g.add_op(OpKind.FLATTEN, FlattenAttrs(1), [gp], name="flatten").outputs[0]
     g.add_constant("wf", weight(rng, 10, 32))
     g.add_constant("bf", weight(rng, 10))

@@ -17,6 +17,7 @@ from convc.compiler import compile_graph
 from convc.errors import UnsupportedOpError
 from convc.ir import Graph
 from convc.ops import NoAttrs, OpKind
+from convc.ops.pool import GlobalPoolAttrs
 from convc.ops.shape import ReshapeAttrs
 from convc.reference import run_reference
 
@@ -109,7 +110,7 @@ def test_no_in_place_over_an_input_still_needed_or_of_another_size(rng):
     b = g.add_op(OpKind.SIGMOID, NoAttrs(), [a], ["b"], name="sigmoid").outputs[0]  # a is read again below
     s = g.add_op(OpKind.ADD, NoAttrs(), [a, b], ["s"], name="add").outputs[0]        # both die: s takes a's slot
     g.add_constant("k", weight(rng, 1, 4, 1, 1))
-    p = g.add_op(OpKind.GLOBAL_AVERAGE_POOL, NoAttrs(), [s], ["p"], name="gap").outputs[0]  # (1, 4, 1, 1)
+    p = g.add_op(OpKind.GLOBAL_AVERAGE_POOL, GlobalPoolAttrs(), [s], ["p"], name="gap").outputs[0]  # (1, 4, 1, 1)
     big = add_input(g, "big", (2, 4, 3, 3))
     g.add_op(OpKind.ADD, NoAttrs(), [p, big], ["q"], name="broadcast").outputs[0]  # q is bigger than p
     g.add_op(OpKind.RELU, NoAttrs(), ["q"], ["y"], name="relu")
