@@ -22,3 +22,12 @@ if _HERE not in sys.path:
 def rng(request: pytest.FixtureRequest) -> np.random.Generator:
     """A generator seeded from the test id: every case gets its own data, the same on every run."""
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture
+def channels_first_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compile without the channels-last layout pass, so the channels-first kernels (im2col +
+    GEMM, direct depthwise, NCHW pooling) are the ones under test."""
+    from convc.passes import pipeline
+    from convc.passes.layout import to_channels_last
+    monkeypatch.setattr(pipeline, "PIPELINE", [step for step in pipeline.PIPELINE if step[1] is not to_channels_last])

@@ -1,5 +1,7 @@
-"""The conv kernels the codegen chooses between: direct depthwise, 1x1 GEMM (B read in place or
-repacked to unit stride), and im2col + GEMM, each with fused epilogues, against the numpy reference."""
+"""The channels-first conv kernels the codegen chooses between: direct depthwise, 1x1 GEMM (B read in
+place or repacked to unit stride), and im2col + GEMM, each with fused epilogues, against the numpy
+reference (compiled without the channels-last layout pass; tests/codegen/test_implicit_gemm_conv.py
+covers the channels-last kernels)."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,6 +14,8 @@ from convc.ops.conv import ConvAttrs
 from convc.ops.elementwise import LeakyReluAttrs
 from convc.ops.epilogue import Epilogue
 from convc.reference import run_reference
+
+pytestmark = pytest.mark.usefixtures("channels_first_pipeline")
 
 EPILOGUES = {
     "none": Epilogue(),
