@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from convc.ir import Graph
+from convc.ops.layout import to_channels_first
 from convc.passes.macs import Cost, Params, count_params, op_costs
 
 CONVENTION = (
@@ -249,8 +250,11 @@ def analyze(imported: Graph, plan, model_name: str = "model") -> Profile:
                     seen_constants.add(t)
                     weight_bytes += tensor.nbytes
         out = g.tensor(ops[-1].outputs[0])
+        shape = out.shape  # shown in ONNX (channels-first) order whatever layout the kernel runs in
+        if getattr(ops[-1].attrs, "channels_last", False):
+            shape = to_channels_first(shape)
         label = "+".join(kinds[m] for m in members) if members else ops[-1].kind.value
-        layers.append(Layer(name, label, out.shape, p.params, p.bn_stats, cost.macs, cost.other_flops, weight_bytes,
+        layers.append(Layer(name, label, shape, p.params, p.bn_stats, cost.macs, cost.other_flops, weight_bytes,
                             sum(g.tensor(t).nbytes for t in ops[-1].outputs), tuple(members), cost.unmodelled))
     mem = plan.memory
     weights = sum(g.tensor(n).nbytes for n in mem.constants)

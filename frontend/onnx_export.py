@@ -337,6 +337,10 @@ def export_onnx(graph: Graph, *, opset: int | None = None, dynamic_batch: bool =
                    "is not an ONNX op (passes or training introduce it: export the graph before compiling)")
             problems.append(f"  - node {op.name!r}: {op.kind.value} {why}")
             continue
+        if getattr(op.attrs, "channels_last", False):
+            problems.append(f"  - node {op.name!r}: {op.kind.value} runs channels last (NHWC), which ONNX's "
+                            f"{op.kind.value} cannot say (the layout pass set it: export the graph before compiling)")
+            continue
         try:
             fn(w, op)
         except _Unexportable as e:

@@ -9,8 +9,8 @@ last, that channels-last twin:
 
 - a convertible conv (2-D, constant weights, float32, plain or depthwise) reads the twins of its
   input and residual, creating ``Transpose`` ops for tensors that have none yet (the graph input);
-- pooling (2-D windows, global) and shape-preserving elementwise ops convert when their inputs
-  already have twins, so a chain conv -> relu -> pool -> conv -> add stays channels last;
+- pooling (2-D windows, global), shape-preserving elementwise ops and Concat convert when their
+  inputs already have twins, so a chain conv -> relu -> pool -> conv -> add stays channels last;
 - every converted op keeps its name and writes its twin, and a ``Transpose`` back to channels
   first writes the original tensor, so ops left alone (Flatten, GlobalAveragePool, graph outputs)
   read exactly what they read before. Dead-code elimination then removes the transposes back
@@ -39,8 +39,12 @@ SAME_SHAPE_BINARY = frozenset({OpKind.ADD, OpKind.MUL, OpKind.SUB, OpKind.DIV, O
 
 def is_channels_last_conv(g: Graph, op: Op) -> bool:
     """The default predicate: a 2-D float32 conv with constant weights, plain (one group) or
-    depthwise (one input and one output channel per group)."""
+    depthwise (one input and one output channel per group), not already lowered to a GEMM over an
+    im2col buffer."""
     if op.kind is not OpKind.CONV or op.attrs.channels_last or op.attrs.spatial_rank != 2:
+        return False
+    producer = g.producer(op.inputs[0])
+    if producer is not None and producer.kind is OpKind.IM2COL:
         return False
     x, y = g.tensor(op.inputs[0]), g.tensor(op.outputs[0])
     if x.dtype != np.float32 or not is_constant(g, op.inputs[1]):
@@ -71,6 +75,8 @@ def to_channels_last(g: Graph, convert_conv: Predicate = is_channels_last_conv) 
         inputs = tuple(twin(t, op) if i in activations else t for i, t in enumerate(op.inputs))
         if op.kind is OpKind.CONV or op.kind in POOLS:  # the ops whose attributes say their layout
             op.attrs = dataclasses.replace(op.attrs, layout=layout.CHANNELS_LAST)
+        elif op.kind is OpKind.CONCAT:  # the same concatenation along the axis' new position
+            op.attrs = dataclasses.replace(op.attrs, axis=layout.channels_last_perm(4).index(op.attrs.axis))
         g.set_inputs(op, inputs)
         (out,) = op.outputs
         t = g.tensor(out)
@@ -100,6 +106,9 @@ def _activation_inputs(g: Graph, op: Op, twins: dict[str, str], convert_conv: Pr
     if op.kind in POOLS:
         ok = rank4 and not op.attrs.channels_last and op.inputs[0] in twins
         return {0} if ok else None
+    if op.kind is OpKind.CONCAT:
+        ok = rank4 and all(t in twins for t in op.inputs)
+        return set(range(len(op.inputs))) if ok else None
     if op.kind in OpGroup.UNARY or op.kind in SAME_SHAPE_BINARY:
         out = g.tensor(op.outputs[0]).type
         ok = rank4 and all(t in twins and g.tensor(t).type == out for t in op.inputs)

@@ -257,10 +257,17 @@ def test_every_registered_onnx_op_has_an_exporter():
 
 
 def test_ops_without_an_onnx_counterpart_are_listed():
-    """The optimized graph of a compiled 3x3 conv holds the Im2Col op the lowering pass introduced."""
-    optimized = convc.compile(nn.Sequential(nn.Conv2d(2, 2, 3)), input_shape=(1, 2, 5, 5)).graph
+    """The optimized graph of a compiled grouped 3x3 conv holds the Im2Col op the lowering pass introduced."""
+    optimized = convc.compile(nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), input_shape=(1, 4, 5, 5)).graph
     assert OpKind.IM2COL in {op.kind for op in optimized.ops()}
     with pytest.raises(ExportError, match=r"node '.*': Im2Col is not an ONNX op \(passes or training introduce it"):
+        export_onnx(optimized)
+
+
+def test_channels_last_ops_are_not_exported_as_onnx_ops():
+    """The layout pass's channels-last conv would read as an ONNX Conv on NCHW data: refused by name."""
+    optimized = convc.compile(nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU()), input_shape=(1, 2, 5, 5)).graph
+    with pytest.raises(ExportError, match=r"Conv runs channels last \(NHWC\)"):
         export_onnx(optimized)
 
 

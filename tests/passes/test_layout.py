@@ -51,6 +51,21 @@ def test_cnn_runs_channels_last_between_its_edges(rng):
     assert out.tensor("out").shape == (2, 8)
 
 
+def test_concat_of_channels_last_tensors_stays_channels_last(rng):
+    """A fire module: two convs concatenated along channels, then a conv: Concat on axis 3."""
+    g = Graph("fire")
+    x = add_input(g, "x", (1, 4, 6, 6))
+    s = conv(g, rng, x, 4, 3, "squeeze", k=1)
+    a = conv(g, rng, s, 3, 5, "expand1", k=1)
+    b = conv(g, rng, s, 3, 6, "expand3")
+    c = g.add_op(OpKind.CONCAT, ConcatAttrs(1), [a, b], name="concat").outputs[0]
+    conv(g, rng, c, 11, 2, "next")
+    g.outputs = [g.op("next").outputs[0]]
+    out = check_pass(g, to_channels_last, rng)
+    assert out.op("concat").attrs.axis == 3
+    assert transposes(out) == ["x_to_nhwc", "next_out_to_nchw"]
+
+
 def test_graph_outputs_keep_their_name_and_layout(rng):
     g = Graph("two_outputs")
     x = add_input(g, "x", (1, 4, 7, 5))

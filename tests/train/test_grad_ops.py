@@ -10,7 +10,7 @@ from convc.ops.elementwise import LeakyReluAttrs
 from convc.ops.elementwise_grad import DropoutTrainAttrs, dropout_keep
 from convc.ops.gemm import GemmAttrs
 from convc.ops.norm import BatchNormAttrs
-from convc.ops.pool import PoolAttrs
+from convc.ops.pool import GlobalPoolAttrs, PoolAttrs
 from convc.ops.shape import ConcatAttrs, FlattenAttrs, ReshapeAttrs
 from convc.ops.softmax import SoftmaxAttrs
 from train.grad_helpers import check_gradient
@@ -78,7 +78,7 @@ def test_pool1d(rng):
 
 @pytest.mark.parametrize("kind", [OpKind.GLOBAL_AVERAGE_POOL, OpKind.GLOBAL_MAX_POOL])
 def test_global_pool(rng, kind):
-    check_gradient(kind, NoAttrs(), [f32(rng, 2, 3, 5, 4)], rng=rng)
+    check_gradient(kind, GlobalPoolAttrs(), [f32(rng, 2, 3, 5, 4)], rng=rng)
 
 
 def test_max_pool_ties_go_to_the_first_maximum():
