@@ -122,7 +122,8 @@ GLOBAL_POOL_VECTORS = 4  # accumulators per pass over the pixels: independent ad
 
 def emit_global_pool_channels_last(em: ModuleEmitter, op: Op) -> KernelCall:
     """y[n, c] = mean (or max) over pixels of x[n, pixel, c]: whole vectors of channels accumulate
-    pixel after pixel, GLOBAL_POOL_VECTORS at a time."""
+    pixel after pixel, GLOBAL_POOL_VECTORS at a time, in strict order (no fast-math reassociation:
+    every channel is summed the same way, so equal channels give equal means)."""
     xs = em.tensor(op.inputs[0]).shape
     n, c = xs[0], xs[-1]
     pixels = em.tensor(op.inputs[0]).size // (n * c)
@@ -145,7 +146,7 @@ def emit_global_pool_channels_last(em: ModuleEmitter, op: Op) -> KernelCall:
             for acc, (off, valid) in zip(accs, vectors):
                 v = gemm.vload(b, gep(b, row, off), valid)
                 old = b.load(acc, typ=gemm.vec)
-                b.store(fmax(b, old, v) if is_max else b.fadd(old, v, flags=FAST), acc)
+                b.store(fmax(b, old, v) if is_max else b.fadd(old, v), acc)
         out = gep(b, y, b.add(b.mul(ni, i64(c)), c0))
         for acc, (off, valid) in zip(accs, vectors):
             total = b.load(acc, typ=gemm.vec)

@@ -23,6 +23,7 @@ from convc.ops import OpKind
 from convc.passes.memory import align
 from convc.codegen.llvm_utils import FAST, alloca_entry, f32, fmax, for_range, gep, i64, in_range, opaque, store
 from convc.codegen.module import KernelCall, ModuleEmitter
+from convc.codegen.kernels.blas import GemmEmitter
 from convc.codegen.kernels.pool import _window_counts
 from convc.codegen.kernels.pool_nd import MAX_UNROLLED_TAPS
 
@@ -50,7 +51,7 @@ class Window:
     pr: int
 
     @staticmethod
-    def of(attrs, x_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> "Window":
+    def of(attrs, x_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> Window:
         r = len(attrs.kernel_shape)
         if r == 1:  # [N, W, C] as [N, 1, W, C]
             return Window(x_shape[0], 1, x_shape[1], x_shape[2], 1, y_shape[1], 1, attrs.kernel_shape[0],
@@ -131,15 +132,38 @@ def channel_blocks(b: ir.IRBuilder, c: int, width: int, per_block: int, body) ->
         body(i64(blocks * per_block * width), last)
 
 
-def tree(b: ir.IRBuilder, combine, values: list[ir.Value]) -> ir.Value:
+def tree(combine, values: list[ir.Value]) -> ir.Value:
     """Combine values pairwise: a reduction of depth log2(n), not a chain of n."""
     while len(values) > 1:
-        values = [combine(b, values[i], values[i + 1]) if i + 1 < len(values) else values[i]
+        values = [combine(values[i], values[i + 1]) if i + 1 < len(values) else values[i]
                   for i in range(0, len(values), 2)]
     return values[0]
 
 
+@dataclass
+class _PoolRow:
+    """What the code for one output row works with."""
+    b: ir.IRBuilder
+    gm: GemmEmitter          # vector type, loads and stores
+    g: Window
+    is_max: bool
+    x: ir.Value
+    fill: ir.Value | None    # the row read for tap rows in the padding
+    image: ir.Value
+    oy: ir.Value
+    inputs: list[ir.Value] | None  # per kernel row: the start of the input row it reads (None: taps in loops)
+    yrow: ir.Value
+
+    @property
+    def start(self) -> float:
+        return -math.inf if self.is_max else 0.0
+
+    def combine(self, p: ir.Value, q: ir.Value) -> ir.Value:
+        return fmax(self.b, p, q) if self.is_max else self.b.fadd(p, q, flags=FAST)
+
+
 def emit_pool_channels_last(em: ModuleEmitter, op: Op) -> KernelCall:
+    """A 1-D or 2-D MaxPool / AveragePool whose X is [N, H, W, C] and Y [N, OH, OW, C]."""
     a = op.attrs
     is_max = op.kind is OpKind.MAX_POOL
     g = Window.of(a, em.tensor(op.inputs[0]).shape, em.tensor(op.outputs[0]).shape)
@@ -153,70 +177,68 @@ def emit_pool_channels_last(em: ModuleEmitter, op: Op) -> KernelCall:
         args.append(em.scratch(scratch, per_thread=True))
     fn, b = em.function(op.name, len(args), parallel=True)
     x, y = fn.args[0], fn.args[1]
-    start = -math.inf if is_max else 0.0
     fill = None
     if scratch:
         fill = em.thread_scratch(b, fn.args[len(args) - 1], scratch, fn.args[-2])
-        fill_row(b, fill, start, g.w * g.c)
-    gm = em.gemm
-    combine = fmax if is_max else (lambda b_, p, q: b_.fadd(p, q, flags=FAST))
+        fill_row(b, fill, -math.inf if is_max else 0.0, g.w * g.c)
     unrolled = g.kh * g.kw <= MAX_UNROLLED_TAPS  # bigger windows loop over taps (LLVM would unroll for minutes)
-    lo_t, hi_t = em.thread_range(b, fn, g.n * g.oh)
-    with for_range(b, hi_t, start=lo_t, name="row") as row:
+    lo, hi = em.thread_range(b, fn, g.n * g.oh)
+    with for_range(b, hi, start=lo, name="row") as row:
         image, oy = b.udiv(row, i64(g.oh)), b.urem(row, i64(g.oh))
         inputs = [tap_rows(b, x, fill, g, image, oy, kh) for kh in range(g.kh)] if unrolled else None
-        yrow = gep(b, y, b.mul(row, i64(g.ow * g.c)))
-        inv_row = b.load(gep(b, fn.args[2], oy), typ=ir.FloatType()) if not is_max else None
+        r = _PoolRow(b, em.gemm, g, is_max, x, fill, image, oy, inputs, gep(b, y, b.mul(row, i64(g.ow * g.c))))
+        inv_row = None if is_max else b.load(gep(b, fn.args[2], oy), typ=ir.FloatType())
         for run in runs:
-            scale = None if is_max else gm.splat(b, b.fmul(inv_row, f32(1.0 / max(run.count, 1))))
-
-            def pixel(ox: ir.Value) -> None:
-                col = b.mul(b.sub(b.mul(ox, i64(g.sw)), i64(g.pl)), i64(g.c))  # input column ox*sw - pl
-
-                def block(off: ir.Value, valids: list[int]) -> None:
-                    at = b.add(col, off)
-                    if unrolled:
-                        sums = [_window_unrolled(b, gm, combine, inputs, at, g, run, v, valid, start)
-                                for v, valid in enumerate(valids)]
-                    else:
-                        sums = _window_loops(b, gm, combine, x, fill, g, image, oy, at, run, valids, start)
-                    out = b.add(b.mul(ox, i64(g.c)), off)
-                    for v, (s, valid) in enumerate(zip(sums, valids)):
-                        gm.vstore(b, s if is_max else b.fmul(s, scale), gep(b, yrow, b.add(out, i64(v * gm.isa.width))),
-                                  valid)
-
-                channel_blocks(b, g.c, gm.isa.width, CHUNK_VECTORS, block)
-
+            scale = None if is_max else em.gemm.splat(b, b.fmul(inv_row, f32(1.0 / max(run.count, 1))))
             if run.stop - run.start == 1:
-                pixel(i64(run.start))
+                _pixel(r, run, i64(run.start), scale)
             else:
                 with for_range(b, run.stop, start=run.start, name="ox") as ox:
-                    pixel(ox)
+                    _pixel(r, run, ox, scale)
     b.ret_void()
     return KernelCall(fn, args)
 
 
-def _window_unrolled(b, gm, combine, inputs, at, g: Window, run: Run, v: int, valid: int, start: float):
-    """One channel vector of one pixel: every in-bounds tap loaded, reduced as a tree."""
-    width = gm.isa.width
-    taps = [gm.vload(b, gep(b, inputs[kh], b.add(at, i64(kw * g.dw * g.c + v * width))), valid)
+def _pixel(r: _PoolRow, run: Run, ox: ir.Value, scale: ir.Value | None) -> None:
+    """Output pixel ox of the row, every channel; ``scale`` multiplies an average's sums."""
+    b, gm, g = r.b, r.gm, r.g
+    col = b.mul(b.sub(b.mul(ox, i64(g.sw)), i64(g.pl)), i64(g.c))  # input column ox*sw - pl
+
+    def block(off: ir.Value, valids: list[int]) -> None:
+        at = b.add(col, off)
+        if r.inputs is not None:
+            sums = [_window_unrolled(r, at, run, v, valid) for v, valid in enumerate(valids)]
+        else:
+            sums = _window_loops(r, at, run, valids)
+        out = b.add(b.mul(ox, i64(g.c)), off)
+        for v, (s, valid) in enumerate(zip(sums, valids)):
+            gm.vstore(b, s if scale is None else b.fmul(s, scale), gep(b, r.yrow, b.add(out, i64(v * gm.isa.width))),
+                      valid)
+
+    channel_blocks(b, g.c, gm.isa.width, CHUNK_VECTORS, block)
+
+
+def _window_unrolled(r: _PoolRow, at: ir.Value, run: Run, v: int, valid: int) -> ir.Value:
+    """Channel vector ``v`` of one pixel: every in-bounds tap loaded, reduced as a tree."""
+    b, gm, g = r.b, r.gm, r.g
+    taps = [gm.vload(b, gep(b, r.inputs[kh], b.add(at, i64(kw * g.dw * g.c + v * gm.isa.width))), valid)
             for kh in range(g.kh) for kw in range(run.lo, run.hi)]
-    return tree(b, combine, taps) if taps else gm.splat(b, f32(start))
+    return tree(r.combine, taps) if taps else gm.splat(b, f32(r.start))
 
 
-def _window_loops(b, gm, combine, x, fill, g: Window, image, oy, at, run: Run, valids: list[int], start: float):
+def _window_loops(r: _PoolRow, at: ir.Value, run: Run, valids: list[int]) -> list[ir.Value]:
     """A big window's channel vectors of one pixel, taps in loops (accumulators in stack slots that
     mem2reg turns into registers)."""
-    width = gm.isa.width
+    b, gm, g = r.b, r.gm, r.g
     accs = [alloca_entry(b, gm.vec, f"acc{v}") for v in range(len(valids))]
     for acc in accs:
-        b.store(gm.splat(b, f32(start)), acc)
+        b.store(gm.splat(b, f32(r.start)), acc)
     if run.hi > run.lo:
         with for_range(b, opaque(b, g.kh), name="kh") as kh:
-            src = tap_rows(b, x, fill, g, image, oy, kh)
+            src = tap_rows(b, r.x, r.fill, g, r.image, r.oy, kh)
             with for_range(b, opaque(b, run.hi), start=run.lo, name="kw") as kw:
                 at_kw = b.add(at, b.mul(kw, i64(g.dw * g.c)))
                 for v, (acc, valid) in enumerate(zip(accs, valids)):
-                    tap = gm.vload(b, gep(b, src, b.add(at_kw, i64(v * width))), valid)
-                    b.store(combine(b, b.load(acc, typ=gm.vec), tap), acc)
+                    tap = gm.vload(b, gep(b, src, b.add(at_kw, i64(v * gm.isa.width))), valid)
+                    b.store(r.combine(b.load(acc, typ=gm.vec), tap), acc)
     return [b.load(acc, typ=gm.vec) for acc in accs]

@@ -1,0 +1,187 @@
+"""The channels-last (NHWC) MaxPool / AveragePool and depthwise conv kernels against the numpy reference,
+each compiled for one thread and for two (output rows split between them). The ops are built channels
+last directly, as the layout pass leaves them."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import convc
+from convc.ir import Graph, TensorKind
+from convc.ops import OpKind
+from convc.ops.conv import ConvAttrs
+from convc.ops.elementwise import ClipAttrs, LeakyReluAttrs
+from convc.ops.epilogue import Epilogue
+from convc.ops.layout import CHANNELS_LAST
+from convc.ops.pool import PoolAttrs
+from convc.reference import run_reference
+
+
+@pytest.fixture(autouse=True)
+def split_every_kernel(monkeypatch):
+    """These small ops would run on one thread (too little work to wake another): split them anyway."""
+    import convc.codegen.module
+    monkeypatch.setattr(convc.codegen.module, "PARALLEL_MIN_WORK", 0)
+
+
+def check(g: Graph, feeds: dict[str, np.ndarray], tol: float = 1e-5) -> None:
+    want = run_reference(g, feeds)["y"]
+    for threads in (1, 2):
+        got = convc.compile(g, threads=threads).run(feeds)["y"]
+        assert got.shape == want.shape
+        scale = max(1.0, float(np.abs(want[np.isfinite(want)]).max(initial=0.0)))
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale, err_msg=f"threads={threads}")
+
+
+# --- pooling -------------------------------------------------------------------------------------
+# (kernel, strides, pads (top, left, bottom, right), dilations, ceil_mode, channels, input H x W)
+POOLS = {
+    "k1": ((1, 1), (1, 1), (0, 0, 0, 0), (1, 1), False, 5, (6, 7)),
+    "k2s2": ((2, 2), (2, 2), (0, 0, 0, 0), (1, 1), False, 16, (8, 9)),
+    "k3s2p1": ((3, 3), (2, 2), (1, 1, 1, 1), (1, 1), False, 64, (9, 12)),
+    "k3s1p1-ceil": ((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), True, 37, (7, 21)),
+    "k3s3-asym-ceil": ((3, 3), (3, 3), (0, 1, 1, 0), (1, 1), True, 5, (8, 9)),
+    "k2x3s1x2-asym": ((2, 3), (1, 2), (0, 1, 1, 0), (1, 1), True, 16, (8, 9)),
+    "k5s2p2": ((5, 5), (2, 2), (2, 2, 2, 2), (1, 1), False, 1, (11, 10)),
+    "k5s3-asym-ceil": ((5, 5), (3, 3), (2, 1, 0, 2), (1, 1), True, 64, (12, 13)),
+    "k3d2-ceil": ((3, 3), (2, 2), (1, 2, 2, 1), (2, 2), True, 37, (10, 11)),
+    "k9-taps-in-loops": ((9, 9), (1, 2), (4, 4, 4, 3), (1, 1), False, 5, (12, 13)),  # 81 taps > MAX_UNROLLED_TAPS
+}
+POOL_KINDS = {"max": (OpKind.MAX_POOL, False), "avg": (OpKind.AVERAGE_POOL, False),
+              "avg-include-pad": (OpKind.AVERAGE_POOL, True)}
+
+
+def run_pool(kind: OpKind, attrs: PoolAttrs, x_shape: tuple[int, ...], seed: int = 0) -> None:
+    g = Graph("pool")
+    g.add_tensor("x", x_shape, np.float32, TensorKind.INPUT)
+    g.add_op(kind, attrs, ["x"], ["y"])
+    g.outputs = ["y"]
+    check(g, {"x": np.random.default_rng(seed).standard_normal(x_shape).astype(np.float32)})
+
+
+@pytest.mark.parametrize("kind", list(POOL_KINDS))
+@pytest.mark.parametrize("case", list(POOLS))
+def test_pool(case, kind):
+    kernel, strides, pads, dilations, ceil_mode, c, hw = POOLS[case]
+    op, include_pad = POOL_KINDS[kind]
+    attrs = PoolAttrs(kernel, strides, pads, dilations, ceil_mode, include_pad, CHANNELS_LAST)
+    run_pool(op, attrs, (2,) + hw + (c,))
+
+
+def test_pool_1d():
+    run_pool(OpKind.AVERAGE_POOL, PoolAttrs((3,), (2,), (1, 1), (1,), True, False, CHANNELS_LAST), (2, 10, 37))
+
+
+def test_max_pool_nan_and_inf_propagate():
+    x = np.random.default_rng(1).standard_normal((1, 6, 6, 20)).astype(np.float32)
+    x[0, 2, 3, 4], x[0, 0, 0, 17], x[0, 5, 5, 19] = np.nan, np.inf, -np.inf
+    g = Graph("pool")
+    g.add_tensor("x", x.shape, np.float32, TensorKind.INPUT)
+    attrs = PoolAttrs((3, 3), (2, 2), (1, 1, 1, 1), (1, 1), False, False, CHANNELS_LAST)
+    g.add_op(OpKind.MAX_POOL, attrs, ["x"], ["y"])
+    g.outputs = ["y"]
+    check(g, {"x": x})
+
+
+# --- depthwise convolution -------------------------------------------------------------------------
+EPILOGUES = {
+    "none": Epilogue(),
+    "relu": Epilogue(False, OpKind.RELU),
+    "relu6": Epilogue(False, OpKind.CLIP, ClipAttrs(0.0, 6.0)),
+    "residual+leaky": Epilogue(True, OpKind.LEAKY_RELU, LeakyReluAttrs(0.1)),
+    "tanh": Epilogue(False, OpKind.TANH),  # no vector form: a pass over each finished row
+    "hardswish": Epilogue(False, OpKind.HARD_SWISH),
+}
+
+# (kernel, stride, pads (top, left, bottom, right), dilation, bias, epilogue, channels, input H x W)
+DEPTHWISE = {
+    "k3s1p1": (3, 1, (1, 1, 1, 1), 1, True, "none", 16, (14, 13)),
+    "k3s1p1-relu6-c96": (3, 1, (1, 1, 1, 1), 1, True, "relu6", 96, (12, 29)),
+    "k3s2p1-relu": (3, 2, (1, 1, 1, 1), 1, False, "relu", 37, (13, 21)),
+    "k3s2-tf-same": (3, 2, (0, 0, 1, 1), 1, True, "relu6", 96, (14, 14)),  # TF 'SAME' at stride 2 pads after
+    "k3s2p0": (3, 2, (0, 0, 0, 0), 1, True, "none", 96, (9, 20)),
+    "k3s1p2d2-relu": (3, 1, (2, 2, 2, 2), 2, True, "relu", 16, (13, 11)),
+    "k3s1p1-residual": (3, 1, (1, 1, 1, 1), 1, True, "residual+leaky", 37, (10, 19)),
+    "k5s1p2-residual": (5, 1, (2, 2, 2, 2), 1, False, "residual+leaky", 16, (13, 11)),
+    "k5s2p2-tanh": (5, 2, (2, 2, 2, 2), 1, True, "tanh", 3, (13, 11)),
+    "k5s1p0d2": (5, 1, (0, 0, 0, 0), 2, True, "hardswish", 37, (15, 20)),
+    "k7s2p3": (7, 2, (3, 3, 3, 3), 1, True, "relu6", 16, (15, 13)),
+    "k7s1p2-narrow": (7, 1, (2, 2, 2, 2), 1, False, "tanh", 3, (9, 5)),  # every column is an edge column
+}
+
+
+def run_depthwise(x_shape, attrs: ConvAttrs, bias: bool, constant_weights: bool = True, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    c = x_shape[-1]
+    g = Graph("depthwise")
+    g.add_tensor("x", x_shape, np.float32, TensorKind.INPUT)
+    w = rng.standard_normal((c, 1) + attrs.kernel_shape).astype(np.float32)
+    if constant_weights:
+        g.add_constant("w", w)
+    else:
+        g.add_tensor("w", w.shape, np.float32, TensorKind.INPUT)
+    inputs = ["x", "w"]
+    if bias:
+        inputs.append(g.add_constant("b", rng.standard_normal(c).astype(np.float32)).name)
+    if attrs.epilogue.residual:
+        plain = ConvAttrs(attrs.kernel_shape, attrs.strides, attrs.pads, attrs.dilations, attrs.group,
+                          layout=CHANNELS_LAST)
+        g.add_op(OpKind.CONV, plain, inputs[:2], ["probe"])
+        shape = g.tensor("probe").shape
+        g.remove_op(g.op(g.producer("probe").name))
+        g.add_tensor("r", shape, np.float32, TensorKind.INPUT)
+        inputs.append("r")
+    g.add_op(OpKind.CONV, attrs, inputs, ["y"])
+    g.outputs = ["y"]
+    feeds = {name: rng.standard_normal(g.tensor(name).shape).astype(np.float32) for name in g.inputs}
+    if not constant_weights:
+        feeds["w"] = w
+    check(g, feeds, tol=2e-5)
+
+
+def depthwise_attrs(k, stride, pads, dilation, c, epi: str, rank: int = 2) -> ConvAttrs:
+    return ConvAttrs((k,) * rank, (stride,) * rank, pads, (dilation,) * rank, c, EPILOGUES[epi], CHANNELS_LAST)
+
+
+@pytest.mark.parametrize("case", list(DEPTHWISE))
+def test_depthwise(case):
+    k, stride, pads, dilation, bias, epi, c, hw = DEPTHWISE[case]
+    run_depthwise((2,) + hw + (c,), depthwise_attrs(k, stride, pads, dilation, c, epi), bias)
+
+
+def test_depthwise_weights_fed_at_run_time():
+    run_depthwise((2, 9, 17, 37), depthwise_attrs(3, 1, (1, 1, 1, 1), 1, 37, "relu"), bias=True,
+                  constant_weights=False)
+
+
+def test_depthwise_1d():
+    run_depthwise((2, 21, 16), depthwise_attrs(3, 1, (2, 0), 2, 16, "relu", rank=1), bias=True)
+
+
+def test_pack_weights_layout():
+    from convc.codegen.kernels.depthwise_nhwc import pack_weights
+    w = np.arange(5 * 3 * 2, dtype=np.float32).reshape(5, 1, 3, 2)
+    packed = pack_weights(w, 3, 2, 4)
+    assert packed.shape == (3, 2, 8)
+    np.testing.assert_array_equal(packed[:, :, :5], w[:, 0].transpose(1, 2, 0))
+    assert not packed[:, :, 5:].any()
+
+
+def test_column_runs_group_edges_and_interior():
+    from convc.codegen.kernels.pool_nhwc import Run, Window, column_runs
+    # 3 taps, stride 1, one column of padding each side, 8 columns: edge, interior, edge
+    g = Window(1, 8, 8, 4, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1)
+    assert column_runs(g) == [Run(0, 1, 1, 3, 2), Run(1, 7, 0, 3, 3), Run(7, 8, 0, 2, 2)]
+    assert [r.count for r in column_runs(g, include_pad=True)] == [3, 3, 3]
+
+
+@pytest.mark.parametrize("isa", ["avx2", "sse"])
+def test_narrower_vectors(monkeypatch, isa):
+    """The kernels as emitted for AVX2 (8 floats a vector, 4 pixels a block) and SSE (4 floats): the
+    host runs both."""
+    from convc.codegen.kernels import blas
+    monkeypatch.setattr(blas, "host_isa", lambda features: {"avx2": blas.AVX2, "sse": blas.PORTABLE}[isa])
+    run_depthwise((2, 11, 19, 37), depthwise_attrs(3, 1, (1, 1, 1, 1), 1, 37, "residual+leaky"), bias=True)
+    run_depthwise((1, 12, 13, 6), depthwise_attrs(5, 2, (2, 2, 2, 2), 1, 6, "relu6"), bias=False)
+    run_pool(OpKind.AVERAGE_POOL, PoolAttrs((3, 3), (2, 2), (1, 1, 1, 1), (1, 1), True, False, CHANNELS_LAST),
+             (2, 9, 10, 37))
