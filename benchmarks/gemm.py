@@ -11,9 +11,8 @@ percentage of this machine's measured peak (FMA units x vector width x clock).
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
 import sys
-import time
 
 import numpy as np
 
@@ -22,6 +21,9 @@ from convc.codegen.peak import peak
 from convc.ir import Graph, TensorKind
 from convc.ops import OpKind
 from convc.ops.gemm import GemmAttrs
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from timing import BLOCK, interleaved_medians  # noqa: E402
 
 SHAPES = {
     "square 1024": (1024, 1024, 1024),
@@ -50,16 +52,6 @@ def convc_gemm(m: int, n: int, k: int, threads: int, b: np.ndarray):
     return convc.compile(g, threads=threads)
 
 
-def median_seconds(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", default="1,2")
@@ -81,9 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             got = model.run(feeds)["c"]
             err = np.abs(got - a @ b).max() / max(1.0, float(np.abs(a @ b).max()))
             assert err < 1e-4, f"{name}: convc differs from numpy by {err}"
-            with threadpool_limits(limits=threads):
-                t_np = median_seconds(lambda: a @ b, args.repeat)
-            t_cv = median_seconds(lambda: model.run(feeds), args.repeat)
+            with threadpool_limits(limits=threads):  # numpy's BLAS on as many threads as convc
+                t_cv, t_np = interleaved_medians([lambda: model.run(feeds), lambda: a @ b], args.repeat // BLOCK)
             flops = 2.0 * m * n * k
             g_cv, g_np = flops / t_cv / 1e9, flops / t_np / 1e9
             all_cores = threads > 1

@@ -3,9 +3,8 @@
     python benchmarks/models.py [--repeat 20] [--models resnet18,mobilenet_v2,lenet5,cifar] [--batches 1,16]
                                 [--threads 1,2]
 
-The two runtimes alternate in blocks of a few calls, each block after a busy pause and an untimed call,
-so neither pays for the other's spinning threads (onnxruntime's idle workers spin for tens of
-milliseconds after a run and halve a 2-thread convc call that starts sooner). Prints one row per (model, batch, threads):
+The two runtimes alternate in blocks of calls, each after a busy pause and an untimed call, so
+neither pays for the other's spinning threads (benchmarks/timing.py). Prints one row per (model, batch, threads):
 median latency of each runtime, the ratio
 convc/onnxruntime (below 1.0: convc is faster), the max relative difference of the outputs, and
 the geometric mean of the ratios at the end.
@@ -14,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -25,26 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import convc  # noqa: E402
 from convc import models as builtin  # noqa: E402
 from nets import mobilenet_v2, resnet18  # noqa: E402
-
-BLOCK = 3
-BLOCK_SECONDS = 0.01
-SETTLE = 0.15  # s before each block: the other runtime's idle workers stop spinning (onnxruntime's: 20-100 ms)
-
-
-def settle() -> None:
-    """Wait SETTLE seconds on a busy core: sleeping instead lets this VM's cores clock down, and the
-    next calls then run slowly for milliseconds."""
-    end = time.perf_counter() + SETTLE
-    while time.perf_counter() < end:
-        pass
-
-BUILDERS = {
-    "resnet18": resnet18,
-    "mobilenet_v2": mobilenet_v2,
-    "lenet5": lambda batch: builtin.lenet5(batch=batch),
-    "cifar": lambda batch: builtin.cifar_cnn(batch=batch),
-}
-
+from timing import BLOCK, interleaved_medians  # noqa: E402
 
 def ort_session(model, threads: int):
     import onnxruntime as ort
@@ -66,26 +44,9 @@ def bench(name: str, batch: int, threads: int, repeat: int) -> tuple[float, floa
     theirs = sess.run(None, feeds)
     ref = theirs[0]
     err = float(np.abs(list(ours.values())[0] - ref).max() / max(1.0, float(np.abs(ref).max())))
-    t_convc, t_ort = [], []
-    t0 = time.perf_counter()
-    for _ in range(3):  # warm up both
-        compiled.run(feeds)
-        sess.run(None, feeds)
-    # a block times at least BLOCK calls and at least BLOCK_SECONDS of calls: sub-millisecond
-    # models get enough samples for a stable median on a noisy machine
-    calls = max(BLOCK, int(BLOCK_SECONDS / ((time.perf_counter() - t0) / 6)))
-    # interleaved in blocks: each runtime's idle worker threads keep spinning for a while after
-    # a call (onnxruntime's for tens of ms) and would slow whichever runs next, so every block
-    # starts with a pause and one untimed call
-    for _ in range(max(1, repeat // BLOCK)):
-        for run, times in ((lambda: compiled.run(feeds), t_convc), (lambda: sess.run(None, feeds), t_ort)):
-            settle()
-            run()
-            for _ in range(calls):
-                t0 = time.perf_counter()
-                run()
-                times.append(time.perf_counter() - t0)
-    return statistics.median(t_convc), statistics.median(t_ort), err
+    t_convc, t_ort = interleaved_medians([lambda: compiled.run(feeds), lambda: sess.run(None, feeds)],
+                                         repeat // BLOCK)
+    return t_convc, t_ort, err
 
 
 def main(argv: list[str] | None = None) -> int:
