@@ -179,3 +179,11 @@ def opaque(b: ir.IRBuilder, v) -> ir.Value:
     """``v`` unchanged, hidden from the optimizer behind an empty inline asm: a loop bounded by it is not fully
     unrolled (LLVM takes minutes to fully unroll a 60 x 80 pooling window)."""
     return b.asm(ir.FunctionType(I64, [I64]), "", "=r,0", [as_i64(b, v)], side_effect=False, name="opaque")
+
+
+def prefetch(b: ir.IRBuilder, base: ir.Value, index: ir.Value) -> None:
+    """Prefetch the line of float base[index] into L1 for reading (a hint: the address may lie past
+    the tensor, so the pointer is computed without ``inbounds``)."""
+    fn = intrinsic(b.module, "llvm.prefetch.p0", VOID, [PTR, I32, I32, I32])
+    ptr = b.gep(base, [as_i64(b, index)], source_etype=F32)
+    b.call(fn, [ptr, ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])

@@ -24,7 +24,7 @@ from llvmlite import ir
 from convc.ir import Op
 from convc.ops.conv import split_inputs
 from convc.ops.epilogue import Epilogue
-from convc.codegen.llvm_utils import F32, I32, PTR, VOID, for_range, gep, i64, intrinsic, load, memset_zero, store
+from convc.codegen.llvm_utils import for_range, gep, i64, load, memset_zero, prefetch, store
 from convc.codegen.module import KernelCall, ModuleEmitter
 from convc.codegen.kernels.blas import split_epilogue
 from convc.codegen.kernels.epilogue import apply_epilogue, epilogue_pass
@@ -166,17 +166,9 @@ def _pixels(r: _Row, run: Run, ox: ir.Value, count: int, taps, start: ir.Value, 
         ahead = b.add(b.sub(col, off), b.mul(off, i64(count * g.sw)))
         for kh in r.fresh:
             for i in range(count * g.sw):
-                _prefetch(b, r.inputs[kh], b.add(ahead, i64(PREFETCH_BLOCKS * count * g.sw * g.c + i * width)))
+                prefetch(b, r.inputs[kh], b.add(ahead, i64(PREFETCH_BLOCKS * count * g.sw * g.c + i * width)))
     out = b.add(b.mul(ox, i64(g.c)), off)
     for p, acc in enumerate(accs):
         at = b.add(out, i64(p * g.c))
         res = gm.vload(b, gep(b, r.rrow, at), valid) if r.epi.residual else None
         gm.vstore(b, apply_epilogue(b, r.epi, acc, res), gep(b, r.yrow, at), valid)
-
-
-def _prefetch(b: ir.IRBuilder, base: ir.Value, index: ir.Value) -> None:
-    """Prefetch the line of base[index] into L1 (a hint: the address may lie past the tensor, so the
-    pointer is computed without ``inbounds``)."""
-    fn = intrinsic(b.module, "llvm.prefetch.p0", VOID, [PTR, I32, I32, I32])
-    ptr = b.gep(base, [index], source_etype=F32)
-    b.call(fn, [ptr, ir.Constant(I32, 0), ir.Constant(I32, 3), ir.Constant(I32, 1)])
