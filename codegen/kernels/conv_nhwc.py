@@ -169,7 +169,11 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     xpad = next(it) if padded else x
 
     out_rows = n * oh
-    by_panels = out_rows < 4 * em.threads and panels >= 2 * em.threads and after.empty
+    # threads split the output rows, as the depthwise and pooling kernels do: a layer then reads mostly
+    # what the same core wrote (a split by channels here made the next layer pull half of its input
+    # from the other core: 3-5x slower on small layers); only with fewer rows than threads the
+    # column panels are split instead
+    by_panels = out_rows < em.threads and panels >= 2 * em.threads and after.empty
     if by_panels:
         p_lo, p_hi = em.thread_range(b, fn, panels)
         r_lo, r_hi = i64(0), i64(out_rows)
