@@ -24,6 +24,14 @@ from convc import models as builtin  # noqa: E402
 from nets import mobilenet_v2, resnet18  # noqa: E402
 from timing import BLOCK, interleaved_medians  # noqa: E402
 
+BUILDERS = {
+    "resnet18": resnet18,
+    "mobilenet_v2": mobilenet_v2,
+    "lenet5": lambda batch: builtin.lenet5(batch=batch),
+    "cifar": lambda batch: builtin.cifar_cnn(batch=batch),
+}
+
+
 def ort_session(model, threads: int):
     import onnxruntime as ort
     opts = ort.SessionOptions()
