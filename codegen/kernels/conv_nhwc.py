@@ -4,8 +4,10 @@ With one pixel's channels contiguous, output pixel p's im2col row is, tap after 
 contiguous input floats. So Y[P, M] = sum over taps of A_tap[P, C] @ W_tap[C, M], where A_tap's row
 p starts at the input pixel under tap ``t`` of output pixel p. The micro-kernel keeps an MR x NR
 tile of Y in registers across all taps and channels; per tile it computes MR row offsets once and
-per tap adds the tap's offset, a constant of the layer. Padding: when the conv has pads, each
-thread first copies the input rows its outputs read into a zero-bordered scratch image, so the
+per tap adds the tap's offset, a constant of the layer. Without horizontal dilation a kernel row's
+taps are adjacent pixels, so one "tap" is a whole kernel row: a run of kw*C floats (a 7x7 stem conv
+on 3 channels then loops 7 times over 21 floats, not 49 times over 3). Padding: when the conv has
+pads, each thread first copies the input rows its outputs read into a zero-bordered scratch image, so the
 inner loops never test bounds (the copy is 1/(taps x M) of the arithmetic).
 
 Weights are packed at compile time as B[K = (kh, kw, c), M] in NR-wide panels, exactly the GEMM
@@ -43,8 +45,8 @@ def emit_conv_channels_last(em: ModuleEmitter, op: Op) -> KernelCall:
 
 
 def conv_micro_kernel(em: ModuleEmitter, n_valid: int, init: str, epi) -> ir.Function:
-    """void mk(X, rows, taps, ntaps, C, B, Y, ldc, bias, residual, rows_valid):
-    Y[i, 0:n_valid] = init + sum_t sum_c X[rows[i] + taps[t] + c] * B[t*C + c, :] for i < rows_valid,
+    """void mk(X, rows, taps, ntaps, run, B, Y, ldc, bias, residual, rows_valid):
+    Y[i, 0:n_valid] = init + sum_t sum_c<run X[rows[i] + taps[t] + c] * B[t*run + c, :] for i < rows_valid,
     then the epilogue. Every one of the MR rows is computed (the caller clamps the offsets of rows
     past the end), only ``rows_valid`` are stored."""
     key = ("nhwc", n_valid, init, epi)
@@ -149,7 +151,10 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     packed = pack_b(np.ascontiguousarray(wdata.transpose(2, 3, 1, 0).reshape(kdim, m)), isa)
     n_panels, rem = divmod(m, isa.nr)
     panels = n_panels + (rem > 0)
-    tap_offsets = [(i * dh * wp + j * dw) * c for i in range(kh) for j in range(kw)]
+    if dw == 1:  # a kernel row's kw taps are adjacent pixels: one run of kw*C floats, as B orders them
+        tap_offsets, run = [i * dh * wp * c for i in range(kh)], kw * c
+    else:
+        tap_offsets, run = [(i * dh * wp + j * dw) * c for i in range(kh) for j in range(kw)], c
     in_kernel, after = split_epilogue(a.epilogue)
 
     args: list = [op.inputs[0], em.derived_constant(packed)]
@@ -208,7 +213,7 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
             def call_panel(j: ir.Value, n_valid: int) -> None:
                 mk = conv_micro_kernel(em, n_valid, init, in_kernel)
                 col = b.mul(j, i64(isa.nr))
-                b.call(mk, [xpad, row_table, taps, i64(len(tap_offsets)), i64(c),
+                b.call(mk, [xpad, row_table, taps, i64(len(tap_offsets)), i64(run),
                             gep(b, wt, b.mul(j, i64(kdim * isa.nr))), gep(b, y_tile, col), i64(m),
                             gep(b, bias, col) if bias_name is not None else bias,
                             gep(b, r_tile, col) if residual_name is not None else r_tile, valid])
