@@ -108,6 +108,7 @@ class ModuleEmitter:
         self.isa = host_isa(host.features)
         self._argv_slot: ir.Value | None = None
         self.gemm = GemmEmitter(self.module, self.isa)
+        self.extra_gemms: dict = {}  # Isa -> GemmEmitter: other register tiles a kernel picks per layer
 
     # --- services for the kernel emitters ------------------------------------------------
     def tensor(self, name: str) -> Tensor:

@@ -74,6 +74,18 @@ def test_matches_reference(x_shape, m, k, stride, pads, dilation, epi):
     check(x_shape, m, k, stride, pads, dilation, epi)
 
 
+def test_narrow_tile_is_chosen_where_it_saves_lanes():
+    """On AVX-512, 6 and 24 output channels take the 8-float-vector tile, 16/32/144 the default."""
+    from convc.codegen.kernels.blas import AVX512
+    from convc.codegen.kernels.conv_nhwc import NARROW_TILE, lanes
+    assert [c for c in (6, 16, 24, 32, 40, 64, 144) if lanes(NARROW_TILE, c) <= 0.85 * lanes(AVX512, c)] == [6, 24, 40]
+
+
+@pytest.mark.parametrize("m", [6, 24, 56])
+def test_narrow_tile_channel_counts(m):
+    check((2, 7, 9, 12), m, 3, 1, (1, 1, 1, 1), epi="residual+leaky")
+
+
 def test_without_bias():
     check((1, 6, 6, 8), 20, 3, 1, (1, 1, 1, 1), bias=False, epi="relu")
 
