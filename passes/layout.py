@@ -24,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 
 from convc.passes.dce import eliminate_dead_code
-from convc.passes.rewrite import is_constant, record_origin, take_output
+from convc.passes.rewrite import is_constant, move_before, record_origin, take_output
 
 from convc.ir import Graph, Op, TensorKind
 from convc.ops import OpGroup, OpKind
@@ -90,7 +90,7 @@ def to_channels_last(g: Graph, convert_conv: Predicate = is_channels_last_conv) 
         record_origin(g, back.name, op.name)
         twins[out] = last.name
         after[op.name] = [last.name, back.name]
-    _reorder(g, before, after)
+    move_before(g, before, after)  # a transpose runs where its data is hot, not after everything else
     return eliminate_dead_code(g)
 
 
@@ -115,19 +115,3 @@ def _activation_inputs(g: Graph, op: Op, twins: dict[str, str], convert_conv: Pr
         return set(range(len(op.inputs))) if ok else None
     return None
 
-
-def _reorder(g: Graph, before: dict[str, list[str]], after: dict[str, list[str]]) -> None:
-    """Put the created nodes next to the op they serve in the node order, which ``Graph.ops``
-    uses to break ties: a transpose then runs where its data is hot, not after everything else."""
-    moved = {n for names in (*before.values(), *after.values()) for n in names}
-    order = []
-    for n in g.nx.nodes:
-        if n in moved:
-            continue
-        order.extend(before.get(n, ()))
-        order.append(n)
-        order.extend(after.get(n, ()))
-    rebuilt = type(g.nx)()
-    rebuilt.add_nodes_from((n, g.nx.nodes[n]) for n in order)
-    rebuilt.add_edges_from(g.nx.edges(data=True))
-    g.nx = rebuilt

@@ -78,14 +78,15 @@ def add_const(g: Graph, base: str, data) -> str:
     return g.add_constant(g.fresh_name(base), data).name
 
 
-def move_before(g: Graph, moves: dict[str, list[str]]) -> None:
-    """Re-insert nodes so that each list in ``moves`` comes just before its key in the node order,
-    and every constant comes first.
+def move_before(g: Graph, moves: dict[str, list[str]], after: dict[str, list[str]] | None = None) -> None:
+    """Re-insert nodes so that each list in ``moves`` comes just before its key in the node order
+    (and each list in ``after`` just after its key), and every constant comes first.
 
     ``Graph.ops()`` breaks topological ties by node order (tensors included), so without this an op
     a pass creates, or an op reading a constant a pass created, would run after every other ready
     op instead of where the op it replaces ran."""
-    moved = {n for names in moves.values() for n in names}
+    after = after or {}
+    moved = {n for names in (*moves.values(), *after.values()) for n in names}
     order = [t.name for t in g.constants()]
     moved.update(order)
     for n in g.nx.nodes:
@@ -93,6 +94,7 @@ def move_before(g: Graph, moves: dict[str, list[str]]) -> None:
             continue
         order.extend(moves.get(n, ()))
         order.append(n)
+        order.extend(after.get(n, ()))
     rebuilt = type(g.nx)()
     rebuilt.add_nodes_from((n, g.nx.nodes[n]) for n in order)
     rebuilt.add_edges_from(g.nx.edges(data=True))
