@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from llvmlite import ir
 
 from convc.ir import Op
 from convc.ops import OpKind
@@ -35,7 +34,7 @@ def emit_pool(em: ModuleEmitter, op: Op) -> KernelCall:
     return emit_pool_rows(em, op)
 
 
-def _window_counts(k: int, s: int, d: int, p_begin: int, p_end: int, size: int, out: int,
+def window_counts(k: int, s: int, d: int, p_begin: int, p_end: int, size: int, out: int,
                    include_pad: bool) -> np.ndarray:
     """How many taps of each output position's window count for the average (one axis)."""
     lo_in, hi_in = (-p_begin, size + p_end) if include_pad else (0, size)
@@ -61,8 +60,8 @@ def emit_pool_rows(em: ModuleEmitter, op: Op) -> KernelCall:
     pt, pl, pb, pr = a.pads
     args: list = [op.inputs[0], op.outputs[0]]
     if not is_max:  # 1 / count per window, separable into a row factor and a column factor
-        rows = _window_counts(kh_, sh, dh, pt, pb, h, oh, a.count_include_pad)
-        cols = _window_counts(kw_, sw, dw, pl, pr, w, ow, a.count_include_pad)
+        rows = window_counts(kh_, sh, dh, pt, pb, h, oh, a.count_include_pad)
+        cols = window_counts(kw_, sw, dw, pl, pr, w, ow, a.count_include_pad)
         args += [em.derived_constant(1.0 / np.maximum(rows, 1)), em.derived_constant(1.0 / np.maximum(cols, 1))]
     fn, b = em.function(op.name, len(args), parallel=True)
     x, y = fn.args[0], fn.args[1]
@@ -97,6 +96,7 @@ def emit_pool_rows(em: ModuleEmitter, op: Op) -> KernelCall:
 @emitter(OpKind.GLOBAL_AVERAGE_POOL, OpKind.GLOBAL_MAX_POOL)
 def emit_global_pool(em: ModuleEmitter, op: Op) -> KernelCall:
     if op.attrs.channels_last:
+        from convc.codegen.kernels.pool_nhwc import emit_global_pool_channels_last
         return emit_global_pool_channels_last(em, op)
     xs = em.tensor(op.inputs[0]).shape
     planes, size = xs[0] * xs[1], em.tensor(op.inputs[0]).size // (xs[0] * xs[1])
@@ -116,48 +116,3 @@ def emit_global_pool(em: ModuleEmitter, op: Op) -> KernelCall:
     b.ret_void()
     return KernelCall(fn, [op.inputs[0], op.outputs[0]])
 
-
-GLOBAL_POOL_VECTORS = 4  # accumulators per pass over the pixels: independent adds hide their latency
-
-
-def emit_global_pool_channels_last(em: ModuleEmitter, op: Op) -> KernelCall:
-    """y[n, c] = mean (or max) over pixels of x[n, pixel, c]: whole vectors of channels accumulate
-    pixel after pixel, GLOBAL_POOL_VECTORS at a time, in strict order (no fast-math reassociation:
-    every channel is summed the same way, so equal channels give equal means)."""
-    xs = em.tensor(op.inputs[0]).shape
-    n, c = xs[0], xs[-1]
-    pixels = em.tensor(op.inputs[0]).size // (n * c)
-    is_max = op.kind is OpKind.GLOBAL_MAX_POOL
-    gemm, w = em.gemm, em.isa.width
-    block = w * GLOBAL_POOL_VECTORS
-    fn, b = em.function(op.name, 2)
-    x, y = fn.args
-    start = ir.Constant(gemm.vec, [-math.inf if is_max else 0.0] * w)
-    scale = gemm.splat(b, f32(1.0 / pixels))
-
-    def channels(ni: ir.Value, c0: ir.Value, width: int) -> None:
-        vectors = [(v * w, min(w, width - v * w)) for v in range(-(-width // w))]
-        base = gep(b, x, b.add(b.mul(ni, i64(pixels * c)), c0))
-        accs = [alloca_entry(b, gemm.vec, "acc") for _ in vectors]
-        for acc in accs:
-            b.store(start, acc)
-        with for_range(b, pixels, name="px") as p:
-            row = gep(b, base, b.mul(p, i64(c)))
-            for acc, (off, valid) in zip(accs, vectors):
-                v = gemm.vload(b, gep(b, row, off), valid)
-                old = b.load(acc, typ=gemm.vec)
-                b.store(fmax(b, old, v) if is_max else b.fadd(old, v), acc)
-        out = gep(b, y, b.add(b.mul(ni, i64(c)), c0))
-        for acc, (off, valid) in zip(accs, vectors):
-            total = b.load(acc, typ=gemm.vec)
-            gemm.vstore(b, total if is_max else b.fmul(total, scale), gep(b, out, off), valid)
-
-    full, rem = divmod(c, block)
-    with for_range(b, n, name="img") as ni:
-        if full:
-            with for_range(b, full, name="cb") as cb:
-                channels(ni, b.mul(cb, i64(block)), block)
-        if rem:
-            channels(ni, i64(full * block), rem)
-    b.ret_void()
-    return KernelCall(fn, [op.inputs[0], op.outputs[0]])

@@ -24,7 +24,7 @@ from convc.passes.memory import align
 from convc.codegen.llvm_utils import FAST, alloca_entry, f32, fmax, for_range, gep, i64, in_range, opaque, store
 from convc.codegen.module import KernelCall, ModuleEmitter
 from convc.codegen.kernels.blas import GemmEmitter
-from convc.codegen.kernels.pool import _window_counts
+from convc.codegen.kernels.pool import window_counts
 from convc.codegen.kernels.pool_nd import MAX_UNROLLED_TAPS
 
 CHUNK_VECTORS = 4  # channel vectors per pixel at a time: independent reductions, few registers
@@ -81,7 +81,7 @@ class Run:
 def column_runs(g: Window, include_pad: bool = False) -> list[Run]:
     """The output columns grouped into runs of equal in-bounds taps (the interior is one run). The
     in-bounds taps of a column are contiguous, as its input column grows with kw."""
-    counts = _window_counts(g.kw, g.sw, g.dw, g.pl, g.pr, g.w, g.ow, include_pad)
+    counts = window_counts(g.kw, g.sw, g.dw, g.pl, g.pr, g.w, g.ow, include_pad)
     runs: list[Run] = []
     for ox in range(g.ow):
         inside = [k for k in range(g.kw) if 0 <= ox * g.sw - g.pl + k * g.dw < g.w]
@@ -170,7 +170,7 @@ def emit_pool_channels_last(em: ModuleEmitter, op: Op) -> KernelCall:
     runs = column_runs(g, a.count_include_pad and not is_max)
     args: list = [op.inputs[0], op.outputs[0]]
     if not is_max:
-        rows = _window_counts(g.kh, g.sh, g.dh, g.pt, g.pb, g.h, g.oh, a.count_include_pad)
+        rows = window_counts(g.kh, g.sh, g.dh, g.pt, g.pb, g.h, g.oh, a.count_include_pad)
         args.append(em.derived_constant(1.0 / np.maximum(rows, 1)))
     scratch = fill_bytes(g)
     if scratch:
@@ -242,3 +242,38 @@ def _window_loops(r: _PoolRow, at: ir.Value, run: Run, valids: list[int]) -> lis
                     tap = gm.vload(b, gep(b, src, b.add(at_kw, i64(v * gm.isa.width))), valid)
                     b.store(r.combine(b.load(acc, typ=gm.vec), tap), acc)
     return [b.load(acc, typ=gm.vec) for acc in accs]
+
+
+def emit_global_pool_channels_last(em: ModuleEmitter, op: Op) -> KernelCall:
+    """y[n, c] = mean (or max) over pixels of x[n, pixel, c]: CHUNK_VECTORS vectors of channels
+    accumulate pixel after pixel in strict order (no fast-math reassociation: every channel is
+    summed the same way, so equal channels give equal means)."""
+    xs = em.tensor(op.inputs[0]).shape
+    n, c = xs[0], xs[-1]
+    pixels = em.tensor(op.inputs[0]).size // (n * c)
+    is_max = op.kind is OpKind.GLOBAL_MAX_POOL
+    gm, w = em.gemm, em.isa.width
+    fn, b = em.function(op.name, 2)
+    x, y = fn.args
+    start = ir.Constant(gm.vec, [-math.inf if is_max else 0.0] * w)
+    scale = gm.splat(b, f32(1.0 / pixels))
+    with for_range(b, n, name="img") as ni:
+        def block(c0: ir.Value, valids: list[int]) -> None:
+            base = gep(b, x, b.add(b.mul(ni, i64(pixels * c)), c0))
+            accs = [alloca_entry(b, gm.vec, "acc") for _ in valids]
+            for acc in accs:
+                b.store(start, acc)
+            with for_range(b, pixels, name="px") as p:
+                row = gep(b, base, b.mul(p, i64(c)))
+                for v, (acc, valid) in enumerate(zip(accs, valids)):
+                    x_v = gm.vload(b, gep(b, row, v * w), valid)
+                    old = b.load(acc, typ=gm.vec)
+                    b.store(fmax(b, old, x_v) if is_max else b.fadd(old, x_v), acc)
+            out = gep(b, y, b.add(b.mul(ni, i64(c)), c0))
+            for v, (acc, valid) in enumerate(zip(accs, valids)):
+                total = b.load(acc, typ=gm.vec)
+                gm.vstore(b, total if is_max else b.fmul(total, scale), gep(b, out, v * w), valid)
+
+        channel_blocks(b, c, w, CHUNK_VECTORS, block)
+    b.ret_void()
+    return KernelCall(fn, [op.inputs[0], op.outputs[0]])

@@ -138,6 +138,8 @@ class GlobalPoolAttrs:
 
 def _global_infer(kind: OpKind):
     def infer(a: GlobalPoolAttrs, types: Sequence[TensorType]) -> list[TensorType]:
+        if not isinstance(a, GlobalPoolAttrs):
+            raise GraphError(f"attributes must be GlobalPoolAttrs (its layout), got {type(a).__name__}")
         check_arity(kind, types, 1, 1)
         check_float(kind, types)
         x = types[0]

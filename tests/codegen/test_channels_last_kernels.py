@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 
 import convc
+from convc.errors import GraphError
 from convc.ir import Graph, TensorKind
-from convc.ops import OpKind
+from convc.ops import NoAttrs, OpKind
 from convc.ops.conv import ConvAttrs
 from convc.ops.elementwise import ClipAttrs, LeakyReluAttrs
 from convc.ops.epilogue import Epilogue
 from convc.ops.layout import CHANNELS_LAST
-from convc.ops.pool import PoolAttrs
+from convc.ops.pool import GlobalPoolAttrs, PoolAttrs
 from convc.reference import run_reference
 
 
@@ -66,6 +67,21 @@ def test_pool(case, kind):
     op, include_pad = POOL_KINDS[kind]
     attrs = PoolAttrs(kernel, strides, pads, dilations, ceil_mode, include_pad, CHANNELS_LAST)
     run_pool(op, attrs, (2,) + hw + (c,))
+
+
+@pytest.mark.parametrize("kind", [OpKind.GLOBAL_AVERAGE_POOL, OpKind.GLOBAL_MAX_POOL])
+@pytest.mark.parametrize("c", [5, 64, 100])
+def test_global_pool(kind, c):
+    """Channel blocks of 4 vectors, a partial block and a masked tail, over 2 images of 7 x 6 pixels."""
+    run_pool(kind, GlobalPoolAttrs(CHANNELS_LAST), (2, 7, 6, c))
+
+
+def test_global_pool_needs_its_attributes():
+    """NoAttrs (what global pools took before they had a layout) is refused by name, not a crash."""
+    g = Graph("gap")
+    g.add_tensor("x", (2, 3, 4, 5), np.float32, TensorKind.INPUT)
+    with pytest.raises(GraphError, match=r"node 'gap' \(GlobalAveragePool\): attributes must be GlobalPoolAttrs"):
+        g.add_op(OpKind.GLOBAL_AVERAGE_POOL, NoAttrs(), ["x"], name="gap")
 
 
 def test_pool_1d():
