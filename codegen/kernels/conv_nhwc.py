@@ -41,8 +41,9 @@ def emit_conv_channels_last(em: ModuleEmitter, op: Op) -> KernelCall:
     if is_depthwise_channels_last(em, op):
         from convc.codegen.kernels.depthwise_nhwc import emit_depthwise_channels_last
         return emit_depthwise_channels_last(em, op)
-    if op.attrs.group != 1 or em.tensor(op.inputs[1]).data is None:
-        raise NotImplementedError("channels-last conv needs one group and constant weights")
+    if op.attrs.group != 1 or em.tensor(op.inputs[1]).data is None or op.attrs.spatial_rank != 2:
+        raise NotImplementedError("a channels-last conv that is not depthwise needs a 2-D kernel, one group and "
+                                  "constant weights (passes/layout.py converts only those)")
     return emit_implicit_gemm_conv(em, op)
 
 

@@ -100,6 +100,17 @@ def test_panels_larger_than_l2_block():
     check((1, 4, 4, 512), 40, 3, 1, (1, 1, 1, 1), threads=(1, 2))
 
 
+def test_unsupported_channels_last_conv_is_a_compile_error_naming_the_node():
+    """A hand-built channels-last 1-D conv (the layout pass never makes one) fails clearly, not in LLVM."""
+    g = Graph("conv1d_nhwc")
+    g.add_tensor("x", (1, 5, 4), np.float32, TensorKind.INPUT)
+    g.add_constant("w", np.ones((3, 4, 3), np.float32))
+    g.add_op(OpKind.CONV, ConvAttrs((3,), (1,), (0, 0), (1,), 1, layout="NHWC"), ["x", "w"], ["y"], name="c1d")
+    g.outputs = ["y"]
+    with pytest.raises(convc.CompileError, match=r"node 'c1d' \(Conv\).*needs a 2-D kernel, one group"):
+        convc.compile(g)
+
+
 def test_pass_converts_and_matches_channels_first():
     """An ONNX-layout conv chain compiled through the layout pass equals the channels-first kernels."""
     from convc import models
