@@ -2,6 +2,7 @@
 single-threaded model starts no worker."""
 from __future__ import annotations
 
+import gc
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -37,6 +38,10 @@ def test_two_python_threads_share_one_compiled_model(cifar):
 
 
 def native_threads() -> int:
+    """Threads of this process, once the garbage of earlier tests (models in reference cycles, whose
+    pools stop when they are collected) is gone: otherwise a collection in the middle of a test
+    changes the count."""
+    gc.collect()
     return len(os.listdir(f"/proc/{os.getpid()}/task"))
 
 
