@@ -12,8 +12,11 @@ up; the caller simply runs the remaining tasks itself. The counter carries the c
 number in its high half, so a worker that wakes late can never claim a task of an older call.
 
 Waking a sleeping thread costs ~50 us in this VM, a spinning one ~1.6 us, so workers spin on the
-sequence number between kernels; after ~0.5 ms without work they back off to sched_yield and
-then to short sleeps, so an idle pool does not slow the rest of the machine.
+sequence number between kernels; after ~0.5 ms without work they back off to sched_yield, and
+then block in the kernel (a futex on the sequence number, on Linux) until the next call, so an
+idle pool uses no processor time: numpy's BLAS threads or anything else in the process get the
+cores between calls. A caller pays the futex wake (a system call) only when a worker sleeps.
+Elsewhere the last step is a short sleep in a loop.
 """
 from __future__ import annotations
 
@@ -22,11 +25,15 @@ from llvmlite import ir
 from convc.codegen.llvm_utils import I32, I64, PTR, VOID, for_range, gep, i64
 
 # pool layout, in bytes; the words written by different threads sit on separate cache lines
-SEQ, CLAIMED, FINISHED, FN, ARGV, NTASKS, STOP, NTHREADS, WORKERS = 0, 64, 128, 192, 200, 208, 216, 224, 256
+SEQ, CLAIMED, FINISHED, FN, ARGV, NTASKS, STOP, NTHREADS, SLEEPERS = 0, 64, 128, 192, 200, 208, 216, 224, 256
+WORKERS = 320
 WORKER_SLOT = 32  # per worker: pthread_t, pool pointer, worker number
 SPIN_PAUSES = 20000
 YIELDS = 200
 SLEEP_US = 50
+# futex(2): the system call number per architecture, and the process-private operations
+SYS_FUTEX = {"x86_64": 202, "aarch64": 98}
+FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE = 128, 129
 
 KERNEL_TYPE = ir.FunctionType(VOID, [PTR, I64, I64])  # fn(argv, task, ntasks)
 
@@ -59,6 +66,43 @@ def _backoff(b: ir.IRBuilder, spins: ir.Value, triple: str) -> ir.Value:
                 with sleep:
                     b.call(_extern(b.module, "usleep", I32, [I32]), [ir.Constant(I32, SLEEP_US)])
     return b.add(spins, i64(1))
+
+
+def _futex_number(triple: str) -> int | None:
+    arch = triple.split("-")[0]
+    return SYS_FUTEX.get(arch) if "linux" in triple else None
+
+
+def _futex(b: ir.IRBuilder, number: int, word: ir.Value, op: int, value: ir.Value) -> None:
+    """syscall(SYS_futex, word, op, value, NULL): wait while *word == value, or wake waiters."""
+    syscall = _extern(b.module, "syscall", I64, [I64])
+    syscall.function_type.var_arg = True
+    b.call(syscall, [i64(number), word, ir.Constant(I32, op), value, ir.Constant(PTR, None)])
+
+
+def _wake_sleepers(b: ir.IRBuilder, pool: ir.Value, triple: str) -> None:
+    """After SEQ changed: wake the workers blocked on it, if any (seq_cst pairs with the worker's
+    sleeper count increment then SEQ load: one side always sees the other)."""
+    number = _futex_number(triple)
+    if number is None:
+        return
+    sleepers = b.load_atomic(_field(b, pool, SLEEPERS), "seq_cst", 8, typ=I64)
+    with b.if_then(b.icmp_unsigned("!=", sleepers, i64(0)), likely=False):
+        _futex(b, number, _field(b, pool, SEQ), FUTEX_WAKE_PRIVATE, ir.Constant(I32, 2**31 - 1))
+
+
+def _sleep_until_changed(b: ir.IRBuilder, pool: ir.Value, seen: ir.Value, triple: str) -> None:
+    """Block until SEQ differs from ``seen`` (may return early; the caller re-checks)."""
+    number = _futex_number(triple)
+    if number is None:
+        b.call(_extern(b.module, "usleep", I32, [I32]), [ir.Constant(I32, SLEEP_US)])
+        return
+    b.atomic_rmw("add", _field(b, pool, SLEEPERS), i64(1), "seq_cst")
+    now = b.load_atomic(_field(b, pool, SEQ), "seq_cst", 8, typ=I64)
+    with b.if_then(b.icmp_unsigned("==", now, seen)):
+        # the kernel compares the low 32 bits of SEQ (little-endian) before sleeping
+        _futex(b, number, _field(b, pool, SEQ), FUTEX_WAIT_PRIVATE, b.trunc(seen, I32))
+    b.atomic_rmw("sub", _field(b, pool, SLEEPERS), i64(1), "seq_cst")
 
 
 class _TypedCallee:
@@ -133,7 +177,16 @@ def emit_threadpool(module: ir.Module, triple: str) -> None:
     work = b.append_basic_block("work")
     b.cbranch(b.icmp_unsigned("==", now, seen), idle, work)
     b.position_at_end(idle)
-    more = _backoff(b, spins, triple)
+    with b.if_else(b.icmp_unsigned("<", spins, i64(SPIN_PAUSES + YIELDS))) as (busy, long_idle):
+        with busy:
+            stepped = _backoff(b, spins, triple)
+            busy_end = b.block
+        with long_idle:
+            _sleep_until_changed(b, pool, seen, triple)
+            idle_end = b.block
+    more = b.phi(I64, "more")
+    more.add_incoming(stepped, busy_end)
+    more.add_incoming(spins, idle_end)
     seen.add_incoming(seen, b.block)
     spins.add_incoming(more, b.block)
     b.branch(wait)
@@ -157,7 +210,7 @@ def emit_threadpool(module: ir.Module, triple: str) -> None:
     b = ir.IRBuilder(create.append_basic_block("entry"))
     n = create.args[0]
     pool = b.call(malloc, [b.add(i64(WORKERS), b.mul(n, i64(WORKER_SLOT)))])
-    for off in (SEQ, CLAIMED, FINISHED, NTASKS, STOP):
+    for off in (SEQ, CLAIMED, FINISHED, NTASKS, STOP, SLEEPERS):
         b.store(i64(0), _field(b, pool, off))
     b.store(n, _field(b, pool, NTHREADS))
     with for_range(b, n, start=1, name="t") as t:
@@ -174,6 +227,7 @@ def emit_threadpool(module: ir.Module, triple: str) -> None:
     with b.if_then(b.icmp_unsigned("!=", pool, ir.Constant(PTR, None))):
         b.atomic_rmw("xchg", _field(b, pool, STOP), i64(1), "seq_cst")
         b.atomic_rmw("add", _field(b, pool, SEQ), i64(1), "seq_cst")
+        _wake_sleepers(b, pool, triple)
         n = b.load(_field(b, pool, NTHREADS), typ=I64)
         with for_range(b, n, start=1, name="t") as t:
             b.call(join, [b.load(slot_of(b, pool, t), typ=I64), ir.Constant(PTR, None)])
@@ -195,7 +249,8 @@ def emit_threadpool(module: ir.Module, triple: str) -> None:
             b.store(n, _field(b, pool, NTASKS))
             b.atomic_rmw("xchg", _field(b, pool, FINISHED), i64(0), "monotonic")
             b.atomic_rmw("xchg", _field(b, pool, CLAIMED), b.shl(seq, i64(32)), "release")
-            b.atomic_rmw("xchg", _field(b, pool, SEQ), seq, "release")
+            b.atomic_rmw("xchg", _field(b, pool, SEQ), seq, "seq_cst")
+            _wake_sleepers(b, pool, triple)
             b.call(claim, [pool, seq])
             pre = b.block
             wait = b.append_basic_block("join")

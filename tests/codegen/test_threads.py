@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -57,6 +58,42 @@ def test_native_pool_threads_exist_only_when_asked(cifar):
     for _ in range(20):
         multi(np.zeros((4, 3, 32, 32), np.float32))
     assert native_threads() == n  # created once, not per call
+
+
+def cpu_seconds(tids: set[str]) -> float:
+    """Processor time used so far by these threads of this process."""
+    ticks = 0
+    for tid in tids:
+        try:
+            with open(f"/proc/{os.getpid()}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def test_an_idle_pool_leaves_the_cores_to_others(cifar):
+    # between calls the workers block instead of polling, so numpy's BLAS (or anything else) in the
+    # same process gets the cores; a pool polling with 50 us sleeps used 13% of a core here
+    a = np.random.default_rng(0).standard_normal((256, 256))
+    a = a @ a.T / 256  # numpy's BLAS threads start now, before the pool's
+    gc.collect()
+    others = set(os.listdir(f"/proc/{os.getpid()}/task"))
+    model = convc.compile(cifar, threads=3)
+    x = np.zeros((4, 3, 32, 32), np.float32)
+    want = model(x)
+    workers = set(os.listdir(f"/proc/{os.getpid()}/task")) - others
+    assert len(workers) >= 2
+    time.sleep(0.1)  # past the spinning phase
+    before = cpu_seconds(workers)
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 1.0:
+        a = a @ a.T / 256  # numpy's BLAS, between two calls of the model
+        time.sleep(0.01)
+    used = cpu_seconds(workers) - before
+    assert used < 0.03, f"idle pool workers used {used:.3f} s of processor time in 1 s"
+    assert np.array_equal(model(x), want)  # and wake up for the next call
 
 
 def test_models_in_garbage_cycles_are_freed_without_crashing():
