@@ -86,6 +86,12 @@ def test_narrow_tile_channel_counts(m):
     check((2, 7, 9, 12), m, 3, 1, (1, 1, 1, 1), epi="residual+leaky")
 
 
+@pytest.mark.parametrize("kw,c", [(1, 1), (1, 2), (3, 1), (1, 4), (1, 5), (2, 3), (3, 3)])
+def test_every_remainder_of_the_unrolled_channel_loop(kw, c):
+    """A kernel row is a run of kw*C k-steps, done UNROLL at a time and then singly: runs of 1 to 9."""
+    check((1, 5, 6, c), 20, (2, kw), 1, (0, 1, 1, 0), epi="relu", threads=(1, 2))
+
+
 def test_without_bias():
     check((1, 6, 6, 8), 20, 3, 1, (1, 1, 1, 1), bias=False, epi="relu")
 
