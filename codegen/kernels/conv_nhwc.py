@@ -29,8 +29,7 @@ from convc.codegen.kernels.epilogue import epilogue_pass
 
 # AVX-512 hosts also have 8-float vectors in 32 registers (AVX-512VL): 8 rows x 3 of them
 NARROW_TILE = Isa("avx512-ymm", 8, 8, 3)
-L2_PANEL_BYTES = 512 * 1024
-UNROLL = 4  # k-steps per iteration of the micro-kernel's channel loop  # B panels sized to stay in L2 while every pixel tile of a thread streams by
+L2_PANEL_BYTES = 512 * 1024  # B panels sized to stay in L2 while every pixel tile of a thread streams by
 
 
 def is_depthwise_channels_last(em: ModuleEmitter, op: Op) -> bool:
@@ -89,50 +88,19 @@ def conv_micro_kernel(em: ModuleEmitter, gemm: GemmEmitter, n_valid: int, init: 
     b.position_at_end(t_body)
     offset = b.load(gep(b, taps, t, I64), typ=I64)
     a_rows = [gep(b, base, offset) for base in bases]
-    whole = b.sub(cin, b.urem(cin, i64(UNROLL)))
 
-    def k_steps(b: ir.IRBuilder, c: ir.Value, pb_: ir.Value, acc: list[list[ir.Value]], steps: int):
-        """``steps`` k-steps of the GEMM (input channels c, c+1, ...): the new accumulators."""
-        for u in range(steps):
-            bvecs = [b.load(gep(b, pb_, u * isa.nr + v * w), typ=gemm.vec, align=4) for v in range(nv)]
-            acc = [[gemm.fma(b, gemm.splat(b, b.load(gep(b, a_rows[i], b.add(c, i64(u))), typ=F32)), bvecs[v],
-                             acc[i][v]) for v in range(nv)] for i in range(mr)]
-        return acc
-
-    # channel loops: UNROLL k-steps per iteration (the loop's own instructions otherwise take issue
-    # slots from the FMAs: 12% of a 3x3 conv's time here), then the remaining ones singly
-    c_end, c_b_end, c_acc = i64(0), t_b, t_acc
-    for name, steps, limit in (("c.unrolled", UNROLL, whole), ("c.rest", 1, cin)):
-        head = b.append_basic_block(f"{name}.header")
-        body = b.append_basic_block(f"{name}.body")
-        exit_ = b.append_basic_block(f"{name}.exit")
-        pred = b.block
-        b.branch(head)
-        b.position_at_end(head)
-        c = b.phi(I64, "c")
-        c_b = b.phi(PTR, "c.b")
-        acc = [[b.phi(gemm.vec) for _ in range(nv)] for _ in range(mr)]
-        c.add_incoming(c_end, pred)
-        c_b.add_incoming(c_b_end, pred)
-        for i in range(mr):
-            for v in range(nv):
-                acc[i][v].add_incoming(c_acc[i][v], pred)
-        b.cbranch(b.icmp_signed("<", c, limit), body, exit_)
-        b.position_at_end(body)
-        new = k_steps(b, c, c_b, acc, steps)
-        c.add_incoming(b.add(c, i64(steps)), b.block)
-        c_b.add_incoming(gep(b, c_b, steps * isa.nr), b.block)
-        for i in range(mr):
-            for v in range(nv):
-                acc[i][v].add_incoming(new[i][v], b.block)
-        b.branch(head)
-        b.position_at_end(exit_)
-        c_end, c_b_end, c_acc = c, c_b, acc
+    def step(b: ir.IRBuilder, c: ir.Value, acc: list[list[ir.Value]]) -> list[list[ir.Value]]:
+        """One k-step of the GEMM: input channel c of the run."""
+        b_row = gep(b, t_b, b.mul(c, i64(isa.nr)))
+        bvecs = [b.load(gep(b, b_row, v * w), typ=gemm.vec, align=4) for v in range(nv)]
+        return [[gemm.fma(b, gemm.splat(b, b.load(gep(b, a_rows[i], c), typ=F32)), bvecs[v], acc[i][v])
+                 for v in range(nv)] for i in range(mr)]
+    c_acc = gemm.k_loops(b, i64(0), cin, t_acc, step)
     b.branch(t_latch)
 
     b.position_at_end(t_latch)
     t.add_incoming(b.add(t, i64(1)), t_latch)
-    t_b.add_incoming(c_b_end, t_latch)
+    t_b.add_incoming(gep(b, t_b, b.mul(cin, i64(isa.nr))), t_latch)
     for i in range(mr):
         for v in range(nv):
             t_acc[i][v].add_incoming(c_acc[i][v], t_latch)

@@ -67,7 +67,11 @@ def emit_gemm(em: ModuleEmitter, op: Op) -> KernelCall:
     args = [op.inputs[0], b_arg] + ([op.inputs[2]] if has_c else []) + \
         ([op.inputs[-1]] if epi.residual else []) + [op.outputs[0]]
     fill = has_c and not bias_init or not fast  # C starts as beta * C broadcast (or zeros)
-    parallel = fast and not fill  # column panels split between threads
+    parallel = fast and not fill
+    # threads split the column panels (a fully connected layer: few rows), or the row tiles when
+    # there are many rows and too few panels to share (a GEMM of M=3136, N=144 ran slower on two
+    # threads than on one when split into its 5 panels)
+    by_rows = em.gemm.n_tiles(m) >= 8 * em.threads and em.gemm.n_panels(n) < 4 * em.threads
     fn, bld = em.function(op.name, len(args), parallel=parallel)
     nargs = len(args)
     a, bm = fn.args[0], fn.args[1]
@@ -78,10 +82,17 @@ def emit_gemm(em: ModuleEmitter, op: Op) -> KernelCall:
     if fast:
         in_kernel, after = split_epilogue(epi)
         init = "bias_col" if bias_init else "load" if has_c else "zero"
-        panels = em.thread_range(bld, fn, em.gemm.n_panels(n)) if parallel else None
+        panels = em.thread_range(bld, fn, em.gemm.n_panels(n)) if parallel and not by_rows else None
+        tiles = em.thread_range(bld, fn, em.gemm.n_tiles(m)) if parallel and by_rows else None
         em.gemm.gemm(bld, m, n, k, a, Operand(False, k), bm, Operand(True), y, n,
-                     init, fn.args[2] if bias_init else None, in_kernel, residual, panels)
-        if not after.empty:  # each thread finishes its own columns
+                     init, fn.args[2] if bias_init else None, in_kernel, residual, panels, tiles)
+        if not after.empty and tiles is not None:  # each thread finishes its own rows
+            mr = em.isa.mr
+            r_lo = bld.mul(tiles[0], i64(mr))
+            r_hi = bld.mul(tiles[1], i64(mr))
+            r_hi = bld.select(bld.icmp_unsigned("<", r_hi, i64(m)), r_hi, i64(m))
+            epilogue_pass(bld, after, gep(bld, y, bld.mul(r_lo, i64(n))), None, bld.mul(bld.sub(r_hi, r_lo), i64(n)))
+        elif not after.empty:  # each thread finishes its own columns
             lo, hi = panels if panels is not None else (i64(0), i64(em.gemm.n_panels(n)))
             nr = em.isa.nr
             with for_range(bld, m, name="row") as i:

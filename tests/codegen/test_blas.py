@@ -95,3 +95,31 @@ def test_packing_layouts_zero_pad_the_fringe():
     pb = pack_b(b, AVX512)  # [ceil(40/32), K, 32]
     assert pb.shape == (2, 3, 32)
     assert np.array_equal(pb[1, :, :8], b[:, 32:]) and not pb[1, :, 8:].any()
+
+
+@pytest.mark.parametrize("m,n,act", [
+    (203, 40, "Relu"),   # many row tiles, 2 column panels: threads split the rows
+    (203, 40, "Tanh"),   # ... and each finishes its rows' scalar activation pass
+    (5, 300, "Tanh"),    # a fully connected layer: threads split the column panels
+])
+def test_gemm_op_splits_rows_or_panels_between_threads(m, n, act):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import convc
+    rng = np.random.default_rng(m + n)
+    k = 37
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["a", "w", "b"], ["g"], transB=1), helper.make_node(act, ["g"], ["y"])], "gemm",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [m, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(bias, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    z = a.astype(np.float64) @ w.T.astype(np.float64) + bias
+    want = np.maximum(z, 0) if act == "Relu" else np.tanh(z)
+    outs = [convc.compile(model, threads=t, cache=False)(a) for t in (1, 2, 3)]
+    assert np.abs(outs[0] - want).max() < 1e-4
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], outs[2])
