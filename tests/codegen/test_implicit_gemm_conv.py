@@ -106,6 +106,21 @@ def test_panels_larger_than_l2_block():
     check((1, 4, 4, 512), 40, 3, 1, (1, 1, 1, 1), threads=(1, 2))
 
 
+def test_weights_streamed_from_memory():
+    """2.4 MB of packed weights against 18 KB of input: the first tile of each panel prefetches its
+    weights, and two threads split the column panels (each reads half the weights)."""
+    from convc.codegen.kernels.conv_nhwc import STREAMED_WEIGHT_BYTES
+    assert 4608 * 128 * 4 > STREAMED_WEIGHT_BYTES
+    check((1, 3, 3, 512), 128, 3, 1, (1, 1, 1, 1), epi="residual+leaky")
+
+
+def test_tile_rows_pad_the_fewest_pixels():
+    from convc.codegen.kernels.conv_nhwc import tile_rows
+    # 7x7 = 49 pixels in 7 tiles of 7; 196 in 28 of 7; 784 and 3136 in tiles of 8; 9 in 2 of 6
+    assert [tile_rows(8, p) for p in (49, 196, 784, 3136, 9)] == [7, 7, 8, 8, 6]
+    check((1, 7, 7, 16), 32, 3, 1, (1, 1, 1, 1), epi="relu")  # 49 pixels: 7-row tiles
+
+
 def test_unsupported_channels_last_conv_is_a_compile_error_naming_the_node():
     """A hand-built channels-last 1-D conv (the layout pass never makes one) fails clearly, not in LLVM."""
     g = Graph("conv1d_nhwc")
