@@ -115,10 +115,15 @@ def test_weights_streamed_from_memory():
 
 
 def test_tile_rows_pad_the_fewest_pixels():
-    from convc.codegen.kernels.conv_nhwc import tile_rows
-    # 7x7 = 49 pixels in 7 tiles of 7; 196 in 28 of 7; 784 and 3136 in tiles of 8; 9 in 2 of 6
-    assert [tile_rows(8, p) for p in (49, 196, 784, 3136, 9)] == [7, 7, 8, 8, 6]
+    from convc.codegen.kernels.blas import AVX2, AVX512
+    from convc.codegen.kernels.conv_nhwc import NARROW_TILE, tile_rows
+    # AVX-512: 7x7 = 49 pixels in 7 tiles of 7; 784 and 3136 in tiles of 12 (1% and 0.3% padding);
+    # 196 in tiles of 8 (2%, where 12 rows pad 4%). Tiles of 8-float vectors never take 12 rows.
+    assert [tile_rows(AVX512, p) for p in (49, 196, 784, 3136, 9)] == [7, 8, 12, 12, 12]
+    assert [tile_rows(NARROW_TILE, p) for p in (49, 784)] == [7, 8]
+    assert [tile_rows(AVX2, p) for p in (49, 784)] == [5, 6]
     check((1, 7, 7, 16), 32, 3, 1, (1, 1, 1, 1), epi="relu")  # 49 pixels: 7-row tiles
+    check((3, 8, 8, 16), 40, 3, 1, (1, 1, 1, 1), epi="residual+leaky")  # 192 pixels: 12-row tiles
 
 
 def test_unsupported_channels_last_conv_is_a_compile_error_naming_the_node():
