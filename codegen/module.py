@@ -145,7 +145,8 @@ class ModuleEmitter:
         in place), ``emit`` drops ``noalias`` from them; a kernel may then see x and y as one buffer."""
         name = re.sub(r"[^A-Za-z0-9_]", "_", base)[:60] or "kernel"
         unique, i = name, 1
-        while unique in self._names:
+        # the module's metadata (branch weights) is numbered in the same name scope: !0 vs a node "0"
+        while unique in self._names or self.module.scope.is_used(unique):
             unique, i = f"{name}_{i}", i + 1
         self._names.add(unique)
         fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR] * n_args + [I64, I64] * parallel), name=unique)
