@@ -11,8 +11,9 @@ pads, each thread first copies the input rows its outputs read into a zero-borde
 inner loops never test bounds (the copy is 1/(taps x M) of the arithmetic).
 
 Weights are packed at compile time as B[K = (kh, kw, c), M] in NR-wide panels, exactly the GEMM
-micro-kernel's layout. Threads split the output rows, or, when there are too few rows (a deep
-layer at batch 1), the column panels.
+micro-kernel's layout. Threads split the output rows, or the column panels when there are too
+few rows (a deep layer at batch 1) or when megabytes of weights dwarf the input (each core then
+reads half of them).
 """
 from __future__ import annotations
 
@@ -32,12 +33,12 @@ from convc.codegen.kernels.epilogue import epilogue_pass
 
 # AVX-512 hosts also have 8-float vectors in 32 registers (AVX-512VL): 8 rows x 3 of them
 NARROW_TILE = Isa("avx512-ymm", 8, 8, 3)
-L2_PANEL_BYTES = 512 * 1024
+L2_PANEL_BYTES = 512 * 1024  # B panels sized to stay in L2 while every pixel tile of a thread streams by
 # weights beyond this many bytes do not stay in cache from one call to the next (a ResNet-18 has
 # 44 MB): the first pixel tile of each panel prefetches them, which made its 9 MB 3x3 convs 10% faster
 STREAMED_WEIGHT_BYTES = 2 * 1024 * 1024
 PREFETCH_BYTES = 2048
-WIDE_ROWS = 12  # B panels sized to stay in L2 while every pixel tile of a thread streams by
+WIDE_ROWS = 12  # rows of the AVX-512 register tile where they pad few pixels (tile_rows)
 
 
 def is_depthwise_channels_last(em: ModuleEmitter, op: Op) -> bool:
@@ -217,7 +218,7 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     # from the other core: 3-5x slower on small layers); only with fewer rows than threads the
     # column panels are split instead
     # ... or when the weights are what streams from memory (a deep layer's megabytes against a few
-    # hundred KB of activations): each core then reads half of them
+    # hundred KB of activations): each core then reads half of them (ResNet-18 b1, 2 threads)
     streams_weights = packed.nbytes > STREAMED_WEIGHT_BYTES
     weight_bound = streams_weights and packed.nbytes > 8 * em.tensor(op.inputs[0]).nbytes
     by_panels = (out_rows < em.threads or weight_bound) and panels >= 2 * em.threads and after.empty
