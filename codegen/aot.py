@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -40,9 +41,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from convc.codegen.artifacts import atomic_write, c_escape, c_identifier, c_string, sign_library
 from convc.errors import CompileError
 
-ABI_VERSION = 1
+# 2: a library ends with the integrity trailer of codegen/artifacts.py, which convc.load verifies
+ABI_VERSION = 2
 ALIGN = 64
 
 # --- targets -----------------------------------------------------------------------------------
@@ -91,7 +94,7 @@ def resolve_target(spec: str | AotTarget | None = "native") -> AotTarget:
         return spec
     from convc.codegen.jit import Target
     name, *extra = [s.strip() for s in (spec or "native").split(",") if s.strip()]
-    bad = [e for e in extra if not e.startswith("+") or len(e) < 2]
+    bad = [e for e in extra if not re.fullmatch(r"\+[A-Za-z0-9._-]+", e)]
     if bad:
         raise CompileError(f"target {spec!r}: extra features are written +name (e.g. x86-64-v3,+avx512f), got {bad}")
     plus = tuple(e[1:] for e in extra)
@@ -489,7 +492,7 @@ def metadata(native, target: AotTarget, inputs, outputs, graph_metadata: dict | 
     from convc import __version__
     consts = used_constants(native)
     meta = {
-        "abi": ABI_VERSION, "convc_version": __version__, "name": native.ir_module.name,
+        "abi": ABI_VERSION, "convc_version": __version__, "name": getattr(native, "name", "") or native.ir_module.name,
         "triple": target.triple, "cpu": target.cpu, "target": target.name, "features": list(target.required),
         "inputs": _io_meta(inputs), "outputs": _io_meta(outputs),
         "arena_bytes": int(native.arena_bytes), "threads": int(native.threads),
@@ -613,19 +616,19 @@ def header_text(meta: dict, target: AotTarget, library: str, guard: str, extra_d
     checked, unchecked = checkable(target)
 
     def io_lines(kind: str) -> str:
-        return "\n".join(f" *   {kind} {i}: {s['name']!r:24} {s['dtype']} [{', '.join(map(str, s['shape']))}]"
+        return "\n".join(f" *   {kind} {i}: {c_string(s['name']):24} {c_escape(s['dtype'])} [{', '.join(map(str, s['shape']))}]"
                          f" ({int(np.prod(s['shape'], dtype=np.int64))} elements)"
                          for i, s in enumerate(meta[kind + "s"]))
     import textwrap
-    features = "\n".join(" *     " + line for line in textwrap.wrap(", ".join(target.required) or "(baseline)", 88))
+    features = "\n".join(" *     " + line for line in textwrap.wrap(c_escape(", ".join(target.required)) or "(baseline)", 88))
     defines = [f"#define CONVC_NUM_INPUTS {len(meta['inputs'])}", f"#define CONVC_NUM_OUTPUTS {len(meta['outputs'])}"]
     for kind in ("input", "output"):
         for i, s in enumerate(meta[kind + "s"]):
             defines.append(f"#define CONVC_{kind.upper()}{i}_SIZE {int(np.prod(s['shape'], dtype=np.int64))}")
-    return f"""/* {Path(library).name}: the model {meta['name']!r} compiled ahead of time by convc {meta['convc_version']}.
+    return f"""/* {c_string(Path(library).name)}: the model {c_string(meta['name'])} compiled ahead of time by convc {c_escape(meta['convc_version'])}.
  *
  * Generated file: do not edit. The library depends only on libc, libm and pthreads.
- * Target: {target.name} ({target.triple}, cpu {target.cpu}); compiled for up to {meta['threads']} thread(s).
+ * Target: {c_escape(target.name)} ({c_escape(target.triple)}, cpu {c_escape(target.cpu)}); compiled for up to {meta['threads']} thread(s).
  *
  * Tensors are dense row-major float32 arrays (C order) with these fixed shapes:
 {io_lines('input')}
@@ -645,7 +648,7 @@ def header_text(meta: dict, target: AotTarget, library: str, guard: str, extra_d
  *
  * CPU: the code uses these CPU features:
 {features}
- * convc_check_cpu() verifies {'all of them' if not unchecked else f'{len(checked)} of them (not checkable: {", ".join(unchecked)})'}
+ * convc_check_cpu() verifies {'all of them' if not unchecked else f'{len(checked)} of them (not checkable: {c_escape(", ".join(unchecked))})'}
  * on the running CPU (and, on x86, that the OS enables the AVX/AVX-512/AMX registers). The metadata
  * functions and convc_check_cpu are compiled for the architecture's baseline, so they are safe
  * to call on any CPU; call convc_check_cpu before anything else. convc_create refuses (NULL)
@@ -834,13 +837,13 @@ def build_native(native, output: str | os.PathLike, target: AotTarget, inputs, o
         obj = machine_code(str(native.ir_module), target.llvm_target(), pic=True, link=wrapper, modules=modules,
                            speed=speed, progress=progress)
         timings["LLVM"] = time.perf_counter() - t
-        guard = "CONVC_" + "".join(c if c.isalnum() else "_" for c in header_path.stem.upper()) + "_H"
-        _atomic_write(header_path, header_text(meta, target, str(out), guard, extra_decls).encode())
+        guard = "CONVC_" + c_identifier(header_path.stem.upper()) + "_H"
+        atomic_write(header_path, header_text(meta, target, str(out), guard, extra_decls).encode())
         if object_only:
-            _atomic_write(out, obj)
+            atomic_write(out, obj)
         elif find_cc(target) is None:  # keep the object where the user can link it, then say what is missing
             kept = out.with_suffix(".o")
-            _atomic_write(kept, obj)
+            atomic_write(kept, obj)
             raise CompileError(no_cc_message(target, str(kept), str(out)))
         else:
             if progress:
@@ -851,6 +854,7 @@ def build_native(native, output: str | os.PathLike, target: AotTarget, inputs, o
             tmp_lib = out.with_name(f".{out.name}.{os.getpid()}.tmp")
             try:
                 link_shared(str(obj_path), str(tmp_lib), target, soname=out.name)
+                sign_library(tmp_lib, ABI_VERSION)  # convc.load checks it before dlopen
                 os.replace(tmp_lib, out)
             finally:
                 if tmp_lib.exists():
@@ -897,16 +901,4 @@ def _init_backend(target: AotTarget) -> None:
     except RuntimeError as e:
         raise CompileError(f"target {target.name}: this llvmlite's LLVM cannot generate code for {target.triple} "
                            f"({e})") from None
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 

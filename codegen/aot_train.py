@@ -384,6 +384,7 @@ def build_training_library(model: Any, output: str | os.PathLike, *, batch: int 
 
     class _Native:  # what build_native reads: the eval module plus the training module linked in
         ir_module = eval_native.ir_module
+        name = eval_native.name
         arena_bytes = max(eval_native.arena_bytes, train_native.arena_bytes)
         constants = eval_native.constants
         used_constants = eval_native.used_constants

@@ -3,26 +3,35 @@
 Where: ``$CONVC_CACHE_DIR``, else ``$XDG_CACHE_HOME/convc``, else ``~/.cache/convc``. Off with
 ``CONVC_NO_CACHE=1`` or ``convc.compile(..., cache=False)``.
 
-What: one file per compiled model, ``v1/<key>.entry``, holding the relocatable object file that LLVM
+What: one file per compiled model, ``v2/<key>.entry``, holding the relocatable object file that LLVM
 emitted for the JIT's TargetMachine, the constant table (graph constants and weights the kernels
 packed at compile time, each 64-byte aligned; slots the code never reads are left out) and a JSON
-header (inputs, outputs, arena size, threads, kernel names, target). A warm compile maps the
-file (the weights are used in place, from the page cache, no copy), checks it, and loads the
-object into a fresh MCJIT engine (``ObjectEngine``: a few milliseconds), so neither code generation
-nor LLVM runs. Loading a whole shared library with dlopen would work too, but needs a C linker at
-JIT time; the object file needs nothing.
+header (inputs, outputs, arena size, threads, kernel names, target, the layout of the constants,
+and the key and source aliases the entry belongs to). A warm compile reads the file into private
+memory, checks it, and loads the object into a fresh MCJIT engine (``ObjectEngine``: a few
+milliseconds), so neither code generation nor LLVM runs. The file is read, not mapped: a mapped
+entry that something truncates later (another process clearing the cache, a full disk) would kill
+every model using it with SIGBUS, and what was checked would not be what runs. Loading a whole
+shared library with dlopen would work too, but needs a C linker at JIT time; the object file
+needs nothing. A pickled JIT model is the same entry, in memory (``entry_bytes``/``entry_artifact``).
 
 The key is a SHA-256 over the optimized graph (op kinds, attributes, shapes, layouts, every
 constant's bytes, the schedule and memory plan), the options (threads, instrumentation), the CPU
 name and feature string, the llvmlite, LLVM, numpy and convc versions, and a fingerprint of the
 compiler's own source files (an edited kernel emitter must not be served stale code). Hashing the
 optimized graph needs the import and the passes (about 2 s for ResNet-50), so ``convc.compile`` of
-a file, bytes or ModelProto also records a *source alias* ``v1/src-<hash>``: a hash of the model's
+a file, bytes or ModelProto also records a *source alias* ``v2/src-<hash>``: a hash of the model's
 bytes plus the same options, naming the entry; a warm compile then skips the import and passes
 too, and ``CompiledModel.graph`` is rebuilt only if someone reads it.
 
 Integrity: the entry ends its 64-byte header with a SHA-256 of everything after it, and its length
 must match the header; a truncated or corrupt entry is removed with a ``CacheWarning`` and rebuilt.
+Binding: the checksummed JSON names the entry's key and the source aliases that may name it, so an
+entry copied over another model's name, or an alias pointing at another model's entry, is a miss
+with a ``CacheWarning`` (and a recompile), never another model's code and weights.
+Safety: the cache directory must be owned by this user (or root) and writable by nobody else
+(``codegen/artifacts.py``: ``check_dir``); ``v2/`` is created with mode 0700. Otherwise the cache is
+off, with a ``CacheWarning``.
 Concurrency: entries are written to a temporary file in the same directory and renamed over the
 final name (``os.replace`` is atomic), so processes compiling the same model at once all succeed
 and readers never see half an entry.
@@ -32,10 +41,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
-import hashlib
 import importlib.util
+import io
 import json
-import mmap
+import math
 import os
 import struct
 import time
@@ -46,27 +55,39 @@ from typing import Any, Callable
 import numpy as np
 
 from convc.codegen.aot import ABI_VERSION, blob_layout, metadata, resolve_target, used_constants, write_blob
+from convc.codegen.artifacts import (ALIGN, ArtifactError, CacheWarning, HashingWriter, aligned_empty, atomic_write,
+                                     check_dir, digest, private_dir, read_aligned)
 
-FORMAT = 1
+FORMAT = 2  # 2: entries name their key and source aliases; read into memory, not mapped
 MAGIC = b"CONVCJC1"
 _HEADER = struct.Struct("<8sQQQ32s")  # magic, meta bytes, object bytes, blob bytes, sha256 of the rest
 HEADER_BYTES = 64
 
 
-class CacheWarning(UserWarning):
-    """A compile cache entry was unusable (corrupt, truncated, unreadable) and was rebuilt."""
-
-
 def cache_dir(cache: bool | None = None) -> Path | None:
-    """The cache directory, or None when caching is off (``cache=False`` or ``CONVC_NO_CACHE``)."""
-    if cache is False:
+    """The cache directory, or None when caching is off (``cache=False`` or ``CONVC_NO_CACHE``), or
+    when the directory is not safe to run code from (owned by another user, writable by others):
+    then with a CacheWarning."""
+    from convc.codegen import arena_check
+    if cache is False or arena_check.enabled():  # a checked build is for debugging: never cached
         return None
     if os.environ.get("CONVC_NO_CACHE", "").strip().lower() not in ("", "0", "false", "no", "off"):
         return None
     if os.environ.get("CONVC_CACHE_DIR"):
-        return Path(os.environ["CONVC_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "convc"
+        root = Path(os.environ["CONVC_CACHE_DIR"]).expanduser()
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = Path(base) / "convc"
+    try:
+        if os.path.lexists(root):
+            check_dir(root, sticky_ok=True)
+            if _entries(root).exists():
+                check_dir(_entries(root))
+    except (ArtifactError, OSError) as e:
+        warnings.warn(f"convc compile cache: not using it: {e}; compiling without a cache", CacheWarning,
+                      stacklevel=2)
+        return None
+    return root
 
 
 def _entries(root: Path) -> Path:
@@ -78,7 +99,7 @@ def _entries(root: Path) -> Path:
 @functools.lru_cache(maxsize=1)
 def code_fingerprint() -> str:
     """SHA-256 of the compiler's Python sources (the packages convc, codegen, passes, frontend)."""
-    h = hashlib.sha256()
+    h = digest()
     for pkg in ("convc", "convc.codegen", "convc.passes", "convc.frontend"):
         spec = importlib.util.find_spec(pkg)
         for root in (spec.submodule_search_locations or []) if spec else []:
@@ -132,7 +153,7 @@ def _feed(h, obj: Any) -> None:
 
 def graph_key(plan, env: dict) -> str:
     """SHA-256 of the optimized graph, its schedule and memory plan, and ``env``."""
-    h = hashlib.sha256(json.dumps(env, sort_keys=True).encode())
+    h = digest(json.dumps(env, sort_keys=True).encode())
     g = plan.graph
     _feed(h, (g.name, list(g.inputs), list(g.outputs)))
     _feed(h, {k: v for k, v in g.metadata.items() if isinstance(v, (str, int, float, bool, list, tuple, dict))})
@@ -163,7 +184,7 @@ def source_key(model: Any, batch: int | None, input_shape: Any, env: dict) -> st
         return None
     if b"location" in data:  # may use external tensor data, which the bytes do not cover
         return None
-    h = hashlib.sha256(json.dumps(env, sort_keys=True).encode())
+    h = digest(json.dumps(env, sort_keys=True).encode())
     _feed(h, ("source", batch, repr(input_shape)))
     h.update(data)
     return h.hexdigest()
@@ -175,85 +196,111 @@ def _pad(n: int) -> int:
     return -n % 64
 
 
-def _atomic(path: Path, write: Callable[[Any], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-class _HashingWriter:
-    def __init__(self, f) -> None:
-        self.f = f
-        self.h = hashlib.sha256()
-
-    def write(self, data) -> None:
-        self.h.update(data)
-        self.f.write(data)
-
-
-def store(root: Path, key: str, meta: dict, obj: bytes, constants: list, aliases: tuple[str, ...] = ()) -> Path:
-    """Write an entry (atomically) and its source aliases; returns the entry's path."""
-    folder = _entries(root)
-    folder.mkdir(parents=True, exist_ok=True)
-    offsets, blob_size = blob_layout(constants)
-    meta = dict(meta, constant_layout=[None if off is None else [off, list(c.shape), c.dtype.str]
-                                       for c, off in zip(constants, offsets)])
-    meta_bytes = json.dumps(meta, separators=(",", ":")).encode()
-    path = folder / f"{key}.entry"
-
-    def write(f) -> None:
-        f.write(b"\0" * HEADER_BYTES)
-        w = _HashingWriter(f)
-        w.write(meta_bytes + b"\0" * _pad(len(meta_bytes)))
-        w.write(obj + b"\0" * _pad(len(obj)))
-        write_blob(w, constants, offsets, blob_size)
-        f.seek(0)
-        f.write(_HEADER.pack(MAGIC, len(meta_bytes), len(obj), blob_size, w.h.digest()).ljust(HEADER_BYTES, b"\0"))
-    _atomic(path, write)
-    for alias in aliases:
-        _atomic(folder / f"src-{alias}", lambda f: f.write(key.encode()))
-    return path
-
-
 class CorruptEntry(Exception):
     pass
 
 
-def _read(path: Path) -> tuple[dict, bytes, list]:
-    size = path.stat().st_size
+def write_entry(f, meta: dict, obj: bytes, constants: list, binding: dict | None = None) -> None:
+    """Write an entry (header, JSON, object code, weights) to the seekable binary file ``f``.
+    ``binding`` ({"key", "sources"}) goes inside the checksummed JSON."""
+    offsets, blob_size = blob_layout(constants)
+    meta = {k: v for k, v in meta.items() if k != "cache"}
+    meta["constant_layout"] = [None if off is None else [off, list(c.shape), c.dtype.str]
+                               for c, off in zip(constants, offsets)]
+    meta["cache"] = binding
+    meta_bytes = json.dumps(meta, separators=(",", ":")).encode()
+    f.write(b"\0" * HEADER_BYTES)
+    w = HashingWriter(f)
+    w.write(meta_bytes + b"\0" * _pad(len(meta_bytes)))
+    w.write(obj + b"\0" * _pad(len(obj)))
+    write_blob(w, constants, offsets, blob_size)
+    f.seek(0)
+    f.write(_HEADER.pack(MAGIC, len(meta_bytes), len(obj), blob_size, w.h.digest()).ljust(HEADER_BYTES, b"\0"))
+
+
+def read_entry(buf: np.ndarray) -> tuple[dict, bytes, list]:
+    """(meta, object code, constants) of a whole entry in ``buf`` (uint8, 64-byte aligned; the
+    constants are views into it). Raises CorruptEntry naming what is wrong: a short or padded
+    entry, a checksum mismatch, a constant whose layout does not fit the weights."""
+    size = buf.size
     if size < HEADER_BYTES:
         raise CorruptEntry(f"truncated ({size} bytes)")
-    with open(path, "rb") as f:
-        magic, n_meta, n_obj, n_blob, digest = _HEADER.unpack(f.read(HEADER_BYTES)[:_HEADER.size])
-        if magic != MAGIC:
-            raise CorruptEntry("not a convc cache entry (bad magic)")
-        body = n_meta + _pad(n_meta) + n_obj + _pad(n_obj) + n_blob
-        if size != HEADER_BYTES + body:
-            raise CorruptEntry(f"truncated or padded: {size} bytes, the header promises {HEADER_BYTES + body}")
-        # mapped, not read: the weights stay in the page cache, shared by every process using them
-        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    buf = np.frombuffer(mapped, dtype=np.uint8, offset=HEADER_BYTES, count=body)  # read-only, 64-byte aligned
-    if hashlib.sha256(buf).digest() != digest:
+    magic, n_meta, n_obj, n_blob, sha = _HEADER.unpack(bytes(buf[:_HEADER.size]))
+    if magic != MAGIC:
+        raise CorruptEntry("not a convc cache entry (bad magic)")
+    body = n_meta + _pad(n_meta) + n_obj + _pad(n_obj) + n_blob
+    if size != HEADER_BYTES + body:
+        raise CorruptEntry(f"truncated or padded: {size} bytes, the header promises {HEADER_BYTES + body}")
+    if buf.ctypes.data % ALIGN:
+        raise ValueError("read_entry needs a 64-byte aligned buffer")
+    rest = buf[HEADER_BYTES:]
+    if digest(rest).digest() != sha:
         raise CorruptEntry("checksum mismatch")
-    meta = json.loads(bytes(buf[:n_meta]))
+    try:
+        meta = json.loads(bytes(rest[:n_meta]))
+    except ValueError as e:
+        raise CorruptEntry(f"its JSON is corrupt ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("constant_layout"), list):
+        raise CorruptEntry("its JSON has no constant layout")
     o = n_meta + _pad(n_meta)
-    obj = bytes(buf[o:o + n_obj])
-    blob = buf[o + n_obj + _pad(n_obj):]
+    obj = bytes(rest[o:o + n_obj])
+    blob = rest[o + n_obj + _pad(n_obj):]
+    layout = meta.pop("constant_layout")
+    if meta.get("constants", len(layout)) != len(layout):
+        raise CorruptEntry(f"its code reads {meta.get('constants')} constants, the layout has {len(layout)}")
     constants = []
-    for item in meta.pop("constant_layout"):
+    for i, item in enumerate(layout):
         if item is None:
             constants.append(None)
             continue
-        off, shape, dtype = item
-        dt = np.dtype(dtype)
-        n = int(np.prod(shape, dtype=np.int64))
-        constants.append(blob[off:off + n * dt.itemsize].view(dt).reshape(shape))
+        try:
+            off, shape, dtype = int(item[0]), tuple(int(d) for d in item[1]), np.dtype(item[2])
+        except (TypeError, ValueError, IndexError) as e:
+            raise CorruptEntry(f"constant {i} has a malformed layout {item!r} ({e})") from None
+        n = math.prod(shape) * dtype.itemsize
+        if dtype.kind not in "fiub" or dtype.hasobject or any(d < 0 for d in shape):
+            raise CorruptEntry(f"constant {i} has dtype {dtype} and shape {shape}")
+        if off < 0 or off % ALIGN or off + n > n_blob:
+            raise CorruptEntry(f"constant {i} ({n} bytes at offset {off}) lies outside the {n_blob} bytes of weights")
+        constants.append(blob[off:off + n].view(dtype).reshape(shape))
     return meta, obj, constants
+
+
+def entry_bytes(meta: dict, obj: bytes, constants: list) -> bytes:
+    """A JIT model as one checksummed entry, in memory (how it pickles)."""
+    f = io.BytesIO()
+    write_entry(f, meta, obj, constants)
+    return f.getvalue()
+
+
+def entry_artifact(data: bytes):
+    """The JitArtifact of ``entry_bytes``' output; raises CorruptEntry."""
+    from convc.load import JitArtifact
+    buf = aligned_empty(len(data))
+    buf[:] = np.frombuffer(data, dtype=np.uint8)
+    return JitArtifact(*read_entry(buf))
+
+
+def store(root: Path, key: str, meta: dict, obj: bytes, constants: list, aliases: tuple[str, ...] = ()) -> Path:
+    """Write an entry (atomically) bound to ``key`` and to the source ``aliases``, then the aliases'
+    files; returns the entry's path."""
+    folder = private_dir(_entries(root), root=root)
+    path = folder / f"{key}.entry"
+    binding = {"key": key, "sources": sorted(set(aliases))}
+    atomic_write(path, lambda f: write_entry(f, meta, obj, constants, binding))
+    for alias in aliases:
+        atomic_write(folder / f"src-{alias}", key.encode())
+    return path
+
+
+def add_alias(root: Path, key: str, artifact, alias: str) -> None:
+    """Let ``alias`` name the entry ``key`` (whose contents are ``artifact``): the entry is rewritten
+    with the alias inside its checksummed JSON, unless it is there already."""
+    sources = (artifact.meta.get("cache") or {}).get("sources") or []
+    if alias in sources:
+        atomic_write(private_dir(_entries(root), root=root) / f"src-{alias}", key.encode())
+    else:
+        store(root, key, artifact.meta, artifact.obj, artifact.constants, (*sources, alias))
 
 
 def _discard(path: Path, why: str) -> None:
@@ -265,18 +312,35 @@ def _discard(path: Path, why: str) -> None:
         pass
 
 
+def _unsafe(folder: Path) -> bool:
+    """True (with a CacheWarning) when ``folder`` is not safe to run code from."""
+    try:
+        check_dir(folder)
+    except (ArtifactError, OSError) as e:
+        warnings.warn(f"convc compile cache: not using it: {e}; compiling without a cache", CacheWarning,
+                      stacklevel=4)
+        return True
+    return False
+
+
 def lookup(root: Path, key: str):
-    """The JitArtifact stored under ``key``, or None (a bad entry is removed with a CacheWarning)."""
+    """The JitArtifact stored under ``key``, or None (a bad entry, or one holding another key's
+    code, is removed with a CacheWarning)."""
     from convc.load import JitArtifact
-    path = _entries(root) / f"{key}.entry"
-    if not path.exists():
+    folder = _entries(root)
+    path = folder / f"{key}.entry"
+    if not path.exists() or _unsafe(folder):
         return None
     try:
-        meta, obj, constants = _read(path)
+        meta, obj, constants = read_entry(read_aligned(path))
     except FileNotFoundError:  # another process removed it meanwhile
         return None
-    except (CorruptEntry, OSError, ValueError, KeyError, TypeError, struct.error) as e:
+    except (CorruptEntry, ArtifactError, OSError, ValueError, KeyError, TypeError, struct.error) as e:
         _discard(path, str(e) or type(e).__name__)
+        return None
+    bound = (meta.get("cache") or {}).get("key")
+    if bound != key:
+        _discard(path, f"it holds the compiled code of another model (key {str(bound)[:16]}), not of {key[:16]}")
         return None
     return JitArtifact(meta, obj, constants)
 
@@ -292,20 +356,30 @@ def lookup_source(root: Path, alias: str) -> tuple[str, Any] | None:
         _discard(path, "bad alias")
         return None
     art = lookup(root, key)
-    return (key, art) if art is not None else None
+    if art is None:
+        return None
+    if alias not in ((art.meta.get("cache") or {}).get("sources") or []):
+        _discard(path, f"it names the entry {key[:16]}, which was not compiled from this source")
+        return None
+    return key, art
 
 
 def clear(root: Path) -> int:
-    """Remove every entry; returns the bytes freed."""
+    """Remove every entry (of this format and older ones); returns the bytes freed."""
     freed = 0
-    folder = _entries(root)
-    if folder.exists():
-        for p in folder.iterdir():
-            try:
-                freed += p.stat().st_size
-                p.unlink()
-            except OSError:
-                pass
+    for folder in [root / f"v{n}" for n in range(1, FORMAT + 1)]:
+        if folder.is_dir():
+            for p in folder.iterdir():
+                try:
+                    freed += p.stat().st_size
+                    p.unlink()
+                except OSError:
+                    pass
+            if folder != _entries(root):
+                try:
+                    folder.rmdir()
+                except OSError:
+                    pass
     return freed
 
 
@@ -376,7 +450,7 @@ def compile_plan(plan, *, threads: int, instrument: bool = False, progress: Call
             if progress:
                 progress(f"compile cache hit {key[:12]} ({(time.perf_counter() - t) * 1e3:.0f} ms)")
             if alias:
-                _safe(lambda: _atomic(_entries(root) / f"src-{alias}", lambda f: f.write(key.encode())))
+                _safe(lambda: add_alias(root, key, art, alias))
             return model_from_artifact(art, threads=threads, graph=plan.graph, respecialize=respecialize,
                                        override=override)
         if progress:
@@ -394,7 +468,12 @@ def compile_plan(plan, *, threads: int, instrument: bool = False, progress: Call
         _safe(lambda: store(root, key, meta, obj, art.constants, (alias,) if alias else ()))
         if progress:
             progress(f"compile cache: stored {key[:12]}")
-    return model_from_artifact(art, threads=threads, graph=g, respecialize=respecialize, override=override)
+    model = model_from_artifact(art, threads=threads, graph=g, respecialize=respecialize, override=override)
+    if native.arena_steps is not None:
+        from convc.codegen.arena_check import FAULT_SYMBOL
+        runner = model._runner
+        runner.arena_check = (runner._keepalive.global_address(FAULT_SYMBOL), native.arena_steps)
+    return model
 
 
 def cached_model(root: Path | None, alias: str | None, *, threads: int, progress=None,
@@ -415,10 +494,10 @@ def cached_model(root: Path | None, alias: str | None, *, threads: int, progress
 
 
 def _safe(fn: Callable[[], Any]) -> None:
-    """A cache that cannot be written (read-only home, full disk) must not fail the compile."""
+    """A cache that cannot be written (read-only home, full disk, an unsafe directory) must not fail the compile."""
     try:
         fn()
-    except OSError as e:
+    except (OSError, ArtifactError) as e:
         warnings.warn(f"convc compile cache: cannot write ({e}); continuing without caching", CacheWarning,
                       stacklevel=3)
 

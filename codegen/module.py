@@ -28,6 +28,7 @@ from convc.ir import Op, Tensor
 from convc.ops import OpKind
 from convc.passes.memory import Buffer, align, is_alias
 from convc.passes.pipeline import Plan
+from convc.codegen.artifacts import llvm_name
 from convc.codegen.llvm_utils import I64, PTR, VOID, gep, i64, memcpy
 from convc.codegen.threadpool import KERNEL_TYPE, emit_threadpool
 
@@ -72,6 +73,8 @@ class NativeModule:
     instrumented: bool = False
     threads: int = 1  # the most threads the kernels were split for (per-thread scratch is sized for it)
     used_constants: frozenset[int] | None = None  # constant-table slots the code reads (None: all)
+    name: str = ""  # the graph's name as it is (the LLVM module's name is a sanitized copy)
+    arena_steps: list | None = None  # arena-checked build: the checked kernels as (op, inputs, outputs)
 
 
 # OpKind -> emitter(em, op) -> KernelCall; filled by the explicit imports in codegen/kernels
@@ -90,13 +93,17 @@ def emitter(*kinds: OpKind):
 
 class ModuleEmitter:
     def __init__(self, plan: Plan, name: str = "convc_model", instrument: bool = False, threads: int = 1,
-                 target=None, progress: Callable[[str], None] | None = None):
+                 target=None, progress: Callable[[str], None] | None = None, check_arena: bool | None = None):
+        from convc.codegen import arena_check
         self.plan = plan
+        self.check_arena = arena_check.enabled() if check_arena is None else check_arena
         self.progress = progress
         self.instrument = instrument
         self.threads = max(1, threads)
         self.graph = plan.graph
-        self.module = ir.Module(name=name)
+        self.name = name
+        # llvmlite writes the module name unescaped into the IR text: a model name must not add IR to it
+        self.module = ir.Module(name=llvm_name(name))
         self.constants: list[np.ndarray] = [np.ascontiguousarray(self.graph.tensor(n).data)
                                             for n in plan.memory.constants]
         self.max_scratch = 0
@@ -195,9 +202,25 @@ class ModuleEmitter:
         stamp = self._timestamper(b, ctx) if self.instrument else None
         if stamp:
             stamp(0)
+        checker = None
+        if self.check_arena:
+            from convc.codegen.arena_check import READ_DEAD, ArenaChecker
+            checker = ArenaChecker(self.module, scratch_base)
+            checker.start(b, arena)
+            dying: dict[int, list] = {}
+            for r in self.plan.memory.live_ranges:
+                dying.setdefault(r.last, []).append(r)
+            virtual: set[str] = set()  # outputs of ops whose work another kernel does (never written)
         for k, op in enumerate(self.plan.order):
             if is_alias(self.graph, op):
                 continue
+            if checker is not None:
+                step = len(checker.steps)
+                checker.steps.append((op.name, list(op.inputs), list(op.outputs)))
+                for pos, t in enumerate(op.inputs):
+                    buf = self.plan.memory.buffers[t]
+                    if buf.kind == "arena" and t not in virtual:
+                        checker.scan(b, arena, buf.index, self.tensor(t).nbytes, step, READ_DEAD, pos)
             if self.progress:
                 self.progress(f"codegen [{k + 1}/{len(self.plan.order)}] {op.name} ({op.kind.value})")
             make = self.emitter_for(op)
@@ -210,6 +233,8 @@ class ModuleEmitter:
             except Exception as e:  # an emitter bug must still name the node
                 raise CompileError(f"node {op.name!r} ({op.kind.value}): code generation failed: {e}") from e
             if call is None:  # the op's work is done inside another kernel
+                if checker is not None:
+                    virtual.update(op.outputs)
                 continue
             self._allow_aliasing(call)
             if call.parallel:
@@ -222,6 +247,8 @@ class ModuleEmitter:
             else:
                 b.call(call.function, [resolve(a) for a in call.args])
             kernel_names.append((op.name, call.function.name))
+            if checker is not None:
+                self._check_after(b, arena, checker, call, op, dying.get(k, []), scratch_base)
             if stamp:
                 stamp(len(kernel_names))
         # graph outputs whose bytes live elsewhere (an input, a constant, or an output listed twice)
@@ -232,7 +259,24 @@ class ModuleEmitter:
         b.ret_void()
         return NativeModule(self.module, scratch_base + self.max_scratch, self.constants,
                             list(self.graph.inputs), list(self.graph.outputs), kernel_names, self.instrument,
-                            self.threads, frozenset(used))
+                            self.threads, frozenset(used), self.name, checker.steps if checker else None)
+
+    def _check_after(self, b: ir.IRBuilder, arena: ir.Value, checker, call: KernelCall, op: Op,
+                     dying: list, scratch_base: int) -> None:
+        """Arena check after a kernel: scan what it wrote, then poison what died and its scratch."""
+        from convc.codegen.arena_check import WROTE_DEAD
+        step = len(checker.steps) - 1
+        for pos, t in enumerate(op.outputs):
+            buf = self.plan.memory.buffers[t]
+            if buf.kind == "arena":
+                checker.scan(b, arena, buf.index, self.tensor(t).nbytes, step, WROTE_DEAD, pos)
+        for r in dying:
+            buf = self.plan.memory.buffers[r.name]
+            if buf.kind == "arena":
+                checker.fill(b, arena, buf.index, r.nbytes)
+        for a in call.args:
+            if isinstance(a, Scratch):
+                checker.fill(b, arena, scratch_base, a.nbytes)
 
     def _worth_threads(self, op: Op) -> bool:
         """Enough work to pay for handing half of it to another core (~2 us of arithmetic)."""

@@ -17,11 +17,14 @@ functions): a JIT model pickles as its object code and weights, a loaded library
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
-import hashlib
 import json
+import math
 import os
+import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -29,6 +32,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from convc.codegen.aot import ABI_VERSION
+from convc.codegen.artifacts import (TRAILER_BYTES, ArtifactError, CacheWarning, atomic_write, digest, file_digest,
+                                     file_name, private_dir, verify_library)
 from convc.errors import ConvcError
 
 
@@ -85,13 +90,82 @@ class LibraryInfo:
     abi: int
     meta: dict
     missing_features: list[str]
+    digest: bytes = b""
+    arena_bytes: int = 0
+    threads: int = 1
+    inputs: list = field(default_factory=list)   # IOSpecs, from the compiled metadata functions
+    outputs: list = field(default_factory=list)
+
+
+_DTYPES = ("float32", "float64", "int64", "int32", "uint8", "int8", "bool")
+
+
+def _c_text(value: bytes | None, what: str, path: str) -> str:
+    if value is None:
+        raise LoadError(f"{path}: {what} is missing from the library")
+    return value.decode("utf-8", "replace")
+
+
+def _compiled_specs(lib: ctypes.CDLL, path: str, count_fn: str, prefix: str, what: str,
+                    names_from: list | None = None) -> list:
+    """Inputs, outputs or training state as the compiled metadata functions describe them: count,
+    rank, shape, size and dtype from compiled constants; names from ``names_from`` (the JSON) when
+    given, since a name may hold characters (NUL) a C string cannot."""
+    from convc.runtime import IOSpec
+    count = _bind(lib, count_fn, ctypes.c_int)
+    rank = _bind(lib, f"{prefix}_rank", ctypes.c_int, [ctypes.c_int])
+    shape = _bind(lib, f"{prefix}_shape", ctypes.POINTER(ctypes.c_int64), [ctypes.c_int])
+    size = _bind(lib, f"{prefix}_size", ctypes.c_int64, [ctypes.c_int])
+    dtype = _bind(lib, f"{prefix}_dtype", ctypes.c_char_p, [ctypes.c_int])
+    name = _bind(lib, f"{prefix}_name", ctypes.c_char_p, [ctypes.c_int])
+    if None in (count, rank, shape, size, dtype, name):
+        raise LoadError(f"{path}: the compiled metadata functions of its {what} are missing")
+    specs = []
+    for i in range(count()):
+        r, dims_ptr, n = rank(i), shape(i), size(i)
+        dims = tuple(int(dims_ptr[k]) for k in range(r)) if 0 <= r <= 32 and (r == 0 or dims_ptr) else None
+        dt = _c_text(dtype(i), f"the dtype of {what} {i}", path)
+        if dims is None or any(d < 0 for d in dims) or math.prod(dims) != n or dt not in _DTYPES:
+            raise LoadError(f"{path}: {what} {i} is described inconsistently by its compiled metadata "
+                            f"(rank {r}, size {n}, dtype {dt!r})")
+        label = names_from[i] if names_from is not None and i < len(names_from) else \
+            _c_text(name(i), f"the name of {what} {i}", path)
+        specs.append(IOSpec(str(label), dims, np.dtype(dt)))
+    return specs
+
+
+def _agrees(path: str, what: str, in_json: Any, compiled: Any) -> None:
+    if in_json != compiled:
+        raise LoadError(f"{path}: its metadata JSON says {what} is {in_json!r} but its compiled code says "
+                        f"{compiled!r}; the library was modified after `convc compile`: rebuild it")
+
+
+def _json_names(meta: dict, key: str, path: str) -> list:
+    items = meta.get(key)
+    if not isinstance(items, list) or not all(isinstance(s, dict) and isinstance(s.get("name"), str) for s in items):
+        raise LoadError(f"{path}: its metadata JSON has no valid {key!r} list")
+    return [s["name"] for s in items]
+
+
+def _check_specs(path: str, kind: str, meta_items: list, specs: list) -> None:
+    _agrees(path, f"the number of {kind}s", len(meta_items), len(specs))
+    for item, spec in zip(meta_items, specs):
+        _agrees(path, f"the shape of {kind} {spec.name!r}", list(item.get("shape", [])), list(spec.shape))
+        _agrees(path, f"the dtype of {kind} {spec.name!r}", item.get("dtype"), spec.dtype.name)
 
 
 def inspect_library(path: str | os.PathLike) -> tuple[ctypes.CDLL, LibraryInfo]:
-    """Open a convc library and read its metadata; raises LoadError when it cannot run here."""
+    """Verify a convc library, open it and read its metadata; raises LoadError when it is damaged or
+    cannot run here."""
     path = os.path.abspath(os.fspath(path))
     if not os.path.exists(path):
         raise LoadError(f"{path}: no such file")
+    try:
+        sha, _ = verify_library(path)  # before dlopen: a damaged file must never be mapped and run
+    except ArtifactError as e:
+        raise LoadError(f"{path} {e}") from None
+    except OSError as e:
+        raise LoadError(f"{path}: cannot read it ({e})") from None
     try:
         lib = ctypes.CDLL(path)  # runs no convc code: the library has no constructors
     except OSError as e:
@@ -107,12 +181,34 @@ def inspect_library(path: str | os.PathLike) -> tuple[ctypes.CDLL, LibraryInfo]:
         from convc import __version__
         raise LoadError(f"{path}: built by convc {built_by} with C ABI version {abi}; this convc ({__version__}) "
                         f"loads ABI version {ABI_VERSION}. Rebuild it with `convc compile`.")
-    meta = json.loads(_bind(lib, "convc_metadata_json", ctypes.c_char_p)().decode())
+    text = _bind(lib, "convc_metadata_json", ctypes.c_char_p)
+    try:
+        meta = json.loads(_c_text(text() if text else None, "convc_metadata_json", path))
+    except ValueError as e:
+        raise LoadError(f"{path}: its metadata JSON is corrupt ({e}); rebuild it with `convc compile`") from None
+    if not isinstance(meta, dict):
+        raise LoadError(f"{path}: its metadata JSON is not an object; rebuild it with `convc compile`")
+    arena = _bind(lib, "convc_arena_bytes", ctypes.c_int64)()
+    threads = _bind(lib, "convc_max_threads", ctypes.c_int)()
+    inputs = _compiled_specs(lib, path, "convc_num_inputs", "convc_input", "input", _json_names(meta, "inputs", path))
+    outputs = _compiled_specs(lib, path, "convc_num_outputs", "convc_output", "output",
+                              _json_names(meta, "outputs", path))
+    if arena < 0 or threads < 1:
+        raise LoadError(f"{path}: its compiled metadata is inconsistent (arena {arena} bytes, {threads} threads)")
+    _agrees(path, "abi", meta.get("abi"), abi)
+    _agrees(path, "arena_bytes", meta.get("arena_bytes"), arena)
+    _agrees(path, "threads", meta.get("threads"), threads)
+    _check_specs(path, "input", meta["inputs"], inputs)
+    _check_specs(path, "output", meta["outputs"], outputs)
+    # the features: from the compiled table (convc_cpu_feature(i) is NULL past its end)
     ok = _bind(lib, "convc_cpu_feature_ok", ctypes.c_int, [ctypes.c_int])
     name = _bind(lib, "convc_cpu_feature", ctypes.c_char_p, [ctypes.c_int])
-    n = len(meta.get("features", []))
-    missing = [name(i).decode() for i in range(n) if not ok(i)]
-    return lib, LibraryInfo(path, abi, meta, missing)
+    features = []
+    while len(features) < 4096 and name(len(features)) is not None:
+        features.append(name(len(features)).decode("utf-8", "replace"))
+    _agrees(path, "features", meta.get("features"), features)
+    missing = [f for i, f in enumerate(features) if not ok(i)]
+    return lib, LibraryInfo(path, abi, meta, missing, sha, arena, threads, inputs, outputs)
 
 
 def cpu_error(where: str, meta: dict, missing: Sequence[str]) -> LoadError:
@@ -139,20 +235,22 @@ def load(path: str | os.PathLike, *, threads: int | None = None):
         raise cpu_error(info.path, meta, info.missing_features)
     if "training" in meta:
         return LoadedTrainer(lib, info)
-    compiled = max(1, int(meta["threads"]))
+    compiled = info.threads
     threads = compiled if threads is None else max(1, min(int(threads), compiled))
     address = lambda name: ctypes.cast(getattr(lib, name), ctypes.c_void_p).value  # noqa: E731
     table_fn = _bind(lib, "convc_constant_table", ctypes.c_void_p)
     n_const = _bind(lib, "convc_num_constants", ctypes.c_int)()
     table = (ctypes.c_void_p * max(1, n_const)).from_address(table_fn())
-    runner = NativeRunner(address("convc_run"), int(meta["arena_bytes"]), [], _specs(meta["inputs"]),
-                          _specs(meta["outputs"]), keepalive=lib, kernel_names=meta.get("kernel_names", ()),
+    kernel_names = meta.get("kernel_names", ())
+    runner = NativeRunner(address("convc_run"), info.arena_bytes, [], info.inputs, info.outputs, keepalive=lib,
+                          kernel_names=kernel_names if isinstance(kernel_names, list) else (),
                           threads=threads, const_table=table,
                           pool_api=PoolApi.from_addresses(address("convc_pool_create"), address("convc_pool_destroy")))
-    graph = LazyGraph(meta.get("name", "model"), meta.get("graph_metadata"),
+    graph_meta = meta.get("graph_metadata")
+    graph = LazyGraph(str(meta.get("name", "model")), graph_meta if isinstance(graph_meta, dict) else None,
                       why_not=f"it was loaded from the compiled library {info.path}")
     model = CompiledModel(runner, graph, threads=threads)
-    model._artifact = LibraryArtifact(info.path)
+    model._artifact = LibraryArtifact(info.path, info.digest)
     model.library = info.path
     model.metadata = meta
     return model
@@ -169,11 +267,38 @@ class LoadedTrainer:
         self._lib = lib
         self.path = info.path
         self.metadata = info.meta
-        self._training = info.meta["training"]
-        self.inputs = _specs(info.meta["inputs"])
-        self.outputs = _specs(info.meta["outputs"])
-        self.labels = _specs([self._training["labels"]])[0]
-        self.loss_name = self._training["loss"]
+        self._training = training = info.meta["training"]
+        path = info.path
+        if not isinstance(training, dict) or not all(isinstance(training.get(k), t) for k, t in (
+                ("state", list), ("labels", dict), ("params", list), ("running", list), ("lr_name", str),
+                ("loss", str), ("optimizer", str))):
+            raise LoadError(f"{path}: the training part of its metadata JSON is malformed; rebuild it")
+        self.inputs = info.inputs
+        self.outputs = info.outputs
+        if len(self.inputs) != 1 or len(self.outputs) < 1:
+            raise LoadError(f"{path}: a training library has one input and an output, this one "
+                            f"{len(self.inputs)} and {len(self.outputs)}")
+        # the state and the labels: sizes from the compiled functions, checked against the JSON
+        state = _compiled_specs(lib, path, "convc_num_state", "convc_state", "training state",
+                                _json_names(training, "state", path))
+        _check_specs(path, "training state", training["state"], state)
+        labels = training["labels"]
+        n_labels = _bind(lib, "convc_labels_size", ctypes.c_int64)()
+        labels_dtype = _c_text(_bind(lib, "convc_labels_dtype", ctypes.c_char_p)(), "convc_labels_dtype", path)
+        shape = labels.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise LoadError(f"{path}: the labels' shape in its metadata JSON is malformed; rebuild it")
+        _agrees(path, "the labels' size", math.prod(shape), n_labels)
+        _agrees(path, "the labels' dtype", labels.get("dtype"), labels_dtype)
+        if labels_dtype not in _DTYPES:
+            raise LoadError(f"{path}: labels of dtype {labels_dtype!r}")
+        from convc.runtime import IOSpec
+        self.labels = IOSpec(str(labels.get("name", "labels")), tuple(shape), np.dtype(labels_dtype))
+        names = {spec.name for spec in state}
+        unknown = [n for n in training["params"] + training["running"] + [training["lr_name"]] if n not in names]
+        if unknown:
+            raise LoadError(f"{path}: its metadata JSON names training state the library does not have: {unknown}")
+        self.loss_name = training["loss"]
         self._destroy = _bind(lib, "convc_destroy", None, [ctypes.c_void_p])
         self._step = _bind(lib, "convc_train_step", ctypes.c_int,
                            [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_float)])
@@ -182,16 +307,22 @@ class LoadedTrainer:
         self._get_lr = _bind(lib, "convc_learning_rate", ctypes.c_float, [ctypes.c_void_p])
         self._steps = _bind(lib, "convc_steps_done", ctypes.c_int64, [ctypes.c_void_p])
         data = _bind(lib, "convc_state_data", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_int])
-        self._ctx = _bind(lib, "convc_create", ctypes.c_void_p, [ctypes.c_int])(1)
+        create = _bind(lib, "convc_create", ctypes.c_void_p, [ctypes.c_int])
+        if None in (self._destroy, self._step, self._run, self._set_lr, self._get_lr, self._steps, data, create):
+            raise LoadError(f"{path}: its metadata JSON describes a training library, but the training functions "
+                            "are missing")
+        self._ctx = create(1)
         if not self._ctx:
             raise LoadError(f"{self.path}: convc_create failed (out of memory?)")
-        # numpy views of the state inside the context (read/write)
+        # numpy views of the state inside the context (read/write), sized by the compiled code
         self._state: dict[str, np.ndarray] = {}
-        for i, spec in enumerate(self._training["state"]):
-            dt = np.dtype(spec["dtype"])
-            n = int(np.prod(spec["shape"], dtype=np.int64))
-            buf = (ctypes.c_byte * (n * dt.itemsize)).from_address(data(self._ctx, i))
-            self._state[spec["name"]] = np.frombuffer(buf, dtype=dt).reshape(spec["shape"])
+        for i, spec in enumerate(state):
+            n = math.prod(spec.shape) * spec.dtype.itemsize
+            address = data(self._ctx, i)
+            if not address:
+                raise LoadError(f"{path}: convc_state_data({i}) is NULL")
+            buf = (ctypes.c_byte * n).from_address(address)
+            self._state[spec.name] = np.frombuffer(buf, dtype=spec.dtype).reshape(spec.shape)
 
     def close(self) -> None:
         ctx, self._ctx = getattr(self, "_ctx", None), None
@@ -304,23 +435,31 @@ class LoadedTrainer:
 
 @dataclass
 class LibraryArtifact:
-    """A model loaded from a library pickles as the library's bytes."""
+    """A model loaded from a library pickles as the library's bytes (those it was loaded from:
+    a library rebuilt in place since is refused, not sent in its stead)."""
     path: str
+    digest: bytes = b""
 
     def state(self) -> dict:
-        return {"kind": "library", "name": Path(self.path).name, "data": Path(self.path).read_bytes()}
+        data = Path(self.path).read_bytes()
+        if digest(memoryview(data)[:-TRAILER_BYTES]).digest() != self.digest:
+            raise LoadError(f"cannot pickle the model loaded from {self.path}: the file changed since it was "
+                            "loaded (rebuilt or damaged); load it again")
+        return {"kind": "library", "name": Path(self.path).name, "data": data}
 
 
 @dataclass
 class JitArtifact:
-    """A JIT-compiled model pickles as its object code, weights and metadata (see codegen/cache.py)."""
+    """A JIT-compiled model pickles as its object code, weights and metadata, in the checksummed
+    format of a compile cache entry (codegen/cache.py)."""
     meta: dict
     obj: bytes
     constants: list  # np.ndarray or None per constant-table slot
     graph_factory: Callable[[], Any] | None = field(default=None, repr=False)
 
     def state(self) -> dict:
-        return {"kind": "jit", "meta": self.meta, "obj": self.obj, "constants": self.constants}
+        from convc.codegen.cache import entry_bytes
+        return {"kind": "jit-entry", "entry": entry_bytes(self.meta, self.obj, self.constants)}
 
 
 def reduce_model(model) -> tuple:
@@ -331,25 +470,57 @@ def reduce_model(model) -> tuple:
     return _restore, (artifact.state(), model.threads)
 
 
+_fallback_dir: list[Path] = []
+
+
+def _private_fallback(why: str) -> Path:
+    """A fresh private directory of this process (removed at exit), when the usual one is unsafe."""
+    if not _fallback_dir:
+        folder = Path(tempfile.mkdtemp(prefix="convc-libraries-"))  # mode 0700, a new random name
+        atexit.register(shutil.rmtree, folder, True)
+        _fallback_dir.append(folder)
+    warnings.warn(f"convc: not using {why}; unpickled libraries go to the private directory {_fallback_dir[0]}",
+                  CacheWarning, stacklevel=4)
+    return _fallback_dir[0]
+
+
 def _library_copy(state: dict) -> str:
-    """Write pickled library bytes to a file named by their hash (reused by later unpickles)."""
-    digest = hashlib.sha256(state["data"]).hexdigest()[:24]
-    base = os.environ.get("CONVC_CACHE_DIR") or os.path.join(tempfile.gettempdir(), f"convc-{os.getuid()}")
-    folder = Path(base) / "libraries"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{digest}-{Path(state['name']).name}"
-    if not path.exists() or path.stat().st_size != len(state["data"]):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(state["data"])
-        os.replace(tmp, path)
+    """Write pickled library bytes to a file named by their hash, in a private directory
+    (``$CONVC_CACHE_DIR/libraries`` or ``$TMPDIR/convc-<uid>/libraries``, mode 0700, owned by this
+    user and writable by nobody else; otherwise a fresh private directory, with a warning). A file
+    already there is reused only when its whole contents hash to the pickled bytes' digest."""
+    data = state["data"]
+    if not isinstance(data, (bytes, bytearray)):
+        raise LoadError("cannot unpickle the model: its library bytes are missing")
+    sha = digest(data).digest()
+    base = Path(os.environ.get("CONVC_CACHE_DIR") or os.path.join(tempfile.gettempdir(), f"convc-{os.getuid()}"))
+    try:
+        folder = private_dir(base / "libraries", root=base)
+    except (ArtifactError, OSError) as e:
+        folder = _private_fallback(str(e))
+    path = folder / f"{sha.hex()[:24]}-{file_name(state.get('name', ''), 'model.so')}"
+    try:
+        reuse = path.is_file() and file_digest(path) == sha
+    except OSError:
+        reuse = False
+    if not reuse:
+        atomic_write(path, bytes(data))
     return str(path)
 
 
 def _restore(state: dict, threads: int | None):
     """Unpickle a CompiledModel: load the library or the object code; no compilation happens."""
-    if state["kind"] == "library":
+    kind = state.get("kind") if isinstance(state, dict) else None
+    if kind == "library":
         return load(_library_copy(state), threads=threads)
-    if state["kind"] == "jit":
-        from convc.codegen.cache import model_from_artifact
-        return model_from_artifact(JitArtifact(state["meta"], state["obj"], state["constants"]), threads=threads)
-    raise LoadError(f"cannot unpickle a compiled model of kind {state['kind']!r}")
+    if kind == "jit-entry":
+        from convc.codegen.cache import CorruptEntry, entry_artifact, model_from_artifact
+        try:
+            artifact = entry_artifact(state["entry"])
+        except (CorruptEntry, KeyError, TypeError, ValueError) as e:
+            raise LoadError(f"cannot unpickle the compiled model: its code and weights are damaged ({e})") from None
+        return model_from_artifact(artifact, threads=threads)
+    if kind == "jit":
+        raise LoadError("cannot unpickle the compiled model: it was pickled by an older convc (unchecked code "
+                        "and weights); pickle it again with this version")
+    raise LoadError(f"cannot unpickle a compiled model of kind {kind!r}")

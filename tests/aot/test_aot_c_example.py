@@ -10,6 +10,7 @@ import pytest
 from aot_helpers import EXAMPLE_C, inputs_for
 
 import convc
+from convc.codegen.aot import ABI_VERSION
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
 
@@ -46,9 +47,9 @@ def test_header_declares_the_abi(lenet_lib):
                  "int convc_run_model(convc_ctx *ctx, const float *const *inputs, float *const *outputs);",
                  "int convc_check_cpu(void);", "const char *convc_version(void);", "int convc_abi_version(void);",
                  "const int64_t *convc_input_shape(int i);", "const char *convc_cpu_features(void);",
-                 "#define CONVC_ABI_VERSION 1", "#define CONVC_INPUT0_SIZE 1568"):
+                 f"#define CONVC_ABI_VERSION {ABI_VERSION}", "#define CONVC_INPUT0_SIZE 1568"):
         assert decl in text, decl
-    assert "'input'" in text and "[2, 1, 28, 28]" in text  # documented shapes
+    assert '"input"' in text and "[2, 1, 28, 28]" in text  # documented shapes
 
 
 def test_library_needs_only_libc(lenet_lib):

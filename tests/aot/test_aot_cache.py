@@ -20,7 +20,7 @@ LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "li
 
 
 def entries(root: Path) -> list[Path]:
-    return sorted((root / "v1").glob("*.entry"))
+    return sorted(jc._entries(root).glob("*.entry"))
 
 
 def report(capsys, text: str) -> None:
@@ -33,7 +33,7 @@ def test_warm_compile_loads_machine_code(cache, lenet_file, capsys):
     t = time.perf_counter()
     cold = convc.compile(lenet_file, threads=2)
     t_cold = time.perf_counter() - t
-    assert len(entries(cache)) == 1 and len(list((cache / "v1").glob("src-*"))) == 1
+    assert len(entries(cache)) == 1 and len(list(jc._entries(cache).glob("src-*"))) == 1
     t = time.perf_counter()
     warm = convc.compile(lenet_file, threads=2, progress=stages.append)
     t_warm = time.perf_counter() - t
@@ -144,7 +144,7 @@ def test_two_processes_compile_the_same_model_at_once(cache, lenet_file, tmp_pat
     np.testing.assert_array_equal(np.load(tmp_path / "y0.npy"), np.load(tmp_path / "y1.npy"))
     # (one entry, unless someone edits convc's sources meanwhile: they are part of the key)
     assert len(entries(cache)) >= 1
-    assert not list((cache / "v1").glob("*.tmp")) and not list((cache / "v1").glob(".*"))  # no leftovers
+    assert not list(jc._entries(cache).glob("*.tmp")) and not list(jc._entries(cache).glob(".*"))  # no leftovers
     hit = convc.compile(lenet_file, threads=1)
     x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
     np.testing.assert_array_equal(hit(x), np.load(tmp_path / "y0.npy"))

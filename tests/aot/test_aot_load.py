@@ -11,7 +11,7 @@ import pytest
 from aot_helpers import inputs_for, python
 
 import convc
-from convc.codegen.aot import build
+from convc.codegen.aot import ABI_VERSION, build
 
 
 def test_load_matches_the_jit(lenet_lib, lenet_jit):
@@ -24,7 +24,7 @@ def test_load_matches_the_jit(lenet_lib, lenet_jit):
     assert model.run({"input": x}).keys() == {"output"}
     with pytest.raises(convc.InputError, match="shape"):
         model(np.zeros((3, 1, 28, 28), np.float32))
-    assert model.metadata["abi"] == 1 and model.metadata["name"] == "lenet5"
+    assert model.metadata["abi"] == ABI_VERSION and model.metadata["name"] == "lenet5"
 
 
 def test_load_without_llvmlite(lenet_lib, lenet_jit, tmp_path):
@@ -64,16 +64,25 @@ def test_loaded_model_has_no_graph_but_says_why(lenet_lib):
 
 
 def test_not_a_convc_library(tmp_path):
+    from convc.codegen.artifacts import sign_library
     with pytest.raises(convc.LoadError, match="no such file"):
         convc.load(tmp_path / "missing.so")
     junk = tmp_path / "junk.so"
     junk.write_bytes(b"not an ELF file")
+    with pytest.raises(convc.LoadError, match="has no convc integrity trailer"):
+        convc.load(junk)
+    sign_library(junk, ABI_VERSION)  # whole, but still no shared library
     with pytest.raises(convc.LoadError, match="cannot load it as a shared library"):
         convc.load(junk)
     libm = "/lib/x86_64-linux-gnu/libm.so.6"
     if os.path.exists(libm):
-        with pytest.raises(convc.LoadError, match="not a library built by `convc compile`"):
+        with pytest.raises(convc.LoadError, match="has no convc integrity trailer"):
             convc.load(libm)
+        other = tmp_path / "libm.so"
+        shutil.copyfile(libm, other)
+        sign_library(other, ABI_VERSION)
+        with pytest.raises(convc.LoadError, match="not a library built by `convc compile`"):
+            convc.load(other)
 
 
 def test_object_file_output_needs_no_toolchain(lenet_file, tmp_path, monkeypatch):
