@@ -97,6 +97,7 @@ class LibraryInfo:
     outputs: list = field(default_factory=list)
 
 
+_LOADED: dict[str, bytes] = {}  # path -> digest of the library dlopen'ed from it in this process
 _DTYPES = ("float32", "float64", "int64", "int32", "uint8", "int8", "bool")
 
 
@@ -166,11 +167,16 @@ def inspect_library(path: str | os.PathLike) -> tuple[ctypes.CDLL, LibraryInfo]:
         raise LoadError(f"{path} {e}") from None
     except OSError as e:
         raise LoadError(f"{path}: cannot read it ({e})") from None
+    if _LOADED.get(path, sha) != sha:
+        # dlopen of a path this process loaded before returns the library loaded then, even when
+        # the file was rebuilt since: open the new contents under a name of their own
+        return inspect_library(_library_copy({"data": Path(path).read_bytes(), "name": Path(path).name}))
     try:
         lib = ctypes.CDLL(path)  # runs no convc code: the library has no constructors
     except OSError as e:
         raise LoadError(f"{path}: cannot load it as a shared library ({e}); was it built for another "
                         f"architecture or operating system?") from None
+    _LOADED[path] = sha
     abi_fn = _bind(lib, "convc_abi_version", ctypes.c_int)
     if abi_fn is None:
         raise LoadError(f"{path}: not a library built by `convc compile` (no convc_abi_version)")

@@ -2,6 +2,9 @@
 compiles of one model all succeed."""
 from __future__ import annotations
 
+import os
+import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -181,3 +184,185 @@ def test_resnet50_warm_compile_time_is_reported(cache, capsys):
     report(capsys, f"light_resnet50: cold {', '.join(f'{t:.2f}' for t in cold)} s; warm "
                    f"{', '.join(f'{t:.3f}' for t in warm) or '(none: the sources kept changing)'} s "
                    f"(cache entry {size / 1e6:.1f} MB)")
+
+
+# --- damaged, misplaced and planted entries ---------------------------------------------------
+
+TRUNCATE_UNDER_A_WARM_MODEL = """
+import os, sys
+import numpy as np
+import convc
+from convc.codegen import cache as jc
+stages = []
+m = convc.compile(sys.argv[1], threads=1, progress=stages.append)
+assert any(s.startswith("compile cache hit") for s in stages), stages
+path, = jc._entries(jc.cache_dir()).glob("*.entry")
+os.truncate(path, jc.HEADER_BYTES + 100)  # e.g. `convc cache --clear` in another process, a full disk
+x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+np.save(sys.argv[2], m(x))
+print("RAN")
+"""
+
+
+def test_entry_truncated_under_a_warm_model(cache, lenet_file, tmp_path):
+    """A warm model mapped its entry: truncating the file under it killed the process (SIGBUS)."""
+    cold = convc.compile(lenet_file, threads=1)
+    done = subprocess.run([sys.executable, "-c", TRUNCATE_UNDER_A_WARM_MODEL, str(lenet_file), str(tmp_path / "y.npy")],
+                          capture_output=True, text=True, timeout=300, env=env(CONVC_CACHE_DIR=str(cache),
+                                                                              CONVC_NO_CACHE=""))
+    assert done.returncode == 0, (done.returncode, done.stderr[-3000:])
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), cold(x))
+
+
+@pytest.fixture
+def two_models(cache, model_dir):
+    """Two lenets (same graph, other weights) compiled into the cache: {name: (file, entry, alias, output)}."""
+    from aot_helpers import write_model
+    x = np.random.default_rng(3).standard_normal((1, 1, 28, 28)).astype(np.float32)
+    out = {}
+    for name, seed in (("a", 0), ("b", 1)):
+        path = write_model(model_dir / f"bind_{name}.onnx", "lenet", batch=1, seed=seed)
+        before_e, before_s = set(entries(cache)), set(jc._entries(cache).glob("src-*"))
+        y = convc.compile(path, threads=1)(x)
+        (entry,) = set(entries(cache)) - before_e
+        (alias,) = set(jc._entries(cache).glob("src-*")) - before_s
+        out[name] = (path, entry, alias, y)
+    assert not np.allclose(out["a"][3], out["b"][3])
+    return out, x
+
+
+def test_another_models_entry_is_not_served(two_models, cache):
+    """An entry copied over another key's file used to serve the other model's code and weights."""
+    models, x = two_models
+    a_file, a_entry, _, a_out = models["a"]
+    shutil.copyfile(models["b"][1], a_entry)
+    with pytest.warns(jc.CacheWarning, match="holds the compiled code of another model"):
+        again = convc.compile(a_file, threads=1)
+    np.testing.assert_array_equal(again(x), a_out)
+    with warnings.catch_warnings():  # rebuilt: a plain hit again
+        warnings.simplefilter("error")
+        stages: list[str] = []
+        np.testing.assert_array_equal(convc.compile(a_file, threads=1, progress=stages.append)(x), a_out)
+    assert any(s.startswith("compile cache hit") for s in stages)
+
+
+def test_an_alias_pointing_at_another_entry_is_not_served(two_models, cache):
+    """A source alias naming another model's entry used to serve that model."""
+    models, x = two_models
+    a_file, _, a_alias, a_out = models["a"]
+    a_alias.write_text(models["b"][1].stem)  # src-<a's bytes> -> b's key
+    with pytest.warns(jc.CacheWarning, match="was not compiled from this source"):
+        again = convc.compile(a_file, threads=1)
+    np.testing.assert_array_equal(again(x), a_out)
+    stages: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        convc.compile(a_file, threads=1, progress=stages.append)
+    assert any(s.startswith("compile cache hit") for s in stages) and "code generation" not in stages
+
+
+def test_a_graph_key_hit_binds_a_new_source_alias(cache, lenet_file):
+    """Compiled first from a Graph (no source alias), then from the file: the alias is added inside the entry."""
+    from convc.compiler import compile_graph, load_graph
+    compile_graph(load_graph(str(lenet_file)), threads=1)
+    convc.compile(lenet_file, threads=1)  # graph-key hit: binds the file's alias
+    (entry,) = entries(cache)
+    (alias,) = jc._entries(cache).glob("src-*")
+    art = jc.lookup(cache, entry.stem)
+    assert art.meta["cache"] == {"key": entry.stem, "sources": [alias.name[4:]]}
+    stages: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        convc.compile(lenet_file, threads=1, progress=stages.append)
+    assert any(s.startswith("compile cache hit") for s in stages)
+
+
+@pytest.mark.parametrize("how", ["world-writable", "group-writable", "another owner"])
+def test_a_cache_dir_others_control_is_not_used(cache, lenet_file, how):
+    """A CONVC_CACHE_DIR that another user owns, or can write to, used to be trusted: its machine code ran."""
+    warm = convc.compile(lenet_file, threads=1)
+    assert stat.S_IMODE(os.stat(jc._entries(cache)).st_mode) == 0o700
+    if how == "another owner":
+        if os.geteuid() != 0:
+            pytest.skip("chown to another user needs root")
+        os.chown(cache, 12345, 12345)
+        match = "owned by another user"
+    else:
+        os.chmod(cache, 0o777 if how == "world-writable" else 0o770)
+        match = "can be written by " + ("everyone" if how == "world-writable" else "its group")
+    before = {p: p.stat().st_mtime_ns for p in jc._entries(cache).iterdir()}
+    stages: list[str] = []
+    with pytest.warns(jc.CacheWarning, match=match):
+        model = convc.compile(lenet_file, threads=1, progress=stages.append)
+    assert not any(s.startswith("compile cache hit") for s in stages) and "code generation" in stages
+    assert {p: p.stat().st_mtime_ns for p in jc._entries(cache).iterdir()} == before  # nothing written either
+    x, = inputs_for(model)
+    np.testing.assert_array_equal(model(x), warm(x))
+
+
+def test_an_unsafe_entries_folder_is_not_used(cache, lenet_file):
+    convc.compile(lenet_file, threads=1)
+    os.chmod(jc._entries(cache), 0o777)
+    with pytest.warns(jc.CacheWarning, match="can be written by everyone"):
+        convc.compile(lenet_file, threads=1)
+
+
+def test_a_sticky_shared_cache_root_is_fine(cache, lenet_file):
+    """Like /tmp: others may add files to the root but not touch v2/, which is ours and private."""
+    cache.mkdir()
+    os.chmod(cache, 0o1777)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        convc.compile(lenet_file, threads=1)
+        stages: list[str] = []
+        convc.compile(lenet_file, threads=1, progress=stages.append)
+    assert any(s.startswith("compile cache hit") for s in stages)
+
+
+# --- pickled JIT models: checked like cache entries --------------------------------------------
+
+def reseal(entry: bytes, edit) -> bytes:
+    """An entry whose JSON ``edit(meta)`` changed, with a valid checksum again (whole, but lying)."""
+    import hashlib
+    import json
+    magic, n_meta, n_obj, n_blob, _ = jc._HEADER.unpack(entry[:jc._HEADER.size])
+    body = entry[jc.HEADER_BYTES:]
+    meta = json.loads(body[:n_meta])
+    edit(meta)
+    mb = json.dumps(meta).encode()
+    new_body = mb + b"\0" * jc._pad(len(mb)) + body[n_meta + jc._pad(n_meta):]
+    header = jc._HEADER.pack(magic, len(mb), n_obj, n_blob, hashlib.sha256(new_body).digest())
+    return header.ljust(jc.HEADER_BYTES, b"\0") + new_body
+
+
+def test_damaged_pickles_of_jit_models_are_refused(lenet_jit):
+    """A pickled JIT model whose weight array was cut short used to read out of bounds."""
+    restore, (state, threads) = lenet_jit.__reduce__()
+    x, = inputs_for(lenet_jit, seed=2)
+    np.testing.assert_array_equal(restore(state, threads)(x), lenet_jit(x))
+    entry = state["entry"]
+    for bad in (entry[:-4096], entry[:len(entry) // 2], entry + b"\0" * 64, b""):
+        with pytest.raises(convc.LoadError, match="damaged"):
+            restore(dict(state, entry=bad), threads)
+    flipped = bytearray(entry)
+    flipped[-5000] ^= 0x10
+    with pytest.raises(convc.LoadError, match="checksum mismatch"):
+        restore(dict(state, entry=bytes(flipped)), threads)
+
+    def grow_last_constant(meta):
+        last = [item for item in meta["constant_layout"] if item is not None][-1]
+        last[1][0] *= 1000
+    with pytest.raises(convc.LoadError, match="lies outside the .* bytes of weights"):
+        restore(dict(state, entry=reseal(entry, grow_last_constant)), threads)
+
+    def object_dtype(meta):
+        next(item for item in meta["constant_layout"] if item is not None)[2] = "|O"
+    with pytest.raises(convc.LoadError, match="dtype object"):
+        restore(dict(state, entry=reseal(entry, object_dtype)), threads)
+    # the format of older convc versions (unchecked arrays) is refused, whatever its arrays
+    art = lenet_jit._artifact
+    legacy = {"kind": "jit", "meta": art.meta, "obj": art.obj,
+              "constants": [None if c is None else c.reshape(-1)[:3] for c in art.constants]}
+    with pytest.raises(convc.LoadError, match="pickled by an older convc"):
+        restore(legacy, threads)

@@ -119,3 +119,22 @@ def test_cli_train_flag(train_lib, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "training: SGD (lr 0.1), cross_entropy loss, labels int64 [4]" in text
     assert "int convc_train_step(convc_ctx *ctx" in (tmp_path / "sgd.h").read_text()
+
+
+def test_training_state_sizes_come_from_the_compiled_code(train_lib, tmp_path):
+    """The numpy views of the training state were sized from the metadata JSON: a larger shape there
+    read and wrote past the state the context allocated."""
+    import json
+
+    from aot_helpers import assert_refused, edit_library, load_in_child
+    res = train_lib[1]
+    spec = next(s for s in res.meta["training"]["state"] if len(s["shape"]) >= 2 and s["shape"][0] < 9)
+    lying = dict(spec, shape=[9] + spec["shape"][1:])
+    path = tmp_path / "train.so"
+    shutil.copyfile(res.output, path)
+    edit_library(path, json.dumps(spec, separators=(",", ":")).encode(),
+                 json.dumps(lying, separators=(",", ":")).encode(), resign=True)
+    assert_refused(load_in_child(path), "LoadError", f"the shape of training state {spec['name']!r} is "
+                   f"{lying['shape']!r} but its compiled code says {spec['shape']!r}")
+    done = load_in_child(res.output)
+    assert done.returncode == 0 and done.stdout.startswith("RAN"), done.stderr
