@@ -101,6 +101,13 @@ _LOADED: dict[str, bytes] = {}  # path -> digest of the library dlopen'ed from i
 _DTYPES = ("float32", "float64", "int64", "int32", "uint8", "int8", "bool")
 
 
+def _need(lib: ctypes.CDLL, path: str, name: str, restype, argtypes=()):
+    fn = _bind(lib, name, restype, argtypes)
+    if fn is None:
+        raise LoadError(f"{path}: {name} is missing from the library; rebuild it with `convc compile`")
+    return fn
+
+
 def _c_text(value: bytes | None, what: str, path: str) -> str:
     if value is None:
         raise LoadError(f"{path}: {what} is missing from the library")
@@ -113,14 +120,12 @@ def _compiled_specs(lib: ctypes.CDLL, path: str, count_fn: str, prefix: str, wha
     rank, shape, size and dtype from compiled constants; names from ``names_from`` (the JSON) when
     given, since a name may hold characters (NUL) a C string cannot."""
     from convc.runtime import IOSpec
-    count = _bind(lib, count_fn, ctypes.c_int)
-    rank = _bind(lib, f"{prefix}_rank", ctypes.c_int, [ctypes.c_int])
-    shape = _bind(lib, f"{prefix}_shape", ctypes.POINTER(ctypes.c_int64), [ctypes.c_int])
-    size = _bind(lib, f"{prefix}_size", ctypes.c_int64, [ctypes.c_int])
-    dtype = _bind(lib, f"{prefix}_dtype", ctypes.c_char_p, [ctypes.c_int])
-    name = _bind(lib, f"{prefix}_name", ctypes.c_char_p, [ctypes.c_int])
-    if None in (count, rank, shape, size, dtype, name):
-        raise LoadError(f"{path}: the compiled metadata functions of its {what} are missing")
+    count = _need(lib, path, count_fn, ctypes.c_int)
+    rank = _need(lib, path, f"{prefix}_rank", ctypes.c_int, [ctypes.c_int])
+    shape = _need(lib, path, f"{prefix}_shape", ctypes.POINTER(ctypes.c_int64), [ctypes.c_int])
+    size = _need(lib, path, f"{prefix}_size", ctypes.c_int64, [ctypes.c_int])
+    dtype = _need(lib, path, f"{prefix}_dtype", ctypes.c_char_p, [ctypes.c_int])
+    name = _need(lib, path, f"{prefix}_name", ctypes.c_char_p, [ctypes.c_int])
     specs = []
     for i in range(count()):
         r, dims_ptr, n = rank(i), shape(i), size(i)
@@ -187,15 +192,15 @@ def inspect_library(path: str | os.PathLike) -> tuple[ctypes.CDLL, LibraryInfo]:
         from convc import __version__
         raise LoadError(f"{path}: built by convc {built_by} with C ABI version {abi}; this convc ({__version__}) "
                         f"loads ABI version {ABI_VERSION}. Rebuild it with `convc compile`.")
-    text = _bind(lib, "convc_metadata_json", ctypes.c_char_p)
+    text = _need(lib, path, "convc_metadata_json", ctypes.c_char_p)
     try:
-        meta = json.loads(_c_text(text() if text else None, "convc_metadata_json", path))
+        meta = json.loads(_c_text(text(), "convc_metadata_json", path))
     except ValueError as e:
         raise LoadError(f"{path}: its metadata JSON is corrupt ({e}); rebuild it with `convc compile`") from None
     if not isinstance(meta, dict):
         raise LoadError(f"{path}: its metadata JSON is not an object; rebuild it with `convc compile`")
-    arena = _bind(lib, "convc_arena_bytes", ctypes.c_int64)()
-    threads = _bind(lib, "convc_max_threads", ctypes.c_int)()
+    arena = _need(lib, path, "convc_arena_bytes", ctypes.c_int64)()
+    threads = _need(lib, path, "convc_max_threads", ctypes.c_int)()
     inputs = _compiled_specs(lib, path, "convc_num_inputs", "convc_input", "input", _json_names(meta, "inputs", path))
     outputs = _compiled_specs(lib, path, "convc_num_outputs", "convc_output", "output",
                               _json_names(meta, "outputs", path))
@@ -207,8 +212,8 @@ def inspect_library(path: str | os.PathLike) -> tuple[ctypes.CDLL, LibraryInfo]:
     _check_specs(path, "input", meta["inputs"], inputs)
     _check_specs(path, "output", meta["outputs"], outputs)
     # the features: from the compiled table (convc_cpu_feature(i) is NULL past its end)
-    ok = _bind(lib, "convc_cpu_feature_ok", ctypes.c_int, [ctypes.c_int])
-    name = _bind(lib, "convc_cpu_feature", ctypes.c_char_p, [ctypes.c_int])
+    ok = _need(lib, path, "convc_cpu_feature_ok", ctypes.c_int, [ctypes.c_int])
+    name = _need(lib, path, "convc_cpu_feature", ctypes.c_char_p, [ctypes.c_int])
     features = []
     while len(features) < 4096 and name(len(features)) is not None:
         features.append(name(len(features)).decode("utf-8", "replace"))
@@ -243,9 +248,9 @@ def load(path: str | os.PathLike, *, threads: int | None = None):
         return LoadedTrainer(lib, info)
     compiled = info.threads
     threads = compiled if threads is None else max(1, min(int(threads), compiled))
-    address = lambda name: ctypes.cast(getattr(lib, name), ctypes.c_void_p).value  # noqa: E731
-    table_fn = _bind(lib, "convc_constant_table", ctypes.c_void_p)
-    n_const = _bind(lib, "convc_num_constants", ctypes.c_int)()
+    address = lambda name: ctypes.cast(_need(lib, info.path, name, None), ctypes.c_void_p).value  # noqa: E731
+    table_fn = _need(lib, info.path, "convc_constant_table", ctypes.c_void_p)
+    n_const = _need(lib, info.path, "convc_num_constants", ctypes.c_int)()
     table = (ctypes.c_void_p * max(1, n_const)).from_address(table_fn())
     kernel_names = meta.get("kernel_names", ())
     runner = NativeRunner(address("convc_run"), info.arena_bytes, [], info.inputs, info.outputs, keepalive=lib,
@@ -289,8 +294,8 @@ class LoadedTrainer:
                                 _json_names(training, "state", path))
         _check_specs(path, "training state", training["state"], state)
         labels = training["labels"]
-        n_labels = _bind(lib, "convc_labels_size", ctypes.c_int64)()
-        labels_dtype = _c_text(_bind(lib, "convc_labels_dtype", ctypes.c_char_p)(), "convc_labels_dtype", path)
+        n_labels = _need(lib, path, "convc_labels_size", ctypes.c_int64)()
+        labels_dtype = _c_text(_need(lib, path, "convc_labels_dtype", ctypes.c_char_p)(), "convc_labels_dtype", path)
         shape = labels.get("shape")
         if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise LoadError(f"{path}: the labels' shape in its metadata JSON is malformed; rebuild it")
@@ -481,10 +486,10 @@ _fallback_dir: list[Path] = []
 
 def _private_fallback(why: str) -> Path:
     """A fresh private directory of this process (removed at exit), when the usual one is unsafe."""
-    if not _fallback_dir:
+    if not _fallback_dir or not _fallback_dir[0].is_dir():
         folder = Path(tempfile.mkdtemp(prefix="convc-libraries-"))  # mode 0700, a new random name
         atexit.register(shutil.rmtree, folder, True)
-        _fallback_dir.append(folder)
+        _fallback_dir[:] = [folder]
     warnings.warn(f"convc: not using {why}; unpickled libraries go to the private directory {_fallback_dir[0]}",
                   CacheWarning, stacklevel=4)
     return _fallback_dir[0]
@@ -495,7 +500,7 @@ def _library_copy(state: dict) -> str:
     (``$CONVC_CACHE_DIR/libraries`` or ``$TMPDIR/convc-<uid>/libraries``, mode 0700, owned by this
     user and writable by nobody else; otherwise a fresh private directory, with a warning). A file
     already there is reused only when its whole contents hash to the pickled bytes' digest."""
-    data = state["data"]
+    data = state.get("data")
     if not isinstance(data, (bytes, bytearray)):
         raise LoadError("cannot unpickle the model: its library bytes are missing")
     sha = digest(data).digest()
@@ -510,7 +515,10 @@ def _library_copy(state: dict) -> str:
     except OSError:
         reuse = False
     if not reuse:
-        atomic_write(path, bytes(data))
+        try:
+            atomic_write(path, bytes(data))
+        except OSError as e:
+            raise LoadError(f"cannot unpickle the model: cannot write its library to {path} ({e})") from None
     return str(path)
 
 
