@@ -128,3 +128,9 @@ class ObjectEngine:
         if not addr:
             raise CompileError(f"symbol {name!r} is missing from the compiled module")
         return addr
+
+    def global_address(self, name: str) -> int:
+        addr = self.engine.get_global_value_address(name)
+        if not addr:
+            raise CompileError(f"global {name!r} is missing from the compiled module")
+        return addr

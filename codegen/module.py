@@ -211,7 +211,8 @@ class ModuleEmitter:
             for r in self.plan.memory.live_ranges:
                 dying.setdefault(r.last, []).append(r)
             virtual: set[str] = set()  # outputs of ops whose work another kernel does (never written)
-        for k, op in enumerate(self.plan.order):
+        for position, op in enumerate(self.plan.order):
+            k = position
             if is_alias(self.graph, op):
                 continue
             if checker is not None:
@@ -248,7 +249,7 @@ class ModuleEmitter:
                 b.call(call.function, [resolve(a) for a in call.args])
             kernel_names.append((op.name, call.function.name))
             if checker is not None:
-                self._check_after(b, arena, checker, call, op, dying.get(k, []), scratch_base)
+                self._check_after(b, arena, checker, call, op, dying.get(position, []), scratch_base)
             if stamp:
                 stamp(len(kernel_names))
         # graph outputs whose bytes live elsewhere (an input, a constant, or an output listed twice)

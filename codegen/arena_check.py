@@ -1,0 +1,124 @@
+"""Arena checking: a debugging build of a model that poisons memory the plan says is dead and
+checks, between kernels, that no kernel reads it.
+
+With ``CONVC_CHECK_ARENA=1`` in the environment (or ``check_arena=True`` where a module is emitted)
+the entry point
+
+- fills the whole arena with a canary word (a quiet NaN with a payload) when a call starts,
+- after each kernel, fills again every arena slot whose last reader was that kernel and the
+  kernel's scratch space, so a later read of freed or reused bytes sees the canary,
+- before each kernel, scans every arena tensor it reads for the canary (the plan freed or reused a
+  tensor that is still needed, or nothing wrote it), and after it, scans what it wrote (a kernel
+  that read dead memory propagates the NaN payload into its output on x86; one that left part of
+  its output unwritten leaves canary words there).
+
+The first fault is recorded in the module global ``convc_arena_fault`` (kernel step + 1, what,
+tensor position, word index); ``raise_fault`` turns it into an ``ArenaError`` naming the kernel and
+the tensor. The checks cost a scan of each tensor per kernel: for tests and debugging, not for
+production. Graph inputs, outputs and constants live outside the arena and are not checked.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass, field
+
+from llvmlite import ir
+
+from convc.errors import ConvcError
+from convc.codegen.llvm_utils import I32, I64, PTR, VOID, for_range, gep, i64
+
+ENV = "CONVC_CHECK_ARENA"
+CANARY = 0x7FDEAD5A  # a quiet NaN whose payload survives x86 arithmetic (the first NaN operand wins)
+FAULT_SYMBOL = "convc_arena_fault"
+READ_DEAD, WROTE_DEAD = 1, 2
+
+
+class ArenaError(ConvcError):
+    """A kernel read arena bytes the memory plan says are dead (a planner or kernel bug)."""
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+@dataclass
+class ArenaChecker:
+    """Emits the canary fills and scans into a module's entry point (see the module docstring)."""
+    module: ir.Module
+    arena_bytes: int
+    steps: list[tuple[str, list[str], list[str]]] = field(default_factory=list)  # (op, inputs, outputs)
+
+    def __post_init__(self) -> None:
+        self.fault = ir.GlobalVariable(self.module, ir.ArrayType(I64, 4), FAULT_SYMBOL)
+        self.fault.initializer = ir.Constant(ir.ArrayType(I64, 4), [0, 0, 0, 0])
+        self._fill = self._helper("convc_canary_fill", self._emit_fill, VOID)
+        self._find = self._helper("convc_canary_find", self._emit_find, I64)
+
+    def _helper(self, name: str, body, ret: ir.Type) -> ir.Function:
+        fn = ir.Function(self.module, ir.FunctionType(ret, [PTR, I64]), name=name)
+        fn.linkage = "internal"
+        fn.attributes.add("noinline")
+        body(ir.IRBuilder(fn.append_basic_block("entry")), *fn.args)
+        return fn
+
+    @staticmethod
+    def _emit_fill(b: ir.IRBuilder, ptr: ir.Value, words: ir.Value) -> None:
+        with for_range(b, words, name="w") as w:
+            b.store(ir.Constant(I32, CANARY), gep(b, ptr, w, I32))
+        b.ret_void()
+
+    @staticmethod
+    def _emit_find(b: ir.IRBuilder, ptr: ir.Value, words: ir.Value) -> None:
+        """Index + 1 of the first canary word, or 0."""
+        found = b.append_basic_block("found")
+        with for_range(b, words, name="w") as w:
+            hit = b.icmp_unsigned("==", b.load(gep(b, ptr, w, I32), typ=I32), ir.Constant(I32, CANARY))
+            rest = b.append_basic_block("rest")
+            b.cbranch(hit, found, rest)
+            b.position_at_end(rest)
+        b.ret(i64(0))
+        b.position_at_end(found)
+        b.ret(b.add(w, i64(1)))
+
+    def fill(self, b: ir.IRBuilder, arena: ir.Value, offset: int, nbytes: int) -> None:
+        if nbytes >= 4:
+            b.call(self._fill, [b.gep(arena, [i64(offset)], inbounds=True, source_etype=ir.IntType(8)),
+                                i64(nbytes // 4)])
+
+    def scan(self, b: ir.IRBuilder, arena: ir.Value, offset: int, nbytes: int, step: int, what: int,
+             position: int) -> None:
+        """Record (step + 1, what, position, word) in the fault global unless a fault is recorded."""
+        if nbytes < 4:
+            return
+        at = b.call(self._find, [b.gep(arena, [i64(offset)], inbounds=True, source_etype=ir.IntType(8)),
+                                 i64(nbytes // 4)])
+        first = b.icmp_unsigned("==", b.load(self._slot(b, 0), typ=I64), i64(0))
+        with b.if_then(b.and_(b.icmp_unsigned("!=", at, i64(0)), first)):
+            for k, v in enumerate((i64(step + 1), i64(what), i64(position), b.sub(at, i64(1)))):
+                b.store(v, self._slot(b, k))
+
+    def _slot(self, b: ir.IRBuilder, k: int) -> ir.Value:
+        return b.gep(self.fault, [ir.Constant(I32, 0), ir.Constant(I32, k)], inbounds=True)
+
+    def start(self, b: ir.IRBuilder, arena: ir.Value) -> None:
+        for k in range(4):
+            b.store(i64(0), self._slot(b, k))
+        self.fill(b, arena, 0, self.arena_bytes)
+
+
+def raise_fault(address: int, steps: list[tuple[str, list[str], list[str]]]) -> None:
+    """Raise ArenaError if the module whose ``convc_arena_fault`` global is at ``address`` recorded
+    a fault in the last call; ``steps`` are the checked kernels as (op, inputs, outputs)."""
+    fault = (ctypes.c_int64 * 4).from_address(address)
+    step, what, position, word = list(fault)
+    if not step:
+        return
+    op, inputs, outputs = steps[step - 1]
+    if what == READ_DEAD:
+        raise ArenaError(f"arena check: kernel {op!r} reads input {position} {inputs[position]!r}, whose bytes "
+                         f"hold the dead-memory canary at float {word}: the memory plan freed or reused them "
+                         f"while still needed, or no kernel wrote them")
+    raise ArenaError(f"arena check: kernel {op!r} left the dead-memory canary in output {position} "
+                     f"{outputs[position]!r} at float {word}: it read freed or unwritten arena bytes, or did "
+                     f"not write all of its output")
