@@ -52,10 +52,14 @@ def add_compile_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_compile(args: argparse.Namespace) -> int:
-    from convc.cli import EXIT_OK, Progress, load_onnx
+    from convc.cli import EXIT_OK, Progress, check_output_file, load_onnx
     from convc.codegen.aot import build, checkable
     progress = Progress(args.quiet)
     out = args.output or str(Path(Path(args.model).name).with_suffix(".so"))
+    # before compiling: a missing or read-only directory must not cost a whole build (build() would
+    # also create missing directories, hiding a typo); the header's default sits beside the output
+    check_output_file(out, "--output")
+    check_output_file(args.header or Path(out).with_suffix(".h"), "--header")
     model = load_onnx(args.model)
     if args.train:
         from convc.codegen.aot_train import build_training_library

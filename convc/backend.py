@@ -21,7 +21,8 @@ import onnx
 from onnx import numpy_helper
 from onnx.backend.base import Backend, BackendRep, Device, DeviceType, namedtupledict
 
-from convc.errors import UnsupportedOpError
+from convc.errors import ModelImportError, UnsupportedOpError
+from convc.frontend.onnx.reader import read_model
 from convc.session import CompiledModel
 
 
@@ -97,7 +98,11 @@ class ConvcBackend(Backend):
     def prepare(cls, model: onnx.ModelProto, device: str = "CPU", **kwargs: Any) -> ConvcRep:
         if not cls.supports_device(device):
             raise ValueError(f"convc compiles for the CPU, not {device!r}")
-        super().prepare(model, device, **kwargs)  # onnx.checker
+        model = read_model(model)  # a path or bytes too; ModelImportError for anything unreadable
+        try:
+            super().prepare(model, device, **kwargs)  # onnx.checker
+        except onnx.checker.ValidationError as e:
+            raise ModelImportError(f"the model fails onnx.checker: {e}") from None
         return ConvcRep(model, threads=kwargs.get("threads"))
 
     @classmethod

@@ -195,7 +195,8 @@ def check_model(model: onnx.ModelProto | str | os.PathLike, *, batch: int | None
     from convc.frontend.onnx import import_onnx
     name = str(model) if not isinstance(model, onnx.ModelProto) else (model.graph.name or "model")
     if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model))
+        from convc.frontend.onnx.reader import read_model
+        model = read_model(model)
     perturb = perturb or os.environ.get(PERTURB_ENV) or None
     report = CheckReport(name, oracle=oracle_name(), tolerance=tolerance, seed=seed)
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convc.errors import ConvcError, InputError, ModelImportError
+from convc.errors import ConvcError, InputError
 
 EXIT_OK = 0
 EXIT_ERROR = 2  # what argparse uses for usage errors; convc errors share it
@@ -56,20 +56,9 @@ class Progress:
 
 
 def load_onnx(path: str):
-    """Read an ONNX file; a missing file raises FileNotFoundError, an unreadable one ModelImportError."""
-    import onnx
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(2, "no such file", path)
-    if p.is_dir():
-        raise ModelImportError(f"{path}: is a directory, expected an .onnx file")
-    try:
-        model = onnx.load(str(p))
-    except Exception as e:  # noqa: BLE001  protobuf's DecodeError, external-data errors, ...
-        raise ModelImportError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
-    if not model.HasField("graph") or not (len(model.graph.node) or len(model.graph.output)):
-        raise ModelImportError(f"{path}: not an ONNX model (no graph in it)")
-    return model
+    """Read an ONNX file (external data confined to its directory); ModelImportError for anything unreadable."""
+    from convc.frontend.onnx.reader import read_model
+    return read_model(path)
 
 
 def _dims(value_info) -> str:
@@ -115,7 +104,62 @@ def _format_values(a: np.ndarray, n: int = 6) -> str:
 
 
 def _safe_filename(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "output"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:120] or "output"  # 120: well under any file-name limit
+
+
+def output_filenames(names: Sequence[str], suffix: str = ".npy") -> dict[str, str]:
+    """A distinct file name for each output name: sanitized (no path separators), and numbered when
+    two names would share a file ('p/q' and 'p_q'), compared case-insensitively for case-insensitive
+    file systems. Deterministic: names that are already safe file names keep them, the others are
+    numbered in output order."""
+    taken: set[str] = set()
+    files: dict[str, str] = {}
+    for name in names:
+        if _safe_filename(name) == name and (name + suffix).casefold() not in taken:
+            files[name] = name + suffix
+            taken.add(files[name].casefold())
+    for name in names:
+        if name in files:
+            continue
+        base = _safe_filename(name)
+        file, i = base + suffix, 1
+        while file.casefold() in taken:
+            i += 1
+            file = f"{base}_{i}{suffix}"
+        taken.add(file.casefold())
+        files[name] = file
+    return {name: files[name] for name in names}
+
+
+def _writable_dir(directory: Path, flag: str, path: str) -> None:
+    if not directory.exists():
+        raise ConvcError(f"{flag} {path}: directory {directory} does not exist")
+    if not directory.is_dir():
+        raise ConvcError(f"{flag} {path}: {directory} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConvcError(f"{flag} {path}: directory {directory} is not writable")
+
+
+def check_output_file(path: str | os.PathLike, flag: str) -> Path:
+    """Refuse an output file that cannot be written, before any work: a missing directory is not
+    created (a typo should not make directories), and nothing compiles for minutes to fail at the end."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConvcError(f"{flag} {path}: is a directory, expected a file name")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise ConvcError(f"{flag} {path}: the file exists and is not writable")
+    _writable_dir(p.parent, flag, str(path))
+    return p
+
+
+def check_output_dir(path: str | os.PathLike, flag: str) -> Path:
+    """An output directory: an existing writable one, or a new one whose parent exists (created later)."""
+    p = Path(path)
+    if p.exists():
+        _writable_dir(p, flag, str(path))
+    else:
+        _writable_dir(p.parent, flag, str(path))
+    return p
 
 
 def _load_npy(name: str, path: str) -> np.ndarray:
@@ -142,12 +186,15 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="time R runs and report the median latency (default: 10)")
     p.add_argument("--threads", "-t", type=_positive, metavar="T",
                    help="cap on the worker threads of the compiled code, passed to convc.compile(threads=T)")
-    p.add_argument("--output-dir", "-o", metavar="DIR", help="save each output as DIR/<output name>.npy")
+    p.add_argument("--output-dir", "-o", metavar="DIR",
+                   help="save each output as DIR/<output name>.npy (DIR is created if its parent exists; names are "
+                        "made safe file names, numbered when two would be the same)")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     import convc
     progress = Progress(args.quiet)
+    out_dir = check_output_dir(args.output_dir, "--output-dir") if args.output_dir else None
     onnx_model = load_onnx(args.model)
     given: dict[str, np.ndarray] = {}
     declared = [i.name for i in _model_inputs(onnx_model)]
@@ -193,13 +240,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     ms = [t * 1e3 for t in times]
     print(f"latency: median {statistics.median(ms):.3f} ms, min {min(ms):.3f} ms over {args.repeat} run(s)")
 
-    if args.output_dir:
-        out_dir = Path(args.output_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        for name, y in outputs.items():
-            path = out_dir / f"{_safe_filename(name)}.npy"
-            np.save(path, y)
-            print(f"saved {path}")
+    if out_dir is not None:
+        out_dir.mkdir(exist_ok=True)
+        for name, file in output_filenames(list(outputs)).items():
+            path = out_dir / file
+            np.save(path, outputs[name])
+            print(f"saved {path}" if file == f"{name}.npy" else f"saved output {name!r} as {path}")
     return EXIT_OK
 
 
@@ -214,6 +260,8 @@ def _add_info_args(p: argparse.ArgumentParser) -> None:
 
 def _cmd_info(args: argparse.Namespace) -> int:
     from convc.compiler import load_graph
+    if args.dot:
+        check_output_file(args.dot, "--dot")
     onnx_model = load_onnx(args.model)
     opsets = ", ".join(f"{o.domain or 'ai.onnx'} {o.version}" for o in onnx_model.opset_import)
     producer = " ".join(x for x in (onnx_model.producer_name, onnx_model.producer_version) if x) or "unknown"
@@ -251,9 +299,9 @@ def _cmd_example(args: argparse.Namespace) -> int:
 
     from convc.models import EXAMPLES
     example = EXAMPLES[args.name]
-    model = example.build(batch=args.batch, seed=args.seed)
     path = args.output or f"{args.name}.onnx"
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    check_output_file(path, "--output")
+    model = example.build(batch=args.batch, seed=args.seed)
     onnx.save(model, path)
     print(f"wrote {path}: {example.summary}, seeded random weights (seed {args.seed})")
     for vi in _model_inputs(model):

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from convc.ir import Graph
+from convc.limits import positive_int
 from convc.session import CompiledModel
 
 ModelSource = Any  # path, bytes, onnx.ModelProto, Graph or convc.nn Module
@@ -30,12 +31,11 @@ def load_graph(model: ModelSource, batch: int | None = None, input_shape: Any = 
 def has_dynamic_batch(model: ModelSource) -> bool:
     """True when the ONNX model's first input leaves its batch dimension symbolic."""
     import onnx
-    if isinstance(model, (str, os.PathLike)):
-        model = onnx.load(str(model), load_external_data=False)
-    elif isinstance(model, (bytes, bytearray)):
-        model = onnx.load_from_string(bytes(model))
-    if not isinstance(model, onnx.ModelProto):
+
+    from convc.frontend.onnx.reader import read_model
+    if not isinstance(model, (str, os.PathLike, bytes, bytearray, memoryview, onnx.ModelProto)):
         return False
+    model = read_model(model, external_data=False)  # the structure only; ModelImportError for anything unreadable
     inits = {i.name for i in model.graph.initializer}
     for inp in model.graph.input:
         if inp.name in inits:
@@ -62,8 +62,8 @@ def compile_graph(graph: Graph, *, threads: int | None = None, instrument: bool 
     ``cache=False`` bypasses it; ``alias`` is a source hash that will also name the entry)."""
     from convc.codegen.cache import compile_plan
     from convc.passes.pipeline import pipeline
+    threads = positive_int("threads", threads) or default_threads()
     plan = pipeline(graph, progress=progress)
-    threads = default_threads() if threads is None else max(1, int(threads))
     return compile_plan(plan, threads=threads, instrument=instrument, progress=progress, cache=cache, alias=alias,
                         respecialize=respecialize, override=override)
 
@@ -84,6 +84,8 @@ def compile(model: ModelSource, *, threads: int | None = None, batch: int | None
     Compiled code is kept in an on-disk cache (``~/.cache/convc``, ``$CONVC_CACHE_DIR``); a model
     compiled before loads in well under a second. ``cache=False`` (or ``CONVC_NO_CACHE=1``) skips it.
     ``progress`` receives a line per stage (passes, each layer's code generation, LLVM)."""
+    # refused, not rounded or clamped: batch=2.5 or threads=0 is a mistake the caller should hear about
+    batch, threads = positive_int("batch", batch), positive_int("threads", threads)
     if isinstance(model, Path):
         model = str(model)
     if progress:

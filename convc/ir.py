@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
@@ -16,6 +17,7 @@ import networkx as nx
 import numpy as np
 
 from convc.errors import GraphError
+from convc.limits import check_size
 from convc.ops import OpKind, TensorType, op_def
 
 
@@ -44,7 +46,7 @@ class Tensor:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)  # a Python int: never wraps around like an int64 product
 
     @property
     def nbytes(self) -> int:
@@ -78,7 +80,10 @@ class Graph:
                    data: np.ndarray | None = None) -> Tensor:
         if name in self.nx:
             raise GraphError(f"name {name!r} is used twice in graph {self.name!r}")
-        t = Tensor(name, tuple(int(d) for d in shape), np.dtype(dtype), kind, data)
+        shape = tuple(int(d) for d in shape)
+        # every tensor of every graph is within the size limit, so later shape products cannot overflow
+        check_size(f"tensor {name!r}", shape, dtype)
+        t = Tensor(name, shape, np.dtype(dtype), kind, data)
         self.nx.add_node(name, tensor=t)
         if kind is TensorKind.INPUT:
             self.inputs.append(name)

@@ -306,6 +306,8 @@ def profile(model: Any, batch: int | None = None, *, measure: bool = False, repe
     ``train=True`` profiles the training step instead (``convc.train_profile``: forward and backward
     MACs per layer, saved activations, gradient and optimizer-state bytes, the step's peak memory),
     for ``loss`` and ``optimizer`` (a ``convc.optim`` optimizer, default SGD)."""
+    from convc.limits import positive_int
+    batch, threads = positive_int("batch", batch), positive_int("threads", threads)
     if train:
         from convc.train_profile import profile_training
         return profile_training(model, batch, loss=loss, optimizer=optimizer, measure=measure, repeats=repeats)

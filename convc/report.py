@@ -323,10 +323,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import convc
-    from convc.cli import Progress, load_onnx
+    from convc.cli import Progress, check_output_file, load_onnx
     progress = Progress(args.quiet)
     if args.plot:
         check_plot_path(args.plot)  # before minutes of measuring
+        check_output_file(args.plot, "--plot")
     model = load_onnx(args.model)
     progress("analysing" + (" and measuring" if args.measure else ""))
     if getattr(args, "train", False):

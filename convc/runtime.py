@@ -10,6 +10,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from convc.errors import InputError
+from convc.limits import check_bytes
 
 RunFunction = Callable[[int, int, int], None]
 _ENTRY_TYPE = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)  # releases the GIL
@@ -25,6 +26,12 @@ class IOSpec:
     @property
     def type(self) -> str:  # onnxruntime's spelling, for code that reads NodeArg.type
         return {np.dtype(np.float32): "tensor(float)"}.get(self.dtype, f"tensor({self.dtype})")
+
+
+def dtype_error(what: str, have: np.dtype, want: np.dtype) -> InputError:
+    """The one wording for an array of the wrong dtype, in inference and training alike: convc never
+    converts silently (a float64 array halved in precision, or int pixels, would give other numbers)."""
+    return InputError(f"{what} has dtype {have}, expected {want} (convert with .astype(np.{want}))")
 
 
 _POOL_CREATE = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_int64)
@@ -50,6 +57,9 @@ class _Context:
 
     def __init__(self, arena_bytes: int, const_table: ctypes.Array, n_timestamps: int = 0,
                  threads: int = 1, pool_api: PoolApi | None = None, keepalive: Any = None):
+        self.pool = None  # __del__ runs even when the checks below raise
+        # sized before allocating: numpy's MemoryError for 50 TiB says nothing about the model
+        check_bytes("the compiled model's activation arena", arena_bytes)
         # over-allocate so the arena can start on a 64-byte boundary
         self.arena = np.empty(arena_bytes + 64, dtype=np.uint8)
         self.timestamps = np.zeros(n_timestamps, dtype=np.int64)
@@ -128,8 +138,7 @@ class NativeRunner:
             if not isinstance(a, np.ndarray):
                 a = np.asarray(a, dtype=spec.dtype) if isinstance(a, (list, tuple, float, int)) else np.asarray(a)
             if a.dtype != spec.dtype:
-                raise InputError(f"input {spec.name!r} has dtype {a.dtype}, expected {spec.dtype} "
-                                 f"(convert with .astype(np.{spec.dtype}))")
+                raise dtype_error(f"input {spec.name!r}", a.dtype, spec.dtype)
             if a.shape != spec.shape:
                 raise InputError(f"input {spec.name!r} has shape {a.shape}, expected {spec.shape}")
             # strided or misaligned arrays are copied, never read out of bounds (other byte orders

@@ -5,7 +5,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from convc.errors import InputError
+from convc.errors import GraphError, InputError, ModelImportError
+from convc.limits import check_size
 from convc.runtime import IOSpec, NativeRunner
 
 
@@ -66,11 +67,20 @@ class CompiledModel:
         shape = getattr(first, "shape", None)
         if not shape or shape[0] == self.batch or shape[1:] != self._runner.inputs[0].shape[1:]:
             return self
-        if getattr(first, "dtype", None) != self._runner.inputs[0].dtype:
+        spec = self._runner.inputs[0]
+        if getattr(first, "dtype", None) != spec.dtype:
             return self  # the input check rejects it; do not compile a variant first
         n = int(shape[0])
+        if n < 1:
+            raise InputError(f"input {spec.name!r} has shape {tuple(shape)}: a batch of {n}; the batch must be at "
+                             "least 1")
+        # a feed of batch 2**31 (a broadcast view costs nothing) must not compile a model needing TiBs
+        check_size(f"input {spec.name!r}", shape, spec.dtype, InputError)
         if n not in self._variants:
-            self._variants[n] = self._respecialize(n)
+            try:
+                self._variants[n] = self._respecialize(n)
+            except (ModelImportError, GraphError) as e:  # this batch size, not the model, is the problem
+                raise InputError(f"input {spec.name!r} has batch {n}; the model cannot be built for it: {e}") from e
         return self._variants[n]
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:

@@ -25,8 +25,10 @@ import numpy as np
 
 from convc.errors import ConvcError, InputError
 from convc.ir import Graph, TensorKind
+from convc.limits import check_size, positive_int
 from convc.optim import SGD, Optimizer
 from convc.passes.autodiff.training import RUNNING, TrainingStep, build_training, detach_state
+from convc.runtime import dtype_error
 
 __all__ = ["GradcheckResult", "Trainer", "TrainingError", "gradcheck"]
 
@@ -41,9 +43,12 @@ class TrainingError(ConvcError):
 def load_forward(model: Any, input_shape: Sequence[int]) -> Graph:
     """The inference Graph of ``model`` (ONNX path/bytes/proto, Graph, or convc.nn module) at the
     batch size ``input_shape[0]``."""
-    shape = tuple(int(d) for d in input_shape)
-    if len(shape) < 2 or any(d < 1 for d in shape):
-        raise InputError(f"input_shape={tuple(input_shape)} must be (batch, channels, ...) with positive sizes")
+    try:
+        shape = tuple(positive_int("input_shape", d, optional=False) for d in input_shape)
+    except (InputError, TypeError):  # 2.5 is not silently 2
+        shape = ()
+    if len(shape) < 2:
+        raise InputError(f"input_shape={input_shape!r} must be (batch, channels, ...) with positive integer sizes")
     if hasattr(model, "to_graph"):  # a convc.nn module
         g = model.to_graph(shape)
     elif isinstance(model, Graph):
@@ -145,7 +150,7 @@ class Trainer:
                  regularize_all: bool = False, trainable: Sequence[str] | None = None, instrument: bool = False,
                  threads: int | None = None):
         self.model = model
-        self.input_shape = tuple(int(d) for d in input_shape)
+        threads = positive_int("threads", threads)
         self.loss_name = loss
         self.optimizer = optimizer if optimizer is not None else SGD(0.01)
         self.l1, self.l2, self.seed = float(l1), float(l2), int(seed)
@@ -153,8 +158,9 @@ class Trainer:
                              "regularize_all": regularize_all, "trainable": set(trainable) if trainable else None}
         self._instrument = instrument
         from convc.compiler import default_threads
-        self.threads = default_threads() if threads is None else max(1, int(threads))
-        self.forward = load_forward(model, self.input_shape)
+        self.threads = threads or default_threads()
+        self.forward = load_forward(model, input_shape)
+        self.input_shape = self.forward.tensor(self.forward.inputs[0]).shape
         self.plan: TrainingStep = build_training(self.forward, **self._options)
         # the persistent training state the native code updates in place
         self._state: dict[str, np.ndarray] = {n: np.array(v, copy=True) for n, v in self.plan.initial.items()}
@@ -209,14 +215,19 @@ class Trainer:
         return list(self.plan.params)
 
     # --- checks -------------------------------------------------------------------------------------
+    # The same rule as a compiled model's inputs (convc/runtime.py): nothing is converted silently.
+    # x and mse/bce targets must be float32; cross-entropy labels are integer class indices (any
+    # integer dtype, range-checked, then widened to int64, which loses nothing).
     def _check_x(self, x: Any) -> np.ndarray:
         x = np.asarray(x)
-        if x.dtype.kind not in "fiu":
-            raise InputError(f"x has dtype {x.dtype}, expected float32")
+        name = self.forward.inputs[0]
+        if x.dtype != np.float32:
+            raise dtype_error(f"input {name!r}", x.dtype, np.dtype(np.float32))
         if x.ndim != len(self.input_shape) or x.shape[1:] != self.input_shape[1:] or x.shape[0] < 1:
-            raise InputError(f"x has shape {x.shape}, expected (batch,) + {self.input_shape[1:]} "
-                             f"(the model's input is {self.input_shape})")
-        return np.ascontiguousarray(x, dtype=np.float32)
+            raise InputError(f"input {name!r} has shape {x.shape}, expected (batch,) + {self.input_shape[1:]} "
+                             f"with a batch of at least 1 (the model's input is {self.input_shape})")
+        check_size(f"input {name!r}", x.shape, x.dtype, InputError)  # a broadcast view of 2**31 samples
+        return np.ascontiguousarray(x)
 
     def _check_y(self, y: Any, n: int, plan: TrainingStep) -> np.ndarray:
         y = np.asarray(y)
@@ -225,16 +236,19 @@ class Trainer:
             classes = out[1]
             if y.shape != (n,):
                 raise InputError(f"labels have shape {y.shape}, expected ({n},): one class index per sample")
-            if y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0)):
-                raise InputError(f"labels have dtype {y.dtype}, expected integer class indices")
+            if y.dtype.kind not in "iu":
+                raise InputError(f"labels have dtype {y.dtype}, expected integer class indices "
+                                 "(convert with .astype(np.int64))")
             bad = np.flatnonzero((y < 0) | (y >= classes))
             if bad.size:
                 raise InputError(f"labels out of range [0, {classes}): {y[bad[:5]].tolist()} at positions "
                                  f"{bad[:5].tolist()}{' ...' if bad.size > 5 else ''}")
             return np.ascontiguousarray(y, dtype=np.int64)
+        if y.dtype != np.float32:
+            raise InputError(f"targets have dtype {y.dtype}, expected float32 (convert with .astype(np.float32))")
         if y.shape != (n,) + out[1:]:
             raise InputError(f"targets have shape {y.shape}, expected {(n,) + out[1:]} (the model's output)")
-        return np.ascontiguousarray(y, dtype=np.float32)
+        return np.ascontiguousarray(y)
 
     # --- training -----------------------------------------------------------------------------------
     def step(self, x: Any, y: Any) -> float:
@@ -263,7 +277,7 @@ class Trainer:
         """The model's output in eval mode (BN running statistics, no dropout), for any number of
         samples: runs in chunks of ``batch_size`` (default: the training batch), the last padded."""
         x = self._check_x(x)
-        chunk = batch_size or self.input_shape[0]
+        chunk = positive_int("batch_size", batch_size) or self.input_shape[0]
         native = self._compile_eval(chunk)
         out_name = next(iter(native.outputs))
         results = []
@@ -328,9 +342,9 @@ class Trainer:
         weights = self.weights()
         proto = None
         if not isinstance(self.model, Graph) and not hasattr(self.model, "to_graph"):
-            from convc.frontend.onnx.importer import _load
+            from convc.frontend.onnx.reader import read_model
             proto = onnx.ModelProto()
-            proto.CopyFrom(_load(str(self.model) if isinstance(self.model, Path) else self.model))
+            proto.CopyFrom(read_model(str(self.model) if isinstance(self.model, Path) else self.model))
             inits = {t.name: i for i, t in enumerate(proto.graph.initializer)}
             if all(n in inits for n in weights):
                 for n, v in weights.items():

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from convc.ir import Graph, Op, TensorKind
+from convc.limits import check_bytes
 from convc.ops import OpGroup, OpKind
 
 ALIGN = 64
@@ -206,6 +207,7 @@ def plan_memory(g: Graph, order: list[Op], in_place: bool = True) -> MemoryPlan:
     ranges, taken = merge_in_place(g, order, tensors) if in_place else (tensors, {})
     live = live_bytes(ranges, len(order))
     offsets, arena = best_fit_repaired(ranges, max(live, default=0))
+    check_bytes(f"the activation arena of graph {g.name!r}", arena)  # before code generation, not at the first call
     for out, inp in taken.items():  # in order: an output's input may itself have taken a slot
         offsets[out] = offsets[view_root(g, inp)]
     constants = [t.name for t in g.tensors() if t.kind is TensorKind.CONSTANT]

@@ -1,6 +1,7 @@
 """The ``convc`` command line, in-process (``convc.cli.main``) and as ``python -m convc``."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,7 @@ def test_version(capsys):
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_example_writes_a_valid_model(tmp_path, capsys, name):
     path = tmp_path / "sub" / f"{name}-model.onnx"
+    path.parent.mkdir()  # an output's directory must exist: convc does not create it
     assert main(["example", name, "-o", str(path)]) == 0
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
@@ -182,7 +184,8 @@ def test_missing_file_is_a_clean_error(tmp_path, capsys, command):
     assert_clean_error(2, capsys.readouterr().err, "nope.onnx", "no such file")
 
 
-@pytest.mark.parametrize("kind, needle", [("garbage", "not a readable ONNX model"), ("empty", "not an ONNX model"),
+@pytest.mark.parametrize("kind, needle", [("garbage", "is not an ONNX model (not a readable protobuf"),
+                                          ("empty", "not an ONNX model"),
                                           ("unsupported", "my_erf"), ("dangling", "my_relu")])
 @pytest.mark.parametrize("command", ["run", "info"])
 def test_malformed_model_is_a_clean_error(tmp_path, capsys, command, kind, needle):
@@ -208,9 +211,109 @@ def test_bad_input_files_are_clean_errors(lenet_file, tmp_path, monkeypatch, cap
 def test_errors_as_a_process(tmp_path):
     bad = _bad_models(tmp_path)
     for args, needle in [(["run", "nope.onnx"], "nope.onnx: no such file"),
-                         (["run", str(bad["garbage"])], "not a readable ONNX model"),
+                         (["run", str(bad["garbage"])], "is not an ONNX model (not a readable protobuf"),
                          (["info", str(bad["unsupported"])], "Erf")]:
         result = convc_process(*args, cwd=tmp_path)
         assert_clean_error(result.returncode, result.stderr, needle)
         if args[0] == "run":
             assert result.stdout == ""
+
+
+# --- output paths ------------------------------------------------------------------------------
+
+def _outputs_model(path: Path, names: list[str]) -> None:
+    """One input x (1, 4); output i is Relu(x * (i + 1)), named names[i]."""
+    h = onnx.helper
+    nodes, inits = [], []
+    for i, name in enumerate(names):
+        inits.append(onnx.numpy_helper.from_array(np.full((1, 4), i + 1, np.float32), f"scale{i}"))
+        nodes += [h.make_node("Mul", ["x", f"scale{i}"], [f"m{i}"]), h.make_node("Relu", [f"m{i}"], [name])]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
+                         [h.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1, 4]) for n in names], inits)
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 13)]), str(path))
+
+
+def test_output_dir_gives_every_output_its_own_file(tmp_path, capsys):
+    """'p/q' and 'p_q' both became p_q.npy, the second overwriting the first."""
+    names = ["p/q", "p_q", "P_Q", "../up", "p_q_2", "a b", ""]
+    model = tmp_path / "m.onnx"
+    _outputs_model(model, names[:-1])
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "out"
+    assert main(["run", str(model), "-q", "-r", "1", "-i", str(tmp_path / "x.npy"), "--output-dir", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    files = sorted(p.name for p in out.iterdir())
+    assert files == sorted(["p_q_3.npy", "p_q.npy", "P_Q_4.npy", ".._up.npy", "p_q_2.npy", "a_b.npy"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "out", "x.npy"]  # nothing escaped out/
+    expected = {"p_q.npy": 2, "p_q_2.npy": 5, "p_q_3.npy": 1, "P_Q_4.npy": 3, ".._up.npy": 4, "a_b.npy": 6}
+    for file, scale in expected.items():
+        np.testing.assert_array_equal(np.load(out / file), x * scale, err_msg=file)
+    assert f"saved output 'p/q' as {out / 'p_q_3.npy'}" in stdout and f"saved {out / 'p_q.npy'}" in stdout
+
+
+def test_output_filenames_are_deterministic_and_distinct():
+    from convc.cli import output_filenames
+    names = ["y", "Y", "y/1", "y_1", "y?1", "", "x" * 300]
+    files = output_filenames(names)
+    assert files == output_filenames(list(names))
+    assert len({f.casefold() for f in files.values()}) == len(names)
+    assert files["y"] == "y.npy" and files["y_1"] == "y_1.npy"  # safe names keep theirs
+    assert all("/" not in f and len(f) < 200 for f in files.values())
+
+
+def _path_cases(tmp_path: Path, model: Path) -> dict[str, tuple[list[str], str]]:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    (tmp_path / "a_dir").mkdir()
+    missing = tmp_path / "missing" / "dir"
+    return {
+        "compile -o under a file": (["compile", str(model), "-o", str(a_file / "m.so")], "a_file is not a directory"),
+        "compile -o in a missing dir": (["compile", str(model), "-o", str(missing / "m.so")],
+                                        f"directory {missing} does not exist"),
+        "compile -o a directory": (["compile", str(model), "-o", str(tmp_path / "a_dir")], "a_dir: is a directory"),
+        "compile --header in a missing dir": (["compile", str(model), "-o", str(tmp_path / "m.so"), "--header",
+                                               str(missing / "m.h")], f"--header {missing / 'm.h'}: directory"),
+        "run --output-dir under a file": (["run", str(model), "--output-dir", str(a_file / "out")],
+                                          "a_file is not a directory"),
+        "run --output-dir is a file": (["run", str(model), "--output-dir", str(a_file)], "a_file is not a directory"),
+        "run --output-dir in a missing dir": (["run", str(model), "--output-dir", str(missing / "out")],
+                                              f"directory {missing} does not exist"),
+        "info --dot": (["info", str(model), "--dot", str(missing / "g.dot")], f"--dot {missing / 'g.dot'}: directory"),
+        "profile --plot": (["profile", str(model), "--plot", str(missing / "p.png")], "--plot"),
+        "example -o": (["example", "lenet", "-o", str(a_file / "l.onnx")], "a_file is not a directory"),
+    }
+
+
+CASES = ["compile -o under a file", "compile -o in a missing dir", "compile -o a directory",
+         "compile --header in a missing dir", "run --output-dir under a file", "run --output-dir is a file",
+         "run --output-dir in a missing dir", "info --dot", "profile --plot", "example -o"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_output_paths_are_checked_before_any_work(lenet_file, tmp_path, capsys, case):
+    """`-o ro_file/m.so` compiled everything, then failed with 'File exists'; `-o /nonexistent/dir/m.so`
+    silently created the directories."""
+    args, needle = _path_cases(tmp_path, lenet_file)[case]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert_clean_error(2, err, needle)
+    assert err.count("convc: error:") == 1 and "import" not in err and "LLVM" not in err  # nothing compiled
+    assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root may write anywhere")
+def test_read_only_output_directory_is_refused(lenet_file, tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        assert main(["compile", str(lenet_file), "-o", str(ro / "m.so")]) == 2
+        assert_clean_error(2, capsys.readouterr().err, f"directory {ro} is not writable")
+    finally:
+        ro.chmod(0o700)
+
+
+def test_output_dir_is_created_when_its_parent_exists(lenet_file, tmp_path):
+    assert main(["run", str(lenet_file), "-q", "-r", "1", "--output-dir", str(tmp_path / "new")]) == 0
+    assert (tmp_path / "new" / "output.npy").exists()

@@ -6,6 +6,7 @@ outputs: z = Relu(Conv3x3(x) + y), m = MaxPool2x2(z).
 from __future__ import annotations
 
 import concurrent.futures
+import re
 
 import numpy as np
 import pytest
@@ -189,3 +190,95 @@ def test_two_threads_share_one_model(model, graph):
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         done = list(pool.map(call, range(400)))
     assert len(done) == 400
+
+
+# --- batch sizes and options the caller gets wrong ----------------------------------------------
+# (a symbolic-batch ONNX model: other batch sizes compile on first use)
+
+@pytest.fixture(scope="module")
+def lenet() -> convc.CompiledModel:
+    from convc.models import lenet5
+    return convc.compile(lenet5(), threads=1)
+
+
+def test_zero_batch_feed_is_an_input_error_about_the_feed(lenet):
+    """Was: ModelImportError 'batch=0 must be a positive integer', a parameter nobody passed."""
+    with pytest.raises(convc.InputError, match=r"input 'input' has shape \(0, 1, 28, 28\): a batch of 0; the batch "
+                                               r"must be at least 1"):
+        lenet(np.zeros((0, 1, 28, 28), np.float32))
+
+
+def test_huge_batch_feed_is_refused_before_compiling_or_allocating(lenet, monkeypatch):
+    """A broadcast view of 2**31 samples costs no memory; convc compiled a variant for it and then
+    failed with numpy's MemoryError allocating a 53.9 TiB arena."""
+    compiled = []
+    monkeypatch.setattr(lenet, "_respecialize", lambda n: compiled.append(n))
+    view = np.broadcast_to(np.zeros((1, 1, 28, 28), np.float32), (2**31, 1, 28, 28))
+    with pytest.raises(convc.InputError, match=r"input 'input' \(shape \(2147483648, 1, 28, 28\), float32\) needs "
+                                               r"6734508720128 bytes \(6.1 TiB\), more than convc allows"):
+        lenet(view)
+    assert compiled == []
+
+
+def test_batch_whose_arena_exceeds_the_limit_is_an_input_error(lenet, monkeypatch):
+    """The input itself fits, but the model built for that batch does not: still the feed's fault."""
+    monkeypatch.setenv("CONVC_MAX_BYTES", "256K")  # the input of batch 64 is 200 KiB; its activations are more
+    with pytest.raises(convc.InputError, match=r"input 'input' has batch 64; the model cannot be built for it: .*"
+                                               r"needs \d+ bytes .*more than convc allows .*CONVC_MAX_BYTES=256K"):
+        lenet(np.zeros((64, 1, 28, 28), np.float32))
+
+
+def test_compiling_for_a_huge_batch_names_the_input_and_the_bytes():
+    from convc.models import lenet5
+    with pytest.raises(convc.ModelImportError, match=r"graph input 'input' \(shape \(2147483648, 1, 28, 28\), "
+                                                     r"float32\) needs 6734508720128 bytes \(6.1 TiB\)"):
+        convc.compile(lenet5(), batch=2**31)
+
+
+def test_graph_tensors_and_arena_are_checked_without_any_importer(graph, monkeypatch):
+    g = Graph("big")
+    with pytest.raises(convc.GraphError, match=r"tensor 'x' \(shape \(4611686018427387904, 4\), float32\) needs"):
+        g.add_tensor("x", (2**62, 4), np.float32, TensorKind.INPUT)
+    assert not g.has_tensor("x")
+    monkeypatch.setenv("CONVC_MAX_BYTES", str(4 * 8 * 8 * 4 * 2 + 64))  # each tensor fits, the arena does not
+    with pytest.raises(convc.GraphError, match=r"the activation arena of graph 'two_in_two_out' needs \d+ bytes"):
+        convc.compile(graph)
+
+
+BAD_OPTIONS = [
+    ("batch", 2.5, "batch=2.5 must be a positive integer, not float"),   # was silently 2
+    ("batch", 0, "batch=0 must be a positive integer"),
+    ("batch", True, "batch=True must be a positive integer, not bool"),
+    ("batch", "4", "batch='4' must be a positive integer, not str"),
+    ("threads", 0, "threads=0 must be a positive integer"),              # was accepted as 1
+    ("threads", -2, "threads=-2 must be a positive integer"),
+    ("threads", 1.0, "threads=1.0 must be a positive integer, not float"),
+]
+
+
+@pytest.mark.parametrize("entry", ["compile", "InferenceSession", "profile"])
+@pytest.mark.parametrize("option, value, message", BAD_OPTIONS)
+def test_bad_batch_and_threads_are_refused(entry, option, value, message):
+    from convc.models import lenet5
+    call = {"compile": convc.compile, "InferenceSession": convc.InferenceSession, "profile": convc.profile}[entry]
+    with pytest.raises(convc.InputError, match=re.escape(message)):
+        call(lenet5(), **{option: value})
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"threads": 0}, "threads=0 must be a positive integer"),
+    ({"threads": False}, "threads=False must be a positive integer, not bool"),
+    ({"input_shape": (2.5, 1, 28, 28)}, "input_shape=(2.5, 1, 28, 28) must be (batch, channels, ...) with positive "
+                                        "integer sizes"),
+    ({"input_shape": (0, 1, 28, 28)}, "input_shape=(0, 1, 28, 28) must be"),
+])
+def test_trainer_refuses_bad_options(kwargs, message):
+    from convc.models import lenet5
+    with pytest.raises(convc.InputError, match=re.escape(message)):
+        convc.Trainer(lenet5(), **{"input_shape": (2, 1, 28, 28), **kwargs})
+
+
+def test_numpy_integers_are_fine():
+    from convc.models import lenet5
+    model = convc.compile(lenet5(), batch=np.int64(2), threads=np.int32(1))
+    assert model.batch == 2 and model.inputs[0].shape == (2, 1, 28, 28)

@@ -10,6 +10,7 @@ import onnx
 
 from convc.errors import GraphError, ModelImportError
 from convc.ir import Graph, TensorKind
+from convc.limits import check_size
 from convc.ops import OpKind, TensorType, op_def
 
 
@@ -162,6 +163,8 @@ class NodeContext:
             raise self.error(str(e)) from None
         if len(out_types) != len(outputs):
             raise self.error(f"{kind.value} gives {len(out_types)} outputs, the node names {len(outputs)}")
+        for t, ty in zip(outputs, out_types):
+            self.check_size(ty.shape, ty.dtype, f"output {t!r}")
         if all(t in self.state.values for t in inputs):
             values = op_def(kind).reference(attrs, *[self.state.values[t] for t in inputs])
             for t, v in zip(outputs, values):
@@ -175,6 +178,14 @@ class NodeContext:
         except GraphError as e:
             raise self.error(str(e)) from None
         return outputs
+
+    def check_size(self, shape: Sequence[int], dtype, what: str = "its output") -> None:
+        """Before numpy computes a folded value: shapes taken from the model's data (ConstantOfShape,
+        Expand, broadcasting, Resize scales) can ask for any number of elements."""
+        try:
+            check_size(what, shape, dtype, ModelImportError)
+        except ModelImportError as e:
+            raise self.error(str(e)) from None
 
     # --- errors -------------------------------------------------------------------------
     def error(self, message: str) -> ModelImportError:

@@ -68,6 +68,7 @@ def constant_of_shape(ctx: NodeContext) -> list[np.ndarray]:
     value = np.asarray(ctx.attr("value", np.zeros(1, dtype=np.float32)))
     if value.size != 1:
         raise ctx.error(f"value must hold one element, got shape {value.shape}")
+    ctx.check_size(dims, value.dtype)
     return [np.full(dims, value.reshape(-1)[0], dtype=value.dtype)]
 
 
@@ -79,7 +80,11 @@ def range_(ctx: NodeContext) -> list[np.ndarray]:
     if start.dtype.kind in "iu":
         n = max(-(-(int(limit) - int(start)) // int(delta)), 0)
     else:
-        n = max(math.ceil((float(limit) - float(start)) / float(delta)), 0)
+        span = (float(limit) - float(start)) / float(delta)
+        if not math.isfinite(span):
+            raise ctx.error(f"start={float(start)}, limit={float(limit)}, delta={float(delta)} give no finite length")
+        n = max(math.ceil(span), 0)
+    ctx.check_size((n,), start.dtype)
     return [(start + np.arange(n) * delta).astype(start.dtype)]
 
 
@@ -96,6 +101,7 @@ def gather(ctx: NodeContext) -> list[np.ndarray]:
     n = data.shape[axis]
     if indices.size and (indices.min() < -n or indices.max() >= n):
         raise ctx.error(f"indices {indices.reshape(-1).tolist()} are out of range for axis {axis} of size {n}")
+    ctx.check_size(data.shape[:axis] + indices.shape + data.shape[axis + 1:], data.dtype)
     return [np.take(data, indices.astype(np.int64), axis=axis)]
 
 
@@ -147,6 +153,9 @@ def concat(ctx: NodeContext) -> list[np.ndarray]:
     axis = normalize_axis(ctx, int(ctx.attr("axis")), values[0].ndim)
     if any(v.ndim != values[0].ndim for v in values):
         raise ctx.error(f"inputs of shapes {[v.shape for v in values]} have different ranks")
+    out = list(values[0].shape)
+    out[axis] = sum(v.shape[axis] for v in values)
+    ctx.check_size(out, values[0].dtype)
     return [np.concatenate(values, axis=axis).astype(values[0].dtype)]
 
 
@@ -203,6 +212,7 @@ def expand(ctx: NodeContext) -> list[np.ndarray]:
         out_shape = np.broadcast_shapes(data.shape, tuple(target))
     except ValueError:
         raise ctx.error(f"cannot expand shape {data.shape} to shape={target}") from None
+    ctx.check_size(out_shape, data.dtype)
     return [np.broadcast_to(data, out_shape).copy()]
 
 
@@ -231,9 +241,10 @@ def _binary(op_type: str, fn: Callable[[np.ndarray, np.ndarray], np.ndarray], ke
             axis = int(ctx.attr("axis")) % max(a.ndim, 1)  # opset 6: B's dimensions start at A's axis
             b = b.reshape(b.shape + (1,) * (a.ndim - axis - b.ndim))
         try:
-            np.broadcast_shapes(a.shape, b.shape)
+            shape = np.broadcast_shapes(a.shape, b.shape)
         except ValueError:
             raise ctx.error(f"cannot broadcast shapes {a.shape} and {b.shape}") from None
+        ctx.check_size(shape, np.result_type(a, b))  # (n, 1) + (1, n) is n**2 elements
         out = np.asarray(fn(a, b))
         return [out.astype(a.dtype) if keep_dtype else out]
     fold.__name__ = op_type.lower()
@@ -259,9 +270,10 @@ def _variadic(op_type: str, fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) 
     def fold(ctx: NodeContext) -> list[np.ndarray]:
         values = _values(ctx)
         try:
-            np.broadcast_shapes(*[v.shape for v in values])
+            shape = np.broadcast_shapes(*[v.shape for v in values])
         except ValueError:
             raise ctx.error(f"cannot broadcast shapes {[v.shape for v in values]}") from None
+        ctx.check_size(shape, np.result_type(*values))
         out = values[0]
         for v in values[1:]:
             out = fn(out, v)
@@ -278,6 +290,11 @@ _variadic("Sum", np.add)
 @folder("Where", since=9)
 def where(ctx: NodeContext) -> list[np.ndarray]:
     cond, x, y = _values(ctx)
+    try:
+        shape = np.broadcast_shapes(cond.shape, x.shape, y.shape)
+    except ValueError:
+        raise ctx.error(f"cannot broadcast shapes {[cond.shape, x.shape, y.shape]}") from None
+    ctx.check_size(shape, x.dtype)
     return [np.where(cond.astype(bool), x, y).astype(x.dtype)]
 
 

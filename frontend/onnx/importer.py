@@ -9,18 +9,17 @@ from __future__ import annotations
 import heapq
 import os
 from collections.abc import Collection, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-from google.protobuf.message import DecodeError
-from onnx import numpy_helper
 
 from convc.errors import ConvcError, GraphError, ModelImportError, UnsupportedOpError
 from convc.frontend.onnx.context import ImportState, NodeContext, Unsupported
+from convc.frontend.onnx.reader import read_model, tensor_value
 from convc.frontend.onnx.registry import CONVERTERS, FIRST_OPSET, FOLDERS
 from convc.ir import Graph, TensorKind
+from convc.limits import check_size, positive_int
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 LAST_OPSET = onnx.defs.onnx_opset_version()
@@ -47,43 +46,10 @@ def import_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, batch: int |
     listing every node convc cannot compile (and, in ``constant_inputs``, the graph inputs some
     node needs as constants).
     """
-    if batch is not None and batch < 1:
-        raise ModelImportError(f"batch={batch} must be a positive integer")
-    proto = _load(model)
+    batch = positive_int("batch", batch)
+    proto = read_model(model)
     opset = _default_opset(proto)
     return _Importer(proto.graph, opset, batch, frozenset(runtime), dict(bind or {})).run()
-
-
-# --- loading ------------------------------------------------------------------------------
-def _load(model: Any) -> onnx.ModelProto:
-    if isinstance(model, onnx.ModelProto):
-        proto, what = model, "the ModelProto"
-    elif isinstance(model, (bytes, bytearray, memoryview)):
-        proto, what = _parse(bytes(model), "the given bytes"), "the given bytes"
-    elif isinstance(model, (str, os.PathLike)):
-        path = Path(model)
-        what = str(path)
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise ModelImportError(f"cannot read ONNX model {what}: {e}") from None
-        proto = _parse(data, what)
-        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
-            onnx.load_external_data_for_model(proto, str(path.parent))
-    else:
-        raise ModelImportError(f"expected a path, bytes or onnx.ModelProto, got {type(model).__name__}")
-    if not proto.HasField("graph") or proto.ir_version <= 0:
-        raise ModelImportError(f"{what} is not an ONNX model (no graph or no IR version)")
-    return proto
-
-
-def _parse(data: bytes, what: str) -> onnx.ModelProto:
-    proto = onnx.ModelProto()
-    try:
-        proto.ParseFromString(data)
-    except (DecodeError, RuntimeError, ValueError) as e:
-        raise ModelImportError(f"{what} is not an ONNX model: {e}") from None
-    return proto
 
 
 def _default_opset(proto: onnx.ModelProto) -> int:
@@ -98,16 +64,22 @@ def _default_opset(proto: onnx.ModelProto) -> int:
 
 
 # --- attributes ---------------------------------------------------------------------------
-def _attribute_value(a: onnx.AttributeProto) -> Any:
-    v = onnx.helper.get_attribute_value(a)
+def _attribute_value(a: onnx.AttributeProto, where: str = "a schema default") -> Any:
+    try:
+        v = onnx.helper.get_attribute_value(a)
+    except Exception as e:  # noqa: BLE001 -- an attribute type number onnx does not know
+        raise ModelImportError(f"{where}: attribute {a.name!r} cannot be read ({e})") from None
     if a.type == onnx.AttributeProto.TENSOR:
-        return numpy_helper.to_array(v)
+        return tensor_value(v, f"{where}: tensor attribute {a.name!r}")
     if a.type == onnx.AttributeProto.TENSORS:
-        return [numpy_helper.to_array(t) for t in v]
-    if a.type == onnx.AttributeProto.STRING:
-        return v.decode("utf-8")
-    if a.type == onnx.AttributeProto.STRINGS:
-        return [s.decode("utf-8") for s in v]
+        return [tensor_value(t, f"{where}: tensor attribute {a.name!r}[{i}]") for i, t in enumerate(v)]
+    try:
+        if a.type == onnx.AttributeProto.STRING:
+            return v.decode("utf-8")
+        if a.type == onnx.AttributeProto.STRINGS:
+            return [s.decode("utf-8") for s in v]
+    except UnicodeDecodeError:
+        raise ModelImportError(f"{where}: attribute {a.name!r} is not UTF-8 text") from None
     if a.type in (onnx.AttributeProto.INTS, onnx.AttributeProto.FLOATS):
         return list(v)
     return v
@@ -158,10 +130,7 @@ class _Importer:
         """Initializers become constant values; the other graph inputs become runtime inputs, except the
         initializers named in ``runtime`` (run-time inputs) and the inputs given in ``bind`` (constants)."""
         for t in self.onnx.initializer:
-            try:
-                self.state.values[t.name] = numpy_helper.to_array(t)
-            except Exception as e:  # noqa: BLE001 -- a corrupt tensor: report it, whatever numpy raised
-                raise ModelImportError(f"initializer {t.name!r} cannot be read: {e}") from None
+            self.state.values[t.name] = tensor_value(t, f"initializer {t.name!r}")
         declared = {vi.name for vi in self.onnx.input}
         for what, names in (("bind", set(self.bind)), ("runtime", set(self.runtime))):
             unknown = sorted(names - declared)
@@ -198,7 +167,7 @@ class _Importer:
                                    "models only, so every runtime input must be FLOAT")
         if not tt.HasField("shape"):
             raise ModelImportError(f"graph input {vi.name!r} has no shape; convc needs static input shapes")
-        shape = []
+        shape: list[int] = []
         for i, d in enumerate(tt.shape.dim):
             if d.HasField("dim_value"):
                 if d.dim_value < 0:
@@ -214,6 +183,7 @@ class _Importer:
                 raise ModelImportError(
                     f"graph input {vi.name!r} has a symbolic dimension {i}{symbol}; only the first (batch) "
                     "dimension may be symbolic, every other one must be static")
+        check_size(f"graph input {vi.name!r}", shape, np.float32, ModelImportError)  # 2**62 must not wrap
         return tuple(shape), np.dtype(np.float32)
 
     def _check_outputs(self) -> None:
@@ -341,7 +311,7 @@ class _Importer:
                 raise ModelImportError(f"{where}: attribute {a.name!r} has type "
                                        f"{onnx.AttributeProto.AttributeType.Name(a.type)}, expected "
                                        f"{onnx.AttributeProto.AttributeType.Name(int(spec.type.value))}")
-            attrs[a.name] = _attribute_value(a)
+            attrs[a.name] = _attribute_value(a, where)
         for key, a in schema.attributes.items():
             if a.required and key not in attrs:
                 raise ModelImportError(f"{where}: required attribute {key!r} is missing")

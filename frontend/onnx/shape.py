@@ -3,6 +3,7 @@ constant forms fold in folding.py). Squeeze and Unsqueeze become Reshapes (views
 unit step becomes the block-copy Slice, any other the general StridedSlice."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -40,13 +41,15 @@ def reshape_target(ctx: NodeContext, data_shape: tuple[int, ...], shape: np.ndar
                                 f"of shape {data_shape} does not have")
             d = data_shape[i]
         out.append(d)
-    total = int(np.prod(data_shape, dtype=np.int64))
+    # Python integers: an int64 product of a shape like [2**62 + 1, 4] wraps around to a small number
+    # that can equal the input's element count, and a huge target would pass as a valid reshape
+    total = math.prod(data_shape)
     if -1 in out:
-        known = int(np.prod([d for d in out if d != -1], dtype=np.int64))
+        known = math.prod(d for d in out if d != -1)
         if known == 0 or total % known:
             raise ctx.error(f"cannot reshape input of shape {data_shape} ({total} elements) into shape={requested}")
         out[out.index(-1)] = total // known
-    if int(np.prod(out, dtype=np.int64)) != total:
+    if math.prod(out) != total:
         raise ctx.error(f"cannot reshape input of shape {data_shape} ({total} elements) into shape={requested} "
                         f"(resolved to {tuple(out)})")
     return tuple(out)

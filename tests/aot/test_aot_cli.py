@@ -13,6 +13,7 @@ from convc.cli import main
 @pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
 def test_compile_writes_library_and_header(lenet_file, tmp_path, capsys, lenet_jit):
     out = tmp_path / "build" / "lenet.so"
+    out.parent.mkdir()  # the output's directory must exist: convc does not create it
     assert main(["compile", str(lenet_file), "-o", str(out), "--threads", "2"]) == 0
     captured = capsys.readouterr()
     assert out.exists() and (tmp_path / "build" / "lenet.h").exists()

@@ -176,6 +176,52 @@ def test_bad_inputs_raise_clear_errors(data):
     assert t.step(x[:8], y[:8]) > 0 and t.steps_done == 1  # and training goes on
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.int32, np.float16, np.uint8])
+def test_inputs_of_another_dtype_are_refused_like_inference(data, dtype):
+    """One rule for training and inference: x must be float32, never converted silently (the step and
+    predict converted float64 and integer arrays, while a compiled model refuses them)."""
+    x, y = data
+    t = make()
+    model = convc.compile(t.forward)
+    with pytest.raises(convc.InputError) as inference:
+        model(x[:8].astype(dtype))
+    for call in (lambda a: t.step(a, y[:8]), t.predict, lambda a: t.evaluate(a, y[:8])):
+        with pytest.raises(convc.InputError) as training:
+            call(x[:8].astype(dtype))
+        assert str(training.value) == str(inference.value)
+        assert f"has dtype {np.dtype(dtype)}, expected float32 (convert with .astype(np.float32))" in str(training.value)
+    assert t.steps_done == 0
+
+
+@pytest.mark.parametrize("labels", [np.float32, np.float64, bool])
+def test_cross_entropy_labels_must_be_integers(data, labels):
+    """The README documents integer labels; float labels holding whole numbers were converted silently."""
+    x, y = data
+    t = make()
+    with pytest.raises(convc.InputError, match=rf"labels have dtype {np.dtype(labels)}, expected integer class indices "
+                                               r"\(convert with .astype\(np.int64\)\)"):
+        t.step(x[:8], y[:8].astype(labels))
+    for dtype in (np.int64, np.int32, np.uint8):  # any integer type holds class indices exactly
+        t.step(x[:8], y[:8].astype(dtype))
+    assert t.steps_done == 3
+
+
+def test_mse_targets_must_be_float32():
+    x = np.zeros((6, 3, 2, 2), np.float32)
+    t = convc.Trainer(nets.mlp(activation="Relu"), input_shape=x.shape, loss="mse")
+    with pytest.raises(convc.InputError, match=r"targets have dtype float64, expected float32 \(convert with "
+                                               r"\.astype\(np\.float32\)\)"):
+        t.step(x, np.zeros((6, 3)))
+    t.step(x, np.zeros((6, 3), np.float32))
+
+
+def test_predict_batch_size_must_be_a_positive_integer(data):
+    t = make()
+    for bad in (0, -8, 2.5):
+        with pytest.raises(convc.InputError, match=rf"batch_size={bad} must be a positive integer"):
+            t.predict(data[0], batch_size=bad)
+
+
 def test_divergence_is_reported_with_the_step_number(data):
     x, y = data
     t = make(convc.optim.SGD(1e30), dropout=0.0)

@@ -1,0 +1,94 @@
+"""The sizes and numbers convc accepts, checked before anything is allocated.
+
+A model (or a feed) can ask for any shape: an input dimension of 2**62, a batch of 2**31, a
+ConstantOfShape of a billion elements. Element counts are computed here with Python integers,
+which cannot wrap around the way numpy's int64 products do, and compared with one limit on the
+bytes of a single tensor and of the activation arena. Every tensor of a Graph passes this check
+when it is added, so products over tensor shapes elsewhere (numpy included) stay far from 2**63.
+
+The limit is half of this machine's physical memory by default (a tensor larger than that could
+not be used anyway); ``CONVC_MAX_BYTES`` (a number of bytes, suffixes K/M/G/T allowed) changes it.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import re
+from collections.abc import Iterable
+
+import numpy as np
+
+from convc.errors import ConvcError, GraphError, InputError
+
+LIMIT_ENV = "CONVC_MAX_BYTES"
+_FALLBACK = 16 << 30   # when the platform does not say how much memory it has
+_CEILING = 1 << 60     # far below 2**63: sums of a few limited sizes still fit in an int64
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+@functools.lru_cache(maxsize=1)
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX
+        return 2 * _FALLBACK
+
+
+def max_bytes() -> int:
+    """The most bytes one tensor, or the arena of one compiled model, may take."""
+    return _limit()[0]
+
+
+def _limit() -> tuple[int, str]:
+    text = os.environ.get(LIMIT_ENV, "").strip()
+    if not text:
+        return min(_physical_memory() // 2, _CEILING), f"half this machine's memory; set {LIMIT_ENV} to change it"
+    m = re.fullmatch(r"(\d+)\s*([KMGT]?)i?B?", text, re.IGNORECASE)
+    if not m or int(m.group(1)) < 1:
+        raise ConvcError(f"{LIMIT_ENV}={text!r} is not a positive number of bytes (e.g. 8000000000 or 8G)")
+    return min(int(m.group(1)) * _UNITS[m.group(2).upper()], _CEILING), f"{LIMIT_ENV}={text}"
+
+
+def human(n: int) -> str:
+    """A byte count with a binary unit: 59304908423232 -> '53.9 TiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
+            return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+def tensor_bytes(shape: Iterable[int], itemsize: int) -> int:
+    """Exact bytes of a tensor (Python integers: no overflow, however large the dimensions)."""
+    return math.prod(int(d) for d in shape) * int(itemsize)
+
+
+def check_size(what: str, shape: Iterable[int], dtype, error: type[ConvcError] = GraphError) -> int:
+    """The tensor's bytes; raises ``error`` naming ``what``, the shape and the bytes when a dimension
+    is negative or the tensor is larger than ``max_bytes()``."""
+    shape = tuple(int(d) for d in shape)
+    if any(d < 0 for d in shape):
+        raise error(f"{what} has shape {shape}, with a negative dimension")
+    nbytes = tensor_bytes(shape, np.dtype(dtype).itemsize)
+    check_bytes(f"{what} (shape {shape}, {np.dtype(dtype)})", nbytes, error)
+    return nbytes
+
+
+def check_bytes(what: str, nbytes: int, error: type[ConvcError] = GraphError) -> int:
+    limit, source = _limit()
+    if nbytes > limit:
+        raise error(f"{what} needs {nbytes} bytes ({human(nbytes)}), more than convc allows for one tensor or "
+                    f"arena ({human(limit)}: {source})")
+    return nbytes
+
+
+def positive_int(name: str, value, *, optional: bool = True) -> int | None:
+    """``value`` as a positive int; refuses floats (2.5 is not silently 2), bools and strings."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InputError(f"{name}={value!r} must be a positive integer, not {type(value).__name__}")
+    if value < 1:
+        raise InputError(f"{name}={value} must be a positive integer")
+    return int(value)

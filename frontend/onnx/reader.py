@@ -1,0 +1,219 @@
+"""Reading an ONNX model: a path, bytes or a ModelProto in, a ModelProto (or a ModelImportError) out.
+
+ONNX models may come from anyone, so this is the one place that turns them into protobufs and
+tensor values, and every failure is a ModelImportError naming the file (or tensor) and the
+problem: a missing or unreadable file, bytes that are not a protobuf, a truncated file.
+
+External tensor data (``data_location=EXTERNAL``: a ``location`` relative to the model file, an
+``offset`` and a ``length``) is read here, by convc, never by onnx (whose checks differ between
+versions, and which resolves a bare tensor against the current directory). The data must be a
+regular file inside the model's own directory once every symlink is resolved; absolute locations,
+``..`` escapes and symlinks leaving the directory are refused, and offset and length must lie
+within the file and match the tensor's declared size, which is checked against the size limit
+(convc/limits.py) before anything is read. A model given as bytes or a ModelProto has no
+directory, so external data there is an error.
+"""
+from __future__ import annotations
+
+import math
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from convc.errors import ModelImportError
+from convc.limits import check_bytes, check_size
+
+EXTERNAL = onnx.TensorProto.EXTERNAL
+# element types whose stored bytes are exactly elements x numpy itemsize (not strings, not the
+# packed 2/4/6-bit types): for these the external data's length must match the declared shape
+_T = onnx.TensorProto
+_PLAIN_TYPES = {_T.FLOAT, _T.UINT8, _T.INT8, _T.UINT16, _T.INT16, _T.INT32, _T.INT64, _T.BOOL, _T.FLOAT16,
+                _T.DOUBLE, _T.UINT32, _T.UINT64, _T.COMPLEX64, _T.COMPLEX128, _T.BFLOAT16, _T.FLOAT8E4M3FN,
+                _T.FLOAT8E4M3FNUZ, _T.FLOAT8E5M2, _T.FLOAT8E5M2FNUZ}
+
+
+def read_model(model: Any, *, external_data: bool = True) -> onnx.ModelProto:
+    """The ModelProto of ``model`` (a path, serialized bytes or an onnx.ModelProto).
+
+    With ``external_data`` (the default) every external tensor of a model read from a path is
+    loaded from the model's directory into the returned proto, which then refers to no file; a
+    ModelProto given by the caller is never modified. Without it, external tensors are left as
+    references (enough to read the graph's structure)."""
+    base = None
+    if isinstance(model, onnx.ModelProto):
+        proto, what = model, "the ModelProto"
+    elif isinstance(model, (bytes, bytearray, memoryview)):
+        what = "the given bytes"
+        proto = _parse(bytes(model), what)
+    elif isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        what = str(path)
+        proto = _parse(_read_file(path), what)
+        base = path.parent
+    else:
+        raise ModelImportError(f"expected a path, bytes or onnx.ModelProto, got {type(model).__name__}")
+    if not proto.HasField("graph") or proto.ir_version <= 0:
+        raise ModelImportError(f"{what} is not an ONNX model (it has no graph or no IR version)")
+    if external_data:
+        tensors = list(external_tensors(proto.graph))
+        if tensors and base is None:
+            t, where = tensors[0]
+            raise ModelImportError(
+                f"{where} of {what} keeps its data in an external file ({_info(t).get('location', '')!r}), which "
+                "convc reads only relative to a model file: pass the model's path instead")
+        for t, where in tensors:
+            _load_external(t, where, base, what)
+    return proto
+
+
+def _read_file(path: Path) -> bytes:
+    where = f"cannot read ONNX model {path}"
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ModelImportError(f"{where}: no such file") from None
+    except (OSError, ValueError) as e:  # permissions, a name too long, a NUL in the name
+        raise ModelImportError(f"{where}: {getattr(e, 'strerror', None) or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise ModelImportError(f"{where}: it is a directory, expected an .onnx file")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or never end
+        raise ModelImportError(f"{where}: not a regular file")
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ModelImportError(f"{where}: {e.strerror or e}") from None
+
+
+def _parse(data: bytes, what: str) -> onnx.ModelProto:
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except Exception as e:  # noqa: BLE001 -- protobuf's DecodeError, or RuntimeError/ValueError by version
+        raise ModelImportError(f"{what} is not an ONNX model (not a readable protobuf: truncated or corrupt; {e})") from None
+    return proto
+
+
+# --- tensors --------------------------------------------------------------------------------------
+def external_tensors(graph: onnx.GraphProto, where: str = "") -> Iterator[tuple[onnx.TensorProto, str]]:
+    """Every tensor of the graph (initializers, node attributes, subgraphs) whose data is external."""
+    def walk(g: onnx.GraphProto, prefix: str) -> Iterator[tuple[onnx.TensorProto, str]]:
+        for t in g.initializer:
+            yield t, f"{prefix}initializer {t.name!r}"
+        for s in g.sparse_initializer:
+            yield s.values, f"{prefix}sparse initializer {s.values.name!r}"
+            yield s.indices, f"{prefix}indices of sparse initializer {s.values.name!r}"
+        for i, node in enumerate(g.node):
+            at = f"{prefix}node {node.name or f'{node.op_type}_{i}'!r} ({node.op_type})"
+            for a in node.attribute:
+                tensors = ([a.t] if a.HasField("t") else []) + list(a.tensors)
+                for s in ([a.sparse_tensor] if a.HasField("sparse_tensor") else []) + list(a.sparse_tensors):
+                    tensors += [s.values, s.indices]
+                for t in tensors:
+                    yield t, f"tensor attribute {a.name!r} of {at}"
+                for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    yield from walk(sub, f"{at} subgraph {sub.name!r}: ")
+    for t, w in walk(graph, where):
+        if t.data_location == EXTERNAL:
+            yield t, w
+
+
+def _info(t: onnx.TensorProto) -> dict[str, str]:
+    return {e.key: e.value for e in t.external_data}
+
+
+def _load_external(t: onnx.TensorProto, where: str, base: Path, what: str) -> None:
+    """Read ``t``'s external data into ``t.raw_data``, confined to ``base`` (see the module docstring)."""
+    info = _info(t)
+    location = info.get("location", "")
+
+    def fail(problem: str) -> ModelImportError:
+        return ModelImportError(f"{where} of {what}: external data {location!r} {problem}")
+    if not location or "\0" in location:
+        raise fail("is not a file name")
+    if os.path.isabs(location) or Path(location).drive or location.startswith(("/", "\\")):
+        raise fail("is an absolute path; external data must be a file in the model's directory")
+    root = os.path.realpath(base)
+    target = os.path.realpath(os.path.join(root, location))
+    if os.path.commonpath([root, target]) != root or target == root:
+        raise fail(f"resolves to {target}, outside the model's directory {root}")
+    offset, length = _number(info, "offset", fail), _number(info, "length", fail)
+    if t.data_type in (_T.STRING, _T.UNDEFINED):
+        raise fail(f"holds {onnx.TensorProto.DataType.Name(t.data_type)} data, which cannot be external")
+    dtype = _np_dtype(t, fail)
+    dims = tuple(int(d) for d in t.dims)
+    declared = check_size(where, dims, dtype, ModelImportError)  # packed sub-byte types: an upper bound
+    declared = declared if t.data_type in _PLAIN_TYPES else None
+    try:  # no symlink may be swapped in after the check above
+        fd = os.open(target, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise fail(f"does not exist in {root}") from None
+    except OSError as e:
+        raise fail(f"cannot be opened: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise fail("is not a regular file")
+        size = st.st_size
+        start = offset or 0
+        if start > size:
+            raise fail(f"offset {start} is beyond the end of the file ({size} bytes)")
+        n = size - start if length is None else length
+        if start + n > size:
+            raise fail(f"offset {start} + length {n} is beyond the end of the file ({size} bytes)")
+        if declared is not None and n != declared:
+            raise fail(f"holds {n} bytes at offset {start}, but shape {dims} of {dtype} needs {declared}")
+        check_bytes(where, n, ModelImportError)
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as f:
+        f.seek(start)
+        data = f.read(n)
+    if len(data) != n:
+        raise fail(f"was cut short while reading ({len(data)} of {n} bytes)")
+    t.raw_data = data
+    del t.external_data[:]
+    t.data_location = onnx.TensorProto.DEFAULT
+
+
+def _number(info: dict[str, str], key: str, fail) -> int | None:
+    if key not in info:
+        return None
+    text = info[key].strip()
+    if not text.isdigit() or not text.isascii():
+        raise fail(f"has {key}={info[key]!r}, expected a non-negative integer")
+    return int(text)
+
+
+def _np_dtype(t: onnx.TensorProto, fail) -> np.dtype:
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+    except Exception:  # noqa: BLE001 -- KeyError/ValueError for numbers that are no ONNX type
+        raise fail(f"has data type {t.data_type}, which is not an ONNX tensor type") from None
+
+
+def tensor_value(t: onnx.TensorProto, what: str) -> np.ndarray:
+    """The numpy value of a TensorProto of the model; ModelImportError naming ``what`` when it is
+    malformed (a negative or oversized shape, data that does not fit the shape, an unknown type)."""
+    if t.data_location == EXTERNAL:  # read_model loads these; onnx would resolve them against the cwd
+        raise ModelImportError(f"{what} keeps its data in an external file ({_info(t).get('location', '')!r}) "
+                               "that was not loaded: give convc the model's path")
+    try:
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type))
+    except Exception:  # noqa: BLE001 -- see _np_dtype
+        raise ModelImportError(f"{what} has data type {t.data_type}, which is not an ONNX tensor type") from None
+    dims = tuple(int(d) for d in t.dims)
+    check_size(what, dims, dtype, ModelImportError)
+    try:
+        value = numpy_helper.to_array(t)
+    except Exception as e:  # noqa: BLE001 -- data that does not fit the shape, or onnx's own limits
+        raise ModelImportError(f"{what} cannot be read ({type(e).__name__}: {e})") from None
+    if value.shape != dims:
+        raise ModelImportError(f"{what} holds {value.size} values, but its shape is {dims} ({math.prod(dims)} values)")
+    return value
