@@ -194,6 +194,18 @@ def test_malformed_model_is_a_clean_error(tmp_path, capsys, command, kind, needl
     assert_clean_error(code, capsys.readouterr().err, needle)
 
 
+@pytest.mark.parametrize("kind", ["garbage", "empty", "missing"])
+@pytest.mark.parametrize("command", ["run", "info", "profile", "check", "compile"])
+def test_every_command_reports_an_unreadable_model_cleanly(tmp_path, capsys, command, kind):
+    """protobuf's DecodeError and FileNotFoundError escaped from convc.compile for such files."""
+    path = _bad_models(tmp_path)[kind] if kind != "missing" else tmp_path / "missing.onnx"
+    extra = ["-o", str(tmp_path / "m.so")] if command == "compile" else []
+    code = main([command, str(path), "-q", *extra])
+    err = capsys.readouterr().err
+    assert_clean_error(code, err, path.name, "no such file" if kind == "missing" else "not an ONNX model")
+    assert err.count("\n") == 1  # one line
+
+
 @pytest.mark.parametrize("args, needle", [
     (["-i", "input=missing.npy"], "missing.npy: no such file"),
     (["-i", "other=x.npy"], "no input 'other'"),

@@ -85,6 +85,14 @@ def _attribute_value(a: onnx.AttributeProto, where: str = "a schema default") ->
     return v
 
 
+def _enum_name(enum: Any, value: int) -> str:
+    """The name of an ONNX enum value; a number no version of ONNX defines is shown as one."""
+    try:
+        return enum.Name(value)
+    except ValueError:
+        return f"{value} (not a valid value)"
+
+
 def _node_name(node: onnx.NodeProto, index: int) -> str:
     return node.name or f"{node.op_type}_{index}"
 
@@ -161,7 +169,7 @@ class _Importer:
         if not vi.type.HasField("tensor_type"):
             raise ModelImportError(f"graph input {vi.name!r} is not a tensor ({vi.type.WhichOneof('value')})")
         tt = vi.type.tensor_type
-        type_name = onnx.TensorProto.DataType.Name(tt.elem_type)
+        type_name = _enum_name(onnx.TensorProto.DataType, tt.elem_type)
         if tt.elem_type != onnx.TensorProto.FLOAT:
             raise ModelImportError(f"graph input {vi.name!r} has element type {type_name}; convc compiles float32 "
                                    "models only, so every runtime input must be FLOAT")
@@ -187,10 +195,25 @@ class _Importer:
         return tuple(shape), np.dtype(np.float32)
 
     def _check_outputs(self) -> None:
+        if not self.onnx.output:
+            raise ModelImportError("the graph has no outputs: there is nothing to compute")
         for out in self.onnx.output:
             if out.name not in self.unknown and not self.state.is_known(out.name):
                 raise ModelImportError(f"graph output {out.name!r} is not produced by any node and is not an input "
                                        "or initializer")
+            # a declared type that is not what the graph computes: the model is wrong, and returning
+            # float32 where the file promises, say, bool would hand the caller another type than declared
+            declared = out.type.tensor_type.elem_type if out.type.HasField("tensor_type") else 0
+            if declared and self.state.is_known(out.name):
+                have = self.state.type_of(out.name).dtype
+                try:
+                    same = onnx.helper.np_dtype_to_tensor_dtype(have) == declared
+                except (KeyError, ValueError, TypeError):  # numpy types ONNX has no name for
+                    same = False
+                if not same:
+                    raise ModelImportError(f"graph output {out.name!r} is declared "
+                                           f"{_enum_name(onnx.TensorProto.DataType, declared)}, but the graph "
+                                           f"computes {have} for it")
 
     # --- order ------------------------------------------------------------------------------
     def _topological_order(self) -> list[int]:
@@ -309,8 +332,8 @@ class _Importer:
                 raise ModelImportError(f"{where}: attribute {a.name!r} refers to a function attribute")
             if a.type != int(spec.type.value):
                 raise ModelImportError(f"{where}: attribute {a.name!r} has type "
-                                       f"{onnx.AttributeProto.AttributeType.Name(a.type)}, expected "
-                                       f"{onnx.AttributeProto.AttributeType.Name(int(spec.type.value))}")
+                                       f"{_enum_name(onnx.AttributeProto.AttributeType, a.type)}, expected "
+                                       f"{_enum_name(onnx.AttributeProto.AttributeType, int(spec.type.value))}")
             attrs[a.name] = _attribute_value(a, where)
         for key, a in schema.attributes.items():
             if a.required and key not in attrs:

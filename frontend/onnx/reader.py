@@ -30,6 +30,7 @@ from convc.errors import ModelImportError
 from convc.limits import check_bytes, check_size
 
 EXTERNAL = onnx.TensorProto.EXTERNAL
+PROTOBUF_LIMIT = 2**31  # bytes: no serialized protobuf message can be this large
 # element types whose stored bytes are exactly elements x numpy itemsize (not strings, not the
 # packed 2/4/6-bit types): for these the external data's length must match the declared shape
 _T = onnx.TensorProto
@@ -60,6 +61,7 @@ def read_model(model: Any, *, external_data: bool = True) -> onnx.ModelProto:
         raise ModelImportError(f"expected a path, bytes or onnx.ModelProto, got {type(model).__name__}")
     if not proto.HasField("graph") or proto.ir_version <= 0:
         raise ModelImportError(f"{what} is not an ONNX model (it has no graph or no IR version)")
+    _check_text(proto, "model", what)
     if external_data:
         tensors = list(external_tensors(proto.graph))
         if tensors and base is None:
@@ -84,6 +86,9 @@ def _read_file(path: Path) -> bytes:
         raise ModelImportError(f"{where}: it is a directory, expected an .onnx file")
     if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or never end
         raise ModelImportError(f"{where}: not a regular file")
+    if st.st_size >= PROTOBUF_LIMIT:  # protobuf cannot parse it: do not read it all first
+        raise ModelImportError(f"{where}: {st.st_size} bytes, over protobuf's 2 GiB limit (models this large keep "
+                               "their weights in external data files)")
     try:
         return path.read_bytes()
     except OSError as e:
@@ -97,6 +102,22 @@ def _parse(data: bytes, what: str) -> onnx.ModelProto:
     except Exception as e:  # noqa: BLE001 -- protobuf's DecodeError, or RuntimeError/ValueError by version
         raise ModelImportError(f"{what} is not an ONNX model (not a readable protobuf: truncated or corrupt; {e})") from None
     return proto
+
+
+def _check_text(message: Any, path: str, what: str) -> None:
+    """Every string field must be UTF-8 text: for one that is not, protobuf returns bytes, and a
+    name or op type that is bytes fails far from here (onnx's schema lookup, dict keys, messages)."""
+    for field, value in message.ListFields():
+        if field.type not in (field.TYPE_STRING, field.TYPE_MESSAGE):
+            continue
+        # protobuf 6+ has is_repeated; older versions only label
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+        for i, v in enumerate(value if repeated else [value]):
+            at = f"{path}.{field.name}" + (f"[{i}]" if repeated else "")
+            if field.type == field.TYPE_MESSAGE:
+                _check_text(v, at, what)
+            elif isinstance(v, bytes):
+                raise ModelImportError(f"{what}: {at} is not UTF-8 text ({v[:40]!r})")
 
 
 # --- tensors --------------------------------------------------------------------------------------

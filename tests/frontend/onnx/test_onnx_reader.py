@@ -66,6 +66,14 @@ def test_a_fifo_is_refused_without_blocking(tmp_path):
         convc.compile(str(fifo))
 
 
+def test_a_file_over_protobufs_limit_is_refused_without_reading_it(tmp_path):
+    path = tmp_path / "huge.onnx"
+    with open(path, "wb") as f:  # sparse: takes no disk space
+        f.truncate(3 << 30)
+    with pytest.raises(ModelImportError, match=r"huge.onnx: 3221225472 bytes, over protobuf's 2 GiB limit"):
+        convc.compile(str(path))
+
+
 # --- external data ------------------------------------------------------------------------------
 def _external(name: str, location: str, offset: int | None = None, length: int | None = None) -> onnx.TensorProto:
     t = numpy_helper.from_array(np.ones(4, np.float32), name)
@@ -253,4 +261,36 @@ def test_constant_tensor_that_does_not_fit_its_shape():
     model = make_model([node, helper.make_node("Reshape", ["X", "c"], ["Y"])], {"X": [6]}, ["Y"])
     with pytest.raises(ModelImportError, match=r"node 'const' \(Constant, opset 17\): tensor attribute 'value' cannot "
                                                r"be read"):
+        import_onnx(model)
+
+
+# --- protobuf values no valid model has (found by tests/fuzz) --------------------------------------
+def test_a_name_that_is_not_utf8_is_a_model_import_error():
+    """protobuf returns bytes for such a string field, and onnx's schema lookup raised TypeError."""
+    model = make_model([helper.make_node("Relu", ["X"], ["Y"], name="act")], {"X": [4]}, ["Y"])
+    data = model.SerializeToString().replace(b"Relu", b"\xffelu")
+    with pytest.raises(ModelImportError, match=r"the given bytes: model.graph.node\[0\].op_type is not UTF-8 text "
+                                               r"\(b'\\xffelu'\)"):
+        convc.compile(data)
+
+
+def test_an_element_type_onnx_does_not_define():
+    model = make_model([helper.make_node("Relu", ["X"], ["Y"])], {"X": [4]}, ["Y"])
+    model.graph.input[0].type.tensor_type.elem_type = 999  # protobuf's enum name lookup raised ValueError
+    with pytest.raises(ModelImportError, match=r"graph input 'X' has element type 999 \(not a valid value\)"):
+        import_onnx(model)
+
+
+
+@pytest.mark.parametrize("elem_type", [TensorProto.BOOL, TensorProto.INT32, TensorProto.DOUBLE, 999])
+def test_an_output_declared_with_another_type_is_refused(elem_type):
+    """convc returned float32 for an output the file declares as, say, bool (onnxruntime refuses it)."""
+    model = make_model([helper.make_node("Relu", ["X"], ["Y"])], {"X": [4]}, {"Y": elem_type})
+    with pytest.raises(ModelImportError, match=r"graph output 'Y' is declared \w+.*, but the graph computes float32"):
+        import_onnx(model)
+
+
+def test_a_graph_without_outputs_is_refused():
+    model = make_model([helper.make_node("Relu", ["X"], ["Y"])], {"X": [4]}, [])
+    with pytest.raises(ModelImportError, match="the graph has no outputs"):
         import_onnx(model)
