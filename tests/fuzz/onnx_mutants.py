@@ -410,7 +410,25 @@ def check_mutant(seed: int, index: int, scratch: Path) -> dict:
     theirs = run_onnxruntime(source, feeds, list(ours))
     if theirs is None:
         return {**record, "outcome": "compiled", "compared": False}
-    return {**record, **compare(ours, theirs)}
+    return {**record, **compare(ours, theirs, values=well_conditioned(data))}
+
+
+def well_conditioned(data: bytes) -> bool:
+    """False when a weight or float attribute is not finite or huge (a flipped exponent bit): then
+    whether a sum overflows depends on the order of the additions, which differs between convc,
+    onnxruntime and CPUs, so only the shapes are compared."""
+    m = onnx.ModelProto()
+    m.ParseFromString(data)
+    values = []
+    for t in m.graph.initializer:
+        try:
+            values.append(np.asarray(numpy_helper.to_array(t), np.float64).ravel())
+        except Exception:  # noqa: BLE001 -- external or malformed: convc read it, compare shapes only
+            return False
+    for node in m.graph.node:
+        values += [np.array([a.f]) for a in node.attribute if a.type == onnx.AttributeProto.FLOAT]
+    every = np.concatenate(values) if values else np.zeros(0)
+    return bool(np.all(np.isfinite(every)) and np.all(np.abs(every) < 1e10))
 
 
 def run_onnxruntime(source, feeds: dict, names: list[str]) -> dict | None:
@@ -426,12 +444,15 @@ def run_onnxruntime(source, feeds: dict, names: list[str]) -> dict | None:
         return None
 
 
-def compare(ours: dict, theirs: dict) -> dict:
+def compare(ours: dict, theirs: dict, values: bool = True) -> dict:
     for name, want in theirs.items():
         got = ours[name]
         want = np.asarray(want)
-        if got.shape != want.shape:
-            return {"outcome": "mismatch", "error": f"output {name!r}: shape {got.shape}, onnxruntime {want.shape}"}
+        if got.shape != want.shape or got.dtype != want.dtype:
+            return {"outcome": "mismatch", "error": f"output {name!r}: {got.dtype} {got.shape}, onnxruntime "
+                                                   f"{want.dtype} {want.shape}"}
+        if not values:
+            continue
         finite = np.isfinite(want)
         if not np.array_equal(finite, np.isfinite(got)):
             return {"outcome": "mismatch", "error": f"output {name!r}: non-finite values differ from onnxruntime's"}
@@ -439,7 +460,7 @@ def compare(ours: dict, theirs: dict) -> dict:
             err = float(np.max(np.abs(got[finite] - want[finite])) / max(1.0, float(np.max(np.abs(want[finite])))))
             if err > RTOL:
                 return {"outcome": "mismatch", "error": f"output {name!r}: max relative error {err:.3g}"}
-    return {"outcome": "compiled", "compared": True}
+    return {"outcome": "compiled", "compared": values}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -135,7 +135,7 @@ def test_fuzz_mutants(tmp_path):
     outcomes = check(0, 300, tmp_path)
     # the mix is deterministic for the seed: both outcomes must be well represented, or the
     # mutants stopped testing anything (say, a base model convc refuses)
-    assert outcomes["refused"] >= 100 and outcomes["compared"] >= 30, outcomes
+    assert outcomes["refused"] >= 100 and outcomes["compared"] >= 20, outcomes
 
 
 @pytest.mark.slow
