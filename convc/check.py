@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from convc.errors import UnsupportedOpError
+from convc.errors import ConvcError, UnsupportedOpError
 
 PERTURB_ENV = "CONVC_CHECK_PERTURB"
 DEFAULT_TOLERANCE = 1e-4
@@ -174,8 +174,12 @@ def run_oracle(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return dict(zip(names, session.run(names, feeds)))
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return dict(zip(names, session.run(names, feeds)))
+    except Exception as e:  # noqa: BLE001 -- onnxruntime's own exception types: the check cannot go on
+        raise ConvcError(f"{oracle_name()} cannot run the model, so there is nothing to compare convc with: "
+                         f"{str(e).strip()[:500]}") from None
 
 
 def run_convc(model: onnx.ModelProto, feeds: dict[str, np.ndarray], batch: int | None) -> dict[str, np.ndarray]:

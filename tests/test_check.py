@@ -105,3 +105,17 @@ def test_tensor_error_is_scaled_by_magnitude():
     assert tensor_error(np.array([101.0]), np.array([100.0])) == pytest.approx(0.01)
     assert tensor_error(np.array([0.5]), np.array([0.0])) == pytest.approx(0.5)
     assert tensor_error(np.array([np.nan]), np.array([1.0])) == float("inf")
+
+
+def test_a_model_onnxruntime_refuses_is_a_clean_error(tmp_path, capsys):
+    """onnxruntime's own exception escaped from `convc check` (a traceback) for a model convc compiles."""
+    model = small_cnn()
+    model.ir_version = 99  # convc does not mind; onnxruntime refuses the IR version
+    with pytest.raises(convc.ConvcError, match=r"onnxruntime [\d.]+ cannot run the model, so there is nothing to "
+                                               r"compare convc with: .*IR version"):
+        check_model(model)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, str(path))
+    assert main(["check", str(path), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("convc: error: onnxruntime") and "Traceback" not in err
