@@ -230,7 +230,10 @@ def tensor_value(t: onnx.TensorProto, what: str) -> np.ndarray:
     except Exception:  # noqa: BLE001 -- see _np_dtype
         raise ModelImportError(f"{what} has data type {t.data_type}, which is not an ONNX tensor type") from None
     dims = tuple(int(d) for d in t.dims)
-    check_size(what, dims, dtype, ModelImportError)
+    nbytes = check_size(what, dims, dtype, ModelImportError)
+    if t.HasField("raw_data") and t.data_type in _PLAIN_TYPES and len(t.raw_data) != nbytes:
+        raise ModelImportError(f"{what} holds {len(t.raw_data)} bytes of data, but shape {dims} of {dtype} needs "
+                               f"{nbytes}")
     try:
         value = numpy_helper.to_array(t)
     except Exception as e:  # noqa: BLE001 -- data that does not fit the shape, or onnx's own limits

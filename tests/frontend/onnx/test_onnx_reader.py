@@ -294,3 +294,14 @@ def test_a_graph_without_outputs_is_refused():
     model = make_model([helper.make_node("Relu", ["X"], ["Y"])], {"X": [4]}, [])
     with pytest.raises(ModelImportError, match="the graph has no outputs"):
         import_onnx(model)
+
+
+@pytest.mark.parametrize("cut", [0, 10, 15])
+def test_initializer_data_of_the_wrong_length(cut):
+    w = numpy_helper.from_array(np.ones(4, np.float32), "w")
+    w.raw_data = w.raw_data[:cut] if cut else b"\0" * 20
+    model = make_model([helper.make_node("Add", ["X", "w"], ["Y"])], {"X": [4]}, ["Y"])
+    model.graph.initializer.append(w)
+    with pytest.raises(ModelImportError, match=rf"initializer 'w' holds {cut or 20} bytes of data, but shape \(4,\) of "
+                                               r"float32 needs 16"):
+        import_onnx(model)
