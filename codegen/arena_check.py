@@ -20,15 +20,14 @@ production. Graph inputs, outputs and constants live outside the arena and are n
 from __future__ import annotations
 
 import ctypes
-import os
 from dataclasses import dataclass, field
 
+from convc.codegen.llvm_utils import I32, I64, PTR, VOID, for_range, gep, i64
+from convc.passes.memory_check import checking
 from llvmlite import ir
 
 from convc.errors import ConvcError
-from convc.codegen.llvm_utils import I32, I64, PTR, VOID, for_range, gep, i64
 
-ENV = "CONVC_CHECK_ARENA"
 CANARY = 0x7FDEAD5A  # a quiet NaN whose payload survives x86 arithmetic (the first NaN operand wins)
 FAULT_SYMBOL = "convc_arena_fault"
 READ_DEAD, WROTE_DEAD = 1, 2
@@ -39,7 +38,7 @@ class ArenaError(ConvcError):
 
 
 def enabled() -> bool:
-    return os.environ.get(ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+    return checking()
 
 
 @dataclass

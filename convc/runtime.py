@@ -121,6 +121,8 @@ class NativeRunner:
         self._n_stamps = len(self.kernel_names) + 1 if instrumented else 0
         self._free: list[_Context] = [self._new_context()]
         self._names = {s.name for s in inputs}
+        # an arena-checked build (codegen/arena_check.py): (fault global's address, checked kernels)
+        self.arena_check: tuple[int, list] | None = None
 
     def check(self, feeds: Mapping[str, Any]) -> list[np.ndarray]:
         missing = [s.name for s in self.inputs if s.name not in feeds]
@@ -174,4 +176,7 @@ class NativeRunner:
         finally:
             if not keep_context:
                 self._free.append(ctx)
+        if self.arena_check is not None:
+            from convc.codegen.arena_check import raise_fault
+            raise_fault(*self.arena_check)
         return (outs, ctx) if keep_context else outs

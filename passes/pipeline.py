@@ -11,6 +11,7 @@ from convc.passes.fusion import fuse_epilogues
 from convc.passes.im2col import lower_im2col
 from convc.passes.layout import to_channels_last
 from convc.passes.memory import MemoryPlan, plan_memory
+from convc.passes.memory_check import check_memory_plan, checking
 
 from convc.ir import Graph, Op
 
@@ -45,4 +46,7 @@ def pipeline(graph: Graph, verify: bool = False, progress: Callable[[str], None]
         if verify:
             g.verify()
     order = g.ops()
-    return Plan(g, order, plan_memory(g, order))
+    memory = plan_memory(g, order)
+    if checking():
+        check_memory_plan(g, order, memory)
+    return Plan(g, order, memory)

@@ -30,6 +30,7 @@ import numpy as np
 from convc.passes.autodiff.core import backward
 from convc.passes.dce import eliminate_dead_code
 from convc.passes.memory import MemoryPlan, plan_memory
+from convc.passes.memory_check import check_memory_plan, checking
 from convc.passes.pipeline import Plan
 
 from convc.errors import GraphError
@@ -296,4 +297,6 @@ def _plan_in_place(g: Graph, order: list[Op]) -> MemoryPlan:
         if mem.buffers[t].kind != "input":
             raise GraphError(f"tensor {out!r} updates {t!r}, which is not an input of the training step")
         mem.buffers[out] = mem.buffers[t]
+    if checking():
+        check_memory_plan(g, order, mem, update_targets)
     return mem

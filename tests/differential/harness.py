@@ -1,0 +1,170 @@
+"""Differential testing: the compiled code against convc's numpy reference of the same graph.
+
+For inference, the graph is the model as imported (before any pass), so the comparison covers
+every pass (folding, fusion, layout, im2col), the memory plan and every kernel. For training, the
+graph is the planned training step (forward in training mode, loss, backward, update), run by the
+native step and by the reference, so the comparison covers code generation, the arena plan with
+its in-place updates, and the kernels; the gradient rules themselves are checked against finite
+differences elsewhere (tests/train).
+
+Tolerance. Each tensor's error is max |compiled - ref64| against the float64 reference, relative
+to the tensor's largest value. float32 costs some error, and how much depends on the net, the
+input and the tensor: a gradient that is a small difference of large sums (BatchNorm's, a conv's
+weight gradient summed over batch x pixels) loses digits to cancellation. Two measurements of it:
+
+- ``ref32``: numpy's float32 run of the same graph (its reductions sum in float64 or pairwise,
+  so it measures the rounding of the tensors between ops, not of long float32 sums);
+- the sensitivity: the compiled code run again on the input with every element moved by one
+  float32 ulp. A float32 rounding anywhere is such a perturbation of some value, so how far the
+  outputs move is the scale of float32 error for this very computation, cancellation included.
+
+A tensor passes when its error is at most ``FACTOR`` times the larger of the two, or below
+``FLOOR`` (32 float32 ulps of its largest value: two nets that agree to that are the same net).
+Measured margins on the zoo are a few times below the factor; a real bug is orders of magnitude
+above: the wrong ResNet gradients this harness was built for were off by 2.5e-3 to 1.5e-2.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from convc.passes.autodiff.training import build_training, update_targets
+
+import convc
+from convc.reference import run_reference
+from convc.train import _NativeStep
+
+FACTOR = 16.0
+U = 2.0 ** -24  # float32 unit roundoff
+FLOOR = 32 * U  # 1.9e-6
+GROUP_FLOOR = 1e-3
+
+
+@dataclass
+class Comparison:
+    """Per tensor: the largest error of the compiled code and of numpy's float32 run against the
+    float64 reference, and the tensor's largest float64 magnitude.
+
+    Errors are relative to that magnitude, but never to less than ``GROUP_FLOOR`` of the largest
+    tensor of its group (gradients, weight changes, each kind of optimizer state): some tensors
+    are zero in exact arithmetic (the bias of a conv followed by BatchNorm, or anything whose
+    gradient is a sum over a BatchNorm's normalized output) and hold only rounding residue."""
+    case: str
+    errors: dict[str, tuple[float, float, float, str]] = field(default_factory=dict)
+
+    def add(self, name: str, compiled: np.ndarray, ref64: np.ndarray, ref32: np.ndarray, perturbed: np.ndarray,
+            group: str = "") -> None:
+        """``perturbed``: the compiled result on the input moved by one ulp."""
+        if compiled.shape != ref64.shape:
+            self.errors[name] = (np.inf, 0.0, 1.0, group)
+            return
+        if not ref64.size:
+            return
+        c = compiled.astype(np.float64)
+        self.errors[name] = (float(np.max(np.abs(c - ref64))),
+                             max(float(np.max(np.abs(ref32.astype(np.float64) - ref64))),
+                                 float(np.max(np.abs(perturbed.astype(np.float64) - c)))),
+                             float(np.max(np.abs(ref64))), group)
+
+    def relative(self) -> dict[str, tuple[float, float]]:
+        """tensor -> (compiled error, float32 error scale), relative to the tensor's scale."""
+        top: dict[str, float] = {}
+        for _, _, size, group in self.errors.values():
+            top[group] = max(top.get(group, 0.0), size)
+        out = {}
+        for name, (err, err32, size, group) in self.errors.items():
+            scale = max(size, GROUP_FLOOR * top[group]) or 1.0
+            out[name] = (err / scale, err32 / scale)
+        return out
+
+    def failures(self) -> list[str]:
+        bad = []
+        for name, (err, err32) in self.relative().items():
+            allowed = max(FACTOR * err32, FLOOR)
+            if not err <= allowed:  # NaN fails too
+                bad.append(f"{name}: compiled error {err:.2e}, float32 error scale {err32:.2e} (allowed {allowed:.2e})")
+        return bad
+
+    def check(self) -> None:
+        bad = self.failures()
+        assert not bad, f"{self.case}: {len(bad)} of {len(self.errors)} tensors differ:\n  " + "\n  ".join(bad)
+
+    @property
+    def worst(self) -> float:
+        return max((e for e, _ in self.relative().values()), default=0.0)
+
+
+def _x(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def one_ulp(x: np.ndarray, seed: int) -> np.ndarray:
+    """``x`` with every element moved one float32 ulp up or down at random."""
+    up = np.random.default_rng(seed + 7).random(x.shape) < 0.5
+    return np.where(up, np.nextafter(x, np.float32(np.inf)), np.nextafter(x, np.float32(-np.inf))).astype(np.float32)
+
+
+def inference(model, shape: tuple[int, ...], *, threads: int, seed: int = 0, case: str = "") -> Comparison:
+    """Compile ``model`` (a convc.nn module) for ``shape`` and compare every output with the numpy
+    reference of the traced, unoptimized graph."""
+    graph = model.to_graph(shape)
+    compiled = convc.compile(model, input_shape=shape, threads=threads, cache=False)
+    x = _x(shape, seed)
+    got = compiled.run({graph.inputs[0]: x})
+    moved = compiled.run({graph.inputs[0]: one_ulp(x, seed)})
+    ref64 = run_reference(graph, {graph.inputs[0]: x.astype(np.float64)})
+    ref32 = run_reference(graph, {graph.inputs[0]: x})
+    out = Comparison(case or f"inference {graph.name} {shape} threads={threads}")
+    for name in graph.outputs:
+        out.add(name, got[name], ref64[name], ref32[name], moved[name])
+    return out
+
+
+def _labels(loss: str, out_shape: tuple[int, ...], seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed + 1)
+    if loss == "cross_entropy":
+        return rng.integers(0, out_shape[1], out_shape[0])
+    return rng.standard_normal(out_shape).astype(np.float32)
+
+
+def _feeds(step, x: np.ndarray, labels: np.ndarray, state: dict[str, np.ndarray], dtype) -> dict[str, np.ndarray]:
+    feeds = {n: (v.astype(dtype) if v.dtype == np.float32 else v.copy()) for n, v in state.items()}
+    feeds[step.x] = x.astype(dtype)
+    feeds[step.labels] = labels if labels.dtype.kind in "iu" else labels.astype(dtype)
+    return feeds
+
+
+def training(model, shape: tuple[int, ...], *, loss: str, threads: int, optimizer=None, seed: int = 0,
+             case: str = "") -> Comparison:
+    """One compiled training step of ``model`` against the reference of the same step.
+
+    Without ``optimizer``: the loss and every parameter's gradient. With one: the loss and the
+    change of every updated tensor (parameters, optimizer state, BatchNorm running statistics,
+    the step counter), compared as changes so that a wrong update is not hidden by the weights."""
+    forward = model.to_graph(shape)
+    step = build_training(forward, loss=loss, optimizer=optimizer, seed=seed)
+    g = step.plan.graph
+    x = _x(shape, seed)
+    labels = _labels(loss, g.tensor(step.logits).shape, seed)
+    state = {n: np.array(v, copy=True) for n, v in step.initial.items()}
+    state[step.lr] = np.array([0.05 if optimizer is not None else 0.0], np.float32)
+    before = {n: v.copy() for n, v in state.items()}
+    ref64 = run_reference(g, _feeds(step, x, labels, state, np.float64), keep_all=True)
+    ref32 = run_reference(g, _feeds(step, x, labels, state, np.float32), keep_all=True)
+    native = _NativeStep(step.plan, step.inputs, list(g.outputs), state, threads=threads, cache=False)
+    labels = labels.astype(np.int64) if loss == "cross_entropy" else labels
+    moved = {n: v.copy() for n, v in native({step.x: one_ulp(x, seed), step.labels: labels}).items()}
+    moved_state = {n: v.copy() for n, v in state.items()}
+    for n, v in before.items():  # the step updated the state in place: start again from the same state
+        state[n][...] = v
+    got = native({step.x: x, step.labels: labels})
+    out = Comparison(case or f"training {g.name} {shape} threads={threads} {type(optimizer).__name__}")
+    for name in g.outputs:
+        out.add(name, got[name], ref64[name], ref32[name], moved[name], "loss" if name == step.loss else "gradient")
+    for op in g.ops():
+        for k, (new, target) in enumerate(update_targets(op).items()):  # written in place over the state
+            start = before[target].astype(np.float64)
+            out.add(f"{target} (updated)", state[target].astype(np.float64) - start, ref64[new] - start,
+                    ref32[new].astype(np.float64) - start, moved_state[target].astype(np.float64) - start,
+                    f"{op.kind.value}[{k}]")
+    return out
