@@ -104,11 +104,20 @@ def one_ulp(x: np.ndarray, seed: int) -> np.ndarray:
     return np.where(up, np.nextafter(x, np.float32(np.inf)), np.nextafter(x, np.float32(-np.inf))).astype(np.float32)
 
 
+def _graph(model, shape: tuple[int, ...]):
+    """The unoptimized graph of ``model`` (a convc.nn module or an ONNX model) at ``shape``."""
+    from convc.train import load_forward
+    return load_forward(model, shape)
+
+
 def inference(model, shape: tuple[int, ...], *, threads: int, seed: int = 0, case: str = "") -> Comparison:
-    """Compile ``model`` (a convc.nn module) for ``shape`` and compare every output with the numpy
-    reference of the traced, unoptimized graph."""
-    graph = model.to_graph(shape)
-    compiled = convc.compile(model, input_shape=shape, threads=threads, cache=False)
+    """Compile ``model`` (a convc.nn module or an ONNX model with one input) for ``shape`` and
+    compare every output with the numpy reference of the imported, unoptimized graph."""
+    graph = _graph(model, shape)
+    if hasattr(model, "to_graph"):
+        compiled = convc.compile(model, input_shape=shape, threads=threads, cache=False)
+    else:
+        compiled = convc.compile(model, batch=shape[0], threads=threads, cache=False)
     x = _x(shape, seed)
     got = compiled.run({graph.inputs[0]: x})
     moved = compiled.run({graph.inputs[0]: one_ulp(x, seed)})
@@ -141,7 +150,7 @@ def training(model, shape: tuple[int, ...], *, loss: str, threads: int, optimize
     Without ``optimizer``: the loss and every parameter's gradient. With one: the loss and the
     change of every updated tensor (parameters, optimizer state, BatchNorm running statistics,
     the step counter), compared as changes so that a wrong update is not hidden by the weights."""
-    forward = model.to_graph(shape)
+    forward = _graph(model, shape)
     step = build_training(forward, loss=loss, optimizer=optimizer, seed=seed)
     g = step.plan.graph
     x = _x(shape, seed)
