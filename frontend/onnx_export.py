@@ -20,7 +20,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from convc.errors import ConvcError
 from convc.ir import Graph, Op, TensorKind
-from convc.ops import OpKind
+from convc.ops import OpGroup, OpKind
+from convc.ops.attrs import onnx_fields, onnx_spelling
 from convc.ops.epilogue import Epilogue
 
 DEFAULT_OPSET = 13
@@ -78,29 +79,26 @@ def exporter(*kinds: OpKind) -> Callable[[Exporter], Exporter]:
 
 
 # --- op exporters -------------------------------------------------------------------------
-def _activation_attrs(kind: OpKind, attrs: Any) -> dict[str, Any]:
-    """The ONNX attributes of a unary op (those with inputs instead, Clip and Dropout, have none)."""
-    if kind in (OpKind.LEAKY_RELU, OpKind.ELU):
-        return {"alpha": float(attrs.alpha)}
-    if kind is OpKind.SELU:
-        return {"alpha": float(attrs.alpha), "gamma": float(attrs.gamma)}
-    if kind is OpKind.HARD_SIGMOID:
-        return {"alpha": float(attrs.alpha), "beta": float(attrs.beta)}
-    return {}
-
-
 def _unary_node(w: _Writer, kind: OpKind, attrs: Any, x: str, y: str, name: str) -> None:
-    """One unary op, spelled for the writer's opset."""
-    if kind is OpKind.CLIP:  # opset >= 11 takes min and max as inputs
-        lo = w.constant(f"{name}.min", np.array(attrs.min, dtype=np.float32))
-        hi = w.constant(f"{name}.max", np.array(attrs.max, dtype=np.float32))
-        w.node("Clip", [x, lo, hi], [y], name)
-    elif kind is OpKind.HARD_SWISH and w.opset < 14:  # HardSwish arrived in opset 14: x * HardSigmoid(x, 1/6, 1/2)
+    """One unary op, spelled for the writer's opset from its attributes' declaration."""
+    if kind is OpKind.HARD_SWISH and w.opset < 14:  # HardSwish arrived in opset 14: x * HardSigmoid(x, 1/6, 1/2)
         hs = w.fresh(f"{name}_hard_sigmoid")
         w.node("HardSigmoid", [x], [hs], f"{name}_hard_sigmoid", alpha=1.0 / 6.0, beta=0.5)
         w.node("Mul", [x, hs], [y], name)
     else:
-        w.node(kind.value, [x], [y], name, **_activation_attrs(kind, attrs))
+        inputs, attributes = _spelled(w, attrs, [x], name)
+        w.node(kind.value, inputs, [y], name, **attributes)
+
+
+def _spelled(w: _Writer, attrs: Any, inputs: list[str], name: str) -> tuple[list[str], dict[str, Any]]:
+    """(inputs, attributes) of a node whose attributes are declared with ``onnx_attr``: the fields that are
+    inputs at the writer's opset become initializers after ``inputs``."""
+    attributes, extra = onnx_spelling(attrs, w.opset)
+    fields = {f.input: f.name for f in onnx_fields(type(attrs)) if f.input is not None}
+    names = list(inputs) + [""] * (max(extra, default=0) + 1 - len(inputs))
+    for i, value in extra.items():
+        names[i] = w.constant(f"{name}.{fields[i]}", value)
+    return names, attributes
 
 
 def _with_epilogue(w: _Writer, op: Op, op_type: str, inputs: list[str], epilogue: Epilogue, **attrs: Any) -> None:
@@ -123,42 +121,35 @@ def _with_epilogue(w: _Writer, op: Op, op_type: str, inputs: list[str], epilogue
 def _conv(w: _Writer, op: Op) -> None:
     a = op.attrs
     _with_epilogue(w, op, "Conv", list(op.inputs[:len(op.inputs) - a.epilogue.residual]), a.epilogue,
-                   kernel_shape=list(a.kernel_shape), strides=list(a.strides), pads=list(a.pads),
-                   dilations=list(a.dilations), group=int(a.group))
+                   **onnx_spelling(a, w.opset)[0])
 
 
 @exporter(OpKind.CONV_TRANSPOSE)
 def _conv_transpose(w: _Writer, op: Op) -> None:
     a = op.attrs
     _with_epilogue(w, op, "ConvTranspose", list(op.inputs[:len(op.inputs) - a.epilogue.residual]), a.epilogue,
-                   kernel_shape=list(a.kernel_shape), strides=list(a.strides), pads=list(a.pads),
-                   dilations=list(a.dilations), group=int(a.group), output_padding=list(a.extra))
+                   **onnx_spelling(a, w.opset)[0], output_padding=list(a.extra))
 
 
 @exporter(OpKind.GEMM)
 def _gemm(w: _Writer, op: Op) -> None:
     a = op.attrs
     _with_epilogue(w, op, "Gemm", list(op.inputs[:len(op.inputs) - a.epilogue.residual]), a.epilogue,
-                   alpha=float(a.alpha), beta=float(a.beta), transA=int(a.trans_a), transB=int(a.trans_b))
+                   **onnx_spelling(a, w.opset)[0])
 
 
-@exporter(OpKind.MATMUL, OpKind.ADD, OpKind.MUL, OpKind.SUM, OpKind.SUB, OpKind.DIV, OpKind.MAX, OpKind.MIN,
-          OpKind.PRELU, OpKind.GLOBAL_AVERAGE_POOL, OpKind.GLOBAL_MAX_POOL)
-def _plain(w: _Writer, op: Op) -> None:
-    w.node(op.kind.value, list(op.inputs), list(op.outputs), op.name)
+@exporter(OpKind.MATMUL, *OpGroup.BROADCAST, OpKind.GLOBAL_AVERAGE_POOL, OpKind.GLOBAL_MAX_POOL, OpKind.LRN,
+          OpKind.BATCH_NORM)
+def _declared(w: _Writer, op: Op) -> None:
+    """An op whose ONNX op type is its kind's name and whose attributes are all declared with ``onnx_attr``."""
+    inputs, attributes = _spelled(w, op.attrs, list(op.inputs), op.name)
+    w.node(op.kind.value, inputs, list(op.outputs), op.name, **attributes)
 
 
-@exporter(OpKind.RELU, OpKind.LEAKY_RELU, OpKind.SIGMOID, OpKind.TANH, OpKind.IDENTITY, OpKind.CLIP, OpKind.ELU,
-          OpKind.SELU, OpKind.HARD_SIGMOID, OpKind.HARD_SWISH, OpKind.SOFTPLUS, OpKind.SOFTSIGN)
+@exporter(*OpGroup.UNARY)
 def _unary(w: _Writer, op: Op) -> None:
+    # Dropout without training_mode is the identity, as it is in convc at inference
     _unary_node(w, op.kind, op.attrs, op.inputs[0], op.outputs[0], op.name)
-
-
-@exporter(OpKind.DROPOUT)
-def _dropout(w: _Writer, op: Op) -> None:
-    # opset >= 12 takes the ratio as an input; without training_mode Dropout is the identity
-    ratio = w.constant(f"{op.name}.ratio", np.array(op.attrs.ratio, dtype=np.float32))
-    w.node("Dropout", [op.inputs[0], ratio], list(op.outputs), op.name)
 
 
 @exporter(OpKind.MAX_POOL, OpKind.AVERAGE_POOL)
@@ -188,19 +179,6 @@ def _lp_pool(w: _Writer, op: Op) -> None:
         raise _Unexportable(f"LpPool dilations={a.dilations}, ceil_mode={int(a.ceil_mode)} need opset 18 "
                             f"(asked for {w.opset})")
     w.node("LpPool", list(op.inputs), list(op.outputs), op.name, **attrs)
-
-
-@exporter(OpKind.LRN)
-def _lrn(w: _Writer, op: Op) -> None:
-    a = op.attrs
-    w.node("LRN", list(op.inputs), list(op.outputs), op.name, size=int(a.size), alpha=float(a.alpha),
-           beta=float(a.beta), bias=float(a.bias))
-
-
-@exporter(OpKind.BATCH_NORM)
-def _batch_norm(w: _Writer, op: Op) -> None:
-    w.node("BatchNormalization", list(op.inputs), list(op.outputs), op.name, epsilon=float(op.attrs.epsilon),
-           momentum=float(op.attrs.momentum))
 
 
 @exporter(OpKind.FLATTEN, OpKind.CONCAT, OpKind.SOFTMAX, OpKind.LOG_SOFTMAX)

@@ -20,6 +20,7 @@ from onnx.reference import ReferenceEvaluator
 import convc
 from convc.ir import Graph, TensorKind
 from convc.ops import OpKind, op_def
+from convc.ops.attrs import onnx_spelling as declared_spelling
 from convc.ops.pool import PoolAttrs, pool_output_size
 
 OPSET = 19  # AveragePool gained dilations in opset 19
@@ -36,18 +37,9 @@ class OnnxNode:
 
 
 def onnx_spelling(kind: OpKind, attrs: Any) -> OnnxNode:
-    """Map convc attributes to the ONNX attributes of the same op at ``OPSET``."""
+    """Map convc attributes to the ONNX attributes of the same op at ``OPSET``: the fields declared with
+    ``onnx_attr`` (convc/ops/attrs.py) spell themselves; the rest are written out here."""
     k = OpKind
-    if kind is k.CONV:
-        return OnnxNode("Conv", {"kernel_shape": list(attrs.kernel_shape), "strides": list(attrs.strides),
-                                 "pads": list(attrs.pads), "dilations": list(attrs.dilations), "group": attrs.group})
-    if kind is k.CONV_TRANSPOSE:
-        return OnnxNode("ConvTranspose", {"kernel_shape": list(attrs.kernel_shape), "strides": list(attrs.strides),
-                                          "pads": list(attrs.pads), "dilations": list(attrs.dilations),
-                                          "group": attrs.group, "output_padding": list(attrs.extra)})
-    if kind is k.GEMM:
-        return OnnxNode("Gemm", {"alpha": attrs.alpha, "beta": attrs.beta, "transA": int(attrs.trans_a),
-                                 "transB": int(attrs.trans_b)})
     if kind in (k.MAX_POOL, k.AVERAGE_POOL):
         a = {"kernel_shape": list(attrs.kernel_shape), "strides": list(attrs.strides), "pads": list(attrs.pads),
              "dilations": list(attrs.dilations), "ceil_mode": int(attrs.ceil_mode)}
@@ -58,22 +50,6 @@ def onnx_spelling(kind: OpKind, attrs: Any) -> OnnxNode:
         return OnnxNode("LpPool", {"kernel_shape": list(attrs.kernel_shape), "strides": list(attrs.strides),
                                    "pads": list(attrs.pads), "dilations": list(attrs.dilations),
                                    "ceil_mode": int(attrs.ceil_mode), "p": attrs.p})
-    if kind is k.LRN:
-        return OnnxNode("LRN", {"size": attrs.size, "alpha": attrs.alpha, "beta": attrs.beta, "bias": attrs.bias})
-    if kind is k.LEAKY_RELU:
-        return OnnxNode("LeakyRelu", {"alpha": attrs.alpha})
-    if kind is k.CLIP:
-        return OnnxNode("Clip", extra_inputs=(np.array(attrs.min, np.float32), np.array(attrs.max, np.float32)))
-    if kind is k.ELU:
-        return OnnxNode("Elu", {"alpha": attrs.alpha})
-    if kind is k.SELU:
-        return OnnxNode("Selu", {"alpha": attrs.alpha, "gamma": attrs.gamma})
-    if kind is k.HARD_SIGMOID:
-        return OnnxNode("HardSigmoid", {"alpha": attrs.alpha, "beta": attrs.beta})
-    if kind is k.DROPOUT:  # opset >= 12 takes the ratio as an input; without training_mode it is the identity
-        return OnnxNode("Dropout", extra_inputs=(np.array(attrs.ratio, dtype=np.float32),))
-    if kind is k.BATCH_NORM:
-        return OnnxNode("BatchNormalization", {"epsilon": attrs.epsilon, "momentum": attrs.momentum})
     if kind in (k.FLATTEN, k.CONCAT, k.SOFTMAX, k.LOG_SOFTMAX):
         return OnnxNode(kind.value, {"axis": attrs.axis})
     if kind is k.TRANSPOSE:
@@ -86,7 +62,12 @@ def onnx_spelling(kind: OpKind, attrs: Any) -> OnnxNode:
                                                np.arange(len(ends), dtype=np.int64), np.array(attrs.steps, np.int64)))
     if kind is k.RESHAPE:
         return OnnxNode("Reshape", extra_inputs=(np.array(attrs.shape, dtype=np.int64),))
-    return OnnxNode(kind.value)  # no attributes: MatMul, Relu, Sigmoid, Tanh, Identity, Add, Mul, Sum, global pools
+    attributes, inputs = declared_spelling(attrs, OPSET)
+    if kind is k.CONV_TRANSPOSE:
+        attributes["output_padding"] = list(attrs.extra)
+    # constant inputs follow the one data input of the unary ops that have them (Clip, Dropout)
+    assert sorted(inputs) == list(range(1, len(inputs) + 1)), f"{kind.value}: constant inputs at {sorted(inputs)}"
+    return OnnxNode(kind.value, attributes, tuple(inputs[i] for i in sorted(inputs)))
 
 
 def reference_evaluator_bug(kind: OpKind, attrs: Any, inputs: Sequence[np.ndarray]) -> str | None:

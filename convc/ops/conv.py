@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from convc.errors import GraphError
+from convc.ops.attrs import onnx_attr
 from convc.ops.epilogue import NO_EPILOGUE, Epilogue
 from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, register
 from convc.ops.layout import CHANNELS_FIRST, CHANNELS_LAST, first, last, to_channels_first, to_channels_last
@@ -15,11 +16,11 @@ from convc.ops.layout import CHANNELS_FIRST, CHANNELS_LAST, first, last, to_chan
 
 @dataclass(frozen=True)
 class ConvAttrs:
-    kernel_shape: tuple[int, ...]
-    strides: tuple[int, ...]
-    pads: tuple[int, ...]        # ONNX order: all begins, then all ends
-    dilations: tuple[int, ...]
-    group: int = 1
+    kernel_shape: tuple[int, ...] = onnx_attr()
+    strides: tuple[int, ...] = onnx_attr()
+    pads: tuple[int, ...] = onnx_attr()        # ONNX order: all begins, then all ends
+    dilations: tuple[int, ...] = onnx_attr()
+    group: int = onnx_attr(1)
     epilogue: Epilogue = NO_EPILOGUE
     layout: str = CHANNELS_FIRST  # of X, Y and the residual; W stays [M, C/group, k...]
 

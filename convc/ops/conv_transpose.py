@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from convc.errors import GraphError
+from convc.ops.attrs import onnx_attr
 from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, register
 from convc.ops.conv import split_inputs
 from convc.ops.epilogue import NO_EPILOGUE, Epilogue
@@ -25,11 +26,11 @@ from convc.ops.epilogue import NO_EPILOGUE, Epilogue
 
 @dataclass(frozen=True)
 class ConvTransposeAttrs:
-    kernel_shape: tuple[int, ...]
-    strides: tuple[int, ...]
-    pads: tuple[int, ...]           # all begins, then all ends; auto_pad and output_shape resolved
-    dilations: tuple[int, ...]
-    group: int = 1
+    kernel_shape: tuple[int, ...] = onnx_attr()
+    strides: tuple[int, ...] = onnx_attr()
+    pads: tuple[int, ...] = onnx_attr()           # all begins, then all ends; auto_pad and output_shape resolved
+    dilations: tuple[int, ...] = onnx_attr()
+    group: int = onnx_attr(1)
     output_padding: tuple[int, ...] = ()  # extra positions at the end of each axis; () means none
     epilogue: Epilogue = NO_EPILOGUE
 

@@ -12,42 +12,43 @@ from typing import Sequence
 import numpy as np
 
 from convc.errors import GraphError
+from convc.ops.attrs import onnx_attr
 from convc.ops.base import (NoAttrs, OpDef, OpKind, TensorType, broadcast_shapes, check_arity, check_float, register,
                             same_type)
 
 
 @dataclass(frozen=True)
 class LeakyReluAttrs:
-    alpha: float = 0.01
+    alpha: float = onnx_attr(0.01)
 
 
 @dataclass(frozen=True)
 class DropoutAttrs:
-    ratio: float = 0.5  # identity at inference; the training step applies it
+    ratio: float = onnx_attr(0.5, input=1, input_since=12)  # identity at inference; the training step applies it
 
 
 @dataclass(frozen=True)
 class ClipAttrs:
     """min(max(x, min), max); ReLU6 is ClipAttrs(0, 6). NaN stays NaN; min > max gives max everywhere."""
-    min: float = -np.inf
-    max: float = np.inf
+    min: float = onnx_attr(-np.inf, input=1, input_since=11)
+    max: float = onnx_attr(np.inf, input=2, input_since=11)
 
 
 @dataclass(frozen=True)
 class EluAttrs:
-    alpha: float = 1.0
+    alpha: float = onnx_attr(1.0)
 
 
 @dataclass(frozen=True)
 class SeluAttrs:
-    alpha: float = 1.67326319217681884765625
-    gamma: float = 1.05070102214813232421875
+    alpha: float = onnx_attr(1.67326319217681884765625)
+    gamma: float = onnx_attr(1.05070102214813232421875)
 
 
 @dataclass(frozen=True)
 class HardSigmoidAttrs:
-    alpha: float = 0.2
-    beta: float = 0.5
+    alpha: float = onnx_attr(0.2)
+    beta: float = onnx_attr(0.5)
 
 
 def _unary(kind: OpKind):

@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from convc.errors import GraphError
+from convc.ops.attrs import onnx_attr
 from convc.ops.conv import split_inputs
 from convc.ops.epilogue import NO_EPILOGUE, Epilogue
 from convc.ops.base import NoAttrs, OpDef, OpKind, TensorType, broadcast_shapes, check_arity, check_float, register
@@ -14,10 +15,10 @@ from convc.ops.base import NoAttrs, OpDef, OpKind, TensorType, broadcast_shapes,
 
 @dataclass(frozen=True)
 class GemmAttrs:
-    alpha: float = 1.0
-    beta: float = 1.0
-    trans_a: bool = False
-    trans_b: bool = False
+    alpha: float = onnx_attr(1.0)
+    beta: float = onnx_attr(1.0)
+    trans_a: bool = onnx_attr(False, name="transA")
+    trans_b: bool = onnx_attr(False, name="transB")
     epilogue: Epilogue = NO_EPILOGUE
 
 

@@ -7,13 +7,14 @@ from typing import Sequence
 import numpy as np
 
 from convc.errors import GraphError
+from convc.ops.attrs import onnx_attr
 from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, register
 
 
 @dataclass(frozen=True)
 class BatchNormAttrs:
-    epsilon: float = 1e-5
-    momentum: float = 0.9  # used by training to update the running statistics
+    epsilon: float = onnx_attr(1e-5)
+    momentum: float = onnx_attr(0.9)  # used by training to update the running statistics
 
 
 def infer(a: BatchNormAttrs, types: Sequence[TensorType]) -> list[TensorType]:
@@ -43,10 +44,10 @@ register(OpDef(OpKind.BATCH_NORM, BatchNormAttrs, infer, reference, n_inputs=(5,
 class LrnAttrs:
     """Local response normalization across channels (AlexNet, GoogLeNet):
     y = x / (bias + alpha / size * sum of x^2 over channels c - (size-1)//2 ... c + size//2) ** beta."""
-    size: int
-    alpha: float = 1e-4
-    beta: float = 0.75
-    bias: float = 1.0
+    size: int = onnx_attr()
+    alpha: float = onnx_attr(1e-4)
+    beta: float = onnx_attr(0.75)
+    bias: float = onnx_attr(1.0)
 
 
 def lrn_infer(a: LrnAttrs, types: Sequence[TensorType]) -> list[TensorType]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnx
@@ -12,6 +12,9 @@ from convc.errors import GraphError, ModelImportError
 from convc.ir import Graph, TensorKind
 from convc.limits import check_size
 from convc.ops import OpKind, TensorType, op_def
+from convc.ops.attrs import onnx_fields
+
+A = TypeVar("A")
 
 
 class Unsupported(Exception):
@@ -99,6 +102,27 @@ class NodeContext:
     def ints(self, name: str, default: Sequence[int] | None = None) -> tuple[int, ...] | None:
         v = self.attrs.get(name)
         return tuple(int(x) for x in v) if v is not None else (tuple(default) if default is not None else None)
+
+    def parse(self, cls: type[A], **given: Any) -> A:
+        """``cls`` from this node: each field declared with ``onnx_attr`` read under its ONNX name (from its
+        constant input in the opsets where it is one), its declared default when the node omits it.
+        ``given`` holds the fields the converter works out itself (a window's pads, say)."""
+        values = dict(given)
+        for f in onnx_fields(cls):
+            if f.name in given:
+                continue
+            if f.is_input(self.opset):
+                if not self.has_input(f.input):
+                    if f.required:
+                        raise self.error(f"required input #{f.input} {self._formal(f.input)}is missing")
+                    continue
+                value = np.asarray(self.constant(f.input))
+                if f.type is not tuple and value.size != 1:
+                    raise self.error(f"{f.onnx} must be a scalar, got shape {value.shape}")
+            else:
+                value = self.attr(f.onnx) if f.required else self.attr(f.onnx, f.default)
+            values[f.name] = f.decode(value)
+        return cls(**values)
 
     # --- inputs -------------------------------------------------------------------------
     def has_input(self, i: int) -> bool:

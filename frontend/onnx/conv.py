@@ -19,10 +19,11 @@ def conv(ctx: NodeContext) -> None:
     kernel = ctx.ints("kernel_shape")
     if kernel is not None and kernel != w[2:]:
         raise ctx.error(f"kernel_shape={kernel} does not match W.shape={w}")
-    group = int(ctx.attr("group", 1))
+    win = window(ctx, x[2:], w[2:])
+    attrs = ctx.parse(ConvAttrs, kernel_shape=win.kernel_shape, strides=win.strides, pads=win.pads,
+                      dilations=win.dilations)
+    group = attrs.group
     if group < 1 or x[1] % group or w[0] % group or w[1] * group != x[1]:
         raise ctx.error(f"group={group} does not fit X.shape={x}, W.shape={w}: input channels {x[1]} must equal "
                         f"W.shape[1] * group = {w[1] * group} and output channels {w[0]} must divide by group")
-    win = window(ctx, x[2:], w[2:])
-    attrs = ConvAttrs(win.kernel_shape, win.strides, win.pads, win.dilations, group)
     ctx.add_op(OpKind.CONV, attrs, ctx.present_inputs())

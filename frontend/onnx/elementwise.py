@@ -4,6 +4,10 @@ Opset 6 spelled broadcasting with attributes: Add/Sub/Mul/Div-6 broadcast B only
 ``broadcast=1``, aligning B's dimensions with A's starting at ``axis`` (default: the trailing
 ones), and PRelu-6 applies a slope of shape (C,) per channel. Those are rewritten to numpy
 broadcasting here (B gets trailing 1s), so the ops themselves have one semantics.
+
+A unary op (``OpGroup.UNARY``) needs no converter of its own: its ONNX op type is its kind's name
+and its attributes parse from their ``onnx_attr`` declaration (Clip's bounds, attributes until
+opset 10 and inputs since 11, included). Dropout, which imports only for inference, is the exception.
 """
 from __future__ import annotations
 
@@ -12,23 +16,9 @@ import onnx
 
 from convc.frontend.onnx.context import NodeContext, Unsupported
 from convc.frontend.onnx.registry import converter
-from convc.ops import NoAttrs, OpKind
-from convc.ops.elementwise import ClipAttrs, DropoutAttrs, EluAttrs, HardSigmoidAttrs, LeakyReluAttrs, SeluAttrs
+from convc.ops import NoAttrs, OpGroup, OpKind, op_def
+from convc.ops.elementwise import DropoutAttrs
 from convc.ops.shape import ReshapeAttrs
-
-
-def _simple(op_type: str, kind: OpKind) -> None:
-    def convert(ctx: NodeContext) -> None:
-        ctx.require_float()
-        ctx.add_op(kind, NoAttrs(), ctx.present_inputs())
-    convert.__name__ = op_type.lower()
-    converter(op_type)(convert)
-
-
-for _op_type, _kind in [("Relu", OpKind.RELU), ("Sigmoid", OpKind.SIGMOID), ("Tanh", OpKind.TANH),
-                        ("Identity", OpKind.IDENTITY), ("HardSwish", OpKind.HARD_SWISH),
-                        ("Softplus", OpKind.SOFTPLUS), ("Softsign", OpKind.SOFTSIGN)]:
-    _simple(_op_type, _kind)
 
 
 def _reshaped(ctx: NodeContext, i: int, shape: tuple[int, ...], suffix: str) -> str:
@@ -100,50 +90,6 @@ def prelu(ctx: NodeContext) -> None:
     ctx.add_op(OpKind.PRELU, NoAttrs(), inputs)
 
 
-@converter("Elu")
-def elu(ctx: NodeContext) -> None:
-    ctx.require_float()
-    ctx.add_op(OpKind.ELU, EluAttrs(alpha=float(ctx.attr("alpha", 1.0))), ctx.inputs[:1])
-
-
-@converter("Selu")
-def selu(ctx: NodeContext) -> None:
-    ctx.require_float()
-    defaults = SeluAttrs()
-    attrs = SeluAttrs(alpha=float(ctx.attr("alpha", defaults.alpha)), gamma=float(ctx.attr("gamma", defaults.gamma)))
-    ctx.add_op(OpKind.SELU, attrs, ctx.inputs[:1])
-
-
-@converter("HardSigmoid")
-def hard_sigmoid(ctx: NodeContext) -> None:
-    ctx.require_float()
-    attrs = HardSigmoidAttrs(alpha=float(ctx.attr("alpha", 0.2)), beta=float(ctx.attr("beta", 0.5)))
-    ctx.add_op(OpKind.HARD_SIGMOID, attrs, ctx.inputs[:1])
-
-
-@converter("Clip", until=10)
-def clip_bounds_attributes(ctx: NodeContext) -> None:
-    ctx.require_float()
-    attrs = ClipAttrs(float(ctx.attr("min", -np.inf)), float(ctx.attr("max", np.inf)))
-    ctx.add_op(OpKind.CLIP, attrs, ctx.inputs[:1])
-
-
-@converter("Clip", since=11)
-def clip_bounds_inputs(ctx: NodeContext) -> None:
-    """min and max are optional inputs; convc needs them as constants (ReLU6 exports them as initializers)."""
-    ctx.require_float(0)
-    bounds = []
-    for i, default in ((1, -np.inf), (2, np.inf)):
-        if not ctx.has_input(i):
-            bounds.append(default)
-            continue
-        v = np.asarray(ctx.constant(i))
-        if v.size != 1:
-            raise ctx.error(f"{ctx.input_names[i]} must be a scalar, got shape {v.shape}")
-        bounds.append(float(v.reshape(-1)[0]))
-    ctx.add_op(OpKind.CLIP, ClipAttrs(*bounds), ctx.inputs[:1])
-
-
 @converter("Cast")
 def cast(ctx: NodeContext) -> None:
     """Cast of a run-time tensor: convc compiles float32 tensors, so only float32 -> float32 (an Identity)."""
@@ -157,37 +103,40 @@ def cast(ctx: NodeContext) -> None:
     ctx.add_op(OpKind.IDENTITY, NoAttrs(), ctx.inputs[:1])
 
 
-@converter("LeakyRelu")
-def leaky_relu(ctx: NodeContext) -> None:
-    ctx.require_float()
-    ctx.add_op(OpKind.LEAKY_RELU, LeakyReluAttrs(alpha=float(ctx.attr("alpha", 0.01))), ctx.present_inputs())
-
-
 @converter("Dropout", until=11)
 def dropout_ratio_attribute(ctx: NodeContext) -> None:
     if ctx.opset < 7 and not int(ctx.attr("is_test", 0)):
         raise Unsupported("is_test=0: Dropout-6 in training mode; convc imports Dropout for inference only")
-    _dropout(ctx, float(ctx.attr("ratio", 0.5)))
+    _dropout(ctx)
 
 
 @converter("Dropout", since=12)
 def dropout_ratio_input(ctx: NodeContext) -> None:
     if ctx.has_input(2) and bool(np.asarray(ctx.constant(2)).reshape(-1)[0]):
         raise Unsupported("training_mode=True; convc imports Dropout for inference only")
-    ratio = 0.5
-    if ctx.has_input(1):
-        r = np.asarray(ctx.constant(1))
-        if r.size != 1:
-            raise ctx.error(f"ratio must be a scalar, got shape {r.shape}")
-        ratio = float(r.reshape(-1)[0])
-    _dropout(ctx, ratio)
+    _dropout(ctx)
 
 
-def _dropout(ctx: NodeContext, ratio: float) -> None:
-    if not 0.0 <= ratio < 1.0:
-        raise ctx.error(f"ratio={ratio} must be in [0, 1)")
+def _dropout(ctx: NodeContext) -> None:
+    attrs = ctx.parse(DropoutAttrs)
+    if not 0.0 <= attrs.ratio < 1.0:
+        raise ctx.error(f"ratio={attrs.ratio} must be in [0, 1)")
     ctx.require_float(0)
     if ctx.output_used(1):  # at inference nothing is dropped: the mask is all true, a constant
         mask_dtype = np.bool_ if ctx.opset >= 10 else ctx.input_type(0).dtype
         ctx.set_output(1, np.ones(ctx.input_shape(0), dtype=mask_dtype))
-    ctx.add_op(OpKind.DROPOUT, DropoutAttrs(ratio=ratio), ctx.inputs[:1])
+    ctx.add_op(OpKind.DROPOUT, attrs, ctx.inputs[:1])
+
+
+def _unary(kind: OpKind) -> None:
+    """The converter of a unary op whose attributes are all declared with ``onnx_attr`` (or none)."""
+    def convert(ctx: NodeContext) -> None:
+        ctx.require_float(0)
+        ctx.add_op(kind, ctx.parse(op_def(kind).attrs), ctx.inputs[:1])
+    convert.__name__ = kind.name.lower()
+    converter(kind.value)(convert)
+
+
+# every other unary op: ONNX op type, attributes and defaults come from its OpDef
+for _kind in sorted(OpGroup.UNARY - {OpKind.DROPOUT}, key=lambda k: k.value):
+    _unary(_kind)

@@ -20,16 +20,13 @@ def batch_norm(ctx: NodeContext) -> None:
     if used:
         raise Unsupported(f"the optional outputs {used} are used; they exist only in training")
     ctx.require_float()
-    attrs = BatchNormAttrs(epsilon=float(ctx.attr("epsilon", 1e-5)), momentum=float(ctx.attr("momentum", 0.9)))
-    ctx.add_op(OpKind.BATCH_NORM, attrs, ctx.inputs[:5])
+    ctx.add_op(OpKind.BATCH_NORM, ctx.parse(BatchNormAttrs), ctx.inputs[:5])
 
 
 @converter("LRN")
 def lrn(ctx: NodeContext) -> None:
     ctx.require_float()
-    size = int(ctx.attr("size"))
-    if size < 1:
-        raise ctx.error(f"size={size} must be positive")
-    attrs = LrnAttrs(size, alpha=float(ctx.attr("alpha", 1e-4)), beta=float(ctx.attr("beta", 0.75)),
-                     bias=float(ctx.attr("bias", 1.0)))
+    attrs = ctx.parse(LrnAttrs)
+    if attrs.size < 1:
+        raise ctx.error(f"size={attrs.size} must be positive")
     ctx.add_op(OpKind.LRN, attrs, ctx.inputs[:1])
