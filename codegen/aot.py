@@ -41,11 +41,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from convc import abi
 from convc.codegen.artifacts import atomic_write, c_escape, c_identifier, c_string, sign_library
 from convc.errors import CompileError
 
-# 2: a library ends with the integrity trailer of codegen/artifacts.py, which convc.load verifies
-ABI_VERSION = 2
 ALIGN = 64
 
 # --- targets -----------------------------------------------------------------------------------
@@ -492,7 +491,7 @@ def metadata(native, target: AotTarget, inputs, outputs, graph_metadata: dict | 
     from convc import __version__
     consts = used_constants(native)
     meta = {
-        "abi": ABI_VERSION, "convc_version": __version__, "name": getattr(native, "name", "") or native.ir_module.name,
+        "abi": abi.ABI_VERSION, "convc_version": __version__, "name": getattr(native, "name", "") or native.ir_module.name,
         "triple": target.triple, "cpu": target.cpu, "target": target.name, "features": list(target.required),
         "inputs": _io_meta(inputs), "outputs": _io_meta(outputs),
         "arena_bytes": int(native.arena_bytes), "threads": int(native.threads),
@@ -561,7 +560,7 @@ def wrapper_ir(native, target: AotTarget, meta: dict, blob_path: str | None, blo
     t.getter("convc_num_constants", "i32", str(len(offsets)))
 
     # metadata
-    t.getter("convc_abi_version", "i32", str(ABI_VERSION))
+    t.getter("convc_abi_version", "i32", str(abi.ABI_VERSION))
     t.getter("convc_version", "ptr", t.string(meta["convc_version"]))
     t.getter("convc_model_name", "ptr", t.string(meta["name"]))
     t.getter("convc_target_triple", "ptr", t.string(target.triple))
@@ -663,7 +662,7 @@ def header_text(meta: dict, target: AotTarget, library: str, guard: str, extra_d
 extern "C" {{
 #endif
 
-#define CONVC_ABI_VERSION {ABI_VERSION}
+#define CONVC_ABI_VERSION {abi.ABI_VERSION}
 {chr(10).join(defines)}
 
 typedef struct convc_ctx convc_ctx;
@@ -854,7 +853,7 @@ def build_native(native, output: str | os.PathLike, target: AotTarget, inputs, o
             tmp_lib = out.with_name(f".{out.name}.{os.getpid()}.tmp")
             try:
                 link_shared(str(obj_path), str(tmp_lib), target, soname=out.name)
-                sign_library(tmp_lib, ABI_VERSION)  # convc.load checks it before dlopen
+                sign_library(tmp_lib, abi.ABI_VERSION)  # convc.load checks it before dlopen
                 os.replace(tmp_lib, out)
             finally:
                 if tmp_lib.exists():

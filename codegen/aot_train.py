@@ -27,11 +27,11 @@ import numpy as np
 
 from convc.codegen.aot import (ALIGN, AotTarget, BuildResult, _IrText, align_up, blob_layout,
                                resolve_target, used_constants)
+from convc.abi import MODULE_FUNCTIONS, TRAIN_MODULE_PREFIX
 from convc.errors import CompileError
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad")
 LOSSES = ("cross_entropy", "mse", "bce")
-_EXTERNAL = ("convc_run", "convc_pool_create", "convc_pool_destroy", "convc_parallel")
 
 
 def make_optimizer(name: str, lr: float | None = None):
@@ -50,8 +50,9 @@ def make_optimizer(name: str, lr: float | None = None):
 def _rename_entry(ir_text: str) -> str:
     """The training step's module: its entry and pool functions become convc_train_* (the eval
     module keeps the public names); kernels are internal, the linker renames clashes."""
-    names = "|".join(_EXTERNAL)
-    return re.sub(rf'@"({names})"|@({names})\b', lambda m: f'@"convc_train_{m.group(1) or m.group(2)}"', ir_text)
+    names = "|".join(MODULE_FUNCTIONS)
+    return re.sub(rf'@"({names})"|@({names})\b', lambda m: f'@"{TRAIN_MODULE_PREFIX}{m.group(1) or m.group(2)}"',
+                  ir_text)
 
 
 @dataclass

@@ -54,7 +54,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from convc.codegen.aot import ABI_VERSION, blob_layout, metadata, resolve_target, used_constants, write_blob
+from convc.abi import ABI_VERSION, ENTRY
+from convc.codegen.aot import blob_layout, metadata, resolve_target, used_constants, write_blob
 from convc.codegen.artifacts import (ALIGN, ArtifactError, CacheWarning, HashingWriter, aligned_empty, atomic_write,
                                      check_dir, digest, private_dir, read_aligned)
 
@@ -400,7 +401,6 @@ def model_from_artifact(artifact, *, threads: int | None = None, graph: Any = No
     import llvmlite.binding as llvm  # noqa: F401  (a JIT artifact needs llvmlite; libraries do not)
 
     from convc.codegen.jit import ObjectEngine, Target
-    from convc.codegen.module import ENTRY
     from convc.load import LazyGraph, LoadError, _specs, cpu_error
     from convc.runtime import NativeRunner, PoolApi
     from convc.session import CompiledModel
@@ -421,8 +421,7 @@ def model_from_artifact(artifact, *, threads: int | None = None, graph: Any = No
     runner = NativeRunner(engine.address(ENTRY), int(meta["arena_bytes"]), artifact.constants,
                           _specs(meta["inputs"]), _specs(meta["outputs"]), keepalive=engine,
                           kernel_names=meta.get("kernel_names", ()), instrumented=bool(meta.get("instrumented")),
-                          threads=threads, pool_api=PoolApi.from_addresses(engine.address("convc_pool_create"),
-                                                                           engine.address("convc_pool_destroy")))
+                          threads=threads, pool_api=PoolApi.from_symbols(engine.address))
     if graph is None:
         graph = LazyGraph(meta.get("name", "model"), meta.get("graph_metadata"), artifact.graph_factory,
                           why_not="it was restored from compiled code (a pickle)")

@@ -23,6 +23,7 @@ from typing import Callable, Union
 import numpy as np
 from llvmlite import ir
 
+from convc.abi import ENTRY, PARALLEL, Slot
 from convc.errors import CompileError
 from convc.ir import Op, Tensor
 from convc.ops import OpKind
@@ -32,7 +33,6 @@ from convc.codegen.artifacts import llvm_name
 from convc.codegen.llvm_utils import I64, PTR, VOID, gep, i64, memcpy
 from convc.codegen.threadpool import KERNEL_TYPE, emit_threadpool
 
-ENTRY = "convc_run"
 PARALLEL_MIN_WORK = 200_000  # multiply-accumulates (or output elements) below which one thread is faster
 
 
@@ -175,9 +175,9 @@ class ModuleEmitter:
         fn = ir.Function(self.module, ir.FunctionType(VOID, [PTR, PTR, PTR]), name=ENTRY)
         ctx, inputs, outputs = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
-        arena = b.load(gep(b, ctx, 0, PTR), typ=PTR, name="arena")
-        consts = b.load(gep(b, ctx, 1, PTR), typ=PTR, name="consts")
-        pool = b.load(gep(b, ctx, 3, PTR), typ=PTR, name="pool")
+        arena = b.load(gep(b, ctx, Slot.ARENA, PTR), typ=PTR, name="arena")
+        consts = b.load(gep(b, ctx, Slot.CONSTANTS, PTR), typ=PTR, name="consts")
+        pool = b.load(gep(b, ctx, Slot.POOL, PTR), typ=PTR, name="pool")
         emit_threadpool(self.module, self.triple)
         scratch_base = self.plan.memory.arena_bytes
         tables = {"input": inputs, "output": outputs, "constant": consts}
@@ -217,11 +217,13 @@ class ModuleEmitter:
                 continue
             if checker is not None:
                 step = len(checker.steps)
-                checker.steps.append((op.name, list(op.inputs), list(op.outputs)))
+                guarded = self._guarded(op, position)
+                checker.steps.append((op.name, list(op.inputs), list(op.outputs), [r.name for r in guarded]))
                 for pos, t in enumerate(op.inputs):
                     buf = self.plan.memory.buffers[t]
                     if buf.kind == "arena" and t not in virtual:
                         checker.scan(b, arena, buf.index, self.tensor(t).nbytes, step, READ_DEAD, pos)
+                before = [checker.digest(b, arena, self.plan.memory.buffers[r.name].index, r.nbytes) for r in guarded]
             if self.progress:
                 self.progress(f"codegen [{k + 1}/{len(self.plan.order)}] {op.name} ({op.kind.value})")
             make = self.emitter_for(op)
@@ -244,11 +246,14 @@ class ModuleEmitter:
                     b.store(resolve(a), gep(b, argv, k, PTR))
                 # waking workers costs microseconds: small kernels run on the caller's thread alone
                 workers = pool if self._worth_threads(op) else ir.Constant(PTR, None)
-                b.call(self.module.globals["convc_parallel"], [workers, self._trampoline(call.function), argv])
+                b.call(self.module.globals[PARALLEL], [workers, self._trampoline(call.function), argv])
             else:
                 b.call(call.function, [resolve(a) for a in call.args])
             kernel_names.append((op.name, call.function.name))
             if checker is not None:
+                for pos, (r, digest) in enumerate(zip(guarded, before)):
+                    after = checker.digest(b, arena, self.plan.memory.buffers[r.name].index, r.nbytes)
+                    checker.compare(b, digest, after, step, pos)
                 self._check_after(b, arena, checker, call, op, dying.get(position, []), scratch_base)
             if stamp:
                 stamp(len(kernel_names))
@@ -261,6 +266,19 @@ class ModuleEmitter:
         return NativeModule(self.module, scratch_base + self.max_scratch, self.constants,
                             list(self.graph.inputs), list(self.graph.outputs), kernel_names, self.instrument,
                             self.threads, frozenset(used), self.name, checker.steps if checker else None)
+
+    def _guarded(self, op: Op, position: int) -> list:
+        """The arena slots live across ``op`` (before and after it) whose bytes it does not write."""
+        mem = self.plan.memory
+        written = [(mem.buffers[t].index, mem.buffers[t].index + self.tensor(t).nbytes)
+                   for t in op.outputs if mem.buffers[t].kind == "arena"]
+        out = []
+        for r in mem.live_ranges:
+            if r.first < position <= r.last and mem.buffers[r.name].kind == "arena":
+                lo = mem.buffers[r.name].index
+                if not any(lo < hi2 and lo2 < lo + r.nbytes for lo2, hi2 in written):
+                    out.append(r)
+        return out
 
     def _check_after(self, b: ir.IRBuilder, arena: ir.Value, checker, call: KernelCall, op: Op,
                      dying: list, scratch_base: int) -> None:
@@ -327,7 +345,7 @@ class ModuleEmitter:
         """Returns stamp(k): store clock_gettime(CLOCK_MONOTONIC) in nanoseconds into ctx[2][k]."""
         timespec = b.alloca(ir.ArrayType(I64, 2), name="timespec")
         clock = ir.Function(self.module, ir.FunctionType(ir.IntType(32), [ir.IntType(32), PTR]), "clock_gettime")
-        table = b.load(gep(b, ctx, 2, PTR), typ=PTR, name="timestamps")
+        table = b.load(gep(b, ctx, Slot.TIMESTAMPS, PTR), typ=PTR, name="timestamps")
 
         def stamp(k: int) -> None:
             b.call(clock, [ir.Constant(ir.IntType(32), 1), timespec])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
+from convc.abi import PARALLEL, POOL_CREATE, POOL_DESTROY
 from convc.codegen.llvm_utils import I32, I64, PTR, VOID, for_range, gep, i64
 
 # pool layout, in bytes; the words written by different threads sit on separate cache lines
@@ -151,7 +152,7 @@ def _emit_claim_loop(module: ir.Module) -> ir.Function:
 
 def emit_threadpool(module: ir.Module, triple: str) -> None:
     """Add the pool functions to ``module`` (once)."""
-    if "convc_parallel" in module.globals:
+    if PARALLEL in module.globals:
         return
     malloc = _extern(module, "malloc", PTR, [I64])
     free = _extern(module, "free", VOID, [PTR])
@@ -206,7 +207,7 @@ def emit_threadpool(module: ir.Module, triple: str) -> None:
         return _field(b, pool, b.add(i64(WORKERS), b.mul(t, i64(WORKER_SLOT))))
 
     # --- create ------------------------------------------------------------------------------
-    create = ir.Function(module, ir.FunctionType(PTR, [I64]), name="convc_pool_create")
+    create = ir.Function(module, ir.FunctionType(PTR, [I64]), name=POOL_CREATE)
     b = ir.IRBuilder(create.append_basic_block("entry"))
     n = create.args[0]
     pool = b.call(malloc, [b.add(i64(WORKERS), b.mul(n, i64(WORKER_SLOT)))])
@@ -221,7 +222,7 @@ def emit_threadpool(module: ir.Module, triple: str) -> None:
     b.ret(pool)
 
     # --- destroy -----------------------------------------------------------------------------
-    destroy = ir.Function(module, ir.FunctionType(VOID, [PTR]), name="convc_pool_destroy")
+    destroy = ir.Function(module, ir.FunctionType(VOID, [PTR]), name=POOL_DESTROY)
     b = ir.IRBuilder(destroy.append_basic_block("entry"))
     pool = destroy.args[0]
     with b.if_then(b.icmp_unsigned("!=", pool, ir.Constant(PTR, None))):
@@ -235,7 +236,7 @@ def emit_threadpool(module: ir.Module, triple: str) -> None:
     b.ret_void()
 
     # --- parallel ----------------------------------------------------------------------------
-    par = ir.Function(module, ir.FunctionType(VOID, [PTR, PTR, PTR]), name="convc_parallel")
+    par = ir.Function(module, ir.FunctionType(VOID, [PTR, PTR, PTR]), name=PARALLEL)
     b = ir.IRBuilder(par.append_basic_block("entry"))
     pool, fn, argv = par.args
     with b.if_else(b.icmp_unsigned("==", pool, ir.Constant(PTR, None))) as (alone, shared):

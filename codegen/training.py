@@ -14,6 +14,7 @@ import numpy as np
 from convc.codegen.module import KernelCall, ModuleEmitter, NativeModule
 from convc.passes.pipeline import Plan
 
+from convc.abi import ENTRY
 from convc.ir import Op, TensorKind
 from convc.ops import OpKind
 
@@ -95,7 +96,6 @@ def compile_graph(graph, *, threads: int = 1, in_place: bool = True, cache: bool
     with the training emitter; returns a ``CompiledModel``. For tests of the training kernels and
     for graphs built by hand."""
     from convc.codegen.jit import ObjectEngine
-    from convc.codegen.module import ENTRY
     from convc.passes.memory import plan_memory
 
     from convc.runtime import IOSpec, NativeRunner, PoolApi
@@ -108,6 +108,5 @@ def compile_graph(graph, *, threads: int = 1, in_place: bool = True, cache: bool
              for names in (native.input_names, native.output_names)]
     runner = NativeRunner(engine.address(ENTRY), native.arena_bytes, native.constants, *specs, keepalive=engine,
                           kernel_names=[op for op, _ in native.kernel_names], threads=threads,
-                          pool_api=PoolApi.from_addresses(engine.address("convc_pool_create"),
-                                                          engine.address("convc_pool_destroy")))
+                          pool_api=PoolApi.from_symbols(engine.address))
     return CompiledModel(runner, graph, threads=threads)

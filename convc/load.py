@@ -31,7 +31,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from convc.codegen.aot import ABI_VERSION
+from convc import abi
+from convc.abi import ABI_VERSION
 from convc.codegen.artifacts import (TRAILER_BYTES, ArtifactError, CacheWarning, atomic_write, digest, file_digest,
                                      file_name, private_dir, verify_library)
 from convc.errors import ConvcError
@@ -114,18 +115,18 @@ def _c_text(value: bytes | None, what: str, path: str) -> str:
     return value.decode("utf-8", "replace")
 
 
-def _compiled_specs(lib: ctypes.CDLL, path: str, count_fn: str, prefix: str, what: str,
+def _compiled_specs(lib: ctypes.CDLL, path: str, table: abi.SpecTable, what: str,
                     names_from: list | None = None) -> list:
     """Inputs, outputs or training state as the compiled metadata functions describe them: count,
     rank, shape, size and dtype from compiled constants; names from ``names_from`` (the JSON) when
     given, since a name may hold characters (NUL) a C string cannot."""
     from convc.runtime import IOSpec
-    count = _need(lib, path, count_fn, ctypes.c_int)
-    rank = _need(lib, path, f"{prefix}_rank", ctypes.c_int, [ctypes.c_int])
-    shape = _need(lib, path, f"{prefix}_shape", ctypes.POINTER(ctypes.c_int64), [ctypes.c_int])
-    size = _need(lib, path, f"{prefix}_size", ctypes.c_int64, [ctypes.c_int])
-    dtype = _need(lib, path, f"{prefix}_dtype", ctypes.c_char_p, [ctypes.c_int])
-    name = _need(lib, path, f"{prefix}_name", ctypes.c_char_p, [ctypes.c_int])
+    count = _need(lib, path, table.count, ctypes.c_int)
+    rank = _need(lib, path, table.function("rank"), ctypes.c_int, [ctypes.c_int])
+    shape = _need(lib, path, table.function("shape"), ctypes.POINTER(ctypes.c_int64), [ctypes.c_int])
+    size = _need(lib, path, table.function("size"), ctypes.c_int64, [ctypes.c_int])
+    dtype = _need(lib, path, table.function("dtype"), ctypes.c_char_p, [ctypes.c_int])
+    name = _need(lib, path, table.function("name"), ctypes.c_char_p, [ctypes.c_int])
     specs = []
     for i in range(count()):
         r, dims_ptr, n = rank(i), shape(i), size(i)
@@ -182,44 +183,44 @@ def inspect_library(path: str | os.PathLike) -> tuple[ctypes.CDLL, LibraryInfo]:
         raise LoadError(f"{path}: cannot load it as a shared library ({e}); was it built for another "
                         f"architecture or operating system?") from None
     _LOADED[path] = sha
-    abi_fn = _bind(lib, "convc_abi_version", ctypes.c_int)
+    abi_fn = _bind(lib, abi.ABI_VERSION_FN, ctypes.c_int)
     if abi_fn is None:
-        raise LoadError(f"{path}: not a library built by `convc compile` (no convc_abi_version)")
-    abi = abi_fn()
-    if abi != ABI_VERSION:
-        version = _bind(lib, "convc_version", ctypes.c_char_p)
+        raise LoadError(f"{path}: not a library built by `convc compile` (no {abi.ABI_VERSION_FN})")
+    lib_abi = abi_fn()
+    if lib_abi != ABI_VERSION:
+        version = _bind(lib, abi.VERSION, ctypes.c_char_p)
         built_by = version().decode() if version is not None else "an unknown convc"
         from convc import __version__
-        raise LoadError(f"{path}: built by convc {built_by} with C ABI version {abi}; this convc ({__version__}) "
+        raise LoadError(f"{path}: built by convc {built_by} with C ABI version {lib_abi}; this convc ({__version__}) "
                         f"loads ABI version {ABI_VERSION}. Rebuild it with `convc compile`.")
-    text = _need(lib, path, "convc_metadata_json", ctypes.c_char_p)
+    text = _need(lib, path, abi.METADATA_JSON, ctypes.c_char_p)
     try:
-        meta = json.loads(_c_text(text(), "convc_metadata_json", path))
+        meta = json.loads(_c_text(text(), abi.METADATA_JSON, path))
     except ValueError as e:
         raise LoadError(f"{path}: its metadata JSON is corrupt ({e}); rebuild it with `convc compile`") from None
     if not isinstance(meta, dict):
         raise LoadError(f"{path}: its metadata JSON is not an object; rebuild it with `convc compile`")
-    arena = _need(lib, path, "convc_arena_bytes", ctypes.c_int64)()
-    threads = _need(lib, path, "convc_max_threads", ctypes.c_int)()
-    inputs = _compiled_specs(lib, path, "convc_num_inputs", "convc_input", "input", _json_names(meta, "inputs", path))
-    outputs = _compiled_specs(lib, path, "convc_num_outputs", "convc_output", "output",
+    arena = _need(lib, path, abi.ARENA_BYTES, ctypes.c_int64)()
+    threads = _need(lib, path, abi.MAX_THREADS, ctypes.c_int)()
+    inputs = _compiled_specs(lib, path, abi.INPUTS, "input", _json_names(meta, "inputs", path))
+    outputs = _compiled_specs(lib, path, abi.OUTPUTS, "output",
                               _json_names(meta, "outputs", path))
     if arena < 0 or threads < 1:
         raise LoadError(f"{path}: its compiled metadata is inconsistent (arena {arena} bytes, {threads} threads)")
-    _agrees(path, "abi", meta.get("abi"), abi)
+    _agrees(path, "abi", meta.get("abi"), lib_abi)
     _agrees(path, "arena_bytes", meta.get("arena_bytes"), arena)
     _agrees(path, "threads", meta.get("threads"), threads)
     _check_specs(path, "input", meta["inputs"], inputs)
     _check_specs(path, "output", meta["outputs"], outputs)
     # the features: from the compiled table (convc_cpu_feature(i) is NULL past its end)
-    ok = _need(lib, path, "convc_cpu_feature_ok", ctypes.c_int, [ctypes.c_int])
-    name = _need(lib, path, "convc_cpu_feature", ctypes.c_char_p, [ctypes.c_int])
+    ok = _need(lib, path, abi.CPU_FEATURE_OK, ctypes.c_int, [ctypes.c_int])
+    name = _need(lib, path, abi.CPU_FEATURE, ctypes.c_char_p, [ctypes.c_int])
     features = []
     while len(features) < 4096 and name(len(features)) is not None:
         features.append(name(len(features)).decode("utf-8", "replace"))
     _agrees(path, "features", meta.get("features"), features)
     missing = [f for i, f in enumerate(features) if not ok(i)]
-    return lib, LibraryInfo(path, abi, meta, missing, sha, arena, threads, inputs, outputs)
+    return lib, LibraryInfo(path, lib_abi, meta, missing, sha, arena, threads, inputs, outputs)
 
 
 def cpu_error(where: str, meta: dict, missing: Sequence[str]) -> LoadError:
@@ -249,14 +250,14 @@ def load(path: str | os.PathLike, *, threads: int | None = None):
     compiled = info.threads
     threads = compiled if threads is None else max(1, min(int(threads), compiled))
     address = lambda name: ctypes.cast(_need(lib, info.path, name, None), ctypes.c_void_p).value  # noqa: E731
-    table_fn = _need(lib, info.path, "convc_constant_table", ctypes.c_void_p)
-    n_const = _need(lib, info.path, "convc_num_constants", ctypes.c_int)()
+    table_fn = _need(lib, info.path, abi.CONSTANT_TABLE, ctypes.c_void_p)
+    n_const = _need(lib, info.path, abi.NUM_CONSTANTS, ctypes.c_int)()
     table = (ctypes.c_void_p * max(1, n_const)).from_address(table_fn())
     kernel_names = meta.get("kernel_names", ())
-    runner = NativeRunner(address("convc_run"), info.arena_bytes, [], info.inputs, info.outputs, keepalive=lib,
+    runner = NativeRunner(address(abi.ENTRY), info.arena_bytes, [], info.inputs, info.outputs, keepalive=lib,
                           kernel_names=kernel_names if isinstance(kernel_names, list) else (),
                           threads=threads, const_table=table,
-                          pool_api=PoolApi.from_addresses(address("convc_pool_create"), address("convc_pool_destroy")))
+                          pool_api=PoolApi.from_symbols(address))
     graph_meta = meta.get("graph_metadata")
     graph = LazyGraph(str(meta.get("name", "model")), graph_meta if isinstance(graph_meta, dict) else None,
                       why_not=f"it was loaded from the compiled library {info.path}")
@@ -290,12 +291,12 @@ class LoadedTrainer:
             raise LoadError(f"{path}: a training library has one input and an output, this one "
                             f"{len(self.inputs)} and {len(self.outputs)}")
         # the state and the labels: sizes from the compiled functions, checked against the JSON
-        state = _compiled_specs(lib, path, "convc_num_state", "convc_state", "training state",
+        state = _compiled_specs(lib, path, abi.STATE, "training state",
                                 _json_names(training, "state", path))
         _check_specs(path, "training state", training["state"], state)
         labels = training["labels"]
-        n_labels = _need(lib, path, "convc_labels_size", ctypes.c_int64)()
-        labels_dtype = _c_text(_need(lib, path, "convc_labels_dtype", ctypes.c_char_p)(), "convc_labels_dtype", path)
+        n_labels = _need(lib, path, abi.LABELS_SIZE, ctypes.c_int64)()
+        labels_dtype = _c_text(_need(lib, path, abi.LABELS_DTYPE, ctypes.c_char_p)(), abi.LABELS_DTYPE, path)
         shape = labels.get("shape")
         if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise LoadError(f"{path}: the labels' shape in its metadata JSON is malformed; rebuild it")
@@ -310,15 +311,15 @@ class LoadedTrainer:
         if unknown:
             raise LoadError(f"{path}: its metadata JSON names training state the library does not have: {unknown}")
         self.loss_name = training["loss"]
-        self._destroy = _bind(lib, "convc_destroy", None, [ctypes.c_void_p])
-        self._step = _bind(lib, "convc_train_step", ctypes.c_int,
+        self._destroy = _bind(lib, abi.DESTROY, None, [ctypes.c_void_p])
+        self._step = _bind(lib, abi.TRAIN_STEP, ctypes.c_int,
                            [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_float)])
-        self._run = _bind(lib, "convc_run_model", ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p])
-        self._set_lr = _bind(lib, "convc_set_learning_rate", None, [ctypes.c_void_p, ctypes.c_float])
-        self._get_lr = _bind(lib, "convc_learning_rate", ctypes.c_float, [ctypes.c_void_p])
-        self._steps = _bind(lib, "convc_steps_done", ctypes.c_int64, [ctypes.c_void_p])
-        data = _bind(lib, "convc_state_data", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_int])
-        create = _bind(lib, "convc_create", ctypes.c_void_p, [ctypes.c_int])
+        self._run = _bind(lib, abi.RUN_MODEL, ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p])
+        self._set_lr = _bind(lib, abi.SET_LEARNING_RATE, None, [ctypes.c_void_p, ctypes.c_float])
+        self._get_lr = _bind(lib, abi.LEARNING_RATE, ctypes.c_float, [ctypes.c_void_p])
+        self._steps = _bind(lib, abi.STEPS_DONE, ctypes.c_int64, [ctypes.c_void_p])
+        data = _bind(lib, abi.STATE_DATA, ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_int])
+        create = _bind(lib, abi.CREATE, ctypes.c_void_p, [ctypes.c_int])
         if None in (self._destroy, self._step, self._run, self._set_lr, self._get_lr, self._steps, data, create):
             raise LoadError(f"{path}: its metadata JSON describes a training library, but the training functions "
                             "are missing")
@@ -391,7 +392,7 @@ class LoadedTrainer:
             raise TrainingError(f"step {before + 1}: the loss ({loss.value}) or a gradient is not finite; the "
                                 "weights and optimizer state were not updated")
         if rc != 0:
-            raise LoadError(f"convc_train_step failed ({rc})")
+            raise LoadError(f"{abi.TRAIN_STEP} failed ({rc})")
         return float(loss.value)
 
     def predict(self, x, batch_size: int | None = None) -> np.ndarray:
@@ -408,7 +409,7 @@ class LoadedTrainer:
             ins = (ctypes.c_void_p * 1)(part.ctypes.data)
             outp = (ctypes.c_void_p * len(outs))(*[o.ctypes.data for o in outs])
             if self._run(self._ctx, ins, outp) != 0:
-                raise LoadError("convc_run_model failed")
+                raise LoadError(f"{abi.RUN_MODEL} failed")
             results.append(outs[0][:min(chunk, x.shape[0] - start)])
         return np.concatenate(results)
 

@@ -9,6 +9,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from convc.abi import ENTRY_SLOTS, POOL_CREATE, POOL_DESTROY, Slot
 from convc.errors import InputError
 from convc.limits import check_bytes
 
@@ -50,6 +51,11 @@ class PoolApi:
     def from_addresses(create: int, destroy: int) -> "PoolApi":
         return PoolApi(_POOL_CREATE(create), _POOL_DESTROY(destroy))
 
+    @staticmethod
+    def from_symbols(address: Callable[[str], int]) -> PoolApi:
+        """The pool functions of compiled code, given its symbol -> address look-up."""
+        return PoolApi.from_addresses(address(POOL_CREATE), address(POOL_DESTROY))
+
 
 class _Context:
     """What one concurrent caller owns: the arena, its worker threads, and the ctx block that the
@@ -72,8 +78,11 @@ class _Context:
             # finalizes everything at once in no fixed order, the code outlives the pool
             _PINNED_CODE[id(self)] = (pool_api, keepalive)
         base = self.arena.ctypes.data
-        self.block = (ctypes.c_void_p * 4)(base + (-base % 64), ctypes.addressof(const_table),
-                                           self.timestamps.ctypes.data, self.pool)
+        self.block = (ctypes.c_void_p * ENTRY_SLOTS)()
+        self.block[Slot.ARENA] = base + (-base % 64)
+        self.block[Slot.CONSTANTS] = ctypes.addressof(const_table)
+        self.block[Slot.TIMESTAMPS] = self.timestamps.ctypes.data
+        self.block[Slot.POOL] = self.pool
         self.address = ctypes.addressof(self.block)
         _LIVE_CONTEXTS.add(self)
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from convc.abi import ENTRY
 from convc.errors import ConvcError, InputError
 from convc.ir import Graph, TensorKind
 from convc.limits import check_size, positive_int
@@ -74,7 +75,6 @@ class _NativeStep:
     def __init__(self, plan, inputs: list[str], outputs: list[str], state: Mapping[str, np.ndarray],
                  instrument: bool = False, threads: int = 1, cache: bool | None = None):
         from convc.codegen.jit import ObjectEngine
-        from convc.codegen.module import ENTRY
         from convc.codegen.training import emit_training_module, machine_code_cached
         from convc.runtime import PoolApi, _Context
         native = emit_training_module(plan, name=plan.graph.name, instrument=instrument, threads=threads)
@@ -83,7 +83,7 @@ class _NativeStep:
         self._constants = [np.ascontiguousarray(c) for c in native.constants]
         self._const_table = (ctypes.c_void_p * max(1, len(self._constants)))(*[c.ctypes.data for c in self._constants])
         self.kernel_names = [op for op, _ in native.kernel_names]
-        pool = PoolApi.from_addresses(self.engine.address("convc_pool_create"), self.engine.address("convc_pool_destroy"))
+        pool = PoolApi.from_symbols(self.engine.address)
         self._ctx = _Context(native.arena_bytes, self._const_table, len(self.kernel_names) + 1 if instrument else 0,
                              threads, pool, self.engine)
         self.arena_bytes = native.arena_bytes

@@ -75,7 +75,7 @@ def elf_symbol(data: bytes, symbol: str) -> tuple[int, int]:
 def edit_library(path: Path, old: bytes, new: bytes, *, resign: bool) -> None:
     """Replace ``old`` by ``new`` (the same length) in a library; ``resign``: then give it a valid
     integrity trailer again, as if it had been built that way (a library that is whole but lies)."""
-    from convc.codegen.aot import ABI_VERSION
+    from convc.abi import ABI_VERSION
     from convc.codegen.artifacts import TRAILER_BYTES, sign_library
     assert len(old) == len(new)
     data = path.read_bytes()

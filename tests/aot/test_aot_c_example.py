@@ -10,7 +10,7 @@ import pytest
 from aot_helpers import EXAMPLE_C, inputs_for
 
 import convc
-from convc.codegen.aot import ABI_VERSION
+from convc.abi import ABI_VERSION
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
 

@@ -10,6 +10,7 @@ import pytest
 from aot_helpers import EXAMPLE_C, python
 
 import convc
+from convc import abi
 from convc.codegen import aot
 from convc.codegen.jit import Target
 
@@ -95,8 +96,8 @@ def test_metadata_functions_are_baseline_code(foreign_lib):
 
 
 def test_another_abi_version_is_refused(lenet_file, tmp_path, monkeypatch):
-    monkeypatch.setattr(aot, "ABI_VERSION", aot.ABI_VERSION + 41)
+    monkeypatch.setattr(abi, "ABI_VERSION", abi.ABI_VERSION + 41)
     res = aot.build(str(lenet_file), tmp_path / "future.so", threads=1)
     monkeypatch.undo()
-    with pytest.raises(convc.LoadError, match=rf"ABI version {aot.ABI_VERSION + 41}.*loads ABI version {aot.ABI_VERSION}"):
+    with pytest.raises(convc.LoadError, match=rf"ABI version {abi.ABI_VERSION + 41}.*loads ABI version {abi.ABI_VERSION}"):
         convc.load(res.output)

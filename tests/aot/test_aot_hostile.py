@@ -19,7 +19,8 @@ import pytest
 from aot_helpers import assert_refused, edit_library, elf_sections, elf_symbol, inputs_for, load_in_child
 
 import convc
-from convc.codegen.aot import ABI_VERSION, build
+from convc.abi import ABI_VERSION
+from convc.codegen.aot import build
 from convc.codegen.artifacts import CacheWarning, c_escape, c_string, verify_library
 
 needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")

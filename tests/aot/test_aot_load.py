@@ -11,7 +11,8 @@ import pytest
 from aot_helpers import inputs_for, python
 
 import convc
-from convc.codegen.aot import ABI_VERSION, build
+from convc.abi import ABI_VERSION
+from convc.codegen.aot import build
 
 
 def test_load_matches_the_jit(lenet_lib, lenet_jit):
