@@ -5,7 +5,8 @@ MatMul, and ConvTranspose once it exists), group-aware, every kernel tap counted
 that fall in the padding, bias excluded. torchvision's published "GFLOPS" are these MACs. FLOPs,
 where shown, are 2 x MACs.
 
-Everything else is "other-op FLOPs", counted per output element unless stated:
+Everything else is "other-op FLOPs": each op's ``OpDef.flops`` rule, written beside its reference
+in convc/ops/<family>.py and counted per output element unless it says otherwise. In short:
 
     unary activations (Relu, Sigmoid, Tanh, Clip, HardSwish, ...)   1  (a transcendental counts as one)
     Add, Sub, Mul, Div, Max, Min, PRelu   1;   Sum of k inputs: k - 1
@@ -18,20 +19,17 @@ Everything else is "other-op FLOPs", counted per output element unless stated:
     Conv/ConvTranspose/Gemm bias or C     1;  fused residual add 1;  fused activation 1
     data movement (views, Concat, Transpose, Split, Pad, Slice, Im2Col)  0
 
-An op none of these rules covers is *unmodelled*: its name is reported, never silently counted
-as zero.
+An op without a rule (``flops=None``: the training ops) is *unmodelled*: its name is reported,
+never silently counted as zero.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from convc.ir import Graph, Op, TensorKind
-from convc.ops import OpGroup, OpKind, TensorType, op_def
+from convc.ops import OpGroup, OpKind, op_def
 
-# ops that only move bytes: zero FLOPs by definition, not "unmodelled"
+# ops that only move bytes (their FLOP rule is no_flops) and so own no parameters
 DATA_MOVEMENT = OpGroup.VIEW | {OpKind.CONCAT, OpKind.IM2COL, OpKind.TRANSPOSE, OpKind.SPLIT, OpKind.PAD,
                                 OpKind.STRIDED_SLICE, OpKind.SLICE}
 
@@ -64,61 +62,14 @@ class Params:
         return self.params + self.bn_stats
 
 
-def _numel(t: TensorType) -> int:
-    return int(np.prod(t.shape, dtype=np.int64))
-
-
-def _epilogue_flops(op: Op, ins: Sequence[TensorType], outs: Sequence[TensorType]) -> int:
-    epi = op.attrs.epilogue
-    n_bias = len(ins) - 2 - int(epi.residual)  # 1 when there is a bias (Conv B, Gemm C)
-    return _numel(outs[0]) * (n_bias + int(epi.residual) + int(epi.activation is not None))
-
-
-def _pool_flops(op: Op, ins: Sequence[TensorType], outs: Sequence[TensorType]) -> int:
-    return _numel(outs[0]) * int(np.prod(op.attrs.kernel_shape, dtype=np.int64))
-
-
-def _per_output(n: int) -> Callable[[Op, Sequence[TensorType], Sequence[TensorType]], int]:
-    return lambda op, ins, outs: n * _numel(outs[0])
-
-
-def _resize_flops(op: Op, ins: Sequence[TensorType], outs: Sequence[TensorType]) -> int:
-    resized = sum(1 for a, b in zip(ins[0].shape, outs[0].shape) if a != b)
-    taps = {"nearest": 0, "linear": 2 ** resized, "cubic": 4 ** resized}.get(op.attrs.mode)
-    return 2 * taps * _numel(outs[0]) if taps is not None else 0
-
-
-OtherFlops = Callable[[Op, Sequence[TensorType], Sequence[TensorType]], int]
-
-OTHER_FLOPS: dict[OpKind, OtherFlops] = {
-    **{k: _per_output(1) for k in OpGroup.ELEMENTWISE - OpGroup.VIEW},
-    OpKind.SUM: lambda op, ins, outs: (len(ins) - 1) * _numel(outs[0]),
-    OpKind.BATCH_NORM: _per_output(2),
-    OpKind.LRN: lambda op, ins, outs: (2 * op.attrs.size + 3) * _numel(outs[0]),
-    OpKind.MAX_POOL: _pool_flops,
-    OpKind.AVERAGE_POOL: _pool_flops,
-    OpKind.LP_POOL: _pool_flops,
-    OpKind.GLOBAL_AVERAGE_POOL: lambda op, ins, outs: _numel(ins[0]),
-    OpKind.GLOBAL_MAX_POOL: lambda op, ins, outs: _numel(ins[0]),
-    OpKind.SOFTMAX: _per_output(4),
-    OpKind.LOG_SOFTMAX: _per_output(4),
-    OpKind.RESIZE: _resize_flops,
-    **{k: _epilogue_flops for k in OpGroup.EPILOGUE},
-    OpKind.MATMUL: _per_output(0),
-}
-
-
 def op_cost(g: Graph, op: Op) -> Cost:
     ins = [g.tensor(t).type for t in op.inputs]
     outs = [g.tensor(t).type for t in op.outputs]
-    macs_fn = op_def(op.kind).macs
-    macs = macs_fn(op.attrs, ins, outs) if macs_fn is not None else 0
-    if op.kind in DATA_MOVEMENT:
-        return Cost(macs)
-    other = OTHER_FLOPS.get(op.kind)
-    if other is None:  # MACs (if any) are still right; the rest is unknown and said so
+    definition = op_def(op.kind)
+    macs = definition.macs(op.attrs, ins, outs) if definition.macs is not None else 0
+    if definition.flops is None:  # MACs (if any) are still right; the rest is unknown and said so
         return Cost(macs, 0, (f"{op.name} ({op.kind.value})",))
-    return Cost(macs, other(op, ins, outs))
+    return Cost(macs, definition.flops(op.attrs, ins, outs))
 
 
 def op_costs(g: Graph) -> dict[str, Cost]:

@@ -70,6 +70,14 @@ def onnx_spelling(kind: OpKind, attrs: Any) -> OnnxNode:
     return OnnxNode(kind.value, attributes, tuple(inputs[i] for i in sorted(inputs)))
 
 
+def without_flop_rule(monkeypatch: Any, kind: OpKind) -> None:
+    """For one test, ``kind`` has no FLOP rule (its OpDef with ``flops=None``), as an op nobody modelled."""
+    from dataclasses import replace
+
+    from convc.ops import base
+    monkeypatch.setitem(base._REGISTRY, kind, replace(base._REGISTRY[kind], flops=None))
+
+
 def reference_evaluator_bug(kind: OpKind, attrs: Any, inputs: Sequence[np.ndarray]) -> str | None:
     """Why onnx.reference (1.23) gets this case wrong, or None. Those cases run on onnxruntime instead."""
     if kind is OpKind.MAX_POOL and all(s == 1 for s in attrs.strides) and all(d == 1 for d in attrs.dilations) \

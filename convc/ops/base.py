@@ -148,6 +148,9 @@ class NoAttrs:
     """Attributes of an op that has none."""
 
 
+FlopRule = Callable[[Any, Sequence[TensorType], Sequence[TensorType]], int]
+
+
 @dataclass(frozen=True)
 class OpDef:
     kind: OpKind
@@ -159,6 +162,9 @@ class OpDef:
     # (attrs, input types, output types) -> multiply-accumulates; None for ops that do none
     macs: Callable[[Any, Sequence[TensorType], Sequence[TensorType]], int] | None = None
     n_inputs: tuple[int, int] = (1, 1)  # (min, max) accepted input count; max -1 = variadic
+    # (attrs, input types, output types) -> FLOPs besides the MACs ("other FLOPs" of passes/macs.py);
+    # None: not modelled, which the cost analysis reports by name rather than counting as zero
+    flops: FlopRule | None = None
 
 
 _REGISTRY: dict[OpKind, OpDef] = {}
@@ -183,6 +189,20 @@ def registered_kinds() -> list[OpKind]:
 
 
 # --- helpers shared by the families ------------------------------------------------------
+def numel(t: TensorType) -> int:
+    return int(np.prod(t.shape, dtype=np.int64))
+
+
+def per_output(n: int) -> FlopRule:
+    """``n`` FLOPs per output element (a transcendental function counts as one)."""
+    return lambda a, ins, outs: n * numel(outs[0])
+
+
+def no_flops(a: Any, ins: Sequence[TensorType], outs: Sequence[TensorType]) -> int:
+    """Ops that only move bytes (views, Concat, Transpose, Pad, slices, Im2Col): zero by definition."""
+    return 0
+
+
 def check_arity(kind: OpKind, types: Sequence[TensorType], lo: int, hi: int) -> None:
     if len(types) < lo or (hi >= 0 and len(types) > hi):
         want = f"{lo}" if lo == hi else (f"at least {lo}" if hi < 0 else f"{lo} to {hi}")

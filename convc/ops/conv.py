@@ -9,7 +9,7 @@ import numpy as np
 
 from convc.errors import GraphError
 from convc.ops.attrs import onnx_attr
-from convc.ops.epilogue import NO_EPILOGUE, Epilogue
+from convc.ops.epilogue import NO_EPILOGUE, Epilogue, epilogue_flops
 from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, register
 from convc.ops.layout import CHANNELS_FIRST, CHANNELS_LAST, first, last, to_channels_first, to_channels_last
 
@@ -112,4 +112,4 @@ def macs(a: ConvAttrs, ins: Sequence[TensorType], outs: Sequence[TensorType]) ->
     return int(np.prod(outs[0].shape, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
 
 
-register(OpDef(OpKind.CONV, ConvAttrs, infer, reference, macs, n_inputs=(2, 4)))
+register(OpDef(OpKind.CONV, ConvAttrs, infer, reference, macs, n_inputs=(2, 4), flops=epilogue_flops))

@@ -21,7 +21,7 @@ from convc.errors import GraphError
 from convc.ops.attrs import onnx_attr
 from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, register
 from convc.ops.conv import split_inputs
-from convc.ops.epilogue import NO_EPILOGUE, Epilogue
+from convc.ops.epilogue import NO_EPILOGUE, Epilogue, epilogue_flops
 
 
 @dataclass(frozen=True)
@@ -124,4 +124,5 @@ def macs(a: ConvTransposeAttrs, ins: Sequence[TensorType], outs: Sequence[Tensor
     return int(np.prod(ins[0].shape, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
 
 
-register(OpDef(OpKind.CONV_TRANSPOSE, ConvTransposeAttrs, infer, reference, macs, n_inputs=(2, 4)))
+register(OpDef(OpKind.CONV_TRANSPOSE, ConvTransposeAttrs, infer, reference, macs, n_inputs=(2, 4),
+               flops=epilogue_flops))

@@ -13,8 +13,8 @@ import numpy as np
 
 from convc.errors import GraphError
 from convc.ops.attrs import onnx_attr
-from convc.ops.base import (NoAttrs, OpDef, OpKind, TensorType, broadcast_shapes, check_arity, check_float, register,
-                            same_type)
+from convc.ops.base import (NoAttrs, OpDef, OpGroup, OpKind, TensorType, broadcast_shapes, check_arity, check_float,
+                            no_flops, numel, per_output, register, same_type)
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,8 @@ _UNARY_REFS = {
 
 for _kind, (_attrs, _fn) in _UNARY_REFS.items():
     register(OpDef(_kind, _attrs, _unary(_kind),
-                   (lambda fn: lambda a, x: [np.asarray(fn(a, x)).astype(x.dtype)])(_fn)))
+                   (lambda fn: lambda a, x: [np.asarray(fn(a, x)).astype(x.dtype)])(_fn),
+                   flops=no_flops if _kind in OpGroup.VIEW else per_output(1)))
 
 
 def _broadcast(kind: OpKind, lo: int, hi: int):
@@ -106,21 +107,27 @@ def _broadcast(kind: OpKind, lo: int, hi: int):
     return infer
 
 
+def _n_ary_flops(a: NoAttrs, ins: Sequence[TensorType], outs: Sequence[TensorType]) -> int:
+    """k inputs combine with k - 1 operations per output element."""
+    return (len(ins) - 1) * numel(outs[0])
+
+
 register(OpDef(OpKind.ADD, NoAttrs, _broadcast(OpKind.ADD, 2, 2), lambda a, x, y: [(x + y).astype(x.dtype)],
-               n_inputs=(2, 2)))
+               n_inputs=(2, 2), flops=_n_ary_flops))
 register(OpDef(OpKind.MUL, NoAttrs, _broadcast(OpKind.MUL, 2, 2), lambda a, x, y: [(x * y).astype(x.dtype)],
-               n_inputs=(2, 2)))
+               n_inputs=(2, 2), flops=_n_ary_flops))
 register(OpDef(OpKind.SUM, NoAttrs, _broadcast(OpKind.SUM, 1, -1),
-               lambda a, *xs: [reduce(np.add, xs).astype(xs[0].dtype)], n_inputs=(1, -1)))
+               lambda a, *xs: [reduce(np.add, xs).astype(xs[0].dtype)], n_inputs=(1, -1), flops=_n_ary_flops))
 register(OpDef(OpKind.SUB, NoAttrs, _broadcast(OpKind.SUB, 2, 2), lambda a, x, y: [(x - y).astype(x.dtype)],
-               n_inputs=(2, 2)))
+               n_inputs=(2, 2), flops=_n_ary_flops))
 register(OpDef(OpKind.DIV, NoAttrs, _broadcast(OpKind.DIV, 2, 2),
-               lambda a, x, y: [(_f64(x) / _f64(y)).astype(x.dtype)], n_inputs=(2, 2)))
-# np.maximum/np.minimum propagate NaN, as ONNX Max/Min (and the kernels' llvm.maximum/minimum) do
+               lambda a, x, y: [(_f64(x) / _f64(y)).astype(x.dtype)], n_inputs=(2, 2), flops=_n_ary_flops))
+# np.maximum/np.minimum propagate NaN, as ONNX Max/Min (and the kernels' llvm.maximum/minimum) do; Max and
+# Min of k inputs count 1 per output element, as they always have (not k - 1)
 register(OpDef(OpKind.MAX, NoAttrs, _broadcast(OpKind.MAX, 1, -1),
-               lambda a, *xs: [reduce(np.maximum, xs).astype(xs[0].dtype)], n_inputs=(1, -1)))
+               lambda a, *xs: [reduce(np.maximum, xs).astype(xs[0].dtype)], n_inputs=(1, -1), flops=per_output(1)))
 register(OpDef(OpKind.MIN, NoAttrs, _broadcast(OpKind.MIN, 1, -1),
-               lambda a, *xs: [reduce(np.minimum, xs).astype(xs[0].dtype)], n_inputs=(1, -1)))
+               lambda a, *xs: [reduce(np.minimum, xs).astype(xs[0].dtype)], n_inputs=(1, -1), flops=per_output(1)))
 
 
 def prelu_infer(a: NoAttrs, types: Sequence[TensorType]) -> list[TensorType]:
@@ -132,4 +139,5 @@ def prelu_infer(a: NoAttrs, types: Sequence[TensorType]) -> list[TensorType]:
 
 
 register(OpDef(OpKind.PRELU, NoAttrs, prelu_infer,
-               lambda a, x, slope: [np.where(x < 0, _f64(x) * slope, x).astype(x.dtype)], n_inputs=(2, 2)))
+               lambda a, x, slope: [np.where(x < 0, _f64(x) * slope, x).astype(x.dtype)], n_inputs=(2, 2),
+               flops=per_output(1)))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from convc.errors import GraphError
-from convc.ops.base import NoAttrs, OpDef, OpKind, TensorType, check_arity, check_float, register
+from convc.ops.base import NoAttrs, OpDef, OpKind, TensorType, check_arity, check_float, no_flops, register
 from convc.ops.elementwise import LeakyReluAttrs
 from convc.ops.softmax import SoftmaxAttrs
 
@@ -173,4 +173,4 @@ def slice_reference(a: SliceAttrs, x: np.ndarray) -> list[np.ndarray]:
 
 
 register(OpDef(OpKind.REDUCE_SUM, ReduceSumAttrs, reduce_infer, reduce_reference))
-register(OpDef(OpKind.SLICE, SliceAttrs, slice_infer, slice_reference))
+register(OpDef(OpKind.SLICE, SliceAttrs, slice_infer, slice_reference, flops=no_flops))

@@ -6,11 +6,12 @@ The fused op computes ``activation(op(x) + residual)``: the residual is the op's
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from convc.ops.base import OpKind
+from convc.ops.base import OpKind, TensorType, numel
 
 
 @dataclass(frozen=True)
@@ -37,3 +38,11 @@ class Epilogue:
 
 
 NO_EPILOGUE = Epilogue()
+
+
+def epilogue_flops(a: Any, ins: Sequence[TensorType], outs: Sequence[TensorType]) -> int:
+    """Other FLOPs of a Conv, ConvTranspose or Gemm (its MACs aside): per output element, 1 for the bias
+    (Conv B, Gemm C), 1 for a fused residual add and 1 for a fused activation."""
+    epi = a.epilogue
+    n_bias = len(ins) - 2 - int(epi.residual)
+    return numel(outs[0]) * (n_bias + int(epi.residual) + int(epi.activation is not None))

@@ -9,8 +9,9 @@ import numpy as np
 from convc.errors import GraphError
 from convc.ops.attrs import onnx_attr
 from convc.ops.conv import split_inputs
-from convc.ops.epilogue import NO_EPILOGUE, Epilogue
-from convc.ops.base import NoAttrs, OpDef, OpKind, TensorType, broadcast_shapes, check_arity, check_float, register
+from convc.ops.epilogue import NO_EPILOGUE, Epilogue, epilogue_flops
+from convc.ops.base import (NoAttrs, OpDef, OpKind, TensorType, broadcast_shapes, check_arity, check_float, per_output,
+                            register)
 
 
 @dataclass(frozen=True)
@@ -78,5 +79,6 @@ def matmul_macs(a: NoAttrs, ins: Sequence[TensorType], outs: Sequence[TensorType
     return int(np.prod(outs[0].shape, dtype=np.int64)) * ins[0].shape[-1]
 
 
-register(OpDef(OpKind.GEMM, GemmAttrs, gemm_infer, gemm_reference, gemm_macs, n_inputs=(2, 4)))
-register(OpDef(OpKind.MATMUL, NoAttrs, matmul_infer, matmul_reference, matmul_macs, n_inputs=(2, 2)))
+register(OpDef(OpKind.GEMM, GemmAttrs, gemm_infer, gemm_reference, gemm_macs, n_inputs=(2, 4), flops=epilogue_flops))
+register(OpDef(OpKind.MATMUL, NoAttrs, matmul_infer, matmul_reference, matmul_macs, n_inputs=(2, 2),
+               flops=per_output(0)))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from convc.errors import GraphError
-from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, register
+from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, no_flops, register
 from convc.ops.conv import ConvAttrs, conv_output_size
 
 
@@ -77,4 +77,4 @@ def reference(a: Im2ColAttrs, x: np.ndarray) -> list[np.ndarray]:
     return [col.reshape((n, c * a.taps) + out)]
 
 
-register(OpDef(OpKind.IM2COL, Im2ColAttrs, infer, reference))
+register(OpDef(OpKind.IM2COL, Im2ColAttrs, infer, reference, flops=no_flops))

@@ -8,7 +8,7 @@ import numpy as np
 
 from convc.errors import GraphError
 from convc.ops.attrs import onnx_attr
-from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, register
+from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, numel, per_output, register
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,8 @@ def reference(a: BatchNormAttrs, x, scale, bias, mean, var) -> list[np.ndarray]:
     return [y.astype(x.dtype)]
 
 
-register(OpDef(OpKind.BATCH_NORM, BatchNormAttrs, infer, reference, n_inputs=(5, 5)))
+register(OpDef(OpKind.BATCH_NORM, BatchNormAttrs, infer, reference, n_inputs=(5, 5),
+               flops=per_output(2)))  # x * s + t, s and t precomputed
 
 
 @dataclass(frozen=True)
@@ -70,4 +71,9 @@ def lrn_reference(a: LrnAttrs, x: np.ndarray) -> list[np.ndarray]:
     return [(x / (a.bias + a.alpha / a.size * total) ** a.beta).astype(x.dtype)]
 
 
-register(OpDef(OpKind.LRN, LrnAttrs, lrn_infer, lrn_reference))
+def lrn_flops(a: LrnAttrs, ins: Sequence[TensorType], outs: Sequence[TensorType]) -> int:
+    """Square and add per window channel; then scale, power and divide."""
+    return (2 * a.size + 3) * numel(outs[0])
+
+
+register(OpDef(OpKind.LRN, LrnAttrs, lrn_infer, lrn_reference, flops=lrn_flops))

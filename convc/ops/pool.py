@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from convc.errors import GraphError
-from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, register
+from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, numel, register
 from convc.ops.layout import CHANNELS_FIRST, CHANNELS_LAST, first, last, to_channels_first, to_channels_last
 
 
@@ -158,9 +158,21 @@ def _global_reference(fn):
     return run
 
 
-register(OpDef(OpKind.MAX_POOL, PoolAttrs, _pool_infer(OpKind.MAX_POOL), max_pool_reference))
-register(OpDef(OpKind.AVERAGE_POOL, PoolAttrs, _pool_infer(OpKind.AVERAGE_POOL), average_pool_reference))
-register(OpDef(OpKind.LP_POOL, LpPoolAttrs, _pool_infer(OpKind.LP_POOL), lp_pool_reference))
+def window_flops(a: PoolAttrs | LpPoolAttrs, ins: Sequence[TensorType], outs: Sequence[TensorType]) -> int:
+    """Kernel taps per output element."""
+    return numel(outs[0]) * int(np.prod(a.kernel_shape, dtype=np.int64))
+
+
+def global_flops(a: GlobalPoolAttrs, ins: Sequence[TensorType], outs: Sequence[TensorType]) -> int:
+    """One per input element."""
+    return numel(ins[0])
+
+
+register(OpDef(OpKind.MAX_POOL, PoolAttrs, _pool_infer(OpKind.MAX_POOL), max_pool_reference, flops=window_flops))
+register(OpDef(OpKind.AVERAGE_POOL, PoolAttrs, _pool_infer(OpKind.AVERAGE_POOL), average_pool_reference,
+               flops=window_flops))
+register(OpDef(OpKind.LP_POOL, LpPoolAttrs, _pool_infer(OpKind.LP_POOL), lp_pool_reference, flops=window_flops))
 register(OpDef(OpKind.GLOBAL_AVERAGE_POOL, GlobalPoolAttrs, _global_infer(OpKind.GLOBAL_AVERAGE_POOL),
-               _global_reference(np.mean)))
-register(OpDef(OpKind.GLOBAL_MAX_POOL, GlobalPoolAttrs, _global_infer(OpKind.GLOBAL_MAX_POOL), _global_reference(np.max)))
+               _global_reference(np.mean), flops=global_flops))
+register(OpDef(OpKind.GLOBAL_MAX_POOL, GlobalPoolAttrs, _global_infer(OpKind.GLOBAL_MAX_POOL),
+               _global_reference(np.max), flops=global_flops))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from convc.errors import GraphError
-from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, register
+from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, numel, register
 
 MODES = ("nearest", "linear", "cubic")
 COORDINATE_MODES = ("half_pixel", "half_pixel_symmetric", "pytorch_half_pixel", "align_corners", "asymmetric",
@@ -203,4 +203,12 @@ def reference(a: ResizeAttrs, x: np.ndarray) -> list[np.ndarray]:
     return [y.astype(x.dtype)]
 
 
-register(OpDef(OpKind.RESIZE, ResizeAttrs, infer, reference))
+def flops(a: ResizeAttrs, ins: Sequence[TensorType], outs: Sequence[TensorType]) -> int:
+    """Per output element: nearest 0; a multiply and an add per tap of the other modes, linear 2^r and
+    cubic 4^r taps over the r resized axes."""
+    resized = sum(1 for a_, b_ in zip(ins[0].shape, outs[0].shape) if a_ != b_)
+    taps = {"nearest": 0, "linear": 2 ** resized, "cubic": 4 ** resized}.get(a.mode)
+    return 2 * taps * numel(outs[0]) if taps is not None else 0
+
+
+register(OpDef(OpKind.RESIZE, ResizeAttrs, infer, reference, flops=flops))

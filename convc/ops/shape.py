@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from convc.errors import GraphError
-from convc.ops.base import OpDef, OpKind, TensorType, check_arity, register
+from convc.ops.base import OpDef, OpKind, TensorType, check_arity, no_flops, register
 
 
 @dataclass(frozen=True)
@@ -58,10 +58,11 @@ def concat_infer(a: ConcatAttrs, types: Sequence[TensorType]) -> list[TensorType
 
 
 register(OpDef(OpKind.FLATTEN, FlattenAttrs, flatten_infer,
-               lambda a, x: [x.reshape(int(np.prod(x.shape[:a.axis])), -1).copy()]))
-register(OpDef(OpKind.RESHAPE, ReshapeAttrs, reshape_infer, lambda a, x: [x.reshape(a.shape).copy()]))
+               lambda a, x: [x.reshape(int(np.prod(x.shape[:a.axis])), -1).copy()], flops=no_flops))
+register(OpDef(OpKind.RESHAPE, ReshapeAttrs, reshape_infer, lambda a, x: [x.reshape(a.shape).copy()],
+               flops=no_flops))
 register(OpDef(OpKind.CONCAT, ConcatAttrs, concat_infer, lambda a, *xs: [np.concatenate(xs, axis=a.axis)],
-               n_inputs=(1, -1)))
+               n_inputs=(1, -1), flops=no_flops))
 
 
 # --- Transpose, Split, Pad, StridedSlice (ONNX coverage) ------------------------------------------
@@ -174,7 +175,8 @@ def strided_slice_reference(a: StridedSliceAttrs, x: np.ndarray) -> list[np.ndar
 
 
 register(OpDef(OpKind.TRANSPOSE, TransposeAttrs, transpose_infer,
-               lambda a, x: [np.ascontiguousarray(np.transpose(x, a.perm))]))
-register(OpDef(OpKind.SPLIT, SplitAttrs, split_infer, split_reference))
-register(OpDef(OpKind.PAD, PadAttrs, pad_infer, pad_reference))
-register(OpDef(OpKind.STRIDED_SLICE, StridedSliceAttrs, strided_slice_infer, strided_slice_reference))
+               lambda a, x: [np.ascontiguousarray(np.transpose(x, a.perm))], flops=no_flops))
+register(OpDef(OpKind.SPLIT, SplitAttrs, split_infer, split_reference, flops=no_flops))
+register(OpDef(OpKind.PAD, PadAttrs, pad_infer, pad_reference, flops=no_flops))
+register(OpDef(OpKind.STRIDED_SLICE, StridedSliceAttrs, strided_slice_infer, strided_slice_reference,
+               flops=no_flops))

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from convc.errors import GraphError
-from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, register, same_type
+from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, per_output, register, same_type
 
 
 @dataclass(frozen=True)
@@ -40,5 +40,7 @@ def log_reference(a: SoftmaxAttrs, x: np.ndarray) -> list[np.ndarray]:
     return [(shifted - np.log(np.exp(shifted).sum(axis=a.axis, keepdims=True))).astype(x.dtype)]
 
 
-register(OpDef(OpKind.SOFTMAX, SoftmaxAttrs, infer, reference))
-register(OpDef(OpKind.LOG_SOFTMAX, SoftmaxAttrs, _infer(OpKind.LOG_SOFTMAX), log_reference))
+# max, exp, sum, then divide (Softmax) or log (LogSoftmax)
+register(OpDef(OpKind.SOFTMAX, SoftmaxAttrs, infer, reference, flops=per_output(4)))
+register(OpDef(OpKind.LOG_SOFTMAX, SoftmaxAttrs, _infer(OpKind.LOG_SOFTMAX), log_reference,
+               flops=per_output(4)))
