@@ -6,7 +6,7 @@ Two rules, applied in execution order so that Conv -> Add -> Relu ends as one op
 - residual: ``Add(y, r)`` (or a two-input Sum) where ``y`` is the only use of the output of such an
   op with an empty epilogue and ``r`` has ``y``'s shape becomes that producer with ``r`` as its last
   input, computing ``y + r``;
-- activation: a fusible activation (``OpGroup.FUSIBLE_ACTIVATION``) reading the only use of a
+- activation: an activation declared fusible (``OpDef.fusible``) reading the only use of a
   producer's output becomes its epilogue activation.
 
 The producer's output must not be a graph output, since fusing would change the value stored there.
@@ -18,7 +18,7 @@ import dataclasses
 from convc.passes.rewrite import absorb, note, single_consumer
 
 from convc.ir import Graph, Op
-from convc.ops import OpGroup, OpKind
+from convc.ops import OpGroup, OpKind, op_def
 
 ADDITION = frozenset({OpKind.ADD, OpKind.SUM})
 
@@ -71,7 +71,7 @@ def fuse_epilogues(g: Graph) -> Graph:
     for op in g.ops():
         if op.name not in g.nx:  # already fused into its producer
             continue
-        if op.kind in OpGroup.FUSIBLE_ACTIVATION:
+        if op_def(op.kind).fusible:
             fuse_activation(g, op)
         elif op.kind in ADDITION:
             fuse_residual(g, op)

@@ -17,11 +17,9 @@ import numpy as np
 from llvmlite import ir
 
 from convc.ops.epilogue import Epilogue
-from convc.ops.base import OpKind
+from convc.codegen.kernels.elementwise import UNARY, VECTOR_UNARY
 from convc.codegen.llvm_utils import F32, I1, I64, PTR, VOID, for_range, gep, i64
 
-# fused activations that are cheap on whole vectors; the others run as a scalar pass afterwards
-VECTOR_ACTIVATIONS = frozenset({OpKind.RELU, OpKind.LEAKY_RELU, OpKind.SIGMOID, OpKind.CLIP, OpKind.HARD_SWISH})
 
 
 @dataclass(frozen=True)
@@ -45,7 +43,7 @@ K_UNROLL = 4  # k-steps per iteration of a micro-kernel's k loop (GemmEmitter.k_
 
 def split_epilogue(epi: Epilogue) -> tuple[Epilogue, Epilogue]:
     """(the part the micro-kernel applies in registers, the part left for a scalar pass)."""
-    if epi.activation is None or epi.activation in VECTOR_ACTIVATIONS:
+    if epi.activation is None or epi.activation in VECTOR_UNARY:
         return epi, Epilogue()
     return Epilogue(epi.residual), Epilogue(False, epi.activation, epi.activation_attrs)
 
@@ -204,7 +202,6 @@ class GemmEmitter:
                    init: str, bias: ir.Value, residual: ir.Value, epi: Epilogue) -> None:
         """C[i, 0:n_valid] = init + accs[i], then the epilogue, for each row i of the register tile
         (rows ``ldc`` apart; the residual has C's layout)."""
-        from convc.codegen.kernels.elementwise import UNARY
         w = self.isa.width
         for i, row in enumerate(accs):
             for v, val in enumerate(row):

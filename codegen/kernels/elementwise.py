@@ -1,6 +1,9 @@
 """Unary activations and broadcasting n-ary arithmetic as flat native loops."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from llvmlite import ir
 
 from convc.ir import Op
@@ -9,22 +12,47 @@ from convc.codegen.llvm_utils import FAST, F64, const_like, call_intrinsic, fmax
     loop_nest, memcpy, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 
+UnaryFn = Callable[[ir.IRBuilder, ir.Value, Any], ir.Value]
+# kind -> the function computing it on one value, a scalar or (where VECTOR_UNARY says so) a vector;
+# emit_unary loops it over a tensor and fused epilogues (kernels/epilogue.py, blas.py) apply it in place
+UNARY: dict[OpKind, UnaryFn] = {}
+# the functions that work on whole vectors: a fused epilogue applies them to a register tile, the others
+# run as a scalar pass after the tile is stored (blas.split_epilogue). tanh calls libm's scalar tanhf;
+# the rest are marked False until an epilogue test covers them on vectors.
+VECTOR_UNARY: set[OpKind] = set()
 
+
+def unary(kind: OpKind, *, vector: bool) -> Callable[[UnaryFn], UnaryFn]:
+    """Register ``fn`` as the kernel of unary op ``kind``; ``vector``: it is correct and cheap on vectors."""
+    def register(fn: UnaryFn) -> UnaryFn:
+        if kind in UNARY:
+            raise RuntimeError(f"two unary kernels for {kind.value}")
+        UNARY[kind] = fn
+        if vector:
+            VECTOR_UNARY.add(kind)
+        return fn
+    return register
+
+
+@unary(OpKind.RELU, vector=True)
 def relu(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     # x < 0 ? 0 : x keeps NaN as NaN, like numpy
     zero = const_like(x, 0.0)
     return b.select(b.fcmp_ordered("<", x, zero), zero, x)
 
 
+@unary(OpKind.LEAKY_RELU, vector=True)
 def leaky_relu(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     return b.select(b.fcmp_ordered("<", x, const_like(x, 0.0)), b.fmul(x, const_like(x, attrs.alpha)), x)
 
 
+@unary(OpKind.SIGMOID, vector=True)
 def sigmoid(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     e = call_intrinsic(b, "llvm.exp.f32", [b.fneg(x)])
     return b.fdiv(const_like(x, 1.0), b.fadd(const_like(x, 1.0), e))
 
 
+@unary(OpKind.TANH, vector=False)
 def tanh(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     return call_intrinsic(b, "tanhf", [x])  # libm: accurate near 0, where 1-2/(e^2x+1) is not
 
@@ -54,28 +82,34 @@ def clamp(b: ir.IRBuilder, x: ir.Value, lo: float, hi: float) -> ir.Value:
     return b.select(b.fcmp_ordered(">", x, const_like(x, hi)), const_like(x, hi), x)
 
 
+@unary(OpKind.CLIP, vector=True)
 def clip(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     return clamp(b, x, attrs.min, attrs.max)
 
 
+@unary(OpKind.ELU, vector=False)
 def elu(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     neg = b.fmul(const_like(x, attrs.alpha), expm1(b, x))
     return b.select(b.fcmp_ordered(">", x, const_like(x, 0.0)), x, neg)
 
 
+@unary(OpKind.SELU, vector=False)
 def selu(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     neg = b.fmul(const_like(x, attrs.alpha), expm1(b, x))
     return b.fmul(const_like(x, attrs.gamma), b.select(b.fcmp_ordered(">", x, const_like(x, 0.0)), x, neg))
 
 
+@unary(OpKind.HARD_SIGMOID, vector=False)
 def hard_sigmoid(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     return clamp(b, b.fadd(b.fmul(x, const_like(x, attrs.alpha)), const_like(x, attrs.beta)), 0.0, 1.0)
 
 
+@unary(OpKind.HARD_SWISH, vector=True)
 def hard_swish(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     return b.fmul(x, clamp(b, b.fadd(b.fmul(x, const_like(x, 1.0 / 6.0)), const_like(x, 0.5)), 0.0, 1.0))
 
 
+@unary(OpKind.SOFTPLUS, vector=False)
 def softplus(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     """max(x, 0) + log1p(exp(-|x|)): never overflows; the log1p runs in double for small exp(-|x|)."""
     e = math_call(b, "exp", b.fneg(math_call(b, "fabs", x)))
@@ -84,13 +118,9 @@ def softplus(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     return b.fadd(relu(b, x, None), log1p)
 
 
+@unary(OpKind.SOFTSIGN, vector=False)
 def softsign(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     return b.fdiv(x, b.fadd(const_like(x, 1.0), math_call(b, "fabs", x)))
-
-
-UNARY = {OpKind.RELU: relu, OpKind.LEAKY_RELU: leaky_relu, OpKind.SIGMOID: sigmoid, OpKind.TANH: tanh,
-         OpKind.CLIP: clip, OpKind.ELU: elu, OpKind.SELU: selu, OpKind.HARD_SIGMOID: hard_sigmoid,
-         OpKind.HARD_SWISH: hard_swish, OpKind.SOFTPLUS: softplus, OpKind.SOFTSIGN: softsign}
 
 
 @emitter(*UNARY)

@@ -1,5 +1,6 @@
 """Op kinds and their definitions. Each family registers itself with an explicit import below."""
-from convc.ops.base import NoAttrs, OpDef, OpGroup, OpKind, TensorType, op_def, register, registered_kinds
+from convc.ops.base import (NoAttrs, OpDef, OpGroup, OpKind, TensorType, fusible_activations, op_def, register,
+                            registered_kinds)
 
 # registration: one import line per family
 from convc.ops import conv, elementwise, gemm, norm, pool, shape, softmax  # noqa: E402,F401
@@ -7,4 +8,5 @@ from convc.ops import im2col  # noqa: E402,F401
 from convc.ops import conv_transpose, resize  # noqa: E402,F401
 from convc.ops import conv_grad, elementwise_grad, loss, norm_grad, optim, pool_grad  # noqa: E402,F401  (training)
 
-__all__ = ["NoAttrs", "OpDef", "OpGroup", "OpKind", "TensorType", "op_def", "register", "registered_kinds"]
+__all__ = ["NoAttrs", "OpDef", "OpGroup", "OpKind", "TensorType", "fusible_activations", "op_def", "register",
+           "registered_kinds"]

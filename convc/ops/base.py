@@ -115,16 +115,7 @@ class OpGroup:
     MATMUL_LIKE = frozenset({OpKind.CONV, OpKind.GEMM, OpKind.MATMUL})
     # ops whose attributes carry an Epilogue (convc/ops/epilogue.py) that passes fuse into
     EPILOGUE = frozenset({OpKind.CONV, OpKind.CONV_TRANSPOSE, OpKind.GEMM})
-    # activations passes/fusion.py fuses into an epilogue: one line per kind, added once
-    # codegen/kernels/epilogue.py can apply it (it uses the unary kernels' table)
-    FUSIBLE_ACTIVATION = frozenset({
-        OpKind.RELU,
-        OpKind.LEAKY_RELU,
-        OpKind.SIGMOID,
-        OpKind.TANH,
-        OpKind.CLIP,
-        OpKind.HARD_SWISH,
-    })
+    # (the activations passes/fusion.py fuses into an epilogue: OpDef.fusible, see fusible_activations())
     # ops whose output has the input's bytes in the same order (a view, no computation)
     VIEW = frozenset({OpKind.FLATTEN, OpKind.RESHAPE, OpKind.IDENTITY, OpKind.DROPOUT})
 
@@ -165,6 +156,9 @@ class OpDef:
     # (attrs, input types, output types) -> FLOPs besides the MACs ("other FLOPs" of passes/macs.py);
     # None: not modelled, which the cost analysis reports by name rather than counting as zero
     flops: FlopRule | None = None
+    # an activation passes/fusion.py may fold into the epilogue of a Conv, ConvTranspose or Gemm
+    # (OpGroup.EPILOGUE); codegen applies it with the kind's unary kernel
+    fusible: bool = False
 
 
 _REGISTRY: dict[OpKind, OpDef] = {}
@@ -186,6 +180,11 @@ def op_def(kind: OpKind) -> OpDef:
 
 def registered_kinds() -> list[OpKind]:
     return list(_REGISTRY)
+
+
+def fusible_activations() -> frozenset[OpKind]:
+    """The activations declared ``fusible`` (passes/fusion.py folds them into epilogues)."""
+    return frozenset(k for k, d in _REGISTRY.items() if d.fusible)
 
 
 # --- helpers shared by the families ------------------------------------------------------

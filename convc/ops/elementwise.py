@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import reduce
-from typing import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -75,26 +76,27 @@ def _hard_sigmoid(x: np.ndarray, alpha: float, beta: float) -> np.ndarray:
     return np.clip(alpha * x + beta, 0.0, 1.0)
 
 
-_UNARY_REFS = {
-    OpKind.RELU: (NoAttrs, lambda a, x: np.maximum(x, 0)),
-    OpKind.LEAKY_RELU: (LeakyReluAttrs, lambda a, x: np.where(x >= 0, x, a.alpha * x)),
-    OpKind.SIGMOID: (NoAttrs, lambda a, x: _sigmoid(x.astype(np.float64))),
-    OpKind.TANH: (NoAttrs, lambda a, x: np.tanh(x)),
-    OpKind.IDENTITY: (NoAttrs, lambda a, x: x.copy()),
-    OpKind.DROPOUT: (DropoutAttrs, lambda a, x: x.copy()),
-    OpKind.CLIP: (ClipAttrs, lambda a, x: np.minimum(np.maximum(x, a.min), a.max)),
-    OpKind.ELU: (EluAttrs, lambda a, x: _elu(_f64(x), a.alpha)),
-    OpKind.SELU: (SeluAttrs, lambda a, x: a.gamma * _elu(_f64(x), a.alpha)),
-    OpKind.HARD_SIGMOID: (HardSigmoidAttrs, lambda a, x: _hard_sigmoid(_f64(x), a.alpha, a.beta)),
-    OpKind.HARD_SWISH: (NoAttrs, lambda a, x: _f64(x) * _hard_sigmoid(_f64(x), 1.0 / 6.0, 0.5)),
-    OpKind.SOFTPLUS: (NoAttrs, lambda a, x: np.maximum(_f64(x), 0) + np.log1p(np.exp(-np.abs(_f64(x))))),
-    OpKind.SOFTSIGN: (NoAttrs, lambda a, x: _f64(x) / (1.0 + np.abs(_f64(x)))),
-}
+def unary_op(kind: OpKind, attrs: type, fn: Callable[[Any, np.ndarray], np.ndarray], *, fusible: bool = False) -> None:
+    """Register unary op ``kind`` (a member of ``OpGroup.UNARY``): ``fn(attrs, x)`` is its reference, in any
+    precision (the result is cast back to x's dtype); ``fusible``: passes/fusion.py may fold it into a
+    Conv/ConvTranspose/Gemm epilogue, where codegen applies its kernel (codegen/kernels/elementwise.UNARY)."""
+    register(OpDef(kind, attrs, _unary(kind), lambda a, x: [np.asarray(fn(a, x)).astype(x.dtype)],
+                   flops=no_flops if kind in OpGroup.VIEW else per_output(1), fusible=fusible))
 
-for _kind, (_attrs, _fn) in _UNARY_REFS.items():
-    register(OpDef(_kind, _attrs, _unary(_kind),
-                   (lambda fn: lambda a, x: [np.asarray(fn(a, x)).astype(x.dtype)])(_fn),
-                   flops=no_flops if _kind in OpGroup.VIEW else per_output(1)))
+
+unary_op(OpKind.RELU, NoAttrs, lambda a, x: np.maximum(x, 0), fusible=True)
+unary_op(OpKind.LEAKY_RELU, LeakyReluAttrs, lambda a, x: np.where(x >= 0, x, a.alpha * x), fusible=True)
+unary_op(OpKind.SIGMOID, NoAttrs, lambda a, x: _sigmoid(x.astype(np.float64)), fusible=True)
+unary_op(OpKind.TANH, NoAttrs, lambda a, x: np.tanh(x), fusible=True)
+unary_op(OpKind.IDENTITY, NoAttrs, lambda a, x: x.copy())
+unary_op(OpKind.DROPOUT, DropoutAttrs, lambda a, x: x.copy())
+unary_op(OpKind.CLIP, ClipAttrs, lambda a, x: np.minimum(np.maximum(x, a.min), a.max), fusible=True)
+unary_op(OpKind.ELU, EluAttrs, lambda a, x: _elu(_f64(x), a.alpha))
+unary_op(OpKind.SELU, SeluAttrs, lambda a, x: a.gamma * _elu(_f64(x), a.alpha))
+unary_op(OpKind.HARD_SIGMOID, HardSigmoidAttrs, lambda a, x: _hard_sigmoid(_f64(x), a.alpha, a.beta))
+unary_op(OpKind.HARD_SWISH, NoAttrs, lambda a, x: _f64(x) * _hard_sigmoid(_f64(x), 1.0 / 6.0, 0.5), fusible=True)
+unary_op(OpKind.SOFTPLUS, NoAttrs, lambda a, x: np.maximum(_f64(x), 0) + np.log1p(np.exp(-np.abs(_f64(x)))))
+unary_op(OpKind.SOFTSIGN, NoAttrs, lambda a, x: _f64(x) / (1.0 + np.abs(_f64(x))))
 
 
 def _broadcast(kind: OpKind, lo: int, hi: int):
