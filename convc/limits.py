@@ -15,7 +15,7 @@ import functools
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -81,6 +81,23 @@ def check_bytes(what: str, nbytes: int, error: type[ConvcError] = GraphError) ->
         raise error(f"{what} needs {nbytes} bytes ({human(nbytes)}), more than convc allows for one tensor or "
                     f"arena ({human(limit)}: {source})")
     return nbytes
+
+
+# Window attributes (kernel extents, strides, dilations, pads) come straight from the model. No
+# network needs values beyond int32, and bounding them keeps every index the generated code
+# computes (output * stride + tap * dilation - pad) far from int64's limit.
+MAX_WINDOW_VALUE = 2**31 - 1
+# A pooling window loops over all its taps at run time (padding included): more than this many
+# taps per output would run for hours. A global pool is GlobalAveragePool/GlobalMaxPool.
+MAX_POOL_TAPS = 2**24
+
+
+def check_window(op: str, **values: Sequence[int]) -> None:
+    """GraphError naming ``op`` and the attribute when a window value is beyond MAX_WINDOW_VALUE."""
+    for name, vals in values.items():
+        if any(abs(int(v)) > MAX_WINDOW_VALUE for v in vals):
+            raise GraphError(f"{op} {name}={tuple(vals)}: convc supports window sizes, strides, dilations and "
+                             f"pads up to {MAX_WINDOW_VALUE}")
 
 
 def positive_int(name: str, value, *, optional: bool = True) -> int | None:

@@ -29,7 +29,7 @@ def emit_pool(em: ModuleEmitter, op: Op) -> KernelCall:
     if op.attrs.channels_last:  # set by passes/layout.py
         from convc.codegen.kernels.pool_nhwc import emit_pool_channels_last
         return emit_pool_channels_last(em, op)
-    if op.attrs.spatial_rank > 2 or int(np.prod(op.attrs.kernel_shape)) > MAX_UNROLLED_TAPS:
+    if op.attrs.spatial_rank > 2 or math.prod(op.attrs.kernel_shape) > MAX_UNROLLED_TAPS:
         return emit_pool_nd(em, op)  # 3-D, or a window too big to unroll tap by tap (60 x 80: minutes in LLVM)
     return emit_pool_rows(em, op)
 

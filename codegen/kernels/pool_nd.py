@@ -17,7 +17,7 @@ MAX_UNROLLED_TAPS = 64
 
 
 def window_bounds(b, kernel_shape: tuple[int, ...]) -> list:
-    if int(np.prod(kernel_shape)) <= MAX_UNROLLED_TAPS:
+    if math.prod(kernel_shape) <= MAX_UNROLLED_TAPS:  # exact: an int64 product of attributes can wrap
         return list(kernel_shape)
     return [opaque(b, k) for k in kernel_shape]
 

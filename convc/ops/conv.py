@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from convc.errors import GraphError
+from convc.limits import check_window
 from convc.ops.attrs import onnx_attr
 from convc.ops.epilogue import NO_EPILOGUE, Epilogue, epilogue_flops
 from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, register
@@ -65,6 +66,7 @@ def infer(a: ConvAttrs, types: Sequence[TensorType]) -> list[TensorType]:
         raise GraphError(f"Conv with a {r}-D kernel needs rank-{r + 2} X and W, got X.shape={x.shape}, W.shape={w.shape}")
     if tuple(w.shape[2:]) != a.kernel_shape:
         raise GraphError(f"W.shape={w.shape} does not match kernel_shape={a.kernel_shape}")
+    check_window("Conv", strides=a.strides, dilations=a.dilations, pads=a.pads)
     n, c = x.shape[:2]
     m, cg = w.shape[:2]
     if c != cg * a.group or m % a.group:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from convc.errors import GraphError
+from convc.limits import check_window
 from convc.ops.attrs import onnx_attr
 from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, register
 from convc.ops.conv import split_inputs
@@ -75,6 +76,7 @@ def infer(a: ConvTransposeAttrs, types: Sequence[TensorType]) -> list[TensorType
                          f"W.shape={w.shape}")
     if tuple(w.shape[2:]) != a.kernel_shape:
         raise GraphError(f"W.shape={w.shape} does not match kernel_shape={a.kernel_shape}")
+    check_window("ConvTranspose", strides=a.strides, dilations=a.dilations, pads=a.pads, output_padding=a.extra)
     n, c = x.shape[:2]
     if w.shape[0] != c or c % a.group:
         raise GraphError(f"X.shape={x.shape}, W.shape={w.shape}, group={a.group}: W.shape[0] must equal the input "

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
 
 from convc.errors import GraphError
+from convc.limits import MAX_POOL_TAPS, check_window
 from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, numel, register
 from convc.ops.layout import CHANNELS_FIRST, CHANNELS_LAST, first, last, to_channels_first, to_channels_last
 
@@ -67,6 +69,11 @@ def _pool_infer(kind: OpKind):
         r = a.spatial_rank
         if x.rank != r + 2:
             raise GraphError(f"{kind.value} with a {r}-D kernel needs a rank-{r + 2} input, got X.shape={x.shape}")
+        check_window(kind.value, kernel_shape=a.kernel_shape, strides=a.strides, dilations=a.dilations, pads=a.pads)
+        if math.prod(a.kernel_shape) > MAX_POOL_TAPS:
+            raise GraphError(f"{kind.value} kernel_shape={a.kernel_shape} has {math.prod(a.kernel_shape)} taps per "
+                             f"window; convc pools windows of at most {MAX_POOL_TAPS} taps (a pool over the whole "
+                             "input is GlobalAveragePool or GlobalMaxPool)")
         out = tuple(pool_output_size(x.shape[2 + i], a.kernel_shape[i], a.strides[i], a.dilations[i], a.pads[i],
                                      a.pads[r + i], a.ceil_mode) for i in range(r))
         if any(o < 1 for o in out):

@@ -4,6 +4,7 @@ allocates anything. Every failure is a ModelImportError naming the file or tenso
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import onnx
@@ -305,3 +306,28 @@ def test_initializer_data_of_the_wrong_length(cut):
     with pytest.raises(ModelImportError, match=rf"initializer 'w' holds {cut or 20} bytes of data, but shape \(4,\) of "
                                                r"float32 needs 16"):
         import_onnx(model)
+
+
+# --- window attributes ---------------------------------------------------------------------------
+B32 = 2**32
+
+
+@pytest.mark.parametrize("op, attrs, needle", [
+    # kernel 2**32 x 2**32: its int64 tap count wrapped to 0, so the pool was unrolled tap by tap (a hang)
+    ("MaxPool", {"kernel_shape": [B32, B32], "strides": [B32, B32], "pads": [B32 - 1] * 4}, "MaxPool kernel_shape="),
+    ("AveragePool", {"kernel_shape": [2**40, 2], "strides": [1, 1], "pads": [2**40 - 1, 0, 2**40 - 1, 0]},
+     "AveragePool kernel_shape="),
+    ("MaxPool", {"kernel_shape": [2, 2], "dilations": [B32, B32], "pads": [B32] * 4, "strides": [B32, B32]},
+     "MaxPool strides="),
+    # a window of 2**26 taps on a 4x4 input (legal ONNX with SAME padding): hours of run time
+    ("MaxPool", {"kernel_shape": [2**13, 2**13], "auto_pad": "SAME_UPPER"}, "has 67108864 taps per window; convc "
+                                                                            "pools windows of at most 16777216 taps"),
+    ("Conv", {"strides": [2**62, 2**62]}, "Conv strides=(4611686018427387904, 4611686018427387904): convc supports"),
+    ("Conv", {"dilations": [B32, B32], "pads": [B32] * 4}, "Conv dilations="),
+])
+def test_window_attributes_beyond_int32_are_refused(op, attrs, needle):
+    """Products of such values overflow the int64 index arithmetic of the generated code."""
+    inits = {"w": np.ones((1, 1, 2, 2), np.float32)} if op == "Conv" else {}
+    node = helper.make_node(op, ["X", "w"] if op == "Conv" else ["X"], ["Y"], name="win", **attrs)
+    with pytest.raises(ModelImportError, match=rf"node 'win' \({op}, opset 17\): .*{re.escape(needle)}"):
+        convc.compile(make_model([node], {"X": [1, 1, 4, 4]}, ["Y"], inits))
