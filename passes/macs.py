@@ -15,6 +15,7 @@ in convc/ops/<family>.py and counted per output element unless it says otherwise
     MaxPool, AveragePool, LpPool          kernel taps per output element
     GlobalAveragePool, GlobalMaxPool      1 per input element
     Softmax, LogSoftmax                   4  (max, exp, sum, divide or log)
+    ReduceSum                             input elements - output elements
     Resize                                nearest 0; linear 2 * 2^r, cubic 2 * 4^r (r = resized axes)
     Conv/ConvTranspose/Gemm bias or C     1;  fused residual add 1;  fused activation 1
     data movement (views, Concat, Transpose, Split, Pad, Slice, Im2Col)  0

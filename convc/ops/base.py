@@ -118,6 +118,21 @@ class OpGroup:
     # (the activations passes/fusion.py fuses into an epilogue: OpDef.fusible, see fusible_activations())
     # ops whose output has the input's bytes in the same order (a view, no computation)
     VIEW = frozenset({OpKind.FLATTEN, OpKind.RESHAPE, OpKind.IDENTITY, OpKind.DROPOUT})
+    # what passes/autodiff adds for a training step: training-mode forms, gradients, losses, optimizer
+    # updates. No ONNX import or export, no gradient of their own (the loss's is seeded), no FLOP rule
+    # (the training profile lists them as unmodelled). ReduceSum and Slice, which autodiff also uses,
+    # are ordinary ops.
+    TRAINING = frozenset({
+        OpKind.CONV_GRAD_INPUT, OpKind.CONV_GRAD_WEIGHT, OpKind.MAX_POOL_GRAD, OpKind.AVERAGE_POOL_GRAD,
+        OpKind.GLOBAL_AVERAGE_POOL_GRAD, OpKind.GLOBAL_MAX_POOL_GRAD, OpKind.BATCH_NORM_TRAIN, OpKind.BATCH_NORM_GRAD,
+        OpKind.BATCH_NORM_RUNNING_UPDATE, OpKind.RELU_GRAD, OpKind.LEAKY_RELU_GRAD, OpKind.SIGMOID_GRAD,
+        OpKind.TANH_GRAD, OpKind.SOFTMAX_GRAD, OpKind.DROPOUT_TRAIN, OpKind.DROPOUT_GRAD,
+        OpKind.SOFTMAX_CROSS_ENTROPY, OpKind.SOFTMAX_CROSS_ENTROPY_GRAD, OpKind.MSE_LOSS, OpKind.MSE_LOSS_GRAD,
+        OpKind.BCE_LOSS, OpKind.BCE_LOSS_GRAD, OpKind.SGD_UPDATE, OpKind.MOMENTUM_UPDATE, OpKind.ADAGRAD_UPDATE,
+        OpKind.RMSPROP_UPDATE, OpKind.ADAM_UPDATE, OpKind.ALL_FINITE, OpKind.STEP_INCREMENT,
+    })
+    # ops only passes create, which no ONNX model spells: lowering's Im2Col and the training ops
+    INTERNAL = TRAINING | {OpKind.IM2COL}
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from convc.errors import GraphError
-from convc.ops.base import NoAttrs, OpDef, OpKind, TensorType, check_arity, check_float, no_flops, register
+from convc.ops.base import (NoAttrs, OpDef, OpKind, TensorType, check_arity, check_float, no_flops, numel,
+                            register)
 from convc.ops.elementwise import LeakyReluAttrs
 from convc.ops.softmax import SoftmaxAttrs
 
@@ -172,5 +173,10 @@ def slice_reference(a: SliceAttrs, x: np.ndarray) -> list[np.ndarray]:
     return [np.ascontiguousarray(x[sl])]
 
 
-register(OpDef(OpKind.REDUCE_SUM, ReduceSumAttrs, reduce_infer, reduce_reference))
+def reduce_flops(a: ReduceSumAttrs, ins: Sequence[TensorType], outs: Sequence[TensorType]) -> int:
+    """One add per input element beyond the first of each output element."""
+    return numel(ins[0]) - numel(outs[0])
+
+
+register(OpDef(OpKind.REDUCE_SUM, ReduceSumAttrs, reduce_infer, reduce_reference, flops=reduce_flops))
 register(OpDef(OpKind.SLICE, SliceAttrs, slice_infer, slice_reference, flops=no_flops))
