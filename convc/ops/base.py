@@ -1,7 +1,8 @@
 """Op kinds, tensor types and the registry of op definitions.
 
-An op family lives in ``convc/ops/<family>.py``: attribute dataclasses, shape/dtype inference,
-MAC count and the numpy reference, registered here with ``register``.
+An op family lives in ``convc/ops/<family>.py``: attribute dataclasses (their ONNX spelling
+declared with ``convc.ops.attrs.onnx_attr``), shape/dtype inference, the numpy reference, the MAC
+and FLOP rules and whether an activation is fusible, registered here with ``register``.
 """
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 Converters (ONNX node -> convc ops) and folders (numpy evaluation of all-constant nodes) are
 registered by op type and opset range, one module per op family, each registered by the import
-line below. To claim a new op: add ``@converter("OpType", since=..., until=...)`` (and
+line below. Unary ops import through one converter derived from their OpDef (elementwise.py). To
+claim another op: add ``@converter("OpType", since=..., until=...)`` (and
 ``@folder(...)`` if it also appears in shape arithmetic) to its family module, then a test in
 ``tests/frontend/onnx/test_onnx_<family>.py`` comparing with onnxruntime.
 """
