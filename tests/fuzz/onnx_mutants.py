@@ -196,6 +196,22 @@ def mutate_attribute(m, rng) -> str:
     return f"node {node.name!r} attribute {a.name} removed"
 
 
+def mutate_window(m, rng) -> str:
+    """Window, stride, dilation and padding that grow together: the output stays small, only the
+    numbers are hostile (their products overflow int64 index arithmetic, or loop for ever)."""
+    node = _pick(rng, [n for n in m.graph.node if n.op_type in ("Conv", "MaxPool")])
+    big = int(_pick(rng, [2**12, 2**16, 2**31 - 1, 2**31, 2**32, 2**40, 2**62]))
+    values = {"strides": [big, big], "pads": [big - 1] * 4}
+    if node.op_type == "MaxPool":
+        values["kernel_shape"] = [big, big] if rng.random() < 0.7 else [big, 2]
+    if rng.random() < 0.5:
+        values["dilations"] = [big, 1]
+    keep = [a for a in node.attribute if a.name not in values]
+    del node.attribute[:]
+    node.attribute.extend(keep + [helper.make_attribute(k, v) for k, v in values.items()])
+    return f"node {node.name!r} {values}"
+
+
 def mutate_op_type(m, rng) -> str:
     node = _pick(rng, list(m.graph.node))
     old, node.op_type = node.op_type, _pick(rng, OP_TYPES)
@@ -309,8 +325,8 @@ def mutate_external_data(m, rng) -> str:
 
 
 SEMANTIC = [mutate_input_dim, mutate_initializer, mutate_dtype, mutate_missing_input, mutate_attribute,
-            mutate_op_type, mutate_cycle, mutate_duplicate, mutate_model_header, mutate_outputs, mutate_nodes,
-            mutate_external_data]
+            mutate_window, mutate_op_type, mutate_cycle, mutate_duplicate, mutate_model_header, mutate_outputs,
+            mutate_nodes, mutate_external_data]
 
 
 def mutate_bytes(data: bytes, rng) -> tuple[bytes, str]:
