@@ -22,6 +22,20 @@ UNARY: dict[OpKind, UnaryFn] = {}
 VECTOR_UNARY: set[OpKind] = set()
 
 
+# kind -> f'(x) on one value, for the unary ops whose OpDef declares a derivative (UnaryGrad's kernel)
+DERIVATIVE: dict[OpKind, UnaryFn] = {}
+
+
+def derivative(kind: OpKind) -> Callable[[UnaryFn], UnaryFn]:
+    """Register ``fn(b, x, attrs)`` as the derivative of unary op ``kind`` at ``x``."""
+    def register(fn: UnaryFn) -> UnaryFn:
+        if kind in DERIVATIVE:
+            raise RuntimeError(f"two derivative kernels for {kind.value}")
+        DERIVATIVE[kind] = fn
+        return fn
+    return register
+
+
 def unary(kind: OpKind, *, vector: bool) -> Callable[[UnaryFn], UnaryFn]:
     """Register ``fn`` as the kernel of unary op ``kind``; ``vector``: it is correct and cheap on vectors."""
     def register(fn: UnaryFn) -> UnaryFn:
@@ -93,10 +107,21 @@ def elu(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     return b.select(b.fcmp_ordered(">", x, const_like(x, 0.0)), x, neg)
 
 
+@derivative(OpKind.ELU)
+def elu_derivative(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    neg = b.fmul(const_like(x, attrs.alpha), math_call(b, "exp", x))
+    return b.select(b.fcmp_ordered(">", x, const_like(x, 0.0)), const_like(x, 1.0), neg)
+
+
 @unary(OpKind.SELU, vector=False)
 def selu(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     neg = b.fmul(const_like(x, attrs.alpha), expm1(b, x))
     return b.fmul(const_like(x, attrs.gamma), b.select(b.fcmp_ordered(">", x, const_like(x, 0.0)), x, neg))
+
+
+@derivative(OpKind.SELU)
+def selu_derivative(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    return b.fmul(const_like(x, attrs.gamma), elu_derivative(b, x, attrs))
 
 
 @unary(OpKind.HARD_SIGMOID, vector=False)
@@ -118,9 +143,20 @@ def softplus(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     return b.fadd(relu(b, x, None), log1p)
 
 
+@derivative(OpKind.SOFTPLUS)
+def softplus_derivative(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    return sigmoid(b, x, None)
+
+
 @unary(OpKind.SOFTSIGN, vector=False)
 def softsign(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     return b.fdiv(x, b.fadd(const_like(x, 1.0), math_call(b, "fabs", x)))
+
+
+@derivative(OpKind.SOFTSIGN)
+def softsign_derivative(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    d = b.fadd(const_like(x, 1.0), math_call(b, "fabs", x))
+    return b.fdiv(const_like(x, 1.0), b.fmul(d, d))
 
 
 @emitter(*UNARY)

@@ -17,6 +17,7 @@ from convc.codegen.llvm_utils import (
     memset_zero,
     store,
 )
+from convc.codegen.kernels.elementwise import DERIVATIVE
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from llvmlite import ir
 
@@ -41,8 +42,12 @@ def _tanh_grad(b: ir.IRBuilder, y, dy, attrs):
     return b.fmul(dy, b.fsub(f32(1.0), b.fmul(y, y)))
 
 
+def _unary_grad(b: ir.IRBuilder, x, dy, attrs):
+    return b.fmul(dy, DERIVATIVE[attrs.kind](b, x, attrs.attrs))
+
+
 PAIR = {OpKind.RELU_GRAD: _relu_grad, OpKind.LEAKY_RELU_GRAD: _leaky_relu_grad,
-        OpKind.SIGMOID_GRAD: _sigmoid_grad, OpKind.TANH_GRAD: _tanh_grad}
+        OpKind.SIGMOID_GRAD: _sigmoid_grad, OpKind.TANH_GRAD: _tanh_grad, OpKind.UNARY_GRAD: _unary_grad}
 
 
 @emitter(*PAIR)

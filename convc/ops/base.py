@@ -82,6 +82,7 @@ class OpKind(enum.Enum):
     LEAKY_RELU_GRAD = "LeakyReluGrad"
     SIGMOID_GRAD = "SigmoidGrad"
     TANH_GRAD = "TanhGrad"
+    UNARY_GRAD = "UnaryGrad"  # dX = dY * f'(X) of a unary op f that declares its derivative
     SOFTMAX_GRAD = "SoftmaxGrad"
     DROPOUT_TRAIN = "DropoutTrain"
     DROPOUT_GRAD = "DropoutGrad"
@@ -127,7 +128,7 @@ class OpGroup:
         OpKind.CONV_GRAD_INPUT, OpKind.CONV_GRAD_WEIGHT, OpKind.MAX_POOL_GRAD, OpKind.AVERAGE_POOL_GRAD,
         OpKind.GLOBAL_AVERAGE_POOL_GRAD, OpKind.GLOBAL_MAX_POOL_GRAD, OpKind.BATCH_NORM_TRAIN, OpKind.BATCH_NORM_GRAD,
         OpKind.BATCH_NORM_RUNNING_UPDATE, OpKind.RELU_GRAD, OpKind.LEAKY_RELU_GRAD, OpKind.SIGMOID_GRAD,
-        OpKind.TANH_GRAD, OpKind.SOFTMAX_GRAD, OpKind.DROPOUT_TRAIN, OpKind.DROPOUT_GRAD,
+        OpKind.TANH_GRAD, OpKind.UNARY_GRAD, OpKind.SOFTMAX_GRAD, OpKind.DROPOUT_TRAIN, OpKind.DROPOUT_GRAD,
         OpKind.SOFTMAX_CROSS_ENTROPY, OpKind.SOFTMAX_CROSS_ENTROPY_GRAD, OpKind.MSE_LOSS, OpKind.MSE_LOSS_GRAD,
         OpKind.BCE_LOSS, OpKind.BCE_LOSS_GRAD, OpKind.SGD_UPDATE, OpKind.MOMENTUM_UPDATE, OpKind.ADAGRAD_UPDATE,
         OpKind.RMSPROP_UPDATE, OpKind.ADAM_UPDATE, OpKind.ALL_FINITE, OpKind.STEP_INCREMENT,
@@ -175,6 +176,9 @@ class OpDef:
     # an activation passes/fusion.py may fold into the epilogue of a Conv, ConvTranspose or Gemm
     # (OpGroup.EPILOGUE); codegen applies it with the kind's unary kernel
     fusible: bool = False
+    # a unary op's derivative as a function of its input, (attrs, x) -> dy/dx in numpy; with it
+    # autodiff differentiates the op through OpKind.UNARY_GRAD, no gradient rule or backward op of its own
+    derivative: Callable[[Any, np.ndarray], np.ndarray] | None = None
 
 
 _REGISTRY: dict[OpKind, OpDef] = {}

@@ -76,12 +76,17 @@ def _hard_sigmoid(x: np.ndarray, alpha: float, beta: float) -> np.ndarray:
     return np.clip(alpha * x + beta, 0.0, 1.0)
 
 
-def unary_op(kind: OpKind, attrs: type, fn: Callable[[Any, np.ndarray], np.ndarray], *, fusible: bool = False) -> None:
+Fn = Callable[[Any, np.ndarray], np.ndarray]
+
+
+def unary_op(kind: OpKind, attrs: type, fn: Fn, *, fusible: bool = False, derivative: Fn | None = None) -> None:
     """Register unary op ``kind`` (a member of ``OpGroup.UNARY``): ``fn(attrs, x)`` is its reference, in any
     precision (the result is cast back to x's dtype); ``fusible``: passes/fusion.py may fold it into a
-    Conv/ConvTranspose/Gemm epilogue, where codegen applies its kernel (codegen/kernels/elementwise.UNARY)."""
+    Conv/ConvTranspose/Gemm epilogue, where codegen applies its kernel (codegen/kernels/elementwise.UNARY);
+    ``derivative(attrs, x)``: dy/dx, which makes the op trainable (its kernel is
+    codegen/kernels/elementwise.DERIVATIVE[kind])."""
     register(OpDef(kind, attrs, _unary(kind), lambda a, x: [np.asarray(fn(a, x)).astype(x.dtype)],
-                   flops=no_flops if kind in OpGroup.VIEW else per_output(1), fusible=fusible))
+                   flops=no_flops if kind in OpGroup.VIEW else per_output(1), fusible=fusible, derivative=derivative))
 
 
 unary_op(OpKind.RELU, NoAttrs, lambda a, x: np.maximum(x, 0), fusible=True)
@@ -91,12 +96,16 @@ unary_op(OpKind.TANH, NoAttrs, lambda a, x: np.tanh(x), fusible=True)
 unary_op(OpKind.IDENTITY, NoAttrs, lambda a, x: x.copy())
 unary_op(OpKind.DROPOUT, DropoutAttrs, lambda a, x: x.copy())
 unary_op(OpKind.CLIP, ClipAttrs, lambda a, x: np.minimum(np.maximum(x, a.min), a.max), fusible=True)
-unary_op(OpKind.ELU, EluAttrs, lambda a, x: _elu(_f64(x), a.alpha))
-unary_op(OpKind.SELU, SeluAttrs, lambda a, x: a.gamma * _elu(_f64(x), a.alpha))
+unary_op(OpKind.ELU, EluAttrs, lambda a, x: _elu(_f64(x), a.alpha),
+         derivative=lambda a, x: np.where(x > 0, 1.0, a.alpha * np.exp(np.minimum(_f64(x), 0))))
+unary_op(OpKind.SELU, SeluAttrs, lambda a, x: a.gamma * _elu(_f64(x), a.alpha),
+         derivative=lambda a, x: a.gamma * np.where(x > 0, 1.0, a.alpha * np.exp(np.minimum(_f64(x), 0))))
 unary_op(OpKind.HARD_SIGMOID, HardSigmoidAttrs, lambda a, x: _hard_sigmoid(_f64(x), a.alpha, a.beta))
 unary_op(OpKind.HARD_SWISH, NoAttrs, lambda a, x: _f64(x) * _hard_sigmoid(_f64(x), 1.0 / 6.0, 0.5), fusible=True)
-unary_op(OpKind.SOFTPLUS, NoAttrs, lambda a, x: np.maximum(_f64(x), 0) + np.log1p(np.exp(-np.abs(_f64(x)))))
-unary_op(OpKind.SOFTSIGN, NoAttrs, lambda a, x: _f64(x) / (1.0 + np.abs(_f64(x))))
+unary_op(OpKind.SOFTPLUS, NoAttrs, lambda a, x: np.maximum(_f64(x), 0) + np.log1p(np.exp(-np.abs(_f64(x)))),
+         derivative=lambda a, x: _sigmoid(_f64(x)))
+unary_op(OpKind.SOFTSIGN, NoAttrs, lambda a, x: _f64(x) / (1.0 + np.abs(_f64(x))),
+         derivative=lambda a, x: 1.0 / np.square(1.0 + np.abs(_f64(x))))
 
 
 def _broadcast(kind: OpKind, lo: int, hi: int):

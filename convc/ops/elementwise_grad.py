@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from convc.errors import GraphError
 from convc.ops.base import (NoAttrs, OpDef, OpKind, TensorType, check_arity, check_float, no_flops, numel,
-                            register)
+                            op_def, register)
 from convc.ops.elementwise import LeakyReluAttrs
 from convc.ops.softmax import SoftmaxAttrs
 
@@ -108,6 +109,24 @@ _PAIR_GRADS = {
     OpKind.TANH_GRAD: (NoAttrs, lambda a, y, dy: dy * (1.0 - np.square(y.astype(np.float64)))),
     OpKind.SOFTMAX_GRAD: (SoftmaxAttrs, _softmax_grad),
 }
+
+
+@dataclass(frozen=True)
+class UnaryGradAttrs:
+    """UnaryGrad(X, dY) = dY * f'(X) for the unary op ``kind`` with attributes ``attrs``."""
+    kind: OpKind
+    attrs: Any
+
+
+def _unary_grad(a: UnaryGradAttrs, x: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    derivative = op_def(a.kind).derivative
+    if derivative is None:
+        raise GraphError(f"UnaryGrad of {a.kind.value}, which declares no derivative")
+    return dy.astype(np.float64) * derivative(a.attrs, x.astype(np.float64))
+
+
+_PAIR_GRADS[OpKind.UNARY_GRAD] = (UnaryGradAttrs, _unary_grad)
+
 
 def _dtype_preserving(fn):
     return lambda a, s, dy: [np.asarray(fn(a, s, dy)).astype(dy.dtype)]

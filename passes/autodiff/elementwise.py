@@ -1,7 +1,9 @@
 """Activations, Dropout, and broadcasting Add / Sum / Mul.
 
 ReLU, Sigmoid and Tanh differentiate through their output (so their input can die early), LeakyRelu
-through its input. A broadcast operand's gradient is summed over the axes it was broadcast along.
+through its input, and the unary ops that declare their derivative (OpDef.derivative: Elu, Selu,
+Softplus, Softsign) through UnaryGrad(X, dY) = dY * f'(X), with no rule of their own. A broadcast
+operand's gradient is summed over the axes it was broadcast along.
 """
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ import numpy as np
 from convc.passes.autodiff.core import GradContext, gradient
 
 from convc.ir import Op
-from convc.ops import NoAttrs, OpKind
-from convc.ops.elementwise_grad import ReduceSumAttrs
+from convc.ops import NoAttrs, OpGroup, OpKind, op_def
+from convc.ops.elementwise_grad import ReduceSumAttrs, UnaryGradAttrs
 
 BY_OUTPUT = {OpKind.RELU: OpKind.RELU_GRAD, OpKind.SIGMOID: OpKind.SIGMOID_GRAD, OpKind.TANH: OpKind.TANH_GRAD}
 
@@ -40,6 +42,12 @@ def activation_grad(ctx: GradContext, op: Op, dys: list) -> list:
 @gradient(OpKind.LEAKY_RELU)
 def leaky_relu_grad(ctx: GradContext, op: Op, dys: list) -> list:
     return [ctx.emit1(OpKind.LEAKY_RELU_GRAD, op.attrs, [op.inputs[0], dys[0]])]
+
+
+@gradient(*(k for k in OpGroup.UNARY if op_def(k).derivative is not None))
+def declared_derivative_grad(ctx: GradContext, op: Op, dys: list) -> list:
+    """dX = dY * f'(X) for a unary op that declares its derivative (OpDef.derivative)."""
+    return [ctx.emit1(OpKind.UNARY_GRAD, UnaryGradAttrs(op.kind, op.attrs), [op.inputs[0], dys[0]])]
 
 
 @gradient(OpKind.IDENTITY, OpKind.DROPOUT)

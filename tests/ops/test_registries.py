@@ -16,7 +16,7 @@ import pytest
 from helpers import without_flop_rule
 
 import convc.codegen.kernels  # noqa: F401  (registers the emitters)
-from convc.codegen.kernels.elementwise import UNARY
+from convc.codegen.kernels.elementwise import DERIVATIVE, UNARY
 from convc.codegen.module import EMITTERS
 from convc.frontend.onnx import CONVERTERS
 from convc.frontend.onnx.registry import FIRST_OPSET
@@ -36,12 +36,8 @@ NOT_IMPORTED = {
 # refused by passes/autodiff with the op's name
 NO_GRADIENT = {
     OpKind.CLIP: "not needed by the training tests yet",
-    OpKind.ELU: "not needed by the training tests yet",
-    OpKind.SELU: "not needed by the training tests yet",
     OpKind.HARD_SIGMOID: "not needed by the training tests yet",
     OpKind.HARD_SWISH: "not needed by the training tests yet",
-    OpKind.SOFTPLUS: "not needed by the training tests yet",
-    OpKind.SOFTSIGN: "not needed by the training tests yet",
     OpKind.DIV: "not needed by the training tests yet",
     OpKind.MAX: "not needed by the training tests yet",
     OpKind.MIN: "not needed by the training tests yet",
@@ -119,6 +115,13 @@ def test_fusible_activations_have_unary_kernels():
     """passes/fusion.py fuses what OpDef.fusible says; codegen applies it with the kind's UNARY kernel."""
     assert fusible_activations() and fusible_activations() <= set(UNARY)
     assert fusible_activations() <= OpGroup.UNARY
+
+
+def test_declared_derivatives_have_kernels():
+    """A unary op trains through UnaryGrad when its OpDef declares a derivative; UnaryGrad's kernel needs
+    the derivative's kernel too (and no kernel may lack its declaration)."""
+    declared = {k for k in registered_kinds() if op_def(k).derivative is not None}
+    assert declared == set(DERIVATIVE) and declared <= OpGroup.UNARY
 
 
 def test_unary_ops_other_than_views_have_unary_kernels():

@@ -99,15 +99,15 @@ def test_max_pool_ties_like_pytorch():
     np.testing.assert_array_equal(dx, t.grad.numpy())
 
 
-@pytest.mark.parametrize("name", ["leaky_relu", "sigmoid", "tanh", "softmax", "avg_pool_pad", "conv_group_stride",
-                                  "bce", "mse", "gemm_transpose"])
+@pytest.mark.parametrize("name", ["leaky_relu", "sigmoid", "tanh", "elu", "selu", "softplus", "softsign", "softmax",
+                                  "avg_pool_pad", "conv_group_stride", "bce", "mse", "gemm_transpose"])
 def test_op_gradients_match_pytorch(rng, name):
     """Each op's compiled gradient (via a one-op graph and convc's backward) against torch.autograd."""
     from convc.codegen.training import compile_graph
 
     from convc.ops import NoAttrs, OpKind
     from convc.ops.conv import ConvAttrs
-    from convc.ops.elementwise import LeakyReluAttrs
+    from convc.ops.elementwise import EluAttrs, LeakyReluAttrs, SeluAttrs
     from convc.ops.gemm import GemmAttrs
     from convc.ops.pool import PoolAttrs
     from convc.ops.softmax import SoftmaxAttrs
@@ -135,6 +135,10 @@ def test_op_gradients_match_pytorch(rng, name):
         "leaky_relu": (OpKind.LEAKY_RELU, LeakyReluAttrs(0.2), [x], lambda a: F.leaky_relu(a[0], 0.2)),
         "sigmoid": (OpKind.SIGMOID, NoAttrs(), [x], lambda a: torch.sigmoid(a[0])),
         "tanh": (OpKind.TANH, NoAttrs(), [x], lambda a: torch.tanh(a[0])),
+        "elu": (OpKind.ELU, EluAttrs(0.7), [x], lambda a: F.elu(a[0], 0.7)),
+        "selu": (OpKind.SELU, SeluAttrs(), [x], lambda a: F.selu(a[0])),
+        "softplus": (OpKind.SOFTPLUS, NoAttrs(), [x], lambda a: F.softplus(a[0])),
+        "softsign": (OpKind.SOFTSIGN, NoAttrs(), [x], lambda a: F.softsign(a[0])),
         "softmax": (OpKind.SOFTMAX, SoftmaxAttrs(1), [x], lambda a: torch.softmax(a[0], 1)),
         "avg_pool_pad": (OpKind.AVERAGE_POOL, PoolAttrs((3, 3), (2, 2), (1, 1, 1, 1), (1, 1), count_include_pad=False),
                          [x], lambda a: F.avg_pool2d(a[0], 3, 2, 1, count_include_pad=False)),
