@@ -20,14 +20,22 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
+from convc.codegen.aot import BuildResult
+from convc.codegen.artifacts import ALIGN
+from convc.codegen.blob import align_up, blob_layout, used_constants
+from convc.codegen.header import TRAINING_DECLS
+from convc.codegen.llvm_utils import F32, I8, I32, I64, PTR, VOID, alloca_entry, gep, i64
+from convc.codegen.target import AotTarget, resolve_target
+from convc.codegen.wrapper import Wrapper
+from llvmlite import ir
 
-from convc.codegen.aot import (ALIGN, AotTarget, BuildResult, _IrText, align_up, blob_layout,
-                               resolve_target, used_constants)
-from convc.abi import MODULE_FUNCTIONS, TRAIN_MODULE_PREFIX
+from convc import abi
+from convc.abi import ENTRY, MODULE_FUNCTIONS, TRAIN_MODULE_PREFIX, Slot
 from convc.errors import CompileError
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad")
@@ -85,233 +93,109 @@ def _state_layout(graph, names: list[str]) -> StateLayout:
     return StateLayout(list(names), shapes, dtypes, offsets, pos)
 
 
-def _store_ptrs(lines: list[str], array: str, base: str, offsets: list[int], start: int, tag: str) -> None:
-    for k, off in enumerate(offsets, start=start):
-        lines.append(f"  %{tag}p{k} = getelementptr inbounds i8, ptr {base}, i64 {off}")
-        lines.append(f"  %{tag}i{k} = getelementptr inbounds ptr, ptr {array}, i64 {k}")
-        lines.append(f"  store ptr %{tag}p{k}, ptr %{tag}i{k}")
+def _state_at(w: Wrapper, b: ir.IRBuilder, ctx: ir.Value, offset) -> ir.Value:
+    """The address of the training state of ``ctx`` at byte ``offset``."""
+    state = b.load(w.slot(b, ctx, Slot.STATE), typ=PTR)
+    return b.gep(state, [offset if isinstance(offset, ir.Value) else i64(offset)], inbounds=True, source_etype=I8)
 
 
-def _runtime(arena: int, state: StateLayout, image_offset: int, train_offsets: list[int], eval_offsets: list[int],
-             lr_off: int, step_off: int) -> str:
-    n_train = 2 + len(train_offsets)
-    n_eval = 1 + len(eval_offsets)
-    create = f"""
-define ptr @convc_create(i32 %n) #0 {{
-entry:
-  %slot = alloca ptr
-  %slot2 = alloca ptr
-  %missing = call i32 @convc_check_cpu()
-  %cpu_ok = icmp eq i32 %missing, 0
-  br i1 %cpu_ok, label %alloc, label %fail
-alloc:
-  %ctx = call ptr @calloc(i64 5, i64 8)
-  %got = icmp ne ptr %ctx, null
-  br i1 %got, label %arena, label %fail
-arena:
-  %rc = call i32 @posix_memalign(ptr %slot, i64 64, i64 {max(ALIGN, align_up(arena))})
-  %ok1 = icmp eq i32 %rc, 0
-  br i1 %ok1, label %state, label %free_ctx
-state:
-  %a = load ptr, ptr %slot
-  store ptr %a, ptr %ctx
-  %c1 = getelementptr inbounds ptr, ptr %ctx, i64 1
-  store ptr @convc_constant_table_data, ptr %c1
-  %rc2 = call i32 @posix_memalign(ptr %slot2, i64 64, i64 {max(ALIGN, state.nbytes)})
-  %ok2 = icmp eq i32 %rc2, 0
-  br i1 %ok2, label %init, label %free_arena
-init:
-  %s = load ptr, ptr %slot2
-  call void @llvm.memcpy.p0.p0.i64(ptr align 64 %s, ptr align 64 getelementptr (i8, ptr @convc_weights, i64 {image_offset}), i64 {max(ALIGN, state.nbytes)}, i1 false)
-  %c4 = getelementptr inbounds ptr, ptr %ctx, i64 4
-  store ptr %s, ptr %c4
-  ret ptr %ctx
-free_arena:
-  call void @free(ptr %a)
-  br label %free_ctx
-free_ctx:
-  call void @free(ptr %ctx)
-  br label %fail
-fail:
-  ret ptr null
-}}
-"""
-    step = [f"""
-declare void @convc_train_convc_run(ptr, ptr, ptr)
-
-define i32 @convc_train_step(ptr %ctx, ptr %x, ptr %labels, ptr %loss) #0 {{
-entry:
-  %in = alloca [{n_train} x ptr], align 8
-  %out = alloca [1 x ptr], align 8
-  %lossv = alloca float, align 4
-  %c = alloca [4 x ptr], align 8
-  %b0 = icmp eq ptr %ctx, null
-  %b1 = icmp eq ptr %x, null
-  %b2 = icmp eq ptr %labels, null
-  %b01 = or i1 %b0, %b1
-  %bad = or i1 %b01, %b2
-  br i1 %bad, label %fail, label %go
-go:
-  %c4 = getelementptr inbounds ptr, ptr %ctx, i64 4
-  %s = load ptr, ptr %c4
-  store ptr %x, ptr %in
-  %in1 = getelementptr inbounds ptr, ptr %in, i64 1
-  store ptr %labels, ptr %in1"""]
-    _store_ptrs(step, "%in", "%s", train_offsets, 2, "t")
-    step.append(f"""  store ptr %lossv, ptr %out
-  %arena = load ptr, ptr %ctx
-  store ptr %arena, ptr %c
-  %cc1 = getelementptr inbounds ptr, ptr %c, i64 1
-  store ptr @convc_train_table_data, ptr %cc1
-  %cc2 = getelementptr inbounds ptr, ptr %c, i64 2
-  store ptr null, ptr %cc2
-  %cc3 = getelementptr inbounds ptr, ptr %c, i64 3
-  store ptr null, ptr %cc3
-  %stepp = getelementptr inbounds i8, ptr %s, i64 {step_off}
-  %before = load volatile i64, ptr %stepp
-  call void @convc_train_convc_run(ptr %c, ptr %in, ptr %out)
-  %after = load volatile i64, ptr %stepp
-  %lv = load float, ptr %lossv
-  %hasloss = icmp ne ptr %loss, null
-  br i1 %hasloss, label %give, label %rc
-give:
-  store float %lv, ptr %loss
-  br label %rc
-rc:
-  %same = icmp eq i64 %before, %after
-  %r = select i1 %same, i32 2, i32 0
-  ret i32 %r
-fail:
-  ret i32 1
-}}
-""")
-    run = [f"""
-define i32 @convc_run_model(ptr %ctx, ptr %inputs, ptr %outputs) #0 {{
-entry:
-  %in = alloca [{n_eval} x ptr], align 8
-  %c = alloca [4 x ptr], align 8
-  %b0 = icmp eq ptr %ctx, null
-  %b1 = icmp eq ptr %inputs, null
-  %b2 = icmp eq ptr %outputs, null
-  %b01 = or i1 %b0, %b1
-  %bad = or i1 %b01, %b2
-  br i1 %bad, label %fail, label %go
-go:
-  %c4 = getelementptr inbounds ptr, ptr %ctx, i64 4
-  %s = load ptr, ptr %c4
-  %x = load ptr, ptr %inputs
-  store ptr %x, ptr %in"""]
-    _store_ptrs(run, "%in", "%s", eval_offsets, 1, "e")
-    run.append("""  %arena = load ptr, ptr %ctx
-  store ptr %arena, ptr %c
-  %cc1 = getelementptr inbounds ptr, ptr %c, i64 1
-  store ptr @convc_constant_table_data, ptr %cc1
-  %cc2 = getelementptr inbounds ptr, ptr %c, i64 2
-  store ptr null, ptr %cc2
-  %cc3 = getelementptr inbounds ptr, ptr %c, i64 3
-  store ptr null, ptr %cc3
-  call void @convc_run(ptr %c, ptr %in, ptr %outputs)
-  ret i32 0
-fail:
-  ret i32 1
-}
-""")
-    misc = f"""
-define void @convc_set_learning_rate(ptr %ctx, float %lr) #0 {{
-entry:
-  %null = icmp eq ptr %ctx, null
-  br i1 %null, label %done, label %go
-go:
-  %c4 = getelementptr inbounds ptr, ptr %ctx, i64 4
-  %s = load ptr, ptr %c4
-  %p = getelementptr inbounds i8, ptr %s, i64 {lr_off}
-  store float %lr, ptr %p
-  br label %done
-done:
-  ret void
-}}
-
-define float @convc_learning_rate(ptr %ctx) #0 {{
-entry:
-  %null = icmp eq ptr %ctx, null
-  br i1 %null, label %none, label %go
-go:
-  %c4 = getelementptr inbounds ptr, ptr %ctx, i64 4
-  %s = load ptr, ptr %c4
-  %p = getelementptr inbounds i8, ptr %s, i64 {lr_off}
-  %v = load float, ptr %p
-  ret float %v
-none:
-  ret float 0x7FF8000000000000
-}}
-
-define i64 @convc_steps_done(ptr %ctx) #0 {{
-entry:
-  %null = icmp eq ptr %ctx, null
-  br i1 %null, label %none, label %go
-go:
-  %c4 = getelementptr inbounds ptr, ptr %ctx, i64 4
-  %s = load ptr, ptr %c4
-  %p = getelementptr inbounds i8, ptr %s, i64 {step_off}
-  %v = load i64, ptr %p
-  ret i64 %v
-none:
-  ret i64 -1
-}}
-
-define ptr @convc_state_data(ptr %ctx, i32 %i) #0 {{
-entry:
-  %null = icmp eq ptr %ctx, null
-  %ok = icmp ult i32 %i, {len(state.names)}
-  %nn = xor i1 %null, true
-  %good = and i1 %nn, %ok
-  br i1 %good, label %go, label %none
-go:
-  %c4 = getelementptr inbounds ptr, ptr %ctx, i64 4
-  %s = load ptr, ptr %c4
-  %k = zext i32 %i to i64
-  %po = getelementptr inbounds [{len(state.names)} x i64], ptr @.convc.state.offsets, i64 0, i64 %k
-  %off = load i64, ptr %po
-  %p = getelementptr inbounds i8, ptr %s, i64 %off
-  ret ptr %p
-none:
-  ret ptr null
-}}
-"""
-    return create + "\n".join(step) + "\n".join(run) + misc
+def _input_table(w: Wrapper, b: ir.IRBuilder, ctx: ir.Value, first: list[ir.Value], offsets: list[int]) -> ir.Value:
+    """The inputs of a planned step: ``first``, then the state tensors at ``offsets``."""
+    table = w.pointers(b, len(first) + len(offsets), "inputs")
+    values = first + [_state_at(w, b, ctx, off) for off in offsets]
+    for k, v in enumerate(values):
+        b.store(v, gep(b, table, k, PTR))
+    return table
 
 
-TRAIN_DECLS = """/* --- training (this library was built with --train) ---
- *
- * A context owns a training state (weights, BN running statistics, optimizer moments, the step
- * counter and the learning rate), initialized from the compiled model's weights. Training runs on
- * the calling thread. convc_run_model runs the model in eval mode (running statistics, no dropout)
- * on the context's current weights. */
+@dataclass
+class _TrainingAbi:
+    """What the training library's C functions need to know of its state and blob."""
+    layout: StateLayout
+    arena_bytes: int
+    train_table: list[int | None]  # blob offsets of the training module's constants
+    image_offset: int              # blob offset of the initial state
+    train_inputs: list[int]        # state offsets of the training step's inputs after x and the labels
+    eval_inputs: list[int]         # state offsets of the eval forward's inputs after x
+    lr: int
+    step: int
+    labels: tuple[int, str]        # elements, dtype
+    loss: str
+    optimizer: str
 
-/* One step on a batch: x has convc_input_size(0) floats, labels convc_labels_size() elements of
- * convc_labels_dtype() ("int64" class indices for cross-entropy, else "float32" targets shaped like
- * the output). *loss (if not NULL) receives the loss before the update. Returns 0; 2 when the loss
- * or a gradient was not finite (nothing was updated); 1 when an argument is NULL. */
-int convc_train_step(convc_ctx *ctx, const float *x, const void *labels, float *loss);
-void convc_set_learning_rate(convc_ctx *ctx, float lr);
-float convc_learning_rate(convc_ctx *ctx);
-int64_t convc_steps_done(convc_ctx *ctx);
-int64_t convc_labels_size(void);
-const char *convc_labels_dtype(void);
-const char *convc_loss_name(void);
-const char *convc_optimizer_name(void);
+    def __call__(self, w: Wrapper, meta: dict, offsets: Sequence[int | None]) -> None:
+        """The C ABI; ``offsets`` are the blob offsets of the eval module's constants."""
+        table = w.pointer_table("convc_constant_table_data", offsets)
+        train_table = w.pointer_table("convc_train_table_data", self.train_table)
+        w.metadata(meta, len(offsets), table)
+        check = w.cpu_check()
+        w.destroy()
+        w.create(check, self.arena_bytes, table, 1, state=(self.layout.nbytes, self.image_offset))
+        lay = self.layout
+        w.spec_table(abi.STATE, [(n, d.name, s) for n, d, s in zip(lay.names, lay.dtypes, lay.shapes)])
+        w.getter(abi.LABELS_SIZE, I64, self.labels[0])
+        w.getter(abi.LABELS_DTYPE, PTR, w.string(self.labels[1]))
+        w.getter(abi.LOSS_NAME, PTR, w.string(self.loss))
+        w.getter(abi.OPTIMIZER_NAME, PTR, w.string(self.optimizer))
+        self._train_step(w, train_table)
+        self._run_model(w, table)
+        self._state_functions(w)
 
-/* The training state, read/write (copy weights out after training, or load saved ones):
- * convc_state_data(ctx, i) points to convc_state_size(i) elements of convc_state_dtype(i). */
-int convc_num_state(void);
-const char *convc_state_name(int i);
-const char *convc_state_dtype(int i);
-int convc_state_rank(int i);
-const int64_t *convc_state_shape(int i);
-int64_t convc_state_size(int i);
-void *convc_state_data(convc_ctx *ctx, int i);
+    def _train_step(self, w: Wrapper, table: ir.GlobalVariable) -> None:
+        """convc_train_step(ctx, x, labels, loss): 0; 2 when the step changed nothing (a non-finite
+        loss or gradient); 1 for a NULL argument."""
+        run = w.extern(TRAIN_MODULE_PREFIX + ENTRY, VOID, [PTR, PTR, PTR])
+        fn, b = w.function(abi.TRAIN_STEP, I32, [PTR, PTR, PTR, PTR])
+        ctx, x, labels, loss = fn.args
+        w.guard(fn, b, [ctx, x, labels], 1)
+        inputs = _input_table(w, b, ctx, [x, labels], self.train_inputs)
+        value = alloca_entry(b, F32, "loss")
+        outputs = w.pointers(b, 1, "outputs")
+        b.store(value, gep(b, outputs, 0, PTR))
+        block = w.entry_context(b, ctx, table)
+        counter = _state_at(w, b, ctx, self.step)
+        # the step counter advances only when the update was applied
+        before = b.load_atomic(counter, "monotonic", 8, typ=I64)
+        b.call(run, [block, inputs, outputs])
+        after = b.load_atomic(counter, "monotonic", 8, typ=I64)
+        result = b.load(value, typ=F32)
+        with b.if_then(b.icmp_unsigned("!=", loss, ir.Constant(PTR, None))):
+            b.store(result, loss)
+        b.ret(b.select(b.icmp_signed("==", before, after), ir.Constant(I32, 2), ir.Constant(I32, 0)))
 
-"""
+    def _run_model(self, w: Wrapper, table: ir.GlobalVariable) -> None:
+        """convc_run_model(ctx, inputs, outputs): the eval forward on the context's state."""
+        run = w.extern(ENTRY, VOID, [PTR, PTR, PTR])
+        fn, b = w.function(abi.RUN_MODEL, I32, [PTR, PTR, PTR])
+        ctx, inputs, outputs = fn.args
+        w.guard(fn, b, fn.args, 1)
+        table_in = _input_table(w, b, ctx, [b.load(inputs, typ=PTR)], self.eval_inputs)
+        b.call(run, [w.entry_context(b, ctx, table), table_in, outputs])
+        b.ret(ir.Constant(I32, 0))
+
+    def _state_functions(self, w: Wrapper) -> None:
+        fn, b = w.function(abi.SET_LEARNING_RATE, VOID, [PTR, F32])
+        w.guard(fn, b, [fn.args[0]], None)
+        b.store(fn.args[1], _state_at(w, b, fn.args[0], self.lr))
+        b.ret_void()
+        for name, ty, offset, missing in ((abi.LEARNING_RATE, F32, self.lr, float("nan")),
+                                          (abi.STEPS_DONE, I64, self.step, -1)):
+            fn, b = w.function(name, ty, [PTR])
+            w.guard(fn, b, [fn.args[0]], missing)
+            b.ret(b.load(_state_at(w, b, fn.args[0], offset), typ=ty))
+        # convc_state_data(ctx, i): NULL for a NULL context or i out of range
+        n = len(self.layout.names)
+        offsets = w.array(I64, self.layout.offsets)
+        fn, b = w.function(abi.STATE_DATA, PTR, [PTR, I32])
+        ctx, i = fn.args
+        w.guard(fn, b, [ctx], ir.Constant(PTR, None))
+        inside, outside = fn.append_basic_block("in"), fn.append_basic_block("out")
+        b.cbranch(b.icmp_unsigned("<", i, ir.Constant(I32, n)), inside, outside)
+        b.position_at_end(inside)
+        at = b.gep(offsets, [i64(0), b.zext(i, I64)], inbounds=True, source_etype=offsets.value_type)
+        b.ret(_state_at(w, b, ctx, b.load(at, typ=I64)))
+        b.position_at_end(outside)
+        b.ret(ir.Constant(PTR, None))
 
 
 def build_training_library(model: Any, output: str | os.PathLike, *, batch: int | None = None,
@@ -323,8 +207,9 @@ def build_training_library(model: Any, output: str | os.PathLike, *, batch: int 
     from convc.codegen import kernels  # noqa: F401  (registers the emitters)
     from convc.codegen.aot import build_native
     from convc.codegen.training import OPT_LEVEL, TrainingEmitter
-    from convc.compiler import load_graph
     from convc.passes.autodiff.training import build_training
+
+    from convc.compiler import load_graph
     from convc.runtime import IOSpec
     from convc.train import _eval_plan, load_forward
     tgt = resolve_target(target)
@@ -392,28 +277,13 @@ def build_training_library(model: Any, output: str | os.PathLike, *, batch: int 
         kernel_names = eval_native.kernel_names
         threads = 1
 
-    t = _IrText("convc.train")
-    t.lines.append("@.convc.state.offsets = private unnamed_addr constant [%d x i64] [%s]"
-                   % (len(layout.names), ", ".join(f"i64 {o}" for o in layout.offsets)))
-    n_state = len(layout.names)
-    t.getter("convc_num_state", "i32", str(n_state))
-    t.indexed("convc_state_name", "ptr", t.array("ptr", [t.string(n) for n in layout.names]), n_state, "null")
-    t.indexed("convc_state_dtype", "ptr", t.array("ptr", [t.string(d.name) for d in layout.dtypes]), n_state, "null")
-    t.indexed("convc_state_rank", "i32", t.array("i32", [str(len(s)) for s in layout.shapes], 4), n_state, "-1")
-    t.indexed("convc_state_shape", "ptr", t.array("ptr", [t.array("i64", [str(d) for d in s]) for s in layout.shapes]),
-              n_state, "null")
-    t.indexed("convc_state_size", "i64", t.array("i64", [str(int(np.prod(s, dtype=np.int64))) for s in layout.shapes]),
-              n_state, "-1")
-    t.getter("convc_labels_size", "i64", str(int(np.prod(labels_t.shape, dtype=np.int64))))
-    t.getter("convc_labels_dtype", "ptr", t.string(np.dtype(labels_t.dtype).name))
-    t.getter("convc_loss_name", "ptr", t.string(loss))
-    t.getter("convc_optimizer_name", "ptr", t.string(type(opt).__name__))
-    runtime = "\n".join(t.lines) + "\n" + _runtime(
-        _Native.arena_bytes, layout, image_offset, [layout.offset(n) for n in tg.inputs[2:]],
-        [layout.offset(n) for n in eg.inputs[1:]], layout.offset(step.lr), layout.offset(step.step))
+    runtime = _TrainingAbi(
+        layout, _Native.arena_bytes, train_table, image_offset, [layout.offset(n) for n in tg.inputs[2:]],
+        [layout.offset(n) for n in eg.inputs[1:]], layout.offset(step.lr), layout.offset(step.step),
+        (int(np.prod(labels_t.shape, dtype=np.int64)), np.dtype(labels_t.dtype).name), loss, type(opt).__name__)
     train_ir = _rename_entry(str(train_native.ir_module))
     extra = {"training": training_meta}
     return build_native(_Native, output, tgt, *specs, graph_metadata=eg.metadata, progress=progress,
                         extra_meta=extra, header=header, constants=everything, runtime=runtime,
-                        tables={"convc_train_table_data": train_table}, modules=(train_ir,), speed=OPT_LEVEL,
-                        extra_decls=TRAIN_DECLS)
+                        modules=(train_ir,), speed=OPT_LEVEL,
+                        extra_decls=TRAINING_DECLS)

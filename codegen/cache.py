@@ -55,7 +55,8 @@ from typing import Any, Callable
 import numpy as np
 
 from convc.abi import ABI_VERSION, ENTRY
-from convc.codegen.aot import blob_layout, metadata, resolve_target, used_constants, write_blob
+from convc.codegen.blob import blob_layout, metadata, used_constants, write_blob
+from convc.codegen.target import resolve_target
 from convc.codegen.artifacts import (ALIGN, ArtifactError, CacheWarning, HashingWriter, aligned_empty, atomic_write,
                                      check_dir, digest, private_dir, read_aligned)
 

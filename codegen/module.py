@@ -4,11 +4,12 @@ The module holds one function per kernel call plus the entry point
 
     void convc_run(void **ctx, float **inputs, float **outputs)
 
-where ``ctx[0]`` is the arena (activations and kernel scratch, 64-byte aligned), ``ctx[1]`` the
-table of constant pointers (graph constants, then weights the kernels repacked at compile time) and,
-in a module built with ``instrument=True``, ``ctx[2]`` an int64 array that receives a monotonic
-nanosecond timestamp before the first kernel and after each one (for per-layer timing), and
-``ctx[3]`` the thread pool (null: run on the caller's thread alone).
+where ``ctx`` is the context block of convc/abi.py, indexed by ``Slot``: ``ctx[ARENA]`` the arena
+(activations and kernel scratch, 64-byte aligned), ``ctx[CONSTANTS]`` the table of constant pointers
+(graph constants, then weights the kernels repacked at compile time) and, in a module built with
+``instrument=True``, ``ctx[TIMESTAMPS]`` an int64 array that receives a monotonic nanosecond
+timestamp before the first kernel and after each one (for per-layer timing), and ``ctx[POOL]`` the
+thread pool (null: run on the caller's thread alone).
 
 A parallel kernel takes two extra i64 arguments, its thread id and the thread count, and splits
 its own work (``ModuleEmitter.thread_range``); the entry point hands it to ``convc_parallel``
@@ -342,7 +343,7 @@ class ModuleEmitter:
                     call.function.args[k].attributes.discard("noalias")
 
     def _timestamper(self, b: ir.IRBuilder, ctx: ir.Value):
-        """Returns stamp(k): store clock_gettime(CLOCK_MONOTONIC) in nanoseconds into ctx[2][k]."""
+        """Returns stamp(k): store clock_gettime(CLOCK_MONOTONIC) in nanoseconds into ctx[TIMESTAMPS][k]."""
         timespec = b.alloca(ir.ArrayType(I64, 2), name="timespec")
         clock = ir.Function(self.module, ir.FunctionType(ir.IntType(32), [ir.IntType(32), PTR]), "clock_gettime")
         table = b.load(gep(b, ctx, Slot.TIMESTAMPS, PTR), typ=PTR, name="timestamps")

@@ -60,7 +60,8 @@ def machine_code_cached(native: NativeModule, *, threads: int, instrument: bool 
     import hashlib
     import json
 
-    from convc.codegen.aot import metadata, resolve_target, used_constants
+    from convc.codegen.blob import metadata, used_constants
+    from convc.codegen.target import resolve_target
     from convc.codegen.cache import _safe, cache_dir, environment, lookup, store
     from convc.codegen.jit import machine_code
     ir_text = str(native.ir_module)

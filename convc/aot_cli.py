@@ -17,7 +17,7 @@ CACHE_DESCRIPTION = (
 
 
 def _target(text: str) -> str:
-    from convc.codegen.aot import resolve_target
+    from convc.codegen.target import resolve_target
     from convc.errors import ConvcError
     try:
         resolve_target(text)
@@ -28,7 +28,7 @@ def _target(text: str) -> str:
 
 def add_compile_args(p: argparse.ArgumentParser) -> None:
     from convc.cli import _positive
-    from convc.codegen.aot import TARGET_NAMES
+    from convc.codegen.target import TARGET_NAMES
     p.add_argument("model", metavar="MODEL.onnx", help="the ONNX model to compile")
     p.add_argument("--output", "-o", metavar="FILE",
                    help="the library to write (default: MODEL.so); FILE.o writes the object file only")
@@ -53,7 +53,8 @@ def add_compile_args(p: argparse.ArgumentParser) -> None:
 
 def run_compile(args: argparse.Namespace) -> int:
     from convc.cli import EXIT_OK, Progress, check_output_file, load_onnx
-    from convc.codegen.aot import build, checkable
+    from convc.codegen.aot import build
+    from convc.codegen.target import checkable
     progress = Progress(args.quiet)
     out = args.output or str(Path(Path(args.model).name).with_suffix(".so"))
     # before compiling: a missing or read-only directory must not cost a whole build (build() would

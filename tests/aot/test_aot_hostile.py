@@ -186,7 +186,7 @@ def test_graph_name_cannot_inject_llvm_ir_in_the_jit(hostile_model):
 
 
 def test_target_features_are_names():
-    from convc.codegen.aot import resolve_target
+    from convc.codegen.target import resolve_target
     with pytest.raises(convc.CompileError, match="extra features"):
         resolve_target("x86-64-v3,+avx2 */ #define X")
 

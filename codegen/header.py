@@ -1,0 +1,170 @@
+"""The C header of a library: the model's tensors, how to call it, and every exported function.
+
+``header_text`` writes the inference API; a training library adds ``TRAINING_DECLS``. The names
+are those of convc/abi.py, which codegen/wrapper.py defines.
+"""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+from convc.codegen.artifacts import c_escape, c_identifier, c_string
+from convc.codegen.target import AotTarget, checkable
+
+from convc import abi
+from convc.abi import Slot
+
+
+def guard_name(header: Path) -> str:
+    """The include guard of a header file: CONVC_<STEM>_H."""
+    return "CONVC_" + c_identifier(header.stem.upper()) + "_H"
+
+
+def header_text(meta: dict, target: AotTarget, library: str, guard: str, extra_decls: str = "") -> str:
+    checked, unchecked = checkable(target)
+
+    def io_lines(kind: str) -> str:
+        return "\n".join(f" *   {kind} {i}: {c_string(s['name']):24} {c_escape(s['dtype'])} [{', '.join(map(str, s['shape']))}]"
+                         f" ({int(np.prod(s['shape'], dtype=np.int64))} elements)"
+                         for i, s in enumerate(meta[kind + "s"]))
+    features = "\n".join(" *     " + line for line in textwrap.wrap(c_escape(", ".join(target.required)) or "(baseline)", 88))
+    defines = [f"#define CONVC_NUM_INPUTS {len(meta['inputs'])}", f"#define CONVC_NUM_OUTPUTS {len(meta['outputs'])}"]
+    for kind in ("input", "output"):
+        for i, s in enumerate(meta[kind + "s"]):
+            defines.append(f"#define CONVC_{kind.upper()}{i}_SIZE {int(np.prod(s['shape'], dtype=np.int64))}")
+    return f"""/* {c_string(Path(library).name)}: the model {c_string(meta['name'])} compiled ahead of time by convc {c_escape(meta['convc_version'])}.
+ *
+ * Generated file: do not edit. The library depends only on libc, libm and pthreads.
+ * Target: {c_escape(target.name)} ({c_escape(target.triple)}, cpu {c_escape(target.cpu)}); compiled for up to {meta['threads']} thread(s).
+ *
+ * Tensors are dense row-major float32 arrays (C order) with these fixed shapes:
+{io_lines('input')}
+{io_lines('output')}
+ *
+ * Usage:
+ *     if (convc_abi_version() != CONVC_ABI_VERSION || convc_check_cpu() != 0) {{ ...refuse... }}
+ *     convc_ctx *ctx = convc_create(0);               // 0: the compiled thread count
+ *     const float *in[CONVC_NUM_INPUTS] = {{ x }};
+ *     float *out[CONVC_NUM_OUTPUTS] = {{ y }};
+ *     convc_run_model(ctx, in, out);
+ *     convc_destroy(ctx);
+ *
+ * Threads: a context owns an arena (activations and scratch) and a pool of worker threads. One
+ * context runs one call at a time; create one context per thread that runs the model concurrently.
+ * The weights are read-only and shared by all contexts.
+ *
+ * CPU: the code uses these CPU features:
+{features}
+ * convc_check_cpu() verifies {'all of them' if not unchecked else f'{len(checked)} of them (not checkable: {c_escape(", ".join(unchecked))})'}
+ * on the running CPU (and, on x86, that the OS enables the AVX/AVX-512/AMX registers). The metadata
+ * functions and convc_check_cpu are compiled for the architecture's baseline, so they are safe
+ * to call on any CPU; call convc_check_cpu before anything else. convc_create refuses (NULL)
+ * when the check fails.
+ */
+#ifndef {guard}
+#define {guard}
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {{
+#endif
+
+#define CONVC_ABI_VERSION {abi.ABI_VERSION}
+{chr(10).join(defines)}
+
+typedef struct convc_ctx convc_ctx;
+
+/* --- running the model --- */
+
+/* A context: allocates the arena ({meta['arena_bytes']} bytes, 64-byte aligned) and starts
+ * nthreads-1 worker threads (nthreads <= 0 or above {meta['threads']}: {meta['threads']}). NULL when
+ * this CPU lacks a required feature or memory runs out. */
+convc_ctx *convc_create(int nthreads);
+void convc_destroy(convc_ctx *ctx);
+
+/* Run once: inputs[i] points to convc_input_size(i) floats, outputs[i] to convc_output_size(i)
+ * floats the call overwrites. Returns 0, or 1 when ctx, inputs or outputs is NULL. */
+int convc_run_model(convc_ctx *ctx, const float *const *inputs, float *const *outputs);
+
+/* --- metadata (safe to call on any CPU of the architecture) --- */
+
+int convc_abi_version(void);            /* CONVC_ABI_VERSION of the library */
+const char *convc_version(void);        /* the convc version that built it */
+const char *convc_model_name(void);
+const char *convc_target_triple(void);
+const char *convc_target_cpu(void);
+const char *convc_metadata_json(void);  /* everything below as one JSON object */
+int convc_max_threads(void);
+int64_t convc_arena_bytes(void);
+
+int convc_num_inputs(void);
+int convc_num_outputs(void);
+const char *convc_input_name(int i);    /* NULL when i is out of range */
+const char *convc_output_name(int i);
+const char *convc_input_dtype(int i);   /* "float32" */
+const char *convc_output_dtype(int i);
+int convc_input_rank(int i);            /* -1 when i is out of range */
+int convc_output_rank(int i);
+const int64_t *convc_input_shape(int i);
+const int64_t *convc_output_shape(int i);
+int64_t convc_input_size(int i);        /* elements */
+int64_t convc_output_size(int i);
+
+/* --- CPU check --- */
+
+const char *convc_cpu_features(void);   /* required features, comma-separated LLVM names */
+int convc_check_cpu(void);              /* 0: this CPU runs the library; else the number missing */
+const char *convc_cpu_feature(int i);   /* the i-th required feature */
+int convc_cpu_feature_ok(int i);        /* 1 when the running CPU has it (or it cannot be checked) */
+
+{extra_decls}/* --- the raw entry point (convc's own runtime uses it; prefer convc_run_model) --- */
+
+/* ctx[{int(Slot.ARENA)}] = 64-byte aligned arena, ctx[{int(Slot.CONSTANTS)}] = convc_constant_table(), ctx[{int(Slot.TIMESTAMPS)}] = NULL,
+ * ctx[{int(Slot.POOL)}] = a pool from convc_pool_create(n) or NULL (single-threaded). */
+void convc_run(void **ctx, const float *const *inputs, float *const *outputs);
+void *const *convc_constant_table(void);
+int convc_num_constants(void);
+void *convc_pool_create(int64_t nthreads);
+void convc_pool_destroy(void *pool);
+
+#ifdef __cplusplus
+}}
+#endif
+
+#endif /* {guard} */
+"""
+
+
+TRAINING_DECLS = """/* --- training (this library was built with --train) ---
+ *
+ * A context owns a training state (weights, BN running statistics, optimizer moments, the step
+ * counter and the learning rate), initialized from the compiled model's weights. Training runs on
+ * the calling thread. convc_run_model runs the model in eval mode (running statistics, no dropout)
+ * on the context's current weights. */
+
+/* One step on a batch: x has convc_input_size(0) floats, labels convc_labels_size() elements of
+ * convc_labels_dtype() ("int64" class indices for cross-entropy, else "float32" targets shaped like
+ * the output). *loss (if not NULL) receives the loss before the update. Returns 0; 2 when the loss
+ * or a gradient was not finite (nothing was updated); 1 when an argument is NULL. */
+int convc_train_step(convc_ctx *ctx, const float *x, const void *labels, float *loss);
+void convc_set_learning_rate(convc_ctx *ctx, float lr);
+float convc_learning_rate(convc_ctx *ctx);
+int64_t convc_steps_done(convc_ctx *ctx);
+int64_t convc_labels_size(void);
+const char *convc_labels_dtype(void);
+const char *convc_loss_name(void);
+const char *convc_optimizer_name(void);
+
+/* The training state, read/write (copy weights out after training, or load saved ones):
+ * convc_state_data(ctx, i) points to convc_state_size(i) elements of convc_state_dtype(i). */
+int convc_num_state(void);
+const char *convc_state_name(int i);
+const char *convc_state_dtype(int i);
+int convc_state_rank(int i);
+const int64_t *convc_state_shape(int i);
+int64_t convc_state_size(int i);
+void *convc_state_data(convc_ctx *ctx, int i);
+
+"""
