@@ -139,7 +139,7 @@ def _gemm(w: _Writer, op: Op) -> None:
 
 
 @exporter(OpKind.MATMUL, *OpGroup.BROADCAST, OpKind.GLOBAL_AVERAGE_POOL, OpKind.GLOBAL_MAX_POOL, OpKind.LRN,
-          OpKind.BATCH_NORM)
+          OpKind.BATCH_NORM, OpKind.FLATTEN, OpKind.CONCAT, OpKind.SOFTMAX, OpKind.LOG_SOFTMAX, OpKind.TRANSPOSE)
 def _declared(w: _Writer, op: Op) -> None:
     """An op whose ONNX op type is its kind's name and whose attributes are all declared with ``onnx_attr``."""
     inputs, attributes = _spelled(w, op.attrs, list(op.inputs), op.name)
@@ -181,11 +181,6 @@ def _lp_pool(w: _Writer, op: Op) -> None:
     w.node("LpPool", list(op.inputs), list(op.outputs), op.name, **attrs)
 
 
-@exporter(OpKind.FLATTEN, OpKind.CONCAT, OpKind.SOFTMAX, OpKind.LOG_SOFTMAX)
-def _axis(w: _Writer, op: Op) -> None:
-    w.node(op.kind.value, list(op.inputs), list(op.outputs), op.name, axis=int(op.attrs.axis))
-
-
 @exporter(OpKind.RESHAPE)
 def _reshape(w: _Writer, op: Op) -> None:
     shape = list(op.attrs.shape)
@@ -194,11 +189,6 @@ def _reshape(w: _Writer, op: Op) -> None:
         shape[0] = 0  # "copy dimension 0 of the input": the batch stays symbolic
     target = w.constant(f"{op.name}.shape", np.array(shape, dtype=np.int64))
     w.node("Reshape", [op.inputs[0], target], list(op.outputs), op.name)
-
-
-@exporter(OpKind.TRANSPOSE)
-def _transpose(w: _Writer, op: Op) -> None:
-    w.node("Transpose", list(op.inputs), list(op.outputs), op.name, perm=list(op.attrs.perm))
 
 
 @exporter(OpKind.SPLIT)

@@ -50,10 +50,6 @@ def onnx_spelling(kind: OpKind, attrs: Any) -> OnnxNode:
         return OnnxNode("LpPool", {"kernel_shape": list(attrs.kernel_shape), "strides": list(attrs.strides),
                                    "pads": list(attrs.pads), "dilations": list(attrs.dilations),
                                    "ceil_mode": int(attrs.ceil_mode), "p": attrs.p})
-    if kind in (k.FLATTEN, k.CONCAT, k.SOFTMAX, k.LOG_SOFTMAX):
-        return OnnxNode(kind.value, {"axis": attrs.axis})
-    if kind is k.TRANSPOSE:
-        return OnnxNode("Transpose", {"perm": list(attrs.perm)})
     if kind is k.PAD:
         return OnnxNode("Pad", {"mode": attrs.mode}, (np.array(attrs.pads, np.int64), np.array(attrs.value, np.float32)))
     if kind is k.STRIDED_SLICE:  # ends one step past the last element; -(2**62) reads "before index 0"

@@ -7,12 +7,13 @@ from typing import Sequence
 import numpy as np
 
 from convc.errors import GraphError
+from convc.ops.attrs import onnx_attr
 from convc.ops.base import OpDef, OpKind, TensorType, check_arity, no_flops, register
 
 
 @dataclass(frozen=True)
 class FlattenAttrs:
-    axis: int = 1  # non-negative after import
+    axis: int = onnx_attr(1)  # non-negative after import
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class ReshapeAttrs:
 
 @dataclass(frozen=True)
 class ConcatAttrs:
-    axis: int  # non-negative after import
+    axis: int = onnx_attr()  # non-negative after import
 
 
 def flatten_infer(a: FlattenAttrs, types: Sequence[TensorType]) -> list[TensorType]:
@@ -68,7 +69,7 @@ register(OpDef(OpKind.CONCAT, ConcatAttrs, concat_infer, lambda a, *xs: [np.conc
 # --- Transpose, Split, Pad, StridedSlice (ONNX coverage) ------------------------------------------
 @dataclass(frozen=True)
 class TransposeAttrs:
-    perm: tuple[int, ...]  # output axis i is input axis perm[i]
+    perm: tuple[int, ...] = onnx_attr()  # output axis i is input axis perm[i]
 
 
 @dataclass(frozen=True)

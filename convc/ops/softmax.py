@@ -7,12 +7,13 @@ from typing import Sequence
 import numpy as np
 
 from convc.errors import GraphError
+from convc.ops.attrs import onnx_attr
 from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, per_output, register, same_type
 
 
 @dataclass(frozen=True)
 class SoftmaxAttrs:
-    axis: int  # non-negative after import
+    axis: int = onnx_attr()  # non-negative after import; required, as ONNX's default changed in opset 13
 
 
 def _infer(kind: OpKind):
