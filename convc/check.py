@@ -16,9 +16,7 @@ node's first output in the model convc compiles, a wrong layer on purpose.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -240,36 +238,3 @@ def _bisect(ours_model, model, names, producers, feeds, batch, tolerance) -> Ten
         else:
             lo = mid + 1
     return found
-
-
-# --- the subcommand (registered in convc/cli.py) ----------------------------------------------------
-DESCRIPTION = (
-    "List every node of MODEL.onnx that convc cannot compile (op, attribute, reason) in one go. For a model "
-    "it can compile, run convc and onnxruntime (or the ONNX reference evaluator when onnxruntime is not "
-    "installed) on seeded random inputs, compare every intermediate tensor in execution order, and report "
-    "the first one whose error exceeds the tolerance: the layer where the numbers start to differ. Exits "
-    "with 1 when a node cannot be compiled or a tensor differs.")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from convc.cli import _positive
-    p.add_argument("model", metavar="MODEL.onnx", help="the ONNX model to check")
-    p.add_argument("--batch", type=_positive, metavar="N", help="fix a symbolic batch dimension to N (default: 1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
-    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="TOL",
-                   help=f"largest accepted max |convc - oracle| / max(1, max |oracle|) per tensor "
-                        f"(default: {DEFAULT_TOLERANCE:g})")
-    p.add_argument("--perturb", metavar="NODE", help=argparse.SUPPRESS)  # testing hook, see CONVC_CHECK_PERTURB
-
-
-def run(args: argparse.Namespace) -> int:
-    from convc.cli import Progress, load_onnx
-    progress = Progress(args.quiet)
-    model = load_onnx(args.model)
-    progress("importing, compiling and comparing layer by layer")
-    report = check_model(model, batch=args.batch, seed=args.seed, tolerance=args.tolerance, perturb=args.perturb)
-    report.model = args.model
-    print(report.render())
-    sys.stdout.flush()
-    return 0 if report.ok else 1
-

@@ -265,7 +265,7 @@ def test_output_dir_gives_every_output_its_own_file(tmp_path, capsys):
 
 
 def test_output_filenames_are_deterministic_and_distinct():
-    from convc.cli import output_filenames
+    from convc.cli.run import output_filenames
     names = ["y", "Y", "y/1", "y_1", "y?1", "", "x" * 300]
     files = output_filenames(names)
     assert files == output_filenames(list(names))

@@ -1,0 +1,168 @@
+"""What the ``convc`` subcommands share: exit codes, the ``Command`` record, progress lines,
+argument validators, reading a model, describing its inputs and outputs, output-path checks and the
+``convc: error: ...`` handling.
+
+The subcommand modules (convc/cli/<command>.py) import from here and from the library, never from
+each other or from the package's ``__init__`` (tests/test_cli_layering.py checks this).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from convc.errors import ConvcError
+
+EXIT_OK = 0
+EXIT_ERROR = 2  # what argparse uses for usage errors; convc errors share it
+EXIT_INTERRUPTED = 130
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: each convc/cli/<command>.py declares its ``COMMAND``."""
+    name: str
+    help: str          # one line, shown in `convc --help`
+    description: str   # shown in `convc NAME --help`
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    examples: tuple[str, ...] = ()
+
+
+# --- progress ------------------------------------------------------------------------------
+
+class Progress:
+    """Prints compile stages to stderr with the time since the start, unless quiet."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.start = time.perf_counter()
+        self._layer_shown = 0.0  # when a per-layer line was last printed
+        self._tty = sys.stderr.isatty()
+
+    def __call__(self, stage: str) -> None:
+        if self.quiet:
+            return
+        now = time.perf_counter()
+        line = f"convc: [{now - self.start:6.2f}s] {stage}"
+        if stage.startswith("codegen ["):  # one per layer: rewrite one line on a terminal, else every 0.5 s
+            if self._tty:
+                print("\r" + line[:150].ljust(100), end="", file=sys.stderr, flush=True)
+                self._layer_shown = -1.0
+            elif now - self._layer_shown >= 0.5:
+                print(line, file=sys.stderr, flush=True)
+                self._layer_shown = now
+            return
+        if self._layer_shown < 0:  # end the rewritten line
+            print(file=sys.stderr)
+            self._layer_shown = 0.0
+        print(line, file=sys.stderr, flush=True)
+
+
+# --- argument validators -------------------------------------------------------------------
+
+def positive(text: str) -> int:
+    """argparse ``type=`` for counts (batch, repeats, threads, top N)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
+    return n
+
+
+# --- models --------------------------------------------------------------------------------
+
+def load_onnx(path: str):
+    """Read an ONNX file (external data confined to its directory); ModelImportError for anything unreadable."""
+    from convc.frontend.onnx.reader import read_model
+    return read_model(path)
+
+
+def dims(value_info) -> str:
+    """An ONNX value's shape as text: ``[N, 1, 28, 28]`` (symbolic dimensions by name, unknown as ?)."""
+    d = value_info.type.tensor_type.shape.dim
+    return "[" + ", ".join(str(x.dim_value) if x.HasField("dim_value") else (x.dim_param or "?")
+                           for x in d) + "]"
+
+
+def elem_type(value_info) -> str:
+    """An ONNX value's element type as a numpy dtype name (``?`` when undeclared)."""
+    import onnx
+    t = value_info.type.tensor_type.elem_type
+    return onnx.helper.tensor_dtype_to_np_dtype(t).name if t else "?"
+
+
+def model_inputs(model) -> list:
+    """The graph inputs a caller feeds (initializers listed as inputs are weights, not inputs)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def mb(n: int) -> str:
+    """A size in MB, or kB below 0.1 MB."""
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+# --- output paths --------------------------------------------------------------------------
+
+def _writable_dir(directory: Path, flag: str, path: str) -> None:
+    if not directory.exists():
+        raise ConvcError(f"{flag} {path}: directory {directory} does not exist")
+    if not directory.is_dir():
+        raise ConvcError(f"{flag} {path}: {directory} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ConvcError(f"{flag} {path}: directory {directory} is not writable")
+
+
+def check_output_file(path: str | os.PathLike, flag: str) -> Path:
+    """Refuse an output file that cannot be written, before any work: a missing directory is not
+    created (a typo should not make directories), and nothing compiles for minutes to fail at the end."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConvcError(f"{flag} {path}: is a directory, expected a file name")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise ConvcError(f"{flag} {path}: the file exists and is not writable")
+    _writable_dir(p.parent, flag, str(path))
+    return p
+
+
+def check_output_dir(path: str | os.PathLike, flag: str) -> Path:
+    """An output directory: an existing writable one, or a new one whose parent exists (created later)."""
+    p = Path(path)
+    if p.exists():
+        _writable_dir(p, flag, str(path))
+    else:
+        _writable_dir(p.parent, flag, str(path))
+    return p
+
+
+# --- errors --------------------------------------------------------------------------------
+
+def fail(message: str) -> int:
+    """Print one ``convc: error: ...`` line to stderr; the exit code of a failed command."""
+    print(f"convc: error: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def run_handler(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a subcommand, turning convc's errors and the OS's into one ``convc: error:`` line and exit code 2."""
+    try:
+        return handler(args)
+    except ConvcError as e:
+        return fail(str(e))
+    except BrokenPipeError:  # `convc info model.onnx | head`: the reader left, which is fine
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except FileNotFoundError as e:
+        return fail(f"{e.filename or e}: no such file")
+    except OSError as e:  # permissions, a full disk, a directory where a file was expected
+        return fail(f"{e.filename + ': ' if e.filename else ''}{e.strerror or e}")
+    except KeyboardInterrupt:
+        print("convc: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,151 @@
+"""``convc run MODEL.onnx``: compile a model, run it on .npy (or seeded random) inputs, print and save its outputs."""
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from convc.cli.common import EXIT_OK, Command, Progress, check_output_dir, load_onnx, model_inputs, positive
+from convc.errors import InputError
+
+
+def _input_spec(text: str) -> tuple[str | None, str]:
+    name, sep, path = text.partition("=")
+    if not sep:
+        return None, text
+    if not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE.npy, got {text!r}")
+    return name, path
+
+
+def _format_values(a: np.ndarray, n: int = 6) -> str:
+    flat = a.reshape(-1)
+    vals = ", ".join(f"{v:.6g}" for v in flat[:n].tolist())
+    return f"[{vals}{', ...' if flat.size > n else ''}]"
+
+
+def _safe_filename(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:120] or "output"  # 120: well under any file-name limit
+
+
+def output_filenames(names: Sequence[str], suffix: str = ".npy") -> dict[str, str]:
+    """A distinct file name for each output name: sanitized (no path separators), and numbered when
+    two names would share a file ('p/q' and 'p_q'), compared case-insensitively for case-insensitive
+    file systems. Deterministic: names that are already safe file names keep them, the others are
+    numbered in output order."""
+    taken: set[str] = set()
+    files: dict[str, str] = {}
+    for name in names:
+        if _safe_filename(name) == name and (name + suffix).casefold() not in taken:
+            files[name] = name + suffix
+            taken.add(files[name].casefold())
+    for name in names:
+        if name in files:
+            continue
+        base = _safe_filename(name)
+        file, i = base + suffix, 1
+        while file.casefold() in taken:
+            i += 1
+            file = f"{base}_{i}{suffix}"
+        taken.add(file.casefold())
+        files[name] = file
+    return {name: files[name] for name in names}
+
+
+def _load_npy(name: str, path: str) -> np.ndarray:
+    if not Path(path).exists():
+        raise FileNotFoundError(2, "no such file", path)
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"input {name!r}: cannot read {path} as a .npy array ({e})") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", metavar="MODEL.onnx", help="the ONNX model to compile and run")
+    p.add_argument("--batch", type=positive, metavar="N",
+                   help="fix a symbolic batch dimension to N (default: 1, or the batch of the given inputs)")
+    p.add_argument("--input", "-i", dest="inputs", action="append", type=_input_spec, default=[],
+                   metavar="NAME=FILE.npy",
+                   help="feed input NAME from a .npy file (repeatable; plain FILE.npy for a single-input "
+                        "model). Inputs not given get seeded random normal values")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
+    p.add_argument("--repeat", "-r", type=positive, default=10, metavar="R",
+                   help="time R runs and report the median latency (default: 10)")
+    p.add_argument("--threads", "-t", type=positive, metavar="T",
+                   help="cap on the worker threads of the compiled code, passed to convc.compile(threads=T)")
+    p.add_argument("--output-dir", "-o", metavar="DIR",
+                   help="save each output as DIR/<output name>.npy (DIR is created if its parent exists; names are "
+                        "made safe file names, numbered when two would be the same)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import convc
+    progress = Progress(args.quiet)
+    out_dir = check_output_dir(args.output_dir, "--output-dir") if args.output_dir else None
+    onnx_model = load_onnx(args.model)
+    given: dict[str, np.ndarray] = {}
+    declared = [i.name for i in model_inputs(onnx_model)]
+    for name, path in args.inputs:
+        if name is None:
+            if len(declared) != 1:
+                raise InputError(f"--input {path}: the model has {len(declared)} inputs {declared}; "
+                                 "name the one to feed with NAME=FILE.npy")
+            name = declared[0]
+        if name not in declared:
+            raise InputError(f"--input {name}=...: the model has no input {name!r}; its inputs are {declared}")
+        given[name] = _load_npy(name, path)
+
+    model = convc.compile(onnx_model, batch=args.batch, threads=args.threads, progress=progress)
+    progress(f"compiled {Path(args.model).name}")
+
+    rng = np.random.default_rng(args.seed)
+    feeds: dict[str, np.ndarray] = {}
+    for spec in model.inputs:
+        if spec.name in given:
+            feeds[spec.name] = given[spec.name]
+            print(f"input  {spec.name!r}: {given[spec.name].dtype} {given[spec.name].shape} from file")
+        else:
+            feeds[spec.name] = rng.standard_normal(spec.shape).astype(spec.dtype)
+            print(f"input  {spec.name!r}: {spec.dtype} {spec.shape} random normal values (seed {args.seed}; "
+                  f"give a file with --input {spec.name}=FILE.npy)")
+
+    outputs = model.run(feeds)  # also the warm-up: a new batch size compiles here
+    times = []
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        model.run(feeds)
+        times.append(time.perf_counter() - t0)
+
+    for name, y in outputs.items():
+        print(f"output {name!r}: {y.dtype} {y.shape}")
+        print(f"  first values: {_format_values(y)}")
+        if y.size:
+            print(f"  min {y.min():.6g}  max {y.max():.6g}  mean {y.mean():.6g}")
+        if y.ndim == 2 and y.shape[1] > 1:
+            rows = y.argmax(axis=1).tolist()
+            print(f"  argmax per row: {rows[:16]}{' ...' if len(rows) > 16 else ''}")
+    ms = [t * 1e3 for t in times]
+    print(f"latency: median {statistics.median(ms):.3f} ms, min {min(ms):.3f} ms over {args.repeat} run(s)")
+
+    if out_dir is not None:
+        out_dir.mkdir(exist_ok=True)
+        for name, file in output_filenames(list(outputs)).items():
+            path = out_dir / file
+            np.save(path, outputs[name])
+            print(f"saved {path}" if file == f"{name}.npy" else f"saved output {name!r} as {path}")
+    return EXIT_OK
+
+
+COMMAND = Command(
+    "run", "compile an ONNX model to native code and run it",
+    "Compile MODEL.onnx to native code for this CPU, run it on the given .npy inputs (or on seeded "
+    "random inputs), print each output's shape and first values, and time repeated runs.",
+    add_arguments, run,
+    ("convc run lenet.onnx", "convc run lenet.onnx --batch 8 --repeat 100",
+     "convc run model.onnx --input data=x.npy --output-dir out/"))
