@@ -14,23 +14,16 @@ import sys
 import textwrap
 from collections.abc import Sequence
 
-from convc import aot_cli as _aot  # compile (shared library + C header) and cache
-from convc.cli import check, example, info, profile, run
+from convc.cli import cache, check, compile, example, info, profile, run
 from convc.cli.common import EXIT_ERROR, EXIT_OK, Command, run_handler
-# what convc/aot_cli.py still imports from here, until it moves into this package
-from convc.cli.common import Progress, check_output_file, load_onnx, positive as _positive  # noqa: F401
 
 COMMANDS: list[Command] = [
     run.COMMAND,
     info.COMMAND,
     example.COMMAND,
     profile.COMMAND,
-    Command("compile", "compile an ONNX model ahead of time to a shared library and C header",
-            _aot.COMPILE_DESCRIPTION, _aot.add_compile_args, _aot.run_compile,
-            ("convc compile lenet.onnx -o lenet.so", "convc compile model.onnx -o model.so --batch 8 --threads 4",
-             "convc compile model.onnx -o model.so --target x86-64-v3", "convc compile model.onnx -o model.o")),
-    Command("cache", "show or clear the JIT compile cache", _aot.CACHE_DESCRIPTION, _aot.add_cache_args,
-            _aot.run_cache, ("convc cache", "convc cache --clear")),
+    compile.COMMAND,
+    cache.COMMAND,
     check.COMMAND,
 ]
 

@@ -1,24 +1,22 @@
-"""The ``convc compile`` and ``convc cache`` subcommands (registered in convc/cli.py's COMMANDS)."""
+"""``convc compile MODEL.onnx``: a shared library (or object file) with the weights embedded, and its C header."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-COMPILE_DESCRIPTION = (
+from convc.cli.common import EXIT_OK, Command, Progress, check_output_file, load_onnx, mb, positive
+from convc.errors import ConvcError
+
+DESCRIPTION = (
     "Compile MODEL.onnx ahead of time to a shared library with the weights embedded, plus a C header "
     "declaring its C ABI (create/destroy a context, run, metadata queries, CPU check). The library "
     "depends only on libc, libm and pthreads; load it from Python with convc.load('model.so') (no "
     "llvmlite needed) or link it into a C program (see examples/c). An output ending in .o writes the "
     "object file only (no C toolchain needed).")
 
-CACHE_DESCRIPTION = (
-    "Show or clear the JIT compile cache (compiled code and packed weights of models compiled before; "
-    "in $CONVC_CACHE_DIR, else $XDG_CACHE_HOME/convc or ~/.cache/convc; CONVC_NO_CACHE=1 turns it off).")
-
 
 def _target(text: str) -> str:
     from convc.codegen.target import resolve_target
-    from convc.errors import ConvcError
     try:
         resolve_target(text)
     except ConvcError as e:
@@ -26,18 +24,17 @@ def _target(text: str) -> str:
     return text
 
 
-def add_compile_args(p: argparse.ArgumentParser) -> None:
-    from convc.cli import _positive
+def add_arguments(p: argparse.ArgumentParser) -> None:
     from convc.codegen.target import TARGET_NAMES
     p.add_argument("model", metavar="MODEL.onnx", help="the ONNX model to compile")
     p.add_argument("--output", "-o", metavar="FILE",
                    help="the library to write (default: MODEL.so); FILE.o writes the object file only")
-    p.add_argument("--batch", type=_positive, metavar="N",
+    p.add_argument("--batch", type=positive, metavar="N",
                    help="fix a symbolic batch dimension to N (default: 1); the library's shapes are fixed")
     p.add_argument("--target", type=_target, default="native", metavar="TARGET",
                    help=f"the CPU to compile for: {', '.join(TARGET_NAMES)} (default: native = this CPU, every "
                         "feature it has); extra required features may follow: x86-64-v3,+avx512f")
-    p.add_argument("--threads", "-t", type=_positive, metavar="N",
+    p.add_argument("--threads", "-t", type=positive, metavar="N",
                    help="the most worker threads a context may use (default: this machine's cores)")
     p.add_argument("--header", metavar="FILE.h", help="where to write the C header (default: the output with .h)")
     from convc.codegen.aot_train import LOSSES, OPTIMIZERS
@@ -51,8 +48,7 @@ def add_compile_args(p: argparse.ArgumentParser) -> None:
     train.add_argument("--seed", type=int, default=0, help="seed of Dropout's generator (default: 0)")
 
 
-def run_compile(args: argparse.Namespace) -> int:
-    from convc.cli import EXIT_OK, Progress, check_output_file, load_onnx
+def run(args: argparse.Namespace) -> int:
     from convc.codegen.aot import build
     from convc.codegen.target import checkable
     progress = Progress(args.quiet)
@@ -73,7 +69,7 @@ def run_compile(args: argparse.Namespace) -> int:
     progress(f"built {result.output.name} in {result.seconds:.1f}s")
     meta = result.meta
     kind = "object file" if result.object_only else "shared library"
-    print(f"wrote {result.output} ({kind}, {_mb(result.size)}; weights {_mb(result.weights_bytes)}) for "
+    print(f"wrote {result.output} ({kind}, {mb(result.size)}; weights {mb(result.weights_bytes)}) for "
           f"{result.target.name} ({result.target.triple}, cpu {result.target.cpu}), up to {meta['threads']} thread(s)")
     print(f"wrote {result.header} (the C ABI: convc_create, convc_run_model, convc_destroy, metadata queries)")
     for kind_, specs in (("input ", meta["inputs"]), ("output", meta["outputs"])):
@@ -95,24 +91,8 @@ def run_compile(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _mb(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
-
-
-def add_cache_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--clear", action="store_true", help="remove every cached model")
-
-
-def run_cache(args: argparse.Namespace) -> int:
-    from convc.cli import EXIT_OK
-    from convc.codegen.cache import cache_dir, clear, usage
-    root = cache_dir()
-    if root is None:
-        print("the compile cache is off (CONVC_NO_CACHE is set)")
-        return EXIT_OK
-    if args.clear:
-        print(f"removed {_mb(clear(root))} from {root}")
-        return EXIT_OK
-    n, size = usage(root)
-    print(f"{root}: {n} compiled model(s), {_mb(size)}")
-    return EXIT_OK
+COMMAND = Command(
+    "compile", "compile an ONNX model ahead of time to a shared library and C header", DESCRIPTION,
+    add_arguments, run,
+    ("convc compile lenet.onnx -o lenet.so", "convc compile model.onnx -o model.so --batch 8 --threads 4",
+     "convc compile model.onnx -o model.so --target x86-64-v3", "convc compile model.onnx -o model.o"))
