@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_handler(args.handler, args)
 
 
-__all__ = ["COMMANDS", "Command", "EXIT_ERROR", "EXIT_OK", "build_parser", "main"]
+__all__ = ["COMMANDS", "EXIT_ERROR", "EXIT_OK", "Command", "build_parser", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         tr = meta["training"]
         print(f"  training: {tr['optimizer']} (lr {tr['lr']:g}), {tr['loss']} loss, labels {tr['labels']['dtype']} "
               f"{tr['labels']['shape']}, {len(tr['params'])} parameter tensors; convc_train_step in the header")
-    checked, unchecked = checkable(result.target)
+    _, unchecked = checkable(result.target)
     feats = ", ".join(result.target.required)
     print(f"  requires CPU features: {feats if len(feats) < 200 else feats[:200] + ' ...'}")
     if unchecked:
