@@ -10,7 +10,10 @@ the entry point
 - before each kernel, scans every arena tensor it reads for the canary (the plan freed or reused a
   tensor that is still needed, or nothing wrote it), and after it, scans what it wrote (a kernel
   that read dead memory propagates the NaN payload into its output on x86; one that left part of
-  its output unwritten leaves canary words there).
+  its output unwritten leaves canary words there),
+- hashes every arena tensor that is live across the kernel but not written by it, before and
+  after the call: a kernel that writes outside its outputs (past a tile's end, into a neighbour
+  the plan placed next to it) changes one.
 
 The first fault is recorded in the module global ``convc_arena_fault`` (kernel step + 1, what,
 tensor position, word index); ``raise_fault`` turns it into an ``ArenaError`` naming the kernel and
@@ -30,7 +33,7 @@ from convc.errors import ConvcError
 
 CANARY = 0x7FDEAD5A  # a quiet NaN whose payload survives x86 arithmetic (the first NaN operand wins)
 FAULT_SYMBOL = "convc_arena_fault"
-READ_DEAD, WROTE_DEAD = 1, 2
+READ_DEAD, WROTE_DEAD, CHANGED_LIVE = 1, 2, 3
 
 
 class ArenaError(ConvcError):
@@ -46,13 +49,15 @@ class ArenaChecker:
     """Emits the canary fills and scans into a module's entry point (see the module docstring)."""
     module: ir.Module
     arena_bytes: int
-    steps: list[tuple[str, list[str], list[str]]] = field(default_factory=list)  # (op, inputs, outputs)
+    # (op, inputs, outputs, the live tensors it must not change)
+    steps: list[tuple[str, list[str], list[str], list[str]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.fault = ir.GlobalVariable(self.module, ir.ArrayType(I64, 4), FAULT_SYMBOL)
         self.fault.initializer = ir.Constant(ir.ArrayType(I64, 4), [0, 0, 0, 0])
         self._fill = self._helper("convc_canary_fill", self._emit_fill, VOID)
         self._find = self._helper("convc_canary_find", self._emit_find, I64)
+        self._hash = self._helper("convc_arena_hash", self._emit_hash, I64)
 
     def _helper(self, name: str, body, ret: ir.Type) -> ir.Function:
         fn = ir.Function(self.module, ir.FunctionType(ret, [PTR, I64]), name=name)
@@ -80,6 +85,28 @@ class ArenaChecker:
         b.position_at_end(found)
         b.ret(b.add(w, i64(1)))
 
+    @staticmethod
+    def _emit_hash(b: ir.IRBuilder, ptr: ir.Value, words: ir.Value) -> None:
+        """A position-dependent hash of ``words`` 32-bit words (any changed word changes it)."""
+        h = b.alloca(I64)
+        b.store(i64(0), h)
+        with for_range(b, words, name="w") as w:
+            v = b.zext(b.load(gep(b, ptr, w, I32), typ=I32), I64)
+            mixed = b.mul(b.xor(b.load(h, typ=I64), b.add(v, b.shl(w, i64(32)))), i64(0x100000001B3))
+            b.store(mixed, h)
+        b.ret(b.load(h, typ=I64))
+
+    def digest(self, b: ir.IRBuilder, arena: ir.Value, offset: int, nbytes: int) -> ir.Value:
+        return b.call(self._hash, [b.gep(arena, [i64(offset)], inbounds=True, source_etype=ir.IntType(8)),
+                                   i64(nbytes // 4)])
+
+    def compare(self, b: ir.IRBuilder, before: ir.Value, after: ir.Value, step: int, position: int) -> None:
+        """Record (step + 1, CHANGED_LIVE, position, 0) if the two digests differ (first fault only)."""
+        first = b.icmp_unsigned("==", b.load(self._slot(b, 0), typ=I64), i64(0))
+        with b.if_then(b.and_(b.icmp_unsigned("!=", before, after), first)):
+            for k, v in enumerate((i64(step + 1), i64(CHANGED_LIVE), i64(position), i64(0))):
+                b.store(v, self._slot(b, k))
+
     def fill(self, b: ir.IRBuilder, arena: ir.Value, offset: int, nbytes: int) -> None:
         if nbytes >= 4:
             b.call(self._fill, [b.gep(arena, [i64(offset)], inbounds=True, source_etype=ir.IntType(8)),
@@ -106,14 +133,18 @@ class ArenaChecker:
         self.fill(b, arena, 0, self.arena_bytes)
 
 
-def raise_fault(address: int, steps: list[tuple[str, list[str], list[str]]]) -> None:
+def raise_fault(address: int, steps: list[tuple[str, list[str], list[str], list[str]]]) -> None:
     """Raise ArenaError if the module whose ``convc_arena_fault`` global is at ``address`` recorded
-    a fault in the last call; ``steps`` are the checked kernels as (op, inputs, outputs)."""
+    a fault in the last call; ``steps`` are the checked kernels as (op, inputs, outputs, guarded
+    tensors)."""
     fault = (ctypes.c_int64 * 4).from_address(address)
     step, what, position, word = list(fault)
     if not step:
         return
-    op, inputs, outputs = steps[step - 1]
+    op, inputs, outputs, guarded = steps[step - 1]
+    if what == CHANGED_LIVE:
+        raise ArenaError(f"arena check: kernel {op!r} changed {guarded[position]!r}, a tensor it does not write "
+                         f"that is still live: it wrote outside its outputs")
     if what == READ_DEAD:
         raise ArenaError(f"arena check: kernel {op!r} reads input {position} {inputs[position]!r}, whose bytes "
                          f"hold the dead-memory canary at float {word}: the memory plan freed or reused them "
