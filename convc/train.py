@@ -407,14 +407,23 @@ def gradcheck(model: Any, inputs: np.ndarray, labels: np.ndarray | None = None, 
     image size you train costs a few reference runs per sample; the error of an element is
     |compiled - fd| / max(|fd|, |compiled|, 1e-2 * max|fd| of the parameter, 1e-3 * max|fd| of all)."""
     from convc.reference import run_reference
-    x = np.ascontiguousarray(inputs, dtype=np.float32)
+    x = np.asarray(inputs)
+    if x.dtype != np.float32:  # the rule of inference and of the Trainer: nothing converted silently
+        raise dtype_error("inputs", x.dtype, np.dtype(np.float32))
+    x = np.ascontiguousarray(x)
     forward = load_forward(model, x.shape)
     plan = build_training(forward, loss=loss, seed=seed)
     rng = np.random.default_rng(seed)
     out_shape = plan.graph.tensor(plan.logits).shape
     if labels is None:
         labels = rng.integers(0, out_shape[1], x.shape[0]) if loss == "cross_entropy" else \
-            rng.uniform(0.05, 0.95, out_shape)
+            rng.uniform(0.05, 0.95, out_shape).astype(np.float32)
+    labels = np.asarray(labels)
+    if loss == "cross_entropy" and labels.dtype.kind not in "iu":
+        raise InputError(f"labels have dtype {labels.dtype}, expected integer class indices "
+                         "(convert with .astype(np.int64))")
+    if loss != "cross_entropy" and labels.dtype != np.float32:
+        raise dtype_error("targets", labels.dtype, np.dtype(np.float32))
     labels = np.ascontiguousarray(labels, dtype=np.int64 if loss == "cross_entropy" else np.float32)
     state = {n: np.array(v, copy=True) for n, v in plan.initial.items()}
     state[plan.step][0] = step

@@ -102,3 +102,16 @@ def test_fused_graph_is_unfused_for_training(rng):
     assert a.ok and b.ok, (str(a), str(b))
     for (p, i, got, fd), (p2, i2, got2, fd2) in zip(a.details, b.details):
         assert (p, i) == (p2, i2) and abs(got - got2) <= 1e-5 * max(1.0, abs(got))
+
+
+def test_gradcheck_refuses_what_inference_refuses(rng):
+    """float64 inputs, float labels for cross-entropy and float64 targets are InputErrors, as in
+    inference and the Trainer: nothing is converted silently."""
+    x = rng.standard_normal((3, 1, 8, 8))
+    with pytest.raises(convc.InputError, match="float64, expected float32"):
+        convc.gradcheck(nets.digits_cnn(dropout=0.0), x, samples=1)
+    with pytest.raises(convc.InputError, match="integer class indices"):
+        convc.gradcheck(nets.digits_cnn(dropout=0.0), x.astype(np.float32), np.zeros(3), samples=1)
+    with pytest.raises(convc.InputError, match="targets has dtype float64"):
+        convc.gradcheck(nets.mlp(), rng.standard_normal((5, 3, 2, 2)).astype(np.float32), np.zeros((5, 3)),
+                        loss="mse", samples=1)
