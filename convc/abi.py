@@ -71,9 +71,18 @@ class SpecTable:
     def function(self, field: str) -> str:
         return f"{self.prefix}_{field}"
 
+    def functions(self) -> tuple[str, ...]:
+        return (self.count, *(self.function(f) for f in self.FIELDS))
+
 
 INPUTS = SpecTable("convc_num_inputs", "convc_input")
 OUTPUTS = SpecTable("convc_num_outputs", "convc_output")
+
+# what every library exports and its header declares
+LIBRARY_FUNCTIONS = (ENTRY, POOL_CREATE, POOL_DESTROY, CREATE, DESTROY, RUN_MODEL, CONSTANT_TABLE, NUM_CONSTANTS,
+                     ABI_VERSION_FN, VERSION, MODEL_NAME, TARGET_TRIPLE, TARGET_CPU, METADATA_JSON, MAX_THREADS,
+                     ARENA_BYTES, CPU_FEATURES, CHECK_CPU, CPU_FEATURE, CPU_FEATURE_OK,
+                     *INPUTS.functions(), *OUTPUTS.functions())
 
 # --- a training library (convc compile --train) ---
 TRAIN_STEP = "convc_train_step"
@@ -86,6 +95,8 @@ LABELS_DTYPE = "convc_labels_dtype"
 LOSS_NAME = "convc_loss_name"
 OPTIMIZER_NAME = "convc_optimizer_name"
 STATE = SpecTable("convc_num_state", "convc_state")
+TRAINING_FUNCTIONS = (TRAIN_STEP, SET_LEARNING_RATE, LEARNING_RATE, STEPS_DONE, STATE_DATA, LABELS_SIZE, LABELS_DTYPE,
+                      LOSS_NAME, OPTIMIZER_NAME, *STATE.functions())
 # the training step's module is linked into the library beside the eval forward's: its own copies
 # of the module-level functions are renamed with this prefix (convc_train_convc_run, ...)
 TRAIN_MODULE_PREFIX = "convc_train_"

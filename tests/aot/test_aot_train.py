@@ -138,3 +138,16 @@ def test_training_state_sizes_come_from_the_compiled_code(train_lib, tmp_path):
                    f"{lying['shape']!r} but its compiled code says {spec['shape']!r}")
     done = load_in_child(res.output)
     assert done.returncode == 0 and done.stdout.startswith("RAN"), done.stderr
+
+
+def test_training_library_exports_and_declares_the_training_abi(train_lib):
+    import ctypes
+
+    from test_aot_abi import declared
+
+    from convc import abi
+    _, res = train_lib
+    lib = ctypes.CDLL(str(res.output))
+    names = abi.LIBRARY_FUNCTIONS + abi.TRAINING_FUNCTIONS
+    assert not [n for n in names if not hasattr(lib, n)]
+    assert not sorted(set(names) - declared(res.header))
