@@ -14,7 +14,6 @@ codegen/blob.py.
 """
 from __future__ import annotations
 
-import io
 import os
 import tempfile
 import time
@@ -23,28 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from convc.codegen.artifacts import atomic_write, sign_library
-from convc.codegen.blob import blob_layout, metadata, used_constants, write_blob
+from convc.codegen.artifacts import atomic_write
+from convc.codegen.blob import blob_layout, metadata, used_constants
 from convc.codegen.header import guard_name, header_text
-from convc.codegen.link import find_cc, link_shared, no_cc_message
+from convc.codegen.link import write_library
 from convc.codegen.target import AotTarget, init_backend, resolve_target
 from convc.codegen.wrapper import Wrapper, inference_wrapper
-
-from convc import abi
-from convc.errors import CompileError
 
 # writes a library's C ABI into its wrapper module, given the metadata and the blob offsets of the
 # module's constant table
 Runtime = Callable[[Wrapper, dict, Sequence[int | None]], None]
-
-
-def _use_incbin(target: AotTarget) -> bool:
-    """Module-level .incbin needs the target's assembly parser (llvmlite registers only the host's)
-    and ELF section syntax."""
-    elf = not any(s in target.triple for s in ("darwin", "apple", "windows", "msvc", "mingw"))
-    return elf and not target.is_cross
-
 
 
 # --- building ----------------------------------------------------------------------------------
@@ -88,19 +75,9 @@ def build_native(native, output: str | os.PathLike, target: AotTarget, inputs, o
     consts = used_constants(native) if constants is None else constants
     offsets, size = blob_layout(consts)
     with tempfile.TemporaryDirectory(prefix="convc-aot-") as tmp:
-        blob_path = None
-        blob = None
-        if size and _use_incbin(target):
-            blob_path = os.path.join(tmp, "weights.bin")
-            with open(blob_path, "wb") as f:
-                write_blob(f, consts, offsets, size)
-        elif size:
-            buf = io.BytesIO()
-            write_blob(buf, consts, offsets, size)
-            blob = np.frombuffer(buf.getbuffer(), dtype=np.uint8)
         t = time.perf_counter()
         wrapper = Wrapper(target)
-        wrapper.embed_weights(size, blob_path, blob)
+        wrapper.embed_weights(consts, offsets, size, tmp)
         (runtime or inference_wrapper)(wrapper, meta, offsets[:len(native.constants)])
         timings["wrapper IR"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -111,24 +88,11 @@ def build_native(native, output: str | os.PathLike, target: AotTarget, inputs, o
         atomic_write(header_path, header_text(meta, target, str(out), guard_name(header_path), extra_decls).encode())
         if object_only:
             atomic_write(out, obj)
-        elif find_cc(target) is None:  # keep the object where the user can link it, then say what is missing
-            kept = out.with_suffix(".o")
-            atomic_write(kept, obj)
-            raise CompileError(no_cc_message(target, str(kept), str(out)))
         else:
             if progress:
                 progress("linking " + out.name)
             t = time.perf_counter()
-            obj_path = Path(tmp) / (out.stem + ".o")
-            obj_path.write_bytes(obj)
-            tmp_lib = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-            try:
-                link_shared(str(obj_path), str(tmp_lib), target, soname=out.name)
-                sign_library(tmp_lib, abi.ABI_VERSION)  # convc.load checks it before dlopen
-                os.replace(tmp_lib, out)
-            finally:
-                if tmp_lib.exists():
-                    tmp_lib.unlink()
+            write_library(obj, out, target, tmp)
             timings["link"] = time.perf_counter() - t
     return BuildResult(out, header_path, target, meta, time.perf_counter() - t0, object_only, size, timings)
 

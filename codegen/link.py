@@ -11,8 +11,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from convc.codegen.artifacts import atomic_write, sign_library
 from convc.codegen.target import AotTarget
 
+from convc import abi
 from convc.errors import CompileError
 
 
@@ -55,3 +57,23 @@ def link_shared(obj: str, lib: str, target: AotTarget, soname: str | None = None
         raise CompileError(f"cannot run the C compiler {cc[0]}: {e}") from None
     if done.returncode != 0:
         raise CompileError(f"linking {lib} failed ({' '.join(cmd)}):\n{done.stderr.strip()}")
+
+
+def write_library(obj: bytes, out: Path, target: AotTarget, workdir: str | os.PathLike) -> None:
+    """Link the object code ``obj`` into the library ``out``, signed for convc.load and replaced
+    atomically. Without a C compiler the object is kept beside ``out`` and a CompileError says
+    what is missing and how to link it."""
+    if find_cc(target) is None:
+        kept = out.with_suffix(".o")
+        atomic_write(kept, obj)
+        raise CompileError(no_cc_message(target, str(kept), str(out)))
+    obj_path = Path(workdir) / (out.stem + ".o")
+    obj_path.write_bytes(obj)
+    tmp_lib = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        link_shared(str(obj_path), str(tmp_lib), target, soname=out.name)
+        sign_library(tmp_lib, abi.ABI_VERSION)  # convc.load checks it before dlopen
+        os.replace(tmp_lib, out)
+    finally:
+        if tmp_lib.exists():
+            tmp_lib.unlink()

@@ -20,13 +20,14 @@ bytes, which formats every byte in Python (100 MB of weights: minutes).
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Sequence
 
 import numpy as np
 from convc.codegen.artifacts import ALIGN
-from convc.codegen.blob import align_up
+from convc.codegen.blob import align_up, write_blob
 from convc.codegen.llvm_utils import I8, I32, I64, PTR, VOID, alloca_entry, for_range, gep, i64, intrinsic, memcpy
 from convc.codegen.target import X86_CPUID, AotTarget
 from llvmlite import ir
@@ -180,15 +181,20 @@ class Wrapper:
                                          f"i64 {int(offset)})")
 
     # --- the library's parts ------------------------------------------------------------------------
-    def embed_weights(self, size: int, path: str | None = None, data: np.ndarray | None = None) -> None:
-        """The blob, from the file ``path`` (``.incbin``) or the bytes ``data``."""
+    def embed_weights(self, constants: Sequence[np.ndarray | None], offsets: Sequence[int | None], size: int,
+                      workdir: str | os.PathLike) -> None:
+        """The blob of ``constants`` at ``offsets`` (codegen/blob.py): a file in ``workdir`` the
+        assembler includes (``.incbin``), or, for a cross target, the bytes as a constant."""
         if not size:
             return
         ty = ir.ArrayType(I8, size)
         self.weights = gv = ir.GlobalVariable(self.module, ty, name="convc_weights")
         gv.global_constant = True
         gv.align = ALIGN
-        if path is not None:
+        if self._can_incbin():
+            path = os.path.join(workdir, "weights.bin")
+            with open(path, "wb") as f:
+                write_blob(f, constants, offsets, size)
             escaped = os.path.abspath(path).replace("\\", "\\\\").replace('"', '\\"')
             self._asm += [".pushsection .rodata.convc_weights,\"a\",%progbits", ".p2align 6",
                           ".globl convc_weights", ".hidden convc_weights", ".type convc_weights,%object",
@@ -196,8 +202,17 @@ class Wrapper:
             gv.linkage = "external"
             gv.storage_class = "hidden"  # llvmlite writes it where LLVM reads the visibility
         else:
+            buf = io.BytesIO()
+            write_blob(buf, constants, offsets, size)
             gv.linkage = "internal"
-            gv.initializer = ir.FormattedConstant(ty, f'c"{_escaped_bytes(data)}"')
+            gv.initializer = ir.FormattedConstant(ty, f'c"{_escaped_bytes(np.frombuffer(buf.getbuffer(), np.uint8))}"')
+
+    def _can_incbin(self) -> bool:
+        """Module-level .incbin needs the target's assembly parser (llvmlite registers only the
+        host's) and ELF section syntax."""
+        triple = self.target.triple
+        elf = not any(s in triple for s in ("darwin", "apple", "windows", "msvc", "mingw"))
+        return elf and not self.target.is_cross
 
     def pointer_table(self, name: str, offsets: Sequence[int | None]) -> ir.GlobalVariable:
         """An internal table of pointers into the blob (at least one entry, as C arrays are)."""
