@@ -135,20 +135,32 @@ class Profile:
             key = lambda l: (l.macs, l.other_flops)
         return sorted(self.layers, key=key, reverse=True)[:n]
 
-    def by_op(self) -> list[dict[str, Any]]:
-        """One summary row per op label (fused label included), costliest first."""
+    def by_op(self, top: int | None = None) -> list[dict[str, Any]]:
+        """One summary row per op (the layer's first op: a Conv with BN and Relu fused in is a Conv),
+        costliest first; ``fused`` counts the fused combinations behind the row, e.g.
+        ``{"Conv+BatchNormalization+Relu": 3, "Conv": 1}``. ``top`` keeps the ``top`` costliest rows."""
         groups: dict[str, dict[str, Any]] = {}
         for l in self.layers:
-            row = groups.setdefault(l.op, {"op": l.op, "layers": 0, "params": 0, "macs": 0, "other_flops": 0,
-                                           "weight_bytes": 0, "output_bytes": 0, "seconds": None})
+            op = l.op.split("+")[0]
+            row = groups.setdefault(op, {"op": op, "layers": 0, "params": 0, "macs": 0, "other_flops": 0,
+                                         "weight_bytes": 0, "output_bytes": 0, "seconds": None, "fused": {}})
             row["layers"] += 1
+            row["fused"][l.op] = row["fused"].get(l.op, 0) + 1
             for k in ("params", "macs", "other_flops", "weight_bytes", "output_bytes"):
                 row[k] += getattr(l, k)
             if l.seconds is not None:
                 row["seconds"] = (row["seconds"] or 0.0) + l.seconds
         if self.measured:
-            return sorted(groups.values(), key=lambda r: (r["seconds"] or 0.0, r["macs"]), reverse=True)
-        return sorted(groups.values(), key=lambda r: (r["macs"], r["other_flops"]), reverse=True)
+            rows = sorted(groups.values(), key=lambda r: (r["seconds"] or 0.0, r["macs"]), reverse=True)
+        else:
+            rows = sorted(groups.values(), key=lambda r: (r["macs"], r["other_flops"]), reverse=True)
+        return rows[:top] if top else rows
+
+    def op_share(self, row: dict[str, Any]) -> float:
+        """A ``by_op`` row's share of the total MACs (of the time, when measured)."""
+        if self.measured and self.total_seconds:
+            return (row["seconds"] or 0.0) / self.total_seconds
+        return row["macs"] / self.total_macs if self.total_macs else 0.0
 
     # --- serialization --------------------------------------------------------------------
     def layer_dict(self, l: Layer) -> dict[str, Any]:
@@ -163,7 +175,10 @@ class Profile:
                      percent_of_all_core_peak=self.peak.percent(gf, True) if gf and self.peak else None)
         return d
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, top: int | None = None, by_op: bool = False) -> dict[str, Any]:
+        """Everything as plain data. ``top`` keeps the ``top`` costliest layers (by time when measured,
+        else by MACs) in ``layers``; ``by_op`` replaces ``layers`` by ``by_op``, one row per op type
+        (``top`` then keeps the costliest op types). Totals and memory are always the whole model's."""
         m = self.memory
         out: dict[str, Any] = {
             "model": self.model, "batch": self.batch, "convention": self.convention,
@@ -172,38 +187,57 @@ class Profile:
                        "weight_bytes": self.total_weight_bytes, "layers": len(self.layers)},
             "memory": {"weight_bytes": m.weight_bytes, "activation_bytes": m.activation_bytes,
                        "lower_bound_bytes": m.lower_bound_bytes, "arena_bytes": m.arena_bytes,
-                       "saving_bytes": m.saving_bytes, "io_bytes": m.io_bytes, "live_bytes": list(m.live_bytes)},
-            "layers": [self.layer_dict(l) for l in self.layers],
-            "unmodelled": self.unmodelled,
-            "notes": [{"op": op, "reason": why} for op, why in self.notes],
-            "folded": list(self.folded)}
+                       "saving_bytes": m.saving_bytes, "io_bytes": m.io_bytes, "live_bytes": list(m.live_bytes)}}
+        if by_op:
+            out["by_op"] = [{**r, "share": self.op_share(r)} for r in self.by_op(top)]
+        else:
+            out["layers"] = [self.layer_dict(l) for l in (self.top(top) if top else self.layers)]
+        if top:
+            out["top"] = top
+        out.update({"unmodelled": self.unmodelled, "notes": [{"op": op, "reason": why} for op, why in self.notes],
+                    "folded": list(self.folded)})
         if self.measured:
             out["totals"]["seconds"] = self.total_seconds
         if self.peak is not None:
             out["peak"] = asdict(self.peak)
         return out
 
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+    def to_json(self, indent: int | None = 2, top: int | None = None, by_op: bool = False) -> str:
+        return json.dumps(self.to_dict(top=top, by_op=by_op), indent=indent)
+
+    def __str__(self) -> str:
+        """The report as ``convc profile`` prints it when piped (convc/report.py's plain table)."""
+        from convc.report import render_text
+        return render_text(self)
 
     CSV_COLUMNS = ("name", "op", "output_shape", "params", "bn_stats", "macs", "flops", "other_flops",
                    "weight_bytes", "output_bytes", "share")
     CSV_TIMING = ("seconds", "gflops_per_second", "percent_of_single_core_peak", "percent_of_all_core_peak")
+    CSV_BY_OP = ("op", "layers", "fused", "params", "macs", "other_flops", "weight_bytes", "output_bytes", "share")
 
-    def to_csv(self) -> str:
-        """One row per layer and a final TOTAL row; shapes as ``1x64x56x56``."""
-        columns = self.CSV_COLUMNS + (self.CSV_TIMING if self.measured else ())
+    def to_csv(self, top: int | None = None, by_op: bool = False) -> str:
+        """One row per layer (the ``top`` costliest with ``top``; one per op type with ``by_op``) and a
+        final TOTAL row of the whole model; shapes as ``1x64x56x56``."""
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(columns)
-        for l in self.layers:
-            d = self.layer_dict(l)
-            d["output_shape"] = "x".join(map(str, l.output_shape))
-            w.writerow(["" if d.get(c) is None else d[c] for c in columns])
-        total = {"name": "TOTAL", "op": "", "output_shape": "", "params": self.total_params,
+        total = {"name": "TOTAL", "op": "TOTAL" if by_op else "", "output_shape": "", "params": self.total_params,
                  "bn_stats": self.total_bn_stats, "macs": self.total_macs, "flops": self.total_flops,
                  "other_flops": self.total_other_flops, "weight_bytes": self.total_weight_bytes,
-                 "output_bytes": sum(l.output_bytes for l in self.layers), "share": 1.0, "seconds": self.total_seconds}
+                 "output_bytes": sum(l.output_bytes for l in self.layers), "share": 1.0, "seconds": self.total_seconds,
+                 "layers": len(self.layers), "fused": ""}
+        if by_op:
+            columns = self.CSV_BY_OP + (("seconds",) if self.measured else ())
+            w.writerow(columns)
+            for r in self.by_op(top):
+                d = {**r, "share": self.op_share(r), "fused": " ".join(f"{k}:{n}" for k, n in r["fused"].items())}
+                w.writerow(["" if d.get(c) is None else d[c] for c in columns])
+        else:
+            columns = self.CSV_COLUMNS + (self.CSV_TIMING if self.measured else ())
+            w.writerow(columns)
+            for l in (self.top(top) if top else self.layers):
+                d = self.layer_dict(l)
+                d["output_shape"] = "x".join(map(str, l.output_shape))
+                w.writerow(["" if d.get(c) is None else d[c] for c in columns])
         w.writerow(["" if total.get(c) is None else total[c] for c in columns])
         return buf.getvalue()
 

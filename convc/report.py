@@ -84,13 +84,19 @@ def _total_row(p: Profile) -> list[str]:
     return row
 
 
-def _by_op_rows(p: Profile) -> tuple[list[tuple[str, str]], list[list[str]]]:
+def fused_detail(fused: dict[str, int]) -> str:
+    """A by-op row's fused combinations, most frequent first: 'Conv+BatchNormalization+Relu x3, Conv x1'."""
+    return ", ".join(f"{k} x{n}" for k, n in sorted(fused.items(), key=lambda kv: -kv[1]))
+
+
+def _by_op_rows(p: Profile, top: int | None = None) -> tuple[list[tuple[str, str]], list[list[str]]]:
     cols = [("op", "<"), ("layers", ">"), ("params", ">"), ("MACs", ">"), ("MAC share", ">"), ("other FLOPs", ">"),
             ("weights", ">")]
     if p.measured:
         cols += [("time ms", ">"), ("time share", ">"), ("GFLOP/s", ">")]
+    cols += [("as (fused layers)", "<")]
     rows = []
-    for r in p.by_op():
+    for r in p.by_op(top):
         row = [r["op"], str(r["layers"]), count(r["params"]) if r["params"] else "", count(r["macs"]) if r["macs"] else "",
                percent(r["macs"] / p.total_macs if p.total_macs else 0.0),
                count(r["other_flops"]) if r["other_flops"] else "", nbytes(r["weight_bytes"]) if r["weight_bytes"] else ""]
@@ -98,6 +104,7 @@ def _by_op_rows(p: Profile) -> tuple[list[tuple[str, str]], list[list[str]]]:
             s = r["seconds"] or 0.0
             row += [f"{1e3 * s:.3f}", percent(s / p.total_seconds if p.total_seconds else 0.0),
                     f"{2 * r['macs'] / s / 1e9:.1f}" if s and r["macs"] else ""]
+        row.append(fused_detail(r["fused"]))
         rows.append(row)
     return cols, rows
 
@@ -169,8 +176,11 @@ def note_lines(p: Profile, limit: int | None = MAX_NOTES) -> list[str]:
 def render_text(p: Profile, top: int | None = None, by_op: bool = False, width: int = 32) -> str:
     parts = ["\n".join(header_lines(p)), ""]
     if by_op:
-        cols, rows = _by_op_rows(p)
-        parts += ["By op type", plain_table(cols, rows), ""]
+        cols, rows = _by_op_rows(p, top)
+        parts += ["By op type", plain_table(cols, rows)]
+        if top and top < len(p.by_op()):
+            parts.append(f"({len(rows)} costliest of {len(p.by_op())} op types shown)")
+        parts.append("")
     else:
         layers = list(enumerate(p.layers, 1))
         if top:
@@ -202,7 +212,7 @@ def render_rich(p: Profile, top: int | None = None, by_op: bool = False, file: A
     for line in header_lines(p):
         console.print(line, highlight=False, soft_wrap=False)
     if by_op:
-        cols, rows = _by_op_rows(p)
+        cols, rows = _by_op_rows(p, top)
         footer = None
         title = "By op type"
     else:

@@ -99,26 +99,39 @@ class TrainProfile:
     def measured(self) -> bool:
         return self.step_seconds is not None
 
-    def to_dict(self) -> dict[str, Any]:
+    def top(self, n: int | None) -> list[TrainLayer]:
+        """The ``n`` costliest layers (by forward + backward + update time when measured, else by
+        forward + backward MACs), costliest first; every layer when ``n`` is None."""
+        if not n:
+            return list(self.layers)
+        if self.measured:
+            key = lambda l: (sum(l.seconds.values()), l.total_macs)
+        else:
+            key = lambda l: (l.total_macs, l.saved_bytes)
+        return sorted(self.layers, key=key, reverse=True)[:n]
+
+    def to_dict(self, top: int | None = None) -> dict[str, Any]:
+        """Everything as plain data; ``top`` keeps the ``top`` costliest layers (totals stay whole-model)."""
         m = self.memory
         return {"model": self.model, "batch": self.batch, "loss": self.loss, "optimizer": self.optimizer,
                 "totals": {"forward_macs": self.forward_macs, "backward_macs": self.backward_macs,
                            "total_macs": self.total_macs, "step_seconds": self.step_seconds},
                 "memory": {**asdict(m), "state_bytes": m.state_bytes, "peak_bytes": m.peak_bytes},
-                "layers": [{**asdict(l), "output_shape": list(l.output_shape)} for l in self.layers]}
+                "layers": [{**asdict(l), "output_shape": list(l.output_shape)} for l in self.top(top)],
+                **({"top": top} if top else {})}
 
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+    def to_json(self, indent: int | None = 2, top: int | None = None) -> str:
+        return json.dumps(self.to_dict(top), indent=indent)
 
     CSV_COLUMNS = ("name", "op", "output_shape", "forward_macs", "backward_macs", "saved_bytes", "param_bytes",
                    "grad_bytes", "state_bytes")
 
-    def to_csv(self) -> str:
+    def to_csv(self, top: int | None = None) -> str:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         timed = [f"{p}_seconds" for p in PHASES if p != "loss"] if self.measured else []
         w.writerow(self.CSV_COLUMNS + tuple(timed))
-        for l in self.layers:
+        for l in self.top(top):
             row = [getattr(l, c) for c in self.CSV_COLUMNS]
             row[2] = "x".join(map(str, l.output_shape))
             w.writerow(row + [l.seconds.get(p[:-8], "") for p in timed])
@@ -142,7 +155,7 @@ def _count(n: float) -> str:
     return str(int(n))
 
 
-def render_text(p: TrainProfile) -> str:
+def render_text(p: TrainProfile, top: int | None = None) -> str:
     lines = [f"convc profile --train: {p.model} (batch {p.batch}, loss {p.loss}, optimizer {p.optimizer})",
              f"  MACs per step: forward {_count(p.forward_macs)}, backward {_count(p.backward_macs)} "
              f"({p.backward_macs / p.forward_macs:.2f}x the forward), total {_count(p.total_macs)}"
@@ -154,8 +167,9 @@ def render_text(p: TrainProfile) -> str:
     if p.measured:
         cols += ["fwd ms", "bwd ms", "upd ms"]
     rows = []
-    for i, l in enumerate(p.layers, 1):
-        row = [str(i), l.name[:28], l.op, "x".join(map(str, l.output_shape)), _count(l.forward_macs),
+    index = {l.name: i for i, l in enumerate(p.layers, 1)}
+    for l in p.top(top):
+        row = [str(index[l.name]), l.name[:28], l.op, "x".join(map(str, l.output_shape)), _count(l.forward_macs),
                _count(l.backward_macs), _nbytes(l.saved_bytes), _nbytes(l.param_bytes), _nbytes(l.grad_bytes),
                _nbytes(l.state_bytes)]
         if p.measured:
@@ -165,6 +179,9 @@ def render_text(p: TrainProfile) -> str:
     fmt = lambda cells: "  ".join(c.rjust(w) if k not in (1, 2) else c.ljust(w)
                                   for k, (c, w) in enumerate(zip(cells, widths)))
     lines += ["", fmt(cols), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+    if top and top < len(p.layers):
+        lines.append(f"({len(rows)} costliest of {len(p.layers)} layers shown, by "
+                     f"{'time' if p.measured else 'forward + backward MACs'}; totals are the whole step)")
     m = p.memory
     mem = [("parameters", m.param_bytes), ("optimizer state", m.optimizer_state_bytes),
            ("BN running statistics", m.running_stats_bytes),

@@ -87,7 +87,9 @@ def test_profile_of_a_hand_built_model(small_resnet):
     assert p.peak_memory_bytes == m.arena_bytes and m.lower_bound_bytes <= m.arena_bytes < m.activation_bytes
     assert m.saving_bytes == m.activation_bytes - m.arena_bytes
     assert abs(sum(p.share(l) for l in p.layers) - 1.0) < 1e-9
-    assert next(r["op"] for r in p.by_op()) == "Conv+BatchNormalization"  # conv2 holds the most MACs
+    conv = next(r for r in p.by_op())  # grouped by op, the fused combinations as detail
+    assert conv["op"] == "Conv" and conv["layers"] == 3
+    assert conv["fused"] == {"Conv+BatchNormalization+Relu": 1, "Conv+BatchNormalization": 1, "Conv+Add+Relu": 1}
     assert [l.name for l in p.top(2)] == ["conv2", "conv1"]
 
 

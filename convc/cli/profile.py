@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from convc.cli.common import EXIT_OK, Command, Progress, check_output_file, load_onnx, positive
+from convc.errors import ConvcError
 from convc.profile import CONVENTION
 from convc.report import check_plot_path, plot, render_rich, render_text
 
@@ -26,26 +27,52 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="compile and run the model: per-layer time (median of --repeat runs), achieved GFLOP/s "
                         "and its percentage of this machine's single-core and all-core FMA peak (measured once, "
                         "cached in $CONVC_CACHE_DIR or ~/.cache/convc)")
-    p.add_argument("--repeat", "-r", type=positive, default=10, metavar="R",
+    p.add_argument("--repeat", "-r", type=positive, metavar="R",
                    help="runs timed with --measure (default: 10)")
-    p.add_argument("--threads", "-t", type=positive, metavar="T", help="worker threads with --measure")
+    p.add_argument("--threads", "-t", type=positive, metavar="T",
+                   help="worker threads with --measure (not with --train: the training step runs on one thread)")
     p.add_argument("--plot", metavar="FILE", help="also draw MACs (and time) per layer and the memory plan "
                                                   "to FILE (.png or .svg; needs matplotlib)")
     p.add_argument("--top", type=positive, metavar="N", help="only the N costliest layers (by time with "
-                                                               "--measure, else by MACs); totals stay whole-model")
-    p.add_argument("--by-op", action="store_true", help="one row per op type instead of per layer")
+                                                               "--measure, else by MACs), or op types with --by-op; "
+                                                               "totals stay whole-model; every --format")
+    p.add_argument("--by-op", action="store_true", help="one row per op type instead of per layer (a Conv with BN "
+                                                        "and Relu fused in counts as a Conv; the fused combinations "
+                                                        "are listed); every --format; not with --train")
     p.add_argument("--train", action="store_true",
                    help="profile the training step instead: forward and backward MACs per layer, saved "
                         "activations, gradient and optimizer-state bytes, and the peak memory of the planned step")
-    p.add_argument("--loss", choices=("cross_entropy", "mse", "bce"), default="cross_entropy",
+    p.add_argument("--loss", choices=("cross_entropy", "mse", "bce"),
                    help="the loss with --train (default: cross_entropy)")
-    p.add_argument("--optimizer", choices=("sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"), default="sgd",
+    p.add_argument("--optimizer", choices=("sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"),
                    help="the optimizer with --train, whose state is counted (default: sgd)")
+
+
+def refuse_conflicts(args: argparse.Namespace) -> None:
+    """Flags that cannot apply together are refused before any work, never silently ignored."""
+    if args.train:
+        if args.plot:
+            raise ConvcError("--plot draws the inference profile; it is not available with --train "
+                             "(use --format csv or json and plot those)")
+        if args.by_op:
+            raise ConvcError("--by-op is not available with --train (training does not fuse: its layers are ops)")
+        if args.threads:
+            raise ConvcError("--threads is not available with --train: the training step runs on the calling thread")
+    else:
+        for flag, value in (("--loss", args.loss), ("--optimizer", args.optimizer)):
+            if value is not None:
+                raise ConvcError(f"{flag} applies to the training step: add --train")
+    if not args.measure:
+        for flag, value in (("--repeat", args.repeat), ("--threads", args.threads)):
+            if value is not None:
+                raise ConvcError(f"{flag} only applies when timing: add --measure")
 
 
 def run(args: argparse.Namespace) -> int:
     import convc
     progress = Progress(args.quiet)
+    refuse_conflicts(args)
+    repeats = args.repeat or 10
     if args.plot:
         check_plot_path(args.plot)  # before minutes of measuring
         check_output_file(args.plot, "--plot")
@@ -53,15 +80,15 @@ def run(args: argparse.Namespace) -> int:
     progress("analysing" + (" and measuring" if args.measure else ""))
     if getattr(args, "train", False):
         return _run_train(args, model, progress)
-    result = convc.profile(model, batch=args.batch, measure=args.measure, repeats=args.repeat, threads=args.threads)
+    result = convc.profile(model, batch=args.batch, measure=args.measure, repeats=repeats, threads=args.threads)
     result.model = Path(args.model).name
     if args.plot:
         plot(result, args.plot)
         progress(f"wrote {args.plot}")
     if args.format == "json":
-        sys.stdout.write(result.to_json() + "\n")
+        sys.stdout.write(result.to_json(top=args.top, by_op=args.by_op) + "\n")
     elif args.format == "csv":
-        sys.stdout.write(result.to_csv())
+        sys.stdout.write(result.to_csv(top=args.top, by_op=args.by_op))
     elif _rich_available() and sys.stdout.isatty():
         render_rich(result, top=args.top, by_op=args.by_op)
     else:
@@ -75,15 +102,16 @@ def _run_train(args: argparse.Namespace, model: Any, progress: Any) -> int:
     optimizers = {"sgd": lambda: convc.optim.SGD(0.01), "momentum": lambda: convc.optim.SGD(0.01, momentum=0.9),
                   "adagrad": convc.optim.Adagrad, "rmsprop": convc.optim.RMSprop, "adam": convc.optim.Adam,
                   "adamw": convc.optim.AdamW}
-    result = convc.profile(model, batch=args.batch, measure=args.measure, repeats=args.repeat, train=True,
-                           loss=args.loss, optimizer=optimizers[args.optimizer]())
+    from convc.train_profile import render_text as render_train
+    result = convc.profile(model, batch=args.batch, measure=args.measure, repeats=args.repeat or 10, train=True,
+                           loss=args.loss or "cross_entropy", optimizer=optimizers[args.optimizer or "sgd"]())
     result.model = Path(args.model).name
     if args.format == "json":
-        sys.stdout.write(result.to_json() + "\n")
+        sys.stdout.write(result.to_json(top=args.top) + "\n")
     elif args.format == "csv":
-        sys.stdout.write(result.to_csv())
+        sys.stdout.write(result.to_csv(top=args.top))
     else:
-        sys.stdout.write(str(result))
+        sys.stdout.write(render_train(result, top=args.top))
     return EXIT_OK
 
 
