@@ -126,6 +126,7 @@ def _eval_plan(forward: Graph, roles: Mapping[str, str]):
     run time (no recompilation when they change); Dropout is the identity; epilogues are fused."""
     from convc.passes.dce import eliminate_dead_code
     from convc.passes.fusion import fuse_epilogues
+    from convc.passes.kernel_selection import select_training_kernels
     from convc.passes.memory import plan_memory
     from convc.passes.pipeline import Plan
     g = forward.copy()
@@ -134,7 +135,7 @@ def _eval_plan(forward: Graph, roles: Mapping[str, str]):
         g.tensor(n).kind = TensorKind.STATE if roles[n] == RUNNING else TensorKind.PARAMETER
     g.inputs = list(g.inputs) + state
     detach_state(g)
-    g = eliminate_dead_code(fuse_epilogues(g))
+    g = select_training_kernels(eliminate_dead_code(fuse_epilogues(g)))
     order = g.ops()
     return Plan(g, order, plan_memory(g, order))
 

@@ -12,32 +12,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from convc.passes.rewrite import add_const, is_constant, move_before, record_origin
+from convc.passes.kernel_selection import im2col_candidate
+from convc.passes.rewrite import add_const, move_before, record_origin
 
 from convc.ir import Graph, Op
 from convc.ops import OpKind
-from convc.ops.conv import ConvAttrs
+from convc.ops.conv import ConvAttrs, is_pointwise
 from convc.ops.im2col import Im2ColAttrs
 
 Predicate = Callable[[Graph, Op], bool]
 
 
-def is_gemm_conv(a: ConvAttrs) -> bool:
-    """A 1x1 (any rank), stride-1, unpadded conv: its input already is the GEMM operand."""
-    return all(k == 1 for k in a.kernel_shape) and all(s == 1 for s in a.strides) and not any(a.pads)
-
-
-def is_depthwise(g: Graph, op: Op) -> bool:
-    """One input and one output channel per group: the codegen's direct depthwise kernel is faster."""
-    channels = g.tensor(op.inputs[0]).shape[1]
-    return op.attrs.group == channels and g.tensor(op.outputs[0]).shape[1] == channels
-
-
-def is_general_conv(g: Graph, op: Op) -> bool:
-    """The default predicate: every 1-D or 2-D conv with constant weights that is not already a GEMM
-    and not depthwise."""
-    return (op.kind is OpKind.CONV and not op.attrs.channels_last and op.attrs.spatial_rank in (1, 2) and not is_gemm_conv(op.attrs)
-            and is_constant(g, op.inputs[1]) and not is_depthwise(g, op))
+is_gemm_conv = is_pointwise  # a 1x1, stride-1, unpadded conv: its input already is the GEMM operand
+# the default predicate: every 1-D or 2-D channels-first conv with constant weights that is neither
+# pointwise nor depthwise (the codegen's direct kernels are faster for those)
+is_general_conv = im2col_candidate
 
 
 def lower_im2col(g: Graph, should_lower: Predicate = is_general_conv) -> Graph:

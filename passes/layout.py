@@ -21,14 +21,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-import numpy as np
-
 from convc.passes.dce import eliminate_dead_code
-from convc.passes.rewrite import is_constant, move_before, record_origin, take_output
+from convc.passes.kernel_selection import channels_last_candidate
+from convc.passes.rewrite import move_before, record_origin, take_output
 
 from convc.ir import Graph, Op, TensorKind
-from convc.ops import OpGroup, OpKind
-from convc.ops import layout
+from convc.ops import OpGroup, OpKind, layout
 from convc.ops.shape import TransposeAttrs
 
 Predicate = Callable[[Graph, Op], bool]
@@ -37,20 +35,8 @@ POOLS = frozenset({OpKind.MAX_POOL, OpKind.AVERAGE_POOL, OpKind.GLOBAL_AVERAGE_P
 SAME_SHAPE_BINARY = frozenset({OpKind.ADD, OpKind.MUL, OpKind.SUB, OpKind.DIV, OpKind.MAX, OpKind.MIN, OpKind.SUM})
 
 
-def is_channels_last_conv(g: Graph, op: Op) -> bool:
-    """The default predicate: a 2-D float32 conv with constant weights, plain (one group) or
-    depthwise (one input and one output channel per group), not already lowered to a GEMM over an
-    im2col buffer."""
-    if op.kind is not OpKind.CONV or op.attrs.channels_last or op.attrs.spatial_rank != 2:
-        return False
-    producer = g.producer(op.inputs[0])
-    if producer is not None and producer.kind is OpKind.IM2COL:
-        return False
-    x, y = g.tensor(op.inputs[0]), g.tensor(op.outputs[0])
-    if x.dtype != np.float32 or not is_constant(g, op.inputs[1]):
-        return False
-    depthwise = op.attrs.group == x.shape[1] == y.shape[1]
-    return op.attrs.group == 1 or depthwise
+# the default predicate: the convs the channels-last kernels run (kernel_selection.py says which)
+is_channels_last_conv = channels_last_candidate
 
 
 def to_channels_last(g: Graph, convert_conv: Predicate = is_channels_last_conv) -> Graph:

@@ -9,6 +9,7 @@ from convc.passes.constant_folding import fold_constants
 from convc.passes.dce import eliminate_dead_code
 from convc.passes.fusion import fuse_epilogues
 from convc.passes.im2col import lower_im2col
+from convc.passes.kernel_selection import select_kernels
 from convc.passes.layout import to_channels_last
 from convc.passes.memory import MemoryPlan, plan_memory
 from convc.passes.memory_check import check_memory_plan, checking
@@ -33,6 +34,7 @@ PIPELINE: list[tuple[str, Callable[[Graph], Graph]]] = [
     ("channels-last layout", to_channels_last),
     ("im2col lowering", lower_im2col),
     ("dead-code elimination", eliminate_dead_code),
+    ("kernel selection", select_kernels),
 ]
 
 

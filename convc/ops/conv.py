@@ -1,18 +1,33 @@
 """Convolution (1-D, 2-D and N-D), channels-first (ONNX) or channels-last layout, explicit pads."""
 from __future__ import annotations
 
+import enum
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 import numpy as np
 
 from convc.errors import GraphError
 from convc.limits import check_window
 from convc.ops.attrs import onnx_attr
-from convc.ops.epilogue import NO_EPILOGUE, Epilogue, epilogue_flops
 from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, register
+from convc.ops.epilogue import NO_EPILOGUE, Epilogue, epilogue_flops
 from convc.ops.layout import CHANNELS_FIRST, CHANNELS_LAST, first, last, to_channels_first, to_channels_last
+
+
+class ConvAlgorithm(enum.Enum):
+    """How a conv is computed: chosen once by passes/kernel_selection.py, dispatched on by
+    codegen/kernels/conv.py (each value names the emitter that runs it)."""
+    UNSELECTED = "unselected"              # not chosen yet: the codegen refuses it
+    POINTWISE = "pointwise"                # channels first, 1x1 stride 1 unpadded, constant W: Y = W @ X per panel
+    IM2COL_FUSED = "im2col_fused"          # POINTWISE over an Im2Col op's output, gathered block by block in the conv
+    IM2COL_GEMM = "im2col_gemm"            # channels first, 1-D/2-D: im2col into scratch in the kernel, then a GEMM
+    DEPTHWISE = "depthwise"                # channels first, 1-D/2-D, group == C == M: one filter per plane
+    IMPLICIT_GEMM_NHWC = "implicit_gemm_nhwc"  # channels last, 2-D, one group, constant W (conv_nhwc.py)
+    DEPTHWISE_NHWC = "depthwise_nhwc"      # channels last, group == C == M (depthwise_nhwc.py)
+    DIRECT_ND = "direct_nd"                # spatial rank 3 or more: direct loops (conv3d.py)
+    RUNTIME_WEIGHTS = "runtime_weights"    # training: W read at run time (conv_grad.py emit_conv_runtime)
 
 
 @dataclass(frozen=True)
@@ -24,6 +39,7 @@ class ConvAttrs:
     group: int = onnx_attr(1)
     epilogue: Epilogue = NO_EPILOGUE
     layout: str = CHANNELS_FIRST  # of X, Y and the residual; W stays [M, C/group, k...]
+    algorithm: ConvAlgorithm = ConvAlgorithm.UNSELECTED  # set by passes/kernel_selection.py
 
     @property
     def channels_last(self) -> bool:
@@ -40,6 +56,22 @@ class ConvAttrs:
     @property
     def pads_end(self) -> tuple[int, ...]:
         return self.pads[self.spatial_rank:]
+
+
+def is_pointwise(a: ConvAttrs) -> bool:
+    """A 1x1 (any rank), stride-1, unpadded conv: its input already is the GEMM operand."""
+    return all(k == 1 for k in a.kernel_shape) and all(s == 1 for s in a.strides) and not any(a.pads)
+
+
+def is_depthwise(a: ConvAttrs, in_channels: int, out_channels: int) -> bool:
+    """One input and one output channel per group."""
+    return a.group == in_channels == out_channels
+
+
+def channels(a: ConvAttrs, x_shape: Sequence[int], y_shape: Sequence[int]) -> tuple[int, int]:
+    """(input channels, output channels) of a conv with these X and Y shapes, in its layout."""
+    axis = -1 if a.channels_last else 1
+    return x_shape[axis], y_shape[axis]
 
 
 def conv_output_size(size: int, k: int, stride: int, dilation: int, pad_begin: int, pad_end: int) -> int:

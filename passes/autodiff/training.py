@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from convc.passes.autodiff.core import backward
 from convc.passes.dce import eliminate_dead_code
+from convc.passes.kernel_selection import select_training_kernels
 from convc.passes.memory import MemoryPlan, plan_memory
 from convc.passes.memory_check import check_memory_plan, checking
 from convc.passes.pipeline import Plan
@@ -237,6 +238,7 @@ def build_training(forward: Graph, *, loss: str, optimizer: Any = None, seed: in
     for name in tg.inputs[3:]:
         step.initial[name] = tg.tensor(name).data
     detach_state(tg)
+    select_training_kernels(tg)  # after detach_state: parameters are read at run time
     late = {k: i for i, k in enumerate(LATE)}
     order = [op for op in tg.ops() if op.kind not in late]
     order += sorted((op for op in tg.ops() if op.kind in late), key=lambda op: late[op.kind])
