@@ -42,16 +42,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     train.add_argument("--train", action="store_true",
                        help="build a training library: adds convc_train_step (forward, loss, backward, update in "
                             "one call) and a training state the context owns; --batch is the training batch")
-    train.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="with --train (default: adam)")
-    train.add_argument("--lr", type=float, metavar="LR", help="initial learning rate (default: the optimizer's)")
-    train.add_argument("--loss", choices=LOSSES, default="cross_entropy", help="with --train (default: cross_entropy)")
-    train.add_argument("--seed", type=int, default=0, help="seed of Dropout's generator (default: 0)")
+    train.add_argument("--optimizer", choices=OPTIMIZERS, help="with --train (default: adam)")
+    train.add_argument("--lr", type=float, metavar="LR", help="with --train: initial learning rate (default: the "
+                                                               "optimizer's)")
+    train.add_argument("--loss", choices=LOSSES, help="with --train (default: cross_entropy)")
+    train.add_argument("--seed", type=int, help="with --train: seed of Dropout's generator (default: 0)")
+
+
+def refuse_conflicts(args: argparse.Namespace) -> None:
+    """Flags that cannot apply together are refused before any work, never silently ignored."""
+    if args.train:
+        if args.threads is not None:
+            raise ConvcError("--threads is not available with --train: the training step runs on the calling thread")
+        return
+    for flag in ("optimizer", "lr", "loss", "seed"):
+        if getattr(args, flag) is not None:
+            raise ConvcError(f"--{flag} applies to a training library: add --train")
 
 
 def run(args: argparse.Namespace) -> int:
     from convc.codegen.aot import build
     from convc.codegen.target import checkable
     progress = Progress(args.quiet)
+    refuse_conflicts(args)
     out = args.output or str(Path(Path(args.model).name).with_suffix(".so"))
     # before compiling: a missing or read-only directory must not cost a whole build (build() would
     # also create missing directories, hiding a typo); the header's default sits beside the output
@@ -60,9 +73,9 @@ def run(args: argparse.Namespace) -> int:
     model = load_onnx(args.model)
     if args.train:
         from convc.codegen.aot_train import build_training_library
-        result = build_training_library(model, out, batch=args.batch, optimizer=args.optimizer, lr=args.lr,
-                                        loss=args.loss, seed=args.seed, target=args.target, progress=progress,
-                                        header=args.header)
+        result = build_training_library(model, out, batch=args.batch, optimizer=args.optimizer or "adam",
+                                        lr=args.lr, loss=args.loss or "cross_entropy", seed=args.seed or 0,
+                                        target=args.target, progress=progress, header=args.header)
     else:
         result = build(model, out, batch=args.batch, target=args.target, threads=args.threads, progress=progress,
                        header=args.header)
