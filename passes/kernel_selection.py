@@ -15,6 +15,17 @@ with the predicates below, so the choice reads the final graph:
 
 A training plan (``runtime_weights=True``) sends every conv whose weight is not a compile-time
 constant (parameters, run-time inputs) to RUNTIME_WEIGHTS.
+
+Not yet here (issue 14):
+- Whether an IM2COL_FUSED conv really gathers in the kernel also depends on the thread count
+  (enough row blocks for every thread: codegen/kernels/conv.py ``gathers_in_kernel``), which the
+  pipeline does not receive yet. Once it does (one CompileOptions passed down), the fusion can be a
+  rewrite here: the conv reads X with its own window and the Im2Col op, its arena buffer and
+  passes/memory.py's liveness case for it go away.
+- 1-D convs still run as 2-D ones inside the codegen (``as_2d``, ``spatial_2d`` in
+  codegen/kernels/conv.py): the training kernels (conv_grad.py) on graphs that skip this pipeline
+  use them too, and a rewrite with Reshape views would add a copy where a 1-D conv writes a graph
+  output.
 """
 from __future__ import annotations
 
@@ -78,9 +89,10 @@ def conv_algorithm(g: Graph, op: Op, runtime_weights: bool = False) -> ConvAlgor
             return A.DEPTHWISE_NHWC
         if a.group == 1 and w.data is not None and a.spatial_rank == 2:
             return A.IMPLICIT_GEMM_NHWC
-        raise CompileError(f"Conv {op.name!r}: no channels-last kernel for group={a.group}, "
-                           f"{a.spatial_rank}-D kernel, {'constant' if w.data is not None else 'run-time'} "
-                           f"weights (only depthwise, or 2-D with one group and constant weights)")
+        raise CompileError(f"node {op.name!r} (Conv): a channels-last conv that is not depthwise needs a 2-D kernel, "
+                           f"one group and constant weights (passes/layout.py converts only those), got a "
+                           f"{a.spatial_rank}-D kernel, group={a.group}, "
+                           f"{'constant' if w.data is not None else 'run-time'} weights")
     if a.spatial_rank > 2:
         return A.DIRECT_ND
     if is_pointwise(a) and w.data is not None:
