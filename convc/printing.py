@@ -2,13 +2,52 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
+
+
+MAX_ATTRS_CHARS = 120  # an op's attributes on one line of the dump, at most
+MAX_SEQUENCE_ITEMS = 8
+
+
+def _value(v) -> str:
+    """An attribute value, short: enums by value, nested attribute records as their own, long
+    sequences cut (``(1,2,3,4,5,6,7,8,… 64 values)``)."""
+    if isinstance(v, enum.Enum):
+        return str(v.value)
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return type(v).__name__ + _attrs(v)
+    if isinstance(v, (tuple, list)):
+        items = [_value(x) for x in v[:MAX_SEQUENCE_ITEMS]]
+        if len(v) > MAX_SEQUENCE_ITEMS:
+            items.append(f"… {len(v)} values")
+        return "(" + ",".join(items) + ("," if len(v) == 1 else "") + ")"
+    text = repr(v)
+    return text if len(text) <= 40 else text[:39] + "…"
+
+
+def _is_default(f: dataclasses.Field, value) -> bool:
+    if f.default is not dataclasses.MISSING:
+        default = f.default
+    elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        default = f.default_factory()  # type: ignore[misc]
+    else:
+        return False
+    try:
+        return bool(value == default)
+    except Exception:  # numpy arrays and other values without a plain ==
+        return False
 
 
 def _attrs(attrs) -> str:
+    """``{name=value, ...}`` of the fields that differ from their defaults, at most MAX_ATTRS_CHARS long."""
     if not dataclasses.is_dataclass(attrs):
         return ""
-    parts = [f"{f.name}={getattr(attrs, f.name)!r}" for f in dataclasses.fields(attrs)]
-    return "{" + ", ".join(parts) + "}" if parts else ""
+    parts = [f"{f.name}={_value(getattr(attrs, f.name))}" for f in dataclasses.fields(attrs)
+             if not _is_default(f, getattr(attrs, f.name))]
+    text = ", ".join(parts)
+    if len(text) > MAX_ATTRS_CHARS:
+        text = text[:MAX_ATTRS_CHARS - 1] + "…"
+    return "{" + text + "}" if parts else ""
 
 
 def _type(t) -> str:

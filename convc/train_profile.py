@@ -142,17 +142,15 @@ class TrainProfile:
 
 
 def _nbytes(n: float) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{int(n)} B"
+    """Bytes with binary prefixes, as in the inference profile (convc/report.py): '10.72 MiB'."""
+    from convc.report import nbytes
+    return nbytes(n)
 
 
 def _count(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return str(int(n))
+    """Counts with decimal prefixes, as in the inference profile: '4.09 G'."""
+    from convc.report import count
+    return count(n)
 
 
 def render_text(p: TrainProfile, top: int | None = None) -> str:

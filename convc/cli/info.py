@@ -11,7 +11,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL.onnx", help="the ONNX model to inspect")
     p.add_argument("--batch", type=positive, metavar="N",
                    help="import with a symbolic batch dimension fixed to N (default: 1)")
-    p.add_argument("--dot", metavar="FILE", help="also write the imported graph as Graphviz DOT to FILE")
+    p.add_argument("--optimized", action="store_true",
+                   help="show the graph convc compiles instead: after constant folding, batch-norm folding, fusion, "
+                        "the channels-last layout and kernel selection")
+    p.add_argument("--dot", metavar="FILE", help="also write the graph shown as Graphviz DOT to FILE")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -30,6 +33,10 @@ def run(args: argparse.Namespace) -> int:
     for vi in onnx_model.graph.output:
         print(f"  {vi.name}: {elem_type(vi)} {dims(vi)}")
     graph = load_graph(onnx_model, args.batch)
+    if args.optimized:
+        from convc.passes.pipeline import pipeline
+        graph = pipeline(graph).graph
+        print(f"\noptimized graph ({len(list(graph.ops()))} ops; the imported one: convc info without --optimized):")
     print()
     print(graph.dump())
     if args.dot:
@@ -39,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 COMMAND = Command(
-    "info", "show a model's inputs, outputs and imported graph",
+    "info", "show a model's inputs, outputs and imported (or optimized) graph",
     "Print MODEL.onnx's inputs and outputs and the convc graph it imports to (one line per op, with "
-    "shapes), optionally writing the graph as Graphviz DOT.",
+    "shapes and the attributes that differ from their defaults), or with --optimized the graph convc "
+    "compiles after its passes, optionally writing the graph as Graphviz DOT.",
     add_arguments, run,
-    ("convc info lenet.onnx", "convc info lenet.onnx --dot lenet.dot"))
+    ("convc info lenet.onnx", "convc info lenet.onnx --optimized", "convc info lenet.onnx --dot lenet.dot"))
