@@ -53,8 +53,9 @@ def test_a_good_model_matches_layer_by_layer():
 def test_two_unsupported_ops_are_both_listed(tmp_path, capsys):
     path = tmp_path / "bad.onnx"
     onnx.save(with_two_unsupported_ops(), path)
-    assert main(["check", str(path), "-q"]) == 1
-    out = capsys.readouterr().out
+    assert main(["check", str(path), "-q"]) == 2  # an error in the model: exit 2, as the README's table says
+    out, err = capsys.readouterr()
+    assert err == f"convc: error: {path}: convc cannot compile 2 node(s), listed above\n"
     assert "convc cannot compile 2 node(s)" in out
     assert "node 'erf': Erf (opset 17): convc has no converter for Erf" in out
     assert "node 'pool_with_indices': MaxPool (opset 17): the optional output 'Indices' is used" in out

@@ -6,14 +6,17 @@ import argparse
 import sys
 
 from convc.check import DEFAULT_TOLERANCE, check_model
-from convc.cli.common import Command, Progress, load_onnx, positive
+from convc.cli.common import EXIT_OK, Command, Progress, fail, load_onnx, positive
+
+EXIT_DIFFERS = 1  # the model compiles but a tensor differs from the oracle
 
 DESCRIPTION = (
     "List every node of MODEL.onnx that convc cannot compile (op, attribute, reason) in one go. For a model "
     "it can compile, run convc and onnxruntime (or the ONNX reference evaluator when onnxruntime is not "
     "installed) on seeded random inputs, compare every intermediate tensor in execution order, and report "
-    "the first one whose error exceeds the tolerance: the layer where the numbers start to differ. Exits "
-    "with 1 when a node cannot be compiled or a tensor differs.")
+    "the first one whose error exceeds the tolerance: the layer where the numbers start to differ. Exit "
+    "status: 0 when every tensor matches, 1 when a tensor differs (a fault of convc's, the model is fine), "
+    "2 for errors in the model (nodes convc cannot compile, an unreadable file), like every convc command.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
     report.model = args.model
     print(report.render())
     sys.stdout.flush()
-    return 0 if report.ok else 1
+    if report.unsupported:  # an error in the model, as for every command: exit 2 with one convc: error: line
+        return fail(f"{args.model}: convc cannot compile {len(report.unsupported)} node(s), listed above")
+    return EXIT_OK if report.ok else EXIT_DIFFERS
 
 
 COMMAND = Command(
