@@ -2,6 +2,7 @@
 The ``convc profile`` subcommand that prints them is convc/cli/profile.py."""
 from __future__ import annotations
 
+import re
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -124,13 +125,13 @@ def plain_table(cols: list[tuple[str, str]], rows: list[list[str]], footer: list
     return "\n".join(out)
 
 
-def header_lines(p: Profile) -> list[str]:
+def header_lines(p: Profile, width: int = 100) -> list[str]:
     stats = f", plus {count(p.total_bn_stats)} ({p.total_bn_stats:,}) BN running statistics" if p.total_bn_stats else ""
     lines = [f"convc profile: {p.model} (batch {p.batch})",
              (f"  MACs {count(p.total_macs)} (FLOPs = 2 x MACs = {count(p.total_flops)}), "
               f"other-op FLOPs {count(p.total_other_flops)}"),
              f"  params {count(p.total_params)} ({p.total_params:,}){stats}",
-             *textwrap.wrap(CONVENTION, 100, initial_indent="  ", subsequent_indent="  ")]
+             *textwrap.wrap(CONVENTION, width, initial_indent="  ", subsequent_indent="  ")]
     if p.measured:
         secs = p.total_seconds or 0.0
         lines.append(f"  measured: {1e3 * secs:.3f} ms per run (median), "
@@ -143,15 +144,16 @@ def header_lines(p: Profile) -> list[str]:
 def memory_lines(p: Profile) -> list[str]:
     m = p.memory
     vs_bound = f"{100 * m.arena_bytes / m.lower_bound_bytes:.1f}% of the lower bound" if m.lower_bound_bytes else ""
+    # at most 80 characters a line: the report must fit a terminal
     saved = f"{100 * m.saving_bytes / m.activation_bytes:.1f}% less than no reuse" if m.activation_bytes else ""
     rows = [("weights (as compiled, after folding)", nbytes(m.weight_bytes), ""),
             ("activations, each in its own buffer", nbytes(m.activation_bytes), ""),
-            ("liveness lower bound (most bytes live at once)", nbytes(m.lower_bound_bytes), ""),
+            ("lower bound (most bytes live at once)", nbytes(m.lower_bound_bytes), ""),
             ("planned arena peak", nbytes(m.arena_bytes), vs_bound),
             ("saving", nbytes(m.saving_bytes), saved),
             ("inputs and outputs (caller's arrays)", nbytes(m.io_bytes), "")]
     w = max(len(r[0]) for r in rows)
-    return ["Memory"] + [f"  {a:<{w}}  {b:>11}  {c}".rstrip() for a, b, c in rows]
+    return ["Memory"] + [f"  {a:<{w}}  {b:>10}  {c}".rstrip() for a, b, c in rows]
 
 
 MAX_NOTES = 12
@@ -203,16 +205,77 @@ def _top_line(p: Profile, shown: list[Layer]) -> str:
             f"of the {'time' if p.measured else 'MACs'}; the TOTAL row is the whole model)")
 
 
+# Abbreviations of op names in the rich table (fused layers like Conv+BatchNormalization+Add+Relu
+# must fit a terminal); the plain table, csv and json keep the full names.
+OP_ABBREVIATIONS = {"BatchNormalization": "BN", "GlobalAveragePool": "GAvgPool", "GlobalMaxPool": "GMaxPool",
+                    "AveragePool": "AvgPool", "ConvTranspose": "ConvT", "LeakyRelu": "LRelu",
+                    "HardSigmoid": "HSigmoid", "HardSwish": "HSwish", "LogSoftmax": "LogSmax",
+                    "Softmax": "Softmax", "InstanceNormalization": "IN", "Unsqueeze": "Unsqz"}
+
+# the columns the rich table leaves out first when the terminal is narrow, in that order ("% all-core
+# peak" stands for the "% N-core peak" column of N > 1 cores)
+OPTIONAL_COLUMNS = ("other FLOPs", "output bytes", "weights", "% all-core peak", "params", "output", "GFLOP/s",
+                    "time share", "MAC share", "% 1-core peak")
+# text columns the rich table narrows (ellipsizing their cells) before it leaves out any column: (header,
+# the least width), widened in this order when there is room
+NARROWABLE_COLUMNS = (("layer", 12), ("op", 13), ("as (fused layers)", 14))
+
+
+def abbreviate_op(op: str) -> str:
+    """'Conv+BatchNormalization+Relu' -> 'Conv+BN+Relu' (every op name in the text)."""
+    return re.sub(r"[A-Za-z]+", lambda m: OP_ABBREVIATIONS.get(m.group(0), m.group(0)), op)
+
+
+def _cell_width(text: str) -> int:
+    return max((len(line) for line in text.splitlines()), default=0)
+
+
+def fit_columns(cols: list[tuple[str, str]], rows: list[list[str]], width: int) -> tuple[list[int], list[int]]:
+    """Which columns of a table fit ``width`` terminal columns, and how wide each is: every column as
+    wide as its widest cell and its header's longest word (headers wrap between words, never inside
+    one), optional columns (OPTIONAL_COLUMNS) left out until the table fits, then the layer and op
+    columns narrowed (their cells are ellipsized). Returns (kept column indices, their widths)."""
+    natural = [max([max(len(w) for w in h.split()) if h.strip() else 1] + [_cell_width(r[i]) for r in rows])
+               for i, (h, _) in enumerate(cols)]
+    keep = list(range(len(cols)))
+    names = [h for h, _ in cols]
+    narrowable = {names.index(name): least for name, least in NARROWABLE_COLUMNS if name in names}
+    widths = [min(w, narrowable[k]) if k in narrowable else w for k, w in enumerate(natural)]
+
+    def total() -> int:  # rich's box: a border and 2 spaces of padding per column
+        return sum(widths[k] for k in keep) + 3 * len(keep) + 1
+
+    for name in OPTIONAL_COLUMNS:  # leave out columns while even the narrowest text columns do not fit
+        if total() <= width:
+            break
+        for k in keep:
+            if names[k] == name or (name == "% all-core peak" and names[k].startswith("% ")
+                                    and names[k] != "% 1-core peak"):
+                keep.remove(k)
+                break
+    for k in narrowable:  # then give the text columns what is left, up to their natural width
+        if k in keep and total() < width:
+            widths[k] = min(natural[k], widths[k] + width - total())
+    return keep, [widths[k] for k in keep]
+
+
 def render_rich(p: Profile, top: int | None = None, by_op: bool = False, file: Any = None,
                 width: int | None = None) -> None:
-    """The same report through rich (colours, a table that fits the terminal)."""
+    """The same report through rich (colours, a table that fits the terminal: fused op names
+    abbreviated, optional columns left out, no cell broken inside a word)."""
     from rich.console import Console
     from rich.table import Table
     console = Console(file=file, width=width)
-    for line in header_lines(p):
-        console.print(line, highlight=False, soft_wrap=False)
+    def say(text: str) -> None:  # wrapped between words, continuation lines indented
+        for line in text.splitlines():
+            for part in textwrap.wrap(line, console.width - 1, subsequent_indent="    ") or [""]:
+                console.print(part, highlight=False, soft_wrap=True)
+
+    for line in header_lines(p, min(100, console.width - 1)):
+        say(line)
     if by_op:
         cols, rows = _by_op_rows(p, top)
+        rows = [[abbreviate_op(r[0])] + r[1:-1] + [abbreviate_op(r[-1])] for r in rows]
         footer = None
         title = "By op type"
     else:
@@ -221,19 +284,25 @@ def render_rich(p: Profile, top: int | None = None, by_op: bool = False, file: A
             index = {l.name: i for i, l in layers}
             layers = [(index[l.name], l) for l in p.top(top)]
         cols, rows, footer, title = _columns(p), [_row(p, i, l, 32) for i, l in layers], _total_row(p), "Layers"
+        rows = [r[:2] + [abbreviate_op(r[2])] + r[3:] for r in rows]
+    keep, widths = fit_columns(cols, rows + ([footer] if footer else []), console.width)
     table = Table(title=title, show_footer=footer is not None, header_style="bold")
-    for k, (h, a) in enumerate(cols):
-        table.add_column(h, justify="right" if a == ">" else "left", footer=footer[k] if footer else "",
-                         overflow="fold")
+    for k, w in zip(keep, widths):
+        h, a = cols[k]
+        table.add_column(textwrap.fill(h, w), justify="right" if a == ">" else "left", footer=footer[k] if footer else "",
+                         no_wrap=True, overflow="ellipsis", min_width=w, max_width=w)
     for r in rows:
-        table.add_row(*r)
+        table.add_row(*[ellipsize(r[k], w) for k, w in zip(keep, widths)])
     console.print(table)
+    left_out = [cols[k][0] for k in range(len(cols)) if k not in keep]
+    if left_out:
+        say(f"(left out to fit: {', '.join(left_out)}; --format csv has every column)")
     if not by_op and top and top < len(p.layers):
-        console.print(_top_line(p, [l for _, l in layers]), highlight=False)
-    console.print("\n".join(memory_lines(p)), highlight=False)
+        say(_top_line(p, [l for _, l in layers]))
+    say("\n".join(memory_lines(p)))
     notes = note_lines(p)
     if notes:
-        console.print("\n".join(notes), highlight=False)
+        say("\n".join(notes))
 
 
 # --- the plot --------------------------------------------------------------------------------

@@ -242,7 +242,7 @@ def test_rich_table_when_installed(small_resnet):
     buf = io.StringIO()
     render_rich(convc.profile(small_resnet), file=buf, width=250)
     out = buf.getvalue()
-    assert "TOTAL" in out and "Conv+BatchNormalization+Relu" in out
+    assert "TOTAL" in out and "Conv+BN+Relu" in out  # abbreviated in the rich table (tests/test_profile_width.py)
 
 
 def test_a_400_layer_model_stays_readable(tmp_path):
