@@ -35,15 +35,9 @@ class TrainingEmitter(ModuleEmitter):
         return fn, b
 
     def emitter_for(self, op: Op) -> Callable[[ModuleEmitter, Op], KernelCall] | None:
-        from convc.codegen.kernels.conv_grad import emit_conv_runtime
         from convc.codegen.kernels.gemm_grad import emit_gemm_runtime
-
-        def constant(i: int) -> bool:
-            return self.tensor(op.inputs[i]).kind is TensorKind.CONSTANT
-
-        if op.kind is OpKind.CONV and not constant(1):
-            return emit_conv_runtime
-        if op.kind is OpKind.GEMM and (not constant(1) or op.attrs.trans_a):
+        # a Conv's run-time-weight kernel is its RUNTIME_WEIGHTS algorithm (passes/kernel_selection.py)
+        if op.kind is OpKind.GEMM and (self.tensor(op.inputs[1]).kind is not TensorKind.CONSTANT or op.attrs.trans_a):
             return emit_gemm_runtime
         if op.kind is OpKind.MATMUL and all(len(self.tensor(t).shape) == 2 for t in op.inputs):
             return emit_gemm_runtime
@@ -97,10 +91,12 @@ def compile_graph(graph, *, threads: int = 1, in_place: bool = True, cache: bool
     with the training emitter; returns a ``CompiledModel``. For tests of the training kernels and
     for graphs built by hand."""
     from convc.codegen.jit import ObjectEngine
+    from convc.passes.kernel_selection import select_training_kernels
     from convc.passes.memory import plan_memory
 
     from convc.runtime import IOSpec, NativeRunner, PoolApi
     from convc.session import CompiledModel
+    select_training_kernels(graph)  # weights that are not constants are read at run time
     order = graph.ops()
     plan = Plan(graph, order, plan_memory(graph, order, in_place=in_place))
     native = emit_training_module(plan, name=graph.name, threads=threads)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from convc.ir import Graph, Op, TensorKind
 from convc.limits import check_bytes
 from convc.ops import OpGroup, OpKind
+from convc.ops.conv import ConvAlgorithm
 
 ALIGN = 64
 # ops that may write their output over an input of the same size (element i reads only element i)
@@ -90,10 +91,11 @@ def live_ranges(g: Graph, order: list[Op]) -> list[LiveRange]:
             first.setdefault(view_root(g, t), i)
         for t in op.inputs:
             last[view_root(g, t)] = i
-            # the codegen may gather an Im2Col inside the conv that reads it, block by block:
-            # the Im2Col's own input then lives until that conv
+            # an IM2COL_FUSED conv may gather its Im2Col's output itself, block by block
+            # (passes/kernel_selection.py): the Im2Col's own input then lives until that conv
             producer = g.producer(t)
-            if producer is not None and producer.kind is OpKind.IM2COL:
+            if producer is not None and producer.kind is OpKind.IM2COL and op.kind is OpKind.CONV and \
+                    op.attrs.algorithm is ConvAlgorithm.IM2COL_FUSED:
                 last[view_root(g, producer.inputs[0])] = i
     out = []
     for name, start in first.items():

@@ -1,19 +1,22 @@
-"""Convolution as im2col into kernel scratch, then the matrix-product loop nest per group.
+"""The Conv emitter: dispatches on the algorithm passes/kernel_selection.py recorded (ConvAttrs.algorithm),
+and the channels-first kernels: pointwise GEMM, im2col gathered block by block, depthwise, and im2col
+into kernel scratch then the matrix product per group.
 
-1-D convolutions run as 2-D ones with a height of 1; a 1x1, stride-1, unpadded conv skips im2col."""
+1-D convolutions run as 2-D ones with a height of 1."""
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-
-from convc.ir import Op
-from convc.ops import OpKind
-from convc.ops.conv import ConvAttrs
+from convc.codegen.kernels.blas import Operand, pack_a, split_epilogue
+from convc.codegen.kernels.epilogue import epilogue_pass
+from convc.codegen.kernels.gemm import matmul_loops
 from convc.codegen.llvm_utils import FAST, as_i64, f32, for_range, gep, i64, in_range, load, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
-from convc.codegen.kernels.epilogue import epilogue_pass
-from convc.codegen.kernels.blas import Operand, pack_a, split_epilogue
-from convc.codegen.kernels.gemm import matmul_loops
+from llvmlite import ir
+
+from convc.errors import CompileError
+from convc.ir import Op
+from convc.ops import OpKind
+from convc.ops.conv import ConvAlgorithm, ConvAttrs, is_pointwise
 
 
 def as_2d(a: ConvAttrs) -> ConvAttrs:
@@ -213,26 +216,26 @@ def im2col_block_rows(oh: int, ow: int) -> int:
     return rows
 
 
-def fused_im2col(em: ModuleEmitter, conv: Op) -> Op | None:
-    """The Im2Col feeding this 1x1 conv, when the conv can gather it block by block itself: the
-    im2col matrix then never exists in full (it would be written to and read back from memory)."""
-    src = em.graph.producer(conv.inputs[0])
-    from convc.ops import OpKind as K
-    if src is None or src.kind is not K.IM2COL or conv.inputs[0] in em.graph.outputs:
-        return None
-    if len(em.graph.consumers(conv.inputs[0])) != 1 or em.tensor(conv.inputs[1]).data is None:
-        return None
+def gathers_in_kernel(em: ModuleEmitter, conv: Op) -> bool:
+    """An IM2COL_FUSED conv gathers its Im2Col's output block by block itself (and the Im2Col op
+    emits nothing) when there are enough blocks to keep every thread busy; otherwise the whole
+    im2col op parallelizes better and the conv runs as POINTWISE over its output. (The only part
+    of the choice left to the codegen: the pipeline does not know the thread count.)"""
+    if conv.kind is not OpKind.CONV or conv.attrs.algorithm is not ConvAlgorithm.IM2COL_FUSED:
+        return False
     ys = em.tensor(conv.outputs[0]).shape
     oh, ow = spatial_2d(ys)
     blocks = -(-oh // im2col_block_rows(oh, ow))
-    # too few blocks to keep every thread busy: the whole im2col op parallelizes better
-    return src if ys[0] * conv.attrs.group * blocks >= 2 * em.threads else None
+    return ys[0] * conv.attrs.group * blocks >= 2 * em.threads
 
 
-def emit_fused_im2col_conv(em: ModuleEmitter, op: Op, im2col: Op) -> KernelCall:
-    """Conv = W @ im2col(x), the im2col matrix built for a block of output rows at a time in
-    per-thread scratch (L2-resident) and consumed at once by the GEMM; blocks of every image and
-    group are split between threads."""
+def emit_fused_im2col_conv(em: ModuleEmitter, op: Op) -> KernelCall:
+    """IM2COL_FUSED: Conv = W @ im2col(x), the im2col matrix built for a block of output rows at a
+    time in per-thread scratch (L2-resident) and consumed at once by the GEMM; blocks of every image
+    and group are split between threads. Without enough blocks for the threads: POINTWISE."""
+    if not gathers_in_kernel(em, op):
+        return emit_direct_conv(em, op)
+    im2col = em.graph.producer(op.inputs[0])
     a = as_2d(im2col.attrs.as_conv())
     xs = em.tensor(im2col.inputs[0]).shape
     ys = em.tensor(op.outputs[0]).shape
@@ -285,11 +288,8 @@ def emit_fused_im2col_conv(em: ModuleEmitter, op: Op, im2col: Op) -> KernelCall:
 
 
 def emit_direct_conv(em: ModuleEmitter, op: Op) -> KernelCall:
-    """A 1x1, stride-1, unpadded conv with constant weights: Y[n, g] = W[g] @ X[n, g] per column
-    panel, the panels of every image and group split between threads."""
-    im2col = fused_im2col(em, op)
-    if im2col is not None:
-        return emit_fused_im2col_conv(em, op, im2col)
+    """POINTWISE: a 1x1, stride-1, unpadded conv with constant weights: Y[n, g] = W[g] @ X[n, g] per
+    column panel, the panels of every image and group split between threads."""
     a = op.attrs
     xs, ys = em.tensor(op.inputs[0]).shape, em.tensor(op.outputs[0]).shape
     n, c, m = xs[0], xs[1], ys[1]
@@ -344,21 +344,41 @@ def emit_direct_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     return KernelCall(fn, args)
 
 
+def _channels_last(em: ModuleEmitter, op: Op) -> KernelCall:
+    from convc.codegen.kernels.conv_nhwc import emit_implicit_gemm_conv
+    return emit_implicit_gemm_conv(em, op)
+
+
+def _depthwise_channels_last(em: ModuleEmitter, op: Op) -> KernelCall:
+    from convc.codegen.kernels.depthwise_nhwc import emit_depthwise_channels_last
+    return emit_depthwise_channels_last(em, op)
+
+
+def _direct_nd(em: ModuleEmitter, op: Op) -> KernelCall:
+    from convc.codegen.kernels.conv3d import emit_conv3d
+    return emit_conv3d(em, op)
+
+
+def _runtime_weights(em: ModuleEmitter, op: Op) -> KernelCall:
+    from convc.codegen.kernels.conv_grad import emit_conv_runtime
+    return emit_conv_runtime(em, op)
+
+
 @emitter(OpKind.CONV)
 def emit_conv(em: ModuleEmitter, op: Op) -> KernelCall:
-    if op.attrs.channels_last:  # set by passes/layout.py (codegen/kernels/conv_nhwc.py)
-        from convc.codegen.kernels.conv_nhwc import emit_conv_channels_last
-        return emit_conv_channels_last(em, op)
-    if op.attrs.spatial_rank > 2:  # 3-D: direct loops (codegen/kernels/conv3d.py)
-        from convc.codegen.kernels.conv3d import emit_conv3d
-        return emit_conv3d(em, op)
+    """The kernel passes/kernel_selection.py chose for this conv; nothing is re-decided here."""
+    run = KERNELS.get(op.attrs.algorithm)
+    if run is None:
+        raise CompileError(f"node {op.name!r} (Conv): no kernel algorithm selected ({op.attrs.algorithm.value}): "
+                           f"run passes/kernel_selection.py (select_kernels) on the graph before code generation")
+    return run(em, op)
+
+
+def emit_im2col_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
+    """IM2COL_GEMM: per image and group, im2col into kernel scratch (none for a pointwise conv), then
+    the micro-kernel GEMM with weights packed at compile time, or plain loops over weights fed at
+    run time."""
     a = as_2d(op.attrs)
-    if a.kernel_shape == (1, 1) and a.strides == (1, 1) and not any(a.pads) and \
-            em.tensor(op.inputs[1]).data is not None:
-        return emit_direct_conv(em, op)
-    channels = em.tensor(op.inputs[0]).shape[1]
-    if a.group == channels and em.tensor(op.outputs[0]).shape[1] == channels:
-        return emit_depthwise_conv(em, op)
     xs, ws, ys = (em.tensor(t).shape for t in (op.inputs[0], op.inputs[1], op.outputs[0]))
     n, c = xs[:2]
     h, w = spatial_2d(xs)
@@ -368,7 +388,7 @@ def emit_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     cg, mg = c // g, m // g
     kdim = cg * a.kernel_shape[0] * a.kernel_shape[1]
     p = oh * ow
-    direct = a.kernel_shape == (1, 1) and a.strides == (1, 1) and not any(a.pads)
+    direct = is_pointwise(a)
     epi = a.epilogue
     has_bias = len(op.inputs) - epi.residual == 3
     args = list(op.inputs) + [op.outputs[0]]
@@ -386,30 +406,42 @@ def emit_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     residual = fn.args[len(op.inputs) - 1] if epi.residual else None
     y = fn.args[len(op.inputs)]
     col = None if direct else fn.args[-1]
-    with for_range(b, n, name="batch") as ni:
-        with for_range(b, g, name="group") as gi:
-            xg = gep(b, x, b.mul(b.add(b.mul(ni, i64(g)), gi), i64(cg * h * w)))
-            yg = gep(b, y, b.mul(b.add(b.mul(ni, i64(g)), gi), i64(mg * p)))
-            wg = gep(b, wt, b.mul(gi, i64(mg * kdim)))
-            if direct:
-                src = xg
-            else:
-                emit_im2col(b, xg, col, cg, h, w, a, oh, ow)
-                src = col
-            rg = gep(b, residual, b.mul(b.add(b.mul(ni, i64(g)), gi), i64(mg * p))) if epi.residual else None
-            if packed:
-                in_kernel, after = split_epilogue(epi)
-                em.gemm.gemm(b, mg, p, kdim, gep(b, wt, b.mul(gi, i64(group_stride))), Operand(True), src,
-                             Operand(False, p), yg, p, "bias_row" if bias is not None else "zero",
-                             gep(b, bias, b.mul(gi, i64(mg))) if bias is not None else None, in_kernel, rg)
-                epilogue_pass(b, after, yg, None, mg * p)
-            else:  # weights fed at run time: plain loops
-                with for_range(b, mg, name="oc") as mi:  # start from the bias (or zero)
-                    v = load(b, bias, b.add(b.mul(gi, i64(mg)), mi)) if bias is not None else f32(0.0)
-                    row = gep(b, yg, b.mul(mi, i64(p)))
-                    with for_range(b, p, name="px") as pi:
-                        store(b, v, row, pi)
-                matmul_loops(b, mg, p, kdim, wg, (kdim, 1), src, (p, 1), yg, p)
-                epilogue_pass(b, epi, yg, rg, mg * p)
+    with for_range(b, n, name="batch") as ni, for_range(b, g, name="group") as gi:
+        xg = gep(b, x, b.mul(b.add(b.mul(ni, i64(g)), gi), i64(cg * h * w)))
+        yg = gep(b, y, b.mul(b.add(b.mul(ni, i64(g)), gi), i64(mg * p)))
+        wg = gep(b, wt, b.mul(gi, i64(mg * kdim)))
+        if direct:
+            src = xg
+        else:
+            emit_im2col(b, xg, col, cg, h, w, a, oh, ow)
+            src = col
+        rg = gep(b, residual, b.mul(b.add(b.mul(ni, i64(g)), gi), i64(mg * p))) if epi.residual else None
+        if packed:
+            in_kernel, after = split_epilogue(epi)
+            em.gemm.gemm(b, mg, p, kdim, gep(b, wt, b.mul(gi, i64(group_stride))), Operand(True), src,
+                         Operand(False, p), yg, p, "bias_row" if bias is not None else "zero",
+                         gep(b, bias, b.mul(gi, i64(mg))) if bias is not None else None, in_kernel, rg)
+            epilogue_pass(b, after, yg, None, mg * p)
+        else:  # weights fed at run time: plain loops
+            with for_range(b, mg, name="oc") as mi:  # start from the bias (or zero)
+                v = load(b, bias, b.add(b.mul(gi, i64(mg)), mi)) if bias is not None else f32(0.0)
+                row = gep(b, yg, b.mul(mi, i64(p)))
+                with for_range(b, p, name="px") as pi:
+                    store(b, v, row, pi)
+            matmul_loops(b, mg, p, kdim, wg, (kdim, 1), src, (p, 1), yg, p)
+            epilogue_pass(b, epi, yg, rg, mg * p)
     b.ret_void()
     return KernelCall(fn, args)
+
+
+A = ConvAlgorithm
+KERNELS = {
+    A.POINTWISE: emit_direct_conv,
+    A.IM2COL_FUSED: emit_fused_im2col_conv,
+    A.IM2COL_GEMM: emit_im2col_gemm_conv,
+    A.DEPTHWISE: emit_depthwise_conv,
+    A.IMPLICIT_GEMM_NHWC: _channels_last,
+    A.DEPTHWISE_NHWC: _depthwise_channels_last,
+    A.DIRECT_ND: _direct_nd,
+    A.RUNTIME_WEIGHTS: _runtime_weights,
+}

@@ -23,7 +23,7 @@ from llvmlite import ir
 
 from convc.ir import Op
 from convc.ops import OpKind
-from convc.ops.conv import ConvAttrs
+from convc.ops.conv import ConvAttrs, is_pointwise
 
 
 class Geometry:
@@ -40,7 +40,7 @@ class Geometry:
         self.kh, self.kw = self.a.kernel_shape
         self.kd = self.cg * self.kh * self.kw
         self.p = self.oh * self.ow
-        self.direct = self.a.kernel_shape == (1, 1) and self.a.strides == (1, 1) and not any(self.a.pads)
+        self.direct = is_pointwise(self.a)
 
 
 def _smax(b: ir.IRBuilder, x, y):

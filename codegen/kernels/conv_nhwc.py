@@ -41,21 +41,6 @@ PREFETCH_BYTES = 2048
 WIDE_ROWS = 12  # rows of the AVX-512 register tile where they pad few pixels (tile_rows)
 
 
-def is_depthwise_channels_last(em: ModuleEmitter, op: Op) -> bool:
-    channels = em.tensor(op.inputs[0]).shape[-1]
-    return op.attrs.group == channels and em.tensor(op.outputs[0]).shape[-1] == channels
-
-
-def emit_conv_channels_last(em: ModuleEmitter, op: Op) -> KernelCall:
-    if is_depthwise_channels_last(em, op):
-        from convc.codegen.kernels.depthwise_nhwc import emit_depthwise_channels_last
-        return emit_depthwise_channels_last(em, op)
-    if op.attrs.group != 1 or em.tensor(op.inputs[1]).data is None or op.attrs.spatial_rank != 2:
-        raise NotImplementedError("a channels-last conv that is not depthwise needs a 2-D kernel, one group and "
-                                  "constant weights (passes/layout.py converts only those)")
-    return emit_implicit_gemm_conv(em, op)
-
-
 def conv_micro_kernel(em: ModuleEmitter, gemm: GemmEmitter, n_valid: int, init: str, epi,
                       prefetch_b: bool = False) -> ir.Function:
     """void mk(X, rows, taps, ntaps, run, B, Y, ldc, bias, residual, rows_valid):

@@ -1,7 +1,7 @@
 """Im2Col as a native kernel: the rows of every image's im2col matrix, split between threads."""
 from __future__ import annotations
 
-from convc.codegen.kernels.conv import as_2d, fused_im2col, im2col_row, spatial_2d
+from convc.codegen.kernels.conv import as_2d, gathers_in_kernel, im2col_row, spatial_2d
 from convc.codegen.llvm_utils import for_range, gep, i64
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 
@@ -12,8 +12,8 @@ from convc.ops import OpKind
 @emitter(OpKind.IM2COL)
 def emit_im2col_op(em: ModuleEmitter, op: Op) -> KernelCall | None:
     consumers = em.graph.consumers(op.outputs[0])
-    if len(consumers) == 1 and fused_im2col(em, consumers[0]) is op:
-        return None  # the conv gathers it block by block itself
+    if len(consumers) == 1 and gathers_in_kernel(em, consumers[0]):
+        return None  # an IM2COL_FUSED conv gathers it block by block itself
     a = as_2d(op.attrs.as_conv())
     xs, ys = em.tensor(op.inputs[0]).shape, em.tensor(op.outputs[0]).shape
     n, c = xs[:2]

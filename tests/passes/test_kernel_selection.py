@@ -6,7 +6,8 @@ import dataclasses
 import pytest
 from convc.passes.im2col import lower_conv
 from convc.passes.kernel_selection import select_kernels, select_training_kernels
-from convc.passes.pipeline import pipeline
+from convc.passes.memory import plan_memory
+from convc.passes.pipeline import Plan, pipeline
 from pass_helpers import add_input, conv_attrs, weight
 
 from convc.errors import CompileError
@@ -133,6 +134,17 @@ def test_im2col_read_twice_is_not_gathered_in_the_conv(rng):
     h.add_op(OpKind.RELU, NoAttrs(), [col.outputs[0]], ["col_relu_out"], name="col_relu")
     h.outputs = [h.op("c").outputs[0], "col_relu_out"]
     assert algorithms(select_kernels(h)) == {"c": A.POINTWISE}
+
+
+def test_codegen_refuses_an_unselected_conv(rng):
+    from convc.codegen.module import emit_module
+    g = Graph("unselected")
+    x = add_input(g, "x", (1, 4, 8, 8))
+    g.inputs = [x]
+    g.outputs = [conv(g, rng, x, 4, 4, "lonely")]
+    order = g.ops()
+    with pytest.raises(CompileError, match="lonely"):
+        emit_module(Plan(g, order, plan_memory(g, order)))
 
 
 def test_no_channels_last_kernel_for_a_grouped_conv(rng):
