@@ -79,8 +79,9 @@ class Profile:
     notes: list[tuple[str, str]] = field(default_factory=list)  # (op, why a pass did not apply)
     folded: list[str] = field(default_factory=list)  # imported ops evaluated at compile time or unused
     peak: Any = None          # convc.codegen.peak.Peak when measured
-    total_seconds: float | None = None
+    total_seconds: float | None = None  # the sum of the layers' medians: the rows and the total agree
     convention: str = CONVENTION
+    warnings: list[str] = field(default_factory=list)  # e.g. a measurement taken under load
 
     # --- totals ---------------------------------------------------------------------------
     @property
@@ -195,7 +196,7 @@ class Profile:
         if top:
             out["top"] = top
         out.update({"unmodelled": self.unmodelled, "notes": [{"op": op, "reason": why} for op, why in self.notes],
-                    "folded": list(self.folded)})
+                    "folded": list(self.folded), "warnings": list(self.warnings)})
         if self.measured:
             out["totals"]["seconds"] = self.total_seconds
         if self.peak is not None:
@@ -299,36 +300,82 @@ def analyze(imported: Graph, plan, model_name: str = "model") -> Profile:
     return Profile(model_name, batch, layers, memory, list(g.metadata.get("pass_notes", [])), folded)
 
 
+PEAK_SLACK = 1.1  # a layer faster than the all-core peak by more than this: the peak is wrong
+NOISY_SPREAD = 0.20  # interquartile range of the runs' totals over their median: above this, measured under load
+
+
+def _spread(totals: list[float]) -> float:
+    """The runs' interquartile range over their median (0 for fewer than 4 runs)."""
+    if len(totals) < 4:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(totals, n=4)
+    median = statistics.median(totals)
+    return (q3 - q1) / median if median > 0 else 0.0
+
+
 def measure_layers(profile: Profile, imported: Graph, repeats: int = 10, threads: int | None = None,
-                   seed: int = 0) -> Profile:
+                   seed: int = 0, progress: Any = None) -> Profile:
     """Compile ``imported`` with per-kernel timestamps, run it ``repeats`` times on seeded random
-    inputs and fill in the median seconds of each layer and this machine's peak."""
+    inputs and fill in the median seconds of each layer and this machine's peak.
+
+    The total is the sum of the layers' medians, from the same runs, so the rows add up to it. When
+    the runs' totals spread more than NOISY_SPREAD (other processes on the cores), the model is
+    measured once more and the quieter round kept; if that is noisy too, ``warnings`` says so (and
+    likewise for a peak measured under load, which is not cached)."""
     from convc.codegen.peak import peak
     from convc.compiler import compile_graph
+    say = progress or (lambda _: None)
+    say("compiling with per-layer timers")
     model = compile_graph(imported, threads=threads, instrument=True)
     g = model.graph
     origin = g.metadata.get("origin", {})
     rng = np.random.default_rng(seed)
     feeds = {s.name: rng.standard_normal(s.shape).astype(s.dtype) for s in model.inputs}
     model.run_timed(feeds)  # warm-up: first-touch page faults of the arena and outputs
-    runs = [model.run_timed(feeds)[1] for _ in range(max(1, repeats))]
-    per_layer: dict[str, list[float]] = {}
-    for times in runs:
-        totals: dict[str, float] = {}
-        for op_name, s in times.items():
-            key = origin.get(op_name, op_name)
-            totals[key] = totals.get(key, 0.0) + s
-        for key, s in totals.items():
-            per_layer.setdefault(key, []).append(s)
-    seconds = {k: statistics.median(v) for k, v in per_layer.items()}
+
+    def one_round() -> tuple[list[dict[str, float]], float]:
+        runs: list[dict[str, float]] = []
+        for _ in range(max(1, repeats)):
+            totals: dict[str, float] = {}
+            for op_name, s in model.run_timed(feeds)[1].items():
+                key = origin.get(op_name, op_name)
+                totals[key] = totals.get(key, 0.0) + s
+            runs.append(totals)
+        return runs, _spread([sum(r.values()) for r in runs])
+
+    say(f"timing {max(1, repeats)} runs")
+    runs, spread = one_round()
+    warnings = []
+    if spread > NOISY_SPREAD:
+        say(f"the runs' times spread {100 * spread:.0f}% (other processes on the cores?): timing again")
+        again, spread_again = one_round()
+        if spread_again < spread:
+            runs, spread = again, spread_again
+        if spread > NOISY_SPREAD:
+            warnings.append(f"measured under load: the runs' times spread {100 * spread:.0f}% around their median "
+                            f"(more than {100 * NOISY_SPREAD:.0f}%); the times are not reliable")
+    seconds = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in {k for r in runs for k in r}}
     layers = [dataclasses.replace(l, seconds=seconds.get(l.name, 0.0)) for l in profile.layers]
-    total = statistics.median(sum(t.values()) for t in runs)
-    return Profile(profile.model, profile.batch, layers, profile.memory, profile.notes, profile.folded, peak(), total)
+    total = sum(l.seconds or 0.0 for l in layers)
+    say("this machine's FMA peak (measured once, then cached)")
+    machine = peak()
+    fastest = max((l.gflops_per_second or 0.0 for l in layers), default=0.0)
+    if fastest > PEAK_SLACK * machine.all_core_gflops:  # a peak cached from a loaded machine: measure again
+        say(f"a layer ran at {fastest:.1f} GFLOP/s, above the cached peak ({machine.all_core_gflops:.1f} on "
+            f"{machine.cores} cores): measuring the peak again")
+        machine = peak(refresh=True)
+        if fastest > PEAK_SLACK * machine.all_core_gflops:
+            warnings.append(f"a layer ran at {fastest:.1f} GFLOP/s, above the measured peak "
+                            f"({machine.all_core_gflops:.1f} GFLOP/s on {machine.cores} cores): % of peak is unreliable")
+    if machine.noisy:
+        warnings.append(f"peak {machine.noisy}")
+    return Profile(profile.model, profile.batch, layers, profile.memory, profile.notes, profile.folded, machine,
+                   total, warnings=profile.warnings + warnings)
 
 
 def profile(model: Any, batch: int | None = None, *, measure: bool = False, repeats: int = 10,
             threads: int | None = None, train: bool = False, loss: str = "cross_entropy",
-            optimizer: Any = None) -> Profile:
+            optimizer: Any = None, progress: Any = None) -> Profile:
     """Profile an ONNX model (path, bytes, ``onnx.ModelProto``) or a convc Graph.
 
     Returns a ``Profile``: ``.layers`` (one row per fused layer), ``.total_macs``,
@@ -339,7 +386,8 @@ def profile(model: Any, batch: int | None = None, *, measure: bool = False, repe
 
     ``train=True`` profiles the training step instead (``convc.train_profile``: forward and backward
     MACs per layer, saved activations, gradient and optimizer-state bytes, the step's peak memory),
-    for ``loss`` and ``optimizer`` (a ``convc.optim`` optimizer, default SGD)."""
+    for ``loss`` and ``optimizer`` (a ``convc.optim`` optimizer, default SGD). ``progress`` receives a
+    line per phase of a measurement (compiling, timing, the peak)."""
     from convc.limits import positive_int
     batch, threads = positive_int("batch", batch), positive_int("threads", threads)
     if train:
@@ -358,5 +406,5 @@ def profile(model: Any, batch: int | None = None, *, measure: bool = False, repe
     imported = load_graph(str(model) if isinstance(model, Path) else model, batch)
     result = analyze(imported, pipeline(imported), name)
     if measure:
-        result = measure_layers(result, imported, repeats=repeats, threads=threads)
+        result = measure_layers(result, imported, repeats=repeats, threads=threads, progress=progress)
     return result

@@ -134,10 +134,12 @@ def header_lines(p: Profile, width: int = 100) -> list[str]:
              *textwrap.wrap(CONVENTION, width, initial_indent="  ", subsequent_indent="  ")]
     if p.measured:
         secs = p.total_seconds or 0.0
-        lines.append(f"  measured: {1e3 * secs:.3f} ms per run (median), "
-                     f"{p.total_flops / secs / 1e9 if secs else 0:.1f} GFLOP/s"
-                     + (f"; peak {p.peak.single_core_gflops:.1f} GFLOP/s on one core, "
-                        f"{p.peak.all_core_gflops:.1f} on {p.peak.cores} (FMA loop, {p.peak.cpu})" if p.peak else ""))
+        lines.append(f"  measured: {1e3 * secs:.3f} ms per run, {p.total_flops / secs / 1e9 if secs else 0:.1f} GFLOP/s "
+                     "(the sum of the layers' medians over the same runs)")
+        if p.peak:
+            lines.append(f"  peak: {p.peak.single_core_gflops:.1f} GFLOP/s on one core, {p.peak.all_core_gflops:.1f} on "
+                         f"{p.peak.cores} (FMA loop, {p.peak.cpu})")
+    lines += [f"  warning: {w}" for w in p.warnings]
     return lines
 
 

@@ -200,7 +200,8 @@ def test_cli_measure(lenet_file, tmp_path, capsys, monkeypatch):
     convs = [l for l in d["layers"] if l["op"].startswith("Conv")]
     assert convs and all(l["seconds"] > 0 and l["gflops_per_second"] > 0 for l in convs)
     assert all(l["percent_of_single_core_peak"] > 0 for l in convs)
-    assert (tmp_path / "cache" / "peak.json").exists()
+    # cached, unless measured under load (then flagged and not cached: tests/codegen/test_peak.py)
+    assert (tmp_path / "cache" / "peak.json").exists() or any("peak measured under load" in w for w in d["warnings"])
     assert main(["profile", str(lenet_file), "-q", "--measure", "--repeat", "2", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "GFLOP/s" in out and "% 1-core peak" in out

@@ -80,7 +80,10 @@ def run(args: argparse.Namespace) -> int:
     progress("analysing" + (" and measuring" if args.measure else ""))
     if getattr(args, "train", False):
         return _run_train(args, model, progress)
-    result = convc.profile(model, batch=args.batch, measure=args.measure, repeats=repeats, threads=args.threads)
+    result = convc.profile(model, batch=args.batch, measure=args.measure, repeats=repeats, threads=args.threads,
+                           progress=progress)
+    for warning in result.warnings:  # also on stderr: a table piped to a file must not hide it
+        print(f"convc: warning: {warning}", file=sys.stderr)
     result.model = Path(args.model).name
     if args.plot:
         plot(result, args.plot)

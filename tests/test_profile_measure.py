@@ -1,0 +1,86 @@
+"""``convc profile --measure``: the total and the rows come from the same runs (they add up), and a
+measurement taken under load is timed again, then flagged, instead of being reported as if clean."""
+from __future__ import annotations
+
+import importlib
+import json
+
+import onnx
+import pytest
+
+import convc
+from convc.cli import main
+from convc.codegen import peak
+from convc.models import lenet5
+
+profile_module = importlib.import_module("convc.profile")  # the module (convc.profile is the function)
+QUIET_PEAK = peak.Peak(100.0, 190.0, 2, "cpu")
+
+
+@pytest.fixture
+def lenet_file(tmp_path):
+    path = tmp_path / "lenet.onnx"
+    onnx.save(lenet5(batch=1), str(path))
+    return path
+
+
+@pytest.fixture
+def quiet_peak(monkeypatch):
+    monkeypatch.setattr(peak, "peak", lambda refresh=False: QUIET_PEAK)
+
+
+def test_total_is_the_sum_of_the_rows(lenet_file, quiet_peak):
+    p = convc.profile(lenet_file, measure=True, repeats=4)
+    assert p.total_seconds == pytest.approx(sum(l.seconds for l in p.layers))
+    assert sum(p.share(l) for l in p.layers) == pytest.approx(1.0)
+    top = p.top(3)
+    assert sum(p.share(l) for l in top) >= 3 / len(p.layers)  # the costliest layers hold at least their share
+
+
+def test_noisy_runs_are_timed_again_then_flagged(lenet_file, quiet_peak, monkeypatch, capsys):
+    spreads = []
+
+    def loaded(totals):
+        spreads.append(len(totals))
+        return 0.6
+
+    monkeypatch.setattr(profile_module, "_spread", loaded)
+    assert main(["profile", str(lenet_file), "--measure", "--repeat", "4", "--format", "json"]) == 0
+    out, err = capsys.readouterr()
+    assert spreads == [4, 4], "a second round of runs"
+    d = json.loads(out)
+    assert d["warnings"] and "measured under load" in d["warnings"][0] and "60%" in d["warnings"][0]
+    assert "convc: warning: measured under load" in err and "timing again" in err
+    assert d["totals"]["seconds"] == pytest.approx(sum(l["seconds"] for l in d["layers"]))
+
+
+def test_a_noisy_peak_is_flagged_in_the_report(lenet_file, monkeypatch, capsys):
+    noisy = peak.Peak(260.9, 257.8, 2, "cpu", noisy="measured under load, not cached: the 2-core peak ...")
+    monkeypatch.setattr(peak, "peak", lambda refresh=False: noisy)
+    monkeypatch.setattr(profile_module, "_spread", lambda totals: 0.0)
+    assert main(["profile", str(lenet_file), "-q", "--measure", "--repeat", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert "warning: peak measured under load, not cached" in out
+    assert "convc: warning: peak measured under load" in err
+
+
+def test_spread_is_the_interquartile_range_over_the_median():
+    assert profile_module._spread([1.0, 1.0, 1.0, 1.0]) == 0.0
+    assert profile_module._spread([1.0, 2.0]) == 0.0  # too few runs to tell
+    assert profile_module._spread([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 5.0]) < 0.2  # one outlier is not load
+    assert profile_module._spread([1.0, 2.0, 1.0, 2.0, 1.0, 2.0, 1.0, 2.0]) > 0.5
+
+
+def test_a_layer_faster_than_the_cached_peak_measures_the_peak_again(lenet_file, monkeypatch):
+    calls = []
+    too_low = peak.Peak(0.001, 0.002, 2, "cpu")  # cached under load: every layer beats it
+
+    def fake_peak(refresh=False):
+        calls.append(refresh)
+        return too_low
+
+    monkeypatch.setattr(peak, "peak", fake_peak)
+    monkeypatch.setattr(profile_module, "_spread", lambda totals: 0.0)
+    p = convc.profile(lenet_file, measure=True, repeats=2)
+    assert calls == [False, True], "measured again"
+    assert any("above the measured peak" in w for w in p.warnings)
