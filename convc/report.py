@@ -325,41 +325,72 @@ def check_plot_path(path: str | Path) -> Path:
     return path
 
 
+def byte_unit(n: float) -> tuple[float, str]:
+    """The divisor and binary unit that show ``n`` bytes as a number between 1 and 1024."""
+    for div, unit in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if n >= div:
+            return div, unit
+    return 1, "B"
+
+
+MAX_TICK_LABELS = 60  # more layers than this: label every k-th
+
+
+def _layer_axis(ax: Any, p: Profile) -> None:
+    """x ticks '#1 conv1', '#2 pool1', ...: the table's numbering (from 1) and the layer names."""
+    n = len(p.layers)
+    step = max(1, -(-n // MAX_TICK_LABELS))
+    ticks = list(range(1, n + 1, step))
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"#{i} {ellipsize(p.layers[i - 1].name, 20)}" for i in ticks], rotation=90, fontsize=7)
+    ax.set_xlim(0.5, n + 0.5)
+    ax.set_xlabel("layer (# as in the table, execution order)")
+
+
 def plot(p: Profile, path: str | Path) -> Path:
     """Write MACs (and time) per layer as bars and the memory plan over time to a .png or .svg."""
     path = check_plot_path(path)
+    import matplotlib.pyplot as plt
+    fig = plot_figure(p)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_figure(p: Profile) -> Any:
+    """The matplotlib figure ``plot`` writes: MACs (and time) per layer, the memory plan by step."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     n = len(p.layers)
     panels = 3 if p.measured else 2
-    fig, axes = plt.subplots(panels, 1, figsize=(max(8.0, min(40.0, 0.12 * n + 6)), 3.2 * panels))
-    x = list(range(n))
+    fig, axes = plt.subplots(panels, 1, figsize=(max(8.0, min(40.0, 0.18 * n + 6)), 4.2 * panels))
+    x = list(range(1, n + 1))
     ax = axes[0]
     ax.bar(x, [l.macs / 1e6 for l in p.layers], color="tab:blue")
     ax.set_ylabel("MMACs")
     ax.set_title(f"{p.model}: {count(p.total_macs)} MACs (FLOPs = 2 x MACs) per layer")
+    _layer_axis(ax, p)
     if p.measured:
         ax = axes[1]
         ax.bar(x, [1e3 * (l.seconds or 0.0) for l in p.layers], color="tab:orange")
         ax.set_ylabel("ms")
-        ax.set_title(f"time per layer (median), total {1e3 * (p.total_seconds or 0):.2f} ms")
-    for a in axes[:panels - 1]:
-        a.set_xlim(-0.5, n - 0.5)
-        a.set_xlabel("layer (execution order)")
+        ax.set_title(f"time per layer (median over the runs); the bars sum to {1e3 * (p.total_seconds or 0):.3g} ms")
+        _layer_axis(ax, p)
     ax = axes[-1]
-    live = [b / (1 << 20) for b in p.memory.live_bytes]
-    ax.fill_between(range(len(live)), live, step="mid", alpha=0.5, color="tab:green", label="live bytes")
-    ax.axhline(p.memory.arena_bytes / (1 << 20), color="tab:red", linestyle="--",
-               label=f"planned arena {nbytes(p.memory.arena_bytes)}")
-    ax.axhline(p.memory.lower_bound_bytes / (1 << 20), color="black", linestyle=":",
-               label=f"lower bound {nbytes(p.memory.lower_bound_bytes)}")
-    ax.set_ylim(0, 1.3 * max([p.memory.arena_bytes / (1 << 20)] + live + [1e-3]))  # room for the legend
-    ax.set_xlabel("step (compiled op, execution order)")
-    ax.set_ylabel("MiB")
-    ax.set_title(f"memory plan: activations {nbytes(p.memory.activation_bytes)} without reuse")
-    ax.legend(loc="upper right")
+    m = p.memory
+    div, unit = byte_unit(max([m.arena_bytes, m.lower_bound_bytes, *m.live_bytes, 1]))
+    live = [b / div for b in m.live_bytes]
+    steps = range(1, len(live) + 1)
+    ax.bar(steps, live, width=1.0, alpha=0.5, color="tab:green", label="live bytes at each step")
+    ax.axhline(m.arena_bytes / div, color="tab:red", linestyle="--", label=f"planned arena {nbytes(m.arena_bytes)}")
+    ax.axhline(m.lower_bound_bytes / div, color="black", linestyle=":",
+               label=f"lower bound {nbytes(m.lower_bound_bytes)}")
+    ax.set_ylim(0, 1.1 * max([m.arena_bytes / div] + live + [1e-3]))
+    ax.set_xlim(0.5, len(live) + 0.5)
+    ax.set_xlabel("step (compiled op, execution order, from 1)")
+    ax.set_ylabel(unit)
+    ax.set_title(f"memory plan: activations {nbytes(m.activation_bytes)} without reuse")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)  # below the axis: covers no line
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return fig

@@ -1,0 +1,50 @@
+"""``convc profile --plot``: layer axes numbered from 1 like the table, with names; the time panel's
+title is the sum of its bars; the memory axis in a unit that suits the model; a legend that covers
+no line."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+import convc
+from convc.models import lenet5
+from convc.report import byte_unit, plot_figure
+
+pytest.importorskip("matplotlib")
+
+
+@pytest.fixture(scope="module")
+def figure():
+    import matplotlib.pyplot as plt
+    p = convc.profile(lenet5(batch=1))
+    layers = [dataclasses.replace(l, seconds=1e-5 * (i + 1)) for i, l in enumerate(p.layers)]
+    p = dataclasses.replace(p, layers=layers, total_seconds=sum(l.seconds for l in layers))
+    fig = plot_figure(p)
+    fig.canvas.draw()
+    yield p, fig
+    plt.close(fig)
+
+
+def test_layer_axes_number_from_one_with_names(figure):
+    p, fig = figure
+    for ax in fig.axes[:2]:
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        assert labels[0] == "#1 conv1" and labels[-1] == f"#{len(p.layers)} softmax"
+        assert "# as in the table" in ax.get_xlabel()
+
+
+def test_time_title_is_the_sum_of_its_bars(figure):
+    p, fig = figure
+    bars = sum(patch.get_height() for patch in fig.axes[1].patches)
+    assert f"{bars:.3g} ms" in fig.axes[1].get_title() and "sum" in fig.axes[1].get_title()
+
+
+def test_memory_axis_unit_and_legend(figure):
+    p, fig = figure
+    ax = fig.axes[2]
+    assert ax.get_ylabel() == "KiB"  # a 23 KiB arena, not 0.02 MiB
+    assert ax.get_ylim()[1] == pytest.approx(1.1 * p.memory.arena_bytes / 1024)
+    legend = ax.get_legend().get_window_extent()
+    assert legend.y1 <= ax.get_window_extent().y0, "the legend sits below the axes, covering no line"
+    assert byte_unit(500) == (1, "B") and byte_unit(3 << 20) == (1 << 20, "MiB")
