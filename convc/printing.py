@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-
 MAX_ATTRS_CHARS = 120  # an op's attributes on one line of the dump, at most
 MAX_SEQUENCE_ITEMS = 8
 
@@ -34,7 +33,7 @@ def _is_default(f: dataclasses.Field, value) -> bool:
         return False
     try:
         return bool(value == default)
-    except Exception:  # numpy arrays and other values without a plain ==
+    except (TypeError, ValueError):  # numpy arrays and other values without a plain ==
         return False
 
 

@@ -7,10 +7,10 @@ import json
 
 import onnx
 import pytest
+from convc.codegen import peak
 
 import convc
 from convc.cli import main
-from convc.codegen import peak
 from convc.models import lenet5
 
 profile_module = importlib.import_module("convc.profile")  # the module (convc.profile is the function)

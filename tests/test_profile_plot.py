@@ -28,6 +28,7 @@ def figure():
 
 def test_layer_axes_number_from_one_with_names(figure):
     p, fig = figure
+    assert len(fig.axes) == 3
     for ax in fig.axes[:2]:
         labels = [t.get_text() for t in ax.get_xticklabels()]
         assert labels[0] == "#1 conv1" and labels[-1] == f"#{len(p.layers)} softmax"
@@ -35,7 +36,7 @@ def test_layer_axes_number_from_one_with_names(figure):
 
 
 def test_time_title_is_the_sum_of_its_bars(figure):
-    p, fig = figure
+    _, fig = figure
     bars = sum(patch.get_height() for patch in fig.axes[1].patches)
     assert f"{bars:.3g} ms" in fig.axes[1].get_title() and "sum" in fig.axes[1].get_title()
 

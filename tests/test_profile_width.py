@@ -8,9 +8,9 @@ import re
 
 import numpy as np
 import pytest
+from convc.codegen.peak import Peak
 
 import convc
-from convc.codegen.peak import Peak
 from convc.report import _by_op_rows, _columns, _row, _total_row, abbreviate_op, fit_columns, render_rich
 
 pytest.importorskip("rich")

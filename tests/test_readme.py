@@ -19,7 +19,7 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 def python_blocks() -> list[tuple[int, str]]:
     """(line number, code) of each ```python block."""
     text = README.read_text()
-    return [(text[:m.start()].count("\n") + 2, m.group(1)) for m in re.finditer(r"```python\n(.*?)```", text, re.S)]
+    return [(text[:m.start()].count("\n") + 2, m.group(1)) for m in re.finditer(r"```python\n(.*?)```", text, re.DOTALL)]
 
 
 BLOCKS = python_blocks()
@@ -40,13 +40,13 @@ def test_readme_has_python_blocks():
 
 @pytest.mark.parametrize("line, code", BLOCKS, ids=[f"README.md:{line}" for line, _ in BLOCKS])
 def test_readme_block_runs(session, line, code, monkeypatch):
-    if re.search(r"^\s*(import|from) torch\b", code, re.M) and importlib.util.find_spec("torch") is None:
+    if re.search(r"^\s*(import|from) torch\b", code, re.MULTILINE) and importlib.util.find_spec("torch") is None:
         pytest.skip("needs torch")
     if session["failed"]:
         pytest.skip(f"an earlier block failed (README.md:{session['failed'][0]})")
     monkeypatch.chdir(session["dir"])
     try:
-        exec(compile(code, f"README.md:{line}", "exec"), session["namespace"])
+        exec(compile(code, f"README.md:{line}", "exec"), session["namespace"])  # noqa: S102  (the point of the test)
     except BaseException:
         session["failed"].append(line)
         raise
