@@ -49,16 +49,20 @@ import os
 import struct
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-
-from convc.abi import ABI_VERSION, ENTRY
-from convc.codegen.blob import blob_layout, metadata, used_constants, write_blob
-from convc.codegen.target import resolve_target
 from convc.codegen.artifacts import (ALIGN, ArtifactError, CacheWarning, HashingWriter, aligned_empty, atomic_write,
                                      check_dir, digest, private_dir, read_aligned)
+from convc.codegen.blob import blob_layout, metadata, used_constants, write_blob
+from convc.codegen.target import resolve_target
+
+from convc.abi import ABI_VERSION
+from convc.artifact import LoadError, cpu_error
+from convc.options import CompileOptions
 
 FORMAT = 2  # 2: entries name their key and source aliases; read into memory, not mapped
 MAGIC = b"CONVCJC1"
@@ -96,6 +100,20 @@ def _entries(root: Path) -> Path:
     return root / f"v{FORMAT}"
 
 
+@dataclass
+class JitArtifact:
+    """What a JIT compile produces and the cache stores: object code, the constants it reads and
+    the metadata (inputs, outputs, arena, threads, target...). A JIT-compiled model pickles as this,
+    in the checksummed format of a cache entry (``entry_bytes``)."""
+    meta: dict
+    obj: bytes
+    constants: list  # np.ndarray or None per constant-table slot
+    arena_steps: Any = field(default=None, repr=False)  # an arena-checked build's steps (codegen/arena_check.py)
+
+    def state(self) -> dict:
+        return {"kind": "jit-entry", "entry": entry_bytes(self.meta, self.obj, self.constants)}
+
+
 # --- keys --------------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=1)
@@ -115,9 +133,9 @@ def environment(threads: int, instrument: bool = False) -> dict:
     """Everything besides the model that changes the machine code."""
     import llvmlite
     import llvmlite.binding as llvm
+    from convc.codegen.jit import Target
 
     from convc import __version__
-    from convc.codegen.jit import Target
     host = Target.host()
     return {"format": FORMAT, "abi": ABI_VERSION, "triple": host.triple, "cpu": host.cpu, "features": host.features,
             "llvmlite": llvmlite.__version__, "llvm": list(llvm.llvm_version_info), "numpy": np.__version__,
@@ -277,7 +295,6 @@ def entry_bytes(meta: dict, obj: bytes, constants: list) -> bytes:
 
 def entry_artifact(data: bytes):
     """The JitArtifact of ``entry_bytes``' output; raises CorruptEntry."""
-    from convc.load import JitArtifact
     buf = aligned_empty(len(data))
     buf[:] = np.frombuffer(data, dtype=np.uint8)
     return JitArtifact(*read_entry(buf))
@@ -328,7 +345,6 @@ def _unsafe(folder: Path) -> bool:
 def lookup(root: Path, key: str):
     """The JitArtifact stored under ``key``, or None (a bad entry, or one holding another key's
     code, is removed with a CacheWarning)."""
-    from convc.load import JitArtifact
     folder = _entries(root)
     path = folder / f"{key}.entry"
     if not path.exists() or _unsafe(folder):
@@ -396,15 +412,11 @@ def usage(root: Path) -> tuple[int, int]:
 
 # --- compiling through the cache ---------------------------------------------------------------
 
-def model_from_artifact(artifact, *, threads: int | None = None, graph: Any = None,
-                        respecialize=None, override=None):
-    """A CompiledModel running ``artifact``'s object code (no LLVM optimization or codegen)."""
+def engine_for(artifact: JitArtifact):
+    """An ObjectEngine holding ``artifact``'s object code (no LLVM optimization or codegen), after
+    checking that it can run here (ABI version, architecture, CPU features); raises LoadError."""
     import llvmlite.binding as llvm  # noqa: F401  (a JIT artifact needs llvmlite; libraries do not)
-
     from convc.codegen.jit import ObjectEngine, Target
-    from convc.load import LazyGraph, LoadError, _specs, cpu_error
-    from convc.runtime import NativeRunner, PoolApi
-    from convc.session import CompiledModel
     meta = artifact.meta
     if meta.get("abi") != ABI_VERSION:
         raise LoadError(f"compiled code of model {meta.get('name')!r} uses runtime ABI {meta.get('abi')}; "
@@ -416,69 +428,50 @@ def model_from_artifact(artifact, *, threads: int | None = None, graph: Any = No
         raise LoadError(f"compiled code of model {meta.get('name')!r} is for {meta['triple']}, this is {host.triple}")
     if missing:
         raise cpu_error(f"the compiled code of model {meta.get('name')!r}", meta, missing)
-    engine = ObjectEngine(artifact.obj, host)
-    compiled = max(1, int(meta["threads"]))
-    threads = compiled if threads is None else max(1, min(int(threads), compiled))
-    runner = NativeRunner(engine.address(ENTRY), int(meta["arena_bytes"]), artifact.constants,
-                          _specs(meta["inputs"]), _specs(meta["outputs"]), keepalive=engine,
-                          kernel_names=meta.get("kernel_names", ()), instrumented=bool(meta.get("instrumented")),
-                          threads=threads, pool_api=PoolApi.from_symbols(engine.address))
-    if graph is None:
-        graph = LazyGraph(meta.get("name", "model"), meta.get("graph_metadata"), artifact.graph_factory,
-                          why_not="it was restored from compiled code (a pickle)")
-    model = CompiledModel(runner, graph, threads=threads, respecialize=respecialize, override=override)
-    model._artifact = artifact
-    return model
+    return ObjectEngine(artifact.obj, host)
 
 
-def compile_plan(plan, *, threads: int, instrument: bool = False, progress: Callable[[str], None] | None = None,
-                 cache: bool | None = None, alias: str | None = None, respecialize=None, override=None):
-    """JIT-compile a planned graph through the cache: a hit loads machine code, a miss generates it
-    (and stores it when caching is on). Returns a CompiledModel."""
+def compile_plan(plan, options: CompileOptions, *, progress: Callable[[str], None] | None = None,
+                 alias: str | None = None) -> JitArtifact:
+    """JIT-compile a planned graph through the cache: a hit reads the stored artifact, a miss
+    generates it (and stores it when caching is on). ``alias`` (a source hash) will also name the entry."""
     from convc.codegen.jit import machine_code
     from convc.codegen.module import emit_module
-    from convc.load import JitArtifact
+
     from convc.runtime import IOSpec
-    root = cache_dir(cache)
+    root = cache_dir(options.cache)
     key = None
     if root is not None:
         t = time.perf_counter()
-        env = environment(threads, instrument)
-        key = graph_key(plan, env)
+        key = graph_key(plan, environment(options.threads, options.instrument))
         art = lookup(root, key)
         if art is not None:
             if progress:
                 progress(f"compile cache hit {key[:12]} ({(time.perf_counter() - t) * 1e3:.0f} ms)")
             if alias:
                 _safe(lambda: add_alias(root, key, art, alias))
-            return model_from_artifact(art, threads=threads, graph=plan.graph, respecialize=respecialize,
-                                       override=override)
+            return art
         if progress:
             progress("compile cache miss: generating code")
     if progress:
         progress("code generation")
-    native = emit_module(plan, name=plan.graph.name, instrument=instrument, threads=threads, progress=progress)
+    native = emit_module(plan, name=plan.graph.name, instrument=options.instrument, threads=options.threads,
+                         progress=progress)
     g = plan.graph
     specs = [[IOSpec(n, g.tensor(n).shape, g.tensor(n).dtype) for n in names]
              for names in (native.input_names, native.output_names)]
     obj = machine_code(str(native.ir_module), progress=progress)
-    meta = metadata(native, resolve_target("native"), *specs, g.metadata, {"instrumented": bool(instrument)})
-    art = JitArtifact(meta, obj, used_constants(native))
+    meta = metadata(native, resolve_target("native"), *specs, g.metadata, {"instrumented": bool(options.instrument)})
+    art = JitArtifact(meta, obj, used_constants(native), native.arena_steps)
     if root is not None:
         _safe(lambda: store(root, key, meta, obj, art.constants, (alias,) if alias else ()))
         if progress:
             progress(f"compile cache: stored {key[:12]}")
-    model = model_from_artifact(art, threads=threads, graph=g, respecialize=respecialize, override=override)
-    if native.arena_steps is not None:
-        from convc.codegen.arena_check import FAULT_SYMBOL
-        runner = model._runner
-        runner.arena_check = (runner._keepalive.global_address(FAULT_SYMBOL), native.arena_steps)
-    return model
+    return art
 
 
-def cached_model(root: Path | None, alias: str | None, *, threads: int, progress=None,
-                 graph_factory: Callable[[], Any] | None = None, respecialize=None, override=None):
-    """The model a source alias names, without importing or optimizing anything; None on a miss."""
+def cached_artifact(root: Path | None, alias: str | None, progress=None) -> JitArtifact | None:
+    """The artifact a source alias names, without importing or optimizing anything; None on a miss."""
     if root is None or alias is None:
         return None
     t = time.perf_counter()
@@ -486,11 +479,9 @@ def cached_model(root: Path | None, alias: str | None, *, threads: int, progress
     if found is None:
         return None
     key, art = found
-    art.graph_factory = graph_factory
-    model = model_from_artifact(art, threads=threads, respecialize=respecialize, override=override)
     if progress:
         progress(f"compile cache hit {key[:12]} ({(time.perf_counter() - t) * 1e3:.0f} ms)")
-    return model
+    return art
 
 
 def _safe(fn: Callable[[], Any]) -> None:
@@ -500,31 +491,3 @@ def _safe(fn: Callable[[], Any]) -> None:
     except (OSError, ArtifactError) as e:
         warnings.warn(f"convc compile cache: cannot write ({e}); continuing without caching", CacheWarning,
                       stacklevel=3)
-
-
-def warm_model(model: Any, batch: int | None, input_shape: Any, threads: int | None, cache: bool | None,
-               progress=None, respecialize=None, override=None):
-    """``convc.compile``'s fast path: (the cached model named by the source's hash or None, that hash).
-
-    The hash covers the ONNX bytes and every option; the returned model's ``graph`` is rebuilt
-    (import and passes, no codegen) only when something reads it."""
-    from convc.compiler import default_threads, load_graph
-    root = cache_dir(cache)
-    if root is None or type(model).__name__ == "Graph":
-        return None, None
-    threads = default_threads() if threads is None else max(1, int(threads))
-    alias = source_key(model, batch, input_shape, environment(threads))
-    if alias is None:
-        return None, None
-
-    def graph_factory():
-        from convc.passes.pipeline import pipeline
-        return pipeline(load_graph(model, batch, input_shape)).graph
-    try:
-        hit = cached_model(root, alias, threads=threads, progress=progress, graph_factory=graph_factory,
-                           respecialize=respecialize, override=override)
-    except Exception as e:  # noqa: BLE001  an unusable entry must never fail a compile that can run cold
-        warnings.warn(f"convc compile cache: cannot use the cached code ({type(e).__name__}: {e}); compiling again",
-                      CacheWarning, stacklevel=3)
-        hit = None
-    return hit, alias

@@ -27,49 +27,16 @@ import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from convc import abi
 from convc.abi import ABI_VERSION
+from convc.artifact import LazyGraph, LoadError, cpu_error
 from convc.codegen.artifacts import (TRAILER_BYTES, ArtifactError, CacheWarning, atomic_write, digest, file_digest,
                                      file_name, private_dir, verify_library)
-from convc.errors import ConvcError
-
-
-class LoadError(ConvcError):
-    """A compiled artifact that cannot run here: not a convc library, another ABI, missing CPU features."""
-
-
-class LazyGraph:
-    """Stands in for ``CompiledModel.graph`` when the code came from the compile cache, a pickle or a
-    library: the graph's name and metadata are at hand; anything else rebuilds the optimized graph
-    on first use (import and passes, no code generation), or says why it cannot."""
-
-    def __init__(self, name: str, metadata: dict | None = None, factory: Callable[[], Any] | None = None,
-                 why_not: str = "it was loaded from compiled code"):
-        self.name = name
-        self.metadata = dict(metadata or {})
-        self._factory = factory
-        self._graph = None
-        self._why_not = why_not
-
-    def materialize(self):
-        if self._graph is None:
-            if self._factory is None:
-                raise AttributeError(f"model {self.name!r} has no graph: {self._why_not}")
-            self._graph = self._factory()
-        return self._graph
-
-    def __getattr__(self, attr: str):
-        if attr.startswith("__") or attr in ("_factory", "_graph", "_why_not"):
-            raise AttributeError(attr)
-        return getattr(self.materialize(), attr)
-
-    def __repr__(self) -> str:
-        state = "built" if self._graph is not None else "not built yet"
-        return f"<convc graph {self.name!r} ({state})>"
+from convc.options import run_threads
 
 
 # --- loading a library -------------------------------------------------------------------------
@@ -223,18 +190,6 @@ def inspect_library(path: str | os.PathLike) -> tuple[ctypes.CDLL, LibraryInfo]:
     return lib, LibraryInfo(path, lib_abi, meta, missing, sha, arena, threads, inputs, outputs)
 
 
-def cpu_error(where: str, meta: dict, missing: Sequence[str]) -> LoadError:
-    return LoadError(f"{where} was compiled for {meta.get('cpu', '?')} ({meta.get('triple', '?')}, target "
-                     f"{meta.get('target', '?')}) and needs CPU feature(s) this machine lacks: {', '.join(missing)}. "
-                     "Running it would crash with an illegal instruction; rebuild it on this machine, or for "
-                     "a portable level with `convc compile --target x86-64-v3` (or x86-64).")
-
-
-def _specs(items: list[dict]):
-    from convc.runtime import IOSpec
-    return [IOSpec(s["name"], tuple(int(d) for d in s["shape"]), np.dtype(s["dtype"])) for s in items]
-
-
 def load(path: str | os.PathLike, *, threads: int | None = None):
     """Load a library written by ``convc compile MODEL -o model.so`` and return a ``CompiledModel``
     (the object ``convc.compile`` returns). ``threads`` caps the worker threads per call (at most
@@ -247,8 +202,7 @@ def load(path: str | os.PathLike, *, threads: int | None = None):
         raise cpu_error(info.path, meta, info.missing_features)
     if "training" in meta:
         return LoadedTrainer(lib, info)
-    compiled = info.threads
-    threads = compiled if threads is None else max(1, min(int(threads), compiled))
+    threads = run_threads(threads, info.threads)
     address = lambda name: ctypes.cast(_need(lib, info.path, name, None), ctypes.c_void_p).value  # noqa: E731
     table_fn = _need(lib, info.path, abi.CONSTANT_TABLE, ctypes.c_void_p)
     n_const = _need(lib, info.path, abi.NUM_CONSTANTS, ctypes.c_int)()
@@ -460,20 +414,6 @@ class LibraryArtifact:
         return {"kind": "library", "name": Path(self.path).name, "data": data}
 
 
-@dataclass
-class JitArtifact:
-    """A JIT-compiled model pickles as its object code, weights and metadata, in the checksummed
-    format of a compile cache entry (codegen/cache.py)."""
-    meta: dict
-    obj: bytes
-    constants: list  # np.ndarray or None per constant-table slot
-    graph_factory: Callable[[], Any] | None = field(default=None, repr=False)
-
-    def state(self) -> dict:
-        from convc.codegen.cache import entry_bytes
-        return {"kind": "jit-entry", "entry": entry_bytes(self.meta, self.obj, self.constants)}
-
-
 def reduce_model(model) -> tuple:
     artifact = getattr(model, "_artifact", None)
     if artifact is None:
@@ -529,7 +469,8 @@ def _restore(state: dict, threads: int | None):
     if kind == "library":
         return load(_library_copy(state), threads=threads)
     if kind == "jit-entry":
-        from convc.codegen.cache import CorruptEntry, entry_artifact, model_from_artifact
+        from convc.codegen.cache import CorruptEntry, entry_artifact
+        from convc.driver import model_from_artifact
         try:
             artifact = entry_artifact(state["entry"])
         except (CorruptEntry, KeyError, TypeError, ValueError) as e:

@@ -130,8 +130,9 @@ class NativeRunner:
         self._n_stamps = len(self.kernel_names) + 1 if instrumented else 0
         self._free: list[_Context] = [self._new_context()]
         self._names = {s.name for s in inputs}
-        # an arena-checked build (codegen/arena_check.py): (fault global's address, checked kernels)
-        self.arena_check: tuple[int, list] | None = None
+        # an arena-checked build (codegen/arena_check.py): called after every run, raises on a fault
+        # (the driver binds raise_fault to the fault global and the checked kernels)
+        self.arena_check: Callable[[], None] | None = None
 
     def check(self, feeds: Mapping[str, Any]) -> list[np.ndarray]:
         missing = [s.name for s in self.inputs if s.name not in feeds]
@@ -186,6 +187,5 @@ class NativeRunner:
             if not keep_context:
                 self._free.append(ctx)
         if self.arena_check is not None:
-            from convc.codegen.arena_check import raise_fault
-            raise_fault(*self.arena_check)
+            self.arena_check()
         return (outs, ctx) if keep_context else outs

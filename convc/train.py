@@ -28,6 +28,7 @@ from convc.errors import ConvcError, InputError
 from convc.ir import Graph, TensorKind
 from convc.limits import check_size, positive_int
 from convc.optim import SGD, Optimizer
+from convc.options import resolve_options
 from convc.passes.autodiff.training import RUNNING, TrainingStep, build_training, detach_state
 from convc.runtime import dtype_error
 
@@ -158,15 +159,13 @@ class Trainer:
                  regularize_all: bool = False, trainable: Sequence[str] | None = None, instrument: bool = False,
                  threads: int | None = None):
         self.model = model
-        threads = positive_int("threads", threads)
+        self.threads = resolve_options(threads=threads).threads  # checked and defaulted once
         self.loss_name = loss
         self.optimizer = optimizer if optimizer is not None else SGD(0.01)
         self.l1, self.l2, self.seed = float(l1), float(l2), int(seed)
         self._options = {"loss": loss, "optimizer": self.optimizer, "seed": self.seed, "l1": self.l1, "l2": self.l2,
                              "regularize_all": regularize_all, "trainable": set(trainable) if trainable else None}
         self._instrument = instrument
-        from convc.compiler import default_threads
-        self.threads = threads or default_threads()
         self.forward = load_forward(model, input_shape)
         self.input_shape = self.forward.tensor(self.forward.inputs[0]).shape
         self.plan: TrainingStep = build_training(self.forward, **self._options)

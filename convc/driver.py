@@ -1,0 +1,165 @@
+"""The driver: between the user-facing API and the compiler.
+
+    convc API (compile, InferenceSession, Trainer, load, profile, CLI)
+       -> driver (this module)
+          -> frontend -> passes -> codegen -> runtime/ABI
+
+The API resolves its keyword arguments once into a frozen ``CompileOptions`` (convc/options.py)
+and calls the driver. The driver owns what needs both ends: loading a model into a Graph
+(frontend), the compile cache look-up by source hash, the pipeline, asking codegen for an artifact
+(``codegen.cache.compile_plan``: a plan and options in, a ``JitArtifact`` out), and turning that
+artifact into the ``CompiledModel`` users call, with the variants compiled on first use (another
+batch size, overridden ONNX initializers). codegen never calls back up: the closures that compile
+variants live here and are handed to the CompiledModel, not to codegen.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from convc.artifact import LazyGraph, io_specs
+from convc.ir import Graph
+from convc.options import CompileOptions, run_threads
+from convc.session import CompiledModel
+
+ModelSource = Any  # path, bytes, onnx.ModelProto, Graph or convc.nn Module
+Progress = Callable[[str], None] | None
+
+
+# --- models in -------------------------------------------------------------------------------------
+
+def is_nn_module(model: ModelSource) -> bool:
+    from convc.frontend.dsl.module import Module
+    return isinstance(model, Module)
+
+
+def load_graph(model: ModelSource, batch: int | None = None, input_shape: Any = None,
+               runtime: frozenset[str] = frozenset()) -> Graph:
+    """The Graph of ``model``; ``runtime`` names ONNX initializers listed as inputs to import as run-time inputs."""
+    if isinstance(model, Graph):
+        return model
+    if is_nn_module(model):
+        return model.to_graph(input_shape, batch=batch)
+    from convc.frontend.onnx import import_onnx
+    return import_onnx(model, batch=batch, runtime=runtime)
+
+
+def has_dynamic_batch(model: ModelSource) -> bool:
+    """True when the ONNX model's first input leaves its batch dimension symbolic."""
+    import onnx
+
+    from convc.frontend.onnx.reader import read_model
+    if not isinstance(model, (str, os.PathLike, bytes, bytearray, memoryview, onnx.ModelProto)):
+        return False
+    model = read_model(model, external_data=False)  # the structure only; ModelImportError for anything unreadable
+    inits = {i.name for i in model.graph.initializer}
+    for inp in model.graph.input:
+        if inp.name in inits:
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        return bool(dims) and not dims[0].HasField("dim_value")
+    return False
+
+
+# --- artifacts out ---------------------------------------------------------------------------------
+
+def model_from_artifact(artifact, *, threads: int | None = None, graph: Any = None,
+                        graph_factory: Callable[[], Any] | None = None,
+                        respecialize: Callable[[int], CompiledModel] | None = None,
+                        override: Callable[[frozenset[str]], CompiledModel] | None = None) -> CompiledModel:
+    """A CompiledModel running a JitArtifact's object code (no LLVM optimization or codegen), with
+    at most the threads it was compiled for. Without ``graph``, ``CompiledModel.graph`` is a
+    LazyGraph that ``graph_factory`` (import and passes) builds on first use."""
+    from convc.abi import ENTRY
+    from convc.codegen.cache import engine_for
+    from convc.runtime import NativeRunner, PoolApi
+    meta = artifact.meta
+    engine = engine_for(artifact)
+    threads = run_threads(threads, meta["threads"])
+    runner = NativeRunner(engine.address(ENTRY), int(meta["arena_bytes"]), artifact.constants,
+                          io_specs(meta["inputs"]), io_specs(meta["outputs"]), keepalive=engine,
+                          kernel_names=meta.get("kernel_names", ()), instrumented=bool(meta.get("instrumented")),
+                          threads=threads, pool_api=PoolApi.from_symbols(engine.address))
+    if artifact.arena_steps is not None:  # an arena-checked build (codegen/arena_check.py)
+        from convc.codegen.arena_check import FAULT_SYMBOL, raise_fault
+        runner.arena_check = functools.partial(raise_fault, engine.global_address(FAULT_SYMBOL), artifact.arena_steps)
+    if graph is None:
+        graph = LazyGraph(meta.get("name", "model"), meta.get("graph_metadata"), graph_factory,
+                          why_not="it was restored from compiled code (a pickle)")
+    model = CompiledModel(runner, graph, threads=threads, respecialize=respecialize, override=override)
+    model._artifact = artifact
+    return model
+
+
+# --- JIT compiles ----------------------------------------------------------------------------------
+
+def compile_graph(graph: Graph, options: CompileOptions, *, progress: Progress = None,
+                  respecialize: Callable[[int], CompiledModel] | None = None,
+                  override: Callable[[frozenset[str]], CompiledModel] | None = None,
+                  alias: str | None = None) -> CompiledModel:
+    """Optimize ``graph`` and JIT-compile it through the compile cache (``alias`` is a source hash
+    that will also name the entry)."""
+    from convc.codegen.cache import compile_plan
+    from convc.passes.pipeline import pipeline
+    plan = pipeline(graph, progress=progress)
+    artifact = compile_plan(plan, options, progress=progress, alias=alias)
+    return model_from_artifact(artifact, threads=options.threads, graph=plan.graph, respecialize=respecialize,
+                               override=override)
+
+
+def warm_model(model: ModelSource, batch: int | None, input_shape: Any, options: CompileOptions,
+               progress: Progress = None, respecialize=None, override=None):
+    """``convc.compile``'s fast path: (the cached model named by the source's hash or None, that hash).
+
+    The hash covers the ONNX bytes and every option; the returned model's ``graph`` is rebuilt
+    (import and passes, no codegen) only when something reads it."""
+    from convc.codegen.cache import CacheWarning, cache_dir, cached_artifact, environment, source_key
+    root = cache_dir(options.cache)
+    if root is None or isinstance(model, Graph):
+        return None, None
+    alias = source_key(model, batch, input_shape, environment(options.threads))
+    if alias is None:
+        return None, None
+
+    def graph_factory():
+        from convc.passes.pipeline import pipeline
+        return pipeline(load_graph(model, batch, input_shape)).graph
+    try:
+        art = cached_artifact(root, alias, progress)
+        hit = None if art is None else model_from_artifact(art, threads=options.threads, graph_factory=graph_factory,
+                                                          respecialize=respecialize, override=override)
+    except Exception as e:  # noqa: BLE001  an unusable entry must never fail a compile that can run cold
+        warnings.warn(f"convc compile cache: cannot use the cached code ({type(e).__name__}: {e}); compiling again",
+                      CacheWarning, stacklevel=3)
+        hit = None
+    return hit, alias
+
+
+def compile_model(model: ModelSource, options: CompileOptions, *, batch: int | None = None, input_shape: Any = None,
+                  progress: Progress = None) -> CompiledModel:
+    """``convc.compile`` once its options are resolved: the cache's fast path, else import, passes
+    and codegen; the model compiles other batch sizes (a symbolic batch left unfixed) and variants
+    reading overridden ONNX initializers at run time on first use."""
+    if progress:
+        progress("import")
+    if is_nn_module(model):
+        model = model.snapshot()  # later edits to the parameters must not reach variants compiled on first use
+    onnx_source = not isinstance(model, Graph) and not is_nn_module(model)
+
+    def variant(n: int | None, runtime: frozenset[str]) -> CompiledModel:
+        return compile_graph(load_graph(model, n, input_shape, runtime), options,
+                              override=(lambda names: variant(n, runtime | names)) if onnx_source else None)
+    respecialize = None
+    if batch is None and (is_nn_module(model) or (onnx_source and has_dynamic_batch(model))):
+        def respecialize(n: int) -> CompiledModel:
+            return variant(n, frozenset())
+    override = (lambda names: variant(batch, names)) if onnx_source else None
+    hit, alias = warm_model(model, batch, input_shape, options, progress, respecialize, override)
+    if hit is not None:
+        return hit
+    graph = load_graph(model, batch, input_shape)
+    return compile_graph(graph, options, progress=progress, respecialize=respecialize, override=override,
+                          alias=alias)

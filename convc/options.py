@@ -1,0 +1,59 @@
+"""The options of a compile, resolved once where the user gives them and passed down frozen.
+
+``convc.compile``, ``InferenceSession``, ``Trainer``, ``convc.profile`` and ``convc compile`` take
+loose keyword arguments (``threads=None`` meaning "every core", ``cache=None`` meaning "as the
+environment says"). ``resolve_options`` checks and defaults them once, at that boundary; the
+driver (convc/driver.py), the cache and codegen read the resulting ``CompileOptions`` and never
+default or clamp them again.
+
+A model that already exists (from the compile cache, a pickle or a library) was compiled for some
+number of threads and runs with at most that many: ``run_threads`` is that one rule.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from typing import Any
+
+from convc.limits import positive_int
+
+
+def default_threads() -> int:
+    """Every core this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """What, besides the model, decides the code a compile produces.
+
+    ``threads``: the most worker threads a context may use (the thread pool is sized for it).
+    ``instrument``: per-kernel timestamps (``run_timed``, ``convc.profile``).
+    ``cache``: False bypasses the on-disk compile cache; None lets ``CONVC_NO_CACHE`` decide.
+    ``target``: the CPU of an ahead-of-time build (a name or an ``AotTarget``); the JIT compiles
+    for this machine."""
+    threads: int
+    instrument: bool = False
+    cache: bool | None = None
+    target: Any = "native"
+
+    def with_(self, **changes: Any) -> CompileOptions:
+        return replace(self, **changes)
+
+
+def resolve_options(*, threads: int | None = None, instrument: bool = False, cache: bool | None = None,
+                    target: Any = "native") -> CompileOptions:
+    """The one place the options are checked and defaulted: ``threads`` must be a positive int
+    (2.5 and 0 are refused, not rounded or clamped) and defaults to ``default_threads()``."""
+    return CompileOptions(threads=positive_int("threads", threads) or default_threads(),
+                          instrument=bool(instrument), cache=cache, target=target)
+
+
+def run_threads(requested: int | None, compiled: int) -> int:
+    """The threads a model compiled for ``compiled`` threads runs with when ``requested`` (None:
+    all of them); never more than it was compiled for."""
+    compiled = max(1, int(compiled))
+    return compiled if requested is None else max(1, min(int(requested), compiled))
