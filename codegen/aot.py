@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from convc.codegen.artifacts import atomic_write
 from convc.codegen.blob import blob_layout, metadata, used_constants
@@ -28,6 +27,8 @@ from convc.codegen.header import guard_name, header_text
 from convc.codegen.link import write_library
 from convc.codegen.target import AotTarget, init_backend, resolve_target
 from convc.codegen.wrapper import Wrapper, inference_wrapper
+
+from convc.options import CompileOptions
 
 # writes a library's C ABI into its wrapper module, given the metadata and the blob offsets of the
 # module's constant table
@@ -97,27 +98,19 @@ def build_native(native, output: str | os.PathLike, target: AotTarget, inputs, o
     return BuildResult(out, header_path, target, meta, time.perf_counter() - t0, object_only, size, timings)
 
 
-def build(model: Any, output: str | os.PathLike, *, batch: int | None = None, target: str | AotTarget = "native",
-          threads: int | None = None, input_shape: Any = None, progress: Callable[[str], None] | None = None,
-          header: str | os.PathLike | None = None) -> BuildResult:
-    """Compile ``model`` (whatever ``convc.compile`` takes) to a shared library or object file."""
+def build_plan(plan, output: str | os.PathLike, options: CompileOptions, *,
+               progress: Callable[[str], None] | None = None,
+               header: str | os.PathLike | None = None) -> BuildResult:
+    """Compile a planned graph to a shared library or object file for ``options.target`` (an
+    AotTarget, resolved by the driver) and ``options.threads`` worker threads."""
     from convc.codegen.module import emit_module
-    from convc.passes.pipeline import pipeline
 
-    from convc.compiler import default_threads, load_graph
     from convc.runtime import IOSpec
-    tgt = resolve_target(target)
-    if isinstance(model, Path):
-        model = str(model)
-    if progress:
-        progress("import")
-    graph = load_graph(model, batch, input_shape)
-    plan = pipeline(graph, progress=progress)
-    threads = default_threads() if threads is None else max(1, int(threads))
+    tgt = resolve_target(options.target)
     if progress:
         progress("code generation")
-    native = emit_module(plan, name=graph.name, threads=threads, target=tgt.llvm_target(), progress=progress)
     g = plan.graph
+    native = emit_module(plan, name=g.name, threads=options.threads, target=tgt.llvm_target(), progress=progress)
     specs = [[IOSpec(n, g.tensor(n).shape, g.tensor(n).dtype) for n in names]
              for names in (native.input_names, native.output_names)]
     return build_native(native, output, tgt, *specs, graph_metadata=g.metadata, progress=progress, header=header)

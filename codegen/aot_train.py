@@ -22,7 +22,6 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from convc.codegen.aot import BuildResult
@@ -30,13 +29,14 @@ from convc.codegen.artifacts import ALIGN
 from convc.codegen.blob import align_up, blob_layout, used_constants
 from convc.codegen.header import TRAINING_DECLS
 from convc.codegen.llvm_utils import F32, I8, I32, I64, PTR, VOID, alloca_entry, gep, i64
-from convc.codegen.target import AotTarget, resolve_target
+from convc.codegen.target import resolve_target
 from convc.codegen.wrapper import Wrapper
 from llvmlite import ir
 
 from convc import abi
 from convc.abi import ENTRY, MODULE_FUNCTIONS, TRAIN_MODULE_PREFIX, Slot
 from convc.errors import CompileError
+from convc.options import CompileOptions
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad")
 LOSSES = ("cross_entropy", "mse", "bce")
@@ -198,39 +198,25 @@ class _TrainingAbi:
         b.ret(ir.Constant(PTR, None))
 
 
-def build_training_library(model: Any, output: str | os.PathLike, *, batch: int | None = None,
-                           optimizer: str | Any = "adam", lr: float | None = None, loss: str = "cross_entropy",
-                           seed: int = 0, target: str | AotTarget = "native",
-                           progress: Callable[[str], None] | None = None,
-                           header: str | os.PathLike | None = None) -> BuildResult:
-    """Build a training library for ``model`` at batch size ``batch`` (see the module docstring)."""
+def build_training_plan(step, eval_plan, opt, output: str | os.PathLike, options: CompileOptions, *,
+                        name: str, loss: str, seed: int = 0, progress: Callable[[str], None] | None = None,
+                        header: str | os.PathLike | None = None) -> BuildResult:
+    """Build a training library from a planned training step (passes/autodiff/training.py's
+    TrainingStep), the eval-mode forward's plan on the training state and the optimizer ``opt``,
+    for ``options.target`` (see the module docstring); ``name`` is the model's. The driver loads and
+    plans the model."""
     from convc.codegen import kernels  # noqa: F401  (registers the emitters)
     from convc.codegen.aot import build_native
     from convc.codegen.training import OPT_LEVEL, TrainingEmitter
-    from convc.passes.autodiff.training import build_training
 
-    from convc.compiler import load_graph
     from convc.runtime import IOSpec
-    from convc.train import _eval_plan, load_forward
-    tgt = resolve_target(target)
-    if loss not in LOSSES:
-        raise CompileError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
-    opt = make_optimizer(optimizer, lr) if isinstance(optimizer, str) else optimizer
-    if progress:
-        progress("import")
-    g0 = load_graph(model, batch)
-    shape = g0.tensor(g0.inputs[0]).shape
-    forward = load_forward(g0, shape)
-    if progress:
-        progress("training step: autodiff, loss, optimizer")
-    step = build_training(forward, loss=loss, optimizer=opt, seed=seed)
-    eval_plan = _eval_plan(forward, step.roles)
+    tgt = resolve_target(options.target)
     if progress:
         progress("code generation (training step)")
-    train_native = TrainingEmitter(step.plan, forward.name + "_train", False, 1, tgt.llvm_target(), progress).emit()
+    train_native = TrainingEmitter(step.plan, name + "_train", False, 1, tgt.llvm_target(), progress).emit()
     if progress:
         progress("code generation (eval forward)")
-    eval_native = TrainingEmitter(eval_plan, forward.name, False, 1, tgt.llvm_target(), progress).emit()
+    eval_native = TrainingEmitter(eval_plan, name, False, 1, tgt.llvm_target(), progress).emit()
 
     tg = step.plan.graph
     state_names = list(tg.inputs[2:])  # lr, step, parameters, running statistics, optimizer state

@@ -14,9 +14,9 @@ import numpy as np
 from convc.codegen.module import KernelCall, ModuleEmitter, NativeModule
 from convc.passes.pipeline import Plan
 
-from convc.abi import ENTRY
 from convc.ir import Op, TensorKind
 from convc.ops import OpKind
+from convc.options import CompileOptions
 
 OPT_LEVEL = 2  # LLVM IR optimization level of training modules (O3 compiles slower, runs no faster)
 
@@ -86,24 +86,10 @@ def emit_training_module(plan: Plan, name: str = "convc_train", instrument: bool
     return TrainingEmitter(plan, name, instrument, threads).emit()
 
 
-def compile_graph(graph, *, threads: int = 1, in_place: bool = True, cache: bool | None = None):
-    """Compile ``graph`` as it is (no inference passes: weights stay wherever the graph keeps them)
-    with the training emitter; returns a ``CompiledModel``. For tests of the training kernels and
-    for graphs built by hand."""
+def jit_training_plan(plan: Plan, options: CompileOptions):
+    """(ObjectEngine, NativeModule) of ``plan`` compiled as it is with the training emitter, through
+    the compile cache (``machine_code_cached``). The driver (convc/driver.py) makes the model."""
     from convc.codegen.jit import ObjectEngine
-    from convc.passes.kernel_selection import select_training_kernels
-    from convc.passes.memory import plan_memory
-
-    from convc.runtime import IOSpec, NativeRunner, PoolApi
-    from convc.session import CompiledModel
-    select_training_kernels(graph)  # weights that are not constants are read at run time
-    order = graph.ops()
-    plan = Plan(graph, order, plan_memory(graph, order, in_place=in_place))
-    native = emit_training_module(plan, name=graph.name, threads=threads)
-    engine = ObjectEngine(machine_code_cached(native, threads=threads, cache=cache))
-    specs = [[IOSpec(n, graph.tensor(n).shape, graph.tensor(n).dtype) for n in names]
-             for names in (native.input_names, native.output_names)]
-    runner = NativeRunner(engine.address(ENTRY), native.arena_bytes, native.constants, *specs, keepalive=engine,
-                          kernel_names=[op for op, _ in native.kernel_names], threads=threads,
-                          pool_api=PoolApi.from_symbols(engine.address))
-    return CompiledModel(runner, graph, threads=threads)
+    native = emit_training_module(plan, name=plan.graph.name, instrument=options.instrument, threads=options.threads)
+    obj = machine_code_cached(native, threads=options.threads, instrument=options.instrument, cache=options.cache)
+    return ObjectEngine(obj), native

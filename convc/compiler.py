@@ -48,3 +48,27 @@ def compile(model: ModelSource, *, threads: int | None = None, batch: int | None
     if isinstance(model, Path):
         model = str(model)
     return driver.compile_model(model, options, batch=batch, input_shape=input_shape, progress=progress)
+
+
+def build(model: ModelSource, output, *, batch: int | None = None, target: Any = "native",
+          threads: int | None = None, input_shape: Any = None, progress: Callable[[str], None] | None = None,
+          header=None):
+    """``convc compile MODEL -o model.so``: compile ``model`` (whatever ``compile`` takes) ahead of
+    time to a shared library (or ``.o`` object file) plus its C header, for ``target`` (a name such
+    as ``x86-64-v3`` or an AotTarget) and up to ``threads`` worker threads (default: all cores)."""
+    from convc import driver
+    batch = positive_int("batch", batch)
+    return driver.build_library(model, output, resolve_options(threads=threads, target=target), batch=batch,
+                                input_shape=input_shape, progress=progress, header=header)
+
+
+def build_training_library(model: ModelSource, output, *, batch: int | None = None, optimizer: Any = "adam",
+                           lr: float | None = None, loss: str = "cross_entropy", seed: int = 0,
+                           target: Any = "native", progress: Callable[[str], None] | None = None, header=None):
+    """``convc compile MODEL -o train.so --train``: a training library at batch size ``batch``
+    (codegen/aot_train.py). The training step runs on the calling thread."""
+    from convc import driver
+    batch = positive_int("batch", batch)
+    return driver.build_training_library(model, output, resolve_options(threads=1, target=target), batch=batch,
+                                         optimizer=optimizer, lr=lr, loss=loss, seed=seed, progress=progress,
+                                         header=header)

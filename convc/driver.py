@@ -17,11 +17,14 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from convc.artifact import LazyGraph, io_specs
-from convc.ir import Graph
+from convc.errors import InputError
+from convc.ir import Graph, TensorKind
+from convc.limits import positive_int
 from convc.options import CompileOptions, run_threads
 from convc.session import CompiledModel
 
@@ -163,3 +166,119 @@ def compile_model(model: ModelSource, options: CompileOptions, *, batch: int | N
     graph = load_graph(model, batch, input_shape)
     return compile_graph(graph, options, progress=progress, respecialize=respecialize, override=override,
                           alias=alias)
+
+
+
+# --- ahead-of-time builds --------------------------------------------------------------------------
+
+def build_library(model: ModelSource, output, options: CompileOptions, *, batch: int | None = None,
+                  input_shape: Any = None, progress: Progress = None, header=None):
+    """Compile ``model`` (whatever ``convc.compile`` takes) to a shared library or object file for
+    ``options.target``; returns codegen/aot.py's BuildResult."""
+    from convc.codegen.aot import build_plan
+    from convc.codegen.target import resolve_target
+    from convc.passes.pipeline import pipeline
+    options = options.with_(target=resolve_target(options.target))  # an unknown target fails before the import
+    if isinstance(model, Path):
+        model = str(model)
+    if progress:
+        progress("import")
+    plan = pipeline(load_graph(model, batch, input_shape), progress=progress)
+    return build_plan(plan, output, options, progress=progress, header=header)
+
+
+def build_training_library(model: ModelSource, output, options: CompileOptions, *, batch: int | None = None,
+                           optimizer: Any = "adam", lr: float | None = None, loss: str = "cross_entropy",
+                           seed: int = 0, progress: Progress = None, header=None):
+    """A training library for ``model`` at batch size ``batch`` (codegen/aot_train.py): the model is
+    loaded and the training step and eval forward planned here, codegen builds the library."""
+    from convc.codegen.aot_train import LOSSES, build_training_plan, make_optimizer
+    from convc.codegen.target import resolve_target
+    from convc.errors import CompileError
+    from convc.passes.autodiff.training import build_training
+    options = options.with_(target=resolve_target(options.target))
+    if loss not in LOSSES:
+        raise CompileError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    opt = make_optimizer(optimizer, lr) if isinstance(optimizer, str) else optimizer
+    if progress:
+        progress("import")
+    g0 = load_graph(model, batch)
+    forward = load_forward(g0, g0.tensor(g0.inputs[0]).shape)
+    if progress:
+        progress("training step: autodiff, loss, optimizer")
+    step = build_training(forward, loss=loss, optimizer=opt, seed=seed)
+    return build_training_plan(step, eval_plan(forward, step.roles), opt, output, options, name=forward.name,
+                               loss=loss, seed=seed, progress=progress, header=header)
+
+
+# --- training --------------------------------------------------------------------------------------
+
+def load_forward(model: Any, input_shape: Sequence[int]) -> Graph:
+    """The inference Graph of ``model`` (ONNX path/bytes/proto, Graph, or convc.nn module) at the
+    batch size ``input_shape[0]``."""
+    try:
+        shape = tuple(positive_int("input_shape", d, optional=False) for d in input_shape)
+    except (InputError, TypeError):  # 2.5 is not silently 2
+        shape = ()
+    if len(shape) < 2:
+        raise InputError(f"input_shape={input_shape!r} must be (batch, channels, ...) with positive integer sizes")
+    if hasattr(model, "to_graph"):  # a convc.nn module
+        g = model.to_graph(shape)
+    elif isinstance(model, Graph):
+        g = model
+    else:
+        from convc.frontend.onnx import import_onnx
+        g = import_onnx(str(model) if isinstance(model, Path) else model, batch=shape[0])
+    if len(g.inputs) != 1:
+        raise InputError(f"convc trains models with one input; {g.name!r} has {g.inputs}")
+    have = g.tensor(g.inputs[0]).shape
+    if have != shape:
+        raise InputError(f"input_shape={shape} does not match the model's input {g.inputs[0]!r} of shape {have}")
+    return g
+
+
+
+def eval_plan(forward: Graph, roles: Mapping[str, str]):
+    """Inference on the training state: parameters and running statistics become inputs read at
+    run time (no recompilation when they change); Dropout is the identity; epilogues are fused."""
+    from convc.passes.autodiff.training import RUNNING, detach_state
+    from convc.passes.dce import eliminate_dead_code
+    from convc.passes.fusion import fuse_epilogues
+    from convc.passes.kernel_selection import select_training_kernels
+    from convc.passes.memory import plan_memory
+    from convc.passes.pipeline import Plan
+    g = forward.copy()
+    state = [n for n in roles if g.has_tensor(n)]
+    for n in state:
+        g.tensor(n).kind = TensorKind.STATE if roles[n] == RUNNING else TensorKind.PARAMETER
+    g.inputs = list(g.inputs) + state
+    detach_state(g)
+    g = select_training_kernels(eliminate_dead_code(fuse_epilogues(g)))
+    order = g.ops()
+    return Plan(g, order, plan_memory(g, order))
+
+
+ONE_THREAD = CompileOptions(threads=1)
+
+
+def compile_training_graph(graph: Graph, options: CompileOptions = ONE_THREAD, *,
+                           in_place: bool = True) -> CompiledModel:
+    """Compile ``graph`` as it is (no inference passes: weights stay wherever the graph keeps them)
+    with the training emitter (codegen/training.py); returns a ``CompiledModel``. For tests of the
+    training kernels and for graphs built by hand (one thread unless ``options`` say otherwise)."""
+    from convc.abi import ENTRY
+    from convc.codegen.training import jit_training_plan
+    from convc.passes.kernel_selection import select_training_kernels
+    from convc.passes.memory import plan_memory
+    from convc.passes.pipeline import Plan
+    from convc.runtime import IOSpec, NativeRunner, PoolApi
+    select_training_kernels(graph)  # weights that are not constants are read at run time
+    order = graph.ops()
+    plan = Plan(graph, order, plan_memory(graph, order, in_place=in_place))
+    engine, native = jit_training_plan(plan, options)
+    specs = [[IOSpec(n, graph.tensor(n).shape, graph.tensor(n).dtype) for n in names]
+             for names in (native.input_names, native.output_names)]
+    runner = NativeRunner(engine.address(ENTRY), native.arena_bytes, native.constants, *specs, keepalive=engine,
+                          kernel_names=[op for op, _ in native.kernel_names], threads=options.threads,
+                          pool_api=PoolApi.from_symbols(engine.address))
+    return CompiledModel(runner, graph, threads=options.threads)

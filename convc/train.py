@@ -24,12 +24,14 @@ from typing import Any
 import numpy as np
 
 from convc.abi import ENTRY
+from convc.driver import eval_plan as _eval_plan
+from convc.driver import load_forward
 from convc.errors import ConvcError, InputError
-from convc.ir import Graph, TensorKind
+from convc.ir import Graph
 from convc.limits import check_size, positive_int
 from convc.optim import SGD, Optimizer
 from convc.options import resolve_options
-from convc.passes.autodiff.training import RUNNING, TrainingStep, build_training, detach_state
+from convc.passes.autodiff.training import TrainingStep, build_training
 from convc.runtime import dtype_error
 
 __all__ = ["GradcheckResult", "Trainer", "TrainingError", "gradcheck"]
@@ -42,30 +44,6 @@ class TrainingError(ConvcError):
 
 
 # --- models ----------------------------------------------------------------------------------------
-def load_forward(model: Any, input_shape: Sequence[int]) -> Graph:
-    """The inference Graph of ``model`` (ONNX path/bytes/proto, Graph, or convc.nn module) at the
-    batch size ``input_shape[0]``."""
-    try:
-        shape = tuple(positive_int("input_shape", d, optional=False) for d in input_shape)
-    except (InputError, TypeError):  # 2.5 is not silently 2
-        shape = ()
-    if len(shape) < 2:
-        raise InputError(f"input_shape={input_shape!r} must be (batch, channels, ...) with positive integer sizes")
-    if hasattr(model, "to_graph"):  # a convc.nn module
-        g = model.to_graph(shape)
-    elif isinstance(model, Graph):
-        g = model
-    else:
-        from convc.frontend.onnx import import_onnx
-        g = import_onnx(str(model) if isinstance(model, Path) else model, batch=shape[0])
-    if len(g.inputs) != 1:
-        raise InputError(f"convc trains models with one input; {g.name!r} has {g.inputs}")
-    have = g.tensor(g.inputs[0]).shape
-    if have != shape:
-        raise InputError(f"input_shape={shape} does not match the model's input {g.inputs[0]!r} of shape {have}")
-    return g
-
-
 # --- the native step --------------------------------------------------------------------------------
 class _NativeStep:
     """One compiled step (training, gradient or inference) bound to the Trainer's state arrays.
@@ -120,25 +98,6 @@ class _NativeStep:
     def timings(self) -> dict[str, float]:
         """Seconds per kernel of the last call (instrumented steps only)."""
         return dict(zip(self.kernel_names, (np.diff(self._ctx.timestamps) * 1e-9).tolist()))
-
-
-def _eval_plan(forward: Graph, roles: Mapping[str, str]):
-    """Inference on the training state: parameters and running statistics become inputs read at
-    run time (no recompilation when they change); Dropout is the identity; epilogues are fused."""
-    from convc.passes.dce import eliminate_dead_code
-    from convc.passes.fusion import fuse_epilogues
-    from convc.passes.kernel_selection import select_training_kernels
-    from convc.passes.memory import plan_memory
-    from convc.passes.pipeline import Plan
-    g = forward.copy()
-    state = [n for n in roles if g.has_tensor(n)]
-    for n in state:
-        g.tensor(n).kind = TensorKind.STATE if roles[n] == RUNNING else TensorKind.PARAMETER
-    g.inputs = list(g.inputs) + state
-    detach_state(g)
-    g = select_training_kernels(eliminate_dead_code(fuse_epilogues(g)))
-    order = g.ops()
-    return Plan(g, order, plan_memory(g, order))
 
 
 # --- the Trainer ---------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ def refuse_conflicts(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from convc.codegen.aot import build
+    from convc.compiler import build
     from convc.codegen.target import checkable
     progress = Progress(args.quiet)
     refuse_conflicts(args)
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(args.header or Path(out).with_suffix(".h"), "--header")
     model = load_onnx(args.model)
     if args.train:
-        from convc.codegen.aot_train import build_training_library
+        from convc.compiler import build_training_library
         result = build_training_library(model, out, batch=args.batch, optimizer=args.optimizer or "adam",
                                         lr=args.lr, loss=args.loss or "cross_entropy", seed=args.seed or 0,
                                         target=args.target, progress=progress, header=args.header)

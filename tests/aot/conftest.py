@@ -46,6 +46,6 @@ def lenet_jit(lenet_file):
 @pytest.fixture(scope="session")
 def lenet_lib(lenet_file, tmp_path_factory):
     """lenet (batch 2) built as model.so + model.h, native target, 2 threads."""
-    from convc.codegen.aot import build
+    from convc.compiler import build
     out = tmp_path_factory.mktemp("lib") / "model.so"
     return build(str(lenet_file), out, threads=2)

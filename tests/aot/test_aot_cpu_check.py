@@ -11,7 +11,7 @@ from aot_helpers import EXAMPLE_C, python
 
 import convc
 from convc import abi
-from convc.codegen import aot
+from convc import compiler as aot  # build: the AOT entry point
 from convc.codegen.jit import Target
 
 HOST = Target.host()

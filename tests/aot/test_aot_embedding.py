@@ -25,7 +25,7 @@ def test_concurrent_calls_from_threads(source, cifar_jit, cifar_file, tmp_path_f
     if source == "jit":
         model = cifar_jit
     else:
-        from convc.codegen.aot import build
+        from convc.compiler import build
         model = convc.load(build(str(cifar_file), tmp_path_factory.mktemp("cifar") / "cifar.so", threads=2).output)
     xs = [inputs_for(model, seed=s)[0] for s in range(16)]
     want = [cifar_jit(x) for x in xs]  # one at a time
@@ -111,7 +111,7 @@ def test_pickled_models_run_in_a_spawned_pool(source, cifar_jit, cifar_file, tmp
     if source == "jit":
         model = cifar_jit
     else:
-        from convc.codegen.aot import build
+        from convc.compiler import build
         model = convc.load(build(str(cifar_file), tmp_path_factory.mktemp("cifar_p") / "cifar.so", threads=2).output)
     xs = [inputs_for(model, seed=s)[0] for s in range(6)]
     ctx = multiprocessing.get_context("spawn")

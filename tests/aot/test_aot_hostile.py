@@ -20,7 +20,7 @@ from aot_helpers import assert_refused, edit_library, elf_sections, elf_symbol, 
 
 import convc
 from convc.abi import ABI_VERSION
-from convc.codegen.aot import build
+from convc.compiler import build
 from convc.codegen.artifacts import CacheWarning, c_escape, c_string, verify_library
 
 needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")

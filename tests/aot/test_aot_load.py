@@ -12,7 +12,7 @@ from aot_helpers import inputs_for, python
 
 import convc
 from convc.abi import ABI_VERSION
-from convc.codegen.aot import build
+from convc.compiler import build
 
 
 def test_load_matches_the_jit(lenet_lib, lenet_jit):

@@ -10,7 +10,7 @@ import pytest
 from aot_helpers import EXAMPLE_C, python
 
 import convc
-from convc.codegen.aot_train import build_training_library
+from convc.compiler import build_training_library
 
 BATCH = 8
 

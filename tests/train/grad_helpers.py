@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from convc.codegen.training import compile_graph
+from convc.driver import compile_training_graph as compile_graph
 from convc.passes.autodiff import backward
 
 from convc.ir import Graph, TensorKind

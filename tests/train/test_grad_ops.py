@@ -89,7 +89,7 @@ def test_max_pool_ties_go_to_the_first_maximum():
     (dx,) = op_def(OpKind.MAX_POOL_GRAD).reference(
         PoolGradAttrs(PoolAttrs((2, 2), (2, 2), (0, 0, 0, 0), (1, 1)), x.shape), x, np.ones((1, 1, 1, 1), np.float32))
     assert dx.tolist() == [[[[0.0, 1.0], [0.0, 0.0]]]]
-    from convc.codegen.training import compile_graph
+    from convc.driver import compile_training_graph as compile_graph
 
     from train.grad_helpers import grad_graph
     g, _ = grad_graph(OpKind.MAX_POOL, PoolAttrs((2, 2), (2, 2), (0, 0, 0, 0), (1, 1)), [x], [0])
@@ -142,7 +142,7 @@ def test_dropout_mask_is_reproducible_and_has_the_right_rate():
 
 def test_dropout_kernel_matches_reference_mask(rng):
     """The generated code draws the very mask the numpy reference draws."""
-    from convc.codegen.training import compile_graph
+    from convc.driver import compile_training_graph as compile_graph
 
     from convc.ir import Graph, TensorKind
     g = Graph("dropout")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from convc.codegen.training import compile_graph
+from convc.driver import compile_training_graph as compile_graph
 
 from convc.ir import Graph, TensorKind
 from convc.ops import NoAttrs, OpKind, op_def

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from convc.codegen.training import compile_graph
+from convc.driver import compile_training_graph as compile_graph
 
 import convc
 from convc.ir import Graph, TensorKind

@@ -103,7 +103,7 @@ def test_max_pool_ties_like_pytorch():
                                   "avg_pool_pad", "conv_group_stride", "bce", "mse", "gemm_transpose"])
 def test_op_gradients_match_pytorch(rng, name):
     """Each op's compiled gradient (via a one-op graph and convc's backward) against torch.autograd."""
-    from convc.codegen.training import compile_graph
+    from convc.driver import compile_training_graph as compile_graph
 
     from convc.ops import NoAttrs, OpKind
     from convc.ops.conv import ConvAttrs
