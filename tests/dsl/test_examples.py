@@ -7,6 +7,7 @@ from types import ModuleType
 
 import numpy as np
 import onnx
+import pytest
 
 from dsl.checks import TOL, run_onnxruntime
 from helpers import assert_close
@@ -40,6 +41,7 @@ def test_wavenet_tcn_learns_the_delayed_sum(capsys):
     assert "held-out MSE before training" in out and "held-out MSE after 200 steps" in out
 
 
+@pytest.mark.slow  # a second training run of the example (6-15 s); test_wavenet_tcn_learns_the_delayed_sum runs it
 def test_wavenet_tcn_needs_its_receptive_field():
     """Dilations (1, 2, 4) see 9 steps: x[t-11] is out of sight, so the error cannot fall below the
     variance of 0.5 x[t-11] (about 19% of the target variance here); the full net goes far below it."""
