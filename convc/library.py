@@ -9,17 +9,6 @@ from typing import Any
 from convc.limits import positive_int
 
 
-def _builders() -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """The library builders ``convc compile`` calls: the compile driver's when it provides them
-    (convc.compiler.build), else code generation's own (codegen/aot.py, codegen/aot_train.py)."""
-    try:
-        from convc.compiler import build, build_training_library
-    except ImportError:
-        from convc.codegen.aot import build
-        from convc.codegen.aot_train import build_training_library
-    return build, build_training_library
-
-
 def compile_library(model: Any, output: str | os.PathLike, *, batch: int | None = None, target: str = "native",
                     threads: int | None = None, header: str | os.PathLike | None = None, input_shape: Any = None,
                     progress: Callable[[str], None] | None = None, train: bool = False, optimizer: str = "adam",
@@ -36,7 +25,7 @@ def compile_library(model: Any, output: str | os.PathLike, *, batch: int | None 
     batch, threads = positive_int("batch", batch), positive_int("threads", threads)
     if isinstance(model, Path):
         model = str(model)
-    build, build_training_library = _builders()
+    from convc.compiler import build, build_training_library  # what `convc compile` calls
     if train:
         if threads is not None:
             raise ValueError("compile_library(train=True) takes no threads: the training step runs on the calling thread")
