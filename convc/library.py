@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from convc.errors import InputError
 from convc.limits import positive_int
 
 
@@ -28,9 +29,9 @@ def compile_library(model: Any, output: str | os.PathLike, *, batch: int | None 
     from convc.compiler import build, build_training_library  # what `convc compile` calls
     if train:
         if threads is not None:
-            raise ValueError("compile_library(train=True) takes no threads: the training step runs on the calling thread")
+            raise InputError("compile_library(train=True) takes no threads: the training step runs on the calling thread")
         if input_shape is not None:
-            raise ValueError("compile_library(train=True) takes no input_shape: pass a convc.nn module's "
+            raise InputError("compile_library(train=True) takes no input_shape: pass a convc.nn module's "
                              "model.to_graph(shape)")
         return build_training_library(model, output, batch=batch, optimizer=optimizer, lr=lr, loss=loss, seed=seed,
                                       target=target, progress=progress, header=header)
