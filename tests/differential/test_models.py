@@ -66,8 +66,12 @@ def test_inference(name, batch):
     harness.inference(factory(), (batch,) + shape, threads=2, case=f"{name} batch {batch}").check()
 
 
-@pytest.mark.parametrize("batch", [1, 16])
-@pytest.mark.parametrize("name", [n for n, (_, _, loss) in MODELS.items() if loss])
+TRAINED = [n for n, (_, _, loss) in MODELS.items() if loss]
+QUICK = {("cifar_cnn", 16), ("digits_cnn_dropout", 16), ("residual_net", 1)}  # `-m "not slow"`; CI runs all
+
+
+@pytest.mark.parametrize("name,batch", [(n, b) if (n, b) in QUICK else pytest.param(n, b, marks=pytest.mark.slow)
+                                        for n in TRAINED for b in (1, 16)])
 def test_training_step(name, batch):
     factory, shape, loss = MODELS[name]
     model = factory()

@@ -36,7 +36,7 @@ def batch(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return rng.standard_normal(SHAPE).astype(np.float32), rng.integers(0, 10, SHAPE[0])
 
 
-@pytest.mark.parametrize("layout", [(2, 1), (2,)])
+@pytest.mark.parametrize("layout", [(2, 1), pytest.param((2,), marks=pytest.mark.slow)])
 def test_every_gradient_and_update_matches_the_reference(monkeypatch, layout):
     monkeypatch.setenv("CONVC_CHECK_ARENA", "1")
     convc.nn.manual_seed(0)
