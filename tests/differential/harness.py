@@ -32,7 +32,7 @@ import numpy as np
 from convc.passes.autodiff.training import build_training, update_targets
 
 import convc
-from convc.ops import OpKind, op_def
+from convc.ops import OpKind
 from convc.reference import run_reference
 from convc.train import _NativeStep
 
@@ -150,21 +150,6 @@ KINK_ULPS = 16  # a ReLU input this close to 0 (in float32 ulps of its tensor's 
 MAX_KINKS = 8   # candidates tried (2**8 combinations, each a sum of precomputed differences)
 
 
-def _evaluate(g, feeds: dict[str, np.ndarray], overrides: dict[str, list[tuple[tuple, float]]]) -> dict:
-    """run_reference(keep_all=True), with single elements of some op outputs replaced."""
-    values = {t.name: t.data for t in g.tensors() if t.data is not None}
-    values.update(feeds)
-    for op in g.ops():
-        outs = op_def(op.kind).reference(op.attrs, *[values[t] for t in op.inputs])
-        for name, v in zip(op.outputs, outs):
-            if name in overrides:
-                v = np.array(v, copy=True)
-                for index, value in overrides[name]:
-                    v[index] = value
-            values[name] = v
-    return values
-
-
 def near_kinks(g, ref64: dict[str, np.ndarray]) -> list[tuple[str, tuple, float]]:
     """(ReLU output, element, flipped value) of the ReLU inputs closest to 0, within KINK_ULPS."""
     found = []
@@ -233,7 +218,7 @@ def training(model, shape: tuple[int, ...], *, loss: str, threads: int, optimize
         names = [ref_name for _, _, ref_name, _, _ in compared]
         deltas = []
         for j, (t, i, v) in enumerate(kinks):  # closest to 0 first; each new one with every set of the earlier
-            deltas.append({n: _evaluate(g, feeds64, {t: [(i, v)]})[n] - ref64[n] for n in names})
+            deltas.append({n: run_reference(g, feeds64, keep_all=True, overrides={t: [(i, v)]})[n] - ref64[n] for n in names})
             for r in range(j + 1):
                 for others in itertools.combinations(range(j), r):
                     flips = others + (j,)
