@@ -14,6 +14,7 @@ from convc.ops.attrs import onnx_attr
 from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, register
 from convc.ops.epilogue import NO_EPILOGUE, Epilogue, epilogue_flops
 from convc.ops.layout import CHANNELS_FIRST, CHANNELS_LAST, first, last, to_channels_first, to_channels_last
+from convc.ops.window import WindowAttrs
 
 
 class ConvAlgorithm(enum.Enum):
@@ -26,16 +27,13 @@ class ConvAlgorithm(enum.Enum):
     DEPTHWISE = "depthwise"                # channels first, 1-D/2-D, group == C == M: one filter per plane
     IMPLICIT_GEMM_NHWC = "implicit_gemm_nhwc"  # channels last, 2-D, one group, constant W (conv_nhwc.py)
     DEPTHWISE_NHWC = "depthwise_nhwc"      # channels last, group == C == M (depthwise_nhwc.py)
+    WINOGRAD = "winograd"                  # channels last, 3x3 stride 1 dilation 1, one group, constant W (winograd.py)
     DIRECT_ND = "direct_nd"                # spatial rank 3 or more: direct loops (conv3d.py)
     RUNTIME_WEIGHTS = "runtime_weights"    # training: W read at run time (conv_grad.py emit_conv_runtime)
 
 
 @dataclass(frozen=True)
-class ConvAttrs:
-    kernel_shape: tuple[int, ...] = onnx_attr()
-    strides: tuple[int, ...] = onnx_attr()
-    pads: tuple[int, ...] = onnx_attr()        # ONNX order: all begins, then all ends
-    dilations: tuple[int, ...] = onnx_attr()
+class ConvAttrs(WindowAttrs):
     group: int = onnx_attr(1)
     epilogue: Epilogue = NO_EPILOGUE
     layout: str = CHANNELS_FIRST  # of X, Y and the residual; W stays [M, C/group, k...]
@@ -44,18 +42,6 @@ class ConvAttrs:
     @property
     def channels_last(self) -> bool:
         return self.layout == CHANNELS_LAST
-
-    @property
-    def spatial_rank(self) -> int:
-        return len(self.kernel_shape)
-
-    @property
-    def pads_begin(self) -> tuple[int, ...]:
-        return self.pads[:self.spatial_rank]
-
-    @property
-    def pads_end(self) -> tuple[int, ...]:
-        return self.pads[self.spatial_rank:]
 
 
 def is_pointwise(a: ConvAttrs) -> bool:

@@ -1,0 +1,278 @@
+"""Winograd convolution F(m x m, 3 x 3) for channels-last 3x3 stride-1 convs (ConvAlgorithm.WINOGRAD).
+
+Each m x m block of output pixels (a tile) is computed from a t x t input patch, t = m + 2:
+
+    Y_tile = A^T [ sum_c (G g_mc G^T) * (B^T d_c B) ] A          (* elementwise, over the t x t positions)
+
+so the 9 multiplies per output pixel and input channel of the direct conv become t^2 / m^2 (4 for
+F(2x2), 2.25 for F(4x4)). Per position xi of the t x t patch the sum over c is a matrix product
+over all tiles at once, M_xi[tiles, M] = V_xi[tiles, C] @ U_xi[C, M], run by the GEMM micro-kernel
+(blas.py GemmEmitter) with U_xi = (G g G^T)[xi] transformed at compile time in float64, rounded
+to float32 and packed into its NR-wide panels.
+
+A thread takes a block of tiles at a time: the input transform writes V for the block into its
+scratch (t^2 matrices of block x C floats), the t^2 GEMMs write M (block x M each), the output
+transform reads M back, adds the bias and applies the conv's epilogue (residual add, activation)
+while it stores the pixels. Sized to stay in L2 between the steps. Tiles past the bottom or right
+edge read zeros for input pixels outside the image (that is the padding) and store only the
+pixels inside the output.
+
+Numerics (../shared/KERNELS-precision.md, and tests/codegen/test_winograd.py): F(2x2) error is that
+of the direct conv; F(4x4) is ~10-30x larger (1e-5 relative to the largest output on a 256-channel
+layer), because its transforms multiply by 4, 5 and 8 and divide by 6 and 24.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+from llvmlite import ir
+
+from convc.ir import Op
+from convc.ops.conv import split_inputs
+from convc.codegen.llvm_utils import FAST, for_range, gep, i64, memset_zero
+from convc.codegen.module import KernelCall, ModuleEmitter
+from convc.codegen.kernels.blas import Operand, pack_b
+from convc.codegen.kernels.elementwise import UNARY, VECTOR_UNARY
+from convc.codegen.kernels.epilogue import apply_epilogue
+
+
+def _fractions(rows: list[list]) -> np.ndarray:
+    return np.array([[Fraction(v) for v in row] for row in rows], dtype=object)
+
+
+# (B^T, G, A^T) per output tile size m; points 0, +-1, (+-2), infinity (Lavin & Gray 2016)
+TRANSFORMS: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {
+    2: (_fractions([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]),
+        _fractions([[1, 0, 0], ["1/2", "1/2", "1/2"], ["1/2", "-1/2", "1/2"], [0, 0, 1]]),
+        _fractions([[1, 1, 1, 0], [0, 1, -1, -1]])),
+    4: (_fractions([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                    [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]]),
+        _fractions([["1/4", 0, 0], ["-1/6", "-1/6", "-1/6"], ["-1/6", "1/6", "-1/6"],
+                    ["1/24", "1/12", "1/6"], ["1/24", "-1/12", "1/6"], [0, 0, 1]]),
+        _fractions([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]])),
+}
+TILE_BYTES = 768 * 1024  # a thread's V and M scratch for one block of tiles (L2 is 1 MiB per core here)
+
+
+def transform_weights(w: np.ndarray, m: int) -> np.ndarray:
+    """W [M, C, 3, 3] -> U [t*t, C, M] = G g G^T per (output, input) channel, in float64, then float32."""
+    _, g, _ = TRANSFORMS[m]
+    gf = g.astype(np.float64)
+    u = np.einsum("ai,mcij,bj->abcm", gf, w.astype(np.float64), gf)
+    t = m + 2
+    return u.reshape(t * t, w.shape[1], w.shape[0]).astype(np.float32)
+
+
+def reference(x: np.ndarray, w: np.ndarray, pads: tuple[int, int, int, int], m: int) -> np.ndarray:
+    """The Winograd conv in numpy (float64 transforms of float32 data), NHWC in and out: what the
+    kernel computes, for tests. pads: (top, left, bottom, right)."""
+    bt, _, at = (t.astype(np.float64) for t in TRANSFORMS[m])
+    n, h, wd, c = x.shape
+    pt, pl, pb, pr = pads
+    oh, ow = h + pt + pb - 2, wd + pl + pr - 2
+    th, tw = -(-oh // m), -(-ow // m)
+    t = m + 2
+    xp = np.zeros((n, th * m + 2, tw * m + 2, c))
+    xp[:, pt:pt + h, pl:pl + wd] = x[:, :th * m + 2 - pt, :tw * m + 2 - pl]
+    u = transform_weights(w, m).astype(np.float64).reshape(t, t, c, -1)
+    y = np.zeros((n, th * m, tw * m, w.shape[0]))
+    for i in range(th):
+        for j in range(tw):
+            d = xp[:, i * m:i * m + t, j * m:j * m + t]                    # n, t, t, c
+            v = np.einsum("ai,nijc,bj->nabc", bt, d, bt)
+            mm = np.einsum("nabc,abcm->nabm", v, u)
+            y[:, i * m:(i + 1) * m, j * m:(j + 1) * m] = np.einsum("ia,nabm,jb->nijm", at, mm, at)
+    return y[:, :oh, :ow].astype(np.float32)
+
+
+def _combine(b: ir.IRBuilder, row: np.ndarray, vals: list[ir.Value]) -> ir.Value:
+    """sum_j row[j] * vals[j] with the constant coefficients folded: +-1 an add or subtract, 0 skipped."""
+    acc = None
+    for coef, v in zip(row, vals):
+        if coef == 0:
+            continue
+        if coef == -1 and acc is not None:
+            acc = b.fsub(acc, v, flags=FAST)
+            continue
+        if abs(coef) != 1 or acc is None and coef == -1:
+            v = b.fmul(v, ir.Constant(v.type, [float(coef)] * v.type.count), flags=FAST)
+        acc = v if acc is None else b.fadd(acc, v, flags=FAST)
+    return acc
+
+
+def _sandwich(b: ir.IRBuilder, left: np.ndarray, patch: list[list[ir.Value]]) -> list[list[ir.Value]]:
+    """left @ patch @ left^T on a grid of vectors (every vector one pixel's channels)."""
+    cols = len(patch[0])
+    rows = [[_combine(b, left[i], [patch[k][j] for k in range(len(patch))]) for j in range(cols)]
+            for i in range(left.shape[0])]
+    return [[_combine(b, left[j], row) for j in range(left.shape[0])] for row in rows]
+
+
+def _tile_origin(b: ir.IRBuilder, tile: ir.Value, tiles_h: int, tiles_w: int, m: int):
+    """(image, first output row, first output column) of a tile numbered row-major over the batch."""
+    per_image = tiles_h * tiles_w
+    img, rest = b.udiv(tile, i64(per_image)), b.urem(tile, i64(per_image))
+    return img, b.mul(b.udiv(rest, i64(tiles_w)), i64(m)), b.mul(b.urem(rest, i64(tiles_w)), i64(m))
+
+
+def block_tiles(mr: int, tiles: int, t: int, c: int, m: int, threads: int) -> int:
+    """Tiles per block: a multiple of the micro-kernel's rows, no more than a thread's share of the
+    tiles and no more than TILE_BYTES of V and M scratch. The weights (t^2 C M floats) stream
+    through the cache once per block: the bigger the block, the more often each is used."""
+    share = -(-tiles // threads)
+    fit = max(1, TILE_BYTES // (t * t * (c + m) * 4))
+    rows = max(1, min(share, fit))
+    return max(mr, -(-rows // mr) * mr) if rows >= mr else rows
+
+
+def emit_winograd_conv(em: ModuleEmitter, op: Op, m: int = 2) -> KernelCall:
+    a = op.attrs
+    xs, ys = em.tensor(op.inputs[0]).shape, em.tensor(op.outputs[0]).shape
+    n, h, wd, c = xs
+    _, oh, ow, mo = ys
+    pt, pl = a.pads[0], a.pads[1]
+    bt, _, at = TRANSFORMS[m]
+    t = m + 2
+    gemm = em.gemm
+    isa = gemm.isa
+    vw = isa.width
+    _, weight, bias_name, residual_name = split_inputs(a, op.inputs)
+    u = transform_weights(em.tensor(weight).data, m)
+    packed = np.stack([pack_b(u[xi], isa) for xi in range(t * t)])  # [t*t][panels][C][NR]
+    panels = gemm.n_panels(mo)
+    xi_stride = packed[0].size
+    tiles_h, tiles_w = -(-oh // m), -(-ow // m)
+    tiles = n * tiles_h * tiles_w
+    T = block_tiles(isa.mr, tiles, t, c, mo, em.threads)
+    blocks = -(-tiles // T)
+    # too few blocks for the threads (a deep layer at batch 1): they split the output channels too
+    groups = 1 if blocks >= 2 * em.threads else min(panels, -(-2 * em.threads // blocks))
+    per_group = -(-panels // groups)
+    groups = -(-panels // per_group)
+    v_floats, m_floats = t * t * T * c, t * t * T * mo
+    scratch_bytes = (v_floats + m_floats + c) * 4
+
+    args: list = [op.inputs[0], em.derived_constant(packed)]
+    if bias_name is not None:
+        args.append(bias_name)
+    if residual_name is not None:
+        args.append(residual_name)
+    args += [op.outputs[0], em.scratch(scratch_bytes, per_thread=True)]
+    fn, b = em.function(op.name, len(args), parallel=True)
+    it = iter(fn.args)
+    x, wt = next(it), next(it)
+    bias = next(it) if bias_name is not None else None
+    residual = next(it) if residual_name is not None else None
+    y = next(it)
+    mine = em.thread_scratch(b, next(it), scratch_bytes, fn.args[-2])
+    vbuf = mine
+    mbuf = gep(b, mine, v_floats)
+    zeros = gep(b, mine, v_floats + m_floats)  # C zeros: the input "pixel" of every tap in the padding
+    memset_zero(b, zeros, c * 4)
+
+    lo, hi = em.thread_range(b, fn, blocks * groups)
+    with for_range(b, hi, start=lo, name="task") as task:
+        blk, grp = b.udiv(task, i64(groups)), b.urem(task, i64(groups))
+        tile0 = b.mul(blk, i64(T))
+        p_lo = b.mul(grp, i64(per_group))
+        p_hi = b.add(p_lo, i64(per_group))
+        p_hi = b.select(b.icmp_unsigned("<", p_hi, i64(panels)), p_hi, i64(panels))
+
+        # input transform: V[xi, i, :] = (B^T d B)[xi] of tile i (tiles past the end repeat the last)
+        with for_range(b, T, name="vt") as i:
+            tile = b.add(tile0, i)
+            tile = b.select(b.icmp_unsigned("<", tile, i64(tiles)), tile, i64(tiles - 1))
+            img, oy, ox = _tile_origin(b, tile, tiles_h, tiles_w, m)
+            rows = []
+            for dy in range(t):
+                iy = b.sub(b.add(oy, i64(dy)), i64(pt))
+                row = []
+                for dx in range(t):
+                    ix = b.sub(b.add(ox, i64(dx)), i64(pl))
+                    inside = b.and_(b.icmp_unsigned("<", iy, i64(h)), b.icmp_unsigned("<", ix, i64(wd)))
+                    at_px = b.mul(b.add(b.mul(b.add(b.mul(img, i64(h)), iy), i64(wd)), ix), i64(c))
+                    row.append(b.select(inside, gep(b, x, b.select(inside, at_px, i64(0))), zeros))
+                rows.append(row)
+            v_tile = gep(b, vbuf, b.mul(i, i64(c)))
+
+            def input_chunk(c0: ir.Value, valid: int) -> None:
+                d = [[gemm.vload(b, gep(b, p, c0), valid) for p in row] for row in rows]
+                v = _sandwich(b, bt, d)
+                for xi in range(t * t):
+                    gemm.vstore(b, v[xi // t][xi % t], gep(b, v_tile, b.add(c0, i64(xi * T * c))), valid)
+            _channel_chunks(b, i64(0), i64(c), c, vw, input_chunk)
+
+        # the t^2 products over this block's tiles, for this group's output-channel panels
+        with for_range(b, t * t, name="xi") as xi:
+            gemm.gemm(b, T, mo, c, gep(b, vbuf, b.mul(xi, i64(T * c))), Operand(False, c),
+                      gep(b, wt, b.mul(xi, i64(xi_stride))), Operand(True), gep(b, mbuf, b.mul(xi, i64(T * mo))), mo,
+                      panels=(p_lo, p_hi))
+
+        # output transform, bias and epilogue, stored pixel by pixel (inside the output only)
+        ch_lo = b.mul(p_lo, i64(isa.nr))
+        ch_hi = b.mul(p_hi, i64(isa.nr))
+        ch_hi = b.select(b.icmp_unsigned("<", ch_hi, i64(mo)), ch_hi, i64(mo))
+        n_valid = b.sub(i64(tiles), tile0)
+        t_hi = b.select(b.icmp_unsigned("<", n_valid, i64(T)), n_valid, i64(T))
+        with for_range(b, t_hi, name="yt") as i:
+            img, oy, ox = _tile_origin(b, b.add(tile0, i), tiles_h, tiles_w, m)
+            m_tile = gep(b, mbuf, b.mul(i, i64(mo)))
+            base = b.mul(b.add(b.mul(b.add(b.mul(img, i64(oh)), oy), i64(ow)), ox), i64(mo))
+
+            def output_chunk(c0: ir.Value, valid: int) -> None:
+                mm = [[gemm.vload(b, gep(b, m_tile, b.add(c0, i64((r * t + s) * T * mo))), valid) for s in range(t)]
+                      for r in range(t)]
+                out = _sandwich(b, at, mm)
+                bvec = gemm.vload(b, gep(b, bias, c0), valid) if bias is not None else None
+                for r in range(m):
+                    for s in range(m):
+                        def store_pixel(r=r, s=s) -> None:
+                            at_px = b.add(base, b.add(c0, i64((r * ow + s) * mo)))
+                            val = out[r][s] if bvec is None else b.fadd(out[r][s], bvec, flags=FAST)
+                            res = gemm.vload(b, gep(b, residual, at_px), valid) if residual is not None else None
+                            gemm.vstore(b, _epilogue(b, a.epilogue, val, res), gep(b, y, at_px), valid)
+                        _if_inside(b, (oy, r, oh), (ox, s, ow), m, store_pixel)
+            _channel_chunks(b, ch_lo, ch_hi, mo, vw, output_chunk)
+    b.ret_void()
+    return KernelCall(fn, args)
+
+
+def _channel_chunks(b: ir.IRBuilder, lo: ir.Value, hi: ir.Value, total: int, width: int, body) -> None:
+    """body(c0, width) for the whole vectors of channels [lo, hi), then body(c0, rem) for the last
+    partial vector when ``hi`` is the last channel (``lo`` is a multiple of the vector width)."""
+    rem = total % width
+    full_end = i64(total - rem)
+    stop = b.select(b.icmp_unsigned("<", hi, full_end), hi, full_end)
+    with for_range(b, stop, start=lo, step=width, name="ch") as c0:
+        body(c0, width)
+    if rem:
+        with b.if_then(b.icmp_unsigned("==", hi, i64(total))):
+            body(full_end, rem)
+
+
+def _if_inside(b: ir.IRBuilder, rows: tuple, cols: tuple, m: int, store) -> None:
+    """store() for an output pixel (origin + offset) inside the output; no test where every tile is whole."""
+    conds = []
+    for origin, offset, size in (rows, cols):
+        if size % m and offset:
+            conds.append(b.icmp_unsigned("<", b.add(origin, i64(offset)), i64(size)))
+    if not conds:
+        store()
+        return
+    with b.if_then(conds[0] if len(conds) == 1 else b.and_(*conds)):
+        store()
+
+
+def _epilogue(b: ir.IRBuilder, epi, val: ir.Value, residual: ir.Value | None) -> ir.Value:
+    """The conv's epilogue on a vector; an activation without a vector form runs lane by lane."""
+    if epi.activation is None or epi.activation in VECTOR_UNARY:
+        return apply_epilogue(b, epi, val, residual)
+    if residual is not None:
+        val = b.fadd(val, residual)
+    out = val
+    for lane in range(val.type.count):
+        idx = ir.Constant(ir.IntType(32), lane)
+        out = b.insert_element(out, UNARY[epi.activation](b, b.extract_element(val, idx), epi.activation_attrs), idx)
+    return out
+
