@@ -96,3 +96,112 @@ def mobilenet_v2(batch: int = 1, seed: int = 0) -> onnx.ModelProto:
     y = n.conv_bn(y, cin, 1280, 1, act="relu6")
     y = n.node("Flatten", [n.node("GlobalAveragePool", [y])])
     return n.model((batch, 3, 224, 224), n.linear(y, 1280, 1000), "mobilenet_v2")
+
+
+def _silu(n: Net, y: str) -> str:
+    """x * sigmoid(x), as PyTorch exports nn.SiLU."""
+    return n.node("Mul", [y, n.node("Sigmoid", [y])])
+
+
+def _conv_bn_silu(n: Net, x: str, cin: int, cout: int, k: int, stride: int = 1, group: int = 1) -> str:
+    return _silu(n, n.conv_bn(x, cin, cout, k, stride, group, act=None))
+
+
+def _conv_bias(n: Net, x: str, cin: int, cout: int) -> str:
+    w = n.const(n._name("w"), n.rng.standard_normal((cout, cin, 1, 1)) * np.sqrt(2.0 / cin))
+    b = n.const(n._name("b"), n.rng.uniform(-0.1, 0.1, cout))
+    return n.node("Conv", [x, w, b], kernel_shape=[1, 1])
+
+
+def efficientnet_b0(batch: int = 1, seed: int = 0) -> onnx.ModelProto:
+    """EfficientNet-B0 as torchvision exports it: SiLU as Mul(x, Sigmoid(x)), squeeze-and-excitation blocks
+    (GlobalAveragePool, 1x1 conv, SiLU, 1x1 conv, Sigmoid, Mul), depthwise 3x3 and 5x5 convs."""
+    n = Net(seed)
+    y = _conv_bn_silu(n, "x", 3, 32, 3, 2)
+    cin = 32
+    for t, c, reps, s, k in ((1, 16, 1, 1, 3), (6, 24, 2, 2, 3), (6, 40, 2, 2, 5), (6, 80, 3, 2, 3),
+                             (6, 112, 3, 1, 5), (6, 192, 4, 2, 5), (6, 320, 1, 1, 3)):
+        for i in range(reps):
+            stride = s if i == 0 else 1
+            hidden = cin * t
+            h = y if t == 1 else _conv_bn_silu(n, y, cin, hidden, 1)
+            h = _conv_bn_silu(n, h, hidden, hidden, k, stride, group=hidden)
+            squeeze = max(1, cin // 4)
+            se = n.node("GlobalAveragePool", [h])
+            se = _silu(n, _conv_bias(n, se, hidden, squeeze))
+            se = n.node("Sigmoid", [_conv_bias(n, se, squeeze, hidden)])
+            h = n.node("Mul", [h, se])
+            h = n.conv_bn(h, hidden, c, 1, act=None)
+            y = n.node("Add", [h, y]) if stride == 1 and cin == c else h
+            cin = c
+    y = _conv_bn_silu(n, y, cin, 1280, 1)
+    y = n.node("Flatten", [n.node("GlobalAveragePool", [y])])
+    return n.model((batch, 3, 224, 224), n.linear(y, 1280, 1000), "efficientnet_b0")
+
+
+def _bn_relu(n: Net, x: str, c: int) -> str:
+    bn = [n.const(n._name(p), v) for p, v in (
+        ("scale", n.rng.uniform(0.5, 1.5, c)), ("shift", n.rng.uniform(-0.1, 0.1, c)),
+        ("mean", n.rng.uniform(-0.1, 0.1, c)), ("var", n.rng.uniform(0.5, 1.5, c)))]
+    return n.node("Relu", [n.node("BatchNormalization", [x] + bn, epsilon=1e-5)])
+
+
+def _conv(n: Net, x: str, cin: int, cout: int, k: int) -> str:
+    w = n.const(n._name("w"), n.rng.standard_normal((cout, cin, k, k)) * np.sqrt(2.0 / (cin * k * k)))
+    return n.node("Conv", [x, w], kernel_shape=[k, k], pads=[k // 2] * 4)
+
+
+def densenet121(batch: int = 1, seed: int = 0) -> onnx.ModelProto:
+    """DenseNet-121 (growth 32, bottleneck 4x): pre-activation BatchNorm+ReLU after every Concat."""
+    n = Net(seed)
+    y = n.conv_bn("x", 3, 64, 7, 2)
+    y = n.node("MaxPool", [y], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    c = 64
+    for b, layers in enumerate((6, 12, 24, 16)):
+        for _ in range(layers):
+            h = _conv(n, _bn_relu(n, y, c), c, 128, 1)
+            h = _conv(n, _bn_relu(n, h, 128), 128, 32, 3)
+            y = n.node("Concat", [y, h], axis=1)
+            c += 32
+        if b < 3:
+            y = _conv(n, _bn_relu(n, y, c), c, c // 2, 1)
+            y = n.node("AveragePool", [y], kernel_shape=[2, 2], strides=[2, 2])
+            c //= 2
+    y = n.node("Flatten", [n.node("GlobalAveragePool", [_bn_relu(n, y, c)])])
+    return n.model((batch, 3, 224, 224), n.linear(y, c, 1000), "densenet121")
+
+
+def yolo_silu(batch: int = 1, seed: int = 0) -> onnx.ModelProto:
+    """A YOLO-style SiLU net at 256x256: Conv+BN+SiLU everywhere, CSP blocks (Split, bottlenecks, Concat),
+    a feature-pyramid top-down path (Resize x2, Concat) and 1x1 heads."""
+    n = Net(seed)
+
+    def csp(x: str, c: int, blocks: int) -> str:
+        x = _conv_bn_silu(n, x, c, c, 1)
+        half = c // 2
+        split = n._name("split")
+        outs = [split + "_a", split + "_b"]
+        sizes = n._name("sizes")
+        n.inits.append(numpy_helper.from_array(np.array([half, half], dtype=np.int64), sizes))
+        n.nodes.append(helper.make_node("Split", [x, sizes], outs, name=split, axis=1))
+        parts, h = list(outs), outs[1]
+        for _ in range(blocks):
+            r = _conv_bn_silu(n, _conv_bn_silu(n, h, half, half, 3), half, half, 3)
+            h = n.node("Add", [h, r])
+            parts.append(h)
+        return _conv_bn_silu(n, n.node("Concat", parts, axis=1), half * (2 + blocks), c, 1)
+
+    y = _conv_bn_silu(n, "x", 3, 16, 3, 2)
+    feats, c = [], 16
+    for cout, blocks in ((32, 1), (64, 2), (128, 2), (256, 1)):
+        y = _conv_bn_silu(n, y, c, cout, 3, 2)
+        y = csp(y, cout, blocks)
+        feats.append(y)
+        c = cout
+    scales = n.const(n._name("scales"), np.array([1.0, 1.0, 2.0, 2.0]))
+    up = n.node("Resize", [feats[3], "", scales], mode="nearest")
+    p4 = csp(_conv_bn_silu(n, n.node("Concat", [up, feats[2]], axis=1), 384, 128, 1), 128, 1)
+    up = n.node("Resize", [p4, "", scales], mode="nearest")
+    p3 = csp(_conv_bn_silu(n, n.node("Concat", [up, feats[1]], axis=1), 192, 64, 1), 64, 1)
+    head = _conv_bias(n, p3, 64, 85)
+    return n.model((batch, 3, 256, 256), head, "yolo_silu")
