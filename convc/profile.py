@@ -157,6 +157,15 @@ class Profile:
             rows = sorted(groups.values(), key=lambda r: (r["macs"], r["other_flops"]), reverse=True)
         return rows[:top] if top else rows
 
+    SLOW_FRACTION = 0.5  # a layer with MACs below this fraction of the all-core peak is marked slow
+
+    def is_slow(self, l: Layer) -> bool:
+        """Whether a measured layer that does MACs (a conv or a matrix product: elementwise layers are
+        bound by memory, not FMAs) ran below half this machine's all-core FMA peak: a kernel to look at."""
+        gf = l.gflops_per_second
+        return bool(self.measured and self.peak and l.macs and gf
+                    and self.peak.percent(gf, True) < 100 * self.SLOW_FRACTION)
+
     def op_share(self, row: dict[str, Any]) -> float:
         """A ``by_op`` row's share of the total MACs (of the time, when measured)."""
         if self.measured and self.total_seconds:
@@ -173,7 +182,8 @@ class Profile:
             gf = l.gflops_per_second
             d.update(seconds=l.seconds, gflops_per_second=gf,
                      percent_of_single_core_peak=self.peak.percent(gf) if gf and self.peak else None,
-                     percent_of_all_core_peak=self.peak.percent(gf, True) if gf and self.peak else None)
+                     percent_of_all_core_peak=self.peak.percent(gf, True) if gf and self.peak else None,
+                     below_half_peak=self.is_slow(l))
         return d
 
     def to_dict(self, top: int | None = None, by_op: bool = False) -> dict[str, Any]:
@@ -213,7 +223,8 @@ class Profile:
 
     CSV_COLUMNS = ("name", "op", "output_shape", "params", "bn_stats", "macs", "flops", "other_flops",
                    "weight_bytes", "output_bytes", "share")
-    CSV_TIMING = ("seconds", "gflops_per_second", "percent_of_single_core_peak", "percent_of_all_core_peak")
+    CSV_TIMING = ("seconds", "gflops_per_second", "percent_of_single_core_peak", "percent_of_all_core_peak",
+                  "below_half_peak")
     CSV_BY_OP = ("op", "layers", "fused", "params", "macs", "other_flops", "weight_bytes", "output_bytes", "share")
 
     def to_csv(self, top: int | None = None, by_op: bool = False) -> str:

@@ -69,8 +69,22 @@ def _row(p: Profile, index: int | str, l: Layer, width: int) -> list[str]:
         gf = l.gflops_per_second
         row += [f"{1e3 * (l.seconds or 0):.3f}", f"{gf:.1f}" if gf else "",
                 f"{p.peak.percent(gf):.0f}%" if gf and p.peak else "",
-                f"{p.peak.percent(gf, True):.0f}%" if gf and p.peak else ""]
+                f"{p.peak.percent(gf, True):.0f}%{SLOW_MARK if p.is_slow(l) else ''}" if gf and p.peak else ""]
     return row
+
+
+SLOW_MARK = "!"
+
+
+def slow_line(p: Profile, shown: Sequence[Layer]) -> list[str]:
+    """The legend of the slow-layer mark, with what the marked layers cost."""
+    slow = [l for l in shown if p.is_slow(l)]
+    if not slow:
+        return []
+    secs = sum(l.seconds or 0.0 for l in slow)
+    share = f", {100 * secs / p.total_seconds:.1f}% of the time" if p.total_seconds else ""
+    return [f"{SLOW_MARK} below {100 * p.SLOW_FRACTION:.0f}% of the {p.peak.cores}-core FMA peak: "
+            f"{len(slow)} layer{'s' if len(slow) > 1 else ''} with MACs{share}"]
 
 
 def _total_row(p: Profile) -> list[str]:
@@ -194,6 +208,7 @@ def render_text(p: Profile, top: int | None = None, by_op: bool = False, width: 
         parts += [plain_table(_columns(p), rows, _total_row(p))]
         if top and top < len(p.layers):
             parts.append(_top_line(p, [l for _, l in layers]))
+        parts += slow_line(p, [l for _, l in layers])
         parts.append("")
     parts += ["\n".join(memory_lines(p))]
     notes = note_lines(p)
@@ -301,6 +316,9 @@ def render_rich(p: Profile, top: int | None = None, by_op: bool = False, file: A
         say(f"(left out to fit: {', '.join(left_out)}; --format csv has every column)")
     if not by_op and top and top < len(p.layers):
         say(_top_line(p, [l for _, l in layers]))
+    if not by_op:
+        for line in slow_line(p, [l for _, l in layers]):
+            say(line)
     say("\n".join(memory_lines(p)))
     notes = note_lines(p)
     if notes:

@@ -84,3 +84,29 @@ def test_a_layer_faster_than_the_cached_peak_measures_the_peak_again(lenet_file,
     p = convc.profile(lenet_file, measure=True, repeats=2)
     assert calls == [False, True], "measured again"
     assert any("above the measured peak" in w for w in p.warnings)
+
+
+def test_layers_below_half_the_peak_are_marked(lenet_file, monkeypatch, capsys):
+    fast_machine = peak.Peak(1e6, 2e6, 2, "cpu")  # every layer is far below it
+    monkeypatch.setattr(peak, "peak", lambda refresh=False: fast_machine)
+    monkeypatch.setattr(profile_module, "_spread", lambda totals: 0.0)
+    p = convc.profile(lenet_file, measure=True, repeats=2)
+    with_macs = [l for l in p.layers if l.macs]
+    assert with_macs and all(p.is_slow(l) for l in with_macs)
+    assert not any(p.is_slow(l) for l in p.layers if not l.macs), "memory-bound layers are not FMA work"
+    d = p.to_dict()
+    assert [l["below_half_peak"] for l in d["layers"]] == [bool(l.macs) for l in p.layers]
+    text = str(p)
+    marked = [line for line in text.splitlines() if line.rstrip().endswith("%!")]
+    assert len(marked) == len(with_macs)
+    assert f"! below 50% of the 2-core FMA peak: {len(with_macs)} layers with MACs" in text
+    assert "below_half_peak" in p.to_csv().splitlines()[0]
+
+
+def test_layers_at_the_peak_are_not_marked(lenet_file, monkeypatch):
+    slow_machine = peak.Peak(0.001, 0.002, 2, "cpu")  # every layer beats it (a warning says so)
+    monkeypatch.setattr(peak, "peak", lambda refresh=False: slow_machine)
+    monkeypatch.setattr(profile_module, "_spread", lambda totals: 0.0)
+    p = convc.profile(lenet_file, measure=True, repeats=2)
+    assert not any(p.is_slow(l) for l in p.layers)
+    assert "%!" not in str(p) and "below 50%" not in str(p)
