@@ -23,29 +23,14 @@ from convc.ops.attrs import onnx_attr
 from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, register
 from convc.ops.conv import split_inputs
 from convc.ops.epilogue import NO_EPILOGUE, Epilogue, epilogue_flops
+from convc.ops.window import WindowAttrs
 
 
 @dataclass(frozen=True)
-class ConvTransposeAttrs:
-    kernel_shape: tuple[int, ...] = onnx_attr()
-    strides: tuple[int, ...] = onnx_attr()
-    pads: tuple[int, ...] = onnx_attr()           # all begins, then all ends; auto_pad and output_shape resolved
-    dilations: tuple[int, ...] = onnx_attr()
+class ConvTransposeAttrs(WindowAttrs):  # pads: auto_pad and output_shape resolved
     group: int = onnx_attr(1)
     output_padding: tuple[int, ...] = ()  # extra positions at the end of each axis; () means none
     epilogue: Epilogue = NO_EPILOGUE
-
-    @property
-    def spatial_rank(self) -> int:
-        return len(self.kernel_shape)
-
-    @property
-    def pads_begin(self) -> tuple[int, ...]:
-        return self.pads[:self.spatial_rank]
-
-    @property
-    def pads_end(self) -> tuple[int, ...]:
-        return self.pads[self.spatial_rank:]
 
     @property
     def extra(self) -> tuple[int, ...]:

@@ -18,19 +18,12 @@ import numpy as np
 from convc.errors import GraphError
 from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, no_flops, register
 from convc.ops.conv import ConvAttrs, conv_output_size
+from convc.ops.window import WindowAttrs
 
 
 @dataclass(frozen=True)
-class Im2ColAttrs:
-    """The geometry of the convolution being lowered (ONNX pad order: all begins, then all ends)."""
-    kernel_shape: tuple[int, ...]
-    strides: tuple[int, ...]
-    pads: tuple[int, ...]
-    dilations: tuple[int, ...]
-
-    @property
-    def spatial_rank(self) -> int:
-        return len(self.kernel_shape)
+class Im2ColAttrs(WindowAttrs):
+    """The geometry of the convolution being lowered."""
 
     @property
     def taps(self) -> int:

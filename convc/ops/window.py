@@ -1,0 +1,51 @@
+"""The sliding-window geometry Conv, ConvTranspose, the windowed pools and Im2Col share.
+
+Declared once here (with the fields' ONNX spelling), inherited by ConvAttrs, ConvTransposeAttrs,
+PoolAttrs, LpPoolAttrs and Im2ColAttrs, whose own fields follow these four. Pads are in ONNX
+order: all begins, then all ends; the importer resolves ``auto_pad`` into them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TypeVar
+
+from convc.ops.attrs import onnx_attr
+
+W = TypeVar("W", bound="WindowAttrs")
+
+
+@dataclass(frozen=True)
+class WindowAttrs:
+    kernel_shape: tuple[int, ...] = onnx_attr()
+    strides: tuple[int, ...] = onnx_attr()
+    pads: tuple[int, ...] = onnx_attr()        # all begins, then all ends
+    dilations: tuple[int, ...] = onnx_attr()
+
+    @property
+    def spatial_rank(self) -> int:
+        return len(self.kernel_shape)
+
+    @property
+    def pads_begin(self) -> tuple[int, ...]:
+        return self.pads[:self.spatial_rank]
+
+    @property
+    def pads_end(self) -> tuple[int, ...]:
+        return self.pads[self.spatial_rank:]
+
+    def as_2d(self: W) -> W:
+        """A 1-D window as the 2-D one over a height of 1 (kernel, stride and dilation 1, no pads on
+        the new axis); every other field kept. A 2-D window is returned as it is."""
+        if self.spatial_rank == 2:
+            return self
+        if self.spatial_rank != 1:
+            raise ValueError(f"a {self.spatial_rank}-D window has no 2-D form (kernel_shape={self.kernel_shape})")
+        return dataclasses.replace(self, kernel_shape=(1,) + self.kernel_shape, strides=(1,) + self.strides,
+                                   pads=(0, self.pads[0], 0, self.pads[1]), dilations=(1,) + self.dilations)
+
+
+def spatial_2d(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(H, W) of a channels-first (N, C, H, W) shape, (1, L) of an (N, C, L) one: the plane a 1-D
+    window runs over in its 2-D form."""
+    return (1, shape[2]) if len(shape) == 3 else (shape[2], shape[3])
