@@ -10,42 +10,31 @@ import numpy as np
 
 from convc.errors import GraphError
 from convc.limits import MAX_POOL_TAPS, check_window
+from convc.ops.attrs import onnx_attr
 from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, numel, register
 from convc.ops.layout import CHANNELS_FIRST, CHANNELS_LAST, first, last, to_channels_first, to_channels_last
+from convc.ops.window import WindowAttrs
 
 
 @dataclass(frozen=True)
-class PoolAttrs:
-    kernel_shape: tuple[int, ...]
-    strides: tuple[int, ...]
-    pads: tuple[int, ...]          # all begins, then all ends
-    dilations: tuple[int, ...]
-    ceil_mode: bool = False
-    count_include_pad: bool = False  # AveragePool only
+class PoolAttrs(WindowAttrs):
+    """MaxPool and AveragePool. ONNX has no ``count_include_pad`` on MaxPool and no ``dilations`` on
+    AveragePool before opset 19: the exporter leaves out what the op type lacks at its opset."""
+    ceil_mode: bool = onnx_attr(False)
+    count_include_pad: bool = onnx_attr(False)  # AveragePool only
     layout: str = CHANNELS_FIRST
 
     @property
     def channels_last(self) -> bool:
         return self.layout == CHANNELS_LAST
 
-    @property
-    def spatial_rank(self) -> int:
-        return len(self.kernel_shape)
-
 
 @dataclass(frozen=True)
-class LpPoolAttrs:
-    """LpPool: (sum over the window of |x|^p)^(1/p); padded positions add nothing."""
-    kernel_shape: tuple[int, ...]
-    strides: tuple[int, ...]
-    pads: tuple[int, ...]          # all begins, then all ends
-    dilations: tuple[int, ...]
-    ceil_mode: bool = False
-    p: int = 2
-
-    @property
-    def spatial_rank(self) -> int:
-        return len(self.kernel_shape)
+class LpPoolAttrs(WindowAttrs):
+    """LpPool: (sum over the window of |x|^p)^(1/p); padded positions add nothing. (ONNX: dilations
+    and ceil_mode from opset 18 on.)"""
+    ceil_mode: bool = onnx_attr(False)
+    p: int = onnx_attr(2)
 
 
 def pool_output_size(size: int, k: int, s: int, d: int, pb: int, pe: int, ceil_mode: bool) -> int:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from convc.errors import GraphError
+from convc.ops.attrs import onnx_attr
 from convc.ops.base import OpDef, OpKind, TensorType, check_arity, check_float, numel, register
 
 MODES = ("nearest", "linear", "cubic")
@@ -28,15 +29,18 @@ NEAREST_MODES = ("round_prefer_floor", "round_prefer_ceil", "floor", "ceil", "si
 
 @dataclass(frozen=True)
 class ResizeAttrs:
+    """The ONNX attributes of Resize (opset 11 on; antialias from 18) with their defaults. ``shape``,
+    ``scales`` and ``roi`` come from the node's inputs (sizes or scales, roi) and are resolved at
+    import; Upsample and Resize-10 set their own coordinate and rounding modes."""
     shape: tuple[int, ...]            # the output shape, resolved at import
     scales: tuple[float, ...]         # per axis, as the coordinate transformation uses them (out/in for sizes)
-    mode: str = "nearest"
-    coordinate_transformation_mode: str = "half_pixel"
-    nearest_mode: str = "round_prefer_floor"
-    cubic_coeff_a: float = -0.75
-    exclude_outside: bool = False
-    extrapolation_value: float = 0.0
-    antialias: bool = False
+    mode: str = onnx_attr("nearest")
+    coordinate_transformation_mode: str = onnx_attr("half_pixel")
+    nearest_mode: str = onnx_attr("round_prefer_floor")
+    cubic_coeff_a: float = onnx_attr(-0.75)
+    exclude_outside: bool = onnx_attr(False)
+    extrapolation_value: float = onnx_attr(0.0)
+    antialias: bool = onnx_attr(False)
     roi: tuple[float, ...] = ()       # tf_crop_and_resize: all starts, then all ends (normalized); () = whole
 
 

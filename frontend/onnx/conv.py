@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from convc.frontend.onnx.context import NodeContext, Unsupported
 from convc.frontend.onnx.registry import converter
-from convc.frontend.onnx.spatial import window
+from convc.frontend.onnx.spatial import fields, window
 from convc.ops import OpKind
 from convc.ops.conv import ConvAttrs
 
@@ -20,8 +20,7 @@ def conv(ctx: NodeContext) -> None:
     if kernel is not None and kernel != w[2:]:
         raise ctx.error(f"kernel_shape={kernel} does not match W.shape={w}")
     win = window(ctx, x[2:], w[2:])
-    attrs = ctx.parse(ConvAttrs, kernel_shape=win.kernel_shape, strides=win.strides, pads=win.pads,
-                      dilations=win.dilations)
+    attrs = ctx.parse(ConvAttrs, **fields(win))
     group = attrs.group
     if group < 1 or x[1] % group or w[0] % group or w[1] * group != x[1]:
         raise ctx.error(f"group={group} does not fit X.shape={x}, W.shape={w}: input channels {x[1]} must equal "

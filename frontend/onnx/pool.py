@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from convc.frontend.onnx.context import NodeContext, Unsupported
 from convc.frontend.onnx.registry import converter
-from convc.frontend.onnx.spatial import Window, window
+from convc.frontend.onnx.spatial import fields, window
 from convc.ops import OpKind
 from convc.ops.pool import GlobalPoolAttrs, LpPoolAttrs, PoolAttrs
 
 
-def _window(ctx: NodeContext) -> Window:
+def _window(ctx: NodeContext) -> dict[str, tuple[int, ...]]:
+    """The window fields of a pool (auto_pad resolved), for ``NodeContext.parse``."""
     ctx.require_float()
     x = ctx.input_shape(0)
     if len(x) > 5:
@@ -22,7 +23,7 @@ def _window(ctx: NodeContext) -> Window:
         if win.pads[i] >= extent or win.pads[r + i] >= extent:
             raise ctx.error(f"pads={win.pads} must be smaller than the (dilated) kernel {win.kernel_shape} on every "
                             "axis: a window would lie entirely in the padding")
-    return win
+    return fields(win)
 
 
 @converter("MaxPool")
@@ -31,29 +32,22 @@ def max_pool(ctx: NodeContext) -> None:
         raise Unsupported("the optional output 'Indices' is used; convc computes only the pooled values")
     if ctx.attr("storage_order", 0) != 0:
         raise Unsupported(f"storage_order={ctx.attr('storage_order')}; convc supports only 0 (row major)")
-    win = _window(ctx)
-    attrs = PoolAttrs(win.kernel_shape, win.strides, win.pads, win.dilations,
-                      ceil_mode=bool(ctx.attr("ceil_mode", 0)))
+    # count_include_pad is AveragePool's: MaxPool has none to read
+    attrs = ctx.parse(PoolAttrs, **_window(ctx), count_include_pad=False)
     ctx.add_op(OpKind.MAX_POOL, attrs, ctx.inputs[:1])
 
 
 @converter("AveragePool")
 def average_pool(ctx: NodeContext) -> None:
-    win = _window(ctx)
-    attrs = PoolAttrs(win.kernel_shape, win.strides, win.pads, win.dilations,
-                      ceil_mode=bool(ctx.attr("ceil_mode", 0)),
-                      count_include_pad=bool(ctx.attr("count_include_pad", 0)))
+    attrs = ctx.parse(PoolAttrs, **_window(ctx))
     ctx.add_op(OpKind.AVERAGE_POOL, attrs, ctx.inputs[:1])
 
 
 @converter("LpPool")
 def lp_pool(ctx: NodeContext) -> None:
-    win = _window(ctx)
-    p = int(ctx.attr("p", 2))
-    if p < 1:
-        raise ctx.error(f"p={p} must be a positive integer")
-    attrs = LpPoolAttrs(win.kernel_shape, win.strides, win.pads, win.dilations,
-                        ceil_mode=bool(ctx.attr("ceil_mode", 0)), p=p)
+    attrs = ctx.parse(LpPoolAttrs, **_window(ctx))
+    if attrs.p < 1:
+        raise ctx.error(f"p={attrs.p} must be a positive integer")
     ctx.add_op(OpKind.LP_POOL, attrs, ctx.inputs[:1])
 
 

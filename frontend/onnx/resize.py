@@ -6,6 +6,8 @@ roi and axes must be constants.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from convc.frontend.onnx.context import NodeContext, Unsupported
@@ -23,18 +25,27 @@ def _floats(ctx: NodeContext, i: int) -> list[float] | None:
     return [float(e) for e in v] if v.size else None
 
 
-def _resize(ctx: NodeContext, scales: list[float] | None, sizes: list[int] | None, *, mode: str,
-            coordinate_mode: str = "asymmetric", nearest_mode: str = "simple", roi: list[float] | None = None,
-            axes: list[int] | None = None, policy: str = "stretch", **extra) -> None:
+# Upsample and Resize-10: x / scale, nearest neighbours rounded down when upsampling
+LEGACY_MODES = dict(coordinate_transformation_mode="asymmetric", nearest_mode="simple")
+
+
+def _resize(ctx: NodeContext, scales: list[float] | None, sizes: list[int] | None, *, roi: list[float] | None = None,
+            axes: list[int] | None = None, policy: str = "stretch", **modes) -> None:
+    """Resolve the output shape and per-axis scales; the node's other attributes are read with
+    ``NodeContext.parse`` (``modes`` overrides them)."""
     ctx.require_float(0)
+    declared = ctx.parse(ResizeAttrs, shape=(), scales=(), **modes)
+    mode, coordinate_mode = declared.mode, declared.coordinate_transformation_mode
     shape = ctx.input_shape(0)
     r = len(shape)
     if mode not in MODES:
         raise Unsupported(f"mode={mode!r}; convc resizes in modes {', '.join(MODES)}")
     if coordinate_mode not in COORDINATE_MODES:
         raise Unsupported(f"coordinate_transformation_mode={coordinate_mode!r} is not one of {COORDINATE_MODES}")
-    if nearest_mode not in NEAREST_MODES:
-        raise Unsupported(f"nearest_mode={nearest_mode!r} is not one of {NEAREST_MODES}")
+    if declared.nearest_mode not in NEAREST_MODES:
+        raise Unsupported(f"nearest_mode={declared.nearest_mode!r} is not one of {NEAREST_MODES}")
+    if declared.antialias and mode == "nearest":
+        raise ctx.error("antialias=1 applies to linear and cubic modes only")
     axes = list(range(r)) if axes is None else [normalize_axis(ctx, a, r, "axes") for a in axes]
     if (scales is None) == (sizes is None):
         raise ctx.error("exactly one of scales and sizes must be given")
@@ -70,23 +81,23 @@ def _resize(ctx: NodeContext, scales: list[float] | None, sizes: list[int] | Non
         full_roi = tuple(starts + ends)
     if any(d < 1 for d in out):
         raise Unsupported(f"the resized shape {tuple(out)} is empty; convc does not compile zero-size tensors")
-    attrs = ResizeAttrs(tuple(out), tuple(full_scales), mode, coordinate_mode, nearest_mode, roi=full_roi, **extra)
+    attrs = dataclasses.replace(declared, shape=tuple(out), scales=tuple(full_scales), roi=full_roi)
     ctx.add_op(OpKind.RESIZE, attrs, ctx.inputs[:1])
 
 
 @converter("Upsample", since=7, until=8)
 def upsample_scales_attribute(ctx: NodeContext) -> None:
-    _resize(ctx, [float(s) for s in ctx.attr("scales")], None, mode=str(ctx.attr("mode", "nearest")))
+    _resize(ctx, [float(s) for s in ctx.attr("scales")], None, **LEGACY_MODES)
 
 
 @converter("Upsample", since=9)
 def upsample_scales_input(ctx: NodeContext) -> None:
-    _resize(ctx, _floats(ctx, 1), None, mode=str(ctx.attr("mode", "nearest")))
+    _resize(ctx, _floats(ctx, 1), None, **LEGACY_MODES)
 
 
 @converter("Resize", until=10)
 def resize_10(ctx: NodeContext) -> None:
-    _resize(ctx, _floats(ctx, 1), None, mode=str(ctx.attr("mode", "nearest")))
+    _resize(ctx, _floats(ctx, 1), None, **LEGACY_MODES)
 
 
 @converter("Resize", since=11)
@@ -96,15 +107,5 @@ def resize(ctx: NodeContext) -> None:
         v = np.asarray(ctx.constant(3)).reshape(-1)
         sizes = [int(e) for e in v] if v.size else None
     axes = ctx.ints("axes")
-    antialias = bool(ctx.attr("antialias", 0))
-    mode = str(ctx.attr("mode", "nearest"))
-    if antialias and mode == "nearest":
-        raise ctx.error("antialias=1 applies to linear and cubic modes only")
-    _resize(ctx, _floats(ctx, 2), sizes, mode=mode,
-            coordinate_mode=str(ctx.attr("coordinate_transformation_mode", "half_pixel")),
-            nearest_mode=str(ctx.attr("nearest_mode", "round_prefer_floor")), roi=_floats(ctx, 1),
-            axes=list(axes) if axes is not None else None,
-            policy=str(ctx.attr("keep_aspect_ratio_policy", "stretch")),
-            cubic_coeff_a=float(ctx.attr("cubic_coeff_a", -0.75)),
-            exclude_outside=bool(ctx.attr("exclude_outside", 0)),
-            extrapolation_value=float(ctx.attr("extrapolation_value", 0.0)), antialias=antialias)
+    _resize(ctx, _floats(ctx, 2), sizes, roi=_floats(ctx, 1), axes=list(axes) if axes is not None else None,
+            policy=str(ctx.attr("keep_aspect_ratio_policy", "stretch")))

@@ -1,18 +1,19 @@
-"""Window attributes shared by Conv and the pools: kernel, strides, dilations and explicit pads."""
+"""Window attributes shared by Conv and the pools (convc/ops/window.py): kernel, strides, dilations and
+explicit pads, ``auto_pad`` resolved. Their defaults depend on the kernel's rank, so they are read
+here rather than by ``NodeContext.parse``, which the converters give them to."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Any
 
 from convc.frontend.onnx.context import NodeContext
+from convc.ops.window import WindowAttrs
 
 
-@dataclass(frozen=True)
-class Window:
-    kernel_shape: tuple[int, ...]
-    strides: tuple[int, ...]
-    pads: tuple[int, ...]  # all begins, then all ends; auto_pad already resolved
-    dilations: tuple[int, ...]
+def fields(win: WindowAttrs) -> dict[str, Any]:
+    """The window's fields by name, for ``NodeContext.parse(cls, **fields(win))``."""
+    return {f.name: getattr(win, f.name) for f in dataclasses.fields(WindowAttrs)}
 
 
 def same_pads(size: int, k: int, stride: int, dilation: int, upper: bool) -> tuple[int, int]:
@@ -24,7 +25,7 @@ def same_pads(size: int, k: int, stride: int, dilation: int, upper: bool) -> tup
 
 
 def window(ctx: NodeContext, spatial: Sequence[int], kernel_shape: Sequence[int],
-           has_dilations: bool = True) -> Window:
+           has_dilations: bool = True) -> WindowAttrs:
     """Parse strides, dilations, pads and auto_pad of ``ctx`` for an input of spatial shape ``spatial``."""
     r = len(kernel_shape)
     kernel = tuple(int(k) for k in kernel_shape)
@@ -56,4 +57,4 @@ def window(ctx: NodeContext, spatial: Sequence[int], kernel_shape: Sequence[int]
         pads = tuple(b for b, _ in pairs) + tuple(e for _, e in pairs)
     else:
         raise ctx.error(f"auto_pad={auto_pad!r} is not one of NOTSET, SAME_UPPER, SAME_LOWER, VALID")
-    return Window(kernel, strides, pads, dilations)
+    return WindowAttrs(kernel, strides, pads, dilations)
