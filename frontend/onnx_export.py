@@ -152,33 +152,33 @@ def _unary(w: _Writer, op: Op) -> None:
     _unary_node(w, op.kind, op.attrs, op.inputs[0], op.outputs[0], op.name)
 
 
-@exporter(OpKind.MAX_POOL, OpKind.AVERAGE_POOL)
+def _declared_for(w: _Writer, op_type: str, attrs: Any, **neutral: Any) -> dict[str, Any]:
+    """The declared attributes of ``attrs`` (``onnx_attr``) that ``op_type`` has at the writer's opset.
+
+    ONNX's schema says which those are (AveragePool gained dilations in opset 19, LpPool dilations
+    and ceil_mode in 18, Resize antialias in 18; MaxPool never has count_include_pad). One it lacks
+    is left out when it holds the value that means "absent": its declared default, or ``neutral``'s
+    (all-ones dilations); any other value cannot be written at this opset."""
+    attributes, _ = onnx_spelling(attrs, w.opset)
+    absent = {f.onnx: f.encode(f.default) for f in onnx_fields(type(attrs)) if not f.required} | neutral
+    have = onnx.defs.get_schema(op_type, w.opset).attributes
+    out = {}
+    for name, value in attributes.items():
+        if name in have:
+            out[name] = value
+        elif name not in absent or value != absent[name]:
+            since = next((v for v in range(w.opset + 1, onnx.defs.onnx_opset_version() + 1)
+                          if name in onnx.defs.get_schema(op_type, v).attributes), None)
+            shown = tuple(value) if isinstance(value, list) else value
+            needs = f"need opset {since}" if since else "have no ONNX spelling"
+            raise _Unexportable(f"{op_type} {name}={shown} {needs} (asked for {w.opset})")
+    return out
+
+
+@exporter(OpKind.MAX_POOL, OpKind.AVERAGE_POOL, OpKind.LP_POOL)
 def _pool(w: _Writer, op: Op) -> None:
-    a = op.attrs
-    attrs: dict[str, Any] = dict(kernel_shape=list(a.kernel_shape), strides=list(a.strides), pads=list(a.pads),
-                                 ceil_mode=int(a.ceil_mode))
-    if op.kind is OpKind.AVERAGE_POOL:
-        attrs["count_include_pad"] = int(a.count_include_pad)
-        if any(d != 1 for d in a.dilations):
-            if w.opset < 19:
-                raise _Unexportable(f"AveragePool dilations={a.dilations} need opset 19 (asked for {w.opset})")
-            attrs["dilations"] = list(a.dilations)
-    else:
-        attrs["dilations"] = list(a.dilations)
+    attrs = _declared_for(w, op.kind.value, op.attrs, dilations=[1] * op.attrs.spatial_rank)
     w.node(op.kind.value, list(op.inputs), list(op.outputs), op.name, **attrs)
-
-
-@exporter(OpKind.LP_POOL)
-def _lp_pool(w: _Writer, op: Op) -> None:
-    a = op.attrs
-    attrs: dict[str, Any] = dict(kernel_shape=list(a.kernel_shape), strides=list(a.strides), pads=list(a.pads),
-                                 p=int(a.p))
-    if w.opset >= 18:  # dilations and ceil_mode arrived in opset 18
-        attrs.update(dilations=list(a.dilations), ceil_mode=int(a.ceil_mode))
-    elif any(d != 1 for d in a.dilations) or a.ceil_mode:
-        raise _Unexportable(f"LpPool dilations={a.dilations}, ceil_mode={int(a.ceil_mode)} need opset 18 "
-                            f"(asked for {w.opset})")
-    w.node("LpPool", list(op.inputs), list(op.outputs), op.name, **attrs)
 
 
 @exporter(OpKind.RESHAPE)
@@ -223,25 +223,17 @@ def _strided_slice(w: _Writer, op: Op) -> None:
 def _resize(w: _Writer, op: Op) -> None:
     a = op.attrs
     x = w.graph.tensor(op.inputs[0]).shape
-    needs = {"antialias": 18 if a.antialias else 0,
-             "coordinate_transformation_mode 'half_pixel_symmetric'":
-                 19 if a.coordinate_transformation_mode == "half_pixel_symmetric" else 0}
-    for what, opset in needs.items():
-        if w.opset < opset:
-            raise _Unexportable(f"Resize {what} needs opset {opset} (asked for {w.opset})")
+    if a.coordinate_transformation_mode == "half_pixel_symmetric" and w.opset < 19:
+        raise _Unexportable(f"Resize coordinate_transformation_mode 'half_pixel_symmetric' needs opset 19 "
+                            f"(asked for {w.opset})")
     if a.nearest_mode == "simple":
         raise _Unexportable("Resize nearest_mode 'simple' (Upsample's rounding) has no Resize spelling")
+    attrs = _declared_for(w, "Resize", a)
     roi = w.constant(f"{op.name}.roi", np.array(a.roi, dtype=np.float32)) if a.roi else ""
     # scales keep the batch dimension symbolic; sizes only when the scales do not reproduce the shape
     by_scales = all(int(np.float32(d) * np.float32(sc)) == o for d, sc, o in zip(x, a.scales, a.shape))
     scales = w.constant(f"{op.name}.scales", np.array(a.scales, dtype=np.float32)) if by_scales else ""
     sizes = "" if by_scales else w.constant(f"{op.name}.sizes", np.array(a.shape, dtype=np.int64))
-    attrs: dict[str, Any] = dict(mode=a.mode, coordinate_transformation_mode=a.coordinate_transformation_mode,
-                                 nearest_mode=a.nearest_mode, cubic_coeff_a=float(a.cubic_coeff_a),
-                                 exclude_outside=int(a.exclude_outside),
-                                 extrapolation_value=float(a.extrapolation_value))
-    if w.opset >= 18:
-        attrs["antialias"] = int(a.antialias)
     inputs = [op.inputs[0], roi, scales] + ([sizes] if sizes else [])
     w.node("Resize", inputs, list(op.outputs), op.name, **attrs)
 

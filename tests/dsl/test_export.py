@@ -283,3 +283,38 @@ def test_dilated_average_pool_needs_opset_19(rng):
 def test_opset_range():
     with pytest.raises(ExportError, match="opset 12 is not supported"):
         nn.Sequential(nn.ReLU()).to_onnx(None, (1, 2), opset=12)
+
+
+def _node_attributes(model: onnx.ModelProto) -> dict[str, object]:
+    (node,) = model.graph.node
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def test_pool_attributes_follow_the_opset_schema(rng):
+    """The declared attributes an op type lacks at the opset are left out while they hold their
+    neutral value (MaxPool has no count_include_pad, AveragePool no dilations before 19) and refused
+    otherwise, with the opset that has them."""
+    g, feeds = single_op(OpKind.MAX_POOL, PoolAttrs((3, 2), (2, 1), (1, 0, 1, 1), (1, 2), ceil_mode=True),
+                         [(1, 2, 9, 8)], rng)
+    assert _node_attributes(check_export(g, feeds)) == dict(kernel_shape=[3, 2], strides=[2, 1], pads=[1, 0, 1, 1],
+                                                       dilations=[1, 2], ceil_mode=1)
+    g, feeds = single_op(OpKind.AVERAGE_POOL, PoolAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), count_include_pad=True),
+                         [(1, 2, 6, 6)], rng)
+    assert "dilations" not in _node_attributes(check_export(g, feeds))
+    assert _node_attributes(check_export(g, feeds, opset=19))["dilations"] == [1, 1]
+    g, feeds = single_op(OpKind.LP_POOL, LpPoolAttrs((2, 2), (2, 2), (0, 0, 0, 0), (1, 1), ceil_mode=True, p=1),
+                         [(1, 2, 7, 7)], rng)
+    with pytest.raises(ExportError, match=r"LpPool ceil_mode=1 need opset 18 \(asked for 13\)"):
+        export_onnx(g)
+    assert _node_attributes(check_export(g, feeds, opset=18))["ceil_mode"] == 1
+
+
+def test_resize_attributes_follow_the_opset_schema(rng):
+    a = ResizeAttrs((1, 2, 12, 9), (1.0, 1.0, 2.0, 1.5), "linear", antialias=True)
+    g, _ = single_op(OpKind.RESIZE, a, [(1, 2, 6, 6)], rng)
+    with pytest.raises(ExportError, match=r"Resize antialias=1 need opset 18 \(asked for 13\)"):
+        export_onnx(g)
+    assert _node_attributes(export_onnx(g, opset=18))["antialias"] == 1
+    g, _ = single_op(OpKind.RESIZE, ResizeAttrs((1, 2, 12, 9), (1.0, 1.0, 2.0, 1.5), "cubic"), [(1, 2, 6, 6)], rng)
+    written = _node_attributes(export_onnx(g))
+    assert "antialias" not in written and written["mode"] == b"cubic" and written["cubic_coeff_a"] == -0.75
