@@ -12,22 +12,24 @@ from typing import Any
 from convc.driver import ModelSource, has_dynamic_batch, is_nn_module, load_graph  # noqa: F401  (public here)
 from convc.ir import Graph
 from convc.limits import positive_int
-from convc.options import default_threads, resolve_options  # noqa: F401  (default_threads: public here)
+from convc.options import CompileOptions, applied, default_threads, resolve_options  # noqa: F401  (default_threads: public here)
 from convc.session import CompiledModel
 
 
 def compile_graph(graph: Graph, *, threads: int | None = None, instrument: bool = False,
-                  progress: Callable[[str], None] | None = None, cache: bool | None = None) -> CompiledModel:
+                  progress: Callable[[str], None] | None = None, cache: bool | None = None,
+                  winograd: bool | None = None) -> CompiledModel:
     """Optimize ``graph`` and JIT-compile it through the compile cache (convc/codegen/cache.py;
     ``cache=False`` bypasses it)."""
     from convc import driver
-    return driver.compile_graph(graph, resolve_options(threads=threads, instrument=instrument, cache=cache),
-                                progress=progress)
+    options = resolve_options(threads=threads, instrument=instrument, cache=cache, winograd=winograd)
+    with applied(options):
+        return driver.compile_graph(graph, options, progress=progress)
 
 
 def compile(model: ModelSource, *, threads: int | None = None, batch: int | None = None,
             progress: Callable[[str], None] | None = None, input_shape: Any = None,
-            cache: bool | None = None) -> CompiledModel:
+            cache: bool | None = None, winograd: bool | None = None) -> CompiledModel:
     """Compile an ONNX model (path, bytes or ``onnx.ModelProto``), a convc Graph or a convc.nn Module
     (traced with ``input_shape``, batch first) to native code.
 
@@ -40,26 +42,52 @@ def compile(model: ModelSource, *, threads: int | None = None, batch: int | None
 
     Compiled code is kept in an on-disk cache (``~/.cache/convc``, ``$CONVC_CACHE_DIR``); a model
     compiled before loads in well under a second. ``cache=False`` (or ``CONVC_NO_CACHE=1``) skips it.
-    ``progress`` receives a line per stage (passes, each layer's code generation, LLVM)."""
+    ``progress`` receives a line per stage (passes, each layer's code generation, LLVM).
+
+    ``winograd=False`` keeps every conv on its direct kernel; by default 3x3 stride-1 convs run as
+    Winograd convolutions where that measured faster (outputs within ~1e-5 relative of the direct
+    conv; passes/kernel_selection.py)."""
     from convc import driver
     # refused, not rounded or clamped: batch=2.5 or threads=0 is a mistake the caller should hear about
     batch = positive_int("batch", batch)
-    options = resolve_options(threads=threads, cache=cache)
+    options = resolve_options(threads=threads, cache=cache, winograd=winograd)
+    if not options.winograd:
+        # the cache finds a model by its source's hash and the threads only (convc/driver.py
+        # warm_model): a model compiled with Winograd would be found again for this compile
+        options = options.with_(cache=False)
     if isinstance(model, Path):
         model = str(model)
-    return driver.compile_model(model, options, batch=batch, input_shape=input_shape, progress=progress)
+    with applied(options):
+        return _keeping(options, driver.compile_model(model, options, batch=batch, input_shape=input_shape,
+                                                      progress=progress))
+
+
+def _keeping(options: CompileOptions, model: CompiledModel) -> CompiledModel:
+    """``model`` whose variants compiled on first use (another batch size, overridden ONNX
+    initializers) compile with ``options`` too: their passes run later, outside this call."""
+    for attr in ("_respecialize", "_override"):
+        variant = getattr(model, attr, None)
+        if variant is not None:
+            def compile_variant(arg, variant=variant):
+                with applied(options):
+                    return _keeping(options, variant(arg))
+            setattr(model, attr, compile_variant)
+    return model
 
 
 def build(model: ModelSource, output, *, batch: int | None = None, target: Any = "native",
           threads: int | None = None, input_shape: Any = None, progress: Callable[[str], None] | None = None,
-          header=None):
+          header=None, winograd: bool | None = None):
     """``convc compile MODEL -o model.so``: compile ``model`` (whatever ``compile`` takes) ahead of
     time to a shared library (or ``.o`` object file) plus its C header, for ``target`` (a name such
-    as ``x86-64-v3`` or an AotTarget) and up to ``threads`` worker threads (default: all cores)."""
+    as ``x86-64-v3`` or an AotTarget) and up to ``threads`` worker threads (default: all cores);
+    ``winograd`` as in ``compile``."""
     from convc import driver
     batch = positive_int("batch", batch)
-    return driver.build_library(model, output, resolve_options(threads=threads, target=target), batch=batch,
-                                input_shape=input_shape, progress=progress, header=header)
+    options = resolve_options(threads=threads, target=target, winograd=winograd)
+    with applied(options):
+        return driver.build_library(model, output, options, batch=batch, input_shape=input_shape,
+                                    progress=progress, header=header)
 
 
 def build_training_library(model: ModelSource, output, *, batch: int | None = None, optimizer: Any = "adam",

@@ -8,12 +8,21 @@ default or clamp them again.
 
 A model that already exists (from the compile cache, a pickle or a library) was compiled for some
 number of threads and runs with at most that many: ``run_threads`` is that one rule.
+
+The pass pipeline takes the options as an argument; callers that reach it through the driver
+(which does not pass them down yet) run it inside ``applied(options)``, and the pipeline falls back
+to ``active_options()``.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any
+
+from convc.errors import InputError
 
 from convc.limits import positive_int
 
@@ -34,22 +43,51 @@ class CompileOptions:
     ``instrument``: per-kernel timestamps (``run_timed``, ``convc.profile``).
     ``cache``: False bypasses the on-disk compile cache; None lets ``CONVC_NO_CACHE`` decide.
     ``target``: the CPU of an ahead-of-time build (a name or an ``AotTarget``); the JIT compiles
-    for this machine."""
+    for this machine.
+    ``winograd``: kernel selection may run 3x3 stride-1 convs as Winograd F(2x2,3x3) or F(4x4,3x3)
+    where it measured faster (passes/kernel_selection.py); False keeps every conv on its direct
+    kernel (bit-for-bit the sums of the direct conv; Winograd differs by up to ~1e-5 relative)."""
     threads: int
     instrument: bool = False
     cache: bool | None = None
     target: Any = "native"
+    winograd: bool = True
 
     def with_(self, **changes: Any) -> CompileOptions:
         return replace(self, **changes)
 
 
 def resolve_options(*, threads: int | None = None, instrument: bool = False, cache: bool | None = None,
-                    target: Any = "native") -> CompileOptions:
+                    target: Any = "native", winograd: bool | None = None) -> CompileOptions:
     """The one place the options are checked and defaulted: ``threads`` must be a positive int
-    (2.5 and 0 are refused, not rounded or clamped) and defaults to ``default_threads()``."""
+    (2.5 and 0 are refused, not rounded or clamped) and defaults to ``default_threads()``;
+    ``winograd`` must be a bool (``winograd="no"`` would otherwise read as True) and defaults to
+    the enclosing compile's (``applied``: ``convc profile --no-winograd --measure``), else True."""
+    if winograd is None:
+        active = active_options()
+        winograd = True if active is None else active.winograd
+    if not isinstance(winograd, bool):
+        raise InputError(f"winograd must be True or False, got {winograd!r}")
     return CompileOptions(threads=positive_int("threads", threads) or default_threads(),
-                          instrument=bool(instrument), cache=cache, target=target)
+                          instrument=bool(instrument), cache=cache, target=target, winograd=winograd)
+
+
+_ACTIVE: ContextVar[CompileOptions | None] = ContextVar("convc_compile_options", default=None)
+
+
+@contextmanager
+def applied(options: CompileOptions) -> Iterator[CompileOptions]:
+    """Run a compile with ``options`` visible to the pass pipeline (``active_options``)."""
+    token = _ACTIVE.set(options)
+    try:
+        yield options
+    finally:
+        _ACTIVE.reset(token)
+
+
+def active_options() -> CompileOptions | None:
+    """The options of the compile this code runs in (``applied``), or None outside one."""
+    return _ACTIVE.get()
 
 
 def run_threads(requested: int | None, compiled: int) -> int:

@@ -5,7 +5,9 @@ The one place a conv's algorithm is decided (codegen/kernels/conv.py dispatches 
 (passes/layout.py) and im2col lowering (passes/im2col.py) have rewritten the convs they take, both
 with the predicates below, so the choice reads the final graph:
 
-    channels last (layout.py) ........... DEPTHWISE_NHWC or IMPLICIT_GEMM_NHWC
+    channels last (layout.py) ........... DEPTHWISE_NHWC, WINOGRAD_4X4 (3x3 stride 1 where
+                                          ``winograd_algorithm`` measured it faster; WINOGRAD_2X2
+                                          exists but is never faster here) or IMPLICIT_GEMM_NHWC
     spatial rank 3+ ..................... DIRECT_ND
     1x1, stride 1, unpadded, constant W . POINTWISE, or IM2COL_FUSED when it reads an Im2Col's
                                           output that nothing else reads (im2col.py's lowering)
@@ -14,7 +16,7 @@ with the predicates below, so the choice reads the final graph:
                                           fed at run time)
 
 A training plan (``runtime_weights=True``) sends every conv whose weight is not a compile-time
-constant (parameters, run-time inputs) to RUNTIME_WEIGHTS.
+constant (parameters, run-time inputs) to RUNTIME_WEIGHTS, and never picks Winograd.
 
 Not yet here (issue 14):
 - Whether an IM2COL_FUSED conv really gathers in the kernel also depends on the thread count
@@ -37,6 +39,7 @@ from convc.errors import CompileError
 from convc.ir import Graph, Op, TensorKind
 from convc.ops import OpKind
 from convc.ops.conv import ConvAlgorithm, channels, is_depthwise, is_pointwise
+from convc.options import active_options
 
 A = ConvAlgorithm
 
@@ -79,7 +82,37 @@ def gathers_im2col(g: Graph, op: Op) -> bool:
     return src is not None and src.kind is OpKind.IM2COL and col not in g.outputs and len(g.consumers(col)) == 1
 
 
-def conv_algorithm(g: Graph, op: Op, runtime_weights: bool = False) -> ConvAlgorithm:
+def winograd_candidate(g: Graph, op: Op) -> bool:
+    """A conv the Winograd kernel (codegen/kernels/winograd.py) runs: channels last, 3x3, stride 1,
+    dilation 1, one group, constant W (any padding)."""
+    a = op.attrs
+    return (a.channels_last and a.group == 1 and a.kernel_shape == (3, 3) and a.strides == (1, 1)
+            and a.dilations == (1, 1) and g.tensor(op.inputs[1]).data is not None)
+
+
+def winograd_algorithm(g: Graph, op: Op) -> ConvAlgorithm | None:
+    """WINOGRAD_4X4 or None (the direct implicit GEMM) for a ``winograd_candidate``.
+
+    Measured A/B (direct, F(2x2), F(4x4) alternating in one process, 3x3 pad 1 + bias + ReLU, on a
+    2-core AVX2 EPYC shared with other jobs, so +-30% noise), speed of F(4x4) over direct at
+    1 / 2 threads, N x H x W x C -> M:
+        1x56x56x64->64 2.4 / 3.1     1x28x28x128->128 4.2 / 2.8    1x14x14x256->256 1.3 / 1.3
+        16x56x56x64->64 2.3 / 1.7    16x14x14x256->256 2.0 / 2.1   16x7x7x512->512 1.6 / 1.1
+        16x32x32x16->16 1.4 / 1.5    16x16x16x64->64 4.5 / 3.7     1x224x224x64->64 1.8 / 2.2
+        1x7x7x512->512 1.1 / 0.8     1x56x56x3->24 0.7 / 0.6
+    F(2x2) was at best level with F(4x4) (14x14: 1.4 / 1.2) and slower on most shapes, so it is not
+    chosen by default. The two losses are the rules: below 16 input or output channels the
+    transforms cost more than the multiplies saved, and with fewer than 16 output tiles of 4x4
+    (a 7x7 map at batch 1) each transformed weight (4x the direct conv's bytes) is used too few
+    times to pay for streaming it."""
+    x, y = g.tensor(op.inputs[0]).shape, g.tensor(op.outputs[0]).shape  # channels last: N, H, W, C
+    if x[3] < 16 or y[3] < 16:
+        return None
+    tiles = y[0] * -(-y[1] // 4) * -(-y[2] // 4)
+    return A.WINOGRAD_4X4 if tiles >= 16 else None
+
+
+def conv_algorithm(g: Graph, op: Op, runtime_weights: bool = False, winograd: bool = True) -> ConvAlgorithm:
     a = op.attrs
     w = g.tensor(op.inputs[1])
     if runtime_weights and w.kind is not TensorKind.CONSTANT:
@@ -87,6 +120,10 @@ def conv_algorithm(g: Graph, op: Op, runtime_weights: bool = False) -> ConvAlgor
     if a.channels_last:
         if depthwise(g, op):
             return A.DEPTHWISE_NHWC
+        if winograd and winograd_candidate(g, op):
+            choice = winograd_algorithm(g, op)
+            if choice is not None:
+                return choice
         if a.group == 1 and w.data is not None and a.spatial_rank == 2:
             return A.IMPLICIT_GEMM_NHWC
         raise CompileError(f"node {op.name!r} (Conv): a channels-last conv that is not depthwise needs a 2-D kernel, "
@@ -102,14 +139,20 @@ def conv_algorithm(g: Graph, op: Op, runtime_weights: bool = False) -> ConvAlgor
     return A.IM2COL_GEMM
 
 
-def select_kernels(g: Graph, runtime_weights: bool = False) -> Graph:
-    """Set ``algorithm`` on every Conv of ``g`` (in place; returns ``g``)."""
+def select_kernels(g: Graph, runtime_weights: bool = False, winograd: bool | None = None) -> Graph:
+    """Set ``algorithm`` on every Conv of ``g`` (in place; returns ``g``). ``winograd``: whether
+    Winograd may be chosen; None: as the compile's options say (convc/options.py ``active_options``,
+    default True)."""
+    if winograd is None:
+        options = active_options()
+        winograd = options.winograd if options is not None else True
     for op in g.ops():
         if op.kind is OpKind.CONV:
-            op.attrs = dataclasses.replace(op.attrs, algorithm=conv_algorithm(g, op, runtime_weights))
+            op.attrs = dataclasses.replace(op.attrs, algorithm=conv_algorithm(g, op, runtime_weights, winograd))
     return g
 
 
 def select_training_kernels(g: Graph) -> Graph:
-    """select_kernels for a plan run by the training emitter: weights not constant are read at run time."""
-    return select_kernels(g, runtime_weights=True)
+    """select_kernels for a plan run by the training emitter: weights not constant are read at run
+    time, and no Winograd (the training kernels keep the direct algorithms)."""
+    return select_kernels(g, runtime_weights=True, winograd=False)

@@ -443,7 +443,7 @@ KERNELS = {
     A.DEPTHWISE: emit_depthwise_conv,
     A.IMPLICIT_GEMM_NHWC: _channels_last,
     A.DEPTHWISE_NHWC: _depthwise_channels_last,
-    A.WINOGRAD: emit_winograd_conv,
+    A.WINOGRAD_2X2: emit_winograd_conv, A.WINOGRAD_4X4: emit_winograd_conv,
     A.DIRECT_ND: _direct_nd,
     A.RUNTIME_WEIGHTS: _runtime_weights,
 }

@@ -1,4 +1,4 @@
-"""Winograd convolution F(m x m, 3 x 3) for channels-last 3x3 stride-1 convs (ConvAlgorithm.WINOGRAD).
+"""Winograd convolution F(m x m, 3 x 3) for channels-last 3x3 stride-1 convs (ConvAlgorithm.WINOGRAD_2X2 and WINOGRAD_4X4).
 
 Each m x m block of output pixels (a tile) is computed from a t x t input patch, t = m + 2:
 
@@ -29,7 +29,7 @@ import numpy as np
 from llvmlite import ir
 
 from convc.ir import Op
-from convc.ops.conv import split_inputs
+from convc.ops.conv import ConvAlgorithm, split_inputs
 from convc.codegen.llvm_utils import FAST, for_range, gep, i64, memset_zero
 from convc.codegen.module import KernelCall, ModuleEmitter
 from convc.codegen.kernels.blas import Operand, pack_b
@@ -52,6 +52,7 @@ TRANSFORMS: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {
                     ["1/24", "1/12", "1/6"], ["1/24", "-1/12", "1/6"], [0, 0, 1]]),
         _fractions([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]])),
 }
+TILE = {ConvAlgorithm.WINOGRAD_2X2: 2, ConvAlgorithm.WINOGRAD_4X4: 4}  # output tile size m of each algorithm
 TILE_BYTES = 768 * 1024  # a thread's V and M scratch for one block of tiles (L2 is 1 MiB per core here)
 
 
@@ -126,8 +127,10 @@ def block_tiles(mr: int, tiles: int, t: int, c: int, m: int, threads: int) -> in
     return max(mr, -(-rows // mr) * mr) if rows >= mr else rows
 
 
-def emit_winograd_conv(em: ModuleEmitter, op: Op, m: int = 2) -> KernelCall:
+def emit_winograd_conv(em: ModuleEmitter, op: Op) -> KernelCall:
+    """WINOGRAD_2X2 / WINOGRAD_4X4: the tile size is the one kernel selection recorded."""
     a = op.attrs
+    m = TILE[a.algorithm]
     xs, ys = em.tensor(op.inputs[0]).shape, em.tensor(op.outputs[0]).shape
     n, h, wd, c = xs
     _, oh, ow, mo = ys

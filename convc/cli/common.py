@@ -76,6 +76,14 @@ def positive(text: str) -> int:
     return n
 
 
+def add_winograd_flag(p: argparse.ArgumentParser) -> None:
+    """``--no-winograd``: the CompileOptions field ``winograd`` (convc/options.py) off."""
+    p.add_argument("--no-winograd", dest="winograd", action="store_false",
+                   help="run every 3x3 stride-1 conv with the direct kernel instead of Winograd F(2x2,3x3) or "
+                        "F(4x4,3x3), which kernel selection picks where it measured faster (its outputs differ "
+                        "from the direct conv's by up to ~1e-5 relative)")
+
+
 # --- models --------------------------------------------------------------------------------
 
 def load_onnx(path: str):

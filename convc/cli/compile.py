@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from convc.cli.common import EXIT_OK, Command, Progress, check_output_file, load_onnx, mb, positive
+from convc.cli.common import EXIT_OK, Command, Progress, add_winograd_flag, check_output_file, load_onnx, mb, positive
 from convc.errors import ConvcError
 
 DESCRIPTION = (
@@ -36,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "feature it has); extra required features may follow: x86-64-v3,+avx512f")
     p.add_argument("--threads", "-t", type=positive, metavar="N",
                    help="the most worker threads a context may use (default: this machine's cores)")
+    add_winograd_flag(p)
     p.add_argument("--header", metavar="FILE.h", help="where to write the C header (default: the output with .h)")
     from convc.codegen.aot_train import LOSSES, OPTIMIZERS
     train = p.add_argument_group("training artifact")
@@ -54,6 +55,8 @@ def refuse_conflicts(args: argparse.Namespace) -> None:
     if args.train:
         if args.threads is not None:
             raise ConvcError("--threads is not available with --train: the training step runs on the calling thread")
+        if not args.winograd:
+            raise ConvcError("--no-winograd is not available with --train: training never runs Winograd convs")
         return
     for flag in ("optimizer", "lr", "loss", "seed"):
         if getattr(args, flag) is not None:
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                                         target=args.target, progress=progress, header=args.header)
     else:
         result = build(model, out, batch=args.batch, target=args.target, threads=args.threads, progress=progress,
-                       header=args.header)
+                       header=args.header, winograd=args.winograd)
     progress(f"built {result.output.name} in {result.seconds:.1f}s")
     meta = result.meta
     kind = "object file" if result.object_only else "shared library"

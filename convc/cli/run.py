@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from convc.cli.common import EXIT_OK, Command, Progress, check_output_dir, load_onnx, model_inputs, positive
+from convc.cli.common import (EXIT_OK, Command, Progress, add_winograd_flag, check_output_dir, load_onnx, model_inputs,
+                              positive)
 from convc.errors import InputError
 
 
@@ -104,6 +105,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="time R runs and report the median latency (default: 10)")
     p.add_argument("--threads", "-t", type=positive, metavar="T",
                    help="cap on the worker threads of the compiled code, passed to convc.compile(threads=T)")
+    add_winograd_flag(p)
     p.add_argument("--output-dir", "-o", metavar="DIR",
                    help="save each output as DIR/<output name>.npy (DIR is created if its parent exists; names are "
                         "made safe file names, numbered when two would be the same)")
@@ -132,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--input {name}=...: the model has no input {name!r}; its inputs are {declared}")
         given[name] = _load_npy(name, path)
 
-    model = convc.compile(onnx_model, batch=args.batch, threads=args.threads, progress=progress)
+    model = convc.compile(onnx_model, batch=args.batch, threads=args.threads, progress=progress,
+                          winograd=args.winograd)
     progress(f"compiled {Path(args.model).name}")
 
     text = args.format == "text"

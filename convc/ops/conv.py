@@ -27,7 +27,8 @@ class ConvAlgorithm(enum.Enum):
     DEPTHWISE = "depthwise"                # channels first, 1-D/2-D, group == C == M: one filter per plane
     IMPLICIT_GEMM_NHWC = "implicit_gemm_nhwc"  # channels last, 2-D, one group, constant W (conv_nhwc.py)
     DEPTHWISE_NHWC = "depthwise_nhwc"      # channels last, group == C == M (depthwise_nhwc.py)
-    WINOGRAD = "winograd"                  # channels last, 3x3 stride 1 dilation 1, one group, constant W (winograd.py)
+    WINOGRAD_2X2 = "winograd_2x2"          # channels last, 3x3 stride 1 dilation 1, one group, constant W:
+    WINOGRAD_4X4 = "winograd_4x4"          # Winograd F(2x2,3x3) or F(4x4,3x3) (winograd.py)
     DIRECT_ND = "direct_nd"                # spatial rank 3 or more: direct loops (conv3d.py)
     RUNTIME_WEIGHTS = "runtime_weights"    # training: W read at run time (conv_grad.py emit_conv_runtime)
 
