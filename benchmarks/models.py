@@ -35,7 +35,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-MODELS = ("resnet18", "mobilenet_v2", "efficientnet_b0", "densenet121", "yolo_silu", "lenet5", "cifar")
+MODELS = ("resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "densenet121", "yolo_silu", "lenet5", "cifar")
 DEFAULT_MODELS = "resnet18,mobilenet_v2,efficientnet_b0,densenet121,yolo_silu,lenet5,cifar"
 FLOAT32_PEERS = ("ort", "ov")
 

@@ -205,3 +205,30 @@ def yolo_silu(batch: int = 1, seed: int = 0) -> onnx.ModelProto:
     p3 = csp(_conv_bn_silu(n, n.node("Concat", [up, feats[1]], axis=1), 192, 64, 1), 64, 1)
     head = _conv_bias(n, p3, 64, 85)
     return n.model((batch, 3, 256, 256), head, "yolo_silu")
+
+
+def _resnet_bottleneck(layers: tuple[int, ...], batch: int, seed: int, name: str) -> onnx.ModelProto:
+    n = Net(seed)
+    y = n.conv_bn("x", 3, 64, 7, 2)
+    y = n.node("MaxPool", [y], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    cin = 64
+    for width, blocks, stride in zip((64, 128, 256, 512), layers, (1, 2, 2, 2)):
+        for block in range(blocks):
+            s = stride if block == 0 else 1
+            h = n.conv_bn(y, cin, width, 1)
+            h = n.conv_bn(h, width, width, 3, s)
+            h = n.conv_bn(h, width, 4 * width, 1, act=None)
+            short = y if (s == 1 and cin == 4 * width) else n.conv_bn(y, cin, 4 * width, 1, s, act=None)
+            y = n.node("Relu", [n.node("Add", [h, short])])
+            cin = 4 * width
+    y = n.node("Flatten", [n.node("GlobalAveragePool", [y])])
+    return n.model((batch, 3, 224, 224), n.linear(y, cin, 1000), name)
+
+
+def resnet50(batch: int = 1, seed: int = 0) -> onnx.ModelProto:
+    return _resnet_bottleneck((3, 4, 6, 3), batch, seed, "resnet50")
+
+
+def resnet101(batch: int = 1, seed: int = 0) -> onnx.ModelProto:
+    """ResNet-101: ResNet-50's block shapes, 23 blocks in the third stage."""
+    return _resnet_bottleneck((3, 4, 23, 3), batch, seed, "resnet101")

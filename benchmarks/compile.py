@@ -1,0 +1,227 @@
+"""Compile time: convc's cold and warm compile to first inference, next to onnxruntime's session creation
+and OpenVINO's compile_model, each in a fresh process.
+
+    python benchmarks/compile.py [--models resnet50,densenet121,...] [--threads 2] [--rounds 1] [--train]
+
+For every model and runtime a new process loads the runtime, compiles the model from its file and runs
+it once; the time is from the start of compiling to the first result (the runtime's import is not
+counted). convc runs three times against one fresh, empty cache directory: ``cold`` (nothing cached),
+``warm`` (the same model again: the cache's whole-model entry), and, for ResNet-101, ``after r50``:
+compiled right after ResNet-50 into the same cache (the same block shapes), what a kernel-level cache
+shares between models. convc's cold time is split by stage from its ``progress`` lines: import,
+graph passes, IR emission in Python, LLVM optimization, machine code (and loading).
+
+Models: ResNet-50, ResNet-101, DenseNet-121, MobileNetV2, EfficientNet-B0 (built by benchmarks/nets.py,
+random weights) and the light models shipped with the onnx package (their weights generated at load).
+``--train`` adds the cold compile of a training step (a CIFAR ResNet, width 16, batch 32).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+BUILT = ("resnet50", "resnet101", "densenet121", "mobilenet_v2", "efficientnet_b0")
+LIGHT = ("squeezenet", "inception_v1", "densenet121", "resnet50", "vgg19")
+DEFAULT = "resnet50,resnet101,densenet121,mobilenet_v2,efficientnet_b0,light_squeezenet,light_inception_v1"
+STAGES = ("import", "passes", "IR emission", "LLVM optimization", "machine code")
+
+
+def model_file(name: str, tmp: str) -> str:
+    """The model as an ONNX file."""
+    import onnx
+    path = os.path.join(tmp, name + ".onnx")
+    if os.path.exists(path):
+        return path
+    if name.startswith("light_"):
+        # weights as ConstantOfShape nodes, initializers listed as graph inputs (IR version 3)
+        src = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light", name + ".onnx")
+        model = onnx.load(src)
+    else:
+        import nets
+        model = getattr(nets, name)(1)
+    onnx.save(model, path)
+    return path
+
+
+def onnx_model(path: str):
+    import onnx
+    return onnx.load(path)
+
+
+def _stage(line: str) -> str:
+    if line.startswith("import"):
+        return "import"
+    if line.startswith(("code generation", "codegen")):
+        return "IR emission"
+    if line.startswith("LLVM optimization"):
+        return "LLVM optimization"
+    if line.startswith("LLVM machine code"):
+        return "machine code"
+    return "passes"
+
+
+def worker(runtime: str, path: str, threads: int) -> dict:
+    import numpy as np
+    if runtime == "convc":
+        import convc
+        marks: list[tuple[float, str]] = []
+        t0 = time.perf_counter()
+        compiled = convc.compile(path, threads=threads, batch=1,
+                                 progress=lambda s: marks.append((time.perf_counter(), _stage(s))))
+        spec = compiled.inputs[0]
+        compiled.run({spec.name: np.zeros(spec.shape, np.float32)})
+        end = time.perf_counter()
+        stages = dict.fromkeys(STAGES, 0.0)
+        for (t, stage), nxt in zip(marks, [m[0] for m in marks[1:]] + [end]):
+            stages[stage] += nxt - t
+        return {"seconds": end - t0, "stages": stages}
+    if runtime == "ort":
+        import onnxruntime as ort
+        t0 = time.perf_counter()
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        inits = {i.name for i in onnx_model(path).graph.initializer}
+        i = next(i for i in sess.get_inputs() if i.name not in inits)
+        sess.run(None, {i.name: np.zeros([d if isinstance(d, int) else 1 for d in i.shape], np.float32)})
+        return {"seconds": time.perf_counter() - t0}
+    import openvino as ov
+    core = ov.Core()
+    t0 = time.perf_counter()
+    compiled = core.compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads})
+    shape = [d.get_length() if d.is_static else 1 for d in compiled.inputs[0].get_partial_shape()]
+    compiled.create_infer_request().infer([np.zeros(shape, np.float32)])
+    return {"seconds": time.perf_counter() - t0}
+
+
+def train_worker(threads: int) -> dict:
+    import numpy as np
+    import convc
+    from convc import nn
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.c1, self.b1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+            self.c2, self.b2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+            self.proj = stride != 1 or cin != cout
+            if self.proj:
+                self.s, self.sb = nn.Conv2d(cin, cout, 1, stride, 0, bias=False), nn.BatchNorm2d(cout)
+
+        def forward(self, x):
+            h = self.b2(self.c2(nn.relu(self.b1(self.c1(x)))))
+            return nn.relu(h + (self.sb(self.s(x)) if self.proj else x))
+
+    class Net(nn.Module):
+        def __init__(self, w=16):
+            super().__init__()
+            self.c, self.b = nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w)
+            self.blocks = nn.ModuleList([Block(w, w, 1), Block(w, w, 1), Block(w, 2 * w, 2), Block(2 * w, 2 * w, 1),
+                                         Block(2 * w, 4 * w, 2), Block(4 * w, 4 * w, 1)])
+            self.pool, self.fc = nn.GlobalAvgPool(), nn.Linear(4 * w, 10)
+
+        def forward(self, x):
+            x = nn.relu(self.b(self.c(x)))
+            for b in self.blocks:
+                x = b(x)
+            return self.fc(nn.flatten(self.pool(x)))
+
+    nn.manual_seed(0)
+    x = np.random.default_rng(0).standard_normal((32, 3, 32, 32)).astype(np.float32)
+    y = np.arange(32) % 10
+    t0 = time.perf_counter()
+    trainer = convc.Trainer(Net(), input_shape=x.shape, threads=threads)
+    trainer.step(x, y)
+    return {"seconds": time.perf_counter() - t0}
+
+
+def run(args: list[str], cache: str | None) -> dict:
+    env = dict(os.environ)
+    if cache:
+        env["CONVC_CACHE_DIR"] = cache
+    proc = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        if sys.argv[2] == "train":
+            print(json.dumps(train_worker(int(sys.argv[3]))))
+        else:
+            print(json.dumps(worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
+        return 0
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=DEFAULT, help=f"comma-separated: {', '.join(BUILT)}, light_<name> "
+                                                      f"({', '.join(LIGHT)})")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=1, help="repetitions (medians are printed)")
+    p.add_argument("--train", action="store_true", help="also time a cold training-step compile")
+    args = p.parse_args()
+    try:
+        import openvino  # noqa: F401
+        peers = ["ort", "ov"]
+    except ImportError:
+        peers = ["ort"]
+    names = args.models.split(",")
+    print(f"seconds to first inference, {args.threads} threads, median of {args.rounds}; convc's cold time by stage")
+    print(f"{'model':<20}{'cold':>7}{'warm':>7}{'after r50':>10}" + "".join(f"{p:>8}" for p in peers)
+          + "   " + " / ".join(STAGES))
+    with tempfile.TemporaryDirectory() as tmp:
+        results: dict[str, dict[str, list]] = {}
+        for _ in range(args.rounds):
+            for name in names:
+                path = model_file(name, tmp)
+                r = results.setdefault(name, {"cold": [], "warm": [], "after": [], "stages": [],
+                                              **{p: [] for p in peers}})
+                cache = tempfile.mkdtemp(dir=tmp)
+                os.chmod(cache, 0o700)
+                cold = run(["convc", path, str(args.threads)], cache)
+                warm = run(["convc", path, str(args.threads)], cache)
+                if "error" in cold or "error" in warm:
+                    print(f"{name:<20} convc: {cold.get('error') or warm.get('error')}", flush=True)
+                    continue
+                r["cold"].append(cold["seconds"])
+                r["warm"].append(warm["seconds"])
+                r["stages"].append(cold["stages"])
+                if name == "resnet101":
+                    cache = tempfile.mkdtemp(dir=tmp)
+                    os.chmod(cache, 0o700)
+                    run(["convc", model_file("resnet50", tmp), str(args.threads)], cache)
+                    after = run(["convc", path, str(args.threads)], cache)
+                    if "seconds" in after:
+                        r["after"].append(after["seconds"])
+                for peer in peers:
+                    res = run([peer, path, str(args.threads)], None)
+                    if "seconds" in res:
+                        r[peer].append(res["seconds"])
+        for name, r in results.items():
+            if not r["cold"]:
+                continue
+            med = {k: statistics.median(v) for k, v in r.items() if v and k != "stages"}
+            stages = {s: statistics.median(st[s] for st in r["stages"]) for s in STAGES}
+            after = f"{med['after']:.2f}" if "after" in med else "-"
+            print(f"{name:<20}{med['cold']:>7.2f}{med['warm']:>7.2f}{after:>10}"
+                  + "".join(f"{med[p]:>8.2f}" if p in med else f"{'-':>8}" for p in peers)
+                  + "   " + " / ".join(f"{stages[s]:.2f}" for s in STAGES), flush=True)
+        if args.train:
+            cache = tempfile.mkdtemp(dir=tmp)
+            os.chmod(cache, 0o700)
+            res = run(["train", str(args.threads)], cache)
+            print(f"training step, CIFAR ResNet width 16, batch 32, cold: "
+                  f"{res['seconds']:.2f} s" if "seconds" in res else f"training step: {res['error']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
