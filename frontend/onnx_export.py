@@ -85,6 +85,14 @@ def _unary_node(w: _Writer, kind: OpKind, attrs: Any, x: str, y: str, name: str)
         hs = w.fresh(f"{name}_hard_sigmoid")
         w.node("HardSigmoid", [x], [hs], f"{name}_hard_sigmoid", alpha=1.0 / 6.0, beta=0.5)
         w.node("Mul", [x, hs], [y], name)
+    elif kind is OpKind.SWISH and w.opset < 24:  # Swish arrived in opset 24: x * Sigmoid(alpha x)
+        ax = x
+        if attrs.alpha != 1.0:
+            ax = w.fresh(f"{name}_scaled")
+            w.node("Mul", [x, w.constant(f"{name}.alpha", np.array(attrs.alpha, np.float32))], [ax], f"{name}_scale")
+        s = w.fresh(f"{name}_sigmoid")
+        w.node("Sigmoid", [ax], [s], f"{name}_sigmoid")
+        w.node("Mul", [x, s], [y], name)
     else:
         inputs, attributes = _spelled(w, attrs, [x], name)
         w.node(kind.value, inputs, [y], name, **attributes)

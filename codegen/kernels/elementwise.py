@@ -8,17 +8,18 @@ from llvmlite import ir
 
 from convc.ir import Op
 from convc.ops import OpKind
-from convc.codegen.llvm_utils import FAST, F64, const_like, call_intrinsic, fmax, fmin, for_range, linear_index, load, \
-    loop_nest, memcpy, store
+from convc.codegen import vecmath
+from convc.codegen.llvm_utils import F32, FAST, as_i64, const_like, fmax, fmin, for_range, gep, i64, linear_index, \
+    load, loop_nest, memcpy, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 
 UnaryFn = Callable[[ir.IRBuilder, ir.Value, Any], ir.Value]
 # kind -> the function computing it on one value, a scalar or (where VECTOR_UNARY says so) a vector;
-# emit_unary loops it over a tensor and fused epilogues (kernels/epilogue.py, blas.py) apply it in place
+# emit_unary maps it over a tensor and fused epilogues (kernels/epilogue.py, blas.py) apply it in place
 UNARY: dict[OpKind, UnaryFn] = {}
 # the functions that work on whole vectors: a fused epilogue applies them to a register tile, the others
-# run as a scalar pass after the tile is stored (blas.split_epilogue). tanh calls libm's scalar tanhf;
-# the rest are marked False until an epilogue test covers them on vectors.
+# run as a scalar pass after the tile is stored (blas.split_epilogue). The transcendental ones are
+# straight-line IR from codegen/vecmath.py (no libm calls), so every kernel here is one.
 VECTOR_UNARY: set[OpKind] = set()
 
 
@@ -48,6 +49,20 @@ def unary(kind: OpKind, *, vector: bool) -> Callable[[UnaryFn], UnaryFn]:
     return register
 
 
+def vector_map(b: ir.IRBuilder, fn: Callable[[ir.IRBuilder, list[ir.Value]], ir.Value], srcs: list[ir.Value],
+               dst: ir.Value, lo, hi, width: int) -> None:
+    """dst[i] = fn(b, [src[i] for src in srcs]) for i in [lo, hi): ``width`` floats at a time, then the
+    remaining ones as scalars. ``fn`` is emitted twice (vector and scalar body); dst may be a src."""
+    lo, hi = as_i64(b, lo), as_i64(b, hi)
+    vec = ir.VectorType(F32, width)
+    whole = b.sub(hi, b.urem(b.sub(hi, lo), i64(width)))
+    with for_range(b, whole, start=lo, step=width, name="v") as i:
+        vals = [b.load(gep(b, s, i), typ=vec, align=4) for s in srcs]
+        b.store(fn(b, vals), gep(b, dst, i), align=4)
+    with for_range(b, hi, start=whole, name="s") as i:
+        store(b, fn(b, [load(b, s, i) for s in srcs]), dst, i)
+
+
 @unary(OpKind.RELU, vector=True)
 def relu(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     # x < 0 ? 0 : x keeps NaN as NaN, like numpy
@@ -62,32 +77,27 @@ def leaky_relu(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
 
 @unary(OpKind.SIGMOID, vector=True)
 def sigmoid(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
-    e = call_intrinsic(b, "llvm.exp.f32", [b.fneg(x)])
-    return b.fdiv(const_like(x, 1.0), b.fadd(const_like(x, 1.0), e))
+    return vecmath.sigmoid(b, x)
 
 
-@unary(OpKind.TANH, vector=False)
+@unary(OpKind.SWISH, vector=True)
+def swish(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    if attrs.alpha == 1.0:
+        return vecmath.silu(b, x)
+    return b.fmul(x, vecmath.sigmoid(b, b.fmul(x, const_like(x, attrs.alpha))))
+
+
+@derivative(OpKind.SWISH)
+def swish_derivative(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    """s + alpha x s (1 - s) with s = sigmoid(alpha x)."""
+    ax = b.fmul(x, const_like(x, attrs.alpha))
+    s = vecmath.sigmoid(b, ax)
+    return b.fadd(s, b.fmul(b.fmul(ax, s), b.fsub(const_like(x, 1.0), s)))
+
+
+@unary(OpKind.TANH, vector=True)
 def tanh(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
-    return call_intrinsic(b, "tanhf", [x])  # libm: accurate near 0, where 1-2/(e^2x+1) is not
-
-
-def math_call(b: ir.IRBuilder, name: str, x: ir.Value) -> ir.Value:
-    """``llvm.<name>`` on a float scalar or vector of any width (the intrinsic's name carries the type)."""
-    if isinstance(x.type, ir.VectorType):
-        suffix = f"v{x.type.count}{'f64' if isinstance(x.type.element, ir.DoubleType) else 'f32'}"
-    else:
-        suffix = "f64" if isinstance(x.type, ir.DoubleType) else "f32"
-    return call_intrinsic(b, f"llvm.{name}.{suffix}", [x])
-
-
-def _wider(x: ir.Value) -> ir.Type:
-    return ir.VectorType(F64, x.type.count) if isinstance(x.type, ir.VectorType) else F64
-
-
-def expm1(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
-    """exp(x) - 1 without float32 cancellation near 0: computed in double, then rounded once."""
-    d = b.fpext(x, _wider(x))
-    return b.fptrunc(b.fsub(math_call(b, "exp", d), const_like(d, 1.0)), x.type)
+    return vecmath.tanh(b, x)
 
 
 def clamp(b: ir.IRBuilder, x: ir.Value, lo: float, hi: float) -> ir.Value:
@@ -101,21 +111,21 @@ def clip(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     return clamp(b, x, attrs.min, attrs.max)
 
 
-@unary(OpKind.ELU, vector=False)
+@unary(OpKind.ELU, vector=True)
 def elu(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
-    neg = b.fmul(const_like(x, attrs.alpha), expm1(b, x))
+    neg = b.fmul(const_like(x, attrs.alpha), vecmath.expm1(b, x))
     return b.select(b.fcmp_ordered(">", x, const_like(x, 0.0)), x, neg)
 
 
 @derivative(OpKind.ELU)
 def elu_derivative(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
-    neg = b.fmul(const_like(x, attrs.alpha), math_call(b, "exp", x))
+    neg = b.fmul(const_like(x, attrs.alpha), vecmath.exp(b, x))
     return b.select(b.fcmp_ordered(">", x, const_like(x, 0.0)), const_like(x, 1.0), neg)
 
 
-@unary(OpKind.SELU, vector=False)
+@unary(OpKind.SELU, vector=True)
 def selu(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
-    neg = b.fmul(const_like(x, attrs.alpha), expm1(b, x))
+    neg = b.fmul(const_like(x, attrs.alpha), vecmath.expm1(b, x))
     return b.fmul(const_like(x, attrs.gamma), b.select(b.fcmp_ordered(">", x, const_like(x, 0.0)), x, neg))
 
 
@@ -124,7 +134,7 @@ def selu_derivative(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     return b.fmul(const_like(x, attrs.gamma), elu_derivative(b, x, attrs))
 
 
-@unary(OpKind.HARD_SIGMOID, vector=False)
+@unary(OpKind.HARD_SIGMOID, vector=True)
 def hard_sigmoid(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     return clamp(b, b.fadd(b.fmul(x, const_like(x, attrs.alpha)), const_like(x, attrs.beta)), 0.0, 1.0)
 
@@ -134,38 +144,38 @@ def hard_swish(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     return b.fmul(x, clamp(b, b.fadd(b.fmul(x, const_like(x, 1.0 / 6.0)), const_like(x, 0.5)), 0.0, 1.0))
 
 
-@unary(OpKind.SOFTPLUS, vector=False)
+@unary(OpKind.SOFTPLUS, vector=True)
 def softplus(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
-    """max(x, 0) + log1p(exp(-|x|)): never overflows; the log1p runs in double for small exp(-|x|)."""
-    e = math_call(b, "exp", b.fneg(math_call(b, "fabs", x)))
-    d = b.fpext(e, _wider(e))
-    log1p = b.fptrunc(math_call(b, "log", b.fadd(d, const_like(d, 1.0))), x.type)
-    return b.fadd(relu(b, x, None), log1p)
+    return vecmath.softplus(b, x)
 
 
 @derivative(OpKind.SOFTPLUS)
 def softplus_derivative(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
-    return sigmoid(b, x, None)
+    return vecmath.sigmoid(b, x)
 
 
-@unary(OpKind.SOFTSIGN, vector=False)
+@unary(OpKind.SOFTSIGN, vector=True)
 def softsign(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
-    return b.fdiv(x, b.fadd(const_like(x, 1.0), math_call(b, "fabs", x)))
+    return b.fdiv(x, b.fadd(const_like(x, 1.0), vecmath.fabs(b, x)))
 
 
 @derivative(OpKind.SOFTSIGN)
 def softsign_derivative(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
-    d = b.fadd(const_like(x, 1.0), math_call(b, "fabs", x))
+    d = b.fadd(const_like(x, 1.0), vecmath.fabs(b, x))
     return b.fdiv(const_like(x, 1.0), b.fmul(d, d))
 
 
 @emitter(*UNARY)
 def emit_unary(em: ModuleEmitter, op: Op) -> KernelCall:
-    fn, b = em.function(op.name, 2)
-    x, y = fn.args
+    """y = f(x) in vectors of the target's width, split between threads in whole vectors."""
+    fn, b = em.function(op.name, 2, parallel=True)
+    x, y = fn.args[:2]
+    n, w = em.tensor(op.inputs[0]).size, em.isa.width
+    lo, hi = em.thread_range(b, fn, -(-n // w))
+    hi = b.mul(hi, i64(w))
+    hi = b.select(b.icmp_unsigned("<", hi, i64(n)), hi, i64(n))
     fx = UNARY[op.kind]
-    with for_range(b, em.tensor(op.inputs[0]).size) as i:
-        store(b, fx(b, load(b, x, i), op.attrs), y, i)
+    vector_map(b, lambda b, v: fx(b, v[0], op.attrs), [x], y, b.mul(lo, i64(w)), hi, w)
     b.ret_void()
     return KernelCall(fn, [op.inputs[0], op.outputs[0]])
 

@@ -25,6 +25,7 @@ class OpKind(enum.Enum):
     RELU = "Relu"
     LEAKY_RELU = "LeakyRelu"
     SIGMOID = "Sigmoid"
+    SWISH = "Swish"  # x * sigmoid(alpha x); alpha = 1 is SiLU (fusion rewrites Mul(x, Sigmoid(x)) to it)
     TANH = "Tanh"
     IDENTITY = "Identity"
     DROPOUT = "Dropout"
@@ -105,7 +106,7 @@ class OpKind(enum.Enum):
 
 class OpGroup:
     """Named groups so passes never compare op-name strings."""
-    UNARY = frozenset({OpKind.RELU, OpKind.LEAKY_RELU, OpKind.SIGMOID, OpKind.TANH, OpKind.IDENTITY,
+    UNARY = frozenset({OpKind.RELU, OpKind.LEAKY_RELU, OpKind.SIGMOID, OpKind.SWISH, OpKind.TANH, OpKind.IDENTITY,
                        OpKind.DROPOUT, OpKind.CLIP, OpKind.ELU, OpKind.SELU, OpKind.HARD_SIGMOID, OpKind.HARD_SWISH,
                        OpKind.SOFTPLUS, OpKind.SOFTSIGN})
     ACTIVATION = frozenset({OpKind.RELU, OpKind.LEAKY_RELU, OpKind.SIGMOID, OpKind.TANH})

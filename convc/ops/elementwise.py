@@ -47,6 +47,12 @@ class SeluAttrs:
 
 
 @dataclass(frozen=True)
+class SwishAttrs:
+    """x * sigmoid(alpha x) (ONNX Swish, opset 24); alpha = 1 is SiLU."""
+    alpha: float = onnx_attr(1.0)
+
+
+@dataclass(frozen=True)
 class HardSigmoidAttrs:
     alpha: float = onnx_attr(0.2)
     beta: float = onnx_attr(0.5)
@@ -62,6 +68,11 @@ def _unary(kind: OpKind):
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
+
+
+def _swish_derivative(x: np.ndarray, alpha: float) -> np.ndarray:
+    s = _sigmoid(alpha * x)
+    return s + alpha * x * s * (1.0 - s)
 
 
 def _f64(x: np.ndarray) -> np.ndarray:
@@ -92,6 +103,8 @@ def unary_op(kind: OpKind, attrs: type, fn: Fn, *, fusible: bool = False, deriva
 unary_op(OpKind.RELU, NoAttrs, lambda a, x: np.maximum(x, 0), fusible=True)
 unary_op(OpKind.LEAKY_RELU, LeakyReluAttrs, lambda a, x: np.where(x >= 0, x, a.alpha * x), fusible=True)
 unary_op(OpKind.SIGMOID, NoAttrs, lambda a, x: _sigmoid(x.astype(np.float64)), fusible=True)
+unary_op(OpKind.SWISH, SwishAttrs, lambda a, x: _f64(x) * _sigmoid(a.alpha * _f64(x)), fusible=True,
+         derivative=lambda a, x: _swish_derivative(_f64(x), a.alpha))
 unary_op(OpKind.TANH, NoAttrs, lambda a, x: np.tanh(x), fusible=True)
 unary_op(OpKind.IDENTITY, NoAttrs, lambda a, x: x.copy())
 unary_op(OpKind.DROPOUT, DropoutAttrs, lambda a, x: x.copy())
