@@ -37,7 +37,10 @@ class ConvcRep(BackendRep):
     def __init__(self, model: onnx.ModelProto, threads: int | None = None):
         self.model = model
         self.threads = threads
-        self.input_names = [vi.name for vi in model.graph.input]
+        # positional inputs feed the graph inputs that are not initializers, as onnxruntime's backend does:
+        # IR-3 models (caffe2's conversions) list every initializer as an input, the data input last
+        initializers = {t.name for t in model.graph.initializer}
+        self.input_names = [vi.name for vi in model.graph.input if vi.name not in initializers]
         self.output_names = [o.name for o in model.graph.output]
         self._constant_inputs: set[str] = set()  # float inputs some node needs as constants, learned once
         self._compiled: dict[tuple, CompiledModel] = {}
@@ -47,7 +50,6 @@ class ConvcRep(BackendRep):
             return {k: np.asarray(v) for k, v in inputs.items()}
         if isinstance(inputs, np.ndarray):
             inputs = [inputs]
-        # as onnx's runner: the i-th array feeds graph input i (initializers listed as inputs come last)
         return {name: np.asarray(v) for name, v in zip(self.input_names, inputs)}
 
     def _specialized(self, bound: dict[str, np.ndarray]) -> onnx.ModelProto:

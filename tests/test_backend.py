@@ -82,3 +82,45 @@ def test_onnx_backend_test_runner_drives_it():
     result = unittest.TextTestRunner(verbosity=0).run(tests)
     assert result.wasSuccessful(), result.failures + result.errors
     assert result.testsRun - len(result.skipped) == 2
+
+
+def ir3_conv_model():
+    """An IR-3 model as caffe2's converter writes them: every initializer is also a graph input,
+    listed before the data input."""
+    rng = np.random.default_rng(0)
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3, 3, 3], rng.standard_normal(108).astype(np.float32))
+    b = helper.make_tensor("b", TensorProto.FLOAT, [4], rng.standard_normal(4).astype(np.float32))
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["data", "w", "b"], ["y"], pads=[1, 1, 1, 1])], "ir3",
+        [helper.make_tensor_value_info("w", TensorProto.FLOAT, [4, 3, 3, 3]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, [4]),
+         helper.make_tensor_value_info("data", TensorProto.FLOAT, [2, 3, 9, 11])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 9, 11])], [w, b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 8)])
+    model.ir_version = 3
+    return model
+
+
+def test_positional_inputs_feed_the_inputs_that_are_not_initializers():
+    import onnxruntime as ort
+    model = ir3_conv_model()
+    x = np.random.default_rng(1).standard_normal((2, 3, 9, 11)).astype(np.float32)
+    (y,) = convc.backend.prepare(model).run([x])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["data"]  # onnxruntime's view of the same model
+    np.testing.assert_allclose(y, sess.run(None, {"data": x})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_a_light_model_shipped_with_onnx_runs_positionally():
+    import os
+
+    import onnx
+    import onnxruntime as ort
+    path = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light", "light_squeezenet.onnx")
+    if not os.path.exists(path):
+        pytest.skip("this onnx package ships no light models")
+    model = onnx.load(path)
+    x = np.random.default_rng(2).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    (y,) = convc.backend.prepare(model).run([x])
+    (ref,) = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"data_0": x})
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5 * float(np.abs(ref).max()))
