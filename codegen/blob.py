@@ -66,7 +66,7 @@ def _io_meta(specs) -> list[dict]:
 def metadata(native, target: AotTarget, inputs, outputs, graph_metadata: dict | None = None,
              extra: dict | None = None) -> dict:
     """What a loader needs besides the code: everything the Python loader reads (as JSON)."""
-    from convc import __version__
+    from convc.version import __version__
     consts = used_constants(native)
     meta = {
         "abi": abi.ABI_VERSION, "convc_version": __version__, "name": getattr(native, "name", "") or native.ir_module.name,

@@ -135,7 +135,7 @@ def environment(threads: int, instrument: bool = False) -> dict:
     import llvmlite.binding as llvm
     from convc.codegen.jit import Target
 
-    from convc import __version__
+    from convc.version import __version__
     host = Target.host()
     return {"format": FORMAT, "abi": ABI_VERSION, "triple": host.triple, "cpu": host.cpu, "features": host.features,
             "llvmlite": llvmlite.__version__, "llvm": list(llvm.llvm_version_info), "numpy": np.__version__,

@@ -5,7 +5,7 @@
     y = model(x)                                  # numpy in, numpy out
     sess = convc.InferenceSession("model.onnx")   # onnxruntime-style API
 """
-__version__ = "0.1.0"
+from convc.version import __version__  # noqa: E402
 
 from convc.errors import (CompileError, ConvcError, GraphError, InputError, ModelImportError,  # noqa: E402
                           UnsupportedOpError)

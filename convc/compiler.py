@@ -13,7 +13,7 @@ from convc.driver import ModelSource, has_dynamic_batch, is_nn_module, load_grap
 from convc.ir import Graph
 from convc.limits import positive_int
 from convc.options import CompileOptions, applied, default_threads, resolve_options  # noqa: F401  (default_threads: public here)
-from convc.session import CompiledModel
+from convc.model import CompiledModel
 
 
 def compile_graph(graph: Graph, *, threads: int | None = None, instrument: bool = False,

@@ -26,7 +26,7 @@ from convc.errors import InputError
 from convc.ir import Graph, TensorKind
 from convc.limits import positive_int
 from convc.options import CompileOptions, run_threads
-from convc.session import CompiledModel
+from convc.model import CompiledModel
 
 ModelSource = Any  # path, bytes, onnx.ModelProto, Graph or convc.nn Module
 Progress = Callable[[str], None] | None
@@ -41,13 +41,14 @@ def is_nn_module(model: ModelSource) -> bool:
 
 def load_graph(model: ModelSource, batch: int | None = None, input_shape: Any = None,
                runtime: frozenset[str] = frozenset()) -> Graph:
-    """The Graph of ``model``; ``runtime`` names ONNX initializers listed as inputs to import as run-time inputs."""
+    """The Graph of ``model`` (the one loader of inference and training); ``runtime`` names ONNX
+    initializers listed as inputs to import as run-time inputs."""
     if isinstance(model, Graph):
         return model
     if is_nn_module(model):
         return model.to_graph(input_shape, batch=batch)
     from convc.frontend.onnx import import_onnx
-    return import_onnx(model, batch=batch, runtime=runtime)
+    return import_onnx(str(model) if isinstance(model, Path) else model, batch=batch, runtime=runtime)
 
 
 def has_dynamic_batch(model: ModelSource) -> bool:
@@ -92,9 +93,20 @@ def model_from_artifact(artifact, *, threads: int | None = None, graph: Any = No
     if graph is None:
         graph = LazyGraph(meta.get("name", "model"), meta.get("graph_metadata"), graph_factory,
                           why_not="it was restored from compiled code (a pickle)")
-    model = CompiledModel(runner, graph, threads=threads, respecialize=respecialize, override=override)
-    model._artifact = artifact
-    return model
+    return CompiledModel(runner, graph, threads=threads, respecialize=respecialize, override=override,
+                         artifact=artifact, restore=restore_model)
+
+
+def restore_model(state: dict, threads: int | None) -> CompiledModel:
+    """Unpickle a JIT-compiled model (``JitArtifact.state()``): its object code is loaded as it is,
+    nothing compiles."""
+    from convc.artifact import LoadError
+    from convc.codegen.cache import CorruptEntry, entry_artifact
+    try:
+        artifact = entry_artifact(state["entry"])
+    except (CorruptEntry, KeyError, TypeError, ValueError) as e:
+        raise LoadError(f"cannot unpickle the compiled model: its code and weights are damaged ({e})") from None
+    return model_from_artifact(artifact, threads=threads)
 
 
 # --- JIT compiles ----------------------------------------------------------------------------------
@@ -215,20 +227,15 @@ def build_training_library(model: ModelSource, output, options: CompileOptions, 
 
 def load_forward(model: Any, input_shape: Sequence[int]) -> Graph:
     """The inference Graph of ``model`` (ONNX path/bytes/proto, Graph, or convc.nn module) at the
-    batch size ``input_shape[0]``."""
+    batch size ``input_shape[0]``, loaded by ``load_graph`` and checked for training: one input, of
+    ``input_shape``."""
     try:
         shape = tuple(positive_int("input_shape", d, optional=False) for d in input_shape)
     except (InputError, TypeError):  # 2.5 is not silently 2
         shape = ()
     if len(shape) < 2:
         raise InputError(f"input_shape={input_shape!r} must be (batch, channels, ...) with positive integer sizes")
-    if hasattr(model, "to_graph"):  # a convc.nn module
-        g = model.to_graph(shape)
-    elif isinstance(model, Graph):
-        g = model
-    else:
-        from convc.frontend.onnx import import_onnx
-        g = import_onnx(str(model) if isinstance(model, Path) else model, batch=shape[0])
+    g = load_graph(model, shape[0], shape)
     if len(g.inputs) != 1:
         raise InputError(f"convc trains models with one input; {g.name!r} has {g.inputs}")
     have = g.tensor(g.inputs[0]).shape

@@ -12,8 +12,8 @@ Nothing here imports llvmlite or the compiler: an application that ships a libra
 The model returned is the ``CompiledModel`` ``convc.compile`` returns, running on the same
 ``NativeRunner`` (per-caller contexts from a free list, GIL released during the call).
 
-This module also holds what pickling a compiled model needs (``reduce_model`` and the restore
-functions): a JIT model pickles as its object code and weights, a loaded library as its bytes.
+A model loaded from a library pickles as the library's bytes (``LibraryArtifact``) and unpickles
+through ``_restore``; a JIT model pickles as its object code and weights (convc/driver.py).
 """
 from __future__ import annotations
 
@@ -157,7 +157,7 @@ def inspect_library(path: str | os.PathLike) -> tuple[ctypes.CDLL, LibraryInfo]:
     if lib_abi != ABI_VERSION:
         version = _bind(lib, abi.VERSION, ctypes.c_char_p)
         built_by = version().decode() if version is not None else "an unknown convc"
-        from convc import __version__
+        from convc.version import __version__
         raise LoadError(f"{path}: built by convc {built_by} with C ABI version {lib_abi}; this convc ({__version__}) "
                         f"loads ABI version {ABI_VERSION}. Rebuild it with `convc compile`.")
     text = _need(lib, path, abi.METADATA_JSON, ctypes.c_char_p)
@@ -194,8 +194,8 @@ def load(path: str | os.PathLike, *, threads: int | None = None):
     """Load a library written by ``convc compile MODEL -o model.so`` and return a ``CompiledModel``
     (the object ``convc.compile`` returns). ``threads`` caps the worker threads per call (at most
     the count the library was compiled for, the default)."""
+    from convc.model import CompiledModel
     from convc.runtime import NativeRunner, PoolApi
-    from convc.session import CompiledModel
     lib, info = inspect_library(path)
     meta = info.meta
     if info.missing_features:
@@ -215,8 +215,8 @@ def load(path: str | os.PathLike, *, threads: int | None = None):
     graph_meta = meta.get("graph_metadata")
     graph = LazyGraph(str(meta.get("name", "model")), graph_meta if isinstance(graph_meta, dict) else None,
                       why_not=f"it was loaded from the compiled library {info.path}")
-    model = CompiledModel(runner, graph, threads=threads)
-    model._artifact = LibraryArtifact(info.path, info.digest)
+    model = CompiledModel(runner, graph, threads=threads, artifact=LibraryArtifact(info.path, info.digest),
+                          restore=_restore)
     model.library = info.path
     model.metadata = meta
     return model
@@ -414,14 +414,6 @@ class LibraryArtifact:
         return {"kind": "library", "name": Path(self.path).name, "data": data}
 
 
-def reduce_model(model) -> tuple:
-    artifact = getattr(model, "_artifact", None)
-    if artifact is None:
-        raise TypeError("this CompiledModel cannot be pickled: only models from convc.compile and convc.load "
-                        "carry their compiled code")
-    return _restore, (artifact.state(), model.threads)
-
-
 _fallback_dir: list[Path] = []
 
 
@@ -464,18 +456,13 @@ def _library_copy(state: dict) -> str:
 
 
 def _restore(state: dict, threads: int | None):
-    """Unpickle a CompiledModel: load the library or the object code; no compilation happens."""
+    """Unpickle a CompiledModel loaded from a library: load it again; no compilation happens."""
     kind = state.get("kind") if isinstance(state, dict) else None
     if kind == "library":
         return load(_library_copy(state), threads=threads)
-    if kind == "jit-entry":
-        from convc.codegen.cache import CorruptEntry, entry_artifact
-        from convc.driver import model_from_artifact
-        try:
-            artifact = entry_artifact(state["entry"])
-        except (CorruptEntry, KeyError, TypeError, ValueError) as e:
-            raise LoadError(f"cannot unpickle the compiled model: its code and weights are damaged ({e})") from None
-        return model_from_artifact(artifact, threads=threads)
+    if kind == "jit-entry":  # pickled before JIT models named the driver's restore_model
+        from convc.driver import restore_model
+        return restore_model(state, threads)
     if kind == "jit":
         raise LoadError("cannot unpickle the compiled model: it was pickled by an older convc (unchecked code "
                         "and weights); pickle it again with this version")

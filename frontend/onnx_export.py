@@ -286,7 +286,7 @@ def export_onnx(graph: Graph, *, opset: int | None = None, dynamic_batch: bool =
                 producer: str = "convc") -> onnx.ModelProto:
     """Write ``graph`` as an ONNX model at ``opset`` (default 13; 13 is the oldest supported, since
     Softmax's semantics changed there). Raises ExportError listing every op it cannot write."""
-    import convc
+    from convc.version import __version__
     opset = DEFAULT_OPSET if opset is None else int(opset)
     if not DEFAULT_OPSET <= opset <= onnx.defs.onnx_opset_version():
         raise ExportError(f"opset {opset} is not supported: the exporter writes opsets {DEFAULT_OPSET} to "
@@ -329,7 +329,7 @@ def export_onnx(graph: Graph, *, opset: int | None = None, dynamic_batch: bool =
                           [_value_info(graph, n, batch) for n in graph.inputs], outputs,
                           initializer=inits + w.initializers)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], producer_name=producer,
-                              producer_version=convc.__version__)
+                              producer_version=__version__)
     model.ir_version = helper.find_min_ir_version_for(list(model.opset_import))
     onnx.checker.check_model(model)
     return model
