@@ -1,4 +1,4 @@
-"""Winograd convolution F(m x m, 3 x 3) for channels-last 3x3 stride-1 convs (ConvAlgorithm.WINOGRAD_2X2 and WINOGRAD_4X4).
+"""Winograd convolution F(m x m, 3 x 3) for channels-last 3x3 stride-1 convs (WINOGRAD_2X2, WINOGRAD_4X4).
 
 Each m x m block of output pixels (a tile) is computed from a t x t input patch, t = m + 2:
 
@@ -30,7 +30,7 @@ from llvmlite import ir
 
 from convc.ir import Op
 from convc.ops.conv import ConvAlgorithm, split_inputs
-from convc.codegen.llvm_utils import FAST, for_range, gep, i64, memset_zero
+from convc.codegen.llvm_utils import for_range, gep, i64, memset_zero
 from convc.codegen.module import KernelCall, ModuleEmitter
 from convc.codegen.kernels.blas import Operand, pack_b
 from convc.codegen.kernels.elementwise import UNARY, VECTOR_UNARY
@@ -88,17 +88,19 @@ def reference(x: np.ndarray, w: np.ndarray, pads: tuple[int, int, int, int], m: 
 
 
 def _combine(b: ir.IRBuilder, row: np.ndarray, vals: list[ir.Value]) -> ir.Value:
-    """sum_j row[j] * vals[j] with the constant coefficients folded: +-1 an add or subtract, 0 skipped."""
+    """sum_j row[j] * vals[j] with the constant coefficients folded: +-1 an add or subtract, 0 skipped.
+    Strict IEEE order (no fast-math flags): LLVM then cannot contract or reassociate differently in
+    differently shaped kernels, so every thread count gives the same bits."""
     acc = None
     for coef, v in zip(row, vals):
         if coef == 0:
             continue
         if coef == -1 and acc is not None:
-            acc = b.fsub(acc, v, flags=FAST)
+            acc = b.fsub(acc, v)
             continue
         if abs(coef) != 1 or acc is None and coef == -1:
-            v = b.fmul(v, ir.Constant(v.type, [float(coef)] * v.type.count), flags=FAST)
-        acc = v if acc is None else b.fadd(acc, v, flags=FAST)
+            v = b.fmul(v, ir.Constant(v.type, [float(coef)] * v.type.count))
+        acc = v if acc is None else b.fadd(acc, v)
     return acc
 
 
@@ -232,7 +234,7 @@ def emit_winograd_conv(em: ModuleEmitter, op: Op) -> KernelCall:
                     for s in range(m):
                         def store_pixel(r=r, s=s) -> None:
                             at_px = b.add(base, b.add(c0, i64((r * ow + s) * mo)))
-                            val = out[r][s] if bvec is None else b.fadd(out[r][s], bvec, flags=FAST)
+                            val = out[r][s] if bvec is None else b.fadd(out[r][s], bvec)
                             res = gemm.vload(b, gep(b, residual, at_px), valid) if residual is not None else None
                             gemm.vstore(b, _epilogue(b, a.epilogue, val, res), gep(b, y, at_px), valid)
                         _if_inside(b, (oy, r, oh), (ox, s, ow), m, store_pixel)
