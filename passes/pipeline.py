@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from convc.passes.bn_folding import fold_batch_norm
 from convc.passes.constant_folding import fold_constants
+from convc.passes.conv1d import windows_to_2d
 from convc.passes.dce import eliminate_dead_code
 from convc.passes.fusion import fuse_epilogues
 from convc.passes.im2col import lower_im2col
@@ -32,6 +33,7 @@ PIPELINE: list[tuple[str, Callable[[Graph], Graph]]] = [
     ("batch-norm folding", fold_batch_norm),
     ("epilogue fusion", fuse_epilogues),
     ("channels-last layout", to_channels_last),
+    ("1-D windows as 2-D", windows_to_2d),
     ("im2col lowering", lower_im2col),
     ("dead-code elimination", eliminate_dead_code),
     ("kernel selection", select_kernels),
