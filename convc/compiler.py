@@ -12,7 +12,8 @@ from typing import Any
 from convc.driver import ModelSource, has_dynamic_batch, is_nn_module, load_graph  # noqa: F401  (public here)
 from convc.ir import Graph
 from convc.limits import positive_int
-from convc.options import CompileOptions, applied, default_threads, resolve_options  # noqa: F401  (default_threads: public here)
+from convc.options import default_threads  # noqa: F401  (public here)
+from convc.options import CompileOptions, applied, resolve_options
 from convc.model import CompiledModel
 
 
