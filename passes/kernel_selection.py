@@ -35,6 +35,8 @@ import dataclasses
 
 import numpy as np
 
+from convc.passes.conv1d import windows_to_2d
+
 from convc.errors import CompileError
 from convc.ir import Graph, Op, TensorKind
 from convc.ops import OpKind
@@ -154,5 +156,6 @@ def select_kernels(g: Graph, runtime_weights: bool = False, winograd: bool | Non
 
 def select_training_kernels(g: Graph) -> Graph:
     """select_kernels for a plan run by the training emitter: weights not constant are read at run
-    time, and no Winograd (the training kernels keep the direct algorithms)."""
-    return select_kernels(g, runtime_weights=True, winograd=False)
+    time, and no Winograd (the training kernels keep the direct algorithms). Training plans skip the
+    inference pipeline, so their 1-D forward windows are made 2-D here (passes/conv1d.py)."""
+    return select_kernels(windows_to_2d(g), runtime_weights=True, winograd=False)
