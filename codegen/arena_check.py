@@ -7,7 +7,8 @@ the entry point
 - fills the whole arena with a canary word (a quiet NaN with a payload) when a call starts,
 - after each kernel, fills again every arena slot whose last reader was that kernel and the
   kernel's scratch space, so a later read of freed or reused bytes sees the canary,
-- before each kernel, scans every arena tensor it reads for the canary (the plan freed or reused a
+- before each kernel, scans every arena tensor it reads (only its own elements: a Concat input
+  produced in place is rows of the Concat's output, ``scan_view``) for the canary (the plan freed or reused a
   tensor that is still needed, or nothing wrote it), and after it, scans what it wrote (a kernel
   that read dead memory propagates the NaN payload into its output on x86; one that left part of
   its output unwritten leaves canary words there),
@@ -123,6 +124,24 @@ class ArenaChecker:
         with b.if_then(b.and_(b.icmp_unsigned("!=", at, i64(0)), first)):
             for k, v in enumerate((i64(step + 1), i64(what), i64(position), b.sub(at, i64(1)))):
                 b.store(v, self._slot(b, k))
+
+    def scan_view(self, b: ir.IRBuilder, arena: ir.Value, offset: int, view, step: int, what: int,
+                  position: int) -> None:
+        """``scan`` of a tensor laid out as ``view`` (passes/memory.py ``View``) at byte ``offset``:
+        each of its rows, not the other tensors' elements between them; the word index recorded is
+        the tensor's own element index."""
+        if view.contiguous:
+            self.scan(b, arena, offset, view.rows * view.run * 4, step, what, position)
+            return
+        with for_range(b, view.rows, name="row") as r:
+            row = b.gep(arena, [b.add(i64(offset), b.mul(r, i64(view.stride * 4)))], inbounds=True,
+                        source_etype=ir.IntType(8))
+            at = b.call(self._find, [row, i64(view.run)])
+            first = b.icmp_unsigned("==", b.load(self._slot(b, 0), typ=I64), i64(0))
+            with b.if_then(b.and_(b.icmp_unsigned("!=", at, i64(0)), first)):
+                word = b.add(b.mul(r, i64(view.run)), b.sub(at, i64(1)))
+                for k, v in enumerate((i64(step + 1), i64(what), i64(position), word)):
+                    b.store(v, self._slot(b, k))
 
     def _slot(self, b: ir.IRBuilder, k: int) -> ir.Value:
         return b.gep(self.fault, [ir.Constant(I32, 0), ir.Constant(I32, k)], inbounds=True)

@@ -214,8 +214,8 @@ class ModuleEmitter:
             virtual: set[str] = set()  # outputs of ops whose work another kernel does (never written)
         for position, op in enumerate(self.plan.order):
             k = position
-            if is_alias(self.graph, op):
-                continue
+            if is_alias(self.graph, op) or op.name in self.plan.memory.concat_aliases:
+                continue  # a view, or a Concat whose inputs were written in place
             if checker is not None:
                 step = len(checker.steps)
                 guarded = self._guarded(op, position)
@@ -223,7 +223,7 @@ class ModuleEmitter:
                 for pos, t in enumerate(op.inputs):
                     buf = self.plan.memory.buffers[t]
                     if buf.kind == "arena" and t not in virtual:
-                        checker.scan(b, arena, buf.index, self.tensor(t).nbytes, step, READ_DEAD, pos)
+                        checker.scan_view(b, arena, buf.index, self._view(t), step, READ_DEAD, pos)
                 before = [checker.digest(b, arena, self.plan.memory.buffers[r.name].index, r.nbytes) for r in guarded]
             if self.progress:
                 self.progress(f"codegen [{k + 1}/{len(self.plan.order)}] {op.name} ({op.kind.value})")
@@ -268,6 +268,10 @@ class ModuleEmitter:
                             list(self.graph.inputs), list(self.graph.outputs), kernel_names, self.instrument,
                             self.threads, frozenset(used), self.name, checker.steps if checker else None)
 
+    def _view(self, name: str):
+        """How tensor ``name`` is laid out at its buffer (rows of a Concat's output when written in place)."""
+        return self.plan.memory.view(name, self.tensor(name).size)
+
     def _guarded(self, op: Op, position: int) -> list:
         """The arena slots live across ``op`` (before and after it) whose bytes it does not write."""
         mem = self.plan.memory
@@ -289,7 +293,7 @@ class ModuleEmitter:
         for pos, t in enumerate(op.outputs):
             buf = self.plan.memory.buffers[t]
             if buf.kind == "arena":
-                checker.scan(b, arena, buf.index, self.tensor(t).nbytes, step, WROTE_DEAD, pos)
+                checker.scan_view(b, arena, buf.index, self._view(t), step, WROTE_DEAD, pos)
         for r in dying:
             buf = self.plan.memory.buffers[r.name]
             if buf.kind == "arena":

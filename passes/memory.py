@@ -9,6 +9,17 @@ arena above the liveness lower bound (``best_fit_repaired``). An elementwise op 
 in place of an input that dies at that op when both are arena tensors of the same size, so the two
 share one slot (the codegen drops ``noalias`` from kernel arguments that share memory).
 
+A Concat copies nothing when its inputs can be produced in place (``plan_concats``): each input is
+placed at its slice of the Concat's output, so its producer writes straight into the concatenation
+and the Concat emits no code (``MemoryPlan.concat_aliases``); an input that cannot be placed (a
+graph input or constant, a tensor also needed elsewhere in a form its readers cannot take) is still
+copied by the Concat kernel, into the same buffer. A slice along the outermost non-unit axis is a
+contiguous run of the output (batch 1 channels-first, axis 0) and any producer can write it; any
+other slice is ``rows`` runs ``stride`` floats apart (``View``), e.g. a channels-last channel
+concat, and then every kernel that writes or reads that tensor must take a row stride
+(``writes_strided``, ``reads_strided``). Nested Concats chain: a Concat placed in an outer Concat
+places its own inputs in the outer buffer, so a DenseNet block lives in one buffer.
+
 The plan also carries the figures ``convc profile`` reports: the bytes of every arena tensor with
 no reuse, the live bytes at each step and their maximum (a lower bound for any arena; sizes are
 64-byte aligned as the planner places them), and the planned arena size.
@@ -22,9 +33,16 @@ from convc.limits import check_bytes
 from convc.ops import OpGroup, OpKind
 from convc.ops.conv import ConvAlgorithm
 
+import numpy as np
+
 ALIGN = 64
 # ops that may write their output over an input of the same size (element i reads only element i)
 IN_PLACE = OpGroup.ELEMENTWISE - OpGroup.VIEW
+CONCAT_IN_PLACE = True  # plan_concats on inference graphs (False: every Concat copies; for A/B timing)
+# channels-last conv kernels that store output pixels a row stride (ldc) apart: the implicit GEMM
+# (codegen/kernels/conv_nhwc.py) and Winograd at every tile size (codegen/kernels/winograd.py)
+STRIDED_CONV_OUTPUT = frozenset(a for a in ConvAlgorithm
+                                if a is ConvAlgorithm.IMPLICIT_GEMM_NHWC or a.name.startswith("WINOGRAD"))
 
 
 @dataclass(frozen=True)
@@ -52,6 +70,13 @@ class MemoryPlan:
     in_place: dict[str, str] = field(default_factory=dict)  # output -> the dying input whose slot it takes
     total_activation_bytes: int = 0  # every arena tensor in its own buffer (no reuse)
     live_bytes: list[int] = field(default_factory=list)  # aligned bytes live during each op of the order
+    placed: dict[str, Placement] = field(default_factory=dict)  # Concat inputs written in place
+    concat_aliases: frozenset[str] = frozenset()  # Concat ops all of whose inputs are placed: no code
+
+    def view(self, name: str, size: int) -> View:
+        """How tensor ``name`` (``size`` elements) is laid out at its buffer's address."""
+        p = self.placed.get(name)
+        return View(0, p.view.rows, p.view.run, p.view.stride) if p is not None else contiguous(size)
 
     @property
     def lower_bound_bytes(self) -> int:
@@ -61,6 +86,71 @@ class MemoryPlan:
     @property
     def saving_bytes(self) -> int:
         return self.total_activation_bytes - self.arena_bytes
+
+
+@dataclass(frozen=True)
+class View:
+    """Where a tensor's elements sit in its storage root: ``rows`` runs of ``run`` contiguous floats,
+    ``stride`` floats apart, the first ``offset`` floats into the root (row-major within the tensor)."""
+    offset: int
+    rows: int
+    run: int
+    stride: int
+
+    @property
+    def contiguous(self) -> bool:
+        return self.rows == 1 or self.stride == self.run
+
+    @property
+    def extent(self) -> int:
+        """Floats from the first element to one past the last."""
+        return (self.rows - 1) * self.stride + self.run
+
+    def normalized(self) -> "View":
+        size = self.rows * self.run
+        return View(self.offset, 1, size, size) if self.contiguous else self
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A tensor written straight into its slice of a Concat's output: ``root`` is the tensor whose
+    arena slot holds the bytes (the outermost Concat of a chain), ``concat`` the op that needs no copy."""
+    root: str
+    view: View
+    concat: str
+
+
+def contiguous(size: int) -> View:
+    return View(0, 1, size, size)
+
+
+def element_strides(shape: tuple[int, ...], view: View) -> list[int]:
+    """Element strides of a tensor of ``shape`` laid out as ``view`` (row-major when contiguous)."""
+    strides, acc = [0] * len(shape), 1
+    split = len(shape) if view.contiguous else None
+    for d in range(len(shape) - 1, -1, -1):
+        if split is None and acc == view.run:
+            split, acc = d + 1, view.stride
+        strides[d] = acc
+        acc *= shape[d]
+    if split is None and acc != view.run:
+        raise ValueError(f"view {view} does not split shape {shape} into rows")
+    return strides
+
+
+def sub_view(out_shape: tuple[int, ...], out: View, axis: int, start: int, size: int) -> View | None:
+    """The view of ``out[..., start:start + size, ...]`` (along ``axis``), or None when it is not
+    ``rows`` runs of equal stride."""
+    outer = int(np.prod(out_shape[:axis]))
+    inner = int(np.prod(out_shape[axis + 1:]))
+    chunk = out_shape[axis] * inner
+    if out.contiguous:
+        stride = chunk
+    elif out.rows == outer and out.run == chunk:
+        stride = out.stride
+    else:
+        return None
+    return View(out.offset + start * inner, outer, size * inner, stride).normalized()
 
 
 def align(n: int, a: int = ALIGN) -> int:
@@ -82,21 +172,29 @@ def is_alias(g: Graph, op: Op) -> bool:
     return op.kind in OpGroup.VIEW and view_root(g, op.outputs[0]) != op.outputs[0]
 
 
-def live_ranges(g: Graph, order: list[Op]) -> list[LiveRange]:
-    """Lifetime of every arena tensor (aliases extend their root's lifetime)."""
+def storage_root(g: Graph, name: str, placed: dict[str, Placement] | None = None) -> str:
+    """The tensor whose arena slot holds ``name``'s bytes: its view root, or the Concat output it
+    was placed in."""
+    root = view_root(g, name)
+    p = (placed or {}).get(root)
+    return p.root if p is not None else root
+
+
+def live_ranges(g: Graph, order: list[Op], placed: dict[str, Placement] | None = None) -> list[LiveRange]:
+    """Lifetime of every arena tensor (aliases and tensors placed in a Concat extend their root's)."""
     first: dict[str, int] = {}
     last: dict[str, int] = {}
     for i, op in enumerate(order):
         for t in op.outputs:
-            first.setdefault(view_root(g, t), i)
+            first.setdefault(storage_root(g, t, placed), i)
         for t in op.inputs:
-            last[view_root(g, t)] = i
+            last[storage_root(g, t, placed)] = i
             # an IM2COL_FUSED conv may gather its Im2Col's output itself, block by block
             # (passes/kernel_selection.py): the Im2Col's own input then lives until that conv
             producer = g.producer(t)
             if producer is not None and producer.kind is OpKind.IM2COL and op.kind is OpKind.CONV and \
                     op.attrs.algorithm is ConvAlgorithm.IM2COL_FUSED:
-                last[view_root(g, producer.inputs[0])] = i
+                last[storage_root(g, producer.inputs[0], placed)] = i
     out = []
     for name, start in first.items():
         t = g.tensor(name)
@@ -106,9 +204,13 @@ def live_ranges(g: Graph, order: list[Op]) -> list[LiveRange]:
     return out
 
 
-def merge_in_place(g: Graph, order: list[Op], ranges: list[LiveRange]) -> tuple[list[LiveRange], dict[str, str]]:
+def merge_in_place(g: Graph, order: list[Op], ranges: list[LiveRange],
+                   placed: dict[str, Placement] | None = None) -> tuple[list[LiveRange], dict[str, str]]:
     """Let each elementwise output take the slot of an input that dies at its op (same size, both in
-    the arena). Returns one range per slot, named after its first tensor, and output -> input taken."""
+    the arena). Returns one range per slot, named after its first tensor, and output -> input taken.
+    A tensor placed in a Concat neither takes a slot (its bytes are the Concat's) nor gives its own
+    (its slice starts inside another tensor's slot)."""
+    placed = placed or {}
     slot = {r.name: r.name for r in ranges}  # tensor -> the first tensor of its slot
     span = {r.name: r for r in ranges}       # slot -> its merged range
     taken: dict[str, str] = {}
@@ -118,7 +220,7 @@ def merge_in_place(g: Graph, order: list[Op], ranges: list[LiveRange]) -> tuple[
         out = op.outputs[0]
         for t in op.inputs:
             root = view_root(g, t)
-            if root not in slot:
+            if root not in slot or root in placed:
                 continue
             s = span[slot[root]]
             if s.last == i and s.nbytes == span[out].nbytes:
@@ -204,14 +306,86 @@ def best_fit_repaired(ranges: list[LiveRange], bound: int, rounds: int = 64) -> 
     return best
 
 
-def plan_memory(g: Graph, order: list[Op], in_place: bool = True) -> MemoryPlan:
-    tensors = live_ranges(g, order)
-    ranges, taken = merge_in_place(g, order, tensors) if in_place else (tensors, {})
+def writes_strided(g: Graph, op: Op, t: str, view: View) -> bool:
+    """``op``'s kernel can write its output ``t`` as ``view``, rows apart (codegen/kernels/shape.py
+    for Concat and Transpose; the channels-last implicit-GEMM and Winograd convs store pixel rows
+    ``ldc`` apart when one row is one pixel's channels and no residual is read in C's layout)."""
+    if op.kind in (OpKind.CONCAT, OpKind.TRANSPOSE):
+        return True
+    if op.kind is OpKind.CONV and op.attrs.algorithm in STRIDED_CONV_OUTPUT:
+        return not op.attrs.epilogue.residual and view.run == g.tensor(t).shape[-1]
+    return False
+
+
+def reads_strided(op: Op) -> bool:
+    """``op``'s kernel reads its inputs at any ``View`` (codegen/kernels/shape.py)."""
+    return op.kind in (OpKind.CONCAT, OpKind.TRANSPOSE)
+
+
+def is_training_graph(g: Graph) -> bool:
+    """A graph with parameters is a training step (or inference on the training state)."""
+    return any(t.kind is TensorKind.PARAMETER for t in g.tensors())
+
+
+def plan_concats(g: Graph, order: list[Op]) -> tuple[dict[str, Placement], frozenset[str]]:
+    """Place Concat inputs in their slice of the Concat's output (see the module docstring).
+
+    Concats are visited last first, so an outer Concat has placed an inner one (its own output)
+    before the inner one places its inputs in the same root. An input is placed when it is an
+    arena activation of its own (not a view, not a graph output, not placed already: a tensor in two
+    Concats is copied into the second), listed once, produced by a kernel, and, when its slice is
+    strided, its producer writes and all its readers read that stride. Returns the placements and
+    the Concats left with nothing to copy."""
+    placed: dict[str, Placement] = {}
+    aliases: set[str] = set()
+    outputs = set(g.outputs)
+    for op in reversed(order):
+        if op.kind is not OpKind.CONCAT:
+            continue
+        (y,) = op.outputs
+        ty = g.tensor(y)
+        if ty.kind is not TensorKind.ACTIVATION or y in outputs or ty.dtype != np.float32 or \
+                any(c.kind in OpGroup.VIEW for c in g.consumers(y)):
+            continue
+        outer = placed.get(y)
+        root, vy = (outer.root, outer.view) if outer is not None else (y, contiguous(ty.size))
+        axis, start, n_placed = op.attrs.axis, 0, 0
+        for x in op.inputs:
+            tx = g.tensor(x)
+            view = sub_view(ty.shape, vy, axis, start, tx.shape[axis])
+            start += tx.shape[axis]
+            producer = g.producer(x)
+            if view is None or tx.kind is not TensorKind.ACTIVATION or x in outputs or x in placed or \
+                    op.inputs.count(x) != 1 or producer is None or producer.kind in OpGroup.VIEW or \
+                    tx.dtype != np.float32:
+                continue
+            if not view.contiguous and not (writes_strided(g, producer, x, view) and
+                                            all(reads_strided(c) for c in g.consumers(x))):
+                continue
+            if any(c.kind in OpGroup.VIEW for c in g.consumers(x)):
+                continue  # a view would read the slice as if it were contiguous on its own
+            placed[x] = Placement(root, view, op.name)
+            n_placed += 1
+        if n_placed == len(op.inputs):
+            aliases.add(op.name)
+    return placed, frozenset(aliases)
+
+
+def plan_memory(g: Graph, order: list[Op], in_place: bool = True, concats: bool | None = None) -> MemoryPlan:
+    """``concats``: place Concat inputs in the Concat's output (default: for inference graphs; a
+    training step keeps its copies, its backward kernels read every forward tensor contiguous)."""
+    if concats is None:
+        concats = CONCAT_IN_PLACE and not is_training_graph(g)
+    placed, aliases = plan_concats(g, order) if concats else ({}, frozenset())
+    tensors = live_ranges(g, order, placed)
+    ranges, taken = merge_in_place(g, order, tensors, placed) if in_place else (tensors, {})
     live = live_bytes(ranges, len(order))
     offsets, arena = best_fit_repaired(ranges, max(live, default=0))
     check_bytes(f"the activation arena of graph {g.name!r}", arena)  # before code generation, not at the first call
     for out, inp in taken.items():  # in order: an output's input may itself have taken a slot
         offsets[out] = offsets[view_root(g, inp)]
+    for name, p in placed.items():
+        offsets[name] = offsets[p.root] + p.view.offset * g.tensor(name).dtype.itemsize
     constants = [t.name for t in g.tensors() if t.kind is TensorKind.CONSTANT]
     buffers: dict[str, Buffer] = {}
     for i, n in enumerate(g.inputs):
@@ -229,4 +403,10 @@ def plan_memory(g: Graph, order: list[Op], in_place: bool = True) -> MemoryPlan:
         root = view_root(g, t.name)
         if root != t.name:
             buffers[t.name] = buffers[root]
-    return MemoryPlan(arena, buffers, ranges, constants, taken, sum(r.nbytes for r in tensors), live)
+    return MemoryPlan(arena, buffers, ranges, constants, taken,
+                      sum(g.tensor(n).nbytes for n in live_tensors(g, order)), live, placed, aliases)
+
+
+def live_tensors(g: Graph, order: list[Op]) -> list[str]:
+    """Every arena tensor, each in its own buffer (the no-reuse figure counts Concat inputs too)."""
+    return [r.name for r in live_ranges(g, order)]

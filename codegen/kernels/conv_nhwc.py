@@ -28,7 +28,6 @@ from convc.codegen.llvm_utils import (F32, I64, PTR, VOID, constant_table, for_r
                                       memset_zero, prefetch)
 from convc.codegen.module import KernelCall, ModuleEmitter
 from convc.codegen.kernels.blas import AVX512, GemmEmitter, Isa, pack_b, split_epilogue
-from convc.codegen.kernels.conv import as_2d
 from convc.codegen.kernels.epilogue import epilogue_pass
 
 # AVX-512 hosts also have 8-float vectors in 32 registers (AVX-512VL): 8 rows x 3 of them
@@ -158,7 +157,7 @@ def with_tile_rows(em: ModuleEmitter, gemm: GemmEmitter, mr: int) -> GemmEmitter
 
 
 def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
-    a = as_2d(op.attrs)
+    a = op.attrs
     xs, ys = em.tensor(op.inputs[0]).shape, em.tensor(op.outputs[0]).shape
     gemm = tile_for(em, ys[-1])
     isa = gemm.isa
@@ -180,6 +179,10 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     else:
         tap_offsets, run = [(i * dh * wp + j * dw) * c for i in range(kh) for j in range(kw)], c
     in_kernel, after = split_epilogue(a.epilogue)
+    # pixel rows of Y are ldc floats apart: m, or the row of a Concat this conv writes its slice of
+    # (passes/memory.py places it there only without a residual, which would be read at ldc too)
+    view = em.plan.memory.view(op.outputs[0], em.tensor(op.outputs[0]).size)
+    ldc = m if view.contiguous or residual_name is not None else view.stride
 
     args: list = [op.inputs[0], em.derived_constant(packed)]
     if bias_name is not None:
@@ -238,7 +241,7 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
                 mi = b.select(b.icmp_signed("<", mi, last), mi, last)
                 b.store(_pixel_offset(b, mi, (oh, ow), (hp, wp, c), (sh, sw)), gep(b, row_table, i, I64))
             valid = b.sub(m_hi, m0)
-            y_tile = gep(b, y, b.mul(m0, i64(m)))
+            y_tile = gep(b, y, b.mul(m0, i64(ldc)))
             r_tile = gep(b, residual, b.mul(m0, i64(m))) if residual_name is not None else residual
 
             def call_panel(j: ir.Value, n_valid: int) -> None:
@@ -254,7 +257,7 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
             def call(j: ir.Value, n_valid: int, mk: ir.Function) -> None:
                 col = b.mul(j, i64(isa.nr))
                 b.call(mk, [xpad, row_table, taps, i64(len(tap_offsets)), i64(run),
-                            gep(b, wt, b.mul(j, i64(kdim * isa.nr))), gep(b, y_tile, col), i64(m),
+                            gep(b, wt, b.mul(j, i64(kdim * isa.nr))), gep(b, y_tile, col), i64(ldc),
                             gep(b, bias, col) if bias_name is not None else bias,
                             gep(b, r_tile, col) if residual_name is not None else r_tile, valid])
 
@@ -268,7 +271,11 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
                 else:
                     call_panel(j, rem or isa.nr)
     if not after.empty:  # activations with no vector form, over this thread's rows
-        epilogue_pass(b, after, gep(b, y, b.mul(m_lo, i64(m))), None, b.mul(b.sub(m_hi, m_lo), i64(m)))
+        if ldc == m:
+            epilogue_pass(b, after, gep(b, y, b.mul(m_lo, i64(m))), None, b.mul(b.sub(m_hi, m_lo), i64(m)))
+        else:
+            with for_range(b, m_hi, start=m_lo, name="epi_row") as row:
+                epilogue_pass(b, after, gep(b, y, b.mul(row, i64(ldc))), None, i64(m))
     b.ret_void()
     return KernelCall(fn, args)
 

@@ -1,5 +1,9 @@
 """Data movement: Concat and Split as block copies per outer index; Transpose, Pad and StridedSlice as
-loop nests over the output (Pad reads per-axis index tables built at compile time)."""
+loop nests over the output (Pad reads per-axis index tables built at compile time).
+
+Concat and Transpose read and write tensors at the strides the memory plan gives them
+(passes/memory.py ``View``: a Concat input produced in place lives in rows of the Concat's output);
+a Concat copies only the inputs that were not produced in place."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,30 +11,47 @@ import numpy as np
 from convc.ir import Op
 from convc.ops import OpKind
 from convc.ops.shape import pad_source_index
+from convc.passes.memory import element_strides
 from convc.codegen.llvm_utils import I64, constant_table, f32, for_range, gep, i64, linear_index, load, loop_nest, \
     memcpy, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from convc.codegen.kernels.elementwise import broadcast_strides, collapse
 
 
+def strides_of(em: ModuleEmitter, name: str) -> list[int]:
+    """Element strides of tensor ``name`` as the memory plan lays it out."""
+    t = em.tensor(name)
+    return element_strides(t.shape, em.plan.memory.view(name, t.size))
+
+
+def copy_strided(b, dst, dst_strides: list[int], src, src_strides: list[int], shape: tuple[int, ...]) -> None:
+    """dst[i] = src[i] over ``shape``; runs contiguous on both sides are one memcpy each."""
+    dims, (s_src, s_dst) = collapse(shape, [src_strides, dst_strides])
+    if s_src[-1] == 1 and s_dst[-1] == 1:
+        run = dims[-1]
+        with loop_nest(b, dims[:-1]) as idx:
+            memcpy(b, gep(b, dst, linear_index(b, idx, s_dst[:-1])), gep(b, src, linear_index(b, idx, s_src[:-1])),
+                   run * 4)
+        return
+    with loop_nest(b, dims) as idx:
+        store(b, load(b, src, linear_index(b, idx, s_src)), dst, linear_index(b, idx, s_dst))
+
+
 @emitter(OpKind.CONCAT)
 def emit_concat(em: ModuleEmitter, op: Op) -> KernelCall:
+    """Copies the inputs the memory plan did not place in their slice of the output."""
     axis = op.attrs.axis
-    out = em.tensor(op.outputs[0]).shape
-    outer = int(np.prod(out[:axis]))
-    inner = int(np.prod(out[axis + 1:]))
-    fn, b = em.function(op.name, len(op.inputs) + 1)
+    placed = em.plan.memory.placed
+    y_strides = strides_of(em, op.outputs[0])
+    copied = [(k, t) for k, t in enumerate(op.inputs) if not (t in placed and placed[t].concat == op.name)]
+    fn, b = em.function(op.name, len(copied) + 1)
     y = fn.args[-1]
-    offset = 0
-    for k, t in enumerate(op.inputs):
-        chunk = em.tensor(t).shape[axis] * inner
-        with for_range(b, outer, name="outer") as o:
-            dst = gep(b, y, b.add(b.mul(o, i64(out[axis] * inner)), i64(offset)))
-            src = gep(b, fn.args[k], b.mul(o, i64(chunk)))
-            memcpy(b, dst, src, chunk * 4)
-        offset += chunk
+    starts = np.cumsum([0] + [em.tensor(t).shape[axis] for t in op.inputs])
+    for arg, (k, t) in zip(fn.args, copied):
+        dst = gep(b, y, i64(int(starts[k]) * y_strides[axis]))
+        copy_strided(b, dst, y_strides, arg, strides_of(em, t), em.tensor(t).shape)
     b.ret_void()
-    return KernelCall(fn, list(op.inputs) + [op.outputs[0]])
+    return KernelCall(fn, [t for _, t in copied] + [op.outputs[0]])
 
 
 @emitter(OpKind.SPLIT)
@@ -60,8 +81,8 @@ def row_major_strides(shape: tuple[int, ...]) -> list[int]:
 def emit_transpose(em: ModuleEmitter, op: Op) -> KernelCall:
     """y[i] = x[permuted i]; output axes whose input axes stay adjacent merge into one loop."""
     xs, ys = em.tensor(op.inputs[0]).shape, em.tensor(op.outputs[0]).shape
-    x_strides = [row_major_strides(xs)[p] if xs[p] != 1 else 0 for p in op.attrs.perm]
-    dims, (src, dst) = collapse(ys, [x_strides, row_major_strides(ys)])
+    x_strides = [strides_of(em, op.inputs[0])[p] if xs[p] != 1 else 0 for p in op.attrs.perm]
+    dims, (src, dst) = collapse(ys, [x_strides, strides_of(em, op.outputs[0])])
     fn, b = em.function(op.name, 2)
     x, y = fn.args
     with loop_nest(b, dims) as idx:

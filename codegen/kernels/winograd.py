@@ -156,6 +156,10 @@ def emit_winograd_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     per_group = -(-panels // groups)
     groups = -(-panels // per_group)
     v_floats, m_floats = t * t * T * c, t * t * T * mo
+    # output pixels are ldc floats apart: mo, or the row of a Concat this conv writes its slice of
+    # (passes/memory.py places it there only without a residual, which is read at mo)
+    view = em.plan.memory.view(op.outputs[0], em.tensor(op.outputs[0]).size)
+    ldc = mo if view.contiguous or residual_name is not None else view.stride
     scratch_bytes = (v_floats + m_floats + c) * 4
 
     args: list = [op.inputs[0], em.derived_constant(packed)]
@@ -223,7 +227,8 @@ def emit_winograd_conv(em: ModuleEmitter, op: Op) -> KernelCall:
         with for_range(b, t_hi, name="yt") as i:
             img, oy, ox = _tile_origin(b, b.add(tile0, i), tiles_h, tiles_w, m)
             m_tile = gep(b, mbuf, b.mul(i, i64(mo)))
-            base = b.mul(b.add(b.mul(b.add(b.mul(img, i64(oh)), oy), i64(ow)), ox), i64(mo))
+            pixel = b.add(b.mul(b.add(b.mul(img, i64(oh)), oy), i64(ow)), ox)
+            base, y_base = b.mul(pixel, i64(mo)), b.mul(pixel, i64(ldc))
 
             def output_chunk(c0: ir.Value, valid: int) -> None:
                 mm = [[gemm.vload(b, gep(b, m_tile, b.add(c0, i64((r * t + s) * T * mo))), valid) for s in range(t)]
@@ -236,7 +241,8 @@ def emit_winograd_conv(em: ModuleEmitter, op: Op) -> KernelCall:
                             at_px = b.add(base, b.add(c0, i64((r * ow + s) * mo)))
                             val = out[r][s] if bvec is None else b.fadd(out[r][s], bvec)
                             res = gemm.vload(b, gep(b, residual, at_px), valid) if residual is not None else None
-                            gemm.vstore(b, _epilogue(b, a.epilogue, val, res), gep(b, y, at_px), valid)
+                            y_px = b.add(y_base, b.add(c0, i64((r * ow + s) * ldc)))
+                            gemm.vstore(b, _epilogue(b, a.epilogue, val, res), gep(b, y, y_px), valid)
                         _if_inside(b, (oy, r, oh), (ox, s, ow), m, store_pixel)
             _channel_chunks(b, ch_lo, ch_hi, mo, vw, output_chunk)
     b.ret_void()
