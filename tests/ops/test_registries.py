@@ -29,9 +29,7 @@ from convc.passes.autodiff import GRADIENTS
 # ONNX op types that are not the kind's name
 ONNX_OP_TYPE = {OpKind.STRIDED_SLICE: "Slice"}
 
-NOT_IMPORTED = {
-    OpKind.REDUCE_SUM: "autodiff sums broadcast gradients with it; an ONNX ReduceSum has no converter yet",
-}
+NOT_IMPORTED: dict[OpKind, str] = {}
 
 # forward ops training cannot differentiate yet: a model using one on the path to a parameter is
 # refused by passes/autodiff with the op's name
@@ -48,7 +46,7 @@ NO_GRADIENT = {
     OpKind.LRN: "not needed by the training tests yet",
     OpKind.STRIDED_SLICE: "not needed by the training tests yet (the unit-step Slice has none either)",
     OpKind.SLICE: "autodiff uses it only on gradients, never on the path to a parameter",
-    OpKind.REDUCE_SUM: "autodiff uses it only on gradients, never on the path to a parameter",
+    OpKind.REDUCE_SUM: "ONNX ReduceSum (and a mean over non-spatial axes) has no gradient rule yet",
     OpKind.RESIZE: "not needed by the training tests yet",
     OpKind.LOG_SOFTMAX: "not needed by the training tests yet",
     OpKind.IM2COL: "lowering creates it after autodiff has run",
