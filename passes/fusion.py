@@ -10,15 +10,29 @@ Two rules, applied in execution order so that Conv -> Add -> Relu ends as one op
   producer's output becomes its epilogue activation.
 
 The producer's output must not be a graph output, since fusing would change the value stored there.
+
+Before those, gates become one unary op (``fuse_gates``), so that a conv whose output feeds both sides
+of a product still has one reader and the gate fuses into its epilogue like any activation; after
+no conv, the gate is one elementwise kernel instead of two or four:
+
+- ``x * Sigmoid(x)`` -> Swish (SiLU), and ``x * Sigmoid(c x)`` -> Swish(alpha=c);
+- ``x * HardSigmoid(x)`` with alpha 1/6, beta 1/2 -> HardSwish;
+- ``x * Clip(x + 3, 0, 6) / 6`` (the division, or a multiplication by 1/6, on either side of the
+  product) -> HardSwish.
+
+Every intermediate must be read only by the next op of the pattern (and not be a graph output).
 """
 from __future__ import annotations
 
 import dataclasses
 
-from convc.passes.rewrite import absorb, note, single_consumer
+import numpy as np
+
+from convc.passes.rewrite import absorb, is_constant, note, record_absorbed, single_consumer
 
 from convc.ir import Graph, Op
-from convc.ops import OpGroup, OpKind, op_def
+from convc.ops import NoAttrs, OpGroup, OpKind, op_def
+from convc.ops.elementwise import SwishAttrs
 
 ADDITION = frozenset({OpKind.ADD, OpKind.SUM})
 
@@ -67,7 +81,132 @@ def fuse_residual(g: Graph, add: Op) -> bool:
     return True
 
 
+# --- gates: x * f(x) as one unary op ------------------------------------------------------------------
+def _scalar(g: Graph, tensor: str) -> float | None:
+    """The value of a one-element constant, else None."""
+    if not is_constant(g, tensor) or g.tensor(tensor).data is None or g.tensor(tensor).data.size != 1:
+        return None
+    return float(np.asarray(g.tensor(tensor).data).reshape(-1)[0])
+
+
+def _feeder(g: Graph, tensor: str, reader: Op, *kinds: OpKind) -> Op | None:
+    """The op of one of ``kinds`` producing ``tensor``, when ``reader`` is its only reader."""
+    producer = g.producer(tensor)
+    if producer is None or producer.kind not in kinds or single_consumer(g, tensor) is not reader:
+        return None
+    return producer
+
+
+def _operands(g: Graph, op: Op) -> list[tuple[str, str]]:
+    """(a, b) for both orders of a two-input op's inputs (one, for Div)."""
+    a, b = op.inputs
+    return [(a, b)] if op.kind is OpKind.DIV else [(a, b), (b, a)]
+
+
+def _times_scalar(g: Graph, op: Op, value: float) -> str | None:
+    """The other input of ``op`` when it multiplies by ``value`` (or divides by 1/value)."""
+    for a, c in _operands(g, op):
+        k = _scalar(g, c)
+        if k is not None and np.isclose(k if op.kind is OpKind.MUL else 1.0 / k, value, rtol=1e-6, atol=0.0):
+            return a
+    return None
+
+
+def _sigmoid_gate(g: Graph, mul: Op) -> tuple[str, object, list[Op]] | None:
+    if mul.kind is not OpKind.MUL:
+        return None
+    for x, s in _operands(g, mul):
+        sig = _feeder(g, s, mul, OpKind.SIGMOID)
+        if sig is None:
+            continue
+        if sig.inputs[0] == x:
+            return x, SwishAttrs(), [sig]
+        scale = _feeder(g, sig.inputs[0], sig, OpKind.MUL)
+        if scale is not None:
+            for a, c in _operands(g, scale):
+                alpha = _scalar(g, c)
+                if a == x and alpha is not None:
+                    return x, SwishAttrs(alpha), [sig, scale]
+    return None
+
+
+def _hard_sigmoid_gate(g: Graph, mul: Op) -> tuple[str, object, list[Op]] | None:
+    if mul.kind is not OpKind.MUL:
+        return None
+    for x, h in _operands(g, mul):
+        hs = _feeder(g, h, mul, OpKind.HARD_SIGMOID)
+        if hs is not None and hs.inputs[0] == x and np.isclose(hs.attrs.alpha, 1.0 / 6.0, rtol=1e-6) \
+                and hs.attrs.beta == 0.5:
+            return x, NoAttrs(), [hs]
+    return None
+
+
+def _relu6_of_x_plus_3(g: Graph, t: str, reader: Op) -> tuple[str, list[Op]] | None:
+    """(x, [Clip, Add]) when ``t`` = Clip(x + 3, 0, 6) read only by ``reader``."""
+    clip = _feeder(g, t, reader, OpKind.CLIP)
+    if clip is None or clip.attrs.min != 0.0 or clip.attrs.max != 6.0:
+        return None
+    add = _feeder(g, clip.inputs[0], clip, OpKind.ADD)
+    if add is None:
+        return None
+    for x, c in _operands(g, add):
+        if _scalar(g, c) == 3.0:
+            return x, [clip, add]
+    return None
+
+
+def _clip_gate(g: Graph, last: Op) -> tuple[str, object, list[Op]] | None:
+    """x * Clip(x + 3, 0, 6) / 6 ending in ``last``: (x * clip) / 6, or x * (clip / 6)."""
+    inner = _times_scalar(g, last, 1.0 / 6.0) if last.kind in (OpKind.MUL, OpKind.DIV) else None
+    if inner is not None:  # last = (x * clip) / 6
+        prod = _feeder(g, inner, last, OpKind.MUL)
+        for x, c in _operands(g, prod) if prod is not None else []:
+            found = _relu6_of_x_plus_3(g, c, prod)
+            if found is not None and found[0] == x:
+                return x, NoAttrs(), [prod] + found[1]
+    if last.kind is OpKind.MUL:  # last = x * (clip / 6)
+        for x, d in _operands(g, last):
+            scaled = _feeder(g, d, last, OpKind.MUL, OpKind.DIV)
+            clip_out = _times_scalar(g, scaled, 1.0 / 6.0) if scaled is not None else None
+            found = _relu6_of_x_plus_3(g, clip_out, scaled) if clip_out is not None else None
+            if found is not None and found[0] == x:
+                return x, NoAttrs(), [scaled] + found[1]
+    return None
+
+
+GATES = [(OpKind.SWISH, _sigmoid_gate), (OpKind.HARD_SWISH, _hard_sigmoid_gate), (OpKind.HARD_SWISH, _clip_gate)]
+
+
+def fuse_gate(g: Graph, last: Op) -> bool:
+    """Rewrite the gate ending in ``last`` (a Mul or Div) into one unary op that keeps ``last``'s name
+    and output; the pattern's other ops are removed."""
+    if len(last.inputs) != 2:
+        return False
+    for kind, match in GATES:
+        found = match(g, last)
+        if found is None:
+            continue
+        x, attrs, others = found
+        if g.tensor(x).type != g.tensor(last.outputs[0]).type:
+            continue  # a broadcasting product is not a gate
+        g.set_inputs(last, (x,))
+        for op in others:  # each one's output is read only by the op before it in the list
+            g.remove_op(op)
+            record_absorbed(g, last.name, op.name)
+        last.kind, last.attrs = kind, attrs
+        return True
+    return False
+
+
+def fuse_gates(g: Graph) -> Graph:
+    for op in g.ops():
+        if op.name in g.nx and op.kind in (OpKind.MUL, OpKind.DIV):
+            fuse_gate(g, op)
+    return g
+
+
 def fuse_epilogues(g: Graph) -> Graph:
+    fuse_gates(g)
     for op in g.ops():
         if op.name not in g.nx:  # already fused into its producer
             continue

@@ -4,8 +4,9 @@ from __future__ import annotations
 from llvmlite import ir
 
 from convc.ops.epilogue import Epilogue
-from convc.codegen.llvm_utils import for_range, load, store
-from convc.codegen.kernels.elementwise import UNARY
+from convc.codegen.kernels.elementwise import UNARY, vector_map
+
+PASS_WIDTH = 8  # floats per vector in a separate epilogue pass (one AVX2 register; two SSE, half an AVX-512)
 
 
 def apply_epilogue(b: ir.IRBuilder, epi: Epilogue, value: ir.Value, residual: ir.Value | None) -> ir.Value:
@@ -18,9 +19,9 @@ def apply_epilogue(b: ir.IRBuilder, epi: Epilogue, value: ir.Value, residual: ir
 
 
 def epilogue_pass(b: ir.IRBuilder, epi: Epilogue, y: ir.Value, residual: ir.Value | None, count) -> None:
-    """Apply the epilogue in place over ``count`` contiguous outputs."""
+    """Apply the epilogue in place over ``count`` contiguous outputs, in vectors (then a scalar tail)."""
     if epi.empty:
         return
-    with for_range(b, count, name="epi") as i:
-        r = load(b, residual, i) if epi.residual else None
-        store(b, apply_epilogue(b, epi, load(b, y, i), r), y, i)
+    srcs = [y, residual] if epi.residual else [y]
+    vector_map(b, lambda b, v: apply_epilogue(b, epi, v[0], v[1] if epi.residual else None), srcs, y, 0, count,
+               PASS_WIDTH)

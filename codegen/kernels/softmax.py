@@ -7,7 +7,8 @@ import numpy as np
 
 from convc.ir import Op
 from convc.ops import OpKind
-from convc.codegen.llvm_utils import F32, alloca_entry, call_intrinsic, f32, fmax, for_range, i64, load, store
+from convc.codegen import vecmath
+from convc.codegen.llvm_utils import F32, alloca_entry, f32, fmax, for_range, i64, load, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 
 
@@ -32,11 +33,11 @@ def emit_softmax(em: ModuleEmitter, op: Op) -> KernelCall:
             m = b.load(mx, typ=F32)
             b.store(f32(0.0), total)
             with for_range(b, length, name="l") as l:
-                e = call_intrinsic(b, "llvm.exp.f32", [b.fsub(load(b, x, at(l)), m)])
+                e = vecmath.exp(b, b.fsub(load(b, x, at(l)), m))
                 store(b, e, y, at(l))
                 b.store(b.fadd(b.load(total, typ=F32), e), total)
             if op.kind is OpKind.LOG_SOFTMAX:  # x - max - log(sum): exact where exp underflows
-                shift = b.fadd(m, call_intrinsic(b, "llvm.log.f32", [b.load(total, typ=F32)]))
+                shift = b.fadd(m, vecmath.log(b, b.load(total, typ=F32)))
                 with for_range(b, length, name="l") as l:
                     store(b, b.fsub(load(b, x, at(l)), shift), y, at(l))
             else:
