@@ -1,0 +1,219 @@
+"""Zero-copy Concat (passes/memory.py plan_concats): producers write straight into their slice of the
+Concat's output, nested Concats chain into one buffer, and the Concat copies only what it must.
+Numbers against onnxruntime at batch 1 and 16, odd sizes, 1 and 2 threads; the plans' placements
+asserted; the static check (passes/memory_check.py) and the run-time arena check on the same nets."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx
+import pytest
+from concat_nets import Builder, densenet_like, inception_like, unet_like
+from helpers import assert_close, run_onnxruntime
+
+import convc
+from convc.errors import GraphError
+from convc.frontend.onnx import import_onnx
+from convc.ops import NoAttrs, OpKind
+from convc.passes import memory
+from convc.passes.memory import View, plan_memory
+from convc.passes.memory_check import check_memory_plan
+from convc.passes.pipeline import pipeline
+
+RTOL = 1e-4  # Winograd F(4x4) 3x3 convs are within ~1e-5 of the direct conv
+
+
+def input_shape(m: onnx.ModelProto) -> tuple[int, ...]:
+    return tuple(d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim)
+
+
+def check_against_onnxruntime(m: onnx.ModelProto, threads: int) -> None:
+    x = np.random.default_rng(7).standard_normal(input_shape(m)).astype(np.float32)
+    expected = run_onnxruntime(m, {"x": x})
+    out = convc.compile(m, threads=threads, cache=False).run({"x": x})
+    (actual,) = out.values()
+    assert_close(actual, expected, RTOL, f"{m.graph.name} against onnxruntime")
+
+
+def plan_of(m: onnx.ModelProto):
+    return pipeline(import_onnx(m, batch=input_shape(m)[0]))
+
+
+def concats(plan) -> list:
+    return [op for op in plan.order if op.kind is OpKind.CONCAT]
+
+
+def producer_kind(plan, t: str) -> OpKind:
+    return plan.graph.producer(t).kind
+
+
+NETS = [(densenet_like, 1, 15), (densenet_like, 16, 9), (inception_like, 1, 13), (inception_like, 16, 7),
+        (unet_like, 1, 20), (unet_like, 16, 12)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("make, batch, hw", NETS, ids=[f"{f.__name__}-b{b}-{hw}px" for f, b, hw in NETS])
+def test_outputs_match_onnxruntime(make, batch, hw, threads):
+    check_against_onnxruntime(make(batch, hw), threads)
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_densenet_block_is_one_buffer(batch):
+    """Every Concat of a block is free except the one whose first input is the transition's
+    AveragePool output (the pool kernel writes contiguous rows only: it is copied, the conv beside
+    it still writes in place); each block's tensors live in its last Concat's buffer."""
+    plan = plan_of(densenet_like(batch, 9))
+    mem = plan.memory
+    ops = concats(plan)
+    assert len(ops) == 6  # two blocks of three layers
+    copying = [op.name for op in ops if op.name not in mem.concat_aliases]
+    assert len(copying) == 1
+    (copy,) = [op for op in ops if op.name in copying]
+    assert producer_kind(plan, copy.inputs[0]) is OpKind.AVERAGE_POOL and copy.inputs[0] not in mem.placed
+    assert mem.placed[copy.inputs[1]].concat == copy.name
+    convs = [t for op in ops for t in op.inputs if producer_kind(plan, t) is OpKind.CONV]
+    assert convs and all(t in mem.placed for t in convs)
+    roots = {mem.placed[t].root for t in convs}
+    assert roots == {ops[2].outputs[0], ops[5].outputs[0]}  # the last Concat of each block
+    # channels last: a conv's slice is rows of its channels, one pixel's channels of the block apart
+    last = plan.graph.tensor(ops[2].outputs[0])
+    view = mem.placed[ops[2].inputs[1]].view
+    assert (view.rows, view.run, view.stride) == (batch * 9 * 9, 12, last.shape[-1])
+
+
+def test_densenet_torchvision_form_places_each_feature_once():
+    """Every layer concatenates all earlier features again: a feature is placed in one Concat (the
+    block's last, visited first) and copied by the earlier ones, which read it at its stride."""
+    plan = plan_of(densenet_like(2, 9, nested=False))
+    mem = plan.memory
+    ops = concats(plan)
+    for block in (ops[:3], ops[3:]):
+        assert block[-1].name in mem.concat_aliases or \
+            producer_kind(plan, block[-1].inputs[0]) is OpKind.AVERAGE_POOL
+        assert all(mem.placed[t].concat == block[-1].name for t in block[-1].inputs if t in mem.placed)
+        assert not any(op.name in mem.concat_aliases for op in block[:-1])
+    check_memory_plan(plan.graph, plan.order, mem)
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_inception_concats_copy_nothing(batch):
+    plan = plan_of(inception_like(batch, 7))
+    ops = concats(plan)
+    assert len(ops) == 2 and all(op.name in plan.memory.concat_aliases for op in ops)
+    assert all(plan.memory.placed[t].concat == op.name for op in ops for t in op.inputs)
+
+
+def test_unet_skip_read_by_a_pool_is_copied():
+    """The skip is also read by the MaxPool below it, a kernel that reads contiguous rows: it keeps
+    its own buffer and the Concat copies it; the upsampled conv output is written in place."""
+    plan = plan_of(unet_like(16, 12))
+    mem = plan.memory
+    for op in concats(plan):
+        up, skip = op.inputs
+        assert op.name not in mem.concat_aliases
+        assert mem.placed[up].concat == op.name
+        assert skip not in mem.placed
+        assert any(c.kind is OpKind.MAX_POOL for c in plan.graph.consumers(skip))
+
+
+def gemm_concat(relu_after: bool) -> onnx.ModelProto:
+    """Two Gemms at batch 1 concatenated along axis 1 (a contiguous slice: any producer can write
+    it), the first also read by a Relu when ``relu_after``; and the graph input as a third input."""
+    n = Builder(3)
+    a = n.node("Gemm", ["x", n.const(n.rng.standard_normal((24, 37)) * 0.2)], transB=1)
+    b = n.node("Gemm", ["x", n.const(n.rng.standard_normal((11, 37)) * 0.2)], transB=1)
+    y = n.node("Concat", [a, "x", b], axis=1)
+    outs = [n.node("Relu", [y])]
+    if relu_after:
+        outs.append(n.node("Relu", [a]))
+    return n.model((1, 37), outs, "gemm_concat")
+
+
+@pytest.mark.parametrize("relu_after", [False, True])
+def test_contiguous_slices_take_any_producer_and_graph_inputs_are_copied(relu_after):
+    m = gemm_concat(relu_after)
+    plan = plan_of(m)
+    mem = plan.memory
+    (op,) = concats(plan)
+    a, x, b = op.inputs
+    assert mem.placed[a].view == View(0, 1, 24, 24) and mem.placed[b].view == View(61, 1, 11, 11)
+    assert x not in mem.placed and op.name not in mem.concat_aliases  # a graph input: copied
+    check_memory_plan(plan.graph, plan.order, mem)
+    x_in = np.random.default_rng(0).standard_normal((1, 37)).astype(np.float32)
+    expected = dict(zip([o.name for o in m.graph.output], _ort_all(m, {"x": x_in})))
+    got = convc.compile(m, threads=1, cache=False).run({"x": x_in})
+    for name, value in expected.items():
+        assert_close(got[name], value, RTOL, name)
+
+
+def _ort_all(m: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    import onnxruntime as ort
+    return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def test_concat_that_is_a_graph_output_copies():
+    """A graph output lives in the caller's array, not the arena: its inputs keep their buffers."""
+    n = Builder(4)
+    a = n.node("Gemm", ["x", n.const(n.rng.standard_normal((6, 9)))], transB=1)
+    b = n.node("Relu", [n.node("Gemm", ["x", n.const(n.rng.standard_normal((5, 9)))], transB=1)])
+    m = n.model((1, 9), [n.node("Concat", [a, b], axis=1)], "concat_out")
+    plan = plan_of(m)
+    assert len(concats(plan)) == 1
+    assert not plan.memory.placed and not plan.memory.concat_aliases
+    check_against_onnxruntime(m, 1)
+
+
+def test_training_graphs_keep_their_copies():
+    """A graph with parameters (a training step) is planned without placements unless asked."""
+    plan = plan_of(densenet_like(1, 9))
+    g = plan.graph.copy()
+    g.tensor(next(t.name for t in g.tensors() if t.data is not None)).kind = memory.TensorKind.PARAMETER
+    assert not plan_memory(g, plan.order).placed
+    assert plan_memory(g, plan.order, concats=True).placed
+
+
+def test_a_planner_switch_turns_it_off(monkeypatch):
+    monkeypatch.setattr(memory, "CONCAT_IN_PLACE", False)
+    plan = plan_of(inception_like(1, 7))
+    assert not plan.memory.placed and not plan.memory.concat_aliases
+
+
+def test_static_check_accepts_the_plans_and_catches_overlaps():
+    plan = plan_of(inception_like(2, 7))
+    g, order, mem = plan.graph, plan.order, plan.memory
+    check_memory_plan(g, order, mem)
+    op = concats(plan)[0]
+    first, second = op.inputs[:2]
+    # the second branch moved onto the first one's channels: both are live until the Concat
+    moved = dataclasses.replace(mem.placed[second], view=mem.placed[first].view)
+    bad = dataclasses.replace(mem, placed={**mem.placed, second: moved})
+    with pytest.raises(GraphError, match="share elements|its slice of"):
+        check_memory_plan(g, order, bad)
+    # the bytes of a placed tensor somewhere other than its slice
+    buffers = dict(mem.buffers)
+    buffers[second] = dataclasses.replace(buffers[second], index=buffers[first].index)
+    with pytest.raises(GraphError, match="not at float"):
+        check_memory_plan(g, order, dataclasses.replace(mem, buffers=buffers))
+    # a Concat said to emit no code while one of its inputs is not written in place
+    rest = {k: v for k, v in mem.placed.items() if k != second}
+    with pytest.raises(GraphError, match="emits no code"):
+        check_memory_plan(g, order, dataclasses.replace(mem, placed=rest))
+    # a strided slice read by a kernel that reads contiguous rows
+    g2 = g.copy()
+    g2.add_op(OpKind.RELU, NoAttrs(), [first], name="extra_reader")
+    with pytest.raises(GraphError, match="read it contiguous"):
+        check_memory_plan(g2, order + [g2.op("extra_reader")], mem)
+
+
+NETS_CHECKED = [(densenet_like, 2, 9), (inception_like, 2, 7), (unet_like, 2, 12), (densenet_like, 1, 15)]
+
+
+@pytest.mark.parametrize("make, batch, hw", NETS_CHECKED,
+                         ids=[f"{f.__name__}-b{b}-{hw}px" for f, b, hw in NETS_CHECKED])
+def test_arena_checked_builds(make, batch, hw, monkeypatch):
+    """CONVC_CHECK_ARENA=1: the static plan check and the run-time canary/hash checks pass with
+    producers writing into Concat slices (a strided slice is scanned row by row, not across its
+    neighbours, which are written later)."""
+    monkeypatch.setenv("CONVC_CHECK_ARENA", "1")
+    check_against_onnxruntime(make(batch, hw), 2)
