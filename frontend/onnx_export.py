@@ -12,6 +12,8 @@ scales rather than sizes where they give the same shape, so other batch sizes ru
 """
 from __future__ import annotations
 
+import math
+
 from typing import Any, Callable
 
 import numpy as np
@@ -93,9 +95,35 @@ def _unary_node(w: _Writer, kind: OpKind, attrs: Any, x: str, y: str, name: str)
         s = w.fresh(f"{name}_sigmoid")
         w.node("Sigmoid", [ax], [s], f"{name}_sigmoid")
         w.node("Mul", [x, s], [y], name)
+    elif kind is OpKind.GELU and w.opset < 20:  # Gelu arrived in opset 20
+        _gelu_nodes(w, attrs, x, y, name)
+    elif kind is OpKind.MISH and w.opset < 18:  # Mish arrived in opset 18: x * Tanh(Softplus(x))
+        sp, t = w.fresh(f"{name}_softplus"), w.fresh(f"{name}_tanh")
+        w.node("Softplus", [x], [sp], f"{name}_softplus")
+        w.node("Tanh", [sp], [t], f"{name}_tanh")
+        w.node("Mul", [x, t], [y], name)
     else:
         inputs, attributes = _spelled(w, attrs, [x], name)
         w.node(kind.value, inputs, [y], name, **attributes)
+
+
+def _gelu_nodes(w: _Writer, attrs: Any, x: str, y: str, name: str) -> None:
+    """Gelu before opset 20: x * 0.5 * (1 + Erf(x / sqrt 2)), or with Tanh(sqrt(2/pi) (x + 0.044715 x^3))."""
+    def const(tag: str, v: float) -> str:
+        return w.constant(f"{name}.{tag}", np.array(v, np.float32))
+
+    def step(op_type: str, inputs: list[str], tag: str) -> str:
+        out = w.fresh(f"{name}_{tag}")
+        w.node(op_type, inputs, [out], f"{name}_{tag}")
+        return out
+    if attrs.approximate == "tanh":
+        cube = step("Mul", [step("Mul", [x, x], "square"), x], "cube")
+        inner = step("Add", [x, step("Mul", [cube, const("c", 0.044715)], "cubic")], "inner")
+        s = step("Tanh", [step("Mul", [inner, const("k", math.sqrt(2.0 / math.pi))], "scaled")], "tanh")
+    else:
+        s = step("Erf", [step("Div", [x, const("sqrt2", math.sqrt(2.0))], "scaled")], "erf")
+    half = step("Mul", [x, const("half", 0.5)], "half")
+    w.node("Mul", [half, step("Add", [s, const("one", 1.0)], "plus_one")], [y], name)
 
 
 def _spelled(w: _Writer, attrs: Any, inputs: list[str], name: str) -> tuple[list[str], dict[str, Any]]:
@@ -152,6 +180,13 @@ def _declared(w: _Writer, op: Op) -> None:
     """An op whose ONNX op type is its kind's name and whose attributes are all declared with ``onnx_attr``."""
     inputs, attributes = _spelled(w, op.attrs, list(op.inputs), op.name)
     w.node(op.kind.value, inputs, list(op.outputs), op.name, **attributes)
+
+
+@exporter(OpKind.LAYER_NORM)
+def _layer_norm(w: _Writer, op: Op) -> None:
+    if w.opset < 17:
+        raise _Unexportable(f"LayerNormalization needs opset 17 (asked for {w.opset})")
+    _declared(w, op)
 
 
 @exporter(*OpGroup.UNARY)

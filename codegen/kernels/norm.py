@@ -1,9 +1,13 @@
-"""Batch normalization at inference: y = x * scale/sqrt(var+eps) + (B - mean*scale/sqrt(var+eps)); LRN."""
+"""Batch normalization at inference: y = x * scale/sqrt(var+eps) + (B - mean*scale/sqrt(var+eps)); LRN;
+layer normalization."""
 from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
 
 from convc.ir import Op
 from convc.ops import OpKind
-from convc.codegen.llvm_utils import F32, alloca_entry, call_intrinsic, f32, for_range, i64, load, store
+from convc.codegen.llvm_utils import F32, F64, alloca_entry, call_intrinsic, f32, for_range, i64, load, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 
 
@@ -53,3 +57,42 @@ def emit_lrn(em: ModuleEmitter, op: Op) -> KernelCall:
                 store(b, b.fdiv(load(b, x, k), call_intrinsic(b, "llvm.pow.f32", [scale, f32(a.beta)])), y, k)
     b.ret_void()
     return KernelCall(fn, [op.inputs[0], op.outputs[0]])
+
+
+@emitter(OpKind.LAYER_NORM)
+def emit_layer_norm(em: ModuleEmitter, op: Op) -> KernelCall:
+    """Rows split between threads; per row the mean, then the variance around it (two passes: no
+    cancellation), summed in double so long rows (a whole C x H x W image) stay float32-exact."""
+    xs = em.tensor(op.inputs[0]).shape
+    axis = op.attrs.axis
+    rows, cols = int(np.prod(xs[:axis], dtype=np.int64)), int(np.prod(xs[axis:], dtype=np.int64))
+    has_bias, n_in = len(op.inputs) == 3, len(op.inputs)
+    fn, b = em.function(op.name, n_in + len(op.outputs), parallel=True)
+    x, scale, y = fn.args[0], fn.args[1], fn.args[n_in]
+    bias = fn.args[2] if has_bias else None
+    total = alloca_entry(b, F64, "sum")
+    zero = ir.Constant(F64, 0.0)
+    lo, hi = em.thread_range(b, fn, rows)
+    with for_range(b, hi, start=lo, name="row") as r:
+        base = b.mul(r, i64(cols))
+        b.store(zero, total)
+        with for_range(b, cols, name="j") as j:
+            b.store(b.fadd(b.load(total, typ=F64), b.fpext(load(b, x, b.add(base, j)), F64)), total)
+        mean = b.fdiv(b.load(total, typ=F64), ir.Constant(F64, float(cols)))
+        b.store(zero, total)
+        with for_range(b, cols, name="j") as j:
+            d = b.fsub(b.fpext(load(b, x, b.add(base, j)), F64), mean)
+            b.store(b.fadd(b.load(total, typ=F64), b.fmul(d, d)), total)
+        var = b.fdiv(b.load(total, typ=F64), ir.Constant(F64, float(cols)))
+        inv = b.fdiv(ir.Constant(F64, 1.0),
+                     call_intrinsic(b, "llvm.sqrt.f64", [b.fadd(var, ir.Constant(F64, float(op.attrs.epsilon)))]))
+        mean32, inv32 = b.fptrunc(mean, F32), b.fptrunc(inv, F32)
+        if op.attrs.statistics:
+            store(b, mean32, fn.args[n_in + 1], r)
+            store(b, inv32, fn.args[n_in + 2], r)
+        with for_range(b, cols, name="j") as j:
+            k = b.add(base, j)
+            v = b.fmul(b.fmul(b.fsub(load(b, x, k), mean32), inv32), load(b, scale, j))
+            store(b, b.fadd(v, load(b, bias, j)) if has_bias else v, y, k)
+    b.ret_void()
+    return KernelCall(fn, list(op.inputs) + list(op.outputs))

@@ -36,6 +36,9 @@ class OpKind(enum.Enum):
     HARD_SWISH = "HardSwish"
     SOFTPLUS = "Softplus"
     SOFTSIGN = "Softsign"
+    ERF = "Erf"
+    GELU = "Gelu"
+    MISH = "Mish"
     # binary / variadic elementwise with broadcasting
     ADD = "Add"
     MUL = "Mul"
@@ -54,6 +57,7 @@ class OpKind(enum.Enum):
     # normalization
     BATCH_NORM = "BatchNormalization"
     LRN = "LRN"
+    LAYER_NORM = "LayerNormalization"
     # shape and data movement
     FLATTEN = "Flatten"
     RESHAPE = "Reshape"
@@ -108,7 +112,7 @@ class OpGroup:
     """Named groups so passes never compare op-name strings."""
     UNARY = frozenset({OpKind.RELU, OpKind.LEAKY_RELU, OpKind.SIGMOID, OpKind.SWISH, OpKind.TANH, OpKind.IDENTITY,
                        OpKind.DROPOUT, OpKind.CLIP, OpKind.ELU, OpKind.SELU, OpKind.HARD_SIGMOID, OpKind.HARD_SWISH,
-                       OpKind.SOFTPLUS, OpKind.SOFTSIGN})
+                       OpKind.SOFTPLUS, OpKind.SOFTSIGN, OpKind.ERF, OpKind.GELU, OpKind.MISH})
     ACTIVATION = frozenset({OpKind.RELU, OpKind.LEAKY_RELU, OpKind.SIGMOID, OpKind.TANH})
     BROADCAST = frozenset({OpKind.ADD, OpKind.MUL, OpKind.SUM, OpKind.SUB, OpKind.DIV, OpKind.MAX, OpKind.MIN,
                            OpKind.PRELU})

@@ -77,3 +77,45 @@ def lrn_flops(a: LrnAttrs, ins: Sequence[TensorType], outs: Sequence[TensorType]
 
 
 register(OpDef(OpKind.LRN, LrnAttrs, lrn_infer, lrn_reference, flops=lrn_flops))
+
+
+@dataclass(frozen=True)
+class LayerNormAttrs:
+    """Layer normalization (opset 17): each row -- the elements of axes ``axis``.. -- normalized to zero mean
+    and unit variance, then scaled and shifted elementwise: y = (x - mean) / sqrt(var + epsilon) * Scale + B.
+    Scale and B have the normalized shape (the importer broadcasts constant ones to it)."""
+    axis: int = onnx_attr(-1)  # non-negative after import
+    epsilon: float = onnx_attr(1e-5)
+    statistics: bool = False   # also output each row's Mean and InvStdDev (shape X.shape[:axis] + ones)
+
+
+def layer_norm_infer(a: LayerNormAttrs, types: Sequence[TensorType]) -> list[TensorType]:
+    check_arity(OpKind.LAYER_NORM, types, 2, 3)
+    check_float(OpKind.LAYER_NORM, types)
+    x = types[0]
+    if not 0 <= a.axis < x.rank:
+        raise GraphError(f"LayerNormalization axis={a.axis} is out of range for X.shape={x.shape}")
+    row = x.shape[a.axis:]
+    for name, t in zip(("Scale", "B"), types[1:]):
+        if t.shape != row:
+            raise GraphError(f"LayerNormalization {name}.shape={t.shape}, expected {row} for X.shape={x.shape} "
+                             f"and axis={a.axis}")
+    stats = TensorType(tuple(x.shape[:a.axis]) + (1,) * (x.rank - a.axis), x.dtype)
+    return [TensorType(x.shape, x.dtype)] + [stats, stats] * a.statistics
+
+
+def layer_norm_reference(a: LayerNormAttrs, x: np.ndarray, scale: np.ndarray,
+                         bias: np.ndarray | None = None) -> list[np.ndarray]:
+    axes = tuple(range(a.axis, x.ndim))
+    x64 = x.astype(np.float64)
+    mean = x64.mean(axis=axes, keepdims=True)
+    var = np.square(x64 - mean).mean(axis=axes, keepdims=True)
+    inv = 1.0 / np.sqrt(var + a.epsilon)
+    y = (x64 - mean) * inv * scale
+    if bias is not None:
+        y = y + bias
+    return [y.astype(x.dtype)] + [mean.astype(x.dtype), inv.astype(x.dtype)] * a.statistics
+
+
+register(OpDef(OpKind.LAYER_NORM, LayerNormAttrs, layer_norm_infer, layer_norm_reference, n_inputs=(2, 3),
+               flops=per_output(8)))  # sum, subtract, square, sum; subtract, scale, multiply, add

@@ -1,10 +1,13 @@
-"""BatchNormalization, inference form (running statistics), and LRN."""
+"""BatchNormalization, inference form (running statistics), LRN and LayerNormalization."""
 from __future__ import annotations
+
+import numpy as np
 
 from convc.frontend.onnx.context import NodeContext, Unsupported
 from convc.frontend.onnx.registry import converter
+from convc.frontend.onnx.shape import normalize_axis
 from convc.ops import OpKind
-from convc.ops.norm import BatchNormAttrs, LrnAttrs
+from convc.ops.norm import BatchNormAttrs, LayerNormAttrs, LrnAttrs
 
 
 @converter("BatchNormalization")
@@ -30,3 +33,39 @@ def lrn(ctx: NodeContext) -> None:
     if attrs.size < 1:
         raise ctx.error(f"size={attrs.size} must be positive")
     ctx.add_op(OpKind.LRN, attrs, ctx.inputs[:1])
+
+
+@converter("LayerNormalization", since=17)
+def layer_norm(ctx: NodeContext) -> None:
+    ctx.require_float(0, 1, 2)
+    if int(ctx.attr("stash_type", 1)) != 1:
+        raise Unsupported(f"stash_type={ctx.attr('stash_type')}: convc computes the statistics in float32 "
+                          "(stash_type=1)")
+    statistics = any(ctx.output_used(i) for i in (1, 2))
+    shape = ctx.input_shape(0)
+    axis = normalize_axis(ctx, int(ctx.attr("axis", -1)), len(shape))
+    row = tuple(shape[axis:])
+    params = []
+    for i, name in ((1, "Scale"), (2, "B")):
+        if not ctx.has_input(i):
+            continue
+        given = ctx.input_shape(i)
+        if given == row:
+            params.append(ctx.inputs[i])
+            continue
+        # a Scale or B of shape (1, C) or (C,) against a row (H, C), say: broadcast once, at import
+        if not ctx.is_constant(i):
+            raise Unsupported(f"{name} of shape {given} computed at run time must have the normalized shape {row}")
+        try:
+            value = np.broadcast_to(ctx.constant(i), row)
+        except ValueError:
+            raise ctx.error(f"{name} of shape {given} does not broadcast to the normalized shape {row}") from None
+        full = ctx.state.fresh_name(f"{ctx.name}/{name.lower()}")
+        ctx.state.values[full] = np.ascontiguousarray(value)
+        params.append(full)
+    outputs = [ctx.outputs[0]]
+    if statistics:  # Mean and InvStdDev, under fresh names where the node leaves one out
+        outputs += [ctx.outputs[i] if i < len(ctx.outputs) and ctx.outputs[i] else ctx.fresh_tensor(stat)
+                    for i, stat in ((1, "mean"), (2, "inv_std_dev"))]
+    ctx.add_op(OpKind.LAYER_NORM, ctx.parse(LayerNormAttrs, axis=axis, statistics=statistics),
+               [ctx.inputs[0], *params], outputs)

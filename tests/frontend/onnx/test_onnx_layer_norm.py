@@ -1,0 +1,112 @@
+"""LayerNormalization (opset 17): import, the compiled kernel at real sizes against onnxruntime, ConvNeXt's
+channels-last use, Scale/B broadcasting, export, and the refusals."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+from onnx_import_helpers import check_model, make_model, op_kinds, run_onnx
+
+import convc
+from convc.frontend.onnx_export import ExportError, export_onnx
+from convc.ops import OpKind
+
+
+def ln_model(shape, axis=-1, epsilon=None, bias=True, scale_shape=None, seed=0, outputs=("Y",)):
+    rng = np.random.default_rng(seed)
+    a = axis % len(shape)
+    row = tuple(shape[a:])
+    inits = {"scale": rng.uniform(0.5, 1.5, scale_shape or row).astype(np.float32)}
+    inputs = ["R", "scale"]
+    if bias:
+        inits["bias"] = rng.uniform(-0.5, 0.5, scale_shape or row).astype(np.float32)
+        inputs.append("bias")
+    attrs = {"axis": axis}
+    if epsilon is not None:
+        attrs["epsilon"] = epsilon
+    nodes = [helper.make_node("Relu", ["X"], ["R"]),
+             helper.make_node("LayerNormalization", inputs, list(outputs), **attrs)]
+    return make_model(nodes, {"X": shape}, ["Y"], inits, opset=17)
+
+
+@pytest.mark.parametrize("shape,axis", [((2, 5, 7), -1), ((2, 5, 7), 1), ((2, 5, 7), 0), ((3, 4, 6, 9), 2),
+                                        ((3, 4, 6, 9), -3)])
+def test_import_matches_onnxruntime(shape, axis):
+    g = check_model(ln_model(shape, axis))
+    assert op_kinds(g) == [OpKind.RELU, OpKind.LAYER_NORM]
+
+
+def test_without_bias_and_with_epsilon():
+    check_model(ln_model((4, 6, 10), epsilon=1e-2, bias=False))
+
+
+def test_constant_scale_broadcasts_to_the_row():
+    check_model(ln_model((2, 3, 5, 8), axis=2, scale_shape=(1, 8)))
+
+
+@pytest.mark.parametrize("shape,axis,threads", [
+    ((16, 56, 56, 96), -1, 2),    # ConvNeXt-T's first stage, channels last: 50176 rows of 96
+    ((16, 14, 14, 385), -1, 1),   # an odd row length
+    ((16, 24, 31, 33), 1, 2),     # a whole image per row (24 x 31 x 33 = 24552 elements)
+    ((1, 7, 7, 768), -1, 1)])
+def test_compiled_at_real_sizes(shape, axis, threads):
+    model = ln_model(shape, axis, seed=1)
+    x = (np.random.default_rng(2).standard_normal(shape) * 3 + 1).astype(np.float32)
+    want = run_onnx(model, {"X": x})["Y"]
+    got = convc.compile(model, threads=threads).run({"X": x})["Y"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-5 * float(np.abs(want).max()))
+
+
+def test_convnext_block_channels_last():
+    """ConvNeXt: depthwise 7x7 conv, permute to channels last, LayerNorm, pointwise MLP, permute back."""
+    rng = np.random.default_rng(0)
+    c = 24
+    inits = {"dw": (rng.standard_normal((c, 1, 7, 7)) * 0.2).astype(np.float32),
+             "scale": rng.uniform(0.5, 1.5, c).astype(np.float32), "bias": rng.uniform(-0.5, 0.5, c).astype(np.float32),
+             "w1": (rng.standard_normal((c, 4 * c)) * 0.2).astype(np.float32),
+             "w2": (rng.standard_normal((4 * c, c)) * 0.2).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["X", "dw"], ["d"], group=c, pads=[3, 3, 3, 3]),
+             helper.make_node("Transpose", ["d"], ["t"], perm=[0, 2, 3, 1]),
+             helper.make_node("LayerNormalization", ["t", "scale", "bias"], ["n"], axis=-1, epsilon=1e-6),
+             helper.make_node("MatMul", ["n", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["a"]),
+             helper.make_node("MatMul", ["a", "w2"], ["o"]),
+             helper.make_node("Transpose", ["o"], ["p"], perm=[0, 3, 1, 2]),
+             helper.make_node("Add", ["p", "X"], ["Y"])]
+    model = make_model(nodes, {"X": (16, c, 28, 28)}, ["Y"], inits, opset=17)
+    x = rng.standard_normal((16, c, 28, 28)).astype(np.float32)
+    want = run_onnx(model, {"X": x})["Y"]
+    got = convc.compile(model, threads=2).run({"X": x})["Y"]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
+
+
+def test_export_round_trip_needs_opset_17():
+    model = ln_model((2, 3, 8), axis=1)
+    g = convc.frontend.onnx.import_onnx(model)
+    back = export_onnx(g, opset=17)
+    x = np.random.default_rng(4).standard_normal((2, 3, 8)).astype(np.float32)
+    np.testing.assert_allclose(run_onnx(back, {"X": x})["Y"], run_onnx(model, {"X": x})["Y"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ExportError, match="LayerNormalization needs opset 17"):
+        export_onnx(g)
+
+
+@pytest.mark.parametrize("outputs", [("Y", "Mean", "InvStdDev"), ("Y", "Mean"), ("Y", "", "InvStdDev")])
+def test_mean_and_inverse_standard_deviation_outputs(outputs):
+    model = ln_model((16, 10, 7, 33), axis=2, outputs=outputs)
+    for name in outputs[1:]:
+        if name:
+            model.graph.output.append(helper.make_tensor_value_info(name, 1, None))
+    x = np.random.default_rng(5).standard_normal((16, 10, 7, 33)).astype(np.float32)
+    want = run_onnx(model, {"X": x})
+    got = convc.compile(model, threads=2).run({"X": x})
+    assert set(got) == set(want)
+    for name in want:
+        assert got[name].shape == want[name].shape == ((16, 10, 7, 33) if name == "Y" else (16, 10, 1, 1))
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5 * float(np.abs(want[name]).max()))
+
+
+def test_refusals_name_the_node():
+    model = ln_model((2, 3, 8), scale_shape=(3,))
+    with pytest.raises(convc.ModelImportError, match="does not broadcast"):
+        convc.compile(model)
+    with pytest.raises(convc.ModelImportError, match="axis=3 is out of range"):
+        convc.compile(ln_model((2, 3, 8), axis=3))
