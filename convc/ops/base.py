@@ -72,6 +72,7 @@ class OpKind(enum.Enum):
     LOG_SOFTMAX = "LogSoftmax"
     # introduced by passes (no ONNX op of that name)
     IM2COL = "Im2Col"
+    ROUND_BF16 = "RoundBF16"  # float32 values rounded to bf16 values before a conv/gemm reads them (passes/precision.py)
     # training (passes/autodiff): forward in training mode, gradients, losses, optimizer updates;
     # defined in convc/ops/{conv,pool,norm,elementwise}_grad.py, loss.py and optim.py
     CONV_GRAD_INPUT = "ConvGradInput"
@@ -138,8 +139,8 @@ class OpGroup:
         OpKind.BCE_LOSS, OpKind.BCE_LOSS_GRAD, OpKind.SGD_UPDATE, OpKind.MOMENTUM_UPDATE, OpKind.ADAGRAD_UPDATE,
         OpKind.RMSPROP_UPDATE, OpKind.ADAM_UPDATE, OpKind.ALL_FINITE, OpKind.STEP_INCREMENT,
     })
-    # ops only passes create, which no ONNX model spells: lowering's Im2Col and the training ops
-    INTERNAL = TRAINING | {OpKind.IM2COL}
+    # ops only passes create, which no ONNX model spells: lowering's Im2Col, bf16's rounding and the training ops
+    INTERNAL = TRAINING | {OpKind.IM2COL, OpKind.ROUND_BF16}
 
 
 @dataclass(frozen=True)

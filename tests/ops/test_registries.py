@@ -52,6 +52,7 @@ NO_GRADIENT = {
     OpKind.RESIZE: "not needed by the training tests yet",
     OpKind.LOG_SOFTMAX: "not needed by the training tests yet",
     OpKind.IM2COL: "lowering creates it after autodiff has run",
+    OpKind.ROUND_BF16: "passes/precision.py places it in inference plans only; training runs float32",
 }
 
 
