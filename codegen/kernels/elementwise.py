@@ -1,6 +1,7 @@
 """Unary activations and broadcasting n-ary arithmetic as flat native loops."""
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -163,6 +164,49 @@ def softsign(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
 def softsign_derivative(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     d = b.fadd(const_like(x, 1.0), vecmath.fabs(b, x))
     return b.fdiv(const_like(x, 1.0), b.fmul(d, d))
+
+
+@unary(OpKind.ERF, vector=True)
+def erf(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    return vecmath.erf(b, x)
+
+
+@derivative(OpKind.ERF)
+def erf_derivative(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    return b.fmul(const_like(x, 2.0 / math.sqrt(math.pi)), vecmath.exp(b, b.fneg(b.fmul(x, x))))
+
+
+@unary(OpKind.GELU, vector=True)
+def gelu(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    return vecmath.gelu_tanh(b, x) if attrs.approximate == "tanh" else vecmath.gelu(b, x)
+
+
+@derivative(OpKind.GELU)
+def gelu_derivative(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    one, half = const_like(x, 1.0), const_like(x, 0.5)
+    if attrs.approximate == "tanh":  # 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3c x^2), t = tanh(k (x + c x^3))
+        k, c = math.sqrt(2.0 / math.pi), 0.044715
+        x2 = b.fmul(x, x)
+        t = vecmath.tanh(b, b.fmul(const_like(x, k), b.fmul(x, b.fadd(one, b.fmul(const_like(x, c), x2)))))
+        du = b.fmul(const_like(x, k), b.fadd(one, b.fmul(const_like(x, 3 * c), x2)))
+        return b.fadd(b.fmul(half, b.fadd(one, t)), b.fmul(b.fmul(half, x), b.fmul(b.fsub(one, b.fmul(t, t)), du)))
+    # Phi(x) + x phi(x), with Phi(x) = 0.5 (1 + erf(x / sqrt 2)) and phi the normal density
+    phi_cdf = b.fmul(half, b.fadd(one, vecmath.erf(b, b.fmul(x, const_like(x, 1.0 / math.sqrt(2.0))))))
+    density = b.fmul(const_like(x, 1.0 / math.sqrt(2.0 * math.pi)), vecmath.exp(b, b.fmul(const_like(x, -0.5),
+                                                                                     b.fmul(x, x))))
+    return b.fadd(phi_cdf, b.fmul(x, density))
+
+
+@unary(OpKind.MISH, vector=True)
+def mish(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    return vecmath.mish(b, x)
+
+
+@derivative(OpKind.MISH)
+def mish_derivative(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    """tanh(sp) + x (1 - tanh(sp)^2) sigmoid(x), sp = softplus(x)."""
+    t = vecmath.tanh(b, vecmath.softplus(b, x))
+    return b.fadd(t, b.fmul(b.fmul(x, b.fsub(const_like(x, 1.0), b.fmul(t, t))), vecmath.sigmoid(b, x)))
 
 
 @emitter(*UNARY)

@@ -5,6 +5,7 @@ Softplus uses the overflow-free form max(x, 0) + log1p(exp(-|x|)) (log(exp(x) + 
 x ~ 88 in float32, where the true value is x)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import reduce
 from collections.abc import Callable, Sequence
@@ -53,6 +54,12 @@ class SwishAttrs:
 
 
 @dataclass(frozen=True)
+class GeluAttrs:
+    """x Phi(x) with Phi the normal CDF ("none"), or its tanh approximation ("tanh") (ONNX Gelu, opset 20)."""
+    approximate: str = onnx_attr("none")
+
+
+@dataclass(frozen=True)
 class HardSigmoidAttrs:
     alpha: float = onnx_attr(0.2)
     beta: float = onnx_attr(0.5)
@@ -75,6 +82,40 @@ def _swish_derivative(x: np.ndarray, alpha: float) -> np.ndarray:
     return s + alpha * x * s * (1.0 - s)
 
 
+_erf = np.frompyfunc(math.erf, 1, 1)
+_erfc = np.frompyfunc(math.erfc, 1, 1)
+GELU_TANH_K = math.sqrt(2.0 / math.pi)
+
+
+def _phi(x: np.ndarray) -> np.ndarray:
+    """The normal CDF, from erfc so that it keeps its relative accuracy for negative x."""
+    return 0.5 * _erfc(-x / math.sqrt(2.0)).astype(np.float64)
+
+
+def _gelu(x: np.ndarray, approximate: str) -> np.ndarray:
+    if approximate == "tanh":
+        return 0.5 * x * (1.0 + np.tanh(GELU_TANH_K * (x + 0.044715 * x ** 3)))
+    return x * _phi(x)
+
+
+def _gelu_derivative(x: np.ndarray, approximate: str) -> np.ndarray:
+    if approximate == "tanh":
+        t = np.tanh(GELU_TANH_K * (x + 0.044715 * x ** 3))
+        return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_TANH_K * (1.0 + 3 * 0.044715 * x * x)
+    return _phi(x) + x * np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+
+
+def _mish_derivative(x: np.ndarray) -> np.ndarray:
+    t = np.tanh(np.logaddexp(x, 0.0))
+    return t + x * (1.0 - t * t) * _sigmoid(x)
+
+
+def _gelu_infer(a: "GeluAttrs", types: Sequence[TensorType]) -> list[TensorType]:
+    if a.approximate not in ("none", "tanh"):
+        raise GraphError(f"Gelu approximate={a.approximate!r}: expected 'none' or 'tanh'")
+    return _unary(OpKind.GELU)(a, types)
+
+
 def _f64(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float64)
 
@@ -90,13 +131,14 @@ def _hard_sigmoid(x: np.ndarray, alpha: float, beta: float) -> np.ndarray:
 Fn = Callable[[Any, np.ndarray], np.ndarray]
 
 
-def unary_op(kind: OpKind, attrs: type, fn: Fn, *, fusible: bool = False, derivative: Fn | None = None) -> None:
+def unary_op(kind: OpKind, attrs: type, fn: Fn, *, fusible: bool = False, derivative: Fn | None = None,
+             infer=None) -> None:
     """Register unary op ``kind`` (a member of ``OpGroup.UNARY``): ``fn(attrs, x)`` is its reference, in any
     precision (the result is cast back to x's dtype); ``fusible``: passes/fusion.py may fold it into a
     Conv/ConvTranspose/Gemm epilogue, where codegen applies its kernel (codegen/kernels/elementwise.UNARY);
     ``derivative(attrs, x)``: dy/dx, which makes the op trainable (its kernel is
-    codegen/kernels/elementwise.DERIVATIVE[kind])."""
-    register(OpDef(kind, attrs, _unary(kind), lambda a, x: [np.asarray(fn(a, x)).astype(x.dtype)],
+    codegen/kernels/elementwise.DERIVATIVE[kind]); ``infer``: shape inference that also checks attributes."""
+    register(OpDef(kind, attrs, infer or _unary(kind), lambda a, x: [np.asarray(fn(a, x)).astype(x.dtype)],
                    flops=no_flops if kind in OpGroup.VIEW else per_output(1), fusible=fusible, derivative=derivative))
 
 
@@ -119,6 +161,12 @@ unary_op(OpKind.SOFTPLUS, NoAttrs, lambda a, x: np.maximum(_f64(x), 0) + np.log1
          derivative=lambda a, x: _sigmoid(_f64(x)))
 unary_op(OpKind.SOFTSIGN, NoAttrs, lambda a, x: _f64(x) / (1.0 + np.abs(_f64(x))),
          derivative=lambda a, x: 1.0 / np.square(1.0 + np.abs(_f64(x))))
+unary_op(OpKind.ERF, NoAttrs, lambda a, x: _erf(_f64(x)).astype(np.float64),
+         derivative=lambda a, x: 2.0 / math.sqrt(math.pi) * np.exp(-np.square(_f64(x))))
+unary_op(OpKind.GELU, GeluAttrs, lambda a, x: _gelu(_f64(x), a.approximate), fusible=True,
+         derivative=lambda a, x: _gelu_derivative(_f64(x), a.approximate), infer=_gelu_infer)
+unary_op(OpKind.MISH, NoAttrs, lambda a, x: _f64(x) * np.tanh(np.logaddexp(_f64(x), 0.0)), fusible=True,
+         derivative=lambda a, x: _mish_derivative(_f64(x)))
 
 
 def _broadcast(kind: OpKind, lo: int, hi: int):

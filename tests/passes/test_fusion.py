@@ -9,11 +9,11 @@ from pass_helpers import add_input, check_pass, conv_attrs, kinds, weight
 
 from convc.ir import Graph
 from convc.ops import NoAttrs, OpKind, fusible_activations
-from convc.ops.elementwise import ClipAttrs, LeakyReluAttrs, SwishAttrs
+from convc.ops.elementwise import ClipAttrs, GeluAttrs, LeakyReluAttrs, SwishAttrs
 from convc.ops.gemm import GemmAttrs
 
 ACTIVATION_ATTRS = {OpKind.LEAKY_RELU: LeakyReluAttrs(0.2), OpKind.CLIP: ClipAttrs(0.0, 6.0),
-                    OpKind.SWISH: SwishAttrs(1.5)}
+                    OpKind.SWISH: SwishAttrs(1.5), OpKind.GELU: GeluAttrs()}
 
 
 def fuse(g: Graph) -> Graph:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from convc.ops import NoAttrs, OpKind
-from convc.ops.elementwise import EluAttrs, LeakyReluAttrs, SeluAttrs, SwishAttrs
+from convc.ops.elementwise import EluAttrs, GeluAttrs, LeakyReluAttrs, SeluAttrs, SwishAttrs
 from convc.ops.elementwise_grad import DropoutTrainAttrs, dropout_keep
 from convc.ops.gemm import GemmAttrs
 from convc.ops.norm import BatchNormAttrs
@@ -114,7 +114,9 @@ def test_batch_norm_train(rng, shape):
                                         # through UnaryGrad and the derivative their OpDef declares
                                         (OpKind.ELU, EluAttrs(0.7)), (OpKind.SELU, SeluAttrs()),
                                         (OpKind.SOFTPLUS, NoAttrs()), (OpKind.SOFTSIGN, NoAttrs()),
-                                        (OpKind.SWISH, SwishAttrs()), (OpKind.SWISH, SwishAttrs(1.702))])
+                                        (OpKind.SWISH, SwishAttrs()), (OpKind.SWISH, SwishAttrs(1.702)),
+                                        (OpKind.ERF, NoAttrs()), (OpKind.GELU, GeluAttrs()),
+                                        (OpKind.GELU, GeluAttrs("tanh")), (OpKind.MISH, NoAttrs())])
 def test_activation(rng, kind, attrs):
     x = f32(rng, 3, 4, 5)
     x[np.abs(x) < 1e-3] = 0.5  # finite differences must not straddle the kink at 0
