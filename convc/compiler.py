@@ -19,18 +19,20 @@ from convc.model import CompiledModel
 
 def compile_graph(graph: Graph, *, threads: int | None = None, instrument: bool = False,
                   progress: Callable[[str], None] | None = None, cache: bool | None = None,
-                  winograd: bool | None = None) -> CompiledModel:
+                  winograd: bool | None = None, precision: str | None = None) -> CompiledModel:
     """Optimize ``graph`` and JIT-compile it through the compile cache (convc/codegen/cache.py;
-    ``cache=False`` bypasses it)."""
+    ``cache=False`` bypasses it); ``precision`` as in ``compile``."""
     from convc import driver
-    options = resolve_options(threads=threads, instrument=instrument, cache=cache, winograd=winograd)
+    options = resolve_options(threads=threads, instrument=instrument, cache=cache, winograd=winograd,
+                              precision=precision)
     with applied(options):
         return driver.compile_graph(graph, options, progress=progress)
 
 
 def compile(model: ModelSource, *, threads: int | None = None, batch: int | None = None,
             progress: Callable[[str], None] | None = None, input_shape: Any = None,
-            cache: bool | None = None, winograd: bool | None = None) -> CompiledModel:
+            cache: bool | None = None, winograd: bool | None = None,
+            precision: str | None = None) -> CompiledModel:
     """Compile an ONNX model (path, bytes or ``onnx.ModelProto``), a convc Graph or a convc.nn Module
     (traced with ``input_shape``, batch first) to native code.
 
@@ -47,14 +49,19 @@ def compile(model: ModelSource, *, threads: int | None = None, batch: int | None
 
     ``winograd=False`` keeps every conv on its direct kernel; by default 3x3 stride-1 convs run as
     Winograd convolutions where that measured faster (outputs within ~1e-5 relative of the direct
-    conv; passes/kernel_selection.py)."""
+    conv; passes/kernel_selection.py).
+
+    ``precision="bf16"`` multiplies in bf16 (operands rounded to bf16, products accumulated in
+    float32: passes/precision.py), as OpenVINO does by default on CPUs with AVX512_BF16; logits move
+    by ~1e-3 relative. The default is "float32": convc gives the model's own numbers unless asked.
+    ``convc check --precision bf16`` measures the deviation per output and layer."""
     from convc import driver
     # refused, not rounded or clamped: batch=2.5 or threads=0 is a mistake the caller should hear about
     batch = positive_int("batch", batch)
-    options = resolve_options(threads=threads, cache=cache, winograd=winograd)
-    if not options.winograd:
+    options = resolve_options(threads=threads, cache=cache, winograd=winograd, precision=precision)
+    if not options.winograd or options.precision != "float32":
         # the cache finds a model by its source's hash and the threads only (convc/driver.py
-        # warm_model): a model compiled with Winograd would be found again for this compile
+        # warm_model): a model compiled with Winograd or in float32 would be found again for this compile
         options = options.with_(cache=False)
     if isinstance(model, Path):
         model = str(model)
@@ -78,14 +85,14 @@ def _keeping(options: CompileOptions, model: CompiledModel) -> CompiledModel:
 
 def build(model: ModelSource, output, *, batch: int | None = None, target: Any = "native",
           threads: int | None = None, input_shape: Any = None, progress: Callable[[str], None] | None = None,
-          header=None, winograd: bool | None = None):
+          header=None, winograd: bool | None = None, precision: str | None = None):
     """``convc compile MODEL -o model.so``: compile ``model`` (whatever ``compile`` takes) ahead of
     time to a shared library (or ``.o`` object file) plus its C header, for ``target`` (a name such
     as ``x86-64-v3`` or an AotTarget) and up to ``threads`` worker threads (default: all cores);
-    ``winograd`` as in ``compile``."""
+    ``winograd`` and ``precision`` as in ``compile``."""
     from convc import driver
     batch = positive_int("batch", batch)
-    options = resolve_options(threads=threads, target=target, winograd=winograd)
+    options = resolve_options(threads=threads, target=target, winograd=winograd, precision=precision)
     with applied(options):
         return driver.build_library(model, output, options, batch=batch, input_shape=input_shape,
                                     progress=progress, header=header)

@@ -14,6 +14,7 @@ from convc.passes.kernel_selection import select_kernels
 from convc.passes.layout import to_channels_last
 from convc.passes.memory import MemoryPlan, plan_memory
 from convc.passes.memory_check import check_memory_plan, checking
+from convc.passes.precision import bf16_operands
 
 from convc.ir import Graph, Op
 
@@ -37,6 +38,7 @@ PIPELINE: list[tuple[str, Callable[[Graph], Graph]]] = [
     ("im2col lowering", lower_im2col),
     ("dead-code elimination", eliminate_dead_code),
     ("kernel selection", select_kernels),
+    ("bf16 operands (precision=\"bf16\" only)", bf16_operands),
 ]
 
 
