@@ -18,13 +18,15 @@ no conv, the gate is one elementwise kernel instead of two or four:
 - ``x * Sigmoid(x)`` -> Swish (SiLU), and ``x * Sigmoid(c x)`` -> Swish(alpha=c);
 - ``x * HardSigmoid(x)`` with alpha 1/6, beta 1/2 -> HardSwish;
 - ``x * Clip(x + 3, 0, 6) / 6`` (the division, or a multiplication by 1/6, on either side of the
-  product) -> HardSwish.
+  product) -> HardSwish;
+- ``x * 0.5 * (1 + Erf(x / sqrt 2))`` (the products in any order) -> Gelu.
 
 Every intermediate must be read only by the next op of the pattern (and not be a graph output).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -32,7 +34,7 @@ from convc.passes.rewrite import absorb, is_constant, note, record_absorbed, sin
 
 from convc.ir import Graph, Op
 from convc.ops import NoAttrs, OpGroup, OpKind, op_def
-from convc.ops.elementwise import SwishAttrs
+from convc.ops.elementwise import GeluAttrs, SwishAttrs
 
 ADDITION = frozenset({OpKind.ADD, OpKind.SUM})
 
@@ -174,7 +176,48 @@ def _clip_gate(g: Graph, last: Op) -> tuple[str, object, list[Op]] | None:
     return None
 
 
-GATES = [(OpKind.SWISH, _sigmoid_gate), (OpKind.HARD_SWISH, _hard_sigmoid_gate), (OpKind.HARD_SWISH, _clip_gate)]
+def _product_leaves(g: Graph, op: Op, depth: int = 2) -> tuple[list[str], list[Op]]:
+    """The factors of the Mul ``op``, looking through Muls whose output only ``op`` reads (``depth``
+    levels): (leaf tensors, the inner Muls)."""
+    leaves, inner = [], []
+    for t in op.inputs:
+        sub = _feeder(g, t, op, OpKind.MUL) if depth > 0 else None
+        if sub is None:
+            leaves.append(t)
+        else:
+            sub_leaves, sub_inner = _product_leaves(g, sub, depth - 1)
+            leaves += sub_leaves
+            inner += [sub] + sub_inner
+    return leaves, inner
+
+
+def _gelu_gate(g: Graph, last: Op) -> tuple[str, object, list[Op]] | None:
+    """x * 0.5 * (1 + Erf(x / sqrt 2)), the products in any order (PyTorch's export of nn.GELU
+    before opset 20)."""
+    if last.kind is not OpKind.MUL:
+        return None
+    leaves, inner = _product_leaves(g, last)
+    halves = [t for t in leaves if _scalar(g, t) is not None and np.isclose(_scalar(g, t), 0.5, rtol=1e-6)]
+    if len(leaves) != 3 or len(halves) != 1:
+        return None
+    for e in leaves:
+        add = _feeder(g, e, next(op for op in [last] + inner if e in op.inputs), OpKind.ADD)
+        if add is None:
+            continue
+        erf_out = None
+        for a, one in _operands(g, add):
+            if _scalar(g, one) == 1.0:
+                erf_out = a
+        erf_op = _feeder(g, erf_out, add, OpKind.ERF) if erf_out is not None else None
+        scaled = _feeder(g, erf_op.inputs[0], erf_op, OpKind.MUL, OpKind.DIV) if erf_op is not None else None
+        x = _times_scalar(g, scaled, 1.0 / math.sqrt(2.0)) if scaled is not None else None
+        if x is not None and sorted(leaves) == sorted([x, halves[0], e]):
+            return x, GeluAttrs(), inner + [add, erf_op, scaled]
+    return None
+
+
+GATES = [(OpKind.SWISH, _sigmoid_gate), (OpKind.HARD_SWISH, _hard_sigmoid_gate), (OpKind.HARD_SWISH, _clip_gate),
+         (OpKind.GELU, _gelu_gate)]
 
 
 def fuse_gate(g: Graph, last: Op) -> bool:

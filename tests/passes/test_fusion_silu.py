@@ -1,4 +1,5 @@
-"""Gates (x * sigmoid(x), x * hardsigmoid(x), x * clip(x + 3, 0, 6) / 6) become one activation: fused into
+"""Gates (x * sigmoid(x), x * hardsigmoid(x), x * clip(x + 3, 0, 6) / 6, x * 0.5 * (1 + erf(x / sqrt 2)))
+become one activation: fused into
 the producing Conv/Gemm's epilogue, or one elementwise kernel. Checked on the plan, against onnxruntime
 on ONNX models at real sizes (batch 16, odd widths, 1 and 2 threads), and on the ONNX export."""
 from __future__ import annotations
@@ -42,11 +43,20 @@ def gate_nodes(kind: str, x: str, y: str, prefix: str = "") -> tuple[list[onnx.N
         return [n("Add", ["three", x], ["a"]), n("Clip", ["a", "zero", "six"], ["c"]),
                 n("Mul", ["c", "sixth"], ["d"]), n("Mul", ["d", x], [y])], \
             [_const("three", [3.0]), _const("zero", 0.0), _const("six", 6.0), _const("sixth", 1.0 / 6.0)]
+    if kind == "gelu_erf":  # PyTorch's nn.GELU before opset 20
+        return [n("Div", [x, "sqrt2"], ["d"]), n("Erf", ["d"], ["e"]), n("Add", ["e", "one"], ["p"]),
+                n("Mul", [x, "p"], ["m"]), n("Mul", ["m", "half"], [y])], \
+            [_const("sqrt2", 1.4142135), _const("one", 1.0), _const("half", 0.5)]
+    if kind == "gelu_erf_half_first":  # 0.5 x first, x / sqrt 2 as a product
+        return [n("Mul", [x, "rsqrt2"], ["d"]), n("Erf", ["d"], ["e"]), n("Add", ["one", "e"], ["p"]),
+                n("Mul", ["half", x], ["hx"]), n("Mul", ["hx", "p"], [y])], \
+            [_const("rsqrt2", 0.70710677), _const("one", 1.0), _const("half", 0.5)]
     raise ValueError(kind)
 
 
 GATE_KIND = {"silu": OpKind.SWISH, "silu_swapped": OpKind.SWISH, "swish_alpha": OpKind.SWISH,
-             "hard_sigmoid": OpKind.HARD_SWISH, "clip_div": OpKind.HARD_SWISH, "clip_scaled": OpKind.HARD_SWISH}
+             "hard_sigmoid": OpKind.HARD_SWISH, "clip_div": OpKind.HARD_SWISH, "clip_scaled": OpKind.HARD_SWISH,
+             "gelu_erf": OpKind.GELU, "gelu_erf_half_first": OpKind.GELU}
 
 
 def conv_gate_model(gate: str, n: int, cin: int, cout: int, h: int, w: int, group: int = 1, k: int = 3,
@@ -84,7 +94,7 @@ def test_conv_gate_is_one_fused_kernel(gate):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("gate", ["silu", "hard_sigmoid", "clip_div"])
+@pytest.mark.parametrize("gate", ["silu", "hard_sigmoid", "clip_div", "gelu_erf"])
 def test_conv_gate_matches_onnxruntime_at_real_sizes(gate, threads):
     """Batch 16, 33 x 35 images (vector remainders on every row), a 3x3 conv of 16 -> 24 channels."""
     model = conv_gate_model(gate, 16, 16, 24, 33, 35, seed=threads)
@@ -174,13 +184,19 @@ def test_gate_whose_sigmoid_is_also_an_output_is_left_alone():
      helper.make_node("Mul", ["x", "s"], ["y"])],
     # hard sigmoid with other constants (Keras' 0.2, 0.5) is not HardSwish
     [helper.make_node("HardSigmoid", ["x"], ["h"], alpha=0.2, beta=0.5), helper.make_node("Mul", ["x", "h"], ["y"])],
-], ids=["div", "other-operand", "hard-sigmoid-0.2"])
+    # erf of x / 2, not x / sqrt 2
+    [helper.make_node("Div", ["x", "two"], ["d"]), helper.make_node("Erf", ["d"], ["e"]),
+     helper.make_node("Add", ["e", "one"], ["p"]), helper.make_node("Mul", ["x", "p"], ["m"]),
+     helper.make_node("Mul", ["m", "half"], ["y"])],
+], ids=["div", "other-operand", "hard-sigmoid-0.2", "erf-of-x-over-2"])
 def test_lookalikes_are_not_rewritten(nodes):
+    inits = [_const("two", 2.0), _const("one", 1.0), _const("half", 0.5)]
+    used = {i for nd in nodes for i in nd.input}
     graph = helper.make_graph(nodes, "lookalike", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 37])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              initializer=[t for t in inits if t.name in used])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    assert OpKind.SWISH not in [op.kind for op in plan_ops(model)]
-    assert OpKind.HARD_SWISH not in [op.kind for op in plan_ops(model)]
+    assert not {OpKind.SWISH, OpKind.HARD_SWISH, OpKind.GELU} & {op.kind for op in plan_ops(model)}
     x = np.random.default_rng(1).standard_normal((4, 37)).astype(np.float32) * 3
     check_against_onnxruntime(model, x, 1)
 
