@@ -84,6 +84,22 @@ def add_winograd_flag(p: argparse.ArgumentParser) -> None:
                         "from the direct conv's by up to ~1e-5 relative)")
 
 
+def add_precision_flag(p: argparse.ArgumentParser) -> None:
+    """``--precision``: the CompileOptions field ``precision`` (convc/options.py)."""
+    from convc.options import PRECISIONS
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="arithmetic of convs and matrix products: float32 (default) or bf16 (operands rounded to "
+                        "bf16, products summed in float32; outputs move by ~1e-3 relative, convc check "
+                        "--precision bf16 measures it; bf16 runs 3x3 convs without Winograd)")
+
+
+def numeric_options(args: argparse.Namespace) -> dict:
+    """The ``winograd`` and ``precision`` keywords of a compile from ``--no-winograd`` and ``--precision``:
+    with --precision bf16 and no --no-winograd, Winograd is left to the options' default for bf16 (off)."""
+    winograd = None if args.winograd and args.precision == "bf16" else args.winograd
+    return {"winograd": winograd, "precision": args.precision}
+
+
 # --- models --------------------------------------------------------------------------------
 
 def load_onnx(path: str):

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from convc.cli.common import EXIT_OK, Command, Progress, add_winograd_flag, check_output_file, load_onnx, mb, positive
+from convc.cli.common import (EXIT_OK, Command, Progress, add_precision_flag, add_winograd_flag, check_output_file,
+                              load_onnx, mb, numeric_options, positive)
 from convc.errors import ConvcError
 
 DESCRIPTION = (
@@ -37,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", "-t", type=positive, metavar="N",
                    help="the most worker threads a context may use (default: this machine's cores)")
     add_winograd_flag(p)
+    add_precision_flag(p)
     p.add_argument("--header", metavar="FILE.h", help="where to write the C header (default: the output with .h)")
     from convc.codegen.aot_train import LOSSES, OPTIMIZERS
     train = p.add_argument_group("training artifact")
@@ -57,6 +59,8 @@ def refuse_conflicts(args: argparse.Namespace) -> None:
             raise ConvcError("--threads is not available with --train: the training step runs on the calling thread")
         if not args.winograd:
             raise ConvcError("--no-winograd is not available with --train: training never runs Winograd convs")
+        if args.precision not in (None, "float32"):
+            raise ConvcError(f"--precision {args.precision} is not available with --train: training runs float32")
         return
     for flag in ("optimizer", "lr", "loss", "seed"):
         if getattr(args, flag) is not None:
@@ -81,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                                         target=args.target, progress=progress, header=args.header)
     else:
         result = build(model, out, batch=args.batch, target=args.target, threads=args.threads, progress=progress,
-                       header=args.header, winograd=args.winograd)
+                       header=args.header, **numeric_options(args))
     progress(f"built {result.output.name} in {result.seconds:.1f}s")
     meta = result.meta
     kind = "object file" if result.object_only else "shared library"

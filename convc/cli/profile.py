@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from convc.cli.common import EXIT_OK, Command, Progress, add_winograd_flag, check_output_file, load_onnx, positive
+from convc.cli.common import (EXIT_OK, Command, Progress, add_precision_flag, add_winograd_flag, check_output_file,
+                              load_onnx, numeric_options, positive)
 from convc.errors import ConvcError
 from convc.options import applied, resolve_options
 from convc.profile import CONVENTION
@@ -33,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", "-t", type=positive, metavar="T",
                    help="worker threads with --measure (not with --train: the training step runs on one thread)")
     add_winograd_flag(p)
+    add_precision_flag(p)
     p.add_argument("--plot", metavar="FILE", help="also draw MACs (and time) per layer and the memory plan "
                                                   "to FILE (.png or .svg; needs matplotlib)")
     p.add_argument("--top", type=positive, metavar="N", help="only the N costliest layers (by time with "
@@ -62,6 +64,8 @@ def refuse_conflicts(args: argparse.Namespace) -> None:
             raise ConvcError("--threads is not available with --train: the training step runs on the calling thread")
         if not args.winograd:
             raise ConvcError("--no-winograd is not available with --train: training never runs Winograd convs")
+        if args.precision not in (None, "float32"):
+            raise ConvcError(f"--precision {args.precision} is not available with --train: training runs float32")
     else:
         for flag, value in (("--loss", args.loss), ("--optimizer", args.optimizer)):
             if value is not None:
@@ -84,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     progress("analysing" + (" and measuring" if args.measure else ""))
     if getattr(args, "train", False):
         return _run_train(args, model, progress)
-    with applied(resolve_options(threads=args.threads, winograd=args.winograd)):  # the passes and --measure's compile
+    with applied(resolve_options(threads=args.threads, **numeric_options(args))):  # the passes and --measure's compile
         result = convc.profile(model, batch=args.batch, measure=args.measure, repeats=repeats, threads=args.threads,
                                progress=progress)
     for warning in result.warnings:  # also on stderr: a table piped to a file must not hide it

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from convc.cli.common import (EXIT_OK, Command, Progress, add_winograd_flag, check_output_dir, load_onnx, model_inputs,
-                              positive)
+from convc.cli.common import (EXIT_OK, Command, Progress, add_precision_flag, add_winograd_flag, check_output_dir,
+                              load_onnx, model_inputs, numeric_options, positive)
 from convc.errors import InputError
 
 
@@ -106,6 +106,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", "-t", type=positive, metavar="T",
                    help="cap on the worker threads of the compiled code, passed to convc.compile(threads=T)")
     add_winograd_flag(p)
+    add_precision_flag(p)
     p.add_argument("--output-dir", "-o", metavar="DIR",
                    help="save each output as DIR/<output name>.npy (DIR is created if its parent exists; names are "
                         "made safe file names, numbered when two would be the same)")
@@ -135,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         given[name] = _load_npy(name, path)
 
     model = convc.compile(onnx_model, batch=args.batch, threads=args.threads, progress=progress,
-                          winograd=args.winograd)
+                          **numeric_options(args))
     progress(f"compiled {Path(args.model).name}")
 
     text = args.format == "text"
