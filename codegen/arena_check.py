@@ -14,7 +14,9 @@ the entry point
   its output unwritten leaves canary words there),
 - hashes every arena tensor that is live across the kernel but not written by it, before and
   after the call: a kernel that writes outside its outputs (past a tile's end, into a neighbour
-  the plan placed next to it) changes one.
+  the plan placed next to it) changes one. Inside a Concat's buffer, where a kernel writes its own
+  slice, the slices written before it are hashed one by one (``guarded_slices``): a conv that
+  ignored its slice's row stride would change them.
 
 The first fault is recorded in the module global ``convc_arena_fault`` (kernel step + 1, what,
 tensor position, word index); ``raise_fault`` turns it into an ``ArenaError`` naming the kernel and
@@ -27,7 +29,8 @@ import ctypes
 from dataclasses import dataclass, field
 
 from convc.codegen.llvm_utils import I32, I64, PTR, VOID, for_range, gep, i64
-from convc.passes.memory_check import checking
+from convc.passes.memory import View, contiguous
+from convc.passes.memory_check import checking, slices_meet
 from llvmlite import ir
 
 from convc.errors import ConvcError
@@ -101,6 +104,19 @@ class ArenaChecker:
         return b.call(self._hash, [b.gep(arena, [i64(offset)], inbounds=True, source_etype=ir.IntType(8)),
                                    i64(nbytes // 4)])
 
+    def digest_view(self, b: ir.IRBuilder, arena: ir.Value, offset: int, view: View) -> ir.Value:
+        """``digest`` of a tensor laid out as ``view`` at byte ``offset``: its rows' hashes combined."""
+        if view.contiguous:
+            return self.digest(b, arena, offset, view.rows * view.run * 4)
+        h = b.alloca(I64)
+        b.store(i64(0), h)
+        with for_range(b, view.rows, name="row") as r:
+            row = b.gep(arena, [b.add(i64(offset), b.mul(r, i64(view.stride * 4)))], inbounds=True,
+                        source_etype=ir.IntType(8))
+            mixed = b.mul(b.xor(b.load(h, typ=I64), b.call(self._hash, [row, i64(view.run)])), i64(0x100000001B3))
+            b.store(b.add(mixed, r), h)
+        return b.load(h, typ=I64)
+
     def compare(self, b: ir.IRBuilder, before: ir.Value, after: ir.Value, step: int, position: int) -> None:
         """Record (step + 1, CHANGED_LIVE, position, 0) if the two digests differ (first fault only)."""
         first = b.icmp_unsigned("==", b.load(self._slot(b, 0), typ=I64), i64(0))
@@ -150,6 +166,33 @@ class ArenaChecker:
         for k in range(4):
             b.store(i64(0), self._slot(b, k))
         self.fill(b, arena, 0, self.arena_bytes)
+
+
+def guarded_slices(plan, op, position: int) -> list[tuple[str, int, View]]:
+    """(tensor, byte offset, view) of the Concat slices already written when ``op`` runs at
+    ``position`` whose buffer is live across it and which ``op``'s outputs do not touch: a kernel
+    writing its own slice of that buffer must leave them as they are."""
+    mem, g = plan.memory, plan.graph
+    if not mem.placed:
+        return []
+    done = {t for o in plan.order[:position] for t in o.outputs}
+    live = {r.name for r in mem.live_ranges if r.first < position <= r.last}
+    outs = []
+    for t in op.outputs:
+        p = mem.placed.get(t)
+        outs.append((p.root, p.view) if p is not None else (t, contiguous(g.tensor(t).size)))
+    written = {root for root, _ in outs}  # a buffer no output touches is hashed whole (module._guarded)
+    found = []
+    for x, p in mem.placed.items():
+        if p.root not in written:
+            continue
+        producer = g.producer(x)
+        if x not in done or p.root not in live or producer.name in mem.concat_aliases:
+            continue  # not written yet, its buffer is dead, or its own slices are guarded instead
+        if any(root == p.root and slices_meet(view, p.view) for root, view in outs):
+            continue
+        found.append((x, mem.buffers[x].index, View(0, p.view.rows, p.view.run, p.view.stride)))
+    return found
 
 
 def raise_fault(address: int, steps: list[tuple[str, list[str], list[str], list[str]]]) -> None:

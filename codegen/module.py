@@ -28,7 +28,7 @@ from convc.abi import ENTRY, PARALLEL, Slot
 from convc.errors import CompileError
 from convc.ir import Op, Tensor
 from convc.ops import OpKind
-from convc.passes.memory import Buffer, align, is_alias
+from convc.passes.memory import Buffer, align, contiguous, is_alias
 from convc.passes.pipeline import Plan
 from convc.codegen.artifacts import llvm_name
 from convc.codegen.llvm_utils import I64, PTR, VOID, gep, i64, memcpy
@@ -205,7 +205,7 @@ class ModuleEmitter:
             stamp(0)
         checker = None
         if self.check_arena:
-            from convc.codegen.arena_check import READ_DEAD, ArenaChecker
+            from convc.codegen.arena_check import READ_DEAD, ArenaChecker, guarded_slices
             checker = ArenaChecker(self.module, scratch_base)
             checker.start(b, arena)
             dying: dict[int, list] = {}
@@ -218,13 +218,15 @@ class ModuleEmitter:
                 continue  # a view, or a Concat whose inputs were written in place
             if checker is not None:
                 step = len(checker.steps)
-                guarded = self._guarded(op, position)
-                checker.steps.append((op.name, list(op.inputs), list(op.outputs), [r.name for r in guarded]))
+                # whole slots no output touches, and the written slices of a Concat buffer an output writes into
+                guarded = [(r.name, self.plan.memory.buffers[r.name].index, contiguous(r.nbytes // 4))
+                           for r in self._guarded(op, position)] + guarded_slices(self.plan, op, position)
+                checker.steps.append((op.name, list(op.inputs), list(op.outputs), [name for name, _, _ in guarded]))
                 for pos, t in enumerate(op.inputs):
                     buf = self.plan.memory.buffers[t]
                     if buf.kind == "arena" and t not in virtual:
                         checker.scan_view(b, arena, buf.index, self._view(t), step, READ_DEAD, pos)
-                before = [checker.digest(b, arena, self.plan.memory.buffers[r.name].index, r.nbytes) for r in guarded]
+                before = [checker.digest_view(b, arena, offset, view) for _, offset, view in guarded]
             if self.progress:
                 self.progress(f"codegen [{k + 1}/{len(self.plan.order)}] {op.name} ({op.kind.value})")
             make = self.emitter_for(op)
@@ -252,8 +254,8 @@ class ModuleEmitter:
                 b.call(call.function, [resolve(a) for a in call.args])
             kernel_names.append((op.name, call.function.name))
             if checker is not None:
-                for pos, (r, digest) in enumerate(zip(guarded, before)):
-                    after = checker.digest(b, arena, self.plan.memory.buffers[r.name].index, r.nbytes)
+                for pos, ((_, offset, view), digest) in enumerate(zip(guarded, before)):
+                    after = checker.digest_view(b, arena, offset, view)
                     checker.compare(b, digest, after, step, pos)
                 self._check_after(b, arena, checker, call, op, dying.get(position, []), scratch_base)
             if stamp:

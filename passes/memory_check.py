@@ -160,13 +160,13 @@ def _check_placements(g: Graph, order: list[Op], mem: MemoryPlan) -> list[str]:
             for b in members[i + 1:]:
                 if first.get(b, 0) > last.get(a, first.get(a, 0)) or inside(a, b) or inside(b, a):
                     continue
-                if _meet(mem.placed[a].view, mem.placed[b].view):
+                if slices_meet(mem.placed[a].view, mem.placed[b].view):
                     problems.append(f"{a!r} and {b!r} share elements of {root!r} while both are live "
                                     f"(ops {position.get(g.producer(a).name)} and {position.get(g.producer(b).name)})")
     return problems
 
 
-def _meet(a: View, b: View) -> bool:
+def slices_meet(a: View, b: View) -> bool:
     """Whether two views of one buffer share an element (exact for the equal-stride rows that
     Concat slices are; views of different strides are compared by their extents)."""
     if a.contiguous and b.contiguous or a.stride != b.stride:

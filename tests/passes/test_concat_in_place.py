@@ -217,3 +217,33 @@ def test_arena_checked_builds(make, batch, hw, monkeypatch):
     neighbours, which are written later)."""
     monkeypatch.setenv("CONVC_CHECK_ARENA", "1")
     check_against_onnxruntime(make(batch, hw), 2)
+
+
+def test_arena_check_catches_a_conv_that_ignores_its_slice_stride(monkeypatch):
+    """The conv of the second Inception branch writes its Concat slice as if it were contiguous,
+    over the first branch's rows: the run-time check hashes the slices written before a kernel
+    that writes into the same buffer, and names the one it changed."""
+    from convc.codegen import kernels  # noqa: F401  (registers the emitters)
+    from convc.codegen.arena_check import ArenaError
+    from convc.codegen.module import EMITTERS
+    m = inception_like(2, 7)
+    plan = plan_of(m)
+    first, second = concats(plan)[0].inputs[:2]
+    victim = plan.graph.producer(second).name
+    real = EMITTERS[OpKind.CONV]
+
+    def careless(em, op):
+        if op.name != victim:
+            return real(em, op)
+        mem = em.plan.memory
+        mem.view = lambda name, size: memory.contiguous(size)  # this kernel alone sees no stride
+        try:
+            return real(em, op)
+        finally:
+            del mem.view
+
+    monkeypatch.setitem(EMITTERS, OpKind.CONV, careless)
+    monkeypatch.setenv("CONVC_CHECK_ARENA", "1")
+    x = np.random.default_rng(7).standard_normal(input_shape(m)).astype(np.float32)
+    with pytest.raises(ArenaError, match=f"kernel {victim!r} changed {first!r}"):
+        convc.compile(m, threads=1, cache=False).run({"x": x})
