@@ -281,18 +281,23 @@ BINARY = {
 
 @emitter(*BINARY)
 def emit_broadcast(em: ModuleEmitter, op: Op) -> KernelCall:
+    """Threads split the outermost of the collapsed dimensions (for a squeeze-and-excitation scale in
+    channels-last, x[HW, C] * s[C]: the pixels); the innermost loop is left to LLVM's vectorizer."""
     out = em.tensor(op.outputs[0]).shape
     n = len(op.inputs)
-    fn, b = em.function(op.name, n + 1)
+    fn, b = em.function(op.name, n + 1, parallel=True)
     dims, strides = collapse(out, [broadcast_strides(em.tensor(t).shape, out) for t in op.inputs]
                              + [broadcast_strides(out, out)])
     combine = BINARY[op.kind]
-    with loop_nest(b, dims) as idx:
-        acc = None
-        for k in range(n):
-            v = load(b, fn.args[k], linear_index(b, idx, strides[k]))
-            acc = v if acc is None else combine(b, acc, v)
-        store(b, acc, fn.args[n], linear_index(b, idx, strides[n]))
+    lo, hi = em.thread_range(b, fn, dims[0])
+    with for_range(b, hi, start=lo, name="outer") as outer:
+        with loop_nest(b, dims[1:]) as idx:
+            idx = [outer] + idx
+            acc = None
+            for k in range(n):
+                v = load(b, fn.args[k], linear_index(b, idx, strides[k]))
+                acc = v if acc is None else combine(b, acc, v)
+            store(b, acc, fn.args[n], linear_index(b, idx, strides[n]))
     b.ret_void()
     return KernelCall(fn, list(op.inputs) + [op.outputs[0]])
 
