@@ -173,6 +173,17 @@ def test_training_graphs_keep_their_copies():
     assert plan_memory(g, plan.order, concats=True).placed
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_training_step_through_concat_keeps_its_copies(batch):
+    """The training step of a net with a Concat (backward through it: tests/train/test_autodiff.py
+    checks its gradients) places nothing, even at batch 1 where the slices are contiguous."""
+    from convc.passes.autodiff.training import build_training
+    from train import nets
+    step = build_training(import_onnx(nets.residual_net(), batch=batch), loss="cross_entropy")
+    assert any(op.kind is OpKind.CONCAT for op in step.plan.order)
+    assert not step.plan.memory.placed and not step.plan.memory.concat_aliases
+
+
 def test_a_planner_switch_turns_it_off(monkeypatch):
     monkeypatch.setattr(memory, "CONCAT_IN_PLACE", False)
     plan = plan_of(inception_like(1, 7))
