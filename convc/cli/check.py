@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from convc.check import DEFAULT_TOLERANCE, check_model
+from convc.check import BF16_TOLERANCE, DEFAULT_TOLERANCE, check_model
 from convc.cli.common import EXIT_OK, Command, Progress, fail, load_onnx, positive
+from convc.cli.run import _input_spec, _load_npy
+from convc.errors import InputError
+from convc.options import PRECISIONS
 
 EXIT_DIFFERS = 1  # the model compiles but a tensor differs from the oracle
 
@@ -16,24 +19,47 @@ DESCRIPTION = (
     "installed) on seeded random inputs, compare every intermediate tensor in execution order, and report "
     "the first one whose error exceeds the tolerance: the layer where the numbers start to differ. Exit "
     "status: 0 when every tensor matches, 1 when a tensor differs (a fault of convc's, the model is fine), "
-    "2 for errors in the model (nodes convc cannot compile, an unreadable file), like every convc command.")
+    "2 for errors in the model (nodes convc cannot compile, an unreadable file), like every convc command. "
+    "With --precision bf16: compile convc in bf16 and report each output's deviation from float32 "
+    "(max |bf16 - float32| / max |float32|), the top-1 agreement of class-score outputs, and the first layer "
+    "whose deviation exceeds the tolerance; exit status 1 when an output exceeds it.")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL.onnx", help="the ONNX model to check")
     p.add_argument("--batch", type=positive, metavar="N", help="fix a symbolic batch dimension to N (default: 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
-    p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE, metavar="TOL",
+    p.add_argument("--tolerance", type=float, default=None, metavar="TOL",
                    help=f"largest accepted max |convc - oracle| / max(1, max |oracle|) per tensor "
-                        f"(default: {DEFAULT_TOLERANCE:g})")
+                        f"(default: {DEFAULT_TOLERANCE:g}); with --precision bf16, the largest accepted "
+                        f"max |bf16 - float32| / max |float32| (default: {BF16_TOLERANCE:g})")
+    p.add_argument("--precision", choices=PRECISIONS, default="float32",
+                   help="float32 (default): convc against the oracle; bf16: what compiling with --precision bf16 "
+                        "changes, against float32")
+    p.add_argument("--input", "-i", dest="inputs", action="append", type=_input_spec, default=[],
+                   metavar="NAME=FILE.npy",
+                   help="feed input NAME from a .npy file instead of random values (repeatable; plain FILE.npy "
+                        "for a single-input model)")
     p.add_argument("--perturb", metavar="NODE", help=argparse.SUPPRESS)  # testing hook, see CONVC_CHECK_PERTURB
 
 
 def run(args: argparse.Namespace) -> int:
     progress = Progress(args.quiet)
     model = load_onnx(args.model)
+    inits = {t.name for t in model.graph.initializer}
+    declared = [i.name for i in model.graph.input if i.name not in inits]
+    given = {}
+    for name, path in args.inputs:
+        if name is None and len(declared) != 1:
+            raise InputError(f"--input {path}: the model has {len(declared)} inputs {declared}; "
+                             "name the one to feed with NAME=FILE.npy")
+        name = declared[0] if name is None else name
+        if name not in declared:
+            raise InputError(f"--input {name}=...: the model has no input {name!r}; its inputs are {declared}")
+        given[name] = _load_npy(name, path)
     progress("importing, compiling and comparing layer by layer")
-    report = check_model(model, batch=args.batch, seed=args.seed, tolerance=args.tolerance, perturb=args.perturb)
+    report = check_model(model, batch=args.batch, seed=args.seed, tolerance=args.tolerance, perturb=args.perturb,
+                         precision=args.precision, inputs=given or None)
     report.model = args.model
     print(report.render())
     sys.stdout.flush()
@@ -45,4 +71,5 @@ def run(args: argparse.Namespace) -> int:
 COMMAND = Command(
     "check", "list the nodes convc cannot compile, or the first layer whose numbers differ from onnxruntime",
     DESCRIPTION, add_arguments, run,
-    ("convc check model.onnx", "convc check model.onnx --batch 4 --seed 1 --tolerance 1e-3"))
+    ("convc check model.onnx", "convc check model.onnx --batch 4 --seed 1 --tolerance 1e-3",
+     "convc check model.onnx --precision bf16 --input x=image.npy"))
