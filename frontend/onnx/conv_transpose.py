@@ -22,10 +22,6 @@ def conv_transpose(ctx: NodeContext) -> None:
     kernel = ctx.ints("kernel_shape")
     if kernel is not None and kernel != w[2:]:
         raise ctx.error(f"kernel_shape={kernel} does not match W.shape={w}")
-    group = int(ctx.attr("group", 1))
-    if group < 1 or x[1] % group or w[0] != x[1]:
-        raise ctx.error(f"group={group} does not fit X.shape={x}, W.shape={w}: W.shape[0] must equal the input "
-                        f"channels {x[1]}, which must divide by group")
 
     def per_axis(name: str, n: int, default: int, lo: int) -> tuple[int, ...]:
         v = ctx.ints(name, (default,) * n)
@@ -60,6 +56,10 @@ def conv_transpose(ctx: NodeContext) -> None:
         pads = (0,) * (2 * r)
     else:
         pads = per_axis("pads", 2 * r, 0, 0)
-    attrs = ConvTransposeAttrs(kernel, strides, pads, dilations, group,
-                               output_padding if any(output_padding) else ())
+    attrs = ctx.parse(ConvTransposeAttrs, kernel_shape=kernel, strides=strides, pads=pads, dilations=dilations,
+                      output_padding=output_padding if any(output_padding) else ())
+    group = attrs.group
+    if group < 1 or x[1] % group or w[0] != x[1]:
+        raise ctx.error(f"group={group} does not fit X.shape={x}, W.shape={w}: W.shape[0] must equal the input "
+                        f"channels {x[1]}, which must divide by group")
     ctx.add_op(OpKind.CONV_TRANSPOSE, attrs, ctx.present_inputs())
