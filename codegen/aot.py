@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from convc.codegen import jit
+from convc.codegen import module as codegen_module  # called through the module: a test forbids code generation
 from convc.codegen.artifacts import atomic_write
 from convc.codegen.blob import blob_layout, metadata, used_constants
 from convc.codegen.header import guard_name, header_text
@@ -29,6 +31,7 @@ from convc.codegen.target import AotTarget, init_backend, resolve_target
 from convc.codegen.wrapper import Wrapper, inference_wrapper
 
 from convc.options import CompileOptions
+from convc.runtime import IOSpec
 
 # writes a library's C ABI into its wrapper module, given the metadata and the blob offsets of the
 # module's constant table
@@ -65,7 +68,6 @@ def build_native(native, output: str | os.PathLike, target: AotTarget, inputs, o
     contents (the module's constant table first), ``runtime`` writes the C ABI into the wrapper
     module (default: ``inference_wrapper``), ``modules`` are more IR modules linked in before
     optimization at level ``speed``, ``extra_decls`` more declarations for the header."""
-    from convc.codegen.jit import machine_code
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     out = Path(output)
@@ -83,7 +85,7 @@ def build_native(native, output: str | os.PathLike, target: AotTarget, inputs, o
         timings["wrapper IR"] = time.perf_counter() - t
         t = time.perf_counter()
         init_backend(target)
-        obj = machine_code(str(native.ir_module), target.llvm_target(), pic=True, link=wrapper.text(), modules=modules,
+        obj = jit.machine_code(str(native.ir_module), target.llvm_target(), pic=True, link=wrapper.text(), modules=modules,
                            speed=speed, progress=progress)
         timings["LLVM"] = time.perf_counter() - t
         atomic_write(header_path, header_text(meta, target, str(out), guard_name(header_path), extra_decls).encode())
@@ -103,14 +105,11 @@ def build_plan(plan, output: str | os.PathLike, options: CompileOptions, *,
                header: str | os.PathLike | None = None) -> BuildResult:
     """Compile a planned graph to a shared library or object file for ``options.target`` (an
     AotTarget, resolved by the driver) and ``options.threads`` worker threads."""
-    from convc.codegen.module import emit_module
-
-    from convc.runtime import IOSpec
     tgt = resolve_target(options.target)
     if progress:
         progress("code generation")
     g = plan.graph
-    native = emit_module(plan, name=g.name, threads=options.threads, target=tgt.llvm_target(), progress=progress)
+    native = codegen_module.emit_module(plan, name=g.name, threads=options.threads, target=tgt.llvm_target(), progress=progress)
     specs = [[IOSpec(n, g.tensor(n).shape, g.tensor(n).dtype) for n in names]
              for names in (native.input_names, native.output_names)]
     return build_native(native, output, tgt, *specs, graph_metadata=g.metadata, progress=progress, header=header)

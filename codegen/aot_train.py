@@ -1,9 +1,10 @@
 """Training artifacts: ``convc compile MODEL.onnx -o train.so --train --optimizer adam``.
 
-The library holds two modules built by the training code generator (codegen/training.py): the
-training step planned by passes/autodiff (forward in training mode, loss, backward, optimizer
-update, in one function) and the eval-mode forward on the training state (the plan
-``convc.Trainer.predict`` runs). Its context owns, besides the arena, the whole training state
+The library holds two modules emitted like any plan (codegen/module.py; both plans are training
+variants of passes/pipeline.py, whose weights are read at run time): the training step built by
+passes/autodiff (forward in training mode, loss, backward, optimizer update, in one function) and
+the eval-mode forward on the training state (the plan ``convc.Trainer.predict`` runs). It is built
+by the inference libraries' path (codegen/aot.py ``build_native``) with this module's C ABI. Its context owns, besides the arena, the whole training state
 (learning rate, step counter, parameters, BN running statistics, optimizer moments), laid out at
 64-byte aligned offsets and initialized from an image embedded with the weights; the C ABI adds
 
@@ -18,32 +19,35 @@ runs on the calling thread (the training kernels are generated for one thread, a
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from convc.codegen.aot import BuildResult
+from convc.codegen.aot import BuildResult, build_native
 from convc.codegen.artifacts import ALIGN
 from convc.codegen.blob import align_up, blob_layout, used_constants
 from convc.codegen.header import TRAINING_DECLS
 from convc.codegen.llvm_utils import F32, I8, I32, I64, PTR, VOID, alloca_entry, gep, i64
+from convc.codegen.module import emit_module
 from convc.codegen.target import resolve_target
 from convc.codegen.wrapper import Wrapper
 from llvmlite import ir
 
-from convc import abi
+from convc import abi, optim
 from convc.abi import ENTRY, MODULE_FUNCTIONS, TRAIN_MODULE_PREFIX, Slot
 from convc.errors import CompileError
 from convc.options import CompileOptions
+from convc.runtime import IOSpec
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad")
+SPEED = 2  # LLVM IR optimization level of training libraries (O3 compiles slower, runs no faster)
 LOSSES = ("cross_entropy", "mse", "bce")
 
 
 def make_optimizer(name: str, lr: float | None = None):
-    from convc import optim
     table = {"sgd": lambda lr: optim.SGD(lr if lr is not None else 0.01),
              "momentum": lambda lr: optim.SGD(lr if lr is not None else 0.01, momentum=0.9),
              "adam": lambda lr: optim.Adam(lr if lr is not None else 1e-3),
@@ -205,18 +209,13 @@ def build_training_plan(step, eval_plan, opt, output: str | os.PathLike, options
     TrainingStep), the eval-mode forward's plan on the training state and the optimizer ``opt``,
     for ``options.target`` (see the module docstring); ``name`` is the model's. The driver loads and
     plans the model."""
-    from convc.codegen import kernels  # noqa: F401  (registers the emitters)
-    from convc.codegen.aot import build_native
-    from convc.codegen.training import OPT_LEVEL, TrainingEmitter
-
-    from convc.runtime import IOSpec
     tgt = resolve_target(options.target)
     if progress:
         progress("code generation (training step)")
-    train_native = TrainingEmitter(step.plan, name + "_train", False, 1, tgt.llvm_target(), progress).emit()
+    train_native = emit_module(step.plan, name + "_train", threads=1, target=tgt.llvm_target(), progress=progress)
     if progress:
         progress("code generation (eval forward)")
-    eval_native = TrainingEmitter(eval_plan, name, False, 1, tgt.llvm_target(), progress).emit()
+    eval_native = emit_module(eval_plan, name, threads=1, target=tgt.llvm_target(), progress=progress)
 
     tg = step.plan.graph
     state_names = list(tg.inputs[2:])  # lr, step, parameters, running statistics, optimizer state
@@ -254,22 +253,15 @@ def build_training_plan(step, eval_plan, opt, output: str | os.PathLike, options
         "optimizer_state": {p: list(v) for p, v in step.state.items()},
     }
 
-    class _Native:  # what build_native reads: the eval module plus the training module linked in
-        ir_module = eval_native.ir_module
-        name = eval_native.name
-        arena_bytes = max(eval_native.arena_bytes, train_native.arena_bytes)
-        constants = eval_native.constants
-        used_constants = eval_native.used_constants
-        kernel_names = eval_native.kernel_names
-        threads = 1
-
+    # the library's module: the eval forward's, the training module linked in, one arena for both
+    native = dataclasses.replace(eval_native, arena_bytes=max(eval_native.arena_bytes, train_native.arena_bytes),
+                                 threads=1)
     runtime = _TrainingAbi(
-        layout, _Native.arena_bytes, train_table, image_offset, [layout.offset(n) for n in tg.inputs[2:]],
+        layout, native.arena_bytes, train_table, image_offset, [layout.offset(n) for n in tg.inputs[2:]],
         [layout.offset(n) for n in eg.inputs[1:]], layout.offset(step.lr), layout.offset(step.step),
         (int(np.prod(labels_t.shape, dtype=np.int64)), np.dtype(labels_t.dtype).name), loss, type(opt).__name__)
     train_ir = _rename_entry(str(train_native.ir_module))
     extra = {"training": training_meta}
-    return build_native(_Native, output, tgt, *specs, graph_metadata=eg.metadata, progress=progress,
+    return build_native(native, output, tgt, *specs, graph_metadata=eg.metadata, progress=progress,
                         extra_meta=extra, header=header, constants=everything, runtime=runtime,
-                        modules=(train_ir,), speed=OPT_LEVEL,
-                        extra_decls=TRAINING_DECLS)
+                        modules=(train_ir,), speed=SPEED, extra_decls=TRAINING_DECLS)

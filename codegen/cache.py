@@ -15,14 +15,16 @@ every model using it with SIGBUS, and what was checked would not be what runs. L
 shared library with dlopen would work too, but needs a C linker at JIT time; the object file
 needs nothing. A pickled JIT model is the same entry, in memory (``entry_bytes``/``entry_artifact``).
 
-The key is a SHA-256 over the optimized graph (op kinds, attributes, shapes, layouts, every
-constant's bytes, the schedule and memory plan), the options (threads, instrumentation), the CPU
+The key is a SHA-256 over the optimized graph (the pipeline variant, op kinds, attributes, shapes,
+layouts, every constant's bytes, the schedule and memory plan), the options (threads, instrumentation), the CPU
 name and feature string, the llvmlite, LLVM, numpy and convc versions, and a fingerprint of the
 compiler's own source files (an edited kernel emitter must not be served stale code). Hashing the
 optimized graph needs the import and the passes (about 2 s for ResNet-50), so ``convc.compile`` of
 a file, bytes or ModelProto also records a *source alias* ``v2/src-<hash>``: a hash of the model's
 bytes plus the same options, naming the entry; a warm compile then skips the import and passes
-too, and ``CompiledModel.graph`` is rebuilt only if someone reads it.
+too, and ``CompiledModel.graph`` is rebuilt only if someone reads it. Training plans (the step, the
+eval forward on the training state) use the same key: their parameters are inputs without data,
+so a model trained from other initial weights reuses the entry.
 
 Integrity: the entry ends its 64-byte header with a SHA-256 of everything after it, and its length
 must match the header; a truncated or corrupt entry is removed with a ``CacheWarning`` and rebuilt.
@@ -54,15 +56,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import llvmlite
+import llvmlite.binding as llvm
 import numpy as np
+from convc.codegen import arena_check, jit
+from convc.codegen import module as codegen_module
 from convc.codegen.artifacts import (ALIGN, ArtifactError, CacheWarning, HashingWriter, aligned_empty, atomic_write,
                                      check_dir, digest, private_dir, read_aligned)
 from convc.codegen.blob import blob_layout, metadata, used_constants, write_blob
+from convc.codegen.jit import ObjectEngine, Target
 from convc.codegen.target import resolve_target
 
 from convc.abi import ABI_VERSION
 from convc.artifact import LoadError, cpu_error
 from convc.options import CompileOptions
+from convc.runtime import IOSpec
+from convc.version import __version__
 
 FORMAT = 2  # 2: entries name their key and source aliases; read into memory, not mapped
 MAGIC = b"CONVCJC1"
@@ -74,7 +83,6 @@ def cache_dir(cache: bool | None = None) -> Path | None:
     """The cache directory, or None when caching is off (``cache=False`` or ``CONVC_NO_CACHE``), or
     when the directory is not safe to run code from (owned by another user, writable by others):
     then with a CacheWarning."""
-    from convc.codegen import arena_check
     if cache is False or arena_check.enabled():  # a checked build is for debugging: never cached
         return None
     if os.environ.get("CONVC_NO_CACHE", "").strip().lower() not in ("", "0", "false", "no", "off"):
@@ -131,11 +139,6 @@ def code_fingerprint() -> str:
 
 def environment(threads: int, instrument: bool = False) -> dict:
     """Everything besides the model that changes the machine code."""
-    import llvmlite
-    import llvmlite.binding as llvm
-    from convc.codegen.jit import Target
-
-    from convc.version import __version__
     host = Target.host()
     return {"format": FORMAT, "abi": ABI_VERSION, "triple": host.triple, "cpu": host.cpu, "features": host.features,
             "llvmlite": llvmlite.__version__, "llvm": list(llvm.llvm_version_info), "numpy": np.__version__,
@@ -175,6 +178,7 @@ def graph_key(plan, env: dict) -> str:
     """SHA-256 of the optimized graph, its schedule and memory plan, and ``env``."""
     h = digest(json.dumps(env, sort_keys=True).encode())
     g = plan.graph
+    _feed(h, plan.variant.name)  # a training variant's code reads its weights at run time
     _feed(h, (g.name, list(g.inputs), list(g.outputs)))
     _feed(h, {k: v for k, v in g.metadata.items() if isinstance(v, (str, int, float, bool, list, tuple, dict))})
     for op in plan.order:
@@ -415,8 +419,6 @@ def usage(root: Path) -> tuple[int, int]:
 def engine_for(artifact: JitArtifact):
     """An ObjectEngine holding ``artifact``'s object code (no LLVM optimization or codegen), after
     checking that it can run here (ABI version, architecture, CPU features); raises LoadError."""
-    import llvmlite.binding as llvm  # noqa: F401  (a JIT artifact needs llvmlite; libraries do not)
-    from convc.codegen.jit import ObjectEngine, Target
     meta = artifact.meta
     if meta.get("abi") != ABI_VERSION:
         raise LoadError(f"compiled code of model {meta.get('name')!r} uses runtime ABI {meta.get('abi')}; "
@@ -435,10 +437,6 @@ def compile_plan(plan, options: CompileOptions, *, progress: Callable[[str], Non
                  alias: str | None = None) -> JitArtifact:
     """JIT-compile a planned graph through the cache: a hit reads the stored artifact, a miss
     generates it (and stores it when caching is on). ``alias`` (a source hash) will also name the entry."""
-    from convc.codegen.jit import machine_code
-    from convc.codegen.module import emit_module
-
-    from convc.runtime import IOSpec
     root = cache_dir(options.cache)
     key = None
     if root is not None:
@@ -455,12 +453,12 @@ def compile_plan(plan, options: CompileOptions, *, progress: Callable[[str], Non
             progress("compile cache miss: generating code")
     if progress:
         progress("code generation")
-    native = emit_module(plan, name=plan.graph.name, instrument=options.instrument, threads=options.threads,
+    native = codegen_module.emit_module(plan, name=plan.graph.name, instrument=options.instrument, threads=options.threads,
                          progress=progress)
     g = plan.graph
     specs = [[IOSpec(n, g.tensor(n).shape, g.tensor(n).dtype) for n in names]
              for names in (native.input_names, native.output_names)]
-    obj = machine_code(str(native.ir_module), progress=progress)
+    obj = jit.machine_code(str(native.ir_module), progress=progress)
     meta = metadata(native, resolve_target("native"), *specs, g.metadata, {"instrumented": bool(options.instrument)})
     art = JitArtifact(meta, obj, used_constants(native), native.arena_steps)
     if root is not None:

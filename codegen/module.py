@@ -26,10 +26,13 @@ from llvmlite import ir
 
 from convc.abi import ENTRY, PARALLEL, Slot
 from convc.errors import CompileError
-from convc.ir import Op, Tensor
-from convc.ops import OpKind
+from convc.ir import Op, Tensor, TensorKind
+from convc.ops import OpKind, op_def
 from convc.passes.memory import Buffer, align, contiguous, is_alias
 from convc.passes.pipeline import Plan
+from convc.codegen import arena_check
+from convc.codegen.arena_check import READ_DEAD, WROTE_DEAD, ArenaChecker, guarded_slices
+from convc.codegen.jit import Target
 from convc.codegen.artifacts import llvm_name
 from convc.codegen.llvm_utils import I64, PTR, VOID, gep, i64, memcpy
 from convc.codegen.threadpool import KERNEL_TYPE, emit_threadpool
@@ -95,7 +98,6 @@ def emitter(*kinds: OpKind):
 class ModuleEmitter:
     def __init__(self, plan: Plan, name: str = "convc_model", instrument: bool = False, threads: int = 1,
                  target=None, progress: Callable[[str], None] | None = None, check_arena: bool | None = None):
-        from convc.codegen import arena_check
         self.plan = plan
         self.check_arena = arena_check.enabled() if check_arena is None else check_arena
         self.progress = progress
@@ -109,8 +111,7 @@ class ModuleEmitter:
                                             for n in plan.memory.constants]
         self.max_scratch = 0
         self._names: set[str] = set()
-        from convc.codegen.jit import Target
-        from convc.codegen.kernels.blas import GemmEmitter, host_isa
+        from convc.codegen.kernels.blas import GemmEmitter, host_isa  # the kernels import this module
         host = target or Target.host()  # a convc.codegen.jit.Target: its features pick the vector ISA
         self.triple = host.triple
         self.isa = host_isa(host.features)
@@ -168,8 +169,19 @@ class ModuleEmitter:
         return fn, b
 
     def emitter_for(self, op: Op) -> Callable[["ModuleEmitter", Op], KernelCall] | None:
-        """The kernel emitter of ``op`` (a subclass may route some ops elsewhere: convc.codegen.training)."""
+        """The kernel emitter of ``op``. In a plan whose weights are inputs read at run time (the
+        training variants of passes/pipeline.py), a Gemm or MatMul whose weight is not a
+        compile-time constant goes to the kernel that reads it at run time instead of one that
+        packs it at compile time (a Conv's is its RUNTIME_WEIGHTS algorithm, from kernel selection)."""
+        if self.plan.variant.runtime_weights and self._reads_weights_at_run_time(op):
+            from convc.codegen.kernels.gemm_grad import emit_gemm_runtime  # kernels import this module
+            return emit_gemm_runtime
         return EMITTERS.get(op.kind)
+
+    def _reads_weights_at_run_time(self, op: Op) -> bool:
+        if op.kind is OpKind.GEMM:
+            return self.tensor(op.inputs[1]).kind is not TensorKind.CONSTANT or op.attrs.trans_a
+        return op.kind is OpKind.MATMUL and all(len(self.tensor(t).shape) == 2 for t in op.inputs)
 
     # --- the entry point -----------------------------------------------------------------
     def emit(self) -> NativeModule:
@@ -205,7 +217,6 @@ class ModuleEmitter:
             stamp(0)
         checker = None
         if self.check_arena:
-            from convc.codegen.arena_check import READ_DEAD, ArenaChecker, guarded_slices
             checker = ArenaChecker(self.module, scratch_base)
             checker.start(b, arena)
             dying: dict[int, list] = {}
@@ -290,7 +301,6 @@ class ModuleEmitter:
     def _check_after(self, b: ir.IRBuilder, arena: ir.Value, checker, call: KernelCall, op: Op,
                      dying: list, scratch_base: int) -> None:
         """Arena check after a kernel: scan what it wrote, then poison what died and its scratch."""
-        from convc.codegen.arena_check import WROTE_DEAD
         step = len(checker.steps) - 1
         for pos, t in enumerate(op.outputs):
             buf = self.plan.memory.buffers[t]
@@ -306,7 +316,6 @@ class ModuleEmitter:
 
     def _worth_threads(self, op: Op) -> bool:
         """Enough work to pay for handing half of it to another core (~2 us of arithmetic)."""
-        from convc.ops import op_def
         definition = op_def(op.kind)
         ins = [self.tensor(t).type for t in op.inputs]
         outs = [self.tensor(t).type for t in op.outputs]

@@ -11,6 +11,11 @@ and calls the driver. The driver owns what needs both ends: loading a model into
 artifact into the ``CompiledModel`` users call, with the variants compiled on first use (another
 batch size, overridden ONNX initializers). codegen never calls back up: the closures that compile
 variants live here and are handed to the CompiledModel, not to codegen.
+
+Training goes the same way: ``load_forward`` is ``load_graph`` plus training's checks, the training
+step and the eval forward on the training state are pipeline variants (passes/pipeline.py), and
+``compile_plan`` turns any plan into a CompiledModel through the one cache and runner; a training
+library is built by codegen/aot.py's path with codegen/aot_train.py's C ABI.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from typing import Any
 
 from convc.artifact import LazyGraph, io_specs
 from convc.errors import InputError
-from convc.ir import Graph, TensorKind
+from convc.ir import Graph
 from convc.limits import positive_int
 from convc.options import CompileOptions, run_threads
 from convc.model import CompiledModel
@@ -111,18 +116,27 @@ def restore_model(state: dict, threads: int | None) -> CompiledModel:
 
 # --- JIT compiles ----------------------------------------------------------------------------------
 
+def compile_plan(plan, options: CompileOptions, *, progress: Progress = None,
+                 respecialize: Callable[[int], CompiledModel] | None = None,
+                 override: Callable[[frozenset[str]], CompiledModel] | None = None,
+                 alias: str | None = None) -> CompiledModel:
+    """JIT-compile a plan of any pipeline variant (inference, a training step, the eval forward on
+    the training state) through the compile cache (``alias`` is a source hash that will also name
+    the entry) into a CompiledModel."""
+    from convc.codegen.cache import compile_plan as compile_artifact
+    artifact = compile_artifact(plan, options, progress=progress, alias=alias)
+    return model_from_artifact(artifact, threads=options.threads, graph=plan.graph, respecialize=respecialize,
+                               override=override)
+
+
 def compile_graph(graph: Graph, options: CompileOptions, *, progress: Progress = None,
                   respecialize: Callable[[int], CompiledModel] | None = None,
                   override: Callable[[frozenset[str]], CompiledModel] | None = None,
                   alias: str | None = None) -> CompiledModel:
-    """Optimize ``graph`` and JIT-compile it through the compile cache (``alias`` is a source hash
-    that will also name the entry)."""
-    from convc.codegen.cache import compile_plan
+    """Optimize ``graph`` (the inference pipeline) and JIT-compile it through the compile cache."""
     from convc.passes.pipeline import pipeline
-    plan = pipeline(graph, progress=progress)
-    artifact = compile_plan(plan, options, progress=progress, alias=alias)
-    return model_from_artifact(artifact, threads=options.threads, graph=plan.graph, respecialize=respecialize,
-                               override=override)
+    return compile_plan(pipeline(graph, progress=progress), options, progress=progress, respecialize=respecialize,
+                        override=override, alias=alias)
 
 
 def warm_model(model: ModelSource, batch: int | None, input_shape: Any, options: CompileOptions,
@@ -248,44 +262,17 @@ def load_forward(model: Any, input_shape: Sequence[int]) -> Graph:
 def eval_plan(forward: Graph, roles: Mapping[str, str]):
     """Inference on the training state: parameters and running statistics become inputs read at
     run time (no recompilation when they change); Dropout is the identity; epilogues are fused."""
-    from convc.passes.autodiff.training import RUNNING, detach_state
-    from convc.passes.dce import eliminate_dead_code
-    from convc.passes.fusion import fuse_epilogues
-    from convc.passes.kernel_selection import select_training_kernels
-    from convc.passes.memory import plan_memory
-    from convc.passes.pipeline import Plan
-    g = forward.copy()
-    state = [n for n in roles if g.has_tensor(n)]
-    for n in state:
-        g.tensor(n).kind = TensorKind.STATE if roles[n] == RUNNING else TensorKind.PARAMETER
-    g.inputs = list(g.inputs) + state
-    detach_state(g)
-    g = select_training_kernels(eliminate_dead_code(fuse_epilogues(g)))
-    order = g.ops()
-    return Plan(g, order, plan_memory(g, order))
+    from convc.passes.autodiff.training import eval_graph
+    from convc.passes.pipeline import EVAL_ON_STATE, pipeline
+    return pipeline(eval_graph(forward, dict(roles)), variant=EVAL_ON_STATE)
 
 
 ONE_THREAD = CompileOptions(threads=1)
 
 
-def compile_training_graph(graph: Graph, options: CompileOptions = ONE_THREAD, *,
-                           in_place: bool = True) -> CompiledModel:
+def compile_training_graph(graph: Graph, options: CompileOptions = ONE_THREAD) -> CompiledModel:
     """Compile ``graph`` as it is (no inference passes: weights stay wherever the graph keeps them)
-    with the training emitter (codegen/training.py); returns a ``CompiledModel``. For tests of the
-    training kernels and for graphs built by hand (one thread unless ``options`` say otherwise)."""
-    from convc.abi import ENTRY
-    from convc.codegen.training import jit_training_plan
-    from convc.passes.kernel_selection import select_training_kernels
-    from convc.passes.memory import plan_memory
-    from convc.passes.pipeline import Plan
-    from convc.runtime import IOSpec, NativeRunner, PoolApi
-    select_training_kernels(graph)  # weights that are not constants are read at run time
-    order = graph.ops()
-    plan = Plan(graph, order, plan_memory(graph, order, in_place=in_place))
-    engine, native = jit_training_plan(plan, options)
-    specs = [[IOSpec(n, graph.tensor(n).shape, graph.tensor(n).dtype) for n in names]
-             for names in (native.input_names, native.output_names)]
-    runner = NativeRunner(engine.address(ENTRY), native.arena_bytes, native.constants, *specs, keepalive=engine,
-                          kernel_names=[op for op, _ in native.kernel_names], threads=options.threads,
-                          pool_api=PoolApi.from_symbols(engine.address))
-    return CompiledModel(runner, graph, threads=options.threads)
+    with the kernels that read non-constant weights at run time; returns a ``CompiledModel``. For
+    tests of the training kernels and for graphs built by hand (one thread unless ``options`` say otherwise)."""
+    from convc.passes.pipeline import AS_BUILT, pipeline
+    return compile_plan(pipeline(graph, variant=AS_BUILT), options)

@@ -60,6 +60,12 @@ class CompiledModel:
             self._overridden[names] = self._override(names)
         return self._overridden[names]
 
+    def bind(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Read these inputs from the caller's arrays on every run that does not feed them: the
+        arrays are used in place, never copied (a Trainer's state, which its compiled step updates
+        in place); they must be writeable, C-contiguous and of the input's dtype and shape."""
+        self._runner.bind(arrays)
+
     @property
     def inputs(self) -> list[IOSpec]:
         return list(self._runner.inputs)

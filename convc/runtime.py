@@ -130,12 +130,29 @@ class NativeRunner:
         self._n_stamps = len(self.kernel_names) + 1 if instrumented else 0
         self._free: list[_Context] = [self._new_context()]
         self._names = {s.name for s in inputs}
+        self._positions = {s.name: i for i, s in enumerate(inputs)}
+        self._bound: dict[int, np.ndarray] = {}  # input position -> the caller's array (``bind``)
         # an arena-checked build (codegen/arena_check.py): called after every run, raises on a fault
         # (the driver binds raise_fault to the fault global and the checked kernels)
         self.arena_check: Callable[[], None] | None = None
 
+    def bind(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """Read these inputs from the caller's arrays on every call in which they are not fed: the
+        training state, which the compiled step also writes in place. The arrays are used as they
+        are, never copied, so they must match the signature exactly (dtype, shape, C order, aligned)."""
+        for name, a in arrays.items():
+            if name not in self._positions:
+                raise InputError(f"cannot bind {name!r}: the model takes {[s.name for s in self.inputs]}")
+            spec = self.inputs[self._positions[name]]
+            if not isinstance(a, np.ndarray) or a.dtype != spec.dtype or a.shape != spec.shape or \
+                    not (a.flags.c_contiguous and a.flags.aligned and a.flags.writeable):
+                raise InputError(f"cannot bind input {name!r} to {type(a).__name__} "
+                                 f"{getattr(a, 'dtype', '')}{list(getattr(a, 'shape', ()))}: it takes a writeable, "
+                                 f"C-contiguous {spec.dtype}{list(spec.shape)} array")
+            self._bound[self._positions[name]] = a
+
     def check(self, feeds: Mapping[str, Any]) -> list[np.ndarray]:
-        missing = [s.name for s in self.inputs if s.name not in feeds]
+        missing = [s.name for i, s in enumerate(self.inputs) if s.name not in feeds and i not in self._bound]
         extra = [k for k in feeds if k not in self._names]
         if missing or extra:
             parts = []
@@ -144,8 +161,9 @@ class NativeRunner:
             if extra:
                 parts.append(f"unknown input(s) {extra}")
             raise InputError("; ".join(parts) + f"; the model takes {[s.name for s in self.inputs]}")
-        arrays = []
-        for spec in self.inputs:
+        arrays = [self._bound.get(i) for i in range(len(self.inputs))]
+        for i in sorted(self._positions[k] for k in feeds):  # in input order: the first bad input is named
+            spec = self.inputs[i]
             a = feeds[spec.name]
             if not isinstance(a, np.ndarray):
                 a = np.asarray(a, dtype=spec.dtype) if isinstance(a, (list, tuple, float, int)) else np.asarray(a)
@@ -155,7 +173,7 @@ class NativeRunner:
                 raise InputError(f"input {spec.name!r} has shape {a.shape}, expected {spec.shape}")
             # strided or misaligned arrays are copied, never read out of bounds (other byte orders
             # have a different dtype and were rejected above)
-            arrays.append(np.require(a, requirements=("C", "A")))
+            arrays[i] = np.require(a, requirements=("C", "A"))
         return arrays
 
     def _new_context(self) -> _Context:

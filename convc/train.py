@@ -8,13 +8,14 @@
     probs = trainer.predict(x_test)        # eval mode: BN running statistics, no dropout
     trainer.export_onnx("trained.onnx")    # runs in onnxruntime with the trained weights
 
-The training step is planned by passes/autodiff/training.py and compiled by codegen/training.py
-into one function; the Trainer owns the persistent training state (parameters, BN running
-statistics, optimizer state, the step counter) as numpy arrays the native code updates in place.
+The training step is built by passes/autodiff/training.py and planned by the pipeline's training
+variant (passes/pipeline.py); the driver compiles it, and the eval-mode forward ``predict`` runs, as
+it compiles any model (the compile cache, a CompiledModel on the NativeRunner). The Trainer owns
+the persistent training state (parameters, BN running statistics, optimizer state, the step
+counter) as numpy arrays bound to the compiled models' inputs, which the native code updates in place.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,81 +24,53 @@ from typing import Any
 
 import numpy as np
 
-from convc.abi import ENTRY
+from convc.driver import compile_plan, load_forward
 from convc.driver import eval_plan as _eval_plan
-from convc.driver import load_forward
 from convc.errors import ConvcError, InputError
 from convc.ir import Graph
 from convc.limits import check_size, positive_int
 from convc.optim import SGD, Optimizer
-from convc.options import resolve_options
+from convc.model import CompiledModel
+from convc.options import CompileOptions, resolve_options
 from convc.passes.autodiff.training import TrainingStep, build_training
 from convc.runtime import dtype_error
 
 __all__ = ["GradcheckResult", "Trainer", "TrainingError", "gradcheck"]
 
-_ENTRY = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p)
-
-
 class TrainingError(ConvcError):
     """A training step could not be applied (non-finite loss or gradients); the state is unchanged."""
 
 
-# --- models ----------------------------------------------------------------------------------------
-# --- the native step --------------------------------------------------------------------------------
-class _NativeStep:
-    """One compiled step (training, gradient or inference) bound to the Trainer's state arrays.
+# --- compiled steps ---------------------------------------------------------------------------------
+def _compile_bound(plan, state: Mapping[str, np.ndarray], options: CompileOptions) -> CompiledModel:
+    """``plan`` (a training variant's) compiled by the driver like any model, its inputs that are
+    training state bound to the arrays in ``state``, which the native code reads and updates in place."""
+    model = compile_plan(plan, options)
+    model.bind({s.name: state[s.name] for s in model.inputs if s.name in state})
+    return model
 
-    Pointers to the persistent arrays are written into the input table once; a call only updates
-    the data pointers of x and the labels (about 2 us from Python)."""
+
+class _NativeStep:
+    """A planned step compiled and bound to ``state``, called with the remaining inputs by name
+    (x and the labels); for the training profile and the tests that run a step by hand."""
 
     def __init__(self, plan, inputs: list[str], outputs: list[str], state: Mapping[str, np.ndarray],
                  instrument: bool = False, threads: int = 1, cache: bool | None = None):
-        from convc.codegen.jit import ObjectEngine
-        from convc.codegen.training import emit_training_module, machine_code_cached
-        from convc.runtime import PoolApi, _Context
-        native = emit_training_module(plan, name=plan.graph.name, instrument=instrument, threads=threads)
-        self.engine = ObjectEngine(machine_code_cached(native, threads=threads, instrument=instrument, cache=cache))
-        self._fn = _ENTRY(self.engine.address(ENTRY))
-        self._constants = [np.ascontiguousarray(c) for c in native.constants]
-        self._const_table = (ctypes.c_void_p * max(1, len(self._constants)))(*[c.ctypes.data for c in self._constants])
-        self.kernel_names = [op for op, _ in native.kernel_names]
-        pool = PoolApi.from_symbols(self.engine.address)
-        self._ctx = _Context(native.arena_bytes, self._const_table, len(self.kernel_names) + 1 if instrument else 0,
-                             threads, pool, self.engine)
-        self.arena_bytes = native.arena_bytes
-        self.threads = threads
-        g = plan.graph
-        self.inputs = inputs
-        self._in = (ctypes.c_void_p * len(inputs))()
-        self._bound: dict[int, np.ndarray] = {}
-        for i, name in enumerate(inputs):
-            if name in state:
-                self._bind(i, state[name])
-        self.outputs = {n: np.empty(g.tensor(n).shape, g.tensor(n).dtype) for n in outputs}
-        self._out = (ctypes.c_void_p * max(1, len(outputs)))(*[a.ctypes.data for a in self.outputs.values()])
-        self._positions = {n: i for i, n in enumerate(inputs)}
-        self._arena_check = None
-        if native.arena_steps is not None:  # an arena-checked build (codegen/arena_check.py)
-            from convc.codegen.arena_check import FAULT_SYMBOL
-            self._arena_check = (self.engine.global_address(FAULT_SYMBOL), native.arena_steps)
-
-    def _bind(self, i: int, array: np.ndarray) -> None:
-        self._bound[i] = array  # keep it alive while the table points at it
-        self._in[i] = array.ctypes.data
+        self.model = _compile_bound(plan, state, resolve_options(threads=threads, instrument=instrument, cache=cache))
+        self.inputs = [s.name for s in self.model.inputs]
+        self.arena_bytes = self.model._runner.arena_bytes
+        self._instrument = instrument
+        self._timings: dict[str, float] = {}
 
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        for name, a in feeds.items():
-            self._bind(self._positions[name], a)
-        self._fn(self._ctx.address, ctypes.addressof(self._in), ctypes.addressof(self._out))
-        if self._arena_check is not None:
-            from convc.codegen.arena_check import raise_fault
-            raise_fault(*self._arena_check)
-        return self.outputs
+        if not self._instrument:
+            return self.model.run(feeds)
+        out, self._timings = self.model.run_timed(feeds)
+        return out
 
     def timings(self) -> dict[str, float]:
         """Seconds per kernel of the last call (instrumented steps only)."""
-        return dict(zip(self.kernel_names, (np.diff(self._ctx.timestamps) * 1e-9).tolist()))
+        return dict(self._timings)
 
 
 # --- the Trainer ---------------------------------------------------------------------------------------
@@ -118,13 +91,14 @@ class Trainer:
                  regularize_all: bool = False, trainable: Sequence[str] | None = None, instrument: bool = False,
                  threads: int | None = None):
         self.model = model
-        self.threads = resolve_options(threads=threads).threads  # checked and defaulted once
+        # checked and defaulted once; predict's forward is never instrumented
+        self._compile_options = resolve_options(threads=threads, instrument=instrument)
+        self.threads = self._compile_options.threads
         self.loss_name = loss
         self.optimizer = optimizer if optimizer is not None else SGD(0.01)
         self.l1, self.l2, self.seed = float(l1), float(l2), int(seed)
         self._options = {"loss": loss, "optimizer": self.optimizer, "seed": self.seed, "l1": self.l1, "l2": self.l2,
                              "regularize_all": regularize_all, "trainable": set(trainable) if trainable else None}
-        self._instrument = instrument
         self.forward = load_forward(model, input_shape)
         self.input_shape = self.forward.tensor(self.forward.inputs[0]).shape
         self.plan: TrainingStep = build_training(self.forward, **self._options)
@@ -132,8 +106,9 @@ class Trainer:
         self._state: dict[str, np.ndarray] = {n: np.array(v, copy=True) for n, v in self.plan.initial.items()}
         self._lr = np.array([self.optimizer.lr], dtype=np.float32)
         self._state[self.plan.lr] = self._lr
-        self._steps: dict[int, tuple[TrainingStep, _NativeStep]] = {}
-        self._evals: dict[int, _NativeStep] = {}
+        self._steps: dict[int, tuple[TrainingStep, CompiledModel]] = {}
+        self._evals: dict[int, CompiledModel] = {}
+        self._timings: dict[int, dict[str, float]] = {}  # batch -> seconds per kernel of its last step
         self._compile_step(self.input_shape[0], self.plan)
 
     # --- compiled variants ---------------------------------------------------------------------------
@@ -143,21 +118,19 @@ class Trainer:
                              "which fixes it; give an ONNX model or a convc.nn module to train other batch sizes")
         return load_forward(self.model, (batch,) + self.input_shape[1:])
 
-    def _compile_step(self, batch: int, plan: TrainingStep | None = None) -> tuple[TrainingStep, _NativeStep]:
+    def _compile_step(self, batch: int, plan: TrainingStep | None = None) -> tuple[TrainingStep, CompiledModel]:
         if batch not in self._steps:
             if plan is None:
                 fwd = self._forward_at(batch)
                 plan = build_training(fwd, **self._options)
-            native = _NativeStep(plan.plan, plan.inputs, [plan.loss], self._state, self._instrument, self.threads)
-            self._steps[batch] = (plan, native)
+            self._steps[batch] = (plan, _compile_bound(plan.plan, self._state, self._compile_options))
         return self._steps[batch]
 
-    def _compile_eval(self, batch: int) -> _NativeStep:
+    def _compile_eval(self, batch: int) -> CompiledModel:
         if batch not in self._evals:
             fwd = self.forward if batch == self.input_shape[0] else self._forward_at(batch)
-            plan = _eval_plan(fwd, self.plan.roles)
-            self._evals[batch] = _NativeStep(plan, list(plan.graph.inputs), list(plan.graph.outputs), self._state,
-                                             threads=self.threads)
+            self._evals[batch] = _compile_bound(_eval_plan(fwd, self.plan.roles), self._state,
+                                                self._compile_options.with_(instrument=False))
         return self._evals[batch]
 
     # --- properties ---------------------------------------------------------------------------------
@@ -223,10 +196,14 @@ class Trainer:
         Raises InputError for malformed inputs and TrainingError when the loss or a gradient is not
         finite; either way the training state is left unchanged."""
         x = self._check_x(x)
-        plan, native = self._compile_step(x.shape[0])
+        plan, model = self._compile_step(x.shape[0])
         y = self._check_y(y, x.shape[0], plan)
         before = self.steps_done
-        out = native({plan.x: x, plan.labels: y})
+        feeds = {plan.x: x, plan.labels: y}
+        if self._compile_options.instrument:
+            out, self._timings[x.shape[0]] = model.run_timed(feeds)
+        else:
+            out = model.run(feeds)
         loss = float(out[plan.loss][0])
         if self.steps_done == before:
             what = f"the loss is {loss}" if not np.isfinite(loss) else "a gradient is not finite"
@@ -236,7 +213,7 @@ class Trainer:
 
     def timings(self) -> dict[str, float]:
         """Seconds per kernel of the last step (``Trainer(..., instrument=True)``)."""
-        return self._steps[self.input_shape[0]][1].timings()
+        return dict(self._timings.get(self.input_shape[0], {}))
 
     # --- inference ----------------------------------------------------------------------------------
     def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
@@ -244,14 +221,14 @@ class Trainer:
         samples: runs in chunks of ``batch_size`` (default: the training batch), the last padded."""
         x = self._check_x(x)
         chunk = positive_int("batch_size", batch_size) or self.input_shape[0]
-        native = self._compile_eval(chunk)
-        out_name = next(iter(native.outputs))
+        model = self._compile_eval(chunk)
+        in_name, out_name = model.inputs[0].name, model.outputs[0].name
         results = []
         for start in range(0, x.shape[0], chunk):
             part = x[start:start + chunk]
             if part.shape[0] < chunk:
                 part = np.concatenate([part, np.zeros((chunk - part.shape[0],) + part.shape[1:], np.float32)])
-            out = native({native.inputs[0]: np.ascontiguousarray(part)})[out_name]
+            out = model.run({in_name: np.ascontiguousarray(part)})[out_name]
             results.append(out[:min(chunk, x.shape[0] - start)].copy())
         return np.concatenate(results)
 
@@ -387,8 +364,7 @@ def gradcheck(model: Any, inputs: np.ndarray, labels: np.ndarray | None = None, 
     state = {n: np.array(v, copy=True) for n, v in plan.initial.items()}
     state[plan.step][0] = step
     state[plan.lr] = np.zeros(1, np.float32)
-    native = _NativeStep(plan.plan, plan.inputs, list(plan.graph.outputs), state)
-    compiled = native({plan.x: x, plan.labels: labels})
+    compiled = _compile_bound(plan.plan, state, resolve_options(threads=1)).run({plan.x: x, plan.labels: labels})
     values64 = {n: (v.astype(np.float64) if v.dtype == np.float32 else v) for n, v in state.items()}
     feeds = {plan.x: x.astype(np.float64), plan.labels: labels if loss == "cross_entropy" else
              labels.astype(np.float64), **values64}

@@ -29,10 +29,8 @@ from typing import Any
 import numpy as np
 from convc.passes.autodiff.core import backward
 from convc.passes.dce import eliminate_dead_code
-from convc.passes.kernel_selection import select_training_kernels
-from convc.passes.memory import MemoryPlan, plan_memory
-from convc.passes.memory_check import check_memory_plan, checking
-from convc.passes.pipeline import Plan
+from convc.passes.pipeline import TRAINING_STEP, Plan, pipeline
+from convc.passes.training_state import LATE, UPDATES, detach_state, update_targets  # noqa: F401  (public here)
 
 from convc.errors import GraphError
 from convc.ir import Graph, Op, TensorKind
@@ -47,11 +45,6 @@ LOSSES = {
     "bce": (OpKind.BCE_LOSS, OpKind.BCE_LOSS_GRAD),
 }
 LOSS_KINDS = frozenset(k for pair in LOSSES.values() for k in pair)
-UPDATES = frozenset({OpKind.SGD_UPDATE, OpKind.MOMENTUM_UPDATE, OpKind.ADAGRAD_UPDATE, OpKind.RMSPROP_UPDATE,
-                     OpKind.ADAM_UPDATE})
-# update ops and the bookkeeping that runs after them, in this order, at the end of the step
-LATE = (OpKind.ALL_FINITE, OpKind.SGD_UPDATE, OpKind.MOMENTUM_UPDATE, OpKind.ADAGRAD_UPDATE,
-        OpKind.RMSPROP_UPDATE, OpKind.ADAM_UPDATE, OpKind.BATCH_NORM_RUNNING_UPDATE, OpKind.STEP_INCREMENT)
 
 # (op kind, input position) -> role of a constant read there
 WEIGHT, BIAS, NORM, RUNNING = "weight", "bias", "norm", "running"
@@ -237,13 +230,20 @@ def build_training(forward: Graph, *, loss: str, optimizer: Any = None, seed: in
     tg.inputs = [x_name, labels, lr, "step"] + params + running + [s for p in params for s in step.state.get(p, [])]
     for name in tg.inputs[3:]:
         step.initial[name] = tg.tensor(name).data
-    detach_state(tg)
-    select_training_kernels(tg)  # after detach_state: parameters are read at run time
-    late = {k: i for i, k in enumerate(LATE)}
-    order = [op for op in tg.ops() if op.kind not in late]
-    order += sorted((op for op in tg.ops() if op.kind in late), key=lambda op: late[op.kind])
-    step.plan = Plan(tg, order, _plan_in_place(tg, order))
+    step.plan = pipeline(tg, variant=TRAINING_STEP)  # the state read at run time, the updates last and in place
     return step
+
+
+def eval_graph(forward: Graph, roles: dict[str, str]) -> Graph:
+    """The inference graph on the training state (``pipeline(..., variant=EVAL_ON_STATE)`` plans
+    it): the parameters and running statistics of ``roles`` become inputs read at run time, so
+    the compiled forward follows the training without recompiling."""
+    g = forward.copy()
+    state = [n for n in roles if g.has_tensor(n)]
+    for n in state:
+        g.tensor(n).kind = TensorKind.STATE if roles[n] == RUNNING else TensorKind.PARAMETER
+    g.inputs = list(g.inputs) + state
+    return g
 
 
 def _append_updates(tg: Graph, step: TrainingStep, optimizer: Any, bn_stats: dict, l1: float, l2: float,
@@ -269,36 +269,3 @@ def _append_updates(tg: Graph, step: TrainingStep, optimizer: Any, bn_stats: dic
         tg.add_op(OpKind.BATCH_NORM_RUNNING_UPDATE, attrs, [mean, var, bmean, binvstd, ok],
                   [tg.fresh_name(f"{mean}.new"), tg.fresh_name(f"{var}.new")], name=f"{bn}.running_update")
     tg.add_op(OpKind.STEP_INCREMENT, NoAttrs(), [step.step, ok], [tg.fresh_name("step.new")], name="step_increment")
-
-
-def update_targets(op: Op) -> dict[str, str]:
-    """Output -> the state input whose bytes it overwrites, for the ops that update state in place
-    (X and the optimizer state of an update; the running statistics; the step counter)."""
-    if op.kind in UPDATES:
-        return dict(zip(op.outputs, op.inputs[3:4] + op.inputs[5:]))
-    if op.kind in (OpKind.BATCH_NORM_RUNNING_UPDATE, OpKind.STEP_INCREMENT):
-        return dict(zip(op.outputs, op.inputs))
-    return {}
-
-
-def detach_state(g: Graph) -> None:
-    """Drop the initial values the parameters and state carry: the code must read them at run time.
-    (Kernels treat a tensor with data as a compile-time constant and may pack it into the code.)"""
-    for t in g.tensors():
-        if t.kind in (TensorKind.PARAMETER, TensorKind.STATE):
-            t.data = None
-
-
-def _plan_in_place(g: Graph, order: list[Op]) -> MemoryPlan:
-    """Plan the arena, with every update output sharing the buffer of the input it replaces."""
-    targets = {out: t for op in order for out, t in update_targets(op).items()}
-    for out in targets:
-        g.tensor(out).kind = TensorKind.STATE  # not an arena activation
-    mem = plan_memory(g, order)
-    for out, t in targets.items():
-        if mem.buffers[t].kind != "input":
-            raise GraphError(f"tensor {out!r} updates {t!r}, which is not an input of the training step")
-        mem.buffers[out] = mem.buffers[t]
-    if checking():
-        check_memory_plan(g, order, mem, update_targets)
-    return mem
