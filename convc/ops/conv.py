@@ -33,6 +33,9 @@ class ConvAlgorithm(enum.Enum):
     RUNTIME_WEIGHTS = "runtime_weights"    # training: W read at run time (conv_grad.py emit_conv_runtime)
 
 
+# the algorithms that multiply less than the conv's MACs say (a rate in GFLOP/s of them is an equivalent)
+WINOGRAD_ALGORITHMS = frozenset({ConvAlgorithm.WINOGRAD_2X2, ConvAlgorithm.WINOGRAD_4X4})
+
 @dataclass(frozen=True)
 class ConvAttrs(WindowAttrs):
     group: int = onnx_attr(1)

@@ -17,8 +17,6 @@ from convc.options import applied, resolve_options
 from convc.passes.kernel_selection import select_kernels, select_training_kernels
 from convc.passes.pipeline import pipeline
 
-WINOGRAD = {A.WINOGRAD_2X2, A.WINOGRAD_4X4}
-
 
 def algorithms(g: Graph) -> dict[str, A]:
     return {op.name: op.attrs.algorithm for op in g.ops() if op.kind is OpKind.CONV}
