@@ -129,7 +129,15 @@ def block_tiles(mr: int, tiles: int, t: int, c: int, m: int, threads: int) -> in
     share = -(-tiles // threads)
     fit = max(1, TILE_BYTES // (t * t * (c + m) * 4))
     rows = max(1, min(share, max(fit, c * m // (c + m))))
-    return min(share, -(-rows // mr) * mr)  # whole register tiles, but no tiles past the share
+    # then evened out: a number of blocks every thread gets as many of (196 tiles in blocks of 42
+    # are 5 blocks, 3 for one thread and 2 for the other; in 6 blocks of 33 they split 3 and 3)
+    blocks = -(-tiles // rows)
+    blocks = -(-blocks // threads) * threads
+    rows = -(-tiles // blocks)
+    if blocks < 4 * threads:  # a short last block would leave a thread idle
+        return rows
+    whole = -(-rows // mr) * mr  # whole register tiles, when that keeps the number of blocks
+    return whole if -(-tiles // whole) == blocks else rows
 
 
 def emit_winograd_conv(em: ModuleEmitter, op: Op) -> KernelCall:

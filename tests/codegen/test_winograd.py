@@ -147,11 +147,11 @@ def test_block_partition_covers_every_tile(monkeypatch):
     one partial) and fewer: every output pixel is written exactly once."""
     from convc.codegen.kernels import winograd
     monkeypatch.setattr(winograd, "TILE_BYTES", 40_000)  # a few tiles per block
-    tiles = 3 * 5 * 4  # 17 x 15 output in 4x4 tiles, 3 images
+    tiles = 3 * 5 * 5  # 17 x 19 output in 4x4 tiles, 3 images
     for threads in (1, 2):
         block = winograd.block_tiles(6, tiles, 6, 8, 12, threads)
         assert block < tiles // threads and tiles % block, block  # several blocks, the last one partial
-    g, feeds = nhwc_conv((3, 17, 15, 8), 12, (1, 1, 1, 1), "none", True, seed=5)
+    g, feeds = nhwc_conv((3, 17, 19, 8), 12, (1, 1, 1, 1), "none", True, seed=5)
     want = run_reference(g, feeds)["y"]
     for t in (1, 2):
         got = compile_as(monkeypatch, g, A.WINOGRAD_4X4, t).run(feeds)["y"]
