@@ -7,9 +7,17 @@
 
 A 1x1, stride-1, unpadded conv already is a GEMM in the codegen (no im2col buffer) and is left as
 it is. ``should_lower`` chooses per conv, so a faster direct kernel can keep the convs it handles.
+
+A conv with enough row blocks to keep every thread busy is not lowered but gathers its im2col
+matrix itself, a block of output rows at a time, in per-thread scratch that stays in L2
+(ConvAlgorithm.IM2COL_FUSED, recorded here on the conv and kept by kernel selection): the
+matrix never exists in full. With fewer blocks than that, the explicit Im2Col op parallelizes
+better over its rows. The threads are the compile's (``CompileOptions.threads`` through
+``convc.options.active_options``; all cores outside a compile, as ``resolve_options`` defaults).
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from convc.passes.kernel_selection import im2col_candidate
@@ -17,8 +25,9 @@ from convc.passes.rewrite import add_const, move_before, record_origin
 
 from convc.ir import Graph, Op
 from convc.ops import OpKind
-from convc.ops.conv import ConvAttrs, is_pointwise
-from convc.ops.im2col import Im2ColAttrs
+from convc.ops.conv import ConvAlgorithm, ConvAttrs, is_pointwise
+from convc.ops.im2col import Im2ColAttrs, block_rows
+from convc.options import active_options, default_threads
 
 Predicate = Callable[[Graph, Op], bool]
 
@@ -29,10 +38,31 @@ is_gemm_conv = is_pointwise  # a 1x1, stride-1, unpadded conv: its input already
 is_general_conv = im2col_candidate
 
 
-def lower_im2col(g: Graph, should_lower: Predicate = is_general_conv) -> Graph:
+def compile_threads() -> int:
+    """The threads of the compile this pass runs in."""
+    options = active_options()
+    return options.threads if options is not None else default_threads()
+
+
+def gathers_in_kernel(g: Graph, conv: Op, threads: int) -> bool:
+    """Whether ``conv`` (2-D, channels first) has at least two blocks of output rows per thread
+    over its images and groups, so gathering im2col blocks inside the conv keeps every thread busy."""
+    n, _, oh, ow = g.tensor(conv.outputs[0]).shape
+    blocks = -(-oh // block_rows(oh, ow))
+    return n * conv.attrs.group * blocks >= 2 * threads
+
+
+def lower_im2col(g: Graph, should_lower: Predicate = is_general_conv, threads: int | None = None) -> Graph:
+    """Lower the convs ``should_lower`` picks: IM2COL_FUSED where ``gathers_in_kernel``, else an
+    explicit Im2Col op (``lower_conv``). ``threads`` None: ``compile_threads()``."""
+    threads = compile_threads() if threads is None else threads
     moves = {}
     for op in g.ops():
-        if op.kind is OpKind.CONV and should_lower(g, op):
+        if op.kind is not OpKind.CONV or not should_lower(g, op):
+            continue
+        if op.attrs.spatial_rank == 2 and gathers_in_kernel(g, op, threads):
+            op.attrs = dataclasses.replace(op.attrs, algorithm=ConvAlgorithm.IM2COL_FUSED)
+        else:
             col = lower_conv(g, op)
             moves[op.name] = [col.name, col.outputs[0]]
     move_before(g, moves)

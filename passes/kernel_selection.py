@@ -9,8 +9,9 @@ with the predicates below, so the choice reads the final graph:
                                           ``winograd_algorithm`` measured it faster; WINOGRAD_2X2
                                           exists but is never faster here) or IMPLICIT_GEMM_NHWC
     spatial rank 3+ ..................... DIRECT_ND
-    1x1, stride 1, unpadded, constant W . POINTWISE, or IM2COL_FUSED when it reads an Im2Col's
-                                          output that nothing else reads (im2col.py's lowering)
+    IM2COL_FUSED ........................ kept: im2col lowering (passes/im2col.py) chose to let the
+                                          conv gather its im2col blocks itself (thread count)
+    1x1, stride 1, unpadded, constant W . POINTWISE (over an Im2Col op's output after lowering)
     depthwise ........................... DEPTHWISE
     anything else ....................... IM2COL_GEMM (im2col in the kernel; plain loops when W is
                                           fed at run time)
@@ -18,16 +19,8 @@ with the predicates below, so the choice reads the final graph:
 A training plan (``runtime_weights=True``) sends every conv whose weight is not a compile-time
 constant (parameters, run-time inputs) to RUNTIME_WEIGHTS, and never picks Winograd.
 
-Not yet here (issue 14):
-- Whether an IM2COL_FUSED conv really gathers in the kernel also depends on the thread count
-  (enough row blocks for every thread: codegen/kernels/conv.py ``gathers_in_kernel``), which the
-  pipeline does not receive yet. Once it does (one CompileOptions passed down), the fusion can be a
-  rewrite here: the conv reads X with its own window and the Im2Col op, its arena buffer and
-  passes/memory.py's liveness case for it go away.
-- 1-D convs still run as 2-D ones inside the codegen (``as_2d``, ``spatial_2d`` in
-  codegen/kernels/conv.py): the training kernels (conv_grad.py) on graphs that skip this pipeline
-  use them too, and a rewrite with Reshape views would add a copy where a 1-D conv writes a graph
-  output.
+1-D convs and pools reach this pass as 2-D ones (passes/conv1d.py; for training plans,
+``select_training_kernels`` runs that rewrite first).
 """
 from __future__ import annotations
 
@@ -74,14 +67,6 @@ def im2col_candidate(g: Graph, op: Op) -> bool:
     passes/im2col.py lowers these to Im2Col + a pointwise conv."""
     return (op.kind is OpKind.CONV and not op.attrs.channels_last and op.attrs.spatial_rank in (1, 2)
             and not is_pointwise(op.attrs) and has_constant_weights(g, op) and not depthwise(g, op))
-
-
-def gathers_im2col(g: Graph, op: Op) -> bool:
-    """A pointwise conv that can build its input, the output of an Im2Col op, itself block by block:
-    nothing else reads that im2col matrix (so it need never exist in full)."""
-    col = op.inputs[0]
-    src = g.producer(col)
-    return src is not None and src.kind is OpKind.IM2COL and col not in g.outputs and len(g.consumers(col)) == 1
 
 
 def winograd_candidate(g: Graph, op: Op) -> bool:
@@ -134,8 +119,10 @@ def conv_algorithm(g: Graph, op: Op, runtime_weights: bool = False, winograd: bo
                            f"{'constant' if w.data is not None else 'run-time'} weights")
     if a.spatial_rank > 2:
         return A.DIRECT_ND
+    if a.algorithm is A.IM2COL_FUSED and im2col_candidate(g, op):
+        return A.IM2COL_FUSED  # im2col lowering's choice (passes/im2col.py), made for the compile's threads
     if is_pointwise(a) and w.data is not None:
-        return A.IM2COL_FUSED if gathers_im2col(g, op) else A.POINTWISE
+        return A.POINTWISE
     if depthwise(g, op):
         return A.DEPTHWISE
     return A.IM2COL_GEMM

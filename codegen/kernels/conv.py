@@ -1,8 +1,7 @@
 """The Conv emitter: dispatches on the algorithm passes/kernel_selection.py recorded (ConvAttrs.algorithm),
-and the channels-first kernels: pointwise GEMM, im2col gathered block by block, depthwise, and im2col
-into kernel scratch then the matrix product per group.
-
-1-D convolutions run as 2-D ones with a height of 1."""
+and the channels-first 2-D kernels: pointwise GEMM, im2col gathered block by block, depthwise, and
+im2col into kernel scratch then the matrix product per group. (1-D convs arrive as 2-D ones:
+passes/conv1d.py.)"""
 from __future__ import annotations
 
 import numpy as np
@@ -18,23 +17,12 @@ from convc.errors import CompileError
 from convc.ir import Op
 from convc.ops import OpKind
 from convc.ops.conv import ConvAlgorithm, ConvAttrs, is_pointwise
-
-
-def as_2d(a: ConvAttrs) -> ConvAttrs:
-    if a.spatial_rank == 2:
-        return a
-    if a.spatial_rank == 1:
-        return ConvAttrs((1,) + a.kernel_shape, (1,) + a.strides, (0, a.pads[0], 0, a.pads[1]),
-                         (1,) + a.dilations, a.group, a.epilogue)
-    raise NotImplementedError(f"{a.spatial_rank}-D convolution")
-
-
-def spatial_2d(shape: tuple[int, ...]) -> tuple[int, int]:
-    return (1, shape[2]) if len(shape) == 3 else (shape[2], shape[3])
+from convc.ops.im2col import block_rows
+from convc.ops.window import WindowAttrs
 
 
 def im2col_row(b: ir.IRBuilder, x: ir.Value, col: ir.Value, row: ir.Value, c: int, h: int, w: int,
-               a: ConvAttrs, oh: int, ow: int, oy_lo=0, oy_hi=None, ld: int | None = None) -> None:
+               a: WindowAttrs, oh: int, ow: int, oy_lo=0, oy_hi=None, ld: int | None = None) -> None:
     """One row of the im2col matrix: col[row, y*OW + x] for row = (ci*KH + kh)*KW + kw, the input
     tap of every output pixel, zero where it falls in the padding. ``oy_lo``/``oy_hi`` restrict it
     to a block of output rows, written at column (y - oy_lo)*OW of rows ``ld`` apart."""
@@ -91,11 +79,10 @@ def emit_depthwise_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     """One filter per channel: each output row accumulates KH*KW shifted input rows, the columns
     whose taps fall in the padding cut off at compile time, so the inner loops vectorize; the
     planes (image, channel) are split between threads."""
-    a = as_2d(op.attrs)
+    a = op.attrs
     xs, ys = em.tensor(op.inputs[0]).shape, em.tensor(op.outputs[0]).shape
-    n, c = xs[:2]
-    h, w = spatial_2d(xs)
-    oh, ow = spatial_2d(ys)
+    n, c, h, w = xs
+    oh, ow = ys[2:]
     kh_, kw_ = a.kernel_shape
     (sh, sw), (dh, dw) = a.strides, a.dilations
     pt, pl = a.pads[0], a.pads[1]
@@ -205,57 +192,29 @@ def full_or_edge(b: ir.IRBuilder, index: ir.Value, n_full: int, size: int, rem: 
         emit(rem or size)
 
 
-BLOCK_COLUMNS = 256  # output pixels per im2col block: K x 256 floats stays in L2 for K <= 1024
-
-
-def im2col_block_rows(oh: int, ow: int) -> int:
-    """Output rows per im2col block: about BLOCK_COLUMNS pixels, a multiple of 32 where possible."""
-    rows = max(1, min(oh, BLOCK_COLUMNS // ow))
-    for r in range(rows, 0, -1):
-        if r * ow % 32 == 0:
-            return r
-    return rows
-
-
-def gathers_in_kernel(em: ModuleEmitter, conv: Op) -> bool:
-    """An IM2COL_FUSED conv gathers its Im2Col's output block by block itself (and the Im2Col op
-    emits nothing) when there are enough blocks to keep every thread busy; otherwise the whole
-    im2col op parallelizes better and the conv runs as POINTWISE over its output. (The only part
-    of the choice left to the codegen: the pipeline does not know the thread count.)"""
-    if conv.kind is not OpKind.CONV or conv.attrs.algorithm is not ConvAlgorithm.IM2COL_FUSED:
-        return False
-    ys = em.tensor(conv.outputs[0]).shape
-    oh, ow = spatial_2d(ys)
-    blocks = -(-oh // im2col_block_rows(oh, ow))
-    return ys[0] * conv.attrs.group * blocks >= 2 * em.threads
-
-
 def emit_fused_im2col_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     """IM2COL_FUSED: Conv = W @ im2col(x), the im2col matrix built for a block of output rows at a
     time in per-thread scratch (L2-resident) and consumed at once by the GEMM; blocks of every image
-    and group are split between threads. Without enough blocks for the threads: POINTWISE."""
-    if not gathers_in_kernel(em, op):
-        return emit_direct_conv(em, op)
-    im2col = em.graph.producer(op.inputs[0])
-    a = as_2d(im2col.attrs.as_conv())
-    xs = em.tensor(im2col.inputs[0]).shape
+    and group are split between threads (passes/im2col.py chose this where there are enough blocks
+    for the compile's threads)."""
+    a = op.attrs
+    xs = em.tensor(op.inputs[0]).shape
     ys = em.tensor(op.outputs[0]).shape
-    n, c, m = xs[0], xs[1], ys[1]
-    h, w = spatial_2d(xs)
-    oh, ow = spatial_2d(ys)
+    n, c, h, w = xs
+    m, oh, ow = ys[1:]
     p = oh * ow
-    g = op.attrs.group
+    g = a.group
     cg, mg = c // g, m // g
     kdim = cg * a.kernel_shape[0] * a.kernel_shape[1]
     epi = op.attrs.epilogue
     has_bias = len(op.inputs) - epi.residual == 3
     per_group = [pack_a(wm, em.isa) for wm in em.tensor(op.inputs[1]).data.reshape(g, mg, kdim)]
-    rows = im2col_block_rows(oh, ow)
+    rows = block_rows(oh, ow)
     full_blocks, last_rows = divmod(oh, rows)
     blocks = full_blocks + (last_rows > 0)
     block_bytes = kdim * rows * ow * 4
-    args = [im2col.inputs[0], em.derived_constant(np.stack(per_group))] + list(op.inputs[2:]) + \
-        [op.outputs[0], em.scratch(block_bytes, per_thread=True)]
+    args = list(op.inputs) + [op.outputs[0], em.scratch(block_bytes, per_thread=True)]
+    args[1] = em.derived_constant(np.stack(per_group))
     fn, b = em.function(op.name, len(args), parallel=True)
     x, wt = fn.args[0], fn.args[1]
     bias = fn.args[2] if has_bias else None
@@ -379,12 +338,11 @@ def emit_im2col_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     """IM2COL_GEMM: per image and group, im2col into kernel scratch (none for a pointwise conv), then
     the micro-kernel GEMM with weights packed at compile time, or plain loops over weights fed at
     run time."""
-    a = as_2d(op.attrs)
+    a = op.attrs
     xs, ws, ys = (em.tensor(t).shape for t in (op.inputs[0], op.inputs[1], op.outputs[0]))
-    n, c = xs[:2]
-    h, w = spatial_2d(xs)
+    n, c, h, w = xs
     m = ws[0]
-    oh, ow = spatial_2d(ys)
+    oh, ow = ys[2:]
     g = a.group
     cg, mg = c // g, m // g
     kdim = cg * a.kernel_shape[0] * a.kernel_shape[1]

@@ -14,7 +14,6 @@ padding stays zero from one memset. 1-D convolutions run as 2-D with a height of
 from __future__ import annotations
 
 from convc.codegen.kernels.blas import Operand, split_epilogue
-from convc.codegen.kernels.conv import as_2d, spatial_2d
 from convc.codegen.kernels.epilogue import epilogue_pass
 from convc.codegen.llvm_utils import FAST, for_range, gep, i64, load, memset_zero, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
@@ -24,13 +23,14 @@ from llvmlite import ir
 from convc.ir import Op
 from convc.ops import OpKind
 from convc.ops.conv import ConvAttrs, is_pointwise
+from convc.ops.window import spatial_2d
 
 
 class Geometry:
     """The 2-D view of a conv: sizes per image and group, taps, and per-tap output ranges."""
 
     def __init__(self, a: ConvAttrs, x_shape: tuple[int, ...], w_shape: tuple[int, ...], y_shape: tuple[int, ...]):
-        self.a = as_2d(a)
+        self.a = a.as_2d()
         self.n, self.c = x_shape[:2]
         self.h, self.w = spatial_2d(x_shape)
         self.m = w_shape[0]

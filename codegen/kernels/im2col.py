@@ -1,7 +1,11 @@
-"""Im2Col as a native kernel: the rows of every image's im2col matrix, split between threads."""
+"""Im2Col as a native kernel: the rows of every image's im2col matrix, split between threads.
+
+A conv that gathers its own im2col blocks (ConvAlgorithm.IM2COL_FUSED) has no Im2Col op: the
+lowering pass (passes/im2col.py) made that choice, so every Im2Col op here is written in full.
+1-D ones arrive as 2-D (passes/conv1d.py)."""
 from __future__ import annotations
 
-from convc.codegen.kernels.conv import as_2d, gathers_in_kernel, im2col_row, spatial_2d
+from convc.codegen.kernels.conv import im2col_row
 from convc.codegen.llvm_utils import for_range, gep, i64
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 
@@ -10,16 +14,11 @@ from convc.ops import OpKind
 
 
 @emitter(OpKind.IM2COL)
-def emit_im2col_op(em: ModuleEmitter, op: Op) -> KernelCall | None:
-    consumers = em.graph.consumers(op.outputs[0])
-    if len(consumers) == 1 and gathers_in_kernel(em, consumers[0]):
-        return None  # an IM2COL_FUSED conv gathers it block by block itself
-    a = as_2d(op.attrs.as_conv())
+def emit_im2col_op(em: ModuleEmitter, op: Op) -> KernelCall:
+    a = op.attrs
     xs, ys = em.tensor(op.inputs[0]).shape, em.tensor(op.outputs[0]).shape
-    n, c = xs[:2]
-    h, w = spatial_2d(xs)
-    oh, ow = spatial_2d(ys)
-    rows = ys[1]
+    n, c, h, w = xs
+    rows, oh, ow = ys[1:]
     fn, b = em.function(op.name, 2, parallel=True)
     x, col = fn.args[:2]
     lo, hi = em.thread_range(b, fn, n * rows)  # the rows of every image, split between threads

@@ -1,5 +1,5 @@
-"""Max, average and Lp pooling, windowed and global (1-D pools run as 2-D with a height of 1; 3-D pools and
-every LpPool run through the rank-generic loop nest of ``emit_pool_nd``)."""
+"""Max, average and Lp pooling, windowed and global (1-D pools arrive as 2-D ones: passes/conv1d.py; 3-D
+pools and every LpPool run through the rank-generic loop nest of ``emit_pool_nd``)."""
 from __future__ import annotations
 
 import math
@@ -8,20 +8,10 @@ import numpy as np
 
 from convc.ir import Op
 from convc.ops import OpKind
-from convc.ops.pool import PoolAttrs
 from convc.codegen.llvm_utils import gep, F32, FAST, alloca_entry, f32, fmax, for_range, i64, in_range, load, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
-from convc.codegen.kernels.conv import spatial_2d, tap_columns
+from convc.codegen.kernels.conv import tap_columns
 from convc.codegen.kernels.pool_nd import MAX_UNROLLED_TAPS, emit_pool_nd  # 3-D, LpPool, big windows
-
-
-def as_2d(a: PoolAttrs) -> PoolAttrs:
-    if a.spatial_rank == 2:
-        return a
-    if a.spatial_rank == 1:
-        return PoolAttrs((1,) + a.kernel_shape, (1,) + a.strides, (0, a.pads[0], 0, a.pads[1]), (1,) + a.dilations,
-                         a.ceil_mode, a.count_include_pad)
-    raise NotImplementedError(f"{a.spatial_rank}-D pooling")
 
 
 @emitter(OpKind.MAX_POOL, OpKind.AVERAGE_POOL)
@@ -29,7 +19,7 @@ def emit_pool(em: ModuleEmitter, op: Op) -> KernelCall:
     if op.attrs.channels_last:  # set by passes/layout.py
         from convc.codegen.kernels.pool_nhwc import emit_pool_channels_last
         return emit_pool_channels_last(em, op)
-    if op.attrs.spatial_rank > 2 or math.prod(op.attrs.kernel_shape) > MAX_UNROLLED_TAPS:
+    if op.attrs.spatial_rank != 2 or math.prod(op.attrs.kernel_shape) > MAX_UNROLLED_TAPS:
         return emit_pool_nd(em, op)  # 3-D, or a window too big to unroll tap by tap (60 x 80: minutes in LLVM)
     return emit_pool_rows(em, op)
 
@@ -49,12 +39,12 @@ def emit_pool_rows(em: ModuleEmitter, op: Op) -> KernelCall:
     input is inside the image are known at compile time, so the inner loops have no bounds checks
     and vectorize. The average divides by (valid rows) x (valid columns) of each window, both
     computed at compile time. Planes are split between threads."""
-    a = as_2d(op.attrs)
+    a = op.attrs
     is_max = op.kind is OpKind.MAX_POOL
     xs, ys = em.tensor(op.inputs[0]).shape, em.tensor(op.outputs[0]).shape
     planes = xs[0] * xs[1]
-    h, w = spatial_2d(xs)
-    oh, ow = spatial_2d(ys)
+    h, w = xs[2:]
+    oh, ow = ys[2:]
     kh_, kw_ = a.kernel_shape
     (sh, sw), (dh, dw) = a.strides, a.dilations
     pt, pl, pb, pr = a.pads

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import math
 
-from convc.codegen.kernels.conv import spatial_2d
-from convc.codegen.kernels.pool import as_2d
 from convc.codegen.llvm_utils import (
     F32,
     I64,
@@ -26,6 +24,7 @@ from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 
 from convc.ir import Op
 from convc.ops import OpKind
+from convc.ops.window import spatial_2d
 
 
 def _windows(b, a, h, w, oh, ow, planes, body):
@@ -95,7 +94,7 @@ def _max_pool_grad_disjoint(em: ModuleEmitter, op: Op, a, planes: int, h: int, w
 
 @emitter(OpKind.MAX_POOL_GRAD, OpKind.AVERAGE_POOL_GRAD)
 def emit_pool_grad(em: ModuleEmitter, op: Op) -> KernelCall:
-    a = as_2d(op.attrs.pool)
+    a = op.attrs.pool.as_2d()
     is_max = op.kind is OpKind.MAX_POOL_GRAD
     xs, ys = op.attrs.shape, em.tensor(op.inputs[-1]).shape
     planes = xs[0] * xs[1]

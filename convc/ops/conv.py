@@ -22,9 +22,10 @@ class ConvAlgorithm(enum.Enum):
     codegen/kernels/conv.py (each value names the emitter that runs it)."""
     UNSELECTED = "unselected"              # not chosen yet: the codegen refuses it
     POINTWISE = "pointwise"                # channels first, 1x1 stride 1 unpadded, constant W: Y = W @ X per panel
-    IM2COL_FUSED = "im2col_fused"          # POINTWISE over an Im2Col op's output, gathered block by block in the conv
-    IM2COL_GEMM = "im2col_gemm"            # channels first, 1-D/2-D: im2col into scratch in the kernel, then a GEMM
-    DEPTHWISE = "depthwise"                # channels first, 1-D/2-D, group == C == M: one filter per plane
+    IM2COL_FUSED = "im2col_fused"          # channels first, 2-D, constant W: im2col gathered block by block in the
+                                           # conv (chosen by passes/im2col.py for the compile's threads)
+    IM2COL_GEMM = "im2col_gemm"            # channels first, 2-D: im2col into scratch in the kernel, then a GEMM
+    DEPTHWISE = "depthwise"                # channels first, 2-D, group == C == M: one filter per plane
     IMPLICIT_GEMM_NHWC = "implicit_gemm_nhwc"  # channels last, 2-D, one group, constant W (conv_nhwc.py)
     DEPTHWISE_NHWC = "depthwise_nhwc"      # channels last, group == C == M (depthwise_nhwc.py)
     WINOGRAD_2X2 = "winograd_2x2"          # channels last, 3x3 stride 1 dilation 1, one group, constant W:

@@ -37,6 +37,19 @@ class Im2ColAttrs(WindowAttrs):
         return ConvAttrs(self.kernel_shape, self.strides, self.pads, self.dilations)
 
 
+BLOCK_COLUMNS = 256  # output pixels per im2col block: K x 256 floats stays in L2 for K <= 1024
+
+
+def block_rows(oh: int, ow: int) -> int:
+    """Output rows per block of an im2col gathered inside its conv (ConvAlgorithm.IM2COL_FUSED):
+    about BLOCK_COLUMNS pixels, a multiple of 32 where possible."""
+    rows = max(1, min(oh, BLOCK_COLUMNS // ow))
+    for r in range(rows, 0, -1):
+        if r * ow % 32 == 0:
+            return r
+    return rows
+
+
 def output_spatial(a: Im2ColAttrs, shape: tuple[int, ...]) -> tuple[int, ...]:
     r = a.spatial_rank
     return tuple(conv_output_size(shape[2 + i], a.kernel_shape[i], a.strides[i], a.dilations[i], a.pads[i],

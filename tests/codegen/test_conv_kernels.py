@@ -85,6 +85,6 @@ def test_im2col_gemm(group, epi):
 def test_im2col_gathered_block_by_block(group, epi):
     # 42 output rows of 20 pixels: blocks of 8 rows (160 pixels, 5 panels of 32) and a last
     # block of 2 rows; the conv gathers each block itself, the full im2col matrix never exists
-    from convc.codegen.kernels.conv import im2col_block_rows
-    assert im2col_block_rows(42, 20) == 8
+    from convc.ops.im2col import block_rows
+    assert block_rows(42, 20) == 8
     run_conv((1, 4, 42, 20), 6, attrs2d(3, 1, 1, 1, group=group, epi=EPILOGUES[epi]), bias=True)

@@ -5,20 +5,28 @@ import numpy as np
 import pytest
 from convc.passes.dce import eliminate_dead_code
 from convc.passes.im2col import is_gemm_conv, is_general_conv, lower_im2col
+from convc.passes.kernel_selection import select_kernels
 from pass_helpers import add_input, check_pass, conv_attrs, kinds, weight
 
 from convc.ir import Graph
 from convc.ops import NoAttrs, OpKind
+from convc.ops.conv import ConvAlgorithm as A
 from convc.ops.epilogue import Epilogue
+from convc.options import CompileOptions, applied
+
+
+# threads enough that no conv here has two blocks of output rows per thread: every lowered conv
+# gets the explicit Im2Col op these tests look at (gathering in the conv: the tests at the end)
+MANY = 64
 
 
 def lower(g: Graph) -> Graph:
-    return eliminate_dead_code(lower_im2col(g))
+    return eliminate_dead_code(lower_im2col(g, threads=MANY))
 
 
 def lower_every_general_conv(g: Graph) -> Graph:
     """Lower depthwise convs too (the default predicate leaves them to the direct depthwise kernel)."""
-    return eliminate_dead_code(lower_im2col(g, should_lower=lambda gr, op: not is_gemm_conv(op.attrs)))
+    return eliminate_dead_code(lower_im2col(g, should_lower=lambda gr, op: not is_gemm_conv(op.attrs), threads=MANY))
 
 
 CASES = {
@@ -101,7 +109,7 @@ def test_gemm_shaped_convs_and_the_predicate_keep_their_conv(rng):
     out = check_pass(g, lower, rng)
     assert kinds(out) == [OpKind.CONV, OpKind.IM2COL, OpKind.CONV], "the 1x1 conv already is a GEMM"
     keep_spatial = lambda gr, op: is_general_conv(gr, op) and op.name != "spatial"
-    kept = check_pass(g, lambda gr: lower_im2col(gr, should_lower=keep_spatial), rng)
+    kept = check_pass(g, lambda gr: lower_im2col(gr, should_lower=keep_spatial, threads=MANY), rng)
     assert kinds(kept) == [OpKind.CONV, OpKind.CONV]
 
 
@@ -115,3 +123,40 @@ def test_im2col_runs_right_before_its_conv(rng):
     g.outputs = ["y", "s"]
     out = lower(g.copy())
     assert [op.name for op in out.ops()] == ["c1_im2col", "c1", "side", "c2_im2col", "c2"]
+
+
+def gathering_case(rng, group: int = 1) -> Graph:
+    """(2, 4, 42, 20) -> 3x3 pad 1 -> (2, 6, 42, 20): blocks of 8 output rows (160 pixels), 6 per image."""
+    g = Graph("gather")
+    x = add_input(g, "x", (2, 4, 42, 20))
+    g.add_constant("w", weight(rng, 6, 4 // group, 3, 3))
+    g.add_constant("b", weight(rng, 6, scale=0.1))
+    g.add_op(OpKind.CONV, conv_attrs(3, pad=1, group=group), [x, "w", "b"], ["y"], name="conv")
+    g.outputs = ["y"]
+    return g
+
+
+@pytest.mark.parametrize("group,threads,gathers", [
+    (1, 1, True), (1, 6, True), (1, 7, False),    # 2 images x 6 blocks = 12 tasks: >= 2 per thread up to 6
+    (2, 12, True), (2, 13, False),                # x 2 groups = 24 tasks
+])
+def test_conv_with_two_blocks_per_thread_gathers_its_own_im2col(rng, group, threads, gathers):
+    """The lowering decides once, for the compile's threads: the conv keeps X and its window and is
+    marked IM2COL_FUSED (no Im2Col op, no im2col matrix in the arena), or gets the explicit op."""
+    g = gathering_case(rng, group)
+    out = check_pass(g, lambda gr: eliminate_dead_code(lower_im2col(gr, threads=threads)), rng)
+    conv = out.op("conv")
+    if gathers:
+        assert kinds(out) == [OpKind.CONV] and conv.attrs.algorithm is A.IM2COL_FUSED
+        assert conv.inputs[:2] == ("x", "w") and conv.attrs.kernel_shape == (3, 3)
+        assert select_kernels(out).op("conv").attrs.algorithm is A.IM2COL_FUSED  # kept by kernel selection
+    else:
+        assert kinds(out) == [OpKind.IM2COL, OpKind.CONV] and conv.attrs.algorithm is A.UNSELECTED
+        assert select_kernels(out).op("conv").attrs.algorithm is A.POINTWISE
+
+
+def test_the_compile_threads_decide(rng):
+    """Inside a compile (``applied``) the lowering reads CompileOptions.threads."""
+    for threads, left in [(1, [OpKind.CONV]), (7, [OpKind.IM2COL, OpKind.CONV])]:
+        with applied(CompileOptions(threads=threads)):
+            assert kinds(lower_im2col(gathering_case(rng))) == left

@@ -15,6 +15,7 @@ from convc.ir import Graph
 from convc.ops import NoAttrs, OpKind
 from convc.ops.conv import ConvAlgorithm as A
 from convc.ops.pool import GlobalPoolAttrs, PoolAttrs
+from convc.options import CompileOptions, applied
 
 
 def conv(g: Graph, rng, x: str, cin: int, cout: int, name: str, k: int = 3, stride: int = 1, group: int = 1,
@@ -84,13 +85,22 @@ def test_mobilenet_style_depthwise_channels_last(rng):
 
 @pytest.mark.usefixtures("channels_first_pipeline")
 def test_channels_first_kernels(rng):
-    """Without the layout pass: general convs become Im2Col + a conv that gathers it; 1x1 stride 1
-    is a GEMM on its input; a strided 1x1 goes through im2col; depthwise keeps its direct kernel."""
+    """Without the layout pass: general convs gather their im2col blocks themselves when there are
+    two blocks per thread, else become Im2Col + a GEMM-shaped conv; 1x1 stride 1 is a GEMM on its
+    input; a strided 1x1 goes through im2col; depthwise keeps its direct kernel."""
     g = resnet_style(rng)
-    plan = pipeline(g)
-    assert algorithms(plan.graph) == {"stem": A.IM2COL_FUSED, "b1c1": A.IM2COL_FUSED, "b1c2": A.IM2COL_FUSED,
-                                      "b2c1": A.IM2COL_FUSED, "b2c2": A.IM2COL_FUSED, "b2down": A.IM2COL_FUSED}
-    assert plan.graph.producer(plan.graph.op("b1c1").inputs[0]).kind is OpKind.IM2COL
+    general = ["stem", "b1c1", "b1c2", "b2c1", "b2c2", "b2down"]
+    # every one has a single block of output rows (16x16, 8x8, 4x4 outputs): 2 images x 1 block
+    # is two blocks per thread on one thread, one on two
+    with applied(CompileOptions(threads=1)):
+        plan = pipeline(g)
+    assert algorithms(plan.graph) == dict.fromkeys(general, A.IM2COL_FUSED)
+    assert not [op.name for op in plan.graph.ops() if op.kind is OpKind.IM2COL]
+    assert plan.graph.producer(plan.graph.op("b1c1").inputs[0]).kind is OpKind.MAX_POOL  # reads X itself
+    with applied(CompileOptions(threads=2)):
+        plan = pipeline(g)
+    assert algorithms(plan.graph) == dict.fromkeys(general, A.POINTWISE)
+    assert all(plan.graph.producer(plan.graph.op(n).inputs[0]).kind is OpKind.IM2COL for n in general)
     assert algorithms(pipeline(mobilenet_style(rng)).graph) == {
         "expand": A.POINTWISE, "dw": A.DEPTHWISE, "dw_s2": A.DEPTHWISE, "project": A.POINTWISE}
 
@@ -113,7 +123,8 @@ def test_grouped_3d_1d_and_runtime_weights(rng):
     t = conv(g, rng, t, 6, 6, "dw1d", group=6, rank=1)
     t = conv(g, rng, t, 6, 4, "pw1d", k=1, rank=1)
     g.outputs = [y, c3, t]
-    plan = pipeline(g)
+    with applied(CompileOptions(threads=1)):  # "grouped" and "c1d" have blocks enough to gather them
+        plan = pipeline(g)
     assert algorithms(plan.graph) == {
         "grouped": A.IM2COL_FUSED, "runtime": A.IM2COL_GEMM, "runtime_1x1": A.IM2COL_GEMM,
         "runtime_dw": A.DEPTHWISE, "c3d": A.DIRECT_ND, "c1d": A.IM2COL_FUSED, "dw1d": A.DEPTHWISE,
@@ -125,7 +136,8 @@ def test_grouped_3d_1d_and_runtime_weights(rng):
 
 
 def test_im2col_read_twice_is_not_gathered_in_the_conv(rng):
-    """The conv gathers the im2col matrix itself only when it is the matrix's one reader."""
+    """A conv over an explicit Im2Col op is a GEMM on it (gathering in the conv is the lowering's
+    choice, made where the conv has the matrix to itself)."""
     h = Graph("shared")
     add_input(h, "x", (1, 4, 8, 8))
     h.inputs = ["x"]
