@@ -23,6 +23,10 @@ RTOL = 1e-4
 OPS = [(OpKind.ERF, NoAttrs(), "Erf", {}, 13), (OpKind.GELU, GeluAttrs(), "Gelu", {}, 20),
        (OpKind.GELU, GeluAttrs("tanh"), "Gelu", {"approximate": "tanh"}, 20), (OpKind.MISH, NoAttrs(), "Mish", {}, 18)]
 IDS = ["erf", "gelu", "gelu-tanh", "mish"]
+# activations that called scalar libm before codegen/vecmath.py: checked the same way, standalone and fused
+OLDER = [(OpKind.SIGMOID, NoAttrs(), "Sigmoid", {}, 13), (OpKind.TANH, NoAttrs(), "Tanh", {}, 13),
+         (OpKind.ELU, None, "Elu", {"alpha": 0.7}, 13), (OpKind.SOFTPLUS, NoAttrs(), "Softplus", {}, 13)]
+OLDER_IDS = ["sigmoid", "tanh", "elu", "softplus"]
 
 
 def values(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
@@ -56,7 +60,7 @@ def single_node_model(op_type: str, onnx_attrs: dict, shape: tuple[int, ...], op
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("kind,attrs,op_type,onnx_attrs,since", OPS, ids=IDS)
+@pytest.mark.parametrize("kind,attrs,op_type,onnx_attrs,since", OPS + OLDER, ids=IDS + OLDER_IDS)
 def test_standalone_matches_onnxruntime(kind, attrs, op_type, onnx_attrs, since, threads):
     shape = (16, 5, 17, 19)
     model = single_node_model(op_type, onnx_attrs, shape, since)
@@ -66,7 +70,7 @@ def test_standalone_matches_onnxruntime(kind, attrs, op_type, onnx_attrs, since,
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("kind,attrs,op_type,onnx_attrs,since", OPS[1:], ids=IDS[1:])
+@pytest.mark.parametrize("kind,attrs,op_type,onnx_attrs,since", OPS[1:] + OLDER[:2], ids=IDS[1:] + OLDER_IDS[:2])
 def test_fused_into_a_conv_matches_onnxruntime(kind, attrs, op_type, onnx_attrs, since, threads):
     shape = (16, 6, 23, 29)
     model = single_node_model(op_type, onnx_attrs, shape, since, conv_channels=20)
