@@ -107,6 +107,12 @@ def restore_model(state: dict, threads: int | None) -> CompiledModel:
     nothing compiles."""
     from convc.artifact import LoadError
     from convc.codegen.cache import CorruptEntry, entry_artifact
+    kind = state.get("kind") if isinstance(state, dict) else None
+    if kind == "jit":
+        raise LoadError("cannot unpickle the compiled model: it was pickled by an older convc (unchecked code "
+                        "and weights); pickle it again with this version")
+    if kind != "jit-entry":
+        raise LoadError(f"cannot unpickle a JIT-compiled model from a state of kind {kind!r}")
     try:
         artifact = entry_artifact(state["entry"])
     except (CorruptEntry, KeyError, TypeError, ValueError) as e:

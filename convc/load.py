@@ -460,10 +460,7 @@ def _restore(state: dict, threads: int | None):
     kind = state.get("kind") if isinstance(state, dict) else None
     if kind == "library":
         return load(_library_copy(state), threads=threads)
-    if kind == "jit-entry":  # pickled before JIT models named the driver's restore_model
+    if kind in ("jit-entry", "jit"):  # JIT models pickled before they named the driver's restore_model
         from convc.driver import restore_model
         return restore_model(state, threads)
-    if kind == "jit":
-        raise LoadError("cannot unpickle the compiled model: it was pickled by an older convc (unchecked code "
-                        "and weights); pickle it again with this version")
     raise LoadError(f"cannot unpickle a compiled model of kind {kind!r}")

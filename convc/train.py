@@ -37,6 +37,7 @@ from convc.runtime import dtype_error
 
 __all__ = ["GradcheckResult", "Trainer", "TrainingError", "gradcheck"]
 
+
 class TrainingError(ConvcError):
     """A training step could not be applied (non-finite loss or gradients); the state is unchanged."""
 
@@ -52,7 +53,8 @@ def _compile_bound(plan, state: Mapping[str, np.ndarray], options: CompileOption
 
 class _NativeStep:
     """A planned step compiled and bound to ``state``, called with the remaining inputs by name
-    (x and the labels); for the training profile and the tests that run a step by hand."""
+    (x and the labels); for the training profile and the tests that run a step by hand. The step
+    reads and writes the plan's own inputs and outputs: ``inputs`` and ``outputs`` name them."""
 
     def __init__(self, plan, inputs: list[str], outputs: list[str], state: Mapping[str, np.ndarray],
                  instrument: bool = False, threads: int = 1, cache: bool | None = None):
