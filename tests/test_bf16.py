@@ -172,11 +172,16 @@ def resnet18_like(batch: int, size: int) -> onnx.ModelProto:
 
 
 def mobilenet_like(batch: int, size: int) -> onnx.ModelProto:
-    """MobileNetV2's inverted residuals (1x1 expand, 3x3 depthwise, 1x1 project, ReLU6), fewer blocks."""
+    """MobileNetV2's inverted residuals (1x1 expand, 3x3 depthwise, 1x1 project, ReLU6), six blocks.
+
+    Shallower than MobileNetV2 on purpose: each bf16 layer adds ~2e-3 relative error, and with
+    random weights the full depth (17 blocks, 52 convs; benchmarks/nets.py) ends at 5.6e-2 from
+    float32 (measured with convc check --precision bf16; rounding only its first conv's operands
+    already gives 3.2e-2), past the 1e-2 this test holds six blocks to (7.6e-3 measured)."""
     n = Net(1)
     y = n.conv_bn("x", 3, 32, 3, 2, act="relu6")
     cin = 32
-    for t, c, reps, s in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 2, 2), (6, 96, 2, 1)):
+    for t, c, reps, s in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 1, 2), (6, 64, 1, 2), (6, 96, 1, 1)):
         for i in range(reps):
             stride = s if i == 0 else 1
             h = y if t == 1 else n.conv_bn(y, cin, cin * t, 1, act="relu6")
@@ -190,7 +195,7 @@ def mobilenet_like(batch: int, size: int) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize("build, batch, size, threads", [
-    (resnet18_like, 2, 224, 2),
+    pytest.param(resnet18_like, 2, 224, 2, marks=pytest.mark.slow),  # 5.6e-3 measured
     (mobilenet_like, 16, 97, 1),
 ], ids=["resnet18", "mobilenet"])
 def test_net_in_bf16_is_within_1e2_of_float32_with_the_same_top1(build, batch, size, threads):
