@@ -6,9 +6,7 @@ import argparse
 import sys
 
 from convc.check import BF16_TOLERANCE, DEFAULT_TOLERANCE, check_model
-from convc.cli.common import EXIT_OK, Command, Progress, fail, load_onnx, positive
-from convc.cli.run import _input_spec, _load_npy
-from convc.errors import InputError
+from convc.cli.common import EXIT_OK, Command, Progress, fail, given_inputs, input_spec, load_onnx, positive
 from convc.options import PRECISIONS
 
 EXIT_DIFFERS = 1  # the model compiles but a tensor differs from the oracle
@@ -36,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="float32",
                    help="float32 (default): convc against the oracle; bf16: what compiling with --precision bf16 "
                         "changes, against float32")
-    p.add_argument("--input", "-i", dest="inputs", action="append", type=_input_spec, default=[],
+    p.add_argument("--input", "-i", dest="inputs", action="append", type=input_spec, default=[],
                    metavar="NAME=FILE.npy",
                    help="feed input NAME from a .npy file instead of random values (repeatable; plain FILE.npy "
                         "for a single-input model)")
@@ -46,17 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     progress = Progress(args.quiet)
     model = load_onnx(args.model)
-    inits = {t.name for t in model.graph.initializer}
-    declared = [i.name for i in model.graph.input if i.name not in inits]
-    given = {}
-    for name, path in args.inputs:
-        if name is None and len(declared) != 1:
-            raise InputError(f"--input {path}: the model has {len(declared)} inputs {declared}; "
-                             "name the one to feed with NAME=FILE.npy")
-        name = declared[0] if name is None else name
-        if name not in declared:
-            raise InputError(f"--input {name}=...: the model has no input {name!r}; its inputs are {declared}")
-        given[name] = _load_npy(name, path)
+    given = given_inputs(model, args.inputs)
     progress("importing, compiling and comparing layer by layer")
     report = check_model(model, batch=args.batch, seed=args.seed, tolerance=args.tolerance, perturb=args.perturb,
                          precision=args.precision, inputs=given or None)

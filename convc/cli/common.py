@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from convc.errors import ConvcError
+from convc.errors import ConvcError, InputError
 
 EXIT_OK = 0
 EXIT_ERROR = 2  # what argparse uses for usage errors; convc errors share it
@@ -126,6 +126,43 @@ def model_inputs(model) -> list:
     """The graph inputs a caller feeds (initializers listed as inputs are weights, not inputs)."""
     inits = {i.name for i in model.graph.initializer}
     return [i for i in model.graph.input if i.name not in inits]
+
+
+def input_spec(text: str) -> tuple[str | None, str]:
+    """argparse ``type=`` for ``--input NAME=FILE.npy`` (or a plain FILE.npy: name None)."""
+    name, sep, path = text.partition("=")
+    if not sep:
+        return None, text
+    if not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE.npy, got {text!r}")
+    return name, path
+
+
+def load_npy(name: str, path: str):
+    import numpy as np
+    if not Path(path).exists():
+        raise FileNotFoundError(2, "no such file", path)
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"input {name!r}: cannot read {path} as a .npy array ({e})") from None
+
+
+def given_inputs(model, specs: list[tuple[str | None, str]]) -> dict:
+    """The arrays ``--input`` gives (``input_spec`` pairs), by graph input name: a plain FILE.npy only
+    for a model with one input; a name the model does not have is an InputError naming its inputs."""
+    declared = [i.name for i in model_inputs(model)]
+    given = {}
+    for name, path in specs:
+        if name is None:
+            if len(declared) != 1:
+                raise InputError(f"--input {path}: the model has {len(declared)} inputs {declared}; "
+                                 "name the one to feed with NAME=FILE.npy")
+            name = declared[0]
+        if name not in declared:
+            raise InputError(f"--input {name}=...: the model has no input {name!r}; its inputs are {declared}")
+        given[name] = load_npy(name, path)
+    return given
 
 
 def mb(n: int) -> str:

@@ -12,17 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from convc.cli.common import (EXIT_OK, Command, Progress, add_precision_flag, add_winograd_flag, check_output_dir,
-                              load_onnx, model_inputs, numeric_options, positive)
-from convc.errors import InputError
-
-
-def _input_spec(text: str) -> tuple[str | None, str]:
-    name, sep, path = text.partition("=")
-    if not sep:
-        return None, text
-    if not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=FILE.npy, got {text!r}")
-    return name, path
+                              given_inputs, input_spec, load_onnx, numeric_options, positive)
 
 
 def _format_values(a: np.ndarray, n: int = 6) -> str:
@@ -83,20 +73,11 @@ def output_filenames(names: Sequence[str], suffix: str = ".npy") -> dict[str, st
     return {name: files[name] for name in names}
 
 
-def _load_npy(name: str, path: str) -> np.ndarray:
-    if not Path(path).exists():
-        raise FileNotFoundError(2, "no such file", path)
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise InputError(f"input {name!r}: cannot read {path} as a .npy array ({e})") from None
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL.onnx", help="the ONNX model to compile and run")
     p.add_argument("--batch", type=positive, metavar="N",
                    help="fix a symbolic batch dimension to N (default: 1, or the batch of the given inputs)")
-    p.add_argument("--input", "-i", dest="inputs", action="append", type=_input_spec, default=[],
+    p.add_argument("--input", "-i", dest="inputs", action="append", type=input_spec, default=[],
                    metavar="NAME=FILE.npy",
                    help="feed input NAME from a .npy file (repeatable; plain FILE.npy for a single-input "
                         "model). Inputs not given get seeded random normal values")
@@ -123,17 +104,7 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(args.quiet)
     out_dir = check_output_dir(args.output_dir, "--output-dir") if args.output_dir else None
     onnx_model = load_onnx(args.model)
-    given: dict[str, np.ndarray] = {}
-    declared = [i.name for i in model_inputs(onnx_model)]
-    for name, path in args.inputs:
-        if name is None:
-            if len(declared) != 1:
-                raise InputError(f"--input {path}: the model has {len(declared)} inputs {declared}; "
-                                 "name the one to feed with NAME=FILE.npy")
-            name = declared[0]
-        if name not in declared:
-            raise InputError(f"--input {name}=...: the model has no input {name!r}; its inputs are {declared}")
-        given[name] = _load_npy(name, path)
+    given = given_inputs(onnx_model, args.inputs)
 
     model = convc.compile(onnx_model, batch=args.batch, threads=args.threads, progress=progress,
                           **numeric_options(args))
