@@ -81,22 +81,29 @@ def winograd_algorithm(g: Graph, op: Op) -> ConvAlgorithm | None:
     """WINOGRAD_4X4 or None (the direct implicit GEMM) for a ``winograd_candidate``.
 
     Measured A/B (direct, F(2x2), F(4x4) alternating in one process, 3x3 pad 1 + bias + ReLU, on a
-    2-core AVX2 EPYC shared with other jobs, so +-30% noise), speed of F(4x4) over direct at
-    1 / 2 threads, N x H x W x C -> M:
+    2-core AVX2 EPYC shared with other jobs (load 2-9), so +-30% noise; benchmarks/winograd.py),
+    speed of F(4x4) over direct at 1 / 2 threads, N x H x W x C -> M:
         1x56x56x64->64 2.4 / 3.1     1x28x28x128->128 4.2 / 2.8    1x14x14x256->256 1.3 / 1.3
         16x56x56x64->64 2.3 / 1.7    16x14x14x256->256 2.0 / 2.1   16x7x7x512->512 1.6 / 1.1
         16x32x32x16->16 1.4 / 1.5    16x16x16x64->64 4.5 / 3.7     1x224x224x64->64 1.8 / 2.2
-        1x7x7x512->512 1.1 / 0.8     1x56x56x3->24 0.7 / 0.6
-    F(2x2) was at best level with F(4x4) (14x14: 1.4 / 1.2) and slower on most shapes, so it is not
-    chosen by default. The two losses are the rules: below 16 input or output channels the
-    transforms cost more than the multiplies saved, and with fewer than 16 output tiles of 4x4
-    (a 7x7 map at batch 1) each transformed weight (4x the direct conv's bytes) is used too few
-    times to pay for streaming it."""
+        1x56x56x16->16 1.7 / 1.8     1x56x56x32->4 1.4 / 1.4       1x12x12x64->64 1.9 / 1.3
+        1x8x8x256->256 1.8 / 1.3     2x7x7x512->512 1.4 / 1.6
+        1x7x7x512->512 1.3 / 0.9     1x56x56x8->8 1.3 / 1.2        16x32x32x8->8 1.2 / 0.8
+        1x56x56x3->24 0.9 / 0.6
+    F(2x2) was at best level with F(4x4) and slower on most shapes, so it is not chosen by default.
+    The rules are the losses: below 16 input channels the input transform's vectors run part
+    empty and it costs more than the multiplies saved (3 slower, 8 mixed), and a map of fewer than
+    8 tiles of 4x4 at batch 1 whose transformed weights (36 C M floats, 4x the direct conv's)
+    outgrow the cache (over 16 MB: 512->512) streams them for too little work. Maps of fewer than 4
+    tiles (a 4x4 map at batch 1-3) were not measured and stay direct."""
     x, y = g.tensor(op.inputs[0]).shape, g.tensor(op.outputs[0]).shape  # channels last: N, H, W, C
-    if x[3] < 16 or y[3] < 16:
+    c, m = x[3], y[3]
+    if c < 16 or m < 4:
         return None
     tiles = y[0] * -(-y[1] // 4) * -(-y[2] // 4)
-    return A.WINOGRAD_4X4 if tiles >= 16 else None
+    if tiles < 4 or tiles < 8 and 36 * c * m * 4 > 16 * 2**20:  # (below 4 tiles: not measured)
+        return None
+    return A.WINOGRAD_4X4
 
 
 def conv_algorithm(g: Graph, op: Op, runtime_weights: bool = False, winograd: bool = True) -> ConvAlgorithm:

@@ -33,14 +33,16 @@ def one_conv(rng, n: int, c: int, m: int, hw: int, k: int = 3, stride: int = 1, 
 
 @pytest.mark.parametrize("n,c,m,hw,k,stride,dilation,want", [
     (1, 64, 64, 56, 3, 1, 1, A.WINOGRAD_4X4),    # ResNet-18 layer1: 196 tiles of 4x4
-    (1, 256, 256, 14, 3, 1, 1, A.WINOGRAD_4X4),  # layer3: 16 tiles, the smallest count that pays
+    (1, 256, 256, 14, 3, 1, 1, A.WINOGRAD_4X4),  # layer3: 16 tiles
     (1, 16, 16, 13, 3, 1, 1, A.WINOGRAD_4X4),    # 16 channels, 4x4 tiles over 13 px (partial ones)
-    (1, 16, 16, 12, 3, 1, 1, A.IMPLICIT_GEMM_NHWC),  # 9 tiles: the transformed weights are reused too little
-    (1, 64, 64, 7, 3, 1, 1, A.IMPLICIT_GEMM_NHWC),   # layer4 at batch 1: 4 tiles
-    (4, 64, 64, 7, 3, 1, 1, A.WINOGRAD_4X4),     # ... at batch 4: 16 tiles
+    (1, 64, 64, 7, 3, 1, 1, A.WINOGRAD_4X4),     # 4 tiles, but 590 KB of transformed weights
+    (1, 512, 512, 7, 3, 1, 1, A.IMPLICIT_GEMM_NHWC),  # layer4 at batch 1: 4 tiles for 38 MB of them
+    (3, 64, 64, 4, 3, 1, 1, A.IMPLICIT_GEMM_NHWC),   # 3 tiles
+    (2, 512, 512, 7, 3, 1, 1, A.WINOGRAD_4X4),   # ... at batch 2: 8 tiles
     (1, 15, 64, 32, 3, 1, 1, A.IMPLICIT_GEMM_NHWC),  # fewer than 16 input channels
     (1, 3, 64, 32, 3, 1, 1, A.IMPLICIT_GEMM_NHWC),   # an RGB input
-    (1, 64, 15, 32, 3, 1, 1, A.IMPLICIT_GEMM_NHWC),  # fewer than 16 output channels
+    (1, 64, 4, 32, 3, 1, 1, A.WINOGRAD_4X4),     # 4 output channels
+    (1, 64, 3, 32, 3, 1, 1, A.IMPLICIT_GEMM_NHWC),   # fewer than 4
     (1, 64, 64, 32, 3, 2, 1, A.IMPLICIT_GEMM_NHWC),  # stride 2
     (1, 64, 64, 32, 3, 1, 2, A.IMPLICIT_GEMM_NHWC),  # dilation 2
     (1, 64, 64, 32, 5, 1, 1, A.IMPLICIT_GEMM_NHWC),  # 5x5
