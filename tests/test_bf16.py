@@ -373,3 +373,31 @@ def test_check_model_in_bf16_measures_against_float32():
     assert [t.tensor for t in report.layers][0] == "conv0" and report.layers[0].error > 1e-5
     with pytest.raises(InputError):
         check_model(small_model(), precision="fp16")
+
+
+def test_batch_variants_compiled_later_are_bf16_too():
+    """A symbolic batch compiles other sizes on first use, outside convc.compile: still in bf16."""
+    model = small_model()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    x = np.random.default_rng(1).standard_normal((3, 16, 20, 20)).astype(np.float32)
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 3
+    want = next(iter(convc.compile(fixed, precision="bf16", cache=False).run({"x": x}).values()))
+    f32 = next(iter(convc.compile(fixed, cache=False).run({"x": x}).values()))
+    compiled = convc.compile(model, precision="bf16", cache=False)  # batch 1 now, batch 3 on first use
+    got = next(iter(compiled.run({"x": x}).values()))
+    assert got.shape[0] == 3
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
+    assert rel(got, f32) > 1e-4
+
+
+def test_bf16_plans_pass_the_arena_check(monkeypatch):
+    """CONVC_CHECK_ARENA: the RoundBF16 outputs are planned like any tensor (static check and canaries)."""
+    monkeypatch.setenv("CONVC_CHECK_ARENA", "1")
+    model = mobilenet_like(2, 33)
+    x = np.random.default_rng(2).standard_normal((2, 3, 33, 33)).astype(np.float32)
+    got = next(iter(convc.compile(model, precision="bf16", threads=2).run({"x": x}).values()))
+    monkeypatch.delenv("CONVC_CHECK_ARENA")
+    want = next(iter(convc.compile(model, precision="bf16", threads=2, cache=False).run({"x": x}).values()))
+    np.testing.assert_array_equal(got, want)
