@@ -12,6 +12,7 @@ scales rather than sizes where they give the same shape, so other batch sizes ru
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from typing import Any, Callable
@@ -220,7 +221,10 @@ def _declared_for(w: _Writer, op_type: str, attrs: Any, **neutral: Any) -> dict[
 
 @exporter(OpKind.MAX_POOL, OpKind.AVERAGE_POOL, OpKind.LP_POOL)
 def _pool(w: _Writer, op: Op) -> None:
-    attrs = _declared_for(w, op.kind.value, op.attrs, dilations=[1] * op.attrs.spatial_rank)
+    a = op.attrs
+    if op.kind is OpKind.MAX_POOL:  # count_include_pad is AveragePool's (they share PoolAttrs): no max reads it
+        a = dataclasses.replace(a, count_include_pad=False)
+    attrs = _declared_for(w, op.kind.value, a, dilations=[1] * a.spatial_rank)
     w.node(op.kind.value, list(op.inputs), list(op.outputs), op.name, **attrs)
 
 

@@ -40,16 +40,6 @@ def onnx_spelling(kind: OpKind, attrs: Any) -> OnnxNode:
     """Map convc attributes to the ONNX attributes of the same op at ``OPSET``: the fields declared with
     ``onnx_attr`` (convc/ops/attrs.py) spell themselves; the rest are written out here."""
     k = OpKind
-    if kind in (k.MAX_POOL, k.AVERAGE_POOL):
-        a = {"kernel_shape": list(attrs.kernel_shape), "strides": list(attrs.strides), "pads": list(attrs.pads),
-             "dilations": list(attrs.dilations), "ceil_mode": int(attrs.ceil_mode)}
-        if kind is k.AVERAGE_POOL:
-            a["count_include_pad"] = int(attrs.count_include_pad)
-        return OnnxNode(kind.value, a)
-    if kind is k.LP_POOL:
-        return OnnxNode("LpPool", {"kernel_shape": list(attrs.kernel_shape), "strides": list(attrs.strides),
-                                   "pads": list(attrs.pads), "dilations": list(attrs.dilations),
-                                   "ceil_mode": int(attrs.ceil_mode), "p": attrs.p})
     if kind is k.PAD:
         return OnnxNode("Pad", {"mode": attrs.mode}, (np.array(attrs.pads, np.int64), np.array(attrs.value, np.float32)))
     if kind is k.STRIDED_SLICE:  # ends one step past the last element; -(2**62) reads "before index 0"
@@ -59,6 +49,10 @@ def onnx_spelling(kind: OpKind, attrs: Any) -> OnnxNode:
     if kind is k.RESHAPE:
         return OnnxNode("Reshape", extra_inputs=(np.array(attrs.shape, dtype=np.int64),))
     attributes, inputs = declared_spelling(attrs, OPSET)
+    # a declared field the op type does not have is left out: MaxPool's count_include_pad (PoolAttrs
+    # serves AveragePool too), which no max depends on
+    if kind is k.MAX_POOL:
+        del attributes["count_include_pad"]
     if kind is k.CONV_TRANSPOSE:
         attributes["output_padding"] = list(attrs.extra)
     # constant inputs follow the one data input of the unary ops that have them (Clip, Dropout)
