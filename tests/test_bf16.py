@@ -401,3 +401,21 @@ def test_bf16_plans_pass_the_arena_check(monkeypatch):
     monkeypatch.delenv("CONVC_CHECK_ARENA")
     want = next(iter(convc.compile(model, precision="bf16", threads=2, cache=False).run({"x": x}).values()))
     np.testing.assert_array_equal(got, want)
+
+
+def test_weights_fed_at_run_time_are_rounded_at_run_time():
+    """An initializer that is also a graph input can be fed to run (a variant reading it at run time
+    compiles on first use): a RoundBF16 rounds the fed weights."""
+    net = Net(3)
+    y = net.conv("x", 5, 7, 3, bias=True)
+    model = net.model((2, 5, 9, 11), y)
+    wname, bname = [t.name for t in model.graph.initializer]
+    w = weights(model)
+    model.graph.input.append(helper.make_tensor_value_info(wname, TensorProto.FLOAT, w[wname].shape))
+    x = np.random.default_rng(0).standard_normal((2, 5, 9, 11)).astype(np.float32)
+    fed = (w[wname] * 1.37).astype(np.float32)
+    got = convc.compile(model, precision="bf16", cache=False).run({"x": x, wname: fed})[y]
+    bias = f64(w[bname])
+    conv = lambda x, k: torch.nn.functional.conv2d(f64(x), f64(k), bias, padding=1).numpy()  # noqa: E731
+    want = conv(round_bf16(x), round_bf16(fed))
+    assert rel(got, want) < 2e-6 and rel(conv(x, fed), want) > 2e-4
