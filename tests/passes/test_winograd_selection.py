@@ -106,3 +106,19 @@ def test_option_reaches_batch_variants(rng):
     default.run(feeds)
     assert set(algorithms(default._variant_for(feeds).graph).values()) == {A.WINOGRAD_4X4}
     assert y.shape == (4, 32, 16, 16)
+
+
+def test_option_is_not_served_from_the_compile_cache(rng, tmp_path, monkeypatch):
+    """The cache finds a model by its source's hash and thread count: a Winograd model cached
+    first must not come back for winograd=False (such a compile skips the cache), and the default
+    compile afterwards still gets Winograd."""
+    monkeypatch.delenv("CONVC_NO_CACHE", raising=False)
+    monkeypatch.setenv("CONVC_CACHE_DIR", str(tmp_path))
+    model = dynamic_batch_model(rng).SerializeToString()
+    first = convc.compile(model, batch=2, threads=1)
+    off = convc.compile(model, batch=2, threads=1, winograd=False)
+    again = convc.compile(model, batch=2, threads=1)
+    assert set(algorithms(first.graph).values()) == {A.WINOGRAD_4X4}
+    assert set(algorithms(off.graph).values()) == {A.IMPLICIT_GEMM_NHWC}
+    assert set(algorithms(again.graph).values()) == {A.WINOGRAD_4X4}
+    assert any(tmp_path.iterdir())  # the default compiles did use the cache
