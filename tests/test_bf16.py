@@ -419,3 +419,16 @@ def test_weights_fed_at_run_time_are_rounded_at_run_time():
     conv = lambda x, k: torch.nn.functional.conv2d(f64(x), f64(k), bias, padding=1).numpy()  # noqa: E731
     want = conv(round_bf16(x), round_bf16(fed))
     assert rel(got, want) < 2e-6 and rel(conv(x, fed), want) > 2e-4
+
+
+@pytest.mark.skipif(__import__("shutil").which("cc") is None, reason="needs a C compiler")
+def test_a_bf16_library_computes_what_the_jit_does(tmp_path):
+    from convc.compiler import build
+    model = small_model()
+    build(model, tmp_path / "m.so", precision="bf16")
+    x = np.random.default_rng(0).standard_normal((2, 16, 20, 20)).astype(np.float32)
+    lib = next(iter(convc.load(tmp_path / "m.so").run({"x": x}).values()))
+    jit = next(iter(convc.compile(model, precision="bf16", cache=False).run({"x": x}).values()))
+    f32 = next(iter(convc.compile(model, cache=False).run({"x": x}).values()))
+    np.testing.assert_array_equal(lib, jit)
+    assert rel(lib, f32) > 1e-4
