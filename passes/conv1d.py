@@ -10,8 +10,9 @@ time) and goes through a Reshape view when it is fed at run time; a fused residu
 X; the bias is per channel and stays. Y keeps its name, so every reader (gradient ops included)
 reads what it read before.
 
-Left alone: channels-last ops (passes/layout.py converts only 2-D ones), ConvTranspose, LpPool and
-the global pools, whose kernels are rank-generic.
+A channels-last op (N, L, C) is viewed as (N, 1, L, C) the same way (passes/layout.py converts only
+2-D ops, but a graph may say so itself). Left alone: ConvTranspose, LpPool and the global pools,
+whose kernels are rank-generic.
 """
 from __future__ import annotations
 
@@ -25,13 +26,14 @@ KINDS = frozenset({OpKind.CONV, OpKind.MAX_POOL, OpKind.AVERAGE_POOL, OpKind.IM2
 
 
 def is_1d(op: Op) -> bool:
-    """A channels-first 1-D op this pass rewrites."""
-    return op.kind in KINDS and op.attrs.spatial_rank == 1 and not getattr(op.attrs, "channels_last", False)
+    """A 1-D op this pass rewrites."""
+    return op.kind in KINDS and op.attrs.spatial_rank == 1
 
 
-def unsqueezed(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """(N, C, L) -> (N, C, 1, L)."""
-    return shape[:2] + (1,) + shape[2:]
+def unsqueezed(shape: tuple[int, ...], channels_last: bool = False) -> tuple[int, ...]:
+    """(N, C, L) -> (N, C, 1, L); channels last, (N, L, C) -> (N, 1, L, C)."""
+    at = 1 if channels_last else 2
+    return shape[:at] + (1,) + shape[at:]
 
 
 def windows_to_2d(g: Graph) -> Graph:
@@ -47,6 +49,7 @@ def windows_to_2d(g: Graph) -> Graph:
 
 def rewrite(g: Graph, op: Op, before: list[str], after: list[str]) -> None:
     inputs = list(op.inputs)
+    last = getattr(op.attrs, "channels_last", False)
     viewed = [0]
     if op.kind is OpKind.CONV:
         w = g.tensor(inputs[1])
@@ -57,7 +60,8 @@ def rewrite(g: Graph, op: Op, before: list[str], after: list[str]) -> None:
         if op.attrs.epilogue.residual:
             viewed.append(len(inputs) - 1)
     for i in viewed:
-        view = g.add_op(OpKind.RESHAPE, ReshapeAttrs(unsqueezed(g.tensor(inputs[i]).shape)), [inputs[i]],
+        view = g.add_op(OpKind.RESHAPE, ReshapeAttrs(unsqueezed(g.tensor(inputs[i]).shape, last and i != 1)),
+                        [inputs[i]],
                         [g.fresh_name(f"{inputs[i]}_2d")], name=g.fresh_name(f"{op.name}_input{i}_2d"))
         record_origin(g, view.name, op.name)
         before.extend([view.name, view.outputs[0]])
@@ -70,7 +74,7 @@ def rewrite(g: Graph, op: Op, before: list[str], after: list[str]) -> None:
             g.remove_tensor(t)
     (y,) = op.outputs
     t = g.tensor(y)
-    y2 = g.add_tensor(g.fresh_name(f"{y}_2d"), unsqueezed(t.shape), t.dtype, TensorKind.ACTIVATION)
+    y2 = g.add_tensor(g.fresh_name(f"{y}_2d"), unsqueezed(t.shape, last), t.dtype, TensorKind.ACTIVATION)
     g.nx.remove_edge(op.name, y)
     g.nx.add_edge(op.name, y2.name, index=[0])
     op.outputs = (y2.name,)

@@ -64,7 +64,7 @@ class _Row:
 
 
 def emit_depthwise_channels_last(em: ModuleEmitter, op: Op) -> KernelCall:
-    """A 1-D or 2-D conv with group == C == M whose X is [N, H, W, C] and Y (and residual) [N, OH, OW, C]."""
+    """A 2-D conv with group == C == M whose X is [N, H, W, C] and Y (and residual) [N, OH, OW, C]."""
     a = op.attrs
     x_name, w_name, b_name, r_name = split_inputs(a, op.inputs)
     g = Window.of(a, em.tensor(x_name).shape, em.tensor(op.outputs[0]).shape)

@@ -32,7 +32,7 @@ CHUNK_VECTORS = 4  # channel vectors per pixel at a time: independent reductions
 
 @dataclass(frozen=True)
 class Window:
-    """A 2-D channels-last sliding window: X [n, h, w, c] -> Y [n, oh, ow, c] (1-D has h = 1)."""
+    """A 2-D channels-last sliding window: X [n, h, w, c] -> Y [n, oh, ow, c]."""
     n: int
     h: int
     w: int
@@ -53,10 +53,7 @@ class Window:
     @staticmethod
     def of(attrs, x_shape: tuple[int, ...], y_shape: tuple[int, ...]) -> Window:
         r = len(attrs.kernel_shape)
-        if r == 1:  # [N, W, C] as [N, 1, W, C]
-            return Window(x_shape[0], 1, x_shape[1], x_shape[2], 1, y_shape[1], 1, attrs.kernel_shape[0],
-                          1, attrs.strides[0], 1, attrs.dilations[0], 0, attrs.pads[0], 0, attrs.pads[1])
-        if r != 2:
+        if r != 2:  # 1-D windows arrive as 2-D ones (passes/conv1d.py)
             raise NotImplementedError(f"{r}-D channels-last window")
         n, h, w, c = x_shape
         return Window(n, h, w, c, y_shape[1], y_shape[2], *attrs.kernel_shape, *attrs.strides, *attrs.dilations,
@@ -163,7 +160,7 @@ class _PoolRow:
 
 
 def emit_pool_channels_last(em: ModuleEmitter, op: Op) -> KernelCall:
-    """A 1-D or 2-D MaxPool / AveragePool whose X is [N, H, W, C] and Y [N, OH, OW, C]."""
+    """A 2-D MaxPool / AveragePool whose X is [N, H, W, C] and Y [N, OH, OW, C]."""
     a = op.attrs
     is_max = op.kind is OpKind.MAX_POOL
     g = Window.of(a, em.tensor(op.inputs[0]).shape, em.tensor(op.outputs[0]).shape)

@@ -126,3 +126,22 @@ def test_the_pipeline_leaves_no_1d_window_for_the_codegen(rng):
     g.outputs = ["y"]
     assert one_d_ops(pipeline(g).graph) == []
     np.testing.assert_equal(pipeline(g).graph.tensor("y").shape, (2, 4, 19))
+
+
+def test_channels_last_1d_ops_are_viewed_with_the_new_axis_before_the_length(rng):
+    """(N, L, C) -> (N, 1, L, C): the channels-last kernels see only 2-D windows too."""
+    from convc.ops.layout import CHANNELS_LAST
+    g = Graph("nlc")
+    x = add_input(g, "x", (2, 37, 16))
+    g.add_constant("w", weight(rng, 16, 1, 3))
+    a = ConvAttrs((3,), (1,), (2, 0), (2,), 16, Epilogue(activation=OpKind.RELU), CHANNELS_LAST)
+    g.add_op(OpKind.CONV, a, [x, "w"], ["h"], name="dw")
+    g.add_op(OpKind.AVERAGE_POOL, PoolAttrs((3,), (2,), (1, 1), (1,), True, False, CHANNELS_LAST), ["h"], ["y"],
+             name="pool")
+    g.outputs = ["y"]
+    out = check_pass(g, windows_to_2d, rng)
+    assert one_d_ops(out) == []
+    assert out.tensor(out.op("dw").inputs[0]).shape == (2, 1, 37, 16)
+    assert out.tensor(out.op("dw").inputs[1]).shape == (16, 1, 1, 3)
+    # conv: 37 + 2 - 2 * 2 = 35 positions; pool: ceil((35 + 2 - 3) / 2) + 1 = 18
+    assert out.tensor(out.op("pool").outputs[0]).shape == (2, 1, 18, 16)
