@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Self
 
 from convc.ops.attrs import onnx_attr
-
-W = TypeVar("W", bound="WindowAttrs")
-
 
 @dataclass(frozen=True)
 class WindowAttrs:
@@ -34,7 +31,7 @@ class WindowAttrs:
     def pads_end(self) -> tuple[int, ...]:
         return self.pads[self.spatial_rank:]
 
-    def as_2d(self: W) -> W:
+    def as_2d(self) -> Self:
         """A 1-D window as the 2-D one over a height of 1 (kernel, stride and dilation 1, no pads on
         the new axis); every other field kept. A 2-D window is returned as it is."""
         if self.spatial_rank == 2:

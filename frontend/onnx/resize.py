@@ -26,7 +26,7 @@ def _floats(ctx: NodeContext, i: int) -> list[float] | None:
 
 
 # Upsample and Resize-10: x / scale, nearest neighbours rounded down when upsampling
-LEGACY_MODES = dict(coordinate_transformation_mode="asymmetric", nearest_mode="simple")
+LEGACY_MODES = {"coordinate_transformation_mode": "asymmetric", "nearest_mode": "simple"}
 
 
 def _resize(ctx: NodeContext, scales: list[float] | None, sizes: list[int] | None, *, roi: list[float] | None = None,

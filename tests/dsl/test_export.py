@@ -297,8 +297,8 @@ def test_pool_attributes_follow_the_opset_schema(rng):
     otherwise, with the opset that has them."""
     g, feeds = single_op(OpKind.MAX_POOL, PoolAttrs((3, 2), (2, 1), (1, 0, 1, 1), (1, 2), ceil_mode=True),
                          [(1, 2, 9, 8)], rng)
-    assert _node_attributes(check_export(g, feeds)) == dict(kernel_shape=[3, 2], strides=[2, 1], pads=[1, 0, 1, 1],
-                                                       dilations=[1, 2], ceil_mode=1)
+    assert _node_attributes(check_export(g, feeds)) == {"kernel_shape": [3, 2], "strides": [2, 1],
+                                                        "pads": [1, 0, 1, 1], "dilations": [1, 2], "ceil_mode": 1}
     g, _ = single_op(OpKind.MAX_POOL, PoolAttrs((2, 2), (2, 2), (0,) * 4, (1, 1), count_include_pad=True), [S], rng)
     assert "count_include_pad" not in _node_attributes(export_onnx(g))  # AveragePool's, meaningless for a max
     g, feeds = single_op(OpKind.AVERAGE_POOL, PoolAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), count_include_pad=True),
