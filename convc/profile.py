@@ -419,8 +419,10 @@ def profile(model: Any, batch: int | None = None, *, measure: bool = False, repe
         name = model.name
     else:
         name = getattr(getattr(model, "graph", None), "name", "") or "model"
+    from convc.options import applied, resolve_options
     imported = load_graph(str(model) if isinstance(model, Path) else model, batch)
-    result = analyze(imported, pipeline(imported), name)
+    with applied(resolve_options(threads=threads)):  # the passes choose for the threads measured with
+        result = analyze(imported, pipeline(imported), name)
     if measure:
         result = measure_layers(result, imported, repeats=repeats, threads=threads, progress=progress)
     return result
