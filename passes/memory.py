@@ -39,6 +39,8 @@ ALIGN = 64
 # ops that may write their output over an input of the same size (element i reads only element i)
 IN_PLACE = OpGroup.ELEMENTWISE - OpGroup.VIEW
 CONCAT_IN_PLACE = True  # plan_concats on inference graphs (False: every Concat copies; for A/B timing)
+# a Concat buffer whose rows are a multiple of ROW_PAD_MULTIPLE floats gets ROW_PAD more per row
+ROW_PAD, ROW_PAD_MULTIPLE = 16, 128
 # channels-last conv kernels that store output pixels a row stride (ldc) apart: the implicit GEMM
 # (codegen/kernels/conv_nhwc.py) and Winograd at every tile size (codegen/kernels/winograd.py)
 STRIDED_CONV_OUTPUT = frozenset(a for a in ConvAlgorithm
@@ -72,11 +74,13 @@ class MemoryPlan:
     live_bytes: list[int] = field(default_factory=list)  # aligned bytes live during each op of the order
     placed: dict[str, Placement] = field(default_factory=dict)  # Concat inputs written in place
     concat_aliases: frozenset[str] = frozenset()  # Concat ops all of whose inputs are placed: no code
+    padded: dict[str, View] = field(default_factory=dict)  # Concat buffers with padded rows (``pad_rows``)
 
     def view(self, name: str, size: int) -> View:
         """How tensor ``name`` (``size`` elements) is laid out at its buffer's address."""
         p = self.placed.get(name)
-        return View(0, p.view.rows, p.view.run, p.view.stride) if p is not None else contiguous(size)
+        v = p.view if p is not None else self.padded.get(name)
+        return View(0, v.rows, v.run, v.stride) if v is not None else contiguous(size)
 
     @property
     def lower_bound_bytes(self) -> int:
@@ -180,8 +184,10 @@ def storage_root(g: Graph, name: str, placed: dict[str, Placement] | None = None
     return p.root if p is not None else root
 
 
-def live_ranges(g: Graph, order: list[Op], placed: dict[str, Placement] | None = None) -> list[LiveRange]:
-    """Lifetime of every arena tensor (aliases and tensors placed in a Concat extend their root's)."""
+def live_ranges(g: Graph, order: list[Op], placed: dict[str, Placement] | None = None,
+                padded: dict[str, View] | None = None) -> list[LiveRange]:
+    """Lifetime of every arena tensor (aliases and tensors placed in a Concat extend their root's);
+    a Concat buffer with padded rows takes their whole extent."""
     first: dict[str, int] = {}
     last: dict[str, int] = {}
     for i, op in enumerate(order):
@@ -200,7 +206,8 @@ def live_ranges(g: Graph, order: list[Op], placed: dict[str, Placement] | None =
         t = g.tensor(name)
         if t.kind is not TensorKind.ACTIVATION or name in g.outputs:
             continue
-        out.append(LiveRange(name, t.nbytes, start, max(start, last.get(name, start))))
+        nbytes = padded[name].extent * t.dtype.itemsize if padded and name in padded else t.nbytes
+        out.append(LiveRange(name, nbytes, start, max(start, last.get(name, start))))
     return out
 
 
@@ -327,16 +334,32 @@ def is_training_graph(g: Graph) -> bool:
     return any(t.kind is TensorKind.PARAMETER for t in g.tensors())
 
 
-def plan_concats(g: Graph, order: list[Op]) -> tuple[dict[str, Placement], frozenset[str]]:
+def pad_rows(g: Graph, op: Op) -> View | None:
+    """The padded layout of Concat ``op``'s output when it is the outermost of its chain, strided
+    (rows of one pixel's channels, more than one row) and read only by kernels that take a stride,
+    and its rows are a multiple of 512 bytes: 256-1024 channels last (DenseNet's blocks end there)
+    put every row in the same few cache sets, and a Transpose or conv walking down a channel column
+    then misses L1 and L2 on every row. One cache line more per row spreads them."""
+    (y,) = op.outputs
+    shape = g.tensor(y).shape
+    outer = int(np.prod(shape[:op.attrs.axis]))
+    chunk = int(np.prod(shape[op.attrs.axis:]))
+    if outer == 1 or chunk % ROW_PAD_MULTIPLE or not all(reads_strided(c) for c in g.consumers(y)):
+        return None
+    return View(0, outer, chunk, chunk + ROW_PAD)
+
+
+def plan_concats(g: Graph, order: list[Op]) -> tuple[dict[str, Placement], frozenset[str], dict[str, View]]:
     """Place Concat inputs in their slice of the Concat's output (see the module docstring).
 
     Concats are visited last first, so an outer Concat has placed an inner one (its own output)
     before the inner one places its inputs in the same root. An input is placed when it is an
     arena activation of its own (not a view, not a graph output, not placed already: a tensor in two
     Concats is copied into the second), listed once, produced by a kernel, and, when its slice is
-    strided, its producer writes and all its readers read that stride. Returns the placements and
-    the Concats left with nothing to copy."""
+    strided, its producer writes and all its readers read that stride. Returns the placements, the
+    Concats left with nothing to copy and the outermost buffers given padded rows (``pad_rows``)."""
     placed: dict[str, Placement] = {}
+    padded: dict[str, View] = {}
     aliases: set[str] = set()
     outputs = set(g.outputs)
     for op in reversed(order):
@@ -348,7 +371,7 @@ def plan_concats(g: Graph, order: list[Op]) -> tuple[dict[str, Placement], froze
                 any(c.kind in OpGroup.VIEW for c in g.consumers(y)):
             continue
         outer = placed.get(y)
-        root, vy = (outer.root, outer.view) if outer is not None else (y, contiguous(ty.size))
+        root, vy = (outer.root, outer.view) if outer is not None else (y, pad_rows(g, op) or contiguous(ty.size))
         axis, start, n_placed = op.attrs.axis, 0, 0
         for x in op.inputs:
             tx = g.tensor(x)
@@ -368,7 +391,9 @@ def plan_concats(g: Graph, order: list[Op]) -> tuple[dict[str, Placement], froze
             n_placed += 1
         if n_placed == len(op.inputs):
             aliases.add(op.name)
-    return placed, frozenset(aliases)
+        if outer is None and n_placed and not vy.contiguous:
+            padded[y] = vy
+    return placed, frozenset(aliases), padded
 
 
 def plan_memory(g: Graph, order: list[Op], in_place: bool = True, concats: bool | None = None) -> MemoryPlan:
@@ -376,8 +401,8 @@ def plan_memory(g: Graph, order: list[Op], in_place: bool = True, concats: bool 
     training step keeps its copies, its backward kernels read every forward tensor contiguous)."""
     if concats is None:
         concats = CONCAT_IN_PLACE and not is_training_graph(g)
-    placed, aliases = plan_concats(g, order) if concats else ({}, frozenset())
-    tensors = live_ranges(g, order, placed)
+    placed, aliases, padded = plan_concats(g, order) if concats else ({}, frozenset(), {})
+    tensors = live_ranges(g, order, placed, padded)
     ranges, taken = merge_in_place(g, order, tensors, placed) if in_place else (tensors, {})
     live = live_bytes(ranges, len(order))
     offsets, arena = best_fit_repaired(ranges, max(live, default=0))
@@ -404,7 +429,7 @@ def plan_memory(g: Graph, order: list[Op], in_place: bool = True, concats: bool 
         if root != t.name:
             buffers[t.name] = buffers[root]
     return MemoryPlan(arena, buffers, ranges, constants, taken,
-                      sum(g.tensor(n).nbytes for n in live_tensors(g, order)), live, placed, aliases)
+                      sum(g.tensor(n).nbytes for n in live_tensors(g, order)), live, placed, aliases, padded)
 
 
 def live_tensors(g: Graph, order: list[Op]) -> list[str]:

@@ -38,7 +38,7 @@ def check_memory_plan(g: Graph, order: list[Op], mem: MemoryPlan,
     """Raise GraphError listing every illegal overlap or in-place write of ``mem``."""
     problems: list[str] = []
     position = {op.name: i for i, op in enumerate(order)}
-    ranges = sorted(live_ranges(g, order, mem.placed), key=lambda r: (r.first, r.name))
+    ranges = sorted(live_ranges(g, order, mem.placed, mem.padded), key=lambda r: (r.first, r.name))
     where = {}
     for r in ranges:
         buf = mem.buffers.get(r.name)
@@ -106,7 +106,7 @@ def _check_placements(g: Graph, order: list[Op], mem: MemoryPlan) -> list[str]:
         y = concat.outputs[0]
         ty = g.tensor(y)
         outer = mem.placed.get(y)
-        vy = outer.view if outer is not None else contiguous(ty.size)
+        vy = outer.view if outer is not None else mem.padded.get(y, contiguous(ty.size))
         if (outer.root if outer is not None else y) != p.root:
             problems.append(f"{x!r} is placed in {p.root!r}, but {p.concat!r} writes {y!r} in another buffer")
         k = concat.inputs.index(x)
@@ -117,7 +117,7 @@ def _check_placements(g: Graph, order: list[Op], mem: MemoryPlan) -> list[str]:
         root_buf, buf = mem.buffers.get(p.root), mem.buffers.get(x)
         if root_buf is None or root_buf.kind != "arena" or buf != Buffer("arena", root_buf.index + p.view.offset * itemsize):
             problems.append(f"{x!r} is at {buf}, not at float {p.view.offset} of {p.root!r} ({root_buf})")
-        elif (p.view.offset + p.view.extent) > g.tensor(p.root).size:
+        elif (p.view.offset + p.view.extent) > mem.padded.get(p.root, contiguous(g.tensor(p.root).size)).extent:
             problems.append(f"{x!r} at {p.view} runs past the end of {p.root!r}")
         if x in mem.in_place or x in mem.in_place.values():
             problems.append(f"{x!r} is placed in {p.root!r} and also shares bytes in place")
@@ -128,6 +128,10 @@ def _check_placements(g: Graph, order: list[Op], mem: MemoryPlan) -> list[str]:
             late = [c.name for c in g.consumers(x) if not reads_strided(c)]
             if late:
                 problems.append(f"{x!r} is strided in {p.root!r} but {late} read it contiguous")
+    for y, view in mem.padded.items():
+        late = [c.name for c in g.consumers(y) if not reads_strided(c)]
+        if y in mem.placed or late or view.rows * view.run != g.tensor(y).size:
+            problems.append(f"{y!r} has padded rows {view} but is placed, or {late} read it contiguous")
     for c in mem.concat_aliases:
         op = ops.get(c)
         unplaced = [t for t in (op.inputs if op else ()) if mem.placed.get(t) is None or mem.placed[t].concat != c]

@@ -72,16 +72,22 @@ def densenet_like(batch: int, hw: int = 15, nested: bool = True, seed: int = 0) 
     return n.model((batch, 3, hw, hw), [out], "densenet_like")
 
 
-def inception_like(batch: int, hw: int = 13, seed: int = 0) -> onnx.ModelProto:
-    """Two Inception modules: 1x1 | 1x1 -> 3x3 | 1x1 -> 3x3 -> 3x3 | 3x3 max pool -> 1x1, concatenated."""
+def inception_like(batch: int, hw: int = 13, seed: int = 0,
+                   widths: tuple[tuple[int, int, int, int], ...] = ((8, 12, 6, 5), (10, 8, 7, 9)),
+                   bn_head: bool = False) -> onnx.ModelProto:
+    """Inception modules: 1x1 | 1x1 -> 3x3 | 1x1 -> 3x3 -> 3x3 | 3x3 max pool -> 1x1, concatenated,
+    the four branches ``widths`` wide; ``bn_head``: BatchNorm and ReLU after the last Concat (not
+    folded into a conv, so run channels first: a Transpose is the Concat's only reader)."""
     n = Builder(seed)
     y, c = n.conv("x", 3, 20, 3), 20
-    for widths in ((8, 12, 6, 5), (10, 8, 7, 9)):
+    for widths in widths:
         a = n.conv(y, c, widths[0], 1)
         b = n.conv(n.conv(y, c, 10, 1), 10, widths[1], 3)
         d = n.conv(n.conv(n.conv(y, c, 6, 1), 6, 6, 3), 6, widths[2], 3)
         p = n.conv(n.node("MaxPool", [y], kernel_shape=[3, 3], strides=[1, 1], pads=[1] * 4), c, widths[3], 1)
         y, c = n.node("Concat", [a, b, d, p], axis=1), sum(widths)
+    if bn_head:
+        y = n.bn_relu(y, c)
     return n.model((batch, 3, hw, hw), [n.conv(y, c, 6, 1, relu=False)], "inception_like")
 
 

@@ -82,6 +82,22 @@ def test_densenet_block_is_one_buffer(batch):
     assert (view.rows, view.run, view.stride) == (batch * 9 * 9, 12, last.shape[-1])
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_wide_concat_buffer_rows_are_padded(threads, monkeypatch):
+    """A channels-last Concat buffer of 128 channels (512-byte rows) read only by kernels that take
+    a stride (the Transpose before a channels-first BatchNorm) gets one cache line more per row; its
+    branches write rows 144 floats apart."""
+    m = inception_like(3, 9, widths=((32, 48, 24, 24),), bn_head=True)
+    plan = plan_of(m)
+    (op,) = concats(plan)
+    (y,) = op.outputs
+    assert plan.memory.padded[y] == View(0, 3 * 9 * 9, 128, 144)
+    assert [plan.memory.placed[t].view.stride for t in op.inputs] == [144] * 4
+    assert [r.nbytes for r in plan.memory.live_ranges if r.name == y] == [((3 * 81 - 1) * 144 + 128) * 4]
+    monkeypatch.setenv("CONVC_CHECK_ARENA", "1")
+    check_against_onnxruntime(m, threads)
+
+
 def test_densenet_torchvision_form_places_each_feature_once():
     """Every layer concatenates all earlier features again: a feature is placed in one Concat (the
     block's last, visited first) and copied by the earlier ones, which read it at its stride."""
