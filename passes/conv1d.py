@@ -40,14 +40,20 @@ def windows_to_2d(g: Graph) -> Graph:
     """Rewrite every 1-D Conv, MaxPool, AveragePool and Im2Col of ``g`` in place (returns ``g``)."""
     before: dict[str, list[str]] = {}
     after: dict[str, list[str]] = {}
+    back: set[str] = set()  # the Reshapes back to 1-D this pass wrote
     for op in g.ops():
         if is_1d(op):
-            rewrite(g, op, before.setdefault(op.name, []), after.setdefault(op.name, []))
+            rewrite(g, op, before.setdefault(op.name, []), after.setdefault(op.name, []), back)
+    for name in back:  # one that only fed rewritten ops (which read its 2-D input instead) is dead
+        view = g.op(name)
+        if not g.consumers(view.outputs[0]) and view.outputs[0] not in g.outputs:
+            g.remove_op(view)
+            after = {k: [n for n in v if g.nx.has_node(n)] for k, v in after.items()}
     move_before(g, before, after)  # the views run next to their op, not after everything else
     return g
 
 
-def rewrite(g: Graph, op: Op, before: list[str], after: list[str]) -> None:
+def rewrite(g: Graph, op: Op, before: list[str], after: list[str], back: set[str]) -> None:
     inputs = list(op.inputs)
     last = getattr(op.attrs, "channels_last", False)
     viewed = [0]
@@ -60,8 +66,13 @@ def rewrite(g: Graph, op: Op, before: list[str], after: list[str]) -> None:
         if op.attrs.epilogue.residual:
             viewed.append(len(inputs) - 1)
     for i in viewed:
-        view = g.add_op(OpKind.RESHAPE, ReshapeAttrs(unsqueezed(g.tensor(inputs[i]).shape, last and i != 1)),
-                        [inputs[i]],
+        producer = g.producer(inputs[i])
+        wanted = unsqueezed(g.tensor(inputs[i]).shape, last and i != 1)
+        if producer is not None and producer.name in back and g.tensor(producer.inputs[0]).shape == wanted:
+            # 1-D op -> 1-D op: read the other's 2-D output itself
+            inputs[i] = producer.inputs[0]
+            continue
+        view = g.add_op(OpKind.RESHAPE, ReshapeAttrs(wanted), [inputs[i]],
                         [g.fresh_name(f"{inputs[i]}_2d")], name=g.fresh_name(f"{op.name}_input{i}_2d"))
         record_origin(g, view.name, op.name)
         before.extend([view.name, view.outputs[0]])
@@ -78,7 +89,8 @@ def rewrite(g: Graph, op: Op, before: list[str], after: list[str]) -> None:
     g.nx.remove_edge(op.name, y)
     g.nx.add_edge(op.name, y2.name, index=[0])
     op.outputs = (y2.name,)
-    back = g.add_op(OpKind.RESHAPE, ReshapeAttrs(t.shape), [y2.name], name=g.fresh_name(f"{op.name}_1d"))
-    take_output(g, back, y)
-    record_origin(g, back.name, op.name)
-    after.extend([y2.name, back.name])
+    to_1d = g.add_op(OpKind.RESHAPE, ReshapeAttrs(t.shape), [y2.name], name=g.fresh_name(f"{op.name}_1d"))
+    take_output(g, to_1d, y)
+    record_origin(g, to_1d.name, op.name)
+    after.extend([y2.name, to_1d.name])
+    back.add(to_1d.name)
