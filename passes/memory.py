@@ -195,12 +195,6 @@ def live_ranges(g: Graph, order: list[Op], placed: dict[str, Placement] | None =
             first.setdefault(storage_root(g, t, placed), i)
         for t in op.inputs:
             last[storage_root(g, t, placed)] = i
-            # an IM2COL_FUSED conv may gather its Im2Col's output itself, block by block
-            # (passes/kernel_selection.py): the Im2Col's own input then lives until that conv
-            producer = g.producer(t)
-            if producer is not None and producer.kind is OpKind.IM2COL and op.kind is OpKind.CONV and \
-                    op.attrs.algorithm is ConvAlgorithm.IM2COL_FUSED:
-                last[storage_root(g, producer.inputs[0], placed)] = i
     out = []
     for name, start in first.items():
         t = g.tensor(name)
