@@ -67,8 +67,8 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("1-D windows as 2-D", windows_to_2d),
     ("im2col lowering", lower_im2col),
     ("dead-code elimination", eliminate_dead_code),
-    ("kernel selection", select_kernels),
     ("bf16 operands (precision=\"bf16\" only)", bf16_operands),
+    ("kernel selection", select_kernels),
 ]
 
 

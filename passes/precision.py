@@ -1,7 +1,10 @@
 """bf16 precision: every Conv, ConvTranspose, Gemm and MatMul multiplies bf16 values, accumulating in float32.
 
-Run last in the inference pipeline (passes/pipeline.py) when the compile's ``precision`` is "bf16"
-(convc/options.py); a float32 compile leaves the graph untouched. For each such op, its two
+Runs in the inference pipeline (passes/pipeline.py) after every rewrite but kernel selection, when
+the compile's ``precision`` is "bf16" (convc/options.py); a float32 compile leaves the graph
+untouched. Kernel selection sees the same convs either way (shapes, layouts, constant weights and
+Im2Col producers are kept), so it makes the same choices; bf16 changes them only through
+``winograd``'s default. For each such op, its two
 multiplied operands (X and W, A and B; never the bias, which is added to the float32 sum):
 
 - a constant is rounded to bf16 values (convc/ops/precision.py ``round_bf16``) here, at compile
