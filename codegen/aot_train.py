@@ -34,6 +34,7 @@ from convc.codegen.llvm_utils import F32, I8, I32, I64, PTR, VOID, alloca_entry,
 from convc.codegen.module import emit_module
 from convc.codegen.target import resolve_target
 from convc.codegen.wrapper import Wrapper
+from convc.passes.autodiff.training import LOSSES as LOSS_RULES
 from llvmlite import ir
 
 from convc import abi, optim
@@ -44,7 +45,7 @@ from convc.runtime import IOSpec
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad")
 SPEED = 2  # LLVM IR optimization level of training libraries (O3 compiles slower, runs no faster)
-LOSSES = ("cross_entropy", "mse", "bce")
+LOSSES = tuple(LOSS_RULES)  # the losses autodiff knows, in its order
 
 
 def make_optimizer(name: str, lr: float | None = None):
