@@ -7,8 +7,6 @@ subnormal (torch keeps subnormals, where vcvtneps2bf16 and convc flush them).
 """
 from __future__ import annotations
 
-import struct
-
 import numpy as np
 import pytest
 
@@ -17,10 +15,6 @@ from convc.errors import GraphError
 from convc.ir import Graph, TensorKind
 from convc.ops import NoAttrs, OpKind
 from convc.ops.precision import is_bf16, round_bf16
-
-
-def bits_of(x: float) -> int:
-    return struct.unpack("<I", struct.pack("<f", x))[0]
 
 
 def reference_bits(b: int) -> int:

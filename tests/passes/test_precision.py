@@ -51,7 +51,8 @@ def test_constants_are_rounded_and_runtime_operands_get_a_round_op(rng):
     assert out.metadata["precision"] == "bf16"
     # numbers: the reference run of the rewritten graph equals the float32 graph on rounded operands
     x = rng.standard_normal((2, 8, 9, 11)).astype(np.float32)
-    conv = lambda x, w: op_def(OpKind.CONV).reference(conv_attrs(pad=1), x, round_bf16(g.tensor(w).data))[0]  # noqa: E731
+    def conv(x, w):
+        return op_def(OpKind.CONV).reference(conv_attrs(pad=1), x, round_bf16(g.tensor(w).data))[0]
     a = conv(round_bf16(x), "w1")
     np.testing.assert_array_equal(run_reference(out, {"x": x})["y"], a + conv(round_bf16(a), "w2"))
 
