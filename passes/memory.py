@@ -18,7 +18,9 @@ contiguous run of the output (batch 1 channels-first, axis 0) and any producer c
 other slice is ``rows`` runs ``stride`` floats apart (``View``), e.g. a channels-last channel
 concat, and then every kernel that writes or reads that tensor must take a row stride
 (``writes_strided``, ``reads_strided``). Nested Concats chain: a Concat placed in an outer Concat
-places its own inputs in the outer buffer, so a DenseNet block lives in one buffer.
+places its own inputs in the outer buffer, so a DenseNet block lives in one buffer. That buffer's
+rows get one cache line of padding when they are a multiple of 512 bytes and only stride-taking
+kernels read it (``pad_rows``). Training steps keep their copies (``is_training_graph``).
 
 The plan also carries the figures ``convc profile`` reports: the bytes of every arena tensor with
 no reuse, the live bytes at each step and their maximum (a lower bound for any arena; sizes are
