@@ -10,8 +10,8 @@ from llvmlite import ir
 from convc.ir import Op
 from convc.ops import OpKind
 from convc.codegen import vecmath
-from convc.codegen.llvm_utils import F32, FAST, as_i64, const_like, fmax, fmin, for_range, gep, i64, linear_index, \
-    load, loop_nest, memcpy, store
+from convc.codegen.llvm_utils import F32, FAST, as_i64, call_intrinsic, const_like, fmax, fmin, for_range, gep, i64, \
+    linear_index, load, loop_nest, memcpy, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 
 UnaryFn = Callable[[ir.IRBuilder, ir.Value, Any], ir.Value]
@@ -195,6 +195,92 @@ def gelu_derivative(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     density = b.fmul(const_like(x, 1.0 / math.sqrt(2.0 * math.pi)), vecmath.exp(b, b.fmul(const_like(x, -0.5),
                                                                                      b.fmul(x, x))))
     return b.fadd(phi_cdf, b.fmul(x, density))
+
+
+@derivative(OpKind.CLIP)
+def clip_derivative(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    """1 inside (min, max), 0 on the flat parts (PyTorch's hardtanh, i.e. ReLU6)."""
+    inside = b.and_(b.fcmp_ordered(">", x, const_like(x, attrs.min)), b.fcmp_ordered("<", x, const_like(x, attrs.max)))
+    return b.select(inside, const_like(x, 1.0), const_like(x, 0.0))
+
+
+@derivative(OpKind.HARD_SIGMOID)
+def hard_sigmoid_derivative(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    """alpha where 0 < alpha x + beta < 1, else 0."""
+    v = b.fadd(b.fmul(x, const_like(x, attrs.alpha)), const_like(x, attrs.beta))
+    inside = b.and_(b.fcmp_ordered(">", v, const_like(x, 0.0)), b.fcmp_ordered("<", v, const_like(x, 1.0)))
+    return b.select(inside, const_like(x, attrs.alpha), const_like(x, 0.0))
+
+
+@derivative(OpKind.HARD_SWISH)
+def hard_swish_derivative(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    """0 below -3, x/3 + 1/2 up to 3, 1 above (PyTorch's hardswish backward)."""
+    mid = b.fadd(b.fmul(x, const_like(x, 1.0 / 3.0)), const_like(x, 0.5))
+    upper = b.select(b.fcmp_ordered("<=", x, const_like(x, 3.0)), mid, const_like(x, 1.0))
+    return b.select(b.fcmp_ordered("<", x, const_like(x, -3.0)), const_like(x, 0.0), upper)
+
+
+@unary(OpKind.NEG, vector=True)
+def neg(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    return b.fneg(x)
+
+
+@derivative(OpKind.NEG)
+def neg_derivative(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    return const_like(x, -1.0)
+
+
+@unary(OpKind.ABS, vector=True)
+def abs_(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    return vecmath.fabs(b, x)
+
+
+@derivative(OpKind.ABS)
+def abs_derivative(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    """sign(x): 0 at 0, as numpy and PyTorch."""
+    zero = const_like(x, 0.0)
+    pos = b.select(b.fcmp_ordered(">", x, zero), const_like(x, 1.0), zero)
+    return b.select(b.fcmp_ordered("<", x, zero), const_like(x, -1.0), pos)
+
+
+@unary(OpKind.EXP, vector=True)
+def exp(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    return vecmath.exp(b, x)
+
+
+@derivative(OpKind.EXP)
+def exp_derivative(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    return vecmath.exp(b, x)
+
+
+@unary(OpKind.LOG, vector=True)
+def log(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    return vecmath.log(b, x)
+
+
+@derivative(OpKind.LOG)
+def log_derivative(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    return b.fdiv(const_like(x, 1.0), x)
+
+
+@unary(OpKind.SQRT, vector=True)
+def sqrt(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    return call_intrinsic(b, "llvm.sqrt.f32", [x])  # vsqrtps: correctly rounded, NaN below 0
+
+
+@derivative(OpKind.SQRT)
+def sqrt_derivative(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    return b.fdiv(const_like(x, 0.5), call_intrinsic(b, "llvm.sqrt.f32", [x]))
+
+
+@unary(OpKind.RECIPROCAL, vector=True)
+def reciprocal(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    return b.fdiv(const_like(x, 1.0), x)  # a true division, not the 12-bit rcpps estimate
+
+
+@derivative(OpKind.RECIPROCAL)
+def reciprocal_derivative(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
+    return b.fdiv(const_like(x, -1.0), b.fmul(x, x))
 
 
 @unary(OpKind.MISH, vector=True)

@@ -37,6 +37,12 @@ class OpKind(enum.Enum):
     SOFTPLUS = "Softplus"
     SOFTSIGN = "Softsign"
     ERF = "Erf"
+    NEG = "Neg"
+    ABS = "Abs"
+    EXP = "Exp"
+    LOG = "Log"
+    SQRT = "Sqrt"
+    RECIPROCAL = "Reciprocal"
     GELU = "Gelu"
     MISH = "Mish"
     # binary / variadic elementwise with broadcasting
@@ -113,7 +119,8 @@ class OpGroup:
     """Named groups so passes never compare op-name strings."""
     UNARY = frozenset({OpKind.RELU, OpKind.LEAKY_RELU, OpKind.SIGMOID, OpKind.SWISH, OpKind.TANH, OpKind.IDENTITY,
                        OpKind.DROPOUT, OpKind.CLIP, OpKind.ELU, OpKind.SELU, OpKind.HARD_SIGMOID, OpKind.HARD_SWISH,
-                       OpKind.SOFTPLUS, OpKind.SOFTSIGN, OpKind.ERF, OpKind.GELU, OpKind.MISH})
+                       OpKind.SOFTPLUS, OpKind.SOFTSIGN, OpKind.ERF, OpKind.GELU, OpKind.MISH,
+                       OpKind.NEG, OpKind.ABS, OpKind.EXP, OpKind.LOG, OpKind.SQRT, OpKind.RECIPROCAL})
     ACTIVATION = frozenset({OpKind.RELU, OpKind.LEAKY_RELU, OpKind.SIGMOID, OpKind.TANH})
     BROADCAST = frozenset({OpKind.ADD, OpKind.MUL, OpKind.SUM, OpKind.SUB, OpKind.DIV, OpKind.MAX, OpKind.MIN,
                            OpKind.PRELU})

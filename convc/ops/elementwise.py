@@ -116,6 +116,12 @@ def _gelu_infer(a: "GeluAttrs", types: Sequence[TensorType]) -> list[TensorType]
     return _unary(OpKind.GELU)(a, types)
 
 
+def _quiet(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    """``fn(x)`` without numpy's warnings for log(0), 1/0 or sqrt(-1): inf and NaN are the answers."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return fn(x)
+
+
 def _f64(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float64)
 
@@ -150,13 +156,18 @@ unary_op(OpKind.SWISH, SwishAttrs, lambda a, x: _f64(x) * _sigmoid(a.alpha * _f6
 unary_op(OpKind.TANH, NoAttrs, lambda a, x: np.tanh(x), fusible=True)
 unary_op(OpKind.IDENTITY, NoAttrs, lambda a, x: x.copy())
 unary_op(OpKind.DROPOUT, DropoutAttrs, lambda a, x: x.copy())
-unary_op(OpKind.CLIP, ClipAttrs, lambda a, x: np.minimum(np.maximum(x, a.min), a.max), fusible=True)
+unary_op(OpKind.CLIP, ClipAttrs, lambda a, x: np.minimum(np.maximum(x, a.min), a.max), fusible=True,
+         derivative=lambda a, x: ((x > a.min) & (x < a.max)).astype(np.float64))
 unary_op(OpKind.ELU, EluAttrs, lambda a, x: _elu(_f64(x), a.alpha),
          derivative=lambda a, x: np.where(x > 0, 1.0, a.alpha * np.exp(np.minimum(_f64(x), 0))))
 unary_op(OpKind.SELU, SeluAttrs, lambda a, x: a.gamma * _elu(_f64(x), a.alpha),
          derivative=lambda a, x: a.gamma * np.where(x > 0, 1.0, a.alpha * np.exp(np.minimum(_f64(x), 0))))
-unary_op(OpKind.HARD_SIGMOID, HardSigmoidAttrs, lambda a, x: _hard_sigmoid(_f64(x), a.alpha, a.beta))
-unary_op(OpKind.HARD_SWISH, NoAttrs, lambda a, x: _f64(x) * _hard_sigmoid(_f64(x), 1.0 / 6.0, 0.5), fusible=True)
+# Clip, HardSigmoid and HardSwish differentiate as PyTorch's hardtanh (ReLU6), hardsigmoid and hardswish:
+# zero outside the open interval where the output is not flat
+unary_op(OpKind.HARD_SIGMOID, HardSigmoidAttrs, lambda a, x: _hard_sigmoid(_f64(x), a.alpha, a.beta),
+         derivative=lambda a, x: np.where(np.abs(a.alpha * _f64(x) + a.beta - 0.5) < 0.5, a.alpha, 0.0))
+unary_op(OpKind.HARD_SWISH, NoAttrs, lambda a, x: _f64(x) * _hard_sigmoid(_f64(x), 1.0 / 6.0, 0.5), fusible=True,
+         derivative=lambda a, x: np.where(x < -3, 0.0, np.where(x <= 3, _f64(x) / 3 + 0.5, 1.0)))
 unary_op(OpKind.SOFTPLUS, NoAttrs, lambda a, x: np.maximum(_f64(x), 0) + np.log1p(np.exp(-np.abs(_f64(x)))),
          derivative=lambda a, x: _sigmoid(_f64(x)))
 unary_op(OpKind.SOFTSIGN, NoAttrs, lambda a, x: _f64(x) / (1.0 + np.abs(_f64(x))),
@@ -165,6 +176,15 @@ unary_op(OpKind.ERF, NoAttrs, lambda a, x: _erf(_f64(x)).astype(np.float64),
          derivative=lambda a, x: 2.0 / math.sqrt(math.pi) * np.exp(-np.square(_f64(x))))
 unary_op(OpKind.GELU, GeluAttrs, lambda a, x: _gelu(_f64(x), a.approximate), fusible=True,
          derivative=lambda a, x: _gelu_derivative(_f64(x), a.approximate), infer=_gelu_infer)
+unary_op(OpKind.NEG, NoAttrs, lambda a, x: -_f64(x), derivative=lambda a, x: np.full(x.shape, -1.0))
+unary_op(OpKind.ABS, NoAttrs, lambda a, x: np.abs(_f64(x)), derivative=lambda a, x: np.sign(_f64(x)))
+unary_op(OpKind.EXP, NoAttrs, lambda a, x: np.exp(_f64(x)), derivative=lambda a, x: np.exp(_f64(x)))
+# outside the domain (log of a negative, sqrt of a negative) the reference gives NaN, as the kernels do
+unary_op(OpKind.LOG, NoAttrs, lambda a, x: _quiet(np.log, _f64(x)), derivative=lambda a, x: _quiet(np.reciprocal, _f64(x)))
+unary_op(OpKind.SQRT, NoAttrs, lambda a, x: _quiet(np.sqrt, _f64(x)),
+         derivative=lambda a, x: _quiet(lambda v: 0.5 / np.sqrt(v), _f64(x)))
+unary_op(OpKind.RECIPROCAL, NoAttrs, lambda a, x: _quiet(np.reciprocal, _f64(x)),
+         derivative=lambda a, x: _quiet(lambda v: -1.0 / (v * v), _f64(x)))
 unary_op(OpKind.MISH, NoAttrs, lambda a, x: _f64(x) * np.tanh(np.logaddexp(_f64(x), 0.0)), fusible=True,
          derivative=lambda a, x: _mish_derivative(_f64(x)))
 

@@ -35,9 +35,6 @@ NOT_IMPORTED: dict[OpKind, str] = {}
 # forward ops training cannot differentiate yet: a model using one on the path to a parameter is
 # refused by passes/autodiff with the op's name
 NO_GRADIENT = {
-    OpKind.CLIP: "not needed by the training tests yet",
-    OpKind.HARD_SIGMOID: "not needed by the training tests yet",
-    OpKind.HARD_SWISH: "not needed by the training tests yet",
     OpKind.DIV: "not needed by the training tests yet",
     OpKind.MAX: "not needed by the training tests yet",
     OpKind.MIN: "not needed by the training tests yet",

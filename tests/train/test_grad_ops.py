@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from convc.ops import NoAttrs, OpKind
-from convc.ops.elementwise import EluAttrs, GeluAttrs, LeakyReluAttrs, SeluAttrs, SwishAttrs
+from convc.ops.elementwise import (ClipAttrs, EluAttrs, GeluAttrs, HardSigmoidAttrs, LeakyReluAttrs, SeluAttrs,
+                                   SwishAttrs)
 from convc.ops.elementwise_grad import DropoutTrainAttrs, dropout_keep
 from convc.ops.gemm import GemmAttrs
 from convc.ops.norm import BatchNormAttrs
@@ -121,6 +122,22 @@ def test_activation(rng, kind, attrs):
     x = f32(rng, 3, 4, 5)
     x[np.abs(x) < 1e-3] = 0.5  # finite differences must not straddle the kink at 0
     check_gradient(kind, attrs, [x], rng=rng)
+
+
+# kinked or restricted to a domain: x kept off the kinks (Clip's bounds, HardSigmoid's and HardSwish's +-3,
+# Abs's 0) and positive where the function needs it (Log, Sqrt, Reciprocal)
+@pytest.mark.parametrize("kind,attrs,lo,kinks", [
+    (OpKind.CLIP, ClipAttrs(0.0, 6.0), -3.0, (0.0, 6.0)), (OpKind.CLIP, ClipAttrs(-1.0, 1.0), -3.0, (-1.0, 1.0)),
+    (OpKind.HARD_SIGMOID, HardSigmoidAttrs(), -4.0, (-2.5, 2.5)),
+    (OpKind.HARD_SIGMOID, HardSigmoidAttrs(1 / 6, 0.5), -4.0, (-3.0, 3.0)),
+    (OpKind.HARD_SWISH, NoAttrs(), -4.0, (-3.0, 3.0)), (OpKind.NEG, NoAttrs(), -3.0, ()),
+    (OpKind.ABS, NoAttrs(), -3.0, (0.0,)), (OpKind.EXP, NoAttrs(), -3.0, ()), (OpKind.LOG, NoAttrs(), 0.1, ()),
+    (OpKind.SQRT, NoAttrs(), 0.1, ()), (OpKind.RECIPROCAL, NoAttrs(), 0.2, ())])
+def test_piecewise_and_domain_activation(rng, kind, attrs, lo, kinks):
+    x = rng.uniform(lo, 7.0, (3, 4, 5)).astype(np.float32)
+    for k in kinks:
+        x[np.abs(x - k) < 1e-2] = k + 0.05
+    check_gradient(kind, attrs, [x], rng=rng, samples=60)
 
 
 @pytest.mark.parametrize("axis", [0, 1, 2])
