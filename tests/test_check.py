@@ -30,13 +30,13 @@ def small_cnn() -> onnx.ModelProto:
 
 
 def with_two_unsupported_ops() -> onnx.ModelProto:
-    """conv1 -> MaxPool whose Indices output is used (an unsupported attribute of a claimed op) -> ... -> Erf (no
+    """conv1 -> MaxPool whose Indices output is used (an unsupported attribute of a claimed op) -> ... -> Hardmax (no
     converter at all)."""
     model = small_cnn()
     nodes = list(model.graph.node)
     nodes[1] = helper.make_node("MaxPool", ["a"], ["b", "b_idx"], name="pool_with_indices", kernel_shape=[1, 1])
-    nodes.insert(4, helper.make_node("Erf", ["d"], ["d_erf"], name="erf"))
-    nodes[5] = helper.make_node("GlobalAveragePool", ["d_erf"], ["e"], name="pool")
+    nodes.insert(4, helper.make_node("Hardmax", ["d"], ["d_hardmax"], name="hardmax"))
+    nodes[5] = helper.make_node("GlobalAveragePool", ["d_hardmax"], ["e"], name="pool")
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     model.graph.output.append(helper.make_tensor_value_info("b_idx", TensorProto.INT64, None))
@@ -57,7 +57,7 @@ def test_two_unsupported_ops_are_both_listed(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert err == f"convc: error: {path}: convc cannot compile 2 node(s), listed above\n"
     assert "convc cannot compile 2 node(s)" in out
-    assert "node 'erf': Erf (opset 17): convc has no converter for Erf" in out
+    assert "node 'hardmax': Hardmax (opset 17): convc has no converter for Hardmax" in out
     assert "node 'pool_with_indices': MaxPool (opset 17): the optional output 'Indices' is used" in out
 
 

@@ -170,7 +170,7 @@ def _bad_models(tmp_path: Path) -> dict[str, Path]:
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])
     unsupported = tmp_path / "unsupported.onnx"
-    graph = onnx.helper.make_graph([onnx.helper.make_node("Erf", ["x"], ["y"], name="my_erf")], "g", [x], [y])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Hardmax", ["x"], ["y"], name="my_hardmax")], "g", [x], [y])
     onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)]), str(unsupported))
     dangling = tmp_path / "dangling.onnx"
     graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["nowhere"], ["y"], name="my_relu")], "g", [x], [y])
@@ -186,7 +186,7 @@ def test_missing_file_is_a_clean_error(tmp_path, capsys, command):
 
 @pytest.mark.parametrize("kind, needle", [("garbage", "is not an ONNX model (not a readable protobuf"),
                                           ("empty", "not an ONNX model"),
-                                          ("unsupported", "my_erf"), ("dangling", "my_relu")])
+                                          ("unsupported", "my_hardmax"), ("dangling", "my_relu")])
 @pytest.mark.parametrize("command", ["run", "info"])
 def test_malformed_model_is_a_clean_error(tmp_path, capsys, command, kind, needle):
     path = _bad_models(tmp_path)[kind]
@@ -224,7 +224,7 @@ def test_errors_as_a_process(tmp_path):
     bad = _bad_models(tmp_path)
     for args, needle in [(["run", "nope.onnx"], "nope.onnx: no such file"),
                          (["run", str(bad["garbage"])], "is not an ONNX model (not a readable protobuf"),
-                         (["info", str(bad["unsupported"])], "Erf")]:
+                         (["info", str(bad["unsupported"])], "Hardmax")]:
         result = convc_process(*args, cwd=tmp_path)
         assert_clean_error(result.returncode, result.stderr, needle)
         if args[0] == "run":
