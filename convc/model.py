@@ -52,6 +52,8 @@ class CompiledModel:
         return [n for n in self.graph.metadata.get("initializer_inputs", []) if n not in fed]
 
     def _override_for(self, feeds: Mapping[str, Any]) -> "CompiledModel":
+        if self._override is None:  # nothing to compile: the runner's check names any unknown feed
+            return self
         fed = {s.name for s in self._runner.inputs}
         names = frozenset(k for k in feeds if k not in fed and k in set(self.overridable))
         if not names or self._override is None:
