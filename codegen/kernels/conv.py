@@ -9,6 +9,7 @@ from convc.codegen.kernels.blas import Operand, pack_a, split_epilogue
 from convc.codegen.kernels.epilogue import epilogue_pass
 from convc.codegen.kernels.gemm import matmul_loops
 from convc.codegen.kernels.winograd import emit_winograd_conv
+from convc.codegen.kernels.conv_direct import emit_direct_conv_few_channels
 from convc.codegen.llvm_utils import FAST, as_i64, f32, for_range, gep, i64, in_range, load, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from llvmlite import ir
@@ -402,6 +403,7 @@ KERNELS = {
     A.IMPLICIT_GEMM_NHWC: _channels_last,
     A.DEPTHWISE_NHWC: _depthwise_channels_last,
     A.WINOGRAD_2X2: emit_winograd_conv, A.WINOGRAD_4X4: emit_winograd_conv,
+    A.DIRECT_FEW_CHANNELS: emit_direct_conv_few_channels,
     A.DIRECT_ND: _direct_nd,
     A.RUNTIME_WEIGHTS: _runtime_weights,
 }

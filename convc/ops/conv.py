@@ -30,6 +30,8 @@ class ConvAlgorithm(enum.Enum):
     DEPTHWISE_NHWC = "depthwise_nhwc"      # channels last, group == C == M (depthwise_nhwc.py)
     WINOGRAD_2X2 = "winograd_2x2"          # channels last, 3x3 stride 1 dilation 1, one group, constant W:
     WINOGRAD_4X4 = "winograd_4x4"          # Winograd F(2x2,3x3) or F(4x4,3x3) (winograd.py)
+    DIRECT_FEW_CHANNELS = "direct_few_channels"  # channels last, 2-D, one group, 1-4 input channels, constant W:
+                                           # taps unrolled, vectors of output channels (conv_direct.py)
     DIRECT_ND = "direct_nd"                # spatial rank 3 or more: direct loops (conv3d.py)
     RUNTIME_WEIGHTS = "runtime_weights"    # training: W read at run time (conv_grad.py emit_conv_runtime)
 

@@ -1,0 +1,178 @@
+"""Channels-last direct conv for few input channels (1-4: LeNet's first conv, RGB stems).
+
+With C <= 4 a GEMM's reduction dimension is tiny (a 5x5 conv on one channel: K = 25), so the implicit
+GEMM spends its time on loop control and on the padded copy of the input. Here every tap
+(kh, kw, c) is unrolled at compile time: per output pixel the accumulators are vectors of output
+channels (channels-last output), each tap one broadcast input float times one vector of weights.
+
+- Register tile: R output pixels of one row x NV vectors of output channels (8 x 1 vector for
+  M <= 8, 6 x 2 otherwise), so each weight vector loaded serves R pixels. Wider layers loop over
+  chunks of NV vectors at run time; the last vector of M is masked.
+- Borders resolved at compile time: the output columns whose taps all lie inside the row run the
+  unrolled block loop; the few border columns are emitted one by one with only their in-bounds
+  taps. A kernel row above or below the image reads a zero row instead (a select per kernel row
+  per output row), so no tap tests bounds and the input is never copied.
+- The epilogue (bias, residual, vector activations incl. Tanh/Sigmoid from codegen/vecmath) is
+  applied in registers before the store; activations without a vector form run as a pass after.
+
+Threads split the output rows (batch x height), as the implicit GEMM does.
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+
+from convc.codegen.kernels.blas import split_epilogue
+from convc.codegen.kernels.elementwise import UNARY
+from convc.codegen.kernels.epilogue import epilogue_pass
+from convc.codegen.llvm_utils import F32, PTR, constant_table, for_range, gep, i64
+from convc.codegen.module import KernelCall, ModuleEmitter
+from convc.ir import Op
+from convc.ops.conv import split_inputs
+
+MAX_CHANNELS = 4  # input channels this kernel is for (kernel selection's rule)
+
+
+def tile_shape(m: int, width: int) -> tuple[int, int]:
+    """(pixels R, channel vectors NV) of the register tile for M output channels: R*NV accumulators
+    plus NV weight vectors and a broadcast stay within the 16 vector registers of AVX2."""
+    nv = min(-(-m // width), 2)
+    return (8 if nv == 1 else 6), nv
+
+
+def interior(size: int, k: int, s: int, d: int, pad: int, out: int) -> tuple[int, int]:
+    """[lo, hi) of the output positions whose k taps all fall inside [0, size)."""
+    lo = min(-(-pad // s), out)
+    last = size - 1 + pad - (k - 1) * d  # o*s <= last
+    hi = min(last // s + 1, out) if last >= 0 else 0
+    return lo, max(lo, hi)
+
+
+def pack_weights(w: np.ndarray, width: int, nv: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """W [M, C, kh, kw] -> per chunk of NV vectors (the last chunk maybe fewer), [tap (kh, kw, c),
+    nv*width] with zeros past M, chunks back to back. Returns the array and (offset, vectors) per chunk."""
+    m = w.shape[0]
+    vecs = -(-m // width)
+    taps = np.zeros((w.shape[2] * w.shape[3] * w.shape[1], vecs * width), dtype=np.float32)
+    taps[:, :m] = w.transpose(2, 3, 1, 0).reshape(-1, m)
+    parts, chunks, offset = [], [], 0
+    for v0 in range(0, vecs, nv):
+        n = min(nv, vecs - v0)
+        part = np.ascontiguousarray(taps[:, v0 * width:(v0 + n) * width])
+        parts.append(part.ravel())
+        chunks.append((offset, n))
+        offset += part.size
+    return np.concatenate(parts), chunks
+
+
+def emit_direct_conv_few_channels(em: ModuleEmitter, op: Op) -> KernelCall:
+    a = op.attrs
+    gemm = em.gemm  # its vector width, masked loads/stores and FMA
+    width = gemm.isa.width
+    n, h, w_, c = em.tensor(op.inputs[0]).shape
+    _, oh, ow, m = em.tensor(op.outputs[0]).shape
+    kh, kw = a.kernel_shape
+    (sh, sw), (dh, dw) = a.strides, a.dilations
+    pt, pl = a.pads[0], a.pads[1]
+    _, weight, bias_name, residual_name = split_inputs(a, op.inputs)
+    r_tile, nv = tile_shape(m, width)
+    packed, chunks = pack_weights(em.tensor(weight).data, width, nv)
+    ntaps = kh * kw * c
+    in_kernel, after = split_epilogue(a.epilogue)
+    # pixel rows of Y are ldc floats apart: m, or the row of a Concat this conv writes its slice of
+    view = em.plan.memory.view(op.outputs[0], em.tensor(op.outputs[0]).size)
+    ldc = m if view.contiguous or residual_name is not None else view.stride
+
+    args: list = [op.inputs[0], em.derived_constant(packed)]
+    if bias_name is not None:
+        args.append(bias_name)
+    if residual_name is not None:
+        args.append(residual_name)
+    args.append(op.outputs[0])
+    fn, b = em.function(op.name, len(args), parallel=True)
+    it = iter(fn.args)
+    x, wt = next(it), next(it)
+    bias = next(it) if bias_name is not None else None
+    residual = next(it) if residual_name is not None else None
+    y = next(it)
+    zero_row = constant_table(b, [0.0] * (w_ * c), name=f"{fn.name}_zeros", ty=F32)
+    x_lo, x_hi = interior(w_, kw, sw, dw, pl, ow)
+
+    r_lo, r_hi = em.thread_range(b, fn, n * oh)
+    with for_range(b, r_hi, start=r_lo, name="row") as q:
+        img, oy = b.udiv(q, i64(oh)), b.urem(q, i64(oh))
+        rows = []  # input row of each kernel row, or the zero row where it lies in the padding
+        for i in range(kh):
+            iy = b.add(b.sub(b.mul(oy, i64(sh)), i64(pt)), i64(i * dh))
+            inside = b.icmp_unsigned("<", iy, i64(h))
+            at = gep(b, x, b.mul(b.add(b.mul(img, i64(h)), iy), i64(w_ * c)))
+            rows.append(b.select(inside, at, zero_row))
+        y_row = gep(b, y, b.mul(q, i64(ow * ldc)))
+        r_row = gep(b, residual, b.mul(q, i64(ow * m))) if residual is not None else None
+
+        def block(ox0: ir.Value, npix: int, kws: list[int], w_at: ir.Value, v0: ir.Value, nvc: int,
+                  lanes: list[int]) -> None:
+            """Output pixels ox0 .. ox0+npix-1 of this row, channel vectors v0 .. v0+nvc-1 (``lanes``
+            valid lanes each), over kernel columns ``kws`` (all in bounds for these pixels)."""
+            ch0 = b.mul(v0, i64(width))
+            if bias is not None:
+                init = [gemm.vload(b, gep(b, gep(b, bias, ch0), v * width), lanes[v]) for v in range(nvc)]
+            else:
+                init = [ir.Constant(gemm.vec, None)] * nvc
+            acc = [list(init) for _ in range(npix)]
+            ix0 = b.sub(b.mul(ox0, i64(sw)), i64(pl))
+            for i in range(kh):
+                for j in kws:
+                    for ci in range(c):
+                        t = (i * kw + j) * c + ci
+                        wv = [b.load(gep(b, w_at, (t * nvc + v) * width), typ=gemm.vec, align=4) for v in range(nvc)]
+                        for p in range(npix):
+                            xi = b.add(b.mul(b.add(ix0, i64(p * sw + j * dw)), i64(c)), i64(ci))
+                            xs = gemm.splat(b, b.load(gep(b, rows[i], xi), typ=F32))
+                            acc[p] = [gemm.fma(b, xs, wv[v], acc[p][v]) for v in range(nvc)]
+            for p in range(npix):
+                pix = b.add(ox0, i64(p))
+                for v in range(nvc):
+                    val = acc[p][v]
+                    col = b.add(ch0, i64(v * width))
+                    if in_kernel.residual:
+                        val = b.fadd(val, gemm.vload(b, gep(b, r_row, b.add(b.mul(pix, i64(m)), col)), lanes[v]))
+                    if in_kernel.activation is not None:
+                        val = UNARY[in_kernel.activation](b, val, in_kernel.activation_attrs)
+                    gemm.vstore(b, val, gep(b, y_row, b.add(b.mul(pix, i64(ldc)), col)), lanes[v])
+
+        def columns(w_at: ir.Value, v0: ir.Value, nvc: int, lanes: list[int]) -> None:
+            """The whole output row for one chunk of channel vectors."""
+            def border(ox: int) -> None:
+                kws = [j for j in range(kw) if 0 <= ox * sw - pl + j * dw < w_]
+                block(i64(ox), 1, kws, w_at, v0, nvc, lanes)
+            for ox in range(x_lo):
+                border(ox)
+            full = (x_hi - x_lo) // r_tile
+            if full:
+                with for_range(b, full, name="blk") as k:
+                    block(b.add(i64(x_lo), b.mul(k, i64(r_tile))), r_tile, list(range(kw)), w_at, v0, nvc, lanes)
+            if x_lo + full * r_tile < x_hi:
+                with for_range(b, x_hi, start=x_lo + full * r_tile, name="ox") as ox:
+                    block(ox, 1, list(range(kw)), w_at, v0, nvc, lanes)
+            for ox in range(x_hi, ow):
+                border(ox)
+
+        def lanes_of(first_vec: int, nvc: int) -> list[int]:
+            return [max(0, min(width, m - (first_vec + v) * width)) for v in range(nvc)]
+
+        # whole chunks of NV full vectors loop at run time; a last chunk with fewer vectors or lanes is
+        # emitted on its own
+        full_chunks = [k for k, (_, cnt) in enumerate(chunks) if cnt == nv and lanes_of(k * nv, nv)[-1] == width]
+        if full_chunks:
+            assert full_chunks == list(range(len(full_chunks)))
+            with for_range(b, len(full_chunks), name="chunk") as k:
+                columns(gep(b, wt, b.mul(k, i64(ntaps * nv * width))), b.mul(k, i64(nv)), nv, [width] * nv)
+        for k in range(len(full_chunks), len(chunks)):
+            offset, cnt = chunks[k]
+            columns(gep(b, wt, offset), i64(k * nv), cnt, lanes_of(k * nv, cnt))
+    if not after.empty:  # activations with no vector form, over this thread's rows
+        with for_range(b, b.mul(r_hi, i64(ow)), start=b.mul(r_lo, i64(ow)), name="epi_px") as px:
+            epilogue_pass(b, after, gep(b, y, b.mul(px, i64(ldc))), None, i64(m))
+    b.ret_void()
+    return KernelCall(fn, args)
