@@ -274,3 +274,26 @@ def test_arena_check_catches_a_conv_that_ignores_its_slice_stride(monkeypatch):
     x = np.random.default_rng(7).standard_normal(input_shape(m)).astype(np.float32)
     with pytest.raises(ArenaError, match=f"kernel {victim!r} changed {first!r}"):
         convc.compile(m, threads=1, cache=False).run({"x": x})
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_transpose_writes_its_slice_of_a_channels_first_concat(batch, monkeypatch):
+    """A Concat left channels first (its Softmax input has no channels-last form) takes the conv's
+    output through the Transpose back to NCHW, which writes straight into its slice: contiguous at
+    batch 1 (the Softmax's slice too), rows of 5 x 9 x 7 floats apart at batch 3 (the Softmax's
+    kernel writes contiguous only: copied)."""
+    n = Builder(5)
+    a = n.node("Softmax", ["x"], axis=1)
+    b = n.conv("x", 4, 5, 3)
+    m = n.model((batch, 4, 9, 7), [n.node("Relu", [n.node("Concat", [a, b], axis=1)])], "softmax_concat")
+    plan = plan_of(m)
+    (op,) = concats(plan)
+    a_t, b_t = op.inputs
+    assert producer_kind(plan, b_t) is OpKind.TRANSPOSE
+    view = plan.memory.placed[b_t].view
+    if batch == 1:
+        assert view.contiguous and a_t in plan.memory.placed and op.name in plan.memory.concat_aliases
+    else:
+        assert (view.rows, view.run, view.stride) == (3, 5 * 63, 9 * 63) and a_t not in plan.memory.placed
+    monkeypatch.setenv("CONVC_CHECK_ARENA", "1")
+    check_against_onnxruntime(m, 2)
