@@ -285,14 +285,18 @@ def _resize(w: _Writer, op: Op) -> None:
     w.node("Resize", inputs, list(op.outputs), op.name, **attrs)
 
 
-@exporter(OpKind.REDUCE_SUM)
-def _reduce_sum(w: _Writer, op: Op) -> None:
+@exporter(OpKind.REDUCE_SUM, OpKind.REDUCE_MAX, OpKind.REDUCE_MIN, OpKind.REDUCE_PROD)
+def _reduce(w: _Writer, op: Op) -> None:
     a = op.attrs
     x = w.graph.tensor(op.inputs[0]).shape
-    axes = w.constant(f"{op.name}.axes", np.array(a.axes, dtype=np.int64))
     kept = tuple(d for i, d in enumerate(x) if i not in a.axes)
-    out = op.outputs[0] if kept == tuple(a.shape) else w.fresh(f"{op.name}_sum")
-    w.node("ReduceSum", [op.inputs[0], axes], [out], op.name, keepdims=0, noop_with_empty_axes=0)
+    out = op.outputs[0] if kept == tuple(a.shape) else w.fresh(f"{op.name}_reduced")
+    # the axes became an input in opset 13 for ReduceSum, in opset 18 for the others
+    if w.opset >= (13 if op.kind is OpKind.REDUCE_SUM else 18):
+        axes = w.constant(f"{op.name}.axes", np.array(a.axes, dtype=np.int64))
+        w.node(op.kind.value, [op.inputs[0], axes], [out], op.name, keepdims=0, noop_with_empty_axes=0)
+    else:
+        w.node(op.kind.value, [op.inputs[0]], [out], op.name, keepdims=0, axes=list(a.axes))
     if out != op.outputs[0]:
         shape = w.constant(f"{op.name}.shape", np.array(a.shape, dtype=np.int64))
         w.node("Reshape", [out, shape], [op.outputs[0]], f"{op.name}_reshape")

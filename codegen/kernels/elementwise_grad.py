@@ -1,4 +1,4 @@
-"""Activation and Softmax gradients, training-mode Dropout, ReduceSum and Slice as native loops."""
+"""Activation and Softmax gradients, training-mode Dropout and Slice as native loops."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,9 +12,7 @@ from convc.codegen.llvm_utils import (
     gep,
     i64,
     load,
-    loop_nest,
     memcpy,
-    memset_zero,
     store,
 )
 from convc.codegen.kernels.elementwise import DERIVATIVE
@@ -118,61 +116,7 @@ def emit_dropout(em: ModuleEmitter, op: Op) -> KernelCall:
     return KernelCall(fn, [op.inputs[0], op.inputs[1], op.outputs[0]])
 
 
-# --- ReduceSum and Slice ----------------------------------------------------------------------------
-def reduce_runs(shape: tuple[int, ...], axes: tuple[int, ...]) -> list[tuple[int, bool]]:
-    """Merge adjacent axes that are both reduced or both kept: (extent, reduced) runs, size-1 axes dropped."""
-    runs: list[tuple[int, bool]] = []
-    for i, d in enumerate(shape):
-        if d == 1:
-            continue
-        red = i in axes
-        if runs and runs[-1][1] == red:
-            runs[-1] = (runs[-1][0] * d, red)
-        else:
-            runs.append((d, red))
-    return runs or [(1, False)]
-
-
-@emitter(OpKind.REDUCE_SUM)
-def emit_reduce_sum(em: ModuleEmitter, op: Op) -> KernelCall:
-    x_shape = em.tensor(op.inputs[0]).shape
-    runs = reduce_runs(x_shape, op.attrs.axes)
-    fn, b = em.function(op.name, 2)
-    x, y = fn.args
-    memset_zero(b, y, em.tensor(op.outputs[0]).nbytes)
-    # element strides of each run in x (row-major) and in y (kept runs only)
-    x_strides, y_strides, acc_x, acc_y = [], [], 1, 1
-    for d, red in reversed(runs):
-        x_strides.append(acc_x)
-        y_strides.append(0 if red else acc_y)
-        acc_x *= d
-        if not red:
-            acc_y *= d
-    x_strides.reverse()
-    y_strides.reverse()
-    *outer, (last, last_red) = runs
-    acc = alloca_entry(b, F32, "acc")
-    with loop_nest(b, [d for d, _ in outer] or [1]) as idx:
-        idx = idx if outer else []
-        xo = i64(0)
-        yo = i64(0)
-        for v, sx, sy in zip(idx, x_strides, y_strides):
-            xo = b.add(xo, b.mul(v, i64(sx)))
-            if sy:
-                yo = b.add(yo, b.mul(v, i64(sy)))
-        if last_red:  # reduce the contiguous run into a register, then add it once
-            b.store(f32(0.0), acc)
-            with for_range(b, last, name="r") as j:
-                b.store(b.fadd(b.load(acc, typ=F32), load(b, x, b.add(xo, j)), flags=FAST), acc)
-            store(b, b.fadd(load(b, y, yo), b.load(acc, typ=F32)), y, yo)
-        else:
-            with for_range(b, last, name="k") as j:
-                at = b.add(yo, j)
-                store(b, b.fadd(load(b, y, at), load(b, x, b.add(xo, j))), y, at)
-    b.ret_void()
-    return KernelCall(fn, [op.inputs[0], op.outputs[0]])
-
-
+# --- Slice ----------------------------------------------------------------------------------------
 @emitter(OpKind.SLICE)
 def emit_slice(em: ModuleEmitter, op: Op) -> KernelCall:
     a = op.attrs

@@ -1,5 +1,5 @@
-"""Gradients of the activations and Softmax, training-mode Dropout, and the two data-movement ops
-the backward pass needs (ReduceSum for broadcast operands and biases, Slice for Concat).
+"""Gradients of the activations and Softmax, training-mode Dropout, and Slice, the data movement Concat's
+backward pass needs (the ReduceSum autodiff sums broadcast gradients with is in reduce.py).
 
 Dropout draws its mask from a counter-based generator: the keep decision for element ``i`` at step
 ``t`` is a pure function of (seed, salt, t, i), so the generated code, the numpy reference and the
@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from convc.errors import GraphError
-from convc.ops.base import (NoAttrs, OpDef, OpKind, TensorType, check_arity, check_float, no_flops, numel,
-                            op_def, register)
+from convc.ops.base import (NoAttrs, OpDef, OpKind, TensorType, check_arity, check_float, no_flops, op_def,
+                            register)
 from convc.ops.elementwise import LeakyReluAttrs
 from convc.ops.softmax import SoftmaxAttrs
 
@@ -47,12 +47,6 @@ class DropoutTrainAttrs:
     @property
     def scale(self) -> float:
         return 1.0 / (1.0 - self.ratio)
-
-
-@dataclass(frozen=True)
-class ReduceSumAttrs:
-    axes: tuple[int, ...]   # axes summed over
-    shape: tuple[int, ...]  # the result's shape (same element count as the kept axes)
 
 
 @dataclass(frozen=True)
@@ -160,23 +154,7 @@ register(OpDef(OpKind.DROPOUT_GRAD, DropoutTrainAttrs, _dropout_infer(OpKind.DRO
                n_inputs=(2, 2)))
 
 
-# --- ReduceSum and Slice -------------------------------------------------------------------------
-def reduce_infer(a: ReduceSumAttrs, types: Sequence[TensorType]) -> list[TensorType]:
-    check_arity(OpKind.REDUCE_SUM, types, 1, 1)
-    check_float(OpKind.REDUCE_SUM, types)
-    s = types[0].shape
-    if any(not 0 <= ax < len(s) for ax in a.axes) or len(set(a.axes)) != len(a.axes):
-        raise GraphError(f"ReduceSum axes={a.axes} are invalid for shape {s}")
-    kept = int(np.prod([d for i, d in enumerate(s) if i not in a.axes], dtype=np.int64))
-    if kept != int(np.prod(a.shape, dtype=np.int64)):
-        raise GraphError(f"ReduceSum of shape {s} over axes {a.axes} cannot have shape {a.shape}")
-    return [TensorType(a.shape, types[0].dtype)]
-
-
-def reduce_reference(a: ReduceSumAttrs, x: np.ndarray) -> list[np.ndarray]:
-    return [x.astype(np.float64).sum(axis=a.axes).reshape(a.shape).astype(x.dtype)]
-
-
+# --- Slice -------------------------------------------------------------------------
 def slice_infer(a: SliceAttrs, types: Sequence[TensorType]) -> list[TensorType]:
     check_arity(OpKind.SLICE, types, 1, 1)
     s = types[0].shape
@@ -192,10 +170,4 @@ def slice_reference(a: SliceAttrs, x: np.ndarray) -> list[np.ndarray]:
     return [np.ascontiguousarray(x[sl])]
 
 
-def reduce_flops(a: ReduceSumAttrs, ins: Sequence[TensorType], outs: Sequence[TensorType]) -> int:
-    """One add per input element beyond the first of each output element."""
-    return numel(ins[0]) - numel(outs[0])
-
-
-register(OpDef(OpKind.REDUCE_SUM, ReduceSumAttrs, reduce_infer, reduce_reference, flops=reduce_flops))
 register(OpDef(OpKind.SLICE, SliceAttrs, slice_infer, slice_reference, flops=no_flops))

@@ -10,7 +10,7 @@ from convc.ir import Op
 from convc.ops import OpKind
 from convc.ops.conv import ConvAttrs
 from convc.ops.conv_grad import ConvGradAttrs
-from convc.ops.elementwise_grad import ReduceSumAttrs
+from convc.ops.reduce import ReduceAttrs
 from convc.ops.shape import PadAttrs
 
 
@@ -28,7 +28,7 @@ def conv_grad(ctx: GradContext, op: Op, dys: list) -> list:
         out[1] = ctx.emit1(OpKind.CONV_GRAD_WEIGHT, ConvGradAttrs(a, ctx.shape(w)), [x, dy])
     if len(op.inputs) > 2 and ctx.needs(op, 2):
         rank = len(ctx.shape(dy))
-        out[2] = ctx.emit1(OpKind.REDUCE_SUM, ReduceSumAttrs((0,) + tuple(range(2, rank)), ctx.shape(op.inputs[2])),
+        out[2] = ctx.emit1(OpKind.REDUCE_SUM, ReduceAttrs((0,) + tuple(range(2, rank)), ctx.shape(op.inputs[2])),
                            [dy])
     return out
 
@@ -59,6 +59,6 @@ def conv_transpose_grad(ctx: GradContext, op: Op, dys: list) -> list:
         out[1] = ctx.emit1(OpKind.CONV_GRAD_WEIGHT, ConvGradAttrs(conv, ctx.shape(w)), [src, x])
     if len(op.inputs) > 2 and ctx.needs(op, 2):
         rank = len(ctx.shape(dy))
-        out[2] = ctx.emit1(OpKind.REDUCE_SUM, ReduceSumAttrs((0,) + tuple(range(2, rank)), ctx.shape(op.inputs[2])),
+        out[2] = ctx.emit1(OpKind.REDUCE_SUM, ReduceAttrs((0,) + tuple(range(2, rank)), ctx.shape(op.inputs[2])),
                            [dy])
     return out

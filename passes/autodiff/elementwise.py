@@ -12,7 +12,8 @@ from convc.passes.autodiff.core import GradContext, gradient
 
 from convc.ir import Op
 from convc.ops import NoAttrs, OpGroup, OpKind, op_def
-from convc.ops.elementwise_grad import ReduceSumAttrs, UnaryGradAttrs
+from convc.ops.elementwise_grad import UnaryGradAttrs
+from convc.ops.reduce import ReduceAttrs
 
 BY_OUTPUT = {OpKind.RELU: OpKind.RELU_GRAD, OpKind.SIGMOID: OpKind.SIGMOID_GRAD, OpKind.TANH: OpKind.TANH_GRAD}
 
@@ -24,7 +25,7 @@ def reduce_to(ctx: GradContext, dy: str, shape: tuple[int, ...]) -> str:
         return dy
     lead = len(full) - len(shape)
     axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(shape) if d == 1 and full[lead + i] != 1)
-    return ctx.emit1(OpKind.REDUCE_SUM, ReduceSumAttrs(axes, tuple(shape)), [dy])
+    return ctx.emit1(OpKind.REDUCE_SUM, ReduceAttrs(axes, tuple(shape)), [dy])
 
 
 def scale(ctx: GradContext, t: str, factor: float) -> str:

@@ -19,7 +19,8 @@ from convc.ops import NoAttrs, OpKind, registered_kinds
 from convc.ops.conv import ConvAttrs
 from convc.ops.conv_transpose import ConvTransposeAttrs
 from convc.ops.elementwise import ClipAttrs, EluAttrs, HardSigmoidAttrs, LeakyReluAttrs, SeluAttrs
-from convc.ops.elementwise_grad import ReduceSumAttrs, SliceAttrs
+from convc.ops.elementwise_grad import SliceAttrs
+from convc.ops.reduce import ReduceAttrs
 from convc.ops.epilogue import Epilogue
 from convc.ops.gemm import GemmAttrs
 from convc.ops.norm import LrnAttrs
@@ -216,8 +217,8 @@ SINGLE_OPS = {
     "strided-slice-backwards": (OpKind.STRIDED_SLICE, StridedSliceAttrs((1, 2, 3, 4), (-1, -1, -1, -2),
                                                                         (2, 3, 4, 3)), [S], {}),
     "slice": (OpKind.SLICE, SliceAttrs(axis=1, start=1, stop=3), [(2, 4, 5)], {}),
-    "reduce-sum": (OpKind.REDUCE_SUM, ReduceSumAttrs(axes=(0, 2), shape=(3,)), [(2, 3, 4)], {}),
-    "reduce-sum-reshaped": (OpKind.REDUCE_SUM, ReduceSumAttrs(axes=(0,), shape=(1, 3, 4)), [(2, 3, 4)], {}),
+    "reduce-sum": (OpKind.REDUCE_SUM, ReduceAttrs(axes=(0, 2), shape=(3,)), [(2, 3, 4)], {}),
+    "reduce-sum-reshaped": (OpKind.REDUCE_SUM, ReduceAttrs(axes=(0,), shape=(1, 3, 4)), [(2, 3, 4)], {}),
     "lp-pool": (OpKind.LP_POOL, LpPoolAttrs((2, 2), (1, 2), (0, 1, 1, 0), (1, 1), p=3), [S], {}),
     "lrn": (OpKind.LRN, LrnAttrs(3, 2e-4, 0.7, 1.5), [S], {}),
     "resize-nearest-2x": (OpKind.RESIZE, ResizeAttrs((2, 3, 8, 10), (1.0, 1.0, 2.0, 2.0)), [S], {}),

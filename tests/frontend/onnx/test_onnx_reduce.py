@@ -1,5 +1,6 @@
-"""ReduceMean and ReduceSum: axes as attribute (before opsets 18 / 13) and as input, keepdims, empty axes,
-the spatial mean as GlobalAveragePool, constant folding; compiled at real sizes against onnxruntime."""
+"""The Reduce* family: axes as attribute (before opsets 18 / 13) and as input, keepdims, empty axes, the
+spatial mean as GlobalAveragePool, LogSumExp without overflow, constant folding; compiled at real sizes
+against onnxruntime."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,11 +11,15 @@ from onnx_import_helpers import INT64, check_model, make_model, op_kinds, run_on
 import convc
 from convc.ops import OpKind
 
-AXES_INPUT_SINCE = {"ReduceMean": 18, "ReduceSum": 13}
+from convc.frontend.onnx.reduce import REDUCE_OPS
+
+AXES_INPUT_SINCE = {op: since for op, (since, _) in REDUCE_OPS.items()}
+ALL = sorted(REDUCE_OPS)
 
 
-def reduce_model(op: str, shape, axes, keepdims: int | None, opset: int, noop: int | None = None):
-    inputs, inits, attrs = ["R"], {}, {}
+def reduce_model(op: str, shape, axes, keepdims: int | None, opset: int, noop: int | None = None,
+                 relu: bool = True):
+    inputs, inits, attrs = ["R" if relu else "X"], {}, {}
     if keepdims is not None:
         attrs["keepdims"] = keepdims
     if noop is not None:
@@ -26,7 +31,7 @@ def reduce_model(op: str, shape, axes, keepdims: int | None, opset: int, noop: i
         else:
             attrs["axes"] = axes
     # a Relu first, so the reduction reads a computed tensor as in a real network
-    nodes = [helper.make_node("Relu", ["X"], ["R"]), helper.make_node(op, inputs, ["Y"], **attrs)]
+    nodes = [helper.make_node("Relu", ["X"], ["R"])] * relu + [helper.make_node(op, inputs, ["Y"], **attrs)]
     return make_model(nodes, {"X": shape}, ["Y"], inits, opset=opset)
 
 
@@ -42,9 +47,22 @@ def test_reduce_matches_onnxruntime_at_import(op, opset, axes, keepdims):
     check_model(reduce_model(op, (2, 5, 7, 9), axes, keepdims, opset))
 
 
+@pytest.mark.parametrize("op", ALL)
+@pytest.mark.parametrize("opset", [13, 18])
+@pytest.mark.parametrize("axes,keepdims", [([2, 3], 1), ([1], 0), (None, 0), ([0, 2], 1)])
+def test_every_reduction_matches_onnxruntime(op, opset, axes, keepdims):
+    """On signed values (no Relu first): L1, Max, Min and Prod see negatives; LogSum on positive ones."""
+    x = np.random.default_rng(1).standard_normal((2, 5, 3, 4)).astype(np.float32)
+    if op == "ReduceLogSum":
+        x = np.abs(x) + 0.1
+    check_model(reduce_model(op, (2, 5, 3, 4), axes, keepdims, opset, relu=False), feeds={"X": x})
+
+
 @pytest.mark.parametrize("op,axes,keepdims,threads", [
     ("ReduceMean", [2, 3], 1, 1), ("ReduceMean", [2, 3], 0, 2), ("ReduceMean", [1], 1, 2), ("ReduceMean", None, 0, 1),
-    ("ReduceSum", [2, 3], 1, 2), ("ReduceSum", [0, 2], 0, 1), ("ReduceSum", [-1], 1, 2)])
+    ("ReduceSum", [2, 3], 1, 2), ("ReduceSum", [0, 2], 0, 1), ("ReduceSum", [-1], 1, 2),
+    ("ReduceMax", [1], 1, 2), ("ReduceMin", [2, 3], 0, 1), ("ReduceL2", [3], 1, 2), ("ReduceL1", [1, 3], 0, 1),
+    ("ReduceLogSumExp", [1], 0, 2), ("ReduceSumSquare", [0], 1, 1), ("ReduceLogSum", [2], 1, 2)])
 def test_compiled_reduce_at_real_sizes(op, axes, keepdims, threads):
     """Batch 16, 112x97 maps with 24 channels (odd widths leave vector remainders)."""
     model = reduce_model(op, (16, 24, 112, 97), axes, keepdims, 18)
@@ -63,6 +81,23 @@ def test_spatial_mean_is_a_global_average_pool():
     assert op_kinds(g) == [OpKind.RELU, OpKind.GLOBAL_AVERAGE_POOL, OpKind.RESHAPE]
     g = check_model(reduce_model("ReduceMean", (2, 8, 5, 5), [1], 1, 13))
     assert op_kinds(g) == [OpKind.RELU, OpKind.REDUCE_SUM, OpKind.MUL]
+
+
+def test_log_sum_exp_does_not_overflow():
+    """exp(100) overflows float32; m + log(sum(exp(x - m))) does not."""
+    model = reduce_model("ReduceLogSumExp", (4, 6), [1], 0, 18, relu=False)
+    x = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32) + 100.0
+    got = convc.compile(model).run({"X": x})["Y"]
+    want = np.log(np.exp(x.astype(np.float64) - 100.0).sum(axis=1)) + 100.0
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_max_and_min_propagate_nan():
+    model = reduce_model("ReduceMax", (3, 5), [1], 0, 18, relu=False)
+    x = np.arange(15, dtype=np.float32).reshape(3, 5)
+    x[1, 2] = np.nan
+    got = convc.compile(model).run({"X": x})["Y"]
+    assert np.isnan(got[1]) and got[0] == 4 and got[2] == 14
 
 
 def test_empty_axes():
