@@ -1,4 +1,4 @@
-"""BatchNormalization, inference form (running statistics), LRN and LayerNormalization."""
+"""BatchNormalization, inference form (running statistics), LRN, LayerNormalization and InstanceNormalization."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +6,9 @@ import numpy as np
 from convc.frontend.onnx.context import NodeContext, Unsupported
 from convc.frontend.onnx.registry import converter
 from convc.frontend.onnx.shape import normalize_axis
-from convc.ops import OpKind
+from convc.ops import NoAttrs, OpKind
 from convc.ops.norm import BatchNormAttrs, LayerNormAttrs, LrnAttrs
+from convc.ops.shape import ReshapeAttrs
 
 
 @converter("BatchNormalization")
@@ -69,3 +70,36 @@ def layer_norm(ctx: NodeContext) -> None:
                     for i, stat in ((1, "mean"), (2, "inv_std_dev"))]
     ctx.add_op(OpKind.LAYER_NORM, ctx.parse(LayerNormAttrs, axis=axis, statistics=statistics),
                [ctx.inputs[0], *params], outputs)
+
+
+@converter("InstanceNormalization")
+def instance_norm(ctx: NodeContext) -> None:
+    """Each (image, channel) plane normalized over its spatial positions, then scaled and shifted per channel:
+    a LayerNormalization over the axes after the channel (its scale all ones), then per-channel Mul and Add."""
+    ctx.require_float()
+    shape = ctx.input_shape(0)
+    if len(shape) < 3:
+        raise ctx.error(f"the input must be (N, C, D1, ...), got shape {shape}")
+    c = shape[1]
+    for i, name in ((1, "scale"), (2, "B")):
+        if ctx.input_shape(i) != (c,):
+            raise ctx.error(f"{name} has shape {ctx.input_shape(i)}, expected ({c},) for the input's {c} channels")
+    dtype = ctx.input_type(0).dtype
+    ones = ctx.state.fresh_name(f"{ctx.name}/ones")
+    ctx.state.values[ones] = np.ones(shape[2:], dtype=dtype)
+    per_channel = (c,) + (1,) * (len(shape) - 2)
+    scale, bias = [], []
+    for i, out in ((1, scale), (2, bias)):
+        if ctx.is_constant(i):
+            name = ctx.state.fresh_name(f"{ctx.name}/{'scale' if i == 1 else 'bias'}")
+            ctx.state.values[name] = np.asarray(ctx.constant(i)).reshape(per_channel)
+            out.append(name)
+        else:
+            out.append(ctx.add_op(OpKind.RESHAPE, ReshapeAttrs(per_channel), [ctx.inputs[i]],
+                                  [ctx.fresh_tensor(f"input{i}_per_channel")], name=f"{ctx.name}/reshape{i}")[0])
+    eps = float(ctx.attr("epsilon", 1e-5))
+    normalized = ctx.add_op(OpKind.LAYER_NORM, LayerNormAttrs(axis=2, epsilon=eps), [ctx.inputs[0], ones],
+                            [ctx.fresh_tensor("normalized")], name=f"{ctx.name}/normalize")
+    scaled = ctx.add_op(OpKind.MUL, NoAttrs(), [normalized[0], scale[0]], [ctx.fresh_tensor("scaled")],
+                        name=f"{ctx.name}/scale")
+    ctx.add_op(OpKind.ADD, NoAttrs(), [scaled[0], bias[0]], name=f"{ctx.name}/shift")

@@ -1,5 +1,6 @@
 """LayerNormalization (opset 17): import, the compiled kernel at real sizes against onnxruntime, ConvNeXt's
-channels-last use, Scale/B broadcasting, export, and the refusals."""
+channels-last use, Scale/B broadcasting, export, and the refusals; InstanceNormalization, which the importer
+builds from it."""
 from __future__ import annotations
 
 import numpy as np
@@ -110,3 +111,32 @@ def test_refusals_name_the_node():
         convc.compile(model)
     with pytest.raises(convc.ModelImportError, match="axis=3 is out of range"):
         convc.compile(ln_model((2, 3, 8), axis=3))
+
+
+@pytest.mark.parametrize("shape,threads", [((16, 8, 33, 35), 2), ((2, 5, 7), 1), ((3, 4, 5, 6, 7), 2)])
+def test_instance_normalization(shape, threads):
+    """Per (image, channel) statistics, per-channel scale and shift (style transfer nets, GANs)."""
+    rng = np.random.default_rng(7)
+    c = shape[1]
+    inits = {"s": rng.uniform(0.5, 1.5, c).astype(np.float32), "b": rng.uniform(-1, 1, c).astype(np.float32)}
+    nodes = [helper.make_node("InstanceNormalization", ["X", "s", "b"], ["Y"], epsilon=1e-3)]
+    model = make_model(nodes, {"X": shape}, ["Y"], inits, opset=13)
+    g = check_model(model)
+    assert op_kinds(g) == [OpKind.LAYER_NORM, OpKind.MUL, OpKind.ADD]
+    x = (rng.standard_normal(shape) * 2 + 3).astype(np.float32)
+    want = run_onnx(model, {"X": x})["Y"]
+    got = convc.compile(model, threads=threads).run({"X": x})["Y"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+
+
+def test_instance_normalization_with_scale_and_bias_fed_at_run_time():
+    nodes = [helper.make_node("InstanceNormalization", ["X", "s", "b"], ["Y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(n, 1, s) for n, s in
+                                           (("X", (2, 3, 4, 5)), ("s", (3,)), ("b", (3,)))],
+                              [helper.make_tensor_value_info("Y", 1, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    rng = np.random.default_rng(8)
+    feeds = {"X": rng.standard_normal((2, 3, 4, 5)).astype(np.float32),
+             "s": rng.standard_normal(3).astype(np.float32), "b": rng.standard_normal(3).astype(np.float32)}
+    got = convc.compile(model).run(feeds)["Y"]
+    np.testing.assert_allclose(got, run_onnx(model, feeds)["Y"], rtol=1e-5, atol=1e-5)
