@@ -7,7 +7,9 @@ with the predicates below, so the choice reads the final graph:
 
     channels last (layout.py) ........... DEPTHWISE_NHWC, WINOGRAD_4X4 (3x3 stride 1 where
                                           ``winograd_algorithm`` measured it faster; WINOGRAD_2X2
-                                          exists but is never faster here) or IMPLICIT_GEMM_NHWC
+                                          exists but is never faster here), DIRECT_FEW_CHANNELS
+                                          (1-4 input channels where ``direct_few_channels``
+                                          measured it faster) or IMPLICIT_GEMM_NHWC
     spatial rank 3+ ..................... DIRECT_ND
     IM2COL_FUSED ........................ kept: im2col lowering (passes/im2col.py) chose to let the
                                           conv gather its im2col blocks itself (thread count)
@@ -17,7 +19,8 @@ with the predicates below, so the choice reads the final graph:
                                           fed at run time)
 
 A training plan (``runtime_weights=True``) sends every conv whose weight is not a compile-time
-constant (parameters, run-time inputs) to RUNTIME_WEIGHTS, and never picks Winograd.
+constant (parameters, run-time inputs) to RUNTIME_WEIGHTS, and never picks Winograd or
+DIRECT_FEW_CHANNELS.
 
 1-D convs and pools reach this pass as 2-D ones (passes/conv1d.py; for training plans,
 ``select_training_kernels`` runs that rewrite first).
@@ -106,6 +109,32 @@ def winograd_algorithm(g: Graph, op: Op) -> ConvAlgorithm | None:
     return A.WINOGRAD_4X4
 
 
+def direct_few_channels(g: Graph, op: Op) -> bool:
+    """Whether a channels-last conv with constant W runs faster as DIRECT_FEW_CHANNELS (taps unrolled,
+    codegen/kernels/conv_direct.py) than as the implicit GEMM.
+
+    Measured A/B (implicit GEMM and direct alternating in one process, bias + ReLU unless said, on a
+    2-core AVX2 EPYC shared with other jobs (load 4-6: medians +-30%); speed of direct over the
+    implicit GEMM, median at 1 / 2 threads, N x H x W x C -> M kxk/stride:
+        16x28x28x1->6 5x5/1 1.31 / 1.35    same, Tanh 1.45 / 1.46     1x28x28x1->6 5x5/1 1.07 / 1.09
+        1x224x224x3->16 3x3/2 1.81 / 1.71  1x224x224x3->32 3x3/2 1.54 / 1.21
+        16x32x32x3->32 3x3/1 0.99 / 1.12   16x28x28x1->16 5x5/1 0.98 / 1.02
+        16x32x32x3->64 3x3/1 0.77 / 0.88   1x224x224x3->64 7x7/2 0.45 / 0.41
+    The direct kernel wins where the GEMM's vectors run part empty (M < 8) and on strided stems,
+    whose padded input copy and short K the GEMM pays per row; with 16+ channels at stride 1 the
+    GEMM's register tile is as good, and 64 channels or 147 taps (ResNet's 7x7 stem) lose."""
+    a = op.attrs
+    if not (a.channels_last and a.group == 1 and a.spatial_rank == 2 and g.tensor(op.inputs[1]).data is not None):
+        return False
+    x, y = g.tensor(op.inputs[0]).shape, g.tensor(op.outputs[0]).shape  # channels last: N, H, W, C
+    c, m = x[3], y[3]
+    if c > 4:
+        return False
+    if a.kernel_shape[0] * a.kernel_shape[1] * c > 27:
+        return False
+    return m < 8 or (min(a.strides) >= 2 and m <= 32)
+
+
 def conv_algorithm(g: Graph, op: Op, runtime_weights: bool = False, winograd: bool = True) -> ConvAlgorithm:
     a = op.attrs
     w = g.tensor(op.inputs[1])
@@ -118,6 +147,8 @@ def conv_algorithm(g: Graph, op: Op, runtime_weights: bool = False, winograd: bo
             choice = winograd_algorithm(g, op)
             if choice is not None:
                 return choice
+        if not runtime_weights and direct_few_channels(g, op):  # training keeps its algorithms
+            return A.DIRECT_FEW_CHANNELS
         if a.group == 1 and w.data is not None and a.spatial_rank == 2:
             return A.IMPLICIT_GEMM_NHWC
         raise CompileError(f"node {op.name!r} (Conv): a channels-last conv that is not depthwise needs a 2-D kernel, "
