@@ -362,6 +362,9 @@ BINARY = {
     OpKind.MAX: fmax,
     OpKind.MIN: fmin,
     OpKind.PRELU: prelu,
+    # libm's powf (exact for integer powers of negative bases); Pow with a small constant exponent never
+    # gets here: the importer writes it as multiplications, Sqrt or Reciprocal
+    OpKind.POW: lambda b, x, y: call_intrinsic(b, "llvm.pow.f32", [x, y]),
 }
 
 

@@ -43,6 +43,7 @@ class OpKind(enum.Enum):
     LOG = "Log"
     SQRT = "Sqrt"
     RECIPROCAL = "Reciprocal"
+    POW = "Pow"
     GELU = "Gelu"
     MISH = "Mish"
     # binary / variadic elementwise with broadcasting
@@ -126,7 +127,7 @@ class OpGroup:
                        OpKind.NEG, OpKind.ABS, OpKind.EXP, OpKind.LOG, OpKind.SQRT, OpKind.RECIPROCAL})
     ACTIVATION = frozenset({OpKind.RELU, OpKind.LEAKY_RELU, OpKind.SIGMOID, OpKind.TANH})
     BROADCAST = frozenset({OpKind.ADD, OpKind.MUL, OpKind.SUM, OpKind.SUB, OpKind.DIV, OpKind.MAX, OpKind.MIN,
-                           OpKind.PRELU})
+                           OpKind.PRELU, OpKind.POW})
     ELEMENTWISE = UNARY | BROADCAST
     POOL = frozenset({OpKind.MAX_POOL, OpKind.AVERAGE_POOL, OpKind.GLOBAL_AVERAGE_POOL, OpKind.GLOBAL_MAX_POOL,
                       OpKind.LP_POOL})

@@ -214,6 +214,10 @@ register(OpDef(OpKind.SUB, NoAttrs, _broadcast(OpKind.SUB, 2, 2), lambda a, x, y
                n_inputs=(2, 2), flops=_n_ary_flops))
 register(OpDef(OpKind.DIV, NoAttrs, _broadcast(OpKind.DIV, 2, 2),
                lambda a, x, y: [(_f64(x) / _f64(y)).astype(x.dtype)], n_inputs=(2, 2), flops=_n_ary_flops))
+# x ** y as C's powf: a negative base to an integer power is real, to another power NaN
+register(OpDef(OpKind.POW, NoAttrs, _broadcast(OpKind.POW, 2, 2),
+               lambda a, x, y: [_quiet(lambda v: np.power(v, _f64(y)), _f64(x)).astype(x.dtype)], n_inputs=(2, 2),
+               flops=per_output(1)))
 # np.maximum/np.minimum propagate NaN, as ONNX Max/Min (and the kernels' llvm.maximum/minimum) do; Max and
 # Min of k inputs count 1 per output element, as they always have (not k - 1)
 register(OpDef(OpKind.MAX, NoAttrs, _broadcast(OpKind.MAX, 1, -1),

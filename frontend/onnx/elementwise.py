@@ -80,6 +80,40 @@ for _op_type, _kind in [("Sum", OpKind.SUM), ("Max", OpKind.MAX), ("Min", OpKind
     _variadic(_op_type, _kind)
 
 
+# Pow with a constant scalar exponent, as exported models use it (x**2 in variances, x**3 in the tanh form
+# of GELU, x**0.5): multiplications or the op that computes it exactly; any other exponent runs libm's powf
+POW_BY_EXPONENT = {1.0: [OpKind.IDENTITY], 2.0: ["square"], 3.0: ["square", "times_x"], 0.5: [OpKind.SQRT],
+                   -1.0: [OpKind.RECIPROCAL], -0.5: [OpKind.SQRT, OpKind.RECIPROCAL], -2.0: ["square", OpKind.RECIPROCAL]}
+
+
+@converter("Pow")
+def pow_(ctx: NodeContext) -> None:
+    ctx.require_float(0)
+    if not ctx.is_constant(1):
+        ctx.require_float(1)
+        ctx.add_op(OpKind.POW, NoAttrs(), ctx.inputs[:2])
+        return
+    e = np.asarray(ctx.constant(1))
+    if e.size != 1 or float(e.reshape(-1)[0]) not in POW_BY_EXPONENT:
+        # any other constant exponent, in the base's type (ONNX allows an integer exponent)
+        exponent = ctx.state.fresh_name(f"{ctx.name}/exponent")
+        ctx.state.values[exponent] = e.astype(ctx.input_type(0).dtype)
+        ctx.add_op(OpKind.POW, NoAttrs(), [ctx.inputs[0], exponent])
+        return
+    steps = POW_BY_EXPONENT[float(e.reshape(-1)[0])]
+    x = value = ctx.inputs[0]
+    for i, step in enumerate(steps):
+        last = i == len(steps) - 1
+        out = None if last else [ctx.fresh_tensor(f"pow{i}_out")]
+        if step == "square":
+            inputs, kind = [value, value], OpKind.MUL
+        elif step == "times_x":
+            inputs, kind = [value, x], OpKind.MUL
+        else:
+            inputs, kind = [value], step
+        value = ctx.add_op(kind, NoAttrs(), inputs, out, name=f"{ctx.name}/pow{i}")[0]
+
+
 @converter("PRelu")
 def prelu(ctx: NodeContext) -> None:
     ctx.require_float()

@@ -259,7 +259,15 @@ def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a / b
 
 
+def _pow(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """ONNX Pow keeps the base's type; numpy refuses integers to negative integer powers, so compute in
+    float64 (exact for the shape arithmetic this folds) and let the caller cast back."""
+    with np.errstate(all="ignore"):
+        return np.power(a.astype(np.float64), b.astype(np.float64))
+
+
 _binary("Add", np.add)
+_binary("Pow", _pow)
 _binary("Sub", np.subtract)
 _binary("Mul", np.multiply)
 _binary("Div", _div)

@@ -178,6 +178,8 @@ _DATA = [
     "test_mul_uint32",
     "test_mul_uint64",
     "test_mul_uint8",
+    "test_pow_types_int32_float32",
+    "test_pow_types_int64_float32",
     "test_reflect_pad",
     "test_sub_int16",
     "test_sub_int8",

@@ -63,3 +63,68 @@ def test_decompositions_onnx_writes_with_them():
     want = ort(m, x)
     got = convc.compile(m, threads=2).run({"x": x})["y"]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("exponent", [1.0, 2.0, 3.0, 0.5, -1.0, -0.5, -2.0])
+def test_pow_with_a_constant_exponent(exponent):
+    shape = (16, 5, 13, 11)
+    e = helper.make_tensor("e", TensorProto.FLOAT, [], [exponent])
+    m = model([helper.make_node("Pow", ["x", "e"], ["y"])], shape)
+    m.graph.initializer.append(e)
+    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    if exponent in (0.5, -0.5):
+        x = np.abs(x) + 0.01
+    want = ort(m, x)
+    got = convc.compile(m, threads=2).run({"x": x})["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("exponent", ["run time", 1.7, "array", "int"])
+def test_pow_in_general(exponent):
+    """Exponents that are not small constants: libm's powf, negative bases to integer powers real."""
+    shape = (16, 3, 13, 11)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal(shape).astype(np.float32)
+    feeds = {"x": x}
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)]
+    inits = []
+    if exponent == "run time":
+        feeds["e"] = rng.integers(-3, 4, (3, 1, 1)).astype(np.float32)
+        inputs.append(helper.make_tensor_value_info("e", TensorProto.FLOAT, (3, 1, 1)))
+    elif exponent == "array":
+        inits.append(helper.make_tensor("e", TensorProto.FLOAT, [11], np.linspace(-2, 2, 11)))
+    elif exponent == "int":
+        inits.append(helper.make_tensor("e", TensorProto.INT64, [], [5]))
+    else:
+        inits.append(helper.make_tensor("e", TensorProto.FLOAT, [], [exponent]))
+    graph = helper.make_graph([helper.make_node("Pow", ["x", "e"], ["y"])], "g", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    import onnxruntime
+    want = onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    got = convc.compile(m, threads=2).run(feeds)["y"]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    np.testing.assert_allclose(got[ok], want[ok], rtol=2e-6, atol=1e-30)
+
+
+def test_pow_folding():
+    # integer shape arithmetic folds at import, negative exponents included (4**-1 is 0 in int64)
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Pow", ["s", "two"], ["sq"]),
+             helper.make_node("Pow", ["s", "minus"], ["inv"]), helper.make_node("Add", ["sq", "inv"], ["t"]),
+             helper.make_node("Reshape", ["z", "t"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (4, 9)),
+                                           helper.make_tensor_value_info("z", TensorProto.FLOAT, (1296,))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [helper.make_tensor("two", TensorProto.INT64, [], [2]),
+                               helper.make_tensor("minus", TensorProto.INT64, [], [-1])])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    z = np.arange(1296, dtype=np.float32)
+    got = convc.compile(m).run({"x": np.zeros((4, 9), np.float32), "z": z})["y"]
+    assert got.shape == (16, 81) == ort_shape(m, z)
+
+
+def ort_shape(m: onnx.ModelProto, z: np.ndarray) -> tuple[int, ...]:
+    import onnxruntime
+    sess = onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": np.zeros((4, 9), np.float32), "z": z})[0].shape

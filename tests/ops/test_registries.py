@@ -46,6 +46,7 @@ NO_GRADIENT = {
     OpKind.STRIDED_SLICE: "not needed by the training tests yet (the unit-step Slice has none either)",
     OpKind.SLICE: "autodiff uses it only on gradients, never on the path to a parameter",
     OpKind.REDUCE_SUM: "ONNX ReduceSum (and a mean over non-spatial axes) has no gradient rule yet",
+    OpKind.POW: "not written yet (the importer writes constant small exponents as Mul, Sqrt, Reciprocal)",
     OpKind.REDUCE_MAX: "not written yet (the gradient goes to the first maximum, as PyTorch's)",
     OpKind.REDUCE_MIN: "not written yet",
     OpKind.REDUCE_PROD: "not written yet",
