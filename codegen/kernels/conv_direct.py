@@ -26,13 +26,16 @@ from llvmlite import ir
 from convc.codegen.kernels.blas import split_epilogue
 from convc.codegen.kernels.elementwise import UNARY
 from convc.codegen.kernels.epilogue import epilogue_pass
-from convc.codegen.llvm_utils import F32, PTR, constant_table, for_range, gep, i64
+from convc.codegen.llvm_utils import F32, PTR, alloca_entry, constant_table, for_range, gep, i64
 from convc.codegen.module import KernelCall, ModuleEmitter
 from convc.ir import Op
 from convc.ops import OpKind
 from convc.ops.conv import split_inputs
 from convc.ops.epilogue import Epilogue
 
+# taps x channels unrolled in full; larger kernels (a 7x7 stem: 147) loop over kernel rows at run
+# time, whose straight-line code of thousands of FMAs ran 2-4x slower than the implicit GEMM
+UNROLLED_TAPS = 32
 MAX_CHANNELS = 4  # input channels this kernel is for (kernel selection's rule)
 # activations cheap enough to apply to every pixel's vectors in registers; others (Tanh, Sigmoid...)
 # run over each finished output row while it is in L1, in full vectors: per pixel, a 6-channel
@@ -110,6 +113,7 @@ def emit_direct_conv_few_channels(em: ModuleEmitter, op: Op) -> KernelCall:
     zero_row = constant_table(b, [0.0] * (w_ * c), name=f"{fn.name}_zeros", ty=F32)
     x_lo, x_hi = interior(w_, kw, sw, dw, pl, ow)
 
+    row_table = b.alloca(PTR, size=i64(kh), name="rows")
     r_lo, r_hi = em.thread_range(b, fn, n * oh)
     with for_range(b, r_hi, start=r_lo, name="row") as q:
         img, oy = b.udiv(q, i64(oh)), b.urem(q, i64(oh))
@@ -119,6 +123,7 @@ def emit_direct_conv_few_channels(em: ModuleEmitter, op: Op) -> KernelCall:
             inside = b.icmp_unsigned("<", iy, i64(h))
             at = gep(b, x, b.mul(b.add(b.mul(img, i64(h)), iy), i64(w_ * c)))
             rows.append(b.select(inside, at, zero_row))
+            b.store(rows[-1], gep(b, row_table, i, PTR))
         y_row = gep(b, y, b.mul(q, i64(ow * ldc)))
         r_row = gep(b, residual, b.mul(q, i64(ow * m))) if residual is not None else None
 
@@ -133,15 +138,34 @@ def emit_direct_conv_few_channels(em: ModuleEmitter, op: Op) -> KernelCall:
                 init = [ir.Constant(gemm.vec, None)] * nvc
             acc = [list(init) for _ in range(npix)]
             ix0 = b.sub(b.mul(ox0, i64(sw)), i64(pl))
-            for i in range(kh):
+
+            def kernel_row(row: ir.Value, w_row: ir.Value, acc: list[list[ir.Value]]) -> list[list[ir.Value]]:
                 for j in kws:
                     for ci in range(c):
-                        t = (i * kw + j) * c + ci
-                        wv = [b.load(gep(b, w_at, (t * nvc + v) * width), typ=gemm.vec, align=4) for v in range(nvc)]
+                        t = j * c + ci
+                        wv = [b.load(gep(b, w_row, (t * nvc + v) * width), typ=gemm.vec, align=4) for v in range(nvc)]
                         for p in range(npix):
                             xi = b.add(b.mul(b.add(ix0, i64(p * sw + j * dw)), i64(c)), i64(ci))
-                            xs = gemm.splat(b, b.load(gep(b, rows[i], xi), typ=F32))
+                            xs = gemm.splat(b, b.load(gep(b, row, xi), typ=F32))
                             acc[p] = [gemm.fma(b, xs, wv[v], acc[p][v]) for v in range(nvc)]
+                return acc
+            row_floats = kw * c * nvc * width  # weights of one kernel row
+            if kh * kw * c <= UNROLLED_TAPS:
+                for i in range(kh):
+                    acc = kernel_row(rows[i], gep(b, w_at, i * row_floats), acc)
+            else:  # kernel rows loop at run time (accumulators in stack slots mem2reg promotes)
+                slots = [[alloca_entry(b, gemm.vec) for _ in range(nvc)] for _ in range(npix)]
+                for p in range(npix):
+                    for v in range(nvc):
+                        b.store(acc[p][v], slots[p][v])
+                with for_range(b, kh, name="kr") as i:
+                    cur = [[b.load(slots[p][v]) for v in range(nvc)] for p in range(npix)]
+                    row = b.load(gep(b, row_table, i, PTR), typ=PTR)
+                    cur = kernel_row(row, gep(b, w_at, b.mul(i, i64(row_floats))), cur)
+                    for p in range(npix):
+                        for v in range(nvc):
+                            b.store(cur[p][v], slots[p][v])
+                acc = [[b.load(slots[p][v]) for v in range(nvc)] for p in range(npix)]
             for p in range(npix):
                 pix = b.add(ox0, i64(p))
                 for v in range(nvc):
