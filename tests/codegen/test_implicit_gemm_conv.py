@@ -12,7 +12,7 @@ import pytest
 import convc
 from convc.ir import Graph, TensorKind
 from convc.ops import OpKind
-from convc.ops.conv import ConvAttrs
+from convc.ops.conv import ConvAlgorithm, ConvAttrs
 from convc.ops.elementwise import LeakyReluAttrs
 from convc.ops.epilogue import Epilogue
 from convc.reference import run_reference
@@ -127,14 +127,30 @@ def test_tile_rows_pad_the_fewest_pixels():
 
 
 def test_unsupported_channels_last_conv_is_a_compile_error_naming_the_node():
-    """A hand-built channels-last 1-D conv (the layout pass never makes one) fails clearly, not in LLVM."""
-    g = Graph("conv1d_nhwc")
-    g.add_tensor("x", (1, 5, 4), np.float32, TensorKind.INPUT)
-    g.add_constant("w", np.ones((3, 4, 3), np.float32))
-    g.add_op(OpKind.CONV, ConvAttrs((3,), (1,), (0, 0), (1,), 1, layout="NHWC"), ["x", "w"], ["y"], name="c1d")
+    """A hand-built channels-last grouped conv that is not depthwise (the layout pass never makes one)
+    fails clearly, not in LLVM."""
+    g = Graph("grouped_nhwc")
+    g.add_tensor("x", (1, 5, 5, 4), np.float32, TensorKind.INPUT)
+    g.add_constant("w", np.ones((4, 2, 3, 3), np.float32))
+    g.add_op(OpKind.CONV, ConvAttrs((3, 3), (1, 1), (0,) * 4, (1, 1), 2, layout="NHWC"), ["x", "w"], ["y"], name="cg")
     g.outputs = ["y"]
-    with pytest.raises(convc.CompileError, match=r"node 'c1d' \(Conv\).*needs a 2-D kernel, one group"):
+    with pytest.raises(convc.CompileError, match=r"node 'cg' \(Conv\).*needs a 2-D kernel, one group"):
         convc.compile(g)
+
+
+def test_channels_last_1d_conv_runs_as_2d():
+    """A hand-built channels-last 1-D conv runs the 2-D implicit GEMM over (N, 1, L, C) (passes/conv1d.py)."""
+    rng = np.random.default_rng(3)
+    g = Graph("conv1d_nhwc")
+    g.add_tensor("x", (4, 37, 12), np.float32, TensorKind.INPUT)
+    g.add_constant("w", rng.standard_normal((8, 12, 3)).astype(np.float32))
+    g.add_op(OpKind.CONV, ConvAttrs((3,), (2,), (1, 2), (2,), 1, layout="NHWC"), ["x", "w"], ["y"], name="c1d")
+    g.outputs = ["y"]
+    compiled = convc.compile(g)
+    assert compiled.graph.op("c1d").attrs.algorithm is ConvAlgorithm.IMPLICIT_GEMM_NHWC
+    x = rng.standard_normal((4, 37, 12)).astype(np.float32)
+    want = run_reference(g, {"x": x})["y"]
+    assert np.abs(compiled.run({"x": x})["y"] - want).max() / np.abs(want).max() < 1e-5
 
 
 def test_pass_converts_and_matches_channels_first():
