@@ -59,10 +59,6 @@ def compile(model: ModelSource, *, threads: int | None = None, batch: int | None
     # refused, not rounded or clamped: batch=2.5 or threads=0 is a mistake the caller should hear about
     batch = positive_int("batch", batch)
     options = resolve_options(threads=threads, cache=cache, winograd=winograd, precision=precision)
-    if not options.winograd or options.precision != "float32":
-        # the cache finds a model by its source's hash and the threads only (convc/driver.py
-        # warm_model): a model compiled with Winograd or in float32 would be found again for this compile
-        options = options.with_(cache=False)
     if isinstance(model, Path):
         model = str(model)
     with applied(options):

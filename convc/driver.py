@@ -30,7 +30,7 @@ from convc.artifact import LazyGraph, io_specs
 from convc.errors import InputError
 from convc.ir import Graph
 from convc.limits import positive_int
-from convc.options import CompileOptions, run_threads
+from convc.options import CompileOptions, applied, run_threads
 from convc.model import CompiledModel
 
 ModelSource = Any  # path, bytes, onnx.ModelProto, Graph or convc.nn Module
@@ -155,13 +155,16 @@ def warm_model(model: ModelSource, batch: int | None, input_shape: Any, options:
     root = cache_dir(options.cache)
     if root is None or isinstance(model, Graph):
         return None, None
-    alias = source_key(model, batch, input_shape, environment(options.threads))
+    # the options that change the plan besides the threads: a Winograd or bf16 compile is another entry
+    env = environment(options.threads) | {"winograd": options.winograd, "precision": options.precision}
+    alias = source_key(model, batch, input_shape, env)
     if alias is None:
         return None, None
 
-    def graph_factory():
+    def graph_factory():  # runs later, when something reads the graph: under this compile's options
         from convc.passes.pipeline import pipeline
-        return pipeline(load_graph(model, batch, input_shape)).graph
+        with applied(options):
+            return pipeline(load_graph(model, batch, input_shape)).graph
     try:
         art = cached_artifact(root, alias, progress)
         hit = None if art is None else model_from_artifact(art, threads=options.threads, graph_factory=graph_factory,

@@ -109,9 +109,9 @@ def test_option_reaches_batch_variants(rng):
 
 
 def test_option_is_not_served_from_the_compile_cache(rng, tmp_path, monkeypatch):
-    """The cache finds a model by its source's hash and thread count: a Winograd model cached
-    first must not come back for winograd=False (such a compile skips the cache), and the default
-    compile afterwards still gets Winograd."""
+    """The cache finds a model by its source's hash and options: a Winograd model cached first must
+    not come back for winograd=False, the default compile afterwards still gets Winograd, and a
+    second winograd=False compile is its own cache hit (no LLVM)."""
     monkeypatch.delenv("CONVC_NO_CACHE", raising=False)
     monkeypatch.setenv("CONVC_CACHE_DIR", str(tmp_path))
     model = dynamic_batch_model(rng).SerializeToString()
@@ -122,3 +122,7 @@ def test_option_is_not_served_from_the_compile_cache(rng, tmp_path, monkeypatch)
     assert set(algorithms(off.graph).values()) == {A.IMPLICIT_GEMM_NHWC}
     assert set(algorithms(again.graph).values()) == {A.WINOGRAD_4X4}
     assert any(tmp_path.iterdir())  # the default compiles did use the cache
+    stages: list[str] = []
+    off_again = convc.compile(model, batch=2, threads=1, winograd=False, progress=stages.append)
+    assert not any(s.startswith("LLVM") for s in stages), stages
+    assert set(algorithms(off_again.graph).values()) == {A.IMPLICIT_GEMM_NHWC}
