@@ -115,10 +115,12 @@ def emit_direct_conv_few_channels(em: ModuleEmitter, op: Op) -> KernelCall:
 
     row_table = b.alloca(PTR, size=i64(kh), name="rows")
     # fewer than a vector of output channels, one pixel after another in a row of their own: every
-    # pixel but the row's last stores (and reads its residual) in a whole vector whose extra lanes
-    # the next pixel's store overwrites (a masked store is microcoded on AMD: LeNet's first conv
+    # pixel but the row's last few stores (and reads its residual) in a whole vector whose extra
+    # lanes the next pixels' stores overwrite (a masked store is microcoded on AMD: LeNet's first conv
     # ran 1.2x faster without them); another thread's rows and a Concat's neighbours stay untouched
     spill = m < width and ldc == m
+    # pixels before spill_end store whole vectors: theirs ends within the row (p*m + width <= ow*m)
+    spill_end = ow - -(-width // m) + 1 if spill else 0
     r_lo, r_hi = em.thread_range(b, fn, n * oh)
     with for_range(b, r_hi, start=r_lo, name="row") as q:
         img, oy = b.udiv(q, i64(oh)), b.urem(q, i64(oh))
@@ -133,10 +135,10 @@ def emit_direct_conv_few_channels(em: ModuleEmitter, op: Op) -> KernelCall:
         r_row = gep(b, residual, b.mul(q, i64(ow * m))) if residual is not None else None
 
         def block(ox0: ir.Value, npix: int, kws: list[int], w_at: ir.Value, v0: ir.Value, nvc: int,
-                  lanes: list[int], last: bool = True) -> None:
+                  lanes: list[int], whole: bool = False) -> None:
             """Output pixels ox0 .. ox0+npix-1 of this row, channel vectors v0 .. v0+nvc-1 (``lanes``
-            valid lanes each), over kernel columns ``kws`` (all in bounds for these pixels). ``last``:
-            the row's last pixel may be among them (its stores are masked; see ``spill``)."""
+            valid lanes each), over kernel columns ``kws`` (all in bounds for these pixels). ``whole``:
+            store whole vectors, their lanes past M landing on later pixels of the row (``spill``)."""
             ch0 = b.mul(v0, i64(width))
             if bias is not None:
                 init = [gemm.vload(b, gep(b, gep(b, bias, ch0), v * width), lanes[v]) for v in range(nvc)]
@@ -174,10 +176,8 @@ def emit_direct_conv_few_channels(em: ModuleEmitter, op: Op) -> KernelCall:
                 acc = [[b.load(slots[p][v]) for v in range(nvc)] for p in range(npix)]
             for p in range(npix):
                 pix = b.add(ox0, i64(p))
-                if spill and not (last and p == npix - 1):
-                    lanes = [width]  # the lanes past M land on the next pixel, whose store comes later
-                elif spill:
-                    lanes = lanes_of(0, 1)
+                if whole:
+                    lanes = [width]  # the lanes past M land on the next pixels, whose stores come later
                 for v in range(nvc):
                     val = acc[p][v]
                     col = b.add(ch0, i64(v * width))
@@ -191,17 +191,19 @@ def emit_direct_conv_few_channels(em: ModuleEmitter, op: Op) -> KernelCall:
             """The whole output row for one chunk of channel vectors."""
             def border(ox: int) -> None:
                 kws = [j for j in range(kw) if 0 <= ox * sw - pl + j * dw < w_]
-                block(i64(ox), 1, kws, w_at, v0, nvc, lanes, last=ox == ow - 1)
+                block(i64(ox), 1, kws, w_at, v0, nvc, lanes, whole=ox < spill_end)
             for ox in range(x_lo):
                 border(ox)
             full = (x_hi - x_lo) // r_tile
-            if full:
-                with for_range(b, full, name="blk") as k:
-                    block(b.add(i64(x_lo), b.mul(k, i64(r_tile))), r_tile, list(range(kw)), w_at, v0, nvc, lanes,
-                          last=x_hi == ow)
+            whole_blocks = min(full, max(0, (spill_end - x_lo) // r_tile))  # blocks ending before spill_end
+            for start, stop, whole in ((0, whole_blocks, True), (whole_blocks, full, False)):
+                if stop > start:
+                    with for_range(b, stop, start=start, name="blk") as k:
+                        block(b.add(i64(x_lo), b.mul(k, i64(r_tile))), r_tile, list(range(kw)), w_at, v0, nvc,
+                              lanes, whole)
             if x_lo + full * r_tile < x_hi:
                 with for_range(b, x_hi, start=x_lo + full * r_tile, name="ox") as ox:
-                    block(ox, 1, list(range(kw)), w_at, v0, nvc, lanes, last=x_hi == ow)
+                    block(ox, 1, list(range(kw)), w_at, v0, nvc, lanes, x_hi <= spill_end)
             for ox in range(x_hi, ow):
                 border(ox)
 

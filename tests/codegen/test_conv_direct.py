@@ -75,10 +75,11 @@ CASES = [
     ((3, 45, 41, 3), 7, 3, 1, (2, 2, 2, 2), 2, "residual+sigmoid", True),  # dilation 2, 7 lanes
     ((2, 29, 30, 1), 64, 7, 1, (0, 0, 0, 0), 1, "tanh", True),         # no padding: no border columns
     ((1, 9, 6, 2), 9, 7, 1, (3, 3, 3, 3), 1, "relu", True),            # narrower than the kernel: all border
-    # fewer than 8 channels: whole-vector stores spill into the next pixel; the row's last pixel is
-    # the interior's (no padding) or a border column's
+    # fewer than 8 channels: whole-vector stores spill into the next pixels, never past the row's
+    # end (another thread's row, the tensor's end), which lies in the interior (no padding) or a border
     ((3, 29, 30, 1), 5, 3, 1, (0, 0, 0, 0), 1, "residual+relu", True),
-    ((2, 30, 27, 4), 1, 5, 2, (2, 2, 2, 2), 1, "residual+sigmoid", False),
+    ((2, 30, 27, 4), 1, 5, 2, (2, 2, 2, 2), 1, "residual+sigmoid", False),   # a store spans 8 pixels
+    ((2, 29, 31, 2), 3, 3, 1, (0, 0, 0, 0), 1, "relu", True),
 ]
 
 
