@@ -116,10 +116,12 @@ def direct_few_channels(g: Graph, op: Op) -> bool:
     Measured A/B (implicit GEMM and direct alternating in one process, bias + ReLU unless said, on a
     2-core AVX2 EPYC shared with other jobs (load 4-6: medians +-30%); speed of direct over the
     implicit GEMM, median at 1 / 2 threads, N x H x W x C -> M kxk/stride:
-        16x28x28x1->6 5x5/1 1.31 / 1.35    same, Tanh 1.45 / 1.46     1x28x28x1->6 5x5/1 1.07 / 1.09
+        16x28x28x1->6 5x5/1 2.51 / 2.18    same, Tanh 1.67 / 1.63     1x28x28x1->6 5x5/1 1.40 / 1.42
+        16x32x32x3->6 3x3/1 1.11 / 1.13
         1x224x224x3->16 3x3/2 1.81 / 1.71  1x224x224x3->32 3x3/2 1.54 / 1.21
         16x32x32x3->32 3x3/1 0.99 / 1.12   16x28x28x1->16 5x5/1 0.98 / 1.02
-        16x32x32x3->64 3x3/1 0.77 / 0.88   1x224x224x3->64 7x7/2 0.45 / 0.41
+        16x32x32x3->64 3x3/1 0.77 / 0.88   1x224x224x3->64 7x7/2 0.45 / 0.49 (kernel rows looped)
+    LeNet-5 end to end (convc.models.lenet5, the same A/B): batch 16 1.45x / 1.47x, batch 1 1.14x / 1.30x.
     The direct kernel wins where the GEMM's vectors run part empty (M < 8) and on strided stems,
     whose padded input copy and short K the GEMM pays per row; with 16+ channels at stride 1 the
     GEMM's register tile is as good, and 64 channels or 147 taps (ResNet's 7x7 stem) lose."""
