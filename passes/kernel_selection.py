@@ -121,9 +121,12 @@ def direct_few_channels(g: Graph, op: Op) -> bool:
         1x224x224x3->16 3x3/2 1.81 / 1.71  1x224x224x3->32 3x3/2 1.54 / 1.21
         16x32x32x3->32 3x3/1 0.99 / 1.12   16x28x28x1->16 5x5/1 0.98 / 1.02
         16x32x32x3->64 3x3/1 0.77 / 0.88   1x224x224x3->64 7x7/2 0.45 / 0.49 (kernel rows looped)
+        1x224x224x3->8 3x3/2 1.92 / 2.07   16x112x112x3->24 3x3/2 1.77 / 1.70
+        16x56x56x2->12 3x3/2 1.09 / 1.18   1x64x64x4->4 3x3/1 1.40 / 1.43
+        16x28x28x1->32 5x5/2 0.87 / 0.82
     LeNet-5 end to end (convc.models.lenet5, the same A/B): batch 16 1.45x / 1.47x, batch 1 1.14x / 1.30x.
-    The direct kernel wins where the GEMM's vectors run part empty (M < 8) and on strided stems,
-    whose padded input copy and short K the GEMM pays per row; with 16+ channels at stride 1 the
+    The direct kernel wins where the GEMM's vectors run part empty (M < 8) and on 3x3 strided stems,
+    whose padded input copy and short K the GEMM pays per row (a 5x5/2 on one channel lost); with 16+ channels at stride 1 the
     GEMM's register tile is as good, and 64 channels or 147 taps (ResNet's 7x7 stem) lose."""
     a = op.attrs
     if not (a.channels_last and a.group == 1 and a.spatial_rank == 2 and g.tensor(op.inputs[1]).data is not None):
@@ -134,7 +137,7 @@ def direct_few_channels(g: Graph, op: Op) -> bool:
         return False
     if a.kernel_shape[0] * a.kernel_shape[1] * c > 27:
         return False
-    return m < 8 or (min(a.strides) >= 2 and m <= 32)
+    return m < 8 or (a.kernel_shape == (3, 3) and min(a.strides) >= 2 and m <= 32)
 
 
 def conv_algorithm(g: Graph, op: Op, runtime_weights: bool = False, winograd: bool = True) -> ConvAlgorithm:

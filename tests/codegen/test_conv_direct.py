@@ -115,6 +115,7 @@ def _algorithm(x_shape, m, k, stride, pad, threads=1, **compile_args) -> ConvAlg
     ((1, 224, 224, 3), 64, 7, 2, 3, A.IMPLICIT_GEMM_NHWC),    # ResNet's 7x7 stem: measured slower
     ((16, 32, 32, 3), 64, 3, 1, 1, A.IMPLICIT_GEMM_NHWC),     # 16+ channels at stride 1: the GEMM
     ((16, 28, 28, 1), 16, 5, 1, 2, A.IMPLICIT_GEMM_NHWC),
+    ((16, 28, 28, 1), 32, 5, 2, 2, A.IMPLICIT_GEMM_NHWC),     # strided, but 5x5: measured slower
     ((16, 28, 28, 5), 6, 3, 1, 1, A.IMPLICIT_GEMM_NHWC),      # 5 input channels: not this kernel
 ])
 def test_selection_rule_on_the_plan(x_shape, m, k, stride, pad, want):
