@@ -1,13 +1,16 @@
 """Channels-last direct conv for few input channels (1-4: LeNet's first conv, RGB stems).
 
-With C <= 4 a GEMM's reduction dimension is tiny (a 5x5 conv on one channel: K = 25), so the implicit
+Any C works; kernel selection (passes/kernel_selection.py ``direct_few_channels``) picks it for
+1-4 where it measured faster. With C <= 4 a GEMM's reduction dimension is tiny (a 5x5 conv on one channel: K = 25), so the implicit
 GEMM spends its time on loop control and on the padded copy of the input. Here every tap
 (kh, kw, c) is unrolled at compile time: per output pixel the accumulators are vectors of output
 channels (channels-last output), each tap one broadcast input float times one vector of weights.
 
 - Register tile: R output pixels of one row x NV vectors of output channels (8 x 1 vector for
   M <= 8, 6 x 2 otherwise), so each weight vector loaded serves R pixels. Wider layers loop over
-  chunks of NV vectors at run time; the last vector of M is masked.
+  chunks of NV vectors at run time; the last vector of M is masked, except that with fewer
+  channels than a vector a pixel stores a whole vector the next pixels' stores overwrite (masked
+  stores are microcoded on AMD), and only the row's last few pixels store masked.
 - Borders resolved at compile time: the output columns whose taps all lie inside the row run the
   unrolled block loop; the few border columns are emitted one by one with only their in-bounds
   taps. A kernel row above or below the image reads a zero row instead (a select per kernel row
@@ -34,9 +37,9 @@ from convc.ops.conv import split_inputs
 from convc.ops.epilogue import Epilogue
 
 # taps x channels unrolled in full; larger kernels (a 7x7 stem: 147) loop over kernel rows at run
-# time, whose straight-line code of thousands of FMAs ran 2-4x slower than the implicit GEMM
+# time: fully unrolled, ResNet's 7x7 stem ran at 0.25-0.45x the implicit GEMM, looped at 0.45-0.6x
+# (so kernel selection does not pick it; the loop serves forced and future uses)
 UNROLLED_TAPS = 32
-MAX_CHANNELS = 4  # input channels this kernel is for (kernel selection's rule)
 # activations cheap enough to apply to every pixel's vectors in registers; others (Tanh, Sigmoid...)
 # run over each finished output row while it is in L1, in full vectors: per pixel, a 6-channel
 # layer wastes a quarter of every vector and the unrolled pixels' polynomials spill registers
