@@ -295,19 +295,24 @@ def mish_derivative(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     return b.fadd(t, b.fmul(b.fmul(x, b.fsub(const_like(x, 1.0), b.fmul(t, t))), vecmath.sigmoid(b, x)))
 
 
-@emitter(*UNARY)
-def emit_unary(em: ModuleEmitter, op: Op) -> KernelCall:
-    """y = f(x) in vectors of the target's width, split between threads in whole vectors."""
+def emit_map(em: ModuleEmitter, op: Op, f: Callable[[ir.IRBuilder, ir.Value], ir.Value]) -> KernelCall:
+    """The kernel y = f(x) of a one-input op, in vectors of the target's width (f sees vectors, then the
+    scalar tail), split between threads in whole vectors; x and y may be one buffer."""
     fn, b = em.function(op.name, 2, parallel=True)
     x, y = fn.args[:2]
     n, w = em.tensor(op.inputs[0]).size, em.isa.width
     lo, hi = em.thread_range(b, fn, -(-n // w))
     hi = b.mul(hi, i64(w))
     hi = b.select(b.icmp_unsigned("<", hi, i64(n)), hi, i64(n))
-    fx = UNARY[op.kind]
-    vector_map(b, lambda b, v: fx(b, v[0], op.attrs), [x], y, b.mul(lo, i64(w)), hi, w)
+    vector_map(b, lambda b, v: f(b, v[0]), [x], y, b.mul(lo, i64(w)), hi, w)
     b.ret_void()
     return KernelCall(fn, [op.inputs[0], op.outputs[0]])
+
+
+@emitter(*UNARY)
+def emit_unary(em: ModuleEmitter, op: Op) -> KernelCall:
+    fx = UNARY[op.kind]
+    return emit_map(em, op, lambda b, v: fx(b, v, op.attrs))
 
 
 @emitter(OpKind.IDENTITY, OpKind.DROPOUT, OpKind.FLATTEN, OpKind.RESHAPE)

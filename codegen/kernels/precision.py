@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from convc.codegen.kernels.elementwise import vector_map
-from convc.codegen.llvm_utils import F32, i64
+from convc.codegen.kernels.elementwise import emit_map
+from convc.codegen.llvm_utils import F32
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from convc.ir import Op
 from convc.ops import OpKind
@@ -46,12 +46,4 @@ def round_bf16(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
 @emitter(OpKind.ROUND_BF16)
 def emit_round_bf16(em: ModuleEmitter, op: Op) -> KernelCall:
     """y = round_bf16(x), split between threads in whole vectors (x and y may be one buffer)."""
-    fn, b = em.function(op.name, 2, parallel=True)
-    x, y = fn.args[:2]
-    n, w = em.tensor(op.inputs[0]).size, em.isa.width
-    lo, hi = em.thread_range(b, fn, -(-n // w))
-    hi = b.mul(hi, i64(w))
-    hi = b.select(b.icmp_unsigned("<", hi, i64(n)), hi, i64(n))
-    vector_map(b, lambda b, v: round_bf16(b, v[0]), [x], y, b.mul(lo, i64(w)), hi, w)
-    b.ret_void()
-    return KernelCall(fn, [op.inputs[0], op.outputs[0]])
+    return emit_map(em, op, round_bf16)
