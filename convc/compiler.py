@@ -13,7 +13,7 @@ from convc.driver import ModelSource, has_dynamic_batch, is_nn_module, load_grap
 from convc.ir import Graph
 from convc.limits import positive_int
 from convc.options import default_threads  # noqa: F401  (public here)
-from convc.options import CompileOptions, applied, resolve_options
+from convc.options import resolve_options
 from convc.model import CompiledModel
 
 
@@ -25,8 +25,7 @@ def compile_graph(graph: Graph, *, threads: int | None = None, instrument: bool 
     from convc import driver
     options = resolve_options(threads=threads, instrument=instrument, cache=cache, winograd=winograd,
                               precision=precision)
-    with applied(options):
-        return driver.compile_graph(graph, options, progress=progress)
+    return driver.compile_graph(graph, options, progress=progress)
 
 
 def compile(model: ModelSource, *, threads: int | None = None, batch: int | None = None,
@@ -61,22 +60,7 @@ def compile(model: ModelSource, *, threads: int | None = None, batch: int | None
     options = resolve_options(threads=threads, cache=cache, winograd=winograd, precision=precision)
     if isinstance(model, Path):
         model = str(model)
-    with applied(options):
-        return _keeping(options, driver.compile_model(model, options, batch=batch, input_shape=input_shape,
-                                                      progress=progress))
-
-
-def _keeping(options: CompileOptions, model: CompiledModel) -> CompiledModel:
-    """``model`` whose variants compiled on first use (another batch size, overridden ONNX
-    initializers) compile with ``options`` too: their passes run later, outside this call."""
-    for attr in ("_respecialize", "_override"):
-        variant = getattr(model, attr, None)
-        if variant is not None:
-            def compile_variant(arg, variant=variant):
-                with applied(options):
-                    return _keeping(options, variant(arg))
-            setattr(model, attr, compile_variant)
-    return model
+    return driver.compile_model(model, options, batch=batch, input_shape=input_shape, progress=progress)
 
 
 def build(model: ModelSource, output, *, batch: int | None = None, target: Any = "native",
@@ -89,9 +73,8 @@ def build(model: ModelSource, output, *, batch: int | None = None, target: Any =
     from convc import driver
     batch = positive_int("batch", batch)
     options = resolve_options(threads=threads, target=target, winograd=winograd, precision=precision)
-    with applied(options):
-        return driver.build_library(model, output, options, batch=batch, input_shape=input_shape,
-                                    progress=progress, header=header)
+    return driver.build_library(model, output, options, batch=batch, input_shape=input_shape, progress=progress,
+                                header=header)
 
 
 def build_training_library(model: ModelSource, output, *, batch: int | None = None, optimizer: Any = "adam",

@@ -30,7 +30,7 @@ from convc.artifact import LazyGraph, io_specs
 from convc.errors import InputError
 from convc.ir import Graph
 from convc.limits import positive_int
-from convc.options import CompileOptions, applied, run_threads
+from convc.options import CompileOptions, run_threads
 from convc.model import CompiledModel
 
 ModelSource = Any  # path, bytes, onnx.ModelProto, Graph or convc.nn Module
@@ -141,7 +141,8 @@ def compile_graph(graph: Graph, options: CompileOptions, *, progress: Progress =
                   alias: str | None = None) -> CompiledModel:
     """Optimize ``graph`` (the inference pipeline) and JIT-compile it through the compile cache."""
     from convc.passes.pipeline import pipeline
-    return compile_plan(pipeline(graph, progress=progress), options, progress=progress, respecialize=respecialize,
+    return compile_plan(pipeline(graph, progress=progress, options=options), options, progress=progress,
+                        respecialize=respecialize,
                         override=override, alias=alias)
 
 
@@ -161,10 +162,9 @@ def warm_model(model: ModelSource, batch: int | None, input_shape: Any, options:
     if alias is None:
         return None, None
 
-    def graph_factory():  # runs later, when something reads the graph: under this compile's options
+    def graph_factory():  # runs later, when something reads the graph: with this compile's options
         from convc.passes.pipeline import pipeline
-        with applied(options):
-            return pipeline(load_graph(model, batch, input_shape)).graph
+        return pipeline(load_graph(model, batch, input_shape), options=options).graph
     try:
         art = cached_artifact(root, alias, progress)
         hit = None if art is None else model_from_artifact(art, threads=options.threads, graph_factory=graph_factory,
@@ -218,7 +218,7 @@ def build_library(model: ModelSource, output, options: CompileOptions, *, batch:
         model = str(model)
     if progress:
         progress("import")
-    plan = pipeline(load_graph(model, batch, input_shape), progress=progress)
+    plan = pipeline(load_graph(model, batch, input_shape), progress=progress, options=options)
     return build_plan(plan, output, options, progress=progress, header=header)
 
 

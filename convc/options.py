@@ -9,9 +9,10 @@ default or clamp them again.
 A model that already exists (from the compile cache, a pickle or a library) was compiled for some
 number of threads and runs with at most that many: ``run_threads`` is that one rule.
 
-The pass pipeline takes the options as an argument; callers that reach it through the driver
-(which does not pass them down yet) run it inside ``applied(options)``, and the pipeline falls back
-to ``active_options()``.
+The driver hands the options to the pass pipeline (``pipeline(..., options=)``), which makes them
+visible to the passes that depend on them (im2col fusion's threads, Winograd, precision) as
+``active_options()`` while they run; ``applied(options)`` does the same for a caller outside a
+compile (``convc profile``'s analysis).
 """
 from __future__ import annotations
 

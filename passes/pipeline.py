@@ -10,6 +10,7 @@ training step) or ``eval_graph`` (inference on the training state), both in pass
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from convc.passes.bn_folding import fold_batch_norm
@@ -26,6 +27,7 @@ from convc.passes.precision import bf16_operands
 from convc.passes.training_state import detach_state, plan_updates_in_place, update_targets, updates_last
 
 from convc.ir import Graph, Op
+from convc.options import CompileOptions, applied
 
 
 Pass = Callable[[Graph], Graph]
@@ -90,15 +92,19 @@ AS_BUILT = Variant("as built", (_RUNTIME_KERNELS,), runtime_weights=True)
 
 
 def pipeline(graph: Graph, verify: bool = False, progress: Callable[[str], None] | None = None,
-             variant: Variant = INFERENCE) -> Plan:
-    """Run the variant's passes on a copy of ``graph``, then schedule and plan memory."""
+             variant: Variant = INFERENCE, options: CompileOptions | None = None) -> Plan:
+    """Run the variant's passes on a copy of ``graph``, then schedule and plan memory. ``options``: the
+    compile's (the threads im2col fusion plans for, Winograd, precision); the passes that depend on
+    them read them as ``convc.options.active_options()`` while they run. None: the enclosing
+    compile's, else the defaults."""
     g = graph.copy()
-    for name, run in PIPELINE if variant.passes is None else variant.passes:
-        if progress:
-            progress(name)
-        g = run(g)
-        if verify:
-            g.verify()
+    with applied(options) if options is not None else nullcontext():
+        for name, run in PIPELINE if variant.passes is None else variant.passes:
+            if progress:
+                progress(name)
+            g = run(g)
+            if verify:
+                g.verify()
     order = variant.schedule(g)
     memory = plan_updates_in_place(g, order) if variant.updates_in_place else plan_memory(g, order)
     if checking():
