@@ -82,11 +82,12 @@ def nhwc_conv(x_shape, m: int, pads, epi: str, bias: bool, seed: int) -> tuple[G
 
 def compile_as(monkeypatch, g: Graph, algorithm: A | None, threads: int):
     """Compile ``g`` with kernel selection forced to ``algorithm`` for its Winograd candidates (None:
-    the direct kernel), and check the plan says so."""
+    a direct kernel, the implicit GEMM or, for 1-4 input channels, the direct few-channel conv), and
+    check the plan says so."""
     monkeypatch.setattr(kernel_selection, "winograd_algorithm", lambda graph, op: algorithm)
     model = convc.compile(g, threads=threads, cache=False)
     (conv,) = [op for op in model.graph.ops() if op.kind is OpKind.CONV]
-    assert conv.attrs.algorithm is (algorithm or A.IMPLICIT_GEMM_NHWC)
+    assert conv.attrs.algorithm in ({algorithm} if algorithm else {A.IMPLICIT_GEMM_NHWC, A.DIRECT_FEW_CHANNELS})
     return model
 
 
