@@ -103,3 +103,46 @@ def instance_norm(ctx: NodeContext) -> None:
     scaled = ctx.add_op(OpKind.MUL, NoAttrs(), [normalized[0], scale[0]], [ctx.fresh_tensor("scaled")],
                         name=f"{ctx.name}/scale")
     ctx.add_op(OpKind.ADD, NoAttrs(), [scaled[0], bias[0]], name=f"{ctx.name}/shift")
+
+
+@converter("GroupNormalization", since=18)
+def group_norm(ctx: NodeContext) -> None:
+    """Channels split into ``num_groups`` groups, each (image, group) normalized over its channels and
+    positions: the input viewed as (N, G, C/G * spatial), a LayerNormalization over the last axis (scale all
+    ones), viewed back, then scaled and shifted per channel (opset 21's per-channel scale and bias; opset 18's
+    per-group ones repeated to the channels, as onnxruntime reads them)."""
+    ctx.require_float()
+    shape = ctx.input_shape(0)
+    groups = int(ctx.attr("num_groups"))
+    if len(shape) < 3:
+        raise ctx.error(f"the input must be (N, C, D1, ...), got shape {shape}")
+    n, c = shape[0], shape[1]
+    if groups < 1 or c % groups:
+        raise ctx.error(f"num_groups={groups} must divide the {c} channels")
+    if int(ctx.attr("stash_type", 1)) != 1:
+        raise Unsupported(f"stash_type={ctx.attr('stash_type')}: convc computes the statistics in float32")
+    per_channel = (c,) + (1,) * (len(shape) - 2)
+    params = []
+    for i, name in ((1, "scale"), (2, "bias")):
+        given = ctx.input_shape(i)
+        if given not in ((c,), (groups,)):
+            raise ctx.error(f"{name} has shape {given}, expected ({c},) (opset 21) or ({groups},) (opset 18)")
+        value = np.asarray(ctx.constant(i))  # a run-time scale or bias is Unsupported, naming the input
+        if given == (groups,):
+            value = np.repeat(value, c // groups)
+        const = ctx.state.fresh_name(f"{ctx.name}/{name}")
+        ctx.state.values[const] = value.reshape(per_channel).astype(ctx.input_type(0).dtype)
+        params.append(const)
+    rest = int(np.prod(shape[1:], dtype=np.int64)) // groups
+    grouped = ctx.add_op(OpKind.RESHAPE, ReshapeAttrs((n, groups, rest)), [ctx.inputs[0]],
+                         [ctx.fresh_tensor("grouped")], name=f"{ctx.name}/group")
+    ones = ctx.state.fresh_name(f"{ctx.name}/ones")
+    ctx.state.values[ones] = np.ones((rest,), dtype=ctx.input_type(0).dtype)
+    eps = float(ctx.attr("epsilon", 1e-5))
+    normalized = ctx.add_op(OpKind.LAYER_NORM, LayerNormAttrs(axis=2, epsilon=eps), [grouped[0], ones],
+                            [ctx.fresh_tensor("normalized")], name=f"{ctx.name}/normalize")
+    back = ctx.add_op(OpKind.RESHAPE, ReshapeAttrs(tuple(shape)), normalized, [ctx.fresh_tensor("ungrouped")],
+                      name=f"{ctx.name}/ungroup")
+    scaled = ctx.add_op(OpKind.MUL, NoAttrs(), [back[0], params[0]], [ctx.fresh_tensor("scaled")],
+                        name=f"{ctx.name}/scale")
+    ctx.add_op(OpKind.ADD, NoAttrs(), [scaled[0], params[1]], name=f"{ctx.name}/shift")

@@ -140,3 +140,35 @@ def test_instance_normalization_with_scale_and_bias_fed_at_run_time():
              "s": rng.standard_normal(3).astype(np.float32), "b": rng.standard_normal(3).astype(np.float32)}
     got = convc.compile(model).run(feeds)["Y"]
     np.testing.assert_allclose(got, run_onnx(model, feeds)["Y"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("opset,per_group", [(18, True), (21, False)])
+@pytest.mark.parametrize("shape,groups,threads", [((16, 32, 17, 19), 8, 2), ((2, 6, 7), 3, 1), ((4, 12, 5, 5), 1, 2)])
+def test_group_normalization(opset, per_group, shape, groups, threads):
+    """GN ResNets and diffusion UNets: statistics per (image, group of channels); onnxruntime is the oracle at
+    opset 21, a float64 model of opset 18's per-group scale and bias before."""
+    rng = np.random.default_rng(9)
+    c = shape[1]
+    k = groups if per_group else c
+    inits = {"s": rng.uniform(0.5, 1.5, k).astype(np.float32), "b": rng.uniform(-1, 1, k).astype(np.float32)}
+    nodes = [helper.make_node("GroupNormalization", ["X", "s", "b"], ["Y"], num_groups=groups, epsilon=1e-4)]
+    model = make_model(nodes, {"X": shape}, ["Y"], inits, opset=opset)
+    x = (rng.standard_normal(shape) * 2 + 1).astype(np.float32)
+    if opset >= 21:
+        want = run_onnx(model, {"X": x})["Y"]
+    else:  # opset 18's per-group scale and bias, repeated to the channels (what convc and onnxruntime do)
+        xg = x.astype(np.float64).reshape(shape[0], groups, -1)
+        norm = ((xg - xg.mean(-1, keepdims=True)) / np.sqrt(xg.var(-1, keepdims=True) + 1e-4)).reshape(shape)
+        per_channel = (c,) + (1,) * (len(shape) - 2)
+        want = (norm * np.repeat(inits["s"], c // groups).reshape(per_channel)
+                + np.repeat(inits["b"], c // groups).reshape(per_channel)).astype(np.float32)
+    got = convc.compile(model, threads=threads).run({"X": x})["Y"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+
+
+def test_group_normalization_refusals():
+    nodes = [helper.make_node("GroupNormalization", ["X", "s", "b"], ["Y"], num_groups=4)]
+    model = make_model(nodes, {"X": (2, 6, 3, 3)}, ["Y"], {"s": np.ones(6, np.float32), "b": np.zeros(6, np.float32)},
+                       opset=21)
+    with pytest.raises(convc.ModelImportError, match="num_groups=4 must divide the 6 channels"):
+        convc.compile(model)
