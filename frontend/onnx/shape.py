@@ -265,3 +265,37 @@ def pad_inputs(ctx: NodeContext) -> None:
             raise ctx.error(f"constant_value must be a scalar, got shape {v.shape}")
         value = float(v.reshape(-1)[0])
     _pad(ctx, pads, str(ctx.attr("mode", "constant")), value, _axes_value(ctx, 3) if ctx.opset >= 18 else None)
+
+
+# Tile with more copies than this along one axis is refused: the Concat would take that many inputs
+MAX_TILE_COPIES = 4096
+
+
+@converter("Tile", since=6)
+def tile(ctx: NodeContext) -> None:
+    """Repeat the input ``repeats[i]`` times along each axis i: Concats of the input with itself, one axis
+    at a time (the Concat kernels copy rows at any stride); a constant input is folded."""
+    repeats = _axes_value(ctx, 1, "repeats")
+    shape = ctx.input_shape(0)
+    if repeats is None or len(repeats) != len(shape) or any(r < 0 for r in repeats):
+        raise ctx.error(f"repeats={repeats} must hold one non-negative count per axis of the input {shape}")
+    if ctx.is_constant(0):
+        value = np.asarray(ctx.constant(0))
+        ctx.check_size([d * r for d, r in zip(shape, repeats)], value.dtype)
+        ctx.set_output(0, np.tile(value, repeats))
+        return
+    ctx.require_float(0)
+    if 0 in repeats:
+        raise Unsupported(f"repeats={repeats} makes an empty tensor; convc does not compile zero-size tensors")
+    if max(repeats) > MAX_TILE_COPIES:
+        raise Unsupported(f"repeats={repeats}: more than {MAX_TILE_COPIES} copies along one axis")
+    moving = [i for i, r in enumerate(repeats) if r > 1]
+    if not moving:
+        ctx.add_op(OpKind.IDENTITY, NoAttrs(), ctx.inputs[:1])
+        return
+    value = ctx.inputs[0]
+    for k, axis in enumerate(moving):
+        last = k == len(moving) - 1
+        out = None if last else [ctx.fresh_tensor(f"tiled{axis}")]
+        value = ctx.add_op(OpKind.CONCAT, ConcatAttrs(axis), [value] * repeats[axis], out,
+                           name=f"{ctx.name}/tile_axis{axis}")[0]

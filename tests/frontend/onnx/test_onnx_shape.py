@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from onnx import helper
-from onnx_import_helpers import INT64, check_model, make_model
+from onnx_import_helpers import INT64, check_model, make_model, op_kinds
 
 from convc.errors import ModelImportError, UnsupportedOpError
 from convc.frontend.onnx import import_onnx
@@ -216,3 +216,34 @@ def test_pad_of_integer_data_is_unsupported():
     model = make_model([node], {"X": [2, 3]}, {"Y": INT64}, {"pads": i64([0, 1, 0, 1])}, opset=13, input_type=INT64)
     with pytest.raises((UnsupportedOpError, ModelImportError), match="INT64|int64"):
         import_onnx(model)
+
+
+@pytest.mark.parametrize("shape,repeats,threads", [((2, 3, 5, 7), (1, 1, 2, 3), 2), ((16, 8, 9, 11), (2, 1, 1, 1), 1),
+                                                  ((3, 4), (3, 2), 2), ((2, 3, 4), (1, 1, 1), 1)])
+def test_tile_compiles_as_concats(shape, repeats, threads, monkeypatch):
+    """Tile of a computed tensor: a Concat of copies per tiled axis, bit-exact against onnxruntime, under
+    the arena check (one tensor several times in one Concat)."""
+    import onnxruntime
+
+    import convc
+    monkeypatch.setenv("CONVC_CHECK_ARENA", "1")
+    nodes = [helper.make_node("Relu", ["X"], ["R"]), helper.make_node("Tile", ["R", "reps"], ["Y"])]
+    model = make_model(nodes, {"X": shape}, ["Y"], {"reps": np.array(repeats, np.int64)}, opset=13)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    want = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"X": x})[0]
+    got = convc.compile(model, threads=threads, cache=False).run({"X": x})["Y"]
+    np.testing.assert_array_equal(got, want)
+    check_model(model)
+
+
+def test_tile_of_a_constant_folds_and_bad_repeats_are_refused():
+    nodes = [helper.make_node("Tile", ["c", "reps"], ["t"]), helper.make_node("Add", ["X", "t"], ["Y"])]
+    model = make_model(nodes, {"X": (4, 6)}, ["Y"], {"c": np.arange(6, dtype=np.float32).reshape(2, 3),
+                                                     "reps": np.array([2, 2], np.int64)})
+    g = check_model(model)
+    assert op_kinds(g) == [OpKind.ADD]
+    bad = make_model([helper.make_node("Tile", ["X", "reps"], ["Y"])], {"X": (4, 6)}, ["Y"],
+                     {"reps": np.array([2], np.int64)})
+    with pytest.raises(ModelImportError, match="one non-negative count per axis"):
+        import_onnx(bad)
