@@ -37,27 +37,14 @@ from convc.codegen.wrapper import Wrapper
 from convc.passes.autodiff.training import LOSSES as LOSS_RULES
 from llvmlite import ir
 
-from convc import abi, optim
+from convc import abi
 from convc.abi import ENTRY, MODULE_FUNCTIONS, TRAIN_MODULE_PREFIX, Slot
 from convc.errors import CompileError
 from convc.options import CompileOptions
 from convc.runtime import IOSpec
 
-OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop", "adagrad")
 SPEED = 2  # LLVM IR optimization level of training libraries (O3 compiles slower, runs no faster)
 LOSSES = tuple(LOSS_RULES)  # the losses autodiff knows, in its order
-
-
-def make_optimizer(name: str, lr: float | None = None):
-    table = {"sgd": lambda lr: optim.SGD(lr if lr is not None else 0.01),
-             "momentum": lambda lr: optim.SGD(lr if lr is not None else 0.01, momentum=0.9),
-             "adam": lambda lr: optim.Adam(lr if lr is not None else 1e-3),
-             "adamw": lambda lr: optim.AdamW(lr if lr is not None else 1e-3),
-             "rmsprop": lambda lr: optim.RMSprop(lr if lr is not None else 0.01),
-             "adagrad": lambda lr: optim.Adagrad(lr if lr is not None else 0.01)}
-    if name not in table:
-        raise CompileError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
-    return table[name](lr)
 
 
 def _rename_entry(ir_text: str) -> str:

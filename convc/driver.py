@@ -227,14 +227,15 @@ def build_training_library(model: ModelSource, output, options: CompileOptions, 
                            seed: int = 0, progress: Progress = None, header=None):
     """A training library for ``model`` at batch size ``batch`` (codegen/aot_train.py): the model is
     loaded and the training step and eval forward planned here, codegen builds the library."""
-    from convc.codegen.aot_train import LOSSES, build_training_plan, make_optimizer
+    from convc.codegen.aot_train import LOSSES, build_training_plan
+    from convc.optim import by_name
     from convc.codegen.target import resolve_target
     from convc.errors import CompileError
     from convc.passes.autodiff.training import build_training
     options = options.with_(target=resolve_target(options.target))
     if loss not in LOSSES:
         raise CompileError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
-    opt = make_optimizer(optimizer, lr) if isinstance(optimizer, str) else optimizer
+    opt = by_name(optimizer, lr) if isinstance(optimizer, str) else optimizer
     if progress:
         progress("import")
     g0 = load_graph(model, batch)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from convc.errors import CompileError
 from convc.ops import OpKind
 from convc.ops.optim import AdagradAttrs, AdamAttrs, MomentumAttrs, RmsPropAttrs, SgdAttrs
 
@@ -130,3 +131,18 @@ class AdamW(Adam):
     def update(self, l1: float, l2: float) -> tuple[OpKind, Any]:
         b1, b2 = self.betas
         return OpKind.ADAM_UPDATE, AdamAttrs(b1, b2, self.eps, l1, l2, weight_decay=self.weight_decay, torch=True)
+
+
+# the optimizers ``convc compile --train --optimizer`` names, with their default learning rates
+DEFAULT_LR = {"sgd": 0.01, "momentum": 0.01, "adam": 1e-3, "adamw": 1e-3, "rmsprop": 0.01, "adagrad": 0.01}
+OPTIMIZERS = tuple(DEFAULT_LR)
+
+
+def by_name(name: str, lr: float | None = None) -> Optimizer:
+    """The optimizer ``name`` (one of OPTIMIZERS; "momentum" is SGD with momentum 0.9) at ``lr`` (default:
+    DEFAULT_LR)."""
+    if name not in DEFAULT_LR:
+        raise CompileError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    lr = DEFAULT_LR[name] if lr is None else lr
+    return {"sgd": lambda: SGD(lr), "momentum": lambda: SGD(lr, momentum=0.9), "adam": lambda: Adam(lr),
+            "adamw": lambda: AdamW(lr), "rmsprop": lambda: RMSprop(lr), "adagrad": lambda: Adagrad(lr)}[name]()

@@ -40,7 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_winograd_flag(p)
     add_precision_flag(p)
     p.add_argument("--header", metavar="FILE.h", help="where to write the C header (default: the output with .h)")
-    from convc.codegen.aot_train import LOSSES, OPTIMIZERS
+    from convc.codegen.aot_train import LOSSES
+    from convc.optim import OPTIMIZERS
     train = p.add_argument_group("training artifact")
     train.add_argument("--train", action="store_true",
                        help="build a training library: adds convc_train_step (forward, loss, backward, update in "
