@@ -16,17 +16,16 @@ def test_all_unsupported_nodes_are_reported_at_once():
         helper.make_node("LpNormalization", ["r"], ["l"], name="lpn1"),
         helper.make_node("Relu", ["l"], ["l2"], name="after_lpn"),           # skipped: reads an unknown tensor
         helper.make_node("Acos", ["l2"], ["e"], name="acos_after_lpn"),      # no converter: still listed
-        helper.make_node("InstanceNormalization", ["X", "s", "b"], ["n"], name="inorm"),
+        helper.make_node("MeanVarianceNormalization", ["X"], ["n"], name="mvn"),
         helper.make_node("FusedConv", ["X"], ["f"], name="ms", domain="com.microsoft"),
         helper.make_node("Add", ["e", "n"], ["Y"]),
     ]
-    model = make_model(nodes, {"X": [1, 2, 4, 4]}, ["Y", "f"],
-                       {"s": np.ones(2, np.float32), "b": np.zeros(2, np.float32)})
+    model = make_model(nodes, {"X": [1, 2, 4, 4]}, ["Y", "f"])
     model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     with pytest.raises(UnsupportedOpError) as info:
         import_onnx(model)
     listed = {name: (op, opset, reason) for name, op, opset, reason in info.value.nodes}
-    assert list(listed) == ["lpn1", "acos_after_lpn", "inorm", "ms"]
+    assert list(listed) == ["lpn1", "acos_after_lpn", "mvn", "ms"]
     assert listed["lpn1"][:2] == ("LpNormalization", 17)
     assert "domain 'com.microsoft'" in listed["ms"][2]
     message = str(info.value)
