@@ -27,6 +27,7 @@ import numpy as np
 from llvmlite import ir
 
 from convc.codegen.kernels.blas import split_epilogue
+from convc.codegen.kernels.conv_nhwc import conv_kernel
 from convc.codegen.kernels.elementwise import UNARY
 from convc.codegen.kernels.epilogue import epilogue_pass
 from convc.codegen.llvm_utils import F32, PTR, alloca_entry, constant_table, for_range, gep, i64
@@ -97,22 +98,8 @@ def emit_direct_conv_few_channels(em: ModuleEmitter, op: Op) -> KernelCall:
     if in_kernel.activation is not None and in_kernel.activation not in REGISTER_ACTIVATIONS:
         row_pass = Epilogue(False, in_kernel.activation, in_kernel.activation_attrs)
         in_kernel = Epilogue(in_kernel.residual)
-    # pixel rows of Y are ldc floats apart: m, or the row of a Concat this conv writes its slice of
-    view = em.plan.memory.view(op.outputs[0], em.tensor(op.outputs[0]).size)
-    ldc = m if view.contiguous or residual_name is not None else view.stride
-
-    args: list = [op.inputs[0], em.derived_constant(packed)]
-    if bias_name is not None:
-        args.append(bias_name)
-    if residual_name is not None:
-        args.append(residual_name)
-    args.append(op.outputs[0])
-    fn, b = em.function(op.name, len(args), parallel=True)
-    it = iter(fn.args)
-    x, wt = next(it), next(it)
-    bias = next(it) if bias_name is not None else None
-    residual = next(it) if residual_name is not None else None
-    y = next(it)
+    k = conv_kernel(em, op, packed, m)
+    fn, b, args, x, wt, bias, residual, y, ldc = k.fn, k.b, k.names, k.x, k.wt, k.bias, k.residual, k.y, k.ldc
     zero_row = constant_table(b, [0.0] * (w_ * c), name=f"{fn.name}_zeros", ty=F32)
     x_lo, x_hi = interior(w_, kw, sw, dw, pl, ow)
 

@@ -156,6 +156,42 @@ def with_tile_rows(em: ModuleEmitter, gemm: GemmEmitter, mr: int) -> GemmEmitter
     return em.extra_gemms[isa]
 
 
+@dataclasses.dataclass
+class ConvKernel:
+    """A channels-last conv kernel's function and its arguments: X, the packed weights, the bias and the
+    residual when the conv has them (else None), Y, then ``extra`` (scratch buffers); ``names`` is the
+    KernelCall's argument list, ``ldc`` the floats between Y's pixel rows."""
+    fn: ir.Function
+    b: ir.IRBuilder
+    names: list
+    x: ir.Value
+    wt: ir.Value
+    bias: ir.Value | None
+    residual: ir.Value | None
+    y: ir.Value
+    extra: list
+    ldc: int
+
+
+def conv_kernel(em: ModuleEmitter, op: Op, packed: np.ndarray, m: int, extra: tuple = ()) -> ConvKernel:
+    """The function of a channels-last conv kernel (one place for its argument order). Y's pixel rows are
+    ``m`` floats apart, or, when this conv writes its slice of a Concat's rows, the Concat's row
+    (passes/memory.py places it there only without a residual, which is read at ``m``)."""
+    _, _, bias_name, residual_name = split_inputs(op.attrs, op.inputs)
+    view = em.plan.memory.view(op.outputs[0], em.tensor(op.outputs[0]).size)
+    ldc = m if view.contiguous or residual_name is not None else view.stride
+    names = [op.inputs[0], em.derived_constant(packed)] + [t for t in (bias_name, residual_name) if t is not None]
+    names += [op.outputs[0], *extra]
+    fn, b = em.function(op.name, len(names), parallel=True)
+    it = iter(fn.args)
+    x, wt = next(it), next(it)
+    bias = next(it) if bias_name is not None else None
+    residual = next(it) if residual_name is not None else None
+    y = next(it)
+    return ConvKernel(fn, b, names, x, wt, bias, residual, y, [next(it) for _ in extra], ldc)
+
+
+
 def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     a = op.attrs
     xs, ys = em.tensor(op.inputs[0]).shape, em.tensor(op.outputs[0]).shape
@@ -179,26 +215,11 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     else:
         tap_offsets, run = [(i * dh * wp + j * dw) * c for i in range(kh) for j in range(kw)], c
     in_kernel, after = split_epilogue(a.epilogue)
-    # pixel rows of Y are ldc floats apart: m, or the row of a Concat this conv writes its slice of
-    # (passes/memory.py places it there only without a residual, which would be read at ldc too)
-    view = em.plan.memory.view(op.outputs[0], em.tensor(op.outputs[0]).size)
-    ldc = m if view.contiguous or residual_name is not None else view.stride
-
-    args: list = [op.inputs[0], em.derived_constant(packed)]
-    if bias_name is not None:
-        args.append(bias_name)
-    if residual_name is not None:
-        args.append(residual_name)
-    args.append(op.outputs[0])
-    if padded:
-        args.append(em.scratch(n * hp * wp * c * 4))
-    fn, b = em.function(op.name, len(args), parallel=True)
-    it = iter(fn.args)
-    x, wt = next(it), next(it)
-    bias = next(it) if bias_name is not None else ir.Constant(PTR, None)
-    residual = next(it) if residual_name is not None else ir.Constant(PTR, None)
-    y = next(it)
-    xpad = next(it) if padded else x
+    k = conv_kernel(em, op, packed, m, (em.scratch(n * hp * wp * c * 4),) if padded else ())
+    fn, b, args, x, wt, y, ldc = k.fn, k.b, k.names, k.x, k.wt, k.y, k.ldc
+    bias = k.bias if k.bias is not None else ir.Constant(PTR, None)
+    residual = k.residual if k.residual is not None else ir.Constant(PTR, None)
+    xpad = k.extra[0] if padded else x
 
     out_rows = n * oh
     # threads split the output rows, as the depthwise and pooling kernels do: a layer then reads mostly

@@ -34,6 +34,7 @@ from convc.codegen.llvm_utils import for_range, gep, i64, memset_zero
 from convc.codegen.module import KernelCall, ModuleEmitter
 from convc.codegen.kernels.blas import Operand, pack_b
 from convc.codegen.kernels.elementwise import UNARY, VECTOR_UNARY
+from convc.codegen.kernels.conv_nhwc import conv_kernel
 from convc.codegen.kernels.epilogue import apply_epilogue
 
 
@@ -174,25 +175,10 @@ def emit_winograd_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     per_group = -(-panels // groups)
     groups = -(-panels // per_group)
     v_floats, m_floats = t * t * T * c, t * t * T * mo
-    # output pixels are ldc floats apart: mo, or the row of a Concat this conv writes its slice of
-    # (passes/memory.py places it there only without a residual, which is read at mo)
-    view = em.plan.memory.view(op.outputs[0], em.tensor(op.outputs[0]).size)
-    ldc = mo if view.contiguous or residual_name is not None else view.stride
     scratch_bytes = (v_floats + m_floats + c) * 4
-
-    args: list = [op.inputs[0], em.derived_constant(packed)]
-    if bias_name is not None:
-        args.append(bias_name)
-    if residual_name is not None:
-        args.append(residual_name)
-    args += [op.outputs[0], em.scratch(scratch_bytes, per_thread=True)]
-    fn, b = em.function(op.name, len(args), parallel=True)
-    it = iter(fn.args)
-    x, wt = next(it), next(it)
-    bias = next(it) if bias_name is not None else None
-    residual = next(it) if residual_name is not None else None
-    y = next(it)
-    mine = em.thread_scratch(b, next(it), scratch_bytes, fn.args[-2])
+    k = conv_kernel(em, op, packed, mo, (em.scratch(scratch_bytes, per_thread=True),))
+    fn, b, args, x, wt, bias, residual, y, ldc = k.fn, k.b, k.names, k.x, k.wt, k.bias, k.residual, k.y, k.ldc
+    mine = em.thread_scratch(b, k.extra[0], scratch_bytes, fn.args[-2])
     vbuf = mine
     mbuf = gep(b, mine, v_floats)
     zeros = gep(b, mine, v_floats + m_floats)  # C zeros: the input "pixel" of every tap in the padding
