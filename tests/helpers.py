@@ -194,3 +194,28 @@ def check_op(kind: OpKind, attrs: Any, inputs: Sequence[np.ndarray], const: set[
             expected, oracle = run_onnxruntime(proto, feeds), "onnxruntime"
         assert_close(got, np.asarray(expected), rtol, f"{kind.value} vs {oracle}")
     return got
+
+
+def nhwc_conv_graph(x_shape, m: int, attrs, bias: bool, rng: np.random.Generator, name: str = "conv"):
+    """One channels-last conv x [N, H, W, C] -> y [N, OH, OW, m] with random weights (and bias), plus a
+    residual input r of y's shape when the epilogue adds one; the op is named ``name``."""
+    import dataclasses
+
+    from convc.ir import Graph, TensorKind
+    from convc.ops import OpKind
+    from convc.ops.epilogue import Epilogue
+    g = Graph("conv_nhwc")
+    g.add_tensor("x", x_shape, np.float32, TensorKind.INPUT)
+    g.add_constant("w", rng.standard_normal((m, x_shape[3]) + tuple(attrs.kernel_shape)).astype(np.float32))
+    inputs = ["x", "w"]
+    if bias:
+        inputs.append(g.add_constant("b", rng.standard_normal(m).astype(np.float32)).name)
+    if attrs.epilogue.residual:  # y's shape, from the conv's own shape inference
+        probe = g.add_op(OpKind.CONV, dataclasses.replace(attrs, epilogue=Epilogue()), inputs, ["probe"])
+        shape = g.tensor("probe").shape
+        g.remove_op(probe)
+        g.add_tensor("r", shape, np.float32, TensorKind.INPUT)
+        inputs.append("r")
+    g.add_op(OpKind.CONV, attrs, inputs, ["y"], name=name)
+    g.outputs = ["y"]
+    return g

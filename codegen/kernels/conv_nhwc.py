@@ -191,7 +191,6 @@ def conv_kernel(em: ModuleEmitter, op: Op, packed: np.ndarray, m: int, extra: tu
     return ConvKernel(fn, b, names, x, wt, bias, residual, y, [next(it) for _ in extra], ldc)
 
 
-
 def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     a = op.attrs
     xs, ys = em.tensor(op.inputs[0]).shape, em.tensor(op.outputs[0]).shape

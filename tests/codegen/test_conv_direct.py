@@ -5,16 +5,16 @@ the epilogues in registers and per row), 1 and 2 threads; kernel selection's rul
 LeNet-5 and stems end to end against onnxruntime."""
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from helpers import nhwc_conv_graph
 from onnx import TensorProto, helper, numpy_helper
 
 import convc
-from convc.ir import Graph, TensorKind
+from convc.ir import Graph
 from convc.models import lenet5
 from convc.ops import OpKind
 from convc.ops.conv import ConvAlgorithm, ConvAttrs
@@ -35,22 +35,7 @@ EPILOGUES = {
 
 def conv_graph(x_shape, m, attrs: ConvAttrs, bias: bool, seed: int) -> Graph:
     """One channels-last conv x [N, H, W, C] -> y [N, OH, OW, m] (+ residual input r)."""
-    rng = np.random.default_rng(seed)
-    g = Graph("conv_direct")
-    g.add_tensor("x", x_shape, np.float32, TensorKind.INPUT)
-    g.add_constant("w", rng.standard_normal((m, x_shape[3]) + attrs.kernel_shape).astype(np.float32))
-    inputs = ["x", "w"]
-    if bias:
-        inputs.append(g.add_constant("b", rng.standard_normal(m).astype(np.float32)).name)
-    if attrs.epilogue.residual:
-        probe = g.add_op(OpKind.CONV, dataclasses.replace(attrs, epilogue=Epilogue()), inputs, ["probe"])
-        shape = g.tensor("probe").shape
-        g.remove_op(probe)
-        g.add_tensor("r", shape, np.float32, TensorKind.INPUT)
-        inputs.append("r")
-    g.add_op(OpKind.CONV, attrs, inputs, ["y"], name="conv")
-    g.outputs = ["y"]
-    return g
+    return nhwc_conv_graph(x_shape, m, attrs, bias, np.random.default_rng(seed))
 
 
 def compile_with(g: Graph, threads: int, direct: bool, monkeypatch: pytest.MonkeyPatch):

@@ -4,10 +4,10 @@ zero-bordered copy), strides, dilations, the fused epilogues, splitting rows or 
 between threads, and results identical for every thread count."""
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
+from helpers import nhwc_conv_graph
 
 import convc
 from convc.ir import Graph, TensorKind
@@ -23,25 +23,6 @@ EPILOGUES = {
     "residual+leaky": Epilogue(True, OpKind.LEAKY_RELU, LeakyReluAttrs(0.1)),
     "tanh": Epilogue(False, OpKind.TANH),  # no vector form: a scalar pass after the kernel
 }
-
-
-def nhwc_conv_graph(x_shape, m, attrs: ConvAttrs, bias: bool, rng) -> Graph:
-    """One channels-last conv: x [N, H, W, C] -> y [N, OH, OW, m]."""
-    g = Graph("conv_nhwc")
-    g.add_tensor("x", x_shape, np.float32, TensorKind.INPUT)
-    g.add_constant("w", rng.standard_normal((m, x_shape[3]) + attrs.kernel_shape).astype(np.float32))
-    inputs = ["x", "w"]
-    if bias:
-        inputs.append(g.add_constant("b", rng.standard_normal(m).astype(np.float32)).name)
-    if attrs.epilogue.residual:
-        probe = g.add_op(OpKind.CONV, dataclasses.replace(attrs, epilogue=Epilogue()), inputs, ["probe"])
-        shape = g.tensor("probe").shape
-        g.remove_op(probe)
-        g.add_tensor("r", shape, np.float32, TensorKind.INPUT)
-        inputs.append("r")
-    g.add_op(OpKind.CONV, attrs, inputs, ["y"])
-    g.outputs = ["y"]
-    return g
 
 
 def check(x_shape, m, k, stride=1, pads=(0, 0, 0, 0), dilation=1, epi="none", bias=True, threads=(1, 2, 3)):
