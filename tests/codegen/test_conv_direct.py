@@ -5,7 +5,6 @@ the epilogues in registers and per row), 1 and 2 threads; kernel selection's rul
 LeNet-5 and stems end to end against onnxruntime."""
 from __future__ import annotations
 
-
 import numpy as np
 import onnx
 import onnxruntime as ort
