@@ -65,6 +65,8 @@ from convc.codegen.artifacts import (ALIGN, ArtifactError, CacheWarning, Hashing
                                      check_dir, digest, private_dir, read_aligned)
 from convc.codegen.blob import blob_layout, metadata, used_constants, write_blob
 from convc.codegen.jit import ObjectEngine, Target
+from convc.codegen.llvm_pool import compile_modules
+from convc.codegen.split import split_module
 from convc.codegen.target import resolve_target
 
 from convc.abi import ABI_VERSION
@@ -458,7 +460,8 @@ def compile_plan(plan, options: CompileOptions, *, progress: Callable[[str], Non
     g = plan.graph
     specs = [[IOSpec(n, g.tensor(n).shape, g.tensor(n).dtype) for n in names]
              for names in (native.input_names, native.output_names)]
-    obj = jit.machine_code(str(native.ir_module), progress=progress)
+    modules = split_module(native.ir_module, [fn for _, fn in native.kernel_names])
+    obj = jit.pack_objects(compile_modules(modules, Target.host(), root, progress=progress))
     meta = metadata(native, resolve_target("native"), *specs, g.metadata, {"instrumented": bool(options.instrument)})
     art = JitArtifact(meta, obj, used_constants(native), native.arena_steps)
     if root is not None:

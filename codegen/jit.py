@@ -1,11 +1,14 @@
 """JIT-compile a NativeModule for the host CPU with llvmlite's MCJIT."""
 from __future__ import annotations
 
+import struct
 import threading
 from dataclasses import dataclass
 
 import llvmlite.binding as llvm
 
+from convc.codegen import llvm_worker
+from convc.codegen.llvm_worker import optimize
 from convc.errors import CompileError
 
 _init_lock = threading.Lock()
@@ -34,33 +37,16 @@ class Target:
         init_llvm()
         return Target(llvm.get_process_triple(), llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten())
 
-    def machine(self, opt: int = 3, reloc: str = "default", codemodel: str = "jitdefault"):
+    def machine(self, pic: bool = False):
         init_llvm()
-        target = llvm.Target.from_triple(self.triple)
-        return target.create_target_machine(cpu=self.cpu, features=self.features, opt=opt, reloc=reloc,
-                                            codemodel=codemodel)
-
-
-def optimize(module: llvm.ModuleRef, tm, speed: int = 2) -> None:
-    """LLVM's IR pipeline at -O2: the GEMM micro-kernels are explicit vector code already, and on
-    a 400-layer model -O3 took 30% longer to compile for no measurable speed (DenseNet-121:
-    21 s against 16.6 s, 85 ms against 81 ms a run)."""
-    pto = llvm.create_pipeline_tuning_options(speed_level=speed)
-    pto.loop_vectorization = True
-    pto.slp_vectorization = True
-    pb = llvm.create_pass_builder(tm, pto)
-    pb.getModulePassManager().run(module, pb)
+        return llvm_worker.target_machine(self.triple, self.cpu, self.features, pic=pic)
 
 
 def parse(ir_text: str, target: Target, tm) -> llvm.ModuleRef:
     try:
-        mod = llvm.parse_assembly(ir_text)
-        mod.triple = target.triple
-        mod.data_layout = str(tm.target_data)
-        mod.verify()
+        return llvm_worker.parse(ir_text, target.triple, tm)
     except RuntimeError as e:
         raise CompileError(f"convc generated invalid LLVM IR: {e}") from e
-    return mod
 
 
 class JitEngine:
@@ -93,7 +79,7 @@ def machine_code(ir_text: str, target: Target | None = None, *, pic: bool = Fals
     before optimization; ``link`` is IR text linked in after it (the AOT wrapper functions, which
     carry their own target attributes)."""
     target = target or Target.host()
-    tm = target.machine(reloc="pic", codemodel="default") if pic else target.machine()
+    tm = target.machine(pic=pic)
     mod = parse(ir_text, target, tm)
     for text in modules:
         mod.link_in(parse(text, target, tm))
@@ -108,9 +94,40 @@ def machine_code(ir_text: str, target: Target | None = None, *, pic: bool = Fals
     return tm.emit_object(mod)
 
 
+_OBJECTS = b"CONVCOBJ"  # several object files in one: magic, u32 count, u64 sizes, the files
+
+
+def pack_objects(objects: list[bytes]) -> bytes:
+    """One bytes value holding a model's object files (codegen/split.py makes several)."""
+    if len(objects) == 1:
+        return bytes(objects[0])
+    return b"".join([_OBJECTS, struct.pack("<I", len(objects)), struct.pack(f"<{len(objects)}Q",
+                                                                             *map(len, objects)), *objects])
+
+
+def unpack_objects(data: bytes) -> list[bytes]:
+    """The object files of ``pack_objects`` (a lone object file is itself); ValueError if damaged."""
+    data = bytes(data)
+    if not data.startswith(_OBJECTS):
+        return [data]
+    start = len(_OBJECTS) + 4
+    if len(data) < start:
+        raise ValueError("truncated object list")
+    (n,) = struct.unpack_from("<I", data, len(_OBJECTS))
+    sizes = struct.unpack_from(f"<{n}Q", data, start)
+    pos, out = start + 8 * n, []
+    for size in sizes:
+        out.append(data[pos:pos + size])
+        pos += size
+    if pos != len(data) or any(len(o) == 0 for o in out):
+        raise ValueError("object list sizes do not match its length")
+    return out
+
+
 class ObjectEngine:
-    """An MCJIT engine over a finished object file (from ``machine_code`` or the compile cache):
-    loading one takes milliseconds, no LLVM optimization or code generation runs."""
+    """An MCJIT engine over finished object files (from ``machine_code``, ``compile_modules`` or the
+    compile cache; ``pack_objects`` of several): loading takes milliseconds, no LLVM optimization or
+    code generation runs. Calls between the objects resolve inside the engine."""
 
     def __init__(self, obj: bytes, target: Target | None = None):
         self.target = target or Target.host()
@@ -118,8 +135,9 @@ class ObjectEngine:
         empty = llvm.parse_assembly("")
         empty.triple = self.target.triple
         self.engine = llvm.create_mcjit_compiler(empty, self.target.machine())
-        self._object = llvm.ObjectFileRef.from_data(bytes(obj))
-        self.engine.add_object_file(self._object)
+        self._objects = [llvm.ObjectFileRef.from_data(o) for o in unpack_objects(obj)]
+        for o in self._objects:
+            self.engine.add_object_file(o)
         self.engine.finalize_object()
         self.engine.run_static_constructors()
 

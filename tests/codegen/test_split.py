@@ -1,0 +1,200 @@
+"""The split compile (codegen/split.py, llvm_pool.py, kernel_cache.py): identical kernels compiled
+once, modules compiled in parallel and cached across models, and the same results as one module."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import convc
+from convc.codegen import cache, jit, kernel_cache, llvm_pool, llvm_worker
+from convc.codegen.split import SplitModule, split_module
+from convc.errors import CompileError
+from convc.options import CompileOptions
+from convc.passes.pipeline import pipeline
+from convc.codegen.module import emit_module
+from tests.helpers import run_onnxruntime
+
+
+def residual_net(blocks: int, batch: int = 16, hw: tuple[int, int] = (29, 23), width: int = 24,
+                 seed: int = 0) -> onnx.ModelProto:
+    """A stem conv, then ``blocks`` identical residual blocks (1x1 conv + SiLU, 3x3 conv, depthwise
+    3x3 + HardSwish, 1x1 conv, add, ReLU), global pooling and a Gemm: odd sizes leave tile and
+    vector remainders."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+
+    def const(name, a):
+        inits.append(numpy_helper.from_array(np.asarray(a, np.float32), name))
+        return name
+
+    def conv(x, cin, cout, k, group=1, name=""):
+        w = const(f"{name}_w", rng.standard_normal((cout, cin // group, k, k)) / np.sqrt(cin // group * k * k))
+        b = const(f"{name}_b", rng.uniform(-0.1, 0.1, cout))
+        nodes.append(helper.make_node("Conv", [x, w, b], [name], name=name, kernel_shape=[k, k], pads=[k // 2] * 4,
+                                      group=group))
+        return name
+
+    def node(op, inputs, name, **attrs):
+        nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+    y = node("Relu", [conv("x", 3, width, 3, name="stem")], "stem_relu")
+    for i in range(blocks):
+        h = conv(y, width, width, 1, name=f"b{i}_a")
+        h = node("Mul", [h, node("Sigmoid", [h], f"b{i}_sig")], f"b{i}_silu")
+        h = node("Relu", [conv(h, width, width, 3, name=f"b{i}_b")], f"b{i}_relu")
+        h = node("HardSwish", [conv(h, width, width, 3, group=width, name=f"b{i}_dw")], f"b{i}_hs")
+        h = conv(h, width, width, 1, name=f"b{i}_c")
+        y = node("Relu", [node("Add", [h, y], f"b{i}_add")], f"b{i}_out")
+    y = node("Flatten", [node("GlobalAveragePool", [y], "gap")], "flat")
+    w = const("fc_w", rng.standard_normal((10, width)) / np.sqrt(width))
+    out = node("Gemm", [y, w, const("fc_b", rng.uniform(-0.1, 0.1, 10))], "logits", transB=1)
+    g = helper.make_graph(nodes, f"residual{blocks}", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                     (batch, 3, *hw))],
+                          [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 14)])
+    m.ir_version = 8
+    return m
+
+
+def planned(model: onnx.ModelProto, threads: int = 2):
+    from convc.driver import load_graph
+    return pipeline(load_graph(model), options=CompileOptions(threads=threads))
+
+
+@pytest.fixture
+def kernel_store(tmp_path, monkeypatch):
+    """A fresh compile cache; compiles in this process only, counted."""
+    monkeypatch.delenv("CONVC_NO_CACHE", raising=False)
+    monkeypatch.setenv("CONVC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CONVC_COMPILE_JOBS", "1")
+    compiled = []
+    real = llvm_worker.object_code
+
+    def counting(text, *args):
+        compiled.append(text)
+        return real(text, *args)
+    monkeypatch.setattr(llvm_worker, "object_code", counting)
+    return tmp_path / "cache", compiled
+
+
+def test_identical_blocks_compile_once():
+    native = emit_module(planned(residual_net(4)), threads=2)
+    kernels = [fn for _, fn in native.kernel_names]
+    modules = split_module(native.ir_module, kernels)
+    entry, parts = modules[0], modules[1:]
+    assert entry.key is None and all(m.key for m in parts)
+    defined = sum(m.kernels for m in parts)
+    # a layout change, the stem, 4 blocks of 4 kernels (the add and ReLUs fused), pool, Gemm: three
+    # of the four blocks repeat the first
+    assert len(kernels) == 21 and defined == len(kernels) - 3 * 4, kernels
+    # a kernel module names nothing of the model: the same kernels give the same text in another model
+    for m in parts:
+        assert "b0_" not in m.text and "b1_" not in m.text
+
+
+def test_module_texts_do_not_depend_on_the_model():
+    def texts(model):
+        native = emit_module(planned(model), threads=2)
+        return {m.key: m.text for m in split_module(native.ir_module, [fn for _, fn in native.kernel_names])[1:]}
+    small, large = texts(residual_net(2)), texts(residual_net(5, seed=3))
+    assert set(small) <= set(large)  # other weights, more blocks: the same kernel modules
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_split_code_computes_what_one_module_computes(threads, monkeypatch):
+    model = residual_net(3, batch=16, hw=(37, 29))
+    x = np.random.default_rng(1).standard_normal((16, 3, 37, 29)).astype(np.float32)
+    split = convc.compile(model, threads=threads, cache=False)
+    whole_module = lambda module, kernels: [SplitModule(str(module), None)]  # noqa: E731
+    monkeypatch.setattr(cache, "split_module", whole_module)
+    whole = convc.compile(model, threads=threads, cache=False)
+    got, want = split(x), whole(x)
+    np.testing.assert_array_equal(got, want)  # the same kernels, compiled by the same LLVM
+    ref = run_onnxruntime(model, {"x": x})
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_a_second_model_reuses_the_kernels_of_the_first(kernel_store):
+    root, compiled = kernel_store
+    first = convc.compile(residual_net(2), threads=2)
+    n_first = len(compiled)
+    assert n_first >= 3 and len(kernel_cache.files(root)) == n_first - 1  # every module but the entry point
+    compiled.clear()
+    lines = []
+    second = convc.compile(residual_net(6, seed=7), threads=2, progress=lines.append)
+    assert len(compiled) == 1, "only the new model's entry point compiles"
+    assert any("from the kernel cache" in line for line in lines), lines
+    x = np.random.default_rng(2).standard_normal((16, 3, 29, 23)).astype(np.float32)
+    np.testing.assert_allclose(second(x), run_onnxruntime(residual_net(6, seed=7), {"x": x}), rtol=1e-4, atol=1e-4)
+    assert first(x).shape == (16, 10)
+
+
+def test_a_damaged_kernel_file_is_compiled_again(kernel_store):
+    root, compiled = kernel_store
+    model = residual_net(1)
+    convc.compile(model, threads=1)
+    files = sorted(kernel_cache.files(root))
+    data = bytearray(files[0].read_bytes())
+    data[-1] ^= 0xFF
+    files[0].write_bytes(bytes(data))
+    for entry in (root / f"v{cache.FORMAT}").iterdir():
+        entry.unlink()  # the whole-model entry too, so the kernels are looked up again
+    compiled.clear()
+    again = convc.compile(model, threads=1)
+    assert len(compiled) == 2  # the entry point and the damaged module
+    assert kernel_cache.load(root, files[0].stem) is not None  # stored again, intact
+    x = np.random.default_rng(3).standard_normal((16, 3, 29, 23)).astype(np.float32)
+    np.testing.assert_allclose(again(x), run_onnxruntime(model, {"x": x}), rtol=1e-4, atol=1e-4)
+
+
+def test_worker_processes_compile_and_a_dead_worker_hands_back(monkeypatch):
+    monkeypatch.setattr(llvm_pool, "PARALLEL_MIN_CHARS", 0)
+    monkeypatch.setenv("CONVC_COMPILE_JOBS", "2")
+    model = residual_net(2)
+    x = np.random.default_rng(4).standard_normal((16, 3, 29, 23)).astype(np.float32)
+    want = run_onnxruntime(model, {"x": x})
+    np.testing.assert_allclose(convc.compile(model, threads=2, cache=False)(x), want, rtol=1e-4, atol=1e-4)
+    assert llvm_pool._idle and llvm_pool._idle[0].proc.poll() is None  # kept for the next compile
+
+    def dies(self, request):
+        raise llvm_pool.WorkerDied
+    monkeypatch.setattr(llvm_pool._Worker, "compile", dies)
+    np.testing.assert_allclose(convc.compile(model, threads=2, cache=False)(x), want, rtol=1e-4, atol=1e-4)
+
+
+def test_invalid_ir_from_a_worker_is_a_compile_error(monkeypatch):
+    monkeypatch.setattr(llvm_pool, "PARALLEL_MIN_CHARS", 0)
+    monkeypatch.setenv("CONVC_COMPILE_JOBS", "2")
+    target = jit.Target.host()
+    bad = [SplitModule("define void @f() {\n  ret i32 0\n}\n", None), SplitModule("define void @g() {\n ret void\n}\n", "k")]
+    with pytest.raises(CompileError, match="invalid LLVM IR"):
+        llvm_pool.compile_modules(bad * 2, target)
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_compile_jobs_must_be_a_positive_count(monkeypatch, value):
+    monkeypatch.setenv("CONVC_COMPILE_JOBS", value)
+    with pytest.raises(CompileError, match="CONVC_COMPILE_JOBS"):
+        llvm_pool.jobs()
+
+
+def test_progress_while_llvm_runs(monkeypatch):
+    monkeypatch.setattr(llvm_pool, "HEARTBEAT", 0.005)
+    monkeypatch.setenv("CONVC_COMPILE_JOBS", "1")
+    lines = []
+    convc.compile(residual_net(3), threads=2, cache=False, progress=lines.append)
+    llvm = [line for line in lines if line.startswith("LLVM:")]
+    assert llvm[0].startswith("LLVM: ") and "to compile" in llvm[0]
+    assert any("modules compiled" in line and "% of the code" in line for line in llvm), llvm
+
+
+def test_packed_objects_round_trip_and_refuse_damage():
+    objs = [b"\x7fELF" + bytes([i]) * (10 + i) for i in range(3)]
+    packed = jit.pack_objects(objs)
+    assert jit.unpack_objects(packed) == objs
+    assert jit.unpack_objects(objs[0]) == [objs[0]] and jit.pack_objects(objs[:1]) == objs[0]
+    with pytest.raises(ValueError):
+        jit.unpack_objects(packed[:-1])
