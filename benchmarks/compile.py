@@ -9,7 +9,7 @@ counted). convc runs three times against one fresh, empty cache directory: ``col
 ``warm`` (the same model again: the cache's whole-model entry), and, for ResNet-101, ``after r50``:
 compiled right after ResNet-50 into the same cache (the same block shapes), what a kernel-level cache
 shares between models. convc's cold time is split by stage from its ``progress`` lines: import,
-graph passes, IR emission in Python, LLVM optimization, machine code (and loading).
+graph passes, IR emission in Python, LLVM (optimization and machine code, on every core, and loading).
 
 Models: ResNet-50, ResNet-101, DenseNet-121, MobileNetV2, EfficientNet-B0 (built by benchmarks/nets.py,
 random weights) and the light models shipped with the onnx package (their weights generated at load).
@@ -32,7 +32,7 @@ sys.path.insert(0, HERE)
 BUILT = ("resnet50", "resnet101", "densenet121", "mobilenet_v2", "efficientnet_b0")
 LIGHT = ("squeezenet", "inception_v1", "densenet121", "resnet50", "vgg19")
 DEFAULT = "resnet50,resnet101,densenet121,mobilenet_v2,efficientnet_b0,light_squeezenet,light_inception_v1"
-STAGES = ("import", "passes", "IR emission", "LLVM optimization", "machine code")
+STAGES = ("import", "passes", "IR emission", "LLVM")
 
 
 def model_file(name: str, tmp: str) -> str:
@@ -62,10 +62,8 @@ def _stage(line: str) -> str:
         return "import"
     if line.startswith(("code generation", "codegen")):
         return "IR emission"
-    if line.startswith("LLVM optimization"):
-        return "LLVM optimization"
-    if line.startswith("LLVM machine code"):
-        return "machine code"
+    if line.startswith("LLVM"):  # optimization and machine code, module by module on every core
+        return "LLVM"
     return "passes"
 
 
