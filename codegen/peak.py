@@ -8,8 +8,9 @@ one thread; the all-core figure runs it on one thread per CPU at once (ctypes re
 The result (about a second to measure) is cached as JSON in ``$CONVC_CACHE_DIR/peak.json`` (default ``~/.cache/convc``), keyed
 by CPU name, CPU features and core count; a different machine measures again. A measurement that
 contradicts itself (``noise``: the all-core figure below the single-core one, or two rounds that
-disagree) was taken under load: it is measured again, and if it stays noisy it is used for this run,
-flagged, and never cached, so later profiles do not inherit a wrong "% of peak".
+disagree, or other processes using the cores meanwhile, as /proc/stat tells on Linux) was taken under
+load: it is measured again, and if it stays noisy it is used for this run, flagged, and never cached,
+so later profiles do not inherit a wrong "% of peak".
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class Peak:
     cores: int
     cpu: str
     noisy: str | None = None  # why the figure is not trustworthy (measured under load); never cached
+    others: float = 0.0       # the share of the cores other processes used while it was measured
 
     def percent(self, gflops: float, all_cores: bool = False) -> float:
         return 100.0 * gflops / (self.all_core_gflops if all_cores else self.single_core_gflops)
@@ -51,6 +53,46 @@ def core_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+class OtherLoad:
+    """The share of this process's cores that other processes (and the hypervisor: steal time) used
+    between ``start()`` and ``stop()``, from /proc/stat's per-CPU counters and this process's CPU
+    time. 0.0 where /proc/stat is not readable (not Linux): no evidence of load."""
+
+    def __init__(self) -> None:
+        try:
+            self.cpus = sorted(os.sched_getaffinity(0))
+        except AttributeError:
+            self.cpus = []
+        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.start()
+
+    def _busy(self) -> float | None:
+        """Busy seconds of our CPUs so far (user, nice, system, irq, softirq and steal), or None."""
+        try:
+            lines = Path("/proc/stat").read_text().splitlines()
+        except OSError:
+            return None
+        wanted = {f"cpu{c}" for c in self.cpus}
+        busy = 0
+        for line in lines:
+            fields = line.split()
+            if fields and fields[0] in wanted:
+                values = [int(v) for v in fields[1:9]] + [0] * (8 - len(fields[1:9]))
+                busy += sum(values) - values[3] - values[4]  # all but idle and iowait (guest is in user)
+        return busy / self.hz if wanted and busy else None
+
+    def start(self) -> None:
+        self._t0, self._own0, self._busy0 = time.perf_counter(), time.process_time(), self._busy()
+
+    def stop(self) -> float:
+        busy = self._busy()
+        wall = time.perf_counter() - self._t0
+        if busy is None or self._busy0 is None or wall <= 0 or not self.cpus:
+            return 0.0
+        others = (busy - self._busy0) - (time.process_time() - self._own0)
+        return max(0.0, min(1.0, others / (wall * len(self.cpus))))
 
 
 def fma_loop_ir() -> str:
@@ -124,17 +166,22 @@ def measure(seconds: float = 0.005, repeats: int = 30) -> Peak:
     rough = kernel.gflops(1 << 16, 1)
     iterations = max(1 << 16, int(seconds * rough * 1e9 / FLOPS_PER_ITERATION))
     cores = core_count()
+    load = OtherLoad()
     single = max(kernel.gflops(iterations, 1) for _ in range(repeats))
     every = max(kernel.gflops(iterations, cores) for _ in range(repeats)) if cores > 1 else single
-    return Peak(round(single, 1), round(every, 1), cores, Target.host().cpu)
+    return Peak(round(single, 1), round(every, 1), cores, Target.host().cpu, others=round(load.stop(), 3))
 
 
 ROUND_AGREEMENT = 0.10  # two rounds of the single-core figure must agree within 10%
+OTHERS_LIMIT = 0.15     # other processes using more than this share of the cores: measured under load
 ATTEMPTS = 3
 
 
 def noise(first: Peak, second: Peak | None = None) -> str | None:
     """Why a measurement (or two rounds of it) contradicts itself, or None when it does not."""
+    if first.others > OTHERS_LIMIT:
+        return (f"other processes used {100 * first.others:.0f}% of the {first.cores} core(s) while it was "
+                f"measured")
     if first.cores > 1 and first.all_core_gflops < first.single_core_gflops:
         return (f"the {first.cores}-core peak ({first.all_core_gflops:.1f} GFLOP/s) came out below the 1-core peak "
                 f"({first.single_core_gflops:.1f}): other processes were using the cores")
@@ -154,20 +201,22 @@ def measure_quietly(attempts: int = ATTEMPTS) -> Peak:
         first, second = measure(), measure()
         why = noise(first) or noise(second) or noise(first, second)
         top = Peak(max(first.single_core_gflops, second.single_core_gflops),
-                   max(first.all_core_gflops, second.all_core_gflops), first.cores, first.cpu)
+                   max(first.all_core_gflops, second.all_core_gflops), first.cores, first.cpu,
+                   others=max(first.others, second.others))
         if why is None:
             return top
         best = top if best is None else Peak(max(best.single_core_gflops, top.single_core_gflops),
-                                             max(best.all_core_gflops, top.all_core_gflops), top.cores, top.cpu)
+                                             max(best.all_core_gflops, top.all_core_gflops), top.cores, top.cpu,
+                                             others=min(best.others, top.others))
     assert best is not None
     return Peak(best.single_core_gflops, best.all_core_gflops, best.cores, best.cpu,
-                noisy=f"measured under load, not cached: {why}")
+                noisy=f"measured under load, not cached: {why}", others=best.others)
 
 
 def _cache_key() -> str:
     from convc.codegen.jit import Target
     host = Target.host()
-    return f"{host.cpu}|{host.features}|{core_count()}"
+    return f"v2|{host.cpu}|{host.features}|{core_count()}"  # v2: peaks cached before the load check re-measure
 
 
 def peak(refresh: bool = False) -> Peak:

@@ -333,9 +333,10 @@ def measure_layers(profile: Profile, imported: Graph, repeats: int = 10, threads
 
     The total is the sum of the layers' medians, from the same runs, so the rows add up to it. When
     the runs' totals spread more than NOISY_SPREAD (other processes on the cores), the model is
-    measured once more and the quieter round kept; if that is noisy too, ``warnings`` says so (and
+    measured once more and the quieter round kept, and likewise when other processes used more than
+    OTHERS_LIMIT of the cores meanwhile (/proc/stat); if that is noisy too, ``warnings`` says so (and
     likewise for a peak measured under load, which is not cached)."""
-    from convc.codegen.peak import peak
+    from convc.codegen.peak import OTHERS_LIMIT, OtherLoad, peak
     from convc.compiler import compile_graph
     say = progress or (lambda _: None)
     say("compiling with per-layer timers")
@@ -346,27 +347,38 @@ def measure_layers(profile: Profile, imported: Graph, repeats: int = 10, threads
     feeds = {s.name: rng.standard_normal(s.shape).astype(s.dtype) for s in model.inputs}
     model.run_timed(feeds)  # warm-up: first-touch page faults of the arena and outputs
 
-    def one_round() -> tuple[list[dict[str, float]], float]:
+    def one_round() -> tuple[list[dict[str, float]], float, float]:
         runs: list[dict[str, float]] = []
+        load = OtherLoad()
         for _ in range(max(1, repeats)):
             totals: dict[str, float] = {}
             for op_name, s in model.run_timed(feeds)[1].items():
                 key = origin.get(op_name, op_name)
                 totals[key] = totals.get(key, 0.0) + s
             runs.append(totals)
-        return runs, _spread([sum(r.values()) for r in runs])
+        return runs, _spread([sum(r.values()) for r in runs]), load.stop()
+
+    def noisy(spread: float, others: float) -> str | None:
+        if spread > NOISY_SPREAD:
+            return (f"the runs' times spread {100 * spread:.0f}% around their median (more than "
+                    f"{100 * NOISY_SPREAD:.0f}%)")
+        if others > OTHERS_LIMIT:
+            return f"other processes used {100 * others:.0f}% of the cores meanwhile"
+        return None
 
     say(f"timing {max(1, repeats)} runs")
-    runs, spread = one_round()
+    runs, spread, others = one_round()
     warnings = []
-    if spread > NOISY_SPREAD:
-        say(f"the runs' times spread {100 * spread:.0f}% (other processes on the cores?): timing again")
-        again, spread_again = one_round()
-        if spread_again < spread:
-            runs, spread = again, spread_again
-        if spread > NOISY_SPREAD:
-            warnings.append(f"measured under load: the runs' times spread {100 * spread:.0f}% around their median "
-                            f"(more than {100 * NOISY_SPREAD:.0f}%); the times are not reliable")
+    why = noisy(spread, others)
+    if why:
+        say(f"{why}: timing again")
+        again, spread_again, others_again = one_round()
+        if (noisy(spread_again, others_again) is None
+                or (spread_again + others_again) < (spread + others)):
+            runs, spread, others = again, spread_again, others_again
+        why = noisy(spread, others)
+        if why:
+            warnings.append(f"measured under load: {why}; the times are not reliable")
     seconds = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in {k for r in runs for k in r}}
     layers = [dataclasses.replace(l, seconds=seconds.get(l.name, 0.0)) for l in profile.layers]
     total = sum(l.seconds or 0.0 for l in layers)
