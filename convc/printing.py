@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import textwrap
 
 MAX_ATTRS_CHARS = 120  # an op's attributes on one line of the dump, at most
+MAX_LINE_CHARS = 100   # a longer op line has its attributes on indented lines below it
 MAX_SEQUENCE_ITEMS = 8
 
 
@@ -37,15 +39,20 @@ def _is_default(f: dataclasses.Field, value) -> bool:
         return False
 
 
-def _attrs(attrs) -> str:
-    """``{name=value, ...}`` of the fields that differ from their defaults, at most MAX_ATTRS_CHARS long."""
+def _says_nothing(value) -> bool:
+    """A record without fields (``NoAttrs``): nothing to show."""
+    return dataclasses.is_dataclass(value) and not isinstance(value, type) and not dataclasses.fields(value)
+
+
+def _attrs(attrs, limit: int | None = MAX_ATTRS_CHARS) -> str:
+    """``{name=value, ...}`` of the fields that differ from their defaults, at most ``limit`` long."""
     if not dataclasses.is_dataclass(attrs):
         return ""
     parts = [f"{f.name}={_value(getattr(attrs, f.name))}" for f in dataclasses.fields(attrs)
-             if not _is_default(f, getattr(attrs, f.name))]
+             if not _is_default(f, getattr(attrs, f.name)) and not _says_nothing(getattr(attrs, f.name))]
     text = ", ".join(parts)
-    if len(text) > MAX_ATTRS_CHARS:
-        text = text[:MAX_ATTRS_CHARS - 1] + "…"
+    if limit is not None and len(text) > limit:
+        text = text[:limit - 1] + "…"
     return "{" + text + "}" if parts else ""
 
 
@@ -64,7 +71,15 @@ def dump(g) -> str:
     for op in g.ops():
         outs = ", ".join(f"%{o}: {_type(g.tensor(o))}" for o in op.outputs)
         ins = ", ".join(f"%{i}" for i in op.inputs)
-        lines.append(f"  {outs} = {op.kind.value}{_attrs(op.attrs)}({ins})  # {op.name}")
+        attrs = _attrs(op.attrs)
+        line = f"  {outs} = {op.kind.value}{attrs}({ins})  # {op.name}"
+        if len(line) <= MAX_LINE_CHARS:
+            lines.append(line)
+            continue
+        # too long for a terminal: the attributes (all of them, not cut) on indented lines below
+        lines.append(f"  {outs} = {op.kind.value}({ins})  # {op.name}")
+        lines += textwrap.wrap(_attrs(op.attrs, None), MAX_LINE_CHARS, initial_indent="      ",
+                               subsequent_indent="       ", break_long_words=False, break_on_hyphens=False)
     lines.append("  return " + ", ".join(f"%{o}" for o in g.outputs))
     lines.append("}")
     return "\n".join(lines)
