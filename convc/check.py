@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -203,7 +204,8 @@ def perturbed(model: onnx.ModelProto, node_name: str) -> onnx.ModelProto:
     raise ValueError(f"perturb={node_name!r}: the model has no node of that name")
 
 
-def random_feeds(model: onnx.ModelProto, batch: int | None, seed: int) -> dict[str, np.ndarray]:
+def random_feeds(model: onnx.ModelProto, batch: int | None, seed: int,
+                 input_shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     inits = {t.name for t in model.graph.initializer}
     feeds = {}
@@ -211,7 +213,8 @@ def random_feeds(model: onnx.ModelProto, batch: int | None, seed: int) -> dict[s
         if vi.name in inits:
             continue
         dims = vi.type.tensor_type.shape.dim
-        shape = [d.dim_value if d.HasField("dim_value") else (batch or 1) for d in dims]
+        shape = list((input_shapes or {}).get(vi.name) or
+                     [d.dim_value if d.HasField("dim_value") else (batch or 1) for d in dims])
         feeds[vi.name] = rng.standard_normal(shape).astype(np.float32)
     return feeds
 
@@ -244,9 +247,9 @@ def run_oracle(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str
 
 
 def run_convc(model: onnx.ModelProto, feeds: dict[str, np.ndarray], batch: int | None,
-              precision: str = "float32") -> dict[str, np.ndarray]:
+              precision: str = "float32", input_shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
     import convc
-    compiled = convc.compile(model, batch=batch, precision=precision)
+    compiled = convc.compile(model, batch=batch, precision=precision, input_shapes=input_shapes)
     return compiled.run({s.name: feeds[s.name] for s in compiled.inputs})
 
 
@@ -258,11 +261,13 @@ def _checks(names: list[str], producers: dict[str, tuple[str, str]], ours: dict,
 
 def check_model(model: onnx.ModelProto | str | os.PathLike, *, batch: int | None = None, seed: int = 0,
                 tolerance: float | None = None, perturb: str | None = None, precision: str = "float32",
-                inputs: dict[str, np.ndarray] | None = None) -> CheckReport:
+                inputs: dict[str, np.ndarray] | None = None, input_shapes: Any = None) -> CheckReport:
     """Check ``model`` (see the module docstring); ``perturb`` names a node whose output convc gets wrong.
     ``precision="bf16"`` measures bf16's deviation from float32 instead; ``tolerance`` defaults to
     ``DEFAULT_TOLERANCE`` (float32) or ``BF16_TOLERANCE``. ``inputs`` replaces the random inputs
-    (each graph input by name; those not given stay random)."""
+    (each graph input by name; those not given stay random). ``input_shapes`` fixes symbolic input
+    dimensions as in ``convc.compile``; an input given in ``inputs`` whose declared shape is
+    symbolic is checked at the given array's shape."""
     from convc.frontend.onnx import import_onnx
     from convc.options import resolve_options
     precision = resolve_options(threads=1, precision=precision).precision  # an InputError for "fp16" or 3
@@ -275,39 +280,47 @@ def check_model(model: onnx.ModelProto | str | os.PathLike, *, batch: int | None
     perturb = perturb or os.environ.get(PERTURB_ENV) or None
     report = CheckReport(name, oracle=oracle_name(), tolerance=tolerance, seed=None if inputs else seed,
                          precision=precision)
+    from convc.frontend.onnx.signature import declared_inputs, normalize
+    shapes = normalize(input_shapes) or {}
+    declared = declared_inputs(model)
+    for n, a in (inputs or {}).items():  # a symbolic input given as an array: checked at the array's shape
+        if n not in shapes and n in declared and any(not isinstance(d, int) for d in declared[n] or [None]):
+            shapes[n] = tuple(np.shape(a))
+    shapes = shapes or None
     try:
-        import_onnx(model, batch=batch)
+        import_onnx(model, batch=batch, input_shapes=shapes)
     except UnsupportedOpError as e:
         report.unsupported = list(e.nodes)
         return report
     ours_model = perturbed(model, perturb) if perturb else model
-    feeds = {**random_feeds(model, batch, seed), **(inputs or {})}
+    feeds = {**random_feeds(model, batch, seed, shapes), **(inputs or {})}
     producers = float_tensors(model)
     outputs = [o.name for o in model.graph.output]
     error = tensor_error if precision == "float32" else relative_error
 
-    ours, theirs = run_convc(ours_model, feeds, batch, precision), run_oracle(model, feeds)
+    ours, theirs = run_convc(ours_model, feeds, batch, precision, shapes), run_oracle(model, feeds)
     report.outputs = _checks(outputs, producers, ours, theirs, error)
     if precision != "float32":
         report.top1 = {o: agree for o in outputs if o in ours and o in theirs
                        and (agree := top1_agreement(ours[o], theirs[o])) is not None}
     everything = list(producers) + [o for o in outputs if o not in producers]
-    ours = run_convc(with_outputs(ours_model, everything), feeds, batch, precision)
+    ours = run_convc(with_outputs(ours_model, everything), feeds, batch, precision, shapes)
     theirs = run_oracle(with_outputs(model, everything), feeds)
     report.layers = _checks(list(producers), producers, ours, theirs, error)
     report.first_bad = next((t for t in report.layers if t.error > tolerance), None)
     if report.first_bad is None and any(o.error > tolerance for o in report.outputs):
         report.first_bad, report.found_by_bisection = _bisect(ours_model, model, list(producers), producers, feeds,
-                                                              batch, tolerance, precision, error), True
+                                                              batch, tolerance, precision, error, shapes), True
     return report
 
 
 def _bisect(ours_model, model, names, producers, feeds, batch, tolerance, precision="float32",
-            error=tensor_error) -> TensorCheck | None:
+            error=tensor_error, input_shapes=None) -> TensorCheck | None:
     """The first tensor that differs when the prefix ending at it is compiled with every optimization."""
     def check(i: int) -> TensorCheck:
         n = names[i]
-        return _checks([n], producers, run_convc(with_outputs(ours_model, [n]), feeds, batch, precision),
+        return _checks([n], producers, run_convc(with_outputs(ours_model, [n]), feeds, batch, precision,
+                                                 input_shapes),
                        run_oracle(with_outputs(model, [n]), feeds), error)[0]
     lo, hi, found = 0, len(names) - 1, None
     while lo <= hi:

@@ -31,13 +31,19 @@ def compile_graph(graph: Graph, *, threads: int | None = None, instrument: bool 
 def compile(model: ModelSource, *, threads: int | None = None, batch: int | None = None,
             progress: Callable[[str], None] | None = None, input_shape: Any = None,
             cache: bool | None = None, winograd: bool | None = None,
-            precision: str | None = None) -> CompiledModel:
+            precision: str | None = None, input_shapes: Any = None) -> CompiledModel:
     """Compile an ONNX model (path, bytes or ``onnx.ModelProto``), a convc Graph or a convc.nn Module
     (traced with ``input_shape``, batch first) to native code.
 
     ``batch`` fixes a symbolic batch dimension; left as None, the model compiles for batch 1 (a
     Module: for ``input_shape[0]``) and compiles other batch sizes on first use. ``threads`` caps
     the worker threads (default: all cores).
+
+    ``input_shapes`` fixes an ONNX model's symbolic dimensions by giving whole input shapes
+    (``{"x": (1, 3, 512, 512)}``, as onnxruntime's free-dimension overrides); they must agree with
+    the declared sizes and ``batch``. Symbolic dimensions left free (height and width of a fully
+    convolutional model) compile on the first run for the shapes fed, and again for each new
+    shape, as a new batch size does: at most 16 variants per model (``CONVC_MAX_VARIANTS``).
 
     ONNX initializers that are also graph inputs compile in as constants (their defaults); feeding
     one to ``run`` compiles, on first use, a variant that reads the fed ones at run time.
@@ -60,21 +66,23 @@ def compile(model: ModelSource, *, threads: int | None = None, batch: int | None
     options = resolve_options(threads=threads, cache=cache, winograd=winograd, precision=precision)
     if isinstance(model, Path):
         model = str(model)
-    return driver.compile_model(model, options, batch=batch, input_shape=input_shape, progress=progress)
+    return driver.compile_model(model, options, batch=batch, input_shape=input_shape, input_shapes=input_shapes,
+                                progress=progress)
 
 
 def build(model: ModelSource, output, *, batch: int | None = None, target: Any = "native",
           threads: int | None = None, input_shape: Any = None, progress: Callable[[str], None] | None = None,
-          header=None, winograd: bool | None = None, precision: str | None = None):
+          header=None, winograd: bool | None = None, precision: str | None = None, input_shapes: Any = None):
     """``convc compile MODEL -o model.so``: compile ``model`` (whatever ``compile`` takes) ahead of
     time to a shared library (or ``.o`` object file) plus its C header, for ``target`` (a name such
     as ``x86-64-v3`` or an AotTarget) and up to ``threads`` worker threads (default: all cores);
-    ``winograd`` and ``precision`` as in ``compile``."""
+    ``winograd``, ``precision`` and ``input_shapes`` as in ``compile`` (a library's shapes are
+    fixed: every symbolic dimension but the batch needs ``input_shapes``)."""
     from convc import driver
     batch = positive_int("batch", batch)
     options = resolve_options(threads=threads, target=target, winograd=winograd, precision=precision)
-    return driver.build_library(model, output, options, batch=batch, input_shape=input_shape, progress=progress,
-                                header=header)
+    return driver.build_library(model, output, options, batch=batch, input_shape=input_shape,
+                                input_shapes=input_shapes, progress=progress, header=header)
 
 
 def build_training_library(model: ModelSource, output, *, batch: int | None = None, optimizer: Any = "adam",

@@ -45,15 +45,74 @@ def is_nn_module(model: ModelSource) -> bool:
 
 
 def load_graph(model: ModelSource, batch: int | None = None, input_shape: Any = None,
-               runtime: frozenset[str] = frozenset()) -> Graph:
+               runtime: frozenset[str] = frozenset(), *, input_shapes: Any = None) -> Graph:
     """The Graph of ``model`` (the one loader of inference and training); ``runtime`` names ONNX
-    initializers listed as inputs to import as run-time inputs."""
+    initializers listed as inputs to import as run-time inputs; ``input_shapes`` fixes an ONNX
+    model's input shapes (frontend/onnx/signature.py)."""
+    if input_shapes is not None and not is_onnx_source(model):
+        raise InputError("input_shapes= fixes the symbolic dimensions of an ONNX model's inputs; a convc.nn "
+                         "Module takes input_shape=, a Graph's shapes are fixed")
     if isinstance(model, Graph):
         return model
     if is_nn_module(model):
         return model.to_graph(input_shape, batch=batch)
     from convc.frontend.onnx import import_onnx
-    return import_onnx(str(model) if isinstance(model, Path) else model, batch=batch, runtime=runtime)
+    return import_onnx(str(model) if isinstance(model, Path) else model, batch=batch, runtime=runtime,
+                       input_shapes=input_shapes)
+
+
+def is_onnx_source(model: ModelSource) -> bool:
+    """An ONNX model: a path, serialized bytes or a ModelProto."""
+    import onnx
+    return isinstance(model, (str, os.PathLike, bytes, bytearray, memoryview, onnx.ModelProto))
+
+
+def input_signature(model: ModelSource, batch: int | None = None,
+                    input_shapes: Any = None) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple]]:
+    """An ONNX model's ``input_shapes`` checked against its declared inputs and ``batch`` (an
+    InputError naming the input and its dimensions), and each input's dimensions once they applied:
+    sizes where fixed, symbols where still free (frontend/onnx/signature.py)."""
+    from convc.frontend.onnx.reader import read_model
+    from convc.frontend.onnx.signature import check_input_shapes, declared_inputs, resolved_inputs
+    proto = read_model(str(model) if isinstance(model, Path) else model, external_data=False)  # the structure only
+    declared = declared_inputs(proto)
+    shapes = check_input_shapes(declared, input_shapes, batch)
+    return shapes, resolved_inputs(declared, shapes, batch)
+
+
+def load_shaped(model: ModelSource, batch: int | None, input_shape: Any, input_shapes: Any) -> Graph:
+    """``load_graph`` with ``input_shapes``: a model that cannot be built for the shapes given (a
+    kernel larger than the image) is an InputError naming them."""
+    from convc.errors import GraphError, ModelImportError, UnsupportedOpError
+    try:
+        return load_graph(model, batch, input_shape, input_shapes=input_shapes or None)
+    except UnsupportedOpError:
+        raise
+    except (ModelImportError, GraphError) as e:
+        if not input_shapes:
+            raise
+        shown = "; ".join(f"input {n!r} has shape {tuple(s)}" for n, s in input_shapes.items())
+        raise InputError(f"{shown}; the model cannot be built for it: {e}") from e
+
+
+def declared_outputs(model: ModelSource) -> list:
+    """An ONNX model's graph outputs as IOSpecs of their declared dimensions (symbols by name)."""
+    import numpy as np
+    import onnx
+
+    from convc.frontend.onnx.reader import read_model
+    from convc.runtime import IOSpec
+    proto = read_model(str(model) if isinstance(model, Path) else model, external_data=False)
+    specs = []
+    for vi in proto.graph.output:
+        tt = vi.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)) if tt.elem_type else np.dtype("float32")
+        except (KeyError, ValueError, TypeError):
+            dtype = np.dtype("float32")
+        specs.append(IOSpec(vi.name, dims, dtype))
+    return specs
 
 
 def has_dynamic_batch(model: ModelSource) -> bool:
@@ -77,8 +136,9 @@ def has_dynamic_batch(model: ModelSource) -> bool:
 
 def model_from_artifact(artifact, *, threads: int | None = None, graph: Any = None,
                         graph_factory: Callable[[], Any] | None = None,
-                        respecialize: Callable[[int], CompiledModel] | None = None,
-                        override: Callable[[frozenset[str]], CompiledModel] | None = None) -> CompiledModel:
+                        respecialize: Callable[[dict], CompiledModel] | None = None,
+                        override: Callable[[frozenset[str]], CompiledModel] | None = None,
+                        signature: Mapping[str, tuple] | None = None) -> CompiledModel:
     """A CompiledModel running a JitArtifact's object code (no LLVM optimization or codegen), with
     at most the threads it was compiled for. Without ``graph``, ``CompiledModel.graph`` is a
     LazyGraph that ``graph_factory`` (import and passes) builds on first use."""
@@ -99,7 +159,7 @@ def model_from_artifact(artifact, *, threads: int | None = None, graph: Any = No
         graph = LazyGraph(meta.get("name", "model"), meta.get("graph_metadata"), graph_factory,
                           why_not="it was restored from compiled code (a pickle)")
     return CompiledModel(runner, graph, threads=threads, respecialize=respecialize, override=override,
-                         artifact=artifact, restore=restore_model)
+                         artifact=artifact, restore=restore_model, signature=signature)
 
 
 def restore_model(state: dict, threads: int | None) -> CompiledModel:
@@ -123,31 +183,39 @@ def restore_model(state: dict, threads: int | None) -> CompiledModel:
 # --- JIT compiles ----------------------------------------------------------------------------------
 
 def compile_plan(plan, options: CompileOptions, *, progress: Progress = None,
-                 respecialize: Callable[[int], CompiledModel] | None = None,
+                 respecialize: Callable[[dict], CompiledModel] | None = None,
                  override: Callable[[frozenset[str]], CompiledModel] | None = None,
-                 alias: str | None = None) -> CompiledModel:
+                 alias: str | None = None, signature: Mapping[str, tuple] | None = None) -> CompiledModel:
     """JIT-compile a plan of any pipeline variant (inference, a training step, the eval forward on
     the training state) through the compile cache (``alias`` is a source hash that will also name
     the entry) into a CompiledModel."""
     from convc.codegen.cache import compile_plan as compile_artifact
     artifact = compile_artifact(plan, options, progress=progress, alias=alias)
     return model_from_artifact(artifact, threads=options.threads, graph=plan.graph, respecialize=respecialize,
-                               override=override)
+                               override=override, signature=signature)
+
+
+def compile_bound(plan, state: Mapping[str, Any], options: CompileOptions) -> CompiledModel:
+    """``compile_plan``, with the model's inputs that ``state`` names bound to its arrays (a
+    training variant's plan: the parameters, running statistics and optimizer state, which the
+    native code reads and updates in place); the model is then called with the other inputs."""
+    model = compile_plan(plan, options)
+    model.bind({s.name: state[s.name] for s in model.inputs if s.name in state})
+    return model
 
 
 def compile_graph(graph: Graph, options: CompileOptions, *, progress: Progress = None,
-                  respecialize: Callable[[int], CompiledModel] | None = None,
+                  respecialize: Callable[[dict], CompiledModel] | None = None,
                   override: Callable[[frozenset[str]], CompiledModel] | None = None,
-                  alias: str | None = None) -> CompiledModel:
+                  alias: str | None = None, signature: Mapping[str, tuple] | None = None) -> CompiledModel:
     """Optimize ``graph`` (the inference pipeline) and JIT-compile it through the compile cache."""
     from convc.passes.pipeline import pipeline
     return compile_plan(pipeline(graph, progress=progress, options=options), options, progress=progress,
-                        respecialize=respecialize,
-                        override=override, alias=alias)
+                        respecialize=respecialize, override=override, alias=alias, signature=signature)
 
 
 def warm_model(model: ModelSource, batch: int | None, input_shape: Any, options: CompileOptions,
-               progress: Progress = None, respecialize=None, override=None):
+               progress: Progress = None, respecialize=None, override=None, input_shapes=None, signature=None):
     """``convc.compile``'s fast path: (the cached model named by the source's hash or None, that hash).
 
     The hash covers the ONNX bytes and every option; the returned model's ``graph`` is rebuilt
@@ -158,17 +226,20 @@ def warm_model(model: ModelSource, batch: int | None, input_shape: Any, options:
         return None, None
     # the options that change the plan besides the threads: a Winograd or bf16 compile is another entry
     env = environment(options.threads) | {"winograd": options.winograd, "precision": options.precision}
-    alias = source_key(model, batch, input_shape, env)
+    # fixed input shapes are part of the key (left out without any, so earlier entries stay valid)
+    shape_key = (input_shape, sorted(input_shapes.items())) if input_shapes else input_shape
+    alias = source_key(model, batch, shape_key, env)
     if alias is None:
         return None, None
 
     def graph_factory():  # runs later, when something reads the graph: with this compile's options
         from convc.passes.pipeline import pipeline
-        return pipeline(load_graph(model, batch, input_shape), options=options).graph
+        return pipeline(load_graph(model, batch, input_shape, input_shapes=input_shapes), options=options).graph
     try:
         art = cached_artifact(root, alias, progress)
         hit = None if art is None else model_from_artifact(art, threads=options.threads, graph_factory=graph_factory,
-                                                          respecialize=respecialize, override=override)
+                                                          respecialize=respecialize, override=override,
+                                                          signature=signature)
     except Exception as e:  # noqa: BLE001  an unusable entry must never fail a compile that can run cold
         warnings.warn(f"convc compile cache: cannot use the cached code ({type(e).__name__}: {e}); compiling again",
                       CacheWarning, stacklevel=3)
@@ -177,37 +248,57 @@ def warm_model(model: ModelSource, batch: int | None, input_shape: Any, options:
 
 
 def compile_model(model: ModelSource, options: CompileOptions, *, batch: int | None = None, input_shape: Any = None,
-                  progress: Progress = None) -> CompiledModel:
+                  input_shapes: Any = None, progress: Progress = None) -> CompiledModel:
     """``convc.compile`` once its options are resolved: the cache's fast path, else import, passes
-    and codegen; the model compiles other batch sizes (a symbolic batch left unfixed) and variants
-    reading overridden ONNX initializers at run time on first use."""
+    and codegen. Symbolic input dimensions that ``batch`` and ``input_shapes`` leave free compile
+    on first use for each new input shape (convc/model.py): a free batch compiles for batch 1
+    first, a free height or width (no default) compiles nothing until the first run. Variants
+    reading overridden ONNX initializers at run time also compile on first use."""
     if progress:
         progress("import")
     if is_nn_module(model):
         model = model.snapshot()  # later edits to the parameters must not reach variants compiled on first use
     onnx_source = not isinstance(model, Graph) and not is_nn_module(model)
+    if input_shapes is not None and not onnx_source:
+        raise InputError("input_shapes= fixes the symbolic dimensions of an ONNX model's inputs; a convc.nn "
+                         "Module takes input_shape=, a Graph's shapes are fixed")
+    fixed, signature = input_signature(model, batch, input_shapes) if onnx_source else ({}, None)
+    free = {n: dims for n, dims in (signature or {}).items() if any(not isinstance(d, int) for d in dims)}
 
-    def variant(n: int | None, runtime: frozenset[str]) -> CompiledModel:
-        return compile_graph(load_graph(model, n, input_shape, runtime), options,
-                              override=(lambda names: variant(n, runtime | names)) if onnx_source else None)
+    def variant(shapes: dict | None, runtime: frozenset[str]) -> CompiledModel:
+        if onnx_source:
+            graph = load_graph(model, batch, input_shape, runtime, input_shapes={**fixed, **(shapes or {})} or None)
+        else:  # a Module: only its batch is free
+            graph = load_graph(model, next(iter(shapes.values()))[0] if shapes else batch, input_shape, runtime)
+        return compile_graph(graph, options,
+                             override=(lambda names: variant(shapes, runtime | names)) if onnx_source else None)
     respecialize = None
-    if batch is None and (is_nn_module(model) or (onnx_source and has_dynamic_batch(model))):
-        def respecialize(n: int) -> CompiledModel:
-            return variant(n, frozenset())
-    override = (lambda names: variant(batch, names)) if onnx_source else None
-    hit, alias = warm_model(model, batch, input_shape, options, progress, respecialize, override)
+    if (batch is None and is_nn_module(model)) or free:
+        def respecialize(shapes: dict) -> CompiledModel:
+            return variant(shapes, frozenset())
+    if any(not isinstance(d, int) for dims in free.values() for d in dims[1:]):
+        # a free height or width has no default to compile first: the first run compiles for its shapes
+        name = Path(model).stem if isinstance(model, (str, os.PathLike)) else "model"
+        shown = ", ".join(f"{n!r} {list(dims)}" for n, dims in free.items())
+        return CompiledModel(None, LazyGraph(name, why_not=f"it compiles on its first run, for the input shapes "
+                                                           f"fed (symbolic: {shown})"),
+                             threads=options.threads, respecialize=respecialize, signature=signature,
+                             outputs=declared_outputs(model))
+    override = (lambda names: variant(None, names)) if onnx_source else None
+    hit, alias = warm_model(model, batch, input_shape, options, progress, respecialize, override,
+                            input_shapes=fixed or None, signature=signature)
     if hit is not None:
         return hit
-    graph = load_graph(model, batch, input_shape)
+    graph = load_shaped(model, batch, input_shape, fixed)
     return compile_graph(graph, options, progress=progress, respecialize=respecialize, override=override,
-                          alias=alias)
+                         alias=alias, signature=signature)
 
 
 
 # --- ahead-of-time builds --------------------------------------------------------------------------
 
 def build_library(model: ModelSource, output, options: CompileOptions, *, batch: int | None = None,
-                  input_shape: Any = None, progress: Progress = None, header=None):
+                  input_shape: Any = None, input_shapes: Any = None, progress: Progress = None, header=None):
     """Compile ``model`` (whatever ``convc.compile`` takes) to a shared library or object file for
     ``options.target``; returns codegen/aot.py's BuildResult."""
     from convc.codegen.aot import build_plan
@@ -218,7 +309,7 @@ def build_library(model: ModelSource, output, options: CompileOptions, *, batch:
         model = str(model)
     if progress:
         progress("import")
-    plan = pipeline(load_graph(model, batch, input_shape), progress=progress, options=options)
+    plan = pipeline(load_shaped(model, batch, input_shape, input_shapes), progress=progress, options=options)
     return build_plan(plan, output, options, progress=progress, header=header)
 
 

@@ -109,3 +109,21 @@ def positive_int(name: str, value, *, optional: bool = True) -> int | None:
     if value < 1:
         raise InputError(f"{name}={value} must be a positive integer")
     return int(value)
+
+
+# A model whose batch or spatial dimensions are symbolic compiles a variant on first use for each
+# new input shape and keeps it. Each costs a compile and its code and arena stay in memory, so a
+# caller feeding ever new sizes (a video with a changing resolution, sizes from user uploads)
+# gets an error after this many instead of a slow leak; CONVC_MAX_VARIANTS changes it.
+VARIANTS_ENV = "CONVC_MAX_VARIANTS"
+DEFAULT_MAX_VARIANTS = 16
+
+
+def max_variants() -> tuple[int, str]:
+    """The most variants one compiled model compiles on first use, and where that number comes from."""
+    text = os.environ.get(VARIANTS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_VARIANTS, f"the default; set {VARIANTS_ENV} to change it"
+    if not text.isdigit() or int(text) < 1:
+        raise ConvcError(f"{VARIANTS_ENV}={text!r} is not a positive integer")
+    return int(text), f"{VARIANTS_ENV}={text}"

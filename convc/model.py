@@ -8,31 +8,41 @@ that restores it from a pickle (``restore``: a module-level function of whoever 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from convc.errors import GraphError, InputError, ModelImportError
-from convc.limits import check_size
+from convc.limits import check_size, max_variants
 from convc.runtime import IOSpec, NativeRunner
+
+
+Dim = int | str | None  # an input dimension: a size, or free (its symbol's name, None when it has none)
+
+
+def _show(dims) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
 
 class CompiledModel:
     """A model compiled to native code. numpy arrays in, numpy arrays out.
 
     ``run(feeds)`` maps input names to arrays and returns a dict of outputs; calling the model with
-    positional arrays returns one array (or a tuple when the model has several outputs). When the
-    model's batch dimension is symbolic and no ``batch`` was fixed, a new batch size compiles a
-    specialized variant on first use and keeps it.
+    positional arrays returns one array (or a tuple when the model has several outputs). When some
+    input dimensions are symbolic and were not fixed (``batch``, ``input_shapes``), a new input
+    shape compiles a specialized variant on first use and keeps it (at most ``max_variants()``,
+    convc/limits.py). A model whose symbolic dimensions have no default (height and width) has no
+    code of its own: its first run compiles the first variant.
 
     ONNX initializers listed as graph inputs (``overridable``) are compiled in as constants; feeding
     some of them to ``run`` overrides their defaults, as ONNX specifies: a variant reading those
     names at run time compiles on first use (one per set of names) and is kept."""
 
-    def __init__(self, runner: NativeRunner, graph, threads: int | None = None,
-                 respecialize: Callable[[int], "CompiledModel"] | None = None,
+    def __init__(self, runner: NativeRunner | None, graph, threads: int | None = None,
+                 respecialize: Callable[[dict[str, tuple[int, ...]]], "CompiledModel"] | None = None,
                  override: Callable[[frozenset[str]], "CompiledModel"] | None = None, *,
-                 artifact: Any = None, restore: Callable[[dict, int | None], "CompiledModel"] | None = None):
+                 artifact: Any = None, restore: Callable[[dict, int | None], "CompiledModel"] | None = None,
+                 signature: Mapping[str, tuple[Dim, ...]] | None = None, outputs: Sequence[IOSpec] = ()):
         self._runner = runner
         # pickling: ``artifact.state()`` is the compiled code as data, ``restore(state, threads)``
         # (a module-level function of the driver or convc.load) rebuilds the model from it
@@ -40,14 +50,28 @@ class CompiledModel:
         self._restore = restore
         self.graph = graph  # the optimized graph the native code was generated from
         self.threads = threads
+        # ``respecialize(shapes)`` compiles the model for these shapes of the inputs with free
+        # dimensions. ``signature``: each input's dimensions, sizes where fixed and symbols where free
+        # (default: the first input's batch is free); ``outputs``: the declared outputs of a model
+        # without code (``runner`` None) until its first run
         self._respecialize = respecialize
-        self._variants: dict[int, CompiledModel] = {}
+        if signature is None and respecialize is not None and runner is not None and runner.inputs:
+            first = runner.inputs[0]
+            signature = {first.name: (None, *first.shape[1:])} if first.shape else {}
+        self._signature = dict(signature or {})
+        self._free = {n: dims for n, dims in self._signature.items() if any(not isinstance(d, int) for d in dims)}
+        self._declared_outputs = list(outputs)
+        self._variants: dict[tuple, CompiledModel] = {}
         self._override = override
         self._overridden: dict[frozenset[str], CompiledModel] = {}
+        if runner is None and respecialize is None:
+            raise ValueError("a CompiledModel without code needs respecialize")
 
     @property
     def overridable(self) -> list[str]:
         """Graph inputs with a default (an ONNX initializer) that this variant compiled in as constants."""
+        if self._runner is None:
+            return []
         fed = {s.name for s in self._runner.inputs}
         return [n for n in self.graph.metadata.get("initializer_inputs", []) if n not in fed]
 
@@ -66,42 +90,118 @@ class CompiledModel:
         """Read these inputs from the caller's arrays on every run that does not feed them: the
         arrays are used in place, never copied (a Trainer's state, which its compiled step updates
         in place); they must be writeable, C-contiguous and of the input's dtype and shape."""
+        if self._runner is None:
+            raise InputError("this model is not compiled yet (its input shapes are symbolic): run it once first")
         self._runner.bind(arrays)
 
     @property
+    def compiled(self) -> bool:
+        """False for a model with symbolic input dimensions and no default for them (such as height
+        and width): it compiles on its first run, for the shapes fed."""
+        return self._runner is not None
+
+    @property
     def inputs(self) -> list[IOSpec]:
+        """The inputs; before a model without code is first run, free dimensions show as their
+        symbols' names (None when unnamed), as onnxruntime shows them."""
+        if self._runner is None:
+            return [IOSpec(n, tuple(dims), np.dtype(np.float32)) for n, dims in self._signature.items()]
         return list(self._runner.inputs)
 
     @property
     def outputs(self) -> list[IOSpec]:
+        if self._runner is None:
+            return list(self._declared_outputs)
         return list(self._runner.outputs)
 
     @property
+    def arena_bytes(self) -> int:
+        """The bytes of the activation arena the native code runs in (kernel scratch included)."""
+        return self._runner.arena_bytes
+
+    @property
     def batch(self) -> int | None:
+        if self._runner is None:
+            return None
         return self._runner.inputs[0].shape[0] if self._runner.inputs and self._runner.inputs[0].shape else None
 
+    def _fed_shapes(self, feeds: Mapping[str, Any]) -> dict[str, tuple[int, ...]] | None:
+        """The fed shapes of the inputs with free dimensions; None when a feed cannot run on any
+        variant and this model's own input check should say why (a model without code says it here)."""
+        if self._runner is None:
+            missing = [n for n in self._signature if n not in feeds]
+            extra = [k for k in feeds if k not in self._signature]
+            if missing or extra:  # as NativeRunner.check words it
+                parts = ([f"missing input(s) {missing}"] if missing else []) + ([f"unknown input(s) {extra}"]
+                                                                              if extra else [])
+                raise InputError("; ".join(parts) + f"; the model takes {list(self._signature)}")
+        shapes = {}
+        for name, dims in self._free.items():
+            a = feeds.get(name)
+            if a is None:
+                return None
+            shape = tuple(np.shape(a))
+            dtype = getattr(a, "dtype", None)
+            if dtype is not None and dtype != np.float32 or len(shape) != len(dims) or any(
+                    isinstance(d, int) and d != n for d, n in zip(dims, shape)):
+                if self._runner is not None:
+                    return None  # the input check rejects it; do not compile a variant first
+                if dtype is not None and dtype != np.float32:
+                    from convc.runtime import dtype_error
+                    raise dtype_error(f"input {name!r}", np.dtype(dtype), np.dtype(np.float32))
+                raise InputError(f"input {name!r} has shape {shape}, expected {_show(dims)}")
+            shapes[name] = tuple(int(n) for n in shape)
+        return shapes
+
+    def _describe(self, shapes: Mapping[str, tuple[int, ...]]) -> str:
+        """The fed shapes in an error: ``input 'x' has batch 64`` when only batches are free."""
+        if all(i == 0 for dims in self._free.values() for i, d in enumerate(dims) if not isinstance(d, int)):
+            name = next(iter(shapes))
+            return f"input {name!r} has batch {shapes[name][0]}"
+        return "; ".join(f"input {n!r} has shape {s}" for n, s in shapes.items())
+
     def _variant_for(self, feeds: Mapping[str, Any]) -> "CompiledModel":
-        if self._respecialize is None or not self._runner.inputs:
+        if self._respecialize is None or not self._free:
             return self
-        first = feeds.get(self._runner.inputs[0].name)
-        shape = getattr(first, "shape", None)
-        if not shape or shape[0] == self.batch or shape[1:] != self._runner.inputs[0].shape[1:]:
+        shapes = self._fed_shapes(feeds)
+        if shapes is None:
             return self
-        spec = self._runner.inputs[0]
-        if getattr(first, "dtype", None) != spec.dtype:
-            return self  # the input check rejects it; do not compile a variant first
-        n = int(shape[0])
-        if n < 1:
-            raise InputError(f"input {spec.name!r} has shape {tuple(shape)}: a batch of {n}; the batch must be at "
-                             "least 1")
-        # a feed of batch 2**31 (a broadcast view costs nothing) must not compile a model needing TiBs
-        check_size(f"input {spec.name!r}", shape, spec.dtype, InputError)
-        if n not in self._variants:
+        if self._runner is not None:
+            own = {s.name: s.shape for s in self._runner.inputs}
+            if all(own.get(n) == s for n, s in shapes.items()):
+                return self
+        sizes: dict[str, tuple[int, str]] = {}
+        for name, shape in shapes.items():
+            dims = self._free[name]
+            for i, (d, n) in enumerate(zip(dims, shape)):
+                if isinstance(d, int):
+                    continue
+                if n < 1:
+                    if i == 0:
+                        raise InputError(f"input {name!r} has shape {shape}: a batch of {n}; the batch must be at "
+                                         "least 1")
+                    raise InputError(f"input {name!r} has shape {shape}: dimension {i} ({d or '?'}) is {n}; it must "
+                                     "be at least 1")
+                if isinstance(d, str):
+                    seen = sizes.setdefault(d, (n, name))
+                    if seen[0] != n:
+                        raise InputError(f"inputs {seen[1]!r} and {name!r} share dimension {d!r}, but are fed "
+                                         f"{seen[0]} and {n} for it ({name!r} has shape {shape})")
+            # a feed of batch 2**31 (a broadcast view costs nothing) must not compile a model needing TiBs
+            check_size(f"input {name!r}", shape, np.float32, InputError)
+        key = tuple(shapes.items())
+        if key not in self._variants:
+            limit, source = max_variants()
+            if len(self._variants) >= limit:
+                raise InputError(f"{self._describe(shapes)}: the model already compiled {len(self._variants)} "
+                                 f"variants for other input shapes, the most it keeps ({source}); fix the shape "
+                                 "when compiling (batch=, input_shapes=; --batch, --input-shape) or compile a "
+                                 "model per shape")
             try:
-                self._variants[n] = self._respecialize(n)
-            except (ModelImportError, GraphError) as e:  # this batch size, not the model, is the problem
-                raise InputError(f"input {spec.name!r} has batch {n}; the model cannot be built for it: {e}") from e
-        return self._variants[n]
+                self._variants[key] = self._respecialize(dict(shapes))
+            except (ModelImportError, GraphError) as e:  # this shape, not the model, is the problem
+                raise InputError(f"{self._describe(shapes)}; the model cannot be built for it: {e}") from e
+        return self._variants[key]
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         model = self._variant_for(feeds)._override_for(feeds)
@@ -110,14 +210,16 @@ class CompiledModel:
 
     def run_timed(self, feeds: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """Outputs plus seconds per layer (op name -> s); needs ``compile_graph(..., instrument=True)``."""
-        outs, times = self._runner.run_timed(self._runner.check(feeds))
-        return {s.name: o for s, o in zip(self._runner.outputs, outs)}, times
+        model = self._variant_for(feeds)
+        outs, times = model._runner.run_timed(model._runner.check(feeds))
+        return {s.name: o for s, o in zip(model._runner.outputs, outs)}, times
 
     def __call__(self, *arrays: np.ndarray):
-        if len(arrays) != len(self._runner.inputs):
-            raise InputError(f"the model takes {len(self._runner.inputs)} input(s) "
-                             f"{[s.name for s in self._runner.inputs]}, got {len(arrays)} array(s)")
-        outs = list(self.run({s.name: a for s, a in zip(self._runner.inputs, arrays)}).values())
+        inputs = self.inputs
+        if len(arrays) != len(inputs):
+            raise InputError(f"the model takes {len(inputs)} input(s) {[s.name for s in inputs]}, got "
+                             f"{len(arrays)} array(s)")
+        outs = list(self.run({s.name: a for s, a in zip(inputs, arrays)}).values())
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def __repr__(self) -> str:

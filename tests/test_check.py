@@ -92,8 +92,8 @@ def test_an_error_only_the_optimized_model_makes_is_found_by_bisection(monkeypat
     """A wrong fused kernel: the all-outputs variant (no fusion) matches, the optimized model does not."""
     run = convc.check.run_convc
 
-    def fused_conv2_is_wrong(model, feeds, batch, precision="float32"):
-        out = run(model, feeds, batch, precision)
+    def fused_conv2_is_wrong(model, feeds, batch, precision="float32", input_shapes=None):
+        out = run(model, feeds, batch, precision, input_shapes)
         if len(model.graph.output) < 7:  # not the all-tensors variant
             out = {k: v + 1 if k in ("c", "d", "e", "f", "Y") else v for k, v in out.items()}
         return out

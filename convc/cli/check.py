@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from convc.check import BF16_TOLERANCE, DEFAULT_TOLERANCE, check_model
-from convc.cli.common import EXIT_OK, Command, Progress, fail, given_inputs, input_spec, load_onnx, positive
+from convc.cli.common import (EXIT_OK, Command, Progress, add_input_shape_flag, fail, given_inputs, input_shapes,
+                              input_spec, load_onnx, positive)
 from convc.options import PRECISIONS
 
 EXIT_DIFFERS = 1  # the model compiles but a tensor differs from the oracle
@@ -26,6 +27,7 @@ DESCRIPTION = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL.onnx", help="the ONNX model to check")
     p.add_argument("--batch", type=positive, metavar="N", help="fix a symbolic batch dimension to N (default: 1)")
+    add_input_shape_flag(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
     p.add_argument("--tolerance", type=float, default=None, metavar="TOL",
                    help=f"largest accepted max |convc - oracle| / max(1, max |oracle|) per tensor "
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     given = given_inputs(model, args.inputs)
     progress("importing, compiling and comparing layer by layer")
     report = check_model(model, batch=args.batch, seed=args.seed, tolerance=args.tolerance, perturb=args.perturb,
-                         precision=args.precision, inputs=given or None)
+                         precision=args.precision, inputs=given or None, input_shapes=input_shapes(args))
     report.model = args.model
     print(report.render())
     sys.stdout.flush()

@@ -93,6 +93,42 @@ def add_precision_flag(p: argparse.ArgumentParser) -> None:
                         "--precision bf16 measures it; bf16 runs 3x3 convs without Winograd)")
 
 
+def input_shape_spec(text: str) -> tuple[str, tuple[int, ...]]:
+    """argparse ``type=`` for ``--input-shape NAME=d0,d1,...`` (``x=1,3,512,512``)."""
+    name, sep, dims = text.rpartition("=")
+    if not sep or not name or not dims.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=d0,d1,... such as x=1,3,224,224, got {text!r}")
+    try:
+        shape = tuple(int(d) for d in dims.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the dimensions of input {name!r} must be integers separated by "
+                                         "commas, such as 1,3,224,224") from None
+    bad = [i for i, d in enumerate(shape) if d < 1]
+    if bad:
+        raise argparse.ArgumentTypeError(f"{text!r}: dimension {bad[0]} of input {name!r} is {shape[bad[0]]}; every "
+                                         "dimension must be a positive integer")
+    return name, shape
+
+
+def add_input_shape_flag(p: argparse.ArgumentParser) -> None:
+    """``--input-shape NAME=d0,d1,...``: ``input_shapes=`` of a compile (frontend/onnx/signature.py)."""
+    p.add_argument("--input-shape", dest="input_shapes", action="append", type=input_shape_spec, default=[],
+                   metavar="NAME=d0,d1,...",
+                   help="fix the shape of input NAME, its symbolic dimensions included (e.g. x=1,3,512,512 for a "
+                        "model declared [N, 3, H, W]); repeatable, one per input; must agree with the model's fixed "
+                        "dimensions and --batch")
+
+
+def input_shapes(args: argparse.Namespace) -> dict[str, tuple[int, ...]] | None:
+    """``--input-shape`` as the ``input_shapes`` keyword of a compile (None when not given)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, shape in getattr(args, "input_shapes", None) or ():
+        if name in shapes and shapes[name] != shape:
+            raise InputError(f"--input-shape gives input {name!r} two shapes: {shapes[name]} and {shape}")
+        shapes[name] = shape
+    return shapes or None
+
+
 def numeric_options(args: argparse.Namespace) -> dict:
     """The ``winograd`` and ``precision`` keywords of a compile from ``--no-winograd`` and ``--precision``:
     with --precision bf16 and no --no-winograd, Winograd is left to the options' default for bf16 (off)."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from convc.cli.common import (EXIT_OK, Command, Progress, add_precision_flag, add_winograd_flag, check_output_file,
-                              load_onnx, mb, numeric_options, positive)
+from convc.cli.common import (EXIT_OK, Command, Progress, add_input_shape_flag, add_precision_flag, add_winograd_flag,
+                              check_output_file, input_shapes, load_onnx, mb, numeric_options, positive)
 from convc.errors import ConvcError
 
 DESCRIPTION = (
@@ -32,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the library to write (default: MODEL.so); FILE.o writes the object file only")
     p.add_argument("--batch", type=positive, metavar="N",
                    help="fix a symbolic batch dimension to N (default: 1); the library's shapes are fixed")
+    add_input_shape_flag(p)
     p.add_argument("--target", type=_target, default="native", metavar="TARGET",
                    help=f"the CPU to compile for: {', '.join(TARGET_NAMES)} (default: native = this CPU, every "
                         "feature it has); extra required features may follow: x86-64-v3,+avx512f")
@@ -62,6 +63,9 @@ def refuse_conflicts(args: argparse.Namespace) -> None:
             raise ConvcError("--no-winograd is not available with --train: training never runs Winograd convs")
         if args.precision not in (None, "float32"):
             raise ConvcError(f"--precision {args.precision} is not available with --train: training runs float32")
+        if args.input_shapes:
+            raise ConvcError("--input-shape is not available with --train: a training library's input shape is "
+                             "the model's, with --batch")
         return
     for flag in ("optimizer", "lr", "loss", "seed"):
         if getattr(args, flag) is not None:
@@ -86,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
                                         target=args.target, progress=progress, header=args.header)
     else:
         result = build(model, out, batch=args.batch, target=args.target, threads=args.threads, progress=progress,
-                       header=args.header, **numeric_options(args))
+                       header=args.header, input_shapes=input_shapes(args), **numeric_options(args))
     progress(f"built {result.output.name} in {result.seconds:.1f}s")
     meta = result.meta
     kind = "object file" if result.object_only else "shared library"
@@ -116,4 +120,5 @@ COMMAND = Command(
     "compile", "compile an ONNX model ahead of time to a shared library and C header", DESCRIPTION,
     add_arguments, run,
     ("convc compile lenet.onnx -o lenet.so", "convc compile model.onnx -o model.so --batch 8 --threads 4",
-     "convc compile model.onnx -o model.so --target x86-64-v3", "convc compile model.onnx -o model.o"))
+     "convc compile model.onnx -o model.so --target x86-64-v3", "convc compile model.onnx -o model.o",
+     "convc compile fcn.onnx -o fcn.so --input-shape x=1,3,512,512"))

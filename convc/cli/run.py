@@ -11,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from convc.cli.common import (EXIT_OK, Command, Progress, add_precision_flag, add_winograd_flag, check_output_dir,
-                              given_inputs, input_spec, load_onnx, numeric_options, positive)
+from convc.cli.common import (EXIT_OK, Command, Progress, add_input_shape_flag, add_precision_flag, add_winograd_flag,
+                              check_output_dir, given_inputs, input_shapes, input_spec, load_onnx, numeric_options,
+                              positive)
+from convc.errors import InputError
 
 
 def _format_values(a: np.ndarray, n: int = 6) -> str:
@@ -77,6 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL.onnx", help="the ONNX model to compile and run")
     p.add_argument("--batch", type=positive, metavar="N",
                    help="fix a symbolic batch dimension to N (default: 1, or the batch of the given inputs)")
+    add_input_shape_flag(p)
     p.add_argument("--input", "-i", dest="inputs", action="append", type=input_spec, default=[],
                    metavar="NAME=FILE.npy",
                    help="feed input NAME from a .npy file (repeatable; plain FILE.npy for a single-input "
@@ -107,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     given = given_inputs(onnx_model, args.inputs)
 
     model = convc.compile(onnx_model, batch=args.batch, threads=args.threads, progress=progress,
-                          **numeric_options(args))
+                          input_shapes=input_shapes(args), **numeric_options(args))
     progress(f"compiled {Path(args.model).name}")
 
     text = args.format == "text"
@@ -121,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
             if text:
                 print(f"input  {spec.name!r}: {given[spec.name].dtype} {given[spec.name].shape} from file")
         else:
-            feeds[spec.name] = rng.standard_normal(spec.shape).astype(spec.dtype)
+            feeds[spec.name] = rng.standard_normal(_random_shape(spec, given)).astype(spec.dtype)
             source = f"random normal (seed {args.seed})"
             if text:
                 print(f"input  {spec.name!r}: {spec.dtype} {spec.shape} random normal values (seed {args.seed}; "
@@ -186,6 +189,22 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _random_shape(spec, given: dict[str, np.ndarray]) -> tuple[int, ...]:
+    """The shape of an input given no file: the compiled one; of a model that compiles on its first
+    run (symbolic height or width), a symbolic batch is the given inputs' (else 1), and any other
+    symbolic dimension must be given with --input-shape."""
+    shape = tuple(spec.shape)
+    free = [i for i, d in enumerate(shape) if not isinstance(d, int)]
+    if [i for i in free if i > 0]:
+        shown = "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+        raise InputError(f"input {spec.name!r} has symbolic dimensions {shown}: give its shape with --input-shape "
+                         f"{spec.name}=d0,d1,... (or feed it with --input {spec.name}=FILE.npy)")
+    if free:
+        batches = {a.shape[0] for a in given.values() if a.ndim}
+        shape = (batches.pop() if len(batches) == 1 else 1, *shape[1:])
+    return shape
+
+
 def _batch_size(feeds: dict[str, np.ndarray]) -> int | None:
     """The samples per run: the leading axis of the inputs, when they all agree."""
     sizes = {a.shape[0] for a in feeds.values() if a.ndim}
@@ -200,4 +219,5 @@ COMMAND = Command(
     add_arguments, run,
     ("convc run lenet.onnx", "convc run lenet.onnx --batch 8 --repeat 100",
      "convc run model.onnx --input data=x.npy --output-dir out/", "convc run squeezenet.onnx --top-k 3",
+     "convc run fcn.onnx --input-shape x=1,3,512,512",
      "convc run lenet.onnx --batch 32 --format json"))

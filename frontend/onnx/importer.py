@@ -17,6 +17,7 @@ import onnx
 from convc.errors import ConvcError, GraphError, ModelImportError, UnsupportedOpError
 from convc.frontend.onnx.context import ImportState, NodeContext, Unsupported
 from convc.frontend.onnx.reader import read_model, tensor_value
+from convc.frontend.onnx.signature import check_input_shapes, declared_inputs, fixed_symbols, unfixed_message
 from convc.frontend.onnx.registry import CONVERTERS, FIRST_OPSET, FOLDERS
 from convc.ir import Graph, TensorKind
 from convc.limits import check_size, positive_int
@@ -26,12 +27,15 @@ LAST_OPSET = onnx.defs.onnx_opset_version()
 
 
 def import_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, batch: int | None = None, *,
-                runtime: Collection[str] = (), bind: Mapping[str, np.ndarray] | None = None) -> Graph:
+                runtime: Collection[str] = (), bind: Mapping[str, np.ndarray] | None = None,
+                input_shapes: Mapping[str, Any] | None = None) -> Graph:
     """Import an ONNX model (a path, serialized bytes or a ModelProto) as a convc Graph.
 
     ``batch`` fixes the first dimension of every graph input whose first dimension is symbolic
-    (default 1); every other dimension must be static. Graph inputs and outputs keep their ONNX
-    names and order.
+    (default 1). ``input_shapes`` gives whole shapes for some graph inputs (``{"x": (1, 3, 512,
+    512)}``), fixing their symbolic dimensions (and the same-named ones of other inputs); it must
+    agree with the declared dimensions and ``batch`` (frontend/onnx/signature.py). Every other
+    symbolic dimension is refused. Graph inputs and outputs keep their ONNX names and order.
 
     Initializers that are also listed as graph inputs are overridable constants (ONNX: the
     initializer is the default value of the input). They import as constants, so the compiler folds
@@ -48,8 +52,11 @@ def import_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, batch: int |
     """
     batch = positive_int("batch", batch)
     proto = read_model(model)
+    declared = declared_inputs(proto)
+    shapes = check_input_shapes(declared, input_shapes, batch)
     opset = _default_opset(proto)
-    return _Importer(proto.graph, opset, batch, frozenset(runtime), dict(bind or {})).run()
+    return _Importer(proto.graph, opset, batch, frozenset(runtime), dict(bind or {}), shapes,
+                     fixed_symbols(declared, shapes)).run()
 
 
 def _default_opset(proto: onnx.ModelProto) -> int:
@@ -99,10 +106,13 @@ def _node_name(node: onnx.NodeProto, index: int) -> str:
 
 class _Importer:
     def __init__(self, g: onnx.GraphProto, opset: int, batch: int | None, runtime: frozenset[str] = frozenset(),
-                 bind: dict[str, np.ndarray] | None = None) -> None:
+                 bind: dict[str, np.ndarray] | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
+                 symbols: dict[str, int] | None = None) -> None:
         self.onnx = g
         self.opset = opset
         self.batch = batch
+        self.shapes = shapes or {}    # input name -> the shape the caller gave (checked against the declared one)
+        self.symbols = symbols or {}  # symbol name -> the size those shapes give it
         self.runtime = runtime
         self.bind = bind or {}
         self.state = ImportState(Graph(name=g.name or "graph"))
@@ -173,26 +183,43 @@ class _Importer:
         if tt.elem_type != onnx.TensorProto.FLOAT:
             raise ModelImportError(f"graph input {vi.name!r} has element type {type_name}; convc compiles float32 "
                                    "models only, so every runtime input must be FLOAT")
-        if not tt.HasField("shape"):
-            raise ModelImportError(f"graph input {vi.name!r} has no shape; convc needs static input shapes")
-        shape: list[int] = []
-        for i, d in enumerate(tt.shape.dim):
-            if d.HasField("dim_value"):
-                if d.dim_value < 0:
-                    raise ModelImportError(f"graph input {vi.name!r} dimension {i} is {d.dim_value}")
-                if i == 0 and self.batch is not None and d.dim_value != self.batch:
-                    raise ModelImportError(f"graph input {vi.name!r} has a fixed batch dimension {d.dim_value}, "
-                                           f"but batch={self.batch} was requested")
-                shape.append(d.dim_value)
-            elif i == 0:
-                shape.append(self.batch if self.batch is not None else 1)
-            else:
-                symbol = f" ({d.dim_param!r})" if d.dim_param else ""
-                raise ModelImportError(
-                    f"graph input {vi.name!r} has a symbolic dimension {i}{symbol}; only the first (batch) "
-                    "dimension may be symbolic, every other one must be static")
+        given = self.shapes.get(vi.name)
+        if given is not None:  # checked against the declared dimensions by check_input_shapes
+            shape = list(given)
+        elif not tt.HasField("shape"):
+            raise ModelImportError(f"graph input {vi.name!r} has no shape; convc needs static input shapes (give "
+                                   f"one with input_shapes={{{vi.name!r}: (...)}}, --input-shape {vi.name}=...)")
+        else:
+            shape = self._declared_shape(vi.name, tt.shape.dim)
         check_size(f"graph input {vi.name!r}", shape, np.float32, ModelImportError)  # 2**62 must not wrap
         return tuple(shape), np.dtype(np.float32)
+
+    def _declared_shape(self, name: str, dims) -> list[int]:
+        """The shape of a graph input the caller gave no shape for: its declared dimensions, symbols
+        fixed by the shapes given for other inputs, a symbolic first dimension fixed to the batch."""
+        shape: list[int] = []
+        unfixed: list[int] = []
+        for i, d in enumerate(dims):
+            if d.HasField("dim_value"):
+                if d.dim_value < 0:
+                    raise ModelImportError(f"graph input {name!r} dimension {i} is {d.dim_value}")
+                if i == 0 and self.batch is not None and d.dim_value != self.batch:
+                    raise ModelImportError(f"graph input {name!r} has a fixed batch dimension {d.dim_value}, "
+                                           f"but batch={self.batch} was requested")
+                shape.append(d.dim_value)
+            elif i == 0 and self.batch is not None:
+                shape.append(self.batch)
+            elif d.dim_param and d.dim_param in self.symbols:
+                shape.append(self.symbols[d.dim_param])
+            elif i == 0:
+                shape.append(1)
+            else:
+                unfixed.append(i)
+                shape.append(0)
+        if unfixed:
+            declared = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
+            raise ModelImportError(unfixed_message(name, declared, unfixed))
+        return shape
 
     def _check_outputs(self) -> None:
         if not self.onnx.output:

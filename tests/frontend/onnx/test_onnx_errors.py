@@ -68,8 +68,11 @@ def test_non_float32_input(elem_type, type_name):
 
 
 @pytest.mark.parametrize("shape,message", [
-    (["N", 3, "H", 4], r"graph input 'X' has a symbolic dimension 2 \('H'\); only the first \(batch\)"),
-    ([1, 3, None, 4], r"graph input 'X' has a symbolic dimension 2; only the first"),
+    (["N", 3, "H", 4], r"graph input 'X' has a symbolic dimension 2 \('H'\) \(declared \[N, 3, H, 4\]\); give its "
+                       r"shape with input_shapes=\{'X': \(1, 3, 224, 4\)\} \(on the command line: --input-shape "
+                       r"X=1,3,224,4\)"),
+    ([1, 3, None, 4], r"graph input 'X' has a symbolic dimension 2 \(declared \[1, 3, \?, 4\]\); give its shape"),
+    (["N", "C", "H", "W"], r"graph input 'X' has symbolic dimensions 1 \('C'\), 2 \('H'\), 3 \('W'\)"),
     (None, r"graph input 'X' has no shape"),
 ])
 def test_symbolic_non_batch_dimension(shape, message):
