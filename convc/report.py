@@ -247,22 +247,25 @@ def _cell_width(text: str) -> int:
     return max((len(line) for line in text.splitlines()), default=0)
 
 
-def fit_columns(cols: list[tuple[str, str]], rows: list[list[str]], width: int) -> tuple[list[int], list[int]]:
+def fit_columns(cols: list[tuple[str, str]], rows: list[list[str]], width: int,
+                optional: Sequence[str] = OPTIONAL_COLUMNS,
+                narrowable_columns: Sequence[tuple[str, int]] = NARROWABLE_COLUMNS) -> tuple[list[int], list[int]]:
     """Which columns of a table fit ``width`` terminal columns, and how wide each is: every column as
     wide as its widest cell and its header's longest word (headers wrap between words, never inside
-    one), optional columns (OPTIONAL_COLUMNS) left out until the table fits, then the layer and op
-    columns narrowed (their cells are ellipsized). Returns (kept column indices, their widths)."""
+    one), ``optional`` columns left out in that order until the table fits, then the layer and op
+    columns (``narrowable_columns``: name, least width) narrowed (their cells are ellipsized).
+    Returns (kept column indices, their widths)."""
     natural = [max([max(len(w) for w in h.split()) if h.strip() else 1] + [_cell_width(r[i]) for r in rows])
                for i, (h, _) in enumerate(cols)]
     keep = list(range(len(cols)))
     names = [h for h, _ in cols]
-    narrowable = {names.index(name): least for name, least in NARROWABLE_COLUMNS if name in names}
+    narrowable = {names.index(name): least for name, least in narrowable_columns if name in names}
     widths = [min(w, narrowable[k]) if k in narrowable else w for k, w in enumerate(natural)]
 
     def total() -> int:  # rich's box: a border and 2 spaces of padding per column
         return sum(widths[k] for k in keep) + 3 * len(keep) + 1
 
-    for name in OPTIONAL_COLUMNS:  # leave out columns while even the narrowest text columns do not fit
+    for name in optional:  # leave out columns while even the narrowest text columns do not fit
         if total() <= width:
             break
         for k in keep:
@@ -276,18 +279,64 @@ def fit_columns(cols: list[tuple[str, str]], rows: list[list[str]], width: int) 
     return keep, [widths[k] for k in keep]
 
 
+def _sayer(console: Any) -> Any:
+    def say(text: str) -> None:  # wrapped between words, continuation lines indented
+        for line in text.splitlines():
+            for part in textwrap.wrap(line, console.width - 1, subsequent_indent="    ") or [""]:
+                console.print(part, highlight=False, soft_wrap=True)
+    return say
+
+
+def _rich_table(title: str, cols: list[tuple[str, str]], rows: list[list[str]], keep: list[int],
+                widths: list[int], footer: list[str] | None = None) -> Any:
+    from rich.table import Table
+    table = Table(title=title, show_footer=footer is not None, header_style="bold")
+    for k, w in zip(keep, widths):
+        h, a = cols[k]
+        table.add_column(textwrap.fill(h, w), justify="right" if a == ">" else "left", footer=footer[k] if footer else "",
+                         no_wrap=True, overflow="ellipsis", min_width=w, max_width=w)
+    for r in rows:
+        table.add_row(*[ellipsize(r[k], w) for k, w in zip(keep, widths)])
+    return table
+
+
+# the training table's columns left out first in a narrow terminal, and the text columns it narrows
+TRAIN_OPTIONAL_COLUMNS = ("opt state", "grads", "output", "saved", "params", "upd ms")
+TRAIN_NARROWABLE_COLUMNS = (("layer", 12), ("op", 8))
+
+
+def render_train_rich(p: Any, top: int | None = None, file: Any = None, width: int | None = None) -> None:
+    """``convc profile --train`` on a terminal: convc/train_profile.py's report in a rich table that
+    fits the terminal like the inference one (optional columns left out and named, long names
+    ellipsized, no word broken)."""
+    from rich.console import Console
+
+    from convc.train_profile import header_lines as train_header, memory_lines as train_memory
+    from convc.train_profile import table as train_table
+    from convc.train_profile import top_line as train_top_line
+    console = Console(file=file, width=width)
+    say = _sayer(console)
+    for line in train_header(p):
+        say(line)
+    names, rows = train_table(p, top)
+    cols = [(h, "<" if h in ("layer", "op") else ">") for h in names]
+    keep, widths = fit_columns(cols, rows, console.width, TRAIN_OPTIONAL_COLUMNS, TRAIN_NARROWABLE_COLUMNS)
+    console.print(_rich_table("Layers of the training step", cols, rows, keep, widths))
+    left_out = [cols[k][0] for k in range(len(cols)) if k not in keep]
+    if left_out:
+        say(f"(left out to fit: {', '.join(left_out)}; --format csv has every column)")
+    if top and top < len(p.layers):
+        say(train_top_line(p, len(rows)))
+    say("\n".join(train_memory(p)))
+
+
 def render_rich(p: Profile, top: int | None = None, by_op: bool = False, file: Any = None,
                 width: int | None = None) -> None:
     """The same report through rich (colours, a table that fits the terminal: fused op names
     abbreviated, optional columns left out, no cell broken inside a word)."""
     from rich.console import Console
-    from rich.table import Table
     console = Console(file=file, width=width)
-    def say(text: str) -> None:  # wrapped between words, continuation lines indented
-        for line in text.splitlines():
-            for part in textwrap.wrap(line, console.width - 1, subsequent_indent="    ") or [""]:
-                console.print(part, highlight=False, soft_wrap=True)
-
+    say = _sayer(console)
     for line in header_lines(p, min(100, console.width - 1)):
         say(line)
     if by_op:
@@ -303,14 +352,7 @@ def render_rich(p: Profile, top: int | None = None, by_op: bool = False, file: A
         cols, rows, footer, title = _columns(p), [_row(p, i, l, 32) for i, l in layers], _total_row(p), "Layers"
         rows = [r[:2] + [abbreviate_op(r[2])] + r[3:] for r in rows]
     keep, widths = fit_columns(cols, rows + ([footer] if footer else []), console.width)
-    table = Table(title=title, show_footer=footer is not None, header_style="bold")
-    for k, w in zip(keep, widths):
-        h, a = cols[k]
-        table.add_column(textwrap.fill(h, w), justify="right" if a == ">" else "left", footer=footer[k] if footer else "",
-                         no_wrap=True, overflow="ellipsis", min_width=w, max_width=w)
-    for r in rows:
-        table.add_row(*[ellipsize(r[k], w) for k, w in zip(keep, widths)])
-    console.print(table)
+    console.print(_rich_table(title, cols, rows, keep, widths, footer))
     left_out = [cols[k][0] for k in range(len(cols)) if k not in keep]
     if left_out:
         say(f"(left out to fit: {', '.join(left_out)}; --format csv has every column)")

@@ -153,7 +153,7 @@ def _count(n: float) -> str:
     return count(n)
 
 
-def render_text(p: TrainProfile, top: int | None = None) -> str:
+def header_lines(p: TrainProfile) -> list[str]:
     lines = [f"convc profile --train: {p.model} (batch {p.batch}, loss {p.loss}, optimizer {p.optimizer})",
              f"  MACs per step: forward {_count(p.forward_macs)}, backward {_count(p.backward_macs)} "
              f"({p.backward_macs / p.forward_macs:.2f}x the forward), total {_count(p.total_macs)}"
@@ -161,25 +161,32 @@ def render_text(p: TrainProfile, top: int | None = None) -> str:
     if p.measured:
         lines.append(f"  measured: {1e3 * p.step_seconds:.3f} ms per step (median), "
                      f"{2 * p.total_macs / p.step_seconds / 1e9:.1f} GFLOP/s")
+    return lines
+
+
+def table(p: TrainProfile, top: int | None = None) -> tuple[list[str], list[list[str]]]:
+    """The per-layer table's column headers and rows (the ``top`` costliest layers with ``top``)."""
     cols = ["#", "layer", "op", "output", "fwd MACs", "bwd MACs", "saved", "params", "grads", "opt state"]
     if p.measured:
         cols += ["fwd ms", "bwd ms", "upd ms"]
     rows = []
     index = {l.name: i for i, l in enumerate(p.layers, 1)}
     for l in p.top(top):
-        row = [str(index[l.name]), l.name[:28], l.op, "x".join(map(str, l.output_shape)), _count(l.forward_macs),
+        row = [str(index[l.name]), l.name, l.op, "x".join(map(str, l.output_shape)), _count(l.forward_macs),
                _count(l.backward_macs), _nbytes(l.saved_bytes), _nbytes(l.param_bytes), _nbytes(l.grad_bytes),
                _nbytes(l.state_bytes)]
         if p.measured:
             row += [f"{1e3 * l.seconds.get(ph, 0.0):.3f}" for ph in ("forward", "backward", "update")]
         rows.append(row)
-    widths = [max(len(c), *(len(r[k]) for r in rows)) if rows else len(c) for k, c in enumerate(cols)]
-    fmt = lambda cells: "  ".join(c.rjust(w) if k not in (1, 2) else c.ljust(w)
-                                  for k, (c, w) in enumerate(zip(cells, widths)))
-    lines += ["", fmt(cols), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
-    if top and top < len(p.layers):
-        lines.append(f"({len(rows)} costliest of {len(p.layers)} layers shown, by "
-                     f"{'time' if p.measured else 'forward + backward MACs'}; totals are the whole step)")
+    return cols, rows
+
+
+def top_line(p: TrainProfile, shown: int) -> str:
+    return (f"({shown} costliest of {len(p.layers)} layers shown, by "
+            f"{'time' if p.measured else 'forward + backward MACs'}; totals are the whole step)")
+
+
+def memory_lines(p: TrainProfile) -> list[str]:
     m = p.memory
     mem = [("parameters", m.param_bytes), ("optimizer state", m.optimizer_state_bytes),
            ("BN running statistics", m.running_stats_bytes),
@@ -190,7 +197,21 @@ def render_text(p: TrainProfile, top: int | None = None) -> str:
            ("batch, labels and loss (caller's arrays)", m.io_bytes),
            ("peak memory of the planned step", m.peak_bytes)]
     w = max(len(a) for a, _ in mem)
-    lines += ["", "Memory of the training step"] + [f"  {a:<{w}}  {_nbytes(b):>10}" for a, b in mem]
+    return ["Memory of the training step"] + [f"  {a:<{w}}  {_nbytes(b):>10}" for a, b in mem]
+
+
+def render_text(p: TrainProfile, top: int | None = None) -> str:
+    """The plain report (``convc profile --train`` piped; convc/report.py's render_train_rich on a terminal)."""
+    lines = header_lines(p)
+    cols, rows = table(p, top)
+    rows = [r[:1] + [r[1][:28]] + r[2:] for r in rows]
+    widths = [max(len(c), *(len(r[k]) for r in rows)) if rows else len(c) for k, c in enumerate(cols)]
+    fmt = lambda cells: "  ".join(c.rjust(w) if k not in (1, 2) else c.ljust(w)
+                                  for k, (c, w) in enumerate(zip(cells, widths)))
+    lines += ["", fmt(cols), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows]
+    if top and top < len(p.layers):
+        lines.append(top_line(p, len(rows)))
+    lines += [""] + memory_lines(p)
     return "\n".join(lines) + "\n"
 
 

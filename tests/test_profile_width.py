@@ -83,3 +83,52 @@ def test_table_fits_without_breaking_words(profiles, width, kind, by_op):
 def test_wide_terminal_keeps_every_column(profiles):
     out = render(profiles["measured"], 250)
     assert "left out" not in out and "other" in out and "2-core" in out
+
+
+@pytest.fixture(scope="module")
+def train_profiles():
+    """The training profile of the long-named ResNet, plain and with made-up times."""
+    from test_profile import small_resnet_model
+    plain = convc.profile(small_resnet_model(np.random.default_rng(0)), train=True)
+    for l in plain.layers:
+        object.__setattr__(l, "name", f"features.denseblock3.denselayer12.{l.name}")
+    timed = dataclasses.replace(plain, step_seconds=1e-3, layers=[
+        dataclasses.replace(l, seconds={"forward": 1e-5 * i, "backward": 2e-5 * i, "update": 1e-6 * i})
+        for i, l in enumerate(plain.layers, 1)])
+    return {"plain": plain, "measured": timed}
+
+
+@pytest.mark.parametrize("width", [80, 100])
+@pytest.mark.parametrize("kind", ["plain", "measured"])
+def test_training_table_fits_without_breaking_words(train_profiles, width, kind):
+    """convc profile --train on a terminal: the same fitting as the inference table (it used to print
+    a 100-150 column plain table that the terminal wrapped inside words)."""
+    from convc.report import render_train_rich
+    from convc.train_profile import table
+    p = train_profiles[kind]
+    buf = io.StringIO()
+    render_train_rich(p, top=4, file=buf, width=width)
+    out = buf.getvalue()
+    lines = out.splitlines()
+    assert all(len(line) <= width for line in lines), max(lines, key=len)
+    table_lines = [line for line in lines if line.startswith(("┃", "│"))]
+    names, rows = table(p, 4)
+    for column in ("#", "fwd MACs", "bwd MACs") + (("fwd ms", "bwd ms") if kind == "measured" else ()):
+        k = names.index(column)
+        for word in column.split():
+            assert any(re.search(rf"(^|[\s┃]){re.escape(word)}($|[\s┃])", line) for line in table_lines), word
+        for r in rows:
+            assert any(r[k] in line for line in table_lines), (column, r[k])
+    assert any("…" in line for line in table_lines), "long layer names are ellipsized, not wrapped"
+    assert "4 costliest of" in " ".join(out.split())
+    if "left out to fit" in out:
+        assert "--format csv has every column" in " ".join(out.split())
+    assert "Memory of the training step" in out and "peak memory of the planned step" in out
+
+
+def test_training_table_at_a_wide_terminal_keeps_every_column(train_profiles):
+    from convc.report import render_train_rich
+    buf = io.StringIO()
+    render_train_rich(train_profiles["measured"], file=buf, width=250)
+    out = buf.getvalue()
+    assert "left out" not in out and "grads" in out and "upd" in out

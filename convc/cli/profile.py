@@ -12,7 +12,7 @@ from convc.cli.common import (EXIT_OK, Command, Progress, add_precision_flag, ad
 from convc.errors import ConvcError
 from convc.options import applied, resolve_options
 from convc.profile import CONVENTION
-from convc.report import check_plot_path, plot, render_rich, render_text
+from convc.report import check_plot_path, plot, render_rich, render_text, render_train_rich
 
 DESCRIPTION = (
     "Report per-layer parameters, MACs, other-op FLOPs, weight and activation bytes of MODEL.onnx after "
@@ -122,6 +122,8 @@ def _run_train(args: argparse.Namespace, model: Any, progress: Any) -> int:
         sys.stdout.write(result.to_json(top=args.top) + "\n")
     elif args.format == "csv":
         sys.stdout.write(result.to_csv(top=args.top))
+    elif _rich_available() and sys.stdout.isatty():
+        render_train_rich(result, top=args.top)
     else:
         sys.stdout.write(render_train(result, top=args.top))
     return EXIT_OK
