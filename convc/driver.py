@@ -67,17 +67,34 @@ def is_onnx_source(model: ModelSource) -> bool:
     return isinstance(model, (str, os.PathLike, bytes, bytearray, memoryview, onnx.ModelProto))
 
 
-def input_signature(model: ModelSource, batch: int | None = None,
-                    input_shapes: Any = None) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple]]:
+def input_signature(model: ModelSource, batch: int | None = None, input_shapes: Any = None):
     """An ONNX model's ``input_shapes`` checked against its declared inputs and ``batch`` (an
-    InputError naming the input and its dimensions), and each input's dimensions once they applied:
-    sizes where fixed, symbols where still free (frontend/onnx/signature.py)."""
+    InputError naming the input and its dimensions); returns them normalized, each input's
+    dimensions once they applied (sizes where fixed, symbols where still free) and the declared
+    outputs as IOSpecs (symbols they fix replaced by sizes): frontend/onnx/signature.py."""
+    import numpy as np
+    import onnx
+
     from convc.frontend.onnx.reader import read_model
     from convc.frontend.onnx.signature import check_input_shapes, declared_inputs, resolved_inputs
+    from convc.runtime import IOSpec
     proto = read_model(str(model) if isinstance(model, Path) else model, external_data=False)  # the structure only
     declared = declared_inputs(proto)
     shapes = check_input_shapes(declared, input_shapes, batch)
-    return shapes, resolved_inputs(declared, shapes, batch)
+    resolved = resolved_inputs(declared, shapes, batch)
+    sizes = {d: n for name, dims in declared.items() for d, n in zip(dims or (), resolved.get(name, ()))
+             if isinstance(d, str) and isinstance(n, int)}
+    outputs = []
+    for vi in proto.graph.output:
+        tt = vi.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else sizes.get(d.dim_param, d.dim_param or None)
+                     for d in tt.shape.dim)
+        try:
+            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type) if tt.elem_type else np.float32)
+        except (KeyError, ValueError, TypeError):
+            dtype = np.dtype(np.float32)
+        outputs.append(IOSpec(vi.name, dims, dtype))
+    return shapes, resolved, outputs
 
 
 def load_shaped(model: ModelSource, batch: int | None, input_shape: Any, input_shapes: Any) -> Graph:
@@ -93,26 +110,6 @@ def load_shaped(model: ModelSource, batch: int | None, input_shape: Any, input_s
             raise
         shown = "; ".join(f"input {n!r} has shape {tuple(s)}" for n, s in input_shapes.items())
         raise InputError(f"{shown}; the model cannot be built for it: {e}") from e
-
-
-def declared_outputs(model: ModelSource) -> list:
-    """An ONNX model's graph outputs as IOSpecs of their declared dimensions (symbols by name)."""
-    import numpy as np
-    import onnx
-
-    from convc.frontend.onnx.reader import read_model
-    from convc.runtime import IOSpec
-    proto = read_model(str(model) if isinstance(model, Path) else model, external_data=False)
-    specs = []
-    for vi in proto.graph.output:
-        tt = vi.type.tensor_type
-        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
-        try:
-            dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)) if tt.elem_type else np.dtype("float32")
-        except (KeyError, ValueError, TypeError):
-            dtype = np.dtype("float32")
-        specs.append(IOSpec(vi.name, dims, dtype))
-    return specs
 
 
 def has_dynamic_batch(model: ModelSource) -> bool:
@@ -262,7 +259,7 @@ def compile_model(model: ModelSource, options: CompileOptions, *, batch: int | N
     if input_shapes is not None and not onnx_source:
         raise InputError("input_shapes= fixes the symbolic dimensions of an ONNX model's inputs; a convc.nn "
                          "Module takes input_shape=, a Graph's shapes are fixed")
-    fixed, signature = input_signature(model, batch, input_shapes) if onnx_source else ({}, None)
+    fixed, signature, outputs = input_signature(model, batch, input_shapes) if onnx_source else ({}, None, [])
     free = {n: dims for n, dims in (signature or {}).items() if any(not isinstance(d, int) for d in dims)}
 
     def variant(shapes: dict | None, runtime: frozenset[str]) -> CompiledModel:
@@ -283,7 +280,7 @@ def compile_model(model: ModelSource, options: CompileOptions, *, batch: int | N
         return CompiledModel(None, LazyGraph(name, why_not=f"it compiles on its first run, for the input shapes "
                                                            f"fed (symbolic: {shown})"),
                              threads=options.threads, respecialize=respecialize, signature=signature,
-                             outputs=declared_outputs(model))
+                             outputs=outputs)
     override = (lambda names: variant(None, names)) if onnx_source else None
     hit, alias = warm_model(model, batch, input_shape, options, progress, respecialize, override,
                             input_shapes=fixed or None, signature=signature)

@@ -363,3 +363,16 @@ def test_the_compile_cache_keeps_input_shapes_apart(tmp_path, monkeypatch):
     assert other.inputs[0].shape == (1, 2, 5, 4)
     x = np.ones((1, 2, 5, 4), np.float32)
     np.testing.assert_array_equal(other.run({"a": x, "b": x})["y"], 2 * x)
+
+
+def test_info_with_input_shape(fcn_file, capsys):
+    assert main(["info", str(fcn_file), "--input-shape", "x=1,3,16,16"]) == 0
+    assert "%x: float32[1,3,16,16]" in capsys.readouterr().out
+    assert main(["info", str(fcn_file)]) == 2
+    assert "--input-shape x=1,3,224,224" in capsys.readouterr().err
+
+
+def test_a_model_not_compiled_yet_shows_its_declared_outputs():
+    compiled = convc.compile(fully_convolutional(), batch=2)
+    assert [(s.name, s.shape) for s in compiled.outputs] == [("y", (2, 4, "Ho", "Wo"))]
+    assert repr(compiled) == "<convc.CompiledModel (x: float32[2, 3, 'H', 'W']) -> (y: float32[2, 4, 'Ho', 'Wo'])>"

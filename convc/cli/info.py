@@ -4,13 +4,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from convc.cli.common import EXIT_OK, Command, check_output_file, dims, elem_type, load_onnx, model_inputs, positive
+from convc.cli.common import (EXIT_OK, Command, add_input_shape_flag, check_output_file, dims, elem_type, input_shapes,
+                              load_onnx, model_inputs, positive)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL.onnx", help="the ONNX model to inspect")
     p.add_argument("--batch", type=positive, metavar="N",
                    help="import with a symbolic batch dimension fixed to N (default: 1)")
+    add_input_shape_flag(p)
     p.add_argument("--optimized", action="store_true",
                    help="show the graph convc compiles instead: after constant folding, batch-norm folding, fusion, "
                         "the channels-last layout and kernel selection")
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     print("outputs:")
     for vi in onnx_model.graph.output:
         print(f"  {vi.name}: {elem_type(vi)} {dims(vi)}")
-    graph = load_graph(onnx_model, args.batch)
+    graph = load_graph(onnx_model, args.batch, input_shapes=input_shapes(args))
     if args.optimized:
         from convc.passes.pipeline import pipeline
         graph = pipeline(graph).graph
