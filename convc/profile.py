@@ -403,8 +403,9 @@ def measure_layers(profile: Profile, imported: Graph, repeats: int = 10, threads
 
 def profile(model: Any, batch: int | None = None, *, measure: bool = False, repeats: int = 10,
             threads: int | None = None, train: bool = False, loss: str = "cross_entropy",
-            optimizer: Any = None, progress: Any = None) -> Profile:
-    """Profile an ONNX model (path, bytes, ``onnx.ModelProto``) or a convc Graph.
+            optimizer: Any = None, progress: Any = None, input_shapes: Any = None) -> Profile:
+    """Profile an ONNX model (path, bytes, ``onnx.ModelProto``) or a convc Graph (``input_shapes``
+    fixes symbolic input dimensions, as in ``convc.compile``; not with ``train``).
 
     Returns a ``Profile``: ``.layers`` (one row per fused layer), ``.total_macs``,
     ``.total_params``, ``.peak_memory_bytes`` (the planned activation arena), ``.memory``,
@@ -419,6 +420,10 @@ def profile(model: Any, batch: int | None = None, *, measure: bool = False, repe
     from convc.limits import positive_int
     batch, threads = positive_int("batch", batch), positive_int("threads", threads)
     if train:
+        if input_shapes is not None:
+            from convc.errors import InputError
+            raise InputError("input_shapes= is not available with train=True: the training step runs at the "
+                             "model's input shape, with batch=")
         from convc.train_profile import profile_training
         return profile_training(model, batch, loss=loss, optimizer=optimizer, measure=measure, repeats=repeats)
     from pathlib import Path
@@ -432,7 +437,7 @@ def profile(model: Any, batch: int | None = None, *, measure: bool = False, repe
     else:
         name = getattr(getattr(model, "graph", None), "name", "") or "model"
     from convc.options import applied, resolve_options
-    imported = load_graph(str(model) if isinstance(model, Path) else model, batch)
+    imported = load_graph(str(model) if isinstance(model, Path) else model, batch, input_shapes=input_shapes)
     with applied(resolve_options(threads=threads)):  # the passes choose for the threads measured with
         result = analyze(imported, pipeline(imported), name)
     if measure:

@@ -376,3 +376,12 @@ def test_a_model_not_compiled_yet_shows_its_declared_outputs():
     compiled = convc.compile(fully_convolutional(), batch=2)
     assert [(s.name, s.shape) for s in compiled.outputs] == [("y", (2, 4, "Ho", "Wo"))]
     assert repr(compiled) == "<convc.CompiledModel (x: float32[2, 3, 'H', 'W']) -> (y: float32[2, 4, 'Ho', 'Wo'])>"
+
+
+def test_profile_with_input_shape(fcn_file, capsys):
+    assert main(["profile", str(fcn_file), "-q", "--input-shape", "x=2,3,32,32", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["batch"] == 2
+    assert main(["profile", str(fcn_file), "-q", "--train", "--input-shape", "x=1,3,8,8"]) == 2
+    assert "--input-shape is not available with --train" in capsys.readouterr().err
+    with pytest.raises(InputError, match=r"input_shapes= is not available with train=True"):
+        convc.profile(fully_convolutional(), train=True, input_shapes={"x": (1, 3, 8, 8)})

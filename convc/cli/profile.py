@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from convc.cli.common import (EXIT_OK, Command, Progress, add_precision_flag, add_winograd_flag, check_output_file,
-                              load_onnx, numeric_options, positive)
+from convc.cli.common import (EXIT_OK, Command, Progress, add_input_shape_flag, add_precision_flag, add_winograd_flag,
+                              check_output_file, input_shapes, load_onnx, numeric_options, positive)
 from convc.errors import ConvcError
 from convc.options import applied, resolve_options
 from convc.profile import CONVENTION
@@ -23,6 +23,7 @@ DESCRIPTION = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL.onnx", help="the ONNX model to profile")
     p.add_argument("--batch", type=positive, metavar="N", help="fix a symbolic batch dimension to N (default: 1)")
+    add_input_shape_flag(p)
     p.add_argument("--format", choices=("table", "json", "csv"), default="table",
                    help="table (default; rich when installed and writing to a terminal), json or csv")
     p.add_argument("--measure", action="store_true",
@@ -66,6 +67,9 @@ def refuse_conflicts(args: argparse.Namespace) -> None:
             raise ConvcError("--no-winograd is not available with --train: training never runs Winograd convs")
         if args.precision not in (None, "float32"):
             raise ConvcError(f"--precision {args.precision} is not available with --train: training runs float32")
+        if args.input_shapes:
+            raise ConvcError("--input-shape is not available with --train: the training step runs at the model's "
+                             "input shape, with --batch")
     else:
         for flag, value in (("--loss", args.loss), ("--optimizer", args.optimizer)):
             if value is not None:
@@ -90,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_train(args, model, progress)
     with applied(resolve_options(threads=args.threads, **numeric_options(args))):  # the passes and --measure's compile
         result = convc.profile(model, batch=args.batch, measure=args.measure, repeats=repeats, threads=args.threads,
-                               progress=progress)
+                               progress=progress, input_shapes=input_shapes(args))
     for warning in result.warnings:  # also on stderr: a table piped to a file must not hide it
         print(f"convc: warning: {warning}", file=sys.stderr)
     result.model = Path(args.model).name
