@@ -393,6 +393,14 @@ def byte_unit(n: float) -> tuple[float, str]:
     return 1, "B"
 
 
+def time_unit(seconds: float) -> tuple[float, str]:
+    """The factor and unit that show ``seconds`` as a number of at least 1: s, ms or µs."""
+    for scale, unit in ((1.0, "s"), (1e3, "ms")):
+        if seconds * scale >= 1:
+            return scale, unit
+    return 1e6, "µs"
+
+
 MAX_TICK_LABELS = 60  # more layers than this: label every k-th
 
 
@@ -433,9 +441,11 @@ def plot_figure(p: Profile) -> Any:
     _layer_axis(ax, p)
     if p.measured:
         ax = axes[1]
-        ax.bar(x, [1e3 * (l.seconds or 0.0) for l in p.layers], color="tab:orange")
-        ax.set_ylabel("ms")
-        ax.set_title(f"time per layer (median over the runs); the bars sum to {1e3 * (p.total_seconds or 0):.3g} ms")
+        scale, unit = time_unit(max([l.seconds or 0.0 for l in p.layers] + [p.total_seconds or 0.0]))
+        ax.bar(x, [scale * (l.seconds or 0.0) for l in p.layers], color="tab:orange")
+        ax.set_ylabel(unit)
+        ax.set_title(f"time per layer (median over the runs); the bars sum to "
+                     f"{scale * (p.total_seconds or 0):.3g} {unit}")
         _layer_axis(ax, p)
     ax = axes[-1]
     m = p.memory

@@ -9,7 +9,7 @@ import pytest
 
 import convc
 from convc.models import lenet5
-from convc.report import byte_unit, plot_figure
+from convc.report import byte_unit, plot, plot_figure, time_unit
 
 pytest.importorskip("matplotlib")
 
@@ -38,7 +38,19 @@ def test_layer_axes_number_from_one_with_names(figure):
 def test_time_title_is_the_sum_of_its_bars(figure):
     _, fig = figure
     bars = sum(patch.get_height() for patch in fig.axes[1].patches)
-    assert f"{bars:.3g} ms" in fig.axes[1].get_title() and "sum" in fig.axes[1].get_title()
+    unit = fig.axes[1].get_ylabel()
+    assert unit == "µs", "a 0.45 ms model in µs, not bars of 0.00001 ms"
+    assert f"{bars:.3g} {unit}" in fig.axes[1].get_title() and "sum" in fig.axes[1].get_title()
+    assert time_unit(2.5) == (1.0, "s") and time_unit(0.02) == (1e3, "ms") and time_unit(5e-4) == (1e6, "µs")
+
+
+def test_png_and_svg_are_written(figure, tmp_path):
+    p, _ = figure
+    for name in ("profile.png", "profile.svg"):
+        plot(p, tmp_path / name)
+    assert (tmp_path / "profile.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = (tmp_path / "profile.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "<svg" in svg and "</svg>" in svg
 
 
 def test_memory_axis_unit_and_legend(figure):
