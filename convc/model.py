@@ -233,6 +233,9 @@ class CompiledModel:
         code without compiling (``restore``: convc/driver.py for JIT code, convc/load.py
         for a library). Variants compiled on first use are not included."""
         artifact, restore = getattr(self, "_artifact", None), getattr(self, "_restore", None)
+        if getattr(self, "_runner", True) is None:
+            raise TypeError("this CompiledModel cannot be pickled: it has no code yet (its input shapes are "
+                            "symbolic and compile on first run); compile it with input_shapes= to pickle it")
         if artifact is None or restore is None:
             raise TypeError("this CompiledModel cannot be pickled: only models from convc.compile and convc.load "
                             "carry their compiled code")

@@ -385,3 +385,9 @@ def test_profile_with_input_shape(fcn_file, capsys):
     assert "--input-shape is not available with --train" in capsys.readouterr().err
     with pytest.raises(InputError, match=r"input_shapes= is not available with train=True"):
         convc.profile(fully_convolutional(), train=True, input_shapes={"x": (1, 3, 8, 8)})
+
+
+def test_a_model_without_code_says_so_when_pickled():
+    import pickle
+    with pytest.raises(TypeError, match=r"it has no code yet .* compile it with input_shapes= to pickle it"):
+        pickle.dumps(convc.compile(two_inputs()))
