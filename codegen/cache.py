@@ -460,7 +460,7 @@ def compile_plan(plan, options: CompileOptions, *, progress: Callable[[str], Non
     g = plan.graph
     specs = [[IOSpec(n, g.tensor(n).shape, g.tensor(n).dtype) for n in names]
              for names in (native.input_names, native.output_names)]
-    modules = split_module(native.ir_module, [fn for _, fn in native.kernel_names])
+    modules = split_module(native.ir_module, native.callees)
     obj = jit.pack_objects(compile_modules(modules, Target.host(), root, progress=progress))
     meta = metadata(native, resolve_target("native"), *specs, g.metadata, {"instrumented": bool(options.instrument)})
     art = JitArtifact(meta, obj, used_constants(native), native.arena_steps)

@@ -79,6 +79,9 @@ class NativeModule:
     used_constants: frozenset[int] | None = None  # constant-table slots the code reads (None: all)
     name: str = ""  # the graph's name as it is (the LLVM module's name is a sanitized copy)
     arena_steps: list | None = None  # arena-checked build: the checked kernels as (op, inputs, outputs)
+    # per kernel call, the function the entry point calls or hands to the thread pool (a parallel
+    # kernel's trampoline): what codegen/split.py compiles apart from the entry point
+    callees: list[str] = field(default_factory=list)
 
 
 # OpKind -> emitter(em, op) -> KernelCall; filled by the explicit imports in codegen/kernels
@@ -118,6 +121,7 @@ class ModuleEmitter:
         self._argv_slot: ir.Value | None = None
         self.gemm = GemmEmitter(self.module, self.isa)
         self.extra_gemms: dict = {}  # Isa -> GemmEmitter: other register tiles a kernel picks per layer
+        self.emitted: dict = {}  # a kernel's signature -> its function, for kernels emitted once (conv_kernel)
 
     # --- services for the kernel emitters ------------------------------------------------
     def tensor(self, name: str) -> Tensor:
@@ -211,7 +215,7 @@ class ModuleEmitter:
                 return pointer(Buffer("constant", arg.index))
             return pointer(self.plan.memory.buffers[arg])
 
-        kernel_names = []
+        kernel_names, callees = [], []
         stamp = self._timestamper(b, ctx) if self.instrument else None
         if stamp:
             stamp(0)
@@ -260,9 +264,12 @@ class ModuleEmitter:
                     b.store(resolve(a), gep(b, argv, k, PTR))
                 # waking workers costs microseconds: small kernels run on the caller's thread alone
                 workers = pool if self._worth_threads(op) else ir.Constant(PTR, None)
-                b.call(self.module.globals[PARALLEL], [workers, self._trampoline(call.function), argv])
+                tramp = self._trampoline(call.function)
+                b.call(self.module.globals[PARALLEL], [workers, tramp, argv])
+                callees.append(tramp.name)
             else:
                 b.call(call.function, [resolve(a) for a in call.args])
+                callees.append(call.function.name)
             kernel_names.append((op.name, call.function.name))
             if checker is not None:
                 for pos, ((_, offset, view), digest) in enumerate(zip(guarded, before)):
@@ -279,7 +286,7 @@ class ModuleEmitter:
         b.ret_void()
         return NativeModule(self.module, scratch_base + self.max_scratch, self.constants,
                             list(self.graph.inputs), list(self.graph.outputs), kernel_names, self.instrument,
-                            self.threads, frozenset(used), self.name, checker.steps if checker else None)
+                            self.threads, frozenset(used), self.name, checker.steps if checker else None, callees)
 
     def _view(self, name: str):
         """How tensor ``name`` is laid out at its buffer (rows of a Concat's output when written in place)."""
@@ -335,7 +342,10 @@ class ModuleEmitter:
         return self._argv_slot
 
     def _trampoline(self, kernel: ir.Function) -> ir.Function:
-        """void tramp(argv, tid, nthreads) { kernel(argv[0], ..., argv[n-1], tid, nthreads); }"""
+        """void tramp(argv, tid, nthreads) { kernel(argv[0], ..., argv[n-1], tid, nthreads); }
+        (one per kernel function: a kernel emitted once for several layers has one trampoline)"""
+        if f"{kernel.name}_tramp" in self.module.globals:
+            return self.module.globals[f"{kernel.name}_tramp"]
         fn = ir.Function(self.module, KERNEL_TYPE, name=f"{kernel.name}_tramp")
         fn.linkage = "internal"
         b = ir.IRBuilder(fn.append_basic_block("entry"))

@@ -98,7 +98,9 @@ def emit_direct_conv_few_channels(em: ModuleEmitter, op: Op) -> KernelCall:
     if in_kernel.activation is not None and in_kernel.activation not in REGISTER_ACTIVATIONS:
         row_pass = Epilogue(False, in_kernel.activation, in_kernel.activation_attrs)
         in_kernel = Epilogue(in_kernel.residual)
-    k = conv_kernel(em, op, packed, m)
+    k = conv_kernel(em, op, packed, m, kind="direct")
+    if k.b is None:
+        return KernelCall(k.fn, k.names)
     fn, b, args, x, wt, bias, residual, y, ldc = k.fn, k.b, k.names, k.x, k.wt, k.bias, k.residual, k.y, k.ldc
     zero_row = constant_table(b, [0.0] * (w_ * c), name=f"{fn.name}_zeros", ty=F32)
     x_lo, x_hi = interior(w_, kw, sw, dw, pl, ow)

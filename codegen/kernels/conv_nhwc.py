@@ -162,7 +162,7 @@ class ConvKernel:
     residual when the conv has them (else None), Y, then ``extra`` (scratch buffers); ``names`` is the
     KernelCall's argument list, ``ldc`` the floats between Y's pixel rows."""
     fn: ir.Function
-    b: ir.IRBuilder
+    b: ir.IRBuilder | None  # None: the function was emitted before (conv_kernel)
     names: list
     x: ir.Value
     wt: ir.Value
@@ -173,16 +173,33 @@ class ConvKernel:
     ldc: int
 
 
-def conv_kernel(em: ModuleEmitter, op: Op, packed: np.ndarray, m: int, extra: tuple = ()) -> ConvKernel:
+def conv_kernel(em: ModuleEmitter, op: Op, packed: np.ndarray, m: int, extra: tuple = (), *,
+                kind: str) -> ConvKernel:
     """The function of a channels-last conv kernel (one place for its argument order). Y's pixel rows are
     ``m`` floats apart, or, when this conv writes its slice of a Concat's rows, the Concat's row
-    (passes/memory.py places it there only without a residual, which is read at ``m``)."""
-    _, _, bias_name, residual_name = split_inputs(op.attrs, op.inputs)
+    (passes/memory.py places it there only without a residual, which is read at ``m``).
+
+    A conv of the same ``kind`` (the emitter), attributes, shapes, arguments and row stride as one
+    emitted before in this module has the same code: it gets that function back with ``b`` None,
+    and the emitter returns ``KernelCall(k.fn, k.names)`` without building the body again (its
+    weights are still packed and passed: they are an argument). Repeated blocks (ResNet's, DenseNet's
+    3x3 convs) are emitted once, which is most of the Python time of a deep model's code generation."""
+    _, weight, bias_name, residual_name = split_inputs(op.attrs, op.inputs)
     view = em.plan.memory.view(op.outputs[0], em.tensor(op.outputs[0]).size)
     ldc = m if view.contiguous or residual_name is not None else view.stride
     names = [op.inputs[0], em.derived_constant(packed)] + [t for t in (bias_name, residual_name) if t is not None]
     names += [op.outputs[0], *extra]
-    fn, b = em.function(op.name, len(names), parallel=True)
+    signature = (kind, op.attrs, em.tensor(op.inputs[0]).shape, em.tensor(weight).shape,
+                 em.tensor(op.outputs[0]).shape, bias_name is not None, residual_name is not None, ldc, extra)
+    try:
+        fn = em.emitted.get(signature)
+    except TypeError:  # attributes holding something unhashable: emitted afresh
+        signature, fn = None, None
+    b = None
+    if fn is None:
+        fn, b = em.function(op.name, len(names), parallel=True)
+        if signature is not None:
+            em.emitted[signature] = fn
     it = iter(fn.args)
     x, wt = next(it), next(it)
     bias = next(it) if bias_name is not None else None
@@ -214,7 +231,9 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     else:
         tap_offsets, run = [(i * dh * wp + j * dw) * c for i in range(kh) for j in range(kw)], c
     in_kernel, after = split_epilogue(a.epilogue)
-    k = conv_kernel(em, op, packed, m, (em.scratch(n * hp * wp * c * 4),) if padded else ())
+    k = conv_kernel(em, op, packed, m, (em.scratch(n * hp * wp * c * 4),) if padded else (), kind="implicit-gemm")
+    if k.b is None:
+        return KernelCall(k.fn, k.names)
     fn, b, args, x, wt, y, ldc = k.fn, k.b, k.names, k.x, k.wt, k.y, k.ldc
     bias = k.bias if k.bias is not None else ir.Constant(PTR, None)
     residual = k.residual if k.residual is not None else ir.Constant(PTR, None)

@@ -61,7 +61,7 @@ def transform_weights(w: np.ndarray, m: int) -> np.ndarray:
     """W [M, C, 3, 3] -> U [t*t, C, M] = G g G^T per (output, input) channel, in float64, then float32."""
     _, g, _ = TRANSFORMS[m]
     gf = g.astype(np.float64)
-    u = np.einsum("ai,mcij,bj->abcm", gf, w.astype(np.float64), gf)
+    u = np.einsum("ai,mcij,bj->abcm", gf, w.astype(np.float64), gf, optimize=True)
     t = m + 2
     return u.reshape(t * t, w.shape[1], w.shape[0]).astype(np.float32)
 
@@ -176,7 +176,9 @@ def emit_winograd_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     groups = -(-panels // per_group)
     v_floats, m_floats = t * t * T * c, t * t * T * mo
     scratch_bytes = (v_floats + m_floats + c) * 4
-    k = conv_kernel(em, op, packed, mo, (em.scratch(scratch_bytes, per_thread=True),))
+    k = conv_kernel(em, op, packed, mo, (em.scratch(scratch_bytes, per_thread=True),), kind="winograd")
+    if k.b is None:
+        return KernelCall(k.fn, k.names)
     fn, b, args, x, wt, bias, residual, y, ldc = k.fn, k.b, k.names, k.x, k.wt, k.bias, k.residual, k.y, k.ldc
     mine = em.thread_scratch(b, k.extra[0], scratch_bytes, fn.args[-2])
     vbuf = mine
