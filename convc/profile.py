@@ -340,7 +340,7 @@ def measure_layers(profile: Profile, imported: Graph, repeats: int = 10, threads
     from convc.compiler import compile_graph
     say = progress or (lambda _: None)
     say("compiling with per-layer timers")
-    model = compile_graph(imported, threads=threads, instrument=True)
+    model = compile_graph(imported, threads=threads, instrument=True, progress=progress)  # passes, codegen, LLVM
     g = model.graph
     origin = g.metadata.get("origin", {})
     rng = np.random.default_rng(seed)
