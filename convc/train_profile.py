@@ -234,12 +234,12 @@ def analyze_training(step, imported: Graph, model_name: str, loss: str, optimize
         if d.macs:
             per[layer]["bwd"] += d.macs(op.attrs, [g.tensor(t).type for t in op.inputs],
                                         [g.tensor(t).type for t in op.outputs])
-        for t in op.inputs:
+        for t in map(step.unviewed, op.inputs):  # a 1-D window's 2-D view saves what it views
             producer = g.producer(t)
             if (producer is not None and producer.name in forward) or t == step.x:
                 per[layer]["saved"].add(t)
     for p in step.params:
-        readers = [r.name for r in g.consumers(p) if r.name in forward]
+        readers = [r.name for r in step.readers(p) if r.name in forward]
         if readers:
             per[readers[0]]["params"].add(p)
     layers = []

@@ -23,7 +23,7 @@ constant (parameters, run-time inputs) to RUNTIME_WEIGHTS, and never picks Winog
 DIRECT_FEW_CHANNELS.
 
 1-D convs and pools reach this pass as 2-D ones (passes/conv1d.py; for training plans,
-``select_training_kernels`` runs that rewrite first).
+``select_training_kernels`` runs that rewrite first, on the gradient ops too).
 """
 from __future__ import annotations
 
@@ -187,5 +187,6 @@ def select_kernels(g: Graph, runtime_weights: bool = False, winograd: bool | Non
 def select_training_kernels(g: Graph) -> Graph:
     """select_kernels for a plan run by the training emitter: weights not constant are read at run
     time, and no Winograd (the training kernels keep the direct algorithms). Training plans skip the
-    inference pipeline, so their 1-D forward windows are made 2-D here (passes/conv1d.py)."""
+    inference pipeline, so their 1-D windows (forward ops and the conv and pool gradients) are made
+    2-D here (passes/conv1d.py)."""
     return select_kernels(windows_to_2d(g), runtime_weights=True, winograd=False)

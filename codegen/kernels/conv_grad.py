@@ -9,7 +9,8 @@ place, per image and group (Mg = M / group output channels, Kd = C/group * kh * 
 
 The im2col / col2im loops run over kernel taps and clip each tap's output range to the input
 (computed once per tap), so the inner loops have no bounds checks and vectorize at stride 1; the
-padding stays zero from one memset. 1-D convolutions run as 2-D with a height of 1.
+padding stays zero from one memset. The windows are 2-D: 1-D convolutions and their gradients
+arrive as 2-D ones over a height of 1 (passes/conv1d.py).
 """
 from __future__ import annotations
 
@@ -20,21 +21,24 @@ from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from convc.passes.memory import align
 from llvmlite import ir
 
+from convc.errors import CompileError
 from convc.ir import Op
 from convc.ops import OpKind
 from convc.ops.conv import ConvAttrs, is_pointwise
-from convc.ops.window import spatial_2d
 
 
 class Geometry:
-    """The 2-D view of a conv: sizes per image and group, taps, and per-tap output ranges."""
+    """A 2-D conv's sizes per image and group, taps, and per-tap output ranges."""
 
     def __init__(self, a: ConvAttrs, x_shape: tuple[int, ...], w_shape: tuple[int, ...], y_shape: tuple[int, ...]):
-        self.a = a.as_2d()
+        if a.spatial_rank != 2:
+            raise CompileError(f"the training conv kernels take 2-D windows (1-D ones are rewritten to 2-D by "
+                               f"passes/conv1d.py), got kernel_shape={a.kernel_shape}, X.shape={x_shape}")
+        self.a = a
         self.n, self.c = x_shape[:2]
-        self.h, self.w = spatial_2d(x_shape)
+        self.h, self.w = x_shape[2:]
         self.m = w_shape[0]
-        self.oh, self.ow = spatial_2d(y_shape)
+        self.oh, self.ow = y_shape[2:]
         self.g = self.a.group
         self.cg, self.mg = self.c // self.g, self.m // self.g
         self.kh, self.kw = self.a.kernel_shape

@@ -1,7 +1,8 @@
 """Pooling gradients: MaxPool scatters dY to each window's first maximum, AveragePool spreads it.
 
 Both walk the forward's windows again (same bounds tests as codegen/kernels/pool.py) and add into
-a zeroed dX, so overlapping windows accumulate. 1-D pools run as 2-D with a height of 1.
+a zeroed dX, so overlapping windows accumulate. The windows are 2-D: the gradients of 1-D pools
+arrive as 2-D ones over a height of 1 (passes/conv1d.py).
 """
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ from convc.codegen.llvm_utils import (
 )
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 
+from convc.errors import CompileError
 from convc.ir import Op
 from convc.ops import OpKind
-from convc.ops.window import spatial_2d
 
 
 def _windows(b, a, h, w, oh, ow, planes, body):
@@ -94,12 +95,15 @@ def _max_pool_grad_disjoint(em: ModuleEmitter, op: Op, a, planes: int, h: int, w
 
 @emitter(OpKind.MAX_POOL_GRAD, OpKind.AVERAGE_POOL_GRAD)
 def emit_pool_grad(em: ModuleEmitter, op: Op) -> KernelCall:
-    a = op.attrs.pool.as_2d()
+    a = op.attrs.pool
+    if a.spatial_rank != 2:
+        raise CompileError(f"node {op.name!r} ({op.kind.value}): the pool gradient kernel takes 2-D windows (1-D ones "
+                           f"are rewritten to 2-D by passes/conv1d.py), got kernel_shape={a.kernel_shape}")
     is_max = op.kind is OpKind.MAX_POOL_GRAD
     xs, ys = op.attrs.shape, em.tensor(op.inputs[-1]).shape
     planes = xs[0] * xs[1]
-    h, w = spatial_2d(xs)
-    oh, ow = spatial_2d(ys)
+    h, w = xs[2:]
+    oh, ow = ys[2:]
     if is_max and disjoint_windows(a, h, w, oh, ow):
         return _max_pool_grad_disjoint(em, op, a, planes, h, w, oh, ow)
     n_args = 3 if is_max else 2

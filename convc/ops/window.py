@@ -41,8 +41,3 @@ class WindowAttrs:
         return dataclasses.replace(self, kernel_shape=(1,) + self.kernel_shape, strides=(1,) + self.strides,
                                    pads=(0, self.pads[0], 0, self.pads[1]), dilations=(1,) + self.dilations)
 
-
-def spatial_2d(shape: tuple[int, ...]) -> tuple[int, int]:
-    """(H, W) of a channels-first (N, C, H, W) shape, (1, L) of an (N, C, L) one: the plane a 1-D
-    window runs over in its 2-D form."""
-    return (1, shape[2]) if len(shape) == 3 else (shape[2], shape[3])

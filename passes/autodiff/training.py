@@ -81,19 +81,41 @@ class TrainingStep:
 
     def owner(self, op: Op) -> tuple[str, str]:
         """(layer, phase) of an op of the step: the forward op it belongs to (or "loss", "step") and
-        one of forward, loss, backward, update."""
-        if op.name in self._forward_set:
-            return op.name, "forward"
+        one of forward, loss, backward, update. A view a pass added around an op (passes/conv1d.py's
+        2-D forms of a 1-D window) belongs to that op."""
+        name = self.graph.metadata.get("origin", {}).get(op.name, op.name)
+        if name in self._forward_set:
+            return name, "forward"
         if op.kind in LOSS_KINDS:
             return "loss", "loss"
         grad_of = self.graph.metadata.get("grad_of", {})
-        if op.name in grad_of:
-            return grad_of[op.name], "backward"
+        if name in grad_of:
+            return grad_of[name], "backward"
         if op.kind in UPDATES or op.kind is OpKind.BATCH_NORM_RUNNING_UPDATE:
             state = op.inputs[3] if op.kind in UPDATES else op.inputs[0]
-            readers = [r.name for r in self.graph.consumers(state) if r.name in self._forward_set]
+            readers = [r.name for r in self.readers(state) if r.name in self._forward_set]
             return (readers[0] if readers else "step"), "update"
         return "step", "update" if op.kind in (OpKind.ALL_FINITE, OpKind.STEP_INCREMENT) else "backward"
+
+    def _pass_view(self, op: Op | None) -> bool:
+        return op is not None and op.kind is OpKind.RESHAPE and op.name in self.graph.metadata.get("origin", {})
+
+    def readers(self, tensor: str) -> list[Op]:
+        """The ops reading ``tensor``, through the Reshape views passes added (a 1-D conv reads its
+        weight through its 2-D form)."""
+        out = []
+        for r in self.graph.consumers(tensor):
+            out.extend(self.readers(r.outputs[0]) if self._pass_view(r) else [r])
+        return out
+
+    def unviewed(self, tensor: str) -> str:
+        """The tensor that ``tensor``, the output of a Reshape view a pass added, shows in another
+        shape (followed back through such views); else ``tensor`` itself."""
+        producer = self.graph.producer(tensor)
+        while self._pass_view(producer):
+            tensor = producer.inputs[0]
+            producer = self.graph.producer(tensor)
+        return tensor
 
     @property
     def _forward_set(self) -> set[str]:

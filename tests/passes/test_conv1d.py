@@ -1,4 +1,5 @@
-"""1-D windows as 2-D: 1-D Conv, MaxPool, AveragePool and Im2Col become their 2-D form between Reshape views."""
+"""1-D windows as 2-D: 1-D Conv, MaxPool, AveragePool and Im2Col, and the conv and pool gradient ops,
+become their 2-D form between Reshape views."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,6 +15,7 @@ from convc.ops.conv import ConvAttrs
 from convc.ops.epilogue import Epilogue
 from convc.ops.im2col import Im2ColAttrs
 from convc.ops.pool import PoolAttrs
+from convc.reference import run_reference
 
 CONVS = {
     # name: (input shape, out channels, conv attrs)
@@ -27,7 +29,10 @@ CONVS = {
 
 
 def one_d_ops(g: Graph) -> list[str]:
-    return [op.name for op in g.ops() if len(getattr(op.attrs, "kernel_shape", (0, 0))) == 1]
+    """The ops sliding a 1-D window, gradient ops (whose attributes hold their forward op's) included."""
+    def window(a):
+        return getattr(a, "conv", None) or getattr(a, "pool", None) or a
+    return [op.name for op in g.ops() if len(getattr(window(op.attrs), "kernel_shape", (0, 0))) == 1]
 
 
 @pytest.mark.parametrize("case", list(CONVS))
@@ -147,3 +152,49 @@ def test_channels_last_1d_ops_are_viewed_with_the_new_axis_before_the_length(rng
     assert out.tensor(out.op("dw").inputs[1]).shape == (16, 1, 1, 3)
     # conv: 37 + 2 - 2 * 2 = 35 positions; pool: ceil((35 + 2 - 3) / 2) + 1 = 18
     assert out.tensor(out.op("pool").outputs[0]).shape == (2, 1, 18, 16)
+
+
+def _grad_graph(rng, pool: OpKind) -> Graph:
+    """conv (stride 2, W fed at run time) -> pool, and the backward ops of both (passes/autodiff)."""
+    from convc.passes.autodiff import backward
+    g = Graph("tcn_grad")
+    x = add_input(g, "x", (16, 3, 101))
+    w = add_input(g, "w", (7, 3, 5))
+    g.add_constant("b", weight(rng, 7, scale=0.1))
+    g.add_op(OpKind.CONV, conv_attrs(5, stride=2, pad=2, rank=1), [x, w, "b"], ["h"], name="conv")
+    g.add_op(pool, PoolAttrs((3,), (2,), (1, 1), (1,)), ["h"], ["y"], name="pool")
+    add_input(g, "dy", (16, 7, 26))
+    grads = backward(g, {"y": "dy"}, [x, w])
+    g.outputs = ["y", grads[x], grads[w]]
+    return g
+
+
+@pytest.mark.parametrize("pool", [OpKind.MAX_POOL, OpKind.AVERAGE_POOL])
+def test_1d_gradient_ops_run_as_2d(rng, pool):
+    """The gradients of a 1-D conv and pool (ConvGradInput, ConvGradWeight, MaxPoolGrad,
+    AveragePoolGrad) are rewritten too, so the gradient kernels see 2-D windows only; X, W, dX and dW
+    keep their names and 1-D shapes (a trainer's parameters and gradients are shaped like the model's)."""
+    from convc.driver import compile_training_graph
+    from convc.passes.autodiff.pool import GRAD_OF
+    g = _grad_graph(rng, pool)
+    out = check_pass(g, windows_to_2d, rng, compile_too=False)
+    assert one_d_ops(g) != [] and one_d_ops(out) == []
+    ops = {op.kind: op for op in out.ops()}
+    gi, gw, gp = ops[OpKind.CONV_GRAD_INPUT], ops[OpKind.CONV_GRAD_WEIGHT], ops[GRAD_OF[pool]]
+    assert gi.attrs.conv == gw.attrs.conv == out.op("conv").attrs == g.op("conv").attrs.as_2d()
+    assert gi.attrs.shape == (16, 3, 1, 101) and gw.attrs.shape == (7, 3, 1, 5)
+    assert gp.attrs.pool == out.op("pool").attrs == g.op("pool").attrs.as_2d() and gp.attrs.shape == (16, 7, 1, 51)
+    # W is read through one view (shared by the forward conv and dX), never copied or reshaped itself
+    assert out.tensor("w").shape == (7, 3, 5) and out.tensor("w").kind is TensorKind.INPUT
+    (w2d,) = {out.op("conv").inputs[1], gi.inputs[0]}
+    assert out.producer(w2d).kind is OpKind.RESHAPE and out.producer(w2d).inputs == ("w",)
+    # the gradients keep their 1-D shapes: dW (7, 3, 5) is the view of the kernel's (7, 3, 1, 5)
+    assert [out.tensor(t).shape for t in out.outputs] == [(16, 7, 26), (16, 3, 101), (7, 3, 5)]
+    assert out.tensor(gw.outputs[0]).shape == (7, 3, 1, 5) and out.consumers(gw.outputs[0])[0].kind is OpKind.RESHAPE
+    # the compiled graph (the training kernels) computes what the 1-D graph's references do
+    feeds = {n: rng.standard_normal(g.tensor(n).shape).astype(np.float32) for n in g.inputs}
+    ref = run_reference(g, {n: v.astype(np.float64) for n, v in feeds.items()})
+    got = compile_training_graph(g).run(feeds)
+    for name in g.outputs:
+        scale = np.abs(ref[name]).max()
+        np.testing.assert_allclose(got[name], ref[name], rtol=0, atol=2e-5 * scale, err_msg=name)

@@ -6,6 +6,7 @@ import pytest
 
 from convc.ops import OpKind
 from convc.ops.conv import ConvAttrs
+from convc.ops.pool import PoolAttrs
 from train.grad_helpers import check_gradient
 
 
@@ -72,3 +73,66 @@ def test_conv_transpose2d(rng, kernel, strides, pads, dilations, output_padding)
 def test_conv_transpose_groups_and_1d(rng):
     conv_transpose_case(rng, (2, 4, 4, 4), 6, (3, 3), (2, 2), (1, 1, 1, 1), group=2)
     conv_transpose_case(rng, (2, 3, 7), 2, (4,), (2,), (1, 1))
+
+
+def conv1d_net():
+    """A small TCN-like classifier: strided, dilated and grouped 1-D convs with a max and an average pool."""
+    from convc import nn
+    return nn.Sequential(nn.Conv1d(3, 7, 5, stride=2, padding=2), nn.ReLU(), nn.MaxPool1d(3, stride=2, padding=1),
+                         nn.Conv1d(7, 6, 3, padding=1, dilation=2), nn.ReLU(), nn.Conv1d(6, 6, 3, groups=3),
+                         nn.AvgPool1d(3, stride=2), nn.Flatten(), nn.Linear(6 * 10, 5))
+
+
+def test_conv1d_net_step_has_only_2d_windows():
+    """The planned training step of a Conv1d net: every conv, pool and gradient op slides a 2-D window
+    (passes/conv1d.py; the gradient kernels never see a 1-D one), while the parameters and their
+    gradients keep the model's 1-D shapes."""
+    from convc.driver import load_forward
+    from convc.passes.autodiff.training import build_training
+    step = build_training(load_forward(conv1d_net(), (16, 3, 101)), loss="cross_entropy")
+    g = step.graph
+    windows = {op.name: getattr(op.attrs, "conv", None) or getattr(op.attrs, "pool", None) or op.attrs
+               for op in step.plan.order if op.kind in (OpKind.CONV, OpKind.MAX_POOL, OpKind.AVERAGE_POOL,
+                                                         OpKind.CONV_GRAD_INPUT, OpKind.CONV_GRAD_WEIGHT,
+                                                         OpKind.MAX_POOL_GRAD, OpKind.AVERAGE_POOL_GRAD)}
+    assert len(windows) == 3 + 2 + 3 + 2 + 2  # convs, pools, dW of each conv, dX of the last two, pool grads
+    assert {name: w.kernel_shape for name, w in windows.items() if len(w.kernel_shape) != 2} == {}
+    assert {p: g.tensor(p).shape for p in step.params if p.endswith("weight")} == \
+        {"0.weight": (7, 3, 5), "3.weight": (6, 7, 3), "5.weight": (6, 2, 3), "8.weight": (5, 60)}
+    assert all(g.tensor(step.grads[p]).shape == g.tensor(p).shape for p in step.params)
+
+
+def test_conv1d_net_gradients_match_finite_differences(rng):
+    """The compiled gradients of the whole 1-D net at a realistic size (batch 16, length 101) against
+    central differences of the float64 references."""
+    import convc
+    x = rng.standard_normal((16, 3, 101)).astype(np.float32)
+    result = convc.gradcheck(conv1d_net(), x, rng.integers(0, 5, 16), samples=6)
+    assert result.ok, result
+
+
+@pytest.mark.parametrize("kind,attrs", [(OpKind.CONV, ConvAttrs((3,), (1,), (1, 1), (1,), 1)),
+                                        (OpKind.MAX_POOL, PoolAttrs((3,), (2,), (1, 1), (1,))),
+                                        (OpKind.AVERAGE_POOL, PoolAttrs((3,), (2,), (1, 1), (1,)))])
+def test_gradient_kernels_refuse_a_1d_window(rng, kind, attrs):
+    """Without the rewrite a 1-D gradient op reaches its emitter, which says so instead of guessing."""
+    import dataclasses
+
+    from convc.driver import compile_plan
+    from convc.errors import CompileError
+    from convc.options import resolve_options
+    from convc.passes import pipeline as pl
+    from convc.passes.dce import eliminate_dead_code
+    from convc.passes.kernel_selection import select_kernels
+    from train.grad_helpers import grad_graph
+    inputs = [rng.standard_normal((2, 3, 11)).astype(np.float32)]
+    if kind is OpKind.CONV:
+        inputs.append(rng.standard_normal((4, 3, 3)).astype(np.float32))
+    g, _ = grad_graph(kind, attrs, inputs, range(len(inputs)))
+    # the forward op is dead (only gradients are outputs): what is compiled is the gradient ops
+    raw = dataclasses.replace(pl.AS_BUILT, passes=(("dead-code elimination", eliminate_dead_code),
+                                                   ("kernels, 1-D windows left", lambda g: select_kernels(g, True))))
+    plan = pl.pipeline(g, variant=raw)
+    assert {op.kind for op in plan.order} & {kind} == set()
+    with pytest.raises(CompileError, match="2-D windows"):
+        compile_plan(plan, resolve_options(threads=1, cache=False))
