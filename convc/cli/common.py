@@ -202,7 +202,9 @@ def given_inputs(model, specs: list[tuple[str | None, str]]) -> dict:
 
 
 def mb(n: int) -> str:
-    """A size in MB, or kB below 0.1 MB."""
+    """A size in MB, or kB below 0.1 MB, or GB from 1 GB."""
+    if n >= 1e9:
+        return f"{n / 1e9:.1f} GB"
     return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 

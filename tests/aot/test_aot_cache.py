@@ -270,7 +270,9 @@ def test_a_graph_key_hit_binds_a_new_source_alias(cache, lenet_file):
     (entry,) = entries(cache)
     (alias,) = jc._entries(cache).glob("src-*")
     art = jc.lookup(cache, entry.stem)
-    assert art.meta["cache"] == {"key": entry.stem, "sources": [alias.name[4:]]}
+    binding = art.meta["cache"]
+    assert binding["key"] == entry.stem and binding["sources"] == [alias.name[4:]]
+    assert time.time() - 600 < binding["created"] <= time.time()  # kept from the first store
     stages: list[str] = []
     with warnings.catch_warnings():
         warnings.simplefilter("error")
