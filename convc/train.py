@@ -24,14 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from convc.driver import compile_plan, load_forward
+from convc.driver import compile_bound, load_forward
 from convc.driver import eval_plan as _eval_plan
 from convc.errors import ConvcError, InputError
 from convc.ir import Graph
 from convc.limits import check_size, positive_int
 from convc.optim import SGD, Optimizer
 from convc.model import CompiledModel
-from convc.options import CompileOptions, resolve_options
+from convc.options import resolve_options
 from convc.passes.autodiff.training import TrainingStep, build_training
 from convc.runtime import dtype_error
 
@@ -40,39 +40,6 @@ __all__ = ["GradcheckResult", "Trainer", "TrainingError", "gradcheck"]
 
 class TrainingError(ConvcError):
     """A training step could not be applied (non-finite loss or gradients); the state is unchanged."""
-
-
-# --- compiled steps ---------------------------------------------------------------------------------
-def _compile_bound(plan, state: Mapping[str, np.ndarray], options: CompileOptions) -> CompiledModel:
-    """``plan`` (a training variant's) compiled by the driver like any model, its inputs that are
-    training state bound to the arrays in ``state``, which the native code reads and updates in place."""
-    model = compile_plan(plan, options)
-    model.bind({s.name: state[s.name] for s in model.inputs if s.name in state})
-    return model
-
-
-class _NativeStep:
-    """A planned step compiled and bound to ``state``, called with the remaining inputs by name
-    (x and the labels); for the training profile and the tests that run a step by hand. The step
-    reads and writes the plan's own inputs and outputs: ``inputs`` and ``outputs`` name them."""
-
-    def __init__(self, plan, inputs: list[str], outputs: list[str], state: Mapping[str, np.ndarray],
-                 instrument: bool = False, threads: int = 1, cache: bool | None = None):
-        self.model = _compile_bound(plan, state, resolve_options(threads=threads, instrument=instrument, cache=cache))
-        self.inputs = [s.name for s in self.model.inputs]
-        self.arena_bytes = self.model._runner.arena_bytes
-        self._instrument = instrument
-        self._timings: dict[str, float] = {}
-
-    def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if not self._instrument:
-            return self.model.run(feeds)
-        out, self._timings = self.model.run_timed(feeds)
-        return out
-
-    def timings(self) -> dict[str, float]:
-        """Seconds per kernel of the last call (instrumented steps only)."""
-        return dict(self._timings)
 
 
 # --- the Trainer ---------------------------------------------------------------------------------------
@@ -125,14 +92,14 @@ class Trainer:
             if plan is None:
                 fwd = self._forward_at(batch)
                 plan = build_training(fwd, **self._options)
-            self._steps[batch] = (plan, _compile_bound(plan.plan, self._state, self._compile_options))
+            self._steps[batch] = (plan, compile_bound(plan.plan, self._state, self._compile_options))
         return self._steps[batch]
 
     def _compile_eval(self, batch: int) -> CompiledModel:
         if batch not in self._evals:
             fwd = self.forward if batch == self.input_shape[0] else self._forward_at(batch)
-            self._evals[batch] = _compile_bound(_eval_plan(fwd, self.plan.roles), self._state,
-                                                self._compile_options.with_(instrument=False))
+            self._evals[batch] = compile_bound(_eval_plan(fwd, self.plan.roles), self._state,
+                                               self._compile_options.with_(instrument=False))
         return self._evals[batch]
 
     # --- properties ---------------------------------------------------------------------------------
@@ -366,7 +333,7 @@ def gradcheck(model: Any, inputs: np.ndarray, labels: np.ndarray | None = None, 
     state = {n: np.array(v, copy=True) for n, v in plan.initial.items()}
     state[plan.step][0] = step
     state[plan.lr] = np.zeros(1, np.float32)
-    compiled = _compile_bound(plan.plan, state, resolve_options(threads=1)).run({plan.x: x, plan.labels: labels})
+    compiled = compile_bound(plan.plan, state, resolve_options(threads=1)).run({plan.x: x, plan.labels: labels})
     values64 = {n: (v.astype(np.float64) if v.dtype == np.float32 else v) for n, v in state.items()}
     feeds = {plan.x: x.astype(np.float64), plan.labels: labels if loss == "cross_entropy" else
              labels.astype(np.float64), **values64}

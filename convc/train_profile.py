@@ -269,9 +269,10 @@ def profile_training(model: Any, batch: int | None = None, *, loss: str = "cross
     from pathlib import Path
 
     from convc.compiler import load_graph
+    from convc.driver import compile_bound
     from convc.optim import SGD
+    from convc.options import resolve_options
     from convc.passes.autodiff.training import build_training
-    from convc.train import _NativeStep
     optimizer = optimizer if optimizer is not None else SGD(0.01)
     if hasattr(model, "to_graph"):
         raise TypeError("profile a convc.nn module through its graph: convc.profile(model.to_graph(shape), train=True)")
@@ -280,7 +281,7 @@ def profile_training(model: Any, batch: int | None = None, *, loss: str = "cross
     step = build_training(imported, loss=loss, optimizer=optimizer, seed=seed)
     state = {n: np.array(v, copy=True) for n, v in step.initial.items()}
     state[step.lr] = np.array([optimizer.lr], np.float32)
-    native = _NativeStep(step.plan, step.inputs, [step.loss], state, instrument=measure)
+    native = compile_bound(step.plan, state, resolve_options(threads=1, instrument=measure))
     result = analyze_training(step, imported, name, loss, repr(optimizer))
     result.memory = TrainMemory(**{**asdict(result.memory), "arena_bytes": native.arena_bytes})
     if measure:
@@ -296,12 +297,11 @@ def _measure(result: TrainProfile, step, native, repeats: int, seed: int) -> Non
     labels = (rng.integers(0, out_shape[1], out_shape[0]) if g.tensor(step.labels).dtype == np.int64
               else rng.uniform(0, 1, out_shape).astype(np.float32))
     feeds = {step.x: x, step.labels: labels}
-    native(feeds)  # first touch of the arena
+    native.run(feeds)  # first touch of the arena
     owner = {op.name: step.owner(op) for op in step.plan.order}
     runs, totals = [], []
     for _ in range(max(1, repeats)):
-        native(feeds)
-        times = native.timings()
+        times = native.run_timed(feeds)[1]
         per: dict[tuple[str, str], float] = {}
         for op_name, s in times.items():
             key = owner.get(op_name, ("step", "update"))

@@ -32,9 +32,10 @@ import numpy as np
 from convc.passes.autodiff.training import build_training, update_targets
 
 import convc
+from convc.driver import compile_bound
 from convc.ops import OpKind
+from convc.options import resolve_options
 from convc.reference import run_reference
-from convc.train import _NativeStep
 
 FACTOR = 16.0
 U = 2.0 ** -24  # float32 unit roundoff
@@ -191,13 +192,13 @@ def training(model, shape: tuple[int, ...], *, loss: str, threads: int, optimize
     feeds64 = _feeds(step, x, labels, state, np.float64)
     ref64 = run_reference(g, feeds64, keep_all=True)
     ref32 = run_reference(g, _feeds(step, x, labels, state, np.float32), keep_all=True)
-    native = _NativeStep(step.plan, step.inputs, list(g.outputs), state, threads=threads, cache=False)
+    native = compile_bound(step.plan, state, resolve_options(threads=threads, cache=False))
     labels = labels.astype(np.int64) if loss == "cross_entropy" else labels
-    moved = {n: v.copy() for n, v in native({step.x: one_ulp(x, seed), step.labels: labels}).items()}
+    moved = {n: v.copy() for n, v in native.run({step.x: one_ulp(x, seed), step.labels: labels}).items()}
     moved_state = {n: v.copy() for n, v in state.items()}
     for n, v in before.items():  # the step updated the state in place: start again from the same state
         state[n][...] = v
-    got = native({step.x: x, step.labels: labels})
+    got = native.run({step.x: x, step.labels: labels})
     compared = [(name, got[name], name, "loss" if name == step.loss else "gradient", None) for name in g.outputs]
     for op in g.ops():
         for k, (new, target) in enumerate(update_targets(op).items()):  # written in place over the state

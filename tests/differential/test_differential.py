@@ -132,7 +132,8 @@ def test_the_arena_check_catches_a_tensor_placed_over_a_live_one(monkeypatch):
     from convc.passes.autodiff.training import build_training, update_targets
     from convc.passes.memory_check import check_memory_plan
 
-    from convc.train import _NativeStep
+    from convc.driver import compile_bound
+    from convc.options import resolve_options
 
     monkeypatch.delenv("CONVC_CHECK_ARENA")
     model = zoo.build("resnet", 5)
@@ -150,10 +151,10 @@ def test_the_arena_check_catches_a_tensor_placed_over_a_live_one(monkeypatch):
     monkeypatch.setenv("CONVC_CHECK_ARENA", "1")
     state = {n: np.array(v, copy=True) for n, v in step.initial.items()}
     state[step.lr] = np.zeros(1, np.float32)
-    native = _NativeStep(step.plan, step.inputs, list(g.outputs), state, cache=False)
+    native = compile_bound(step.plan, state, resolve_options(threads=1, cache=False))
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     with pytest.raises(ArenaError, match="arena check: kernel"):
-        native({step.x: x, step.labels: np.zeros(3, np.int64)})
+        native.run({step.x: x, step.labels: np.zeros(3, np.int64)})
 
 
 def test_a_checked_build_passes_and_matches_an_unchecked_one(monkeypatch):

@@ -7,7 +7,8 @@ from convc.frontend.onnx import import_onnx
 from convc.passes.autodiff.training import build_training
 
 import convc
-from convc.train import _NativeStep
+from convc.driver import compile_bound
+from convc.options import resolve_options
 from train import nets
 
 torch = pytest.importorskip("torch")
@@ -39,7 +40,7 @@ def test_model_gradients_match_pytorch(rng):
     plan = build_training(import_onnx(proto, batch=5), loss="cross_entropy")
     state = {n: np.array(v, copy=True) for n, v in plan.initial.items()}
     state[plan.lr] = np.zeros(1, np.float32)
-    out = _NativeStep(plan.plan, plan.inputs, plan.graph.outputs, state)({plan.x: x, plan.labels: y})
+    out = compile_bound(plan.plan, state, resolve_options(threads=1)).run({plan.x: x, plan.labels: y})
     m, names = torch_digits(proto)
     m.train()
     loss = F.cross_entropy(m(torch.tensor(x)), torch.tensor(y))

@@ -59,11 +59,12 @@ def test_sgd_step_is_w_minus_lr_grad(data):
     assert g.ok  # no elements checked; the compiled gradients come from the same plan
     from convc.passes.autodiff.training import build_training
 
-    from convc.train import _NativeStep
+    from convc.driver import compile_bound
+    from convc.options import resolve_options
     plan = build_training(t.forward, loss="cross_entropy")
     state = {n: np.array(v, copy=True) for n, v in plan.initial.items()}
     state[plan.lr] = np.zeros(1, np.float32)
-    grads = _NativeStep(plan.plan, plan.inputs, plan.graph.outputs, state)({plan.x: x[:8], plan.labels: y[:8]})
+    grads = compile_bound(plan.plan, state, resolve_options(threads=1)).run({plan.x: x[:8], plan.labels: y[:8]})
     t.step(x[:8], y[:8])
     for p in t.parameters:
         np.testing.assert_allclose(t.state_dict()[p], w0[p] - 0.5 * grads[plan.grads[p]], rtol=1e-5, atol=1e-6)
