@@ -22,6 +22,7 @@ def lenet_file(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_submodules_load_on_first_use():
     code = "import convc; m = convc.models.cifar_cnn(); print(type(m).__name__, 'models' in dir(convc))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
@@ -36,6 +37,7 @@ def test_print_profile_shows_the_table(lenet_file):
     assert "TOTAL" in text and "planned arena peak" in text and "Profile(" not in text
 
 
+@pytest.mark.slow
 def test_inference_session_keeps_symbolic_dimensions(lenet_file):
     sess = convc.InferenceSession(str(lenet_file))
     assert sess.get_inputs()[0].shape == ["N", 1, 28, 28] and sess.get_outputs()[0].shape == ["N", 10]
@@ -45,6 +47,7 @@ def test_inference_session_keeps_symbolic_dimensions(lenet_file):
     assert y.shape == (3, 10)
 
 
+@pytest.mark.slow
 def test_compile_library_writes_what_convc_compile_writes(lenet_file, tmp_path):
     result = convc.compile_library(lenet_file, tmp_path / "lenet.so", batch=2, threads=1)
     assert Path(result.output) == tmp_path / "lenet.so" and (tmp_path / "lenet.h").exists()
@@ -68,6 +71,7 @@ def test_info_optimized_shows_the_compiled_graph_in_short_lines(lenet_file, caps
     assert "<" not in optimized and "dilations=(1,1)" in optimized  # enums by value, compact tuples
 
 
+@pytest.mark.slow
 def test_training_profile_uses_the_units_of_the_inference_profile(lenet_file):
     text = str(convc.profile(lenet_file, train=True))
     assert " KiB" in text and " kB" not in text and " MB" not in text

@@ -111,6 +111,7 @@ def test_positional_inputs_feed_the_inputs_that_are_not_initializers():
     np.testing.assert_allclose(y, sess.run(None, {"data": x})[0], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_light_model_shipped_with_onnx_runs_positionally():
     import os
 

@@ -224,6 +224,7 @@ def small_model() -> onnx.ModelProto:
     return net.model((2, 16, 20, 20), net.fc(y, 24, 10))
 
 
+@pytest.mark.slow
 def test_the_option_reaches_the_plan():
     model = small_model()
     bf16 = convc.compile(model, precision="bf16", cache=False).graph
@@ -244,6 +245,7 @@ def test_refused_values_are_input_errors(bad):
         convc.compile(small_model(), precision=bad)
 
 
+@pytest.mark.slow
 def test_winograd_is_off_in_bf16_unless_asked():
     """3x3 convs with 16+ channels run as Winograd in float32; bf16 keeps the direct conv (its
     products are bf16 products) unless winograd=True is given."""
@@ -257,6 +259,7 @@ def test_winograd_is_off_in_bf16_unless_asked():
     assert A.WINOGRAD_4X4 in algorithms(precision="bf16", winograd=True)
 
 
+@pytest.mark.slow
 def test_a_bf16_compile_is_not_served_the_cached_float32_model(tmp_path, monkeypatch):
     monkeypatch.delenv("CONVC_NO_CACHE", raising=False)  # the suite runs without the cache
     monkeypatch.setenv("CONVC_CACHE_DIR", str(tmp_path))
@@ -298,6 +301,7 @@ def test_help_documents_precision(capsys, command):
     assert "--precision" in out and "bf16" in out
 
 
+@pytest.mark.slow
 def test_run_honours_precision(model_file, monkeypatch, capsys):
     seen = {}
     real = convc.compile
@@ -352,6 +356,7 @@ def test_bad_precision_on_the_command_line(model_file, capsys):
 
 # --- convc check --precision bf16 ------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_check_reports_the_deviation_per_output_and_where_it_grows(model_file, capsys, tmp_path):
     x = np.random.default_rng(9).standard_normal((2, 16, 20, 20)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
@@ -367,6 +372,7 @@ def test_check_reports_the_deviation_per_output_and_where_it_grows(model_file, c
     assert "OVER TOLERANCE" in out
 
 
+@pytest.mark.slow
 def test_check_model_in_bf16_measures_against_float32():
     from convc.check import check_model
     report = check_model(small_model(), precision="bf16", seed=3)
@@ -379,6 +385,7 @@ def test_check_model_in_bf16_measures_against_float32():
         check_model(small_model(), precision="fp16")
 
 
+@pytest.mark.slow
 def test_batch_variants_compiled_later_are_bf16_too():
     """A symbolic batch compiles other sizes on first use, outside convc.compile: still in bf16."""
     model = small_model()
@@ -396,6 +403,7 @@ def test_batch_variants_compiled_later_are_bf16_too():
     assert rel(got, f32) > 1e-4
 
 
+@pytest.mark.slow
 def test_bf16_plans_pass_the_arena_check(monkeypatch):
     """CONVC_CHECK_ARENA: the RoundBF16 outputs are planned like any tensor (static check and canaries)."""
     monkeypatch.setenv("CONVC_CHECK_ARENA", "1")
@@ -426,6 +434,7 @@ def test_weights_fed_at_run_time_are_rounded_at_run_time():
 
 
 @pytest.mark.skipif(__import__("shutil").which("cc") is None, reason="needs a C compiler")
+@pytest.mark.slow
 def test_a_bf16_library_computes_what_the_jit_does(tmp_path):
     from convc.compiler import build
     model = small_model()

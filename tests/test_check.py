@@ -75,6 +75,7 @@ def test_a_layer_made_wrong_on_purpose_is_the_one_named(wrong):
         assert f"first tensor over tolerance: '{t.tensor}'" not in text
 
 
+@pytest.mark.slow
 def test_the_cli_names_the_perturbed_layer(tmp_path, capsys, monkeypatch):
     path = tmp_path / "cnn.onnx"
     onnx.save(small_cnn(), path)
@@ -88,6 +89,7 @@ def test_the_cli_names_the_perturbed_layer(tmp_path, capsys, monkeypatch):
     assert "all 7 intermediate tensors within tolerance" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_an_error_only_the_optimized_model_makes_is_found_by_bisection(monkeypatch):
     """A wrong fused kernel: the all-outputs variant (no fusion) matches, the optimized model does not."""
     run = convc.check.run_convc

@@ -116,6 +116,7 @@ def test_run_quiet_has_no_progress(lenet_file, capsys):
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.slow
 def test_run_with_input_file_and_output_dir(lenet_file, tmp_path, capsys):
     x = np.random.default_rng(7).standard_normal((3, 1, 28, 28)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
@@ -132,6 +133,7 @@ def test_run_with_input_file_and_output_dir(lenet_file, tmp_path, capsys):
     assert argmax == str(expected.argmax(axis=1).tolist())
 
 
+@pytest.mark.slow
 def test_run_plain_npy_for_single_input_and_batch(lenet_file, tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.zeros((2, 1, 28, 28), np.float32))
     assert main(["run", str(lenet_file), "-q", "-r", "1", "-i", str(tmp_path / "x.npy")]) == 0
@@ -220,6 +222,7 @@ def test_bad_input_files_are_clean_errors(lenet_file, tmp_path, monkeypatch, cap
     assert_clean_error(code, capsys.readouterr().err, needle)
 
 
+@pytest.mark.slow
 def test_errors_as_a_process(tmp_path):
     bad = _bad_models(tmp_path)
     for args, needle in [(["run", "nope.onnx"], "nope.onnx: no such file"),

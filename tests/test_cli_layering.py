@@ -101,6 +101,7 @@ def test_no_import_cycle_inside_the_cli():
     assert not cycles, f"import cycles in convc/cli: {cycles}"
 
 
+@pytest.mark.slow
 def test_nothing_outside_the_cli_imports_it():
     offenders = {}
     for folder in SOURCE_ROOTS:

@@ -44,6 +44,7 @@ def test_profile_fits_the_terminal(lenet_file, monkeypatch, capsys, columns, tra
     assert ("Memory of the training step" if train else "planned arena peak") in out
 
 
+@pytest.mark.slow
 def test_piped_training_profile_is_the_plain_table(lenet_file, capsys):
     assert main(["profile", str(lenet_file), "--train", "-q"]) == 0
     out = capsys.readouterr().out

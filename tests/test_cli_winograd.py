@@ -57,6 +57,7 @@ def test_run_passes_the_option(conv_file, monkeypatch, capsys, flag, want):
 
 
 @pytest.mark.parametrize("flag, want", [([], True), (["--no-winograd"], False)])
+@pytest.mark.slow
 def test_compile_passes_the_option(conv_file, tmp_path, monkeypatch, flag, want):
     seen = {}
     real = convc.compiler.build

@@ -110,6 +110,7 @@ def test_builtin_model_matches_onnxruntime(build, batch):
     compare(build(batch=batch), batch=batch or 1)
 
 
+@pytest.mark.slow
 def test_symbolic_batch_recompiles_per_batch_size():
     model = lenet5()  # batch dimension "N"
     session = ort_session(model)
@@ -153,6 +154,7 @@ def test_inference_session_is_a_drop_in_for_onnxruntime(tmp_path):
         ours.run(["nope"], feeds)
 
 
+@pytest.mark.slow
 def test_compile_accepts_path_bytes_and_proto(tmp_path):
     model = lenet5(batch=2)
     path = tmp_path / "lenet.onnx"
@@ -165,10 +167,12 @@ def test_compile_accepts_path_bytes_and_proto(tmp_path):
 
 # --- the onnx wheel's light models -----------------------------------------------------------
 
+@pytest.mark.slow
 def test_light_squeezenet_as_shipped():
     compare(load_light("light_squeezenet"))
 
 
+@pytest.mark.slow
 def test_light_squeezenet_random_weights():
     compare(with_random_weights(load_light("light_squeezenet"), seed=1))
 
@@ -185,6 +189,7 @@ def test_light_vgg19_random_weights():
 
 # --- examples/ -------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_python_api_example_runs(tmp_path):
     script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "python_api.py")
     result = subprocess.run([sys.executable, script], check=False, capture_output=True, text=True, cwd=tmp_path,

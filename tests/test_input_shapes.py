@@ -80,6 +80,7 @@ def feed(shape, seed=0) -> np.ndarray:
 # --- first-use specialization ------------------------------------------------------------------
 
 @pytest.mark.parametrize("build", [pooled_net, fully_convolutional])
+@pytest.mark.slow
 def test_symbolic_height_and_width_compile_per_shape_and_match_onnxruntime(build):
     model = build()
     compiled = convc.compile(model, threads=1)
@@ -344,6 +345,7 @@ def test_compile_with_input_shape(fcn_file, tmp_path, capsys):
     assert "--input-shape is not available with --train" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_check_with_input_shape(fcn_file, capsys):
     assert main(["check", str(fcn_file), "-q", "--input-shape", "x=2,3,19,23"]) == 0
     assert "graph output 'y': error" in capsys.readouterr().out

@@ -134,6 +134,7 @@ def _installed_editable_from_here() -> bool:
 
 
 @pytest.mark.skipif(not _installed_editable_from_here(), reason="convc is not installed editable from this checkout")
+@pytest.mark.slow
 def test_editable_install_maps_every_package():
     packages = sorted(source_packages())
     code = ("import importlib, json\n"
@@ -147,6 +148,7 @@ def test_editable_install_maps_every_package():
 
 
 @pytest.mark.skipif(not _installed_editable_from_here(), reason="convc is not installed editable from this checkout")
+@pytest.mark.slow
 def test_console_script_is_installed():
     script = Path(sys.executable).parent / "convc"
     if not script.exists():

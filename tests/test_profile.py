@@ -136,6 +136,7 @@ def test_light_models_reproduce_torchvision(name):
     assert p.unmodelled == []
 
 
+@pytest.mark.slow
 def test_densenet_bn_statistics_are_separate():
     """DenseNet-121's BNs come from Caffe's BatchNorm+Scale: BN (fixed scale and B) then Mul and Add
     carrying the affine. PyTorch counts 2 per channel; the fixed values are reported apart."""
@@ -191,6 +192,7 @@ def lenet_file(tmp_path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_cli_measure(lenet_file, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("CONVC_CACHE_DIR", str(tmp_path / "cache"))
     assert main(["profile", str(lenet_file), "-q", "--measure", "--repeat", "3", "--threads", "1",

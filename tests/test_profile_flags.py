@@ -132,6 +132,7 @@ def test_flags_out_of_their_mode_are_refused(cli, args, needle):
     assert needle in err and out == ""
 
 
+@pytest.mark.slow
 def test_training_flags_apply(cli):
     code, out, err, _ = cli("--train", "--loss", "mse", "--optimizer", "adam", "--format", "json")
     assert code == 0, err

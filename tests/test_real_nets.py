@@ -143,6 +143,7 @@ def test_matches_onnxruntime(net, batch):
     assert err < TOLERANCE, f"{net}: max |convc - onnxruntime| / max(1, |onnxruntime|) = {err:.3g}"
 
 
+@pytest.mark.slow
 def test_tcn_is_causal():
     """Changing the input at time t changes no output before t (the left padding keeps the convs causal)."""
     compiled = convc.compile(temporal_conv_net(), batch=1)

@@ -7,6 +7,8 @@ import ctypes
 import re
 from pathlib import Path
 
+import pytest
+
 from convc import abi
 from convc.abi import CONTEXT_SLOTS, ENTRY_SLOTS, Slot
 
@@ -29,6 +31,7 @@ def test_context_slots():
     assert ENTRY_SLOTS == Slot.POOL + 1 and CONTEXT_SLOTS == Slot.STATE + 1
 
 
+@pytest.mark.slow
 def test_library_exports_and_declares_every_abi_function(lenet_lib):
     lib = ctypes.CDLL(str(lenet_lib.output))
     missing = [name for name in abi.LIBRARY_FUNCTIONS if not hasattr(lib, name)]

@@ -61,6 +61,7 @@ def test_library_needs_only_libc(lenet_lib):
     assert "Library soname: [model.so]" in dyn
 
 
+@pytest.mark.slow
 def test_c_example_matches_python_on_an_input_file(demo, lenet_lib, lenet_jit, tmp_path):
     x, = inputs_for(lenet_jit, seed=3)
     path = tmp_path / "input.bin"

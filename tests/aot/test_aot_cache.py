@@ -61,6 +61,7 @@ def test_graph_key_hit_without_source_alias(cache, lenet_file):
     np.testing.assert_array_equal(first(x), second(x))
 
 
+@pytest.mark.slow
 def test_options_and_weights_change_the_key(cache, model_dir):
     from aot_helpers import write_model
     a = write_model(model_dir / "k_a.onnx", "lenet", batch=1, seed=0)
@@ -74,6 +75,7 @@ def test_options_and_weights_change_the_key(cache, model_dir):
     assert not np.allclose(convc.compile(a, threads=1)(x), convc.compile(b, threads=1)(x))
 
 
+@pytest.mark.slow
 def test_cache_off(cache, lenet_file, monkeypatch):
     convc.compile(lenet_file, threads=1, cache=False)
     assert not cache.exists()
@@ -84,6 +86,7 @@ def test_cache_off(cache, lenet_file, monkeypatch):
 
 
 @pytest.mark.parametrize("damage", ["flip a weight byte", "flip a code byte", "truncate", "empty", "garbage header"])
+@pytest.mark.slow
 def test_corrupt_entry_is_removed_and_rebuilt(cache, lenet_file, damage):
     good = convc.compile(lenet_file, threads=1)
     x, = inputs_for(good, seed=9)
@@ -113,6 +116,7 @@ def test_corrupt_entry_is_removed_and_rebuilt(cache, lenet_file, damage):
     assert path.read_bytes()[:8] == jc.MAGIC
 
 
+@pytest.mark.slow
 def test_unwritable_cache_does_not_fail_the_compile(tmp_path, lenet_file, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
@@ -135,6 +139,7 @@ np.save(sys.argv[3], m(x))
 """
 
 
+@pytest.mark.slow
 def test_two_processes_compile_the_same_model_at_once(cache, lenet_file, tmp_path):
     start = time.time() + 3.0  # both import convc first, then start compiling at the same instant
     procs = [subprocess.Popen([sys.executable, "-c", RACE, str(start), str(lenet_file), str(tmp_path / f"y{i}.npy")],
@@ -205,6 +210,7 @@ print("RAN")
 """
 
 
+@pytest.mark.slow
 def test_entry_truncated_under_a_warm_model(cache, lenet_file, lenet_jit, tmp_path):
     """A warm model mapped its entry: truncating the file under it killed the process (SIGBUS)."""
     done = subprocess.run([sys.executable, "-c", TRUNCATE_UNDER_A_WARM_MODEL, str(lenet_file), str(tmp_path / "y.npy")],
@@ -232,6 +238,7 @@ def two_models(cache, model_dir):
     return out, x
 
 
+@pytest.mark.slow
 def test_another_models_entry_is_not_served(two_models, cache):
     """An entry copied over another key's file used to serve the other model's code and weights."""
     models, x = two_models
@@ -247,6 +254,7 @@ def test_another_models_entry_is_not_served(two_models, cache):
     assert any(s.startswith("compile cache hit") for s in stages)
 
 
+@pytest.mark.slow
 def test_an_alias_pointing_at_another_entry_is_not_served(two_models, cache):
     """A source alias naming another model's entry used to serve that model."""
     models, x = two_models
@@ -262,6 +270,7 @@ def test_an_alias_pointing_at_another_entry_is_not_served(two_models, cache):
     assert any(s.startswith("compile cache hit") for s in stages) and "code generation" not in stages
 
 
+@pytest.mark.slow
 def test_a_graph_key_hit_binds_a_new_source_alias(cache, lenet_file):
     """Compiled first from a Graph (no source alias), then from the file: the alias is added inside the entry."""
     from convc.compiler import compile_graph, load_graph
@@ -281,6 +290,7 @@ def test_a_graph_key_hit_binds_a_new_source_alias(cache, lenet_file):
 
 
 @pytest.mark.parametrize("how", ["world-writable", "group-writable", "another owner"])
+@pytest.mark.slow
 def test_a_cache_dir_others_control_is_not_used(cache, lenet_file, how):
     """A CONVC_CACHE_DIR that another user owns, or can write to, used to be trusted: its machine code ran."""
     warm = convc.compile(lenet_file, threads=1)
@@ -303,6 +313,7 @@ def test_a_cache_dir_others_control_is_not_used(cache, lenet_file, how):
     np.testing.assert_array_equal(model(x), warm(x))
 
 
+@pytest.mark.slow
 def test_an_unsafe_entries_folder_is_not_used(cache, lenet_file):
     convc.compile(lenet_file, threads=1)
     os.chmod(jc._entries(cache), 0o777)

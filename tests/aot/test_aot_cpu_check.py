@@ -95,6 +95,7 @@ def test_metadata_functions_are_baseline_code(foreign_lib):
         assert not vector, (name, vector[:3])
 
 
+@pytest.mark.slow
 def test_another_abi_version_is_refused(lenet_file, tmp_path, monkeypatch):
     monkeypatch.setattr(abi, "ABI_VERSION", abi.ABI_VERSION + 41)
     res = aot.build(str(lenet_file), tmp_path / "future.so", threads=1)

@@ -21,6 +21,7 @@ def cifar_jit(cifar_file):
 
 
 @pytest.mark.parametrize("source", ["jit", "library"])
+@pytest.mark.slow
 def test_concurrent_calls_from_threads(source, cifar_jit, cifar_file, tmp_path_factory):
     if source == "jit":
         model = cifar_jit
@@ -64,6 +65,7 @@ def _longest_stall_during(call) -> tuple[float, float]:
     return max(b - a for a, b in zip(inside, inside[1:])), t1 - t0
 
 
+@pytest.mark.slow
 def test_the_gil_is_released_while_the_model_runs(cifar_file):
     import ctypes
 
@@ -107,6 +109,7 @@ def test_unpicklable_model_says_so():
 
 
 @pytest.mark.parametrize("source", ["jit", "library"])
+@pytest.mark.slow
 def test_pickled_models_run_in_a_spawned_pool(source, cifar_jit, cifar_file, tmp_path_factory):
     if source == "jit":
         model = cifar_jit

@@ -286,6 +286,7 @@ def test_unpickle_with_an_unsafe_cache_dir(pickled_library, monkeypatch, tmp_pat
     assert not (shared / "libraries").exists()
 
 
+@pytest.mark.slow
 def test_a_library_rebuilt_in_place_loads_its_new_code(lenet_file, tmp_path):
     """dlopen of a path loaded before returns the library loaded then: reloading a library rebuilt at
     the same path used to run the old code (and weights) silently."""

@@ -29,6 +29,7 @@ def batches(n: int, seed: int = 0):
             for _ in range(n)]
 
 
+@pytest.mark.slow
 def test_library_steps_like_the_trainer(train_lib):
     onnx_file, res = train_lib
     lib = convc.load(res.output)
@@ -91,6 +92,7 @@ print("ok", losses)
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
+@pytest.mark.slow
 def test_c_training_example(train_lib, tmp_path):
     onnx_file, res = train_lib
     folder = res.output.parent
@@ -111,6 +113,7 @@ def test_c_training_example(train_lib, tmp_path):
     assert "6 steps done" in ran.stderr
 
 
+@pytest.mark.slow
 def test_cli_train_flag(train_lib, tmp_path, capsys):
     from convc.cli import main
     out = tmp_path / "sgd.o"

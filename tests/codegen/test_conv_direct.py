@@ -163,6 +163,7 @@ def stem_model(batch: int, cout: int, k: int, stride: int, seed: int = 0) -> onn
 
 
 @pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.slow
 def test_stems_against_onnxruntime(threads, monkeypatch):
     x = np.random.default_rng(3).standard_normal((1, 3, 224, 224)).astype(np.float32)
     # MobileNet-style 3x3/2 stem of 32 channels and the 6-channel branch: both chosen direct
@@ -173,6 +174,7 @@ def test_stems_against_onnxruntime(threads, monkeypatch):
     _check_against_onnxruntime(stem_model(1, 64, 7, 2), x, threads, direct_convs=2)
 
 
+@pytest.mark.slow
 def test_stem_at_batch_16_against_onnxruntime():
     x = np.random.default_rng(4).standard_normal((16, 3, 224, 224)).astype(np.float32)
     _check_against_onnxruntime(stem_model(16, 24, 3, 2, seed=1), x, 2, direct_convs=2)

@@ -95,6 +95,7 @@ def test_weights_streamed_from_memory():
     check((1, 3, 3, 512), 128, 3, 1, (1, 1, 1, 1), epi="residual+leaky")
 
 
+@pytest.mark.slow
 def test_tile_rows_pad_the_fewest_pixels():
     from convc.codegen.kernels.blas import AVX2, AVX512
     from convc.codegen.kernels.conv_nhwc import NARROW_TILE, tile_rows

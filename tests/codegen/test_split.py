@@ -97,6 +97,7 @@ def test_identical_blocks_compile_once():
         assert "b0_" not in m.text and "b1_" not in m.text
 
 
+@pytest.mark.slow
 def test_module_texts_do_not_depend_on_the_model():
     def texts(model):
         native = emit_module(planned(model), threads=2)
@@ -106,6 +107,7 @@ def test_module_texts_do_not_depend_on_the_model():
 
 
 @pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.slow
 def test_split_code_computes_what_one_module_computes(threads, monkeypatch):
     model = residual_net(3, batch=16, hw=(37, 29))
     x = np.random.default_rng(1).standard_normal((16, 3, 37, 29)).astype(np.float32)
@@ -119,6 +121,7 @@ def test_split_code_computes_what_one_module_computes(threads, monkeypatch):
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_second_model_reuses_the_kernels_of_the_first(kernel_store):
     root, compiled = kernel_store
     first = convc.compile(residual_net(2), threads=2)
@@ -134,6 +137,7 @@ def test_a_second_model_reuses_the_kernels_of_the_first(kernel_store):
     assert first(x).shape == (16, 10)
 
 
+@pytest.mark.slow
 def test_a_damaged_kernel_file_is_compiled_again(kernel_store):
     root, compiled = kernel_store
     model = residual_net(1)
@@ -152,6 +156,7 @@ def test_a_damaged_kernel_file_is_compiled_again(kernel_store):
     np.testing.assert_allclose(again(x), run_onnxruntime(model, {"x": x}), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_worker_processes_compile_and_a_dead_worker_hands_back(monkeypatch):
     monkeypatch.setattr(llvm_pool, "PARALLEL_MIN_CHARS", 0)
     monkeypatch.setenv("CONVC_COMPILE_JOBS", "2")
@@ -183,6 +188,7 @@ def test_compile_jobs_must_be_a_positive_count(monkeypatch, value):
         llvm_pool.jobs()
 
 
+@pytest.mark.slow
 def test_progress_while_llvm_runs(monkeypatch):
     monkeypatch.setattr(llvm_pool, "HEARTBEAT", 0.005)
     monkeypatch.setenv("CONVC_COMPILE_JOBS", "1")

@@ -19,6 +19,7 @@ def cifar():
     return models.cifar_cnn(batch=4)
 
 
+@pytest.mark.slow
 def test_results_identical_across_thread_counts(cifar):
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
     outs = [convc.compile(cifar, threads=t)(x) for t in (1, 2, 3)]
@@ -46,6 +47,7 @@ def native_threads() -> int:
     return len(os.listdir(f"/proc/{os.getpid()}/task"))
 
 
+@pytest.mark.slow
 def test_native_pool_threads_exist_only_when_asked(cifar):
     before = native_threads()
     single = convc.compile(cifar, threads=1)
@@ -73,6 +75,7 @@ def cpu_seconds(tids: set[str]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+@pytest.mark.slow
 def test_an_idle_pool_leaves_the_cores_to_others(cifar):
     # between calls the workers block instead of polling, so numpy's BLAS (or anything else) in the
     # same process gets the cores; a pool polling with 50 us sleeps used 13% of a core here
@@ -96,6 +99,7 @@ def test_an_idle_pool_leaves_the_cores_to_others(cifar):
     assert np.array_equal(model(x), want)  # and wake up for the next call
 
 
+@pytest.mark.slow
 def test_models_in_garbage_cycles_are_freed_without_crashing():
     # a garbage cycle finalizes the compiled code and the contexts in no fixed order; the worker
     # pool must be stopped before its code goes (this segfaulted before the code was pinned)

@@ -137,6 +137,7 @@ def test_a_wrong_kernel_would_fail(monkeypatch):
     assert np.abs(got - want).max() / np.abs(want).max() > 1e-2
 
 
+@pytest.mark.slow
 def test_batch_16_resnet_block_threads(monkeypatch):
     """Batch 16 at 28 px, 128 channels (layer2): 1 and 2 threads agree bit for bit and with numpy."""
     g, feeds = nhwc_conv((16, 28, 28, 128), 128, (1, 1, 1, 1), "residual+relu", True, seed=11)
@@ -146,6 +147,7 @@ def test_batch_16_resnet_block_threads(monkeypatch):
     assert np.array_equal(got[0], got[1])
 
 
+@pytest.mark.slow
 def test_block_partition_covers_every_tile(monkeypatch):
     """More tiles than one block holds (blocks of a multiple of the micro-kernel's rows, the last
     one partial) and fewer: every output pixel is written exactly once."""
@@ -207,6 +209,7 @@ def resnet18_onnx(batch: int, size: int, seed: int = 0):
     return model
 
 
+@pytest.mark.slow
 def test_resnet18_end_to_end_matches_onnxruntime():
     """ResNet-18 at 224 px, batch 2, two threads: its stride-1 3x3 convs run as Winograd, and the
     logits stay within 1e-4 of onnxruntime's (measured: ~1e-6 at batch 1 and 16)."""

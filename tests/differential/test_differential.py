@@ -76,6 +76,7 @@ TRAINING_SAMPLE = sample(11, seed=2, max_pixels=16 * 33 * 33)
 
 
 @pytest.mark.parametrize("case", INFERENCE_SAMPLE, ids=case_id)
+@pytest.mark.slow
 def test_inference_matches_the_reference(case):
     _inference(case)
 
@@ -83,6 +84,7 @@ def test_inference_matches_the_reference(case):
 # `-m "not slow"` keeps the report's ResNet case; CI runs the whole sample
 @pytest.mark.parametrize("case", [c if i == 0 else pytest.param(c, marks=pytest.mark.slow)
                                   for i, c in enumerate(TRAINING_SAMPLE)], ids=case_id)
+@pytest.mark.slow
 def test_training_step_matches_the_reference(case):
     _training(case)
 
@@ -106,6 +108,7 @@ def test_training_grid(case):
 
 
 # --- the harness finds what it is for --------------------------------------------------------------
+@pytest.mark.slow
 def test_the_harness_fails_a_gradient_off_by_the_size_it_was_built_to_catch(monkeypatch):
     """BatchNorm scale gradients 1e-3 away from the compiled ones (the wrong ResNet gradients were
     off by 2.5e-3 to 1.5e-2) fail the comparison; the unchanged step passes."""
@@ -125,6 +128,7 @@ def test_the_harness_fails_a_gradient_off_by_the_size_it_was_built_to_catch(monk
     assert bad and all("bn" in line for line in bad), bad
 
 
+@pytest.mark.slow
 def test_the_arena_check_catches_a_tensor_placed_over_a_live_one(monkeypatch):
     """A plan that puts a tensor over one still in use computes a wrong step: the static check
     refuses the plan, and the run-time check stops the kernel that reads the clobbered bytes."""
@@ -157,6 +161,7 @@ def test_the_arena_check_catches_a_tensor_placed_over_a_live_one(monkeypatch):
         native.run({step.x: x, step.labels: np.zeros(3, np.int64)})
 
 
+@pytest.mark.slow
 def test_a_checked_build_passes_and_matches_an_unchecked_one(monkeypatch):
     model = zoo.build("densenet", 5)
     shape = zoo.input_shape("densenet", 3, 9)

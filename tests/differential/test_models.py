@@ -61,6 +61,7 @@ def arena_check(monkeypatch):
 
 @pytest.mark.parametrize("batch", [1, 16])
 @pytest.mark.parametrize("name", MODELS)
+@pytest.mark.slow
 def test_inference(name, batch):
     factory, shape, _ = MODELS[name]
     harness.inference(factory(), (batch,) + shape, threads=2, case=f"{name} batch {batch}").check()

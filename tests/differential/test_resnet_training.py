@@ -46,6 +46,7 @@ def test_every_gradient_and_update_matches_the_reference(monkeypatch, layout):
                      optimizer=convc.optim.SGD(0.1, momentum=0.9)).check()
 
 
+@pytest.mark.slow
 def test_a_relu_rounding_across_zero_is_the_reported_difference():
     """Stages (2, 2), batch 16, 32x32, the harness's first input: one ReLU element takes the other
     branch in float32, and that alone explains the 5e-3 gradient difference."""
@@ -57,6 +58,7 @@ def test_a_relu_rounding_across_zero_is_the_reported_difference():
     assert harness.training(model, SHAPE, loss="cross_entropy", threads=1, seed=1).flipped == []
 
 
+@pytest.mark.slow
 def test_one_trainer_step_applies_the_reference_gradients(resnet_onnx):
     """Trainer (the fused step, default threads) on the ONNX model: with SGD and lr=1, the change
     of every parameter is minus its gradient in the float64 reference of the training graph."""
@@ -90,6 +92,7 @@ def test_gradcheck_at_the_size_people_train(resnet_onnx):
     assert sum(result.checked.values()) == 3 * len(result.checked)
 
 
+@pytest.mark.slow
 def test_against_pytorch_float64(resnet_onnx):
     """The same weights in PyTorch (float64, training mode): every gradient within float32 error."""
     torch = pytest.importorskip("torch")

@@ -24,6 +24,7 @@ def load_example(name: str) -> ModuleType:
     return module
 
 
+@pytest.mark.slow
 def test_wavenet_tcn_learns_the_delayed_sum(capsys):
     """Trained with the Trainer (MSE, Adam), the WaveNet predicts y[t] = x[t-5] + 0.5 x[t-11] from
     white noise to a small fraction of the target variance (predicting the mean, 0, leaves all of it)."""
@@ -55,6 +56,7 @@ def test_wavenet_tcn_needs_its_receptive_field():
     assert result["mse_after"] > 0.15 * result["variance"]
 
 
+@pytest.mark.slow
 def test_wavenet_tcn_structure_and_export(rng):
     wavenet = load_example("wavenet_tcn")
     model = wavenet.WaveNet().init_parameters(seed=0)
@@ -78,6 +80,7 @@ def test_dcgan_generator_shapes():
     assert generator.net[0].weight.shape == (100, 64, 4, 4)  # (in, out / groups, kH, kW) like PyTorch
 
 
+@pytest.mark.slow
 def test_dcgan_generator(capsys):
     result = load_example("dcgan_generator").main(batch=2)
     images = result["images"]
@@ -101,6 +104,7 @@ def test_dcgan_generator_against_onnxruntime(rng):
                  "DCGAN: convc vs onnxruntime")
 
 
+@pytest.mark.slow
 def test_train_digits(tmp_path, capsys):
     """The digits example trains with the Trainer to >= 97% test accuracy (98.06% with its seed), and
     its ONNX export gives onnxruntime the Trainer's predictions."""

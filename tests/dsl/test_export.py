@@ -39,6 +39,7 @@ def every_layer_model() -> nn.Module:
         nn.Dropout(0.25), nn.Linear(4, 8), nn.Tanh(), nn.BatchNorm1d(8), nn.Linear(8, 3), nn.Softmax(1))
 
 
+@pytest.mark.slow
 def test_round_trip_through_a_file(tmp_path, rng):
     model = every_layer_model()
     randomize_batch_norms(model, rng)
@@ -121,6 +122,7 @@ def test_pytorch_momentum_is_written_in_the_onnx_convention():
     assert {a.name: round(a.f, 6) for a in bn.attribute} == {"epsilon": 1e-5, "momentum": 0.8}
 
 
+@pytest.mark.slow
 def test_exported_model_imports_back_into_convc(rng):
     model = ResNetTiny()
     randomize_batch_norms(model, rng)

@@ -109,6 +109,7 @@ def test_assignment_writes_in_place_and_casts_to_float32():
     np.testing.assert_array_equal(net.fc3.bias, np.arange(10, dtype=np.float32))
 
 
+@pytest.mark.slow
 def test_state_dict_copies_and_load_state_dict_round_trip(rng):
     a, b = LeNet().init_parameters(seed=1), LeNet().init_parameters(seed=2)
     state = a.state_dict()

@@ -83,6 +83,7 @@ def test_residual_block_constants_are_the_state_dict():
     assert constants["block2.shortcut.0.weight"].data is not model.block2.shortcut[0].weight  # a copy
 
 
+@pytest.mark.slow
 def test_residual_block_numbers(rng):
     model = ResNetTiny()
     randomize_batch_norms(model, rng)
@@ -112,6 +113,7 @@ def test_inception_block_graph_structure():
     assert g.tensor(cat.outputs[0]).shape == (1, 8 + 8 + 4 + 4, 7, 7)
 
 
+@pytest.mark.slow
 def test_inception_block_numbers(rng):
     check_model(Inception(6), rng.standard_normal((1, 6, 7, 7)))
 

@@ -32,6 +32,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", CASES)
+@pytest.mark.slow
 def test_trainer_trains_a_traced_block(case):
     make, shape, classes = CASES[case]
     rng = np.random.default_rng(7)
@@ -56,6 +57,7 @@ def test_trainer_trains_a_traced_block(case):
 
 
 @pytest.mark.parametrize("case", CASES)
+@pytest.mark.slow
 def test_gradients_through_add_and_concat(case):
     make, shape, _ = CASES[case]
     x = np.random.default_rng(8).standard_normal((2,) + shape[1:]).astype(np.float32)

@@ -129,6 +129,7 @@ def test_base_model_compiles_and_matches_onnxruntime():
     assert theirs is not None and compare(ours, theirs) == {"outcome": "compiled", "compared": True}
 
 
+@pytest.mark.slow
 def test_fuzz_mutants(tmp_path):
     """300 mutants (seed 0): a crash, a hang, a foreign exception, an unclear message or a result
     that differs from onnxruntime fails with the mutant's seed, number and description."""
@@ -146,6 +147,7 @@ def test_fuzz_long(tmp_path):
     check(seed, count, tmp_path)
 
 
+@pytest.mark.slow
 def test_a_crashing_mutant_is_reported_and_the_rest_still_run(tmp_path, monkeypatch):
     """The harness itself: a child killed by a signal mid-mutant names that mutant as a crash, and
     the mutants after it are still checked, in a new child."""

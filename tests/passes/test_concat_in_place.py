@@ -54,6 +54,7 @@ NETS = [(densenet_like, 1, 15), (densenet_like, 16, 9), (inception_like, 1, 13),
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("make, batch, hw", NETS, ids=[f"{f.__name__}-b{b}-{hw}px" for f, b, hw in NETS])
+@pytest.mark.slow
 def test_outputs_match_onnxruntime(make, batch, hw, threads):
     check_against_onnxruntime(make(batch, hw), threads)
 
@@ -83,6 +84,7 @@ def test_densenet_block_is_one_buffer(batch):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.slow
 def test_wide_concat_buffer_rows_are_padded(threads, monkeypatch):
     """A channels-last Concat buffer of 128 channels (512-byte rows) read only by kernels that take
     a stride (the Transpose before a channels-first BatchNorm) gets one cache line more per row; its
@@ -238,6 +240,7 @@ NETS_CHECKED = [(densenet_like, 2, 9), (inception_like, 2, 7), (unet_like, 2, 12
 
 @pytest.mark.parametrize("make, batch, hw", NETS_CHECKED,
                          ids=[f"{f.__name__}-b{b}-{hw}px" for f, b, hw in NETS_CHECKED])
+@pytest.mark.slow
 def test_arena_checked_builds(make, batch, hw, monkeypatch):
     """CONVC_CHECK_ARENA=1: the static plan check and the run-time canary/hash checks pass with
     producers writing into Concat slices (a strided slice is scanned row by row, not across its
@@ -246,6 +249,7 @@ def test_arena_checked_builds(make, batch, hw, monkeypatch):
     check_against_onnxruntime(make(batch, hw), 2)
 
 
+@pytest.mark.slow
 def test_arena_check_catches_a_conv_that_ignores_its_slice_stride(monkeypatch):
     """The conv of the second Inception branch writes its Concat slice as if it were contiguous,
     over the first branch's rows: the run-time check hashes the slices written before a kernel

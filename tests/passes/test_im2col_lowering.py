@@ -98,6 +98,7 @@ def test_epilogue_and_residual_survive_lowering(rng):
     assert out.op("conv").attrs.epilogue == a.epilogue and out.op("conv").inputs[-1] == "r"
 
 
+@pytest.mark.slow
 def test_gemm_shaped_convs_and_the_predicate_keep_their_conv(rng):
     g = Graph("keep")
     x = add_input(g, "x", (1, 3, 5, 5))

@@ -64,6 +64,7 @@ def test_option_off_keeps_the_direct_kernel(rng):
     assert algorithms(select_training_kernels(nhwc)) == {"conv": A.IMPLICIT_GEMM_NHWC}
 
 
+@pytest.mark.slow
 def test_compile_option(rng):
     g = one_conv(rng, 2, 32, 48, 20)
     x = {"x": rng.standard_normal((2, 32, 20, 20)).astype(np.float32)}
@@ -94,6 +95,7 @@ def dynamic_batch_model(rng) -> onnx.ModelProto:
     return model
 
 
+@pytest.mark.slow
 def test_option_reaches_batch_variants(rng):
     """A batch size compiled on first use (after convc.compile returned) keeps winograd=False."""
     model = convc.compile(dynamic_batch_model(rng), winograd=False, threads=1)
@@ -108,6 +110,7 @@ def test_option_reaches_batch_variants(rng):
     assert y.shape == (4, 32, 16, 16)
 
 
+@pytest.mark.slow
 def test_option_is_not_served_from_the_compile_cache(rng, tmp_path, monkeypatch):
     """The cache finds a model by its source's hash and options: a Winograd model cached first must
     not come back for winograd=False, the default compile afterwards still gets Winograd, and a

@@ -21,6 +21,7 @@ from train import nets
     (nets.pool_net(), (3, 1, 5, 5), "cross_entropy"),
     (nets.autoencoder(), (2, 1, 8, 8), "bce"),
 ], ids=["digits-dropout", "digits-softmax", "residual", "mlp-bce", "mlp-mse", "pools", "autoencoder"])
+@pytest.mark.slow
 def test_gradcheck(rng, model, shape, loss):
     x = rng.standard_normal(shape).astype(np.float32)
     result = convc.gradcheck(model, x, loss=loss, samples=6, step=3)
@@ -28,6 +29,7 @@ def test_gradcheck(rng, model, shape, loss):
     assert result.worst in result.errors and set(result.errors) == set(result.checked)
 
 
+@pytest.mark.slow
 def test_gradcheck_reports_a_wrong_gradient(rng, monkeypatch):
     """Break one rule (ReLU passing its gradient straight through): gradcheck must name a parameter
     upstream of it as the worst."""
@@ -89,6 +91,7 @@ def test_no_update_reads_a_stale_parameter():
             assert readers and all(position[r.name] < position[op.name] for r in readers)
 
 
+@pytest.mark.slow
 def test_fused_graph_is_unfused_for_training(rng):
     """A Graph whose Conv/Gemm already carry fused Add/Relu epilogues trains like the unfused one."""
     from convc.passes.fusion import fuse_epilogues

@@ -20,6 +20,7 @@ def digits_split(seed: int = 0):
     return train_test_split(x, d.target.astype(np.int64), test_size=0.2, random_state=seed, stratify=d.target)
 
 
+@pytest.mark.slow
 def test_digits_cnn_reaches_97_percent():
     x_train, x_test, y_train, y_test = digits_split()
     batch, epochs = 32, 12

@@ -102,6 +102,7 @@ def test_conv1d_net_step_has_only_2d_windows():
     assert all(g.tensor(step.grads[p]).shape == g.tensor(p).shape for p in step.params)
 
 
+@pytest.mark.slow
 def test_conv1d_net_gradients_match_finite_differences(rng):
     """The compiled gradients of the whole 1-D net at a realistic size (batch 16, length 101) against
     central differences of the float64 references."""

@@ -16,6 +16,7 @@ def prof():
     return convc.profile(nets.digits_cnn(hw=8, c1=16, c2=32), batch=32, train=True, optimizer=convc.optim.Adam(1e-3))
 
 
+@pytest.mark.slow
 def test_macs_per_layer(prof):
     layers = {l.op + str(i): l for i, l in enumerate(prof.layers)}
     conv1, conv2, fc = layers["Conv0"], layers["Conv4"], layers["Gemm10"]
@@ -54,11 +55,13 @@ def test_saved_activations(prof):
     assert prof.memory.saved_bytes > 0
 
 
+@pytest.mark.slow
 def test_sgd_has_no_optimizer_state():
     p = convc.profile(nets.digits_cnn(hw=8, c1=4, c2=8), batch=4, train=True)
     assert p.memory.optimizer_state_bytes == 0 and "SGD" in p.optimizer
 
 
+@pytest.mark.slow
 def test_measured(prof):
     p = convc.profile(nets.digits_cnn(hw=8, c1=4, c2=8), batch=8, train=True, measure=True, repeats=3)
     assert p.measured and p.step_seconds > 0
@@ -66,6 +69,7 @@ def test_measured(prof):
     assert "fwd ms" in str(p)
 
 
+@pytest.mark.slow
 def test_cli(tmp_path, capsys):
     path = tmp_path / "digits.onnx"
     onnx.save(nets.digits_cnn(hw=8, c1=4, c2=8), path)

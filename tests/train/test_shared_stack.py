@@ -52,6 +52,7 @@ def test_training_plans_are_pipeline_variants():
     assert inference.graph.inputs == forward.inputs
 
 
+@pytest.mark.slow
 def test_trainer_steps_and_predictions_are_compiled_models():
     x, y = _data()
     t = convc.Trainer(nets.digits_cnn(c1=4, c2=8, dropout=0.0), input_shape=SHAPE, optimizer=convc.optim.SGD(0.1),
@@ -96,6 +97,7 @@ def test_bound_inputs_are_checked_and_used_in_place():
     np.testing.assert_array_equal(model.run({step.x: x, step.labels: y})[step.loss], doubled[step.loss])
 
 
+@pytest.mark.slow
 def test_training_code_is_cached_under_the_graph_key(tmp_path, monkeypatch):
     """One key scheme: a training step's entry is named by cache.graph_key like any model's, and a
     model trained from other initial weights reuses it (the parameters are inputs, not code)."""

@@ -58,6 +58,7 @@ def test_model_gradients_match_pytorch(rng):
 
 
 @pytest.mark.parametrize("opt", ["sgd", "adam"])
+@pytest.mark.slow
 def test_training_matches_pytorch(rng, opt):
     # no conv bias: before BatchNorm its gradient is zero up to rounding, which Adam would amplify to +-lr
     proto = nets.digits_cnn(c1=6, c2=8, dropout=0.0, conv_bias=False)

@@ -33,6 +33,7 @@ def test_step_trains(data):
     assert t.steps_done == 30 and t.state_dict()["step"][0] == 30
 
 
+@pytest.mark.slow
 def test_lr_is_read_at_every_step(data):
     x, y = data
     t = make(convc.optim.SGD(0.1))
@@ -50,6 +51,7 @@ def test_lr_is_read_at_every_step(data):
         t.lr = float("nan")
 
 
+@pytest.mark.slow
 def test_sgd_step_is_w_minus_lr_grad(data):
     """One plain SGD step moves every parameter by -lr * (its gradient), the gradient step's output."""
     x, y = data
@@ -70,6 +72,7 @@ def test_sgd_step_is_w_minus_lr_grad(data):
         np.testing.assert_allclose(t.state_dict()[p], w0[p] - 0.5 * grads[plan.grads[p]], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_l1_l2_apply_to_weights_only(data):
     x, y = data
     plain = make(convc.optim.SGD(0.1), dropout=0.0)
@@ -85,6 +88,7 @@ def test_l1_l2_apply_to_weights_only(data):
             np.testing.assert_allclose(extra, 0.0, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_running_statistics(data):
     """BN's running mean and variance move towards the batch statistics (momentum 0.9, unbiased var)."""
     x, y = data
@@ -100,6 +104,7 @@ def test_running_statistics(data):
     np.testing.assert_allclose(s["bn1.running_var"], 0.9 + 0.1 * var, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_predict_any_batch_and_eval_mode(data):
     x, y = data
     t = make()
@@ -116,6 +121,7 @@ def test_predict_any_batch_and_eval_mode(data):
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["loss"] > 0
 
 
+@pytest.mark.slow
 def test_state_dict_roundtrip(data):
     x, y = data
     a = make(convc.optim.Adam(1e-2))
@@ -136,6 +142,7 @@ def test_state_dict_roundtrip(data):
         b.load_state_dict({**state, "fc.bias": np.zeros(3)})
 
 
+@pytest.mark.slow
 def test_reproducible_with_seed(data):
     x, y = data
     runs = []
@@ -146,6 +153,7 @@ def test_reproducible_with_seed(data):
     assert runs[0] != runs[2]
 
 
+@pytest.mark.slow
 def test_other_batch_sizes_share_the_state(data):
     x, y = data
     t = make()
@@ -156,6 +164,7 @@ def test_other_batch_sizes_share_the_state(data):
     assert t.steps_done == 3
 
 
+@pytest.mark.slow
 def test_bad_inputs_raise_clear_errors(data):
     x, y = data
     t = make()
@@ -216,6 +225,7 @@ def test_mse_targets_must_be_float32():
     t.step(x, np.zeros((6, 3), np.float32))
 
 
+@pytest.mark.slow
 def test_predict_batch_size_must_be_a_positive_integer(data):
     t = make()
     for bad in (0, -8, 2.5):
@@ -223,6 +233,7 @@ def test_predict_batch_size_must_be_a_positive_integer(data):
             t.predict(data[0], batch_size=bad)
 
 
+@pytest.mark.slow
 def test_divergence_is_reported_with_the_step_number(data):
     x, y = data
     t = make(convc.optim.SGD(1e30), dropout=0.0)
@@ -244,6 +255,7 @@ def test_mse_and_bce_losses():
         assert t.evaluate(x, target)["loss"] == pytest.approx(losses[-1], rel=0.3)
 
 
+@pytest.mark.slow
 def test_export_onnx_runs_in_onnxruntime(tmp_path, data):
     ort = pytest.importorskip("onnxruntime")
     x, y = data
@@ -257,6 +269,7 @@ def test_export_onnx_runs_in_onnxruntime(tmp_path, data):
     np.testing.assert_allclose(got, t.predict(x), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_graph_and_dsl_models(data):
     x, y = data
     g = import_onnx(nets.digits_cnn(c1=4, c2=8), batch=8)
@@ -289,6 +302,7 @@ def test_graph_and_dsl_models(data):
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_the_thread_count():
     """Threads split images, channels and the rows of dW: every value is computed by one thread in
     the same order, so one and two threads agree bit for bit."""

@@ -138,6 +138,7 @@ def test_bad_axes_name_the_node():
         convc.compile(model)
 
 
+@pytest.mark.slow
 def test_a_squeeze_and_excitation_net_trains():
     """An SE block exported as PyTorch writes it (mean over H, W, keepdim) trains, gradients checked by
     finite differences."""
