@@ -50,3 +50,14 @@ def test_readme_block_runs(session, line, code, monkeypatch):
     except BaseException:
         session["failed"].append(line)
         raise
+
+
+def test_readme_exit_statuses_are_the_cli_s():
+    """The command table's exit statuses are the ones convc returns (convc check once exited 1 for
+    nodes it cannot compile while the table said errors exit 2)."""
+    from convc.cli.check import EXIT_DIFFERS
+    from convc.cli.common import EXIT_ERROR, EXIT_OK
+    text = README.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| `convc check"))
+    assert f"cannot compile (exit {EXIT_ERROR}" in row and f"(exit {EXIT_DIFFERS}; {EXIT_OK} when all match)" in row
+    assert f"exit with status {EXIT_ERROR}" in " ".join(text.split())
