@@ -464,3 +464,174 @@ def plot_figure(p: Profile) -> Any:
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3, frameon=False)  # below the axis: covers no line
     fig.tight_layout()
     return fig
+
+
+# --- the training step by op type, and its plot (convc profile --train --by-op / --plot) --------
+
+TRAIN_PHASES = ("forward", "backward", "update")
+
+
+def train_by_op(p: Any, top: int | None = None) -> list[dict[str, Any]]:
+    """One row per op type of a ``TrainProfile`` (convc/train_profile.py), costliest first (by
+    forward + backward + update time when measured, else by forward + backward MACs); ``top``
+    keeps the ``top`` costliest."""
+    groups: dict[str, dict[str, Any]] = {}
+    for l in p.layers:
+        row = groups.setdefault(l.op, {"op": l.op, "layers": 0, "forward_macs": 0, "backward_macs": 0,
+                                       "saved_bytes": 0, "param_bytes": 0, "grad_bytes": 0, "state_bytes": 0,
+                                       "seconds": {ph: 0.0 for ph in TRAIN_PHASES} if p.measured else None})
+        row["layers"] += 1
+        for k in ("forward_macs", "backward_macs", "saved_bytes", "param_bytes", "grad_bytes", "state_bytes"):
+            row[k] += getattr(l, k)
+        if p.measured:
+            for ph in TRAIN_PHASES:
+                row["seconds"][ph] += l.seconds.get(ph, 0.0)
+    if p.measured:
+        key = lambda r: (sum(r["seconds"].values()), r["forward_macs"] + r["backward_macs"])
+    else:
+        key = lambda r: (r["forward_macs"] + r["backward_macs"], r["saved_bytes"])
+    rows = sorted(groups.values(), key=key, reverse=True)
+    total = sum(sum(l.seconds.get(ph, 0.0) for ph in TRAIN_PHASES) for l in p.layers) if p.measured else p.total_macs
+    for r in rows:
+        part = sum(r["seconds"].values()) if p.measured else r["forward_macs"] + r["backward_macs"]
+        r["share"] = part / total if total else 0.0
+    return rows[:top] if top else rows
+
+
+def _train_by_op_table(p: Any, top: int | None) -> tuple[list[tuple[str, str]], list[list[str]]]:
+    cols = [("op", "<"), ("layers", ">"), ("fwd MACs", ">"), ("bwd MACs", ">"),
+            ("share of time" if p.measured else "share of MACs", ">"), ("saved", ">"), ("params", ">"), ("grads", ">"),
+            ("opt state", ">")]
+    if p.measured:
+        cols += [("fwd ms", ">"), ("bwd ms", ">"), ("upd ms", ">")]
+    rows = []
+    for r in train_by_op(p, top):
+        row = [r["op"], str(r["layers"]), count(r["forward_macs"]), count(r["backward_macs"]), percent(r["share"]),
+               nbytes(r["saved_bytes"]), nbytes(r["param_bytes"]), nbytes(r["grad_bytes"]), nbytes(r["state_bytes"])]
+        if p.measured:
+            row += [f"{1e3 * r['seconds'][ph]:.3f}" for ph in TRAIN_PHASES]
+        rows.append(row)
+    return cols, rows
+
+
+def _train_by_op_note(p: Any, shown: int) -> list[str]:
+    kinds = len({l.op for l in p.layers})
+    return [f"({shown} costliest of {kinds} op types shown; totals are the whole step)"] if shown < kinds else []
+
+
+def render_train_by_op_text(p: Any, top: int | None = None) -> str:
+    """``convc profile --train --by-op`` piped: the step's header, one row per op type, its memory."""
+    from convc.train_profile import header_lines as train_header, memory_lines as train_memory
+    cols, rows = _train_by_op_table(p, top)
+    lines = train_header(p) + ["", "By op type", plain_table(cols, rows)] + _train_by_op_note(p, len(rows))
+    return "\n".join(lines + [""] + train_memory(p)) + "\n"
+
+
+def render_train_by_op_rich(p: Any, top: int | None = None, file: Any = None, width: int | None = None) -> None:
+    """``convc profile --train --by-op`` on a terminal, fitted like the other tables."""
+    from rich.console import Console
+
+    from convc.train_profile import header_lines as train_header, memory_lines as train_memory
+    console = Console(file=file, width=width)
+    say = _sayer(console)
+    for line in train_header(p):
+        say(line)
+    cols, rows = _train_by_op_table(p, top)
+    keep, widths = fit_columns(cols, rows, console.width, TRAIN_OPTIONAL_COLUMNS, TRAIN_NARROWABLE_COLUMNS)
+    console.print(_rich_table("By op type", cols, rows, keep, widths))
+    left_out = [cols[k][0] for k in range(len(cols)) if k not in keep]
+    if left_out:
+        say(f"(left out to fit: {', '.join(left_out)}; --format csv has every column)")
+    for line in _train_by_op_note(p, len(rows)):
+        say(line)
+    say("\n".join(train_memory(p)))
+
+
+def train_by_op_json(p: Any, top: int | None = None, indent: int | None = 2) -> str:
+    """The training profile as JSON with ``by_op`` rows in place of ``layers`` (totals stay whole-step)."""
+    import json
+    d = p.to_dict()
+    d.pop("layers", None)
+    d["by_op"] = train_by_op(p, top)
+    if top:
+        d["top"] = top
+    return json.dumps(d, indent=indent)
+
+
+TRAIN_BY_OP_CSV = ("op", "layers", "forward_macs", "backward_macs", "saved_bytes", "param_bytes", "grad_bytes",
+                   "state_bytes", "share")
+
+
+def train_by_op_csv(p: Any, top: int | None = None) -> str:
+    """One row per op type of the training step (with each phase's seconds when measured)."""
+    import csv
+    import io
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    timed = [f"{ph}_seconds" for ph in TRAIN_PHASES] if p.measured else []
+    w.writerow(list(TRAIN_BY_OP_CSV) + timed)
+    for r in train_by_op(p, top):
+        w.writerow([r[c] for c in TRAIN_BY_OP_CSV] + [r["seconds"][ph] for ph in TRAIN_PHASES if p.measured])
+    return buf.getvalue()
+
+
+def plot_train(p: Any, path: str | Path) -> Path:
+    """``convc profile --train --plot``: the training step's MACs (and times) per layer and its memory."""
+    path = check_plot_path(path)
+    import matplotlib.pyplot as plt
+    fig = plot_train_figure(p)
+    fig.savefig(path, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_train_figure(p: Any) -> Any:
+    """Forward and backward MACs per layer (stacked), the forward, backward and update times per layer
+    when measured, and the step's memory by kind."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    n = len(p.layers)
+    panels = 3 if p.measured else 2
+    fig, axes = plt.subplots(panels, 1, figsize=(max(8.0, min(40.0, 0.18 * n + 6)), 4.2 * panels))
+    x = list(range(1, n + 1))
+    ax = axes[0]
+    fwd = [l.forward_macs / 1e6 for l in p.layers]
+    ax.bar(x, fwd, color="tab:blue", label="forward")
+    ax.bar(x, [l.backward_macs / 1e6 for l in p.layers], bottom=fwd, color="tab:purple", label="backward")
+    ax.set_ylabel("MMACs")
+    ax.set_title(f"{p.model}, training step at batch {p.batch}: MACs per layer, {count(p.total_macs)} in all "
+                 f"(forward {count(p.forward_macs)}, backward {count(p.backward_macs)})")
+    ax.legend(loc="upper right", fontsize=8)
+    _layer_axis(ax, p)
+    if p.measured:
+        ax = axes[1]
+        per = {ph: [l.seconds.get(ph, 0.0) for l in p.layers] for ph in TRAIN_PHASES}
+        total = sum(sum(v) for v in per.values())
+        scale, unit = time_unit(max([sum(t) for t in zip(*per.values())] + [total, 0.0]))
+        bottom = [0.0] * n
+        for ph, color in zip(TRAIN_PHASES, ("tab:blue", "tab:purple", "tab:green")):
+            values = [scale * s for s in per[ph]]
+            ax.bar(x, values, bottom=bottom, color=color, label=ph)
+            bottom = [b + v for b, v in zip(bottom, values)]
+        ax.set_ylabel(unit)
+        ax.set_title(f"time per layer (median over the runs); the bars sum to {scale * total:.3g} {unit} of the "
+                     f"{scale * (p.step_seconds or 0):.3g} {unit} step")
+        ax.legend(loc="upper right", fontsize=8)
+        _layer_axis(ax, p)
+    ax = axes[-1]
+    m = p.memory
+    kinds = [("parameters", m.param_bytes), ("optimizer state", m.optimizer_state_bytes),
+             ("BN running statistics", m.running_stats_bytes), ("parameter gradients", m.grad_bytes),
+             ("saved activations", m.saved_bytes), ("arena liveness lower bound", m.lower_bound_bytes),
+             ("planned arena", m.arena_bytes), ("batch, labels, loss", m.io_bytes)]
+    div, unit = byte_unit(max([b for _, b in kinds] + [1]))
+    ax.barh(range(len(kinds)), [b / div for _, b in kinds], color="tab:green")
+    ax.set_yticks(range(len(kinds)))
+    ax.set_yticklabels([k for k, _ in kinds])
+    ax.invert_yaxis()
+    ax.set_xlabel(unit)
+    ax.set_title(f"memory of the step: peak {nbytes(m.peak_bytes)} = parameters, optimizer state and statistics "
+                 f"+ planned arena + the caller's arrays")
+    fig.tight_layout()
+    return fig

@@ -49,3 +49,14 @@ def test_piped_training_profile_is_the_plain_table(lenet_file, capsys):
     assert main(["profile", str(lenet_file), "--train", "-q"]) == 0
     out = capsys.readouterr().out
     assert "┃" not in out and "fwd MACs  bwd MACs" in out
+
+
+@pytest.mark.parametrize("columns", [80, 100])
+@pytest.mark.parametrize("train", [False, True])
+def test_profile_by_op_fits_the_terminal(lenet_file, monkeypatch, capsys, columns, train):
+    out = on_terminal(monkeypatch, capsys, columns, str(lenet_file), "--by-op", *(["--train"] if train else []))
+    lines = out.splitlines()
+    assert all(len(line) <= columns for line in lines), max(lines, key=len)
+    cells = {c.strip() for line in lines if line.startswith(("┃", "│")) for c in re.split(r"[┃│]", line)}
+    assert {"Conv", "Gemm", "MaxPool"} <= cells and "By op type" in out
+    assert ("Relu" in cells) == train, "training does not fuse: its Relus are rows of their own"

@@ -18,6 +18,7 @@ from convc.models import lenet5
 LENET_LAYERS = 9      # the inference profile's layers (convs and gemms with their fused Relus, pools, ...)
 LENET_OPS = 5         # Conv, Gemm, MaxPool, Softmax, Flatten
 LENET_TRAIN_LAYERS = 12
+LENET_TRAIN_OPS = 5   # Conv, Relu, MaxPool, Flatten, Gemm: training does not fuse
 
 FORMATS = ("table", "json", "csv")
 _PROFILES: dict = {}  # (train, measure, loss, optimizer) -> the profile, shared by the tests of this module
@@ -52,6 +53,7 @@ def cli(monkeypatch, tmp_path, lenet_file, capsys):
 
     monkeypatch.setattr(convc, "profile", profile)
     monkeypatch.setattr(cli_profile, "plot", fake_plot)
+    monkeypatch.setattr(cli_profile, "plot_train", fake_plot)
     monkeypatch.setattr(cli_profile, "check_plot_path", lambda path: Path(path))
 
     def run(*args: str) -> tuple[int, str, str, list[str]]:
@@ -87,22 +89,23 @@ def test_every_combination_works_or_is_refused(cli, tmp_path, fmt, top, by_op, t
     args += ["--plot", str(tmp_path / "p.png")] if plot else []
     args += ["--measure"] if measure else []
     code, out, err, plots = cli(*args)
-    if train and (plot or by_op):
-        assert code == 2 and err.startswith("convc: error: ") and len(err.splitlines()) == 1, err
-        assert ("--plot" if plot else "--by-op") in err and "--train" in err
-        assert out == "" and plots == []
-        return
     assert code == 0, err
     assert plots == ([str(tmp_path / "p.png")] if plot else [])
-    n_all = LENET_TRAIN_LAYERS if train else (LENET_OPS if by_op else LENET_LAYERS)
+    if train:
+        n_all = LENET_TRAIN_OPS if by_op else LENET_TRAIN_LAYERS
+    else:
+        n_all = LENET_OPS if by_op else LENET_LAYERS
     expected = min(top, n_all) if top else n_all
     if fmt == "json":
         d = json.loads(out)
         rows = d["by_op"] if by_op else d["layers"]
         assert ("layers" in d) == (not by_op)
         if by_op:
-            assert {r["op"] for r in rows} <= {"Conv", "Gemm", "MaxPool", "Softmax", "Flatten"}
-            assert all("+" not in r["op"] and r["fused"] for r in rows)
+            assert {r["op"] for r in rows} <= {"Conv", "Gemm", "MaxPool", "Softmax", "Flatten", "Relu"}
+            assert all("+" not in r["op"] and (train or r["fused"]) for r in rows)
+            if train:
+                assert all("forward_macs" in r and "backward_macs" in r for r in rows)
+                assert d["totals"]["total_macs"] == 1131960, "totals stay whole-step"
     elif fmt == "csv":
         rows = list(csv.DictReader(io.StringIO(out)))
         total = rows.pop() if not train else None

@@ -61,3 +61,32 @@ def test_memory_axis_unit_and_legend(figure):
     legend = ax.get_legend().get_window_extent()
     assert legend.y1 <= ax.get_window_extent().y0, "the legend sits below the axes, covering no line"
     assert byte_unit(500) == (1, "B") and byte_unit(3 << 20) == (1 << 20, "MiB")
+
+
+def test_training_plot(tmp_path):
+    """convc profile --train --plot: forward and backward MACs stacked per layer, the phases' times
+    summing to the title's figure, the step's memory by kind; PNG and SVG."""
+    import matplotlib.pyplot as plt
+
+    from convc.report import plot_train, plot_train_figure
+    p = convc.profile(lenet5(batch=1), train=True)
+    layers = [dataclasses.replace(l, seconds={"forward": 1e-5, "backward": 2e-5, "update": 1e-6 * i})
+              for i, l in enumerate(p.layers)]
+    p = dataclasses.replace(p, layers=layers, step_seconds=1e-3)
+    fig = plot_train_figure(p)
+    fig.canvas.draw()
+    try:
+        macs, times, memory = fig.axes
+        labels = [t.get_text() for t in macs.get_xticklabels()]
+        assert labels[0] == "#1 conv1" and labels[-1] == f"#{len(p.layers)} fc3"
+        heights = sum(patch.get_height() for patch in macs.patches)
+        assert heights == pytest.approx(p.total_macs / 1e6)
+        unit = times.get_ylabel()
+        bars = sum(patch.get_height() for patch in times.patches)
+        assert unit == "µs" and f"the bars sum to {bars:.3g} µs" in times.get_title()
+        assert "parameter gradients" in [t.get_text() for t in memory.get_yticklabels()]
+    finally:
+        plt.close(fig)
+    for name in ("train.png", "train.svg"):
+        plot_train(p, tmp_path / name)
+        assert (tmp_path / name).stat().st_size > 1000

@@ -12,7 +12,8 @@ from convc.cli.common import (EXIT_OK, Command, Progress, add_input_shape_flag, 
 from convc.errors import ConvcError
 from convc.options import applied, resolve_options
 from convc.profile import CONVENTION
-from convc.report import check_plot_path, plot, render_rich, render_text, render_train_rich
+from convc.report import (check_plot_path, plot, plot_train, render_rich, render_text, render_train_by_op_rich,
+                          render_train_by_op_text, render_train_rich, train_by_op_csv, train_by_op_json)
 
 DESCRIPTION = (
     "Report per-layer parameters, MACs, other-op FLOPs, weight and activation bytes of MODEL.onnx after "
@@ -37,13 +38,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_winograd_flag(p)
     add_precision_flag(p)
     p.add_argument("--plot", metavar="FILE", help="also draw MACs (and time) per layer and the memory plan "
-                                                  "to FILE (.png or .svg; needs matplotlib)")
+                                                  "(with --train: forward and backward MACs and times per layer "
+                                                  "and the step's memory) to FILE (.png or .svg; needs matplotlib)")
     p.add_argument("--top", type=positive, metavar="N", help="only the N costliest layers (by time with "
                                                                "--measure, else by MACs), or op types with --by-op; "
                                                                "totals stay whole-model; every --format")
     p.add_argument("--by-op", action="store_true", help="one row per op type instead of per layer (a Conv with BN "
                                                         "and Relu fused in counts as a Conv; the fused combinations "
-                                                        "are listed); every --format; not with --train")
+                                                        "are listed; with --train, the step's layers by op "
+                                                        "type); every --format")
     p.add_argument("--train", action="store_true",
                    help="profile the training step instead: forward and backward MACs per layer, saved "
                         "activations, gradient and optimizer-state bytes, and the peak memory of the planned step")
@@ -56,11 +59,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def refuse_conflicts(args: argparse.Namespace) -> None:
     """Flags that cannot apply together are refused before any work, never silently ignored."""
     if args.train:
-        if args.plot:
-            raise ConvcError("--plot draws the inference profile; it is not available with --train "
-                             "(use --format csv or json and plot those)")
-        if args.by_op:
-            raise ConvcError("--by-op is not available with --train (training does not fuse: its layers are ops)")
         if args.threads:
             raise ConvcError("--threads is not available with --train: the training step runs on the calling thread")
         if not args.winograd:
@@ -122,11 +120,24 @@ def _run_train(args: argparse.Namespace, model: Any, progress: Any) -> int:
     result = convc.profile(model, batch=args.batch, measure=args.measure, repeats=args.repeat or 10, train=True,
                            loss=args.loss or "cross_entropy", optimizer=optimizers[args.optimizer or "sgd"]())
     result.model = Path(args.model).name
-    if args.format == "json":
+    if args.plot:
+        plot_train(result, args.plot)
+        progress(f"wrote {args.plot}")
+    tty = _rich_available() and sys.stdout.isatty()
+    if args.by_op:
+        if args.format == "json":
+            sys.stdout.write(train_by_op_json(result, top=args.top) + "\n")
+        elif args.format == "csv":
+            sys.stdout.write(train_by_op_csv(result, top=args.top))
+        elif tty:
+            render_train_by_op_rich(result, top=args.top)
+        else:
+            sys.stdout.write(render_train_by_op_text(result, top=args.top))
+    elif args.format == "json":
         sys.stdout.write(result.to_json(top=args.top) + "\n")
     elif args.format == "csv":
         sys.stdout.write(result.to_csv(top=args.top))
-    elif _rich_available() and sys.stdout.isatty():
+    elif tty:
         render_train_rich(result, top=args.top)
     else:
         sys.stdout.write(render_train(result, top=args.top))
