@@ -7,7 +7,8 @@ import sys
 
 from convc.check import BF16_TOLERANCE, DEFAULT_TOLERANCE, check_model
 from convc.cli.common import (EXIT_OK, Command, Progress, add_input_shape_flag, fail, given_inputs, input_shapes,
-                              input_spec, load_onnx, positive)
+                              input_spec, load_onnx, model_inputs, positive)
+from convc.errors import ConvcError
 from convc.options import PRECISIONS
 
 EXIT_DIFFERS = 1  # the model compiles but a tensor differs from the oracle
@@ -28,7 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL.onnx", help="the ONNX model to check")
     p.add_argument("--batch", type=positive, metavar="N", help="fix a symbolic batch dimension to N (default: 1)")
     add_input_shape_flag(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of the random inputs (default: 0; not with every input given by --input)")
     p.add_argument("--tolerance", type=float, default=None, metavar="TOL",
                    help=f"largest accepted max |convc - oracle| / max(1, max |oracle|) per tensor "
                         f"(default: {DEFAULT_TOLERANCE:g}); with --precision bf16, the largest accepted "
@@ -47,8 +49,10 @@ def run(args: argparse.Namespace) -> int:
     progress = Progress(args.quiet)
     model = load_onnx(args.model)
     given = given_inputs(model, args.inputs)
+    if args.seed is not None and given and len(given) == len(model_inputs(model)):
+        raise ConvcError("--seed seeds random inputs, and --input gives every input of the model: drop one of them")
     progress("importing, compiling and comparing layer by layer")
-    report = check_model(model, batch=args.batch, seed=args.seed, tolerance=args.tolerance, perturb=args.perturb,
+    report = check_model(model, batch=args.batch, seed=0 if args.seed is None else args.seed, tolerance=args.tolerance, perturb=args.perturb,
                          precision=args.precision, inputs=given or None, input_shapes=input_shapes(args))
     report.model = args.model
     print(report.render())
