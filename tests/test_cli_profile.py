@@ -29,19 +29,19 @@ def on_terminal(monkeypatch, capsys, columns: int, *args: str) -> str:
     return ANSI.sub("", capsys.readouterr().out)
 
 
-@pytest.mark.parametrize("columns", [80, 100])
 @pytest.mark.parametrize("train", [False, True])
-def test_profile_fits_the_terminal(lenet_file, monkeypatch, capsys, columns, train):
-    out = on_terminal(monkeypatch, capsys, columns, str(lenet_file), *(["--train"] if train else []))
-    lines = out.splitlines()
-    assert all(len(line) <= columns for line in lines), max(lines, key=len)
-    table = [line for line in lines if line.startswith(("┃", "│"))]
-    assert table, "the rich table"
-    cells = {c.strip() for line in table for c in re.split(r"[┃│]", line)}
-    for word in ("conv1", "conv2", "fc1", "softmax" if not train else "relu1"):
-        assert word in cells  # whole names, not "con" / "v1"
-    assert ("240.00 K" in cells) and ("Conv+Relu" in cells if not train else "Conv" in cells)
-    assert ("Memory of the training step" if train else "planned arena peak") in out
+def test_profile_fits_the_terminal(lenet_file, monkeypatch, capsys, train):
+    for columns in (80, 100):  # both in the quick run too
+        out = on_terminal(monkeypatch, capsys, columns, str(lenet_file), *(["--train"] if train else []))
+        lines = out.splitlines()
+        assert all(len(line) <= columns for line in lines), max(lines, key=len)
+        table = [line for line in lines if line.startswith(("┃", "│"))]
+        assert table, "the rich table"
+        cells = {c.strip() for line in table for c in re.split(r"[┃│]", line)}
+        for word in ("conv1", "conv2", "fc1", "softmax" if not train else "relu1"):
+            assert word in cells  # whole names, not "con" / "v1"
+        assert ("240.00 K" in cells) and ("Conv+Relu" in cells if not train else "Conv" in cells)
+        assert ("Memory of the training step" if train else "planned arena peak") in out
 
 
 @pytest.mark.slow
@@ -51,12 +51,12 @@ def test_piped_training_profile_is_the_plain_table(lenet_file, capsys):
     assert "┃" not in out and "fwd MACs  bwd MACs" in out
 
 
-@pytest.mark.parametrize("columns", [80, 100])
 @pytest.mark.parametrize("train", [False, True])
-def test_profile_by_op_fits_the_terminal(lenet_file, monkeypatch, capsys, columns, train):
-    out = on_terminal(monkeypatch, capsys, columns, str(lenet_file), "--by-op", *(["--train"] if train else []))
-    lines = out.splitlines()
-    assert all(len(line) <= columns for line in lines), max(lines, key=len)
-    cells = {c.strip() for line in lines if line.startswith(("┃", "│")) for c in re.split(r"[┃│]", line)}
-    assert {"Conv", "Gemm", "MaxPool"} <= cells and "By op type" in out
-    assert ("Relu" in cells) == train, "training does not fuse: its Relus are rows of their own"
+def test_profile_by_op_fits_the_terminal(lenet_file, monkeypatch, capsys, train):
+    for columns in (80, 100):
+        out = on_terminal(monkeypatch, capsys, columns, str(lenet_file), "--by-op", *(["--train"] if train else []))
+        lines = out.splitlines()
+        assert all(len(line) <= columns for line in lines), max(lines, key=len)
+        cells = {c.strip() for line in lines if line.startswith(("┃", "│")) for c in re.split(r"[┃│]", line)}
+        assert {"Conv", "Gemm", "MaxPool"} <= cells and "By op type" in out
+        assert ("Relu" in cells) == train, "training does not fuse: its Relus are rows of their own"
