@@ -70,7 +70,7 @@ from convc.codegen.llvm_pool import compile_modules
 from convc.codegen.split import split_module
 from convc.codegen.target import resolve_target
 
-from convc.abi import ABI_VERSION
+from convc.abi import ABI_VERSION, PARALLEL, POOL_CREATE, POOL_DESTROY
 from convc.artifact import LoadError, cpu_error
 from convc.options import CompileOptions
 from convc.runtime import IOSpec
@@ -572,7 +572,7 @@ def compile_plan(plan, options: CompileOptions, *, progress: Callable[[str], Non
     g = plan.graph
     specs = [[IOSpec(n, g.tensor(n).shape, g.tensor(n).dtype) for n in names]
              for names in (native.input_names, native.output_names)]
-    modules = split_module(native.ir_module, native.callees)
+    modules = split_module(native.ir_module, native.callees, (PARALLEL, POOL_CREATE, POOL_DESTROY))
     obj = jit.pack_objects(compile_modules(modules, Target.host(), root, progress=progress))
     meta = metadata(native, resolve_target("native"), *specs, g.metadata, {"instrumented": bool(options.instrument)})
     art = JitArtifact(meta, obj, used_constants(native), native.arena_steps)

@@ -115,16 +115,16 @@ def shutdown() -> None:
         w.close()
 
 
-def compile_modules(modules: list[SplitModule], target, cache_root: Path | None = None, *, speed: int = 2,
+def compile_modules(modules: list[SplitModule], target, cache_root: Path | None = None, *,
                     progress: Callable[[str], None] | None = None) -> list[bytes]:
-    """One object file per module, in order: from the kernel cache (``cache_root`` set) where a
-    model compiled that module before, else compiled (and then stored)."""
+    """One object file per module, in order, each at its own ``speed``: from the kernel cache
+    (``cache_root`` set) where a model compiled that module before, else compiled (then stored)."""
     results: list[bytes | None] = [None] * len(modules)
     keys: dict[int, str] = {}
     if cache_root is not None:
         for i, m in enumerate(modules):
             if m.key is not None:
-                keys[i] = kernel_cache.key(m.key, target.triple, target.cpu, target.features, speed)
+                keys[i] = kernel_cache.key(m.key, target.triple, target.cpu, target.features, m.speed)
                 results[i] = kernel_cache.load(cache_root, keys[i])
     todo = sorted((i for i, r in enumerate(results) if r is None), key=lambda i: -len(modules[i].text))
     total = sum(len(modules[i].text) for i in todo) or 1
@@ -138,7 +138,7 @@ def compile_modules(modules: list[SplitModule], target, cache_root: Path | None 
     queue = list(todo)
     state = {"chars": 0, "done": 0, "error": None}
     start = time.perf_counter()
-    request = (target.triple, target.cpu, target.features, speed)
+    machine = (target.triple, target.cpu, target.features)
 
     def next_job() -> int | None:
         with lock:
@@ -163,7 +163,7 @@ def compile_modules(modules: list[SplitModule], target, cache_root: Path | None 
     def local() -> None:
         while (i := next_job()) is not None:
             try:
-                obj = llvm_worker.object_code(modules[i].text, *request)
+                obj = llvm_worker.object_code(modules[i].text, *machine, modules[i].speed)
             except RuntimeError as e:
                 fail(CompileError(f"convc generated invalid LLVM IR: {e}"))
                 return
@@ -176,7 +176,7 @@ def compile_modules(modules: list[SplitModule], target, cache_root: Path | None 
             return  # no process to start: the calling process compiles it all
         while (i := next_job()) is not None:
             try:
-                finished(i, w.compile((modules[i].text, *request)))
+                finished(i, w.compile((modules[i].text, *machine, modules[i].speed)))
             except WorkerDied:
                 with lock:
                     queue.insert(0, i)  # the calling process takes it

@@ -127,8 +127,8 @@ class ModuleEmitter:
     def tensor(self, name: str) -> Tensor:
         return self.graph.tensor(name)
 
-    def derived_constant(self, array: np.ndarray) -> Derived:
-        self.constants.append(np.ascontiguousarray(array, dtype=np.float32))
+    def derived_constant(self, array: np.ndarray, dtype=np.float32) -> Derived:
+        self.constants.append(np.ascontiguousarray(array, dtype=dtype))
         return Derived(len(self.constants) - 1)
 
     def scratch(self, nbytes: int, per_thread: bool = False) -> Scratch:

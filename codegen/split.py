@@ -34,13 +34,18 @@ _REF = re.compile(r'@"(?:[^"\\]|\\[0-9A-Fa-f]{2})*"|@[-A-Za-z$._][-A-Za-z$._0-9]
 _MD = re.compile(r"!(\d+)\b")
 
 
+ENTRY_SPEED = 0  # the entry point is a list of calls: LLVM's -O2 took 2 s on DenseNet-121's for nothing
+KERNEL_SPEED = 2
+
+
 @dataclass(frozen=True)
 class SplitModule:
-    """One module's IR text; ``key`` (a group's content hash, None for the entry module) names its
-    object file in the kernel cache."""
+    """One module's IR text; ``key`` (a content hash, None for the entry module) names its object
+    file in the kernel cache; ``speed`` is the LLVM IR pipeline's level for it."""
     text: str
     key: str | None
     kernels: int = 0  # kernel functions it defines
+    speed: int = KERNEL_SPEED
 
 
 def _defines(g) -> bool:
@@ -107,22 +112,30 @@ SHARED_MIN_CHARS = 4000  # a helper this large is not inlined where it has sever
                          # -O2 threshold is about 45 instructions): it gets a module of its own
 
 
-def split_module(module: ir.Module, kernels: list[str]) -> list[SplitModule]:
-    """The entry module's text, then one text per kernel and per large shared helper. ``kernels``
-    are the names of the kernel functions (``NativeModule.kernel_names``); the rest stays in the
-    entry module."""
+def split_module(module: ir.Module, kernels: list[str], library: tuple[str, ...] = ()) -> list[SplitModule]:
+    """The entry module's text, then one text per kernel and per large shared helper, and one for
+    the ``library`` functions (the thread pool: the same in every model, so compiled once and
+    cached, at full speed, apart from the entry point, which LLVM barely optimizes). ``kernels``
+    are the functions the entry point calls or hands to the thread pool (``NativeModule.callees``)."""
     s = _Splitter(module, kernels)
     closures = {k: s.closure(k) for k in s.kernels}
     in_kernels = set().union(*closures.values()) if closures else set()
-    entry_defs = [n for n, g in s.globals.items() if _defines(g) and n not in in_kernels]
-    # what the entry side reaches without going through a kernel
+    lib = [n for n in library if n in s.globals and _defines(s.globals[n])]
+    in_lib = set().union(*(s.closure(n) for n in lib)) if lib else set()
+    if in_lib & in_kernels:
+        lib, in_lib = [], set()
+    entry_defs = [n for n, g in s.globals.items() if _defines(g) and n not in in_kernels and n not in in_lib]
+    # what the entry side reaches without going through a kernel or a library function
     entry_reach, todo = set(), list(entry_defs)
     while todo:
         n = todo.pop()
         if n in entry_reach or not _defines(s.globals[n]):
             continue
         entry_reach.add(n)
-        todo.extend(r for r in s.refs[n] if r not in closures)
+        todo.extend(r for r in s.refs[n] if r not in closures and r not in lib)
+    if entry_reach & in_lib:  # the entry point uses the library's internals: keep them together
+        entry_defs += [n for n in s.globals if n in in_lib]
+        lib, in_lib = [], set()
 
     def splittable(k: str) -> bool:
         for n in closures[k]:
@@ -167,7 +180,11 @@ def split_module(module: ir.Module, kernels: list[str]) -> list[SplitModule]:
     entry_names = [n for n in s.globals if n in entry_keep]
     out = [SplitModule(module_text([renamed(s.text[n]) for n in entry_names],
                                    {s.globals[n].get_reference() for n in entry_names}),
-                       None, sum(1 for k in s.kernels if k not in split))]
+                       None, sum(1 for k in s.kernels if k not in split), ENTRY_SPEED)]
+    if lib:
+        names = [n for n in s.globals if n in in_lib]
+        text = module_text([s.text[n] for n in names], {s.globals[n].get_reference() for n in names})
+        out.append(SplitModule(text, hashlib.sha256(text.encode()).hexdigest()))
     for root in sorted(roots):
         members, todo = set(), [root]
         while todo:
@@ -183,11 +200,18 @@ def split_module(module: ir.Module, kernels: list[str]) -> list[SplitModule]:
     return out
 
 
+def _out_of_line(body: str) -> bool:
+    """A function LLVM would not inline into several callers: a large one, or one marked noinline
+    (a helper written to be shared, like the transpose tiles)."""
+    head = body.split("\n", 1)[0]
+    return head.startswith("define") and (len(body) >= SHARED_MIN_CHARS or " noinline" in head)
+
+
 def _roots(kernels: set[str], refs: dict[str, set[str]], body: dict[str, str]) -> set[str]:
-    """The definitions that get a module of their own: the kernels, and every large function that
-    two of those modules would otherwise each compile (a shared GEMM micro-kernel). A helper with
-    one user stays in that user's module, where LLVM inlines it as it did in one module; a small
-    shared helper is copied into each user (inlined there too)."""
+    """The definitions that get a module of their own: the kernels, and every function out of line
+    (large or noinline) that two of those modules would otherwise each compile (a shared GEMM
+    micro-kernel). A helper with one user stays in that user's module, where LLVM inlines it as it
+    did in one module; a small shared helper is copied into each user (inlined there too)."""
     roots = set(kernels)
     while True:
         users: dict[str, int] = {}
@@ -201,8 +225,7 @@ def _roots(kernels: set[str], refs: dict[str, set[str]], body: dict[str, str]) -
                 todo.extend(refs[c])
             for c in seen:
                 users[c] = users.get(c, 0) + 1
-        new = {c for c, n in users.items()
-               if n > 1 and len(body[c]) >= SHARED_MIN_CHARS and body[c].startswith("define")}
+        new = {c for c, n in users.items() if n > 1 and _out_of_line(body[c])}
         if not new:
             return roots
         roots |= new

@@ -27,10 +27,10 @@ import numpy as np
 from llvmlite import ir
 
 from convc.codegen.kernels.blas import split_epilogue
-from convc.codegen.kernels.conv_nhwc import conv_kernel
+from convc.codegen.kernels.conv_nhwc import conv_kernel, times
 from convc.codegen.kernels.elementwise import UNARY
 from convc.codegen.kernels.epilogue import epilogue_pass
-from convc.codegen.llvm_utils import F32, PTR, alloca_entry, constant_table, for_range, gep, i64
+from convc.codegen.llvm_utils import F32, PTR, alloca_entry, as_i64, constant_table, for_range, gep, i64
 from convc.codegen.module import KernelCall, ModuleEmitter
 from convc.ir import Op
 from convc.ops import OpKind
@@ -102,6 +102,7 @@ def emit_direct_conv_few_channels(em: ModuleEmitter, op: Op) -> KernelCall:
     if k.b is None:
         return KernelCall(k.fn, k.names)
     fn, b, args, x, wt, bias, residual, y, ldc = k.fn, k.b, k.names, k.x, k.wt, k.bias, k.residual, k.y, k.ldc
+    contiguous = k.contiguous
     zero_row = constant_table(b, [0.0] * (w_ * c), name=f"{fn.name}_zeros", ty=F32)
     x_lo, x_hi = interior(w_, kw, sw, dw, pl, ow)
 
@@ -110,7 +111,7 @@ def emit_direct_conv_few_channels(em: ModuleEmitter, op: Op) -> KernelCall:
     # pixel but the row's last few stores (and reads its residual) in a whole vector whose extra
     # lanes the next pixels' stores overwrite (a masked store is microcoded on AMD: LeNet's first conv
     # ran 1.2x faster without them); another thread's rows and a Concat's neighbours stay untouched
-    spill = m < width and ldc == m
+    spill = m < width and contiguous
     # pixels before spill_end store whole vectors: theirs ends within the row (p*m + width <= ow*m)
     spill_end = ow - -(-width // m) + 1 if spill else 0
     r_lo, r_hi = em.thread_range(b, fn, n * oh)
@@ -123,7 +124,7 @@ def emit_direct_conv_few_channels(em: ModuleEmitter, op: Op) -> KernelCall:
             at = gep(b, x, b.mul(b.add(b.mul(img, i64(h)), iy), i64(w_ * c)))
             rows.append(b.select(inside, at, zero_row))
             b.store(rows[-1], gep(b, row_table, i, PTR))
-        y_row = gep(b, y, b.mul(q, i64(ow * ldc)))
+        y_row = gep(b, y, b.mul(q, times(b, ow, ldc)))
         r_row = gep(b, residual, b.mul(q, i64(ow * m))) if residual is not None else None
 
         def block(ox0: ir.Value, npix: int, kws: list[int], w_at: ir.Value, v0: ir.Value, nvc: int,
@@ -177,7 +178,7 @@ def emit_direct_conv_few_channels(em: ModuleEmitter, op: Op) -> KernelCall:
                         val = b.fadd(val, gemm.vload(b, gep(b, r_row, b.add(b.mul(pix, i64(m)), col)), lanes[v]))
                     if in_kernel.activation is not None:
                         val = UNARY[in_kernel.activation](b, val, in_kernel.activation_attrs)
-                    gemm.vstore(b, val, gep(b, y_row, b.add(b.mul(pix, i64(ldc)), col)), lanes[v])
+                    gemm.vstore(b, val, gep(b, y_row, b.add(b.mul(pix, as_i64(b, ldc)), col)), lanes[v])
 
         def columns(w_at: ir.Value, v0: ir.Value, nvc: int, lanes: list[int]) -> None:
             """The whole output row for one chunk of channel vectors."""
@@ -213,13 +214,13 @@ def emit_direct_conv_few_channels(em: ModuleEmitter, op: Op) -> KernelCall:
             offset, cnt = chunks[k]
             columns(gep(b, wt, offset), i64(k * nv), cnt, lanes_of(k * nv, cnt))
         if not row_pass.empty:
-            if ldc == m:
+            if contiguous:
                 epilogue_pass(b, row_pass, y_row, None, i64(ow * m))
             else:
                 with for_range(b, ow, name="act_px") as px:
-                    epilogue_pass(b, row_pass, gep(b, y_row, b.mul(px, i64(ldc))), None, i64(m))
+                    epilogue_pass(b, row_pass, gep(b, y_row, b.mul(px, as_i64(b, ldc))), None, i64(m))
     if not after.empty:  # activations with no vector form, over this thread's rows
         with for_range(b, b.mul(r_hi, i64(ow)), start=b.mul(r_lo, i64(ow)), name="epi_px") as px:
-            epilogue_pass(b, after, gep(b, y, b.mul(px, i64(ldc))), None, i64(m))
+            epilogue_pass(b, after, gep(b, y, b.mul(px, as_i64(b, ldc))), None, i64(m))
     b.ret_void()
     return KernelCall(fn, args)

@@ -24,7 +24,7 @@ from llvmlite import ir
 
 from convc.ir import Op
 from convc.ops.conv import split_inputs
-from convc.codegen.llvm_utils import (F32, I64, PTR, VOID, constant_table, for_range, gep, i64, memcpy,
+from convc.codegen.llvm_utils import (F32, I64, PTR, VOID, as_i64, constant_table, for_range, gep, i64, memcpy,
                                       memset_zero, prefetch)
 from convc.codegen.module import KernelCall, ModuleEmitter
 from convc.codegen.kernels.blas import AVX512, GemmEmitter, Isa, pack_b, split_epilogue
@@ -160,7 +160,8 @@ def with_tile_rows(em: ModuleEmitter, gemm: GemmEmitter, mr: int) -> GemmEmitter
 class ConvKernel:
     """A channels-last conv kernel's function and its arguments: X, the packed weights, the bias and the
     residual when the conv has them (else None), Y, then ``extra`` (scratch buffers); ``names`` is the
-    KernelCall's argument list, ``ldc`` the floats between Y's pixel rows."""
+    KernelCall's argument list, ``ldc`` the floats between Y's pixel rows: ``m`` when ``contiguous``,
+    else (a slice of a Concat's rows) an i64 the kernel reads at run time from its last argument."""
     fn: ir.Function
     b: ir.IRBuilder | None  # None: the function was emitted before (conv_kernel)
     names: list
@@ -170,7 +171,8 @@ class ConvKernel:
     residual: ir.Value | None
     y: ir.Value
     extra: list
-    ldc: int
+    ldc: int | ir.Value
+    contiguous: bool
 
 
 def conv_kernel(em: ModuleEmitter, op: Op, packed: np.ndarray, m: int, extra: tuple = (), *,
@@ -186,11 +188,13 @@ def conv_kernel(em: ModuleEmitter, op: Op, packed: np.ndarray, m: int, extra: tu
     3x3 convs) are emitted once, which is most of the Python time of a deep model's code generation."""
     _, weight, bias_name, residual_name = split_inputs(op.attrs, op.inputs)
     view = em.plan.memory.view(op.outputs[0], em.tensor(op.outputs[0]).size)
-    ldc = m if view.contiguous or residual_name is not None else view.stride
+    contiguous = view.contiguous or residual_name is not None
     names = [op.inputs[0], em.derived_constant(packed)] + [t for t in (bias_name, residual_name) if t is not None]
     names += [op.outputs[0], *extra]
+    if not contiguous:  # the Concat's row, read at run time: DenseNet's convs into growing Concats share code
+        names.append(em.derived_constant(np.array([view.stride]), np.int64))
     signature = (kind, op.attrs, em.tensor(op.inputs[0]).shape, em.tensor(weight).shape,
-                 em.tensor(op.outputs[0]).shape, bias_name is not None, residual_name is not None, ldc, extra)
+                 em.tensor(op.outputs[0]).shape, bias_name is not None, residual_name is not None, contiguous, extra)
     try:
         fn = em.emitted.get(signature)
     except TypeError:  # attributes holding something unhashable: emitted afresh
@@ -205,7 +209,14 @@ def conv_kernel(em: ModuleEmitter, op: Op, packed: np.ndarray, m: int, extra: tu
     bias = next(it) if bias_name is not None else None
     residual = next(it) if residual_name is not None else None
     y = next(it)
-    return ConvKernel(fn, b, names, x, wt, bias, residual, y, [next(it) for _ in extra], ldc)
+    scratch = [next(it) for _ in extra]
+    ldc = m if contiguous or b is None else b.load(next(it), typ=I64, name="ldc")
+    return ConvKernel(fn, b, names, x, wt, bias, residual, y, scratch, ldc, contiguous)
+
+
+def times(b: ir.IRBuilder, k: int, ldc: int | ir.Value) -> ir.Value:
+    """k * ldc as an i64, for a row stride known at compile time or read at run time."""
+    return i64(k * ldc) if isinstance(ldc, int) else b.mul(i64(k), ldc)
 
 
 def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
@@ -280,7 +291,7 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
                 mi = b.select(b.icmp_signed("<", mi, last), mi, last)
                 b.store(_pixel_offset(b, mi, (oh, ow), (hp, wp, c), (sh, sw)), gep(b, row_table, i, I64))
             valid = b.sub(m_hi, m0)
-            y_tile = gep(b, y, b.mul(m0, i64(ldc)))
+            y_tile = gep(b, y, b.mul(m0, as_i64(b, ldc)))
             r_tile = gep(b, residual, b.mul(m0, i64(m))) if residual_name is not None else residual
 
             def call_panel(j: ir.Value, n_valid: int) -> None:
@@ -296,7 +307,7 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
             def call(j: ir.Value, n_valid: int, mk: ir.Function) -> None:
                 col = b.mul(j, i64(isa.nr))
                 b.call(mk, [xpad, row_table, taps, i64(len(tap_offsets)), i64(run),
-                            gep(b, wt, b.mul(j, i64(kdim * isa.nr))), gep(b, y_tile, col), i64(ldc),
+                            gep(b, wt, b.mul(j, i64(kdim * isa.nr))), gep(b, y_tile, col), as_i64(b, ldc),
                             gep(b, bias, col) if bias_name is not None else bias,
                             gep(b, r_tile, col) if residual_name is not None else r_tile, valid])
 
@@ -310,11 +321,11 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
                 else:
                     call_panel(j, rem or isa.nr)
     if not after.empty:  # activations with no vector form, over this thread's rows
-        if ldc == m:
+        if k.contiguous:
             epilogue_pass(b, after, gep(b, y, b.mul(m_lo, i64(m))), None, b.mul(b.sub(m_hi, m_lo), i64(m)))
         else:
             with for_range(b, m_hi, start=m_lo, name="epi_row") as row:
-                epilogue_pass(b, after, gep(b, y, b.mul(row, i64(ldc))), None, i64(m))
+                epilogue_pass(b, after, gep(b, y, b.mul(row, as_i64(b, ldc))), None, i64(m))
     b.ret_void()
     return KernelCall(fn, args)
 

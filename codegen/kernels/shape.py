@@ -7,13 +7,14 @@ a Concat copies only the inputs that were not produced in place."""
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import ir
 
 from convc.ir import Op
 from convc.ops import OpKind
 from convc.ops.shape import pad_source_index
 from convc.passes.memory import element_strides
-from convc.codegen.llvm_utils import I64, constant_table, f32, for_range, gep, i64, linear_index, load, loop_nest, \
-    memcpy, store
+from convc.codegen.llvm_utils import I64, PTR, VOID, constant_table, f32, for_range, gep, i64, linear_index, load, \
+    loop_nest, memcpy, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from convc.codegen.kernels.elementwise import broadcast_strides, collapse
 
@@ -94,7 +95,8 @@ def emit_transpose(em: ModuleEmitter, op: Op) -> KernelCall:
         with loop_nest(b, [dims[d] for d in outer]) as idx:
             x0 = linear_index(b, idx, [src[d] for d in outer])
             y0 = linear_index(b, idx, [dst[d] for d in outer])
-            tiled_transpose(b, gep(b, x, x0), gep(b, y, y0), dims[k], dims[-1], (src[k], src[-1]), (dst[k], dst[-1]))
+            b.call(transpose_tiles(em), [gep(b, x, x0), gep(b, y, y0)] + [i64(v) for v in (
+                dims[k], dims[-1], src[k], src[-1], dst[k], dst[-1])])
         b.ret_void()
         return KernelCall(fn, [op.inputs[0], op.outputs[0]])
     with loop_nest(b, dims) as idx:
@@ -106,23 +108,44 @@ def emit_transpose(em: ModuleEmitter, op: Op) -> KernelCall:
 TILE_ROWS, TILE_COLS = 16, 64  # a tile reads TILE_COLS input rows of one cache line (16 floats) each
 
 
-def tiled_transpose(b, x, y, rows: int, cols: int, src: tuple[int, int], dst: tuple[int, int]) -> None:
-    """y[i * dst[0] + j * dst[1]] = x[i * src[0] + j * src[1]] for i < rows, j < cols, in tiles of
+def transpose_tiles(em: ModuleEmitter) -> ir.Function:
+    """void transpose_tiles(x, y, rows, cols, src0, src1, dst0, dst1):
+    y[i * dst0 + j * dst1] = x[i * src0 + j * src1] for i < rows, j < cols, in tiles of
     TILE_ROWS x TILE_COLS: the TILE_COLS input lines a tile reads stay in L1 while its rows use every
     float of them, where a walk down whole columns would fetch each line again per row (a 56x56
-    channels-last image: 3136 lines, more than L1 holds)."""
-    def bounded(lo, size: int, total: int):
+    channels-last image: 3136 lines, more than L1 holds).
+
+    One function for every transpose of a model, its sizes and strides arguments, kept out of line
+    (``noinline``): its code is then the same in every model, compiled once and cached
+    (codegen/split.py), where a copy specialized per layer cost LLVM about 0.1 s each (DenseNet-121
+    has 120 layout changes). The tiles are memory-bound: constant strides made them no faster."""
+    fn = em.emitted.get("transpose_tiles")
+    if fn is not None:
+        return fn
+    fn = ir.Function(em.module, ir.FunctionType(VOID, [PTR, PTR] + [I64] * 6),
+                     name=em.module.get_unique_name("transpose_tiles"))
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    x, y, rows, cols, src0, src1, dst0, dst1 = fn.args
+    for a in (x, y):
+        a.add_attribute("noalias")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+
+    def bounded(lo, size: int, total):
         hi = b.add(lo, i64(size))
-        return b.select(b.icmp_signed("<", hi, i64(total)), hi, i64(total))
+        return b.select(b.icmp_signed("<", hi, total), hi, total)
 
     with for_range(b, rows, step=TILE_ROWS, name="ti") as i0:
         i1 = bounded(i0, TILE_ROWS, rows)
         with for_range(b, cols, step=TILE_COLS, name="tj") as j0:
             j1 = bounded(j0, TILE_COLS, cols)
             with for_range(b, i1, start=i0, name="i") as i:
-                xi, yi = b.mul(i, i64(src[0])), b.mul(i, i64(dst[0]))
+                xi, yi = b.mul(i, src0), b.mul(i, dst0)
                 with for_range(b, j1, start=j0, name="j") as j:
-                    store(b, load(b, x, b.add(xi, b.mul(j, i64(src[1])))), y, b.add(yi, b.mul(j, i64(dst[1]))))
+                    store(b, load(b, x, b.add(xi, b.mul(j, src1))), y, b.add(yi, b.mul(j, dst1)))
+    b.ret_void()
+    em.emitted["transpose_tiles"] = fn
+    return fn
 
 
 @emitter(OpKind.STRIDED_SLICE)

@@ -30,11 +30,11 @@ from llvmlite import ir
 
 from convc.ir import Op
 from convc.ops.conv import ConvAlgorithm, split_inputs
-from convc.codegen.llvm_utils import for_range, gep, i64, memset_zero
+from convc.codegen.llvm_utils import as_i64, for_range, gep, i64, memset_zero
 from convc.codegen.module import KernelCall, ModuleEmitter
 from convc.codegen.kernels.blas import Operand, pack_b
 from convc.codegen.kernels.elementwise import UNARY, VECTOR_UNARY
-from convc.codegen.kernels.conv_nhwc import conv_kernel
+from convc.codegen.kernels.conv_nhwc import conv_kernel, times
 from convc.codegen.kernels.epilogue import apply_epilogue
 
 
@@ -234,7 +234,7 @@ def emit_winograd_conv(em: ModuleEmitter, op: Op) -> KernelCall:
             img, oy, ox = _tile_origin(b, b.add(tile0, i), tiles_h, tiles_w, m)
             m_tile = gep(b, mbuf, b.mul(i, i64(mo)))
             pixel = b.add(b.mul(b.add(b.mul(img, i64(oh)), oy), i64(ow)), ox)
-            base, y_base = b.mul(pixel, i64(mo)), b.mul(pixel, i64(ldc))
+            base, y_base = b.mul(pixel, i64(mo)), b.mul(pixel, as_i64(b, ldc))
 
             def output_chunk(c0: ir.Value, valid: int) -> None:
                 mm = [[gemm.vload(b, gep(b, m_tile, b.add(c0, i64((r * t + s) * T * mo))), valid) for s in range(t)]
@@ -247,7 +247,7 @@ def emit_winograd_conv(em: ModuleEmitter, op: Op) -> KernelCall:
                             at_px = b.add(base, b.add(c0, i64((r * ow + s) * mo)))
                             val = out[r][s] if bvec is None else b.fadd(out[r][s], bvec)
                             res = gemm.vload(b, gep(b, residual, at_px), valid) if residual is not None else None
-                            y_px = b.add(y_base, b.add(c0, i64((r * ow + s) * ldc)))
+                            y_px = b.add(y_base, b.add(c0, times(b, r * ow + s, ldc)))
                             gemm.vstore(b, _epilogue(b, a.epilogue, val, res), gep(b, y, y_px), valid)
                         _if_inside(b, (oy, r, oh), (ox, s, ow), m, store_pixel)
             _channel_chunks(b, ch_lo, ch_hi, mo, vw, output_chunk)

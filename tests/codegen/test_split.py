@@ -112,7 +112,7 @@ def test_split_code_computes_what_one_module_computes(threads, monkeypatch):
     model = residual_net(3, batch=16, hw=(37, 29))
     x = np.random.default_rng(1).standard_normal((16, 3, 37, 29)).astype(np.float32)
     split = convc.compile(model, threads=threads, cache=False)
-    whole_module = lambda module, kernels: [SplitModule(str(module), None)]  # noqa: E731
+    whole_module = lambda module, kernels, library=(): [SplitModule(str(module), None)]  # noqa: E731
     monkeypatch.setattr(cache, "split_module", whole_module)
     whole = convc.compile(model, threads=threads, cache=False)
     got, want = split(x), whole(x)
