@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
+import numpy as np
+
 from convc.passes.dce import eliminate_dead_code
 from convc.passes.kernel_selection import channels_last_candidate
 from convc.passes.rewrite import move_before, record_origin, take_output
@@ -59,6 +61,9 @@ def to_channels_last(g: Graph, convert_conv: Predicate = is_channels_last_conv) 
         if activations is None:
             continue
         inputs = tuple(twin(t, op) if i in activations else t for i, t in enumerate(op.inputs))
+        if op.kind in SAME_SHAPE_BINARY:  # per-channel constants broadcast channels last
+            inputs = tuple(channels_last_constant(g, t) if i not in activations and g.tensor(t).size > 1
+                           and g.tensor(t).kind is TensorKind.CONSTANT else t for i, t in enumerate(inputs))
         if op.kind is OpKind.CONV or op.kind in POOLS:  # the ops whose attributes say their layout
             op.attrs = dataclasses.replace(op.attrs, layout=layout.CHANNELS_LAST)
         elif op.kind is OpKind.CONCAT:  # the same concatenation along the axis' new position
@@ -98,6 +103,43 @@ def _activation_inputs(g: Graph, op: Op, twins: dict[str, str], convert_conv: Pr
     if op.kind in OpGroup.UNARY or op.kind in SAME_SHAPE_BINARY:
         out = g.tensor(op.outputs[0]).type
         ok = rank4 and all(t in twins and g.tensor(t).type == out for t in op.inputs)
-        return set(range(len(op.inputs))) if ok else None
+        if ok:
+            return set(range(len(op.inputs)))
+        if rank4 and op.kind in SAME_SHAPE_BINARY:
+            return _per_channel_operands(g, op, twins)
     return None
+
+
+def _per_channel_operands(g: Graph, op: Op, twins: dict[str, str]) -> set[int] | None:
+    """A binary op over a full activation and per-channel operands (an unfolded BatchNorm's scale and
+    shift after a Concat, a squeeze-and-excitation scale): the operands of shape (N or 1, C or 1, 1, 1)
+    that are constants or have twins broadcast the same channels last, as (N or 1, 1, 1, C or 1).
+    Returns the inputs to read as twins (constants are permuted by ``channels_last_constant``); None
+    when an operand is anything else (a full-size tensor without a twin)."""
+    out = g.tensor(op.outputs[0]).shape
+    full, twinned = False, set()
+    for i, t in enumerate(op.inputs):
+        tensor = g.tensor(t)
+        shape = (1,) * (4 - len(tensor.shape)) + tuple(tensor.shape)
+        if tensor.dtype != g.tensor(op.outputs[0]).dtype or len(tensor.shape) > 4:
+            return None
+        if shape == out and t in twins:
+            full = True
+            twinned.add(i)
+        elif shape[2:] == (1, 1) and shape[0] in (1, out[0]) and shape[1] in (1, out[1]):
+            if t in twins:
+                twinned.add(i)
+            elif tensor.kind is not TensorKind.CONSTANT:
+                return None
+        else:
+            return None
+    return twinned if full else None
+
+
+def channels_last_constant(g: Graph, name: str) -> str:
+    """A per-channel constant of shape (N or 1, C or 1, 1, 1) (or fewer leading dims) as its
+    channels-last twin (N or 1, 1, 1, C or 1): the same floats, in the same order."""
+    t = g.tensor(name)
+    data = np.asarray(t.data).reshape((1,) * (4 - len(t.shape)) + tuple(t.shape))
+    return g.add_constant(g.fresh_name(f"{name}_nhwc"), np.ascontiguousarray(data.transpose(0, 2, 3, 1))).name
 

@@ -320,9 +320,15 @@ def writes_strided(g: Graph, op: Op, t: str, view: View) -> bool:
     return False
 
 
+# the broadcasting arithmetic kernel (codegen/kernels/elementwise.py emit_broadcast)
+BROADCAST_ARITHMETIC = frozenset({OpKind.ADD, OpKind.SUM, OpKind.MUL, OpKind.SUB, OpKind.DIV, OpKind.MAX,
+                                  OpKind.MIN, OpKind.PRELU, OpKind.POW})
+
+
 def reads_strided(op: Op) -> bool:
-    """``op``'s kernel reads its inputs at any ``View`` (codegen/kernels/shape.py)."""
-    return op.kind in (OpKind.CONCAT, OpKind.TRANSPOSE)
+    """``op``'s kernel reads its inputs at any ``View`` (codegen/kernels/shape.py, and the
+    broadcasting arithmetic of codegen/kernels/elementwise.py: DenseNet's BatchNorm after a Concat)."""
+    return op.kind in (OpKind.CONCAT, OpKind.TRANSPOSE) or op.kind in BROADCAST_ARITHMETIC
 
 
 def is_training_graph(g: Graph) -> bool:

@@ -13,6 +13,7 @@ from convc.codegen import vecmath
 from convc.codegen.llvm_utils import F32, FAST, as_i64, call_intrinsic, const_like, fmax, fmin, for_range, gep, i64, \
     linear_index, load, loop_nest, memcpy, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
+from convc.passes.memory import element_strides
 
 UnaryFn = Callable[[ir.IRBuilder, ir.Value, Any], ir.Value]
 # kind -> the function computing it on one value, a scalar or (where VECTOR_UNARY says so) a vector;
@@ -334,6 +335,15 @@ def broadcast_strides(shape: tuple[int, ...], out: tuple[int, ...]) -> list[int]
     return strides[::-1]
 
 
+def operand_strides(em: ModuleEmitter, name: str, out: tuple[int, ...]) -> list[int]:
+    """Element strides of operand ``name`` read as ``out``: 0 along broadcast dimensions, and the
+    memory plan's row stride where it lives in rows of a Concat's output (passes/memory.py
+    ``reads_strided``: DenseNet's BatchNorm after each Concat reads the Concat it is nested in)."""
+    t = em.tensor(name)
+    own = element_strides(t.shape, em.plan.memory.view(name, t.size))
+    return [0] * (len(out) - len(t.shape)) + [st if d != 1 else 0 for st, d in zip(own, t.shape)]
+
+
 def collapse(out: tuple[int, ...], strides: list[list[int]]) -> tuple[list[int], list[list[int]]]:
     """Merge adjacent dimensions that every operand walks contiguously, so inner loops are long."""
     keep = [i for i, d in enumerate(out) if d != 1]
@@ -380,8 +390,7 @@ def emit_broadcast(em: ModuleEmitter, op: Op) -> KernelCall:
     out = em.tensor(op.outputs[0]).shape
     n = len(op.inputs)
     fn, b = em.function(op.name, n + 1, parallel=True)
-    dims, strides = collapse(out, [broadcast_strides(em.tensor(t).shape, out) for t in op.inputs]
-                             + [broadcast_strides(out, out)])
+    dims, strides = collapse(out, [operand_strides(em, t, out) for t in op.inputs] + [broadcast_strides(out, out)])
     combine = BINARY[op.kind]
     lo, hi = em.thread_range(b, fn, dims[0])
     with for_range(b, hi, start=lo, name="outer") as outer:

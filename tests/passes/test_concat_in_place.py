@@ -301,3 +301,61 @@ def test_transpose_writes_its_slice_of_a_channels_first_concat(batch, monkeypatc
         assert (view.rows, view.run, view.stride) == (3, 5 * 63, 9 * 63) and a_t not in plan.memory.placed
     monkeypatch.setenv("CONVC_CHECK_ARENA", "1")
     check_against_onnxruntime(m, 2)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batchnorm_after_concat_runs_channels_last_and_reads_the_concat_in_place(threads):
+    """DenseNet's BatchNorm + ReLU after each Concat (an unfolded per-channel Mul and Add) runs
+    channels last with its scale and shift permuted, so no Transpose sits between the blocks (only
+    the model's input and output are transposed), and the Mul reads the Concat nested in the next
+    one at its row stride instead of the Concat copying it."""
+    m = densenet_like(16, 23)
+    plan = plan_of(m)
+    transposes = [op for op in plan.order if op.kind is OpKind.TRANSPOSE]
+    assert len(transposes) <= 2, [op.name for op in transposes]
+    muls = [op for op in plan.order if op.kind is OpKind.MUL]
+    assert muls and all(plan.graph.tensor(op.outputs[0]).shape[-1] > 3 for op in muls)  # channels last
+    strided = [op for op in muls if not plan.memory.view(op.inputs[0], plan.graph.tensor(op.inputs[0]).size).contiguous]
+    assert strided, "a Mul reads a Concat nested in another one, in place"
+    copying = [op.name for op in concats(plan) if op.name not in plan.memory.concat_aliases]
+    assert len(copying) == 1  # the transition's pooled Concat input only
+    check_against_onnxruntime(m, threads)
+
+
+def test_the_strided_readers_are_the_broadcast_kernels():
+    """passes/memory.py lists the arithmetic ops that read strided inputs; their kernel is
+    codegen/kernels/elementwise.py's broadcast kernel, and the list must not drift from it."""
+    from convc.codegen.kernels.elementwise import BINARY, emit_broadcast
+    from convc.codegen.module import EMITTERS
+    assert memory.BROADCAST_ARITHMETIC == set(BINARY)
+    assert all(EMITTERS[k] is emit_broadcast for k in BINARY)
+
+
+def test_convs_writing_into_concats_of_other_widths_share_one_function():
+    """Two identical 3x3 convs write their slices of Concats of different widths (other row strides):
+    the stride is read at run time, so they are one function (DenseNet's layers, before their
+    Concats chained, each had its own), and every layout change calls the one out-of-line transpose
+    (codegen/kernels/shape.py transpose_tiles). The numbers match onnxruntime."""
+    from convc.codegen.module import emit_module
+    n = Builder(3)
+    stem = n.conv("x", 3, 24, 3)
+    a, p = n.conv(stem, 24, 12, 3), n.conv(stem, 24, 16, 1)
+    b, q = n.conv(stem, 24, 12, 3), n.conv(stem, 24, 40, 1)
+    outs = [n.node("GlobalAveragePool", [n.node("Concat", pair, axis=1)]) for pair in ([a, p], [b, q])]
+    m = n.model((16, 3, 21, 19), outs, "two_widths")
+    plan = plan_of(m)
+    firsts = [op.inputs[0] for op in concats(plan)]  # the 3x3 convs' outputs, channels last
+    assert all(producer_kind(plan, t) is OpKind.CONV for t in firsts)
+    strides = {plan.memory.view(t, plan.graph.tensor(t).size).stride for t in firsts}
+    assert len(strides) == 2, "the two convs write rows of different strides"
+    native = emit_module(plan, threads=2)
+    producers = {plan.graph.producer(t).name for t in firsts}
+    fns = {op: fn for op, fn in native.kernel_names if op in producers}
+    assert len(fns) == 2 and len(set(fns.values())) == 1, fns
+    assert len([f for f in native.ir_module.functions if f.name.startswith("transpose_tiles")]) <= 1
+    x = np.random.default_rng(5).standard_normal((16, 3, 21, 19)).astype(np.float32)
+    import onnxruntime as ort
+    want = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    got = convc.compile(m, threads=2, cache=False).run({"x": x})
+    for name, expected in zip([o.name for o in m.graph.output], want):
+        assert_close(got[name], expected, RTOL, name)
