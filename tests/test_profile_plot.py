@@ -63,6 +63,7 @@ def test_memory_axis_unit_and_legend(figure):
     assert byte_unit(500) == (1, "B") and byte_unit(3 << 20) == (1 << 20, "MiB")
 
 
+@pytest.mark.slow  # builds a training step and draws two files: 6 s beside another run
 def test_training_plot(tmp_path):
     """convc profile --train --plot: forward and backward MACs stacked per layer, the phases' times
     summing to the title's figure, the step's memory by kind; PNG and SVG."""
