@@ -296,6 +296,13 @@ def mish_derivative(b: ir.IRBuilder, x: ir.Value, attrs) -> ir.Value:
     return b.fadd(t, b.fmul(b.fmul(x, b.fsub(const_like(x, 1.0), b.fmul(t, t))), vecmath.sigmoid(b, x)))
 
 
+# Floor, Ceil and Round (half to even, as ONNX and numpy) are one roundps each with SSE4.1/AVX
+for _kind, _intrinsic in [(OpKind.FLOOR, "llvm.floor.f32"), (OpKind.CEIL, "llvm.ceil.f32"),
+                          (OpKind.ROUND, "llvm.roundeven.f32")]:
+    unary(_kind, vector=True)(lambda b, x, attrs, _name=_intrinsic: call_intrinsic(b, _name, [x]))
+    derivative(_kind)(lambda b, x, attrs: const_like(x, 0.0))
+
+
 def emit_map(em: ModuleEmitter, op: Op, f: Callable[[ir.IRBuilder, ir.Value], ir.Value]) -> KernelCall:
     """The kernel y = f(x) of a one-input op, in vectors of the target's width (f sees vectors, then the
     scalar tail), split between threads in whole vectors; x and y may be one buffer."""

@@ -46,6 +46,9 @@ class OpKind(enum.Enum):
     POW = "Pow"
     GELU = "Gelu"
     MISH = "Mish"
+    FLOOR = "Floor"
+    CEIL = "Ceil"
+    ROUND = "Round"  # half to even, as ONNX
     # binary / variadic elementwise with broadcasting
     ADD = "Add"
     MUL = "Mul"
@@ -124,7 +127,8 @@ class OpGroup:
     UNARY = frozenset({OpKind.RELU, OpKind.LEAKY_RELU, OpKind.SIGMOID, OpKind.SWISH, OpKind.TANH, OpKind.IDENTITY,
                        OpKind.DROPOUT, OpKind.CLIP, OpKind.ELU, OpKind.SELU, OpKind.HARD_SIGMOID, OpKind.HARD_SWISH,
                        OpKind.SOFTPLUS, OpKind.SOFTSIGN, OpKind.ERF, OpKind.GELU, OpKind.MISH,
-                       OpKind.NEG, OpKind.ABS, OpKind.EXP, OpKind.LOG, OpKind.SQRT, OpKind.RECIPROCAL})
+                       OpKind.NEG, OpKind.ABS, OpKind.EXP, OpKind.LOG, OpKind.SQRT, OpKind.RECIPROCAL,
+                       OpKind.FLOOR, OpKind.CEIL, OpKind.ROUND})
     ACTIVATION = frozenset({OpKind.RELU, OpKind.LEAKY_RELU, OpKind.SIGMOID, OpKind.TANH})
     BROADCAST = frozenset({OpKind.ADD, OpKind.MUL, OpKind.SUM, OpKind.SUB, OpKind.DIV, OpKind.MAX, OpKind.MIN,
                            OpKind.PRELU, OpKind.POW})

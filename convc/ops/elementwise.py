@@ -187,6 +187,11 @@ unary_op(OpKind.RECIPROCAL, NoAttrs, lambda a, x: _quiet(np.reciprocal, _f64(x))
          derivative=lambda a, x: _quiet(lambda v: -1.0 / (v * v), _f64(x)))
 unary_op(OpKind.MISH, NoAttrs, lambda a, x: _f64(x) * np.tanh(np.logaddexp(_f64(x), 0.0)), fusible=True,
          derivative=lambda a, x: _mish_derivative(_f64(x)))
+# piecewise constant: the derivative is 0 wherever it exists (PyTorch's floor, ceil and round backward give
+# zeros too), so a path through them trains nothing before them rather than being refused
+unary_op(OpKind.FLOOR, NoAttrs, lambda a, x: np.floor(x), derivative=lambda a, x: np.zeros(x.shape))
+unary_op(OpKind.CEIL, NoAttrs, lambda a, x: np.ceil(x), derivative=lambda a, x: np.zeros(x.shape))
+unary_op(OpKind.ROUND, NoAttrs, lambda a, x: np.round(x), derivative=lambda a, x: np.zeros(x.shape))  # half to even
 
 
 def _broadcast(kind: OpKind, lo: int, hi: int):

@@ -316,4 +316,5 @@ def _unary(op_type: str, fn: Callable[[np.ndarray], np.ndarray]) -> None:
 
 _unary("Floor", np.floor)
 _unary("Ceil", np.ceil)
+_unary("Round", np.round)  # half to even, as ONNX
 _unary("Neg", np.negative)
