@@ -416,7 +416,7 @@ def profile(model: Any, batch: int | None = None, *, measure: bool = False, repe
     ``train=True`` profiles the training step instead (``convc.train_profile``: forward and backward
     MACs per layer, saved activations, gradient and optimizer-state bytes, the step's peak memory),
     for ``loss`` and ``optimizer`` (a ``convc.optim`` optimizer, default SGD). ``progress`` receives a
-    line per phase of a measurement (compiling, timing, the peak)."""
+    line per phase (compiling, timing, the peak; building, compiling and timing a training step)."""
     from convc.limits import positive_int
     batch, threads = positive_int("batch", batch), positive_int("threads", threads)
     if train:
@@ -425,7 +425,8 @@ def profile(model: Any, batch: int | None = None, *, measure: bool = False, repe
             raise InputError("input_shapes= is not available with train=True: the training step runs at the "
                              "model's input shape, with batch=")
         from convc.train_profile import profile_training
-        return profile_training(model, batch, loss=loss, optimizer=optimizer, measure=measure, repeats=repeats)
+        return profile_training(model, batch, loss=loss, optimizer=optimizer, measure=measure, repeats=repeats,
+                                progress=progress)
     from pathlib import Path
 
     from convc.compiler import load_graph

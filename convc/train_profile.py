@@ -263,9 +263,11 @@ def analyze_training(step, imported: Graph, model_name: str, loss: str, optimize
 
 
 def profile_training(model: Any, batch: int | None = None, *, loss: str = "cross_entropy", optimizer: Any = None,
-                     measure: bool = False, repeats: int = 10, seed: int = 0) -> TrainProfile:
+                     measure: bool = False, repeats: int = 10, seed: int = 0, progress: Any = None) -> TrainProfile:
     """Profile the training step of an ONNX model (path, bytes, proto), a Graph or a convc.nn module
-    at batch size ``batch`` (default: the model's, or 1 when it is symbolic)."""
+    at batch size ``batch`` (default: the model's, or 1 when it is symbolic); ``progress`` receives a
+    line per phase (building, compiling and timing the step)."""
+    say = progress or (lambda _: None)
     from pathlib import Path
 
     from convc.compiler import load_graph
@@ -278,13 +280,16 @@ def profile_training(model: Any, batch: int | None = None, *, loss: str = "cross
         raise TypeError("profile a convc.nn module through its graph: convc.profile(model.to_graph(shape), train=True)")
     name = Path(model).name if isinstance(model, (str, Path)) else getattr(model, "name", "") or "model"
     imported = load_graph(str(model) if isinstance(model, Path) else model, batch)
+    say("building the training step (autodiff, loss, optimizer, memory plan)")
     step = build_training(imported, loss=loss, optimizer=optimizer, seed=seed)
     state = {n: np.array(v, copy=True) for n, v in step.initial.items()}
     state[step.lr] = np.array([optimizer.lr], np.float32)
+    say("compiling the training step" + (" with per-kernel timers" if measure else ""))
     native = compile_bound(step.plan, state, resolve_options(threads=1, instrument=measure))
     result = analyze_training(step, imported, name, loss, repr(optimizer))
     result.memory = TrainMemory(**{**asdict(result.memory), "arena_bytes": native.arena_bytes})
     if measure:
+        say(f"timing {max(1, repeats)} steps")
         _measure(result, step, native, repeats, seed)
     return result
 

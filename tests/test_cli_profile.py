@@ -60,3 +60,11 @@ def test_profile_by_op_fits_the_terminal(lenet_file, monkeypatch, capsys, train)
         cells = {c.strip() for line in lines if line.startswith(("┃", "│")) for c in re.split(r"[┃│]", line)}
         assert {"Conv", "Gemm", "MaxPool"} <= cells and "By op type" in out
         assert ("Relu" in cells) == train, "training does not fuse: its Relus are rows of their own"
+
+
+def test_training_measure_reports_its_phases(lenet_file, capsys):
+    """convc profile --train --measure said nothing while it built, compiled and timed the step."""
+    assert main(["profile", str(lenet_file), "--train", "--measure", "--repeat", "2", "--format", "json"]) == 0
+    err = capsys.readouterr().err
+    for phase in ("building the training step", "compiling the training step", "timing 2 steps"):
+        assert phase in err, err

@@ -118,7 +118,8 @@ def _run_train(args: argparse.Namespace, model: Any, progress: Any) -> int:
                   "adamw": convc.optim.AdamW}
     from convc.train_profile import render_text as render_train
     result = convc.profile(model, batch=args.batch, measure=args.measure, repeats=args.repeat or 10, train=True,
-                           loss=args.loss or "cross_entropy", optimizer=optimizers[args.optimizer or "sgd"]())
+                           loss=args.loss or "cross_entropy", optimizer=optimizers[args.optimizer or "sgd"](),
+                           progress=progress)
     result.model = Path(args.model).name
     if args.plot:
         plot_train(result, args.plot)
