@@ -146,3 +146,11 @@ def by_name(name: str, lr: float | None = None) -> Optimizer:
     lr = DEFAULT_LR[name] if lr is None else lr
     return {"sgd": lambda: SGD(lr), "momentum": lambda: SGD(lr, momentum=0.9), "adam": lambda: Adam(lr),
             "adamw": lambda: AdamW(lr), "rmsprop": lambda: RMSprop(lr), "adagrad": lambda: Adagrad(lr)}[name]()
+
+
+# learning-rate schedules (convc/schedules.py), here as in torch.optim.lr_scheduler's place
+from convc.schedules import (CosineAnnealingLR, ExponentialLR, LinearLR, LRScheduler, MultiStepLR,  # noqa: E402
+                             OneCycleLR, ReduceLROnPlateau, SequentialLR, StepLR)
+
+__all__ += ["CosineAnnealingLR", "ExponentialLR", "LRScheduler", "LinearLR", "MultiStepLR", "OneCycleLR",
+            "ReduceLROnPlateau", "SequentialLR", "StepLR"]

@@ -74,7 +74,10 @@ class Trainer:
         # the persistent training state the native code updates in place
         self._state: dict[str, np.ndarray] = {n: np.array(v, copy=True) for n, v in self.plan.initial.items()}
         self._lr = np.array([self.optimizer.lr], dtype=np.float32)
+        self._lr_value = self.optimizer.lr  # the learning rate as set, which _lr holds as float32
         self._state[self.plan.lr] = self._lr
+        self.initial_lr: float | None = None  # set by the first learning-rate schedule (convc.optim.StepLR, ...)
+        self.scheduler = None  # the last schedule built on this Trainer: its state goes into checkpoints
         self._steps: dict[int, tuple[TrainingStep, CompiledModel]] = {}
         self._evals: dict[int, CompiledModel] = {}
         self._timings: dict[int, dict[str, float]] = {}  # batch -> seconds per kernel of its last step
@@ -112,6 +115,7 @@ class Trainer:
         if not np.isfinite(value) or value < 0:
             raise InputError(f"learning rate {value!r} must be a finite, non-negative number")
         self._lr[0] = value
+        self._lr_value = float(value)
 
     @property
     def steps_done(self) -> int:
