@@ -74,12 +74,15 @@ def pack_a(a: np.ndarray, isa: Isa) -> np.ndarray:
 
 
 def pack_b(b: np.ndarray, isa: Isa) -> np.ndarray:
-    """[K, N] -> [ceil(N/NR), K, NR], zero columns past N."""
-    k, n = b.shape
+    """[..., K, N] -> [..., ceil(N/NR), K, NR], zero columns past N (leading dims: several matrices
+    packed in one pass, e.g. Winograd's t*t)."""
+    *lead, k, n = b.shape
     np_ = -(-n // isa.nr) * isa.nr
-    padded = np.zeros((k, np_), dtype=np.float32)
-    padded[:, :n] = b
-    return np.ascontiguousarray(padded.reshape(k, np_ // isa.nr, isa.nr).transpose(1, 0, 2))
+    padded = np.zeros((*lead, k, np_), dtype=np.float32)
+    padded[..., :n] = b
+    r = len(lead)
+    order = tuple(range(r)) + (r + 1, r, r + 2)
+    return np.ascontiguousarray(padded.reshape(*lead, k, np_ // isa.nr, isa.nr).transpose(order))
 
 
 class GemmEmitter:

@@ -57,7 +57,7 @@ def test_weight_transform_is_float64_rounded_once():
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     g = TRANSFORMS[4][1].astype(np.float64)
     exact = np.einsum("ai,mcij,bj->abcm", g, w.astype(np.float64), g).reshape(36, 3, 4)
-    # the float64 sums may run in another order (einsum through BLAS): at most one float32 ulp apart
+    # the float64 sums run in another order (one GEMM): at most one float32 ulp apart
     np.testing.assert_array_max_ulp(transform_weights(w, 4), exact.astype(np.float32), maxulp=1)
     in_float32 = np.einsum("ai,mcij,bj->abcm", g.astype(np.float32), w, g.astype(np.float32)).reshape(36, 3, 4)
     assert np.abs(transform_weights(w, 4) - exact).max() <= np.abs(in_float32 - exact).max()
