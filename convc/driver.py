@@ -192,11 +192,11 @@ def compile_plan(plan, options: CompileOptions, *, progress: Progress = None,
                                override=override, signature=signature)
 
 
-def compile_bound(plan, state: Mapping[str, Any], options: CompileOptions) -> CompiledModel:
+def compile_bound(plan, state: Mapping[str, Any], options: CompileOptions, progress: Progress = None) -> CompiledModel:
     """``compile_plan``, with the model's inputs that ``state`` names bound to its arrays (a
     training variant's plan: the parameters, running statistics and optimizer state, which the
     native code reads and updates in place); the model is then called with the other inputs."""
-    model = compile_plan(plan, options)
+    model = compile_plan(plan, options, progress=progress)
     model.bind({s.name: state[s.name] for s in model.inputs if s.name in state})
     return model
 

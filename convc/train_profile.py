@@ -285,7 +285,7 @@ def profile_training(model: Any, batch: int | None = None, *, loss: str = "cross
     state = {n: np.array(v, copy=True) for n, v in step.initial.items()}
     state[step.lr] = np.array([optimizer.lr], np.float32)
     say("compiling the training step" + (" with per-kernel timers" if measure else ""))
-    native = compile_bound(step.plan, state, resolve_options(threads=1, instrument=measure))
+    native = compile_bound(step.plan, state, resolve_options(threads=1, instrument=measure), progress)
     result = analyze_training(step, imported, name, loss, repr(optimizer))
     result.memory = TrainMemory(**{**asdict(result.memory), "arena_bytes": native.arena_bytes})
     if measure:
