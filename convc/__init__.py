@@ -18,11 +18,11 @@ from convc.ops import OpKind  # noqa: E402
 from convc.profile import profile  # noqa: E402
 from convc import nn  # noqa: E402
 from convc import optim  # noqa: E402
-from convc.train import Trainer, TrainingError, gradcheck  # noqa: E402
+from convc.train import CheckpointError, Trainer, TrainingError, gradcheck  # noqa: E402
 
 __all__ = ["compile", "compile_library", "profile", "models", "nn", "CompiledModel", "InferenceSession", "Graph", "Op", "Tensor", "TensorKind", "OpKind",
            "ConvcError", "ModelImportError", "UnsupportedOpError", "GraphError", "CompileError", "InputError",
-           "__version__", "load", "LoadError", "optim", "Trainer", "TrainingError", "gradcheck"]
+           "__version__", "load", "LoadError", "optim", "Trainer", "TrainingError", "CheckpointError", "gradcheck"]
 
 _LAZY_SUBMODULES = ("models", "report", "check", "train_profile")  # imported on first use (PEP 562)
 

@@ -4,7 +4,8 @@
                             optimizer=convc.optim.Adam(1e-3), seed=0)
     for x, y in batches:
         loss = trainer.step(x, y)          # one native call: forward, loss, backward, update
-    trainer.lr = 1e-4                      # schedules: change it between steps
+    trainer.lr = 1e-4                      # or a schedule: convc.optim.CosineAnnealingLR(trainer, T_max=...)
+    trainer.save("ckpt.npz")               # everything; convc.Trainer.load("ckpt.npz", model) resumes bit-exactly
     probs = trainer.predict(x_test)        # eval mode: BN running statistics, no dropout
     trainer.export_onnx("trained.onnx")    # runs in onnxruntime with the trained weights
 
@@ -35,11 +36,20 @@ from convc.options import resolve_options
 from convc.passes.autodiff.training import TrainingStep, build_training
 from convc.runtime import dtype_error
 
-__all__ = ["GradcheckResult", "Trainer", "TrainingError", "gradcheck"]
+__all__ = ["CheckpointError", "GradcheckResult", "Trainer", "TrainingError", "gradcheck"]
 
 
 class TrainingError(ConvcError):
     """A training step could not be applied (non-finite loss or gradients); the state is unchanged."""
+
+
+class CheckpointError(InputError):
+    """A checkpoint file is damaged, or was saved by a Trainer of another model or setup (the message
+    names what differs); the Trainer's state is unchanged."""
+
+
+CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "convc-trainer-checkpoint", 1
+_HEADER_KEY = "header"  # the JSON header's entry in the .npz; the arrays are "a0", "a1", ...
 
 
 # --- the Trainer ---------------------------------------------------------------------------------------
@@ -244,6 +254,131 @@ class Trainer:
                 raise InputError(f"load_state_dict: {n!r} has shape {v.shape}, expected {own[n].shape}")
             self._state[n][...] = v.astype(self._state[n].dtype)
 
+    # --- checkpoints ----------------------------------------------------------------------------------
+    def _settings(self) -> dict[str, Any]:
+        """What a checkpoint must agree on to resume this Trainer bit-exactly (besides its arrays)."""
+        opt = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self.optimizer).items() if k != "lr"}
+        trainable = self._options["trainable"]
+        return {"loss": self.loss_name, "optimizer": type(self.optimizer).__name__, "optimizer_settings": opt,
+                "l1": self.l1, "l2": self.l2, "seed": self.seed, "regularize_all": self._options["regularize_all"],
+                "trainable": sorted(trainable) if trainable is not None else None}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write everything training resumes from to ``path`` (a .npz: no pickled objects, a JSON header):
+        the parameters, BN running statistics, optimizer state, step counter, the learning rate
+        (exact, and the float32 the step reads), the optimizer settings and the attached
+        schedule's state. ``load_state(path)`` or ``Trainer.load(path, model)`` resume from it, and
+        the steps after are bit-identical to the steps this Trainer would take."""
+        import json
+        from convc.version import __version__
+        arrays = self.state_dict()
+        arrays["lr"] = self._lr.copy()
+        names = list(arrays)
+        header = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "convc": __version__,
+                  "model": self.forward.name, "input_shape": list(self.input_shape), **self._settings(),
+                  "optimizer_lr": self.optimizer.lr, "lr": self._lr_value, "initial_lr": self.initial_lr,
+                  "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                  "arrays": [[n, list(arrays[n].shape), arrays[n].dtype.str] for n in names]}
+        path = os.fspath(path)
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name without it
+                np.savez(f, **{_HEADER_KEY: np.array(json.dumps(header))},
+                         **{f"a{i}": arrays[n] for i, n in enumerate(names)})
+            os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint as it was
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+    @staticmethod
+    def _read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        import json
+        import zipfile
+        path = os.fspath(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                header = json.loads(str(z[_HEADER_KEY][()]))
+                if not isinstance(header, dict) or header.get("format") != CHECKPOINT_FORMAT:
+                    raise CheckpointError(f"{path}: not a convc Trainer checkpoint (no {CHECKPOINT_FORMAT} header)")
+                if header.get("version") != CHECKPOINT_VERSION:
+                    raise CheckpointError(f"{path}: checkpoint format version {header.get('version')!r}, this convc "
+                                          f"reads version {CHECKPOINT_VERSION}")
+                arrays = {}
+                for i, (name, shape, dtype) in enumerate(header["arrays"]):
+                    a = z[f"a{i}"]
+                    if list(a.shape) != shape or a.dtype.str != dtype:
+                        raise CheckpointError(f"{path}: array {name!r} is {a.dtype} {a.shape}, its header says "
+                                              f"{np.dtype(dtype)} {tuple(shape)}: the file is damaged")
+                    arrays[name] = a
+        except CheckpointError:
+            raise
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: no such checkpoint file") from None
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path}: damaged or not a convc checkpoint ({type(e).__name__}: {e})") from None
+        return header, arrays
+
+    def load_state(self, path: str | os.PathLike) -> None:
+        """Resume from ``save(path)``'s checkpoint: every array, the learning rate and, when the
+        checkpoint has one, the state of the schedule attached to this Trainer (build the same
+        schedule before loading). Raises CheckpointError, changing nothing, when the file is
+        damaged or its model, shapes or settings differ from this Trainer's."""
+        header, arrays = self._read_checkpoint(path)
+        path = os.fspath(path)
+        ours, theirs = self._settings(), {k: header.get(k) for k in self._settings()}
+        diff = [f"{k}: {theirs[k]!r} in the checkpoint, {ours[k]!r} here" for k in ours if theirs[k] != ours[k]]
+        if diff:
+            raise CheckpointError(f"{path}: saved by a Trainer with other settings; " + "; ".join(diff))
+        own = self.state_dict()
+        own["lr"] = self._lr
+        missing = [n for n in own if n not in arrays]
+        unknown = [n for n in arrays if n not in own]
+        shapes = [f"{n!r} is {arrays[n].dtype} {arrays[n].shape} in the checkpoint, {own[n].dtype} {own[n].shape} "
+                  "here" for n in own if n in arrays and (arrays[n].shape != own[n].shape or
+                                                          arrays[n].dtype != own[n].dtype)]
+        if missing or unknown or shapes:
+            what = ([f"missing {_few(missing)}"] if missing else []) + \
+                ([f"unexpected {_few(unknown)}"] if unknown else []) + shapes[:5]
+            raise CheckpointError(f"{path}: the checkpoint of model {header.get('model')!r} does not fit this "
+                                  f"Trainer's model {self.forward.name!r}: " + "; ".join(what))
+        sched_state = header.get("scheduler")
+        if sched_state is not None and self.scheduler is None:
+            raise CheckpointError(f"{path}: the checkpoint has the state of a {sched_state.get('type')} schedule; "
+                                  "build the same schedule on this Trainer before load_state, or resume with "
+                                  "Trainer.load(path, model), which rebuilds it")
+        if sched_state is not None:
+            try:
+                self.scheduler.load_state_dict(sched_state)
+            except InputError as e:
+                raise CheckpointError(f"{path}: {e}") from None
+        for n, v in arrays.items():
+            self._state[n][...] = v
+        self._lr_value = float(header["lr"]) if np.float32(header["lr"]) == self._lr[0] else float(self._lr[0])
+        self.initial_lr = header.get("initial_lr")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: Any, *, input_shape: Sequence[int] | None = None,
+             threads: int | None = None, instrument: bool = False) -> "Trainer":
+        """A Trainer of ``model`` resumed from ``save(path)``'s checkpoint: the loss, optimizer, its
+        settings, regularization and seed come from the checkpoint, and so does the schedule, rebuilt
+        and attached as ``trainer.scheduler``. ``input_shape`` defaults to the saved one."""
+        from convc import optim
+        from convc.schedules import from_state
+        header, _ = cls._read_checkpoint(path)
+        opt_cls = getattr(optim, str(header.get("optimizer")), None)
+        if not (isinstance(opt_cls, type) and issubclass(opt_cls, Optimizer)):
+            raise CheckpointError(f"{os.fspath(path)}: unknown optimizer {header.get('optimizer')!r}")
+        settings = {k: tuple(v) if isinstance(v, list) else v for k, v in header["optimizer_settings"].items()}
+        trainer = cls(model, input_shape=input_shape or header["input_shape"], loss=header["loss"],
+                      optimizer=opt_cls(header["optimizer_lr"], **settings), l1=header["l1"], l2=header["l2"],
+                      seed=header["seed"], regularize_all=header["regularize_all"], trainable=header["trainable"],
+                      threads=threads, instrument=instrument)
+        if header.get("scheduler") is not None:
+            trainer.initial_lr = header.get("initial_lr")
+            from_state(trainer, header["scheduler"])
+        trainer.load_state(path)
+        return trainer
+
     def weights(self) -> dict[str, np.ndarray]:
         """The model's constants with their trained values (parameters and running statistics)."""
         return {n: self._state[n].copy() for n in self.plan.params + self.plan.running}
@@ -277,6 +412,10 @@ class Trainer:
         if path is not None:
             onnx.save(proto, os.fspath(path))
         return proto
+
+
+def _few(names: list[str], n: int = 5) -> str:
+    return ", ".join(repr(x) for x in names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 # --- gradcheck ---------------------------------------------------------------------------------------
