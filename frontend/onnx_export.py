@@ -183,6 +183,14 @@ def _declared(w: _Writer, op: Op) -> None:
     w.node(op.kind.value, inputs, list(op.outputs), op.name, **attributes)
 
 
+@exporter(OpKind.WHERE)
+def _where(w: _Writer, op: Op) -> None:
+    """The 0/1 mask back to ONNX's boolean condition: Cast(mask != 0 as BOOL) (a Cast to BOOL maps non-zero to true)."""
+    cond = w.fresh(f"{op.name}.condition")
+    w.node("Cast", [op.inputs[0]], [cond], f"{op.name}/condition", to=TensorProto.BOOL)
+    w.node("Where", [cond, op.inputs[1], op.inputs[2]], list(op.outputs), op.name)
+
+
 @exporter(OpKind.LAYER_NORM)
 def _layer_norm(w: _Writer, op: Op) -> None:
     if w.opset < 17:

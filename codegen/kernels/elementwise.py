@@ -390,24 +390,42 @@ BINARY = {
 }
 
 
-@emitter(*BINARY)
-def emit_broadcast(em: ModuleEmitter, op: Op) -> KernelCall:
-    """Threads split the outermost of the collapsed dimensions (for a squeeze-and-excitation scale in
-    channels-last, x[HW, C] * s[C]: the pixels); the innermost loop is left to LLVM's vectorizer."""
+def emit_broadcast_map(em: ModuleEmitter, op: Op, combine: Callable[[ir.IRBuilder, list[ir.Value]], ir.Value]
+                       ) -> KernelCall:
+    """out = combine(the operands' values) over the broadcast output. Threads split the outermost of the
+    collapsed dimensions (for a squeeze-and-excitation scale in channels-last, x[HW, C] * s[C]: the pixels);
+    the innermost loop is left to LLVM's vectorizer."""
     out = em.tensor(op.outputs[0]).shape
     n = len(op.inputs)
     fn, b = em.function(op.name, n + 1, parallel=True)
     dims, strides = collapse(out, [operand_strides(em, t, out) for t in op.inputs] + [broadcast_strides(out, out)])
-    combine = BINARY[op.kind]
     lo, hi = em.thread_range(b, fn, dims[0])
     with for_range(b, hi, start=lo, name="outer") as outer:
         with loop_nest(b, dims[1:]) as idx:
             idx = [outer] + idx
-            acc = None
-            for k in range(n):
-                v = load(b, fn.args[k], linear_index(b, idx, strides[k]))
-                acc = v if acc is None else combine(b, acc, v)
-            store(b, acc, fn.args[n], linear_index(b, idx, strides[n]))
+            vals = [load(b, fn.args[k], linear_index(b, idx, strides[k])) for k in range(n)]
+            store(b, combine(b, vals), fn.args[n], linear_index(b, idx, strides[n]))
     b.ret_void()
     return KernelCall(fn, list(op.inputs) + [op.outputs[0]])
+
+
+@emitter(*BINARY)
+def emit_broadcast(em: ModuleEmitter, op: Op) -> KernelCall:
+    pair = BINARY[op.kind]
+
+    def combine(b: ir.IRBuilder, vals: list[ir.Value]) -> ir.Value:
+        acc = vals[0]
+        for v in vals[1:]:
+            acc = pair(b, acc, v)
+        return acc
+    return emit_broadcast_map(em, op, combine)
+
+
+@emitter(OpKind.WHERE)
+def emit_where(em: ModuleEmitter, op: Op) -> KernelCall:
+    """mask != 0 ? x : y, a select: x and y pass bit for bit (NaN, inf and -0.0 too)."""
+    def select(b: ir.IRBuilder, vals: list[ir.Value]) -> ir.Value:
+        mask, x, y = vals
+        return b.select(b.fcmp_unordered("!=", mask, const_like(mask, 0.0)), x, y)
+    return emit_broadcast_map(em, op, select)
 

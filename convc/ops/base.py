@@ -58,6 +58,7 @@ class OpKind(enum.Enum):
     MAX = "Max"
     MIN = "Min"
     PRELU = "PRelu"
+    WHERE = "Where"  # cond ? x : y with a constant condition, imported as a float32 0/1 mask (any non-zero: x)
     # pooling
     MAX_POOL = "MaxPool"
     AVERAGE_POOL = "AveragePool"

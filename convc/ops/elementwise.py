@@ -242,3 +242,14 @@ def prelu_infer(a: NoAttrs, types: Sequence[TensorType]) -> list[TensorType]:
 register(OpDef(OpKind.PRELU, NoAttrs, prelu_infer,
                lambda a, x, slope: [np.where(x < 0, _f64(x) * slope, x).astype(x.dtype)], n_inputs=(2, 2),
                flops=per_output(1)))
+
+
+def where_infer(a: NoAttrs, types: Sequence[TensorType]) -> list[TensorType]:
+    """Where(mask, x, y): three float tensors of one dtype broadcast together (the importer turns ONNX's boolean
+    condition, a constant, into a 0/1 mask of x's dtype)."""
+    return _broadcast(OpKind.WHERE, 3, 3)(a, types)
+
+
+register(OpDef(OpKind.WHERE, NoAttrs, where_infer,
+               lambda a, mask, x, y: [np.where(mask != 0, x, y).astype(x.dtype)], n_inputs=(3, 3),
+               flops=per_output(1)))

@@ -289,11 +289,16 @@ def tile(ctx: NodeContext) -> None:
         raise Unsupported(f"repeats={repeats} makes an empty tensor; convc does not compile zero-size tensors")
     if max(repeats) > MAX_TILE_COPIES:
         raise Unsupported(f"repeats={repeats}: more than {MAX_TILE_COPIES} copies along one axis")
+    tile_concats(ctx, ctx.inputs[0], repeats)
+
+
+def tile_concats(ctx: NodeContext, value: str, repeats: Sequence[int]) -> None:
+    """The node's output: run-time tensor ``value`` repeated ``repeats[i]`` times along each axis i, as one
+    Concat of copies per repeated axis (an Identity when nothing repeats)."""
     moving = [i for i, r in enumerate(repeats) if r > 1]
     if not moving:
-        ctx.add_op(OpKind.IDENTITY, NoAttrs(), ctx.inputs[:1])
+        ctx.add_op(OpKind.IDENTITY, NoAttrs(), [value])
         return
-    value = ctx.inputs[0]
     for k, axis in enumerate(moving):
         last = k == len(moving) - 1
         out = None if last else [ctx.fresh_tensor(f"tiled{axis}")]

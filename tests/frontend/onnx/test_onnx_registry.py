@@ -10,10 +10,10 @@ from convc.frontend.onnx.registry import Registry
 LAST = onnx.defs.onnx_opset_version()
 COMPILED = ["Conv", "Gemm", "MatMul", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "MaxPool", "AveragePool",
             "GlobalAveragePool", "GlobalMaxPool", "BatchNormalization", "Flatten", "Reshape", "Add", "Mul", "Sum",
-            "Concat", "Dropout", "Softmax", "Identity"]
+            "Concat", "Dropout", "Softmax", "Identity", "Floor", "Ceil", "Round", "Expand", "Gather", "Where"]
 FOLDED = ["Constant", "Gather", "Unsqueeze", "Squeeze", "Concat", "ConstantOfShape", "Cast", "Slice", "Reshape",
           "Range", "Add", "Sub", "Mul", "Div", "Equal", "Where", "Expand", "Transpose", "Identity", "Floor", "Ceil",
-          "Neg"]
+          "Round", "Neg"]
 
 
 def _exists(op_type: str, opset: int) -> bool:

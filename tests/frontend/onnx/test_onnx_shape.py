@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 from onnx import helper
 from onnx_import_helpers import INT64, check_model, make_model, op_kinds
@@ -94,10 +95,10 @@ def test_concat_of_mismatched_shapes_names_node():
         import_onnx(make_model([node], {"A": [2, 3], "B": [3, 3]}, ["Y"]))
 
 
-def test_unsupported_runtime_gather_is_reported():
-    node = helper.make_node("Gather", ["X", "idx"], ["Y"], name="gather")
-    model = make_model([node], {"X": [4, 3]}, ["Y"], {"idx": np.array([0, 2], np.int64)})
-    with pytest.raises(UnsupportedOpError, match=r"'gather': Gather .*only supported on constants.*'X'"):
+def test_a_folded_only_op_on_a_run_time_tensor_is_reported():
+    node = helper.make_node("Equal", ["X", "c"], ["Y"], name="equal")
+    model = make_model([node], {"X": [4, 3]}, {"Y": onnx.TensorProto.BOOL}, {"c": np.zeros(3, np.float32)})
+    with pytest.raises(UnsupportedOpError, match=r"'equal': Equal .*only supported on constants.*'X'"):
         import_onnx(model)
 
 

@@ -1,0 +1,120 @@
+"""Expand and Gather on run-time tensors, with a constant shape and constant indices (their all-constant
+forms fold in folding.py), written with the data-movement ops convc compiles:
+
+- Expand: a Reshape view that prepends the new axes, then the Concats of copies Tile uses, one per axis
+  that grows (a mean broadcast back over H and W is two Concats of row copies);
+- Gather along an axis: the indices, in order, cut into runs of consecutive positions, one Slice per run
+  (a run covering the whole axis reads the input itself), joined by a Concat along the axis and viewed
+  with the indices' shape (a scalar index drops the axis).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from convc.frontend.onnx.context import NodeContext, Unsupported
+from convc.frontend.onnx.registry import converter
+from convc.frontend.onnx.shape import MAX_TILE_COPIES, normalize_axis, tile_concats
+from convc.ops import NoAttrs, OpKind
+from convc.ops.elementwise_grad import SliceAttrs
+from convc.ops.shape import ConcatAttrs, ReshapeAttrs
+
+# Gather's indices are copied as at most this many runs (the Concat's inputs)
+MAX_GATHER_RUNS = 4096
+
+
+@converter("Expand", since=8)
+def expand(ctx: NodeContext) -> None:
+    shape = ctx.input_shape(0)
+    dims = np.asarray(ctx.constant(1))
+    if dims.ndim != 1 or dims.dtype.kind not in "iu":
+        raise ctx.error(f"the shape input must be a 1-D integer tensor, got {dims.dtype} of shape {dims.shape}")
+    target = tuple(int(d) for d in dims)
+    try:
+        out = tuple(int(d) for d in np.broadcast_shapes(shape, target))
+    except ValueError:
+        raise ctx.error(f"cannot expand shape {shape} to shape={list(target)}") from None
+    ctx.require_float(0)
+    if 0 in out:
+        raise Unsupported(f"shape={list(target)} makes an empty tensor; convc does not compile zero-size tensors")
+    ranked = (1,) * (len(out) - len(shape)) + tuple(shape)
+    repeats = [o // d for o, d in zip(out, ranked)]
+    if max(repeats) > MAX_TILE_COPIES:
+        raise Unsupported(f"expanding {shape} to {out} copies more than {MAX_TILE_COPIES} times along one axis")
+    value = ctx.inputs[0]
+    if ranked != tuple(shape):
+        value = ctx.add_op(OpKind.RESHAPE, ReshapeAttrs(ranked), [value], [ctx.fresh_tensor("ranked_out")],
+                           name=f"{ctx.name}/ranked")[0]
+    tile_concats(ctx, value, repeats)
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    """[start, stop) runs of consecutive positions, in order: [4, 5, 6, 0, 0] -> [(4, 7), (0, 1), (0, 1)]."""
+    runs: list[tuple[int, int]] = []
+    for i in indices:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+@converter("Gather", since=1)
+def gather(ctx: NodeContext) -> None:
+    if not ctx.is_constant(1):
+        raise Unsupported("Gather with indices computed at run time; convc gathers with constant indices")
+    ctx.require_float(0)
+    shape = ctx.input_shape(0)
+    indices = np.asarray(ctx.constant(1))
+    if indices.dtype.kind not in "iu":
+        raise ctx.error(f"indices must be integers, got {indices.dtype}")
+    axis = normalize_axis(ctx, int(ctx.attr("axis", 0)), len(shape))
+    n = shape[axis]
+    if indices.size and (indices.min() < -n or indices.max() >= n):
+        raise ctx.error(f"indices {indices.reshape(-1).tolist()} are out of range for axis {axis} of size {n}")
+    if indices.size == 0:
+        raise Unsupported("Gather with no indices makes an empty tensor; convc does not compile zero-size tensors")
+    out_shape = tuple(shape[:axis]) + tuple(indices.shape) + tuple(shape[axis + 1:])
+    runs = _runs([int(i) % n for i in indices.reshape(-1)])
+    if len(runs) > MAX_GATHER_RUNS:
+        raise Unsupported(f"Gather's indices make {len(runs)} runs of consecutive positions, more than "
+                          f"{MAX_GATHER_RUNS} copies")
+    joined_shape = tuple(shape[:axis]) + (indices.size,) + tuple(shape[axis + 1:])
+    final = joined_shape == out_shape
+    pieces = []
+    for k, (start, stop) in enumerate(runs):
+        if (start, stop) == (0, n):
+            pieces.append(ctx.inputs[0])
+            continue
+        last = final and len(runs) == 1
+        out = None if last else [ctx.fresh_tensor(f"run{k}_out")]
+        pieces.append(ctx.add_op(OpKind.SLICE, SliceAttrs(axis, start, stop), ctx.inputs[:1], out,
+                                 name=f"{ctx.name}/run{k}")[0])
+    if len(pieces) > 1:
+        out = None if final else [ctx.fresh_tensor("joined_out")]
+        value = ctx.add_op(OpKind.CONCAT, ConcatAttrs(axis), pieces, out, name=f"{ctx.name}/joined")[0]
+    elif pieces[0] == ctx.inputs[0] and final:  # every index once, in order
+        ctx.add_op(OpKind.IDENTITY, NoAttrs(), pieces)
+        return
+    else:
+        value = pieces[0]
+    if not final:
+        ctx.add_op(OpKind.RESHAPE, ReshapeAttrs(out_shape), [value], name=f"{ctx.name}/view")
+    assert math.prod(out_shape) == math.prod(joined_shape)
+
+
+@converter("Where", since=9)
+def where(ctx: NodeContext) -> None:
+    """Where with a constant condition and run-time x or y: the select kernel reads the condition as a 0/1 mask
+    of x's dtype (a constant of the condition's own shape, broadcast like the other two operands)."""
+    if not ctx.is_constant(0):
+        raise Unsupported("Where with a condition computed at run time; convc compiles Where with a constant "
+                          "condition")
+    ctx.require_float(1, 2)
+    dtype = ctx.input_type(1).dtype
+    if ctx.input_type(2).dtype != dtype:
+        raise ctx.error(f"X and Y have different dtypes: {dtype} and {ctx.input_type(2).dtype}")
+    mask = ctx.state.fresh_name(f"{ctx.name}/mask")
+    ctx.state.values[mask] = (np.asarray(ctx.constant(0)) != 0).astype(dtype)
+    ctx.add_op(OpKind.WHERE, NoAttrs(), [mask, ctx.inputs[1], ctx.inputs[2]])
