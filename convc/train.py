@@ -68,7 +68,7 @@ class Trainer:
     def __init__(self, model: Any, *, input_shape: Sequence[int], loss: str = "cross_entropy",
                  optimizer: Optimizer | None = None, l1: float = 0.0, l2: float = 0.0, seed: int = 0,
                  regularize_all: bool = False, trainable: Sequence[str] | None = None, instrument: bool = False,
-                 threads: int | None = None):
+                 threads: int | None = None, clip_grad_norm: float | None = None):
         self.model = model
         # checked and defaulted once; predict's forward is never instrumented
         self._compile_options = resolve_options(threads=threads, instrument=instrument)
@@ -77,7 +77,8 @@ class Trainer:
         self.optimizer = optimizer if optimizer is not None else SGD(0.01)
         self.l1, self.l2, self.seed = float(l1), float(l2), int(seed)
         self._options = {"loss": loss, "optimizer": self.optimizer, "seed": self.seed, "l1": self.l1, "l2": self.l2,
-                             "regularize_all": regularize_all, "trainable": set(trainable) if trainable else None}
+                             "regularize_all": regularize_all, "trainable": set(trainable) if trainable else None,
+                             "clip_grad_norm": clip_grad_norm is not None}
         self.forward = load_forward(model, input_shape)
         self.input_shape = self.forward.tensor(self.forward.inputs[0]).shape
         self.plan: TrainingStep = build_training(self.forward, **self._options)
@@ -86,6 +87,10 @@ class Trainer:
         self._lr = np.array([self.optimizer.lr], dtype=np.float32)
         self._lr_value = self.optimizer.lr  # the learning rate as set, which _lr holds as float32
         self._state[self.plan.lr] = self._lr
+        self.last_grad_norm: float | None = None  # with clip_grad_norm: the global gradient norm of the last step
+        if self.plan.max_norm is not None:
+            self._state[self.plan.max_norm] = np.zeros(1, np.float32)
+            self.clip_grad_norm = clip_grad_norm
         self.initial_lr: float | None = None  # set by the first learning-rate schedule (convc.optim.StepLR, ...)
         self.scheduler = None  # the last schedule built on this Trainer: its state goes into checkpoints
         self._steps: dict[int, tuple[TrainingStep, CompiledModel]] = {}
@@ -126,6 +131,20 @@ class Trainer:
             raise InputError(f"learning rate {value!r} must be a finite, non-negative number")
         self._lr[0] = value
         self._lr_value = float(value)
+
+    @property
+    def clip_grad_norm(self) -> float | None:
+        """The gradient-norm threshold (None: no clipping). A run-time value: changing it does not
+        recompile; switching clipping on or off needs a Trainer built with or without it."""
+        return None if self.plan.max_norm is None else float(self._state[self.plan.max_norm][0])
+
+    @clip_grad_norm.setter
+    def clip_grad_norm(self, value: float) -> None:
+        if self.plan.max_norm is None:
+            raise InputError("this Trainer was built without gradient clipping: build it with clip_grad_norm=...")
+        if value is None or not np.isfinite(value) or value <= 0:
+            raise InputError(f"clip_grad_norm {value!r} must be a finite, positive number")
+        self._state[self.plan.max_norm][0] = value
 
     @property
     def steps_done(self) -> int:
@@ -188,6 +207,8 @@ class Trainer:
         else:
             out = model.run(feeds)
         loss = float(out[plan.loss][0])
+        if plan.grad_norm is not None:
+            self.last_grad_norm = float(out[plan.grad_norm][0])
         if self.steps_done == before:
             what = f"the loss is {loss}" if not np.isfinite(loss) else "a gradient is not finite"
             raise TrainingError(f"step {before + 1}: {what}; the weights and optimizer state were not updated "
@@ -261,7 +282,8 @@ class Trainer:
         trainable = self._options["trainable"]
         return {"loss": self.loss_name, "optimizer": type(self.optimizer).__name__, "optimizer_settings": opt,
                 "l1": self.l1, "l2": self.l2, "seed": self.seed, "regularize_all": self._options["regularize_all"],
-                "trainable": sorted(trainable) if trainable is not None else None}
+                "trainable": sorted(trainable) if trainable is not None else None,
+                "clip_grad_norm": self._options["clip_grad_norm"]}
 
     def save(self, path: str | os.PathLike) -> None:
         """Write everything training resumes from to ``path`` (a .npz: no pickled objects, a JSON header):
@@ -273,6 +295,8 @@ class Trainer:
         from convc.version import __version__
         arrays = self.state_dict()
         arrays["lr"] = self._lr.copy()
+        if self.plan.max_norm is not None:
+            arrays["max_grad_norm"] = self._state[self.plan.max_norm].copy()
         names = list(arrays)
         header = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "convc": __version__,
                   "model": self.forward.name, "input_shape": list(self.input_shape), **self._settings(),
@@ -331,6 +355,8 @@ class Trainer:
             raise CheckpointError(f"{path}: saved by a Trainer with other settings; " + "; ".join(diff))
         own = self.state_dict()
         own["lr"] = self._lr
+        if self.plan.max_norm is not None:
+            own["max_grad_norm"] = self._state[self.plan.max_norm]
         missing = [n for n in own if n not in arrays]
         unknown = [n for n in arrays if n not in own]
         shapes = [f"{n!r} is {arrays[n].dtype} {arrays[n].shape} in the checkpoint, {own[n].dtype} {own[n].shape} "
@@ -352,7 +378,7 @@ class Trainer:
             except InputError as e:
                 raise CheckpointError(f"{path}: {e}") from None
         for n, v in arrays.items():
-            self._state[n][...] = v
+            self._state[self.plan.max_norm if n == "max_grad_norm" else n][...] = v
         self._lr_value = float(header["lr"]) if np.float32(header["lr"]) == self._lr[0] else float(self._lr[0])
         self.initial_lr = header.get("initial_lr")
 
@@ -372,7 +398,8 @@ class Trainer:
         trainer = cls(model, input_shape=input_shape or header["input_shape"], loss=header["loss"],
                       optimizer=opt_cls(header["optimizer_lr"], **settings), l1=header["l1"], l2=header["l2"],
                       seed=header["seed"], regularize_all=header["regularize_all"], trainable=header["trainable"],
-                      threads=threads, instrument=instrument)
+                      threads=threads, instrument=instrument,
+                      clip_grad_norm=1.0 if header.get("clip_grad_norm") else None)  # the threshold is loaded
         if header.get("scheduler") is not None:
             trainer.initial_lr = header.get("initial_lr")
             from_state(trainer, header["scheduler"])

@@ -78,6 +78,9 @@ class TrainingStep:
     grads: dict[str, str] = field(default_factory=dict)        # param -> its gradient tensor
     initial: dict[str, np.ndarray] = field(default_factory=dict)  # every state input -> initial value
     forward_ops: list[str] = field(default_factory=list)       # the model's ops, in training mode
+    grad_norm: str | None = None     # clip_grad_norm: the global gradient norm (an output)
+    max_norm: str | None = None      # clip_grad_norm: the (1,) float32 input of the clipping threshold
+    extra_inputs: list[str] = field(default_factory=list)      # run-time (1,) inputs after the state
 
     def owner(self, op: Op) -> tuple[str, str]:
         """(layer, phase) of an op of the step: the forward op it belongs to (or "loss", "step") and
@@ -218,12 +221,16 @@ def attach_loss(tg: Graph, output: str, loss: str) -> tuple[str, str, str, str]:
 
 
 def build_training(forward: Graph, *, loss: str, optimizer: Any = None, seed: int = 0, l1: float = 0.0,
-                   l2: float = 0.0, regularize_all: bool = False, trainable: set[str] | None = None) -> TrainingStep:
+                   l2: float = 0.0, regularize_all: bool = False, trainable: set[str] | None = None,
+                   clip_grad_norm: bool = False) -> TrainingStep:
     """Plan the training step of ``forward`` (one input, one output, batch fixed).
 
     ``optimizer`` is a ``convc.optim`` optimizer; None builds the gradient step (outputs: the loss,
     then every parameter's gradient). ``l1``/``l2`` regularize the weights (every parameter with
-    ``regularize_all``). ``trainable`` restricts which constants train (default: all of them)."""
+    ``regularize_all``). ``trainable`` restricts which constants train (default: all of them).
+    ``clip_grad_norm`` (with an optimizer) scales the gradients by ``min(1, max_norm / (norm +
+    1e-6))`` before the updates, PyTorch's ``clip_grad_norm_``: ``norm`` is the global L2 norm of
+    every gradient, a second output of the step, and ``max_norm`` an input read at run time."""
     if len(forward.inputs) != 1 or len(forward.outputs) != 1:
         raise GraphError(f"convc trains models with one input and one output, {forward.name!r} has inputs "
                          f"{forward.inputs} and outputs {forward.outputs}")
@@ -248,10 +255,11 @@ def build_training(forward: Graph, *, loss: str, optimizer: Any = None, seed: in
     if optimizer is None:
         tg.outputs = [loss_name] + [grads[p] for p in params]
     else:
-        _append_updates(tg, step, optimizer, bn_stats, l1, l2, regularize_all)
+        _append_updates(tg, step, optimizer, bn_stats, l1, l2, regularize_all, clip_grad_norm)
     tg.inputs = [x_name, labels, lr, "step"] + params + running + [s for p in params for s in step.state.get(p, [])]
     for name in tg.inputs[3:]:
         step.initial[name] = tg.tensor(name).data
+    tg.inputs += step.extra_inputs  # run-time scalars the caller sets (max_norm, the lr of a parameter group)
     step.plan = pipeline(tg, variant=TRAINING_STEP)  # the state read at run time, the updates last and in place
     return step
 
@@ -268,11 +276,37 @@ def eval_graph(forward: Graph, roles: dict[str, str]) -> Graph:
     return g
 
 
+def _clip_gradients(tg: Graph, step: TrainingStep) -> dict[str, str]:
+    """Gradients scaled by ``min(1, max_norm / (||g|| + 1e-6))``, ``||g||`` over all of them."""
+    from convc.ops.reduce import ReduceAttrs
+    step.max_norm = tg.add_tensor(tg.fresh_name("max_grad_norm"), (1,), np.float32, TensorKind.INPUT).name
+    step.extra_inputs.append(step.max_norm)
+    squares = []
+    for p in step.params:
+        g = step.grads[p]
+        sq = tg.add_op(OpKind.MUL, NoAttrs(), [g, g], [tg.fresh_name(f"{g}.sq")], name=f"{p}.clip.sq").outputs[0]
+        axes = tuple(range(len(tg.tensor(g).shape)))
+        squares.append(tg.add_op(OpKind.REDUCE_SUM, ReduceAttrs(axes, (1,)), [sq], [tg.fresh_name(f"{g}.sumsq")],
+                                 name=f"{p}.clip.sum").outputs[0])
+    total = squares[0] if len(squares) == 1 else \
+        tg.add_op(OpKind.SUM, NoAttrs(), squares, [tg.fresh_name("grad_sumsq")], name="clip.total").outputs[0]
+    norm = tg.add_op(OpKind.SQRT, NoAttrs(), [total], [tg.fresh_name("grad_norm")], name="clip.norm").outputs[0]
+    eps = tg.add_constant(tg.fresh_name("clip.eps"), np.array([1e-6], np.float32)).name
+    one = tg.add_constant(tg.fresh_name("clip.one"), np.array([1.0], np.float32)).name
+    denom = tg.add_op(OpKind.ADD, NoAttrs(), [norm, eps], name="clip.denom").outputs[0]
+    coef = tg.add_op(OpKind.DIV, NoAttrs(), [step.max_norm, denom], name="clip.coef").outputs[0]
+    coef = tg.add_op(OpKind.MIN, NoAttrs(), [coef, one], name="clip.clamped").outputs[0]
+    step.grad_norm = norm
+    tg.outputs = list(tg.outputs) + [norm]
+    return {p: tg.add_op(OpKind.MUL, NoAttrs(), [step.grads[p], coef], [tg.fresh_name(f"{step.grads[p]}.clipped")],
+                         name=f"{p}.clip").outputs[0] for p in step.params}
+
+
 def _append_updates(tg: Graph, step: TrainingStep, optimizer: Any, bn_stats: dict, l1: float, l2: float,
-                    regularize_all: bool) -> None:
-    grads = step.grads
-    ok = tg.add_op(OpKind.ALL_FINITE, NoAttrs(), [step.loss] + [grads[p] for p in step.params],
+                    regularize_all: bool, clip_grad_norm: bool = False) -> None:
+    ok = tg.add_op(OpKind.ALL_FINITE, NoAttrs(), [step.loss] + [step.grads[p] for p in step.params],
                    [tg.fresh_name("ok")], name="all_finite").outputs[0]
+    grads = _clip_gradients(tg, step) if clip_grad_norm and step.params else step.grads
     for p in step.params:
         regularize = regularize_all or step.roles[p] == WEIGHT
         kind, attrs = optimizer.update(l1 if regularize else 0.0, l2 if regularize else 0.0)
