@@ -183,6 +183,16 @@ def _declared(w: _Writer, op: Op) -> None:
     w.node(op.kind.value, inputs, list(op.outputs), op.name, **attributes)
 
 
+@exporter(OpKind.EXPAND)
+def _expand(w: _Writer, op: Op) -> None:
+    shape = list(op.attrs.shape)
+    x = w.graph.tensor(op.inputs[0]).shape
+    if w.reshape_batch and len(x) == len(shape) and shape and shape[0] == x[0]:
+        shape[0] = 1  # a 1 keeps the input's dimension: the batch stays symbolic
+    target = w.constant(f"{op.name}.shape", np.array(shape, dtype=np.int64))
+    w.node("Expand", [op.inputs[0], target], list(op.outputs), op.name)
+
+
 @exporter(OpKind.WHERE)
 def _where(w: _Writer, op: Op) -> None:
     """The 0/1 mask back to ONNX's boolean condition: Cast(mask != 0 as BOOL) (a Cast to BOOL maps non-zero to true)."""

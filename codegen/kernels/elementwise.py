@@ -421,6 +421,12 @@ def emit_broadcast(em: ModuleEmitter, op: Op) -> KernelCall:
     return emit_broadcast_map(em, op, combine)
 
 
+@emitter(OpKind.EXPAND)
+def emit_expand(em: ModuleEmitter, op: Op) -> KernelCall:
+    """A broadcasting copy: the input read with stride 0 along the axes it is broadcast along."""
+    return emit_broadcast_map(em, op, lambda b, vals: vals[0])
+
+
 @emitter(OpKind.WHERE)
 def emit_where(em: ModuleEmitter, op: Op) -> KernelCall:
     """mask != 0 ? x : y, a select: x and y pass bit for bit (NaN, inf and -0.0 too)."""

@@ -78,6 +78,7 @@ class OpKind(enum.Enum):
     PAD = "Pad"
     STRIDED_SLICE = "StridedSlice"  # ONNX Slice with steps or several axes (one unit-step axis imports as SLICE)
     RESIZE = "Resize"
+    EXPAND = "Expand"  # a broadcasting copy to a shape resolved at import
     # reductions
     SOFTMAX = "Softmax"
     LOG_SOFTMAX = "LogSoftmax"

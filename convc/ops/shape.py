@@ -181,3 +181,25 @@ register(OpDef(OpKind.SPLIT, SplitAttrs, split_infer, split_reference, flops=no_
 register(OpDef(OpKind.PAD, PadAttrs, pad_infer, pad_reference, flops=no_flops))
 register(OpDef(OpKind.STRIDED_SLICE, StridedSliceAttrs, strided_slice_infer, strided_slice_reference,
                flops=no_flops))
+
+
+@dataclass(frozen=True)
+class ExpandAttrs:
+    """The input broadcast (numpy's rules) to ``shape``, the output shape resolved at import."""
+    shape: tuple[int, ...]
+
+
+def expand_infer(a: ExpandAttrs, types: Sequence[TensorType]) -> list[TensorType]:
+    check_arity(OpKind.EXPAND, types, 1, 1)
+    x = types[0].shape
+    try:
+        out = tuple(int(d) for d in np.broadcast_shapes(x, a.shape))
+    except ValueError:
+        raise GraphError(f"Expand: shape {x} does not broadcast to {a.shape}") from None
+    if out != tuple(a.shape):
+        raise GraphError(f"Expand: shape {x} broadcast to {a.shape} gives {out}; shape must be the output's")
+    return [TensorType(out, types[0].dtype)]
+
+
+register(OpDef(OpKind.EXPAND, ExpandAttrs, expand_infer, lambda a, x: [np.broadcast_to(x, a.shape).copy()],
+               flops=no_flops))

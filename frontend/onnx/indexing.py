@@ -1,11 +1,11 @@
-"""Expand and Gather on run-time tensors, with a constant shape and constant indices (their all-constant
-forms fold in folding.py), written with the data-movement ops convc compiles:
+"""Expand, Gather and Where on run-time tensors, with a constant shape, constant indices and a constant
+condition (their all-constant forms fold in folding.py):
 
-- Expand: a Reshape view that prepends the new axes, then the Concats of copies Tile uses, one per axis
-  that grows (a mean broadcast back over H and W is two Concats of row copies);
+- Expand: the Expand op, a broadcasting copy (the input read with stride 0 along the axes that grow);
 - Gather along an axis: the indices, in order, cut into runs of consecutive positions, one Slice per run
   (a run covering the whole axis reads the input itself), joined by a Concat along the axis and viewed
-  with the indices' shape (a scalar index drops the axis).
+  with the indices' shape (a scalar index drops the axis);
+- Where: the Where op, a broadcasting select over the condition as a 0/1 mask.
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import numpy as np
 
 from convc.frontend.onnx.context import NodeContext, Unsupported
 from convc.frontend.onnx.registry import converter
-from convc.frontend.onnx.shape import MAX_TILE_COPIES, normalize_axis, tile_concats
+from convc.frontend.onnx.shape import normalize_axis
 from convc.ops import NoAttrs, OpKind
 from convc.ops.elementwise_grad import SliceAttrs
-from convc.ops.shape import ConcatAttrs, ReshapeAttrs
+from convc.ops.shape import ConcatAttrs, ExpandAttrs, ReshapeAttrs
 
 # Gather's indices are copied as at most this many runs (the Concat's inputs)
 MAX_GATHER_RUNS = 4096
@@ -38,15 +38,10 @@ def expand(ctx: NodeContext) -> None:
     ctx.require_float(0)
     if 0 in out:
         raise Unsupported(f"shape={list(target)} makes an empty tensor; convc does not compile zero-size tensors")
-    ranked = (1,) * (len(out) - len(shape)) + tuple(shape)
-    repeats = [o // d for o, d in zip(out, ranked)]
-    if max(repeats) > MAX_TILE_COPIES:
-        raise Unsupported(f"expanding {shape} to {out} copies more than {MAX_TILE_COPIES} times along one axis")
-    value = ctx.inputs[0]
-    if ranked != tuple(shape):
-        value = ctx.add_op(OpKind.RESHAPE, ReshapeAttrs(ranked), [value], [ctx.fresh_tensor("ranked_out")],
-                           name=f"{ctx.name}/ranked")[0]
-    tile_concats(ctx, value, repeats)
+    if out == tuple(shape):
+        ctx.add_op(OpKind.IDENTITY, NoAttrs(), ctx.inputs[:1])
+    else:
+        ctx.add_op(OpKind.EXPAND, ExpandAttrs(out), ctx.inputs[:1])
 
 
 def _runs(indices: list[int]) -> list[tuple[int, int]]:

@@ -85,3 +85,19 @@ def mul_grad(ctx: GradContext, op: Op, dys: list) -> list:
         if ctx.needs(op, i):
             out[i] = reduce_to(ctx, ctx.emit1(OpKind.MUL, NoAttrs(), [dys[0], other]), ctx.shape(mine))
     return out
+
+
+@gradient(OpKind.EXPAND)
+def expand_grad(ctx: GradContext, op: Op, dys: list) -> list:
+    return [reduce_to(ctx, dys[0], ctx.shape(op.inputs[0]))]
+
+
+@gradient(OpKind.WHERE)
+def where_grad(ctx: GradContext, op: Op, dys: list) -> list:
+    """dX = Where(mask, dY, 0) and dY = Where(mask, 0, dY), each summed down to its operand's shape; the
+    mask (a constant) has none."""
+    mask, x, y = op.inputs
+    zero = ctx.g.add_constant(ctx.g.fresh_name(f"{op.name}.zero"), np.zeros((), dtype=ctx.g.tensor(x).dtype)).name
+    dx = ctx.emit1(OpKind.WHERE, NoAttrs(), [mask, dys[0], zero])
+    dy = ctx.emit1(OpKind.WHERE, NoAttrs(), [mask, zero, dys[0]])
+    return [None, reduce_to(ctx, dx, ctx.shape(x)), reduce_to(ctx, dy, ctx.shape(y))]

@@ -39,7 +39,6 @@ NO_GRADIENT = {
     OpKind.MAX: "not needed by the training tests yet",
     OpKind.MIN: "not needed by the training tests yet",
     OpKind.PRELU: "a trainable slope needs its own gradient rule; not written yet",
-    OpKind.WHERE: "not written yet (dx and dy: the gradient masked, summed over broadcast axes)",
     OpKind.LP_POOL: "not needed by the training tests yet",
     OpKind.BATCH_NORM: "training rewrites it to BatchNormTrain, which has the gradient",
     OpKind.LRN: "not needed by the training tests yet",

@@ -51,15 +51,32 @@ def test_gather(axis, indices, threads):
     compiled_matches(m, {"x": x_of(shape)}, threads)
 
 
-def test_expand_of_a_mean_is_a_concat_of_copies():
+def test_expand_of_a_mean_is_one_broadcast_copy_and_exports():
+    from convc.frontend.onnx_export import export_onnx
     m = make_model([helper.make_node("ReduceMean", ["x"], ["m"], axes=[2, 3], keepdims=1),
                     helper.make_node("Expand", ["m", "s"], ["e"]), helper.make_node("Sub", ["x", "e"], ["y"])],
                    {"x": (16, 5, 29, 23)}, ["y"], {"s": np.array([16, 5, 29, 23], np.int64)}, opset=13)
-    kinds = [op.kind for op in import_onnx(m).ops()]
-    assert OpKind.CONCAT in kinds and OpKind.SUB in kinds
+    graph = import_onnx(m)
+    assert [op.kind for op in graph.ops()] == [OpKind.GLOBAL_AVERAGE_POOL, OpKind.EXPAND, OpKind.SUB]
     feeds = {"x": x_of((16, 5, 29, 23))}
-    np.testing.assert_allclose(convc.compile(m, threads=2).run(feeds)["y"], run_onnx(m, feeds)["y"], rtol=1e-5,
-                               atol=1e-6)
+    want = run_onnx(m, feeds)["y"]
+    np.testing.assert_allclose(convc.compile(m, threads=2).run(feeds)["y"], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run_onnx(export_onnx(graph), feeds)["y"], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["Expand", "Where"])
+def test_gradients(kind):
+    """Expand's gradient sums over the broadcast axes; Where's masks dY into X's and Y's parts."""
+    from train.grad_helpers import check_gradient
+    from convc.ops import NoAttrs
+    from convc.ops.shape import ExpandAttrs
+    rng = np.random.default_rng(3)
+    if kind == "Expand":
+        check_gradient(OpKind.EXPAND, ExpandAttrs((2, 3, 5, 4)), [x_of((3, 1, 4))], rng=rng)
+    else:
+        mask = (rng.random((1, 3, 5, 1)) < 0.5).astype(np.float32)
+        check_gradient(OpKind.WHERE, NoAttrs(), [mask, x_of((2, 3, 5, 4)), x_of((3, 1, 4), seed=1)], wrt=(1, 2),
+                       rng=rng)
 
 
 def specials(shape, seed=0):
