@@ -10,6 +10,8 @@ parameter, as in PyTorch; ``convc.Trainer(l1=..., l2=...)`` adds regularization 
 """
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,15 +23,59 @@ from convc.ops.optim import AdagradAttrs, AdamAttrs, MomentumAttrs, RmsPropAttrs
 __all__ = ["SGD", "Adagrad", "Adam", "AdamW", "Optimizer", "RMSprop"]
 
 
+ROLES = ("weight", "bias", "norm")  # the parameter roles a group can name (passes/autodiff/training.py)
+
+
+def _check_groups(groups: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+    out = []
+    for i, g in enumerate(groups or ()):
+        if not isinstance(g, Mapping) or "params" not in g:
+            raise ValueError(f"parameter group {i} must be a dict with 'params' (names or roles {ROLES})")
+        unknown = set(g) - {"params", "weight_decay", "lr_scale"}
+        if unknown:
+            raise ValueError(f"parameter group {i} has unknown keys {sorted(unknown)}; a group sets 'weight_decay' "
+                             "and 'lr_scale' (its learning rate is lr_scale times trainer.lr)")
+        params = [g["params"]] if isinstance(g["params"], str) else [str(p) for p in g["params"]]
+        group: dict[str, Any] = {"params": params}
+        if "weight_decay" in g:
+            if not g["weight_decay"] >= 0:
+                raise ValueError(f"parameter group {i}: weight_decay={g['weight_decay']!r} must be >= 0")
+            group["weight_decay"] = float(g["weight_decay"])
+        if "lr_scale" in g:
+            if not 0 < g["lr_scale"] < float("inf"):
+                raise ValueError(f"parameter group {i}: lr_scale={g['lr_scale']!r} must be positive and finite")
+            group["lr_scale"] = float(g["lr_scale"])
+        out.append(group)
+    return out
+
+
 class Optimizer:
-    """Base class: ``lr`` is the initial learning rate (``trainer.lr`` changes it between steps)."""
+    """Base class: ``lr`` is the initial learning rate (``trainer.lr`` changes it between steps).
+
+    ``groups``: parameter groups, the first that lists a parameter wins, the others use the
+    optimizer's own settings. A group is a dict: ``"params"``, parameter names or roles ("weight":
+    Conv/Gemm/MatMul weights, "bias": their biases and constant Add operands, "norm": BatchNorm's
+    scale and shift); ``"weight_decay"``, the group's; ``"lr_scale"``, its learning rate as a
+    multiple of ``trainer.lr`` (schedules scale every group alike). No decay on biases and BN:
+    ``groups=[{"params": ["bias", "norm"], "weight_decay": 0.0}]``."""
 
     state_names: tuple[str, ...] = ()
 
-    def __init__(self, lr: float):
+    def __init__(self, lr: float, groups: Sequence[Mapping[str, Any]] | None = None):
         if not lr > 0:
             raise ValueError(f"learning rate lr={lr} must be positive")
         self.lr = float(lr)
+        self.groups = _check_groups(groups)
+
+    def for_param(self, name: str, role: str) -> tuple["Optimizer", float]:
+        """The optimizer settings of parameter ``name`` (of ``role``) and its learning-rate scale."""
+        for g in self.groups:
+            if name in g["params"] or role in g["params"]:
+                opt = copy.copy(self)
+                if "weight_decay" in g:
+                    opt.weight_decay = g["weight_decay"]
+                return opt, g.get("lr_scale", 1.0)
+        return self, 1.0
 
     def update(self, l1: float, l2: float) -> tuple[OpKind, Any]:
         """The update op and its attributes for a parameter regularized by ``l1``/``l2`` (on top of
@@ -43,7 +89,7 @@ class Optimizer:
         return list(self.state_names[:attrs.n_states])
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if k != "groups" or v)
         return f"{type(self).__name__}({args})"
 
 
@@ -54,8 +100,8 @@ class SGD(Optimizer):
     state_names = ("momentum_buffer",)
 
     def __init__(self, lr: float, momentum: float = 0.0, nesterov: bool = False, dampening: float = 0.0,
-                 weight_decay: float = 0.0):
-        super().__init__(lr)
+                 weight_decay: float = 0.0, groups: Sequence[Mapping[str, Any]] | None = None):
+        super().__init__(lr, groups)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum > 0 and no dampening")
         self.momentum, self.nesterov, self.dampening = float(momentum), bool(nesterov), float(dampening)
@@ -74,8 +120,9 @@ class Adagrad(Optimizer):
     state_names = ("sum",)
 
     def __init__(self, lr: float = 0.01, lr_decay: float = 0.0, weight_decay: float = 0.0,
-                 initial_accumulator_value: float = 0.0, eps: float = 1e-10):
-        super().__init__(lr)
+                 initial_accumulator_value: float = 0.0, eps: float = 1e-10,
+                 groups: Sequence[Mapping[str, Any]] | None = None):
+        super().__init__(lr, groups)
         self.lr_decay, self.weight_decay = float(lr_decay), float(weight_decay)
         self.initial_accumulator_value, self.eps = float(initial_accumulator_value), float(eps)
 
@@ -91,8 +138,8 @@ class RMSprop(Optimizer):
     squared mean gradient; with momentum the step goes through a momentum buffer)."""
 
     def __init__(self, lr: float = 0.01, alpha: float = 0.99, eps: float = 1e-8, weight_decay: float = 0.0,
-                 momentum: float = 0.0, centered: bool = False):
-        super().__init__(lr)
+                 momentum: float = 0.0, centered: bool = False, groups: Sequence[Mapping[str, Any]] | None = None):
+        super().__init__(lr, groups)
         self.alpha, self.eps, self.weight_decay = float(alpha), float(eps), float(weight_decay)
         self.momentum, self.centered = float(momentum), bool(centered)
 
@@ -111,8 +158,8 @@ class Adam(Optimizer):
     state_names = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
-        super().__init__(lr)
+                 weight_decay: float = 0.0, groups: Sequence[Mapping[str, Any]] | None = None):
+        super().__init__(lr, groups)
         self.betas = (float(betas[0]), float(betas[1]))
         self.eps, self.weight_decay = float(eps), float(weight_decay)
 
@@ -125,8 +172,8 @@ class AdamW(Adam):
     """PyTorch's AdamW: Adam with decoupled weight decay, ``x *= 1 - lr * weight_decay`` each step."""
 
     def __init__(self, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.01):
-        super().__init__(lr, betas, eps, weight_decay)
+                 weight_decay: float = 0.01, groups: Sequence[Mapping[str, Any]] | None = None):
+        super().__init__(lr, betas, eps, weight_decay, groups)
 
     def update(self, l1: float, l2: float) -> tuple[OpKind, Any]:
         b1, b2 = self.betas

@@ -87,6 +87,8 @@ class Trainer:
         self._lr = np.array([self.optimizer.lr], dtype=np.float32)
         self._lr_value = self.optimizer.lr  # the learning rate as set, which _lr holds as float32
         self._state[self.plan.lr] = self._lr
+        for name, scale in self.plan.lr_scales.items():  # parameter groups' learning rates: scale * lr
+            self._state[name] = np.array([self.optimizer.lr * scale], np.float32)
         self.last_grad_norm: float | None = None  # with clip_grad_norm: the global gradient norm of the last step
         if self.plan.max_norm is not None:
             self._state[self.plan.max_norm] = np.zeros(1, np.float32)
@@ -131,6 +133,8 @@ class Trainer:
             raise InputError(f"learning rate {value!r} must be a finite, non-negative number")
         self._lr[0] = value
         self._lr_value = float(value)
+        for name, scale in self.plan.lr_scales.items():
+            self._state[name][0] = value * scale
 
     @property
     def clip_grad_norm(self) -> float | None:
@@ -379,7 +383,7 @@ class Trainer:
                 raise CheckpointError(f"{path}: {e}") from None
         for n, v in arrays.items():
             self._state[self.plan.max_norm if n == "max_grad_norm" else n][...] = v
-        self._lr_value = float(header["lr"]) if np.float32(header["lr"]) == self._lr[0] else float(self._lr[0])
+        self.lr = float(header["lr"]) if np.float32(header["lr"]) == self._lr[0] else float(self._lr[0])
         self.initial_lr = header.get("initial_lr")
 
     @classmethod

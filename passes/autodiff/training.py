@@ -58,6 +58,7 @@ ROLES: dict[tuple[OpKind, int], str] = {
     (OpKind.ADD, 0): BIAS, (OpKind.ADD, 1): BIAS, (OpKind.SUM, 0): BIAS, (OpKind.SUM, 1): BIAS,
 }
 _PRIORITY = {WEIGHT: 0, BIAS: 1, NORM: 2, RUNNING: 3}
+ROLE_NAMES = (WEIGHT, BIAS, NORM)  # what a parameter group of convc.optim may name besides parameters
 
 
 @dataclass
@@ -81,6 +82,7 @@ class TrainingStep:
     grad_norm: str | None = None     # clip_grad_norm: the global gradient norm (an output)
     max_norm: str | None = None      # clip_grad_norm: the (1,) float32 input of the clipping threshold
     extra_inputs: list[str] = field(default_factory=list)      # run-time (1,) inputs after the state
+    lr_scales: dict[str, float] = field(default_factory=dict)  # parameter groups: lr input -> its scale of lr
 
     def owner(self, op: Op) -> tuple[str, str]:
         """(layer, phase) of an op of the step: the forward op it belongs to (or "loss", "step") and
@@ -307,9 +309,23 @@ def _append_updates(tg: Graph, step: TrainingStep, optimizer: Any, bn_stats: dic
     ok = tg.add_op(OpKind.ALL_FINITE, NoAttrs(), [step.loss] + [step.grads[p] for p in step.params],
                    [tg.fresh_name("ok")], name="all_finite").outputs[0]
     grads = _clip_gradients(tg, step) if clip_grad_norm and step.params else step.grads
+    listed = {n for g in getattr(optimizer, "groups", []) for n in g["params"]} - set(ROLE_NAMES)
+    if listed - set(step.params):
+        raise GraphError(f"parameter groups name {sorted(listed - set(step.params))}, which are not trainable "
+                         f"parameters of the model (it has {step.params[:8]}{' ...' if len(step.params) > 8 else ''})")
+    group_lrs: dict[float, str] = {}
     for p in step.params:
         regularize = regularize_all or step.roles[p] == WEIGHT
-        kind, attrs = optimizer.update(l1 if regularize else 0.0, l2 if regularize else 0.0)
+        opt, scale = optimizer.for_param(p, step.roles[p]) if hasattr(optimizer, "for_param") else (optimizer, 1.0)
+        kind, attrs = opt.update(l1 if regularize else 0.0, l2 if regularize else 0.0)
+        lr = step.lr
+        if scale != 1.0:  # the group's learning rate: another run-time input, scale * lr
+            if scale not in group_lrs:
+                group_lrs[scale] = tg.add_tensor(tg.fresh_name(f"lr.x{scale:g}"), (1,), np.float32,
+                                                 TensorKind.INPUT).name
+                step.extra_inputs.append(group_lrs[scale])
+                step.lr_scales[group_lrs[scale]] = scale
+            lr = group_lrs[scale]
         x = tg.tensor(p)
         state = []
         for label, init in zip(optimizer.state_labels(attrs), optimizer.initial_state(x.data, attrs)):
@@ -317,7 +333,7 @@ def _append_updates(tg: Graph, step: TrainingStep, optimizer: Any, bn_stats: dic
         step.state[p] = state
         step.state_labels[p] = optimizer.state_labels(attrs)
         outs = [tg.fresh_name(f"{p}.new")] + [tg.fresh_name(f"{s}.new") for s in state]
-        tg.add_op(kind, attrs, [step.lr, step.step, ok, p, grads[p]] + state, outs, name=f"{p}.update")
+        tg.add_op(kind, attrs, [lr, step.step, ok, p, grads[p]] + state, outs, name=f"{p}.update")
     for bn, (mean, var, bmean, binvstd) in bn_stats.items():
         bn_op = tg.op(bn)
         x = tg.tensor(bn_op.inputs[0])
