@@ -126,7 +126,8 @@ def test_pattern_matches_onnxruntime(pattern, threads):
     m = PATTERNS[pattern]()
     shape = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    want = onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    session = onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = session.run(None, {"x": x})[0]
     got = convc.compile(m, threads=threads).run({"x": x})
     (got,) = got.values()
     assert got.shape == want.shape

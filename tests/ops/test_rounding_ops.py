@@ -49,7 +49,8 @@ def test_against_onnxruntime(op, threads):
     shape = (16, 3, 29, 23)
     m = model(op, shape)
     x = values(shape)
-    want = onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    session = onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    want = session.run(None, {"x": x})[0]
     got = convc.compile(m, threads=threads).run({"x": x})["y"]
     same_bits(got, want)
     same_bits(got, OPS[op][1](x))
