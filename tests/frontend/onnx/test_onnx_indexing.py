@@ -127,3 +127,18 @@ def test_where_folds_when_x_and_y_are_constants_too():
                    {"x": (2, 3)}, ["y"], {"c": np.array([True, False, True]), "a": np.ones(3, np.float32),
                                           "b": np.zeros(3, np.float32)}, opset=13)
     assert [op.kind for op in import_onnx(m).ops()] == [OpKind.ADD]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gather_of_channels_between_convs(threads):
+    """Channels picked (reordered, repeated) from a conv's output for the next conv: the Slices and the Concat of a
+    channels-last producer."""
+    rng = np.random.default_rng(4)
+    inits = {"w": rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "i": np.array([5, 6, 7, 0, 3, 3], np.int64),
+             "v": rng.standard_normal((4, 6, 1, 1)).astype(np.float32)}
+    m = make_model([helper.make_node("Conv", ["x", "w"], ["h"], pads=[1, 1, 1, 1]),
+                    helper.make_node("Gather", ["h", "i"], ["g"], axis=1), helper.make_node("Conv", ["g", "v"], ["y"])],
+                   {"x": (16, 3, 29, 23)}, ["y"], inits, opset=13)
+    feeds = {"x": x_of((16, 3, 29, 23))}
+    np.testing.assert_allclose(convc.compile(m, threads=threads).run(feeds)["y"], run_onnx(m, feeds)["y"], rtol=1e-5,
+                               atol=1e-5)
