@@ -63,7 +63,10 @@ class Trainer:
     ``optimizer``: from ``convc.optim`` (default SGD(0.01)). ``l1``/``l2``: regularization of the
     weights of Conv/Gemm/MatMul (not biases or BN parameters unless ``regularize_all``).
     ``seed``: seeds Dropout's counter-based generator (a run is reproducible). ``threads``: worker
-    threads of the native step (default: every core); results do not depend on it."""
+    threads of the native step (default: every core); results do not depend on it.
+    ``clip_grad_norm``: clip the gradients to this global L2 norm in the step (PyTorch's
+    ``clip_grad_norm_``); ``trainer.clip_grad_norm`` changes it at run time, ``last_grad_norm``
+    is the norm of the last step. ``save``/``load_state``/``Trainer.load``: checkpoints."""
 
     def __init__(self, model: Any, *, input_shape: Sequence[int], loss: str = "cross_entropy",
                  optimizer: Optimizer | None = None, l1: float = 0.0, l2: float = 0.0, seed: int = 0,
