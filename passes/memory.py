@@ -312,11 +312,14 @@ def best_fit_repaired(ranges: list[LiveRange], bound: int, rounds: int = 64) -> 
 def writes_strided(g: Graph, op: Op, t: str, view: View) -> bool:
     """``op``'s kernel can write its output ``t`` as ``view``, rows apart (codegen/kernels/shape.py
     for Concat and Transpose; the channels-last implicit-GEMM and Winograd convs store pixel rows
-    ``ldc`` apart when one row is one pixel's channels and no residual is read in C's layout)."""
+    ``ldc`` apart when one row is one pixel's channels and no residual is read in C's layout, and so
+    do the channels-last max and average pools)."""
     if op.kind in (OpKind.CONCAT, OpKind.TRANSPOSE):
         return True
     if op.kind is OpKind.CONV and op.attrs.algorithm in STRIDED_CONV_OUTPUT:
         return not op.attrs.epilogue.residual and view.run == g.tensor(t).shape[-1]
+    if op.kind in (OpKind.MAX_POOL, OpKind.AVERAGE_POOL) and op.attrs.channels_last:  # kernels/pool_nhwc.py
+        return view.run == g.tensor(t).shape[-1]
     return False
 
 

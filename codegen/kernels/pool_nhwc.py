@@ -150,6 +150,7 @@ class _PoolRow:
     oy: ir.Value
     inputs: list[ir.Value] | None  # per kernel row: the start of the input row it reads (None: taps in loops)
     yrow: ir.Value
+    ldc: int                 # floats between output pixels
 
     @property
     def start(self) -> float:
@@ -174,6 +175,11 @@ def emit_pool_channels_last(em: ModuleEmitter, op: Op) -> KernelCall:
         args.append(em.scratch(scratch, per_thread=True))
     fn, b = em.function(op.name, len(args), parallel=True)
     x, y = fn.args[0], fn.args[1]
+    # Y's pixels are C floats apart, or a Concat's row apart when the pool writes its slice of the
+    # Concat's output in place (passes/memory.py writes_strided: Inception's pool branch, DenseNet's
+    # transition); the masked stores of a partial vector leave the neighbours' channels alone
+    view = em.plan.memory.view(op.outputs[0], em.tensor(op.outputs[0]).size)
+    ldc = g.c if view.contiguous else view.stride
     fill = None
     if scratch:
         fill = em.thread_scratch(b, fn.args[len(args) - 1], scratch, fn.args[-2])
@@ -183,7 +189,7 @@ def emit_pool_channels_last(em: ModuleEmitter, op: Op) -> KernelCall:
     with for_range(b, hi, start=lo, name="row") as row:
         image, oy = b.udiv(row, i64(g.oh)), b.urem(row, i64(g.oh))
         inputs = [tap_rows(b, x, fill, g, image, oy, kh) for kh in range(g.kh)] if unrolled else None
-        r = _PoolRow(b, em.gemm, g, is_max, x, fill, image, oy, inputs, gep(b, y, b.mul(row, i64(g.ow * g.c))))
+        r = _PoolRow(b, em.gemm, g, is_max, x, fill, image, oy, inputs, gep(b, y, b.mul(row, i64(g.ow * ldc))), ldc)
         inv_row = None if is_max else b.load(gep(b, fn.args[2], oy), typ=ir.FloatType())
         for run in runs:
             scale = None if is_max else em.gemm.splat(b, b.fmul(inv_row, f32(1.0 / max(run.count, 1))))
@@ -207,7 +213,7 @@ def _pixel(r: _PoolRow, run: Run, ox: ir.Value, scale: ir.Value | None) -> None:
             sums = [_window_unrolled(r, at, run, v, valid) for v, valid in enumerate(valids)]
         else:
             sums = _window_loops(r, at, run, valids)
-        out = b.add(b.mul(ox, i64(g.c)), off)
+        out = b.add(b.mul(ox, i64(r.ldc)), off)
         for v, (s, valid) in enumerate(zip(sums, valids)):
             gm.vstore(b, s if scale is None else b.fmul(s, scale), gep(b, r.yrow, b.add(out, i64(v * gm.isa.width))),
                       valid)
