@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import llvmlite.binding as llvm
@@ -85,13 +87,40 @@ def machine_code(ir_text: str, target: Target | None = None, *, pic: bool = Fals
         mod.link_in(parse(text, target, tm))
     if progress:
         progress("LLVM optimization")
-    optimize(mod, tm, speed=speed)
+    with still_running(progress, "LLVM optimization"):
+        optimize(mod, tm, speed=speed)
     if link is not None:
         extra = parse(link, target, tm)
         mod.link_in(extra)
     if progress:
         progress("LLVM machine code")
-    return tm.emit_object(mod)
+    with still_running(progress, "LLVM machine code"):
+        return tm.emit_object(mod)
+
+
+HEARTBEAT = 2.0  # seconds between progress lines while LLVM runs (here and in codegen/llvm_pool.py)
+
+
+@contextmanager
+def still_running(progress, what: str):
+    """A progress line every HEARTBEAT seconds while one long LLVM call runs (the AOT build compiles
+    its module in one piece: DenseNet-121's took tens of seconds). llvmlite releases the GIL inside
+    LLVM, so a thread can speak meanwhile."""
+    if not progress:
+        yield
+        return
+    stop, start = threading.Event(), time.perf_counter()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT):
+            progress(f"{what}: {time.perf_counter() - start:.0f} s so far")
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 _OBJECTS = b"CONVCOBJ"  # several object files in one: magic, u32 count, u64 sizes, the files

@@ -7,7 +7,7 @@ free. ``CONVC_COMPILE_JOBS`` sets how many compile at once (default: the CPUs th
 on); small models compile in the calling process alone, where a worker would cost more than it
 saves. A worker that dies hands its module back to the calling process.
 
-While LLVM runs, ``progress`` gets a line at least every ``HEARTBEAT`` seconds: modules done, the
+While LLVM runs, ``progress`` gets a line at least every ``jit.HEARTBEAT`` seconds: modules done, the
 share of the code compiled and an estimate of the time left (from the rate so far).
 """
 from __future__ import annotations
@@ -22,12 +22,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from convc.codegen import kernel_cache, llvm_worker
-from convc.codegen.jit import init_llvm
+from convc.codegen import jit, kernel_cache, llvm_worker
 from convc.codegen.split import SplitModule
 from convc.errors import CompileError
 
-HEARTBEAT = 2.0  # seconds between progress lines while LLVM runs
 PARALLEL_MIN_CHARS = 300_000  # IR text below which one process compiles everything
 
 
@@ -191,7 +189,7 @@ def compile_modules(modules: list[SplitModule], target, cache_root: Path | None 
     stop = threading.Event()
 
     def heartbeat() -> None:
-        while not stop.wait(HEARTBEAT):
+        while not stop.wait(jit.HEARTBEAT):
             with lock:
                 done, chars = state["done"], state["chars"]
             elapsed = time.perf_counter() - start
@@ -202,7 +200,7 @@ def compile_modules(modules: list[SplitModule], target, cache_root: Path | None 
     threads = [threading.Thread(target=remote, daemon=True) for _ in range(workers - 1)]
     if progress and todo:
         threads.append(threading.Thread(target=heartbeat, daemon=True))
-    init_llvm()
+    jit.init_llvm()
     for t in threads:
         t.start()
     try:

@@ -190,7 +190,7 @@ def test_compile_jobs_must_be_a_positive_count(monkeypatch, value):
 
 @pytest.mark.slow
 def test_progress_while_llvm_runs(monkeypatch):
-    monkeypatch.setattr(llvm_pool, "HEARTBEAT", 0.005)
+    monkeypatch.setattr(jit, "HEARTBEAT", 0.005)
     monkeypatch.setenv("CONVC_COMPILE_JOBS", "1")
     lines = []
     convc.compile(residual_net(3), threads=2, cache=False, progress=lines.append)
@@ -206,3 +206,13 @@ def test_packed_objects_round_trip_and_refuse_damage():
     assert jit.unpack_objects(objs[0]) == [objs[0]] and jit.pack_objects(objs[:1]) == objs[0]
     with pytest.raises(ValueError):
         jit.unpack_objects(packed[:-1])
+
+
+def test_progress_while_an_ahead_of_time_build_runs_llvm(monkeypatch):
+    """A shared library's module compiles in one piece: a line still comes every HEARTBEAT seconds."""
+    monkeypatch.setattr(jit, "HEARTBEAT", 0.005)
+    native = emit_module(planned(residual_net(2)), threads=2)
+    lines = []
+    jit.machine_code(str(native.ir_module), progress=lines.append)
+    assert lines[0] == "LLVM optimization" and "LLVM machine code" in lines
+    assert any(line.startswith("LLVM optimization: ") and line.endswith("s so far") for line in lines), lines
