@@ -307,27 +307,47 @@ def entry_artifact(data: bytes):
     return JitArtifact(*read_entry(buf))
 
 
-def store(root: Path, key: str, meta: dict, obj: bytes, constants: list, aliases: tuple[str, ...] = ()) -> Path:
+def store(root: Path, key: str, meta: dict, obj: bytes, constants: list, aliases: tuple[str, ...] = (),
+          signatures: dict | None = None) -> Path:
     """Write an entry (atomically) bound to ``key`` and to the source ``aliases``, then the aliases'
     files; returns the entry's path."""
     folder = private_dir(_entries(root), root=root)
     path = folder / f"{key}.entry"
     created = (meta.get("cache") or {}).get("created") or time.time()
-    binding = {"key": key, "sources": sorted(set(aliases)), "created": created}
+    # per source alias, the input signature convc.compile read from that ONNX source (declared
+    # dimensions): a warm compile takes it from here and never imports the onnx package
+    known = {**((meta.get("cache") or {}).get("signatures") or {}), **(signatures or {})}
+    binding = {"key": key, "sources": sorted(set(aliases)), "created": created,
+               "signatures": {a: known[a] for a in sorted(set(aliases)) if a in known}}
     atomic_write(path, lambda f: write_entry(f, meta, obj, constants, binding))
     for alias in aliases:
         atomic_write(folder / f"src-{alias}", key.encode())
     return path
 
 
-def add_alias(root: Path, key: str, artifact, alias: str) -> None:
+def add_alias(root: Path, key: str, artifact, alias: str, signature: dict | None = None) -> None:
     """Let ``alias`` name the entry ``key`` (whose contents are ``artifact``): the entry is rewritten
-    with the alias inside its checksummed JSON, unless it is there already."""
-    sources = (artifact.meta.get("cache") or {}).get("sources") or []
-    if alias in sources:
+    with the alias (and the input ``signature`` of its source) inside its checksummed JSON, unless
+    it is there already."""
+    binding = artifact.meta.get("cache") or {}
+    sources = binding.get("sources") or []
+    if alias in sources and (signature is None or alias in (binding.get("signatures") or {})):
         atomic_write(private_dir(_entries(root), root=root) / f"src-{alias}", key.encode())
     else:
-        store(root, key, artifact.meta, artifact.obj, artifact.constants, (*sources, alias))
+        store(root, key, artifact.meta, artifact.obj, artifact.constants, (*sources, alias),
+              {alias: signature} if signature is not None else None)
+
+
+def source_signature(artifact, alias: str) -> dict | None:
+    """The input signature stored for source ``alias`` (input -> dimensions), or None."""
+    sig = ((artifact.meta.get("cache") or {}).get("signatures") or {}).get(alias)
+    if not isinstance(sig, dict):
+        return None
+    try:
+        return {str(n): tuple(d if d is None or isinstance(d, (int, str)) else int(d) for d in dims)
+                for n, dims in sig.items()}
+    except (TypeError, ValueError):
+        return None
 
 
 def _discard(path: Path, why: str) -> None:
@@ -548,9 +568,10 @@ def engine_for(artifact: JitArtifact):
 
 
 def compile_plan(plan, options: CompileOptions, *, progress: Callable[[str], None] | None = None,
-                 alias: str | None = None) -> JitArtifact:
+                 alias: str | None = None, signature: dict | None = None) -> JitArtifact:
     """JIT-compile a planned graph through the cache: a hit reads the stored artifact, a miss
-    generates it (and stores it when caching is on). ``alias`` (a source hash) will also name the entry."""
+    generates it (and stores it when caching is on). ``alias`` (a source hash) will also name the
+    entry, with ``signature`` (the source's declared input dimensions) stored for it."""
     root = cache_dir(options.cache)
     key = None
     if root is not None:
@@ -561,7 +582,7 @@ def compile_plan(plan, options: CompileOptions, *, progress: Callable[[str], Non
             if progress:
                 progress(f"compile cache hit {key[:12]} ({(time.perf_counter() - t) * 1e3:.0f} ms)")
             if alias:
-                _safe(lambda: add_alias(root, key, art, alias))
+                _safe(lambda: add_alias(root, key, art, alias, signature))
             return art
         if progress:
             progress("compile cache miss: generating code")
@@ -577,7 +598,8 @@ def compile_plan(plan, options: CompileOptions, *, progress: Callable[[str], Non
     meta = metadata(native, resolve_target("native"), *specs, g.metadata, {"instrumented": bool(options.instrument)})
     art = JitArtifact(meta, obj, used_constants(native), native.arena_steps)
     if root is not None:
-        _safe(lambda: store(root, key, meta, obj, art.constants, (alias,) if alias else ()))
+        _safe(lambda: store(root, key, meta, obj, art.constants, (alias,) if alias else (),
+                            {alias: signature} if alias and signature is not None else None))
         if progress:
             progress(f"compile cache: stored {key[:12]}")
         _safe(lambda: prune(root))

@@ -187,7 +187,8 @@ def compile_plan(plan, options: CompileOptions, *, progress: Progress = None,
     the training state) through the compile cache (``alias`` is a source hash that will also name
     the entry) into a CompiledModel."""
     from convc.codegen.cache import compile_plan as compile_artifact
-    artifact = compile_artifact(plan, options, progress=progress, alias=alias)
+    artifact = compile_artifact(plan, options, progress=progress, alias=alias,
+                                signature=dict(signature) if signature is not None and alias else None)
     return model_from_artifact(artifact, threads=options.threads, graph=plan.graph, respecialize=respecialize,
                                override=override, signature=signature)
 
@@ -244,6 +245,54 @@ def warm_model(model: ModelSource, batch: int | None, input_shape: Any, options:
     return hit, alias
 
 
+def _variants(model: ModelSource, batch: int | None, input_shape: Any, fixed: dict, free: dict,
+              options: CompileOptions, onnx_source: bool):
+    """(respecialize, override) of a compiled model: the compiles on first use for new input shapes
+    (symbolic dimensions ``free``) and for overridden ONNX initializers."""
+    def variant(shapes: dict | None, runtime: frozenset[str]) -> CompiledModel:
+        if onnx_source:
+            graph = load_graph(model, batch, input_shape, runtime, input_shapes={**fixed, **(shapes or {})} or None)
+        else:  # a Module: only its batch is free
+            graph = load_graph(model, next(iter(shapes.values()))[0] if shapes else batch, input_shape, runtime)
+        return compile_graph(graph, options,
+                             override=(lambda names: variant(shapes, runtime | names)) if onnx_source else None)
+    respecialize = None
+    if (batch is None and is_nn_module(model)) or free:
+        def respecialize(shapes: dict) -> CompiledModel:
+            return variant(shapes, frozenset())
+    override = (lambda names: variant(None, names)) if onnx_source else None
+    return respecialize, override
+
+
+def _warm_with_stored_signature(model: ModelSource, batch: int | None, input_shape: Any, options: CompileOptions,
+                                progress: Progress) -> CompiledModel | None:
+    """The cached model of an ONNX source compiled before with the same options, rebuilt from its
+    entry and the input signature stored with it; None on a miss or when no signature is stored."""
+    from convc.codegen.cache import cache_dir, cached_artifact, environment, source_key, source_signature
+    root = cache_dir(options.cache)
+    if root is None:
+        return None
+    env = environment(options.threads) | {"winograd": options.winograd, "precision": options.precision}
+    alias = source_key(model, batch, input_shape, env)
+    if alias is None:
+        return None
+    try:
+        art = cached_artifact(root, alias, progress)
+        signature = None if art is None else source_signature(art, alias)
+        if signature is None:
+            return None
+        free = {n: dims for n, dims in signature.items() if any(not isinstance(d, int) for d in dims)}
+        respecialize, override = _variants(model, batch, input_shape, {}, free, options, True)
+
+        def graph_factory():  # runs later, when something reads the graph: with this compile's options
+            from convc.passes.pipeline import pipeline
+            return pipeline(load_graph(model, batch, input_shape), options=options).graph
+        return model_from_artifact(art, threads=options.threads, graph_factory=graph_factory,
+                                   respecialize=respecialize, override=override, signature=signature)
+    except Exception:  # noqa: BLE001  anything unusable: the full path looks again and says why
+        return None
+
+
 def compile_model(model: ModelSource, options: CompileOptions, *, batch: int | None = None, input_shape: Any = None,
                   input_shapes: Any = None, progress: Progress = None) -> CompiledModel:
     """``convc.compile`` once its options are resolved: the cache's fast path, else import, passes
@@ -259,20 +308,15 @@ def compile_model(model: ModelSource, options: CompileOptions, *, batch: int | N
     if input_shapes is not None and not onnx_source:
         raise InputError("input_shapes= fixes the symbolic dimensions of an ONNX model's inputs; a convc.nn "
                          "Module takes input_shape=, a Graph's shapes are fixed")
+    if onnx_source and input_shapes is None:
+        # the cache's fastest path: the input signature stored with the entry, so a warm compile
+        # neither imports the onnx package (about 1 s) nor parses the model
+        hit = _warm_with_stored_signature(model, batch, input_shape, options, progress)
+        if hit is not None:
+            return hit
     fixed, signature, outputs = input_signature(model, batch, input_shapes) if onnx_source else ({}, None, [])
     free = {n: dims for n, dims in (signature or {}).items() if any(not isinstance(d, int) for d in dims)}
-
-    def variant(shapes: dict | None, runtime: frozenset[str]) -> CompiledModel:
-        if onnx_source:
-            graph = load_graph(model, batch, input_shape, runtime, input_shapes={**fixed, **(shapes or {})} or None)
-        else:  # a Module: only its batch is free
-            graph = load_graph(model, next(iter(shapes.values()))[0] if shapes else batch, input_shape, runtime)
-        return compile_graph(graph, options,
-                             override=(lambda names: variant(shapes, runtime | names)) if onnx_source else None)
-    respecialize = None
-    if (batch is None and is_nn_module(model)) or free:
-        def respecialize(shapes: dict) -> CompiledModel:
-            return variant(shapes, frozenset())
+    respecialize, override = _variants(model, batch, input_shape, fixed, free, options, onnx_source)
     if any(not isinstance(d, int) for dims in free.values() for d in dims[1:]):
         # a free height or width has no default to compile first: the first run compiles for its shapes
         name = Path(model).stem if isinstance(model, (str, os.PathLike)) else "model"
@@ -281,7 +325,6 @@ def compile_model(model: ModelSource, options: CompileOptions, *, batch: int | N
                                                            f"fed (symbolic: {shown})"),
                              threads=options.threads, respecialize=respecialize, signature=signature,
                              outputs=outputs)
-    override = (lambda names: variant(None, names)) if onnx_source else None
     hit, alias = warm_model(model, batch, input_shape, options, progress, respecialize, override,
                             input_shapes=fixed or None, signature=signature)
     if hit is not None:

@@ -379,3 +379,32 @@ def test_damaged_pickles_of_jit_models_are_refused(lenet_jit):
               "constants": [None if c is None else c.reshape(-1)[:3] for c in art.constants]}
     with pytest.raises(convc.LoadError, match="pickled by an older convc"):
         restore(legacy, threads)
+
+
+def test_a_warm_compile_reads_the_input_signature_from_the_entry(cache, tmp_path):
+    """The second compile of an ONNX file takes its inputs' declared dimensions from the cache
+    entry: it neither imports the onnx package (about a second) nor parses the model, and the
+    model still knows its symbolic batch (get_inputs, a new batch compiled on first use)."""
+    import onnx.helper as oh
+    from onnx import TensorProto, numpy_helper
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 1, 3, 3)).astype(np.float32), "w")
+    g = oh.make_graph([oh.make_node("Conv", ["x", "w"], ["y"], pads=[1] * 4)], "symbolic_batch",
+                      [oh.make_tensor_value_info("x", TensorProto.FLOAT, ("N", 1, 9, 7))],
+                      [oh.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w])
+    model = oh.make_model(g, opset_imports=[oh.make_opsetid("", 13)])
+    model.ir_version = 8
+    path = tmp_path / "symbolic_batch.onnx"
+    onnx.save(model, path)
+    convc.compile(path)
+    script = (
+        "import sys, numpy as np, convc\n"
+        f"m = convc.compile({str(path)!r}, progress=print)\n"
+        "print('onnx imported:', 'onnx' in sys.modules)\n"
+        "print('signature:', {n: list(d) for n, d in m._signature.items()})\n"
+        "print('batch 3:', m(np.ones((3, 1, 9, 7), np.float32)).shape)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "CONVC_CACHE_DIR": str(cache), "CONVC_NO_CACHE": ""})
+    assert done.returncode == 0, done.stderr
+    assert "compile cache hit" in done.stdout and "onnx imported: False" in done.stdout, done.stdout
+    assert "signature: {'x': ['N', 1, 9, 7]}" in done.stdout and "batch 3: (3, 4, 9, 7)" in done.stdout, done.stdout
