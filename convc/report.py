@@ -417,9 +417,14 @@ def _layer_axis(ax: Any, p: Profile) -> None:
 
 def plot(p: Profile, path: str | Path) -> Path:
     """Write MACs (and time) per layer as bars and the memory plan over time to a .png or .svg."""
+    return _save(plot_figure, p, path)
+
+
+def _save(figure: Any, p: Any, path: str | Path) -> Path:
+    """Draw ``figure(p)`` into the .png or .svg ``path`` (checked first) and close it."""
     path = check_plot_path(path)
     import matplotlib.pyplot as plt
-    fig = plot_figure(p)
+    fig = figure(p)
     fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -577,12 +582,7 @@ def train_by_op_csv(p: Any, top: int | None = None) -> str:
 
 def plot_train(p: Any, path: str | Path) -> Path:
     """``convc profile --train --plot``: the training step's MACs (and times) per layer and its memory."""
-    path = check_plot_path(path)
-    import matplotlib.pyplot as plt
-    fig = plot_train_figure(p)
-    fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(plot_train_figure, p, path)
 
 
 def plot_train_figure(p: Any) -> Any:
