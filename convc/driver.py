@@ -212,21 +212,30 @@ def compile_graph(graph: Graph, options: CompileOptions, *, progress: Progress =
                         respecialize=respecialize, override=override, alias=alias, signature=signature)
 
 
-def warm_model(model: ModelSource, batch: int | None, input_shape: Any, options: CompileOptions,
-               progress: Progress = None, respecialize=None, override=None, input_shapes=None, signature=None):
-    """``convc.compile``'s fast path: (the cached model named by the source's hash or None, that hash).
-
-    The hash covers the ONNX bytes and every option; the returned model's ``graph`` is rebuilt
-    (import and passes, no codegen) only when something reads it."""
-    from convc.codegen.cache import CacheWarning, cache_dir, cached_artifact, environment, source_key
-    root = cache_dir(options.cache)
-    if root is None or isinstance(model, Graph):
-        return None, None
+def source_alias(model: ModelSource, batch: int | None, input_shape: Any, input_shapes: Any,
+                 options: CompileOptions) -> str | None:
+    """The compile cache's name for this source compiled with these options (a hash of the model's
+    bytes; None for a source that cannot be hashed cheaply)."""
+    from convc.codegen.cache import environment, source_key
     # the options that change the plan besides the threads: a Winograd or bf16 compile is another entry
     env = environment(options.threads) | {"winograd": options.winograd, "precision": options.precision}
     # fixed input shapes are part of the key (left out without any, so earlier entries stay valid)
     shape_key = (input_shape, sorted(input_shapes.items())) if input_shapes else input_shape
-    alias = source_key(model, batch, shape_key, env)
+    return source_key(model, batch, shape_key, env)
+
+
+def warm_model(model: ModelSource, batch: int | None, input_shape: Any, options: CompileOptions,
+               progress: Progress = None, respecialize=None, override=None, input_shapes=None, signature=None,
+               alias: str | None = None):
+    """``convc.compile``'s fast path: (the cached model named by the source's hash or None, that hash).
+
+    The hash covers the ONNX bytes and every option (``alias``: already computed); the returned
+    model's ``graph`` is rebuilt (import and passes, no codegen) only when something reads it."""
+    from convc.codegen.cache import CacheWarning, cache_dir, cached_artifact
+    root = cache_dir(options.cache)
+    if root is None or isinstance(model, Graph):
+        return None, None
+    alias = alias or source_alias(model, batch, input_shape, input_shapes, options)
     if alias is None:
         return None, None
 
@@ -265,22 +274,22 @@ def _variants(model: ModelSource, batch: int | None, input_shape: Any, fixed: di
 
 
 def _warm_with_stored_signature(model: ModelSource, batch: int | None, input_shape: Any, options: CompileOptions,
-                                progress: Progress) -> CompiledModel | None:
-    """The cached model of an ONNX source compiled before with the same options, rebuilt from its
-    entry and the input signature stored with it; None on a miss or when no signature is stored."""
-    from convc.codegen.cache import cache_dir, cached_artifact, environment, source_key, source_signature
+                                progress: Progress) -> tuple[CompiledModel | None, str | None]:
+    """(the cached model of an ONNX source compiled before with the same options, rebuilt from its
+    entry and the input signature stored with it, or None; the source's cache alias, which the
+    full path reuses instead of hashing the model again)."""
+    from convc.codegen.cache import cache_dir, cached_artifact, source_signature
     root = cache_dir(options.cache)
     if root is None:
-        return None
-    env = environment(options.threads) | {"winograd": options.winograd, "precision": options.precision}
-    alias = source_key(model, batch, input_shape, env)
+        return None, None
+    alias = source_alias(model, batch, input_shape, None, options)
     if alias is None:
-        return None
+        return None, None
     try:
         art = cached_artifact(root, alias, progress)
         signature = None if art is None else source_signature(art, alias)
         if signature is None:
-            return None
+            return None, alias
         free = {n: dims for n, dims in signature.items() if any(not isinstance(d, int) for d in dims)}
         respecialize, override = _variants(model, batch, input_shape, {}, free, options, True)
 
@@ -288,9 +297,9 @@ def _warm_with_stored_signature(model: ModelSource, batch: int | None, input_sha
             from convc.passes.pipeline import pipeline
             return pipeline(load_graph(model, batch, input_shape), options=options).graph
         return model_from_artifact(art, threads=options.threads, graph_factory=graph_factory,
-                                   respecialize=respecialize, override=override, signature=signature)
+                                   respecialize=respecialize, override=override, signature=signature), alias
     except Exception:  # noqa: BLE001  anything unusable: the full path looks again and says why
-        return None
+        return None, alias
 
 
 def compile_model(model: ModelSource, options: CompileOptions, *, batch: int | None = None, input_shape: Any = None,
@@ -308,10 +317,11 @@ def compile_model(model: ModelSource, options: CompileOptions, *, batch: int | N
     if input_shapes is not None and not onnx_source:
         raise InputError("input_shapes= fixes the symbolic dimensions of an ONNX model's inputs; a convc.nn "
                          "Module takes input_shape=, a Graph's shapes are fixed")
+    known_alias = None
     if onnx_source and input_shapes is None:
         # the cache's fastest path: the input signature stored with the entry, so a warm compile
         # neither imports the onnx package (about 1 s) nor parses the model
-        hit = _warm_with_stored_signature(model, batch, input_shape, options, progress)
+        hit, known_alias = _warm_with_stored_signature(model, batch, input_shape, options, progress)
         if hit is not None:
             return hit
     fixed, signature, outputs = input_signature(model, batch, input_shapes) if onnx_source else ({}, None, [])
@@ -326,7 +336,7 @@ def compile_model(model: ModelSource, options: CompileOptions, *, batch: int | N
                              threads=options.threads, respecialize=respecialize, signature=signature,
                              outputs=outputs)
     hit, alias = warm_model(model, batch, input_shape, options, progress, respecialize, override,
-                            input_shapes=fixed or None, signature=signature)
+                            input_shapes=fixed or None, signature=signature, alias=None if fixed else known_alias)
     if hit is not None:
         return hit
     graph = load_shaped(model, batch, input_shape, fixed)
