@@ -25,6 +25,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --prune: the size to prune to (e.g. 2G, 500M; default CONVC_CACHE_MAX_BYTES or 4G)")
 
 
+def _shown(text: str) -> str:
+    """A name from a model as printed text: characters that are not printable (a terminal escape in
+    a hostile graph name) are written as escapes, not sent to the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _ago(t: float | None, now: float) -> str:
     if t is None:
         return "?"
@@ -64,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
         models = sorted((i for i in items if i.kind == "model"), key=lambda i: -i.last_use)
         kernels = [i for i in items if i.kind == "kernel"]
         rows = [("model", "inputs", "size", "age", "last use")]
-        rows += [(i.name, i.inputs, mb(i.size), _ago(i.created, now), _ago(i.last_use, now)) for i in models]
+        rows += [(_shown(i.name), _shown(i.inputs), mb(i.size), _ago(i.created, now), _ago(i.last_use, now))
+                 for i in models]
         widths = [max(len(r[c]) for r in rows) for c in range(5)]
         for r in rows:
             print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())

@@ -122,3 +122,15 @@ def test_cache_command_lists_and_prunes(root, capsys):
     assert "is not a size" in capsys.readouterr().err
     assert main(["cache", "--clear"]) == 0
     assert cache.usage(root) == (0, 0) and kernel_cache.files(root) == []
+
+
+def test_cache_list_escapes_names_from_the_model(root, capsys):
+    """A graph or input name is data: a terminal escape in it is printed escaped, not sent raw."""
+    m = conv_net("net\x1b[2J\x07", 8)
+    m.graph.input[0].name = "x\x1b[31m"
+    m.graph.node[0].input[0] = "x\x1b[31m"
+    convc.compile(m)
+    assert main(["cache", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "net\\x1b[2J\\x07" in out and "x\\x1b[31m 2x3x19x17" in out
