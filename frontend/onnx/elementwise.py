@@ -146,8 +146,13 @@ def dropout_ratio_attribute(ctx: NodeContext) -> None:
 
 @converter("Dropout", since=12)
 def dropout_ratio_input(ctx: NodeContext) -> None:
-    if ctx.has_input(2) and bool(np.asarray(ctx.constant(2)).reshape(-1)[0]):
-        raise Unsupported("training_mode=True; convc imports Dropout for inference only")
+    """training_mode=True (PyTorch's TrainingMode.TRAINING export) imports as the same op: the training step
+    drops (DropoutTrain), inference does not, as PyTorch's eval() does. Its mask is drawn at run time, so
+    a graph that reads it is not supported."""
+    training = ctx.has_input(2) and bool(np.asarray(ctx.constant(2)).reshape(-1)[0])
+    if training and ctx.output_used(1):
+        raise Unsupported("training_mode=True with its mask output used; convc draws the mask inside its training "
+                          "step and does not expose it as a tensor")
     _dropout(ctx)
 
 

@@ -1,4 +1,4 @@
-"""BatchNormalization, inference form (running statistics), LRN, LayerNormalization and InstanceNormalization."""
+"""BatchNormalization (running statistics at inference, batch statistics in the training step; either mode imports), LRN, LayerNormalization and InstanceNormalization."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,14 +15,16 @@ from convc.ops.shape import ReshapeAttrs
 def batch_norm(ctx: NodeContext) -> None:
     if ctx.opset < 7 and not int(ctx.attr("is_test", 0)):
         raise Unsupported("is_test=0 (BatchNormalization-6 in training mode); convc imports the inference form")
-    if ctx.attr("training_mode", 0) != 0:
-        raise Unsupported("training_mode=1 normalizes with batch statistics; convc imports the inference form")
+    # training_mode=1 (PyTorch's TrainingMode.TRAINING export) imports as the same op: the training step
+    # normalizes every BatchNormalization with batch statistics and updates the running ones
+    # (passes/autodiff/training.py), inference reads the running statistics, as PyTorch's eval() does
     if ctx.attr("spatial", 1) != 1:
         raise Unsupported("spatial=0 (statistics per activation, not per channel) is not supported")
     used = [ctx.output_names[i] if i < len(ctx.output_names) else f"#{i}"
             for i in range(1, len(ctx.outputs)) if ctx.output_used(i)]
     if used:
-        raise Unsupported(f"the optional outputs {used} are used; they exist only in training")
+        raise Unsupported(f"the optional outputs {used} are used; convc updates the running statistics inside "
+                          "its training step and does not expose them as tensors")
     ctx.require_float()
     ctx.add_op(OpKind.BATCH_NORM, ctx.parse(BatchNormAttrs), ctx.inputs[:5])
 

@@ -94,13 +94,15 @@ def test_dropout_ratio(opset, ratio_attr, ratio, expected):
     assert op.kind is OpKind.DROPOUT and op.attrs.ratio == pytest.approx(expected)
 
 
-def test_dropout_training_mode_false_imports():
-    graph = check_model(dropout_model(13, ratio=0.4, training=False))
-    assert count(graph, OpKind.DROPOUT) == 1
+@pytest.mark.parametrize("training", [False, True])
+def test_dropout_training_mode_imports(training):
+    """Either mode is one Dropout op: the training step drops, inference does not."""
+    graph = import_onnx(dropout_model(13, ratio=0.4, training=training))
+    assert count(graph, OpKind.DROPOUT) == 1 and graph.op("drop").attrs.ratio == pytest.approx(0.4)
 
 
 @pytest.mark.parametrize("model,reason", [
-    (dropout_model(13, ratio=0.4, training=True), "training_mode=True"),
+    (dropout_model(13, ratio=0.4, training=True, mask_used=True), "training_mode=True with its mask output used"),
 ])
 def test_dropout_unsupported(model, reason):
     with pytest.raises(UnsupportedOpError, match=r"node 'drop': Dropout \(opset \d+\): .*" + reason):

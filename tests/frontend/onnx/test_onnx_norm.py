@@ -30,13 +30,20 @@ def test_batch_norm(opset, x_shape):
     assert op.kind is OpKind.BATCH_NORM and op.attrs.epsilon == pytest.approx(1e-3)
 
 
+@pytest.mark.parametrize("opset", [14, 15])
+def test_batch_norm_training_mode_imports(opset):
+    """PyTorch's training-mode export: the same op (batch statistics are the training step's business)."""
+    graph = import_onnx(bn_model(opset, training_mode=1, momentum=0.8))
+    op = graph.op("bn")
+    assert op.kind is OpKind.BATCH_NORM and op.attrs.momentum == pytest.approx(0.8)
+
+
 def test_batch_norm_spatial_1_of_old_opsets():
     check_model(bn_model(7, spatial=1))
 
 
 @pytest.mark.parametrize("model,reason", [
     (bn_model(7, spatial=0), "spatial=0"),
-    (bn_model(15, training_mode=1), "training_mode=1 normalizes with batch statistics"),
     (bn_model(9, outputs=("Y", "mean_out", "var_out")), r"optional outputs \['mean', 'var'\] are used"),
     (bn_model(14, outputs=("Y", "running_mean", "")), r"optional outputs \['running_mean'\] are used"),
 ])
