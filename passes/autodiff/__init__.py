@@ -1,7 +1,31 @@
 """Training passes: reverse-mode differentiation (one gradient rule per op family, registered by
-the import line below), and the training step built on it (``training.py``)."""
+the import line below), and the training step built on it (``training.py``).
+
+Every op convc compiles forward has a gradient rule (``GRADIENTS``) or is listed in
+``NOT_DIFFERENTIABLE`` with the reason; tests/train/test_grad_coverage.py fails on an op with neither.
+"""
 # registration: one import line per family
-from convc.passes.autodiff import conv, elementwise, gemm, norm, pool, shape, softmax  # noqa: F401
+from convc.passes.autodiff import conv, elementwise, gemm, norm, pool, reduce, shape, softmax  # noqa: F401
 from convc.passes.autodiff.core import GRADIENTS, GradContext, backward, gradient
 
-__all__ = ["GRADIENTS", "GradContext", "backward", "gradient"]
+from convc.ops import OpGroup, OpKind
+
+_TRAINING_OP = ("an op of the training step itself (training-mode forward, gradient, loss or optimizer update); "
+                "the step is differentiated once, so nothing differentiates it again")
+
+# op kind -> why it has no gradient rule (backward raises GraphError naming the node if one is reached)
+NOT_DIFFERENTIABLE: dict[OpKind, str] = {
+    OpKind.LRN: "local response normalization (AlexNet, GoogLeNet v1) is not differentiated: no network trained "
+                "today uses it; export with BatchNormalization, or train the model elsewhere",
+    OpKind.IM2COL: "created by the lowering pass, which runs after autodiff: the training step differentiates "
+                   "the Conv it replaces",
+    OpKind.ROUND_BF16: "created by the bf16 precision pass for inference; convc trains in float32",
+    **{k: _TRAINING_OP for k in OpGroup.TRAINING - GRADIENTS.keys()},
+}
+# int8 models (convc/ops/quant.py): a quantized tensor is integer, so it has no gradient; convc trains
+# float32 models (quantization-aware training with a straight-through estimator is not supported)
+NOT_DIFFERENTIABLE |= {OpKind[name]: "quantizes to or from int8 (integer tensors have no gradient; convc trains "
+                                     "float32 models, quantization-aware training is not supported)"
+                       for name in ("QUANTIZE_LINEAR", "DEQUANTIZE_LINEAR") if name in OpKind.__members__}
+
+__all__ = ["GRADIENTS", "NOT_DIFFERENTIABLE", "GradContext", "backward", "gradient"]

@@ -1,15 +1,79 @@
-"""BatchNormalization in training mode: one op gives dX, dscale and dB from the saved batch statistics."""
+"""Normalizations. BatchNormalization in training mode: one op gives dX, dscale and dB from the saved
+batch statistics; with frozen statistics (the inference form) it is a per-channel affine map.
+LayerNormalization (and InstanceNormalization and GroupNormalization, which import as it): the
+statistics recomputed from X by reductions, then the usual formula
+dX = invstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)) with dxhat = dY Scale, per row."""
 from __future__ import annotations
 
+import numpy as np
 from convc.passes.autodiff.core import GradContext, gradient
+from convc.passes.autodiff.elementwise import binary, const, reduce_to, scale
 
 from convc.ir import Op
-from convc.ops import OpKind
+from convc.ops import NoAttrs, OpKind
+from convc.ops.reduce import ReduceAttrs
+from convc.ops.shape import ReshapeAttrs
 
 
 @gradient(OpKind.BATCH_NORM_TRAIN)
 def batch_norm_grad(ctx: GradContext, op: Op, dys: list) -> list:
-    x, scale, _ = op.inputs
+    x, scale_, _ = op.inputs
     _, mean, invstd = op.outputs
-    dx, dscale, dbias = ctx.emit(OpKind.BATCH_NORM_GRAD, op.attrs, [x, scale, mean, invstd, dys[0]])
+    dx, dscale, dbias = ctx.emit(OpKind.BATCH_NORM_GRAD, op.attrs, [x, scale_, mean, invstd, dys[0]])
     return [dx, dscale, dbias]
+
+
+@gradient(OpKind.LAYER_NORM)
+def layer_norm_grad(ctx: GradContext, op: Op, dys: list) -> list:
+    x, gamma = op.inputs[0], op.inputs[1]
+    shape = ctx.shape(x)
+    axes = tuple(range(op.attrs.axis, len(shape)))
+    keepdims = shape[:op.attrs.axis] + (1,) * len(axes)
+    n = int(np.prod(shape[op.attrs.axis:], dtype=np.int64))
+
+    def row_mean(t: str) -> str:
+        return scale(ctx, ctx.emit1(OpKind.REDUCE_SUM, ReduceAttrs(axes, keepdims), [t]), 1.0 / n)
+
+    centered = binary(ctx, OpKind.SUB, x, row_mean(x))
+    variance = row_mean(binary(ctx, OpKind.MUL, centered, centered))
+    std = ctx.emit1(OpKind.SQRT, NoAttrs(), [binary(ctx, OpKind.ADD, variance, const(ctx, x, op.attrs.epsilon, "eps"))])
+    invstd = ctx.emit1(OpKind.RECIPROCAL, NoAttrs(), [std])
+    xhat = binary(ctx, OpKind.MUL, centered, invstd)
+    out: list = [None] * len(op.inputs)
+    if ctx.needs(op, 0):
+        dxhat = binary(ctx, OpKind.MUL, dys[0], gamma)
+        projected = binary(ctx, OpKind.MUL, xhat, row_mean(binary(ctx, OpKind.MUL, dxhat, xhat)))
+        inner = binary(ctx, OpKind.SUB, binary(ctx, OpKind.SUB, dxhat, row_mean(dxhat)), projected)
+        out[0] = binary(ctx, OpKind.MUL, inner, invstd)
+    if ctx.needs(op, 1):
+        out[1] = reduce_to(ctx, binary(ctx, OpKind.MUL, dys[0], xhat), ctx.shape(gamma))
+    if len(op.inputs) > 2 and ctx.needs(op, 2):
+        out[2] = reduce_to(ctx, dys[0], ctx.shape(op.inputs[2]))
+    return out
+
+
+@gradient(OpKind.BATCH_NORM)
+def frozen_batch_norm_grad(ctx: GradContext, op: Op, dys: list) -> list:
+    """The inference form, y = (x - mean) invstd scale + B with the running statistics held fixed (a model
+    fine-tuned with frozen BatchNorm; the training step otherwise uses BatchNormTrain): per channel, dX =
+    dY scale invstd, dscale = sum(dY xhat), dB = sum(dY). The statistics get no gradient."""
+    x, gamma, beta, mean, var = op.inputs
+    rank = len(ctx.shape(x))
+    c = ctx.shape(x)[1]
+    per_channel = (c,) + (1,) * (rank - 2)
+
+    def channels(t: str) -> str:
+        return ctx.emit1(OpKind.RESHAPE, ReshapeAttrs(per_channel), [t])
+
+    std = ctx.emit1(OpKind.SQRT, NoAttrs(), [binary(ctx, OpKind.ADD, var, const(ctx, var, op.attrs.epsilon, "eps"))])
+    invstd = channels(ctx.emit1(OpKind.RECIPROCAL, NoAttrs(), [std]))
+    out: list = [None] * 5
+    if ctx.needs(op, 0):
+        out[0] = binary(ctx, OpKind.MUL, dys[0], binary(ctx, OpKind.MUL, channels(gamma), invstd))
+    if ctx.needs(op, 1):
+        xhat = binary(ctx, OpKind.MUL, binary(ctx, OpKind.SUB, x, channels(mean)), invstd)
+        out[1] = ctx.emit1(OpKind.RESHAPE, ReshapeAttrs((c,)),
+                           [reduce_to(ctx, binary(ctx, OpKind.MUL, dys[0], xhat), per_channel)])
+    if ctx.needs(op, 2):
+        out[2] = ctx.emit1(OpKind.RESHAPE, ReshapeAttrs((c,)), [reduce_to(ctx, dys[0], per_channel)])
+    return out
