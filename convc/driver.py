@@ -174,7 +174,8 @@ def restore_model(state: dict, threads: int | None) -> CompiledModel:
         artifact = entry_artifact(state["entry"])
     except (CorruptEntry, KeyError, TypeError, ValueError) as e:
         raise LoadError(f"cannot unpickle the compiled model: its code and weights are damaged ({e})") from None
-    return model_from_artifact(artifact, threads=threads)
+    from convc.model import adopt_pickled
+    return adopt_pickled(model_from_artifact(artifact, threads=threads), state)
 
 
 # --- JIT compiles ----------------------------------------------------------------------------------
@@ -360,6 +361,9 @@ def build_library(model: ModelSource, output, options: CompileOptions, *, batch:
     if progress:
         progress("import")
     plan = pipeline(load_shaped(model, batch, input_shape, input_shapes), progress=progress, options=options)
+    if batch is None and not input_shapes and (is_nn_module(model) or has_dynamic_batch(model)):
+        # the source's batch is free: convc.load runs any batch in chunks of the compiled one (convc/model.py)
+        plan.graph.metadata["free_batch"] = True
     return build_plan(plan, output, options, progress=progress, header=header)
 
 

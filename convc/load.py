@@ -215,8 +215,11 @@ def load(path: str | os.PathLike, *, threads: int | None = None):
     graph_meta = meta.get("graph_metadata")
     graph = LazyGraph(str(meta.get("name", "model")), graph_meta if isinstance(graph_meta, dict) else None,
                       why_not=f"it was loaded from the compiled library {info.path}")
+    # a library of a source with a free batch runs any batch in chunks of its compiled batch
+    free = isinstance(graph_meta, dict) and graph_meta.get("free_batch") is True and info.inputs
+    signature = {info.inputs[0].name: (None, *info.inputs[0].shape[1:])} if free else None
     model = CompiledModel(runner, graph, threads=threads, artifact=LibraryArtifact(info.path, info.digest),
-                          restore=_restore)
+                          restore=_restore, signature=signature)
     model.library = info.path
     model.metadata = meta
     return model
@@ -459,7 +462,8 @@ def _restore(state: dict, threads: int | None):
     """Unpickle a CompiledModel loaded from a library: load it again; no compilation happens."""
     kind = state.get("kind") if isinstance(state, dict) else None
     if kind == "library":
-        return load(_library_copy(state), threads=threads)
+        from convc.model import adopt_pickled
+        return adopt_pickled(load(_library_copy(state), threads=threads), state)
     if kind in ("jit-entry", "jit"):  # JIT models pickled before they named the driver's restore_model
         from convc.driver import restore_model
         return restore_model(state, threads)

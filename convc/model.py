@@ -204,9 +204,74 @@ class CompiledModel:
         return self._variants[key]
 
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        if self._respecialize is None and self._free:
+            chunked = self._run_chunked(feeds)
+            if chunked is not None:
+                return chunked
         model = self._variant_for(feeds)._override_for(feeds)
         outs = model._runner.run(model._runner.check(feeds))
         return {s.name: o for s, o in zip(model._runner.outputs, outs)}
+
+    def _batch_variants(self) -> dict[int, "CompiledModel"]:
+        """The compiled code by batch size: this model's own and its variants that differ from it
+        only in the batch."""
+        own = {s.name: s.shape for s in self._runner.inputs}
+        found = {self.batch: self}
+        for key, variant in self._variants.items():
+            shapes = dict(key)
+            if all(n in own and s[1:] == own[n][1:] for n, s in shapes.items()):
+                found.setdefault(shapes[next(iter(shapes))][0], variant)
+        return found
+
+    def _run_chunked(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray] | None:
+        """A model that cannot compile (unpickled, or loaded from a library) fed a batch it has no
+        code for: the batch runs in chunks over the compiled batch sizes (``chunk_plan``) and the
+        outputs are concatenated; None when the feed is not such a batch (the input check says why)."""
+        if any(i != 0 for dims in self._free.values() for i, d in enumerate(dims) if not isinstance(d, int)):
+            return None  # chunking splits the batch only
+        shapes = self._fed_shapes(feeds)
+        if not shapes or len({s[0] for s in shapes.values()}) != 1:
+            return None
+        n = next(iter(shapes.values()))[0]
+        variants = self._batch_variants()
+        own = {s.name: s.shape for s in self._runner.inputs}
+        if n < 1 or any(s[1:] != own[name][1:] for name, s in shapes.items()):
+            return None
+        if n in variants:
+            return None if variants[n] is self else variants[n].run(feeds)
+        if any(not o.shape or o.shape[0] != self.batch for o in self._runner.outputs):
+            raise InputError(f"{self._describe(shapes)}: this model has code for batches "
+                             f"{sorted(variants)} only and cannot compile here (it was unpickled or loaded), and its "
+                             "outputs are not batch-first, so it cannot run the batch in chunks")
+        parts: list[list[np.ndarray]] = []
+        for start, count, size in chunk_plan(n, list(variants)):
+            chunk = {}
+            for name, a in feeds.items():
+                if name in shapes:
+                    a = np.asarray(a)[start:start + count]
+                    if count < size:
+                        a = np.concatenate([a, np.zeros((size - count,) + a.shape[1:], a.dtype)])
+                chunk[name] = a
+            out = variants[size].run(chunk)
+            parts.append([o[:count] for o in out.values()])
+        names = [s.name for s in self._runner.outputs]
+        return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
+
+    def compile_batches(self, *sizes: int) -> "CompiledModel":
+        """Compile the batch variants ``sizes`` now (a model with a free batch), so that a pickle of
+        this model carries them: unpickled where nothing compiles, it runs any batch in chunks of
+        the sizes it has. Returns the model."""
+        if self._runner is None or set(self._free) != {self._runner.inputs[0].name} or \
+                any(not isinstance(d, int) for d in self._free[self._runner.inputs[0].name][1:]):
+            raise InputError("compile_batches needs a compiled model whose batch (only) is free (batch=None)")
+        if self._respecialize is None:
+            raise InputError("this model cannot compile (it was unpickled or loaded from a library); compile the "
+                             "batches before pickling it")
+        spec = self._runner.inputs[0]
+        for size in sizes:
+            n = int(size)
+            self._variant_for({spec.name: np.broadcast_to(np.float32(0), (n,) + spec.shape[1:])})
+        return self
 
     def run_timed(self, feeds: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """Outputs plus seconds per layer (op name -> s); needs ``compile_graph(..., instrument=True)``."""
@@ -231,7 +296,9 @@ class CompiledModel:
         """Pickle by value, for worker processes (multiprocessing, Ray, Dask): a JIT model as its
         machine code and weights, a model from ``convc.load`` as its library; unpickling loads the
         code without compiling (``restore``: convc/driver.py for JIT code, convc/load.py
-        for a library). Variants compiled on first use are not included."""
+        for a library). A model with a free batch also carries its input signature and the batch
+        variants it compiled so far (``compile_batches``): unpickled, it runs any batch over them
+        (``_run_chunked``), since a worker has no source to compile from."""
         artifact, restore = getattr(self, "_artifact", None), getattr(self, "_restore", None)
         if getattr(self, "_runner", True) is None:
             raise TypeError("this CompiledModel cannot be pickled: it has no code yet (its input shapes are "
@@ -239,4 +306,38 @@ class CompiledModel:
         if artifact is None or restore is None:
             raise TypeError("this CompiledModel cannot be pickled: only models from convc.compile and convc.load "
                             "carry their compiled code")
-        return restore, (artifact.state(), self.threads)
+        state = artifact.state()
+        if self._free:
+            state = {**state, "signature": self._signature,
+                     "variants": [(key, v) for key, v in self._variants.items() if v._runner is not None]}
+        return restore, (state, self.threads)
+
+
+def adopt_pickled(model: CompiledModel, state: Mapping[str, Any]) -> CompiledModel:
+    """Give a model just restored from ``state`` (``CompiledModel.__reduce__``) the free input
+    signature and the batch variants it was pickled with; it cannot compile others."""
+    signature = state.get("signature")
+    if not isinstance(signature, dict):
+        return model
+    model._signature = dict(signature)
+    model._free = {n: dims for n, dims in model._signature.items() if any(not isinstance(d, int) for d in dims)}
+    for key, variant in state.get("variants") or ():
+        if isinstance(variant, CompiledModel) and variant._runner is not None:
+            model._variants[tuple(key)] = variant
+    return model
+
+
+def chunk_plan(n: int, sizes: Sequence[int]) -> list[tuple[int, int, int]]:
+    """How a batch of ``n`` runs on code compiled for the batch ``sizes``: (start, count, size)
+    chunks, each the largest compiled size that fits what is left; a rest smaller than every size
+    runs padded with zeros on the smallest (samples never mix, so padding changes no result)."""
+    sizes = sorted(set(sizes))
+    plan, start = [], 0
+    while start < n:
+        rest = n - start
+        fits = [s for s in sizes if s <= rest]
+        size = fits[-1] if fits else sizes[0]
+        count = min(size, rest)
+        plan.append((start, count, size))
+        start += count
+    return plan
