@@ -33,7 +33,7 @@ from convc.limits import check_size, positive_int
 from convc.optim import SGD, Optimizer
 from convc.model import CompiledModel
 from convc.options import resolve_options
-from convc.passes.autodiff.training import TrainingStep, build_training
+from convc.passes.autodiff.training import SplitStep, TrainingStep, build_split, build_training
 from convc.runtime import dtype_error
 
 __all__ = ["CheckpointError", "GradcheckResult", "Trainer", "TrainingError", "gradcheck"]
@@ -101,6 +101,10 @@ class Trainer:
         self._steps: dict[int, tuple[TrainingStep, CompiledModel]] = {}
         self._evals: dict[int, CompiledModel] = {}
         self._timings: dict[int, dict[str, float]] = {}  # batch -> seconds per kernel of its last step
+        self._splits: dict[int, tuple[SplitStep, CompiledModel, CompiledModel]] = {}
+        self._gradients: np.ndarray | None = None  # compute_gradients' buffer, made on first use
+        self._grad_loss = np.zeros(1, np.float32)  # the loss the gradients in the buffer were computed with
+        self._grads_pending: int | bool = False
         self._compile_step(self.input_shape[0], self.plan)
 
     # --- compiled variants ---------------------------------------------------------------------------
@@ -221,6 +225,91 @@ class Trainer:
             raise TrainingError(f"step {before + 1}: {what}; the weights and optimizer state were not updated "
                                 f"(lower the learning rate, or check the inputs for NaN/inf)")
         return loss
+
+    # --- the step in two calls: gradients, then the update ----------------------------------------------
+    @property
+    def gradients(self) -> np.ndarray:
+        """Every parameter's gradient in one contiguous float32 array (1-D), the native buffer itself:
+        ``compute_gradients`` writes it and ``apply_gradients`` reads it, so anything done to it in
+        between (an allreduce across replicas, a scaling) is what the update sees. Parameter ``p``
+        is ``gradients[gradient_slices[p]].reshape(shape of p)``; each starts 64-byte aligned, and
+        the few padding elements between them stay 0."""
+        self._gradient_buffer()
+        return self._gradients
+
+    @property
+    def gradient_slices(self) -> dict[str, slice]:
+        """Parameter name -> its slice of ``gradients`` (in ``parameters`` order)."""
+        self._gradient_buffer()
+        return dict(self._slices)
+
+    def _gradient_buffer(self) -> None:
+        if self._gradients is not None:
+            return
+        align = 16  # float32 elements in 64 bytes: every parameter's gradient starts 64-byte aligned
+        self._slices: dict[str, slice] = {}
+        at = 0
+        for p in self.plan.params:
+            size = int(self._state[p].size)
+            self._slices[p] = slice(at, at + size)
+            at += -(-size // align) * align
+        raw = np.zeros(at + align, np.float32)
+        skip = (-raw.ctypes.data % 64) // 4
+        self._gradients = raw[skip:skip + at]
+
+    def _split_at(self, batch: int) -> tuple[SplitStep, CompiledModel, CompiledModel]:
+        if batch not in self._splits:
+            fwd = self.forward if batch == self.input_shape[0] else self._forward_at(batch)
+            split = build_split(fwd, **self._options)
+            self._gradient_buffer()
+            for p, buf in split.buffers.items():
+                self._state[buf] = self._gradients[self._slices[p]].reshape(self._state[p].shape)
+            for name in split.saved:  # BatchNorm batch statistics: the same small arrays at every batch size
+                if name not in self._state:
+                    self._state[name] = np.zeros(split.compute.graph.tensor(name).shape, np.float32)
+            self._splits[batch] = (split, compile_bound(split.compute, self._state, self._compile_options),
+                                   compile_bound(split.apply, self._state, self._compile_options))
+        return self._splits[batch]
+
+    def compute_gradients(self, x: Any, y: Any, accumulate: bool = False) -> float:
+        """Forward, loss and backward on the batch (x, y) into ``trainer.gradients``; returns the loss.
+        Nothing of the training state changes until ``apply_gradients``.
+
+        ``accumulate=True`` adds the gradients to those already in the buffer (the compiled step
+        always adds, ``buffer += g``; without ``accumulate`` the buffer is zeroed first, a memset).
+        Each call's gradients are of its batch's mean loss, so k micro-batches summed are k times
+        the gradient of their union: scale ``trainer.gradients`` by 1/k before ``apply_gradients``
+        to train as on the whole batch. BatchNorm's running statistics are updated (by
+        ``apply_gradients``) from the last call's batch statistics."""
+        x = self._check_x(x)
+        split, compute, _ = self._split_at(x.shape[0])
+        y = self._check_y(y, x.shape[0], self.plan)
+        if not accumulate or not self._grads_pending:
+            self._gradients.fill(0.0)
+            self._grad_loss[0] = 0.0
+        for name in split.saved:
+            self._state[name].fill(0.0)
+        loss = compute.run({split.names.x: x, split.names.labels: y})[split.names.loss][0]
+        self._grad_loss += loss
+        self._grads_pending = x.shape[0]  # the batch whose apply step (its BatchNorm count) runs next
+        return float(loss)
+
+    def apply_gradients(self) -> None:
+        """The optimizer update from ``trainer.gradients``, natively: the finite check (of the loss
+        and the buffer), gradient clipping, every parameter's update, BatchNorm's running
+        statistics and the step counter, exactly as ``step`` applies them (``compute_gradients``
+        then ``apply_gradients`` leave the same weights, bit for bit). Raises TrainingError, leaving
+        the state unchanged, when the loss or a gradient is not finite."""
+        if not self._grads_pending:
+            raise InputError("apply_gradients: no gradients to apply; call compute_gradients first")
+        split, _, apply = self._splits[self._grads_pending]
+        out = apply.run({split.names.loss: self._grad_loss})
+        self._grads_pending = False
+        if split.grad_norm is not None:
+            self.last_grad_norm = float(out[split.grad_norm][0])
+        if out[split.ok][0] != 1.0:
+            raise TrainingError(f"step {self.steps_done + 1}: the loss is {float(self._grad_loss[0])} or a gradient is "
+                                "not finite; the weights and optimizer state were not updated")
 
     def timings(self) -> dict[str, float]:
         """Seconds per kernel of the last step (``Trainer(..., instrument=True)``)."""

@@ -38,6 +38,7 @@ from convc.ops import NoAttrs, OpGroup, OpKind
 from convc.ops.elementwise_grad import DropoutTrainAttrs
 from convc.ops.epilogue import NO_EPILOGUE
 from convc.ops.norm_grad import RunningUpdateAttrs
+from convc.ops.optim import SgdAttrs
 
 LOSSES = {
     "cross_entropy": (OpKind.SOFTMAX_CROSS_ENTROPY, OpKind.SOFTMAX_CROSS_ENTROPY_GRAD),
@@ -222,17 +223,9 @@ def attach_loss(tg: Graph, output: str, loss: str) -> tuple[str, str, str, str]:
     return labels, op.outputs[0], logits, logits
 
 
-def build_training(forward: Graph, *, loss: str, optimizer: Any = None, seed: int = 0, l1: float = 0.0,
-                   l2: float = 0.0, regularize_all: bool = False, trainable: set[str] | None = None,
-                   clip_grad_norm: bool = False) -> TrainingStep:
-    """Plan the training step of ``forward`` (one input, one output, batch fixed).
-
-    ``optimizer`` is a ``convc.optim`` optimizer; None builds the gradient step (outputs: the loss,
-    then every parameter's gradient). ``l1``/``l2`` regularize the weights (every parameter with
-    ``regularize_all``). ``trainable`` restricts which constants train (default: all of them).
-    ``clip_grad_norm`` (with an optimizer) scales the gradients by ``min(1, max_norm / (norm +
-    1e-6))`` before the updates, PyTorch's ``clip_grad_norm_``: ``norm`` is the global L2 norm of
-    every gradient, a second output of the step, and ``max_norm`` an input read at run time."""
+def _differentiated(forward: Graph, loss: str, seed: int,
+                    trainable: set[str] | None) -> tuple[Graph, TrainingStep, dict]:
+    """The forward in training mode, the loss and the backward pass; the step's names (unplanned)."""
     if len(forward.inputs) != 1 or len(forward.outputs) != 1:
         raise GraphError(f"convc trains models with one input and one output, {forward.name!r} has inputs "
                          f"{forward.inputs} and outputs {forward.outputs}")
@@ -254,16 +247,128 @@ def build_training(forward: Graph, *, loss: str, optimizer: Any = None, seed: in
     running = [t for stats in bn_stats.values() for t in stats[:2]]
     step = TrainingStep(Plan(tg, [], None), x_name, labels, lr, "step", loss_name, logits, params,
                         {t: roles[t] for t in params + running}, running, grads=dict(grads), forward_ops=forward_ops)
+    return tg, step, bn_stats
+
+
+def build_training(forward: Graph, *, loss: str, optimizer: Any = None, seed: int = 0, l1: float = 0.0,
+                   l2: float = 0.0, regularize_all: bool = False, trainable: set[str] | None = None,
+                   clip_grad_norm: bool = False) -> TrainingStep:
+    """Plan the training step of ``forward`` (one input, one output, batch fixed).
+
+    ``optimizer`` is a ``convc.optim`` optimizer; None builds the gradient step (outputs: the loss,
+    then every parameter's gradient). ``l1``/``l2`` regularize the weights (every parameter with
+    ``regularize_all``). ``trainable`` restricts which constants train (default: all of them).
+    ``clip_grad_norm`` (with an optimizer) scales the gradients by ``min(1, max_norm / (norm +
+    1e-6))`` before the updates, PyTorch's ``clip_grad_norm_``: ``norm`` is the global L2 norm of
+    every gradient, a second output of the step, and ``max_norm`` an input read at run time."""
+    tg, step, bn_stats = _differentiated(forward, loss, seed, trainable)
     if optimizer is None:
-        tg.outputs = [loss_name] + [grads[p] for p in params]
+        tg.outputs = [step.loss] + [step.grads[p] for p in step.params]
     else:
         _append_updates(tg, step, optimizer, bn_stats, l1, l2, regularize_all, clip_grad_norm)
-    tg.inputs = [x_name, labels, lr, "step"] + params + running + [s for p in params for s in step.state.get(p, [])]
+    tg.inputs = [step.x, step.labels, step.lr, "step"] + step.params + step.running + \
+        [s for p in step.params for s in step.state.get(p, [])]
     for name in tg.inputs[3:]:
         step.initial[name] = tg.tensor(name).data
     tg.inputs += step.extra_inputs  # run-time scalars the caller sets (max_norm, the lr of a parameter group)
     step.plan = pipeline(tg, variant=TRAINING_STEP)  # the state read at run time, the updates last and in place
     return step
+
+
+@dataclass
+class SplitStep:
+    """The training step in two native calls around one gradient buffer (``Trainer.compute_gradients``
+    and ``apply_gradients``), so that something can act on the gradients in between (an allreduce
+    across replicas, the sum of micro-batches).
+
+    ``compute`` runs the forward, the loss and the backward pass and ADDS every parameter's gradient
+    into its buffer (the caller zeroes the buffers to start a new sum); it also copies each
+    BatchNorm's batch mean and inverse std into ``saved`` buffers (zeroed by the caller before
+    every call, so they hold the last batch's). Inputs: ``[x, labels, step] + params + buffers +
+    saved``; output: the loss.
+
+    ``apply`` is the fused step's tail, the same ops in the same order on the same names, except
+    that it reads the gradients and batch statistics from those buffers and the loss from an
+    input: finite check (of the loss and the buffers), clipping, the optimizer updates, the
+    running-statistics update and the step counter. Inputs: ``[loss, lr, step] + params + running
+    + optimizer state + buffers + saved + extra inputs``; outputs: ``ok`` (1.0 when applied), then
+    the gradient norm with clipping. Parameter, state and input names are the fused step's."""
+    names: TrainingStep               # the fused step's names (params, state, lr, extra inputs, ...)
+    compute: Plan
+    apply: Plan
+    buffers: dict[str, str]           # parameter -> its gradient buffer (an input of both plans)
+    saved: list[str]                  # BatchNorm batch statistics copied for the running update
+    ok: str
+    grad_norm: str | None = None
+
+
+# The gradient buffers are written with an SGD update of learning rate -1, always applied:
+# buffer - (-1) * g is buffer + g exactly, in place over the buffer (passes/training_state.py).
+_ACCUMULATE_LR, _ALWAYS = np.array([-1.0], np.float32), np.array([1.0], np.float32)
+
+
+def build_split(forward: Graph, *, loss: str, optimizer: Any, seed: int = 0, l1: float = 0.0, l2: float = 0.0,
+                regularize_all: bool = False, trainable: set[str] | None = None,
+                clip_grad_norm: bool = False) -> SplitStep:
+    """Plan ``build_training``'s step as two steps around a gradient buffer (see ``SplitStep``)."""
+    tg, step, bn_stats = _differentiated(forward, loss, seed, trainable)
+    cg = tg.copy()
+    before = {op.name for op in tg.ops()}
+    _append_updates(tg, step, optimizer, bn_stats, l1, l2, regularize_all, clip_grad_norm)
+    late = [op for op in tg.ops() if op.name not in before]
+    used: set[str] = set()
+
+    def fresh(base: str) -> str:
+        name = tg.fresh_name(base)
+        while name in used:
+            name = tg.fresh_name(f"{name}_")
+        used.add(name)
+        return name
+
+    buffers = {p: fresh(f"{p}.grad_buffer") for p in step.params}
+    stats = [t for s in bn_stats.values() for t in s[2:]]
+    saved = {t: fresh(f"{t}.saved") for t in stats}
+    into = {step.grads[p]: buffers[p] for p in step.params} | saved  # tensor -> the buffer it is added to
+
+    # compute: forward, loss, backward, then buffer += tensor for every gradient and batch statistic
+    cg.outputs = [step.loss] + list(into)
+    eliminate_dead_code(cg)
+    for t in [step.lr] + step.running:
+        cg.remove_tensor(t)
+    neg_one = cg.add_constant(cg.fresh_name("accumulate.lr"), _ACCUMULATE_LR).name
+    always = cg.add_constant(cg.fresh_name("accumulate.ok"), _ALWAYS).name
+    for t, buf in into.items():
+        src = cg.tensor(t)
+        cg.add_constant(buf, np.zeros(src.shape, src.dtype), TensorKind.STATE)
+        cg.add_op(OpKind.SGD_UPDATE, SgdAttrs(), [neg_one, step.step, always, buf, t], [cg.fresh_name(f"{buf}.new")],
+                  name=cg.fresh_name(f"{buf}.accumulate"))
+    cg.outputs = [step.loss]
+    cg.inputs = [step.x, step.labels, step.step] + step.params + list(into.values())
+
+    # apply: the fused step's tail on the buffers
+    ag = Graph(f"{forward.name}.apply", metadata=dict(tg.metadata))
+    produced = {o for op in late for o in op.outputs}
+    for op in late:
+        for t in op.inputs:
+            name = into.get(t, t)
+            if t in produced or ag.has_tensor(name):
+                continue
+            src = tg.tensor(t)
+            if t in into:
+                ag.add_constant(name, np.zeros(src.shape, src.dtype), TensorKind.STATE)
+            elif t == step.loss:
+                ag.add_tensor(t, src.shape, src.dtype, TensorKind.INPUT)
+            else:
+                ag.add_tensor(t, src.shape, src.dtype, src.kind, src.data)
+        ag.add_op(op.kind, op.attrs, [into.get(t, t) for t in op.inputs], list(op.outputs), name=op.name)
+    ok = next(op.outputs[0] for op in late if op.kind is OpKind.ALL_FINITE)
+    ag.outputs = [ok] + ([step.grad_norm] if step.grad_norm is not None else [])
+    ag.inputs = [step.loss, step.lr, step.step] + step.params + step.running + \
+        [s for p in step.params for s in step.state.get(p, [])] + list(into.values()) + step.extra_inputs
+    for name in [step.step] + step.params + step.running + [s for p in step.params for s in step.state.get(p, [])]:
+        step.initial[name] = tg.tensor(name).data
+    return SplitStep(step, pipeline(cg, variant=TRAINING_STEP), pipeline(ag, variant=TRAINING_STEP), buffers,
+                     list(saved.values()), ok, step.grad_norm)
 
 
 def eval_graph(forward: Graph, roles: dict[str, str]) -> Graph:
