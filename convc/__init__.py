@@ -16,11 +16,12 @@ from convc.load import LoadError, load  # noqa: E402  (no llvmlite: loads `convc
 from convc.session import CompiledModel, InferenceSession  # noqa: E402
 from convc.ops import OpKind  # noqa: E402
 from convc.profile import profile  # noqa: E402
+from convc.quantize import quantize  # noqa: E402  (onnx is imported on first call)
 from convc import nn  # noqa: E402
 from convc import optim  # noqa: E402
 from convc.train import CheckpointError, Trainer, TrainingError, gradcheck  # noqa: E402
 
-__all__ = ["compile", "compile_library", "profile", "models", "nn", "CompiledModel", "InferenceSession", "Graph", "Op", "Tensor", "TensorKind", "OpKind",
+__all__ = ["compile", "compile_library", "profile", "quantize", "models", "nn", "CompiledModel", "InferenceSession", "Graph", "Op", "Tensor", "TensorKind", "OpKind",
            "ConvcError", "ModelImportError", "UnsupportedOpError", "GraphError", "CompileError", "InputError",
            "__version__", "load", "LoadError", "optim", "Trainer", "TrainingError", "CheckpointError", "gradcheck"]
 
