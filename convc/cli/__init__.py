@@ -14,7 +14,7 @@ import sys
 import textwrap
 from collections.abc import Sequence
 
-from convc.cli import cache, check, compile, example, info, profile, run
+from convc.cli import cache, check, compile, example, info, profile, quantize, run
 from convc.cli.common import EXIT_ERROR, EXIT_OK, Command, run_handler
 
 COMMANDS: list[Command] = [
@@ -25,6 +25,7 @@ COMMANDS: list[Command] = [
     compile.COMMAND,
     cache.COMMAND,
     check.COMMAND,
+    quantize.COMMAND,
 ]
 
 
