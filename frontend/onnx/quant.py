@@ -1,0 +1,162 @@
+"""QuantizeLinear, DequantizeLinear (opsets 10-21) and the QOperator nodes QLinearConv and QLinearMatMul.
+
+Scales and zero points must be constants (QDQ files from onnxruntime's ``quantize_static`` and
+from ``convc quantize`` always have them so). convc computes with uint8 and int8 tensors, int8
+weights and int32 biases, per tensor or per channel (``axis``); every other quantized variant
+(int16, int4, float8, block quantization, float16 scales) is refused with the reason, and the
+model's other unsupported nodes are listed with it.
+
+A QOperator node imports as what it means, DequantizeLinear -> float op -> QuantizeLinear, with
+its constant weights and bias dequantized at import: passes/quantize.py turns the pattern into an
+integer kernel where it can, as it does for a QDQ model.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from convc.frontend.onnx.context import NodeContext, Unsupported
+from convc.frontend.onnx.conv import conv
+from convc.frontend.onnx.gemm import matmul
+from convc.frontend.onnx.registry import converter
+from convc.frontend.onnx_export import exporter
+from convc.ir import Op
+from convc.ops import OpKind
+from convc.ops.attrs import onnx_spelling
+from convc.ops.quant import QUANTIZED, QuantAttrs, dequantize
+
+_WHY = "convc computes with uint8/int8 activations, int8 weights and int32 biases"
+
+
+def _axis(ctx: NodeContext, rank: int, scale: str) -> int:
+    """The channel axis of a per-channel scale, non-negative (a per-tensor scale ignores it)."""
+    axis = int(ctx.attr("axis", 1))
+    if ctx.state.values[scale].size == 1:
+        return 1
+    if not -rank <= axis < rank:
+        raise ctx.error(f"axis={axis} is out of range for an input of rank {rank}")
+    return axis % rank
+
+
+def _params(ctx: NodeContext, scale_at: int, zp_at: int, rank: int, default: str) -> tuple[str, str, str]:
+    """(scale, zero point, quantized type) as constants of shape (1,) or (channels,). Raises
+    Unsupported for the variants convc does not compute."""
+    if int(ctx.attr("block_size", 0)) != 0:
+        raise Unsupported(f"block quantization (block_size={ctx.attr('block_size')}); {_WHY}, per tensor or channel")
+    scale = np.asarray(ctx.constant(scale_at))
+    if scale.dtype != np.float32:
+        raise Unsupported(f"scale has dtype {scale.dtype}; convc takes float32 scales")
+    if scale.ndim > 1:
+        raise Unsupported(f"scale has shape {scale.shape}: block quantization; {_WHY}, per tensor or channel")
+    if ctx.has_input(zp_at):
+        zp = np.asarray(ctx.constant(zp_at))
+    else:
+        zp = np.zeros(scale.shape, dtype=default)
+    if zp.dtype.name not in QUANTIZED and not (zp.dtype == np.int32 and ctx.op_type == "DequantizeLinear"):
+        raise Unsupported(f"quantized type {_type_name(ctx, zp_at, zp.dtype)}; {_WHY}")
+    if zp.shape != scale.shape:
+        raise ctx.error(f"scale has shape {scale.shape} but zero point {zp.shape}")
+    s = ctx.fresh_tensor("scale")
+    z = ctx.fresh_tensor("zero_point")
+    ctx.state.values[s] = scale.reshape(-1).astype(np.float32)
+    ctx.state.values[z] = zp.reshape(-1)
+    return s, z, zp.dtype.name
+
+
+def _type_name(ctx: NodeContext, i: int, dtype: np.dtype) -> str:
+    """The ONNX name of a zero point's element type (float8 and 4-bit types have no numpy name)."""
+    return str(dtype) if dtype.kind in "iuf" else f"{dtype} (input {ctx.inputs[i]!r})"
+
+
+def _output_type(ctx: NodeContext) -> str:
+    """QuantizeLinear's type when it has no zero point: opset 21's output_dtype, else uint8."""
+    to = int(ctx.attr("output_dtype", 0))
+    if to == 0:
+        return "uint8"
+    import onnx
+    name = onnx.TensorProto.DataType.Name(to).lower()
+    if name not in QUANTIZED:
+        raise Unsupported(f"output_dtype={name.upper()}; {_WHY}")
+    return name
+
+
+@converter("QuantizeLinear", since=10)
+def quantize_linear(ctx: NodeContext) -> None:
+    x = ctx.input_type(0)
+    if x.dtype != np.float32:
+        raise Unsupported(f"input has dtype {x.dtype}; convc quantizes float32 tensors")
+    s, z, to = _params(ctx, 1, 2, len(x.shape), _output_type(ctx))
+    ctx.add_op(OpKind.QUANTIZE_LINEAR, QuantAttrs(_axis(ctx, len(x.shape), s), to), [ctx.inputs[0], s, z])
+
+
+@converter("DequantizeLinear", since=10)
+def dequantize_linear(ctx: NodeContext) -> None:
+    x = ctx.input_type(0)
+    if x.dtype.name not in (*QUANTIZED, "int32"):
+        raise Unsupported(f"input has dtype {x.dtype}; {_WHY}")
+    s, z, to = _params(ctx, 1, 2, len(x.shape), x.dtype.name)
+    if to != x.dtype.name:
+        raise ctx.error(f"input has dtype {x.dtype} but the zero point {to}")
+    ctx.add_op(OpKind.DEQUANTIZE_LINEAR, QuantAttrs(_axis(ctx, len(x.shape), s), to), [ctx.inputs[0], s, z])
+
+
+def _dequantized(ctx: NodeContext, x: int, scale: int, zp: int, axis: int) -> str:
+    """Input ``x`` of a QOperator node as float32: DequantizeLinear with its scale and zero point."""
+    t = ctx.input_type(x)
+    if t.dtype.name not in QUANTIZED:
+        raise Unsupported(f"input #{x} has dtype {t.dtype}; {_WHY}")
+    sub = dataclasses.replace(ctx, attrs={"axis": axis})
+    s, z, to = _params(sub, scale, zp, len(t.shape), t.dtype.name)
+    out = ctx.fresh_tensor(f"dequantized{x}")
+    ctx.add_op(OpKind.DEQUANTIZE_LINEAR, QuantAttrs(axis, to), [ctx.inputs[x], s, z], [out])
+    return out
+
+
+def _requantized(ctx: NodeContext, y: str, scale: int, zp: int) -> None:
+    """The float result ``y`` of a QOperator node quantized into the node's output."""
+    sub = dataclasses.replace(ctx, attrs={})
+    s, z, to = _params(sub, scale, zp, len(ctx.state.type_of(y).shape), "uint8")
+    ctx.add_op(OpKind.QUANTIZE_LINEAR, QuantAttrs(1, to), [y, s, z])
+
+
+@converter("QLinearConv", since=10)
+def qlinear_conv(ctx: NodeContext) -> None:
+    """x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point[, B (int32)]."""
+    x = _dequantized(ctx, 0, 1, 2, 1)
+    w = _dequantized(ctx, 3, 4, 5, 0)  # per output channel when w_scale has one value per channel
+    inputs = [x, w]
+    if ctx.has_input(8):
+        bias = np.asarray(ctx.constant(8))
+        if bias.dtype != np.int32:
+            raise ctx.error(f"B has dtype {bias.dtype}, expected int32")
+        # B is in units of x_scale * w_scale (onnxruntime adds it to the int32 accumulator)
+        scale = np.asarray(ctx.constant(1), np.float32).reshape(-1) * np.asarray(ctx.constant(4), np.float32).reshape(-1)
+        b = ctx.fresh_tensor("bias")
+        ctx.state.values[b] = dequantize(QuantAttrs(0), bias, scale.astype(np.float32),
+                                         np.zeros(scale.shape, np.int32))[0]
+        inputs.append(b)
+    y = ctx.fresh_tensor("accumulated")
+    conv(dataclasses.replace(ctx, inputs=tuple(inputs), outputs=(y,)))
+    _requantized(ctx, y, 6, 7)
+
+
+@converter("QLinearMatMul", since=10)
+def qlinear_matmul(ctx: NodeContext) -> None:
+    """a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point."""
+    for i in (1, 4, 6):
+        if np.asarray(ctx.constant(i)).dtype != np.float32:
+            raise Unsupported(f"input #{i} (a scale) has dtype {np.asarray(ctx.constant(i)).dtype}; "
+                              "convc takes float32 scales")
+    a = _dequantized(ctx, 0, 1, 2, 1)
+    b_rank = len(ctx.input_shape(3))
+    b = _dequantized(ctx, 3, 4, 5, b_rank - 1)  # a per-column scale of B
+    y = ctx.fresh_tensor("accumulated")
+    matmul(dataclasses.replace(ctx, inputs=(a, b), outputs=(y,)))
+    _requantized(ctx, y, 6, 7)
+
+
+@exporter(OpKind.QUANTIZE_LINEAR, OpKind.DEQUANTIZE_LINEAR)
+def _export(w, op: Op) -> None:
+    """Written back as the ONNX node it came from: x, scale and zero point (of the quantized type) and axis."""
+    w.node(op.kind.value, list(op.inputs), list(op.outputs), op.name, **onnx_spelling(op.attrs, w.opset)[0])
