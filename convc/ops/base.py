@@ -79,6 +79,9 @@ class OpKind(enum.Enum):
     STRIDED_SLICE = "StridedSlice"  # ONNX Slice with steps or several axes (one unit-step axis imports as SLICE)
     RESIZE = "Resize"
     EXPAND = "Expand"  # a broadcasting copy to a shape resolved at import
+    # quantized tensors (convc/ops/quant.py)
+    QUANTIZE_LINEAR = "QuantizeLinear"
+    DEQUANTIZE_LINEAR = "DequantizeLinear"
     # reductions
     SOFTMAX = "Softmax"
     LOG_SOFTMAX = "LogSoftmax"

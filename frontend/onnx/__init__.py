@@ -10,6 +10,7 @@ claim another op: add ``@converter("OpType", since=..., until=...)`` (and
 # registration: one import line per family
 from convc.frontend.onnx import conv, elementwise, folding, gemm, norm, pool, shape, softmax  # noqa: F401
 from convc.frontend.onnx import conv_transpose, indexing, reduce, resize  # noqa: F401
+from convc.frontend.onnx import quant  # noqa: F401
 from convc.frontend.onnx.importer import import_onnx
 from convc.frontend.onnx.registry import CONVERTERS, FOLDERS
 
