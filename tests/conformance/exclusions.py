@@ -198,6 +198,20 @@ EXCLUDED: dict[str, str] = {
     **dict.fromkeys(_CAST, "Cast to or from a type other than float32: convc compiles float32 tensors only"),
     **dict.fromkeys(_DATA, "integer/float16/float64 variant: convc compiles float32 tensors only (this case would "
                            "only fold at import)"),
+    # quantized types and layouts convc refuses with UnsupportedOpError (tests/int8 checks the message); the
+    # uint8/int8, per-tensor and per-channel cases run
+    **dict.fromkeys([f"test_{op}_{t}" for op in ("quantizelinear", "dequantizelinear")
+                     for t in ("int16", "uint16", "int4", "uint4", "int2", "uint2", "e4m3fn", "e5m2", "float4e2m1")]
+                    + ["test_dequantizelinear_e4m3fn_float16", "test_dequantizelinear_e4m3fn_zero_point"],
+                    "int16, 4-bit, 2-bit and float8 quantization: convc computes with uint8/int8 tensors"),
+    **dict.fromkeys(["test_quantizelinear_blocked_asymmetric", "test_quantizelinear_blocked_symmetric",
+                     "test_dequantizelinear_blocked"],
+                    "block quantization: convc quantizes per tensor or per channel"),
+    **dict.fromkeys([f"test_qlinearmatmul_{d}_{t}_float16" for d in ("2D", "3D") for t in ("uint8", "int8")],
+                    "float16 scales: convc takes float32 scales"),
+    **dict.fromkeys(["test_dynamicquantizelinear_expanded", "test_dynamicquantizelinear_max_adjusted_expanded",
+                     "test_dynamicquantizelinear_min_adjusted_expanded"],
+                    "dynamic quantization (scale and zero point computed at run time): convc needs constant scales"),
     # training-mode forms of ops convc imports for inference
     **dict.fromkeys([
         "test_batchnorm_epsilon_training_mode",
