@@ -54,6 +54,8 @@ NO_GRADIENT = {
     OpKind.LOG_SOFTMAX: "not needed by the training tests yet",
     OpKind.IM2COL: "lowering creates it after autodiff has run",
     OpKind.ROUND_BF16: "passes/precision.py places it in inference plans only; training runs float32",
+    OpKind.QUANTIZE_LINEAR: "quantized models are compiled for inference (quantization-aware training is not written)",
+    OpKind.DEQUANTIZE_LINEAR: "quantized models are compiled for inference (quantization-aware training is not written)",
 }
 
 
