@@ -167,4 +167,22 @@ const int64_t *convc_state_shape(int i);
 int64_t convc_state_size(int i);
 void *convc_state_data(convc_ctx *ctx, int i);
 
+/* The same step in two calls, for data-parallel training (allreduce the gradients in between) and
+ * gradient accumulation. convc_compute_gradients runs forward, loss and backward on a batch and
+ * adds every parameter's gradient into the context's gradient buffer, which it zeroes first unless
+ * accumulate is non-zero; *loss (if not NULL) receives the batch's loss. It changes no weight.
+ * convc_apply_gradients then applies the optimizer update from the buffer as it is, with the
+ * finite check, BatchNorm's running statistics (from the last batch) and the step counter, exactly
+ * as convc_train_step does. Returns 0; 2 when the loss or a gradient was not finite (nothing was
+ * updated) or no gradients were computed since the last apply; 1 for a NULL argument.
+ * The buffer: convc_gradients(ctx) points to convc_gradients_size() floats; the gradient of state
+ * entry i (a parameter) starts at float convc_gradient_offset(i), -1 for state that is not a
+ * parameter, and has convc_state_size(i) elements (64-byte aligned; the padding between stays 0).
+ * Each batch's gradient is of its mean loss: k accumulated batches sum to k times the mean. */
+int convc_compute_gradients(convc_ctx *ctx, const float *x, const void *labels, float *loss, int accumulate);
+int convc_apply_gradients(convc_ctx *ctx);
+float *convc_gradients(convc_ctx *ctx);
+int64_t convc_gradients_size(void);
+int64_t convc_gradient_offset(int i);
+
 """

@@ -95,9 +95,18 @@ LABELS_DTYPE = "convc_labels_dtype"
 LOSS_NAME = "convc_loss_name"
 OPTIMIZER_NAME = "convc_optimizer_name"
 STATE = SpecTable("convc_num_state", "convc_state")
+# the step in two calls around the gradient buffer (data-parallel training, accumulation)
+COMPUTE_GRADIENTS = "convc_compute_gradients"
+APPLY_GRADIENTS = "convc_apply_gradients"
+GRADIENTS = "convc_gradients"
+GRADIENTS_SIZE = "convc_gradients_size"
+GRADIENT_OFFSET = "convc_gradient_offset"
 TRAINING_FUNCTIONS = (TRAIN_STEP, SET_LEARNING_RATE, LEARNING_RATE, STEPS_DONE, STATE_DATA, LABELS_SIZE, LABELS_DTYPE,
-                      LOSS_NAME, OPTIMIZER_NAME, *STATE.functions())
+                      LOSS_NAME, OPTIMIZER_NAME, *STATE.functions(), COMPUTE_GRADIENTS, APPLY_GRADIENTS, GRADIENTS,
+                      GRADIENTS_SIZE, GRADIENT_OFFSET)
 # the training step's module is linked into the library beside the eval forward's: its own copies
 # of the module-level functions are renamed with this prefix (convc_train_convc_run, ...)
 TRAIN_MODULE_PREFIX = "convc_train_"
+# and so are those of the gradient step's and the update's modules (compute / apply gradients)
+GRAD_MODULE_PREFIX, APPLY_MODULE_PREFIX = "convc_grad_", "convc_apply_"
 MODULE_FUNCTIONS = (ENTRY, POOL_CREATE, POOL_DESTROY, PARALLEL)
