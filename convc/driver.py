@@ -376,7 +376,7 @@ def build_training_library(model: ModelSource, output, options: CompileOptions, 
     from convc.optim import by_name
     from convc.codegen.target import resolve_target
     from convc.errors import CompileError
-    from convc.passes.autodiff.training import build_training
+    from convc.passes.autodiff.training import build_split, build_training
     options = options.with_(target=resolve_target(options.target))
     if loss not in LOSSES:
         raise CompileError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
@@ -388,8 +388,9 @@ def build_training_library(model: ModelSource, output, options: CompileOptions, 
     if progress:
         progress("training step: autodiff, loss, optimizer")
     step = build_training(forward, loss=loss, optimizer=opt, seed=seed)
+    split = build_split(forward, loss=loss, optimizer=opt, seed=seed)
     return build_training_plan(step, eval_plan(forward, step.roles), opt, output, options, name=forward.name,
-                               loss=loss, seed=seed, progress=progress, header=header)
+                               loss=loss, seed=seed, progress=progress, header=header, split=split)
 
 
 # --- training --------------------------------------------------------------------------------------
