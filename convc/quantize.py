@@ -148,6 +148,9 @@ def _feeds(model, data: Any) -> dict[str, np.ndarray]:
             raise InputError(f"calibration data for input {v.name!r} has shape {list(a.shape)}; the input is "
                              f"{want}: expected N samples of shape {want[4:] if len(dims) > 1 else '[]'} "
                              "stacked on the first axis")
+        if not np.isfinite(a).all():
+            raise InputError(f"calibration data for input {v.name!r} holds {int((~np.isfinite(a)).sum())} NaN or "
+                             "inf value(s)")
         if count is not None and a.shape[0] != count:
             raise InputError(f"calibration data: input {v.name!r} has {a.shape[0]} samples, another input {count}")
         count = a.shape[0]

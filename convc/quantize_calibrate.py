@@ -271,9 +271,11 @@ def _entropy_bins(hist: np.ndarray, levels: int = 128, step: int = 16) -> int:
         per_bin = np.divide(merged, nonzero, out=np.zeros_like(merged), where=nonzero > 0)
         q = np.repeat(per_bin, np.diff(np.append(starts, i))) * (kept > 0)
         mask = p > 0
-        if (q[mask] <= 0).any():
+        if not mask.any():
             continue
-        p, q = p / p.sum(), q / q.sum()
+        p = p / p.sum()
+        q = q / max(q.sum(), 1e-300)
+        q[mask & (q <= 0)] = 1e-8  # the clipped mass lands in an empty last bin: smoothed, not skipped
         kl = float(np.sum(p[mask] * np.log(p[mask] / q[mask])))
         if kl < best:
             best, best_i = kl, i
