@@ -280,9 +280,9 @@ def check_model(model: onnx.ModelProto | str | os.PathLike, *, batch: int | None
     perturb = perturb or os.environ.get(PERTURB_ENV) or None
     report = CheckReport(name, oracle=oracle_name(), tolerance=tolerance, seed=None if inputs else seed,
                          precision=precision)
-    from convc.frontend.onnx.signature import declared_inputs, normalize
-    shapes = normalize(input_shapes) or {}
+    from convc.frontend.onnx.signature import check_input_shapes, declared_inputs
     declared = declared_inputs(model)
+    shapes = check_input_shapes(declared, input_shapes, batch)  # symbols' sizes by name: whole shapes added
     for n, a in (inputs or {}).items():  # a symbolic input given as an array: checked at the array's shape
         if n not in shapes and n in declared and any(not isinstance(d, int) for d in declared[n] or [None]):
             shapes[n] = tuple(np.shape(a))

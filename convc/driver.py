@@ -108,7 +108,8 @@ def load_shaped(model: ModelSource, batch: int | None, input_shape: Any, input_s
     except (ModelImportError, GraphError) as e:
         if not input_shapes:
             raise
-        shown = "; ".join(f"input {n!r} has shape {tuple(s)}" for n, s in input_shapes.items())
+        shown = "; ".join(f"dimension {n!r} is {s}" if isinstance(s, int) else f"input {n!r} has shape {tuple(s)}"
+                          for n, s in input_shapes.items())
         raise InputError(f"{shown}; the model cannot be built for it: {e}") from e
 
 

@@ -70,6 +70,9 @@ def _declared_shapes(model: Any, batch: int | None = None,
     inits = {t.name for t in model.graph.initializer}
     from convc.frontend.onnx.signature import normalize
     given = normalize(input_shapes) or {}
+    for n, v in given.items():  # symbols' sizes given by name ({"H": 224}; H=224 on the command line)
+        if isinstance(v, int) or (len(v) == 1 and n not in shapes):
+            sizes[n] = v if isinstance(v, int) else v[0]
     for vi in model.graph.input:
         if vi.name in inits:
             continue

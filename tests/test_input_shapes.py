@@ -393,3 +393,54 @@ def test_a_model_without_code_says_so_when_pickled():
     import pickle
     with pytest.raises(TypeError, match=r"it has no code yet .* compile it with input_shapes= to pickle it"):
         pickle.dumps(convc.compile(two_inputs()))
+
+
+# --- sizes of symbols by name ({"H": 224}, --input-shape H=224) --------------------------------
+
+def test_symbol_sizes_by_name_fix_every_input_declaring_them():
+    compiled = convc.compile(two_inputs(), input_shapes={"N": 2, "H": 3, "W": 5}, threads=1)
+    assert [i.shape for i in compiled.inputs] == [(2, 2, 3, 5), (2, 2, 3, 5)]
+    a, b = feed((2, 2, 3, 5), 1), feed((2, 2, 3, 5), 2)
+    np.testing.assert_array_equal(compiled.run({"a": a, "b": b})["y"], np.maximum(a + b, 0))
+
+
+def test_symbol_sizes_with_a_free_batch_specialize_the_batch_only():
+    """H and W fixed by name, N left free: each batch compiles on first use and matches onnxruntime, another
+    height is refused, and get_inputs shows the free symbol by name with the sizes given."""
+    model = fully_convolutional()
+    compiled = convc.compile(model, input_shapes={"H": 20, "W": 23}, threads=2)
+    for n in (2, 3):
+        x = feed((n, 3, 20, 23), n)
+        np.testing.assert_allclose(compiled.run({"x": x})["y"], oracle(model, {"x": x})[0], rtol=1e-4, atol=1e-4)
+    with pytest.raises(InputError, match=r"input 'x' has shape \(2, 3, 21, 23\)"):
+        compiled.run({"x": feed((2, 3, 21, 23))})
+    assert convc.InferenceSession(model, input_shapes={"H": 20, "W": 23}).get_inputs()[0].shape == ["N", 3, 20, 23]
+
+
+@pytest.mark.parametrize("shapes,batch,message", [
+    ({"Q": 3}, None, r"input_shapes: 'Q' is neither an input of the model \(\['x'\]\) nor a symbolic dimension of "
+                     r"its inputs \(\['H', 'N', 'W'\]\)"),
+    ({"x": 3}, None, r"input 'x': the shape given for it, 3, is one integer; give a sequence"),
+    ({"H": 0}, None, r"the size given for dimension 'H', 0, must be a positive integer"),
+    ({"H": 40, "x": (1, 3, 41, 37)}, None, r"dimension 'H' is 40 by name in input_shapes but 41 in the one given "
+                                           r"for input 'x'"),
+    ({"N": 3}, 2, r"dimension 'N' is the batch of input 'x' \(declared \[N, 3, H, W\]\); input_shapes gives it 3, "
+                  r"but batch=2 was requested"),
+])
+def test_symbol_size_errors_name_the_symbol(shapes, batch, message):
+    with pytest.raises(InputError, match=message):
+        convc.compile(fully_convolutional(), input_shapes=shapes, batch=batch)
+
+
+def test_run_with_symbol_sizes_on_the_command_line(fcn_file, capsys):
+    assert main(["run", str(fcn_file), "-q", "-r", "1", "--input-shape", "H=20", "--input-shape", "W=24",
+                 "--input-shape", "N=2", "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["inputs"][0]["shape"] == [2, 3, 20, 24]
+    assert report["outputs"][0]["shape"] == [2, 4, 9, 11]
+
+
+def test_check_with_symbol_sizes():
+    from convc.check import check_model
+    report = check_model(fully_convolutional(), input_shapes={"N": 2, "H": 20, "W": 21})
+    assert report.outputs[0].shape == (2, 4, 9, 10) and report.first_bad is None

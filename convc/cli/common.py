@@ -115,8 +115,8 @@ def add_input_shape_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input-shape", dest="input_shapes", action="append", type=input_shape_spec, default=[],
                    metavar="NAME=d0,d1,...",
                    help="fix the shape of input NAME, its symbolic dimensions included (e.g. x=1,3,512,512 for a "
-                        "model declared [N, 3, H, W]); repeatable, one per input; must agree with the model's fixed "
-                        "dimensions and --batch")
+                        "model declared [N, 3, H, W]), or the size of a symbolic dimension by name in every input "
+                        "declaring it (H=512); repeatable; must agree with the model's fixed dimensions and --batch")
 
 
 def input_shapes(args: argparse.Namespace) -> dict[str, tuple[int, ...]] | None:
