@@ -2,9 +2,11 @@
 condition (their all-constant forms fold in folding.py):
 
 - Expand: the Expand op, a broadcasting copy (the input read with stride 0 along the axes that grow);
-- Gather along an axis: the indices, in order, cut into runs of consecutive positions, one Slice per run
-  (a run covering the whole axis reads the input itself), joined by a Concat along the axis and viewed
-  with the indices' shape (a scalar index drops the axis);
+- Gather along an axis: a permutation that is a transpose of the axis seen as a x b (ShuffleNet's channel
+  shuffle written as a Gather) is that Reshape, Transpose and Reshape, one copy kernel; other indices, in
+  order, cut into runs of consecutive positions, one Slice per run (a run covering the whole axis reads
+  the input itself), joined by a Concat along the axis and viewed with the indices' shape (a scalar index
+  drops the axis);
 - Where: the Where op, a broadcasting select over the condition as a 0/1 mask.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ from convc.frontend.onnx.registry import converter
 from convc.frontend.onnx.shape import normalize_axis
 from convc.ops import NoAttrs, OpKind
 from convc.ops.elementwise_grad import SliceAttrs
-from convc.ops.shape import ConcatAttrs, ExpandAttrs, ReshapeAttrs
+from convc.ops.shape import ConcatAttrs, ExpandAttrs, ReshapeAttrs, TransposeAttrs
 
 # Gather's indices are copied as at most this many runs (the Concat's inputs)
 MAX_GATHER_RUNS = 4096
@@ -42,6 +44,18 @@ def expand(ctx: NodeContext) -> None:
         ctx.add_op(OpKind.IDENTITY, NoAttrs(), ctx.inputs[:1])
     else:
         ctx.add_op(OpKind.EXPAND, ExpandAttrs(out), ctx.inputs[:1])
+
+
+def _transposed_factors(positions: np.ndarray, n: int) -> tuple[int, int] | None:
+    """(a, b) when ``positions`` list every position of an axis of size n = a b in the order of the axis seen
+    as (a, b) and transposed: positions[j a + i] = i b + j (ShuffleNet's channel shuffle with a groups)."""
+    if positions.size != n or n < 4:
+        return None
+    k = np.arange(n)
+    for a in range(2, n // 2 + 1):
+        if n % a == 0 and np.array_equal(positions, (k % a) * (n // a) + k // a):
+            return a, n // a
+    return None
 
 
 def _runs(indices: list[int]) -> list[tuple[int, int]]:
@@ -71,7 +85,19 @@ def gather(ctx: NodeContext) -> None:
     if indices.size == 0:
         raise Unsupported("Gather with no indices makes an empty tensor; convc does not compile zero-size tensors")
     out_shape = tuple(shape[:axis]) + tuple(indices.shape) + tuple(shape[axis + 1:])
-    runs = _runs([int(i) % n for i in indices.reshape(-1)])
+    positions = indices.reshape(-1).astype(np.int64) % n
+    factors = _transposed_factors(positions, n)
+    if factors is not None:
+        a, b = factors
+        grid = ctx.add_op(OpKind.RESHAPE, ReshapeAttrs(tuple(shape[:axis]) + (a, b) + tuple(shape[axis + 1:])),
+                          ctx.inputs[:1], [ctx.fresh_tensor("grid_out")], name=f"{ctx.name}/grid")[0]
+        perm = list(range(len(shape) + 1))
+        perm[axis], perm[axis + 1] = axis + 1, axis
+        swapped = ctx.add_op(OpKind.TRANSPOSE, TransposeAttrs(tuple(perm)), [grid], [ctx.fresh_tensor("swap_out")],
+                             name=f"{ctx.name}/transpose")[0]
+        ctx.add_op(OpKind.RESHAPE, ReshapeAttrs(out_shape), [swapped], name=f"{ctx.name}/view")
+        return
+    runs = _runs([int(i) for i in positions])
     if len(runs) > MAX_GATHER_RUNS:
         raise Unsupported(f"Gather's indices make {len(runs)} runs of consecutive positions, more than "
                           f"{MAX_GATHER_RUNS} copies")
