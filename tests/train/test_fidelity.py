@@ -69,7 +69,8 @@ def resnet():
 
 def mobilenet_v2():
     return nn.Sequential(conv_bn(3, 8, stride=2, act=nn.ReLU6), InvertedResidual(8, 8, 1, 1),
-                         InvertedResidual(8, 12, 2, 4), InvertedResidual(12, 12, 1, 4), conv_bn(12, 32, 1, act=nn.ReLU6),
+                         InvertedResidual(8, 12, 2, 4), InvertedResidual(12, 12, 1, 4),
+                         conv_bn(12, 32, 1, act=nn.ReLU6),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, CLASSES))
 
 
