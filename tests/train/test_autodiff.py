@@ -118,3 +118,53 @@ def test_gradcheck_refuses_what_inference_refuses(rng):
     with pytest.raises(convc.InputError, match="targets has dtype float64"):
         convc.gradcheck(nets.mlp(), rng.standard_normal((5, 3, 2, 2)).astype(np.float32), np.zeros((5, 3)),
                         loss="mse", samples=1)
+
+
+def modern_ops_net(batch: int = 16, h: int = 11, w: int = 9):
+    """Conv -> PRelu -> nearest Resize x2 -> Slice (TCN's chomp of the last column) -> x / (mean over
+    channels of |x|^1.5 + 1) (Pow with a constant exponent, a non-spatial ReduceMean, Div) -> LayerNorm over
+    (C, H, W) -> Erf GELU -> ReduceMax over H, W -> Gemm -> LogSoftmax: the ops whose gradients are
+    compositions, imported from ONNX as PyTorch writes them."""
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(5)
+    c, hh, ww = 4, 2 * h, 2 * w - 1
+    inits = {"w": rng.standard_normal((c, 3, 3, 3)) * 0.4, "slope": np.full((c, 1, 1), 0.2),
+             "scales": np.array([1, 1, 2, 2]), "starts": np.array([0]), "ends": np.array([-1]),
+             "axes": np.array([3]), "power": np.array(1.5), "one": np.array(1.0), "half": np.array(0.5),
+             "rsqrt2": np.array(2 ** -0.5), "ln_scale": 1 + 0.1 * rng.standard_normal((c, hh, ww)),
+             "fc_w": rng.standard_normal((5, c)) * 0.5, "fc_b": np.zeros(5)}
+    ints = {"starts", "ends", "axes"}
+    node = helper.make_node
+    nodes = [node("Conv", ["x", "w"], ["conv"], pads=[1, 1, 1, 1]),
+             node("PRelu", ["conv", "slope"], ["prelu"]),
+             node("Resize", ["prelu", "", "scales"], ["up"], mode="nearest"),
+             node("Slice", ["up", "starts", "ends", "axes"], ["chomp"]),
+             node("Abs", ["chomp"], ["magnitude"]), node("Pow", ["magnitude", "power"], ["sq"]),
+             node("ReduceMean", ["sq"], ["energy"], axes=[1], keepdims=1),
+             node("Add", ["energy", "one"], ["denom"]),
+             node("Div", ["chomp", "denom"], ["normed"]),
+             node("LayerNormalization", ["normed", "ln_scale"], ["ln"], axis=1),
+             node("Mul", ["ln", "rsqrt2"], ["ln_s"]), node("Erf", ["ln_s"], ["erf"]),
+             node("Add", ["erf", "one"], ["erf1"]), node("Mul", ["ln", "erf1"], ["gelu2"]),
+             node("Mul", ["gelu2", "half"], ["gelu"]),
+             node("ReduceMax", ["gelu"], ["peak"], axes=[2, 3], keepdims=0),
+             node("Gemm", ["peak", "fc_w", "fc_b"], ["logits"], transB=1),
+             node("LogSoftmax", ["logits"], ["y"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "modern_ops", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, h, w])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 5])],
+        [numpy_helper.from_array(v.astype(np.int64 if k in ints else np.float32), k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.slow
+def test_gradcheck_through_composed_gradient_rules(rng):
+    """Every parameter's gradient flows through the composed rules (PRelu, Resize, Slice, Pow, ReduceMean,
+    Div, LayerNorm, Erf, ReduceMax, LogSoftmax), at batch 16 and odd sizes."""
+    x = rng.standard_normal((16, 3, 11, 9)).astype(np.float32)
+    kinds = {op.kind for op in import_onnx(modern_ops_net(), batch=16).ops()}
+    assert {OpKind.PRELU, OpKind.RESIZE, OpKind.SLICE, OpKind.POW, OpKind.REDUCE_SUM, OpKind.DIV, OpKind.LAYER_NORM,
+            OpKind.ERF, OpKind.REDUCE_MAX, OpKind.LOG_SOFTMAX} <= kinds
+    result = convc.gradcheck(modern_ops_net(), x, samples=6)
+    assert result.ok, str(result)
+    assert {"w", "fc_w", "fc_b"} <= set(result.checked)
