@@ -331,3 +331,98 @@ def _bisect(ours_model, model, names, producers, feeds, batch, tolerance, precis
         else:
             lo = mid + 1
     return found
+
+
+# --- an int8 model against its float original -----------------------------------------------------
+# int8 moves a trained net's logits by ~1-3% of their largest value (onnxruntime's quantize_static
+# ResNet-18: 2.5e-2); past 5e-2 the ranges or the kernels deserve a look
+INT8_TOLERANCE = 5e-2
+INT8_SAMPLES = 16  # samples compared when the batch is symbolic and not given: top-1 needs a few
+
+
+@dataclass
+class QuantizedCheck:
+    model: str
+    original: str
+    runner: str = ""          # what ran the int8 model: convc, or the oracle when convc cannot compile it
+    tolerance: float = INT8_TOLERANCE
+    seed: int | None = 0
+    samples: int = 0
+    outputs: list[tuple[str, float, float, float]] = field(default_factory=list)  # (name, rel, max abs, mean abs)
+    top1: dict[str, tuple[int, int]] = field(default_factory=dict)
+    int8_layers: int = 0
+    float_bytes: int = 0
+    int8_bytes: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return all(rel <= self.tolerance for _, rel, _, _ in self.outputs)
+
+    def render(self) -> str:
+        inputs = "the given inputs" if self.seed is None else f"{self.samples} random normal sample(s) (seed {self.seed})"
+        lines = [f"{self.model}: int8 ({self.runner}) against its float original {self.original} on {inputs}; "
+                 f"error = max |int8 - float| / max |float| per output, tolerance {self.tolerance:g}",
+                 f"  {self.int8_layers} int8 layer(s): weights {self.float_bytes / 1e6:.2f} MB as float32, "
+                 f"{self.int8_bytes / 1e6:.2f} MB as int8"]
+        for name, rel, top, mean in self.outputs:
+            mark = "ok" if rel <= self.tolerance else "OVER TOLERANCE"
+            agree = self.top1.get(name)
+            agreed = f", top-1 agrees on {agree[0]}/{agree[1]} sample(s)" if agree else ""
+            lines.append(f"  output {name!r}: error {rel:.3g} (max |int8 - float| {top:.4g}, mean {mean:.4g})"
+                         f"{agreed} {mark}")
+        return "\n".join(lines)
+
+
+def _run_with_fallback(model: onnx.ModelProto, feeds: dict[str, np.ndarray], batch: int | None,
+                       input_shapes: Any) -> tuple[dict[str, np.ndarray], str]:
+    """convc's outputs, or the oracle's when convc cannot compile the model (a QDQ model, before convc had
+    an integer path), and which of them ran."""
+    try:
+        return run_convc(model, feeds, batch, input_shapes=input_shapes), "convc"
+    except UnsupportedOpError:
+        return run_oracle(model, feeds), f"{oracle_name()}, convc cannot compile it"
+
+
+def check_quantized(model: onnx.ModelProto | str | os.PathLike, original: onnx.ModelProto | str | os.PathLike, *,
+                    batch: int | None = None, seed: int = 0, tolerance: float | None = None,
+                    inputs: dict[str, np.ndarray] | None = None, input_shapes: Any = None) -> QuantizedCheck:
+    """Compare an int8 (QDQ) model with the float model it was quantized from (``convc check INT8.onnx
+    --float FLOAT.onnx``): both run on the same inputs (seeded random, or ``inputs``), each output's
+    error relative to the float output's largest value, the top-1 agreement of class-score outputs, and
+    the weight bytes the int8 layers save."""
+    from convc.frontend.onnx.reader import read_model
+    from convc.frontend.onnx.signature import normalize
+    from convc.quantize_qdq import int8_weights
+    names = [str(m) if not isinstance(m, onnx.ModelProto) else (m.graph.name or "model") for m in (model, original)]
+    q, f = (m if isinstance(m, onnx.ModelProto) else read_model(m) for m in (model, original))
+    q_inputs, f_inputs = ({v.name for v in m.graph.input} - {t.name for t in m.graph.initializer} for m in (q, f))
+    if q_inputs != f_inputs or [o.name for o in q.graph.output] != [o.name for o in f.graph.output]:
+        raise ConvcError(f"{names[0]} and {names[1]} differ in their inputs {sorted(q_inputs)} / {sorted(f_inputs)} "
+                         f"or outputs: compare an int8 model with the float model it was quantized from")
+    weights = int8_weights(q)
+    if not weights:
+        raise ConvcError(f"{names[0]} has no int8 layer (no Conv, Gemm or MatMul reading int8 weights through a "
+                         "DequantizeLinear): nothing quantized to compare")
+    tolerance = INT8_TOLERANCE if tolerance is None else tolerance
+    shapes = normalize(input_shapes) or None
+    if batch is None and not inputs and not shapes:
+        batch = INT8_SAMPLES
+    feeds = {**random_feeds(f, batch, seed, shapes), **(inputs or {})}
+    report = QuantizedCheck(names[0], names[1], tolerance=tolerance, seed=None if inputs else seed,
+                            samples=len(next(iter(feeds.values()))) if feeds else 0, int8_layers=len(weights),
+                            float_bytes=sum(w.float_bytes for w in weights),
+                            int8_bytes=sum(w.int8_bytes for w in weights))
+    theirs, _ = _run_with_fallback(f, feeds, batch, shapes)
+    ours, report.runner = _run_with_fallback(q, feeds, batch, shapes)
+    for name in (o.name for o in f.graph.output):
+        a, e = np.asarray(ours[name], np.float64), np.asarray(theirs[name], np.float64)
+        if a.shape != e.shape:
+            raise ConvcError(f"output {name!r}: the int8 model gives shape {list(a.shape)}, the float model "
+                             f"{list(e.shape)}")
+        diff = np.abs(a - e)
+        report.outputs.append((name, relative_error(a, e), float(diff.max(initial=0.0)),
+                               float(diff.mean()) if diff.size else 0.0))
+        agree = top1_agreement(a, e)
+        if agree is not None:
+            report.top1[name] = agree
+    return report

@@ -84,6 +84,7 @@ class Profile:
     total_seconds: float | None = None  # the sum of the layers' medians: the rows and the total agree
     convention: str = CONVENTION
     warnings: list[str] = field(default_factory=list)  # e.g. a measurement taken under load
+    int8: list[Any] = field(default_factory=list)  # convc.quantize_qdq.Int8Weight per int8 layer of a QDQ model
 
     # --- totals ---------------------------------------------------------------------------
     @property
@@ -209,6 +210,9 @@ class Profile:
             out["top"] = top
         out.update({"unmodelled": self.unmodelled, "notes": [{"op": op, "reason": why} for op, why in self.notes],
                     "folded": list(self.folded), "warnings": list(self.warnings)})
+        if self.int8:
+            out["int8_layers"] = [{**asdict(w), "saved_bytes": w.saved_bytes} for w in self.int8]
+            out["totals"]["int8_saved_bytes"] = sum(w.saved_bytes for w in self.int8)
         if self.measured:
             out["totals"]["seconds"] = self.total_seconds
         if self.peak is not None:
@@ -443,4 +447,21 @@ def profile(model: Any, batch: int | None = None, *, measure: bool = False, repe
         result = analyze(imported, pipeline(imported), name)
     if measure:
         result = measure_layers(result, imported, repeats=repeats, threads=threads, progress=progress)
+    result.int8 = _int8_layers(model)
     return result
+
+
+def _int8_layers(model: Any) -> list:
+    """The int8 layers of a QDQ ONNX model, with their weight bytes as float32 and as int8 (read from
+    the file: the bytes a user ships and loads)."""
+    from pathlib import Path
+    if isinstance(model, Graph) or hasattr(model, "to_graph"):
+        return []
+    import onnx
+    from convc.quantize_qdq import int8_weights
+    if isinstance(model, (str, Path)):
+        from convc.frontend.onnx.reader import read_model
+        model = read_model(model)
+    elif isinstance(model, bytes):
+        model = onnx.load_from_string(model)
+    return int8_weights(model) if isinstance(model, onnx.ModelProto) else []

@@ -191,6 +191,21 @@ def note_lines(p: Profile, limit: int | None = MAX_NOTES) -> list[str]:
     return lines
 
 
+def int8_lines(p: Profile) -> list[str]:
+    """The int8 layers of a QDQ model: each weight's bytes as float32 and as int8 (with its scales)."""
+    if not p.int8:
+        return []
+    f32, i8 = sum(w.float_bytes for w in p.int8), sum(w.int8_bytes for w in p.int8)
+    lines = [f"int8 layers ({len(p.int8)}): weights {nbytes(f32)} as float32, {nbytes(i8)} as int8, "
+             f"{nbytes(f32 - i8)} saved ({100 * (f32 - i8) / f32:.1f}%)" if f32 else f"int8 layers ({len(p.int8)})"]
+    w = max(len(x.node) for x in p.int8)
+    for x in p.int8:
+        scales = "per-channel" if x.per_channel else "per-tensor"
+        lines.append(f"  {x.node:<{w}}  {x.op_type:<7} {shape(x.shape):<16} {scales:<11} {nbytes(x.float_bytes):>10} "
+                     f"-> {nbytes(x.int8_bytes):>10}")
+    return lines
+
+
 def render_text(p: Profile, top: int | None = None, by_op: bool = False, width: int = 32) -> str:
     parts = ["\n".join(header_lines(p)), ""]
     if by_op:
@@ -211,6 +226,8 @@ def render_text(p: Profile, top: int | None = None, by_op: bool = False, width: 
         parts += slow_line(p, [l for _, l in layers])
         parts.append("")
     parts += ["\n".join(memory_lines(p))]
+    if p.int8:
+        parts += ["", "\n".join(int8_lines(p))]
     notes = note_lines(p)
     if notes:
         parts += ["", "\n".join(notes)]
@@ -362,6 +379,8 @@ def render_rich(p: Profile, top: int | None = None, by_op: bool = False, file: A
         for line in slow_line(p, [l for _, l in layers]):
             say(line)
     say("\n".join(memory_lines(p)))
+    if p.int8:
+        say("\n".join(int8_lines(p)))
     notes = note_lines(p)
     if notes:
         say("\n".join(notes))

@@ -92,3 +92,19 @@ def test_help_names_the_options(capsys):
     for word in ("--calibrate", "--method", "percentile", "entropy", "--per-tensor", "--reduce-range", "QDQ",
                  "top-1 agreement"):
         assert word in out
+
+
+@pytest.mark.slow
+def test_check_float_compares_the_int8_model(files, capsys):
+    d, model, calib = files
+    out = d / "check.int8.onnx"
+    assert main(["quantize", str(model), "-o", str(out), "--calibrate", str(calib), "--no-eval", "-q"]) == 0
+    assert "accuracy against" not in capsys.readouterr().out
+    # exit 1: an output's error is over the tolerance (the ok case is tests/test_quantize.py's)
+    assert main(["check", str(out), "--float", str(model), "--input", str(calib), "--tolerance", "1e-9", "-q"]) == 1
+    text = capsys.readouterr().out
+    assert "int8 (" in text and f"against its float original {model}" in text
+    assert "12 int8 layer(s)" in text and "top-1 agrees on" in text and "/24 sample(s) OVER TOLERANCE" in text
+    assert main(["check", str(model), "--float", str(model), "-q"]) == 2
+    assert "has no int8 layer" in capsys.readouterr().err
+    assert main(["check", str(out), "--float", str(model), "--precision", "bf16", "-q"]) == 2

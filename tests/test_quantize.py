@@ -333,3 +333,52 @@ def test_models_it_cannot_quantize(untrained, quantized):
     nan = np.full((2, 1, 16, 16), np.nan, np.float32)
     with pytest.raises(InputError, match="NaN or inf"):
         convc.quantize(untrained, nan)
+
+
+# --- convc check and convc profile on int8 models ---------------------------------------------------
+
+def test_int8_weight_bytes(quantized):
+    weights = {w.node: w for w in int8_weights(quantized.model)}
+    assert len(weights) == 7
+    w = weights["conv10"]  # 16x16x3x3 = 2304 weights
+    assert w.shape == (16, 16, 3, 3) and w.per_channel and w.op_type == "Conv"
+    assert w.float_bytes == 2304 * 4
+    assert w.int8_bytes == 2304 + 16 * 4 + 16  # int8 weights + float32 scale and int8 zero point per channel
+    assert w.saved_bytes == 9216 - 2384
+    assert quantized.report.float_bytes == sum(x.float_bytes for x in weights.values())
+
+
+def test_int8_section_of_the_profile_report(quantized):
+    from convc.report import int8_lines
+    from types import SimpleNamespace
+    lines = int8_lines(SimpleNamespace(int8=int8_weights(quantized.model)))
+    assert lines[0].startswith("int8 layers (7): weights ") and "saved (74." in lines[0]
+    assert any(line.split()[:4] == ["conv10", "Conv", "16x16x3x3", "per-channel"] for line in lines)
+    assert int8_lines(SimpleNamespace(int8=[])) == []
+
+
+def test_profile_lists_int8_layers(quantized):
+    try:
+        p = convc.profile(quantized.model, batch=2)
+    except convc.UnsupportedOpError as e:
+        pytest.skip(f"convc does not import QDQ models here: {str(e).splitlines()[0]}")
+    assert [w.node for w in p.int8] == [w.node for w in int8_weights(quantized.model)]
+    assert "int8 layers (7)" in str(p)
+    assert p.to_dict()["totals"]["int8_saved_bytes"] == sum(w.saved_bytes for w in p.int8)
+
+
+@pytest.mark.slow
+def test_check_compares_int8_with_its_float_original(untrained, quantized, data):
+    from convc.check import check_quantized
+    x = data[0][:24]
+    report = check_quantized(quantized.model, untrained, inputs={"x": x})
+    (name, rel, top, mean), = report.outputs
+    assert name == untrained.graph.output[0].name and report.samples == 24 and report.seed is None
+    assert 0 < rel < 0.1 and 0 < mean <= top
+    assert report.top1[name][1] == 24 and report.top1[name][0] >= 18
+    assert report.int8_layers == 7 and report.float_bytes > 3.5 * report.int8_bytes
+    assert report.ok and "top-1 agrees on" in report.render()
+    report.tolerance = rel / 2
+    assert not report.ok and "OVER TOLERANCE" in report.render()
+    with pytest.raises(ConvcError, match="has no int8 layer"):
+        check_quantized(untrained, untrained)
