@@ -15,8 +15,6 @@ _TRAINING_OP = ("an op of the training step itself (training-mode forward, gradi
 
 # op kind -> why it has no gradient rule (backward raises GraphError naming the node if one is reached)
 NOT_DIFFERENTIABLE: dict[OpKind, str] = {
-    OpKind.LRN: "local response normalization (AlexNet, GoogLeNet v1) is not differentiated: no network trained "
-                "today uses it; export with BatchNormalization, or train the model elsewhere",
     OpKind.IM2COL: "created by the lowering pass, which runs after autodiff: the training step differentiates "
                    "the Conv it replaces",
     OpKind.ROUND_BF16: "created by the bf16 precision pass for inference; convc trains in float32",

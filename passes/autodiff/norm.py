@@ -2,12 +2,14 @@
 batch statistics; with frozen statistics (the inference form) it is a per-channel affine map.
 LayerNormalization (and InstanceNormalization and GroupNormalization, which import as it): the
 statistics recomputed from X by reductions, then the usual formula
-dX = invstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)) with dxhat = dY Scale, per row."""
+dX = invstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)) with dxhat = dY Scale, per row. LRN: its
+window sums over channels, forward and transposed, as MatMuls by a band matrix."""
 from __future__ import annotations
 
 import numpy as np
 from convc.passes.autodiff.core import GradContext, gradient
 from convc.passes.autodiff.elementwise import binary, const, reduce_to, scale
+from convc.passes.autodiff.shape import along_axis
 
 from convc.ir import Op
 from convc.ops import NoAttrs, OpKind
@@ -77,3 +79,24 @@ def frozen_batch_norm_grad(ctx: GradContext, op: Op, dys: list) -> list:
     if ctx.needs(op, 2):
         out[2] = ctx.emit1(OpKind.RESHAPE, ReshapeAttrs((c,)), [reduce_to(ctx, dys[0], per_channel)])
     return out
+
+
+@gradient(OpKind.LRN)
+def lrn_grad(ctx: GradContext, op: Op, dys: list) -> list:
+    """y_c = x_c d_c^-beta, d_c = bias + alpha/size sum over the window W(c) of x_j^2. With the 0/1 band
+    matrix B[c, j] = [j in W(c)]: dx = dY d^-beta - 2 alpha beta / size x (B^T (dY x d^(-beta-1))),
+    the channel sums as MatMuls along the channel axis (as the forward's window is)."""
+    a, x = op.attrs, op.inputs[0]
+    c = ctx.shape(x)[1]
+    band = np.zeros((c, c))
+    for ci in range(c):
+        band[ci, max(0, ci - (a.size - 1) // 2):min(c, ci + a.size // 2 + 1)] = 1.0
+    squares = binary(ctx, OpKind.MUL, x, x)
+    window_sums = along_axis(ctx, squares, 1, band.T, f"{op.name}.lrn_window")
+    d = binary(ctx, OpKind.ADD, scale(ctx, window_sums, a.alpha / a.size), const(ctx, x, a.bias, "bias"))
+    d_pow = binary(ctx, OpKind.POW, d, const(ctx, x, -a.beta, "exponent"))   # d^-beta
+    direct = binary(ctx, OpKind.MUL, dys[0], d_pow)
+    t = binary(ctx, OpKind.DIV, binary(ctx, OpKind.MUL, direct, x), d)      # dY x d^(-beta-1)
+    spread = along_axis(ctx, t, 1, band, f"{op.name}.lrn_window_t")
+    cross = scale(ctx, binary(ctx, OpKind.MUL, x, spread), -2.0 * a.alpha * a.beta / a.size)
+    return [binary(ctx, OpKind.ADD, direct, cross)]

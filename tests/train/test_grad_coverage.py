@@ -10,7 +10,7 @@ from convc.passes.autodiff import GRADIENTS, NOT_DIFFERENTIABLE
 
 from convc.ops import NoAttrs, OpKind
 from convc.ops.elementwise_grad import SliceAttrs
-from convc.ops.norm import BatchNormAttrs, LayerNormAttrs
+from convc.ops.norm import BatchNormAttrs, LayerNormAttrs, LrnAttrs
 from convc.ops.pool import LpPoolAttrs
 from convc.ops.reduce import ReduceAttrs
 from convc.ops.resize import ResizeAttrs
@@ -99,6 +99,11 @@ def test_frozen_batch_norm(rng):
     inputs = [f32(rng, *X4), f32(rng, c) + 1.0, f32(rng, c), f32(rng, c),
               rng.uniform(0.5, 2.0, c).astype(np.float32)]
     check_gradient(OpKind.BATCH_NORM, BatchNormAttrs(1e-5), inputs, wrt=(0, 1, 2), rng=rng)
+
+
+@pytest.mark.parametrize("attrs", [LrnAttrs(5, 1e-2, 0.75, 1.0), LrnAttrs(4, 0.5, 0.5, 2.0)])  # odd, even window
+def test_lrn(rng, attrs):
+    check_gradient(OpKind.LRN, attrs, [f32(rng, 16, 7, 5, 9)], rng=rng)
 
 
 @pytest.mark.parametrize("axis", [1, 3])
