@@ -26,6 +26,11 @@ from convc.ops.base import OpDef, OpKind, TensorType, check_arity, numel, regist
 
 QUANTIZED = {"uint8": (0, 255), "int8": (-128, 127)}  # the activation/weight types convc computes with
 
+# Graph.metadata key: folded tensor name -> (integers, scale, zero point, axis) of a constant DequantizeLinear
+# the importer evaluated (int8 weights, int32 biases); passes/quantize.py multiplies with the integers and
+# removes the entry
+QUANTIZED_CONSTANTS = "quantized_constants"
+
 
 @dataclass(frozen=True)
 class QuantAttrs:
@@ -98,3 +103,90 @@ register(OpDef(OpKind.QUANTIZE_LINEAR, QuantAttrs, _infer_quantize, quantize, n_
                flops=_per_element(3)))  # divide, round, add (the clamp counted free)
 register(OpDef(OpKind.DEQUANTIZE_LINEAR, QuantAttrs, _infer_dequantize, dequantize, n_inputs=(3, 3),
                flops=_per_element(2)))  # subtract, multiply
+
+
+# --- the integer conv (placed by passes/quantize.py) -----------------------------------------------
+@dataclass(frozen=True)
+class Int8ConvAttrs:
+    """A 2-D channels-last conv over a quantized input with its requantization fused in.
+
+    y[n, h, w, m] = saturate(round_half_to_even(float32(acc) * multiplier[m] + offset[m]) + y_zero_point),
+    clamped to [lo, hi] (a fused ReLU or Clip narrows the type's range), where
+    acc = bias[m] + sum over taps and channels of (x - x_zero_point) * w (int32, exact; padding reads
+    x_zero_point, a real 0). multiplier = x_scale * w_scale[m] / y_scale (float32, as onnxruntime's
+    requantization computes it), offset = a float bias / y_scale (zero when the bias is int32).
+    Inputs: x (N, H, W, C) uint8/int8, w (M, C/group, KH, KW) int8 constant, bias (M,) int32 constant."""
+    kernel_shape: tuple[int, ...]
+    strides: tuple[int, ...]
+    pads: tuple[int, ...]  # (top, left, bottom, right)
+    dilations: tuple[int, ...]
+    group: int
+    x_zero_point: int
+    multiplier: tuple[float, ...]
+    offset: tuple[float, ...]
+    y_zero_point: int
+    to: str
+    lo: int
+    hi: int
+
+
+def int8_conv_output_shape(a: Int8ConvAttrs, x: tuple[int, ...], m: int) -> tuple[int, ...]:
+    n, h, w, _ = x
+    (kh, kw), (sh, sw), (dh, dw) = a.kernel_shape, a.strides, a.dilations
+    oh = (h + a.pads[0] + a.pads[2] - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + a.pads[1] + a.pads[3] - dw * (kw - 1) - 1) // sw + 1
+    return (n, oh, ow, m)
+
+
+def _infer_int8_conv(a: Int8ConvAttrs, types: Sequence[TensorType]) -> list[TensorType]:
+    check_arity(OpKind.INT8_CONV, types, 3, 3)
+    x, w, b = types
+    if x.dtype.name not in QUANTIZED or w.dtype != np.int8 or b.dtype != np.int32:
+        raise GraphError(f"Int8Conv takes uint8/int8 x, int8 w and int32 bias, got {x.dtype}, {w.dtype}, {b.dtype}")
+    if len(x.shape) != 4 or len(w.shape) != 4 or w.shape[1] * a.group != x.shape[3] or b.shape != (w.shape[0],):
+        raise GraphError(f"Int8Conv shapes do not fit: x {x.shape} (NHWC), w {w.shape}, bias {b.shape}, "
+                         f"group {a.group}")
+    if len(a.multiplier) != w.shape[0] or len(a.offset) != w.shape[0]:
+        raise GraphError(f"Int8Conv has {len(a.multiplier)} multipliers for {w.shape[0]} output channels")
+    return [TensorType(int8_conv_output_shape(a, x.shape, w.shape[0]), np.dtype(a.to))]
+
+
+def int8_accumulate(a: Int8ConvAttrs, x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """The int32 accumulator of Int8Conv (exact integer arithmetic in int64, checked to fit int32)."""
+    n, h, wd, c = x.shape
+    m, cg, kh, kw = w.shape
+    (sh, sw), (dh, dw), g = a.strides, a.dilations, a.group
+    xp = np.zeros((n, h + a.pads[0] + a.pads[2], wd + a.pads[1] + a.pads[3], c), np.int64)
+    xp[:, a.pads[0]:a.pads[0] + h, a.pads[1]:a.pads[1] + wd] = x.astype(np.int64) - a.x_zero_point
+    _, oh, ow, _ = int8_conv_output_shape(a, x.shape, m)
+    acc = np.zeros((n, oh, ow, m), np.int64) + bias.astype(np.int64)
+    mg = m // g
+    for i in range(kh):
+        for j in range(kw):
+            win = xp[:, i * dh:i * dh + sh * (oh - 1) + 1:sh, j * dw:j * dw + sw * (ow - 1) + 1:sw]
+            for gi in range(g):
+                acc[..., gi * mg:(gi + 1) * mg] += win[..., gi * cg:(gi + 1) * cg] @ \
+                    w[gi * mg:(gi + 1) * mg, :, i, j].astype(np.int64).T
+    if np.abs(acc).max(initial=0) >= 2**31:
+        raise GraphError("Int8Conv accumulator overflows int32")
+    return acc
+
+
+def requantize(a: Int8ConvAttrs, acc: np.ndarray) -> np.ndarray:
+    """The fused epilogue, in float32 in the kernel's order."""
+    y = acc.astype(np.float32) * np.asarray(a.multiplier, np.float32) + np.asarray(a.offset, np.float32)
+    q = np.rint(y) + np.float32(a.y_zero_point)
+    return np.clip(q, a.lo, a.hi).astype(a.to)
+
+
+def _int8_conv(a: Int8ConvAttrs, x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> list[np.ndarray]:
+    return [requantize(a, int8_accumulate(a, x, w, bias))]
+
+
+def _int8_conv_macs(a: Int8ConvAttrs, ins: Sequence[TensorType], outs: Sequence[TensorType]) -> int:
+    w = ins[1].shape
+    return numel(outs[0]) * w[1] * w[2] * w[3]
+
+
+register(OpDef(OpKind.INT8_CONV, Int8ConvAttrs, _infer_int8_conv, _int8_conv, macs=_int8_conv_macs, n_inputs=(3, 3),
+               flops=_per_element(6)))  # the requantization: convert, multiply, add, round, add, clamp

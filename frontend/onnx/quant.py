@@ -24,7 +24,7 @@ from convc.frontend.onnx_export import exporter
 from convc.ir import Op
 from convc.ops import OpKind
 from convc.ops.attrs import onnx_spelling
-from convc.ops.quant import QUANTIZED, QuantAttrs, dequantize
+from convc.ops.quant import QUANTIZED, QUANTIZED_CONSTANTS, QuantAttrs, dequantize
 
 _WHY = "convc computes with uint8/int8 activations, int8 weights and int32 biases"
 
@@ -81,6 +81,14 @@ def _output_type(ctx: NodeContext) -> str:
     return name
 
 
+def _record(ctx: NodeContext, name: str, q: np.ndarray, scale: np.ndarray, zp: np.ndarray, axis: int) -> None:
+    """Remember the integers behind a constant DequantizeLinear folded at import (int8 weights, int32
+    biases), by the folded tensor's name: passes/quantize.py multiplies with them instead of the floats."""
+    if name in ctx.state.values:
+        ctx.graph.metadata.setdefault(QUANTIZED_CONSTANTS, {})[name] = (np.asarray(q), np.asarray(scale).reshape(-1),
+                                                                        np.asarray(zp).reshape(-1), axis)
+
+
 @converter("QuantizeLinear", since=10)
 def quantize_linear(ctx: NodeContext) -> None:
     x = ctx.input_type(0)
@@ -98,7 +106,10 @@ def dequantize_linear(ctx: NodeContext) -> None:
     s, z, to = _params(ctx, 1, 2, len(x.shape), x.dtype.name)
     if to != x.dtype.name:
         raise ctx.error(f"input has dtype {x.dtype} but the zero point {to}")
-    ctx.add_op(OpKind.DEQUANTIZE_LINEAR, QuantAttrs(_axis(ctx, len(x.shape), s), to), [ctx.inputs[0], s, z])
+    axis = _axis(ctx, len(x.shape), s)
+    ctx.add_op(OpKind.DEQUANTIZE_LINEAR, QuantAttrs(axis, to), [ctx.inputs[0], s, z])
+    if ctx.is_constant(0) and ctx.has_input(0):
+        _record(ctx, ctx.outputs[0], ctx.constant(0), ctx.state.values[s], ctx.state.values[z], axis)
 
 
 def _dequantized(ctx: NodeContext, x: int, scale: int, zp: int, axis: int) -> str:
@@ -109,7 +120,10 @@ def _dequantized(ctx: NodeContext, x: int, scale: int, zp: int, axis: int) -> st
     sub = dataclasses.replace(ctx, attrs={"axis": axis})
     s, z, to = _params(sub, scale, zp, len(t.shape), t.dtype.name)
     out = ctx.fresh_tensor(f"dequantized{x}")
+    axis = axis if ctx.state.values[s].size > 1 else 1
     ctx.add_op(OpKind.DEQUANTIZE_LINEAR, QuantAttrs(axis, to), [ctx.inputs[x], s, z], [out])
+    if ctx.is_constant(x):
+        _record(ctx, out, ctx.constant(x), ctx.state.values[s], ctx.state.values[z], axis)
     return out
 
 
@@ -133,8 +147,9 @@ def qlinear_conv(ctx: NodeContext) -> None:
         # B is in units of x_scale * w_scale (onnxruntime adds it to the int32 accumulator)
         scale = np.asarray(ctx.constant(1), np.float32).reshape(-1) * np.asarray(ctx.constant(4), np.float32).reshape(-1)
         b = ctx.fresh_tensor("bias")
-        ctx.state.values[b] = dequantize(QuantAttrs(0), bias, scale.astype(np.float32),
-                                         np.zeros(scale.shape, np.int32))[0]
+        zero = np.zeros(scale.shape, np.int32)
+        ctx.state.values[b] = dequantize(QuantAttrs(0), bias, scale.astype(np.float32), zero)[0]
+        _record(ctx, b, bias, scale.astype(np.float32), zero, 0)
         inputs.append(b)
     y = ctx.fresh_tensor("accumulated")
     conv(dataclasses.replace(ctx, inputs=tuple(inputs), outputs=(y,)))

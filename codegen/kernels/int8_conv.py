@@ -1,0 +1,303 @@
+"""Int8Conv: a channels-last 2-D conv over uint8/int8 activations and int8 weights with int32
+accumulation and the requantization fused (convc/ops/quant.py defines the arithmetic).
+
+The multiply: activations and weights are widened to int16 and multiplied with ``vpmaddwd``
+(``llvm.x86.avx2.pmadd.wd``: 16 int16 products summed in pairs into 8 int32 lanes). Every product
+(|x| <= 255, |w| <= 128) and every pair sum fits, so the result is exact for full-range 8-bit weights.
+The faster ``vpmaddubsw`` (u8 x s8 pairs summed into *saturating* int16) would need 7-bit weights
+to be exact (255 * 127 * 2 > 32767), which is what onnxruntime's AVX2 kernels silently assume:
+quantize_static's default 8-bit weights saturate there, and onnxruntime's optimized output differs
+from its own reference lowering (tests/int8 shows it). convc stays exact instead; on a VNNI target
+LLVM fuses vpmaddwd + vpaddd into ``vpdpwssd`` (tests/int8 compiles, without running, for znver4).
+
+Tiles: 6 output pixels x 16 output channels (12 ymm accumulators). Per input-channel pair, each
+pixel's two bytes are broadcast (``vpbroadcastw`` + ``vpmovzxbw``/``vpmovsxbw``) and multiplied
+with one packed weight vector per 8 channels. The zero point is not subtracted per product: the
+accumulator starts at bias - x_zero_point * sum(w) (folded at compile time), and a padded tap reads
+a row of x_zero_point bytes, which contributes exactly that correction's share, so the border is
+exact without branches. Depthwise convs take a simpler per-channel kernel (8 channels a vector).
+
+Weights are packed at compile time: [channel block][tap][channel pair][16 channels][2] as int16.
+Threads split the output pixels.
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+
+from convc.codegen.llvm_utils import (F32, I8, I32, alloca_entry, as_i64, call_intrinsic, for_range, gep, i64,
+                                      intrinsic)
+from convc.codegen.module import KernelCall, ModuleEmitter, emitter
+from convc.ir import Op
+from convc.ops import OpKind
+from convc.ops.quant import Int8ConvAttrs
+
+I16 = ir.IntType(16)
+LANES = 8      # int32 lanes per ymm
+NV = 2         # vectors of output channels per tile
+MR = 6         # output pixels per tile
+BLOCK = LANES * NV
+
+
+def pack_weights(w: np.ndarray) -> tuple[np.ndarray, int]:
+    """(M, C, KH, KW) int8 -> int16 [blocks][KH*KW][ceil(C/2)][16][2] (zero-padded), and the block count."""
+    m, c, kh, kw = w.shape
+    blocks, pairs = -(-m // BLOCK), -(-c // 2)
+    padded = np.zeros((blocks * BLOCK, pairs * 2, kh * kw), np.int16)
+    padded[:m, :c] = w.reshape(m, c, kh * kw)
+    # [block][lane] [pair][two] [tap] -> [block][tap][pair][lane][two]
+    packed = padded.reshape(blocks, BLOCK, pairs, 2, kh * kw).transpose(0, 4, 2, 1, 3)
+    return np.ascontiguousarray(packed), blocks
+
+
+def folded_bias(a: Int8ConvAttrs, w: np.ndarray, bias: np.ndarray, blocks: int) -> np.ndarray:
+    """bias - x_zero_point * sum(w) per output channel, padded to whole blocks."""
+    out = np.zeros(blocks * BLOCK, np.int64)
+    out[:w.shape[0]] = bias.astype(np.int64) - a.x_zero_point * w.reshape(w.shape[0], -1).astype(np.int64).sum(1)
+    return out.astype(np.int32)
+
+
+def _per_channel(values, m: int, total: int, dtype) -> np.ndarray:
+    out = np.zeros(total, dtype)
+    out[:m] = values
+    return out
+
+
+def _splat(b: ir.IRBuilder, v: ir.Value, n: int) -> ir.Value:
+    vec = b.insert_element(ir.Constant(ir.VectorType(v.type, n), ir.Undefined), v, ir.Constant(I32, 0))
+    return b.shuffle_vector(vec, vec, ir.Constant(ir.VectorType(I32, n), [0] * n))
+
+
+def _const_vec(ty: ir.Type, v, n: int) -> ir.Constant:
+    return ir.Constant(ir.VectorType(ty, n), [ir.Constant(ty, v)] * n)
+
+
+def pmaddwd(b: ir.IRBuilder, x: ir.Value, y: ir.Value, native: bool) -> ir.Value:
+    """<16 x i16> x <16 x i16> -> <8 x i32>, adjacent products summed (exact)."""
+    if native:
+        fn = intrinsic(b.module, "llvm.x86.avx2.pmadd.wd", ir.VectorType(I32, 8), [x.type, y.type])
+        return b.call(fn, [x, y])
+    v32 = ir.VectorType(I32, 16)
+    prod = b.mul(b.sext(x, v32), b.sext(y, v32))
+    even = b.shuffle_vector(prod, prod, ir.Constant(ir.VectorType(I32, 8), list(range(0, 16, 2))))
+    odd = b.shuffle_vector(prod, prod, ir.Constant(ir.VectorType(I32, 8), list(range(1, 16, 2))))
+    return b.add(even, odd)
+
+
+def requantize(b: ir.IRBuilder, a: Int8ConvAttrs, acc: ir.Value, mult: ir.Value, off: ir.Value, n: int) -> ir.Value:
+    """<n x i32> accumulators -> <n x i8>, as convc/ops/quant.py's ``requantize``."""
+    y = b.fadd(b.fmul(b.sitofp(acc, ir.VectorType(F32, n)), mult), off)
+    q = b.fadd(call_intrinsic(b, "llvm.roundeven.f32", [y]), _const_vec(F32, float(a.y_zero_point), n))
+    q = call_intrinsic(b, "llvm.maxnum.f32", [q, _const_vec(F32, float(a.lo), n)])
+    q = call_intrinsic(b, "llvm.minnum.f32", [q, _const_vec(F32, float(a.hi), n)])
+    return b.trunc(b.fptosi(q, ir.VectorType(I32, n)), ir.VectorType(I8, n))
+
+
+def _store_lanes(b: ir.IRBuilder, v: ir.Value, ptr: ir.Value, count: int) -> None:
+    """The first ``count`` bytes of ``v`` (all 8 in one store when ``count`` is 8)."""
+    if count == LANES:
+        b.store(v, ptr, align=1)
+        return
+    for lane in range(count):
+        b.store(b.extract_element(v, ir.Constant(I32, lane)), gep(b, ptr, lane, I8))
+
+
+class _Geometry:
+    def __init__(self, em: ModuleEmitter, op: Op) -> None:
+        a: Int8ConvAttrs = op.attrs
+        self.a = a
+        self.n, self.h, self.w, self.c = em.tensor(op.inputs[0]).shape
+        _, self.oh, self.ow, self.m = em.tensor(op.outputs[0]).shape
+        self.kh, self.kw = a.kernel_shape
+        self.pixels = self.n * self.oh * self.ow
+        self.signed = em.tensor(op.inputs[0]).dtype == np.int8
+
+    def pixel_origin(self, b: ir.IRBuilder, p: ir.Value) -> tuple[ir.Value, ir.Value, ir.Value]:
+        """(n, top row, left column) of output pixel p's window (may be negative in the padding)."""
+        a = self.a
+        per_image = self.oh * self.ow
+        n = b.udiv(p, i64(per_image))
+        r = b.urem(p, i64(per_image))
+        oh, ow = b.udiv(r, i64(self.ow)), b.urem(r, i64(self.ow))
+        top = b.sub(b.mul(oh, i64(a.strides[0])), i64(a.pads[0]))
+        left = b.sub(b.mul(ow, i64(a.strides[1])), i64(a.pads[1]))
+        return n, top, left
+
+    def tap_row(self, b: ir.IRBuilder, x: ir.Value, zrow: ir.Value, origin, i, j) -> ir.Value:
+        """Pointer to the C input bytes of tap (i, j) (ints or i64 values), or to the zero-point row when it
+        is padding."""
+        n, top, left = origin
+        ih = b.add(top, b.mul(as_i64(b, i), i64(self.a.dilations[0])))
+        iw = b.add(left, b.mul(as_i64(b, j), i64(self.a.dilations[1])))
+        ok_h = b.icmp_unsigned("<", ih, i64(self.h))  # negative wraps to huge: one compare per bound
+        ok_w = b.icmp_unsigned("<", iw, i64(self.w))
+        idx = b.mul(b.add(b.mul(b.add(b.mul(n, i64(self.h)), ih), i64(self.w)), iw), i64(self.c))
+        return b.select(b.and_(ok_h, ok_w), gep(b, x, idx, I8), zrow)
+
+
+def _emit_dense(em: ModuleEmitter, op: Op, geo: _Geometry) -> KernelCall:
+    a, c, m = geo.a, geo.c, geo.m
+    w = em.tensor(op.inputs[1]).data
+    packed, blocks = pack_weights(w)
+    pairs, taps = -(-c // 2), geo.kh * geo.kw
+    xdtype = np.int8 if geo.signed else np.uint8
+    tables = [em.derived_constant(packed, np.int16),
+              em.derived_constant(folded_bias(a, w, em.tensor(op.inputs[2]).data, blocks), np.int32),
+              em.derived_constant(_per_channel(a.multiplier, m, blocks * BLOCK, np.float32)),
+              em.derived_constant(_per_channel(a.offset, m, blocks * BLOCK, np.float32)),
+              em.derived_constant(np.full(pairs * 2, a.x_zero_point, np.int64).astype(xdtype), xdtype)]
+    native = em.isa.name in ("avx2", "avx512")
+    fn, b = em.function(op.name, 7, parallel=True)
+    x, y, wp, bias, mult, off, zrow = fn.args[:7]
+    v16 = ir.VectorType(I16, 16)
+    tiles = geo.pixels // MR
+
+    vacc = ir.VectorType(I32, LANES)
+    slots = [[alloca_entry(b, vacc, f"acc{r}_{v}") for v in range(NV)] for r in range(MR)]
+
+    def tile(p0: ir.Value, mr: int) -> None:
+        origins = [geo.pixel_origin(b, b.add(p0, i64(r))) for r in range(mr)]
+        with for_range(b, blocks, name="blk") as blk:
+            for r in range(mr):
+                for v in range(NV):
+                    b.store(_const_vec(I32, 0, LANES), slots[r][v])
+            wblock = b.mul(blk, i64(taps * pairs * BLOCK * 2))
+            # taps in a loop, not unrolled: the code stays small (LLVM time grows with it)
+            with for_range(b, taps, name="tap") as t:
+                i, j = b.udiv(t, i64(geo.kw)), b.urem(t, i64(geo.kw))
+                rows = [geo.tap_row(b, x, zrow, origins[r], i, j) for r in range(mr)]
+                wtap = b.add(wblock, b.mul(t, i64(pairs * BLOCK * 2)))
+                if c // 2:
+                    with for_range(b, c // 2, name="pair") as k:
+                        _pair_step(b, rows, wp, wtap, k, slots, False, native, geo.signed, v16)
+                if c % 2:
+                    _pair_step(b, rows, wp, wtap, i64(c // 2), slots, True, native, geo.signed, v16)
+            base = b.mul(blk, i64(BLOCK))
+            for v in range(NV):
+                ch = b.add(base, i64(v * LANES))
+                bv = b.load(gep(b, bias, ch, I32), typ=vacc, align=4)
+                mv = b.load(gep(b, mult, ch, F32), typ=ir.VectorType(F32, LANES), align=4)
+                ov = b.load(gep(b, off, ch, F32), typ=ir.VectorType(F32, LANES), align=4)
+                for r in range(mr):
+                    q = requantize(b, a, b.add(b.load(slots[r][v], typ=vacc), bv), mv, ov, LANES)
+                    out = gep(b, y, b.add(b.mul(b.add(p0, i64(r)), i64(m)), ch), I8)
+                    _store_block(b, q, out, ch, m)
+
+    lo, hi = em.thread_range(b, fn, tiles)
+    with for_range(b, hi, start=lo, name="tile") as t:
+        tile(b.mul(t, i64(MR)), MR)
+    # the last pixels (fewer than a tile) on the first thread
+    if geo.pixels % MR:
+        first = b.icmp_unsigned("==", fn.args[-2], i64(0))
+        with b.if_then(first):
+            with for_range(b, geo.pixels, start=tiles * MR, name="px") as p:
+                tile(p, 1)
+    b.ret_void()
+    return KernelCall(fn, [op.inputs[0], op.outputs[0], *tables])
+
+
+def _store_block(b: ir.IRBuilder, q: ir.Value, out: ir.Value, ch: ir.Value, m: int) -> None:
+    """Store 8 channels' bytes, or only those below m in the last block."""
+    if m % LANES == 0:
+        full = b.icmp_unsigned("<", ch, i64(m))
+        with b.if_then(full):
+            b.store(q, out, align=1)
+        return
+    full = b.icmp_unsigned("<=", b.add(ch, i64(LANES)), i64(m))
+    with b.if_else(full) as (then, otherwise):
+        with then:
+            b.store(q, out, align=1)
+        with otherwise:
+            for lane in range(LANES):
+                inside = b.icmp_unsigned("<", b.add(ch, i64(lane)), i64(m))
+                with b.if_then(inside):
+                    b.store(b.extract_element(q, ir.Constant(I32, lane)), gep(b, out, lane, I8))
+
+
+def _broadcast_pair(b: ir.IRBuilder, row: ir.Value, k: ir.Value, single: bool, signed: bool, v16) -> ir.Value:
+    """<16 x i16>: the bytes row[k], row[k+1] widened and repeated 8 times (row[k], 0 when ``single``)."""
+    if single:
+        byte = b.load(gep(b, row, k, I8), typ=I8)
+        pair = b.zext(byte, I16) if not signed else b.and_(b.sext(byte, I16), ir.Constant(I16, 0xFF))
+        # the high byte is 0: widened it is (x, 0), as a zero weight for the missing channel expects
+    else:
+        pair = b.load(gep(b, row, k, I8), typ=I16, align=1)
+    bytes16 = b.bitcast(_splat(b, pair, 8), ir.VectorType(I8, 16))
+    return b.sext(bytes16, v16) if signed else b.zext(bytes16, v16)
+
+
+def _pair_step(b, rows, wp, wtap, k, slots, single: bool, native: bool, signed: bool, v16) -> None:
+    """slots[r][v] += pixel r's channel pair k times the packed weights of vector v (stack slots, promoted
+    to registers by mem2reg)."""
+    woff = b.add(wtap, b.mul(k, i64(BLOCK * 2)))
+    ws = [b.load(gep(b, wp, b.add(woff, i64(v * LANES * 2)), I16), typ=v16, align=2) for v in range(NV)]
+    for r, row in enumerate(rows):
+        xa = _broadcast_pair(b, row, b.mul(k, i64(2)), single, signed, v16)
+        for v in range(NV):
+            acc = b.load(slots[r][v], typ=ir.VectorType(I32, LANES))
+            b.store(b.add(acc, pmaddwd(b, xa, ws[v], native)), slots[r][v])
+
+
+def _emit_depthwise(em: ModuleEmitter, op: Op, geo: _Geometry) -> KernelCall:
+    """One input and one output channel per group: per pixel, 8 channels a vector, int32 multiply-adds."""
+    a, c = geo.a, geo.c
+    w = em.tensor(op.inputs[1]).data  # (C, 1, KH, KW)
+    vecs = -(-c // LANES)
+    cp = vecs * LANES
+    taps = geo.kh * geo.kw
+    wt = np.zeros((taps, cp), np.int32)
+    wt[:, :c] = w.reshape(c, taps).T
+    bias = np.zeros(cp, np.int32)
+    bias[:c] = em.tensor(op.inputs[2]).data
+    xdtype = np.int8 if geo.signed else np.uint8
+    tables = [em.derived_constant(wt, np.int32), em.derived_constant(bias, np.int32),
+              em.derived_constant(_per_channel(a.multiplier, c, cp, np.float32)),
+              em.derived_constant(_per_channel(a.offset, c, cp, np.float32)),
+              em.derived_constant(np.full(cp, a.x_zero_point, np.int64).astype(xdtype), xdtype)]
+    fn, b = em.function(op.name, 7, parallel=True)
+    x, y, wp, bp, mult, off, zrow = fn.args[:7]
+    vi = ir.VectorType(I32, LANES)
+    zp = _const_vec(I32, a.x_zero_point, LANES)
+    lo, hi = em.thread_range(b, fn, geo.pixels)
+    with for_range(b, hi, start=lo, name="px") as p:
+        origin = geo.pixel_origin(b, p)
+        rows = [geo.tap_row(b, x, zrow, origin, t // geo.kw, t % geo.kw) for t in range(taps)]
+        with for_range(b, vecs, name="cv") as cv:
+            ch = b.mul(cv, i64(LANES))
+            acc = b.load(gep(b, bp, ch, I32), typ=vi, align=4)
+            for t, row in enumerate(rows):
+                # whole vectors within the row; the last partial vector reads byte by byte
+                xs = _load_channels(b, row, ch, c, geo.signed)
+                wv = b.load(gep(b, wp, b.add(i64(t * cp), ch), I32), typ=vi, align=4)
+                acc = b.add(acc, b.mul(b.sub(xs, zp), wv))
+            mv = b.load(gep(b, mult, ch, F32), typ=ir.VectorType(F32, LANES), align=4)
+            ov = b.load(gep(b, off, ch, F32), typ=ir.VectorType(F32, LANES), align=4)
+            q = requantize(b, a, acc, mv, ov, LANES)
+            _store_block(b, q, gep(b, y, b.add(b.mul(p, i64(c)), ch), I8), ch, c)
+    b.ret_void()
+    return KernelCall(fn, [op.inputs[0], op.outputs[0], *tables])
+
+
+def _load_channels(b: ir.IRBuilder, row: ir.Value, ch: ir.Value, c: int, signed: bool) -> ir.Value:
+    """<8 x i32>: row[ch .. ch+8) widened; lanes at or past c read as channel 0's byte (their weight is 0)."""
+    vi8 = ir.VectorType(I8, LANES)
+    if c % LANES == 0:
+        v = b.load(gep(b, row, ch, I8), typ=vi8, align=1)
+    else:
+        v = ir.Constant(vi8, None)
+        for lane in range(LANES):
+            idx = b.add(ch, i64(lane))
+            safe = b.select(b.icmp_unsigned("<", idx, i64(c)), idx, i64(0))
+            v = b.insert_element(v, b.load(gep(b, row, safe, I8), typ=I8), ir.Constant(I32, lane))
+    return b.sext(v, ir.VectorType(I32, LANES)) if signed else b.zext(v, ir.VectorType(I32, LANES))
+
+
+@emitter(OpKind.INT8_CONV)
+def emit_int8_conv(em: ModuleEmitter, op: Op) -> KernelCall:
+    geo = _Geometry(em, op)
+    w = em.tensor(op.inputs[1])
+    if op.attrs.group == 1:
+        return _emit_dense(em, op, geo)
+    if op.attrs.group == geo.c and w.shape[0] == geo.c:
+        return _emit_depthwise(em, op, geo)
+    raise AssertionError(f"{op.name}: passes/quantize.py places Int8Conv for plain and depthwise convs only")

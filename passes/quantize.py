@@ -1,0 +1,119 @@
+"""Integer convs: DequantizeLinear -> Conv [-> Relu/Clip] -> QuantizeLinear becomes one Int8Conv.
+
+A QDQ model (onnxruntime's ``quantize_static``, ``convc quantize``) says "this conv reads uint8/int8
+values and its output is quantized again" with float ops between DequantizeLinear and QuantizeLinear.
+Imported as written, convc runs that float conv (exact reference semantics). This pass runs the conv
+on the integers instead: the int8 weights and int32 bias the importer recorded
+(``QUANTIZED_CONSTANTS``), int32 accumulation, and the requantization to the output's scale and zero
+point fused into the kernel's epilogue (convc/ops/quant.py defines it, codegen/kernels/int8_conv.py
+runs it). A fused ReLU or Clip becomes a narrower clamp of the quantized output (quantization is
+monotonic, so Q(relu(y)) = max(Q(y), Q(0))).
+
+It applies when (otherwise the float path stays, with a note for ``convc profile``):
+- the conv runs channels last (passes/layout.py converts per-tensor QuantizeLinear/DequantizeLinear
+  with it), is plain or depthwise 2-D, and its epilogue has no residual;
+- its input is a per-tensor DequantizeLinear of uint8/int8 values, and its output's only reader a
+  per-tensor QuantizeLinear;
+- its weight is a folded int8 DequantizeLinear with zero points 0 (per tensor or per output channel)
+  and its bias absent, a folded int32 DequantizeLinear with scale x_scale * w_scale (as quantize_static
+  writes it: added to the accumulator exactly) or any float constant (added in float, divided by y_scale).
+
+Float ops between (residual Add, pooling, Gemm) stay float on dequantized values, as the model has them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from convc.passes.dce import eliminate_dead_code
+from convc.passes.rewrite import note, record_origin, single_consumer, take_output
+
+from convc.ir import Graph, Op
+from convc.ops import OpKind
+from convc.ops.quant import QUANTIZED, QUANTIZED_CONSTANTS, Int8ConvAttrs, quantize
+
+INT8_ACTIVATIONS = (OpKind.RELU, OpKind.CLIP)
+
+
+def int8_convs(g: Graph) -> Graph:
+    """Rewrite every DQ -> Conv -> Q the module docstring describes; drop the recorded integers."""
+    known = g.metadata.pop(QUANTIZED_CONSTANTS, None)
+    if not known:
+        return g
+    for q in [op for op in g.ops() if op.kind is OpKind.QUANTIZE_LINEAR]:
+        conv = g.producer(q.inputs[0])
+        if conv is None or conv.kind is not OpKind.CONV:
+            continue
+        found = _match(g, conv, q, known)
+        if isinstance(found, str):
+            note(g, conv.name, f"stays float32: {found}")
+            continue
+        _rewrite(g, conv, q, *found)
+    return eliminate_dead_code(g)
+
+
+def _scalar(g: Graph, name: str) -> float:
+    return float(np.asarray(g.tensor(name).data).reshape(-1)[0])
+
+
+def _match(g: Graph, conv: Op, q: Op, known: dict):
+    """(x, attrs, weight, bias) of the Int8Conv replacing ``conv`` and ``q``, or why not."""
+    a = conv.attrs
+    if not a.channels_last or a.spatial_rank != 2:
+        return "not a channels-last 2-D conv"
+    if single_consumer(g, q.inputs[0]) is not q:
+        return "its float output is read by more than the QuantizeLinear"
+    epi = a.epilogue
+    if epi.residual or (epi.activation is not None and epi.activation not in INT8_ACTIVATIONS):
+        return "its fused epilogue is not ReLU or Clip"
+    dq = g.producer(conv.inputs[0])
+    if dq is None or dq.kind is not OpKind.DEQUANTIZE_LINEAR or g.tensor(dq.inputs[1]).size != 1:
+        return "its input is not a per-tensor DequantizeLinear"
+    x = dq.inputs[0]
+    if g.tensor(x).dtype.name not in QUANTIZED or g.tensor(q.inputs[1]).size != 1:
+        return "its output is not quantized per tensor to uint8/int8"
+    w = known.get(conv.inputs[1])
+    if w is None or w[0].dtype != np.int8 or np.any(w[2] != 0) or (w[1].size > 1 and w[3] != 0):
+        return "its weight is not a constant int8 DequantizeLinear with zero points 0 per output channel"
+    m, cg = w[0].shape[:2]
+    c = g.tensor(x).shape[3]
+    if not (a.group == 1 or (a.group == c == m and cg == 1)):
+        return f"group={a.group} (Int8Conv runs plain and depthwise convs)"
+    xs, ys = np.float32(_scalar(g, dq.inputs[1])), np.float32(_scalar(g, q.inputs[1]))
+    ws = np.broadcast_to(w[1].astype(np.float32), (m,))
+    acc_scale = (xs * ws).astype(np.float32)
+    bias, offset = np.zeros(m, np.int32), np.zeros(m, np.float32)
+    if len(conv.inputs) > 2 + epi.residual:
+        b = conv.inputs[2]
+        recorded = known.get(b)
+        if recorded is not None and recorded[0].dtype == np.int32 and not np.any(recorded[2]) and \
+                np.array_equal(np.broadcast_to(recorded[1].astype(np.float32), (m,)), acc_scale):
+            bias = recorded[0].astype(np.int32).reshape(m)
+        else:
+            offset = (np.asarray(g.tensor(b).data, np.float32).reshape(m) / ys).astype(np.float32)
+    to, yzp = g.tensor(q.outputs[0]).dtype.name, int(_scalar(g, q.inputs[2]))
+    lo, hi = QUANTIZED[to]
+    if epi.activation is not None:
+        bounds = np.array([0.0, np.inf] if epi.activation is OpKind.RELU else
+                          [epi.activation_attrs.min, epi.activation_attrs.max], np.float32)
+        qa = q.attrs
+        qb = quantize(qa, bounds, np.array([ys], np.float32), np.array([yzp], np.dtype(to)))[0].astype(int)
+        lo, hi = max(lo, int(qb[0])), min(hi, int(qb[1]))
+    attrs = Int8ConvAttrs(
+        kernel_shape=tuple(a.kernel_shape), strides=tuple(a.strides),
+        pads=(a.pads[0], a.pads[1], a.pads[2], a.pads[3]), dilations=tuple(a.dilations), group=a.group,
+        x_zero_point=int(_scalar(g, dq.inputs[2])),
+        multiplier=tuple(float(v) for v in (acc_scale / ys).astype(np.float32)),
+        offset=tuple(float(v) for v in offset), y_zero_point=yzp, to=to, lo=lo, hi=hi)
+    return x, attrs, w[0], bias
+
+
+def _rewrite(g: Graph, conv: Op, q: Op, x: str, attrs: Int8ConvAttrs, w: np.ndarray, bias: np.ndarray) -> None:
+    target = q.outputs[0]
+    wname = g.add_constant(g.fresh_name(f"{conv.name}/w_int8"), np.ascontiguousarray(w)).name
+    bname = g.add_constant(g.fresh_name(f"{conv.name}/bias_int32"), np.ascontiguousarray(bias)).name
+    new = g.add_op(OpKind.INT8_CONV, attrs, [x, wname, bname], [g.fresh_name(f"{target}_int8")],
+                   name=g.fresh_name(f"{conv.name}_int8"))
+    g.remove_op(q, remove_outputs=False)
+    g.remove_op(conv)
+    take_output(g, new, target)
+    record_origin(g, new.name, conv.name)
