@@ -24,6 +24,7 @@ from convc.passes.layout import to_channels_last
 from convc.passes.memory import MemoryPlan, plan_memory
 from convc.passes.memory_check import check_memory_plan, checking
 from convc.passes.precision import bf16_operands
+from convc.passes.quantize import int8_convs
 from convc.passes.training_state import detach_state, plan_updates_in_place, update_targets, updates_last
 
 from convc.ir import Graph, Op
@@ -66,6 +67,7 @@ PIPELINE: list[tuple[str, Pass]] = [
     ("batch-norm folding", fold_batch_norm),
     ("epilogue fusion", fuse_epilogues),
     ("channels-last layout", to_channels_last),
+    ("int8 convs (quantized models)", int8_convs),
     ("1-D windows as 2-D", windows_to_2d),
     ("im2col lowering", lower_im2col),
     ("dead-code elimination", eliminate_dead_code),
