@@ -34,6 +34,7 @@ from convc.ops.shape import TransposeAttrs
 Predicate = Callable[[Graph, Op], bool]
 
 POOLS = frozenset({OpKind.MAX_POOL, OpKind.AVERAGE_POOL, OpKind.GLOBAL_AVERAGE_POOL, OpKind.GLOBAL_MAX_POOL})
+QUANTIZE_DEQUANTIZE = frozenset({OpKind.QUANTIZE_LINEAR, OpKind.DEQUANTIZE_LINEAR})
 SAME_SHAPE_BINARY = frozenset({OpKind.ADD, OpKind.MUL, OpKind.SUB, OpKind.DIV, OpKind.MAX, OpKind.MIN, OpKind.SUM})
 
 
@@ -100,6 +101,13 @@ def _activation_inputs(g: Graph, op: Op, twins: dict[str, str], convert_conv: Pr
     if op.kind is OpKind.CONCAT:
         ok = rank4 and all(t in twins for t in op.inputs)
         return set(range(len(op.inputs))) if ok else None
+    if op.kind in QUANTIZE_DEQUANTIZE:  # per-tensor: elementwise in any layout (scale and zero point constants)
+        source = op.inputs[0] in twins or (op.kind is OpKind.QUANTIZE_LINEAR and op.inputs[0] in g.inputs)
+        ok = rank4 and source and g.tensor(op.inputs[1]).size == 1 and op.outputs[0] not in g.outputs
+        # a quantized tensor is only read channels last (the transposes back move float32 values)
+        ok = ok and (op.kind is OpKind.DEQUANTIZE_LINEAR or all(
+            r.kind is OpKind.DEQUANTIZE_LINEAR and g.tensor(r.inputs[1]).size == 1 for r in g.consumers(op.outputs[0])))
+        return {0} if ok else None
     if op.kind in OpGroup.UNARY or op.kind in SAME_SHAPE_BINARY:
         out = g.tensor(op.outputs[0]).type
         ok = rank4 and all(t in twins and g.tensor(t).type == out for t in op.inputs)
