@@ -25,5 +25,7 @@ NOT_DIFFERENTIABLE: dict[OpKind, str] = {
 NOT_DIFFERENTIABLE |= {OpKind[name]: "quantizes to or from int8 (integer tensors have no gradient; convc trains "
                                      "float32 models, quantization-aware training is not supported)"
                        for name in ("QUANTIZE_LINEAR", "DEQUANTIZE_LINEAR") if name in OpKind.__members__}
+NOT_DIFFERENTIABLE[OpKind.INT8_CONV] = ("created by passes/quantize.py in inference plans of quantized models; "
+                                       "convc trains float32 models")
 
 __all__ = ["GRADIENTS", "NOT_DIFFERENTIABLE", "GradContext", "backward", "gradient"]

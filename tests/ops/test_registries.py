@@ -56,6 +56,7 @@ NO_GRADIENT = {
     OpKind.ROUND_BF16: "passes/precision.py places it in inference plans only; training runs float32",
     OpKind.QUANTIZE_LINEAR: "quantized models are compiled for inference (quantization-aware training is not written)",
     OpKind.DEQUANTIZE_LINEAR: "quantized models are compiled for inference (quantization-aware training is not written)",
+    OpKind.INT8_CONV: "passes/quantize.py places it in inference plans of quantized models only",
 }
 
 
