@@ -57,6 +57,7 @@ ROLES: dict[tuple[OpKind, int], str] = {
     (OpKind.BATCH_NORM, 1): NORM, (OpKind.BATCH_NORM, 2): NORM,
     (OpKind.BATCH_NORM, 3): RUNNING, (OpKind.BATCH_NORM, 4): RUNNING,
     (OpKind.ADD, 0): BIAS, (OpKind.ADD, 1): BIAS, (OpKind.SUM, 0): BIAS, (OpKind.SUM, 1): BIAS,
+    (OpKind.PRELU, 1): BIAS,  # the slopes: a per-channel vector, like a bias not regularized by l2=
 }
 _PRIORITY = {WEIGHT: 0, BIAS: 1, NORM: 2, RUNNING: 3}
 ROLE_NAMES = (WEIGHT, BIAS, NORM)  # what a parameter group of convc.optim may name besides parameters
