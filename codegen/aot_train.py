@@ -297,19 +297,23 @@ def build_training_plan(step, eval_plan, opt, output: str | os.PathLike, options
     apply_native = emit_module(split.apply, name + "_apply", threads=1, target=tgt.llvm_target(), progress=progress)
 
     tg = step.plan.graph
-    state_names = list(tg.inputs[2:])  # lr, step, parameters, running statistics, optimizer state
-    # then, past what convc_state lists: the split step's loss, its pending flag, the gradient
-    # buffer (the parameters' gradients one after the other) and the saved batch statistics
+    # lr, step, parameters, running statistics, optimizer state
+    state_names = [n for n in tg.inputs[2:] if n != step.rows]
+    # then, past what convc_state lists: the loss's rows (always the whole batch here), the split
+    # step's loss and pending flag, the gradient buffer (the parameters' gradients one after the
+    # other) and the saved batch statistics
     ag, cg = split.apply.graph, split.compute.graph
     pending = "convc.gradients_pending"
     while pending in state_names or ag.has_tensor(pending):
         pending += "_"
     buffers = [split.buffers[p] for p in step.params]
-    hidden = _specs(ag, [step.loss]) + [(pending, (1,), np.dtype(np.int64))] + _specs(cg, buffers + split.saved)
+    hidden = _specs(tg, [step.rows]) + _specs(ag, [step.loss]) + [(pending, (1,), np.dtype(np.int64))] + \
+        _specs(cg, buffers + split.saved)
     layout = _state_layout(_specs(tg, state_names) + hidden)
     initial = dict(step.initial)
     initial[step.lr] = np.array([opt.lr], dtype=np.float32)
-    initial.update({n: np.zeros(shape, dt) for n, shape, dt in hidden})
+    for n, shape, dt in hidden:
+        initial.setdefault(n, np.zeros(shape, dt))
     image = layout.image(initial)
     loss_t = tg.tensor(tg.outputs[0])
     if tg.outputs[0] != step.loss or loss_t.shape not in ((1,), ()) or loss_t.dtype != np.float32:

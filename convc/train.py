@@ -17,6 +17,7 @@ counter) as numpy arrays bound to the compiled models' inputs, which the native 
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from convc.driver import eval_plan as _eval_plan
 from convc.errors import ConvcError, InputError
 from convc.ir import Graph
 from convc.limits import check_size, positive_int
+from convc.losses import Loss
 from convc.optim import SGD, Optimizer
 from convc.model import CompiledModel
 from convc.options import resolve_options
@@ -58,8 +60,12 @@ class Trainer:
 
     ``model``: an ONNX model (path, bytes or ModelProto), a convc Graph, or a ``convc.nn`` module.
     ``input_shape``: the batch shape, batch first (``step`` compiles other batch sizes on first use).
-    ``loss``: "cross_entropy" (integer labels; a final Softmax is folded into the loss), "mse" or
-    "bce" (targets shaped like the output; bce expects probabilities).
+    ``loss``: a name or ``convc.Loss`` (convc/losses.py: cross_entropy, nll, mse, l1, huber,
+    smooth_l1, bce, bce_with_logits, with label smoothing, class weights, ignore_index, soft targets).
+    A batch smaller than the compiled one trains on the compiled step, padded, with the loss
+    counting only its samples (the small batch's result, no compile), unless the model has
+    BatchNorm in training mode (the padding would change its batch statistics): then that batch
+    size compiles its own step, once.
     ``optimizer``: from ``convc.optim`` (default SGD(0.01)). ``l1``/``l2``: regularization of the
     weights of Conv/Gemm/MatMul (not biases or BN parameters unless ``regularize_all``).
     ``seed``: seeds Dropout's counter-based generator (a run is reproducible). ``threads``: worker
@@ -68,7 +74,7 @@ class Trainer:
     ``clip_grad_norm_``); ``trainer.clip_grad_norm`` changes it at run time, ``last_grad_norm``
     is the norm of the last step. ``save``/``load_state``/``Trainer.load``: checkpoints."""
 
-    def __init__(self, model: Any, *, input_shape: Sequence[int], loss: str = "cross_entropy",
+    def __init__(self, model: Any, *, input_shape: Sequence[int], loss: str | Loss = "cross_entropy",
                  optimizer: Optimizer | None = None, l1: float = 0.0, l2: float = 0.0, seed: int = 0,
                  regularize_all: bool = False, trainable: Sequence[str] | None = None, instrument: bool = False,
                  threads: int | None = None, clip_grad_norm: float | None = None):
@@ -76,10 +82,12 @@ class Trainer:
         # checked and defaulted once; predict's forward is never instrumented
         self._compile_options = resolve_options(threads=threads, instrument=instrument)
         self.threads = self._compile_options.threads
-        self.loss_name = loss
+        self.loss = Loss.of(loss)
+        self.loss_name = self.loss.name
         self.optimizer = optimizer if optimizer is not None else SGD(0.01)
         self.l1, self.l2, self.seed = float(l1), float(l2), int(seed)
-        self._options = {"loss": loss, "optimizer": self.optimizer, "seed": self.seed, "l1": self.l1, "l2": self.l2,
+        self._options = {"loss": self.loss.name, "loss_attrs": self.loss.attrs(),
+                         "soft_targets": self.loss.soft_targets, "optimizer": self.optimizer, "seed": self.seed, "l1": self.l1, "l2": self.l2,
                              "regularize_all": regularize_all, "trainable": set(trainable) if trainable else None,
                              "clip_grad_norm": clip_grad_norm is not None}
         self.forward = load_forward(model, input_shape)
@@ -184,23 +192,44 @@ class Trainer:
     def _check_y(self, y: Any, n: int, plan: TrainingStep) -> np.ndarray:
         y = np.asarray(y)
         out = plan.graph.tensor(plan.logits).shape
-        if self.loss_name == "cross_entropy":
+        if plan.graph.tensor(plan.labels).dtype.kind in "iu":  # class indices
             classes = out[1]
             if y.shape != (n,):
                 raise InputError(f"labels have shape {y.shape}, expected ({n},): one class index per sample")
             if y.dtype.kind not in "iu":
                 raise InputError(f"labels have dtype {y.dtype}, expected integer class indices "
                                  "(convert with .astype(np.int64))")
-            bad = np.flatnonzero((y < 0) | (y >= classes))
+            ignored = y == self.loss.ignore_index if self.loss.ignore_index is not None else np.zeros(n, bool)
+            bad = np.flatnonzero(((y < 0) | (y >= classes)) & ~ignored)
             if bad.size:
                 raise InputError(f"labels out of range [0, {classes}): {y[bad[:5]].tolist()} at positions "
                                  f"{bad[:5].tolist()}{' ...' if bad.size > 5 else ''}")
-            return np.ascontiguousarray(y, dtype=np.int64)
+            y = np.ascontiguousarray(y, dtype=np.int64)
+            return np.where(ignored, -1, y) if ignored.any() else y  # out of range: the kernel skips the sample
         if y.dtype != np.float32:
             raise InputError(f"targets have dtype {y.dtype}, expected float32 (convert with .astype(np.float32))")
         if y.shape != (n,) + out[1:]:
             raise InputError(f"targets have shape {y.shape}, expected {(n,) + out[1:]} (the model's output)")
         return np.ascontiguousarray(y)
+
+    def _padded(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """(x, y) padded with zeros to the compiled batch when the compiled step can train on them
+        (smaller, no BatchNorm in training mode), and the batch to run at; else as they are."""
+        n, full = x.shape[0], self.input_shape[0]
+        if n >= full or self.plan.running:
+            return x, y, n
+        def pad(a: np.ndarray) -> np.ndarray:
+            return np.concatenate([a, np.zeros((full - n,) + a.shape[1:], a.dtype)])
+        return pad(x), pad(y), full
+
+    def _run_step(self, x: Any, y: Any, run) -> Any:
+        """Check (x, y), pad them to a compiled batch, set the loss's rows: ``run(x, y, batch)``."""
+        x = self._check_x(x)
+        y = self._check_y(y, x.shape[0], self.plan)
+        n = x.shape[0]
+        x, y, batch = self._padded(x, y)
+        self._state[self.plan.rows][0] = n
+        return run(x, y, batch)
 
     # --- training -----------------------------------------------------------------------------------
     def step(self, x: Any, y: Any) -> float:
@@ -208,15 +237,16 @@ class Trainer:
 
         Raises InputError for malformed inputs and TrainingError when the loss or a gradient is not
         finite; either way the training state is left unchanged."""
-        x = self._check_x(x)
-        plan, model = self._compile_step(x.shape[0])
-        y = self._check_y(y, x.shape[0], plan)
+        def run(x: np.ndarray, y: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+            plan, model = self._compile_step(batch)
+            feeds = {plan.x: x, plan.labels: y}
+            if self._compile_options.instrument:
+                out, self._timings[batch] = model.run_timed(feeds)
+                return out
+            return model.run(feeds)
         before = self.steps_done
-        feeds = {plan.x: x, plan.labels: y}
-        if self._compile_options.instrument:
-            out, self._timings[x.shape[0]] = model.run_timed(feeds)
-        else:
-            out = model.run(feeds)
+        out = self._run_step(x, y, run)
+        plan = self.plan
         loss = float(out[plan.loss][0])
         if plan.grad_norm is not None:
             self.last_grad_norm = float(out[plan.grad_norm][0])
@@ -281,18 +311,18 @@ class Trainer:
         the gradient of their union: scale ``trainer.gradients`` by 1/k before ``apply_gradients``
         to train as on the whole batch. BatchNorm's running statistics are updated (by
         ``apply_gradients``) from the last call's batch statistics."""
-        x = self._check_x(x)
-        split, compute, _ = self._split_at(x.shape[0])
-        y = self._check_y(y, x.shape[0], self.plan)
-        if not accumulate or not self._grads_pending:
-            self._gradients.fill(0.0)
-            self._grad_loss[0] = 0.0
-        for name in split.saved:
-            self._state[name].fill(0.0)
-        loss = compute.run({split.names.x: x, split.names.labels: y})[split.names.loss][0]
-        self._grad_loss += loss
-        self._grads_pending = x.shape[0]  # the batch whose apply step (its BatchNorm count) runs next
-        return float(loss)
+        def run(x: np.ndarray, y: np.ndarray, batch: int) -> float:
+            split, compute, _ = self._split_at(batch)
+            if not accumulate or not self._grads_pending:
+                self._gradients.fill(0.0)
+                self._grad_loss[0] = 0.0
+            for name in split.saved:
+                self._state[name].fill(0.0)
+            loss = compute.run({split.names.x: x, split.names.labels: y})[split.names.loss][0]
+            self._grad_loss += loss
+            self._grads_pending = batch  # the batch whose apply step (its BatchNorm count) runs next
+            return float(loss)
+        return self._run_step(x, y, run)
 
     def apply_gradients(self) -> None:
         """The optimizer update from ``trainer.gradients``, natively: the finite check (of the loss
@@ -333,21 +363,21 @@ class Trainer:
         return np.concatenate(results)
 
     def evaluate(self, x: Any, y: Any, batch_size: int | None = None) -> dict[str, float]:
-        """Loss and (for cross-entropy) accuracy in eval mode over the whole set."""
+        """Loss and (for the class losses with class indices) accuracy in eval mode over the whole
+        set, by the loss op's float64 reference (convc/ops/loss.py)."""
+        from convc.ops import op_def
         out = self.predict(x, batch_size).astype(np.float64)
         y = self._check_y(y, out.shape[0], self.plan)
-        if self.loss_name == "cross_entropy":
-            probs_out = self.plan.logits != self.forward.outputs[0]  # the model ends in Softmax
-            logp = np.log(np.maximum(out, 1e-300)) if probs_out else out - out.max(1, keepdims=True) - \
-                np.log(np.exp(out - out.max(1, keepdims=True)).sum(1, keepdims=True))
-            loss = float(-logp[np.arange(len(y)), y].mean())
-            return {"loss": loss, "accuracy": float((out.argmax(1) == y).mean())}
-        if self.loss_name == "mse":
-            return {"loss": float(np.mean((out - y) ** 2))}
-        p = np.clip(out, 0.0, 1.0)
-        with np.errstate(divide="ignore"):
-            loss = -np.mean(y * np.maximum(np.log(p), -100) + (1 - y) * np.maximum(np.log(1 - p), -100))
-        return {"loss": float(loss)}
+        loss_op = self.plan.graph.op("loss_fn")
+        attrs = loss_op.attrs
+        if self.plan.logits != self.forward.outputs[0]:  # the model ends in (Log)Softmax, folded into the loss
+            attrs = dataclasses.replace(attrs, form="log_probs")
+            out = np.log(np.maximum(out, 1e-300)) if self.loss_name == "cross_entropy" else out
+        loss = float(op_def(loss_op.kind).reference(attrs, out, y)[0][0])
+        if y.ndim == 1 and out.ndim == 2:
+            counted = y >= 0
+            return {"loss": loss, "accuracy": float((out.argmax(1)[counted] == y[counted]).mean())}
+        return {"loss": loss}
 
     # --- state ----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -376,7 +406,7 @@ class Trainer:
         """What a checkpoint must agree on to resume this Trainer bit-exactly (besides its arrays)."""
         opt = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self.optimizer).items() if k != "lr"}
         trainable = self._options["trainable"]
-        return {"loss": self.loss_name, "optimizer": type(self.optimizer).__name__, "optimizer_settings": opt,
+        return {"loss": self.loss.settings(), "optimizer": type(self.optimizer).__name__, "optimizer_settings": opt,
                 "l1": self.l1, "l2": self.l2, "seed": self.seed, "regularize_all": self._options["regularize_all"],
                 "trainable": sorted(trainable) if trainable is not None else None,
                 "clip_grad_norm": self._options["clip_grad_norm"]}
@@ -587,21 +617,22 @@ def gradcheck(model: Any, inputs: np.ndarray, labels: np.ndarray | None = None, 
     rng = np.random.default_rng(seed)
     out_shape = plan.graph.tensor(plan.logits).shape
     if labels is None:
-        labels = rng.integers(0, out_shape[1], x.shape[0]) if loss == "cross_entropy" else \
+        labels = rng.integers(0, out_shape[1], x.shape[0]) if loss in ("cross_entropy", "nll") else \
             rng.uniform(0.05, 0.95, out_shape).astype(np.float32)
     labels = np.asarray(labels)
-    if loss == "cross_entropy" and labels.dtype.kind not in "iu":
+    classes = loss in ("cross_entropy", "nll")
+    if classes and labels.dtype.kind not in "iu":
         raise InputError(f"labels have dtype {labels.dtype}, expected integer class indices "
                          "(convert with .astype(np.int64))")
-    if loss != "cross_entropy" and labels.dtype != np.float32:
+    if not classes and labels.dtype != np.float32:
         raise dtype_error("targets", labels.dtype, np.dtype(np.float32))
-    labels = np.ascontiguousarray(labels, dtype=np.int64 if loss == "cross_entropy" else np.float32)
+    labels = np.ascontiguousarray(labels, dtype=np.int64 if classes else np.float32)
     state = {n: np.array(v, copy=True) for n, v in plan.initial.items()}
     state[plan.step][0] = step
     state[plan.lr] = np.zeros(1, np.float32)
     compiled = compile_bound(plan.plan, state, resolve_options(threads=1)).run({plan.x: x, plan.labels: labels})
     values64 = {n: (v.astype(np.float64) if v.dtype == np.float32 else v) for n, v in state.items()}
-    feeds = {plan.x: x.astype(np.float64), plan.labels: labels if loss == "cross_entropy" else
+    feeds = {plan.x: x.astype(np.float64), plan.labels: labels if classes else
              labels.astype(np.float64), **values64}
 
     from convc.passes.dce import eliminate_dead_code

@@ -38,14 +38,19 @@ from convc.ops import NoAttrs, OpGroup, OpKind
 from convc.ops.elementwise_grad import DropoutTrainAttrs
 from convc.ops.epilogue import NO_EPILOGUE
 from convc.ops.norm_grad import RunningUpdateAttrs
+from convc.ops.loss import LossAttrs
 from convc.ops.optim import SgdAttrs
 
+_CE = (OpKind.SOFTMAX_CROSS_ENTROPY, OpKind.SOFTMAX_CROSS_ENTROPY_GRAD)
+_PAIR, _BCE = (OpKind.MSE_LOSS, OpKind.MSE_LOSS_GRAD), (OpKind.BCE_LOSS, OpKind.BCE_LOSS_GRAD)
+# loss name (PyTorch's, snake case) -> (op kind, gradient kind, form: convc/ops/loss.py)
 LOSSES = {
-    "cross_entropy": (OpKind.SOFTMAX_CROSS_ENTROPY, OpKind.SOFTMAX_CROSS_ENTROPY_GRAD),
-    "mse": (OpKind.MSE_LOSS, OpKind.MSE_LOSS_GRAD),
-    "bce": (OpKind.BCE_LOSS, OpKind.BCE_LOSS_GRAD),
+    "cross_entropy": _CE + ("logits",), "mse": _PAIR + ("mse",), "bce": _BCE + ("probs",),
+    "nll": _CE + ("log_probs",), "l1": _PAIR + ("l1",), "huber": _PAIR + ("huber",),
+    "smooth_l1": _PAIR + ("smooth_l1",), "bce_with_logits": _BCE + ("logits",),
 }
-LOSS_KINDS = frozenset(k for pair in LOSSES.values() for k in pair)
+CLASS_LOSSES = ("cross_entropy", "nll")  # targets: class indices, or class probabilities (soft targets)
+LOSS_KINDS = frozenset(k for rule in LOSSES.values() for k in rule[:2])
 
 # (op kind, input position) -> role of a constant read there
 WEIGHT, BIAS, NORM, RUNNING = "weight", "bias", "norm", "running"
@@ -69,6 +74,7 @@ class TrainingStep:
     plan: Plan
     x: str
     labels: str
+    rows: str                        # (1,) int64 input: the leading samples the loss counts (a padded batch)
     lr: str
     step: str
     loss: str
@@ -201,31 +207,40 @@ def training_forward(forward: Graph, roles: dict[str, str], seed: int, x_name: s
     return tg, bn_stats
 
 
-def attach_loss(tg: Graph, output: str, loss: str) -> tuple[str, str, str, str]:
-    """Add the labels input and the loss. Returns (labels, loss, logits, saved) where ``saved`` is
-    what the loss gradient reads besides the labels (the softmax for cross-entropy, else the logits)."""
+def attach_loss(tg: Graph, output: str, loss: str, attrs: LossAttrs | None = None,
+                soft_targets: bool = False) -> tuple[str, str, str, str, str]:
+    """Add the targets and rows inputs and the loss. Returns (labels, rows, loss, logits, saved)
+    where ``saved`` is what the loss gradient reads besides the targets (the softmax for the
+    class losses, else the logits). A model ending in Softmax (cross_entropy) or LogSoftmax (nll)
+    over its classes gives the loss its input: softmax cross-entropy on logits, computed stably."""
     if loss not in LOSSES:
         raise GraphError(f"unknown loss {loss!r}; convc has {sorted(LOSSES)}")
-    fwd_kind, _ = LOSSES[loss]
+    fwd_kind, _, form = LOSSES[loss]
+    attrs = dataclasses.replace(attrs or LossAttrs(), form=form)
     out = tg.tensor(output)
     logits = output
     producer = tg.producer(output)
-    if loss == "cross_entropy":
+    rows = tg.add_tensor(tg.fresh_name("rows"), (1,), np.int64, TensorKind.INPUT).name
+    if loss in CLASS_LOSSES:
         if len(out.shape) != 2:
-            raise GraphError(f"cross_entropy needs a model output of shape (N, classes), got {out.shape}")
-        if producer is not None and producer.kind is OpKind.SOFTMAX and producer.attrs.axis == 1:
-            logits = producer.inputs[0]  # the model ends in Softmax: take the logits, fuse it into the loss
-        labels = tg.add_tensor(tg.fresh_name("labels"), out.shape[:1], np.int64, TensorKind.INPUT).name
-        op = tg.add_op(fwd_kind, NoAttrs(), [logits, labels], [tg.fresh_name("loss"), tg.fresh_name("probs")],
+            raise GraphError(f"{loss} needs a model output of shape (N, classes), got {out.shape}")
+        folds = OpKind.SOFTMAX if loss == "cross_entropy" else OpKind.LOG_SOFTMAX
+        if producer is not None and producer.kind is folds and producer.attrs.axis in (1, -1):
+            logits = producer.inputs[0]  # take the logits, fuse the (log-)softmax into the loss
+            attrs = dataclasses.replace(attrs, form="logits")
+        shape, dtype = (out.shape, out.dtype) if soft_targets else (out.shape[:1], np.int64)
+        labels = tg.add_tensor(tg.fresh_name("labels"), shape, dtype, TensorKind.INPUT).name
+        op = tg.add_op(fwd_kind, attrs, [logits, labels, rows], [tg.fresh_name("loss"), tg.fresh_name("probs")],
                        name="loss_fn")
-        return labels, op.outputs[0], logits, op.outputs[1]
+        saved = op.outputs[1] if attrs.form == "logits" else logits
+        return labels, rows, op.outputs[0], logits, saved
     labels = tg.add_tensor(tg.fresh_name("targets"), out.shape, out.dtype, TensorKind.INPUT).name
-    op = tg.add_op(fwd_kind, NoAttrs(), [logits, labels], [tg.fresh_name("loss")], name="loss_fn")
-    return labels, op.outputs[0], logits, logits
+    op = tg.add_op(fwd_kind, attrs, [logits, labels, rows], [tg.fresh_name("loss")], name="loss_fn")
+    return labels, rows, op.outputs[0], logits, logits
 
 
-def _differentiated(forward: Graph, loss: str, seed: int,
-                    trainable: set[str] | None) -> tuple[Graph, TrainingStep, dict]:
+def _differentiated(forward: Graph, loss: str, seed: int, trainable: set[str] | None,
+                    loss_attrs: LossAttrs | None, soft_targets: bool) -> tuple[Graph, TrainingStep, dict]:
     """The forward in training mode, the loss and the backward pass; the step's names (unplanned)."""
     if len(forward.inputs) != 1 or len(forward.outputs) != 1:
         raise GraphError(f"convc trains models with one input and one output, {forward.name!r} has inputs "
@@ -233,12 +248,13 @@ def _differentiated(forward: Graph, loss: str, seed: int,
     x_name, output = forward.inputs[0], forward.outputs[0]
     roles = classify_constants(forward, trainable)
     tg, bn_stats = training_forward(forward, roles, seed, x_name)
-    labels, loss_name, logits, saved = attach_loss(tg, output, loss)
+    labels, rows, loss_name, logits, saved = attach_loss(tg, output, loss, loss_attrs, soft_targets)
     lr = tg.add_tensor("lr", (1,), np.float32, TensorKind.INPUT).name
     tg.outputs = [loss_name]
     eliminate_dead_code(tg)  # a Softmax the loss absorbed
     forward_ops = [op.name for op in tg.ops() if op.name != "loss_fn"]
-    dlogits = tg.add_op(LOSSES[loss][1], NoAttrs(), [saved, labels], name="loss_fn.grad").outputs[0]
+    loss_op = tg.op("loss_fn")
+    dlogits = tg.add_op(LOSSES[loss][1], loss_op.attrs, [saved, labels, rows], name="loss_fn.grad").outputs[0]
     params = [t for t in roles if roles[t] != RUNNING and tg.has_tensor(t) and tg.consumers(t)]
     grads = backward(tg, {logits: dlogits}, params)
     missing = [p for p in params if p not in grads]
@@ -246,14 +262,17 @@ def _differentiated(forward: Graph, loss: str, seed: int,
     for p in missing:
         tg.tensor(p).kind = TensorKind.CONSTANT
     running = [t for stats in bn_stats.values() for t in stats[:2]]
-    step = TrainingStep(Plan(tg, [], None), x_name, labels, lr, "step", loss_name, logits, params,
+    step = TrainingStep(Plan(tg, [], None), x_name, labels, rows, lr, "step", loss_name, logits, params,
                         {t: roles[t] for t in params + running}, running, grads=dict(grads), forward_ops=forward_ops)
+    step.initial[rows] = np.array([tg.tensor(x_name).shape[0]], np.int64)  # every sample counts
+    step.extra_inputs.append(rows)
     return tg, step, bn_stats
 
 
 def build_training(forward: Graph, *, loss: str, optimizer: Any = None, seed: int = 0, l1: float = 0.0,
                    l2: float = 0.0, regularize_all: bool = False, trainable: set[str] | None = None,
-                   clip_grad_norm: bool = False) -> TrainingStep:
+                   clip_grad_norm: bool = False, loss_attrs: LossAttrs | None = None,
+                   soft_targets: bool = False) -> TrainingStep:
     """Plan the training step of ``forward`` (one input, one output, batch fixed).
 
     ``optimizer`` is a ``convc.optim`` optimizer; None builds the gradient step (outputs: the loss,
@@ -261,8 +280,11 @@ def build_training(forward: Graph, *, loss: str, optimizer: Any = None, seed: in
     ``regularize_all``). ``trainable`` restricts which constants train (default: all of them).
     ``clip_grad_norm`` (with an optimizer) scales the gradients by ``min(1, max_norm / (norm +
     1e-6))`` before the updates, PyTorch's ``clip_grad_norm_``: ``norm`` is the global L2 norm of
-    every gradient, a second output of the step, and ``max_norm`` an input read at run time."""
-    tg, step, bn_stats = _differentiated(forward, loss, seed, trainable)
+    every gradient, a second output of the step, and ``max_norm`` an input read at run time.
+    ``loss_attrs``: the loss's options (convc/ops/loss.py); ``soft_targets``: a class loss reads
+    class probabilities. The run-time input ``rows`` (an extra input, initially the batch) is how
+    many leading samples the loss counts."""
+    tg, step, bn_stats = _differentiated(forward, loss, seed, trainable, loss_attrs, soft_targets)
     if optimizer is None:
         tg.outputs = [step.loss] + [step.grads[p] for p in step.params]
     else:
@@ -286,7 +308,7 @@ class SplitStep:
     into its buffer (the caller zeroes the buffers to start a new sum); it also copies each
     BatchNorm's batch mean and inverse std into ``saved`` buffers (zeroed by the caller before
     every call, so they hold the last batch's). Inputs: ``[x, labels, step] + params + buffers +
-    saved``; output: the loss.
+    saved + [rows]``; output: the loss.
 
     ``apply`` is the fused step's tail, the same ops in the same order on the same names, except
     that it reads the gradients and batch statistics from those buffers and the loss from an
@@ -309,10 +331,10 @@ _ACCUMULATE_LR, _ALWAYS = np.array([-1.0], np.float32), np.array([1.0], np.float
 
 
 def build_split(forward: Graph, *, loss: str, optimizer: Any, seed: int = 0, l1: float = 0.0, l2: float = 0.0,
-                regularize_all: bool = False, trainable: set[str] | None = None,
-                clip_grad_norm: bool = False) -> SplitStep:
+                regularize_all: bool = False, trainable: set[str] | None = None, clip_grad_norm: bool = False,
+                loss_attrs: LossAttrs | None = None, soft_targets: bool = False) -> SplitStep:
     """Plan ``build_training``'s step as two steps around a gradient buffer (see ``SplitStep``)."""
-    tg, step, bn_stats = _differentiated(forward, loss, seed, trainable)
+    tg, step, bn_stats = _differentiated(forward, loss, seed, trainable, loss_attrs, soft_targets)
     cg = tg.copy()
     before = {op.name for op in tg.ops()}
     _append_updates(tg, step, optimizer, bn_stats, l1, l2, regularize_all, clip_grad_norm)
@@ -344,7 +366,7 @@ def build_split(forward: Graph, *, loss: str, optimizer: Any, seed: int = 0, l1:
         cg.add_op(OpKind.SGD_UPDATE, SgdAttrs(), [neg_one, step.step, always, buf, t], [cg.fresh_name(f"{buf}.new")],
                   name=cg.fresh_name(f"{buf}.accumulate"))
     cg.outputs = [step.loss]
-    cg.inputs = [step.x, step.labels, step.step] + step.params + list(into.values())
+    cg.inputs = [step.x, step.labels, step.step] + step.params + list(into.values()) + [step.rows]
 
     # apply: the fused step's tail on the buffers
     ag = Graph(f"{forward.name}.apply", metadata=dict(tg.metadata))
@@ -365,7 +387,8 @@ def build_split(forward: Graph, *, loss: str, optimizer: Any, seed: int = 0, l1:
     ok = next(op.outputs[0] for op in late if op.kind is OpKind.ALL_FINITE)
     ag.outputs = [ok] + ([step.grad_norm] if step.grad_norm is not None else [])
     ag.inputs = [step.loss, step.lr, step.step] + step.params + step.running + \
-        [s for p in step.params for s in step.state.get(p, [])] + list(into.values()) + step.extra_inputs
+        [s for p in step.params for s in step.state.get(p, [])] + list(into.values()) + \
+        [n for n in step.extra_inputs if n != step.rows]
     for name in [step.step] + step.params + step.running + [s for p in step.params for s in step.state.get(p, [])]:
         step.initial[name] = tg.tensor(name).data
     return SplitStep(step, pipeline(cg, variant=TRAINING_STEP), pipeline(ag, variant=TRAINING_STEP), buffers,

@@ -1,0 +1,97 @@
+"""convc.Trainer features: partial batches without a compile, the losses of convc.Loss end to end."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import convc
+import convc.train
+from train.test_gradient_api import CLASSES, HW, batch, small_cnn
+
+FULL, PART = 16, 11
+
+
+class CompileCounter:
+    """Counts the models the Trainer compiles (convc.train.compile_bound, the driver's entry)."""
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        real = convc.train.compile_bound
+
+        def counting(*args, **kwargs):
+            self.count += 1
+            return real(*args, **kwargs)
+        monkeypatch.setattr(convc.train, "compile_bound", counting)
+
+
+OPTIONS = convc.Loss("cross_entropy", label_smoothing=0.1, weight=[1.0 + 0.2 * k for k in range(CLASSES)],
+                     ignore_index=-100)
+
+
+@pytest.fixture(scope="module")
+def trainers():
+    """The same net (no BatchNorm) and loss compiled at batch 16 and at batch 11."""
+    def make(n):
+        return convc.Trainer(small_cnn(False), input_shape=(n, 3, HW, HW), loss=OPTIONS,
+                             optimizer=convc.optim.SGD(0.05, momentum=0.9))
+    return make(FULL), make(PART)
+
+
+def labels_with_ignored(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    x, y = batch(n, seed)
+    y[::5] = -100
+    return x, y
+
+
+def test_partial_batch_trains_without_compiling(trainers, monkeypatch):
+    """A batch of 11 on the step compiled for 16 (padded, the loss counting 11 samples) equals the
+    step compiled for 11 to float32 drift, for step() and for compute_gradients; nothing compiles."""
+    full, part = trainers
+    full.load_state_dict(part.state_dict())
+    full.compute_gradients(*labels_with_ignored(FULL, 0))  # compiles the split step at 16 before counting
+    full.apply_gradients()
+    counter = CompileCounter(monkeypatch)
+    full.load_state_dict(part.state_dict())
+    for seed in range(3):
+        x, y = labels_with_ignored(PART, seed + 1)
+        assert full.step(x, y) == pytest.approx(part.step(x, y), rel=1e-5)
+    x, y = labels_with_ignored(PART, 9)
+    assert full.compute_gradients(x, y) == pytest.approx(part.step(x, y), rel=1e-5)
+    full.apply_gradients()
+    assert counter.count == 0
+    a, b = full.state_dict(), part.state_dict()
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=2e-5, atol=2e-6, err_msg=name)
+
+
+def test_loss_options_end_to_end(trainers):
+    """The loss a step returns is the loss op's reference on the model's output (PyTorch's
+    CrossEntropyLoss with label smoothing, class weights and ignore_index: tests/train/test_losses.py);
+    evaluate() agrees and leaves the ignored samples out of the accuracy."""
+    _, part = trainers
+    x, y = labels_with_ignored(PART, 20)
+    logits = part.predict(x).astype(np.float64)  # no BatchNorm or Dropout: the training forward
+    from convc.ops import OpKind, op_def
+    mapped = np.where(y == -100, -1, y)
+    expected = op_def(OpKind.SOFTMAX_CROSS_ENTROPY).reference(OPTIONS.attrs(), logits, mapped)[0][0]
+    metrics = part.evaluate(x, y)
+    assert metrics["loss"] == pytest.approx(expected, rel=1e-6)
+    assert metrics["accuracy"] == float((logits.argmax(1) == y)[y != -100].mean())
+    assert part.step(x, y) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(convc.InputError, match="out of range"):
+        part.step(x, np.full(PART, -1))  # only ignore_index is ignored
+
+
+def test_loss_settings_are_checked_and_saved(tmp_path, trainers):
+    with pytest.raises(convc.InputError, match="no option"):
+        convc.Loss("mse", label_smoothing=0.1)
+    with pytest.raises(convc.InputError, match="unknown loss"):
+        convc.Loss("hinge")
+    with pytest.raises(convc.InputError, match="label_smoothing"):
+        convc.Loss("cross_entropy", label_smoothing=1.5)
+    _, part = trainers
+    part.save(tmp_path / "ckpt.npz")
+    part.load_state(tmp_path / "ckpt.npz")  # the loss's options are among the settings a checkpoint must match
+    header, _ = convc.Trainer._read_checkpoint(tmp_path / "ckpt.npz")
+    assert convc.Loss.of(header["loss"]) == OPTIONS  # what Trainer.load rebuilds the loss from
+    assert convc.Loss.of("mse").settings() == "mse"
