@@ -19,11 +19,12 @@ from convc.profile import profile  # noqa: E402
 from convc.quantize import quantize  # noqa: E402  (onnx is imported on first call)
 from convc import nn  # noqa: E402
 from convc import optim  # noqa: E402
+from convc.losses import Loss  # noqa: E402
 from convc.train import CheckpointError, Trainer, TrainingError, gradcheck  # noqa: E402
 
 __all__ = ["compile", "compile_library", "profile", "quantize", "models", "nn", "CompiledModel", "InferenceSession", "Graph", "Op", "Tensor", "TensorKind", "OpKind",
            "ConvcError", "ModelImportError", "UnsupportedOpError", "GraphError", "CompileError", "InputError",
-           "__version__", "load", "LoadError", "optim", "Trainer", "TrainingError", "CheckpointError", "gradcheck"]
+           "__version__", "load", "LoadError", "optim", "Trainer", "TrainingError", "CheckpointError", "gradcheck", "Loss"]
 
 _LAZY_SUBMODULES = ("models", "report", "check", "train_profile")  # imported on first use (PEP 562)
 
