@@ -11,6 +11,9 @@ last, that channels-last twin:
   input and residual, creating ``Transpose`` ops for tensors that have none yet (the graph input);
 - pooling (2-D windows, global), shape-preserving elementwise ops and Concat convert when their
   inputs already have twins, so a chain conv -> relu -> pool -> conv -> add stays channels last;
+- so do reductions that keep the rank (ReduceMean/Max over channels in CBAM's spatial attention, over
+  H and W where they are not a global pool) with their axes renumbered, and binary ops whose other
+  operand is a twin broadcast along channels or pixels (the attention map times the features);
 - every converted op keeps its name and writes its twin, and a ``Transpose`` back to channels
   first writes the original tensor, so ops left alone (Flatten, GlobalAveragePool, graph outputs)
   read exactly what they read before. Dead-code elimination then removes the transposes back
@@ -36,6 +39,7 @@ Predicate = Callable[[Graph, Op], bool]
 POOLS = frozenset({OpKind.MAX_POOL, OpKind.AVERAGE_POOL, OpKind.GLOBAL_AVERAGE_POOL, OpKind.GLOBAL_MAX_POOL})
 QUANTIZE_DEQUANTIZE = frozenset({OpKind.QUANTIZE_LINEAR, OpKind.DEQUANTIZE_LINEAR})
 SAME_SHAPE_BINARY = frozenset({OpKind.ADD, OpKind.MUL, OpKind.SUB, OpKind.DIV, OpKind.MAX, OpKind.MIN, OpKind.SUM})
+REDUCTIONS = frozenset({OpKind.REDUCE_SUM, OpKind.REDUCE_MAX, OpKind.REDUCE_MIN, OpKind.REDUCE_PROD})
 
 
 # the default predicate: the convs the channels-last kernels run (kernel_selection.py says which)
@@ -69,6 +73,10 @@ def to_channels_last(g: Graph, convert_conv: Predicate = is_channels_last_conv) 
             op.attrs = dataclasses.replace(op.attrs, layout=layout.CHANNELS_LAST)
         elif op.kind is OpKind.CONCAT:  # the same concatenation along the axis' new position
             op.attrs = dataclasses.replace(op.attrs, axis=layout.channels_last_perm(4).index(op.attrs.axis))
+        elif op.kind in REDUCTIONS:  # the same axes at their new positions
+            perm = layout.channels_last_perm(4)
+            op.attrs = dataclasses.replace(op.attrs, axes=tuple(sorted(perm.index(a) for a in op.attrs.axes)),
+                                           shape=layout.to_channels_last(op.attrs.shape))
         g.set_inputs(op, inputs)
         (out,) = op.outputs
         t = g.tensor(out)
@@ -101,6 +109,8 @@ def _activation_inputs(g: Graph, op: Op, twins: dict[str, str], convert_conv: Pr
     if op.kind is OpKind.CONCAT:
         ok = rank4 and all(t in twins for t in op.inputs)
         return set(range(len(op.inputs))) if ok else None
+    if op.kind in REDUCTIONS:  # keepdims: the result is an (N, C, H, W) tensor with some extents 1
+        return {0} if rank4 and op.inputs[0] in twins else None
     if op.kind in QUANTIZE_DEQUANTIZE:  # per-tensor: elementwise in any layout (scale and zero point constants)
         source = op.inputs[0] in twins or (op.kind is OpKind.QUANTIZE_LINEAR and op.inputs[0] in g.inputs)
         ok = rank4 and source and g.tensor(op.inputs[1]).size == 1 and op.outputs[0] not in g.outputs
@@ -121,7 +131,8 @@ def _activation_inputs(g: Graph, op: Op, twins: dict[str, str], convert_conv: Pr
 def _per_channel_operands(g: Graph, op: Op, twins: dict[str, str]) -> set[int] | None:
     """A binary op over a full activation and per-channel operands (an unfolded BatchNorm's scale and
     shift after a Concat, a squeeze-and-excitation scale): the operands of shape (N or 1, C or 1, 1, 1)
-    that are constants or have twins broadcast the same channels last, as (N or 1, 1, 1, C or 1).
+    that are constants or have twins broadcast the same channels last, as (N or 1, 1, 1, C or 1); so
+    does any rank-4 twin that broadcasts against the output (a spatial attention map (N, 1, H, W)).
     Returns the inputs to read as twins (constants are permuted by ``channels_last_constant``); None
     when an operand is anything else (a full-size tensor without a twin)."""
     out = g.tensor(op.outputs[0]).shape
@@ -139,6 +150,8 @@ def _per_channel_operands(g: Graph, op: Op, twins: dict[str, str]) -> set[int] |
                 twinned.add(i)
             elif tensor.kind is not TensorKind.CONSTANT:
                 return None
+        elif t in twins and len(tensor.shape) == 4 and all(d in (1, o) for d, o in zip(shape, out)):
+            twinned.add(i)
         else:
             return None
     return twinned if full else None
