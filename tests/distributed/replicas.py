@@ -2,6 +2,8 @@
 spawned workers: tests/distributed goes on their PYTHONPATH)."""
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 import convc
@@ -35,9 +37,14 @@ def dataset() -> tuple[np.ndarray, np.ndarray]:
     return rng.standard_normal((GLOBAL_BATCH * STEPS, 2, 9, 7)).astype(np.float32), rng.integers(0, 5, GLOBAL_BATCH * STEPS)
 
 
+_SEEDING = threading.Lock()  # convc.nn's generator is global: replicas on threads seed and build in turn
+
+
 def trainer(optimizer: str, batch: int, bn: bool = False, seed: int = 0) -> convc.Trainer:
-    nn.manual_seed(seed)
-    return convc.Trainer(SmallNet(bn), input_shape=(batch, 2, 9, 7), optimizer=OPTIMIZERS[optimizer](), threads=1)
+    with _SEEDING:
+        nn.manual_seed(seed)
+        net = SmallNet(bn)
+    return convc.Trainer(net, input_shape=(batch, 2, 9, 7), optimizer=OPTIMIZERS[optimizer](), threads=1)
 
 
 def train(comm, config: dict) -> dict:
