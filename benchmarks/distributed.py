@@ -10,7 +10,7 @@ gradients per step (run_on_ray's star through one actor). The compile cache is s
 the first round compiles. Rounds alternate 1 and 2 workers so both see the same machine load; the
 script prints per configuration the median over rounds of the global images per second (wall
 clock over the timed steps, as a user sees it) and of the summed worker CPU seconds per 1000 images
-(less sensitive to other processes). On a machine with 2 cores shared with other work, expect
+(less sensitive to other processes; each round is printed too, to show the spread). On a machine with 2 cores shared with other work, expect
 little gain from the second worker: the figure proves the path, not the scaling.
 """
 from __future__ import annotations
@@ -77,6 +77,8 @@ def main() -> None:
                 wall = max(r["wall"] for r in results)
                 rates[workers].append(args.batch * args.steps / wall)
                 cpu[workers].append(1000 * sum(r["cpu"] for r in results) / (args.batch * args.steps))
+                print(f"round: {workers} worker(s) {rates[workers][-1]:7.1f} images/s, "
+                      f"{cpu[workers][-1]:.2f} CPU s per 1000 images", flush=True)
     finally:
         ray.shutdown()
     print(f"data-parallel training, global batch {args.batch}, {args.size}x{args.size} images, "
