@@ -167,4 +167,4 @@ def test_gradcheck_through_composed_gradient_rules(rng):
             OpKind.ERF, OpKind.REDUCE_MAX, OpKind.LOG_SOFTMAX} <= kinds
     result = convc.gradcheck(modern_ops_net(), x, samples=6)
     assert result.ok, str(result)
-    assert {"w", "fc_w", "fc_b"} <= set(result.checked)
+    assert {"w", "slope", "fc_w", "fc_b"} <= set(result.checked)  # PRelu's slopes train
