@@ -65,11 +65,13 @@ def test_the_engines_implement_the_protocol():
         DataParallel(object(), object())
 
 
+@pytest.mark.slow  # the references compile 6 training steps
 def test_two_replicas_equal_one_process_on_the_global_batch(references):
     import replicas
     assert_matches_one_process(run_threads(replicas.train, {"optimizers": list(references)}), references)
 
 
+@pytest.mark.slow
 def test_replicas_start_from_rank_0_and_only_rank_0_saves(references, tmp_path):
     import replicas
 
