@@ -10,8 +10,8 @@ gradients per step (run_on_ray's star through one actor). The compile cache is s
 the first round compiles. Rounds alternate 1 and 2 workers so both see the same machine load; the
 script prints per configuration the median over rounds of the global images per second (wall
 clock over the timed steps, as a user sees it) and of the summed worker CPU seconds per 1000 images
-(less sensitive to other processes; each round is printed too, to show the spread). On a machine with 2 cores shared with other work, expect
-little gain from the second worker: the figure proves the path, not the scaling.
+(less sensitive to other processes; each round is printed too, to show the spread). On a machine
+with 2 cores shared with other work, expect little gain from the second worker: the figure proves the path, not the scaling.
 """
 from __future__ import annotations
 

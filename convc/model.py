@@ -307,7 +307,7 @@ class CompiledModel:
             raise TypeError("this CompiledModel cannot be pickled: only models from convc.compile and convc.load "
                             "carry their compiled code")
         state = artifact.state()
-        if self._free:
+        if getattr(self, "_free", None):
             state = {**state, "signature": self._signature,
                      "variants": [(key, v) for key, v in self._variants.items() if v._runner is not None]}
         return restore, (state, self.threads)

@@ -34,7 +34,8 @@ class SmallNet(nn.Module):
 
 def dataset() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(3)
-    return rng.standard_normal((GLOBAL_BATCH * STEPS, 2, 9, 7)).astype(np.float32), rng.integers(0, 5, GLOBAL_BATCH * STEPS)
+    n = GLOBAL_BATCH * STEPS
+    return rng.standard_normal((n, 2, 9, 7)).astype(np.float32), rng.integers(0, 5, n)
 
 
 _SEEDING = threading.Lock()  # convc.nn's generator is global: replicas on threads seed and build in turn

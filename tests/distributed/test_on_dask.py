@@ -25,8 +25,8 @@ def _compiles_nothing() -> None:
 
 @pytest.fixture(scope="module")
 def client():
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as c:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as c:
         c.run(_compiles_nothing)
         yield c
 
@@ -42,7 +42,8 @@ def reference(model, images, chunk):
     for i in range(0, len(images), chunk):
         part = images[i:i + chunk]
         full = len(part) // 32 * 32
-        out += [model(part[j:j + 32]) for j in range(0, full, 32)] + [model(part[j:j + 1]) for j in range(full, len(part))]
+        out += [model(part[j:j + 32]) for j in range(0, full, 32)]
+        out += [model(part[j:j + 1]) for j in range(full, len(part))]
     return np.concatenate(out)
 
 

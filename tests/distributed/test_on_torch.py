@@ -21,7 +21,8 @@ def run_replicas(config: dict, world: int = 2) -> list[dict]:
     import replicas
     ctx = multiprocessing.get_context("spawn")
     queue, port = ctx.Queue(), free_port()
-    procs = [ctx.Process(target=replicas.torch_replica, args=(rank, world, port, config, queue)) for rank in range(world)]
+    procs = [ctx.Process(target=replicas.torch_replica, args=(rank, world, port, config, queue))
+             for rank in range(world)]
     for p in procs:
         p.start()
     try:
