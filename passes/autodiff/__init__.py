@@ -18,14 +18,14 @@ NOT_DIFFERENTIABLE: dict[OpKind, str] = {
     OpKind.IM2COL: "created by the lowering pass, which runs after autodiff: the training step differentiates "
                    "the Conv it replaces",
     OpKind.ROUND_BF16: "created by the bf16 precision pass for inference; convc trains in float32",
+    # int8 models (convc/ops/quant.py): a quantized tensor is integer, so it has no gradient
+    OpKind.QUANTIZE_LINEAR: "quantizes to int8 (integer tensors have no gradient; convc trains float32 models, "
+                            "quantization-aware training is not supported)",
+    OpKind.DEQUANTIZE_LINEAR: "reads int8 (integer tensors have no gradient; convc trains float32 models, "
+                              "quantization-aware training is not supported)",
+    OpKind.INT8_CONV: "created by passes/quantize.py in inference plans of quantized models; convc trains float32 "
+                      "models",
     **{k: _TRAINING_OP for k in OpGroup.TRAINING - GRADIENTS.keys()},
 }
-# int8 models (convc/ops/quant.py): a quantized tensor is integer, so it has no gradient; convc trains
-# float32 models (quantization-aware training with a straight-through estimator is not supported)
-NOT_DIFFERENTIABLE |= {OpKind[name]: "quantizes to or from int8 (integer tensors have no gradient; convc trains "
-                                     "float32 models, quantization-aware training is not supported)"
-                       for name in ("QUANTIZE_LINEAR", "DEQUANTIZE_LINEAR") if name in OpKind.__members__}
-NOT_DIFFERENTIABLE[OpKind.INT8_CONV] = ("created by passes/quantize.py in inference plans of quantized models; "
-                                       "convc trains float32 models")
 
 __all__ = ["GRADIENTS", "NOT_DIFFERENTIABLE", "GradContext", "backward", "gradient"]

@@ -25,39 +25,12 @@ from convc.frontend.onnx.registry import FIRST_OPSET
 from convc.frontend.onnx_export import DEFAULT_OPSET, EXPORTERS
 from convc.ops import NoAttrs, OpGroup, OpKind, fusible_activations, op_def, registered_kinds
 from convc.ops.attrs import onnx_fields, onnx_spelling
-from convc.passes.autodiff import GRADIENTS
+from convc.passes.autodiff import GRADIENTS, NOT_DIFFERENTIABLE
 
 # ONNX op types that are not the kind's name
 ONNX_OP_TYPE = {OpKind.STRIDED_SLICE: "Slice"}
 
 NOT_IMPORTED: dict[OpKind, str] = {}
-
-# forward ops training cannot differentiate yet: a model using one on the path to a parameter is
-# refused by passes/autodiff with the op's name
-NO_GRADIENT = {
-    OpKind.DIV: "not needed by the training tests yet",
-    OpKind.MAX: "not needed by the training tests yet",
-    OpKind.MIN: "not needed by the training tests yet",
-    OpKind.PRELU: "a trainable slope needs its own gradient rule; not written yet",
-    OpKind.LP_POOL: "not needed by the training tests yet",
-    OpKind.BATCH_NORM: "training rewrites it to BatchNormTrain, which has the gradient",
-    OpKind.LRN: "not needed by the training tests yet",
-    OpKind.LAYER_NORM: "not written yet (ConvNeXt's training needs it)",
-    OpKind.STRIDED_SLICE: "not needed by the training tests yet (the unit-step Slice has none either)",
-    OpKind.SLICE: "autodiff uses it only on gradients, never on the path to a parameter",
-    OpKind.REDUCE_SUM: "ONNX ReduceSum (and a mean over non-spatial axes) has no gradient rule yet",
-    OpKind.POW: "not written yet (the importer writes constant small exponents as Mul, Sqrt, Reciprocal)",
-    OpKind.REDUCE_MAX: "not written yet (the gradient goes to the first maximum, as PyTorch's)",
-    OpKind.REDUCE_MIN: "not written yet",
-    OpKind.REDUCE_PROD: "not written yet",
-    OpKind.RESIZE: "not needed by the training tests yet",
-    OpKind.LOG_SOFTMAX: "not needed by the training tests yet",
-    OpKind.IM2COL: "lowering creates it after autodiff has run",
-    OpKind.ROUND_BF16: "passes/precision.py places it in inference plans only; training runs float32",
-    OpKind.QUANTIZE_LINEAR: "quantized models are compiled for inference (quantization-aware training is not written)",
-    OpKind.DEQUANTIZE_LINEAR: "quantized models are compiled for inference (quantization-aware training is not written)",
-    OpKind.INT8_CONV: "passes/quantize.py places it in inference plans of quantized models only",
-}
 
 
 def imported(kind: OpKind) -> bool:
@@ -83,7 +56,8 @@ REGISTRIES: dict[str, tuple[Callable[[OpKind], bool], dict[OpKind, str]]] = {
     "ONNX import": (imported, {**dict.fromkeys(OpGroup.INTERNAL, "OpGroup.INTERNAL"), **NOT_IMPORTED}),
     "emitter": (lambda k: k in EMITTERS, {}),
     "ONNX export": (lambda k: k in EXPORTERS, dict.fromkeys(OpGroup.INTERNAL, "OpGroup.INTERNAL")),
-    "gradient": (lambda k: k in GRADIENTS, {**dict.fromkeys(OpGroup.TRAINING, "OpGroup.TRAINING"), **NO_GRADIENT}),
+    # the reasons live beside the rules, in passes/autodiff (one table, which the training ops are in too)
+    "gradient": (lambda k: k in GRADIENTS, NOT_DIFFERENTIABLE),
     "MAC/FLOP rule": (has_cost_rule, dict.fromkeys(OpGroup.TRAINING, "OpGroup.TRAINING")),
 }
 
@@ -103,7 +77,7 @@ def test_every_kind_is_registered(registry):
 def test_reasons_are_not_stale(registry):
     """An exemption for a kind that has an entry after all is removed, so the lists stay true."""
     has, exempt = REGISTRIES[registry]
-    named = NOT_IMPORTED if registry == "ONNX import" else NO_GRADIENT if registry == "gradient" else {}
+    named = NOT_IMPORTED if registry == "ONNX import" else NOT_DIFFERENTIABLE if registry == "gradient" else {}
     assert [k.name for k in named if has(k)] == []
 
 
