@@ -61,12 +61,15 @@ def test_training_mode_imports_as_the_inference_ops():
 
 
 def test_inference_uses_running_statistics_and_no_dropout(data):
-    """convc.compile of the training-mode file computes what the eval-mode export of the same weights does:
-    the running statistics, nothing dropped (checked against a numpy evaluation of that formula)."""
+    """convc.compile and InferenceSession on the training-mode file compute what the eval-mode export of
+    the same weights does: the running statistics, nothing dropped (checked against a numpy evaluation
+    of that formula)."""
     x, _ = data
     got = convc.compile(bn_dropout_model(True)).run({"x": x})["y"]
     want = convc.compile(bn_dropout_model(False)).run({"x": x})["y"]
     np.testing.assert_array_equal(got, want)
+    session = convc.InferenceSession(bn_dropout_model(True).SerializeToString())
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], got)
     w = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in bn_dropout_model(True).graph.initializer}
     conv = np.zeros((16, C, HW, HW))
     xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
