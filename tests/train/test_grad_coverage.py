@@ -46,8 +46,15 @@ def test_reduce(rng, kind, axes, shape):
 
 
 def test_reduce_prod(rng):
-    x = rng.uniform(0.5, 1.5, (16, 3, 5, 7)).astype(np.float32) * rng.choice([-1, 1], (16, 3, 5, 7))
-    check_gradient(OpKind.REDUCE_PROD, ReduceAttrs((1, 3), (16, 1, 5, 1)), [x.astype(np.float32)], rng=rng)
+    """Groups of 21 elements; some with one zero, some with two (a ReduceProd after a ReLU). Every element
+    is checked against finite differences (the product is multilinear: exact at the zeros too)."""
+    x = rng.uniform(0.5, 1.5, (16, 3, 5, 7)) * rng.choice([-1, 1], (16, 3, 5, 7))
+    x[0, 1, 2, 3] = 0.0                          # one zero in group (0, :, 2, :)
+    x[1, 0, 4, 0] = x[1, 2, 4, 6] = 0.0          # two in group (1, :, 4, :)
+    got = check_gradient(OpKind.REDUCE_PROD, ReduceAttrs((1, 3), (16, 1, 5, 1)), [x.astype(np.float32)], rng=rng,
+                         samples=x.size)
+    grad = next(iter(got.values()))
+    assert np.isfinite(grad).all() and not grad[1, :, 4, :].any() and grad[0, 1, 2, 3] != 0.0
 
 
 @pytest.mark.parametrize("kind,expected", [(OpKind.REDUCE_MAX, [0.0, 0.5, 0.5, 0.0]),
