@@ -38,7 +38,7 @@ from convc.options import resolve_options
 from convc.passes.autodiff.training import SplitStep, TrainingStep, build_split, build_training
 from convc.runtime import dtype_error
 
-__all__ = ["CheckpointError", "GradcheckResult", "Trainer", "TrainingError", "gradcheck"]
+__all__ = ["CheckpointError", "GradcheckResult", "StepOutputs", "Trainer", "TrainingError", "gradcheck"]
 
 
 class TrainingError(ConvcError):
@@ -48,6 +48,15 @@ class TrainingError(ConvcError):
 class CheckpointError(InputError):
     """A checkpoint file is damaged, or was saved by a Trainer of another model or setup (the message
     names what differs); the Trainer's state is unchanged."""
+
+
+@dataclass(frozen=True)
+class StepOutputs:
+    """What ``step(..., return_outputs=True)`` returns besides the loss."""
+    loss: float
+    outputs: np.ndarray       # the model's output on the batch (training mode) as the loss read it: the
+                              # logits when a final Softmax (LogSoftmax for nll) was folded into the loss
+    accuracy: float | None    # class indices: the fraction of counted samples whose argmax is the label
 
 
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "convc-trainer-checkpoint", 1
@@ -72,12 +81,17 @@ class Trainer:
     threads of the native step (default: every core); results do not depend on it.
     ``clip_grad_norm``: clip the gradients to this global L2 norm in the step (PyTorch's
     ``clip_grad_norm_``); ``trainer.clip_grad_norm`` changes it at run time, ``last_grad_norm``
-    is the norm of the last step. ``save``/``load_state``/``Trainer.load``: checkpoints."""
+    is the norm of the last step. ``save``/``load_state``/``Trainer.load``: checkpoints.
+    ``freeze_bn``: BatchNorm normalizes with its running statistics and leaves them as they are
+    (fine-tuning; its scale and shift still train, PyTorch's ``bn.eval()``).
+    ``step(x, y, return_outputs=True)`` returns ``StepOutputs`` (loss, the model's outputs, accuracy).
+    ``compute_gradients``/``gradients``/``apply_gradients``: the step in two calls around one
+    gradient buffer (data-parallel training, accumulation over micro-batches)."""
 
     def __init__(self, model: Any, *, input_shape: Sequence[int], loss: str | Loss = "cross_entropy",
                  optimizer: Optimizer | None = None, l1: float = 0.0, l2: float = 0.0, seed: int = 0,
                  regularize_all: bool = False, trainable: Sequence[str] | None = None, instrument: bool = False,
-                 threads: int | None = None, clip_grad_norm: float | None = None):
+                 threads: int | None = None, clip_grad_norm: float | None = None, freeze_bn: bool = False):
         self.model = model
         # checked and defaulted once; predict's forward is never instrumented
         self._compile_options = resolve_options(threads=threads, instrument=instrument)
@@ -89,7 +103,8 @@ class Trainer:
         self._options = {"loss": self.loss.name, "loss_attrs": self.loss.attrs(),
                          "soft_targets": self.loss.soft_targets, "optimizer": self.optimizer, "seed": self.seed, "l1": self.l1, "l2": self.l2,
                              "regularize_all": regularize_all, "trainable": set(trainable) if trainable else None,
-                             "clip_grad_norm": clip_grad_norm is not None}
+                             "clip_grad_norm": clip_grad_norm is not None, "freeze_bn": bool(freeze_bn),
+                             "with_outputs": True}
         self.forward = load_forward(model, input_shape)
         self.input_shape = self.forward.tensor(self.forward.inputs[0]).shape
         self.plan: TrainingStep = build_training(self.forward, **self._options)
@@ -216,45 +231,55 @@ class Trainer:
         """(x, y) padded with zeros to the compiled batch when the compiled step can train on them
         (smaller, no BatchNorm in training mode), and the batch to run at; else as they are."""
         n, full = x.shape[0], self.input_shape[0]
-        if n >= full or self.plan.running:
+        if n >= full or self.plan.batch_statistics:
             return x, y, n
         def pad(a: np.ndarray) -> np.ndarray:
             return np.concatenate([a, np.zeros((full - n,) + a.shape[1:], a.dtype)])
         return pad(x), pad(y), full
 
-    def _run_step(self, x: Any, y: Any, run) -> Any:
-        """Check (x, y), pad them to a compiled batch, set the loss's rows: ``run(x, y, batch)``."""
+    def _run_step(self, x: Any, y: Any, run, return_outputs: bool) -> Any:
+        """Check (x, y), pad them to a compiled batch, set the loss's rows, ``run(x, y, batch)`` ->
+        (loss, outputs of the step); the loss or ``StepOutputs``."""
         x = self._check_x(x)
         y = self._check_y(y, x.shape[0], self.plan)
         n = x.shape[0]
-        x, y, batch = self._padded(x, y)
+        xp, yp, batch = self._padded(x, y)
         self._state[self.plan.rows][0] = n
-        return run(x, y, batch)
+        loss, out = run(xp, yp, batch)
+        if not return_outputs:
+            return loss
+        outputs = out[self.plan.output][:n].copy()
+        accuracy = None
+        if y.ndim == 1 and outputs.ndim == 2:
+            counted = y >= 0  # ignored samples (ignore_index) do not count
+            accuracy = float((outputs.argmax(1)[counted] == y[counted]).mean()) if counted.any() else None
+        return StepOutputs(loss, outputs, accuracy)
 
     # --- training -----------------------------------------------------------------------------------
-    def step(self, x: Any, y: Any) -> float:
-        """One training step on the batch (x, y): returns the loss before the update.
+    def step(self, x: Any, y: Any, return_outputs: bool = False) -> float | StepOutputs:
+        """One training step on the batch (x, y): returns the loss before the update (with
+        ``return_outputs``: ``StepOutputs``, the loss, the model's outputs and the accuracy).
 
         Raises InputError for malformed inputs and TrainingError when the loss or a gradient is not
         finite; either way the training state is left unchanged."""
-        def run(x: np.ndarray, y: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+        def run(x: np.ndarray, y: np.ndarray, batch: int) -> tuple[float, dict[str, np.ndarray]]:
             plan, model = self._compile_step(batch)
             feeds = {plan.x: x, plan.labels: y}
             if self._compile_options.instrument:
                 out, self._timings[batch] = model.run_timed(feeds)
-                return out
-            return model.run(feeds)
+            else:
+                out = model.run(feeds)
+            if plan.grad_norm is not None:
+                self.last_grad_norm = float(out[plan.grad_norm][0])
+            return float(out[plan.loss][0]), out
         before = self.steps_done
-        out = self._run_step(x, y, run)
-        plan = self.plan
-        loss = float(out[plan.loss][0])
-        if plan.grad_norm is not None:
-            self.last_grad_norm = float(out[plan.grad_norm][0])
+        result = self._run_step(x, y, run, return_outputs)
+        loss = result.loss if isinstance(result, StepOutputs) else result
         if self.steps_done == before:
             what = f"the loss is {loss}" if not np.isfinite(loss) else "a gradient is not finite"
             raise TrainingError(f"step {before + 1}: {what}; the weights and optimizer state were not updated "
                                 f"(lower the learning rate, or check the inputs for NaN/inf)")
-        return loss
+        return result
 
     # --- the step in two calls: gradients, then the update ----------------------------------------------
     @property
@@ -301,7 +326,8 @@ class Trainer:
                                    compile_bound(split.apply, self._state, self._compile_options))
         return self._splits[batch]
 
-    def compute_gradients(self, x: Any, y: Any, accumulate: bool = False) -> float:
+    def compute_gradients(self, x: Any, y: Any, accumulate: bool = False,
+                          return_outputs: bool = False) -> float | StepOutputs:
         """Forward, loss and backward on the batch (x, y) into ``trainer.gradients``; returns the loss.
         Nothing of the training state changes until ``apply_gradients``.
 
@@ -318,11 +344,11 @@ class Trainer:
                 self._grad_loss[0] = 0.0
             for name in split.saved:
                 self._state[name].fill(0.0)
-            loss = compute.run({split.names.x: x, split.names.labels: y})[split.names.loss][0]
-            self._grad_loss += loss
+            out = compute.run({split.names.x: x, split.names.labels: y})
+            self._grad_loss += out[split.names.loss][0]
             self._grads_pending = batch  # the batch whose apply step (its BatchNorm count) runs next
-            return float(loss)
-        return self._run_step(x, y, run)
+            return float(out[split.names.loss][0]), out
+        return self._run_step(x, y, run, return_outputs)
 
     def apply_gradients(self) -> None:
         """The optimizer update from ``trainer.gradients``, natively: the finite check (of the loss
@@ -409,7 +435,8 @@ class Trainer:
         return {"loss": self.loss.settings(), "optimizer": type(self.optimizer).__name__, "optimizer_settings": opt,
                 "l1": self.l1, "l2": self.l2, "seed": self.seed, "regularize_all": self._options["regularize_all"],
                 "trainable": sorted(trainable) if trainable is not None else None,
-                "clip_grad_norm": self._options["clip_grad_norm"]}
+                "clip_grad_norm": self._options["clip_grad_norm"]} | \
+            ({"freeze_bn": True} if self._options["freeze_bn"] else {})  # absent from earlier checkpoints
 
     def save(self, path: str | os.PathLike) -> None:
         """Write everything training resumes from to ``path`` (a .npz: no pickled objects, a JSON header):
@@ -525,7 +552,8 @@ class Trainer:
                       optimizer=opt_cls(header["optimizer_lr"], **settings), l1=header["l1"], l2=header["l2"],
                       seed=header["seed"], regularize_all=header["regularize_all"], trainable=header["trainable"],
                       threads=threads, instrument=instrument,
-                      clip_grad_norm=1.0 if header.get("clip_grad_norm") else None)  # the threshold is loaded
+                      clip_grad_norm=1.0 if header.get("clip_grad_norm") else None,  # the threshold is loaded
+                      freeze_bn=bool(header.get("freeze_bn")))
         if header.get("scheduler") is not None:
             trainer.initial_lr = header.get("initial_lr")
             from_state(trainer, header["scheduler"])

@@ -91,6 +91,8 @@ class TrainingStep:
     max_norm: str | None = None      # clip_grad_norm: the (1,) float32 input of the clipping threshold
     extra_inputs: list[str] = field(default_factory=list)      # run-time (1,) inputs after the state
     lr_scales: dict[str, float] = field(default_factory=dict)  # parameter groups: lr input -> its scale of lr
+    batch_statistics: bool = False   # BatchNorm normalizes with batch statistics (samples are not independent)
+    output: str | None = None        # with_outputs: the model's output as the loss reads it, an output
 
     def owner(self, op: Op) -> tuple[str, str]:
         """(layer, phase) of an op of the step: the forward op it belongs to (or "loss", "step") and
@@ -171,9 +173,12 @@ def _unfused(tg: Graph, op: Op, outputs: tuple[str, ...]) -> None:
         tg.add_op(epi.activation, epi.activation_attrs, [y], [outputs[0]], name=f"{op.name}.{epi.activation.value}")
 
 
-def training_forward(forward: Graph, roles: dict[str, str], seed: int, x_name: str) -> tuple[Graph, dict]:
+def training_forward(forward: Graph, roles: dict[str, str], seed: int, x_name: str,
+                     freeze_bn: bool = False) -> tuple[Graph, dict]:
     """The forward graph in training mode, with the constants turned into parameters and state.
-    Returns it and, per BatchNormTrain op, (running mean, running var, batch mean, batch invstd)."""
+    Returns it and, per BatchNormTrain op, (running mean, running var, batch mean, batch invstd).
+    ``freeze_bn`` keeps BatchNormalization in its inference form (running statistics read, never
+    updated; scale and B still train): fine-tuning with frozen BatchNorm."""
     tg = Graph(forward.name, metadata=dict(forward.metadata))
     xt = forward.tensor(x_name)
     tg.add_tensor(x_name, xt.shape, xt.dtype, TensorKind.INPUT)
@@ -187,7 +192,9 @@ def training_forward(forward: Graph, roles: dict[str, str], seed: int, x_name: s
     bn_stats = {}
     n_dropout = 0
     for op in forward.ops():
-        if op.kind is OpKind.BATCH_NORM:
+        if op.kind is OpKind.BATCH_NORM and freeze_bn:
+            tg.add_op(op.kind, op.attrs, op.inputs, list(op.outputs), name=op.name)
+        elif op.kind is OpKind.BATCH_NORM:
             x, scale, bias, mean, var = op.inputs
             y = op.outputs[0]
             tg.add_op(OpKind.BATCH_NORM_TRAIN, op.attrs, [x, scale, bias],
@@ -239,15 +246,15 @@ def attach_loss(tg: Graph, output: str, loss: str, attrs: LossAttrs | None = Non
     return labels, rows, op.outputs[0], logits, logits
 
 
-def _differentiated(forward: Graph, loss: str, seed: int, trainable: set[str] | None,
-                    loss_attrs: LossAttrs | None, soft_targets: bool) -> tuple[Graph, TrainingStep, dict]:
+def _differentiated(forward: Graph, loss: str, seed: int, trainable: set[str] | None, loss_attrs: LossAttrs | None,
+                    soft_targets: bool, freeze_bn: bool) -> tuple[Graph, TrainingStep, dict]:
     """The forward in training mode, the loss and the backward pass; the step's names (unplanned)."""
     if len(forward.inputs) != 1 or len(forward.outputs) != 1:
         raise GraphError(f"convc trains models with one input and one output, {forward.name!r} has inputs "
                          f"{forward.inputs} and outputs {forward.outputs}")
     x_name, output = forward.inputs[0], forward.outputs[0]
     roles = classify_constants(forward, trainable)
-    tg, bn_stats = training_forward(forward, roles, seed, x_name)
+    tg, bn_stats = training_forward(forward, roles, seed, x_name, freeze_bn)
     labels, rows, loss_name, logits, saved = attach_loss(tg, output, loss, loss_attrs, soft_targets)
     lr = tg.add_tensor("lr", (1,), np.float32, TensorKind.INPUT).name
     tg.outputs = [loss_name]
@@ -262,9 +269,11 @@ def _differentiated(forward: Graph, loss: str, seed: int, trainable: set[str] | 
     for p in missing:
         tg.tensor(p).kind = TensorKind.CONSTANT
     running = [t for stats in bn_stats.values() for t in stats[:2]]
+    running += [t for t in roles if roles[t] == RUNNING and t not in running and tg.consumers(t)]  # frozen BN
     step = TrainingStep(Plan(tg, [], None), x_name, labels, rows, lr, "step", loss_name, logits, params,
                         {t: roles[t] for t in params + running}, running, grads=dict(grads), forward_ops=forward_ops)
     step.initial[rows] = np.array([tg.tensor(x_name).shape[0]], np.int64)  # every sample counts
+    step.batch_statistics = bool(bn_stats)
     step.extra_inputs.append(rows)
     return tg, step, bn_stats
 
@@ -272,7 +281,7 @@ def _differentiated(forward: Graph, loss: str, seed: int, trainable: set[str] | 
 def build_training(forward: Graph, *, loss: str, optimizer: Any = None, seed: int = 0, l1: float = 0.0,
                    l2: float = 0.0, regularize_all: bool = False, trainable: set[str] | None = None,
                    clip_grad_norm: bool = False, loss_attrs: LossAttrs | None = None,
-                   soft_targets: bool = False) -> TrainingStep:
+                   soft_targets: bool = False, freeze_bn: bool = False, with_outputs: bool = False) -> TrainingStep:
     """Plan the training step of ``forward`` (one input, one output, batch fixed).
 
     ``optimizer`` is a ``convc.optim`` optimizer; None builds the gradient step (outputs: the loss,
@@ -283,12 +292,16 @@ def build_training(forward: Graph, *, loss: str, optimizer: Any = None, seed: in
     every gradient, a second output of the step, and ``max_norm`` an input read at run time.
     ``loss_attrs``: the loss's options (convc/ops/loss.py); ``soft_targets``: a class loss reads
     class probabilities. The run-time input ``rows`` (an extra input, initially the batch) is how
-    many leading samples the loss counts."""
-    tg, step, bn_stats = _differentiated(forward, loss, seed, trainable, loss_attrs, soft_targets)
+    many leading samples the loss counts. ``freeze_bn``: see ``training_forward``. ``with_outputs``
+    (with an optimizer): the tensor the loss reads is the step's last output, ``step.output``."""
+    tg, step, bn_stats = _differentiated(forward, loss, seed, trainable, loss_attrs, soft_targets, freeze_bn)
     if optimizer is None:
         tg.outputs = [step.loss] + [step.grads[p] for p in step.params]
     else:
         _append_updates(tg, step, optimizer, bn_stats, l1, l2, regularize_all, clip_grad_norm)
+        if with_outputs:
+            step.output = step.logits
+            tg.outputs = list(tg.outputs) + [step.logits]
     tg.inputs = [step.x, step.labels, step.lr, "step"] + step.params + step.running + \
         [s for p in step.params for s in step.state.get(p, [])]
     for name in tg.inputs[3:]:
@@ -307,8 +320,9 @@ class SplitStep:
     ``compute`` runs the forward, the loss and the backward pass and ADDS every parameter's gradient
     into its buffer (the caller zeroes the buffers to start a new sum); it also copies each
     BatchNorm's batch mean and inverse std into ``saved`` buffers (zeroed by the caller before
-    every call, so they hold the last batch's). Inputs: ``[x, labels, step] + params + buffers +
-    saved + [rows]``; output: the loss.
+    every call, so they hold the last batch's). Inputs: ``[x, labels, step] + params + running
+    statistics it reads (frozen BatchNorm) + buffers + saved + [rows]``; outputs: the loss (and
+    with ``with_outputs`` the model's output).
 
     ``apply`` is the fused step's tail, the same ops in the same order on the same names, except
     that it reads the gradients and batch statistics from those buffers and the loss from an
@@ -332,9 +346,10 @@ _ACCUMULATE_LR, _ALWAYS = np.array([-1.0], np.float32), np.array([1.0], np.float
 
 def build_split(forward: Graph, *, loss: str, optimizer: Any, seed: int = 0, l1: float = 0.0, l2: float = 0.0,
                 regularize_all: bool = False, trainable: set[str] | None = None, clip_grad_norm: bool = False,
-                loss_attrs: LossAttrs | None = None, soft_targets: bool = False) -> SplitStep:
+                loss_attrs: LossAttrs | None = None, soft_targets: bool = False, freeze_bn: bool = False,
+                with_outputs: bool = False) -> SplitStep:
     """Plan ``build_training``'s step as two steps around a gradient buffer (see ``SplitStep``)."""
-    tg, step, bn_stats = _differentiated(forward, loss, seed, trainable, loss_attrs, soft_targets)
+    tg, step, bn_stats = _differentiated(forward, loss, seed, trainable, loss_attrs, soft_targets, freeze_bn)
     cg = tg.copy()
     before = {op.name for op in tg.ops()}
     _append_updates(tg, step, optimizer, bn_stats, l1, l2, regularize_all, clip_grad_norm)
@@ -357,7 +372,8 @@ def build_split(forward: Graph, *, loss: str, optimizer: Any, seed: int = 0, l1:
     cg.outputs = [step.loss] + list(into)
     eliminate_dead_code(cg)
     for t in [step.lr] + step.running:
-        cg.remove_tensor(t)
+        if not cg.consumers(t):  # frozen BatchNorm reads its running statistics in the forward
+            cg.remove_tensor(t)
     neg_one = cg.add_constant(cg.fresh_name("accumulate.lr"), _ACCUMULATE_LR).name
     always = cg.add_constant(cg.fresh_name("accumulate.ok"), _ALWAYS).name
     for t, buf in into.items():
@@ -366,7 +382,11 @@ def build_split(forward: Graph, *, loss: str, optimizer: Any, seed: int = 0, l1:
         cg.add_op(OpKind.SGD_UPDATE, SgdAttrs(), [neg_one, step.step, always, buf, t], [cg.fresh_name(f"{buf}.new")],
                   name=cg.fresh_name(f"{buf}.accumulate"))
     cg.outputs = [step.loss]
-    cg.inputs = [step.x, step.labels, step.step] + step.params + list(into.values()) + [step.rows]
+    if with_outputs:
+        step.output = step.logits
+        cg.outputs.append(step.logits)
+    cg.inputs = [step.x, step.labels, step.step] + step.params + [r for r in step.running if cg.has_tensor(r)] + \
+        list(into.values()) + [step.rows]
 
     # apply: the fused step's tail on the buffers
     ag = Graph(f"{forward.name}.apply", metadata=dict(tg.metadata))
@@ -386,7 +406,7 @@ def build_split(forward: Graph, *, loss: str, optimizer: Any, seed: int = 0, l1:
         ag.add_op(op.kind, op.attrs, [into.get(t, t) for t in op.inputs], list(op.outputs), name=op.name)
     ok = next(op.outputs[0] for op in late if op.kind is OpKind.ALL_FINITE)
     ag.outputs = [ok] + ([step.grad_norm] if step.grad_norm is not None else [])
-    ag.inputs = [step.loss, step.lr, step.step] + step.params + step.running + \
+    ag.inputs = [step.loss, step.lr, step.step] + step.params + [r for r in step.running if ag.has_tensor(r)] + \
         [s for p in step.params for s in step.state.get(p, [])] + list(into.values()) + \
         [n for n in step.extra_inputs if n != step.rows]
     for name in [step.step] + step.params + step.running + [s for p in step.params for s in step.state.get(p, [])]:

@@ -95,3 +95,42 @@ def test_loss_settings_are_checked_and_saved(tmp_path, trainers):
     header, _ = convc.Trainer._read_checkpoint(tmp_path / "ckpt.npz")
     assert convc.Loss.of(header["loss"]) == OPTIONS  # what Trainer.load rebuilds the loss from
     assert convc.Loss.of("mse").settings() == "mse"
+
+
+def test_step_returns_outputs_and_accuracy(trainers):
+    """step(..., return_outputs=True): the model's outputs on the batch (here the training forward
+    is the eval one: no BatchNorm or Dropout) and the accuracy over the counted samples; for a
+    partial batch on the step compiled for 16, the 11 samples' outputs."""
+    full, part = trainers
+    for t in (part, full):
+        x, y = labels_with_ignored(PART, 30)
+        expected = t.predict(x)
+        r = t.step(x, y, return_outputs=True)
+        assert isinstance(r, convc.train.StepOutputs) and r.outputs.shape == (PART, CLASSES)
+        np.testing.assert_allclose(r.outputs, expected, rtol=1e-5, atol=1e-6)
+        counted = y != -100
+        assert r.accuracy == float((expected.argmax(1) == y)[counted].mean())
+    g = full.compute_gradients(x, y, return_outputs=True)  # the split step, compiled for 16, on 11 samples
+    np.testing.assert_allclose(g.outputs, full.predict(x), rtol=1e-5, atol=1e-6)
+    full.apply_gradients()
+
+
+@pytest.mark.slow
+def test_frozen_batch_norm(monkeypatch):
+    """freeze_bn: BatchNorm normalizes with its running statistics, which stay as they are, while
+    its scale and shift and the other weights train; the samples are then independent, so a
+    partial batch runs on the compiled step (no compile) with the small batch's loss."""
+    t = convc.Trainer(small_cnn(True), input_shape=(FULL, 3, HW, HW), optimizer=convc.optim.SGD(0.05), freeze_bn=True)
+    before = t.state_dict()
+    x, y = batch(FULL, 40)
+    eval_loss = t.evaluate(x, y)["loss"]
+    assert t.step(x, y) == pytest.approx(eval_loss, rel=1e-5)  # the eval-mode forward
+    counter = CompileCounter(monkeypatch)
+    eval_loss = t.evaluate(x[:PART], y[:PART])["loss"]
+    assert t.step(x[:PART], y[:PART]) == pytest.approx(eval_loss, rel=1e-5)
+    assert counter.count == 0
+    after = t.state_dict()
+    for name in ("bn1.running_mean", "bn1.running_var"):
+        np.testing.assert_array_equal(after[name], before[name])
+    for name in ("bn1.weight", "bn1.bias", "conv1.weight"):
+        assert not np.array_equal(after[name], before[name])
