@@ -32,7 +32,7 @@ from convc.passes.rewrite import move_before, record_origin, take_output
 
 from convc.ir import Graph, Op, TensorKind
 from convc.ops import OpGroup, OpKind, layout
-from convc.ops.shape import TransposeAttrs
+from convc.ops.shape import ReshapeAttrs, TransposeAttrs
 
 Predicate = Callable[[Graph, Op], bool]
 
@@ -53,9 +53,13 @@ def to_channels_last(g: Graph, convert_conv: Predicate = is_channels_last_conv) 
 
     def twin(t: str, reader: Op) -> str:
         if t not in twins:
-            rank = len(g.tensor(t).shape)
-            tr = g.add_op(OpKind.TRANSPOSE, TransposeAttrs(layout.channels_last_perm(rank)), [t],
-                          [g.fresh_name(f"{t}_nhwc")], name=f"{t}_to_nhwc")
+            shape = g.tensor(t).shape
+            if all(d == 1 for d in shape[2:]):  # (N, C, 1, 1) and (N, 1, 1, C) are the same bytes: a view
+                tr = g.add_op(OpKind.RESHAPE, ReshapeAttrs(layout.to_channels_last(shape)), [t],
+                              [g.fresh_name(f"{t}_nhwc")], name=f"{t}_to_nhwc")
+            else:
+                tr = g.add_op(OpKind.TRANSPOSE, TransposeAttrs(layout.channels_last_perm(len(shape))), [t],
+                              [g.fresh_name(f"{t}_nhwc")], name=f"{t}_to_nhwc")
             record_origin(g, tr.name, reader.name)
             twins[t] = tr.outputs[0]
             before.setdefault(reader.name, []).extend([tr.name, tr.outputs[0]])
@@ -84,8 +88,11 @@ def to_channels_last(g: Graph, convert_conv: Predicate = is_channels_last_conv) 
         g.nx.remove_edge(op.name, out)
         g.nx.add_edge(op.name, last.name, index=[0])
         op.outputs = (last.name,)
-        back = g.add_op(OpKind.TRANSPOSE, TransposeAttrs(layout.channels_first_perm(len(t.shape))), [last.name],
-                        name=f"{out}_to_nchw")
+        if all(d == 1 for d in t.shape[2:]):  # a pooled (N, C, 1, 1): the same bytes either way, a view
+            back = g.add_op(OpKind.RESHAPE, ReshapeAttrs(t.shape), [last.name], name=f"{out}_to_nchw")
+        else:
+            back = g.add_op(OpKind.TRANSPOSE, TransposeAttrs(layout.channels_first_perm(len(t.shape))), [last.name],
+                            name=f"{out}_to_nchw")
         take_output(g, back, out)
         record_origin(g, back.name, op.name)
         twins[out] = last.name
@@ -116,7 +123,8 @@ def _activation_inputs(g: Graph, op: Op, twins: dict[str, str], convert_conv: Pr
         ok = rank4 and source and g.tensor(op.inputs[1]).size == 1 and op.outputs[0] not in g.outputs
         # a quantized tensor is only read channels last (the transposes back move float32 values)
         ok = ok and (op.kind is OpKind.DEQUANTIZE_LINEAR or all(
-            r.kind is OpKind.DEQUANTIZE_LINEAR and g.tensor(r.inputs[1]).size == 1 for r in g.consumers(op.outputs[0])))
+            r.kind is OpKind.DEQUANTIZE_LINEAR and g.tensor(r.inputs[1]).size == 1 and r.outputs[0] not in g.outputs
+            for r in g.consumers(op.outputs[0])))
         return {0} if ok else None
     if op.kind in OpGroup.UNARY or op.kind in SAME_SHAPE_BINARY:
         out = g.tensor(op.outputs[0]).type
@@ -146,8 +154,8 @@ def _per_channel_operands(g: Graph, op: Op, twins: dict[str, str]) -> set[int] |
             full = True
             twinned.add(i)
         elif shape[2:] == (1, 1) and shape[0] in (1, out[0]) and shape[1] in (1, out[1]):
-            if t in twins:
-                twinned.add(i)
+            if t in twins or (len(tensor.shape) == 4 and tensor.kind is not TensorKind.CONSTANT):
+                twinned.add(i)  # a run-time scale without a twin (SE after a Linear) gets one: a view
             elif tensor.kind is not TensorKind.CONSTANT:
                 return None
         elif t in twins and len(tensor.shape) == 4 and all(d in (1, o) for d, o in zip(shape, out)):

@@ -90,3 +90,40 @@ def test_cbam_runs_channels_last_and_matches_onnxruntime(cbam, threads):
     assert [op.kind for op in ops].count(OpKind.TRANSPOSE) == 2, [(op.kind.value, op.name) for op in ops]
     reductions = [op for op in ops if op.kind in (OpKind.REDUCE_SUM, OpKind.REDUCE_MAX)]
     assert {op.attrs.axes for op in reductions} == {(1, 2), (3,)}  # channels last: H, W = 1, 2; C = 3
+
+
+def se_linear_block():
+    """timm's squeeze-and-excitation with Linear layers: x.mean((2, 3)) -> Linear -> ReLU -> Linear -> sigmoid
+    -> view (N, C, 1, 1) -> x * s."""
+    from test_pattern_zoo import Builder
+    b, c = Builder(6), 24
+    x = b.op("Relu", [b.conv("x", 8, c, 3)])
+    s = b.op("ReduceMean", [x], axes=[2, 3], keepdims=0)
+    s = b.op("Relu", [b.op("Gemm", [s, b.weight(6, c), b.weight(6, scale=0.1)], transB=1)])
+    s = b.op("Sigmoid", [b.op("Gemm", [s, b.weight(c, 6), b.weight(c, scale=0.1)], transB=1)])
+    s = b.op("Reshape", [s, b.const(np.array([N, c, 1, 1], np.int64))])
+    return b.model([N, 8, H, W], b.conv(b.op("Mul", [x, s]), c, 16, 1))
+
+
+def pooled_output():
+    """A feature extractor whose output is the pooled (N, C, 1, 1) itself."""
+    from test_pattern_zoo import Builder
+    b = Builder(7)
+    return b.model([N, 8, H, W], b.op("GlobalAveragePool", [b.op("Relu", [b.conv("x", 8, 24, 3)])]))
+
+
+@pytest.mark.parametrize("build", [se_linear_block, pooled_output])
+def test_pooled_tensors_change_layout_as_views(build):
+    """(N, C, 1, 1) and (N, 1, 1, C) are the same bytes: the SE scale computed by Linear layers reaches the
+    channels-last Mul through a Reshape, and the pooled output leaves channels last through one; the features
+    are transposed only at the model's edges."""
+    import onnxruntime
+    m = build()
+    x = np.random.default_rng(1).standard_normal((N, 8, H, W)).astype(np.float32)
+    want = onnxruntime.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    compiled = convc.compile(m, threads=2, cache=False)
+    (got,) = compiled.run({"x": x}).values()
+    np.testing.assert_allclose(got, want[0], rtol=1e-4, atol=1e-5 * float(np.abs(want[0]).max()))
+    big = [op.name for op in compiled.graph.ops() if op.kind is OpKind.TRANSPOSE]
+    assert big[0] == "x_to_nhwc" and len(big) == (2 if build is se_linear_block else 1), big  # in (and out)
+    assert any(op.kind is OpKind.RESHAPE and op.name.endswith("_to_nchw") for op in compiled.graph.ops())
