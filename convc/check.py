@@ -359,7 +359,8 @@ class QuantizedCheck:
         return all(rel <= self.tolerance for _, rel, _, _ in self.outputs)
 
     def render(self) -> str:
-        inputs = "the given inputs" if self.seed is None else f"{self.samples} random normal sample(s) (seed {self.seed})"
+        inputs = ("the given inputs" if self.seed is None
+                  else f"{self.samples} random normal sample(s) (seed {self.seed})")
         lines = [f"{self.model}: int8 ({self.runner}) against its float original {self.original} on {inputs}; "
                  f"error = max |int8 - float| / max |float| per output, tolerance {self.tolerance:g}",
                  f"  {self.int8_layers} int8 layer(s): weights {self.float_bytes / 1e6:.2f} MB as float32, "

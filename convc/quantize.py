@@ -10,8 +10,9 @@ convc/quantize_calibrate.py); then the QDQ file (convc/quantize_qdq.py): u8 asym
 activations, int8 symmetric weights (one scale per output channel unless ``per_channel=False``),
 int32 biases, in onnxruntime's ``quantize_static`` QDQ layout, so onnxruntime and OpenVINO run it
 too. ``evaluate=True`` (what ``convc quantize`` prints) also runs the quantized model on the
-calibration data and compares it with the float model: top-1 agreement of class-score outputs and
-the max and mean logit error.
+calibration data (convc; onnxruntime, when installed, for a convc that cannot compile QDQ models;
+else onnx.reference) and compares it with the float model: top-1 agreement of class-score outputs
+and the max and mean logit error.
 """
 from __future__ import annotations
 
@@ -196,16 +197,26 @@ def _opset_13(model):
                          f"onnx's version converter could not convert it: {str(e).strip()[:300]}") from None
 
 
-def _batch(model, name: str, samples: int, batch_size: int) -> int:
+DEFAULT_BATCH = 16
+
+
+def _batch(model, name: str, samples: int, batch_size: int | None) -> int:
+    """Samples per calibration run: the model's own batch when it declares one, else ``batch_size``."""
     v = next(v for v in model.graph.input if v.name == name)
     d = v.type.tensor_type.shape.dim[0] if v.type.tensor_type.shape.dim else None
-    return d.dim_value if d is not None and d.HasField("dim_value") else min(batch_size, samples)
+    if d is not None and d.HasField("dim_value"):
+        if batch_size is not None and batch_size != d.dim_value:
+            raise InputError(f"batch_size={batch_size}: input {name!r} has a fixed batch of {d.dim_value}, so the "
+                             f"calibration runs {d.dim_value} sample(s) at a time; leave batch_size out")
+        return d.dim_value
+    return min(batch_size or DEFAULT_BATCH, samples)
 
 
 # --- the entry points -----------------------------------------------------------------------------
 
 def quantize(model: Any, calibration_data: Any, *, method: str = "minmax", per_channel: bool = True,
-             percentile: float = 99.999, reduce_range: bool = False, fold_bn: bool = True, batch_size: int = 16,
+             percentile: float = 99.999, reduce_range: bool = False, fold_bn: bool = True,
+             batch_size: int | None = None,
              output: str | os.PathLike | None = None, threads: int | None = None,
              progress: Callable[[str], None] | None = None):
     """Quantize a float ONNX model (path or ``onnx.ModelProto``) with ``calibration_data`` (an array
@@ -214,8 +225,9 @@ def quantize(model: Any, calibration_data: Any, *, method: str = "minmax", per_c
     ``output`` also writes it there. ``method``: "minmax", "percentile" (clip at the ``percentile``-th
     percentile of |x|) or "entropy" (the KL-divergence threshold); ``per_channel``: one weight scale
     per output channel; ``reduce_range``: 7-bit weights (for AVX2 kernels without VNNI);
-    ``fold_bn``: fold BatchNormalization into the convs first. ``quantize_model`` also reports the
-    accuracy change."""
+    ``fold_bn``: fold BatchNormalization into the convs first; ``batch_size``: samples per
+    calibration run for a model with a symbolic batch (default 16; a model with a fixed batch runs
+    at its own). ``quantize_model`` also reports the accuracy change."""
     return quantize_model(model, calibration_data, method=method, per_channel=per_channel, percentile=percentile,
                           reduce_range=reduce_range, fold_bn=fold_bn, batch_size=batch_size, output=output,
                           threads=threads, progress=progress, evaluate=False).model
@@ -223,7 +235,7 @@ def quantize(model: Any, calibration_data: Any, *, method: str = "minmax", per_c
 
 def quantize_model(model: Any, calibration_data: Any, *, method: str = "minmax", per_channel: bool = True,
                    percentile: float = 99.999, reduce_range: bool = False, fold_bn: bool = True,
-                   batch_size: int = 16, output: str | os.PathLike | None = None, threads: int | None = None,
+                   batch_size: int | None = None, output: str | os.PathLike | None = None, threads: int | None = None,
                    progress: Callable[[str], None] | None = None, evaluate: bool = True) -> Quantization:
     """``quantize`` returning the model and a QuantizeReport; ``evaluate`` runs the quantized model on
     the calibration data and compares its outputs with the float model's."""
@@ -240,7 +252,7 @@ def quantize_model(model: Any, calibration_data: Any, *, method: str = "minmax",
         raise InputError(f"percentile={percentile!r}: expected a number in (50, 100]")
     if method != "percentile" and percentile != 99.999:
         raise InputError(f"percentile={percentile!r} applies to method='percentile' only (method={method!r})")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise InputError(f"batch_size={batch_size!r}: expected a positive integer")
     if output is not None:
         out_path = Path(output)
@@ -303,7 +315,8 @@ def _compare(report: QuantizeReport, float_out: dict[str, np.ndarray], int8_out:
             continue
         a, b = np.asarray(int8_out[o], np.float64), np.asarray(f, np.float64)
         diff = np.abs(a - b)
-        report.max_error[o], report.mean_error[o] = float(diff.max(initial=0.0)), float(diff.mean()) if diff.size else 0.0
+        report.max_error[o] = float(diff.max(initial=0.0))
+        report.mean_error[o] = float(diff.mean()) if diff.size else 0.0
         report.scale[o] = float(np.abs(b).max(initial=0.0))
         agree = top1_agreement(a, b)
         if agree is not None:

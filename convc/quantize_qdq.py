@@ -63,7 +63,8 @@ def write_qdq(model, selection: Selection, ranges: dict[str, tuple[float, float]
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
-    used = ({t.name for t in g.initializer} | {i for n in g.node for i in n.input} | {o for n in g.node for o in n.output}
+    used = ({t.name for t in g.initializer} | {i for n in g.node for i in n.input}
+            | {o for n in g.node for o in n.output}
             | {v.name for v in g.input} | {v.name for v in g.output} | {n.name for n in g.node})
     inits = {t.name: t for t in g.initializer}
     new_inits: list = []
@@ -102,7 +103,8 @@ def write_qdq(model, selection: Selection, ranges: dict[str, tuple[float, float]
                     if name == t:
                         node.output[k] = src
             dq_out, target = t, after.setdefault(src, [])
-        target.append(helper.make_node("QuantizeLinear", [src, s_name, z_name], [q_out], name=fresh(f"{t}_QuantizeLinear")))
+        target.append(helper.make_node("QuantizeLinear", [src, s_name, z_name], [q_out],
+                                       name=fresh(f"{t}_QuantizeLinear")))
         target.append(helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [dq_out],
                                        name=fresh(f"{t}_DequantizeLinear")))
 

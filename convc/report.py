@@ -198,10 +198,12 @@ def int8_lines(p: Profile) -> list[str]:
     f32, i8 = sum(w.float_bytes for w in p.int8), sum(w.int8_bytes for w in p.int8)
     lines = [f"int8 layers ({len(p.int8)}): weights {nbytes(f32)} as float32, {nbytes(i8)} as int8, "
              f"{nbytes(f32 - i8)} saved ({100 * (f32 - i8) / f32:.1f}%)" if f32 else f"int8 layers ({len(p.int8)})"]
-    w = max(len(x.node) for x in p.int8)
-    for x in p.int8:
+    names = ["".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in x.node)
+             for x in p.int8]  # names from the model are data: no terminal escapes
+    w = max(len(n) for n in names)
+    for name, x in zip(names, p.int8):
         scales = "per-channel" if x.per_channel else "per-tensor"
-        lines.append(f"  {x.node:<{w}}  {x.op_type:<7} {shape(x.shape):<16} {scales:<11} {nbytes(x.float_bytes):>10} "
+        lines.append(f"  {name:<{w}}  {x.op_type:<7} {shape(x.shape):<16} {scales:<11} {nbytes(x.float_bytes):>10} "
                      f"-> {nbytes(x.int8_bytes):>10}")
     return lines
 

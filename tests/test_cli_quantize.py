@@ -98,8 +98,11 @@ def test_help_names_the_options(capsys):
 def test_check_float_compares_the_int8_model(files, capsys):
     d, model, calib = files
     out = d / "check.int8.onnx"
-    assert main(["quantize", str(model), "-o", str(out), "--calibrate", str(calib), "--no-eval", "-q"]) == 0
+    assert main(["quantize", str(model), "-o", str(out), "--calibrate", str(calib), "--no-eval", "--per-tensor",
+                 "-q"]) == 0
     assert "accuracy against" not in capsys.readouterr().out
+    from convc.quantize_qdq import int8_weights
+    assert not any(w.per_channel for w in int8_weights(onnx.load(str(out))))  # --per-tensor
     # exit 1: an output's error is over the tolerance (the ok case is tests/test_quantize.py's)
     assert main(["check", str(out), "--float", str(model), "--input", str(calib), "--tolerance", "1e-9", "-q"]) == 1
     text = capsys.readouterr().out

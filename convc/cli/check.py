@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConvcError("--seed seeds random inputs, and --input gives every input of the model: drop one of them")
     if args.original:
         if args.precision != "float32" or args.perturb:
-            raise ConvcError("--float compares an int8 model with its float original: not with --precision or --perturb")
+            raise ConvcError("--float compares an int8 model with its float original: not with --precision or "
+                             "--perturb")
         progress(f"running {args.model} and its float original {args.original}")
         quantized = check_quantized(model, load_onnx(args.original), batch=args.batch,
                                     seed=0 if args.seed is None else args.seed, tolerance=args.tolerance,

@@ -38,8 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="7-bit weights: exact on AVX2 int8 kernels (vpmaddubsw's int16 sums cannot saturate), as "
                         "onnxruntime's reduce_range; costs a little accuracy")
     p.add_argument("--no-fold-bn", action="store_true", help="keep BatchNormalization as float ops")
-    p.add_argument("--batch-size", type=positive, default=16, metavar="N",
-                   help="samples per calibration run for a model with a symbolic batch (default 16)")
+    p.add_argument("--batch-size", type=positive, metavar="N",
+                   help="samples per calibration run for a model with a symbolic batch (default 16; a model with "
+                        "a fixed batch runs at its own, and refuses another)")
     p.add_argument("--threads", "-t", type=positive, metavar="T", help="worker threads of the calibration runs")
     p.add_argument("--no-eval", action="store_true",
                    help="skip running the quantized model to report the accuracy change")
