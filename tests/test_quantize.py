@@ -228,7 +228,7 @@ def test_convc_runs_the_quantized_model_like_onnxruntime(trained, data):
 # --- inputs, outputs and options ------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_writes_the_file_and_reads_calibration_directories(untrained, data, tmp_path):
+def test_writes_the_file_and_reads_calibration_directories(untrained, data, tmp_path, monkeypatch):
     x = data[0][:20]
     np.save(tmp_path / "b.npy", x[12:])
     np.save(tmp_path / "a.npy", x[:12])
@@ -236,7 +236,10 @@ def test_writes_the_file_and_reads_calibration_directories(untrained, data, tmp_
     loaded = load_calibration(tmp_path)
     np.testing.assert_array_equal(loaded, x)  # name order: a.npy then b.npy
     out = tmp_path / "q.onnx"
-    q = convc.quantize(untrained, tmp_path, output=out, batch_size=8)  # 20 samples: a padded last batch
+    monkeypatch.setattr("convc.quantize_calibrate.PROGRESS_SECONDS", 0.0)  # a line per batch
+    lines: list[str] = []
+    q = convc.quantize(untrained, tmp_path, output=out, batch_size=8, progress=lines.append)  # a padded last batch
+    assert "calibrating: batch 3/3 (16/20 samples)" in lines
     assert out.exists() and onnx.load(str(out)).graph.node == q.graph.node
     meta = {p.key: p.value for p in q.metadata_props}
     assert "method=minmax" in meta["convc.quantize"] and "samples=20" in meta["convc.quantize"]
