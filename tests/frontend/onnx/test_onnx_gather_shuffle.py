@@ -40,12 +40,12 @@ def test_a_transposing_gather_is_one_transpose(shape, axis, indices, threads):
     np.testing.assert_array_equal(got, run_onnx(m, {"x": x})["y"])  # a copy: bit for bit
 
 
-@pytest.mark.parametrize("indices", [np.arange(24)[::-1], np.roll(np.arange(24), 5), shuffle(24, 2)[:-1]],
+@pytest.mark.parametrize("indices", [np.arange(8)[::-1], np.roll(np.arange(8), 3), shuffle(8, 2)[:-1]],
                          ids=["reversed", "rotated", "not-every-channel"])
 def test_other_permutations_still_gather_by_runs(indices):
-    m = gather_model((16, 24, 9, 7), 1, indices.astype(np.int64))
+    m = gather_model((16, 8, 9, 7), 1, indices.astype(np.int64))
     kinds = op_kinds(import_onnx(m))
     assert OpKind.TRANSPOSE not in kinds and (OpKind.SLICE in kinds or OpKind.CONCAT in kinds)
-    x = np.random.default_rng(0).standard_normal((16, 24, 9, 7)).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal((16, 8, 9, 7)).astype(np.float32)
     np.testing.assert_array_equal(convc.compile(m, threads=1, cache=False).run({"x": x})["y"],
                                   run_onnx(m, {"x": x})["y"])
