@@ -145,3 +145,26 @@ def test_the_kernels_are_vector_code(axes):
     (fn,) = [f for op, f in native.kernel_names if "Reduce" in op]
     body = re.search(rf"define [^@]*@\"?{re.escape(fn)}\"?\(.*?\n}}", str(native.ir_module), re.S).group(0)
     assert re.search(r"load <\d+ x float>", body), body[:2000]
+
+
+def test_the_kernels_compile_for_avx512():
+    """Emitted for znver4 (16 lanes; compiled, not run: no AVX-512 here), both forms use zmm registers."""
+    import llvmlite.binding as llvm
+
+    import convc.codegen.kernels  # noqa: F401  (registers the emitters)
+    from convc.codegen.jit import Target
+    from convc.codegen.module import ModuleEmitter
+    from convc.frontend.onnx import import_onnx
+    from convc.passes.pipeline import pipeline
+    model, _ = grid_model((4, 67, 131), ops=PRIMITIVES, axes_sets=[(2,), (0, 1), (0, 2)])
+    plan = pipeline(import_onnx(model))
+    host = Target.host()
+    cpu, feats = "znver4", "+avx,+avx2,+fma,+avx512f,+avx512bw,+avx512vl,+avx512dq"
+    target = Target(host.triple, cpu, feats)
+    text = str(ModuleEmitter(plan, target=target).emit().ir_module)
+    assert "<16 x float>" in text
+    module = llvm.parse_assembly(text)
+    tm = llvm.Target.from_triple(target.triple).create_target_machine(cpu=cpu, features=feats, opt=3)
+    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=3))
+    pb.getModulePassManager().run(module, pb)
+    assert "zmm" in tm.emit_assembly(module)
