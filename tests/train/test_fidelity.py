@@ -176,3 +176,58 @@ def test_training_matches_pytorch(batches, one_torch_thread, net_name, optimizer
             f"{net_name}/{optimizer}: {name} differs by {err:.3g} (L2; training moved it {moved:.3g})"
         compared += 1
     assert compared == len([n for n in theirs if not n.endswith("num_batches_tracked")]) - len(skipped) > 0
+
+
+class ModernOps(nn.Module):
+    """The ops whose gradients are compositions, as PyTorch code writes them: PReLU (its slopes train),
+    a squeeze-and-excitation block (mean over H, W), nearest upsampling, a TCN-style chomp of the last
+    column, a ShuffleNet channel shuffle, a max over H, W (amax) and log_softmax."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.PReLU(8))
+        self.squeeze, self.excite = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+        self.mix = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.fc = nn.Linear(8, CLASSES)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x * torch.sigmoid(self.excite(torch.relu(self.squeeze(x.mean((2, 3), keepdim=True)))))
+        x = nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+        x = nn.functional.leaky_relu(self.mix(x)[:, :, :, :-1], 0.1)
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return nn.functional.log_softmax(self.fc(x.amax((2, 3))), dim=1)
+
+
+@pytest.mark.slow
+def test_modern_ops_train_like_pytorch(batches, one_torch_thread):
+    """SGD with momentum, 20 steps at batch 16 and 15x15 inputs (odd: upsampled to 30x30, chomped to 30x29);
+    the log_softmax output trains with cross-entropy on its log-probabilities, as nll_loss does."""
+    torch.manual_seed(0)
+    net = ModernOps().train()
+    x0 = batches[0][0][:, :, :15, :15].copy()
+    proto = export_training(net, x0)
+    kinds = {n.op_type for n in proto.graph.node}
+    assert {"PRelu", "ReduceMean", "Resize", "Slice", "ReduceMax", "LogSoftmax"} <= kinds, kinds
+    trainer = convc.Trainer(proto, input_shape=x0.shape, optimizer=convc.optim.SGD(0.05, momentum=0.9),
+                            threads=1)
+    start = trainer.state_dict()
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    torch_losses, convc_losses = [], []
+    for step in range(STEPS):
+        x, y = batches[step % len(batches)]
+        x = np.ascontiguousarray(x[:, :, :15, :15])
+        opt.zero_grad()
+        loss = nn.functional.nll_loss(net(torch.from_numpy(x)), torch.from_numpy(y))
+        loss.backward()
+        opt.step()
+        torch_losses.append(loss.item())
+        convc_losses.append(trainer.step(x, y))
+    np.testing.assert_allclose(convc_losses, torch_losses, rtol=2e-3, atol=1e-5)
+    assert torch_losses[-1] < torch_losses[0]
+    mine = trainer.state_dict()
+    slope = net.stem[1].weight.detach().numpy()
+    name = next(k for k, v in start.items() if v.size == 8 and np.allclose(v, 0.25))  # PReLU's initial slopes
+    moved = np.linalg.norm(slope - 0.25)
+    assert moved > 1e-4 and np.linalg.norm(mine[name].reshape(-1) - slope) <= 0.02 * moved
