@@ -6,7 +6,9 @@ strided projection shortcut), a MobileNetV2-style net (inverted residuals, depth
 a net with BatchNorm and Dropout exported with ``TrainingMode.TRAINING`` (BatchNormalization
 training_mode=1, Dropout with its training_mode input). Its Dropout has ratio 0, so both sides compute
 the same numbers: convc draws its masks from its own generator, which no test can align with PyTorch's;
-inverted dropout at a real ratio is checked statistically in test_training_mode.py.
+inverted dropout at a real ratio is checked statistically in test_training_mode.py. A fourth net gathers
+the ops whose gradients are compositions (PReLU, SE mean, nearest upsampling, chomp, channel shuffle,
+amax, log_softmax), trained with SGD with momentum.
 
 Every net is exported in training mode: an eval-mode export folds BatchNorm into the convolutions.
 
