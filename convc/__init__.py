@@ -26,7 +26,8 @@ __all__ = ["compile", "compile_library", "profile", "quantize", "models", "nn", 
            "ConvcError", "ModelImportError", "UnsupportedOpError", "GraphError", "CompileError", "InputError",
            "__version__", "load", "LoadError", "optim", "Trainer", "TrainingError", "CheckpointError", "gradcheck", "Loss"]
 
-_LAZY_SUBMODULES = ("models", "report", "check", "train_profile", "data", "distributed")  # imported on first use (PEP 562)
+# imported on first use (PEP 562)
+_LAZY_SUBMODULES = ("models", "report", "check", "train_profile", "data", "distributed")
 
 
 def __getattr__(name: str):
