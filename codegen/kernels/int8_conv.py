@@ -39,15 +39,25 @@ MR = 6         # output pixels per tile
 BLOCK = LANES * NV
 
 
-def pack_weights(w: np.ndarray) -> tuple[np.ndarray, int]:
-    """(M, C, KH, KW) int8 -> int16 [blocks][KH*KW][ceil(C/2)][16][2] (zero-padded), and the block count."""
+def pack_weights(w: np.ndarray, group: int = 2, dtype=np.int16) -> tuple[np.ndarray, int]:
+    """(M, C, KH, KW) int8 -> [blocks][KH*KW][ceil(C/group)][16 channels][group] (zero-padded), and the
+    block count: ``group`` consecutive input channels of 16 output channels per vector load."""
     m, c, kh, kw = w.shape
-    blocks, pairs = -(-m // BLOCK), -(-c // 2)
-    padded = np.zeros((blocks * BLOCK, pairs * 2, kh * kw), np.int16)
+    blocks, groups = -(-m // BLOCK), -(-c // group)
+    padded = np.zeros((blocks * BLOCK, groups * group, kh * kw), dtype)
     padded[:m, :c] = w.reshape(m, c, kh * kw)
-    # [block][lane] [pair][two] [tap] -> [block][tap][pair][lane][two]
-    packed = padded.reshape(blocks, BLOCK, pairs, 2, kh * kw).transpose(0, 4, 2, 1, 3)
+    # [block][lane] [group][member] [tap] -> [block][tap][group][lane][member]
+    packed = padded.reshape(blocks, BLOCK, groups, group, kh * kw).transpose(0, 4, 2, 1, 3)
     return np.ascontiguousarray(packed), blocks
+
+
+def fits_pmaddubsw(w: np.ndarray) -> bool:
+    """vpmaddubsw sums two u8 x s8 products into a saturating int16: exact when |w0| + |w1| <= 128 for
+    every pair of adjacent input channels (255 * 128 = 32640), as with 7-bit weights (reduce_range)."""
+    m, c = w.shape[:2]
+    padded = np.zeros((m, c + c % 2, *w.shape[2:]), np.int32)
+    padded[:, :c] = w
+    return bool((np.abs(padded.reshape(m, -1, 2, *w.shape[2:])).sum(axis=2) <= 128).all())
 
 
 def folded_bias(a: Int8ConvAttrs, w: np.ndarray, bias: np.ndarray, blocks: int) -> np.ndarray:
@@ -138,15 +148,17 @@ class _Geometry:
 def _emit_dense(em: ModuleEmitter, op: Op, geo: _Geometry) -> KernelCall:
     a, c, m = geo.a, geo.c, geo.m
     w = em.tensor(op.inputs[1]).data
-    packed, blocks = pack_weights(w)
-    pairs, taps = -(-c // 2), geo.kh * geo.kw
+    native = em.isa.name in ("avx2", "avx512")
+    # u8 activations and weights whose pairs cannot saturate take vpmaddubsw, four channels a step
+    group = 4 if native and not geo.signed and fits_pmaddubsw(w) else 2
+    packed, blocks = pack_weights(w, group, np.int8 if group == 4 else np.int16)
+    pairs, taps = -(-c // group), geo.kh * geo.kw
     xdtype = np.int8 if geo.signed else np.uint8
-    tables = [em.derived_constant(packed, np.int16),
+    tables = [em.derived_constant(packed, packed.dtype),
               em.derived_constant(folded_bias(a, w, em.tensor(op.inputs[2]).data, blocks), np.int32),
               em.derived_constant(_per_channel(a.multiplier, m, blocks * BLOCK, np.float32)),
               em.derived_constant(_per_channel(a.offset, m, blocks * BLOCK, np.float32)),
-              em.derived_constant(np.full(pairs * 2, a.x_zero_point, np.int64).astype(xdtype), xdtype)]
-    native = em.isa.name in ("avx2", "avx512")
+              em.derived_constant(np.full(pairs * group, a.x_zero_point, np.int64).astype(xdtype), xdtype)]
     fn, b = em.function(op.name, 7, parallel=True)
     x, y, wp, bias, mult, off, zrow = fn.args[:7]
     v16 = ir.VectorType(I16, 16)
@@ -161,17 +173,24 @@ def _emit_dense(em: ModuleEmitter, op: Op, geo: _Geometry) -> KernelCall:
             for r in range(mr):
                 for v in range(NV):
                     b.store(_const_vec(I32, 0, LANES), slots[r][v])
-            wblock = b.mul(blk, i64(taps * pairs * BLOCK * 2))
+            wblock = b.mul(blk, i64(taps * pairs * BLOCK * group))
             # taps in a loop, not unrolled: the code stays small (LLVM time grows with it)
             with for_range(b, taps, name="tap") as t:
                 i, j = b.udiv(t, i64(geo.kw)), b.urem(t, i64(geo.kw))
                 rows = [geo.tap_row(b, x, zrow, origins[r], i, j) for r in range(mr)]
-                wtap = b.add(wblock, b.mul(t, i64(pairs * BLOCK * 2)))
-                if c // 2:
-                    with for_range(b, c // 2, name="pair") as k:
-                        _pair_step(b, rows, wp, wtap, k, slots, False, native, geo.signed, v16)
-                if c % 2:
-                    _pair_step(b, rows, wp, wtap, i64(c // 2), slots, True, native, geo.signed, v16)
+                wtap = b.add(wblock, b.mul(t, i64(pairs * BLOCK * group)))
+                if group == 4:
+                    if c // 4:
+                        with for_range(b, c // 4, name="quad") as k:
+                            _quad_step(b, rows, wp, wtap, k, slots, 4)
+                    if c % 4:
+                        _quad_step(b, rows, wp, wtap, i64(c // 4), slots, c % 4)
+                else:
+                    if c // 2:
+                        with for_range(b, c // 2, name="pair") as k:
+                            _pair_step(b, rows, wp, wtap, k, slots, False, native, geo.signed, v16)
+                    if c % 2:
+                        _pair_step(b, rows, wp, wtap, i64(c // 2), slots, True, native, geo.signed, v16)
             base = b.mul(blk, i64(BLOCK))
             for v in range(NV):
                 ch = b.add(base, i64(v * LANES))
@@ -236,6 +255,31 @@ def _pair_step(b, rows, wp, wtap, k, slots, single: bool, native: bool, signed: 
         for v in range(NV):
             acc = b.load(slots[r][v], typ=ir.VectorType(I32, LANES))
             b.store(b.add(acc, pmaddwd(b, xa, ws[v], native)), slots[r][v])
+
+
+def _quad_step(b: ir.IRBuilder, rows, wp, wtap, k, slots, valid: int) -> None:
+    """slots[r][v] += pixel r's channels 4k..4k+3 (the first ``valid`` of them) times the packed int8
+    weights of vector v: vpmaddubsw (u8 x s8 pairs into int16, exact by ``fits_pmaddubsw``), then
+    vpmaddwd by ones (pairs of int16 into int32)."""
+    v32 = ir.VectorType(I8, 32)
+    woff = b.add(wtap, b.mul(k, i64(BLOCK * 4)))
+    ws = [b.load(gep(b, wp, b.add(woff, i64(v * LANES * 4)), I8), typ=v32, align=1) for v in range(NV)]
+    ones = _const_vec(I16, 1, 16)
+    ubs = intrinsic(b.module, "llvm.x86.avx2.pmadd.ub.sw", ir.VectorType(I16, 16), [v32, v32])
+    wd = intrinsic(b.module, "llvm.x86.avx2.pmadd.wd", ir.VectorType(I32, 8), [ir.VectorType(I16, 16)] * 2)
+    for r, row in enumerate(rows):
+        at = gep(b, row, b.mul(k, i64(4)), I8)
+        if valid == 4:
+            quad = b.load(at, typ=I32, align=1)
+        else:  # the last channels: no read past the row (its missing channels' weights are 0)
+            quad = ir.Constant(I32, 0)
+            for j in range(valid):
+                byte = b.zext(b.load(gep(b, at, j, I8), typ=I8), I32)
+                quad = b.or_(quad, b.shl(byte, ir.Constant(I32, 8 * j)))
+        xa = b.bitcast(_splat(b, quad, 8), v32)
+        for v in range(NV):
+            acc = b.load(slots[r][v], typ=ir.VectorType(I32, LANES))
+            b.store(b.add(acc, b.call(wd, [b.call(ubs, [xa, ws[v]]), ones])), slots[r][v])
 
 
 def _emit_depthwise(em: ModuleEmitter, op: Op, geo: _Geometry) -> KernelCall:

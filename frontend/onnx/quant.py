@@ -55,7 +55,7 @@ def _params(ctx: NodeContext, scale_at: int, zp_at: int, rank: int, default: str
         zp = np.zeros(scale.shape, dtype=default)
     if zp.dtype.name not in QUANTIZED and not (zp.dtype == np.int32 and ctx.op_type == "DequantizeLinear"):
         raise Unsupported(f"quantized type {_type_name(ctx, zp_at, zp.dtype)}; {_WHY}")
-    if zp.shape != scale.shape:
+    if zp.size != scale.size:  # (1,) against () is the same single value
         raise ctx.error(f"scale has shape {scale.shape} but zero point {zp.shape}")
     s = ctx.fresh_tensor("scale")
     z = ctx.fresh_tensor("zero_point")
@@ -145,7 +145,8 @@ def qlinear_conv(ctx: NodeContext) -> None:
         if bias.dtype != np.int32:
             raise ctx.error(f"B has dtype {bias.dtype}, expected int32")
         # B is in units of x_scale * w_scale (onnxruntime adds it to the int32 accumulator)
-        scale = np.asarray(ctx.constant(1), np.float32).reshape(-1) * np.asarray(ctx.constant(4), np.float32).reshape(-1)
+        x_scale, w_scale = (np.asarray(ctx.constant(i), np.float32).reshape(-1) for i in (1, 4))
+        scale = x_scale * w_scale
         b = ctx.fresh_tensor("bias")
         zero = np.zeros(scale.shape, np.int32)
         ctx.state.values[b] = dequantize(QuantAttrs(0), bias, scale.astype(np.float32), zero)[0]

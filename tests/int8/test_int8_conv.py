@@ -20,14 +20,17 @@ from convc.ir import Graph, TensorKind
 from convc.ops import OpKind
 from convc.ops.quant import Int8ConvAttrs, int8_accumulate, requantize
 from convc.passes.pipeline import pipeline
+from convc.codegen.kernels.int8_conv import fits_pmaddubsw
 
 
-def int8_conv_graph(x_shape, m, k, stride, pad, dilation, group, signed, rng):
-    """One Int8Conv with random integers and requantization parameters (the outputs spread over the range)."""
+def int8_conv_graph(x_shape, m, k, stride, pad, dilation, group, signed, rng, weight_bits=8):
+    """One Int8Conv with random integers and requantization parameters (the outputs spread over the range);
+    ``weight_bits`` 7 gives weights in [-64, 63], which the vpmaddubsw kernel takes."""
     n, h, w, c = x_shape
     xt = np.int8 if signed else np.uint8
     x = rng.integers(-128 if signed else 0, 128 if signed else 256, x_shape).astype(xt)
-    wt = rng.integers(-128, 128, (m, c // group, k, k)).astype(np.int8)
+    half = 2 ** (weight_bits - 1)
+    wt = rng.integers(-half, half, (m, c // group, k, k)).astype(np.int8)
     bias = rng.integers(-20000, 20000, m).astype(np.int32)
     zx = int(rng.integers(-30, 30) if signed else rng.integers(0, 256))
     spread = 100.0 / (128 * 128 * (c // group) * k * k) ** 0.5 / 8
@@ -48,22 +51,26 @@ def _run(model, feeds):
     return list(out.values())[0] if isinstance(out, dict) else out[0]
 
 
-# (x NHWC, output channels, kernel, stride, pad, dilation, group, signed x, threads)
+# (x NHWC, output channels, kernel, stride, pad, dilation, group, signed x, threads, weight bits)
 GRID = [
-    ((16, 13, 11, 5), 19, 3, 1, 1, 1, 1, False, 2),    # odd channels: the single-channel step, partial blocks
-    ((16, 9, 7, 16), 32, 3, 2, 1, 1, 1, True, 1),      # int8 activations, stride 2
-    ((2, 17, 15, 24), 40, 1, 1, 0, 1, 1, False, 2),    # 1x1, a remainder of pixels after the 6-pixel tiles
-    ((3, 12, 12, 8), 16, 3, 1, 2, 2, 1, False, 1),     # dilation 2
-    ((16, 14, 9, 13), 13, 3, 1, 1, 1, 13, False, 2),   # depthwise, odd channels
-    ((4, 11, 5, 24), 24, 3, 2, 1, 1, 24, True, 1),     # depthwise, int8, stride 2
-    ((1, 32, 32, 64), 64, 3, 1, 1, 1, 1, False, 2),    # a ResNet-sized layer
+    ((16, 13, 11, 5), 19, 3, 1, 1, 1, 1, False, 2, 8),    # odd channels: the single-channel step, partial blocks
+    ((16, 9, 7, 16), 32, 3, 2, 1, 1, 1, True, 1, 8),      # int8 activations, stride 2
+    ((2, 17, 15, 24), 40, 1, 1, 0, 1, 1, False, 2, 8),    # 1x1, a remainder of pixels after the 6-pixel tiles
+    ((3, 12, 12, 8), 16, 3, 1, 2, 2, 1, False, 1, 8),     # dilation 2
+    ((16, 14, 9, 13), 13, 3, 1, 1, 1, 13, False, 2, 8),   # depthwise, odd channels
+    ((4, 11, 5, 24), 24, 3, 2, 1, 1, 24, True, 1, 8),     # depthwise, int8, stride 2
+    ((1, 32, 32, 64), 64, 3, 1, 1, 1, 1, False, 2, 8),    # a ResNet-sized layer
+    ((16, 13, 11, 7), 21, 3, 1, 1, 1, 1, False, 2, 7),    # vpmaddubsw: 7 channels (a partial quad)
+    ((2, 16, 16, 64), 64, 3, 1, 1, 1, 1, False, 2, 7),    # vpmaddubsw at a ResNet layer's channels
 ]
 
 
-@pytest.mark.parametrize("x_shape,m,k,stride,pad,dilation,group,signed,threads", GRID)
-def test_int8_conv_is_exact(x_shape, m, k, stride, pad, dilation, group, signed, threads):
+@pytest.mark.parametrize("x_shape,m,k,stride,pad,dilation,group,signed,threads,bits", GRID)
+def test_int8_conv_is_exact(x_shape, m, k, stride, pad, dilation, group, signed, threads, bits):
     rng = np.random.default_rng(sum(x_shape) + m)
-    g, a, x, w, bias = int8_conv_graph(x_shape, m, k, stride, pad, dilation, group, signed, rng)
+    g, a, x, w, bias = int8_conv_graph(x_shape, m, k, stride, pad, dilation, group, signed, rng, bits)
+    if group == 1:  # the kernel (vpmaddubsw or vpmaddwd) the weights select
+        assert fits_pmaddubsw(w) == (bits == 7 and not signed)
     acc = int8_accumulate(a, x, w, bias)
     expected = requantize(a, acc)
     assert len(np.unique(expected)) > 40  # not saturated everywhere: the epilogue is exercised
@@ -104,7 +111,8 @@ def ort_run(model: onnx.ModelProto, x: np.ndarray, optimized: bool) -> np.ndarra
     so.intra_op_num_threads = 1
     if not optimized:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    session = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})[0]
 
 
 def logits_step(model: onnx.ModelProto) -> float:
