@@ -411,3 +411,24 @@ def test_matmul_and_gemm_without_transpose_quantize_along_their_columns(data):
     x = data[0][:32]  # the calibration samples: no value outside the calibrated ranges
     f, got = logits(m, x), logits(q, x)
     assert np.abs(got - f).max() < 0.03 * np.abs(f).max()
+
+
+def test_two_inputs_take_a_dict(data):
+    """Calibration data for a model with several inputs is a dict by input name; both inputs get ranges."""
+    rng = np.random.default_rng(4)
+    w = numpy_helper.from_array((rng.standard_normal((4, 1, 3, 3)) / 3).astype(np.float32), "w")
+    g = helper.make_graph([helper.make_node("Add", ["a", "b"], ["s"], name="add"),
+                           helper.make_node("Conv", ["s", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])], "two",
+                          [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 1, 16, 16]) for n in "ab"],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 16, 16])], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    a, b = data[0][:8], data[0][8:16]
+    with pytest.raises(InputError, match="the model has 2 inputs"):
+        convc.quantize(m, a)
+    with pytest.raises(InputError, match="input 'b' has 4 samples, another input 8"):
+        convc.quantize(m, {"a": a, "b": b[:4]})
+    q = convc.quantize(m, {"a": a, "b": b})
+    assert [n.op_type for n in q.graph.node].count("QuantizeLinear") == 2  # the conv's input s and output y
+    got = session(q).run(None, {"a": a, "b": b})[0]
+    expected = session(m).run(None, {"a": a, "b": b})[0]
+    assert np.abs(got - expected).max() < 0.02 * np.abs(expected).max()
