@@ -124,9 +124,11 @@ def run_on_ray(train_fn: Callable[[Any, Any], Any], num_workers: int = 2, config
                              "cpus_per_worker")
         rendezvous = ray.remote(num_cpus=0)(_RendezvousImpl).remote(world)
         task = ray.remote(_replica)
-        refs = [task.options(num_cpus=cpus_per_worker, scheduling_strategy=PlacementGroupSchedulingStrategy(
-            placement_group=group, placement_group_bundle_index=rank)).remote(train_fn, rendezvous, rank, world, config)
-            for rank in range(world)]
+        # no retries: a replica run again would restart its collectives while the others wait further on
+        refs = [task.options(num_cpus=cpus_per_worker, max_retries=0,
+                             scheduling_strategy=PlacementGroupSchedulingStrategy(
+                                 placement_group=group, placement_group_bundle_index=rank))
+                .remote(train_fn, rendezvous, rank, world, config) for rank in range(world)]
         return ray.get(refs)
     finally:
         remove_placement_group(group)
