@@ -105,7 +105,8 @@ def run_on_ray(train_fn: Callable[[Any, Any], Any], num_workers: int = 2, config
     reserving ``cpus_per_worker`` CPUs) and return their results in rank order. Ray must be
     initialized (``ray.init()``, or a cluster address). The workers are gang-scheduled through a
     placement group: when the cluster cannot hold them all within ``timeout`` seconds, an
-    InputError says so instead of leaving half the replicas waiting for the others forever."""
+    InputError says so instead of leaving half the replicas waiting for the others forever. A
+    replica that raises stops the others and its exception is raised here."""
     try:
         import ray
         from ray.util.placement_group import placement_group, remove_placement_group
@@ -129,6 +130,15 @@ def run_on_ray(train_fn: Callable[[Any, Any], Any], num_workers: int = 2, config
                              scheduling_strategy=PlacementGroupSchedulingStrategy(
                                  placement_group=group, placement_group_bundle_index=rank))
                 .remote(train_fn, rendezvous, rank, world, config) for rank in range(world)]
+        pending = list(refs)
+        while pending:  # a replica that fails leaves the others waiting in a collective: stop them
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                ray.get(done)
+            except BaseException:
+                for ref in pending:
+                    ray.cancel(ref, force=True)
+                raise
         return ray.get(refs)
     finally:
         remove_placement_group(group)

@@ -79,3 +79,16 @@ def test_run_on_ray_says_when_the_cluster_is_too_small(cluster):
     import replicas
     with pytest.raises(convc.InputError, match="cannot run 3 workers"):
         convc.distributed.run_on_ray(replicas.train, num_workers=3, config={}, timeout=2)
+
+
+def _fails_on_rank_1(comm, config):
+    import numpy as np
+    if comm.rank == 1:
+        raise convc.InputError("replica 1 cannot go on")
+    comm.allreduce(np.ones(4, np.float32))  # waits for rank 1, which never comes
+    return "unreachable"
+
+
+def test_a_failing_replica_stops_the_job(cluster):
+    with pytest.raises(convc.InputError, match="replica 1 cannot go on"):
+        convc.distributed.run_on_ray(_fails_on_rank_1, num_workers=2)
