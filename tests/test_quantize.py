@@ -370,6 +370,12 @@ def test_profile_lists_int8_layers(quantized):
     assert [w.node for w in p.int8] == [w.node for w in int8_weights(quantized.model)]
     assert "int8 layers (7)" in str(p)
     assert p.to_dict()["totals"]["int8_saved_bytes"] == sum(w.saved_bytes for w in p.int8)
+    pytest.importorskip("rich")
+    import io
+    from convc.report import render_rich
+    buf = io.StringIO()
+    render_rich(p, file=buf, width=120)
+    assert "int8 layers (7)" in buf.getvalue()
 
 
 @pytest.mark.slow
