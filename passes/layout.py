@@ -120,11 +120,11 @@ def _activation_inputs(g: Graph, op: Op, twins: dict[str, str], convert_conv: Pr
         return {0} if rank4 and op.inputs[0] in twins else None
     if op.kind in QUANTIZE_DEQUANTIZE:  # per-tensor: elementwise in any layout (scale and zero point constants)
         source = op.inputs[0] in twins or (op.kind is OpKind.QUANTIZE_LINEAR and op.inputs[0] in g.inputs)
-        ok = rank4 and source and g.tensor(op.inputs[1]).size == 1 and op.outputs[0] not in g.outputs
-        # a quantized tensor is only read channels last (the transposes back move float32 values)
-        ok = ok and (op.kind is OpKind.DEQUANTIZE_LINEAR or all(
-            r.kind is OpKind.DEQUANTIZE_LINEAR and g.tensor(r.inputs[1]).size == 1 and r.outputs[0] not in g.outputs
-            for r in g.consumers(op.outputs[0])))
+        ok = rank4 and source and g.tensor(op.inputs[1]).size == 1
+        # a quantized tensor is only read channels last: its readers are per-tensor DequantizeLinear ops, which
+        # convert too (the transposes back, to graph outputs or unconverted readers, move float32 values)
+        ok = ok and (op.kind is OpKind.DEQUANTIZE_LINEAR or op.outputs[0] not in g.outputs and all(
+            r.kind is OpKind.DEQUANTIZE_LINEAR and g.tensor(r.inputs[1]).size == 1 for r in g.consumers(op.outputs[0])))
         return {0} if ok else None
     if op.kind in OpGroup.UNARY or op.kind in SAME_SHAPE_BINARY:
         out = g.tensor(op.outputs[0]).type
