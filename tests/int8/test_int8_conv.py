@@ -152,3 +152,48 @@ def test_int8_net_against_onnxruntime(kind, batch, threads):
         expected = ort_run(model, x, optimized)
         err = np.abs(got - expected) / logits_step(model)
         assert np.mean(err > 0.5) <= 0.02 and err.max() <= 3, (reduce_range, err.max(), np.mean(err > 0.5))
+
+
+def _hand_qdq(weight_zero_point: int) -> onnx.ModelProto:
+    """x -> Q -> DQ -> Conv(DQ(int8 w, per-channel scale, zero point)) -> Relu -> Q -> DQ, written by hand
+    the way quantize_static writes it (a zero point of shape () next to a scale of shape (1,))."""
+    from onnx import TensorProto, helper
+    rng = np.random.default_rng(4)
+    m, c = 12, 5
+    inits = [numpy_helper.from_array(np.array([0.05], np.float32), "xs"),
+             numpy_helper.from_array(np.array(120, np.uint8), "xz"),
+             numpy_helper.from_array(rng.integers(-128, 128, (m, c, 3, 3)).astype(np.int8), "wq"),
+             numpy_helper.from_array(rng.uniform(0.002, 0.01, m).astype(np.float32), "ws"),
+             numpy_helper.from_array(np.full(m, weight_zero_point, np.int8), "wz"),
+             numpy_helper.from_array(rng.normal(0, 0.3, m).astype(np.float32), "bias"),
+             numpy_helper.from_array(np.array(0.04, np.float32), "ys"),
+             numpy_helper.from_array(np.array(3, np.uint8), "yz")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=0),
+             helper.make_node("Conv", ["xd", "w", "bias"], ["y"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["y"], ["r"]),
+             helper.make_node("QuantizeLinear", ["r", "ys", "yz"], ["rq"]),
+             helper.make_node("DequantizeLinear", ["rq", "ys", "yz"], ["out"])]
+    g = helper.make_graph(nodes, "hand_qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, c, 29, 23])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("weight_zero_point,fused", [(0, True), (3, False)])
+def test_fused_when_it_can_be_and_float_otherwise(weight_zero_point, fused):
+    """Symmetric int8 weights (zero point 0) run as Int8Conv with a float bias and the ReLU as a clamp;
+    a weight zero point stays on the float path, with the reason in the pass notes. Both equal
+    onnxruntime's reference lowering (optimizations off) up to one step on at most 1% of outputs."""
+    model = _hand_qdq(weight_zero_point)
+    x = np.random.default_rng(6).normal(0, 2, (16, 5, 29, 23)).astype(np.float32)
+    compiled = convc.compile(model, threads=2, cache=False)
+    kinds = {op.kind for op in compiled.graph.ops()}
+    assert (OpKind.INT8_CONV in kinds) is fused and (OpKind.CONV in kinds) is not fused
+    notes = " ".join(reason for _, reason in compiled.graph.metadata.get("pass_notes", []))
+    assert ("zero points 0" in notes) is not fused
+    got = _run(compiled, {"x": x})
+    expected = ort_run(model, x, optimized=False)
+    err = np.abs(got - expected) / 0.04
+    assert err.max() <= 1.001 and np.mean(err > 0.5) <= 0.01, (err.max(), np.mean(err > 0.5))
+    assert len(np.unique(expected)) > 30
