@@ -12,9 +12,10 @@
 A step is the Trainer's gradient API with one collective in between, as PyTorch DDP and Horovod
 do it: ``compute_gradients`` (forward, loss, backward into ``trainer.gradients``, one contiguous
 float32 buffer), ``allreduce`` of that buffer with the loss appended (the mean over replicas: one
-collective per step), ``apply_gradients`` (the compiled optimizer update, natively). Each replica's gradient is of its share's mean loss, so with
-equal shares the mean is the gradient of the global batch: training equals one process on the
-global batch for any optimizer (SGD, momentum, Adam: float32 drift, tests/distributed).
+collective per step), ``apply_gradients`` (the compiled optimizer update, natively). Each
+replica's gradient is of its share's mean loss, so with equal shares the mean is the gradient of
+the global batch: training equals one process on the global batch for any optimizer (SGD,
+momentum, Adam: float32 drift, tests/distributed).
 
 The engine is a tiny protocol (``Allreduce``): ``rank``, ``world_size``, ``allreduce(buffer)``
 (in place, the mean) and ``broadcast(buffer, root)`` (in place). ``TorchAllreduce`` drives it with
