@@ -10,7 +10,8 @@ quantize_static's default 8-bit weights saturate there, and onnxruntime's optimi
 from its own reference lowering (tests/int8 shows it). convc stays exact instead; on a VNNI target
 LLVM fuses vpmaddwd + vpaddd into ``vpdpwssd`` (tests/int8 compiles, without running, for znver4).
 
-Tiles: 6 output pixels x 16 output channels (12 ymm accumulators). Per input-channel pair, each
+Tiles: 6 output pixels x 16 output channels (12 ymm accumulators; 4 pixels for vpmaddubsw, whose extra
+temporaries would make 6 spill). Per input-channel pair, each
 pixel's two bytes are broadcast (``vpbroadcastw`` + ``vpmovzxbw``/``vpmovsxbw``) and multiplied
 with one packed weight vector per 8 channels. The zero point is not subtracted per product: the
 accumulator starts at bias - x_zero_point * sum(w) (folded at compile time), and a padded tap reads
@@ -35,7 +36,8 @@ from convc.ops.quant import Int8ConvAttrs
 I16 = ir.IntType(16)
 LANES = 8      # int32 lanes per ymm
 NV = 2         # vectors of output channels per tile
-MR = 6         # output pixels per tile
+MR = 6         # output pixels per tile (vpmaddwd: 12 accumulators, 2 weight vectors, 1 broadcast)
+MR_UBS = 4     # vpmaddubsw needs two more registers (its int16 products, the ones): 6 pixels would spill
 BLOCK = LANES * NV
 
 
@@ -162,10 +164,11 @@ def _emit_dense(em: ModuleEmitter, op: Op, geo: _Geometry) -> KernelCall:
     fn, b = em.function(op.name, 7, parallel=True)
     x, y, wp, bias, mult, off, zrow = fn.args[:7]
     v16 = ir.VectorType(I16, 16)
-    tiles = geo.pixels // MR
+    mr_main = MR_UBS if group == 4 else MR
+    tiles = geo.pixels // mr_main
 
     vacc = ir.VectorType(I32, LANES)
-    slots = [[alloca_entry(b, vacc, f"acc{r}_{v}") for v in range(NV)] for r in range(MR)]
+    slots = [[alloca_entry(b, vacc, f"acc{r}_{v}") for v in range(NV)] for r in range(mr_main)]
 
     def tile(p0: ir.Value, mr: int) -> None:
         origins = [geo.pixel_origin(b, b.add(p0, i64(r))) for r in range(mr)]
@@ -204,12 +207,12 @@ def _emit_dense(em: ModuleEmitter, op: Op, geo: _Geometry) -> KernelCall:
 
     lo, hi = em.thread_range(b, fn, tiles)
     with for_range(b, hi, start=lo, name="tile") as t:
-        tile(b.mul(t, i64(MR)), MR)
+        tile(b.mul(t, i64(mr_main)), mr_main)
     # the last pixels (fewer than a tile) on the first thread
-    if geo.pixels % MR:
+    if geo.pixels % mr_main:
         first = b.icmp_unsigned("==", fn.args[-2], i64(0))
         with b.if_then(first):
-            with for_range(b, geo.pixels, start=tiles * MR, name="px") as p:
+            with for_range(b, geo.pixels, start=tiles * mr_main, name="px") as p:
                 tile(p, 1)
     b.ret_void()
     return KernelCall(fn, [op.inputs[0], op.outputs[0], *tables])
