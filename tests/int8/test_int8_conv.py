@@ -100,10 +100,11 @@ def test_vnni_target_fuses_the_multiply_add():
 
 # --- the pass, on QDQ models from quantize_static -------------------------------------------------
 @functools.cache
-def qdq(kind: str, reduce_range: bool = False) -> onnx.ModelProto:
+def qdq(kind: str, reduce_range: bool = False, signed: bool = False) -> onnx.ModelProto:
+    from onnxruntime.quantization import QuantType
     build = {"resnet": resnet_like, "mobilenet": mobilenet_like}[kind]
     calibration = np.random.default_rng(5).normal(size=(8, 3, 32, 32)).astype(np.float32)
-    return quantize(build(), calibration, reduce_range=reduce_range)
+    return quantize(build(), calibration, reduce_range=reduce_range, activation=QuantType.QInt8 if signed else None)
 
 
 def ort_run(model: onnx.ModelProto, x: np.ndarray, optimized: bool) -> np.ndarray:
@@ -197,3 +198,16 @@ def test_fused_when_it_can_be_and_float_otherwise(weight_zero_point, fused):
     err = np.abs(got - expected) / 0.04
     assert err.max() <= 1.001 and np.mean(err > 0.5) <= 0.01, (err.max(), np.mean(err > 0.5))
     assert len(np.unique(expected)) > 30
+
+
+@pytest.mark.slow
+def test_int8_activations_net():
+    """S8S8 (int8 activations, quantize_static's QInt8): every conv runs as Int8Conv on signed inputs
+    (the widened vpmaddwd kernel) and the logits equal onnxruntime's reference lowering (seen: bit for bit)."""
+    model = qdq("mobilenet", signed=True)
+    x = np.random.default_rng(3).normal(size=(16, 3, 32, 32)).astype(np.float32)
+    compiled = convc.compile(model, batch=16, threads=2, cache=False)
+    kinds = [op.kind for op in compiled.graph.ops()]
+    assert kinds.count(OpKind.INT8_CONV) == 7 and OpKind.CONV not in kinds
+    err = np.abs(_run(compiled, {"x": x}) - ort_run(model, x, optimized=False)) / logits_step(model)
+    assert np.mean(err > 0.5) <= 0.02 and err.max() <= 3
