@@ -42,7 +42,8 @@ def _ago(t: float | None, now: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from convc.codegen.cache import cache_dir, cached_files, clear, max_bytes, parse_size, prune, usage
+    from convc.codegen.cache import cache_dir
+    from convc.codegen.cache_limit import cached_files, clear, max_bytes, parse_size, prune, usage
     limit = None
     if args.max_size is not None:
         if not args.prune:

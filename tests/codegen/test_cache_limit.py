@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import convc
 from convc.cli import main
-from convc.codegen import cache, kernel_cache
+from convc.codegen import cache, cache_limit, kernel_cache
 from convc.codegen.artifacts import CacheWarning
 
 
@@ -45,21 +45,21 @@ def fake_file(path, size: int, age: float) -> None:
 @pytest.mark.parametrize("text,value", [("4G", 4_000_000_000), ("500M", 500_000_000), ("4GiB", 4 << 30),
                                         ("1.5k", 1500), ("123", 123), ("2 GB", 2_000_000_000)])
 def test_sizes_parse(text, value):
-    assert cache.parse_size(text) == value
+    assert cache_limit.parse_size(text) == value
 
 
 @pytest.mark.parametrize("text", ["0", "-1", "4X", "", "G"])
 def test_bad_sizes_are_refused(text):
     with pytest.raises(ValueError, match="is not a size"):
-        cache.parse_size(text)
+        cache_limit.parse_size(text)
 
 
 def test_a_bad_limit_warns_and_keeps_the_default(monkeypatch):
     monkeypatch.setenv("CONVC_CACHE_MAX_BYTES", "lots")
     with pytest.warns(CacheWarning, match="CONVC_CACHE_MAX_BYTES"):
-        assert cache.max_bytes() == cache.DEFAULT_MAX_BYTES
+        assert cache_limit.max_bytes() == cache_limit.DEFAULT_MAX_BYTES
     monkeypatch.setenv("CONVC_CACHE_MAX_BYTES", "250M")
-    assert cache.max_bytes() == 250_000_000
+    assert cache_limit.max_bytes() == 250_000_000
 
 
 def test_prune_removes_the_least_recently_used_first(root):
@@ -70,7 +70,7 @@ def test_prune_removes_the_least_recently_used_first(root):
     fake_file(kernels / "k_old.o", 1000, age=200)
     fake_file(entries / "recent.entry", 1000, age=100)
     fake_file(kernels / "k_recent.o", 1000, age=10)
-    removed, freed = cache.prune(root, limit=2500)
+    removed, freed = cache_limit.prune(root, limit=2500)
     left = {p.name for p in entries.iterdir()} | {p.name for p in kernels.iterdir()}
     assert left == {"recent.entry", "k_recent.o"}
     assert removed == 3 and freed == 2000 + len("old")
@@ -79,7 +79,7 @@ def test_prune_removes_the_least_recently_used_first(root):
 def test_prune_keeps_the_model_used_last_even_over_the_limit(root):
     fake_file(cache._entries(root) / "big.entry", 5000, age=1)
     fake_file(kernel_cache.folder(root) / "k.o", 100, age=2)
-    cache.prune(root, limit=10)
+    cache_limit.prune(root, limit=10)
     assert (cache._entries(root) / "big.entry").exists()
     assert not (kernel_cache.folder(root) / "k.o").exists()
 
@@ -88,7 +88,7 @@ def test_every_compile_keeps_the_cache_under_its_limit_and_hits_refresh_their_en
     x = np.random.default_rng(0).standard_normal((2, 3, 19, 17)).astype(np.float32)
     a, b = conv_net("net_a", 8), conv_net("net_b", 24)
     convc.compile(a)
-    one = cache.usage(root)[1]
+    one = cache_limit.usage(root)[1]
     monkeypatch.setenv("CONVC_CACHE_MAX_BYTES", str(int(one * 1.5)))  # room for about one model
     path_a = next(cache._entries(root).glob("*.entry"))
     t = time.time() - 1000
@@ -98,8 +98,8 @@ def test_every_compile_keeps_the_cache_under_its_limit_and_hits_refresh_their_en
     assert any("compile cache hit" in line for line in lines)
     assert path_a.stat().st_mtime > t + 500
     convc.compile(b)  # over the limit now: what was used least recently goes
-    assert cache.usage(root)[1] <= int(one * 1.5)
-    names = {cache._describe(p)[0] for p in cache._entries(root).glob("*.entry")}
+    assert cache_limit.usage(root)[1] <= int(one * 1.5)
+    names = {cache_limit._describe(p)[0] for p in cache._entries(root).glob("*.entry")}
     assert names == {"net_b"}
     lines.clear()
     again = convc.compile(a, progress=lines.append)  # evicted: compiled again, correctly
@@ -121,7 +121,7 @@ def test_cache_command_lists_and_prunes(root, capsys):
     assert main(["cache", "--prune", "--max-size", "lots"]) == 2
     assert "is not a size" in capsys.readouterr().err
     assert main(["cache", "--clear"]) == 0
-    assert cache.usage(root) == (0, 0) and kernel_cache.files(root) == []
+    assert cache_limit.usage(root) == (0, 0) and kernel_cache.files(root) == []
 
 
 def test_cache_list_escapes_names_from_the_model(root, capsys):
