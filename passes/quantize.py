@@ -1,4 +1,4 @@
-"""Integer convs: DequantizeLinear -> Conv [-> Relu/Clip] -> QuantizeLinear becomes one Int8Conv.
+"""Integer convs: DequantizeLinear -> Conv/Gemm/MatMul [-> Relu/Clip] -> QuantizeLinear becomes one Int8Conv.
 
 A QDQ model (onnxruntime's ``quantize_static``, ``convc quantize``) says "this conv reads uint8/int8
 values and its output is quantized again" with float ops between DequantizeLinear and QuantizeLinear.
@@ -19,6 +19,9 @@ It applies when (otherwise the float path stays, with a note for ``convc profile
   and its bias absent, a folded int32 DequantizeLinear with scale x_scale * w_scale (as quantize_static
   writes it: added to the accumulator exactly) or any float constant (added in float, divided by y_scale).
 
+A Gemm (no transA, alpha = beta = 1, any transB) or a MatMul of 2-D operands with a constant int8
+right operand runs as a 1x1 Int8Conv over its (N, K) input viewed as (N, 1, 1, K) (Reshape views, no copy).
+
 Float ops between (residual Add, pooling, Gemm) stay float on dequantized values, as the model has them.
 """
 from __future__ import annotations
@@ -30,7 +33,9 @@ from convc.passes.rewrite import note, record_origin, single_consumer, take_outp
 
 from convc.ir import Graph, Op
 from convc.ops import OpKind
+from convc.ops.epilogue import NO_EPILOGUE
 from convc.ops.quant import QUANTIZED, QUANTIZED_CONSTANTS, Int8ConvAttrs, quantize
+from convc.ops.shape import ReshapeAttrs
 
 INT8_ACTIVATIONS = (OpKind.RELU, OpKind.CLIP)
 FEW_CHANNELS = 4  # plain convs with at most this many input channels (an RGB stem) stay float32
@@ -43,9 +48,9 @@ def int8_convs(g: Graph) -> Graph:
         return g
     for q in [op for op in g.ops() if op.kind is OpKind.QUANTIZE_LINEAR]:
         conv = g.producer(q.inputs[0])
-        if conv is None or conv.kind is not OpKind.CONV:
+        if conv is None or conv.kind not in (OpKind.CONV, OpKind.GEMM, OpKind.MATMUL):
             continue
-        found = _match(g, conv, q, known)
+        found = (_match if conv.kind is OpKind.CONV else _match_product)(g, conv, q, known)
         if isinstance(found, str):
             note(g, conv.name, f"stays float32: {found}")
             continue
@@ -83,42 +88,89 @@ def _match(g: Graph, conv: Op, q: Op, known: dict):
     if a.group == 1 and c <= FEW_CHANNELS:
         return (f"{c} input channels: a stem conv, faster on the float32 few-channel kernel than on Int8Conv, "
                 "whose per-tap overhead has one channel group to spread over (ResNet-18's 7x7 stem: 44% of the time)")
+    bias_name = conv.inputs[2] if len(conv.inputs) > 2 + epi.residual else None
+    bias, fields = _requantization(g, dq, q, w[1], m, bias_name, epi, known)
+    attrs = Int8ConvAttrs(kernel_shape=tuple(a.kernel_shape), strides=tuple(a.strides),
+                          pads=(a.pads[0], a.pads[1], a.pads[2], a.pads[3]), dilations=tuple(a.dilations),
+                          group=a.group, **fields)
+    return x, attrs, w[0], bias
+
+
+def _requantization(g: Graph, dq: Op, q: Op, w_scale: np.ndarray, m: int, bias_name: str | None, epi, known: dict):
+    """(int32 bias, the Int8ConvAttrs fields of the epilogue) for an integer product between ``dq`` and ``q``."""
     xs, ys = np.float32(_scalar(g, dq.inputs[1])), np.float32(_scalar(g, q.inputs[1]))
-    ws = np.broadcast_to(w[1].astype(np.float32), (m,))
-    acc_scale = (xs * ws).astype(np.float32)
+    acc_scale = (xs * np.broadcast_to(w_scale.astype(np.float32), (m,))).astype(np.float32)
     bias, offset = np.zeros(m, np.int32), np.zeros(m, np.float32)
-    if len(conv.inputs) > 2 + epi.residual:
-        b = conv.inputs[2]
-        recorded = known.get(b)
+    if bias_name is not None:
+        recorded = known.get(bias_name)
         if recorded is not None and recorded[0].dtype == np.int32 and not np.any(recorded[2]) and \
+                recorded[0].size == m and \
                 np.array_equal(np.broadcast_to(recorded[1].astype(np.float32), (m,)), acc_scale):
             bias = recorded[0].astype(np.int32).reshape(m)
-        else:
-            offset = (np.asarray(g.tensor(b).data, np.float32).reshape(m) / ys).astype(np.float32)
+        else:  # a float bias: added in float, in units of y_scale
+            offset = (np.broadcast_to(np.asarray(g.tensor(bias_name).data, np.float32).reshape(-1), (m,)) / ys)
+            offset = offset.astype(np.float32)
     to, yzp = g.tensor(q.outputs[0]).dtype.name, int(_scalar(g, q.inputs[2]))
     lo, hi = QUANTIZED[to]
     if epi.activation is not None:
         bounds = np.array([0.0, np.inf] if epi.activation is OpKind.RELU else
                           [epi.activation_attrs.min, epi.activation_attrs.max], np.float32)
-        qa = q.attrs
-        qb = quantize(qa, bounds, np.array([ys], np.float32), np.array([yzp], np.dtype(to)))[0].astype(int)
+        qb = quantize(q.attrs, bounds, np.array([ys], np.float32), np.array([yzp], np.dtype(to)))[0].astype(int)
         lo, hi = max(lo, int(qb[0])), min(hi, int(qb[1]))
-    attrs = Int8ConvAttrs(
-        kernel_shape=tuple(a.kernel_shape), strides=tuple(a.strides),
-        pads=(a.pads[0], a.pads[1], a.pads[2], a.pads[3]), dilations=tuple(a.dilations), group=a.group,
-        x_zero_point=int(_scalar(g, dq.inputs[2])),
-        multiplier=tuple(float(v) for v in (acc_scale / ys).astype(np.float32)),
-        offset=tuple(float(v) for v in offset), y_zero_point=yzp, to=to, lo=lo, hi=hi)
-    return x, attrs, w[0], bias
+    return bias, dict(x_zero_point=int(_scalar(g, dq.inputs[2])),
+                      multiplier=tuple(float(v) for v in (acc_scale / ys).astype(np.float32)),
+                      offset=tuple(float(v) for v in offset), y_zero_point=yzp, to=to, lo=lo, hi=hi)
+
+
+def _match_product(g: Graph, op: Op, q: Op, known: dict):
+    """(x, attrs, weight, bias) of a 1x1 Int8Conv over x viewed as (N, 1, 1, K) replacing a Gemm (no
+    transA, alpha = beta = 1) or a MatMul of 2-D operands with a constant right operand, or why not."""
+    if single_consumer(g, q.inputs[0]) is not q:
+        return "its float output is read by more than the QuantizeLinear"
+    epi = op.attrs.epilogue if op.kind is OpKind.GEMM else NO_EPILOGUE
+    if epi.residual or (epi.activation is not None and epi.activation not in INT8_ACTIVATIONS):
+        return "its fused epilogue is not ReLU or Clip"
+    if op.kind is OpKind.GEMM and (op.attrs.trans_a or op.attrs.alpha != 1 or op.attrs.beta != 1):
+        return "transA, alpha or beta is not the default"
+    dq = g.producer(op.inputs[0])
+    if dq is None or dq.kind is not OpKind.DEQUANTIZE_LINEAR or g.tensor(dq.inputs[1]).size != 1:
+        return "its input is not a per-tensor DequantizeLinear"
+    x = dq.inputs[0]
+    if len(g.tensor(x).shape) != 2 or g.tensor(x).dtype.name not in QUANTIZED or g.tensor(q.inputs[1]).size != 1:
+        return "its input is not 2-D or its output is not quantized per tensor to uint8/int8"
+    w = known.get(op.inputs[1])
+    trans = op.kind is OpKind.GEMM and op.attrs.trans_b
+    if w is None or w[0].dtype != np.int8 or w[0].ndim != 2 or np.any(w[2] != 0) or \
+            (w[1].size > 1 and w[3] != (0 if trans else 1)):
+        return "its weight is not a constant int8 DequantizeLinear with zero points 0 per output column"
+    wm = w[0] if trans else w[0].T  # (M, K)
+    m = wm.shape[0]
+    bias_name = op.inputs[2] if op.kind is OpKind.GEMM and len(op.inputs) > 2 else None
+    if bias_name is not None and g.tensor(bias_name).size not in (1, m):
+        return "its bias is not one value per output column"
+    bias, fields = _requantization(g, dq, q, w[1], m, bias_name, epi, known)
+    attrs = Int8ConvAttrs(kernel_shape=(1, 1), strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1, **fields)
+    return x, attrs, np.ascontiguousarray(wm.reshape(m, -1, 1, 1)), bias
 
 
 def _rewrite(g: Graph, conv: Op, q: Op, x: str, attrs: Int8ConvAttrs, w: np.ndarray, bias: np.ndarray) -> None:
     target = q.outputs[0]
+    flat = len(g.tensor(x).shape) == 2  # a Gemm/MatMul: (N, K) viewed as (N, 1, 1, K), the output back as (N, M)
+    if flat:
+        n, k = g.tensor(x).shape
+        x = g.add_op(OpKind.RESHAPE, ReshapeAttrs((n, 1, 1, k)), [x], [g.fresh_name(f"{x}_nhwc")],
+                     name=g.fresh_name(f"{conv.name}_input_view")).outputs[0]
     wname = g.add_constant(g.fresh_name(f"{conv.name}/w_int8"), np.ascontiguousarray(w)).name
     bname = g.add_constant(g.fresh_name(f"{conv.name}/bias_int32"), np.ascontiguousarray(bias)).name
     new = g.add_op(OpKind.INT8_CONV, attrs, [x, wname, bname], [g.fresh_name(f"{target}_int8")],
                    name=g.fresh_name(f"{conv.name}_int8"))
     g.remove_op(q, remove_outputs=False)
     g.remove_op(conv)
-    take_output(g, new, target)
+    if flat:
+        out = g.add_op(OpKind.RESHAPE, ReshapeAttrs(g.tensor(target).shape), [new.outputs[0]],
+                       [g.fresh_name(f"{target}_flat")], name=g.fresh_name(f"{conv.name}_output_view"))
+        take_output(g, out, target)
+        record_origin(g, out.name, conv.name)
+    else:
+        take_output(g, new, target)
     record_origin(g, new.name, conv.name)

@@ -124,15 +124,15 @@ def logits_step(model: onnx.ModelProto) -> float:
 
 
 def test_pass_replaces_every_conv_of_a_qdq_resnet():
-    """Every Conv of the QDQ net (3x3, strided, 1x1 projection) runs as Int8Conv but the 3-channel stem,
-    which stays float32 with the reason noted; the residual Adds, the pool and the Gemm stay float on
-    dequantized values; the recorded integers leave the graph."""
+    """Every Conv of the QDQ net (3x3, strided, 1x1 projection) and the classifier Gemm (as a 1x1 conv on
+    a view) run as Int8Conv but the 3-channel stem, which stays float32 with the reason noted; the residual
+    Adds and the pool stay float on dequantized values; the recorded integers leave the graph."""
     from convc.driver import load_graph  # noqa: PLC0415
     plan = pipeline(load_graph(qdq("resnet"), batch=2))
     kinds = [op.kind for op in plan.order]
-    assert kinds.count(OpKind.INT8_CONV) == 5 and kinds.count(OpKind.CONV) == 1
+    assert kinds.count(OpKind.INT8_CONV) == 6 and kinds.count(OpKind.CONV) == 1 and OpKind.GEMM not in kinds
     assert any("3 input channels" in reason for _, reason in plan.graph.metadata["pass_notes"])
-    assert OpKind.ADD in kinds and OpKind.GEMM in kinds
+    assert OpKind.ADD in kinds and OpKind.GLOBAL_AVERAGE_POOL in kinds
     assert "quantized_constants" not in plan.graph.metadata
     # the int8 tensors between convs are uint8 and channels last
     convs = [op for op in plan.order if op.kind is OpKind.INT8_CONV]
@@ -210,6 +210,43 @@ def test_int8_activations_net():
     x = np.random.default_rng(3).normal(size=(16, 3, 32, 32)).astype(np.float32)
     compiled = convc.compile(model, batch=16, threads=2, cache=False)
     kinds = [op.kind for op in compiled.graph.ops()]
-    assert kinds.count(OpKind.INT8_CONV) == 6 and kinds.count(OpKind.CONV) == 1  # the RGB stem stays float32
+    assert kinds.count(OpKind.INT8_CONV) == 7 and kinds.count(OpKind.CONV) == 1  # the RGB stem stays float32
     err = np.abs(_run(compiled, {"x": x}) - ort_run(model, x, optimized=False)) / logits_step(model)
     assert np.mean(err > 0.5) <= 0.02 and err.max() <= 3
+
+
+@pytest.mark.parametrize("op_type", ["MatMul", "Gemm"])
+def test_products_run_as_1x1_int8_conv(op_type):
+    """x (N, K) -> Q -> DQ -> MatMul/Gemm (transB 0: W is (K, M), scales per column, a float bias for
+    Gemm) -> Q -> DQ: one Int8Conv between Reshape views, equal to onnxruntime's reference lowering
+    within one step."""
+    from onnx import TensorProto, helper
+    rng = np.random.default_rng(8)
+    k, m = 37, 21
+    inits = [numpy_helper.from_array(np.array(0.03, np.float32), "xs"),
+             numpy_helper.from_array(np.array(128, np.uint8), "xz"),
+             numpy_helper.from_array(rng.integers(-128, 128, (k, m)).astype(np.int8), "wq"),
+             numpy_helper.from_array(rng.uniform(0.002, 0.01, m).astype(np.float32), "ws"),
+             numpy_helper.from_array(np.zeros(m, np.int8), "wz"),
+             numpy_helper.from_array(rng.normal(0, 0.3, m).astype(np.float32), "bias"),
+             numpy_helper.from_array(np.array(0.02, np.float32), "ys"),
+             numpy_helper.from_array(np.array(-3, np.int8), "yz")]
+    product = helper.make_node(op_type, ["xd", "w"] + (["bias"] if op_type == "Gemm" else []), ["y"])
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=1), product,
+             helper.make_node("QuantizeLinear", ["y", "ys", "yz"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["out"])]
+    g = helper.make_graph(nodes, "product", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, k])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    x = rng.normal(0, 1.5, (16, k)).astype(np.float32)
+    compiled = convc.compile(model, threads=1, cache=False)
+    kinds = [op.kind for op in compiled.graph.ops()]
+    assert OpKind.INT8_CONV in kinds and OpKind.MATMUL not in kinds and OpKind.GEMM not in kinds
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    expected = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+    err = np.abs(_run(compiled, {"x": x}) - expected) / 0.02
+    assert err.max() <= 1.001 and np.mean(err > 0.5) <= 0.01 and len(np.unique(expected)) > 30
