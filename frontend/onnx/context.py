@@ -34,6 +34,7 @@ class ImportState:
     reserved: set[str] = field(default_factory=set)               # every tensor name of the ONNX graph
     consumed: set[str] = field(default_factory=set)               # read by some node or a graph output
     needed_constants: set[str] = field(default_factory=set)       # graph inputs a converter needed as constants
+    initializers: set[str] = field(default_factory=set)           # the model's initializers (its parameters and buffers)
 
     def is_known(self, name: str) -> bool:
         return name in self.values or self.graph.has_tensor(name)

@@ -128,6 +128,7 @@ class _Importer:
         self.state.reserved = ({t.name for t in g.initializer} | {i.name for i in g.input}
                                | {o for n in g.node for o in n.output if o})
         self.state.consumed = {i for n in g.node for i in n.input if i} | {o.name for o in g.output}
+        self.state.initializers = {t.name for t in g.initializer}
         overridable = self._add_inputs()
         for index in self._topological_order():
             self._convert(index, g.node[index])
