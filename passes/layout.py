@@ -28,7 +28,7 @@ import numpy as np
 
 from convc.passes.dce import eliminate_dead_code
 from convc.passes.kernel_selection import channels_last_candidate
-from convc.passes.rewrite import move_before, record_origin, take_output
+from convc.passes.rewrite import move_before, record_origin, single_consumer, take_output
 
 from convc.ir import Graph, Op, TensorKind
 from convc.ops import OpGroup, OpKind, layout
@@ -40,6 +40,7 @@ POOLS = frozenset({OpKind.MAX_POOL, OpKind.AVERAGE_POOL, OpKind.GLOBAL_AVERAGE_P
 QUANTIZE_DEQUANTIZE = frozenset({OpKind.QUANTIZE_LINEAR, OpKind.DEQUANTIZE_LINEAR})
 SAME_SHAPE_BINARY = frozenset({OpKind.ADD, OpKind.MUL, OpKind.SUB, OpKind.DIV, OpKind.MAX, OpKind.MIN, OpKind.SUM})
 REDUCTIONS = frozenset({OpKind.REDUCE_SUM, OpKind.REDUCE_MAX, OpKind.REDUCE_MIN, OpKind.REDUCE_PROD})
+ALONG_AXIS = frozenset({OpKind.CONCAT, OpKind.SPLIT, OpKind.SLICE})  # the same op along the axis' new position
 
 
 # the default predicate: the convs the channels-last kernels run (kernel_selection.py says which)
@@ -65,7 +66,14 @@ def to_channels_last(g: Graph, convert_conv: Predicate = is_channels_last_conv) 
             before.setdefault(reader.name, []).extend([tr.name, tr.outputs[0]])
         return twins[t]
 
+    shuffles: list[tuple[str, str, np.ndarray]] = []
     for op in g.ops():
+        if op.name not in g.nx:  # the middle or end of a channel shuffle rewritten at its first Reshape
+            continue
+        shuffle = _channel_shuffle(g, op, twins)
+        if shuffle is not None:
+            shuffles.append(_shuffle_channels_last(g, op, *shuffle, twins, before))
+            continue
         activations = _activation_inputs(g, op, twins, convert_conv)
         if activations is None:
             continue
@@ -75,34 +83,109 @@ def to_channels_last(g: Graph, convert_conv: Predicate = is_channels_last_conv) 
                            and g.tensor(t).kind is TensorKind.CONSTANT else t for i, t in enumerate(inputs))
         if op.kind is OpKind.CONV or op.kind in POOLS:  # the ops whose attributes say their layout
             op.attrs = dataclasses.replace(op.attrs, layout=layout.CHANNELS_LAST)
-        elif op.kind is OpKind.CONCAT:  # the same concatenation along the axis' new position
+        elif op.kind in ALONG_AXIS:  # a channel split or concatenation is one along the last axis
             op.attrs = dataclasses.replace(op.attrs, axis=layout.channels_last_perm(4).index(op.attrs.axis))
         elif op.kind in REDUCTIONS:  # the same axes at their new positions
             perm = layout.channels_last_perm(4)
             op.attrs = dataclasses.replace(op.attrs, axes=tuple(sorted(perm.index(a) for a in op.attrs.axes)),
                                            shape=layout.to_channels_last(op.attrs.shape))
         g.set_inputs(op, inputs)
-        (out,) = op.outputs
-        t = g.tensor(out)
-        last = g.add_tensor(g.fresh_name(f"{out}_nhwc"), layout.to_channels_last(t.shape), t.dtype, TensorKind.ACTIVATION)
-        g.nx.remove_edge(op.name, out)
-        g.nx.add_edge(op.name, last.name, index=[0])
-        op.outputs = (last.name,)
-        if all(d == 1 for d in t.shape[2:]):  # a pooled (N, C, 1, 1): the same bytes either way, a view
-            back = g.add_op(OpKind.RESHAPE, ReshapeAttrs(t.shape), [last.name], name=f"{out}_to_nchw")
-        else:
-            back = g.add_op(OpKind.TRANSPOSE, TransposeAttrs(layout.channels_first_perm(len(t.shape))), [last.name],
-                            name=f"{out}_to_nchw")
-        take_output(g, back, out)
-        record_origin(g, back.name, op.name)
-        twins[out] = last.name
-        after[op.name] = [last.name, back.name]
+        after[op.name] = []
+        lasts = []
+        for k, out in enumerate(op.outputs):
+            last, back = _write_twin(g, op, k, out)
+            twins[out] = last
+            lasts.append(last)
+            after[op.name] += [last, back]
+        op.outputs = tuple(lasts)
+    for shuffle in shuffles:
+        _fold_shuffle_into_convs(g, *shuffle)
     move_before(g, before, after)  # a transpose runs where its data is hot, not after everything else
     return eliminate_dead_code(g)
 
 
+def _write_twin(g: Graph, op: Op, k: int, out: str) -> tuple[str, str]:
+    """Make output ``k`` of ``op`` a new channels-last tensor and have a transpose back write ``out``
+    from it; returns (the twin, the transpose back). The caller sets ``op.outputs``."""
+    t = g.tensor(out)
+    last = g.add_tensor(g.fresh_name(f"{out}_nhwc"), layout.to_channels_last(t.shape), t.dtype, TensorKind.ACTIVATION)
+    g.nx.remove_edge(op.name, out)
+    g.nx.add_edge(op.name, last.name, index=[k])
+    if all(d == 1 for d in t.shape[2:]):  # a pooled (N, C, 1, 1): the same bytes either way, a view
+        back = g.add_op(OpKind.RESHAPE, ReshapeAttrs(t.shape), [last.name], name=f"{out}_to_nchw")
+    else:
+        back = g.add_op(OpKind.TRANSPOSE, TransposeAttrs(layout.channels_first_perm(len(t.shape))), [last.name],
+                        name=f"{out}_to_nchw")
+    take_output(g, back, out)
+    record_origin(g, back.name, op.name)
+    return last.name, back.name
+
+
+def _channel_shuffle(g: Graph, op: Op, twins: dict[str, str]) -> tuple[Op, Op, int] | None:
+    """ShuffleNet's channel shuffle of a twin, Reshape (N, C, H, W) -> (N, g, C/g, H, W), Transpose
+    (0, 2, 1, 3, 4), Reshape back to (N, C, H, W) (torch's export, and ours of a channel Gather):
+    (the transpose, the last reshape, g); None for anything else."""
+    if op.kind is not OpKind.RESHAPE or op.inputs[0] not in twins:
+        return None
+    xs, ys = g.tensor(op.inputs[0]).shape, g.tensor(op.outputs[0]).shape
+    if len(xs) != 4 or len(ys) != 5 or ys[:1] + ys[3:] != xs[:1] + xs[2:] or ys[1] * ys[2] != xs[1]:
+        return None
+    transpose = single_consumer(g, op.outputs[0])
+    if transpose is None or transpose.kind is not OpKind.TRANSPOSE or transpose.attrs.perm != (0, 2, 1, 3, 4):
+        return None
+    back = single_consumer(g, transpose.outputs[0])
+    if back is None or back.kind is not OpKind.RESHAPE or g.tensor(back.outputs[0]).shape != xs:
+        return None
+    return transpose, back, ys[1]
+
+
+def _shuffle_channels_last(g: Graph, first: Op, transpose: Op, back: Op, groups: int, twins: dict[str, str],
+                           before: dict[str, list[str]]) -> tuple[str, str, np.ndarray]:
+    """The shuffle on the twin: a permutation of the last axis, (N, H, W, g, C/g) -> (N, H, W, C/g, g),
+    one copy between two views. Returns (the twin it reads, the twin it writes, the source channel
+    of each output channel) for ``_fold_shuffle_into_convs``."""
+    x, out = first.inputs[0], back.outputs[0]
+    n, c, h, w = g.tensor(x).shape
+    readers = g.consumers(out)
+    g.remove_op(first)
+    g.remove_op(transpose)
+    g.remove_op(back, remove_outputs=False)
+    views = g.add_op(OpKind.RESHAPE, ReshapeAttrs((n, h, w, groups, c // groups)), [twins[x]], name=f"{first.name}_nhwc")
+    swap = g.add_op(OpKind.TRANSPOSE, TransposeAttrs((0, 1, 2, 4, 3)), views.outputs, name=f"{transpose.name}_nhwc")
+    last = g.add_op(OpKind.RESHAPE, ReshapeAttrs((n, h, w, c)), swap.outputs, name=f"{back.name}_nhwc")
+    to_nchw = g.add_op(OpKind.TRANSPOSE, TransposeAttrs(layout.channels_first_perm(4)), last.outputs,
+                       name=f"{out}_to_nchw")
+    take_output(g, to_nchw, out)
+    for new, old in ((views, first), (swap, transpose), (last, back), (to_nchw, back)):
+        record_origin(g, new.name, old.name)
+    if readers:
+        before.setdefault(readers[0].name, []).extend(
+            [name for o in (views, swap, last, to_nchw) for name in (o.name, *o.outputs) if name != out])
+    twins[out] = last.outputs[0]
+    source = np.arange(c).reshape(groups, c // groups).T.reshape(-1)  # output channel j reads input source[j]
+    return twins[x], last.outputs[0], source
+
+
+def _fold_shuffle_into_convs(g: Graph, x: str, shuffled: str, source: np.ndarray) -> None:
+    """A plain conv reading the shuffled twin reads the unshuffled one with its weight's input channels
+    permuted instead (sum_j W[:, j] x[source[j]] = sum_i W'[:, i] x[i] with W'[:, source] = W): free at
+    compile time. When every reader folds, dead-code elimination removes the shuffle's copy."""
+    for conv in g.consumers(shuffled):
+        if (conv.kind is not OpKind.CONV or conv.attrs.group != 1 or not conv.attrs.channels_last
+                or conv.inputs.count(shuffled) != 1 or conv.inputs[0] != shuffled
+                or g.tensor(conv.inputs[1]).kind is not TensorKind.CONSTANT):
+            continue
+        w = np.asarray(g.tensor(conv.inputs[1]).data)
+        permuted = np.empty_like(w)
+        permuted[:, source] = w
+        weight = g.add_constant(g.fresh_name(f"{conv.inputs[1]}_unshuffled"), permuted).name
+        g.set_inputs(conv, (x, weight) + conv.inputs[2:])
+
+
 def _activation_inputs(g: Graph, op: Op, twins: dict[str, str], convert_conv: Predicate) -> set[int] | None:
     """Indices of the inputs ``op`` reads channels last once converted; None: leave ``op`` alone."""
+    if op.kind in (OpKind.SPLIT, OpKind.SLICE):  # a cut of a twin along any axis: the same cut of the twin
+        return {0} if len(g.tensor(op.inputs[0]).shape) == 4 and op.inputs[0] in twins else None
     if len(op.outputs) != 1:
         return None
     if op.kind is OpKind.CONV:
