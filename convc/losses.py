@@ -88,4 +88,5 @@ class Loss:
         """The name alone for the default options, else every field (JSON)."""
         if self == Loss(self.name):
             return self.name
-        return {k: list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in asdict(self).items()}
+        return {k: list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v
+                for k, v in asdict(self).items()}

@@ -56,8 +56,9 @@ class CheckpointError(InputError):
 class StepOutputs:
     """What ``step(..., return_outputs=True)`` returns besides the loss."""
     loss: float
-    outputs: np.ndarray       # the model's output on the batch (training mode) as the loss read it: the
-                              # logits when a final Softmax (LogSoftmax for nll) was folded into the loss
+    outputs: Any              # the model's output on the batch (training mode) as the loss read it: the
+                              # logits when a final Softmax (LogSoftmax for nll) was folded into the loss;
+                              # a list of them, one per output, for a model with several outputs
     accuracy: float | None    # class indices: the fraction of counted samples whose argmax is the label
 
 
@@ -87,23 +88,32 @@ class Trainer:
     ``freeze_bn``: BatchNorm normalizes with its running statistics and leaves them as they are
     (fine-tuning; its scale and shift still train, PyTorch's ``bn.eval()``).
     ``step(x, y, return_outputs=True)`` returns ``StepOutputs`` (loss, the model's outputs, accuracy).
+    A model with several outputs takes a list of losses, one per output (``loss_weights``: the
+    weights of their sum, default 1), and ``y`` is then a list of targets, one per output.
     ``compute_gradients``/``gradients``/``apply_gradients``: the step in two calls around one
     gradient buffer (data-parallel training, accumulation over micro-batches)."""
 
     def __init__(self, model: Any, *, input_shape: Sequence[int], loss: str | Loss = "cross_entropy",
                  optimizer: Optimizer | None = None, l1: float = 0.0, l2: float = 0.0, seed: int = 0,
                  regularize_all: bool = False, trainable: Sequence[str] | None = None, instrument: bool = False,
-                 threads: int | None = None, clip_grad_norm: float | None = None, freeze_bn: bool = False):
+                 threads: int | None = None, clip_grad_norm: float | None = None, freeze_bn: bool = False,
+                 loss_weights: Sequence[float] | None = None):
         self.model = model
         # checked and defaulted once; predict's forward is never instrumented
         self._compile_options = resolve_options(threads=threads, instrument=instrument)
         self.threads = self._compile_options.threads
-        self.loss = Loss.of(loss)
-        self.loss_name = self.loss.name
+        # one loss per model output; several are trained on their sum weighted by loss_weights
+        self.losses = [Loss.of(v) for v in loss] if isinstance(loss, (list, tuple)) else [Loss.of(loss)]
+        self.loss, self.loss_name = self.losses[0], self.losses[0].name
+        self.loss_weights = None if loss_weights is None else [float(w) for w in loss_weights]
         self.optimizer = optimizer if optimizer is not None else SGD(0.01)
         self.l1, self.l2, self.seed = float(l1), float(l2), int(seed)
-        self._options = {"loss": self.loss.name, "loss_attrs": self.loss.attrs(),
-                         "soft_targets": self.loss.soft_targets, "optimizer": self.optimizer, "seed": self.seed, "l1": self.l1, "l2": self.l2,
+        many = len(self.losses) > 1 or isinstance(loss, (list, tuple))
+        self._options = {"loss": [v.name for v in self.losses] if many else self.loss.name,
+                         "loss_attrs": [v.attrs() for v in self.losses] if many else self.loss.attrs(),
+                         "soft_targets": [v.soft_targets for v in self.losses] if many else self.loss.soft_targets,
+                         "loss_weights": self.loss_weights, "optimizer": self.optimizer, "seed": self.seed,
+                         "l1": self.l1, "l2": self.l2,
                              "regularize_all": regularize_all, "trainable": set(trainable) if trainable else None,
                              "clip_grad_norm": clip_grad_norm is not None, "freeze_bn": bool(freeze_bn),
                              "with_outputs": True}
@@ -206,17 +216,19 @@ class Trainer:
         check_size(f"input {name!r}", x.shape, x.dtype, InputError)  # a broadcast view of 2**31 samples
         return np.ascontiguousarray(x)
 
-    def _check_y(self, y: Any, n: int, plan: TrainingStep) -> np.ndarray:
+    def _check_y(self, y: Any, n: int, plan: TrainingStep, k: int = 0) -> np.ndarray:
+        """Output ``k``'s targets."""
         y = np.asarray(y)
-        out = plan.graph.tensor(plan.logits).shape
-        if plan.graph.tensor(plan.labels).dtype.kind in "iu":  # class indices
+        loss = self.losses[k]
+        out = plan.graph.tensor(plan.all_logits[k]).shape
+        if plan.graph.tensor(plan.all_labels[k]).dtype.kind in "iu":  # class indices
             classes = out[1]
             if y.shape != (n,):
                 raise InputError(f"labels have shape {y.shape}, expected ({n},): one class index per sample")
             if y.dtype.kind not in "iu":
                 raise InputError(f"labels have dtype {y.dtype}, expected integer class indices "
                                  "(convert with .astype(np.int64))")
-            ignored = y == self.loss.ignore_index if self.loss.ignore_index is not None else np.zeros(n, bool)
+            ignored = y == loss.ignore_index if loss.ignore_index is not None else np.zeros(n, bool)
             bad = np.flatnonzero(((y < 0) | (y >= classes)) & ~ignored)
             if bad.size:
                 raise InputError(f"labels out of range [0, {classes}): {y[bad[:5]].tolist()} at positions "
@@ -229,28 +241,40 @@ class Trainer:
             raise InputError(f"targets have shape {y.shape}, expected {(n,) + out[1:]} (the model's output)")
         return np.ascontiguousarray(y)
 
-    def _padded(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-        """(x, y) padded with zeros to the compiled batch when the compiled step can train on them
+    def _targets(self, y: Any, n: int) -> list[np.ndarray]:
+        """The targets of every output, checked."""
+        k = len(self.losses)
+        if k == 1:
+            return [self._check_y(y, n, self.plan)]
+        if not isinstance(y, (list, tuple)) or len(y) != k:
+            raise InputError(f"the model has {k} outputs {self.forward.outputs}: give a list of {k} targets, "
+                             "one per output")
+        return [self._check_y(t, n, self.plan, i) for i, t in enumerate(y)]
+
+    def _padded(self, x: np.ndarray, ys: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray], int]:
+        """(x, ys) padded with zeros to the compiled batch when the compiled step can train on them
         (smaller, no BatchNorm in training mode), and the batch to run at; else as they are."""
         n, full = x.shape[0], self.input_shape[0]
         if n >= full or self.plan.batch_statistics:
-            return x, y, n
+            return x, ys, n
         def pad(a: np.ndarray) -> np.ndarray:
             return np.concatenate([a, np.zeros((full - n,) + a.shape[1:], a.dtype)])
-        return pad(x), pad(y), full
+        return pad(x), [pad(y) for y in ys], full
 
     def _run_step(self, x: Any, y: Any, run, return_outputs: bool) -> Any:
         """Check (x, y), pad them to a compiled batch, set the loss's rows, ``run(x, y, batch)`` ->
         (loss, outputs of the step); the loss or ``StepOutputs``."""
         x = self._check_x(x)
-        y = self._check_y(y, x.shape[0], self.plan)
+        ys = self._targets(y, x.shape[0])
         n = x.shape[0]
-        xp, yp, batch = self._padded(x, y)
+        xp, yp, batch = self._padded(x, ys)
         self._state[self.plan.rows][0] = n
-        loss, out = run(xp, yp, batch)
+        loss, out = run(xp, dict(zip(self.plan.all_labels, yp)), batch)
         if not return_outputs:
             return loss
-        outputs = out[self.plan.output][:n].copy()
+        if len(ys) > 1:
+            return StepOutputs(loss, [out[t][:n].copy() for t in self.plan.all_logits], None)
+        y, outputs = ys[0], out[self.plan.output][:n].copy()
         accuracy = None
         if y.ndim == 1 and outputs.ndim == 2:
             counted = y >= 0  # ignored samples (ignore_index) do not count
@@ -266,7 +290,7 @@ class Trainer:
         finite; either way the training state is left unchanged."""
         def run(x: np.ndarray, y: np.ndarray, batch: int) -> tuple[float, dict[str, np.ndarray]]:
             plan, model = self._compile_step(batch)
-            feeds = {plan.x: x, plan.labels: y}
+            feeds = {plan.x: x, **y}
             if self._compile_options.instrument:
                 out, self._timings[batch] = model.run_timed(feeds)
             else:
@@ -346,7 +370,7 @@ class Trainer:
                 self._grad_loss[0] = 0.0
             for name in split.saved:
                 self._state[name].fill(0.0)
-            out = compute.run({split.names.x: x, split.names.labels: y})
+            out = compute.run({split.names.x: x, **y})
             self._grad_loss += out[split.names.loss][0]
             self._grads_pending = batch  # the batch whose apply step (its BatchNorm count) runs next
             return float(out[split.names.loss][0]), out
@@ -394,6 +418,8 @@ class Trainer:
         """Loss and (for the class losses with class indices) accuracy in eval mode over the whole
         set, by the loss op's float64 reference (convc/ops/loss.py)."""
         from convc.ops import op_def
+        if len(self.losses) > 1:
+            raise InputError("evaluate computes one output's loss; this model has several (predict gives the first)")
         out = self.predict(x, batch_size).astype(np.float64)
         y = self._check_y(y, out.shape[0], self.plan)
         loss_op = self.plan.graph.op("loss_fn")
@@ -434,11 +460,13 @@ class Trainer:
         """What a checkpoint must agree on to resume this Trainer bit-exactly (besides its arrays)."""
         opt = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(self.optimizer).items() if k != "lr"}
         trainable = self._options["trainable"]
-        return {"loss": self.loss.settings(), "optimizer": type(self.optimizer).__name__, "optimizer_settings": opt,
+        loss = [v.settings() for v in self.losses] if isinstance(self._options["loss"], list) else self.loss.settings()
+        return {"loss": loss, "optimizer": type(self.optimizer).__name__, "optimizer_settings": opt,
                 "l1": self.l1, "l2": self.l2, "seed": self.seed, "regularize_all": self._options["regularize_all"],
                 "trainable": sorted(trainable) if trainable is not None else None,
                 "clip_grad_norm": self._options["clip_grad_norm"]} | \
-            ({"freeze_bn": True} if self._options["freeze_bn"] else {})  # absent from earlier checkpoints
+            ({"freeze_bn": True} if self._options["freeze_bn"] else {}) | \
+            ({"loss_weights": self.loss_weights} if self.loss_weights is not None else {})  # absent before
 
     def save(self, path: str | os.PathLike) -> None:
         """Write everything training resumes from to ``path`` (a .npz: no pickled objects, a JSON header):
@@ -555,7 +583,7 @@ class Trainer:
                       seed=header["seed"], regularize_all=header["regularize_all"], trainable=header["trainable"],
                       threads=threads, instrument=instrument,
                       clip_grad_norm=1.0 if header.get("clip_grad_norm") else None,  # the threshold is loaded
-                      freeze_bn=bool(header.get("freeze_bn")))
+                      freeze_bn=bool(header.get("freeze_bn")), loss_weights=header.get("loss_weights"))
         if header.get("scheduler") is not None:
             trainer.initial_lr = header.get("initial_lr")
             from_state(trainer, header["scheduler"])

@@ -224,7 +224,9 @@ def _term(kind: OpKind, a, grad: bool):
             return lambda b, p, t: b.fmul(f32(2.0), b.fsub(p, t))
         return lambda b, p, t: b.fpext(b.fmul(b.fsub(p, t), b.fsub(p, t)), F64)
     if a.form == "l1":
-        return (lambda b, p, t: _sign(b, b.fsub(p, t))) if grad else (lambda b, p, t: b.fpext(_fabs(b, b.fsub(p, t)), F64))
+        if grad:
+            return lambda b, p, t: _sign(b, b.fsub(p, t))
+        return lambda b, p, t: b.fpext(_fabs(b, b.fsub(p, t)), F64)
     delta = a.delta
     scale = 1.0 if a.form == "huber" else 1.0 / delta  # smooth_l1 (beta = delta) = huber / beta
 

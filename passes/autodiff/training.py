@@ -63,7 +63,14 @@ ROLES: dict[tuple[OpKind, int], str] = {
     (OpKind.BATCH_NORM, 3): RUNNING, (OpKind.BATCH_NORM, 4): RUNNING,
     (OpKind.ADD, 0): BIAS, (OpKind.ADD, 1): BIAS, (OpKind.SUM, 0): BIAS, (OpKind.SUM, 1): BIAS,
     (OpKind.PRELU, 1): BIAS,  # the slopes: a per-channel vector, like a bias not regularized by l2=
+    # LayerNormalization's Scale and B (nn.LayerNorm.weight and bias), and a Mul by a constant vector: a layer
+    # scale (ConvNeXt's gamma) or the per-channel scale of a GroupNorm; like BatchNorm's, not regularized by l2=
+    (OpKind.LAYER_NORM, 1): NORM, (OpKind.LAYER_NORM, 2): BIAS, (OpKind.MUL, 0): NORM, (OpKind.MUL, 1): NORM,
 }
+# graph.metadata[DECLARED_ROLES]: the importer's word on some constants, over ROLES: a role, or None for a
+# constant that is no parameter of the model (InstanceNormalization's scale from a Constant node, the all-ones
+# scale of the LayerNormalization the importer builds it from)
+DECLARED_ROLES = "parameter_roles"
 _PRIORITY = {WEIGHT: 0, BIAS: 1, NORM: 2, RUNNING: 3}
 ROLE_NAMES = (WEIGHT, BIAS, NORM)  # what a parameter group of convc.optim may name besides parameters
 
@@ -93,6 +100,8 @@ class TrainingStep:
     lr_scales: dict[str, float] = field(default_factory=dict)  # parameter groups: lr input -> its scale of lr
     batch_statistics: bool = False   # BatchNorm normalizes with batch statistics (samples are not independent)
     output: str | None = None        # with_outputs: the model's output as the loss reads it, an output
+    all_labels: list[str] = field(default_factory=list)  # several outputs: every output's targets input
+    all_logits: list[str] = field(default_factory=list)  # and the tensor its loss reads
 
     def owner(self, op: Op) -> tuple[str, str]:
         """(layer, phase) of an op of the step: the forward op it belongs to (or "loss", "step") and
@@ -146,13 +155,15 @@ class TrainingStep:
 
 
 def classify_constants(g: Graph, trainable: set[str] | None = None) -> dict[str, str]:
-    """Role of every float constant read at a trainable position (the strongest role wins)."""
+    """Role of every float constant read at a trainable position (the strongest role wins). A 0-d
+    constant is a Python number of the exported code (GELU's 0.5, ``x + 1``), never a parameter."""
     roles: dict[str, str] = {}
+    declared = g.metadata.get(DECLARED_ROLES, {})
     for op in g.ops():
         for i, t in enumerate(op.inputs):
-            role = ROLES.get((op.kind, i))
+            role = declared[t] if t in declared else ROLES.get((op.kind, i))
             tensor = g.tensor(t)
-            if role is None or tensor.kind is not TensorKind.CONSTANT or tensor.dtype.kind != "f":
+            if role is None or tensor.kind is not TensorKind.CONSTANT or tensor.dtype.kind != "f" or not tensor.shape:
                 continue
             if trainable is not None and role != RUNNING and t not in trainable:
                 continue
@@ -214,12 +225,13 @@ def training_forward(forward: Graph, roles: dict[str, str], seed: int, x_name: s
     return tg, bn_stats
 
 
-def attach_loss(tg: Graph, output: str, loss: str, attrs: LossAttrs | None = None,
-                soft_targets: bool = False) -> tuple[str, str, str, str, str]:
+def attach_loss(tg: Graph, output: str, loss: str, attrs: LossAttrs | None = None, soft_targets: bool = False,
+                rows: str | None = None, name: str = "loss_fn") -> tuple[str, str, str, str, str]:
     """Add the targets and rows inputs and the loss. Returns (labels, rows, loss, logits, saved)
     where ``saved`` is what the loss gradient reads besides the targets (the softmax for the
     class losses, else the logits). A model ending in Softmax (cross_entropy) or LogSoftmax (nll)
-    over its classes gives the loss its input: softmax cross-entropy on logits, computed stably."""
+    over its classes gives the loss its input: softmax cross-entropy on logits, computed stably.
+    ``rows``: an existing rows input to share (several outputs' losses); ``name``: the loss op's."""
     if loss not in LOSSES:
         raise GraphError(f"unknown loss {loss!r}; convc has {sorted(LOSSES)}")
     fwd_kind, _, form = LOSSES[loss]
@@ -227,7 +239,8 @@ def attach_loss(tg: Graph, output: str, loss: str, attrs: LossAttrs | None = Non
     out = tg.tensor(output)
     logits = output
     producer = tg.producer(output)
-    rows = tg.add_tensor(tg.fresh_name("rows"), (1,), np.int64, TensorKind.INPUT).name
+    if rows is None:
+        rows = tg.add_tensor(tg.fresh_name("rows"), (1,), np.int64, TensorKind.INPUT).name
     if loss in CLASS_LOSSES:
         if len(out.shape) != 2:
             raise GraphError(f"{loss} needs a model output of shape (N, classes), got {out.shape}")
@@ -238,32 +251,73 @@ def attach_loss(tg: Graph, output: str, loss: str, attrs: LossAttrs | None = Non
         shape, dtype = (out.shape, out.dtype) if soft_targets else (out.shape[:1], np.int64)
         labels = tg.add_tensor(tg.fresh_name("labels"), shape, dtype, TensorKind.INPUT).name
         op = tg.add_op(fwd_kind, attrs, [logits, labels, rows], [tg.fresh_name("loss"), tg.fresh_name("probs")],
-                       name="loss_fn")
+                       name=name)
         saved = op.outputs[1] if attrs.form == "logits" else logits
         return labels, rows, op.outputs[0], logits, saved
     labels = tg.add_tensor(tg.fresh_name("targets"), out.shape, out.dtype, TensorKind.INPUT).name
-    op = tg.add_op(fwd_kind, attrs, [logits, labels, rows], [tg.fresh_name("loss")], name="loss_fn")
+    op = tg.add_op(fwd_kind, attrs, [logits, labels, rows], [tg.fresh_name("loss")], name=name)
     return labels, rows, op.outputs[0], logits, logits
 
 
-def _differentiated(forward: Graph, loss: str, seed: int, trainable: set[str] | None, loss_attrs: LossAttrs | None,
-                    soft_targets: bool, freeze_bn: bool) -> tuple[Graph, TrainingStep, dict]:
-    """The forward in training mode, the loss and the backward pass; the step's names (unplanned)."""
-    if len(forward.inputs) != 1 or len(forward.outputs) != 1:
-        raise GraphError(f"convc trains models with one input and one output, {forward.name!r} has inputs "
-                         f"{forward.inputs} and outputs {forward.outputs}")
-    x_name, output = forward.inputs[0], forward.outputs[0]
+def _heads(forward: Graph, loss, loss_attrs, soft_targets, loss_weights) -> list[tuple]:
+    """(output, loss name, attrs, soft targets, weight) per model output: one loss per output."""
+    k = len(forward.outputs)
+    per_output = not isinstance(loss, str)
+    names = list(loss) if per_output else [loss]
+    if len(names) != k:
+        raise GraphError(f"{forward.name!r} has {k} outputs {forward.outputs}: give one loss per output "
+                         f"({len(names)} given)")
+    attrs = list(loss_attrs) if per_output and loss_attrs is not None else [loss_attrs] * k
+    soft = list(soft_targets) if per_output and not isinstance(soft_targets, bool) else [bool(soft_targets)] * k
+    weights = [1.0] * k if loss_weights is None else [float(w) for w in loss_weights]
+    if len(attrs) != k or len(soft) != k or len(weights) != k:
+        raise GraphError(f"{k} outputs: give one loss option, soft-target flag and weight per output")
+    return list(zip(forward.outputs, names, attrs, soft, weights))
+
+
+def _differentiated(forward: Graph, loss, seed: int, trainable: set[str] | None, loss_attrs, soft_targets,
+                    freeze_bn: bool, loss_weights=None) -> tuple[Graph, TrainingStep, dict]:
+    """The forward in training mode, the loss and the backward pass; the step's names (unplanned).
+    A model with several outputs has a loss per output (``loss`` and the options are sequences),
+    and trains on their sum weighted by ``loss_weights``."""
+    if len(forward.inputs) != 1:
+        raise GraphError(f"convc trains models with one input, {forward.name!r} has inputs {forward.inputs}")
+    heads = _heads(forward, loss, loss_attrs, soft_targets, loss_weights)
+    x_name = forward.inputs[0]
     roles = classify_constants(forward, trainable)
     tg, bn_stats = training_forward(forward, roles, seed, x_name, freeze_bn)
-    labels, rows, loss_name, logits, saved = attach_loss(tg, output, loss, loss_attrs, soft_targets)
+    rows, attached = None, []
+    for k, (output, name, attrs, soft, _) in enumerate(heads):
+        fn = "loss_fn" if k == 0 else f"loss_fn.{k}"
+        labels, rows, loss_k, logits, saved = attach_loss(tg, output, name, attrs, soft, rows, fn)
+        attached.append((fn, name, labels, loss_k, logits, saved))
+    loss_name = attached[0][3]
+    weighting: list[str] = []
+    if len(heads) > 1:  # the weighted sum of the outputs' losses
+        terms = []
+        for (fn, _, _, loss_k, _, _), (_, _, _, _, w) in zip(attached, heads):
+            if w != 1.0:
+                c = tg.add_constant(tg.fresh_name(f"{fn}.weight"), np.array([w], np.float32)).name
+                loss_k = tg.add_op(OpKind.MUL, NoAttrs(), [loss_k, c], name=f"{fn}.weighted").outputs[0]
+                weighting.append(f"{fn}.weighted")
+            terms.append(loss_k)
+        loss_name = tg.add_op(OpKind.SUM, NoAttrs(), terms, [tg.fresh_name("loss")], name="loss_sum").outputs[0]
+        weighting.append("loss_sum")
     lr = tg.add_tensor("lr", (1,), np.float32, TensorKind.INPUT).name
     tg.outputs = [loss_name]
     eliminate_dead_code(tg)  # a Softmax the loss absorbed
-    forward_ops = [op.name for op in tg.ops() if op.name != "loss_fn"]
-    loss_op = tg.op("loss_fn")
-    dlogits = tg.add_op(LOSSES[loss][1], loss_op.attrs, [saved, labels, rows], name="loss_fn.grad").outputs[0]
+    not_forward = {a[0] for a in attached} | set(weighting)
+    forward_ops = [op.name for op in tg.ops() if op.name not in not_forward]
+    seeds = {}
+    for (fn, name, labels, _, logits, saved), (_, _, _, _, w) in zip(attached, heads):
+        d = tg.add_op(LOSSES[name][1], tg.op(fn).attrs, [saved, labels, rows], name=f"{fn}.grad").outputs[0]
+        if w != 1.0:
+            c = tg.add_constant(tg.fresh_name(f"{fn}.grad_weight"), np.array([w], np.float32)).name
+            d = tg.add_op(OpKind.MUL, NoAttrs(), [d, c], name=f"{fn}.grad.weighted").outputs[0]
+        seeds[logits] = d
+    labels, logits = attached[0][2], attached[0][4]
     params = [t for t in roles if roles[t] != RUNNING and tg.has_tensor(t) and tg.consumers(t)]
-    grads = backward(tg, {logits: dlogits}, params)
+    grads = backward(tg, seeds, params)
     missing = [p for p in params if p not in grads]
     params = [p for p in params if p in grads]  # a parameter the loss does not depend on stays constant
     for p in missing:
@@ -274,14 +328,16 @@ def _differentiated(forward: Graph, loss: str, seed: int, trainable: set[str] | 
                         {t: roles[t] for t in params + running}, running, grads=dict(grads), forward_ops=forward_ops)
     step.initial[rows] = np.array([tg.tensor(x_name).shape[0]], np.int64)  # every sample counts
     step.batch_statistics = bool(bn_stats)
-    step.extra_inputs.append(rows)
+    step.all_labels, step.all_logits = [a[2] for a in attached], [a[4] for a in attached]
+    step.extra_inputs += [rows] + step.all_labels[1:]  # the other outputs' targets are fed like the first's
     return tg, step, bn_stats
 
 
 def build_training(forward: Graph, *, loss: str, optimizer: Any = None, seed: int = 0, l1: float = 0.0,
                    l2: float = 0.0, regularize_all: bool = False, trainable: set[str] | None = None,
                    clip_grad_norm: bool = False, loss_attrs: LossAttrs | None = None,
-                   soft_targets: bool = False, freeze_bn: bool = False, with_outputs: bool = False) -> TrainingStep:
+                   soft_targets: bool = False, freeze_bn: bool = False, with_outputs: bool = False,
+                   loss_weights=None) -> TrainingStep:
     """Plan the training step of ``forward`` (one input, one output, batch fixed).
 
     ``optimizer`` is a ``convc.optim`` optimizer; None builds the gradient step (outputs: the loss,
@@ -294,14 +350,15 @@ def build_training(forward: Graph, *, loss: str, optimizer: Any = None, seed: in
     class probabilities. The run-time input ``rows`` (an extra input, initially the batch) is how
     many leading samples the loss counts. ``freeze_bn``: see ``training_forward``. ``with_outputs``
     (with an optimizer): the tensor the loss reads is the step's last output, ``step.output``."""
-    tg, step, bn_stats = _differentiated(forward, loss, seed, trainable, loss_attrs, soft_targets, freeze_bn)
+    tg, step, bn_stats = _differentiated(forward, loss, seed, trainable, loss_attrs, soft_targets, freeze_bn,
+                                         loss_weights)
     if optimizer is None:
         tg.outputs = [step.loss] + [step.grads[p] for p in step.params]
     else:
         _append_updates(tg, step, optimizer, bn_stats, l1, l2, regularize_all, clip_grad_norm)
         if with_outputs:
             step.output = step.logits
-            tg.outputs = list(tg.outputs) + [step.logits]
+            tg.outputs = list(tg.outputs) + step.all_logits
     tg.inputs = [step.x, step.labels, step.lr, "step"] + step.params + step.running + \
         [s for p in step.params for s in step.state.get(p, [])]
     for name in tg.inputs[3:]:
@@ -347,9 +404,10 @@ _ACCUMULATE_LR, _ALWAYS = np.array([-1.0], np.float32), np.array([1.0], np.float
 def build_split(forward: Graph, *, loss: str, optimizer: Any, seed: int = 0, l1: float = 0.0, l2: float = 0.0,
                 regularize_all: bool = False, trainable: set[str] | None = None, clip_grad_norm: bool = False,
                 loss_attrs: LossAttrs | None = None, soft_targets: bool = False, freeze_bn: bool = False,
-                with_outputs: bool = False) -> SplitStep:
+                with_outputs: bool = False, loss_weights=None) -> SplitStep:
     """Plan ``build_training``'s step as two steps around a gradient buffer (see ``SplitStep``)."""
-    tg, step, bn_stats = _differentiated(forward, loss, seed, trainable, loss_attrs, soft_targets, freeze_bn)
+    tg, step, bn_stats = _differentiated(forward, loss, seed, trainable, loss_attrs, soft_targets, freeze_bn,
+                                         loss_weights)
     cg = tg.copy()
     before = {op.name for op in tg.ops()}
     _append_updates(tg, step, optimizer, bn_stats, l1, l2, regularize_all, clip_grad_norm)
@@ -384,9 +442,9 @@ def build_split(forward: Graph, *, loss: str, optimizer: Any, seed: int = 0, l1:
     cg.outputs = [step.loss]
     if with_outputs:
         step.output = step.logits
-        cg.outputs.append(step.logits)
+        cg.outputs += step.all_logits
     cg.inputs = [step.x, step.labels, step.step] + step.params + [r for r in step.running if cg.has_tensor(r)] + \
-        list(into.values()) + [step.rows]
+        list(into.values()) + [step.rows] + step.all_labels[1:]
 
     # apply: the fused step's tail on the buffers
     ag = Graph(f"{forward.name}.apply", metadata=dict(tg.metadata))
@@ -408,7 +466,7 @@ def build_split(forward: Graph, *, loss: str, optimizer: Any, seed: int = 0, l1:
     ag.outputs = [ok] + ([step.grad_norm] if step.grad_norm is not None else [])
     ag.inputs = [step.loss, step.lr, step.step] + step.params + [r for r in step.running if ag.has_tensor(r)] + \
         [s for p in step.params for s in step.state.get(p, [])] + list(into.values()) + \
-        [n for n in step.extra_inputs if n != step.rows]
+        [n for n in step.extra_inputs if ag.has_tensor(n)]
     for name in [step.step] + step.params + step.running + [s for p in step.params for s in step.state.get(p, [])]:
         step.initial[name] = tg.tensor(name).data
     return SplitStep(step, pipeline(cg, variant=TRAINING_STEP), pipeline(ag, variant=TRAINING_STEP), buffers,

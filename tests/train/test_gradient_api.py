@@ -138,7 +138,8 @@ def test_apply_needs_finite_gradients_and_a_compute(bn_trainer):
 
 @pytest.mark.slow
 def test_accumulated_micro_batches_equal_one_batch():
-    """Adam, no BatchNorm, batch 32: the split step equals the fused one bit for bit; and 4 micro-batches of 8 summed with accumulate=True, then scaled by 1/4 (each micro-batch's
+    """Adam, no BatchNorm, batch 32: the split step equals the fused one bit for bit; and 4
+    micro-batches of 8 summed with accumulate=True, then scaled by 1/4 (each micro-batch's
     gradient is of its own mean loss), equal one batch of 32 to float32 drift: same gradients,
     same weights after the update (no BatchNorm: its batch statistics differ per micro-batch)."""
     t = convc.Trainer(small_cnn(False), input_shape=(32, 3, HW, HW), optimizer=OPTIMIZERS["adam"]())

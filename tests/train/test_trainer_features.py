@@ -6,6 +6,7 @@ import pytest
 
 import convc
 import convc.train
+from train import nets
 from train.test_gradient_api import CLASSES, HW, batch, small_cnn
 
 FULL, PART = 16, 11
@@ -134,3 +135,61 @@ def test_frozen_batch_norm(monkeypatch):
         np.testing.assert_array_equal(after[name], before[name])
     for name in ("bn1.weight", "bn1.bias", "conv1.weight"):
         assert not np.array_equal(after[name], before[name])
+
+
+def two_headed(seed: int = 0):
+    """A conv trunk (Tanh, average pools: smooth, for finite differences) with a 10-class head and a 3-value
+    regression head: two outputs."""
+    import onnx
+    from onnx import TensorProto, helper
+    n = nets.Net(seed)
+    x = n.node("AveragePool", [n.node("Tanh", [n.conv("input", "conv1", 3, 8)])], kernel_shape=[2, 2], strides=[2, 2])
+    x = n.node("Flatten", [n.node("GlobalAveragePool", [n.node("Tanh", [n.conv(x, "conv2", 8, 16)])])], axis=1)
+    a, b = n.gemm(x, "cls", 16, CLASSES), n.gemm(x, "reg", 16, 3)
+    g = helper.make_graph(n.nodes, "two_headed", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
+                                                                                 ["N", 3, HW, HW])],
+                          [helper.make_tensor_value_info(a, TensorProto.FLOAT, ["N", CLASSES]),
+                           helper.make_tensor_value_info(b, TensorProto.FLOAT, ["N", 3])], initializer=n.inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+@pytest.mark.slow
+def test_two_outputs_weighted_losses():
+    """A loss per output, trained on their weighted sum: the step's loss is 1.0 * cross-entropy
+    (label smoothing) + 0.5 * Huber on the step's own outputs; a weight's gradient matches finite
+    differences of that sum (float32 losses, central differences of 2e-2); a partial batch and the
+    split step work as for one output."""
+    from convc.ops import OpKind, op_def
+    losses = [convc.Loss("cross_entropy", label_smoothing=0.1), convc.Loss("huber", delta=0.5)]
+    t = convc.Trainer(two_headed(), input_shape=(FULL, 3, HW, HW), loss=losses, loss_weights=[1.0, 0.5],
+                      optimizer=convc.optim.SGD(0.05))
+    x, y = batch(FULL, 50)
+    target = np.random.default_rng(3).standard_normal((FULL, 3)).astype(np.float32)
+    before = t.state_dict()
+    r = t.compute_gradients(x, [y, target], return_outputs=True)
+    logits, reg = (o.astype(np.float64) for o in r.outputs)
+    ce = op_def(OpKind.SOFTMAX_CROSS_ENTROPY).reference(losses[0].attrs(), logits, y)[0][0]
+    from convc.ops.loss import LossAttrs
+    huber = op_def(OpKind.MSE_LOSS).reference(LossAttrs("huber", delta=0.5), reg, target)[0][0]
+    assert r.loss == pytest.approx(ce + 0.5 * huber, rel=1e-5)
+    grads, where = t.gradients.copy(), t.gradient_slices
+    for name in ("reg.weight", "cls.weight", "conv1.weight"):
+        w = before[name].reshape(-1)
+        for i in (0, 7):
+            diffs = []
+            for h in (2e-2, -2e-2):
+                moved = dict(before)
+                moved[name] = (w + h * (np.arange(w.size) == i)).astype(np.float32).reshape(before[name].shape)
+                t.load_state_dict(moved)
+                diffs.append(t.compute_gradients(x, [y, target]))
+            fd = (diffs[0] - diffs[1]) / 4e-2
+            assert grads[where[name]][i] == pytest.approx(fd, rel=3e-2, abs=2e-4), (name, i)
+    t.load_state_dict(before)
+    t.compute_gradients(x, [y, target])
+    t.apply_gradients()
+    assert t.step(x[:PART], [y[:PART], target[:PART]]) > 0  # a partial batch: padded, both losses count 11
+    with pytest.raises(convc.InputError, match="2 targets"):
+        t.step(x, y)
