@@ -14,6 +14,10 @@ last, that channels-last twin:
 - so do reductions that keep the rank (ReduceMean/Max over channels in CBAM's spatial attention, over
   H and W where they are not a global pool) with their axes renumbered, and binary ops whose other
   operand is a twin broadcast along channels or pixels (the attention map times the features);
+- Split and Slice of a twin cut it along the axis' new position (a channel split along the last axis), and
+  ShuffleNet's channel shuffle of a twin (Reshape to (N, g, C/g, H, W), Transpose (0, 2, 1, 3, 4), Reshape
+  back) becomes a permutation of its last axis: one copy between two views, or nothing when the reader is a
+  plain conv, whose weight's input channels are permuted instead (``_fold_shuffle_into_convs``);
 - every converted op keeps its name and writes its twin, and a ``Transpose`` back to channels
   first writes the original tensor, so ops left alone (Flatten, GlobalAveragePool, graph outputs)
   read exactly what they read before. Dead-code elimination then removes the transposes back
@@ -150,7 +154,8 @@ def _shuffle_channels_last(g: Graph, first: Op, transpose: Op, back: Op, groups:
     g.remove_op(first)
     g.remove_op(transpose)
     g.remove_op(back, remove_outputs=False)
-    views = g.add_op(OpKind.RESHAPE, ReshapeAttrs((n, h, w, groups, c // groups)), [twins[x]], name=f"{first.name}_nhwc")
+    views = g.add_op(OpKind.RESHAPE, ReshapeAttrs((n, h, w, groups, c // groups)), [twins[x]],
+                     name=f"{first.name}_nhwc")
     swap = g.add_op(OpKind.TRANSPOSE, TransposeAttrs((0, 1, 2, 4, 3)), views.outputs, name=f"{transpose.name}_nhwc")
     last = g.add_op(OpKind.RESHAPE, ReshapeAttrs((n, h, w, c)), swap.outputs, name=f"{back.name}_nhwc")
     to_nchw = g.add_op(OpKind.TRANSPOSE, TransposeAttrs(layout.channels_first_perm(4)), last.outputs,
