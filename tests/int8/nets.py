@@ -80,10 +80,11 @@ def mobilenet_like(seed: int = 1, hw: int = 32, width: int = 16) -> onnx.ModelPr
 
 
 def quantize(model: onnx.ModelProto, calibration: np.ndarray, per_channel: bool = True,
-             activation=None, reduce_range: bool = False) -> onnx.ModelProto:
+             activation=None, reduce_range: bool = False, qoperator: bool = False) -> onnx.ModelProto:
     """onnxruntime's quantize_static: QDQ, uint8 activations (or ``activation``), int8 weights (7-bit with
     ``reduce_range``, which onnxruntime's AVX2 kernels need to be exact: without it their vpmaddubsw
-    saturates pairs of u8 x s8 products in int16)."""
+    saturates pairs of u8 x s8 products in int16); ``qoperator``: QuantFormat.QOperator (QLinearConv, and
+    com.microsoft's QLinearAdd, QLinearGlobalAveragePool, QGemm) instead of QDQ."""
     import tempfile
     from pathlib import Path
 
@@ -99,7 +100,8 @@ def quantize(model: onnx.ModelProto, calibration: np.ndarray, per_channel: bool 
     with tempfile.TemporaryDirectory() as d:
         src, dst = Path(d) / "f.onnx", Path(d) / "q.onnx"
         onnx.save(model, src)
-        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+        fmt = QuantFormat.QOperator if qoperator else QuantFormat.QDQ
+        quantize_static(str(src), str(dst), Reader(), quant_format=fmt, per_channel=per_channel,
                         activation_type=activation or QuantType.QUInt8, weight_type=QuantType.QInt8,
                         reduce_range=reduce_range)
         return onnx.load(dst)
