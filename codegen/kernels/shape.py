@@ -89,7 +89,11 @@ def emit_transpose(em: ModuleEmitter, op: Op) -> KernelCall:
     # a transpose proper (the output's inner dimension walks the input at a stride, an outer one
     # walks it contiguously, e.g. channels last to channels first) runs in tiles
     across = [k for k in range(len(dims) - 1) if src[k] == 1]
-    if dst[-1] == 1 and src[-1] != 1 and across and dims[across[-1]] > 1 and dims[-1] > 1:
+    # a permutation within each short row (ShuffleNet's channel shuffle channels last, (P, g, C/g) -> (P, C/g, g))
+    # reads and writes whole rows: the plain loops, unrolled by LLVM over the row, beat a call per row
+    row = int(np.prod(dims[-2:]))
+    in_rows = len(dims) > 2 and across == [len(dims) - 2] and row <= SMALL_ROW and src[0] == dst[0] == row
+    if dst[-1] == 1 and src[-1] != 1 and across and dims[across[-1]] > 1 and dims[-1] > 1 and not in_rows:
         k = across[-1]
         outer = [d for d in range(len(dims) - 1) if d != k]
         with loop_nest(b, [dims[d] for d in outer]) as idx:
@@ -105,6 +109,7 @@ def emit_transpose(em: ModuleEmitter, op: Op) -> KernelCall:
     return KernelCall(fn, [op.inputs[0], op.outputs[0]])
 
 
+SMALL_ROW = 256  # floats: a row permuted by the plain loops (see emit_transpose)
 TILE_ROWS, TILE_COLS = 16, 64  # a tile reads TILE_COLS input rows of one cache line (16 floats) each
 
 
