@@ -32,12 +32,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from convc.codegen.aot import BuildResult, build_native
+from convc.codegen.aot import BuildResult, build_native, kernel_cache_root, split_native
 from convc.codegen.artifacts import ALIGN
 from convc.codegen.blob import align_up, blob_layout, used_constants
 from convc.codegen.header import TRAINING_DECLS
 from convc.codegen.llvm_utils import F32, I8, I32, I64, PTR, VOID, alloca_entry, f32, for_range, gep, i64
 from convc.codegen.module import emit_module
+from convc.codegen.split import merge_splits
 from convc.codegen.target import resolve_target
 from convc.codegen.wrapper import Wrapper
 from convc.passes.autodiff.training import LOSSES as LOSS_RULES
@@ -369,6 +370,11 @@ def build_training_plan(step, eval_plan, opt, output: str | os.PathLike, options
     grad_ir = _rename_entry(str(grad_native.ir_module), GRAD_MODULE_PREFIX)
     apply_ir = _rename_entry(str(apply_native.ir_module), APPLY_MODULE_PREFIX)
     extra = {"training": training_meta}
+    # the same code split as the JIT splits it: a kernel the four entry points share is compiled once
+    parts = merge_splits([split_native(eval_native)] + [
+        split_native(n, lambda text, prefix=prefix: _rename_entry(text, prefix)) for n, prefix in
+        ((train_native, TRAIN_MODULE_PREFIX), (grad_native, GRAD_MODULE_PREFIX), (apply_native, APPLY_MODULE_PREFIX))])
     return build_native(native, output, tgt, *specs, graph_metadata=eg.metadata, progress=progress,
                         extra_meta=extra, header=header, constants=everything, runtime=runtime,
-                        modules=(train_ir, grad_ir, apply_ir), speed=SPEED, extra_decls=TRAINING_DECLS)
+                        modules=(train_ir, grad_ir, apply_ir), speed=SPEED, extra_decls=TRAINING_DECLS,
+                        parts=parts, cache_root=kernel_cache_root(options))

@@ -114,15 +114,18 @@ def shutdown() -> None:
 
 
 def compile_modules(modules: list[SplitModule], target, cache_root: Path | None = None, *,
-                    progress: Callable[[str], None] | None = None) -> list[bytes]:
+                    progress: Callable[[str], None] | None = None, pic: bool = False) -> list[bytes]:
     """One object file per module, in order, each at its own ``speed``: from the kernel cache
-    (``cache_root`` set) where a model compiled that module before, else compiled (then stored)."""
+    (``cache_root`` set) where a model compiled that module before, else compiled (then stored).
+    ``pic``: position-independent code for a shared library (codegen/aot.py), cached apart from
+    the JIT's."""
     results: list[bytes | None] = [None] * len(modules)
     keys: dict[int, str] = {}
     if cache_root is not None:
         for i, m in enumerate(modules):
             if m.key is not None:
-                keys[i] = kernel_cache.key(m.key, target.triple, target.cpu, target.features, m.speed)
+                keys[i] = kernel_cache.key(m.key + ("-pic" if pic else ""), target.triple, target.cpu,
+                                           target.features, m.speed)
                 results[i] = kernel_cache.load(cache_root, keys[i])
     todo = sorted((i for i, r in enumerate(results) if r is None), key=lambda i: -len(modules[i].text))
     total = sum(len(modules[i].text) for i in todo) or 1
@@ -161,7 +164,7 @@ def compile_modules(modules: list[SplitModule], target, cache_root: Path | None 
     def local() -> None:
         while (i := next_job()) is not None:
             try:
-                obj = llvm_worker.object_code(modules[i].text, *machine, modules[i].speed)
+                obj = llvm_worker.object_code(modules[i].text, *machine, modules[i].speed, pic)
             except RuntimeError as e:
                 fail(CompileError(f"convc generated invalid LLVM IR: {e}"))
                 return
@@ -174,7 +177,7 @@ def compile_modules(modules: list[SplitModule], target, cache_root: Path | None 
             return  # no process to start: the calling process compiles it all
         while (i := next_job()) is not None:
             try:
-                finished(i, w.compile((modules[i].text, *machine, modules[i].speed)))
+                finished(i, w.compile((modules[i].text, *machine, modules[i].speed, pic)))
             except WorkerDied:
                 with lock:
                     queue.insert(0, i)  # the calling process takes it

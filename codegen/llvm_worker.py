@@ -48,10 +48,11 @@ def parse(text: str, triple: str, tm, context=None):
     return mod
 
 
-def object_code(text: str, triple: str, cpu: str, features: str, speed: int = 2) -> bytes:
-    """Optimize one module of JIT code and emit its relocatable object file, in a context of its
-    own (freed with the module, and not shared with another thread's compile)."""
-    tm = target_machine(triple, cpu, features)
+def object_code(text: str, triple: str, cpu: str, features: str, speed: int = 2, pic: bool = False) -> bytes:
+    """Optimize one module and emit its relocatable object file (JIT code, or with ``pic`` a shared
+    library's), in a context of its own (freed with the module, and not shared with another
+    thread's compile)."""
+    tm = target_machine(triple, cpu, features, pic=pic)
     context = llvm.create_context()
     mod = parse(text, triple, tm, context)
     optimize(mod, tm, speed)
@@ -66,17 +67,21 @@ def _read(stream, n: int) -> bytes:
 
 
 def serve(inp, out) -> None:
-    """Answer ``(text, triple, cpu, features, speed)`` requests with ``("ok", object)`` or
+    """Answer ``(text, triple, cpu, features, speed, pic)`` requests with ``("ok", object)`` or
     ``("error", message)`` until stdin closes."""
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
     llvm.initialize_native_asmparser()
+    host_arch = llvm.get_process_triple().split("-")[0]
     while True:
         try:
             (n,) = _FRAME.unpack(_read(inp, _FRAME.size))
             request = pickle.loads(_read(inp, n))
         except EOFError:
             return
+        if request[1].split("-")[0] != host_arch:  # a cross build (convc compile --target aarch64)
+            llvm.initialize_all_targets()
+            llvm.initialize_all_asmprinters()
         try:
             reply = ("ok", object_code(*request))
         except Exception as e:  # noqa: BLE001  sent back: the parent raises it as a CompileError

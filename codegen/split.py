@@ -46,6 +46,7 @@ class SplitModule:
     key: str | None
     kernels: int = 0  # kernel functions it defines
     speed: int = KERNEL_SPEED
+    exports: tuple[str, ...] = ()  # the content name it defines for the other modules (a kernel group's root)
 
 
 def _defines(g) -> bool:
@@ -103,9 +104,29 @@ class _Splitter:
         if isinstance(g, ir.Function) and name in self.kernels:
             body = body.replace("define internal ", "define ", 1)
         h = hashlib.sha256(body.encode()).hexdigest()[:24]
-        c = f"convc_k{h}" if name in self.kernels else f"convc_h{h}"
+        c = f"convc_k{h}" if name in self.kernels else f"convc_h{h}"  # see CONTENT_NAME_GLOBS
         self._content[name] = c
         return c
+
+
+# the content names as linker globs: a library built from split modules keeps them to itself
+CONTENT_NAME_GLOBS = tuple(f"convc_{kind}{'?' * 24}" for kind in "kh")
+
+
+def merge_splits(parts: list[list[SplitModule]]) -> list[SplitModule]:
+    """Several modules' splits as one list to link together (a training library's four entry
+    points): a kernel group defined by an earlier split is dropped. Its content name stands for
+    the same code whatever group holds it (a helper can be inlined in one split, a group of its
+    own in another), so the first definition serves every caller; identical groups go too."""
+    out, seen, defined = [], set(), set()
+    for split in parts:
+        for m in split:
+            if m.key is not None and m.key in seen or m.exports and set(m.exports) <= defined:
+                continue
+            out.append(m)
+            seen.add(m.key)
+            defined.update(m.exports)
+    return out
 
 
 SHARED_MIN_CHARS = 4000  # a helper this large is not inlined where it has several callers (LLVM's
@@ -196,7 +217,8 @@ def split_module(module: ir.Module, kernels: list[str], library: tuple[str, ...]
         ordered = sorted(members)
         bodies = [body[c].replace("define internal ", "define ", 1) if c == root else body[c] for c in ordered]
         text = module_text(bodies, {f'@"{c}"' for c in ordered})
-        out.append(SplitModule(text, hashlib.sha256(text.encode()).hexdigest(), int(root.startswith("convc_k"))))
+        out.append(SplitModule(text, hashlib.sha256(text.encode()).hexdigest(), int(root.startswith("convc_k")),
+                               exports=(root,)))
     return out
 
 
