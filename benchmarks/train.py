@@ -1,167 +1,298 @@
-"""Training step time: convc's one-call step against PyTorch eager, same network, data, weights,
-hyper-parameters and thread count.
+"""Training step time and step memory: convc's one-call step against PyTorch eager, same network,
+weights, data, optimizer and thread count, each runtime alone in its own process.
 
-    python benchmarks/train.py [--sizes 8,32] [--batch 64] [--steps 60] [--threads 1]
+    python benchmarks/train.py [--nets digits,cifar_resnet,mobilenet_v2] [--batches 32,128]
+                               [--threads 1,2] [--optimizers sgd,adam] [--rounds 3] [--steps 10]
 
-The network is the digits CNN of the tests (conv3x3(16)-BN-ReLU-maxpool2, conv3x3(32)-BN-ReLU-
-maxpool2, flatten, dropout 0.25, linear 10), trained with Adam(3e-3) and cross-entropy on
-scikit-learn's 8x8 digits, and on the same digits upscaled to 32x32 (nearest neighbour). Both
-frameworks start from the same weights (PyTorch's initialization, copied into the ONNX model convc
-compiles). Steps of the two alternate, so both see the same machine load; the script prints the
-median step time of each, the ratio convc / PyTorch (below 1: convc is faster) and the median
-thread CPU time (less sensitive to other processes on a busy machine). PyTorch is skipped if it is
-not installed.
+Nets (benchmarks/train_nets.py): the digits CNN on scikit-learn's 8x8 digits; the CIFAR ResNet of
+``benchmarks/compile.py --train`` (3x3 stem, basic blocks, widths 16/32/64, two blocks per stage);
+MobileNetV2 with CIFAR strides (inverted residuals, ReLU6, depthwise convs; ``--mobilenet-width``,
+default 0.5). CIFAR-sized nets train on random 3x32x32 batches with random labels. Optimizers:
+SGD(0.05, momentum 0.9) and Adam(1e-3), cross-entropy loss.
+
+PyTorch builds each net, exports it in training mode (BatchNormalization training_mode=1, Dropout
+with its training_mode input) and convc's Trainer compiles that file; the PyTorch process loads the
+file's initializers back, so both start from the same weights and running statistics. Every
+measurement runs in a fresh process that imports one runtime only (a peer's idle worker threads
+would otherwise share the cores); convc and PyTorch take turns, round after round, so a machine
+that slows down slows both alike. Each process builds its net, takes 1 untimed step, then times
+``--steps`` steps: wall time (time.perf_counter) and process CPU time (time.process_time, all
+threads; less sensitive to other processes on a busy machine). Each runtime's figure is the median
+over rounds of the per-round median step. Ratio = convc / PyTorch (below 1: convc is faster).
+
+Step memory: the growth of the process's resident set over its first 2 steps, measured the same way
+on both sides: RSS just before the first step (the net, its weights and the data in memory; for
+convc the compiled code too; for PyTorch its one-time set-up, primed by one step of a throwaway
+tiny net, so that library initialization does not count as step memory), against the peak RSS
+(VmHWM, reset through /proc/self/clear_refs just before the first step) during the steps. It counts
+everything a step brings into memory: activations saved for the backward, gradients, optimizer
+state (PyTorch creates it at the first step), allocator and library caches. convc allocates its
+optimizer state when the Trainer is built, before that baseline, so its planned optimizer-state
+bytes are added to its growth. convc's own planned figure (arena + optimizer state, from the
+training step's memory plan) is printed beside it; the two agree within a few hundred KiB.
+torch.cuda's peak counters do not exist on CPU, and torch.profiler's memory events count only
+PyTorch's allocator, not convc's arena: RSS is the one measure both processes share.
+
+Without PyTorch, convc is timed alone on the same layer plans built with onnx.helper (He-normal
+weights), and the PyTorch columns say that the peer was skipped.
 """
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
-import onnx
-from onnx import TensorProto, helper, numpy_helper
 
-import convc
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
 
-C1, C2, CLASSES, DROPOUT, LR = 16, 32, 10, 0.25, 3e-3
-
-
-def digits(hw: int) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    x = (d.images / 16.0).astype(np.float32)[:, None]
-    if hw != 8:
-        x = np.repeat(np.repeat(x, hw // 8, axis=2), hw // 8, axis=3)
-    return np.ascontiguousarray(x), d.target.astype(np.int64)
+RUNTIMES = ("convc", "pytorch")
+WARMUP = 1  # untimed steps; the first 2 steps (warm-up included) are the memory window
+MEMORY_STEPS = 2  # the second step holds the optimizer state PyTorch made in the first
+OPTIMIZERS = ("sgd", "adam")
+SGD_LR, MOMENTUM, ADAM_LR = 0.05, 0.9, 1e-3
+DATA_BATCHES = 4  # distinct batches cycled through
 
 
-def init_weights(hw: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """PyTorch's default initialization when it is installed (so both start alike), else He-normal."""
-    flat = C2 * (hw // 4) ** 2
-    shapes = {"conv1.weight": (C1, 1, 3, 3), "conv1.bias": (C1,), "bn1.weight": (C1,), "bn1.bias": (C1,),
-              "conv2.weight": (C2, C1, 3, 3), "conv2.bias": (C2,), "bn2.weight": (C2,), "bn2.bias": (C2,),
-              "fc.weight": (CLASSES, flat), "fc.bias": (CLASSES,)}
+def have_torch() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("torch") is not None
+
+
+# ---- memory of this process --------------------------------------------------------------------------
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not allowed."""
     try:
-        import torch
-        torch.manual_seed(seed)
-        m = torch_model(hw)
-        sd = {k: v.detach().numpy().copy() for k, v in m.state_dict().items()}
-        names = {"0": "conv1", "1": "bn1", "4": "conv2", "5": "bn2", "10": "fc"}
-        return {f"{names[k.split('.')[0]]}.{k.split('.')[1]}": v for k, v in sd.items()
-                if k.split(".")[0] in names and k.split(".")[1] in ("weight", "bias")}
-    except ImportError:
-        rng = np.random.default_rng(seed)
-        return {n: (rng.standard_normal(s) * np.sqrt(2.0 / max(1, int(np.prod(s[1:])))) if "weight" in n and "bn" not in n
-                    else np.ones(s) if n.startswith("bn") and n.endswith("weight") else np.zeros(s)).astype(np.float32)
-                for n, s in shapes.items()}
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
-def onnx_model(hw: int, w: dict[str, np.ndarray]) -> onnx.ModelProto:
-    inits = [numpy_helper.from_array(v, n) for n, v in w.items()]
-    for i, c in ((1, C1), (2, C2)):
-        inits += [numpy_helper.from_array(np.zeros(c, np.float32), f"bn{i}.running_mean"),
-                  numpy_helper.from_array(np.ones(c, np.float32), f"bn{i}.running_var")]
-    inits.append(numpy_helper.from_array(np.array(DROPOUT, np.float32), "ratio"))
-    nodes, x = [], "input"
-    for i in (1, 2):
-        nodes += [helper.make_node("Conv", [x, f"conv{i}.weight", f"conv{i}.bias"], [f"c{i}"], kernel_shape=[3, 3],
-                                   pads=[1, 1, 1, 1]),
-                  helper.make_node("BatchNormalization", [f"c{i}", f"bn{i}.weight", f"bn{i}.bias",
-                                                          f"bn{i}.running_mean", f"bn{i}.running_var"], [f"b{i}"],
-                                   momentum=0.9),
-                  helper.make_node("Relu", [f"b{i}"], [f"r{i}"]),
-                  helper.make_node("MaxPool", [f"r{i}"], [f"p{i}"], kernel_shape=[2, 2], strides=[2, 2])]
-        x = f"p{i}"
-    nodes += [helper.make_node("Flatten", [x], ["flat"], axis=1),
-              helper.make_node("Dropout", ["flat", "ratio"], ["drop"]),
-              helper.make_node("Gemm", ["drop", "fc.weight", "fc.bias"], ["output"], transB=1)]
-    g = helper.make_graph(nodes, "digits_cnn", [helper.make_tensor_value_info("input", TensorProto.FLOAT,
-                                                                              ["N", 1, hw, hw])],
-                          [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", CLASSES])],
-                          initializer=inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
-    m.ir_version = 8
-    return m
+# ---- one runtime in one process ----------------------------------------------------------------------
+
+def convc_step(model_path: str, shape: tuple[int, ...], optimizer: str, threads: int):
+    """(step(x, y), planned step bytes, bytes allocated before the first step that a step needs)."""
+    import convc
+    from convc.train_profile import analyze_training
+    opt = convc.optim.SGD(SGD_LR, momentum=MOMENTUM) if optimizer == "sgd" else convc.optim.Adam(ADAM_LR)
+    trainer = convc.Trainer(model_path, input_shape=shape, optimizer=opt, threads=threads)
+    memory = analyze_training(trainer.plan, trainer.forward, "", trainer.loss_name, repr(opt)).memory
+    # the compiled step of this batch size; its arena is allocated but untouched until the first step
+    arena = trainer._steps[shape[0]][1].arena_bytes
+    return (lambda x, y: trainer.step(x, y)), arena + memory.optimizer_state_bytes, memory.optimizer_state_bytes
 
 
-def torch_model(hw: int):
+def prime_pytorch(torch, threads: int) -> None:
+    """One training step of a throwaway conv net: PyTorch's one-time set-up (autograd engine, oneDNN,
+    thread pool, optimizer code) then sits in the baseline RSS, as convc's compiled code does."""
     from torch import nn
-    return nn.Sequential(nn.Conv2d(1, C1, 3, padding=1), nn.BatchNorm2d(C1), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Conv2d(C1, C2, 3, padding=1), nn.BatchNorm2d(C2), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Dropout(DROPOUT), nn.Linear(C2 * (hw // 4) ** 2, CLASSES))
+    net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, groups=1), nn.BatchNorm2d(4), nn.ReLU6(),
+                        nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                        nn.Dropout(0.1), nn.Linear(4, 2))
+    for opt in (torch.optim.SGD(net.parameters(), 0.1, momentum=0.9), torch.optim.Adam(net.parameters())):
+        torch.nn.functional.cross_entropy(net(torch.zeros(2, 3, 8, 8)), torch.zeros(2, dtype=torch.int64)).backward()
+        opt.step()
 
 
-def bench(hw: int, batch: int, steps: int, threads: int) -> None:
-    x, y = digits(hw)
-    w = init_weights(hw)
-    start = time.perf_counter()
-    trainer = convc.Trainer(onnx_model(hw, w), input_shape=(batch, 1, hw, hw), optimizer=convc.optim.Adam(LR),
-                            **({"threads": threads} if threads > 1 else {}))
-    compile_s = time.perf_counter() - start
-    try:
-        import torch
-        torch.set_num_threads(threads)
-        tm = torch_model(hw)
-        names = {"0": "conv1", "1": "bn1", "4": "conv2", "5": "bn2", "10": "fc"}
-        tm.load_state_dict({f"{k}.{s}": torch.tensor(w[f"{v}.{s}"]) for k, v in names.items()
-                            for s in ("weight", "bias")}, strict=False)
-        topt = torch.optim.Adam(tm.parameters(), LR)
-        tx, ty = torch.tensor(x), torch.tensor(y)
-        F = torch.nn.functional
-    except ImportError:
-        torch = None
+def pytorch_step(net_name: str, model_path: str, optimizer: str, threads: int, width: float):
+    import onnx
+    import torch
+    from onnx import numpy_helper
 
-    rng = np.random.default_rng(0)
-    wall = {"convc": [], "pytorch": []}
-    cpu = {"convc": [], "pytorch": []}
-    for i in range(steps + 10):
-        idx = rng.choice(len(x), batch, replace=False)
-        xb, yb = x[idx], y[idx]
-        t0, c0 = time.perf_counter(), time.thread_time()
-        trainer.step(xb, yb)
-        t1, c1 = time.perf_counter(), time.thread_time()
-        if i >= 10:
-            wall["convc"].append(t1 - t0)
-            cpu["convc"].append(c1 - c0)
-        if torch is not None:
-            ti = torch.from_numpy(idx)
-            xt, yt = tx[ti], ty[ti]
-            t0, c0 = time.perf_counter(), time.thread_time()
-            topt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(tm(xt), yt)
-            loss.backward()
-            topt.step()
-            t1, c1 = time.perf_counter(), time.thread_time()
-            if i >= 10:
-                wall["pytorch"].append(t1 - t0)
-                cpu["pytorch"].append(c1 - c0)
-    med = {k: statistics.median(v) * 1e3 for k, v in wall.items() if v}
-    med_cpu = {k: statistics.median(v) * 1e3 for k, v in cpu.items() if v}
-    acc = trainer.evaluate(x[:512], y[:512])["accuracy"]
-    line = (f"{hw:>2}x{hw:<2} batch {batch} threads {threads}: convc {med['convc']:8.3f} ms "
-            f"(cpu {med_cpu['convc']:.3f})")
-    if "pytorch" in med:
-        line += (f" | pytorch {med['pytorch']:8.3f} ms (cpu {med_cpu['pytorch']:.3f}) | ratio convc/pytorch "
-                 f"{med['convc'] / med['pytorch']:.3f} (cpu {med_cpu['convc'] / med_cpu['pytorch']:.3f})")
+    import train_nets
+    torch.set_num_threads(threads)
+    net = train_nets.torch_net(net_name, width).train()
+    # the export ran the net once in training mode (its running statistics moved): start from the file
+    state = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in onnx.load(model_path).graph.initializer}
+    own = net.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise RuntimeError(f"the ONNX file lacks {missing[:5]}: the nets differ")
+    net.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    opt = (torch.optim.SGD(net.parameters(), SGD_LR, momentum=MOMENTUM) if optimizer == "sgd"
+           else torch.optim.Adam(net.parameters(), ADAM_LR))
+    cross_entropy = torch.nn.functional.cross_entropy
+    prime_pytorch(torch, threads)
+
+    def step(x, y):
+        opt.zero_grad(set_to_none=True)
+        loss = cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+    return step, None, 0
+
+
+def worker(runtime: str, net_name: str, batch: int, optimizer: str, threads: int, steps: int, model_path: str,
+           width: float) -> dict:
+    import train_nets
+    data = train_nets.batches(net_name, batch, DATA_BATCHES)
+    shape = train_nets.input_shape(net_name, batch)
+    if runtime == "convc":
+        step, planned, preallocated = convc_step(model_path, shape, optimizer, threads)
     else:
-        line += " | pytorch not installed"
-    print(line + f" | convc compile {compile_s:.1f} s, train acc after {steps + 10} steps {acc:.3f}", flush=True)
+        import torch
+        step, planned, preallocated = pytorch_step(net_name, model_path, optimizer, threads, width)
+        data = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in data]
+    gc.collect()
+    base_kb = _status_kb("VmRSS")
+    exact_peak = reset_peak_rss()
+    losses, wall, cpu = [], [], []
+    for i in range(WARMUP + steps):
+        x, y = data[i % len(data)]
+        t0, c0 = time.perf_counter(), time.process_time()
+        losses.append(float(step(x, y)))
+        t1, c1 = time.perf_counter(), time.process_time()
+        if i + 1 == MEMORY_STEPS:
+            peak_kb = _status_kb("VmHWM") if exact_peak else _status_kb("VmRSS")
+        if i >= WARMUP:
+            wall.append(t1 - t0)
+            cpu.append(c1 - c0)
+    if WARMUP + steps < MEMORY_STEPS:
+        peak_kb = _status_kb("VmHWM") if exact_peak else _status_kb("VmRSS")
+    return {"wall": statistics.median(wall), "cpu": statistics.median(cpu),
+            "memory": (peak_kb - base_kb) * 1024 + preallocated, "planned": planned, "exact_peak": exact_peak,
+            "first_loss": losses[0], "last_loss": losses[-1]}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="8,32")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--threads", default="1")
-    args = ap.parse_args()
-    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    for threads in [int(t) for t in args.threads.split(",")]:
-        for hw in [int(s) for s in args.sizes.split(",")]:
-            bench(hw, args.batch, args.steps, threads)
+def run_worker(args: list[str], env: dict[str, str]) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ---- the parent: models, rounds, table -----------------------------------------------------------------
+
+def write_model(net_name: str, batch: int, width: float, directory: str, torch_available: bool) -> str:
+    """The net's ONNX file: PyTorch's training-mode export, or the onnx.helper build without PyTorch."""
+    import onnx
+
+    import train_nets
+    path = os.path.join(directory, f"{net_name}_{batch}.onnx")
+    if torch_available:
+        x = train_nets.batches(net_name, batch, 1)[0][0]
+        proto = train_nets.export_training(train_nets.torch_net(net_name, width), x)
+    else:
+        proto = train_nets.onnx_net(net_name, width)
+    onnx.save(proto, path)
+    return path
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:.1f}"
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        runtime, net_name, batch, optimizer, threads, steps, path, width = sys.argv[2:10]
+        print(json.dumps(worker(runtime, net_name, int(batch), optimizer, int(threads), int(steps), path,
+                                float(width))))
+        return 0
+    import train_nets
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nets", default=",".join(train_nets.NETS),
+                   help=f"comma-separated nets to train: {', '.join(train_nets.NETS)} (default: all)")
+    p.add_argument("--batches", default="32,128", help="comma-separated batch sizes (default: 32,128)")
+    p.add_argument("--threads", default="1,2",
+                   help="comma-separated thread counts; convc and PyTorch get the same count (default: 1,2)")
+    p.add_argument("--optimizers", default=",".join(OPTIMIZERS),
+                   help=f"comma-separated: sgd (SGD {SGD_LR}, momentum {MOMENTUM}), adam (Adam {ADAM_LR}) "
+                        "(default: both)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="alternating rounds (one fresh process per runtime each); figures are medians over "
+                        "rounds (default: 3)")
+    p.add_argument("--steps", type=int, default=10,
+                   help=f"timed steps per process, after {WARMUP} untimed ones (default: 10)")
+    p.add_argument("--mobilenet-width", type=float, default=0.5,
+                   help="MobileNetV2's width multiplier (default: 0.5)")
+    args = p.parse_args()
+    nets = [n for n in args.nets.split(",") if n]
+    unknown = [n for n in nets if n not in train_nets.NETS]
+    if unknown:
+        p.error(f"unknown net(s) {', '.join(unknown)}; choose from {', '.join(train_nets.NETS)}")
+    batches = [int(b) for b in args.batches.split(",")]
+    threads_list = [int(t) for t in args.threads.split(",")]
+    optimizers = [o for o in args.optimizers.split(",") if o]
+    if any(o not in OPTIMIZERS for o in optimizers):
+        p.error(f"--optimizers: choose from {', '.join(OPTIMIZERS)}")
+    torch_available = have_torch()
+    runtimes = RUNTIMES if torch_available else ("convc",)
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+          + ("convc and PyTorch eager" if torch_available else "PyTorch is not installed: the peer is skipped, "
+             "convc alone") + f"; {args.rounds} rounds of {args.steps} steps", flush=True)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, CONVC_CACHE_DIR=os.environ.get("CONVC_CACHE_DIR", os.path.join(tmp, "cache")))
+        for net_name in nets:
+            for batch in batches:
+                path = write_model(net_name, batch, args.mobilenet_width, tmp, torch_available)
+                for threads in threads_list:
+                    for optimizer in optimizers:
+                        results: dict[str, list[dict]] = {r: [] for r in runtimes}
+                        for _ in range(max(1, args.rounds)):
+                            for runtime in runtimes:
+                                results[runtime].append(run_worker(
+                                    [runtime, net_name, str(batch), optimizer, str(threads), str(args.steps), path,
+                                     str(args.mobilenet_width)], env))
+                        rows.append(report(net_name, batch, threads, optimizer, results))
+    return summary(rows, torch_available)
+
+
+def report(net_name: str, batch: int, threads: int, optimizer: str, results: dict[str, list[dict]]) -> dict:
+    row = {"label": f"{net_name:<13} batch {batch:>3} threads {threads} {optimizer:<4}"}
+    line = row["label"]
+    for runtime, rounds in results.items():
+        ok = [r for r in rounds if "error" not in r]
+        if not ok:
+            line += f" | {runtime}: {rounds[0]['error']}"
+            continue
+        med = {k: statistics.median(r[k] for r in ok) for k in ("wall", "cpu", "memory")}
+        row[runtime] = med
+        line += f" | {runtime} {med['wall'] * 1e3:8.2f} ms (cpu {med['cpu'] * 1e3:8.2f}) mem {mib(med['memory'])} MiB"
+        if runtime == "convc":
+            line += f" (planned {mib(ok[0]['planned'])})"
+    if "pytorch" not in results:
+        line += " | pytorch skipped (not installed)"
+    elif "convc" in row and "pytorch" in row:
+        c, t = row["convc"], row["pytorch"]
+        row["ratios"] = (c["wall"] / t["wall"], c["cpu"] / t["cpu"], c["memory"] / max(t["memory"], 1))
+        line += " | convc/pytorch time {:.2f} (cpu {:.2f}) memory {:.2f}".format(*row["ratios"])
+    print(line, flush=True)
+    return row
+
+
+def summary(rows: list[dict], torch_available: bool) -> int:
+    compared = [r for r in rows if "ratios" in r]
+    if not torch_available or not compared:
+        return 0 if all("convc" in r for r in rows) else 1
+    for i, what in enumerate(("step time (wall)", "step time (cpu)", "step memory")):
+        worst = max(compared, key=lambda r: r["ratios"][i])
+        ratios = [r["ratios"][i] for r in compared]
+        geo = float(np.exp(np.mean(np.log(ratios))))
+        print(f"{what}: worst ratio {worst['ratios'][i]:.2f} ({worst['label'].strip()}), geometric mean {geo:.2f}")
+    return 0 if all("convc" in r for r in rows) else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
