@@ -18,7 +18,10 @@ would otherwise share the cores); convc and PyTorch take turns, round after roun
 that slows down slows both alike. Each process builds its net, takes 1 untimed step, then times
 ``--steps`` steps: wall time (time.perf_counter) and process CPU time (time.process_time, all
 threads; less sensitive to other processes on a busy machine). Each runtime's figure is the median
-over rounds of the per-round median step. Ratio = convc / PyTorch (below 1: convc is faster).
+over rounds of the per-round median step. Ratio = convc / PyTorch (below 1: convc is faster). The
+first step's loss of each is printed too: the same weights and batch give the same loss up to
+float32 rounding (not for the digits net, whose dropout masks come from each framework's own
+generator).
 
 Step memory: the growth of the process's resident set over its first 2 steps, measured the same way
 on both sides: RSS just before the first step (the net, its weights and the data in memory; for
@@ -268,7 +271,7 @@ def report(net_name: str, batch: int, threads: int, optimizer: str, results: dic
             line += f" | {runtime}: {rounds[0]['error']}"
             continue
         med = {k: statistics.median(r[k] for r in ok) for k in ("wall", "cpu", "memory")}
-        row[runtime] = med
+        row[runtime] = {**med, "first_loss": ok[0]["first_loss"]}
         line += f" | {runtime} {med['wall'] * 1e3:8.2f} ms (cpu {med['cpu'] * 1e3:8.2f}) mem {mib(med['memory'])} MiB"
         if runtime == "convc":
             line += f" (planned {mib(ok[0]['planned'])})"
@@ -278,6 +281,9 @@ def report(net_name: str, batch: int, threads: int, optimizer: str, results: dic
         c, t = row["convc"], row["pytorch"]
         row["ratios"] = (c["wall"] / t["wall"], c["cpu"] / t["cpu"], c["memory"] / max(t["memory"], 1))
         line += " | convc/pytorch time {:.2f} (cpu {:.2f}) memory {:.2f}".format(*row["ratios"])
+        # the same weights and batch give the same first loss (up to float32 order), except where
+        # dropout draws its masks (the digits net): each framework has its own generator
+        line += f" | first loss {c['first_loss']:.4f} / {t['first_loss']:.4f}"
     print(line, flush=True)
     return row
 
