@@ -38,6 +38,9 @@ PyTorch's allocator, not convc's arena: RSS is the one measure both processes sh
 
 Without PyTorch, convc is timed alone on the same layer plans built with onnx.helper (He-normal
 weights), and the PyTorch columns say that the peer was skipped.
+
+``--worker RUNTIME NET BATCH OPTIMIZER THREADS STEPS MODEL WIDTH`` is how the script starts one
+measurement process (it prints one JSON line); it is not meant to be called by hand.
 """
 from __future__ import annotations
 
@@ -225,10 +228,12 @@ def main() -> int:
                    help="alternating rounds (one fresh process per runtime each); figures are medians over "
                         "rounds (default: 3)")
     p.add_argument("--steps", type=int, default=10,
-                   help=f"timed steps per process, after {WARMUP} untimed ones (default: 10)")
+                   help=f"timed steps per process (at least 1), after {WARMUP} untimed warm-up step (default: 10)")
     p.add_argument("--mobilenet-width", type=float, default=0.5,
-                   help="MobileNetV2's width multiplier (default: 0.5)")
+                   help="width multiplier of the mobilenet_v2 net: channels times it, rounded to multiples of 8 (default: 0.5)")
     args = p.parse_args()
+    if args.steps < 1 or args.rounds < 1:
+        p.error("--steps and --rounds must be at least 1")
     nets = [n for n in args.nets.split(",") if n]
     unknown = [n for n in nets if n not in train_nets.NETS]
     if unknown:
@@ -253,7 +258,7 @@ def main() -> int:
                 for threads in threads_list:
                     for optimizer in optimizers:
                         results: dict[str, list[dict]] = {r: [] for r in runtimes}
-                        for _ in range(max(1, args.rounds)):
+                        for _ in range(args.rounds):
                             for runtime in runtimes:
                                 results[runtime].append(run_worker(
                                     [runtime, net_name, str(batch), optimizer, str(threads), str(args.steps), path,
