@@ -230,7 +230,8 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=10,
                    help=f"timed steps per process (at least 1), after {WARMUP} untimed warm-up step (default: 10)")
     p.add_argument("--mobilenet-width", type=float, default=0.5,
-                   help="width multiplier of the mobilenet_v2 net: channels times it, rounded to multiples of 8 (default: 0.5)")
+                   help="width multiplier of the mobilenet_v2 net: channels times it, rounded to multiples of 8 "
+                        "(default: 0.5)")
     args = p.parse_args()
     if args.steps < 1 or args.rounds < 1:
         p.error("--steps and --rounds must be at least 1")
