@@ -74,10 +74,8 @@ class Trainer:
     ``input_shape``: the batch shape, batch first (``step`` compiles other batch sizes on first use).
     ``loss``: a name or ``convc.Loss`` (convc/losses.py: cross_entropy, nll, mse, l1, huber,
     smooth_l1, bce, bce_with_logits, with label smoothing, class weights, ignore_index, soft targets).
-    A batch smaller than the compiled one trains on the compiled step, padded, with the loss
-    counting only its samples (the small batch's result, no compile), unless the model has
-    BatchNorm in training mode (the padding would change its batch statistics): then that batch
-    size compiles its own step, once.
+    A batch smaller than the compiled one trains on the compiled step, padded, with the loss and
+    BatchNorm's batch statistics counting only its samples (the small batch's result, no compile).
     ``optimizer``: from ``convc.optim`` (default SGD(0.01)). ``l1``/``l2``: regularization of the
     weights of Conv/Gemm/MatMul (not biases or BN parameters unless ``regularize_all``).
     ``seed``: seeds Dropout's counter-based generator (a run is reproducible). ``threads``: worker
@@ -252,10 +250,10 @@ class Trainer:
         return [self._check_y(t, n, self.plan, i) for i, t in enumerate(y)]
 
     def _padded(self, x: np.ndarray, ys: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray], int]:
-        """(x, ys) padded with zeros to the compiled batch when the compiled step can train on them
-        (smaller, no BatchNorm in training mode), and the batch to run at; else as they are."""
+        """(x, ys) padded with zeros to the compiled batch when smaller (the loss and BatchNorm's
+        statistics count the first ``rows`` samples only), and the batch to run at."""
         n, full = x.shape[0], self.input_shape[0]
-        if n >= full or self.plan.batch_statistics:
+        if n >= full:
             return x, ys, n
         def pad(a: np.ndarray) -> np.ndarray:
             return np.concatenate([a, np.zeros((full - n,) + a.shape[1:], a.dtype)])

@@ -5,11 +5,14 @@ Sums accumulate in double (vectorized: reassociation is allowed): the gradient s
 small fraction of their terms (a BatchNorm removes the channel's mean), and float32 row sums of a
 few thousand pixels left BN gradients 50 times less accurate than a float32 pairwise sum (5e-6
 against 1e-7 relative at batch 16, 32x32), as PyTorch's CPU kernels also accumulate in double.
+With the optional ``rows`` input (convc/ops/norm_grad.py) the sums and counts cover the first
+``rows`` images only, a run-time value: a padded last batch trains on the compiled step.
 """
 from __future__ import annotations
 
 from convc.codegen.kernels.optim import copy_unchanged
-from convc.codegen.llvm_utils import F32, F64, FAST, alloca_entry, call_intrinsic, f32, for_range, i64, load, store
+from convc.codegen.llvm_utils import (F32, F64, FAST, I64, alloca_entry, call_intrinsic, f32, for_range, i64, load,
+                                      store)
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from llvmlite import ir
 
@@ -21,17 +24,28 @@ def _f64(v: float) -> ir.Constant:
     return ir.Constant(F64, float(v))
 
 
-class _ChannelLoops:
-    """Helpers over the elements of one channel of an (N, C, inner) tensor."""
+def _rows(b: ir.IRBuilder, op: Op, args, at: int, n: int) -> ir.Value:
+    """The images that count (i64): the ``rows`` input (argument ``at``) clamped to [1, n], or n."""
+    if len(op.inputs) <= at:
+        return i64(n)
+    r = load(b, args[at], 0, I64)
+    r = b.select(b.icmp_signed("<", r, i64(1)), i64(1), r)
+    return b.select(b.icmp_signed(">", r, i64(n)), i64(n), r)
 
-    def __init__(self, b: ir.IRBuilder, n: int, c: int, inner: int):
+
+class _ChannelLoops:
+    """Helpers over the elements of one channel of an (N, C, inner) tensor; ``n`` (the images
+    summed over) may be a run-time value."""
+
+    def __init__(self, b: ir.IRBuilder, n, c: int, inner: int):
         self.b, self.n, self.c, self.inner = b, n, c, inner
         self.row = alloca_entry(b, F64, "row_acc")
         self.total = alloca_entry(b, F64, "total")
 
-    def each(self, ci, body) -> None:
+    def each(self, ci, body, start=0, stop=None) -> None:
+        """body(index) over the channel's elements of images [start, stop) (default: the n counted)."""
         b = self.b
-        with for_range(b, self.n, name="img") as ni:
+        with for_range(b, self.n if stop is None else stop, start=start, name="img") as ni:
             base = b.mul(b.add(b.mul(ni, i64(self.c)), ci), i64(self.inner))
             with for_range(b, self.inner, name="px") as j:
                 body(b.add(base, j))
@@ -57,21 +71,24 @@ def _nci(em: ModuleEmitter, name: str) -> tuple[int, int, int]:
 @emitter(OpKind.BATCH_NORM_TRAIN)
 def emit_batch_norm_train(em: ModuleEmitter, op: Op) -> KernelCall:
     n, c, inner = _nci(em, op.inputs[0])
-    m = n * inner
-    fn, b = em.function(op.name, 6, parallel=True)
-    x, scale, bias, y, mean_out, invstd_out = fn.args[:6]
-    ch = _ChannelLoops(b, n, c, inner)
+    n_in = len(op.inputs)
+    fn, b = em.function(op.name, n_in + 3, parallel=True)
+    x, scale, bias = fn.args[:3]
+    y, mean_out, invstd_out = fn.args[n_in:n_in + 3]
+    rows = _rows(b, op, fn.args, 3, n)
+    m = b.sitofp(b.mul(rows, i64(inner)), F64)
+    ch = _ChannelLoops(b, rows, c, inner)
     lo, hi = em.thread_range(b, fn, c)
     with for_range(b, hi, start=lo, name="ch") as ci:
-        mean = b.fptrunc(b.fdiv(ch.sum(ci, lambda k: load(b, x, k)), _f64(m)), F32)
-        var = b.fdiv(ch.sum(ci, lambda k: _sq(b, b.fsub(load(b, x, k), mean))), _f64(m))
+        mean = b.fptrunc(b.fdiv(ch.sum(ci, lambda k: load(b, x, k)), m), F32)
+        var = b.fdiv(ch.sum(ci, lambda k: _sq(b, b.fsub(load(b, x, k), mean))), m)
         invstd = b.fptrunc(b.fdiv(_f64(1.0), call_intrinsic(b, "llvm.sqrt.f64", [b.fadd(var, _f64(op.attrs.epsilon))])),
                            F32)
         store(b, mean, mean_out, ci)
         store(b, invstd, invstd_out, ci)
         s = b.fmul(load(b, scale, ci), invstd)
         shift = b.fsub(load(b, bias, ci), b.fmul(mean, s))
-        ch.each(ci, lambda k: store(b, b.fadd(b.fmul(load(b, x, k), s), shift), y, k))
+        ch.each(ci, lambda k: store(b, b.fadd(b.fmul(load(b, x, k), s), shift), y, k), stop=i64(n))  # padding too
     b.ret_void()
     return KernelCall(fn, list(op.inputs) + list(op.outputs))
 
@@ -83,10 +100,13 @@ def _sq(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
 @emitter(OpKind.BATCH_NORM_GRAD)
 def emit_batch_norm_grad(em: ModuleEmitter, op: Op) -> KernelCall:
     n, c, inner = _nci(em, op.inputs[0])
-    m = n * inner
-    fn, b = em.function(op.name, 8, parallel=True)
-    x, scale, mean_in, invstd_in, dy, dx, dscale, dbias = fn.args[:8]
-    ch = _ChannelLoops(b, n, c, inner)
+    n_in = len(op.inputs)
+    fn, b = em.function(op.name, n_in + 3, parallel=True)
+    x, scale, mean_in, invstd_in, dy = fn.args[:5]
+    dx, dscale, dbias = fn.args[n_in:n_in + 3]
+    rows = _rows(b, op, fn.args, 5, n)
+    m = b.sitofp(b.mul(rows, i64(inner)), F32)
+    ch = _ChannelLoops(b, rows, c, inner)
     lo, hi = em.thread_range(b, fn, c)
     with for_range(b, hi, start=lo, name="ch") as ci:
         mean, invstd = load(b, mean_in, ci), load(b, invstd_in, ci)
@@ -97,13 +117,15 @@ def emit_batch_norm_grad(em: ModuleEmitter, op: Op) -> KernelCall:
         store(b, ds, dscale, ci)
         # dX = scale * invstd / m * (m dY - dB - x^ dscale), x^ = (x - mean) * invstd
         k1 = b.fmul(load(b, scale, ci), invstd)
-        k2 = b.fmul(k1, b.fdiv(db, f32(m)))
-        k3 = b.fmul(b.fmul(k1, b.fdiv(ds, f32(m))), invstd)
+        k2 = b.fmul(k1, b.fdiv(db, m))
+        k3 = b.fmul(b.fmul(k1, b.fdiv(ds, m)), invstd)
 
         def write(k):
             v = b.fsub(b.fsub(b.fmul(load(b, dy, k), k1), k2), b.fmul(b.fsub(load(b, x, k), mean), k3))
             store(b, v, dx, k)
         ch.each(ci, write)
+        if n_in > 5:  # the padded images are not in the batch
+            ch.each(ci, lambda k: store(b, f32(0.0), dx, k), start=rows, stop=i64(n))
     b.ret_void()
     return KernelCall(fn, list(op.inputs) + list(op.outputs))
 
@@ -112,11 +134,18 @@ def emit_batch_norm_grad(em: ModuleEmitter, op: Op) -> KernelCall:
 def emit_running_update(em: ModuleEmitter, op: Op) -> KernelCall:
     a = op.attrs
     c = em.tensor(op.inputs[0]).size
-    fn, b = em.function(op.name, 7)
-    rm, rv, mean, invstd, ok, rm_new, rv_new = fn.args
+    n_in = len(op.inputs)
+    fn, b = em.function(op.name, n_in + 2)
+    rm, rv, mean, invstd, ok = fn.args[:5]
+    rm_new, rv_new = fn.args[n_in:n_in + 2]
     mom = f32(a.momentum)
     rest = f32(1.0 - a.momentum)
-    unbias = f32(a.variance_factor)
+    if n_in > 5 and a.unbiased:  # n / (n - 1) with n = rows * per_sample, a run-time count
+        count = b.sitofp(b.mul(_rows(b, op, fn.args, 5, a.count // a.per_sample), i64(a.per_sample)), F64)
+        unbias = b.fptrunc(b.fdiv(count, b.fsub(count, _f64(1.0))), F32)  # as variance_factor rounds it
+        unbias = b.select(b.fcmp_ordered(">", count, _f64(1.0)), unbias, f32(1.0))
+    else:
+        unbias = f32(a.variance_factor)
     with b.if_else(b.fcmp_unordered("une", load(b, ok, 0), f32(0.0))) as (then, otherwise):
         with then, for_range(b, c, name="ch") as ci:
             store(b, b.fadd(b.fmul(mom, load(b, rm, ci)), b.fmul(rest, load(b, mean, ci))), rm_new, ci)

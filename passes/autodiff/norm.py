@@ -19,10 +19,11 @@ from convc.ops.shape import ReshapeAttrs
 
 @gradient(OpKind.BATCH_NORM_TRAIN)
 def batch_norm_grad(ctx: GradContext, op: Op, dys: list) -> list:
-    x, scale_, _ = op.inputs
+    x, scale_ = op.inputs[:2]
+    rows = list(op.inputs[3:])  # the batch's rows (a padded batch): the gradient counts them only
     _, mean, invstd = op.outputs
-    dx, dscale, dbias = ctx.emit(OpKind.BATCH_NORM_GRAD, op.attrs, [x, scale_, mean, invstd, dys[0]])
-    return [dx, dscale, dbias]
+    dx, dscale, dbias = ctx.emit(OpKind.BATCH_NORM_GRAD, op.attrs, [x, scale_, mean, invstd, dys[0]] + rows)
+    return [dx, dscale, dbias] + [None] * len(rows)
 
 
 @gradient(OpKind.LAYER_NORM)

@@ -202,13 +202,19 @@ def training_forward(forward: Graph, roles: dict[str, str], seed: int, x_name: s
         tg.add_constant(t.name, t.data, kind)
     bn_stats = {}
     n_dropout = 0
+    rows = None
     for op in forward.ops():
         if op.kind is OpKind.BATCH_NORM and freeze_bn:
             tg.add_op(op.kind, op.attrs, op.inputs, list(op.outputs), name=op.name)
         elif op.kind is OpKind.BATCH_NORM:
             x, scale, bias, mean, var = op.inputs
             y = op.outputs[0]
-            tg.add_op(OpKind.BATCH_NORM_TRAIN, op.attrs, [x, scale, bias],
+            if rows is None:  # the samples that are the batch: the loss's rows input, shared
+                rows = tg.fresh_name("rows")
+                while forward.has_tensor(rows):  # a model tensor added to tg later
+                    rows = tg.fresh_name(f"{rows}_")
+                rows = tg.add_tensor(rows, (1,), np.int64, TensorKind.INPUT).name
+            tg.add_op(OpKind.BATCH_NORM_TRAIN, op.attrs, [x, scale, bias, rows],
                       [y, tg.fresh_name(f"{y}.batch_mean"), tg.fresh_name(f"{y}.batch_invstd")], name=op.name)
             if roles.get(mean) != RUNNING or roles.get(var) != RUNNING:
                 raise GraphError(f"node {op.name!r}: BatchNormalization needs constant running mean and var to train")
@@ -286,7 +292,8 @@ def _differentiated(forward: Graph, loss, seed: int, trainable: set[str] | None,
     x_name = forward.inputs[0]
     roles = classify_constants(forward, trainable)
     tg, bn_stats = training_forward(forward, roles, seed, x_name, freeze_bn)
-    rows, attached = None, []
+    rows = next((tg.op(bn).inputs[3] for bn in bn_stats), None)  # BatchNorm's rows, also the losses'
+    attached = []
     for k, (output, name, attrs, soft, _) in enumerate(heads):
         fn = "loss_fn" if k == 0 else f"loss_fn.{k}"
         labels, rows, loss_k, logits, saved = attach_loss(tg, output, name, attrs, soft, rows, fn)
@@ -544,7 +551,8 @@ def _append_updates(tg: Graph, step: TrainingStep, optimizer: Any, bn_stats: dic
     for bn, (mean, var, bmean, binvstd) in bn_stats.items():
         bn_op = tg.op(bn)
         x = tg.tensor(bn_op.inputs[0])
-        attrs = RunningUpdateAttrs(bn_op.attrs.momentum, bn_op.attrs.epsilon, x.size // x.shape[1])
-        tg.add_op(OpKind.BATCH_NORM_RUNNING_UPDATE, attrs, [mean, var, bmean, binvstd, ok],
+        attrs = RunningUpdateAttrs(bn_op.attrs.momentum, bn_op.attrs.epsilon, x.size // x.shape[1],
+                                   per_sample=x.size // (x.shape[0] * x.shape[1]))
+        tg.add_op(OpKind.BATCH_NORM_RUNNING_UPDATE, attrs, [mean, var, bmean, binvstd, ok] + list(bn_op.inputs[3:]),
                   [tg.fresh_name(f"{mean}.new"), tg.fresh_name(f"{var}.new")], name=f"{bn}.running_update")
     tg.add_op(OpKind.STEP_INCREMENT, NoAttrs(), [step.step, ok], [tg.fresh_name("step.new")], name="step_increment")

@@ -193,3 +193,43 @@ def test_two_outputs_weighted_losses():
     assert t.step(x[:PART], [y[:PART], target[:PART]]) > 0  # a partial batch: padded, both losses count 11
     with pytest.raises(convc.InputError, match="2 targets"):
         t.step(x, y)
+
+
+def bn_batch(shape: tuple[int, ...], classes: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n,) + shape).astype(np.float32), rng.integers(0, classes, n)
+
+
+# a ResNet-style block with BatchNorm (SGD with momentum); conv-BN twice with Dropout (Adam)
+BN_NETS = {"residual_bn": (nets.residual_net, (2, 6, 6), 5, lambda: convc.optim.SGD(0.05, momentum=0.9)),
+           "bn_dropout": (lambda: nets.digits_cnn(hw=8, c1=8, c2=8, dropout=0.3), (1, 8, 8), 10,
+                          lambda: convc.optim.Adam(1e-2))}
+
+
+@pytest.mark.parametrize("net", list(BN_NETS))
+def test_partial_batch_with_batch_norm_trains_without_compiling(net, monkeypatch):
+    """BatchNorm in training mode counts the first ``rows`` samples of the padded batch: its batch
+    statistics, running-statistics update (the unbiased n/(n-1) with n = rows*H*W) and gradient are
+    the small batch's, so a last batch of 11 on the step compiled for 16 equals a Trainer compiled
+    for 11 (loss, weights, running statistics, optimizer state), through step() and
+    compute_gradients/apply_gradients, and nothing compiles."""
+    make_model, shape, classes, optimizer = BN_NETS[net]
+    model = make_model()
+    full, part = (convc.Trainer(model, input_shape=(n,) + shape, optimizer=optimizer(), seed=3) for n in (FULL, PART))
+    full.compute_gradients(*bn_batch(shape, classes, FULL, 0))  # compiles the split step at 16 before counting
+    full.apply_gradients()
+    full.load_state_dict(part.state_dict())
+    counter = CompileCounter(monkeypatch)
+    for seed in range(3):
+        x, y = bn_batch(shape, classes, PART, seed + 1)
+        assert full.step(x, y) == pytest.approx(part.step(x, y), rel=1e-5)
+    x, y = bn_batch(shape, classes, PART, 9)
+    assert full.compute_gradients(x, y) == pytest.approx(part.step(x, y), rel=1e-5)
+    full.apply_gradients()
+    assert counter.count == 0
+    a, b = full.state_dict(), part.state_dict()
+    assert any(n.endswith("running_var") for n in a)
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=5e-5, atol=5e-6, err_msg=name)
+    x, _ = bn_batch(shape, classes, PART, 10)
+    np.testing.assert_allclose(full.predict(x), part.predict(x), rtol=1e-4, atol=1e-5)
