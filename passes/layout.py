@@ -71,12 +71,15 @@ def to_channels_last(g: Graph, convert_conv: Predicate = is_channels_last_conv) 
         return twins[t]
 
     shuffles: list[tuple[str, str, np.ndarray]] = []
+    radix: dict[str, str] = {}  # (N, r, C, H, W) views of channels-first tensors -> their (N, H, W, r, C) twins
     for op in g.ops():
         if op.name not in g.nx:  # the middle or end of a channel shuffle rewritten at its first Reshape
             continue
         shuffle = _channel_shuffle(g, op, twins)
         if shuffle is not None:
             shuffles.append(_shuffle_channels_last(g, op, *shuffle, twins, before))
+            continue
+        if _radix_view(g, op, twins, radix, after):
             continue
         activations = _activation_inputs(g, op, twins, convert_conv)
         if activations is None:
@@ -108,21 +111,72 @@ def to_channels_last(g: Graph, convert_conv: Predicate = is_channels_last_conv) 
     return eliminate_dead_code(g)
 
 
-def _write_twin(g: Graph, op: Op, k: int, out: str) -> tuple[str, str]:
-    """Make output ``k`` of ``op`` a new channels-last tensor and have a transpose back write ``out``
-    from it; returns (the twin, the transpose back). The caller sets ``op.outputs``."""
+def _write_twin(g: Graph, op: Op, k: int, out: str, perm: tuple[int, ...] | None = None) -> tuple[str, str]:
+    """Make output ``k`` of ``op`` a new channels-last tensor (``out`` transposed by ``perm``, by default
+    channels last) and have a transpose back write ``out`` from it; returns (the twin, the transpose
+    back). The caller sets ``op.outputs``."""
     t = g.tensor(out)
-    last = g.add_tensor(g.fresh_name(f"{out}_nhwc"), layout.to_channels_last(t.shape), t.dtype, TensorKind.ACTIVATION)
+    perm = perm or layout.channels_last_perm(len(t.shape))
+    shape = tuple(t.shape[p] for p in perm)
+    last = g.add_tensor(g.fresh_name(f"{out}_nhwc"), shape, t.dtype, TensorKind.ACTIVATION)
     g.nx.remove_edge(op.name, out)
     g.nx.add_edge(op.name, last.name, index=[k])
-    if all(d == 1 for d in t.shape[2:]):  # a pooled (N, C, 1, 1): the same bytes either way, a view
+    if [d for d in shape if d != 1] == [d for d in t.shape if d != 1] and \
+            [a for a in perm if t.shape[a] != 1] == sorted(a for a in perm if t.shape[a] != 1):
+        # the axes longer than 1 keep their order (a pooled (N, C, 1, 1)): the same bytes either way, a view
         back = g.add_op(OpKind.RESHAPE, ReshapeAttrs(t.shape), [last.name], name=f"{out}_to_nchw")
     else:
-        back = g.add_op(OpKind.TRANSPOSE, TransposeAttrs(layout.channels_first_perm(len(t.shape))), [last.name],
+        back = g.add_op(OpKind.TRANSPOSE, TransposeAttrs(tuple(int(a) for a in np.argsort(perm))), [last.name],
                         name=f"{out}_to_nchw")
     take_output(g, back, out)
     record_origin(g, back.name, op.name)
     return last.name, back.name
+
+
+RADIX_PERM = (0, 3, 4, 1, 2)  # (N, r, C, H, W) -> (N, H, W, r, C): channels last, the channel axis seen as (r, C)
+
+
+def _radix_view(g: Graph, op: Op, twins: dict[str, str], radix: dict[str, str], after: dict[str, list[str]]) -> bool:
+    """ResNeSt's split attention on channels-last tensors: the view (N, rC, H, W) -> (N, r, C, H, W) of a twin
+    is the view (N, H, W, r, C) of the twin; a reduction over r of such a view runs over its axis 3 (giving
+    a twin again); a binary op of such a view and per-split weights (N or 1, r or 1, C or 1, 1, 1) reads
+    the weights as (N or 1, 1, 1, r or 1, C or 1), the same bytes. False: ``op`` is none of these."""
+    out = g.tensor(op.outputs[0]).shape if len(op.outputs) == 1 else ()
+    if op.kind is OpKind.RESHAPE and op.inputs[0] in twins:
+        xs = g.tensor(op.inputs[0]).shape
+        if len(xs) != 4 or len(out) != 5 or out[:1] + out[3:] != xs[:1] + xs[2:] or out[1] * out[2] != xs[1]:
+            return False
+        inputs, perm = (twins[op.inputs[0]],), RADIX_PERM
+        op.attrs = ReshapeAttrs(tuple(out[p] for p in RADIX_PERM))
+    elif op.kind in REDUCTIONS and op.inputs[0] in radix and op.attrs.axes == (1,):
+        inputs, perm = (radix[op.inputs[0]],), (RADIX_PERM if len(out) == 5 else layout.channels_last_perm(4))
+        op.attrs = dataclasses.replace(op.attrs, axes=(3,), shape=tuple(out[p] for p in perm))
+    elif op.kind in SAME_SHAPE_BINARY and len(op.inputs) == 2 and len(out) == 5 and \
+            any(t in radix and g.tensor(t).shape == out for t in op.inputs):
+        inputs = []
+        for t in op.inputs:
+            shape = g.tensor(t).shape
+            if t in radix:
+                inputs.append(radix[t])
+            elif len(shape) == 5 and shape[3:] == (1, 1) and all(d in (1, o) for d, o in zip(shape, out)):
+                twin_shape = tuple(shape[p] for p in RADIX_PERM)  # the same bytes: H and W are 1
+                if g.tensor(t).kind is TensorKind.CONSTANT:
+                    inputs.append(g.add_constant(g.fresh_name(f"{t}_nhwc"),
+                                                 np.asarray(g.tensor(t).data).reshape(twin_shape)).name)
+                else:
+                    inputs.append(g.add_op(OpKind.RESHAPE, ReshapeAttrs(twin_shape), [t],
+                                           name=f"{t}_to_nhwc").outputs[0])
+            else:
+                return False
+        inputs, perm = tuple(inputs), RADIX_PERM
+    else:
+        return False
+    g.set_inputs(op, inputs)
+    last, back = _write_twin(g, op, 0, op.outputs[0], perm)
+    (twins if len(perm) == 4 else radix)[op.outputs[0]] = last
+    op.outputs = (last,)
+    after[op.name] = [last, back]
+    return True
 
 
 def _channel_shuffle(g: Graph, op: Op, twins: dict[str, str]) -> tuple[Op, Op, int] | None:

@@ -158,3 +158,16 @@ def test_unequal_splits_and_a_three_group_shuffle_match_onnxruntime(threads):
     assert [op.attrs.axis for op in g.ops() if op.kind is OpKind.SPLIT] == [3, 3, 1]
     x = np.random.default_rng(1).standard_normal((N, 5, 29, 23)).astype(np.float32)
     check(m, x, run_onnxruntime(m, x), threads)
+
+
+def test_resnest_split_attention_stays_channels_last():
+    """The radix view (N, r C, H, W) -> (N, r, C, H, W) of a conv's output is the view (N, H, W, r, C) of its
+    channels-last twin, the sums over r and the product with the attention weights run on it: the features
+    change layout only at the model's input and output (the other transpose is the (N, 1, r, C) attention's
+    own, 2 x 16 floats per image). The numbers are checked against onnxruntime in test_pattern_zoo.py."""
+    from test_pattern_zoo import split_attention
+    g = optimized(split_attention())
+    assert transposes(g) == [(0, 2, 3, 1), (0, 2, 1, 3), (0, 3, 1, 2)]
+    reduces = [op for op in g.ops() if op.kind is OpKind.REDUCE_SUM]
+    assert [op.attrs.axes for op in reduces] == [(3,), (3,)]
+    assert [g.tensor(op.inputs[0]).shape for op in reduces] == [(16, 29, 23, 2, 16)] * 2
