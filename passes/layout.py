@@ -18,6 +18,8 @@ last, that channels-last twin:
   ShuffleNet's channel shuffle of a twin (Reshape to (N, g, C/g, H, W), Transpose (0, 2, 1, 3, 4), Reshape
   back) becomes a permutation of its last axis: one copy between two views, or nothing when the reader is a
   plain conv, whose weight's input channels are permuted instead (``_fold_shuffle_into_convs``);
+- ResNeSt's radix view (N, rC, H, W) -> (N, r, C, H, W) of a twin is a view (N, H, W, r, C) of the twin, and
+  the sums over r and the products with per-split attention weights run on it (``_radix_view``);
 - every converted op keeps its name and writes its twin, and a ``Transpose`` back to channels
   first writes the original tensor, so ops left alone (Flatten, GlobalAveragePool, graph outputs)
   read exactly what they read before. Dead-code elimination then removes the transposes back
