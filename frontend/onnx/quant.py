@@ -1,4 +1,7 @@
-"""QuantizeLinear, DequantizeLinear (opsets 10-21) and the QOperator nodes QLinearConv and QLinearMatMul.
+"""QuantizeLinear, DequantizeLinear (opsets 10-21) and the QOperator nodes: QLinearConv and QLinearMatMul
+of the default domain, and the com.microsoft ones onnxruntime's ``quantize_static(...,
+quant_format=QuantFormat.QOperator)`` writes (QGemm, QLinearAdd, QLinearMul, QLinearGlobalAveragePool,
+QLinearConcat, QLinearSigmoid, QLinearLeakyRelu; opset 1 of com.microsoft, as onnxruntime writes it).
 
 Scales and zero points must be constants (QDQ files from onnxruntime's ``quantize_static`` and
 from ``convc quantize`` always have them so). convc computes with uint8 and int8 tensors, int8
@@ -15,11 +18,13 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import onnx
+from onnx.defs import OpSchema
 
 from convc.frontend.onnx.context import NodeContext, Unsupported
 from convc.frontend.onnx.conv import conv
 from convc.frontend.onnx.gemm import matmul
-from convc.frontend.onnx.registry import converter
+from convc.frontend.onnx.registry import CONVERTERS, converter
 from convc.frontend.onnx_export import exporter
 from convc.ir import Op
 from convc.ops import OpKind
@@ -74,7 +79,6 @@ def _output_type(ctx: NodeContext) -> str:
     to = int(ctx.attr("output_dtype", 0))
     if to == 0:
         return "uint8"
-    import onnx
     name = onnx.TensorProto.DataType.Name(to).lower()
     if name not in QUANTIZED:
         raise Unsupported(f"output_dtype={name.upper()}; {_WHY}")
@@ -170,6 +174,133 @@ def qlinear_matmul(ctx: NodeContext) -> None:
     y = ctx.fresh_tensor("accumulated")
     matmul(dataclasses.replace(ctx, inputs=(a, b), outputs=(y,)))
     _requantized(ctx, y, 6, 7)
+
+
+# --- com.microsoft QOperator nodes (onnxruntime's ContribOperators.md) ----------------------------------
+CONTRIB_DOMAIN = "com.microsoft"
+CONTRIB_OPSET = 1  # the version onnxruntime's quantization tools write for the domain
+
+
+def _schema(op_type: str, inputs: str, output: str, attrs: tuple[OpSchema.Attribute, ...] = ()) -> OpSchema:
+    """A com.microsoft schema for the importer's attribute and arity checks: ``inputs`` spaced names, an
+    optional one ending in ``?``, a variadic one in ``*``."""
+    option = {"?": OpSchema.FormalParameterOption.Optional, "*": OpSchema.FormalParameterOption.Variadic}
+    params = [OpSchema.FormalParameter(n.rstrip("?*"), "T", param_option=option.get(n[-1], option["?"].Single),
+                                       is_homogeneous=not n.endswith("*")) for n in inputs.split()]
+    types = [("T", ["tensor(float)", "tensor(uint8)", "tensor(int8)", "tensor(int32)"], "")]
+    return OpSchema(op_type, CONTRIB_DOMAIN, CONTRIB_OPSET, inputs=params, outputs=[OpSchema.FormalParameter(output, "T")],
+                    type_constraints=types, attributes=list(attrs))
+
+
+def _float_attr(name: str, value: float) -> OpSchema.Attribute:
+    return OpSchema.Attribute(name, onnx.helper.make_attribute(name, value), "")
+
+
+def _int_attr(name: str, value: int | None = None) -> OpSchema.Attribute:
+    if value is None:
+        return OpSchema.Attribute(name, OpSchema.AttrType.INT, "", required=True)
+    return OpSchema.Attribute(name, onnx.helper.make_attribute(name, value), "")
+
+
+_BINARY = "A A_scale A_zero_point? B B_scale B_zero_point? C_scale C_zero_point?"
+_UNARY = "X X_scale X_zero_point? Y_scale Y_zero_point?"
+CONTRIB_SCHEMAS: dict[str, OpSchema] = {
+    "QGemm": _schema("QGemm", "A a_scale a_zero_point B b_scale b_zero_point C? y_scale? y_zero_point?", "Y",
+                     (_float_attr("alpha", 1.0), _int_attr("transA", 0), _int_attr("transB", 0))),
+    "QLinearAdd": _schema("QLinearAdd", _BINARY, "C"),
+    "QLinearMul": _schema("QLinearMul", _BINARY, "C"),
+    "QLinearGlobalAveragePool": _schema("QLinearGlobalAveragePool", "X x_scale x_zero_point y_scale y_zero_point", "Y",
+                                        (_int_attr("channels_last", 0),)),
+    "QLinearConcat": _schema("QLinearConcat", "Y_scale Y_zero_point inputs*", "Y", (_int_attr("axis"),)),
+    "QLinearSigmoid": _schema("QLinearSigmoid", _UNARY, "Y"),
+    "QLinearLeakyRelu": _schema("QLinearLeakyRelu", _UNARY, "Y", (_float_attr("alpha", 0.01),)),
+}
+
+
+def _float_op(ctx: NodeContext, op_type: str, inputs: list[str], attrs: dict | None = None, y: str = "") -> str:
+    """The default-domain ``op_type`` on float ``inputs`` (its converter, at the model's opset) into ``y`` (default
+    a fresh tensor); returns ``y``."""
+    y = y or ctx.fresh_tensor("float")
+    CONVERTERS.lookup(op_type, ctx.opset)(dataclasses.replace(ctx, inputs=tuple(inputs), outputs=(y,),
+                                                              attrs=attrs or {}))
+    return y
+
+
+def _binary(op_type: str) -> None:
+    def convert(ctx: NodeContext) -> None:
+        """A, A_scale, A_zero_point, B, B_scale, B_zero_point, C_scale, C_zero_point: per-tensor parameters,
+        numpy broadcasting."""
+        a, b = _dequantized(ctx, 0, 1, 2, 1), _dequantized(ctx, 3, 4, 5, 1)
+        _requantized(ctx, _float_op(ctx, op_type, [a, b]), 6, 7)
+    convert.__name__ = f"qlinear_{op_type.lower()}"
+    converter(f"QLinear{op_type}", since=1)(convert)
+
+
+_binary("Add")
+_binary("Mul")
+
+
+def _unary(op_type: str, *attrs: str) -> None:
+    def convert(ctx: NodeContext) -> None:
+        """X, X_scale, X_zero_point, Y_scale, Y_zero_point."""
+        x = _dequantized(ctx, 0, 1, 2, 1)
+        _requantized(ctx, _float_op(ctx, op_type, [x], {a: ctx.attr(a) for a in attrs}), 3, 4)
+    convert.__name__ = f"qlinear_{op_type.lower()}"
+    converter(f"QLinear{op_type}", since=1)(convert)
+
+
+_unary("Sigmoid")
+_unary("LeakyRelu", "alpha")
+
+
+@converter("QLinearGlobalAveragePool", since=1)
+def qlinear_global_average_pool(ctx: NodeContext) -> None:
+    """X, x_scale, x_zero_point, y_scale, y_zero_point; ``channels_last`` 1 means an (N, H, W, C) input."""
+    if int(ctx.attr("channels_last")) != 0:
+        raise Unsupported("channels_last=1 (an NHWC input); convc takes the (N, C, H, W) form onnxruntime's "
+                          "quantize_static writes")
+    x = _dequantized(ctx, 0, 1, 2, 1)
+    _requantized(ctx, _float_op(ctx, "GlobalAveragePool", [x]), 3, 4)
+
+
+@converter("QLinearConcat", since=1)
+def qlinear_concat(ctx: NodeContext) -> None:
+    """Y_scale, Y_zero_point, then (X, X_scale, X_zero_point) for each input."""
+    if len(ctx.inputs) < 5 or (len(ctx.inputs) - 2) % 3:
+        raise ctx.error(f"has {len(ctx.inputs)} inputs; QLinearConcat takes Y_scale, Y_zero_point and "
+                        "(X, X_scale, X_zero_point) triples")
+    xs = [_dequantized(ctx, i, i + 1, i + 2, 1) for i in range(2, len(ctx.inputs), 3)]
+    _requantized(ctx, _float_op(ctx, "Concat", xs, {"axis": ctx.attr("axis")}), 0, 1)
+
+
+@converter("QGemm", since=1)
+def qgemm(ctx: NodeContext) -> None:
+    """A, a_scale, a_zero_point, B, b_scale, b_zero_point, C (int32, optional), y_scale, y_zero_point (both
+    omitted: a float32 output). onnxruntime adds C to the int32 accumulator and multiplies the sum by
+    alpha * a_scale * b_scale (one b_scale per output column)."""
+    trans_a, trans_b, alpha = int(ctx.attr("transA")), int(ctx.attr("transB")), float(ctx.attr("alpha"))
+    a = _dequantized(ctx, 0, 1, 2, 1)
+    b = _dequantized(ctx, 3, 4, 5, 0 if trans_b else 1)
+    inputs = [a, b]
+    if ctx.has_input(6):
+        bias = np.asarray(ctx.constant(6))
+        if bias.dtype != np.int32:
+            raise ctx.error(f"C has dtype {bias.dtype}, expected int32")
+        a_scale, b_scale = (np.asarray(ctx.constant(i), np.float32).reshape(-1) for i in (1, 4))
+        scale = (a_scale * b_scale * np.float32(alpha)).astype(np.float32)
+        if bias.ndim > 1 or bias.size not in (1, ctx.input_shape(3)[0 if trans_b else 1]):
+            raise Unsupported(f"C has shape {bias.shape}; convc takes a bias per output column")
+        c = ctx.fresh_tensor("bias")
+        zero = np.zeros(scale.shape, np.int32)
+        ctx.state.values[c] = (bias.astype(np.float64) * scale.astype(np.float64)).astype(np.float32)
+        if alpha == 1.0 and bias.size == scale.size:
+            _record(ctx, c, bias, scale, zero, 0)
+        inputs.append(c)
+    quantized = ctx.has_input(7)
+    y = _float_op(ctx, "Gemm", inputs, {"alpha": alpha, "beta": 1.0, "transA": trans_a, "transB": trans_b},
+                  "" if quantized else ctx.outputs[0])
+    if quantized:
+        _requantized(ctx, y, 7, 8)
 
 
 @exporter(OpKind.QUANTIZE_LINEAR, OpKind.DEQUANTIZE_LINEAR)
