@@ -16,6 +16,7 @@ import onnx
 
 from convc.errors import ConvcError, GraphError, ModelImportError, UnsupportedOpError
 from convc.frontend.onnx.context import ImportState, NodeContext, Unsupported
+from convc.frontend.onnx.quant import CONTRIB_DOMAIN, CONTRIB_OPSET, CONTRIB_SCHEMAS
 from convc.frontend.onnx.reader import read_model, tensor_value
 from convc.frontend.onnx.signature import check_input_shapes, declared_inputs, fixed_symbols, unfixed_message
 from convc.frontend.onnx.registry import CONVERTERS, FIRST_OPSET, FOLDERS
@@ -55,8 +56,10 @@ def import_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, batch: int |
     declared = declared_inputs(proto)
     shapes = check_input_shapes(declared, input_shapes, batch)
     opset = _default_opset(proto)
-    return _Importer(proto.graph, opset, batch, frozenset(runtime), dict(bind or {}), shapes,
-                     fixed_symbols(declared, shapes)).run()
+    importer = _Importer(proto.graph, opset, batch, frozenset(runtime), dict(bind or {}), shapes,
+                         fixed_symbols(declared, shapes))
+    importer.contrib_opset = max((o.version for o in proto.opset_import if o.domain == CONTRIB_DOMAIN), default=None)
+    return importer.run()
 
 
 def _default_opset(proto: onnx.ModelProto) -> int:
@@ -118,6 +121,7 @@ class _Importer:
         self.state = ImportState(Graph(name=g.name or "graph"))
         self.unknown: set[str] = set()  # outputs of nodes that could not be converted
         self.unsupported: list[tuple[str, str, int, str]] = []
+        self.contrib_opset: int | None = None  # the model's com.microsoft opset (its quantized ops)
 
     @property
     def graph(self) -> Graph:
@@ -298,11 +302,15 @@ class _Importer:
         outputs = tuple(node.output)
         depends_on_unknown = any(t in self.unknown for t in inputs if t)
 
-        if node.domain not in DEFAULT_DOMAINS:
+        contrib = node.domain == CONTRIB_DOMAIN and op_type in CONTRIB_SCHEMAS
+        if node.domain not in DEFAULT_DOMAINS and not contrib:
             return self._skip(name, node, f"domain {node.domain!r} is not supported; convc imports the default "
-                                          "ONNX domain")
+                                          f"ONNX domain and {CONTRIB_DOMAIN}'s {', '.join(CONTRIB_SCHEMAS)}")
+        if contrib and self.contrib_opset != CONTRIB_OPSET:
+            return self._skip(name, node, f"{CONTRIB_DOMAIN} opset {self.contrib_opset}; convc imports its opset "
+                                          f"{CONTRIB_OPSET}")
         try:
-            schema = onnx.defs.get_schema(op_type, self.opset, "")
+            schema = CONTRIB_SCHEMAS[op_type] if contrib else onnx.defs.get_schema(op_type, self.opset, "")
         except onnx.defs.SchemaError:
             return self._skip(name, node, f"not an operator of ONNX opset {self.opset}")
         convert = CONVERTERS.lookup(op_type, self.opset)
