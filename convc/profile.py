@@ -295,10 +295,13 @@ def analyze(imported: Graph, plan, model_name: str = "model") -> Profile:
         cost = sum((costs[m] for m in members), Cost())
         p = sum((params[m] for m in members), Params())
         weight_bytes = 0
+        int8 = any(op.kind is OpKind.INT8_CONV for op in ops)
         for op in ops:
             for t in op.inputs:
                 tensor = g.tensor(t)
-                if tensor.data is not None and t not in seen_constants and tensor.dtype.kind == "f":
+                # an integer conv's int8 weights and int32 bias; other integer constants are indices and shapes
+                weights = tensor.dtype.kind == "f" or op.kind is OpKind.INT8_CONV
+                if tensor.data is not None and t not in seen_constants and weights:
                     seen_constants.add(t)
                     weight_bytes += tensor.nbytes
         out = g.tensor(ops[-1].outputs[0])
@@ -306,6 +309,8 @@ def analyze(imported: Graph, plan, model_name: str = "model") -> Profile:
         if getattr(ops[-1].attrs, "channels_last", False):
             shape = to_channels_first(shape)
         label = "+".join(kinds[m] for m in members) if members else ops[-1].kind.value
+        if int8:
+            label += " (int8)"
         layers.append(Layer(name, label, shape, p.params, p.bn_stats, cost.macs, cost.other_flops, weight_bytes,
                             sum(g.tensor(t).nbytes for t in ops[-1].outputs), tuple(members), cost.unmodelled))
     mem = plan.memory

@@ -156,3 +156,13 @@ def test_other_com_microsoft_ops_and_opsets_are_listed_as_unsupported(rng):
     assert "domain 'com.microsoft' is not supported" in str(e.value)
     with pytest.raises(convc.UnsupportedOpError, match="com.microsoft opset 2"):
         convc.compile(_model(node, shapes, consts, ms_opset=2), batch=16, cache=False)
+
+
+def test_profile_shows_int8_layers_with_their_integer_weight_bytes():
+    """`convc profile`'s per-layer table on a QDQ ResNet-style net: the integer convs and classifier say so,
+    with their int8 weights and int32 biases as their bytes; the float stem stays "Conv" with float bytes."""
+    from test_int8_conv import qdq
+    layers = {layer.name: layer for layer in convc.profile(qdq("resnet"), batch=2).layers}
+    assert (layers["conv5"].op, layers["conv5"].weight_bytes) == ("Conv (int8)", 16 * 16 * 3 * 3 + 4 * 16)
+    assert (layers["fc"].op, layers["fc"].weight_bytes) == ("Gemm (int8)", 10 * 32 + 4 * 10)
+    assert (layers["conv1"].op, layers["conv1"].weight_bytes) == ("Conv", 4 * (16 * 3 * 3 * 3 + 16))
