@@ -122,7 +122,9 @@ def test_instance_normalization(shape, threads):
     nodes = [helper.make_node("InstanceNormalization", ["X", "s", "b"], ["Y"], epsilon=1e-3)]
     model = make_model(nodes, {"X": shape}, ["Y"], inits, opset=13)
     g = check_model(model)
-    assert op_kinds(g) == [OpKind.LAYER_NORM, OpKind.MUL, OpKind.ADD]
+    assert op_kinds(g) == [OpKind.LAYER_NORM, OpKind.RESHAPE, OpKind.MUL, OpKind.RESHAPE, OpKind.ADD]
+    # the scale and bias are viewed per channel, not copied: they keep their names (the training step trains them)
+    assert [op.inputs[0] for op in g.ops() if op.kind is OpKind.RESHAPE] == ["s", "b"]
     x = (rng.standard_normal(shape) * 2 + 3).astype(np.float32)
     want = run_onnx(model, {"X": x})["Y"]
     got = convc.compile(model, threads=threads).run({"X": x})["Y"]
