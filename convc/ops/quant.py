@@ -23,6 +23,8 @@ import numpy as np
 from convc.errors import GraphError
 from convc.ops.attrs import onnx_attr
 from convc.ops.base import OpDef, OpKind, TensorType, check_arity, numel, register
+from convc.ops.pool import PoolAttrs, max_pool_reference, window_flops
+from convc.ops.pool import _pool_infer as pool_infer
 
 QUANTIZED = {"uint8": (0, 255), "int8": (-128, 127)}  # the activation/weight types convc computes with
 
@@ -190,3 +192,24 @@ def _int8_conv_macs(a: Int8ConvAttrs, ins: Sequence[TensorType], outs: Sequence[
 
 register(OpDef(OpKind.INT8_CONV, Int8ConvAttrs, _infer_int8_conv, _int8_conv, macs=_int8_conv_macs, n_inputs=(3, 3),
                flops=_per_element(6)))  # the requantization: convert, multiply, add, round, add, clamp
+
+
+# --- the integer max pool (placed by passes/quantize.py) ------------------------------------------
+def _infer_int8_max_pool(a: PoolAttrs, types: Sequence[TensorType]) -> list[TensorType]:
+    """MaxPool's shapes on a uint8/int8 input (channels last), of the same type."""
+    check_arity(OpKind.INT8_MAX_POOL, types, 1, 1)
+    x = types[0]
+    if x.dtype.name not in QUANTIZED or not a.channels_last or a.spatial_rank != 2:
+        raise GraphError(f"Int8MaxPool takes a channels-last 2-D uint8/int8 input, got {x.dtype} {x.shape} "
+                         f"({a.layout})")
+    (y,) = pool_infer(OpKind.MAX_POOL)(a, [TensorType(x.shape, np.dtype(np.float32))])
+    return [TensorType(y.shape, x.dtype)]
+
+
+def int8_max_pool_reference(a: PoolAttrs, x: np.ndarray) -> list[np.ndarray]:
+    """MaxPool's reference on the integers as floats (exact), in x's type."""
+    return [max_pool_reference(a, x.astype(np.float32))[0].astype(x.dtype)]
+
+
+register(OpDef(OpKind.INT8_MAX_POOL, PoolAttrs, _infer_int8_max_pool, int8_max_pool_reference, n_inputs=(1, 1),
+               flops=window_flops))
