@@ -22,7 +22,12 @@ It applies when (otherwise the float path stays, with a note for ``convc profile
 A Gemm (no transA, alpha = beta = 1, any transB) or a MatMul of 2-D operands with a constant int8
 right operand runs as a 1x1 Int8Conv over its (N, K) input viewed as (N, 1, 1, K) (Reshape views, no copy).
 
-Float ops between (residual Add, pooling, Gemm) stay float on dequantized values, as the model has them.
+A channels-last 2-D MaxPool between a per-tensor DequantizeLinear and a QuantizeLinear of the same type,
+scale (> 0) and zero point runs on the integers (Int8MaxPool): dequantization is then increasing, so the
+max commutes with it, and Q(DQ(q)) = q, so the result is the same integers.
+
+Other float ops between (residual Add, average pooling) stay float on dequantized values, as the model has
+them.
 """
 from __future__ import annotations
 
@@ -43,6 +48,7 @@ FEW_CHANNELS = 4  # plain convs with at most this many input channels (an RGB st
 
 def int8_convs(g: Graph) -> Graph:
     """Rewrite every DQ -> Conv -> Q the module docstring describes; drop the recorded integers."""
+    g = int8_max_pools(g)
     known = g.metadata.pop(QUANTIZED_CONSTANTS, None)
     if not known:
         return g
@@ -174,3 +180,43 @@ def _rewrite(g: Graph, conv: Op, q: Op, x: str, attrs: Int8ConvAttrs, w: np.ndar
     else:
         take_output(g, new, target)
     record_origin(g, new.name, conv.name)
+
+
+def int8_max_pools(g: Graph) -> Graph:
+    """Rewrite every DequantizeLinear -> MaxPool -> QuantizeLinear the module docstring describes."""
+    for q in [op for op in g.ops() if op.kind is OpKind.QUANTIZE_LINEAR]:
+        pool = g.producer(q.inputs[0])
+        if pool is None or pool.kind is not OpKind.MAX_POOL:
+            continue
+        found = _match_max_pool(g, pool, q)
+        if isinstance(found, str):
+            note(g, pool.name, f"stays float32: {found}")
+            continue
+        target = q.outputs[0]
+        new = g.add_op(OpKind.INT8_MAX_POOL, pool.attrs, [found[0]], [g.fresh_name(f"{target}_int8")],
+                       name=g.fresh_name(f"{pool.name}_int8"))
+        g.remove_op(q, remove_outputs=False)
+        g.remove_op(pool)
+        take_output(g, new, target)
+        record_origin(g, new.name, pool.name)
+    return eliminate_dead_code(g)
+
+
+def _match_max_pool(g: Graph, pool: Op, q: Op) -> str | tuple[str]:
+    """(the integer input of the Int8MaxPool replacing ``pool`` and ``q``,), or why not (a sentence)."""
+    if not pool.attrs.channels_last or pool.attrs.spatial_rank != 2:
+        return "not a channels-last 2-D max pool"
+    if len(pool.outputs) > 1 or single_consumer(g, pool.outputs[0]) is not q:
+        return "its float output is read by more than the QuantizeLinear"
+    dq = g.producer(pool.inputs[0])
+    if dq is None or dq.kind is not OpKind.DEQUANTIZE_LINEAR:
+        return "its input is not a DequantizeLinear"
+    x = dq.inputs[0]
+    if g.tensor(dq.inputs[1]).size != 1 or g.tensor(q.inputs[1]).size != 1:
+        return "its DequantizeLinear or QuantizeLinear is per channel"
+    xs, ys = _scalar(g, dq.inputs[1]), _scalar(g, q.inputs[1])
+    xz, yz = _scalar(g, dq.inputs[2]), _scalar(g, q.inputs[2])
+    if g.tensor(x).dtype != g.tensor(q.outputs[0]).dtype or xs != ys or xz != yz or not xs > 0:
+        return (f"its input and output quantization differ (scale {xs} vs {ys}, zero point {xz:g} vs {yz:g}, "
+                f"{g.tensor(x).dtype} vs {g.tensor(q.outputs[0]).dtype}) or the scale is not positive")
+    return (x,)
