@@ -55,8 +55,9 @@ class Optimizer:
     ``groups``: parameter groups, the first that lists a parameter wins, the others use the
     optimizer's own settings. A group is a dict: ``"params"``, parameter names or roles ("weight":
     Conv/Gemm/MatMul weights, "bias": their biases, constant Add operands and the shift of a LayerNorm,
-    InstanceNorm or GroupNorm, "norm": BatchNorm's scale and shift, those norms' scales and layer scales); ``"weight_decay"``, the group's; ``"lr_scale"``, its learning rate as a
-    multiple of ``trainer.lr`` (schedules scale every group alike). No decay on biases and BN:
+    InstanceNorm or GroupNorm, "norm": BatchNorm's scale and shift, those norms' scales and layer
+    scales); ``"weight_decay"``, the group's; ``"lr_scale"``, its learning rate as a multiple of
+    ``trainer.lr`` (schedules scale every group alike). No decay on biases and BN:
     ``groups=[{"params": ["bias", "norm"], "weight_decay": 0.0}]``."""
 
     state_names: tuple[str, ...] = ()
