@@ -80,14 +80,15 @@ HW = (57, 45)  # odd: 29x23 after the stem, 15x12 after the pool, 8x6 in the uni
 
 def three_group_net() -> onnx.ModelProto:
     """Unequal Split parts (10 + 14 channels, each through a conv), a shuffle of 3 groups read by a Split and by
-    a plain 1x1 conv (which folds it), a Split along H (not the channel axis) of a channels-last tensor."""
+    a plain 1x1 conv (which folds it), another read by a 3x3 conv (folded too), a Split along H (not the channel
+    axis) of a channels-last tensor."""
     b, (h, w) = Builder(16), (29, 23)
     x = conv(b, "x", 5, 24, 3, relu=True)
     p, q = split(b, x, [10, 14], "split")
     y = b.op("Concat", [conv(b, p, 10, 10, 1, relu=True), conv(b, q, 14, 14, 3, group=14)], axis=1)
     y = shuffle(b, y, (N, 24, h, w), 3, gather=False)
     a = unit(b, y, (N, 24, h, w), [9, 15], groups=3)
-    top, bottom = b.op("Split", [conv(b, a, 24, 12, 1), b.const(np.array([13, 16], np.int64))], n_out=2, axis=2)
+    top, bottom = b.op("Split", [conv(b, a, 24, 12, 3), b.const(np.array([13, 16], np.int64))], n_out=2, axis=2)
     z = b.op("Concat", [bottom, top], axis=2)
     return b.model([N, 5, h, w], b.op("Add", [z, conv(b, y, 24, 12, 1)]))
 
