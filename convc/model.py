@@ -144,11 +144,13 @@ class CompiledModel:
             dtype = getattr(a, "dtype", None)
             if dtype is not None and dtype != np.float32 or len(shape) != len(dims) or any(
                     isinstance(d, int) and d != n for d, n in zip(dims, shape)):
-                if self._runner is not None:
-                    return None  # the input check rejects it; do not compile a variant first
                 if dtype is not None and dtype != np.float32:
+                    if self._runner is not None:
+                        return None  # the input check words it; do not compile a variant first
                     from convc.runtime import dtype_error
                     raise dtype_error(f"input {name!r}", np.dtype(dtype), np.dtype(np.float32))
+                # the declared dimensions, not the shape of the variant compiled first: a free batch
+                # or size is not part of what the caller got wrong
                 raise InputError(f"input {name!r} has shape {shape}, expected {_show(dims)}")
             shapes[name] = tuple(int(n) for n in shape)
         return shapes
