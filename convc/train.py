@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from convc.driver import compile_bound, load_forward
+from convc.driver import compile_bound, is_onnx_source, load_forward, load_graph
 from convc.driver import eval_plan as _eval_plan
 from convc.errors import ConvcError, InputError
 from convc.ir import Graph
@@ -71,7 +71,10 @@ class Trainer:
     """Compiles a model's training step to one native function and keeps its training state.
 
     ``model``: an ONNX model (path, bytes or ModelProto), a convc Graph, or a ``convc.nn`` module.
-    ``input_shape``: the batch shape, batch first (``step`` compiles other batch sizes on first use).
+    ``input_shape``: the batch shape, batch first (``step`` compiles other batch sizes on first use);
+    a model with several inputs takes one shape per input, a dict ``{name: shape}`` or a list in
+    the model's input order, and ``x`` is then a list (that order) or a dict of arrays, in ``step``,
+    ``compute_gradients``, ``predict`` and ``evaluate`` (their batch sizes must agree).
     ``loss``: a name or ``convc.Loss`` (convc/losses.py: cross_entropy, nll, mse, l1, huber,
     smooth_l1, bce, bce_with_logits, with label smoothing, class weights, ignore_index, soft targets).
     A batch smaller than the compiled one trains on the compiled step, padded, with the loss and
@@ -91,7 +94,8 @@ class Trainer:
     ``compute_gradients``/``gradients``/``apply_gradients``: the step in two calls around one
     gradient buffer (data-parallel training, accumulation over micro-batches)."""
 
-    def __init__(self, model: Any, *, input_shape: Sequence[int], loss: str | Loss = "cross_entropy",
+    def __init__(self, model: Any, *, input_shape: Sequence[int] | Sequence[Sequence[int]] | Mapping[str, Sequence[int]],
+                 loss: str | Loss = "cross_entropy",
                  optimizer: Optimizer | None = None, l1: float = 0.0, l2: float = 0.0, seed: int = 0,
                  regularize_all: bool = False, trainable: Sequence[str] | None = None, instrument: bool = False,
                  threads: int | None = None, clip_grad_norm: float | None = None, freeze_bn: bool = False,
@@ -115,8 +119,10 @@ class Trainer:
                              "regularize_all": regularize_all, "trainable": set(trainable) if trainable else None,
                              "clip_grad_norm": clip_grad_norm is not None, "freeze_bn": bool(freeze_bn),
                              "with_outputs": True}
-        self.forward = load_forward(model, input_shape)
-        self.input_shape = self.forward.tensor(self.forward.inputs[0]).shape
+        self.forward = _load_forward(model, input_shape)
+        # every input's shape at the compiled batch; input_shape is the first's
+        self.input_shapes = {n: self.forward.tensor(n).shape for n in self.forward.inputs}
+        self.input_shape = self.input_shapes[self.forward.inputs[0]]
         self.plan: TrainingStep = build_training(self.forward, **self._options)
         # the persistent training state the native code updates in place
         self._state: dict[str, np.ndarray] = {n: np.array(v, copy=True) for n, v in self.plan.initial.items()}
@@ -145,7 +151,7 @@ class Trainer:
         if isinstance(self.model, Graph) and batch != self.input_shape[0]:
             raise InputError(f"a batch of {batch}: this Trainer was built from a Graph of batch {self.input_shape[0]}, "
                              "which fixes it; give an ONNX model or a convc.nn module to train other batch sizes")
-        return load_forward(self.model, (batch,) + self.input_shape[1:])
+        return _load_forward(self.model, {n: (batch,) + s[1:] for n, s in self.input_shapes.items()})
 
     def _compile_step(self, batch: int, plan: TrainingStep | None = None) -> tuple[TrainingStep, CompiledModel]:
         if batch not in self._steps:
@@ -203,16 +209,38 @@ class Trainer:
     # The same rule as a compiled model's inputs (convc/runtime.py): nothing is converted silently.
     # x and mse/bce targets must be float32; cross-entropy labels are integer class indices (any
     # integer dtype, range-checked, then widened to int64, which loses nothing).
-    def _check_x(self, x: Any) -> np.ndarray:
-        x = np.asarray(x)
-        name = self.forward.inputs[0]
-        if x.dtype != np.float32:
-            raise dtype_error(f"input {name!r}", x.dtype, np.dtype(np.float32))
-        if x.ndim != len(self.input_shape) or x.shape[1:] != self.input_shape[1:] or x.shape[0] < 1:
-            raise InputError(f"input {name!r} has shape {x.shape}, expected (batch,) + {self.input_shape[1:]} "
-                             f"with a batch of at least 1 (the model's input is {self.input_shape})")
-        check_size(f"input {name!r}", x.shape, x.dtype, InputError)  # a broadcast view of 2**31 samples
-        return np.ascontiguousarray(x)
+    def _check_x(self, x: Any) -> list[np.ndarray]:
+        """Every model input's array, in the model's input order: ``x`` is one array (a model with one
+        input), a list or tuple in input order, or a dict by input name."""
+        names = self.forward.inputs
+        if isinstance(x, Mapping):
+            missing, unknown = [n for n in names if n not in x], [n for n in x if n not in names]
+            if missing or unknown:
+                raise InputError(f"x: missing inputs {missing}, unexpected {unknown}; the model's inputs are {names}")
+            xs = [x[n] for n in names]
+        elif len(names) == 1:
+            xs = [x]
+        elif isinstance(x, (list, tuple)):
+            if len(x) != len(names):
+                raise InputError(f"x has {len(x)} arrays, the model has {len(names)} inputs {names} (in this order)")
+            xs = list(x)
+        else:
+            raise InputError(f"the model has {len(names)} inputs {names}: give x as a list of {len(names)} arrays "
+                             "in that order, or a dict by input name")
+        checked = []
+        for name, a in zip(names, xs):
+            a, want = np.asarray(a), self.input_shapes[name]
+            if a.dtype != np.float32:
+                raise dtype_error(f"input {name!r}", a.dtype, np.dtype(np.float32))
+            if a.ndim != len(want) or a.shape[1:] != want[1:] or a.shape[0] < 1:
+                raise InputError(f"input {name!r} has shape {a.shape}, expected (batch,) + {want[1:]} "
+                                 f"with a batch of at least 1 (the model's input is {want})")
+            check_size(f"input {name!r}", a.shape, a.dtype, InputError)  # a broadcast view of 2**31 samples
+            if checked and a.shape[0] != checked[0].shape[0]:
+                raise InputError(f"input {name!r} has a batch of {a.shape[0]}, input {names[0]!r} of "
+                                 f"{checked[0].shape[0]}: every input needs the same number of samples")
+            checked.append(np.ascontiguousarray(a))
+        return checked
 
     def _check_y(self, y: Any, n: int, plan: TrainingStep, k: int = 0) -> np.ndarray:
         """Output ``k``'s targets."""
@@ -249,25 +277,23 @@ class Trainer:
                              "one per output")
         return [self._check_y(t, n, self.plan, i) for i, t in enumerate(y)]
 
-    def _padded(self, x: np.ndarray, ys: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray], int]:
-        """(x, ys) padded with zeros to the compiled batch when smaller (the loss and BatchNorm's
+    def _padded(self, xs: list[np.ndarray], ys: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray], int]:
+        """(xs, ys) padded with zeros to the compiled batch when smaller (the loss and BatchNorm's
         statistics count the first ``rows`` samples only), and the batch to run at."""
-        n, full = x.shape[0], self.input_shape[0]
+        n, full = xs[0].shape[0], self.input_shape[0]
         if n >= full:
-            return x, ys, n
-        def pad(a: np.ndarray) -> np.ndarray:
-            return np.concatenate([a, np.zeros((full - n,) + a.shape[1:], a.dtype)])
-        return pad(x), [pad(y) for y in ys], full
+            return xs, ys, n
+        return [_pad(x, full) for x in xs], [_pad(y, full) for y in ys], full
 
     def _run_step(self, x: Any, y: Any, run, return_outputs: bool) -> Any:
         """Check (x, y), pad them to a compiled batch, set the loss's rows, ``run(x, y, batch)`` ->
         (loss, outputs of the step); the loss or ``StepOutputs``."""
-        x = self._check_x(x)
-        ys = self._targets(y, x.shape[0])
-        n = x.shape[0]
-        xp, yp, batch = self._padded(x, ys)
+        xs = self._check_x(x)
+        n = xs[0].shape[0]
+        ys = self._targets(y, n)
+        xp, yp, batch = self._padded(xs, ys)
         self._state[self.plan.rows][0] = n
-        loss, out = run(xp, dict(zip(self.plan.all_labels, yp)), batch)
+        loss, out = run(dict(zip(self.forward.inputs, xp)), dict(zip(self.plan.all_labels, yp)), batch)
         if not return_outputs:
             return loss
         if len(ys) > 1:
@@ -286,9 +312,9 @@ class Trainer:
 
         Raises InputError for malformed inputs and TrainingError when the loss or a gradient is not
         finite; either way the training state is left unchanged."""
-        def run(x: np.ndarray, y: np.ndarray, batch: int) -> tuple[float, dict[str, np.ndarray]]:
+        def run(x: dict[str, np.ndarray], y: dict[str, np.ndarray], batch: int) -> tuple[float, dict[str, np.ndarray]]:
             plan, model = self._compile_step(batch)
-            feeds = {plan.x: x, **y}
+            feeds = {**x, **y}
             if self._compile_options.instrument:
                 out, self._timings[batch] = model.run_timed(feeds)
             else:
@@ -361,14 +387,14 @@ class Trainer:
         the gradient of their union: scale ``trainer.gradients`` by 1/k before ``apply_gradients``
         to train as on the whole batch. BatchNorm's running statistics are updated (by
         ``apply_gradients``) from the last call's batch statistics."""
-        def run(x: np.ndarray, y: np.ndarray, batch: int) -> float:
+        def run(x: dict[str, np.ndarray], y: dict[str, np.ndarray], batch: int) -> tuple[float, dict]:
             split, compute, _ = self._split_at(batch)
             if not accumulate or not self._grads_pending:
                 self._gradients.fill(0.0)
                 self._grad_loss[0] = 0.0
             for name in split.saved:
                 self._state[name].fill(0.0)
-            out = compute.run({split.names.x: x, **y})
+            out = compute.run({**x, **y})
             self._grad_loss += out[split.names.loss][0]
             self._grads_pending = batch  # the batch whose apply step (its BatchNorm count) runs next
             return float(out[split.names.loss][0]), out
@@ -399,17 +425,17 @@ class Trainer:
     def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
         """The model's output in eval mode (BN running statistics, no dropout), for any number of
         samples: runs in chunks of ``batch_size`` (default: the training batch), the last padded."""
-        x = self._check_x(x)
+        xs = self._check_x(x)
+        n = xs[0].shape[0]
         chunk = positive_int("batch_size", batch_size) or self.input_shape[0]
         model = self._compile_eval(chunk)
-        in_name, out_name = model.inputs[0].name, model.outputs[0].name
+        out_name = model.outputs[0].name
         results = []
-        for start in range(0, x.shape[0], chunk):
-            part = x[start:start + chunk]
-            if part.shape[0] < chunk:
-                part = np.concatenate([part, np.zeros((chunk - part.shape[0],) + part.shape[1:], np.float32)])
-            out = model.run({in_name: np.ascontiguousarray(part)})[out_name]
-            results.append(out[:min(chunk, x.shape[0] - start)].copy())
+        for start in range(0, n, chunk):
+            feeds = {name: np.ascontiguousarray(_pad(a[start:start + chunk], chunk))
+                     for name, a in zip(self.forward.inputs, xs)}
+            out = model.run(feeds)[out_name]
+            results.append(out[:min(chunk, n - start)].copy())
         return np.concatenate(results)
 
     def evaluate(self, x: Any, y: Any, batch_size: int | None = None) -> dict[str, float]:
@@ -480,7 +506,8 @@ class Trainer:
             arrays["max_grad_norm"] = self._state[self.plan.max_norm].copy()
         names = list(arrays)
         header = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "convc": __version__,
-                  "model": self.forward.name, "input_shape": list(self.input_shape), **self._settings(),
+                  "model": self.forward.name, "input_shape": list(self.input_shape) if len(self.input_shapes) == 1
+                  else {n: list(s) for n, s in self.input_shapes.items()}, **self._settings(),
                   "optimizer_lr": self.optimizer.lr, "lr": self._lr_value, "initial_lr": self.initial_lr,
                   "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                   "arrays": [[n, list(arrays[n].shape), arrays[n].dtype.str] for n in names]}
@@ -621,6 +648,76 @@ class Trainer:
         if path is not None:
             onnx.save(proto, os.fspath(path))
         return proto
+
+
+def _pad(a: np.ndarray, batch: int) -> np.ndarray:
+    """``a`` with zero samples appended up to ``batch``."""
+    if a.shape[0] >= batch:
+        return a
+    return np.concatenate([a, np.zeros((batch - a.shape[0],) + a.shape[1:], a.dtype)])
+
+
+def _is_one_shape(input_shape: Any) -> bool:
+    """One shape (ints), not one per input (a dict, or a sequence of sequences)."""
+    if isinstance(input_shape, Mapping):
+        return False
+    return not (isinstance(input_shape, (list, tuple)) and input_shape
+                and all(isinstance(s, (list, tuple, np.ndarray)) for s in input_shape))
+
+
+def _input_names(model: Any) -> list[str] | None:
+    """The inputs a caller feeds, in order (None for a convc.nn module: it has one)."""
+    if isinstance(model, Graph):
+        return list(model.inputs)
+    if is_onnx_source(model):
+        from convc.frontend.onnx.reader import read_model
+        from convc.frontend.onnx.signature import declared_inputs
+        return list(declared_inputs(read_model(str(model) if isinstance(model, Path) else model,
+                                               external_data=False)))
+    return None
+
+
+def _load_forward(model: Any, input_shape: Any) -> Graph:
+    """The inference Graph of ``model`` for ``input_shape``: one shape (a model with one input), or
+    one per input, a dict {name: shape} or a list in the model's input order, sharing a batch."""
+    names = _input_names(model)
+    if _is_one_shape(input_shape):
+        if names is not None and len(names) != 1:
+            raise InputError(f"input_shape={input_shape!r} is one shape, the model has {len(names)} inputs {names}: "
+                             "give one shape per input, a dict {name: shape} or a list in that order")
+        return load_forward(model, input_shape)
+    if names is None:
+        raise InputError(f"input_shape={input_shape!r} gives several inputs; a convc.nn module has one: give its shape")
+    if isinstance(input_shape, Mapping):
+        missing, unknown = [n for n in names if n not in input_shape], [n for n in input_shape if n not in names]
+        if missing or unknown:
+            raise InputError(f"input_shape: missing inputs {missing}, unexpected {unknown}; the model's inputs are "
+                             f"{names}")
+        given = [input_shape[n] for n in names]
+    else:
+        if len(input_shape) != len(names):
+            raise InputError(f"input_shape has {len(input_shape)} shapes, the model has {len(names)} inputs {names} "
+                             "(one shape per input, in this order)")
+        given = list(input_shape)
+    shapes = {}
+    for name, shape in zip(names, given):
+        try:
+            shapes[name] = tuple(positive_int("input_shape", d, optional=False) for d in shape)
+        except (InputError, TypeError):
+            shapes[name] = ()
+        if len(shapes[name]) < 2:
+            raise InputError(f"input_shape of input {name!r}: {shape!r} must be (batch, ...) with at least one more "
+                             "dimension, positive integers")
+    batches = {n: s[0] for n, s in shapes.items()}
+    if len(set(batches.values())) != 1:
+        raise InputError(f"input_shape: the inputs' batch sizes differ ({batches}); they share one batch")
+    batch = shapes[names[0]][0]
+    g = load_graph(model, batch, input_shapes=shapes if is_onnx_source(model) else None)
+    for name in names:
+        if g.tensor(name).shape != shapes[name]:
+            raise InputError(f"input_shape {shapes[name]} does not match the model's input {name!r} of shape "
+                             f"{g.tensor(name).shape}")
+    return g
 
 
 def _few(names: list[str], n: int = 5) -> str:

@@ -102,6 +102,7 @@ class TrainingStep:
     output: str | None = None        # with_outputs: the model's output as the loss reads it, an output
     all_labels: list[str] = field(default_factory=list)  # several outputs: every output's targets input
     all_logits: list[str] = field(default_factory=list)  # and the tensor its loss reads
+    model_inputs: list[str] = field(default_factory=list)  # every model input, x first (the others: extra inputs)
 
     def owner(self, op: Op) -> tuple[str, str]:
         """(layer, phase) of an op of the step: the forward op it belongs to (or "loss", "step") and
@@ -191,8 +192,9 @@ def training_forward(forward: Graph, roles: dict[str, str], seed: int, x_name: s
     ``freeze_bn`` keeps BatchNormalization in its inference form (running statistics read, never
     updated; scale and B still train): fine-tuning with frozen BatchNorm."""
     tg = Graph(forward.name, metadata=dict(forward.metadata))
-    xt = forward.tensor(x_name)
-    tg.add_tensor(x_name, xt.shape, xt.dtype, TensorKind.INPUT)
+    for name in [x_name] + [n for n in forward.inputs if n != x_name]:  # every model input
+        xt = forward.tensor(name)
+        tg.add_tensor(name, xt.shape, xt.dtype, TensorKind.INPUT)
     step = tg.add_tensor("step", (1,), np.int64, TensorKind.STATE, np.zeros(1, dtype=np.int64))
     for t in forward.tensors():
         if t.kind is not TensorKind.CONSTANT:
@@ -286,8 +288,6 @@ def _differentiated(forward: Graph, loss, seed: int, trainable: set[str] | None,
     """The forward in training mode, the loss and the backward pass; the step's names (unplanned).
     A model with several outputs has a loss per output (``loss`` and the options are sequences),
     and trains on their sum weighted by ``loss_weights``."""
-    if len(forward.inputs) != 1:
-        raise GraphError(f"convc trains models with one input, {forward.name!r} has inputs {forward.inputs}")
     heads = _heads(forward, loss, loss_attrs, soft_targets, loss_weights)
     x_name = forward.inputs[0]
     roles = classify_constants(forward, trainable)
@@ -336,7 +336,9 @@ def _differentiated(forward: Graph, loss, seed: int, trainable: set[str] | None,
     step.initial[rows] = np.array([tg.tensor(x_name).shape[0]], np.int64)  # every sample counts
     step.batch_statistics = bool(bn_stats)
     step.all_labels, step.all_logits = [a[2] for a in attached], [a[4] for a in attached]
-    step.extra_inputs += [rows] + step.all_labels[1:]  # the other outputs' targets are fed like the first's
+    step.model_inputs = list(forward.inputs)
+    # the other outputs' targets and the other inputs are fed like the first's
+    step.extra_inputs += [rows] + step.all_labels[1:] + step.model_inputs[1:]
     return tg, step, bn_stats
 
 
@@ -345,7 +347,8 @@ def build_training(forward: Graph, *, loss: str, optimizer: Any = None, seed: in
                    clip_grad_norm: bool = False, loss_attrs: LossAttrs | None = None,
                    soft_targets: bool = False, freeze_bn: bool = False, with_outputs: bool = False,
                    loss_weights=None) -> TrainingStep:
-    """Plan the training step of ``forward`` (one input, one output, batch fixed).
+    """Plan the training step of ``forward`` (batch fixed; several inputs: the first is ``step.x``,
+    the others extra inputs fed alike, ``step.model_inputs`` lists them all).
 
     ``optimizer`` is a ``convc.optim`` optimizer; None builds the gradient step (outputs: the loss,
     then every parameter's gradient). ``l1``/``l2`` regularize the weights (every parameter with
@@ -451,7 +454,7 @@ def build_split(forward: Graph, *, loss: str, optimizer: Any, seed: int = 0, l1:
         step.output = step.logits
         cg.outputs += step.all_logits
     cg.inputs = [step.x, step.labels, step.step] + step.params + [r for r in step.running if cg.has_tensor(r)] + \
-        list(into.values()) + [step.rows] + step.all_labels[1:]
+        list(into.values()) + [step.rows] + step.all_labels[1:] + step.model_inputs[1:]
 
     # apply: the fused step's tail on the buffers
     ag = Graph(f"{forward.name}.apply", metadata=dict(tg.metadata))
