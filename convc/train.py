@@ -151,7 +151,8 @@ class Trainer:
         if isinstance(self.model, Graph) and batch != self.input_shape[0]:
             raise InputError(f"a batch of {batch}: this Trainer was built from a Graph of batch {self.input_shape[0]}, "
                              "which fixes it; give an ONNX model or a convc.nn module to train other batch sizes")
-        return _load_forward(self.model, {n: (batch,) + s[1:] for n, s in self.input_shapes.items()})
+        shapes = [(batch,) + s[1:] for s in self.input_shapes.values()]
+        return _load_forward(self.model, shapes[0] if len(shapes) == 1 else dict(zip(self.input_shapes, shapes)))
 
     def _compile_step(self, batch: int, plan: TrainingStep | None = None) -> tuple[TrainingStep, CompiledModel]:
         if batch not in self._steps:
