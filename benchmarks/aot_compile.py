@@ -5,9 +5,9 @@ the kernel cache, against the model compiled as one module on one core (the buil
 
 Every build runs in a fresh process; its CPU time is that process's and its LLVM workers' (they
 exit with it: ``resource.getrusage(RUSAGE_CHILDREN)`` of this process counts them), so the figure
-holds on a loaded machine where wall time does not. Per round, in this order: ``one module`` (no
-kernel cache), ``split cold`` (an empty kernel cache), then, into the same cache, the next model
-(``split after <previous>``: ResNet-101 reuses ResNet-50's kernel objects). Rounds alternate the
+holds on a loaded machine where wall time does not. Per round: every model as ``one module`` (no
+kernel cache); the first model ``split cold`` (an empty kernel cache), then, into the same cache,
+the next (``split after <previous>``: ResNet-101 reuses ResNet-50's kernel objects). Rounds alternate the
 variants so load drifts hit both alike.
 """
 from __future__ import annotations
@@ -67,9 +67,10 @@ def main() -> None:
             order = ["single", "split"] if r % 2 == 0 else ["split", "single"]
             for mode in order:
                 if mode == "single":
-                    cpu, wall, _ = build(models[0], "single", tmp, None)
-                    print(f"round {r + 1}  {models[0]:<10} one module           CPU {cpu:6.1f} s  wall {wall:6.1f} s",
-                          flush=True)
+                    for model in models:
+                        cpu, wall, _ = build(model, "single", tmp, None)
+                        print(f"round {r + 1}  {model:<10} one module           CPU {cpu:6.1f} s  wall {wall:6.1f} s",
+                              flush=True)
                     continue
                 for k, model in enumerate(models):
                     cpu, wall, llvm = build(model, "split", tmp, cache)

@@ -131,7 +131,8 @@ def build_native(native, output: str | os.PathLike, target: AotTarget, inputs, o
                                                       progress=progress, pic=True)
         else:
             if progress and object_only:
-                progress(f"no C compiler or objcopy to link several objects into {out.name}: compiling one module")
+                progress(f"no C compiler and objcopy for {target.arch} to link several objects into {out.name}: "
+                         "compiling one module")
             obj = jit.machine_code(str(native.ir_module), target.llvm_target(), pic=True, link=wrapper.text(),
                                    modules=modules, speed=speed, progress=progress)
         timings["LLVM"] = time.perf_counter() - t
