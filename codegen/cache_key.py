@@ -1,0 +1,128 @@
+"""The compile cache's keys: what names a compiled model's entry (codegen/entry.py).
+
+The key is a SHA-256 over the optimized graph (the pipeline variant, op kinds, attributes, shapes,
+layouts, every constant's bytes, the schedule and memory plan), the options (threads, instrumentation), the CPU
+name and feature string, the llvmlite, LLVM, numpy and convc versions, and a fingerprint of the
+compiler's own source files (an edited kernel emitter must not be served stale code). Hashing the
+optimized graph needs the import and the passes (about 2 s for ResNet-50), so ``convc.compile`` of
+a file, bytes or ModelProto also records a *source alias* ``v2/src-<hash>``: a hash of the model's
+bytes plus the same options, naming the entry; a warm compile then skips the import and passes
+too, and ``CompiledModel.graph`` is rebuilt only if someone reads it. Training plans (the step, the
+eval forward on the training state) use the same key: their parameters are inputs without data,
+so a model trained from other initial weights reuses the entry.
+
+Light like codegen/entry.py (a warm ``convc.compile`` hashes its source here): no code generator.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import llvmlite
+import llvmlite.binding as llvm
+import numpy as np
+from convc.codegen.artifacts import digest
+from convc.codegen.entry import FORMAT
+from convc.codegen.jit import Target
+
+from convc.abi import ABI_VERSION
+from convc.version import __version__
+
+
+# --- keys --------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """SHA-256 of the compiler's Python sources (the packages convc, codegen, passes, frontend)."""
+    h = digest()
+    for pkg in ("convc", "convc.codegen", "convc.passes", "convc.frontend"):
+        spec = importlib.util.find_spec(pkg)
+        for root in (spec.submodule_search_locations or []) if spec else []:
+            for path in sorted(Path(root).rglob("*.py")):
+                h.update(str(path.relative_to(root)).encode())
+                h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def environment(threads: int, instrument: bool = False) -> dict:
+    """Everything besides the model that changes the machine code."""
+    host = Target.host()
+    return {"format": FORMAT, "abi": ABI_VERSION, "triple": host.triple, "cpu": host.cpu, "features": host.features,
+            "llvmlite": llvmlite.__version__, "llvm": list(llvm.llvm_version_info), "numpy": np.__version__,
+            "convc": __version__, "code": code_fingerprint(), "threads": int(threads), "instrument": bool(instrument)}
+
+
+def _feed(h, obj: Any) -> None:
+    """Hash a value canonically (dataclasses, enums, arrays, containers, scalars)."""
+    if isinstance(obj, np.ndarray):
+        a = np.ascontiguousarray(obj)
+        h.update(f"nd{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a).cast("B") if a.size else b"")
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        h.update(f"dc{type(obj).__qualname__}(".encode())
+        for f in dataclasses.fields(obj):
+            h.update(f.name.encode() + b"=")
+            _feed(h, getattr(obj, f.name))
+        h.update(b")")
+    elif isinstance(obj, enum.Enum):
+        h.update(f"en{type(obj).__qualname__}.{obj.name}".encode())
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{type(obj).__name__}{len(obj)}[".encode())
+        for x in obj:
+            _feed(h, x)
+        h.update(b"]")
+    elif isinstance(obj, dict):
+        h.update(f"dict{len(obj)}{{".encode())
+        for k in sorted(obj, key=repr):
+            _feed(h, k)
+            _feed(h, obj[k])
+        h.update(b"}")
+    else:  # str, int, float (repr is exact), bool, None, np scalars, dtypes
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+
+
+def graph_key(plan, env: dict) -> str:
+    """SHA-256 of the optimized graph, its schedule and memory plan, and ``env``."""
+    h = digest(json.dumps(env, sort_keys=True).encode())
+    g = plan.graph
+    _feed(h, plan.variant.name)  # a training variant's code reads its weights at run time
+    _feed(h, (g.name, list(g.inputs), list(g.outputs)))
+    _feed(h, {k: v for k, v in g.metadata.items() if isinstance(v, (str, int, float, bool, list, tuple, dict))})
+    for op in plan.order:
+        _feed(h, (op.name, op.kind, op.attrs, tuple(op.inputs), tuple(op.outputs)))
+    for t in sorted(g.tensors(), key=lambda t: t.name):
+        _feed(h, (t.name, t.shape, t.dtype.str, t.kind, t.layout))
+        if t.data is not None:
+            _feed(h, np.asarray(t.data))
+    m = plan.memory
+    _feed(h, (m.arena_bytes, list(m.constants), sorted((k, v.kind, v.index) for k, v in m.buffers.items())))
+    return h.hexdigest()
+
+
+def source_key(model: Any, batch: int | None, input_shape: Any, env: dict) -> str | None:
+    """A hash of the model as given (an ONNX file, bytes or ModelProto) and the options, or None
+    when the source cannot be hashed cheaply and reliably (a Graph, a Module, external tensor data)."""
+    if isinstance(model, (str, os.PathLike)):
+        try:
+            data = Path(model).read_bytes()
+        except OSError:
+            return None
+    elif isinstance(model, (bytes, bytearray, memoryview)):
+        data = bytes(model)
+    elif type(model).__name__ == "ModelProto":
+        data = model.SerializeToString()
+    else:
+        return None
+    if b"location" in data:  # may use external tensor data, which the bytes do not cover
+        return None
+    h = digest(json.dumps(env, sort_keys=True).encode())
+    _feed(h, ("source", batch, repr(input_shape)))
+    h.update(data)
+    return h.hexdigest()
+
