@@ -21,17 +21,20 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from convc.artifact import LazyGraph, io_specs
 from convc.errors import InputError
-from convc.ir import Graph
 from convc.limits import positive_int
 from convc.options import CompileOptions, run_threads
 from convc.model import CompiledModel
+
+if TYPE_CHECKING:
+    from convc.ir import Graph
 
 ModelSource = Any  # path, bytes, onnx.ModelProto, Graph or convc.nn Module
 Progress = Callable[[str], None] | None
@@ -40,8 +43,19 @@ Progress = Callable[[str], None] | None
 # --- models in -------------------------------------------------------------------------------------
 
 def is_nn_module(model: ModelSource) -> bool:
-    from convc.frontend.dsl.module import Module
-    return isinstance(model, Module)
+    return _instance(model, "convc.frontend.dsl.module", "Module")
+
+
+def is_graph(model: ModelSource) -> bool:
+    return _instance(model, "convc.ir", "Graph")
+
+
+def _instance(model: ModelSource, module: str, cls: str) -> bool:
+    """``isinstance(model, module.cls)`` without importing ``module``: an object of that class
+    exists only once its module is imported, and a warm compile or an unpickled model must not
+    import the IR (networkx) or the DSL just to ask."""
+    mod = sys.modules.get(module)
+    return mod is not None and isinstance(model, getattr(mod, cls))
 
 
 def load_graph(model: ModelSource, batch: int | None = None, input_shape: Any = None,
@@ -52,7 +66,7 @@ def load_graph(model: ModelSource, batch: int | None = None, input_shape: Any = 
     if input_shapes is not None and not is_onnx_source(model):
         raise InputError("input_shapes= fixes the symbolic dimensions of an ONNX model's inputs; a convc.nn "
                          "Module takes input_shape=, a Graph's shapes are fixed")
-    if isinstance(model, Graph):
+    if is_graph(model):
         return model
     if is_nn_module(model):
         return model.to_graph(input_shape, batch=batch)
@@ -141,7 +155,7 @@ def model_from_artifact(artifact, *, threads: int | None = None, graph: Any = No
     at most the threads it was compiled for. Without ``graph``, ``CompiledModel.graph`` is a
     LazyGraph that ``graph_factory`` (import and passes) builds on first use."""
     from convc.abi import ENTRY
-    from convc.codegen.cache import engine_for
+    from convc.codegen.entry import engine_for
     from convc.runtime import NativeRunner, PoolApi
     meta = artifact.meta
     engine = engine_for(artifact)
@@ -164,7 +178,7 @@ def restore_model(state: dict, threads: int | None) -> CompiledModel:
     """Unpickle a JIT-compiled model (``JitArtifact.state()``): its object code is loaded as it is,
     nothing compiles."""
     from convc.artifact import LoadError
-    from convc.codegen.cache import CorruptEntry, entry_artifact
+    from convc.codegen.entry import CorruptEntry, entry_artifact
     kind = state.get("kind") if isinstance(state, dict) else None
     if kind == "jit":
         raise LoadError("cannot unpickle the compiled model: it was pickled by an older convc (unchecked code "
@@ -218,7 +232,7 @@ def source_alias(model: ModelSource, batch: int | None, input_shape: Any, input_
                  options: CompileOptions) -> str | None:
     """The compile cache's name for this source compiled with these options (a hash of the model's
     bytes; None for a source that cannot be hashed cheaply)."""
-    from convc.codegen.cache import environment, source_key
+    from convc.codegen.cache_key import environment, source_key
     # the options that change the plan besides the threads: a Winograd or bf16 compile is another entry
     env = environment(options.threads) | {"winograd": options.winograd, "precision": options.precision}
     # fixed input shapes are part of the key (left out without any, so earlier entries stay valid)
@@ -233,9 +247,9 @@ def warm_model(model: ModelSource, batch: int | None, input_shape: Any, options:
 
     The hash covers the ONNX bytes and every option (``alias``: already computed); the returned
     model's ``graph`` is rebuilt (import and passes, no codegen) only when something reads it."""
-    from convc.codegen.cache import CacheWarning, cache_dir, cached_artifact
+    from convc.codegen.entry import CacheWarning, cache_dir, cached_artifact
     root = cache_dir(options.cache)
-    if root is None or isinstance(model, Graph):
+    if root is None or is_graph(model):
         return None, None
     alias = alias or source_alias(model, batch, input_shape, input_shapes, options)
     if alias is None:
@@ -280,7 +294,7 @@ def _warm_with_stored_signature(model: ModelSource, batch: int | None, input_sha
     """(the cached model of an ONNX source compiled before with the same options, rebuilt from its
     entry and the input signature stored with it, or None; the source's cache alias, which the
     full path reuses instead of hashing the model again)."""
-    from convc.codegen.cache import cache_dir, cached_artifact, source_signature
+    from convc.codegen.entry import cache_dir, cached_artifact, source_signature
     root = cache_dir(options.cache)
     if root is None:
         return None, None
@@ -315,7 +329,7 @@ def compile_model(model: ModelSource, options: CompileOptions, *, batch: int | N
         progress("import")
     if is_nn_module(model):
         model = model.snapshot()  # later edits to the parameters must not reach variants compiled on first use
-    onnx_source = not isinstance(model, Graph) and not is_nn_module(model)
+    onnx_source = not is_graph(model) and not is_nn_module(model)
     if input_shapes is not None and not onnx_source:
         raise InputError("input_shapes= fixes the symbolic dimensions of an ONNX model's inputs; a convc.nn "
                          "Module takes input_shape=, a Graph's shapes are fixed")
