@@ -7,14 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from convc.driver import ModelSource, has_dynamic_batch, is_nn_module, load_graph  # noqa: F401  (public here)
-from convc.ir import Graph
 from convc.limits import positive_int
 from convc.options import default_threads  # noqa: F401  (public here)
 from convc.options import resolve_options
 from convc.model import CompiledModel
+
+if TYPE_CHECKING:  # the IR (networkx) is not imported by a warm compile
+    from convc.ir import Graph
 
 
 def compile_graph(graph: Graph, *, threads: int | None = None, instrument: bool = False,
