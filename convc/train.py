@@ -38,7 +38,7 @@ from convc.options import resolve_options
 from convc.passes.autodiff.training import SplitStep, TrainingStep, build_split, build_training
 from convc.runtime import dtype_error
 
-from convc.gradcheck import GradcheckResult, gradcheck  # noqa: F401  (convc.train's API since before)
+from convc.gradient_check import GradcheckResult, gradcheck  # noqa: F401  (convc.train's API since before)
 
 __all__ = ["CheckpointError", "GradcheckResult", "StepOutputs", "Trainer", "TrainingError", "gradcheck"]
 

@@ -1,5 +1,6 @@
 """``convc.gradcheck``: a model's compiled training gradients against finite differences of the
-float64 numpy references of the same training graph."""
+float64 numpy references of the same training graph. (Not named gradcheck.py: importing a submodule
+of that name would replace the function ``convc.gradcheck`` on the package with the module.)"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
