@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
 
 import convc
 
@@ -99,6 +100,15 @@ def test_affine_parameters_train_and_the_constants_do_not():
     after = trainer.state_dict()
     for name in expected:
         assert not np.allclose(after[name], start[name], rtol=0, atol=1e-6), f"{name} did not train"
+    # the trained values drop into the model's own initializers: the ONNX reference of that model is the
+    # Trainer's inference
+    trained = onnx.ModelProto()
+    trained.CopyFrom(model)
+    for init in trained.graph.initializer:
+        if init.name in expected:
+            init.CopyFrom(numpy_helper.from_array(after[init.name], init.name))
+    want = ReferenceEvaluator(trained).run(None, {"x": x})[0]
+    np.testing.assert_allclose(trainer.predict(x), want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
 
 
 # --- against PyTorch -----------------------------------------------------------------------------
