@@ -174,3 +174,12 @@ def test_group_normalization_refusals():
                        opset=21)
     with pytest.raises(convc.ModelImportError, match="num_groups=4 must divide the 6 channels"):
         convc.compile(model)
+
+
+def test_group_normalization_scale_and_bias_of_different_forms_are_refused():
+    """A per-channel scale with a per-group bias (or the reverse) matches neither opset's form."""
+    nodes = [helper.make_node("GroupNormalization", ["X", "s", "b"], ["Y"], num_groups=3, name="gn/0")]
+    model = make_model(nodes, {"X": (2, 6, 3, 3)}, ["Y"], {"s": np.ones(6, np.float32), "b": np.zeros(3, np.float32)},
+                       opset=21)
+    with pytest.raises(convc.ModelImportError, match=r"gn/0.*scale has shape \(6,\) and bias \(3,\)"):
+        convc.compile(model)
