@@ -2,8 +2,11 @@
 batch statistics; with frozen statistics (the inference form) it is a per-channel affine map.
 LayerNormalization (and InstanceNormalization and GroupNormalization, which import as it): the
 statistics recomputed from X by reductions, then the usual formula
-dX = invstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)) with dxhat = dY Scale, per row. LRN: its
-window sums over channels, forward and transposed, as MatMuls by a band matrix."""
+dX = invstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)) with dxhat = dY Scale, per row; dScale = sum(dY xhat)
+and dB = sum(dY) over the leading axes (InstanceNorm's and GroupNorm's per-channel scale and shift are a Mul and
+an Add after it, whose rules reduce their gradients to the parameters' shapes, through the Reshape views the
+importer reads them by). LRN: its window sums over channels, forward and transposed, as MatMuls by a band
+matrix."""
 from __future__ import annotations
 
 import numpy as np
