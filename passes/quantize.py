@@ -22,6 +22,11 @@ It applies when (otherwise the float path stays, with a note for ``convc profile
 A Gemm (no transA, alpha = beta = 1, any transB) or a MatMul of 2-D operands with a constant int8
 right operand runs as a 1x1 Int8Conv over its (N, K) input viewed as (N, 1, 1, K) (Reshape views, no copy).
 
+A residual Add of two per-tensor DequantizeLinears, one of an Int8Conv's output read by nothing else,
+followed by a per-tensor QuantizeLinear, folds into that conv's epilogue: the conv's integers as the model
+quantizes them, then onnxruntime's QLinearAdd arithmetic with the other integers (convc/ops/quant.py,
+Int8Residual), so the sum never exists in float32.
+
 A channels-last 2-D MaxPool between a per-tensor DequantizeLinear and a QuantizeLinear of the same type,
 scale (> 0) and zero point runs on the integers (Int8MaxPool): dequantization is then increasing, so the
 max commutes with it, and Q(DQ(q)) = q, so the result is the same integers.
@@ -31,15 +36,17 @@ them.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from convc.passes.dce import eliminate_dead_code
-from convc.passes.rewrite import note, record_origin, single_consumer, take_output
+from convc.passes.rewrite import note, record_absorbed, record_origin, single_consumer, take_output
 
 from convc.ir import Graph, Op
 from convc.ops import OpKind
 from convc.ops.epilogue import NO_EPILOGUE
-from convc.ops.quant import QUANTIZED, QUANTIZED_CONSTANTS, Int8ConvAttrs, quantize
+from convc.ops.quant import QUANTIZED, QUANTIZED_CONSTANTS, Int8ConvAttrs, Int8Residual, quantize
 from convc.ops.shape import ReshapeAttrs
 
 INT8_ACTIVATIONS = (OpKind.RELU, OpKind.CLIP)
@@ -61,6 +68,14 @@ def int8_convs(g: Graph) -> Graph:
             note(g, conv.name, f"stays float32: {found}")
             continue
         _rewrite(g, conv, q, *found)
+    for q in [op for op in g.ops() if op.kind is OpKind.QUANTIZE_LINEAR]:
+        add = g.producer(q.inputs[0])
+        if add is not None and add.kind is OpKind.ADD:
+            found = _match_residual(g, add, q)
+            if isinstance(found, str):
+                note(g, add.name, f"stays float32: {found}")
+            else:
+                _fold_residual(g, add, q, *found)
     return eliminate_dead_code(g)
 
 
@@ -220,3 +235,53 @@ def _match_max_pool(g: Graph, pool: Op, q: Op) -> str | tuple[str]:
         return (f"its input and output quantization differ (scale {xs} vs {ys}, zero point {xz:g} vs {yz:g}, "
                 f"{g.tensor(x).dtype} vs {g.tensor(q.outputs[0]).dtype}) or the scale is not positive")
     return (x,)
+
+
+def _match_residual(g: Graph, add: Op, q: Op):
+    """(Int8Conv, the residual's integers, Int8Residual, its DequantizeLinear) of a foldable Add, or why not."""
+    if single_consumer(g, add.outputs[0]) is not q or g.tensor(q.inputs[1]).size != 1:
+        return "its output is read by more than one per-tensor QuantizeLinear"
+    dqs = [g.producer(t) for t in add.inputs[:2]]
+    if any(d is None or d.kind is not OpKind.DEQUANTIZE_LINEAR or g.tensor(d.inputs[1]).size != 1 for d in dqs):
+        return "its inputs are not both per-tensor DequantizeLinears"
+    shape = g.tensor(add.outputs[0]).shape
+    if any(g.tensor(t).shape != shape for t in add.inputs[:2]):
+        return "it broadcasts"
+    for side, dq in enumerate(dqs):
+        conv = g.producer(dq.inputs[0])
+        if conv is not None and conv.kind is OpKind.INT8_CONV and conv.attrs.residual is None and \
+                single_consumer(g, dq.inputs[0]) is dq and single_consumer(g, dq.outputs[0]) is add:
+            break
+    else:
+        return "neither input is the only use of an Int8Conv's output"
+    other = dqs[1 - side]
+    if g.tensor(other.inputs[0]).dtype.name not in QUANTIZED:
+        return "the other input is not uint8/int8"
+    f32 = np.float32
+    sc, zc = f32(_scalar(g, q.inputs[1])), f32(_scalar(g, q.inputs[2]))
+    rc, ro = f32(_scalar(g, dq.inputs[1])) / sc, f32(_scalar(g, other.inputs[1])) / sc
+    za, zb = (f32(_scalar(g, d.inputs[2])) for d in (dqs[0], dqs[1]))
+    ra, rb = (rc, ro) if side == 0 else (ro, rc)
+    fixed = f32(zc - f32(f32(ra * za) + f32(rb * zb)))
+    a = conv.attrs
+    residual = Int8Residual(a.y_zero_point, a.lo, a.hi, int(_scalar(g, other.inputs[2])), float(rc), float(ro),
+                            float(fixed), side == 0)
+    return conv, other.inputs[0], residual
+
+
+def _fold_residual(g: Graph, add: Op, q: Op, conv: Op, r: str, residual: Int8Residual) -> None:
+    to = g.tensor(q.outputs[0]).dtype.name
+    lo, hi = QUANTIZED[to]
+    attrs = dataclasses.replace(conv.attrs, y_zero_point=int(_scalar(g, q.inputs[2])), to=to, lo=lo, hi=hi,
+                                residual=residual)
+    target = q.outputs[0]
+    new = g.add_op(OpKind.INT8_CONV, attrs, [*conv.inputs, r], [g.fresh_name(f"{target}_int8")],
+                   name=g.fresh_name(f"{conv.name}_residual"))
+    dq = g.consumers(conv.outputs[0])[0]
+    g.remove_op(q, remove_outputs=False)
+    g.remove_op(add)
+    g.remove_op(dq)
+    g.remove_op(conv)
+    take_output(g, new, target)
+    record_origin(g, new.name, conv.name)
+    record_absorbed(g, new.name, add.name)

@@ -96,12 +96,23 @@ def pmaddwd(b: ir.IRBuilder, x: ir.Value, y: ir.Value, native: bool) -> ir.Value
     return b.add(even, odd)
 
 
-def requantize(b: ir.IRBuilder, a: Int8ConvAttrs, acc: ir.Value, mult: ir.Value, off: ir.Value, n: int) -> ir.Value:
-    """<n x i32> accumulators -> <n x i8>, as convc/ops/quant.py's ``requantize``."""
+def requantize(b: ir.IRBuilder, a: Int8ConvAttrs, acc: ir.Value, mult: ir.Value, off: ir.Value, n: int,
+               residual: ir.Value | None = None) -> ir.Value:
+    """<n x i32> accumulators (and the <n x i32> residual integers when ``a.residual``) -> <n x i8>, as
+    convc/ops/quant.py's ``requantize``."""
+    def clamp(q: ir.Value, lo: int, hi: int) -> ir.Value:
+        q = call_intrinsic(b, "llvm.maxnum.f32", [q, _const_vec(F32, float(lo), n)])
+        return call_intrinsic(b, "llvm.minnum.f32", [q, _const_vec(F32, float(hi), n)])
     y = b.fadd(b.fmul(b.sitofp(acc, ir.VectorType(F32, n)), mult), off)
-    q = b.fadd(call_intrinsic(b, "llvm.roundeven.f32", [y]), _const_vec(F32, float(a.y_zero_point), n))
-    q = call_intrinsic(b, "llvm.maxnum.f32", [q, _const_vec(F32, float(a.lo), n)])
-    q = call_intrinsic(b, "llvm.minnum.f32", [q, _const_vec(F32, float(a.hi), n)])
+    r = a.residual
+    zp, lo, hi = (a.y_zero_point, a.lo, a.hi) if r is None else (r.zero_point, r.lo, r.hi)
+    q = clamp(b.fadd(call_intrinsic(b, "llvm.roundeven.f32", [y]), _const_vec(F32, float(zp), n)), lo, hi)
+    if r is not None:  # onnxruntime's QLinearAdd: two fused multiply-adds from the constant part
+        other = b.sitofp(residual, ir.VectorType(F32, n))
+        (first, ra), (second, rb) = ((q, r.conv_ratio), (other, r.input_ratio))[::1 if r.conv_first else -1]
+        s = call_intrinsic(b, "llvm.fma.f32", [first, _const_vec(F32, ra, n), _const_vec(F32, r.fixed, n)])
+        s = call_intrinsic(b, "llvm.fma.f32", [second, _const_vec(F32, rb, n), s])
+        q = clamp(call_intrinsic(b, "llvm.roundeven.f32", [s]), a.lo, a.hi)
     return b.trunc(b.fptosi(q, ir.VectorType(I32, n)), ir.VectorType(I8, n))
 
 
@@ -161,7 +172,9 @@ def _emit_dense(em: ModuleEmitter, op: Op, geo: _Geometry) -> KernelCall:
               em.derived_constant(_per_channel(a.multiplier, m, blocks * BLOCK, np.float32)),
               em.derived_constant(_per_channel(a.offset, m, blocks * BLOCK, np.float32)),
               em.derived_constant(np.full(pairs * group, a.x_zero_point, np.int64).astype(xdtype), xdtype)]
-    fn, b = em.function(op.name, 7, parallel=True)
+    res = op.inputs[3:]  # the residual input, when a.residual
+    res_signed = bool(res) and em.tensor(res[0]).dtype == np.int8
+    fn, b = em.function(op.name, 7 + len(res), parallel=True)
     x, y, wp, bias, mult, off, zrow = fn.args[:7]
     v16 = ir.VectorType(I16, 16)
     mr_main = MR_UBS if group == 4 else MR
@@ -201,9 +214,12 @@ def _emit_dense(em: ModuleEmitter, op: Op, geo: _Geometry) -> KernelCall:
                 mv = b.load(gep(b, mult, ch, F32), typ=ir.VectorType(F32, LANES), align=4)
                 ov = b.load(gep(b, off, ch, F32), typ=ir.VectorType(F32, LANES), align=4)
                 for r in range(mr):
-                    q = requantize(b, a, b.add(b.load(slots[r][v], typ=vacc), bv), mv, ov, LANES)
-                    out = gep(b, y, b.add(b.mul(b.add(p0, i64(r)), i64(m)), ch), I8)
-                    _store_block(b, q, out, ch, m)
+                    row = b.mul(b.add(p0, i64(r)), i64(m))
+                    # a block past the channels loads from channel 0 (nothing is stored there)
+                    inside = b.select(b.icmp_unsigned("<", ch, i64(m)), ch, i64(0))
+                    rv = _load_channels(b, gep(b, fn.args[7], row, I8), inside, m, res_signed) if res else None
+                    q = requantize(b, a, b.add(b.load(slots[r][v], typ=vacc), bv), mv, ov, LANES, rv)
+                    _store_block(b, q, gep(b, y, b.add(row, ch), I8), ch, m)
 
     lo, hi = em.thread_range(b, fn, tiles)
     with for_range(b, hi, start=lo, name="tile") as t:
@@ -215,7 +231,7 @@ def _emit_dense(em: ModuleEmitter, op: Op, geo: _Geometry) -> KernelCall:
             with for_range(b, geo.pixels, start=tiles * mr_main, name="px") as p:
                 tile(p, 1)
     b.ret_void()
-    return KernelCall(fn, [op.inputs[0], op.outputs[0], *tables])
+    return KernelCall(fn, [op.inputs[0], op.outputs[0], *tables, *res])
 
 
 def _store_block(b: ir.IRBuilder, q: ir.Value, out: ir.Value, ch: ir.Value, m: int) -> None:
@@ -301,7 +317,9 @@ def _emit_depthwise(em: ModuleEmitter, op: Op, geo: _Geometry) -> KernelCall:
               em.derived_constant(_per_channel(a.multiplier, c, cp, np.float32)),
               em.derived_constant(_per_channel(a.offset, c, cp, np.float32)),
               em.derived_constant(np.full(cp, a.x_zero_point, np.int64).astype(xdtype), xdtype)]
-    fn, b = em.function(op.name, 7, parallel=True)
+    res = op.inputs[3:]
+    res_signed = bool(res) and em.tensor(res[0]).dtype == np.int8
+    fn, b = em.function(op.name, 7 + len(res), parallel=True)
     x, y, wp, bp, mult, off, zrow = fn.args[:7]
     vi = ir.VectorType(I32, LANES)
     zp = _const_vec(I32, a.x_zero_point, LANES)
@@ -319,10 +337,11 @@ def _emit_depthwise(em: ModuleEmitter, op: Op, geo: _Geometry) -> KernelCall:
                 acc = b.add(acc, b.mul(b.sub(xs, zp), wv))
             mv = b.load(gep(b, mult, ch, F32), typ=ir.VectorType(F32, LANES), align=4)
             ov = b.load(gep(b, off, ch, F32), typ=ir.VectorType(F32, LANES), align=4)
-            q = requantize(b, a, acc, mv, ov, LANES)
+            rv = _load_channels(b, gep(b, fn.args[7], b.mul(p, i64(c)), I8), ch, c, res_signed) if res else None
+            q = requantize(b, a, acc, mv, ov, LANES, rv)
             _store_block(b, q, gep(b, y, b.add(b.mul(p, i64(c)), ch), I8), ch, c)
     b.ret_void()
-    return KernelCall(fn, [op.inputs[0], op.outputs[0], *tables])
+    return KernelCall(fn, [op.inputs[0], op.outputs[0], *tables, *res])
 
 
 def _load_channels(b: ir.IRBuilder, row: ir.Value, ch: ir.Value, c: int, signed: bool) -> ir.Value:

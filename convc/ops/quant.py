@@ -130,6 +130,26 @@ class Int8ConvAttrs:
     to: str
     lo: int
     hi: int
+    residual: Int8Residual | None = None
+
+
+@dataclass(frozen=True)
+class Int8Residual:
+    """A residual add folded into Int8Conv's epilogue: DequantizeLinear(conv) + DequantizeLinear(r) ->
+    QuantizeLinear, computed as onnxruntime's QLinearAdd (MLAS) does. The conv's output is first quantized
+    as the model has it (``zero_point``, clamped to [lo, hi]: the Int8ConvAttrs' y_zero_point, lo and hi
+    then describe the sum's quantization), then
+    y = round_half_to_even(fma(b, ratio_b, fma(a, ratio_a, fixed))) clamped, where a and b are the add's
+    first and second integers (``conv_first``: the conv's is a), ratio = input scale / sum's scale and
+    fixed = sum's zero point - (ratio_a * zero_point_a + ratio_b * zero_point_b), all float32."""
+    zero_point: int
+    lo: int
+    hi: int
+    input_zero_point: int  # r's
+    conv_ratio: float
+    input_ratio: float
+    fixed: float
+    conv_first: bool
 
 
 def int8_conv_output_shape(a: Int8ConvAttrs, x: tuple[int, ...], m: int) -> tuple[int, ...]:
@@ -141,8 +161,8 @@ def int8_conv_output_shape(a: Int8ConvAttrs, x: tuple[int, ...], m: int) -> tupl
 
 
 def _infer_int8_conv(a: Int8ConvAttrs, types: Sequence[TensorType]) -> list[TensorType]:
-    check_arity(OpKind.INT8_CONV, types, 3, 3)
-    x, w, b = types
+    check_arity(OpKind.INT8_CONV, types, 3 + (a.residual is not None), 3 + (a.residual is not None))
+    x, w, b = types[:3]
     if x.dtype.name not in QUANTIZED or w.dtype != np.int8 or b.dtype != np.int32:
         raise GraphError(f"Int8Conv takes uint8/int8 x, int8 w and int32 bias, got {x.dtype}, {w.dtype}, {b.dtype}")
     if len(x.shape) != 4 or len(w.shape) != 4 or w.shape[1] * a.group != x.shape[3] or b.shape != (w.shape[0],):
@@ -150,7 +170,11 @@ def _infer_int8_conv(a: Int8ConvAttrs, types: Sequence[TensorType]) -> list[Tens
                          f"group {a.group}")
     if len(a.multiplier) != w.shape[0] or len(a.offset) != w.shape[0]:
         raise GraphError(f"Int8Conv has {len(a.multiplier)} multipliers for {w.shape[0]} output channels")
-    return [TensorType(int8_conv_output_shape(a, x.shape, w.shape[0]), np.dtype(a.to))]
+    y = TensorType(int8_conv_output_shape(a, x.shape, w.shape[0]), np.dtype(a.to))
+    if a.residual is not None and (types[3].shape != y.shape or types[3].dtype.name not in QUANTIZED):
+        raise GraphError(f"Int8Conv's residual input {types[3].dtype} {types[3].shape} does not match its "
+                         f"output {y.shape}")
+    return [y]
 
 
 def int8_accumulate(a: Int8ConvAttrs, x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -174,15 +198,28 @@ def int8_accumulate(a: Int8ConvAttrs, x: np.ndarray, w: np.ndarray, bias: np.nda
     return acc
 
 
-def requantize(a: Int8ConvAttrs, acc: np.ndarray) -> np.ndarray:
-    """The fused epilogue, in float32 in the kernel's order."""
+def requantize(a: Int8ConvAttrs, acc: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
+    """The fused epilogue, in float32 in the kernel's order (with the residual add when ``a.residual``)."""
     y = acc.astype(np.float32) * np.asarray(a.multiplier, np.float32) + np.asarray(a.offset, np.float32)
-    q = np.rint(y) + np.float32(a.y_zero_point)
-    return np.clip(q, a.lo, a.hi).astype(a.to)
+    r = a.residual
+    if r is None:
+        q = np.rint(y) + np.float32(a.y_zero_point)
+        return np.clip(q, a.lo, a.hi).astype(a.to)
+    q = np.clip(np.rint(y) + np.float32(r.zero_point), r.lo, r.hi)
+    c, other = q.astype(np.float32), residual.astype(np.float32)
+    (first, ra), (second, rb) = ((c, r.conv_ratio), (other, r.input_ratio))[::1 if r.conv_first else -1]
+    s = _fma(second, rb, _fma(first, ra, np.float32(r.fixed)))
+    return np.clip(np.rint(s), a.lo, a.hi).astype(a.to)
 
 
-def _int8_conv(a: Int8ConvAttrs, x: np.ndarray, w: np.ndarray, bias: np.ndarray) -> list[np.ndarray]:
-    return [requantize(a, int8_accumulate(a, x, w, bias))]
+def _fma(x: np.ndarray, y: float, z) -> np.ndarray:
+    """float32 x * y + z with one rounding (the product is exact in float64)."""
+    return (x.astype(np.float64) * np.float64(np.float32(y)) + np.float64(z)).astype(np.float32)
+
+
+def _int8_conv(a: Int8ConvAttrs, x: np.ndarray, w: np.ndarray, bias: np.ndarray,
+               residual: np.ndarray | None = None) -> list[np.ndarray]:
+    return [requantize(a, int8_accumulate(a, x, w, bias), residual)]
 
 
 def _int8_conv_macs(a: Int8ConvAttrs, ins: Sequence[TensorType], outs: Sequence[TensorType]) -> int:
@@ -190,7 +227,7 @@ def _int8_conv_macs(a: Int8ConvAttrs, ins: Sequence[TensorType], outs: Sequence[
     return numel(outs[0]) * w[1] * w[2] * w[3]
 
 
-register(OpDef(OpKind.INT8_CONV, Int8ConvAttrs, _infer_int8_conv, _int8_conv, macs=_int8_conv_macs, n_inputs=(3, 3),
+register(OpDef(OpKind.INT8_CONV, Int8ConvAttrs, _infer_int8_conv, _int8_conv, macs=_int8_conv_macs, n_inputs=(3, 4),
                flops=_per_element(6)))  # the requantization: convert, multiply, add, round, add, clamp
 
 

@@ -79,6 +79,43 @@ def test_int8_conv_is_exact(x_shape, m, k, stride, pad, dilation, group, signed,
     np.testing.assert_array_equal(got, expected)
 
 
+# (x NHWC, output channels, kernel, stride, group, signed x, signed residual, conv first, threads)
+RESIDUAL_GRID = [
+    ((16, 13, 11, 5), 19, 3, 1, 1, False, False, True, 2),    # odd channels: a partial last block
+    ((4, 9, 7, 16), 32, 1, 1, 1, False, True, False, 1),      # whole blocks, int8 residual, the conv second
+    ((16, 14, 9, 13), 13, 3, 1, 13, True, False, False, 2),   # depthwise, odd channels
+    ((2, 16, 16, 64), 64, 3, 2, 1, False, False, True, 2),    # vpmaddubsw (7-bit weights), stride 2
+]
+
+
+@pytest.mark.parametrize("x_shape,m,k,stride,group,signed,res_signed,conv_first,threads", RESIDUAL_GRID)
+def test_int8_conv_with_residual_is_exact(x_shape, m, k, stride, group, signed, res_signed, conv_first, threads):
+    """The residual add in the epilogue against the numpy reference of the same float32 arithmetic."""
+    import dataclasses
+    from convc.ops.quant import Int8Residual
+    rng = np.random.default_rng(sum(x_shape) + m + 1)
+    g, a, x, w, bias = int8_conv_graph(x_shape, m, k, stride, 1, 1, group, signed, rng, 7 if m == 64 else 8)
+    out_shape = g.tensor("y").shape
+    rt = np.int8 if res_signed else np.uint8
+    r = rng.integers(np.iinfo(rt).min, np.iinfo(rt).max + 1, out_shape).astype(rt)
+    f = np.float32
+    ra, rb, za, zb, zc = f(0.7), f(0.45), f(a.y_zero_point), f(-5 if res_signed else 120), f(100)
+    fixed = f(zc - f(f(ra * za) + f(rb * zb))) if conv_first else f(zc - f(f(rb * zb) + f(ra * za)))
+    residual = Int8Residual(a.y_zero_point, 0, 255, int(zb), float(ra), float(rb), float(fixed), conv_first)
+    a = dataclasses.replace(a, y_zero_point=int(zc), residual=residual)
+    g2 = Graph("int8_conv_residual")
+    g2.add_tensor("x", x.shape, x.dtype, TensorKind.INPUT)
+    g2.add_tensor("r", r.shape, r.dtype, TensorKind.INPUT)
+    g2.add_constant("w", w)
+    g2.add_constant("b", bias)
+    g2.add_op(OpKind.INT8_CONV, a, ["x", "w", "b", "r"], ["y"])
+    g2.outputs = ["y"]
+    expected = requantize(a, int8_accumulate(a, x, w, bias), r)
+    assert len(np.unique(expected)) > 40
+    got = _run(convc.compile(g2, threads=threads, cache=False), {"x": x, "r": r})
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_vnni_target_fuses_the_multiply_add():
     """Compiled (not run: no VNNI here) for znver4, the vpmaddwd + vpaddd pairs become vpdpwssd."""
     rng = np.random.default_rng(3)
@@ -126,13 +163,15 @@ def logits_step(model: onnx.ModelProto) -> float:
 def test_pass_replaces_every_conv_of_a_qdq_resnet():
     """Every Conv of the QDQ net (3x3, strided, 1x1 projection) and the classifier Gemm (as a 1x1 conv on
     a view) run as Int8Conv but the 3-channel stem, which stays float32 with the reason noted; the residual
-    Adds and the pool stay float on dequantized values; the recorded integers leave the graph."""
+    Adds run in the epilogues; the recorded integers leave the graph."""
     from convc.driver import load_graph  # noqa: PLC0415
     plan = pipeline(load_graph(qdq("resnet"), batch=2))
     kinds = [op.kind for op in plan.order]
     assert kinds.count(OpKind.INT8_CONV) == 6 and kinds.count(OpKind.CONV) == 1 and OpKind.GEMM not in kinds
     assert any("3 input channels" in reason for _, reason in plan.graph.metadata["pass_notes"])
-    assert OpKind.ADD in kinds and OpKind.GLOBAL_AVERAGE_POOL in kinds
+    # the residual Adds fold into the epilogue of the conv whose output they read; the pool stays float
+    assert OpKind.ADD not in kinds and OpKind.GLOBAL_AVERAGE_POOL in kinds
+    assert sum(op.attrs.residual is not None for op in plan.order if op.kind is OpKind.INT8_CONV) == 2
     assert "quantized_constants" not in plan.graph.metadata
     # the int8 tensors between convs are uint8 and channels last
     convs = [op for op in plan.order if op.kind is OpKind.INT8_CONV]

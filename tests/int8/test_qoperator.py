@@ -166,3 +166,5 @@ def test_profile_shows_int8_layers_with_their_integer_weight_bytes():
     assert (layers["conv5"].op, layers["conv5"].weight_bytes) == ("Conv (int8)", 16 * 16 * 3 * 3 + 4 * 16)
     assert (layers["fc"].op, layers["fc"].weight_bytes) == ("Gemm (int8)", 10 * 32 + 4 * 10)
     assert (layers["conv1"].op, layers["conv1"].weight_bytes) == ("Conv", 4 * (16 * 3 * 3 * 3 + 16))
+    # the residual Add runs in the epilogue of the conv that feeds it
+    assert layers["conv9_1"].op == "Conv+Add (int8)" and "add12" in layers["conv9_1"].members
