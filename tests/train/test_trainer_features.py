@@ -206,6 +206,7 @@ BN_NETS = {"residual_bn": (nets.residual_net, (2, 6, 6), 5, lambda: convc.optim.
                           lambda: convc.optim.Adam(1e-2))}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("net", list(BN_NETS))
 def test_partial_batch_with_batch_norm_trains_without_compiling(net, monkeypatch):
     """BatchNorm in training mode counts the first ``rows`` samples of the padded batch: its batch
@@ -231,5 +232,34 @@ def test_partial_batch_with_batch_norm_trains_without_compiling(net, monkeypatch
     assert any(n.endswith("running_var") for n in a)
     for name in a:
         np.testing.assert_allclose(a[name], b[name], rtol=5e-5, atol=5e-6, err_msg=name)
-    x, _ = bn_batch(shape, classes, PART, 10)
-    np.testing.assert_allclose(full.predict(x), part.predict(x), rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_references_count_rows():
+    """The references of BatchNormTrain, BatchNormGrad and BatchNormRunningUpdate with ``rows``
+    equal those of the first ``rows`` samples alone (the padded ones: finite outputs, no gradient,
+    and the unbiased factor n/(n-1) with n = rows*H*W)."""
+    from convc.ops import OpKind, op_def
+    from convc.ops.norm import BatchNormAttrs
+    from convc.ops.norm_grad import RunningUpdateAttrs
+    rng = np.random.default_rng(0)
+    x, dy = rng.standard_normal((2, 6, 3, 4, 5)).astype(np.float32)
+    scale, bias = rng.uniform(0.5, 1.5, 3).astype(np.float32), rng.uniform(-1, 1, 3).astype(np.float32)
+    rows, attrs = np.array([4], np.int64), BatchNormAttrs(epsilon=1e-3)
+    train, grad = op_def(OpKind.BATCH_NORM_TRAIN).reference, op_def(OpKind.BATCH_NORM_GRAD).reference
+    y, mean, invstd = train(attrs, x, scale, bias, rows)
+    y4, mean4, invstd4 = train(attrs, x[:4], scale, bias)
+    np.testing.assert_array_equal(y[:4], y4)
+    np.testing.assert_array_equal(mean, mean4)
+    np.testing.assert_array_equal(invstd, invstd4)
+    assert np.isfinite(y).all()
+    dx, dscale, dbias = grad(attrs, x, scale, mean, invstd, dy, rows)
+    dx4, dscale4, dbias4 = grad(attrs, x[:4], scale, mean, invstd, dy[:4])
+    np.testing.assert_array_equal(dx[:4], dx4)
+    assert not dx[4:].any()
+    np.testing.assert_array_equal(dscale, dscale4)
+    np.testing.assert_array_equal(dbias, dbias4)
+    update = op_def(OpKind.BATCH_NORM_RUNNING_UPDATE).reference
+    ones, ok = np.ones(3, np.float32), np.ones(1, np.float32)
+    _, var = update(RunningUpdateAttrs(0.0, 1e-3, 6 * 20, per_sample=20), ones, ones, mean, invstd, ok, rows)
+    expected = (x[:4].astype(np.float64).var(axis=(0, 2, 3)) * 80 / 79)
+    np.testing.assert_allclose(var, expected, rtol=1e-5)
