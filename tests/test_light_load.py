@@ -79,7 +79,7 @@ np.save({str(root / 'y_pickle.npy')!r}, model(np.load({str(root / 'x.npy')!r})))
 
 def test_a_warm_compile_of_an_onnx_file_imports_no_compiler(built):
     """The cache entry's stored input signature lets a warm compile skip onnx; the file's bytes are
-    its key. (A ModelProto source is hashed with SerializeToString: its caller has onnx already.)"""
+    its key. A ModelProto is hashed with SerializeToString: its caller imported onnx, nothing more."""
     root, _, expected = built
     seen = child(f"""
 import numpy as np, convc
@@ -89,6 +89,13 @@ np.save({str(root / 'y_warm.npy')!r}, np.concatenate([model(x[i:i + 1]) for i in
 """, root / "cache")
     assert seen["heavy"] == []
     np.testing.assert_array_equal(np.load(root / "y_warm.npy"), expected)
+    seen = child(f"""
+import numpy as np, onnx, convc
+model = convc.compile(onnx.load({str(root / 'lenet.onnx')!r}), batch=None, threads=1)
+np.save({str(root / 'y_proto.npy')!r}, model(np.load({str(root / 'x.npy')!r})[:1]))
+""", root / "cache")
+    assert [m for m in seen["heavy"] if not m.startswith("onnx")] == []
+    np.testing.assert_array_equal(np.load(root / "y_proto.npy"), expected[:1])
 
 
 @pytest.mark.slow  # builds a shared library (LLVM and the C linker): a few seconds
