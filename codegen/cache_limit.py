@@ -17,7 +17,7 @@ from pathlib import Path
 
 from convc.codegen import kernel_cache
 from convc.codegen.artifacts import CacheWarning
-from convc.codegen.cache import _HEADER, FORMAT, HEADER_BYTES, MAGIC, _entries
+from convc.codegen.entry import _HEADER, FORMAT, HEADER_BYTES, MAGIC, _entries
 
 
 def clear(root: Path) -> int:
