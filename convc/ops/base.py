@@ -89,6 +89,7 @@ class OpKind(enum.Enum):
     IM2COL = "Im2Col"
     INT8_CONV = "Int8Conv"  # a quantized conv with its requantization fused (passes/quantize.py; convc/ops/quant.py)
     INT8_MAX_POOL = "Int8MaxPool"  # MaxPool on uint8/int8 between equal DequantizeLinear/QuantizeLinear (same place)
+    INT8_GLOBAL_AVERAGE_POOL = "Int8GlobalAveragePool"  # GlobalAveragePool between DequantizeLinear/QuantizeLinear
     ROUND_BF16 = "RoundBF16"  # float32 values rounded to bf16 values before a conv/gemm reads them (passes/precision.py)
     # training (passes/autodiff): forward in training mode, gradients, losses, optimizer updates;
     # defined in convc/ops/{conv,pool,norm,elementwise}_grad.py, loss.py and optim.py
@@ -162,7 +163,8 @@ class OpGroup:
         OpKind.RMSPROP_UPDATE, OpKind.ADAM_UPDATE, OpKind.ALL_FINITE, OpKind.STEP_INCREMENT,
     })
     # ops only passes create, which no ONNX model spells: lowering's Im2Col, bf16's rounding and the training ops
-    INTERNAL = TRAINING | {OpKind.IM2COL, OpKind.ROUND_BF16, OpKind.INT8_CONV, OpKind.INT8_MAX_POOL}
+    INTERNAL = TRAINING | {OpKind.IM2COL, OpKind.ROUND_BF16, OpKind.INT8_CONV, OpKind.INT8_MAX_POOL,
+                             OpKind.INT8_GLOBAL_AVERAGE_POOL}
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,8 @@ NOT_DIFFERENTIABLE: dict[OpKind, str] = {
                       "models",
     OpKind.INT8_MAX_POOL: "created by passes/quantize.py in inference plans of quantized models; convc trains "
                           "float32 models",
+    OpKind.INT8_GLOBAL_AVERAGE_POOL: "created by passes/quantize.py in inference plans of quantized models; convc "
+                                     "trains float32 models",
     **{k: _TRAINING_OP for k in OpGroup.TRAINING - GRADIENTS.keys()},
 }
 
