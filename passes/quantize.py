@@ -31,7 +31,11 @@ A channels-last 2-D MaxPool between a per-tensor DequantizeLinear and a Quantize
 scale (> 0) and zero point runs on the integers (Int8MaxPool): dequantization is then increasing, so the
 max commutes with it, and Q(DQ(q)) = q, so the result is the same integers.
 
-Other float ops between (residual Add, average pooling) stay float on dequantized values, as the model has
+A channels-last GlobalAveragePool of a 2-D image between per-tensor DequantizeLinear and QuantizeLinear
+runs on the integers (Int8GlobalAveragePool: an int32 sum requantized as onnxruntime's
+QLinearGlobalAveragePool does).
+
+Other float ops between (non-residual Add, average pooling) stay float on dequantized values, as the model has
 them.
 """
 from __future__ import annotations
@@ -46,7 +50,7 @@ from convc.passes.rewrite import note, record_absorbed, record_origin, single_co
 from convc.ir import Graph, Op
 from convc.ops import OpKind
 from convc.ops.epilogue import NO_EPILOGUE
-from convc.ops.quant import QUANTIZED, QUANTIZED_CONSTANTS, Int8ConvAttrs, Int8Residual, quantize
+from convc.ops.quant import QUANTIZED, QUANTIZED_CONSTANTS, Int8ConvAttrs, Int8GlobalPoolAttrs, Int8Residual, quantize
 from convc.ops.shape import ReshapeAttrs
 
 INT8_ACTIVATIONS = (OpKind.RELU, OpKind.CLIP)
@@ -55,7 +59,7 @@ FEW_CHANNELS = 4  # plain convs with at most this many input channels (an RGB st
 
 def int8_convs(g: Graph) -> Graph:
     """Rewrite every DQ -> Conv -> Q the module docstring describes; drop the recorded integers."""
-    g = int8_max_pools(g)
+    g = int8_global_average_pools(int8_max_pools(g))
     known = g.metadata.pop(QUANTIZED_CONSTANTS, None)
     if not known:
         return g
@@ -285,3 +289,36 @@ def _fold_residual(g: Graph, add: Op, q: Op, conv: Op, r: str, residual: Int8Res
     take_output(g, new, target)
     record_origin(g, new.name, conv.name)
     record_absorbed(g, new.name, add.name)
+
+
+def int8_global_average_pools(g: Graph) -> Graph:
+    """Rewrite every per-tensor DequantizeLinear -> channels-last GlobalAveragePool -> QuantizeLinear."""
+    for q in [op for op in g.ops() if op.kind is OpKind.QUANTIZE_LINEAR]:
+        pool = g.producer(q.inputs[0])
+        if pool is None or pool.kind is not OpKind.GLOBAL_AVERAGE_POOL:
+            continue
+        dq = g.producer(pool.inputs[0])
+        why = None
+        if not pool.attrs.channels_last or len(g.tensor(pool.inputs[0]).shape) != 4:
+            why = "not a channels-last 2-D pool"
+        elif single_consumer(g, pool.outputs[0]) is not q or g.tensor(q.inputs[1]).size != 1:
+            why = "its output is read by more than one per-tensor QuantizeLinear"
+        elif dq is None or dq.kind is not OpKind.DEQUANTIZE_LINEAR or g.tensor(dq.inputs[1]).size != 1 or \
+                g.tensor(dq.inputs[0]).dtype.name not in QUANTIZED:
+            why = "its input is not a per-tensor DequantizeLinear of uint8/int8"
+        if why:
+            note(g, pool.name, f"stays float32: {why}")
+            continue
+        _, h, w, _ = g.tensor(pool.inputs[0]).shape
+        f32 = np.float32
+        scale = f32(_scalar(g, dq.inputs[1])) / (f32(_scalar(g, q.inputs[1])) * f32(h * w))
+        attrs = Int8GlobalPoolAttrs(int(_scalar(g, dq.inputs[2])), float(f32(scale)), int(_scalar(g, q.inputs[2])),
+                                    g.tensor(q.outputs[0]).dtype.name)
+        target = q.outputs[0]
+        new = g.add_op(OpKind.INT8_GLOBAL_AVERAGE_POOL, attrs, [dq.inputs[0]], [g.fresh_name(f"{target}_int8")],
+                       name=g.fresh_name(f"{pool.name}_int8"))
+        g.remove_op(q, remove_outputs=False)
+        g.remove_op(pool)
+        take_output(g, new, target)
+        record_origin(g, new.name, pool.name)
+    return eliminate_dead_code(g)

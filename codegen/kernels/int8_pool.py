@@ -1,9 +1,14 @@
-"""Int8MaxPool: a channels-last 2-D max pool on uint8/int8 values (passes/quantize.py places it between a
+"""Int8MaxPool and Int8GlobalAveragePool.
+
+Int8MaxPool: a channels-last 2-D max pool on uint8/int8 values (passes/quantize.py places it between a
 DequantizeLinear and a QuantizeLinear of equal scale and zero point, where max commutes with both).
 
 Each thread takes whole output rows; a pixel's channels go 32 bytes at a time (``vpmaxub``/``vpmaxsb`` on
 AVX2, one vector holds 32 channels, four times a float32 vector) and the rest one by one. Taps outside
 the input are skipped (ONNX pads MaxPool with -inf), and every window holds at least one real tap.
+
+Int8GlobalAveragePool sums each image's pixels in int32, 8 channels a vector, and requantizes the sums
+(convc/ops/quant.py gives the arithmetic, onnxruntime's QLinearGlobalAveragePool).
 """
 from __future__ import annotations
 
@@ -11,10 +16,12 @@ from collections.abc import Callable
 
 from llvmlite import ir
 
-from convc.codegen.llvm_utils import I8, alloca_entry, call_intrinsic, for_range, gep, i64, in_range
+from convc.codegen.llvm_utils import F32, I8, I32, alloca_entry, call_intrinsic, for_range, gep, i64, in_range
+from convc.codegen.kernels.int8_conv import LANES, _const_vec, _load_channels, _store_block
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from convc.ir import Op
 from convc.ops import OpKind
+from convc.ops.quant import QUANTIZED
 
 
 def _taps(b: ir.IRBuilder, op: Op, shape: tuple[int, ...], n: ir.Value, oh: ir.Value, ow: ir.Value,
@@ -72,3 +79,34 @@ def emit_int8_max_pool(em: ModuleEmitter, op: Op) -> KernelCall:
                     b.store(b.load(acc_s), gep(b, yp, b.add(out, ch), I8))
     b.ret_void()
     return KernelCall(fn, [op.inputs[0], op.outputs[0]])
+
+
+@emitter(OpKind.INT8_GLOBAL_AVERAGE_POOL)
+def emit_int8_global_average_pool(em: ModuleEmitter, op: Op) -> KernelCall:
+    """Per image and 8 channels: the int32 sum over the pixels, then the requantization in float32."""
+    a = op.attrs
+    x = em.tensor(op.inputs[0])
+    n, h, w, c = x.shape
+    count = h * w
+    lo, hi = QUANTIZED[a.to]
+    vi, vf = ir.VectorType(I32, LANES), ir.VectorType(F32, LANES)
+    fn, b = em.function(op.name, 2, parallel=True)
+    xp, yp = fn.args[:2]
+    acc = alloca_entry(b, vi, "acc")
+    start, stop = em.thread_range(b, fn, n)
+    with for_range(b, stop, start=start, name="image") as i:
+        with for_range(b, -(-c // LANES), name="cv") as cv:
+            ch = b.mul(cv, i64(LANES))
+            b.store(_const_vec(I32, -a.x_zero_point * count, LANES), acc)
+            with for_range(b, count, name="px") as p:
+                row = gep(b, xp, b.mul(b.add(b.mul(i, i64(count)), p), i64(c)), I8)
+                b.store(b.add(b.load(acc), _load_channels(b, row, ch, c, x.dtype.name == "int8")), acc)
+            q = b.fmul(b.sitofp(b.load(acc), vf), _const_vec(F32, a.scale, LANES))
+            q = b.fadd(call_intrinsic(b, "llvm.roundeven.f32", [q]), _const_vec(F32, float(a.y_zero_point), LANES))
+            q = call_intrinsic(b, "llvm.maxnum.f32", [q, _const_vec(F32, float(lo), LANES)])
+            q = call_intrinsic(b, "llvm.minnum.f32", [q, _const_vec(F32, float(hi), LANES)])
+            q = b.trunc(b.fptosi(q, vi), ir.VectorType(I8, LANES))
+            _store_block(b, q, gep(b, yp, b.add(b.mul(i, i64(c)), ch), I8), ch, c)
+    b.ret_void()
+    return KernelCall(fn, [op.inputs[0], op.outputs[0]])
+

@@ -250,3 +250,37 @@ def int8_max_pool_reference(a: PoolAttrs, x: np.ndarray) -> list[np.ndarray]:
 
 register(OpDef(OpKind.INT8_MAX_POOL, PoolAttrs, _infer_int8_max_pool, int8_max_pool_reference, n_inputs=(1, 1),
                flops=window_flops))
+
+
+# --- the integer global average pool (placed by passes/quantize.py) -------------------------------
+@dataclass(frozen=True)
+class Int8GlobalPoolAttrs:
+    """GlobalAveragePool of a channels-last uint8/int8 tensor requantized as onnxruntime's
+    QLinearGlobalAveragePool (MLAS) does: y = saturate(round_half_to_even(float32(sum - x_zero_point * count)
+    * scale) + y_zero_point), sum the int32 sum over the count = H * W pixels, scale = x_scale / (y_scale *
+    count) in float32."""
+    x_zero_point: int
+    scale: float
+    y_zero_point: int
+    to: str
+
+
+def _infer_int8_global_pool(a: Int8GlobalPoolAttrs, types: Sequence[TensorType]) -> list[TensorType]:
+    check_arity(OpKind.INT8_GLOBAL_AVERAGE_POOL, types, 1, 1)
+    x = types[0]
+    if x.dtype.name not in QUANTIZED or x.rank != 4:
+        raise GraphError(f"Int8GlobalAveragePool takes a channels-last (N, H, W, C) uint8/int8 input, got "
+                         f"{x.dtype} {x.shape}")
+    return [TensorType((x.shape[0], 1, 1, x.shape[3]), np.dtype(a.to))]
+
+
+def int8_global_average_pool_reference(a: Int8GlobalPoolAttrs, x: np.ndarray) -> list[np.ndarray]:
+    count = x.shape[1] * x.shape[2]
+    acc = x.astype(np.int64).sum(axis=(1, 2), keepdims=True) - a.x_zero_point * count
+    q = np.rint(acc.astype(np.float32) * np.float32(a.scale)) + np.float32(a.y_zero_point)
+    return [np.clip(q, *QUANTIZED[a.to]).astype(a.to)]
+
+
+register(OpDef(OpKind.INT8_GLOBAL_AVERAGE_POOL, Int8GlobalPoolAttrs, _infer_int8_global_pool,
+               int8_global_average_pool_reference, n_inputs=(1, 1),
+               flops=lambda a, ins, outs: numel(ins[0])))  # one add per input value

@@ -163,14 +163,15 @@ def logits_step(model: onnx.ModelProto) -> float:
 def test_pass_replaces_every_conv_of_a_qdq_resnet():
     """Every Conv of the QDQ net (3x3, strided, 1x1 projection) and the classifier Gemm (as a 1x1 conv on
     a view) run as Int8Conv but the 3-channel stem, which stays float32 with the reason noted; the residual
-    Adds run in the epilogues; the recorded integers leave the graph."""
+    Adds run in the epilogues, the pool on the integers; the recorded integers leave the graph."""
     from convc.driver import load_graph  # noqa: PLC0415
     plan = pipeline(load_graph(qdq("resnet"), batch=2))
     kinds = [op.kind for op in plan.order]
     assert kinds.count(OpKind.INT8_CONV) == 6 and kinds.count(OpKind.CONV) == 1 and OpKind.GEMM not in kinds
     assert any("3 input channels" in reason for _, reason in plan.graph.metadata["pass_notes"])
     # the residual Adds fold into the epilogue of the conv whose output they read; the pool stays float
-    assert OpKind.ADD not in kinds and OpKind.GLOBAL_AVERAGE_POOL in kinds
+    assert OpKind.ADD not in kinds and OpKind.GLOBAL_AVERAGE_POOL not in kinds and \
+        OpKind.INT8_GLOBAL_AVERAGE_POOL in kinds
     assert sum(op.attrs.residual is not None for op in plan.order if op.kind is OpKind.INT8_CONV) == 2
     assert "quantized_constants" not in plan.graph.metadata
     # the int8 tensors between convs are uint8 and channels last

@@ -1,5 +1,6 @@
-"""Int8MaxPool: the integer kernel against numpy (exact), and the pass that places it between a
-DequantizeLinear and a QuantizeLinear of equal parameters."""
+"""Int8MaxPool and Int8GlobalAveragePool: the integer kernels against numpy (exact), and the pass that places
+Int8MaxPool between a DequantizeLinear and a QuantizeLinear of equal parameters (the QDQ nets of
+test_int8_conv.py and test_qoperator.py run Int8GlobalAveragePool against onnxruntime)."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +16,7 @@ from convc.ir import Graph, TensorKind
 from convc.ops import OpKind
 from convc.ops.layout import CHANNELS_LAST
 from convc.ops.pool import PoolAttrs
-from convc.ops.quant import int8_max_pool_reference
+from convc.ops.quant import Int8GlobalPoolAttrs, int8_global_average_pool_reference, int8_max_pool_reference
 from convc.passes.pipeline import pipeline
 
 # (x NHWC, kernel, stride, pads (top, left, bottom, right), dilation, ceil_mode, signed, threads)
@@ -79,3 +80,32 @@ def test_max_pool_between_equal_quantization_runs_on_integers(pool_scale, intege
     x = np.random.default_rng(4).normal(size=(16, 8, 21, 19)).astype(np.float32)
     got = _run(convc.compile(model, batch=16, threads=2, cache=False), {"x": x})
     np.testing.assert_allclose(got, ort_run(model, x, optimized=False), rtol=1e-5, atol=1e-5)
+
+
+# (x NHWC, signed, threads)
+GLOBAL_GRID = [((16, 13, 11, 37), False, 2), ((32, 7, 7, 512), True, 1), ((3, 1, 5, 3), False, 2)]
+
+
+@pytest.mark.parametrize("x_shape,signed,threads", GLOBAL_GRID)
+def test_int8_global_average_pool_is_exact(x_shape, signed, threads, rng):
+    t = np.int8 if signed else np.uint8
+    info = np.iinfo(t)
+    # a center per image and channel, so the means spread over the range
+    center = rng.integers(info.min, info.max + 1, (x_shape[0], 1, 1, x_shape[3]))
+    x = np.clip(center + rng.integers(-40, 41, x_shape), info.min, info.max).astype(t)
+    count = x_shape[1] * x_shape[2]
+    # a y_scale a little below x_scale: the means spread over more steps than the inputs, some saturate
+    a = Int8GlobalPoolAttrs(-7 if signed else 131, float(np.float32(1 / (0.6 * count))), -2 if signed else 120,
+                            "int8" if signed else "uint8")
+    g = Graph("int8_global_average_pool")
+    g.add_tensor("x", x.shape, x.dtype, TensorKind.INPUT)
+    g.add_op(OpKind.INT8_GLOBAL_AVERAGE_POOL, a, ["x"], ["y"])
+    g.outputs = ["y"]
+    expected = int8_global_average_pool_reference(a, x)[0]
+    # the reference is the mean's requantization: within one rounding of the float64 arithmetic
+    mean = (x.astype(np.float64) - a.x_zero_point).mean(axis=(1, 2), keepdims=True) / 0.6 + a.y_zero_point
+    assert np.abs(expected - np.clip(np.rint(mean), info.min, info.max)).max() <= 1
+    assert len(np.unique(expected)) > min(40, expected.size // 2)  # spread, not saturated
+    got = _run(convc.compile(g, threads=threads, cache=False), {"x": x})
+    assert got.dtype == t and got.shape == (x_shape[0], 1, 1, x_shape[3])
+    np.testing.assert_array_equal(got, expected)
