@@ -184,12 +184,14 @@ CONTRIB_OPSET = 1  # the version onnxruntime's quantization tools write for the 
 def _schema(op_type: str, inputs: str, output: str, attrs: tuple[OpSchema.Attribute, ...] = ()) -> OpSchema:
     """A com.microsoft schema for the importer's attribute and arity checks: ``inputs`` spaced names, an
     optional one ending in ``?``, a variadic one in ``*``."""
-    option = {"?": OpSchema.FormalParameterOption.Optional, "*": OpSchema.FormalParameterOption.Variadic}
-    params = [OpSchema.FormalParameter(n.rstrip("?*"), "T", param_option=option.get(n[-1], option["?"].Single),
-                                       is_homogeneous=not n.endswith("*")) for n in inputs.split()]
+    option = OpSchema.FormalParameterOption
+    params = [OpSchema.FormalParameter(n.rstrip("?*"), "T", is_homogeneous=not n.endswith("*"),
+                                       param_option=option.Optional if n.endswith("?") else
+                                       option.Variadic if n.endswith("*") else option.Single)
+              for n in inputs.split()]
     types = [("T", ["tensor(float)", "tensor(uint8)", "tensor(int8)", "tensor(int32)"], "")]
-    return OpSchema(op_type, CONTRIB_DOMAIN, CONTRIB_OPSET, inputs=params, outputs=[OpSchema.FormalParameter(output, "T")],
-                    type_constraints=types, attributes=list(attrs))
+    return OpSchema(op_type, CONTRIB_DOMAIN, CONTRIB_OPSET, inputs=params,
+                    outputs=[OpSchema.FormalParameter(output, "T")], type_constraints=types, attributes=list(attrs))
 
 
 def _float_attr(name: str, value: float) -> OpSchema.Attribute:
