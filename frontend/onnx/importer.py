@@ -307,7 +307,8 @@ class _Importer:
             return self._skip(name, node, f"domain {node.domain!r} is not supported; convc imports the default "
                                           f"ONNX domain and {CONTRIB_DOMAIN}'s {', '.join(CONTRIB_SCHEMAS)}")
         if contrib and self.contrib_opset != CONTRIB_OPSET:
-            return self._skip(name, node, f"{CONTRIB_DOMAIN} opset {self.contrib_opset}; convc imports its opset "
+            seen = "no opset" if self.contrib_opset is None else f"opset {self.contrib_opset}"
+            return self._skip(name, node, f"the model imports {seen} of {CONTRIB_DOMAIN}; convc imports its opset "
                                           f"{CONTRIB_OPSET}")
         try:
             schema = CONTRIB_SCHEMAS[op_type] if contrib else onnx.defs.get_schema(op_type, self.opset, "")
