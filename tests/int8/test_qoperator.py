@@ -154,8 +154,22 @@ def test_other_com_microsoft_ops_and_opsets_are_listed_as_unsupported(rng):
         convc.compile(model, batch=16, cache=False)
     assert [(n[0], n[1]) for n in e.value.nodes] == [("fused<1>", "FusedMatMul")]  # the QLinearAdd imports
     assert "domain 'com.microsoft' is not supported" in str(e.value)
-    with pytest.raises(convc.UnsupportedOpError, match="com.microsoft opset 2"):
+    with pytest.raises(convc.UnsupportedOpError, match="imports opset 2 of com.microsoft"):
         convc.compile(_model(node, shapes, consts, ms_opset=2), batch=16, cache=False)
+
+
+def test_malformed_com_microsoft_nodes_are_named(rng):
+    """A QLinearConcat without whole (X, scale, zero point) triples, a QGemm with a float C: the node's name
+    and the offending values in a ModelImportError."""
+    node, shapes, consts = _case("concat", rng)
+    del node.input[-1]
+    node.name = "cat'0"
+    with pytest.raises(convc.ModelImportError, match=r"cat'0.*has 7 inputs"):
+        convc.compile(_model(node, shapes, consts), batch=16, cache=False)
+    node, shapes, consts = _case("gemm", rng)
+    consts["bias"] = consts["bias"].astype(np.float32)
+    with pytest.raises(convc.ModelImportError, match="C has dtype float32, expected int32"):
+        convc.compile(_model(node, shapes, consts), batch=16, cache=False)
 
 
 def test_profile_shows_int8_layers_with_their_integer_weight_bytes():
