@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from convc.driver import compile_bound, is_onnx_source, load_forward, load_graph
+from convc import checkpoint, train_inputs
+from convc.checkpoint import CheckpointError
+from convc.driver import compile_bound
 from convc.driver import eval_plan as _eval_plan
 from convc.errors import ConvcError, InputError
 from convc.ir import Graph
@@ -47,11 +49,6 @@ class TrainingError(ConvcError):
     """A training step could not be applied (non-finite loss or gradients); the state is unchanged."""
 
 
-class CheckpointError(InputError):
-    """A checkpoint file is damaged, or was saved by a Trainer of another model or setup (the message
-    names what differs); the Trainer's state is unchanged."""
-
-
 @dataclass(frozen=True)
 class StepOutputs:
     """What ``step(..., return_outputs=True)`` returns besides the loss."""
@@ -62,8 +59,6 @@ class StepOutputs:
     accuracy: float | None    # class indices: the fraction of counted samples whose argmax is the label
 
 
-CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "convc-trainer-checkpoint", 1
-_HEADER_KEY = "header"  # the JSON header's entry in the .npz; the arrays are "a0", "a1", ...
 
 
 # --- the Trainer ---------------------------------------------------------------------------------------
@@ -119,7 +114,7 @@ class Trainer:
                              "regularize_all": regularize_all, "trainable": set(trainable) if trainable else None,
                              "clip_grad_norm": clip_grad_norm is not None, "freeze_bn": bool(freeze_bn),
                              "with_outputs": True}
-        self.forward = _load_forward(model, input_shape)
+        self.forward = train_inputs.load_forward(model, input_shape)
         # every input's shape at the compiled batch; input_shape is the first's
         self.input_shapes = {n: self.forward.tensor(n).shape for n in self.forward.inputs}
         self.input_shape = self.input_shapes[self.forward.inputs[0]]
@@ -152,7 +147,8 @@ class Trainer:
             raise InputError(f"a batch of {batch}: this Trainer was built from a Graph of batch {self.input_shape[0]}, "
                              "which fixes it; give an ONNX model or a convc.nn module to train other batch sizes")
         shapes = [(batch,) + s[1:] for s in self.input_shapes.values()]
-        return _load_forward(self.model, shapes[0] if len(shapes) == 1 else dict(zip(self.input_shapes, shapes)))
+        return train_inputs.load_forward(self.model,
+                                         shapes[0] if len(shapes) == 1 else dict(zip(self.input_shapes, shapes)))
 
     def _compile_step(self, batch: int, plan: TrainingStep | None = None) -> tuple[TrainingStep, CompiledModel]:
         if batch not in self._steps:
@@ -284,7 +280,7 @@ class Trainer:
         n, full = xs[0].shape[0], self.input_shape[0]
         if n >= full:
             return xs, ys, n
-        return [_pad(x, full) for x in xs], [_pad(y, full) for y in ys], full
+        return [train_inputs.pad(x, full) for x in xs], [train_inputs.pad(y, full) for y in ys], full
 
     def _run_step(self, x: Any, y: Any, run, return_outputs: bool) -> Any:
         """Check (x, y), pad them to a compiled batch, set the loss's rows, ``run(x, y, batch)`` ->
@@ -433,7 +429,7 @@ class Trainer:
         out_name = model.outputs[0].name
         results = []
         for start in range(0, n, chunk):
-            feeds = {name: np.ascontiguousarray(_pad(a[start:start + chunk], chunk))
+            feeds = {name: np.ascontiguousarray(train_inputs.pad(a[start:start + chunk], chunk))
                      for name, a in zip(self.forward.inputs, xs)}
             out = model.run(feeds)[out_name]
             results.append(out[:min(chunk, n - start)].copy())
@@ -499,64 +495,24 @@ class Trainer:
         (exact, and the float32 the step reads), the optimizer settings and the attached
         schedule's state. ``load_state(path)`` or ``Trainer.load(path, model)`` resume from it, and
         the steps after are bit-identical to the steps this Trainer would take."""
-        import json
         from convc.version import __version__
         arrays = self.state_dict()
         arrays["lr"] = self._lr.copy()
         if self.plan.max_norm is not None:
             arrays["max_grad_norm"] = self._state[self.plan.max_norm].copy()
-        names = list(arrays)
-        header = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "convc": __version__,
+        header = {**checkpoint.identity(), "convc": __version__,
                   "model": self.forward.name, "input_shape": list(self.input_shape) if len(self.input_shapes) == 1
                   else {n: list(s) for n, s in self.input_shapes.items()}, **self._settings(),
                   "optimizer_lr": self.optimizer.lr, "lr": self._lr_value, "initial_lr": self.initial_lr,
-                  "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-                  "arrays": [[n, list(arrays[n].shape), arrays[n].dtype.str] for n in names]}
-        path = os.fspath(path)
-        tmp = f"{path}.tmp{os.getpid()}"
-        try:
-            with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name without it
-                np.savez(f, **{_HEADER_KEY: np.array(json.dumps(header))},
-                         **{f"a{i}": arrays[n] for i, n in enumerate(names)})
-            os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint as it was
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-
-    @staticmethod
-    def _read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        import json
-        import zipfile
-        path = os.fspath(path)
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                header = json.loads(str(z[_HEADER_KEY][()]))
-                if not isinstance(header, dict) or header.get("format") != CHECKPOINT_FORMAT:
-                    raise CheckpointError(f"{path}: not a convc Trainer checkpoint (no {CHECKPOINT_FORMAT} header)")
-                if header.get("version") != CHECKPOINT_VERSION:
-                    raise CheckpointError(f"{path}: checkpoint format version {header.get('version')!r}, this convc "
-                                          f"reads version {CHECKPOINT_VERSION}")
-                arrays = {}
-                for i, (name, shape, dtype) in enumerate(header["arrays"]):
-                    a = z[f"a{i}"]
-                    if list(a.shape) != shape or a.dtype.str != dtype:
-                        raise CheckpointError(f"{path}: array {name!r} is {a.dtype} {a.shape}, its header says "
-                                              f"{np.dtype(dtype)} {tuple(shape)}: the file is damaged")
-                    arrays[name] = a
-        except CheckpointError:
-            raise
-        except FileNotFoundError:
-            raise CheckpointError(f"{path}: no such checkpoint file") from None
-        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path}: damaged or not a convc checkpoint ({type(e).__name__}: {e})") from None
-        return header, arrays
+                  "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None}
+        checkpoint.write(path, header, list(arrays.items()))
 
     def load_state(self, path: str | os.PathLike) -> None:
         """Resume from ``save(path)``'s checkpoint: every array, the learning rate and, when the
         checkpoint has one, the state of the schedule attached to this Trainer (build the same
         schedule before loading). Raises CheckpointError, changing nothing, when the file is
         damaged or its model, shapes or settings differ from this Trainer's."""
-        header, arrays = self._read_checkpoint(path)
+        header, arrays = checkpoint.read(path)
         path = os.fspath(path)
         ours, theirs = self._settings(), {k: header.get(k) for k in self._settings()}
         diff = [f"{k}: {theirs[k]!r} in the checkpoint, {ours[k]!r} here" for k in ours if theirs[k] != ours[k]]
@@ -599,7 +555,7 @@ class Trainer:
         and attached as ``trainer.scheduler``. ``input_shape`` defaults to the saved one."""
         from convc import optim
         from convc.schedules import from_state
-        header, _ = cls._read_checkpoint(path)
+        header, _ = checkpoint.read(path)
         opt_cls = getattr(optim, str(header.get("optimizer")), None)
         if not (isinstance(opt_cls, type) and issubclass(opt_cls, Optimizer)):
             raise CheckpointError(f"{os.fspath(path)}: unknown optimizer {header.get('optimizer')!r}")
@@ -649,76 +605,6 @@ class Trainer:
         if path is not None:
             onnx.save(proto, os.fspath(path))
         return proto
-
-
-def _pad(a: np.ndarray, batch: int) -> np.ndarray:
-    """``a`` with zero samples appended up to ``batch``."""
-    if a.shape[0] >= batch:
-        return a
-    return np.concatenate([a, np.zeros((batch - a.shape[0],) + a.shape[1:], a.dtype)])
-
-
-def _is_one_shape(input_shape: Any) -> bool:
-    """One shape (ints), not one per input (a dict, or a sequence of sequences)."""
-    if isinstance(input_shape, Mapping):
-        return False
-    return not (isinstance(input_shape, (list, tuple)) and input_shape
-                and all(isinstance(s, (list, tuple, np.ndarray)) for s in input_shape))
-
-
-def _input_names(model: Any) -> list[str] | None:
-    """The inputs a caller feeds, in order (None for a convc.nn module: it has one)."""
-    if isinstance(model, Graph):
-        return list(model.inputs)
-    if is_onnx_source(model):
-        from convc.frontend.onnx.reader import read_model
-        from convc.frontend.onnx.signature import declared_inputs
-        return list(declared_inputs(read_model(str(model) if isinstance(model, Path) else model,
-                                               external_data=False)))
-    return None
-
-
-def _load_forward(model: Any, input_shape: Any) -> Graph:
-    """The inference Graph of ``model`` for ``input_shape``: one shape (a model with one input), or
-    one per input, a dict {name: shape} or a list in the model's input order, sharing a batch."""
-    names = _input_names(model)
-    if _is_one_shape(input_shape):
-        if names is not None and len(names) != 1:
-            raise InputError(f"input_shape={input_shape!r} is one shape, the model has {len(names)} inputs {names}: "
-                             "give one shape per input, a dict {name: shape} or a list in that order")
-        return load_forward(model, input_shape)
-    if names is None:
-        raise InputError(f"input_shape={input_shape!r} gives several inputs; a convc.nn module has one: give its shape")
-    if isinstance(input_shape, Mapping):
-        missing, unknown = [n for n in names if n not in input_shape], [n for n in input_shape if n not in names]
-        if missing or unknown:
-            raise InputError(f"input_shape: missing inputs {missing}, unexpected {unknown}; the model's inputs are "
-                             f"{names}")
-        given = [input_shape[n] for n in names]
-    else:
-        if len(input_shape) != len(names):
-            raise InputError(f"input_shape has {len(input_shape)} shapes, the model has {len(names)} inputs {names} "
-                             "(one shape per input, in this order)")
-        given = list(input_shape)
-    shapes = {}
-    for name, shape in zip(names, given):
-        try:
-            shapes[name] = tuple(positive_int("input_shape", d, optional=False) for d in shape)
-        except (InputError, TypeError):
-            shapes[name] = ()
-        if len(shapes[name]) < 2:
-            raise InputError(f"input_shape of input {name!r}: {shape!r} must be (batch, ...) with at least one more "
-                             "dimension, positive integers")
-    batches = {n: s[0] for n, s in shapes.items()}
-    if len(set(batches.values())) != 1:
-        raise InputError(f"input_shape: the inputs' batch sizes differ ({batches}); they share one batch")
-    batch = shapes[names[0]][0]
-    g = load_graph(model, batch, input_shapes=shapes if is_onnx_source(model) else None)
-    for name in names:
-        if g.tensor(name).shape != shapes[name]:
-            raise InputError(f"input_shape {shapes[name]} does not match the model's input {name!r} of shape "
-                             f"{g.tensor(name).shape}")
-    return g
 
 
 def _few(names: list[str], n: int = 5) -> str:

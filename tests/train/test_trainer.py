@@ -275,8 +275,9 @@ def test_graph_and_dsl_models(data):
     g = import_onnx(nets.digits_cnn(c1=4, c2=8), batch=8)
     t = convc.Trainer(g, input_shape=SHAPE, optimizer=convc.optim.SGD(0.05))
     assert t.step(x[:8], y[:8]) > 0
+    assert t.step(x[:5], y[:5]) > 0  # a smaller batch runs padded on the compiled step
     with pytest.raises(convc.InputError, match="Graph of batch 8"):
-        t.step(x[:5], y[:5])
+        t.step(x[:12], y[:12])
     assert t.predict(x[:5]).shape == (5, 10)  # inference runs in padded chunks of the compiled batch
     proto = t.export_onnx()
     assert len(proto.graph.node) > 0

@@ -6,6 +6,7 @@ import pytest
 
 import convc
 import convc.train
+from convc import checkpoint
 from train import nets
 from train.test_gradient_api import CLASSES, HW, batch, small_cnn
 
@@ -93,7 +94,7 @@ def test_loss_settings_are_checked_and_saved(tmp_path, trainers):
     _, part = trainers
     part.save(tmp_path / "ckpt.npz")
     part.load_state(tmp_path / "ckpt.npz")  # the loss's options are among the settings a checkpoint must match
-    header, _ = convc.Trainer._read_checkpoint(tmp_path / "ckpt.npz")
+    header, _ = checkpoint.read(tmp_path / "ckpt.npz")
     assert convc.Loss.of(header["loss"]) == OPTIONS  # what Trainer.load rebuilds the loss from
     assert convc.Loss.of("mse").settings() == "mse"
 
