@@ -98,6 +98,22 @@ np.save({str(root / 'y_proto.npy')!r}, model(np.load({str(root / 'x.npy')!r})[:1
     np.testing.assert_array_equal(np.load(root / "y_proto.npy"), expected[:1])
 
 
+@pytest.mark.slow  # a cold run compiles first: a few seconds
+def test_a_warm_convc_run_imports_no_compiler(built):
+    """`convc run m.onnx` compiles the path (not a ModelProto it read), and the CLI imports only the
+    subcommand it runs: served from the cache, neither onnx nor the compiler is imported."""
+    root, _, _ = built
+    run = f"""
+import contextlib, io
+from convc.cli import main
+with contextlib.redirect_stdout(io.StringIO()) as out:
+    assert main(["run", {str(root / 'lenet.onnx')!r}, "--threads", "1", "-q"]) == 0
+assert "input  'input'" in out.getvalue(), out.getvalue()
+"""
+    child(run, root / "cache")  # cold, or warm from another test: fills the cache for these options
+    assert child(run, root / "cache")["heavy"] == []
+
+
 @pytest.mark.slow  # builds a shared library (LLVM and the C linker): a few seconds
 def test_loading_and_unpickling_a_library_imports_no_compiler(built):
     from convc.compiler import build
