@@ -28,15 +28,14 @@ import json
 import logging
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import peers  # noqa: E402  (benchmarks/peers.py)
 
 MODELS = ("resnet18", "mobilenet_v2")
 RUNTIMES = ("convc-int8", "convc-f32", "ort-int8", "ov-int8")
@@ -76,30 +75,9 @@ def build(name: str, batch: int, tmp: str) -> tuple[str, str]:
 
 # ---- one runtime in one process -------------------------------------------------------------------
 
-def _session(runtime: str, path: str, threads: int, batch: int):
-    if runtime.startswith("convc"):
-        import convc
-        compiled = convc.compile(path, threads=threads, batch=batch)
-        name = compiled.inputs[0].name
-        return lambda x: next(iter(compiled.run({name: x}).values()))
-    if runtime == "ort-int8":
-        import onnxruntime as ort
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        return lambda x: sess.run(None, {name: x})[0]
-    import openvino as ov
-    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
-    request = compiled.create_infer_request()
-    return lambda x: request.infer([x])[0].copy()
-
-
 def worker(runtime: str, path: str, threads: int, batch: int, seconds: float, out: str) -> None:
-    try:
-        run = _session(runtime, path, threads, batch)
+    try:  # convc-int8 and convc-f32 are convc on the QDQ and the float file (bench passes the path)
+        run, _ = peers.session(runtime.split("-")[0], path, threads, batch)
     except Exception as e:  # noqa: BLE001 -- reported as this runtime's row, not a crash of the table
         from convc.errors import UnsupportedOpError
         kind = "unsupported" if isinstance(e, UnsupportedOpError) else "error"
@@ -107,35 +85,17 @@ def worker(runtime: str, path: str, threads: int, batch: int, seconds: float, ou
         return
     x = np.load(out + ".input.npy")
     np.save(out + f".{runtime}.npy", np.asarray(run(x), dtype=np.float32))
-    for _ in range(3):
-        run(x)
-    samples: list[float] = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(samples) < 5:
-        t = time.perf_counter()
-        run(x)
-        samples.append(time.perf_counter() - t)
-    print(json.dumps({"median": statistics.median(samples), "calls": len(samples)}))
+    print(json.dumps(peers.time_calls(run, x, seconds)))
 
 
 def measure(runtime: str, path: str, threads: int, batch: int, seconds: float, out: str) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    proc = subprocess.run([sys.executable, __file__, "--worker", runtime, path, str(threads), str(batch),
-                           str(seconds), out], capture_output=True, text=True, env=env)
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        return {"error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]}
-    return json.loads(lines[-1])
+    return peers.measure(__file__, runtime, path, threads, batch, seconds, out)
 
 
 # ---- the table ------------------------------------------------------------------------------------
 
 def available(runtimes: list[str]) -> list[str]:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        runtimes = [r for r in runtimes if r != "ov-int8"]
-    return runtimes
+    return runtimes if peers.has_openvino() else [r for r in runtimes if r != "ov-int8"]
 
 
 def bench(name: str, batch: int, threads: int, runtimes: list[str], rounds: int, seconds: float,

@@ -25,15 +25,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import peers  # noqa: E402  (benchmarks/peers.py)
 
 MODELS = ("resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "densenet121", "yolo_silu", "lenet5", "cifar")
 DEFAULT_MODELS = "resnet18,mobilenet_v2,efficientnet_b0,densenet121,yolo_silu,lenet5,cifar"
@@ -52,65 +51,22 @@ def build(name: str, batch: int):
 
 # ---- one runtime in one process -------------------------------------------------------------------
 
-def _session(runtime: str, path: str, threads: int, batch: int):
-    """(run(x) -> first output, precision) for ``runtime`` on the model at ``path``."""
-    if runtime == "convc":
-        import convc
-        compiled = convc.compile(path, threads=threads, batch=batch)
-        name = compiled.inputs[0].name
-        return (lambda x: next(iter(compiled.run({name: x}).values()))), "f32"
-    if runtime == "ort":
-        import onnxruntime as ort
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-        name = sess.get_inputs()[0].name
-        return (lambda x: sess.run(None, {name: x})[0]), "f32"
-    import openvino as ov
-    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-    if runtime == "ov":
-        config["INFERENCE_PRECISION_HINT"] = "f32"
-    compiled = ov.Core().compile_model(path, "CPU", config)
-    precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
-    request = compiled.create_infer_request()
-    return (lambda x: request.infer([x])[0].copy()), precision
-
-
 def worker(runtime: str, path: str, threads: int, batch: int, seconds: float, out: str) -> None:
-    run, precision = _session(runtime, path, threads, batch)
+    kind = {"convc": "convc", "ort": "ort"}.get(runtime, "ov")
+    run, precision = peers.session(kind, path, threads, batch, ov_precision="f32" if runtime == "ov" else None)
     x = np.load(out + ".input.npy")
-    y = run(x)
-    np.save(out + f".{runtime}.npy", np.asarray(y, dtype=np.float32))
-    for _ in range(3):
-        run(x)
-    samples: list[float] = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(samples) < 5:
-        t = time.perf_counter()
-        run(x)
-        samples.append(time.perf_counter() - t)
-    print(json.dumps({"median": statistics.median(samples), "calls": len(samples), "precision": precision}))
+    np.save(out + f".{runtime}.npy", np.asarray(run(x), dtype=np.float32))
+    print(json.dumps({**peers.time_calls(run, x, seconds), "precision": precision}))
 
 
 def measure(runtime: str, path: str, threads: int, batch: int, seconds: float, out: str) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    proc = subprocess.run([sys.executable, __file__, "--worker", runtime, path, str(threads), str(batch),
-                           str(seconds), out], capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        return {"error": (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return peers.measure(__file__, runtime, path, threads, batch, seconds, out)
 
 
 # ---- the table ------------------------------------------------------------------------------------
 
 def available(runtimes: list[str]) -> list[str]:
-    try:
-        import openvino  # noqa: F401
-    except ImportError:
-        runtimes = [r for r in runtimes if not r.startswith("ov")]
-    return runtimes
+    return runtimes if peers.has_openvino() else [r for r in runtimes if not r.startswith("ov")]
 
 
 def bench(name: str, batch: int, threads: int, runtimes: list[str], rounds: int, seconds: float,
