@@ -65,24 +65,32 @@ class Operand:
 
 
 def pack_a(a: np.ndarray, isa: Isa) -> np.ndarray:
-    """[M, K] -> [ceil(M/MR), K, MR], zero rows past M."""
+    """[M, K] -> [ceil(M/MR), K, MR], zero rows past M. One strided copy into the result (no padded
+    intermediate): packing every weight of a model is a visible part of a cold compile."""
     m, k = a.shape
-    mp = -(-m // isa.mr) * isa.mr
-    padded = np.zeros((mp, k), dtype=np.float32)
-    padded[:m] = a
-    return np.ascontiguousarray(padded.reshape(mp // isa.mr, isa.mr, k).transpose(0, 2, 1))
+    full, rem = divmod(m, isa.mr)
+    out = np.empty((full + (rem > 0), k, isa.mr), dtype=np.float32)
+    out[:full] = a[:full * isa.mr].reshape(full, isa.mr, k).transpose(0, 2, 1)
+    if rem:
+        out[full, :, :rem] = a[full * isa.mr:].T
+        out[full, :, rem:] = 0
+    return out
 
 
 def pack_b(b: np.ndarray, isa: Isa) -> np.ndarray:
     """[..., K, N] -> [..., ceil(N/NR), K, NR], zero columns past N (leading dims: several matrices
-    packed in one pass, e.g. Winograd's t*t)."""
+    packed in one pass, e.g. Winograd's t*t). ``b`` may be any strided view of any float dtype: it is
+    read once, rounded to float32 as ``astype`` does, straight into the packed layout."""
     *lead, k, n = b.shape
-    np_ = -(-n // isa.nr) * isa.nr
-    padded = np.zeros((*lead, k, np_), dtype=np.float32)
-    padded[..., :n] = b
+    nr = isa.nr
+    full, rem = divmod(n, nr)
     r = len(lead)
-    order = tuple(range(r)) + (r + 1, r, r + 2)
-    return np.ascontiguousarray(padded.reshape(*lead, k, np_ // isa.nr, isa.nr).transpose(order))
+    out = np.empty((*lead, full + (rem > 0), k, nr), dtype=np.float32)
+    out[..., :full, :, :] = np.moveaxis(b[..., :full * nr].reshape(*lead, k, full, nr), r + 1, r)
+    if rem:
+        out[..., full, :, :rem] = b[..., full * nr:]
+        out[..., full, :, rem:] = 0
+    return out
 
 
 class GemmEmitter:

@@ -234,7 +234,7 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     _, weight, bias_name, residual_name = split_inputs(a, op.inputs)
     wdata = em.tensor(weight).data  # [M, C, kh, kw] -> B[(kh, kw, c), M]
     kdim = kh * kw * c
-    packed = pack_b(np.ascontiguousarray(wdata.transpose(2, 3, 1, 0).reshape(kdim, m)), isa)
+    packed = pack_b(wdata.transpose(2, 3, 1, 0).reshape(kdim, m), isa)
     n_panels, rem = divmod(m, isa.nr)
     panels = n_panels + (rem > 0)
     if dw == 1:  # a kernel row's kw taps are adjacent pixels: one run of kw*C floats, as B orders them

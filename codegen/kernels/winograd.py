@@ -32,7 +32,7 @@ from convc.ir import Op
 from convc.ops.conv import ConvAlgorithm, split_inputs
 from convc.codegen.llvm_utils import as_i64, for_range, gep, i64, memset_zero
 from convc.codegen.module import KernelCall, ModuleEmitter
-from convc.codegen.kernels.blas import Operand, pack_b
+from convc.codegen.kernels.blas import Isa, Operand, pack_b
 from convc.codegen.kernels.elementwise import UNARY, VECTOR_UNARY
 from convc.codegen.kernels.conv_nhwc import conv_kernel, times
 from convc.codegen.kernels.epilogue import apply_epilogue
@@ -70,6 +70,15 @@ def _transformed(w: np.ndarray, m: int) -> np.ndarray:
 def transform_weights(w: np.ndarray, m: int) -> np.ndarray:
     """W [M, C, 3, 3] -> U [t*t, C, M] = G g G^T per (output, input) channel, in float64, then float32."""
     return np.ascontiguousarray(_transformed(w, m).transpose(2, 1, 0), dtype=np.float32)
+
+
+def packed_weights(w: np.ndarray, m: int, isa: Isa) -> np.ndarray:
+    """pack_b(transform_weights(w, m)) bit for bit, [t*t][panels][C][NR]: the float64 U is rounded
+    to float32 while it is packed (one strided copy instead of a transposed float32 copy, then
+    pack_b's padded copy and its transpose). The GEMM keeps its [M*C, 9] @ [9, t*t] layout: the
+    transposed layout ([t*t, 9] @ [9, C*M]) was faster only for 512x512 layers and twice slower for
+    DenseNet's 32x128 ones (numpy's OpenBLAS threads), and this one is the same sums by construction."""
+    return pack_b(_transformed(w, m).transpose(2, 1, 0), isa)
 
 
 def reference(x: np.ndarray, w: np.ndarray, pads: tuple[int, int, int, int], m: int) -> np.ndarray:
@@ -167,7 +176,7 @@ def emit_winograd_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     isa = gemm.isa
     vw = isa.width
     _, weight, bias_name, residual_name = split_inputs(a, op.inputs)
-    packed = pack_b(transform_weights(em.tensor(weight).data, m), isa)  # [t*t][panels][C][NR]
+    packed = packed_weights(em.tensor(weight).data, m, isa)  # [t*t][panels][C][NR]
     panels = gemm.n_panels(mo)
     xi_stride = packed[0].size
     tiles_h, tiles_w = -(-oh // m), -(-ow // m)

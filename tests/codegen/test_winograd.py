@@ -126,13 +126,13 @@ def test_a_wrong_kernel_would_fail(monkeypatch):
     from convc.codegen.kernels import winograd
     g, feeds = nhwc_conv((1, 12, 12, 16), 16, (1, 1, 1, 1), "none", True, seed=3)
     want = run_reference(g, feeds)["y"]
-    real = winograd.transform_weights
+    real = winograd._transformed  # [M, C, t*t] in float64, what the emitter packs
 
     def broken(w, m):
         u = real(w, m)
-        u[7] = 0
+        u[..., 7] = 0
         return u
-    monkeypatch.setattr(winograd, "transform_weights", broken)
+    monkeypatch.setattr(winograd, "_transformed", broken)
     got = compile_as(monkeypatch, g, A.WINOGRAD_4X4, 1).run(feeds)["y"]
     assert np.abs(got - want).max() / np.abs(want).max() > 1e-2
 
