@@ -44,10 +44,19 @@ def bn_affine(g: Graph, bn: Op) -> tuple[np.ndarray, np.ndarray]:
 Folded = tuple[tuple[str, ...], object]  # the producer's new inputs and attributes
 
 
+def _scaled(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """w * scale in float64, rounded to w's dtype: the same bits as
+    ``(w.astype(np.float64) * scale).astype(w.dtype)`` without the two full-size temporaries
+    (numpy casts in small buffers)."""
+    out = np.empty(np.broadcast_shapes(w.shape, scale.shape), dtype=w.dtype)
+    np.multiply(w, scale, out=out, dtype=np.float64, casting="unsafe")
+    return out
+
+
 def _fold_into_conv(g: Graph, conv: Op, s: np.ndarray, t: np.ndarray) -> Folded:
     """Conv weight (M, C/group, k...) scaled along M; bias (M,) becomes bias * s + t."""
     w = g.tensor(conv.inputs[1]).data
-    w2 = (w.astype(np.float64) * s.reshape((-1,) + (1,) * (w.ndim - 1))).astype(w.dtype)
+    w2 = _scaled(w, s.reshape((-1,) + (1,) * (w.ndim - 1)))
     b = g.tensor(conv.inputs[2]).data.astype(np.float64) if len(conv.inputs) > 2 else 0.0
     b2 = (b * s + t).astype(w.dtype)
     inputs = (conv.inputs[0], add_const(g, f"{conv.name}_w_bn", w2), add_const(g, f"{conv.name}_b_bn", b2))
@@ -61,7 +70,7 @@ def _fold_into_gemm(g: Graph, gemm: Op, s: np.ndarray, t: np.ndarray) -> Folded:
     w = g.tensor(gemm.inputs[1]).data
     dtype = w.dtype
     scale_n = s.reshape(-1, 1) if a.trans_b else s.reshape(1, -1)  # B is (N, K) when transposed
-    w2 = (w.astype(np.float64) * scale_n).astype(dtype)
+    w2 = _scaled(w, scale_n)
     c = a.beta * g.tensor(gemm.inputs[2]).data.astype(np.float64) if len(gemm.inputs) > 2 else 0.0
     c2 = np.ascontiguousarray(c * s + t).astype(dtype)
     inputs = (gemm.inputs[0], add_const(g, f"{gemm.name}_w_bn", w2), add_const(g, f"{gemm.name}_c_bn", c2))
@@ -74,8 +83,8 @@ def _fold_into_conv_transpose(g: Graph, op: Op, s: np.ndarray, t: np.ndarray) ->
     w = g.tensor(op.inputs[1]).data
     group = op.attrs.group
     c, mg = w.shape[:2]
-    grouped = w.astype(np.float64).reshape((group, c // group, mg) + w.shape[2:])
-    w2 = (grouped * s.reshape((group, 1, mg) + (1,) * (w.ndim - 2))).reshape(w.shape).astype(w.dtype)
+    grouped = w.reshape((group, c // group, mg) + w.shape[2:])
+    w2 = _scaled(grouped, s.reshape((group, 1, mg) + (1,) * (w.ndim - 2))).reshape(w.shape)
     b = g.tensor(op.inputs[2]).data.astype(np.float64) if len(op.inputs) > 2 else 0.0
     b2 = (b * s + t).astype(w.dtype)
     inputs = (op.inputs[0], add_const(g, f"{op.name}_w_bn", w2), add_const(g, f"{op.name}_b_bn", b2))

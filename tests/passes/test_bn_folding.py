@@ -214,3 +214,18 @@ def test_conv_transpose_bn_relu_fold_and_fuse(rng, group, bias):
                      gone=[OpKind.BATCH_NORM, OpKind.RELU])
     assert kinds(out) == [OpKind.CONV_TRANSPOSE]
     assert out.metadata["absorbed"]["deconv"] == ("bn", "relu")
+
+
+@pytest.mark.parametrize("shape,scale_shape", [((33, 17, 3, 3), (33, 1, 1, 1)), ((2, 3, 5, 4, 1, 1), (2, 1, 5, 1, 1, 1)),
+                                               ((31, 7), (1, 7)), ((7, 31), (7, 1))])
+def test_folded_weights_are_the_float64_product_rounded_once(shape, scale_shape):
+    """The folded weights are (w in float64 * s) rounded to w's dtype, bit for bit, as the plain
+    astype formulation computes them (the pass avoids its full-size temporaries)."""
+    from convc.passes.bn_folding import _scaled
+    rng = np.random.default_rng(len(shape))
+    for dtype in (np.float32, np.float16, np.float64):
+        w = rng.standard_normal(shape).astype(dtype)
+        s = rng.standard_normal(scale_shape) * 3.7 + 1e-3  # float64, not representable in float32
+        want = (w.astype(np.float64) * s).astype(dtype)
+        got = _scaled(w, s)
+        assert got.dtype == want.dtype and got.shape == want.shape and got.tobytes() == want.tobytes()
