@@ -110,7 +110,7 @@ def one_ulp(x: np.ndarray, seed: int) -> np.ndarray:
 
 def _graph(model, shape: tuple[int, ...]):
     """The unoptimized graph of ``model`` (a convc.nn module or an ONNX model) at ``shape``."""
-    from convc.train import load_forward
+    from convc.driver import load_forward
     return load_forward(model, shape)
 
 

@@ -65,7 +65,7 @@ def test_one_trainer_step_applies_the_reference_gradients(resnet_onnx):
     from convc.passes.autodiff.training import build_training
 
     from convc.reference import run_reference
-    from convc.train import load_forward
+    from convc.driver import load_forward
     x, y = batch()
     trainer = convc.Trainer(resnet_onnx, input_shape=SHAPE, optimizer=convc.optim.SGD(1.0))
     before = trainer.weights()
