@@ -24,6 +24,7 @@ PACKAGES = {"convc": ROOT / "convc", "convc.frontend": ROOT / "frontend", "convc
 # the user-facing modules: what users and the CLI call; only the driver sits between them and the compiler
 API = ("convc.compiler", "convc.session", "convc.train", "convc.load", "convc.profile", "convc.report", "convc.check",
        "convc.backend", "convc.cli", "convc.library", "convc.models", "convc.nn", "convc.train_profile", "convc.__main__",
+       "convc.report_plot",
        "convc.quantize", "convc.quantize_calibrate", "convc.quantize_qdq", "convc.losses",
        "convc.gradient_check", "convc.checkpoint", "convc.train_inputs", "convc.data", "convc.distributed")
 DRIVER = ("convc.driver",)

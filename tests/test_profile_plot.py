@@ -9,7 +9,7 @@ import pytest
 
 import convc
 from convc.models import lenet5
-from convc.report import byte_unit, plot, plot_figure, time_unit
+from convc.report_plot import byte_unit, plot, plot_figure, time_unit
 
 pytest.importorskip("matplotlib")
 
@@ -69,7 +69,7 @@ def test_training_plot(tmp_path):
     summing to the title's figure, the step's memory by kind; PNG and SVG."""
     import matplotlib.pyplot as plt
 
-    from convc.report import plot_train, plot_train_figure
+    from convc.report_plot import plot_train, plot_train_figure
     p = convc.profile(lenet5(batch=1), train=True)
     layers = [dataclasses.replace(l, seconds={"forward": 1e-5, "backward": 2e-5, "update": 1e-6 * i})
               for i, l in enumerate(p.layers)]

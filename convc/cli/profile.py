@@ -12,8 +12,9 @@ from convc.cli.common import (EXIT_OK, Command, Progress, add_input_shape_flag, 
 from convc.errors import ConvcError
 from convc.options import applied, resolve_options
 from convc.profile import CONVENTION
-from convc.report import (check_plot_path, plot, plot_train, render_rich, render_text, render_train_by_op_rich,
-                          render_train_by_op_text, render_train_rich, train_by_op_csv, train_by_op_json)
+from convc.report import (render_rich, render_text, render_train_by_op_rich, render_train_by_op_text,
+                          render_train_rich, train_by_op_csv, train_by_op_json)
+from convc.report_plot import check_plot_path, plot, plot_train
 
 DESCRIPTION = (
     "Report per-layer parameters, MACs, other-op FLOPs, weight and activation bytes of MODEL.onnx after "
