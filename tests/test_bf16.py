@@ -326,7 +326,7 @@ def test_compile_honours_precision(model_file, tmp_path, monkeypatch):
     def spy(*args, **kwargs):
         seen.update(kwargs)
         return real(*args, **kwargs)
-    monkeypatch.setattr(convc.compiler, "build", spy)
+    monkeypatch.setattr("convc.compiler.build", spy)  # imports convc.compiler (import convc is lazy)
     out = tmp_path / "m.o"
     assert main(["compile", str(model_file), "-o", str(out), "--precision", "bf16", "--quiet"]) == 0
     assert seen["precision"] == "bf16" and out.exists()

@@ -39,7 +39,7 @@ def test_linear_after_flatten_names_both_shapes():
 def test_shape_errors_come_before_compilation(monkeypatch):
     def never(*args, **kwargs):
         raise AssertionError("compile_graph must not run")
-    monkeypatch.setattr(convc.driver, "compile_graph", never)
+    monkeypatch.setattr("convc.driver.compile_graph", never)  # imports convc.driver (import convc is lazy)
     with pytest.raises(nn.LayerShapeError) as info:
         convc.compile(LeNetWrongFeatures(), input_shape=(1, 1, 28, 28))
     assert str(info.value) == LINEAR_400_VS_392
