@@ -118,6 +118,7 @@ class ModuleEmitter:
         host = target or Target.host()  # a convc.codegen.jit.Target: its features pick the vector ISA
         self.triple = host.triple
         self.isa = host_isa(host.features)
+        self.features = frozenset(f[1:] for f in host.features.split(",") if f.startswith("+"))  # e.g. avxvnni
         self._argv_slot: ir.Value | None = None
         self.gemm = GemmEmitter(self.module, self.isa)
         self.extra_gemms: dict = {}  # Isa -> GemmEmitter: other register tiles a kernel picks per layer
