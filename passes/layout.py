@@ -38,6 +38,7 @@ from convc.passes.rewrite import move_before, record_origin, single_consumer, ta
 
 from convc.ir import Graph, Op, TensorKind
 from convc.ops import OpGroup, OpKind, layout
+from convc.ops.resize import ResizeAttrs, axis_taps
 from convc.ops.shape import ReshapeAttrs, TransposeAttrs
 
 Predicate = Callable[[Graph, Op], bool]
@@ -94,6 +95,8 @@ def to_channels_last(g: Graph, convert_conv: Predicate = is_channels_last_conv) 
             op.attrs = dataclasses.replace(op.attrs, layout=layout.CHANNELS_LAST)
         elif op.kind in ALONG_AXIS:  # a channel split or concatenation is one along the last axis
             op.attrs = dataclasses.replace(op.attrs, axis=layout.channels_last_perm(4).index(op.attrs.axis))
+        elif op.kind is OpKind.RESIZE:  # the same resize along H and W at their new positions
+            op.attrs = resize_channels_last(op.attrs)
         elif op.kind in REDUCTIONS:  # the same axes at their new positions
             perm = layout.channels_last_perm(4)
             op.attrs = dataclasses.replace(op.attrs, axes=tuple(sorted(perm.index(a) for a in op.attrs.axes)),
@@ -260,6 +263,9 @@ def _activation_inputs(g: Graph, op: Op, twins: dict[str, str], convert_conv: Pr
     if op.kind is OpKind.CONCAT:
         ok = rank4 and all(t in twins for t in op.inputs)
         return set(range(len(op.inputs))) if ok else None
+    if op.kind is OpKind.RESIZE:  # a spatial resize (YOLO's and UNet's upsampling): the same along H and W
+        ok = rank4 and op.inputs[0] in twins and spatial_resize(g, op)
+        return {0} if ok else None
     if op.kind in REDUCTIONS:  # keepdims: the result is an (N, C, H, W) tensor with some extents 1
         return {0} if rank4 and op.inputs[0] in twins else None
     if op.kind in QUANTIZE_DEQUANTIZE:  # per-tensor: elementwise in any layout (scale and zero point constants)
@@ -278,6 +284,21 @@ def _activation_inputs(g: Graph, op: Op, twins: dict[str, str], convert_conv: Pr
         if rank4 and op.kind in SAME_SHAPE_BINARY:
             return _per_channel_operands(g, op, twins)
     return None
+
+
+def spatial_resize(g: Graph, op: Op) -> bool:
+    """A Resize that leaves N and C alone: every image and channel is resized the same way, so it reads
+    and writes channels last with its per-axis attributes permuted."""
+    x = g.tensor(op.inputs[0]).shape
+    return all(axis_taps(op.attrs, d, x[d]).is_identity for d in (0, 1))
+
+
+def resize_channels_last(a: ResizeAttrs) -> ResizeAttrs:
+    """``a`` (of a 4-D channels-first Resize) along the axes of the channels-last tensor."""
+    perm = layout.channels_last_perm(4)
+    roi = tuple(a.roi[p] for p in perm) + tuple(a.roi[4 + p] for p in perm) if a.roi else ()
+    return dataclasses.replace(a, shape=tuple(a.shape[p] for p in perm), scales=tuple(a.scales[p] for p in perm),
+                               roi=roi)
 
 
 def _per_channel_operands(g: Graph, op: Op, twins: dict[str, str]) -> set[int] | None:

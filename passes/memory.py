@@ -311,10 +311,10 @@ def best_fit_repaired(ranges: list[LiveRange], bound: int, rounds: int = 64) -> 
 
 def writes_strided(g: Graph, op: Op, t: str, view: View) -> bool:
     """``op``'s kernel can write its output ``t`` as ``view``, rows apart (codegen/kernels/shape.py
-    for Concat and Transpose; the channels-last implicit-GEMM and Winograd convs store pixel rows
-    ``ldc`` apart when one row is one pixel's channels and no residual is read in C's layout, and so
-    do the channels-last max and average pools)."""
-    if op.kind in (OpKind.CONCAT, OpKind.TRANSPOSE):
+    for Concat and Transpose, codegen/kernels/resize.py; the channels-last implicit-GEMM and Winograd
+    convs store pixel rows ``ldc`` apart when one row is one pixel's channels and no residual is read
+    in C's layout, and so do the channels-last max and average pools)."""
+    if op.kind in (OpKind.CONCAT, OpKind.TRANSPOSE, OpKind.RESIZE):
         return True
     if op.kind is OpKind.CONV and op.attrs.algorithm in STRIDED_CONV_OUTPUT:
         return not op.attrs.epilogue.residual and view.run == g.tensor(t).shape[-1]
@@ -329,9 +329,9 @@ BROADCAST_ARITHMETIC = frozenset({OpKind.ADD, OpKind.SUM, OpKind.MUL, OpKind.SUB
 
 
 def reads_strided(op: Op) -> bool:
-    """``op``'s kernel reads its inputs at any ``View`` (codegen/kernels/shape.py, and the
-    broadcasting arithmetic of codegen/kernels/elementwise.py: DenseNet's BatchNorm after a Concat)."""
-    return op.kind in (OpKind.CONCAT, OpKind.TRANSPOSE) or op.kind in BROADCAST_ARITHMETIC
+    """``op``'s kernel reads its inputs at any ``View`` (codegen/kernels/shape.py, codegen/kernels/resize.py,
+    the broadcasting arithmetic of codegen/kernels/elementwise.py: DenseNet's BatchNorm after a Concat)."""
+    return op.kind in (OpKind.CONCAT, OpKind.TRANSPOSE, OpKind.RESIZE) or op.kind in BROADCAST_ARITHMETIC
 
 
 def is_training_graph(g: Graph) -> bool:
