@@ -10,11 +10,18 @@ pays on a cold start). convc runs three times against one fresh, empty cache dir
 ``warm`` (the same model again: the cache's whole-model entry), and, for ResNet-101, ``after r50``:
 compiled right after ResNet-50 into the same cache (the same block shapes), what a kernel-level cache
 shares between models. convc's cold time is split by stage from its ``progress`` lines: import,
-graph passes, IR emission in Python, LLVM (optimization and machine code, on every core, and loading).
+graph passes, IR emission in Python (with weight packing and the module split), LLVM (optimization and
+machine code, on every core), storing the cache entry (and loading the code, running once).
 
 Models: ResNet-50, ResNet-101, DenseNet-121, MobileNetV2, EfficientNet-B0 (built by benchmarks/nets.py,
 random weights) and the light models shipped with the onnx package (their weights generated at load).
 ``--train`` adds the cold compile of a training step (a CIFAR ResNet, width 16, batch 32).
+
+``--phases`` prints instead where the CPU time of a cold compile goes, phase by phase (import, graph
+passes, IR emission in Python, weight packing, module split, LLVM, cache store, loading and the first
+run), for each model, ResNet-101 right after ResNet-50, and with ``--train`` the training step. It
+compiles with ``CONVC_COMPILE_JOBS=1`` so that LLVM's CPU is this process's (with workers it is spread
+over the cores and the wall time is shorter); time is ``time.process_time``, meaningful under load.
 """
 from __future__ import annotations
 
@@ -33,7 +40,7 @@ sys.path.insert(0, HERE)
 BUILT = ("resnet50", "resnet101", "densenet121", "mobilenet_v2", "efficientnet_b0")
 LIGHT = ("squeezenet", "inception_v1", "densenet121", "resnet50", "vgg19")
 DEFAULT = "resnet50,resnet101,densenet121,mobilenet_v2,efficientnet_b0,light_squeezenet,light_inception_v1"
-STAGES = ("import", "passes", "IR emission", "LLVM")
+STAGES = ("import", "passes", "IR emission", "LLVM", "cache store")
 
 
 def model_file(name: str, tmp: str) -> str:
@@ -61,8 +68,10 @@ def onnx_model(path: str):
 def _stage(line: str) -> str:
     if line.startswith("import"):
         return "import"
-    if line.startswith(("code generation", "codegen")):
+    if line.startswith(("code generation", "codegen", "module split")):
         return "IR emission"
+    if line.startswith(("compile cache: stor", "loading")):  # the entry's writing, then loading the objects
+        return "cache store"
     if line.startswith("LLVM"):  # optimization and machine code, module by module on every core
         return "LLVM"
     return "passes"
@@ -144,8 +153,110 @@ def train_worker(threads: int) -> dict:
     return {"seconds": time.perf_counter() - t0}
 
 
-def run(args: list[str], cache: str | None) -> dict:
-    env = dict(os.environ)
+# (module, attribute, phase): the functions a cold compile spends its time in; a nested call's time is
+# its own phase's (weight packing inside IR emission), the rest of the compile is "other"
+PHASE_FUNCTIONS = (
+    ("convc.driver", "load_shaped", "import"),
+    ("convc.train_inputs", "load_forward", "import"),
+    ("convc.passes.pipeline", "pipeline", "passes"),
+    ("convc.train", "build_training", "training graph"),
+    ("convc.codegen.cache_key", "source_key", "cache lookup"),
+    ("convc.codegen.cache", "lookup", "cache lookup"),
+    ("convc.codegen.module", "emit_module", "IR emission"),
+    ("convc.codegen.kernels.conv", "pack_a", "weight packing"),
+    ("convc.codegen.kernels.conv_transpose", "pack_a", "weight packing"),
+    ("convc.codegen.kernels.gemm", "pack_b", "weight packing"),
+    ("convc.codegen.kernels.conv_nhwc", "pack_b", "weight packing"),
+    ("convc.codegen.kernels.winograd", "packed_weights", "weight packing"),
+    ("convc.codegen.cache", "split_module", "module split"),
+    ("convc.codegen.cache", "compile_modules", "LLVM"),
+    ("convc.codegen.cache", "store", "cache store"),
+    ("convc.codegen.entry", "engine_for", "object load"),
+)
+PHASES = tuple(dict.fromkeys(p for *_, p in PHASE_FUNCTIONS)) + ("other",)
+
+
+def timed_phases() -> dict[str, float]:
+    """Wrap PHASE_FUNCTIONS so that their CPU time adds up, per phase, in the dict returned."""
+    import functools
+    import importlib
+    totals = dict.fromkeys(PHASES, 0.0)
+    stack = [["other", time.process_time()]]
+
+    def wrap(fn, phase):
+        @functools.wraps(fn)
+        def timed(*a, **k):
+            now = time.process_time()
+            totals[stack[-1][0]] += now - stack[-1][1]
+            stack.append([phase, now])
+            try:
+                return fn(*a, **k)
+            finally:
+                now = time.process_time()
+                totals[phase] += now - stack.pop()[1]
+                stack[-1][1] = now
+        return timed
+    for module, name, phase in PHASE_FUNCTIONS:
+        mod = importlib.import_module(module)
+        if hasattr(mod, name):  # a function that moved is counted as "other"
+            setattr(mod, name, wrap(getattr(mod, name), phase))
+
+    def close() -> dict[str, float]:
+        now = time.process_time()
+        totals["other"] += now - stack[0][1]
+        stack[0][1] = now
+        return dict(totals)
+    return close
+
+
+def phases_worker(names: list[str], threads: int) -> dict:
+    """CPU seconds per phase of each model's cold compile to its first result, one after the other
+    in this process and one cache (so ResNet-101 after ResNet-50 reuses its kernels)."""
+    import numpy as np
+    import convc
+    import convc.frontend.onnx  # noqa: F401
+    import convc.train  # noqa: F401
+    out, close = {}, timed_phases()
+    for name in names:
+        start, before = time.process_time(), close()
+        if name == "train":
+            train_worker(threads)
+        else:
+            compiled = convc.compile(name, threads=threads, batch=1)
+            spec = compiled.inputs[0]
+            compiled.run({spec.name: np.zeros(spec.shape, np.float32)})
+        after = close()
+        out[os.path.basename(name)] = {"seconds": time.process_time() - start,
+                                       "phases": {p: after[p] - before[p] for p in PHASES}}
+    return out
+
+
+def print_phases(names: list[str], threads: int, train: bool) -> None:
+    runs = [[n] for n in names if n != "resnet101"]
+    if "resnet101" in names:
+        runs += [["resnet101"], ["resnet50", "resnet101"]]
+    if train:
+        runs.append(["train"])
+    print(f"CPU seconds of a cold compile to the first result, by phase; {threads} threads, one LLVM job")
+    print(f"{'model':<22}{'total':>7}" + "".join(f"{p[:11]:>12}" for p in PHASES))
+    with tempfile.TemporaryDirectory() as tmp:
+        for run_names in runs:
+            cache = tempfile.mkdtemp(dir=tmp)
+            os.chmod(cache, 0o700)
+            paths = [n if n == "train" else model_file(n, tmp) for n in run_names]
+            env = {"CONVC_COMPILE_JOBS": "1"}
+            res = run(["phases", str(threads), *paths], cache, env)
+            if "error" in res:
+                print(f"{' after '.join(reversed(run_names)):<22} {res['error']}", flush=True)
+                continue
+            r = res[os.path.basename(paths[-1])]
+            label = run_names[-1] + (" after " + run_names[0] if len(run_names) > 1 else "")
+            print(f"{label:<22}{r['seconds']:>7.2f}" + "".join(f"{r['phases'][p]:>12.2f}" for p in PHASES),
+                  flush=True)
+
+
+def run(args: list[str], cache: str | None, extra_env: dict | None = None) -> dict:
+    env = dict(os.environ, **(extra_env or {}))
     if cache:
         env["CONVC_CACHE_DIR"] = cache
     proc = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True, env=env)
@@ -156,7 +267,9 @@ def run(args: list[str], cache: str | None) -> dict:
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        if sys.argv[2] == "train":
+        if sys.argv[2] == "phases":
+            print(json.dumps(phases_worker(sys.argv[4:], int(sys.argv[3]))))
+        elif sys.argv[2] == "train":
             print(json.dumps(train_worker(int(sys.argv[3]))))
         else:
             print(json.dumps(worker(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
@@ -167,7 +280,11 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=1, help="repetitions (medians are printed)")
     p.add_argument("--train", action="store_true", help="also time a cold training-step compile")
+    p.add_argument("--phases", action="store_true", help="CPU time by phase of each cold compile instead")
     args = p.parse_args()
+    if args.phases:
+        print_phases(args.models.split(","), args.threads, args.train)
+        return 0
     try:
         import openvino  # noqa: F401
         peers = ["ort", "ov"]

@@ -56,11 +56,15 @@ def compile_plan(plan, options: CompileOptions, *, progress: Callable[[str], Non
     g = plan.graph
     specs = [[IOSpec(n, g.tensor(n).shape, g.tensor(n).dtype) for n in names]
              for names in (native.input_names, native.output_names)]
+    if progress:
+        progress(f"module split: {len(native.callees)} kernel calls")
     modules = split_module(native.ir_module, native.callees, (PARALLEL, POOL_CREATE, POOL_DESTROY))
     obj = jit.pack_objects(compile_modules(modules, Target.host(), root, progress=progress))
     meta = metadata(native, resolve_target("native"), *specs, g.metadata, {"instrumented": bool(options.instrument)})
     art = JitArtifact(meta, obj, used_constants(native), native.arena_steps)
     if root is not None:
+        if progress:
+            progress(f"compile cache: storing {key[:12]}")
         _safe(lambda: store(root, key, meta, obj, art.constants, (alias,) if alias else (),
                             {alias: signature} if alias and signature is not None else None))
         if progress:
