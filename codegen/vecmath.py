@@ -248,7 +248,46 @@ def erf(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
 # --- activations built on them ------------------------------------------------------------------------
 def silu(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
     """x * sigmoid(x) (SiLU, Swish with beta 1). -inf gives NaN, as the unfused Mul(x, Sigmoid(x)) does.
-    Measured: 3.34 ulp."""
+    Measured: 2.91 ulp.
+
+    Every conv of a YOLO or EfficientNet ends in it, so its cost is a layer's: x / (1 + e**-x) with
+    e**-x clamped to normal floats (2**n written into the exponent, no NaN or denormal selects) costs
+    about half of the careful form. That form (``silu_tail``) is still needed where x * sigmoid(x)
+    is denormal or below (x < SILU_TAIL), and for -inf: those lanes take it, behind a branch that
+    real activations never take."""
+    fast = _silu_fast(b, x)
+    lanes = b.fcmp_unordered("<", x, _c(x, SILU_TAIL))  # also NaN: either form gives NaN
+    tail = lanes
+    if isinstance(x.type, ir.VectorType):
+        tail = call_intrinsic(b, f"llvm.vector.reduce.or.v{x.type.count}i1", [lanes], ir.IntType(1))
+    before = b.block
+    with b.if_then(tail, likely=False):
+        careful = b.select(lanes, silu_tail(b, x), fast)  # per lane: a value never depends on its neighbours
+        tail_block = b.block
+    y = b.phi(x.type)
+    y.add_incoming(fast, before)
+    y.add_incoming(careful, tail_block)
+    return y
+
+
+SILU_TAIL = -80.0  # below: e**-x nears the float32 range and x * sigmoid(x) the denormals
+
+
+def _silu_fast(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
+    """x / (1 + e**-x) for x >= SILU_TAIL; above 87.3, e**-x would be denormal and 1 + it is 1 anyway."""
+    t = b.fmul(x, _c(x, -1.0))
+    t = b.select(b.fcmp_ordered(">", t, _c(x, -87.3)), t, _c(x, -87.3))
+    t = b.select(b.fcmp_ordered("<", t, _c(x, 88.0)), t, _c(x, 88.0))
+    n = call_intrinsic(b, "llvm.rint.f32", [b.fmul(t, _c(x, 1.0 / math.log(2.0)))])
+    r = fmuladd(b, n, _c(x, -LN2_HI), t)
+    r = fmuladd(b, n, _c(x, -LN2_LO), r)
+    e = fmuladd(b, b.fmul(r, r), horner(b, r, EXP_POLY), b.fadd(r, _c(x, 1.0)))
+    e = b.fmul(e, _pow2(b, b.fptosi(n, _int_type(x)), x))  # n in [-126, 127]
+    return b.fdiv(x, b.fadd(e, _c(x, 1.0)))
+
+
+def silu_tail(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
+    """x * sigmoid(x) rounded once down to the denormals (``sigmoid_scaled``)."""
     q, undo = sigmoid_scaled(b, x)
     return b.fmul(b.fmul(x, q), undo)
 

@@ -120,6 +120,23 @@ def test_vector_and_scalar_bodies_agree(kernels, name, n):
     np.testing.assert_array_equal(tail, whole[:n])
 
 
+def test_silu_lanes_in_its_tail_do_not_change_their_neighbours(kernels):
+    """silu takes its careful form behind a branch for vectors with a lane below SILU_TAIL (denormal
+    results, -inf, NaN); every lane must still give the value it gives among ordinary lanes."""
+    ordinary = np.linspace(-79.0, 20.0, 64, dtype=np.float32)
+    alone = run(kernels, "silu", ordinary)
+    mixed = ordinary.copy()
+    tails = np.array([-80.5, -95.0, -104.0, -np.inf, np.nan, -1e30, -87.0, -150.0], np.float32)
+    mixed[3::8] = tails
+    y = run(kernels, "silu", mixed)
+    keep = np.ones(64, bool)
+    keep[3::8] = False
+    np.testing.assert_array_equal(y[keep], alone[keep])
+    with np.errstate(all="ignore"):
+        ref = tails.astype(np.float64) * special.expit(tails.astype(np.float64))
+    assert ulp_error(y[3::8], ref).max() <= vecmath.MAX_ULP["silu"]
+
+
 def test_specials(kernels):
     """The edges spelled out: what each function gives at 0, +-inf and NaN."""
     x = np.array([0.0, np.inf, -np.inf, np.nan], np.float32)
