@@ -102,6 +102,7 @@ class OpKind(enum.Enum):
     BATCH_NORM_TRAIN = "BatchNormTrain"
     BATCH_NORM_GRAD = "BatchNormGrad"
     BATCH_NORM_RUNNING_UPDATE = "BatchNormRunningUpdate"
+    BATCH_NORM_APPLY = "BatchNormApply"  # the training forward's normalization recomputed for the backward
     RELU_GRAD = "ReluGrad"
     LEAKY_RELU_GRAD = "LeakyReluGrad"
     SIGMOID_GRAD = "SigmoidGrad"
@@ -160,7 +161,7 @@ class OpGroup:
         OpKind.TANH_GRAD, OpKind.UNARY_GRAD, OpKind.SOFTMAX_GRAD, OpKind.DROPOUT_TRAIN, OpKind.DROPOUT_GRAD,
         OpKind.SOFTMAX_CROSS_ENTROPY, OpKind.SOFTMAX_CROSS_ENTROPY_GRAD, OpKind.MSE_LOSS, OpKind.MSE_LOSS_GRAD,
         OpKind.BCE_LOSS, OpKind.BCE_LOSS_GRAD, OpKind.SGD_UPDATE, OpKind.MOMENTUM_UPDATE, OpKind.ADAGRAD_UPDATE,
-        OpKind.RMSPROP_UPDATE, OpKind.ADAM_UPDATE, OpKind.ALL_FINITE, OpKind.STEP_INCREMENT,
+        OpKind.RMSPROP_UPDATE, OpKind.ADAM_UPDATE, OpKind.ALL_FINITE, OpKind.STEP_INCREMENT, OpKind.BATCH_NORM_APPLY,
     })
     # ops only passes create, which no ONNX model spells: lowering's Im2Col, bf16's rounding and the training ops
     INTERNAL = TRAINING | {OpKind.IM2COL, OpKind.ROUND_BF16, OpKind.INT8_CONV, OpKind.INT8_MAX_POOL,

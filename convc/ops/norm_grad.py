@@ -10,6 +10,10 @@ Each op takes an optional last input ``rows`` ((1,) int64, clamped to [1, N]): o
 ``rows`` samples are the batch (a smaller last batch padded to the compiled one). The statistics,
 the gradient sums and the unbiased factor count N = rows; the padded samples are normalized with
 the same statistics (finite, read by nothing that counts) and get a zero gradient.
+
+BatchNormApply(X, scale, B, mean, invstd) -> Y recomputes BatchNormTrain's Y (optionally clamped, a
+fused ReLU or ReLU6) from the saved statistics: the backward reads it instead of keeping the forward's
+normalized and activated tensors alive through the whole step (passes/autodiff/recompute.py).
 """
 from __future__ import annotations
 
@@ -138,7 +142,30 @@ def running_reference(a: RunningUpdateAttrs, running_mean, running_var, mean, in
     return [new_mean.astype(running_mean.dtype), new_var.astype(running_var.dtype)]
 
 
+@dataclass(frozen=True)
+class BatchNormApplyAttrs:
+    """The activation clamped into [min, max] after the normalization (ReLU: [0, inf]; none: [-inf, inf])."""
+    min: float = float("-inf")
+    max: float = float("inf")
+
+
+def apply_infer(a: BatchNormApplyAttrs, types: Sequence[TensorType]) -> list[TensorType]:
+    check_arity(OpKind.BATCH_NORM_APPLY, types, 5, 5)
+    check_float(OpKind.BATCH_NORM_APPLY, types)
+    _channels(OpKind.BATCH_NORM_APPLY, types[0], types[1:], ("scale", "B", "mean", "invstd"))
+    return [TensorType(types[0].shape, types[0].dtype)]
+
+
+def apply_reference(a: BatchNormApplyAttrs, x, scale, bias, mean, invstd) -> list[np.ndarray]:
+    """BatchNormTrain's Y from its saved statistics, in its float32 arithmetic (s = scale invstd,
+    Y = X s + (B - mean s)), so the recomputed tensor is the forward's bit for bit; then clamped."""
+    s = scale * invstd
+    y = x * _per_channel(s, x.ndim) + _per_channel(bias - mean * s, x.ndim)
+    return [np.minimum(np.maximum(y, x.dtype.type(a.min)), x.dtype.type(a.max)).astype(x.dtype)]
+
+
 register(OpDef(OpKind.BATCH_NORM_TRAIN, BatchNormAttrs, train_infer, train_reference, n_inputs=(3, 4)))
 register(OpDef(OpKind.BATCH_NORM_GRAD, BatchNormAttrs, grad_infer, grad_reference, n_inputs=(5, 6)))
 register(OpDef(OpKind.BATCH_NORM_RUNNING_UPDATE, RunningUpdateAttrs, running_infer, running_reference,
                n_inputs=(5, 6)))
+register(OpDef(OpKind.BATCH_NORM_APPLY, BatchNormApplyAttrs, apply_infer, apply_reference, n_inputs=(5, 5)))
