@@ -1,4 +1,5 @@
-"""BatchNormalization for training: batch statistics forward, the gradient, the running update.
+"""BatchNormalization for training: batch statistics forward, its recomputation from the saved
+statistics, the gradient, the running update.
 
 Per channel, the m = N * spatial elements are strided by image; each pass walks (image, pixels).
 Sums accumulate in double (vectorized: reassociation is allowed): the gradient sums cancel to a
@@ -89,6 +90,32 @@ def emit_batch_norm_train(em: ModuleEmitter, op: Op) -> KernelCall:
         s = b.fmul(load(b, scale, ci), invstd)
         shift = b.fsub(load(b, bias, ci), b.fmul(mean, s))
         ch.each(ci, lambda k: store(b, b.fadd(b.fmul(load(b, x, k), s), shift), y, k), stop=i64(n))  # padding too
+    b.ret_void()
+    return KernelCall(fn, list(op.inputs) + list(op.outputs))
+
+
+@emitter(OpKind.BATCH_NORM_APPLY)
+def emit_batch_norm_apply(em: ModuleEmitter, op: Op) -> KernelCall:
+    """BatchNormTrain's last pass again, from the saved mean and invstd, in the same float32 operations
+    (so Y is the forward's bit for bit), clamped to the fused activation's [min, max]."""
+    n, c, inner = _nci(em, op.inputs[0])
+    fn, b = em.function(op.name, 6, parallel=True)
+    x, scale, bias, mean_in, invstd_in, y = fn.args[:6]
+    lo_bound, hi_bound = op.attrs.min, op.attrs.max
+    ch = _ChannelLoops(b, i64(n), c, inner)
+    lo, hi = em.thread_range(b, fn, c)
+    with for_range(b, hi, start=lo, name="ch") as ci:
+        s = b.fmul(load(b, scale, ci), load(b, invstd_in, ci))
+        shift = b.fsub(load(b, bias, ci), b.fmul(load(b, mean_in, ci), s))
+
+        def write(k):
+            v = b.fadd(b.fmul(load(b, x, k), s), shift)
+            if lo_bound != float("-inf"):
+                v = b.select(b.fcmp_ordered("<", v, f32(lo_bound)), f32(lo_bound), v)
+            if hi_bound != float("inf"):
+                v = b.select(b.fcmp_ordered(">", v, f32(hi_bound)), f32(hi_bound), v)
+            store(b, v, y, k)
+        ch.each(ci, write)
     b.ret_void()
     return KernelCall(fn, list(op.inputs) + list(op.outputs))
 

@@ -6,11 +6,16 @@ in this package) receives the gradients of the op's outputs and appends the ops 
 gradients of the inputs that need one. A tensor read by several ops gets one gradient per read;
 they are summed (one Sum op) once every reader has been processed, which reverse topological order
 guarantees happens before the tensor's producer is visited.
+
+A rule sees the op through ``Recompute.view`` (recompute.py): a BatchNorm's output, or its ReLU's or
+ReLU6's, is read from a copy rebuilt in the backward rather than kept from the forward.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from convc.passes.autodiff.recompute import Recompute
 
 from convc.errors import GraphError
 from convc.ir import Graph, Op
@@ -39,6 +44,7 @@ class GradContext:
         self.g = g
         self.requires = requires
         self.current: Op | None = None
+        self.recompute = Recompute(g)
 
     def needs(self, op: Op, i: int) -> bool:
         return op.inputs[i] in self.requires
@@ -95,12 +101,22 @@ def backward(g: Graph, seeds: dict[str, str], wrt: Sequence[str]) -> dict[str, s
         if rule is None:
             raise GraphError(f"node {op.name!r} ({op.kind.value}): convc has no gradient for {op.kind.value}")
         ctx.current = op
-        dxs = rule(ctx, op, dys)
+        dxs = rule(ctx, ctx.recompute.view(op, _emit_recompute(ctx)), dys)
         ctx.current = None
         for t, dx in zip(op.inputs, dxs):
             if dx is not None and t in requires:
                 pending.setdefault(t, []).append(dx)
     return {t: d for t in wrt if (d := total(ctx, t, pending)) is not None}
+
+
+def _emit_recompute(ctx: GradContext):
+    def emit(forward_op: Op, kind: OpKind, attrs: Any, inputs: list[str]) -> str:
+        op = ctx.g.add_op(kind, attrs, inputs, name=ctx.g.fresh_name(f"{forward_op.name}.recompute"))
+        record_grad_of(ctx.g, op.name, forward_op.name)
+        if forward_op.outputs[0] in ctx.requires:  # needs() asks about the copy a rule sees
+            ctx.requires.add(op.outputs[0])
+        return op.outputs[0]
+    return emit
 
 
 def total(ctx: GradContext, tensor: str, pending: dict[str, list[str]]) -> str | None:

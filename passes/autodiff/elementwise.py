@@ -1,6 +1,6 @@
 """Activations, Dropout, and the broadcasting ops (Add, Sum, Sub, Mul, Div, Pow, Max, Min, PRelu, Where).
 
-ReLU, Sigmoid and Tanh differentiate through their output (so their input can die early), LeakyRelu
+ReLU, Sigmoid, Tanh and Clip differentiate through their output (so their input can die early), LeakyRelu
 through its input, and the unary ops that declare their derivative (OpDef.derivative: Elu, Selu,
 Softplus, Softsign, Exp, Log, Sqrt, ...) through UnaryGrad(X, dY) = dY * f'(X), with no rule of their
 own. A broadcast operand's gradient is summed over the axes it was broadcast along. The rules that
@@ -67,8 +67,12 @@ def leaky_relu_grad(ctx: GradContext, op: Op, dys: list) -> list:
 
 @gradient(*(k for k in OpGroup.UNARY if op_def(k).derivative is not None))
 def declared_derivative_grad(ctx: GradContext, op: Op, dys: list) -> list:
-    """dX = dY * f'(X) for a unary op that declares its derivative (OpDef.derivative)."""
-    return [ctx.emit1(OpKind.UNARY_GRAD, UnaryGradAttrs(op.kind, op.attrs), [op.inputs[0], dys[0]])]
+    """dX = dY * f'(X) for a unary op that declares its derivative (OpDef.derivative). Clip's derivative
+    (1 on the open interval (min, max)) is read from its output instead: Y = clip(X) lies strictly
+    inside exactly where X does, so the mask is the same and the input (a BatchNorm's output in
+    MobileNets' ReLU6) need not stay alive for the backward."""
+    source = op.outputs[0] if op.kind is OpKind.CLIP else op.inputs[0]
+    return [ctx.emit1(OpKind.UNARY_GRAD, UnaryGradAttrs(op.kind, op.attrs), [source, dys[0]])]
 
 
 @gradient(OpKind.IDENTITY, OpKind.DROPOUT)
