@@ -83,8 +83,10 @@ def requantize(b: ir.IRBuilder, a: Int8ConvAttrs, acc: ir.Value, mult: ir.Value,
     """<n x i32> accumulators (and the <n x i32> residual integers when ``a.residual``) -> <n x i8>, as
     convc/ops/quant.py's ``requantize``."""
     def clamp(q: ir.Value, lo: int, hi: int) -> ir.Value:
-        q = call_intrinsic(b, "llvm.maxnum.f32", [q, _const_vec(F32, float(lo), n)])
-        return call_intrinsic(b, "llvm.minnum.f32", [q, _const_vec(F32, float(hi), n)])
+        # compare and select: one vmaxps/vminps each (maxnum/minnum add NaN fix-ups; q is never NaN here)
+        low, high = _const_vec(F32, float(lo), n), _const_vec(F32, float(hi), n)
+        q = b.select(b.fcmp_ordered(">", q, low), q, low)
+        return b.select(b.fcmp_ordered("<", q, high), q, high)
     y = b.fadd(b.fmul(b.sitofp(acc, ir.VectorType(F32, n)), mult), off)
     r = a.residual
     zp, lo, hi = (a.y_zero_point, a.lo, a.hi) if r is None else (r.zero_point, r.lo, r.hi)
@@ -150,16 +152,23 @@ def _store_block(b: ir.IRBuilder, q: ir.Value, out: ir.Value, ch: ir.Value, m: i
 
 
 def _emit_depthwise(em: ModuleEmitter, op: Op, geo: _Geometry) -> KernelCall:
-    """One input and one output channel per group: per pixel, 8 channels a vector, int32 multiply-adds."""
+    """One input and one output channel per group: per pixel, 8 channels a vector. The zero point is folded
+    into the bias as in the dense kernel (padding reads x_zero_point). Each product is one vpmaddwd: the
+    activation widened to an int32 lane times the weight in the low int16 of a lane whose high half is 0,
+    so the pair sum is x * w exactly (vpmulld is slower on most x86 cores)."""
     a, c = geo.a, geo.c
     w = em.tensor(op.inputs[1]).data  # (C, 1, KH, KW)
     vecs = -(-c // LANES)
     cp = vecs * LANES
     taps = geo.kh * geo.kw
+    native = em.isa.name in ("avx2", "avx512")
     wt = np.zeros((taps, cp), np.int32)
     wt[:, :c] = w.reshape(c, taps).T
-    bias = np.zeros(cp, np.int32)
-    bias[:c] = em.tensor(op.inputs[2]).data
+    if native:
+        wt &= 0xFFFF  # the weight in the low int16, 0 above
+    bias = np.zeros(cp, np.int64)
+    bias[:c] = em.tensor(op.inputs[2]).data.astype(np.int64) - a.x_zero_point * w.reshape(c, taps).astype(np.int64).sum(1)
+    bias = bias.astype(np.int32)
     xdtype = np.int8 if geo.signed else np.uint8
     tables = [em.derived_constant(wt, np.int32), em.derived_constant(bias, np.int32),
               em.derived_constant(_per_channel(a.multiplier, c, cp, np.float32)),
@@ -170,7 +179,6 @@ def _emit_depthwise(em: ModuleEmitter, op: Op, geo: _Geometry) -> KernelCall:
     fn, b = em.function(op.name, 7 + len(res), parallel=True)
     x, y, wp, bp, mult, off, zrow = fn.args[:7]
     vi = ir.VectorType(I32, LANES)
-    zp = _const_vec(I32, a.x_zero_point, LANES)
     lo, hi = em.thread_range(b, fn, geo.pixels)
     with for_range(b, hi, start=lo, name="px") as p:
         origin = geo.pixel_origin(b, p)
@@ -182,7 +190,11 @@ def _emit_depthwise(em: ModuleEmitter, op: Op, geo: _Geometry) -> KernelCall:
                 # whole vectors within the row; the last partial vector reads byte by byte
                 xs = _load_channels(b, row, ch, c, geo.signed)
                 wv = b.load(gep(b, wp, b.add(i64(t * cp), ch), I32), typ=vi, align=4)
-                acc = b.add(acc, b.mul(b.sub(xs, zp), wv))
+                if native:
+                    v16 = ir.VectorType(I16, 2 * LANES)
+                    acc = b.add(acc, pmaddwd(b, b.bitcast(xs, v16), b.bitcast(wv, v16), True))
+                else:
+                    acc = b.add(acc, b.mul(xs, wv))
             mv = b.load(gep(b, mult, ch, F32), typ=ir.VectorType(F32, LANES), align=4)
             ov = b.load(gep(b, off, ch, F32), typ=ir.VectorType(F32, LANES), align=4)
             rv = _load_channels(b, gep(b, fn.args[7], b.mul(p, i64(c)), I8), ch, c, res_signed) if res else None
