@@ -1,6 +1,5 @@
-"""What the Trainer is fed: the forward graph for one input shape or one per input, and the
-padding that lets a smaller last batch run on the compiled step (the loss and BatchNorm count only
-the real rows, read at run time)."""
+"""What the Trainer compiles: the forward graph for one input shape or one per input
+(convc/train_batch.py checks the arrays each step is fed)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -13,13 +12,6 @@ from convc.driver import is_onnx_source, load_forward as load_one, load_graph
 from convc.errors import InputError
 from convc.ir import Graph
 from convc.limits import positive_int
-
-
-def pad(a: np.ndarray, batch: int) -> np.ndarray:
-    """``a`` with zero samples appended up to ``batch``."""
-    if a.shape[0] >= batch:
-        return a
-    return np.concatenate([a, np.zeros((batch - a.shape[0],) + a.shape[1:], a.dtype)])
 
 
 def is_one_shape(input_shape: Any) -> bool:
