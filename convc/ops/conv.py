@@ -45,6 +45,9 @@ class ConvAttrs(WindowAttrs):
     epilogue: Epilogue = NO_EPILOGUE
     layout: str = CHANNELS_FIRST  # of X, Y and the residual; W stays [M, C/group, k...]
     algorithm: ConvAlgorithm = ConvAlgorithm.UNSELECTED  # set by passes/kernel_selection.py
+    # X times a per-(image, channel) scale S, the last input: (N, C, 1, 1), channels last (N, 1, 1, C);
+    # a squeeze-and-excitation Mul fused into the conv that reads it (passes/fusion.py)
+    input_scale: bool = False
 
     @property
     def channels_last(self) -> bool:
@@ -72,18 +75,28 @@ def conv_output_size(size: int, k: int, stride: int, dilation: int, pad_begin: i
 
 
 def split_inputs(a, items: Sequence):
-    """(X, W, bias or None, residual or None) of a Conv/Gemm whose epilogue may add a residual."""
-    n = len(items) - int(a.epilogue.residual)
-    return items[0], items[1], items[2] if n == 3 else None, items[-1] if a.epilogue.residual else None
+    """(X, W, bias or None, residual or None) of a Conv/Gemm whose epilogue may add a residual (a
+    conv's input scale, when it has one, is last: ``input_scale_of``)."""
+    k = len(items) - int(getattr(a, "input_scale", False))
+    n = k - int(a.epilogue.residual)
+    return items[0], items[1], items[2] if n == 3 else None, items[k - 1] if a.epilogue.residual else None
+
+
+def input_scale_of(a, items: Sequence):
+    """The per-(image, channel) scale of X of a conv that has one (``ConvAttrs.input_scale``), else None."""
+    return items[-1] if getattr(a, "input_scale", False) else None
 
 
 def infer(a: ConvAttrs, types: Sequence[TensorType]) -> list[TensorType]:
     if a.channels_last:
         x, w, bias, residual = split_inputs(a, types)
-        moved = [TensorType(to_channels_first(t.shape), t.dtype) if t is x or t is residual else t for t in types]
+        scale = input_scale_of(a, types)
+        moved = [TensorType(to_channels_first(t.shape), t.dtype) if t is x or t is residual or t is scale else t
+                 for t in types]
         (y,) = infer(replace(a, layout=CHANNELS_FIRST), moved)
         return [TensorType(to_channels_last(y.shape), y.dtype)]
-    check_arity(OpKind.CONV, types, 2 + a.epilogue.residual, 3 + a.epilogue.residual)
+    extra = a.epilogue.residual + a.input_scale
+    check_arity(OpKind.CONV, types, 2 + extra, 3 + extra)
     check_float(OpKind.CONV, types)
     x, w, bias, residual = split_inputs(a, types)
     r = a.spatial_rank
@@ -106,14 +119,20 @@ def infer(a: ConvAttrs, types: Sequence[TensorType]) -> list[TensorType]:
                          f"strides={a.strides}, pads={a.pads}, dilations={a.dilations}")
     if residual is not None and residual.shape != (n, m) + out:
         raise GraphError(f"fused residual shape {residual.shape} differs from the output shape {(n, m) + out}")
+    scale = input_scale_of(a, types)
+    if scale is not None and scale.shape != (n, c) + (1,) * r:
+        raise GraphError(f"input scale S.shape={scale.shape} of X.shape={x.shape}: expected {(n, c) + (1,) * r}")
     return [TensorType((n, m) + out, x.dtype)]
 
 
 def reference(a: ConvAttrs, *inputs: np.ndarray) -> list[np.ndarray]:
     x, w, b, residual = split_inputs(a, inputs)
+    scale = input_scale_of(a, inputs)
     if a.channels_last:
-        moved = [first(t) if t is x or t is residual else t for t in inputs]
+        moved = [first(t) if t is x or t is residual or t is scale else t for t in inputs]
         return [last(reference(replace(a, layout=CHANNELS_FIRST), *moved)[0])]
+    if scale is not None:
+        x = x * scale
     r = a.spatial_rank
     xp = np.pad(x, [(0, 0), (0, 0)] + [(a.pads_begin[i], a.pads_end[i]) for i in range(r)])
     n, c = x.shape[:2]
@@ -139,4 +158,4 @@ def macs(a: ConvAttrs, ins: Sequence[TensorType], outs: Sequence[TensorType]) ->
     return int(np.prod(outs[0].shape, dtype=np.int64)) * int(np.prod(w[1:], dtype=np.int64))
 
 
-register(OpDef(OpKind.CONV, ConvAttrs, infer, reference, macs, n_inputs=(2, 4), flops=epilogue_flops))
+register(OpDef(OpKind.CONV, ConvAttrs, infer, reference, macs, n_inputs=(2, 5), flops=epilogue_flops))

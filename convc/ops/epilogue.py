@@ -44,5 +44,6 @@ def epilogue_flops(a: Any, ins: Sequence[TensorType], outs: Sequence[TensorType]
     """Other FLOPs of a Conv, ConvTranspose or Gemm (its MACs aside): per output element, 1 for the bias
     (Conv B, Gemm C), 1 for a fused residual add and 1 for a fused activation."""
     epi = a.epilogue
-    n_bias = len(ins) - 2 - int(epi.residual)
-    return numel(outs[0]) * (n_bias + int(epi.residual) + int(epi.activation is not None))
+    scaled = int(getattr(a, "input_scale", False))  # a conv's input scale: one multiply per input element
+    n_bias = len(ins) - 2 - int(epi.residual) - scaled
+    return numel(outs[0]) * (n_bias + int(epi.residual) + int(epi.activation is not None)) + scaled * numel(ins[0])
