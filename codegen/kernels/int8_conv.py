@@ -2,11 +2,11 @@
 accumulation and the requantization fused (convc/ops/quant.py defines the arithmetic).
 
 Plain convs (and the 1x1 convs Gemm/MatMul become) run codegen/kernels/int8_dense.py's tiled kernel,
-which picks the multiply per layer: ``vpdpbusd`` on VNNI targets, ``vpmaddubsw`` for weights whose pairs
-cannot saturate it, else ``vpmaddwd`` on int16 (exact for full-range 8-bit weights). onnxruntime's AVX2
-kernels use vpmaddubsw for 8-bit weights too, where u8 x s8 pairs saturate in int16 (255 * 127 * 2 >
-32767): its optimized output differs from its own reference lowering (tests/int8 shows it); convc stays
-exact. Depthwise convs take the per-channel kernel here (8 channels a vector, int32 multiply-adds).
+which picks the multiply per layer: ``vpdpbusd`` on VNNI targets, ``vpmaddubsw`` on AVX2 (full-range
+8-bit weights split into two halves that cannot saturate it), ``vpmaddwd`` on int16 elsewhere; all exact.
+onnxruntime's AVX2 kernels use vpmaddubsw on 8-bit weights as they are, where u8 x s8 pairs saturate in
+int16 (255 * 127 * 2 > 32767): its optimized output differs from its own reference lowering (tests/int8
+shows it). Depthwise convs take the per-channel kernel here (8 channels a vector).
 
 Shared by both: this module's requantization epilogue, weight packing and geometry. The zero point is
 not subtracted per product: the accumulator starts at bias - x_zero_point * sum(w) (folded at compile

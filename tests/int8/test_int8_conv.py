@@ -77,6 +77,23 @@ def test_int8_conv_is_exact(x_shape, m, k, stride, pad, dilation, group, signed,
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("name,signed", [("PMADDUBSW_SPLIT", False), ("PMADDUBSW_SPLIT", True), ("PMADDWD", True)])
+def test_each_multiply_is_exact_at_full_range(monkeypatch, name, signed):
+    """Weights at both ends of int8 side by side (127 + 127 and -128 + -128: a single vpmaddubsw saturates on
+    them) through the split vpmaddubsw kernel (int8 activations: sign bit flipped) and the int16 vpmaddwd one."""
+    from convc.codegen.kernels import int8_dense
+    rng = np.random.default_rng(12)
+    g, a, x, w, bias = int8_conv_graph((4, 9, 11, 21), 40, 3, 1, 1, 1, 1, signed, rng)
+    w = g.tensor("w").data
+    w[:, :4] = np.array([127, 127, -128, -128], np.int8)[None, :, None, None]
+    x.reshape(-1)[::3] = -128 if signed else 255
+    assert not fits_pmaddubsw(w)
+    monkeypatch.setattr(int8_dense, "scheme", lambda *args: getattr(int8_dense, name))
+    expected = requantize(a, int8_accumulate(a, x, w, bias))
+    assert len(np.unique(expected)) > 40
+    np.testing.assert_array_equal(_run(convc.compile(g, threads=2, cache=False), {"x": x}), expected)
+
+
 # (x NHWC, output channels, kernel, stride, group, signed x, signed residual, conv first, threads)
 RESIDUAL_GRID = [
     ((16, 13, 11, 5), 19, 3, 1, 1, False, False, True, 2),    # odd channels: a partial last block
