@@ -23,7 +23,7 @@ import functools
 import os
 import sys
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -410,24 +410,77 @@ def build_training_library(model: ModelSource, output, options: CompileOptions, 
 
 # --- training --------------------------------------------------------------------------------------
 
-def load_forward(model: Any, input_shape: Sequence[int]) -> Graph:
+def load_forward(model: Any, input_shape: Any) -> Graph:
     """The inference Graph of ``model`` (ONNX path/bytes/proto, Graph, or convc.nn module) at the
-    batch size ``input_shape[0]``, loaded by ``load_graph`` and checked for training: one input, of
-    ``input_shape``."""
-    try:
-        shape = tuple(positive_int("input_shape", d, optional=False) for d in input_shape)
-    except (InputError, TypeError):  # 2.5 is not silently 2
-        shape = ()
-    if len(shape) < 2:
-        raise InputError(f"input_shape={input_shape!r} must be (batch, channels, ...) with positive integer sizes")
-    g = load_graph(model, shape[0], shape)
-    if len(g.inputs) != 1:
-        raise InputError(f"convc trains models with one input; {g.name!r} has {g.inputs}")
-    have = g.tensor(g.inputs[0]).shape
-    if have != shape:
-        raise InputError(f"input_shape={shape} does not match the model's input {g.inputs[0]!r} of shape {have}")
+    batch size of ``input_shape``, loaded by ``load_graph`` and checked for training:
+    ``input_shape`` is one shape (a model with one input), or one per input, a dict
+    ``{name: shape}`` or a list in the model's input order; the inputs share the batch."""
+    names = _declared_inputs(model)
+    if _is_one_shape(input_shape):
+        if names is not None and len(names) != 1:
+            raise InputError(f"input_shape={input_shape!r} is one shape, the model has {len(names)} inputs {names}: "
+                             "give one shape per input, a dict {name: shape} or a list in that order")
+        shape = _shape_of("input_shape", input_shape)
+        g = load_graph(model, shape[0], shape)
+        have = g.tensor(g.inputs[0]).shape
+        if have != shape:
+            raise InputError(f"input_shape={shape} does not match the model's input {g.inputs[0]!r} of shape {have}")
+        return g
+    if names is None:
+        raise InputError(f"input_shape={input_shape!r} gives several inputs; a convc.nn module has one: give its shape")
+    if isinstance(input_shape, Mapping):
+        missing, unknown = [n for n in names if n not in input_shape], [n for n in input_shape if n not in names]
+        if missing or unknown:
+            raise InputError(f"input_shape: missing inputs {missing}, unexpected {unknown}; the model's inputs are "
+                             f"{names}")
+        given = [input_shape[n] for n in names]
+    else:
+        if len(input_shape) != len(names):
+            raise InputError(f"input_shape has {len(input_shape)} shapes, the model has {len(names)} inputs {names} "
+                             "(one shape per input, in this order)")
+        given = list(input_shape)
+    shapes = {name: _shape_of(f"input_shape of input {name!r}", shape) for name, shape in zip(names, given)}
+    batches = {n: s[0] for n, s in shapes.items()}
+    if len(set(batches.values())) != 1:
+        raise InputError(f"input_shape: the inputs' batch sizes differ ({batches}); they share one batch")
+    g = load_graph(model, shapes[names[0]][0], input_shapes=shapes if is_onnx_source(model) else None)
+    for name in names:
+        if g.tensor(name).shape != shapes[name]:
+            raise InputError(f"input_shape {shapes[name]} does not match the model's input {name!r} of shape "
+                             f"{g.tensor(name).shape}")
     return g
 
+
+def _shape_of(what: str, shape: Any) -> tuple[int, ...]:
+    """``shape`` as (batch, ...) of positive ints, at least two of them (2.5 is not silently 2)."""
+    try:
+        dims = tuple(positive_int(what, d, optional=False) for d in shape)
+    except (InputError, TypeError):
+        dims = ()
+    if len(dims) < 2:
+        raise InputError(f"{what}={shape!r} must be (batch, channels, ...) with positive integer sizes")
+    return dims
+
+
+def _is_one_shape(input_shape: Any) -> bool:
+    """One shape (ints), not one per input (a dict, or a sequence of sequences)."""
+    import numpy as np
+    if isinstance(input_shape, Mapping):
+        return False
+    return not (isinstance(input_shape, (list, tuple)) and input_shape
+                and all(isinstance(s, (list, tuple, np.ndarray)) for s in input_shape))
+
+
+def _declared_inputs(model: ModelSource) -> list[str] | None:
+    """The inputs a caller feeds, in order (None for a convc.nn module: it has one)."""
+    if is_graph(model):
+        return list(model.inputs)
+    if is_onnx_source(model):
+        from convc.frontend.onnx.reader import read_model
+        from convc.frontend.onnx.signature import declared_inputs
+        return list(declared_inputs(read_model(str(model) if isinstance(model, Path) else model,
+                                               external_data=False)))
+    return None
 
 
 def eval_plan(forward: Graph, roles: Mapping[str, str]):
