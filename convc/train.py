@@ -18,8 +18,8 @@ counter) as numpy arrays bound to the compiled models' inputs, which the native 
 This module holds the Trainer's construction, its compiled variants and the step; the rest of its
 interface comes from mixins by concept: the two-call step (train_gradients.py), eval mode and ONNX
 export (train_eval.py), state and checkpoints (train_state.py); train_batch.py checks what a step
-is fed, train_inputs.py loads the forward graph. Every compile goes through this module's
-``compile_bound``.
+is fed, the driver's ``load_forward`` loads the forward graph. Every compile goes through this
+module's ``compile_bound``.
 """
 from __future__ import annotations
 
@@ -28,10 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from convc import train_batch, train_inputs
+from convc import train_batch
 from convc.checkpoint import CheckpointError
 from convc.driver import compile_bound
 from convc.driver import eval_plan as _eval_plan
+from convc.driver import load_forward
 from convc.errors import InputError
 from convc.ir import Graph
 from convc.losses import Loss
@@ -102,7 +103,7 @@ class Trainer(GradientSteps, Evaluation, TrainingState):
                              "regularize_all": regularize_all, "trainable": set(trainable) if trainable else None,
                              "clip_grad_norm": clip_grad_norm is not None, "freeze_bn": bool(freeze_bn),
                              "with_outputs": True}
-        self.forward = train_inputs.load_forward(model, input_shape)
+        self.forward = load_forward(model, input_shape)
         # every input's shape at the compiled batch; input_shape is the first's
         self.input_shapes = {n: self.forward.tensor(n).shape for n in self.forward.inputs}
         self.input_shape = self.input_shapes[self.forward.inputs[0]]
@@ -135,8 +136,7 @@ class Trainer(GradientSteps, Evaluation, TrainingState):
             raise InputError(f"a batch of {batch}: this Trainer was built from a Graph of batch {self.input_shape[0]}, "
                              "which fixes it; give an ONNX model or a convc.nn module to train other batch sizes")
         shapes = [(batch,) + s[1:] for s in self.input_shapes.values()]
-        return train_inputs.load_forward(self.model,
-                                         shapes[0] if len(shapes) == 1 else dict(zip(self.input_shapes, shapes)))
+        return load_forward(self.model, shapes[0] if len(shapes) == 1 else dict(zip(self.input_shapes, shapes)))
 
     def _compile_step(self, batch: int, plan: TrainingStep | None = None) -> tuple[TrainingStep, CompiledModel]:
         if batch not in self._steps:

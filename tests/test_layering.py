@@ -26,7 +26,7 @@ API = ("convc.compiler", "convc.session", "convc.train", "convc.load", "convc.pr
        "convc.backend", "convc.cli", "convc.library", "convc.models", "convc.nn", "convc.train_profile", "convc.__main__",
        "convc.report_plot",
        "convc.quantize", "convc.quantize_calibrate", "convc.quantize_qdq", "convc.losses",
-       "convc.gradient_check", "convc.checkpoint", "convc.train_inputs", "convc.train_batch", "convc.train_eval",
+       "convc.gradient_check", "convc.checkpoint", "convc.train_batch", "convc.train_eval",
        "convc.train_gradients", "convc.train_results", "convc.train_state", "convc.data", "convc.distributed")
 DRIVER = ("convc.driver",)
 FRONTEND = ("convc.frontend",)
