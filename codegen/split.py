@@ -36,6 +36,30 @@ _MD = re.compile(r"!(\d+)\b")
 
 ENTRY_SPEED = 0  # the entry point is a list of calls: LLVM's -O2 took 2 s on DenseNet-121's for nothing
 KERNEL_SPEED = 2
+# Hand-vectorized kernels (the GEMM and conv micro-kernels: explicit <8 x float> FMAs in unrolled
+# register tiles) get no IR optimization: LLVM's -O2 spent 60% of their compile time (ResNet-50:
+# 1.3 of 2.3 s of CPU) and they ran as fast without it (ResNet-50, batch 1: 99 and 100 ms, the same
+# bits); the backend still runs at -O3. Scalar loops (elementwise, pooling, concat copies) keep
+# -O2, whose loop vectorizer they rely on (DenseNet-121 ran 10% slower with every module at -O0), and
+# so do vector kernels with vecmath's polynomials (sigmoid, exp epilogues: EfficientNet-B0's convs
+# ran 8% slower without it) and those with stack slots (allocas: a direct conv on 3 channels ran 16%
+# slower).
+VECTOR_SPEED = 0
+VECTOR_SHARE = 0.2  # of a module's instructions on vectors, above which it counts as hand-vectorized
+VECTOR_MIN_CHARS = 10_000  # smaller modules (pooling, small elementwise kernels) keep -O2: it costs them
+                           # little, and a global average pool ran 15-40% slower without it
+_INSTRUCTION = re.compile(r"^  \S.*$", re.M)
+_VECTOR = re.compile(r"<\d+ x ")
+
+
+def kernel_speed(text: str) -> int:
+    """The IR pipeline's level for a kernel module: VECTOR_SPEED for hand-vectorized code without
+    vecmath, else KERNEL_SPEED. Measured on convc's modules the share is bimodal (below 0.15 or above 0.3)."""
+    if len(text) < VECTOR_MIN_CHARS or "llvm.fmuladd." in text or " alloca " in text:
+        return KERNEL_SPEED  # small; vecmath's polynomials (@"llvm.fmuladd..."); stack slots SROA removes
+    lines = _INSTRUCTION.findall(text)
+    vector = sum(1 for line in lines if _VECTOR.search(line))
+    return VECTOR_SPEED if lines and vector > VECTOR_SHARE * len(lines) else KERNEL_SPEED
 
 
 @dataclass(frozen=True)
@@ -218,7 +242,7 @@ def split_module(module: ir.Module, kernels: list[str], library: tuple[str, ...]
         bodies = [body[c].replace("define internal ", "define ", 1) if c == root else body[c] for c in ordered]
         text = module_text(bodies, {f'@"{c}"' for c in ordered})
         out.append(SplitModule(text, hashlib.sha256(text.encode()).hexdigest(), int(root.startswith("convc_k")),
-                               exports=(root,)))
+                               kernel_speed(text), exports=(root,)))
     return out
 
 

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import convc
 from convc.codegen import cache, jit, kernel_cache, llvm_pool, llvm_worker
-from convc.codegen.split import SplitModule, split_module
+from convc.codegen.split import KERNEL_SPEED, VECTOR_SPEED, SplitModule, kernel_speed, split_module
 from convc.errors import CompileError
 from convc.options import CompileOptions
 from convc.passes.pipeline import pipeline
@@ -95,6 +95,27 @@ def test_identical_blocks_compile_once():
     # a kernel module names nothing of the model: the same kernels give the same text in another model
     for m in parts:
         assert "b0_" not in m.text and "b1_" not in m.text
+
+
+def test_hand_vectorized_kernels_skip_the_ir_pipeline():
+    native = emit_module(planned(residual_net(1)), threads=2)
+    parts = split_module(native.ir_module, [fn for _, fn in native.kernel_names])[1:]
+    vector = [m for m in parts if m.speed == VECTOR_SPEED]
+    # the GEMM convs' register tiles: explicit vector FMAs, no stack slot, no vecmath polynomial
+    assert vector and all("llvm.fma.v8f32" in m.text for m in vector), [len(m.text) for m in parts]
+    assert all(" alloca " not in m.text and "llvm.fmuladd." not in m.text for m in vector)
+    # the SiLU conv's sigmoid polynomial and the scalar loops keep -O2
+    assert any(m.speed == KERNEL_SPEED and "llvm.fmuladd." in m.text for m in parts)
+    assert all(m.speed == KERNEL_SPEED for m in parts if "<8 x float>" not in m.text)
+
+
+def test_kernel_speed_reads_the_share_of_vector_instructions():
+    vector = "  %a = fadd <8 x float> %x, %y\n" * 700 + "  %i = add i64 %j, 1\n" * 100
+    scalar = "  %a = fadd float %x, %y\n" * 700 + "  %v = fadd <8 x float> %x, %y\n" * 100
+    assert kernel_speed(vector) == VECTOR_SPEED and kernel_speed(scalar) == KERNEL_SPEED
+    assert kernel_speed(vector + '  %s = alloca i64\n') == KERNEL_SPEED
+    assert kernel_speed(vector + '  %p = call <8 x float> @"llvm.fmuladd.v8f32"()\n') == KERNEL_SPEED
+    assert kernel_speed(vector[:2000]) == KERNEL_SPEED  # small: -O2 costs it little
 
 
 @pytest.mark.slow
