@@ -8,15 +8,22 @@ by the inference libraries' path (codegen/aot.py ``build_native``) with this mod
 (learning rate, step counter, parameters, BN running statistics, optimizer moments), laid out at
 64-byte aligned offsets and initialized from an image embedded with the weights; the C ABI adds
 
-    int   convc_train_step(convc_ctx *, const float *x, const void *labels, float *loss)
+    int   convc_train_step_v(convc_ctx *, const float *const *inputs, const void *const *labels, float *loss)
+    int   convc_train_step(convc_ctx *, const float *x, const void *labels, float *loss)   (one input, one output)
+    convc_num_labels / convc_label_name / _dtype / _rank / _shape / _size(j), convc_label_loss(j), convc_loss_weight(j)
     void  convc_set_learning_rate(convc_ctx *, float) / float convc_learning_rate(convc_ctx *)
     int64_t convc_steps_done(convc_ctx *)
     convc_num_state / convc_state_name / _dtype / _rank / _shape / _size(i), void *convc_state_data(convc_ctx *, i)
-    int   convc_compute_gradients(convc_ctx *, const float *x, const void *labels, float *loss, int accumulate)
+    int   convc_compute_gradients_v(convc_ctx *, inputs, labels, float *loss, int accumulate) and
+          convc_compute_gradients(convc_ctx *, const float *x, const void *labels, float *loss, int accumulate)
     int   convc_apply_gradients(convc_ctx *)
     float *convc_gradients(convc_ctx *); int64_t convc_gradients_size(void), convc_gradient_offset(i)
 
-and ``convc_run_model`` runs the eval-mode forward on the context's current weights. The step is
+and ``convc_run_model`` runs the eval-mode forward on the context's current weights. Every model
+input is the caller's, and each output has its targets and loss, summed with the loss weights as
+``convc.Trainer`` sums them; the one-pointer forms return 3 for a model with more than one input
+or output. Each planned module's input table mixes the caller's pointers and state tensors
+(``Source``). The step is
 the Trainer's: a step with a non-finite loss or gradient changes nothing and returns 2. The two
 gradient functions are ``Trainer.compute_gradients`` / ``apply_gradients`` (passes/autodiff/training.py
 ``build_split``: two more modules); their gradient buffer, the batch statistics they pass and the
@@ -100,8 +107,8 @@ class _SplitAbi:
     """Where the two-call step's modules find their inputs (state offsets) and keep their own state."""
     grad_table: list[int | None]     # blob offsets of the gradient module's constants
     apply_table: list[int | None]    # and of the update module's
-    grad_inputs: list[int]           # state offsets of the gradient module's inputs after x and the labels
-    apply_inputs: list[int]          # state offsets of every input of the update module
+    grad_inputs: list[Source]        # where each input of the gradient module comes from
+    apply_inputs: list[Source]       # and of the update module (all state)
     apply_outputs: int               # how many (1,) float outputs the update module writes
     loss: int                        # state offset of the summed loss the update's finite check reads
     pending: int                     # state offset of an int64: 1 between compute and apply
@@ -116,13 +123,30 @@ def _state_at(w: Wrapper, b: ir.IRBuilder, ctx: ir.Value, offset) -> ir.Value:
     return b.gep(state, [offset if isinstance(offset, ir.Value) else i64(offset)], inbounds=True, source_etype=I8)
 
 
-def _input_table(w: Wrapper, b: ir.IRBuilder, ctx: ir.Value, first: list[ir.Value], offsets: list[int]) -> ir.Value:
-    """The inputs of a planned step: ``first``, then the state tensors at ``offsets``."""
-    table = w.pointers(b, len(first) + len(offsets), "inputs")
-    values = first + [_state_at(w, b, ctx, off) for off in offsets]
-    for k, v in enumerate(values):
+# Where a planned module's input comes from: ("input", i) and ("label", i) are the caller's i-th
+# model input and i-th target (one per output), ("state", offset) the context's training state.
+Source = tuple[str, int]
+
+
+def _sources(names: Sequence[str], inputs: Sequence[str], labels: Sequence[str], layout: "StateLayout") -> list[Source]:
+    return [("input", inputs.index(n)) if n in inputs else ("label", labels.index(n)) if n in labels
+            else ("state", layout.offset(n)) for n in names]
+
+
+def _input_table(w: Wrapper, b: ir.IRBuilder, ctx: ir.Value, sources: Sequence[Source],
+                 fed: dict[str, list[ir.Value]]) -> ir.Value:
+    """The input table of a planned module: per ``sources`` entry, the caller's pointer from ``fed``
+    ("input" and "label" lists) or the state tensor at its offset."""
+    table = w.pointers(b, len(sources), "inputs")
+    for k, (kind, at) in enumerate(sources):
+        v = _state_at(w, b, ctx, at) if kind == "state" else fed[kind][at]
         b.store(v, gep(b, table, k, PTR))
     return table
+
+
+def _load_pointers(b: ir.IRBuilder, array: ir.Value, n: int) -> list[ir.Value]:
+    """``array[0..n)`` of a ``const void *const *`` argument."""
+    return [b.load(gep(b, array, k, PTR), typ=PTR) for k in range(n)]
 
 
 @dataclass
@@ -132,12 +156,14 @@ class _TrainingAbi:
     arena_bytes: int
     train_table: list[int | None]  # blob offsets of the training module's constants
     image_offset: int              # blob offset of the initial state
-    train_inputs: list[int]        # state offsets of the training step's inputs after x and the labels
-    eval_inputs: list[int]         # state offsets of the eval forward's inputs after x
+    train_inputs: list[Source]     # where each input of the training step comes from
+    eval_inputs: list[Source]      # and of the eval forward
     lr: int
     step: int
-    labels: tuple[int, str]        # elements, dtype
-    loss: str
+    n_inputs: int                  # the model's inputs, fed by the caller
+    labels: list[tuple[str, str, tuple[int, ...]]]  # per output: its targets' name, dtype, shape
+    losses: list[str]              # per output: its loss
+    weights: list[float]           # per output: its loss's weight in the sum
     optimizer: str
     split: _SplitAbi
     public: int                    # the state entries convc_state lists (the rest is the split step's)
@@ -153,9 +179,13 @@ class _TrainingAbi:
         lay = self.layout
         w.spec_table(abi.STATE, [(n, d.name, s) for n, d, s in
                                  list(zip(lay.names, lay.dtypes, lay.shapes))[:self.public]])
-        w.getter(abi.LABELS_SIZE, I64, self.labels[0])
-        w.getter(abi.LABELS_DTYPE, PTR, w.string(self.labels[1]))
-        w.getter(abi.LOSS_NAME, PTR, w.string(self.loss))
+        # the first output's targets and loss (a model with one output); the tables cover every output
+        w.getter(abi.LABELS_SIZE, I64, int(np.prod(self.labels[0][2], dtype=np.int64)))
+        w.getter(abi.LABELS_DTYPE, PTR, w.string(self.labels[0][1]))
+        w.getter(abi.LOSS_NAME, PTR, w.string(self.losses[0]))
+        w.spec_table(abi.LABELS, self.labels)
+        w.indexed(abi.LABEL_LOSS, PTR, [w.string(v) for v in self.losses], ir.Constant(PTR, None))
+        w.indexed(abi.LOSS_WEIGHT, F32, self.weights, float("nan"), align=4)
         w.getter(abi.OPTIMIZER_NAME, PTR, w.string(self.optimizer))
         self._train_step(w, train_table)
         self._run_model(w, table)
@@ -163,14 +193,38 @@ class _TrainingAbi:
         self._gradient_functions(w, w.pointer_table("convc_grad_table_data", self.split.grad_table),
                                  w.pointer_table("convc_apply_table_data", self.split.apply_table))
 
+    def _fed(self, w: Wrapper, fn: ir.Function, b: ir.IRBuilder, ctx: ir.Value, inputs: ir.Value,
+             labels: ir.Value) -> dict[str, list[ir.Value]]:
+        """The caller's input and target pointers from the arrays ``inputs`` and ``labels``; returns
+        1 from ``fn`` when an array or a pointer in it is NULL."""
+        w.guard(fn, b, [ctx, inputs, labels], 1)
+        fed = {"input": _load_pointers(b, inputs, self.n_inputs), "label": _load_pointers(b, labels, len(self.labels))}
+        w.guard(fn, b, fed["input"] + fed["label"], 1)
+        return fed
+
+    def _one_pointer_form(self, w: Wrapper, name: str, full: ir.Function, extra: Sequence[ir.Type]) -> None:
+        """``name(ctx, x, labels, ...)``: ``full(ctx, &x, &labels, ...)`` for a model with one input
+        and one output; 3 for a model with more, which needs the array form."""
+        fn, b = w.function(name, I32, [PTR, PTR, PTR, *extra])
+        ctx, x, labels, *rest = fn.args
+        if self.n_inputs != 1 or len(self.labels) != 1:
+            b.ret(ir.Constant(I32, 3))
+            return
+        arrays = []
+        for k, v in enumerate((x, labels)):
+            cell = alloca_entry(b, PTR, f"array{k}")
+            b.store(v, cell)
+            arrays.append(cell)
+        b.ret(b.call(full, [ctx, *arrays, *rest]))
+
     def _train_step(self, w: Wrapper, table: ir.GlobalVariable) -> None:
-        """convc_train_step(ctx, x, labels, loss): 0; 2 when the step changed nothing (a non-finite
-        loss or gradient); 1 for a NULL argument."""
+        """convc_train_step_v(ctx, inputs, labels, loss): 0; 2 when the step changed nothing (a
+        non-finite loss or gradient); 1 for a NULL argument. convc_train_step(ctx, x, labels, loss)
+        is the same for a model with one input and one output."""
         run = w.extern(TRAIN_MODULE_PREFIX + ENTRY, VOID, [PTR, PTR, PTR])
-        fn, b = w.function(abi.TRAIN_STEP, I32, [PTR, PTR, PTR, PTR])
-        ctx, x, labels, loss = fn.args
-        w.guard(fn, b, [ctx, x, labels], 1)
-        inputs = _input_table(w, b, ctx, [x, labels], self.train_inputs)
+        fn, b = w.function(abi.TRAIN_STEP_V, I32, [PTR, PTR, PTR, PTR])
+        ctx, given, labels, loss = fn.args
+        inputs = _input_table(w, b, ctx, self.train_inputs, self._fed(w, fn, b, ctx, given, labels))
         value = alloca_entry(b, F32, "loss")
         outputs = w.pointers(b, 1, "outputs")
         b.store(value, gep(b, outputs, 0, PTR))
@@ -184,6 +238,7 @@ class _TrainingAbi:
         with b.if_then(b.icmp_unsigned("!=", loss, ir.Constant(PTR, None))):
             b.store(result, loss)
         b.ret(b.select(b.icmp_signed("==", before, after), ir.Constant(I32, 2), ir.Constant(I32, 0)))
+        self._one_pointer_form(w, abi.TRAIN_STEP, fn, [PTR])
 
     def _run_model(self, w: Wrapper, table: ir.GlobalVariable) -> None:
         """convc_run_model(ctx, inputs, outputs): the eval forward on the context's state."""
@@ -191,7 +246,7 @@ class _TrainingAbi:
         fn, b = w.function(abi.RUN_MODEL, I32, [PTR, PTR, PTR])
         ctx, inputs, outputs = fn.args
         w.guard(fn, b, fn.args, 1)
-        table_in = _input_table(w, b, ctx, [b.load(inputs, typ=PTR)], self.eval_inputs)
+        table_in = _input_table(w, b, ctx, self.eval_inputs, {"input": _load_pointers(b, inputs, self.n_inputs)})
         b.call(run, [w.entry_context(b, ctx, table), table_in, outputs])
         b.ret(ir.Constant(I32, 0))
 
@@ -221,11 +276,11 @@ class _TrainingAbi:
 
     def _gradient_functions(self, w: Wrapper, grad_table: ir.GlobalVariable, apply_table: ir.GlobalVariable) -> None:
         sp = self.split
-        # convc_compute_gradients(ctx, x, labels, loss, accumulate): 0; 1 for a NULL argument
+        # convc_compute_gradients_v(ctx, inputs, labels, loss, accumulate): 0; 1 for a NULL argument
         run = w.extern(GRAD_MODULE_PREFIX + ENTRY, VOID, [PTR, PTR, PTR])
-        fn, b = w.function(abi.COMPUTE_GRADIENTS, I32, [PTR, PTR, PTR, PTR, I32])
-        ctx, x, labels, loss, accumulate = fn.args
-        w.guard(fn, b, [ctx, x, labels], 1)
+        fn, b = w.function(abi.COMPUTE_GRADIENTS_V, I32, [PTR, PTR, PTR, PTR, I32])
+        ctx, given, labels, loss, accumulate = fn.args
+        fed = self._fed(w, fn, b, ctx, given, labels)
         pending = _state_at(w, b, ctx, sp.pending)
         total = _state_at(w, b, ctx, sp.loss)
         fresh = b.or_(b.icmp_signed("==", accumulate, ir.Constant(I32, 0)),
@@ -235,7 +290,7 @@ class _TrainingAbi:
             b.store(f32(0.0), total)
         for off, size in sp.saved:  # the batch statistics are the last batch's
             _zero(b, _state_at(w, b, ctx, off), size)
-        inputs = _input_table(w, b, ctx, [x, labels], sp.grad_inputs)
+        inputs = _input_table(w, b, ctx, sp.grad_inputs, fed)
         value = alloca_entry(b, F32, "loss")
         outputs = w.pointers(b, 1, "outputs")
         b.store(value, gep(b, outputs, 0, PTR))
@@ -246,6 +301,7 @@ class _TrainingAbi:
         with b.if_then(b.icmp_unsigned("!=", loss, ir.Constant(PTR, None))):
             b.store(result, loss)
         b.ret(ir.Constant(I32, 0))
+        self._one_pointer_form(w, abi.COMPUTE_GRADIENTS, fn, [PTR, I32])
 
         # convc_apply_gradients(ctx): 0; 2 when nothing was applied; 1 for NULL
         run = w.extern(APPLY_MODULE_PREFIX + ENTRY, VOID, [PTR, PTR, PTR])
@@ -256,7 +312,7 @@ class _TrainingAbi:
         with b.if_then(b.icmp_signed("==", b.load(pending, typ=I64), i64(0))):
             b.ret(ir.Constant(I32, 2))
         b.store(i64(0), pending)
-        inputs = _input_table(w, b, ctx, [], sp.apply_inputs)
+        inputs = _input_table(w, b, ctx, sp.apply_inputs, {})
         outputs = w.pointers(b, sp.apply_outputs, "outputs")
         for k in range(sp.apply_outputs):  # ok and, with clipping, the gradient norm
             b.store(alloca_entry(b, F32, f"out{k}"), gep(b, outputs, k, PTR))
@@ -279,12 +335,17 @@ def _zero(b: ir.IRBuilder, ptr: ir.Value, floats: int) -> None:
 
 
 def build_training_plan(step, eval_plan, opt, output: str | os.PathLike, options: CompileOptions, *,
-                        name: str, loss: str, seed: int = 0, progress: Callable[[str], None] | None = None,
-                        header: str | os.PathLike | None = None, split=None) -> BuildResult:
+                        name: str, loss: str | Sequence[str], seed: int = 0,
+                        progress: Callable[[str], None] | None = None, header: str | os.PathLike | None = None,
+                        split=None, loss_weights: Sequence[float] | None = None) -> BuildResult:
     """Build a training library from a planned training step (passes/autodiff/training.py's
     TrainingStep), the eval-mode forward's plan on the training state, the same step split in two
     around the gradient buffer (``SplitStep``) and the optimizer ``opt``, for ``options.target``
-    (see the module docstring); ``name`` is the model's. The driver loads and plans the model."""
+    (see the module docstring); ``name`` is the model's. ``loss``: one per model output (a name for
+    a model with one), summed with ``loss_weights`` (default 1 each) as the step was built. The
+    driver loads and plans the model."""
+    losses = [loss] if isinstance(loss, str) else list(loss)
+    weights = [1.0] * len(losses) if loss_weights is None else [float(v) for v in loss_weights]
     tgt = resolve_target(options.target)
     if progress:
         progress("code generation (training step)")
@@ -298,8 +359,11 @@ def build_training_plan(step, eval_plan, opt, output: str | os.PathLike, options
     apply_native = emit_module(split.apply, name + "_apply", threads=1, target=tgt.llvm_target(), progress=progress)
 
     tg = step.plan.graph
+    inputs, labels = list(step.model_inputs), list(step.all_labels)  # what the caller feeds
+    if len(labels) != len(losses) or len(weights) != len(losses):
+        raise CompileError(f"{len(labels)} outputs: {len(losses)} losses and {len(weights)} weights given")
     # lr, step, parameters, running statistics, optimizer state
-    state_names = [n for n in tg.inputs[2:] if n != step.rows]
+    state_names = [n for n in tg.inputs if n not in inputs and n not in labels and n != step.rows]
     # then, past what convc_state lists: the loss's rows (always the whole batch here), the split
     # step's loss and pending flag, the gradient buffer (the parameters' gradients one after the
     # other) and the saved batch statistics
@@ -320,7 +384,9 @@ def build_training_plan(step, eval_plan, opt, output: str | os.PathLike, options
     if tg.outputs[0] != step.loss or loss_t.shape not in ((1,), ()) or loss_t.dtype != np.float32:
         raise CompileError(f"training step outputs {tg.outputs}: expected the float32 loss alone")
     eg = eval_plan.graph
-    missing = [n for n in eg.inputs[1:] if n not in state_names]
+    if list(eg.inputs[:len(inputs)]) != inputs:
+        raise CompileError(f"the eval forward's inputs {eg.inputs[:len(inputs)]} are not the model's {inputs}")
+    missing = [n for n in eg.inputs[len(inputs):] if n not in state_names]
     if missing:
         raise CompileError(f"the eval forward reads {missing}, which are not in the training state")
 
@@ -339,18 +405,21 @@ def build_training_plan(step, eval_plan, opt, output: str | os.PathLike, options
     end = layout.offset(buffers[-1]) + 4 * int(np.prod(cg.tensor(buffers[-1]).shape)) if buffers else start
     gradient_at = {p: (layout.offset(split.buffers[p]) - start) // 4 for p in step.params}
     split_abi = _SplitAbi(
-        grad_table, apply_table, [layout.offset(n) for n in cg.inputs[2:]], [layout.offset(n) for n in ag.inputs],
+        grad_table, apply_table, _sources(cg.inputs, inputs, labels, layout), _sources(ag.inputs, [], [], layout),
         len(ag.outputs), layout.offset(step.loss), layout.offset(pending), (start, (end - start) // 4),
         [(layout.offset(n), int(np.prod(cg.tensor(n).shape))) for n in split.saved],
         [gradient_at.get(n, -1) for n in state_names])
 
     # the library's "model": the eval forward (its inputs/outputs and metadata), the training step in addition
     specs = [[IOSpec(n, eg.tensor(n).shape, eg.tensor(n).dtype) for n in names]
-             for names in ([eg.inputs[0]], list(eg.outputs))]
-    labels_t = tg.tensor(step.labels)
+             for names in (inputs, list(eg.outputs))]
+    targets = [(n, np.dtype(tg.tensor(n).dtype).name, tuple(tg.tensor(n).shape)) for n in labels]
+    # per output: its targets, loss and weight; "labels" and "loss" are the first's (one output)
     training_meta = {
-        "loss": loss, "optimizer": type(opt).__name__, "lr": float(opt.lr), "seed": int(seed),
-        "labels": {"name": step.labels, "shape": list(labels_t.shape), "dtype": np.dtype(labels_t.dtype).name},
+        "loss": losses[0], "optimizer": type(opt).__name__, "lr": float(opt.lr), "seed": int(seed),
+        "labels": {"name": labels[0], "shape": list(targets[0][2]), "dtype": targets[0][1]},
+        "targets": [{"name": n, "shape": list(shape), "dtype": dt, "output": out, "loss": v, "weight": wt}
+                    for (n, dt, shape), out, v, wt in zip(targets, eg.outputs, losses, weights)],
         "params": list(step.params), "running": list(step.running), "step": step.step, "lr_name": step.lr,
         "state": [{"name": n, "shape": list(s), "dtype": d.name} for n, s, d in
                   list(zip(layout.names, layout.shapes, layout.dtypes))[:len(state_names)]],
@@ -362,10 +431,9 @@ def build_training_plan(step, eval_plan, opt, output: str | os.PathLike, options
     arena = max(m.arena_bytes for m in (eval_native, train_native, grad_native, apply_native))
     native = dataclasses.replace(eval_native, arena_bytes=arena, threads=1)
     runtime = _TrainingAbi(
-        layout, native.arena_bytes, train_table, image_offset, [layout.offset(n) for n in tg.inputs[2:]],
-        [layout.offset(n) for n in eg.inputs[1:]], layout.offset(step.lr), layout.offset(step.step),
-        (int(np.prod(labels_t.shape, dtype=np.int64)), np.dtype(labels_t.dtype).name), loss, type(opt).__name__,
-        split_abi, len(state_names))
+        layout, native.arena_bytes, train_table, image_offset, _sources(tg.inputs, inputs, labels, layout),
+        _sources(eg.inputs, inputs, [], layout), layout.offset(step.lr), layout.offset(step.step), len(inputs),
+        targets, losses, weights, type(opt).__name__, split_abi, len(state_names))
     train_ir = _rename_entry(str(train_native.ir_module))
     grad_ir = _rename_entry(str(grad_native.ir_module), GRAD_MODULE_PREFIX)
     apply_ir = _rename_entry(str(apply_native.ir_module), APPLY_MODULE_PREFIX)

@@ -144,18 +144,37 @@ TRAINING_DECLS = """/* --- training (this library was built with --train) ---
  * the calling thread. convc_run_model runs the model in eval mode (running statistics, no dropout)
  * on the context's current weights. */
 
-/* One step on a batch: x has convc_input_size(0) floats, labels convc_labels_size() elements of
- * convc_labels_dtype() ("int64" class indices for cross-entropy, else "float32" targets shaped like
- * the output). *loss (if not NULL) receives the loss before the update. Returns 0; 2 when the loss
- * or a gradient was not finite (nothing was updated); 1 when an argument is NULL. */
+/* One step on a batch: inputs[i] points to convc_input_size(i) floats (every model input, in
+ * convc_input_name order) and labels[j] to the targets of output j: convc_label_size(j) elements
+ * of convc_label_dtype(j) ("int64" class indices for cross-entropy and nll, else "float32" targets
+ * shaped like the output). Output j's loss is convc_label_loss(j); the step trains on the sum of
+ * the outputs' losses, each times convc_loss_weight(j) (1 unless the library was built with loss
+ * weights). *loss (if not NULL) receives that sum before the update. Returns 0; 2 when the loss or
+ * a gradient was not finite (nothing was updated); 1 when an argument or a pointer in the arrays
+ * is NULL. */
+int convc_train_step_v(convc_ctx *ctx, const float *const *inputs, const void *const *labels, float *loss);
+/* The same for a model with one input and one output: x has convc_input_size(0) floats, labels
+ * convc_labels_size() elements of convc_labels_dtype(). Returns 3 (and does nothing) for a model
+ * with several inputs or outputs: call convc_train_step_v. */
 int convc_train_step(convc_ctx *ctx, const float *x, const void *labels, float *loss);
 void convc_set_learning_rate(convc_ctx *ctx, float lr);
 float convc_learning_rate(convc_ctx *ctx);
 int64_t convc_steps_done(convc_ctx *ctx);
-int64_t convc_labels_size(void);
-const char *convc_labels_dtype(void);
-const char *convc_loss_name(void);
+int64_t convc_labels_size(void);       /* output 0's targets: convc_label_size(0) */
+const char *convc_labels_dtype(void);   /* convc_label_dtype(0) */
+const char *convc_loss_name(void);      /* convc_label_loss(0) */
 const char *convc_optimizer_name(void);
+
+/* The targets, one entry per model output (convc_num_labels() == convc_num_outputs()); NULL, -1
+ * or NaN when j is out of range. */
+int convc_num_labels(void);
+const char *convc_label_name(int j);
+const char *convc_label_dtype(int j);
+int convc_label_rank(int j);
+const int64_t *convc_label_shape(int j);
+int64_t convc_label_size(int j);
+const char *convc_label_loss(int j);    /* "cross_entropy", "mse", ... */
+float convc_loss_weight(int j);
 
 /* The training state, read/write (copy weights out after training, or load saved ones):
  * convc_state_data(ctx, i) points to convc_state_size(i) elements of convc_state_dtype(i). */
@@ -168,9 +187,10 @@ int64_t convc_state_size(int i);
 void *convc_state_data(convc_ctx *ctx, int i);
 
 /* The same step in two calls, for data-parallel training (allreduce the gradients in between) and
- * gradient accumulation. convc_compute_gradients runs forward, loss and backward on a batch and
- * adds every parameter's gradient into the context's gradient buffer, which it zeroes first unless
- * accumulate is non-zero; *loss (if not NULL) receives the batch's loss. It changes no weight.
+ * gradient accumulation. convc_compute_gradients_v (inputs and labels as convc_train_step_v's)
+ * runs forward, loss and backward on a batch and adds every parameter's gradient into the
+ * context's gradient buffer, which it zeroes first unless accumulate is non-zero; *loss (if not
+ * NULL) receives the batch's loss. It changes no weight.
  * convc_apply_gradients then applies the optimizer update from the buffer as it is, with the
  * finite check, BatchNorm's running statistics (from the last batch) and the step counter, exactly
  * as convc_train_step does. Returns 0; 2 when the loss or a gradient was not finite (nothing was
@@ -179,6 +199,9 @@ void *convc_state_data(convc_ctx *ctx, int i);
  * entry i (a parameter) starts at float convc_gradient_offset(i), -1 for state that is not a
  * parameter, and has convc_state_size(i) elements (64-byte aligned; the padding between stays 0).
  * Each batch's gradient is of its mean loss: k accumulated batches sum to k times the mean. */
+int convc_compute_gradients_v(convc_ctx *ctx, const float *const *inputs, const void *const *labels, float *loss,
+                              int accumulate);
+/* One input and one output (3 otherwise, as convc_train_step). */
 int convc_compute_gradients(convc_ctx *ctx, const float *x, const void *labels, float *loss, int accumulate);
 int convc_apply_gradients(convc_ctx *ctx);
 float *convc_gradients(convc_ctx *ctx);

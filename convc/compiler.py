@@ -88,12 +88,14 @@ def build(model: ModelSource, output, *, batch: int | None = None, target: Any =
 
 
 def build_training_library(model: ModelSource, output, *, batch: int | None = None, optimizer: Any = "adam",
-                           lr: float | None = None, loss: str = "cross_entropy", seed: int = 0,
-                           target: Any = "native", progress: Callable[[str], None] | None = None, header=None):
+                           lr: float | None = None, loss: Any = "cross_entropy", seed: int = 0,
+                           target: Any = "native", progress: Callable[[str], None] | None = None, header=None,
+                           loss_weights: Any = None):
     """``convc compile MODEL -o train.so --train``: a training library at batch size ``batch``
-    (codegen/aot_train.py). The training step runs on the calling thread."""
+    (codegen/aot_train.py); ``loss``: a name, or one per model output summed with ``loss_weights``.
+    The training step runs on the calling thread."""
     from convc import driver
     batch = positive_int("batch", batch)
     return driver.build_training_library(model, output, resolve_options(threads=1, target=target), batch=batch,
                                          optimizer=optimizer, lr=lr, loss=loss, seed=seed, progress=progress,
-                                         header=header)
+                                         header=header, loss_weights=loss_weights)

@@ -383,29 +383,38 @@ def build_library(model: ModelSource, output, options: CompileOptions, *, batch:
 
 
 def build_training_library(model: ModelSource, output, options: CompileOptions, *, batch: int | None = None,
-                           optimizer: Any = "adam", lr: float | None = None, loss: str = "cross_entropy",
-                           seed: int = 0, progress: Progress = None, header=None):
+                           optimizer: Any = "adam", lr: float | None = None, loss: Any = "cross_entropy",
+                           seed: int = 0, progress: Progress = None, header=None, loss_weights: Any = None):
     """A training library for ``model`` at batch size ``batch`` (codegen/aot_train.py): the model is
-    loaded and the training step and eval forward planned here, codegen builds the library."""
+    loaded and the training step and eval forward planned here, codegen builds the library. Every
+    model input is fed by the caller; ``loss`` is a name, or one per model output (a list) summed
+    with ``loss_weights``, as ``convc.Trainer`` trains."""
     from convc.codegen.aot_train import LOSSES, build_training_plan
     from convc.optim import by_name
     from convc.codegen.target import resolve_target
     from convc.errors import CompileError
     from convc.passes.autodiff.training import build_split, build_training
     options = options.with_(target=resolve_target(options.target))
-    if loss not in LOSSES:
-        raise CompileError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    losses = [loss] if isinstance(loss, str) else list(loss)
+    unknown = [v for v in losses if v not in LOSSES]
+    if unknown or not losses:
+        raise CompileError(f"unknown loss {(unknown or losses)!r}; choose one of {', '.join(LOSSES)}")
+    if loss_weights is not None and (len(loss_weights) != len(losses) or not all(
+            isinstance(w, (int, float)) and float(w) == float(w) and abs(float(w)) != float("inf") for w in loss_weights)):
+        raise InputError(f"loss_weights={loss_weights!r}: one finite number per loss ({len(losses)})")
     opt = by_name(optimizer, lr) if isinstance(optimizer, str) else optimizer
     if progress:
         progress("import")
     g0 = load_graph(model, batch)
-    forward = load_forward(g0, g0.tensor(g0.inputs[0]).shape)
+    forward = load_forward(g0, {n: g0.tensor(n).shape for n in g0.inputs})
+    per_output = loss if isinstance(loss, str) else losses  # the step's form: one name, or one per output
     if progress:
         progress("training step: autodiff, loss, optimizer")
-    step = build_training(forward, loss=loss, optimizer=opt, seed=seed)
-    split = build_split(forward, loss=loss, optimizer=opt, seed=seed)
+    step = build_training(forward, loss=per_output, optimizer=opt, seed=seed, loss_weights=loss_weights)
+    split = build_split(forward, loss=per_output, optimizer=opt, seed=seed, loss_weights=loss_weights)
     return build_training_plan(step, eval_plan(forward, step.roles), opt, output, options, name=forward.name,
-                               loss=loss, seed=seed, progress=progress, header=header, split=split)
+                               loss=losses, seed=seed, progress=progress, header=header, split=split,
+                               loss_weights=loss_weights)
 
 
 # --- training --------------------------------------------------------------------------------------

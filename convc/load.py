@@ -201,6 +201,7 @@ def load(path: str | os.PathLike, *, threads: int | None = None):
     if info.missing_features:
         raise cpu_error(info.path, meta, info.missing_features)
     if "training" in meta:
+        from convc.library import LoadedTrainer
         return LoadedTrainer(lib, info)
     threads = run_threads(threads, info.threads)
     address = lambda name: ctypes.cast(_need(lib, info.path, name, None), ctypes.c_void_p).value  # noqa: E731
@@ -223,181 +224,6 @@ def load(path: str | os.PathLike, *, threads: int | None = None):
     model.library = info.path
     model.metadata = meta
     return model
-
-
-class LoadedTrainer:
-    """A training library (``convc compile MODEL -o train.so --train``) driven from Python.
-
-    It owns one context, hence one training state, stepped on the calling thread; the interface
-    follows ``convc.Trainer``: ``step(x, y) -> loss``, ``lr``, ``steps_done``, ``predict(x)``,
-    ``state_dict()`` / ``load_state_dict()``, ``weights()``."""
-
-    def __init__(self, lib: ctypes.CDLL, info: LibraryInfo):
-        self._lib = lib
-        self.path = info.path
-        self.metadata = info.meta
-        self._training = training = info.meta["training"]
-        path = info.path
-        if not isinstance(training, dict) or not all(isinstance(training.get(k), t) for k, t in (
-                ("state", list), ("labels", dict), ("params", list), ("running", list), ("lr_name", str),
-                ("loss", str), ("optimizer", str))):
-            raise LoadError(f"{path}: the training part of its metadata JSON is malformed; rebuild it")
-        self.inputs = info.inputs
-        self.outputs = info.outputs
-        if len(self.inputs) != 1 or len(self.outputs) < 1:
-            raise LoadError(f"{path}: a training library has one input and an output, this one "
-                            f"{len(self.inputs)} and {len(self.outputs)}")
-        # the state and the labels: sizes from the compiled functions, checked against the JSON
-        state = _compiled_specs(lib, path, abi.STATE, "training state",
-                                _json_names(training, "state", path))
-        _check_specs(path, "training state", training["state"], state)
-        labels = training["labels"]
-        n_labels = _need(lib, path, abi.LABELS_SIZE, ctypes.c_int64)()
-        labels_dtype = _c_text(_need(lib, path, abi.LABELS_DTYPE, ctypes.c_char_p)(), abi.LABELS_DTYPE, path)
-        shape = labels.get("shape")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-            raise LoadError(f"{path}: the labels' shape in its metadata JSON is malformed; rebuild it")
-        _agrees(path, "the labels' size", math.prod(shape), n_labels)
-        _agrees(path, "the labels' dtype", labels.get("dtype"), labels_dtype)
-        if labels_dtype not in _DTYPES:
-            raise LoadError(f"{path}: labels of dtype {labels_dtype!r}")
-        from convc.runtime import IOSpec
-        self.labels = IOSpec(str(labels.get("name", "labels")), tuple(shape), np.dtype(labels_dtype))
-        names = {spec.name for spec in state}
-        unknown = [n for n in training["params"] + training["running"] + [training["lr_name"]] if n not in names]
-        if unknown:
-            raise LoadError(f"{path}: its metadata JSON names training state the library does not have: {unknown}")
-        self.loss_name = training["loss"]
-        self._destroy = _bind(lib, abi.DESTROY, None, [ctypes.c_void_p])
-        self._step = _bind(lib, abi.TRAIN_STEP, ctypes.c_int,
-                           [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_float)])
-        self._run = _bind(lib, abi.RUN_MODEL, ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p])
-        self._set_lr = _bind(lib, abi.SET_LEARNING_RATE, None, [ctypes.c_void_p, ctypes.c_float])
-        self._get_lr = _bind(lib, abi.LEARNING_RATE, ctypes.c_float, [ctypes.c_void_p])
-        self._steps = _bind(lib, abi.STEPS_DONE, ctypes.c_int64, [ctypes.c_void_p])
-        data = _bind(lib, abi.STATE_DATA, ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_int])
-        create = _bind(lib, abi.CREATE, ctypes.c_void_p, [ctypes.c_int])
-        if None in (self._destroy, self._step, self._run, self._set_lr, self._get_lr, self._steps, data, create):
-            raise LoadError(f"{path}: its metadata JSON describes a training library, but the training functions "
-                            "are missing")
-        self._ctx = create(1)
-        if not self._ctx:
-            raise LoadError(f"{self.path}: convc_create failed (out of memory?)")
-        # numpy views of the state inside the context (read/write), sized by the compiled code
-        self._state: dict[str, np.ndarray] = {}
-        for i, spec in enumerate(state):
-            n = math.prod(spec.shape) * spec.dtype.itemsize
-            address = data(self._ctx, i)
-            if not address:
-                raise LoadError(f"{path}: convc_state_data({i}) is NULL")
-            buf = (ctypes.c_byte * n).from_address(address)
-            self._state[spec.name] = np.frombuffer(buf, dtype=spec.dtype).reshape(spec.shape)
-
-    def close(self) -> None:
-        ctx, self._ctx = getattr(self, "_ctx", None), None
-        if ctx:
-            self._state = {}
-            self._destroy(ctx)
-
-    def __del__(self) -> None:
-        self.close()
-
-    @property
-    def lr(self) -> float:
-        return float(self._get_lr(self._ctx))
-
-    @lr.setter
-    def lr(self, value: float) -> None:
-        from convc.errors import InputError
-        if not np.isfinite(value) or value < 0:
-            raise InputError(f"learning rate {value!r} must be a finite, non-negative number")
-        self._set_lr(self._ctx, float(value))
-
-    @property
-    def steps_done(self) -> int:
-        return int(self._steps(self._ctx))
-
-    def _x(self, x) -> np.ndarray:
-        from convc.errors import InputError
-        x = np.asarray(x)
-        spec = self.inputs[0]
-        if x.shape[1:] != spec.shape[1:] or x.ndim != len(spec.shape):
-            raise InputError(f"x has shape {x.shape}, expected (batch,) + {spec.shape[1:]}")
-        return np.ascontiguousarray(x, dtype=np.float32)
-
-    def step(self, x, y) -> float:
-        """One training step on the batch (x, y); returns the loss before the update."""
-        from convc.errors import InputError
-        from convc.train import TrainingError
-        x = self._x(x)
-        if x.shape != self.inputs[0].shape:
-            raise InputError(f"x has shape {x.shape}; this library trains on batches of {self.inputs[0].shape}")
-        y = np.asarray(y)
-        if y.shape != self.labels.shape:
-            raise InputError(f"labels have shape {y.shape}, expected {self.labels.shape}")
-        if self.labels.dtype.kind in "iu" and y.dtype.kind not in "iu":
-            raise InputError(f"labels have dtype {y.dtype}, expected integer class indices")
-        y = np.ascontiguousarray(y, dtype=self.labels.dtype)
-        if self.labels.dtype.kind in "iu":
-            classes = self.outputs[0].shape[1]
-            if y.size and (y.min() < 0 or y.max() >= classes):
-                raise InputError(f"labels out of range [0, {classes})")
-        loss = ctypes.c_float()
-        before = self.steps_done
-        rc = self._step(self._ctx, x.ctypes.data, y.ctypes.data, ctypes.byref(loss))
-        if rc == 2:
-            raise TrainingError(f"step {before + 1}: the loss ({loss.value}) or a gradient is not finite; the "
-                                "weights and optimizer state were not updated")
-        if rc != 0:
-            raise LoadError(f"{abi.TRAIN_STEP} failed ({rc})")
-        return float(loss.value)
-
-    def predict(self, x, batch_size: int | None = None) -> np.ndarray:
-        """The output in eval mode for any number of samples (in chunks of the compiled batch)."""
-        x = self._x(x)
-        chunk = self.inputs[0].shape[0]
-        results = []
-        for start in range(0, x.shape[0], chunk):
-            part = x[start:start + chunk]
-            if part.shape[0] < chunk:
-                part = np.concatenate([part, np.zeros((chunk - part.shape[0],) + part.shape[1:], np.float32)])
-            part = np.ascontiguousarray(part)
-            outs = [np.empty(s.shape, s.dtype) for s in self.outputs]
-            ins = (ctypes.c_void_p * 1)(part.ctypes.data)
-            outp = (ctypes.c_void_p * len(outs))(*[o.ctypes.data for o in outs])
-            if self._run(self._ctx, ins, outp) != 0:
-                raise LoadError(f"{abi.RUN_MODEL} failed")
-            results.append(outs[0][:min(chunk, x.shape[0] - start)])
-        return np.concatenate(results)
-
-    __call__ = predict
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """Copies of the parameters, running statistics, optimizer state and step counter."""
-        skip = {self._training["lr_name"]}
-        return {n: v.copy() for n, v in self._state.items() if n not in skip}
-
-    def load_state_dict(self, state) -> None:
-        from convc.errors import InputError
-        for n, v in state.items():
-            if n not in self._state or n == self._training["lr_name"]:
-                raise InputError(f"load_state_dict: unexpected {n!r}")
-            v = np.asarray(v)
-            if v.shape != self._state[n].shape:
-                raise InputError(f"load_state_dict: {n!r} has shape {v.shape}, expected {self._state[n].shape}")
-            self._state[n][...] = v
-
-    def weights(self) -> dict[str, np.ndarray]:
-        """The model's trained constants (parameters and running statistics)."""
-        return {n: self._state[n].copy() for n in self._training["params"] + self._training["running"]}
-
-    def __reduce__(self):
-        raise TypeError("a training library's context cannot be pickled; send the library path and "
-                        "state_dict() instead")
-
-    def __repr__(self) -> str:
-        return (f"<convc.load training library {Path(self.path).name}: {self._training['optimizer']}, "
-                f"{self.loss_name}, batch {self.inputs[0].shape}>")
 
 
 # --- pickling ----------------------------------------------------------------------------------
@@ -468,3 +294,11 @@ def _restore(state: dict, threads: int | None):
         from convc.driver import restore_model
         return restore_model(state, threads)
     raise LoadError(f"cannot unpickle a compiled model of kind {kind!r}")
+
+
+def __getattr__(name: str):
+    """``convc.load.LoadedTrainer``: the training library's loader lives in convc/library.py."""
+    if name == "LoadedTrainer":
+        from convc.library import LoadedTrainer
+        return LoadedTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -50,7 +50,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     train.add_argument("--optimizer", choices=OPTIMIZERS, help="with --train (default: adam)")
     train.add_argument("--lr", type=float, metavar="LR", help="with --train: initial learning rate (default: the "
                                                                "optimizer's)")
-    train.add_argument("--loss", choices=LOSSES, help="with --train (default: cross_entropy)")
+    train.add_argument("--loss", choices=LOSSES, action="append",
+                       help="with --train (default: cross_entropy); a model with several outputs: one --loss per "
+                            "output, in output order")
+    train.add_argument("--loss-weight", type=float, action="append", dest="loss_weight", metavar="W",
+                       help="with --train and several outputs: one per --loss, the weights of the losses' sum "
+                            "(default: 1 each)")
     train.add_argument("--seed", type=int, help="with --train: seed of Dropout's generator (default: 0)")
 
 
@@ -67,9 +72,9 @@ def refuse_conflicts(args: argparse.Namespace) -> None:
             raise ConvcError("--input-shape is not available with --train: a training library's input shape is "
                              "the model's, with --batch")
         return
-    for flag in ("optimizer", "lr", "loss", "seed"):
+    for flag in ("optimizer", "lr", "loss", "seed", "loss_weight"):
         if getattr(args, flag) is not None:
-            raise ConvcError(f"--{flag} applies to a training library: add --train")
+            raise ConvcError(f"--{flag.replace('_', '-')} applies to a training library: add --train")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,9 +90,13 @@ def run(args: argparse.Namespace) -> int:
     model = load_onnx(args.model)
     if args.train:
         from convc.compiler import build_training_library
+        losses = args.loss or ["cross_entropy"]
+        if args.loss_weight is not None and len(args.loss_weight) != len(losses):
+            raise ConvcError(f"{len(args.loss_weight)} --loss-weight for {len(losses)} --loss: give one per loss")
         result = build_training_library(model, out, batch=args.batch, optimizer=args.optimizer or "adam",
-                                        lr=args.lr, loss=args.loss or "cross_entropy", seed=args.seed or 0,
-                                        target=args.target, progress=progress, header=args.header)
+                                        lr=args.lr, loss=losses[0] if len(losses) == 1 else losses,
+                                        seed=args.seed or 0, target=args.target, progress=progress,
+                                        header=args.header, loss_weights=args.loss_weight)
     else:
         result = build(model, out, batch=args.batch, target=args.target, threads=args.threads, progress=progress,
                        header=args.header, input_shapes=input_shapes(args), **numeric_options(args))
@@ -102,8 +111,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {kind_} {s['name']!r}: {s['dtype']} {s['shape']}")
     if "training" in meta:
         tr = meta["training"]
-        print(f"  training: {tr['optimizer']} (lr {tr['lr']:g}), {tr['loss']} loss, labels {tr['labels']['dtype']} "
-              f"{tr['labels']['shape']}, {len(tr['params'])} parameter tensors; convc_train_step in the header")
+        targets = tr.get("targets") or [{**tr["labels"], "loss": tr["loss"], "weight": 1.0}]
+        heads = "; ".join(f"{t['loss']} loss" + (f" x {t['weight']:g}" if t["weight"] != 1 else "") +
+                          f", labels {t['dtype']} {t['shape']}" for t in targets)
+        print(f"  training: {tr['optimizer']} (lr {tr['lr']:g}), {heads}, {len(tr['params'])} parameter tensors; "
+              "convc_train_step_v in the header")
     _, unchecked = checkable(result.target)
     feats = ", ".join(result.target.required)
     print(f"  requires CPU features: {feats if len(feats) < 200 else feats[:200] + ' ...'}")
