@@ -22,6 +22,9 @@ no conv, the gate is one elementwise kernel instead of two or four:
 - ``x * 0.5 * (1 + Erf(x / sqrt 2))`` (the products in any order) -> Gelu.
 
 Every intermediate must be read only by the next op of the pattern (and not be a graph output).
+
+Last, a squeeze-and-excitation ``Mul(x, s)`` read only by a conv becomes that conv's input scale
+(``fuse_input_scale``).
 """
 from __future__ import annotations
 
@@ -248,6 +251,35 @@ def fuse_gates(g: Graph) -> Graph:
     return g
 
 
+def fuse_input_scale(g: Graph, mul: Op) -> bool:
+    """A squeeze-and-excitation tail, ``Mul(x, s)`` with ``s`` a run-time (N, C, 1, 1) scale, read only by
+    a conv (2-D, one group, constant W, more than 4 input channels: the channels-last implicit GEMM,
+    passes/kernel_selection.py): the conv reads ``x`` and scales it itself (``ConvAttrs.input_scale``),
+    so the scaled copy of ``x`` is never written. codegen/kernels/conv_nhwc.py scales the packed weights
+    per image instead (C x M multiplies against the conv's H x W x C x M)."""
+    if len(mul.inputs) != 2 or mul.inputs[0] == mul.inputs[1]:
+        return False
+    (out,) = mul.outputs
+    conv = single_consumer(g, out)
+    if conv is None or conv.kind is not OpKind.CONV or conv.inputs[0] != out:
+        return False
+    a = conv.attrs
+    if a.input_scale or a.channels_last or a.group != 1 or a.spatial_rank != 2 or not is_constant(g, conv.inputs[1]):
+        return False
+    y = g.tensor(out)
+    if y.dtype != np.float32 or len(y.shape) != 4 or y.shape[1] <= 4:
+        return False
+    for x, scale in (mul.inputs, mul.inputs[::-1]):
+        tx, ts = g.tensor(x), g.tensor(scale)
+        if tx.type == y.type and ts.shape == y.shape[:2] + (1, 1) and ts.dtype == y.dtype and not is_constant(g, scale):
+            g.set_inputs(conv, (x,) + conv.inputs[1:] + (scale,))
+            g.remove_op(mul)
+            conv.attrs = dataclasses.replace(a, input_scale=True)
+            record_absorbed(g, conv.name, mul.name)
+            return True
+    return False
+
+
 def fuse_epilogues(g: Graph) -> Graph:
     fuse_gates(g)
     for op in g.ops():
@@ -257,4 +289,7 @@ def fuse_epilogues(g: Graph) -> Graph:
             fuse_activation(g, op)
         elif op.kind in ADDITION:
             fuse_residual(g, op)
+    for op in g.ops():  # after the residuals: the scale is the conv's last input
+        if op.kind is OpKind.MUL:
+            fuse_input_scale(g, op)
     return g

@@ -5,6 +5,7 @@ The one place a conv's algorithm is decided (codegen/kernels/conv.py dispatches 
 (passes/layout.py) and im2col lowering (passes/im2col.py) have rewritten the convs they take, both
 with the predicates below, so the choice reads the final graph:
 
+    input scale (fusion.py's SE Mul) .... IMPLICIT_GEMM_NHWC (the only kernel that scales X)
     channels last (layout.py) ........... DEPTHWISE_NHWC, WINOGRAD_4X4 (3x3 stride 1 where
                                           ``winograd_algorithm`` measured it faster; WINOGRAD_2X2
                                           exists but is never faster here), DIRECT_FEW_CHANNELS
@@ -145,6 +146,11 @@ def conv_algorithm(g: Graph, op: Op, runtime_weights: bool = False, winograd: bo
     w = g.tensor(op.inputs[1])
     if runtime_weights and w.kind is not TensorKind.CONSTANT:
         return A.RUNTIME_WEIGHTS
+    if a.input_scale:  # a fused squeeze-and-excitation scale (passes/fusion.py): only the implicit GEMM has it
+        if not (a.channels_last and a.group == 1 and w.data is not None and a.spatial_rank == 2):
+            raise CompileError(f"node {op.name!r} (Conv): a conv with an input scale runs channels last with one "
+                               f"group and constant weights, got layout {a.layout}, group={a.group}")
+        return A.IMPLICIT_GEMM_NHWC
     if a.channels_last:
         if depthwise(g, op):
             return A.DEPTHWISE_NHWC

@@ -255,7 +255,9 @@ def _activation_inputs(g: Graph, op: Op, twins: dict[str, str], convert_conv: Pr
     if op.kind is OpKind.CONV:
         if not convert_conv(g, op):
             return None
-        return {0, len(op.inputs) - 1} if op.attrs.epilogue.residual else {0}
+        last = len(op.inputs) - 1
+        return ({0} | ({last - op.attrs.input_scale} if op.attrs.epilogue.residual else set())
+                | ({last} if op.attrs.input_scale else set()))  # the residual, then the input scale
     rank4 = len(g.tensor(op.outputs[0]).shape) == 4
     if op.kind in POOLS:
         ok = rank4 and not op.attrs.channels_last and op.inputs[0] in twins

@@ -23,7 +23,8 @@ import numpy as np
 from llvmlite import ir
 
 from convc.ir import Op
-from convc.ops.conv import split_inputs
+from convc.passes.memory import align
+from convc.ops.conv import input_scale_of, split_inputs
 from convc.codegen.llvm_utils import (F32, I64, PTR, VOID, as_i64, constant_table, for_range, gep, i64, memcpy,
                                       memset_zero, prefetch)
 from convc.codegen.module import KernelCall, ModuleEmitter
@@ -242,7 +243,16 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     else:
         tap_offsets, run = [(i * dh * wp + j * dw) * c for i in range(kh) for j in range(kw)], c
     in_kernel, after = split_epilogue(a.epilogue)
-    k = conv_kernel(em, op, packed, m, (em.scratch(n * hp * wp * c * 4),) if padded else (), kind="implicit-gemm")
+    scale_name = input_scale_of(a, op.inputs)
+    # one scratch (a kernel's scratch arguments all start at the same place): the padded input, then with an
+    # input scale each thread's copy of the weights scaled for one image
+    pad_bytes = align(n * hp * wp * c * 4) if padded else 0
+    extra = ()
+    if padded or scale_name is not None:
+        extra = (em.scratch(pad_bytes + (align(packed.nbytes) * em.threads if scale_name is not None else 0)),)
+    if scale_name is not None:
+        extra += (scale_name,)
+    k = conv_kernel(em, op, packed, m, extra, kind="implicit-gemm")
     if k.b is None:
         return KernelCall(k.fn, k.names)
     fn, b, args, x, wt, y, ldc = k.fn, k.b, k.names, k.x, k.wt, k.y, k.ldc
@@ -275,10 +285,51 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     taps = constant_table(b, tap_offsets, name=f"{fn.name}_taps")
     row_table = b.alloca(I64, size=i64(isa.mr), name="rows")
     m_lo, m_hi = b.mul(r_lo, i64(ow)), b.mul(r_hi, i64(ow))
-    tiles = b.udiv(b.add(b.sub(m_hi, m_lo), i64(isa.mr - 1)), i64(isa.mr))
     panel_bytes = kdim * isa.nr * 4
     group = max(1, L2_PANEL_BYTES // panel_bytes)
     init = "bias_col" if bias_name is not None else "zero"
+    if scale_name is None:
+        _pixel_tiles(b, em, gemm, in_kernel, k, (m_lo, m_hi), (p_lo, p_hi), wt, xpad, row_table, taps, bias, residual,
+                     init, group, (oh, ow, hp, wp, c, sh, sw, m, kdim, len(tap_offsets), run), streams_weights)
+    else:  # per image: its weights scaled by its channels' scales (B[(kh, kw, c), :] * S[image, c]), then its tiles
+        scale = k.extra[1]
+        scaled = em.thread_scratch(b, gep(b, k.extra[0], pad_bytes // 4), packed.nbytes, fn.args[-2])
+        pixels = oh * ow
+        first = b.udiv(m_lo, i64(pixels))
+        with for_range(b, b.udiv(b.add(m_hi, i64(pixels - 1)), i64(pixels)), start=first, name="img") as img:
+            lo, hi = b.mul(img, i64(pixels)), b.mul(b.add(img, i64(1)), i64(pixels))
+            lo = b.select(b.icmp_unsigned("<", lo, m_lo), m_lo, lo)
+            hi = b.select(b.icmp_unsigned("<", m_hi, hi), m_hi, hi)
+            with for_range(b, b.mul(p_hi, i64(kdim)), start=b.mul(p_lo, i64(kdim)), name="wrow") as row:
+                s_c = gemm.splat(b, b.load(gep(b, scale, b.add(b.mul(img, i64(c)), b.urem(row, i64(c)))), typ=F32))
+                for v in range(isa.nr // isa.width):
+                    at = b.add(b.mul(row, i64(isa.nr)), i64(v * isa.width))
+                    w_v = b.load(gep(b, wt, at), typ=gemm.vec, align=4)
+                    b.store(b.fmul(w_v, s_c), gep(b, scaled, at), align=4)
+            _pixel_tiles(b, em, gemm, in_kernel, k, (lo, hi), (p_lo, p_hi), scaled, xpad, row_table, taps, bias,
+                         residual, init, group, (oh, ow, hp, wp, c, sh, sw, m, kdim, len(tap_offsets), run),
+                         streams_weights)
+    if not after.empty:  # activations with no vector form, over this thread's rows
+        if k.contiguous:
+            epilogue_pass(b, after, gep(b, y, b.mul(m_lo, i64(m))), None, b.mul(b.sub(m_hi, m_lo), i64(m)))
+        else:
+            with for_range(b, m_hi, start=m_lo, name="epi_row") as row:
+                epilogue_pass(b, after, gep(b, y, b.mul(row, as_i64(b, ldc))), None, i64(m))
+    b.ret_void()
+    return KernelCall(fn, args)
+
+
+def _pixel_tiles(b: ir.IRBuilder, em: ModuleEmitter, gemm: GemmEmitter, in_kernel, k: ConvKernel, pixels: tuple,
+                 panel_range: tuple, wt: ir.Value, xpad: ir.Value, row_table: ir.Value, taps: ir.Value, bias: ir.Value,
+                 residual: ir.Value, init: str, group: int, dims: tuple, streams_weights: bool) -> None:
+    """Output pixels [m_lo, m_hi) x column panels [p_lo, p_hi), in register tiles of MR pixels, with the
+    packed weights ``wt``."""
+    isa, y, ldc = gemm.isa, k.y, k.ldc
+    (m_lo, m_hi), (p_lo, p_hi) = pixels, panel_range
+    oh, ow, hp, wp, c, sh, sw, m, kdim, ntaps, run = dims
+    n_panels, rem = divmod(m, isa.nr)
+    has_bias, has_residual = k.bias is not None, k.residual is not None
+    tiles = b.udiv(b.add(b.sub(m_hi, m_lo), i64(isa.mr - 1)), i64(isa.mr))
 
     with for_range(b, p_hi, start=p_lo, step=group, name="pg") as g0:
         g1 = b.add(g0, i64(group))
@@ -292,7 +343,7 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
                 b.store(_pixel_offset(b, mi, (oh, ow), (hp, wp, c), (sh, sw)), gep(b, row_table, i, I64))
             valid = b.sub(m_hi, m0)
             y_tile = gep(b, y, b.mul(m0, as_i64(b, ldc)))
-            r_tile = gep(b, residual, b.mul(m0, i64(m))) if residual_name is not None else residual
+            r_tile = gep(b, residual, b.mul(m0, i64(m))) if has_residual else residual
 
             def call_panel(j: ir.Value, n_valid: int) -> None:
                 if streams_weights:  # the first tile of a panel reads its weights from memory
@@ -306,10 +357,10 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
 
             def call(j: ir.Value, n_valid: int, mk: ir.Function) -> None:
                 col = b.mul(j, i64(isa.nr))
-                b.call(mk, [xpad, row_table, taps, i64(len(tap_offsets)), i64(run),
+                b.call(mk, [xpad, row_table, taps, i64(ntaps), i64(run),
                             gep(b, wt, b.mul(j, i64(kdim * isa.nr))), gep(b, y_tile, col), as_i64(b, ldc),
-                            gep(b, bias, col) if bias_name is not None else bias,
-                            gep(b, r_tile, col) if residual_name is not None else r_tile, valid])
+                            gep(b, bias, col) if has_bias else bias,
+                            gep(b, r_tile, col) if has_residual else r_tile, valid])
 
             with for_range(b, g1, start=g0, name="panel") as j:
                 if rem and n_panels:
@@ -320,14 +371,6 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
                             call_panel(j, rem)
                 else:
                     call_panel(j, rem or isa.nr)
-    if not after.empty:  # activations with no vector form, over this thread's rows
-        if k.contiguous:
-            epilogue_pass(b, after, gep(b, y, b.mul(m_lo, i64(m))), None, b.mul(b.sub(m_hi, m_lo), i64(m)))
-        else:
-            with for_range(b, m_hi, start=m_lo, name="epi_row") as row:
-                epilogue_pass(b, after, gep(b, y, b.mul(row, as_i64(b, ldc))), None, i64(m))
-    b.ret_void()
-    return KernelCall(fn, args)
 
 
 def _pixel_offset(b: ir.IRBuilder, p: ir.Value, out: tuple[int, int], padded: tuple[int, int, int],
