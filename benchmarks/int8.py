@@ -17,7 +17,9 @@ calibrated on a few seeded random batches): the file every runtime reads is the 
 As in benchmarks/models.py, every measurement runs in a fresh process that loads one runtime,
 compiles the model and times calls for ``--seconds`` after a warm-up; the runtimes take turns round
 after round and each figure is the median over rounds of the per-round median; every runtime gets
-the same thread count. Printed per (model, batch): each runtime's median, convc int8 / convc float32
+the same thread count. Printed per (model, batch): each runtime's median wall time and, in brackets, its
+median CPU time per call (the process's, all threads: spinning pool threads count, and on a machine other
+work shares it is the steadier figure; the two ratios use it), convc int8 / convc float32
 (the issue's target: <= 0.5 at batch 16), convc int8 / the faster peer int8 (target: <= 1.0), and
 each int8 runtime's output deviation from onnxruntime's int8 output (max |y - y_ort| / max |y_ort|).
 """
@@ -85,7 +87,24 @@ def worker(runtime: str, path: str, threads: int, batch: int, seconds: float, ou
         return
     x = np.load(out + ".input.npy")
     np.save(out + f".{runtime}.npy", np.asarray(run(x), dtype=np.float32))
-    print(json.dumps(peers.time_calls(run, x, seconds)))
+    print(json.dumps(time_calls(run, x, seconds)))
+
+
+def time_calls(run, x: np.ndarray, seconds: float) -> dict:
+    """peers.time_calls' median wall seconds per call, and the median CPU seconds per call of this process
+    (all its threads: on a loaded machine the figure other processes disturb least)."""
+    import time
+    for _ in range(3):
+        run(x)
+    wall: list[float] = []
+    cpu: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(wall) < 5:
+        t, c = time.perf_counter(), time.process_time()
+        run(x)
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return {"median": statistics.median(wall), "cpu": statistics.median(cpu), "calls": len(wall)}
 
 
 def measure(runtime: str, path: str, threads: int, batch: int, seconds: float, out: str) -> dict:
@@ -106,6 +125,7 @@ def bench(name: str, batch: int, threads: int, runtimes: list[str], rounds: int,
     out = os.path.join(tmp, f"{name}_b{batch}_t{threads}")
     np.save(out + ".input.npy", np.random.default_rng(0).standard_normal(shape).astype(np.float32))
     medians: dict[str, list[float]] = {r: [] for r in runtimes}
+    cpus: dict[str, list[float]] = {r: [] for r in runtimes}
     info: dict[str, dict] = {r: {} for r in runtimes}
     for _ in range(rounds):
         for r in runtimes:
@@ -116,10 +136,12 @@ def bench(name: str, batch: int, threads: int, runtimes: list[str], rounds: int,
                 info[r] = res
                 continue
             medians[r].append(res["median"])
+            cpus[r].append(res["cpu"])
     ref = np.load(out + ".ort-int8.npy") if os.path.exists(out + ".ort-int8.npy") else None
     for r in runtimes:
         if medians[r]:
             info[r]["ms"] = statistics.median(medians[r]) * 1e3
+            info[r]["cpu_ms"] = statistics.median(cpus[r]) * 1e3
             if ref is not None and r.endswith("int8") and os.path.exists(out + f".{r}.npy"):
                 y = np.load(out + f".{r}.npy")
                 info[r]["err"] = float(np.abs(y - ref).max() / max(1e-30, float(np.abs(ref).max())))
@@ -128,7 +150,7 @@ def bench(name: str, batch: int, threads: int, runtimes: list[str], rounds: int,
 
 def _cell(info: dict) -> str:
     if "ms" in info:
-        return f"{info['ms']:.3f}"
+        return f"{info['ms']:.2f} ({info['cpu_ms']:.1f})"
     return "unsupported" if "unsupported" in info else "error" if "error" in info else "-"
 
 
@@ -149,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"runtimes: {', '.join(runtimes)}; QDQ files from onnxruntime's quantize_static; each runtime alone in "
           f"its own process, {args.threads} thread(s), {args.rounds} alternating rounds, median of per-round "
           "medians", flush=True)
+    print("each cell: wall ms (CPU ms of the process, all threads) per call; the ratios use CPU ms")
     print(f"{'model':<14}{'batch':>6}" + "".join(f"{r + ' ms':>16}" for r in runtimes)
           + f"{'i8/f32':>8}{'i8/peer':>8}  max rel err vs ort-int8", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -156,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             for batch in map(int, args.batches.split(",")):
                 info = bench(name, batch, args.threads, runtimes, args.rounds, args.seconds, tmp)
                 cells = "".join(f"{_cell(info[r]):>16}" for r in runtimes)
-                ms = {r: info[r]["ms"] for r in runtimes if "ms" in info[r]}
+                ms = {r: info[r]["cpu_ms"] for r in runtimes if "cpu_ms" in info[r]}
                 vs_f32 = f"{ms['convc-int8'] / ms['convc-f32']:.2f}" if {"convc-int8", "convc-f32"} <= set(ms) else "-"
                 peers = [ms[r] for r in ("ort-int8", "ov-int8") if r in ms]
                 vs_peer = f"{ms['convc-int8'] / min(peers):.2f}" if "convc-int8" in ms and peers else "-"
