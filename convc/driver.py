@@ -129,19 +129,31 @@ def load_shaped(model: ModelSource, batch: int | None, input_shape: Any, input_s
 
 def has_dynamic_batch(model: ModelSource) -> bool:
     """True when the ONNX model's first input leaves its batch dimension symbolic."""
+    flags = _symbolic_batch(model)
+    return bool(flags) and next(iter(flags.values()))
+
+
+def dynamic_batch_inputs(model: ModelSource) -> list[str]:
+    """The ONNX model's inputs whose batch dimension is symbolic, in input order."""
+    return [name for name, free in _symbolic_batch(model).items() if free]
+
+
+def _symbolic_batch(model: ModelSource) -> dict[str, bool]:
+    """Per input of an ONNX model (initializers listed as inputs aside): is its first dimension
+    symbolic? Empty for anything but an ONNX source."""
     import onnx
 
     from convc.frontend.onnx.reader import read_model
     if not isinstance(model, (str, os.PathLike, bytes, bytearray, memoryview, onnx.ModelProto)):
-        return False
+        return {}
     model = read_model(model, external_data=False)  # the structure only; ModelImportError for anything unreadable
     inits = {i.name for i in model.graph.initializer}
+    flags = {}
     for inp in model.graph.input:
-        if inp.name in inits:
-            continue
-        dims = inp.type.tensor_type.shape.dim
-        return bool(dims) and not dims[0].HasField("dim_value")
-    return False
+        if inp.name not in inits:
+            dims = inp.type.tensor_type.shape.dim
+            flags[inp.name] = bool(dims) and not dims[0].HasField("dim_value")
+    return flags
 
 
 # --- artifacts out ---------------------------------------------------------------------------------
@@ -377,8 +389,11 @@ def build_library(model: ModelSource, output, options: CompileOptions, *, batch:
         progress("import")
     plan = pipeline(load_shaped(model, batch, input_shape, input_shapes), progress=progress, options=options)
     if batch is None and not input_shapes and (is_nn_module(model) or has_dynamic_batch(model)):
-        # the source's batch is free: convc.load runs any batch in chunks of the compiled one (convc/model.py)
+        # the source's batch is free: convc.load runs any batch in chunks of the compiled one (convc/model.py),
+        # splitting every input whose batch is free
         plan.graph.metadata["free_batch"] = True
+        plan.graph.metadata["free_batch_inputs"] = list(plan.graph.inputs[:1]) if is_nn_module(model) else \
+            dynamic_batch_inputs(model)
     return build_plan(plan, output, options, progress=progress, header=header)
 
 
