@@ -218,7 +218,10 @@ def load(path: str | os.PathLike, *, threads: int | None = None):
                       why_not=f"it was loaded from the compiled library {info.path}")
     # a library of a source with a free batch runs any batch in chunks of its compiled batch
     free = isinstance(graph_meta, dict) and graph_meta.get("free_batch") is True and info.inputs
-    signature = {info.inputs[0].name: (None, *info.inputs[0].shape[1:])} if free else None
+    # every input whose batch is free splits into the chunks (a library built before the list: the first)
+    names = graph_meta.get("free_batch_inputs") if free else None
+    names = names if isinstance(names, list) else [info.inputs[0].name]
+    signature = {s.name: (None, *s.shape[1:]) for s in info.inputs if s.name in names} if free else None
     model = CompiledModel(runner, graph, threads=threads, artifact=LibraryArtifact(info.path, info.digest),
                           restore=_restore, signature=signature)
     model.library = info.path

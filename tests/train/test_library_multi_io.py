@@ -119,6 +119,23 @@ def test_load_forward_refuses_shapes_that_do_not_fit(shape, message):
         driver.load_forward(two_in_two_out(), shape)
 
 
+@pytest.mark.slow
+def test_forward_library_runs_any_batch_on_every_input(tmp_path):
+    """An inference library of the two-input model built with a free batch (compiled at 1): convc.load
+    splits both inputs into chunks for batches it has no code for, and both outputs equal numpy's."""
+    model = two_in_two_out()
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    lib = convc.load(convc.compile_library(str(tmp_path / "m.onnx"), tmp_path / "m.so").output)
+    assert lib.metadata["graph_metadata"]["free_batch_inputs"] == ["image", "side"]
+    w = {t.name: onnx.numpy_helper.to_array(t).astype(np.float64) for t in model.graph.initializer}
+    for n in (1, 5):
+        x, _ = batch(n, n=n)
+        out = lib.run(x)
+        want = reference(w, x["image"], x["side"])
+        np.testing.assert_allclose(out["classes"], want[0], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(out["values"], want[1], rtol=1e-4, atol=1e-5)
+
+
 # --- the library against the Trainer -------------------------------------------------------------------
 @pytest.mark.slow
 def test_library_steps_like_the_trainer(library):
