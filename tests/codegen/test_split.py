@@ -159,6 +159,23 @@ def test_a_second_model_reuses_the_kernels_of_the_first(kernel_store):
 
 
 @pytest.mark.slow
+def test_kernels_from_the_cache_compute_what_fresh_ones_do(kernel_store):
+    """Linked from cached object files or compiled now: the same bits, and progress says which."""
+    root, compiled = kernel_store
+    lines = []
+    convc.compile(residual_net(1, width=32, hw=(17, 19)), threads=2, progress=lines.append)
+    assert any(line.startswith("module split: ") for line in lines), lines
+    assert any(line.startswith("compile cache: storing ") for line in lines), lines
+    model = residual_net(3, width=32, hw=(17, 19), seed=5)
+    compiled.clear()
+    cached = convc.compile(model, threads=2)
+    assert len(compiled) == 1  # the entry point: every kernel came from the first model's objects
+    fresh = convc.compile(model, threads=2, cache=False)
+    x = np.random.default_rng(6).standard_normal((16, 3, 17, 19)).astype(np.float32)
+    np.testing.assert_array_equal(cached(x), fresh(x))
+
+
+@pytest.mark.slow
 def test_a_damaged_kernel_file_is_compiled_again(kernel_store):
     root, compiled = kernel_store
     model = residual_net(1)
