@@ -42,7 +42,7 @@ import numpy as np
 from convc.codegen.aot import BuildResult, build_native, kernel_cache_root, split_native
 from convc.codegen.artifacts import ALIGN
 from convc.codegen.blob import align_up, blob_layout, used_constants
-from convc.codegen.header import TRAINING_DECLS
+from convc.codegen.header import training_decls
 from convc.codegen.llvm_utils import F32, I8, I32, I64, PTR, VOID, alloca_entry, f32, for_range, gep, i64
 from convc.codegen.module import emit_module
 from convc.codegen.split import merge_splits
@@ -444,5 +444,5 @@ def build_training_plan(step, eval_plan, opt, output: str | os.PathLike, options
         ((train_native, TRAIN_MODULE_PREFIX), (grad_native, GRAD_MODULE_PREFIX), (apply_native, APPLY_MODULE_PREFIX))])
     return build_native(native, output, tgt, *specs, graph_metadata=eg.metadata, progress=progress,
                         extra_meta=extra, header=header, constants=everything, runtime=runtime,
-                        modules=(train_ir, grad_ir, apply_ir), speed=SPEED, extra_decls=TRAINING_DECLS,
+                        modules=(train_ir, grad_ir, apply_ir), speed=SPEED, extra_decls=training_decls(targets),
                         parts=parts, cache_root=kernel_cache_root(options))

@@ -137,6 +137,15 @@ void convc_pool_destroy(void *pool);
 """
 
 
+def training_decls(targets: list[tuple[str, str, tuple[int, ...]]]) -> str:
+    """The training part of the header: ``TRAINING_DECLS`` after the targets' sizes as constants
+    (``targets``: per output, its targets' name, dtype and shape), for static buffers in C."""
+    defines = [f"#define CONVC_NUM_LABELS {len(targets)}"] + [
+        f"#define CONVC_LABEL{j}_SIZE {int(np.prod(shape, dtype=np.int64))}  /* {c_escape(dtype)} */"
+        for j, (_, dtype, shape) in enumerate(targets)]
+    return "\n".join(defines) + "\n\n" + TRAINING_DECLS
+
+
 TRAINING_DECLS = """/* --- training (this library was built with --train) ---
  *
  * A context owns a training state (weights, BN running statistics, optimizer moments, the step

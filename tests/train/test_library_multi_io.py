@@ -245,8 +245,9 @@ int main(int argc, char **argv) {
     convc_ctx *ctx = convc_create(0);
     if (!ctx) return 4;
     float *image = malloc(sizeof(float) * CONVC_INPUT0_SIZE), *side = malloc(sizeof(float) * CONVC_INPUT1_SIZE);
-    int64_t *classes = malloc(sizeof(int64_t) * convc_label_size(0));
-    float *values = malloc(sizeof(float) * convc_label_size(1));
+    static int64_t classes[CONVC_LABEL0_SIZE];  /* the header's sizes */
+    static float values[CONVC_LABEL1_SIZE];
+    if (CONVC_NUM_LABELS != 2 || convc_label_size(0) != CONVC_LABEL0_SIZE) return 6;
     const float *inputs[CONVC_NUM_INPUTS] = {image, side};
     const void *labels[CONVC_NUM_OUTPUTS] = {classes, values};
     for (int s = 0; s < steps; s++) {
@@ -261,7 +262,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "%lld steps done; %s x %g + %s x %g\n", (long long)convc_steps_done(ctx), convc_label_loss(0),
             convc_loss_weight(0), convc_label_loss(1), convc_loss_weight(1));
     convc_destroy(ctx);
-    free(image); free(side); free(classes); free(values);
+    free(image); free(side);
     return 0;
 }
 """
@@ -288,6 +289,27 @@ def test_c_program_trains_like_the_trainer(library, tmp_path):
     assert "3 steps done; cross_entropy x 1 + mse x 0.5" in ran.stderr
 
 
+def test_cli_passes_a_loss_and_a_weight_per_output(tmp_path, monkeypatch, capsys):
+    """--loss and --loss-weight repeat, one per output, in output order (the build is replaced: the
+    library itself is tested above)."""
+    import convc.compiler
+    from convc.cli import main
+    seen = {}
+
+    def build(model, output, **kwargs):
+        seen.update(kwargs)
+        raise convc.ConvcError("stopped before the build")
+    monkeypatch.setattr(convc.compiler, "build_training_library", build)
+    model = tmp_path / "m.onnx"
+    onnx.save(two_in_two_out(), str(model))
+    args = ["compile", str(model), "-o", str(tmp_path / "t.so"), "--train", "--batch", "16"]
+    assert main(args + ["--loss", "cross_entropy", "--loss", "mse", "--loss-weight", "1", "--loss-weight", "0.5"]) != 0
+    assert seen["loss"] == ["cross_entropy", "mse"] and seen["loss_weights"] == [1.0, 0.5] and seen["batch"] == 16
+    assert main(args + ["--loss", "mse"]) != 0
+    assert seen["loss"] == "mse" and seen["loss_weights"] is None
+    assert "stopped before the build" in capsys.readouterr().err
+
+
 def test_cli_refuses_loss_weights_that_do_not_pair_with_losses(tmp_path, capsys):
     from convc.cli import main
     model = tmp_path / "m.onnx"
@@ -296,3 +318,5 @@ def test_cli_refuses_loss_weights_that_do_not_pair_with_losses(tmp_path, capsys)
                  "--loss", "mse", "--loss-weight", "0.5"])
     assert code != 0
     assert "1 --loss-weight for 2 --loss" in capsys.readouterr().err
+    assert main(["compile", str(model), "-o", str(tmp_path / "t.so"), "--loss-weight", "0.5"]) != 0
+    assert "--loss-weight applies to a training library" in capsys.readouterr().err
