@@ -100,11 +100,15 @@ def emit_dense(em: ModuleEmitter, op: Op, geo) -> KernelCall:
     kdim = taps * cg  # patch elements per pixel
     steps = kdim // s.group
     es = 2 if s.wide else 1
+    # a 1x1 stride-1 conv over bytes the multiply takes as they are reads its tiles in place: each pixel's
+    # channels are already one patch row, contiguous pixel after pixel (no gather, no scratch)
+    in_place = (taps == 1 and a.strides == (1, 1) and not any(a.pads) and not s.wide and not flip
+                and c % s.group == 0)
     mr = min(s.mr, geo.pixels)
     tiles = -(-geo.pixels // mr)
     per_thread = -(-tiles // em.threads)
     chunk = max(1, min(per_thread, PATCH_BUDGET // (mr * kdim * es)))
-    patch_bytes = chunk * mr * kdim * es
+    patch_bytes = 0 if in_place else chunk * mr * kdim * es
     xdtype = np.int8 if geo.signed else np.uint8
     tables = [em.derived_constant(packed, packed.dtype),
               em.derived_constant(folded_bias(a, w, em.tensor(op.inputs[2]).data, blocks * s.block,
@@ -174,11 +178,14 @@ def emit_dense(em: ModuleEmitter, op: Op, geo) -> KernelCall:
     with for_range(b, hi, start=lo, step=chunk, name="chunk") as c0:
         c1 = b.add(c0, i64(chunk))
         c1 = b.select(b.icmp_unsigned("<", c1, hi), c1, hi)
-        with for_range(b, c1, start=c0, name="gt") as t:
-            gather(t, gep(b, patch, b.mul(b.sub(t, c0), i64(mr * kdim * es)), I8))
+        if not in_place:
+            with for_range(b, c1, start=c0, name="gt") as t:
+                gather(t, gep(b, patch, b.mul(b.sub(t, c0), i64(mr * kdim * es)), I8))
         with for_range(b, blocks, name="blk") as blk:
             with for_range(b, c1, start=c0, name="tile") as t:
-                compute(t, blk, gep(b, patch, b.mul(b.sub(t, c0), i64(mr * kdim * es)), I8))
+                src = gep(b, x, b.mul(first_pixel(t), i64(c)), I8) if in_place else \
+                    gep(b, patch, b.mul(b.sub(t, c0), i64(mr * kdim * es)), I8)
+                compute(t, blk, src)
     b.ret_void()
     return KernelCall(fn, [op.inputs[0], op.outputs[0], *tables, em.scratch(patch_bytes, per_thread=True), *res])
 

@@ -20,9 +20,10 @@ from convc.passes.pipeline import pipeline
 from convc.codegen.kernels.int8_conv import fits_pmaddubsw
 
 
-def int8_conv_graph(x_shape, m, k, stride, pad, dilation, group, signed, rng, weight_bits=8):
+def int8_conv_graph(x_shape, m, k, stride, pad, dilation, group, signed, rng, weight_bits=8, extra_bottom_pad=1):
     """One Int8Conv with random integers and requantization parameters (the outputs spread over the range);
-    ``weight_bits`` 7 gives weights in [-64, 63], which the vpmaddubsw kernel takes."""
+    ``weight_bits`` 7 gives weights in [-64, 63], which the vpmaddubsw kernel takes. The bottom pad is one more
+    than ``pad`` unless ``extra_bottom_pad`` says otherwise."""
     n, h, w, c = x_shape
     xt = np.int8 if signed else np.uint8
     x = rng.integers(-128 if signed else 0, 128 if signed else 256, x_shape).astype(xt)
@@ -31,7 +32,7 @@ def int8_conv_graph(x_shape, m, k, stride, pad, dilation, group, signed, rng, we
     bias = rng.integers(-20000, 20000, m).astype(np.int32)
     zx = int(rng.integers(-30, 30) if signed else rng.integers(0, 256))
     spread = 100.0 / (128 * 128 * (c // group) * k * k) ** 0.5 / 8
-    a = Int8ConvAttrs((k, k), (stride, stride), (pad, pad, pad + 1, pad), (dilation, dilation), group, zx,
+    a = Int8ConvAttrs((k, k), (stride, stride), (pad, pad, pad + extra_bottom_pad, pad), (dilation, dilation), group, zx,
                       tuple(float(v) for v in rng.uniform(0.5, 2, m).astype(np.float32) * np.float32(spread)),
                       tuple(float(v) for v in rng.normal(0, 3, m).astype(np.float32)), 9, "uint8", 9, 250)
     g = Graph("int8_conv")
@@ -48,11 +49,13 @@ def _run(model, feeds):
     return list(out.values())[0] if isinstance(out, dict) else out[0]
 
 
-# (x NHWC, output channels, kernel, stride, pad, dilation, group, signed x, threads, weight bits)
+# (x NHWC, output channels, kernel, stride, pad (the bottom one more; -1: no padding at all), dilation, group,
+#  signed x, threads, weight bits)
 GRID = [
     ((16, 13, 11, 5), 19, 3, 1, 1, 1, 1, False, 2, 8),    # odd channels, partial blocks, 2288 pixels: an overlapping last tile
     ((16, 9, 7, 16), 32, 3, 2, 1, 1, 1, True, 1, 8),      # int8 activations, stride 2
     ((2, 17, 15, 23), 40, 1, 1, 0, 1, 1, False, 2, 8),    # 1x1 (510 pixels: whole tiles), odd channels
+    ((3, 10, 7, 32), 40, 1, 1, -1, 1, 1, False, 2, 8),    # 1x1, no padding (pad -1), whole quads: read in place
     ((3, 12, 12, 8), 16, 3, 1, 2, 2, 1, False, 1, 8),     # dilation 2
     ((16, 14, 9, 13), 13, 3, 1, 1, 1, 13, False, 2, 8),   # depthwise, odd channels
     ((4, 11, 5, 24), 24, 3, 2, 1, 1, 24, True, 1, 8),     # depthwise, int8, stride 2
@@ -66,7 +69,8 @@ GRID = [
 @pytest.mark.parametrize("x_shape,m,k,stride,pad,dilation,group,signed,threads,bits", GRID)
 def test_int8_conv_is_exact(x_shape, m, k, stride, pad, dilation, group, signed, threads, bits):
     rng = np.random.default_rng(sum(x_shape) + m)
-    g, a, x, w, bias = int8_conv_graph(x_shape, m, k, stride, pad, dilation, group, signed, rng, bits)
+    g, a, x, w, bias = int8_conv_graph(x_shape, m, k, stride, max(pad, 0), dilation, group, signed, rng, bits,
+                                       int(pad >= 0))
     if group == 1:  # the kernel (vpmaddubsw or vpmaddwd) the weights select
         assert fits_pmaddubsw(w) == (bits == 7 and not signed)
     acc = int8_accumulate(a, x, w, bias)

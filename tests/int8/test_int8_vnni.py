@@ -69,6 +69,7 @@ GRID = [
     ((16, 13, 11, 5), 19, 3, 1, True, 2, False),    # int8 activations (sign bit flipped), odd channels
     ((2, 16, 16, 64), 72, 3, 2, False, 1, True),    # uint8, 512-bit blocks of 32 channels (72: a partial one)
     ((4, 9, 7, 37), 48, 1, 1, True, 2, True),       # 1x1, int8, a partial quad of channels
+    ((2, 9, 7, 32), 40, 1, 1, False, 2, False),     # 1x1, uint8, whole quads: tiles read in place
 ]
 
 
@@ -78,7 +79,9 @@ def test_vnni_data_path_is_exact(monkeypatch, x_shape, m, k, stride, signed, thr
     emulated = dataclasses.replace(int8_dense.VPDPBUSD_512 if wide else int8_dense.VPDPBUSD_256, emulated=True)
     monkeypatch.setattr(int8_dense, "scheme", lambda *args: emulated)
     rng = np.random.default_rng(sum(x_shape) + m)
-    g, a, x, w, bias = int8_conv_graph(x_shape, m, k, stride, 1 if k == 3 else 0, 1, 1, signed, rng)
+    # 1x1 layers without padding: tiles read in place when their channels are whole quads
+    g, a, x, w, bias = int8_conv_graph(x_shape, m, k, stride, 1 if k == 3 else 0, 1, 1, signed, rng,
+                                       extra_bottom_pad=int(k == 3))
     w = g.tensor("w").data
     w.reshape(-1)[:4] = [127, 127, -128, -128]  # full range, the extremes side by side
     expected = requantize(a, int8_accumulate(a, x, w, bias))
