@@ -64,7 +64,7 @@ class LoadedTrainer:
     follows ``convc.Trainer``: ``step(x, y) -> loss``, ``lr``, ``steps_done``, ``predict(x)``,
     ``state_dict()`` / ``load_state_dict()``, ``weights()``. A model with several inputs takes
     ``x`` as a list (input order) or a dict by name, and one with several outputs ``y`` as a list
-    of targets, one per output (``targets``, ``losses`` and ``loss_weights`` describe them), as the
+    of targets, one per output, or a dict by output name (``targets``, ``losses`` and ``loss_weights`` describe them), as the
     Trainer does; the batch is the compiled one."""
 
     def __init__(self, lib: ctypes.CDLL, info: Any):

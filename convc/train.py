@@ -74,7 +74,8 @@ class Trainer(GradientSteps, Evaluation, TrainingState):
     (fine-tuning; its scale and shift still train, PyTorch's ``bn.eval()``).
     ``step(x, y, return_outputs=True)`` returns ``StepOutputs`` (loss, the model's outputs, accuracy).
     A model with several outputs takes a list of losses, one per output (``loss_weights``: the
-    weights of their sum, default 1), and ``y`` is then a list of targets, one per output.
+    weights of their sum, default 1), and ``y`` is then a list of targets, one per output, or a
+    dict by output name.
     ``compute_gradients``/``gradients``/``apply_gradients``: the step in two calls around one
     gradient buffer (data-parallel training, accumulation over micro-batches)."""
 

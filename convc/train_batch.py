@@ -92,11 +92,18 @@ def check_target(y: Any, n: int, output: tuple[int, ...], class_indices: bool,
 
 
 def per_output(y: Any, outputs: Sequence[str]) -> list[Any]:
-    """``y`` as one target per model output: one array (a model with one output) or a list of them
-    in output order."""
-    k = len(outputs)
+    """``y`` as one target per model output: one array (a model with one output), a list of them in
+    output order, or a dict by output name."""
+    k, names = len(outputs), list(outputs)
+    if isinstance(y, Mapping):
+        missing, unknown = [n for n in names if n not in y], [n for n in y if n not in names]
+        if missing or unknown:
+            raise InputError(f"y: missing targets of outputs {missing}, unexpected {unknown}; the model's outputs "
+                             f"are {names}")
+        return [y[n] for n in names]
     if k == 1:
         return [y]
     if not isinstance(y, (list, tuple)) or len(y) != k:
-        raise InputError(f"the model has {k} outputs {list(outputs)}: give a list of {k} targets, one per output")
+        raise InputError(f"the model has {k} outputs {names}: give a list of {k} targets, one per output, or a "
+                         "dict by output name")
     return list(y)

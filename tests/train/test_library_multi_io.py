@@ -149,7 +149,9 @@ def test_library_steps_like_the_trainer(library):
     t = trainer(onnx_file)
     for seed in range(3):
         x, y = batch(seed)
-        np.testing.assert_allclose(lib.step(x, y), t.step(x, y), rtol=1e-5)
+        by_name = dict(zip(["classes", "values"], y))  # y as a dict by output name, on one side each time
+        mine, theirs = (lib.step(x, by_name), t.step(x, y)) if seed % 2 else (lib.step(x, y), t.step(x, by_name))
+        np.testing.assert_allclose(mine, theirs, rtol=1e-5)
     assert lib.steps_done == t.steps_done == 3
     mine, theirs = lib.state_dict(), t.state_dict()
     assert set(mine) == set(theirs)
@@ -169,6 +171,7 @@ def test_library_refuses_malformed_batches(library):
     x, y = batch(0)
     for bad_x, bad_y, message in [
         (x, y[0], "2 outputs"),
+        (x, {"classes": y[0]}, r"missing targets of outputs \['values'\]"),
         ({"image": x["image"]}, y, r"missing inputs \['side'\]"),
         ({k: v[:5] for k, v in x.items()}, [v[:5] for v in y], "batches of 16"),
         (x, [y[0], y[1].astype(np.float64)], "float32"),
