@@ -399,11 +399,14 @@ def build_library(model: ModelSource, output, options: CompileOptions, *, batch:
 
 def build_training_library(model: ModelSource, output, options: CompileOptions, *, batch: int | None = None,
                            optimizer: Any = "adam", lr: float | None = None, loss: Any = "cross_entropy",
-                           seed: int = 0, progress: Progress = None, header=None, loss_weights: Any = None):
+                           seed: int = 0, progress: Progress = None, header=None, loss_weights: Any = None,
+                           loss_attrs: Any = None, soft_targets: Any = False, loss_settings: Any = None):
     """A training library for ``model`` at batch size ``batch`` (codegen/aot_train.py): the model is
     loaded and the training step and eval forward planned here, codegen builds the library. Every
     model input is fed by the caller; ``loss`` is a name, or one per model output (a list) summed
-    with ``loss_weights``, as ``convc.Trainer`` trains."""
+    with ``loss_weights``, as ``convc.Trainer`` trains; ``loss_attrs`` and ``soft_targets`` are the
+    losses' options in the same form (passes/autodiff/training.py), ``loss_settings`` what the
+    library's metadata records of them (convc.Loss.settings(), one per output)."""
     from convc.codegen.aot_train import LOSSES, build_training_plan
     from convc.optim import by_name
     from convc.codegen.target import resolve_target
@@ -425,11 +428,12 @@ def build_training_library(model: ModelSource, output, options: CompileOptions, 
     per_output = loss if isinstance(loss, str) else losses  # the step's form: one name, or one per output
     if progress:
         progress("training step: autodiff, loss, optimizer")
-    step = build_training(forward, loss=per_output, optimizer=opt, seed=seed, loss_weights=loss_weights)
-    split = build_split(forward, loss=per_output, optimizer=opt, seed=seed, loss_weights=loss_weights)
+    step_options = dict(loss=per_output, optimizer=opt, seed=seed, loss_weights=loss_weights, loss_attrs=loss_attrs,
+                        soft_targets=soft_targets)
+    step, split = build_training(forward, **step_options), build_split(forward, **step_options)
     return build_training_plan(step, eval_plan(forward, step.roles), opt, output, options, name=forward.name,
                                loss=losses, seed=seed, progress=progress, header=header, split=split,
-                               loss_weights=loss_weights)
+                               loss_weights=loss_weights, loss_settings=loss_settings)
 
 
 # --- training --------------------------------------------------------------------------------------
