@@ -337,15 +337,18 @@ def _zero(b: ir.IRBuilder, ptr: ir.Value, floats: int) -> None:
 def build_training_plan(step, eval_plan, opt, output: str | os.PathLike, options: CompileOptions, *,
                         name: str, loss: str | Sequence[str], seed: int = 0,
                         progress: Callable[[str], None] | None = None, header: str | os.PathLike | None = None,
-                        split=None, loss_weights: Sequence[float] | None = None) -> BuildResult:
+                        split=None, loss_weights: Sequence[float] | None = None,
+                        loss_settings: Sequence | None = None) -> BuildResult:
     """Build a training library from a planned training step (passes/autodiff/training.py's
     TrainingStep), the eval-mode forward's plan on the training state, the same step split in two
     around the gradient buffer (``SplitStep``) and the optimizer ``opt``, for ``options.target``
     (see the module docstring); ``name`` is the model's. ``loss``: one per model output (a name for
     a model with one), summed with ``loss_weights`` (default 1 each) as the step was built. The
-    driver loads and plans the model."""
+    driver loads and plans the model. ``loss_settings``: per output, what the metadata records of
+    its loss's options (``convc.Loss.settings()``: the name alone, or every field)."""
     losses = [loss] if isinstance(loss, str) else list(loss)
     weights = [1.0] * len(losses) if loss_weights is None else [float(v) for v in loss_weights]
+    settings = list(loss_settings) if loss_settings is not None else list(losses)
     tgt = resolve_target(options.target)
     if progress:
         progress("code generation (training step)")
@@ -360,8 +363,9 @@ def build_training_plan(step, eval_plan, opt, output: str | os.PathLike, options
 
     tg = step.plan.graph
     inputs, labels = list(step.model_inputs), list(step.all_labels)  # what the caller feeds
-    if len(labels) != len(losses) or len(weights) != len(losses):
-        raise CompileError(f"{len(labels)} outputs: {len(losses)} losses and {len(weights)} weights given")
+    if len(labels) != len(losses) or len(weights) != len(losses) or len(settings) != len(losses):
+        raise CompileError(f"{len(labels)} outputs: {len(losses)} losses, {len(weights)} weights and "
+                           f"{len(settings)} loss settings given")
     # lr, step, parameters, running statistics, optimizer state
     state_names = [n for n in tg.inputs if n not in inputs and n not in labels and n != step.rows]
     # then, past what convc_state lists: the loss's rows (always the whole batch here), the split
@@ -418,8 +422,9 @@ def build_training_plan(step, eval_plan, opt, output: str | os.PathLike, options
     training_meta = {
         "loss": losses[0], "optimizer": type(opt).__name__, "lr": float(opt.lr), "seed": int(seed),
         "labels": {"name": labels[0], "shape": list(targets[0][2]), "dtype": targets[0][1]},
-        "targets": [{"name": n, "shape": list(shape), "dtype": dt, "output": out, "loss": v, "weight": wt}
-                    for (n, dt, shape), out, v, wt in zip(targets, eg.outputs, losses, weights)],
+        "targets": [{"name": n, "shape": list(shape), "dtype": dt, "output": out, "loss": v, "weight": wt,
+                     "settings": st}
+                    for (n, dt, shape), out, v, wt, st in zip(targets, eg.outputs, losses, weights, settings)],
         "params": list(step.params), "running": list(step.running), "step": step.step, "lr_name": step.lr,
         "state": [{"name": n, "shape": list(s), "dtype": d.name} for n, s, d in
                   list(zip(layout.names, layout.shapes, layout.dtypes))[:len(state_names)]],

@@ -92,10 +92,18 @@ def build_training_library(model: ModelSource, output, *, batch: int | None = No
                            target: Any = "native", progress: Callable[[str], None] | None = None, header=None,
                            loss_weights: Any = None):
     """``convc compile MODEL -o train.so --train``: a training library at batch size ``batch``
-    (codegen/aot_train.py); ``loss``: a name, or one per model output summed with ``loss_weights``.
-    The training step runs on the calling thread."""
+    (codegen/aot_train.py); ``loss``: a name or ``convc.Loss`` (with its options), or a list of
+    them, one per model output, summed with ``loss_weights``, as ``convc.Trainer`` takes them. The
+    training step runs on the calling thread."""
     from convc import driver
+    from convc.losses import Loss
     batch = positive_int("batch", batch)
+    many = isinstance(loss, (list, tuple))
+    losses = [Loss.of(v) for v in (loss if many else [loss])]
+    pick = (lambda values: values) if many else (lambda values: values[0])  # noqa: E731  the step's form
     return driver.build_training_library(model, output, resolve_options(threads=1, target=target), batch=batch,
-                                         optimizer=optimizer, lr=lr, loss=loss, seed=seed, progress=progress,
-                                         header=header, loss_weights=loss_weights)
+                                         optimizer=optimizer, lr=lr, loss=pick([v.name for v in losses]), seed=seed,
+                                         progress=progress, header=header, loss_weights=loss_weights,
+                                         loss_attrs=pick([v.attrs() for v in losses]),
+                                         soft_targets=pick([v.soft_targets for v in losses]),
+                                         loss_settings=[v.settings() for v in losses])

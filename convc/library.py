@@ -26,7 +26,7 @@ from convc.limits import positive_int
 def compile_library(model: Any, output: str | os.PathLike, *, batch: int | None = None, target: str = "native",
                     threads: int | None = None, header: str | os.PathLike | None = None, input_shape: Any = None,
                     progress: Callable[[str], None] | None = None, train: bool = False, optimizer: str = "adam",
-                    lr: float | None = None, loss: str | Sequence[str] = "cross_entropy", seed: int = 0,
+                    lr: float | None = None, loss: Any = "cross_entropy", seed: int = 0,
                     loss_weights: Sequence[float] | None = None) -> Any:
     """Write ``model`` (whatever ``convc.compile`` takes) as a shared library with its weights embedded
     (an object file when ``output`` ends in ``.o``) and its C header (default: ``output`` with ``.h``),
@@ -35,8 +35,8 @@ def compile_library(model: Any, output: str | os.PathLike, *, batch: int | None 
     ``batch`` fixes the batch (default 1: a library's shapes are fixed), ``target`` the CPU
     (``"native"``, ``"x86-64-v3"``, ``"aarch64"``, ...), ``threads`` the most worker threads a context
     may use. ``train=True`` builds a training library (``convc compile --train``) with ``optimizer``,
-    ``lr``, ``loss`` and Dropout's ``seed``; a model with several outputs takes a list of losses, one
-    per output, trained on their sum weighted by ``loss_weights`` (default 1 each), as
+    ``lr``, ``loss`` (a name or a ``convc.Loss`` with its options) and Dropout's ``seed``; a model
+    with several outputs takes a list of losses, one per output, trained on their sum weighted by ``loss_weights`` (default 1 each), as
     ``convc.Trainer``. Its step runs on the calling thread, so ``threads`` must stay None. Returns the build's result (``.output``, ``.header``, ``.size``, ``.meta``, ...)."""
     batch, threads = positive_int("batch", batch), positive_int("threads", threads)
     if isinstance(model, Path):
@@ -84,7 +84,7 @@ class LoadedTrainer:
         # the state and the targets: sizes from the compiled functions, checked against the JSON
         state = _compiled_specs(lib, path, abi.STATE, "training state", _json_names(training, "state", path))
         _check_specs(path, "training state", training["state"], state)
-        self.targets, self.losses, self.loss_weights = self._targets(lib, path, training)
+        self.targets, self.losses, self.loss_weights, self._ignore = self._targets(lib, path, training)
         self.labels = self.targets[0]
         names = {spec.name for spec in state}
         unknown = [n for n in training["params"] + training["running"] + [training["lr_name"]] if n not in names]
@@ -123,9 +123,10 @@ class LoadedTrainer:
         _agrees(path, "the number of targets", len(self.outputs), len(self.targets))
 
     @staticmethod
-    def _targets(lib: ctypes.CDLL, path: str, training: dict) -> tuple[list, list[str], list[float]]:
+    def _targets(lib: ctypes.CDLL, path: str, training: dict) -> tuple[list, list[str], list[float], list]:
         """Per output: its targets (IOSpec, from the compiled label table, checked against the JSON),
-        loss and weight. A library built before the table describes one output's labels."""
+        loss, weight and the loss's ignore_index (None without). A library built before the table
+        describes one output's labels."""
         from convc.load import _DTYPES, _agrees, _c_text, _check_specs, _compiled_specs, _need
         from convc.runtime import IOSpec
         items = training.get("targets")
@@ -140,7 +141,8 @@ class LoadedTrainer:
             _agrees(path, "the labels' dtype", labels.get("dtype"), dtype)
             if dtype not in _DTYPES:
                 raise LoadError(f"{path}: labels of dtype {dtype!r}")
-            return [IOSpec(str(labels.get("name", "labels")), tuple(shape), np.dtype(dtype))], [training["loss"]], [1.0]
+            return [IOSpec(str(labels.get("name", "labels")), tuple(shape), np.dtype(dtype))], [training["loss"]], \
+                [1.0], [None]
         if not isinstance(items, list) or not all(
                 isinstance(t, dict) and isinstance(t.get("loss"), str) and isinstance(t.get("weight"), (int, float))
                 and isinstance(t.get("name"), str) for t in items):
@@ -152,7 +154,10 @@ class LoadedTrainer:
         for j, t in enumerate(items):
             _agrees(path, f"the loss of output {j}", t["loss"], _c_text(loss_of(j), f"the loss of output {j}", path))
             _agrees(path, f"the loss weight of output {j}", float(np.float32(t["weight"])), float(weight_of(j)))
-        return specs, [t["loss"] for t in items], [float(t["weight"]) for t in items]
+        ignore = [t["settings"].get("ignore_index") if isinstance(t.get("settings"), dict) else None for t in items]
+        if not all(v is None or isinstance(v, int) for v in ignore):
+            raise LoadError(f"{path}: an ignore_index in its metadata JSON is not an integer; rebuild it")
+        return specs, [t["loss"] for t in items], [float(t["weight"]) for t in items], ignore
 
     def close(self) -> None:
         ctx, self._ctx = getattr(self, "_ctx", None), None
@@ -192,8 +197,8 @@ class LoadedTrainer:
         if xs[0].shape[0] != batch:
             raise InputError(f"x has a batch of {xs[0].shape[0]}; this library trains on batches of {batch} "
                              f"(its inputs: {[s.shape for s in self.inputs]})")
-        ys = [check_target(t, batch, out.shape, spec.dtype.kind in "iu")
-              for t, out, spec in zip(per_output(y, [o.name for o in self.outputs]), self.outputs, self.targets)]
+        ys = [check_target(t, batch, out.shape, spec.dtype.kind in "iu", ignore) for t, out, spec, ignore in
+              zip(per_output(y, [o.name for o in self.outputs]), self.outputs, self.targets, self._ignore)]
         ys = [np.ascontiguousarray(t, dtype=spec.dtype) for t, spec in zip(ys, self.targets)]
         loss = ctypes.c_float()
         before = self.steps_done

@@ -20,7 +20,9 @@ from convc.library import LoadedTrainer
 from train import nets
 
 BATCH, HW, SIDE, CLASSES, VALUES = 16, 8, 4, 5, 3
-LOSSES, WEIGHTS = ["cross_entropy", "mse"], [1.0, 0.5]
+# a loss per output with its options, as the Trainer takes them
+LOSSES = [convc.Loss("cross_entropy", label_smoothing=0.1, ignore_index=-100), convc.Loss("huber", delta=0.5)]
+NAMES, WEIGHTS = ["cross_entropy", "huber"], [1.0, 0.5]
 LR = 1e-2
 
 
@@ -56,11 +58,14 @@ def reference(w: dict[str, np.ndarray], image: np.ndarray, side: np.ndarray) -> 
     return joint @ w["cls.weight"].T + w["cls.bias"], joint @ w["val.weight"].T + w["val.bias"]
 
 
-def batch(seed: int, n: int = BATCH):
+def batch(seed: int, n: int = BATCH, ignored: int = 0):
+    """Inputs and targets; the first ``ignored`` class labels are ignore_index."""
     rng = np.random.default_rng(seed)
+    labels = rng.integers(0, CLASSES, n)
+    labels[:ignored] = -100
     return ({"image": rng.standard_normal((n, 3, HW, HW)).astype(np.float32),
              "side": rng.standard_normal((n, SIDE)).astype(np.float32)},
-            [rng.integers(0, CLASSES, n), rng.standard_normal((n, VALUES)).astype(np.float32)])
+            [labels, rng.standard_normal((n, VALUES)).astype(np.float32)])
 
 
 def c_batch(step: int) -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
@@ -139,16 +144,17 @@ def test_forward_library_runs_any_batch_on_every_input(tmp_path):
 # --- the library against the Trainer -------------------------------------------------------------------
 @pytest.mark.slow
 def test_library_steps_like_the_trainer(library):
-    """Three steps (x a dict, y a list per output): the loss (cross-entropy + 0.5 * MSE) and every
-    state array equal the Trainer's; the eval forward on both inputs gives both outputs."""
+    """Three steps (x a dict, y a list or dict per output): the loss (cross-entropy with label
+    smoothing and ignore_index, the last step ignoring 3 samples, + 0.5 * Huber with delta 0.5) and
+    every state array equal the Trainer's; the eval forward on both inputs gives both outputs."""
     onnx_file, res = library
     lib = convc.load(res.output)
     assert isinstance(lib, LoadedTrainer)
-    assert [s.name for s in lib.inputs] == ["image", "side"] and lib.losses == LOSSES and lib.loss_weights == WEIGHTS
+    assert [s.name for s in lib.inputs] == ["image", "side"] and lib.losses == NAMES and lib.loss_weights == WEIGHTS
     assert [(s.shape, s.dtype.name) for s in lib.targets] == [((BATCH,), "int64"), ((BATCH, VALUES), "float32")]
     t = trainer(onnx_file)
     for seed in range(3):
-        x, y = batch(seed)
+        x, y = batch(seed, ignored=3 if seed == 2 else 0)
         by_name = dict(zip(["classes", "values"], y))  # y as a dict by output name, on one side each time
         mine, theirs = (lib.step(x, by_name), t.step(x, y)) if seed % 2 else (lib.step(x, y), t.step(x, by_name))
         np.testing.assert_allclose(mine, theirs, rtol=1e-5)
@@ -195,7 +201,7 @@ def test_c_abi_describes_each_output_and_its_loss(library):
     so.convc_label_size.restype, so.convc_label_size.argtypes = ctypes.c_int64, [ctypes.c_int]
     assert so.convc_num_labels() == 2 == so.convc_num_outputs() and so.convc_num_inputs() == 2
     assert [text("convc_label_dtype", j) for j in (0, 1)] == [b"int64", b"float32"]
-    assert [text("convc_label_loss", j) for j in (0, 1)] == [b"cross_entropy", b"mse"]
+    assert [text("convc_label_loss", j) for j in (0, 1)] == [b"cross_entropy", b"huber"]
     assert [so.convc_label_size(j) for j in (0, 1, 2)] == [BATCH, BATCH * VALUES, -1]
     assert [so.convc_loss_weight(j) for j in (0, 1)] == WEIGHTS and math.isnan(so.convc_loss_weight(2))
     assert so.convc_label_name(2) is None and so.convc_label_loss(-1) is None
@@ -289,7 +295,7 @@ def test_c_program_trains_like_the_trainer(library, tmp_path):
     t = trainer(onnx_file)
     np.testing.assert_allclose([float(v) for v in ran.stdout.split()], [t.step(*c_batch(s)) for s in range(3)],
                                rtol=1e-5)
-    assert "3 steps done; cross_entropy x 1 + mse x 0.5" in ran.stderr
+    assert "3 steps done; cross_entropy x 1 + huber x 0.5" in ran.stderr
 
 
 def test_cli_passes_a_loss_and_a_weight_per_output(tmp_path, monkeypatch, capsys):
