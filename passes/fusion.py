@@ -33,10 +33,12 @@ import math
 
 import numpy as np
 
-from convc.passes.rewrite import absorb, is_constant, note, record_absorbed, single_consumer
+from convc.passes.rewrite import absorb, add_const, is_constant, note, record_absorbed, record_origin, \
+    single_consumer, take_output
 
 from convc.ir import Graph, Op
-from convc.ops import NoAttrs, OpGroup, OpKind, op_def
+from convc.ops import NoAttrs, OpGroup, OpKind, layout, op_def
+from convc.ops.conv import ConvAttrs
 from convc.ops.elementwise import GeluAttrs, SwishAttrs
 
 ADDITION = frozenset({OpKind.ADD, OpKind.SUM})
@@ -280,7 +282,53 @@ def fuse_input_scale(g: Graph, mul: Op) -> bool:
     return False
 
 
+def matmul_as_pointwise_conv(g: Graph, mm: Op) -> bool:
+    """``MatMul(x, B)`` of a channels-last activation x (N, H, W, C) by a constant B (C, M) (ConvNeXt's Linear
+    layers between permutes) is a 1x1 conv in channels-last layout with W = B^T: it then runs as the
+    implicit GEMM, and what follows fuses into it as into any conv: a constant bias Add (M,) becomes its bias,
+    a constant per-channel Mul after it (ConvNeXt's layer scale) is folded into W and the bias, and the
+    activation after that (GELU) its epilogue."""
+    x, w = mm.inputs
+    tx, tw = g.tensor(x), g.tensor(w)
+    if len(tx.shape) != 4 or tx.dtype != np.float32 or not is_constant(g, w) or len(tw.shape) != 2 or \
+            tw.dtype != np.float32 or tx.shape[0] * tx.shape[1] * tx.shape[2] == 1:
+        return False
+    c, m = tw.shape
+    weight = add_const(g, f"{w}_as_conv", np.ascontiguousarray(np.asarray(tw.data).T.reshape(m, c, 1, 1)))
+    attrs = ConvAttrs(kernel_shape=(1, 1), strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1),
+                      layout=layout.CHANNELS_LAST)
+    (y,) = mm.outputs
+    g.remove_op(mm, remove_outputs=False)
+    conv = g.add_op(OpKind.CONV, attrs, [x, weight], name=f"{mm.name}_conv")
+    take_output(g, conv, y)
+    record_origin(g, conv.name, mm.name)
+    bias = None
+    while True:  # the constant per-channel Add and Mul after it, in any order
+        nxt = single_consumer(g, conv.outputs[0])
+        if nxt is None or nxt.kind not in (OpKind.ADD, OpKind.MUL) or len(nxt.inputs) != 2 or \
+                conv.outputs[0] in g.outputs:
+            break
+        other = nxt.inputs[1] if nxt.inputs[0] == conv.outputs[0] else nxt.inputs[0]
+        t = g.tensor(other)
+        if not is_constant(g, other) or t.size != m or (t.shape and t.shape[-1] != m) or t.dtype != np.float32:
+            break
+        v = np.asarray(t.data, dtype=np.float64).reshape(m)
+        if nxt.kind is OpKind.ADD:
+            bias = v if bias is None else bias + v
+        else:
+            w64 = np.asarray(g.tensor(conv.inputs[1]).data, dtype=np.float64) * v.reshape(m, 1, 1, 1)
+            conv_w = add_const(g, f"{w}_scaled", w64.astype(np.float32))
+            g.set_inputs(conv, (conv.inputs[0], conv_w) + conv.inputs[2:])
+            bias = None if bias is None else bias * v
+        inputs = conv.inputs[:2] + ((add_const(g, f"{w}_bias", bias.astype(np.float32)),) if bias is not None else ())
+        absorb(g, conv, nxt, conv.attrs, inputs)
+    return True
+
+
 def fuse_epilogues(g: Graph) -> Graph:
+    for op in g.ops():
+        if op.kind is OpKind.MATMUL:
+            matmul_as_pointwise_conv(g, op)
     fuse_gates(g)
     for op in g.ops():
         if op.name not in g.nx:  # already fused into its producer

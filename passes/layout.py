@@ -18,6 +18,8 @@ last, that channels-last twin:
   ShuffleNet's channel shuffle of a twin (Reshape to (N, g, C/g, H, W), Transpose (0, 2, 1, 3, 4), Reshape
   back) becomes a permutation of its last axis: one copy between two views, or nothing when the reader is a
   plain conv, whose weight's input channels are permuted instead (``_fold_shuffle_into_convs``);
+- a model's own permute to channels last of a twin is the twin, and its permute back to channels first has
+  its input as twin (ConvNeXt's blocks; their Linear layers are 1x1 convs, passes/fusion.py);
 - ResNeSt's radix view (N, rC, H, W) -> (N, r, C, H, W) of a twin is a view (N, H, W, r, C) of the twin, and
   the sums over r and the products with per-split attention weights run on it (``_radix_view``);
 - every converted op keeps its name and writes its twin, and a ``Transpose`` back to channels
@@ -82,6 +84,8 @@ def to_channels_last(g: Graph, convert_conv: Predicate = is_channels_last_conv) 
         if shuffle is not None:
             shuffles.append(_shuffle_channels_last(g, op, *shuffle, twins, before))
             continue
+        if _explicit_permute(g, op, twins):
+            continue
         if _radix_view(g, op, twins, radix, after):
             continue
         activations = _activation_inputs(g, op, twins, convert_conv)
@@ -136,6 +140,26 @@ def _write_twin(g: Graph, op: Op, k: int, out: str, perm: tuple[int, ...] | None
     take_output(g, back, out)
     record_origin(g, back.name, op.name)
     return last.name, back.name
+
+
+def _explicit_permute(g: Graph, op: Op, twins: dict[str, str]) -> bool:
+    """A model's own permutes between layouts (ConvNeXt's x.permute(0, 2, 3, 1) ... permute(0, 3, 1, 2)): the
+    permute to channels last of a tensor that has a twin is that twin (its readers read the twin, the
+    Transpose goes), and the permute back to channels first of any 4-D tensor has that tensor as its twin
+    (readers that convert read it; the Transpose stays for the others, dead-code elimination removes it
+    when there are none). False: ``op`` is neither."""
+    if op.kind is not OpKind.TRANSPOSE or len(g.tensor(op.inputs[0]).shape) != 4:
+        return False
+    (x,), (y,) = op.inputs, op.outputs
+    if op.attrs.perm == layout.channels_last_perm(4) and x in twins and y not in g.outputs:
+        for reader in g.consumers(y):
+            g.set_inputs(reader, tuple(twins[x] if t == y else t for t in reader.inputs))
+        g.remove_op(op)
+        return True
+    if op.attrs.perm == layout.channels_first_perm(4) and g.tensor(x).dtype == g.tensor(y).dtype:
+        twins[y] = x
+        return True
+    return False
 
 
 RADIX_PERM = (0, 3, 4, 1, 2)  # (N, r, C, H, W) -> (N, H, W, r, C): channels last, the channel axis seen as (r, C)

@@ -24,7 +24,9 @@ from llvmlite import ir
 
 from convc.ir import Op
 from convc.passes.memory import align
+from convc.ops import OpKind
 from convc.ops.conv import input_scale_of, split_inputs
+from convc.ops.epilogue import Epilogue
 from convc.codegen.llvm_utils import (F32, I64, PTR, VOID, as_i64, constant_table, for_range, gep, i64, memcpy,
                                       memset_zero, prefetch)
 from convc.codegen.module import KernelCall, ModuleEmitter
@@ -39,6 +41,10 @@ L2_PANEL_BYTES = 512 * 1024  # B panels sized to stay in L2 while every pixel ti
 STREAMED_WEIGHT_BYTES = 2 * 1024 * 1024
 PREFETCH_BYTES = 2048
 WIDE_ROWS = 12  # rows of the AVX-512 register tile where they pad few pixels (tile_rows)
+# activations too long to apply to the register tile: their temporaries spill the accumulators (GELU there made
+# ConvNeXt's 32->128 Linear, as a 1x1 conv, 4x slower than its plain GEMM and a separate GELU pass); they run
+# over each finished tile's rows instead, still in L1
+TILE_PASS_ACTIVATIONS = frozenset({OpKind.GELU, OpKind.MISH, OpKind.ERF})
 
 
 def conv_micro_kernel(em: ModuleEmitter, gemm: GemmEmitter, n_valid: int, init: str, epi,
@@ -243,6 +249,10 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     else:
         tap_offsets, run = [(i * dh * wp + j * dw) * c for i in range(kh) for j in range(kw)], c
     in_kernel, after = split_epilogue(a.epilogue)
+    tile_pass = Epilogue()  # a long activation, applied to each finished tile's rows while they are in L1
+    if in_kernel.activation in TILE_PASS_ACTIVATIONS:
+        in_kernel, tile_pass = Epilogue(in_kernel.residual), Epilogue(False, in_kernel.activation,
+                                                                     in_kernel.activation_attrs)
     scale_name = input_scale_of(a, op.inputs)
     # one scratch (a kernel's scratch arguments all start at the same place): the padded input, then with an
     # input scale each thread's copy of the weights scaled for one image
@@ -288,9 +298,10 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     panel_bytes = kdim * isa.nr * 4
     group = max(1, L2_PANEL_BYTES // panel_bytes)
     init = "bias_col" if bias_name is not None else "zero"
+    dims = (oh, ow, hp, wp, c, sh, sw, m, kdim, len(tap_offsets), run)
     if scale_name is None:
-        _pixel_tiles(b, em, gemm, in_kernel, k, (m_lo, m_hi), (p_lo, p_hi), wt, xpad, row_table, taps, bias, residual,
-                     init, group, (oh, ow, hp, wp, c, sh, sw, m, kdim, len(tap_offsets), run), streams_weights)
+        _pixel_tiles(b, em, gemm, (in_kernel, tile_pass), k, (m_lo, m_hi), (p_lo, p_hi), wt, xpad, row_table, taps,
+                     bias, residual, init, group, dims, streams_weights)
     else:  # per image: its weights scaled by its channels' scales (B[(kh, kw, c), :] * S[image, c]), then its tiles
         scale = k.extra[1]
         scaled = em.thread_scratch(b, gep(b, k.extra[0], pad_bytes // 4), packed.nbytes, fn.args[-2])
@@ -306,9 +317,8 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
                     at = b.add(b.mul(row, i64(isa.nr)), i64(v * isa.width))
                     w_v = b.load(gep(b, wt, at), typ=gemm.vec, align=4)
                     b.store(b.fmul(w_v, s_c), gep(b, scaled, at), align=4)
-            _pixel_tiles(b, em, gemm, in_kernel, k, (lo, hi), (p_lo, p_hi), scaled, xpad, row_table, taps, bias,
-                         residual, init, group, (oh, ow, hp, wp, c, sh, sw, m, kdim, len(tap_offsets), run),
-                         streams_weights)
+            _pixel_tiles(b, em, gemm, (in_kernel, tile_pass), k, (lo, hi), (p_lo, p_hi), scaled, xpad, row_table,
+                         taps, bias, residual, init, group, dims, streams_weights)
     if not after.empty:  # activations with no vector form, over this thread's rows
         if k.contiguous:
             epilogue_pass(b, after, gep(b, y, b.mul(m_lo, i64(m))), None, b.mul(b.sub(m_hi, m_lo), i64(m)))
@@ -319,11 +329,12 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     return KernelCall(fn, args)
 
 
-def _pixel_tiles(b: ir.IRBuilder, em: ModuleEmitter, gemm: GemmEmitter, in_kernel, k: ConvKernel, pixels: tuple,
-                 panel_range: tuple, wt: ir.Value, xpad: ir.Value, row_table: ir.Value, taps: ir.Value, bias: ir.Value,
-                 residual: ir.Value, init: str, group: int, dims: tuple, streams_weights: bool) -> None:
+def _pixel_tiles(b: ir.IRBuilder, em: ModuleEmitter, gemm: GemmEmitter, epilogues: tuple, k: ConvKernel,
+                 pixels: tuple, panel_range: tuple, wt: ir.Value, xpad: ir.Value, row_table: ir.Value, taps: ir.Value,
+                 bias: ir.Value, residual: ir.Value, init: str, group: int, dims: tuple, streams_weights: bool) -> None:
     """Output pixels [m_lo, m_hi) x column panels [p_lo, p_hi), in register tiles of MR pixels, with the
-    packed weights ``wt``."""
+    packed weights ``wt``; ``epilogues``: (the micro-kernel's, the pass over each tile's finished rows)."""
+    in_kernel, tile_pass = epilogues
     isa, y, ldc = gemm.isa, k.y, k.ldc
     (m_lo, m_hi), (p_lo, p_hi) = pixels, panel_range
     oh, ow, hp, wp, c, sh, sw, m, kdim, ntaps, run = dims
@@ -371,6 +382,14 @@ def _pixel_tiles(b: ir.IRBuilder, em: ModuleEmitter, gemm: GemmEmitter, in_kerne
                             call_panel(j, rem)
                 else:
                     call_panel(j, rem or isa.nr)
+            if not tile_pass.empty:  # this panel group's columns of the tile's rows, just stored
+                c0 = b.mul(g0, i64(isa.nr))
+                c1 = b.mul(g1, i64(isa.nr))
+                c1 = b.select(b.icmp_signed("<", c1, i64(m)), c1, i64(m))
+                for i in range(isa.mr):
+                    with b.if_then(b.icmp_signed("<", i64(i), valid)):
+                        row = gep(b, y_tile, b.add(b.mul(i64(i), as_i64(b, ldc)), c0))
+                        epilogue_pass(b, tile_pass, row, None, b.sub(c1, c0))
 
 
 def _pixel_offset(b: ir.IRBuilder, p: ir.Value, out: tuple[int, int], padded: tuple[int, int, int],

@@ -13,7 +13,7 @@ import convc
 from convc.ir import Graph, TensorKind
 from convc.ops import OpKind
 from convc.ops.conv import ConvAlgorithm, ConvAttrs
-from convc.ops.elementwise import LeakyReluAttrs
+from convc.ops.elementwise import GeluAttrs, LeakyReluAttrs
 from convc.ops.epilogue import Epilogue
 from convc.reference import run_reference
 
@@ -22,6 +22,8 @@ EPILOGUES = {
     "relu": Epilogue(False, OpKind.RELU),
     "residual+leaky": Epilogue(True, OpKind.LEAKY_RELU, LeakyReluAttrs(0.1)),
     "tanh": Epilogue(False, OpKind.TANH),  # no vector form: a scalar pass after the kernel
+    # too long for the register tile: over each finished tile's rows, after the residual
+    "residual+gelu": Epilogue(True, OpKind.GELU, GeluAttrs("none")),
 }
 
 
@@ -82,9 +84,11 @@ def test_one_row_split_by_panels():
     check((1, 1, 6, 16), 128, 3, 1, (1, 1, 1, 1), epi="residual+leaky", threads=(1, 2))
 
 
-def test_panels_larger_than_l2_block():
-    """K x NR panels of ~590 KB: one panel per L2 block, the pixel tiles loop inside."""
-    check((1, 4, 4, 512), 40, 3, 1, (1, 1, 1, 1), threads=(1, 2))
+@pytest.mark.parametrize("epi", ["none", "residual+gelu"])
+def test_panels_larger_than_l2_block(epi):
+    """K x NR panels of ~590 KB: one panel per L2 block, the pixel tiles loop inside (and a long activation
+    runs over each block's columns of a tile)."""
+    check((1, 4, 4, 512), 40, 3, 1, (1, 1, 1, 1), epi=epi, threads=(1, 2))
 
 
 def test_weights_streamed_from_memory():

@@ -26,7 +26,8 @@ def se_block(batch: int, h: int, w: int, c: int, m: int, k: int = 1, stride: int
     """conv -> SiLU -> (GlobalAveragePool, 1x1 conv, SiLU, 1x1 conv, Sigmoid) -> Mul -> k x k conv [+ x]:
     EfficientNet's MBConv tail. ``scale_read_twice``: the scaled tensor is also a model output."""
     n = Builder(seed)
-    short = n.conv("x", 3, m, 3, stride=stride, relu=False) if residual else None  # before: the Add joins the scaled conv
+    # the shortcut first: the Add then joins the later producer, the scaled conv
+    short = n.conv("x", 3, m, 3, stride=stride, relu=False) if residual else None
     y = n.conv("x", 3, c, 3, relu=False)
     y = n.node("Mul", [y, n.node("Sigmoid", [y])])
     s = n.node("GlobalAveragePool", [y])
