@@ -154,3 +154,24 @@ def test_training_library_exports_and_declares_the_training_abi(train_lib):
     names = abi.LIBRARY_FUNCTIONS + abi.TRAINING_FUNCTIONS
     assert not [n for n in names if not hasattr(lib, n)]
     assert not sorted(set(names) - declared(res.header))
+
+
+def test_library_without_a_targets_table_loads_as_one_output(train_lib):
+    """A training library's metadata from before the per-output targets (only "labels" and "loss")
+    loads through the one-output description and steps exactly as the current one; a library
+    whose metadata JSON claims targets its compiled label table does not have is refused."""
+    import dataclasses
+
+    from convc.artifact import LoadError
+    from convc.library import LoadedTrainer
+    from convc.load import inspect_library
+    lib, info = inspect_library(train_lib[1].output)
+    training = {k: v for k, v in info.meta["training"].items() if k != "targets"}
+    old = LoadedTrainer(lib, dataclasses.replace(info, meta={**info.meta, "training": training}))
+    new = convc.load(train_lib[1].output)
+    assert old.losses == new.losses == ["cross_entropy"] and old.labels == new.labels
+    for x, y in batches(2, seed=3):
+        assert old.step(x, y) == new.step(x, y)
+    lying = dict(info.meta["training"], targets=info.meta["training"]["targets"] * 2)
+    with pytest.raises(LoadError, match="the number of targets is 2 but its compiled code says 1"):
+        LoadedTrainer(lib, dataclasses.replace(info, meta={**info.meta, "training": lying}))
