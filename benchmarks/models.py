@@ -34,7 +34,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import peers  # noqa: E402  (benchmarks/peers.py)
 
-MODELS = ("resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "densenet121", "yolo_silu", "lenet5", "cifar")
+MODELS = ("resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0", "densenet121", "yolo_silu", "convnext_small",
+          "lenet5", "cifar")
 DEFAULT_MODELS = "resnet18,mobilenet_v2,efficientnet_b0,densenet121,yolo_silu,lenet5,cifar"
 FLOAT32_PEERS = ("ort", "ov")
 

@@ -207,6 +207,54 @@ def yolo_silu(batch: int = 1, seed: int = 0) -> onnx.ModelProto:
     return n.model((batch, 3, 256, 256), head, "yolo_silu")
 
 
+def _layer_norm_2d(n: Net, x: str, c: int) -> str:
+    """torchvision's LayerNorm2d: permute to channels last, LayerNorm over channels, permute back."""
+    t = n.node("Transpose", [x], perm=[0, 2, 3, 1])
+    t = n.node("LayerNormalization", [t, n.const(n._name("ln_g"), 1 + 0.1 * n.rng.standard_normal(c)),
+                                      n.const(n._name("ln_b"), 0.1 * n.rng.standard_normal(c))], axis=-1,
+               epsilon=1e-6)
+    return n.node("Transpose", [t], perm=[0, 3, 1, 2])
+
+
+def _conv_bias_k(n: Net, x: str, cin: int, cout: int, k: int, stride: int = 1, group: int = 1) -> str:
+    w = n.const(n._name("w"), n.rng.standard_normal((cout, cin // group, k, k)) / np.sqrt(cin // group * k * k))
+    b = n.const(n._name("b"), n.rng.uniform(-0.1, 0.1, cout))
+    pad = k // 2 if stride == 1 else 0
+    return n.node("Conv", [x, w, b], kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4, group=group)
+
+
+def convnext_small(batch: int = 1, seed: int = 0) -> onnx.ModelProto:
+    """A ConvNeXt at 224x224 as torchvision exports ConvNeXt-T's blocks (CNBlock: depthwise 7x7, permute,
+    LayerNorm, Linear 4C, GELU in its Erf form, Linear C, layer scale, permute back, residual), with a
+    4x4/4 patchify stem and 2x2/2 downsampling after LayerNorm2d; stages of depth (1, 1, 3, 1) and width
+    (48, 96, 192, 384), about a quarter of ConvNeXt-T's work."""
+    import math
+    n = Net(seed)
+    widths, depths = (48, 96, 192, 384), (1, 1, 3, 1)
+    y = _layer_norm_2d(n, _conv_bias_k(n, "x", 3, widths[0], 4, 4), widths[0])
+    for stage, (c, depth) in enumerate(zip(widths, depths)):
+        if stage:
+            y = _conv_bias_k(n, _layer_norm_2d(n, y, widths[stage - 1]), widths[stage - 1], c, 2, 2)
+        for _ in range(depth):
+            t = n.node("Transpose", [_conv_bias_k(n, y, c, c, 7, group=c)], perm=[0, 2, 3, 1])
+            t = n.node("LayerNormalization", [t, n.const(n._name("ln_g"), 1 + 0.1 * n.rng.standard_normal(c)),
+                                              n.const(n._name("ln_b"), 0.1 * n.rng.standard_normal(c))],
+                       axis=-1, epsilon=1e-6)
+            for cin, cout in ((c, 4 * c), (4 * c, c)):
+                w = n.const(n._name("fc_w"), n.rng.standard_normal((cin, cout)) / np.sqrt(cin))
+                t = n.node("Add", [n.node("MatMul", [t, w]), n.const(n._name("fc_b"), n.rng.uniform(-0.1, 0.1, cout))])
+                if cout == 4 * c:
+                    erf = n.node("Erf", [n.node("Div", [t, n.const(n._name("sqrt2"), np.array(math.sqrt(2.0)))])])
+                    t = n.node("Mul", [n.node("Mul", [t, n.node("Add", [erf, n.const(n._name("one"), np.array(1.0))])]),
+                                       n.const(n._name("half"), np.array(0.5))])
+            t = n.node("Mul", [t, n.const(n._name("gamma"), n.rng.uniform(0.2, 0.8, c))])  # layer scale
+            y = n.node("Add", [y, n.node("Transpose", [t], perm=[0, 3, 1, 2])])
+    y = n.node("Flatten", [n.node("GlobalAveragePool", [y])])
+    m = n.model((batch, 3, 224, 224), n.linear(y, widths[-1], 1000), "convnext_small")
+    m.opset_import[0].version = 17  # LayerNormalization
+    return m
+
+
 def _resnet_bottleneck(layers: tuple[int, ...], batch: int, seed: int, name: str) -> onnx.ModelProto:
     n = Net(seed)
     y = n.conv_bn("x", 3, 64, 7, 2)
