@@ -14,7 +14,7 @@ It applies when (otherwise the float path stays, with a note for ``convc profile
   with it), is plain or depthwise 2-D, and its epilogue has no residual;
 - its input is a per-tensor DequantizeLinear of uint8/int8 values, and its output's only reader a
   per-tensor QuantizeLinear;
-- it has more than 4 input channels or is depthwise (an RGB stem runs faster on the float32 kernel);
+- it has more than 4 input channels or is depthwise (an RGB stem is no faster in int8: see the note it leaves);
 - its weight is a folded int8 DequantizeLinear with zero points 0 (per tensor or per output channel)
   and its bias absent, a folded int32 DequantizeLinear with scale x_scale * w_scale (as quantize_static
   writes it: added to the accumulator exactly) or any float constant (added in float, divided by y_scale).

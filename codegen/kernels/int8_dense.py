@@ -20,7 +20,8 @@ holds x_zero_point + 128).
   every adjacent weight pair has |w0| + |w1| <= 128 (7-bit weights; 255 * 128 = 32640). Other weights are
   split, w = ceil(w / 2) + floor(w / 2), both halves within that bound, and each half takes its own
   vpmaddubsw + vpmaddwd: exact for full-range 8-bit weights (onnxruntime's AVX2 kernel saturates there)
-  and, measured on this AVX2 EPYC, 1.2x the int16 vpmaddwd kernel it replaced (7-bit weights: 1.7x).
+  and, measured on an AVX2 EPYC (znver3), about 1.15x the int16 vpmaddwd kernel (7-bit weights, one
+  vpmaddubsw: about 1.4x the split one). benchmarks/int8_micro.py gives each sequence's register-only rate.
 - ``pmaddwd`` on int16 activations and weights: targets without AVX2 (portable IR), exact.
 The zero point is folded into the bias (bias - x_zero_point * sum(w)) as before.
 """
