@@ -26,6 +26,8 @@ def conv_case(rng, x_shape, m, kernel, strides=None, pads=None, dilations=None, 
     ((3, 3), (1, 1), (2, 2, 2, 2), (2, 2)),    # dilation
     ((5, 5), (3, 3), (0, 0, 0, 0), (1, 1)),    # stride that skips input rows
     ((1, 1), (1, 1), (0, 0, 0, 0), (1, 1)),    # the direct 1x1 path
+    ((3, 2), (1, 1), (0, 1, 2, 0), (1, 1)),    # stride 1, asymmetric pads: dX as the flipped forward conv
+    ((3, 3), (1, 1), (3, 0, 1, 2), (1, 1)),    # stride 1, a pad beyond the kernel's reach: dX through col2im
     ((1, 1), (2, 2), (0, 0, 0, 0), (1, 1)),
 ])
 def test_conv2d(rng, kernel, strides, pads, dilations):
@@ -137,3 +139,24 @@ def test_gradient_kernels_refuse_a_1d_window(rng, kind, attrs):
     assert {op.kind for op in plan.order} & {kind} == set()
     with pytest.raises(CompileError, match="2-D windows"):
         compile_plan(plan, resolve_options(threads=1, cache=False))
+
+
+@pytest.mark.parametrize("group,m,stride", [(1, 12, 1), (4, 12, 1), (8, 8, 1), (8, 8, 2)])
+def test_grads_at_real_size_two_threads(rng, group, m, stride):
+    """dX and dW of a 3x3 conv at a training size with odd widths, the work split between 2 threads: the
+    flipped forward conv (stride 1), grouped, and the direct depthwise loops (group = channels, strides 1
+    and 2); the compiled gradients against the float64 reference of the same graph."""
+    from convc.driver import compile_training_graph
+    from convc.options import CompileOptions
+    from convc.reference import run_reference
+    from train.grad_helpers import KERNEL_TOL, grad_graph, rel_error
+    attrs = ConvAttrs((3, 3), (stride,) * 2, (1, 1, 1, 1), (1, 1), group)
+    x = rng.standard_normal((16, 8, 17, 15)).astype(np.float32)
+    w = rng.standard_normal((m, 8 // group, 3, 3)).astype(np.float32)
+    g, names = grad_graph(OpKind.CONV, attrs, [x, w], wrt=(0, 1))
+    dy_shape = g.tensor("dy").shape
+    feeds = {names[0]: x, names[1]: w, "dy": rng.standard_normal(dy_shape).astype(np.float32)}
+    got = compile_training_graph(g, CompileOptions(threads=2)).run(feeds)
+    ref = run_reference(g, {k: v.astype(np.float64) for k, v in feeds.items()})
+    for out in g.outputs:
+        assert rel_error(got[out], ref[out]) < KERNEL_TOL, out
