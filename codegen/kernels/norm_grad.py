@@ -40,8 +40,8 @@ class _ChannelLoops:
 
     def __init__(self, b: ir.IRBuilder, n, c: int, inner: int):
         self.b, self.n, self.c, self.inner = b, n, c, inner
-        self.row = alloca_entry(b, F64, "row_acc")
-        self.total = alloca_entry(b, F64, "total")
+        self.rows: list[ir.Value] = []    # stack slots of the running sums, made on first use
+        self.totals: list[ir.Value] = []
 
     def each(self, ci, body, start=0, stop=None) -> None:
         """body(index) over the channel's elements of images [start, stop) (default: the n counted)."""
@@ -53,15 +53,29 @@ class _ChannelLoops:
 
     def sum(self, ci, term) -> ir.Value:
         """sum over the channel of term(index) (a float), as a double."""
+        return self.sums(ci, [term])[0]
+
+    def sums(self, ci, terms) -> list[ir.Value]:
+        """[sum over the channel of term(index) for term in terms], as doubles, in one pass over the channel
+        (each sum in the same order as ``sum`` alone would add it)."""
         b = self.b
-        b.store(_f64(0.0), self.total)
+        while len(self.rows) < len(terms):
+            self.rows.append(alloca_entry(b, F64, "row_acc"))
+            self.totals.append(alloca_entry(b, F64, "total"))
+        rows, totals = self.rows[:len(terms)], self.totals[:len(terms)]
+        for t in totals:
+            b.store(_f64(0.0), t)
         with for_range(b, self.n, name="img") as ni:
             base = b.mul(b.add(b.mul(ni, i64(self.c)), ci), i64(self.inner))
-            b.store(_f64(0.0), self.row)
+            for r in rows:
+                b.store(_f64(0.0), r)
             with for_range(b, self.inner, name="px") as j:
-                b.store(b.fadd(b.load(self.row, typ=F64), b.fpext(term(b.add(base, j)), F64), flags=FAST), self.row)
-            b.store(b.fadd(b.load(self.total, typ=F64), b.load(self.row, typ=F64)), self.total)
-        return b.load(self.total, typ=F64)
+                k = b.add(base, j)
+                for r, term in zip(rows, terms):
+                    b.store(b.fadd(b.load(r, typ=F64), b.fpext(term(k), F64), flags=FAST), r)
+            for r, t in zip(rows, totals):
+                b.store(b.fadd(b.load(t, typ=F64), b.load(r, typ=F64)), t)
+        return [b.load(t, typ=F64) for t in totals]
 
 
 def _nci(em: ModuleEmitter, name: str) -> tuple[int, int, int]:
@@ -137,8 +151,9 @@ def emit_batch_norm_grad(em: ModuleEmitter, op: Op) -> KernelCall:
     lo, hi = em.thread_range(b, fn, c)
     with for_range(b, hi, start=lo, name="ch") as ci:
         mean, invstd = load(b, mean_in, ci), load(b, invstd_in, ci)
-        db = b.fptrunc(ch.sum(ci, lambda k: load(b, dy, k)), F32)
-        dxc = ch.sum(ci, lambda k: b.fmul(load(b, dy, k), b.fsub(load(b, x, k), mean)))
+        # dB and sum(dY (x - mean)) in one pass over dY and X
+        db, dxc = ch.sums(ci, [lambda k: load(b, dy, k), lambda k: b.fmul(load(b, dy, k), b.fsub(load(b, x, k), mean))])
+        db = b.fptrunc(db, F32)
         ds = b.fmul(b.fptrunc(dxc, F32), invstd)
         store(b, db, dbias, ci)
         store(b, ds, dscale, ci)
