@@ -123,6 +123,7 @@ class ModuleEmitter:
         self.gemm = GemmEmitter(self.module, self.isa)
         self.extra_gemms: dict = {}  # Isa -> GemmEmitter: other register tiles a kernel picks per layer
         self.emitted: dict = {}  # a kernel's signature -> its function, for kernels emitted once (conv_kernel)
+        self._size_tables: dict[bytes, Derived] = {}  # size_table's constants by their bytes
 
     # --- services for the kernel emitters ------------------------------------------------
     def tensor(self, name: str) -> Tensor:
@@ -142,15 +143,33 @@ class ModuleEmitter:
         """This thread's slice of a per-thread scratch argument."""
         return b.gep(scratch, [b.mul(tid, i64(align(nbytes)))], inbounds=True, source_etype=ir.IntType(8))
 
+    def size_table(self, values: list[int]) -> Derived:
+        """A kernel's shape-dependent integers (sizes, strides, trip counts) as an int64 constant the
+        entry point passes it, read with ``read_sizes``: kernels that differ only in them are then the
+        same code, which codegen/split.py compiles once per model and the kernel cache once for all
+        models. Equal tables are one constant."""
+        data = np.asarray(values, dtype=np.int64)
+        key = data.tobytes()
+        if key not in self._size_tables:
+            self._size_tables[key] = self.derived_constant(data, np.int64)
+        return self._size_tables[key]
+
     @staticmethod
-    def thread_range(b: ir.IRBuilder, fn: ir.Function, total: int) -> tuple[ir.Value, ir.Value]:
-        """[lo, hi) of ``total`` work items for this thread of a parallel kernel ``fn``."""
+    def read_sizes(b: ir.IRBuilder, table: ir.Value, count: int) -> list[ir.Value]:
+        """The ``count`` integers of a ``size_table`` argument, loaded once at the kernel's entry."""
+        return [b.load(gep(b, table, k, I64), typ=I64, name=f"size{k}") for k in range(count)]
+
+    @staticmethod
+    def thread_range(b: ir.IRBuilder, fn: ir.Function, total: int | ir.Value) -> tuple[ir.Value, ir.Value]:
+        """[lo, hi) of ``total`` work items (a constant or a run-time value) for this thread of a
+        parallel kernel ``fn``."""
         tid, nthreads = fn.args[-2], fn.args[-1]
-        chunk = b.udiv(b.add(i64(total), b.sub(nthreads, i64(1))), nthreads)
+        total = total if isinstance(total, ir.Value) else i64(total)
+        chunk = b.udiv(b.add(total, b.sub(nthreads, i64(1))), nthreads)
         lo = b.mul(tid, chunk)
-        lo = b.select(b.icmp_unsigned("<", lo, i64(total)), lo, i64(total))
+        lo = b.select(b.icmp_unsigned("<", lo, total), lo, total)
         hi = b.add(lo, chunk)
-        return lo, b.select(b.icmp_unsigned("<", hi, i64(total)), hi, i64(total))
+        return lo, b.select(b.icmp_unsigned("<", hi, total), hi, total)
 
     def function(self, base: str, n_args: int, parallel: bool = False) -> tuple[ir.Function, ir.IRBuilder]:
         """A new internal kernel function taking ``n_args`` non-aliasing pointers.

@@ -11,7 +11,7 @@ from convc.ir import Op
 from convc.ops import OpKind
 from convc.codegen import vecmath
 from convc.codegen.llvm_utils import F32, FAST, as_i64, call_intrinsic, const_like, fmax, fmin, for_range, gep, i64, \
-    linear_index, load, loop_nest, memcpy, store
+    load, loop_nest, memcpy, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from convc.passes.memory import element_strides
 
@@ -305,16 +305,18 @@ for _kind, _intrinsic in [(OpKind.FLOOR, "llvm.floor.f32"), (OpKind.CEIL, "llvm.
 
 def emit_map(em: ModuleEmitter, op: Op, f: Callable[[ir.IRBuilder, ir.Value], ir.Value]) -> KernelCall:
     """The kernel y = f(x) of a one-input op, in vectors of the target's width (f sees vectors, then the
-    scalar tail), split between threads in whole vectors; x and y may be one buffer."""
-    fn, b = em.function(op.name, 2, parallel=True)
-    x, y = fn.args[:2]
-    n, w = em.tensor(op.inputs[0]).size, em.isa.width
-    lo, hi = em.thread_range(b, fn, -(-n // w))
+    scalar tail), split between threads in whole vectors; x and y may be one buffer. The length is a
+    run-time argument (``size_table``): every layer of one op is one compiled function."""
+    fn, b = em.function(op.name, 3, parallel=True)
+    x, y, sizes = fn.args[:3]
+    (n,) = em.read_sizes(b, sizes, 1)
+    w = em.isa.width
+    lo, hi = em.thread_range(b, fn, b.udiv(b.add(n, i64(w - 1)), i64(w)))
     hi = b.mul(hi, i64(w))
-    hi = b.select(b.icmp_unsigned("<", hi, i64(n)), hi, i64(n))
+    hi = b.select(b.icmp_unsigned("<", hi, n), hi, n)
     vector_map(b, lambda b, v: f(b, v[0]), [x], y, b.mul(lo, i64(w)), hi, w)
     b.ret_void()
-    return KernelCall(fn, [op.inputs[0], op.outputs[0]])
+    return KernelCall(fn, [op.inputs[0], op.outputs[0], em.size_table([em.tensor(op.inputs[0]).size])])
 
 
 @emitter(*UNARY)
@@ -394,19 +396,40 @@ def emit_broadcast_map(em: ModuleEmitter, op: Op, combine: Callable[[ir.IRBuilde
                        ) -> KernelCall:
     """out = combine(the operands' values) over the broadcast output. Threads split the outermost of the
     collapsed dimensions (for a squeeze-and-excitation scale in channels-last, x[HW, C] * s[C]: the pixels);
-    the innermost loop is left to LLVM's vectorizer."""
+    the innermost loop is left to LLVM's vectorizer.
+
+    The sizes and strides are run-time arguments (``size_table``) except each operand's innermost
+    stride when it is 0 or 1 (broadcast or contiguous), which the vectorizer needs to know: the layers
+    of one op with the same number of collapsed dimensions and the same innermost pattern (DenseNet-121's
+    62 per-channel scales) are one compiled function."""
     out = em.tensor(op.outputs[0]).shape
     n = len(op.inputs)
-    fn, b = em.function(op.name, n + 1, parallel=True)
+    fn, b = em.function(op.name, n + 2, parallel=True)
     dims, strides = collapse(out, [operand_strides(em, t, out) for t in op.inputs] + [broadcast_strides(out, out)])
-    lo, hi = em.thread_range(b, fn, dims[0])
+    table = list(dims)
+    for st in strides:
+        table += st if st[-1] not in (0, 1) else st[:-1]
+    sizes = iter(em.read_sizes(b, fn.args[n + 1], len(table)))
+    run_dims = [next(sizes) for _ in dims]
+    run_strides = [[next(sizes) for _ in st[:-1]] + [st[-1] if st[-1] in (0, 1) else next(sizes)] for st in strides]
+    lo, hi = em.thread_range(b, fn, run_dims[0])
     with for_range(b, hi, start=lo, name="outer") as outer:
-        with loop_nest(b, dims[1:]) as idx:
+        with loop_nest(b, run_dims[1:]) as idx:
             idx = [outer] + idx
-            vals = [load(b, fn.args[k], linear_index(b, idx, strides[k])) for k in range(n)]
-            store(b, combine(b, vals), fn.args[n], linear_index(b, idx, strides[n]))
+            vals = [load(b, fn.args[k], _index(b, idx, run_strides[k])) for k in range(n)]
+            store(b, combine(b, vals), fn.args[n], _index(b, idx, run_strides[n]))
     b.ret_void()
-    return KernelCall(fn, list(op.inputs) + [op.outputs[0]])
+    return KernelCall(fn, list(op.inputs) + [op.outputs[0], em.size_table(table)])
+
+
+def _index(b: ir.IRBuilder, idx: list[ir.Value], strides: list) -> ir.Value:
+    """sum(idx[i] * strides[i]) over strides that are run-time values or Python ints."""
+    terms = [i if isinstance(s, int) and s == 1 else b.mul(i, as_i64(b, s), flags=("nsw",))
+             for i, s in zip(idx, strides) if not (isinstance(s, int) and s == 0)]
+    total = terms[0] if terms else i64(0)
+    for t in terms[1:]:
+        total = b.add(total, t, flags=("nsw",))
+    return total
 
 
 @emitter(*BINARY)

@@ -1,0 +1,113 @@
+"""Kernels whose sizes are run-time arguments (ModuleEmitter.size_table): the layers of one
+elementwise op at different shapes are one function, compiled once per model (codegen/split.py)
+and once for every model (the kernel cache), and compute the same bits as numpy at odd sizes,
+on 1 and 2 threads."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import convc
+from convc.codegen import kernel_cache, llvm_worker
+from convc.codegen.module import emit_module
+from convc.codegen.split import split_module
+from convc.ir import Graph, TensorKind
+from convc.ops import NoAttrs, OpKind
+from convc.options import CompileOptions
+from convc.passes.pipeline import pipeline
+
+# per layer: (op, operand shapes); the two shapes of each op differ in every size (odd ones leave
+# vector remainders), the broadcasts are per-channel scales like a BatchNorm's and a bias row
+LAYERS = [
+    (OpKind.RELU, [(16, 7, 29, 31)]),
+    (OpKind.RELU, [(3, 5, 9)]),
+    (OpKind.SIGMOID, [(16, 3, 33, 17)]),
+    (OpKind.SIGMOID, [(2, 1, 1, 5)]),
+    (OpKind.MUL, [(16, 40, 29, 31), (40, 1, 1)]),
+    (OpKind.MUL, [(2, 24, 7, 9), (24, 1, 1)]),
+    (OpKind.ADD, [(16, 9, 37), (37,)]),
+    (OpKind.ADD, [(5, 3, 13), (13,)]),
+]
+
+
+def layers_graph(layers=LAYERS) -> Graph:
+    g = Graph("layers")
+    for i, (kind, shapes) in enumerate(layers):
+        names = []
+        for j, s in enumerate(shapes):
+            names.append(f"x{i}_{j}")
+            g.add_tensor(names[-1], s, np.float32, TensorKind.INPUT)
+        g.add_op(kind, NoAttrs(), names, [f"y{i}"])
+    g.inputs = [f"x{i}_{j}" for i, (_, shapes) in enumerate(layers) for j in range(len(shapes))]
+    g.outputs = [f"y{i}" for i in range(len(layers))]
+    return g
+
+
+def feeds(layers=LAYERS, seed=0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i, (_, shapes) in enumerate(layers):
+        for j, s in enumerate(shapes):
+            out[f"x{i}_{j}"] = rng.standard_normal(s).astype(np.float32) * 4
+    return out
+
+
+def test_layers_of_one_op_at_different_shapes_are_one_kernel_module():
+    plan = pipeline(layers_graph(), options=CompileOptions(threads=2))
+    native = emit_module(plan, threads=2)
+    assert len(native.callees) == len(LAYERS)
+    kernels = [m for m in split_module(native.ir_module, native.callees)[1:] if m.kernels]
+    assert len(kernels) == len(LAYERS) // 2, [m.text[:200] for m in kernels]  # one per op kind
+    # the sizes are not in the code: no shape of any layer appears as a constant in a kernel
+    for m in kernels:
+        for size in ("29", "31", "33", "37", "40"):
+            assert f" {size}\n" not in m.text and f" {size}," not in m.text
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_shared_kernels_compute_numpys_bits(threads):
+    x = feeds(seed=threads)
+    for v in x.values():  # specials give numpy's results (NaN stays NaN, -0.0 keeps its sign)
+        v.flat[:5] = [np.nan, np.inf, -np.inf, -0.0, 0.0]
+    got = convc.compile(layers_graph(), threads=threads, cache=False).run(x)
+    for i, (kind, shapes) in enumerate(LAYERS):
+        a = [x[f"x{i}_{j}"] for j in range(len(shapes))]
+        with np.errstate(all="ignore"):
+            if kind is OpKind.RELU:
+                want = np.where(a[0] < 0, np.float32(0), a[0])
+            elif kind is OpKind.MUL:
+                want = a[0] * a[1]
+            elif kind is OpKind.ADD:
+                want = a[0] + a[1]
+            else:
+                want = None
+        y = got[f"y{i}"]
+        assert y.shape == np.broadcast_shapes(*shapes)
+        if want is None:  # Sigmoid: vecmath's polynomial, not numpy's exp; within 2 ulp of float64's
+            ref = (1 / (1 + np.exp(-a[0].astype(np.float64)))).astype(np.float32)
+            ok = np.isfinite(ref)
+            np.testing.assert_array_max_ulp(y[ok], ref[ok], 4)
+            continue
+        np.testing.assert_array_equal(y.view(np.uint32), want.view(np.uint32), err_msg=f"{kind.value} {shapes}")
+
+
+def test_a_model_with_new_shapes_reuses_the_cached_elementwise_kernels(tmp_path, monkeypatch):
+    monkeypatch.delenv("CONVC_NO_CACHE", raising=False)
+    monkeypatch.setenv("CONVC_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CONVC_COMPILE_JOBS", "1")
+    compiled = []
+    real = llvm_worker.object_code
+    monkeypatch.setattr(llvm_worker, "object_code", lambda text, *a: compiled.append(text) or real(text, *a))
+    first = [(OpKind.RELU, [(16, 7, 29, 31)]), (OpKind.MUL, [(16, 40, 29, 31), (40, 1, 1)])]
+    convc.compile(layers_graph(first), threads=2)
+    stored = len(kernel_cache.files(tmp_path / "cache"))
+    assert stored >= 2
+    compiled.clear()
+    second = [(OpKind.RELU, [(8, 3, 11, 13)]), (OpKind.MUL, [(8, 56, 11, 13), (56, 1, 1)])]
+    model = convc.compile(layers_graph(second), threads=2)
+    assert len(compiled) == 1, "only the entry point compiles: the kernels come from the cache"
+    assert len(kernel_cache.files(tmp_path / "cache")) == stored
+    x = feeds(second)
+    got = model.run(x)
+    np.testing.assert_array_equal(got["y0"], np.where(x["x0_0"] < 0, np.float32(0), x["x0_0"]))
+    np.testing.assert_array_equal(got["y1"], x["x1_0"] * x["x1_1"])
