@@ -79,6 +79,7 @@ def test_convnext_block_plan():
 
 @pytest.mark.parametrize("case", CASES, ids=[f"b{b}-{h}x{w}-c{c}{'-bias-first' if f else ''}-t{t}"
                                             for b, h, w, c, f, t in CASES])
+@pytest.mark.slow
 def test_convnext_block_matches_onnxruntime(case):
     batch, h, w, c, bias_first, threads = case
     model = convnext(batch, h, w, c, bias_first=bias_first)

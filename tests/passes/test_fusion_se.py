@@ -61,6 +61,7 @@ def case_id(case) -> str:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+@pytest.mark.slow
 def test_se_scale_fused_into_the_conv_matches_onnxruntime(case):
     batch, h, w, c, m, k, stride, residual, threads = case
     model = se_block(batch, h, w, c, m, k, stride, residual)
