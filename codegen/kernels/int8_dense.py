@@ -16,13 +16,15 @@ bias folds in 128 * sum(w) more (the same trick as the zero point: the patch hol
 holds x_zero_point + 128).
 - ``vpdpbusd`` (AVX512-VNNI, 512-bit; or AVX-VNNI / AVX512-VNNI+VL, 256-bit): u8 x s8 products of four
   channels summed into int32 lanes without saturation, exact for any int8 weight.
-- ``pmaddubsw`` (AVX2): u8 x s8 pairs into saturating int16, then vpmaddwd by ones into int32. Exact when
-  every adjacent weight pair has |w0| + |w1| <= 128 (7-bit weights; 255 * 128 = 32640). Other weights are
-  split, w = ceil(w / 2) + floor(w / 2), both halves within that bound, and each half takes its own
-  vpmaddubsw + vpmaddwd: exact for full-range 8-bit weights (onnxruntime's AVX2 kernel saturates there)
-  and, measured on an AVX2 EPYC (znver3), about 1.15x the int16 vpmaddwd kernel (7-bit weights, one
-  vpmaddubsw: about 1.4x the split one). benchmarks/int8_micro.py gives each sequence's register-only rate.
-- ``pmaddwd`` on int16 activations and weights: targets without AVX2 (portable IR), exact.
+- ``pmaddubsw`` (AVX2, weights whose adjacent pairs have |w0| + |w1| <= 128, e.g. 7-bit weights): u8 x s8
+  pairs into saturating int16 (exact under that bound: 255 * 128 = 32640), then vpmaddwd by ones.
+- ``pmaddwd`` (other weights; every target without VNNI): activations gathered as int16, int16 weights,
+  pairs into int32, exact for full-range 8-bit weights (onnxruntime's AVX2 kernel saturates there).
+``PMADDUBSW_SPLIT`` is an exact vpmaddubsw kernel for full-range weights (w = ceil(w / 2) + floor(w / 2),
+both halves within the bound, a vpmaddubsw + vpmaddwd each). It is not chosen: on an AVX2 EPYC (znver3) the
+whole ResNet-18 QDQ model ran 27.5 ms with pmaddwd against 40.3 ms with it (1 thread, best of 45 runs,
+alternating in one process). It only looked faster in CPU time while another process shared the core
+(benchmarks/int8_micro.py gives each sequence's register-only rate).
 The zero point is folded into the bias (bias - x_zero_point * sum(w)) as before.
 """
 from __future__ import annotations
@@ -59,9 +61,10 @@ class Scheme:
         return self.lanes * self.nv
 
 
-PMADDWD = Scheme("pmaddwd", 2, 8, 2, 6, True)         # portable: 12 accumulators, 2 weights, 1 broadcast
+PMADDWD = Scheme("pmaddwd", 2, 8, 2, 6, True)         # 12 accumulators, 2 weights, 1 broadcast
 PMADDUBSW = Scheme("pmaddubsw", 4, 8, 2, 4, False)    # + the int16 products and the ones: 6 pixels would spill
-# w = ceil(w / 2) + floor(w / 2), both halves in [-64, 64]: two vpmaddubsw + vpmaddwd per four channels
+# w = ceil(w / 2) + floor(w / 2), both halves in [-64, 64]: two vpmaddubsw + vpmaddwd per four channels;
+# exact, measured slower than PMADDWD (module docstring), kept for re-measuring on other CPUs
 PMADDUBSW_SPLIT = Scheme("pmaddubsw", 4, 8, 2, 4, False, halves=2)
 VPDPBUSD_256 = Scheme("vpdpbusd", 4, 8, 2, 6, False)  # AVX-VNNI: 12 ymm accumulators
 VPDPBUSD_512 = Scheme("vpdpbusd", 4, 16, 2, 8, False)  # 16 zmm accumulators of 32
@@ -73,9 +76,7 @@ def scheme(features: frozenset[str], native: bool, w: np.ndarray) -> Scheme:
         return VPDPBUSD_512
     if "avxvnni" in features or ("avx512vnni" in features and "avx512vl" in features):
         return VPDPBUSD_256
-    if native:
-        return PMADDUBSW if fits_pmaddubsw(w) else PMADDUBSW_SPLIT
-    return PMADDWD
+    return PMADDUBSW if native and fits_pmaddubsw(w) else PMADDWD
 
 
 def folded_bias(a, w: np.ndarray, bias: np.ndarray, total: int, x_shift: int = 0) -> np.ndarray:

@@ -55,7 +55,8 @@ GRID = [
     ((16, 13, 11, 5), 19, 3, 1, 1, 1, 1, False, 2, 8),    # odd channels, partial blocks, 2288 pixels: an overlapping last tile
     ((16, 9, 7, 16), 32, 3, 2, 1, 1, 1, True, 1, 8),      # int8 activations, stride 2
     ((2, 17, 15, 23), 40, 1, 1, 0, 1, 1, False, 2, 8),    # 1x1 (510 pixels: whole tiles), odd channels
-    ((3, 10, 7, 32), 40, 1, 1, -1, 1, 1, False, 2, 8),    # 1x1, no padding (pad -1), whole quads: read in place
+    ((3, 10, 7, 32), 40, 1, 1, -1, 1, 1, False, 2, 7),    # 1x1, no padding (pad -1), vpmaddubsw: read in place
+    ((5, 9, 7, 12), 24, 3, 2, 1, 1, 1, True, 2, 7),       # vpmaddubsw on int8 activations (sign bit flipped)
     ((3, 12, 12, 8), 16, 3, 1, 2, 2, 1, False, 1, 8),     # dilation 2
     ((16, 14, 9, 13), 13, 3, 1, 1, 1, 13, False, 2, 8),   # depthwise, odd channels
     ((4, 11, 5, 24), 24, 3, 2, 1, 1, 24, True, 1, 8),     # depthwise, int8, stride 2
@@ -72,7 +73,7 @@ def test_int8_conv_is_exact(x_shape, m, k, stride, pad, dilation, group, signed,
     g, a, x, w, bias = int8_conv_graph(x_shape, m, k, stride, max(pad, 0), dilation, group, signed, rng, bits,
                                        int(pad >= 0))
     if group == 1:  # the kernel (vpmaddubsw or vpmaddwd) the weights select
-        assert fits_pmaddubsw(w) == (bits == 7 and not signed)
+        assert fits_pmaddubsw(w) == (bits == 7)
     acc = int8_accumulate(a, x, w, bias)
     expected = requantize(a, acc)
     assert len(np.unique(expected)) > 40  # not saturated everywhere: the epilogue is exercised

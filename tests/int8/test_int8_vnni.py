@@ -50,7 +50,7 @@ def test_vnni_targets_compile_to_vpdpbusd(plan, cpu, features, marker):
 
 def test_this_machine_picks_its_own_multiply():
     """The scheme follows llvm.get_host_cpu_features(): vpdpbusd only where VNNI is there (on an AVX2 machine
-    without it, full-range weights take the split vpmaddubsw kernel and the host code has no vpdpbusd)."""
+    without it, full-range weights take the int16 vpmaddwd kernel and the host code has no vpdpbusd)."""
     host = Target.host()
     features = frozenset(f[1:] for f in host.features.split(",") if f.startswith("+"))
     w = np.ones((16, 8, 3, 3), np.int8) * 100  # full range: pairs saturate vpmaddubsw
@@ -58,10 +58,10 @@ def test_this_machine_picks_its_own_multiply():
     vnni = "avxvnni" in features or {"avx512vnni", "avx512vl"} <= features
     assert (chosen.name == "vpdpbusd") is vnni
     if not vnni:
-        assert chosen is int8_dense.PMADDUBSW_SPLIT
+        assert chosen is int8_dense.PMADDWD
         g = int8_conv_graph((1, 6, 6, 16), 16, 3, 1, 1, 1, 1, False, np.random.default_rng(1))[0]
         asm, _ = _assembly(pipeline(g), host.cpu, host.features)
-        assert "vpdpbusd" not in asm and "vpmaddubsw" in asm
+        assert "vpdpbusd" not in asm and "vpmaddwd" in asm
 
 
 # (x NHWC, output channels, kernel, stride, signed x, threads, 512-bit)
