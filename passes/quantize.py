@@ -113,7 +113,7 @@ def _match(g: Graph, conv: Op, q: Op, known: dict):
     if a.group == 1 and c <= FEW_CHANNELS:
         return (f"{c} input channels: a stem conv, no faster on Int8Conv than on the float32 few-channel kernel "
                 "(gathering 3-byte taps costs what the integer multiply saves: ResNet-18 with its 7x7 stem in "
-                "int8 ran 2-4% slower on AVX2)")
+                "int8 ran 2-6% slower on AVX2)")
     bias_name = conv.inputs[2] if len(conv.inputs) > 2 + epi.residual else None
     bias, fields = _requantization(g, dq, q, w[1], m, bias_name, epi, known)
     attrs = Int8ConvAttrs(kernel_shape=tuple(a.kernel_shape), strides=tuple(a.strides),
