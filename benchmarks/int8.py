@@ -19,7 +19,8 @@ compiles the model and times calls for ``--seconds`` after a warm-up; the runtim
 after round and each figure is the median over rounds of the per-round median; every runtime gets
 the same thread count. Printed per (model, batch): each runtime's median wall time and, in brackets, its
 median CPU time per call (the process's, all threads: spinning pool threads count, and on a machine other
-work shares it is the steadier figure; the two ratios use it), convc int8 / convc float32
+work shares it is the steadier figure, though a core shared with another process still inflates it, more
+for some kernels than others; the two ratios use it), convc int8 / convc float32
 (the issue's target: <= 0.5 at batch 16), convc int8 / the faster peer int8 (target: <= 1.0), and
 each int8 runtime's output deviation from onnxruntime's int8 output (max |y - y_ort| / max |y_ort|).
 """
