@@ -18,6 +18,7 @@ reads half of them).
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 
 import numpy as np
 from llvmlite import ir
@@ -262,13 +263,6 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
         extra = (em.scratch(pad_bytes + (align(packed.nbytes) * em.threads if scale_name is not None else 0)),)
     if scale_name is not None:
         extra += (scale_name,)
-    k = conv_kernel(em, op, packed, m, extra, kind="implicit-gemm")
-    if k.b is None:
-        return KernelCall(k.fn, k.names)
-    fn, b, args, x, wt, y, ldc = k.fn, k.b, k.names, k.x, k.wt, k.y, k.ldc
-    bias = k.bias if k.bias is not None else ir.Constant(PTR, None)
-    residual = k.residual if k.residual is not None else ir.Constant(PTR, None)
-    xpad = k.extra[0] if padded else x
 
     out_rows = n * oh
     # threads split the output rows, as the depthwise and pooling kernels do: a layer then reads mostly
@@ -283,25 +277,47 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     pixels = n * oh * ow if by_panels else -(-out_rows // em.threads) * ow  # per thread
     gemm = with_tile_rows(em, gemm, tile_rows(isa, pixels))
     isa = gemm.isa
-    if by_panels:
-        p_lo, p_hi = em.thread_range(b, fn, panels)
-        r_lo, r_hi = i64(0), i64(out_rows)
+    panel_bytes = kdim * isa.nr * 4
+    group = max(1, L2_PANEL_BYTES // panel_bytes)
+    # without padding or an input scale the sizes are run-time arguments (ModuleEmitter.size_table), so
+    # the convs that differ only in them are one function: DenseNet-121's 1x1 convs, which read its
+    # growing Concats (C from 64 to 1024) at four image sizes, are one compiled kernel per image size
+    # class instead of 55 (LLVM: about 2.9 of its 4 s of CPU). The tile shape, the panel remainder and
+    # the epilogue stay compile-time choices.
+    sizes = dict(oh=oh, ow=ow, hp=hp, wp=wp, c=c, sh=sh, sw=sw, m=m, kdim=kdim, run=run, out_rows=out_rows,
+                 n_panels=n_panels, panels=panels, group=group)
+    runtime = not padded and scale_name is None
+    if runtime:
+        extra += (em.size_table(list(sizes.values()) + tap_offsets),)
+    k = conv_kernel(em, op, packed, m, extra, kind="implicit-gemm")
+    if k.b is None:
+        return KernelCall(k.fn, k.names)
+    fn, b, args, x, wt, y, ldc = k.fn, k.b, k.names, k.x, k.wt, k.y, k.ldc
+    bias = k.bias if k.bias is not None else ir.Constant(PTR, None)
+    residual = k.residual if k.residual is not None else ir.Constant(PTR, None)
+    xpad = k.extra[0] if padded else x
+    if runtime:
+        sizes = dict(zip(sizes, em.read_sizes(b, k.extra[-1], len(sizes))))
+        taps = gep(b, k.extra[-1], len(sizes), I64)
     else:
-        r_lo, r_hi = em.thread_range(b, fn, out_rows)
-        p_lo, p_hi = i64(0), i64(panels)
+        taps = constant_table(b, tap_offsets, name=f"{fn.name}_taps")
+    if by_panels:
+        p_lo, p_hi = em.thread_range(b, fn, sizes["panels"])
+        r_lo, r_hi = i64(0), _value(sizes["out_rows"])
+    else:
+        r_lo, r_hi = em.thread_range(b, fn, sizes["out_rows"])
+        p_lo, p_hi = i64(0), _value(sizes["panels"])
     if padded:
         _pad_input_rows(b, x, xpad, r_lo, r_hi, (h, w_, c), (oh, sh, (kh - 1) * dh), (hp, wp, pt, pl))
 
-    taps = constant_table(b, tap_offsets, name=f"{fn.name}_taps")
     row_table = b.alloca(I64, size=i64(isa.mr), name="rows")
-    m_lo, m_hi = b.mul(r_lo, i64(ow)), b.mul(r_hi, i64(ow))
-    panel_bytes = kdim * isa.nr * 4
-    group = max(1, L2_PANEL_BYTES // panel_bytes)
+    m_lo, m_hi = b.mul(r_lo, _value(sizes["ow"])), b.mul(r_hi, _value(sizes["ow"]))
     init = "bias_col" if bias_name is not None else "zero"
-    dims = (oh, ow, hp, wp, c, sh, sw, m, kdim, len(tap_offsets), run)
+    dims = tuple(sizes[s] for s in ("oh", "ow", "hp", "wp", "c", "sh", "sw", "m", "kdim")) + (
+        len(tap_offsets), sizes["run"], sizes["n_panels"], rem)
     if scale_name is None:
         _pixel_tiles(b, em, gemm, (in_kernel, tile_pass), k, (m_lo, m_hi), (p_lo, p_hi), wt, xpad, row_table, taps,
-                     bias, residual, init, group, dims, streams_weights)
+                     bias, residual, init, sizes["group"], dims, streams_weights)
     else:  # per image: its weights scaled by its channels' scales (B[(kh, kw, c), :] * S[image, c]), then its tiles
         scale = k.extra[1]
         scaled = em.thread_scratch(b, gep(b, k.extra[0], pad_bytes // 4), packed.nbytes, fn.args[-2])
@@ -321,10 +337,11 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
                          taps, bias, residual, init, group, dims, streams_weights)
     if not after.empty:  # activations with no vector form, over this thread's rows
         if k.contiguous:
-            epilogue_pass(b, after, gep(b, y, b.mul(m_lo, i64(m))), None, b.mul(b.sub(m_hi, m_lo), i64(m)))
+            epilogue_pass(b, after, gep(b, y, b.mul(m_lo, _value(sizes["m"]))), None,
+                          b.mul(b.sub(m_hi, m_lo), _value(sizes["m"])))
         else:
             with for_range(b, m_hi, start=m_lo, name="epi_row") as row:
-                epilogue_pass(b, after, gep(b, y, b.mul(row, as_i64(b, ldc))), None, i64(m))
+                epilogue_pass(b, after, gep(b, y, b.mul(row, as_i64(b, ldc))), None, _value(sizes["m"]))
     b.ret_void()
     return KernelCall(fn, args)
 
@@ -337,24 +354,26 @@ def _pixel_tiles(b: ir.IRBuilder, em: ModuleEmitter, gemm: GemmEmitter, epilogue
     in_kernel, tile_pass = epilogues
     isa, y, ldc = gemm.isa, k.y, k.ldc
     (m_lo, m_hi), (p_lo, p_hi) = pixels, panel_range
-    oh, ow, hp, wp, c, sh, sw, m, kdim, ntaps, run = dims
-    n_panels, rem = divmod(m, isa.nr)
+    oh, ow, hp, wp, c, sh, sw, m, kdim, ntaps, run, n_panels, rem = dims  # Python ints or run-time values
     has_bias, has_residual = k.bias is not None, k.residual is not None
     tiles = b.udiv(b.add(b.sub(m_hi, m_lo), i64(isa.mr - 1)), i64(isa.mr))
 
-    with for_range(b, p_hi, start=p_lo, step=group, name="pg") as g0:
-        g1 = b.add(g0, i64(group))
+    with _panel_groups(b, p_lo, p_hi, group) as g0:
+        g1 = b.add(g0, _value(group))
         g1 = b.select(b.icmp_signed("<", g1, p_hi), g1, p_hi)
         with for_range(b, tiles, name="tile") as ti:
             m0 = b.add(m_lo, b.mul(ti, i64(isa.mr)))
             last = b.sub(m_hi, i64(1))
-            for i in range(isa.mr):
-                mi = b.add(m0, i64(i))
-                mi = b.select(b.icmp_signed("<", mi, last), mi, last)
-                b.store(_pixel_offset(b, mi, (oh, ow), (hp, wp, c), (sh, sw)), gep(b, row_table, i, I64))
+            if not isinstance(ow, ir.Value):  # divisions by constants: a multiply and a shift each
+                for i in range(isa.mr):
+                    mi = b.add(m0, i64(i))
+                    mi = b.select(b.icmp_signed("<", mi, last), mi, last)
+                    b.store(_pixel_offset(b, mi, (oh, ow), (hp, wp, c), (sh, sw)), gep(b, row_table, i, I64))
+            else:  # sizes read at run time: divide once per tile, then step pixel by pixel
+                _tile_pixel_offsets(b, m0, last, isa.mr, row_table, (oh, ow), (hp, wp, c), (sh, sw))
             valid = b.sub(m_hi, m0)
             y_tile = gep(b, y, b.mul(m0, as_i64(b, ldc)))
-            r_tile = gep(b, residual, b.mul(m0, i64(m))) if has_residual else residual
+            r_tile = gep(b, residual, b.mul(m0, _value(m))) if has_residual else residual
 
             def call_panel(j: ir.Value, n_valid: int) -> None:
                 if streams_weights:  # the first tile of a panel reads its weights from memory
@@ -368,14 +387,14 @@ def _pixel_tiles(b: ir.IRBuilder, em: ModuleEmitter, gemm: GemmEmitter, epilogue
 
             def call(j: ir.Value, n_valid: int, mk: ir.Function) -> None:
                 col = b.mul(j, i64(isa.nr))
-                b.call(mk, [xpad, row_table, taps, i64(ntaps), i64(run),
-                            gep(b, wt, b.mul(j, i64(kdim * isa.nr))), gep(b, y_tile, col), as_i64(b, ldc),
+                b.call(mk, [xpad, row_table, taps, i64(ntaps), _value(run),
+                            gep(b, wt, b.mul(j, _product(b, kdim, isa.nr))), gep(b, y_tile, col), as_i64(b, ldc),
                             gep(b, bias, col) if has_bias else bias,
                             gep(b, r_tile, col) if has_residual else r_tile, valid])
 
             with for_range(b, g1, start=g0, name="panel") as j:
-                if rem and n_panels:
-                    with b.if_else(b.icmp_signed("<", j, i64(n_panels))) as (whole, edge):
+                if rem and (isinstance(n_panels, ir.Value) or n_panels):
+                    with b.if_else(b.icmp_signed("<", j, _value(n_panels))) as (whole, edge):
                         with whole:
                             call_panel(j, isa.nr)
                         with edge:
@@ -385,7 +404,7 @@ def _pixel_tiles(b: ir.IRBuilder, em: ModuleEmitter, gemm: GemmEmitter, epilogue
             if not tile_pass.empty:  # this panel group's columns of the tile's rows, just stored
                 c0 = b.mul(g0, i64(isa.nr))
                 c1 = b.mul(g1, i64(isa.nr))
-                c1 = b.select(b.icmp_signed("<", c1, i64(m)), c1, i64(m))
+                c1 = b.select(b.icmp_signed("<", c1, _value(m)), c1, _value(m))
                 for i in range(isa.mr):
                     with b.if_then(b.icmp_signed("<", i64(i), valid)):
                         row = gep(b, y_tile, b.add(b.mul(i64(i), as_i64(b, ldc)), c0))
@@ -398,10 +417,63 @@ def _pixel_offset(b: ir.IRBuilder, p: ir.Value, out: tuple[int, int], padded: tu
     oh, ow = out
     hp, wp, c = padded
     sh, sw = strides
-    img, rest = b.udiv(p, i64(oh * ow)), b.urem(p, i64(oh * ow))
-    row, col = b.udiv(rest, i64(ow)), b.urem(rest, i64(ow))
-    at = b.add(b.mul(b.add(b.mul(img, i64(hp)), b.mul(row, i64(sh))), i64(wp)), b.mul(col, i64(sw)))
-    return b.mul(at, i64(c))
+    pixels = _product(b, oh, ow)
+    img, rest = b.udiv(p, pixels), b.urem(p, pixels)
+    row, col = b.udiv(rest, _value(ow)), b.urem(rest, _value(ow))
+    at = b.add(b.mul(b.add(b.mul(img, _value(hp)), b.mul(row, _value(sh))), _value(wp)), b.mul(col, _value(sw)))
+    return b.mul(at, _value(c))
+
+
+def _tile_pixel_offsets(b: ir.IRBuilder, m0: ir.Value, last: ir.Value, mr: int, row_table: ir.Value,
+                        out: tuple, padded: tuple, strides: tuple) -> None:
+    """row_table[i] = _pixel_offset(min(m0 + i, last)) for i < mr, with run-time sizes: the image,
+    row and column of m0 by division, then each next pixel by one step (a run-time division
+    costs about as much as a small layer's whole tile)."""
+    oh, ow = out
+    hp, wp, c = padded
+    sh, sw = strides
+    pixels = b.mul(oh, ow)
+    img, rest = b.udiv(m0, pixels), b.urem(m0, pixels)
+    row, col = b.udiv(rest, ow), b.urem(rest, ow)
+    offset = None
+    for i in range(mr):
+        if i:
+            col = b.add(col, i64(1))
+            wrap = b.icmp_signed("==", col, ow)
+            col = b.select(wrap, i64(0), col)
+            row = b.select(wrap, b.add(row, i64(1)), row)
+            wrap = b.icmp_signed("==", row, oh)
+            row = b.select(wrap, i64(0), row)
+            img = b.select(wrap, b.add(img, i64(1)), img)
+        at = b.add(b.mul(b.add(b.mul(img, hp), b.mul(row, sh)), wp), b.mul(col, sw))
+        at = b.mul(at, c)
+        # rows past the last pixel repeat its offset (the micro-kernel stores only the valid ones)
+        offset = at if i == 0 else b.select(b.icmp_signed("<=", b.add(m0, i64(i)), last), at, offset)
+        b.store(offset, gep(b, row_table, i, I64))
+
+
+def _value(v: int | ir.Value) -> ir.Value:
+    """A size known at compile time (a Python int) or read at run time, as an i64 value."""
+    return v if isinstance(v, ir.Value) else i64(v)
+
+
+def _product(b: ir.IRBuilder, x: int | ir.Value, y: int | ir.Value) -> ir.Value:
+    """x * y, folded when both are known at compile time."""
+    if isinstance(x, ir.Value) or isinstance(y, ir.Value):
+        return b.mul(_value(x), _value(y))
+    return i64(x * y)
+
+
+@contextmanager
+def _panel_groups(b: ir.IRBuilder, p_lo: ir.Value, p_hi: ir.Value, group: int | ir.Value):
+    """The first panel of each group of ``group`` panels in [p_lo, p_hi)."""
+    if not isinstance(group, ir.Value):
+        with for_range(b, p_hi, start=p_lo, step=group, name="pg") as g0:
+            yield g0
+        return
+    count = b.udiv(b.add(b.sub(p_hi, p_lo), b.sub(group, i64(1))), group)
+    with for_range(b, count, name="pg") as k:
+        yield b.add(p_lo, b.mul(k, group))
 
 
 def _pad_input_rows(b: ir.IRBuilder, x: ir.Value, xpad: ir.Value, r_lo: ir.Value, r_hi: ir.Value,

@@ -1,5 +1,5 @@
 """Kernels whose sizes are run-time arguments (ModuleEmitter.size_table): the layers of one
-elementwise op at different shapes are one function, compiled once per model (codegen/split.py)
+elementwise op, or the unpadded channels-last convs, at different shapes are one function, compiled once per model (codegen/split.py)
 and once for every model (the kernel cache), and compute the same bits as numpy at odd sizes,
 on 1 and 2 threads."""
 from __future__ import annotations
@@ -13,8 +13,11 @@ from convc.codegen.module import emit_module
 from convc.codegen.split import split_module
 from convc.ir import Graph, TensorKind
 from convc.ops import NoAttrs, OpKind
+from convc.ops.conv import ConvAlgorithm, ConvAttrs
+from convc.ops.epilogue import Epilogue
 from convc.options import CompileOptions
 from convc.passes.pipeline import pipeline
+from convc.reference import run_reference
 
 # per layer: (op, operand shapes); the two shapes of each op differ in every size (odd ones leave
 # vector remainders), the broadcasts are per-channel scales like a BatchNorm's and a bias row
@@ -111,3 +114,46 @@ def test_a_model_with_new_shapes_reuses_the_cached_elementwise_kernels(tmp_path,
     got = model.run(x)
     np.testing.assert_array_equal(got["y0"], np.where(x["x0_0"] < 0, np.float32(0), x["x0_0"]))
     np.testing.assert_array_equal(got["y1"], x["x1_0"] * x["x1_1"])
+
+
+# channels-last convs without padding (the implicit GEMM's run-time-sized form): odd sizes, a
+# partial column panel, stride 2, a 3x3 window, tiles spanning rows and images
+UNPADDED_CONVS = [((2, 9, 11, 5), 7, 1, 1), ((3, 8, 8, 16), 64, 1, 1), ((2, 13, 11, 24), 40, 1, 2),
+                  ((2, 9, 11, 5), 40, 3, 1), ((1, 15, 13, 33), 16, 3, 2)]
+
+
+def conv_graph(convs, seed=0) -> Graph:
+    """Channels-last convs x_i [N, H, W, C] -> y_i [N, OH, OW, m], side by side in one graph."""
+    rng = np.random.default_rng(seed)
+    g = Graph("convs")
+    for i, (x_shape, m, k, stride) in enumerate(convs):
+        g.add_tensor(f"x{i}", x_shape, np.float32, TensorKind.INPUT)
+        g.add_constant(f"w{i}", rng.standard_normal((m, x_shape[3], k, k)).astype(np.float32))
+        g.add_constant(f"b{i}", rng.standard_normal(m).astype(np.float32))
+        attrs = ConvAttrs((k, k), (stride, stride), (0, 0, 0, 0), (1, 1), 1, Epilogue(), "NHWC")
+        g.add_op(OpKind.CONV, attrs, [f"x{i}", f"w{i}", f"b{i}"], [f"y{i}"], name=f"conv{i}")
+    g.inputs = [f"x{i}" for i in range(len(convs))]
+    g.outputs = [f"y{i}" for i in range(len(convs))]
+    return g
+
+
+def test_unpadded_convs_of_different_sizes_are_one_kernel_module():
+    """DenseNet's 1x1 convs on its growing Concats: C, the image size and the batch differ."""
+    convs = [((1, 28, 28, 96), 128, 1, 1), ((2, 28, 28, 160), 128, 1, 1), ((1, 28, 28, 488), 128, 1, 1)]
+    native = emit_module(pipeline(conv_graph(convs), options=CompileOptions(threads=2)), threads=2)
+    kernels = [m for m in split_module(native.ir_module, native.callees)[1:] if m.kernels]
+    assert len(native.callees) == 3 and len(kernels) == 1
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_unpadded_convs_match_the_reference(threads):
+    g = conv_graph(UNPADDED_CONVS, seed=threads)
+    rng = np.random.default_rng(threads)
+    x = {n: rng.standard_normal(g.tensor(n).shape).astype(np.float32) for n in g.inputs}
+    model = convc.compile(g, threads=threads, cache=False)
+    assert all(model.graph.op(f"conv{i}").attrs.algorithm is ConvAlgorithm.IMPLICIT_GEMM_NHWC
+               for i in range(len(UNPADDED_CONVS)))
+    got, want = model.run(x), run_reference(g, x)
+    for name in g.outputs:
+        err = np.abs(got[name] - want[name]).max() / max(1.0, np.abs(want[name]).max())
+        assert err < 1e-5, (name, err)
