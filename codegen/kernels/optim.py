@@ -41,12 +41,14 @@ def _pow(b: ir.IRBuilder, base: float, t: ir.Value) -> ir.Value:
 def emit_update(em: ModuleEmitter, op: Op) -> KernelCall:
     a = op.attrs
     n_state = len(op.inputs) - 5
-    fn, b = em.function(op.name, len(op.inputs) + len(op.outputs))
+    # the parameter's length is a run-time argument (ModuleEmitter.size_table): every parameter's
+    # update of one optimizer is one compiled function (a CIFAR ResNet's 13 SGD updates: one)
+    fn, b = em.function(op.name, len(op.inputs) + len(op.outputs) + 1)
     lr_p, step_p, ok_p, x_p, g_p = fn.args[:5]
     state_in = fn.args[5:5 + n_state]
     x_out = fn.args[5 + n_state]
-    state_out = fn.args[6 + n_state:]
-    size = em.tensor(op.inputs[3]).size
+    state_out = fn.args[6 + n_state:-1]
+    (size,) = em.read_sizes(b, fn.args[-1], 1)
     with b.if_else(b.fcmp_unordered("une", load(b, ok_p, 0), f32(0.0))) as (then, otherwise):
         with then:
             lr64 = b.fpext(load(b, lr_p, 0), F64)
@@ -64,10 +66,10 @@ def emit_update(em: ModuleEmitter, op: Op) -> KernelCall:
         with otherwise:  # outputs = inputs (a no-op when the plan updates in place, as the training step does)
             copy_unchanged(b, [x_p] + list(state_in), [x_out] + list(state_out), size)
     b.ret_void()
-    return KernelCall(fn, list(op.inputs) + list(op.outputs))
+    return KernelCall(fn, list(op.inputs) + list(op.outputs) + [em.size_table([em.tensor(op.inputs[3]).size])])
 
 
-def copy_unchanged(b: ir.IRBuilder, sources, targets, size: int) -> None:
+def copy_unchanged(b: ir.IRBuilder, sources, targets, size: int | ir.Value) -> None:
     for src, dst in zip(sources, targets):
         with for_range(b, size, name="keep") as i:
             store(b, load(b, src, i), dst, i)

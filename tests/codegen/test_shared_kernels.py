@@ -12,9 +12,10 @@ from convc.codegen import kernel_cache, llvm_worker
 from convc.codegen.module import emit_module
 from convc.codegen.split import split_module
 from convc.ir import Graph, TensorKind
-from convc.ops import NoAttrs, OpKind
+from convc.ops import NoAttrs, OpKind, op_def
 from convc.ops.conv import ConvAlgorithm, ConvAttrs
 from convc.ops.epilogue import Epilogue
+from convc.ops.optim import AdamAttrs
 from convc.options import CompileOptions
 from convc.passes.pipeline import pipeline
 from convc.reference import run_reference
@@ -157,3 +158,42 @@ def test_unpadded_convs_match_the_reference(threads):
     for name in g.outputs:
         err = np.abs(got[name] - want[name]).max() / max(1.0, np.abs(want[name]).max())
         assert err < 1e-5, (name, err)
+
+
+def update_graph(sizes, kind=OpKind.ADAM_UPDATE, attrs=None) -> Graph:
+    """One optimizer update per parameter of the given sizes, sharing lr, step and ok."""
+    attrs = attrs or AdamAttrs(torch=True)
+    g = Graph("updates")
+    for name, shp, dt in [("lr", (1,), np.float32), ("step", (1,), np.int64), ("ok", (1,), np.float32)]:
+        g.add_tensor(name, shp, dt, TensorKind.INPUT)
+    outputs = []
+    for i, n in enumerate(sizes):
+        names = [f"x{i}", f"g{i}"] + [f"s{i}_{k}" for k in range(attrs.n_states)]
+        for t in names:
+            g.add_tensor(t, (n,), np.float32, TensorKind.INPUT)
+        outputs += g.add_op(kind, attrs, ["lr", "step", "ok"] + names, name=f"update{i}").outputs
+    g.inputs = ["lr", "step", "ok"] + [t for i in range(len(sizes)) for t in
+                                      [f"x{i}", f"g{i}"] + [f"s{i}_{k}" for k in range(attrs.n_states)]]
+    g.outputs = list(outputs)
+    return g
+
+
+def test_updates_of_parameters_of_different_sizes_are_one_kernel_and_match_the_reference():
+    sizes = [37, 1000, 3]
+    g = update_graph(sizes)
+    native = emit_module(pipeline(g, options=CompileOptions(threads=1)), threads=1)
+    kernels = [m for m in split_module(native.ir_module, native.callees)[1:] if m.kernels]
+    assert len(native.callees) == len(sizes) and len(kernels) == 1
+    rng = np.random.default_rng(5)
+    feeds = {"lr": np.array([0.05], np.float32), "step": np.array([3], np.int64), "ok": np.array([1.0], np.float32)}
+    for t in g.inputs:
+        if t not in feeds:
+            feeds[t] = rng.standard_normal(g.tensor(t).shape).astype(np.float32)
+            if t.startswith("s") and t.endswith("_1"):
+                feeds[t] = np.abs(feeds[t])  # Adam's second moment
+    got = convc.compile(g, threads=1, cache=False).run({k: v.copy() for k, v in feeds.items()})
+    for i in range(len(sizes)):
+        op = g.op(f"update{i}")
+        want = op_def(op.kind).reference(op.attrs, *[feeds[t] for t in op.inputs])
+        for name, w in zip(op.outputs, want):
+            np.testing.assert_allclose(got[name], w, rtol=1e-5, atol=1e-6)
