@@ -6,7 +6,7 @@ then only multiplies and adds in float32. Formulas: convc/ops/optim.py.
 """
 from __future__ import annotations
 
-from convc.codegen.llvm_utils import F32, F64, I32, I64, alloca_entry, call_intrinsic, f32, for_range, i64, load, store
+from convc.codegen.llvm_utils import F32, F64, I32, I64, PTR, alloca_entry, call_intrinsic, f32, for_range, i64, load, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from llvmlite import ir
 
@@ -144,20 +144,39 @@ def _step(b: ir.IRBuilder, kind: OpKind, a, s: dict, x, g, state: list) -> tuple
 
 @emitter(OpKind.ALL_FINITE)
 def emit_all_finite(em: ModuleEmitter, op: Op) -> KernelCall:
-    """ok = 1.0 when no element of any input has an all-ones exponent (inf or NaN), else 0.0."""
+    """ok = 1.0 when no element of any input has an all-ones exponent (inf or NaN), else 0.0. One
+    scan function serves every input: a loop per input made LLVM vectorize the same loop once per
+    parameter and gradient (a CIFAR ResNet's training step: 0.5 s of compile CPU for this kernel)."""
     fn, b = em.function(op.name, len(op.inputs) + 1)
-    bad = alloca_entry(b, I32, "bad")
-    b.store(ir.Constant(I32, 0), bad)
-    exp_mask = ir.Constant(I32, 0x7F800000)
+    scan = _nonfinite_scan(em)
+    bad = ir.Constant(I32, 0)
     for k, t in enumerate(op.inputs):
-        with for_range(b, em.tensor(t).size, name=f"t{k}") as i:
-            bits = b.and_(load(b, fn.args[k], i, I32), exp_mask)
-            hit = b.zext(b.icmp_unsigned("==", bits, exp_mask), I32)
-            b.store(b.or_(b.load(bad, typ=I32), hit), bad)
-    none = b.icmp_unsigned("==", b.load(bad, typ=I32), ir.Constant(I32, 0))
+        bad = b.or_(bad, b.call(scan, [fn.args[k], i64(em.tensor(t).size)]))
+    none = b.icmp_unsigned("==", bad, ir.Constant(I32, 0))
     store(b, b.select(none, f32(1.0), f32(0.0)), fn.args[-1], 0)
     b.ret_void()
     return KernelCall(fn, list(op.inputs) + [op.outputs[0]])
+
+
+def _nonfinite_scan(em: ModuleEmitter) -> ir.Function:
+    """i32 scan(float *x, i64 n): 1 when some x[i] is inf or NaN, else 0 (emitted once per module)."""
+    name = "convc_nonfinite_scan"
+    if name in em.module.globals:
+        return em.module.globals[name]
+    fn = ir.Function(em.module, ir.FunctionType(I32, [PTR, I64]), name=name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")  # one vectorized loop, not one per input
+    x, n = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    bad = alloca_entry(b, I32, "bad")
+    b.store(ir.Constant(I32, 0), bad)
+    exp_mask = ir.Constant(I32, 0x7F800000)
+    with for_range(b, n, name="i") as i:
+        bits = b.and_(load(b, x, i, I32), exp_mask)
+        hit = b.zext(b.icmp_unsigned("==", bits, exp_mask), I32)
+        b.store(b.or_(b.load(bad, typ=I32), hit), bad)
+    b.ret(b.load(bad, typ=I32))
+    return fn
 
 
 @emitter(OpKind.STEP_INCREMENT)

@@ -197,3 +197,24 @@ def test_updates_of_parameters_of_different_sizes_are_one_kernel_and_match_the_r
         want = op_def(op.kind).reference(op.attrs, *[feeds[t] for t in op.inputs])
         for name, w in zip(op.outputs, want):
             np.testing.assert_allclose(got[name], w, rtol=1e-5, atol=1e-6)
+
+
+def test_all_finite_scans_every_input_with_one_function():
+    sizes = [1, 37, 1000, 8]
+    g = Graph("finite")
+    for i, n in enumerate(sizes):
+        g.add_tensor(f"t{i}", (n,), np.float32, TensorKind.INPUT)
+    g.inputs = [f"t{i}" for i in range(len(sizes))]
+    g.outputs = list(g.add_op(OpKind.ALL_FINITE, NoAttrs(), g.inputs, name="finite").outputs)
+    model = convc.compile(g, threads=1, cache=False)
+    text = str(emit_module(pipeline(g, options=CompileOptions(threads=1))).ir_module)
+    assert text.count("@\"convc_nonfinite_scan\"(") == 1 + len(sizes)  # defined once, called per input
+    rng = np.random.default_rng(0)
+    clean = {t: rng.standard_normal(g.tensor(t).shape).astype(np.float32) for t in g.inputs}
+    assert model.run(clean)[g.outputs[0]][0] == 1.0
+    # one special anywhere (the first element, a vector's middle, the scalar tail, a lone element)
+    for t, at in [("t0", 0), ("t1", 36), ("t2", 517), ("t2", 999), ("t3", 7)]:
+        for special in (np.inf, -np.inf, np.nan):
+            x = {k: v.copy() for k, v in clean.items()}
+            x[t][at] = special
+            assert model.run(x)[g.outputs[0]][0] == 0.0, (t, at, special)
