@@ -94,9 +94,14 @@ def test_in_place_chain_shares_one_slot_and_runs_right(rng):
     ir_text = str(emit_module(plan).ir_module)
     for fn in ("sigmoid", "tanh", "double"):
         sig = next(line for line in ir_text.splitlines() if line.startswith("define") and f'@"{fn}"' in line)
-        assert "noalias" not in sig, f"{fn} works in place: its arguments may alias\n{sig}"
+        pointers = [a for a in sig.split("(", 1)[1].split(", ") if a.startswith("ptr")]
+        # the last pointer is the kernel's constant size table, which nothing writes: it may stay noalias
+        data = pointers[:-1]
+        assert len(data) >= 2 and not any("noalias" in a for a in data), \
+            f"{fn} works in place: its arguments may alias\n{sig}"
     mul = next(line for line in ir_text.splitlines() if line.startswith("define") and '@"mul"' in line)
-    assert "noalias" in mul
+    mul_data = [a for a in mul.split("(", 1)[1].split(", ") if a.startswith("ptr")][:-1]
+    assert len(mul_data) == 3 and all("noalias" in a for a in mul_data), mul
 
     feeds = random_feeds(g, rng)
     assert_close(compile_graph(g).run(feeds)["y"], run_reference(g, feeds)["y"], 1e-5, "in-place chain")
