@@ -57,8 +57,11 @@ class Comparison:
     flipped: list[str] = field(default_factory=list)  # ReLU elements whose other branch the comparison took
 
     def add(self, name: str, compiled: np.ndarray, ref64: np.ndarray, ref32: np.ndarray, perturbed: np.ndarray,
-            group: str = "") -> None:
-        """``perturbed``: the compiled result on the input moved by one ulp."""
+            group: str = "", resolution: float = 0.0) -> None:
+        """``perturbed``: the compiled result on the input moved by one ulp. ``resolution``: the
+        smallest change the compared tensor can show (a float32 state's change is known to one ulp
+        of the stored value: a change far below it, such as the update of a conv bias that BatchNorm
+        makes zero in exact arithmetic, rounds to 0 or to one ulp depending on its residue)."""
         if compiled.shape != ref64.shape:
             self.errors[name] = (np.inf, 0.0, 1.0, group)
             return
@@ -67,7 +70,7 @@ class Comparison:
         c = compiled.astype(np.float64)
         self.errors[name] = (float(np.max(np.abs(c - ref64))),
                              max(float(np.max(np.abs(ref32.astype(np.float64) - ref64))),
-                                 float(np.max(np.abs(perturbed.astype(np.float64) - c)))),
+                                 float(np.max(np.abs(perturbed.astype(np.float64) - c))), resolution),
                              float(np.max(np.abs(ref64))), group)
 
     def relative(self) -> dict[str, tuple[float, float]]:
@@ -209,8 +212,9 @@ def training(model, shape: tuple[int, ...], *, loss: str, threads: int, optimize
         for label, value, ref_name, group, target in compared:
             start = before[target].astype(np.float64) if target else 0.0
             other = moved_state[target] if target else moved[ref_name]
+            stored = float(np.max(np.spacing(np.abs(value.astype(np.float32))))) if target and value.size else 0.0
             out.add(label, value.astype(np.float64) - start, reference[ref_name] - start,
-                    ref32[ref_name].astype(np.float64) - start, other.astype(np.float64) - start, group)
+                    ref32[ref_name].astype(np.float64) - start, other.astype(np.float64) - start, group, stored)
         return out
 
     result = compare(ref64)

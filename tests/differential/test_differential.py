@@ -170,3 +170,23 @@ def test_a_checked_build_passes_and_matches_an_unchecked_one(monkeypatch):
     monkeypatch.delenv("CONVC_CHECK_ARENA")
     plain = convc.compile(model, input_shape=shape, threads=2, cache=False)(x)
     np.testing.assert_array_equal(checked, plain)
+
+
+def test_an_update_is_known_to_one_ulp_of_the_stored_value_and_no_better():
+    """A parameter's change far below its own ulp (a conv bias before BatchNorm, whose gradient is
+    rounding residue) rounds to 0 or one ulp: that passes; a change wrong by 1e-4 of the weights fails."""
+    from tests.differential.harness import Comparison
+    rng = np.random.default_rng(0)
+    before = rng.uniform(0.05, 0.2, 64).astype(np.float32)
+    exact = np.full(64, 1e-12)                                   # the float64 step's change
+    rounded = before.copy()
+    rounded[3] = np.nextafter(before[3], np.float32(1))          # the compiled step rounded one element up
+    wrong = before + np.float32(1e-4) * before
+    stored = float(np.max(np.spacing(before)))
+    for compiled, ok in ((rounded, True), (wrong, False)):
+        change = compiled.astype(np.float64) - before
+        c = Comparison("update")
+        c.add("bias (updated)", change, exact, np.zeros(64), change, "SgdUpdate[0]", stored)
+        c.add("weight (updated)", np.full(64, -1e-3), np.full(64, -1e-3), np.full(64, -1e-3), np.full(64, -1e-3),
+              "SgdUpdate[0]", stored)
+        assert (not c.failures()) == ok, c.failures()
