@@ -71,15 +71,21 @@ def _save(figure: Any, p: Any, path: str | Path) -> Path:
     return path
 
 
-def plot_figure(p: Profile) -> Any:
-    """The matplotlib figure ``plot`` writes: MACs (and time) per layer, the memory plan by step."""
+def _layer_figure(p: Any) -> tuple[Any, Any, list[int]]:
+    """A figure of stacked panels, one per layer plot (a time panel when measured) and the memory
+    panel, wide enough for the layers' bars; and the bars' x positions (layers from 1)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     n = len(p.layers)
     panels = 3 if p.measured else 2
     fig, axes = plt.subplots(panels, 1, figsize=(max(8.0, min(40.0, 0.18 * n + 6)), 4.2 * panels))
-    x = list(range(1, n + 1))
+    return fig, axes, list(range(1, n + 1))
+
+
+def plot_figure(p: Profile) -> Any:
+    """The matplotlib figure ``plot`` writes: MACs (and time) per layer, the memory plan by step."""
+    fig, axes, x = _layer_figure(p)
     ax = axes[0]
     ax.bar(x, [l.macs / 1e6 for l in p.layers], color="tab:blue")
     ax.set_ylabel("MMACs")
@@ -120,13 +126,7 @@ def plot_train(p: Any, path: str | Path) -> Path:
 def plot_train_figure(p: Any) -> Any:
     """Forward and backward MACs per layer (stacked), the forward, backward and update times per layer
     when measured, and the step's memory by kind."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    n = len(p.layers)
-    panels = 3 if p.measured else 2
-    fig, axes = plt.subplots(panels, 1, figsize=(max(8.0, min(40.0, 0.18 * n + 6)), 4.2 * panels))
-    x = list(range(1, n + 1))
+    fig, axes, x = _layer_figure(p)
     ax = axes[0]
     fwd = [l.forward_macs / 1e6 for l in p.layers]
     ax.bar(x, fwd, color="tab:blue", label="forward")
@@ -141,7 +141,7 @@ def plot_train_figure(p: Any) -> Any:
         per = {ph: [l.seconds.get(ph, 0.0) for l in p.layers] for ph in TRAIN_PHASES}
         total = sum(sum(v) for v in per.values())
         scale, unit = time_unit(max([sum(t) for t in zip(*per.values())] + [total, 0.0]))
-        bottom = [0.0] * n
+        bottom = [0.0] * len(x)
         for ph, color in zip(TRAIN_PHASES, ("tab:blue", "tab:purple", "tab:green")):
             values = [scale * s for s in per[ph]]
             ax.bar(x, values, bottom=bottom, color=color, label=ph)
