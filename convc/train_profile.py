@@ -1,8 +1,9 @@
 """``convc.profile(..., train=True)``: what a training step costs, per layer and in memory.
 
 The view training frameworks do not give: for each layer of the model, the MACs of its forward and
-of its backward (dX and dW), the activations its backward reads that the forward must keep alive
-("saved"), the bytes of its parameters, their gradients and their optimizer state; then the memory
+of its backward (dX and dW), what of its forward output the backward reads and so must stay alive
+("saved": each such tensor counted once, under the layer that produced it; the model's input under
+the first layer that reads it, so the column sums to the step's total), the bytes of its parameters, their gradients and their optimizer state; then the memory
 of the planned step (persistent training state, and the activation arena holding activations,
 saved tensors, gradients and kernel scratch, with its liveness lower bound). With ``measure`` the
 step is compiled with per-kernel timestamps and each layer gets its forward, backward and update
@@ -37,7 +38,7 @@ class TrainLayer:
     output_shape: tuple[int, ...]
     forward_macs: int
     backward_macs: int
-    saved_bytes: int        # forward tensors its backward reads (kept alive until then)
+    saved_bytes: int        # its forward outputs some backward op reads (kept alive until then)
     param_bytes: int
     grad_bytes: int
     state_bytes: int        # optimizer state of its parameters
@@ -221,6 +222,7 @@ def analyze_training(step, imported: Graph, model_name: str, loss: str, optimize
     g = step.graph
     costs = op_costs(imported)
     forward = set(step.forward_ops)
+    position = {name: i for i, name in enumerate(step.forward_ops)}.__getitem__
     per: dict[str, dict[str, Any]] = {}
     for name in step.forward_ops:
         op = g.op(name)
@@ -236,8 +238,10 @@ def analyze_training(step, imported: Graph, model_name: str, loss: str, optimize
                                         [g.tensor(t).type for t in op.outputs])
         for t in map(step.unviewed, op.inputs):  # a 1-D window's 2-D view saves what it views
             producer = g.producer(t)
-            if (producer is not None and producer.name in forward) or t == step.x:
-                per[layer]["saved"].add(t)
+            if producer is not None and producer.name in forward:
+                per[producer.name]["saved"].add(t)
+            elif t == step.x:
+                per[min((r.name for r in step.readers(t) if r.name in forward), key=position)]["saved"].add(t)
     for p in step.params:
         readers = [r.name for r in step.readers(p) if r.name in forward]
         if readers:
