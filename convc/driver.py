@@ -293,10 +293,8 @@ def _variants(model: ModelSource, batch: int | None, input_shape: Any, fixed: di
             graph = load_graph(model, next(iter(shapes.values()))[0] if shapes else batch, input_shape, runtime)
         return compile_graph(graph, options,
                              override=(lambda names: variant(shapes, runtime | names)) if onnx_source else None)
-    respecialize = None
-    if (batch is None and is_nn_module(model)) or free:
-        def respecialize(shapes: dict) -> CompiledModel:
-            return variant(shapes, frozenset())
+    respecialize = ((lambda shapes: variant(shapes, frozenset()))
+                    if (batch is None and is_nn_module(model)) or free else None)
     override = (lambda names: variant(None, names)) if onnx_source else None
     return respecialize, override
 
