@@ -23,6 +23,7 @@ layer), because its transforms multiply by 4, 5 and 8 and divide by 6 and 24.
 """
 from __future__ import annotations
 
+import contextlib
 from fractions import Fraction
 
 import numpy as np
@@ -73,12 +74,32 @@ def transform_weights(w: np.ndarray, m: int) -> np.ndarray:
 
 
 def packed_weights(w: np.ndarray, m: int, isa: Isa) -> np.ndarray:
-    """pack_b(transform_weights(w, m)) bit for bit, [t*t][panels][C][NR]: the float64 U is rounded
-    to float32 while it is packed (one strided copy instead of a transposed float32 copy, then
-    pack_b's padded copy and its transpose). The GEMM keeps its [M*C, 9] @ [9, t*t] layout: the
-    transposed layout ([t*t, 9] @ [9, C*M]) was faster only for 512x512 layers and twice slower for
-    DenseNet's 32x128 ones (numpy's OpenBLAS threads), and this one is the same sums by construction."""
-    return pack_b(_transformed(w, m).transpose(2, 1, 0), isa)
+    """pack_b(transform_weights(w, m)) bit for bit, [t*t][panels][C][NR], one panel of NR output
+    channels at a time: that panel's rows of the [M*C, 9] @ [9, t*t] float64 GEMM (the same sums, row
+    by row, as the whole GEMM) are rounded to float32 straight into the packed layout while they are
+    still in cache (the whole float64 U of a 512x512 layer is 19 MB). OpenBLAS runs on one thread
+    here: with its threads these small GEMMs spent 3-8x the CPU in its threads' spin-waiting, and a
+    compile shares the cores with LLVM's workers."""
+    mo, c = w.shape[:2]
+    nr = isa.nr
+    panels = -(-mo // nr)
+    out = np.empty(((m + 2) ** 2, panels, c, nr), dtype=np.float32)
+    with _one_blas_thread():
+        for p in range(panels):
+            lo, hi = p * nr, min((p + 1) * nr, mo)
+            out[:, p, :, :hi - lo] = _transformed(w[lo:hi], m).transpose(2, 1, 0)
+    out[:, panels - 1, :, mo - (panels - 1) * nr:] = 0
+    return out
+
+
+def _one_blas_thread():
+    """A context in which numpy's BLAS runs on the calling thread only (threadpoolctl), or nothing
+    when threadpoolctl is not installed."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
 
 
 def reference(x: np.ndarray, w: np.ndarray, pads: tuple[int, int, int, int], m: int) -> np.ndarray:

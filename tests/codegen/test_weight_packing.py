@@ -56,10 +56,11 @@ def test_conv_weight_packing_is_bit_identical(shape, isa):
 
 
 @pytest.mark.parametrize("m", [2, 4])
-@pytest.mark.parametrize("mo,c", [(64, 64), (31, 17), (5, 3), (130, 96)])
+@pytest.mark.parametrize("mo,c", [(64, 64), (31, 17), (5, 3), (130, 96), (256, 256), (7, 300)])
 def test_winograd_packing_is_bit_identical(mo, c, m, isa):
-    """The emitter's GEMM is laid out [t*t, 9] @ [9, C*M] and rounds while packing; the reference
-    is [M*C, 9] @ [9, t*t], rounded to float32 (transform_weights), then packed: the same bits."""
+    """The emitter's GEMM runs one panel of output channels at a time on one BLAS thread and rounds
+    while packing; the reference is the whole [M*C, 9] @ [9, t*t], rounded to float32
+    (transform_weights), then packed: the same bits (256x256: ResNet's layers, 32 full panels)."""
     w = np.random.default_rng(mo * c + m).standard_normal((mo, c, 3, 3)).astype(np.float32)
     got = packed_weights(w, m, isa)
     assert same_bits(got, ref_pack_b(transform_weights(w, m), isa))
