@@ -8,13 +8,16 @@ by the inference libraries' path (codegen/aot.py ``build_native``) with this mod
 (learning rate, step counter, parameters, BN running statistics, optimizer moments), laid out at
 64-byte aligned offsets and initialized from an image embedded with the weights; the C ABI adds
 
+    int   convc_train_step_n(convc_ctx *, const float *const *inputs, const void *const *labels, int64_t n,
+                             float *loss)   (n <= the compiled batch samples)
     int   convc_train_step_v(convc_ctx *, const float *const *inputs, const void *const *labels, float *loss)
     int   convc_train_step(convc_ctx *, const float *x, const void *labels, float *loss)   (one input, one output)
     convc_num_labels / convc_label_name / _dtype / _rank / _shape / _size(j), convc_label_loss(j), convc_loss_weight(j)
     void  convc_set_learning_rate(convc_ctx *, float) / float convc_learning_rate(convc_ctx *)
     int64_t convc_steps_done(convc_ctx *)
     convc_num_state / convc_state_name / _dtype / _rank / _shape / _size(i), void *convc_state_data(convc_ctx *, i)
-    int   convc_compute_gradients_v(convc_ctx *, inputs, labels, float *loss, int accumulate) and
+    int   convc_compute_gradients_n(convc_ctx *, inputs, labels, int64_t n, float *loss, int accumulate),
+          convc_compute_gradients_v(convc_ctx *, inputs, labels, float *loss, int accumulate) and
           convc_compute_gradients(convc_ctx *, const float *x, const void *labels, float *loss, int accumulate)
     int   convc_apply_gradients(convc_ctx *)
     float *convc_gradients(convc_ctx *); int64_t convc_gradients_size(void), convc_gradient_offset(i)
@@ -24,7 +27,10 @@ input is the caller's, and each output has its targets and loss, summed with the
 ``convc.Trainer`` sums them; the one-pointer forms return 3 for a model with more than one input
 or output. Each planned module's input table mixes the caller's pointers and state tensors
 (``Source``). The step is
-the Trainer's: a step with a non-finite loss or gradient changes nothing and returns 2. The two
+the Trainer's: a step with a non-finite loss or gradient changes nothing and returns 2. A batch of
+n samples below the compiled one runs as the Trainer runs it: copied into a zeroed block of the
+compiled batch, with n as the rows the loss and BatchNorm's statistics count (the ``_n`` forms;
+the others are them at the compiled batch). The two
 gradient functions are ``Trainer.compute_gradients`` / ``apply_gradients`` (passes/autodiff/training.py
 ``build_split``: two more modules); their gradient buffer, the batch statistics they pass and the
 loss are kept in the state past the entries convc_state lists. Training
@@ -43,7 +49,8 @@ from convc.codegen.aot import BuildResult, build_native, kernel_cache_root, spli
 from convc.codegen.artifacts import ALIGN
 from convc.codegen.blob import align_up, blob_layout, used_constants
 from convc.codegen.header import training_decls
-from convc.codegen.llvm_utils import F32, I8, I32, I64, PTR, VOID, alloca_entry, f32, for_range, gep, i64
+from convc.codegen.llvm_utils import (F32, I8, I32, I64, PTR, VOID, alloca_entry, f32, for_range, gep, i64, intrinsic,
+                                     memcpy)
 from convc.codegen.module import emit_module
 from convc.codegen.split import merge_splits
 from convc.codegen.target import resolve_target
@@ -167,6 +174,9 @@ class _TrainingAbi:
     optimizer: str
     split: _SplitAbi
     public: int                    # the state entries convc_state lists (the rest is the split step's)
+    batch: int                     # the compiled batch: the most samples a step takes
+    rows: int                      # state offset of the (1,) int64 count of samples the loss and BN use
+    row_bytes: list[int]           # bytes per sample of every model input, then of every output's targets
 
     def __call__(self, w: Wrapper, meta: dict, offsets: Sequence[int | None]) -> None:
         """The C ABI; ``offsets`` are the blob offsets of the eval module's constants."""
@@ -202,6 +212,55 @@ class _TrainingAbi:
         w.guard(fn, b, fed["input"] + fed["label"], 1)
         return fed
 
+    def _rows(self, w: Wrapper, b: ir.IRBuilder, ctx: ir.Value, fed: dict[str, list[ir.Value]],
+              n: ir.Value) -> tuple[dict[str, list[ir.Value]], ir.Value]:
+        """A batch of ``n`` samples on the step compiled for ``batch``: returns 4 from the function
+        when n is not in [1, batch]; stores n as the rows the loss and BatchNorm count; for n <
+        batch copies the caller's n samples of every input and target into one zeroed block of the
+        compiled batch (returns 5 when calloc fails), as ``convc.Trainer`` pads a smaller batch
+        with zeros (finite values whose gradients the loss masks). Returns the pointers the modules
+        read and the block, NULL when n == batch, for ``_release``."""
+        ok = b.and_(b.icmp_signed(">=", n, i64(1)), b.icmp_signed("<=", n, i64(self.batch)))
+        with b.if_then(b.not_(ok), likely=False):
+            b.ret(ir.Constant(I32, 4))
+        b.store(n, _state_at(w, b, ctx, self.rows))
+        given = fed["input"] + fed["label"]
+        cells = [alloca_entry(b, PTR, f"fed{k}") for k in range(len(given))]
+        for cell, p in zip(cells, given):
+            b.store(p, cell)
+        block_cell = alloca_entry(b, PTR, "block")
+        b.store(ir.Constant(PTR, None), block_cell)
+        at, offsets = 0, []
+        for size in self.row_bytes:
+            offsets.append(at)
+            at = align_up(at + size * self.batch)
+        with b.if_then(b.icmp_signed("<", n, i64(self.batch))):
+            calloc = intrinsic(b.module, "calloc", PTR, [I64, I64])
+            block = b.call(calloc, [i64(max(at, ALIGN)), i64(1)])
+            with b.if_then(b.icmp_unsigned("==", block, ir.Constant(PTR, None)), likely=False):
+                b.ret(ir.Constant(I32, 5))
+            b.store(block, block_cell)
+            for cell, p, size, off in zip(cells, given, self.row_bytes, offsets):
+                dst = b.gep(block, [i64(off)], inbounds=True, source_etype=I8)
+                memcpy(b, dst, p, b.mul(n, i64(size)))
+                b.store(dst, cell)
+        loaded = [b.load(cell, typ=PTR) for cell in cells]
+        k = self.n_inputs
+        return {"input": loaded[:k], "label": loaded[k:]}, b.load(block_cell, typ=PTR)
+
+    @staticmethod
+    def _release(b: ir.IRBuilder, block: ir.Value) -> None:
+        """Frees ``_rows``' block (free(NULL) does nothing)."""
+        b.call(intrinsic(b.module, "free", VOID, [PTR]), [block])
+
+    def _full_batch_form(self, w: Wrapper, name: str, full: ir.Function, extra: Sequence[ir.Type]) -> ir.Function:
+        """``name(ctx, inputs, labels, ...)``: ``full(ctx, inputs, labels, batch, ...)``, the
+        compiled batch (the form from before run-time batches)."""
+        fn, b = w.function(name, I32, [PTR, PTR, PTR, *extra])
+        ctx, inputs, labels, *rest = fn.args
+        b.ret(b.call(full, [ctx, inputs, labels, i64(self.batch), *rest]))
+        return fn
+
     def _one_pointer_form(self, w: Wrapper, name: str, full: ir.Function, extra: Sequence[ir.Type]) -> None:
         """``name(ctx, x, labels, ...)``: ``full(ctx, &x, &labels, ...)`` for a model with one input
         and one output; 3 for a model with more, which needs the array form."""
@@ -218,27 +277,31 @@ class _TrainingAbi:
         b.ret(b.call(full, [ctx, *arrays, *rest]))
 
     def _train_step(self, w: Wrapper, table: ir.GlobalVariable) -> None:
-        """convc_train_step_v(ctx, inputs, labels, loss): 0; 2 when the step changed nothing (a
-        non-finite loss or gradient); 1 for a NULL argument. convc_train_step(ctx, x, labels, loss)
-        is the same for a model with one input and one output."""
+        """convc_train_step_n(ctx, inputs, labels, n, loss): 0; 2 when the step changed nothing (a
+        non-finite loss or gradient); 1 for a NULL argument; 4 for n outside [1, batch]; 5 when
+        out of memory. convc_train_step_v(ctx, inputs, labels, loss) is it at the compiled batch,
+        and convc_train_step(ctx, x, labels, loss) that for a model with one input and one output."""
         run = w.extern(TRAIN_MODULE_PREFIX + ENTRY, VOID, [PTR, PTR, PTR])
-        fn, b = w.function(abi.TRAIN_STEP_V, I32, [PTR, PTR, PTR, PTR])
-        ctx, given, labels, loss = fn.args
-        inputs = _input_table(w, b, ctx, self.train_inputs, self._fed(w, fn, b, ctx, given, labels))
+        fn, b = w.function(abi.TRAIN_STEP_N, I32, [PTR, PTR, PTR, I64, PTR])
+        ctx, given, labels, n, loss = fn.args
+        fed, block = self._rows(w, b, ctx, self._fed(w, fn, b, ctx, given, labels), n)
+        inputs = _input_table(w, b, ctx, self.train_inputs, fed)
         value = alloca_entry(b, F32, "loss")
         outputs = w.pointers(b, 1, "outputs")
         b.store(value, gep(b, outputs, 0, PTR))
-        block = w.entry_context(b, ctx, table)
+        context = w.entry_context(b, ctx, table)
         counter = _state_at(w, b, ctx, self.step)
         # the step counter advances only when the update was applied
         before = b.load_atomic(counter, "monotonic", 8, typ=I64)
-        b.call(run, [block, inputs, outputs])
+        b.call(run, [context, inputs, outputs])
+        self._release(b, block)
         after = b.load_atomic(counter, "monotonic", 8, typ=I64)
         result = b.load(value, typ=F32)
         with b.if_then(b.icmp_unsigned("!=", loss, ir.Constant(PTR, None))):
             b.store(result, loss)
         b.ret(b.select(b.icmp_signed("==", before, after), ir.Constant(I32, 2), ir.Constant(I32, 0)))
-        self._one_pointer_form(w, abi.TRAIN_STEP, fn, [PTR])
+        full = self._full_batch_form(w, abi.TRAIN_STEP_V, fn, [PTR])
+        self._one_pointer_form(w, abi.TRAIN_STEP, full, [PTR])
 
     def _run_model(self, w: Wrapper, table: ir.GlobalVariable) -> None:
         """convc_run_model(ctx, inputs, outputs): the eval forward on the context's state."""
@@ -276,11 +339,12 @@ class _TrainingAbi:
 
     def _gradient_functions(self, w: Wrapper, grad_table: ir.GlobalVariable, apply_table: ir.GlobalVariable) -> None:
         sp = self.split
-        # convc_compute_gradients_v(ctx, inputs, labels, loss, accumulate): 0; 1 for a NULL argument
+        # convc_compute_gradients_n(ctx, inputs, labels, n, loss, accumulate): 0; 1 for a NULL
+        # argument, 4 and 5 as convc_train_step_n's; _v is it at the compiled batch
         run = w.extern(GRAD_MODULE_PREFIX + ENTRY, VOID, [PTR, PTR, PTR])
-        fn, b = w.function(abi.COMPUTE_GRADIENTS_V, I32, [PTR, PTR, PTR, PTR, I32])
-        ctx, given, labels, loss, accumulate = fn.args
-        fed = self._fed(w, fn, b, ctx, given, labels)
+        fn, b = w.function(abi.COMPUTE_GRADIENTS_N, I32, [PTR, PTR, PTR, I64, PTR, I32])
+        ctx, given, labels, n, loss, accumulate = fn.args
+        fed, block = self._rows(w, b, ctx, self._fed(w, fn, b, ctx, given, labels), n)
         pending = _state_at(w, b, ctx, sp.pending)
         total = _state_at(w, b, ctx, sp.loss)
         fresh = b.or_(b.icmp_signed("==", accumulate, ir.Constant(I32, 0)),
@@ -295,13 +359,15 @@ class _TrainingAbi:
         outputs = w.pointers(b, 1, "outputs")
         b.store(value, gep(b, outputs, 0, PTR))
         b.call(run, [w.entry_context(b, ctx, grad_table), inputs, outputs])
+        self._release(b, block)
         result = b.load(value, typ=F32)
         b.store(b.fadd(b.load(total, typ=F32), result), total)
         b.store(i64(1), pending)
         with b.if_then(b.icmp_unsigned("!=", loss, ir.Constant(PTR, None))):
             b.store(result, loss)
         b.ret(ir.Constant(I32, 0))
-        self._one_pointer_form(w, abi.COMPUTE_GRADIENTS, fn, [PTR, I32])
+        full = self._full_batch_form(w, abi.COMPUTE_GRADIENTS_V, fn, [PTR, I32])
+        self._one_pointer_form(w, abi.COMPUTE_GRADIENTS, full, [PTR, I32])
 
         # convc_apply_gradients(ctx): 0; 2 when nothing was applied; 1 for NULL
         run = w.extern(APPLY_MODULE_PREFIX + ENTRY, VOID, [PTR, PTR, PTR])
@@ -327,6 +393,12 @@ class _TrainingAbi:
         b.ret(_state_at(w, b, fn.args[0], sp.buffer[0]))
         w.getter(abi.GRADIENTS_SIZE, I64, sp.buffer[1])
         w.indexed(abi.GRADIENT_OFFSET, I64, sp.param_offsets, -1)
+
+
+def _row_bytes(graph, name: str) -> int:
+    """Bytes per sample of ``name`` (batch first)."""
+    t = graph.tensor(name)
+    return int(np.prod(t.shape[1:], dtype=np.int64)) * np.dtype(t.dtype).itemsize
 
 
 def _zero(b: ir.IRBuilder, ptr: ir.Value, floats: int) -> None:
@@ -368,7 +440,7 @@ def build_training_plan(step, eval_plan, opt, output: str | os.PathLike, options
                            f"{len(settings)} loss settings given")
     # lr, step, parameters, running statistics, optimizer state
     state_names = [n for n in tg.inputs if n not in inputs and n not in labels and n != step.rows]
-    # then, past what convc_state lists: the loss's rows (always the whole batch here), the split
+    # then, past what convc_state lists: the loss's rows (the batch each call is given), the split
     # step's loss and pending flag, the gradient buffer (the parameters' gradients one after the
     # other) and the saved batch statistics
     ag, cg = split.apply.graph, split.compute.graph
@@ -438,7 +510,8 @@ def build_training_plan(step, eval_plan, opt, output: str | os.PathLike, options
     runtime = _TrainingAbi(
         layout, native.arena_bytes, train_table, image_offset, _sources(tg.inputs, inputs, labels, layout),
         _sources(eg.inputs, inputs, [], layout), layout.offset(step.lr), layout.offset(step.step), len(inputs),
-        targets, losses, weights, type(opt).__name__, split_abi, len(state_names))
+        targets, losses, weights, type(opt).__name__, split_abi, len(state_names), int(tg.tensor(inputs[0]).shape[0]),
+        layout.offset(step.rows), [_row_bytes(tg, n) for n in inputs + labels])
     train_ir = _rename_entry(str(train_native.ir_module))
     grad_ir = _rename_entry(str(grad_native.ir_module), GRAD_MODULE_PREFIX)
     apply_ir = _rename_entry(str(apply_native.ir_module), APPLY_MODULE_PREFIX)
@@ -449,5 +522,6 @@ def build_training_plan(step, eval_plan, opt, output: str | os.PathLike, options
         ((train_native, TRAIN_MODULE_PREFIX), (grad_native, GRAD_MODULE_PREFIX), (apply_native, APPLY_MODULE_PREFIX))])
     return build_native(native, output, tgt, *specs, graph_metadata=eg.metadata, progress=progress,
                         extra_meta=extra, header=header, constants=everything, runtime=runtime,
-                        modules=(train_ir, grad_ir, apply_ir), speed=SPEED, extra_decls=training_decls(targets),
+                        modules=(train_ir, grad_ir, apply_ir), speed=SPEED,
+                        extra_decls=training_decls(targets, runtime.batch),
                         parts=parts, cache_root=kernel_cache_root(options))

@@ -137,10 +137,12 @@ void convc_pool_destroy(void *pool);
 """
 
 
-def training_decls(targets: list[tuple[str, str, tuple[int, ...]]]) -> str:
-    """The training part of the header: ``TRAINING_DECLS`` after the targets' sizes as constants
-    (``targets``: per output, its targets' name, dtype and shape), for static buffers in C."""
-    defines = [f"#define CONVC_NUM_LABELS {len(targets)}"] + [
+def training_decls(targets: list[tuple[str, str, tuple[int, ...]]], batch: int) -> str:
+    """The training part of the header: ``TRAINING_DECLS`` after the compiled batch and the
+    targets' sizes as constants (``targets``: per output, its targets' name, dtype and shape), for
+    static buffers in C."""
+    defines = [f"#define CONVC_TRAIN_BATCH {int(batch)}  /* the most samples a step takes */",
+               f"#define CONVC_NUM_LABELS {len(targets)}"] + [
         f"#define CONVC_LABEL{j}_SIZE {int(np.prod(shape, dtype=np.int64))}  /* {c_escape(dtype)} */"
         for j, (_, dtype, shape) in enumerate(targets)]
     return "\n".join(defines) + "\n\n" + TRAINING_DECLS
@@ -153,15 +155,23 @@ TRAINING_DECLS = """/* --- training (this library was built with --train) ---
  * the calling thread. convc_run_model runs the model in eval mode (running statistics, no dropout)
  * on the context's current weights. */
 
-/* One step on a batch: inputs[i] points to convc_input_size(i) floats (every model input, in
- * convc_input_name order) and labels[j] to the targets of output j: convc_label_size(j) elements
- * of convc_label_dtype(j) ("int64" class indices for cross-entropy and nll, else "float32" targets
- * shaped like the output). Output j's loss is convc_label_loss(j); the step trains on the sum of
- * the outputs' losses, each times convc_loss_weight(j) (1 unless the library was built with loss
- * weights). *loss (if not NULL) receives that sum before the update. Returns 0; 2 when the loss or
- * a gradient was not finite (nothing was updated); 1 when an argument or a pointer in the arrays
- * is NULL. */
+/* One step on a batch of CONVC_TRAIN_BATCH samples: inputs[i] points to convc_input_size(i) floats
+ * (every model input, in convc_input_name order) and labels[j] to the targets of output j:
+ * convc_label_size(j) elements of convc_label_dtype(j) ("int64" class indices for cross-entropy
+ * and nll, else "float32" targets shaped like the output). Output j's loss is convc_label_loss(j);
+ * the step trains on the sum of the outputs' losses, each times convc_loss_weight(j) (1 unless the
+ * library was built with loss weights). *loss (if not NULL) receives that sum before the update.
+ * Returns 0; 2 when the loss or a gradient was not finite (nothing was updated); 1 when an
+ * argument or a pointer in the arrays is NULL. */
 int convc_train_step_v(convc_ctx *ctx, const float *const *inputs, const void *const *labels, float *loss);
+/* The same on a smaller batch (the last of an epoch), without another library: n samples, 1 <= n <=
+ * CONVC_TRAIN_BATCH; every array holds n samples (convc_input_size(i) / CONVC_TRAIN_BATCH * n
+ * elements). The loss is the mean over the n samples and BatchNorm's batch statistics count them
+ * alone, as convc.Trainer steps a smaller batch (it is copied into a zeroed block of the compiled
+ * batch, allocated and freed by the call when n < CONVC_TRAIN_BATCH). Returns as convc_train_step_v,
+ * and 4 (changing nothing) when n is out of range, 5 when that block cannot be allocated. */
+int convc_train_step_n(convc_ctx *ctx, const float *const *inputs, const void *const *labels, int64_t n,
+                       float *loss);
 /* The same for a model with one input and one output: x has convc_input_size(0) floats, labels
  * convc_labels_size() elements of convc_labels_dtype(). Returns 3 (and does nothing) for a model
  * with several inputs or outputs: call convc_train_step_v. */
@@ -210,6 +220,11 @@ void *convc_state_data(convc_ctx *ctx, int i);
  * Each batch's gradient is of its mean loss: k accumulated batches sum to k times the mean. */
 int convc_compute_gradients_v(convc_ctx *ctx, const float *const *inputs, const void *const *labels, float *loss,
                               int accumulate);
+/* The same on n samples, 1 <= n <= CONVC_TRAIN_BATCH, as convc_train_step_n (4: n out of range,
+ * 5: out of memory); convc_apply_gradients then updates BatchNorm's running statistics from those
+ * n samples. */
+int convc_compute_gradients_n(convc_ctx *ctx, const float *const *inputs, const void *const *labels, int64_t n,
+                              float *loss, int accumulate);
 /* One input and one output (3 otherwise, as convc_train_step). */
 int convc_compute_gradients(convc_ctx *ctx, const float *x, const void *labels, float *loss, int accumulate);
 int convc_apply_gradients(convc_ctx *ctx);

@@ -105,13 +105,16 @@ GRADIENT_OFFSET = "convc_gradient_offset"
 # one targets array per output (convc_label_*), each output with its loss and the loss's weight
 TRAIN_STEP_V = "convc_train_step_v"
 COMPUTE_GRADIENTS_V = "convc_compute_gradients_v"
+# the same with a run-time batch: the first n <= compiled batch samples of every input and target
+TRAIN_STEP_N = "convc_train_step_n"
+COMPUTE_GRADIENTS_N = "convc_compute_gradients_n"
 LABELS = SpecTable("convc_num_labels", "convc_label")
 LABEL_LOSS = "convc_label_loss"
 LOSS_WEIGHT = "convc_loss_weight"
 TRAINING_FUNCTIONS = (TRAIN_STEP, SET_LEARNING_RATE, LEARNING_RATE, STEPS_DONE, STATE_DATA, LABELS_SIZE, LABELS_DTYPE,
                       LOSS_NAME, OPTIMIZER_NAME, *STATE.functions(), COMPUTE_GRADIENTS, APPLY_GRADIENTS, GRADIENTS,
                       GRADIENTS_SIZE, GRADIENT_OFFSET, TRAIN_STEP_V, COMPUTE_GRADIENTS_V, *LABELS.functions(),
-                      LABEL_LOSS, LOSS_WEIGHT)
+                      LABEL_LOSS, LOSS_WEIGHT, TRAIN_STEP_N, COMPUTE_GRADIENTS_N)
 # the training step's module is linked into the library beside the eval forward's: its own copies
 # of the module-level functions are renamed with this prefix (convc_train_convc_run, ...)
 TRAIN_MODULE_PREFIX = "convc_train_"

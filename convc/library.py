@@ -65,7 +65,8 @@ class LoadedTrainer:
     ``state_dict()`` / ``load_state_dict()``, ``weights()``. A model with several inputs takes
     ``x`` as a list (input order) or a dict by name, and one with several outputs ``y`` as a list
     of targets, one per output, or a dict by output name (``targets``, ``losses`` and ``loss_weights`` describe them), as the
-    Trainer does; the batch is the compiled one."""
+    Trainer does; a batch holds at most the compiled batch's samples (``batch``), and a smaller one
+    trains as the Trainer trains it. ``compute_gradients`` / ``apply_gradients``: the step in two calls."""
 
     def __init__(self, lib: ctypes.CDLL, info: Any):
         from convc.load import _agrees, _bind, _check_specs, _compiled_specs, _json_names
@@ -95,6 +96,11 @@ class LoadedTrainer:
         pointers = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_float)]
         # the array form (any number of inputs and outputs); a library built before it has the one-pointer form
         self._step_v = _bind(lib, abi.TRAIN_STEP_V, ctypes.c_int, pointers)
+        # any batch up to the compiled one; a library built before it steps the compiled batch only
+        self._step_n = _bind(lib, abi.TRAIN_STEP_N, ctypes.c_int, pointers[:3] + [ctypes.c_int64] + pointers[3:])
+        self._gradients_n = _bind(lib, abi.COMPUTE_GRADIENTS_N, ctypes.c_int,
+                                  pointers[:3] + [ctypes.c_int64] + pointers[3:] + [ctypes.c_int])
+        self._apply = _bind(lib, abi.APPLY_GRADIENTS, ctypes.c_int, [ctypes.c_void_p])
         self._step = _bind(lib, abi.TRAIN_STEP, ctypes.c_int, pointers)
         self._run = _bind(lib, abi.RUN_MODEL, ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p])
         self._set_lr = _bind(lib, abi.SET_LEARNING_RATE, None, [ctypes.c_void_p, ctypes.c_float])
@@ -187,33 +193,82 @@ class LoadedTrainer:
         from convc.train_batch import check_inputs
         return check_inputs(x, {s.name: s.shape for s in self.inputs})
 
-    def step(self, x: Any, y: Any) -> float:
-        """One training step on the batch (x, y); returns the loss before the update (with several
-        outputs, the weighted sum of their losses)."""
+    @property
+    def batch(self) -> int:
+        """The compiled batch: the most samples a step takes."""
+        return self.inputs[0].shape[0]
+
+    def _batch(self, x: Any, y: Any) -> tuple[list[np.ndarray], list[np.ndarray], int]:
+        """(x, y) checked as the Trainer checks them, any batch of 1 up to the compiled one."""
         from convc.train_batch import check_target, per_output
-        from convc.train_results import TrainingError
         xs = self._xs(x)
-        batch = self.inputs[0].shape[0]
-        if xs[0].shape[0] != batch:
-            raise InputError(f"x has a batch of {xs[0].shape[0]}; this library trains on batches of {batch} "
+        n, batch = xs[0].shape[0], self.batch
+        if n > batch or (n != batch and self._step_n is None):
+            most = f"at most {batch} samples" if self._step_n is not None else \
+                f"batches of {batch} (it was built before batches could be smaller; rebuild it)"
+            raise InputError(f"x has a batch of {n}; this library trains on {most} "
                              f"(its inputs: {[s.shape for s in self.inputs]})")
-        ys = [check_target(t, batch, out.shape, spec.dtype.kind in "iu", ignore) for t, out, spec, ignore in
+        ys = [check_target(t, n, (batch,) + out.shape[1:], spec.dtype.kind in "iu", ignore)
+              for t, out, spec, ignore in
               zip(per_output(y, [o.name for o in self.outputs]), self.outputs, self.targets, self._ignore)]
-        ys = [np.ascontiguousarray(t, dtype=spec.dtype) for t, spec in zip(ys, self.targets)]
+        return xs, [np.ascontiguousarray(t, dtype=spec.dtype) for t, spec in zip(ys, self.targets)], n
+
+    @staticmethod
+    def _arrays(xs: list[np.ndarray], ys: list[np.ndarray]) -> tuple[Any, Any]:
+        return ((ctypes.c_void_p * len(xs))(*[a.ctypes.data for a in xs]),
+                (ctypes.c_void_p * len(ys))(*[t.ctypes.data for t in ys]))
+
+    def _check(self, rc: int, name: str, n: int) -> None:
+        if rc == 4:  # _batch checked n: the library disagrees with its metadata
+            raise InputError(f"{name} refused a batch of {n} (its compiled batch is {self.batch})")
+        if rc != 0:
+            raise LoadError(f"{name} failed ({rc}{': out of memory' if rc == 5 else ''})")
+
+    def step(self, x: Any, y: Any) -> float:
+        """One training step on the batch (x, y), of any size up to the compiled batch (a smaller
+        one trains as ``convc.Trainer`` trains it: the loss and BatchNorm count its samples only);
+        returns the loss before the update (with several outputs, the weighted sum of their losses)."""
+        from convc.train_results import TrainingError
+        xs, ys, n = self._batch(x, y)
         loss = ctypes.c_float()
         before = self.steps_done
-        if self._step_v is not None:
-            ins = (ctypes.c_void_p * len(xs))(*[a.ctypes.data for a in xs])
-            labels = (ctypes.c_void_p * len(ys))(*[t.ctypes.data for t in ys])
-            rc = self._step_v(self._ctx, ins, labels, ctypes.byref(loss))
+        if self._step_n is not None:
+            name = abi.TRAIN_STEP_N
+            rc = self._step_n(self._ctx, *self._arrays(xs, ys), n, ctypes.byref(loss))
+        elif self._step_v is not None:
+            name = abi.TRAIN_STEP_V
+            rc = self._step_v(self._ctx, *self._arrays(xs, ys), ctypes.byref(loss))
         else:
+            name = abi.TRAIN_STEP
             rc = self._step(self._ctx, xs[0].ctypes.data, ys[0].ctypes.data, ctypes.byref(loss))
         if rc == 2:
             raise TrainingError(f"step {before + 1}: the loss ({loss.value}) or a gradient is not finite; the "
                                 "weights and optimizer state were not updated")
-        if rc != 0:
-            raise LoadError(f"{abi.TRAIN_STEP_V if self._step_v is not None else abi.TRAIN_STEP} failed ({rc})")
+        self._check(rc, name, n)
         return float(loss.value)
+
+    def compute_gradients(self, x: Any, y: Any, accumulate: bool = False) -> float:
+        """Forward, loss and backward on (x, y), any batch up to the compiled one, into the
+        library's gradient buffer (added to it with ``accumulate``); changes no weight. Returns the
+        batch's loss. ``apply_gradients`` then updates, as ``convc.Trainer``'s two-call step."""
+        if self._gradients_n is None:
+            raise LoadError(f"{self.path}: {abi.COMPUTE_GRADIENTS_N} is missing; rebuild it with "
+                            "`convc compile --train`")
+        xs, ys, n = self._batch(x, y)
+        loss = ctypes.c_float()
+        self._check(self._gradients_n(self._ctx, *self._arrays(xs, ys), n, ctypes.byref(loss), int(bool(accumulate))),
+                    abi.COMPUTE_GRADIENTS_N, n)
+        return float(loss.value)
+
+    def apply_gradients(self) -> None:
+        """The optimizer update from the gradient buffer; TrainingError (nothing updated) when the
+        loss or a gradient is not finite or no gradients were computed since the last update."""
+        from convc.train_results import TrainingError
+        if self._apply is None:
+            raise LoadError(f"{self.path}: {abi.APPLY_GRADIENTS} is missing; rebuild it with `convc compile --train`")
+        if self._apply(self._ctx) == 2:
+            raise TrainingError(f"step {self.steps_done + 1}: nothing was applied (no gradients computed since the "
+                                "last update, or the loss or a gradient is not finite)")
 
     def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
         """The first output in eval mode for any number of samples (in chunks of the compiled batch,

@@ -47,8 +47,8 @@ def test_library_steps_like_the_trainer(train_lib):
     np.testing.assert_allclose(lib.predict(x), trainer.predict(x), rtol=1e-5, atol=1e-7)
     lib.lr = 0.5
     assert lib.lr == 0.5
-    with pytest.raises(convc.InputError):
-        lib.step(np.zeros((3, 1, 28, 28), np.float32), np.zeros(3, np.int64))
+    with pytest.raises(convc.InputError, match=f"at most {BATCH} samples"):
+        lib.step(np.zeros((BATCH + 1, 1, 28, 28), np.float32), np.zeros(BATCH + 1, np.int64))
     with pytest.raises(convc.InputError, match="out of range"):
         lib.step(np.zeros((BATCH, 1, 28, 28), np.float32), np.full(BATCH, 10))
 
