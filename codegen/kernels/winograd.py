@@ -70,7 +70,8 @@ def _transformed(w: np.ndarray, m: int) -> np.ndarray:
 
 def transform_weights(w: np.ndarray, m: int) -> np.ndarray:
     """W [M, C, 3, 3] -> U [t*t, C, M] = G g G^T per (output, input) channel, in float64, then float32."""
-    return np.ascontiguousarray(_transformed(w, m).transpose(2, 1, 0), dtype=np.float32)
+    with _one_blas_thread():
+        return np.ascontiguousarray(_transformed(w, m).transpose(2, 1, 0), dtype=np.float32)
 
 
 def packed_weights(w: np.ndarray, m: int, isa: Isa) -> np.ndarray:
@@ -78,8 +79,9 @@ def packed_weights(w: np.ndarray, m: int, isa: Isa) -> np.ndarray:
     channels at a time: that panel's rows of the [M*C, 9] @ [9, t*t] float64 GEMM (the same sums, row
     by row, as the whole GEMM) are rounded to float32 straight into the packed layout while they are
     still in cache (the whole float64 U of a 512x512 layer is 19 MB). OpenBLAS runs on one thread
-    here: with its threads these small GEMMs spent 3-8x the CPU in its threads' spin-waiting, and a
-    compile shares the cores with LLVM's workers."""
+    here: with its threads these small GEMMs spent 3-8x the CPU in its threads' spin-waiting (a
+    compile shares the cores with LLVM's workers), and its threaded GEMM rounds a few elements in a
+    million differently, so the weights depended on the machine's core count."""
     mo, c = w.shape[:2]
     nr = isa.nr
     panels = -(-mo // nr)
