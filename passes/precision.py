@@ -27,9 +27,9 @@ multiplied operands (X and W, A and B; never the bias, which is added to the flo
 The graph records ``metadata["precision"] = "bf16"``, which the compile cache's key hashes with the
 graph (as it hashes the rounded weights and the RoundBF16 ops).
 
-Native bf16 (``vdpbf16ps`` where ``avx512bf16`` is a feature of the target) is not emitted: the
-kernels that would use it cannot be checked on a machine without the instruction (an intrinsic the
-CPU lacks aborts the process), so every machine runs this portable path for now.
+Native bf16: where ``avx512bf16`` is a feature of the target, the channels-last implicit-GEMM convs
+run codegen/kernels/bf16_dense.py's ``vdpbf16ps`` kernel, which reads the same rounded values (the
+high 16 bits of each float32 are its bf16 value); every other reader keeps this portable path.
 """
 from __future__ import annotations
 

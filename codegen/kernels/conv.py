@@ -306,8 +306,12 @@ def emit_direct_conv(em: ModuleEmitter, op: Op) -> KernelCall:
 
 
 def _channels_last(em: ModuleEmitter, op: Op) -> KernelCall:
+    # the same algorithm, the target's multiply: a bf16 compile on a CPU with AVX512_BF16 runs vdpbf16ps
+    # (as Int8Conv picks vpdpbusd where VNNI is there)
+    from convc.codegen.kernels.bf16_dense import emit_bf16_conv, native_scheme
     from convc.codegen.kernels.conv_nhwc import emit_implicit_gemm_conv
-    return emit_implicit_gemm_conv(em, op)
+    bf16 = native_scheme(em, op)
+    return emit_bf16_conv(em, op, bf16) if bf16 is not None else emit_implicit_gemm_conv(em, op)
 
 
 def _depthwise_channels_last(em: ModuleEmitter, op: Op) -> KernelCall:
