@@ -219,3 +219,17 @@ def nhwc_conv_graph(x_shape, m: int, attrs, bias: bool, rng: np.random.Generator
     g.add_op(OpKind.CONV, attrs, inputs, ["y"], name=name)
     g.outputs = ["y"]
     return g
+
+
+def foreign_assembly(plan: Any, cpu: str, features: str) -> tuple[str, bytes]:
+    """(assembly, object) of ``plan``'s module compiled for another CPU, never run: how tests check kernels
+    whose instructions this machine may lack (executing one aborts the process)."""
+    import llvmlite.binding as llvm
+    from convc.codegen.jit import Target
+    from convc.codegen.module import ModuleEmitter
+    target = Target(Target.host().triple, cpu, features)
+    module = llvm.parse_assembly(str(ModuleEmitter(plan, target=target, threads=2).emit().ir_module))
+    tm = llvm.Target.from_triple(target.triple).create_target_machine(cpu=cpu, features=features, opt=3)
+    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=3))
+    pb.getModulePassManager().run(module, pb)
+    return tm.emit_assembly(module), tm.emit_object(module)

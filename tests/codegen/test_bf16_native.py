@@ -7,16 +7,15 @@ in portable IR, against the portable bf16 path (float32 FMAs on the same bf16 va
 products, summed in another order)."""
 from __future__ import annotations
 
-import llvmlite.binding as llvm
 import numpy as np
 import onnx
 import pytest
+from helpers import foreign_assembly
 from onnx import helper, numpy_helper
 
 import convc
 from convc.codegen.jit import Target
 from convc.codegen.kernels import bf16_dense
-from convc.codegen.module import ModuleEmitter
 from convc.frontend.onnx.importer import import_onnx as import_model
 from convc.options import CompileOptions
 from convc.passes.pipeline import pipeline
@@ -60,15 +59,6 @@ def _plan(model: onnx.ModelProto, threads: int = 2):
     return pipeline(import_model(model), options=CompileOptions(threads=threads, precision="bf16", winograd=False))
 
 
-def _assembly(plan, cpu: str, features: str) -> tuple[str, bytes]:
-    target = Target(Target.host().triple, cpu, features)
-    module = llvm.parse_assembly(str(ModuleEmitter(plan, target=target, threads=2).emit().ir_module))
-    tm = llvm.Target.from_triple(target.triple).create_target_machine(cpu=cpu, features=features, opt=3)
-    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=3))
-    pb.getModulePassManager().run(module, pb)
-    return tm.emit_assembly(module), tm.emit_object(module)
-
-
 SMALL = _net((2, 19, 12, 11), [(40, 3, 1, "Relu"), (24, 1, 1, None)])
 
 
@@ -76,12 +66,12 @@ SMALL = _net((2, 19, 12, 11), [(40, 3, 1, "Relu"), (24, 1, 1, None)])
 def test_bf16_targets_compile_to_vdpbf16ps(cpu):
     """Compiled, not run: the channels-last convs of a bf16 compile multiply with vdpbf16ps on zmm registers, and
     a float32 compile of the same model for the same CPU has none."""
-    asm, obj = _assembly(_plan(SMALL), cpu, AVX512_BF16)
+    asm, obj = foreign_assembly(_plan(SMALL), cpu, AVX512_BF16)
     lines = [line for line in asm.splitlines() if "vdpbf16ps" in line]
     assert lines and all("zmm" in line for line in lines), lines[:3]
     assert len(obj) > 1000
     f32 = pipeline(import_model(SMALL), options=CompileOptions(threads=2, winograd=False))
-    assert "vdpbf16ps" not in _assembly(f32, cpu, AVX512_BF16)[0]
+    assert "vdpbf16ps" not in foreign_assembly(f32, cpu, AVX512_BF16)[0]
 
 
 def test_this_machine_picks_its_own_multiply():
@@ -91,7 +81,7 @@ def test_this_machine_picks_its_own_multiply():
     chosen = bf16_dense.scheme(features)
     assert (chosen is not None) is ("avx512bf16" in features)
     if chosen is None:
-        asm, _ = _assembly(_plan(SMALL), host.cpu, host.features)
+        asm, _ = foreign_assembly(_plan(SMALL), host.cpu, host.features)
         assert "vdpbf16ps" not in asm and "vfmadd" in asm
     assert bf16_dense.scheme(frozenset({"avx512f", "avx512bf16"})) is bf16_dense.DPBF16_512
     assert bf16_dense.scheme(frozenset({"avx2", "fma"})) is None

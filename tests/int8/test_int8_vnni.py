@@ -6,30 +6,20 @@ from __future__ import annotations
 
 import dataclasses
 
-import llvmlite.binding as llvm
 import numpy as np
 import pytest
+from helpers import foreign_assembly
 from test_int8_conv import _run, int8_conv_graph
 
 import convc
 from convc.codegen.jit import Target
 from convc.codegen.kernels import int8_dense
-from convc.codegen.module import ModuleEmitter
 from convc.ops.quant import int8_accumulate, requantize
 from convc.passes.pipeline import pipeline
 
 AVX512_VNNI = "+avx,+avx2,+fma,+avx512f,+avx512bw,+avx512vl,+avx512dq,+avx512cd,+avx512vnni,+avxvnni"
 TARGETS = [("znver4", AVX512_VNNI, "zmm"), ("sapphirerapids", AVX512_VNNI, "zmm"),
            ("alderlake", "+avx,+avx2,+fma,+avxvnni", "{vex}")]
-
-
-def _assembly(plan, cpu: str, features: str) -> tuple[str, bytes]:
-    target = Target(Target.host().triple, cpu, features)
-    module = llvm.parse_assembly(str(ModuleEmitter(plan, target=target, threads=2).emit().ir_module))
-    tm = llvm.Target.from_triple(target.triple).create_target_machine(cpu=cpu, features=features, opt=3)
-    pb = llvm.create_pass_builder(tm, llvm.create_pipeline_tuning_options(speed_level=3))
-    pb.getModulePassManager().run(module, pb)
-    return tm.emit_assembly(module), tm.emit_object(module)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +31,7 @@ def plan():
 def test_vnni_targets_compile_to_vpdpbusd(plan, cpu, features, marker):
     """Compiled, not run: every multiply-add of the dense kernel is one vpdpbusd (zmm with AVX512-VNNI, the
     VEX-encoded ymm form with AVX-VNNI alone), no vpmaddwd or vpmaddubsw left, and the object is emitted."""
-    asm, obj = _assembly(plan, cpu, features)
+    asm, obj = foreign_assembly(plan, cpu, features)
     lines = [line for line in asm.splitlines() if "vpdpbusd" in line]
     assert lines and all(marker in line for line in lines), lines[:3]
     assert "vpmaddwd" not in asm and "vpmaddubsw" not in asm
@@ -60,7 +50,7 @@ def test_this_machine_picks_its_own_multiply():
     if not vnni:
         assert chosen is int8_dense.PMADDWD
         g = int8_conv_graph((1, 6, 6, 16), 16, 3, 1, 1, 1, 1, False, np.random.default_rng(1))[0]
-        asm, _ = _assembly(pipeline(g), host.cpu, host.features)
+        asm, _ = foreign_assembly(pipeline(g), host.cpu, host.features)
         assert "vpdpbusd" not in asm and "vpmaddwd" in asm
 
 
