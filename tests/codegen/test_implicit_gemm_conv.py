@@ -109,6 +109,14 @@ def test_weights_streamed_from_memory():
     check((1, 3, 3, 512), 128, 3, 1, (1, 1, 1, 1), epi="residual+leaky")
 
 
+@pytest.mark.parametrize("x_shape,m,stride", [((2, 7, 9, 144), 24, 1), ((3, 9, 7, 40), 16, 2)])
+def test_pointwise_input_prefetch_reaches_past_the_input(x_shape, m, stride):
+    """A 1x1 conv's tiles prefetch the input A_PREFETCH_TILES tiles ahead (MobileNetV2's 144 -> 24
+    projection, and a strided one): the last tiles' hints point past the input, which must not fault."""
+    from convc.codegen.kernels.conv_nhwc import A_PREFETCH_TILES
+    assert A_PREFETCH_TILES > 0
+    check(x_shape, m, 1, stride, epi="residual+leaky", threads=(1, 2))
+
 @pytest.mark.slow
 def test_tile_rows_pad_the_fewest_pixels():
     from convc.codegen.kernels.blas import AVX2, AVX512
