@@ -319,9 +319,10 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     init = "bias_col" if bias_name is not None else "zero"
     dims = tuple(sizes[s] for s in ("oh", "ow", "hp", "wp", "c", "sh", "sw", "m", "kdim")) + (
         len(tap_offsets), sizes["run"], sizes["n_panels"], rem)
+    dense = not padded and a.kernel_shape == (1, 1) and a.strides == (1, 1)
     if scale_name is None:
         _pixel_tiles(b, em, gemm, (in_kernel, tile_pass), k, (m_lo, m_hi), (p_lo, p_hi), wt, xpad, row_table, taps,
-                     bias, residual, init, sizes["group"], dims, streams_weights)
+                     bias, residual, init, sizes["group"], dims, streams_weights, dense)
     else:  # per image: its weights scaled by its channels' scales (B[(kh, kw, c), :] * S[image, c]), then its tiles
         scale = k.extra[1]
         scaled = em.thread_scratch(b, gep(b, k.extra[0], pad_bytes // 4), packed.nbytes, fn.args[-2])
@@ -352,7 +353,8 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
 
 def _pixel_tiles(b: ir.IRBuilder, em: ModuleEmitter, gemm: GemmEmitter, epilogues: tuple, k: ConvKernel,
                  pixels: tuple, panel_range: tuple, wt: ir.Value, xpad: ir.Value, row_table: ir.Value, taps: ir.Value,
-                 bias: ir.Value, residual: ir.Value, init: str, group: int, dims: tuple, streams_weights: bool) -> None:
+                 bias: ir.Value, residual: ir.Value, init: str, group: int, dims: tuple, streams_weights: bool,
+                 dense: bool = False) -> None:
     """Output pixels [m_lo, m_hi) x column panels [p_lo, p_hi), in register tiles of MR pixels, with the
     packed weights ``wt``; ``epilogues``: (the micro-kernel's, the pass over each tile's finished rows)."""
     in_kernel, tile_pass = epilogues
@@ -368,7 +370,12 @@ def _pixel_tiles(b: ir.IRBuilder, em: ModuleEmitter, gemm: GemmEmitter, epilogue
         with for_range(b, tiles, name="tile") as ti:
             m0 = b.add(m_lo, b.mul(ti, i64(isa.mr)))
             last = b.sub(m_hi, i64(1))
-            if not isinstance(ow, ir.Value):  # divisions by constants: a multiply and a shift each
+            if dense:  # a 1x1 stride-1 conv without padding: pixel p's input row is at p * C, no division
+                for i in range(isa.mr):
+                    mi = b.add(m0, i64(i))
+                    mi = b.select(b.icmp_signed("<", mi, last), mi, last)
+                    b.store(b.mul(mi, _value(c)), gep(b, row_table, i, I64))
+            elif not isinstance(ow, ir.Value):  # divisions by constants: a multiply and a shift each
                 for i in range(isa.mr):
                     mi = b.add(m0, i64(i))
                     mi = b.select(b.icmp_signed("<", mi, last), mi, last)
