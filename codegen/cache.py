@@ -19,7 +19,8 @@ from convc.codegen.cache_key import code_fingerprint, environment, graph_key, so
 from convc.codegen.entry import (FORMAT, HEADER_BYTES, MAGIC, _HEADER, ArtifactError, CacheWarning,  # noqa: F401
                                  CorruptEntry, JitArtifact, _entries, _pad, _safe, add_alias, cache_dir,  # noqa: F401
                                  cached_artifact, engine_for, entry_artifact, entry_bytes, lookup,  # noqa: F401
-                                 lookup_source, read_entry, source_signature, store, write_entry)  # noqa: F401
+                                 lookup_source, read_entry, source_signature, store, store_in_background,  # noqa: F401
+                                 wait_for_stores, write_entry)  # noqa: F401
 from convc.codegen.jit import Target
 from convc.codegen.llvm_pool import compile_modules
 from convc.codegen.split import split_module
@@ -28,6 +29,12 @@ from convc.codegen.target import resolve_target
 from convc.abi import PARALLEL, POOL_CREATE, POOL_DESTROY
 from convc.options import CompileOptions
 from convc.runtime import IOSpec
+
+# An entry this large (code and weights) is written after the compile returns, on a thread of its
+# own (codegen/entry.py store_in_background): ResNet-101's 340 MB took 0.9 s of CPU to hash and
+# write. A smaller one is written before, so a process started right after the compile (a test, a
+# worker) finds it; a large model's next process may miss it for that second and compile again.
+BACKGROUND_STORE_BYTES = 32 << 20
 
 
 def compile_plan(plan, options: CompileOptions, *, progress: Callable[[str], None] | None = None,
@@ -65,11 +72,16 @@ def compile_plan(plan, options: CompileOptions, *, progress: Callable[[str], Non
     if root is not None:
         if progress:
             progress(f"compile cache: storing {key[:12]}")
-        _safe(lambda: store(root, key, meta, obj, art.constants, (alias,) if alias else (),
-                            {alias: signature} if alias and signature is not None else None))
-        if progress:
-            progress(f"compile cache: stored {key[:12]}")
-        from convc.codegen.cache_limit import prune  # the limit's module reads this one's entries
-        _safe(lambda: prune(root))
+
+        def write() -> None:
+            _safe(lambda: store(root, key, meta, obj, art.constants, (alias,) if alias else (),
+                                {alias: signature} if alias and signature is not None else None))
+            from convc.codegen.cache_limit import prune  # the limit's module reads this one's entries
+            _safe(lambda: prune(root))
+        size = len(obj) + sum(c.nbytes for c in art.constants if c is not None)
+        if size >= BACKGROUND_STORE_BYTES:
+            store_in_background(key[:12], write)
+        else:
+            write()
     return art
 

@@ -17,12 +17,13 @@ from pathlib import Path
 
 from convc.codegen import kernel_cache
 from convc.codegen.artifacts import CacheWarning
-from convc.codegen.entry import _HEADER, FORMAT, HEADER_BYTES, MAGIC, _entries
+from convc.codegen.entry import _HEADER, FORMAT, HEADER_BYTES, MAGIC, _entries, wait_for_stores
 
 
 def clear(root: Path) -> int:
     """Remove every entry (of this format and older ones) and every cached kernel object; returns
     the bytes freed."""
+    wait_for_stores()
     freed = 0
     for folder in [root / f"v{n}" for n in range(1, FORMAT + 1)] + [kernel_cache.folder(root)]:
         if folder.is_dir():

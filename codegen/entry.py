@@ -40,6 +40,7 @@ import json
 import math
 import os
 import struct
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -88,7 +89,47 @@ def cache_dir(cache: bool | None = None) -> Path | None:
 
 
 def _entries(root: Path) -> Path:
+    """The folder of the entries (of this format); whoever reads it first waits for this process's
+    entries still being written in the background (``store_in_background``)."""
+    wait_for_stores()
     return root / f"v{FORMAT}"
+
+
+# --- entries written in the background ----------------------------------------------------------
+# A cold compile returns its model while its entry (hundreds of MB for a large model: packed weights)
+# is hashed and written on a thread of its own. The thread is not a daemon: the interpreter waits
+# for it at exit, so the next process finds the entry complete; the rename in ``atomic_write``
+# means no reader ever sees part of it. Anything in this process that reads the entries folder
+# (lookups, listing, pruning, clearing) waits for the pending writes first.
+_writers: set[threading.Thread] = set()
+_writers_lock = threading.Lock()
+
+
+def store_in_background(name: str, write: Callable[[], None]) -> threading.Thread:
+    """Run ``write`` (storing an entry, then whatever follows it) on a new non-daemon thread."""
+    def run() -> None:
+        try:
+            write()
+        finally:
+            with _writers_lock:
+                _writers.discard(thread)
+    thread = threading.Thread(target=run, name=f"convc cache store {name}")
+    with _writers_lock:
+        _writers.add(thread)
+    thread.start()
+    return thread
+
+
+def wait_for_stores() -> None:
+    """Return once every entry this process is writing in the background is on disk (a writer
+    itself never waits: it reads the folder while it stores and prunes)."""
+    me = threading.current_thread()
+    with _writers_lock:
+        if me in _writers:
+            return
+        pending = list(_writers)
+    for t in pending:
+        t.join()
 
 
 def _arena_checked() -> bool:
