@@ -13,6 +13,10 @@ a pass over the finished row. The N*OH output rows are split between threads.
 A block reads its input channel vector by channel vector, an order the hardware prefetchers do not
 follow well once the input comes from memory (a batch of 16 MobileNet images is 29 MB): the kernel
 prefetches the rows an output row reads first, PREFETCH_BLOCKS blocks ahead, in address order.
+
+An output of STREAM_MIN_BYTES or more is stored past the caches (non-temporal stores) when its vectors
+are aligned: a store that misses the cache first reads the line it writes, so a depthwise layer whose
+output comes back from memory anyway moved three tensors' bytes for two.
 """
 from __future__ import annotations
 
@@ -24,12 +28,15 @@ from llvmlite import ir
 from convc.ir import Op
 from convc.ops.conv import split_inputs
 from convc.ops.epilogue import Epilogue
-from convc.codegen.llvm_utils import for_range, gep, i64, load, memset_zero, prefetch, store
+from convc.codegen.llvm_utils import I64, for_range, gep, i64, load, memset_zero, prefetch, store
 from convc.codegen.module import KernelCall, ModuleEmitter
 from convc.codegen.kernels.blas import split_epilogue
 from convc.codegen.kernels.epilogue import apply_epilogue, epilogue_pass
 from convc.codegen.kernels.pool_nhwc import Run, Window, channel_blocks, column_runs, fill_bytes, tap_rows
 
+# MobileNetV2 at batch 16 (29 MB outputs at 56x56x144): 0.65x the time of cached stores; at batch 1 its
+# outputs (at most 4.8 MB) stay in the last-level cache for the next layer, so they are stored as usual
+STREAM_MIN_BYTES = 8 << 20
 PREFETCH_BLOCKS = 2  # measured on [16, 144, 56, 56]: 1 to 4 blocks ahead do about as well; none is ~30% slower
 
 
@@ -61,6 +68,7 @@ class _Row:
     yrow: ir.Value
     rrow: ir.Value | None    # the residual's row
     epi: Epilogue            # the part applied in registers
+    stream: bool = False     # whole vectors are stored non-temporally (their addresses are aligned)
 
 
 def emit_depthwise_channels_last(em: ModuleEmitter, op: Op) -> KernelCall:
@@ -97,16 +105,37 @@ def emit_depthwise_channels_last(em: ModuleEmitter, op: Op) -> KernelCall:
     # rows past the previous output row's last: the last kernel row with stride 1, the last two with 2...
     fresh = [kh for kh in range(g.kh) if kh * g.dh > (g.kh - 1) * g.dh - g.sh]
     lo, hi = em.thread_range(b, fn, g.n * g.oh)
-    with for_range(b, hi, start=lo, name="row") as row:
-        image, oy = b.udiv(row, i64(g.oh)), b.urem(row, i64(g.oh))
-        y_off = b.mul(row, i64(g.ow * g.c))
-        r = _Row(em, b, g, cp, [tap_rows(b, x, zero, g, image, oy, kh) for kh in range(g.kh)], fresh, wt, bias,
-                 gep(b, y, y_off), gep(b, residual, y_off) if residual is not None else None, in_kernel)
-        for run in runs:
-            _sweep(r, run)
-        epilogue_pass(b, after, r.yrow, None, g.ow * g.c)
+
+    def rows(stream: bool) -> None:
+        with for_range(b, hi, start=lo, name="row") as row:
+            image, oy = b.udiv(row, i64(g.oh)), b.urem(row, i64(g.oh))
+            y_off = b.mul(row, i64(g.ow * g.c))
+            r = _Row(em, b, g, cp, [tap_rows(b, x, zero, g, image, oy, kh) for kh in range(g.kh)], fresh, wt, bias,
+                     gep(b, y, y_off), gep(b, residual, y_off) if residual is not None else None, in_kernel, stream)
+            for run in runs:
+                _sweep(r, run)
+            epilogue_pass(b, after, r.yrow, None, g.ow * g.c)
+
+    if streams_output(g, width, after):
+        # every vector store is at a multiple of C floats plus a whole vector from Y: aligned when Y is
+        # (Y is the caller's array when it is a model output)
+        aligned = b.icmp_unsigned("==", b.and_(b.ptrtoint(y, I64), i64(4 * width - 1)), i64(0))
+        with b.if_else(aligned) as (then, otherwise):
+            with then:
+                rows(True)
+                b.fence("seq_cst")  # the streamed stores are visible to the next kernel's threads
+            with otherwise:
+                rows(False)
+    else:
+        rows(False)
     b.ret_void()
     return KernelCall(fn, args)
+
+
+def streams_output(g: Window, width: int, after: Epilogue) -> bool:
+    """Whether the output is large enough to bypass the caches, its channels a whole number of vectors,
+    and nothing reads it back in this kernel (a scalar activation pass over the finished row)."""
+    return g.n * g.oh * g.ow * g.c * 4 >= STREAM_MIN_BYTES and g.c % width == 0 and after.empty
 
 
 def _repack(b: ir.IRBuilder, w: ir.Value, packed: ir.Value, g: Window, cp: int) -> None:
@@ -171,4 +200,9 @@ def _pixels(r: _Row, run: Run, ox: ir.Value, count: int, taps, start: ir.Value, 
     for p, acc in enumerate(accs):
         at = b.add(out, i64(p * g.c))
         res = gm.vload(b, gep(b, r.rrow, at), valid) if r.epi.residual else None
-        gm.vstore(b, apply_epilogue(b, r.epi, acc, res), gep(b, r.yrow, at), valid)
+        value = apply_epilogue(b, r.epi, acc, res)
+        if r.stream and valid == width:
+            store = b.store(value, gep(b, r.yrow, at), align=4 * width)
+            store.set_metadata("nontemporal", b.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+        else:
+            gm.vstore(b, value, gep(b, r.yrow, at), valid)

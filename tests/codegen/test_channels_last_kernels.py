@@ -174,6 +174,29 @@ def test_depthwise_1d():
     run_depthwise((2, 21, 16), depthwise_attrs(3, 1, (2, 0), 2, 16, "relu", rank=1), bias=True)
 
 
+def test_depthwise_streamed_output(monkeypatch):
+    """Large outputs are stored past the caches (non-temporal stores) when Y is aligned: here every
+    output streams (STREAM_MIN_BYTES 0). A chain of two depthwise convs puts the first's output in the
+    arena (aligned: streamed, as the IR shows); the second's is the caller's array, which takes the
+    cached path when it is not aligned. Channels a whole number of vectors with residual and ReLU6, and
+    37 channels (masked stores: never streamed)."""
+    from convc.codegen.kernels import depthwise_nhwc
+    from convc.codegen.module import emit_module
+    from convc.passes.pipeline import pipeline
+    monkeypatch.setattr(depthwise_nhwc, "STREAM_MIN_BYTES", 0)
+    run_depthwise((2, 11, 19, 32), depthwise_attrs(3, 1, (1, 1, 1, 1), 1, 32, "residual+leaky"), bias=True)
+    run_depthwise((2, 9, 17, 37), depthwise_attrs(3, 2, (1, 1, 1, 1), 1, 37, "relu6"), bias=True)
+    rng = np.random.default_rng(3)
+    g = Graph("two_depthwise")
+    g.add_tensor("x", (2, 13, 15, 48), np.float32, TensorKind.INPUT)
+    for i, (src, dst) in enumerate((("x", "h"), ("h", "y"))):
+        g.add_constant(f"w{i}", rng.standard_normal((48, 1, 3, 3)).astype(np.float32))
+        g.add_op(OpKind.CONV, depthwise_attrs(3, 1 + i, (1, 1, 1, 1), 1, 48, "relu6"), [src, f"w{i}"], [dst])
+    g.outputs = ["y"]
+    assert "!nontemporal" in str(emit_module(pipeline(g)).ir_module)
+    check(g, {"x": rng.standard_normal((2, 13, 15, 48)).astype(np.float32)}, tol=2e-5)
+
+
 def test_pack_weights_layout():
     from convc.codegen.kernels.depthwise_nhwc import pack_weights
     w = np.arange(5 * 3 * 2, dtype=np.float32).reshape(5, 1, 3, 2)
