@@ -177,6 +177,8 @@ class _TrainingAbi:
     batch: int                     # the compiled batch: the most samples a step takes
     rows: int                      # state offset of the (1,) int64 count of samples the loss and BN use
     row_bytes: list[int]           # bytes per sample of every model input, then of every output's targets
+    # per output: (classes, ignore_index or None) when its targets are class indices, else None
+    class_labels: list[tuple[int, int | None] | None]
 
     def __call__(self, w: Wrapper, meta: dict, offsets: Sequence[int | None]) -> None:
         """The C ABI; ``offsets`` are the blob offsets of the eval module's constants."""
@@ -223,6 +225,7 @@ class _TrainingAbi:
         ok = b.and_(b.icmp_signed(">=", n, i64(1)), b.icmp_signed("<=", n, i64(self.batch)))
         with b.if_then(b.not_(ok), likely=False):
             b.ret(ir.Constant(I32, 4))
+        self._check_class_labels(b, fed["label"], n)
         b.store(n, _state_at(w, b, ctx, self.rows))
         given = fed["input"] + fed["label"]
         cells = [alloca_entry(b, PTR, f"fed{k}") for k in range(len(given))]
@@ -234,7 +237,11 @@ class _TrainingAbi:
         for size in self.row_bytes:
             offsets.append(at)
             at = align_up(at + size * self.batch)
-        with b.if_then(b.icmp_signed("<", n, i64(self.batch))):
+        # an ignore_index that is a class is rewritten to -1 (what the loss kernel skips) in the copy
+        remap = [(k, c[1]) for k, c in enumerate(self.class_labels) if c is not None and c[1] is not None
+                 and 0 <= c[1] < c[0]]
+        copy = b.icmp_signed("<", n, i64(self.batch)) if not remap else ir.Constant(ir.IntType(1), 1)
+        with b.if_then(copy):
             calloc = intrinsic(b.module, "calloc", PTR, [I64, I64])
             block = b.call(calloc, [i64(max(at, ALIGN)), i64(1)])
             with b.if_then(b.icmp_unsigned("==", block, ir.Constant(PTR, None)), likely=False):
@@ -244,9 +251,31 @@ class _TrainingAbi:
                 dst = b.gep(block, [i64(off)], inbounds=True, source_etype=I8)
                 memcpy(b, dst, p, b.mul(n, i64(size)))
                 b.store(dst, cell)
+            for k, ignore in remap:
+                labels = b.load(cells[self.n_inputs + k], typ=PTR)
+                with for_range(b, n, name="remap") as i:
+                    at = gep(b, labels, i, I64)
+                    with b.if_then(b.icmp_signed("==", b.load(at, typ=I64), i64(ignore))):
+                        b.store(i64(-1), at)
         loaded = [b.load(cell, typ=PTR) for cell in cells]
         k = self.n_inputs
         return {"input": loaded[:k], "label": loaded[k:]}, b.load(block_cell, typ=PTR)
+
+    def _check_class_labels(self, b: ir.IRBuilder, labels: list[ir.Value], n: ir.Value) -> None:
+        """Returns 6 from the function, before anything changes, when a class index among the n samples'
+        targets is outside [0, classes) and is not the loss's ignore_index (or -1, with one) (the loss
+        kernel would skip it as ignored: a wrong label would silently not train)."""
+        for p, check in zip(labels, self.class_labels):
+            if check is None:
+                continue
+            classes, ignore = check
+            with for_range(b, n, name="label") as i:
+                v = b.load(gep(b, p, i, I64), typ=I64)
+                bad = b.icmp_unsigned(">=", v, i64(classes))  # a negative index wraps past it
+                if ignore is not None:  # -1 too: what convc.load's trainer passes for an ignored sample
+                    bad = b.and_(bad, b.and_(b.icmp_signed("!=", v, i64(ignore)), b.icmp_signed("!=", v, i64(-1))))
+                with b.if_then(bad, likely=False):
+                    b.ret(ir.Constant(I32, 6))
 
     @staticmethod
     def _release(b: ir.IRBuilder, block: ir.Value) -> None:
@@ -511,7 +540,10 @@ def build_training_plan(step, eval_plan, opt, output: str | os.PathLike, options
         layout, native.arena_bytes, train_table, image_offset, _sources(tg.inputs, inputs, labels, layout),
         _sources(eg.inputs, inputs, [], layout), layout.offset(step.lr), layout.offset(step.step), len(inputs),
         targets, losses, weights, type(opt).__name__, split_abi, len(state_names), int(tg.tensor(inputs[0]).shape[0]),
-        layout.offset(step.rows), [_row_bytes(tg, n) for n in inputs + labels])
+        layout.offset(step.rows), [_row_bytes(tg, n) for n in inputs + labels],
+        [(int(eg.tensor(out).shape[1]), st.get("ignore_index") if isinstance(st, dict) else None)
+         if np.dtype(dt).kind in "iu" else None
+         for (_, dt, _), out, st in zip(targets, eg.outputs, settings)])
     train_ir = _rename_entry(str(train_native.ir_module))
     grad_ir = _rename_entry(str(grad_native.ir_module), GRAD_MODULE_PREFIX)
     apply_ir = _rename_entry(str(apply_native.ir_module), APPLY_MODULE_PREFIX)

@@ -158,11 +158,13 @@ TRAINING_DECLS = """/* --- training (this library was built with --train) ---
 /* One step on a batch of CONVC_TRAIN_BATCH samples: inputs[i] points to convc_input_size(i) floats
  * (every model input, in convc_input_name order) and labels[j] to the targets of output j:
  * convc_label_size(j) elements of convc_label_dtype(j) ("int64" class indices for cross-entropy
- * and nll, else "float32" targets shaped like the output). Output j's loss is convc_label_loss(j);
+ * and nll, each in [0, classes), or, if the loss has an ignore_index, that value or -1 to skip
+ * the sample; else "float32" targets shaped like the output). Output j's loss is convc_label_loss(j);
  * the step trains on the sum of the outputs' losses, each times convc_loss_weight(j) (1 unless the
  * library was built with loss weights). *loss (if not NULL) receives that sum before the update.
  * Returns 0; 2 when the loss or a gradient was not finite (nothing was updated); 1 when an
- * argument or a pointer in the arrays is NULL. */
+ * argument or a pointer in the arrays is NULL; 6 (changing nothing) when a class index is outside
+ * [0, classes) and does not mean ignored. */
 int convc_train_step_v(convc_ctx *ctx, const float *const *inputs, const void *const *labels, float *loss);
 /* The same on a smaller batch (the last of an epoch), without another library: n samples, 1 <= n <=
  * CONVC_TRAIN_BATCH; every array holds n samples (convc_input_size(i) / CONVC_TRAIN_BATCH * n
@@ -221,7 +223,7 @@ void *convc_state_data(convc_ctx *ctx, int i);
 int convc_compute_gradients_v(convc_ctx *ctx, const float *const *inputs, const void *const *labels, float *loss,
                               int accumulate);
 /* The same on n samples, 1 <= n <= CONVC_TRAIN_BATCH, as convc_train_step_n (4: n out of range,
- * 5: out of memory); convc_apply_gradients then updates BatchNorm's running statistics from those
+ * 5: out of memory, 6: a class index out of range); convc_apply_gradients then updates BatchNorm's running statistics from those
  * n samples. */
 int convc_compute_gradients_n(convc_ctx *ctx, const float *const *inputs, const void *const *labels, int64_t n,
                               float *loss, int accumulate);

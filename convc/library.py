@@ -221,6 +221,8 @@ class LoadedTrainer:
     def _check(self, rc: int, name: str, n: int) -> None:
         if rc == 4:  # _batch checked n: the library disagrees with its metadata
             raise InputError(f"{name} refused a batch of {n} (its compiled batch is {self.batch})")
+        if rc == 6:  # check_target checked the labels: the library disagrees with its metadata
+            raise InputError(f"{name} refused a class index outside the output's classes")
         if rc != 0:
             raise LoadError(f"{name} failed ({rc}{': out of memory' if rc == 5 else ''})")
 

@@ -188,3 +188,51 @@ def test_c_program_steps_partial_batches(library, tmp_path):
     want = [t.step(*c_batch(s, n)) for s, n in enumerate([BATCH, 17, 1])]
     np.testing.assert_allclose([float(v) for v in ran.stdout.split()], want, rtol=1e-5)
     assert "3 steps done" in ran.stderr
+
+
+def _raw_step(lib, x: np.ndarray, y: np.ndarray) -> tuple[int, int]:
+    """(convc_train_step_n's, convc_compute_gradients_n's) return codes on labels exactly as given."""
+    y = np.ascontiguousarray(y, dtype=np.int64)
+    ins, labels = (ctypes.c_void_p * 1)(x.ctypes.data), (ctypes.c_void_p * 1)(y.ctypes.data)
+    n = ctypes.c_int64(len(y))
+    return (lib._lib.convc_train_step_n(lib._ctx, ins, labels, n, None),
+            lib._lib.convc_compute_gradients_n(lib._ctx, ins, labels, n, None, 0))
+
+
+@pytest.mark.slow  # the library's build: about 6 s
+def test_c_labels_out_of_range_are_refused(library):
+    """A class index outside [0, classes) (the loss kernel would skip it as if ignored: a wrong label
+    would silently not train) returns 6 from the C step, full or partial batch, and changes nothing."""
+    lib = convc.load(library[1].output)
+    before = lib.state_dict()
+    for n, bad in ((BATCH, CLASSES), (17, -1), (1, 1 << 40)):
+        x, y = batch(n, n)
+        y[n // 2] = bad
+        assert _raw_step(lib, x, y) == (6, 6), (n, bad)
+    assert lib.steps_done == 0
+    for name, v in lib.state_dict().items():
+        np.testing.assert_array_equal(v, before[name], err_msg=name)
+
+
+@pytest.mark.slow  # another library's build: about 6 s
+def test_c_ignore_index_that_is_a_class(tmp_path):
+    """A library built with ignore_index=2 (one of the classes) skips the samples labelled 2 when a C
+    caller passes them as they are, at the full batch and a partial one, as the Trainer does; labels
+    outside the classes that are not 2 still return 6."""
+    onnx_file = tmp_path / "bn_net.onnx"
+    onnx.save(bn_net(), str(onnx_file))
+    loss = convc.Loss("cross_entropy", ignore_index=2)
+    res = convc.compile_library(str(onnx_file), tmp_path / "train.so", batch=BATCH, train=True, optimizer="adam",
+                                lr=LR, loss=loss)
+    lib = convc.load(res.output)
+    t = convc.Trainer(str(onnx_file), input_shape=(BATCH, 3, HW, HW), optimizer=convc.optim.Adam(LR), seed=0,
+                      loss=loss)
+    for seed, n in enumerate((BATCH, 17)):
+        x, y = batch(seed, n)
+        assert (y == 2).any()
+        assert _raw_step(lib, x, y)[0] == 0
+        t.step(x, y)
+    assert_same_state(lib.state_dict(), t.state_dict())
+    x, y = batch(5, 4)
+    y[0] = -100
+    assert _raw_step(lib, x, y) == (6, 6)
