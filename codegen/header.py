@@ -223,8 +223,8 @@ void *convc_state_data(convc_ctx *ctx, int i);
 int convc_compute_gradients_v(convc_ctx *ctx, const float *const *inputs, const void *const *labels, float *loss,
                               int accumulate);
 /* The same on n samples, 1 <= n <= CONVC_TRAIN_BATCH, as convc_train_step_n (4: n out of range,
- * 5: out of memory, 6: a class index out of range); convc_apply_gradients then updates BatchNorm's running statistics from those
- * n samples. */
+ * 5: out of memory, 6: a class index out of range); convc_apply_gradients then updates
+ * BatchNorm's running statistics from those n samples. */
 int convc_compute_gradients_n(convc_ctx *ctx, const float *const *inputs, const void *const *labels, int64_t n,
                               float *loss, int accumulate);
 /* One input and one output (3 otherwise, as convc_train_step). */
