@@ -120,9 +120,13 @@ class GemmEmitter:
                              [PTR, ir.IntType(32), ir.VectorType(I1, self.isa.width), self.vec])
         return b.call(fn, [ptr, ir.Constant(ir.IntType(32), 4), self.mask(valid), ir.Constant(self.vec, None)])
 
-    def vstore(self, b: ir.IRBuilder, value: ir.Value, ptr: ir.Value, valid: int) -> None:
+    def vstore(self, b: ir.IRBuilder, value: ir.Value, ptr: ir.Value, valid: int, stream: bool = False) -> None:
+        """``stream``: a whole vector goes past the caches (a non-temporal store); ``ptr`` must then be
+        aligned to the vector's size."""
         if valid >= self.isa.width:
-            b.store(value, ptr, align=4)
+            store = b.store(value, ptr, align=4 * self.isa.width if stream else 4)
+            if stream:
+                store.set_metadata("nontemporal", self.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
             return
         fn = self._intrinsic(f"llvm.masked.store.v{self.isa.width}f32.p0", VOID,
                              [self.vec, PTR, ir.IntType(32), ir.VectorType(I1, self.isa.width)])
@@ -212,9 +216,10 @@ class GemmEmitter:
         return accs
 
     def store_tile(self, b: ir.IRBuilder, accs: list[list[ir.Value]], n_valid: int, pc: ir.Value, ldc: ir.Value,
-                   init: str, bias: ir.Value, residual: ir.Value, epi: Epilogue) -> None:
+                   init: str, bias: ir.Value, residual: ir.Value, epi: Epilogue, stream: bool = False) -> None:
         """C[i, 0:n_valid] = init + accs[i], then the epilogue, for each row i of the register tile
-        (rows ``ldc`` apart; the residual has C's layout)."""
+        (rows ``ldc`` apart; the residual has C's layout); ``stream``: whole vectors stored past the
+        caches (``vstore``)."""
         w = self.isa.width
         for i, row in enumerate(accs):
             for v, val in enumerate(row):
@@ -231,7 +236,7 @@ class GemmEmitter:
                     val = b.fadd(val, self.vload(b, gep(b, residual, c_at), valid))
                 if epi.activation is not None:
                     val = UNARY[epi.activation](b, val, epi.activation_attrs)
-                self.vstore(b, val, cptr, valid)
+                self.vstore(b, val, cptr, valid, stream)
 
     # --- loop nests -----------------------------------------------------------------------
     def panel(self, b: ir.IRBuilder, m: int, k: int, pa: ir.Value, a: Operand, pb: ir.Value, bop: Operand,
