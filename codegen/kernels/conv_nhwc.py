@@ -45,6 +45,9 @@ PREFETCH_BYTES = 2048
 # fall behind on it (MobileNetV2's 144 -> 24 projection at 56x56, batch 16: 29 MB of input), so each tile
 # asks for the input of the tile A_PREFETCH_TILES ahead (1-4 measured alike, 15-20% faster than none)
 A_PREFETCH_TILES = 2
+# outputs this large are stored past the caches (non-temporal stores): a store that misses the cache
+# first reads the line it overwrites, and an output this size comes back from memory anyway
+STREAM_MIN_BYTES = 8 << 20
 WIDE_ROWS = 12  # rows of the AVX-512 register tile where they pad few pixels (tile_rows)
 # activations too long to apply to the register tile: their temporaries spill the accumulators (GELU there made
 # ConvNeXt's 32->128 Linear, as a 1x1 conv, 4x slower than its plain GEMM and a separate GELU pass); they run
@@ -53,13 +56,14 @@ TILE_PASS_ACTIVATIONS = frozenset({OpKind.GELU, OpKind.MISH, OpKind.ERF})
 
 
 def conv_micro_kernel(em: ModuleEmitter, gemm: GemmEmitter, n_valid: int, init: str, epi,
-                      prefetch_b: bool = False) -> ir.Function:
+                      prefetch_b: bool = False, stream: bool = False) -> ir.Function:
     """void mk(X, rows, taps, ntaps, run, B, Y, ldc, bias, residual, rows_valid):
     Y[i, 0:n_valid] = init + sum_t sum_c<run X[rows[i] + taps[t] + c] * B[t*run + c, :] for i < rows_valid,
     then the epilogue. Every one of the MR rows is computed (the caller clamps the offsets of rows
     past the end), only ``rows_valid`` are stored. ``prefetch_b``: the first tile of a panel, whose
-    weights come from memory, asks for them PREFETCH_BYTES ahead of their use."""
-    key = ("nhwc", n_valid, init, epi, prefetch_b)
+    weights come from memory, asks for them PREFETCH_BYTES ahead of their use. ``stream``: whole vectors
+    are stored past the caches (Y's rows then start at multiples of the vector size)."""
+    key = ("nhwc", n_valid, init, epi, prefetch_b, stream)
     if key in gemm._kernels:
         return gemm._kernels[key]
     isa, w = gemm.isa, gemm.isa.width
@@ -121,7 +125,7 @@ def conv_micro_kernel(em: ModuleEmitter, gemm: GemmEmitter, n_valid: int, init: 
         with b.if_then(b.icmp_signed("<", i64(i), rows_valid)):
             row_c = gep(b, pc, b.mul(ldc, i64(i)))
             row_r = gep(b, residual, b.mul(ldc, i64(i))) if epi.residual else residual
-            gemm.store_tile(b, [t_acc[i]], n_valid, row_c, ldc, init, bias, row_r, epi)
+            gemm.store_tile(b, [t_acc[i]], n_valid, row_c, ldc, init, bias, row_r, epi, stream)
     b.ret_void()
     gemm._kernels[key] = fn
     return fn
@@ -320,7 +324,18 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     dims = tuple(sizes[s] for s in ("oh", "ow", "hp", "wp", "c", "sh", "sw", "m", "kdim")) + (
         len(tap_offsets), sizes["run"], sizes["n_panels"], rem)
     dense = not padded and a.kernel_shape == (1, 1) and a.strides == (1, 1)
-    if scale_name is None:
+    if scale_name is None and streams_output(em, op, m, k.contiguous, tile_pass, after):
+        # Y's rows are whole cache lines: streamed when Y is aligned (the caller's array, for a model output)
+        aligned = b.icmp_unsigned("==", b.and_(b.ptrtoint(y, I64), i64(63)), i64(0))
+        with b.if_else(aligned) as (then, otherwise):
+            for stream, block in ((True, then), (False, otherwise)):
+                with block:
+                    _pixel_tiles(b, em, gemm, (in_kernel, tile_pass), k, (m_lo, m_hi), (p_lo, p_hi), wt, xpad,
+                                 row_table, taps, bias, residual, init, sizes["group"], dims, streams_weights, dense,
+                                 stream)
+                    if stream:
+                        b.fence("seq_cst")  # the streamed stores are visible to the next kernel's threads
+    elif scale_name is None:
         _pixel_tiles(b, em, gemm, (in_kernel, tile_pass), k, (m_lo, m_hi), (p_lo, p_hi), wt, xpad, row_table, taps,
                      bias, residual, init, sizes["group"], dims, streams_weights, dense)
     else:  # per image: its weights scaled by its channels' scales (B[(kh, kw, c), :] * S[image, c]), then its tiles
@@ -354,9 +369,10 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
 def _pixel_tiles(b: ir.IRBuilder, em: ModuleEmitter, gemm: GemmEmitter, epilogues: tuple, k: ConvKernel,
                  pixels: tuple, panel_range: tuple, wt: ir.Value, xpad: ir.Value, row_table: ir.Value, taps: ir.Value,
                  bias: ir.Value, residual: ir.Value, init: str, group: int, dims: tuple, streams_weights: bool,
-                 dense: bool = False) -> None:
+                 dense: bool = False, stream: bool = False) -> None:
     """Output pixels [m_lo, m_hi) x column panels [p_lo, p_hi), in register tiles of MR pixels, with the
-    packed weights ``wt``; ``epilogues``: (the micro-kernel's, the pass over each tile's finished rows)."""
+    packed weights ``wt``; ``epilogues``: (the micro-kernel's, the pass over each tile's finished rows);
+    ``stream``: Y stored past the caches."""
     in_kernel, tile_pass = epilogues
     isa, y, ldc = gemm.isa, k.y, k.ldc
     (m_lo, m_hi), (p_lo, p_hi) = pixels, panel_range
@@ -397,11 +413,11 @@ def _pixel_tiles(b: ir.IRBuilder, em: ModuleEmitter, gemm: GemmEmitter, epilogue
                 if streams_weights:  # the first tile of a panel reads its weights from memory
                     with b.if_else(b.icmp_unsigned("==", ti, i64(0))) as (first, rest):
                         with first:
-                            call(j, n_valid, conv_micro_kernel(em, gemm, n_valid, init, in_kernel, True))
+                            call(j, n_valid, conv_micro_kernel(em, gemm, n_valid, init, in_kernel, True, stream))
                         with rest:
-                            call(j, n_valid, conv_micro_kernel(em, gemm, n_valid, init, in_kernel))
+                            call(j, n_valid, conv_micro_kernel(em, gemm, n_valid, init, in_kernel, False, stream))
                 else:
-                    call(j, n_valid, conv_micro_kernel(em, gemm, n_valid, init, in_kernel))
+                    call(j, n_valid, conv_micro_kernel(em, gemm, n_valid, init, in_kernel, False, stream))
 
             def call(j: ir.Value, n_valid: int, mk: ir.Function) -> None:
                 col = b.mul(j, i64(isa.nr))
@@ -427,6 +443,13 @@ def _pixel_tiles(b: ir.IRBuilder, em: ModuleEmitter, gemm: GemmEmitter, epilogue
                     with b.if_then(b.icmp_signed("<", i64(i), valid)):
                         row = gep(b, y_tile, b.add(b.mul(i64(i), as_i64(b, ldc)), c0))
                         epilogue_pass(b, tile_pass, row, None, b.sub(c1, c0))
+
+
+def streams_output(em: ModuleEmitter, op: Op, m: int, contiguous: bool, tile_pass: Epilogue, after: Epilogue) -> bool:
+    """Whether Y goes past the caches: STREAM_MIN_BYTES or more, rows of whole 64-byte lines (partly
+    written lines would leave the write-combining buffers half full), and no pass reads it back."""
+    return (em.tensor(op.outputs[0]).nbytes >= STREAM_MIN_BYTES and contiguous and m % 16 == 0
+            and tile_pass.empty and after.empty)
 
 
 def _pixel_offset(b: ir.IRBuilder, p: ir.Value, out: tuple[int, int], padded: tuple[int, int, int],

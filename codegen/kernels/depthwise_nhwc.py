@@ -200,9 +200,4 @@ def _pixels(r: _Row, run: Run, ox: ir.Value, count: int, taps, start: ir.Value, 
     for p, acc in enumerate(accs):
         at = b.add(out, i64(p * g.c))
         res = gm.vload(b, gep(b, r.rrow, at), valid) if r.epi.residual else None
-        value = apply_epilogue(b, r.epi, acc, res)
-        if r.stream and valid == width:
-            store = b.store(value, gep(b, r.yrow, at), align=4 * width)
-            store.set_metadata("nontemporal", b.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
-        else:
-            gm.vstore(b, value, gep(b, r.yrow, at), valid)
+        gm.vstore(b, apply_epilogue(b, r.epi, acc, res), gep(b, r.yrow, at), valid, r.stream)

@@ -117,6 +117,34 @@ def test_pointwise_input_prefetch_reaches_past_the_input(x_shape, m, stride):
     assert A_PREFETCH_TILES > 0
     check(x_shape, m, 1, stride, epi="residual+leaky", threads=(1, 2))
 
+
+def test_streamed_output(monkeypatch):
+    """Large outputs with rows of whole cache lines are stored past the caches (non-temporal stores)
+    when Y is aligned: here every such output streams (STREAM_MIN_BYTES 0). The 1x1 conv's output is in
+    the arena (aligned: streamed, as the IR shows) and the 3x3 conv reading it writes the caller's array
+    (streamed only when aligned); a residual, 1 to 3 threads (3 split 10 rows unevenly), 48 channels
+    (whole panels), and 40 (rows of 160 bytes, partial lines: never streamed)."""
+    from convc.codegen.kernels import conv_nhwc
+    from convc.codegen.module import emit_module
+    from convc.passes.pipeline import pipeline
+    monkeypatch.setattr(conv_nhwc, "STREAM_MIN_BYTES", 0)
+    check((2, 5, 7, 16), 48, 1, epi="residual+leaky")
+    check((1, 6, 9, 8), 40, 3, pads=(1, 1, 1, 1), epi="relu")
+    rng = np.random.default_rng(5)
+    g = Graph("expand_then_3x3")
+    g.add_tensor("x", (2, 5, 7, 16), np.float32, TensorKind.INPUT)
+    for name, src, dst, (cin, m, k) in (("expand", "x", "h", (16, 32, 1)), ("conv", "h", "y", (32, 16, 3))):
+        g.add_constant(f"w_{name}", rng.standard_normal((m, cin, k, k)).astype(np.float32))
+        attrs = ConvAttrs((k, k), (1, 1), (k // 2,) * 4, (1, 1), 1, EPILOGUES["relu"], "NHWC")
+        g.add_op(OpKind.CONV, attrs, [src, f"w_{name}"], [dst], name=name)
+    g.outputs = ["y"]
+    assert "!nontemporal" in str(emit_module(pipeline(g)).ir_module)
+    feeds = {"x": rng.standard_normal((2, 5, 7, 16)).astype(np.float32)}
+    want = run_reference(g, feeds)["y"]
+    for threads in (1, 2):
+        got = convc.compile(g, threads=threads).run(feeds)["y"]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
 @pytest.mark.slow
 def test_tile_rows_pad_the_fewest_pixels():
     from convc.codegen.kernels.blas import AVX2, AVX512
