@@ -73,15 +73,19 @@ def fuse_residual(g: Graph, add: Op) -> bool:
     out = g.tensor(add.outputs[0])
     if any(g.tensor(t).type != out.type for t in add.inputs):
         return False  # a broadcasting add is not a residual
-    position = {op.name: i for i, op in enumerate(g.ops())}
     candidates = []
     for side in (0, 1):
         producer = _fusible_producer(g, add.inputs[side], add)
         if producer is not None and producer.attrs.epilogue.empty:
-            candidates.append((position[producer.name], side, producer))
+            candidates.append((side, producer))
     if not candidates:
         return False
-    _, side, producer = max(candidates, key=lambda c: c[:2])  # the later producer: its residual is ready
+    side, producer = candidates[0]
+    if len(candidates) == 2:  # the later producer in the op order: its residual is ready
+        # (the order is a topological sort of the whole graph: only for an Add of two fusible
+        # producers, not for every residual Add, which made this pass quadratic in the model's size)
+        position = {op.name: i for i, op in enumerate(g.ops())}
+        side, producer = max(candidates, key=lambda c: (position[c[1].name], c[0]))
     epi = dataclasses.replace(producer.attrs.epilogue, residual=True)
     absorb(g, producer, add, dataclasses.replace(producer.attrs, epilogue=epi),
            producer.inputs + (add.inputs[1 - side],))
