@@ -7,6 +7,7 @@ place, per image and group (Mg = M / group output channels, Kd = C/group * kh * 
     dX       dcol[Kd, P] = W^T[Kd, Mg] @ dY[Mg, P], then col2im     (W transposed once per call)
              or, at stride 1, dX[Cg, HW] = Wf[Cg, Mg*taps] @ im2col(dY)   (W flipped: a forward conv)
     dW       dW[Mg, Kd] += dY[Mg, P] @ colT[P, Kd]                  (im2col written transposed)
+             or, at stride 1, one GEMM per tap on shifted views of the input (conv_grad_weight.py)
 
 The im2col / col2im loops run over kernel taps and clip each tap's output range to the input
 (computed once per tap), so the inner loops have no bounds checks and vectorize at stride 1; the
@@ -295,8 +296,9 @@ def _conv_grad_input_flipped(em: ModuleEmitter, op: Op, back: Geometry) -> Kerne
 
 @emitter(OpKind.CONV_GRAD_WEIGHT)
 def emit_conv_grad_weight(em: ModuleEmitter, op: Op) -> KernelCall:
-    """dW = sum over images of dY[Mg, P] @ colT[P, Kd], in one of two layouts (a GEMM operand must be
-    read as rows):
+    """dW = sum over images of dY[Mg, P] @ colT[P, Kd]. At stride 1 with half a vector of channels or
+    more per group: one GEMM per tap and no patches (conv_grad_weight.py). Otherwise in one of two
+    layouts (a GEMM operand must be read as rows):
 
     - fewer output channels than taps (Mg < Kd): dY is transposed per image and
       dW^T[Kd, Mg] = col[Kd, P] @ dY^T[P, Mg] accumulates, transposed into dW at the end;
@@ -311,6 +313,9 @@ def emit_conv_grad_weight(em: ModuleEmitter, op: Op) -> KernelCall:
     if geo.depthwise:
         from convc.codegen.kernels.depthwise_grad import depthwise_grad_weight
         return depthwise_grad_weight(em, op, geo)
+    from convc.codegen.kernels.conv_grad_weight import emit_grad_weight_shifted, shifted_fits
+    if shifted_fits(geo, em.isa.width):
+        return emit_grad_weight_shifted(em, op, geo)
     mr = em.isa.mr
     transpose_dy = geo.mg < geo.kd
     rows = geo.kd if transpose_dy else geo.mg        # rows of the accumulated matrix, per group

@@ -1,0 +1,110 @@
+"""dW of a stride-1 convolution without im2col: one GEMM per kernel tap on shifted views of a padded
+channels-last copy of the input.
+
+With an image's input copied channels last inside its zero pads (xp[row, col, c], rows Wp = W +
+pads wide) and dY copied into rows of the same width (zero past OW), output position p' = oy * Wp +
+ox reads input position p' + kh * dh * Wp + kw * dw under tap (kh, kw): the same shift for every
+output. So, per group and tap,
+
+    dW_tap[Mg, Cg] += dYp[Mg, K] @ xp[shift : shift + K, Cg]      (K = (OH - 1) * Wp + OW)
+
+is a GEMM whose operands are both read in place (xp's rows C floats apart). The patches of im2col
+(Cg * taps floats per output position, written once per image in conv_grad.py's layouts) are never
+built: per image a thread copies at most C * H * W + M * P floats, and the Wp - OW zero columns per
+row of dY are the only extra arithmetic (6% at 32x32, 3x3). The sums run over the output positions
+in the same order as there, so dW is the same to the bit.
+
+Threads split the (group, MR-row tile, tap) GEMMs; no barrier exists between the tasks of a parallel
+call, so each copies the part of the image its GEMMs read (its groups' channels of x, its tiles'
+rows of dY) for itself. The per-tap sums accumulate in a shared scratch [group][tap][Mg][Cg]
+(threads own disjoint tiles), scattered into dW[M, Cg, kh, kw] by their owner at the end.
+"""
+from __future__ import annotations
+
+from convc.codegen.kernels.blas import Operand
+from convc.codegen.kernels.conv_grad import Geometry
+from convc.codegen.llvm_utils import for_range, gep, i64, load, memset_zero, store
+from convc.codegen.module import KernelCall, ModuleEmitter
+from convc.passes.memory import align
+
+from convc.ir import Op
+
+
+def shifted_fits(geo: Geometry, width: int) -> bool:
+    """The shifted GEMMs apply and pay: stride 1 (at stride s the views would read every s-th row of
+    xp, and dY would need s - 1 zero columns per output: s times the arithmetic), pads that only add
+    zeros, a kernel larger than 1x1 (a pointwise conv has no patches to avoid: conv_grad.py reads its
+    operands with one transpose), and at least half a vector of channels per group: the GEMM's N
+    (a 3-channel stem's would run at 3/NR of the vector lanes; measured slower than im2col there)."""
+    a = geo.a
+    return (all(s == 1 for s in a.strides) and all(p >= 0 for p in a.pads) and not geo.direct
+            and 2 * geo.cg >= width)
+
+
+def emit_grad_weight_shifted(em: ModuleEmitter, op: Op, geo: Geometry) -> KernelCall:
+    a = geo.a
+    (dh, dw_), (pt, pl, pb, pr) = a.dilations, a.pads
+    wp, hp = geo.w + pl + pr, geo.h + pt + pb
+    k = (geo.oh - 1) * wp + geo.ow     # the last output row needs no zero columns after it
+    taps = geo.kh * geo.kw
+    mr = em.isa.mr
+    tiles = -(-geo.mg // mr)
+    xp_f, dyp_f = hp * wp * geo.c, geo.m * k
+    mine_bytes = align((xp_f + dyp_f) * 4)
+    acc_f = geo.g * taps * geo.mg * geo.cg
+    args = [op.inputs[0], op.inputs[1], op.outputs[0], em.scratch(mine_bytes * em.threads + acc_f * 4)]
+    fn, b = em.function(op.name, len(args), parallel=True)
+    x, dy, dw, scratch = fn.args[:4]
+    xp = em.thread_scratch(b, scratch, mine_bytes, fn.args[-2])
+    dyp = gep(b, xp, xp_f)
+    acc = gep(b, scratch, mine_bytes * em.threads // 4)
+    lo, hi = em.thread_range(b, fn, geo.g * tiles * taps)  # this thread's (group, tile, tap) GEMMs
+
+    def item(j):
+        gi, tile, t = b.udiv(j, i64(tiles * taps)), b.urem(b.udiv(j, i64(taps)), i64(tiles)), b.urem(j, i64(taps))
+        first = b.mul(tile, i64(mr))
+        end = b.select(b.icmp_unsigned("==", tile, i64(tiles - 1)), i64(geo.mg), b.add(first, i64(mr)))
+        return gi, tile, t, first, end
+
+    def acc_rows(gi, t, row):
+        return gep(b, acc, b.mul(b.add(b.mul(b.add(b.mul(gi, i64(taps)), t), i64(geo.mg)), row), i64(geo.cg)))
+
+    with b.if_then(b.icmp_unsigned("<", lo, hi)):
+        g_first, _, _, row_first, _ = item(lo)
+        g_last, _, _, _, row_end = item(b.sub(hi, i64(1)))
+        c_lo, c_hi = b.mul(g_first, i64(geo.cg)), b.mul(b.add(g_last, i64(1)), i64(geo.cg))
+        m_lo = b.add(b.mul(g_first, i64(geo.mg)), row_first)   # dY rows [m_lo, m_hi) of the image
+        m_hi = b.add(b.mul(g_last, i64(geo.mg)), row_end)
+        memset_zero(b, xp, (xp_f + dyp_f) * 4)  # the pads and dY's columns past OW stay zero
+        with for_range(b, hi, start=lo, name="zero") as j:
+            gi, _, t, first, end = item(j)
+            memset_zero(b, acc_rows(gi, t, first), b.mul(b.sub(end, first), i64(geo.cg * 4)))
+        with for_range(b, geo.n, name="batch") as ni:
+            xi = gep(b, x, b.mul(ni, i64(geo.c * geo.h * geo.w)))
+            dyi = gep(b, dy, b.mul(ni, i64(geo.m * geo.p)))
+            # row by row: a row of xp (Wp * C floats) stays in L1 while each channel is written into it
+            with for_range(b, geo.h, name="iy") as iy, for_range(b, c_hi, start=c_lo, name="c") as c:
+                src = b.mul(b.add(b.mul(c, i64(geo.h)), iy), i64(geo.w))
+                dst = b.add(b.mul(b.add(b.mul(b.add(iy, i64(pt)), i64(wp)), i64(pl)), i64(geo.c)), c)
+                with for_range(b, geo.w, name="ix") as ix:
+                    store(b, load(b, xi, b.add(src, ix)), xp, b.add(dst, b.mul(ix, i64(geo.c))))
+            with for_range(b, m_hi, start=m_lo, name="m") as m, for_range(b, geo.oh, name="oy") as oy:
+                src = b.mul(b.add(b.mul(m, i64(geo.oh)), oy), i64(geo.ow))
+                dst = b.add(b.mul(m, i64(k)), b.mul(oy, i64(wp)))
+                with for_range(b, geo.ow, name="ox") as ox:
+                    store(b, load(b, dyi, b.add(src, ox)), dyp, b.add(dst, ox))
+            with for_range(b, hi, start=lo, name="gemm") as j:
+                gi, tile, t, _, _ = item(j)
+                shift = b.add(b.mul(b.udiv(t, i64(geo.kw)), i64(dh * wp)), b.mul(b.urem(t, i64(geo.kw)), i64(dw_)))
+                xg = gep(b, xp, b.add(b.mul(shift, i64(geo.c)), b.mul(gi, i64(geo.cg))))
+                em.gemm.gemm(b, geo.mg, geo.cg, k, gep(b, dyp, b.mul(gi, i64(geo.mg * k))), Operand(False, k),
+                             xg, Operand(False, geo.c), acc_rows(gi, t, i64(0)), geo.cg, "load",
+                             tiles=(tile, b.add(tile, i64(1))))
+        with for_range(b, hi, start=lo, name="out") as j:  # acc[g][tap][m][c] -> dW[g * Mg + m][c][tap]
+            gi, _, t, first, end = item(j)
+            with for_range(b, end, start=first, name="m") as m, for_range(b, geo.cg, name="ci") as ci:
+                row = b.add(b.mul(gi, i64(geo.mg)), m)
+                at = b.add(b.mul(row, i64(geo.kd)), b.add(b.mul(ci, i64(taps)), t))
+                store(b, load(b, acc_rows(gi, t, m), ci), dw, at)
+    b.ret_void()
+    return KernelCall(fn, args)
