@@ -300,22 +300,24 @@ def _variants(model: ModelSource, batch: int | None, input_shape: Any, fixed: di
 
 
 def _warm_with_stored_signature(model: ModelSource, batch: int | None, input_shape: Any, options: CompileOptions,
-                                progress: Progress) -> tuple[CompiledModel | None, str | None]:
+                                progress: Progress) -> tuple[CompiledModel | None, str | None, bytes | None]:
     """(the cached model of an ONNX source compiled before with the same options, rebuilt from its
     entry and the input signature stored with it, or None; the source's cache alias, which the
-    full path reuses instead of hashing the model again)."""
+    full path reuses instead of hashing the model again; the model file's bytes it hashed, or None:
+    the full path parses them instead of reading the file again)."""
     from convc.codegen.entry import cache_dir, cached_artifact, source_signature
     root = cache_dir(options.cache)
     if root is None:
-        return None, None
-    alias = source_alias(model, batch, input_shape, None, options)
+        return None, None, None
+    data = _file_bytes(model)
+    alias = source_alias(model if data is None else data, batch, input_shape, None, options)
     if alias is None:
-        return None, None
+        return None, None, None
     try:
         art = cached_artifact(root, alias, progress)
         signature = None if art is None else source_signature(art, alias)
         if signature is None:
-            return None, alias
+            return None, alias, data
         free = {n: dims for n, dims in signature.items() if any(not isinstance(d, int) for d in dims)}
         respecialize, override = _variants(model, batch, input_shape, {}, free, options, True)
 
@@ -323,9 +325,35 @@ def _warm_with_stored_signature(model: ModelSource, batch: int | None, input_sha
             from convc.passes.pipeline import pipeline
             return pipeline(load_graph(model, batch, input_shape), options=options).graph
         return model_from_artifact(art, threads=options.threads, graph_factory=graph_factory,
-                                   respecialize=respecialize, override=override, signature=signature), alias
+                                   respecialize=respecialize, override=override, signature=signature), alias, None
     except Exception:  # noqa: BLE001  anything unusable: the full path looks again and says why
-        return None, alias
+        return None, alias, data
+
+
+def _file_bytes(model: ModelSource) -> bytes | None:
+    """The bytes of a model file (None for another source, or a file that cannot be read: the
+    reader then says why)."""
+    if not isinstance(model, (str, os.PathLike)):
+        return None
+    try:
+        return Path(model).read_bytes()
+    except (OSError, ValueError):
+        return None
+
+
+def _parsed(model: ModelSource, data: bytes | None):
+    """The ModelProto of ``model``, parsed from ``data`` (its file's bytes, hashed for the cache)
+    when they were read: bytes the cache could hash keep no tensor in external files
+    (cache_key.source_key), so they are the whole model. A file they do not parse as is read again,
+    so that the error names the file."""
+    from convc.errors import ModelImportError
+    from convc.frontend.onnx.reader import read_model
+    if data is not None:
+        try:
+            return read_model(data)
+        except ModelImportError:
+            pass
+    return read_model(str(model) if isinstance(model, Path) else model)
 
 
 def compile_model(model: ModelSource, options: CompileOptions, *, batch: int | None = None, input_shape: Any = None,
@@ -343,17 +371,17 @@ def compile_model(model: ModelSource, options: CompileOptions, *, batch: int | N
     if input_shapes is not None and not onnx_source:
         raise InputError("input_shapes= fixes the symbolic dimensions of an ONNX model's inputs; a convc.nn "
                          "Module takes input_shape=, a Graph's shapes are fixed")
-    known_alias = None
+    known_alias, data = None, None
     if onnx_source and input_shapes is None:
         # the cache's fastest path: the input signature stored with the entry, so a warm compile
         # neither imports the onnx package (about 1 s) nor parses the model
-        hit, known_alias = _warm_with_stored_signature(model, batch, input_shape, options, progress)
+        hit, known_alias, data = _warm_with_stored_signature(model, batch, input_shape, options, progress)
         if hit is not None:
             return hit
     source = model
     if onnx_source:  # read and parsed once, for the signature and the import (ResNet-101: 0.3 s of CPU each)
-        from convc.frontend.onnx.reader import read_model
-        source = read_model(str(model) if isinstance(model, Path) else model)
+        source = _parsed(model, data)
+        del data
     fixed, signature, outputs = input_signature(source, batch, input_shapes) if onnx_source else ({}, None, [])
     free = {n: dims for n, dims in (signature or {}).items() if any(not isinstance(d, int) for d in dims)}
     respecialize, override = _variants(model, batch, input_shape, fixed, free, options, onnx_source)
