@@ -287,14 +287,16 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     isa = gemm.isa
     panel_bytes = kdim * isa.nr * 4
     group = max(1, L2_PANEL_BYTES // panel_bytes)
-    # without padding or an input scale the sizes are run-time arguments (ModuleEmitter.size_table), so
-    # the convs that differ only in them are one function: DenseNet-121's 1x1 convs, which read its
-    # growing Concats (C from 64 to 1024) at four image sizes, are one compiled kernel per image size
-    # class instead of 55 (LLVM: about 2.9 of its 4 s of CPU). The tile shape, the panel remainder and
-    # the epilogue stay compile-time choices.
+    # without padding the sizes are run-time arguments (ModuleEmitter.size_table), so the convs that
+    # differ only in them are one function: DenseNet-121's 1x1 convs, which read its growing Concats
+    # (C from 64 to 1024) at four image sizes, are one compiled kernel per image size class instead of
+    # 55 (LLVM: about 2.9 of its 4 s of CPU); with M read at run time too, EfficientNet-B0's 1x1 convs are
+    # 15 kernels instead of 33 (squeeze-and-excitation projections, with an input scale: 12 -> 6). The tile
+    # shape, the panel remainder and the epilogue stay compile-time choices.
     sizes = dict(oh=oh, ow=ow, hp=hp, wp=wp, c=c, sh=sh, sw=sw, m=m, kdim=kdim, run=run, out_rows=out_rows,
-                 n_panels=n_panels, panels=panels, group=group)
-    runtime = not padded and scale_name is None
+                 n_panels=n_panels, panels=panels, group=group,
+                 scaled_bytes=align(packed.nbytes) if scale_name is not None else 0)
+    runtime = not padded
     if runtime:
         extra += (em.size_table(list(sizes.values()) + tap_offsets),)
     k = conv_kernel(em, op, packed, m, extra, kind="implicit-gemm")
@@ -307,6 +309,8 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     if runtime:
         sizes = dict(zip(sizes, em.read_sizes(b, k.extra[-1], len(sizes))))
         taps = gep(b, k.extra[-1], len(sizes), I64)
+        if k.contiguous:  # Y's rows are M floats apart: M from the table too (the micro-kernels take it anyway)
+            k.ldc = ldc = sizes["m"]
     else:
         taps = constant_table(b, tap_offsets, name=f"{fn.name}_taps")
     if by_panels:
@@ -339,22 +343,26 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
         _pixel_tiles(b, em, gemm, (in_kernel, tile_pass), k, (m_lo, m_hi), (p_lo, p_hi), wt, xpad, row_table, taps,
                      bias, residual, init, sizes["group"], dims, streams_weights, dense)
     else:  # per image: its weights scaled by its channels' scales (B[(kh, kw, c), :] * S[image, c]), then its tiles
-        scale = k.extra[1]
-        scaled = em.thread_scratch(b, gep(b, k.extra[0], pad_bytes // 4), packed.nbytes, fn.args[-2])
-        pixels = oh * ow
-        first = b.udiv(m_lo, i64(pixels))
-        with for_range(b, b.udiv(b.add(m_hi, i64(pixels - 1)), i64(pixels)), start=first, name="img") as img:
-            lo, hi = b.mul(img, i64(pixels)), b.mul(b.add(img, i64(1)), i64(pixels))
+        scale, cin = k.extra[1], _value(sizes["c"])
+        scaled = b.gep(gep(b, k.extra[0], pad_bytes // 4), [b.mul(fn.args[-2], _value(sizes["scaled_bytes"]))],
+                       inbounds=True, source_etype=ir.IntType(8))  # this thread's copy
+        pixels = _product(b, sizes["oh"], sizes["ow"])
+        first = b.udiv(m_lo, pixels)
+        with for_range(b, b.udiv(b.add(m_hi, b.sub(pixels, i64(1))), pixels), start=first, name="img") as img:
+            lo, hi = b.mul(img, pixels), b.mul(b.add(img, i64(1)), pixels)
             lo = b.select(b.icmp_unsigned("<", lo, m_lo), m_lo, lo)
             hi = b.select(b.icmp_unsigned("<", m_hi, hi), m_hi, hi)
-            with for_range(b, b.mul(p_hi, i64(kdim)), start=b.mul(p_lo, i64(kdim)), name="wrow") as row:
-                s_c = gemm.splat(b, b.load(gep(b, scale, b.add(b.mul(img, i64(c)), b.urem(row, i64(c)))), typ=F32))
+            # B's rows (panel, tap, channel) in order, a tap's C channels at a time (no division by C)
+            with for_range(b, b.mul(p_hi, i64(kh * kw)), start=b.mul(p_lo, i64(kh * kw)), name="wtap") as q, \
+                    for_range(b, cin, name="wch") as ci:
+                row = b.add(b.mul(q, cin), ci)
+                s_c = gemm.splat(b, b.load(gep(b, scale, b.add(b.mul(img, cin), ci)), typ=F32))
                 for v in range(isa.nr // isa.width):
                     at = b.add(b.mul(row, i64(isa.nr)), i64(v * isa.width))
                     w_v = b.load(gep(b, wt, at), typ=gemm.vec, align=4)
                     b.store(b.fmul(w_v, s_c), gep(b, scaled, at), align=4)
             _pixel_tiles(b, em, gemm, (in_kernel, tile_pass), k, (lo, hi), (p_lo, p_hi), scaled, xpad, row_table,
-                         taps, bias, residual, init, group, dims, streams_weights)
+                         taps, bias, residual, init, sizes["group"], dims, streams_weights)
     if not after.empty:  # activations with no vector form, over this thread's rows
         if k.contiguous:
             epilogue_pass(b, after, gep(b, y, b.mul(m_lo, _value(sizes["m"]))), None,
