@@ -4,6 +4,8 @@ and once for every model (the kernel cache), and compute the same bits as numpy 
 on 1 and 2 threads."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -123,17 +125,24 @@ UNPADDED_CONVS = [((2, 9, 11, 5), 7, 1, 1), ((3, 8, 8, 16), 64, 1, 1), ((2, 13, 
                   ((2, 9, 11, 5), 40, 3, 1), ((1, 15, 13, 33), 16, 3, 2)]
 
 
-def conv_graph(convs, seed=0) -> Graph:
-    """Channels-last convs x_i [N, H, W, C] -> y_i [N, OH, OW, m], side by side in one graph."""
+def conv_graph(convs, seed=0, epilogue=Epilogue(), input_scale=False) -> Graph:
+    """Channels-last convs x_i [N, H, W, C] -> y_i [N, OH, OW, m], side by side in one graph;
+    ``input_scale``: each conv's X is scaled per (image, channel) by an input s_i [N, 1, 1, C]
+    (a squeeze-and-excitation Mul fused into the conv)."""
     rng = np.random.default_rng(seed)
     g = Graph("convs")
     for i, (x_shape, m, k, stride) in enumerate(convs):
         g.add_tensor(f"x{i}", x_shape, np.float32, TensorKind.INPUT)
         g.add_constant(f"w{i}", rng.standard_normal((m, x_shape[3], k, k)).astype(np.float32))
         g.add_constant(f"b{i}", rng.standard_normal(m).astype(np.float32))
-        attrs = ConvAttrs((k, k), (stride, stride), (0, 0, 0, 0), (1, 1), 1, Epilogue(), "NHWC")
-        g.add_op(OpKind.CONV, attrs, [f"x{i}", f"w{i}", f"b{i}"], [f"y{i}"], name=f"conv{i}")
-    g.inputs = [f"x{i}" for i in range(len(convs))]
+        attrs = ConvAttrs((k, k), (stride, stride), (0, 0, 0, 0), (1, 1), 1, epilogue, "NHWC",
+                          input_scale=input_scale)
+        scale = []
+        if input_scale:
+            g.add_tensor(f"s{i}", (x_shape[0], 1, 1, x_shape[3]), np.float32, TensorKind.INPUT)
+            scale = [f"s{i}"]
+        g.add_op(OpKind.CONV, attrs, [f"x{i}", f"w{i}", f"b{i}"] + scale, [f"y{i}"], name=f"conv{i}")
+    g.inputs = [f"x{i}" for i in range(len(convs))] + [f"s{i}" for i in range(len(convs)) if input_scale]
     g.outputs = [f"y{i}" for i in range(len(convs))]
     return g
 
@@ -144,6 +153,33 @@ def test_unpadded_convs_of_different_sizes_are_one_kernel_module():
     native = emit_module(pipeline(conv_graph(convs), options=CompileOptions(threads=2)), threads=2)
     kernels = [m for m in split_module(native.ir_module, native.callees)[1:] if m.kernels]
     assert len(native.callees) == 3 and len(kernels) == 1
+
+
+@pytest.mark.parametrize("input_scale", [False, True])
+def test_unpadded_convs_with_different_channels_are_one_kernel_module(input_scale):
+    """EfficientNet-B0's 14x14 expand and SE-scaled projection convs: C and M differ (Y's rows, M floats
+    apart, and the per-thread copy of the scaled weights are run-time sizes too)."""
+    convs = [((1, 14, 14, 80), 480, 1, 1), ((1, 14, 14, 112), 672, 1, 1), ((2, 14, 14, 480), 112, 1, 1)]
+    native = emit_module(pipeline(conv_graph(convs, input_scale=input_scale), options=CompileOptions(threads=2)),
+                         threads=2)
+    kernels = [m for m in split_module(native.ir_module, native.callees)[1:] if m.kernels]
+    assert len(native.callees) == 3 and len(kernels) == 1
+
+
+# SE-scaled convs: odd channels, tiles straddling images, two images per thread, a partial panel
+SCALED_CONVS = [((3, 5, 7, 13), 7, 1, 1), ((2, 9, 11, 24), 40, 1, 1), ((4, 3, 3, 33), 20, 1, 1)]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_scaled_convs_match_the_reference(threads):
+    g = conv_graph(SCALED_CONVS, seed=threads, input_scale=True)
+    rng = np.random.default_rng(threads)
+    x = {n: rng.standard_normal(g.tensor(n).shape).astype(np.float32) for n in g.inputs}
+    model = convc.compile(g, threads=threads, cache=False)
+    got, want = model.run(x), run_reference(g, x)
+    for name in g.outputs:
+        err = np.abs(got[name] - want[name]).max() / max(1.0, np.abs(want[name]).max())
+        assert err < 1e-5, (name, err)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -218,3 +254,56 @@ def test_all_finite_scans_every_input_with_one_function():
             x = {k: v.copy() for k, v in clean.items()}
             x[t][at] = special
             assert model.run(x)[g.outputs[0]][0] == 0.0, (t, at, special)
+
+
+def test_silu_through_its_out_of_line_tail_gives_the_inline_forms_bits():
+    """Swish kernels call one copy of SiLU's careful form (lanes below -80, -inf, NaN) per module:
+    the same bits as the form written inline, over the float32 line, in vectors and the scalar tail."""
+    from convc.codegen import vecmath
+    from convc.codegen.jit import JitEngine
+    from convc.codegen.kernels.elementwise import swish, vector_map
+    from convc.codegen.llvm_utils import I64, PTR, VOID
+    from convc.ops.elementwise import SwishAttrs
+    import ctypes
+    from llvmlite import ir
+
+    module = ir.Module("silu_forms")
+    forms = {"inline": lambda b, v: vecmath.silu(b, v[0]), "called": lambda b, v: swish(b, v[0], SwishAttrs())}
+    for name, body in forms.items():
+        f = ir.Function(module, ir.FunctionType(VOID, [PTR, PTR, I64]), name=name)
+        b = ir.IRBuilder(f.append_basic_block())
+        vector_map(b, body, [f.args[0]], f.args[1], 0, f.args[2], 8)
+        b.ret_void()
+    text = str(module)
+    assert text.count('define internal <8 x float> @"convc_silu_tail_v8f32"') == 1
+    assert text.count('define internal float @"convc_silu_tail_f32"') == 1
+    engine = JitEngine(text)
+    bits = np.arange(0, 2 ** 32, 65521, dtype=np.uint64).astype(np.uint32)
+    x = np.concatenate([bits.view(np.float32), np.linspace(-120, 20, 4099, dtype=np.float32),
+                        np.array([-np.inf, np.inf, np.nan, -0.0, -80.0, -80.5, -104.0, -1e-45], np.float32)])
+    proto = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+    out = {}
+    for name in forms:
+        y = np.full_like(x, 7.0)
+        proto(engine.address(name))(x.ctypes.data, y.ctypes.data, x.size)
+        out[name] = y
+    np.testing.assert_array_equal(out["called"].view(np.uint32), out["inline"].view(np.uint32))
+
+
+def test_swish_convs_share_one_compiled_copy_of_silus_careful_form():
+    """EfficientNet's convs end in SiLU: their kernels all call one module's out-of-line careful form."""
+    from convc.ops.elementwise import SwishAttrs
+    convs = [((2, 9, 11, 5), 7, 1, 1), ((1, 15, 13, 33), 16, 3, 2)]
+    g = conv_graph(convs, epilogue=Epilogue(False, OpKind.SWISH, SwishAttrs()))
+    native = emit_module(pipeline(g, options=CompileOptions(threads=1)), threads=1)
+    modules = split_module(native.ir_module, native.callees)
+    tail = r'<8 x float> @"convc_h[0-9a-f]{24}"\(<8 x float>[^,]*\)'  # one vector in, one out
+    defining = [m for m in modules if re.search("^define " + tail, m.text, re.M)]
+    callers = [m for m in modules if re.search("^declare " + tail, m.text, re.M)]
+    assert len(defining) == 1 and len(callers) == len(convs)
+    rng = np.random.default_rng(3)
+    x = {n: rng.standard_normal(g.tensor(n).shape).astype(np.float32) * 4 for n in g.inputs}
+    got, want = convc.compile(g, threads=1, cache=False).run(x), run_reference(g, x)
+    for name in g.outputs:  # sums of up to 297 products: relative to the output's magnitude
+        err = np.abs(got[name] - want[name]).max() / max(1.0, np.abs(want[name]).max())
+        assert err < 1e-5, (name, err)
