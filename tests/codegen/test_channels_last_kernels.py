@@ -197,6 +197,23 @@ def test_depthwise_streamed_output(monkeypatch):
     check(g, {"x": rng.standard_normal((2, 13, 15, 48)).astype(np.float32)}, tol=2e-5)
 
 
+
+def test_streamed_outputs_end_to_end(monkeypatch):
+    """A MobileNet-style net (tests/test_real_nets.py) with every depthwise and implicit-GEMM output that
+    can stream streamed (STREAM_MIN_BYTES 0), at batch 3 on 1 and 2 threads, against onnxruntime."""
+    from helpers import max_rel_error
+    from test_real_nets import TOLERANCE, depthwise_separable_net, onnxruntime_outputs
+
+    from convc.codegen.kernels import conv_nhwc, depthwise_nhwc
+    monkeypatch.setattr(depthwise_nhwc, "STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(conv_nhwc, "STREAM_MIN_BYTES", 0)
+    model = depthwise_separable_net()
+    x = np.random.default_rng(7).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    (want,) = onnxruntime_outputs(model, {"image": x})
+    for threads in (1, 2):
+        (got,) = convc.compile(model, batch=3, threads=threads, cache=False).run({"image": x}).values()
+        assert max_rel_error(got, want) < TOLERANCE, threads
+
 def test_pack_weights_layout():
     from convc.codegen.kernels.depthwise_nhwc import pack_weights
     w = np.arange(5 * 3 * 2, dtype=np.float32).reshape(5, 1, 3, 2)
