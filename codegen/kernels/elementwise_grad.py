@@ -50,14 +50,17 @@ PAIR = {OpKind.RELU_GRAD: _relu_grad, OpKind.LEAKY_RELU_GRAD: _leaky_relu_grad,
 
 @emitter(*PAIR)
 def emit_activation_grad(em: ModuleEmitter, op: Op) -> KernelCall:
-    fn, b = em.function(op.name, 3, parallel=True)
-    s, dy, dx = fn.args[:3]
+    """dX from the activation's input or output and dY, element by element; the length is a run-time
+    size (``ModuleEmitter.size_table``), so one op's gradients at every layer are one function."""
+    fn, b = em.function(op.name, 4, parallel=True)
+    s, dy, dx, sizes = fn.args[:4]
     f = PAIR[op.kind]
-    lo, hi = em.thread_range(b, fn, em.tensor(op.inputs[1]).size)
+    (n,) = em.read_sizes(b, sizes, 1)
+    lo, hi = em.thread_range(b, fn, n)
     with for_range(b, hi, start=lo) as i:
         store(b, f(b, load(b, s, i), load(b, dy, i), op.attrs), dx, i)
     b.ret_void()
-    return KernelCall(fn, [op.inputs[0], op.inputs[1], op.outputs[0]])
+    return KernelCall(fn, [op.inputs[0], op.inputs[1], op.outputs[0], em.size_table([em.tensor(op.inputs[1]).size])])
 
 
 @emitter(OpKind.SOFTMAX_GRAD)

@@ -8,6 +8,10 @@ few thousand pixels left BN gradients 50 times less accurate than a float32 pair
 against 1e-7 relative at batch 16, 32x32), as PyTorch's CPU kernels also accumulate in double.
 With the optional ``rows`` input (convc/ops/norm_grad.py) the sums and counts cover the first
 ``rows`` images only, a run-time value: a padded last batch trains on the compiled step.
+
+The sizes (images, channels, elements per channel and image; a running update's counts) come from a
+size table the entry point passes (``ModuleEmitter.size_table``): the BatchNorms of a network's
+stages are one compiled function per kernel kind, not one per stage.
 """
 from __future__ import annotations
 
@@ -25,20 +29,20 @@ def _f64(v: float) -> ir.Constant:
     return ir.Constant(F64, float(v))
 
 
-def _rows(b: ir.IRBuilder, op: Op, args, at: int, n: int) -> ir.Value:
+def _rows(b: ir.IRBuilder, op: Op, args, at: int, n: ir.Value) -> ir.Value:
     """The images that count (i64): the ``rows`` input (argument ``at``) clamped to [1, n], or n."""
     if len(op.inputs) <= at:
-        return i64(n)
+        return n
     r = load(b, args[at], 0, I64)
     r = b.select(b.icmp_signed("<", r, i64(1)), i64(1), r)
-    return b.select(b.icmp_signed(">", r, i64(n)), i64(n), r)
+    return b.select(b.icmp_signed(">", r, n), n, r)
 
 
 class _ChannelLoops:
     """Helpers over the elements of one channel of an (N, C, inner) tensor; ``n`` (the images
     summed over) may be a run-time value."""
 
-    def __init__(self, b: ir.IRBuilder, n, c: int, inner: int):
+    def __init__(self, b: ir.IRBuilder, n, c: ir.Value, inner: ir.Value):
         self.b, self.n, self.c, self.inner = b, n, c, inner
         self.rows: list[ir.Value] = []    # stack slots of the running sums, made on first use
         self.totals: list[ir.Value] = []
@@ -47,7 +51,7 @@ class _ChannelLoops:
         """body(index) over the channel's elements of images [start, stop) (default: the n counted)."""
         b = self.b
         with for_range(b, self.n if stop is None else stop, start=start, name="img") as ni:
-            base = b.mul(b.add(b.mul(ni, i64(self.c)), ci), i64(self.inner))
+            base = b.mul(b.add(b.mul(ni, self.c), ci), self.inner)
             with for_range(b, self.inner, name="px") as j:
                 body(b.add(base, j))
 
@@ -66,7 +70,7 @@ class _ChannelLoops:
         for t in totals:
             b.store(_f64(0.0), t)
         with for_range(b, self.n, name="img") as ni:
-            base = b.mul(b.add(b.mul(ni, i64(self.c)), ci), i64(self.inner))
+            base = b.mul(b.add(b.mul(ni, self.c), ci), self.inner)
             for r in rows:
                 b.store(_f64(0.0), r)
             with for_range(b, self.inner, name="px") as j:
@@ -78,20 +82,22 @@ class _ChannelLoops:
         return [b.load(t, typ=F64) for t in totals]
 
 
-def _nci(em: ModuleEmitter, name: str) -> tuple[int, int, int]:
+def _nci(em: ModuleEmitter, name: str):
+    """The size table of an (N, C, inner) tensor's kernel: [N, C, inner]."""
     xs = em.tensor(name).shape
-    return xs[0], xs[1], em.tensor(name).size // (xs[0] * xs[1])
+    return em.size_table([xs[0], xs[1], em.tensor(name).size // (xs[0] * xs[1])])
 
 
 @emitter(OpKind.BATCH_NORM_TRAIN)
 def emit_batch_norm_train(em: ModuleEmitter, op: Op) -> KernelCall:
-    n, c, inner = _nci(em, op.inputs[0])
+    table = _nci(em, op.inputs[0])
     n_in = len(op.inputs)
-    fn, b = em.function(op.name, n_in + 3, parallel=True)
+    fn, b = em.function(op.name, n_in + 4, parallel=True)
     x, scale, bias = fn.args[:3]
     y, mean_out, invstd_out = fn.args[n_in:n_in + 3]
+    n, c, inner = em.read_sizes(b, fn.args[n_in + 3], 3)
     rows = _rows(b, op, fn.args, 3, n)
-    m = b.sitofp(b.mul(rows, i64(inner)), F64)
+    m = b.sitofp(b.mul(rows, inner), F64)
     ch = _ChannelLoops(b, rows, c, inner)
     lo, hi = em.thread_range(b, fn, c)
     with for_range(b, hi, start=lo, name="ch") as ci:
@@ -103,20 +109,21 @@ def emit_batch_norm_train(em: ModuleEmitter, op: Op) -> KernelCall:
         store(b, invstd, invstd_out, ci)
         s = b.fmul(load(b, scale, ci), invstd)
         shift = b.fsub(load(b, bias, ci), b.fmul(mean, s))
-        ch.each(ci, lambda k: store(b, b.fadd(b.fmul(load(b, x, k), s), shift), y, k), stop=i64(n))  # padding too
+        ch.each(ci, lambda k: store(b, b.fadd(b.fmul(load(b, x, k), s), shift), y, k), stop=n)  # padding too
     b.ret_void()
-    return KernelCall(fn, list(op.inputs) + list(op.outputs))
+    return KernelCall(fn, list(op.inputs) + list(op.outputs) + [table])
 
 
 @emitter(OpKind.BATCH_NORM_APPLY)
 def emit_batch_norm_apply(em: ModuleEmitter, op: Op) -> KernelCall:
     """BatchNormTrain's last pass again, from the saved mean and invstd, in the same float32 operations
     (so Y is the forward's bit for bit), clamped to the fused activation's [min, max]."""
-    n, c, inner = _nci(em, op.inputs[0])
-    fn, b = em.function(op.name, 6, parallel=True)
+    table = _nci(em, op.inputs[0])
+    fn, b = em.function(op.name, 7, parallel=True)
     x, scale, bias, mean_in, invstd_in, y = fn.args[:6]
+    n, c, inner = em.read_sizes(b, fn.args[6], 3)
     lo_bound, hi_bound = op.attrs.min, op.attrs.max
-    ch = _ChannelLoops(b, i64(n), c, inner)
+    ch = _ChannelLoops(b, n, c, inner)
     lo, hi = em.thread_range(b, fn, c)
     with for_range(b, hi, start=lo, name="ch") as ci:
         s = b.fmul(load(b, scale, ci), load(b, invstd_in, ci))
@@ -131,7 +138,7 @@ def emit_batch_norm_apply(em: ModuleEmitter, op: Op) -> KernelCall:
             store(b, v, y, k)
         ch.each(ci, write)
     b.ret_void()
-    return KernelCall(fn, list(op.inputs) + list(op.outputs))
+    return KernelCall(fn, list(op.inputs) + list(op.outputs) + [table])
 
 
 def _sq(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
@@ -140,13 +147,14 @@ def _sq(b: ir.IRBuilder, v: ir.Value) -> ir.Value:
 
 @emitter(OpKind.BATCH_NORM_GRAD)
 def emit_batch_norm_grad(em: ModuleEmitter, op: Op) -> KernelCall:
-    n, c, inner = _nci(em, op.inputs[0])
+    table = _nci(em, op.inputs[0])
     n_in = len(op.inputs)
-    fn, b = em.function(op.name, n_in + 3, parallel=True)
+    fn, b = em.function(op.name, n_in + 4, parallel=True)
     x, scale, mean_in, invstd_in, dy = fn.args[:5]
     dx, dscale, dbias = fn.args[n_in:n_in + 3]
+    n, c, inner = em.read_sizes(b, fn.args[n_in + 3], 3)
     rows = _rows(b, op, fn.args, 5, n)
-    m = b.sitofp(b.mul(rows, i64(inner)), F32)
+    m = b.sitofp(b.mul(rows, inner), F32)
     ch = _ChannelLoops(b, rows, c, inner)
     lo, hi = em.thread_range(b, fn, c)
     with for_range(b, hi, start=lo, name="ch") as ci:
@@ -167,27 +175,31 @@ def emit_batch_norm_grad(em: ModuleEmitter, op: Op) -> KernelCall:
             store(b, v, dx, k)
         ch.each(ci, write)
         if n_in > 5:  # the padded images are not in the batch
-            ch.each(ci, lambda k: store(b, f32(0.0), dx, k), start=rows, stop=i64(n))
+            ch.each(ci, lambda k: store(b, f32(0.0), dx, k), start=rows, stop=n)
     b.ret_void()
-    return KernelCall(fn, list(op.inputs) + list(op.outputs))
+    return KernelCall(fn, list(op.inputs) + list(op.outputs) + [table])
 
 
 @emitter(OpKind.BATCH_NORM_RUNNING_UPDATE)
 def emit_running_update(em: ModuleEmitter, op: Op) -> KernelCall:
     a = op.attrs
-    c = em.tensor(op.inputs[0]).size
+    # [C, the batch's count, its images, elements per image]: the count's factor is computed at run time
+    table = em.size_table([em.tensor(op.inputs[0]).size, a.count, a.count // max(a.per_sample, 1), a.per_sample])
     n_in = len(op.inputs)
-    fn, b = em.function(op.name, n_in + 2)
+    fn, b = em.function(op.name, n_in + 3)
     rm, rv, mean, invstd, ok = fn.args[:5]
     rm_new, rv_new = fn.args[n_in:n_in + 2]
+    c, count, images, per_sample = em.read_sizes(b, fn.args[n_in + 2], 4)
     mom = f32(a.momentum)
     rest = f32(1.0 - a.momentum)
-    if n_in > 5 and a.unbiased:  # n / (n - 1) with n = rows * per_sample, a run-time count
-        count = b.sitofp(b.mul(_rows(b, op, fn.args, 5, a.count // a.per_sample), i64(a.per_sample)), F64)
-        unbias = b.fptrunc(b.fdiv(count, b.fsub(count, _f64(1.0))), F32)  # as variance_factor rounds it
+    if a.unbiased:  # n / (n - 1), rounded as variance_factor rounds it (1 for n = 1)
+        if n_in > 5:  # n = rows * per_sample, with the rows of this batch
+            count = b.mul(_rows(b, op, fn.args, 5, images), per_sample)
+        count = b.sitofp(count, F64)
+        unbias = b.fptrunc(b.fdiv(count, b.fsub(count, _f64(1.0))), F32)
         unbias = b.select(b.fcmp_ordered(">", count, _f64(1.0)), unbias, f32(1.0))
     else:
-        unbias = f32(a.variance_factor)
+        unbias = f32(1.0)
     with b.if_else(b.fcmp_unordered("une", load(b, ok, 0), f32(0.0))) as (then, otherwise):
         with then, for_range(b, c, name="ch") as ci:
             store(b, b.fadd(b.fmul(mom, load(b, rm, ci)), b.fmul(rest, load(b, mean, ci))), rm_new, ci)
@@ -197,4 +209,4 @@ def emit_running_update(em: ModuleEmitter, op: Op) -> KernelCall:
         with otherwise:
             copy_unchanged(b, [rm, rv], [rm_new, rv_new], c)
     b.ret_void()
-    return KernelCall(fn, list(op.inputs) + list(op.outputs))
+    return KernelCall(fn, list(op.inputs) + list(op.outputs) + [table])

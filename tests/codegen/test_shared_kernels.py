@@ -307,3 +307,55 @@ def test_swish_convs_share_one_compiled_copy_of_silus_careful_form():
     for name in g.outputs:  # sums of up to 297 products: relative to the output's magnitude
         err = np.abs(got[name] - want[name]).max() / max(1.0, np.abs(want[name]).max())
         assert err < 1e-5, (name, err)
+
+
+def batch_norm_step_graph(shapes) -> Graph:
+    """Per shape, a training step's BatchNorm kernels and a ReLU gradient: BatchNormTrain, BatchNormApply
+    (clamped at 0, as a fused ReLU), BatchNormGrad, the running update and ReluGrad."""
+    from convc.ops.norm import BatchNormAttrs
+    from convc.ops.norm_grad import BatchNormApplyAttrs, RunningUpdateAttrs
+    g = Graph("bn_step")
+    g.add_tensor("ok", (1,), np.float32, TensorKind.INPUT)
+    inputs, outputs = ["ok"], []
+    for i, (n, c, h, w) in enumerate(shapes):
+        names = {t: f"{t}{i}" for t in ("x", "s", "b", "dy", "rm", "rv")}
+        for t, name in names.items():
+            g.add_tensor(name, (n, c, h, w) if t in ("x", "dy") else (c,), np.float32, TensorKind.INPUT)
+        inputs += names.values()
+        y, mean, invstd = g.add_op(OpKind.BATCH_NORM_TRAIN, BatchNormAttrs(), [names["x"], names["s"], names["b"]],
+                                   name=f"bn{i}").outputs
+        (relu,) = g.add_op(OpKind.BATCH_NORM_APPLY, BatchNormApplyAttrs(min=0.0),
+                           [names["x"], names["s"], names["b"], mean, invstd], name=f"apply{i}").outputs
+        grads = g.add_op(OpKind.BATCH_NORM_GRAD, BatchNormAttrs(), [names["x"], names["s"], mean, invstd, names["dy"]],
+                         name=f"bn_grad{i}").outputs
+        running = g.add_op(OpKind.BATCH_NORM_RUNNING_UPDATE, RunningUpdateAttrs(0.9, 1e-5, n * h * w),
+                           [names["rm"], names["rv"], mean, invstd, "ok"], name=f"running{i}").outputs
+        (drelu,) = g.add_op(OpKind.RELU_GRAD, NoAttrs(), [relu, names["dy"]], name=f"relu_grad{i}").outputs
+        outputs += [y, mean, invstd, relu, *grads, *running, drelu]
+    g.inputs, g.outputs = inputs, outputs
+    return g
+
+
+# a CIFAR ResNet's stages at small batches, odd sizes (vector remainders)
+BN_SHAPES = [(4, 16, 9, 7), (3, 5, 4, 6), (2, 64, 3, 3)]
+
+
+def test_batch_norm_training_kernels_of_every_stage_are_one_kernel_module_each():
+    native = emit_module(pipeline(batch_norm_step_graph(BN_SHAPES), options=CompileOptions(threads=2)), threads=2)
+    kernels = [m for m in split_module(native.ir_module, native.callees)[1:] if m.kernels]
+    assert len(native.callees) == 5 * len(BN_SHAPES) and len(kernels) == 5  # one per kernel kind
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_batch_norm_training_kernels_match_the_reference(threads):
+    g = batch_norm_step_graph(BN_SHAPES)
+    rng = np.random.default_rng(threads)
+    x = {t: (rng.standard_normal(g.tensor(t).shape) * 3 + 1).astype(np.float32) for t in g.inputs}
+    x["ok"] = np.ones(1, np.float32)
+    for i in range(len(BN_SHAPES)):
+        x[f"rv{i}"] = np.abs(x[f"rv{i}"])
+    got = convc.compile(g, threads=threads, cache=False).run(x)
+    for op in g.ops():
+        want = op_def(op.kind).reference(op.attrs, *[got.get(t, x.get(t)) for t in op.inputs])
+        for name, w in zip(op.outputs, want):
+            np.testing.assert_allclose(got[name], w, rtol=2e-5, atol=2e-6, err_msg=f"{op.name} {name}")
