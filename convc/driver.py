@@ -362,7 +362,17 @@ def compile_model(model: ModelSource, options: CompileOptions, *, batch: int | N
     and codegen. Symbolic input dimensions that ``batch`` and ``input_shapes`` leave free compile
     on first use for each new input shape (convc/model.py): a free batch compiles for batch 1
     first, a free height or width (no default) compiles nothing until the first run. Variants
-    reading overridden ONNX initializers at run time also compile on first use."""
+    reading overridden ONNX initializers at run time also compile on first use. Runs without
+    numpy's huge-page advice (convc/huge_pages.py: it made the kernel compact memory at every
+    page fault of the weights)."""
+    from convc.huge_pages import without_huge_page_advice
+    with without_huge_page_advice():
+        return _compile_model(model, options, batch=batch, input_shape=input_shape, input_shapes=input_shapes,
+                              progress=progress)
+
+
+def _compile_model(model: ModelSource, options: CompileOptions, *, batch: int | None, input_shape: Any,
+                   input_shapes: Any, progress: Progress) -> CompiledModel:
     if progress:
         progress("import")
     if is_nn_module(model):
