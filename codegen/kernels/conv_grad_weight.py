@@ -23,9 +23,10 @@ from __future__ import annotations
 
 from convc.codegen.kernels.blas import Operand
 from convc.codegen.kernels.conv_grad import Geometry
-from convc.codegen.llvm_utils import for_range, gep, i64, load, memset_zero, store
+from convc.codegen.llvm_utils import F32, I32, for_range, gep, i64, load, memset_zero, store
 from convc.codegen.module import KernelCall, ModuleEmitter
 from convc.passes.memory import align
+from llvmlite import ir
 
 from convc.ir import Op
 
@@ -82,12 +83,7 @@ def emit_grad_weight_shifted(em: ModuleEmitter, op: Op, geo: Geometry) -> Kernel
         with for_range(b, geo.n, name="batch") as ni:
             xi = gep(b, x, b.mul(ni, i64(geo.c * geo.h * geo.w)))
             dyi = gep(b, dy, b.mul(ni, i64(geo.m * geo.p)))
-            # row by row: a row of xp (Wp * C floats) stays in L1 while each channel is written into it
-            with for_range(b, geo.h, name="iy") as iy, for_range(b, c_hi, start=c_lo, name="c") as c:
-                src = b.mul(b.add(b.mul(c, i64(geo.h)), iy), i64(geo.w))
-                dst = b.add(b.mul(b.add(b.mul(b.add(iy, i64(pt)), i64(wp)), i64(pl)), i64(geo.c)), c)
-                with for_range(b, geo.w, name="ix") as ix:
-                    store(b, load(b, xi, b.add(src, ix)), xp, b.add(dst, b.mul(ix, i64(geo.c))))
+            _copy_channels_last(b, geo, xi, xp, (c_lo, c_hi), wp)
             with for_range(b, m_hi, start=m_lo, name="m") as m, for_range(b, geo.oh, name="oy") as oy:
                 src = b.mul(b.add(b.mul(m, i64(geo.oh)), oy), i64(geo.ow))
                 dst = b.add(b.mul(m, i64(k)), b.mul(oy, i64(wp)))
@@ -108,3 +104,46 @@ def emit_grad_weight_shifted(em: ModuleEmitter, op: Op, geo: Geometry) -> Kernel
                 store(b, load(b, acc_rows(gi, t, m), ci), dw, at)
     b.ret_void()
     return KernelCall(fn, args)
+
+
+V8 = ir.VectorType(F32, 8)
+
+
+def _transpose8(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
+    """The 8 columns of an 8 x 8 block given as 8 row vectors (three rounds of two-input shuffles)."""
+    def shuffle(x, y, mask):
+        return b.shuffle_vector(x, y, ir.Constant(ir.VectorType(I32, 8), mask))
+    t = []
+    for r0, r1 in zip(rows[0::2], rows[1::2]):          # pairs of rows interleaved
+        t += [shuffle(r0, r1, [0, 8, 1, 9, 4, 12, 5, 13]), shuffle(r0, r1, [2, 10, 3, 11, 6, 14, 7, 15])]
+    s = []
+    for t0, t1, t2, t3 in (t[0:4], t[4:8]):            # s[i] (s[4 + i]): columns i and i + 4 of 4 rows
+        lo, hi = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+        s += [shuffle(t0, t2, lo), shuffle(t0, t2, hi), shuffle(t1, t3, lo), shuffle(t1, t3, hi)]
+    return ([shuffle(s[i], s[4 + i], [0, 1, 2, 3, 8, 9, 10, 11]) for i in range(4)]
+            + [shuffle(s[i], s[4 + i], [4, 5, 6, 7, 12, 13, 14, 15]) for i in range(4)])
+
+
+def _copy_channels_last(b: ir.IRBuilder, geo: Geometry, x: ir.Value, xp: ir.Value, channels: tuple, wp: int) -> None:
+    """xp[(iy + pt) * Wp + ix + pl, c] = x[c, iy, ix] for the channels [first, end) of one image, row by
+    row (a row of xp, Wp * C floats, stays in L1 while its channels are written): 8 x 8 blocks
+    transposed in registers where 8 divides the width and the channels per group, else one float at a
+    time (strided stores)."""
+    pt, pl = geo.a.pads[:2]
+    first, end = channels
+    with for_range(b, geo.h, name="iy") as iy:
+        out_row = b.mul(b.add(iy, i64(pt)), i64(wp))
+        if geo.w % 8 == 0 and geo.cg % 8 == 0:
+            with for_range(b, end, start=first, step=8, name="c8") as c, for_range(b, geo.w // 8, name="x8") as xb:
+                ix = b.mul(xb, i64(8))
+                src = b.add(b.mul(b.add(b.mul(c, i64(geo.h)), iy), i64(geo.w)), ix)
+                rows = [b.load(gep(b, x, b.add(src, i64(j * geo.h * geo.w))), typ=V8, align=4) for j in range(8)]
+                dst = b.add(b.mul(b.add(b.add(out_row, ix), i64(pl)), i64(geo.c)), c)
+                for j, column in enumerate(_transpose8(b, rows)):
+                    b.store(column, gep(b, xp, b.add(dst, i64(j * geo.c))), align=4)
+        else:
+            with for_range(b, end, start=first, name="c") as c:
+                src = b.mul(b.add(b.mul(c, i64(geo.h)), iy), i64(geo.w))
+                dst = b.add(b.mul(b.add(out_row, i64(pl)), i64(geo.c)), c)
+                with for_range(b, geo.w, name="ix") as ix:
+                    store(b, load(b, x, b.add(src, ix)), xp, b.add(dst, b.mul(ix, i64(geo.c))))

@@ -33,6 +33,8 @@ CASES = {
     "56x56, odd widths": ((16, 12, 56, 56), 20, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, True),
     "odd sizes, asymmetric pads, dilation": ((32, 12, 17, 15), 20, (3, 2), (1, 1), (2, 0, 1, 3), (2, 1), 1, True),
     "groups, 5x5": ((16, 24, 14, 13), 36, (5, 5), (1, 1), (2, 2, 2, 2), (1, 1), 3, True),
+    # 8 channels per group and a width of 16: the input is transposed in 8 x 8 blocks, a thread's from channel 8
+    "groups of 8 channels": ((16, 16, 16, 16), 24, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 2, True),
     "no pads, 64 channels": ((16, 64, 8, 8), 64, (3, 3), (1, 1), (0, 0, 0, 0), (1, 1), 1, True),
     "stride 2": ((16, 16, 32, 32), 32, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, False),
     "3-channel stem": ((16, 3, 32, 32), 16, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, False),
