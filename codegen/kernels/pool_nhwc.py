@@ -21,7 +21,7 @@ from llvmlite import ir
 from convc.ir import Op
 from convc.ops import OpKind
 from convc.passes.memory import align
-from convc.codegen.llvm_utils import FAST, alloca_entry, f32, fmax, for_range, gep, i64, in_range, opaque, store
+from convc.codegen.llvm_utils import F32, F64, FAST, alloca_entry, f32, fmax, for_range, gep, i64, in_range, opaque, store
 from convc.codegen.module import KernelCall, ModuleEmitter
 from convc.codegen.kernels.blas import GemmEmitter
 from convc.codegen.kernels.pool import window_counts
@@ -113,12 +113,21 @@ def fill_bytes(g: Window) -> int:
     return 0 if g.row_taps_inside() else align(g.w * g.c * 4)
 
 
-def channel_blocks(b: ir.IRBuilder, c: int, width: int, per_block: int, body) -> None:
+def channel_blocks(b: ir.IRBuilder, c: int, width: int, per_block: int, body,
+                   run_time_blocks: ir.Value | None = None) -> None:
     """body(offset, valids) over the channels: blocks of ``per_block`` full vectors (a run-time loop),
     then one block with the full vectors left and the masked tail (``valids`` lists each vector's
-    valid lanes)."""
+    valid lanes). ``run_time_blocks``: the count of whole blocks as a run-time value (a size table's),
+    so that only the last block's shape depends on ``c``."""
     full_vectors, tail = divmod(c, width)
     blocks, left = divmod(full_vectors, per_block)
+    if run_time_blocks is not None:
+        with for_range(b, run_time_blocks, name="cblock") as blk:
+            body(b.mul(blk, i64(per_block * width)), [width] * per_block)
+        last = [width] * left + ([tail] if tail else [])
+        if last:
+            body(b.mul(run_time_blocks, i64(per_block * width)), last)
+        return
     if blocks == 1:
         body(i64(0), [width] * per_block)
     elif blocks:
@@ -252,31 +261,36 @@ def emit_global_pool_channels_last(em: ModuleEmitter, op: Op) -> KernelCall:
     accumulate pixel after pixel in strict order (no fast-math reassociation: every channel is
     summed the same way, so equal channels give equal means)."""
     xs = em.tensor(op.inputs[0]).shape
-    n, c = xs[0], xs[-1]
-    pixels = em.tensor(op.inputs[0]).size // (n * c)
+    channels = xs[-1]
     is_max = op.kind is OpKind.GLOBAL_MAX_POOL
     gm, w = em.gemm, em.isa.width
-    fn, b = em.function(op.name, 2)
-    x, y = fn.args
+    # the sizes at run time (a size table): the pools of a network's stages are one function per
+    # shape of the last channel block (EfficientNet-B0: 11 kernels -> 2)
+    table = em.size_table([xs[0], em.tensor(op.inputs[0]).size // (xs[0] * channels), channels,
+                           channels // w // CHUNK_VECTORS])
+    fn, b = em.function(op.name, 3)
+    x, y = fn.args[:2]
+    n, pixels, c, blocks = em.read_sizes(b, fn.args[2], 4)
     start = ir.Constant(gm.vec, [-math.inf if is_max else 0.0] * w)
-    scale = gm.splat(b, f32(1.0 / pixels))
+    # 1 / pixels rounded to float32 once, as Python's f32(1.0 / pixels) is
+    scale = gm.splat(b, b.fptrunc(b.fdiv(ir.Constant(F64, 1.0), b.sitofp(pixels, F64)), F32))
     with for_range(b, n, name="img") as ni:
         def block(c0: ir.Value, valids: list[int]) -> None:
-            base = gep(b, x, b.add(b.mul(ni, i64(pixels * c)), c0))
+            base = gep(b, x, b.add(b.mul(ni, b.mul(pixels, c)), c0))
             accs = [alloca_entry(b, gm.vec, "acc") for _ in valids]
             for acc in accs:
                 b.store(start, acc)
             with for_range(b, pixels, name="px") as p:
-                row = gep(b, base, b.mul(p, i64(c)))
+                row = gep(b, base, b.mul(p, c))
                 for v, (acc, valid) in enumerate(zip(accs, valids)):
                     x_v = gm.vload(b, gep(b, row, v * w), valid)
                     old = b.load(acc, typ=gm.vec)
                     b.store(fmax(b, old, x_v) if is_max else b.fadd(old, x_v), acc)
-            out = gep(b, y, b.add(b.mul(ni, i64(c)), c0))
+            out = gep(b, y, b.add(b.mul(ni, c), c0))
             for v, (acc, valid) in enumerate(zip(accs, valids)):
                 total = b.load(acc, typ=gm.vec)
                 gm.vstore(b, total if is_max else b.fmul(total, scale), gep(b, out, v * w), valid)
 
-        channel_blocks(b, c, w, CHUNK_VECTORS, block)
+        channel_blocks(b, channels, w, CHUNK_VECTORS, block, blocks)
     b.ret_void()
-    return KernelCall(fn, [op.inputs[0], op.outputs[0]])
+    return KernelCall(fn, [op.inputs[0], op.outputs[0], table])

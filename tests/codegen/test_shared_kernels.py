@@ -359,3 +359,36 @@ def test_batch_norm_training_kernels_match_the_reference(threads):
         want = op_def(op.kind).reference(op.attrs, *[got.get(t, x.get(t)) for t in op.inputs])
         for name, w in zip(op.outputs, want):
             np.testing.assert_allclose(got[name], w, rtol=2e-5, atol=2e-6, err_msg=f"{op.name} {name}")
+
+
+# EfficientNet-B0's squeeze-and-excitation pools (channels last): one last-block shape (C a multiple of
+# 32), then C = 24 + 3 (a masked tail after whole vectors) at two image sizes and batches
+GLOBAL_POOLS = [(1, 7, 7, 1152), (2, 14, 14, 480), (3, 5, 9, 32), (2, 11, 13, 27), (1, 4, 3, 27)]
+
+
+@pytest.mark.parametrize("kind", [OpKind.GLOBAL_AVERAGE_POOL, OpKind.GLOBAL_MAX_POOL])
+def test_channels_last_global_pools_share_a_kernel_per_last_block_and_match_numpy(kind):
+    from convc.ops.layout import CHANNELS_LAST
+    from convc.ops.pool import GlobalPoolAttrs
+    g = Graph("pools")
+    for i, shape in enumerate(GLOBAL_POOLS):
+        g.add_tensor(f"x{i}", shape, np.float32, TensorKind.INPUT)
+        g.add_op(kind, GlobalPoolAttrs(CHANNELS_LAST), [f"x{i}"], [f"y{i}"], name=f"pool{i}")
+    g.inputs, g.outputs = [f"x{i}" for i in range(len(GLOBAL_POOLS))], [f"y{i}" for i in range(len(GLOBAL_POOLS))]
+    native = emit_module(pipeline(g, options=CompileOptions(threads=1)), threads=1)
+    kernels = [m for m in split_module(native.ir_module, native.callees)[1:] if m.kernels]
+    assert len(native.callees) == len(GLOBAL_POOLS) and len(kernels) == 2
+    rng = np.random.default_rng(7)
+    x = {t: rng.standard_normal(g.tensor(t).shape).astype(np.float32) for t in g.inputs}
+    got = convc.compile(g, threads=1, cache=False).run(x)
+    for i in range(len(GLOBAL_POOLS)):
+        xi = x[f"x{i}"]
+        if kind is OpKind.GLOBAL_MAX_POOL:
+            want = xi.max(axis=(1, 2), keepdims=True)
+        else:  # pixel after pixel in float32, then times 1 / pixels rounded to float32
+            total = np.zeros((xi.shape[0], xi.shape[3]), np.float32)
+            for p in xi.reshape(xi.shape[0], -1, xi.shape[3]).transpose(1, 0, 2):
+                total = total + p
+            want = (total * np.float32(1.0 / (xi.shape[1] * xi.shape[2])))[:, None, None, :]
+        assert got[f"y{i}"].shape == want.shape
+        np.testing.assert_array_equal(got[f"y{i}"], want, err_msg=f"{kind.value} {xi.shape}")
