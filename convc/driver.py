@@ -29,6 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 from convc.artifact import LazyGraph, io_specs
 from convc.errors import InputError
+# every compile runs without numpy's huge-page advice: it made the kernel compact memory at each
+# page fault of the weights (convc/huge_pages.py)
+from convc.huge_pages import without_huge_page_advice
 from convc.limits import positive_int
 from convc.options import CompileOptions, run_threads
 from convc.model import CompiledModel
@@ -207,6 +210,7 @@ def restore_model(state: dict, threads: int | None) -> CompiledModel:
 
 # --- JIT compiles ----------------------------------------------------------------------------------
 
+@without_huge_page_advice()
 def compile_plan(plan, options: CompileOptions, *, progress: Progress = None,
                  respecialize: Callable[[dict], CompiledModel] | None = None,
                  override: Callable[[frozenset[str]], CompiledModel] | None = None,
@@ -356,23 +360,14 @@ def _parsed(model: ModelSource, data: bytes | None):
     return read_model(str(model) if isinstance(model, Path) else model)
 
 
+@without_huge_page_advice()
 def compile_model(model: ModelSource, options: CompileOptions, *, batch: int | None = None, input_shape: Any = None,
                   input_shapes: Any = None, progress: Progress = None) -> CompiledModel:
     """``convc.compile`` once its options are resolved: the cache's fast path, else import, passes
     and codegen. Symbolic input dimensions that ``batch`` and ``input_shapes`` leave free compile
     on first use for each new input shape (convc/model.py): a free batch compiles for batch 1
     first, a free height or width (no default) compiles nothing until the first run. Variants
-    reading overridden ONNX initializers at run time also compile on first use. Runs without
-    numpy's huge-page advice (convc/huge_pages.py: it made the kernel compact memory at every
-    page fault of the weights)."""
-    from convc.huge_pages import without_huge_page_advice
-    with without_huge_page_advice():
-        return _compile_model(model, options, batch=batch, input_shape=input_shape, input_shapes=input_shapes,
-                              progress=progress)
-
-
-def _compile_model(model: ModelSource, options: CompileOptions, *, batch: int | None, input_shape: Any,
-                   input_shapes: Any, progress: Progress) -> CompiledModel:
+    reading overridden ONNX initializers at run time also compile on first use."""
     if progress:
         progress("import")
     if is_nn_module(model):
@@ -415,6 +410,7 @@ def _compile_model(model: ModelSource, options: CompileOptions, *, batch: int | 
 
 # --- ahead-of-time builds --------------------------------------------------------------------------
 
+@without_huge_page_advice()
 def build_library(model: ModelSource, output, options: CompileOptions, *, batch: int | None = None,
                   input_shape: Any = None, input_shapes: Any = None, progress: Progress = None, header=None):
     """Compile ``model`` (whatever ``convc.compile`` takes) to a shared library or object file for
@@ -437,6 +433,7 @@ def build_library(model: ModelSource, output, options: CompileOptions, *, batch:
     return build_plan(plan, output, options, progress=progress, header=header)
 
 
+@without_huge_page_advice()
 def build_training_library(model: ModelSource, output, options: CompileOptions, *, batch: int | None = None,
                            optimizer: Any = "adam", lr: float | None = None, loss: Any = "cross_entropy",
                            seed: int = 0, progress: Progress = None, header=None, loss_weights: Any = None,

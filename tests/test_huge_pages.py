@@ -51,3 +51,28 @@ def test_overlapping_compiles_restore_the_advice_when_the_last_one_ends():
     second_done.set()
     t.join()
     assert inside == [False, False] and advised()
+
+
+class Stop(Exception):
+    pass
+
+
+def test_plans_and_libraries_compile_without_the_advice(monkeypatch, tmp_path):
+    """A training step's compile (driver.compile_plan, what convc.Trainer calls) and `convc compile`
+    (driver.build_library) run without it too."""
+    from convc import driver
+    from convc.codegen import aot, cache
+    from convc.passes.pipeline import pipeline
+    seen = []
+
+    def spy(*a, **k):
+        seen.append(advised())
+        raise Stop
+    monkeypatch.setattr(cache, "compile_plan", spy)
+    monkeypatch.setattr(aot, "build_plan", spy)
+    plan = pipeline(driver.load_graph(convc.models.lenet5(), 1))
+    with pytest.raises(Stop):
+        driver.compile_plan(plan, driver.ONE_THREAD)
+    with pytest.raises(Stop):
+        driver.build_library(convc.models.lenet5(), tmp_path / "lenet.so", driver.ONE_THREAD, batch=1)
+    assert seen == [False, False] and advised()
