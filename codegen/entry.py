@@ -105,6 +105,17 @@ _writers: set[threading.Thread] = set()
 _writers_lock = threading.Lock()
 
 
+def _forget_writers() -> None:
+    """In a forked child: the parent's writers do not run here, and the lock may have been held."""
+    global _writers_lock
+    _writers_lock = threading.Lock()
+    _writers.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_writers)
+
+
 def store_in_background(name: str, write: Callable[[], None]) -> threading.Thread:
     """Run ``write`` (storing an entry, then whatever follows it) on a new non-daemon thread."""
     def run() -> None:

@@ -111,3 +111,38 @@ def test_an_entry_written_in_the_background_is_complete_for_the_next_process(roo
     warm = convc.compile(path, progress=stages.append)
     assert any(s.startswith("compile cache hit") for s in stages), (stages, time.process_time() - t)
     np.testing.assert_array_equal(warm.run({"x": X})["y"], np.load(out))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_during_a_background_write_does_not_wait_for_it(root, monkeypatch):
+    """A process forked while an entry is being written (a data loader's workers) has no writer
+    thread: reading the cache there must not wait for one, nor for a lock its parent held."""
+    from convc.codegen import entry
+    monkeypatch.setattr(cache, "BACKGROUND_STORE_BYTES", 0)
+    release, real_store = threading.Event(), cache.store
+
+    def held_store(*a, **k):
+        assert release.wait(30)
+        return real_store(*a, **k)
+    monkeypatch.setattr(cache, "store", held_store)
+    convc.compile(conv_net())
+    with entry._writers_lock:  # held at the fork, as a writer finishing at that moment would
+        pid = os.fork()
+        if pid == 0:
+            try:
+                entry.wait_for_stores()
+                cache._entries(root)
+            finally:
+                os._exit(0)
+    try:
+        deadline = time.monotonic() + 30
+        while (done := os.waitpid(pid, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if done == (0, 0):
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        assert done != (0, 0), "the forked child waited for its parent's writer"
+        assert os.WIFEXITED(done[1]) and os.WEXITSTATUS(done[1]) == 0
+    finally:
+        release.set()
+        entry.wait_for_stores()
