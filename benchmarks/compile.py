@@ -11,7 +11,9 @@ pays on a cold start). convc runs three times against one fresh, empty cache dir
 compiled right after ResNet-50 into the same cache (the same block shapes), what a kernel-level cache
 shares between models. convc's cold time is split by stage from its ``progress`` lines: import,
 graph passes, IR emission in Python (with weight packing and the module split), LLVM (optimization and
-machine code, on every core), storing the cache entry (and loading the code, running once).
+machine code, on every core), storing the cache entry (and loading the code, running once). A large
+model's entry (32 MB and more) is written on a thread after the compile returns (codegen/cache.py), so
+the time to the first result does not include it; ``--phases`` writes it in line and counts its CPU.
 
 Models: ResNet-50, ResNet-101, DenseNet-121, MobileNetV2, EfficientNet-B0 (built by benchmarks/nets.py,
 random weights) and the light models shipped with the onnx package (their weights generated at load).
