@@ -388,17 +388,29 @@ class ModuleEmitter:
                     call.function.args[k].attributes.discard("noalias")
 
     def _timestamper(self, b: ir.IRBuilder, ctx: ir.Value):
-        """Returns stamp(k): store clock_gettime(CLOCK_MONOTONIC) in nanoseconds into ctx[TIMESTAMPS][k]."""
+        """Returns stamp(k): store the monotonic clock in nanoseconds into ctx[TIMESTAMPS][k].
+
+        The stamps are taken on the calling thread, between kernel calls: a parallel kernel's
+        ``convc_parallel`` returns only when every task (on any thread) has finished, so a
+        kernel's interval holds all of its threads' work."""
         timespec = b.alloca(ir.ArrayType(I64, 2), name="timespec")
-        clock = ir.Function(self.module, ir.FunctionType(ir.IntType(32), [ir.IntType(32), PTR]), "clock_gettime")
         table = b.load(gep(b, ctx, Slot.TIMESTAMPS, PTR), typ=PTR, name="timestamps")
 
         def stamp(k: int) -> None:
-            b.call(clock, [ir.Constant(ir.IntType(32), 1), timespec])
-            sec = b.load(gep(b, timespec, 0, I64), typ=I64)
-            nsec = b.load(gep(b, timespec, 1, I64), typ=I64)
-            b.store(b.add(b.mul(sec, i64(1_000_000_000)), nsec), gep(b, table, k, I64))
+            b.store(monotonic_ns(b, timespec), gep(b, table, k, I64))
         return stamp
+
+
+def monotonic_ns(b: ir.IRBuilder, timespec: ir.Value) -> ir.Value:
+    """clock_gettime(CLOCK_MONOTONIC) in nanoseconds as an i64 (``timespec``: a stack [2 x i64]).
+    The clock Python's time.monotonic_ns reads on Linux, so run-time stamps compare with it."""
+    module = b.module
+    clock = module.globals.get("clock_gettime") or ir.Function(
+        module, ir.FunctionType(ir.IntType(32), [ir.IntType(32), PTR]), "clock_gettime")
+    b.call(clock, [ir.Constant(ir.IntType(32), 1), timespec])
+    sec = b.load(gep(b, timespec, 0, I64), typ=I64)
+    nsec = b.load(gep(b, timespec, 1, I64), typ=I64)
+    return b.add(b.mul(sec, i64(1_000_000_000)), nsec)
 
 
 def emit_module(plan: Plan, name: str = "convc_model", instrument: bool = False, threads: int = 1,
