@@ -14,6 +14,7 @@ import dataclasses
 import io
 import json
 import statistics
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -82,6 +83,7 @@ class Profile:
     folded: list[str] = field(default_factory=list)  # imported ops evaluated at compile time or unused
     peak: Any = None          # convc.codegen.peak.Peak when measured
     total_seconds: float | None = None  # the sum of the layers' medians: the rows and the total agree
+    wall_seconds: float | None = None  # the median run as the caller's clock saw it (call overhead included)
     convention: str = CONVENTION
     warnings: list[str] = field(default_factory=list)  # e.g. a measurement taken under load
     int8: list[Any] = field(default_factory=list)  # convc.quantize_qdq.Int8Weight per int8 layer of a QDQ model
@@ -215,6 +217,7 @@ class Profile:
             out["totals"]["int8_saved_bytes"] = sum(w.saved_bytes for w in self.int8)
         if self.measured:
             out["totals"]["seconds"] = self.total_seconds
+            out["totals"]["wall_seconds"] = self.wall_seconds
         if self.peak is not None:
             out["peak"] = asdict(self.peak)
         return out
@@ -323,6 +326,13 @@ def analyze(imported: Graph, plan, model_name: str = "model") -> Profile:
 
 
 PEAK_SLACK = 1.1  # a layer faster than the all-core peak by more than this: the peak is wrong
+# The layers' times tile one run: every kernel call lies between two stamps the calling thread
+# takes (a parallel kernel's call returns when all its tasks are done), and the stamps lie within
+# the run as the caller's monotonic clock sees it. So per run: sum of layers <= wall time, and the
+# gap is the entry point's own work (copying an output) plus Python's call overhead
+# (checking inputs, allocating outputs: tens of microseconds). A larger gap is time no layer holds.
+UNCOVERED_LIMIT = 0.10  # of the wall time, and
+UNCOVERED_FLOOR = 1e-3  # seconds: below this a gap is call overhead on a small model
 NOISY_SPREAD = 0.20  # interquartile range of the runs' totals over their median: above this, measured under load
 
 
@@ -356,12 +366,18 @@ def measure_layers(profile: Profile, imported: Graph, repeats: int = 10, threads
     feeds = {s.name: rng.standard_normal(s.shape).astype(s.dtype) for s in model.inputs}
     model.run_timed(feeds)  # warm-up: first-touch page faults of the arena and outputs
 
+    walls: list[float] = []  # of the kept round
+
     def one_round() -> tuple[list[dict[str, float]], float, float]:
         runs: list[dict[str, float]] = []
+        walls.clear()
         load = OtherLoad()
         for _ in range(max(1, repeats)):
             totals: dict[str, float] = {}
-            for op_name, s in model.run_timed(feeds)[1].items():
+            start = time.monotonic_ns()  # the clock the kernels' stamps read
+            kernels = model.run_timed(feeds)[1]
+            walls.append((time.monotonic_ns() - start) * 1e-9)
+            for op_name, s in kernels.items():
                 key = origin.get(op_name, op_name)
                 totals[key] = totals.get(key, 0.0) + s
             runs.append(totals)
@@ -377,6 +393,7 @@ def measure_layers(profile: Profile, imported: Graph, repeats: int = 10, threads
 
     say(f"timing {max(1, repeats)} runs")
     runs, spread, others = one_round()
+    first_walls = list(walls)
     warnings = []
     why = noisy(spread, others)
     if why:
@@ -385,12 +402,16 @@ def measure_layers(profile: Profile, imported: Graph, repeats: int = 10, threads
         if (noisy(spread_again, others_again) is None
                 or (spread_again + others_again) < (spread + others)):
             runs, spread, others = again, spread_again, others_again
+        else:
+            walls[:] = first_walls
         why = noisy(spread, others)
         if why:
             warnings.append(f"measured under load: {why}; the times are not reliable")
     seconds = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in {k for r in runs for k in r}}
     layers = [dataclasses.replace(l, seconds=seconds.get(l.name, 0.0)) for l in profile.layers]
     total = sum(l.seconds or 0.0 for l in layers)
+    wall = statistics.median(walls)
+    warnings += _coverage_warnings(runs, walls)
     say("this machine's FMA peak (measured once, then cached)")
     machine = peak()
     # a Winograd conv multiplies less than its MACs: its GFLOP/s-equivalent may pass the peak rightly
@@ -407,7 +428,23 @@ def measure_layers(profile: Profile, imported: Graph, repeats: int = 10, threads
     if machine.noisy:
         warnings.append(f"peak {machine.noisy}")
     return Profile(profile.model, profile.batch, layers, profile.memory, profile.notes, profile.folded, machine,
-                   total, warnings=profile.warnings + warnings)
+                   total, wall, warnings=profile.warnings + warnings)
+
+
+def _coverage_warnings(runs: list[dict[str, float]], walls: list[float]) -> list[str]:
+    """Whether each run's layers add up to its wall time (module comment at UNCOVERED_LIMIT)."""
+    sums = [sum(r.values()) for r in runs]
+    over = [(s, w) for s, w in zip(sums, walls) if s > w]
+    if over:  # layers longer than the run that holds them: the stamps or their clock are wrong
+        s, w = over[0]
+        return [f"per-layer times are wrong: the layers of {len(over)} of {len(runs)} runs add up to more than the "
+                f"run took ({1e3 * s:.3f} ms in a {1e3 * w:.3f} ms run)"]
+    gaps = [w - s for s, w in zip(sums, walls)]
+    gap, wall = statistics.median(gaps), statistics.median(walls)
+    if gap > max(UNCOVERED_LIMIT * wall, UNCOVERED_FLOOR):
+        return [f"the layers hold {1e3 * (wall - gap):.3f} ms of a {1e3 * wall:.3f} ms run (medians): "
+                f"{1e3 * gap:.3f} ms of each run is in no layer"]
+    return []
 
 
 def profile(model: Any, batch: int | None = None, *, measure: bool = False, repeats: int = 10,

@@ -148,6 +148,9 @@ def header_lines(p: Profile, width: int = 100) -> list[str]:
         secs = p.total_seconds or 0.0
         lines.append(f"  measured: {1e3 * secs:.3f} ms per run, {p.total_flops / secs / 1e9 if secs else 0:.1f} GFLOP/s "
                      "(the sum of the layers' medians over the same runs)")
+        if p.wall_seconds:
+            lines.append(f"  a run took {1e3 * p.wall_seconds:.3f} ms as the caller timed it (median, with the call's "
+                         "overhead)")
         if p.peak:
             lines.append(f"  peak: {p.peak.single_core_gflops:.1f} GFLOP/s on one core, {p.peak.all_core_gflops:.1f} on "
                          f"{p.peak.cores} (FMA loop, {p.peak.cpu})")

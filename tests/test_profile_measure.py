@@ -140,3 +140,38 @@ def test_layers_at_the_peak_are_not_marked(lenet_file, monkeypatch):
     p = convc.profile(lenet_file, measure=True, repeats=2)
     assert not any(p.is_slow(l) for l in p.layers)
     assert "%!" not in str(p) and "below 50%" not in str(p)
+
+
+def test_each_runs_layers_fit_in_its_wall_time(lenet_file, quiet_peak, monkeypatch):
+    """The kernels' stamps and the caller's clock are one clock: per run the layers add up to no more
+    than the run took (a clock converted wrongly, or a kernel timed on the wrong thread, breaks it)."""
+    monkeypatch.setattr(profile_module, "_spread", lambda totals: 0.0)
+    seen = []
+    real = profile_module._coverage_warnings
+
+    def spy(runs, walls):
+        seen.append([(sum(r.values()), w) for r, w in zip(runs, walls)])
+        return real(runs, walls)
+
+    monkeypatch.setattr(profile_module, "_coverage_warnings", spy)
+    p = convc.profile(lenet_file, measure=True, repeats=4)
+    (pairs,) = seen
+    assert len(pairs) == 4 and all(0 < layers <= wall for layers, wall in pairs)
+    assert not any("per-layer times are wrong" in w for w in p.warnings)
+    assert p.wall_seconds >= min(wall for _, wall in pairs) and p.to_dict()["totals"]["wall_seconds"] == p.wall_seconds
+    assert "as the caller timed it" in str(p)
+
+
+def test_layers_longer_than_their_run_are_reported_wrong():
+    runs = [{"conv": 0.004, "relu": 0.001}, {"conv": 0.003, "relu": 0.001}]
+    (w,) = profile_module._coverage_warnings(runs, [0.0045, 0.0050])  # 5.0 ms of layers in a 4.5 ms run
+    assert w.startswith("per-layer times are wrong: the layers of 1 of 2 runs add up to more than the run took")
+    assert "5.000 ms in a 4.500 ms run" in w
+
+
+def test_time_in_no_layer_is_reported():
+    runs = [{"conv": 0.010}] * 3
+    assert profile_module._coverage_warnings(runs, [0.0105] * 3) == []  # 0.5 ms: call overhead
+    assert profile_module._coverage_warnings([{"conv": 2e-5}] * 3, [5e-4] * 3) == []  # a tiny model's overhead
+    (w,) = profile_module._coverage_warnings(runs, [0.020] * 3)
+    assert w == "the layers hold 10.000 ms of a 20.000 ms run (medians): 10.000 ms of each run is in no layer"
