@@ -264,7 +264,8 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
                                                                      in_kernel.activation_attrs)
     scale_name = input_scale_of(a, op.inputs)
     # one scratch (a kernel's scratch arguments all start at the same place): the padded input, then with an
-    # input scale each thread's copy of the weights scaled for one image
+    # input scale each thread's copy of the weights scaled for one image (or of its pixels of X scaled,
+    # which it makes only when they are fewer floats: _scaled_pixel_tiles)
     pad_bytes = align(n * hp * wp * c * 4) if padded else 0
     extra = ()
     if padded or scale_name is not None:
@@ -342,27 +343,9 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     elif scale_name is None:
         _pixel_tiles(b, em, gemm, (in_kernel, tile_pass), k, (m_lo, m_hi), (p_lo, p_hi), wt, xpad, row_table, taps,
                      bias, residual, init, sizes["group"], dims, streams_weights, dense)
-    else:  # per image: its weights scaled by its channels' scales (B[(kh, kw, c), :] * S[image, c]), then its tiles
-        scale, cin = k.extra[1], _value(sizes["c"])
-        scaled = b.gep(gep(b, k.extra[0], pad_bytes // 4), [b.mul(fn.args[-2], _value(sizes["scaled_bytes"]))],
-                       inbounds=True, source_etype=ir.IntType(8))  # this thread's copy
-        pixels = _product(b, sizes["oh"], sizes["ow"])
-        first = b.udiv(m_lo, pixels)
-        with for_range(b, b.udiv(b.add(m_hi, b.sub(pixels, i64(1))), pixels), start=first, name="img") as img:
-            lo, hi = b.mul(img, pixels), b.mul(b.add(img, i64(1)), pixels)
-            lo = b.select(b.icmp_unsigned("<", lo, m_lo), m_lo, lo)
-            hi = b.select(b.icmp_unsigned("<", m_hi, hi), m_hi, hi)
-            # B's rows (panel, tap, channel) in order, a tap's C channels at a time (no division by C)
-            with for_range(b, b.mul(p_hi, i64(kh * kw)), start=b.mul(p_lo, i64(kh * kw)), name="wtap") as q, \
-                    for_range(b, cin, name="wch") as ci:
-                row = b.add(b.mul(q, cin), ci)
-                s_c = gemm.splat(b, b.load(gep(b, scale, b.add(b.mul(img, cin), ci)), typ=F32))
-                for v in range(isa.nr // isa.width):
-                    at = b.add(b.mul(row, i64(isa.nr)), i64(v * isa.width))
-                    w_v = b.load(gep(b, wt, at), typ=gemm.vec, align=4)
-                    b.store(b.fmul(w_v, s_c), gep(b, scaled, at), align=4)
-            _pixel_tiles(b, em, gemm, (in_kernel, tile_pass), k, (lo, hi), (p_lo, p_hi), scaled, xpad, row_table,
-                         taps, bias, residual, init, sizes["group"], dims, streams_weights)
+    else:
+        _scaled_pixel_tiles(b, em, gemm, (in_kernel, tile_pass), k, (m_lo, m_hi), (p_lo, p_hi), (wt, xpad, pad_bytes),
+                            row_table, taps, bias, residual, init, sizes, dims, streams_weights, (kh * kw, dense))
     if not after.empty:  # activations with no vector form, over this thread's rows
         if k.contiguous:
             epilogue_pass(b, after, gep(b, y, b.mul(m_lo, _value(sizes["m"]))), None,
@@ -377,10 +360,11 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
 def _pixel_tiles(b: ir.IRBuilder, em: ModuleEmitter, gemm: GemmEmitter, epilogues: tuple, k: ConvKernel,
                  pixels: tuple, panel_range: tuple, wt: ir.Value, xpad: ir.Value, row_table: ir.Value, taps: ir.Value,
                  bias: ir.Value, residual: ir.Value, init: str, group: int, dims: tuple, streams_weights: bool,
-                 dense: bool = False, stream: bool = False) -> None:
+                 dense: bool = False, stream: bool = False, first_row: ir.Value | None = None) -> None:
     """Output pixels [m_lo, m_hi) x column panels [p_lo, p_hi), in register tiles of MR pixels, with the
     packed weights ``wt``; ``epilogues``: (the micro-kernel's, the pass over each tile's finished rows);
-    ``stream``: Y stored past the caches."""
+    ``stream``: Y stored past the caches; ``first_row`` (``dense`` only): ``xpad`` holds X's rows from
+    that pixel on (a scaled copy of some of them)."""
     in_kernel, tile_pass = epilogues
     isa, y, ldc = gemm.isa, k.y, k.ldc
     (m_lo, m_hi), (p_lo, p_hi) = pixels, panel_range
@@ -398,6 +382,8 @@ def _pixel_tiles(b: ir.IRBuilder, em: ModuleEmitter, gemm: GemmEmitter, epilogue
                 for i in range(isa.mr):
                     mi = b.add(m0, i64(i))
                     mi = b.select(b.icmp_signed("<", mi, last), mi, last)
+                    if first_row is not None:
+                        mi = b.sub(mi, first_row)
                     b.store(b.mul(mi, _value(c)), gep(b, row_table, i, I64))
             elif not isinstance(ow, ir.Value):  # divisions by constants: a multiply and a shift each
                 for i in range(isa.mr):
@@ -451,6 +437,74 @@ def _pixel_tiles(b: ir.IRBuilder, em: ModuleEmitter, gemm: GemmEmitter, epilogue
                     with b.if_then(b.icmp_signed("<", i64(i), valid)):
                         row = gep(b, y_tile, b.add(b.mul(i64(i), as_i64(b, ldc)), c0))
                         epilogue_pass(b, tile_pass, row, None, b.sub(c1, c0))
+
+
+def _scaled_pixel_tiles(b: ir.IRBuilder, em: ModuleEmitter, gemm: GemmEmitter, epilogues: tuple, k: ConvKernel,
+                        pixels: tuple, panel_range: tuple, operands: tuple, row_table: ir.Value, taps: ir.Value,
+                        bias: ir.Value, residual: ir.Value, init: str, sizes: dict, dims: tuple,
+                        streams_weights: bool, window: tuple[int, bool]) -> None:
+    """``_pixel_tiles`` of a conv with an input scale S[image, c] (a squeeze-and-excitation Mul), image by
+    image, through this thread's scratch: either its panels of the weights scaled (B[(kh, kw, c), :] *
+    S[image, c]) or, for a ``dense`` conv (1x1, stride 1, no padding), its pixels of X scaled (X[p, c] *
+    S[image, c]), whichever is fewer floats, chosen at run time (the sizes are run-time values): the
+    thread's pixels of the image times C against its panels' columns times C. At batch 1 a deep layer has
+    few pixels and many weights (EfficientNet-B0's 1152 -> 320 at 7x7 on 2 threads: 28 x 1152 floats of X
+    against 1152 x 320 of weights per thread and call), an early one the other way round (32 -> 16 at
+    112x112). ``operands``: (packed weights, X or its padded copy, the padded copy's bytes in the scratch);
+    ``window``: (kh * kw, dense)."""
+    fn, isa = k.fn, gemm.isa
+    (m_lo, m_hi), (p_lo, p_hi) = pixels, panel_range
+    wt, xpad, pad_bytes = operands
+    ntaps, dense = window
+    scale, cin = k.extra[1], _value(sizes["c"])
+    scaled = b.gep(gep(b, k.extra[0], pad_bytes // 4), [b.mul(fn.args[-2], _value(sizes["scaled_bytes"]))],
+                   inbounds=True, source_etype=ir.IntType(8))  # this thread's scratch
+    pixels = _product(b, sizes["oh"], sizes["ow"])
+    first = b.udiv(m_lo, pixels)
+    with for_range(b, b.udiv(b.add(m_hi, b.sub(pixels, i64(1))), pixels), start=first, name="img") as img:
+        lo, hi = b.mul(img, pixels), b.mul(b.add(img, i64(1)), pixels)
+        lo = b.select(b.icmp_unsigned("<", lo, m_lo), m_lo, lo)
+        hi = b.select(b.icmp_unsigned("<", m_hi, hi), m_hi, hi)
+        s_img = gep(b, scale, b.mul(img, cin))
+
+        def scaled_weights() -> None:
+            # B's rows (panel, tap, channel) in order, a tap's C channels at a time (no division by C)
+            with for_range(b, b.mul(p_hi, i64(ntaps)), start=b.mul(p_lo, i64(ntaps)), name="wtap") as q, \
+                    for_range(b, cin, name="wch") as ci:
+                row = b.add(b.mul(q, cin), ci)
+                s_c = gemm.splat(b, b.load(gep(b, s_img, ci), typ=F32))
+                for v in range(isa.nr // isa.width):
+                    at = b.add(b.mul(row, i64(isa.nr)), i64(v * isa.width))
+                    w_v = b.load(gep(b, wt, at), typ=gemm.vec, align=4)
+                    b.store(b.fmul(w_v, s_c), gep(b, scaled, at), align=4)
+            _pixel_tiles(b, em, gemm, epilogues, k, (lo, hi), (p_lo, p_hi), scaled, xpad, row_table, taps, bias,
+                         residual, init, sizes["group"], dims, streams_weights, dense)
+
+        if not dense:
+            scaled_weights()
+        else:
+            scale_x = b.icmp_unsigned("<=", b.sub(hi, lo), b.mul(b.sub(p_hi, p_lo), i64(isa.nr)))
+            with b.if_else(scale_x) as (by_x, by_weights):
+                with by_x:
+                    _scale_rows(b, gemm, gep(b, xpad, b.mul(lo, cin)), s_img, scaled, b.sub(hi, lo), cin)
+                    _pixel_tiles(b, em, gemm, epilogues, k, (lo, hi), (p_lo, p_hi), wt, scaled, row_table, taps,
+                                 bias, residual, init, sizes["group"], dims, streams_weights, dense, first_row=lo)
+                with by_weights:
+                    scaled_weights()
+
+
+def _scale_rows(b: ir.IRBuilder, gemm: GemmEmitter, x: ir.Value, s: ir.Value, out: ir.Value, rows: ir.Value,
+                c: ir.Value) -> None:
+    """out[r, :] = x[r, :] * s[:] for ``rows`` rows of ``c`` floats (vectors, then the last c % width one by one)."""
+    w = gemm.isa.width
+    whole = b.mul(b.udiv(c, i64(w)), i64(w))
+    with for_range(b, rows, name="xrow") as r:
+        x_r, o_r = gep(b, x, b.mul(r, c)), gep(b, out, b.mul(r, c))
+        with for_range(b, whole, step=w, name="xv") as j:
+            v = b.fmul(b.load(gep(b, x_r, j), typ=gemm.vec, align=4), b.load(gep(b, s, j), typ=gemm.vec, align=4))
+            b.store(v, gep(b, o_r, j), align=4)
+        with for_range(b, c, start=whole, name="xs") as j:
+            b.store(b.fmul(b.load(gep(b, x_r, j), typ=F32), b.load(gep(b, s, j), typ=F32)), gep(b, o_r, j))
 
 
 def streams_output(em: ModuleEmitter, op: Op, m: int, contiguous: bool, tile_pass: Epilogue, after: Epilogue) -> bool:

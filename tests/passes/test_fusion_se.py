@@ -1,6 +1,7 @@
 """The squeeze-and-excitation Mul fused into the conv that reads it (passes/fusion.py ``fuse_input_scale``):
-the conv reads the unscaled tensor and scales its packed weights per image (codegen/kernels/conv_nhwc.py),
-so the scaled copy is never written. Checked on the plan (no Mul left, the conv has the scale as its last
+the conv reads the unscaled tensor and, per image, scales its packed weights or (a 1x1 conv, when they are
+fewer floats) its pixels of X in per-thread scratch (codegen/kernels/conv_nhwc.py), so the model's scaled
+tensor is never written. Checked on the plan (no Mul left, the conv has the scale as its last
 input and runs as the implicit GEMM) and end to end against onnxruntime at batch 16 and 1, odd sizes that
 leave partial register tiles and panels and tiles that would straddle two images, padded and strided
 consumers, a fused residual, 1 and 2 threads (threads splitting pixel rows, or weight panels)."""
@@ -48,6 +49,7 @@ CASES = [
     (16, 12, 10, 24, 30, 3, 2, False, 2),  # a padded, strided 3x3 consumer: the scaled zeros stay zero
     (1, 1, 5, 24, 70, 1, 1, False, 2),     # one pixel row for two threads: they split the weight panels
     (1, 15, 17, 96, 24, 1, 1, True, 2),    # batch 1, EfficientNet's widths
+    (1, 7, 7, 1152, 320, 1, 1, False, 2),  # EfficientNet-B0's last projection: X scaled, not the weights
 ]
 
 
