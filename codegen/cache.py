@@ -80,7 +80,7 @@ def compile_plan(plan, options: CompileOptions, *, progress: Callable[[str], Non
             _safe(lambda: prune(root))
         size = len(obj) + sum(c.nbytes for c in art.constants if c is not None)
         if size >= BACKGROUND_STORE_BYTES:
-            store_in_background(key[:12], write)
+            store_in_background((key, alias) if alias else (key,), write)
         else:
             write()
     return art

@@ -79,8 +79,8 @@ def cache_dir(cache: bool | None = None) -> Path | None:
     try:
         if os.path.lexists(root):
             check_dir(root, sticky_ok=True)
-            if _entries(root).exists():
-                check_dir(_entries(root))
+            if _folder(root).exists():
+                check_dir(_folder(root))
     except (ArtifactError, OSError) as e:
         warnings.warn(f"convc compile cache: not using it: {e}; compiling without a cache", CacheWarning,
                       stacklevel=2)
@@ -92,6 +92,12 @@ def _entries(root: Path) -> Path:
     """The folder of the entries (of this format); whoever reads it first waits for this process's
     entries still being written in the background (``store_in_background``)."""
     wait_for_stores()
+    return _folder(root)
+
+
+def _folder(root: Path) -> Path:
+    """The folder of the entries, for this module's own reads and writes: a look-up waits only for
+    the writes of the key or alias it reads."""
     return root / f"v{FORMAT}"
 
 
@@ -100,8 +106,9 @@ def _entries(root: Path) -> Path:
 # is hashed and written on a thread of its own. The thread is not a daemon: the interpreter waits
 # for it at exit, so the next process finds the entry complete; the rename in ``atomic_write``
 # means no reader ever sees part of it. Anything in this process that reads the entries folder
-# (lookups, listing, pruning, clearing) waits for the pending writes first.
-_writers: set[threading.Thread] = set()
+# (listing, pruning, clearing) waits for the pending writes first; a look-up, for those of its key
+# or source alias (the next model's compile does not wait for this one's entry).
+_writers: dict[threading.Thread, frozenset[str]] = {}  # a writer -> the key and aliases it writes
 _writers_lock = threading.Lock()
 
 
@@ -116,29 +123,31 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_writers)
 
 
-def store_in_background(name: str, write: Callable[[], None]) -> threading.Thread:
-    """Run ``write`` (storing an entry, then whatever follows it) on a new non-daemon thread."""
+def store_in_background(names: tuple[str, ...], write: Callable[[], None]) -> threading.Thread:
+    """Run ``write`` (storing the entry of key ``names[0]`` under the source aliases ``names[1:]``,
+    then whatever follows it) on a new non-daemon thread."""
     def run() -> None:
         try:
             write()
         finally:
             with _writers_lock:
-                _writers.discard(thread)
-    thread = threading.Thread(target=run, name=f"convc cache store {name}")
+                _writers.pop(thread, None)
+    thread = threading.Thread(target=run, name=f"convc cache store {names[0][:12]}")
     with _writers_lock:
-        _writers.add(thread)
+        _writers[thread] = frozenset(names)
     thread.start()
     return thread
 
 
-def wait_for_stores() -> None:
-    """Return once every entry this process is writing in the background is on disk (a writer
-    itself never waits: it reads the folder while it stores and prunes)."""
+def wait_for_stores(*names: str) -> None:
+    """Return once the entries this process is writing in the background (those of the keys or
+    aliases ``names``; all without) are on disk. A writer itself never waits: it reads the folder
+    while it stores and prunes."""
     me = threading.current_thread()
     with _writers_lock:
         if me in _writers:
             return
-        pending = list(_writers)
+        pending = [t for t, of in _writers.items() if not names or of.intersection(names)]
     for t in pending:
         t.join()
 
@@ -259,7 +268,7 @@ def store(root: Path, key: str, meta: dict, obj: bytes, constants: list, aliases
           signatures: dict | None = None) -> Path:
     """Write an entry (atomically) bound to ``key`` and to the source ``aliases``, then the aliases'
     files; returns the entry's path."""
-    folder = private_dir(_entries(root), root=root)
+    folder = private_dir(_folder(root), root=root)
     path = folder / f"{key}.entry"
     created = (meta.get("cache") or {}).get("created") or time.time()
     # per source alias, the input signature convc.compile read from that ONNX source (declared
@@ -280,7 +289,7 @@ def add_alias(root: Path, key: str, artifact, alias: str, signature: dict | None
     binding = artifact.meta.get("cache") or {}
     sources = binding.get("sources") or []
     if alias in sources and (signature is None or alias in (binding.get("signatures") or {})):
-        atomic_write(private_dir(_entries(root), root=root) / f"src-{alias}", key.encode())
+        atomic_write(private_dir(_folder(root), root=root) / f"src-{alias}", key.encode())
     else:
         store(root, key, artifact.meta, artifact.obj, artifact.constants, (*sources, alias),
               {alias: signature} if signature is not None else None)
@@ -321,7 +330,8 @@ def _unsafe(folder: Path) -> bool:
 def lookup(root: Path, key: str):
     """The JitArtifact stored under ``key``, or None (a bad entry, or one holding another key's
     code, is removed with a CacheWarning)."""
-    folder = _entries(root)
+    wait_for_stores(key)
+    folder = _folder(root)
     path = folder / f"{key}.entry"
     if not path.exists() or _unsafe(folder):
         return None
@@ -345,7 +355,8 @@ def lookup(root: Path, key: str):
 
 def lookup_source(root: Path, alias: str) -> tuple[str, Any] | None:
     """(graph key, artifact) the source alias names, or None."""
-    path = _entries(root) / f"src-{alias}"
+    wait_for_stores(alias)
+    path = _folder(root) / f"src-{alias}"
     try:
         key = path.read_text().strip()
     except (OSError, UnicodeDecodeError):

@@ -67,6 +67,37 @@ def test_a_large_entry_is_written_after_the_compile_returns(root, monkeypatch):
     np.testing.assert_array_equal(warm.run({"x": X})["y"], y)
 
 
+def test_another_model_does_not_wait_for_this_ones_entry(root, monkeypatch):
+    """A look-up waits only for the write of its own key or source alias: the next model's compile
+    (other weights) runs while this one's entry is still being written."""
+    monkeypatch.setattr(cache, "BACKGROUND_STORE_BYTES", 0)
+    release, real_store = threading.Event(), cache.store
+
+    def held_store(*a, **k):
+        if a[1] == held[0]:
+            assert release.wait(60)
+        return real_store(*a, **k)
+    held = [None]
+    real_background = cache.store_in_background
+
+    def first_key(names, write):
+        held[0] = held[0] or names[0]
+        return real_background(names, write)
+    monkeypatch.setattr(cache, "store", held_store)
+    monkeypatch.setattr(cache, "store_in_background", first_key)
+    try:
+        convc.compile(conv_net(8))
+        other = threading.Thread(target=lambda: convc.compile(conv_net(16)))
+        other.start()
+        other.join(60)
+        assert not other.is_alive(), "the second model's compile waited for the first one's entry"
+        assert len(entry_files(root)) == 1  # the second model's; the first one's is still held
+    finally:
+        release.set()
+        cache.wait_for_stores()
+    assert len(entry_files(root)) == 2
+
+
 def test_a_small_entry_is_written_before_the_compile_returns(root, monkeypatch):
     started = []
     monkeypatch.setattr(cache, "store_in_background", lambda *a: started.append(a))
