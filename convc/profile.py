@@ -47,6 +47,9 @@ class Layer:
     members: tuple[str, ...]         # the imported ops this layer computes
     unmodelled: tuple[str, ...] = ()
     seconds: float | None = None     # median time with measure=True
+    # with measure=True: (op name, median seconds) of each native kernel whose time the layer sums,
+    # e.g. a stem conv's input layout change ("x_to_nhwc") and the conv itself
+    kernels: tuple[tuple[str, float], ...] = ()
 
     @property
     def flops(self) -> int:
@@ -185,7 +188,8 @@ class Profile:
              "members": list(l.members), "unmodelled": list(l.unmodelled)}
         if self.measured:
             gf = l.gflops_per_second
-            d.update(seconds=l.seconds, gflops_per_second=gf,
+            d.update(seconds=l.seconds, kernels=[{"name": k, "seconds": s} for k, s in l.kernels],
+                     gflops_per_second=gf,
                      percent_of_single_core_peak=self.peak.percent(gf) if gf and self.peak else None,
                      percent_of_all_core_peak=self.peak.percent(gf, True) if gf and self.peak else None,
                      below_half_peak=self.is_slow(l))
@@ -373,14 +377,9 @@ def measure_layers(profile: Profile, imported: Graph, repeats: int = 10, threads
         walls.clear()
         load = OtherLoad()
         for _ in range(max(1, repeats)):
-            totals: dict[str, float] = {}
             start = time.monotonic_ns()  # the clock the kernels' stamps read
-            kernels = model.run_timed(feeds)[1]
+            runs.append(model.run_timed(feeds)[1])  # seconds per kernel (op name)
             walls.append((time.monotonic_ns() - start) * 1e-9)
-            for op_name, s in kernels.items():
-                key = origin.get(op_name, op_name)
-                totals[key] = totals.get(key, 0.0) + s
-            runs.append(totals)
         return runs, _spread([sum(r.values()) for r in runs]), load.stop()
 
     def noisy(spread: float, others: float) -> str | None:
@@ -407,11 +406,21 @@ def measure_layers(profile: Profile, imported: Graph, repeats: int = 10, threads
         why = noisy(spread, others)
         if why:
             warnings.append(f"measured under load: {why}; the times are not reliable")
-    seconds = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in {k for r in runs for k in r}}
-    layers = [dataclasses.replace(l, seconds=seconds.get(l.name, 0.0)) for l in profile.layers]
+    # a layer's time is the sum of its kernels' times in each run (a layer may run as several
+    # kernels: a layout change of its input, then the conv), then the median over the runs
+    kernels: dict[str, list[str]] = {}
+    for op_name in runs[0]:
+        kernels.setdefault(origin.get(op_name, op_name), []).append(op_name)
+    per_layer = [{layer: sum(r[k] for k in ks) for layer, ks in kernels.items()} for r in runs]
+    layers = [dataclasses.replace(l, seconds=statistics.median(r.get(l.name, 0.0) for r in per_layer),
+                                  kernels=tuple((k, statistics.median(r[k] for r in runs)) for k in kernels.get(l.name, ())))
+              for l in profile.layers]
     total = sum(l.seconds or 0.0 for l in layers)
     wall = statistics.median(walls)
-    warnings += _coverage_warnings(runs, walls)
+    unplaced = [k for layer, ks in kernels.items() if layer not in {l.name for l in layers} for k in ks]
+    if unplaced:
+        warnings.append(f"kernels timed but in no layer (their time is left out): {', '.join(map(repr, unplaced))}")
+    warnings += _coverage_warnings([sum(r.get(l.name, 0.0) for l in layers) for r in per_layer], walls)
     say("this machine's FMA peak (measured once, then cached)")
     machine = peak()
     # a Winograd conv multiplies less than its MACs: its GFLOP/s-equivalent may pass the peak rightly
@@ -431,13 +440,13 @@ def measure_layers(profile: Profile, imported: Graph, repeats: int = 10, threads
                    total, wall, warnings=profile.warnings + warnings)
 
 
-def _coverage_warnings(runs: list[dict[str, float]], walls: list[float]) -> list[str]:
-    """Whether each run's layers add up to its wall time (module comment at UNCOVERED_LIMIT)."""
-    sums = [sum(r.values()) for r in runs]
+def _coverage_warnings(sums: list[float], walls: list[float]) -> list[str]:
+    """Whether each run's layers (``sums``: the layers' seconds added up, per run) fit in its wall
+    time and fill it (module comment at UNCOVERED_LIMIT)."""
     over = [(s, w) for s, w in zip(sums, walls) if s > w]
     if over:  # layers longer than the run that holds them: the stamps or their clock are wrong
         s, w = over[0]
-        return [f"per-layer times are wrong: the layers of {len(over)} of {len(runs)} runs add up to more than the "
+        return [f"per-layer times are wrong: the layers of {len(over)} of {len(sums)} runs add up to more than the "
                 f"run took ({1e3 * s:.3f} ms in a {1e3 * w:.3f} ms run)"]
     gaps = [w - s for s, w in zip(sums, walls)]
     gap, wall = statistics.median(gaps), statistics.median(walls)
