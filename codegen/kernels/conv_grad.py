@@ -14,14 +14,23 @@ The im2col / col2im loops run over kernel taps and clip each tap's output range 
 padding stays zero from one memset per call. Depthwise convs (one channel per group), whose GEMMs
 would be one row wide, run as direct loops over each plane instead (depthwise_grad.py). The windows
 are 2-D: 1-D convolutions and their gradients arrive as 2-D ones over a height of 1 (passes/conv1d.py).
+
+The forward and dX kernels take their sizes (images, channels, pixels, GEMM trip counts, scratch
+offsets) from a size table the entry point passes (``ModuleEmitter.size_table``), so the convs of a
+network's stages that differ only in them are one compiled function per kind of window (kernel shape,
+strides, pads, dilations, groups, epilogue). What stays compile-time is what the code's shape depends
+on: the columns of the last GEMM panel (P mod NR, masked vectors) and the parity of the GEMM's rows,
+whose last, partial register tile is one of the micro-kernels for the MR rows of that parity
+(``_gemm``): 16, 32 and 64 channels (remainders 4, 2, 4 of MR = 6) are one kernel.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 from convc.codegen.kernels.blas import Operand, split_epilogue
 from convc.codegen.kernels.epilogue import epilogue_pass
-from convc.codegen.llvm_utils import FAST, for_range, gep, i64, load, memset_zero, store
+from convc.codegen.llvm_utils import FAST, I64, as_i64, for_range, gep, i64, load, memset_zero, store
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from convc.passes.memory import align
 from llvmlite import ir
@@ -30,6 +39,7 @@ from convc.errors import CompileError
 from convc.ir import Op
 from convc.ops import OpKind
 from convc.ops.conv import ConvAttrs, is_pointwise
+from convc.ops.epilogue import Epilogue
 
 
 class Geometry:
@@ -52,6 +62,32 @@ class Geometry:
         self.direct = is_pointwise(self.a)
         # one input and one output channel per group: the GEMMs would be one row (or column) wide
         self.depthwise = self.cg == 1 and self.mg == 1
+        # element counts of one image and of one group's share of it
+        self.x_image, self.x_group = self.c * self.h * self.w, self.cg * self.h * self.w
+        self.y_image, self.y_group = self.m * self.p, self.mg * self.p
+        self.w_group = self.mg * self.kd
+
+    SIZES = ("n", "c", "h", "w", "m", "oh", "ow", "cg", "mg", "kd", "p",
+             "x_image", "x_group", "y_image", "y_group", "w_group")
+
+    def sizes(self) -> dict[str, int]:
+        """The sizes a kernel may read from its size table instead of its code (``at_run_time``);
+        the window (kernel shape, strides, pads, dilations) and the groups stay constants."""
+        return {k: getattr(self, k) for k in self.SIZES}
+
+    def at_run_time(self, values: dict[str, ir.Value]) -> "Geometry":
+        """A copy whose sizes are the run-time values ``values`` (read from the table of ``sizes``)."""
+        run = copy.copy(self)
+        for k in self.SIZES:
+            setattr(run, k, values[k])
+        return run
+
+
+def _mul(b: ir.IRBuilder, x, y):
+    """x * y for ints or i64 values (folded when both are ints)."""
+    if isinstance(x, int) and isinstance(y, int):
+        return i64(x * y)
+    return b.mul(as_i64(b, x), as_i64(b, y))
 
 
 def _smax(b: ir.IRBuilder, x, y):
@@ -62,13 +98,14 @@ def _smin(b: ir.IRBuilder, x, y):
     return b.select(b.icmp_signed("<", x, y), x, y)
 
 
-def _clip(b: ir.IRBuilder, k: ir.Value, stride: int, dilation: int, pad: int, size: int, out: int):
+def _clip(b: ir.IRBuilder, k: ir.Value, stride: int, dilation: int, pad: int, size, out):
     """(offset, first, end) of the outputs o whose input index o * stride + offset lies in [0, size)
     for kernel tap k: offset = k * dilation - pad, first = ceil(-offset / stride), end = ceil((size -
     offset) / stride), both clipped to [0, out]."""
+    size, out = as_i64(b, size), as_i64(b, out)
     off = b.sub(b.mul(k, i64(dilation)), i64(pad))
-    lo = _smin(b, b.udiv(b.add(_smax(b, b.neg(off), i64(0)), i64(stride - 1)), i64(stride)), i64(out))
-    hi = _smin(b, b.udiv(b.add(_smax(b, b.sub(i64(size), off), i64(0)), i64(stride - 1)), i64(stride)), i64(out))
+    lo = _smin(b, b.udiv(b.add(_smax(b, b.neg(off), i64(0)), i64(stride - 1)), i64(stride)), out)
+    hi = _smin(b, b.udiv(b.add(_smax(b, b.sub(size, off), i64(0)), i64(stride - 1)), i64(stride)), out)
     return off, lo, _smax(b, hi, lo)
 
 
@@ -78,7 +115,7 @@ def tap_loops(b: ir.IRBuilder, geo: Geometry, body, rows: tuple | None = None) -
     the IR stays small for any kernel size."""
     a = geo.a
     (sh, sw), (dh, dw) = a.strides, a.dilations
-    first, end = rows if rows is not None else (i64(0), i64(geo.kd))
+    first, end = rows if rows is not None else (i64(0), as_i64(b, geo.kd))
     with for_range(b, end, start=first, name="row") as row:
         ci = b.udiv(row, i64(geo.kh * geo.kw))
         kh = b.urem(b.udiv(row, i64(geo.kw)), i64(geo.kh))
@@ -87,8 +124,8 @@ def tap_loops(b: ir.IRBuilder, geo: Geometry, body, rows: tuple | None = None) -
         ox_off, xlo, xhi = _clip(b, kw, sw, dw, a.pads[1], geo.w, geo.ow)
         with for_range(b, yhi, start=ylo, name="oy") as oy:
             iy = b.add(b.mul(oy, i64(sh)), oy_off)
-            x_row = b.mul(b.add(b.mul(ci, i64(geo.h)), iy), i64(geo.w))
-            p_row = b.mul(oy, i64(geo.ow))
+            x_row = b.mul(b.add(b.mul(ci, as_i64(b, geo.h)), iy), as_i64(b, geo.w))
+            p_row = b.mul(oy, as_i64(b, geo.ow))
             with for_range(b, xhi, start=xlo, name="ox") as ox:
                 ix = b.add(b.mul(ox, i64(sw)), ox_off)
                 body(row, b.add(x_row, ix), b.add(p_row, ox))
@@ -126,30 +163,30 @@ def emit_im2col(b: ir.IRBuilder, geo: Geometry, x: ir.Value, col: ir.Value, tran
         memset_zero(b, col, b.mul(b.sub(rows[1], rows[0]), i64(ld * 4)))
 
     def body(row, xi, pi):
-        at = b.add(b.mul(pi, i64(geo.kd)), row) if transposed else b.add(b.mul(b.sub(row, first), i64(ld)), pi)
+        at = b.add(_mul(b, pi, geo.kd), row) if transposed else b.add(_mul(b, b.sub(row, first), ld), pi)
         store(b, load(b, x, xi), col, at)
     tap_loops(b, geo, body, rows)
 
 
 def emit_col2im(b: ir.IRBuilder, geo: Geometry, col: ir.Value, dx: ir.Value) -> None:
     """dx = the sum, over taps, of col[row, p] scattered back to the input position it was read from."""
-    memset_zero(b, dx, geo.cg * geo.h * geo.w * 4)
+    memset_zero(b, dx, _mul(b, geo.x_group, 4))
 
     def body(row, xi, pi):
-        v = load(b, col, b.add(b.mul(row, i64(geo.p)), pi))
+        v = load(b, col, b.add(_mul(b, row, geo.p), pi))
         store(b, b.fadd(load(b, dx, xi), v, flags=FAST), dx, xi)
     tap_loops(b, geo, body)
 
 
-def emit_transpose(b: ir.IRBuilder, src: ir.Value, dst: ir.Value, rows: int, cols: int) -> None:
-    """dst[j, i] = src[i, j] for a rows x cols matrix."""
+def emit_transpose(b: ir.IRBuilder, src: ir.Value, dst: ir.Value, rows, cols) -> None:
+    """dst[j, i] = src[i, j] for a rows x cols matrix (ints or run-time values)."""
     with for_range(b, rows, name="tr") as i, for_range(b, cols, name="tc") as j:
-        store(b, load(b, src, b.add(b.mul(i, i64(cols)), j)), dst, b.add(b.mul(j, i64(rows)), i))
+        store(b, load(b, src, b.add(_mul(b, i, cols), j)), dst, b.add(_mul(b, j, rows), i))
 
 
-def _image_group(b: ir.IRBuilder, ni, gi, per_image: int, per_group: int) -> ir.Value:
+def _image_group(b: ir.IRBuilder, ni, gi, per_image, per_group) -> ir.Value:
     """Element offset of (image ni, group gi) in an NC... tensor."""
-    return b.add(b.mul(ni, i64(per_image)), b.mul(gi, i64(per_group)))
+    return b.add(_mul(b, ni, per_image), _mul(b, gi, per_group))
 
 
 def _image_groups(em: ModuleEmitter, b: ir.IRBuilder, fn: ir.Function, geo: Geometry):
@@ -158,10 +195,75 @@ def _image_groups(em: ModuleEmitter, b: ir.IRBuilder, fn: ir.Function, geo: Geom
 
     @contextmanager
     def loop():
-        lo, hi = em.thread_range(b, fn, geo.n * geo.g)
+        lo, hi = em.thread_range(b, fn, _mul(b, geo.n, geo.g))
         with for_range(b, hi, start=lo, name="ng") as k:
             yield b.udiv(k, i64(geo.g)), b.urem(k, i64(geo.g))
     return loop()
+
+
+def _gemm_sizes(em: ModuleEmitter, name: str, rows: int, cols: int) -> dict[str, int]:
+    """A GEMM's run-time trip counts for ``_gemm``: its whole MR-row tiles, the rows of its last
+    tile and its whole NR-column panels."""
+    isa = em.gemm.isa
+    return {f"{name}_tiles": rows // isa.mr, f"{name}_rest": rows % isa.mr, f"{name}_panels": cols // isa.nr}
+
+
+def _gemm(em: ModuleEmitter, b: ir.IRBuilder, s: dict, name: str, rows: int, cols: int, k, pa: ir.Value, lda,
+          pb: ir.Value, ldb, pc: ir.Value, ldc, init: str = "zero", bias: ir.Value | None = None,
+          epi: Epilogue = Epilogue(), residual: ir.Value | None = None) -> None:
+    """GemmEmitter.gemm's C[rows, cols] = init + A @ B over operands read in place, with its sizes
+    (K, the leading dimensions, the trip counts ``_gemm_sizes`` put in the table ``s`` under ``name``)
+    run-time values. Compile-time: the columns of the last panel (cols mod NR) and the parity of
+    ``rows``: the last tile's rows (run-time) pick one of the micro-kernels for the remainders of that
+    parity. Each element of C is the same micro-kernel sum as GemmEmitter.gemm's, so the same bits."""
+    gemm = em.gemm
+    isa = gemm.isa
+    null = ir.Constant(ir.PointerType(), None)
+    operand = Operand(False)
+    dims = [as_i64(b, v) for v in (k, lda, ldb, ldc)]
+    rests = [r for r in range(isa.mr) if r % 2 == rows % 2 and r > 0]
+
+    def tile(col0: ir.Value, n_valid: int, row0: ir.Value, mr: int) -> None:
+        mk = gemm.micro_kernel(mr, n_valid, 0, operand, operand, 0, init, epi)
+        c_off = b.add(_mul(b, row0, ldc), col0)
+        bias_at = gep(b, bias, row0) if init == "bias_row" else null
+        res_at = gep(b, residual, c_off) if epi.residual else null
+        b.call(mk, [gep(b, pa, _mul(b, row0, lda)), gep(b, pb, col0), gep(b, pc, c_off), bias_at, res_at] + dims)
+
+    def column(col0: ir.Value, n_valid: int) -> None:
+        tiles, rest = s[f"{name}_tiles"], s[f"{name}_rest"]
+        with for_range(b, tiles, name="ir") as ir_:
+            tile(col0, n_valid, b.mul(ir_, i64(isa.mr)), isa.mr)
+        if not rests:
+            return
+        row0 = b.mul(tiles, i64(isa.mr))
+        done = b.append_basic_block("rest.end")
+        switch = b.switch(rest, done)
+        for r in rests:
+            case = b.append_basic_block(f"rest{r}")
+            switch.add_case(ir.Constant(I64, r), case)
+            b.position_at_end(case)
+            tile(col0, n_valid, row0, r)
+            b.branch(done)
+        b.position_at_end(done)
+
+    with for_range(b, s[f"{name}_panels"], name="jr") as jr:
+        column(b.mul(jr, i64(isa.nr)), isa.nr)
+    if cols % isa.nr:
+        column(b.mul(s[f"{name}_panels"], i64(isa.nr)), cols % isa.nr)
+
+
+def _thread_slice(b: ir.IRBuilder, scratch: ir.Value, nbytes: ir.Value, tid: ir.Value) -> ir.Value:
+    """This thread's slice of a per-thread scratch argument, ``nbytes`` (aligned) a slice."""
+    return b.gep(scratch, [b.mul(tid, nbytes)], inbounds=True, source_etype=ir.IntType(8))
+
+
+def _with_sizes(em: ModuleEmitter, op: Op, args: list, sizes: dict[str, int]):
+    """The kernel function for ``args`` plus the size table of ``sizes`` (its last argument before the
+    thread ids): (fn, builder, the sizes as run-time values by name)."""
+    args.append(em.size_table(list(sizes.values())))
+    fn, b = em.function(op.name, len(args), parallel=True)
+    return fn, b, dict(zip(sizes, em.read_sizes(b, fn.args[len(args) - 1], len(sizes))))
 
 
 def emit_conv_runtime(em: ModuleEmitter, op: Op) -> KernelCall:
@@ -176,34 +278,35 @@ def emit_conv_runtime(em: ModuleEmitter, op: Op) -> KernelCall:
         from convc.codegen.kernels.depthwise_grad import depthwise_forward
         return depthwise_forward(em, op, geo, has_bias)
     args = list(op.inputs) + [op.outputs[0]]
-    ld = col_stride(geo.p)
+    ld = geo.p if geo.direct else col_stride(geo.p)
     col_bytes = geo.kd * ld * 4
     if not geo.direct:
         args.append(em.scratch(col_bytes, per_thread=True))
-    fn, b = em.function(op.name, len(args), parallel=True)
+    fn, b, s = _with_sizes(em, op, args, geo.sizes() | dict(ld=ld, col_bytes=col_bytes, slice=align(col_bytes))
+                           | _gemm_sizes(em, "y", geo.mg, geo.p))
+    run = geo.at_run_time(s)
     tid = fn.args[-2]
     x, w = fn.args[0], fn.args[1]
     bias = fn.args[2] if has_bias else None
     residual = fn.args[len(op.inputs) - 1] if epi.residual else None
     y = fn.args[len(op.inputs)]
-    col = None if geo.direct else em.thread_scratch(b, fn.args[len(args) - 1], col_bytes, tid)
+    col = None if geo.direct else _thread_slice(b, fn.args[len(op.inputs) + 1], s["slice"], tid)
     in_kernel, after = split_epilogue(epi)
     if col is not None:
-        memset_zero(b, col, col_bytes)
-    with _image_groups(em, b, fn, geo) as (ni, gi):
-        xg = gep(b, x, _image_group(b, ni, gi, geo.c * geo.h * geo.w, geo.cg * geo.h * geo.w))
-        y_off = _image_group(b, ni, gi, geo.m * geo.p, geo.mg * geo.p)
+        memset_zero(b, col, s["col_bytes"])
+    with _image_groups(em, b, fn, run) as (ni, gi):
+        xg = gep(b, x, _image_group(b, ni, gi, run.x_image, run.x_group))
+        y_off = _image_group(b, ni, gi, run.y_image, run.y_group)
         yg = gep(b, y, y_off)
         if geo.direct:
             src = xg
         else:
-            emit_im2col(b, geo, xg, col, transposed=False, ld=ld, zeroed=True)
+            emit_im2col(b, run, xg, col, transposed=False, ld=s["ld"], zeroed=True)
             src = col
-        em.gemm.gemm(b, geo.mg, geo.p, geo.kd, gep(b, w, b.mul(gi, i64(geo.mg * geo.kd))), Operand(False, geo.kd),
-                     src, Operand(False, geo.p if geo.direct else ld), yg, geo.p, "bias_row" if has_bias else "zero",
-                     gep(b, bias, b.mul(gi, i64(geo.mg))) if has_bias else None, in_kernel,
-                     gep(b, residual, y_off) if epi.residual else None)
-        epilogue_pass(b, after, yg, None, geo.mg * geo.p)
+        _gemm(em, b, s, "y", geo.mg, geo.p, run.kd, gep(b, w, b.mul(gi, run.w_group)), run.kd, src, s["ld"], yg,
+              run.p, "bias_row" if has_bias else "zero", gep(b, bias, b.mul(gi, run.mg)) if has_bias else None,
+              in_kernel, gep(b, residual, y_off) if epi.residual else None)
+        epilogue_pass(b, after, yg, None, run.y_group)
     b.ret_void()
     return KernelCall(fn, args)
 
@@ -243,22 +346,22 @@ def emit_conv_grad_input(em: ModuleEmitter, op: Op) -> KernelCall:
     col_floats = 0 if geo.direct else geo.kd * geo.p
     nbytes = (wt_floats + col_floats) * 4
     args = [op.inputs[0], op.inputs[1], op.outputs[0], em.scratch(nbytes, per_thread=True)]
-    fn, b = em.function(op.name, len(args), parallel=True)
+    fn, b, s = _with_sizes(em, op, args, geo.sizes() | dict(wt_floats=wt_floats, slice=align(nbytes))
+                           | _gemm_sizes(em, "dcol", geo.kd, geo.p))
+    run = geo.at_run_time(s)
     w, dy, dx = fn.args[:3]
-    wt = em.thread_scratch(b, fn.args[3], nbytes, fn.args[-2])
-    dcol = gep(b, wt, wt_floats)
+    wt = _thread_slice(b, fn.args[3], s["slice"], fn.args[-2])
+    dcol = gep(b, wt, s["wt_floats"])
     with for_range(b, geo.g, name="group") as gi:  # W_g^T[Kd, Mg]
-        emit_transpose(b, gep(b, w, b.mul(gi, i64(geo.mg * geo.kd))), gep(b, wt, b.mul(gi, i64(geo.mg * geo.kd))),
-                       geo.mg, geo.kd)
-    with _image_groups(em, b, fn, geo) as (ni, gi):
-        dyg = gep(b, dy, _image_group(b, ni, gi, geo.m * geo.p, geo.mg * geo.p))
-        dxg = gep(b, dx, _image_group(b, ni, gi, geo.c * geo.h * geo.w, geo.cg * geo.h * geo.w))
-        wtg = gep(b, wt, b.mul(gi, i64(geo.mg * geo.kd)))
+        emit_transpose(b, gep(b, w, b.mul(gi, run.w_group)), gep(b, wt, b.mul(gi, run.w_group)), run.mg, run.kd)
+    with _image_groups(em, b, fn, run) as (ni, gi):
+        dyg = gep(b, dy, _image_group(b, ni, gi, run.y_image, run.y_group))
+        dxg = gep(b, dx, _image_group(b, ni, gi, run.x_image, run.x_group))
+        wtg = gep(b, wt, b.mul(gi, run.w_group))
         target = dxg if geo.direct else dcol
-        em.gemm.gemm(b, geo.kd, geo.p, geo.mg, wtg, Operand(False, geo.mg), dyg, Operand(False, geo.p),
-                     target, geo.p, "zero")
+        _gemm(em, b, s, "dcol", geo.kd, geo.p, run.mg, wtg, run.mg, dyg, run.p, target, run.p)
         if not geo.direct:
-            emit_col2im(b, geo, dcol, dxg)
+            emit_col2im(b, run, dcol, dxg)
     b.ret_void()
     return KernelCall(fn, args)
 
@@ -272,24 +375,26 @@ def _conv_grad_input_flipped(em: ModuleEmitter, op: Op, back: Geometry) -> Kerne
     col_floats = back.kd * ld
     nbytes = (wf_floats + col_floats) * 4
     args = [op.inputs[0], op.inputs[1], op.outputs[0], em.scratch(nbytes, per_thread=True)]
-    fn, b = em.function(op.name, len(args), parallel=True)
+    fn, b, s = _with_sizes(em, op, args, back.sizes() | dict(wf_floats=wf_floats, ld=ld, col_bytes=col_floats * 4,
+                                                             slice=align(nbytes)) | _gemm_sizes(em, "dx", back.mg, back.p))
+    run = back.at_run_time(s)
     w, dy, dx = fn.args[:3]
-    wf = em.thread_scratch(b, fn.args[3], nbytes, fn.args[-2])
-    col = gep(b, wf, wf_floats)
+    wf = _thread_slice(b, fn.args[3], s["slice"], fn.args[-2])
+    col = gep(b, wf, s["wf_floats"])
     # Wf[g][c, m * taps + t] = W[g * Mg + m, c, taps - 1 - t]: flipping both spatial axes reverses the flat tap
-    with for_range(b, back.g * back.cg, name="m") as m, for_range(b, back.mg, name="c") as c:
-        gi, ml = b.udiv(m, i64(back.cg)), b.urem(m, i64(back.cg))
-        src = b.mul(b.add(b.mul(m, i64(back.mg)), c), i64(taps))
-        dst = b.add(b.mul(b.add(b.mul(gi, i64(back.mg)), c), i64(back.kd)), b.mul(ml, i64(taps)))
+    with for_range(b, _mul(b, run.cg, back.g), name="m") as m, for_range(b, run.mg, name="c") as c:
+        gi, ml = b.udiv(m, run.cg), b.urem(m, run.cg)
+        src = b.mul(b.add(b.mul(m, run.mg), c), i64(taps))
+        dst = b.add(b.mul(b.add(b.mul(gi, run.mg), c), run.kd), b.mul(ml, i64(taps)))
         with for_range(b, taps, name="tap") as t:
             store(b, load(b, w, b.add(src, b.sub(i64(taps - 1), t))), wf, b.add(dst, t))
-    memset_zero(b, col, col_floats * 4)
-    with _image_groups(em, b, fn, back) as (ni, gi):
-        dyg = gep(b, dy, _image_group(b, ni, gi, back.c * back.h * back.w, back.cg * back.h * back.w))
-        dxg = gep(b, dx, _image_group(b, ni, gi, back.m * back.p, back.mg * back.p))
-        emit_im2col(b, back, dyg, col, transposed=False, ld=ld, zeroed=True)
-        em.gemm.gemm(b, back.mg, back.p, back.kd, gep(b, wf, b.mul(gi, i64(back.mg * back.kd))),
-                     Operand(False, back.kd), col, Operand(False, ld), dxg, back.p, "zero")
+    memset_zero(b, col, s["col_bytes"])
+    with _image_groups(em, b, fn, run) as (ni, gi):
+        dyg = gep(b, dy, _image_group(b, ni, gi, run.x_image, run.x_group))
+        dxg = gep(b, dx, _image_group(b, ni, gi, run.y_image, run.y_group))
+        emit_im2col(b, run, dyg, col, transposed=False, ld=s["ld"], zeroed=True)
+        _gemm(em, b, s, "dx", back.mg, back.p, run.kd, gep(b, wf, b.mul(gi, run.w_group)), run.kd, col, s["ld"],
+              dxg, run.p)
     b.ret_void()
     return KernelCall(fn, args)
 
