@@ -160,7 +160,7 @@ def emit_im2col(b: ir.IRBuilder, geo: Geometry, x: ir.Value, col: ir.Value, tran
     else:
         assert not transposed
         first = rows[0]
-        memset_zero(b, col, b.mul(b.sub(rows[1], rows[0]), i64(ld * 4)))
+        memset_zero(b, col, _mul(b, b.sub(rows[1], rows[0]), _mul(b, ld, 4)))
 
     def body(row, xi, pi):
         at = b.add(_mul(b, pi, geo.kd), row) if transposed else b.add(_mul(b, b.sub(row, first), ld), pi)
@@ -208,20 +208,27 @@ def _gemm_sizes(em: ModuleEmitter, name: str, rows: int, cols: int) -> dict[str,
     return {f"{name}_tiles": rows // isa.mr, f"{name}_rest": rows % isa.mr, f"{name}_panels": cols // isa.nr}
 
 
+def _rests(em: ModuleEmitter, rows: int) -> list[int]:
+    """The rows a GEMM's last, partial register tile may have when it has ``rows`` rows: those of
+    the same parity (MR is even), so that stages of 16, 32 and 64 rows are one kernel."""
+    return [r for r in range(1, em.gemm.isa.mr) if r % 2 == rows % 2]
+
+
 def _gemm(em: ModuleEmitter, b: ir.IRBuilder, s: dict, name: str, rows: int, cols: int, k, pa: ir.Value, lda,
           pb: ir.Value, ldb, pc: ir.Value, ldc, init: str = "zero", bias: ir.Value | None = None,
-          epi: Epilogue = Epilogue(), residual: ir.Value | None = None) -> None:
+          epi: Epilogue = Epilogue(), residual: ir.Value | None = None, rests: list[int] | None = None) -> None:
     """GemmEmitter.gemm's C[rows, cols] = init + A @ B over operands read in place, with its sizes
     (K, the leading dimensions, the trip counts ``_gemm_sizes`` put in the table ``s`` under ``name``)
     run-time values. Compile-time: the columns of the last panel (cols mod NR) and the parity of
     ``rows``: the last tile's rows (run-time) pick one of the micro-kernels for the remainders of that
-    parity. Each element of C is the same micro-kernel sum as GemmEmitter.gemm's, so the same bits."""
+    parity (or of ``rests``). Each element of C is the same micro-kernel sum as GemmEmitter.gemm's, so
+    the same bits."""
     gemm = em.gemm
     isa = gemm.isa
     null = ir.Constant(ir.PointerType(), None)
     operand = Operand(False)
     dims = [as_i64(b, v) for v in (k, lda, ldb, ldc)]
-    rests = [r for r in range(isa.mr) if r % 2 == rows % 2 and r > 0]
+    rests = _rests(em, rows) if rests is None else rests
 
     def tile(col0: ir.Value, n_valid: int, row0: ir.Value, mr: int) -> None:
         mk = gemm.micro_kernel(mr, n_valid, 0, operand, operand, 0, init, epi)
@@ -231,7 +238,7 @@ def _gemm(em: ModuleEmitter, b: ir.IRBuilder, s: dict, name: str, rows: int, col
         b.call(mk, [gep(b, pa, _mul(b, row0, lda)), gep(b, pb, col0), gep(b, pc, c_off), bias_at, res_at] + dims)
 
     def column(col0: ir.Value, n_valid: int) -> None:
-        tiles, rest = s[f"{name}_tiles"], s[f"{name}_rest"]
+        tiles, rest = s[f"{name}_tiles"], s.get(f"{name}_rest")
         with for_range(b, tiles, name="ir") as ir_:
             tile(col0, n_valid, b.mul(ir_, i64(isa.mr)), isa.mr)
         if not rests:
@@ -433,57 +440,64 @@ def emit_conv_grad_weight(em: ModuleEmitter, op: Op) -> KernelCall:
     mine_bytes = align(mine_f * 4)
     shared_f = geo.g * rows * cols if transpose_dy else 0  # dW^T, shared (threads own disjoint rows)
     args = [op.inputs[0], op.inputs[1], op.outputs[0], em.scratch(mine_bytes * em.threads + shared_f * 4)]
-    fn, b = em.function(op.name, len(args), parallel=True)
+    fn, b, s = _with_sizes(em, op, args, geo.sizes() | dict(
+        rows=rows, cols=cols, units=units, last_unit=units - 1, group_result=rows * cols, ld=ld, dyt=mr * ld,
+        slice=mine_bytes, shared=mine_bytes * em.threads // 4, col_bytes=im2col_bytes(geo),
+        last_tiles=rem // mr, last_rest=rem % mr, unit_panels=cols // em.isa.nr))
+    run = geo.at_run_time(s)
     x, dy, dw, scratch = fn.args[:4]
-    mine = em.thread_scratch(b, scratch, mine_bytes, fn.args[-2])
-    col, dyt = mine, gep(b, mine, mr * ld)
-    acc = gep(b, scratch, mine_bytes * em.threads // 4) if transpose_dy else dw
-    k_lo, k_hi = em.thread_range(b, fn, geo.g * units)  # this thread's (group, unit) pairs
+    mine = _thread_slice(b, scratch, s["slice"], fn.args[-2])
+    col, dyt = mine, gep(b, mine, s["dyt"])
+    acc = gep(b, scratch, s["shared"]) if transpose_dy else dw
+    k_lo, k_hi = em.thread_range(b, fn, _mul(b, s["units"], geo.g))  # this thread's (group, unit) pairs
 
     def unit(k):
-        gi, u = b.udiv(k, i64(units)), b.urem(k, i64(units))
+        gi, u = b.udiv(k, s["units"]), b.urem(k, s["units"])
         first = b.mul(u, i64(mr))
-        last = b.icmp_unsigned("==", u, i64(units - 1))
-        return gi, first, b.select(last, i64(rows), b.add(first, i64(mr))), last
+        last = b.icmp_unsigned("==", u, s["last_unit"])
+        return gi, first, b.select(last, s["rows"], b.add(first, i64(mr))), last
 
     def result_rows(gi, first):
-        return gep(b, acc, b.add(b.mul(gi, i64(rows * cols)), b.mul(first, i64(cols))))
+        return gep(b, acc, b.add(b.mul(gi, s["group_result"]), b.mul(first, s["cols"])))
 
     with for_range(b, k_hi, start=k_lo, name="zero") as k:  # this thread's rows of the result start at 0
         gi, first, end, _ = unit(k)
-        memset_zero(b, result_rows(gi, first), b.mul(b.mul(b.sub(end, first), i64(cols)), i64(4)))
+        memset_zero(b, result_rows(gi, first), b.mul(b.mul(b.sub(end, first), s["cols"]), i64(4)))
 
     if not transpose_dy:
-        memset_zero(b, col, im2col_bytes(geo))
-    with for_range(b, geo.n, name="batch") as ni:
+        memset_zero(b, col, s["col_bytes"])
+    with for_range(b, run.n, name="batch") as ni:
         if transpose_dy:  # dY^T[P, M] of this image, all groups
-            emit_transpose(b, gep(b, dy, b.mul(ni, i64(geo.m * geo.p))), dyt, geo.m, geo.p)
+            emit_transpose(b, gep(b, dy, b.mul(ni, run.y_image)), dyt, run.m, run.p)
         with for_range(b, geo.g, name="group") as gi:
-            lo = _smax(b, k_lo, b.mul(gi, i64(units)))
-            hi = _smin(b, k_hi, b.mul(b.add(gi, i64(1)), i64(units)))
-            xg = gep(b, x, _image_group(b, ni, gi, geo.c * geo.h * geo.w, geo.cg * geo.h * geo.w))
-            dyg = gep(b, dy, _image_group(b, ni, gi, geo.m * geo.p, geo.mg * geo.p))
+            lo = _smax(b, k_lo, b.mul(gi, s["units"]))
+            hi = _smin(b, k_hi, b.mul(b.add(gi, i64(1)), s["units"]))
+            xg = gep(b, x, _image_group(b, ni, gi, run.x_image, run.x_group))
+            dyg = gep(b, dy, _image_group(b, ni, gi, run.y_image, run.y_group))
             with b.if_then(b.icmp_signed("<", lo, hi)):
                 if not transpose_dy:
-                    emit_im2col(b, geo, xg, col, transposed=True, zeroed=True)
+                    emit_im2col(b, run, xg, col, transposed=True, zeroed=True)
                 with for_range(b, hi, start=lo, name="unit") as k:
                     _, first, end, last = unit(k)
                     c_at = result_rows(gi, first)
                     if transpose_dy:  # dW^T rows [first, end) += col rows [first, end) @ dY_g^T
-                        emit_im2col(b, geo, xg, col, transposed=False, rows=(first, end), ld=ld)
-                        a_ptr, a_ld, b_ptr, b_ld = col, ld, gep(b, dyt, b.mul(gi, i64(geo.mg))), geo.m
+                        emit_im2col(b, run, xg, col, transposed=False, rows=(first, end), ld=s["ld"])
+                        a_ptr, a_ld, b_ptr, b_ld = col, s["ld"], gep(b, dyt, b.mul(gi, run.mg)), run.m
                     else:             # dW rows [first, end) += dY rows [first, end) @ colT
-                        a_ptr, a_ld, b_ptr, b_ld = gep(b, dyg, b.mul(first, i64(geo.p))), geo.p, col, geo.kd
+                        a_ptr, a_ld, b_ptr, b_ld = gep(b, dyg, b.mul(first, run.p)), run.p, col, run.kd
+                    # one register tile of MR rows, or the last unit's rows (run-time, of rows' parity)
+                    full = {"u_tiles": i64(1), "u_panels": s["unit_panels"]}
+                    partial = {"u_tiles": s["last_tiles"], "u_rest": s["last_rest"], "u_panels": s["unit_panels"]}
                     with b.if_else(last) as (on_last, on_full):
-                        for branch, m in ((on_last, rem), (on_full, mr)):
+                        for branch, sizes, rests in ((on_last, partial, _rests(em, rows)), (on_full, full, [])):
                             with branch:
-                                em.gemm.gemm(b, m, cols, geo.p, a_ptr, Operand(False, a_ld), b_ptr,
-                                             Operand(False, b_ld), c_at, cols, "load")
+                                _gemm(em, b, sizes, "u", rows, cols, run.p, a_ptr, a_ld, b_ptr, b_ld, c_at,
+                                      s["cols"], "load", rests=rests)
     if transpose_dy:  # this thread's rows of dW^T are columns of dW
         with for_range(b, k_hi, start=k_lo, name="out") as k:
             gi, first, end, _ = unit(k)
-            with for_range(b, end, start=first, name="kd") as r, for_range(b, geo.mg, name="m") as m:
-                v = load(b, acc, b.add(b.mul(gi, i64(rows * geo.mg)), b.add(b.mul(r, i64(geo.mg)), m)))
-                store(b, v, dw, b.add(b.mul(gi, i64(geo.mg * geo.kd)), b.add(b.mul(m, i64(geo.kd)), r)))
+            with for_range(b, end, start=first, name="kd") as r, for_range(b, run.mg, name="m") as m:
+                v = load(b, acc, b.add(b.mul(gi, s["group_result"]), b.add(b.mul(r, run.mg), m)))
+                store(b, v, dw, b.add(b.mul(gi, run.w_group), b.add(b.mul(m, run.kd), r)))
     b.ret_void()
     return KernelCall(fn, args)

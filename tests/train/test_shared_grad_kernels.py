@@ -1,4 +1,4 @@
-"""The training convs (forward with run-time weights, dX; codegen/kernels/conv_grad.py) take their
+"""The training convs (forward with run-time weights, dX, im2col dW; codegen/kernels/conv_grad.py) take their
 sizes from a size table: the convs of a network's stages that share a window (kernel, strides, pads)
 are one compiled kernel module per kind, and they compute what the reference does on 1 and 2 threads,
 at odd sizes too (vector remainders, odd channel counts)."""
@@ -31,7 +31,7 @@ STAGES = [
     (S1, (2, 16, 16, 16), 16), (S1, (2, 32, 8, 8), 32), (S1, (1, 64, 4, 4), 64),
     (S2, (2, 16, 16, 16), 32), (S2, (2, 32, 8, 8), 64),
     (PROJ, (2, 16, 16, 16), 32), (PROJ, (2, 32, 8, 8), 64),
-    (POINT, (2, 16, 8, 8), 32), (POINT, (2, 32, 4, 4), 16),
+    (POINT, (2, 16, 8, 8), 32), (POINT, (2, 32, 4, 4), 64),
 ]
 # odd channel counts (last tiles of 1, 3 and 5 rows), pixels that leave a partial panel, a 3x2 window
 ODD = [
@@ -40,16 +40,16 @@ ODD = [
 ]
 
 
-def conv_step_graph(convs) -> Graph:
-    """Per conv: its forward with the weight an input (read at run time) and dX."""
+def conv_step_graph(convs, dw: bool = False) -> Graph:
+    """Per conv: its forward with the weight an input (read at run time), dX and with ``dw`` dW."""
     g = Graph("conv_step")
     for i, ((kernel, strides, pads), xs, m) in enumerate(convs):
         x = g.add_tensor(f"x{i}", xs, np.float32, TensorKind.INPUT).name
         w = g.add_tensor(f"w{i}", (m, xs[1]) + kernel, np.float32, TensorKind.INPUT).name
         (y,) = g.add_op(OpKind.CONV, ConvAttrs(kernel, strides, pads, (1, 1), 1), [x, w], name=f"conv{i}").outputs
         g.add_tensor(f"dy{i}", g.tensor(y).shape, np.float32, TensorKind.INPUT)
-        dx = backward(g, {y: f"dy{i}"}, [x])[x]
-        g.outputs += [y, dx]
+        grads = backward(g, {y: f"dy{i}"}, [x, w] if dw else [x])
+        g.outputs += [y, *grads.values()]
     g.inputs = [n for i in range(len(convs)) for n in (f"x{i}", f"w{i}", f"dy{i}")]
     g.verify()
     return g
@@ -63,9 +63,20 @@ def test_training_convs_of_every_stage_are_one_kernel_module_per_window():
     assert len(kernels) == 2 * 4, [m.text[:200] for m in kernels]  # forward and dX per window
 
 
+def test_im2col_dw_kernels_of_every_stage_are_one_kernel_module_per_window():
+    """Strided and pointwise convs (dW on im2col patches, both of its layouts): forward, dX and dW of
+    each window one module each."""
+    stages = [c for c in STAGES if c[0] != S1]
+    plan = pipeline(conv_step_graph(stages, dw=True), options=CompileOptions(threads=2), variant=AS_BUILT)
+    native = emit_module(plan, threads=2)
+    assert len(native.callees) == 3 * len(stages)
+    kernels = [m for m in split_module(native.ir_module, native.callees)[1:] if m.kernels]
+    assert len(kernels) == 3 * 3, [m.text[:200] for m in kernels]
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_shared_training_convs_match_the_reference(threads):
-    g = conv_step_graph(STAGES + ODD)
+    g = conv_step_graph(STAGES + ODD, dw=True)
     rng = np.random.default_rng(threads)
     feeds = {n: rng.standard_normal(g.tensor(n).shape).astype(np.float32) for n in g.inputs}
     plan = pipeline(g, options=CompileOptions(threads=threads), variant=AS_BUILT)
