@@ -21,11 +21,14 @@ rows of dY) for itself. The per-tap sums accumulate in a shared scratch [group][
 
 In the CIFAR ResNet's training step (batch 128, 10 of its 15 dW kernels shifted) the dW kernels took
 a fifth less time than with im2col on 1 and on 2 threads (a 2-core AVX2 VM under load).
+
+The sizes come from a size table (as conv_grad.py's kernels' do): the stages of a network are one
+compiled kernel per window, whether the 8 x 8 block copy applies and the GEMM's last panel staying
+compile-time choices.
 """
 from __future__ import annotations
 
-from convc.codegen.kernels.blas import Operand
-from convc.codegen.kernels.conv_grad import Geometry
+from convc.codegen.kernels.conv_grad import Geometry, _gemm, _mul, _thread_slice, _with_sizes
 from convc.codegen.llvm_utils import F32, I32, for_range, gep, i64, load, memset_zero, store
 from convc.codegen.module import KernelCall, ModuleEmitter
 from convc.passes.memory import align
@@ -57,53 +60,60 @@ def emit_grad_weight_shifted(em: ModuleEmitter, op: Op, geo: Geometry) -> Kernel
     mine_bytes = align((xp_f + dyp_f) * 4)
     acc_f = geo.g * taps * geo.mg * geo.cg
     args = [op.inputs[0], op.inputs[1], op.outputs[0], em.scratch(mine_bytes * em.threads + acc_f * 4)]
-    fn, b = em.function(op.name, len(args), parallel=True)
+    fn, b, s = _with_sizes(em, op, args, geo.sizes() | dict(
+        wp=wp, k=k, tiles=tiles, last_tile=tiles - 1, tile_taps=tiles * taps, xp=xp_f, zero_bytes=(xp_f + dyp_f) * 4,
+        dyp_group=geo.mg * k, row_shift=dh * wp, slice=mine_bytes, shared=mine_bytes * em.threads // 4,
+        whole_tiles=geo.mg // mr, rest=geo.mg % mr, panels=geo.cg // em.isa.nr))
+    run = geo.at_run_time(s)
     x, dy, dw, scratch = fn.args[:4]
-    xp = em.thread_scratch(b, scratch, mine_bytes, fn.args[-2])
-    dyp = gep(b, xp, xp_f)
-    acc = gep(b, scratch, mine_bytes * em.threads // 4)
-    lo, hi = em.thread_range(b, fn, geo.g * tiles * taps)  # this thread's (group, tile, tap) GEMMs
+    xp = _thread_slice(b, scratch, s["slice"], fn.args[-2])
+    dyp = gep(b, xp, s["xp"])
+    acc = gep(b, scratch, s["shared"])
+    lo, hi = em.thread_range(b, fn, _mul(b, s["tile_taps"], geo.g))  # this thread's (group, tile, tap) GEMMs
 
     def item(j):
-        gi, tile, t = b.udiv(j, i64(tiles * taps)), b.urem(b.udiv(j, i64(taps)), i64(tiles)), b.urem(j, i64(taps))
+        gi, tile, t = b.udiv(j, s["tile_taps"]), b.urem(b.udiv(j, i64(taps)), s["tiles"]), b.urem(j, i64(taps))
         first = b.mul(tile, i64(mr))
-        end = b.select(b.icmp_unsigned("==", tile, i64(tiles - 1)), i64(geo.mg), b.add(first, i64(mr)))
+        end = b.select(b.icmp_unsigned("==", tile, s["last_tile"]), run.mg, b.add(first, i64(mr)))
         return gi, tile, t, first, end
 
     def acc_rows(gi, t, row):
-        return gep(b, acc, b.mul(b.add(b.mul(b.add(b.mul(gi, i64(taps)), t), i64(geo.mg)), row), i64(geo.cg)))
+        return gep(b, acc, b.mul(b.add(b.mul(b.add(b.mul(gi, i64(taps)), t), run.mg), row), run.cg))
 
     with b.if_then(b.icmp_unsigned("<", lo, hi)):
         g_first, _, _, row_first, _ = item(lo)
         g_last, _, _, _, row_end = item(b.sub(hi, i64(1)))
-        c_lo, c_hi = b.mul(g_first, i64(geo.cg)), b.mul(b.add(g_last, i64(1)), i64(geo.cg))
-        m_lo = b.add(b.mul(g_first, i64(geo.mg)), row_first)   # dY rows [m_lo, m_hi) of the image
-        m_hi = b.add(b.mul(g_last, i64(geo.mg)), row_end)
-        memset_zero(b, xp, (xp_f + dyp_f) * 4)  # the pads and dY's columns past OW stay zero
+        c_lo, c_hi = b.mul(g_first, run.cg), b.mul(b.add(g_last, i64(1)), run.cg)
+        m_lo = b.add(b.mul(g_first, run.mg), row_first)   # dY rows [m_lo, m_hi) of the image
+        m_hi = b.add(b.mul(g_last, run.mg), row_end)
+        memset_zero(b, xp, s["zero_bytes"])  # the pads and dY's columns past OW stay zero
         with for_range(b, hi, start=lo, name="zero") as j:
             gi, _, t, first, end = item(j)
-            memset_zero(b, acc_rows(gi, t, first), b.mul(b.sub(end, first), i64(geo.cg * 4)))
-        with for_range(b, geo.n, name="batch") as ni:
-            xi = gep(b, x, b.mul(ni, i64(geo.c * geo.h * geo.w)))
-            dyi = gep(b, dy, b.mul(ni, i64(geo.m * geo.p)))
-            _copy_channels_last(b, geo, xi, xp, (c_lo, c_hi), wp)
-            with for_range(b, m_hi, start=m_lo, name="m") as m, for_range(b, geo.oh, name="oy") as oy:
-                src = b.mul(b.add(b.mul(m, i64(geo.oh)), oy), i64(geo.ow))
-                dst = b.add(b.mul(m, i64(k)), b.mul(oy, i64(wp)))
-                with for_range(b, geo.ow, name="ox") as ox:
+            memset_zero(b, acc_rows(gi, t, first), b.mul(b.sub(end, first), b.mul(run.cg, i64(4))))
+        with for_range(b, run.n, name="batch") as ni:
+            xi = gep(b, x, b.mul(ni, run.x_image))
+            dyi = gep(b, dy, b.mul(ni, run.y_image))
+            _copy_channels_last(b, geo, run, xi, xp, (c_lo, c_hi), s["wp"])
+            with for_range(b, m_hi, start=m_lo, name="m") as m, for_range(b, run.oh, name="oy") as oy:
+                src = b.mul(b.add(b.mul(m, run.oh), oy), run.ow)
+                dst = b.add(b.mul(m, s["k"]), b.mul(oy, s["wp"]))
+                with for_range(b, run.ow, name="ox") as ox:
                     store(b, load(b, dyi, b.add(src, ox)), dyp, b.add(dst, ox))
             with for_range(b, hi, start=lo, name="gemm") as j:
-                gi, tile, t, _, _ = item(j)
-                shift = b.add(b.mul(b.udiv(t, i64(geo.kw)), i64(dh * wp)), b.mul(b.urem(t, i64(geo.kw)), i64(dw_)))
-                xg = gep(b, xp, b.add(b.mul(shift, i64(geo.c)), b.mul(gi, i64(geo.cg))))
-                em.gemm.gemm(b, geo.mg, geo.cg, k, gep(b, dyp, b.mul(gi, i64(geo.mg * k))), Operand(False, k),
-                             xg, Operand(False, geo.c), acc_rows(gi, t, i64(0)), geo.cg, "load",
-                             tiles=(tile, b.add(tile, i64(1))))
+                gi, tile, t, first, _ = item(j)
+                shift = b.add(b.mul(b.udiv(t, i64(geo.kw)), s["row_shift"]), b.mul(b.urem(t, i64(geo.kw)), i64(dw_)))
+                xg = gep(b, xp, b.add(b.mul(shift, run.c), b.mul(gi, run.cg)))
+                # the tile's MR rows, or the last tile's rows (run-time, of Mg's parity)
+                whole = b.icmp_unsigned("<", tile, s["whole_tiles"])
+                one = {"t_tiles": b.select(whole, i64(1), i64(0)), "t_rest": b.select(whole, i64(0), s["rest"]),
+                       "t_panels": s["panels"]}
+                _gemm(em, b, one, "t", geo.mg, geo.cg, s["k"], gep(b, dyp, b.add(b.mul(gi, s["dyp_group"]),
+                      b.mul(first, s["k"]))), s["k"], xg, run.c, acc_rows(gi, t, first), run.cg, "load")
         with for_range(b, hi, start=lo, name="out") as j:  # acc[g][tap][m][c] -> dW[g * Mg + m][c][tap]
             gi, _, t, first, end = item(j)
-            with for_range(b, end, start=first, name="m") as m, for_range(b, geo.cg, name="ci") as ci:
-                row = b.add(b.mul(gi, i64(geo.mg)), m)
-                at = b.add(b.mul(row, i64(geo.kd)), b.add(b.mul(ci, i64(taps)), t))
+            with for_range(b, end, start=first, name="m") as m, for_range(b, run.cg, name="ci") as ci:
+                row = b.add(b.mul(gi, run.mg), m)
+                at = b.add(b.mul(row, run.kd), b.add(b.mul(ci, i64(taps)), t))
                 store(b, load(b, acc_rows(gi, t, m), ci), dw, at)
     b.ret_void()
     return KernelCall(fn, args)
@@ -127,26 +137,29 @@ def _transpose8(b: ir.IRBuilder, rows: list[ir.Value]) -> list[ir.Value]:
             + [shuffle(s[i], s[4 + i], [4, 5, 6, 7, 12, 13, 14, 15]) for i in range(4)])
 
 
-def _copy_channels_last(b: ir.IRBuilder, geo: Geometry, x: ir.Value, xp: ir.Value, channels: tuple, wp: int) -> None:
+def _copy_channels_last(b: ir.IRBuilder, geo: Geometry, run: Geometry, x: ir.Value, xp: ir.Value, channels: tuple,
+                        wp: ir.Value) -> None:
     """xp[(iy + pt) * Wp + ix + pl, c] = x[c, iy, ix] for the channels [first, end) of one image, row by
     row (a row of xp, Wp * C floats, stays in L1 while its channels are written): 8 x 8 blocks
     transposed in registers where 8 divides the width and the channels per group, else one float at a
-    time (strided stores)."""
+    time (strided stores). ``geo``'s sizes choose the copy, ``run``'s (run-time values) drive it."""
     pt, pl = geo.a.pads[:2]
     first, end = channels
-    with for_range(b, geo.h, name="iy") as iy:
-        out_row = b.mul(b.add(iy, i64(pt)), i64(wp))
+    with for_range(b, run.h, name="iy") as iy:
+        out_row = b.mul(b.add(iy, i64(pt)), wp)
         if geo.w % 8 == 0 and geo.cg % 8 == 0:
-            with for_range(b, end, start=first, step=8, name="c8") as c, for_range(b, geo.w // 8, name="x8") as xb:
+            plane = b.mul(run.h, run.w)
+            with for_range(b, end, start=first, step=8, name="c8") as c, \
+                    for_range(b, b.udiv(run.w, i64(8)), name="x8") as xb:
                 ix = b.mul(xb, i64(8))
-                src = b.add(b.mul(b.add(b.mul(c, i64(geo.h)), iy), i64(geo.w)), ix)
-                rows = [b.load(gep(b, x, b.add(src, i64(j * geo.h * geo.w))), typ=V8, align=4) for j in range(8)]
-                dst = b.add(b.mul(b.add(b.add(out_row, ix), i64(pl)), i64(geo.c)), c)
+                src = b.add(b.mul(b.add(b.mul(c, run.h), iy), run.w), ix)
+                rows = [b.load(gep(b, x, b.add(src, _mul(b, plane, j))), typ=V8, align=4) for j in range(8)]
+                dst = b.add(b.mul(b.add(b.add(out_row, ix), i64(pl)), run.c), c)
                 for j, column in enumerate(_transpose8(b, rows)):
-                    b.store(column, gep(b, xp, b.add(dst, i64(j * geo.c))), align=4)
+                    b.store(column, gep(b, xp, b.add(dst, _mul(b, run.c, j))), align=4)
         else:
             with for_range(b, end, start=first, name="c") as c:
-                src = b.mul(b.add(b.mul(c, i64(geo.h)), iy), i64(geo.w))
-                dst = b.add(b.mul(b.add(out_row, i64(pl)), i64(geo.c)), c)
-                with for_range(b, geo.w, name="ix") as ix:
-                    store(b, load(b, x, b.add(src, ix)), xp, b.add(dst, b.mul(ix, i64(geo.c))))
+                src = b.mul(b.add(b.mul(c, run.h), iy), run.w)
+                dst = b.add(b.mul(b.add(out_row, i64(pl)), run.c), c)
+                with for_range(b, run.w, name="ix") as ix:
+                    store(b, load(b, x, b.add(src, ix)), xp, b.add(dst, b.mul(ix, run.c)))

@@ -1,4 +1,5 @@
-"""The training convs (forward with run-time weights, dX, im2col dW; codegen/kernels/conv_grad.py) take their
+"""The training convs (forward with run-time weights, dX, dW; codegen/kernels/conv_grad.py and
+conv_grad_weight.py) take their
 sizes from a size table: the convs of a network's stages that share a window (kernel, strides, pads)
 are one compiled kernel module per kind, and they compute what the reference does on 1 and 2 threads,
 at odd sizes too (vector remainders, odd channel counts)."""
@@ -28,7 +29,7 @@ POINT = ((1, 1), (1, 1), (0, 0, 0, 0))
 # (window, x shape, output channels): the stages of a CIFAR ResNet at small sizes; per window the
 # channels (16, 32, 64: last register tiles of 4, 2, 4 rows) and pixels (whole 16-float panels) differ
 STAGES = [
-    (S1, (2, 16, 16, 16), 16), (S1, (2, 32, 8, 8), 32), (S1, (1, 64, 4, 4), 64),
+    (S1, (2, 16, 16, 16), 16), (S1, (2, 32, 8, 8), 32), (S1, (1, 64, 8, 8), 64),
     (S2, (2, 16, 16, 16), 32), (S2, (2, 32, 8, 8), 64),
     (PROJ, (2, 16, 16, 16), 32), (PROJ, (2, 32, 8, 8), 64),
     (POINT, (2, 16, 8, 8), 32), (POINT, (2, 32, 4, 4), 64),
@@ -72,6 +73,17 @@ def test_im2col_dw_kernels_of_every_stage_are_one_kernel_module_per_window():
     assert len(native.callees) == 3 * len(stages)
     kernels = [m for m in split_module(native.ir_module, native.callees)[1:] if m.kernels]
     assert len(kernels) == 3 * 3, [m.text[:200] for m in kernels]
+
+
+def test_shifted_dw_kernels_of_every_stage_are_one_kernel_module():
+    """Stride-1 3x3 convs (dW by shifted GEMMs, conv_grad_weight.py) of 16, 32 and 64 channels:
+    forward, dX and dW one module each."""
+    stages = [c for c in STAGES if c[0] == S1]
+    plan = pipeline(conv_step_graph(stages, dw=True), options=CompileOptions(threads=2), variant=AS_BUILT)
+    native = emit_module(plan, threads=2)
+    assert len(native.callees) == 3 * len(stages)
+    kernels = [m for m in split_module(native.ir_module, native.callees)[1:] if m.kernels]
+    assert len(kernels) == 3, [m.text[:200] for m in kernels]
 
 
 @pytest.mark.parametrize("threads", [1, 2])
