@@ -21,7 +21,7 @@ network's stages that differ only in them are one compiled function per kind of 
 strides, pads, dilations, groups, epilogue). What stays compile-time is what the code's shape depends
 on: the columns of the last GEMM panel (P mod NR, masked vectors) and the parity of the GEMM's rows,
 whose last, partial register tile is one of the micro-kernels for the MR rows of that parity
-(``_gemm``): 16, 32 and 64 channels (remainders 4, 2, 4 of MR = 6) are one kernel.
+(``gemm_sized``): 16, 32 and 64 channels (remainders 4, 2, 4 of MR = 6) are one kernel.
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ class Geometry:
         return run
 
 
-def _mul(b: ir.IRBuilder, x, y):
+def times(b: ir.IRBuilder, x, y):
     """x * y for ints or i64 values (folded when both are ints)."""
     if isinstance(x, int) and isinstance(y, int):
         return i64(x * y)
@@ -160,20 +160,20 @@ def emit_im2col(b: ir.IRBuilder, geo: Geometry, x: ir.Value, col: ir.Value, tran
     else:
         assert not transposed
         first = rows[0]
-        memset_zero(b, col, _mul(b, b.sub(rows[1], rows[0]), _mul(b, ld, 4)))
+        memset_zero(b, col, times(b, b.sub(rows[1], rows[0]), times(b, ld, 4)))
 
     def body(row, xi, pi):
-        at = b.add(_mul(b, pi, geo.kd), row) if transposed else b.add(_mul(b, b.sub(row, first), ld), pi)
+        at = b.add(times(b, pi, geo.kd), row) if transposed else b.add(times(b, b.sub(row, first), ld), pi)
         store(b, load(b, x, xi), col, at)
     tap_loops(b, geo, body, rows)
 
 
 def emit_col2im(b: ir.IRBuilder, geo: Geometry, col: ir.Value, dx: ir.Value) -> None:
     """dx = the sum, over taps, of col[row, p] scattered back to the input position it was read from."""
-    memset_zero(b, dx, _mul(b, geo.x_group, 4))
+    memset_zero(b, dx, times(b, geo.x_group, 4))
 
     def body(row, xi, pi):
-        v = load(b, col, b.add(_mul(b, row, geo.p), pi))
+        v = load(b, col, b.add(times(b, row, geo.p), pi))
         store(b, b.fadd(load(b, dx, xi), v, flags=FAST), dx, xi)
     tap_loops(b, geo, body)
 
@@ -181,12 +181,12 @@ def emit_col2im(b: ir.IRBuilder, geo: Geometry, col: ir.Value, dx: ir.Value) -> 
 def emit_transpose(b: ir.IRBuilder, src: ir.Value, dst: ir.Value, rows, cols) -> None:
     """dst[j, i] = src[i, j] for a rows x cols matrix (ints or run-time values)."""
     with for_range(b, rows, name="tr") as i, for_range(b, cols, name="tc") as j:
-        store(b, load(b, src, b.add(_mul(b, i, cols), j)), dst, b.add(_mul(b, j, rows), i))
+        store(b, load(b, src, b.add(times(b, i, cols), j)), dst, b.add(times(b, j, rows), i))
 
 
 def _image_group(b: ir.IRBuilder, ni, gi, per_image, per_group) -> ir.Value:
     """Element offset of (image ni, group gi) in an NC... tensor."""
-    return b.add(_mul(b, ni, per_image), _mul(b, gi, per_group))
+    return b.add(times(b, ni, per_image), times(b, gi, per_group))
 
 
 def _image_groups(em: ModuleEmitter, b: ir.IRBuilder, fn: ir.Function, geo: Geometry):
@@ -195,14 +195,14 @@ def _image_groups(em: ModuleEmitter, b: ir.IRBuilder, fn: ir.Function, geo: Geom
 
     @contextmanager
     def loop():
-        lo, hi = em.thread_range(b, fn, _mul(b, geo.n, geo.g))
+        lo, hi = em.thread_range(b, fn, times(b, geo.n, geo.g))
         with for_range(b, hi, start=lo, name="ng") as k:
             yield b.udiv(k, i64(geo.g)), b.urem(k, i64(geo.g))
     return loop()
 
 
 def _gemm_sizes(em: ModuleEmitter, name: str, rows: int, cols: int) -> dict[str, int]:
-    """A GEMM's run-time trip counts for ``_gemm``: its whole MR-row tiles, the rows of its last
+    """A GEMM's run-time trip counts for ``gemm_sized``: its whole MR-row tiles, the rows of its last
     tile and its whole NR-column panels."""
     isa = em.gemm.isa
     return {f"{name}_tiles": rows // isa.mr, f"{name}_rest": rows % isa.mr, f"{name}_panels": cols // isa.nr}
@@ -214,9 +214,9 @@ def _rests(em: ModuleEmitter, rows: int) -> list[int]:
     return [r for r in range(1, em.gemm.isa.mr) if r % 2 == rows % 2]
 
 
-def _gemm(em: ModuleEmitter, b: ir.IRBuilder, s: dict, name: str, rows: int, cols: int, k, pa: ir.Value, lda,
-          pb: ir.Value, ldb, pc: ir.Value, ldc, init: str = "zero", bias: ir.Value | None = None,
-          epi: Epilogue = Epilogue(), residual: ir.Value | None = None, rests: list[int] | None = None) -> None:
+def gemm_sized(em: ModuleEmitter, b: ir.IRBuilder, s: dict, name: str, rows: int, cols: int, k, pa: ir.Value,
+               lda, pb: ir.Value, ldb, pc: ir.Value, ldc, init: str = "zero", bias: ir.Value | None = None,
+               epi: Epilogue = Epilogue(), residual: ir.Value | None = None, rests: list[int] | None = None) -> None:
     """GemmEmitter.gemm's C[rows, cols] = init + A @ B over operands read in place, with its sizes
     (K, the leading dimensions, the trip counts ``_gemm_sizes`` put in the table ``s`` under ``name``)
     run-time values. Compile-time: the columns of the last panel (cols mod NR) and the parity of
@@ -232,10 +232,10 @@ def _gemm(em: ModuleEmitter, b: ir.IRBuilder, s: dict, name: str, rows: int, col
 
     def tile(col0: ir.Value, n_valid: int, row0: ir.Value, mr: int) -> None:
         mk = gemm.micro_kernel(mr, n_valid, 0, operand, operand, 0, init, epi)
-        c_off = b.add(_mul(b, row0, ldc), col0)
+        c_off = b.add(times(b, row0, ldc), col0)
         bias_at = gep(b, bias, row0) if init == "bias_row" else null
         res_at = gep(b, residual, c_off) if epi.residual else null
-        b.call(mk, [gep(b, pa, _mul(b, row0, lda)), gep(b, pb, col0), gep(b, pc, c_off), bias_at, res_at] + dims)
+        b.call(mk, [gep(b, pa, times(b, row0, lda)), gep(b, pb, col0), gep(b, pc, c_off), bias_at, res_at] + dims)
 
     def column(col0: ir.Value, n_valid: int) -> None:
         tiles, rest = s[f"{name}_tiles"], s.get(f"{name}_rest")
@@ -260,12 +260,12 @@ def _gemm(em: ModuleEmitter, b: ir.IRBuilder, s: dict, name: str, rows: int, col
         column(b.mul(s[f"{name}_panels"], i64(isa.nr)), cols % isa.nr)
 
 
-def _thread_slice(b: ir.IRBuilder, scratch: ir.Value, nbytes: ir.Value, tid: ir.Value) -> ir.Value:
+def thread_slice(b: ir.IRBuilder, scratch: ir.Value, nbytes: ir.Value, tid: ir.Value) -> ir.Value:
     """This thread's slice of a per-thread scratch argument, ``nbytes`` (aligned) a slice."""
     return b.gep(scratch, [b.mul(tid, nbytes)], inbounds=True, source_etype=ir.IntType(8))
 
 
-def _with_sizes(em: ModuleEmitter, op: Op, args: list, sizes: dict[str, int]):
+def function_with_sizes(em: ModuleEmitter, op: Op, args: list, sizes: dict[str, int]):
     """The kernel function for ``args`` plus the size table of ``sizes`` (its last argument before the
     thread ids): (fn, builder, the sizes as run-time values by name)."""
     args.append(em.size_table(list(sizes.values())))
@@ -289,15 +289,15 @@ def emit_conv_runtime(em: ModuleEmitter, op: Op) -> KernelCall:
     col_bytes = geo.kd * ld * 4
     if not geo.direct:
         args.append(em.scratch(col_bytes, per_thread=True))
-    fn, b, s = _with_sizes(em, op, args, geo.sizes() | dict(ld=ld, col_bytes=col_bytes, slice=align(col_bytes))
-                           | _gemm_sizes(em, "y", geo.mg, geo.p))
+    fn, b, s = function_with_sizes(em, op, args, geo.sizes() | dict(ld=ld, col_bytes=col_bytes, slice=align(col_bytes))
+                                   | _gemm_sizes(em, "y", geo.mg, geo.p))
     run = geo.at_run_time(s)
     tid = fn.args[-2]
     x, w = fn.args[0], fn.args[1]
     bias = fn.args[2] if has_bias else None
     residual = fn.args[len(op.inputs) - 1] if epi.residual else None
     y = fn.args[len(op.inputs)]
-    col = None if geo.direct else _thread_slice(b, fn.args[len(op.inputs) + 1], s["slice"], tid)
+    col = None if geo.direct else thread_slice(b, fn.args[len(op.inputs) + 1], s["slice"], tid)
     in_kernel, after = split_epilogue(epi)
     if col is not None:
         memset_zero(b, col, s["col_bytes"])
@@ -310,8 +310,8 @@ def emit_conv_runtime(em: ModuleEmitter, op: Op) -> KernelCall:
         else:
             emit_im2col(b, run, xg, col, transposed=False, ld=s["ld"], zeroed=True)
             src = col
-        _gemm(em, b, s, "y", geo.mg, geo.p, run.kd, gep(b, w, b.mul(gi, run.w_group)), run.kd, src, s["ld"], yg,
-              run.p, "bias_row" if has_bias else "zero", gep(b, bias, b.mul(gi, run.mg)) if has_bias else None,
+        gemm_sized(em, b, s, "y", geo.mg, geo.p, run.kd, gep(b, w, b.mul(gi, run.w_group)), run.kd, src, s["ld"], yg,
+                   run.p, "bias_row" if has_bias else "zero", gep(b, bias, b.mul(gi, run.mg)) if has_bias else None,
               in_kernel, gep(b, residual, y_off) if epi.residual else None)
         epilogue_pass(b, after, yg, None, run.y_group)
     b.ret_void()
@@ -353,11 +353,11 @@ def emit_conv_grad_input(em: ModuleEmitter, op: Op) -> KernelCall:
     col_floats = 0 if geo.direct else geo.kd * geo.p
     nbytes = (wt_floats + col_floats) * 4
     args = [op.inputs[0], op.inputs[1], op.outputs[0], em.scratch(nbytes, per_thread=True)]
-    fn, b, s = _with_sizes(em, op, args, geo.sizes() | dict(wt_floats=wt_floats, slice=align(nbytes))
-                           | _gemm_sizes(em, "dcol", geo.kd, geo.p))
+    fn, b, s = function_with_sizes(em, op, args, geo.sizes() | dict(wt_floats=wt_floats, slice=align(nbytes))
+                                   | _gemm_sizes(em, "dcol", geo.kd, geo.p))
     run = geo.at_run_time(s)
     w, dy, dx = fn.args[:3]
-    wt = _thread_slice(b, fn.args[3], s["slice"], fn.args[-2])
+    wt = thread_slice(b, fn.args[3], s["slice"], fn.args[-2])
     dcol = gep(b, wt, s["wt_floats"])
     with for_range(b, geo.g, name="group") as gi:  # W_g^T[Kd, Mg]
         emit_transpose(b, gep(b, w, b.mul(gi, run.w_group)), gep(b, wt, b.mul(gi, run.w_group)), run.mg, run.kd)
@@ -366,7 +366,7 @@ def emit_conv_grad_input(em: ModuleEmitter, op: Op) -> KernelCall:
         dxg = gep(b, dx, _image_group(b, ni, gi, run.x_image, run.x_group))
         wtg = gep(b, wt, b.mul(gi, run.w_group))
         target = dxg if geo.direct else dcol
-        _gemm(em, b, s, "dcol", geo.kd, geo.p, run.mg, wtg, run.mg, dyg, run.p, target, run.p)
+        gemm_sized(em, b, s, "dcol", geo.kd, geo.p, run.mg, wtg, run.mg, dyg, run.p, target, run.p)
         if not geo.direct:
             emit_col2im(b, run, dcol, dxg)
     b.ret_void()
@@ -382,14 +382,14 @@ def _conv_grad_input_flipped(em: ModuleEmitter, op: Op, back: Geometry) -> Kerne
     col_floats = back.kd * ld
     nbytes = (wf_floats + col_floats) * 4
     args = [op.inputs[0], op.inputs[1], op.outputs[0], em.scratch(nbytes, per_thread=True)]
-    fn, b, s = _with_sizes(em, op, args, back.sizes() | dict(wf_floats=wf_floats, ld=ld, col_bytes=col_floats * 4,
-                                                             slice=align(nbytes)) | _gemm_sizes(em, "dx", back.mg, back.p))
+    sizes = back.sizes() | dict(wf_floats=wf_floats, ld=ld, col_bytes=col_floats * 4, slice=align(nbytes))
+    fn, b, s = function_with_sizes(em, op, args, sizes | _gemm_sizes(em, "dx", back.mg, back.p))
     run = back.at_run_time(s)
     w, dy, dx = fn.args[:3]
-    wf = _thread_slice(b, fn.args[3], s["slice"], fn.args[-2])
+    wf = thread_slice(b, fn.args[3], s["slice"], fn.args[-2])
     col = gep(b, wf, s["wf_floats"])
     # Wf[g][c, m * taps + t] = W[g * Mg + m, c, taps - 1 - t]: flipping both spatial axes reverses the flat tap
-    with for_range(b, _mul(b, run.cg, back.g), name="m") as m, for_range(b, run.mg, name="c") as c:
+    with for_range(b, times(b, run.cg, back.g), name="m") as m, for_range(b, run.mg, name="c") as c:
         gi, ml = b.udiv(m, run.cg), b.urem(m, run.cg)
         src = b.mul(b.add(b.mul(m, run.mg), c), i64(taps))
         dst = b.add(b.mul(b.add(b.mul(gi, run.mg), c), run.kd), b.mul(ml, i64(taps)))
@@ -400,8 +400,8 @@ def _conv_grad_input_flipped(em: ModuleEmitter, op: Op, back: Geometry) -> Kerne
         dyg = gep(b, dy, _image_group(b, ni, gi, run.x_image, run.x_group))
         dxg = gep(b, dx, _image_group(b, ni, gi, run.y_image, run.y_group))
         emit_im2col(b, run, dyg, col, transposed=False, ld=s["ld"], zeroed=True)
-        _gemm(em, b, s, "dx", back.mg, back.p, run.kd, gep(b, wf, b.mul(gi, run.w_group)), run.kd, col, s["ld"],
-              dxg, run.p)
+        gemm_sized(em, b, s, "dx", back.mg, back.p, run.kd, gep(b, wf, b.mul(gi, run.w_group)), run.kd, col, s["ld"],
+                   dxg, run.p)
     b.ret_void()
     return KernelCall(fn, args)
 
@@ -440,16 +440,16 @@ def emit_conv_grad_weight(em: ModuleEmitter, op: Op) -> KernelCall:
     mine_bytes = align(mine_f * 4)
     shared_f = geo.g * rows * cols if transpose_dy else 0  # dW^T, shared (threads own disjoint rows)
     args = [op.inputs[0], op.inputs[1], op.outputs[0], em.scratch(mine_bytes * em.threads + shared_f * 4)]
-    fn, b, s = _with_sizes(em, op, args, geo.sizes() | dict(
+    fn, b, s = function_with_sizes(em, op, args, geo.sizes() | dict(
         rows=rows, cols=cols, units=units, last_unit=units - 1, group_result=rows * cols, ld=ld, dyt=mr * ld,
         slice=mine_bytes, shared=mine_bytes * em.threads // 4, col_bytes=im2col_bytes(geo),
         last_tiles=rem // mr, last_rest=rem % mr, unit_panels=cols // em.isa.nr))
     run = geo.at_run_time(s)
     x, dy, dw, scratch = fn.args[:4]
-    mine = _thread_slice(b, scratch, s["slice"], fn.args[-2])
+    mine = thread_slice(b, scratch, s["slice"], fn.args[-2])
     col, dyt = mine, gep(b, mine, s["dyt"])
     acc = gep(b, scratch, s["shared"]) if transpose_dy else dw
-    k_lo, k_hi = em.thread_range(b, fn, _mul(b, s["units"], geo.g))  # this thread's (group, unit) pairs
+    k_lo, k_hi = em.thread_range(b, fn, times(b, s["units"], geo.g))  # this thread's (group, unit) pairs
 
     def unit(k):
         gi, u = b.udiv(k, s["units"]), b.urem(k, s["units"])
@@ -491,8 +491,8 @@ def emit_conv_grad_weight(em: ModuleEmitter, op: Op) -> KernelCall:
                     with b.if_else(last) as (on_last, on_full):
                         for branch, sizes, rests in ((on_last, partial, _rests(em, rows)), (on_full, full, [])):
                             with branch:
-                                _gemm(em, b, sizes, "u", rows, cols, run.p, a_ptr, a_ld, b_ptr, b_ld, c_at,
-                                      s["cols"], "load", rests=rests)
+                                gemm_sized(em, b, sizes, "u", rows, cols, run.p, a_ptr, a_ld, b_ptr, b_ld, c_at,
+                                           s["cols"], "load", rests=rests)
     if transpose_dy:  # this thread's rows of dW^T are columns of dW
         with for_range(b, k_hi, start=k_lo, name="out") as k:
             gi, first, end, _ = unit(k)

@@ -28,7 +28,7 @@ compile-time choices.
 """
 from __future__ import annotations
 
-from convc.codegen.kernels.conv_grad import Geometry, _gemm, _mul, _thread_slice, _with_sizes
+from convc.codegen.kernels.conv_grad import Geometry, gemm_sized, times, thread_slice, function_with_sizes
 from convc.codegen.llvm_utils import F32, I32, for_range, gep, i64, load, memset_zero, store
 from convc.codegen.module import KernelCall, ModuleEmitter
 from convc.passes.memory import align
@@ -60,16 +60,16 @@ def emit_grad_weight_shifted(em: ModuleEmitter, op: Op, geo: Geometry) -> Kernel
     mine_bytes = align((xp_f + dyp_f) * 4)
     acc_f = geo.g * taps * geo.mg * geo.cg
     args = [op.inputs[0], op.inputs[1], op.outputs[0], em.scratch(mine_bytes * em.threads + acc_f * 4)]
-    fn, b, s = _with_sizes(em, op, args, geo.sizes() | dict(
+    fn, b, s = function_with_sizes(em, op, args, geo.sizes() | dict(
         wp=wp, k=k, tiles=tiles, last_tile=tiles - 1, tile_taps=tiles * taps, xp=xp_f, zero_bytes=(xp_f + dyp_f) * 4,
         dyp_group=geo.mg * k, row_shift=dh * wp, slice=mine_bytes, shared=mine_bytes * em.threads // 4,
         whole_tiles=geo.mg // mr, rest=geo.mg % mr, panels=geo.cg // em.isa.nr))
     run = geo.at_run_time(s)
     x, dy, dw, scratch = fn.args[:4]
-    xp = _thread_slice(b, scratch, s["slice"], fn.args[-2])
+    xp = thread_slice(b, scratch, s["slice"], fn.args[-2])
     dyp = gep(b, xp, s["xp"])
     acc = gep(b, scratch, s["shared"])
-    lo, hi = em.thread_range(b, fn, _mul(b, s["tile_taps"], geo.g))  # this thread's (group, tile, tap) GEMMs
+    lo, hi = em.thread_range(b, fn, times(b, s["tile_taps"], geo.g))  # this thread's (group, tile, tap) GEMMs
 
     def item(j):
         gi, tile, t = b.udiv(j, s["tile_taps"]), b.urem(b.udiv(j, i64(taps)), s["tiles"]), b.urem(j, i64(taps))
@@ -107,8 +107,8 @@ def emit_grad_weight_shifted(em: ModuleEmitter, op: Op, geo: Geometry) -> Kernel
                 whole = b.icmp_unsigned("<", tile, s["whole_tiles"])
                 one = {"t_tiles": b.select(whole, i64(1), i64(0)), "t_rest": b.select(whole, i64(0), s["rest"]),
                        "t_panels": s["panels"]}
-                _gemm(em, b, one, "t", geo.mg, geo.cg, s["k"], gep(b, dyp, b.add(b.mul(gi, s["dyp_group"]),
-                      b.mul(first, s["k"]))), s["k"], xg, run.c, acc_rows(gi, t, first), run.cg, "load")
+                gemm_sized(em, b, one, "t", geo.mg, geo.cg, s["k"], gep(b, dyp, b.add(b.mul(gi, s["dyp_group"]),
+                           b.mul(first, s["k"]))), s["k"], xg, run.c, acc_rows(gi, t, first), run.cg, "load")
         with for_range(b, hi, start=lo, name="out") as j:  # acc[g][tap][m][c] -> dW[g * Mg + m][c][tap]
             gi, _, t, first, end = item(j)
             with for_range(b, end, start=first, name="m") as m, for_range(b, run.cg, name="ci") as ci:
@@ -153,10 +153,10 @@ def _copy_channels_last(b: ir.IRBuilder, geo: Geometry, run: Geometry, x: ir.Val
                     for_range(b, b.udiv(run.w, i64(8)), name="x8") as xb:
                 ix = b.mul(xb, i64(8))
                 src = b.add(b.mul(b.add(b.mul(c, run.h), iy), run.w), ix)
-                rows = [b.load(gep(b, x, b.add(src, _mul(b, plane, j))), typ=V8, align=4) for j in range(8)]
+                rows = [b.load(gep(b, x, b.add(src, times(b, plane, j))), typ=V8, align=4) for j in range(8)]
                 dst = b.add(b.mul(b.add(b.add(out_row, ix), i64(pl)), run.c), c)
                 for j, column in enumerate(_transpose8(b, rows)):
-                    b.store(column, gep(b, xp, b.add(dst, _mul(b, run.c, j))), align=4)
+                    b.store(column, gep(b, xp, b.add(dst, times(b, run.c, j))), align=4)
         else:
             with for_range(b, end, start=first, name="c") as c:
                 src = b.mul(b.add(b.mul(c, run.h), iy), run.w)
