@@ -118,6 +118,44 @@ def cifar_cnn(batch: int | None = None, seed: int = 0) -> onnx.ModelProto:
     return b.model("cifar_cnn", "input", [n, 3, 32, 32], y, [n, 10], cifar_cnn.__doc__ or "")
 
 
+def cifar_resnet(width: int = 16):
+    """A ResNet for 3x32x32 images in convc's model DSL (``convc.nn``), for training: a 3x3 stem
+    (conv, BatchNorm, ReLU), six basic blocks of widths w, w, 2w, 2w, 4w, 4w (stride 2 and a 1x1
+    projection where the width grows), global average pooling and 10 logits; no biases before
+    BatchNorm. Its initial weights come from ``convc.nn``'s generator (``nn.manual_seed``). The compile
+    benchmark's training step and the tests that pin that step's bits build it here."""
+    from convc import nn
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.c1, self.b1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+            self.c2, self.b2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+            self.proj = stride != 1 or cin != cout
+            if self.proj:
+                self.s, self.sb = nn.Conv2d(cin, cout, 1, stride, 0, bias=False), nn.BatchNorm2d(cout)
+
+        def forward(self, x):
+            h = self.b2(self.c2(nn.relu(self.b1(self.c1(x)))))
+            return nn.relu(h + (self.sb(self.s(x)) if self.proj else x))
+
+    class Net(nn.Module):
+        def __init__(self, w):
+            super().__init__()
+            self.c, self.b = nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w)
+            self.blocks = nn.ModuleList([Block(w, w, 1), Block(w, w, 1), Block(w, 2 * w, 2), Block(2 * w, 2 * w, 1),
+                                         Block(2 * w, 4 * w, 2), Block(4 * w, 4 * w, 1)])
+            self.pool, self.fc = nn.GlobalAvgPool(), nn.Linear(4 * w, 10)
+
+        def forward(self, x):
+            x = nn.relu(self.b(self.c(x)))
+            for b in self.blocks:
+                x = b(x)
+            return self.fc(nn.flatten(self.pool(x)))
+
+    return Net(width)
+
+
 @dataclass(frozen=True)
 class Example:
     """A built-in model the CLI can write: ``convc example NAME``."""

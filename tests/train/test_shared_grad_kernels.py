@@ -105,36 +105,10 @@ def cifar_resnet_step_digest(threads: int) -> tuple[list[float], str]:
     losses and a SHA-256 of every state array after them (parameters, moments, BatchNorm statistics)."""
     import hashlib
     from convc import nn
-
-    class Block(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.c1, self.b1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
-            self.c2, self.b2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
-            self.proj = stride != 1 or cin != cout
-            if self.proj:
-                self.s, self.sb = nn.Conv2d(cin, cout, 1, stride, 0, bias=False), nn.BatchNorm2d(cout)
-
-        def forward(self, x):
-            h = self.b2(self.c2(nn.relu(self.b1(self.c1(x)))))
-            return nn.relu(h + (self.sb(self.s(x)) if self.proj else x))
-
-    class Net(nn.Module):
-        def __init__(self, w=16):
-            super().__init__()
-            self.c, self.b = nn.Conv2d(3, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w)
-            self.blocks = nn.ModuleList([Block(w, w, 1), Block(w, w, 1), Block(w, 2 * w, 2), Block(2 * w, 2 * w, 1),
-                                         Block(2 * w, 4 * w, 2), Block(4 * w, 4 * w, 1)])
-            self.pool, self.fc = nn.GlobalAvgPool(), nn.Linear(4 * w, 10)
-
-        def forward(self, x):
-            x = nn.relu(self.b(self.c(x)))
-            for b in self.blocks:
-                x = b(x)
-            return self.fc(nn.flatten(self.pool(x)))
+    from convc.models import cifar_resnet
 
     nn.manual_seed(0)
-    trainer = convc.Trainer(Net(), input_shape=(32, 3, 32, 32), threads=threads)
+    trainer = convc.Trainer(cifar_resnet(16), input_shape=(32, 3, 32, 32), threads=threads)
     rng = np.random.default_rng(1)
     losses = []
     for _ in range(3):
