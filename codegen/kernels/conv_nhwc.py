@@ -18,7 +18,6 @@ reads half of them).
 from __future__ import annotations
 
 import dataclasses
-from contextlib import contextmanager
 
 import numpy as np
 from llvmlite import ir
@@ -28,10 +27,11 @@ from convc.passes.memory import align
 from convc.ops import OpKind
 from convc.ops.conv import input_scale_of, split_inputs
 from convc.ops.epilogue import Epilogue
-from convc.codegen.llvm_utils import (F32, I64, PTR, VOID, as_i64, constant_table, for_range, gep, i64, memcpy,
-                                      memset_zero, prefetch)
+from convc.codegen.llvm_utils import F32, I64, PTR, VOID, as_i64, constant_table, for_range, gep, i64, prefetch
 from convc.codegen.module import KernelCall, ModuleEmitter
 from convc.codegen.kernels.blas import AVX512, GemmEmitter, Isa, pack_b, split_epilogue
+from convc.codegen.kernels.conv_nhwc_index import (pad_input_rows, panel_groups, pixel_offset, product,
+                                                   tile_pixel_offsets, value)
 from convc.codegen.kernels.epilogue import epilogue_pass
 
 # AVX-512 hosts also have 8-float vectors in 32 registers (AVX-512VL): 8 rows x 3 of them
@@ -316,15 +316,15 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
         taps = constant_table(b, tap_offsets, name=f"{fn.name}_taps")
     if by_panels:
         p_lo, p_hi = em.thread_range(b, fn, sizes["panels"])
-        r_lo, r_hi = i64(0), _value(sizes["out_rows"])
+        r_lo, r_hi = i64(0), value(sizes["out_rows"])
     else:
         r_lo, r_hi = em.thread_range(b, fn, sizes["out_rows"])
-        p_lo, p_hi = i64(0), _value(sizes["panels"])
+        p_lo, p_hi = i64(0), value(sizes["panels"])
     if padded:
-        _pad_input_rows(b, x, xpad, r_lo, r_hi, (h, w_, c), (oh, sh, (kh - 1) * dh), (hp, wp, pt, pl))
+        pad_input_rows(b, x, xpad, r_lo, r_hi, (h, w_, c), (oh, sh, (kh - 1) * dh), (hp, wp, pt, pl))
 
     row_table = b.alloca(I64, size=i64(isa.mr), name="rows")
-    m_lo, m_hi = b.mul(r_lo, _value(sizes["ow"])), b.mul(r_hi, _value(sizes["ow"]))
+    m_lo, m_hi = b.mul(r_lo, value(sizes["ow"])), b.mul(r_hi, value(sizes["ow"]))
     init = "bias_col" if bias_name is not None else "zero"
     dims = tuple(sizes[s] for s in ("oh", "ow", "hp", "wp", "c", "sh", "sw", "m", "kdim")) + (
         len(tap_offsets), sizes["run"], sizes["n_panels"], rem)
@@ -348,11 +348,11 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
                             row_table, taps, bias, residual, init, sizes, dims, streams_weights, (kh * kw, dense))
     if not after.empty:  # activations with no vector form, over this thread's rows
         if k.contiguous:
-            epilogue_pass(b, after, gep(b, y, b.mul(m_lo, _value(sizes["m"]))), None,
-                          b.mul(b.sub(m_hi, m_lo), _value(sizes["m"])))
+            epilogue_pass(b, after, gep(b, y, b.mul(m_lo, value(sizes["m"]))), None,
+                          b.mul(b.sub(m_hi, m_lo), value(sizes["m"])))
         else:
             with for_range(b, m_hi, start=m_lo, name="epi_row") as row:
-                epilogue_pass(b, after, gep(b, y, b.mul(row, as_i64(b, ldc))), None, _value(sizes["m"]))
+                epilogue_pass(b, after, gep(b, y, b.mul(row, as_i64(b, ldc))), None, value(sizes["m"]))
     b.ret_void()
     return KernelCall(fn, args)
 
@@ -372,8 +372,8 @@ def _pixel_tiles(b: ir.IRBuilder, em: ModuleEmitter, gemm: GemmEmitter, epilogue
     has_bias, has_residual = k.bias is not None, k.residual is not None
     tiles = b.udiv(b.add(b.sub(m_hi, m_lo), i64(isa.mr - 1)), i64(isa.mr))
 
-    with _panel_groups(b, p_lo, p_hi, group) as g0:
-        g1 = b.add(g0, _value(group))
+    with panel_groups(b, p_lo, p_hi, group) as g0:
+        g1 = b.add(g0, value(group))
         g1 = b.select(b.icmp_signed("<", g1, p_hi), g1, p_hi)
         with for_range(b, tiles, name="tile") as ti:
             m0 = b.add(m_lo, b.mul(ti, i64(isa.mr)))
@@ -384,24 +384,24 @@ def _pixel_tiles(b: ir.IRBuilder, em: ModuleEmitter, gemm: GemmEmitter, epilogue
                     mi = b.select(b.icmp_signed("<", mi, last), mi, last)
                     if first_row is not None:
                         mi = b.sub(mi, first_row)
-                    b.store(b.mul(mi, _value(c)), gep(b, row_table, i, I64))
+                    b.store(b.mul(mi, value(c)), gep(b, row_table, i, I64))
             elif not isinstance(ow, ir.Value):  # divisions by constants: a multiply and a shift each
                 for i in range(isa.mr):
                     mi = b.add(m0, i64(i))
                     mi = b.select(b.icmp_signed("<", mi, last), mi, last)
-                    b.store(_pixel_offset(b, mi, (oh, ow), (hp, wp, c), (sh, sw)), gep(b, row_table, i, I64))
+                    b.store(pixel_offset(b, mi, (oh, ow), (hp, wp, c), (sh, sw)), gep(b, row_table, i, I64))
             else:  # sizes read at run time: divide once per tile, then step pixel by pixel
-                _tile_pixel_offsets(b, m0, last, isa.mr, row_table, (oh, ow), (hp, wp, c), (sh, sw))
+                tile_pixel_offsets(b, m0, last, isa.mr, row_table, (oh, ow), (hp, wp, c), (sh, sw))
             if A_PREFETCH_TILES and ntaps == 1:  # one kernel row: the tile reads [first row, last row + run)
                 first = b.load(gep(b, row_table, 0, I64), typ=I64)
-                span = b.add(b.sub(b.load(gep(b, row_table, isa.mr - 1, I64), typ=I64), first), _value(run))
+                span = b.add(b.sub(b.load(gep(b, row_table, isa.mr - 1, I64), typ=I64), first), value(run))
                 ahead = b.add(first, b.mul(span, i64(A_PREFETCH_TILES)))
                 lines = b.udiv(b.add(span, i64(15)), i64(16))
                 with for_range(b, lines, name="pfa") as li:
                     prefetch(b, xpad, b.add(ahead, b.mul(li, i64(16))))
             valid = b.sub(m_hi, m0)
             y_tile = gep(b, y, b.mul(m0, as_i64(b, ldc)))
-            r_tile = gep(b, residual, b.mul(m0, _value(m))) if has_residual else residual
+            r_tile = gep(b, residual, b.mul(m0, value(m))) if has_residual else residual
 
             def call_panel(j: ir.Value, n_valid: int) -> None:
                 if streams_weights:  # the first tile of a panel reads its weights from memory
@@ -415,14 +415,14 @@ def _pixel_tiles(b: ir.IRBuilder, em: ModuleEmitter, gemm: GemmEmitter, epilogue
 
             def call(j: ir.Value, n_valid: int, mk: ir.Function) -> None:
                 col = b.mul(j, i64(isa.nr))
-                b.call(mk, [xpad, row_table, taps, i64(ntaps), _value(run),
-                            gep(b, wt, b.mul(j, _product(b, kdim, isa.nr))), gep(b, y_tile, col), as_i64(b, ldc),
+                b.call(mk, [xpad, row_table, taps, i64(ntaps), value(run),
+                            gep(b, wt, b.mul(j, product(b, kdim, isa.nr))), gep(b, y_tile, col), as_i64(b, ldc),
                             gep(b, bias, col) if has_bias else bias,
                             gep(b, r_tile, col) if has_residual else r_tile, valid])
 
             with for_range(b, g1, start=g0, name="panel") as j:
                 if rem and (isinstance(n_panels, ir.Value) or n_panels):
-                    with b.if_else(b.icmp_signed("<", j, _value(n_panels))) as (whole, edge):
+                    with b.if_else(b.icmp_signed("<", j, value(n_panels))) as (whole, edge):
                         with whole:
                             call_panel(j, isa.nr)
                         with edge:
@@ -432,7 +432,7 @@ def _pixel_tiles(b: ir.IRBuilder, em: ModuleEmitter, gemm: GemmEmitter, epilogue
             if not tile_pass.empty:  # this panel group's columns of the tile's rows, just stored
                 c0 = b.mul(g0, i64(isa.nr))
                 c1 = b.mul(g1, i64(isa.nr))
-                c1 = b.select(b.icmp_signed("<", c1, _value(m)), c1, _value(m))
+                c1 = b.select(b.icmp_signed("<", c1, value(m)), c1, value(m))
                 for i in range(isa.mr):
                     with b.if_then(b.icmp_signed("<", i64(i), valid)):
                         row = gep(b, y_tile, b.add(b.mul(i64(i), as_i64(b, ldc)), c0))
@@ -456,10 +456,10 @@ def _scaled_pixel_tiles(b: ir.IRBuilder, em: ModuleEmitter, gemm: GemmEmitter, e
     (m_lo, m_hi), (p_lo, p_hi) = pixels, panel_range
     wt, xpad, pad_bytes = operands
     ntaps, dense = window
-    scale, cin = k.extra[1], _value(sizes["c"])
-    scaled = b.gep(gep(b, k.extra[0], pad_bytes // 4), [b.mul(fn.args[-2], _value(sizes["scaled_bytes"]))],
+    scale, cin = k.extra[1], value(sizes["c"])
+    scaled = b.gep(gep(b, k.extra[0], pad_bytes // 4), [b.mul(fn.args[-2], value(sizes["scaled_bytes"]))],
                    inbounds=True, source_etype=ir.IntType(8))  # this thread's scratch
-    pixels = _product(b, sizes["oh"], sizes["ow"])
+    pixels = product(b, sizes["oh"], sizes["ow"])
     first = b.udiv(m_lo, pixels)
     with for_range(b, b.udiv(b.add(m_hi, b.sub(pixels, i64(1))), pixels), start=first, name="img") as img:
         lo, hi = b.mul(img, pixels), b.mul(b.add(img, i64(1)), pixels)
@@ -512,100 +512,3 @@ def streams_output(em: ModuleEmitter, op: Op, m: int, contiguous: bool, tile_pas
     written lines would leave the write-combining buffers half full), and no pass reads it back."""
     return (em.tensor(op.outputs[0]).nbytes >= STREAM_MIN_BYTES and contiguous and m % 16 == 0
             and tile_pass.empty and after.empty)
-
-
-def _pixel_offset(b: ir.IRBuilder, p: ir.Value, out: tuple[int, int], padded: tuple[int, int, int],
-                  strides: tuple[int, int]) -> ir.Value:
-    """Float offset in the (padded) input of the top-left tap of output pixel p."""
-    oh, ow = out
-    hp, wp, c = padded
-    sh, sw = strides
-    pixels = _product(b, oh, ow)
-    img, rest = b.udiv(p, pixels), b.urem(p, pixels)
-    row, col = b.udiv(rest, _value(ow)), b.urem(rest, _value(ow))
-    at = b.add(b.mul(b.add(b.mul(img, _value(hp)), b.mul(row, _value(sh))), _value(wp)), b.mul(col, _value(sw)))
-    return b.mul(at, _value(c))
-
-
-def _tile_pixel_offsets(b: ir.IRBuilder, m0: ir.Value, last: ir.Value, mr: int, row_table: ir.Value,
-                        out: tuple, padded: tuple, strides: tuple) -> None:
-    """row_table[i] = _pixel_offset(min(m0 + i, last)) for i < mr, with run-time sizes: the image,
-    row and column of m0 by division, then each next pixel by one step (a run-time division
-    costs about as much as a small layer's whole tile)."""
-    oh, ow = out
-    hp, wp, c = padded
-    sh, sw = strides
-    pixels = b.mul(oh, ow)
-    img, rest = b.udiv(m0, pixels), b.urem(m0, pixels)
-    row, col = b.udiv(rest, ow), b.urem(rest, ow)
-    offset = None
-    for i in range(mr):
-        if i:
-            col = b.add(col, i64(1))
-            wrap = b.icmp_signed("==", col, ow)
-            col = b.select(wrap, i64(0), col)
-            row = b.select(wrap, b.add(row, i64(1)), row)
-            wrap = b.icmp_signed("==", row, oh)
-            row = b.select(wrap, i64(0), row)
-            img = b.select(wrap, b.add(img, i64(1)), img)
-        at = b.add(b.mul(b.add(b.mul(img, hp), b.mul(row, sh)), wp), b.mul(col, sw))
-        at = b.mul(at, c)
-        # rows past the last pixel repeat its offset (the micro-kernel stores only the valid ones)
-        offset = at if i == 0 else b.select(b.icmp_signed("<=", b.add(m0, i64(i)), last), at, offset)
-        b.store(offset, gep(b, row_table, i, I64))
-
-
-def _value(v: int | ir.Value) -> ir.Value:
-    """A size known at compile time (a Python int) or read at run time, as an i64 value."""
-    return v if isinstance(v, ir.Value) else i64(v)
-
-
-def _product(b: ir.IRBuilder, x: int | ir.Value, y: int | ir.Value) -> ir.Value:
-    """x * y, folded when both are known at compile time."""
-    if isinstance(x, ir.Value) or isinstance(y, ir.Value):
-        return b.mul(_value(x), _value(y))
-    return i64(x * y)
-
-
-@contextmanager
-def _panel_groups(b: ir.IRBuilder, p_lo: ir.Value, p_hi: ir.Value, group: int | ir.Value):
-    """The first panel of each group of ``group`` panels in [p_lo, p_hi)."""
-    if not isinstance(group, ir.Value):
-        with for_range(b, p_hi, start=p_lo, step=group, name="pg") as g0:
-            yield g0
-        return
-    count = b.udiv(b.add(b.sub(p_hi, p_lo), b.sub(group, i64(1))), group)
-    with for_range(b, count, name="pg") as k:
-        yield b.add(p_lo, b.mul(k, group))
-
-
-def _pad_input_rows(b: ir.IRBuilder, x: ir.Value, xpad: ir.Value, r_lo: ir.Value, r_hi: ir.Value,
-                    in_shape: tuple[int, int, int], rows: tuple[int, int, int],
-                    padded: tuple[int, int, int, int]) -> None:
-    """Write the padded input rows read by output rows [r_lo, r_hi) (over all images): output row
-    oh reads padded rows oh*s .. oh*s + span; each output row writes its first s of them and the
-    last row of an image (or of the range) the rest, so the union is covered once."""
-    h, w, c = in_shape
-    oh, s, span = rows
-    hp, wp, pt, pl = padded
-    row_floats, pad_row_floats = w * c, wp * c
-    with for_range(b, r_hi, start=r_lo, name="prow") as q:
-        img, o = b.udiv(q, i64(oh)), b.urem(q, i64(oh))
-        first = b.mul(o, i64(s))
-        ends_image = b.or_(b.icmp_signed("==", o, i64(oh - 1)), b.icmp_signed("==", q, b.sub(r_hi, i64(1))))
-        stop = b.select(ends_image, b.add(first, i64(span + 1)), b.add(first, i64(s)))
-        stop = b.select(b.icmp_signed("<", stop, i64(hp)), stop, i64(hp))
-        with for_range(b, stop, start=first, name="pr") as r:
-            dst = gep(b, xpad, b.mul(b.add(b.mul(img, i64(hp)), r), i64(pad_row_floats)))
-            ih = b.sub(r, i64(pt))
-            inside = b.icmp_unsigned("<", ih, i64(h))
-            with b.if_else(inside) as (copy, blank):
-                with copy:
-                    if pl:
-                        memset_zero(b, dst, pl * c * 4)
-                    src = gep(b, x, b.mul(b.add(b.mul(img, i64(h)), ih), i64(row_floats)))
-                    memcpy(b, gep(b, dst, pl * c), src, row_floats * 4)
-                    if wp - w - pl:
-                        memset_zero(b, gep(b, dst, (pl + w) * c), (wp - w - pl) * c * 4)
-                with blank:
-                    memset_zero(b, dst, pad_row_floats * 4)
