@@ -11,9 +11,9 @@ pads, each thread first copies the input rows its outputs read into a zero-borde
 inner loops never test bounds (the copy is 1/(taps x M) of the arithmetic).
 
 Weights are packed at compile time as B[K = (kh, kw, c), M] in NR-wide panels, exactly the GEMM
-micro-kernel's layout. Threads split the output rows, or the column panels when there are too
-few rows (a deep layer at batch 1) or when megabytes of weights dwarf the input (each core then
-reads half of them).
+micro-kernel's layout. Threads split the output rows (without padding: the register tiles of
+output pixels), or the column panels when there are too few rows (a deep layer at batch 1) or when
+megabytes of weights dwarf the input (each core then reads half of them).
 """
 from __future__ import annotations
 
@@ -162,6 +162,16 @@ def tile_rows(isa: Isa, pixels: int) -> int:
     return next(r for r in choices if padded(r) <= 1.03 * least)
 
 
+def pixels_per_thread(n: int, oh: int, ow: int, threads: int, padded: bool) -> int:
+    """The most output pixels a thread computes when threads split a conv's pixels: whole output rows
+    with padding (each thread copies the padded input rows its outputs read), else register tiles, so
+    a 7x7 map at batch 1 is 25 + 24 pixels on 2 threads, not 28 + 21 (4 + 3 rows; MobileNetV2's 7x7
+    1x1 convs 9-13% less CPU at batch 1, 2 threads)."""
+    if padded:
+        return -(-(n * oh) // threads) * ow
+    return -(-(n * oh * ow) // threads)
+
+
 def with_tile_rows(em: ModuleEmitter, gemm: GemmEmitter, mr: int) -> GemmEmitter:
     """``gemm``'s tile with ``mr`` rows (the weight panels, NR wide, are the same)."""
     if mr == gemm.isa.mr:
@@ -283,7 +293,8 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     streams_weights = packed.nbytes > STREAMED_WEIGHT_BYTES
     weight_bound = streams_weights and packed.nbytes > 8 * em.tensor(op.inputs[0]).nbytes
     by_panels = (out_rows < em.threads or weight_bound) and panels >= 2 * em.threads and after.empty
-    pixels = n * oh * ow if by_panels else -(-out_rows // em.threads) * ow  # per thread
+    by_tiles = not padded and not by_panels
+    pixels = n * oh * ow if by_panels else pixels_per_thread(n, oh, ow, em.threads, padded)
     gemm = with_tile_rows(em, gemm, tile_rows(isa, pixels))
     isa = gemm.isa
     panel_bytes = kdim * isa.nr * 4
@@ -325,6 +336,12 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
 
     row_table = b.alloca(I64, size=i64(isa.mr), name="rows")
     m_lo, m_hi = b.mul(r_lo, value(sizes["ow"])), b.mul(r_hi, value(sizes["ow"]))
+    if by_tiles:
+        all_pixels = b.mul(value(sizes["out_rows"]), value(sizes["ow"]))
+        t_lo, t_hi = em.thread_range(b, fn, b.udiv(b.add(all_pixels, i64(isa.mr - 1)), i64(isa.mr)))
+        m_lo = b.mul(t_lo, i64(isa.mr))
+        m_hi = b.mul(t_hi, i64(isa.mr))
+        m_hi = b.select(b.icmp_unsigned("<", m_hi, all_pixels), m_hi, all_pixels)
     init = "bias_col" if bias_name is not None else "zero"
     dims = tuple(sizes[s] for s in ("oh", "ow", "hp", "wp", "c", "sh", "sw", "m", "kdim")) + (
         len(tap_offsets), sizes["run"], sizes["n_panels"], rem)

@@ -118,6 +118,18 @@ def test_pointwise_input_prefetch_reaches_past_the_input(x_shape, m, stride):
     check(x_shape, m, 1, stride, epi="residual+leaky", threads=(1, 2))
 
 
+@pytest.mark.parametrize("x_shape,m,stride", [((1, 7, 7, 40), 24, 1), ((3, 5, 5, 8), 20, 2)])
+def test_unpadded_conv_threads_split_register_tiles(x_shape, m, stride):
+    """Without padding, threads split the register tiles, not the output rows: a 7x7 map at batch 1 is
+    25 + 24 pixels on 2 threads (5-row tiles), 3 threads end mid-row, and strided tiles span images."""
+    from convc.codegen.kernels.blas import AVX2
+    from convc.codegen.kernels.conv_nhwc import pixels_per_thread, tile_rows
+    assert [pixels_per_thread(1, 7, 7, t, padded=False) for t in (1, 2, 3)] == [49, 25, 17]
+    assert pixels_per_thread(1, 7, 7, 2, padded=True) == 28  # 4 of the 7 rows: the padded copy is by rows
+    assert tile_rows(AVX2, 25) == 5
+    check(x_shape, m, 1, stride, epi="residual+leaky")
+
+
 def test_streamed_output(monkeypatch):
     """Large outputs with rows of whole cache lines are stored past the caches (non-temporal stores)
     when Y is aligned: here every such output streams (STREAM_MIN_BYTES 0). The 1x1 conv's output is in
