@@ -41,7 +41,14 @@ def max_bytes() -> int:
 
 
 def _limit() -> tuple[int, str]:
-    text = os.environ.get(LIMIT_ENV, "").strip()
+    # the variable is read at every check (a caller may set it between compiles); its text is
+    # parsed once: an import checks every tensor, ~900 checks for ResNet-50
+    return _parse_limit(os.environ.get(LIMIT_ENV, ""))
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_limit(text: str) -> tuple[int, str]:
+    text = text.strip()
     if not text:
         return min(_physical_memory() // 2, _CEILING), f"half this machine's memory; set {LIMIT_ENV} to change it"
     m = re.fullmatch(r"(\d+)\s*([KMGT]?)i?B?", text, re.IGNORECASE)
@@ -70,17 +77,24 @@ def check_size(what: str, shape: Iterable[int], dtype, error: type[ConvcError] =
     shape = tuple(int(d) for d in shape)
     if any(d < 0 for d in shape):
         raise error(f"{what} has shape {shape}, with a negative dimension")
-    nbytes = tensor_bytes(shape, np.dtype(dtype).itemsize)
-    check_bytes(f"{what} (shape {shape}, {np.dtype(dtype)})", nbytes, error)
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    limit, source = _limit()
+    if nbytes > limit:  # the message is built only here: this check runs for every tensor of a model
+        raise _too_large(f"{what} (shape {shape}, {dtype})", nbytes, limit, source, error)
     return nbytes
 
 
 def check_bytes(what: str, nbytes: int, error: type[ConvcError] = GraphError) -> int:
     limit, source = _limit()
     if nbytes > limit:
-        raise error(f"{what} needs {nbytes} bytes ({human(nbytes)}), more than convc allows for one tensor or "
-                    f"arena ({human(limit)}: {source})")
+        raise _too_large(what, nbytes, limit, source, error)
     return nbytes
+
+
+def _too_large(what: str, nbytes: int, limit: int, source: str, error: type[ConvcError]) -> ConvcError:
+    return error(f"{what} needs {nbytes} bytes ({human(nbytes)}), more than convc allows for one tensor or arena "
+                 f"({human(limit)}: {source})")
 
 
 # Window attributes (kernel extents, strides, dilations, pads) come straight from the model. No
