@@ -15,9 +15,11 @@ directory, so external data there is an error.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import stat
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -107,17 +109,49 @@ def _parse(data: bytes, what: str) -> onnx.ModelProto:
 def _check_text(message: Any, path: str, what: str) -> None:
     """Every string field must be UTF-8 text: for one that is not, protobuf returns bytes, and a
     name or op type that is bytes fails far from here (onnx's schema lookup, dict keys, messages)."""
-    for field, value in message.ListFields():
-        if field.type not in (field.TYPE_STRING, field.TYPE_MESSAGE):
-            continue
-        # protobuf 6+ has is_repeated; older versions only label
-        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
-        for i, v in enumerate(value if repeated else [value]):
-            at = f"{path}.{field.name}" + (f"[{i}]" if repeated else "")
-            if field.type == field.TYPE_MESSAGE:
-                _check_text(v, at, what)
-            elif isinstance(v, bytes):
-                raise ModelImportError(f"{what}: {at} is not UTF-8 text ({v[:40]!r})")
+    bad = _bad_text(message)
+    if bad is not None:
+        at, value = bad
+        raise ModelImportError(f"{what}: {path}{at} is not UTF-8 text ({value[:40]!r})")
+
+
+def _bad_text(message: Any) -> tuple[str, bytes] | None:
+    """(the path below ``message``, the value) of the first string field that is not UTF-8, or None.
+    Only string and message fields are read: reading a bytes field (a tensor's raw_data) would copy
+    it, and ListFields reads them all."""
+    for name, is_message, repeated in _text_fields(message.DESCRIPTOR):
+        if repeated:
+            values = getattr(message, name)
+            if is_message:
+                for i, v in enumerate(values):
+                    bad = _bad_text(v)
+                    if bad is not None:
+                        return f".{name}[{i}]{bad[0]}", bad[1]
+            elif not all(type(v) is str for v in values):
+                i, v = next((i, v) for i, v in enumerate(values) if isinstance(v, bytes))
+                return f".{name}[{i}]", v
+        elif is_message:
+            if message.HasField(name):
+                bad = _bad_text(getattr(message, name))
+                if bad is not None:
+                    return f".{name}{bad[0]}", bad[1]
+        else:
+            v = getattr(message, name)
+            if isinstance(v, bytes):
+                return f".{name}", v
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _text_fields(descriptor: Any) -> tuple[tuple[str, bool, bool], ...]:
+    """(name, is a message, is repeated) of the string and message fields of a message type."""
+    fields = []
+    for f in descriptor.fields:
+        if f.type in (f.TYPE_STRING, f.TYPE_MESSAGE):
+            # protobuf 6+ has is_repeated; older versions only label
+            repeated = f.is_repeated if hasattr(f, "is_repeated") else f.label == f.LABEL_REPEATED
+            fields.append((f.name, f.type == f.TYPE_MESSAGE, repeated))
+    return tuple(fields)
 
 
 # --- tensors --------------------------------------------------------------------------------------
@@ -231,9 +265,17 @@ def tensor_value(t: onnx.TensorProto, what: str) -> np.ndarray:
         raise ModelImportError(f"{what} has data type {t.data_type}, which is not an ONNX tensor type") from None
     dims = tuple(int(d) for d in t.dims)
     nbytes = check_size(what, dims, dtype, ModelImportError)
-    if t.HasField("raw_data") and t.data_type in _PLAIN_TYPES and len(t.raw_data) != nbytes:
-        raise ModelImportError(f"{what} holds {len(t.raw_data)} bytes of data, but shape {dims} of {dtype} needs "
-                               f"{nbytes}")
+    plain_raw = t.HasField("raw_data") and t.data_type in _PLAIN_TYPES
+    if plain_raw and sys.byteorder == "little" and not t.HasField("segment"):
+        # the weights' usual form, read with one copy: protobuf hands out raw_data as a new bytes
+        # object at each access, which the read-only array then owns (no later change to the proto
+        # or to the caller's bytes reaches it)
+        raw = t.raw_data
+        if len(raw) != nbytes:
+            raise _wrong_length(what, len(raw), dims, dtype, nbytes)
+        return np.frombuffer(raw, dtype).reshape(dims)
+    if plain_raw and len(t.raw_data) != nbytes:
+        raise _wrong_length(what, len(t.raw_data), dims, dtype, nbytes)
     try:
         value = numpy_helper.to_array(t)
     except Exception as e:  # noqa: BLE001 -- data that does not fit the shape, or onnx's own limits
@@ -241,3 +283,7 @@ def tensor_value(t: onnx.TensorProto, what: str) -> np.ndarray:
     if value.shape != dims:
         raise ModelImportError(f"{what} holds {value.size} values, but its shape is {dims} ({math.prod(dims)} values)")
     return value
+
+
+def _wrong_length(what: str, have: int, dims: tuple[int, ...], dtype: np.dtype, nbytes: int) -> ModelImportError:
+    return ModelImportError(f"{what} holds {have} bytes of data, but shape {dims} of {dtype} needs {nbytes}")

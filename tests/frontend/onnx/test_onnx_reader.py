@@ -234,6 +234,18 @@ def test_size_limit_is_configurable(monkeypatch):
     with pytest.raises(ModelImportError, match=r"needs 4096 bytes \(4.0 KiB\), more than convc allows for one tensor "
                                                r"or arena \(1.0 KiB: CONVC_MAX_BYTES=1K\)"):
         import_onnx(model)
+    # the limit is the variable's value at each import, however often it changes
+    monkeypatch.setenv("CONVC_MAX_BYTES", "8K")
+    import_onnx(model)
+    monkeypatch.setenv("CONVC_MAX_BYTES", "1K")
+    with pytest.raises(ModelImportError, match=r"CONVC_MAX_BYTES=1K"):
+        import_onnx(model)
+    monkeypatch.setenv("CONVC_MAX_BYTES", "lots")
+    for _ in range(2):
+        with pytest.raises(convc.ConvcError, match=r"CONVC_MAX_BYTES='lots' is not a positive number of bytes"):
+            import_onnx(model)
+    monkeypatch.delenv("CONVC_MAX_BYTES")
+    import_onnx(model)
 
 
 def test_range_with_a_huge_count_is_refused():
@@ -273,6 +285,44 @@ def test_a_name_that_is_not_utf8_is_a_model_import_error():
     with pytest.raises(ModelImportError, match=r"the given bytes: model.graph.node\[0\].op_type is not UTF-8 text "
                                                r"\(b'\\xffelu'\)"):
         convc.compile(data)
+
+
+def _strings_everywhere() -> onnx.ModelProto:
+    """Every kind of place a string sits in: repeated in a node, a tensor's name and its external
+    data's keys, a tensor attribute, a graph's doc string, a value's type (Qq<n> marks each)."""
+    w = numpy_helper.from_array(np.full(4, 2.0, np.float32), "Qq1w")
+    w.raw_data = np.full(4, 2.0, np.float32).tobytes()
+    unused = _external("Qq3unused", "Qq4data.bin")
+    const = helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.ones(4, np.float32), "Qq5c"))
+    nodes = [const, helper.make_node("Add", ["X", "Qq1w"], ["s"]), helper.make_node("Mul", ["s", "c"], ["Qq2y"])]
+    model = make_model(nodes, {"X": [4]}, ["Qq2y"], {})
+    model.graph.initializer.extend([w, unused])
+    model.graph.doc_string = "Qq6doc"
+    model.graph.output[0].type.denotation = "Qq7type"
+    return model
+
+
+@pytest.mark.parametrize("mark, path", [
+    (b"Qq1", "model.graph.node[1].input[1]"),            # the first place the string is serialized
+    (b"Qq2", "model.graph.node[2].output[0]"),
+    (b"Qq3", "model.graph.initializer[1].name"),
+    (b"Qq4", "model.graph.initializer[1].external_data[0].value"),
+    (b"Qq5", "model.graph.node[0].attribute[0].t.name"),
+    (b"Qq6", "model.graph.doc_string"),
+    (b"Qq7", "model.graph.output[0].type.denotation"),
+])
+def test_every_string_field_is_checked_for_utf8(mark, path):
+    """The check reads only string and message fields (no tensor's raw data), wherever they nest."""
+    data = _strings_everywhere().SerializeToString()
+    with pytest.raises(ModelImportError, match=rf"the given bytes: {re.escape(path)} is not UTF-8 text \(b'\\xffq"):
+        import_onnx(data.replace(mark, b"\xff" + mark[1:], 1))
+
+
+def test_the_model_with_every_string_valid_imports():
+    model = _strings_everywhere()
+    model.graph.initializer.pop()  # its data file does not exist
+    y = convc.compile(model)(np.arange(4, dtype=np.float32))
+    np.testing.assert_array_equal(y, (np.arange(4) + 2.0).astype(np.float32))
 
 
 def test_an_element_type_onnx_does_not_define():
@@ -331,3 +381,42 @@ def test_window_attributes_beyond_int32_are_refused(op, attrs, needle):
     node = helper.make_node(op, ["X", "w"] if op == "Conv" else ["X"], ["Y"], name="win", **attrs)
     with pytest.raises(ModelImportError, match=rf"node 'win' \({op}, opset 17\): .*{re.escape(needle)}"):
         convc.compile(make_model([node], {"X": [1, 1, 4, 4]}, ["Y"], inits))
+
+
+# --- tensor values ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", [
+    np.arange(24, dtype=np.float32).reshape(2, 3, 4) - 7.5, np.arange(5, dtype=np.float16), np.float64(2.5),
+    np.array([-128, 0, 127], np.int8), np.arange(6, dtype=np.uint8).reshape(3, 2), np.array([2**62, -1], np.int64),
+    np.array([True, False, True]), np.zeros((0, 3), np.float32), np.array([1 + 2j], np.complex64),
+], ids=lambda v: f"{v.dtype}{v.shape}")
+def test_raw_tensor_values_are_onnxs_read_only_and_the_models_own(value):
+    """The weights' usual form (raw_data) is read with one copy of the bytes, which the value owns:
+    the same array onnx reads, which nothing done to the proto later changes."""
+    from convc.frontend.onnx.reader import tensor_value
+    t = numpy_helper.from_array(np.asarray(value), "w")
+    assert t.HasField("raw_data")
+    v = tensor_value(t, "initializer 'w'")
+    expected = numpy_helper.to_array(t).copy()
+    assert v.dtype == expected.dtype and v.shape == expected.shape
+    np.testing.assert_array_equal(v, expected)
+    assert not v.flags.writeable
+    t.raw_data = b"\xa5" * len(t.raw_data)
+    np.testing.assert_array_equal(v, expected)
+
+
+def test_a_tensor_in_segments_is_refused():
+    from convc.frontend.onnx.reader import tensor_value
+    t = numpy_helper.from_array(np.ones(4, np.float32), "w")
+    t.segment.begin, t.segment.end = 0, 2
+    with pytest.raises(ModelImportError, match=r"initializer 'w' cannot be read \(ValueError: .*segments"):
+        tensor_value(t, "initializer 'w'")
+
+
+def test_the_callers_model_changed_after_the_import_leaves_the_graph_alone():
+    """A ModelProto stays the caller's: the imported weights are copies, whatever the caller does to it next."""
+    w = np.arange(8, dtype=np.float32).reshape(2, 4)
+    model = make_model([helper.make_node("MatMul", ["X", "w"], ["Y"])], {"X": [1, 2]}, ["Y"], {"w": w})
+    graph = import_onnx(model)
+    model.graph.initializer[0].raw_data = np.full(8, 9, np.float32).tobytes()
+    model.graph.initializer[0].name = "other"
+    np.testing.assert_array_equal(graph.tensor("w").data, w)
