@@ -107,22 +107,24 @@ def graph_key(plan, env: dict) -> str:
 
 def source_key(model: Any, batch: int | None, input_shape: Any, env: dict) -> str | None:
     """A hash of the model as given (an ONNX file, bytes or ModelProto) and the options, or None
-    when the source cannot be hashed cheaply and reliably (a Graph, a Module, external tensor data)."""
+    when the source cannot be hashed cheaply and reliably (a Graph, a Module, an unreadable file).
+
+    The bytes do not cover tensors kept in external data files: the caller names an entry by this
+    key only for a model it has parsed and found without any (convc/driver.py). A look-up by it may
+    come first (a warm compile parses nothing): the same bytes are the same model, so the key of a
+    model with external tensors names no entry."""
     if isinstance(model, (str, os.PathLike)):
         try:
             data = Path(model).read_bytes()
         except OSError:
             return None
     elif isinstance(model, (bytes, bytearray, memoryview)):
-        data = bytes(model)
+        data = model if isinstance(model, (bytes, bytearray)) else bytes(model)
     elif type(model).__name__ == "ModelProto":
         data = model.SerializeToString()
     else:
-        return None
-    if b"location" in data:  # may use external tensor data, which the bytes do not cover
         return None
     h = digest(json.dumps(env, sort_keys=True).encode())
     _feed(h, ("source", batch, repr(input_shape)))
     h.update(data)
     return h.hexdigest()
-

@@ -79,9 +79,11 @@ def load_graph(model: ModelSource, batch: int | None = None, input_shape: Any = 
 
 
 def is_onnx_source(model: ModelSource) -> bool:
-    """An ONNX model: a path, serialized bytes or a ModelProto."""
+    """An ONNX model: a path, serialized bytes or a ModelProto (or one read already: ReadModel)."""
     import onnx
-    return isinstance(model, (str, os.PathLike, bytes, bytearray, memoryview, onnx.ModelProto))
+
+    from convc.frontend.onnx.reader import ReadModel
+    return isinstance(model, (str, os.PathLike, bytes, bytearray, memoryview, onnx.ModelProto, ReadModel))
 
 
 def input_signature(model: ModelSource, batch: int | None = None, input_shapes: Any = None):
@@ -258,16 +260,17 @@ def source_alias(model: ModelSource, batch: int | None, input_shape: Any, input_
 
 def warm_model(model: ModelSource, batch: int | None, input_shape: Any, options: CompileOptions,
                progress: Progress = None, respecialize=None, override=None, input_shapes=None, signature=None,
-               alias: str | None = None):
+               alias: str | None = None, data: bytes | None = None):
     """``convc.compile``'s fast path: (the cached model named by the source's hash or None, that hash).
 
-    The hash covers the ONNX bytes and every option (``alias``: already computed); the returned
-    model's ``graph`` is rebuilt (import and passes, no codegen) only when something reads it."""
+    The hash covers the ONNX bytes (``data``: the model file's, when read already) and every option
+    (``alias``: already computed); the returned model's ``graph`` is rebuilt (import and passes, no
+    codegen) only when something reads it."""
     from convc.codegen.entry import CacheWarning, cache_dir, cached_artifact
     root = cache_dir(options.cache)
     if root is None or is_graph(model):
         return None, None
-    alias = alias or source_alias(model, batch, input_shape, input_shapes, options)
+    alias = alias or source_alias(model if data is None else data, batch, input_shape, input_shapes, options)
     if alias is None:
         return None, None
 
@@ -303,25 +306,24 @@ def _variants(model: ModelSource, batch: int | None, input_shape: Any, fixed: di
     return respecialize, override
 
 
-def _warm_with_stored_signature(model: ModelSource, batch: int | None, input_shape: Any, options: CompileOptions,
-                                progress: Progress) -> tuple[CompiledModel | None, str | None, bytes | None]:
+def _warm_with_stored_signature(model: ModelSource, data: bytes | None, batch: int | None, input_shape: Any,
+                                options: CompileOptions, progress: Progress) -> tuple[CompiledModel | None, str | None]:
     """(the cached model of an ONNX source compiled before with the same options, rebuilt from its
     entry and the input signature stored with it, or None; the source's cache alias, which the
-    full path reuses instead of hashing the model again; the model file's bytes it hashed, or None:
-    the full path parses them instead of reading the file again)."""
+    full path reuses instead of hashing the model again). ``data``: the model file's bytes, or None
+    for a source given as bytes or a ModelProto."""
     from convc.codegen.entry import cache_dir, cached_artifact, source_signature
     root = cache_dir(options.cache)
     if root is None:
-        return None, None, None
-    data = _file_bytes(model)
+        return None, None
     alias = source_alias(model if data is None else data, batch, input_shape, None, options)
     if alias is None:
-        return None, None, None
+        return None, None
     try:
         art = cached_artifact(root, alias, progress)
         signature = None if art is None else source_signature(art, alias)
         if signature is None:
-            return None, alias, data
+            return None, alias
         free = {n: dims for n, dims in signature.items() if any(not isinstance(d, int) for d in dims)}
         respecialize, override = _variants(model, batch, input_shape, {}, free, options, True)
 
@@ -329,35 +331,9 @@ def _warm_with_stored_signature(model: ModelSource, batch: int | None, input_sha
             from convc.passes.pipeline import pipeline
             return pipeline(load_graph(model, batch, input_shape), options=options).graph
         return model_from_artifact(art, threads=options.threads, graph_factory=graph_factory,
-                                   respecialize=respecialize, override=override, signature=signature), alias, None
+                                   respecialize=respecialize, override=override, signature=signature), alias
     except Exception:  # noqa: BLE001  anything unusable: the full path looks again and says why
-        return None, alias, data
-
-
-def _file_bytes(model: ModelSource) -> bytes | None:
-    """The bytes of a model file (None for another source, or a file that cannot be read: the
-    reader then says why)."""
-    if not isinstance(model, (str, os.PathLike)):
-        return None
-    try:
-        return Path(model).read_bytes()
-    except (OSError, ValueError):
-        return None
-
-
-def _parsed(model: ModelSource, data: bytes | None):
-    """The ModelProto of ``model``, parsed from ``data`` (its file's bytes, hashed for the cache)
-    when they were read: bytes the cache could hash keep no tensor in external files
-    (cache_key.source_key), so they are the whole model. A file they do not parse as is read again,
-    so that the error names the file."""
-    from convc.errors import ModelImportError
-    from convc.frontend.onnx.reader import read_model
-    if data is not None:
-        try:
-            return read_model(data)
-        except ModelImportError:
-            pass
-    return read_model(str(model) if isinstance(model, Path) else model)
+        return None, alias
 
 
 @without_huge_page_advice()
@@ -377,16 +353,19 @@ def compile_model(model: ModelSource, options: CompileOptions, *, batch: int | N
         raise InputError("input_shapes= fixes the symbolic dimensions of an ONNX model's inputs; a convc.nn "
                          "Module takes input_shape=, a Graph's shapes are fixed")
     known_alias, data = None, None
+    if isinstance(model, (str, os.PathLike)):  # read once: hashed for the cache, then parsed
+        from convc.model_file import read_file
+        data = read_file(Path(model))
     if onnx_source and input_shapes is None:
         # the cache's fastest path: the input signature stored with the entry, so a warm compile
         # neither imports the onnx package (about 1 s) nor parses the model
-        hit, known_alias, data = _warm_with_stored_signature(model, batch, input_shape, options, progress)
+        hit, known_alias = _warm_with_stored_signature(model, data, batch, input_shape, options, progress)
         if hit is not None:
             return hit
     source = model
-    if onnx_source:  # read and parsed once, for the signature and the import (ResNet-101: 0.3 s of CPU each)
-        source = _parsed(model, data)
-        del data
+    if onnx_source:  # parsed and checked once, for the signature and the import (ResNet-101: 0.3 s of CPU each)
+        from convc.frontend.onnx.reader import read_once
+        source = read_once(model, data)
     fixed, signature, outputs = input_signature(source, batch, input_shapes) if onnx_source else ({}, None, [])
     free = {n: dims for n, dims in (signature or {}).items() if any(not isinstance(d, int) for d in dims)}
     respecialize, override = _variants(model, batch, input_shape, fixed, free, options, onnx_source)
@@ -398,8 +377,13 @@ def compile_model(model: ModelSource, options: CompileOptions, *, batch: int | N
                                                            f"fed (symbolic: {shown})"),
                              threads=options.threads, respecialize=respecialize, signature=signature,
                              outputs=outputs)
-    hit, alias = warm_model(model, batch, input_shape, options, progress, respecialize, override,
-                            input_shapes=fixed or None, signature=signature, alias=None if fixed else known_alias)
+    if onnx_source and source.external:  # the bytes hashed do not hold these tensors: no alias names their entry
+        hit, alias = None, None
+    else:
+        hit, alias = warm_model(model, batch, input_shape, options, progress, respecialize, override,
+                                input_shapes=fixed or None, signature=signature,
+                                alias=None if fixed else known_alias, data=data)
+    del data
     if hit is not None:
         return hit
     graph = load_shaped(source, batch, input_shape, fixed)

@@ -1,5 +1,6 @@
 """convc/driver.py: a cold compile of an ONNX file reads it once (its bytes are hashed for the
-compile cache, then parsed) and parses it once, for its input signature and for the import."""
+compile cache, then parsed) and parses and checks it once, for its input signature and for the
+import; a model with tensors in external files gets no cache alias (its bytes do not cover them)."""
 from __future__ import annotations
 
 import pathlib
@@ -26,20 +27,22 @@ def save_conv(path) -> None:
     onnx.save(model, path)
 
 
+@pytest.mark.parametrize("shapes", [None, {"x": (2, 2, 7, 5)}], ids=["batch", "input_shapes"])
 @pytest.mark.parametrize("cached", [True, False], ids=["cache", "no-cache"])
-def test_a_cold_compile_reads_and_parses_the_onnx_file_once(tmp_path, monkeypatch, cached):
+def test_a_cold_compile_reads_and_parses_the_onnx_file_once(tmp_path, monkeypatch, cached, shapes):
     monkeypatch.setenv("CONVC_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("CONVC_NO_CACHE", "" if cached else "1")
     monkeypatch.delenv("CONVC_CHECK_ARENA", raising=False)
     path = tmp_path / "once.onnx"
     save_conv(path)
-    reads, parsed = [], []
-    real_parse, real_bytes = reader._parse, pathlib.Path.read_bytes
+    reads, parsed, checked = [], [], []
+    real_parse, real_check, real_bytes = reader._parse, reader._check_text, pathlib.Path.read_bytes
     monkeypatch.setattr(reader, "_parse", lambda data, what: parsed.append(what) or real_parse(data, what))
+    monkeypatch.setattr(reader, "_check_text", lambda *a: checked.append(a[1]) or real_check(*a))
     monkeypatch.setattr(pathlib.Path, "read_bytes",  # (the reader reads files with it too)
                         lambda self: (reads.append(str(self)) if self == path else None) or real_bytes(self))
-    compiled = convc.compile(path, batch=2, threads=1)
-    assert reads == [str(path)] and len(parsed) == 1
+    compiled = convc.compile(path, batch=2, threads=1, input_shapes=shapes)
+    assert reads == [str(path)] and len(parsed) == 1 and len(checked) == 1
     assert compiled.run({"x": X})["y"].shape == (2, 4, 7, 5)
 
 
@@ -51,3 +54,25 @@ def test_a_damaged_file_is_named_in_the_error(tmp_path, monkeypatch):
     path.write_bytes(path.read_bytes()[:-40])
     with pytest.raises(ModelImportError, match="damaged.onnx"):
         convc.compile(path, batch=2, threads=1)
+
+
+def test_a_model_with_external_data_is_compiled_again_when_its_data_changes(tmp_path, monkeypatch):
+    """The cache's source alias hashes the model file's bytes, which do not hold external tensors:
+    such a model is named by no alias, so new weights in its data file are never served old code."""
+    from onnx.external_data_helper import convert_model_to_external_data
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CONVC_CACHE_DIR", str(cache))
+    monkeypatch.setenv("CONVC_NO_CACHE", "")
+    monkeypatch.delenv("CONVC_CHECK_ARENA", raising=False)
+    path = tmp_path / "ext.onnx"
+    save_conv(path)
+    model = onnx.load(str(path))
+    convert_model_to_external_data(model, location="w.bin", size_threshold=0)
+    onnx.save(model, str(path))
+    w = numpy_helper.to_array(onnx.load(str(path)).graph.initializer[0])
+    for scale in (1, -2):
+        (tmp_path / "w.bin").write_bytes((w * scale).astype(np.float32).tobytes())
+        y = convc.compile(path, batch=2, threads=1).run({"x": X})["y"]
+        expected = convc.compile(onnx.load(str(path)), batch=2, threads=1, cache=False).run({"x": X})["y"]
+        np.testing.assert_array_equal(y, expected)
+    assert not list(cache.rglob("src-*"))

@@ -15,6 +15,7 @@ directory, so external data there is an error.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -29,10 +30,10 @@ import onnx
 from onnx import numpy_helper
 
 from convc.errors import ModelImportError
+from convc.model_file import read_file
 from convc.limits import check_bytes, check_size
 
 EXTERNAL = onnx.TensorProto.EXTERNAL
-PROTOBUF_LIMIT = 2**31  # bytes: no serialized protobuf message can be this large
 # element types whose stored bytes are exactly elements x numpy itemsize (not strings, not the
 # packed 2/4/6-bit types): for these the external data's length must match the declared shape
 _T = onnx.TensorProto
@@ -41,13 +42,40 @@ _PLAIN_TYPES = {_T.FLOAT, _T.UINT8, _T.INT8, _T.UINT16, _T.INT16, _T.INT32, _T.I
                 _T.FLOAT8E4M3FNUZ, _T.FLOAT8E5M2, _T.FLOAT8E5M2FNUZ}
 
 
+@dataclasses.dataclass(frozen=True)
+class ReadModel:
+    """A model ``read_once`` read and checked, its external tensors loaded into the proto. Given to
+    ``read_model`` again (one compile reads the input signature, then imports), it is returned as it
+    is instead of walked again. ``external`` says whether some of its tensors came from external
+    files, which the model's bytes do not cover (the compile cache hashes those bytes)."""
+
+    proto: onnx.ModelProto
+    external: bool
+
+
+def read_once(model: Any, data: bytes | None = None) -> ReadModel:
+    """``read_model(model)`` kept with what a second reader needs to know (``ReadModel``); ``data``:
+    the bytes of the model file ``model``, when the caller has read them (``read_file``)."""
+    if isinstance(model, ReadModel):
+        return model
+    return ReadModel(*_read(model, True, data))
+
+
 def read_model(model: Any, *, external_data: bool = True) -> onnx.ModelProto:
-    """The ModelProto of ``model`` (a path, serialized bytes or an onnx.ModelProto).
+    """The ModelProto of ``model`` (a path, serialized bytes, an onnx.ModelProto or a ReadModel).
 
     With ``external_data`` (the default) every external tensor of a model read from a path is
     loaded from the model's directory into the returned proto, which then refers to no file; a
     ModelProto given by the caller is never modified. Without it, external tensors are left as
     references (enough to read the graph's structure)."""
+    if isinstance(model, ReadModel):  # read, checked and loaded already
+        return model.proto
+    return _read(model, external_data)[0]
+
+
+def _read(model: Any, external_data: bool, data: bytes | None = None) -> tuple[onnx.ModelProto, bool]:
+    """(the proto, whether it had external tensors: loaded with ``external_data``); ``data``: the
+    bytes of the file ``model``, read already."""
     base = None
     if isinstance(model, onnx.ModelProto):
         proto, what = model, "the ModelProto"
@@ -57,44 +85,24 @@ def read_model(model: Any, *, external_data: bool = True) -> onnx.ModelProto:
     elif isinstance(model, (str, os.PathLike)):
         path = Path(model)
         what = str(path)
-        proto = _parse(_read_file(path), what)
+        proto = _parse(read_file(path) if data is None else data, what)
         base = path.parent
     else:
         raise ModelImportError(f"expected a path, bytes or onnx.ModelProto, got {type(model).__name__}")
     if not proto.HasField("graph") or proto.ir_version <= 0:
         raise ModelImportError(f"{what} is not an ONNX model (it has no graph or no IR version)")
     _check_text(proto, "model", what)
-    if external_data:
-        tensors = list(external_tensors(proto.graph))
-        if tensors and base is None:
-            t, where = tensors[0]
-            raise ModelImportError(
-                f"{where} of {what} keeps its data in an external file ({_info(t).get('location', '')!r}), which "
-                "convc reads only relative to a model file: pass the model's path instead")
-        for t, where in tensors:
-            _load_external(t, where, base, what)
-    return proto
-
-
-def _read_file(path: Path) -> bytes:
-    where = f"cannot read ONNX model {path}"
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise ModelImportError(f"{where}: no such file") from None
-    except (OSError, ValueError) as e:  # permissions, a name too long, a NUL in the name
-        raise ModelImportError(f"{where}: {getattr(e, 'strerror', None) or e}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ModelImportError(f"{where}: it is a directory, expected an .onnx file")
-    if not stat.S_ISREG(st.st_mode):  # a FIFO or a device would block or never end
-        raise ModelImportError(f"{where}: not a regular file")
-    if st.st_size >= PROTOBUF_LIMIT:  # protobuf cannot parse it: do not read it all first
-        raise ModelImportError(f"{where}: {st.st_size} bytes, over protobuf's 2 GiB limit (models this large keep "
-                               "their weights in external data files)")
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise ModelImportError(f"{where}: {e.strerror or e}") from None
+    if not external_data:
+        return proto, False
+    tensors = list(external_tensors(proto.graph))
+    if tensors and base is None:
+        t, where = tensors[0]
+        raise ModelImportError(
+            f"{where} of {what} keeps its data in an external file ({_info(t).get('location', '')!r}), which "
+            "convc reads only relative to a model file: pass the model's path instead")
+    for t, where in tensors:
+        _load_external(t, where, base, what)
+    return proto, bool(tensors)
 
 
 def _parse(data: bytes, what: str) -> onnx.ModelProto:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 
 import numpy as np
 import onnx
@@ -60,14 +61,38 @@ def test_unreadable_model_is_a_model_import_error(tmp_path, entry, source):
     assert needle in str(info.value)
 
 
-def test_a_fifo_is_refused_without_blocking(tmp_path):
+@pytest.fixture(params=[False, True], ids=["no-cache", "cache"])
+def cache(request, tmp_path, monkeypatch):
+    """With the compile cache on, convc.compile reads a model file first to hash it."""
+    monkeypatch.setenv("CONVC_NO_CACHE", "" if request.param else "1")
+    monkeypatch.setenv("CONVC_CACHE_DIR", str(tmp_path / "cache"))
+    return request.param
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path, cache):
+    """With the cache on, the bytes hashed for it were read without a look at the file first: a FIFO
+    blocked convc.compile until someone wrote to it."""
     fifo = tmp_path / "model.onnx"
     os.mkfifo(fifo)
-    with pytest.raises(ModelImportError, match="model.onnx: not a regular file"):
-        convc.compile(str(fifo))
+    done = []
+
+    def compile_it():
+        with pytest.raises(ModelImportError, match="model.onnx: not a regular file"):
+            convc.compile(str(fifo))
+        done.append(True)
+    worker = threading.Thread(target=compile_it, daemon=True)
+    worker.start()
+    worker.join(60)
+    if worker.is_alive():  # blocked opening the FIFO: a writer lets it go on
+        with open(fifo, "wb"):
+            pass
+        worker.join(60)
+        pytest.fail("convc.compile blocked on the FIFO")
+    assert done == [True]
 
 
-def test_a_file_over_protobufs_limit_is_refused_without_reading_it(tmp_path):
+def test_a_file_over_protobufs_limit_is_refused_without_reading_it(tmp_path, cache):
+    """With the cache on, the file's 3 GiB were read (and hashed) before the reader refused it."""
     path = tmp_path / "huge.onnx"
     with open(path, "wb") as f:  # sparse: takes no disk space
         f.truncate(3 << 30)
