@@ -144,7 +144,11 @@ PHASE_FUNCTIONS = (
     ("convc.codegen.kernels.gemm", "pack_b", "weight packing"),
     ("convc.codegen.kernels.conv_nhwc", "pack_b", "weight packing"),
     ("convc.codegen.kernels.winograd", "packed_weights", "weight packing"),
+    ("convc.codegen.split", "Splitter.add", "module split"),  # kernel by kernel, inside IR emission
+    ("convc.codegen.split", "Splitter.finish", "module split"),
     ("convc.codegen.cache", "split_module", "module split"),
+    ("convc.codegen.llvm_pool", "ModuleCompiler.add", "LLVM"),  # kernel cache lookups; with one job
+    ("convc.codegen.llvm_pool", "ModuleCompiler.finish", "LLVM"),  # every module compiles in finish
     ("convc.codegen.cache", "compile_modules", "LLVM"),
     ("convc.codegen.cache", "store", "cache store"),
     ("convc.codegen.entry", "engine_for", "object load"),
@@ -177,8 +181,11 @@ def timed_phases() -> dict[str, float]:
             mod = importlib.import_module(module)
         except ImportError:
             continue  # a function that moved is counted as "other"
-        if hasattr(mod, name):
-            setattr(mod, name, wrap(getattr(mod, name), phase))
+        *owner, attr = name.split(".")  # a function, or Class.method
+        for part in owner:
+            mod = getattr(mod, part, None)
+        if mod is not None and hasattr(mod, attr):
+            setattr(mod, attr, wrap(getattr(mod, attr), phase))
 
     def close() -> dict[str, float]:
         now = time.process_time()

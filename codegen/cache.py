@@ -22,8 +22,8 @@ from convc.codegen.entry import (FORMAT, HEADER_BYTES, MAGIC, _HEADER, ArtifactE
                                  lookup_source, read_entry, source_signature, store, store_in_background,  # noqa: F401
                                  wait_for_stores, write_entry)  # noqa: F401
 from convc.codegen.jit import Target
-from convc.codegen.llvm_pool import compile_modules
-from convc.codegen.split import split_module
+from convc.codegen.llvm_pool import ModuleCompiler, compile_modules
+from convc.codegen.split import Splitter, split_module
 from convc.codegen.target import resolve_target
 
 from convc.abi import PARALLEL, POOL_CREATE, POOL_DESTROY
@@ -35,6 +35,43 @@ from convc.runtime import IOSpec
 # write. A smaller one is written before, so a process started right after the compile (a test, a
 # worker) finds it; a large model's next process may miss it for that second and compile again.
 BACKGROUND_STORE_BYTES = 32 << 20
+
+
+LIBRARY = (PARALLEL, POOL_CREATE, POOL_DESTROY)
+
+
+def generate(plan, options: CompileOptions, root, progress: Callable[[str], None] | None):
+    """(the NativeModule, its object files): each kernel group split off (codegen/split.py) and
+    handed to LLVM's worker processes as soon as its kernel is written, so that LLVM compiles on
+    the other cores while Python emits the next layers (codegen/llvm_pool.py ModuleCompiler)."""
+    compiler = ModuleCompiler(Target.host(), root, progress=progress, stream=True)
+    splitter: list[Splitter] = []
+
+    def kernel_done(module, name: str) -> None:
+        if not splitter:
+            splitter.append(Splitter(module, LIBRARY))
+        for m in splitter[0].add([name]):
+            compiler.add(m)
+        for m in splitter[0].take_guesses():
+            compiler.guess(m)
+    try:
+        native = codegen_module.emit_module(plan, name=plan.graph.name, instrument=options.instrument,
+                                            threads=options.threads, progress=progress, kernel_done=kernel_done)
+    except BaseException:
+        compiler.cancel()
+        raise
+    if progress:
+        progress(f"module split: {len(native.callees)} kernel calls")
+    head, complete = (splitter[0] if splitter else Splitter(native.ir_module, LIBRARY)).finish()
+    if not complete:  # a kernel shares code with the entry point: split the finished module instead
+        compiler.cancel()
+        return native, compile_modules(split_module(native.ir_module, native.callees, LIBRARY), Target.host(), root,
+                                       progress=progress)
+    groups = len(compiler.modules)
+    for m in head:
+        compiler.add(m)
+    objects = compiler.finish()
+    return native, objects[groups:] + objects[:groups]  # the entry module first, as split_module orders them
 
 
 def compile_plan(plan, options: CompileOptions, *, progress: Callable[[str], None] | None = None,
@@ -58,15 +95,11 @@ def compile_plan(plan, options: CompileOptions, *, progress: Callable[[str], Non
             progress("compile cache miss: generating code")
     if progress:
         progress("code generation")
-    native = codegen_module.emit_module(plan, name=plan.graph.name, instrument=options.instrument, threads=options.threads,
-                         progress=progress)
+    native, objects = generate(plan, options, root, progress)
     g = plan.graph
     specs = [[IOSpec(n, g.tensor(n).shape, g.tensor(n).dtype) for n in names]
              for names in (native.input_names, native.output_names)]
-    if progress:
-        progress(f"module split: {len(native.callees)} kernel calls")
-    modules = split_module(native.ir_module, native.callees, (PARALLEL, POOL_CREATE, POOL_DESTROY))
-    obj = jit.pack_objects(compile_modules(modules, Target.host(), root, progress=progress))
+    obj = jit.pack_objects(objects)
     meta = metadata(native, resolve_target("native"), *specs, g.metadata, {"instrumented": bool(options.instrument)})
     art = JitArtifact(meta, obj, used_constants(native), native.arena_steps)
     if root is not None:

@@ -7,6 +7,9 @@ free. ``CONVC_COMPILE_JOBS`` sets how many compile at once (default: the CPUs th
 on); small models compile in the calling process alone, where a worker would cost more than it
 saves. A worker that dies hands its module back to the calling process.
 
+A JIT compile streams: it hands each kernel group over as soon as the group's kernel is emitted
+(``ModuleCompiler(stream=True)``), and the workers compile while Python emits the next layers.
+
 While LLVM runs, ``progress`` gets a line at least every ``jit.HEARTBEAT`` seconds: modules done, the
 share of the code compiled and an estimate of the time left (from the rate so far).
 """
@@ -27,6 +30,7 @@ from convc.codegen.split import SplitModule
 from convc.errors import CompileError
 
 PARALLEL_MIN_CHARS = 300_000  # IR text below which one process compiles everything
+STREAM_MIN_CHARS = 50_000  # queued while a model is still being emitted: start the workers
 
 
 def jobs() -> int:
@@ -119,100 +123,196 @@ def compile_modules(modules: list[SplitModule], target, cache_root: Path | None 
     (``cache_root`` set) where a model compiled that module before, else compiled (then stored).
     ``pic``: position-independent code for a shared library (codegen/aot.py), cached apart from
     the JIT's."""
-    results: list[bytes | None] = [None] * len(modules)
-    keys: dict[int, str] = {}
-    if cache_root is not None:
-        for i, m in enumerate(modules):
-            if m.key is not None:
-                keys[i] = kernel_cache.key(m.key + ("-pic" if pic else ""), target.triple, target.cpu,
-                                           target.features, m.speed)
-                results[i] = kernel_cache.load(cache_root, keys[i])
-    todo = sorted((i for i, r in enumerate(results) if r is None), key=lambda i: -len(modules[i].text))
-    total = sum(len(modules[i].text) for i in todo) or 1
-    workers = min(jobs(), len(todo)) if total >= PARALLEL_MIN_CHARS else 1
-    if progress:
-        reused = len(modules) - len(todo)
-        progress(f"LLVM: {len(todo)} module{'s' * (len(todo) != 1)} to compile"
-                 + (f" ({reused} from the kernel cache)" if reused else "")
-                 + (f", {workers} at once" if workers > 1 else ""))
-    lock = threading.Lock()
-    queue = list(todo)
-    state = {"chars": 0, "done": 0, "error": None}
-    start = time.perf_counter()
-    machine = (target.triple, target.cpu, target.features)
+    compiler = ModuleCompiler(target, cache_root, progress=progress, pic=pic)
+    for m in modules:
+        compiler.add(m)
+    return compiler.finish()
 
-    def next_job() -> int | None:
-        with lock:
-            return queue.pop(0) if queue and state["error"] is None else None
 
-    def finished(i: int, obj: bytes) -> None:
-        results[i] = obj
-        with lock:
-            state["chars"] += len(modules[i].text)
-            state["done"] += 1
-        if i in keys:
+class ModuleCompiler:
+    """Modules in (``add``), object files out (``finish``, in the order added). With ``stream``,
+    worker processes start compiling while modules are still being added (a JIT compile adds each
+    kernel group as soon as it is emitted: LLVM runs on the other cores while Python writes the
+    next layers); the calling process joins in ``finish``. Without it, or with one job, everything
+    compiles in ``finish``, largest module first. ``guess`` hands over a module that may still
+    change (a kernel group that waits to know whether its helpers are shared, codegen/split.py):
+    a worker with nothing else to do compiles it, and a module added later with the same text takes
+    that object file; guesses not started when ``finish`` is called are dropped."""
+
+    def __init__(self, target, cache_root: Path | None = None, *, progress: Callable[[str], None] | None = None,
+                 pic: bool = False, stream: bool = False):
+        self.target, self.cache_root, self.progress, self.pic = target, cache_root, progress, pic
+        self.machine = (target.triple, target.cpu, target.features)
+        self.modules: list[SplitModule] = []
+        self.results: list[bytes | None] = []
+        self.keys: dict[int, str] = {}
+        self.queue: list[int] = []
+        self.cond = threading.Condition()
+        self.closed = False
+        self.error: BaseException | None = None
+        self.chars = self.done = self.total = self.hits = 0
+        self.threads: list[threading.Thread] = []
+        self.workers = max(1, jobs()) if stream else 0  # 0: decided in finish
+        self.guesses: list[SplitModule] = []
+        self.guessed: dict[str, bytes] = {}  # module key -> object file of a guess
+
+    def add(self, m: SplitModule) -> None:
+        i = len(self.modules)
+        self.modules.append(m)
+        self.results.append(None)
+        if self.cache_root is not None and m.key is not None:
+            self.keys[i] = kernel_cache.key(m.key + ("-pic" if self.pic else ""), *self.machine, m.speed)
+            self.results[i] = kernel_cache.load(self.cache_root, self.keys[i])
+            if self.results[i] is not None:
+                self.hits += 1
+                return
+        with self.cond:
+            self.total += len(m.text)
+            obj = self.guessed.get(m.key)
+            if obj is None:
+                self.queue.append(i)
+                self.cond.notify()
+        if obj is not None:
+            self._finished(i, obj)
+        self._more_workers()
+
+    def guess(self, m: SplitModule) -> None:
+        if self.workers <= 1:
+            return  # nobody to compile it before finish
+        with self.cond:
+            self.guesses.append(m)
+            self.cond.notify()
+        self._more_workers(len(m.text))
+
+    def _more_workers(self, extra: int = 0) -> None:
+        # a worker process costs about 0.1 s of CPU to start; while Python emits the model the other
+        # cores are idle, so one large kernel's worth of code is reason enough
+        if self.workers > 1 and not self.threads and self.total + extra >= min(STREAM_MIN_CHARS, PARALLEL_MIN_CHARS):
+            self._start_remote(self.workers - 1)
+
+    def _start_remote(self, n: int) -> None:
+        for _ in range(n):
+            t = threading.Thread(target=self._remote, daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _next(self, wait: bool) -> int | SplitModule | None:
+        """A module's index, or a guess (only before ``finish``), or None when there is no more."""
+        with self.cond:
+            while True:
+                if self.error is not None:
+                    return None
+                if self.queue:
+                    return self.queue.pop(0)
+                if self.closed or not wait:
+                    return None
+                if self.guesses:
+                    return self.guesses.pop(0)
+                self.cond.wait()
+
+    def _finished(self, i: int, obj: bytes) -> None:
+        self.results[i] = obj
+        with self.cond:
+            self.chars += len(self.modules[i].text)
+            self.done += 1
+        if i in self.keys:
             try:
-                kernel_cache.store(cache_root, keys[i], obj)
+                kernel_cache.store(self.cache_root, self.keys[i], obj)
             except OSError:
                 pass  # a cache that cannot be written must not fail the compile
 
-    def fail(e: BaseException) -> None:
-        with lock:
-            if state["error"] is None:
-                state["error"] = e
+    def _fail(self, e: BaseException) -> None:
+        with self.cond:
+            if self.error is None:
+                self.error = e
+            self.cond.notify_all()
 
-    def local() -> None:
-        while (i := next_job()) is not None:
+    def _local(self) -> None:
+        while (i := self._next(wait=False)) is not None:
+            m = self.modules[i]
+            if (obj := self.guessed.get(m.key)) is not None:  # a worker compiled it as a guess since
+                self._finished(i, obj)
+                continue
             try:
-                obj = llvm_worker.object_code(modules[i].text, *machine, modules[i].speed, pic)
+                obj = llvm_worker.object_code(m.text, *self.machine, m.speed, self.pic)
             except RuntimeError as e:
-                fail(CompileError(f"convc generated invalid LLVM IR: {e}"))
+                self._fail(CompileError(f"convc generated invalid LLVM IR: {e}"))
                 return
-            finished(i, obj)
+            self._finished(i, obj)
 
-    def remote() -> None:
+    def _remote(self) -> None:
         try:
             w = _take()
         except OSError:
             return  # no process to start: the calling process compiles it all
-        while (i := next_job()) is not None:
+        while (i := self._next(wait=True)) is not None:
+            m = i if isinstance(i, SplitModule) else self.modules[i]
+            if not isinstance(i, SplitModule) and (obj := self.guessed.get(m.key)) is not None:
+                self._finished(i, obj)
+                continue
             try:
-                finished(i, w.compile((modules[i].text, *machine, modules[i].speed, pic)))
+                obj = w.compile((m.text, *self.machine, m.speed, self.pic))
             except WorkerDied:
-                with lock:
-                    queue.insert(0, i)  # the calling process takes it
+                if not isinstance(i, SplitModule):
+                    with self.cond:
+                        self.queue.insert(0, i)  # the calling process takes it
                 w = None
                 break
             except CompileError as e:
-                fail(e)
+                self._fail(e)
                 break
+            if isinstance(i, SplitModule):
+                with self.cond:
+                    self.guessed[m.key] = obj
+            else:
+                self._finished(i, obj)
         if w is not None:
             _give(w)
 
-    stop = threading.Event()
-
-    def heartbeat() -> None:
-        while not stop.wait(jit.HEARTBEAT):
-            with lock:
-                done, chars = state["done"], state["chars"]
-            elapsed = time.perf_counter() - start
-            eta = f", about {elapsed / chars * (total - chars):.0f} s left" if chars else ""
-            progress(f"LLVM: {done}/{len(todo)} modules compiled ({100 * chars / total:.0f}% of the code, "
-                     f"{elapsed:.0f} s{eta})")
-
-    threads = [threading.Thread(target=remote, daemon=True) for _ in range(workers - 1)]
-    if progress and todo:
-        threads.append(threading.Thread(target=heartbeat, daemon=True))
-    jit.init_llvm()
-    for t in threads:
-        t.start()
-    try:
-        local()
-        for t in threads[:workers - 1]:
+    def cancel(self) -> None:
+        """Stop (the module being written failed): workers finish their module and go idle."""
+        self._fail(CompileError("compile cancelled"))
+        for t in self.threads:
             t.join()
-        local()  # what a worker that died handed back
-    finally:
-        stop.set()
-    if state["error"] is not None:
-        raise state["error"]
-    return results  # type: ignore[return-value]
+
+    def finish(self) -> list[bytes]:
+        with self.cond:
+            self.closed = True
+            self.guesses.clear()
+            self.queue.sort(key=lambda i: -len(self.modules[i].text))
+            self.cond.notify_all()
+            todo, early = len(self.modules) - self.hits, self.done
+        if not self.threads:
+            n = min(jobs(), len(self.queue)) if self.total >= PARALLEL_MIN_CHARS else 1
+            self._start_remote(n - 1)
+        if self.progress:
+            reused = self.hits
+            self.progress(f"LLVM: {todo} module{'s' * (todo != 1)} to compile"
+                          + (f" ({reused} from the kernel cache)" if reused else "")
+                          + (f", {early} compiled while generating code" if early else "")
+                          + (f", {len(self.threads) + 1} at once" if self.threads else ""))
+        stop = threading.Event()
+        start = time.perf_counter()
+
+        def heartbeat() -> None:
+            while not stop.wait(jit.HEARTBEAT):
+                with self.cond:
+                    done, chars = self.done, self.chars
+                elapsed = time.perf_counter() - start
+                eta = f", about {elapsed / chars * (self.total - chars):.0f} s left" if chars else ""
+                self.progress(f"LLVM: {done}/{todo} modules compiled ({100 * chars / (self.total or 1):.0f}% of the code, "
+                              f"{elapsed:.0f} s{eta})")
+
+        if self.progress and todo > early:
+            threading.Thread(target=heartbeat, daemon=True).start()
+        jit.init_llvm()
+        try:
+            self._local()
+            for t in self.threads:
+                t.join()
+            self._local()  # what a worker that died handed back
+        finally:
+            stop.set()
+        if self.error is not None:
+            raise self.error
+        return self.results  # type: ignore[return-value]

@@ -100,8 +100,10 @@ def emitter(*kinds: OpKind):
 
 class ModuleEmitter:
     def __init__(self, plan: Plan, name: str = "convc_model", instrument: bool = False, threads: int = 1,
-                 target=None, progress: Callable[[str], None] | None = None, check_arena: bool | None = None):
+                 target=None, progress: Callable[[str], None] | None = None, check_arena: bool | None = None,
+                 kernel_done: Callable[[ir.Module, str], None] | None = None):
         self.plan = plan
+        self.kernel_done = kernel_done  # called with each kernel the entry point calls, once it is written
         self.check_arena = arena_check.enabled() if check_arena is None else check_arena
         self.progress = progress
         self.instrument = instrument
@@ -290,6 +292,8 @@ class ModuleEmitter:
             else:
                 b.call(call.function, [resolve(a) for a in call.args])
                 callees.append(call.function.name)
+            if self.kernel_done is not None:
+                self.kernel_done(self.module, callees[-1])
             kernel_names.append((op.name, call.function.name))
             if checker is not None:
                 for pos, ((_, offset, view), digest) in enumerate(zip(guarded, before)):
@@ -414,8 +418,10 @@ def monotonic_ns(b: ir.IRBuilder, timespec: ir.Value) -> ir.Value:
 
 
 def emit_module(plan: Plan, name: str = "convc_model", instrument: bool = False, threads: int = 1,
-                target=None, progress: Callable[[str], None] | None = None) -> NativeModule:
+                target=None, progress: Callable[[str], None] | None = None,
+                kernel_done: Callable[[ir.Module, str], None] | None = None) -> NativeModule:
     """``target`` (a convc.codegen.jit.Target, default the host) picks the triple and vector ISA;
-    ``progress`` receives one line per layer."""
+    ``progress`` receives one line per layer; ``kernel_done(module, name)`` each kernel the entry
+    point calls as soon as it is written (the JIT splits and compiles it then, codegen/cache.py)."""
     from convc.codegen import kernels  # noqa: F401  (registers the emitters)
-    return ModuleEmitter(plan, name, instrument, threads, target, progress).emit()
+    return ModuleEmitter(plan, name, instrument, threads, target, progress, kernel_done=kernel_done).emit()

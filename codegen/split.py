@@ -77,25 +77,70 @@ def _defines(g) -> bool:
     return isinstance(g, ir.GlobalVariable) or (isinstance(g, ir.Function) and bool(g.blocks))
 
 
-class _Splitter:
-    def __init__(self, module: ir.Module, kernels: list[str]):
-        self.module = module
-        self.globals = {g.name: g for g in module.global_values}
-        self.by_ref = {g.get_reference(): g.name for g in module.global_values}
-        self.text = {name: str(g) for name, g in self.globals.items()}
-        self.refs = {name: self._references(name) for name in self.globals}
-        self.kernels = [k for k in dict.fromkeys(kernels) if k in self.globals and _defines(self.globals[k])]
-        self.metadata = [str(m) for m in module.metadata]
-        self._content: dict[str, str | None] = {}
+class Splitter:
+    """Cuts a module into kernel groups kernel by kernel, while it is still being written: JIT
+    compiles hand each group to LLVM as soon as its kernel is emitted (codegen/cache.py), so that
+    LLVM runs on the other cores while Python emits the next layers. ``split_module`` feeds it every
+    kernel of a finished module at once; both give the same modules.
 
-    def _references(self, name: str) -> set[str]:
-        own = self.globals[name].get_reference()
-        out = set()
-        for m in _REF.finditer(self.text[name]):
-            ref = m.group(0)
-            if ref != own and ref in self.by_ref:
-                out.add(self.by_ref[ref])
+    A group is a root definition and what it reaches, copied in (small helpers, constant tables),
+    except other roots, which it declares. The roots are the kernels and the out-of-line functions
+    (large or noinline: GEMM micro-kernels, transpose tiles, vecmath's cold tails) that two groups
+    call: compiled once, in a module of their own. A helper only one group calls stays in it, where
+    LLVM inlines and specializes it as it did when the whole model was one module (MobileNetV2 ran
+    2-3% slower with every micro-kernel called out of line; copying a shared one into each caller
+    made ResNet-50's IR 30% larger). Whether a helper is shared is known only once every kernel is
+    written: a group with a helper no earlier group used waits for ``finish``; the others are final
+    when their kernel is written, and go to LLVM then."""
+
+    def __init__(self, module: ir.Module, library: tuple[str, ...] = ()):
+        self.module = module
+        self.library = library
+        self.globals: dict[str, ir.GlobalValue] = {}
+        self.by_ref: dict[str, str] = {}
+        self._text: dict[str, str] = {}
+        self._refs: dict[str, set[str]] = {}
+        self._content: dict[str, str | None] = {}
+        self._synced = 0
+        self._metadata: list[str] = []
+        self.kernels: list[str] = []  # split kernels (their original names), in order
+        self._kernel_set: set[str] = set()
+        self.kept: list[str] = []  # kernels left in the entry module
+        self.roots: set[str] = set()  # content names with a module of their own
+        self.placed: set[str] = set()  # original names copied into some group
+        self._users: dict[str, set[str]] = {}  # content name -> the roots of the groups that copy it
+        self._held: list[tuple[str, bool]] = []  # groups that wait for finish (root, is a kernel)
+        self.guesses: list[SplitModule] = []  # their modules as they are now (take_guesses)
+        self.name_of: dict[str, str] = {}  # content name -> an original name
+
+    # --- the module as it grows ------------------------------------------------------------
+    def _sync(self) -> None:
+        gv = self.module.globals
+        if len(gv) != self._synced:
+            for name, g in list(gv.items())[self._synced:]:
+                self.globals[name] = g
+                self.by_ref[g.get_reference()] = name
+            self._synced = len(gv)
+
+    def text(self, name: str) -> str:
+        t = self._text.get(name)
+        if t is None:
+            t = self._text[name] = str(self.globals[name])
+        return t
+
+    def refs(self, name: str) -> set[str]:
+        out = self._refs.get(name)
+        if out is None:
+            own = self.globals[name].get_reference()
+            out = self._refs[name] = {self.by_ref[r] for r in (m.group(0) for m in _REF.finditer(self.text(name)))
+                                      if r != own and r in self.by_ref}
         return out
+
+    def metadata(self) -> list[str]:
+        md = self.module.metadata
+        if len(md) != len(self._metadata):
+            self._metadata += [str(m) for m in md[len(self._metadata):]]
+        return self._metadata
 
     def closure(self, name: str) -> set[str]:
         """``name`` and every definition it reaches."""
@@ -105,7 +150,7 @@ class _Splitter:
             if n in seen or not _defines(self.globals[n]):
                 continue
             seen.add(n)
-            todo.extend(self.refs[n])
+            todo.extend(self.refs(n))
         return seen
 
     def content_name(self, name: str, visiting: frozenset = frozenset()) -> str | None:
@@ -116,7 +161,7 @@ class _Splitter:
             return None
         g = self.globals[name]
         subst = {}
-        for r in self.refs[name]:
+        for r in self.refs(name):
             if _defines(self.globals[r]):
                 c = self.content_name(r, visiting | {name})
                 if c is None:
@@ -124,13 +169,175 @@ class _Splitter:
                     return None
                 subst[self.globals[r].get_reference()] = f'@"{c}"'
         own = g.get_reference()
-        body = _REF.sub(lambda m: "@SELF" if m.group(0) == own else subst.get(m.group(0), m.group(0)), self.text[name])
-        if isinstance(g, ir.Function) and name in self.kernels:
+        body = _REF.sub(lambda m: "@SELF" if m.group(0) == own else subst.get(m.group(0), m.group(0)), self.text(name))
+        if isinstance(g, ir.Function) and name in self._kernel_set:
             body = body.replace("define internal ", "define ", 1)
         h = hashlib.sha256(body.encode()).hexdigest()[:24]
-        c = f"convc_k{h}" if name in self.kernels else f"convc_h{h}"  # see CONTENT_NAME_GLOBS
+        c = f"convc_k{h}" if name in self._kernel_set else f"convc_h{h}"  # see CONTENT_NAME_GLOBS
         self._content[name] = c
+        self.name_of.setdefault(c, name)
         return c
+
+    # --- kernels in, modules out -----------------------------------------------------------
+    def add(self, kernels: list[str], keep: frozenset[str] = frozenset()) -> list[SplitModule]:
+        """The new modules the kernels ``kernels`` need (none for a kernel seen before or whose
+        code another module holds already). ``keep``: kernels the entry module keeps."""
+        self._sync()
+        out: list[SplitModule] = []
+        for k in kernels:
+            if k in self._kernel_set or k in self.kept or k not in self.globals or not _defines(self.globals[k]):
+                continue
+            closure = self.closure(k)
+            if k in keep or any(isinstance(self.globals[n], ir.GlobalVariable) and not self.globals[n].global_constant
+                                for n in closure):
+                self.kept.append(k)
+                continue
+            self._kernel_set.add(k)
+            c = self.content_name(k)
+            if c is None:  # recursion: left in the entry module
+                self._kernel_set.discard(k)
+                self.kept.append(k)
+                continue
+            self.kernels.append(k)
+            if c not in self.roots:
+                self.roots.add(c)
+                out += self._group(k, kernel=True)
+        return out
+
+    def _group(self, root: str, kernel: bool, final: bool = False) -> list[SplitModule]:
+        """The module of ``root`` and, first, those of the new roots it reaches. A group that copies
+        an out-of-line helper no other group has used yet waits (``_held``) until ``finish``
+        (``final``): a later group may need that helper too, which then gets a module of its own."""
+        out: list[SplitModule] = []
+        members, todo, waits = [root], [root], False
+        while todo:
+            n = todo.pop()
+            for r in sorted(self.refs(n)):
+                if not _defines(self.globals[r]) or r in members:
+                    continue
+                c = self.content_name(r)
+                if c in self.roots:
+                    continue
+                if _out_of_line(self.text(r)) and not (kernel and n == root):  # not the body behind a trampoline
+                    if self._users.get(c, set()) - {root}:  # another group copies it
+                        self.roots.add(c)
+                        out += self._group(r, kernel=False)
+                        continue
+                    waits = not final
+                members.append(r)
+                todo.append(r)
+        self.placed.update(members)
+        by_content = {self.content_name(n): n for n in members}
+        for c in by_content:
+            self._users.setdefault(c, set()).add(root)
+        rc = self.content_name(root)
+        ordered = sorted(by_content)
+        bodies = []
+        for c in ordered:
+            body = self._renamed(by_content[c])
+            bodies.append(body.replace("define internal ", "define ", 1) if c == rc else body)
+        text = self._module_text(bodies, {f'@"{c}"' for c in ordered})
+        module = SplitModule(text, hashlib.sha256(text.encode()).hexdigest(), int(kernel), kernel_speed(text),
+                             exports=(rc,))
+        if waits:  # most such groups stay as they are: LLVM may compile this text now, as a guess
+            self._held.append((root, kernel))
+            self.guesses.append(module)
+            return out
+        out.append(module)
+        return out
+
+    def take_guesses(self) -> list[SplitModule]:
+        """The waiting groups' modules as they would be if no later group shared their helpers
+        (since the last call): worth compiling early, most are final (ModuleCompiler.guess)."""
+        out, self.guesses = self.guesses, []
+        return out
+
+    def _renamed(self, name: str) -> str:
+        """A definition's text with every definition it names (itself too) by its content name."""
+        subst = {self.globals[r].get_reference(): f'@"{self.content_name(r)}"'
+                 for r in self.refs(name) | {name} if _defines(self.globals[r])}
+        return _REF.sub(lambda m: subst.get(m.group(0), m.group(0)), self.text(name))
+
+    def _declaration(self, ref: str) -> str | None:
+        """The declare line of a function defined in another module (or outside convc's code)."""
+        c = ref[2:-1] if ref.startswith('@"') else None
+        g = self.globals[self.name_of[c]] if c in self.name_of else self.globals.get(self.by_ref.get(ref, ""))
+        if not isinstance(g, ir.Function):
+            return None
+        if not g.blocks:
+            return self.text(g.name)
+        fty = g.function_type
+        return f"declare {fty.return_type} {ref}({', '.join(str(a) for a in fty.args)})"
+
+    def _module_text(self, bodies: list[str], defined: set[str]) -> str:
+        decls = []
+        for ref in dict.fromkeys(m.group(0) for b in bodies for m in _REF.finditer(b)):
+            if ref not in defined and (line := self._declaration(ref)) is not None:
+                decls.append(line)
+        used = {int(i) for b in bodies for i in _MD.findall(b)}
+        mds = [line for line in self.metadata() if int(_MD.match(line).group(1)) in used]
+        return "\n".join(decls + bodies + mds) + "\n"
+
+    # --- the rest: entry point and thread pool --------------------------------------------
+    def _entry_side(self, kernels: set[str], in_lib: set[str], lib: list[str]) -> tuple[list[str], set[str]]:
+        """(the definitions outside every kernel and the library, what they reach without going
+        through a kernel or a library function)."""
+        inside = set().union(*(self.closure(k) for k in kernels)) if kernels else set()
+        defs = [n for n, g in self.globals.items() if _defines(g) and n not in inside and n not in in_lib]
+        reach, todo = set(), list(defs)
+        while todo:
+            n = todo.pop()
+            if n in reach or not _defines(self.globals[n]):
+                continue
+            reach.add(n)
+            todo.extend(r for r in self.refs(n) if r not in kernels and r not in lib)
+        return defs, reach
+
+    def _library(self, kernels: set[str]) -> tuple[list[str], set[str]]:
+        """The library functions and what they reach; none when a kernel shares code with them."""
+        lib = [n for n in self.library if n in self.globals and _defines(self.globals[n])]
+        in_lib = set().union(*(self.closure(n) for n in lib)) if lib else set()
+        inside = set().union(*(self.closure(k) for k in kernels)) if kernels else set()
+        if in_lib & inside:
+            return [], set()
+        return lib, in_lib
+
+    def entry_bound(self, kernels: list[str]) -> frozenset[str]:
+        """Of a finished module's ``kernels``, those whose code the entry side reaches too: they
+        stay in the entry module (none of convc's kernels do that; it keeps the split safe)."""
+        self._sync()
+        ks = {k for k in kernels if k in self.globals and _defines(self.globals[k])}
+        lib, in_lib = self._library(ks)
+        _, reach = self._entry_side(ks, in_lib, lib)
+        return frozenset(k for k in ks if self.closure(k) & reach)
+
+    def finish(self) -> tuple[list[SplitModule], bool]:
+        """The entry module (and the library's), then the groups that waited, once the module is
+        complete; False when a kernel
+        split off earlier turns out to share code with the entry side (the caller splits again
+        with ``split_module``, which keeps such kernels in the entry module)."""
+        self._sync()
+        kernels, kept = set(self.kernels), set(self.kept)
+        lib, in_lib = self._library(kernels | kept)
+        defs, reach = self._entry_side(kernels | kept, in_lib, lib)
+        if reach & self.placed:
+            return [], False
+        entry = set(defs).union(*(self.closure(k) for k in kept))
+        if reach & in_lib:  # the entry point uses the library's internals: keep them together
+            entry |= in_lib
+            lib, in_lib = [], set()
+        held, self._held = self._held, []
+        groups = [m for root, kernel in held for m in self._group(root, kernel, final=True)]
+        rename = {self.globals[k].get_reference(): f'@"{self.content_name(k)}"' for k in kernels}
+        names = [n for n in self.globals if n in entry]
+        bodies = [_REF.sub(lambda m: rename.get(m.group(0), m.group(0)), self.text(n)) for n in names]
+        out = [SplitModule(self._module_text(bodies, {self.globals[n].get_reference() for n in names}),
+                           None, len(self.kept), ENTRY_SPEED)]
+        if lib:
+            names = [n for n in self.globals if n in in_lib]
+            text = self._module_text([self.text(n) for n in names], {self.globals[n].get_reference() for n in names})
+            out.append(SplitModule(text, hashlib.sha256(text.encode()).hexdigest()))
+        return out + groups, True
 
 
 # the content names as linker globs: a library built from split modules keeps them to itself
@@ -158,92 +365,16 @@ SHARED_MIN_CHARS = 4000  # a helper this large is not inlined where it has sever
 
 
 def split_module(module: ir.Module, kernels: list[str], library: tuple[str, ...] = ()) -> list[SplitModule]:
-    """The entry module's text, then one text per kernel and per large shared helper, and one for
-    the ``library`` functions (the thread pool: the same in every model, so compiled once and
-    cached, at full speed, apart from the entry point, which LLVM barely optimizes). ``kernels``
-    are the functions the entry point calls or hands to the thread pool (``NativeModule.callees``)."""
-    s = _Splitter(module, kernels)
-    closures = {k: s.closure(k) for k in s.kernels}
-    in_kernels = set().union(*closures.values()) if closures else set()
-    lib = [n for n in library if n in s.globals and _defines(s.globals[n])]
-    in_lib = set().union(*(s.closure(n) for n in lib)) if lib else set()
-    if in_lib & in_kernels:
-        lib, in_lib = [], set()
-    entry_defs = [n for n, g in s.globals.items() if _defines(g) and n not in in_kernels and n not in in_lib]
-    # what the entry side reaches without going through a kernel or a library function
-    entry_reach, todo = set(), list(entry_defs)
-    while todo:
-        n = todo.pop()
-        if n in entry_reach or not _defines(s.globals[n]):
-            continue
-        entry_reach.add(n)
-        todo.extend(r for r in s.refs[n] if r not in closures and r not in lib)
-    if entry_reach & in_lib:  # the entry point uses the library's internals: keep them together
-        entry_defs += [n for n in s.globals if n in in_lib]
-        lib, in_lib = [], set()
-
-    def splittable(k: str) -> bool:
-        for n in closures[k]:
-            g = s.globals[n]
-            if n in entry_reach or (isinstance(g, ir.GlobalVariable) and not g.global_constant):
-                return False
-        return s.content_name(k) is not None
-
-    split = [k for k in s.kernels if splittable(k)]
-    entry_keep = set(entry_defs).union(*(closures[k] for k in s.kernels if k not in split))
-    moved = set().union(*(closures[k] for k in split)) - entry_keep
-    # from here on, definitions by content name: identical kernels and helpers are one
-    name_of = {s.content_name(n): n for n in moved}
-    rename = {s.globals[n].get_reference(): f'@"{s.content_name(n)}"' for n in moved}
-
-    def renamed(text: str) -> str:
-        return _REF.sub(lambda m: rename.get(m.group(0), m.group(0)), text)
-    body = {c: renamed(s.text[n]) for c, n in name_of.items()}
-    refs = {c: {s.content_name(r) for r in s.refs[n] if r in moved} for c, n in name_of.items()}
-    roots = _roots({s.content_name(k) for k in split}, refs, body)
-
-    def declaration(ref: str) -> str | None:
-        """The declare line of a function defined in another module (or outside convc's code)."""
-        c = ref[2:-1] if ref.startswith('@"') else None
-        g = s.globals[name_of[c]] if c in name_of else s.globals.get(s.by_ref.get(ref, ""))
-        if not isinstance(g, ir.Function):
-            return None
-        if not g.blocks:
-            return s.text[g.name]
-        fty = g.function_type
-        return f"declare {fty.return_type} {ref}({', '.join(str(a) for a in fty.args)})"
-
-    def module_text(bodies: list[str], defined: set[str]) -> str:
-        decls = []
-        for ref in dict.fromkeys(m.group(0) for b in bodies for m in _REF.finditer(b)):
-            if ref not in defined and (line := declaration(ref)) is not None:
-                decls.append(line)
-        used = {int(i) for b in bodies for i in _MD.findall(b)}
-        mds = [line for line in s.metadata if int(_MD.match(line).group(1)) in used]
-        return "\n".join(decls + bodies + mds) + "\n"
-
-    entry_names = [n for n in s.globals if n in entry_keep]
-    out = [SplitModule(module_text([renamed(s.text[n]) for n in entry_names],
-                                   {s.globals[n].get_reference() for n in entry_names}),
-                       None, sum(1 for k in s.kernels if k not in split), ENTRY_SPEED)]
-    if lib:
-        names = [n for n in s.globals if n in in_lib]
-        text = module_text([s.text[n] for n in names], {s.globals[n].get_reference() for n in names})
-        out.append(SplitModule(text, hashlib.sha256(text.encode()).hexdigest()))
-    for root in sorted(roots):
-        members, todo = set(), [root]
-        while todo:
-            c = todo.pop()
-            if c in members or (c in roots and c != root):
-                continue
-            members.add(c)
-            todo.extend(refs[c])
-        ordered = sorted(members)
-        bodies = [body[c].replace("define internal ", "define ", 1) if c == root else body[c] for c in ordered]
-        text = module_text(bodies, {f'@"{c}"' for c in ordered})
-        out.append(SplitModule(text, hashlib.sha256(text.encode()).hexdigest(), int(root.startswith("convc_k")),
-                               kernel_speed(text), exports=(root,)))
-    return out
+    """The entry module's text, then the ``library`` functions' (the thread pool: the same in every
+    model, so compiled once and cached, at full speed, apart from the entry point, which LLVM
+    barely optimizes), then one text per kernel group (``Splitter``). ``kernels`` are the functions
+    the entry point calls or hands to the thread pool (``NativeModule.callees``)."""
+    s = Splitter(module, library)
+    groups = s.add(list(kernels), s.entry_bound(list(kernels)))
+    rest, ok = s.finish()
+    assert ok, "entry_bound keeps every kernel the entry side shares code with"
+    head = [m for m in rest if not m.exports]
+    return head + sorted(groups + [m for m in rest if m.exports], key=lambda m: m.exports)
 
 
 def _out_of_line(body: str) -> bool:
@@ -251,27 +382,3 @@ def _out_of_line(body: str) -> bool:
     (a helper written to be shared, like the transpose tiles)."""
     head = body.split("\n", 1)[0]
     return head.startswith("define") and (len(body) >= SHARED_MIN_CHARS or " noinline" in head)
-
-
-def _roots(kernels: set[str], refs: dict[str, set[str]], body: dict[str, str]) -> set[str]:
-    """The definitions that get a module of their own: the kernels, and every function out of line
-    (large or noinline) that two of those modules would otherwise each compile (a shared GEMM
-    micro-kernel). A helper with one user stays in that user's module, where LLVM inlines it as it
-    did in one module; a small shared helper is copied into each user (inlined there too)."""
-    roots = set(kernels)
-    while True:
-        users: dict[str, int] = {}
-        for r in roots:
-            seen, todo = set(), list(refs[r])
-            while todo:
-                c = todo.pop()
-                if c in seen or c in roots:
-                    continue
-                seen.add(c)
-                todo.extend(refs[c])
-            for c in seen:
-                users[c] = users.get(c, 0) + 1
-        new = {c for c, n in users.items() if n > 1 and _out_of_line(body[c])}
-        if not new:
-            return roots
-        roots |= new

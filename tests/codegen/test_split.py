@@ -133,8 +133,10 @@ def test_split_code_computes_what_one_module_computes(threads, monkeypatch):
     model = residual_net(3, batch=16, hw=(37, 29))
     x = np.random.default_rng(1).standard_normal((16, 3, 37, 29)).astype(np.float32)
     split = convc.compile(model, threads=threads, cache=False)
-    whole_module = lambda module, kernels, library=(): [SplitModule(str(module), None)]  # noqa: E731
-    monkeypatch.setattr(cache, "split_module", whole_module)
+    def whole_module(plan, options, root, progress):
+        native = emit_module(plan, threads=options.threads)
+        return native, llvm_pool.compile_modules([SplitModule(str(native.ir_module), None)], jit.Target.host())
+    monkeypatch.setattr(cache, "generate", whole_module)
     whole = convc.compile(model, threads=threads, cache=False)
     got, want = split(x), whole(x)
     np.testing.assert_array_equal(got, want)  # the same kernels, compiled by the same LLVM
@@ -254,3 +256,122 @@ def test_progress_while_an_ahead_of_time_build_runs_llvm(monkeypatch):
     jit.machine_code(str(native.ir_module), progress=lines.append)
     assert lines[0] == "LLVM optimization" and "LLVM machine code" in lines
     assert any(line.startswith("LLVM optimization: ") and line.endswith("s so far") for line in lines), lines
+
+
+# --- streaming: kernel groups split off and compiled while the rest of the model is emitted -------
+
+def test_streamed_groups_are_the_split_of_the_finished_module(monkeypatch):
+    """What the JIT hands LLVM kernel by kernel, during emission, is exactly what splitting the
+    finished module gives: no kernel's code changed after its group was split off."""
+    from convc.codegen.split import Splitter
+    added, emitted = [], []
+    real_add, real_finish = llvm_pool.ModuleCompiler.add, Splitter.finish
+    monkeypatch.setattr(llvm_pool.ModuleCompiler, "add", lambda self, m: (added.append(m), real_add(self, m))[1])
+    monkeypatch.setattr(Splitter, "finish", lambda self: (emitted.append(len(added)), real_finish(self))[1])
+    plan = planned(residual_net(3, batch=1))
+    native, objects = cache.generate(plan, CompileOptions(threads=2), None, None)
+    whole = split_module(native.ir_module, native.callees, cache.LIBRARY)
+    assert sorted(m.text for m in added) == sorted(m.text for m in whole)
+    assert len(objects) == len(whole) and all(objects)
+    during = added[:emitted[0]]
+    assert during and all(m.exports for m in during), "kernel groups go to LLVM while the model is emitted"
+    assert any(m.key is None for m in added[emitted[0]:]), "the entry module once the model is complete"
+
+
+@pytest.mark.slow
+def test_workers_compile_while_the_model_is_emitted(monkeypatch):
+    """With two jobs a worker process starts as soon as there is code to compile, before emission
+    ends, and the model computes what onnxruntime does."""
+    monkeypatch.setattr(llvm_pool, "PARALLEL_MIN_CHARS", 0)
+    monkeypatch.setenv("CONVC_COMPILE_JOBS", "2")
+    at_finish = []
+    real = llvm_pool.ModuleCompiler.finish
+
+    def finish(self):
+        at_finish.append((len(self.threads), self.closed))
+        return real(self)
+    monkeypatch.setattr(llvm_pool.ModuleCompiler, "finish", finish)
+    model = residual_net(2, hw=(17, 19))
+    compiled = convc.compile(model, threads=2, cache=False)
+    assert at_finish == [(1, False)], at_finish  # the worker was running before finish was called
+    x = np.random.default_rng(8).standard_normal((16, 3, 17, 19)).astype(np.float32)
+    np.testing.assert_allclose(compiled(x), run_onnxruntime(model, {"x": x}), rtol=1e-4, atol=1e-4)
+
+
+def test_a_failing_emitter_stops_the_workers(monkeypatch):
+    """An error while emitting layer 6 reaches the caller as that node's CompileError, and the
+    workers already compiling earlier groups stop (no hang, the worker goes back to the pool)."""
+    from convc.codegen.module import ModuleEmitter
+    monkeypatch.setattr(llvm_pool, "PARALLEL_MIN_CHARS", 0)
+    monkeypatch.setenv("CONVC_COMPILE_JOBS", "2")
+    real = ModuleEmitter.emitter_for
+    seen = []
+
+    def emitter_for(self, op):
+        seen.append(op.name)
+        if len(seen) == 6:
+            def broken(em, op):
+                raise RuntimeError("emitter bug")
+            return broken
+        return real(self, op)
+    monkeypatch.setattr(ModuleEmitter, "emitter_for", emitter_for)
+    with pytest.raises(CompileError, match=r"code generation failed: emitter bug"):
+        convc.compile(residual_net(2, hw=(17, 19)), threads=2, cache=False)
+    assert llvm_pool._idle and all(w.proc.poll() is None for w in llvm_pool._idle)
+
+
+def _module_with_a_shared_helper():
+    """An entry point that calls a helper a kernel calls too: the one case the split keeps a kernel
+    in the entry module."""
+    from llvmlite import ir
+    m = ir.Module("shared")
+    void = ir.FunctionType(ir.VoidType(), [])
+    helper_fn = ir.Function(m, void, "helper")
+    helper_fn.linkage = "internal"
+    ir.IRBuilder(helper_fn.append_basic_block()).ret_void()
+    kernel = ir.Function(m, void, "kernel")
+    kernel.linkage = "internal"
+    b = ir.IRBuilder(kernel.append_basic_block())
+    b.call(helper_fn, [])
+    b.ret_void()
+    return m, void, kernel, helper_fn
+
+
+def test_a_kernel_sharing_code_with_the_entry_point_is_split_again():
+    from llvmlite import ir
+    from convc.codegen.split import Splitter
+    m, void, kernel, helper_fn = _module_with_a_shared_helper()
+    s = Splitter(m)
+    assert len(s.add(["kernel"])) == 1  # streamed: split off before the entry point exists
+    entry = ir.Function(m, void, "entry")
+    b = ir.IRBuilder(entry.append_basic_block())
+    b.call(kernel, [])
+    b.call(helper_fn, [])
+    b.ret_void()
+    assert s.finish() == ([], False)  # so the caller splits the finished module instead
+    modules = split_module(m, ["kernel"])
+    assert len(modules) == 1 and modules[0].kernels == 1  # the kernel stays with the entry point
+    llvm_worker.object_code(modules[0].text, *(lambda t: (t.triple, t.cpu, t.features))(jit.Target.host()))
+
+
+def test_a_guess_compiled_early_serves_the_module_with_its_text(monkeypatch):
+    """A waiting group's module, compiled by a worker as a guess, is the object file of the module
+    added later with the same text: nothing compiles again in finish."""
+    import time
+    monkeypatch.setattr(llvm_pool, "PARALLEL_MIN_CHARS", 0)
+    monkeypatch.setenv("CONVC_COMPILE_JOBS", "2")
+    text = 'define void @"convc_kguess"(ptr %p) {\n  store float 1.0, ptr %p\n  ret void\n}\n'
+    module = SplitModule(text, "guess-key", 1, KERNEL_SPEED, exports=("convc_kguess",))
+    compiler = llvm_pool.ModuleCompiler(jit.Target.host(), None, stream=True)
+    compiler.guess(module)
+    deadline = time.monotonic() + 60
+    while module.key not in compiler.guessed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert module.key in compiler.guessed
+
+    def no_local_compile(*args):
+        raise AssertionError("compiled again")
+    monkeypatch.setattr(llvm_worker, "object_code", no_local_compile)
+    compiler.add(module)
+    objects = compiler.finish()
+    assert objects == [compiler.guessed[module.key]] and objects[0].startswith(b"\x7fELF")
