@@ -21,7 +21,7 @@ from convc.frontend.onnx.reader import read_model, tensor_value
 from convc.frontend.onnx.signature import check_input_shapes, declared_inputs, fixed_symbols, unfixed_message
 from convc.frontend.onnx.registry import CONVERTERS, FIRST_OPSET, FOLDERS
 from convc.ir import Graph, TensorKind
-from convc.limits import check_size, positive_int
+from convc.limits import check_size, held_limit, positive_int
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 LAST_OPSET = onnx.defs.onnx_opset_version()
@@ -52,6 +52,12 @@ def import_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, batch: int |
     node needs as constants).
     """
     batch = positive_int("batch", batch)
+    with held_limit():
+        return _import(model, batch, runtime, bind, input_shapes)
+
+
+def _import(model: Any, batch: int | None, runtime: Collection[str], bind: Mapping[str, np.ndarray] | None,
+            input_shapes: Mapping[str, Any] | None) -> Graph:
     proto = read_model(model)
     declared = declared_inputs(proto)
     shapes = check_input_shapes(declared, input_shapes, batch)
@@ -93,6 +99,31 @@ def _attribute_value(a: onnx.AttributeProto, where: str = "a schema default") ->
     if a.type in (onnx.AttributeProto.INTS, onnx.AttributeProto.FLOATS):
         return list(v)
     return v
+
+
+# (domain, op type, version) -> the schema's attribute defaults, types and required names: read from
+# onnx's schema once per op, not once per node (a default is a protobuf each node parsed again)
+_SCHEMA_ATTRIBUTES: dict[tuple[str, str, int], tuple[dict[str, Any], dict[str, int], tuple[str, ...]]] = {}
+
+
+def _schema_attributes(schema: Any) -> tuple[dict[str, Any], dict[str, int], tuple[str, ...]]:
+    key = (schema.domain, schema.name, schema.since_version)
+    found = _SCHEMA_ATTRIBUTES.get(key)
+    if found is None:
+        specs = schema.attributes
+        defaults = {k: _attribute_value(a.default_value) for k, a in specs.items()
+                    if a.default_value.type != onnx.AttributeProto.UNDEFINED}
+        found = (defaults, {k: int(a.type.value) for k, a in specs.items()},
+                 tuple(k for k, a in specs.items() if a.required))
+        _SCHEMA_ATTRIBUTES[key] = found
+    return found
+
+
+def _fresh(value: Any) -> Any:
+    """A default shared by every node of an op, as a node's own (a converter may change its lists)."""
+    if isinstance(value, list):
+        return [_fresh(v) for v in value]
+    return value.copy() if isinstance(value, np.ndarray) else value
 
 
 def _enum_name(enum: Any, value: int) -> str:
@@ -356,24 +387,22 @@ class _Importer:
 
     def _attributes(self, name: str, node: onnx.NodeProto, schema: Any) -> dict[str, Any]:
         where = f"node {name!r} ({node.op_type}, opset {self.opset})"
-        attrs: dict[str, Any] = {}
-        for key, a in schema.attributes.items():
-            if a.default_value.type != onnx.AttributeProto.UNDEFINED:
-                attrs[key] = _attribute_value(a.default_value)
+        defaults, types, required = _schema_attributes(schema)
+        attrs = {key: _fresh(value) for key, value in defaults.items()}
         for a in node.attribute:
-            spec = schema.attributes.get(a.name)
-            if spec is None:
+            expected = types.get(a.name)
+            if expected is None:
                 raise ModelImportError(f"{where}: attribute {a.name!r} is not part of "
-                                       f"{node.op_type}-{schema.since_version} (known: {sorted(schema.attributes)})")
+                                       f"{node.op_type}-{schema.since_version} (known: {sorted(types)})")
             if a.ref_attr_name:
                 raise ModelImportError(f"{where}: attribute {a.name!r} refers to a function attribute")
-            if a.type != int(spec.type.value):
+            if a.type != expected:
                 raise ModelImportError(f"{where}: attribute {a.name!r} has type "
                                        f"{_enum_name(onnx.AttributeProto.AttributeType, a.type)}, expected "
-                                       f"{_enum_name(onnx.AttributeProto.AttributeType, int(spec.type.value))}")
+                                       f"{_enum_name(onnx.AttributeProto.AttributeType, expected)}")
             attrs[a.name] = _attribute_value(a, where)
-        for key, a in schema.attributes.items():
-            if a.required and key not in attrs:
+        for key in required:
+            if key not in attrs:
                 raise ModelImportError(f"{where}: required attribute {key!r} is missing")
         return attrs
 

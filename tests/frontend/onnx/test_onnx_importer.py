@@ -116,3 +116,20 @@ def test_several_graph_outputs_an_intermediate_and_an_input():
     np.testing.assert_array_equal(r, np.maximum(x, 0))
     np.testing.assert_array_equal(x_out, x)
     np.testing.assert_allclose(s_, 1 / (1 + np.exp(-np.maximum(x, 0))), rtol=1e-6)
+
+
+def test_schema_defaults_are_each_nodes_own():
+    """An op's attribute defaults are read from onnx's schema once, not per node; each node gets
+    its own values, which a converter may change without changing the next node's."""
+    import onnx
+
+    from convc.frontend.onnx.importer import _Importer
+    schema = onnx.defs.get_schema("MeanVarianceNormalization", 17)
+    importer = _Importer(onnx.GraphProto(), 17, 1)
+    first = importer._attributes("m1", helper.make_node("MeanVarianceNormalization", ["x"], ["y"]), schema)
+    assert first == {"axes": [0, 2, 3]}
+    first["axes"].append(9)
+    assert importer._attributes("m2", helper.make_node("MeanVarianceNormalization", ["x"], ["y"]), schema) == \
+        {"axes": [0, 2, 3]}
+    assert importer._attributes("m3", helper.make_node("MeanVarianceNormalization", ["x"], ["y"], axes=[1]),
+                                schema) == {"axes": [1]}

@@ -273,6 +273,25 @@ def test_size_limit_is_configurable(monkeypatch):
     import_onnx(model)
 
 
+def test_an_import_reads_the_size_limit_once():
+    """Inside held_limit (an import) every check uses the limit read on entry; threads hold their own."""
+    import threading
+
+    from convc.limits import check_size, held_limit
+    seen = []
+    with held_limit():
+        os.environ["CONVC_MAX_BYTES"] = "1K"
+        try:
+            assert check_size("x", (1024,), np.float32) == 4096  # the limit held: half the memory
+            worker = threading.Thread(target=lambda: seen.append(pytest.raises(convc.ConvcError, check_size, "x",
+                                                                               (1024,), np.float32)))
+            worker.start()
+            worker.join()
+        finally:
+            del os.environ["CONVC_MAX_BYTES"]
+    assert "CONVC_MAX_BYTES=1K" in str(seen[0].value)
+
+
 def test_range_with_a_huge_count_is_refused():
     nodes = [helper.make_node("Range", ["start", "limit", "delta"], ["r"], name="range"),
              helper.make_node("Cast", ["r"], ["rf"], to=TensorProto.FLOAT),
