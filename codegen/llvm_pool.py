@@ -30,7 +30,6 @@ from convc.codegen.split import SplitModule
 from convc.errors import CompileError
 
 PARALLEL_MIN_CHARS = 300_000  # IR text below which one process compiles everything
-STREAM_MIN_CHARS = 50_000  # queued while a model is still being emitted: start the workers
 
 
 def jobs() -> int:
@@ -155,6 +154,10 @@ class ModuleCompiler:
         self.workers = max(1, jobs()) if stream else 0  # 0: decided in finish
         self.guesses: list[SplitModule] = []
         self.guessed: dict[str, bytes] = {}  # module key -> object file of a guess
+        if self.workers > 1:
+            # a worker process takes about 0.1 s of CPU to start: while Python writes the first
+            # layers, the other cores are idle anyway
+            self._start_remote(self.workers - 1)
 
     def add(self, m: SplitModule) -> None:
         i = len(self.modules)
@@ -174,7 +177,6 @@ class ModuleCompiler:
                 self.cond.notify()
         if obj is not None:
             self._finished(i, obj)
-        self._more_workers()
 
     def guess(self, m: SplitModule) -> None:
         if self.workers <= 1:
@@ -182,13 +184,6 @@ class ModuleCompiler:
         with self.cond:
             self.guesses.append(m)
             self.cond.notify()
-        self._more_workers(len(m.text))
-
-    def _more_workers(self, extra: int = 0) -> None:
-        # a worker process costs about 0.1 s of CPU to start; while Python emits the model the other
-        # cores are idle, so one large kernel's worth of code is reason enough
-        if self.workers > 1 and not self.threads and self.total + extra >= min(STREAM_MIN_CHARS, PARALLEL_MIN_CHARS):
-            self._start_remote(self.workers - 1)
 
     def _start_remote(self, n: int) -> None:
         for _ in range(n):
