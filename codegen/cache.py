@@ -63,7 +63,9 @@ def generate(plan, options: CompileOptions, root, progress: Callable[[str], None
     if progress:
         progress(f"module split: {len(native.callees)} kernel calls")
     head, complete = (splitter[0] if splitter else Splitter(native.ir_module, LIBRARY)).finish()
-    if not complete:  # a kernel shares code with the entry point: split the finished module instead
+    if not complete or native.changed_after_handover:
+        # a kernel shares code with the entry point, or a kernel function changed after it was
+        # split off (a later layer sharing it lost noalias): split the finished module instead
         compiler.cancel()
         return native, compile_modules(split_module(native.ir_module, native.callees, LIBRARY), Target.host(), root,
                                        progress=progress)

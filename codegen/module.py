@@ -82,6 +82,9 @@ class NativeModule:
     # per kernel call, the function the entry point calls or hands to the thread pool (a parallel
     # kernel's trampoline): what codegen/split.py compiles apart from the entry point
     callees: list[str] = field(default_factory=list)
+    # a kernel function changed after ``kernel_done`` handed it over (a later layer sharing it lost
+    # ``noalias`` on an argument): what was split off early is stale, the module must be split whole
+    changed_after_handover: bool = False
 
 
 # OpKind -> emitter(em, op) -> KernelCall; filled by the explicit imports in codegen/kernels
@@ -104,6 +107,8 @@ class ModuleEmitter:
                  kernel_done: Callable[[ir.Module, str], None] | None = None):
         self.plan = plan
         self.kernel_done = kernel_done  # called with each kernel the entry point calls, once it is written
+        self._handed: set[str] = set()  # kernel functions kernel_done has seen
+        self._changed_after_handover = False
         self.check_arena = arena_check.enabled() if check_arena is None else check_arena
         self.progress = progress
         self.instrument = instrument
@@ -294,6 +299,7 @@ class ModuleEmitter:
                 callees.append(call.function.name)
             if self.kernel_done is not None:
                 self.kernel_done(self.module, callees[-1])
+                self._handed.add(call.function.name)
             kernel_names.append((op.name, call.function.name))
             if checker is not None:
                 for pos, ((_, offset, view), digest) in enumerate(zip(guarded, before)):
@@ -310,7 +316,8 @@ class ModuleEmitter:
         b.ret_void()
         return NativeModule(self.module, scratch_base + self.max_scratch, self.constants,
                             list(self.graph.inputs), list(self.graph.outputs), kernel_names, self.instrument,
-                            self.threads, frozenset(used), self.name, checker.steps if checker else None, callees)
+                            self.threads, frozenset(used), self.name, checker.steps if checker else None, callees,
+                            self._changed_after_handover)
 
     def _view(self, name: str):
         """How tensor ``name`` is laid out at its buffer (rows of a Concat's output when written in place)."""
@@ -379,17 +386,27 @@ class ModuleEmitter:
         b.ret_void()
         return fn
 
-    def _allow_aliasing(self, call: KernelCall) -> None:
-        """Drop ``noalias`` from the arguments whose planned bytes overlap another argument's."""
+    def overlapping(self, args: list) -> frozenset[int]:
+        """The positions in a kernel's ``args`` whose planned bytes overlap another argument's (an
+        elementwise op working in place): its function must not mark them ``noalias``. A kernel
+        emitted once for several layers keys on this, so that layers that alias share no code with
+        layers that do not."""
         spans = []
-        for k, arg in enumerate(call.args):
+        for k, arg in enumerate(args):
             if isinstance(arg, str):
                 buf = self.plan.memory.buffers[arg]
                 spans.append((k, buf.kind, buf.index, buf.index + self.tensor(arg).nbytes))
-        for k, kind, lo, hi in spans:
-            for j, kind2, lo2, hi2 in spans:
-                if j != k and kind == kind2 and (lo < hi2 and lo2 < hi if kind == "arena" else lo == lo2):
-                    call.function.args[k].attributes.discard("noalias")
+        return frozenset(k for k, kind, lo, hi in spans for j, kind2, lo2, hi2 in spans
+                         if j != k and kind == kind2 and (lo < hi2 and lo2 < hi if kind == "arena" else lo == lo2))
+
+    def _allow_aliasing(self, call: KernelCall) -> None:
+        """Drop ``noalias`` from the arguments whose planned bytes overlap another argument's."""
+        for k in self.overlapping(call.args):
+            attrs = call.function.args[k].attributes
+            if "noalias" in attrs:
+                attrs.discard("noalias")
+                if call.function.name in self._handed:
+                    self._changed_after_handover = True
 
     def _timestamper(self, b: ir.IRBuilder, ctx: ir.Value):
         """Returns stamp(k): store the monotonic clock in nanoseconds into ctx[TIMESTAMPS][k].

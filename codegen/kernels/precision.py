@@ -46,4 +46,4 @@ def round_bf16(b: ir.IRBuilder, x: ir.Value) -> ir.Value:
 @emitter(OpKind.ROUND_BF16)
 def emit_round_bf16(em: ModuleEmitter, op: Op) -> KernelCall:
     """y = round_bf16(x), split between threads in whole vectors (x and y may be one buffer)."""
-    return emit_map(em, op, round_bf16)
+    return emit_map(em, op, round_bf16, computes=("round_bf16",))

@@ -375,3 +375,27 @@ def test_a_guess_compiled_early_serves_the_module_with_its_text(monkeypatch):
     compiler.add(module)
     objects = compiler.finish()
     assert objects == [compiler.guessed[module.key]] and objects[0].startswith(b"\x7fELF")
+
+
+def test_a_kernel_that_loses_noalias_after_it_was_split_off_is_split_again(monkeypatch):
+    """A later layer that shares an earlier layer's kernel function but aliases an argument drops
+    ``noalias`` from a function already handed to LLVM: the compile splits the finished module
+    again, and the code it runs has no ``noalias`` there."""
+    from convc.codegen.module import ModuleEmitter
+    real = ModuleEmitter.overlapping
+
+    def overlapping(self, args):  # pretend b1_b's conv (b0_b's function) works in place
+        return frozenset({0}) if "b1_relu_nhwc" in args else real(self, args)
+    monkeypatch.setattr(ModuleEmitter, "overlapping", overlapping)
+    whole = []
+    real_split = cache.split_module
+    monkeypatch.setattr(cache, "split_module", lambda *a: (whole.append(a), real_split(*a))[1])
+    model = residual_net(2, hw=(17, 19))
+    plan = planned(model)
+    native, objects = cache.generate(plan, CompileOptions(threads=2), None, None)
+    assert native.changed_after_handover and whole, "the finished module was split again"
+    fn = native.ir_module.globals[dict(native.kernel_names)["b1_b_1"]]
+    assert fn is native.ir_module.globals[dict(native.kernel_names)["b0_b_1"]] and "noalias" not in fn.args[0].attributes
+    compiled = convc.compile(model, threads=2, cache=False)
+    x = np.random.default_rng(9).standard_normal((16, 3, 17, 19)).astype(np.float32)
+    np.testing.assert_allclose(compiled(x), run_onnxruntime(model, {"x": x}), rtol=1e-4, atol=1e-4)
