@@ -68,15 +68,31 @@ def test_tile_pass_activation_matches_reference(x_shape, m, k, stride, pads):
 
 
 def test_narrow_tile_is_chosen_where_it_saves_lanes():
-    """On AVX-512, 6 and 24 output channels take the 8-float-vector tile, 16/32/144 the default."""
-    from convc.codegen.kernels.blas import AVX512
-    from convc.codegen.kernels.conv_nhwc import NARROW_TILE, lanes
-    assert [c for c in (6, 16, 24, 32, 40, 64, 144) if lanes(NARROW_TILE, c) <= 0.85 * lanes(AVX512, c)] == [6, 24, 40]
+    """On AVX-512, 6, 24 and 40 output channels take the 8-float-vector tile, 16/32/144 the default; on AVX2,
+    multiples of 24 that are not multiples of 16 take 4 rows x 24 columns (a 6 x 16 tile would end in a
+    one-vector panel), the rest 6 x 16."""
+    from convc.codegen.kernels.blas import AVX2, AVX512
+    from convc.codegen.kernels.conv_nhwc import AVX2_24, NARROW_TILE, tile_isa
+    channels = (6, 16, 24, 32, 40, 48, 64, 72, 96, 144)
+    assert [c for c in channels if tile_isa(AVX512, c) == NARROW_TILE] == [6, 24, 40]
+    assert [c for c in channels if tile_isa(AVX2, c) == AVX2_24] == [24, 72]
+    assert {tile_isa(AVX2, c) for c in channels if c not in (24, 72)} == {AVX2}
+    assert (AVX2_24.mr, AVX2_24.nr) == (4, 24)
 
 
-@pytest.mark.parametrize("m", [6, 24, 56])
+@pytest.mark.parametrize("m", [6, 24, 56, 72])
 def test_narrow_tile_channel_counts(m):
+    """The narrow tiles of this host (AVX2: 24 and 72 channels in 4 x 24 tiles) on a padded 3x3 conv."""
     check((2, 7, 9, 12), m, 3, 1, (1, 1, 1, 1), epi="residual+leaky")
+
+
+@pytest.mark.parametrize("x_shape,m", [((1, 7, 7, 40), 24), ((2, 9, 5, 16), 72)])
+def test_24_column_tile_on_pointwise_convs(x_shape, m):
+    """MobileNetV2's projections to 24 channels as 1x1 convs: tiles of 4 and 3 rows (25 pixels a thread on
+    2 threads, 17 on 3), three panels of 24 columns, and every thread count giving the same bits."""
+    from convc.codegen.kernels.conv_nhwc import AVX2_24, tile_rows
+    assert [tile_rows(AVX2_24, p) for p in (25, 17, 90, 3136)] == [3, 3, 4, 4]
+    check(x_shape, m, 1, 1, epi="residual+leaky")
 
 
 @pytest.mark.parametrize("kw,c", [(1, 1), (1, 2), (3, 1), (1, 4), (1, 5), (2, 3), (3, 3)])
@@ -118,16 +134,18 @@ def test_pointwise_input_prefetch_reaches_past_the_input(x_shape, m, stride):
     check(x_shape, m, 1, stride, epi="residual+leaky", threads=(1, 2))
 
 
-@pytest.mark.parametrize("x_shape,m,stride", [((1, 7, 7, 40), 24, 1), ((3, 5, 5, 8), 20, 2)])
-def test_unpadded_conv_threads_split_register_tiles(x_shape, m, stride):
+@pytest.mark.parametrize("x_shape,m,stride,epi", [((1, 7, 7, 40), 24, 1, "residual+leaky"),
+                                                  ((3, 5, 5, 8), 20, 2, "residual+leaky"), ((1, 1, 7, 8), 16, 1, "tanh")])
+def test_unpadded_conv_threads_split_register_tiles(x_shape, m, stride, epi):
     """Without padding, threads split the register tiles, not the output rows: a 7x7 map at batch 1 is
-    25 + 24 pixels on 2 threads (5-row tiles), 3 threads end mid-row, and strided tiles span images."""
+    25 + 24 pixels on 2 threads (5-row tiles), 3 threads end mid-row, strided tiles span images, and
+    7 pixels in two 4-row tiles leave the third of 3 threads none (nor rows for Tanh's pass after the tiles)."""
     from convc.codegen.kernels.blas import AVX2
     from convc.codegen.kernels.conv_nhwc import pixels_per_thread, tile_rows
     assert [pixels_per_thread(1, 7, 7, t, padded=False) for t in (1, 2, 3)] == [49, 25, 17]
     assert pixels_per_thread(1, 7, 7, 2, padded=True) == 28  # 4 of the 7 rows: the padded copy is by rows
     assert tile_rows(AVX2, 25) == 5
-    check(x_shape, m, 1, stride, epi="residual+leaky")
+    check(x_shape, m, 1, stride, epi=epi)
 
 
 def test_streamed_output(monkeypatch):
