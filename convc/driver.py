@@ -387,6 +387,7 @@ def compile_model(model: ModelSource, options: CompileOptions, *, batch: int | N
     if hit is not None:
         return hit
     graph = load_shaped(source, batch, input_shape, fixed)
+    del source  # the parsed model and its file's bytes: not kept through the passes and codegen
     return compile_graph(graph, options, progress=progress, respecialize=respecialize, override=override,
                          alias=alias, signature=signature)
 

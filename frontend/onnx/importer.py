@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import heapq
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,7 @@ import onnx
 from convc.errors import ConvcError, GraphError, ModelImportError, UnsupportedOpError
 from convc.frontend.onnx.context import ImportState, NodeContext, Unsupported
 from convc.frontend.onnx.quant import CONTRIB_DOMAIN, CONTRIB_OPSET, CONTRIB_SCHEMAS
-from convc.frontend.onnx.reader import read_model, tensor_value
+from convc.frontend.onnx.reader import read_once, tensor_value
 from convc.frontend.onnx.signature import check_input_shapes, declared_inputs, fixed_symbols, unfixed_message
 from convc.frontend.onnx.registry import CONVERTERS, FIRST_OPSET, FOLDERS
 from convc.ir import Graph, TensorKind
@@ -58,12 +58,13 @@ def import_onnx(model: str | os.PathLike | bytes | onnx.ModelProto, batch: int |
 
 def _import(model: Any, batch: int | None, runtime: Collection[str], bind: Mapping[str, np.ndarray] | None,
             input_shapes: Mapping[str, Any] | None) -> Graph:
-    proto = read_model(model)
+    read = read_once(model)
+    proto = read.proto
     declared = declared_inputs(proto)
     shapes = check_input_shapes(declared, input_shapes, batch)
     opset = _default_opset(proto)
     importer = _Importer(proto.graph, opset, batch, frozenset(runtime), dict(bind or {}), shapes,
-                         fixed_symbols(declared, shapes))
+                         fixed_symbols(declared, shapes), read.raw_data)
     importer.contrib_opset = max((o.version for o in proto.opset_import if o.domain == CONTRIB_DOMAIN), default=None)
     return importer.run()
 
@@ -141,8 +142,10 @@ def _node_name(node: onnx.NodeProto, index: int) -> str:
 class _Importer:
     def __init__(self, g: onnx.GraphProto, opset: int, batch: int | None, runtime: frozenset[str] = frozenset(),
                  bind: dict[str, np.ndarray] | None = None, shapes: dict[str, tuple[int, ...]] | None = None,
-                 symbols: dict[str, int] | None = None) -> None:
+                 symbols: dict[str, int] | None = None,
+                 raw_data: Callable[[int], memoryview | None] = lambda index: None) -> None:
         self.onnx = g
+        self.raw_data = raw_data  # an initializer's raw_data when the proto was parsed without it
         self.opset = opset
         self.batch = batch
         self.shapes = shapes or {}    # input name -> the shape the caller gave (checked against the declared one)
@@ -183,8 +186,8 @@ class _Importer:
     def _add_inputs(self) -> list[str]:
         """Initializers become constant values; the other graph inputs become runtime inputs, except the
         initializers named in ``runtime`` (run-time inputs) and the inputs given in ``bind`` (constants)."""
-        for t in self.onnx.initializer:
-            self.state.values[t.name] = tensor_value(t, f"initializer {t.name!r}")
+        for i, t in enumerate(self.onnx.initializer):
+            self.state.values[t.name] = tensor_value(t, f"initializer {t.name!r}", self.raw_data(i))
         declared = {vi.name for vi in self.onnx.input}
         for what, names in (("bind", set(self.bind)), ("runtime", set(self.runtime))):
             unknown = sorted(names - declared)

@@ -31,6 +31,7 @@ from onnx import numpy_helper
 
 from convc.errors import ModelImportError
 from convc.model_file import read_file
+from convc.frontend.onnx.wire import split_weights
 from convc.limits import check_bytes, check_size
 
 EXTERNAL = onnx.TensorProto.EXTERNAL
@@ -51,14 +52,27 @@ class ReadModel:
 
     proto: onnx.ModelProto
     external: bool
+    # when the proto was parsed without its initializers' raw_data (frontend/onnx/wire.py): the
+    # model's bytes, and per initializer the span of its raw_data in them (None: it had none)
+    raw: tuple[bytes, list[tuple[int, int] | None]] | None = None
+
+    def raw_data(self, index: int) -> memoryview | None:
+        """The raw_data of initializer ``index`` when the proto was parsed without it (else None)."""
+        if self.raw is None:
+            return None
+        data, spans = self.raw
+        span = spans[index]
+        return None if span is None else memoryview(data)[span[0]:span[1]]
 
 
 def read_once(model: Any, data: bytes | None = None) -> ReadModel:
     """``read_model(model)`` kept with what a second reader needs to know (``ReadModel``); ``data``:
-    the bytes of the model file ``model``, when the caller has read them (``read_file``)."""
+    the bytes of the model file ``model``, when the caller has read them (``read_file``). The
+    initializers' raw data of a model given as a file or bytes is not parsed but read from those
+    bytes by ``tensor_value``, once (protobuf copied it twice)."""
     if isinstance(model, ReadModel):
         return model
-    return ReadModel(*_read(model, True, data))
+    return ReadModel(*_read(model, True, data, split=True))
 
 
 def read_model(model: Any, *, external_data: bool = True) -> onnx.ModelProto:
@@ -73,19 +87,20 @@ def read_model(model: Any, *, external_data: bool = True) -> onnx.ModelProto:
     return _read(model, external_data)[0]
 
 
-def _read(model: Any, external_data: bool, data: bytes | None = None) -> tuple[onnx.ModelProto, bool]:
-    """(the proto, whether it had external tensors: loaded with ``external_data``); ``data``: the
-    bytes of the file ``model``, read already."""
-    base = None
+def _read(model: Any, external_data: bool, data: bytes | None = None, split: bool = False) -> tuple:
+    """(the proto, whether it had external tensors: loaded with ``external_data``, and with ``split``
+    ReadModel.raw or None); ``data``: the bytes of the file ``model``, read already."""
+    base, raw = None, None
     if isinstance(model, onnx.ModelProto):
         proto, what = model, "the ModelProto"
     elif isinstance(model, (bytes, bytearray, memoryview)):
         what = "the given bytes"
-        proto = _parse(bytes(model), what)
+        proto, raw = _parse_split(bytes(model), what) if split else (_parse(bytes(model), what), None)
     elif isinstance(model, (str, os.PathLike)):
         path = Path(model)
         what = str(path)
-        proto = _parse(read_file(path) if data is None else data, what)
+        data = read_file(path) if data is None else data
+        proto, raw = _parse_split(data, what) if split else (_parse(data, what), None)
         base = path.parent
     else:
         raise ModelImportError(f"expected a path, bytes or onnx.ModelProto, got {type(model).__name__}")
@@ -93,7 +108,7 @@ def _read(model: Any, external_data: bool, data: bytes | None = None) -> tuple[o
         raise ModelImportError(f"{what} is not an ONNX model (it has no graph or no IR version)")
     _check_text(proto, "model", what)
     if not external_data:
-        return proto, False
+        return proto, False, raw
     tensors = list(external_tensors(proto.graph))
     if tensors and base is None:
         t, where = tensors[0]
@@ -102,7 +117,20 @@ def _read(model: Any, external_data: bool, data: bytes | None = None) -> tuple[o
             "convc reads only relative to a model file: pass the model's path instead")
     for t, where in tensors:
         _load_external(t, where, base, what)
-    return proto, bool(tensors)
+    return proto, bool(tensors), raw
+
+
+def _parse_split(data: bytes, what: str) -> tuple[onnx.ModelProto, tuple | None]:
+    """The model parsed without its initializers' raw_data, and ReadModel.raw; bytes the split does
+    not take, or that do not parse once split, are parsed as they are (protobuf says what is wrong)."""
+    split = split_weights(data) if sys.byteorder == "little" else None
+    if split is not None:
+        stripped, spans = split
+        try:
+            return _parse(stripped, what), (data, spans)
+        except ModelImportError:
+            pass
+    return _parse(data, what), None
 
 
 def _parse(data: bytes, what: str) -> onnx.ModelProto:
@@ -261,9 +289,10 @@ def _np_dtype(t: onnx.TensorProto, fail) -> np.dtype:
         raise fail(f"has data type {t.data_type}, which is not an ONNX tensor type") from None
 
 
-def tensor_value(t: onnx.TensorProto, what: str) -> np.ndarray:
+def tensor_value(t: onnx.TensorProto, what: str, raw: memoryview | None = None) -> np.ndarray:
     """The numpy value of a TensorProto of the model; ModelImportError naming ``what`` when it is
-    malformed (a negative or oversized shape, data that does not fit the shape, an unknown type)."""
+    malformed (a negative or oversized shape, data that does not fit the shape, an unknown type).
+    ``raw``: its raw_data, when the proto was parsed without it (ReadModel.raw_data)."""
     if t.data_location == EXTERNAL:  # read_model loads these; onnx would resolve them against the cwd
         raise ModelImportError(f"{what} keeps its data in an external file ({_info(t).get('location', '')!r}) "
                                "that was not loaded: give convc the model's path")
@@ -273,15 +302,24 @@ def tensor_value(t: onnx.TensorProto, what: str) -> np.ndarray:
         raise ModelImportError(f"{what} has data type {t.data_type}, which is not an ONNX tensor type") from None
     dims = tuple(int(d) for d in t.dims)
     nbytes = check_size(what, dims, dtype, ModelImportError)
+    if raw is not None and not t.HasField("raw_data"):  # (external data loaded into the proto replaced it)
+        if t.data_type in _PLAIN_TYPES and sys.byteorder == "little" and not t.HasField("segment"):
+            if len(raw) != nbytes:
+                raise _wrong_length(what, len(raw), dims, dtype, nbytes)
+            # a copy: a view would keep the model's bytes alive as long as the weight
+            value = np.frombuffer(raw, dtype).reshape(dims).copy()
+            value.flags.writeable = False  # as the values read from the proto below
+            return value
+        t.raw_data = bytes(raw)  # the rare forms: onnx reads them from the proto (read_once's own)
     plain_raw = t.HasField("raw_data") and t.data_type in _PLAIN_TYPES
     if plain_raw and sys.byteorder == "little" and not t.HasField("segment"):
         # the weights' usual form, read with one copy: protobuf hands out raw_data as a new bytes
         # object at each access, which the read-only array then owns (no later change to the proto
         # or to the caller's bytes reaches it)
-        raw = t.raw_data
-        if len(raw) != nbytes:
-            raise _wrong_length(what, len(raw), dims, dtype, nbytes)
-        return np.frombuffer(raw, dtype).reshape(dims)
+        data = t.raw_data
+        if len(data) != nbytes:
+            raise _wrong_length(what, len(data), dims, dtype, nbytes)
+        return np.frombuffer(data, dtype).reshape(dims)
     if plain_raw and len(t.raw_data) != nbytes:
         raise _wrong_length(what, len(t.raw_data), dims, dtype, nbytes)
     try:
