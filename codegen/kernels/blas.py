@@ -17,7 +17,7 @@ import numpy as np
 from llvmlite import ir
 
 from convc.ops.epilogue import Epilogue
-from convc.codegen.kernels.elementwise import UNARY, VECTOR_UNARY
+from convc.codegen.kernels.activations import UNARY, VECTOR_UNARY
 from convc.codegen.llvm_utils import F32, I1, I64, PTR, VOID, for_range, gep, i64
 
 

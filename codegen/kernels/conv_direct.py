@@ -28,7 +28,7 @@ from llvmlite import ir
 
 from convc.codegen.kernels.blas import split_epilogue
 from convc.codegen.kernels.conv_nhwc import conv_kernel, times
-from convc.codegen.kernels.elementwise import UNARY
+from convc.codegen.kernels.activations import UNARY
 from convc.codegen.kernels.epilogue import epilogue_pass
 from convc.codegen.llvm_utils import F32, PTR, alloca_entry, as_i64, constant_table, for_range, gep, i64
 from convc.codegen.module import KernelCall, ModuleEmitter

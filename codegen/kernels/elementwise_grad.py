@@ -15,7 +15,7 @@ from convc.codegen.llvm_utils import (
     memcpy,
     store,
 )
-from convc.codegen.kernels.elementwise import DERIVATIVE
+from convc.codegen.kernels.activations import DERIVATIVE
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from llvmlite import ir
 

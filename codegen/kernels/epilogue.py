@@ -4,7 +4,8 @@ from __future__ import annotations
 from llvmlite import ir
 
 from convc.ops.epilogue import Epilogue
-from convc.codegen.kernels.elementwise import UNARY, vector_map
+from convc.codegen.kernels.activations import UNARY
+from convc.codegen.kernels.elementwise import vector_map
 
 PASS_WIDTH = 8  # floats per vector in a separate epilogue pass (one AVX2 register; two SSE, half an AVX-512)
 

@@ -34,7 +34,7 @@ from convc.ops.conv import ConvAlgorithm, split_inputs
 from convc.codegen.llvm_utils import as_i64, for_range, gep, i64, memset_zero
 from convc.codegen.module import KernelCall, ModuleEmitter
 from convc.codegen.kernels.blas import Isa, Operand, pack_b
-from convc.codegen.kernels.elementwise import UNARY, VECTOR_UNARY
+from convc.codegen.kernels.activations import UNARY, VECTOR_UNARY
 from convc.codegen.kernels.conv_nhwc import conv_kernel, times
 from convc.codegen.kernels.epilogue import apply_epilogue
 

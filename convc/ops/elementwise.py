@@ -141,9 +141,9 @@ def unary_op(kind: OpKind, attrs: type, fn: Fn, *, fusible: bool = False, deriva
              infer=None) -> None:
     """Register unary op ``kind`` (a member of ``OpGroup.UNARY``): ``fn(attrs, x)`` is its reference, in any
     precision (the result is cast back to x's dtype); ``fusible``: passes/fusion.py may fold it into a
-    Conv/ConvTranspose/Gemm epilogue, where codegen applies its kernel (codegen/kernels/elementwise.UNARY);
+    Conv/ConvTranspose/Gemm epilogue, where codegen applies its kernel (codegen/kernels/activations.UNARY);
     ``derivative(attrs, x)``: dy/dx, which makes the op trainable (its kernel is
-    codegen/kernels/elementwise.DERIVATIVE[kind]); ``infer``: shape inference that also checks attributes."""
+    codegen/kernels/activations.DERIVATIVE[kind]); ``infer``: shape inference that also checks attributes."""
     register(OpDef(kind, attrs, infer or _unary(kind), lambda a, x: [np.asarray(fn(a, x)).astype(x.dtype)],
                    flops=no_flops if kind in OpGroup.VIEW else per_output(1), fusible=fusible, derivative=derivative))
 

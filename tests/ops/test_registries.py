@@ -18,7 +18,7 @@ import pytest
 from helpers import without_flop_rule
 
 import convc.codegen.kernels  # noqa: F401  (registers the emitters)
-from convc.codegen.kernels.elementwise import DERIVATIVE, UNARY
+from convc.codegen.kernels.activations import DERIVATIVE, UNARY
 from convc.codegen.module import EMITTERS
 from convc.frontend.onnx import CONVERTERS
 from convc.frontend.onnx.registry import FIRST_OPSET
