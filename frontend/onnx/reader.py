@@ -81,10 +81,11 @@ def read_model(model: Any, *, external_data: bool = True) -> onnx.ModelProto:
     With ``external_data`` (the default) every external tensor of a model read from a path is
     loaded from the model's directory into the returned proto, which then refers to no file; a
     ModelProto given by the caller is never modified. Without it, external tensors are left as
-    references (enough to read the graph's structure)."""
+    references and a file's or bytes' initializers are read without their raw data (enough to read
+    the graph's structure, without copying its weights)."""
     if isinstance(model, ReadModel):  # read, checked and loaded already
         return model.proto
-    return _read(model, external_data)[0]
+    return _read(model, external_data, split=not external_data)[0]
 
 
 def _read(model: Any, external_data: bool, data: bytes | None = None, split: bool = False) -> tuple:

@@ -137,3 +137,18 @@ def test_a_model_file_compiles_from_its_split_bytes(tmp_path):
         assert not np.shares_memory(g.tensor(name).data, file_bytes)
         np.testing.assert_array_equal(g.tensor(name).data, numpy_helper.to_array(model.graph.initializer[
             ["w", "b"].index(name)]))
+
+
+def test_a_structure_only_read_leaves_the_weights_out(tmp_path):
+    """read_model(external_data=False) (input signatures, a free batch) parses no weight."""
+    from convc.frontend.onnx.reader import read_model
+    model = mixed()
+    path = tmp_path / "mixed.onnx"
+    onnx.save(model, str(path))
+    for source in (str(path), model.SerializeToString()):
+        structure = read_model(source, external_data=False)
+        assert [t.name for t in structure.graph.initializer] == [t.name for t in model.graph.initializer]
+        assert [list(t.dims) for t in structure.graph.initializer] == [list(t.dims) for t in model.graph.initializer]
+        assert not any(t.HasField("raw_data") for t in structure.graph.initializer)
+        assert structure.graph.node == model.graph.node and structure.graph.input == model.graph.input
+    assert read_model(str(path)) == model
