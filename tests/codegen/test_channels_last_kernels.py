@@ -11,7 +11,7 @@ from convc.errors import GraphError
 from convc.ir import Graph, TensorKind
 from convc.ops import NoAttrs, OpKind
 from convc.ops.conv import ConvAttrs
-from convc.ops.elementwise import ClipAttrs, LeakyReluAttrs
+from convc.ops.elementwise import ClipAttrs, LeakyReluAttrs, SwishAttrs
 from convc.ops.epilogue import Epilogue
 from convc.ops.layout import CHANNELS_LAST
 from convc.ops.pool import GlobalPoolAttrs, PoolAttrs
@@ -107,6 +107,7 @@ EPILOGUES = {
     "residual+leaky": Epilogue(True, OpKind.LEAKY_RELU, LeakyReluAttrs(0.1)),
     "tanh": Epilogue(False, OpKind.TANH),  # no vector form: a pass over each finished row
     "hardswish": Epilogue(False, OpKind.HARD_SWISH),
+    "swish": Epilogue(False, OpKind.SWISH, SwishAttrs()),  # EfficientNet's SiLU
 }
 
 # (kernel, stride, pads (top, left, bottom, right), dilation, bias, epilogue, channels, input H x W)
@@ -165,6 +166,109 @@ def test_depthwise(case):
     run_depthwise((2,) + hw + (c,), depthwise_attrs(k, stride, pads, dilation, c, epi), bias)
 
 
+def depthwise_graph(layers, seed: int = 0) -> Graph:
+    """Depthwise convs side by side, x_i [N, H, W, C] -> y_i, with a bias; ``layers`` lists
+    (x shape, kernel, stride, epilogue name), the pads kernel // 2 on every side."""
+    rng = np.random.default_rng(seed)
+    g = Graph("depthwise_layers")
+    for i, (x_shape, k, stride, epi) in enumerate(layers):
+        c = x_shape[-1]
+        g.add_tensor(f"x{i}", x_shape, np.float32, TensorKind.INPUT)
+        g.add_constant(f"w{i}", rng.standard_normal((c, 1, k, k)).astype(np.float32))
+        g.add_constant(f"b{i}", rng.standard_normal(c).astype(np.float32))
+        inputs = [f"x{i}", f"w{i}", f"b{i}"]
+        if EPILOGUES[epi].residual:
+            n, h, w, _ = x_shape
+            out = (n, (h - 1) // stride + 1, (w - 1) // stride + 1, c)
+            g.add_tensor(f"r{i}", out, np.float32, TensorKind.INPUT)
+            inputs.append(f"r{i}")
+        g.add_op(OpKind.CONV, depthwise_attrs(k, stride, (k // 2,) * 4, 1, c, epi), inputs, [f"y{i}"], name=f"dw{i}")
+    g.inputs = [n for n in (f"{t}{i}" for i in range(len(layers)) for t in "xr") if g.has_tensor(n)]
+    g.outputs = [f"y{i}" for i in range(len(layers))]
+    return g
+
+
+def depthwise_reference(g: Graph, feeds: dict[str, np.ndarray], i: int) -> np.ndarray:
+    """Layer i of ``depthwise_graph`` in numpy, tap by tap in float64."""
+    a = g.op(f"dw{i}").attrs
+    (k, _), (s, _), p = a.kernel_shape, a.strides, a.pads[0]
+    x = np.pad(feeds[f"x{i}"].astype(np.float64), ((0, 0), (p, p), (p, p), (0, 0)))
+    w, bias = g.tensor(f"w{i}").data.astype(np.float64), g.tensor(f"b{i}").data
+    oh, ow = g.tensor(f"y{i}").shape[1:3]
+    y = np.broadcast_to(bias.astype(np.float64), (x.shape[0], oh, ow, x.shape[3])).copy()
+    for kh in range(k):
+        for kw in range(k):
+            y += x[:, kh:kh + s * (oh - 1) + 1:s, kw:kw + s * (ow - 1) + 1:s] * w[:, 0, kh, kw]
+    return a.epilogue.reference(y.astype(np.float32), feeds.get(f"r{i}"))
+
+
+def check_layers(layers, threads_list=(1, 2), seed: int = 0) -> None:
+    g = depthwise_graph(layers, seed)
+    rng = np.random.default_rng(seed + 1)
+    feeds = {n: rng.standard_normal(g.tensor(n).shape).astype(np.float32) for n in g.inputs}
+    want = [depthwise_reference(g, feeds, i) for i in range(len(layers))]
+    for threads in threads_list:
+        got = convc.compile(g, threads=threads, cache=False).run(feeds)
+        for i, layer in enumerate(layers):
+            y = got[f"y{i}"]
+            assert y.shape == want[i].shape and y.dtype == np.float32, (layer, y.shape)
+            err = np.abs(y - want[i]).max() / max(1.0, float(np.abs(want[i]).max()))
+            assert err < 2e-5, (layer, threads, err)
+
+
+# MobileNetV2's and EfficientNet-B0's windows at the sizes they run: batch 16 at 112 x 112 (an output of
+# 25 MB: streamed past the caches), batch 1 down to 7 x 7, odd widths whose interiors leave 0-3 pixels
+# after the 4-pixel blocks, 37 channels (a masked vector). The layers of one window and epilogue share
+# one kernel function with their sizes read at run time.
+NETWORK_LAYERS = [
+    ((16, 112, 112, 32), 3, 1, "swish"),
+    ((1, 7, 7, 1152), 3, 1, "swish"),
+    ((1, 13, 29, 40), 3, 1, "swish"),
+    ((2, 112, 112, 96), 3, 2, "relu6"),
+    ((1, 28, 31, 240), 3, 2, "relu6"),
+    ((1, 57, 61, 37), 5, 2, "swish"),
+    ((1, 14, 14, 672), 5, 2, "swish"),
+    ((2, 28, 28, 240), 5, 1, "residual+leaky"),
+    ((1, 7, 7, 1152), 5, 1, "residual+leaky"),
+    ((1, 9, 30, 48), 5, 1, "residual+leaky"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("threads", [1, 2])
+def test_depthwise_at_network_sizes(threads):
+    check_layers(NETWORK_LAYERS, (threads,), seed=threads)
+
+
+@pytest.mark.parametrize("epi", list(EPILOGUES))
+def test_depthwise_every_epilogue_at_odd_sizes(epi):
+    """Each epilogue on 3x3 and 5x5 windows at strides 1 and 2, odd widths and channel counts."""
+    check_layers([((2, 15, 33, 37), 3, 1, epi), ((1, 17, 35, 16), 3, 2, epi), ((2, 11, 23, 24), 5, 1, epi),
+                  ((1, 19, 21, 13), 5, 2, epi)])
+
+
+def test_depthwise_kernels_compile_for_avx512():
+    """Emitted for znver4 (16 lanes, 8-pixel blocks whose rest goes as blocks of 4, 2 and 1; compiled,
+    not run: no AVX-512 here): two sizes of one window still share a function, and the code uses zmm."""
+    import llvmlite.binding as llvm
+
+    from convc.codegen.jit import Target
+    from convc.codegen.module import ModuleEmitter
+    from convc.passes.pipeline import pipeline
+    host = Target.host()
+    cpu, feats = "znver4", "+avx,+avx2,+fma,+avx512f,+avx512bw,+avx512vl,+avx512dq"
+    target = Target(host.triple, cpu, feats)
+    g = depthwise_graph([((1, 13, 29, 48), 3, 1, "swish"), ((2, 14, 14, 64), 3, 1, "swish"),
+                         ((1, 19, 21, 13), 5, 2, "relu6")])
+    native = ModuleEmitter(pipeline(g), target=target).emit()
+    assert len(native.kernel_names) == 3 and len({fn for _, fn in native.kernel_names}) == 2
+    text = str(native.ir_module)
+    assert "<16 x float>" in text
+    module = llvm.parse_assembly(text)
+    tm = llvm.Target.from_triple(target.triple).create_target_machine(cpu=cpu, features=feats, opt=3)
+    assert "zmm" in tm.emit_assembly(module)
+
+
 def test_depthwise_weights_fed_at_run_time():
     run_depthwise((2, 9, 17, 37), depthwise_attrs(3, 1, (1, 1, 1, 1), 1, 37, "relu"), bias=True,
                   constant_weights=False)
@@ -215,12 +319,14 @@ def test_streamed_outputs_end_to_end(monkeypatch):
         assert max_rel_error(got, want) < TOLERANCE, threads
 
 def test_pack_weights_layout():
+    """[C, 1, kh, kw] -> [C'/width, kh, kw, width]: a channel vector's taps one after the other."""
     from convc.codegen.kernels.depthwise_nhwc import pack_weights
     w = np.arange(5 * 3 * 2, dtype=np.float32).reshape(5, 1, 3, 2)
     packed = pack_weights(w, 3, 2, 4)
-    assert packed.shape == (3, 2, 8)
-    np.testing.assert_array_equal(packed[:, :, :5], w[:, 0].transpose(1, 2, 0))
-    assert not packed[:, :, 5:].any()
+    assert packed.shape == (2, 3, 2, 4)
+    np.testing.assert_array_equal(packed[0], w[:4, 0].transpose(1, 2, 0))
+    np.testing.assert_array_equal(packed[1, :, :, 0], w[4, 0])
+    assert not packed[1, :, :, 1:].any()
 
 
 def test_column_runs_group_edges_and_interior():
