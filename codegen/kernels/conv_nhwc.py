@@ -29,14 +29,11 @@ from convc.ops.conv import input_scale_of, split_inputs
 from convc.ops.epilogue import Epilogue
 from convc.codegen.llvm_utils import F32, I64, PTR, VOID, as_i64, constant_table, for_range, gep, i64, prefetch
 from convc.codegen.module import KernelCall, ModuleEmitter
-from convc.codegen.kernels.blas import AVX2, AVX512, GemmEmitter, Isa, pack_b, split_epilogue
-from convc.codegen.kernels.conv_nhwc_index import (pad_input_rows, panel_groups, pixel_offset, product,
-                                                   tile_pixel_offsets, value)
+from convc.codegen.kernels.blas import GemmEmitter, pack_b, split_epilogue
+from convc.codegen.kernels.conv_nhwc_index import (pad_input_rows, panel_groups, pixel_offset, pixels_per_thread,
+                                                   product, tile_isa, tile_pixel_offsets, tile_rows, value)
 from convc.codegen.kernels.epilogue import epilogue_pass
 
-# AVX-512 hosts also have 8-float vectors in 32 registers (AVX-512VL): 8 rows x 3 of them
-NARROW_TILE = Isa("avx512-ymm", 8, 8, 3)
-AVX2_24 = Isa("avx2-24", 8, 4, 3)  # 4 rows x 24 columns on AVX2 hosts (tile_isa)
 L2_PANEL_BYTES = 512 * 1024  # B panels sized to stay in L2 while every pixel tile of a thread streams by
 # weights beyond this many bytes do not stay in cache from one call to the next (a ResNet-18 has
 # 44 MB): the first pixel tile of each panel prefetches them, which made its 9 MB 3x3 convs 10% faster
@@ -49,7 +46,6 @@ A_PREFETCH_TILES = 2
 # outputs this large are stored past the caches (non-temporal stores): a store that misses the cache
 # first reads the line it overwrites, and an output this size comes back from memory anyway
 STREAM_MIN_BYTES = 8 << 20
-WIDE_ROWS = 12  # rows of the AVX-512 register tile where they pad few pixels (tile_rows)
 # activations too long to apply to the register tile: their temporaries spill the accumulators (GELU there made
 # ConvNeXt's 32->128 Linear, as a 1x1 conv, 4x slower than its plain GEMM and a separate GELU pass); they run
 # over each finished tile's rows instead, still in L1
@@ -132,28 +128,6 @@ def conv_micro_kernel(em: ModuleEmitter, gemm: GemmEmitter, n_valid: int, init: 
     return fn
 
 
-def lanes(isa: Isa, channels: int) -> int:
-    """Vector lanes a tile of ``isa`` spends on ``channels`` output channels (its last panel uses
-    only the vectors it needs)."""
-    full, rem = divmod(channels, isa.nr)
-    return full * isa.nr + -(-rem // isa.width) * isa.width
-
-
-def tile_isa(host: Isa, channels: int) -> Isa:
-    """The register tile for ``channels`` output channels: the host's, or where it wastes vectors on the
-    last panel, a narrower one. AVX-512: 8 rows x 3 vectors of 8 floats where that wastes far fewer lanes
-    (6 or 24 channels: a 16-float vector with half its lanes masked off costs Zen 4 as much as a full one;
-    measured 20% faster on a 24-channel 1x1 conv). AVX2: 4 rows x 3 vectors (24 columns, 12 accumulators
-    as the 6 x 16 tile) for a multiple of 24 that is not one of 16, whose 6 x 16 tiles end in a panel of
-    one vector, 6 FMAs for 7 loads (MobileNetV2's 144 -> 24 projections at 56x56: a chain of four
-    expand/project pairs 8-9% less CPU at batch 1, 22% at batch 16)."""
-    if host == AVX2 and channels % 16 and channels % 24 == 0:
-        return AVX2_24
-    if host == AVX512 and lanes(NARROW_TILE, channels) <= 0.85 * lanes(AVX512, channels):
-        return NARROW_TILE
-    return host
-
-
 def tile_for(em: ModuleEmitter, channels: int) -> GemmEmitter:
     """The GemmEmitter of ``tile_isa`` for ``channels`` on this host."""
     isa = tile_isa(em.isa, channels)
@@ -162,30 +136,6 @@ def tile_for(em: ModuleEmitter, channels: int) -> GemmEmitter:
     if isa not in em.extra_gemms:
         em.extra_gemms[isa] = GemmEmitter(em.module, isa)
     return em.extra_gemms[isa]
-
-
-def tile_rows(isa: Isa, pixels: int) -> int:
-    """Rows per register tile for ``pixels`` output pixels: the first of (on AVX-512) 12, then the
-    host tile's MR, MR-1 and MR-2 that pads at most 3% more rows than the least padding of them.
-    12 rows x 2 vectors of 16 floats (24 of the 32 registers) load the weights half as often per FMA
-    as 8 rows (5% faster on a CIFAR CNN at batch 16); fewer rows fit small maps (7x7 = 49 pixels:
-    7 tiles of 7, not 56 rows in tiles of 8)."""
-    def padded(r: int) -> int:
-        return -(-pixels // r) * r
-    # never below half the tile's rows: AVX2_24's 2-row tile would hold 6 accumulators
-    choices = ([WIDE_ROWS] if isa == AVX512 else []) + list(range(isa.mr, max(isa.mr - 3, isa.mr // 2, 1), -1))
-    least = min(map(padded, choices))
-    return next(r for r in choices if padded(r) <= 1.03 * least)
-
-
-def pixels_per_thread(n: int, oh: int, ow: int, threads: int, padded: bool) -> int:
-    """The most output pixels a thread computes when threads split a conv's pixels: whole output rows
-    with padding (each thread copies the padded input rows its outputs read), else register tiles, so
-    a 7x7 map at batch 1 is 25 + 24 pixels on 2 threads, not 28 + 21 (4 + 3 rows; MobileNetV2's 7x7
-    1x1 convs 9-13% less CPU at batch 1, 2 threads)."""
-    if padded:
-        return -(-(n * oh) // threads) * ow
-    return -(-(n * oh * ow) // threads)
 
 
 def with_tile_rows(em: ModuleEmitter, gemm: GemmEmitter, mr: int) -> GemmEmitter:
@@ -341,23 +291,25 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
             k.ldc = ldc = sizes["m"]
     else:
         taps = constant_table(b, tap_offsets, name=f"{fn.name}_taps")
-    if by_panels:
-        p_lo, p_hi = em.thread_range(b, fn, sizes["panels"])
-        r_lo, r_hi = i64(0), value(sizes["out_rows"])
-    else:
-        r_lo, r_hi = em.thread_range(b, fn, sizes["out_rows"])
+    all_pixels = b.mul(value(sizes["out_rows"]), value(sizes["ow"]))
+    if by_tiles:  # never padded
         p_lo, p_hi = i64(0), value(sizes["panels"])
-    if padded:
-        pad_input_rows(b, x, xpad, r_lo, r_hi, (h, w_, c), (oh, sh, (kh - 1) * dh), (hp, wp, pt, pl))
-
-    row_table = b.alloca(I64, size=i64(isa.mr), name="rows")
-    m_lo, m_hi = b.mul(r_lo, value(sizes["ow"])), b.mul(r_hi, value(sizes["ow"]))
-    if by_tiles:
-        all_pixels = b.mul(value(sizes["out_rows"]), value(sizes["ow"]))
         t_lo, t_hi = em.thread_range(b, fn, b.udiv(b.add(all_pixels, i64(isa.mr - 1)), i64(isa.mr)))
         # a thread left without tiles (more threads than tiles) gets [P, P), not [tiles * MR, P)
         m_lo, m_hi = (b.select(b.icmp_unsigned("<", t, all_pixels), t, all_pixels)
                       for t in (b.mul(t_lo, i64(isa.mr)), b.mul(t_hi, i64(isa.mr))))
+    else:
+        if by_panels:
+            p_lo, p_hi = em.thread_range(b, fn, sizes["panels"])
+            r_lo, r_hi = i64(0), value(sizes["out_rows"])
+        else:
+            r_lo, r_hi = em.thread_range(b, fn, sizes["out_rows"])
+            p_lo, p_hi = i64(0), value(sizes["panels"])
+        if padded:
+            pad_input_rows(b, x, xpad, r_lo, r_hi, (h, w_, c), (oh, sh, (kh - 1) * dh), (hp, wp, pt, pl))
+        m_lo, m_hi = b.mul(r_lo, value(sizes["ow"])), b.mul(r_hi, value(sizes["ow"]))
+
+    row_table = b.alloca(I64, size=i64(isa.mr), name="rows")
     init = "bias_col" if bias_name is not None else "zero"
     dims = tuple(sizes[s] for s in ("oh", "ow", "hp", "wp", "c", "sh", "sw", "m", "kdim")) + (
         len(tap_offsets), sizes["run"], sizes["n_panels"], rem)

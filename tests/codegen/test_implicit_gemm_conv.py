@@ -72,7 +72,7 @@ def test_narrow_tile_is_chosen_where_it_saves_lanes():
     multiples of 24 that are not multiples of 16 take 4 rows x 24 columns (a 6 x 16 tile would end in a
     one-vector panel), the rest 6 x 16."""
     from convc.codegen.kernels.blas import AVX2, AVX512
-    from convc.codegen.kernels.conv_nhwc import AVX2_24, NARROW_TILE, tile_isa
+    from convc.codegen.kernels.conv_nhwc_index import AVX2_24, NARROW_TILE, tile_isa
     channels = (6, 16, 24, 32, 40, 48, 64, 72, 96, 144)
     assert [c for c in channels if tile_isa(AVX512, c) == NARROW_TILE] == [6, 24, 40]
     assert [c for c in channels if tile_isa(AVX2, c) == AVX2_24] == [24, 72]
@@ -90,7 +90,7 @@ def test_narrow_tile_channel_counts(m):
 def test_24_column_tile_on_pointwise_convs(x_shape, m):
     """MobileNetV2's projections to 24 channels as 1x1 convs: tiles of 4 and 3 rows (25 pixels a thread on
     2 threads, 17 on 3), three panels of 24 columns, and every thread count giving the same bits."""
-    from convc.codegen.kernels.conv_nhwc import AVX2_24, tile_rows
+    from convc.codegen.kernels.conv_nhwc_index import AVX2_24, tile_rows
     assert [tile_rows(AVX2_24, p) for p in (25, 17, 90, 3136)] == [3, 3, 4, 4]
     check(x_shape, m, 1, 1, epi="residual+leaky")
 
@@ -141,7 +141,7 @@ def test_unpadded_conv_threads_split_register_tiles(x_shape, m, stride, epi):
     25 + 24 pixels on 2 threads (5-row tiles), 3 threads end mid-row, strided tiles span images, and
     7 pixels in two 4-row tiles leave the third of 3 threads none (nor rows for Tanh's pass after the tiles)."""
     from convc.codegen.kernels.blas import AVX2
-    from convc.codegen.kernels.conv_nhwc import pixels_per_thread, tile_rows
+    from convc.codegen.kernels.conv_nhwc_index import pixels_per_thread, tile_rows
     assert [pixels_per_thread(1, 7, 7, t, padded=False) for t in (1, 2, 3)] == [49, 25, 17]
     assert pixels_per_thread(1, 7, 7, 2, padded=True) == 28  # 4 of the 7 rows: the padded copy is by rows
     assert tile_rows(AVX2, 25) == 5
@@ -178,7 +178,7 @@ def test_streamed_output(monkeypatch):
 @pytest.mark.slow
 def test_tile_rows_pad_the_fewest_pixels():
     from convc.codegen.kernels.blas import AVX2, AVX512
-    from convc.codegen.kernels.conv_nhwc import NARROW_TILE, tile_rows
+    from convc.codegen.kernels.conv_nhwc_index import NARROW_TILE, tile_rows
     # AVX-512: 7x7 = 49 pixels in 7 tiles of 7; 784 and 3136 in tiles of 12 (1% and 0.3% padding);
     # 196 in tiles of 8 (2%, where 12 rows pad 4%). Tiles of 8-float vectors never take 12 rows.
     assert [tile_rows(AVX512, p) for p in (49, 196, 784, 3136, 9)] == [7, 8, 12, 12, 12]
