@@ -32,6 +32,7 @@ from convc.codegen.entry import FORMAT
 from convc.codegen.jit import Target
 
 from convc.abi import ABI_VERSION
+from convc.model_file import ModelBytes
 from convc.version import __version__
 
 
@@ -113,7 +114,9 @@ def source_key(model: Any, batch: int | None, input_shape: Any, env: dict) -> st
     key only for a model it has parsed and found without any (convc/driver.py). A look-up by it may
     come first (a warm compile parses nothing): the same bytes are the same model, so the key of a
     model with external tensors names no entry."""
-    if isinstance(model, (str, os.PathLike)):
+    if isinstance(model, ModelBytes):  # a file read by pieces: hashed as its bytes
+        data = model
+    elif isinstance(model, (str, os.PathLike)):
         try:
             data = Path(model).read_bytes()
         except OSError:
@@ -126,5 +129,8 @@ def source_key(model: Any, batch: int | None, input_shape: Any, env: dict) -> st
         return None
     h = digest(json.dumps(env, sort_keys=True).encode())
     _feed(h, ("source", batch, repr(input_shape)))
-    h.update(data)
+    if isinstance(data, ModelBytes):
+        data.feed(h)
+    else:
+        h.update(data)
     return h.hexdigest()

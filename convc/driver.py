@@ -260,7 +260,7 @@ def source_alias(model: ModelSource, batch: int | None, input_shape: Any, input_
 
 def warm_model(model: ModelSource, batch: int | None, input_shape: Any, options: CompileOptions,
                progress: Progress = None, respecialize=None, override=None, input_shapes=None, signature=None,
-               alias: str | None = None, data: bytes | None = None):
+               alias: str | None = None, data: Any = None):
     """``convc.compile``'s fast path: (the cached model named by the source's hash or None, that hash).
 
     The hash covers the ONNX bytes (``data``: the model file's, when read already) and every option
@@ -306,7 +306,7 @@ def _variants(model: ModelSource, batch: int | None, input_shape: Any, fixed: di
     return respecialize, override
 
 
-def _warm_with_stored_signature(model: ModelSource, data: bytes | None, batch: int | None, input_shape: Any,
+def _warm_with_stored_signature(model: ModelSource, data: Any, batch: int | None, input_shape: Any,
                                 options: CompileOptions, progress: Progress) -> tuple[CompiledModel | None, str | None]:
     """(the cached model of an ONNX source compiled before with the same options, rebuilt from its
     entry and the input signature stored with it, or None; the source's cache alias, which the
@@ -354,8 +354,8 @@ def compile_model(model: ModelSource, options: CompileOptions, *, batch: int | N
                          "Module takes input_shape=, a Graph's shapes are fixed")
     known_alias, data = None, None
     if isinstance(model, (str, os.PathLike)):  # read once: hashed for the cache, then parsed
-        from convc.model_file import read_file
-        data = read_file(Path(model))
+        from convc.model_file import read_model_bytes
+        data = read_model_bytes(Path(model))
     if onnx_source and input_shapes is None:
         # the cache's fastest path: the input signature stored with the entry, so a warm compile
         # neither imports the onnx package (about 1 s) nor parses the model

@@ -3,6 +3,7 @@ compile cache, then parsed) and parses and checks it once, for its input signatu
 import; a model with tensors in external files gets no cache alias (its bytes do not cover them)."""
 from __future__ import annotations
 
+import os
 import pathlib
 
 import numpy as np
@@ -12,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import convc
 from convc.errors import ModelImportError
+from convc import model_file
 from convc.frontend.onnx import reader
 
 X = np.random.default_rng(1).standard_normal((2, 2, 7, 5)).astype(np.float32)
@@ -27,22 +29,33 @@ def save_conv(path) -> None:
     onnx.save(model, path)
 
 
+@pytest.mark.parametrize("pages", [False, True], ids=["whole", "by-pages"])
 @pytest.mark.parametrize("shapes", [None, {"x": (2, 2, 7, 5)}], ids=["batch", "input_shapes"])
 @pytest.mark.parametrize("cached", [True, False], ids=["cache", "no-cache"])
-def test_a_cold_compile_reads_and_parses_the_onnx_file_once(tmp_path, monkeypatch, cached, shapes):
+def test_a_cold_compile_reads_and_parses_the_onnx_file_once(tmp_path, monkeypatch, cached, shapes, pages):
+    """Read whole (a small file) or by pages (a large one: convc/model_file.py), the file is read
+    once, parsed once (its structure) and checked once."""
     monkeypatch.setenv("CONVC_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("CONVC_NO_CACHE", "" if cached else "1")
     monkeypatch.delenv("CONVC_CHECK_ARENA", raising=False)
+    if pages:
+        monkeypatch.setattr(model_file, "SMALL_FILE", 0)
     path = tmp_path / "once.onnx"
     save_conv(path)
     reads, parsed, checked = [], [], []
-    real_parse, real_check, real_bytes = reader._parse, reader._check_text, pathlib.Path.read_bytes
-    monkeypatch.setattr(reader, "_parse", lambda data, what: parsed.append(what) or real_parse(data, what))
+    real_parse, real_check, real_read = reader._parse, reader._check_text, model_file.read_model_bytes
+    monkeypatch.setattr(reader, "_parse", lambda data, what: parsed.append(len(data)) or real_parse(data, what))
     monkeypatch.setattr(reader, "_check_text", lambda *a: checked.append(a[1]) or real_check(*a))
-    monkeypatch.setattr(pathlib.Path, "read_bytes",  # (the reader reads files with it too)
-                        lambda self: (reads.append(str(self)) if self == path else None) or real_bytes(self))
+    monkeypatch.setattr(model_file, "read_model_bytes", lambda p: reads.append(str(p)) or real_read(p))
+    real_bytes, real_pread = pathlib.Path.read_bytes, os.pread
+    monkeypatch.setattr(pathlib.Path, "read_bytes", lambda self: (reads.append("whole") if self == path else None)
+                        or real_bytes(self))
+    preads = []
+    monkeypatch.setattr(os, "pread", lambda fd, n, at: preads.append((at, at + n)) or real_pread(fd, n, at))
     compiled = convc.compile(path, batch=2, threads=1, input_shapes=shapes)
-    assert reads == [str(path)] and len(parsed) == 1 and len(checked) == 1
+    assert reads == [str(path)] + ([] if pages else ["whole"])
+    assert len(checked) == 1 and len(parsed) == 1 and parsed[0] < path.stat().st_size // 2  # the structure only
+    assert all(a[1] <= b[0] for a, b in zip(sorted(preads), sorted(preads)[1:]))
     assert compiled.run({"x": X})["y"].shape == (2, 4, 7, 5)
 
 

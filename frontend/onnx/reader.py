@@ -30,8 +30,7 @@ import onnx
 from onnx import numpy_helper
 
 from convc.errors import ModelImportError
-from convc.model_file import read_file
-from convc.frontend.onnx.wire import split_weights
+from convc.model_file import ModelBytes, model_bytes, read_file, read_model_bytes
 from convc.limits import check_bytes, check_size
 
 EXTERNAL = onnx.TensorProto.EXTERNAL
@@ -52,24 +51,20 @@ class ReadModel:
 
     proto: onnx.ModelProto
     external: bool
-    # when the proto was parsed without its initializers' raw_data (frontend/onnx/wire.py): the
-    # model's bytes, and per initializer the span of its raw_data in them (None: it had none)
-    raw: tuple[bytes, list[tuple[int, int] | None]] | None = None
+    # when the proto was parsed without its initializers' raw_data (convc/model_file.py): per
+    # initializer its raw data, an array of its own or a view of the model's bytes (None: none)
+    raw: list[np.ndarray | memoryview | None] | None = None
 
-    def raw_data(self, index: int) -> memoryview | None:
+    def raw_data(self, index: int) -> np.ndarray | memoryview | None:
         """The raw_data of initializer ``index`` when the proto was parsed without it (else None)."""
-        if self.raw is None:
-            return None
-        data, spans = self.raw
-        span = spans[index]
-        return None if span is None else memoryview(data)[span[0]:span[1]]
+        return None if self.raw is None else self.raw[index]
 
 
-def read_once(model: Any, data: bytes | None = None) -> ReadModel:
+def read_once(model: Any, data: ModelBytes | None = None) -> ReadModel:
     """``read_model(model)`` kept with what a second reader needs to know (``ReadModel``); ``data``:
-    the bytes of the model file ``model``, when the caller has read them (``read_file``). The
-    initializers' raw data of a model given as a file or bytes is not parsed but read from those
-    bytes by ``tensor_value``, once (protobuf copied it twice)."""
+    the model file ``model``, when the caller has read it (``read_model_bytes``). The initializers'
+    raw data of a model given as a file or bytes is not parsed by protobuf (which copied it twice)
+    but read by ``tensor_value``: from a large file straight into the weights' arrays."""
     if isinstance(model, ReadModel):
         return model
     return ReadModel(*_read(model, True, data, split=True))
@@ -88,20 +83,22 @@ def read_model(model: Any, *, external_data: bool = True) -> onnx.ModelProto:
     return _read(model, external_data, split=not external_data)[0]
 
 
-def _read(model: Any, external_data: bool, data: bytes | None = None, split: bool = False) -> tuple:
+def _read(model: Any, external_data: bool, data: ModelBytes | None = None, split: bool = False) -> tuple:
     """(the proto, whether it had external tensors: loaded with ``external_data``, and with ``split``
-    ReadModel.raw or None); ``data``: the bytes of the file ``model``, read already."""
+    ReadModel.raw or None); ``data``: the file ``model``, read already."""
     base, raw = None, None
     if isinstance(model, onnx.ModelProto):
         proto, what = model, "the ModelProto"
     elif isinstance(model, (bytes, bytearray, memoryview)):
         what = "the given bytes"
-        proto, raw = _parse_split(bytes(model), what) if split else (_parse(bytes(model), what), None)
+        proto, raw = _parse_model(model_bytes(bytes(model)) if split else ModelBytes([bytes(model)]), what)
     elif isinstance(model, (str, os.PathLike)):
         path = Path(model)
         what = str(path)
-        data = read_file(path) if data is None else data
-        proto, raw = _parse_split(data, what) if split else (_parse(data, what), None)
+        if data is None:  # weights read into arrays only when they are wanted
+            data = read_model_bytes(path) if split and external_data else \
+                model_bytes(read_file(path)) if split else ModelBytes([read_file(path)])
+        proto, raw = _parse_model(data, what)
         base = path.parent
     else:
         raise ModelImportError(f"expected a path, bytes or onnx.ModelProto, got {type(model).__name__}")
@@ -121,17 +118,16 @@ def _read(model: Any, external_data: bool, data: bytes | None = None, split: boo
     return proto, bool(tensors), raw
 
 
-def _parse_split(data: bytes, what: str) -> tuple[onnx.ModelProto, tuple | None]:
-    """The model parsed without its initializers' raw_data, and ReadModel.raw; bytes the split does
-    not take, or that do not parse once split, are parsed as they are (protobuf says what is wrong)."""
-    split = split_weights(data) if sys.byteorder == "little" else None
-    if split is not None:
-        stripped, spans = split
+def _parse_model(data: ModelBytes, what: str) -> tuple[onnx.ModelProto, list | None]:
+    """The model parsed without its initializers' raw_data when it was split, and ReadModel.raw;
+    bytes the split did not take, or that do not parse once split, are parsed as they are (protobuf
+    says what is wrong)."""
+    if data.stripped is not None and sys.byteorder == "little":
         try:
-            return _parse(stripped, what), (data, spans)
+            return _parse(data.stripped, what), data.raw
         except ModelImportError:
             pass
-    return _parse(data, what), None
+    return _parse(data.whole(), what), None
 
 
 def _parse(data: bytes, what: str) -> onnx.ModelProto:
@@ -179,7 +175,7 @@ def _bad_text(message: Any) -> tuple[str, bytes] | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _text_fields(descriptor: Any) -> tuple[tuple[str, bool, bool], ...]:
     """(name, is a message, is repeated) of the string and message fields of a message type."""
     fields = []
@@ -290,7 +286,7 @@ def _np_dtype(t: onnx.TensorProto, fail) -> np.dtype:
         raise fail(f"has data type {t.data_type}, which is not an ONNX tensor type") from None
 
 
-def tensor_value(t: onnx.TensorProto, what: str, raw: memoryview | None = None) -> np.ndarray:
+def tensor_value(t: onnx.TensorProto, what: str, raw: np.ndarray | memoryview | None = None) -> np.ndarray:
     """The numpy value of a TensorProto of the model; ModelImportError naming ``what`` when it is
     malformed (a negative or oversized shape, data that does not fit the shape, an unknown type).
     ``raw``: its raw_data, when the proto was parsed without it (ReadModel.raw_data)."""
@@ -307,11 +303,13 @@ def tensor_value(t: onnx.TensorProto, what: str, raw: memoryview | None = None) 
         if t.data_type in _PLAIN_TYPES and sys.byteorder == "little" and not t.HasField("segment"):
             if len(raw) != nbytes:
                 raise _wrong_length(what, len(raw), dims, dtype, nbytes)
-            # a copy: a view would keep the model's bytes alive as long as the weight
-            value = np.frombuffer(raw, dtype).reshape(dims).copy()
+            if isinstance(raw, np.ndarray):  # read from the file into an array of its own
+                value = raw.view(dtype).reshape(dims)
+            else:  # a copy: a view would keep the model's bytes alive as long as the weight
+                value = np.frombuffer(raw, dtype).reshape(dims).copy()
             value.flags.writeable = False  # as the values read from the proto below
             return value
-        t.raw_data = bytes(raw)  # the rare forms: onnx reads them from the proto (read_once's own)
+        t.raw_data = raw.tobytes()  # the rare forms: onnx reads them from the proto (read_once's own)
     plain_raw = t.HasField("raw_data") and t.data_type in _PLAIN_TYPES
     if plain_raw and sys.byteorder == "little" and not t.HasField("segment"):
         # the weights' usual form, read with one copy: protobuf hands out raw_data as a new bytes

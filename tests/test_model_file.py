@@ -1,7 +1,11 @@
-"""frontend/onnx/wire.py: a model's bytes split into its structure (parsed by protobuf) and its
+"""convc/model_file.py: a model's bytes split into its structure (parsed by protobuf) and its
 initializers' raw data (read once, by convc) parse to the same model as the bytes as they are, for
-models written by onnx, models whose fields protobuf merges, and damaged bytes."""
+models written by onnx, models whose fields protobuf merges, and damaged bytes; a large file is
+read that way from the file, each byte once."""
 from __future__ import annotations
+
+import itertools
+import os
 
 import numpy as np
 import onnx
@@ -9,9 +13,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import convc
+from convc import model_file
 from convc.frontend.onnx import import_onnx
 from convc.frontend.onnx.reader import read_once
-from convc.frontend.onnx.wire import split_weights
+from convc.model_file import split_weights
 from convc.models import lenet5
 
 
@@ -63,20 +68,23 @@ def test_the_split_parses_to_the_same_model(name):
     assert sum(s is not None for s in spans) == sum(t.HasField("raw_data") for t in model.graph.initializer)
 
 
-def test_fields_protobuf_merges_are_merged_alike():
+def merged_bytes() -> bytes:
     """Two graph fields (protobuf merges them: the initializers of both, in order), a tensor's
     raw_data written twice (the last counts) and a length written with more bytes than it needs."""
     a, b = mixed(), mixed()
     b.graph.initializer[0].raw_data = np.ones(12, np.float32).tobytes()
     b.graph.initializer[0].name = "w2"
     tensor = b.graph.initializer[3]
-    tensor_bytes = tensor.SerializeToString()
-    again = tensor_bytes + TensorProto(raw_data=np.full(4, 7, np.float32).tobytes()).SerializeToString()
+    again = tensor.SerializeToString() + TensorProto(raw_data=np.full(4, 7, np.float32).tobytes()).SerializeToString()
     graph_b = onnx.GraphProto()
     graph_b.initializer.extend(b.graph.initializer[:3])
     graph_bytes = graph_b.SerializeToString() + b"\x2a" + _varint(len(again)) + again  # initializer: field 5
     padded_length = bytes([len(graph_bytes) & 0x7F | 0x80, (len(graph_bytes) >> 7) | 0x80, 0])  # 3 bytes
-    data = a.SerializeToString() + b"\x3a" + padded_length + graph_bytes  # graph: field 7
+    return a.SerializeToString() + b"\x3a" + padded_length + graph_bytes  # graph: field 7
+
+
+def test_fields_protobuf_merges_are_merged_alike():
+    data = merged_bytes()
     expected = parse(data)
     assert len(expected.graph.initializer) == 8
     np.testing.assert_array_equal(numpy_helper.to_array(expected.graph.initializer[7]), np.full(4, 7, np.float32))
@@ -121,22 +129,67 @@ def test_a_group_or_a_length_past_the_end_is_left_to_protobuf():
     assert split_weights(data[:-3]) is None or joined(data[:-3]) is None
 
 
-def test_a_model_file_compiles_from_its_split_bytes(tmp_path):
-    """read_once splits a file's bytes; the weights are copies (the file's bytes are not kept)."""
+@pytest.mark.parametrize("pages", [False, True], ids=["in-memory", "by-pages"])
+def test_a_model_file_compiles_from_its_split_bytes(tmp_path, monkeypatch, pages):
+    """read_once splits a file; the weights are arrays of their own, never views of the file's bytes
+    (by pages, read straight into them)."""
+    if pages:  # a file this small is read whole and split in memory otherwise
+        monkeypatch.setattr(model_file, "SMALL_FILE", 0)
     model = mixed()
     path = tmp_path / "mixed.onnx"
     onnx.save(model, str(path))
     read = read_once(str(path))
     assert read.raw is not None and not read.proto.graph.initializer[0].HasField("raw_data")
+    assert isinstance(read.raw[0], np.ndarray) == pages
     x = np.random.default_rng(1).standard_normal((2, 3)).astype(np.float32)
     w, b = (numpy_helper.to_array(t) for t in model.graph.initializer[:2])
     np.testing.assert_allclose(convc.compile(path)(x), x @ w.T + b, rtol=1e-5, atol=1e-6)
     g = import_onnx(read)
-    file_bytes = np.frombuffer(read.raw[0], np.uint8)
-    for name in ("w", "b"):
-        assert not np.shares_memory(g.tensor(name).data, file_bytes)
-        np.testing.assert_array_equal(g.tensor(name).data, numpy_helper.to_array(model.graph.initializer[
-            ["w", "b"].index(name)]))
+    for i, name in enumerate(["w", "twice"]):
+        value = g.tensor(name).data if g.has_tensor(name) else None
+        expected = numpy_helper.to_array(model.graph.initializer[[0, 3][i]])
+        if value is not None:
+            np.testing.assert_array_equal(value, expected)
+            assert not value.flags.writeable
+            root = value
+            while isinstance(root, np.ndarray) and root.base is not None:
+                root = root.base
+            assert memoryview(root).nbytes == expected.nbytes  # it keeps no more of the file alive
+
+
+@pytest.mark.parametrize("name", ["lenet", "mixed", "merged"])
+def test_a_large_file_is_read_by_pages_each_byte_once(tmp_path, monkeypatch, name):
+    """By pages: the structure and the raw data are those the in-memory split finds, the pieces are
+    the file's bytes (hashed in order, the file's digest), and no byte is read twice."""
+    import hashlib
+    data = {"lenet": lenet5().SerializeToString(), "mixed": mixed().SerializeToString(),
+            "merged": merged_bytes()}[name]
+    path = tmp_path / "m.onnx"
+    path.write_bytes(data)
+    monkeypatch.setattr(model_file, "SMALL_FILE", 0)
+    monkeypatch.setattr(model_file._Pages, "SIZE", 64)  # many pages, even for these small files
+    read = []
+    real = os.pread
+    monkeypatch.setattr(os, "pread", lambda fd, n, at: read.append((at, at + n)) or real(fd, n, at))
+    got = model_file.read_model_bytes(path)
+    stripped, spans = split_weights(data)
+    assert got.stripped == stripped
+    assert [None if r is None else bytes(r) for r in got.raw] == [None if s is None else data[s[0]:s[1]] for s in spans]
+    assert got.whole() == data
+    h = hashlib.sha256()
+    got.feed(h)
+    assert h.hexdigest() == hashlib.sha256(data).hexdigest()
+    read.sort()
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(read))  # pages: each read once
+
+
+def test_a_file_the_walk_does_not_take_is_read_whole(tmp_path, monkeypatch):
+    monkeypatch.setattr(model_file, "SMALL_FILE", 0)
+    path = tmp_path / "g.onnx"
+    data = lenet5().SerializeToString() + b"\x0b"  # a group's start: not for the walk
+    path.write_bytes(data)
+    got = model_file.read_model_bytes(path)
+    assert got.stripped is None and got.whole() == data
 
 
 def test_a_structure_only_read_leaves_the_weights_out(tmp_path):
