@@ -1,9 +1,13 @@
 """This machine's peak float32 FMA throughput, measured once and cached.
 
-A JIT-compiled loop keeps ``ACCUMULATORS`` independent ``<16 x float>`` accumulators in phi nodes
-and updates each with ``llvm.fma.v16f32`` per iteration: enough independent chains to hide the FMA
-latency on every current x86 core, and nothing else in the loop. The single-core figure runs it on
-one thread; the all-core figure runs it on one thread per CPU at once (ctypes releases the GIL).
+A JIT-compiled loop keeps independent accumulators of the host's vector width in phi nodes and
+updates each with one FMA per iteration, nothing else: enough independent chains to hide the FMA
+latency (4 cycles on 2 pipes: 8 chains) and few enough to stay in registers (``loop_shape``).
+The shape must fit the register file: 16 accumulators of 16 floats on an AVX2 machine are 32
+256-bit halves for 16 ymm registers, spilled to the stack, and measured 43.5 GFLOP/s on a Zen 3
+core whose FMAs do 99 (12 of 8 floats), so ``convc profile`` put 1x1 convs at 150% of "peak".
+The single-core figure runs it on one thread; the all-core figure runs it on one thread per CPU
+at once (ctypes releases the GIL).
 
 The result (about a second to measure) is cached as JSON in ``$CONVC_CACHE_DIR/peak.json`` (default ``~/.cache/convc``), keyed
 by CPU name, CPU features and core count; a different machine measures again. A measurement that
@@ -25,10 +29,17 @@ from pathlib import Path
 from convc.codegen.llvm_utils import I64, PTR, VOID, call_intrinsic
 from llvmlite import ir
 
-ACCUMULATORS = 16
-LANES = 16
-FLOPS_PER_ITERATION = ACCUMULATORS * LANES * 2  # one FMA = 2 FLOPs per lane
 _ENTRY = ctypes.CFUNCTYPE(None, ctypes.c_int64, ctypes.c_void_p)
+
+
+def loop_shape(features: str | None = None) -> tuple[int, int]:
+    """(lanes, accumulators) of the FMA loop for a host with LLVM ``features``: AVX-512's 32 zmm
+    registers hold 16 accumulators of 16 floats; AVX2's (and SSE's) 16 registers 12 of 8 (or 4)
+    floats, beside the loop's two constant operands."""
+    from convc.codegen.jit import Target
+    from convc.codegen.kernels.blas import host_isa
+    width = host_isa(Target.host().features if features is None else features).width
+    return width, 16 if width >= 16 else 12
 
 
 @dataclass(frozen=True)
@@ -95,15 +106,15 @@ class OtherLoad:
         return max(0.0, min(1.0, others / (wall * len(self.cpus))))
 
 
-def fma_loop_ir() -> str:
-    """``void peak_fma(i64 iterations, float *out)``: out[0..15] = the summed accumulators."""
-    vec = ir.VectorType(ir.FloatType(), LANES)
+def fma_loop_ir(lanes: int, accumulators: int) -> str:
+    """``void peak_fma(i64 iterations, float *out)``: out[0..lanes) = the summed accumulators."""
+    vec = ir.VectorType(ir.FloatType(), lanes)
     module = ir.Module(name="convc_peak")
     fn = ir.Function(module, ir.FunctionType(VOID, [I64, PTR]), name="peak_fma")
     n, out = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    a = ir.Constant(vec, [1.0 + 1e-7 * i for i in range(LANES)])
-    x = ir.Constant(vec, [0.999999] * LANES)
+    a = ir.Constant(vec, [1.0 + 1e-7 * i for i in range(lanes)])
+    x = ir.Constant(vec, [0.999999] * lanes)
     entry = b.block
     header = b.append_basic_block("loop")
     body_end = b.append_basic_block("done")
@@ -112,11 +123,11 @@ def fma_loop_ir() -> str:
     i = b.phi(I64, name="i")
     i.add_incoming(ir.Constant(I64, 0), entry)
     accs = []
-    for k in range(ACCUMULATORS):
+    for k in range(accumulators):
         phi = b.phi(vec, name=f"acc{k}")
-        phi.add_incoming(ir.Constant(vec, [float(k)] * LANES), entry)
+        phi.add_incoming(ir.Constant(vec, [float(k)] * lanes), entry)
         accs.append(phi)
-    new = [call_intrinsic(b, "llvm.fma.v16f32", [acc, x, a]) for acc in accs]
+    new = [call_intrinsic(b, "llvm.fma.f32", [acc, x, a]) for acc in accs]
     nxt = b.add(i, ir.Constant(I64, 1))
     for phi, v in zip(accs, new):
         phi.add_incoming(v, header)
@@ -134,11 +145,13 @@ def fma_loop_ir() -> str:
 class _Kernel:
     def __init__(self) -> None:
         from convc.codegen.jit import JitEngine
-        self.engine = JitEngine(fma_loop_ir())
+        self.lanes, accumulators = loop_shape()
+        self.flops_per_iteration = 2 * self.lanes * accumulators  # one FMA: 2 FLOPs per lane
+        self.engine = JitEngine(fma_loop_ir(self.lanes, accumulators))
         self.fn = _ENTRY(self.engine.address("peak_fma"))
 
     def gflops(self, iterations: int, threads: int) -> float:
-        outs = [(ctypes.c_float * LANES)() for _ in range(threads)]
+        outs = [(ctypes.c_float * self.lanes)() for _ in range(threads)]
         start = threading.Barrier(threads + 1)
 
         def work(k: int) -> None:
@@ -153,7 +166,7 @@ class _Kernel:
         for w in workers:
             w.join()
         seconds = time.perf_counter() - t0
-        return threads * iterations * FLOPS_PER_ITERATION / seconds / 1e9
+        return threads * iterations * self.flops_per_iteration / seconds / 1e9
 
 
 def measure(seconds: float = 0.005, repeats: int = 30) -> Peak:
@@ -164,7 +177,7 @@ def measure(seconds: float = 0.005, repeats: int = 30) -> Peak:
     from convc.codegen.jit import Target
     kernel = _Kernel()
     rough = kernel.gflops(1 << 16, 1)
-    iterations = max(1 << 16, int(seconds * rough * 1e9 / FLOPS_PER_ITERATION))
+    iterations = max(1 << 16, int(seconds * rough * 1e9 / kernel.flops_per_iteration))
     cores = core_count()
     load = OtherLoad()
     single = max(kernel.gflops(iterations, 1) for _ in range(repeats))
@@ -216,7 +229,8 @@ def measure_quietly(attempts: int = ATTEMPTS) -> Peak:
 def _cache_key() -> str:
     from convc.codegen.jit import Target
     host = Target.host()
-    return f"v2|{host.cpu}|{host.features}|{core_count()}"  # v2: peaks cached before the load check re-measure
+    # v2: peaks cached before the load check re-measure; v3: before the loop fitted AVX2's registers
+    return f"v3|{host.cpu}|{host.features}|{core_count()}"
 
 
 def peak(refresh: bool = False) -> Peak:
