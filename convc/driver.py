@@ -263,9 +263,9 @@ def warm_model(model: ModelSource, batch: int | None, input_shape: Any, options:
                alias: str | None = None, data: Any = None):
     """``convc.compile``'s fast path: (the cached model named by the source's hash or None, that hash).
 
-    The hash covers the ONNX bytes (``data``: the model file's, when read already) and every option
-    (``alias``: already computed); the returned model's ``graph`` is rebuilt (import and passes, no
-    codegen) only when something reads it."""
+    The hash covers the ONNX bytes (``data``: the model file as read, a convc.model_file.ModelBytes)
+    and every option (``alias``: already computed); the returned model's ``graph`` is rebuilt (import
+    and passes, no codegen) only when something reads it."""
     from convc.codegen.entry import CacheWarning, cache_dir, cached_artifact
     root = cache_dir(options.cache)
     if root is None or is_graph(model):
@@ -310,8 +310,8 @@ def _warm_with_stored_signature(model: ModelSource, data: Any, batch: int | None
                                 options: CompileOptions, progress: Progress) -> tuple[CompiledModel | None, str | None]:
     """(the cached model of an ONNX source compiled before with the same options, rebuilt from its
     entry and the input signature stored with it, or None; the source's cache alias, which the
-    full path reuses instead of hashing the model again). ``data``: the model file's bytes, or None
-    for a source given as bytes or a ModelProto."""
+    full path reuses instead of hashing the model again). ``data``: the model file as read
+    (convc.model_file.ModelBytes), or None for a source given as bytes or a ModelProto."""
     from convc.codegen.entry import cache_dir, cached_artifact, source_signature
     root = cache_dir(options.cache)
     if root is None:

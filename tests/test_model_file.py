@@ -54,7 +54,8 @@ def mixed() -> onnx.ModelProto:
     twice = numpy_helper.from_array(np.arange(4, dtype=np.float32), "twice")
     graph = helper.make_graph([helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)], "mixed",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], [w, listed, empty, twice])
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+                              [w, listed, empty, twice])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
