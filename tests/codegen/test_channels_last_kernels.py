@@ -218,8 +218,7 @@ def check_layers(layers, threads_list=(1, 2), seed: int = 0) -> None:
 
 # MobileNetV2's and EfficientNet-B0's windows at the sizes they run: batch 16 at 112 x 112 (an output of
 # 25 MB: streamed past the caches), batch 1 down to 7 x 7, odd widths whose interiors leave 0-3 pixels
-# after the 4-pixel blocks, 37 channels (a masked vector). The layers of one window and epilogue share
-# one kernel function with their sizes read at run time.
+# after the 4-pixel blocks, 37 channels (a masked vector).
 NETWORK_LAYERS = [
     ((16, 112, 112, 32), 3, 1, "swish"),
     ((1, 7, 7, 1152), 3, 1, "swish"),
@@ -248,8 +247,7 @@ def test_depthwise_every_epilogue_at_odd_sizes(epi):
 
 
 def test_depthwise_kernels_compile_for_avx512():
-    """Emitted for znver4 (16 lanes, 8-pixel blocks whose rest goes as blocks of 4, 2 and 1; compiled,
-    not run: no AVX-512 here): two sizes of one window still share a function, and the code uses zmm."""
+    """Emitted for znver4 (16 lanes; compiled, not run: no AVX-512 here): the code uses zmm."""
     import llvmlite.binding as llvm
 
     from convc.codegen.jit import Target
@@ -261,7 +259,7 @@ def test_depthwise_kernels_compile_for_avx512():
     g = depthwise_graph([((1, 13, 29, 48), 3, 1, "swish"), ((2, 14, 14, 64), 3, 1, "swish"),
                          ((1, 19, 21, 13), 5, 2, "relu6")])
     native = ModuleEmitter(pipeline(g), target=target).emit()
-    assert len(native.kernel_names) == 3 and len({fn for _, fn in native.kernel_names}) == 2
+    assert len(native.kernel_names) == 3
     text = str(native.ir_module)
     assert "<16 x float>" in text
     module = llvm.parse_assembly(text)
@@ -319,14 +317,12 @@ def test_streamed_outputs_end_to_end(monkeypatch):
         assert max_rel_error(got, want) < TOLERANCE, threads
 
 def test_pack_weights_layout():
-    """[C, 1, kh, kw] -> [C'/width, kh, kw, width]: a channel vector's taps one after the other."""
     from convc.codegen.kernels.depthwise_nhwc import pack_weights
     w = np.arange(5 * 3 * 2, dtype=np.float32).reshape(5, 1, 3, 2)
     packed = pack_weights(w, 3, 2, 4)
-    assert packed.shape == (2, 3, 2, 4)
-    np.testing.assert_array_equal(packed[0], w[:4, 0].transpose(1, 2, 0))
-    np.testing.assert_array_equal(packed[1, :, :, 0], w[4, 0])
-    assert not packed[1, :, :, 1:].any()
+    assert packed.shape == (3, 2, 8)
+    np.testing.assert_array_equal(packed[:, :, :5], w[:, 0].transpose(1, 2, 0))
+    assert not packed[:, :, 5:].any()
 
 
 def test_column_runs_group_edges_and_interior():

@@ -394,19 +394,3 @@ def test_channels_last_global_pools_share_a_kernel_per_last_block_and_match_nump
         assert got[f"y{i}"].shape == want.shape
         np.testing.assert_array_equal(got[f"y{i}"], want, err_msg=f"{kind.value} {xi.shape}")
 
-
-def test_depthwise_layers_of_one_window_are_one_kernel_module():
-    """Channels-last depthwise convs read their sizes (images, rows, columns, channels, the interior's
-    blocks) from a size table: a network's layers with one window share a kernel. Of the ten layers of
-    NETWORK_LAYERS (tests/codegen/test_channels_last_kernels.py), seven kernel modules: 3x3 stride 1
-    with SiLU at batch 16 (its 25 MB output streams) and at 7 x 7 x 1152 and 13 x 29 x 40 (one);
-    3x3 stride 2 at an even and an odd width (the odd one has a right edge column); 5x5 stride 2 at 37
-    channels (a masked vector) and 672; 5x5 stride 1 with a residual at three sizes (one)."""
-    from test_channels_last_kernels import NETWORK_LAYERS, depthwise_graph
-    native = emit_module(pipeline(depthwise_graph(NETWORK_LAYERS), options=CompileOptions(threads=2)), threads=2)
-    kernels = [m for m in split_module(native.ir_module, native.callees)[1:] if m.kernels]
-    assert len(native.callees) == len(NETWORK_LAYERS) and len(kernels) == 7
-    # no layer's row length (W * C floats) is in the code of the kernels it shares
-    for m in kernels:
-        for row in (7 * 1152, 29 * 40, 28 * 240, 9 * 30 * 48):
-            assert not re.search(rf"i64 {row}\b", m.text), row
