@@ -185,8 +185,11 @@ def conv_kernel(em: ModuleEmitter, op: Op, packed: np.ndarray, m: int, extra: tu
     names += [op.outputs[0], *extra]
     if not contiguous:  # the Concat's row, read at run time: DenseNet's convs into growing Concats share code
         names.append(em.derived_constant(np.array([view.stride]), np.int64))
+    # the aliased arguments too: a layer working in place (its residual is its output's buffer) gets
+    # its own function without noalias there, never one compiled already with it (codegen/cache.py)
     signature = (kind, op.attrs, em.tensor(op.inputs[0]).shape, em.tensor(weight).shape,
-                 em.tensor(op.outputs[0]).shape, bias_name is not None, residual_name is not None, contiguous, extra)
+                 em.tensor(op.outputs[0]).shape, bias_name is not None, residual_name is not None, contiguous, extra,
+                 em.overlapping(names))
     try:
         fn = em.emitted.get(signature)
     except TypeError:  # attributes holding something unhashable: emitted afresh
