@@ -150,6 +150,7 @@ class ModuleCompiler:
         self.closed = False
         self.error: BaseException | None = None
         self.chars = self.done = self.total = self.hits = 0
+        self.in_flight = 0  # modules taken off the queue and not finished yet
         self.threads: list[threading.Thread] = []
         self.workers = max(1, jobs()) if stream else 0  # 0: decided in finish
         self.guesses: list[SplitModule] = []
@@ -176,7 +177,7 @@ class ModuleCompiler:
                 self.queue.append(i)
                 self.cond.notify()
         if obj is not None:
-            self._finished(i, obj)
+            self._finished(i, obj, taken=False)
 
     def guess(self, m: SplitModule) -> None:
         if self.workers <= 1:
@@ -198,6 +199,7 @@ class ModuleCompiler:
                 if self.error is not None:
                     return None
                 if self.queue:
+                    self.in_flight += 1
                     return self.queue.pop(0)
                 if self.closed or not wait:
                     return None
@@ -205,21 +207,25 @@ class ModuleCompiler:
                     return self.guesses.pop(0)
                 self.cond.wait()
 
-    def _finished(self, i: int, obj: bytes) -> None:
+    def _finished(self, i: int, obj: bytes, taken: bool = True) -> None:
+        """Module ``i``'s object file; ``taken``: it came off the queue (``_next``)."""
         self.results[i] = obj
         with self.cond:
             self.chars += len(self.modules[i].text)
             self.done += 1
+            self.in_flight -= taken
+            self.cond.notify_all()
         if i in self.keys:
             try:
                 kernel_cache.store(self.cache_root, self.keys[i], obj)
             except OSError:
                 pass  # a cache that cannot be written must not fail the compile
 
-    def _fail(self, e: BaseException) -> None:
+    def _fail(self, e: BaseException, taken: bool = False) -> None:
         with self.cond:
             if self.error is None:
                 self.error = e
+            self.in_flight -= taken
             self.cond.notify_all()
 
     def _local(self) -> None:
@@ -231,7 +237,7 @@ class ModuleCompiler:
             try:
                 obj = llvm_worker.object_code(m.text, *self.machine, m.speed, self.pic)
             except RuntimeError as e:
-                self._fail(CompileError(f"convc generated invalid LLVM IR: {e}"))
+                self._fail(CompileError(f"convc generated invalid LLVM IR: {e}"), taken=True)
                 return
             self._finished(i, obj)
 
@@ -251,10 +257,12 @@ class ModuleCompiler:
                 if not isinstance(i, SplitModule):
                     with self.cond:
                         self.queue.insert(0, i)  # the calling process takes it
+                        self.in_flight -= 1
+                        self.cond.notify_all()
                 w = None
                 break
             except CompileError as e:
-                self._fail(e)
+                self._fail(e, taken=not isinstance(i, SplitModule))
                 break
             if isinstance(i, SplitModule):
                 with self.cond:
@@ -302,10 +310,15 @@ class ModuleCompiler:
             threading.Thread(target=heartbeat, daemon=True).start()
         jit.init_llvm()
         try:
-            self._local()
-            for t in self.threads:
-                t.join()
-            self._local()  # what a worker that died handed back
+            # the calling process compiles what is queued, then waits for the workers' modules (not
+            # for the workers: one still starting, or compiling a guess, is not waited for)
+            while True:
+                self._local()
+                with self.cond:
+                    while self.in_flight and self.error is None and not self.queue:
+                        self.cond.wait()
+                    if self.error is not None or not (self.queue or self.in_flight):
+                        break
         finally:
             stop.set()
         if self.error is not None:
