@@ -200,7 +200,7 @@ class _Importer:
         overridable = []
         for vi in self.onnx.input:
             if vi.name in self.bind:
-                self.state.values[vi.name] = np.asarray(self.bind[vi.name])
+                self.state.values[vi.name] = np.array(self.bind[vi.name])  # a copy: the caller may change theirs
             elif vi.name in self.runtime:
                 default = self.state.values.pop(vi.name)
                 if default.dtype != np.float32:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from onnx import helper
+from onnx import TensorProto, helper
 from onnx_import_helpers import INT64, check_model, make_model
 
 import convc
@@ -103,6 +103,17 @@ def test_bind_compiles_inputs_in_as_constants():
     assert graph.inputs == ["X"] and graph.tensor("Y").shape == (3, 4)
     with pytest.raises(ModelImportError, match=r"bind=\['nope'\]: not graph inputs"):
         import_onnx(model, bind={"nope": np.zeros(1)})
+
+
+def test_a_bound_value_is_the_graphs_own():
+    """A value bound to a graph input is compiled in as it was at the import, whatever the caller
+    does to their array afterwards."""
+    model = make_model([helper.make_node("Add", ["X", "B"], ["Y"])], {"X": [4]}, ["Y"])
+    model.graph.input.append(helper.make_tensor_value_info("B", TensorProto.FLOAT, [4]))
+    b = np.arange(4, dtype=np.float32)
+    graph = import_onnx(model, bind={"B": b})
+    b[:] = 9
+    np.testing.assert_array_equal(graph.tensor("B").data, np.arange(4, dtype=np.float32))
 
 
 def test_several_graph_outputs_an_intermediate_and_an_input():
