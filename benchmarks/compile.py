@@ -5,13 +5,14 @@ and OpenVINO's compile_model, each in a fresh process.
 
 For every model and runtime a new process loads the runtime, compiles the model from its file and runs
 it once; the time is from the start of compiling to the first result (the runtime's import is not
-counted: for convc that includes the onnx package, about 1.2 s on a 2-core VM, which ``convc run``
-pays on a cold start). convc runs three times against one fresh, empty cache directory: ``cold`` (nothing cached),
+counted: for convc that includes the onnx package, about 1.2 s on a 2-core VM, 0.8 s of it the
+ml_dtypes extension onnx imports, which ``convc run`` pays on a cold start). convc runs three times against one fresh, empty cache directory: ``cold`` (nothing cached),
 ``warm`` (the same model again: the cache's whole-model entry), and, for ResNet-101, ``after r50``:
 compiled right after ResNet-50 into the same cache (the same block shapes), what a kernel-level cache
 shares between models. convc's cold time is split by stage from its ``progress`` lines: import,
-graph passes, IR emission in Python (with weight packing and the module split), LLVM (optimization and
-machine code, on every core), storing the cache entry (and loading the code, running once). A large
+graph passes, IR emission in Python (with weight packing and the module split; LLVM's workers already
+compile the kernels written so far meanwhile), LLVM (what is left to compile once the model is
+written, on every core), storing the cache entry (and loading the code, running once). A large
 model's entry (32 MB and more) is written on a thread after the compile returns (codegen/cache.py), so
 the time to the first result does not include it; ``--phases`` writes it in line and counts its CPU.
 
