@@ -27,7 +27,7 @@ from convc.passes.memory import align
 from convc.ops import OpKind
 from convc.ops.conv import input_scale_of, split_inputs
 from convc.ops.epilogue import Epilogue
-from convc.codegen.llvm_utils import F32, I64, PTR, VOID, as_i64, constant_table, for_range, gep, i64, prefetch
+from convc.codegen.llvm_utils import F32, I64, PTR, VOID, as_i64, constant_table, for_range, gep, i64, memcpy, prefetch
 from convc.codegen.module import KernelCall, ModuleEmitter
 from convc.codegen.kernels.blas import GemmEmitter, pack_b, split_epilogue
 from convc.codegen.kernels.conv_nhwc_index import (pad_input_rows, panel_groups, pixel_offset, pixels_per_thread,
@@ -50,6 +50,7 @@ STREAM_MIN_BYTES = 8 << 20
 # ConvNeXt's 32->128 Linear, as a 1x1 conv, 4x slower than its plain GEMM and a separate GELU pass); they run
 # over each finished tile's rows instead, still in L1
 TILE_PASS_ACTIVATIONS = frozenset({OpKind.GELU, OpKind.MISH, OpKind.ERF})
+PAD_OUTPUT_PIXELS = 64  # an output of at most this many pixels is computed in whole panels (emit_implicit_gemm_conv)
 
 
 def conv_micro_kernel(em: ModuleEmitter, gemm: GemmEmitter, n_valid: int, init: str, epi,
@@ -168,7 +169,7 @@ class ConvKernel:
 
 
 def conv_kernel(em: ModuleEmitter, op: Op, packed: np.ndarray, m: int, extra: tuple = (), *,
-                kind: str) -> ConvKernel:
+                kind: str, bias: np.ndarray | None = None) -> ConvKernel:
     """The function of a channels-last conv kernel (one place for its argument order). Y's pixel rows are
     ``m`` floats apart, or, when this conv writes its slice of a Concat's rows, the Concat's row
     (passes/memory.py places it there only without a residual, which is read at ``m``).
@@ -177,11 +178,13 @@ def conv_kernel(em: ModuleEmitter, op: Op, packed: np.ndarray, m: int, extra: tu
     emitted before in this module has the same code: it gets that function back with ``b`` None,
     and the emitter returns ``KernelCall(k.fn, k.names)`` without building the body again (its
     weights are still packed and passed: they are an argument). Repeated blocks (ResNet's, DenseNet's
-    3x3 convs) are emitted once, which is most of the Python time of a deep model's code generation."""
+    3x3 convs) are emitted once, which is most of the Python time of a deep model's code generation.
+    ``bias``: the values passed for the conv's bias input instead of it (a copy padded to whole panels)."""
     _, weight, bias_name, residual_name = split_inputs(op.attrs, op.inputs)
     view = em.plan.memory.view(op.outputs[0], em.tensor(op.outputs[0]).size)
     contiguous = view.contiguous or residual_name is not None
-    names = [op.inputs[0], em.derived_constant(packed)] + [t for t in (bias_name, residual_name) if t is not None]
+    bias_arg = em.derived_constant(bias) if bias is not None and bias_name is not None else bias_name
+    names = [op.inputs[0], em.derived_constant(packed)] + [t for t in (bias_arg, residual_name) if t is not None]
     names += [op.outputs[0], *extra]
     if not contiguous:  # the Concat's row, read at run time: DenseNet's convs into growing Concats share code
         names.append(em.derived_constant(np.array([view.stride]), np.int64))
@@ -242,6 +245,21 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
         in_kernel, tile_pass = Epilogue(in_kernel.residual), Epilogue(False, in_kernel.activation,
                                                                      in_kernel.activation_attrs)
     scale_name = input_scale_of(a, op.inputs)
+    out_pixels = n * oh * ow
+    # a tiny output whose width leaves a partial last panel (a squeeze-and-excitation reduction on a 1x1
+    # map: EfficientNet-B0's 96 -> 4, 144 -> 6, 240 -> 10, 672 -> 28) is computed whole panels wide into
+    # scratch (zero weights and bias in the padding), then copied: its micro-kernels are those of every
+    # other layer's whole panels, not a register tile of its own per width (each was a module of 50-90
+    # kchars of IR for a few thousand MACs, about 1 s of EfficientNet-B0's LLVM CPU)
+    pad_out = bool(rem) and out_pixels <= PAD_OUTPUT_PIXELS and not padded and scale_name is None \
+        and residual_name is None and after.empty and em.plan.memory.view(op.outputs[0], em.tensor(op.outputs[0]).size).contiguous
+    m_out = m
+    padded_bias = None
+    if pad_out:
+        m, n_panels, rem = panels * isa.nr, panels, 0
+        if bias_name is not None:
+            padded_bias = np.zeros(m, dtype=np.float32)
+            padded_bias[:m_out] = em.tensor(bias_name).data
     # one scratch (a kernel's scratch arguments all start at the same place): the padded input, then with an
     # input scale each thread's copy of the weights scaled for one image (or of its pixels of X scaled,
     # which it makes only when they are fewer floats: _scaled_pixel_tiles)
@@ -251,6 +269,8 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
         extra = (em.scratch(pad_bytes + (align(packed.nbytes) * em.threads if scale_name is not None else 0)),)
     if scale_name is not None:
         extra += (scale_name,)
+    if pad_out:  # Y's pixels, whole panels wide
+        extra = (em.scratch(align(out_pixels * m * 4)),)
 
     out_rows = n * oh
     # threads split the output rows, as the depthwise and pooling kernels do: a layer then reads mostly
@@ -261,7 +281,7 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     # hundred KB of activations): each core then reads half of them (ResNet-18 b1, 2 threads)
     streams_weights = packed.nbytes > STREAMED_WEIGHT_BYTES
     weight_bound = streams_weights and packed.nbytes > 8 * em.tensor(op.inputs[0]).nbytes
-    by_panels = (out_rows < em.threads or weight_bound) and panels >= 2 * em.threads and after.empty
+    by_panels = (out_rows < em.threads or weight_bound) and panels >= 2 * em.threads and after.empty and not pad_out
     by_tiles = not padded and not by_panels
     pixels = n * oh * ow if by_panels else pixels_per_thread(n, oh, ow, em.threads, padded)
     gemm = with_tile_rows(em, gemm, tile_rows(isa, pixels))
@@ -277,12 +297,18 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     sizes = dict(oh=oh, ow=ow, hp=hp, wp=wp, c=c, sh=sh, sw=sw, m=m, kdim=kdim, run=run, out_rows=out_rows,
                  n_panels=n_panels, panels=panels, group=group,
                  scaled_bytes=align(packed.nbytes) if scale_name is not None else 0)
+    if pad_out:
+        sizes["m_out"] = m_out
     runtime = not padded
     if runtime:
         extra += (em.size_table(list(sizes.values()) + tap_offsets),)
-    k = conv_kernel(em, op, packed, m, extra, kind="implicit-gemm")
+    k = conv_kernel(em, op, packed, m, extra, kind="implicit-gemm-padded-out" if pad_out else "implicit-gemm",
+                    bias=padded_bias)
     if k.b is None:
         return KernelCall(k.fn, k.names)
+    y_out = k.y
+    if pad_out:  # the tiles write the scratch; the last step copies Y's M columns out of it
+        k.y = k.extra[0]
     fn, b, args, x, wt, y, ldc = k.fn, k.b, k.names, k.x, k.wt, k.y, k.ldc
     bias = k.bias if k.bias is not None else ir.Constant(PTR, None)
     residual = k.residual if k.residual is not None else ir.Constant(PTR, None)
@@ -334,6 +360,10 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     else:
         _scaled_pixel_tiles(b, em, gemm, (in_kernel, tile_pass), k, (m_lo, m_hi), (p_lo, p_hi), (wt, xpad, pad_bytes),
                             row_table, taps, bias, residual, init, sizes, dims, streams_weights, (kh * kw, dense))
+    if pad_out:
+        width = value(sizes["m_out"])
+        with for_range(b, m_hi, start=m_lo, name="copy_px") as px:
+            memcpy(b, gep(b, y_out, b.mul(px, width)), gep(b, y, b.mul(px, value(sizes["m"]))), b.mul(width, i64(4)))
     if not after.empty:  # activations with no vector form, over this thread's rows
         if k.contiguous:
             epilogue_pass(b, after, gep(b, y, b.mul(m_lo, value(sizes["m"]))), None,

@@ -226,3 +226,45 @@ def test_pass_converts_and_matches_channels_first():
     want = run_reference(load_graph(model, 3), {"input": x})["output"]
     got = compiled.run({"input": x})["output"]
     assert np.abs(got - want).max() / max(1.0, np.abs(want).max()) < 1e-5
+
+
+# outputs of at most PAD_OUTPUT_PIXELS pixels whose width leaves a partial last panel (squeeze-and-excitation
+# reductions on a 1x1 map) are computed whole panels wide into scratch and copied: at batch 1 and 16, widths
+# below one panel and past it, with and without bias, every epilogue (tanh and a residual keep the usual
+# path), 64 pixels (the limit) and 81 (past it)
+@pytest.mark.parametrize("x_shape,m", [((1, 1, 1, 96), 4), ((16, 1, 1, 240), 10), ((1, 1, 1, 672), 28),
+                                       ((2, 3, 5, 37), 6), ((1, 8, 8, 16), 7), ((1, 9, 9, 16), 7)])
+@pytest.mark.parametrize("epi", ["none", "relu", "tanh", "residual+leaky"])
+def test_tiny_outputs_of_a_partial_panel(x_shape, m, epi):
+    check(x_shape, m, 1, epi=epi)
+    check(x_shape, m, 1, epi=epi, bias=False, threads=(2,))
+
+
+def test_tiny_reductions_of_every_width_share_one_kernel():
+    """EfficientNet-B0's squeeze convs (96 -> 4, 144 -> 6, 240 -> 10, 672 -> 28, SiLU, a 1x1 map) were a
+    register tile and a module of 50-90 kchars each; computed whole panels wide, they are one kernel
+    module with the micro-kernels of whole panels."""
+    from convc.codegen.module import emit_module
+    from convc.codegen.split import split_module
+    from convc.ops.elementwise import SwishAttrs
+    from convc.passes.pipeline import pipeline
+    rng = np.random.default_rng(5)
+    g = Graph("squeezes")
+    epi = Epilogue(False, OpKind.SWISH, SwishAttrs())
+    widths = [(96, 4), (144, 6), (240, 10), (672, 28)]
+    for i, (c, m) in enumerate(widths):
+        g.add_tensor(f"x{i}", (1, 1, 1, c), np.float32, TensorKind.INPUT)
+        g.add_constant(f"w{i}", (rng.standard_normal((m, c, 1, 1)) / np.sqrt(c)).astype(np.float32))
+        g.add_constant(f"b{i}", rng.standard_normal(m).astype(np.float32))
+        g.add_op(OpKind.CONV, ConvAttrs((1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1, epi, "NHWC"),
+                 [f"x{i}", f"w{i}", f"b{i}"], [f"y{i}"], name=f"squeeze{i}")
+    g.inputs, g.outputs = [f"x{i}" for i in range(4)], [f"y{i}" for i in range(4)]
+    native = emit_module(pipeline(g), threads=2)
+    kernels = [m for m in split_module(native.ir_module, native.callees)[1:] if m.kernels]
+    assert len(native.callees) == 4 and len(kernels) == 1, [len(m.text) for m in kernels]
+    feeds = {n: rng.standard_normal(g.tensor(n).shape).astype(np.float32) for n in g.inputs}
+    want = run_reference(g, feeds)
+    for threads in (1, 2):
+        got = convc.compile(g, threads=threads, cache=False).run(feeds)
+        for name in g.outputs:
+            assert np.abs(got[name] - want[name]).max() / max(1.0, np.abs(want[name]).max()) < 1e-5, (threads, name)
