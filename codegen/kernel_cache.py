@@ -40,9 +40,18 @@ def key(text_key: str, triple: str, cpu: str, features: str, speed: int) -> str:
     return h.hexdigest()
 
 
+def _path(root: Path, k: str) -> Path:
+    return folder(root) / f"{k}.o"
+
+
+def has(root: Path, k: str) -> bool:
+    """Whether an object file for key ``k`` is stored (``load`` still checks it)."""
+    return _path(root, k).exists()
+
+
 def load(root: Path, k: str) -> bytes | None:
     """The cached object file for key ``k``, or None (missing or damaged: then removed)."""
-    path = folder(root) / f"{k}.o"
+    path = _path(root, k)
     try:
         data = path.read_bytes()
     except OSError:

@@ -165,7 +165,7 @@ class ModuleCompiler:
         self.modules.append(m)
         self.results.append(None)
         if self.cache_root is not None and m.key is not None:
-            self.keys[i] = kernel_cache.key(m.key + ("-pic" if self.pic else ""), *self.machine, m.speed)
+            self.keys[i] = self._cache_key(m)
             self.results[i] = kernel_cache.load(self.cache_root, self.keys[i])
             if self.results[i] is not None:
                 self.hits += 1
@@ -180,11 +180,15 @@ class ModuleCompiler:
             self._finished(i, obj, taken=False)
 
     def guess(self, m: SplitModule) -> None:
-        if self.workers <= 1:
-            return  # nobody to compile it before finish
+        if self.workers <= 1 or self.cache_root is not None and m.key is not None and \
+                kernel_cache.has(self.cache_root, self._cache_key(m)):
+            return  # nobody to compile it before finish, or a model compiled it before (add will read it)
         with self.cond:
             self.guesses.append(m)
             self.cond.notify()
+
+    def _cache_key(self, m: SplitModule) -> str:
+        return kernel_cache.key(m.key + ("-pic" if self.pic else ""), *self.machine, m.speed)
 
     def _start_remote(self, n: int) -> None:
         for _ in range(n):

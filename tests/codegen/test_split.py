@@ -406,3 +406,19 @@ def test_a_kernel_that_loses_noalias_after_it_was_split_off_is_split_again(monke
     compiled = convc.compile(model, threads=2, cache=False)
     x = np.random.default_rng(9).standard_normal((16, 3, 17, 19)).astype(np.float32)
     np.testing.assert_allclose(compiled(x), run_onnxruntime(model, {"x": x}), rtol=1e-4, atol=1e-4)
+
+
+def test_a_guess_the_kernel_cache_holds_is_not_compiled(tmp_path, monkeypatch):
+    """A waiting group whose module a model compiled before is not compiled again as a guess: the
+    final module reads it from the kernel cache."""
+    monkeypatch.setenv("CONVC_COMPILE_JOBS", "2")
+    text = 'define void @"convc_kcached"(ptr %p) {\n  store float 2.0, ptr %p\n  ret void\n}\n'
+    module = SplitModule(text, "cached-key", 1, KERNEL_SPEED, exports=("convc_kcached",))
+    target = jit.Target.host()
+    obj = llvm_worker.object_code(text, target.triple, target.cpu, target.features, KERNEL_SPEED)
+    compiler = llvm_pool.ModuleCompiler(target, tmp_path, stream=True)
+    kernel_cache.store(tmp_path, compiler._cache_key(module), obj)
+    compiler.guess(module)
+    assert compiler.guesses == [] and compiler.guessed == {}
+    compiler.add(module)
+    assert compiler.finish() == [obj]
