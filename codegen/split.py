@@ -39,24 +39,38 @@ KERNEL_SPEED = 2
 # Hand-vectorized kernels (the GEMM and conv micro-kernels: explicit <8 x float> FMAs in unrolled
 # register tiles) get no IR optimization: LLVM's -O2 spent 60% of their compile time (ResNet-50:
 # 1.3 of 2.3 s of CPU) and they ran as fast without it (ResNet-50, batch 1: 99 and 100 ms, the same
-# bits); the backend still runs at -O3. Scalar loops (elementwise, pooling, concat copies) keep
-# -O2, whose loop vectorizer they rely on (DenseNet-121 ran 10% slower with every module at -O0), and
-# so do vector kernels with vecmath's polynomials (sigmoid, exp epilogues: EfficientNet-B0's convs
-# ran 8% slower without it) and those with stack slots (allocas: a direct conv on 3 channels ran 16%
-# slower).
+# bits); the backend still runs at -O3. So do modules with no floating-point work at all (a conv's
+# loop over register tiles computing their pixel offsets and calling a shared micro-kernel: 0.04-0.06 s
+# each at -O2, 0.015 without; ResNet-50 has ten). Scalar float loops (elementwise, pooling, concat
+# copies) keep -O2, whose loop vectorizer they rely on (DenseNet-121 ran 10% slower with every module
+# at -O0), and so do:
+# - vector kernels with vecmath's polynomials (SiLU, sigmoid epilogues: EfficientNet-B0 and the YOLO
+#   net ran 3-4% slower at -O0, their 1x1 SiLU convs 2-5%, although their machine code differs little);
+# - stack slots SROA promotes (a direct conv's row pointers and accumulator slots: EfficientNet-B0's
+#   3-channel stem ran 30% slower at -O0); an implicit-GEMM conv's table of tile rows (``alloca i64``)
+#   is handed to its micro-kernel in memory at any level, and does not count;
+# - the thread pool's atomics (compiled once per machine, then cached).
 VECTOR_SPEED = 0
 VECTOR_SHARE = 0.2  # of a module's instructions on vectors, above which it counts as hand-vectorized
 VECTOR_MIN_CHARS = 10_000  # smaller modules (pooling, small elementwise kernels) keep -O2: it costs them
                            # little, and a global average pool ran 15-40% slower without it
+_PROMOTED_SLOT = re.compile(r"= alloca (?:ptr|<)")
+_ATOMIC = re.compile(r"\b(?:atomicrmw|cmpxchg|load atomic|store atomic)\b")
+_FLOAT_WORK = re.compile(r'= (?:fadd|fsub|fmul|fdiv|fneg|fcmp|frem)\b|= load (?:float|double|<)|@"?llvm\.[\w.]+?\.(?:v\d+)?f(?:32|64)\b')
 _INSTRUCTION = re.compile(r"^  \S.*$", re.M)
 _VECTOR = re.compile(r"<\d+ x ")
 
 
 def kernel_speed(text: str) -> int:
-    """The IR pipeline's level for a kernel module: VECTOR_SPEED for hand-vectorized code without
-    vecmath, else KERNEL_SPEED. Measured on convc's modules the share is bimodal (below 0.15 or above 0.3)."""
-    if len(text) < VECTOR_MIN_CHARS or "llvm.fmuladd." in text or " alloca " in text:
-        return KERNEL_SPEED  # small; vecmath's polynomials (@"llvm.fmuladd..."); stack slots SROA removes
+    """The IR pipeline's level for a kernel module: VECTOR_SPEED for hand-vectorized code and for
+    code without floating-point work, else KERNEL_SPEED. Measured on convc's modules the vector
+    share is bimodal (below 0.15 or above 0.3)."""
+    if "llvm.fmuladd." in text or _PROMOTED_SLOT.search(text) or _ATOMIC.search(text):
+        return KERNEL_SPEED  # vecmath's polynomials (@"llvm.fmuladd..."), slots SROA removes, atomics
+    if not _FLOAT_WORK.search(text):
+        return VECTOR_SPEED
+    if len(text) < VECTOR_MIN_CHARS:
+        return KERNEL_SPEED
     lines = _INSTRUCTION.findall(text)
     vector = sum(1 for line in lines if _VECTOR.search(line))
     return VECTOR_SPEED if lines and vector > VECTOR_SHARE * len(lines) else KERNEL_SPEED

@@ -9,6 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import convc
 from convc.codegen import cache, jit, kernel_cache, llvm_pool, llvm_worker
+from convc.codegen.cache import LIBRARY
 from convc.codegen.split import KERNEL_SPEED, VECTOR_SPEED, SplitModule, kernel_speed, split_module
 from convc.errors import CompileError
 from convc.options import CompileOptions
@@ -101,21 +102,43 @@ def test_hand_vectorized_kernels_skip_the_ir_pipeline():
     native = emit_module(planned(residual_net(1)), threads=2)
     parts = split_module(native.ir_module, [fn for _, fn in native.kernel_names])[1:]
     vector = [m for m in parts if m.speed == VECTOR_SPEED]
-    # the GEMM convs' register tiles: explicit vector FMAs, no stack slot, no vecmath polynomial
-    assert vector and all("llvm.fma.v8f32" in m.text for m in vector), [len(m.text) for m in parts]
-    assert all(" alloca " not in m.text and "llvm.fmuladd." not in m.text for m in vector)
-    # the SiLU conv's sigmoid polynomial and the scalar loops keep -O2
+    # the GEMM convs' register tiles: explicit vector FMAs, no vecmath polynomial, no promoted slot
+    assert any("llvm.fma.v8f32" in m.text for m in vector), [len(m.text) for m in parts]
+    assert all("llvm.fmuladd." not in m.text and "alloca ptr" not in m.text for m in vector)
+    # the SiLU conv's sigmoid polynomial and the scalar float loops keep -O2
     assert any(m.speed == KERNEL_SPEED and "llvm.fmuladd." in m.text for m in parts)
-    assert all(m.speed == KERNEL_SPEED for m in parts if "<8 x float>" not in m.text)
+    assert all(m.speed == KERNEL_SPEED for m in parts if "<8 x float>" not in m.text and " float " in m.text
+               and "fadd float" in m.text)
 
 
 def test_kernel_speed_reads_the_share_of_vector_instructions():
     vector = "  %a = fadd <8 x float> %x, %y\n" * 700 + "  %i = add i64 %j, 1\n" * 100
     scalar = "  %a = fadd float %x, %y\n" * 700 + "  %v = fadd <8 x float> %x, %y\n" * 100
     assert kernel_speed(vector) == VECTOR_SPEED and kernel_speed(scalar) == KERNEL_SPEED
-    assert kernel_speed(vector + '  %s = alloca i64\n') == KERNEL_SPEED
+    # a tile-row table handed to a micro-kernel stays in memory at any level
+    assert kernel_speed(vector + '  %rows = alloca i64, i64 6\n') == VECTOR_SPEED
+    # slots SROA turns into registers, vecmath's polynomials and atomics keep -O2
+    assert kernel_speed(vector + '  %rows = alloca ptr, i64 3\n') == KERNEL_SPEED
+    assert kernel_speed(vector + '  %acc = alloca <8 x float>\n') == KERNEL_SPEED
     assert kernel_speed(vector + '  %p = call <8 x float> @"llvm.fmuladd.v8f32"()\n') == KERNEL_SPEED
+    assert kernel_speed(vector + '  %n = atomicrmw add ptr %c, i64 1 acq_rel\n') == KERNEL_SPEED
     assert kernel_speed(vector[:2000]) == KERNEL_SPEED  # small: -O2 costs it little
+
+
+def test_modules_without_float_work_skip_the_ir_pipeline():
+    # a conv's driver: tile offsets, a table for its micro-kernel, calls; nothing to vectorize
+    driver = ("  %rows = alloca i64, i64 6\n" + "  %q = udiv i64 %r, 112\n  %o = getelementptr inbounds float, ptr %x, i64 %q\n" * 40
+              + '  call void @"convc_h1"(ptr %o, ptr %rows)\n')
+    assert kernel_speed(driver) == VECTOR_SPEED
+    for work in ("  %a = fadd float %x, %y\n", "  %v = load float, ptr %o\n", "  %v = load <8 x float>, ptr %o\n",
+                 '  %m = call float @"llvm.maxnum.f32"(float %a, float %b)\n', "  %c = fcmp olt float %a, %b\n"):
+        assert kernel_speed(driver + work) == KERNEL_SPEED, work
+    # the thread pool's module (its spin loops' atomics) keeps -O2
+    native = emit_module(planned(residual_net(1)), threads=2)
+    parts = split_module(native.ir_module, [fn for _, fn in native.kernel_names], LIBRARY)
+    pool = [m for m in parts if m.key is not None and "convc_pool_worker" in m.text and "define" in m.text
+            and not any(line.startswith("define void @\"convc_k") for line in m.text.splitlines())]
+    assert pool and all(m.speed == KERNEL_SPEED for m in pool)
 
 
 @pytest.mark.slow
