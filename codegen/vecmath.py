@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from llvmlite import ir
 
-from convc.codegen.llvm_utils import F64, I32, call_intrinsic, const_like
+from convc.codegen.llvm_utils import F64, I32, call_intrinsic, const_like, constant
 
 # the bound test_vecmath asserts per function, in float32 ulps over the whole line (see module docstring)
 MAX_ULP = {"exp": 2, "log": 1, "log1p": 3, "expm1": 3, "sigmoid": 3, "tanh": 2, "erf": 2, "silu": 4, "gelu": 6,
@@ -38,7 +38,7 @@ def _int_type(x: ir.Value) -> ir.Type:
 def _ic(x: ir.Value, v: int) -> ir.Constant:
     """An i32 constant shaped like x's integer type (a splat for a vector)."""
     ty = _int_type(x)
-    return ir.Constant(ty, [v] * ty.count) if isinstance(ty, ir.VectorType) else ir.Constant(ty, v)
+    return constant(ty, (v,) * ty.count) if isinstance(ty, ir.VectorType) else constant(ty, v)
 
 
 def _c(x: ir.Value, v: float) -> ir.Constant:

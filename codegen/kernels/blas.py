@@ -18,7 +18,7 @@ from llvmlite import ir
 
 from convc.ops.epilogue import Epilogue
 from convc.codegen.kernels.activations import UNARY, VECTOR_UNARY
-from convc.codegen.llvm_utils import F32, I1, I64, PTR, VOID, for_range, gep, i64
+from convc.codegen.llvm_utils import F32, I1, I32, I64, PTR, VOID, constant, for_range, gep, i64
 
 
 
@@ -106,9 +106,9 @@ class GemmEmitter:
 
     # --- vectors ---------------------------------------------------------------------------
     def splat(self, b: ir.IRBuilder, x: ir.Value) -> ir.Value:
-        v = b.insert_element(ir.Constant(self.vec, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
-        return b.shuffle_vector(v, ir.Constant(self.vec, ir.Undefined),
-                                ir.Constant(ir.VectorType(ir.IntType(32), self.isa.width), [0] * self.isa.width))
+        undef = constant(self.vec, ir.Undefined)
+        v = b.insert_element(undef, x, constant(I32, 0))
+        return b.shuffle_vector(v, undef, constant(ir.VectorType(I32, self.isa.width), (0,) * self.isa.width))
 
     def mask(self, valid: int) -> ir.Constant:
         return ir.Constant(ir.VectorType(I1, self.isa.width), [int(i < valid) for i in range(self.isa.width)])

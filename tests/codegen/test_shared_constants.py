@@ -1,0 +1,35 @@
+"""llvm_utils.constant: one ir.Constant per type and value, shared by every instruction that uses it
+(llvmlite formats a constant once per object). Sharing must not change a module's text."""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from convc.codegen import llvm_utils
+from convc.codegen.llvm_utils import F32, I32, const_like, constant
+from convc.codegen.module import emit_module
+from tests.codegen.test_split import planned, residual_net
+
+
+def test_a_constant_is_one_object_per_type_and_value():
+    vec = ir.VectorType(F32, 8)
+    x = ir.Argument(ir.Function(ir.Module(), ir.FunctionType(F32, [vec]), "f"), vec)
+    assert const_like(x, 0.5) is const_like(x, 0.5) is constant(ir.VectorType(F32, 8), (0.5,) * 8)
+    assert const_like(x, 0.5) is not const_like(x, 0.25)
+    assert str(const_like(x, 0.5)) == str(ir.Constant(vec, [0.5] * 8))
+    assert constant(I32, 0) is not constant(ir.IntType(64), 0)
+    assert constant(vec, ir.Undefined) is constant(vec, ir.Undefined)
+    assert str(constant(vec, ir.Undefined)) == str(ir.Constant(vec, ir.Undefined))
+
+
+def test_shared_constants_print_the_module_fresh_ones_do(monkeypatch):
+    # a SiLU conv (sigmoid polynomial), a HardSwish depthwise conv, GEMM tiles: the module's text with
+    # every constant a new object, as llvmlite builds them, against the shared ones
+    model = planned(residual_net(1))
+    shared = str(emit_module(model, threads=2).ir_module)
+    monkeypatch.setattr(llvm_utils, "constant", lambda ty, value: ir.Constant(ty, list(value) if isinstance(value, tuple) else value))
+    import convc.codegen.kernels.blas as blas
+    import convc.codegen.vecmath as vecmath
+    monkeypatch.setattr(blas, "constant", llvm_utils.constant)
+    monkeypatch.setattr(vecmath, "constant", llvm_utils.constant)
+    fresh = str(emit_module(planned(residual_net(1)), threads=2).ir_module)
+    assert "llvm.fmuladd" in shared and shared == fresh
