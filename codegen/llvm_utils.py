@@ -173,6 +173,11 @@ def const_like(x: ir.Value, v: float) -> ir.Constant:
     return constant(x.type, float(v))
 
 
+class _WrittenConstant(ir.values.FormattedConstant):
+    """An aggregate constant given as its IR text, printed as llvmlite prints an ir.Constant."""
+    _to_string = ir.Constant._to_string
+
+
 def constant_table(b: ir.IRBuilder, values: Sequence, name: str = "table", ty: ir.Type = I64) -> ir.Value:
     """An internal constant array in the module (index or weight tables built at compile time); returns its
     address. ``ty`` is an integer type (values become ints) or F32/F64 (values become floats)."""
@@ -181,8 +186,10 @@ def constant_table(b: ir.IRBuilder, values: Sequence, name: str = "table", ty: i
     gv = ir.GlobalVariable(module, array_type, name=module.get_unique_name(name))
     gv.linkage = "internal"
     gv.global_constant = True
-    cast = int if isinstance(ty, ir.IntType) else float
-    gv.initializer = ir.Constant(array_type, [cast(v) for v in values])
+    if isinstance(ty, ir.IntType):  # written as text: llvmlite builds and formats a Constant per element
+        gv.initializer = _WrittenConstant(array_type, f"[{', '.join(f'{ty} {int(v)}' for v in values)}]")
+    else:
+        gv.initializer = ir.Constant(array_type, [float(v) for v in values])
     return gv
 
 

@@ -33,3 +33,14 @@ def test_shared_constants_print_the_module_fresh_ones_do(monkeypatch):
     monkeypatch.setattr(vecmath, "constant", llvm_utils.constant)
     fresh = str(emit_module(planned(residual_net(1)), threads=2).ir_module)
     assert "llvm.fmuladd" in shared and shared == fresh
+
+
+def test_integer_tables_print_as_llvmlite_prints_them():
+    from convc.codegen.llvm_utils import I64, constant_table
+    for ty, values in ((I64, [0, 690, -3, 2 ** 40]), (I32, list(range(0, 3000, 7))), (I64, [])):
+        module = ir.Module()
+        b = ir.IRBuilder(ir.Function(module, ir.FunctionType(ir.VoidType(), []), "f").append_basic_block())
+        table = constant_table(b, values, name="taps", ty=ty)
+        expected = ir.Constant(ir.ArrayType(ty, len(values)), [int(v) for v in values])
+        assert str(table.initializer) == str(expected) and table.initializer.get_reference() == expected.get_reference()
+        assert f"internal constant [{len(values)} x {ty}] {expected.get_reference()}" in str(module)
