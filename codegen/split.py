@@ -39,7 +39,7 @@ KERNEL_SPEED = 2
 # Hand-vectorized kernels (the GEMM and conv micro-kernels: explicit <8 x float> FMAs in unrolled
 # register tiles) get no IR optimization: LLVM's -O2 spent 60% of their compile time (ResNet-50:
 # 1.3 of 2.3 s of CPU) and they ran as fast without it (ResNet-50, batch 1: 99 and 100 ms, the same
-# bits); the backend still runs at -O3. So do modules with no floating-point work at all (a conv's
+# bits); the backend still runs at -O3. So do modules that do no work on data (a conv's
 # loop over register tiles computing their pixel offsets and calling a shared micro-kernel: 0.04-0.06 s
 # each at -O2, 0.015 without; ResNet-50 has ten). Scalar float loops (elementwise, pooling, concat
 # copies) keep -O2, whose loop vectorizer they rely on (DenseNet-121 ran 10% slower with every module
@@ -56,18 +56,21 @@ VECTOR_MIN_CHARS = 10_000  # smaller modules (pooling, small elementwise kernels
                            # little, and a global average pool ran 15-40% slower without it
 _PROMOTED_SLOT = re.compile(r"= alloca (?:ptr|<)")
 _ATOMIC = re.compile(r"\b(?:atomicrmw|cmpxchg|load atomic|store atomic)\b")
-_FLOAT_WORK = re.compile(r'= (?:fadd|fsub|fmul|fdiv|fneg|fcmp|frem)\b|= load (?:float|double|<)|@"?llvm\.[\w.]+?\.(?:v\d+)?f(?:32|64)\b')
+# work on data: float arithmetic, loads and stores of anything but pointers and i64 offsets (int8 and
+# float elements, vectors), float intrinsics; a conv's tile loop has none (it stores row offsets)
+_DATA_WORK = re.compile(r'= (?:fadd|fsub|fmul|fdiv|fneg|fcmp|frem)\b|= load (?!ptr\b|i64\b)|\bstore (?!ptr\b|i64\b)'
+                        r'|@"?llvm\.[\w.]+?\.(?:v\d+)?f(?:32|64)\b')
 _INSTRUCTION = re.compile(r"^  \S.*$", re.M)
 _VECTOR = re.compile(r"<\d+ x ")
 
 
 def kernel_speed(text: str) -> int:
     """The IR pipeline's level for a kernel module: VECTOR_SPEED for hand-vectorized code and for
-    code without floating-point work, else KERNEL_SPEED. Measured on convc's modules the vector
+    code doing no work on data (``_DATA_WORK``), else KERNEL_SPEED. Measured on convc's modules the vector
     share is bimodal (below 0.15 or above 0.3)."""
     if "llvm.fmuladd." in text or _PROMOTED_SLOT.search(text) or _ATOMIC.search(text):
         return KERNEL_SPEED  # vecmath's polynomials (@"llvm.fmuladd..."), slots SROA removes, atomics
-    if not _FLOAT_WORK.search(text):
+    if not _DATA_WORK.search(text):
         return VECTOR_SPEED
     if len(text) < VECTOR_MIN_CHARS:
         return KERNEL_SPEED
