@@ -6,7 +6,8 @@ and OpenVINO's compile_model, each in a fresh process.
 For every model and runtime a new process loads the runtime, compiles the model from its file and runs
 it once; the time is from the start of compiling to the first result (the runtime's import is not
 counted: for convc that includes the onnx package, about 1.2 s on a 2-core VM, 0.8 s of it the
-ml_dtypes extension onnx imports, which ``convc run`` pays on a cold start). convc runs three times against one fresh, empty cache directory: ``cold`` (nothing cached),
+ml_dtypes extension onnx imports, which ``convc run`` pays on a cold start). convc runs three times
+against one fresh, empty cache directory: ``cold`` (nothing cached),
 ``warm`` (the same model again: the cache's whole-model entry), and, for ResNet-101, ``after r50``:
 compiled right after ResNet-50 into the same cache (the same block shapes), what a kernel-level cache
 shares between models. convc's cold time is split by stage from its ``progress`` lines: import,

@@ -251,8 +251,9 @@ def emit_implicit_gemm_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     # scratch (zero weights and bias in the padding), then copied: its micro-kernels are those of every
     # other layer's whole panels, not a register tile of its own per width (each was a module of 50-90
     # kchars of IR for a few thousand MACs, about 1 s of EfficientNet-B0's LLVM CPU)
+    y_contiguous = em.plan.memory.view(op.outputs[0], em.tensor(op.outputs[0]).size).contiguous
     pad_out = bool(rem) and out_pixels <= PAD_OUTPUT_PIXELS and not padded and scale_name is None \
-        and residual_name is None and after.empty and em.plan.memory.view(op.outputs[0], em.tensor(op.outputs[0]).size).contiguous
+        and residual_name is None and after.empty and y_contiguous
     m_out = m
     padded_bias = None
     if pad_out:

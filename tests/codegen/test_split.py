@@ -127,8 +127,8 @@ def test_kernel_speed_reads_the_share_of_vector_instructions():
 
 def test_modules_doing_no_work_on_data_skip_the_ir_pipeline():
     # a conv's driver: tile offsets, a table for its micro-kernel, calls; nothing to vectorize
-    driver = ("  %rows = alloca i64, i64 6\n" + "  %q = udiv i64 %r, 112\n  %o = getelementptr inbounds float, ptr %x, i64 %q\n" * 40
-              + '  call void @"convc_h1"(ptr %o, ptr %rows)\n')
+    offsets = "  %q = udiv i64 %r, 112\n  %o = getelementptr inbounds float, ptr %x, i64 %q\n"
+    driver = "  %rows = alloca i64, i64 6\n" + offsets * 40 + '  call void @"convc_h1"(ptr %o, ptr %rows)\n'
     assert kernel_speed(driver) == VECTOR_SPEED
     for work in ("  %a = fadd float %x, %y\n", "  %v = load float, ptr %o\n", "  %v = load <8 x float>, ptr %o\n",
                  "  %v = load i8, ptr %o\n", "  store <32 x i8> %v, ptr %o\n", "  store i32 %v, ptr %o\n",
