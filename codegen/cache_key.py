@@ -114,8 +114,8 @@ def source_key(model: Any, batch: int | None, input_shape: Any, env: dict) -> st
     key only for a model it has parsed and found without any (convc/driver.py). A look-up by it may
     come first (a warm compile parses nothing): the same bytes are the same model, so the key of a
     model with external tensors names no entry."""
-    if isinstance(model, ModelBytes):  # a file read by pieces: hashed as its bytes
-        data = model
+    if isinstance(model, ModelBytes):  # a file as read: its bytes' digest (hashed while it was read)
+        data = model.digest()
     elif isinstance(model, (str, os.PathLike)):
         try:
             data = Path(model).read_bytes()
@@ -127,10 +127,9 @@ def source_key(model: Any, batch: int | None, input_shape: Any, env: dict) -> st
         data = model.SerializeToString()
     else:
         return None
+    if not isinstance(model, ModelBytes):
+        data = digest(data).digest()
     h = digest(json.dumps(env, sort_keys=True).encode())
     _feed(h, ("source", batch, repr(input_shape)))
-    if isinstance(data, ModelBytes):
-        data.feed(h)
-    else:
-        h.update(data)
+    h.update(data)  # the model's SHA-256: the same for its file, its bytes and its ModelProto
     return h.hexdigest()

@@ -19,9 +19,12 @@ one tensor the last counts, as in protobuf.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import queue
 import stat
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,15 +59,57 @@ class ModelBytes:
     pieces: list[Any]
     stripped: bytes | None = None
     raw: list[np.ndarray | memoryview | None] | None = None
+    hasher: _Hasher | None = field(default=None, repr=False)  # hashing ``pieces`` while they were read
 
     def whole(self) -> bytes:
         return self.pieces[0] if len(self.pieces) == 1 and isinstance(self.pieces[0], bytes) else \
             b"".join(bytes(p) for p in self.pieces)
 
-    def feed(self, h) -> None:
-        """Hash the file's bytes, in order (the same digest as hashing ``whole()``)."""
-        for p in self.pieces:
-            h.update(p)
+    def digest(self) -> bytes:
+        """SHA-256 of the file's bytes (of ``whole()``), computed once."""
+        if self.hasher is None:
+            self.hasher = _Hasher(threaded=False)
+            for p in self.pieces:
+                self.hasher.add(p)
+        return self.hasher.digest()
+
+
+class _Hasher:
+    """SHA-256 of byte pieces in order. ``threaded``: on a thread of its own, which hashes each
+    piece while the caller reads the next one (hashlib and the reads release the GIL): ResNet-50's
+    100 MB took 0.07 s to read and 0.07 s more to hash after it."""
+
+    def __init__(self, threaded: bool = True) -> None:
+        self._h = hashlib.sha256()
+        self._digest: bytes | None = None
+        self._queue: queue.SimpleQueue | None = None
+        if threaded:
+            self._queue = queue.SimpleQueue()
+            self._thread = threading.Thread(target=self._run, name="convc-model-hash", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while (piece := self._queue.get()) is not None:
+            self._h.update(piece)
+
+    def add(self, piece: Any) -> None:
+        if self._queue is None:
+            self._h.update(piece)
+        else:
+            self._queue.put(piece)
+
+    def close(self) -> None:
+        """No more pieces: the thread ends once it has hashed those given."""
+        if self._queue is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._queue = None
+
+    def digest(self) -> bytes:
+        if self._digest is None:
+            self.close()
+            self._digest = self._h.digest()
+        return self._digest
 
 
 def read_model_bytes(path: Path) -> ModelBytes:
@@ -104,19 +149,28 @@ def _read_split(fd: int, size: int, path: Path) -> ModelBytes:
         return ModelBytes([read_file(path)])
     raw: list[np.ndarray | None] = []
     pieces: list[Any] = []
-    at = 0
-    for span in spans:
-        if span is None:
-            raw.append(None)
-            continue
-        start, end = span
-        array = np.empty(end - start, np.uint8)
-        _read_into(fd, array, start, path)
-        raw.append(array)
-        pieces += [pages[at:start], array]
-        at = end
-    pieces.append(pages[at:size])
-    return ModelBytes(pieces, stripped, raw)
+    hasher = _Hasher()
+    try:
+        at = 0
+        for span in spans:
+            if span is None:
+                raw.append(None)
+                continue
+            start, end = span
+            pieces.append(pages[at:start])
+            hasher.add(pieces[-1])
+            array = np.empty(end - start, np.uint8)
+            _read_into(fd, array, start, path)
+            raw.append(array)
+            pieces.append(array)
+            hasher.add(array)
+            at = end
+        pieces.append(pages[at:size])
+        hasher.add(pieces[-1])
+    except BaseException:
+        hasher.close()  # its thread ends
+        raise
+    return ModelBytes(pieces, stripped, raw, hasher)
 
 
 class _Pages:
