@@ -16,6 +16,7 @@ in the conv.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -42,14 +43,30 @@ def bn_affine(g: Graph, bn: Op) -> tuple[np.ndarray, np.ndarray]:
 
 
 Folded = tuple[tuple[str, ...], object]  # the producer's new inputs and attributes
+PARALLEL_MIN_ELEMENTS = 1 << 18  # weights below this are scaled on the calling thread alone
 
 
 def _scaled(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """w * scale in float64, rounded to w's dtype: the same bits as
     ``(w.astype(np.float64) * scale).astype(w.dtype)`` without the two full-size temporaries
-    (numpy casts in small buffers)."""
+    (numpy casts in small buffers). A large ``w`` is done in two halves (of its first axis) side by
+    side: numpy's loops release the GIL, and the passes leave the other cores idle (ResNet-50's
+    folds took 0.08 s on one core)."""
     out = np.empty(np.broadcast_shapes(w.shape, scale.shape), dtype=w.dtype)
-    np.multiply(w, scale, out=out, dtype=np.float64, casting="unsafe")
+
+    def rows(lo: int, hi: int) -> None:
+        s = scale[lo:hi] if scale.ndim == out.ndim and scale.shape[0] == out.shape[0] else scale
+        np.multiply(w[lo:hi], s, out=out[lo:hi], dtype=np.float64, casting="unsafe")
+    if out.size < PARALLEL_MIN_ELEMENTS or out.shape != w.shape or out.shape[0] < 2:
+        rows(0, len(out))
+        return out
+    half = len(out) // 2
+    other = threading.Thread(target=rows, args=(half, len(out)), name="convc-bn-fold")
+    other.start()
+    try:
+        rows(0, half)
+    finally:
+        other.join()
     return out
 
 

@@ -216,11 +216,15 @@ def test_conv_transpose_bn_relu_fold_and_fuse(rng, group, bias):
     assert out.metadata["absorbed"]["deconv"] == ("bn", "relu")
 
 
-@pytest.mark.parametrize("shape,scale_shape", [((33, 17, 3, 3), (33, 1, 1, 1)), ((2, 3, 5, 4, 1, 1), (2, 1, 5, 1, 1, 1)),
-                                               ((31, 7), (1, 7)), ((7, 31), (7, 1))])
+@pytest.mark.parametrize("shape,scale_shape", [
+    ((33, 17, 3, 3), (33, 1, 1, 1)), ((2, 3, 5, 4, 1, 1), (2, 1, 5, 1, 1, 1)), ((31, 7), (1, 7)), ((7, 31), (7, 1)),
+    # above PARALLEL_MIN_ELEMENTS: two halves on two threads, the scale sliced along with w or broadcast
+    ((513, 256, 3, 3), (513, 1, 1, 1)), ((1001, 2049), (1, 2049)), ((2049, 1001), (2049, 1)),
+    ((9, 128, 64, 3, 3), (9, 1, 64, 1, 1))])
 def test_folded_weights_are_the_float64_product_rounded_once(shape, scale_shape):
     """The folded weights are (w in float64 * s) rounded to w's dtype, bit for bit, as the plain
-    astype formulation computes them (the pass avoids its full-size temporaries)."""
+    astype formulation computes them (the pass avoids its full-size temporaries, and scales large
+    weights in two halves side by side)."""
     from convc.passes.bn_folding import _scaled
     rng = np.random.default_rng(len(shape))
     for dtype in (np.float32, np.float16, np.float64):
