@@ -59,29 +59,32 @@ TILE_BYTES = 768 * 1024  # a thread's V and M scratch for one block of tiles (L2
 
 
 def _transformed(w: np.ndarray, m: int) -> np.ndarray:
-    """G g G^T of every (output, input) channel pair of W [M, C, 3, 3] in float64, as [M, C, t*t]:
-    one GEMM, vec(G g G^T) = (G kron G) vec(g), [M*C, 9] @ [9, t*t] (ResNet-101's 28 Winograd layers
-    took 1.5 s through einsum)."""
+    """G g G^T of every (output, input) channel pair of W [M, C, 3, 3] in float64, as [t*t, C, M]:
+    one GEMM, vec(G g G^T) = (G kron G) vec(g), [t*t, 9] @ [9, C*M] (ResNet-101's 28 Winograd layers
+    took 1.5 s through einsum). W is transposed on the way in, where it is 16/9 (F(2x2)) or 4 times
+    (F(4x4)) smaller than U: the GEMM writes U in its final order (transposing U after the GEMM was
+    most of the packing time)."""
     _, g, _ = TRANSFORMS[m]
     gf = g.astype(np.float64)
     mo, c = w.shape[:2]
-    return (w.reshape(mo * c, 9).astype(np.float64) @ np.kron(gf, gf).T).reshape(mo, c, (m + 2) ** 2)
+    wt = w.reshape(mo, c, 9).transpose(2, 1, 0).astype(np.float64).reshape(9, c * mo)
+    return (np.kron(gf, gf) @ wt).reshape((m + 2) ** 2, c, mo)
 
 
 def transform_weights(w: np.ndarray, m: int) -> np.ndarray:
     """W [M, C, 3, 3] -> U [t*t, C, M] = G g G^T per (output, input) channel, in float64, then float32."""
     with _one_blas_thread():
-        return np.ascontiguousarray(_transformed(w, m).transpose(2, 1, 0), dtype=np.float32)
+        return _transformed(w, m).astype(np.float32)
 
 
 def packed_weights(w: np.ndarray, m: int, isa: Isa) -> np.ndarray:
     """pack_b(transform_weights(w, m)) bit for bit, [t*t][panels][C][NR], one panel of NR output
-    channels at a time: that panel's rows of the [M*C, 9] @ [9, t*t] float64 GEMM (the same sums, row
-    by row, as the whole GEMM) are rounded to float32 straight into the packed layout while they are
-    still in cache (the whole float64 U of a 512x512 layer is 19 MB). OpenBLAS runs on one thread
-    here: with its threads these small GEMMs spent 3-8x the CPU in its threads' spin-waiting (a
-    compile shares the cores with LLVM's workers), and its threaded GEMM rounds a few elements in a
-    million differently, so the weights depended on the machine's core count."""
+    channels at a time: that panel's columns of the [t*t, 9] @ [9, C*M] float64 GEMM (the same sums,
+    element by element, as the whole GEMM) are rounded to float32 straight into the packed layout
+    while they are still in cache (the whole float64 U of a 512x512 layer is 19 MB). OpenBLAS runs
+    on one thread here: with its threads these small GEMMs spent 3-8x the CPU in its threads'
+    spin-waiting (a compile shares the cores with LLVM's workers), and its threaded GEMM rounds a
+    few elements in a million differently, so the weights depended on the machine's core count."""
     mo, c = w.shape[:2]
     nr = isa.nr
     panels = -(-mo // nr)
@@ -89,7 +92,7 @@ def packed_weights(w: np.ndarray, m: int, isa: Isa) -> np.ndarray:
     with _one_blas_thread():
         for p in range(panels):
             lo, hi = p * nr, min((p + 1) * nr, mo)
-            out[:, p, :, :hi - lo] = _transformed(w[lo:hi], m).transpose(2, 1, 0)
+            out[:, p, :, :hi - lo] = _transformed(w[lo:hi], m)
     out[:, panels - 1, :, mo - (panels - 1) * nr:] = 0
     return out
 
