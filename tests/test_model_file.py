@@ -182,6 +182,23 @@ def test_a_large_file_is_read_by_pages_each_byte_once(tmp_path, monkeypatch, nam
     assert all(a[1] <= b[0] for a, b in itertools.pairwise(read))  # pages: each read once
 
 
+def test_the_hashing_thread_ends_without_anyone_asking_for_the_digest(tmp_path, monkeypatch):
+    """A compile without the cache never asks for the file's digest: the thread that hashed it while
+    it was read must end anyway (one left waiting per compile would pile up in a long process)."""
+    import hashlib
+    import threading
+    monkeypatch.setattr(model_file, "SMALL_FILE", 0)
+    path = tmp_path / "m.onnx"
+    data = lenet5().SerializeToString()
+    path.write_bytes(data)
+    got = model_file.read_model_bytes(path)
+    assert got.hasher is not None and got.hasher._thread is not None
+    got.hasher._thread.join(timeout=30)
+    assert not got.hasher._thread.is_alive()
+    assert not [t for t in threading.enumerate() if t.name == "convc-model-hash"]
+    assert got.digest() == hashlib.sha256(data).digest()
+
+
 def test_a_file_the_walk_does_not_take_is_read_whole(tmp_path, monkeypatch):
     monkeypatch.setattr(model_file, "SMALL_FILE", 0)
     path = tmp_path / "g.onnx"
