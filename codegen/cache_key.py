@@ -21,7 +21,6 @@ import functools
 import importlib.util
 import json
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from convc.codegen.jit import Target
 
 from convc.abi import ABI_VERSION
 from convc.model_file import ModelBytes
+from convc.parallel import side_by_side
 from convc.version import __version__
 
 
@@ -135,12 +135,7 @@ def _array_digests(arrays: list[np.ndarray]) -> list[bytes]:
     if sum(load) < PARALLEL_HASH_BYTES:
         hash_some(list(range(len(arrays))))
         return out  # type: ignore[return-value]
-    other = threading.Thread(target=hash_some, args=(shares[1],), name="convc-plan-hash")
-    other.start()
-    try:
-        hash_some(shares[0])
-    finally:
-        other.join()
+    side_by_side(lambda: hash_some(shares[0]), lambda: hash_some(shares[1]), "convc-plan-hash")
     return out  # type: ignore[return-value]
 
 

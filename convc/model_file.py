@@ -85,6 +85,7 @@ class _Hasher:
         self._digest: bytes | None = None
         self._queue: queue.SimpleQueue | None = None
         self._thread: threading.Thread | None = None
+        self._failed: BaseException | None = None
         if threaded:
             self._queue = queue.SimpleQueue()
             self._thread = threading.Thread(target=self._run, args=(self._queue,), name="convc-model-hash",
@@ -92,8 +93,11 @@ class _Hasher:
             self._thread.start()
 
     def _run(self, pieces: queue.SimpleQueue) -> None:
-        while (piece := pieces.get()) is not None:
-            self._h.update(piece)
+        try:
+            while (piece := pieces.get()) is not None:
+                self._h.update(piece)
+        except BaseException as e:  # noqa: BLE001  raised by digest(): a partial hash must not name an entry
+            self._failed = e
 
     def add(self, piece: Any) -> None:
         if self._queue is None:
@@ -112,6 +116,8 @@ class _Hasher:
             self.end()
             if self._thread is not None:
                 self._thread.join()
+            if self._failed is not None:
+                raise self._failed
             self._digest = self._h.digest()
         return self._digest
 

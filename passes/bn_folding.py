@@ -16,7 +16,6 @@ in the conv.
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -32,6 +31,7 @@ from convc.passes.rewrite import (
 )
 
 from convc.ir import Graph, Op
+from convc.parallel import side_by_side
 from convc.ops import NoAttrs, OpKind
 
 
@@ -61,12 +61,7 @@ def _scaled(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
         rows(0, len(out))
         return out
     half = len(out) // 2
-    other = threading.Thread(target=rows, args=(half, len(out)), name="convc-bn-fold")
-    other.start()
-    try:
-        rows(0, half)
-    finally:
-        other.join()
+    side_by_side(lambda: rows(0, half), lambda: rows(half, len(out)), "convc-bn-fold")
     return out
 
 

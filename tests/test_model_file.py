@@ -199,6 +199,16 @@ def test_the_hashing_thread_ends_without_anyone_asking_for_the_digest(tmp_path, 
     assert got.digest() == hashlib.sha256(data).digest()
 
 
+def test_a_piece_the_hashing_thread_cannot_hash_fails_the_digest():
+    """A failure on the hashing thread is raised by digest(), never a digest of part of the file."""
+    hasher = model_file._Hasher()
+    hasher.add(b"abc")
+    hasher.add("not bytes")
+    hasher.add(b"def")
+    with pytest.raises(TypeError):
+        hasher.digest()
+
+
 def test_a_file_the_walk_does_not_take_is_read_whole(tmp_path, monkeypatch):
     monkeypatch.setattr(model_file, "SMALL_FILE", 0)
     path = tmp_path / "g.onnx"
