@@ -35,7 +35,7 @@ CODEGEN = ("convc.codegen",)
 # the core every layer may use: IR, ops, errors, limits, options, the runtime and the ABI, artifacts
 CORE = ("convc.abi", "convc.artifact", "convc.errors", "convc.ir", "convc.limits", "convc.model", "convc.ops",
         "convc.optim", "convc.options", "convc.printing", "convc.reference", "convc.runtime", "convc.schedules",
-        "convc.verify", "convc.version", "convc.huge_pages", "convc.model_file")
+        "convc.verify", "convc.version", "convc.huge_pages", "convc.model_file", "convc.parallel")
 LAYERS = {"api": API, "driver": DRIVER, "frontend": FRONTEND, "passes": PASSES, "codegen": CODEGEN,
           "core": CORE}
 
