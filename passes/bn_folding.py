@@ -53,13 +53,13 @@ def _scaled(w: np.ndarray, scale: np.ndarray) -> np.ndarray:
     side: numpy's loops release the GIL, and the passes leave the other cores idle (ResNet-50's
     folds took 0.08 s on one core)."""
     out = np.empty(np.broadcast_shapes(w.shape, scale.shape), dtype=w.dtype)
+    if out.size < PARALLEL_MIN_ELEMENTS or out.shape != w.shape or out.shape[0] < 2:
+        np.multiply(w, scale, out=out, dtype=np.float64, casting="unsafe")
+        return out
 
     def rows(lo: int, hi: int) -> None:
         s = scale[lo:hi] if scale.ndim == out.ndim and scale.shape[0] == out.shape[0] else scale
         np.multiply(w[lo:hi], s, out=out[lo:hi], dtype=np.float64, casting="unsafe")
-    if out.size < PARALLEL_MIN_ELEMENTS or out.shape != w.shape or out.shape[0] < 2:
-        rows(0, len(out))
-        return out
     half = len(out) // 2
     side_by_side(lambda: rows(0, half), lambda: rows(half, len(out)), "convc-bn-fold")
     return out
