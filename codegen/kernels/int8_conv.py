@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 
-from convc.codegen.llvm_utils import F32, I8, I32, as_i64, call_intrinsic, for_range, gep, i64, intrinsic
+from convc.codegen.llvm_utils import F32, I8, I32, as_i64, call_intrinsic, constant, for_range, gep, i64, intrinsic
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from convc.ir import Op
 from convc.ops import OpKind
@@ -63,7 +63,7 @@ def _splat(b: ir.IRBuilder, v: ir.Value, n: int) -> ir.Value:
 
 
 def _const_vec(ty: ir.Type, v, n: int) -> ir.Constant:
-    return ir.Constant(ir.VectorType(ty, n), [ir.Constant(ty, v)] * n)
+    return constant(ir.VectorType(ty, n), (v,) * n)
 
 
 def pmaddwd(b: ir.IRBuilder, x: ir.Value, y: ir.Value, native: bool) -> ir.Value:

@@ -23,7 +23,8 @@ from contextlib import contextmanager
 
 from llvmlite import ir
 
-from convc.codegen.llvm_utils import F32, I32, alloca_entry, call_intrinsic, f32, fmax, for_range, gep, i64, loop_nest
+from convc.codegen.llvm_utils import (F32, I32, alloca_entry, call_intrinsic, constant, fmax, for_range, gep, i64,
+                                      loop_nest)
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from convc.ir import Op
 from convc.ops import OpKind
@@ -60,7 +61,7 @@ def combine(b: ir.IRBuilder, kind: OpKind, acc: ir.Value, x: ir.Value, in_memory
 
 def _identity(kind: OpKind, ty: ir.Type) -> ir.Constant:
     v = IDENTITY[kind]
-    return ir.Constant(ty, [v] * ty.count) if isinstance(ty, ir.VectorType) else f32(v)
+    return constant(ty, (float(v),) * ty.count) if isinstance(ty, ir.VectorType) else constant(F32, float(v))
 
 
 def _horizontal(b: ir.IRBuilder, kind: OpKind, v: ir.Value) -> ir.Value:

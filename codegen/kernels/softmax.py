@@ -14,7 +14,7 @@ from llvmlite import ir
 
 from convc.codegen import vecmath
 from convc.codegen.kernels.elementwise import vector_map
-from convc.codegen.llvm_utils import F32, I32, alloca_entry, f32, fmax, for_range, gep, i64
+from convc.codegen.llvm_utils import F32, I32, alloca_entry, constant, f32, fmax, for_range, gep, i64
 from convc.codegen.module import KernelCall, ModuleEmitter, emitter
 from convc.ir import Op
 from convc.ops import OpKind
@@ -25,8 +25,8 @@ def _splat(b: ir.IRBuilder, v: ir.Value, ty: ir.Type) -> ir.Value:
     if not isinstance(ty, ir.VectorType):
         return v
     one = b.insert_element(ir.Constant(ty, ir.Undefined), v, ir.Constant(I32, 0))
-    zeros = ir.Constant(ir.VectorType(I32, ty.count), [0] * ty.count)
-    return b.shuffle_vector(one, ir.Constant(ty, ir.Undefined), zeros)
+    zeros = constant(ir.VectorType(I32, ty.count), (0,) * ty.count)
+    return b.shuffle_vector(one, constant(ty, ir.Undefined), zeros)
 
 
 def _lanes(b: ir.IRBuilder, v: ir.Value, combine) -> ir.Value:
