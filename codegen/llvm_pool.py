@@ -106,6 +106,24 @@ def _give(w: _Worker) -> None:
         _idle.append(w)
 
 
+def prestart() -> None:
+    """Start a worker process now when this process compiles on several cores and has none idle.
+    A cold JIT compile calls it before the import and the passes, which leave the other cores idle:
+    the worker's start (Python and llvmlite, about 0.1 s of CPU) is then over when the first kernel
+    is written, instead of delaying it on a core the compile needs (the kernel written first waited
+    for it). The process stays in the idle pool, as a worker does after a compile."""
+    if jobs() < 2:
+        return
+    with _idle_lock:
+        if any(w.pid == os.getpid() and w.proc.poll() is None for w in _idle):
+            return
+    try:
+        w = _Worker()
+    except OSError:
+        return  # no process to start: the compile runs in this process, as it would have
+    _give(w)
+
+
 @atexit.register
 def shutdown() -> None:
     """Stop the idle workers (they also exit by themselves when this process's pipes close)."""

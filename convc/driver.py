@@ -386,6 +386,8 @@ def compile_model(model: ModelSource, options: CompileOptions, *, batch: int | N
     del data
     if hit is not None:
         return hit
+    from convc.codegen.llvm_pool import prestart
+    prestart()  # a cold compile: LLVM's worker process starts while the graph is built and optimized
     graph = load_shaped(source, batch, input_shape, fixed)
     del source  # the parsed model and its file's bytes: not kept through the passes and codegen
     return compile_graph(graph, options, progress=progress, respecialize=respecialize, override=override,
