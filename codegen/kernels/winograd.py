@@ -31,11 +31,11 @@ from llvmlite import ir
 
 from convc.ir import Op
 from convc.ops.conv import ConvAlgorithm, split_inputs
-from convc.codegen.llvm_utils import as_i64, for_range, gep, i64, memset_zero
+from convc.codegen.llvm_utils import I64, PTR, VOID, as_i64, constant, for_range, gep, i64, memset_zero
 from convc.codegen.module import KernelCall, ModuleEmitter
 from convc.codegen.kernels.blas import Isa, Operand, pack_b
 from convc.codegen.kernels.activations import UNARY, VECTOR_UNARY
-from convc.codegen.kernels.conv_nhwc import conv_kernel, times
+from convc.codegen.kernels.conv_nhwc import conv_kernel
 from convc.codegen.kernels.epilogue import apply_epilogue
 
 
@@ -141,7 +141,7 @@ def _combine(b: ir.IRBuilder, row: np.ndarray, vals: list[ir.Value]) -> ir.Value
             acc = b.fsub(acc, v)
             continue
         if abs(coef) != 1 or acc is None and coef == -1:
-            v = b.fmul(v, ir.Constant(v.type, [float(coef)] * v.type.count))
+            v = b.fmul(v, constant(v.type, (float(coef),) * v.type.count))
         acc = v if acc is None else b.fadd(acc, v)
     return acc
 
@@ -235,28 +235,13 @@ def emit_winograd_conv(em: ModuleEmitter, op: Op) -> KernelCall:
         p_hi = b.select(b.icmp_unsigned("<", p_hi, i64(panels)), p_hi, i64(panels))
 
         # input transform: V[xi, i, :] = (B^T d B)[xi] of tile i (tiles past the end repeat the last)
+        input_tile = _input_transform(em, m, pt, pl, c % vw)
         with for_range(b, T, name="vt") as i:
             tile = b.add(tile0, i)
             tile = b.select(b.icmp_unsigned("<", tile, i64(tiles)), tile, i64(tiles - 1))
             img, oy, ox = _tile_origin(b, tile, tiles_h, tiles_w, m)
-            rows = []
-            for dy in range(t):
-                iy = b.sub(b.add(oy, i64(dy)), i64(pt))
-                row = []
-                for dx in range(t):
-                    ix = b.sub(b.add(ox, i64(dx)), i64(pl))
-                    inside = b.and_(b.icmp_unsigned("<", iy, i64(h)), b.icmp_unsigned("<", ix, i64(wd)))
-                    at_px = b.mul(b.add(b.mul(b.add(b.mul(img, i64(h)), iy), i64(wd)), ix), i64(c))
-                    row.append(b.select(inside, gep(b, x, b.select(inside, at_px, i64(0))), zeros))
-                rows.append(row)
-            v_tile = gep(b, vbuf, b.mul(i, i64(c)))
-
-            def input_chunk(c0: ir.Value, valid: int) -> None:
-                d = [[gemm.vload(b, gep(b, p, c0), valid) for p in row] for row in rows]
-                v = _sandwich(b, bt, d)
-                for xi in range(t * t):
-                    gemm.vstore(b, v[xi // t][xi % t], gep(b, v_tile, b.add(c0, i64(xi * T * c))), valid)
-            _channel_chunks(b, i64(0), i64(c), c, vw, input_chunk)
+            b.call(input_tile, [x, zeros, gep(b, vbuf, b.mul(i, i64(c))), img, oy, ox, i64(h), i64(wd), i64(c),
+                                i64(T * c)])
 
         # the t^2 products over this block's tiles, for this group's output-channel panels
         with for_range(b, t * t, name="xi") as xi:
@@ -270,55 +255,130 @@ def emit_winograd_conv(em: ModuleEmitter, op: Op) -> KernelCall:
         ch_hi = b.select(b.icmp_unsigned("<", ch_hi, i64(mo)), ch_hi, i64(mo))
         n_valid = b.sub(i64(tiles), tile0)
         t_hi = b.select(b.icmp_unsigned("<", n_valid, i64(T)), n_valid, i64(T))
+        output_tile = _output_transform(em, m, a.epilogue, bias is not None, residual is not None, mo % vw,
+                                        bool(oh % m), bool(ow % m))
         with for_range(b, t_hi, name="yt") as i:
             img, oy, ox = _tile_origin(b, b.add(tile0, i), tiles_h, tiles_w, m)
-            m_tile = gep(b, mbuf, b.mul(i, i64(mo)))
             pixel = b.add(b.mul(b.add(b.mul(img, i64(oh)), oy), i64(ow)), ox)
-            base, y_base = b.mul(pixel, i64(mo)), b.mul(pixel, as_i64(b, ldc))
-
-            def output_chunk(c0: ir.Value, valid: int) -> None:
-                mm = [[gemm.vload(b, gep(b, m_tile, b.add(c0, i64((r * t + s) * T * mo))), valid) for s in range(t)]
-                      for r in range(t)]
-                out = _sandwich(b, at, mm)
-                bvec = gemm.vload(b, gep(b, bias, c0), valid) if bias is not None else None
-                for r in range(m):
-                    for s in range(m):
-                        def store_pixel(r=r, s=s) -> None:
-                            at_px = b.add(base, b.add(c0, i64((r * ow + s) * mo)))
-                            val = out[r][s] if bvec is None else b.fadd(out[r][s], bvec)
-                            res = gemm.vload(b, gep(b, residual, at_px), valid) if residual is not None else None
-                            y_px = b.add(y_base, b.add(c0, times(b, r * ow + s, ldc)))
-                            gemm.vstore(b, _epilogue(b, a.epilogue, val, res), gep(b, y, y_px), valid)
-                        _if_inside(b, (oy, r, oh), (ox, s, ow), m, store_pixel)
-            _channel_chunks(b, ch_lo, ch_hi, mo, vw, output_chunk)
+            b.call(output_tile, [gep(b, mbuf, b.mul(i, i64(mo))), y]
+                   + [p for p in (bias, residual) if p is not None]
+                   + [i64(T * mo), b.mul(pixel, i64(mo)), b.mul(pixel, as_i64(b, ldc)), as_i64(b, ldc), ch_lo, ch_hi,
+                      i64(mo), oy, ox, i64(oh), i64(ow)])
     b.ret_void()
     return KernelCall(fn, args)
 
 
-def _channel_chunks(b: ir.IRBuilder, lo: ir.Value, hi: ir.Value, total: int, width: int, body) -> None:
+def _input_transform(em: ModuleEmitter, m: int, pt: int, pl: int, rem: int) -> ir.Function:
+    """V = B^T d B of one tile, every channel: (x, zeros, v_tile, img, oy, ox, h, w, c, stride), the
+    tile's t^2 results ``stride`` floats apart. Sizes are arguments, so every layer with the same tile
+    size, padding and channel remainder ``rem`` calls one function, compiled once per model and cached
+    for every model (ResNet-50's three F(4x4) kernels were three 130-150 kchar modules, 0.38 s of LLVM)."""
+    key = ("winograd input transform", m, pt, pl, rem, em.isa)
+    fn = em.emitted.get(key)
+    if fn is not None:
+        return fn
+    fn = em.emitted[key] = _helper(em, f"winograd_in{m}", 3, 7)
+    x, zeros, v_tile, img, oy, ox, h, wd, c, stride = fn.args
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    gemm, t, bt = em.gemm, m + 2, TRANSFORMS[m][0]
+    rows = []
+    for dy in range(t):
+        iy = b.sub(b.add(oy, i64(dy)), i64(pt))
+        row = []
+        for dx in range(t):
+            ix = b.sub(b.add(ox, i64(dx)), i64(pl))
+            inside = b.and_(b.icmp_unsigned("<", iy, h), b.icmp_unsigned("<", ix, wd))
+            at_px = b.mul(b.add(b.mul(b.add(b.mul(img, h), iy), wd), ix), c)
+            row.append(b.select(inside, gep(b, x, b.select(inside, at_px, i64(0))), zeros))
+        rows.append(row)
+
+    def chunk(c0: ir.Value, valid: int) -> None:
+        d = [[gemm.vload(b, gep(b, p, c0), valid) for p in row] for row in rows]
+        v = _sandwich(b, bt, d)
+        at = gep(b, v_tile, c0)  # V[xi] ``stride`` floats apart: stepped, not t^2 offsets kept in registers
+        for xi in range(t * t):
+            at = at if xi == 0 else gep(b, at, stride)
+            gemm.vstore(b, v[xi // t][xi % t], at, valid)
+    _channel_chunks(b, i64(0), c, c, em.gemm.isa.width, chunk, rem=rem)
+    b.ret_void()
+    return fn
+
+
+def _output_transform(em: ModuleEmitter, m: int, epilogue, bias: bool, residual: bool, rem: int,
+                      partial_rows: bool, partial_cols: bool) -> ir.Function:
+    """Y = A^T M A of one tile for output channels [lo, hi), plus the bias and the epilogue, stored
+    pixel by pixel inside the output: (m_tile, y, [bias], [residual], stride, base, y_base, ldc, lo,
+    hi, channels, oy, ox, oh, ow). One function per tile size, epilogue, operands, channel remainder
+    ``rem`` and whether the last tile row or column leaves the output (as ``_input_transform``)."""
+    key = ("winograd output transform", m, epilogue, bias, residual, rem, partial_rows, partial_cols, em.isa)
+    fn = em.emitted.get(key)
+    if fn is not None:
+        return fn
+    fn = em.emitted[key] = _helper(em, f"winograd_out{m}", 2 + bias + residual, 11)
+    it = iter(fn.args)
+    m_tile, y = next(it), next(it)
+    bias_p = next(it) if bias else None
+    residual_p = next(it) if residual else None
+    stride, base, y_base, ldc, lo, hi, channels, oy, ox, oh, ow = it
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    gemm, t, at_ = em.gemm, m + 2, TRANSFORMS[m][2]
+    row_y, row_res = b.mul(ow, ldc), b.mul(ow, channels)  # one output row down, in Y and in the residual
+
+    def chunk(c0: ir.Value, valid: int) -> None:
+        # addresses stepped from c0 (the t^2 inputs, the m^2 pixels): run-time sizes leave no constant
+        # offsets to fold, and t^2 + 2 m^2 of them kept across the loop would not fit in registers
+        at, mm = gep(b, m_tile, c0), []
+        for xi in range(t * t):
+            at = at if xi == 0 else gep(b, at, stride)
+            mm.append(gemm.vload(b, at, valid))
+        out = _sandwich(b, at_, [mm[r * t:(r + 1) * t] for r in range(t)])
+        bvec = gemm.vload(b, gep(b, bias_p, c0), valid) if bias_p is not None else None
+        y_row, res_row = b.add(y_base, c0), b.add(base, c0)
+        for r in range(m):
+            y_px, res_px = y_row, res_row
+            for s in range(m):
+                def store_pixel(r=r, s=s, y_px=y_px, res_px=res_px) -> None:
+                    val = out[r][s] if bvec is None else b.fadd(out[r][s], bvec)
+                    res = gemm.vload(b, gep(b, residual_p, res_px), valid) if residual_p is not None else None
+                    gemm.vstore(b, _epilogue(b, epilogue, val, res), gep(b, y, y_px), valid)
+                conds = ([b.icmp_unsigned("<", b.add(oy, i64(r)), oh)] if partial_rows and r else []) + \
+                        ([b.icmp_unsigned("<", b.add(ox, i64(s)), ow)] if partial_cols and s else [])
+                if not conds:
+                    store_pixel()
+                else:
+                    with b.if_then(conds[0] if len(conds) == 1 else b.and_(*conds)):
+                        store_pixel()
+                y_px, res_px = b.add(y_px, ldc), b.add(res_px, channels)
+            y_row, res_row = b.add(y_row, row_y), b.add(res_row, row_res)
+    _channel_chunks(b, lo, hi, channels, em.gemm.isa.width, chunk, rem=rem)
+    b.ret_void()
+    return fn
+
+
+def _helper(em: ModuleEmitter, name: str, pointers: int, integers: int) -> ir.Function:
+    """An internal, out-of-line function (codegen/split.py compiles it in a module of its own when
+    several kernels call it) taking ``pointers`` pointers, then ``integers`` i64 values."""
+    fn = ir.Function(em.module, ir.FunctionType(VOID, [PTR] * pointers + [I64] * integers),
+                     name=em.module.get_unique_name(name))
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    return fn
+
+
+def _channel_chunks(b: ir.IRBuilder, lo: ir.Value, hi: ir.Value, total: int | ir.Value, width: int, body, *,
+                    rem: int | None = None) -> None:
     """body(c0, width) for the whole vectors of channels [lo, hi), then body(c0, rem) for the last
-    partial vector when ``hi`` is the last channel (``lo`` is a multiple of the vector width)."""
-    rem = total % width
-    full_end = i64(total - rem)
+    partial vector when ``hi`` is the last channel (``lo`` is a multiple of the vector width).
+    ``total`` may be a run-time value; ``rem`` (total % width) is then given."""
+    rem = total % width if rem is None else rem
+    full_end = i64(total - rem) if isinstance(total, int) else b.sub(total, i64(rem))
+    total = i64(total) if isinstance(total, int) else total
     stop = b.select(b.icmp_unsigned("<", hi, full_end), hi, full_end)
     with for_range(b, stop, start=lo, step=width, name="ch") as c0:
         body(c0, width)
     if rem:
-        with b.if_then(b.icmp_unsigned("==", hi, i64(total))):
+        with b.if_then(b.icmp_unsigned("==", hi, total)):
             body(full_end, rem)
-
-
-def _if_inside(b: ir.IRBuilder, rows: tuple, cols: tuple, m: int, store) -> None:
-    """store() for an output pixel (origin + offset) inside the output; no test where every tile is whole."""
-    conds = []
-    for origin, offset, size in (rows, cols):
-        if size % m and offset:
-            conds.append(b.icmp_unsigned("<", b.add(origin, i64(offset)), i64(size)))
-    if not conds:
-        store()
-        return
-    with b.if_then(conds[0] if len(conds) == 1 else b.and_(*conds)):
-        store()
 
 
 def _epilogue(b: ir.IRBuilder, epi, val: ir.Value, residual: ir.Value | None) -> ir.Value:

@@ -126,15 +126,43 @@ def test_a_wrong_kernel_would_fail(monkeypatch):
     from convc.codegen.kernels import winograd
     g, feeds = nhwc_conv((1, 12, 12, 16), 16, (1, 1, 1, 1), "none", True, seed=3)
     want = run_reference(g, feeds)["y"]
-    real = winograd._transformed  # [M, C, t*t] in float64, what the emitter packs
+    real = winograd._transformed  # [t*t, C, M] in float64, what the emitter packs
 
     def broken(w, m):
         u = real(w, m)
-        u[..., 7] = 0
+        u[7] = 0
         return u
     monkeypatch.setattr(winograd, "_transformed", broken)
     got = compile_as(monkeypatch, g, A.WINOGRAD_4X4, 1).run(feeds)["y"]
     assert np.abs(got - want).max() / np.abs(want).max() > 1e-2
+
+
+def test_layers_of_other_sizes_share_the_transforms(monkeypatch):
+    """The input and output transforms read the layer's sizes at run time: two F(4x4) convs of other
+    channel counts and image sizes call one input and one output transform function (compiled once,
+    and cached for every model), and both still match the reference."""
+    from convc.codegen.module import emit_module
+    from convc.passes.pipeline import pipeline
+    rng = np.random.default_rng(7)
+    g = Graph("two_sizes")
+    g.add_tensor("x", (1, 16, 16, 8), np.float32, TensorKind.INPUT)
+    g.add_constant("w1", (rng.standard_normal((16, 8, 3, 3)) * 0.3).astype(np.float32))
+    g.add_constant("w2", (rng.standard_normal((24, 16, 3, 3)) * 0.2).astype(np.float32))
+    relu = ConvAttrs((3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1, EPILOGUES["relu"], "NHWC")
+    g.add_op(OpKind.CONV, relu, ["x", "w1"], ["h"], name="conv1")
+    g.add_tensor("h2", (1, 8, 8, 16), np.float32, TensorKind.INPUT)
+    g.add_op(OpKind.CONV, relu, ["h2", "w2"], ["y2"], name="conv2")
+    g.outputs = ["h", "y2"]
+    monkeypatch.setattr(kernel_selection, "winograd_algorithm", lambda graph, op: A.WINOGRAD_4X4)
+    text = str(emit_module(pipeline(g)).ir_module)
+    assert text.count('define internal void @"winograd_in4') == 1
+    assert text.count('define internal void @"winograd_out4') == 1
+    feeds = {"x": rng.standard_normal((1, 16, 16, 8)).astype(np.float32),
+             "h2": rng.standard_normal((1, 8, 8, 16)).astype(np.float32)}
+    want = run_reference(g, feeds)
+    got = convc.compile(g, threads=2, cache=False).run(feeds)
+    for name in ("h", "y2"):
+        assert np.abs(got[name] - want[name]).max() / np.abs(want[name]).max() < 1e-4
 
 
 @pytest.mark.slow
