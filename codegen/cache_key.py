@@ -126,15 +126,15 @@ def _array_digests(arrays: list[np.ndarray]) -> list[bytes]:
             if a.size:
                 h.update(memoryview(a).cast("B"))
             out[i] = h.digest()
+    if sum(a.nbytes for a in arrays) < PARALLEL_HASH_BYTES:
+        hash_some(list(range(len(arrays))))
+        return out  # type: ignore[return-value]
     shares: tuple[list[int], list[int]] = ([], [])
     load = [0, 0]
     for i in sorted(range(len(arrays)), key=lambda i: -arrays[i].nbytes):  # the larger first, to the lighter share
         k = int(load[1] < load[0])
         shares[k].append(i)
         load[k] += arrays[i].nbytes
-    if sum(load) < PARALLEL_HASH_BYTES:
-        hash_some(list(range(len(arrays))))
-        return out  # type: ignore[return-value]
     side_by_side(lambda: hash_some(shares[0]), lambda: hash_some(shares[1]), "convc-plan-hash")
     return out  # type: ignore[return-value]
 

@@ -107,12 +107,12 @@ def _give(w: _Worker) -> None:
 
 
 def prestart() -> None:
-    """Start a worker process now when this process compiles on several cores and has none idle. A cold
-    JIT compile calls it before it builds the graph and runs the passes, which leave the other
-    cores idle: the worker's start (Python and llvmlite, about 0.1 s of CPU) is then over when
-    the first kernel is written, instead of delaying it on a core the compile needs (the kernel
-    written first waited for it). The process stays in the idle pool, as a worker does after a
-    compile."""
+    """Start a worker process now when this process compiles on several cores and has none idle. A
+    cold JIT compile calls it before it builds the graph and runs the passes, which leave the
+    other cores idle: the worker's start (Python and llvmlite, about 0.1 s of CPU) is then over
+    when the first kernel is written, instead of delaying it on a core the compile needs (the
+    kernel written first waited for it). The process stays in the idle pool, as a worker does
+    after a compile."""
     if jobs() < 2:
         return
     with _idle_lock:

@@ -33,7 +33,7 @@ from convc.ir import Op
 from convc.ops.conv import ConvAlgorithm, split_inputs
 from convc.codegen.llvm_utils import I64, PTR, VOID, as_i64, constant, for_range, gep, i64, memset_zero
 from convc.codegen.module import KernelCall, ModuleEmitter
-from convc.codegen.kernels.blas import Isa, Operand, pack_b
+from convc.codegen.kernels.blas import Isa, Operand
 from convc.codegen.kernels.activations import UNARY, VECTOR_UNARY
 from convc.codegen.kernels.conv_nhwc import conv_kernel
 from convc.codegen.kernels.epilogue import apply_epilogue
@@ -196,7 +196,6 @@ def emit_winograd_conv(em: ModuleEmitter, op: Op) -> KernelCall:
     n, h, wd, c = xs
     _, oh, ow, mo = ys
     pt, pl = a.pads[0], a.pads[1]
-    bt, _, at = TRANSFORMS[m]
     t = m + 2
     gemm = em.gemm
     isa = gemm.isa
@@ -295,11 +294,11 @@ def _input_transform(em: ModuleEmitter, m: int, pt: int, pl: int, rem: int) -> i
     def chunk(c0: ir.Value, valid: int) -> None:
         d = [[gemm.vload(b, gep(b, p, c0), valid) for p in row] for row in rows]
         v = _sandwich(b, bt, d)
-        at = gep(b, v_tile, c0)  # V[xi] ``stride`` floats apart: stepped, not t^2 offsets kept in registers
+        ptr = gep(b, v_tile, c0)  # V[xi] ``stride`` floats apart: stepped, not t^2 offsets kept in registers
         for xi in range(t * t):
-            at = at if xi == 0 else gep(b, at, stride)
-            gemm.vstore(b, v[xi // t][xi % t], at, valid)
-    _channel_chunks(b, i64(0), c, c, em.gemm.isa.width, chunk, rem=rem)
+            ptr = ptr if xi == 0 else gep(b, ptr, stride)
+            gemm.vstore(b, v[xi // t][xi % t], ptr, valid)
+    _channel_chunks(b, i64(0), c, c, rem, em.gemm.isa.width, chunk)
     b.ret_void()
     return fn
 
@@ -321,17 +320,17 @@ def _output_transform(em: ModuleEmitter, m: int, epilogue, bias: bool, residual:
     residual_p = next(it) if residual else None
     stride, base, y_base, ldc, lo, hi, channels, oy, ox, oh, ow = it
     b = ir.IRBuilder(fn.append_basic_block("entry"))
-    gemm, t, at_ = em.gemm, m + 2, TRANSFORMS[m][2]
+    gemm, t, at = em.gemm, m + 2, TRANSFORMS[m][2]
     row_y, row_res = b.mul(ow, ldc), b.mul(ow, channels)  # one output row down, in Y and in the residual
 
     def chunk(c0: ir.Value, valid: int) -> None:
         # addresses stepped from c0 (the t^2 inputs, the m^2 pixels): run-time sizes leave no constant
         # offsets to fold, and t^2 + 2 m^2 of them kept across the loop would not fit in registers
-        at, mm = gep(b, m_tile, c0), []
+        ptr, mm = gep(b, m_tile, c0), []
         for xi in range(t * t):
-            at = at if xi == 0 else gep(b, at, stride)
-            mm.append(gemm.vload(b, at, valid))
-        out = _sandwich(b, at_, [mm[r * t:(r + 1) * t] for r in range(t)])
+            ptr = ptr if xi == 0 else gep(b, ptr, stride)
+            mm.append(gemm.vload(b, ptr, valid))
+        out = _sandwich(b, at, [mm[r * t:(r + 1) * t] for r in range(t)])
         bvec = gemm.vload(b, gep(b, bias_p, c0), valid) if bias_p is not None else None
         y_row, res_row = b.add(y_base, c0), b.add(base, c0)
         for r in range(m):
@@ -350,7 +349,7 @@ def _output_transform(em: ModuleEmitter, m: int, epilogue, bias: bool, residual:
                         store_pixel()
                 y_px, res_px = b.add(y_px, ldc), b.add(res_px, channels)
             y_row, res_row = b.add(y_row, row_y), b.add(res_row, row_res)
-    _channel_chunks(b, lo, hi, channels, em.gemm.isa.width, chunk, rem=rem)
+    _channel_chunks(b, lo, hi, channels, rem, em.gemm.isa.width, chunk)
     b.ret_void()
     return fn
 
@@ -365,14 +364,12 @@ def _helper(em: ModuleEmitter, name: str, pointers: int, integers: int) -> ir.Fu
     return fn
 
 
-def _channel_chunks(b: ir.IRBuilder, lo: ir.Value, hi: ir.Value, total: int | ir.Value, width: int, body, *,
-                    rem: int | None = None) -> None:
+def _channel_chunks(b: ir.IRBuilder, lo: ir.Value, hi: ir.Value, total: ir.Value, rem: int, width: int,
+                    body) -> None:
     """body(c0, width) for the whole vectors of channels [lo, hi), then body(c0, rem) for the last
-    partial vector when ``hi`` is the last channel (``lo`` is a multiple of the vector width).
-    ``total`` may be a run-time value; ``rem`` (total % width) is then given."""
-    rem = total % width if rem is None else rem
-    full_end = i64(total - rem) if isinstance(total, int) else b.sub(total, i64(rem))
-    total = i64(total) if isinstance(total, int) else total
+    partial vector when ``hi`` is the last channel (``lo`` is a multiple of the vector width; ``total``
+    channels in all, a run-time value, ``rem`` = total % width known at compile time)."""
+    full_end = b.sub(total, i64(rem))
     stop = b.select(b.icmp_unsigned("<", hi, full_end), hi, full_end)
     with for_range(b, stop, start=lo, step=width, name="ch") as c0:
         body(c0, width)
