@@ -231,18 +231,21 @@ class ModuleCompiler:
                 self.cond.wait()
 
     def _finished(self, i: int, obj: bytes, taken: bool = True) -> None:
-        """Module ``i``'s object file; ``taken``: it came off the queue (``_next``)."""
+        """Module ``i``'s object file; ``taken``: it came off the queue (``_next``). Stored in the
+        kernel cache before the module counts as done: ``finish`` returns once every module is done,
+        and the compile then prunes the cache to its limit (codegen/cache_limit.py), which an object
+        a worker thread wrote after it would leave exceeded."""
         self.results[i] = obj
-        with self.cond:
-            self.chars += len(self.modules[i].text)
-            self.done += 1
-            self.in_flight -= taken
-            self.cond.notify_all()
         if i in self.keys:
             try:
                 kernel_cache.store(self.cache_root, self.keys[i], obj)
             except OSError:
                 pass  # a cache that cannot be written must not fail the compile
+        with self.cond:
+            self.chars += len(self.modules[i].text)
+            self.done += 1
+            self.in_flight -= taken
+            self.cond.notify_all()
 
     def _fail(self, e: BaseException, taken: bool = False) -> None:
         with self.cond:

@@ -2,6 +2,8 @@
 once, modules compiled in parallel and cached across models, and the same results as one module."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import onnx
 import pytest
@@ -446,3 +448,24 @@ def test_a_guess_the_kernel_cache_holds_is_not_compiled(tmp_path, monkeypatch):
     assert compiler.guesses == [] and compiler.guessed == {}
     compiler.add(module)
     assert compiler.finish() == [obj]
+
+
+def test_every_kernel_object_is_in_the_cache_when_the_compile_finishes(tmp_path, monkeypatch):
+    """A module a worker thread compiled is stored in the kernel cache before it counts as done, so
+    the cache holds it when ``finish`` returns: the compile prunes the cache to its limit right after,
+    and an object written later left it over the limit (a CI run saw 52560 bytes of a 51600 limit)."""
+    monkeypatch.setenv("CONVC_COMPILE_JOBS", "2")
+    real_store = kernel_cache.store
+
+    def slow_store(root, key, obj):
+        time.sleep(0.3)  # a busy disk: long enough for finish() to return first, were it not waited for
+        real_store(root, key, obj)
+    monkeypatch.setattr(kernel_cache, "store", slow_store)
+    compiler = llvm_pool.ModuleCompiler(jit.Target.host(), tmp_path, stream=True)
+    body = 'define void @"convc_kstore{0}"(ptr %p) {{\n  store float {0}.0, ptr %p\n  ret void\n}}\n'
+    modules = [SplitModule(body.format(k), f"store-key-{k}", 1, KERNEL_SPEED, exports=(f"convc_kstore{k}",))
+               for k in range(4)]
+    for m in modules:
+        compiler.add(m)
+    compiler.finish()
+    assert all(kernel_cache.has(tmp_path, compiler._cache_key(m)) for m in modules)
